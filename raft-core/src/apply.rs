@@ -1,0 +1,237 @@
+//! The bridge from the user's [`StateMachine`] to openraft's `RaftStateMachine`.
+//!
+//! It decodes each committed command, consults the client session table, calls
+//! [`StateMachine::apply`], encodes the output and sends it back to the waiting writer. It also
+//! builds snapshots (taking the user's point-in-time handle on the apply path, serialising it on a
+//! blocking thread) and installs them.
+//!
+//! The user's state lives in [`SmShared`] behind a read-write lock, so reads run on the caller's
+//! task concurrently with each other and only exclude applies for as long as the read closure
+//! runs.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::RwLock;
+use std::sync::RwLockReadGuard;
+use std::sync::RwLockWriteGuard;
+
+use futures_util::Stream;
+use futures_util::StreamExt;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+
+use crate::codec;
+use crate::session;
+use crate::session::SessionTable;
+use crate::snapshot;
+use crate::snapshot::SnapshotData;
+use crate::snapshot::SnapshotStore;
+use crate::state_machine::StateMachine;
+use crate::types::ApplyError;
+use crate::types::LogId;
+use crate::types::Payload;
+use crate::types::Request;
+use crate::types::Response;
+use crate::types::Snapshot;
+use crate::types::SnapshotMeta;
+use crate::types::StoredMembership;
+use crate::types::TypeConfig;
+
+/// Everything the apply layer keeps, under one lock.
+pub(crate) struct SmState<S> {
+    pub user: S,
+    sessions: SessionTable,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+impl<S: StateMachine> SmState<S> {
+    fn apply_request(&mut self, req: Request, index: u64) -> Response {
+        if let Some(s) = req.session {
+            if let Some(answer) = session::answer_without_applying(&self.sessions, s) {
+                return answer;
+            }
+        }
+        let response = match codec::decode::<S::Command>(&req.command) {
+            Err(e) => Response::Rejected(ApplyError::InvalidCommand(e.to_string())),
+            Ok(cmd) => {
+                let out = self.user.apply(cmd);
+                match codec::encode(&out) {
+                    Ok(bytes) => Response::Output(bytes.into()),
+                    Err(e) => Response::Rejected(ApplyError::OutputEncoding(e.to_string())),
+                }
+            }
+        };
+        if let Some(s) = req.session {
+            self.sessions.record(s, response.clone(), index);
+        }
+        response
+    }
+}
+
+/// The user's state machine and the apply layer's bookkeeping, shared with readers.
+pub(crate) struct SmShared<S> {
+    state: RwLock<SmState<S>>,
+    session_capacity: usize,
+}
+
+impl<S> SmShared<S> {
+    pub fn new(user: S, session_capacity: usize) -> Arc<Self> {
+        Arc::new(SmShared {
+            state: RwLock::new(SmState {
+                user,
+                sessions: SessionTable::new(session_capacity),
+                last_applied: None,
+                membership: StoredMembership::default(),
+            }),
+            session_capacity,
+        })
+    }
+
+    /// Read access for queries. A panic inside a read closure must not wedge the node, so a
+    /// poisoned lock is recovered (the state itself is only mutated by `apply`, which does not
+    /// panic across the lock unless the user's `apply` does).
+    pub fn read(&self) -> RwLockReadGuard<'_, SmState<S>> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, SmState<S>> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// openraft's view of the user's state machine.
+pub(crate) struct Applier<S> {
+    shared: Arc<SmShared<S>>,
+    store: Arc<SnapshotStore>,
+}
+
+impl<S: StateMachine> Applier<S> {
+    pub fn new(shared: Arc<SmShared<S>>, store: Arc<SnapshotStore>) -> Self {
+        Applier { shared, store }
+    }
+}
+
+/// Builds one snapshot from a point-in-time handle, off the apply path.
+pub(crate) struct Builder<S: StateMachine> {
+    // `Mutex` only to make the builder `Sync` without asking users for a `Sync` handle.
+    handle: Mutex<Option<S::Snapshot>>,
+    meta: SnapshotMeta,
+    sessions: SessionTable,
+    store: Arc<SnapshotStore>,
+}
+
+impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for Builder<S> {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let handle = self
+            .handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
+        let meta = self.meta.clone();
+        let sessions = self.sessions.clone();
+        let store = self.store.clone();
+        let m = meta.clone();
+        let data = tokio::task::spawn_blocking(move || store.write(&m, &sessions, |w| S::write_snapshot(handle, w)))
+            .await
+            .map_err(|e| io::Error::other(format!("snapshot writer task failed: {e}")))??;
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "snapshot built");
+        Ok(Snapshot { meta, snapshot: data })
+    }
+}
+
+impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Builder<S>;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let st = self.shared.read();
+        Ok((st.last_applied, st.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let response = {
+                let mut st = self.shared.write();
+                st.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    Payload::Blank => Response::Empty,
+                    Payload::Normal(req) => st.apply_request(req, entry.log_id.index),
+                    Payload::Membership(m) => {
+                        st.membership = StoredMembership::new(Some(entry.log_id), m);
+                        Response::Empty
+                    }
+                }
+            };
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Builder<S> {
+        let st = self.shared.read();
+        Builder {
+            handle: Mutex::new(Some(st.user.snapshot())),
+            meta: SnapshotMeta {
+                last_log_id: st.last_applied,
+                last_membership: st.membership.clone(),
+            },
+            sessions: st.sessions.clone(),
+            store: self.store.clone(),
+        }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), io::Error> {
+        let shared = self.shared.clone();
+        let store = self.store.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), io::Error> {
+            let parsed = snapshot::parse(&data)?;
+            if parsed.meta != meta {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "snapshot contents ({:?}) do not match its announced metadata ({:?})",
+                        parsed.meta.last_log_id, meta.last_log_id
+                    ),
+                ));
+            }
+            {
+                let mut st = shared.write();
+                st.user
+                    .restore(&mut parsed.user_data(&data))
+                    .map_err(|e| io::Error::new(e.kind(), format!("state machine restore failed: {e}")))?;
+                let mut sessions = parsed.sessions;
+                sessions.set_capacity(shared.session_capacity);
+                st.sessions = sessions;
+                st.last_applied = meta.last_log_id;
+                st.membership = meta.last_membership.clone();
+            }
+            store.adopt(&meta, data)?;
+            tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
+            Ok(())
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("snapshot install task failed: {e}")))?
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot>, io::Error> {
+        let store = self.store.clone();
+        let current = tokio::task::spawn_blocking(move || store.current())
+            .await
+            .map_err(|e| io::Error::other(format!("snapshot load task failed: {e}")))??;
+        Ok(current.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}

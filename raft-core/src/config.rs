@@ -1,0 +1,167 @@
+//! Node configuration with sensible defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::log::WalOptions;
+use crate::types::NodeId;
+
+/// Where a node keeps its log and snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// Durable: `<dir>/wal/` holds the write-ahead log, `<dir>/snapshots/` the snapshots. A node
+    /// restarted on the same directory recovers its state without `initialize`.
+    Dir(PathBuf),
+    /// Nothing survives the process. For tests and caches.
+    Memory,
+}
+
+/// How a node runs. Build with [`Config::durable`] or [`Config::in_memory`] and adjust with the
+/// `with_*` methods.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id; stable across restarts and unique in the cluster.
+    pub id: NodeId,
+    /// Where state is kept.
+    pub storage: Storage,
+    /// A cluster name, checked nowhere but shown in logs.
+    pub cluster_name: String,
+    /// The leader sends a heartbeat this often. Default 50 ms.
+    pub heartbeat_interval: Duration,
+    /// A follower that hears nothing from a leader for a random time in
+    /// `[election_timeout, 2 * election_timeout)` starts an election. Must exceed the heartbeat
+    /// interval several times over. Default 400 ms.
+    pub election_timeout: Duration,
+    /// Take a snapshot after this many entries have been applied since the last one; `0` never
+    /// snapshots automatically. Default 10 000.
+    pub snapshot_every: u64,
+    /// After a snapshot, keep this many entries it already covers, so slightly lagging followers
+    /// catch up from the log rather than by snapshot. Default 1 000.
+    pub keep_after_snapshot: u64,
+    /// How many client sessions the state machine remembers for exactly-once writes. Default
+    /// 10 000; the least recently used session is forgotten first.
+    pub max_sessions: usize,
+    /// Upper bound for one `write`, `read` or membership call. Default 10 s.
+    pub request_timeout: Duration,
+    /// Largest snapshot this node accepts from a leader, in bytes. Default 64 GiB.
+    pub max_snapshot_bytes: u64,
+    /// Largest encoded command `write` accepts, in bytes. Default 64 MiB.
+    pub max_command_bytes: usize,
+    /// Write-ahead log tuning.
+    pub wal: WalOptions,
+}
+
+impl Config {
+    fn new(id: NodeId, storage: Storage) -> Config {
+        Config {
+            id,
+            storage,
+            cluster_name: "raftkit".to_string(),
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(400),
+            snapshot_every: 10_000,
+            keep_after_snapshot: 1_000,
+            max_sessions: 10_000,
+            request_timeout: Duration::from_secs(10),
+            max_snapshot_bytes: 64 << 30,
+            max_command_bytes: 64 << 20,
+            wal: WalOptions::default(),
+        }
+    }
+
+    /// A node whose state survives restarts, kept under `dir`.
+    pub fn durable(id: NodeId, dir: impl Into<PathBuf>) -> Config {
+        Config::new(id, Storage::Dir(dir.into()))
+    }
+
+    /// A node that keeps everything in memory.
+    pub fn in_memory(id: NodeId) -> Config {
+        Config::new(id, Storage::Memory)
+    }
+
+    /// Sets the heartbeat interval and election timeout together.
+    pub fn with_timing(mut self, heartbeat: Duration, election_timeout: Duration) -> Config {
+        self.heartbeat_interval = heartbeat;
+        self.election_timeout = election_timeout;
+        self
+    }
+
+    /// Sets the snapshot policy: snapshot every `every` applied entries (`0`: never), keeping
+    /// `keep` already-snapshotted entries in the log.
+    pub fn with_snapshots(mut self, every: u64, keep: u64) -> Config {
+        self.snapshot_every = every;
+        self.keep_after_snapshot = keep;
+        self
+    }
+
+    /// Sets the timeout of each request.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Config {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the write-ahead log options.
+    pub fn with_wal(mut self, wal: WalOptions) -> Config {
+        self.wal = wal;
+        self
+    }
+
+    /// Checks the settings and translates them for openraft.
+    pub(crate) fn to_openraft(&self) -> Result<openraft::Config, Error> {
+        let hb = self.heartbeat_interval.as_millis() as u64;
+        let et = self.election_timeout.as_millis() as u64;
+        if hb == 0 {
+            return Err(Error::Config("heartbeat_interval must be at least 1 ms".into()));
+        }
+        if et < 3 * hb {
+            return Err(Error::Config(format!(
+                "election_timeout ({et} ms) must be at least three heartbeat intervals ({hb} ms)"
+            )));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(Error::Config("request_timeout must not be zero".into()));
+        }
+        if self.wal.segment_size < 4096 {
+            return Err(Error::Config("wal.segment_size must be at least 4096 bytes".into()));
+        }
+        let policy = match self.snapshot_every {
+            0 => openraft::SnapshotPolicy::Never,
+            n => openraft::SnapshotPolicy::LogsSinceLast(n),
+        };
+        let cfg = openraft::Config {
+            cluster_name: self.cluster_name.clone(),
+            heartbeat_interval: hb,
+            election_timeout_min: et,
+            election_timeout_max: 2 * et,
+            snapshot_policy: policy,
+            max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            // Followers further behind than this get a snapshot rather than the log.
+            replication_lag_threshold: self.snapshot_every.max(self.keep_after_snapshot).max(1000),
+            install_snapshot_timeout: self.request_timeout.as_millis() as u64,
+            // A node that returns from a restart must win an election like everyone else: the
+            // commit index is persisted only as a hint.
+            enable_leader_restore: Some(false),
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        cfg.validate().map_err(|e| Error::Config(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::in_memory(1).to_openraft().unwrap();
+        Config::durable(1, "/tmp/x").to_openraft().unwrap();
+    }
+
+    #[test]
+    fn bad_timing_is_refused() {
+        let c = Config::in_memory(1).with_timing(Duration::from_millis(100), Duration::from_millis(200));
+        assert!(matches!(c.to_openraft(), Err(Error::Config(_))));
+    }
+}

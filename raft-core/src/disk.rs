@@ -1,0 +1,227 @@
+//! Stable on-disk forms of the openraft values raftkit persists.
+//!
+//! The write-ahead log, the meta file and snapshot files never store openraft's own serde
+//! output: openraft is a pinned alpha whose types still move. They store these small structs,
+//! whose postcard encoding is part of raftkit's file format, and convert at the boundary.
+//! Conversions from disk are fallible: a value that decodes but makes no sense (say, an empty
+//! membership) is reported as corruption by the caller.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
+use openraft::BasicNode;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::types;
+use crate::types::Entry;
+use crate::types::LeaderId;
+use crate::types::LogId;
+use crate::types::Membership;
+use crate::types::NodeId;
+use crate::types::Payload;
+use crate::types::Request;
+use crate::types::StoredMembership;
+use crate::types::Vote;
+
+/// A log id: the leader's term and node, and the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DiskLogId {
+    pub term: u64,
+    pub node: NodeId,
+    pub index: u64,
+}
+
+impl From<&LogId> for DiskLogId {
+    fn from(id: &LogId) -> Self {
+        DiskLogId {
+            term: id.leader_id.term,
+            node: id.leader_id.node_id,
+            index: id.index,
+        }
+    }
+}
+
+impl From<DiskLogId> for LogId {
+    fn from(d: DiskLogId) -> Self {
+        types::log_id(d.term, d.node, d.index)
+    }
+}
+
+/// A vote: the candidate's term and node, and whether a quorum granted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DiskVote {
+    pub term: u64,
+    pub node: NodeId,
+    pub committed: bool,
+}
+
+impl From<&Vote> for DiskVote {
+    fn from(v: &Vote) -> Self {
+        DiskVote {
+            term: v.leader_id.term,
+            node: v.leader_id.node_id,
+            committed: v.committed,
+        }
+    }
+}
+
+impl From<DiskVote> for Vote {
+    fn from(d: DiskVote) -> Self {
+        Vote {
+            leader_id: LeaderId {
+                term: d.term,
+                node_id: d.node,
+            },
+            committed: d.committed,
+        }
+    }
+}
+
+/// A membership config: one voter set, or two during a joint change, and every node's address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DiskMembership {
+    pub configs: Vec<BTreeSet<NodeId>>,
+    pub nodes: BTreeMap<NodeId, String>,
+}
+
+impl From<&Membership> for DiskMembership {
+    fn from(m: &Membership) -> Self {
+        DiskMembership {
+            configs: m.get_joint_config().clone(),
+            nodes: m.nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
+        }
+    }
+}
+
+impl DiskMembership {
+    /// Rebuilds the openraft membership; `Err` names what is inconsistent.
+    pub fn to_membership(&self) -> Result<Membership, String> {
+        let nodes: BTreeMap<NodeId, BasicNode> =
+            self.nodes.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+        Membership::new(self.configs.clone(), nodes).map_err(|e| e.to_string())
+    }
+}
+
+/// A membership together with the log id of the entry that introduced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DiskStoredMembership {
+    pub log_id: Option<DiskLogId>,
+    pub membership: DiskMembership,
+}
+
+impl From<&StoredMembership> for DiskStoredMembership {
+    fn from(m: &StoredMembership) -> Self {
+        DiskStoredMembership {
+            log_id: m.log_id().as_ref().map(DiskLogId::from),
+            membership: DiskMembership::from(m.membership()),
+        }
+    }
+}
+
+impl DiskStoredMembership {
+    /// Rebuilds the openraft stored membership; `Err` names what is inconsistent.
+    pub fn to_stored(&self) -> Result<StoredMembership, String> {
+        Ok(StoredMembership::new(
+            self.log_id.map(LogId::from),
+            self.membership.to_membership()?,
+        ))
+    }
+}
+
+/// The payload of a log entry. `Normal` borrows when encoding, so appending does not clone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum DiskPayload<'a> {
+    Blank,
+    Normal(Cow<'a, Request>),
+    Membership(DiskMembership),
+}
+
+/// A log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DiskEntry<'a> {
+    pub log_id: DiskLogId,
+    pub payload: DiskPayload<'a>,
+}
+
+impl<'a> From<&'a Entry> for DiskEntry<'a> {
+    fn from(e: &'a Entry) -> Self {
+        let payload = match &e.payload {
+            Payload::Blank => DiskPayload::Blank,
+            Payload::Normal(r) => DiskPayload::Normal(Cow::Borrowed(r)),
+            Payload::Membership(m) => DiskPayload::Membership(DiskMembership::from(m)),
+        };
+        DiskEntry {
+            log_id: DiskLogId::from(&e.log_id),
+            payload,
+        }
+    }
+}
+
+impl DiskEntry<'_> {
+    /// Rebuilds the openraft entry; `Err` names what is inconsistent.
+    pub fn into_entry(self) -> Result<Entry, String> {
+        let payload = match self.payload {
+            DiskPayload::Blank => Payload::Blank,
+            DiskPayload::Normal(r) => Payload::Normal(r.into_owned()),
+            DiskPayload::Membership(m) => Payload::Membership(m.to_membership()?),
+        };
+        Ok(Entry {
+            log_id: self.log_id.into(),
+            payload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::codec;
+    use crate::types::Session;
+
+    fn round_trip(e: &Entry) -> Entry {
+        let bytes = codec::encode(&DiskEntry::from(e)).unwrap();
+        codec::decode::<DiskEntry>(&bytes).unwrap().into_entry().unwrap()
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let normal = Entry {
+            log_id: types::log_id(3, 1, 9),
+            payload: Payload::Normal(Request {
+                session: Some(Session {
+                    client_id: 5,
+                    sequence: 6,
+                }),
+                command: Bytes::from_static(b"abc"),
+            }),
+        };
+        assert_eq!(round_trip(&normal), normal);
+        let blank = Entry {
+            log_id: types::log_id(1, 2, 3),
+            payload: Payload::Blank,
+        };
+        assert_eq!(round_trip(&blank), blank);
+        let nodes: BTreeMap<NodeId, BasicNode> =
+            [(1, BasicNode::new("a")), (2, BasicNode::new("b")), (3, BasicNode::new("c"))].into();
+        let membership = Membership::new(vec![[1, 2].into()], nodes).unwrap();
+        let member = Entry {
+            log_id: types::log_id(1, 2, 4),
+            payload: Payload::Membership(membership),
+        };
+        assert_eq!(round_trip(&member), member);
+    }
+
+    #[test]
+    fn inconsistent_membership_is_an_error() {
+        // Voter 9 has no address.
+        let bad = DiskMembership {
+            configs: vec![[9].into()],
+            nodes: BTreeMap::new(),
+        };
+        assert!(bad.to_membership().is_err());
+    }
+}

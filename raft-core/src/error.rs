@@ -1,0 +1,87 @@
+//! The one error type of the public API.
+
+use std::time::Duration;
+
+use crate::codec::CodecError;
+use crate::log::LogError;
+use crate::snapshot::SnapshotError;
+use crate::types::ApplyError;
+use crate::types::NodeId;
+
+/// Everything a [`Node`](crate::Node) operation can fail with.
+///
+/// For writes the variants say whether the command may still take effect: only
+/// [`Error::Timeout`], [`Error::OutcomeUnknown`] and [`Error::Shutdown`] leave it open; retry
+/// those with the same [`Session`](crate::Session) to get exactly-once application.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// This node is not the leader. The write was not accepted; send it to `leader`.
+    #[error("not the leader{}", leader_hint(*.leader, .leader_addr.as_deref()))]
+    NotLeader {
+        /// The leader's id, when this node knows it.
+        leader: Option<NodeId>,
+        /// The leader's address, when this node knows it.
+        leader_addr: Option<String>,
+    },
+    /// The operation did not finish in time. A write may or may not take effect.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// Leadership changed while the write was in flight; it may or may not take effect.
+    #[error("leadership changed while the write was in flight; it may or may not be applied")]
+    OutcomeUnknown {
+        /// The new leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// The node is shut down (or stopped after a fatal error).
+    #[error("the node is shut down")]
+    Shutdown,
+    /// A linearizable read could not confirm leadership with a quorum.
+    #[error("could not reach a quorum to confirm leadership")]
+    NoQuorum,
+    /// The state machine refused the command (same on every replica).
+    #[error(transparent)]
+    Rejected(#[from] ApplyError),
+    /// A command or output could not be encoded or decoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The write-ahead log failed or is corrupt.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A snapshot could not be read, written or verified.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A storage failure reported by the consensus engine; the node has stopped.
+    #[error("storage failure: {0}")]
+    Storage(String),
+    /// `initialize` was called on a node that already has state.
+    #[error("the node is already initialized; a restart recovers from disk and needs no initialize")]
+    AlreadyInitialized,
+    /// A membership change was refused.
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    /// The encoded command exceeds [`Config::max_command_bytes`](crate::Config::max_command_bytes).
+    #[error("command of {size} bytes exceeds the limit of {limit} bytes")]
+    CommandTooLarge {
+        /// The encoded command's size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The consensus engine stopped unexpectedly.
+    #[error("consensus engine failure: {0}")]
+    Fatal(String),
+}
+
+fn leader_hint(leader: Option<NodeId>, addr: Option<&str>) -> String {
+    match (leader, addr) {
+        (Some(id), Some(a)) => format!("; the leader is node {id} at {a}"),
+        (Some(id), None) => format!("; the leader is node {id}"),
+        _ => "; the leader is unknown".to_string(),
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

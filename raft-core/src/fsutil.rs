@@ -1,0 +1,77 @@
+//! Small filesystem helpers with the durability rules raftkit relies on.
+
+use std::fs;
+use std::fs::File;
+use std::io;
+use std::io::Write;
+use std::path::Path;
+use std::path::PathBuf;
+
+/// An I/O error together with the path it happened on.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct PathError {
+    /// What was being done.
+    pub op: &'static str,
+    /// The file or directory.
+    pub path: PathBuf,
+    /// The underlying error.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Attaches `op` and `path` to an I/O error.
+pub(crate) fn at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PathError + 'a {
+    move |source| PathError {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl From<PathError> for io::Error {
+    fn from(e: PathError) -> Self {
+        io::Error::new(e.source.kind(), e.to_string())
+    }
+}
+
+/// Makes directory entries (created, renamed or removed files) in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), PathError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(at("sync directory", dir))
+}
+
+/// Replaces `dir/name` with `bytes` atomically and durably: write a temporary file, fsync it,
+/// rename it over the target, fsync the directory. A crash leaves either the old or the new file.
+pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), PathError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let target = dir.join(name);
+    {
+        let mut f = File::create(&tmp).map_err(at("create", &tmp))?;
+        f.write_all(bytes).map_err(at("write", &tmp))?;
+        f.sync_all().map_err(at("fsync", &tmp))?;
+    }
+    fs::rename(&tmp, &target).map_err(at("rename", &tmp))?;
+    sync_dir(dir)
+}
+
+/// Creates `dir` and its parents if missing.
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), PathError> {
+    fs::create_dir_all(dir).map_err(at("create directory", dir))
+}
+
+/// Reserves `len` bytes of disk for `file` so later writes do not allocate blocks. Falls back to
+/// extending the file where the filesystem does not support preallocation.
+pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+            if file.metadata()?.len() < len {
+                file.set_len(len)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}

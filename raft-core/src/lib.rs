@@ -1,0 +1,62 @@
+//! raft-core: a replicated state machine on a durable log.
+//!
+//! You implement [`StateMachine`] for your state, start a [`Node`] per machine with a
+//! [`Config`] and a transport, and call [`Node::write`] and [`Node::read`]. raft-core runs
+//! consensus (on [openraft], kept behind these types), keeps the log durable, takes snapshots and
+//! makes retried writes idempotent. It contains no networking code: the gRPC transport lives in
+//! `raft-grpc`, and an in-process one for tests in [`testing`] (feature `testing`).
+//!
+//! # Layout
+//!
+//! * `state_machine.rs` — [`StateMachine`], the only trait a user implements.
+//! * `node.rs` — [`Node`]: start, initialize, write, read, membership, leader transfer,
+//!   metrics, shutdown.
+//! * `config.rs` — [`Config`] and its defaults; `error.rs` — the one [`Error`] enum;
+//!   `metrics.rs` — [`Metrics`].
+//! * `apply.rs` — the bridge from [`StateMachine`] to openraft: decoding commands, client
+//!   sessions (`session.rs`), building and installing snapshots.
+//! * `log/` — the durable segmented write-ahead log with group commit, and an in-memory log. The
+//!   on-disk format is documented in [`log`].
+//! * `snapshot.rs` — snapshot files: format, checksum, streaming reads, receiving.
+//! * `transport.rs` — the seam a transport implements ([`Transport`], [`RpcHandler`]).
+//! * `types.rs` — the types openraft is instantiated with; `disk.rs` — their stable on-disk
+//!   forms; `codec.rs` — the one serialisation format (postcard).
+//! * `testing/` — the in-process router and cluster harness (feature `testing`).
+//!
+//! [openraft]: https://docs.rs/openraft
+
+#![warn(missing_docs)]
+
+mod apply;
+pub mod codec;
+mod config;
+mod disk;
+mod error;
+mod fsutil;
+pub mod log;
+mod metrics;
+mod node;
+mod session;
+pub mod snapshot;
+mod state_machine;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod transport;
+pub mod types;
+
+pub use crate::config::Config;
+pub use crate::config::Storage;
+pub use crate::error::Error;
+pub use crate::error::Result;
+pub use crate::metrics::Metrics;
+pub use crate::metrics::Role;
+pub use crate::node::Consistency;
+pub use crate::node::Node;
+pub use crate::state_machine::StateMachine;
+pub use crate::state_machine::read_serde;
+pub use crate::state_machine::write_serde;
+pub use crate::transport::RpcHandler;
+pub use crate::transport::Transport;
+pub use crate::types::ApplyError;
+pub use crate::types::NodeId;
+pub use crate::types::Session;

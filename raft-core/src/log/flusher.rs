@@ -1,0 +1,183 @@
+//! Group commit: one thread that makes written records durable and only then acknowledges them.
+//!
+//! `append` writes records with a plain `pwrite` and hands the flusher a waiter. The flusher
+//! takes *every* waiter queued so far, fdatasyncs the files they wrote to, and completes them
+//! all: one fdatasync acknowledges every append that arrived while the previous one was running.
+//! There is no timer and no artificial delay — a lone writer pays exactly one fdatasync.
+//!
+//! A failed fdatasync poisons the log for good: after such a failure the kernel may have dropped
+//! the dirty pages, so nothing written before can be trusted to be durable. Every pending and
+//! later waiter gets the error and `append` refuses further writes.
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+use std::sync::Condvar;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::LogStatsCounters;
+
+/// Runs once the data written before it was queued is durable (or with the error that stopped it).
+pub(crate) type Waiter = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+#[derive(Default)]
+struct Queue {
+    files: Vec<Arc<File>>,
+    waiters: Vec<Waiter>,
+    stop: bool,
+    failure: Option<(io::ErrorKind, String)>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    stats: Arc<LogStatsCounters>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding this lock can only come from a waiter callback, which runs
+        // outside it; recover the guard rather than propagate poison.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Handle to the flusher thread. Dropping it flushes what is queued and joins the thread.
+pub(crate) struct Flusher {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn failure_error(failure: &(io::ErrorKind, String)) -> io::Error {
+    io::Error::new(failure.0, format!("write-ahead log is unusable after a failed fdatasync: {}", failure.1))
+}
+
+impl Flusher {
+    /// Starts the flusher thread.
+    pub fn spawn(name: String, stats: Arc<LogStatsCounters>) -> io::Result<Flusher> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            stats,
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new().name(name).spawn(move || run(&s))?;
+        Ok(Flusher {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The error that poisoned the log, if an fdatasync ever failed.
+    pub fn failure(&self) -> Option<io::Error> {
+        self.shared.lock().failure.as_ref().map(failure_error)
+    }
+
+    /// Queues `waiter` to run once everything written so far — to `file`, and to every file
+    /// queued before — is durable.
+    pub fn enqueue(&self, file: Option<&Arc<File>>, waiter: Waiter) {
+        let mut q = self.shared.lock();
+        if let Some(f) = &q.failure {
+            let err = failure_error(f);
+            drop(q);
+            waiter(Err(err));
+            return;
+        }
+        if let Some(file) = file {
+            if !q.files.iter().any(|f| Arc::ptr_eq(f, file)) {
+                q.files.push(file.clone());
+            }
+        }
+        q.waiters.push(waiter);
+        drop(q);
+        self.shared.wake.notify_one();
+    }
+
+    /// Waits until everything written to `file` so far is durable.
+    pub async fn barrier(&self, file: &Arc<File>) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.enqueue(
+            Some(file),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await
+            .unwrap_or_else(|_| Err(io::Error::other("write-ahead log flusher stopped")))
+    }
+
+    /// Blocking form of [`Flusher::barrier`], for synchronous contexts.
+    pub fn barrier_blocking(&self, file: &Arc<File>) -> io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.enqueue(
+            Some(file),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv()
+            .unwrap_or_else(|_| Err(io::Error::other("write-ahead log flusher stopped")))
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared) {
+    loop {
+        let (files, waiters) = {
+            let mut q = shared.lock();
+            while q.waiters.is_empty() && !q.stop {
+                q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            if q.waiters.is_empty() {
+                return;
+            }
+            (std::mem::take(&mut q.files), std::mem::take(&mut q.waiters))
+        };
+
+        let started = Instant::now();
+        let mut result = Ok(());
+        for f in &files {
+            shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = f.sync_data() {
+                result = Err(e);
+                break;
+            }
+        }
+        let micros = started.elapsed().as_micros() as u64;
+        shared.stats.fsync_micros.fetch_add(micros, Ordering::Relaxed);
+        shared.stats.flush_batches.fetch_add(1, Ordering::Relaxed);
+
+        match result {
+            Ok(()) => {
+                for w in waiters {
+                    w(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "fdatasync of the write-ahead log failed; the log is now read-only");
+                let failure = (e.kind(), e.to_string());
+                let pending = {
+                    let mut q = shared.lock();
+                    q.failure = Some(failure.clone());
+                    std::mem::take(&mut q.waiters)
+                };
+                for w in waiters.into_iter().chain(pending) {
+                    w(Err(failure_error(&failure)));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! The replicated log's storage: a durable segmented write-ahead log, and an in-memory log.
+//!
+//! [`LogStore`] is what a [`Node`](crate::Node) hands to openraft; it is either
+//! [`LogStore::open`] (durable) or [`LogStore::memory`]. It is public so that benchmarks and
+//! tools can drive the log directly.
+//!
+//! # On-disk format
+//!
+//! A log directory holds:
+//!
+//! ```text
+//! LOCK                         advisory lock: one process per directory
+//! meta                         node id, vote, purge point (meta.rs)
+//! 00000000000000000001.wal     segments, named after their first entry's index (segment.rs)
+//! 00000000000000004711.wal
+//! ```
+//!
+//! A segment is a 24-byte header followed by framed records (record.rs):
+//!
+//! ```text
+//! [len: u32 LE][crc32c(len ++ payload): u32 LE][payload: len bytes]
+//! ```
+//!
+//! The payload is the postcard encoding of `WalRecord` (wal.rs): a log entry (log id and payload,
+//! in the stable forms of `disk.rs`) or a commit marker. Segments are preallocated; the bytes after
+//! the last record are zero.
+//!
+//! # Durability
+//!
+//! * `append` writes records with one `pwrite` and returns; the flusher thread (flusher.rs)
+//!   fdatasyncs and only then runs openraft's IO callback. One fdatasync acknowledges every append
+//!   that queued up while the previous one ran (group commit).
+//! * A segment is fdatasynced before the next one receives records, so only the last segment can
+//!   have a torn tail.
+//! * The vote and the purge point live in `meta`, replaced atomically (temp file, fsync, rename,
+//!   fsync directory). Saving a vote first makes every earlier append durable.
+//! * `truncate_after` cuts the file and fsyncs before returning; `purge` records the purge point
+//!   and then deletes whole segments.
+//!
+//! # Recovery
+//!
+//! Opening verifies every record's checksum and that indexes run without gaps. A torn tail of the
+//! last segment — damaged bytes with nothing valid after them — is cut back to the last valid
+//! record. Damage followed by valid records, damage in a sealed segment, or an entry out of
+//! sequence is refused with [`LogError::Corrupt`], naming the file and the offset.
+//!
+//! Under power loss a disk may persist a later page of the unsynced tail but not an earlier one;
+//! such a tail looks like damage in the middle and is refused rather than guessed at. The
+//! records involved were never acknowledged, so wiping that replica and letting it catch up from
+//! the others loses nothing.
+
+mod flusher;
+mod memory;
+mod meta;
+mod record;
+mod segment;
+mod wal;
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use openraft::storage::IOFlushed;
+use openraft::storage::LogState;
+use openraft::storage::RaftLogStorage;
+
+use self::memory::MemLog;
+use self::wal::SharedView;
+use self::wal::Wal;
+pub use self::wal::WalOptions;
+pub use crate::fsutil::PathError;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::NodeId;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+
+/// Everything that can go wrong in the log's storage.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A file operation failed.
+    #[error(transparent)]
+    Io(#[from] PathError),
+    /// The log on disk is damaged somewhere other than a torn tail; the node must not start.
+    #[error("write-ahead log is corrupt: {file} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The damaged file.
+        file: PathBuf,
+        /// Byte offset of the damage in that file.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The directory holds another node's log.
+    #[error("{dir} holds the log of node {found}, not node {expected}")]
+    WrongNode {
+        /// The log directory.
+        dir: PathBuf,
+        /// The node id this process was started as.
+        expected: NodeId,
+        /// The node id recorded in the directory.
+        found: NodeId,
+    },
+    /// Another process (or another node in this process) has the directory open.
+    #[error("{dir} is in use by another process or node")]
+    Locked {
+        /// The log directory.
+        dir: PathBuf,
+    },
+    /// An append would leave a gap or go backwards.
+    #[error("append out of order: expected entry {expected}, got {got}")]
+    OutOfOrder {
+        /// The index the log expected next.
+        expected: u64,
+        /// The index it was given.
+        got: u64,
+    },
+    /// A record could not be encoded (for example, an entry over the size limit).
+    #[error("cannot encode a log record: {0}")]
+    Encode(String),
+    /// An fdatasync failed earlier; the log accepts no more writes.
+    #[error("{0}")]
+    Poisoned(String),
+}
+
+impl From<LogError> for io::Error {
+    fn from(e: LogError) -> Self {
+        let kind = match &e {
+            LogError::Io(p) => p.source.kind(),
+            LogError::Corrupt { .. } => io::ErrorKind::InvalidData,
+            LogError::OutOfOrder { .. } | LogError::Encode(_) => io::ErrorKind::InvalidInput,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// Counters the durable log keeps (all zero for the in-memory log).
+#[derive(Debug, Default)]
+pub(crate) struct LogStatsCounters {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    fsyncs: AtomicU64,
+    fsync_micros: AtomicU64,
+    flush_batches: AtomicU64,
+}
+
+/// A snapshot of the log's counters since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Entries appended.
+    pub entries: u64,
+    /// Bytes written to segments.
+    pub bytes: u64,
+    /// fdatasync calls (by the flusher and when sealing segments).
+    pub fsyncs: u64,
+    /// Total time spent in the flusher's fdatasync calls, in microseconds.
+    pub fsync_micros: u64,
+    /// Flusher rounds; each round acknowledges every append queued before it.
+    pub flush_batches: u64,
+}
+
+impl LogStatsCounters {
+    fn snapshot(&self) -> LogStats {
+        LogStats {
+            entries: self.entries.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            fsyncs: self.fsyncs.load(Ordering::Relaxed),
+            fsync_micros: self.fsync_micros.load(Ordering::Relaxed),
+            flush_batches: self.flush_batches.load(Ordering::Relaxed),
+        }
+    }
+}
+
+enum Backend {
+    Durable(Box<Wal>),
+    Memory(MemLog),
+}
+
+/// The log openraft runs on: durable or in memory.
+pub struct LogStore {
+    backend: Backend,
+    stats: Arc<LogStatsCounters>,
+}
+
+/// A reader of a [`LogStore`], used by openraft's replication and apply tasks.
+#[derive(Clone)]
+pub struct LogReader {
+    backend: ReaderBackend,
+}
+
+#[derive(Clone)]
+enum ReaderBackend {
+    Durable(SharedView),
+    Memory(MemLog),
+}
+
+impl LogStore {
+    /// Opens the durable log in `dir` as node `node_id`, creating it if needed and recovering
+    /// whatever a crash left behind. Fails with [`LogError::Corrupt`] on damage that is not a torn
+    /// tail, [`LogError::WrongNode`] if the directory belongs to another node, and
+    /// [`LogError::Locked`] if it is already open.
+    pub fn open(dir: impl AsRef<Path>, node_id: NodeId, opts: WalOptions) -> Result<LogStore, LogError> {
+        let stats = Arc::new(LogStatsCounters::default());
+        let wal = Wal::open(dir.as_ref(), node_id, opts, stats.clone())?;
+        Ok(LogStore {
+            backend: Backend::Durable(Box::new(wal)),
+            stats,
+        })
+    }
+
+    /// A fresh, empty log in memory.
+    pub fn memory() -> LogStore {
+        LogStore {
+            backend: Backend::Memory(MemLog::default()),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Counters since the log was opened.
+    pub fn stats(&self) -> LogStats {
+        self.stats.snapshot()
+    }
+
+    /// A handle that reads the counters while the log is owned by a running node.
+    pub fn stats_handle(&self) -> LogStatsHandle {
+        LogStatsHandle(self.stats.clone())
+    }
+
+    /// Appends entries and calls `done` once they are durable. The same as openraft's
+    /// [`RaftLogStorage::append`], with a plain closure instead of openraft's callback type.
+    pub fn append_with(
+        &mut self,
+        entries: impl IntoIterator<Item = Entry>,
+        done: impl FnOnce(io::Result<()>) + Send + 'static,
+    ) -> Result<(), LogError> {
+        match &mut self.backend {
+            Backend::Durable(wal) => wal.append(entries, Box::new(done)),
+            Backend::Memory(m) => {
+                m.append(entries)?;
+                done(Ok(()));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Reads a log's counters from anywhere.
+#[derive(Clone)]
+pub struct LogStatsHandle(Arc<LogStatsCounters>);
+
+impl LogStatsHandle {
+    /// Counters since the log was opened.
+    pub fn get(&self) -> LogStats {
+        self.0.snapshot()
+    }
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => *e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let (start, end) = bounds(&range);
+        match &self.backend {
+            ReaderBackend::Durable(view) => view.read().read_range(start, end),
+            ReaderBackend::Memory(m) => Ok(m.read_range(start, end)),
+        }
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(match &self.backend {
+            ReaderBackend::Durable(view) => view.read().vote(),
+            ReaderBackend::Memory(m) => m.vote(),
+        })
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let (purged, last) = match &self.backend {
+            Backend::Durable(wal) => {
+                let view = wal.view();
+                let v = view.read();
+                (v.purged(), v.last())
+            }
+            Backend::Memory(m) => m.state(),
+        };
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        let backend = match &self.backend {
+            Backend::Durable(wal) => ReaderBackend::Durable(wal.view()),
+            Backend::Memory(m) => ReaderBackend::Memory(m.clone()),
+        };
+        LogReader { backend }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        match &mut self.backend {
+            Backend::Durable(wal) => wal.save_vote(vote).await?,
+            Backend::Memory(m) => m.save_vote(vote),
+        }
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        match &mut self.backend {
+            Backend::Durable(wal) => wal.save_committed(committed),
+            Backend::Memory(m) => m.save_committed(committed),
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(match &self.backend {
+            Backend::Durable(wal) => wal.committed(),
+            Backend::Memory(m) => m.committed(),
+        })
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.append_with(entries, move |r| callback.io_completed(r))?;
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        match &mut self.backend {
+            Backend::Durable(wal) => wal.truncate_after(last_log_id)?,
+            Backend::Memory(m) => m.truncate_after(last_log_id),
+        }
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        match &mut self.backend {
+            Backend::Durable(wal) => wal.purge(log_id)?,
+            Backend::Memory(m) => m.purge(log_id),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

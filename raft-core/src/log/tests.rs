@@ -1,0 +1,507 @@
+//! Tests of the log: openraft's storage suite, durability across reopen, crash recovery and a
+//! model-based property test.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::io::Read;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::RaftLogReader;
+use openraft::storage::RaftLogStorage;
+use openraft::testing::log::StoreBuilder;
+use openraft::testing::log::Suite;
+use proptest::prelude::*;
+
+use super::LogError;
+use super::LogStore;
+use super::WalOptions;
+use super::record;
+use super::segment;
+use crate::apply::Applier;
+use crate::apply::SmShared;
+use crate::snapshot::SnapshotStore;
+use crate::state_machine::StateMachine;
+use crate::types;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::Payload;
+use crate::types::Request;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+
+/// The smallest state machine, for the storage suite.
+#[derive(Default)]
+struct Sum(u64);
+
+impl StateMachine for Sum {
+    type Command = u64;
+    type Output = u64;
+    type Snapshot = u64;
+
+    fn apply(&mut self, c: u64) -> u64 {
+        self.0 += c;
+        self.0
+    }
+    fn snapshot(&self) -> u64 {
+        self.0
+    }
+    fn write_snapshot(s: u64, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(&s.to_le_bytes())
+    }
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        let mut b = [0u8; 8];
+        input.read_exact(&mut b)?;
+        self.0 = u64::from_le_bytes(b);
+        Ok(())
+    }
+}
+
+struct DurableBuilder;
+struct MemoryBuilder;
+
+fn applier(store: SnapshotStore) -> Applier<Sum> {
+    Applier::new(SmShared::new(Sum::default(), 16), Arc::new(store))
+}
+
+impl StoreBuilder<TypeConfig, LogStore, Applier<Sum>, tempfile::TempDir> for DurableBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, Applier<Sum>), openraft::StorageError<TypeConfig>> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let opts = WalOptions {
+            segment_size: 4096,
+            cache_entries: 4,
+        };
+        let log = LogStore::open(dir.path().join("wal"), 0, opts).expect("open log");
+        let snaps = SnapshotStore::open(&dir.path().join("snapshots"), u64::MAX).expect("open snapshots");
+        Ok((dir, log, applier(snaps)))
+    }
+}
+
+impl StoreBuilder<TypeConfig, LogStore, Applier<Sum>> for MemoryBuilder {
+    async fn build(&self) -> Result<((), LogStore, Applier<Sum>), openraft::StorageError<TypeConfig>> {
+        Ok(((), LogStore::memory(), applier(SnapshotStore::memory(u64::MAX))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite_durable() {
+    Suite::test_all(DurableBuilder).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite_memory() {
+    Suite::test_all(MemoryBuilder).await.unwrap();
+}
+
+// ---- helpers ----------------------------------------------------------------------------
+
+fn entry(term: u64, index: u64, size: usize) -> Entry {
+    let payload = if size == 0 {
+        Payload::Blank
+    } else {
+        Payload::Normal(Request {
+            session: None,
+            command: Bytes::from(vec![(index % 251) as u8; size]),
+        })
+    };
+    Entry {
+        log_id: types::log_id(term, 1, index),
+        payload,
+    }
+}
+
+fn small_segments() -> WalOptions {
+    WalOptions {
+        segment_size: 4096,
+        cache_entries: 3,
+    }
+}
+
+fn open(dir: &Path) -> Result<LogStore, LogError> {
+    LogStore::open(dir, 1, small_segments())
+}
+
+/// Appends and waits until the flusher acknowledges durability.
+async fn append(log: &mut LogStore, entries: Vec<Entry>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    log.append_with(entries, move |r| {
+        let _ = tx.send(r);
+    })
+    .unwrap();
+    rx.await.unwrap().unwrap();
+}
+
+async fn all_entries(log: &mut LogStore) -> Vec<Entry> {
+    let mut r = log.get_log_reader().await;
+    r.try_get_log_entries(0..u64::MAX).await.unwrap()
+}
+
+/// What the log must contain, kept by the tests alongside the real thing.
+#[derive(Debug, Default, Clone)]
+struct Model {
+    entries: BTreeMap<u64, Entry>,
+    purged: Option<LogId>,
+    vote: Option<Vote>,
+}
+
+impl Model {
+    fn last(&self) -> Option<LogId> {
+        self.entries.values().next_back().map(|e| e.log_id).or(self.purged)
+    }
+
+    async fn check(&self, log: &mut LogStore) {
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, self.purged, "purged");
+        assert_eq!(st.last_log_id, self.last(), "last log id");
+        let got = all_entries(log).await;
+        let want: Vec<Entry> = self.entries.values().cloned().collect();
+        assert_eq!(got, want, "entries");
+        let mut r = log.get_log_reader().await;
+        assert_eq!(r.read_vote().await.unwrap(), self.vote, "vote");
+    }
+}
+
+// ---- durability across reopen ---------------------------------------------------------------
+
+#[tokio::test]
+async fn every_operation_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = Model::default();
+    let mut log = open(dir.path()).unwrap();
+    let mut most_segments = 0;
+
+    // Each step mutates log and model alike, then the log is closed and reopened and compared.
+    let steps: Vec<&str> = vec![
+        "append 0..5",
+        "vote 1",
+        "append 5..40",
+        "truncate 30",
+        "append 31..45 term 2",
+        "committed 20",
+        "purge 10",
+        "vote 2",
+        "purge 33",
+        "append 45..60 term 3",
+        "truncate 40",
+        "purge 40",
+        "append 41..44 term 4",
+    ];
+    for step in steps {
+        let words: Vec<&str> = step.split_whitespace().collect();
+        match words[0] {
+            "append" => {
+                let (a, b) = words[1].split_once("..").unwrap();
+                let term = if words.len() > 3 { words[3].parse().unwrap() } else { 1 };
+                let entries: Vec<Entry> = (a.parse().unwrap()..b.parse().unwrap())
+                    .map(|i: u64| entry(term, i, (i as usize * 37) % 700))
+                    .collect();
+                for e in &entries {
+                    model.entries.insert(e.log_id.index, e.clone());
+                }
+                append(&mut log, entries).await;
+            }
+            "truncate" => {
+                let k: u64 = words[1].parse().unwrap();
+                let keep = model.entries[&k].log_id;
+                model.entries.split_off(&(k + 1));
+                log.truncate_after(Some(keep)).await.unwrap();
+            }
+            "purge" => {
+                let k: u64 = words[1].parse().unwrap();
+                let upto = model.entries[&k].log_id;
+                model.entries = model.entries.split_off(&(k + 1));
+                model.purged = Some(upto);
+                log.purge(upto).await.unwrap();
+            }
+            "vote" => {
+                let v = Vote::new_committed(words[1].parse().unwrap(), 1);
+                model.vote = Some(v);
+                log.save_vote(&v).await.unwrap();
+            }
+            "committed" => {
+                let k: u64 = words[1].parse().unwrap();
+                log.save_committed(Some(model.entries[&k].log_id)).await.unwrap();
+            }
+            other => unreachable!("{other}"),
+        }
+        model.check(&mut log).await;
+        drop(log);
+        log = open(dir.path()).unwrap();
+        model.check(&mut log).await;
+        most_segments = most_segments.max(segment::list(dir.path()).unwrap().len());
+        if words[0] == "committed" {
+            let c = log.read_committed().await.unwrap();
+            assert_eq!(c.map(|c| c.index), Some(20), "the commit marker survives a reopen");
+        }
+    }
+    assert!(most_segments > 1, "small segments rolled over");
+}
+
+#[tokio::test]
+async fn a_directory_is_one_node_and_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path()).unwrap();
+    assert!(matches!(open(dir.path()), Err(LogError::Locked { .. })));
+    drop(log);
+    let err = LogStore::open(dir.path(), 2, small_segments()).err().unwrap();
+    assert!(matches!(err, LogError::WrongNode { expected: 2, found: 1, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn appends_out_of_order_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    append(&mut log, vec![entry(1, 0, 10), entry(1, 1, 10)]).await;
+    let err = log.append_with(vec![entry(1, 3, 10)], |_| {}).unwrap_err();
+    assert!(matches!(err, LogError::OutOfOrder { expected: 2, got: 3 }));
+    let err = log.append_with(vec![entry(1, 1, 10)], |_| {}).unwrap_err();
+    assert!(matches!(err, LogError::OutOfOrder { expected: 2, got: 1 }));
+}
+
+#[tokio::test]
+async fn one_fdatasync_acknowledges_many_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(dir.path(), 1, WalOptions::default()).unwrap();
+    let mut waits = Vec::new();
+    for i in 0..200 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        log.append_with(vec![entry(1, i, 256)], move |r| {
+            let _ = tx.send(r);
+        })
+        .unwrap();
+        waits.push(rx);
+    }
+    for w in waits {
+        w.await.unwrap().unwrap();
+    }
+    let stats = log.stats();
+    assert_eq!(stats.entries, 200);
+    assert!(
+        stats.fsyncs < 200,
+        "200 appends queued back to back must share fdatasyncs: {stats:?}"
+    );
+}
+
+// ---- crash recovery -------------------------------------------------------------------------
+
+/// Writes `n` entries (the last one large) and closes the log. Returns the last segment's path.
+async fn write_log(dir: &Path, n: u64) -> std::path::PathBuf {
+    let mut log = open(dir).unwrap();
+    let entries: Vec<Entry> = (0..n).map(|i| entry(1, i, if i + 1 == n { 300 } else { 200 })).collect();
+    append(&mut log, entries).await;
+    drop(log);
+    segment::list(dir).unwrap().last().unwrap().1.clone()
+}
+
+/// Offsets and payload lengths of the records in a segment file.
+fn records(path: &Path) -> Vec<segment::Found> {
+    segment::scan(&fs::read(path).unwrap()).0
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "LOCK" {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_torn_final_record_is_cut_at_every_byte() {
+    let original = tempfile::tempdir().unwrap();
+    let n = 12;
+    let last_seg = write_log(original.path(), n).await;
+    let recs = records(&last_seg);
+    let last = *recs.last().unwrap();
+    let start = last.offset;
+    let end = last.offset + (record::HEADER_LEN + last.len) as u64;
+    let seg_name = last_seg.file_name().unwrap().to_owned();
+
+    let mut reference = open(original.path()).unwrap();
+    let full = all_entries(&mut reference).await;
+    drop(reference);
+    assert_eq!(full.len() as u64, n);
+    let prefix = &full[..full.len() - 1];
+
+    for cut in start..end {
+        for zero_fill in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            copy_dir(original.path(), dir.path());
+            let path = dir.path().join(&seg_name);
+            if zero_fill {
+                // Preallocated space stays: the torn bytes are zeros up to the record's end.
+                let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+                use std::os::unix::fs::FileExt;
+                f.write_all_at(&vec![0u8; (end - cut) as usize], cut).unwrap();
+            } else {
+                fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
+            }
+            let mut log = open(dir.path()).unwrap_or_else(|e| panic!("cut at {cut} (zero fill {zero_fill}): {e}"));
+            assert_eq!(all_entries(&mut log).await, prefix, "cut at {cut} (zero fill {zero_fill})");
+            // The log carries on from the valid prefix, and that survives another restart.
+            let again = entry(2, n - 1, 50);
+            append(&mut log, vec![again.clone()]).await;
+            drop(log);
+            let mut log = open(dir.path()).unwrap();
+            let mut want = prefix.to_vec();
+            want.push(again);
+            assert_eq!(all_entries(&mut log).await, want, "after re-append, cut at {cut}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn damage_before_the_tail_is_refused_with_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let last_seg = write_log(dir.path(), 40).await;
+    let segs = segment::list(dir.path()).unwrap();
+    assert!(segs.len() >= 2, "need a sealed segment: {segs:?}");
+
+    // 1. A flipped bit in a middle record of the last segment.
+    let recs = records(&last_seg);
+    let victim = recs[recs.len() / 2];
+    let mut bytes = fs::read(&last_seg).unwrap();
+    let original = bytes.clone();
+    bytes[victim.offset as usize + record::HEADER_LEN + 1] ^= 0x10;
+    fs::write(&last_seg, &bytes).unwrap();
+    match open(dir.path()) {
+        Err(LogError::Corrupt { file, offset, reason }) => {
+            assert_eq!(file, last_seg);
+            assert_eq!(offset, victim.offset);
+            assert!(reason.contains("valid record follows"), "{reason}");
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a damaged log was opened"),
+    }
+    let msg = open(dir.path()).err().unwrap().to_string();
+    assert!(msg.contains(last_seg.to_str().unwrap()) && msg.contains("offset"), "{msg}");
+    fs::write(&last_seg, &original).unwrap();
+    open(dir.path()).unwrap();
+
+    // 2. Damage at the very end of a sealed segment is not a torn tail.
+    let sealed = &segs[0].1;
+    let recs = records(sealed);
+    let tail = *recs.last().unwrap();
+    let mut bytes = fs::read(sealed).unwrap();
+    bytes[tail.offset as usize + record::HEADER_LEN] ^= 0x01;
+    fs::write(sealed, &bytes).unwrap();
+    match open(dir.path()) {
+        Err(LogError::Corrupt { file, offset, .. }) => {
+            assert_eq!(&file, sealed);
+            assert_eq!(offset, tail.offset);
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a damaged sealed segment was opened"),
+    }
+}
+
+#[tokio::test]
+async fn a_missing_segment_is_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 40).await;
+    let segs = segment::list(dir.path()).unwrap();
+    assert!(segs.len() >= 3, "{segs:?}");
+    fs::remove_file(&segs[1].1).unwrap();
+    let err = open(dir.path()).err().unwrap();
+    assert!(matches!(&err, LogError::Corrupt { reason, .. } if reason.contains("gap")), "{err}");
+}
+
+// ---- model-based property test --------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Append this many entries of these payload sizes, with the term bumped by `term_step`.
+    Append { sizes: Vec<usize>, term_step: u64 },
+    /// Truncate after the live entry at this fraction of the log (per mille).
+    Truncate(u16),
+    /// Purge up to the live entry at this fraction of the log (per mille).
+    Purge(u16),
+    Vote(u64),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (prop::collection::vec(prop_oneof![Just(0usize), 1usize..64, 64usize..2500], 1..12), 0u64..2)
+            .prop_map(|(sizes, term_step)| Op::Append { sizes, term_step }),
+        1 => (0u16..=1000).prop_map(Op::Truncate),
+        1 => (0u16..=1000).prop_map(Op::Purge),
+        1 => (1u64..5).prop_map(Op::Vote),
+        2 => Just(Op::Reopen),
+    ]
+}
+
+fn pick(model: &Model, per_mille: u16) -> Option<LogId> {
+    let n = model.entries.len();
+    if n == 0 {
+        return None;
+    }
+    let i = (n - 1) * per_mille as usize / 1000;
+    model.entries.values().nth(i).map(|e| e.log_id)
+}
+
+async fn run_ops(ops: Vec<Op>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = Model::default();
+    let mut log = open(dir.path()).unwrap();
+    let mut term = 1;
+    let mut vote_term = 0;
+    for op in ops {
+        match op {
+            Op::Append { sizes, term_step } => {
+                term += term_step;
+                let next = model.last().map_or(0, |l| l.index + 1);
+                let entries: Vec<Entry> = sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| entry(term, next + i as u64, *s))
+                    .collect();
+                for e in &entries {
+                    model.entries.insert(e.log_id.index, e.clone());
+                }
+                append(&mut log, entries).await;
+            }
+            Op::Truncate(p) => {
+                if let Some(keep) = pick(&model, p) {
+                    model.entries.split_off(&(keep.index + 1));
+                    log.truncate_after(Some(keep)).await.unwrap();
+                }
+            }
+            Op::Purge(p) => {
+                if let Some(upto) = pick(&model, p) {
+                    model.entries = model.entries.split_off(&(upto.index + 1));
+                    model.purged = Some(upto);
+                    log.purge(upto).await.unwrap();
+                }
+            }
+            Op::Vote(step) => {
+                vote_term += step;
+                let v = Vote::new(vote_term, 1);
+                model.vote = Some(v);
+                log.save_vote(&v).await.unwrap();
+            }
+            Op::Reopen => {
+                drop(log);
+                log = open(dir.path()).unwrap();
+            }
+        }
+        model.check(&mut log).await;
+    }
+    drop(log);
+    let mut log = open(dir.path()).unwrap();
+    model.check(&mut log).await;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn log_matches_a_model_through_reopens(ops in prop::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(run_ops(ops));
+    }
+}

@@ -1,0 +1,798 @@
+//! The durable write-ahead log: append, truncate, purge, recovery.
+//!
+//! [`Wal`] is the single writer; [`View`] is the state readers share (what entries exist, where
+//! each lives on disk, a cache of the newest decoded entries, the vote). The writer updates the
+//! view only after the bytes are written, so a reader never sees an entry it cannot read back.
+//!
+//! Record payloads are the postcard encoding of [`WalRecord`]: either a log entry or a
+//! "committed" marker. Markers are appended in front of the next batch of entries rather than
+//! written on their own, so persisting the commit index costs no extra I/O; it is advisory
+//! (openraft only uses it to replay the state machine faster after a restart).
+
+use std::collections::BTreeMap;
+use std::collections::VecDeque;
+use std::fs;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::sync::RwLockReadGuard;
+use std::sync::RwLockWriteGuard;
+use std::sync::atomic::Ordering;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use super::LogError;
+use super::LogStatsCounters;
+use super::flusher::Flusher;
+use super::flusher::Waiter;
+use super::meta::Meta;
+use super::record;
+use super::segment;
+use super::segment::Segment;
+use super::segment::Stop;
+use crate::codec;
+use crate::disk::DiskEntry;
+use crate::disk::DiskLogId;
+use crate::disk::DiskVote;
+use crate::fsutil;
+use crate::fsutil::at;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::NodeId;
+use crate::types::Vote;
+
+/// Tuning of the durable log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalOptions {
+    /// Bytes preallocated per segment file. A segment is sealed when the next entry does not
+    /// fit; an entry larger than this gets a segment of its own. Default 64 MiB.
+    pub segment_size: u64,
+    /// How many of the newest entries are kept decoded in memory, so replication to followers
+    /// that are nearly caught up never reads the disk. Default 8192.
+    pub cache_entries: usize,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_size: 64 << 20,
+            cache_entries: 8192,
+        }
+    }
+}
+
+/// One record's payload.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum WalRecord<'a> {
+    /// A log entry.
+    Entry(DiskEntry<'a>),
+    /// Entries up to this log id are known to be committed.
+    Committed(DiskLogId),
+}
+
+/// Where an entry's record lives.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    /// First index of the segment (its key in [`View::segments`]).
+    segment: u64,
+    /// Offset of the record header in the segment file.
+    offset: u64,
+    /// Payload length.
+    len: u32,
+}
+
+impl Loc {
+    fn end(&self) -> u64 {
+        self.offset + record::HEADER_LEN as u64 + self.len as u64
+    }
+}
+
+/// What readers see of the log.
+pub(crate) struct View {
+    vote: Option<Vote>,
+    purged: Option<LogId>,
+    /// The last entry's log id, or `purged` when no entry is left.
+    last: Option<LogId>,
+    segments: BTreeMap<u64, Arc<File>>,
+    /// Index of `locs[0]`.
+    first: u64,
+    locs: VecDeque<Loc>,
+    /// Decoded copies of the newest entries; `cache[0]` has index `cache_first`.
+    cache: VecDeque<Entry>,
+    cache_first: u64,
+    cache_cap: usize,
+}
+
+impl View {
+    fn new(cache_cap: usize) -> View {
+        View {
+            vote: None,
+            purged: None,
+            last: None,
+            segments: BTreeMap::new(),
+            first: 0,
+            locs: VecDeque::new(),
+            cache: VecDeque::new(),
+            cache_first: 0,
+            cache_cap,
+        }
+    }
+
+    /// One past the last live entry.
+    fn end(&self) -> u64 {
+        self.first + self.locs.len() as u64
+    }
+
+    pub fn vote(&self) -> Option<Vote> {
+        self.vote
+    }
+
+    pub fn purged(&self) -> Option<LogId> {
+        self.purged
+    }
+
+    pub fn last(&self) -> Option<LogId> {
+        self.last
+    }
+
+    fn push(&mut self, loc: Loc, entry: Entry) {
+        if self.locs.is_empty() {
+            self.first = entry.log_id.index;
+        }
+        if self.cache.is_empty() {
+            self.cache_first = entry.log_id.index;
+        }
+        self.last = Some(entry.log_id);
+        self.locs.push_back(loc);
+        if self.cache_cap > 0 {
+            self.cache.push_back(entry);
+            while self.cache.len() > self.cache_cap {
+                self.cache.pop_front();
+                self.cache_first += 1;
+            }
+        }
+    }
+
+    /// Reads the live entries with index in `[start, end)`, clamped to what exists.
+    pub fn read_range(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        let start = start.max(self.first);
+        let end = end.min(self.end());
+        let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
+        for index in start..end {
+            out.push(self.read(index)?);
+        }
+        Ok(out)
+    }
+
+    fn read(&self, index: u64) -> io::Result<Entry> {
+        if index >= self.cache_first {
+            if let Some(e) = self.cache.get((index - self.cache_first) as usize) {
+                return Ok(e.clone());
+            }
+        }
+        let loc = self.locs[(index - self.first) as usize];
+        let file = self
+            .segments
+            .get(&loc.segment)
+            .ok_or_else(|| io::Error::other(format!("segment {} of entry {index} is gone", loc.segment)))?;
+        let mut buf = vec![0u8; record::HEADER_LEN + loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset)?;
+        let damaged = |why: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "log entry {index} in segment {} at offset {} is damaged: {why}",
+                    segment::file_name(loc.segment),
+                    loc.offset
+                ),
+            )
+        };
+        if !record::verify(&buf) {
+            return Err(damaged("checksum mismatch".into()));
+        }
+        match codec::decode::<WalRecord>(&buf[record::HEADER_LEN..]) {
+            Ok(WalRecord::Entry(e)) if e.log_id.index == index => e.into_entry().map_err(damaged),
+            Ok(_) => Err(damaged("record is not this entry".into())),
+            Err(e) => Err(damaged(e.to_string())),
+        }
+    }
+
+    fn truncate_from(&mut self, index: u64) {
+        let keep = index.saturating_sub(self.first) as usize;
+        self.locs.truncate(keep);
+        let keep_cache = index.saturating_sub(self.cache_first) as usize;
+        self.cache.truncate(keep_cache);
+        self.last = match self.locs.is_empty() {
+            true => self.purged,
+            false => self.cache.back().map(|e| e.log_id).or(self.last_from_locs()),
+        };
+    }
+
+    fn last_from_locs(&self) -> Option<LogId> {
+        // Only reached when the cache is disabled: read the last entry back.
+        let last = self.end().checked_sub(1)?;
+        self.read(last).ok().map(|e| e.log_id)
+    }
+
+    fn purge_to(&mut self, upto: LogId) {
+        while self.first <= upto.index && !self.locs.is_empty() {
+            self.locs.pop_front();
+            self.first += 1;
+        }
+        if self.locs.is_empty() {
+            self.first = upto.index + 1;
+        }
+        while self.cache_first <= upto.index && !self.cache.is_empty() {
+            self.cache.pop_front();
+            self.cache_first += 1;
+        }
+        if self.cache.is_empty() {
+            self.cache_first = upto.index + 1;
+        }
+        self.purged = Some(upto);
+        if self.locs.is_empty() {
+            self.last = Some(upto);
+        }
+    }
+}
+
+/// Shared, lockable view of the log.
+#[derive(Clone)]
+pub(crate) struct SharedView(Arc<RwLock<View>>);
+
+impl SharedView {
+    pub fn read(&self) -> RwLockReadGuard<'_, View> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, View> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The segment being appended to.
+struct Active {
+    seg: Segment,
+    write_offset: u64,
+    capacity: u64,
+    entries: u64,
+}
+
+/// The durable log's writer. See the module docs of `log` for the format.
+pub(crate) struct Wal {
+    dir: PathBuf,
+    opts: WalOptions,
+    view: SharedView,
+    active: Option<Active>,
+    meta: Meta,
+    /// The newest commit index handed to [`Wal::save_committed`].
+    committed: Option<LogId>,
+    /// The newest commit index written as a record.
+    committed_written: Option<LogId>,
+    buf: Vec<u8>,
+    stats: Arc<LogStatsCounters>,
+    // Declared before the lock so it is dropped (flushing) while the directory is still locked.
+    flusher: Flusher,
+    _lock: File,
+}
+
+fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> LogError {
+    LogError::Corrupt {
+        file: file.to_path_buf(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir` for node `node_id`, recovering what is on disk:
+    /// every checksum is verified, a torn tail of the last segment is cut back to the last valid
+    /// record, and damage anywhere else is refused with [`LogError::Corrupt`].
+    pub fn open(dir: &Path, node_id: NodeId, opts: WalOptions, stats: Arc<LogStatsCounters>) -> Result<Wal, LogError> {
+        fsutil::ensure_dir(dir)?;
+        let lock_path = dir.join("LOCK");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(at("open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(LogError::Locked { dir: dir.to_path_buf() }),
+            Err(fs::TryLockError::Error(e)) => return Err(at("lock", &lock_path)(e).into()),
+        }
+
+        let meta = match Meta::load(dir)? {
+            Some(m) if m.node_id != node_id => {
+                return Err(LogError::WrongNode {
+                    dir: dir.to_path_buf(),
+                    expected: node_id,
+                    found: m.node_id,
+                });
+            }
+            Some(m) => m,
+            None => {
+                let m = Meta {
+                    node_id,
+                    vote: None,
+                    purged: None,
+                };
+                m.store(dir)?;
+                m
+            }
+        };
+
+        let mut view = View::new(opts.cache_entries);
+        view.vote = meta.vote.map(Vote::from);
+        view.purged = meta.purged.map(LogId::from);
+        view.last = view.purged;
+        if let Some(p) = view.purged {
+            view.first = p.index + 1;
+            view.cache_first = p.index + 1;
+        }
+        let purged_index = view.purged.map(|p| p.index);
+
+        let listed = segment::list(dir)?;
+        let mut committed: Option<LogId> = None;
+        let mut prev_index: Option<u64> = None;
+        let mut active: Option<Active> = None;
+        let mut removed_any = false;
+        let count = listed.len();
+        for (i, (first, path)) in listed.into_iter().enumerate() {
+            let is_last = i + 1 == count;
+            let seg = Segment::open(&path, first)?;
+            let bytes = seg.read_all()?;
+            let (found, stop) = segment::scan(&bytes);
+            let decodable = |p: &[u8]| codec::decode::<WalRecord>(p).is_ok();
+            if let Some(later) = segment::find_later_record(&bytes, stop.offset() as usize, decodable) {
+                let what = match &stop {
+                    Stop::End { .. } => "unwritten (zero) bytes",
+                    Stop::Invalid { reason, .. } => reason,
+                };
+                return Err(corrupt(
+                    &path,
+                    stop.offset(),
+                    format!("{what}, yet a valid record follows at offset {later}: the log is damaged before its tail"),
+                ));
+            }
+            let mut cut_at = None;
+            if let Stop::Invalid { offset, reason } = &stop {
+                if !is_last {
+                    return Err(corrupt(&path, *offset, format!("{reason} in a sealed segment")));
+                }
+                tracing::warn!(
+                    file = %path.display(), offset, reason,
+                    "cutting a torn tail off the write-ahead log (a write interrupted by a crash)"
+                );
+                cut_at = Some(*offset);
+            }
+
+            let mut entries_here = 0u64;
+            let mut seg_last: Option<u64> = None;
+            for f in &found {
+                let start = f.offset as usize + record::HEADER_LEN;
+                let payload = &bytes[start..start + f.len];
+                let rec: WalRecord = codec::decode(payload)
+                    .map_err(|e| corrupt(&path, f.offset, format!("checksum holds but the record does not decode: {e}")))?;
+                match rec {
+                    WalRecord::Committed(c) => {
+                        let c = LogId::from(c);
+                        if committed.is_none_or(|old| old.index < c.index) {
+                            committed = Some(c);
+                        }
+                    }
+                    WalRecord::Entry(e) => {
+                        let index = e.log_id.index;
+                        if entries_here == 0 && index != first {
+                            return Err(corrupt(
+                                &path,
+                                f.offset,
+                                format!("first entry has index {index} but the segment is named for {first}"),
+                            ));
+                        }
+                        if let Some(p) = seg_last {
+                            if index != p + 1 {
+                                return Err(corrupt(&path, f.offset, format!("entry {index} follows entry {p}")));
+                            }
+                        }
+                        let live = purged_index.is_none_or(|p| index > p);
+                        let must_follow = match purged_index {
+                            Some(p) => index > p + 1,
+                            None => true,
+                        };
+                        if entries_here == 0 && must_follow {
+                            if let Some(p) = prev_index {
+                                if index != p + 1 {
+                                    return Err(corrupt(
+                                        &path,
+                                        f.offset,
+                                        format!("gap in the log: entry {p} is followed by segment starting at {index}"),
+                                    ));
+                                }
+                            }
+                        }
+                        if live {
+                            if view.locs.is_empty() {
+                                if let Some(p) = purged_index {
+                                    if index != p + 1 {
+                                        return Err(corrupt(
+                                            &path,
+                                            f.offset,
+                                            format!("gap in the log: entries are purged up to {p} but the next one is {index}"),
+                                        ));
+                                    }
+                                }
+                            }
+                            let entry = e
+                                .into_entry()
+                                .map_err(|why| corrupt(&path, f.offset, format!("entry {index}: {why}")))?;
+                            let loc = Loc {
+                                segment: first,
+                                offset: f.offset,
+                                len: f.len as u32,
+                            };
+                            view.push(loc, entry);
+                        }
+                        entries_here += 1;
+                        seg_last = Some(index);
+                        prev_index = Some(index);
+                    }
+                }
+            }
+
+            let fully_purged = match (seg_last, purged_index) {
+                (Some(l), Some(p)) => l <= p,
+                (None, _) => true,
+                (Some(_), None) => false,
+            };
+            if entries_here == 0 && !is_last {
+                return Err(corrupt(&path, segment::HEADER_LEN, "a sealed segment holds no entries"));
+            }
+            if fully_purged {
+                // Finish an interrupted purge, or drop a segment created just before a crash.
+                drop(seg);
+                fs::remove_file(&path).map_err(at("remove", &path))?;
+                removed_any = true;
+                continue;
+            }
+            let end = cut_at.unwrap_or(stop.offset());
+            if let Some(cut) = cut_at {
+                seg.file.set_len(cut).map_err(at("truncate", &path))?;
+                fsutil::preallocate(&seg.file, opts.segment_size.max(cut)).map_err(at("preallocate", &path))?;
+                seg.file.sync_all().map_err(at("fsync", &path))?;
+            }
+            view.segments.insert(first, seg.file.clone());
+            if is_last {
+                active = Some(Active {
+                    seg,
+                    write_offset: end,
+                    capacity: opts.segment_size,
+                    entries: entries_here,
+                });
+            }
+        }
+        if removed_any {
+            fsutil::sync_dir(dir)?;
+        }
+        // A commit marker can only name an entry written before it, so it never exceeds the
+        // last entry; be defensive anyway, since openraft replays up to it on startup.
+        if let (Some(c), Some(last)) = (committed, view.last) {
+            if c.index > last.index {
+                tracing::warn!(committed = %c, last = %last, "ignoring a commit marker beyond the last log entry");
+                committed = None;
+            }
+        }
+
+        let flusher = Flusher::spawn(format!("raftkit-wal-{node_id}"), stats.clone())
+            .map_err(|e| LogError::Io(at("start flusher for", dir)(e)))?;
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            opts,
+            view: SharedView(Arc::new(RwLock::new(view))),
+            active,
+            meta,
+            committed,
+            committed_written: committed,
+            buf: Vec::new(),
+            stats,
+            flusher,
+            _lock: lock,
+        })
+    }
+
+    /// The state readers share.
+    pub fn view(&self) -> SharedView {
+        self.view.clone()
+    }
+
+    /// The commit index recovered at open or last saved.
+    pub fn committed(&self) -> Option<LogId> {
+        self.committed
+    }
+
+    /// Records the commit index; it is written in front of the next appended batch.
+    pub fn save_committed(&mut self, committed: Option<LogId>) {
+        self.committed = committed;
+    }
+
+    /// Saves the vote durably. Everything appended before is made durable first, so the vote
+    /// never becomes durable ahead of entries that were appended earlier.
+    pub async fn save_vote(&mut self, vote: &Vote) -> Result<(), LogError> {
+        if let Some(e) = self.flusher.failure() {
+            return Err(LogError::Poisoned(e.to_string()));
+        }
+        if let Some(a) = &self.active {
+            self.flusher
+                .barrier(&a.seg.file)
+                .await
+                .map_err(|e| LogError::Poisoned(e.to_string()))?;
+        }
+        let mut meta = self.meta.clone();
+        meta.vote = Some(DiskVote::from(vote));
+        meta.store(&self.dir)?;
+        self.meta = meta;
+        self.view.write().vote = Some(*vote);
+        Ok(())
+    }
+
+    /// Appends `entries`, which must continue the log without a gap. Returns once the records
+    /// are written (readable); `waiter` runs once they are durable.
+    pub fn append(&mut self, entries: impl IntoIterator<Item = Entry>, waiter: Waiter) -> Result<(), LogError> {
+        if let Some(e) = self.flusher.failure() {
+            return Err(LogError::Poisoned(e.to_string()));
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let result = self.append_inner(entries, &mut buf);
+        self.buf = buf;
+        result?;
+        let file = self.active.as_ref().map(|a| a.seg.file.clone());
+        self.flusher.enqueue(file.as_ref(), waiter);
+        Ok(())
+    }
+
+    fn expected_next(&self) -> Option<u64> {
+        let v = self.view.read();
+        match (v.locs.is_empty(), v.purged) {
+            (false, _) => Some(v.end()),
+            (true, Some(p)) => Some(p.index + 1),
+            (true, None) => None,
+        }
+    }
+
+    fn append_inner(&mut self, entries: impl IntoIterator<Item = Entry>, buf: &mut Vec<u8>) -> Result<(), LogError> {
+        let mut next = self.expected_next();
+        // Entries framed into `buf` but not yet written: (entry, offset in buf, payload len).
+        let mut pending: Vec<(Entry, usize, u32)> = Vec::new();
+        if self.active.is_some() {
+            self.frame_committed(buf)?;
+        }
+        for entry in entries {
+            let index = entry.log_id.index;
+            if let Some(n) = next {
+                if index != n {
+                    return Err(LogError::OutOfOrder { expected: n, got: index });
+                }
+            }
+            next = Some(index + 1);
+            if self.active.is_none() {
+                self.active = Some(self.new_segment(index)?);
+            }
+            let rel = buf.len();
+            let len = record::append_framed(buf, |b| codec::encode_into(&WalRecord::Entry(DiskEntry::from(&entry)), b))
+                .map_err(|e| LogError::Encode(e.to_string()))?
+                .map_err(|e| LogError::Encode(format!("entry {index}: {e}")))?;
+            let needs_roll = match &self.active {
+                Some(a) => a.write_offset + buf.len() as u64 > a.capacity && (a.entries > 0 || !pending.is_empty()),
+                None => false,
+            };
+            if needs_roll {
+                let tail = buf.split_off(rel);
+                self.write_active(buf, &mut pending)?;
+                self.seal_active()?;
+                self.active = Some(self.new_segment(index)?);
+                *buf = tail;
+                pending.push((entry, 0, len as u32));
+            } else {
+                pending.push((entry, rel, len as u32));
+            }
+        }
+        self.write_active(buf, &mut pending)
+    }
+
+    /// Frames a commit marker into `buf` if the saved commit index is newer than the last one
+    /// written.
+    fn frame_committed(&mut self, buf: &mut Vec<u8>) -> Result<(), LogError> {
+        let Some(c) = self.committed else { return Ok(()) };
+        if self.committed_written.is_some_and(|w| w.index >= c.index) {
+            return Ok(());
+        }
+        record::append_framed(buf, |b| codec::encode_into(&WalRecord::Committed(DiskLogId::from(&c)), b))
+            .map_err(|e| LogError::Encode(e.to_string()))?
+            .map_err(|e| LogError::Encode(e.to_string()))?;
+        self.committed_written = Some(c);
+        Ok(())
+    }
+
+    /// Writes `buf` at the active segment's write offset and publishes `pending` to readers.
+    fn write_active(&mut self, buf: &[u8], pending: &mut Vec<(Entry, usize, u32)>) -> Result<(), LogError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let Some(a) = &mut self.active else {
+            return Err(LogError::Encode("no active segment to write to".into()));
+        };
+        a.seg
+            .file
+            .write_all_at(buf, a.write_offset)
+            .map_err(at("write", &a.seg.path))?;
+        let base = a.write_offset;
+        a.write_offset += buf.len() as u64;
+        a.entries += pending.len() as u64;
+        let segment = a.seg.first_index;
+        self.stats.entries.fetch_add(pending.len() as u64, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        let mut view = self.view.write();
+        for (entry, rel, len) in pending.drain(..) {
+            let loc = Loc {
+                segment,
+                offset: base + rel as u64,
+                len,
+            };
+            view.push(loc, entry);
+        }
+        Ok(())
+    }
+
+    /// Makes the active segment durable before a newer one receives records, so a crash can
+    /// only ever tear the last segment.
+    fn seal_active(&mut self) -> Result<(), LogError> {
+        if let Some(a) = &self.active {
+            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            a.seg.file.sync_data().map_err(at("fdatasync", &a.seg.path))?;
+        }
+        Ok(())
+    }
+
+    fn new_segment(&mut self, first_index: u64) -> Result<Active, LogError> {
+        let seg = Segment::create(&self.dir, first_index, self.opts.segment_size)?;
+        self.view.write().segments.insert(first_index, seg.file.clone());
+        // A fresh segment has no commit marker yet.
+        self.committed_written = None;
+        Ok(Active {
+            seg,
+            write_offset: segment::HEADER_LEN,
+            capacity: self.opts.segment_size,
+            entries: 0,
+        })
+    }
+
+    /// Removes every entry after `keep` (all live entries if `None`), durably.
+    pub fn truncate_after(&mut self, keep: Option<LogId>) -> Result<(), LogError> {
+        let (first, end, first_removed) = {
+            let v = self.view.read();
+            let first_removed = keep.map_or(0, |k| k.index + 1).max(v.first);
+            (v.first, v.end(), first_removed)
+        };
+        if first_removed >= end {
+            return Ok(());
+        }
+        if first_removed == first {
+            // No live entry survives; what else the segments hold is purged.
+            let all: Vec<u64> = self.view.read().segments.keys().rev().copied().collect();
+            for s in all {
+                self.remove_segment(s)?;
+            }
+            self.active = None;
+        } else {
+            let keep_loc = self.view.read().locs[(first_removed - 1 - first) as usize];
+            let later: Vec<u64> = self
+                .view
+                .read()
+                .segments
+                .range(keep_loc.segment + 1..)
+                .rev()
+                .map(|(k, _)| *k)
+                .collect();
+            for s in later {
+                self.remove_segment(s)?;
+            }
+            let path = self.dir.join(segment::file_name(keep_loc.segment));
+            let seg = Segment::open(&path, keep_loc.segment)?;
+            let end_offset = keep_loc.end();
+            seg.file.set_len(end_offset).map_err(at("truncate", &path))?;
+            fsutil::preallocate(&seg.file, self.opts.segment_size.max(end_offset)).map_err(at("preallocate", &path))?;
+            seg.file.sync_all().map_err(at("fsync", &path))?;
+            self.view.write().segments.insert(keep_loc.segment, seg.file.clone());
+            self.active = Some(Active {
+                entries: first_removed - keep_loc.segment,
+                seg,
+                write_offset: end_offset,
+                capacity: self.opts.segment_size,
+            });
+        }
+        fsutil::sync_dir(&self.dir)?;
+        // Commit markers written after the cut are gone with it.
+        self.committed_written = None;
+        self.view.write().truncate_from(first_removed);
+        Ok(())
+    }
+
+    /// Forgets entries up to and including `upto` and deletes the segments that hold nothing
+    /// newer. The purge point is made durable first.
+    pub fn purge(&mut self, upto: LogId) -> Result<(), LogError> {
+        if self.view.read().purged.is_some_and(|p| p.index >= upto.index) {
+            return Ok(());
+        }
+        let mut meta = self.meta.clone();
+        meta.purged = Some(DiskLogId::from(&upto));
+        meta.store(&self.dir)?;
+        self.meta = meta;
+
+        let empty = {
+            let mut v = self.view.write();
+            v.purge_to(upto);
+            v.locs.is_empty()
+        };
+        let keys: Vec<u64> = self.view.read().segments.keys().copied().collect();
+        let mut removed = false;
+        for (i, s) in keys.iter().enumerate() {
+            let fully_purged = match keys.get(i + 1) {
+                Some(next) => next - 1 <= upto.index,
+                None => empty,
+            };
+            if fully_purged {
+                self.remove_segment(*s)?;
+                removed = true;
+            }
+        }
+        if empty {
+            self.active = None;
+        }
+        if removed {
+            fsutil::sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    fn remove_segment(&mut self, first_index: u64) -> Result<(), LogError> {
+        let path = self.dir.join(segment::file_name(first_index));
+        self.view.write().segments.remove(&first_index);
+        if self.active.as_ref().is_some_and(|a| a.seg.first_index == first_index) {
+            self.active = None;
+        }
+        fs::remove_file(&path).map_err(at("remove", &path))?;
+        Ok(())
+    }
+
+    /// Writes the pending commit marker and waits until everything is durable.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        if self.active.is_some() {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            let res = self.frame_committed(&mut buf).and_then(|_| self.write_active(&buf, &mut Vec::new()));
+            self.buf = buf;
+            res?;
+        }
+        if let Some(a) = &self.active {
+            self.flusher
+                .barrier_blocking(&a.seg.file)
+                .map_err(|e| LogError::Poisoned(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Err(e) = self.sync() {
+            tracing::warn!(error = %e, "could not flush the write-ahead log on close");
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! What a node reports about itself.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
+use openraft::RaftMetrics;
+use openraft::ServerState;
+
+use crate::types::NodeId;
+use crate::types::TypeConfig;
+
+/// A node's role in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Accepts writes and replicates them.
+    Leader,
+    /// A voter following a leader.
+    Follower,
+    /// A voter campaigning to become leader.
+    Candidate,
+    /// Receives the log but does not vote.
+    Learner,
+    /// Shut down or stopped by a fatal error.
+    Shutdown,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+        })
+    }
+}
+
+/// A point-in-time view of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    /// This node's id.
+    pub id: NodeId,
+    /// This node's role.
+    pub role: Role,
+    /// The current term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// The leader's address, from the membership config.
+    pub leader_addr: Option<String>,
+    /// Index of the last entry in this node's log.
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry known committed.
+    pub commit_index: Option<u64>,
+    /// Index of the last entry applied to the state machine.
+    pub applied_index: Option<u64>,
+    /// Index of the last entry covered by the current snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Entries up to this index have been purged from the log.
+    pub purged_index: Option<u64>,
+    /// Voting members (the union of both configs during a joint change).
+    pub voters: BTreeSet<NodeId>,
+    /// Non-voting members.
+    pub learners: BTreeSet<NodeId>,
+    /// Every member's address.
+    pub members: BTreeMap<NodeId, String>,
+    /// Whether the membership is in a joint (two-config) transition.
+    pub joint: bool,
+}
+
+impl Metrics {
+    pub(crate) fn from_raft(m: &RaftMetrics<TypeConfig>) -> Metrics {
+        let membership = m.membership_config.membership();
+        let members: BTreeMap<NodeId, String> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        let role = if m.running_state.is_err() {
+            Role::Shutdown
+        } else {
+            match m.state {
+                ServerState::Leader => Role::Leader,
+                ServerState::Follower => Role::Follower,
+                ServerState::Candidate => Role::Candidate,
+                ServerState::Learner => Role::Learner,
+                ServerState::Shutdown => Role::Shutdown,
+            }
+        };
+        Metrics {
+            id: m.id,
+            role,
+            term: m.current_term,
+            leader: m.current_leader,
+            leader_addr: m.current_leader.and_then(|l| members.get(&l).cloned()),
+            last_log_index: m.last_log_index,
+            commit_index: m.local_committed.map(|c| c.index),
+            applied_index: m.last_applied.map(|a| a.index),
+            snapshot_index: m.snapshot.map(|s| s.index),
+            purged_index: m.purged.map(|p| p.index),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            joint: membership.get_joint_config().len() > 1,
+            members,
+        }
+    }
+}

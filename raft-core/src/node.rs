@@ -1,0 +1,504 @@
+//! [`Node`]: one member of a replicated state machine.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use openraft::BasicNode;
+use openraft::Raft;
+use openraft::ReadPolicy;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::ClientWriteError;
+use openraft::errors::Fatal;
+use openraft::errors::ForwardToLeader;
+use openraft::errors::InitializeError;
+use openraft::errors::LinearizableReadError;
+use openraft::errors::RaftError;
+
+use crate::apply::Applier;
+use crate::apply::SmShared;
+use crate::codec;
+use crate::config::Config;
+use crate::config::Storage;
+use crate::error::Error;
+use crate::error::Result;
+use crate::log::LogStats;
+use crate::log::LogStatsHandle;
+use crate::log::LogStore;
+use crate::metrics::Metrics;
+use crate::metrics::Role;
+use crate::snapshot::SnapshotData;
+use crate::snapshot::SnapshotSink;
+use crate::snapshot::SnapshotStore;
+use crate::state_machine::StateMachine;
+use crate::transport::RpcHandler;
+use crate::transport::RpcHandlerError;
+use crate::transport::SharedRpcHandler;
+use crate::transport::Transport;
+use crate::transport::rpc;
+use crate::types::NodeId;
+use crate::types::Request;
+use crate::types::Response;
+use crate::types::Session;
+use crate::types::Snapshot;
+use crate::types::SnapshotMeta;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Consistency {
+    /// Linearizable: the leader confirms with a quorum that it still leads (ReadIndex), waits
+    /// until it has applied everything committed before the read, then reads. Sees every write
+    /// acknowledged before the read started. Only the leader serves it.
+    #[default]
+    Linearizable,
+    /// Linearizable under a leader lease: skips the quorum round trip while the leader's lease
+    /// (renewed by heartbeats) is valid, falling back to ReadIndex when it is not. Assumes clocks
+    /// do not drift faster than the election timeout. Only the leader serves it.
+    Lease,
+    /// Whatever this node has applied, on any node, with no coordination. May be stale.
+    Local,
+}
+
+type RaftHandle<S> = Raft<TypeConfig, Applier<S>>;
+
+struct Inner<S: StateMachine> {
+    id: NodeId,
+    config: Config,
+    raft: RaftHandle<S>,
+    sm: Arc<SmShared<S>>,
+    snapshots: Arc<SnapshotStore>,
+    log_stats: LogStatsHandle,
+}
+
+/// One member of a replicated state machine. Cheap to clone; clones share the node.
+///
+/// ```no_run
+/// # use raft_core::{Node, Config, StateMachine, Consistency};
+/// # async fn demo<S: StateMachine<Command = u64>, T: raft_core::Transport>(sm: S, transport: T) -> raft_core::Result<()> {
+/// let node = Node::start(Config::durable(1, "/var/lib/app/n1"), sm, transport).await?;
+/// if !node.is_initialized().await? {
+///     node.initialize([(1, "10.0.0.1:7000"), (2, "10.0.0.2:7000"), (3, "10.0.0.3:7000")]).await?;
+/// }
+/// let output = node.write(5).await?;
+/// let value = node.read(Consistency::Linearizable, |sm| sm.snapshot()).await?;
+/// # Ok(()) }
+/// ```
+pub struct Node<S: StateMachine> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: StateMachine> Clone for Node<S> {
+    fn clone(&self) -> Self {
+        Node {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S: StateMachine> std::fmt::Debug for Node<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.inner.id).finish_non_exhaustive()
+    }
+}
+
+fn fatal_to_error(e: &Fatal<TypeConfig>) -> Error {
+    match e {
+        Fatal::Stopped => Error::Shutdown,
+        Fatal::StorageError(s) => Error::Storage(s.to_string()),
+        Fatal::Panicked => Error::Fatal("the consensus task panicked".into()),
+    }
+}
+
+fn not_leader(f: &ForwardToLeader<TypeConfig>) -> Error {
+    Error::NotLeader {
+        leader: f.leader_id,
+        leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+    }
+}
+
+impl<S: StateMachine> Node<S> {
+    /// Starts a node: opens (or creates) its storage, recovers its log and latest snapshot, and
+    /// joins whatever cluster its stored membership names.
+    ///
+    /// A node with durable storage that ran before needs nothing else. A brand-new cluster is
+    /// formed by calling [`Node::initialize`] on one node; a new node joining an existing cluster
+    /// is added by the leader with [`Node::add_learner`].
+    pub async fn start(config: Config, state_machine: S, transport: impl Transport) -> Result<Node<S>> {
+        let raft_config = Arc::new(config.to_openraft()?);
+        let id = config.id;
+        let (log, snapshots) = match &config.storage {
+            Storage::Dir(dir) => Self::open_storage(dir, &config).await?,
+            Storage::Memory => (
+                LogStore::memory(),
+                SnapshotStore::memory(config.max_snapshot_bytes),
+            ),
+        };
+        let snapshots = Arc::new(snapshots);
+        let log_stats = log.stats_handle();
+        let sm = SmShared::new(state_machine, config.max_sessions);
+        let applier = Applier::new(sm.clone(), snapshots.clone());
+        let raft = Raft::new(id, raft_config, transport, log, applier)
+            .await
+            .map_err(|e| fatal_to_error(&e))?;
+        tracing::info!(node = id, "node started");
+        Ok(Node {
+            inner: Arc::new(Inner {
+                id,
+                config,
+                raft,
+                sm,
+                snapshots,
+                log_stats,
+            }),
+        })
+    }
+
+    async fn open_storage(dir: &Path, config: &Config) -> Result<(LogStore, SnapshotStore)> {
+        let wal_dir = dir.join("wal");
+        let snap_dir = dir.join("snapshots");
+        let (id, wal, max) = (config.id, config.wal.clone(), config.max_snapshot_bytes);
+        tokio::task::spawn_blocking(move || -> Result<(LogStore, SnapshotStore)> {
+            let log = LogStore::open(&wal_dir, id, wal)?;
+            let snaps = SnapshotStore::open(&snap_dir, max)?;
+            // Verify the current snapshot now, so a damaged one stops the start with a clear error.
+            snaps.current()?;
+            Ok((log, snaps))
+        })
+        .await
+        .map_err(|e| Error::Fatal(format!("storage open task failed: {e}")))?
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The configuration the node was started with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Whether the node has cluster state (from `initialize`, from a leader, or from disk).
+    pub async fn is_initialized(&self) -> Result<bool> {
+        self.inner.raft.is_initialized().await.map_err(|e| fatal_to_error(&e))
+    }
+
+    /// Forms a new cluster with `members` (id and address each) as its voters. Call it on one
+    /// node, once, when the cluster is first created; it fails with
+    /// [`Error::AlreadyInitialized`] on a node that has any state.
+    pub async fn initialize<A: Into<String>>(&self, members: impl IntoIterator<Item = (NodeId, A)>) -> Result<()> {
+        let members: BTreeMap<NodeId, BasicNode> =
+            members.into_iter().map(|(id, a)| (id, BasicNode::new(a.into()))).collect();
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Err(Error::AlreadyInitialized),
+            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => Err(Error::Config(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(fatal_to_error(&f)),
+        }
+    }
+
+    async fn with_timeout<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        let limit = self.inner.config.request_timeout;
+        tokio::time::timeout(limit, fut).await.unwrap_or(Err(Error::Timeout(limit)))
+    }
+
+    /// Replicates `command`, applies it on every node and returns this node's output. Only the
+    /// leader accepts writes; elsewhere it fails with [`Error::NotLeader`].
+    pub async fn write(&self, command: S::Command) -> Result<S::Output> {
+        self.write_inner(None, &command).await
+    }
+
+    /// Like [`Node::write`], stamped with a client session: a retry with the same `session`
+    /// returns the first attempt's output instead of applying the command twice.
+    pub async fn write_with_session(&self, session: Session, command: S::Command) -> Result<S::Output> {
+        self.write_inner(Some(session), &command).await
+    }
+
+    async fn write_inner(&self, session: Option<Session>, command: &S::Command) -> Result<S::Output> {
+        let bytes = codec::encode(command)?;
+        let out = self
+            .write_encoded(Request {
+                session,
+                command: Bytes::from(bytes),
+            })
+            .await?;
+        Ok(codec::decode(&out)?)
+    }
+
+    /// Writes an already-encoded command and returns the encoded output. For transports that
+    /// forward writes without knowing the state machine's types.
+    pub async fn write_encoded(&self, request: Request) -> Result<Bytes> {
+        let limit = self.inner.config.max_command_bytes;
+        if request.command.len() > limit {
+            return Err(Error::CommandTooLarge {
+                size: request.command.len(),
+                limit,
+            });
+        }
+        let response = self
+            .with_timeout(async {
+                match self.inner.raft.client_write(request).await {
+                    Ok(r) => Ok(r.data),
+                    Err(RaftError::APIError(e)) => Err(match e {
+                        ClientWriteError::ForwardToLeader(f) => not_leader(&f),
+                        ClientWriteError::LogEntryDiscarded(f) => Error::OutcomeUnknown { leader: f.leader_id },
+                        ClientWriteError::ChangeMembershipError(e) => Error::Membership(e.to_string()),
+                        ClientWriteError::PreconditionFailed(e) => Error::Fatal(e.to_string()),
+                    }),
+                    Err(RaftError::Fatal(f)) => Err(fatal_to_error(&f)),
+                }
+            })
+            .await?;
+        match response {
+            Response::Output(b) => Ok(b),
+            Response::Rejected(e) => Err(Error::Rejected(e)),
+            Response::Empty => Err(Error::Fatal("a normal entry produced no output".into())),
+        }
+    }
+
+    /// Runs `f` on the state machine at the requested consistency and returns its result.
+    pub async fn read<T>(&self, consistency: Consistency, f: impl FnOnce(&S) -> T) -> Result<T> {
+        self.ensure_readable(consistency).await?;
+        let st = self.inner.sm.read();
+        Ok(f(&st.user))
+    }
+
+    /// Waits until a read at `consistency` may be served from this node's state machine.
+    pub async fn ensure_readable(&self, consistency: Consistency) -> Result<()> {
+        let raft = &self.inner.raft;
+        let read_error = |e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>| match e {
+            RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => not_leader(&f),
+            RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)) => Error::NoQuorum,
+            RaftError::Fatal(f) => fatal_to_error(&f),
+        };
+        match consistency {
+            Consistency::Local => Ok(()),
+            Consistency::Linearizable => {
+                self.with_timeout(async { raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map(|_| ()).map_err(read_error) })
+                    .await
+            }
+            Consistency::Lease => {
+                self.with_timeout(async {
+                    match raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
+                        Ok(_) => Ok(()),
+                        Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => raft
+                            .ensure_linearizable(ReadPolicy::ReadIndex)
+                            .await
+                            .map(|_| ())
+                            .map_err(read_error),
+                        Err(e) => Err(read_error(e)),
+                    }
+                })
+                .await
+            }
+        }
+    }
+
+    /// Adds `id` at `addr` as a learner and waits until it has caught up with the log. Leader only.
+    pub async fn add_learner(&self, id: NodeId, addr: impl Into<String>) -> Result<()> {
+        let node = BasicNode::new(addr.into());
+        self.with_timeout(async {
+            self.inner
+                .raft
+                .add_learner(id, node, true)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.membership_error(e))
+        })
+        .await
+    }
+
+    /// Makes `voters` the voting members (each must already be a member, e.g. a caught-up
+    /// learner). Removed voters leave the cluster. Runs joint consensus when needed and returns
+    /// once the final config is committed. Leader only.
+    pub async fn change_membership(&self, voters: impl IntoIterator<Item = NodeId>) -> Result<()> {
+        let voters: BTreeSet<NodeId> = voters.into_iter().collect();
+        self.with_timeout(async {
+            self.inner
+                .raft
+                .change_membership(voters, false)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.membership_error(e))
+        })
+        .await
+    }
+
+    fn membership_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Error {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
+            RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => Error::OutcomeUnknown { leader: f.leader_id },
+            RaftError::APIError(e) => Error::Membership(e.to_string()),
+            RaftError::Fatal(f) => fatal_to_error(&f),
+        }
+    }
+
+    /// Hands leadership to `to` and waits until this node sees `to` as leader. Leader only.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<()> {
+        let m = self.metrics();
+        if m.role != Role::Leader {
+            return Err(Error::NotLeader {
+                leader: m.leader,
+                leader_addr: m.leader_addr,
+            });
+        }
+        if !m.voters.contains(&to) {
+            return Err(Error::Membership(format!("node {to} is not a voter")));
+        }
+        if to == self.inner.id {
+            return Ok(());
+        }
+        self.inner
+            .raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| fatal_to_error(&e))?;
+        let limit = self.inner.config.request_timeout;
+        self.wait_for(limit, |m| m.leader == Some(to)).await.map(|_| ())
+    }
+
+    /// Asks the node to take a snapshot now (regardless of the snapshot policy) and waits until
+    /// it covers everything applied when this was called.
+    pub async fn snapshot(&self) -> Result<()> {
+        let applied = self.metrics().applied_index;
+        self.inner.raft.trigger().snapshot().await.map_err(|e| fatal_to_error(&e))?;
+        let limit = self.inner.config.request_timeout;
+        self.wait_for(limit, |m| m.snapshot_index >= applied).await.map(|_| ())
+    }
+
+    /// The node's current state.
+    pub fn metrics(&self) -> Metrics {
+        let rx = self.inner.raft.metrics();
+        let m = rx.borrow_watched();
+        Metrics::from_raft(&m)
+    }
+
+    /// Waits until `condition` holds for the node's metrics, at most `timeout`; returns the
+    /// metrics that satisfied it, or [`Error::Timeout`].
+    pub async fn wait_for(&self, timeout: Duration, condition: impl Fn(&Metrics) -> bool) -> Result<Metrics> {
+        let mut rx = self.inner.raft.metrics();
+        let wait = async {
+            loop {
+                let m = Metrics::from_raft(&rx.borrow_watched());
+                if condition(&m) {
+                    return Ok(m);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(Error::Shutdown);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(Err(Error::Timeout(timeout)))
+    }
+
+    /// Counters of the node's write-ahead log (zero for in-memory nodes).
+    pub fn log_stats(&self) -> LogStats {
+        self.inner.log_stats.get()
+    }
+
+    /// The receiving side of this node's internal RPCs, for a transport to deliver to.
+    pub fn rpc_handler(&self) -> SharedRpcHandler {
+        Arc::new(Handler {
+            id: self.inner.id,
+            raft: self.inner.raft.clone(),
+            snapshots: self.inner.snapshots.clone(),
+        })
+    }
+
+    /// Stops the node: consensus stops, the log is flushed and closed. Other clones of this node
+    /// fail with [`Error::Shutdown`] afterwards.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| Error::Fatal(format!("shutdown: {e}")))?;
+        tracing::info!(node = self.inner.id, "node shut down");
+        Ok(())
+    }
+}
+
+/// Serves incoming RPCs for one node.
+struct Handler<S: StateMachine> {
+    id: NodeId,
+    raft: RaftHandle<S>,
+    snapshots: Arc<SnapshotStore>,
+}
+
+impl<S: StateMachine> Handler<S> {
+    fn stopped(&self) -> RpcHandlerError {
+        RpcHandlerError::Shutdown(self.id)
+    }
+}
+
+impl<S: StateMachine> RpcHandler for Handler<S> {
+    fn node_id(&self) -> NodeId {
+        self.id
+    }
+
+    fn append_entries(
+        &self,
+        req: rpc::AppendEntriesRequest,
+    ) -> BoxFuture<'_, Result<rpc::AppendEntriesResponse, RpcHandlerError>> {
+        async move { self.raft.append_entries(req).await.map_err(|_| self.stopped()) }.boxed()
+    }
+
+    fn vote(&self, req: rpc::VoteRequest) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>> {
+        async move { self.raft.vote(req).await.map_err(|_| self.stopped()) }.boxed()
+    }
+
+    fn pre_vote(&self, req: rpc::VoteRequest) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>> {
+        async move { self.raft.pre_vote(req).await.map_err(|_| self.stopped()) }.boxed()
+    }
+
+    fn transfer_leader(
+        &self,
+        req: rpc::TransferLeaderRequest,
+    ) -> BoxFuture<'_, Result<rpc::TransferLeaderResponse, RpcHandlerError>> {
+        async move { self.raft.handle_transfer_leader(req).await.map_err(|_| self.stopped()) }.boxed()
+    }
+
+    fn snapshot_sink(&self) -> Result<SnapshotSink, RpcHandlerError> {
+        Ok(self.snapshots.sink()?)
+    }
+
+    fn install_snapshot(
+        &self,
+        vote: Vote,
+        meta: SnapshotMeta,
+        data: SnapshotData,
+    ) -> BoxFuture<'_, Result<rpc::SnapshotResponse, RpcHandlerError>> {
+        async move {
+            // openraft panics on a snapshot no honest leader could send; refuse it here instead.
+            if let Some(last) = meta.last_log_id {
+                if last.leader_id.term > vote.leader_id.term {
+                    return Err(RpcHandlerError::Invalid(format!(
+                        "snapshot up to {last} is newer than the sending leader's vote {vote}"
+                    )));
+                }
+                let committed = self.raft.metrics().borrow_watched().local_committed;
+                if let Some(c) = committed {
+                    if last > c && last.index <= c.index {
+                        return Err(RpcHandlerError::Invalid(format!(
+                            "snapshot up to {last} conflicts with the locally committed {c}"
+                        )));
+                    }
+                }
+            }
+            self.raft
+                .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
+                .await
+                .map_err(|_| self.stopped())
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,719 @@
+//! Snapshot files: writing, checksumming, reading, receiving.
+//!
+//! # Format
+//!
+//! ```text
+//! "RKSNAP01"                       8 bytes of magic
+//! header length: u32 LE
+//! header                           postcard: last log id, membership, client session table
+//! user data                        whatever StateMachine::write_snapshot wrote
+//! crc32c: u32 LE                   over every byte before it
+//! ```
+//!
+//! A durable node keeps its snapshots in `<data dir>/snapshots/` as `<sequence, 20 digits>.snap`;
+//! the highest sequence is the current snapshot and older ones are deleted once a newer one is in
+//! place. A snapshot is written (or received) under a temporary name, fsynced, checked, renamed
+//! and the directory fsynced, so a visible `.snap` file is always complete; one that fails its
+//! checksum is corruption and refused.
+//!
+//! [`SnapshotData`] is a handle to one snapshot's bytes — an open file, or a buffer for in-memory
+//! nodes — that a transport reads in chunks with [`SnapshotData::read_at`]; a receiving transport
+//! writes chunks into a [`SnapshotSink`] and hands the finished data to the node. Neither side
+//! needs the whole snapshot in memory.
+
+use std::fs;
+use std::fs::File;
+use std::io;
+use std::io::BufWriter;
+use std::io::Read;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::codec;
+use crate::disk::DiskLogId;
+use crate::disk::DiskStoredMembership;
+use crate::fsutil;
+use crate::fsutil::PathError;
+use crate::fsutil::at;
+use crate::session::SessionTable;
+use crate::types::LogId;
+use crate::types::SnapshotMeta;
+
+const MAGIC: &[u8; 8] = b"RKSNAP01";
+const SUFFIX: &str = ".snap";
+const TRAILER_LEN: u64 = 4;
+/// Upper bound on the header (membership and session table), so a damaged length cannot make a
+/// reader allocate without limit.
+const MAX_HEADER: u32 = 1 << 30;
+
+/// A snapshot could not be written, read or verified.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A file operation failed.
+    #[error(transparent)]
+    Io(#[from] PathError),
+    /// The user's `write_snapshot` or `restore` failed.
+    #[error("state machine snapshot I/O failed: {0}")]
+    StateMachine(io::Error),
+    /// The snapshot's bytes are damaged or not a raftkit snapshot.
+    #[error("snapshot {what} is corrupt: {reason}")]
+    Corrupt {
+        /// The file, or "received snapshot" for one in memory.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A received snapshot exceeds the configured size limit.
+    #[error("snapshot is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+}
+
+impl From<SnapshotError> for io::Error {
+    fn from(e: SnapshotError) -> Self {
+        let kind = match &e {
+            SnapshotError::Io(p) => p.source.kind(),
+            SnapshotError::StateMachine(e) => e.kind(),
+            SnapshotError::Corrupt { .. } => io::ErrorKind::InvalidData,
+            SnapshotError::TooLarge { .. } => io::ErrorKind::InvalidInput,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+#[derive(Clone)]
+enum Source {
+    File { file: Arc<File>, path: PathBuf, len: u64 },
+    Memory(Bytes),
+}
+
+/// A handle to one snapshot's bytes. Cheap to clone; reading never loads it whole.
+#[derive(Clone)]
+pub struct SnapshotData {
+    source: Source,
+}
+
+impl std::fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Source::File { path, len, .. } => write!(f, "SnapshotData({}, {len} bytes)", path.display()),
+            Source::Memory(b) => write!(f, "SnapshotData(memory, {} bytes)", b.len()),
+        }
+    }
+}
+
+impl SnapshotData {
+    /// The snapshot's size in bytes.
+    pub fn len(&self) -> u64 {
+        match &self.source {
+            Source::File { len, .. } => *len,
+            Source::Memory(b) => b.len() as u64,
+        }
+    }
+
+    /// Whether the snapshot has no bytes at all (never true for a valid snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (0 at the end).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let len = self.len();
+        if offset >= len {
+            return Ok(0);
+        }
+        let n = ((len - offset) as usize).min(buf.len());
+        match &self.source {
+            Source::File { file, .. } => file.read_exact_at(&mut buf[..n], offset)?,
+            Source::Memory(b) => buf[..n].copy_from_slice(&b[offset as usize..offset as usize + n]),
+        }
+        Ok(n)
+    }
+
+    /// A sequential reader over the bytes in `[start, end)`.
+    fn reader(&self, start: u64, end: u64) -> RangeReader<'_> {
+        RangeReader {
+            data: self,
+            pos: start,
+            end: end.min(self.len()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.source {
+            Source::File { path, .. } => path.display().to_string(),
+            Source::Memory(_) => "received in memory".to_string(),
+        }
+    }
+
+    fn from_file(path: PathBuf) -> Result<SnapshotData, SnapshotError> {
+        let file = File::open(&path).map_err(at("open", &path))?;
+        let len = file.metadata().map_err(at("stat", &path))?.len();
+        Ok(SnapshotData {
+            source: Source::File {
+                file: Arc::new(file),
+                path,
+                len,
+            },
+        })
+    }
+}
+
+struct RangeReader<'a> {
+    data: &'a SnapshotData,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = ((self.end - self.pos) as usize).min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.data.read_at(self.pos, &mut buf[..want])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// The part of a snapshot raftkit itself writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Header {
+    last_log_id: Option<DiskLogId>,
+    membership: DiskStoredMembership,
+    sessions: SessionTable,
+}
+
+/// A verified snapshot: its metadata, session table and where the user's bytes are.
+pub(crate) struct Parsed {
+    pub meta: SnapshotMeta,
+    pub sessions: SessionTable,
+    user_start: u64,
+    user_end: u64,
+}
+
+impl Parsed {
+    /// A reader over the user's part of `data` (the data this was parsed from).
+    pub fn user_data<'a>(&self, data: &'a SnapshotData) -> impl Read + 'a {
+        data.reader(self.user_start, self.user_end)
+    }
+}
+
+/// Verifies `data`'s checksum and decodes its header.
+pub(crate) fn parse(data: &SnapshotData) -> Result<Parsed, SnapshotError> {
+    let corrupt = |reason: String| SnapshotError::Corrupt {
+        what: data.describe(),
+        reason,
+    };
+    let len = data.len();
+    let min = MAGIC.len() as u64 + 4 + TRAILER_LEN;
+    if len < min {
+        return Err(corrupt(format!("only {len} bytes")));
+    }
+    // Checksum of everything but the trailer, streamed.
+    let mut crc = 0u32;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    let body_end = len - TRAILER_LEN;
+    let io_err = |e: io::Error| corrupt(format!("unreadable: {e}"));
+    while pos < body_end {
+        let want = ((body_end - pos) as usize).min(buf.len());
+        let n = data.read_at(pos, &mut buf[..want]).map_err(io_err)?;
+        if n == 0 {
+            return Err(corrupt("ended early".into()));
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        pos += n as u64;
+    }
+    let mut trailer = [0u8; 4];
+    data.read_at(body_end, &mut trailer).map_err(io_err)?;
+    if u32::from_le_bytes(trailer) != crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+
+    let mut head = [0u8; 12];
+    data.read_at(0, &mut head).map_err(io_err)?;
+    if &head[..8] != MAGIC {
+        return Err(corrupt("not a raftkit snapshot (bad magic)".into()));
+    }
+    let header_len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+    let user_start = 12 + header_len as u64;
+    if header_len > MAX_HEADER || user_start > body_end {
+        return Err(corrupt(format!("header length {header_len} does not fit")));
+    }
+    let mut header_bytes = vec![0u8; header_len as usize];
+    data.read_at(12, &mut header_bytes).map_err(io_err)?;
+    let header: Header = codec::decode(&header_bytes).map_err(|e| corrupt(format!("undecodable header: {e}")))?;
+    let last_membership = header.membership.to_stored().map_err(|e| corrupt(format!("membership: {e}")))?;
+    Ok(Parsed {
+        meta: SnapshotMeta {
+            last_log_id: header.last_log_id.map(LogId::from),
+            last_membership,
+        },
+        sessions: header.sessions,
+        user_start,
+        user_end: body_end,
+    })
+}
+
+/// A `Write` that checksums what passes through it.
+struct CrcWriter<W> {
+    inner: W,
+    crc: u32,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes a complete snapshot to `out`: magic, header, user data, checksum.
+fn write_snapshot_bytes<W: Write>(
+    out: W,
+    meta: &SnapshotMeta,
+    sessions: &SessionTable,
+    write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<W, SnapshotError> {
+    let header = Header {
+        last_log_id: meta.last_log_id.as_ref().map(DiskLogId::from),
+        membership: DiskStoredMembership::from(&meta.last_membership),
+        sessions: sessions.clone(),
+    };
+    let header_bytes = codec::encode(&header).map_err(|e| SnapshotError::StateMachine(io::Error::other(e)))?;
+    let header_len = u32::try_from(header_bytes.len())
+        .ok()
+        .filter(|l| *l <= MAX_HEADER)
+        .ok_or_else(|| SnapshotError::StateMachine(io::Error::other("snapshot header is too large")))?;
+    let mut w = CrcWriter { inner: out, crc: 0 };
+    let io = |e: io::Error| SnapshotError::StateMachine(e);
+    w.write_all(MAGIC).map_err(io)?;
+    w.write_all(&header_len.to_le_bytes()).map_err(io)?;
+    w.write_all(&header_bytes).map_err(io)?;
+    write_user(&mut w).map_err(io)?;
+    let crc = w.crc;
+    let mut inner = w.inner;
+    inner.write_all(&crc.to_le_bytes()).map_err(io)?;
+    inner.flush().map_err(io)?;
+    Ok(inner)
+}
+
+#[derive(Clone)]
+struct Current {
+    seq: u64,
+    meta: SnapshotMeta,
+    data: SnapshotData,
+}
+
+/// Where a node keeps its snapshots: a directory, or memory.
+pub(crate) struct SnapshotStore {
+    dir: Option<PathBuf>,
+    current: Mutex<Option<Current>>,
+    loaded: Mutex<bool>,
+    next_seq: AtomicU64,
+    max_receive: u64,
+}
+
+fn seq_of(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SUFFIX)?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+impl SnapshotStore {
+    /// A store in `dir` (created if missing). Temporary files left by a crash are removed.
+    pub fn open(dir: &Path, max_receive: u64) -> Result<SnapshotStore, SnapshotError> {
+        fsutil::ensure_dir(dir)?;
+        let mut max_seq = 0;
+        for entry in fs::read_dir(dir).map_err(at("list", dir))? {
+            let entry = entry.map_err(at("list", dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(seq) = seq_of(name) {
+                max_seq = max_seq.max(seq);
+            } else if name.ends_with(".tmp") {
+                let p = entry.path();
+                fs::remove_file(&p).map_err(at("remove", &p))?;
+            }
+        }
+        Ok(SnapshotStore {
+            dir: Some(dir.to_path_buf()),
+            current: Mutex::new(None),
+            loaded: Mutex::new(false),
+            next_seq: AtomicU64::new(max_seq + 1),
+            max_receive,
+        })
+    }
+
+    /// A store that keeps its one snapshot in memory.
+    pub fn memory(max_receive: u64) -> SnapshotStore {
+        SnapshotStore {
+            dir: None,
+            current: Mutex::new(None),
+            loaded: Mutex::new(true),
+            next_seq: AtomicU64::new(1),
+            max_receive,
+        }
+    }
+
+    fn current_lock(&self) -> MutexGuard<'_, Option<Current>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current snapshot, loading and verifying it from disk on first use.
+    pub fn current(&self) -> Result<Option<(SnapshotMeta, SnapshotData)>, SnapshotError> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if !*loaded {
+            if let Some(dir) = &self.dir {
+                let newest = self.newest_on_disk(dir)?;
+                let mut cur = self.current_lock();
+                if cur.is_none() {
+                    *cur = newest;
+                }
+            }
+            *loaded = true;
+        }
+        Ok(self.current_lock().as_ref().map(|c| (c.meta.clone(), c.data.clone())))
+    }
+
+    fn newest_on_disk(&self, dir: &Path) -> Result<Option<Current>, SnapshotError> {
+        let mut best: Option<u64> = None;
+        for entry in fs::read_dir(dir).map_err(at("list", dir))? {
+            let entry = entry.map_err(at("list", dir))?;
+            if let Some(seq) = entry.file_name().to_str().and_then(seq_of) {
+                best = best.max(Some(seq));
+            }
+        }
+        let Some(seq) = best else { return Ok(None) };
+        let data = SnapshotData::from_file(dir.join(format!("{seq:020}{SUFFIX}")))?;
+        let parsed = parse(&data)?;
+        Ok(Some(Current {
+            seq,
+            meta: parsed.meta,
+            data,
+        }))
+    }
+
+    /// Writes a new snapshot and makes it current (unless a newer one became current meanwhile).
+    /// Blocking: call from a blocking thread.
+    pub fn write(
+        &self,
+        meta: &SnapshotMeta,
+        sessions: &SessionTable,
+        write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<SnapshotData, SnapshotError> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let data = match &self.dir {
+            None => {
+                let bytes = write_snapshot_bytes(Vec::new(), meta, sessions, write_user)?;
+                SnapshotData {
+                    source: Source::Memory(Bytes::from(bytes)),
+                }
+            }
+            Some(dir) => {
+                let tmp = dir.join(format!("build-{seq:020}.tmp"));
+                let file = File::create(&tmp).map_err(at("create", &tmp))?;
+                let result = write_snapshot_bytes(BufWriter::new(file), meta, sessions, write_user).and_then(|w| {
+                    let file = w.into_inner().map_err(|e| at("write", &tmp)(e.into_error()))?;
+                    file.sync_all().map_err(at("fsync", &tmp))?;
+                    Ok(())
+                });
+                if let Err(e) = result {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+                let fin = dir.join(format!("{seq:020}{SUFFIX}"));
+                fs::rename(&tmp, &fin).map_err(at("rename", &tmp))?;
+                fsutil::sync_dir(dir)?;
+                SnapshotData::from_file(fin)?
+            }
+        };
+        self.make_current(seq, meta.clone(), data.clone())?;
+        Ok(data)
+    }
+
+    /// Makes a verified snapshot (built here or received from a leader) the current one: a
+    /// received file is moved into place; older snapshots are deleted.
+    pub fn adopt(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), SnapshotError> {
+        if let Some(c) = self.current_lock().as_ref() {
+            if Self::same_file(&c.data, &data) {
+                return Ok(());
+            }
+        }
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let data = match (&self.dir, &data.source) {
+            (Some(dir), Source::File { path, .. }) => {
+                let fin = dir.join(format!("{seq:020}{SUFFIX}"));
+                fs::rename(path, &fin).map_err(at("rename", path))?;
+                fsutil::sync_dir(dir)?;
+                SnapshotData::from_file(fin)?
+            }
+            (Some(dir), Source::Memory(bytes)) => {
+                let fin = format!("{seq:020}{SUFFIX}");
+                fsutil::write_atomically(dir, &fin, bytes)?;
+                SnapshotData::from_file(dir.join(fin))?
+            }
+            (None, _) => data,
+        };
+        self.make_current(seq, meta.clone(), data)
+    }
+
+    fn same_file(a: &SnapshotData, b: &SnapshotData) -> bool {
+        match (&a.source, &b.source) {
+            (Source::File { path: p1, .. }, Source::File { path: p2, .. }) => p1 == p2,
+            (Source::Memory(x), Source::Memory(y)) => x.as_ptr() == y.as_ptr() && x.len() == y.len(),
+            _ => false,
+        }
+    }
+
+    fn make_current(&self, seq: u64, meta: SnapshotMeta, data: SnapshotData) -> Result<(), SnapshotError> {
+        let mut cur = self.current_lock();
+        let newer = match cur.as_ref() {
+            None => true,
+            Some(c) => meta.last_log_id >= c.meta.last_log_id,
+        };
+        if newer {
+            *cur = Some(Current { seq, meta, data });
+        }
+        let keep = cur.as_ref().map(|c| c.seq);
+        drop(cur);
+        if let Some(dir) = &self.dir {
+            self.remove_all_but(dir, keep)?;
+        }
+        Ok(())
+    }
+
+    fn remove_all_but(&self, dir: &Path, keep: Option<u64>) -> Result<(), SnapshotError> {
+        for entry in fs::read_dir(dir).map_err(at("list", dir))? {
+            let entry = entry.map_err(at("list", dir))?;
+            if let Some(seq) = entry.file_name().to_str().and_then(seq_of) {
+                if Some(seq) != keep {
+                    let p = entry.path();
+                    fs::remove_file(&p).map_err(at("remove", &p))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A sink to receive a snapshot into.
+    pub fn sink(&self) -> Result<SnapshotSink, SnapshotError> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let target = match &self.dir {
+            None => SinkTarget::Memory(Vec::new()),
+            Some(dir) => {
+                let path = dir.join(format!("recv-{seq:020}.tmp"));
+                let file = File::create(&path).map_err(at("create", &path))?;
+                SinkTarget::File {
+                    writer: Some(BufWriter::with_capacity(1 << 20, file)),
+                    path,
+                }
+            }
+        };
+        Ok(SnapshotSink {
+            target,
+            written: 0,
+            limit: self.max_receive,
+        })
+    }
+}
+
+enum SinkTarget {
+    File { writer: Option<BufWriter<File>>, path: PathBuf },
+    Memory(Vec<u8>),
+}
+
+/// Receives a snapshot's bytes, in order, from a transport.
+///
+/// Write the chunks with [`SnapshotSink::write`], then call [`SnapshotSink::finish`], which makes
+/// the bytes durable and verifies their checksum. A sink dropped before `finish` deletes what it
+/// received.
+pub struct SnapshotSink {
+    target: SinkTarget,
+    written: u64,
+    limit: u64,
+}
+
+impl SnapshotSink {
+    /// Bytes received so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends the next chunk. Fails if the total would exceed the node's snapshot size limit.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), SnapshotError> {
+        let total = self.written + chunk.len() as u64;
+        if total > self.limit {
+            return Err(SnapshotError::TooLarge { limit: self.limit });
+        }
+        match &mut self.target {
+            SinkTarget::Memory(v) => v.extend_from_slice(chunk),
+            SinkTarget::File { writer, path } => match writer {
+                Some(w) => w.write_all(chunk).map_err(at("write", path))?,
+                None => return Err(at("write", path)(io::Error::other("sink already finished")).into()),
+            },
+        }
+        self.written = total;
+        Ok(())
+    }
+
+    /// Makes the received bytes durable, verifies them and returns the snapshot.
+    pub fn finish(mut self) -> Result<(SnapshotMeta, SnapshotData), SnapshotError> {
+        let data = match &mut self.target {
+            SinkTarget::Memory(v) => SnapshotData {
+                source: Source::Memory(Bytes::from(std::mem::take(v))),
+            },
+            SinkTarget::File { writer, path } => {
+                let Some(w) = writer.take() else {
+                    return Err(at("finish", path)(io::Error::other("sink already finished")).into());
+                };
+                let file = w.into_inner().map_err(|e| at("write", path)(e.into_error()))?;
+                file.sync_all().map_err(at("fsync", path))?;
+                SnapshotData::from_file(path.clone())?
+            }
+        };
+        let parsed = parse(&data)?;
+        // From here the file belongs to the caller (it is renamed into place on install);
+        // an install that never happens leaves a .tmp that the next start removes.
+        if let SinkTarget::File { path, .. } = &mut self.target {
+            *path = PathBuf::new();
+        }
+        Ok((parsed.meta, data))
+    }
+}
+
+impl Drop for SnapshotSink {
+    fn drop(&mut self) {
+        if let SinkTarget::File { path, .. } = &self.target {
+            if !path.as_os_str().is_empty() {
+                let _ = fs::remove_file(path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types;
+    use crate::types::StoredMembership;
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(types::log_id(1, 1, index)),
+            last_membership: StoredMembership::default(),
+        }
+    }
+
+    fn write(store: &SnapshotStore, index: u64, body: &[u8]) -> SnapshotData {
+        store
+            .write(&meta(index), &SessionTable::new(4), |w| w.write_all(body))
+            .unwrap()
+    }
+
+    fn body(data: &SnapshotData) -> Vec<u8> {
+        let parsed = parse(data).unwrap();
+        let mut out = Vec::new();
+        parsed.user_data(data).read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn written_snapshots_verify_and_replace_older_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        assert!(store.current().unwrap().is_none());
+        write(&store, 5, b"five");
+        let d = write(&store, 9, b"nine");
+        assert_eq!(body(&d), b"nine");
+        let files: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(files.len(), 1, "older snapshot deleted");
+
+        let reopened = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        let (m, d) = reopened.current().unwrap().unwrap();
+        assert_eq!(m, meta(9));
+        assert_eq!(body(&d), b"nine");
+    }
+
+    #[test]
+    fn a_flipped_bit_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        write(&store, 3, &[7u8; 1000]);
+        let path = fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[500] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let reopened = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        assert!(matches!(reopened.current(), Err(SnapshotError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn received_in_chunks_and_adopted() {
+        let src_dir = tempfile::tempdir().unwrap();
+        let src = SnapshotStore::open(src_dir.path(), u64::MAX).unwrap();
+        let data = write(&src, 4, &[3u8; 10_000]);
+
+        let dst_dir = tempfile::tempdir().unwrap();
+        let dst = SnapshotStore::open(dst_dir.path(), u64::MAX).unwrap();
+        let mut sink = dst.sink().unwrap();
+        let mut buf = [0u8; 999];
+        let mut off = 0;
+        loop {
+            let n = data.read_at(off, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            sink.write(&buf[..n]).unwrap();
+            off += n as u64;
+        }
+        let (m, received) = sink.finish().unwrap();
+        assert_eq!(m, meta(4));
+        dst.adopt(&m, received).unwrap();
+        let (_, cur) = dst.current().unwrap().unwrap();
+        assert_eq!(body(&cur), vec![3u8; 10_000]);
+        let names: Vec<String> = fs::read_dir(dst_dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 1);
+        assert!(names[0].ends_with(".snap"), "{names:?}");
+    }
+
+    #[test]
+    fn abandoned_or_oversized_receives_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path(), 100).unwrap();
+        let mut sink = store.sink().unwrap();
+        sink.write(&[1u8; 60]).unwrap();
+        assert!(matches!(sink.write(&[1u8; 60]), Err(SnapshotError::TooLarge { limit: 100 })));
+        drop(sink);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        let mut sink = store.sink().unwrap();
+        sink.write(b"garbage that is not a snapshot").unwrap();
+        assert!(matches!(sink.finish(), Err(SnapshotError::Corrupt { .. })));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,122 @@
+//! The seam between a node and the network.
+//!
+//! raft-core has no socket code. A transport plugs in on two sides:
+//!
+//! * **Outgoing**: a [`Transport`] — openraft's `RaftNetworkFactory` over [`TypeConfig`], whose
+//!   connections send snapshots as [`SnapshotData`] — is given to [`Node::start`]. openraft's
+//!   request and response types are re-exported in [`rpc`] so a transport can name them.
+//! * **Incoming**: a transport delivers what it receives to the target node's [`RpcHandler`]
+//!   (from [`Node::rpc_handler`]), which is not generic over the user's state machine.
+//!
+//! [`Node::start`]: crate::Node::start
+//! [`Node::rpc_handler`]: crate::Node::rpc_handler
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use openraft::RaftNetworkFactory;
+use openraft::network::NetSnapshot;
+
+use crate::snapshot::SnapshotData;
+use crate::snapshot::SnapshotError;
+use crate::snapshot::SnapshotSink;
+use crate::types::NodeId;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+
+/// openraft's internal RPC types under [`TypeConfig`], for transport implementations.
+pub mod rpc {
+    use crate::types::TypeConfig;
+
+    /// Replicates entries (or a heartbeat).
+    pub type AppendEntriesRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
+    /// The follower's answer to [`AppendEntriesRequest`].
+    pub type AppendEntriesResponse = openraft::raft::AppendEntriesResponse<TypeConfig>;
+    /// Asks for a vote (or a pre-vote).
+    pub type VoteRequest = openraft::raft::VoteRequest<TypeConfig>;
+    /// The answer to [`VoteRequest`].
+    pub type VoteResponse = openraft::raft::VoteResponse<TypeConfig>;
+    /// Announces a leadership transfer.
+    pub type TransferLeaderRequest = openraft::raft::TransferLeaderRequest<TypeConfig>;
+    /// The answer to [`TransferLeaderRequest`].
+    pub type TransferLeaderResponse = openraft::raft::TransferLeaderResponse<TypeConfig>;
+    /// The answer to a completed snapshot transfer.
+    pub type SnapshotResponse = openraft::raft::SnapshotResponse<TypeConfig>;
+    /// A transport failure as openraft classifies it (unreachable, timeout, network).
+    pub type RpcError = openraft::errors::RPCError<TypeConfig>;
+    /// A snapshot transfer failure as openraft classifies it.
+    pub type StreamingError = openraft::errors::StreamingError<TypeConfig>;
+    /// The peer cannot be reached; openraft backs off before retrying.
+    pub type Unreachable = openraft::errors::Unreachable<TypeConfig>;
+    /// A transient network failure; openraft retries soon.
+    pub type NetworkError = openraft::errors::NetworkError<TypeConfig>;
+    /// The RPC ran out of time.
+    pub type Timeout = openraft::errors::Timeout<TypeConfig>;
+    /// A snapshot as openraft hands it to a transport.
+    pub type Snapshot = crate::types::Snapshot;
+    pub use openraft::RPCTypes;
+    pub use openraft::errors::ReplicationClosed;
+    pub use openraft::network::Backoff;
+    pub use openraft::network::RPCOption;
+    pub use openraft::network::RaftNetworkV2;
+}
+
+/// An outgoing transport: openraft's network factory whose connections carry raftkit snapshots.
+///
+/// Implemented automatically for every suitable `RaftNetworkFactory`.
+pub trait Transport: RaftNetworkFactory<TypeConfig, Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotData>> {}
+
+impl<T> Transport for T where T: RaftNetworkFactory<TypeConfig, Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotData>> {}
+
+/// Why a node could not serve an incoming RPC.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcHandlerError {
+    /// The node is shut down or stopped after a fatal error.
+    #[error("node {0} is shut down")]
+    Shutdown(NodeId),
+    /// The request is inconsistent and was refused before reaching the consensus engine.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A received snapshot could not be stored or verified.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// The receiving side of a node's internal RPCs, independent of the user's state machine type.
+pub trait RpcHandler: Send + Sync + 'static {
+    /// The node this handler serves.
+    fn node_id(&self) -> NodeId;
+
+    /// Handles a replication (or heartbeat) request.
+    fn append_entries(
+        &self,
+        req: rpc::AppendEntriesRequest,
+    ) -> BoxFuture<'_, Result<rpc::AppendEntriesResponse, RpcHandlerError>>;
+
+    /// Handles a vote request.
+    fn vote(&self, req: rpc::VoteRequest) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>>;
+
+    /// Handles a pre-vote request (asks whether a vote would be granted, changes nothing).
+    fn pre_vote(&self, req: rpc::VoteRequest) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>>;
+
+    /// Handles a leadership-transfer announcement.
+    fn transfer_leader(
+        &self,
+        req: rpc::TransferLeaderRequest,
+    ) -> BoxFuture<'_, Result<rpc::TransferLeaderResponse, RpcHandlerError>>;
+
+    /// A sink to receive a snapshot's bytes into; pass the finished data to
+    /// [`RpcHandler::install_snapshot`].
+    fn snapshot_sink(&self) -> Result<SnapshotSink, RpcHandlerError>;
+
+    /// Installs a snapshot received completely (and verified by [`SnapshotSink::finish`]).
+    fn install_snapshot(
+        &self,
+        vote: Vote,
+        meta: crate::types::SnapshotMeta,
+        data: SnapshotData,
+    ) -> BoxFuture<'_, Result<rpc::SnapshotResponse, RpcHandlerError>>;
+}
+
+/// A shared [`RpcHandler`].
+pub type SharedRpcHandler = Arc<dyn RpcHandler>;
