@@ -50,10 +50,10 @@ pub(crate) struct SmState<S> {
 
 impl<S: StateMachine> SmState<S> {
     fn apply_request(&mut self, req: Request, index: u64) -> Response {
-        if let Some(s) = req.session {
-            if let Some(answer) = session::answer_without_applying(&self.sessions, s) {
-                return answer;
-            }
+        if let Some(s) = req.session
+            && let Some(answer) = session::answer_without_applying(&self.sessions, s)
+        {
+            return answer;
         }
         let response = match codec::decode::<S::Command>(&req.command) {
             Err(e) => Response::Rejected(ApplyError::InvalidCommand(e.to_string())),
@@ -138,11 +138,16 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for Builder<S> {
         let sessions = self.sessions.clone();
         let store = self.store.clone();
         let m = meta.clone();
-        let data = tokio::task::spawn_blocking(move || store.write(&m, &sessions, |w| S::write_snapshot(handle, w)))
-            .await
-            .map_err(|e| io::Error::other(format!("snapshot writer task failed: {e}")))??;
+        let data = tokio::task::spawn_blocking(move || {
+            store.write(&m, &sessions, |w| S::write_snapshot(handle, w))
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("snapshot writer task failed: {e}")))??;
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "snapshot built");
-        Ok(Snapshot { meta, snapshot: data })
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
     }
 }
 
@@ -156,7 +161,9 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
-    where Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend {
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let response = {
@@ -191,7 +198,11 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
         }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: SnapshotData,
+    ) -> Result<(), io::Error> {
         let shared = self.shared.clone();
         let store = self.store.clone();
         let meta = meta.clone();
@@ -208,9 +219,9 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
             }
             {
                 let mut st = shared.write();
-                st.user
-                    .restore(&mut parsed.user_data(&data))
-                    .map_err(|e| io::Error::new(e.kind(), format!("state machine restore failed: {e}")))?;
+                st.user.restore(&mut parsed.user_data(&data)).map_err(|e| {
+                    io::Error::new(e.kind(), format!("state machine restore failed: {e}"))
+                })?;
                 let mut sessions = parsed.sessions;
                 sessions.set_capacity(shared.session_capacity);
                 st.sessions = sessions;
@@ -225,9 +236,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
         .map_err(|e| io::Error::other(format!("snapshot install task failed: {e}")))?
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot>, io::Error> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let store = self.store.clone();
         let current = tokio::task::spawn_blocking(move || store.current())
             .await

@@ -112,7 +112,9 @@ impl Config {
         let hb = self.heartbeat_interval.as_millis() as u64;
         let et = self.election_timeout.as_millis() as u64;
         if hb == 0 {
-            return Err(Error::Config("heartbeat_interval must be at least 1 ms".into()));
+            return Err(Error::Config(
+                "heartbeat_interval must be at least 1 ms".into(),
+            ));
         }
         if et < 3 * hb {
             return Err(Error::Config(format!(
@@ -123,7 +125,9 @@ impl Config {
             return Err(Error::Config("request_timeout must not be zero".into()));
         }
         if self.wal.segment_size < 4096 {
-            return Err(Error::Config("wal.segment_size must be at least 4096 bytes".into()));
+            return Err(Error::Config(
+                "wal.segment_size must be at least 4096 bytes".into(),
+            ));
         }
         let policy = match self.snapshot_every {
             0 => openraft::SnapshotPolicy::Never,
@@ -161,7 +165,8 @@ mod tests {
 
     #[test]
     fn bad_timing_is_refused() {
-        let c = Config::in_memory(1).with_timing(Duration::from_millis(100), Duration::from_millis(200));
+        let c = Config::in_memory(1)
+            .with_timing(Duration::from_millis(100), Duration::from_millis(200));
         assert!(matches!(c.to_openraft(), Err(Error::Config(_))));
     }
 }

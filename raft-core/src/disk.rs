@@ -98,8 +98,11 @@ impl From<&Membership> for DiskMembership {
 impl DiskMembership {
     /// Rebuilds the openraft membership; `Err` names what is inconsistent.
     pub fn to_membership(&self) -> Result<Membership, String> {
-        let nodes: BTreeMap<NodeId, BasicNode> =
-            self.nodes.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+        let nodes: BTreeMap<NodeId, BasicNode> = self
+            .nodes
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
         Membership::new(self.configs.clone(), nodes).map_err(|e| e.to_string())
     }
 }
@@ -184,7 +187,10 @@ mod tests {
 
     fn round_trip(e: &Entry) -> Entry {
         let bytes = codec::encode(&DiskEntry::from(e)).unwrap();
-        codec::decode::<DiskEntry>(&bytes).unwrap().into_entry().unwrap()
+        codec::decode::<DiskEntry>(&bytes)
+            .unwrap()
+            .into_entry()
+            .unwrap()
     }
 
     #[test]
@@ -205,8 +211,12 @@ mod tests {
             payload: Payload::Blank,
         };
         assert_eq!(round_trip(&blank), blank);
-        let nodes: BTreeMap<NodeId, BasicNode> =
-            [(1, BasicNode::new("a")), (2, BasicNode::new("b")), (3, BasicNode::new("c"))].into();
+        let nodes: BTreeMap<NodeId, BasicNode> = [
+            (1, BasicNode::new("a")),
+            (2, BasicNode::new("b")),
+            (3, BasicNode::new("c")),
+        ]
+        .into();
         let membership = Membership::new(vec![[1, 2].into()], nodes).unwrap();
         let member = Entry {
             log_id: types::log_id(1, 2, 4),

@@ -54,7 +54,9 @@ pub enum Error {
     #[error("storage failure: {0}")]
     Storage(String),
     /// `initialize` was called on a node that already has state.
-    #[error("the node is already initialized; a restart recovers from disk and needs no initialize")]
+    #[error(
+        "the node is already initialized; a restart recovers from disk and needs no initialize"
+    )]
     AlreadyInitialized,
     /// A membership change was refused.
     #[error("membership change refused: {0}")]

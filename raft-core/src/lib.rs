@@ -49,6 +49,7 @@ pub use crate::config::Storage;
 pub use crate::error::Error;
 pub use crate::error::Result;
 pub use crate::metrics::Metrics;
+pub use crate::metrics::MetricsWatch;
 pub use crate::metrics::Role;
 pub use crate::node::Consistency;
 pub use crate::node::Node;

@@ -72,7 +72,10 @@ pub struct Metrics {
 impl Metrics {
     pub(crate) fn from_raft(m: &RaftMetrics<TypeConfig>) -> Metrics {
         let membership = m.membership_config.membership();
-        let members: BTreeMap<NodeId, String> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        let members: BTreeMap<NodeId, String> = membership
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
         let role = if m.running_state.is_err() {
             Role::Shutdown
         } else {
@@ -100,5 +103,31 @@ impl Metrics {
             joint: membership.get_joint_config().len() > 1,
             members,
         }
+    }
+}
+
+/// A live feed of one node's [`Metrics`].
+pub struct MetricsWatch {
+    rx: openraft::type_config::alias::WatchReceiverOf<TypeConfig, RaftMetrics<TypeConfig>>,
+}
+
+impl MetricsWatch {
+    pub(crate) fn new(
+        rx: openraft::type_config::alias::WatchReceiverOf<TypeConfig, RaftMetrics<TypeConfig>>,
+    ) -> Self {
+        MetricsWatch { rx }
+    }
+
+    /// The latest metrics.
+    pub fn current(&self) -> Metrics {
+        use openraft::async_runtime::watch::WatchReceiver;
+        Metrics::from_raft(&self.rx.borrow_watched())
+    }
+
+    /// Waits until the metrics change; `None` once the node has stopped for good.
+    pub async fn changed(&mut self) -> Option<Metrics> {
+        use openraft::async_runtime::watch::WatchReceiver;
+        self.rx.changed().await.ok()?;
+        Some(self.current())
     }
 }

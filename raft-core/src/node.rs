@@ -14,12 +14,15 @@ use openraft::BasicNode;
 use openraft::Raft;
 use openraft::ReadPolicy;
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::ChangeMembershipError;
 use openraft::errors::ClientWriteError;
 use openraft::errors::Fatal;
+use openraft::errors::ForwardReason;
 use openraft::errors::ForwardToLeader;
 use openraft::errors::InitializeError;
 use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
+use openraft::raft::ClientWriteResponse;
 
 use crate::apply::Applier;
 use crate::apply::SmShared;
@@ -32,6 +35,7 @@ use crate::log::LogStats;
 use crate::log::LogStatsHandle;
 use crate::log::LogStore;
 use crate::metrics::Metrics;
+use crate::metrics::MetricsWatch;
 use crate::metrics::Role;
 use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotSink;
@@ -105,7 +109,9 @@ impl<S: StateMachine> Clone for Node<S> {
 
 impl<S: StateMachine> std::fmt::Debug for Node<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("id", &self.inner.id).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -131,7 +137,11 @@ impl<S: StateMachine> Node<S> {
     /// A node with durable storage that ran before needs nothing else. A brand-new cluster is
     /// formed by calling [`Node::initialize`] on one node; a new node joining an existing cluster
     /// is added by the leader with [`Node::add_learner`].
-    pub async fn start(config: Config, state_machine: S, transport: impl Transport) -> Result<Node<S>> {
+    pub async fn start(
+        config: Config,
+        state_machine: S,
+        transport: impl Transport,
+    ) -> Result<Node<S>> {
         let raft_config = Arc::new(config.to_openraft()?);
         let id = config.id;
         let (log, snapshots) = match &config.storage {
@@ -188,26 +198,41 @@ impl<S: StateMachine> Node<S> {
 
     /// Whether the node has cluster state (from `initialize`, from a leader, or from disk).
     pub async fn is_initialized(&self) -> Result<bool> {
-        self.inner.raft.is_initialized().await.map_err(|e| fatal_to_error(&e))
+        self.inner
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| fatal_to_error(&e))
     }
 
     /// Forms a new cluster with `members` (id and address each) as its voters. Call it on one
     /// node, once, when the cluster is first created; it fails with
     /// [`Error::AlreadyInitialized`] on a node that has any state.
-    pub async fn initialize<A: Into<String>>(&self, members: impl IntoIterator<Item = (NodeId, A)>) -> Result<()> {
-        let members: BTreeMap<NodeId, BasicNode> =
-            members.into_iter().map(|(id, a)| (id, BasicNode::new(a.into()))).collect();
+    pub async fn initialize<A: Into<String>>(
+        &self,
+        members: impl IntoIterator<Item = (NodeId, A)>,
+    ) -> Result<()> {
+        let members: BTreeMap<NodeId, BasicNode> = members
+            .into_iter()
+            .map(|(id, a)| (id, BasicNode::new(a.into())))
+            .collect();
         match self.inner.raft.initialize(members).await {
             Ok(()) => Ok(()),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Err(Error::AlreadyInitialized),
-            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => Err(Error::Config(e.to_string())),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                Err(Error::AlreadyInitialized)
+            }
+            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
+                Err(Error::Config(e.to_string()))
+            }
             Err(RaftError::Fatal(f)) => Err(fatal_to_error(&f)),
         }
     }
 
     async fn with_timeout<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
         let limit = self.inner.config.request_timeout;
-        tokio::time::timeout(limit, fut).await.unwrap_or(Err(Error::Timeout(limit)))
+        tokio::time::timeout(limit, fut)
+            .await
+            .unwrap_or(Err(Error::Timeout(limit)))
     }
 
     /// Replicates `command`, applies it on every node and returns this node's output. Only the
@@ -218,11 +243,19 @@ impl<S: StateMachine> Node<S> {
 
     /// Like [`Node::write`], stamped with a client session: a retry with the same `session`
     /// returns the first attempt's output instead of applying the command twice.
-    pub async fn write_with_session(&self, session: Session, command: S::Command) -> Result<S::Output> {
+    pub async fn write_with_session(
+        &self,
+        session: Session,
+        command: S::Command,
+    ) -> Result<S::Output> {
         self.write_inner(Some(session), &command).await
     }
 
-    async fn write_inner(&self, session: Option<Session>, command: &S::Command) -> Result<S::Output> {
+    async fn write_inner(
+        &self,
+        session: Option<Session>,
+        command: &S::Command,
+    ) -> Result<S::Output> {
         let bytes = codec::encode(command)?;
         let out = self
             .write_encoded(Request {
@@ -244,19 +277,9 @@ impl<S: StateMachine> Node<S> {
             });
         }
         let response = self
-            .with_timeout(async {
-                match self.inner.raft.client_write(request).await {
-                    Ok(r) => Ok(r.data),
-                    Err(RaftError::APIError(e)) => Err(match e {
-                        ClientWriteError::ForwardToLeader(f) => not_leader(&f),
-                        ClientWriteError::LogEntryDiscarded(f) => Error::OutcomeUnknown { leader: f.leader_id },
-                        ClientWriteError::ChangeMembershipError(e) => Error::Membership(e.to_string()),
-                        ClientWriteError::PreconditionFailed(e) => Error::Fatal(e.to_string()),
-                    }),
-                    Err(RaftError::Fatal(f)) => Err(fatal_to_error(&f)),
-                }
-            })
-            .await?;
+            .propose(|| self.inner.raft.client_write(request.clone()))
+            .await?
+            .data;
         match response {
             Response::Output(b) => Ok(b),
             Response::Rejected(e) => Err(Error::Rejected(e)),
@@ -282,8 +305,13 @@ impl<S: StateMachine> Node<S> {
         match consistency {
             Consistency::Local => Ok(()),
             Consistency::Linearizable => {
-                self.with_timeout(async { raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map(|_| ()).map_err(read_error) })
-                    .await
+                self.with_timeout(async {
+                    raft.ensure_linearizable(ReadPolicy::ReadIndex)
+                        .await
+                        .map(|_| ())
+                        .map_err(read_error)
+                })
+                .await
             }
             Consistency::Lease => {
                 self.with_timeout(async {
@@ -305,15 +333,9 @@ impl<S: StateMachine> Node<S> {
     /// Adds `id` at `addr` as a learner and waits until it has caught up with the log. Leader only.
     pub async fn add_learner(&self, id: NodeId, addr: impl Into<String>) -> Result<()> {
         let node = BasicNode::new(addr.into());
-        self.with_timeout(async {
-            self.inner
-                .raft
-                .add_learner(id, node, true)
-                .await
-                .map(|_| ())
-                .map_err(|e| self.membership_error(e))
-        })
-        .await
+        self.propose(|| self.inner.raft.add_learner(id, node.clone(), true))
+            .await
+            .map(|_| ())
     }
 
     /// Makes `voters` the voting members (each must already be a member, e.g. a caught-up
@@ -321,24 +343,69 @@ impl<S: StateMachine> Node<S> {
     /// once the final config is committed. Leader only.
     pub async fn change_membership(&self, voters: impl IntoIterator<Item = NodeId>) -> Result<()> {
         let voters: BTreeSet<NodeId> = voters.into_iter().collect();
-        self.with_timeout(async {
-            self.inner
-                .raft
-                .change_membership(voters, false)
-                .await
-                .map(|_| ())
-                .map_err(|e| self.membership_error(e))
-        })
-        .await
+        self.propose(|| self.inner.raft.change_membership(voters.clone(), false))
+            .await
+            .map(|_| ())
     }
 
-    fn membership_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Error {
-        match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
-            RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => Error::OutcomeUnknown { leader: f.leader_id },
-            RaftError::APIError(e) => Error::Membership(e.to_string()),
-            RaftError::Fatal(f) => fatal_to_error(&f),
-        }
+    /// Runs a proposal (`propose` is called again for each attempt) within the request timeout,
+    /// riding out the conditions that clear on their own on a healthy leader:
+    ///
+    /// * a leader just elected (or just back in touch with its quorum) refuses proposals until a
+    ///   quorum acknowledges it — it gets an election timeout to get there; an isolated leader
+    ///   never does, and the caller is told to look elsewhere;
+    /// * a membership change waits for the one in flight, or for the leader's first entry, to
+    ///   commit.
+    ///
+    /// Every retried condition rejects the proposal before it is appended, so retrying cannot
+    /// apply anything twice.
+    async fn propose<F, Fut>(&self, propose: F) -> Result<ClientWriteResponse<TypeConfig>>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<
+            Output = std::result::Result<
+                ClientWriteResponse<TypeConfig>,
+                RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+            >,
+        >,
+    {
+        self.with_timeout(async {
+            let lease_deadline = tokio::time::Instant::now() + self.inner.config.election_timeout;
+            let mut watch = self.subscribe();
+            loop {
+                let e = match propose().await {
+                    Ok(r) => return Ok(r),
+                    Err(RaftError::Fatal(f)) => return Err(fatal_to_error(&f)),
+                    Err(RaftError::APIError(e)) => e,
+                };
+                let error = match e {
+                    ClientWriteError::ForwardToLeader(f)
+                        if f.reason == ForwardReason::LeaseExpired
+                            && tokio::time::Instant::now() < lease_deadline =>
+                    {
+                        let _ = tokio::time::timeout_at(lease_deadline, watch.changed()).await;
+                        continue;
+                    }
+                    ClientWriteError::ChangeMembershipError(
+                        ChangeMembershipError::InProgress(_)
+                        | ChangeMembershipError::UncommittedLeaderLog(_),
+                    ) => {
+                        if watch.changed().await.is_none() {
+                            return Err(Error::Shutdown);
+                        }
+                        continue;
+                    }
+                    ClientWriteError::ForwardToLeader(f) => not_leader(&f),
+                    ClientWriteError::LogEntryDiscarded(f) => Error::OutcomeUnknown {
+                        leader: f.leader_id,
+                    },
+                    ClientWriteError::ChangeMembershipError(e) => Error::Membership(e.to_string()),
+                    ClientWriteError::PreconditionFailed(e) => Error::Fatal(e.to_string()),
+                };
+                return Err(error);
+            }
+        })
+        .await
     }
 
     /// Hands leadership to `to` and waits until this node sees `to` as leader. Leader only.
@@ -363,16 +430,37 @@ impl<S: StateMachine> Node<S> {
             .await
             .map_err(|e| fatal_to_error(&e))?;
         let limit = self.inner.config.request_timeout;
-        self.wait_for(limit, |m| m.leader == Some(to)).await.map(|_| ())
+        self.wait_for(limit, |m| m.leader == Some(to))
+            .await
+            .map(|_| ())
     }
 
     /// Asks the node to take a snapshot now (regardless of the snapshot policy) and waits until
     /// it covers everything applied when this was called.
     pub async fn snapshot(&self) -> Result<()> {
-        let applied = self.metrics().applied_index;
-        self.inner.raft.trigger().snapshot().await.map_err(|e| fatal_to_error(&e))?;
+        let target = self.metrics().applied_index;
         let limit = self.inner.config.request_timeout;
-        self.wait_for(limit, |m| m.snapshot_index >= applied).await.map(|_| ())
+        self.with_timeout(async {
+            loop {
+                let before = self.metrics().snapshot_index;
+                if before >= target {
+                    return Ok(());
+                }
+                // openraft ignores the trigger while a build is running; when that build lands
+                // without covering `target`, ask again.
+                self.inner
+                    .raft
+                    .trigger()
+                    .snapshot()
+                    .await
+                    .map_err(|e| fatal_to_error(&e))?;
+                self.wait_for(limit, |m| {
+                    m.snapshot_index >= target || m.snapshot_index != before
+                })
+                .await?;
+            }
+        })
+        .await
     }
 
     /// The node's current state.
@@ -382,9 +470,18 @@ impl<S: StateMachine> Node<S> {
         Metrics::from_raft(&m)
     }
 
+    /// A live feed of this node's metrics, to wait on changes.
+    pub fn subscribe(&self) -> MetricsWatch {
+        MetricsWatch::new(self.inner.raft.metrics())
+    }
+
     /// Waits until `condition` holds for the node's metrics, at most `timeout`; returns the
     /// metrics that satisfied it, or [`Error::Timeout`].
-    pub async fn wait_for(&self, timeout: Duration, condition: impl Fn(&Metrics) -> bool) -> Result<Metrics> {
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        condition: impl Fn(&Metrics) -> bool,
+    ) -> Result<Metrics> {
         let mut rx = self.inner.raft.metrics();
         let wait = async {
             loop {
@@ -397,7 +494,9 @@ impl<S: StateMachine> Node<S> {
                 }
             }
         };
-        tokio::time::timeout(timeout, wait).await.unwrap_or(Err(Error::Timeout(timeout)))
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Err(Error::Timeout(timeout)))
     }
 
     /// Counters of the node's write-ahead log (zero for in-memory nodes).
@@ -449,14 +548,26 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         &self,
         req: rpc::AppendEntriesRequest,
     ) -> BoxFuture<'_, Result<rpc::AppendEntriesResponse, RpcHandlerError>> {
-        async move { self.raft.append_entries(req).await.map_err(|_| self.stopped()) }.boxed()
+        async move {
+            self.raft
+                .append_entries(req)
+                .await
+                .map_err(|_| self.stopped())
+        }
+        .boxed()
     }
 
-    fn vote(&self, req: rpc::VoteRequest) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>> {
+    fn vote(
+        &self,
+        req: rpc::VoteRequest,
+    ) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>> {
         async move { self.raft.vote(req).await.map_err(|_| self.stopped()) }.boxed()
     }
 
-    fn pre_vote(&self, req: rpc::VoteRequest) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>> {
+    fn pre_vote(
+        &self,
+        req: rpc::VoteRequest,
+    ) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>> {
         async move { self.raft.pre_vote(req).await.map_err(|_| self.stopped()) }.boxed()
     }
 
@@ -464,7 +575,13 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         &self,
         req: rpc::TransferLeaderRequest,
     ) -> BoxFuture<'_, Result<rpc::TransferLeaderResponse, RpcHandlerError>> {
-        async move { self.raft.handle_transfer_leader(req).await.map_err(|_| self.stopped()) }.boxed()
+        async move {
+            self.raft
+                .handle_transfer_leader(req)
+                .await
+                .map_err(|_| self.stopped())
+        }
+        .boxed()
     }
 
     fn snapshot_sink(&self) -> Result<SnapshotSink, RpcHandlerError> {
@@ -486,16 +603,23 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
                     )));
                 }
                 let committed = self.raft.metrics().borrow_watched().local_committed;
-                if let Some(c) = committed {
-                    if last > c && last.index <= c.index {
-                        return Err(RpcHandlerError::Invalid(format!(
-                            "snapshot up to {last} conflicts with the locally committed {c}"
-                        )));
-                    }
+                if let Some(c) = committed
+                    && last > c
+                    && last.index <= c.index
+                {
+                    return Err(RpcHandlerError::Invalid(format!(
+                        "snapshot up to {last} conflicts with the locally committed {c}"
+                    )));
                 }
             }
             self.raft
-                .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
+                .install_full_snapshot(
+                    vote,
+                    Snapshot {
+                        meta,
+                        snapshot: data,
+                    },
+                )
                 .await
                 .map_err(|_| self.stopped())
         }

@@ -84,8 +84,14 @@ impl SessionTable {
             self.by_age.remove(&(old.index, session.client_id));
         } else {
             while self.clients.len() >= self.capacity {
-                let Some((idx, client)) = self.by_age.pop_first() else { break };
-                tracing::debug!(client, last_index = idx, "client session expired from a full session table");
+                let Some((idx, client)) = self.by_age.pop_first() else {
+                    break;
+                };
+                tracing::debug!(
+                    client,
+                    last_index = idx,
+                    "client session expired from a full session table"
+                );
                 self.clients.remove(&client);
             }
         }
@@ -126,7 +132,10 @@ mod tests {
     use super::*;
 
     fn s(client_id: u64, sequence: u64) -> Session {
-        Session { client_id, sequence }
+        Session {
+            client_id,
+            sequence,
+        }
     }
 
     fn out(b: &'static [u8]) -> Response {

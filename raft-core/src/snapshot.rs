@@ -96,7 +96,11 @@ impl From<SnapshotError> for io::Error {
 
 #[derive(Clone)]
 enum Source {
-    File { file: Arc<File>, path: PathBuf, len: u64 },
+    File {
+        file: Arc<File>,
+        path: PathBuf,
+        len: u64,
+    },
     Memory(Bytes),
 }
 
@@ -109,7 +113,9 @@ pub struct SnapshotData {
 impl std::fmt::Debug for SnapshotData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.source {
-            Source::File { path, len, .. } => write!(f, "SnapshotData({}, {len} bytes)", path.display()),
+            Source::File { path, len, .. } => {
+                write!(f, "SnapshotData({}, {len} bytes)", path.display())
+            }
             Source::Memory(b) => write!(f, "SnapshotData(memory, {} bytes)", b.len()),
         }
     }
@@ -257,8 +263,12 @@ pub(crate) fn parse(data: &SnapshotData) -> Result<Parsed, SnapshotError> {
     }
     let mut header_bytes = vec![0u8; header_len as usize];
     data.read_at(12, &mut header_bytes).map_err(io_err)?;
-    let header: Header = codec::decode(&header_bytes).map_err(|e| corrupt(format!("undecodable header: {e}")))?;
-    let last_membership = header.membership.to_stored().map_err(|e| corrupt(format!("membership: {e}")))?;
+    let header: Header =
+        codec::decode(&header_bytes).map_err(|e| corrupt(format!("undecodable header: {e}")))?;
+    let last_membership = header
+        .membership
+        .to_stored()
+        .map_err(|e| corrupt(format!("membership: {e}")))?;
     Ok(Parsed {
         meta: SnapshotMeta {
             last_log_id: header.last_log_id.map(LogId::from),
@@ -300,11 +310,14 @@ fn write_snapshot_bytes<W: Write>(
         membership: DiskStoredMembership::from(&meta.last_membership),
         sessions: sessions.clone(),
     };
-    let header_bytes = codec::encode(&header).map_err(|e| SnapshotError::StateMachine(io::Error::other(e)))?;
+    let header_bytes =
+        codec::encode(&header).map_err(|e| SnapshotError::StateMachine(io::Error::other(e)))?;
     let header_len = u32::try_from(header_bytes.len())
         .ok()
         .filter(|l| *l <= MAX_HEADER)
-        .ok_or_else(|| SnapshotError::StateMachine(io::Error::other("snapshot header is too large")))?;
+        .ok_or_else(|| {
+            SnapshotError::StateMachine(io::Error::other("snapshot header is too large"))
+        })?;
     let mut w = CrcWriter { inner: out, crc: 0 };
     let io = |e: io::Error| SnapshotError::StateMachine(e);
     w.write_all(MAGIC).map_err(io)?;
@@ -394,7 +407,10 @@ impl SnapshotStore {
             }
             *loaded = true;
         }
-        Ok(self.current_lock().as_ref().map(|c| (c.meta.clone(), c.data.clone())))
+        Ok(self
+            .current_lock()
+            .as_ref()
+            .map(|c| (c.meta.clone(), c.data.clone())))
     }
 
     fn newest_on_disk(&self, dir: &Path) -> Result<Option<Current>, SnapshotError> {
@@ -434,11 +450,14 @@ impl SnapshotStore {
             Some(dir) => {
                 let tmp = dir.join(format!("build-{seq:020}.tmp"));
                 let file = File::create(&tmp).map_err(at("create", &tmp))?;
-                let result = write_snapshot_bytes(BufWriter::new(file), meta, sessions, write_user).and_then(|w| {
-                    let file = w.into_inner().map_err(|e| at("write", &tmp)(e.into_error()))?;
-                    file.sync_all().map_err(at("fsync", &tmp))?;
-                    Ok(())
-                });
+                let result = write_snapshot_bytes(BufWriter::new(file), meta, sessions, write_user)
+                    .and_then(|w| {
+                        let file = w
+                            .into_inner()
+                            .map_err(|e| at("write", &tmp)(e.into_error()))?;
+                        file.sync_all().map_err(at("fsync", &tmp))?;
+                        Ok(())
+                    });
                 if let Err(e) = result {
                     let _ = fs::remove_file(&tmp);
                     return Err(e);
@@ -456,10 +475,10 @@ impl SnapshotStore {
     /// Makes a verified snapshot (built here or received from a leader) the current one: a
     /// received file is moved into place; older snapshots are deleted.
     pub fn adopt(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), SnapshotError> {
-        if let Some(c) = self.current_lock().as_ref() {
-            if Self::same_file(&c.data, &data) {
-                return Ok(());
-            }
+        if let Some(c) = self.current_lock().as_ref()
+            && Self::same_file(&c.data, &data)
+        {
+            return Ok(());
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let data = match (&self.dir, &data.source) {
@@ -482,12 +501,19 @@ impl SnapshotStore {
     fn same_file(a: &SnapshotData, b: &SnapshotData) -> bool {
         match (&a.source, &b.source) {
             (Source::File { path: p1, .. }, Source::File { path: p2, .. }) => p1 == p2,
-            (Source::Memory(x), Source::Memory(y)) => x.as_ptr() == y.as_ptr() && x.len() == y.len(),
+            (Source::Memory(x), Source::Memory(y)) => {
+                x.as_ptr() == y.as_ptr() && x.len() == y.len()
+            }
             _ => false,
         }
     }
 
-    fn make_current(&self, seq: u64, meta: SnapshotMeta, data: SnapshotData) -> Result<(), SnapshotError> {
+    fn make_current(
+        &self,
+        seq: u64,
+        meta: SnapshotMeta,
+        data: SnapshotData,
+    ) -> Result<(), SnapshotError> {
         let mut cur = self.current_lock();
         let newer = match cur.as_ref() {
             None => true,
@@ -507,11 +533,11 @@ impl SnapshotStore {
     fn remove_all_but(&self, dir: &Path, keep: Option<u64>) -> Result<(), SnapshotError> {
         for entry in fs::read_dir(dir).map_err(at("list", dir))? {
             let entry = entry.map_err(at("list", dir))?;
-            if let Some(seq) = entry.file_name().to_str().and_then(seq_of) {
-                if Some(seq) != keep {
-                    let p = entry.path();
-                    fs::remove_file(&p).map_err(at("remove", &p))?;
-                }
+            if let Some(seq) = entry.file_name().to_str().and_then(seq_of)
+                && Some(seq) != keep
+            {
+                let p = entry.path();
+                fs::remove_file(&p).map_err(at("remove", &p))?;
             }
         }
         Ok(())
@@ -540,7 +566,10 @@ impl SnapshotStore {
 }
 
 enum SinkTarget {
-    File { writer: Option<BufWriter<File>>, path: PathBuf },
+    File {
+        writer: Option<BufWriter<File>>,
+        path: PathBuf,
+    },
     Memory(Vec<u8>),
 }
 
@@ -571,7 +600,9 @@ impl SnapshotSink {
             SinkTarget::Memory(v) => v.extend_from_slice(chunk),
             SinkTarget::File { writer, path } => match writer {
                 Some(w) => w.write_all(chunk).map_err(at("write", path))?,
-                None => return Err(at("write", path)(io::Error::other("sink already finished")).into()),
+                None => {
+                    return Err(at("write", path)(io::Error::other("sink already finished")).into());
+                }
             },
         }
         self.written = total;
@@ -586,9 +617,13 @@ impl SnapshotSink {
             },
             SinkTarget::File { writer, path } => {
                 let Some(w) = writer.take() else {
-                    return Err(at("finish", path)(io::Error::other("sink already finished")).into());
+                    return Err(
+                        at("finish", path)(io::Error::other("sink already finished")).into(),
+                    );
                 };
-                let file = w.into_inner().map_err(|e| at("write", path)(e.into_error()))?;
+                let file = w
+                    .into_inner()
+                    .map_err(|e| at("write", path)(e.into_error()))?;
                 file.sync_all().map_err(at("fsync", path))?;
                 SnapshotData::from_file(path.clone())?
             }
@@ -605,10 +640,10 @@ impl SnapshotSink {
 
 impl Drop for SnapshotSink {
     fn drop(&mut self) {
-        if let SinkTarget::File { path, .. } = &self.target {
-            if !path.as_os_str().is_empty() {
-                let _ = fs::remove_file(path);
-            }
+        if let SinkTarget::File { path, .. } = &self.target
+            && !path.as_os_str().is_empty()
+        {
+            let _ = fs::remove_file(path);
         }
     }
 }
@@ -661,12 +696,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
         write(&store, 3, &[7u8; 1000]);
-        let path = fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        let path = fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         let mut bytes = fs::read(&path).unwrap();
         bytes[500] ^= 1;
         fs::write(&path, &bytes).unwrap();
         let reopened = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
-        assert!(matches!(reopened.current(), Err(SnapshotError::Corrupt { .. })));
+        assert!(matches!(
+            reopened.current(),
+            Err(SnapshotError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -707,7 +750,10 @@ mod tests {
         let store = SnapshotStore::open(dir.path(), 100).unwrap();
         let mut sink = store.sink().unwrap();
         sink.write(&[1u8; 60]).unwrap();
-        assert!(matches!(sink.write(&[1u8; 60]), Err(SnapshotError::TooLarge { limit: 100 })));
+        assert!(matches!(
+            sink.write(&[1u8; 60]),
+            Err(SnapshotError::TooLarge { limit: 100 })
+        ));
         drop(sink);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 

@@ -78,7 +78,8 @@ pub trait StateMachine: Send + Sync + 'static {
 
 /// Writes `value` to `out` in raftkit's codec — a one-line `write_snapshot` for serde state.
 pub fn write_serde<T: Serialize + ?Sized>(value: &T, out: &mut dyn Write) -> io::Result<()> {
-    let bytes = crate::codec::encode(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let bytes =
+        crate::codec::encode(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     out.write_all(&bytes)
 }
 

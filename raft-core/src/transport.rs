@@ -64,9 +64,18 @@ pub mod rpc {
 /// An outgoing transport: openraft's network factory whose connections carry raftkit snapshots.
 ///
 /// Implemented automatically for every suitable `RaftNetworkFactory`.
-pub trait Transport: RaftNetworkFactory<TypeConfig, Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotData>> {}
+pub trait Transport:
+    RaftNetworkFactory<TypeConfig, Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotData>>
+{
+}
 
-impl<T> Transport for T where T: RaftNetworkFactory<TypeConfig, Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotData>> {}
+impl<T> Transport for T where
+    T: RaftNetworkFactory<
+            TypeConfig,
+            Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotData>,
+        >
+{
+}
 
 /// Why a node could not serve an incoming RPC.
 #[derive(Debug, thiserror::Error)]
@@ -94,10 +103,16 @@ pub trait RpcHandler: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<rpc::AppendEntriesResponse, RpcHandlerError>>;
 
     /// Handles a vote request.
-    fn vote(&self, req: rpc::VoteRequest) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>>;
+    fn vote(
+        &self,
+        req: rpc::VoteRequest,
+    ) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>>;
 
     /// Handles a pre-vote request (asks whether a vote would be granted, changes nothing).
-    fn pre_vote(&self, req: rpc::VoteRequest) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>>;
+    fn pre_vote(
+        &self,
+        req: rpc::VoteRequest,
+    ) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>>;
 
     /// Handles a leadership-transfer announcement.
     fn transfer_leader(

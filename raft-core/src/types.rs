@@ -73,7 +73,9 @@ pub enum ApplyError {
     /// The session no longer remembers this sequence: it is older than the last one applied, or
     /// the session expired from the bounded session table. Nothing was applied now; an earlier
     /// attempt may have been. The client must start a new session.
-    #[error("session {client_id} cannot answer sequence {sequence}: it is older than the last applied sequence or the session expired")]
+    #[error(
+        "session {client_id} cannot answer sequence {sequence}: it is older than the last applied sequence or the session expired"
+    )]
     SessionExpired {
         /// The client id of the session.
         client_id: u64,
@@ -106,11 +108,17 @@ pub type Payload = openraft::EntryPayload<Request, NodeId, openraft::BasicNode>;
 /// openraft's membership under [`TypeConfig`].
 pub type Membership = openraft::Membership<NodeId, openraft::BasicNode>;
 /// openraft's stored membership (membership plus the log id it was written at).
-pub type StoredMembership =
-    openraft::StoredMembership<openraft::impls::leader_id_adv::LeaderId<u64, NodeId>, NodeId, openraft::BasicNode>;
+pub type StoredMembership = openraft::StoredMembership<
+    openraft::impls::leader_id_adv::LeaderId<u64, NodeId>,
+    NodeId,
+    openraft::BasicNode,
+>;
 /// openraft's snapshot metadata under [`TypeConfig`].
-pub type SnapshotMeta =
-    openraft::SnapshotMeta<openraft::impls::leader_id_adv::LeaderId<u64, NodeId>, NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<
+    openraft::impls::leader_id_adv::LeaderId<u64, NodeId>,
+    NodeId,
+    openraft::BasicNode,
+>;
 /// A leader id (term and node) under [`TypeConfig`].
 pub type LeaderId = openraft::impls::leader_id_adv::LeaderId<u64, NodeId>;
 
@@ -119,5 +127,9 @@ pub(crate) fn log_id(term: u64, node_id: NodeId, index: u64) -> LogId {
     openraft::LogId::new(LeaderId { term, node_id }, index)
 }
 /// A snapshot as openraft passes it around: metadata and a handle to the bytes.
-pub type Snapshot =
-    openraft::storage::Snapshot<LeaderId, NodeId, openraft::BasicNode, crate::snapshot::SnapshotData>;
+pub type Snapshot = openraft::storage::Snapshot<
+    LeaderId,
+    NodeId,
+    openraft::BasicNode,
+    crate::snapshot::SnapshotData,
+>;

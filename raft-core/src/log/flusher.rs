@@ -53,7 +53,13 @@ pub(crate) struct Flusher {
 }
 
 fn failure_error(failure: &(io::ErrorKind, String)) -> io::Error {
-    io::Error::new(failure.0, format!("write-ahead log is unusable after a failed fdatasync: {}", failure.1))
+    io::Error::new(
+        failure.0,
+        format!(
+            "write-ahead log is unusable after a failed fdatasync: {}",
+            failure.1
+        ),
+    )
 }
 
 impl Flusher {
@@ -65,7 +71,9 @@ impl Flusher {
             stats,
         });
         let s = shared.clone();
-        let thread = std::thread::Builder::new().name(name).spawn(move || run(&s))?;
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(&s))?;
         Ok(Flusher {
             shared,
             thread: Some(thread),
@@ -87,10 +95,10 @@ impl Flusher {
             waiter(Err(err));
             return;
         }
-        if let Some(file) = file {
-            if !q.files.iter().any(|f| Arc::ptr_eq(f, file)) {
-                q.files.push(file.clone());
-            }
+        if let Some(file) = file
+            && !q.files.iter().any(|f| Arc::ptr_eq(f, file))
+        {
+            q.files.push(file.clone());
         }
         q.waiters.push(waiter);
         drop(q);
@@ -157,7 +165,10 @@ fn run(shared: &Shared) {
             }
         }
         let micros = started.elapsed().as_micros() as u64;
-        shared.stats.fsync_micros.fetch_add(micros, Ordering::Relaxed);
+        shared
+            .stats
+            .fsync_micros
+            .fetch_add(micros, Ordering::Relaxed);
         shared.stats.flush_batches.fetch_add(1, Ordering::Relaxed);
 
         match result {

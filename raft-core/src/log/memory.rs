@@ -51,7 +51,12 @@ impl MemLog {
     /// `(last purged, last)` log ids.
     pub fn state(&self) -> (Option<LogId>, Option<LogId>) {
         let g = self.lock();
-        let last = g.entries.values().next_back().map(|e| e.log_id).or(g.purged);
+        let last = g
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(g.purged);
         (g.purged, last)
     }
 
@@ -59,7 +64,11 @@ impl MemLog {
         if start >= end {
             return Vec::new();
         }
-        self.lock().entries.range(start..end).map(|(_, e)| e.clone()).collect()
+        self.lock()
+            .entries
+            .range(start..end)
+            .map(|(_, e)| e.clone())
+            .collect()
     }
 
     pub fn append(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), LogError> {
@@ -70,10 +79,13 @@ impl MemLog {
         };
         for e in entries {
             let index = e.log_id.index;
-            if let Some(n) = next {
-                if index != n {
-                    return Err(LogError::OutOfOrder { expected: n, got: index });
-                }
+            if let Some(n) = next
+                && index != n
+            {
+                return Err(LogError::OutOfOrder {
+                    expected: n,
+                    got: index,
+                });
             }
             next = Some(index + 1);
             g.entries.insert(index, e);

@@ -58,7 +58,9 @@ impl Meta {
                     .map_err(|e| corrupt(format!("undecodable meta: {e}")))?;
                 Ok(Some(meta))
             }
-            record::Parsed::Record { .. } => Err(corrupt("trailing bytes after the meta record".into())),
+            record::Parsed::Record { .. } => {
+                Err(corrupt("trailing bytes after the meta record".into()))
+            }
             record::Parsed::End => Err(corrupt("empty meta record".into())),
             record::Parsed::Invalid(why) => Err(corrupt(why.into())),
         }

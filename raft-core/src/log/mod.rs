@@ -53,6 +53,7 @@ mod flusher;
 mod memory;
 mod meta;
 mod record;
+mod recovery;
 mod segment;
 mod wal;
 
@@ -208,7 +209,11 @@ impl LogStore {
     /// whatever a crash left behind. Fails with [`LogError::Corrupt`] on damage that is not a torn
     /// tail, [`LogError::WrongNode`] if the directory belongs to another node, and
     /// [`LogError::Locked`] if it is already open.
-    pub fn open(dir: impl AsRef<Path>, node_id: NodeId, opts: WalOptions) -> Result<LogStore, LogError> {
+    pub fn open(
+        dir: impl AsRef<Path>,
+        node_id: NodeId,
+        opts: WalOptions,
+    ) -> Result<LogStore, LogError> {
         let stats = Arc::new(LogStatsCounters::default());
         let wal = Wal::open(dir.as_ref(), node_id, opts, stats.clone())?;
         Ok(LogStore {
@@ -347,7 +352,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -118,11 +118,17 @@ mod tests {
             for bit in 0..8 {
                 let mut d = r.clone();
                 d[i] ^= 1 << bit;
-                assert!(!matches!(parse(&d), Parsed::Record { len: 11 }), "flip at {i}:{bit}");
+                assert!(
+                    !matches!(parse(&d), Parsed::Record { len: 11 }),
+                    "flip at {i}:{bit}"
+                );
             }
         }
         for cut in 0..r.len() {
-            assert!(!matches!(parse(&r[..cut]), Parsed::Record { .. }), "cut at {cut}");
+            assert!(
+                !matches!(parse(&r[..cut]), Parsed::Record { .. }),
+                "cut at {cut}"
+            );
         }
     }
 

@@ -69,7 +69,8 @@ impl Segment {
         let tmp = dir.join(format!("{name}.tmp"));
         {
             let mut f = File::create(&tmp).map_err(at("create", &tmp))?;
-            f.write_all(&header(first_index)).map_err(at("write", &tmp))?;
+            f.write_all(&header(first_index))
+                .map_err(at("write", &tmp))?;
             fsutil::preallocate(&f, capacity.max(HEADER_LEN)).map_err(at("preallocate", &tmp))?;
             f.sync_all().map_err(at("fsync", &tmp))?;
         }
@@ -95,16 +96,19 @@ impl Segment {
             .open(path)
             .map_err(at("open", path))?;
         let mut h = [0u8; HEADER_LEN as usize];
-        file.read_exact_at(&mut h, 0).map_err(|e| LogError::Corrupt {
-            file: path.to_path_buf(),
-            offset: 0,
-            reason: format!("segment header unreadable: {e}"),
-        })?;
+        file.read_exact_at(&mut h, 0)
+            .map_err(|e| LogError::Corrupt {
+                file: path.to_path_buf(),
+                offset: 0,
+                reason: format!("segment header unreadable: {e}"),
+            })?;
         if h != header(first_index) {
             return Err(LogError::Corrupt {
                 file: path.to_path_buf(),
                 offset: 0,
-                reason: format!("segment header does not match a segment starting at index {first_index}"),
+                reason: format!(
+                    "segment header does not match a segment starting at index {first_index}"
+                ),
             });
         }
         Ok(Segment {
@@ -197,7 +201,11 @@ pub(crate) fn scan(bytes: &[u8]) -> (Vec<Found>, Stop) {
 /// payload. Used to tell a torn tail (nothing valid after the damage) from damage in the middle
 /// of the log (valid records after it). Skips zero runs quickly: a record's length field is
 /// never all zero.
-pub(crate) fn find_later_record(bytes: &[u8], from: usize, accept: impl Fn(&[u8]) -> bool) -> Option<u64> {
+pub(crate) fn find_later_record(
+    bytes: &[u8],
+    from: usize,
+    accept: impl Fn(&[u8]) -> bool,
+) -> Option<u64> {
     let mut cursor = from + 1;
     while cursor < bytes.len() {
         let nz = cursor + bytes[cursor..].iter().position(|b| *b != 0)?;
@@ -257,7 +265,10 @@ mod tests {
         });
         ok.unwrap().unwrap();
         bytes.extend_from_slice(&[0u8; 100]);
-        assert_eq!(find_later_record(&bytes, damaged, |_| true), Some(later as u64));
+        assert_eq!(
+            find_later_record(&bytes, damaged, |_| true),
+            Some(later as u64)
+        );
         assert_eq!(find_later_record(&bytes, damaged, |_| false), None);
         let (found, stop) = scan(&bytes);
         assert_eq!(found.len(), 1);

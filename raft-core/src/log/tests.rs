@@ -68,21 +68,31 @@ fn applier(store: SnapshotStore) -> Applier<Sum> {
 }
 
 impl StoreBuilder<TypeConfig, LogStore, Applier<Sum>, tempfile::TempDir> for DurableBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, Applier<Sum>), openraft::StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, Applier<Sum>), openraft::StorageError<TypeConfig>>
+    {
         let dir = tempfile::tempdir().expect("temp dir");
         let opts = WalOptions {
             segment_size: 4096,
             cache_entries: 4,
         };
         let log = LogStore::open(dir.path().join("wal"), 0, opts).expect("open log");
-        let snaps = SnapshotStore::open(&dir.path().join("snapshots"), u64::MAX).expect("open snapshots");
+        let snaps =
+            SnapshotStore::open(&dir.path().join("snapshots"), u64::MAX).expect("open snapshots");
         Ok((dir, log, applier(snaps)))
     }
 }
 
 impl StoreBuilder<TypeConfig, LogStore, Applier<Sum>> for MemoryBuilder {
-    async fn build(&self) -> Result<((), LogStore, Applier<Sum>), openraft::StorageError<TypeConfig>> {
-        Ok(((), LogStore::memory(), applier(SnapshotStore::memory(u64::MAX))))
+    async fn build(
+        &self,
+    ) -> Result<((), LogStore, Applier<Sum>), openraft::StorageError<TypeConfig>> {
+        Ok((
+            (),
+            LogStore::memory(),
+            applier(SnapshotStore::memory(u64::MAX)),
+        ))
     }
 }
 
@@ -149,7 +159,11 @@ struct Model {
 
 impl Model {
     fn last(&self) -> Option<LogId> {
-        self.entries.values().next_back().map(|e| e.log_id).or(self.purged)
+        self.entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(self.purged)
     }
 
     async fn check(&self, log: &mut LogStore) {
@@ -194,7 +208,11 @@ async fn every_operation_survives_a_reopen() {
         match words[0] {
             "append" => {
                 let (a, b) = words[1].split_once("..").unwrap();
-                let term = if words.len() > 3 { words[3].parse().unwrap() } else { 1 };
+                let term = if words.len() > 3 {
+                    words[3].parse().unwrap()
+                } else {
+                    1
+                };
                 let entries: Vec<Entry> = (a.parse().unwrap()..b.parse().unwrap())
                     .map(|i: u64| entry(term, i, (i as usize * 37) % 700))
                     .collect();
@@ -223,7 +241,9 @@ async fn every_operation_survives_a_reopen() {
             }
             "committed" => {
                 let k: u64 = words[1].parse().unwrap();
-                log.save_committed(Some(model.entries[&k].log_id)).await.unwrap();
+                log.save_committed(Some(model.entries[&k].log_id))
+                    .await
+                    .unwrap();
             }
             other => unreachable!("{other}"),
         }
@@ -234,7 +254,11 @@ async fn every_operation_survives_a_reopen() {
         most_segments = most_segments.max(segment::list(dir.path()).unwrap().len());
         if words[0] == "committed" {
             let c = log.read_committed().await.unwrap();
-            assert_eq!(c.map(|c| c.index), Some(20), "the commit marker survives a reopen");
+            assert_eq!(
+                c.map(|c| c.index),
+                Some(20),
+                "the commit marker survives a reopen"
+            );
         }
     }
     assert!(most_segments > 1, "small segments rolled over");
@@ -246,8 +270,20 @@ async fn a_directory_is_one_node_and_one_process() {
     let log = open(dir.path()).unwrap();
     assert!(matches!(open(dir.path()), Err(LogError::Locked { .. })));
     drop(log);
-    let err = LogStore::open(dir.path(), 2, small_segments()).err().unwrap();
-    assert!(matches!(err, LogError::WrongNode { expected: 2, found: 1, .. }), "{err}");
+    let err = LogStore::open(dir.path(), 2, small_segments())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            LogError::WrongNode {
+                expected: 2,
+                found: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -256,9 +292,21 @@ async fn appends_out_of_order_are_refused() {
     let mut log = open(dir.path()).unwrap();
     append(&mut log, vec![entry(1, 0, 10), entry(1, 1, 10)]).await;
     let err = log.append_with(vec![entry(1, 3, 10)], |_| {}).unwrap_err();
-    assert!(matches!(err, LogError::OutOfOrder { expected: 2, got: 3 }));
+    assert!(matches!(
+        err,
+        LogError::OutOfOrder {
+            expected: 2,
+            got: 3
+        }
+    ));
     let err = log.append_with(vec![entry(1, 1, 10)], |_| {}).unwrap_err();
-    assert!(matches!(err, LogError::OutOfOrder { expected: 2, got: 1 }));
+    assert!(matches!(
+        err,
+        LogError::OutOfOrder {
+            expected: 2,
+            got: 1
+        }
+    ));
 }
 
 #[tokio::test]
@@ -290,7 +338,9 @@ async fn one_fdatasync_acknowledges_many_appends() {
 /// Writes `n` entries (the last one large) and closes the log. Returns the last segment's path.
 async fn write_log(dir: &Path, n: u64) -> std::path::PathBuf {
     let mut log = open(dir).unwrap();
-    let entries: Vec<Entry> = (0..n).map(|i| entry(1, i, if i + 1 == n { 300 } else { 200 })).collect();
+    let entries: Vec<Entry> = (0..n)
+        .map(|i| entry(1, i, if i + 1 == n { 300 } else { 200 }))
+        .collect();
     append(&mut log, entries).await;
     drop(log);
     segment::list(dir).unwrap().last().unwrap().1.clone()
@@ -336,12 +386,23 @@ async fn a_torn_final_record_is_cut_at_every_byte() {
                 // Preallocated space stays: the torn bytes are zeros up to the record's end.
                 let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
                 use std::os::unix::fs::FileExt;
-                f.write_all_at(&vec![0u8; (end - cut) as usize], cut).unwrap();
+                f.write_all_at(&vec![0u8; (end - cut) as usize], cut)
+                    .unwrap();
             } else {
-                fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_len(cut)
+                    .unwrap();
             }
-            let mut log = open(dir.path()).unwrap_or_else(|e| panic!("cut at {cut} (zero fill {zero_fill}): {e}"));
-            assert_eq!(all_entries(&mut log).await, prefix, "cut at {cut} (zero fill {zero_fill})");
+            let mut log = open(dir.path())
+                .unwrap_or_else(|e| panic!("cut at {cut} (zero fill {zero_fill}): {e}"));
+            assert_eq!(
+                all_entries(&mut log).await,
+                prefix,
+                "cut at {cut} (zero fill {zero_fill})"
+            );
             // The log carries on from the valid prefix, and that survives another restart.
             let again = entry(2, n - 1, 50);
             append(&mut log, vec![again.clone()]).await;
@@ -349,7 +410,11 @@ async fn a_torn_final_record_is_cut_at_every_byte() {
             let mut log = open(dir.path()).unwrap();
             let mut want = prefix.to_vec();
             want.push(again);
-            assert_eq!(all_entries(&mut log).await, want, "after re-append, cut at {cut}");
+            assert_eq!(
+                all_entries(&mut log).await,
+                want,
+                "after re-append, cut at {cut}"
+            );
         }
     }
 }
@@ -369,7 +434,11 @@ async fn damage_before_the_tail_is_refused_with_file_and_offset() {
     bytes[victim.offset as usize + record::HEADER_LEN + 1] ^= 0x10;
     fs::write(&last_seg, &bytes).unwrap();
     match open(dir.path()) {
-        Err(LogError::Corrupt { file, offset, reason }) => {
+        Err(LogError::Corrupt {
+            file,
+            offset,
+            reason,
+        }) => {
             assert_eq!(file, last_seg);
             assert_eq!(offset, victim.offset);
             assert!(reason.contains("valid record follows"), "{reason}");
@@ -378,7 +447,10 @@ async fn damage_before_the_tail_is_refused_with_file_and_offset() {
         Ok(_) => panic!("a damaged log was opened"),
     }
     let msg = open(dir.path()).err().unwrap().to_string();
-    assert!(msg.contains(last_seg.to_str().unwrap()) && msg.contains("offset"), "{msg}");
+    assert!(
+        msg.contains(last_seg.to_str().unwrap()) && msg.contains("offset"),
+        "{msg}"
+    );
     fs::write(&last_seg, &original).unwrap();
     open(dir.path()).unwrap();
 
@@ -407,7 +479,10 @@ async fn a_missing_segment_is_a_gap() {
     assert!(segs.len() >= 3, "{segs:?}");
     fs::remove_file(&segs[1].1).unwrap();
     let err = open(dir.path()).err().unwrap();
-    assert!(matches!(&err, LogError::Corrupt { reason, .. } if reason.contains("gap")), "{err}");
+    assert!(
+        matches!(&err, LogError::Corrupt { reason, .. } if reason.contains("gap")),
+        "{err}"
+    );
 }
 
 // ---- model-based property test --------------------------------------------------------------
@@ -415,7 +490,10 @@ async fn a_missing_segment_is_a_gap() {
 #[derive(Debug, Clone)]
 enum Op {
     /// Append this many entries of these payload sizes, with the term bumped by `term_step`.
-    Append { sizes: Vec<usize>, term_step: u64 },
+    Append {
+        sizes: Vec<usize>,
+        term_step: u64,
+    },
     /// Truncate after the live entry at this fraction of the log (per mille).
     Truncate(u16),
     /// Purge up to the live entry at this fraction of the log (per mille).

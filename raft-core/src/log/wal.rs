@@ -32,9 +32,10 @@ use super::flusher::Flusher;
 use super::flusher::Waiter;
 use super::meta::Meta;
 use super::record;
+use super::recovery;
+use super::recovery::Recovered;
 use super::segment;
 use super::segment::Segment;
-use super::segment::Stop;
 use crate::codec;
 use crate::disk::DiskEntry;
 use crate::disk::DiskLogId;
@@ -77,13 +78,13 @@ pub(crate) enum WalRecord<'a> {
 
 /// Where an entry's record lives.
 #[derive(Debug, Clone, Copy)]
-struct Loc {
+pub(super) struct Loc {
     /// First index of the segment (its key in [`View::segments`]).
-    segment: u64,
+    pub segment: u64,
     /// Offset of the record header in the segment file.
-    offset: u64,
+    pub offset: u64,
     /// Payload length.
-    len: u32,
+    pub len: u32,
 }
 
 impl Loc {
@@ -94,22 +95,22 @@ impl Loc {
 
 /// What readers see of the log.
 pub(crate) struct View {
-    vote: Option<Vote>,
-    purged: Option<LogId>,
+    pub(super) vote: Option<Vote>,
+    pub(super) purged: Option<LogId>,
     /// The last entry's log id, or `purged` when no entry is left.
-    last: Option<LogId>,
-    segments: BTreeMap<u64, Arc<File>>,
+    pub(super) last: Option<LogId>,
+    pub(super) segments: BTreeMap<u64, Arc<File>>,
     /// Index of `locs[0]`.
-    first: u64,
-    locs: VecDeque<Loc>,
+    pub(super) first: u64,
+    pub(super) locs: VecDeque<Loc>,
     /// Decoded copies of the newest entries; `cache[0]` has index `cache_first`.
     cache: VecDeque<Entry>,
-    cache_first: u64,
+    pub(super) cache_first: u64,
     cache_cap: usize,
 }
 
 impl View {
-    fn new(cache_cap: usize) -> View {
+    pub(super) fn new(cache_cap: usize) -> View {
         View {
             vote: None,
             purged: None,
@@ -140,7 +141,7 @@ impl View {
         self.last
     }
 
-    fn push(&mut self, loc: Loc, entry: Entry) {
+    pub(super) fn push(&mut self, loc: Loc, entry: Entry) {
         if self.locs.is_empty() {
             self.first = entry.log_id.index;
         }
@@ -170,16 +171,15 @@ impl View {
     }
 
     fn read(&self, index: u64) -> io::Result<Entry> {
-        if index >= self.cache_first {
-            if let Some(e) = self.cache.get((index - self.cache_first) as usize) {
-                return Ok(e.clone());
-            }
+        if index >= self.cache_first
+            && let Some(e) = self.cache.get((index - self.cache_first) as usize)
+        {
+            return Ok(e.clone());
         }
         let loc = self.locs[(index - self.first) as usize];
-        let file = self
-            .segments
-            .get(&loc.segment)
-            .ok_or_else(|| io::Error::other(format!("segment {} of entry {index} is gone", loc.segment)))?;
+        let file = self.segments.get(&loc.segment).ok_or_else(|| {
+            io::Error::other(format!("segment {} of entry {index} is gone", loc.segment))
+        })?;
         let mut buf = vec![0u8; record::HEADER_LEN + loc.len as usize];
         file.read_exact_at(&mut buf, loc.offset)?;
         let damaged = |why: String| {
@@ -209,7 +209,11 @@ impl View {
         self.cache.truncate(keep_cache);
         self.last = match self.locs.is_empty() {
             true => self.purged,
-            false => self.cache.back().map(|e| e.log_id).or(self.last_from_locs()),
+            false => self
+                .cache
+                .back()
+                .map(|e| e.log_id)
+                .or(self.last_from_locs()),
         };
     }
 
@@ -256,11 +260,11 @@ impl SharedView {
 }
 
 /// The segment being appended to.
-struct Active {
-    seg: Segment,
-    write_offset: u64,
-    capacity: u64,
-    entries: u64,
+pub(super) struct Active {
+    pub seg: Segment,
+    pub write_offset: u64,
+    pub capacity: u64,
+    pub entries: u64,
 }
 
 /// The durable log's writer. See the module docs of `log` for the format.
@@ -281,19 +285,16 @@ pub(crate) struct Wal {
     _lock: File,
 }
 
-fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> LogError {
-    LogError::Corrupt {
-        file: file.to_path_buf(),
-        offset,
-        reason: reason.into(),
-    }
-}
-
 impl Wal {
     /// Opens (or creates) the log in `dir` for node `node_id`, recovering what is on disk:
     /// every checksum is verified, a torn tail of the last segment is cut back to the last valid
     /// record, and damage anywhere else is refused with [`LogError::Corrupt`].
-    pub fn open(dir: &Path, node_id: NodeId, opts: WalOptions, stats: Arc<LogStatsCounters>) -> Result<Wal, LogError> {
+    pub fn open(
+        dir: &Path,
+        node_id: NodeId,
+        opts: WalOptions,
+        stats: Arc<LogStatsCounters>,
+    ) -> Result<Wal, LogError> {
         fsutil::ensure_dir(dir)?;
         let lock_path = dir.join("LOCK");
         let lock = fs::OpenOptions::new()
@@ -304,7 +305,11 @@ impl Wal {
             .map_err(at("open", &lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(LogError::Locked { dir: dir.to_path_buf() }),
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(LogError::Locked {
+                    dir: dir.to_path_buf(),
+                });
+            }
             Err(fs::TryLockError::Error(e)) => return Err(at("lock", &lock_path)(e).into()),
         }
 
@@ -328,166 +333,11 @@ impl Wal {
             }
         };
 
-        let mut view = View::new(opts.cache_entries);
-        view.vote = meta.vote.map(Vote::from);
-        view.purged = meta.purged.map(LogId::from);
-        view.last = view.purged;
-        if let Some(p) = view.purged {
-            view.first = p.index + 1;
-            view.cache_first = p.index + 1;
-        }
-        let purged_index = view.purged.map(|p| p.index);
-
-        let listed = segment::list(dir)?;
-        let mut committed: Option<LogId> = None;
-        let mut prev_index: Option<u64> = None;
-        let mut active: Option<Active> = None;
-        let mut removed_any = false;
-        let count = listed.len();
-        for (i, (first, path)) in listed.into_iter().enumerate() {
-            let is_last = i + 1 == count;
-            let seg = Segment::open(&path, first)?;
-            let bytes = seg.read_all()?;
-            let (found, stop) = segment::scan(&bytes);
-            let decodable = |p: &[u8]| codec::decode::<WalRecord>(p).is_ok();
-            if let Some(later) = segment::find_later_record(&bytes, stop.offset() as usize, decodable) {
-                let what = match &stop {
-                    Stop::End { .. } => "unwritten (zero) bytes",
-                    Stop::Invalid { reason, .. } => reason,
-                };
-                return Err(corrupt(
-                    &path,
-                    stop.offset(),
-                    format!("{what}, yet a valid record follows at offset {later}: the log is damaged before its tail"),
-                ));
-            }
-            let mut cut_at = None;
-            if let Stop::Invalid { offset, reason } = &stop {
-                if !is_last {
-                    return Err(corrupt(&path, *offset, format!("{reason} in a sealed segment")));
-                }
-                tracing::warn!(
-                    file = %path.display(), offset, reason,
-                    "cutting a torn tail off the write-ahead log (a write interrupted by a crash)"
-                );
-                cut_at = Some(*offset);
-            }
-
-            let mut entries_here = 0u64;
-            let mut seg_last: Option<u64> = None;
-            for f in &found {
-                let start = f.offset as usize + record::HEADER_LEN;
-                let payload = &bytes[start..start + f.len];
-                let rec: WalRecord = codec::decode(payload)
-                    .map_err(|e| corrupt(&path, f.offset, format!("checksum holds but the record does not decode: {e}")))?;
-                match rec {
-                    WalRecord::Committed(c) => {
-                        let c = LogId::from(c);
-                        if committed.is_none_or(|old| old.index < c.index) {
-                            committed = Some(c);
-                        }
-                    }
-                    WalRecord::Entry(e) => {
-                        let index = e.log_id.index;
-                        if entries_here == 0 && index != first {
-                            return Err(corrupt(
-                                &path,
-                                f.offset,
-                                format!("first entry has index {index} but the segment is named for {first}"),
-                            ));
-                        }
-                        if let Some(p) = seg_last {
-                            if index != p + 1 {
-                                return Err(corrupt(&path, f.offset, format!("entry {index} follows entry {p}")));
-                            }
-                        }
-                        let live = purged_index.is_none_or(|p| index > p);
-                        let must_follow = match purged_index {
-                            Some(p) => index > p + 1,
-                            None => true,
-                        };
-                        if entries_here == 0 && must_follow {
-                            if let Some(p) = prev_index {
-                                if index != p + 1 {
-                                    return Err(corrupt(
-                                        &path,
-                                        f.offset,
-                                        format!("gap in the log: entry {p} is followed by segment starting at {index}"),
-                                    ));
-                                }
-                            }
-                        }
-                        if live {
-                            if view.locs.is_empty() {
-                                if let Some(p) = purged_index {
-                                    if index != p + 1 {
-                                        return Err(corrupt(
-                                            &path,
-                                            f.offset,
-                                            format!("gap in the log: entries are purged up to {p} but the next one is {index}"),
-                                        ));
-                                    }
-                                }
-                            }
-                            let entry = e
-                                .into_entry()
-                                .map_err(|why| corrupt(&path, f.offset, format!("entry {index}: {why}")))?;
-                            let loc = Loc {
-                                segment: first,
-                                offset: f.offset,
-                                len: f.len as u32,
-                            };
-                            view.push(loc, entry);
-                        }
-                        entries_here += 1;
-                        seg_last = Some(index);
-                        prev_index = Some(index);
-                    }
-                }
-            }
-
-            let fully_purged = match (seg_last, purged_index) {
-                (Some(l), Some(p)) => l <= p,
-                (None, _) => true,
-                (Some(_), None) => false,
-            };
-            if entries_here == 0 && !is_last {
-                return Err(corrupt(&path, segment::HEADER_LEN, "a sealed segment holds no entries"));
-            }
-            if fully_purged {
-                // Finish an interrupted purge, or drop a segment created just before a crash.
-                drop(seg);
-                fs::remove_file(&path).map_err(at("remove", &path))?;
-                removed_any = true;
-                continue;
-            }
-            let end = cut_at.unwrap_or(stop.offset());
-            if let Some(cut) = cut_at {
-                seg.file.set_len(cut).map_err(at("truncate", &path))?;
-                fsutil::preallocate(&seg.file, opts.segment_size.max(cut)).map_err(at("preallocate", &path))?;
-                seg.file.sync_all().map_err(at("fsync", &path))?;
-            }
-            view.segments.insert(first, seg.file.clone());
-            if is_last {
-                active = Some(Active {
-                    seg,
-                    write_offset: end,
-                    capacity: opts.segment_size,
-                    entries: entries_here,
-                });
-            }
-        }
-        if removed_any {
-            fsutil::sync_dir(dir)?;
-        }
-        // A commit marker can only name an entry written before it, so it never exceeds the
-        // last entry; be defensive anyway, since openraft replays up to it on startup.
-        if let (Some(c), Some(last)) = (committed, view.last) {
-            if c.index > last.index {
-                tracing::warn!(committed = %c, last = %last, "ignoring a commit marker beyond the last log entry");
-                committed = None;
-            }
-        }
+        let Recovered {
+            view,
+            active,
+            committed,
+        } = recovery::recover(dir, &opts, &meta)?;
 
         let flusher = Flusher::spawn(format!("raftkit-wal-{node_id}"), stats.clone())
             .map_err(|e| LogError::Io(at("start flusher for", dir)(e)))?;
@@ -543,7 +393,11 @@ impl Wal {
 
     /// Appends `entries`, which must continue the log without a gap. Returns once the records
     /// are written (readable); `waiter` runs once they are durable.
-    pub fn append(&mut self, entries: impl IntoIterator<Item = Entry>, waiter: Waiter) -> Result<(), LogError> {
+    pub fn append(
+        &mut self,
+        entries: impl IntoIterator<Item = Entry>,
+        waiter: Waiter,
+    ) -> Result<(), LogError> {
         if let Some(e) = self.flusher.failure() {
             return Err(LogError::Poisoned(e.to_string()));
         }
@@ -566,7 +420,11 @@ impl Wal {
         }
     }
 
-    fn append_inner(&mut self, entries: impl IntoIterator<Item = Entry>, buf: &mut Vec<u8>) -> Result<(), LogError> {
+    fn append_inner(
+        &mut self,
+        entries: impl IntoIterator<Item = Entry>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), LogError> {
         let mut next = self.expected_next();
         // Entries framed into `buf` but not yet written: (entry, offset in buf, payload len).
         let mut pending: Vec<(Entry, usize, u32)> = Vec::new();
@@ -575,21 +433,29 @@ impl Wal {
         }
         for entry in entries {
             let index = entry.log_id.index;
-            if let Some(n) = next {
-                if index != n {
-                    return Err(LogError::OutOfOrder { expected: n, got: index });
-                }
+            if let Some(n) = next
+                && index != n
+            {
+                return Err(LogError::OutOfOrder {
+                    expected: n,
+                    got: index,
+                });
             }
             next = Some(index + 1);
             if self.active.is_none() {
                 self.active = Some(self.new_segment(index)?);
             }
             let rel = buf.len();
-            let len = record::append_framed(buf, |b| codec::encode_into(&WalRecord::Entry(DiskEntry::from(&entry)), b))
-                .map_err(|e| LogError::Encode(e.to_string()))?
-                .map_err(|e| LogError::Encode(format!("entry {index}: {e}")))?;
+            let len = record::append_framed(buf, |b| {
+                codec::encode_into(&WalRecord::Entry(DiskEntry::from(&entry)), b)
+            })
+            .map_err(|e| LogError::Encode(e.to_string()))?
+            .map_err(|e| LogError::Encode(format!("entry {index}: {e}")))?;
             let needs_roll = match &self.active {
-                Some(a) => a.write_offset + buf.len() as u64 > a.capacity && (a.entries > 0 || !pending.is_empty()),
+                Some(a) => {
+                    a.write_offset + buf.len() as u64 > a.capacity
+                        && (a.entries > 0 || !pending.is_empty())
+                }
                 None => false,
             };
             if needs_roll {
@@ -609,19 +475,27 @@ impl Wal {
     /// Frames a commit marker into `buf` if the saved commit index is newer than the last one
     /// written.
     fn frame_committed(&mut self, buf: &mut Vec<u8>) -> Result<(), LogError> {
-        let Some(c) = self.committed else { return Ok(()) };
+        let Some(c) = self.committed else {
+            return Ok(());
+        };
         if self.committed_written.is_some_and(|w| w.index >= c.index) {
             return Ok(());
         }
-        record::append_framed(buf, |b| codec::encode_into(&WalRecord::Committed(DiskLogId::from(&c)), b))
-            .map_err(|e| LogError::Encode(e.to_string()))?
-            .map_err(|e| LogError::Encode(e.to_string()))?;
+        record::append_framed(buf, |b| {
+            codec::encode_into(&WalRecord::Committed(DiskLogId::from(&c)), b)
+        })
+        .map_err(|e| LogError::Encode(e.to_string()))?
+        .map_err(|e| LogError::Encode(e.to_string()))?;
         self.committed_written = Some(c);
         Ok(())
     }
 
     /// Writes `buf` at the active segment's write offset and publishes `pending` to readers.
-    fn write_active(&mut self, buf: &[u8], pending: &mut Vec<(Entry, usize, u32)>) -> Result<(), LogError> {
+    fn write_active(
+        &mut self,
+        buf: &[u8],
+        pending: &mut Vec<(Entry, usize, u32)>,
+    ) -> Result<(), LogError> {
         if buf.is_empty() {
             return Ok(());
         }
@@ -636,8 +510,12 @@ impl Wal {
         a.write_offset += buf.len() as u64;
         a.entries += pending.len() as u64;
         let segment = a.seg.first_index;
-        self.stats.entries.fetch_add(pending.len() as u64, Ordering::Relaxed);
-        self.stats.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.stats
+            .entries
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        self.stats
+            .bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         let mut view = self.view.write();
         for (entry, rel, len) in pending.drain(..) {
             let loc = Loc {
@@ -655,14 +533,20 @@ impl Wal {
     fn seal_active(&mut self) -> Result<(), LogError> {
         if let Some(a) = &self.active {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            a.seg.file.sync_data().map_err(at("fdatasync", &a.seg.path))?;
+            a.seg
+                .file
+                .sync_data()
+                .map_err(at("fdatasync", &a.seg.path))?;
         }
         Ok(())
     }
 
     fn new_segment(&mut self, first_index: u64) -> Result<Active, LogError> {
         let seg = Segment::create(&self.dir, first_index, self.opts.segment_size)?;
-        self.view.write().segments.insert(first_index, seg.file.clone());
+        self.view
+            .write()
+            .segments
+            .insert(first_index, seg.file.clone());
         // A fresh segment has no commit marker yet.
         self.committed_written = None;
         Ok(Active {
@@ -706,10 +590,16 @@ impl Wal {
             let path = self.dir.join(segment::file_name(keep_loc.segment));
             let seg = Segment::open(&path, keep_loc.segment)?;
             let end_offset = keep_loc.end();
-            seg.file.set_len(end_offset).map_err(at("truncate", &path))?;
-            fsutil::preallocate(&seg.file, self.opts.segment_size.max(end_offset)).map_err(at("preallocate", &path))?;
+            seg.file
+                .set_len(end_offset)
+                .map_err(at("truncate", &path))?;
+            fsutil::preallocate(&seg.file, self.opts.segment_size.max(end_offset))
+                .map_err(at("preallocate", &path))?;
             seg.file.sync_all().map_err(at("fsync", &path))?;
-            self.view.write().segments.insert(keep_loc.segment, seg.file.clone());
+            self.view
+                .write()
+                .segments
+                .insert(keep_loc.segment, seg.file.clone());
             self.active = Some(Active {
                 entries: first_removed - keep_loc.segment,
                 seg,
@@ -727,7 +617,12 @@ impl Wal {
     /// Forgets entries up to and including `upto` and deletes the segments that hold nothing
     /// newer. The purge point is made durable first.
     pub fn purge(&mut self, upto: LogId) -> Result<(), LogError> {
-        if self.view.read().purged.is_some_and(|p| p.index >= upto.index) {
+        if self
+            .view
+            .read()
+            .purged
+            .is_some_and(|p| p.index >= upto.index)
+        {
             return Ok(());
         }
         let mut meta = self.meta.clone();
@@ -764,7 +659,11 @@ impl Wal {
     fn remove_segment(&mut self, first_index: u64) -> Result<(), LogError> {
         let path = self.dir.join(segment::file_name(first_index));
         self.view.write().segments.remove(&first_index);
-        if self.active.as_ref().is_some_and(|a| a.seg.first_index == first_index) {
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.seg.first_index == first_index)
+        {
             self.active = None;
         }
         fs::remove_file(&path).map_err(at("remove", &path))?;
@@ -776,7 +675,9 @@ impl Wal {
         if self.active.is_some() {
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
-            let res = self.frame_committed(&mut buf).and_then(|_| self.write_active(&buf, &mut Vec::new()));
+            let res = self
+                .frame_committed(&mut buf)
+                .and_then(|_| self.write_active(&buf, &mut Vec::new()));
             self.buf = buf;
             res?;
         }

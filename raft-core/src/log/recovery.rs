@@ -1,0 +1,241 @@
+//! Opening a log directory after a clean shutdown or a crash.
+//!
+//! Every segment is read and every record's checksum verified. Entries must run without gaps
+//! from the purge point on. The last segment may end in a torn tail — damaged bytes with nothing
+//! valid after them — which is cut off and zeroed. Anything else that is wrong (damage followed by
+//! valid records, damage in a sealed segment, an entry out of sequence, a record that checks but
+//! does not decode) is refused with [`LogError::Corrupt`] naming the file and offset.
+//!
+//! Segments that hold only purged entries are deleted (finishing an interrupted purge), as is an
+//! empty last segment (created just before a crash).
+
+use std::fs;
+use std::path::Path;
+
+use super::LogError;
+use super::meta::Meta;
+use super::record;
+use super::segment;
+use super::segment::Segment;
+use super::segment::Stop;
+use super::wal::Active;
+use super::wal::Loc;
+use super::wal::View;
+use super::wal::WalOptions;
+use super::wal::WalRecord;
+use crate::codec;
+use crate::fsutil;
+use crate::fsutil::at;
+use crate::types::LogId;
+use crate::types::Vote;
+
+/// What recovery found.
+pub(super) struct Recovered {
+    pub view: View,
+    /// The last segment, to append to.
+    pub active: Option<Active>,
+    /// The newest commit marker.
+    pub committed: Option<LogId>,
+}
+
+fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> LogError {
+    LogError::Corrupt {
+        file: file.to_path_buf(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+/// Reads and verifies the segments in `dir`; see the module docs.
+pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Recovered, LogError> {
+    let mut view = View::new(opts.cache_entries);
+    view.vote = meta.vote.map(Vote::from);
+    view.purged = meta.purged.map(LogId::from);
+    view.last = view.purged;
+    if let Some(p) = view.purged {
+        view.first = p.index + 1;
+        view.cache_first = p.index + 1;
+    }
+    let purged_index = view.purged.map(|p| p.index);
+
+    let listed = segment::list(dir)?;
+    let mut committed: Option<LogId> = None;
+    let mut prev_index: Option<u64> = None;
+    let mut active: Option<Active> = None;
+    let mut removed_any = false;
+    let count = listed.len();
+    for (i, (first, path)) in listed.into_iter().enumerate() {
+        let is_last = i + 1 == count;
+        let seg = Segment::open(&path, first)?;
+        let bytes = seg.read_all()?;
+        let (found, stop) = segment::scan(&bytes);
+        let decodable = |p: &[u8]| codec::decode::<WalRecord>(p).is_ok();
+        if let Some(later) = segment::find_later_record(&bytes, stop.offset() as usize, decodable) {
+            let what = match &stop {
+                Stop::End { .. } => "unwritten (zero) bytes",
+                Stop::Invalid { reason, .. } => reason,
+            };
+            return Err(corrupt(
+                &path,
+                stop.offset(),
+                format!(
+                    "{what}, yet a valid record follows at offset {later}: the log is damaged before its tail"
+                ),
+            ));
+        }
+        let mut cut_at = None;
+        if let Stop::Invalid { offset, reason } = &stop {
+            if !is_last {
+                return Err(corrupt(
+                    &path,
+                    *offset,
+                    format!("{reason} in a sealed segment"),
+                ));
+            }
+            tracing::warn!(
+                file = %path.display(), offset, reason,
+                "cutting a torn tail off the write-ahead log (a write interrupted by a crash)"
+            );
+            cut_at = Some(*offset);
+        }
+
+        let mut entries_here = 0u64;
+        let mut seg_last: Option<u64> = None;
+        for f in &found {
+            let start = f.offset as usize + record::HEADER_LEN;
+            let payload = &bytes[start..start + f.len];
+            let rec: WalRecord = codec::decode(payload).map_err(|e| {
+                corrupt(
+                    &path,
+                    f.offset,
+                    format!("checksum holds but the record does not decode: {e}"),
+                )
+            })?;
+            match rec {
+                WalRecord::Committed(c) => {
+                    let c = LogId::from(c);
+                    if committed.is_none_or(|old| old.index < c.index) {
+                        committed = Some(c);
+                    }
+                }
+                WalRecord::Entry(e) => {
+                    let index = e.log_id.index;
+                    if entries_here == 0 && index != first {
+                        return Err(corrupt(
+                            &path,
+                            f.offset,
+                            format!(
+                                "first entry has index {index} but the segment is named for {first}"
+                            ),
+                        ));
+                    }
+                    if let Some(p) = seg_last
+                        && index != p + 1
+                    {
+                        return Err(corrupt(
+                            &path,
+                            f.offset,
+                            format!("entry {index} follows entry {p}"),
+                        ));
+                    }
+                    let live = purged_index.is_none_or(|p| index > p);
+                    let must_follow = match purged_index {
+                        Some(p) => index > p + 1,
+                        None => true,
+                    };
+                    if entries_here == 0
+                        && must_follow
+                        && let Some(p) = prev_index
+                        && index != p + 1
+                    {
+                        return Err(corrupt(
+                            &path,
+                            f.offset,
+                            format!(
+                                "gap in the log: entry {p} is followed by segment starting at {index}"
+                            ),
+                        ));
+                    }
+                    if live {
+                        if view.locs.is_empty()
+                            && let Some(p) = purged_index
+                            && index != p + 1
+                        {
+                            return Err(corrupt(
+                                &path,
+                                f.offset,
+                                format!(
+                                    "gap in the log: entries are purged up to {p} but the next one is {index}"
+                                ),
+                            ));
+                        }
+                        let entry = e.into_entry().map_err(|why| {
+                            corrupt(&path, f.offset, format!("entry {index}: {why}"))
+                        })?;
+                        let loc = Loc {
+                            segment: first,
+                            offset: f.offset,
+                            len: f.len as u32,
+                        };
+                        view.push(loc, entry);
+                    }
+                    entries_here += 1;
+                    seg_last = Some(index);
+                    prev_index = Some(index);
+                }
+            }
+        }
+
+        let fully_purged = match (seg_last, purged_index) {
+            (Some(l), Some(p)) => l <= p,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        if entries_here == 0 && !is_last {
+            return Err(corrupt(
+                &path,
+                segment::HEADER_LEN,
+                "a sealed segment holds no entries",
+            ));
+        }
+        if fully_purged {
+            // Finish an interrupted purge, or drop a segment created just before a crash.
+            drop(seg);
+            fs::remove_file(&path).map_err(at("remove", &path))?;
+            removed_any = true;
+            continue;
+        }
+        let end = cut_at.unwrap_or(stop.offset());
+        if let Some(cut) = cut_at {
+            seg.file.set_len(cut).map_err(at("truncate", &path))?;
+            fsutil::preallocate(&seg.file, opts.segment_size.max(cut))
+                .map_err(at("preallocate", &path))?;
+            seg.file.sync_all().map_err(at("fsync", &path))?;
+        }
+        view.segments.insert(first, seg.file.clone());
+        if is_last {
+            active = Some(Active {
+                seg,
+                write_offset: end,
+                capacity: opts.segment_size,
+                entries: entries_here,
+            });
+        }
+    }
+    if removed_any {
+        fsutil::sync_dir(dir)?;
+    }
+    // A commit marker can only name an entry written before it, so it never exceeds the
+    // last entry; be defensive anyway, since openraft replays up to it on startup.
+    if let (Some(c), Some(last)) = (committed, view.last)
+        && c.index > last.index
+    {
+        tracing::warn!(committed = %c, last = %last, "ignoring a commit marker beyond the last log entry");
+        committed = None;
+    }
+    Ok(Recovered {
+        view,
+        active,
+        committed,
+    })
+}

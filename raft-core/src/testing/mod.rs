@@ -1,0 +1,30 @@
+//! Run a cluster of real nodes in one process, and break it (feature `testing`).
+//!
+//! * [`Router`] — an in-process network that partitions, isolates, blocks one way, loses and
+//!   delays messages, with a seeded generator so runs repeat.
+//! * [`Cluster`] — starts N nodes on a router (durable, in temporary directories, or in memory),
+//!   waits for a leader on metrics, crashes and restarts nodes from their data directories, and
+//!   writes through whichever node leads.
+//!
+//! ```no_run
+//! # use raft_core::{StateMachine, testing::{Cluster, ClusterOptions}};
+//! # async fn demo<S: StateMachine<Command = u64> + Default>() -> raft_core::Result<()> {
+//! let mut cluster = Cluster::start(3, ClusterOptions::default(), |_| S::default()).await?;
+//! let leader = cluster.wait_for_leader().await?;
+//! cluster.router().isolate(leader);
+//! let new_leader = cluster.wait_for_leader_among(&[1, 2, 3]).await?;
+//! cluster.write(5).await?;
+//! cluster.router().heal();
+//! cluster.wait_converged().await?;
+//! # Ok(()) }
+//! ```
+
+mod cluster;
+mod router;
+
+pub use self::cluster::Cluster;
+pub use self::cluster::ClusterOptions;
+pub use self::cluster::address;
+pub use self::router::Router;
+pub use self::router::RouterConnection;
+pub use self::router::RouterTransport;

@@ -1,0 +1,492 @@
+//! In-process cluster tests: durable nodes in temporary directories on the fault-injecting
+//! router. Every wait is on metrics or a condition with a bound — never a sleep.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::io::Read;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use raft_core::ApplyError;
+use raft_core::Config;
+use raft_core::Consistency;
+use raft_core::Error;
+use raft_core::NodeId;
+use raft_core::Role;
+use raft_core::Session;
+use raft_core::StateMachine;
+use raft_core::testing::Cluster;
+use raft_core::testing::ClusterOptions;
+use raft_core::testing::address;
+use serde::Deserialize;
+use serde::Serialize;
+
+/// A small key-value store; `Append` is deliberately not idempotent.
+#[derive(Default, Clone, Debug, PartialEq, Eq)]
+struct Kv(BTreeMap<String, String>);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Cmd {
+    Put(String, String),
+    Append(String, String),
+}
+
+impl StateMachine for Kv {
+    type Command = Cmd;
+    /// The value after the command.
+    type Output = String;
+    type Snapshot = BTreeMap<String, String>;
+
+    fn apply(&mut self, cmd: Cmd) -> String {
+        match cmd {
+            Cmd::Put(k, v) => {
+                self.0.insert(k, v.clone());
+                v
+            }
+            Cmd::Append(k, v) => {
+                let e = self.0.entry(k).or_default();
+                e.push_str(&v);
+                e.clone()
+            }
+        }
+    }
+    fn snapshot(&self) -> Self::Snapshot {
+        self.0.clone()
+    }
+    fn write_snapshot(s: Self::Snapshot, out: &mut dyn Write) -> io::Result<()> {
+        raft_core::write_serde(&s, out)
+    }
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        self.0 = raft_core::read_serde(input)?;
+        Ok(())
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn options(configure: impl Fn(Config) -> Config + Send + Sync + 'static) -> ClusterOptions {
+    ClusterOptions {
+        configure: Arc::new(configure),
+        ..ClusterOptions::default()
+    }
+}
+
+async fn start(
+    n: u64,
+    configure: impl Fn(Config) -> Config + Send + Sync + 'static,
+) -> Cluster<Kv> {
+    init_tracing();
+    Cluster::start(n, options(configure), |_| Kv::default())
+        .await
+        .expect("cluster starts")
+}
+
+/// The state machine contents of every running node, after they converged.
+async fn contents(cluster: &Cluster<Kv>) -> BTreeMap<NodeId, Kv> {
+    cluster.wait_converged().await.expect("cluster converges");
+    let leader = cluster.wait_for_leader().await.unwrap();
+    let members = cluster.node(leader).unwrap().metrics();
+    let mut out = BTreeMap::new();
+    for id in cluster.running() {
+        if members.voters.contains(&id) || members.learners.contains(&id) {
+            let node = cluster.node(id).unwrap();
+            out.insert(
+                id,
+                node.read(Consistency::Local, |kv| kv.clone())
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    out
+}
+
+fn assert_all_equal(states: &BTreeMap<NodeId, Kv>, expected: &Kv) {
+    for (id, kv) in states {
+        assert_eq!(kv, expected, "node {id} diverged");
+    }
+}
+
+/// Writes `keys` as `Put(key-i, value-i)` with up to 32 in flight.
+async fn put_many(cluster: &Cluster<Kv>, keys: std::ops::Range<u64>, expected: &mut Kv) {
+    let results: Vec<_> = futures_util::stream::iter(keys.clone())
+        .map(|i| cluster.write(Cmd::Put(format!("key-{i}"), format!("value-{i}"))))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for r in results {
+        r.expect("write acknowledged");
+    }
+    for i in keys {
+        expected.0.insert(format!("key-{i}"), format!("value-{i}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn isolated_leader_is_replaced_and_rejoins() {
+    let cluster = start(3, |c| c).await;
+    let mut expected = Kv::default();
+    put_many(&cluster, 0..20, &mut expected).await;
+
+    let old = cluster.wait_for_leader().await.unwrap();
+    let others: Vec<NodeId> = cluster
+        .running()
+        .into_iter()
+        .filter(|id| *id != old)
+        .collect();
+    let election_bound = cluster.config(old).election_timeout * 2 * 4;
+    let started = Instant::now();
+    cluster.router().isolate(old);
+
+    // A write sent to the isolated leader must never be acknowledged.
+    let stale_write = {
+        let old_node = cluster.node(old).unwrap().clone();
+        tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                old_node.write(Cmd::Put("lost".into(), "never".into())),
+            )
+            .await
+        })
+    };
+
+    let new = cluster.wait_for_leader_among(&others).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < election_bound,
+        "new leader after {took:?}, bound {election_bound:?}"
+    );
+    assert_ne!(new, old);
+    put_many(&cluster, 20..60, &mut expected).await;
+    match stale_write.await.unwrap() {
+        Ok(Ok(v)) => panic!("isolated leader acknowledged a write: {v}"),
+        Ok(Err(e)) => assert!(
+            matches!(
+                e,
+                Error::NotLeader { .. } | Error::Timeout(_) | Error::OutcomeUnknown { .. }
+            ),
+            "{e}"
+        ),
+        Err(_elapsed) => {}
+    }
+
+    cluster.router().heal();
+    let states = contents(&cluster).await;
+    assert_eq!(states.len(), 3);
+    // The unacknowledged write may or may not have survived; everything acknowledged has.
+    let mut with_lost = expected.clone();
+    with_lost.0.insert("lost".into(), "never".into());
+    let first = states.values().next().unwrap();
+    assert!(
+        first == &expected || first == &with_lost,
+        "acknowledged writes missing"
+    );
+    assert_all_equal(&states, first);
+    assert!(cluster.node(old).unwrap().metrics().term > 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_restart_recovers_without_initialize() {
+    let mut cluster = start(3, |c| c.with_snapshots(300, 100)).await;
+    let mut expected = Kv::default();
+    put_many(&cluster, 0..1000, &mut expected).await;
+    let before = contents(&cluster).await;
+    assert_all_equal(&before, &expected);
+    let snapshotted = cluster
+        .metrics()
+        .values()
+        .all(|m| m.snapshot_index.is_some());
+    assert!(
+        snapshotted,
+        "the snapshot policy ran: {:?}",
+        cluster.metrics()
+    );
+
+    for id in cluster.running() {
+        cluster.crash(id).await.unwrap();
+    }
+    for id in 1..=3 {
+        let node = cluster.restart(id).await.unwrap();
+        assert!(
+            node.is_initialized().await.unwrap(),
+            "node {id} recovered its membership"
+        );
+        assert!(matches!(
+            node.initialize([(1, address(1))]).await,
+            Err(Error::AlreadyInitialized)
+        ));
+    }
+    cluster.wait_for_leader().await.unwrap();
+    assert_all_equal(&contents(&cluster).await, &expected);
+    put_many(&cluster, 1000..1010, &mut expected).await;
+    assert_all_equal(&contents(&cluster).await, &expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_behind_a_purged_log_catches_up_by_snapshot() {
+    let mut cluster = start(3, |c| c.with_snapshots(100, 10)).await;
+    let mut expected = Kv::default();
+    put_many(&cluster, 0..10, &mut expected).await;
+    let leader = cluster.wait_for_leader().await.unwrap();
+    let down = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    cluster.wait_converged().await.unwrap();
+    let down_last = cluster
+        .node(down)
+        .unwrap()
+        .metrics()
+        .last_log_index
+        .unwrap();
+    cluster.crash(down).await.unwrap();
+
+    put_many(&cluster, 10..400, &mut expected).await;
+    let leader = cluster.wait_for_leader().await.unwrap();
+    let snap = cluster.node(leader).unwrap().snapshot().await;
+    snap.unwrap_or_else(|e| panic!("snapshot on leader {leader}: {e}; {:?}", cluster.metrics()));
+    let purged = cluster
+        .wait_until("the leader purged past the down node", |all| {
+            all.get(&leader)
+                .and_then(|m| m.purged_index)
+                .is_some_and(|p| p > down_last)
+        })
+        .await
+        .unwrap();
+    assert!(purged[&leader].purged_index.unwrap() > down_last);
+
+    let snapshots_before = cluster.router().snapshots_delivered();
+    cluster.restart(down).await.unwrap();
+    assert_all_equal(&contents(&cluster).await, &expected);
+    assert!(
+        cluster.router().snapshots_delivered() > snapshots_before,
+        "node {down} must have been sent a snapshot"
+    );
+    let m = cluster.node(down).unwrap().metrics();
+    assert!(m.snapshot_index.unwrap() > down_last, "{m:?}");
+}
+
+/// Runs a membership operation on whichever node leads, following leader changes.
+async fn on_leader<F, Fut>(cluster: &Cluster<Kv>, op: F)
+where
+    F: Fn(raft_core::Node<Kv>) -> Fut,
+    Fut: std::future::Future<Output = raft_core::Result<()>>,
+{
+    let deadline = Instant::now() + cluster.timeout();
+    loop {
+        let leader = cluster.wait_for_leader().await.unwrap();
+        match op(cluster.node(leader).unwrap().clone()).await {
+            Ok(()) => return,
+            Err(
+                e @ (Error::NotLeader { .. } | Error::OutcomeUnknown { .. } | Error::Timeout(_)),
+            ) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "membership change kept failing: {e}"
+                );
+                let stale = cluster.node(leader).unwrap().metrics();
+                let _ = cluster
+                    .node(leader)
+                    .unwrap()
+                    .wait_for(Duration::from_millis(500), |m| {
+                        m.term != stale.term || m.role != stale.role
+                    })
+                    .await;
+            }
+            Err(e) => panic!("membership change failed: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_changes_three_to_five_to_three_under_writes() {
+    let mut cluster = start(3, |c| c).await;
+    cluster.launch(4).await.unwrap();
+    cluster.launch(5).await.unwrap();
+
+    let stop = AtomicBool::new(false);
+    let acked = AtomicU64::new(0);
+    let writer = async {
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            cluster
+                .write(Cmd::Put(format!("w-{i}"), format!("{i}")))
+                .await
+                .expect("writes keep succeeding through membership changes");
+            acked.fetch_add(1, Ordering::Relaxed);
+            i += 1;
+        }
+        i
+    };
+    let changes = async {
+        on_leader(
+            &cluster,
+            |n| async move { n.add_learner(4, address(4)).await },
+        )
+        .await;
+        on_leader(
+            &cluster,
+            |n| async move { n.add_learner(5, address(5)).await },
+        )
+        .await;
+        on_leader(&cluster, |n| async move {
+            n.change_membership([1, 2, 3, 4, 5]).await
+        })
+        .await;
+        let five = cluster
+            .wait_until("five voters", |all| {
+                all.values()
+                    .filter(|m| m.voters.len() == 5 && !m.joint)
+                    .count()
+                    == 5
+            })
+            .await
+            .unwrap();
+        assert!(five.values().all(|m| m.voters.len() == 5));
+        on_leader(
+            &cluster,
+            |n| async move { n.change_membership([3, 4, 5]).await },
+        )
+        .await;
+        stop.store(true, Ordering::Relaxed);
+    };
+    let (written, ()) = tokio::join!(writer, changes);
+    assert!(written > 0 && acked.load(Ordering::Relaxed) == written);
+
+    let leader = cluster.wait_for_leader_among(&[3, 4, 5]).await.unwrap();
+    let m = cluster.node(leader).unwrap().metrics();
+    assert_eq!(m.voters, [3, 4, 5].into());
+    let states = contents(&cluster).await;
+    assert_eq!(states.keys().copied().collect::<Vec<_>>(), vec![3, 4, 5]);
+    let first = states.values().next().unwrap().clone();
+    assert_all_equal(&states, &first);
+    for i in 0..written {
+        assert_eq!(
+            first.0.get(&format!("w-{i}")),
+            Some(&format!("{i}")),
+            "write {i} lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_write_is_applied_once() {
+    let cluster = start(3, |c| c).await;
+    let leader = cluster.wait_for_leader().await.unwrap();
+    let node = cluster.node(leader).unwrap();
+    let s1 = Session {
+        client_id: 77,
+        sequence: 1,
+    };
+    let cmd = Cmd::Append("k".into(), "x".into());
+    assert_eq!(node.write_with_session(s1, cmd.clone()).await.unwrap(), "x");
+    assert_eq!(
+        node.write_with_session(s1, cmd.clone()).await.unwrap(),
+        "x",
+        "the retry gets the first answer"
+    );
+
+    // The retry also works through another leader: sessions are replicated state.
+    let other = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    node.transfer_leader(other).await.unwrap();
+    let new_leader = cluster.wait_for_leader().await.unwrap();
+    assert_eq!(new_leader, other);
+    let new_node = cluster.node(new_leader).unwrap();
+    assert_eq!(
+        new_node.write_with_session(s1, cmd.clone()).await.unwrap(),
+        "x"
+    );
+
+    let s2 = Session {
+        client_id: 77,
+        sequence: 2,
+    };
+    assert_eq!(
+        new_node.write_with_session(s2, cmd.clone()).await.unwrap(),
+        "xx"
+    );
+    match new_node.write_with_session(s1, cmd.clone()).await {
+        Err(Error::Rejected(ApplyError::SessionExpired {
+            client_id: 77,
+            sequence: 1,
+        })) => {}
+        other => panic!("an outdated sequence must be refused, got {other:?}"),
+    }
+    let states = contents(&cluster).await;
+    let mut expected = Kv::default();
+    expected.0.insert("k".into(), "xx".into());
+    assert_all_equal(&states, &expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_respect_their_consistency_level() {
+    let cluster = start(3, |c| c).await;
+    cluster
+        .write(Cmd::Put("a".into(), "1".into()))
+        .await
+        .unwrap();
+    let leader = cluster.wait_for_leader().await.unwrap();
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+
+    let v = cluster
+        .node(leader)
+        .unwrap()
+        .read(Consistency::Linearizable, |kv| kv.0.get("a").cloned())
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("1"));
+    let v = cluster
+        .node(leader)
+        .unwrap()
+        .read(Consistency::Lease, |kv| kv.0.get("a").cloned())
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("1"));
+    match cluster
+        .node(follower)
+        .unwrap()
+        .read(Consistency::Linearizable, |kv| kv.0.len())
+        .await
+    {
+        Err(Error::NotLeader {
+            leader: Some(l),
+            leader_addr: Some(addr),
+        }) => {
+            assert_eq!(l, leader);
+            assert_eq!(addr, address(leader));
+        }
+        other => panic!("a follower must redirect linearizable reads, got {other:?}"),
+    }
+    cluster.wait_converged().await.unwrap();
+    let local = cluster
+        .node(follower)
+        .unwrap()
+        .read(Consistency::Local, |kv| kv.0.get("a").cloned())
+        .await
+        .unwrap();
+    assert_eq!(local.as_deref(), Some("1"));
+    assert_eq!(
+        cluster.node(follower).unwrap().metrics().role,
+        Role::Follower
+    );
+}
