@@ -1,0 +1,191 @@
+//! Single-node behaviour: bad input gets typed errors, a damaged data directory refuses to
+//! start with a clear error, and nothing panics.
+
+use std::fs;
+use std::io;
+use std::io::Read;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use raft_core::ApplyError;
+use raft_core::Config;
+use raft_core::Consistency;
+use raft_core::Error;
+use raft_core::Node;
+use raft_core::Role;
+use raft_core::StateMachine;
+use raft_core::log::LogError;
+use raft_core::snapshot::SnapshotError;
+use raft_core::testing::Router;
+use raft_core::types::Request;
+
+#[derive(Default)]
+struct Sum(u64);
+
+impl StateMachine for Sum {
+    type Command = u64;
+    type Output = u64;
+    type Snapshot = u64;
+
+    fn apply(&mut self, c: u64) -> u64 {
+        self.0 += c;
+        self.0
+    }
+    fn snapshot(&self) -> u64 {
+        self.0
+    }
+    fn write_snapshot(s: u64, out: &mut dyn Write) -> io::Result<()> {
+        raft_core::write_serde(&s, out)
+    }
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        self.0 = raft_core::read_serde(input)?;
+        Ok(())
+    }
+}
+
+fn config(dir: &Path) -> Config {
+    Config::durable(1, dir)
+        .with_timing(Duration::from_millis(20), Duration::from_millis(100))
+        .with_request_timeout(Duration::from_secs(5))
+}
+
+async fn start(dir: &Path) -> Result<Node<Sum>, Error> {
+    let router = Router::new(0);
+    let node = Node::start(config(dir), Sum::default(), router.transport(1)).await?;
+    router.register(node.rpc_handler());
+    Ok(node)
+}
+
+/// A one-node cluster that has written `1..=n` and been shut down.
+async fn written(dir: &Path, n: u64) {
+    let node = start(dir).await.unwrap();
+    node.initialize([(1, "node-1")]).await.unwrap();
+    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+        .await
+        .unwrap();
+    for i in 1..=n {
+        node.write(i).await.unwrap();
+    }
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_single_node_restarts_with_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    written(dir.path(), 10).await;
+    let node = start(dir.path()).await.unwrap();
+    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+        .await
+        .unwrap();
+    assert_eq!(node.read(Consistency::Linearizable, |s| s.0).await.unwrap(), 55);
+    assert_eq!(node.write(1).await.unwrap(), 56);
+}
+
+#[tokio::test]
+async fn bad_commands_get_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    written(dir.path(), 1).await;
+    let node = start(dir.path()).await.unwrap();
+    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+        .await
+        .unwrap();
+
+    // Bytes that are not a `u64` in the codec: refused identically by every replica.
+    let garbage = Request {
+        session: None,
+        command: Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+    };
+    match node.write_encoded(garbage).await {
+        Err(Error::Rejected(ApplyError::InvalidCommand(_))) => {}
+        other => panic!("expected InvalidCommand, got {other:?}"),
+    }
+    let huge = Request {
+        session: None,
+        command: Bytes::from(vec![0u8; node.config().max_command_bytes + 1]),
+    };
+    assert!(matches!(
+        node.write_encoded(huge).await,
+        Err(Error::CommandTooLarge { .. })
+    ));
+    // The node carries on.
+    assert_eq!(node.write(2).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_damaged_log_refuses_to_start_and_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    written(dir.path(), 50).await;
+    let wal = dir.path().join("wal");
+    let seg = fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "wal"))
+        .unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    // Flip a bit in the first record after the header: damage with valid records after it.
+    bytes[24 + 10] ^= 0x04;
+    fs::write(&seg, &bytes).unwrap();
+    match start(dir.path()).await {
+        Err(Error::Log(LogError::Corrupt { file, offset, .. })) => {
+            assert_eq!(file, seg);
+            assert_eq!(offset, 24);
+        }
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_snapshot_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    written(dir.path(), 5).await;
+    {
+        let node = start(dir.path()).await.unwrap();
+        node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+            .await
+            .unwrap();
+        node.snapshot().await.unwrap();
+        node.shutdown().await.unwrap();
+    }
+    let snap = fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "snap"))
+        .unwrap();
+    let mut bytes = fs::read(&snap).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(&snap, &bytes).unwrap();
+    match start(dir.path()).await {
+        Err(Error::Snapshot(SnapshotError::Corrupt { what, .. })) => {
+            assert!(what.contains(snap.to_str().unwrap()), "{what}");
+        }
+        other => panic!("expected a snapshot corruption error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_data_dir_belongs_to_one_node() {
+    let dir = tempfile::tempdir().unwrap();
+    written(dir.path(), 1).await;
+    let router = Router::new(0);
+    let other = Config::durable(2, dir.path());
+    match Node::start(other, Sum::default(), router.transport(2)).await {
+        Err(Error::Log(LogError::WrongNode {
+            expected: 2, found: 1, ..
+        })) => {}
+        other => panic!("expected WrongNode, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_configuration_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::new(0);
+    let bad = config(dir.path()).with_timing(Duration::from_millis(100), Duration::from_millis(150));
+    assert!(matches!(
+        Node::start(bad, Sum::default(), router.transport(1)).await,
+        Err(Error::Config(_))
+    ));
+}
