@@ -53,6 +53,8 @@ pub use crate::metrics::MetricsWatch;
 pub use crate::metrics::Role;
 pub use crate::node::Consistency;
 pub use crate::node::Node;
+pub use crate::node::ReadIndex;
+pub use crate::state_machine::Queryable;
 pub use crate::state_machine::StateMachine;
 pub use crate::state_machine::read_serde;
 pub use crate::state_machine::write_serde;

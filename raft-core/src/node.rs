@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 use openraft::BasicNode;
 use openraft::Raft;
 use openraft::ReadPolicy;
@@ -54,6 +56,15 @@ use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
 use crate::types::TypeConfig;
 use crate::types::Vote;
+
+/// A log position that a linearizable read must wait for, issued by the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct ReadIndex {
+    /// The term of the leader that issued it.
+    pub term: u64,
+    /// The log index to be applied before reading.
+    pub index: u64,
+}
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -288,46 +299,83 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Runs `f` on the state machine at the requested consistency and returns its result.
+    ///
+    /// `Linearizable` and `Lease` reads are served by the leader; elsewhere they fail with
+    /// [`Error::NotLeader`]. (A transport serves them on followers by asking the leader for a
+    /// [`ReadIndex`] and calling [`Node::read_at`].)
     pub async fn read<T>(&self, consistency: Consistency, f: impl FnOnce(&S) -> T) -> Result<T> {
-        self.ensure_readable(consistency).await?;
-        let st = self.inner.sm.read();
-        Ok(f(&st.user))
+        if consistency == Consistency::Local {
+            return Ok(self.read_local(f));
+        }
+        let at = self.read_index(consistency).await?;
+        self.read_at(at, f).await
     }
 
-    /// Waits until a read at `consistency` may be served from this node's state machine.
-    pub async fn ensure_readable(&self, consistency: Consistency) -> Result<()> {
+    fn read_local<T>(&self, f: impl FnOnce(&S) -> T) -> T {
+        let st = self.inner.sm.read();
+        f(&st.user)
+    }
+
+    /// On the leader: confirms leadership as `consistency` requires (a quorum round for
+    /// `Linearizable`, the lease for `Lease`) and returns the log position a read must wait for.
+    /// `Local` needs no position and returns this node's applied index.
+    pub async fn read_index(&self, consistency: Consistency) -> Result<ReadIndex> {
         let raft = &self.inner.raft;
         let read_error = |e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>| match e {
             RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => not_leader(&f),
             RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)) => Error::NoQuorum,
             RaftError::Fatal(f) => fatal_to_error(&f),
         };
-        match consistency {
-            Consistency::Local => Ok(()),
+        let linearizer = match consistency {
+            Consistency::Local => {
+                let m = self.metrics();
+                return Ok(ReadIndex {
+                    term: m.term,
+                    index: m.applied_index.unwrap_or(0),
+                });
+            }
             Consistency::Linearizable => {
                 self.with_timeout(async {
-                    raft.ensure_linearizable(ReadPolicy::ReadIndex)
+                    raft.get_read_linearizer(ReadPolicy::ReadIndex)
                         .await
-                        .map(|_| ())
                         .map_err(read_error)
                 })
-                .await
+                .await?
             }
             Consistency::Lease => {
                 self.with_timeout(async {
-                    match raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
-                        Ok(_) => Ok(()),
+                    match raft.get_read_linearizer(ReadPolicy::LeaseRead).await {
+                        Ok(l) => Ok(l),
+                        // The lease lapsed: confirm leadership the slow way instead.
                         Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => raft
-                            .ensure_linearizable(ReadPolicy::ReadIndex)
+                            .get_read_linearizer(ReadPolicy::ReadIndex)
                             .await
-                            .map(|_| ())
                             .map_err(read_error),
                         Err(e) => Err(read_error(e)),
                     }
                 })
-                .await
+                .await?
             }
+        };
+        let id = linearizer.read_log_id().log_id();
+        Ok(ReadIndex {
+            term: id.leader_id.term,
+            index: id.index,
+        })
+    }
+
+    /// Waits until this node has applied up to `at` (from [`Node::read_index`] on the leader),
+    /// then runs `f` on its state machine. This is how a follower serves a linearizable read.
+    pub async fn read_at<T>(&self, at: ReadIndex, f: impl FnOnce(&S) -> T) -> Result<T> {
+        let limit = self.inner.config.request_timeout;
+        self.wait_for(limit, |m| {
+            m.applied_index.is_some_and(|a| a >= at.index) || m.role == Role::Shutdown
+        })
+        .await?;
+        if self.metrics().role == Role::Shutdown {
+            return Err(Error::Shutdown);
         }
+        Ok(self.read_local(f))
     }
 
     /// Adds `id` at `addr` as a learner and waits until it has caught up with the log. Leader only.
@@ -582,6 +630,17 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
                 .map_err(|_| self.stopped())
         }
         .boxed()
+    }
+
+    fn stream_append(
+        &self,
+        input: BoxStream<'static, rpc::AppendEntriesRequest>,
+    ) -> BoxStream<'static, Result<rpc::StreamAppendResult, RpcHandlerError>> {
+        let id = self.id;
+        self.raft
+            .stream_append(input)
+            .map(move |r| r.map_err(|_| RpcHandlerError::Shutdown(id)))
+            .boxed()
     }
 
     fn snapshot_sink(&self) -> Result<SnapshotSink, RpcHandlerError> {

@@ -76,6 +76,19 @@ pub trait StateMachine: Send + Sync + 'static {
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()>;
 }
 
+/// A state machine that answers encoded queries, for reads that arrive over the network (the
+/// gRPC `Read` call). In-process callers can use [`Node::read`](crate::Node::read) with a closure
+/// instead and need not implement this.
+pub trait Queryable: StateMachine {
+    /// A question about the state. Sent over the network, so it is a serde type.
+    type Query: Serialize + DeserializeOwned + Send + 'static;
+    /// The answer.
+    type Reply: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Answers `query` from the current state. Must not change the state.
+    fn query(&self, query: Self::Query) -> Self::Reply;
+}
+
 /// Writes `value` to `out` in raftkit's codec — a one-line `write_snapshot` for serde state.
 pub fn write_serde<T: Serialize + ?Sized>(value: &T, out: &mut dyn Write) -> io::Result<()> {
     let bytes =

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 use openraft::RaftNetworkFactory;
 use openraft::network::NetSnapshot;
 
@@ -40,6 +41,8 @@ pub mod rpc {
     pub type TransferLeaderRequest = openraft::raft::TransferLeaderRequest<TypeConfig>;
     /// The answer to [`TransferLeaderRequest`].
     pub type TransferLeaderResponse = openraft::raft::TransferLeaderResponse<TypeConfig>;
+    /// The answer to one request of a pipelined append stream.
+    pub type StreamAppendResult = openraft::raft::StreamAppendResult<TypeConfig>;
     /// The answer to a completed snapshot transfer.
     pub type SnapshotResponse = openraft::raft::SnapshotResponse<TypeConfig>;
     /// A transport failure as openraft classifies it (unreachable, timeout, network).
@@ -119,6 +122,12 @@ pub trait RpcHandler: Send + Sync + 'static {
         &self,
         req: rpc::TransferLeaderRequest,
     ) -> BoxFuture<'_, Result<rpc::TransferLeaderResponse, RpcHandlerError>>;
+
+    /// Handles a pipelined stream of replication requests, answering each in order.
+    fn stream_append(
+        &self,
+        input: BoxStream<'static, rpc::AppendEntriesRequest>,
+    ) -> BoxStream<'static, Result<rpc::StreamAppendResult, RpcHandlerError>>;
 
     /// A sink to receive a snapshot's bytes into; pass the finished data to
     /// [`RpcHandler::install_snapshot`].

@@ -79,7 +79,10 @@ async fn a_single_node_restarts_with_its_state() {
     node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
         .await
         .unwrap();
-    assert_eq!(node.read(Consistency::Linearizable, |s| s.0).await.unwrap(), 55);
+    assert_eq!(
+        node.read(Consistency::Linearizable, |s| s.0).await.unwrap(),
+        55
+    );
     assert_eq!(node.write(1).await.unwrap(), 56);
 }
 
@@ -95,7 +98,9 @@ async fn bad_commands_get_typed_errors() {
     // Bytes that are not a `u64` in the codec: refused identically by every replica.
     let garbage = Request {
         session: None,
-        command: Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+        command: Bytes::from_static(&[
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ]),
     };
     match node.write_encoded(garbage).await {
         Err(Error::Rejected(ApplyError::InvalidCommand(_))) => {}
@@ -173,7 +178,9 @@ async fn a_data_dir_belongs_to_one_node() {
     let other = Config::durable(2, dir.path());
     match Node::start(other, Sum::default(), router.transport(2)).await {
         Err(Error::Log(LogError::WrongNode {
-            expected: 2, found: 1, ..
+            expected: 2,
+            found: 1,
+            ..
         })) => {}
         other => panic!("expected WrongNode, got {other:?}"),
     }
@@ -183,7 +190,8 @@ async fn a_data_dir_belongs_to_one_node() {
 async fn invalid_configuration_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let router = Router::new(0);
-    let bad = config(dir.path()).with_timing(Duration::from_millis(100), Duration::from_millis(150));
+    let bad =
+        config(dir.path()).with_timing(Duration::from_millis(100), Duration::from_millis(150));
     assert!(matches!(
         Node::start(bad, Sum::default(), router.transport(1)).await,
         Err(Error::Config(_))
