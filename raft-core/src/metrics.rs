@@ -67,6 +67,9 @@ pub struct Metrics {
     pub members: BTreeMap<NodeId, String>,
     /// Whether the membership is in a joint (two-config) transition.
     pub joint: bool,
+    /// On the leader: the last log index each other member is known to hold (`None` while
+    /// unknown). Empty on other nodes.
+    pub replication: BTreeMap<NodeId, Option<u64>>,
 }
 
 impl Metrics {
@@ -101,6 +104,11 @@ impl Metrics {
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
             joint: membership.get_joint_config().len() > 1,
+            replication: m
+                .replication
+                .as_ref()
+                .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+                .unwrap_or_default(),
             members,
         }
     }

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use openraft::BasicNode;
+use openraft::ChangeMembers;
 use openraft::Raft;
 use openraft::ReadPolicy;
 use openraft::async_runtime::watch::WatchReceiver;
@@ -378,12 +379,27 @@ impl<S: StateMachine> Node<S> {
         Ok(self.read_local(f))
     }
 
-    /// Adds `id` at `addr` as a learner and waits until it has caught up with the log. Leader only.
+    /// Adds `id` at `addr` as a learner and waits until it holds the log as it was when the
+    /// learner was added (by replication or a snapshot). Leader only. If the learner cannot be
+    /// reached, it stays a member and this fails with [`Error::Timeout`].
     pub async fn add_learner(&self, id: NodeId, addr: impl Into<String>) -> Result<()> {
         let node = BasicNode::new(addr.into());
-        self.propose(|| self.inner.raft.add_learner(id, node.clone(), true))
-            .await
-            .map(|_| ())
+        let added = self
+            .propose(|| self.inner.raft.add_learner(id, node.clone(), false))
+            .await?;
+        let target = added.log_id.index;
+        let limit = self.inner.config.request_timeout;
+        self.wait_for(limit, |m| {
+            m.role != Role::Leader || m.replication.get(&id).copied().flatten() >= Some(target)
+        })
+        .await?;
+        match self.metrics() {
+            m if m.role == Role::Leader => Ok(()),
+            m => Err(Error::NotLeader {
+                leader: m.leader,
+                leader_addr: m.leader_addr,
+            }),
+        }
     }
 
     /// Makes `voters` the voting members (each must already be a member, e.g. a caught-up
@@ -392,6 +408,26 @@ impl<S: StateMachine> Node<S> {
     pub async fn change_membership(&self, voters: impl IntoIterator<Item = NodeId>) -> Result<()> {
         let voters: BTreeSet<NodeId> = voters.into_iter().collect();
         self.propose(|| self.inner.raft.change_membership(voters.clone(), false))
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes node `id` from the cluster, whether it is a voter (the rest stay voters) or a
+    /// learner. Leader only.
+    pub async fn remove_node(&self, id: NodeId) -> Result<()> {
+        let m = self.metrics();
+        let change = if m.voters.contains(&id) {
+            let rest: BTreeSet<NodeId> = m.voters.iter().copied().filter(|v| *v != id).collect();
+            if rest.is_empty() {
+                return Err(Error::Membership("cannot remove the last voter".into()));
+            }
+            ChangeMembers::ReplaceAllVoters(rest)
+        } else if m.learners.contains(&id) {
+            ChangeMembers::RemoveNodes([id].into())
+        } else {
+            return Err(Error::Membership(format!("node {id} is not a member")));
+        };
+        self.propose(|| self.inner.raft.change_membership(change.clone(), false))
             .await
             .map(|_| ())
     }

@@ -478,7 +478,10 @@ async fn reads_respect_their_consistency_level() {
         other => panic!("a follower must redirect linearizable reads, got {other:?}"),
     }
     // A follower read: the leader issues the read index, the follower waits for it.
-    cluster.write(Cmd::Put("b".into(), "2".into())).await.unwrap();
+    cluster
+        .write(Cmd::Put("b".into(), "2".into()))
+        .await
+        .unwrap();
     let at = cluster
         .node(leader)
         .unwrap()
@@ -491,7 +494,11 @@ async fn reads_respect_their_consistency_level() {
         .read_at(at, |kv| kv.0.get("b").cloned())
         .await
         .unwrap();
-    assert_eq!(v.as_deref(), Some("2"), "a follower read sees the acknowledged write");
+    assert_eq!(
+        v.as_deref(),
+        Some("2"),
+        "a follower read sees the acknowledged write"
+    );
 
     cluster.wait_converged().await.unwrap();
     let local = cluster

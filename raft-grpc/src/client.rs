@@ -1,0 +1,510 @@
+//! [`ClusterClient`]: talks to a cluster through whichever nodes it can reach.
+//!
+//! Given any subset of the nodes' addresses, the client finds the leader (following redirects),
+//! remembers it, and retries through leader changes. Every write carries a client session, and
+//! a retry reuses it, so a write whose reply was lost is applied exactly once. Reads are spread
+//! over the nodes by a [`ReadPolicy`]; followers serve linearizable reads by asking the leader
+//! for a read index.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use raft_core::ApplyError;
+use raft_core::Consistency;
+use raft_core::NodeId;
+use raft_core::Queryable;
+use raft_core::codec::CodecError;
+use rand::Rng;
+use tokio::time::Instant;
+use tonic::Code;
+use tonic::Request;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::net::ChannelOptions;
+use crate::net::Connector;
+use crate::net::Pool;
+use crate::pb;
+use crate::pb::cluster_client::ClusterClient as PbClusterClient;
+use crate::status::ErrorCode;
+use crate::status::leader_hint;
+use crate::tls::TlsConfig;
+
+/// How reads are spread over the nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadPolicy {
+    /// Always the leader.
+    Leader,
+    /// Each node in turn.
+    RoundRobin,
+    /// A node picked at random each time.
+    Random,
+    /// Nodes picked at random in proportion to their weights (`(address, weight)`); addresses
+    /// not listed get no reads.
+    Weighted(Vec<(String, u32)>),
+}
+
+/// Settings of a [`ClusterClient`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// TLS towards the nodes (a client certificate is needed under mutual TLS).
+    pub tls: Option<TlsConfig>,
+    /// How connections are made.
+    pub connector: Connector,
+    /// Connection tuning.
+    pub channel: ChannelOptions,
+    /// Deadline of each attempt. Default 5 s.
+    pub attempt_timeout: Duration,
+    /// How long an operation keeps retrying through failures before giving up. Default 30 s.
+    pub total_timeout: Duration,
+    /// Where reads go. Default round-robin.
+    pub read_policy: ReadPolicy,
+    /// Largest message sent or accepted, in bytes. Default 64 MiB.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            tls: None,
+            connector: Connector::default(),
+            channel: ChannelOptions::default(),
+            attempt_timeout: Duration::from_secs(5),
+            total_timeout: Duration::from_secs(30),
+            read_policy: ReadPolicy::RoundRobin,
+            max_message_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What a [`ClusterClient`] operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The client was given no usable address.
+    #[error("invalid client configuration: {0}")]
+    Config(String),
+    /// The state machine refused the command (every replica the same way).
+    #[error(transparent)]
+    Rejected(#[from] ApplyError),
+    /// The operation kept failing until the retry budget ran out. For a write, the outcome is
+    /// unknown; retrying it later is safe only as a new write.
+    #[error("gave up after {attempts} attempts: {last}")]
+    GaveUp {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last failure.
+        last: Status,
+    },
+    /// A node refused the request for a reason retrying will not fix.
+    #[error("request refused: {0}")]
+    Refused(Status),
+    /// A command, query or answer could not be encoded or decoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// The answer of one [`ClusterClient::status`] call: a node's view of the cluster.
+pub type NodeStatus = pb::StatusReply;
+
+/// A write's session slot: one client id used for one write at a time.
+#[derive(Clone, Copy)]
+struct Slot {
+    client_id: u64,
+    next: u64,
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    pool: Pool,
+    opts: ClientOptions,
+    leader: Mutex<Option<String>>,
+    free_slots: Mutex<Vec<Slot>>,
+    next_endpoint: AtomicUsize,
+}
+
+/// A client of a raftkit cluster running state machine `S`. Cheap to clone; clones share
+/// connections and the known leader.
+pub struct ClusterClient<S> {
+    inner: Arc<Inner>,
+    _sm: PhantomData<fn() -> S>,
+}
+
+impl<S> Clone for ClusterClient<S> {
+    fn clone(&self) -> Self {
+        ClusterClient {
+            inner: self.inner.clone(),
+            _sm: PhantomData,
+        }
+    }
+}
+
+/// What to do after a failed attempt.
+enum Next {
+    /// Try this address now (a redirect).
+    Redirect(String),
+    /// Try another node after a pause.
+    Elsewhere,
+    /// Give up with this error.
+    Fail(ClientError),
+}
+
+fn classify(s: Status) -> (Next, Status) {
+    let next = match ErrorCode::of(&s) {
+        Some(ErrorCode::NotLeader) => match leader_hint(&s).1 {
+            Some(addr) => Next::Redirect(addr),
+            None => Next::Elsewhere,
+        },
+        Some(
+            ErrorCode::Timeout
+            | ErrorCode::OutcomeUnknown
+            | ErrorCode::Shutdown
+            | ErrorCode::NoQuorum,
+        ) => Next::Elsewhere,
+        Some(ErrorCode::InvalidCommand) => Next::Fail(ClientError::Rejected(
+            ApplyError::InvalidCommand(s.message().to_string()),
+        )),
+        Some(_) => Next::Fail(ClientError::Refused(s.clone())),
+        // Not from a raftkit node (raftkit statuses always carry a code): transport trouble —
+        // a refused or broken connection, a deadline, an HTTP/2 error — is worth another try;
+        // anything else is not.
+        None => match s.code() {
+            Code::Unavailable
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Aborted
+            | Code::Internal => Next::Elsewhere,
+            _ => Next::Fail(ClientError::Refused(s.clone())),
+        },
+    };
+    (next, s)
+}
+
+impl<S: Queryable> ClusterClient<S> {
+    /// A client of the cluster whose nodes include `endpoints` (`host:port` each). Connections
+    /// are made lazily.
+    pub fn new<A: Into<String>>(
+        endpoints: impl IntoIterator<Item = A>,
+        opts: ClientOptions,
+    ) -> Result<ClusterClient<S>, ClientError> {
+        let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::Config("no node addresses".into()));
+        }
+        let pool = Pool::new(
+            opts.tls.clone(),
+            opts.connector.clone(),
+            opts.channel.clone(),
+        );
+        for e in &endpoints {
+            pool.channel(e)
+                .map_err(|s| ClientError::Config(s.message().to_string()))?;
+        }
+        Ok(ClusterClient {
+            inner: Arc::new(Inner {
+                endpoints,
+                pool,
+                opts,
+                leader: Mutex::new(None),
+                free_slots: Mutex::new(Vec::new()),
+                next_endpoint: AtomicUsize::new(0),
+            }),
+            _sm: PhantomData,
+        })
+    }
+
+    fn client(&self, addr: &str) -> Result<PbClusterClient<Channel>, Status> {
+        let max = self.inner.opts.max_message_bytes;
+        Ok(PbClusterClient::new(self.inner.pool.channel(addr)?)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max))
+    }
+
+    fn next_endpoint(&self) -> String {
+        let i = self.inner.next_endpoint.fetch_add(1, Ordering::Relaxed);
+        self.inner.endpoints[i % self.inner.endpoints.len()].clone()
+    }
+
+    fn leader_guess(&self) -> String {
+        let known = self
+            .inner
+            .leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        known.unwrap_or_else(|| self.next_endpoint())
+    }
+
+    fn remember_leader(&self, addr: Option<String>) {
+        *self.inner.leader.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+    }
+
+    fn take_slot(&self) -> Slot {
+        let free = self
+            .inner
+            .free_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        free.unwrap_or_else(|| Slot {
+            client_id: rand::rng().random(),
+            next: 1,
+        })
+    }
+
+    fn return_slot(&self, slot: Slot) {
+        self.inner
+            .free_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(slot);
+    }
+
+    /// Runs `attempt` against the leader (or whoever the policy picks), following redirects and
+    /// retrying elsewhere until the total timeout.
+    async fn retry<T, F, Fut>(&self, mut target: String, mut attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(PbClusterClient<Channel>, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let o = &self.inner.opts;
+        let deadline = Instant::now() + o.total_timeout;
+        let mut pause = Duration::from_millis(20);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let per_attempt = o.attempt_timeout.min(remaining);
+            let outcome = match self.client(&target) {
+                Ok(c) => attempt(c, per_attempt).await,
+                Err(s) => Err(s),
+            };
+            let status = match outcome {
+                Ok(v) => return Ok(v),
+                Err(s) => s,
+            };
+            let (next, status) = classify(status);
+            tracing::debug!(target = %target, %status, "cluster client attempt failed");
+            match next {
+                Next::Fail(e) => return Err(e),
+                Next::Redirect(addr) => {
+                    self.remember_leader(Some(addr.clone()));
+                    target = addr;
+                }
+                Next::Elsewhere => {
+                    self.remember_leader(None);
+                    if Instant::now() + pause >= deadline {
+                        return Err(ClientError::GaveUp {
+                            attempts,
+                            last: status,
+                        });
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                    target = self.next_endpoint();
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::GaveUp {
+                    attempts,
+                    last: Status::deadline_exceeded("retry budget exhausted"),
+                });
+            }
+        }
+    }
+
+    /// Applies `command` and returns its output. Retries through leader changes and lost replies
+    /// with one client session, so the command is applied exactly once.
+    pub async fn write(&self, command: S::Command) -> Result<S::Output, ClientError> {
+        let bytes: bytes::Bytes = raft_core::codec::encode(&command)?.into();
+        let mut slot = self.take_slot();
+        let session = pb::Session {
+            client_id: slot.client_id,
+            sequence: slot.next,
+        };
+        let result = self
+            .retry(self.leader_guess(), |mut c, timeout| {
+                let mut req = Request::new(pb::WriteRequest {
+                    command: bytes.clone(),
+                    session: Some(session),
+                    no_forward: false,
+                });
+                req.set_timeout(timeout);
+                async move { c.write(req).await.map(|r| r.into_inner()) }
+            })
+            .await;
+        // Whatever happened, this sequence is used up: the next write of the slot is newer.
+        slot.next += 1;
+        let reply = match result {
+            Err(ClientError::Refused(s))
+                if ErrorCode::of(&s) == Some(ErrorCode::SessionExpired) =>
+            {
+                // The session was forgotten by the cluster; this slot is spent. The write's own
+                // fate is unknown only if an earlier attempt might have applied it.
+                return Err(ClientError::Rejected(ApplyError::SessionExpired {
+                    client_id: session.client_id,
+                    sequence: session.sequence,
+                }));
+            }
+            other => {
+                self.return_slot(slot);
+                other?
+            }
+        };
+        if !reply.leader_addr.is_empty() {
+            self.remember_leader(Some(reply.leader_addr.clone()));
+        }
+        Ok(raft_core::codec::decode(&reply.output)?)
+    }
+
+    fn read_target(&self) -> String {
+        match &self.inner.opts.read_policy {
+            ReadPolicy::Leader => self.leader_guess(),
+            ReadPolicy::RoundRobin => self.next_endpoint(),
+            ReadPolicy::Random => {
+                let eps = &self.inner.endpoints;
+                eps[rand::rng().random_range(0..eps.len())].clone()
+            }
+            ReadPolicy::Weighted(weights) => {
+                let total: u64 = weights.iter().map(|(_, w)| *w as u64).sum();
+                if total == 0 {
+                    return self.next_endpoint();
+                }
+                let mut pick = rand::rng().random_range(0..total);
+                for (addr, w) in weights {
+                    if pick < *w as u64 {
+                        return addr.clone();
+                    }
+                    pick -= *w as u64;
+                }
+                self.next_endpoint()
+            }
+        }
+    }
+
+    /// Answers `query` at `consistency` from a node chosen by the read policy.
+    pub async fn read(
+        &self,
+        query: S::Query,
+        consistency: Consistency,
+    ) -> Result<S::Reply, ClientError> {
+        Ok(self.read_from(query, consistency).await?.0)
+    }
+
+    /// Like [`ClusterClient::read`], also returning which node answered.
+    pub async fn read_from(
+        &self,
+        query: S::Query,
+        consistency: Consistency,
+    ) -> Result<(S::Reply, NodeId), ClientError> {
+        let bytes: bytes::Bytes = raft_core::codec::encode(&query)?.into();
+        let c = match consistency {
+            Consistency::Linearizable => pb::Consistency::Linearizable,
+            Consistency::Lease => pb::Consistency::Lease,
+            Consistency::Local => pb::Consistency::Local,
+        };
+        let reply = self
+            .retry(self.read_target(), |mut client, timeout| {
+                let mut req = Request::new(pb::ReadRequest {
+                    query: bytes.clone(),
+                    consistency: c as i32,
+                });
+                req.set_timeout(timeout);
+                async move { client.read(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok((raft_core::codec::decode(&reply.reply)?, reply.served_by))
+    }
+
+    /// Adds node `id` at `addr` as a learner, waiting until it has caught up.
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        addr: impl Into<String>,
+    ) -> Result<(), ClientError> {
+        let addr = addr.into();
+        self.admin(|mut c, t| {
+            let mut req = Request::new(pb::AddLearnerRequest {
+                node_id: id,
+                addr: addr.clone(),
+            });
+            req.set_timeout(t);
+            async move { c.add_learner(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// Makes `voters` the voting members.
+    pub async fn change_membership(
+        &self,
+        voters: impl IntoIterator<Item = NodeId>,
+    ) -> Result<(), ClientError> {
+        let voters: Vec<NodeId> = voters.into_iter().collect();
+        self.admin(|mut c, t| {
+            let mut req = Request::new(pb::ChangeMembershipRequest {
+                voters: voters.clone(),
+            });
+            req.set_timeout(t);
+            async move { c.change_membership(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// Removes node `id` from the cluster.
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), ClientError> {
+        self.admin(|mut c, t| {
+            let mut req = Request::new(pb::RemoveNodeRequest { node_id: id });
+            req.set_timeout(t);
+            async move { c.remove_node(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// Hands leadership to node `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ClientError> {
+        self.admin(|mut c, t| {
+            let mut req = Request::new(pb::TransferLeaderRequest { to });
+            req.set_timeout(t);
+            async move { c.transfer_leader(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    async fn admin<F, Fut>(&self, attempt: F) -> Result<(), ClientError>
+    where
+        F: FnMut(PbClusterClient<Channel>, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Status>>,
+    {
+        self.retry(self.leader_guess(), attempt).await
+    }
+
+    /// One node's view of the cluster (no retries: it asks exactly `addr`).
+    pub async fn status(&self, addr: &str) -> Result<NodeStatus, ClientError> {
+        let mut c = self.client(addr).map_err(ClientError::Refused)?;
+        let mut req = Request::new(pb::StatusRequest {});
+        req.set_timeout(self.inner.opts.attempt_timeout);
+        c.status(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ClientError::GaveUp {
+                attempts: 1,
+                last: s,
+            })
+    }
+
+    /// The views of every configured node that answers, by address.
+    pub async fn statuses(&self) -> HashMap<String, NodeStatus> {
+        let mut out = HashMap::new();
+        for e in &self.inner.endpoints {
+            if let Ok(s) = self.status(e).await {
+                out.insert(e.clone(), s);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,62 @@
+//! raft-grpc: raftkit nodes over gRPC.
+//!
+//! Everything that crosses a socket lives here; raft-core stays free of networking.
+//!
+//! # Layout
+//!
+//! * `proto/raft.proto` — the wire protocol: the internal `RaftInternal` service between nodes
+//!   and the public `Cluster` service for clients, on one port. Generated code is in [`pb`].
+//! * `transport.rs` — [`GrpcTransport`], openraft's network factory over pooled channels:
+//!   deadlines, failure classification for backoff, pipelined replication, chunked snapshots.
+//! * `server.rs` — [`Server`]: both services, input validation, forwarding to the leader,
+//!   follower reads.
+//! * `client.rs` — [`ClusterClient`]: finds the leader, retries with a session for exactly-once
+//!   writes, spreads reads by a [`ReadPolicy`].
+//! * `grpc_node.rs` — [`GrpcNode`]: node, transport and server started together.
+//! * `net.rs` — the injectable [`Connector`] and the channel pool; `tls.rs` — [`TlsConfig`];
+//!   `status.rs` — errors on the wire; `options.rs` — [`GrpcOptions`]; `wire.rs` — payload
+//!   encoding.
+//!
+//! ```no_run
+//! # use raft_core::{Config, Queryable};
+//! # use raft_grpc::{GrpcNode, GrpcOptions};
+//! # async fn demo<S: Queryable + Default>() -> Result<(), Box<dyn std::error::Error>> {
+//! let listener = tokio::net::TcpListener::bind("10.0.0.1:7000").await?;
+//! let node = GrpcNode::start(Config::durable(1, "/var/lib/app"), S::default(), listener, GrpcOptions::default()).await?;
+//! if !node.node().is_initialized().await? {
+//!     node.node().initialize([(1, "10.0.0.1:7000"), (2, "10.0.0.2:7000"), (3, "10.0.0.3:7000")]).await?;
+//! }
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod client;
+mod grpc_node;
+mod net;
+mod options;
+pub mod pb;
+mod server;
+pub mod status;
+mod tls;
+mod transport;
+mod wire;
+
+pub use crate::client::ClientError;
+pub use crate::client::ClientOptions;
+pub use crate::client::ClusterClient;
+pub use crate::client::NodeStatus;
+pub use crate::client::ReadPolicy;
+pub use crate::grpc_node::GrpcNode;
+pub use crate::grpc_node::StartError;
+pub use crate::net::ChannelOptions;
+pub use crate::net::Connector;
+pub use crate::net::Io;
+pub use crate::options::GrpcOptions;
+pub use crate::server::ServeError;
+pub use crate::server::Server;
+pub use crate::server::ServerStats;
+pub use crate::tls::TlsConfig;
+pub use crate::tls::TlsError;
+pub use crate::transport::GrpcConnection;
+pub use crate::transport::GrpcTransport;

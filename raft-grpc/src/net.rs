@@ -1,0 +1,194 @@
+//! Outgoing connections: an injectable connector and a pool of one channel per peer.
+//!
+//! A [`Connector`] makes the byte streams gRPC runs over — TCP by default, or anything that
+//! reads and writes (a simulated network in tests). The pool keeps one multiplexed, lazily
+//! connecting [`Channel`] per address and hands out clones, so RPCs never open a connection of
+//! their own; tonic reconnects a channel whose connection dropped, and HTTP/2 keepalive notices
+//! a connection that silently died.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncRead;
+use tokio::io::AsyncWrite;
+use tonic::Status;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+use tonic::transport::Uri;
+
+use crate::status;
+use crate::tls::TlsConfig;
+
+/// A byte stream gRPC can run over.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+type ConnectFn = dyn Fn(String, u16) -> BoxFuture<'static, io::Result<Box<dyn Io>>> + Send + Sync;
+
+/// How outgoing connections are made: TCP, or a custom function of `(host, port)`.
+#[derive(Clone, Default)]
+pub struct Connector(Option<Arc<ConnectFn>>);
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Connector(custom)"
+        } else {
+            "Connector(tcp)"
+        })
+    }
+}
+
+impl Connector {
+    /// Plain TCP (the default).
+    pub fn tcp() -> Connector {
+        Connector(None)
+    }
+
+    /// Connections made by `connect(host, port)` — for example over a simulated network.
+    pub fn custom<F, Fut, T>(connect: F) -> Connector
+    where
+        F: Fn(String, u16) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = io::Result<T>> + Send + 'static,
+        T: Io,
+    {
+        Connector(Some(Arc::new(move |host, port| {
+            connect(host, port)
+                .map(|r| r.map(|io| Box::new(io) as Box<dyn Io>))
+                .boxed()
+        })))
+    }
+}
+
+/// Connection tuning shared by peers and clients.
+#[derive(Clone, Debug)]
+pub struct ChannelOptions {
+    /// How long establishing a connection may take. Default 2 s.
+    pub connect_timeout: Duration,
+    /// How often an HTTP/2 ping checks a connection. Default 1 s.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is dropped. Default 2 s.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        ChannelOptions {
+            connect_timeout: Duration::from_secs(2),
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+struct PoolInner {
+    channels: Mutex<HashMap<String, Channel>>,
+    tls: Option<TlsConfig>,
+    connector: Connector,
+    opts: ChannelOptions,
+}
+
+/// One reusable channel per address.
+#[derive(Clone)]
+pub(crate) struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+/// Splits `host:port` (or `[v6]:port`).
+pub(crate) fn split_addr(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some((host, port))
+}
+
+impl Pool {
+    pub fn new(tls: Option<TlsConfig>, connector: Connector, opts: ChannelOptions) -> Pool {
+        Pool {
+            inner: Arc::new(PoolInner {
+                channels: Mutex::new(HashMap::new()),
+                tls,
+                connector,
+                opts,
+            }),
+        }
+    }
+
+    /// The channel to `addr` (`host:port`), created on first use.
+    pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = self.connect(addr)?;
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    fn connect(&self, addr: &str) -> Result<Channel, Status> {
+        let bad = |why: String| status::invalid(format!("bad node address {addr:?}: {why}"));
+        let (host, _) = split_addr(addr).ok_or_else(|| bad("expected host:port".into()))?;
+        let scheme = if self.inner.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let o = &self.inner.opts;
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(o.connect_timeout)
+            .http2_keep_alive_interval(o.keepalive_interval)
+            .keep_alive_timeout(o.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.inner.tls {
+            endpoint = endpoint
+                .tls_config(tls.client(host))
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(match &self.inner.connector.0 {
+            None => endpoint.connect_lazy(),
+            Some(connect) => {
+                let connect = connect.clone();
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
+                    let connect = connect.clone();
+                    async move {
+                        let host = uri.host().unwrap_or_default().to_string();
+                        let port = uri.port_u16().unwrap_or(80);
+                        connect(host, port).await.map(TokioIo::new)
+                    }
+                }))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_split() {
+        assert_eq!(split_addr("127.0.0.1:7000"), Some(("127.0.0.1", 7000)));
+        assert_eq!(split_addr("[::1]:7000"), Some(("::1", 7000)));
+        assert_eq!(split_addr("node-1:80"), Some(("node-1", 80)));
+        assert_eq!(split_addr("nope"), None);
+        assert_eq!(split_addr(":80"), None);
+        assert_eq!(split_addr("h:port"), None);
+    }
+}

@@ -1,0 +1,774 @@
+//! The incoming side: the internal Raft service and the public cluster service, on one port.
+//!
+//! Everything that arrives is validated before it reaches the node: the target node id, every
+//! payload's encoding, the shape of replicated entries, snapshot chunk order and size. A bad
+//! request gets `InvalidArgument` (or `OutOfRange` for size limits) and the server carries on.
+//!
+//! Writes and membership calls that reach a follower are forwarded to the leader — one hop,
+//! carrying the caller's remaining deadline — or, when the client asks (or forwarding is off),
+//! answered with the leader's address. Linearizable reads on a follower fetch a read index from
+//! the leader and are answered from the follower's own state machine.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use raft_core::Consistency;
+use raft_core::Error;
+use raft_core::Node;
+use raft_core::NodeId;
+use raft_core::Queryable;
+use raft_core::ReadIndex;
+use raft_core::Role;
+use raft_core::Session;
+use raft_core::snapshot::SnapshotError;
+use raft_core::transport::RpcHandlerError;
+use raft_core::transport::SharedRpcHandler;
+use raft_core::transport::rpc;
+use raft_core::types::Request as RaftRequest;
+use tokio::io::AsyncRead;
+use tokio::io::AsyncWrite;
+use tokio::net::TcpListener;
+use tonic::Code;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+use tonic::Streaming;
+use tonic::transport::Channel;
+use tonic::transport::server::Connected;
+
+use crate::net::Pool;
+use crate::options::GrpcOptions;
+use crate::pb;
+use crate::pb::cluster_client::ClusterClient as PbClusterClient;
+use crate::pb::cluster_server::ClusterServer;
+use crate::pb::raft_internal_client::RaftInternalClient;
+use crate::pb::raft_internal_server::RaftInternalServer;
+use crate::status;
+use crate::status::ErrorCode;
+use crate::wire;
+
+/// Metadata marking a request a node forwarded on a client's behalf; it is not forwarded again.
+const FORWARDED_KEY: &str = "x-raftkit-forwarded";
+
+/// Counters of what a server received.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    snapshot_chunks: AtomicU64,
+    largest_snapshot_chunk: AtomicU64,
+    snapshots_received: AtomicU64,
+    forwarded: AtomicU64,
+}
+
+impl ServerStats {
+    /// Snapshot chunks received.
+    pub fn snapshot_chunks(&self) -> u64 {
+        self.snapshot_chunks.load(Ordering::Relaxed)
+    }
+
+    /// The largest snapshot chunk received, in bytes: the most snapshot data the server ever
+    /// held in memory at once.
+    pub fn largest_snapshot_chunk(&self) -> u64 {
+        self.largest_snapshot_chunk.load(Ordering::Relaxed)
+    }
+
+    /// Complete snapshots received and handed to the node.
+    pub fn snapshots_received(&self) -> u64 {
+        self.snapshots_received.load(Ordering::Relaxed)
+    }
+
+    /// Requests forwarded to the leader.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+}
+
+/// The server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The TLS configuration was refused.
+    #[error("TLS configuration refused: {0}")]
+    Tls(tonic::transport::Error),
+    /// Serving failed.
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
+struct Shared<S: Queryable> {
+    node: Node<S>,
+    handler: SharedRpcHandler,
+    pool: Pool,
+    opts: GrpcOptions,
+    stats: Arc<ServerStats>,
+}
+
+/// A node's gRPC server: the internal Raft service and the cluster service.
+pub struct Server<S: Queryable> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: Queryable> Server<S> {
+    /// A server for `node`.
+    pub fn new(node: Node<S>, opts: GrpcOptions) -> Server<S> {
+        let pool = Pool::new(
+            opts.tls.clone(),
+            opts.connector.clone(),
+            opts.channel.clone(),
+        );
+        Server {
+            shared: Arc::new(Shared {
+                handler: node.rpc_handler(),
+                node,
+                pool,
+                opts,
+                stats: Arc::default(),
+            }),
+        }
+    }
+
+    /// Counters of what this server received.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.shared.stats.clone()
+    }
+
+    fn router(self) -> Result<tonic::transport::server::Router, ServeError> {
+        let max = self.shared.opts.max_message_bytes;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.shared.opts.tls.as_ref().and_then(|t| t.server()) {
+            builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
+        }
+        let internal = RaftInternalServer::new(Internal(self.shared.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let cluster = ClusterServer::new(Cluster(self.shared.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        Ok(builder.add_service(internal).add_service(cluster))
+    }
+
+    /// Serves on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        self.serve_with_incoming(incoming, shutdown).await
+    }
+
+    /// Serves connections from `incoming` (for example a simulated network's listener) until
+    /// `shutdown` completes.
+    pub async fn serve_with_incoming<I, IO, E>(
+        self,
+        incoming: I,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError>
+    where
+        I: futures_util::Stream<Item = Result<IO, E>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IO::ConnectInfo: Clone + Send + Sync + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.router()?
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+fn is_forwarded<T>(req: &Request<T>) -> bool {
+    req.metadata().contains_key(FORWARDED_KEY)
+}
+
+/// The deadline the caller gave (the `grpc-timeout` header), if any.
+fn caller_timeout<T>(req: &Request<T>) -> Option<Duration> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn handler_status(e: RpcHandlerError) -> Status {
+    match e {
+        RpcHandlerError::Shutdown(_) => {
+            status::status(Code::Unavailable, ErrorCode::Shutdown, e.to_string())
+        }
+        RpcHandlerError::Invalid(m) => status::invalid(m),
+        RpcHandlerError::Snapshot(SnapshotError::TooLarge { .. }) => {
+            status::status(Code::OutOfRange, ErrorCode::TooLarge, e.to_string())
+        }
+        RpcHandlerError::Snapshot(SnapshotError::Corrupt { .. }) => status::invalid(e.to_string()),
+        RpcHandlerError::Snapshot(_) => {
+            status::status(Code::Internal, ErrorCode::Storage, e.to_string())
+        }
+    }
+}
+
+/// Checks that replicated entries are shaped as a leader sends them; openraft assumes so.
+fn validate_append(req: &rpc::AppendEntriesRequest) -> Result<(), Status> {
+    let first = req.prev_log_id.map_or(0, |p| p.index + 1);
+    let mut term = req.prev_log_id.map_or(0, |p| p.leader_id.term);
+    let vote_term = req.vote.leader_id.term;
+    if term > vote_term {
+        return Err(status::invalid(
+            "previous log id is newer than the sender's vote",
+        ));
+    }
+    for (expected, e) in (first..).zip(&req.entries) {
+        if e.log_id.index != expected {
+            return Err(status::invalid(format!(
+                "entries out of sequence: index {} where {expected} was expected",
+                e.log_id.index
+            )));
+        }
+        if e.log_id.leader_id.term < term || e.log_id.leader_id.term > vote_term {
+            return Err(status::invalid(format!(
+                "entry {} has an impossible term",
+                e.log_id.index
+            )));
+        }
+        term = e.log_id.leader_id.term;
+    }
+    Ok(())
+}
+
+impl<S: Queryable> Shared<S> {
+    fn check_target(&self, target: NodeId) -> Result<(), Status> {
+        let me = self.node.id();
+        if target != me {
+            return Err(status::status(
+                Code::FailedPrecondition,
+                ErrorCode::InvalidRequest,
+                format!("request for node {target} reached node {me}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn own_addr(&self) -> String {
+        let m = self.node.metrics();
+        m.members.get(&m.id).cloned().unwrap_or_default()
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        self.pool.channel(addr)
+    }
+
+    fn cluster_client(&self, addr: &str) -> Result<PbClusterClient<Channel>, Status> {
+        let max = self.opts.max_message_bytes;
+        Ok(PbClusterClient::new(self.channel(addr)?)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max))
+    }
+
+    /// A request forwarded on a caller's behalf, carrying its remaining deadline.
+    fn forward_request<T>(&self, msg: T, timeout: Option<Duration>) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.set_timeout(timeout.unwrap_or(self.node.config().request_timeout));
+        r.metadata_mut().insert(
+            FORWARDED_KEY,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    /// Runs `local` on this node; if it is not the leader, forwards with `forward` (once).
+    async fn on_leader<T, L, LF, F, FF>(
+        &self,
+        forwarded: bool,
+        local: L,
+        forward: F,
+    ) -> Result<T, Status>
+    where
+        L: FnOnce() -> LF,
+        LF: Future<Output = raft_core::Result<T>>,
+        F: FnOnce(PbClusterClient<Channel>) -> FF,
+        FF: Future<Output = Result<T, Status>>,
+    {
+        match local().await {
+            Ok(v) => Ok(v),
+            Err(Error::NotLeader {
+                leader: Some(_),
+                leader_addr: Some(addr),
+            }) if !forwarded && self.opts.forward_to_leader => {
+                forward(self.cluster_client(&addr)?).await
+            }
+            Err(e) => Err(status::from_error(&e)),
+        }
+    }
+
+    /// Asks the leader for the position a linearizable read must wait for.
+    async fn leader_read_index(
+        &self,
+        consistency: pb::Consistency,
+        timeout: Option<Duration>,
+    ) -> Result<ReadIndex, Status> {
+        let m = self.node.metrics();
+        let (Some(leader), Some(addr)) = (m.leader, m.leader_addr) else {
+            return Err(status::not_leader(None, None));
+        };
+        let mut client = RaftInternalClient::new(self.channel(&addr)?);
+        let mut req = Request::new(pb::ReadIndexRequest {
+            target: leader,
+            consistency: consistency as i32,
+        });
+        req.set_timeout(timeout.unwrap_or(self.node.config().request_timeout));
+        let r = client.read_index(req).await?.into_inner();
+        Ok(ReadIndex {
+            term: r.term,
+            index: r.index,
+        })
+    }
+}
+
+fn consistency(c: i32) -> Result<(pb::Consistency, Consistency), Status> {
+    let pbc = pb::Consistency::try_from(c)
+        .map_err(|_| status::invalid(format!("unknown consistency {c}")))?;
+    Ok((
+        pbc,
+        match pbc {
+            pb::Consistency::Linearizable => Consistency::Linearizable,
+            pb::Consistency::Lease => Consistency::Lease,
+            pb::Consistency::Local => Consistency::Local,
+        },
+    ))
+}
+
+// ---- the internal service -------------------------------------------------------------------
+
+struct Internal<S: Queryable>(Arc<Shared<S>>);
+
+impl<S: Queryable> Internal<S> {
+    fn decode_request<T: serde::de::DeserializeOwned>(
+        &self,
+        r: &pb::RaftRequest,
+        what: &str,
+    ) -> Result<T, Status> {
+        self.0.check_target(r.target)?;
+        wire::decode(&r.payload, what)
+    }
+
+    fn reply<T: serde::Serialize>(value: &T) -> Result<Response<pb::RaftReply>, Status> {
+        Ok(Response::new(pb::RaftReply {
+            payload: wire::encode(value)?,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
+    async fn append_entries(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let msg: rpc::AppendEntriesRequest =
+            self.decode_request(req.get_ref(), "append request")?;
+        validate_append(&msg)?;
+        let resp = self
+            .0
+            .handler
+            .append_entries(msg)
+            .await
+            .map_err(handler_status)?;
+        Self::reply(&resp)
+    }
+
+    type StreamAppendStream = BoxStream<'static, Result<pb::RaftReply, Status>>;
+
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<pb::RaftRequest>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let shared = self.0.clone();
+        // A bad request ends the input; the caller learns why after the answers so far.
+        let failure: Arc<Mutex<Option<Status>>> = Arc::default();
+        let fail = failure.clone();
+        let input = futures_util::stream::unfold(req.into_inner(), move |mut s| {
+            let shared = shared.clone();
+            let fail = fail.clone();
+            async move {
+                let r = match s.message().await {
+                    Ok(Some(r)) => r,
+                    Ok(None) | Err(_) => return None,
+                };
+                let checked = shared
+                    .check_target(r.target)
+                    .and_then(|_| {
+                        wire::decode::<rpc::AppendEntriesRequest>(&r.payload, "append request")
+                    })
+                    .and_then(|m| validate_append(&m).map(|_| m));
+                match checked {
+                    Ok(m) => Some((m, s)),
+                    Err(status) => {
+                        *fail.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                        None
+                    }
+                }
+            }
+        });
+        let answers = self
+            .0
+            .handler
+            .stream_append(input.boxed())
+            .map(|r| match r {
+                Ok(res) => wire::encode(&res).map(|payload| pb::RaftReply { payload }),
+                Err(e) => Err(handler_status(e)),
+            });
+        let tail = futures_util::stream::once(async move {
+            failure.lock().unwrap_or_else(|p| p.into_inner()).take()
+        })
+        .filter_map(|f| async move { f.map(Err) });
+        Ok(Response::new(answers.chain(tail).boxed()))
+    }
+
+    async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let msg: rpc::VoteRequest = self.decode_request(req.get_ref(), "vote request")?;
+        let resp = self.0.handler.vote(msg).await.map_err(handler_status)?;
+        Self::reply(&resp)
+    }
+
+    async fn pre_vote(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let msg: rpc::VoteRequest = self.decode_request(req.get_ref(), "pre-vote request")?;
+        let resp = self.0.handler.pre_vote(msg).await.map_err(handler_status)?;
+        Self::reply(&resp)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let msg: rpc::TransferLeaderRequest =
+            self.decode_request(req.get_ref(), "transfer-leader request")?;
+        let resp = self
+            .0
+            .handler
+            .transfer_leader(msg)
+            .await
+            .map_err(handler_status)?;
+        Self::reply(&resp)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let shared = &self.0;
+        let max_chunk = shared.opts.max_snapshot_chunk_bytes;
+        let mut chunks = req.into_inner();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| status::invalid("empty snapshot stream"))?;
+        shared.check_target(first.target)?;
+        let vote: raft_core::types::Vote = wire::decode(&first.vote, "snapshot vote")?;
+        // Dropping the sink on any early return deletes what was received.
+        let mut sink = shared.handler.snapshot_sink().map_err(handler_status)?;
+        let mut chunk = first;
+        loop {
+            shared.check_target(chunk.target)?;
+            if chunk.offset != sink.written() {
+                return Err(status::invalid(format!(
+                    "snapshot chunk out of order: offset {}, but {} bytes were received",
+                    chunk.offset,
+                    sink.written()
+                )));
+            }
+            if chunk.data.len() > max_chunk {
+                return Err(status::status(
+                    Code::OutOfRange,
+                    ErrorCode::TooLarge,
+                    format!(
+                        "snapshot chunk of {} bytes exceeds {max_chunk}",
+                        chunk.data.len()
+                    ),
+                ));
+            }
+            shared.stats.snapshot_chunks.fetch_add(1, Ordering::Relaxed);
+            shared
+                .stats
+                .largest_snapshot_chunk
+                .fetch_max(chunk.data.len() as u64, Ordering::Relaxed);
+            let last = chunk.last;
+            let data = chunk.data;
+            sink = tokio::task::spawn_blocking(move || sink.write(&data).map(|_| sink))
+                .await
+                .map_err(|e| status::status(Code::Internal, ErrorCode::Internal, e.to_string()))?
+                .map_err(|e| handler_status(RpcHandlerError::Snapshot(e)))?;
+            if last {
+                break;
+            }
+            chunk = chunks
+                .message()
+                .await?
+                .ok_or_else(|| status::invalid("snapshot stream ended before its last chunk"))?;
+        }
+        let (meta, data) = tokio::task::spawn_blocking(move || sink.finish())
+            .await
+            .map_err(|e| status::status(Code::Internal, ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| handler_status(RpcHandlerError::Snapshot(e)))?;
+        shared
+            .stats
+            .snapshots_received
+            .fetch_add(1, Ordering::Relaxed);
+        let resp = shared
+            .handler
+            .install_snapshot(vote, meta, data)
+            .await
+            .map_err(handler_status)?;
+        Self::reply(&resp)
+    }
+
+    async fn read_index(
+        &self,
+        req: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexReply>, Status> {
+        let r = req.into_inner();
+        self.0.check_target(r.target)?;
+        let (_, c) = consistency(r.consistency)?;
+        let at = self
+            .0
+            .node
+            .read_index(c)
+            .await
+            .map_err(|e| status::from_error(&e))?;
+        Ok(Response::new(pb::ReadIndexReply {
+            term: at.term,
+            index: at.index,
+        }))
+    }
+}
+
+// ---- the cluster service --------------------------------------------------------------------
+
+struct Cluster<S: Queryable>(Arc<Shared<S>>);
+
+#[tonic::async_trait]
+impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
+    async fn write(
+        &self,
+        req: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let shared = &self.0;
+        let forwarded = is_forwarded(&req) || req.get_ref().no_forward;
+        let timeout = caller_timeout(&req);
+        let w = req.into_inner();
+        let request = RaftRequest {
+            session: w.session.map(|s| Session {
+                client_id: s.client_id,
+                sequence: s.sequence,
+            }),
+            command: w.command.clone(),
+        };
+        let forward_msg = pb::WriteRequest {
+            no_forward: true,
+            ..w
+        };
+        shared
+            .on_leader(
+                forwarded,
+                || async {
+                    let output = shared.node.write_encoded(request).await?;
+                    Ok(pb::WriteReply {
+                        output,
+                        leader_id: shared.node.id(),
+                        leader_addr: shared.own_addr(),
+                    })
+                },
+                |mut c| async move {
+                    Ok(c.write(shared.forward_request(forward_msg, timeout))
+                        .await?
+                        .into_inner())
+                },
+            )
+            .await
+            .map(Response::new)
+    }
+
+    async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<pb::ReadReply>, Status> {
+        let shared = &self.0;
+        let timeout = caller_timeout(&req);
+        let r = req.into_inner();
+        let (pbc, c) = consistency(r.consistency)?;
+        // Decode once up front so a bad query is refused before any coordination.
+        let query: S::Query = raft_core::codec::decode(&r.query).map_err(|e| {
+            status::status(
+                Code::InvalidArgument,
+                ErrorCode::InvalidCommand,
+                format!("bad query: {e}"),
+            )
+        })?;
+        let node = &shared.node;
+        let answer = if c == Consistency::Local || node.metrics().role == Role::Leader {
+            node.read(c, |sm| sm.query(query)).await
+        } else {
+            let at = shared.leader_read_index(pbc, timeout).await?;
+            node.read_at(at, |sm| sm.query(query)).await
+        };
+        let reply = answer.map_err(|e| status::from_error(&e))?;
+        let bytes = raft_core::codec::encode(&reply).map_err(|e| {
+            status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string())
+        })?;
+        Ok(Response::new(pb::ReadReply {
+            reply: bytes.into(),
+            served_by: node.id(),
+        }))
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let shared = &self.0;
+        let (forwarded, timeout) = (is_forwarded(&req), caller_timeout(&req));
+        let r = req.into_inner();
+        if crate::net::split_addr(&r.addr).is_none() {
+            return Err(status::invalid(format!(
+                "bad node address {:?}: expected host:port",
+                r.addr
+            )));
+        }
+        let (id, addr) = (r.node_id, r.addr.clone());
+        shared
+            .on_leader(
+                forwarded,
+                || shared.node.add_learner(id, addr),
+                |mut c| async move {
+                    c.add_learner(shared.forward_request(r, timeout))
+                        .await
+                        .map(|_| ())
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let shared = &self.0;
+        let (forwarded, timeout) = (is_forwarded(&req), caller_timeout(&req));
+        let r = req.into_inner();
+        if r.voters.is_empty() {
+            return Err(status::invalid("a cluster needs at least one voter"));
+        }
+        let voters = r.voters.clone();
+        shared
+            .on_leader(
+                forwarded,
+                || shared.node.change_membership(voters),
+                |mut c| async move {
+                    c.change_membership(shared.forward_request(r, timeout))
+                        .await
+                        .map(|_| ())
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let shared = &self.0;
+        let (forwarded, timeout) = (is_forwarded(&req), caller_timeout(&req));
+        let r = req.into_inner();
+        let id = r.node_id;
+        shared
+            .on_leader(
+                forwarded,
+                || shared.node.remove_node(id),
+                |mut c| async move {
+                    c.remove_node(shared.forward_request(r, timeout))
+                        .await
+                        .map(|_| ())
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let shared = &self.0;
+        let (forwarded, timeout) = (is_forwarded(&req), caller_timeout(&req));
+        let r = req.into_inner();
+        let to = r.to;
+        shared
+            .on_leader(
+                forwarded,
+                || shared.node.transfer_leader(to),
+                |mut c| async move {
+                    c.transfer_leader(shared.forward_request(r, timeout))
+                        .await
+                        .map(|_| ())
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let m = self.0.node.metrics();
+        let member = |id: &NodeId| pb::Member {
+            id: *id,
+            addr: m.members.get(id).cloned().unwrap_or_default(),
+        };
+        Ok(Response::new(pb::StatusReply {
+            id: m.id,
+            role: m.role.to_string(),
+            term: m.term,
+            leader_id: m.leader,
+            leader_addr: m.leader_addr.clone().unwrap_or_default(),
+            last_log_index: m.last_log_index,
+            commit_index: m.commit_index,
+            applied_index: m.applied_index,
+            snapshot_index: m.snapshot_index,
+            voters: m.voters.iter().map(member).collect(),
+            learners: m.learners.iter().map(member).collect(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_deadlines_parse() {
+        let mut r = Request::new(());
+        assert_eq!(caller_timeout(&r), None);
+        r.metadata_mut()
+            .insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(caller_timeout(&r), Some(Duration::from_millis(250)));
+        r.metadata_mut()
+            .insert("grpc-timeout", "3S".parse().unwrap());
+        assert_eq!(caller_timeout(&r), Some(Duration::from_secs(3)));
+        r.metadata_mut()
+            .insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(caller_timeout(&r), None);
+    }
+}

@@ -1,0 +1,223 @@
+//! How errors cross the wire.
+//!
+//! Every status a raftkit server produces carries the metadata key [`ERROR_KEY`] with a stable
+//! code ([`ErrorCode`]), so clients never parse messages. A redirect adds [`LEADER_ID_KEY`] and
+//! [`LEADER_ADDR_KEY`] when the leader is known.
+
+use raft_core::ApplyError;
+use raft_core::Error;
+use raft_core::NodeId;
+use tonic::Code;
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+/// Metadata key holding the [`ErrorCode`].
+pub const ERROR_KEY: &str = "x-raftkit-error";
+/// Metadata key holding the leader's node id, on redirects.
+pub const LEADER_ID_KEY: &str = "x-raftkit-leader-id";
+/// Metadata key holding the leader's address, on redirects.
+pub const LEADER_ADDR_KEY: &str = "x-raftkit-leader-addr";
+
+/// What went wrong, as a stable code in the [`ERROR_KEY`] metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The node is not the leader; see the leader metadata. Nothing was applied.
+    NotLeader,
+    /// The request timed out; a write may or may not have been applied.
+    Timeout,
+    /// Leadership changed while a write was in flight; it may or may not be applied.
+    OutcomeUnknown,
+    /// The node is shutting down.
+    Shutdown,
+    /// The leader could not reach a quorum.
+    NoQuorum,
+    /// The command or query does not decode as the state machine's type. Nothing was applied.
+    InvalidCommand,
+    /// The session cannot answer this sequence; start a new session.
+    SessionExpired,
+    /// The command was applied, but its output could not be encoded.
+    OutputEncoding,
+    /// A message or command exceeds a size limit.
+    TooLarge,
+    /// A membership change was refused.
+    Membership,
+    /// The node was already initialized.
+    AlreadyInitialized,
+    /// The request is malformed (bad payload, wrong target node, chunk out of order, …).
+    InvalidRequest,
+    /// A storage failure on the node.
+    Storage,
+    /// Any other failure on the node.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code's wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotLeader => "not-leader",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::OutcomeUnknown => "outcome-unknown",
+            ErrorCode::Shutdown => "shutdown",
+            ErrorCode::NoQuorum => "no-quorum",
+            ErrorCode::InvalidCommand => "invalid-command",
+            ErrorCode::SessionExpired => "session-expired",
+            ErrorCode::OutputEncoding => "output-encoding",
+            ErrorCode::TooLarge => "too-large",
+            ErrorCode::Membership => "membership",
+            ErrorCode::AlreadyInitialized => "already-initialized",
+            ErrorCode::InvalidRequest => "invalid-request",
+            ErrorCode::Storage => "storage",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Parses a code's wire form.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        [
+            NotLeader,
+            Timeout,
+            OutcomeUnknown,
+            Shutdown,
+            NoQuorum,
+            InvalidCommand,
+            SessionExpired,
+            OutputEncoding,
+            TooLarge,
+            Membership,
+            AlreadyInitialized,
+            InvalidRequest,
+            Storage,
+            Internal,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+
+    /// The raftkit code of a status, if a raftkit server produced it.
+    pub fn of(status: &Status) -> Option<ErrorCode> {
+        status
+            .metadata()
+            .get(ERROR_KEY)?
+            .to_str()
+            .ok()
+            .and_then(ErrorCode::parse)
+    }
+}
+
+/// Builds a status with a raftkit error code.
+pub fn status(grpc: Code, code: ErrorCode, message: impl Into<String>) -> Status {
+    let mut s = Status::new(grpc, message);
+    s.metadata_mut()
+        .insert(ERROR_KEY, MetadataValue::from_static(code.as_str()));
+    s
+}
+
+/// A redirect to the leader (or to nobody, when it is unknown).
+pub fn not_leader(leader: Option<NodeId>, leader_addr: Option<&str>) -> Status {
+    let mut s = status(
+        Code::FailedPrecondition,
+        ErrorCode::NotLeader,
+        match (leader, leader_addr) {
+            (Some(id), Some(a)) => format!("not the leader; the leader is node {id} at {a}"),
+            _ => "not the leader; the leader is unknown".to_string(),
+        },
+    );
+    if let Some(id) = leader {
+        s.metadata_mut()
+            .insert(LEADER_ID_KEY, MetadataValue::from(id));
+    }
+    if let Some(addr) = leader_addr.and_then(|a| a.parse::<MetadataValue<_>>().ok()) {
+        s.metadata_mut().insert(LEADER_ADDR_KEY, addr);
+    }
+    s
+}
+
+/// The leader a redirect names.
+pub fn leader_hint(status: &Status) -> (Option<NodeId>, Option<String>) {
+    let md = status.metadata();
+    let id = md
+        .get(LEADER_ID_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let addr = md
+        .get(LEADER_ADDR_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (id, addr)
+}
+
+/// A node's error as the status a client receives.
+pub fn from_error(e: &Error) -> Status {
+    let msg = e.to_string();
+    match e {
+        Error::NotLeader {
+            leader,
+            leader_addr,
+        } => not_leader(*leader, leader_addr.as_deref()),
+        Error::Timeout(_) => status(Code::DeadlineExceeded, ErrorCode::Timeout, msg),
+        Error::OutcomeUnknown { .. } => status(Code::Aborted, ErrorCode::OutcomeUnknown, msg),
+        Error::Shutdown => status(Code::Unavailable, ErrorCode::Shutdown, msg),
+        Error::NoQuorum => status(Code::Unavailable, ErrorCode::NoQuorum, msg),
+        Error::Rejected(ApplyError::InvalidCommand(_)) | Error::Codec(_) => {
+            status(Code::InvalidArgument, ErrorCode::InvalidCommand, msg)
+        }
+        Error::Rejected(ApplyError::SessionExpired { .. }) => {
+            status(Code::FailedPrecondition, ErrorCode::SessionExpired, msg)
+        }
+        Error::Rejected(ApplyError::OutputEncoding(_)) => {
+            status(Code::Internal, ErrorCode::OutputEncoding, msg)
+        }
+        Error::CommandTooLarge { .. } => status(Code::InvalidArgument, ErrorCode::TooLarge, msg),
+        Error::Membership(_) => status(Code::FailedPrecondition, ErrorCode::Membership, msg),
+        Error::AlreadyInitialized => {
+            status(Code::AlreadyExists, ErrorCode::AlreadyInitialized, msg)
+        }
+        Error::Config(_) => status(Code::InvalidArgument, ErrorCode::InvalidRequest, msg),
+        Error::Log(_) | Error::Snapshot(_) | Error::Storage(_) => {
+            status(Code::Internal, ErrorCode::Storage, msg)
+        }
+        Error::Fatal(_) => status(Code::Internal, ErrorCode::Internal, msg),
+    }
+}
+
+/// A malformed request.
+pub fn invalid(message: impl Into<String>) -> Status {
+    status(Code::InvalidArgument, ErrorCode::InvalidRequest, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for c in [
+            ErrorCode::NotLeader,
+            ErrorCode::Timeout,
+            ErrorCode::SessionExpired,
+            ErrorCode::InvalidRequest,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(ErrorCode::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn redirects_carry_the_leader() {
+        let s = from_error(&Error::NotLeader {
+            leader: Some(3),
+            leader_addr: Some("10.0.0.3:7000".into()),
+        });
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(ErrorCode::of(&s), Some(ErrorCode::NotLeader));
+        assert_eq!(leader_hint(&s), (Some(3), Some("10.0.0.3:7000".into())));
+        let unknown = from_error(&Error::NotLeader {
+            leader: None,
+            leader_addr: None,
+        });
+        assert_eq!(leader_hint(&unknown), (None, None));
+    }
+}

@@ -1,0 +1,338 @@
+//! The outgoing side: openraft's network factory over pooled tonic channels.
+//!
+//! Every RPC carries a deadline (openraft's soft TTL). Failures are classified the way openraft
+//! backs off on them: a peer that cannot be reached or refuses is `Unreachable` (back off), a
+//! deadline is a `Timeout`, anything transient is a `NetworkError` (retry soon). Replication
+//! runs as one pipelined bidirectional stream per peer; snapshots stream in bounded chunks read
+//! from disk as they are sent.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use openraft::BasicNode;
+use openraft::RaftNetworkFactory;
+use raft_core::NodeId;
+use raft_core::snapshot::SnapshotData;
+use raft_core::transport::rpc;
+use raft_core::transport::rpc::RPCOption;
+use raft_core::transport::rpc::RaftNetworkV2;
+use raft_core::types::TypeConfig;
+use raft_core::types::Vote;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::Request;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::net::Pool;
+use crate::options::GrpcOptions;
+use crate::pb;
+use crate::pb::raft_internal_client::RaftInternalClient;
+use crate::wire;
+
+/// The transport a node sends through: pass it to [`raft_core::Node::start`].
+#[derive(Clone)]
+pub struct GrpcTransport {
+    id: NodeId,
+    pool: Pool,
+    opts: GrpcOptions,
+}
+
+impl GrpcTransport {
+    /// The transport for node `id`.
+    pub fn new(id: NodeId, opts: GrpcOptions) -> GrpcTransport {
+        GrpcTransport {
+            id,
+            pool: Pool::new(
+                opts.tls.clone(),
+                opts.connector.clone(),
+                opts.channel.clone(),
+            ),
+            opts,
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcTransport {
+    type Network = GrpcConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GrpcConnection {
+        GrpcConnection {
+            id: self.id,
+            target,
+            addr: node.addr.clone(),
+            client: self.pool.channel(&node.addr).map(|c| self.client(c)),
+            opts: self.opts.clone(),
+        }
+    }
+}
+
+impl GrpcTransport {
+    fn client(&self, channel: Channel) -> RaftInternalClient<Channel> {
+        RaftInternalClient::new(channel)
+            .max_decoding_message_size(self.opts.max_message_bytes)
+            .max_encoding_message_size(self.opts.max_message_bytes)
+    }
+}
+
+/// A connection from this node to one peer.
+pub struct GrpcConnection {
+    id: NodeId,
+    target: NodeId,
+    addr: String,
+    client: Result<RaftInternalClient<Channel>, Status>,
+    opts: GrpcOptions,
+}
+
+/// Whether a status is tonic's own "deadline passed" (reported as `Cancelled`).
+fn is_deadline(s: &Status) -> bool {
+    s.code() == Code::DeadlineExceeded
+        || (s.code() == Code::Cancelled && s.message().contains("Timeout expired"))
+}
+
+impl GrpcConnection {
+    fn client(&self) -> Result<RaftInternalClient<Channel>, rpc::RpcError> {
+        self.client.clone().map_err(|s| self.unreachable(&s))
+    }
+
+    fn unreachable(&self, s: &Status) -> rpc::RpcError {
+        rpc::RpcError::Unreachable(rpc::Unreachable::from_string(format!(
+            "node {} at {}: {}: {}",
+            self.target,
+            self.addr,
+            s.code(),
+            s.message()
+        )))
+    }
+
+    /// Classifies a failed RPC for openraft's backoff.
+    fn rpc_error(&self, s: Status, action: rpc::RPCTypes, timeout: Duration) -> rpc::RpcError {
+        if is_deadline(&s) {
+            return rpc::RpcError::Timeout(rpc::Timeout {
+                action,
+                id: self.id,
+                target: self.target,
+                timeout,
+            });
+        }
+        match s.code() {
+            Code::Cancelled | Code::Aborted | Code::ResourceExhausted => {
+                rpc::RpcError::Network(rpc::NetworkError::from_string(format!(
+                    "node {} at {}: {}",
+                    self.target, self.addr, s
+                )))
+            }
+            // Unavailable: cannot connect. Anything else: the peer refused the request.
+            _ => self.unreachable(&s),
+        }
+    }
+
+    fn request<T>(&self, msg: T, timeout: Duration) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.set_timeout(timeout);
+        r
+    }
+
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        req: &Req,
+        action: rpc::RPCTypes,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, rpc::RpcError>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: FnOnce(RaftInternalClient<Channel>, Request<pb::RaftRequest>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<pb::RaftReply>, Status>>,
+    {
+        let client = self.client()?;
+        let payload = wire::encode(req).map_err(|s| self.unreachable(&s))?;
+        let timeout = option.soft_ttl();
+        let msg = pb::RaftRequest {
+            target: self.target,
+            payload,
+        };
+        let reply = call(client, self.request(msg, timeout))
+            .await
+            .map_err(|s| self.rpc_error(s, action, timeout))?;
+        wire::decode(&reply.into_inner().payload, "reply").map_err(|s| self.unreachable(&s))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for GrpcConnection {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        req: rpc::AppendEntriesRequest,
+        option: RPCOption,
+    ) -> Result<rpc::AppendEntriesResponse, rpc::RpcError> {
+        self.unary(
+            &req,
+            rpc::RPCTypes::AppendEntries,
+            &option,
+            |mut c, r| async move { c.append_entries(r).await },
+        )
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        req: rpc::VoteRequest,
+        option: RPCOption,
+    ) -> Result<rpc::VoteResponse, rpc::RpcError> {
+        self.unary(&req, rpc::RPCTypes::Vote, &option, |mut c, r| async move {
+            c.vote(r).await
+        })
+        .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        req: rpc::VoteRequest,
+        option: RPCOption,
+    ) -> Result<rpc::VoteResponse, rpc::RpcError> {
+        self.unary(&req, rpc::RPCTypes::Vote, &option, |mut c, r| async move {
+            c.pre_vote(r).await
+        })
+        .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: rpc::TransferLeaderRequest,
+        option: RPCOption,
+    ) -> Result<rpc::TransferLeaderResponse, rpc::RpcError> {
+        self.unary(
+            &req,
+            rpc::RPCTypes::TransferLeader,
+            &option,
+            |mut c, r| async move { c.transfer_leader(r).await },
+        )
+        .await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<rpc::StreamAppendResult, rpc::RpcError>>, rpc::RpcError>,
+    >
+    where
+        S: futures_util::Stream<Item = rpc::AppendEntriesRequest> + Send + Unpin + 'static,
+    {
+        async move {
+            let mut client = self.client()?;
+            let target = self.target;
+            let requests = input.filter_map(move |req| async move {
+                match raft_core::codec::encode(&req) {
+                    Ok(payload) => Some(pb::RaftRequest {
+                        target,
+                        payload: payload.into(),
+                    }),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode an append request; ending the stream");
+                        None
+                    }
+                }
+            });
+            let setup = option.soft_ttl();
+            let response = tokio::time::timeout(setup, client.stream_append(Request::new(requests)))
+                .await
+                .map_err(|_| self.rpc_error(Status::deadline_exceeded("stream setup"), rpc::RPCTypes::AppendEntries, setup))?
+                .map_err(|s| self.rpc_error(s, rpc::RPCTypes::AppendEntries, setup))?;
+            let this: &'s GrpcConnection = self;
+            let replies = response.into_inner().map(move |item| {
+                let reply = item.map_err(|s| this.rpc_error(s, rpc::RPCTypes::AppendEntries, setup))?;
+                wire::decode::<rpc::StreamAppendResult>(&reply.payload, "append reply").map_err(|s| this.unreachable(&s))
+            });
+            Ok(replies.boxed())
+        }
+        .boxed()
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: rpc::Snapshot,
+        cancel: impl Future<Output = rpc::ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<rpc::SnapshotResponse, rpc::StreamingError> {
+        let to_streaming = |e: rpc::RpcError| match e {
+            rpc::RpcError::Timeout(t) => rpc::StreamingError::Timeout(t),
+            rpc::RpcError::Network(n) => rpc::StreamingError::Network(n),
+            rpc::RpcError::Unreachable(u) => rpc::StreamingError::Unreachable(u),
+            rpc::RpcError::RemoteError(r) => {
+                rpc::StreamingError::Unreachable(rpc::Unreachable::from_string(r.to_string()))
+            }
+        };
+        let mut client = self.client().map_err(to_streaming)?;
+        let data = snapshot.snapshot;
+        let total = data.len();
+        let vote_bytes = wire::encode(&vote).map_err(|s| to_streaming(self.unreachable(&s)))?;
+        // Reading runs on a blocking thread, one chunk ahead of the network: the channel of
+        // two chunks is the whole buffer on this side.
+        let (tx, rx) = mpsc::channel::<pb::SnapshotChunk>(2);
+        let chunk = self.opts.snapshot_chunk_bytes.max(1);
+        let target = self.target;
+        let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut offset = 0u64;
+            loop {
+                let mut buf = vec![0u8; chunk];
+                let n = data.read_at(offset, &mut buf)?;
+                buf.truncate(n);
+                let last = offset + n as u64 >= total;
+                let msg = pb::SnapshotChunk {
+                    target,
+                    vote: if offset == 0 {
+                        vote_bytes.clone()
+                    } else {
+                        Default::default()
+                    },
+                    offset,
+                    data: buf.into(),
+                    last,
+                };
+                if tx.blocking_send(msg).is_err() {
+                    return Ok(()); // the call ended; the error is reported there
+                }
+                offset += n as u64;
+                if last {
+                    return Ok(());
+                }
+            }
+        });
+        // A deadline that grows with the snapshot: the soft TTL plus 8 MiB/s.
+        let timeout = option.soft_ttl() + Duration::from_secs(total / (8 << 20));
+        let mut req = Request::new(ReceiverStream::new(rx));
+        req.set_timeout(timeout);
+        let call = client.install_snapshot(req);
+        let reply = tokio::select! {
+            r = call => r.map_err(|s| to_streaming(self.rpc_error(s, rpc::RPCTypes::InstallSnapshot, timeout)))?,
+            closed = cancel => return Err(rpc::StreamingError::Closed(closed)),
+        };
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(rpc::StreamingError::Unreachable(
+                    rpc::Unreachable::from_string(format!("reading the local snapshot: {e}")),
+                ));
+            }
+            Err(e) => {
+                return Err(rpc::StreamingError::Unreachable(
+                    rpc::Unreachable::from_string(format!("snapshot reader task: {e}")),
+                ));
+            }
+        }
+        wire::decode(&reply.into_inner().payload, "snapshot reply")
+            .map_err(|s| to_streaming(self.unreachable(&s)))
+    }
+}

@@ -1,0 +1,194 @@
+//! Mutual TLS: a cluster whose nodes and clients hold certificates from one CA works; a client
+//! or peer without a valid certificate is refused.
+
+mod common;
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::Cmd;
+use common::GrpcCluster;
+use common::Kv;
+use common::Query;
+use common::Reply;
+use raft_core::Consistency;
+use raft_grpc::ClientError;
+use raft_grpc::ClientOptions;
+use raft_grpc::ClusterClient;
+use raft_grpc::GrpcOptions;
+use raft_grpc::TlsConfig;
+use raft_grpc::pb;
+use raft_grpc::pb::raft_internal_client::RaftInternalClient;
+use rcgen::BasicConstraints;
+use rcgen::CertificateParams;
+use rcgen::CertifiedIssuer;
+use rcgen::DnType;
+use rcgen::ExtendedKeyUsagePurpose;
+use rcgen::IsCa;
+use rcgen::KeyPair;
+use rcgen::KeyUsagePurpose;
+use tonic::transport::Certificate;
+use tonic::transport::ClientTlsConfig;
+use tonic::transport::Endpoint;
+use tonic::transport::Identity;
+
+fn make_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A certificate for `sans`, usable as server and client; `(cert PEM, key PEM)`.
+fn make_leaf(ca: &CertifiedIssuer<'static, KeyPair>, cn: &str, sans: &[&str]) -> (String, String) {
+    let mut params =
+        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, pem).unwrap();
+    p
+}
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    node: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+    rogue: (String, String),
+    ca_pem: String,
+}
+
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_ca("raftkit test CA");
+    let (node_cert, node_key) = make_leaf(&ca, "node", &["localhost", "127.0.0.1"]);
+    let (client_cert, client_key) = make_leaf(&ca, "client", &["client.local"]);
+    let rogue = make_leaf(&make_ca("another CA"), "rogue", &["localhost", "127.0.0.1"]);
+    Pki {
+        ca: write(dir.path(), "ca.pem", &ca.pem()),
+        node: (
+            write(dir.path(), "node.pem", &node_cert),
+            write(dir.path(), "node.key", &node_key),
+        ),
+        client: (
+            write(dir.path(), "client.pem", &client_cert),
+            write(dir.path(), "client.key", &client_key),
+        ),
+        rogue,
+        ca_pem: ca.pem(),
+        _dir: dir,
+    }
+}
+
+fn short(tls: Option<TlsConfig>) -> ClientOptions {
+    ClientOptions {
+        tls,
+        attempt_timeout: Duration::from_millis(500),
+        total_timeout: Duration::from_secs(2),
+        ..ClientOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutual_tls_admits_certified_clients_and_peers_only() {
+    let pki = pki();
+    let node_tls = TlsConfig::from_pem_files(&pki.ca, &pki.node.0, &pki.node.1)
+        .unwrap()
+        .require_client_cert(true);
+    let opts = GrpcOptions {
+        tls: Some(node_tls),
+        ..GrpcOptions::default()
+    };
+    let c = GrpcCluster::start(3, opts, |c| c).await;
+
+    // A client with a certificate from the cluster's CA works, through every node.
+    let client_tls = TlsConfig::from_pem_files(&pki.ca, &pki.client.0, &pki.client.1).unwrap();
+    let client = ClusterClient::<Kv>::new(c.endpoints(), short(Some(client_tls))).unwrap();
+    client
+        .write(Cmd::Put("k".into(), "v".into()))
+        .await
+        .unwrap();
+    let r = client
+        .read(Query::Get("k".into()), Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(r, Reply::Value(Some("v".into())));
+
+    // No client certificate: refused.
+    let no_cert = ClusterClient::<Kv>::new(
+        c.endpoints(),
+        short(Some(TlsConfig::client_only(&pki.ca).unwrap())),
+    )
+    .unwrap();
+    let err = no_cert
+        .write(Cmd::Put("x".into(), "y".into()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::GaveUp { .. }), "{err:?}");
+
+    // A certificate from another CA: refused.
+    let rogue = TlsConfig::from_pem(
+        pki.ca_pem.clone(),
+        Some((pki.rogue.0.clone().into(), pki.rogue.1.clone().into())),
+    );
+    let rogue_client = ClusterClient::<Kv>::new(c.endpoints(), short(Some(rogue))).unwrap();
+    assert!(
+        rogue_client
+            .write(Cmd::Put("x".into(), "y".into()))
+            .await
+            .is_err()
+    );
+
+    // Plain text: refused.
+    let plain = ClusterClient::<Kv>::new(c.endpoints(), short(None)).unwrap();
+    assert!(plain.write(Cmd::Put("x".into(), "y".into())).await.is_err());
+
+    // A would-be peer without a valid certificate cannot reach the internal service either.
+    let addr = c.addrs[&1].clone();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .identity(Identity::from_pem(&pki.rogue.0, &pki.rogue.1))
+        .domain_name("127.0.0.1");
+    let ch = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy();
+    let mut peer = RaftInternalClient::new(ch);
+    let vote =
+        raft_core::transport::rpc::VoteRequest::new(openraft::impls::Vote::new(100, 9), None);
+    let mut req = tonic::Request::new(pb::RaftRequest {
+        target: 1,
+        payload: raft_core::codec::encode(&vote).unwrap().into(),
+    });
+    req.set_timeout(Duration::from_secs(2));
+    assert!(
+        peer.vote(req).await.is_err(),
+        "a peer with a foreign certificate is refused"
+    );
+
+    // Nothing the refused parties sent got in; the cluster still agrees.
+    for (id, s) in c.converged().await {
+        assert_eq!(s.0.get("x"), None, "node {id}");
+        assert_eq!(s.0.get("k").map(String::as_str), Some("v"), "node {id}");
+    }
+    let m = c.nodes[&1].node().metrics();
+    assert!(
+        m.term < 100,
+        "the rogue vote request had no effect: term {}",
+        m.term
+    );
+}
