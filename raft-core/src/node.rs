@@ -455,8 +455,19 @@ impl<S: StateMachine> Node<S> {
     {
         self.with_timeout(async {
             let lease_deadline = tokio::time::Instant::now() + self.inner.config.election_timeout;
-            let mut watch = self.subscribe();
             loop {
+                // What the retry conditions below wait to see move. A retried proposal changes
+                // other metrics itself, so waiting on "any change" would spin.
+                let (acked, term, committed, membership) = {
+                    let rx = self.inner.raft.metrics();
+                    let m = rx.borrow_watched();
+                    (
+                        m.last_quorum_acked,
+                        m.current_term,
+                        m.local_committed,
+                        *m.membership_config.log_id(),
+                    )
+                };
                 let e = match propose().await {
                     Ok(r) => return Ok(r),
                     Err(RaftError::Fatal(f)) => return Err(fatal_to_error(&f)),
@@ -467,14 +478,29 @@ impl<S: StateMachine> Node<S> {
                         if f.reason == ForwardReason::LeaseExpired
                             && tokio::time::Instant::now() < lease_deadline =>
                     {
-                        let _ = tokio::time::timeout_at(lease_deadline, watch.changed()).await;
+                        // Wait for a quorum to acknowledge this leader (or for it to step down).
+                        let _ = tokio::time::timeout_at(
+                            lease_deadline,
+                            self.wait_raw(|m| {
+                                m.last_quorum_acked != acked || m.current_term != term
+                            }),
+                        )
+                        .await;
                         continue;
                     }
                     ClientWriteError::ChangeMembershipError(
                         ChangeMembershipError::InProgress(_)
                         | ChangeMembershipError::UncommittedLeaderLog(_),
                     ) => {
-                        if watch.changed().await.is_none() {
+                        // Wait for something to commit.
+                        if !self
+                            .wait_raw(|m| {
+                                m.local_committed != committed
+                                    || *m.membership_config.log_id() != membership
+                                    || m.current_term != term
+                            })
+                            .await
+                        {
                             return Err(Error::Shutdown);
                         }
                         continue;
@@ -490,6 +516,22 @@ impl<S: StateMachine> Node<S> {
             }
         })
         .await
+    }
+
+    /// Waits until `condition` holds for openraft's metrics; `false` if the node stopped.
+    async fn wait_raw(
+        &self,
+        condition: impl Fn(&openraft::RaftMetrics<TypeConfig>) -> bool,
+    ) -> bool {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if condition(&rx.borrow_watched()) {
+                return true;
+            }
+            if rx.changed().await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Hands leadership to `to` and waits until this node sees `to` as leader. Leader only.

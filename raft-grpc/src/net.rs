@@ -91,6 +91,7 @@ impl Default for ChannelOptions {
 
 struct PoolInner {
     channels: Mutex<HashMap<String, Channel>>,
+    backoff: Arc<ReconnectBackoff>,
     tls: Option<TlsConfig>,
     connector: Connector,
     opts: ChannelOptions,
@@ -118,6 +119,7 @@ impl Pool {
         Pool {
             inner: Arc::new(PoolInner {
                 channels: Mutex::new(HashMap::new()),
+                backoff: Arc::default(),
                 tls,
                 connector,
                 opts,
@@ -161,26 +163,98 @@ impl Pool {
                 .tls_config(tls.client(host))
                 .map_err(|e| bad(e.to_string()))?;
         }
-        Ok(match &self.inner.connector.0 {
-            None => endpoint.connect_lazy(),
-            Some(connect) => {
+        let connect = self.inner.connector.0.clone();
+        let backoff = self.inner.backoff.clone();
+        let timeout = o.connect_timeout;
+        Ok(
+            endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
                 let connect = connect.clone();
-                endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
-                    let connect = connect.clone();
-                    async move {
-                        let host = uri.host().unwrap_or_default().to_string();
-                        let port = uri.port_u16().unwrap_or(80);
-                        connect(host, port).await.map(TokioIo::new)
-                    }
-                }))
-            }
-        })
+                let backoff = backoff.clone();
+                async move {
+                    let host = uri.host().unwrap_or_default().to_string();
+                    let port = uri.port_u16().unwrap_or(80);
+                    let key = format!("{host}:{port}");
+                    backoff.check(&key)?;
+                    let attempt = async {
+                        match &connect {
+                            None => {
+                                let s =
+                                    tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                                s.set_nodelay(true)?;
+                                Ok(Box::new(s) as Box<dyn Io>)
+                            }
+                            Some(f) => f(host.clone(), port).await,
+                        }
+                    };
+                    let result = match tokio::time::timeout(timeout, attempt).await {
+                        Ok(r) => r,
+                        Err(_) => Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("connecting to {key} timed out"),
+                        )),
+                    };
+                    backoff.record(&key, result.is_ok());
+                    result.map(TokioIo::new)
+                }
+            })),
+        )
+    }
+}
+
+/// Paces reconnection to addresses that recently refused or timed out: after `n` failures in a
+/// row, no attempt is made for `min(50 ms * 2^n, 2 s)`; one success resets it. Calls in the
+/// meantime fail at once as unavailable, which openraft and the client back off on.
+#[derive(Default)]
+struct ReconnectBackoff {
+    failures: Mutex<HashMap<String, (u32, tokio::time::Instant)>>,
+}
+
+impl ReconnectBackoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+
+    fn check(&self, key: &str) -> io::Result<()> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match failures.get(key) {
+            Some((n, until)) if tokio::time::Instant::now() < *until => Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("not reconnecting to {key} yet after {n} failed attempts"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn record(&self, key: &str, ok: bool) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            failures.remove(key);
+            return;
+        }
+        let n = failures.get(key).map_or(0, |(n, _)| *n) + 1;
+        let wait = Self::FIRST.saturating_mul(1 << n.min(16)).min(Self::MAX);
+        failures.insert(key.to_string(), (n, tokio::time::Instant::now() + wait));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_connections_back_off() {
+        let b = ReconnectBackoff::default();
+        b.check("a:1").unwrap();
+        b.record("a:1", false);
+        assert!(b.check("a:1").is_err());
+        assert!(b.check("b:1").is_ok(), "per address");
+        tokio::time::advance(Duration::from_millis(101)).await;
+        b.check("a:1").unwrap();
+        b.record("a:1", false);
+        tokio::time::advance(Duration::from_millis(101)).await;
+        assert!(b.check("a:1").is_err(), "the pause doubles");
+        b.record("a:1", true);
+        b.check("a:1").unwrap();
+    }
 
     #[test]
     fn addresses_split() {

@@ -569,6 +569,7 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
         let forwarded = is_forwarded(&req) || req.get_ref().no_forward;
         let timeout = caller_timeout(&req);
         let w = req.into_inner();
+        tracing::trace!(forwarded, session = ?w.session, "write received");
         let request = RaftRequest {
             session: w.session.map(|s| Session {
                 client_id: s.client_id,

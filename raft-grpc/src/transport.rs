@@ -230,9 +230,16 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         S: futures_util::Stream<Item = rpc::AppendEntriesRequest> + Send + Unpin + 'static,
     {
         async move {
+            // Pull the first request before connecting: openraft paces retries (its backoff)
+            // inside the request stream, so a transport that fails before polling it would
+            // make replication retry in a tight loop.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(futures_util::stream::empty().boxed());
+            };
             let mut client = self.client()?;
             let target = self.target;
-            let requests = input.filter_map(move |req| async move {
+            let requests = futures_util::stream::once(async move { first }).chain(input).filter_map(move |req| async move {
                 match raft_core::codec::encode(&req) {
                     Ok(payload) => Some(pb::RaftRequest {
                         target,
