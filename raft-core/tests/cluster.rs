@@ -198,7 +198,7 @@ async fn isolated_leader_is_replaced_and_rejoins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn full_restart_recovers_without_initialize() {
-    let mut cluster = start(3, |c| c.with_snapshots(300, 100)).await;
+    let cluster = start(3, |c| c.with_snapshots(300, 100)).await;
     let mut expected = Kv::default();
     put_many(&cluster, 0..1000, &mut expected).await;
     let before = contents(&cluster).await;
@@ -235,7 +235,7 @@ async fn full_restart_recovers_without_initialize() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_behind_a_purged_log_catches_up_by_snapshot() {
-    let mut cluster = start(3, |c| c.with_snapshots(100, 10)).await;
+    let cluster = start(3, |c| c.with_snapshots(100, 10)).await;
     let mut expected = Kv::default();
     put_many(&cluster, 0..10, &mut expected).await;
     let leader = cluster.wait_for_leader().await.unwrap();
@@ -312,7 +312,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn membership_changes_three_to_five_to_three_under_writes() {
-    let mut cluster = start(3, |c| c).await;
+    let cluster = start(3, |c| c).await;
     cluster.launch(4).await.unwrap();
     cluster.launch(5).await.unwrap();
 

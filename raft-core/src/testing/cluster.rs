@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -68,7 +70,7 @@ pub struct Cluster<S: StateMachine> {
     dir: Option<tempfile::TempDir>,
     options: ClusterOptions,
     make: Arc<dyn Fn(NodeId) -> S + Send + Sync>,
-    nodes: BTreeMap<NodeId, Node<S>>,
+    nodes: Mutex<BTreeMap<NodeId, Node<S>>>,
     next_client: AtomicU64,
 }
 
@@ -88,13 +90,13 @@ impl<S: StateMachine> Cluster<S> {
         } else {
             None
         };
-        let mut cluster = Cluster {
+        let cluster = Cluster {
             router: Router::new(options.seed),
             dir,
             next_client: AtomicU64::new(options.seed.wrapping_mul(1_000_003).wrapping_add(1) << 20),
             options,
             make: Arc::new(make),
-            nodes: BTreeMap::new(),
+            nodes: Mutex::new(BTreeMap::new()),
         };
         for id in 1..=voters {
             cluster.launch(id).await?;
@@ -136,50 +138,53 @@ impl<S: StateMachine> Cluster<S> {
 
     /// Starts node `id` — fresh, or from its data directory if it ran before — and connects it.
     /// A fresh node is not a member until the leader adds it.
-    pub async fn launch(&mut self, id: NodeId) -> Result<Node<S>> {
-        if self.nodes.contains_key(&id) {
+    pub async fn launch(&self, id: NodeId) -> Result<Node<S>> {
+        if self.nodes().contains_key(&id) {
             return Err(Error::Config(format!("node {id} is already running")));
         }
         let node = Node::start(self.config(id), (self.make)(id), self.router.transport(id)).await?;
         self.router.register(node.rpc_handler());
-        self.nodes.insert(id, node.clone());
+        self.nodes().insert(id, node.clone());
         Ok(node)
     }
 
+    fn nodes(&self) -> MutexGuard<'_, BTreeMap<NodeId, Node<S>>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Restarts a crashed node from its data directory.
-    pub async fn restart(&mut self, id: NodeId) -> Result<Node<S>> {
+    pub async fn restart(&self, id: NodeId) -> Result<Node<S>> {
         self.launch(id).await
     }
 
     /// Stops node `id` abruptly: it disappears from the network and its consensus task stops.
     /// Its data directory stays for [`Cluster::restart`].
-    pub async fn crash(&mut self, id: NodeId) -> Result<()> {
+    pub async fn crash(&self, id: NodeId) -> Result<()> {
         self.router.unregister(id);
         let node = self
-            .nodes
+            .nodes()
             .remove(&id)
             .ok_or_else(|| Error::Config(format!("node {id} is not running")))?;
         node.shutdown().await
     }
 
     /// The running node `id`.
-    pub fn node(&self, id: NodeId) -> Result<&Node<S>> {
-        self.nodes
+    pub fn node(&self, id: NodeId) -> Result<Node<S>> {
+        self.nodes()
             .get(&id)
+            .cloned()
             .ok_or_else(|| Error::Config(format!("node {id} is not running")))
     }
 
     /// Ids of the running nodes.
     pub fn running(&self) -> Vec<NodeId> {
-        self.nodes.keys().copied().collect()
+        self.nodes().keys().copied().collect()
     }
 
     /// Current metrics of every running node.
     pub fn metrics(&self) -> BTreeMap<NodeId, Metrics> {
-        self.nodes
-            .iter()
-            .map(|(id, n)| (*id, n.metrics()))
-            .collect()
+        let nodes: Vec<Node<S>> = self.nodes().values().cloned().collect();
+        nodes.iter().map(|n| (n.id(), n.metrics())).collect()
     }
 
     /// Waits (at most the harness timeout) until `condition` holds for the running nodes'
@@ -189,7 +194,7 @@ impl<S: StateMachine> Cluster<S> {
         what: &str,
         condition: impl Fn(&BTreeMap<NodeId, Metrics>) -> bool,
     ) -> Result<BTreeMap<NodeId, Metrics>> {
-        let mut watches: Vec<_> = self.nodes.values().map(|n| n.subscribe()).collect();
+        let mut watches: Vec<_> = self.nodes().values().map(|n| n.subscribe()).collect();
         let wait = async {
             loop {
                 let all = self.metrics();
@@ -287,7 +292,7 @@ impl<S: StateMachine> Cluster<S> {
     }
 
     /// Shuts every node down.
-    pub async fn shutdown(mut self) -> Result<()> {
+    pub async fn shutdown(self) -> Result<()> {
         for id in self.running() {
             self.crash(id).await?;
         }
