@@ -92,6 +92,8 @@ struct Inner<S: StateMachine> {
     sm: Arc<SmShared<S>>,
     snapshots: Arc<SnapshotStore>,
     log_stats: LogStatsHandle,
+    #[cfg(feature = "testing")]
+    power: Option<crate::log::PowerSwitch>,
 }
 
 /// One member of a replicated state machine. Cheap to clone; clones share the node.
@@ -165,6 +167,8 @@ impl<S: StateMachine> Node<S> {
         };
         let snapshots = Arc::new(snapshots);
         let log_stats = log.stats_handle();
+        #[cfg(feature = "testing")]
+        let power = log.power_switch();
         let sm = SmShared::new(state_machine, config.max_sessions);
         let applier = Applier::new(sm.clone(), snapshots.clone());
         let raft = Raft::new(id, raft_config, transport, log, applier)
@@ -179,6 +183,8 @@ impl<S: StateMachine> Node<S> {
                 sm,
                 snapshots,
                 log_stats,
+                #[cfg(feature = "testing")]
+                power,
             }),
         })
     }
@@ -637,6 +643,17 @@ impl<S: StateMachine> Node<S> {
             raft: self.inner.raft.clone(),
             snapshots: self.inner.snapshots.clone(),
         })
+    }
+
+    /// Stops the node as a power cut would (feature `testing`): consensus stops, and the log
+    /// keeps only what was durable — appends not yet fdatasynced are lost. In-memory nodes just
+    /// stop.
+    #[cfg(feature = "testing")]
+    pub async fn crash_losing_unsynced(&self) -> Result<()> {
+        if let Some(p) = &self.inner.power {
+            p.cut();
+        }
+        self.shutdown().await
     }
 
     /// Stops the node: consensus stops, the log is flushed and closed. Other clones of this node

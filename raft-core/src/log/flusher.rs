@@ -29,6 +29,8 @@ struct Queue {
     files: Vec<Arc<File>>,
     waiters: Vec<Waiter>,
     stop: bool,
+    /// Stop without syncing what is queued (simulated power loss in tests).
+    abandon: bool,
     failure: Option<(io::ErrorKind, String)>,
 }
 
@@ -132,6 +134,24 @@ impl Flusher {
     }
 }
 
+impl Flusher {
+    /// Stops the thread without making queued writes durable, as a power cut would: a sync
+    /// already running completes (its waiters learn so), everything queued after it fails.
+    /// Returns once the thread has exited.
+    #[cfg(feature = "testing")]
+    pub fn abandon(&mut self) {
+        {
+            let mut q = self.shared.lock();
+            q.abandon = true;
+            q.stop = true;
+        }
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Drop for Flusher {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
@@ -148,6 +168,16 @@ fn run(shared: &Shared) {
             let mut q = shared.lock();
             while q.waiters.is_empty() && !q.stop {
                 q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            if q.abandon {
+                let lost = std::mem::take(&mut q.waiters);
+                drop(q);
+                for w in lost {
+                    w(Err(io::Error::other(
+                        "power lost before the write was made durable",
+                    )));
+                }
+                return;
             }
             if q.waiters.is_empty() {
                 return;

@@ -52,6 +52,8 @@
 mod flusher;
 mod memory;
 mod meta;
+#[cfg(feature = "testing")]
+mod power;
 mod record;
 mod recovery;
 mod segment;
@@ -74,6 +76,8 @@ use openraft::storage::LogState;
 use openraft::storage::RaftLogStorage;
 
 use self::memory::MemLog;
+#[cfg(feature = "testing")]
+pub use self::power::PowerSwitch;
 use self::wal::SharedView;
 use self::wal::Wal;
 pub use self::wal::WalOptions;
@@ -227,6 +231,15 @@ impl LogStore {
         LogStore {
             backend: Backend::Memory(MemLog::default()),
             stats: Arc::default(),
+        }
+    }
+
+    /// The switch that makes this log close as if the power failed (durable logs only).
+    #[cfg(feature = "testing")]
+    pub fn power_switch(&self) -> Option<PowerSwitch> {
+        match &self.backend {
+            Backend::Durable(wal) => Some(wal.power_switch()),
+            Backend::Memory(_) => None,
         }
     }
 

@@ -280,6 +280,10 @@ pub(crate) struct Wal {
     committed_written: Option<LogId>,
     buf: Vec<u8>,
     stats: Arc<LogStatsCounters>,
+    #[cfg(feature = "testing")]
+    power: super::power::PowerSwitch,
+    #[cfg(feature = "testing")]
+    durable: super::power::DurableExtents,
     // Declared before the lock so it is dropped (flushing) while the directory is still locked.
     flusher: Flusher,
     _lock: File,
@@ -341,6 +345,18 @@ impl Wal {
 
         let flusher = Flusher::spawn(format!("raftkit-wal-{node_id}"), stats.clone())
             .map_err(|e| LogError::Io(at("start flusher for", dir)(e)))?;
+        #[cfg(feature = "testing")]
+        let durable = {
+            // What recovery found is treated as durable; sealed segments are durable whole.
+            let d = super::power::DurableExtents::default();
+            for s in view.segments.keys() {
+                d.set(*s, u64::MAX);
+            }
+            if let Some(a) = &active {
+                d.set(a.seg.first_index, a.write_offset);
+            }
+            d
+        };
         Ok(Wal {
             dir: dir.to_path_buf(),
             opts,
@@ -351,9 +367,19 @@ impl Wal {
             committed_written: committed,
             buf: Vec::new(),
             stats,
+            #[cfg(feature = "testing")]
+            power: super::power::PowerSwitch::default(),
+            #[cfg(feature = "testing")]
+            durable,
             flusher,
             _lock: lock,
         })
+    }
+
+    /// The switch that makes this log close as if the power failed.
+    #[cfg(feature = "testing")]
+    pub fn power_switch(&self) -> super::power::PowerSwitch {
+        self.power.clone()
     }
 
     /// The state readers share.
@@ -407,6 +433,20 @@ impl Wal {
         self.buf = buf;
         result?;
         let file = self.active.as_ref().map(|a| a.seg.file.clone());
+        #[cfg(feature = "testing")]
+        let waiter: Waiter = {
+            let durable = self.durable.clone();
+            let mark = self
+                .active
+                .as_ref()
+                .map(|a| (a.seg.first_index, a.write_offset));
+            Box::new(move |r: std::io::Result<()>| {
+                if let (Ok(()), Some((segment, end))) = (&r, mark) {
+                    durable.extend(segment, end);
+                }
+                waiter(r)
+            })
+        };
         self.flusher.enqueue(file.as_ref(), waiter);
         Ok(())
     }
@@ -537,6 +577,8 @@ impl Wal {
                 .file
                 .sync_data()
                 .map_err(at("fdatasync", &a.seg.path))?;
+            #[cfg(feature = "testing")]
+            self.durable.extend(a.seg.first_index, a.write_offset);
         }
         Ok(())
     }
@@ -549,6 +591,8 @@ impl Wal {
             .insert(first_index, seg.file.clone());
         // A fresh segment has no commit marker yet.
         self.committed_written = None;
+        #[cfg(feature = "testing")]
+        self.durable.set(first_index, segment::HEADER_LEN);
         Ok(Active {
             seg,
             write_offset: segment::HEADER_LEN,
@@ -596,6 +640,8 @@ impl Wal {
             fsutil::preallocate(&seg.file, self.opts.segment_size.max(end_offset))
                 .map_err(at("preallocate", &path))?;
             seg.file.sync_all().map_err(at("fsync", &path))?;
+            #[cfg(feature = "testing")]
+            self.durable.set(keep_loc.segment, end_offset);
             self.view
                 .write()
                 .segments
@@ -667,6 +713,8 @@ impl Wal {
             self.active = None;
         }
         fs::remove_file(&path).map_err(at("remove", &path))?;
+        #[cfg(feature = "testing")]
+        self.durable.remove(first_index);
         Ok(())
     }
 
@@ -690,8 +738,41 @@ impl Wal {
     }
 }
 
+impl Wal {
+    /// Closes the log as a power cut would: nothing queued is synced, and every segment is cut
+    /// back to what is known durable.
+    #[cfg(feature = "testing")]
+    fn lose_power(&mut self) {
+        self.flusher.abandon();
+        let segments: Vec<(u64, Arc<File>)> = self
+            .view
+            .read()
+            .segments
+            .iter()
+            .map(|(k, f)| (*k, f.clone()))
+            .collect();
+        for (first, file) in segments {
+            let keep = self.durable.get(first).unwrap_or(segment::HEADER_LEN);
+            if keep != u64::MAX {
+                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                if keep < len {
+                    if let Err(e) = file.set_len(keep) {
+                        tracing::warn!(error = %e, "simulated power loss could not cut a segment");
+                    }
+                }
+            }
+        }
+        tracing::info!(dir = %self.dir.display(), "write-ahead log closed by a simulated power loss");
+    }
+}
+
 impl Drop for Wal {
     fn drop(&mut self) {
+        #[cfg(feature = "testing")]
+        if self.power.is_cut() {
+            self.lose_power();
+            return;
+        }
         if let Err(e) = self.sync() {
             tracing::warn!(error = %e, "could not flush the write-ahead log on close");
         }
