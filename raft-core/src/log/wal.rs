@@ -755,10 +755,10 @@ impl Wal {
             let keep = self.durable.get(first).unwrap_or(segment::HEADER_LEN);
             if keep != u64::MAX {
                 let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-                if keep < len {
-                    if let Err(e) = file.set_len(keep) {
-                        tracing::warn!(error = %e, "simulated power loss could not cut a segment");
-                    }
+                if keep < len
+                    && let Err(e) = file.set_len(keep)
+                {
+                    tracing::warn!(error = %e, "simulated power loss could not cut a segment");
                 }
             }
         }

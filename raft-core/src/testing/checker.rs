@@ -66,7 +66,10 @@ pub struct Violation<I, O> {
     pub candidates: Vec<Operation<I, O>>,
 }
 
-fn fmt_op<I: fmt::Debug, O: fmt::Debug>(f: &mut fmt::Formatter<'_>, op: &Operation<I, O>) -> fmt::Result {
+fn fmt_op<I: fmt::Debug, O: fmt::Debug>(
+    f: &mut fmt::Formatter<'_>,
+    op: &Operation<I, O>,
+) -> fmt::Result {
     let ms = |t: u64| t as f64 / 1e6;
     write!(f, "  #{} client {} {:?} -> ", op.id, op.client, op.input)?;
     match &op.outcome {
@@ -100,6 +103,8 @@ impl<I: fmt::Debug, O: fmt::Debug> fmt::Display for Violation<I, O> {
 }
 
 const NIL: usize = usize::MAX;
+
+type OpOf<M> = Operation<<M as Model>::Input, <M as Model>::Output>;
 
 /// The entry list of Wing & Gong's algorithm: calls and returns in time order, doubly linked
 /// so that an operation's pair can be lifted out and put back.
@@ -194,14 +199,24 @@ impl Bits {
 
 enum Partial {
     Ok,
-    Violation { linearized: Vec<usize>, state: String, candidates: Vec<usize> },
+    Violation {
+        linearized: Vec<usize>,
+        state: String,
+        candidates: Vec<usize>,
+    },
     OutOfTime,
 }
 
 /// Checks one partition's operations (already filtered: ok ops, and unknown non-reads with
 /// return time `u64::MAX`).
-fn check_partition<M: Model>(ops: &[&Operation<M::Input, M::Output>], deadline: Instant) -> Partial {
-    let times: Vec<(u64, u64)> = ops.iter().map(|o| (o.call, o.ret.unwrap_or(u64::MAX))).collect();
+fn check_partition<M: Model>(
+    ops: &[&Operation<M::Input, M::Output>],
+    deadline: Instant,
+) -> Partial {
+    let times: Vec<(u64, u64)> = ops
+        .iter()
+        .map(|o| (o.call, o.ret.unwrap_or(u64::MAX)))
+        .collect();
     let mut list = Entries::new(&times);
     let mut state = M::init();
     let mut linearized = Bits::new(ops.len());
@@ -216,7 +231,7 @@ fn check_partition<M: Model>(ops: &[&Operation<M::Input, M::Output>], deadline: 
             return Partial::Ok;
         }
         steps += 1;
-        if steps % 4096 == 0 && Instant::now() >= deadline {
+        if steps.is_multiple_of(4096) && Instant::now() >= deadline {
             return Partial::OutOfTime;
         }
         if entry != NIL && list.is_call(entry) {
@@ -274,9 +289,12 @@ fn check_partition<M: Model>(ops: &[&Operation<M::Input, M::Output>], deadline: 
 }
 
 /// Checks `history` against model `M` within `budget`.
-pub fn check<M: Model>(history: &History<M::Input, M::Output>, budget: Duration) -> CheckResult<M::Input, M::Output> {
+pub fn check<M: Model>(
+    history: &History<M::Input, M::Output>,
+    budget: Duration,
+) -> CheckResult<M::Input, M::Output> {
     let deadline = Instant::now() + budget;
-    let mut partitions: BTreeMap<u64, Vec<&Operation<M::Input, M::Output>>> = BTreeMap::new();
+    let mut partitions: BTreeMap<u64, Vec<&OpOf<M>>> = BTreeMap::new();
     for op in &history.ops {
         let keep = match op.outcome {
             Outcome::Ok(_) => true,
@@ -284,7 +302,10 @@ pub fn check<M: Model>(history: &History<M::Input, M::Output>, budget: Duration)
             Outcome::Unknown => !M::is_read(&op.input),
         };
         if keep {
-            partitions.entry(M::partition(&op.input)).or_default().push(op);
+            partitions
+                .entry(M::partition(&op.input))
+                .or_default()
+                .push(op);
         }
     }
     for (key, ops) in partitions {
@@ -292,7 +313,10 @@ pub fn check<M: Model>(history: &History<M::Input, M::Output>, budget: Duration)
             Partial::Ok => {}
             Partial::OutOfTime => {
                 return CheckResult::Unknown {
-                    reason: format!("the {budget:?} budget ran out while checking partition {key:#x} ({} operations)", ops.len()),
+                    reason: format!(
+                        "the {budget:?} budget ran out while checking partition {key:#x} ({} operations)",
+                        ops.len()
+                    ),
                 };
             }
             Partial::Violation {
@@ -320,7 +344,11 @@ pub fn check_brute_force<M: Model>(history: &History<M::Input, M::Output>) -> bo
         .iter()
         .filter(|o| !matches!(o.outcome, Outcome::Failed))
         .collect();
-    fn search<M: Model>(ops: &[&Operation<M::Input, M::Output>], done: &mut Vec<bool>, state: &M) -> bool {
+    fn search<M: Model>(
+        ops: &[&Operation<M::Input, M::Output>],
+        done: &mut Vec<bool>,
+        state: &M,
+    ) -> bool {
         // Finished once every known operation is placed; unknown ones may never have happened.
         if ops
             .iter()

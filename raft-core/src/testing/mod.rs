@@ -19,12 +19,30 @@
 //! # Ok(()) }
 //! ```
 
+pub mod checker;
 mod cluster;
+pub mod history;
+pub mod model;
 mod router;
 
+pub use self::checker::CheckResult;
+pub use self::checker::Violation;
+pub use self::checker::check;
 pub use self::cluster::Cluster;
 pub use self::cluster::ClusterOptions;
 pub use self::cluster::address;
+pub use self::history::History;
+pub use self::history::Operation;
+pub use self::history::Outcome;
+pub use self::history::Pending;
+pub use self::history::Recorder;
+pub use self::model::KvMap;
+pub use self::model::KvOp;
+pub use self::model::KvResult;
+pub use self::model::Model;
+pub use self::model::Register;
+pub use self::model::RegisterOp;
+pub use self::model::RegisterResult;
 pub use self::router::Router;
 pub use self::router::RouterConnection;
 pub use self::router::RouterTransport;

@@ -80,15 +80,25 @@ impl Model for Register {
     fn step(&self, input: &RegisterOp, output: Option<&RegisterResult>) -> Option<Self> {
         match (input, output) {
             (RegisterOp::Read, None) => Some(self.clone()),
-            (RegisterOp::Read, Some(RegisterResult::Value(v))) => (*v == self.0).then(|| self.clone()),
-            (RegisterOp::Write(v), None | Some(RegisterResult::Written)) => Some(Register(Some(*v))),
+            (RegisterOp::Read, Some(RegisterResult::Value(v))) => {
+                (*v == self.0).then(|| self.clone())
+            }
+            (RegisterOp::Write(v), None | Some(RegisterResult::Written)) => {
+                Some(Register(Some(*v)))
+            }
             (RegisterOp::Cas { from, to }, out) => {
                 let swapped = self.0 == Some(*from);
                 match out {
-                    None => Some(if swapped { Register(Some(*to)) } else { self.clone() }),
-                    Some(RegisterResult::Swapped(s)) if *s == swapped => {
-                        Some(if swapped { Register(Some(*to)) } else { self.clone() })
-                    }
+                    None => Some(if swapped {
+                        Register(Some(*to))
+                    } else {
+                        self.clone()
+                    }),
+                    Some(RegisterResult::Swapped(s)) if *s == swapped => Some(if swapped {
+                        Register(Some(*to))
+                    } else {
+                        self.clone()
+                    }),
                     Some(_) => None,
                 }
             }
@@ -140,8 +150,9 @@ pub enum KvResult {
 
 /// FNV-1a: a stable hash, so partitions do not depend on the process.
 fn fnv(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl Model for KvMap {
@@ -206,12 +217,23 @@ mod tests {
     #[test]
     fn register_steps() {
         let r = Register::init();
-        assert_eq!(r.step(&RegisterOp::Read, Some(&RegisterResult::Value(None))), Some(Register(None)));
-        assert_eq!(r.step(&RegisterOp::Read, Some(&RegisterResult::Value(Some(1)))), None);
-        let w = r.step(&RegisterOp::Write(3), Some(&RegisterResult::Written)).unwrap();
+        assert_eq!(
+            r.step(&RegisterOp::Read, Some(&RegisterResult::Value(None))),
+            Some(Register(None))
+        );
+        assert_eq!(
+            r.step(&RegisterOp::Read, Some(&RegisterResult::Value(Some(1)))),
+            None
+        );
+        let w = r
+            .step(&RegisterOp::Write(3), Some(&RegisterResult::Written))
+            .unwrap();
         assert_eq!(w, Register(Some(3)));
         let cas = RegisterOp::Cas { from: 3, to: 4 };
-        assert_eq!(w.step(&cas, Some(&RegisterResult::Swapped(true))), Some(Register(Some(4))));
+        assert_eq!(
+            w.step(&cas, Some(&RegisterResult::Swapped(true))),
+            Some(Register(Some(4)))
+        );
         assert_eq!(w.step(&cas, Some(&RegisterResult::Swapped(false))), None);
         assert_eq!(w.step(&cas, None), Some(Register(Some(4))));
     }
@@ -219,12 +241,37 @@ mod tests {
     #[test]
     fn kv_steps() {
         let m = KvMap::init();
-        let m = m.step(&KvOp::Append("a".into(), "x".into()), Some(&KvResult::Value(Some("x".into())))).unwrap();
-        assert!(m.step(&KvOp::Append("a".into(), "y".into()), Some(&KvResult::Value(Some("y".into())))).is_none());
+        let m = m
+            .step(
+                &KvOp::Append("a".into(), "x".into()),
+                Some(&KvResult::Value(Some("x".into()))),
+            )
+            .unwrap();
+        assert!(
+            m.step(
+                &KvOp::Append("a".into(), "y".into()),
+                Some(&KvResult::Value(Some("y".into())))
+            )
+            .is_none()
+        );
         let m = m.step(&KvOp::Append("a".into(), "y".into()), None).unwrap();
-        assert!(m.step(&KvOp::Get("a".into()), Some(&KvResult::Value(Some("xy".into())))).is_some());
-        let m = m.step(&KvOp::Delete("a".into()), Some(&KvResult::Done)).unwrap();
-        assert!(m.step(&KvOp::Get("a".into()), Some(&KvResult::Value(None))).is_some());
-        assert_ne!(KvMap::partition(&KvOp::Get("a".into())), KvMap::partition(&KvOp::Get("b".into())));
+        assert!(
+            m.step(
+                &KvOp::Get("a".into()),
+                Some(&KvResult::Value(Some("xy".into())))
+            )
+            .is_some()
+        );
+        let m = m
+            .step(&KvOp::Delete("a".into()), Some(&KvResult::Done))
+            .unwrap();
+        assert!(
+            m.step(&KvOp::Get("a".into()), Some(&KvResult::Value(None)))
+                .is_some()
+        );
+        assert_ne!(
+            KvMap::partition(&KvOp::Get("a".into())),
+            KvMap::partition(&KvOp::Get("b".into()))
+        );
     }
 }
