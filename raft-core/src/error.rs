@@ -77,6 +77,22 @@ pub enum Error {
     Fatal(String),
 }
 
+impl Error {
+    /// Whether a failed write may still have been applied (its outcome is unknown): true for
+    /// timeouts, leadership changes in flight, shutdowns and engine failures; false for refusals
+    /// that happen before anything is proposed (not the leader, rejected, too large, …).
+    pub fn may_have_applied(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout(_)
+                | Error::OutcomeUnknown { .. }
+                | Error::Shutdown
+                | Error::Storage(_)
+                | Error::Fatal(_)
+        )
+    }
+}
+
 fn leader_hint(leader: Option<NodeId>, addr: Option<&str>) -> String {
     match (leader, addr) {
         (Some(id), Some(a)) => format!("; the leader is node {id} at {a}"),

@@ -321,13 +321,54 @@ impl<S: Queryable> ClusterClient<S> {
     /// Applies `command` and returns its output. Retries through leader changes and lost replies
     /// with one client session, so the command is applied exactly once.
     pub async fn write(&self, command: S::Command) -> Result<S::Output, ClientError> {
-        let bytes: bytes::Bytes = raft_core::codec::encode(&command)?.into();
         let mut slot = self.take_slot();
-        let session = pb::Session {
+        let session = raft_core::Session {
             client_id: slot.client_id,
             sequence: slot.next,
         };
-        let result = self
+        let result = self.write_once(session, &command).await;
+        // Whatever happened, this sequence is used up: the next write of the slot is newer.
+        slot.next += 1;
+        match result {
+            Err(ClientError::Refused(s))
+                if ErrorCode::of(&s) == Some(ErrorCode::SessionExpired) =>
+            {
+                // The session was forgotten by the cluster; this slot is spent. The write's own
+                // fate is unknown only if an earlier attempt might have applied it.
+                Err(ClientError::Rejected(ApplyError::SessionExpired {
+                    client_id: session.client_id,
+                    sequence: session.sequence,
+                }))
+            }
+            other => {
+                self.return_slot(slot);
+                other
+            }
+        }
+    }
+
+    /// Applies `command` in a session the caller manages: retrying with the same `session`
+    /// (here or in a later call) applies the command at most once. One session must have at
+    /// most one write outstanding, with sequences increasing by one from 1.
+    pub async fn write_in_session(
+        &self,
+        session: raft_core::Session,
+        command: S::Command,
+    ) -> Result<S::Output, ClientError> {
+        self.write_once(session, &command).await
+    }
+
+    async fn write_once(
+        &self,
+        session: raft_core::Session,
+        command: &S::Command,
+    ) -> Result<S::Output, ClientError> {
+        let bytes: bytes::Bytes = raft_core::codec::encode(command)?.into();
+        let session = pb::Session {
+            client_id: session.client_id,
+            sequence: session.sequence,
+        };
+        let reply = self
             .retry(self.leader_guess(), |mut c, timeout| {
                 let mut req = Request::new(pb::WriteRequest {
                     command: bytes.clone(),
@@ -337,25 +378,7 @@ impl<S: Queryable> ClusterClient<S> {
                 req.set_timeout(timeout);
                 async move { c.write(req).await.map(|r| r.into_inner()) }
             })
-            .await;
-        // Whatever happened, this sequence is used up: the next write of the slot is newer.
-        slot.next += 1;
-        let reply = match result {
-            Err(ClientError::Refused(s))
-                if ErrorCode::of(&s) == Some(ErrorCode::SessionExpired) =>
-            {
-                // The session was forgotten by the cluster; this slot is spent. The write's own
-                // fate is unknown only if an earlier attempt might have applied it.
-                return Err(ClientError::Rejected(ApplyError::SessionExpired {
-                    client_id: session.client_id,
-                    sequence: session.sequence,
-                }));
-            }
-            other => {
-                self.return_slot(slot);
-                other?
-            }
-        };
+            .await?;
         if !reply.leader_addr.is_empty() {
             self.remember_leader(Some(reply.leader_addr.clone()));
         }

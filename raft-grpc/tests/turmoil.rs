@@ -8,172 +8,18 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
-use std::pin::Pin;
-use std::task::Context;
-use std::task::Poll;
 use std::time::Duration;
 
 use common::Cmd;
-use common::Kv;
 use common::Query;
 use common::Reply;
-use raft_core::Config;
+use common::sim::client_for;
+use common::sim::host;
+use common::sim::leader_of;
+use common::sim::run_node;
+use common::sim::until;
 use raft_core::Consistency;
-use raft_core::Node;
 use raft_core::NodeId;
-use raft_grpc::ClientOptions;
-use raft_grpc::ClusterClient;
-use raft_grpc::Connector;
-use raft_grpc::GrpcOptions;
-use raft_grpc::GrpcTransport;
-use raft_grpc::NodeStatus;
-use raft_grpc::Server;
-use tokio::io::AsyncRead;
-use tokio::io::AsyncWrite;
-use tokio::io::ReadBuf;
-use tonic::transport::server::Connected;
-use tonic::transport::server::TcpConnectInfo;
-
-const PORT: u16 = 7000;
-
-/// A turmoil stream the gRPC server can serve (tonic needs `Connected`).
-struct SimStream(turmoil::net::TcpStream);
-
-impl Connected for SimStream {
-    type ConnectInfo = TcpConnectInfo;
-    fn connect_info(&self) -> TcpConnectInfo {
-        TcpConnectInfo {
-            local_addr: self.0.local_addr().ok(),
-            remote_addr: self.0.peer_addr().ok(),
-        }
-    }
-}
-
-impl AsyncRead for SimStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SimStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-fn sim_connector() -> Connector {
-    Connector::custom(|host, port| async move {
-        turmoil::net::TcpStream::connect((host.as_str(), port)).await
-    })
-}
-
-fn opts() -> GrpcOptions {
-    GrpcOptions {
-        connector: sim_connector(),
-        channel: raft_grpc::ChannelOptions {
-            connect_timeout: Duration::from_millis(500),
-            keepalive_interval: Duration::from_millis(300),
-            keepalive_timeout: Duration::from_millis(500),
-        },
-        ..GrpcOptions::default()
-    }
-}
-
-fn host(id: NodeId) -> String {
-    format!("n{id}")
-}
-
-fn addr(id: NodeId) -> String {
-    format!("n{id}:{PORT}")
-}
-
-async fn run_node(id: NodeId) -> turmoil::Result {
-    let config = Config::in_memory(id)
-        .with_timing(Duration::from_millis(50), Duration::from_millis(300))
-        .with_request_timeout(Duration::from_secs(3))
-        .with_snapshots(0, 0);
-    let node: Node<Kv> = Node::start(config, Kv::default(), GrpcTransport::new(id, opts())).await?;
-    let listener = turmoil::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)).await?;
-    let incoming = futures_util::stream::unfold(listener, |l| async move {
-        let conn = l.accept().await.map(|(s, _)| SimStream(s));
-        Some((conn, l))
-    });
-    if id == 1 {
-        node.initialize((1..=3).map(|i| (i, addr(i)))).await?;
-    }
-    Server::new(node, opts())
-        .serve_with_incoming(incoming, std::future::pending())
-        .await?;
-    Ok(())
-}
-
-fn client_for(ids: &[NodeId], total: Duration) -> ClusterClient<Kv> {
-    ClusterClient::new(
-        ids.iter().map(|i| addr(*i)),
-        ClientOptions {
-            connector: sim_connector(),
-            attempt_timeout: Duration::from_millis(800),
-            total_timeout: total,
-            ..ClientOptions::default()
-        },
-    )
-    .expect("client")
-}
-
-/// Polls node statuses (simulated time) until `done` holds or `limit` passes.
-async fn until(
-    client: &ClusterClient<Kv>,
-    ids: &[NodeId],
-    limit: Duration,
-    what: &str,
-    done: impl Fn(&[(NodeId, NodeStatus)]) -> bool,
-) -> Result<Vec<(NodeId, NodeStatus)>, String> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let mut seen = Vec::new();
-        for id in ids {
-            if let Ok(s) = client.status(&addr(*id)).await {
-                seen.push((*id, s));
-            }
-        }
-        if done(&seen) {
-            return Ok(seen);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!("{what} not reached within {limit:?}: {seen:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn leader_of(seen: &[(NodeId, NodeStatus)]) -> Option<NodeId> {
-    let leaders: Vec<&NodeStatus> = seen
-        .iter()
-        .map(|(_, s)| s)
-        .filter(|s| s.role == "leader")
-        .collect();
-    let top = leaders.iter().max_by_key(|s| s.term)?;
-    let agree = seen
-        .iter()
-        .filter(|(_, s)| s.leader_id == Some(top.id) && s.term == top.term)
-        .count();
-    (agree >= 2).then_some(top.id)
-}
 
 fn scenario(seed: u64) -> turmoil::Result {
     let mut sim = turmoil::Builder::new()

@@ -168,6 +168,17 @@ impl<S: StateMachine> Cluster<S> {
         node.shutdown().await
     }
 
+    /// Stops node `id` as a power cut would: appends it had not yet made durable are lost.
+    /// Its data directory stays for [`Cluster::restart`]. In-memory nodes just stop.
+    pub async fn crash_power_loss(&self, id: NodeId) -> Result<()> {
+        self.router.unregister(id);
+        let node = self
+            .nodes()
+            .remove(&id)
+            .ok_or_else(|| Error::Config(format!("node {id} is not running")))?;
+        node.crash_losing_unsynced().await
+    }
+
     /// The running node `id`.
     pub fn node(&self, id: NodeId) -> Result<Node<S>> {
         self.nodes()

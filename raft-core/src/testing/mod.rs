@@ -21,8 +21,10 @@
 
 pub mod checker;
 mod cluster;
+pub mod driver;
 pub mod history;
 pub mod model;
+mod nemesis;
 mod router;
 
 pub use self::checker::CheckResult;
@@ -31,6 +33,15 @@ pub use self::checker::check;
 pub use self::cluster::Cluster;
 pub use self::cluster::ClusterOptions;
 pub use self::cluster::address;
+pub use self::driver::Attempt;
+pub use self::driver::ClientOptions;
+pub use self::driver::ReadMode;
+pub use self::driver::Report;
+pub use self::driver::RunOptions;
+pub use self::driver::Target;
+pub use self::driver::Workload;
+pub use self::driver::run;
+pub use self::driver::run_clients;
 pub use self::history::History;
 pub use self::history::Operation;
 pub use self::history::Outcome;
@@ -43,6 +54,10 @@ pub use self::model::Model;
 pub use self::model::Register;
 pub use self::model::RegisterOp;
 pub use self::model::RegisterResult;
+pub use self::nemesis::Fault;
+pub use self::nemesis::Nemesis;
+pub use self::nemesis::Schedule;
+pub use self::nemesis::Step;
 pub use self::router::Router;
 pub use self::router::RouterConnection;
 pub use self::router::RouterTransport;

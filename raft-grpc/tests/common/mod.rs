@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod sim;
+
 use std::collections::BTreeMap;
 use std::io;
 use std::io::Read;
@@ -217,5 +219,61 @@ impl GrpcCluster {
             );
         }
         out
+    }
+}
+
+/// The driver's workload for [`Kv`] over gRPC: random gets, puts and (unique) appends.
+#[derive(Clone)]
+pub struct KvWorkload {
+    pub keys: usize,
+    pub read_percent: u32,
+}
+
+impl raft_core::testing::Workload for KvWorkload {
+    type Sm = Kv;
+    type Model = raft_core::testing::KvMap;
+
+    fn state_machine(&self) -> Kv {
+        Kv::default()
+    }
+
+    fn generate(&self, rng: &mut rand::rngs::StdRng) -> raft_core::testing::KvOp {
+        use rand::Rng;
+        let key = format!("k{}", rng.random_range(0..self.keys));
+        if rng.random_range(0..100) < self.read_percent {
+            return raft_core::testing::KvOp::Get(key);
+        }
+        let token = format!("{:04x},", rng.random::<u16>());
+        if rng.random_bool(0.6) {
+            raft_core::testing::KvOp::Append(key, token)
+        } else {
+            raft_core::testing::KvOp::Put(key, token)
+        }
+    }
+
+    fn command(&self, input: &raft_core::testing::KvOp) -> Option<Cmd> {
+        use raft_core::testing::KvOp;
+        match input {
+            KvOp::Put(k, v) => Some(Cmd::Put(k.clone(), v.clone())),
+            KvOp::Append(k, v) => Some(Cmd::Append(k.clone(), v.clone())),
+            KvOp::Get(_) | KvOp::Delete(_) => None,
+        }
+    }
+
+    fn write_output(
+        &self,
+        input: &raft_core::testing::KvOp,
+        output: String,
+    ) -> raft_core::testing::KvResult {
+        match input {
+            raft_core::testing::KvOp::Append(..) => {
+                raft_core::testing::KvResult::Value(Some(output))
+            }
+            _ => raft_core::testing::KvResult::Done,
+        }
+    }
+
+    fn read(&self, input: &raft_core::testing::KvOp, sm: &Kv) -> raft_core::testing::KvResult {
+        raft_core::testing::KvResult::Value(sm.0.get(input.key()).cloned())
     }
 }

@@ -1,0 +1,205 @@
+//! The linearizability driver over the real gRPC stack on turmoil: clients write and read
+//! through `ClusterClient` while the network is partitioned in several ways; the history must be
+//! linearizable and the replicas equal after repair. Seeds as in `turmoil.rs`
+//! (`RAFTKIT_TURMOIL_SEEDS`).
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::Kv;
+use common::KvWorkload;
+use common::Query;
+use common::Reply;
+use common::sim::client_for;
+use common::sim::host;
+use common::sim::leader_of;
+use common::sim::run_node;
+use common::sim::until;
+use raft_core::Consistency;
+use raft_core::NodeId;
+use raft_core::Session;
+use raft_core::testing::Attempt;
+use raft_core::testing::ClientOptions;
+use raft_core::testing::KvOp;
+use raft_core::testing::KvResult;
+use raft_core::testing::Recorder;
+use raft_core::testing::Target;
+use raft_core::testing::Workload;
+use raft_core::testing::run_clients;
+use raft_grpc::ClientError;
+use raft_grpc::ClusterClient;
+
+/// The cluster as the driver sees it: a `ClusterClient` that knows every node.
+struct GrpcTarget {
+    client: ClusterClient<Kv>,
+    workload: KvWorkload,
+}
+
+impl Target for GrpcTarget {
+    type W = KvWorkload;
+
+    async fn write(
+        &self,
+        _client: usize,
+        session: Session,
+        command: common::Cmd,
+        input: &KvOp,
+    ) -> Attempt<KvResult> {
+        match self.client.write_in_session(session, command).await {
+            Ok(out) => Attempt::Ok(self.workload.write_output(input, out)),
+            // The client retried until its budget ran out: the write may have been applied.
+            Err(ClientError::GaveUp { .. }) => Attempt::Unknown,
+            Err(_) => Attempt::Failed,
+        }
+    }
+
+    async fn read(&self, _client: usize, input: &KvOp) -> Attempt<KvResult> {
+        match self
+            .client
+            .read(
+                Query::Get(input.key().to_string()),
+                Consistency::Linearizable,
+            )
+            .await
+        {
+            Ok(Reply::Value(v)) => Attempt::Ok(KvResult::Value(v)),
+            _ => Attempt::Failed,
+        }
+    }
+}
+
+fn scenario(seed: u64) -> turmoil::Result {
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(Duration::from_secs(180))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(10))
+        .build();
+    for id in 1..=3 {
+        sim.host(host(id), move || run_node(id));
+    }
+    sim.client("driver", async move {
+        let all: [NodeId; 3] = [1, 2, 3];
+        let workload = KvWorkload {
+            keys: 3,
+            read_percent: 40,
+        };
+        let target = GrpcTarget {
+            client: client_for(&all, Duration::from_secs(2)),
+            workload: workload.clone(),
+        };
+        let admin = client_for(&all, Duration::from_secs(5));
+        until(&admin, &all, Duration::from_secs(10), "a leader", |s| {
+            leader_of(s).is_some()
+        })
+        .await?;
+
+        let recorder = Recorder::new();
+        let stop = AtomicBool::new(false);
+        let opts = ClientOptions {
+            clients: 4,
+            seed,
+            op_timeout: Duration::from_secs(6),
+            attempt_timeout: Duration::from_secs(3),
+        };
+        let clients = run_clients(&target, &workload, &recorder, opts, &stop);
+        let nemesis = async {
+            // Isolate the leader, split one follower off, then cut one node off one way.
+            let seen = until(&admin, &all, Duration::from_secs(10), "a leader", |s| {
+                leader_of(s).is_some()
+            })
+            .await?;
+            let leader = leader_of(&seen).ok_or("no leader")?;
+            for other in all.iter().filter(|n| **n != leader) {
+                turmoil::partition(host(leader), host(*other));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            for other in all.iter().filter(|n| **n != leader) {
+                turmoil::repair(host(leader), host(*other));
+            }
+            let follower = *all.iter().find(|n| **n != leader).ok_or("no follower")?;
+            turmoil::partition(host(follower), host(leader));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            turmoil::repair(host(follower), host(leader));
+            turmoil::partition_oneway(host(3), host(1));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            turmoil::repair_oneway(host(3), host(1));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stop.store(true, Ordering::Relaxed);
+            Ok::<(), Box<dyn std::error::Error>>(())
+        };
+        let ((), faults) = tokio::join!(clients, nemesis);
+        faults?;
+
+        // Everyone converges on one state.
+        until(&admin, &all, Duration::from_secs(20), "convergence", |s| {
+            s.len() == 3
+                && leader_of(s).is_some()
+                && s.iter().all(|(_, st)| {
+                    st.applied_index.is_some() && st.applied_index == s[0].1.applied_index
+                })
+                && s.iter()
+                    .all(|(_, st)| st.last_log_index == st.applied_index)
+        })
+        .await?;
+        let mut states = Vec::new();
+        for id in all {
+            match client_for(&[id], Duration::from_secs(5))
+                .read(Query::All, Consistency::Local)
+                .await?
+            {
+                Reply::All(m) => states.push((id, m)),
+                other => return Err(format!("unexpected reply {other:?}").into()),
+            }
+        }
+        if states.iter().any(|(_, s)| *s != states[0].1) {
+            return Err(format!("replicas diverged: {states:?}").into());
+        }
+
+        let history = recorder.history();
+        let (ok, failed, unknown) = history.counts();
+        let verdict = raft_core::testing::check::<<KvWorkload as Workload>::Model>(
+            &history,
+            Duration::from_secs(30),
+        );
+        match verdict {
+            raft_core::testing::CheckResult::Linearizable => {}
+            other => return Err(format!("seed {seed}: {other:?}").into()),
+        }
+        if ok < 20 {
+            return Err(format!(
+                "too little got done: {ok} ok, {failed} failed, {unknown} unknown"
+            )
+            .into());
+        }
+        tracing::info!(
+            seed,
+            ok,
+            failed,
+            unknown,
+            "history over gRPC is linearizable"
+        );
+        Ok(())
+    });
+    sim.run()
+}
+
+fn seeds() -> Vec<u64> {
+    std::env::var("RAFTKIT_TURMOIL_SEEDS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![11, 12])
+}
+
+#[test]
+fn histories_over_grpc_on_a_simulated_network_are_linearizable() {
+    common::init_tracing();
+    for seed in seeds() {
+        if let Err(e) = scenario(seed) {
+            panic!("seed {seed} failed (rerun with RAFTKIT_TURMOIL_SEEDS={seed}): {e}");
+        }
+    }
+}
