@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::options::GrpcOptions;
+use crate::server::NodeClient;
 use crate::server::ServeError;
 use crate::server::Server;
 use crate::server::ServerStats;
@@ -30,6 +31,7 @@ pub enum StartError {
 /// A node serving gRPC: other nodes replicate to it and clients call it at [`GrpcNode::addr`].
 pub struct GrpcNode<S: Queryable> {
     node: Node<S>,
+    client: NodeClient<S>,
     addr: SocketAddr,
     stats: Arc<ServerStats>,
     stop: Option<oneshot::Sender<()>>,
@@ -50,12 +52,14 @@ impl<S: Queryable> GrpcNode<S> {
         let node = Node::start(config, state_machine, transport).await?;
         let server = Server::new(node.clone(), opts);
         let stats = server.stats();
+        let client = server.local_client();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(listener, async {
             let _ = stopped.await;
         }));
         Ok(GrpcNode {
             node,
+            client,
             addr,
             stats,
             stop: Some(stop),
@@ -66,6 +70,11 @@ impl<S: Queryable> GrpcNode<S> {
     /// The node.
     pub fn node(&self) -> &Node<S> {
         &self.node
+    }
+
+    /// Reads and writes from this process that work on any node (see [`NodeClient`]).
+    pub fn client(&self) -> &NodeClient<S> {
+        &self.client
     }
 
     /// The address the server listens on.

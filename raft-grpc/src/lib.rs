@@ -53,6 +53,7 @@ pub use crate::net::ChannelOptions;
 pub use crate::net::Connector;
 pub use crate::net::Io;
 pub use crate::options::GrpcOptions;
+pub use crate::server::NodeClient;
 pub use crate::server::ServeError;
 pub use crate::server::Server;
 pub use crate::server::ServerStats;

@@ -112,7 +112,67 @@ pub struct Server<S: Queryable> {
     shared: Arc<Shared<S>>,
 }
 
+/// Reads and writes from inside a node's own process, the way the cluster service serves remote
+/// clients: a write is applied here if this node leads, otherwise forwarded once to the leader;
+/// a linearizable read on a follower asks the leader for a read index and is answered locally.
+/// Errors are the statuses a remote client would see (see [`crate::status`]).
+pub struct NodeClient<S: Queryable> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: Queryable> Clone for NodeClient<S> {
+    fn clone(&self) -> Self {
+        NodeClient {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: Queryable> NodeClient<S> {
+    /// Applies `command` (exactly once per `session`, if given) and returns its output.
+    pub async fn write(
+        &self,
+        session: Option<Session>,
+        command: &S::Command,
+    ) -> Result<S::Output, Status> {
+        let bytes =
+            raft_core::codec::encode(command).map_err(|e| status::invalid(e.to_string()))?;
+        let reply = self
+            .shared
+            .write(session, bytes.into(), false, None)
+            .await?;
+        raft_core::codec::decode(&reply.output)
+            .map_err(|e| status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string()))
+    }
+
+    /// Answers `query` at `consistency` from this node's state machine.
+    pub async fn read(
+        &self,
+        query: S::Query,
+        consistency: Consistency,
+    ) -> Result<S::Reply, Status> {
+        let pbc = match consistency {
+            Consistency::Linearizable => pb::Consistency::Linearizable,
+            Consistency::Lease => pb::Consistency::Lease,
+            Consistency::Local => pb::Consistency::Local,
+        };
+        self.shared.read(query, pbc, consistency, None).await
+    }
+
+    /// The node itself.
+    pub fn node(&self) -> &Node<S> {
+        &self.shared.node
+    }
+}
+
 impl<S: Queryable> Server<S> {
+    /// A client of this node for code running in the same process.
+    pub fn local_client(&self) -> NodeClient<S> {
+        NodeClient {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// A server for `node`.
     pub fn new(node: Node<S>, opts: GrpcOptions) -> Server<S> {
         let pool = Pool::new(
@@ -309,6 +369,70 @@ impl<S: Queryable> Shared<S> {
             }
             Err(e) => Err(status::from_error(&e)),
         }
+    }
+
+    /// Applies an encoded write on this node if it leads, or forwards it once to the leader.
+    async fn write(
+        &self,
+        session: Option<Session>,
+        command: bytes::Bytes,
+        forwarded: bool,
+        timeout: Option<Duration>,
+    ) -> Result<pb::WriteReply, Status> {
+        let request = RaftRequest {
+            session,
+            command: command.clone(),
+        };
+        let forward_msg = pb::WriteRequest {
+            command,
+            session: session.map(|s| pb::Session {
+                client_id: s.client_id,
+                sequence: s.sequence,
+            }),
+            no_forward: true,
+        };
+        self.on_leader(
+            forwarded,
+            || async {
+                let output = self.node.write_encoded(request).await?;
+                Ok(pb::WriteReply {
+                    output,
+                    leader_id: self.node.id(),
+                    leader_addr: self.own_addr(),
+                })
+            },
+            |mut c| async move {
+                Ok(c.write(self.forward_request(forward_msg, timeout))
+                    .await?
+                    .into_inner())
+            },
+        )
+        .await
+    }
+
+    /// Answers a query from this node's state machine at `consistency`; a linearizable read on
+    /// a follower waits for the leader's read index.
+    async fn read(
+        &self,
+        query: S::Query,
+        pbc: pb::Consistency,
+        c: Consistency,
+        timeout: Option<Duration>,
+    ) -> Result<S::Reply, Status> {
+        let node = &self.node;
+        let answer = if c == Consistency::Local || node.metrics().role == Role::Leader {
+            match node.read(c, |sm| sm.query(query)).await {
+                // Leadership moved between the check and the read: ask the new leader.
+                Err(raft_core::Error::NotLeader { .. }) => {
+                    return Err(status::not_leader(None, None));
+                }
+                other => other,
+            }
+        } else {
+            let at = self.leader_read_index(pbc, timeout).await?;
+            node.read_at(at, |sm| sm.query(query)).await
+        };
+        answer.map_err(|e| status::from_error(&e))
     }
 
     /// Asks the leader for the position a linearizable read must wait for.
@@ -565,39 +689,16 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
         &self,
         req: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let shared = &self.0;
         let forwarded = is_forwarded(&req) || req.get_ref().no_forward;
         let timeout = caller_timeout(&req);
         let w = req.into_inner();
         tracing::trace!(forwarded, session = ?w.session, "write received");
-        let request = RaftRequest {
-            session: w.session.map(|s| Session {
-                client_id: s.client_id,
-                sequence: s.sequence,
-            }),
-            command: w.command.clone(),
-        };
-        let forward_msg = pb::WriteRequest {
-            no_forward: true,
-            ..w
-        };
-        shared
-            .on_leader(
-                forwarded,
-                || async {
-                    let output = shared.node.write_encoded(request).await?;
-                    Ok(pb::WriteReply {
-                        output,
-                        leader_id: shared.node.id(),
-                        leader_addr: shared.own_addr(),
-                    })
-                },
-                |mut c| async move {
-                    Ok(c.write(shared.forward_request(forward_msg, timeout))
-                        .await?
-                        .into_inner())
-                },
-            )
+        let session = w.session.map(|s| Session {
+            client_id: s.client_id,
+            sequence: s.sequence,
+        });
+        self.0
+            .write(session, w.command, forwarded, timeout)
             .await
             .map(Response::new)
     }
@@ -615,20 +716,13 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
                 format!("bad query: {e}"),
             )
         })?;
-        let node = &shared.node;
-        let answer = if c == Consistency::Local || node.metrics().role == Role::Leader {
-            node.read(c, |sm| sm.query(query)).await
-        } else {
-            let at = shared.leader_read_index(pbc, timeout).await?;
-            node.read_at(at, |sm| sm.query(query)).await
-        };
-        let reply = answer.map_err(|e| status::from_error(&e))?;
+        let reply = shared.read(query, pbc, c, timeout).await?;
         let bytes = raft_core::codec::encode(&reply).map_err(|e| {
             status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string())
         })?;
         Ok(Response::new(pb::ReadReply {
             reply: bytes.into(),
-            served_by: node.id(),
+            served_by: shared.node.id(),
         }))
     }
 
