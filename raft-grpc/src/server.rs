@@ -217,7 +217,15 @@ impl<S: Queryable> Server<S> {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Small messages (heartbeats, acks) must not wait for Nagle's algorithm.
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+            if let Ok(s) = &conn
+                && let Err(e) = s.set_nodelay(true)
+            {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            conn
+        });
         self.serve_with_incoming(incoming, shutdown).await
     }
 

@@ -1,0 +1,225 @@
+//! Starting nodes: one node of a multi-process cluster, or the local three-node demo.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_core::Config;
+use raft_core::Consistency;
+use raft_core::NodeId;
+use raft_core::Role;
+use raft_grpc::ClientOptions;
+use raft_grpc::ClusterClient;
+use raft_grpc::GrpcNode;
+use raft_grpc::GrpcOptions;
+use tokio::net::TcpListener;
+
+use crate::resp::Limits;
+use crate::server;
+use crate::server::Ctx;
+use crate::store::Command;
+use crate::store::Reply;
+use crate::store::Store;
+use crate::store::WriteOp;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A port is taken (or cannot be bound); names the flag that changes it.
+    #[error("cannot listen on {addr} ({what}): {source}; choose another with {flag}")]
+    Bind {
+        addr: String,
+        what: String,
+        flag: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// The node itself could not start (storage, configuration).
+    #[error(transparent)]
+    Node(#[from] raft_grpc::StartError),
+    /// Joining an existing cluster failed.
+    #[error("could not join the cluster at {addr}: {reason}")]
+    Join { addr: String, reason: String },
+}
+
+/// How one node runs.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    pub raft_addr: String,
+    pub resp_addr: String,
+    /// Form a new cluster of these members (only if this node has no state yet).
+    pub initial_members: BTreeMap<NodeId, String>,
+    /// Join the cluster reachable at this (raft) address (only if this node has no state yet).
+    pub join: Option<String>,
+    pub consistency: Consistency,
+    pub limits: Limits,
+    /// Flag names for error messages.
+    pub raft_flag: &'static str,
+    pub resp_flag: &'static str,
+}
+
+/// A running node: raft over gRPC, and the RESP front end.
+pub struct Running {
+    pub node: GrpcNode<Store>,
+    pub resp_addr: SocketAddr,
+    pub spec: NodeSpec,
+}
+
+async fn bind(addr: &str, what: String, flag: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.to_string(),
+            what,
+            flag,
+            source,
+        })
+}
+
+/// Starts one node and its RESP listener.
+pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
+    // Bind both ports first, so a taken port fails before anything touches the data directory.
+    let raft_listener = bind(
+        &spec.raft_addr,
+        format!("raft port of node {}", spec.id),
+        spec.raft_flag,
+    )
+    .await?;
+    let resp_listener = bind(
+        &spec.resp_addr,
+        format!("RESP port of node {}", spec.id),
+        spec.resp_flag,
+    )
+    .await?;
+    let resp_addr = resp_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: spec.resp_addr.clone(),
+            what: "RESP port".into(),
+            flag: spec.resp_flag,
+            source,
+        })?;
+    let config = Config::durable(spec.id, &spec.data_dir)
+        .with_timing(Duration::from_millis(100), Duration::from_millis(1000));
+    let node = GrpcNode::start(
+        config,
+        Store::default(),
+        raft_listener,
+        GrpcOptions::default(),
+    )
+    .await?;
+
+    if !node
+        .node()
+        .is_initialized()
+        .await
+        .map_err(raft_grpc::StartError::Node)?
+    {
+        if let Some(addr) = &spec.join {
+            join(&spec, addr).await?;
+        } else if let Some(first) = spec.initial_members.keys().next() {
+            // One member forms the cluster; the others learn it from their first heartbeat.
+            if *first == spec.id {
+                node.node()
+                    .initialize(spec.initial_members.clone())
+                    .await
+                    .map_err(raft_grpc::StartError::Node)?;
+            }
+        }
+    }
+
+    let ctx = Ctx::new(node.client().clone(), spec.consistency, spec.limits);
+    tokio::spawn(server::serve(resp_listener, ctx.clone()));
+    tokio::spawn(sweep_expired(ctx));
+    tracing::info!(id = spec.id, raft = %node.addr(), resp = %resp_addr, "node running");
+    Ok(Running {
+        node,
+        resp_addr,
+        spec,
+    })
+}
+
+/// Asks the cluster at `addr` to add this node, first as a learner, then as a voter.
+async fn join(spec: &NodeSpec, addr: &str) -> Result<(), StartError> {
+    let fail = |reason: String| StartError::Join {
+        addr: addr.to_string(),
+        reason,
+    };
+    let client: ClusterClient<Store> =
+        ClusterClient::new([addr.to_string()], ClientOptions::default())
+            .map_err(|e| fail(e.to_string()))?;
+    let status = client.status(addr).await.map_err(|e| fail(e.to_string()))?;
+    client
+        .add_learner(spec.id, spec.raft_addr.clone())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let mut voters: Vec<NodeId> = status.voters.iter().map(|m| m.id).collect();
+    voters.push(spec.id);
+    client
+        .change_membership(voters)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}
+
+/// On the leader, removes expired keys from time to time (a replicated write, so every replica
+/// frees the same keys).
+async fn sweep_expired(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let node = ctx.client.node();
+        if node.metrics().role != Role::Leader {
+            continue;
+        }
+        let now = server::now_ms();
+        let expired = node
+            .read(Consistency::Local, |s| s.expired_count(now, 1))
+            .await
+            .unwrap_or(0);
+        if expired > 0 {
+            let cmd = Command {
+                now,
+                op: WriteOp::PurgeExpired { limit: 1000 },
+            };
+            if let Ok(Reply::Int(n)) = node.write(cmd).await {
+                tracing::debug!(removed = n, "expired keys swept");
+            }
+        }
+    }
+}
+
+/// The local demo: three nodes in this process, durable under `data_dir`.
+pub async fn demo(
+    data_dir: PathBuf,
+    resp_port: u16,
+    raft_port: u16,
+    consistency: Consistency,
+) -> Result<Vec<Running>, StartError> {
+    let members: BTreeMap<NodeId, String> = (1..=3u64)
+        .map(|i| (i, format!("127.0.0.1:{}", raft_port as u64 + i - 1)))
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, id) in (1..=3u64).enumerate() {
+        let spec = NodeSpec {
+            id,
+            data_dir: data_dir.join(format!("node-{id}")),
+            raft_addr: members[&id].clone(),
+            resp_addr: format!("127.0.0.1:{}", resp_port as u64 + i as u64),
+            initial_members: members.clone(),
+            join: None,
+            consistency,
+            limits: Limits::default(),
+            raft_flag: "--raft-port",
+            resp_flag: "--resp-port",
+        };
+        nodes.push(start(spec).await?);
+    }
+    Ok(nodes)
+}

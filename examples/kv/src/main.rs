@@ -1,0 +1,245 @@
+//! `kv`: a replicated, durable key-value store that speaks the Redis protocol, built on
+//! raftkit's public API.
+//!
+//! ```text
+//! kv                 a local three-node cluster in this process (RESP on 6379, 6380, 6381)
+//! kv node --id 1 …   one node of a cluster of separate processes or machines
+//! ```
+//!
+//! # Layout
+//!
+//! * `store.rs` — the replicated state machine: strings with expiry, commands and queries.
+//! * `resp.rs` — the RESP2 parser (incremental, bounded) and encoder.
+//! * `commands.rs` — each Redis command parsed into a write, a read or an immediate reply.
+//! * `server.rs` — connections: run commands in order, retry through elections, INFO/HELLO.
+//! * `cluster.rs` — starting one node, joining, and the three-node demo.
+//! * `metrics.rs` — Prometheus metrics.
+
+mod cluster;
+mod commands;
+mod metrics;
+mod resp;
+mod server;
+mod store;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::Subcommand;
+use clap::ValueEnum;
+use raft_core::Consistency;
+use raft_core::NodeId;
+
+/// A replicated key-value store speaking the Redis protocol (RESP2).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a local three-node cluster in this process (the default).
+    Demo(DemoArgs),
+    /// Run one node of a cluster.
+    Node(NodeArgs),
+}
+
+#[derive(Parser, Debug, Clone)]
+struct DemoArgs {
+    /// Where the three nodes keep their data (one directory each).
+    #[arg(long, default_value = "kv-data")]
+    data_dir: PathBuf,
+    /// RESP port of node 1; nodes 2 and 3 use the next two.
+    #[arg(long, default_value_t = 6379)]
+    resp_port: u16,
+    /// Raft (gRPC) port of node 1; nodes 2 and 3 use the next two.
+    #[arg(long, default_value_t = 16379)]
+    raft_port: u16,
+    /// How reads are served.
+    #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
+    read_consistency: ReadConsistency,
+    /// Serve Prometheus metrics at this address (e.g. 127.0.0.1:9100).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Parser, Debug, Clone)]
+struct NodeArgs {
+    /// This node's id: unique in the cluster, stable across restarts.
+    #[arg(long)]
+    id: NodeId,
+    /// Where this node keeps its log and snapshots.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address for raft traffic and the gRPC cluster API (host:port); also how other nodes
+    /// reach this one, so it must be reachable from them.
+    #[arg(long)]
+    raft_addr: String,
+    /// Address for Redis clients (host:port).
+    #[arg(long)]
+    resp_addr: String,
+    /// Join the cluster that the node at this raft address belongs to (first start only).
+    #[arg(long, conflicts_with = "initial_members")]
+    join: Option<String>,
+    /// Form a new cluster of these members, as `id=host:port,...` with raft addresses (first
+    /// start only; give every initial member the same list).
+    #[arg(long, value_delimiter = ',')]
+    initial_members: Vec<String>,
+    /// How reads are served.
+    #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
+    read_consistency: ReadConsistency,
+    /// Serve Prometheus metrics at this address (e.g. 127.0.0.1:9100).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadConsistency {
+    /// Every read sees every write acknowledged before it (ReadIndex through the leader).
+    Linearizable,
+    /// Linearizable under the leader's lease (fewer round trips; assumes bounded clock drift).
+    Lease,
+    /// Whatever the answering node has applied; may be stale.
+    Local,
+}
+
+impl From<ReadConsistency> for Consistency {
+    fn from(r: ReadConsistency) -> Self {
+        match r {
+            ReadConsistency::Linearizable => Consistency::Linearizable,
+            ReadConsistency::Lease => Consistency::Lease,
+            ReadConsistency::Local => Consistency::Local,
+        }
+    }
+}
+
+fn parse_members(list: &[String]) -> Result<BTreeMap<NodeId, String>, String> {
+    list.iter()
+        .map(|m| {
+            let (id, addr) = m
+                .split_once('=')
+                .ok_or_else(|| format!("--initial-members: expected id=host:port, got {m:?}"))?;
+            let id = id
+                .trim()
+                .parse::<NodeId>()
+                .map_err(|_| format!("--initial-members: {id:?} is not a node id"))?;
+            Ok((id, addr.trim().to_string()))
+        })
+        .collect()
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let cmd = cli
+        .command
+        .unwrap_or(Cmd::Demo(DemoArgs::parse_from(["kv"])));
+    match cmd {
+        Cmd::Demo(args) => {
+            let nodes = cluster::demo(
+                args.data_dir.clone(),
+                args.resp_port,
+                args.raft_port,
+                args.read_consistency.into(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            if let Some(addr) = args.metrics_addr {
+                metrics::install(addr, metrics::nodes(&nodes))?;
+            }
+            println!(
+                "kv: a 3-node replicated cluster, data in {}",
+                args.data_dir.display()
+            );
+            for n in &nodes {
+                println!(
+                    "  node {}: redis-cli -p {}   (raft {})",
+                    n.spec.id,
+                    n.resp_addr.port(),
+                    n.node.addr()
+                );
+            }
+            println!(
+                "Writes to any node go to the leader; reads are {:?}. Ctrl-C stops all three.",
+                args.read_consistency
+            );
+            wait_for_ctrl_c().await;
+            for n in nodes {
+                let _ = n.node.shutdown().await;
+            }
+            Ok(())
+        }
+        Cmd::Node(args) => {
+            let members = parse_members(&args.initial_members)?;
+            if !members.is_empty() && !members.contains_key(&args.id) {
+                return Err(format!(
+                    "--initial-members does not include this node ({})",
+                    args.id
+                ));
+            }
+            let spec = cluster::NodeSpec {
+                id: args.id,
+                data_dir: args.data_dir,
+                raft_addr: args.raft_addr,
+                resp_addr: args.resp_addr,
+                initial_members: members,
+                join: args.join,
+                consistency: args.read_consistency.into(),
+                limits: resp::Limits::default(),
+                raft_flag: "--raft-addr",
+                resp_flag: "--resp-addr",
+            };
+            let node = cluster::start(spec).await.map_err(|e| e.to_string())?;
+            if let Some(addr) = args.metrics_addr {
+                metrics::install(addr, metrics::nodes(std::slice::from_ref(&node)))?;
+            }
+            println!(
+                "kv node {}: RESP on {}, raft on {}",
+                node.spec.id,
+                node.resp_addr,
+                node.node.addr()
+            );
+            wait_for_ctrl_c().await;
+            node.node.shutdown().await.map_err(|e| e.to_string())
+        }
+    }
+}
+
+async fn wait_for_ctrl_c() {
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        tracing::warn!(error = %e, "cannot wait for Ctrl-C; running until killed");
+        std::future::pending::<()>().await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,kv=info,openraft=error")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kv: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kv: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The RESP front end: accepts connections and runs each client's commands in order.
+//!
+//! Every connection is its own task with a bounded read buffer (see [`Limits`]) and writes
+//! its replies before reading more once a batch of replies passes 1 MiB, so a client cannot make
+//! the server hold unbounded memory. A protocol error gets `-ERR Protocol error: …` and the
+//! connection is closed; other clients are unaffected.
+//!
+//! Writes carry a client session (one per connection), so the retries this server makes
+//! through a leader change apply each command once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use bytes::BytesMut;
+use raft_core::Consistency;
+use raft_core::Role;
+use raft_core::Session;
+use raft_grpc::NodeClient;
+use raft_grpc::status::ErrorCode;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+use tonic::Code;
+use tonic::Status;
+
+use crate::commands;
+use crate::commands::Action;
+use crate::resp;
+use crate::resp::Limits;
+use crate::store::Command;
+use crate::store::Query;
+use crate::store::ReadOp;
+use crate::store::Reply;
+use crate::store::Store;
+use crate::store::WriteOp;
+
+/// How long a command keeps retrying through elections before the client gets an error.
+const RETRY_FOR: Duration = Duration::from_secs(10);
+/// Replies are sent once this many bytes are waiting, even mid-pipeline.
+const FLUSH_AT: usize = 1 << 20;
+
+/// Milliseconds since the Unix epoch on this machine.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What every connection of one node shares.
+pub struct Ctx {
+    pub client: NodeClient<Store>,
+    pub consistency: Consistency,
+    pub limits: Limits,
+    next_conn: AtomicU64,
+}
+
+impl Ctx {
+    pub fn new(client: NodeClient<Store>, consistency: Consistency, limits: Limits) -> Arc<Ctx> {
+        Arc::new(Ctx {
+            client,
+            consistency,
+            limits,
+            next_conn: AtomicU64::new(1),
+        })
+    }
+}
+
+/// Serves RESP on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
+    loop {
+        match listener.accept().await {
+            Ok((socket, peer)) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(socket, peer, ctx).await {
+                        tracing::debug!(%peer, error = %e, "connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: pause rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+struct Conn {
+    id: u64,
+    session: Session,
+    proto: resp::Proto,
+}
+
+async fn connection(mut socket: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) -> std::io::Result<()> {
+    socket.set_nodelay(true)?;
+    let id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    let mut conn = Conn {
+        id,
+        session: Session {
+            client_id: rand::random(),
+            sequence: 0,
+        },
+        proto: resp::Proto::Resp2,
+    };
+    tracing::debug!(%peer, id, "client connected");
+    let mut input = BytesMut::with_capacity(16 << 10);
+    let mut out = BytesMut::with_capacity(16 << 10);
+    loop {
+        loop {
+            match resp::parse_command(&mut input, &ctx.limits) {
+                Ok(Some(args)) if args.is_empty() => continue,
+                Ok(Some(args)) => {
+                    let quit = execute(&args, &mut conn, &ctx, &mut out).await;
+                    if quit || out.len() >= FLUSH_AT {
+                        socket.write_all(&out).await?;
+                        out.clear();
+                    }
+                    if quit {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    resp::encode(&Reply::Error(format!("ERR {e}")), &mut out, conn.proto);
+                    socket.write_all(&out).await?;
+                    return Ok(());
+                }
+            }
+        }
+        if !out.is_empty() {
+            socket.write_all(&out).await?;
+            out.clear();
+        }
+        if input.capacity() - input.len() < 4096 {
+            input.reserve(16 << 10);
+        }
+        if socket.read_buf(&mut input).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs one command and appends its reply; `true` when the connection should close.
+async fn execute(args: &[Bytes], conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut) -> bool {
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    metrics::counter!("kv_requests_total", "command" => command_label(&name)).increment(1);
+    let reply = match commands::parse(args, now_ms()) {
+        Action::Reply(r) => r,
+        Action::Quit => {
+            resp::encode(&Reply::Ok, out, conn.proto);
+            return true;
+        }
+        Action::Hello(proto) => {
+            if let Some(p) = proto {
+                conn.proto = p;
+            }
+            hello(conn, ctx)
+        }
+        Action::Info(section) => info(ctx, section.as_deref()).await,
+        Action::Write { op, post } => {
+            conn.session.sequence += 1;
+            let started = Instant::now();
+            let r = write(ctx, conn.session, op).await;
+            metrics::histogram!("kv_write_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            post.apply(r)
+        }
+        Action::Read(op) => read(ctx, op).await,
+    };
+    resp::encode(&reply, out, conn.proto);
+    false
+}
+
+/// Only known command names become metric labels, so clients cannot create unbounded series.
+fn command_label(name: &str) -> String {
+    match commands::parse(&[Bytes::from(name.to_string())], 0) {
+        Action::Reply(Reply::Error(e)) if e.starts_with("ERR unknown command") => {
+            "unknown".to_string()
+        }
+        _ => name.to_string(),
+    }
+}
+
+/// Whether a failure clears up by itself (an election, a restart) and is worth retrying.
+fn transient(s: &Status) -> bool {
+    match ErrorCode::of(s) {
+        Some(
+            ErrorCode::NotLeader
+            | ErrorCode::Shutdown
+            | ErrorCode::NoQuorum
+            | ErrorCode::Timeout
+            | ErrorCode::OutcomeUnknown,
+        ) => true,
+        Some(_) => false,
+        None => matches!(
+            s.code(),
+            Code::Unavailable
+                | Code::Cancelled
+                | Code::DeadlineExceeded
+                | Code::Unknown
+                | Code::Internal
+        ),
+    }
+}
+
+fn failure(s: &Status) -> Reply {
+    let msg = s.message().replace(['\r', '\n'], " ");
+    match ErrorCode::of(s) {
+        Some(ErrorCode::NotLeader | ErrorCode::NoQuorum | ErrorCode::Shutdown) => {
+            Reply::Error(format!("CLUSTERDOWN {msg}"))
+        }
+        Some(ErrorCode::Timeout | ErrorCode::OutcomeUnknown) => {
+            Reply::Error(format!("TRYAGAIN the outcome is unknown: {msg}"))
+        }
+        _ => Reply::Error(format!("ERR {msg}")),
+    }
+}
+
+async fn write(ctx: &Ctx, session: Session, op: WriteOp) -> Reply {
+    // Stamped once: a retry sends the very same command, so it is applied at most once.
+    let cmd = Command { now: now_ms(), op };
+    let deadline = Instant::now() + RETRY_FOR;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match ctx.client.write(Some(session), &cmd).await {
+            Ok(r) => return r,
+            Err(s) if transient(&s) && Instant::now() + pause < deadline => {
+                tracing::debug!(status = %s, "write retried");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(s) => return failure(&s),
+        }
+    }
+}
+
+async fn read(ctx: &Ctx, op: ReadOp) -> Reply {
+    let deadline = Instant::now() + RETRY_FOR;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let q = Query {
+            now: now_ms(),
+            op: op.clone(),
+        };
+        match ctx.client.read(q, ctx.consistency).await {
+            Ok(r) => return r,
+            Err(s) if transient(&s) && Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(s) => return failure(&s),
+        }
+    }
+}
+
+fn bulk(s: impl Into<String>) -> Reply {
+    Reply::Bulk(Bytes::from(s.into()))
+}
+
+fn hello(conn: &Conn, ctx: &Ctx) -> Reply {
+    let role = match ctx.client.node().metrics().role {
+        Role::Leader => "master",
+        _ => "replica",
+    };
+    let proto = match conn.proto {
+        resp::Proto::Resp2 => 2,
+        resp::Proto::Resp3 => 3,
+    };
+    Reply::Map(vec![
+        (bulk("server"), bulk("redis")),
+        (bulk("version"), bulk("7.0.0")),
+        (bulk("proto"), Reply::Int(proto)),
+        (bulk("id"), Reply::Int(conn.id as i64)),
+        (bulk("mode"), bulk("standalone")),
+        (bulk("role"), bulk(role)),
+        (bulk("modules"), Reply::Array(Vec::new())),
+    ])
+}
+
+async fn info(ctx: &Ctx, section: Option<&str>) -> Reply {
+    let node = ctx.client.node();
+    let m = node.metrics();
+    let want = |s: &str| {
+        section.is_none_or(|w| w == s || w == "all" || w == "everything" || w == "default")
+    };
+    let mut text = String::new();
+    if want("server") {
+        text.push_str("# Server\r\n");
+        text.push_str("redis_version:7.0.0\r\nredis_mode:standalone\r\n");
+        text.push_str(&format!(
+            "raftkit_version:{}\r\n",
+            env!("CARGO_PKG_VERSION")
+        ));
+        text.push_str(&format!(
+            "raftkit_node_id:{}\r\nprocess_id:{}\r\n\r\n",
+            m.id,
+            std::process::id()
+        ));
+    }
+    if want("replication") {
+        let role = if m.role == Role::Leader {
+            "master"
+        } else {
+            "slave"
+        };
+        text.push_str("# Replication\r\n");
+        text.push_str(&format!(
+            "role:{role}\r\nraft_role:{}\r\nraft_term:{}\r\n",
+            m.role, m.term
+        ));
+        text.push_str(&format!(
+            "raft_leader_id:{}\r\nraft_leader_addr:{}\r\n",
+            m.leader.map_or("none".to_string(), |l| l.to_string()),
+            m.leader_addr.clone().unwrap_or_default()
+        ));
+        let idx = |i: Option<u64>| i.map_or("none".to_string(), |i| i.to_string());
+        text.push_str(&format!(
+            "raft_last_log_index:{}\r\nraft_commit_index:{}\r\nraft_applied_index:{}\r\nraft_snapshot_index:{}\r\n",
+            idx(m.last_log_index),
+            idx(m.commit_index),
+            idx(m.applied_index),
+            idx(m.snapshot_index)
+        ));
+        let members: Vec<String> = m
+            .members
+            .iter()
+            .map(|(id, addr)| {
+                let kind = if m.voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                };
+                format!("{id}={addr}({kind})")
+            })
+            .collect();
+        text.push_str(&format!(
+            "raft_members:{}\r\nconnected_slaves:{}\r\n\r\n",
+            members.join(","),
+            m.voters.len().saturating_sub(1)
+        ));
+    }
+    if want("keyspace")
+        && let Reply::Int(n) = read(ctx, ReadOp::DbSize).await
+    {
+        text.push_str(&format!(
+            "# Keyspace\r\ndb0:keys={n},expires=0,avg_ttl=0\r\n\r\n"
+        ));
+    }
+    if want("persistence") {
+        let s = node.log_stats();
+        text.push_str("# Persistence\r\n");
+        text.push_str(&format!(
+            "wal_entries:{}\r\nwal_bytes:{}\r\nwal_fsyncs:{}\r\nwal_fsync_micros_total:{}\r\n\r\n",
+            s.entries, s.bytes, s.fsyncs, s.fsync_micros
+        ));
+    }
+    Reply::Bulk(Bytes::from(text))
+}

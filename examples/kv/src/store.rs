@@ -1,0 +1,661 @@
+//! The replicated state: a map of byte strings with optional expiry times.
+//!
+//! Every write carries the time it was accepted (`now`, milliseconds since the Unix epoch),
+//! stamped once by the node that took the command from the client. Applying a write only ever
+//! consults that stamp — never the replica's clock — so every replica makes the same decisions
+//! about expiry. Expired keys are invisible to reads, removed when a write touches them, and
+//! swept by a periodic `PurgeExpired` write from the leader.
+//!
+//! Keys are ordered by a stable 64-bit hash (then by the key), which gives `SCAN` a numeric
+//! cursor with Redis' guarantee: a key present for the whole iteration is returned.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::io::Read;
+use std::io::Write;
+use std::ops::Bound;
+
+use bytes::Bytes;
+use raft_core::Queryable;
+use raft_core::StateMachine;
+use serde::Deserialize;
+use serde::Serialize;
+
+/// A reply, shaped like a RESP2 reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// `+OK`
+    Ok,
+    /// A null bulk string.
+    Nil,
+    /// An integer.
+    Int(i64),
+    /// A bulk string.
+    Bulk(Bytes),
+    /// An array.
+    Array(Vec<Reply>),
+    /// A map: a RESP3 map, or a flat array of keys and values in RESP2.
+    Map(Vec<(Reply, Reply)>),
+    /// An error (the text after `-`).
+    Error(String),
+}
+
+/// What happens to a key's expiry when `SET` overwrites it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expiry {
+    /// Drop any expiry (plain `SET`).
+    Clear,
+    /// Keep the current expiry (`KEEPTTL`).
+    Keep,
+    /// Expire at this time, in ms since the epoch (`EX`, `PX`, `EXAT`, `PXAT`).
+    At(u64),
+}
+
+/// When `SET` may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Condition {
+    /// Always.
+    Always,
+    /// Only if the key does not exist (`NX`).
+    IfAbsent,
+    /// Only if the key exists (`XX`).
+    IfPresent,
+}
+
+/// A change to the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// `SET` and its relatives; with `get`, replies with the old value.
+    Set {
+        key: Bytes,
+        value: Bytes,
+        expiry: Expiry,
+        condition: Condition,
+        get: bool,
+    },
+    /// `DEL`: replies with the number of keys removed.
+    Del(Vec<Bytes>),
+    /// `INCRBY` (and `INCR`, `DECR`, `DECRBY`): replies with the new value.
+    IncrBy(Bytes, i64),
+    /// `APPEND`: replies with the new length.
+    Append(Bytes, Bytes),
+    /// `MSET`.
+    MSet(Vec<(Bytes, Bytes)>),
+    /// `EXPIRE`/`PEXPIRE` (`Some(at)`) or `PERSIST` (`None`): replies 1 if the key exists (and,
+    /// for `PERSIST`, had an expiry), else 0. An expiry in the past deletes the key.
+    Expire { key: Bytes, at: Option<u64> },
+    /// `FLUSHDB`.
+    FlushDb,
+    /// Removes up to `limit` expired keys (sent by the leader from time to time).
+    PurgeExpired { limit: usize },
+}
+
+/// A write as it travels through the log: the operation and when it was accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Milliseconds since the Unix epoch, stamped by the node that accepted the command.
+    pub now: u64,
+    /// The operation.
+    pub op: WriteOp,
+}
+
+/// A question about the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadOp {
+    Get(Bytes),
+    MGet(Vec<Bytes>),
+    Exists(Vec<Bytes>),
+    Strlen(Bytes),
+    /// `TTL` (seconds) or `PTTL` (milliseconds).
+    Ttl {
+        key: Bytes,
+        millis: bool,
+    },
+    Keys(Bytes),
+    Scan {
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: usize,
+    },
+    DbSize,
+}
+
+/// A read as it is sent: the question and the reader's time (for expiry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    /// Milliseconds since the Unix epoch on the node that serves the read.
+    pub now: u64,
+    /// The question.
+    pub op: ReadOp,
+}
+
+/// Where a key sorts: by a stable hash, then by the key itself.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Slot(u64, Bytes);
+
+/// FNV-1a, 64 bits: stable across processes and versions.
+fn hash(key: &[u8]) -> u64 {
+    key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl Slot {
+    fn of(key: &Bytes) -> Slot {
+        Slot(hash(key), key.clone())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Value {
+    data: Bytes,
+    expires_at: Option<u64>,
+}
+
+impl Value {
+    fn live(&self, now: u64) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+/// The key-value store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Store {
+    map: BTreeMap<Slot, Value>,
+}
+
+const WRONG_NUMBER: &str = "ERR value is not an integer or out of range";
+
+impl Store {
+    /// How many keys have expired at `now`, counting up to `limit`.
+    pub fn expired_count(&self, now: u64, limit: usize) -> usize {
+        self.map
+            .values()
+            .filter(|v| !v.live(now))
+            .take(limit)
+            .count()
+    }
+
+    fn live(&self, key: &Bytes, now: u64) -> Option<&Value> {
+        self.map.get(&Slot::of(key)).filter(|v| v.live(now))
+    }
+
+    /// Drops `key` if it has expired, so a write sees it as absent.
+    fn expire_if_due(&mut self, key: &Bytes, now: u64) {
+        let slot = Slot::of(key);
+        if self.map.get(&slot).is_some_and(|v| !v.live(now)) {
+            self.map.remove(&slot);
+        }
+    }
+
+    fn write(&mut self, cmd: Command) -> Reply {
+        let now = cmd.now;
+        match cmd.op {
+            WriteOp::Set {
+                key,
+                value,
+                expiry,
+                condition,
+                get,
+            } => {
+                self.expire_if_due(&key, now);
+                let slot = Slot::of(&key);
+                let old = self.map.get(&slot).cloned();
+                let allowed = match condition {
+                    Condition::Always => true,
+                    Condition::IfAbsent => old.is_none(),
+                    Condition::IfPresent => old.is_some(),
+                };
+                if allowed {
+                    let expires_at = match expiry {
+                        Expiry::Clear => None,
+                        Expiry::Keep => old.as_ref().and_then(|v| v.expires_at),
+                        Expiry::At(at) => Some(at),
+                    };
+                    if expires_at.is_some_and(|at| at <= now) {
+                        self.map.remove(&slot);
+                    } else {
+                        self.map.insert(
+                            slot,
+                            Value {
+                                data: value,
+                                expires_at,
+                            },
+                        );
+                    }
+                }
+                match (get, allowed) {
+                    (true, _) => old.map_or(Reply::Nil, |v| Reply::Bulk(v.data)),
+                    (false, true) => Reply::Ok,
+                    (false, false) => Reply::Nil,
+                }
+            }
+            WriteOp::Del(keys) => {
+                let mut n = 0;
+                for k in keys {
+                    self.expire_if_due(&k, now);
+                    if self.map.remove(&Slot::of(&k)).is_some() {
+                        n += 1;
+                    }
+                }
+                Reply::Int(n)
+            }
+            WriteOp::IncrBy(key, by) => {
+                self.expire_if_due(&key, now);
+                let slot = Slot::of(&key);
+                let (current, expires_at) = match self.map.get(&slot) {
+                    None => (0i64, None),
+                    Some(v) => match std::str::from_utf8(&v.data)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                    {
+                        Some(n) => (n, v.expires_at),
+                        None => return Reply::Error(WRONG_NUMBER.into()),
+                    },
+                };
+                let Some(next) = current.checked_add(by) else {
+                    return Reply::Error("ERR increment or decrement would overflow".into());
+                };
+                self.map.insert(
+                    slot,
+                    Value {
+                        data: Bytes::from(next.to_string()),
+                        expires_at,
+                    },
+                );
+                Reply::Int(next)
+            }
+            WriteOp::Append(key, suffix) => {
+                self.expire_if_due(&key, now);
+                let slot = Slot::of(&key);
+                let (mut data, expires_at) = match self.map.get(&slot) {
+                    Some(v) => (v.data.to_vec(), v.expires_at),
+                    None => (Vec::new(), None),
+                };
+                data.extend_from_slice(&suffix);
+                let len = data.len() as i64;
+                self.map.insert(
+                    slot,
+                    Value {
+                        data: data.into(),
+                        expires_at,
+                    },
+                );
+                Reply::Int(len)
+            }
+            WriteOp::MSet(pairs) => {
+                for (k, v) in pairs {
+                    self.map.insert(
+                        Slot::of(&k),
+                        Value {
+                            data: v,
+                            expires_at: None,
+                        },
+                    );
+                }
+                Reply::Ok
+            }
+            WriteOp::Expire { key, at } => {
+                self.expire_if_due(&key, now);
+                let slot = Slot::of(&key);
+                let Some(v) = self.map.get_mut(&slot) else {
+                    return Reply::Int(0);
+                };
+                match at {
+                    None if v.expires_at.is_none() => Reply::Int(0),
+                    None => {
+                        v.expires_at = None;
+                        Reply::Int(1)
+                    }
+                    Some(at) if at <= now => {
+                        self.map.remove(&slot);
+                        Reply::Int(1)
+                    }
+                    Some(at) => {
+                        v.expires_at = Some(at);
+                        Reply::Int(1)
+                    }
+                }
+            }
+            WriteOp::FlushDb => {
+                self.map.clear();
+                Reply::Ok
+            }
+            WriteOp::PurgeExpired { limit } => {
+                let due: Vec<Slot> = self
+                    .map
+                    .iter()
+                    .filter(|(_, v)| !v.live(now))
+                    .take(limit)
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                for s in &due {
+                    self.map.remove(s);
+                }
+                Reply::Int(due.len() as i64)
+            }
+        }
+    }
+
+    fn read(&self, q: Query) -> Reply {
+        let now = q.now;
+        match q.op {
+            ReadOp::Get(key) => self
+                .live(&key, now)
+                .map_or(Reply::Nil, |v| Reply::Bulk(v.data.clone())),
+            ReadOp::MGet(keys) => Reply::Array(
+                keys.iter()
+                    .map(|k| {
+                        self.live(k, now)
+                            .map_or(Reply::Nil, |v| Reply::Bulk(v.data.clone()))
+                    })
+                    .collect(),
+            ),
+            ReadOp::Exists(keys) => {
+                Reply::Int(keys.iter().filter(|k| self.live(k, now).is_some()).count() as i64)
+            }
+            ReadOp::Strlen(key) => {
+                Reply::Int(self.live(&key, now).map_or(0, |v| v.data.len() as i64))
+            }
+            ReadOp::Ttl { key, millis } => match self.live(&key, now) {
+                None => Reply::Int(-2),
+                Some(Value {
+                    expires_at: None, ..
+                }) => Reply::Int(-1),
+                Some(Value {
+                    expires_at: Some(at),
+                    ..
+                }) => {
+                    let left = at - now;
+                    Reply::Int(if millis {
+                        left as i64
+                    } else {
+                        left.div_ceil(1000) as i64
+                    })
+                }
+            },
+            ReadOp::Keys(pattern) => Reply::Array(
+                self.map
+                    .iter()
+                    .filter(|(s, v)| v.live(now) && glob_match(&pattern, &s.1))
+                    .map(|(s, _)| Reply::Bulk(s.1.clone()))
+                    .collect(),
+            ),
+            ReadOp::Scan {
+                cursor,
+                pattern,
+                count,
+            } => {
+                let mut keys = Vec::new();
+                let mut next = 0;
+                let start = Bound::Included(Slot(cursor, Bytes::new()));
+                for (i, (slot, v)) in self.map.range((start, Bound::Unbounded)).enumerate() {
+                    if i == count.max(1) {
+                        next = slot.0;
+                        break;
+                    }
+                    if v.live(now) && pattern.as_ref().is_none_or(|p| glob_match(p, &slot.1)) {
+                        keys.push(Reply::Bulk(slot.1.clone()));
+                    }
+                }
+                Reply::Array(vec![
+                    Reply::Bulk(Bytes::from(next.to_string())),
+                    Reply::Array(keys),
+                ])
+            }
+            ReadOp::DbSize => Reply::Int(self.map.values().filter(|v| v.live(now)).count() as i64),
+        }
+    }
+}
+
+/// Redis glob patterns: `*`, `?`, `[abc]`, `[^a-z]`, `\x`.
+pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
+    fn class(p: &[u8], c: u8) -> Option<(bool, usize)> {
+        // p starts after '['; returns (matched, bytes consumed including ']').
+        let mut i = 0;
+        let negate = p.first() == Some(&b'^');
+        if negate {
+            i += 1;
+        }
+        let mut matched = false;
+        while i < p.len() && p[i] != b']' {
+            if p[i] == b'\\' && i + 1 < p.len() {
+                matched |= p[i + 1] == c;
+                i += 2;
+            } else if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
+                let (lo, hi) = (p[i].min(p[i + 2]), p[i].max(p[i + 2]));
+                matched |= (lo..=hi).contains(&c);
+                i += 3;
+            } else {
+                matched |= p[i] == c;
+                i += 1;
+            }
+        }
+        (i < p.len()).then_some((matched != negate, i + 1))
+    }
+    let (mut p, mut t) = (0, 0);
+    let (mut star_p, mut star_t) = (None::<usize>, 0);
+    while t < s.len() {
+        let advanced = match pattern.get(p) {
+            Some(b'*') => {
+                star_p = Some(p);
+                star_t = t;
+                p += 1;
+                continue;
+            }
+            Some(b'?') => {
+                p += 1;
+                true
+            }
+            Some(b'[') => match class(&pattern[p + 1..], s[t]) {
+                Some((true, used)) => {
+                    p += 1 + used;
+                    true
+                }
+                Some((false, _)) => false,
+                None => {
+                    // An unterminated class matches a literal '['.
+                    let ok = s[t] == b'[';
+                    p += 1;
+                    ok
+                }
+            },
+            Some(b'\\') if p + 1 < pattern.len() => {
+                let ok = pattern[p + 1] == s[t];
+                p += 2;
+                ok
+            }
+            Some(c) => {
+                let ok = *c == s[t];
+                p += 1;
+                ok
+            }
+            None => false,
+        };
+        if advanced {
+            t += 1;
+        } else if let Some(sp) = star_p {
+            p = sp + 1;
+            star_t += 1;
+            t = star_t;
+        } else {
+            return false;
+        }
+    }
+    pattern[p.min(pattern.len())..].iter().all(|c| *c == b'*')
+}
+
+/// The store as written into a snapshot: keys and values in order.
+#[derive(Serialize, Deserialize)]
+struct Dump(Vec<(Bytes, Value)>);
+
+impl StateMachine for Store {
+    type Command = Command;
+    type Output = Reply;
+    type Snapshot = Store;
+
+    fn apply(&mut self, cmd: Command) -> Reply {
+        self.write(cmd)
+    }
+
+    fn snapshot(&self) -> Store {
+        self.clone()
+    }
+
+    fn write_snapshot(store: Store, out: &mut dyn Write) -> io::Result<()> {
+        let dump = Dump(store.map.into_iter().map(|(s, v)| (s.1, v)).collect());
+        raft_core::write_serde(&dump, out)
+    }
+
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        let dump: Dump = raft_core::read_serde(input)?;
+        self.map = dump.0.into_iter().map(|(k, v)| (Slot::of(&k), v)).collect();
+        Ok(())
+    }
+}
+
+impl Queryable for Store {
+    type Query = Query;
+    type Reply = Reply;
+
+    fn query(&self, q: Query) -> Reply {
+        self.read(q)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn set(key: &str, value: &str, expiry: Expiry) -> WriteOp {
+        WriteOp::Set {
+            key: b(key),
+            value: b(value),
+            expiry,
+            condition: Condition::Always,
+            get: false,
+        }
+    }
+
+    fn at(now: u64, op: WriteOp) -> Command {
+        Command { now, op }
+    }
+
+    fn get(s: &Store, now: u64, key: &str) -> Reply {
+        s.read(Query {
+            now,
+            op: ReadOp::Get(b(key)),
+        })
+    }
+
+    #[test]
+    fn expiry_follows_the_stamped_time() {
+        let mut s = Store::default();
+        s.write(at(1000, set("a", "1", Expiry::At(1500))));
+        assert_eq!(get(&s, 1499, "a"), Reply::Bulk(b("1")));
+        assert_eq!(get(&s, 1500, "a"), Reply::Nil);
+        // A write at t=1600 sees it as gone.
+        assert_eq!(s.write(at(1600, WriteOp::IncrBy(b("a"), 1))), Reply::Int(1));
+        let ttl = s.read(Query {
+            now: 1600,
+            op: ReadOp::Ttl {
+                key: b("a"),
+                millis: false,
+            },
+        });
+        assert_eq!(ttl, Reply::Int(-1));
+    }
+
+    #[test]
+    fn set_conditions_and_get() {
+        let mut s = Store::default();
+        let nx = WriteOp::Set {
+            key: b("k"),
+            value: b("v1"),
+            expiry: Expiry::Clear,
+            condition: Condition::IfAbsent,
+            get: false,
+        };
+        assert_eq!(s.write(at(0, nx.clone())), Reply::Ok);
+        assert_eq!(s.write(at(0, nx)), Reply::Nil);
+        let getset = WriteOp::Set {
+            key: b("k"),
+            value: b("v2"),
+            expiry: Expiry::Clear,
+            condition: Condition::IfPresent,
+            get: true,
+        };
+        assert_eq!(s.write(at(0, getset)), Reply::Bulk(b("v1")));
+        assert_eq!(get(&s, 0, "k"), Reply::Bulk(b("v2")));
+    }
+
+    #[test]
+    fn incr_refuses_non_numbers_and_overflow() {
+        let mut s = Store::default();
+        s.write(at(0, set("n", "x", Expiry::Clear)));
+        assert!(matches!(
+            s.write(at(0, WriteOp::IncrBy(b("n"), 1))),
+            Reply::Error(_)
+        ));
+        s.write(at(0, set("m", &i64::MAX.to_string(), Expiry::Clear)));
+        assert!(matches!(
+            s.write(at(0, WriteOp::IncrBy(b("m"), 1))),
+            Reply::Error(_)
+        ));
+    }
+
+    #[test]
+    fn scan_returns_every_stable_key_once() {
+        let mut s = Store::default();
+        for i in 0..100 {
+            s.write(at(0, set(&format!("key:{i}"), "v", Expiry::Clear)));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut cursor = 0;
+        loop {
+            let r = s.read(Query {
+                now: 0,
+                op: ReadOp::Scan {
+                    cursor,
+                    pattern: None,
+                    count: 7,
+                },
+            });
+            let Reply::Array(parts) = r else { panic!() };
+            let (Reply::Bulk(c), Reply::Array(keys)) = (&parts[0], &parts[1]) else {
+                panic!()
+            };
+            for k in keys {
+                let Reply::Bulk(k) = k else { panic!() };
+                seen.insert(k.clone());
+            }
+            // Keys added during the scan must not break it.
+            s.write(at(0, set(&format!("new:{cursor}"), "v", Expiry::Clear)));
+            cursor = std::str::from_utf8(c).unwrap().parse().unwrap();
+            if cursor == 0 {
+                break;
+            }
+        }
+        for i in 0..100 {
+            assert!(seen.contains(&b(&format!("key:{i}"))), "key:{i} missing");
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(b"*", b"anything"));
+        assert!(glob_match(b"h?llo", b"hello"));
+        assert!(glob_match(b"h*llo", b"heeeello"));
+        assert!(glob_match(b"h[ae]llo", b"hallo"));
+        assert!(!glob_match(b"h[^e]llo", b"hello"));
+        assert!(glob_match(b"h[a-b]llo", b"hbllo"));
+        assert!(glob_match(b"a\\*b", b"a*b"));
+        assert!(!glob_match(b"a\\*b", b"axb"));
+        assert!(!glob_match(b"abc", b"abcd"));
+        assert!(glob_match(b"user:*:name", b"user:42:name"));
+    }
+}
