@@ -1,0 +1,499 @@
+//! Real `kv` processes — three nodes on loopback with their own data directories — driven with
+//! the `redis` crate: every command against a follower and the leader, `kill -9` of the leader,
+//! restart, convergence, and clients that misbehave.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::io::Write;
+use std::net::TcpListener;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A port that is free now, chosen below the kernel's ephemeral range so that the outgoing
+/// connections of other tests cannot take it before the process we start binds it.
+fn free_port() -> u16 {
+    use std::sync::atomic::AtomicU16;
+    use std::sync::atomic::Ordering;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % 1000) as u16 * 10;
+    loop {
+        let port = 20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct NodeProc {
+    id: u64,
+    resp: u16,
+    raft: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// Three `kv node` processes; killed when dropped.
+struct Procs {
+    _tmp: tempfile::TempDir,
+    nodes: BTreeMap<u64, NodeProc>,
+    members: String,
+}
+
+impl Procs {
+    fn start() -> Procs {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3 {
+            nodes.insert(
+                id,
+                NodeProc {
+                    id,
+                    resp: free_port(),
+                    raft: free_port(),
+                    dir: tmp.path().join(format!("n{id}")),
+                    child: None,
+                },
+            );
+        }
+        let members = nodes
+            .values()
+            .map(|n| format!("{}=127.0.0.1:{}", n.id, n.raft))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut p = Procs {
+            _tmp: tmp,
+            nodes,
+            members,
+        };
+        for id in 1..=3 {
+            p.spawn(id);
+        }
+        p
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let members = self.members.clone();
+        let n = self.nodes.get_mut(&id).expect("known node");
+        std::fs::create_dir_all(&n.dir).expect("data dir");
+        let log = std::fs::File::create(n.dir.with_extension("log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_kv"))
+            .args(["node", "--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&n.dir)
+            .args(["--raft-addr", &format!("127.0.0.1:{}", n.raft)])
+            .args(["--resp-addr", &format!("127.0.0.1:{}", n.resp)])
+            .args(["--initial-members", &members])
+            .env("RUST_LOG", "warn,kv=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kv");
+        n.child = Some(child);
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn port(&self, id: u64) -> u16 {
+        self.nodes[&id].resp
+    }
+
+    fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.nodes[&id].dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for id in 1..=3 {
+            self.kill(id);
+        }
+    }
+}
+
+async fn connect(port: u16) -> MultiplexedConnection {
+    let deadline = Instant::now() + WAIT;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("client");
+    loop {
+        match client.get_multiplexed_async_connection().await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() < deadline => {
+                poll_pause(&e.to_string()).await;
+            }
+            Err(e) => panic!("cannot connect to port {port}: {e}"),
+        }
+    }
+}
+
+/// The interval between polls of another process (there is nothing to subscribe to).
+async fn poll_pause(_why: &str) {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn info(con: &mut MultiplexedConnection) -> BTreeMap<String, String> {
+    let text: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(con)
+        .await
+        .expect("INFO");
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// Waits until some node reports itself leader and the others follow it; returns its id.
+async fn leader(p: &Procs, alive: &[u64]) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut views = BTreeMap::new();
+        for id in alive {
+            let mut c = connect(p.port(*id)).await;
+            views.insert(*id, info(&mut c).await);
+        }
+        let leaders: Vec<u64> = views
+            .iter()
+            .filter(|(_, v)| v.get("raft_role").map(String::as_str) == Some("leader"))
+            .map(|(id, _)| *id)
+            .collect();
+        if let [l] = leaders[..] {
+            let agree = views
+                .values()
+                .filter(|v| v.get("raft_leader_id") == Some(&l.to_string()))
+                .count();
+            if agree == alive.len() {
+                return l;
+            }
+        }
+        assert!(Instant::now() < deadline, "no agreed leader: {views:?}");
+        poll_pause("leader").await;
+    }
+}
+
+async fn q<T: redis::FromRedisValue>(con: &mut MultiplexedConnection, args: &[&str]) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(con)
+        .await
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+async fn q_err(con: &mut MultiplexedConnection, args: &[&str]) -> String {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    match cmd.query_async::<Value>(con).await {
+        Ok(v) => panic!("{args:?} should fail, got {v:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Every supported command, through one node.
+async fn exercise(con: &mut MultiplexedConnection, tag: &str) {
+    let k = |s: &str| format!("{tag}:{s}");
+    assert_eq!(q::<String>(con, &["PING"]).await, "PONG");
+    assert_eq!(q::<String>(con, &["ECHO", "hi"]).await, "hi");
+    let hello: Value = q(con, &["HELLO", "2"]).await;
+    assert!(matches!(hello, Value::Array(_)), "{hello:?}");
+    assert_eq!(q::<String>(con, &["SELECT", "0"]).await, "OK");
+    assert!(q_err(con, &["SELECT", "3"]).await.contains("out of range"));
+
+    assert_eq!(q::<String>(con, &["SET", &k("s"), "v1"]).await, "OK");
+    assert_eq!(q::<String>(con, &["GET", &k("s")]).await, "v1");
+    assert_eq!(
+        q::<Option<String>>(con, &["SET", &k("s"), "v2", "GET"])
+            .await
+            .as_deref(),
+        Some("v1")
+    );
+    assert_eq!(
+        q::<Option<String>>(con, &["SET", &k("s"), "x", "NX"]).await,
+        None
+    );
+    assert_eq!(
+        q::<Option<String>>(con, &["SET", &k("absent"), "x", "XX"]).await,
+        None
+    );
+    assert_eq!(
+        q::<String>(con, &["SET", &k("ex"), "v", "EX", "100"]).await,
+        "OK"
+    );
+    let ttl: i64 = q(con, &["TTL", &k("ex")]).await;
+    assert!((99..=100).contains(&ttl), "ttl {ttl}");
+    assert_eq!(
+        q::<String>(con, &["SET", &k("px"), "v", "PX", "100000"]).await,
+        "OK"
+    );
+    let pttl: i64 = q(con, &["PTTL", &k("px")]).await;
+    assert!(pttl > 99_000 && pttl <= 100_000, "pttl {pttl}");
+    assert_eq!(q::<String>(con, &["GETSET", &k("s"), "v3"]).await, "v2");
+    assert_eq!(q::<i64>(con, &["SETNX", &k("s"), "no"]).await, 0);
+    assert_eq!(q::<i64>(con, &["SETNX", &k("nx"), "yes"]).await, 1);
+    assert_eq!(q::<i64>(con, &["INCR", &k("n")]).await, 1);
+    assert_eq!(q::<i64>(con, &["INCRBY", &k("n"), "10"]).await, 11);
+    assert_eq!(q::<i64>(con, &["DECR", &k("n")]).await, 10);
+    assert_eq!(q::<i64>(con, &["DECRBY", &k("n"), "4"]).await, 6);
+    assert!(
+        q_err(con, &["INCR", &k("s")])
+            .await
+            .contains("not an integer")
+    );
+    assert_eq!(q::<i64>(con, &["APPEND", &k("a"), "ab"]).await, 2);
+    assert_eq!(q::<i64>(con, &["APPEND", &k("a"), "cd"]).await, 4);
+    assert_eq!(q::<i64>(con, &["STRLEN", &k("a")]).await, 4);
+    assert_eq!(
+        q::<String>(con, &["MSET", &k("m1"), "1", &k("m2"), "2"]).await,
+        "OK"
+    );
+    let got: Vec<Option<String>> = q(con, &["MGET", &k("m1"), &k("nope"), &k("m2")]).await;
+    assert_eq!(got, vec![Some("1".into()), None, Some("2".into())]);
+    assert_eq!(
+        q::<i64>(con, &["EXISTS", &k("m1"), &k("m2"), &k("nope")]).await,
+        2
+    );
+    assert_eq!(q::<i64>(con, &["EXPIRE", &k("m1"), "50"]).await, 1);
+    assert_eq!(q::<i64>(con, &["PEXPIRE", &k("m2"), "50000"]).await, 1);
+    assert_eq!(q::<i64>(con, &["PERSIST", &k("m1")]).await, 1);
+    assert_eq!(q::<i64>(con, &["TTL", &k("m1")]).await, -1);
+    assert_eq!(q::<i64>(con, &["TTL", &k("nope")]).await, -2);
+    assert_eq!(
+        q::<i64>(con, &["DEL", &k("m1"), &k("m2"), &k("nope")]).await,
+        2
+    );
+    let keys: Vec<String> = q(con, &["KEYS", &format!("{tag}:*")]).await;
+    assert!(keys.contains(&k("s")) && keys.contains(&k("n")), "{keys:?}");
+    let mut scanned = Vec::new();
+    let mut cursor = "0".to_string();
+    loop {
+        let (next, batch): (String, Vec<String>) = q(
+            con,
+            &["SCAN", &cursor, "MATCH", &format!("{tag}:*"), "COUNT", "3"],
+        )
+        .await;
+        scanned.extend(batch);
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    scanned.sort();
+    let mut keys_sorted = keys.clone();
+    keys_sorted.sort();
+    assert_eq!(scanned, keys_sorted, "SCAN sees what KEYS sees");
+    let size: i64 = q(con, &["DBSIZE"]).await;
+    assert!(size >= keys.len() as i64);
+    let info = info(con).await;
+    assert!(
+        info.contains_key("raft_term") && info.contains_key("raft_members"),
+        "{info:?}"
+    );
+    let commands: Value = q(con, &["COMMAND"]).await;
+    assert!(matches!(commands, Value::Array(ref v) if v.len() > 20));
+    assert!(
+        q_err(con, &["NOSUCHCMD", "x"])
+            .await
+            .contains("unknown command")
+    );
+    assert!(
+        q_err(con, &["GET"])
+            .await
+            .contains("wrong number of arguments")
+    );
+    assert!(
+        q_err(con, &["SET", "a"])
+            .await
+            .contains("wrong number of arguments")
+    );
+    assert!(
+        q_err(con, &["SET", "a", "b", "BOGUS"])
+            .await
+            .contains("syntax error")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_three_process_cluster_survives_kill_9_of_its_leader() {
+    let mut p = Procs::start();
+    let alive = [1, 2, 3];
+    let l = leader(&p, &alive).await;
+    let f = *alive.iter().find(|id| **id != l).expect("a follower");
+
+    // Every command through the leader and through a follower.
+    exercise(&mut connect(p.port(l)).await, "leader").await;
+    exercise(&mut connect(p.port(f)).await, "follower").await;
+
+    // Acknowledged writes, half through each.
+    let mut acked = BTreeMap::new();
+    let mut via_leader = connect(p.port(l)).await;
+    let mut via_follower = connect(p.port(f)).await;
+    for i in 0..200 {
+        let (key, value) = (format!("before:{i}"), format!("v{i}"));
+        let con = if i % 2 == 0 {
+            &mut via_leader
+        } else {
+            &mut via_follower
+        };
+        let ok: String = q(con, &["SET", &key, &value]).await;
+        assert_eq!(ok, "OK");
+        acked.insert(key, value);
+    }
+
+    // kill -9 the leader; the other two elect one and serve.
+    p.kill(l);
+    let rest: Vec<u64> = alive.iter().copied().filter(|id| *id != l).collect();
+    let l2 = leader(&p, &rest).await;
+    assert_ne!(l2, l);
+    for id in &rest {
+        let mut c = connect(p.port(*id)).await;
+        for i in 0..50 {
+            let (key, value) = (format!("after:{id}:{i}"), format!("w{i}"));
+            let ok: String = q(&mut c, &["SET", &key, &value]).await;
+            assert_eq!(ok, "OK");
+            acked.insert(key, value);
+        }
+    }
+
+    // The killed node restarts from its data directory and catches up.
+    p.spawn(l);
+    leader(&p, &alive).await;
+    let mut sizes = BTreeMap::new();
+    for id in alive {
+        let mut c = connect(p.port(id)).await;
+        let deadline = Instant::now() + WAIT;
+        // A restarted node answers once it has caught up with the leader's read index.
+        loop {
+            let size: i64 = q(&mut c, &["DBSIZE"]).await;
+            if size >= acked.len() as i64 || Instant::now() > deadline {
+                sizes.insert(id, size);
+                break;
+            }
+            poll_pause("catch up").await;
+        }
+        for (key, value) in &acked {
+            let got: Option<String> = q(&mut c, &["GET", key]).await;
+            assert_eq!(
+                got.as_ref(),
+                Some(value),
+                "node {id} lost {key}; log:\n{}",
+                p.log(id)
+            );
+        }
+    }
+    let first = sizes.values().next().copied();
+    assert!(
+        sizes.values().all(|s| Some(*s) == first),
+        "DBSIZE differs: {sizes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn misbehaving_clients_get_errors_and_others_carry_on() {
+    let p = Procs::start();
+    let l = leader(&p, &[1, 2, 3]).await;
+    let port = p.port(l);
+    let exchange = |bytes: &[u8]| -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(bytes).expect("write");
+        let mut out = Vec::new();
+        // The server closes the connection after a protocol error.
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let reply = exchange(b"*1\r\n$999999999999\r\n");
+    assert!(reply.starts_with("-ERR Protocol error"), "{reply:?}");
+    let reply = exchange(b"*2\r\n:1\r\n");
+    assert!(reply.starts_with("-ERR Protocol error"), "{reply:?}");
+    let reply = exchange(b"*x\r\n");
+    assert!(reply.starts_with("-ERR Protocol error"), "{reply:?}");
+    let reply = exchange(b"GET \"unterminated\r\n");
+    assert!(reply.starts_with("-ERR Protocol error"), "{reply:?}");
+    let mut endless = vec![b'A'; 200 << 10];
+    endless.push(b'\n');
+    let reply = exchange(&endless);
+    assert!(reply.starts_with("-ERR Protocol error"), "{reply:?}");
+
+    // A half-sent command, then a disconnect mid-pipeline.
+    {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nh\r\n$5\r\nhal")
+            .expect("write");
+    }
+    {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let mut pipeline = Vec::new();
+        for i in 0..100 {
+            pipeline.extend_from_slice(
+                format!("*3\r\n$3\r\nSET\r\n$4\r\np{i:03}\r\n$1\r\nx\r\n").as_bytes(),
+            );
+        }
+        s.write_all(&pipeline).expect("write");
+    }
+
+    // Pipelined commands on one connection keep their order.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"SET order 1\r\nAPPEND order 2\r\nGET order\r\nINCR order\r\nGET order\r\n")
+        .expect("write");
+    let mut buf = Vec::new();
+    let expected = "+OK\r\n:2\r\n$2\r\n12\r\n:13\r\n$2\r\n13\r\n";
+    while buf.len() < expected.len() {
+        let mut chunk = [0u8; 256];
+        let n = s.read(&mut chunk).expect("read");
+        assert!(
+            n > 0,
+            "connection closed early: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&buf), expected);
+
+    // Everyone else is still served.
+    for id in [1, 2, 3] {
+        let mut c = connect(p.port(id)).await;
+        assert_eq!(q::<String>(&mut c, &["PING"]).await, "PONG");
+        let _: String = q(&mut c, &["SET", &format!("still:{id}"), "up"]).await;
+    }
+}
+
+#[tokio::test]
+async fn a_taken_port_is_a_clear_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let tmp = tempfile::tempdir().expect("dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_kv"))
+        .args(["node", "--id", "1"])
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args(["--raft-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--resp-addr", &format!("127.0.0.1:{port}")])
+        .output()
+        .expect("run kv");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&port.to_string()) && err.contains("--resp-addr"),
+        "{err}"
+    );
+}
