@@ -104,8 +104,10 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
             flag: spec.resp_flag,
             source,
         })?;
+    // A follower refuses to vote while it may still hear from the old leader (its lease, the
+    // longest election timeout), so a crashed leader is replaced after 1 to 2 s with these.
     let config = Config::durable(spec.id, &spec.data_dir)
-        .with_timing(Duration::from_millis(100), Duration::from_millis(1000));
+        .with_timing(Duration::from_millis(100), Duration::from_millis(500));
     let node = GrpcNode::start(
         config,
         Store::default(),

@@ -10,6 +10,7 @@
 //! cursor with Redis' guarantee: a key present for the whole iteration is returned.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::io;
 use std::io::Read;
 use std::io::Write;
@@ -198,37 +199,51 @@ impl Store {
                 condition,
                 get,
             } => {
-                self.expire_if_due(&key, now);
-                let slot = Slot::of(&key);
-                let old = self.map.get(&slot).cloned();
+                // One lookup: the entry serves the condition, the old value and the update.
+                let slot = Slot(hash(&key), key);
+                let entry = self.map.entry(slot);
+                let old = match &entry {
+                    Entry::Occupied(e) if e.get().live(now) => Some(e.get()),
+                    _ => None,
+                };
                 let allowed = match condition {
                     Condition::Always => true,
                     Condition::IfAbsent => old.is_none(),
                     Condition::IfPresent => old.is_some(),
                 };
-                if allowed {
-                    let expires_at = match expiry {
-                        Expiry::Clear => None,
-                        Expiry::Keep => old.as_ref().and_then(|v| v.expires_at),
-                        Expiry::At(at) => Some(at),
-                    };
-                    if expires_at.is_some_and(|at| at <= now) {
-                        self.map.remove(&slot);
-                    } else {
-                        self.map.insert(
-                            slot,
-                            Value {
-                                data: value,
-                                expires_at,
-                            },
-                        );
-                    }
-                }
-                match (get, allowed) {
-                    (true, _) => old.map_or(Reply::Nil, |v| Reply::Bulk(v.data)),
+                let old_expiry = old.and_then(|v| v.expires_at);
+                let reply = match (get, allowed) {
+                    (true, _) => old.map_or(Reply::Nil, |v| Reply::Bulk(v.data.clone())),
                     (false, true) => Reply::Ok,
                     (false, false) => Reply::Nil,
+                };
+                let expires_at = match expiry {
+                    Expiry::Clear => None,
+                    Expiry::Keep => old_expiry,
+                    Expiry::At(at) => Some(at),
+                };
+                let was_live = old.is_some();
+                let value = Value {
+                    data: value,
+                    expires_at,
+                };
+                if allowed && expires_at.is_none_or(|at| at > now) {
+                    match entry {
+                        Entry::Occupied(mut e) => {
+                            e.insert(value);
+                        }
+                        Entry::Vacant(v) => {
+                            v.insert(value);
+                        }
+                    }
+                } else if allowed || !was_live {
+                    // Set to an expiry already past, or an expired value a write now sees as
+                    // absent: either way the key is gone.
+                    if let Entry::Occupied(e) = entry {
+                        e.remove();
+                    }
                 }
+                reply
             }
             WriteOp::Del(keys) => {
                 let mut n = 0;
@@ -591,6 +606,43 @@ mod tests {
         };
         assert_eq!(s.write(at(0, getset)), Reply::Bulk(b("v1")));
         assert_eq!(get(&s, 0, "k"), Reply::Bulk(b("v2")));
+    }
+
+    #[test]
+    fn set_sees_expired_values_as_absent() {
+        let mut s = Store::default();
+        let op = |value: &str, expiry, condition| WriteOp::Set {
+            key: b("k"),
+            value: b(value),
+            expiry,
+            condition,
+            get: true,
+        };
+        s.write(at(0, op("v1", Expiry::At(100), Condition::Always)));
+        // KEEPTTL on a live value keeps its expiry.
+        assert_eq!(
+            s.write(at(50, op("v2", Expiry::Keep, Condition::IfPresent))),
+            Reply::Bulk(b("v1"))
+        );
+        assert_eq!(get(&s, 99, "k"), Reply::Bulk(b("v2")));
+        // Once expired: XX fails and the key is gone, NX succeeds.
+        assert_eq!(
+            s.write(at(100, op("v3", Expiry::Clear, Condition::IfPresent))),
+            Reply::Nil
+        );
+        assert_eq!(s.expired_count(100, 10), 0);
+        assert_eq!(
+            s.write(at(100, op("v4", Expiry::Keep, Condition::IfAbsent))),
+            Reply::Nil
+        );
+        assert_eq!(get(&s, 10_000, "k"), Reply::Bulk(b("v4")));
+        // An expiry already past deletes.
+        assert_eq!(
+            s.write(at(200, op("v5", Expiry::At(150), Condition::Always))),
+            Reply::Bulk(b("v4"))
+        );
+        assert_eq!(get(&s, 200, "k"), Reply::Nil);
+        assert_eq!(s.expired_count(200, 10), 0);
     }
 
     #[test]
