@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Compares raftkit's kv cluster with etcd and durable Redis on this machine, in one run.
+#
+#   apt-get install redis-tools redis-server etcd-server   # the comparison targets
+#   bench/compare.sh
+#
+# Starts, one after another so they never compete for the CPU or the disk:
+#   * raftkit: a 3-node kv cluster (three processes, fsync before every acknowledgement);
+#   * etcd:    a 3-node cluster of Debian's etcd-server (skipped if `etcd` is not installed);
+#   * Redis:   one redis-server with appendonly yes, appendfsync always (skipped if absent).
+# Each gets the same closed-loop load on its leader: SET of 256-byte values over 100,000 keys
+# at 1, 16, 64 and 256 clients, then linearizable GETs at 64 clients. Redis-protocol targets are
+# driven by redis-benchmark, etcd by `kv bench --protocol etcd` (etcd's v3 gRPC API, Put and
+# linearizable Range; 16 clients share an HTTP/2 connection). All data lives under one
+# directory ($BENCH_DIR, default a new temporary directory), so every target fsyncs to the same
+# file system.
+#
+# Environment:
+#   BENCH_SCALE=0.2      fewer requests per point (default 1; 1 is ~10 s per point on a laptop)
+#   BENCH_CLIENTS="1 64" which client counts to run (default "1 16 64 256")
+#   BENCH_DIR=/path      where data and results go (default mktemp -d)
+#   BENCH_PORT_BASE=N    first of the ~20 local ports used (default 24000)
+#   BENCH_TARGETS="raftkit etcd redis"  which targets to run
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+SCALE=${BENCH_SCALE:-1}
+CLIENTS=${BENCH_CLIENTS:-"1 16 64 256"}
+TARGETS=${BENCH_TARGETS:-"raftkit etcd redis"}
+BASE=${BENCH_PORT_BASE:-24000}
+DIR=${BENCH_DIR:-$(mktemp -d -t raftkit-bench.XXXXXX)}
+RESULTS="$DIR/results.csv"
+KV=target/release/kv
+PIDS=()
+
+need() { command -v "$1" >/dev/null 2>&1; }
+say() { printf '\n== %s\n' "$*" >&2; }
+cleanup() {
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+stop_all() { cleanup; PIDS=(); }
+
+# Requests per point: enough for ~10 s at the throughput each client count usually reaches.
+requests() {
+    local c=$1 n
+    case $c in
+        1) n=5000 ;;
+        16) n=40000 ;;
+        64) n=100000 ;;
+        *) n=200000 ;;
+    esac
+    awk -v n="$n" -v s="$SCALE" 'BEGIN { r = int(n * s); print (r < 100 ? 100 : r) }'
+}
+
+# wait_until <seconds> <description> <command...>: polls the command until it succeeds.
+wait_until() {
+    local deadline=$((SECONDS + $1)) what=$2
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "compare.sh: timed out waiting for $what" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
+
+# record <target> <workload> <clients>: reads a redis-benchmark-style CSV on stdin and appends
+# target,workload,clients,rps,p50_ms,p99_ms to the results.
+record() {
+    awk -F'","' -v t="$1" -v w="$2" -v c="$3" 'NR == 2 {
+        gsub(/"/, "", $0); split($0, f, ",");
+        printf "%s,%s,%s,%s,%s,%s\n", t, w, c, f[2], f[5], f[7] }' >>"$RESULTS"
+    tail -n 1 "$RESULTS" | awk -F, '{ printf "   %-8s %-4s c=%-4s %10.0f ops/s  p50 %6.2f ms  p99 %7.2f ms\n", $1, $2, $3, $4, $5, $6 }' >&2
+}
+
+resp_load() { # <target> <port>
+    local t=$1 port=$2 c
+    for c in $CLIENTS; do
+        redis-benchmark -h 127.0.0.1 -p "$port" -t set -d 256 -r 100000 -c "$c" -n "$(requests "$c")" --csv 2>/dev/null |
+            record "$t" set "$c"
+    done
+    redis-benchmark -h 127.0.0.1 -p "$port" -t get -d 256 -r 100000 -c 64 -n "$(requests 256)" --csv 2>/dev/null |
+        record "$t" get 64
+}
+
+run_raftkit() {
+    say "raftkit: 3 kv processes"
+    local members="1=127.0.0.1:$((BASE + 11)),2=127.0.0.1:$((BASE + 12)),3=127.0.0.1:$((BASE + 13))" i
+    for i in 1 2 3; do
+        "$KV" node --id "$i" --data-dir "$DIR/kv/$i" --raft-addr "127.0.0.1:$((BASE + 10 + i))" \
+            --resp-addr "127.0.0.1:$((BASE + i))" --initial-members "$members" \
+            >"$DIR/kv-$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+    local leader=""
+    local deadline=$((SECONDS + 30))
+    while [ -z "$leader" ]; do
+        for i in 1 2 3; do
+            if redis-cli -p $((BASE + i)) info replication 2>/dev/null | grep -q 'raft_role:leader'; then
+                leader=$((BASE + i))
+            fi
+        done
+        [ $SECONDS -ge $deadline ] && { echo "compare.sh: no kv leader after 30 s" >&2; exit 1; }
+        [ -z "$leader" ] && sleep 0.2
+    done
+    resp_load raftkit "$leader"
+    stop_all
+}
+
+run_etcd() {
+    if ! need etcd; then say "etcd: not installed (apt-get install etcd-server), skipped"; return; fi
+    say "etcd: 3 members"
+    local cluster="e1=http://127.0.0.1:$((BASE + 31)),e2=http://127.0.0.1:$((BASE + 32)),e3=http://127.0.0.1:$((BASE + 33))" i
+    for i in 1 2 3; do
+        etcd --name "e$i" --data-dir "$DIR/etcd/$i" \
+            --listen-client-urls "http://127.0.0.1:$((BASE + 20 + i))" \
+            --advertise-client-urls "http://127.0.0.1:$((BASE + 20 + i))" \
+            --listen-peer-urls "http://127.0.0.1:$((BASE + 30 + i))" \
+            --initial-advertise-peer-urls "http://127.0.0.1:$((BASE + 30 + i))" \
+            --initial-cluster "$cluster" --initial-cluster-state new \
+            --initial-cluster-token raftkit-bench --logger zap --log-level error \
+            >"$DIR/etcd-$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+    local endpoints="127.0.0.1:$((BASE + 21)),127.0.0.1:$((BASE + 22)),127.0.0.1:$((BASE + 23))"
+    wait_until 30 "etcd to elect a leader" env ETCDCTL_API=3 etcdctl --endpoints "$endpoints" put warmup 1
+    local leader
+    leader=$(ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint status -w table |
+        awk -F'|' '$0 ~ /true/ { gsub(/ /, "", $2); print $2; exit }')
+    leader=${leader#http://}
+    [ -n "$leader" ] || { echo "compare.sh: cannot find etcd's leader" >&2; exit 1; }
+    local c
+    for c in $CLIENTS; do
+        "$KV" bench --protocol etcd --addrs "$leader" --clients "$c" --requests "$(requests "$c")" \
+            --warmup 0 --label set --csv --quiet | record etcd set "$c"
+    done
+    "$KV" bench --protocol etcd --addrs "$leader" --clients 64 --requests "$(requests 256)" \
+        --warmup 0 --reads 1 --label get --csv --quiet | record etcd get 64
+    stop_all
+}
+
+run_redis() {
+    if ! need redis-server; then say "redis: not installed (apt-get install redis-server), skipped"; return; fi
+    say "redis: appendonly yes, appendfsync always"
+    mkdir -p "$DIR/redis"
+    redis-server --port $((BASE + 41)) --bind 127.0.0.1 --dir "$DIR/redis" --appendonly yes \
+        --appendfsync always --save '' >"$DIR/redis.log" 2>&1 &
+    PIDS+=($!)
+    wait_until 10 "redis-server to start" redis-cli -p $((BASE + 41)) ping
+    resp_load redis $((BASE + 41))
+    stop_all
+}
+
+table() {
+    awk -F, '
+        { ops[$1 "," $2 "," $3] = $4; p50[$1 "," $2 "," $3] = $5; p99[$1 "," $2 "," $3] = $6
+          if (!seen[$2 "," $3]++) order[n++] = $2 "," $3 }
+        function cell(t, k) { return ((t "," k) in ops) ? sprintf("%9.0f %6.2f %7.2f", ops[t "," k], p50[t "," k], p99[t "," k]) : sprintf("%9s %6s %7s", "-", "-", "-") }
+        function ratio(a, b, k) { return ((a "," k) in ops && (b "," k) in ops && ops[b "," k] > 0) ? sprintf("%6.2fx", ops[a "," k] / ops[b "," k]) : sprintf("%7s", "-") }
+        END {
+            printf "%-4s %7s | %-24s | %-24s | %-24s | %8s %8s\n", "op", "clients", "raftkit ops/s p50 p99", "etcd ops/s p50 p99", "redis ops/s p50 p99", "/etcd", "/redis"
+            for (i = 0; i < n; i++) {
+                split(order[i], f, ",")
+                printf "%-4s %7s | %s | %s | %s | %8s %8s\n", f[1], f[2], cell("raftkit", order[i]), cell("etcd", order[i]), cell("redis", order[i]), ratio("raftkit", "etcd", order[i]), ratio("raftkit", "redis", order[i])
+            }
+        }' "$RESULTS"
+}
+
+need redis-benchmark && need redis-cli || {
+    echo "compare.sh: needs redis-benchmark and redis-cli (apt-get install redis-tools)" >&2
+    exit 1
+}
+say "building kv (release)"
+cargo build --release -p kv >&2
+: >"$RESULTS"
+echo "compare.sh: data and logs in $DIR" >&2
+for t in $TARGETS; do
+    case $t in
+        raftkit) run_raftkit ;;
+        etcd) run_etcd ;;
+        redis) run_redis ;;
+        *) echo "compare.sh: unknown target $t" >&2; exit 1 ;;
+    esac
+done
+echo
+echo "$(nproc) cores, $(date -u +%Y-%m-%d), $(uname -sr); 256-byte values, 100,000 keys; latency in ms; data in $DIR"
+table
