@@ -36,12 +36,12 @@ impl Connector {
         i: usize,
     ) -> Result<Client, String> {
         match protocol {
-            Protocol::Resp => Ok(Client::Resp {
+            Protocol::Resp => Ok(Client::Resp(RespConn {
                 conn: Some(connect_resp(addr).await?),
                 addr: addr.to_string(),
                 out: Vec::with_capacity(512),
                 line: Vec::with_capacity(64),
-            }),
+            })),
             Protocol::Etcd => {
                 let key = (addr.to_string(), i / CLIENTS_PER_CHANNEL);
                 let channel = match self.channels.get(&key) {
@@ -65,30 +65,32 @@ impl Connector {
 
 /// A connected client that sends one request at a time.
 pub(crate) enum Client {
-    Resp {
-        /// `None` after the connection failed; the next request reconnects.
-        conn: Option<BufReader<TcpStream>>,
-        addr: String,
-        out: Vec<u8>,
-        line: Vec<u8>,
-    },
+    Resp(RespConn),
     Etcd(KvClient<Channel>),
+}
+
+/// A Redis-protocol connection with its reusable buffers.
+pub(crate) struct RespConn {
+    /// `None` after the connection failed; the next request reconnects.
+    conn: Option<BufReader<TcpStream>>,
+    addr: String,
+    out: Vec<u8>,
+    line: Vec<u8>,
+}
+
+impl RespConn {
+    async fn command(&mut self, args: &[&[u8]]) -> Result<(), String> {
+        self.out.clear();
+        encode_command(&mut self.out, args);
+        round_trip(&mut self.conn, &self.addr, &self.out, &mut self.line).await
+    }
 }
 
 impl Client {
     /// Writes `value` at `key`; Ok once the server acknowledged it.
     pub(crate) async fn set(&mut self, key: &[u8], value: &Bytes) -> Result<(), String> {
         match self {
-            Client::Resp {
-                conn,
-                addr,
-                out,
-                line,
-            } => {
-                out.clear();
-                encode_command(out, &[b"SET", key, value]);
-                round_trip(conn, addr, out, line).await
-            }
+            Client::Resp(c) => c.command(&[b"SET", key, value]).await,
             Client::Etcd(kv) => {
                 let req = PutRequest {
                     key: Bytes::copy_from_slice(key),
@@ -103,16 +105,7 @@ impl Client {
     /// Reads `key` (linearizably where the server offers a choice).
     pub(crate) async fn get(&mut self, key: &[u8]) -> Result<(), String> {
         match self {
-            Client::Resp {
-                conn,
-                addr,
-                out,
-                line,
-            } => {
-                out.clear();
-                encode_command(out, &[b"GET", key]);
-                round_trip(conn, addr, out, line).await
-            }
+            Client::Resp(c) => c.command(&[b"GET", key]).await,
             Client::Etcd(kv) => {
                 let req = RangeRequest {
                     key: Bytes::copy_from_slice(key),
