@@ -30,7 +30,7 @@ TARGETS=${BENCH_TARGETS:-"raftkit etcd redis"}
 BASE=${BENCH_PORT_BASE:-24000}
 DIR=${BENCH_DIR:-$(mktemp -d -t raftkit-bench.XXXXXX)}
 RESULTS="$DIR/results.csv"
-KV=target/release/kv
+KV= # set after the build, from cargo metadata
 PIDS=()
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -175,6 +175,8 @@ need redis-benchmark && need redis-cli || {
 }
 say "building kv (release)"
 cargo build --release -p kv >&2
+KV="$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release/kv"
 : >"$RESULTS"
 echo "compare.sh: data and logs in $DIR" >&2
 for t in $TARGETS; do
