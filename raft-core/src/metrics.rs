@@ -72,6 +72,22 @@ pub struct Metrics {
     pub replication: BTreeMap<NodeId, Option<u64>>,
 }
 
+impl Role {
+    /// The role openraft's metrics describe.
+    pub(crate) fn of(m: &RaftMetrics<TypeConfig>) -> Role {
+        if m.running_state.is_err() {
+            return Role::Shutdown;
+        }
+        match m.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
+        }
+    }
+}
+
 impl Metrics {
     pub(crate) fn from_raft(m: &RaftMetrics<TypeConfig>) -> Metrics {
         let membership = m.membership_config.membership();
@@ -79,20 +95,9 @@ impl Metrics {
             .nodes()
             .map(|(id, n)| (*id, n.addr.clone()))
             .collect();
-        let role = if m.running_state.is_err() {
-            Role::Shutdown
-        } else {
-            match m.state {
-                ServerState::Leader => Role::Leader,
-                ServerState::Follower => Role::Follower,
-                ServerState::Candidate => Role::Candidate,
-                ServerState::Learner => Role::Learner,
-                ServerState::Shutdown => Role::Shutdown,
-            }
-        };
         Metrics {
             id: m.id,
-            role,
+            role: Role::of(m),
             term: m.current_term,
             leader: m.current_leader,
             leader_addr: m.current_leader.and_then(|l| members.get(&l).cloned()),

@@ -209,6 +209,31 @@ impl<S: StateMachine> Node<S> {
         self.inner.id
     }
 
+    /// This node's role now. Cheaper than [`Node::metrics`] (no copying), for hot paths.
+    pub fn role(&self) -> Role {
+        Role::of(&self.inner.raft.metrics().borrow_watched())
+    }
+
+    /// The leader this node knows of, and its address if it is a member; cheaper than
+    /// [`Node::metrics`].
+    pub fn leader(&self) -> Option<(NodeId, Option<String>)> {
+        let rx = self.inner.raft.metrics();
+        let m = rx.borrow_watched();
+        m.current_leader.map(|l| (l, self.addr_in(&m, l)))
+    }
+
+    /// The address member `id` was added with, if it is a member.
+    pub fn member_addr(&self, id: NodeId) -> Option<String> {
+        self.addr_in(&self.inner.raft.metrics().borrow_watched(), id)
+    }
+
+    fn addr_in(&self, m: &openraft::RaftMetrics<TypeConfig>, id: NodeId) -> Option<String> {
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    }
+
     /// The configuration the node was started with.
     pub fn config(&self) -> &Config {
         &self.inner.config
@@ -335,10 +360,11 @@ impl<S: StateMachine> Node<S> {
         };
         let linearizer = match consistency {
             Consistency::Local => {
-                let m = self.metrics();
+                let rx = raft.metrics();
+                let m = rx.borrow_watched();
                 return Ok(ReadIndex {
-                    term: m.term,
-                    index: m.applied_index.unwrap_or(0),
+                    term: m.current_term,
+                    index: m.last_applied.map_or(0, |a| a.index),
                 });
             }
             Consistency::Linearizable => {
@@ -374,12 +400,15 @@ impl<S: StateMachine> Node<S> {
     /// Waits until this node has applied up to `at` (from [`Node::read_index`] on the leader),
     /// then runs `f` on its state machine. This is how a follower serves a linearizable read.
     pub async fn read_at<T>(&self, at: ReadIndex, f: impl FnOnce(&S) -> T) -> Result<T> {
-        let limit = self.inner.config.request_timeout;
-        self.wait_for(limit, |m| {
-            m.applied_index.is_some_and(|a| a >= at.index) || m.role == Role::Shutdown
-        })
-        .await?;
-        if self.metrics().role == Role::Shutdown {
+        let applied = |m: &openraft::RaftMetrics<TypeConfig>| {
+            m.last_applied.is_some_and(|a| a.index >= at.index)
+        };
+        let reached = self.with_timeout(async {
+            Ok(self
+                .wait_raw(|m| applied(m) || Role::of(m) == Role::Shutdown)
+                .await)
+        });
+        if !reached.await? || self.role() == Role::Shutdown {
             return Err(Error::Shutdown);
         }
         Ok(self.read_local(f))

@@ -327,8 +327,7 @@ impl<S: Queryable> Shared<S> {
     }
 
     fn own_addr(&self) -> String {
-        let m = self.node.metrics();
-        m.members.get(&m.id).cloned().unwrap_or_default()
+        self.node.member_addr(self.node.id()).unwrap_or_default()
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
@@ -428,7 +427,7 @@ impl<S: Queryable> Shared<S> {
         timeout: Option<Duration>,
     ) -> Result<S::Reply, Status> {
         let node = &self.node;
-        let answer = if c == Consistency::Local || node.metrics().role == Role::Leader {
+        let answer = if c == Consistency::Local || node.role() == Role::Leader {
             match node.read(c, |sm| sm.query(query)).await {
                 // Leadership moved between the check and the read: ask the new leader.
                 Err(raft_core::Error::NotLeader { .. }) => {
@@ -449,8 +448,7 @@ impl<S: Queryable> Shared<S> {
         consistency: pb::Consistency,
         timeout: Option<Duration>,
     ) -> Result<ReadIndex, Status> {
-        let m = self.node.metrics();
-        let (Some(leader), Some(addr)) = (m.leader, m.leader_addr) else {
+        let Some((leader, Some(addr))) = self.node.leader() else {
             return Err(status::not_leader(None, None));
         };
         let mut client = RaftInternalClient::new(self.channel(&addr)?);
