@@ -21,12 +21,15 @@
 #   BENCH_DIR=/path      where data and results go (default mktemp -d)
 #   BENCH_PORT_BASE=N    first of the ~20 local ports used (default 24000)
 #   BENCH_TARGETS="raftkit etcd redis"  which targets to run
+#   BENCH_ROUNDS=N       run every target N times, interleaved, and report each cell's median
+#                        (default 1; use 3 or 5 on a shared or noisy machine)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 SCALE=${BENCH_SCALE:-1}
 CLIENTS=${BENCH_CLIENTS:-"1 16 64 256"}
 TARGETS=${BENCH_TARGETS:-"raftkit etcd redis"}
+ROUNDS=${BENCH_ROUNDS:-1}
 BASE=${BENCH_PORT_BASE:-24000}
 DIR=${BENCH_DIR:-$(mktemp -d -t raftkit-bench.XXXXXX)}
 RESULTS="$DIR/results.csv"
@@ -154,12 +157,20 @@ run_redis() {
     stop_all
 }
 
+# table: one row per workload; each cell is the median over the rounds recorded for it.
 table() {
     awk -F, '
-        { ops[$1 "," $2 "," $3] = $4; p50[$1 "," $2 "," $3] = $5; p99[$1 "," $2 "," $3] = $6
+        function median(key, what,    i, j, v, m, a) {
+            m = count[key]
+            for (i = 1; i <= m; i++) a[i] = val[key, what, i]
+            for (i = 2; i <= m; i++) { v = a[i]; for (j = i - 1; j >= 1 && a[j] > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
+            return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+        }
+        { key = $1 "," $2 "," $3; i = ++count[key]
+          val[key, "ops", i] = $4; val[key, "p50", i] = $5; val[key, "p99", i] = $6
           if (!seen[$2 "," $3]++) order[n++] = $2 "," $3 }
-        function cell(t, k) { return ((t "," k) in ops) ? sprintf("%9.0f %6.2f %7.2f", ops[t "," k], p50[t "," k], p99[t "," k]) : sprintf("%9s %6s %7s", "-", "-", "-") }
-        function ratio(a, b, k) { return ((a "," k) in ops && (b "," k) in ops && ops[b "," k] > 0) ? sprintf("%6.2fx", ops[a "," k] / ops[b "," k]) : sprintf("%7s", "-") }
+        function cell(t, k) { return ((t "," k) in count) ? sprintf("%9.0f %6.2f %7.2f", median(t "," k, "ops"), median(t "," k, "p50"), median(t "," k, "p99")) : sprintf("%9s %6s %7s", "-", "-", "-") }
+        function ratio(a, b, k) { return ((a "," k) in count && (b "," k) in count && median(b "," k, "ops") > 0) ? sprintf("%6.2fx", median(a "," k, "ops") / median(b "," k, "ops")) : sprintf("%7s", "-") }
         END {
             printf "%-4s %7s | %-24s | %-24s | %-24s | %8s %8s\n", "op", "clients", "raftkit ops/s p50 p99", "etcd ops/s p50 p99", "redis ops/s p50 p99", "/etcd", "/redis"
             for (i = 0; i < n; i++) {
@@ -179,14 +190,20 @@ KV="$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release/kv"
 : >"$RESULTS"
 echo "compare.sh: data and logs in $DIR" >&2
-for t in $TARGETS; do
-    case $t in
-        raftkit) run_raftkit ;;
-        etcd) run_etcd ;;
-        redis) run_redis ;;
-        *) echo "compare.sh: unknown target $t" >&2; exit 1 ;;
-    esac
+for round in $(seq "$ROUNDS"); do
+    [ "$ROUNDS" -gt 1 ] && say "round $round of $ROUNDS"
+    for t in $TARGETS; do
+        rm -rf "${DIR:?}/kv" "${DIR:?}/etcd" "${DIR:?}/redis" # every round starts from empty data
+        case $t in
+            raftkit) run_raftkit ;;
+            etcd) run_etcd ;;
+            redis) run_redis ;;
+            *) echo "compare.sh: unknown target $t" >&2; exit 1 ;;
+        esac
+    done
 done
 echo
-echo "$(nproc) cores, $(date -u +%Y-%m-%d), $(uname -sr); 256-byte values, 100,000 keys; latency in ms; data in $DIR"
+rounds=""
+[ "$ROUNDS" -gt 1 ] && rounds="median of $ROUNDS interleaved rounds; "
+echo "$(nproc) cores, $(date -u +%Y-%m-%d), $(uname -sr); 256-byte values, 100,000 keys; ${rounds}latency in ms; data in $DIR"
 table
