@@ -177,7 +177,7 @@ async fn sweep_expired(ctx: Arc<Ctx>) {
     loop {
         tick.tick().await;
         let node = ctx.client.node();
-        if node.metrics().role != Role::Leader {
+        if node.role() != Role::Leader {
             continue;
         }
         let now = server::now_ms();

@@ -4,12 +4,15 @@
 //! stamped once by the node that took the command from the client. Applying a write only ever
 //! consults that stamp — never the replica's clock — so every replica makes the same decisions
 //! about expiry. Expired keys are invisible to reads, removed when a write touches them, and
-//! swept by a periodic `PurgeExpired` write from the leader.
+//! swept by a periodic `PurgeExpired` write from the leader. An index of keys by expiry time
+//! keeps the sweep and the leader's check for due keys proportional to the keys they find, not
+//! to the size of the store.
 //!
 //! Keys are ordered by a stable 64-bit hash (then by the key), which gives `SCAN` a numeric
 //! cursor with Redis' guarantee: a key present for the whole iteration is returned.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::collections::btree_map::Entry;
 use std::io;
 use std::io::Read;
@@ -163,6 +166,21 @@ impl Value {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Store {
     map: BTreeMap<Slot, Value>,
+    /// `(expires_at, slot)` for every value in `map` that has an expiry time.
+    expiring: BTreeSet<(u64, Slot)>,
+}
+
+/// Keeps the expiry index in step with a value's expiry changing from `old` to `new`.
+fn reindex(expiring: &mut BTreeSet<(u64, Slot)>, slot: &Slot, old: Option<u64>, new: Option<u64>) {
+    if old == new {
+        return;
+    }
+    if let Some(at) = old {
+        expiring.remove(&(at, slot.clone()));
+    }
+    if let Some(at) = new {
+        expiring.insert((at, slot.clone()));
+    }
 }
 
 const WRONG_NUMBER: &str = "ERR value is not an integer or out of range";
@@ -170,11 +188,30 @@ const WRONG_NUMBER: &str = "ERR value is not an integer or out of range";
 impl Store {
     /// How many keys have expired at `now`, counting up to `limit`.
     pub fn expired_count(&self, now: u64, limit: usize) -> usize {
-        self.map
-            .values()
-            .filter(|v| !v.live(now))
-            .take(limit)
-            .count()
+        self.due(now).take(limit).count()
+    }
+
+    /// Keys whose expiry time has come at `now`, soonest first.
+    fn due(&self, now: u64) -> impl Iterator<Item = &Slot> {
+        self.expiring
+            .iter()
+            .take_while(move |(at, _)| *at <= now)
+            .map(|(_, slot)| slot)
+    }
+
+    /// Inserts or replaces a value, keeping the expiry index in step.
+    fn put(&mut self, slot: Slot, value: Value) {
+        let new = value.expires_at;
+        let old = self.map.get(&slot).and_then(|v| v.expires_at);
+        reindex(&mut self.expiring, &slot, old, new);
+        self.map.insert(slot, value);
+    }
+
+    /// Removes a value, keeping the expiry index in step.
+    fn take(&mut self, slot: &Slot) -> Option<Value> {
+        let old = self.map.remove(slot)?;
+        reindex(&mut self.expiring, slot, old.expires_at, None);
+        Some(old)
     }
 
     fn live(&self, key: &Bytes, now: u64) -> Option<&Value> {
@@ -185,7 +222,7 @@ impl Store {
     fn expire_if_due(&mut self, key: &Bytes, now: u64) {
         let slot = Slot::of(key);
         if self.map.get(&slot).is_some_and(|v| !v.live(now)) {
-            self.map.remove(&slot);
+            self.take(&slot);
         }
     }
 
@@ -201,7 +238,12 @@ impl Store {
             } => {
                 // One lookup: the entry serves the condition, the old value and the update.
                 let slot = Slot(hash(&key), key);
+                let expiring = &mut self.expiring;
                 let entry = self.map.entry(slot);
+                let stored_expiry = match &entry {
+                    Entry::Occupied(e) => e.get().expires_at,
+                    Entry::Vacant(_) => None,
+                };
                 let old = match &entry {
                     Entry::Occupied(e) if e.get().live(now) => Some(e.get()),
                     _ => None,
@@ -228,6 +270,7 @@ impl Store {
                     expires_at,
                 };
                 if allowed && expires_at.is_none_or(|at| at > now) {
+                    reindex(expiring, entry.key(), stored_expiry, expires_at);
                     match entry {
                         Entry::Occupied(mut e) => {
                             e.insert(value);
@@ -240,6 +283,7 @@ impl Store {
                     // Set to an expiry already past, or an expired value a write now sees as
                     // absent: either way the key is gone.
                     if let Entry::Occupied(e) = entry {
+                        reindex(expiring, e.key(), stored_expiry, None);
                         e.remove();
                     }
                 }
@@ -249,7 +293,7 @@ impl Store {
                 let mut n = 0;
                 for k in keys {
                     self.expire_if_due(&k, now);
-                    if self.map.remove(&Slot::of(&k)).is_some() {
+                    if self.take(&Slot::of(&k)).is_some() {
                         n += 1;
                     }
                 }
@@ -271,7 +315,7 @@ impl Store {
                 let Some(next) = current.checked_add(by) else {
                     return Reply::Error("ERR increment or decrement would overflow".into());
                 };
-                self.map.insert(
+                self.put(
                     slot,
                     Value {
                         data: Bytes::from(next.to_string()),
@@ -289,7 +333,7 @@ impl Store {
                 };
                 data.extend_from_slice(&suffix);
                 let len = data.len() as i64;
-                self.map.insert(
+                self.put(
                     slot,
                     Value {
                         data: data.into(),
@@ -300,7 +344,7 @@ impl Store {
             }
             WriteOp::MSet(pairs) => {
                 for (k, v) in pairs {
-                    self.map.insert(
+                    self.put(
                         Slot::of(&k),
                         Value {
                             data: v,
@@ -316,36 +360,29 @@ impl Store {
                 let Some(v) = self.map.get_mut(&slot) else {
                     return Reply::Int(0);
                 };
+                let old = v.expires_at;
                 match at {
-                    None if v.expires_at.is_none() => Reply::Int(0),
-                    None => {
-                        v.expires_at = None;
-                        Reply::Int(1)
-                    }
+                    None if old.is_none() => Reply::Int(0),
                     Some(at) if at <= now => {
-                        self.map.remove(&slot);
+                        self.take(&slot);
                         Reply::Int(1)
                     }
-                    Some(at) => {
-                        v.expires_at = Some(at);
+                    at => {
+                        v.expires_at = at;
+                        reindex(&mut self.expiring, &slot, old, at);
                         Reply::Int(1)
                     }
                 }
             }
             WriteOp::FlushDb => {
                 self.map.clear();
+                self.expiring.clear();
                 Reply::Ok
             }
             WriteOp::PurgeExpired { limit } => {
-                let due: Vec<Slot> = self
-                    .map
-                    .iter()
-                    .filter(|(_, v)| !v.live(now))
-                    .take(limit)
-                    .map(|(s, _)| s.clone())
-                    .collect();
+                let due: Vec<Slot> = self.due(now).take(limit).cloned().collect();
                 for s in &due {
-                    self.map.remove(s);
+                    self.take(s);
                 }
                 Reply::Int(due.len() as i64)
             }
@@ -418,7 +455,7 @@ impl Store {
                     Reply::Array(keys),
                 ])
             }
-            ReadOp::DbSize => Reply::Int(self.map.values().filter(|v| v.live(now)).count() as i64),
+            ReadOp::DbSize => Reply::Int((self.map.len() - self.due(now).count()) as i64),
         }
     }
 }
@@ -525,6 +562,11 @@ impl StateMachine for Store {
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
         let dump: Dump = raft_core::read_serde(input)?;
         self.map = dump.0.into_iter().map(|(k, v)| (Slot::of(&k), v)).collect();
+        self.expiring = self
+            .map
+            .iter()
+            .filter_map(|(slot, v)| Some((v.expires_at?, slot.clone())))
+            .collect();
         Ok(())
     }
 }
@@ -695,6 +737,77 @@ mod tests {
         for i in 0..100 {
             assert!(seen.contains(&b(&format!("key:{i}"))), "key:{i} missing");
         }
+    }
+
+    /// The expiry index holds exactly the values that have an expiry time.
+    fn assert_index_consistent(s: &Store) {
+        let expected: BTreeSet<(u64, Slot)> = s
+            .map
+            .iter()
+            .filter_map(|(slot, v)| Some((v.expires_at?, slot.clone())))
+            .collect();
+        assert_eq!(s.expiring, expected);
+    }
+
+    #[test]
+    fn expiry_index_follows_every_write() {
+        let mut s = Store::default();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) % n
+        };
+        let mut now = 1_000;
+        for _ in 0..5_000 {
+            now += next(5);
+            let key = b(&format!("k{}", next(20)));
+            let expiry = match next(3) {
+                0 => Expiry::Clear,
+                1 => Expiry::Keep,
+                _ => Expiry::At(now + next(40) - 10),
+            };
+            let op = match next(9) {
+                0..=2 => WriteOp::Set {
+                    key,
+                    value: b("7"),
+                    expiry,
+                    condition: [Condition::Always, Condition::IfAbsent, Condition::IfPresent]
+                        [next(3) as usize],
+                    get: next(2) == 0,
+                },
+                3 => WriteOp::Del(vec![key]),
+                4 => WriteOp::IncrBy(key, 1),
+                5 => WriteOp::Append(key, b("1")),
+                6 => WriteOp::MSet(vec![(key, b("1"))]),
+                7 => WriteOp::Expire {
+                    key,
+                    at: (next(2) == 0).then(|| now + next(40) - 10),
+                },
+                _ => WriteOp::PurgeExpired { limit: 3 },
+            };
+            s.write(at(now, op));
+            assert_index_consistent(&s);
+            let due = s.map.values().filter(|v| !v.live(now)).count();
+            assert_eq!(s.expired_count(now, usize::MAX), due);
+            let size = s.read(Query {
+                now,
+                op: ReadOp::DbSize,
+            });
+            assert_eq!(size, Reply::Int((s.map.len() - due) as i64));
+        }
+        s.write(at(now + 100, WriteOp::PurgeExpired { limit: usize::MAX }));
+        assert_eq!(s.expired_count(now + 100, usize::MAX), 0);
+        assert!(s.map.values().all(|v| v.live(now + 100)));
+        assert_index_consistent(&s);
+
+        // A restored snapshot rebuilds the index.
+        s.write(at(now, set("later", "v", Expiry::At(now + 1_000))));
+        let mut bytes = Vec::new();
+        Store::write_snapshot(s.snapshot(), &mut bytes).unwrap();
+        let mut restored = Store::default();
+        restored.restore(&mut bytes.as_slice()).unwrap();
+        assert_index_consistent(&restored);
+        assert_eq!(restored, s);
     }
 
     #[test]
