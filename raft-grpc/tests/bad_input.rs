@@ -91,31 +91,20 @@ async fn bad_input_gets_clear_statuses_and_the_cluster_carries_on() {
     assert!(s.message().contains("999"), "{s:?}");
 
     // Entries that decode but could not have come from a leader.
+    let blank = |index| openraft::Entry {
+        log_id: openraft::LogId::new(
+            raft_core::types::LeaderId {
+                term: 1,
+                node_id: leader,
+            },
+            index,
+        ),
+        payload: openraft::EntryPayload::Blank,
+    };
     let bad_append = raft_core::transport::rpc::AppendEntriesRequest {
         vote: openraft::impls::Vote::new_committed(1, leader),
         prev_log_id: None,
-        entries: vec![
-            openraft::Entry {
-                log_id: openraft::LogId::new(
-                    raft_core::types::LeaderId {
-                        term: 1,
-                        node_id: leader,
-                    },
-                    5,
-                ),
-                payload: openraft::EntryPayload::Blank,
-            },
-            openraft::Entry {
-                log_id: openraft::LogId::new(
-                    raft_core::types::LeaderId {
-                        term: 1,
-                        node_id: leader,
-                    },
-                    3,
-                ),
-                payload: openraft::EntryPayload::Blank,
-            },
-        ],
+        entries: vec![blank(5), blank(3)],
         leader_commit: None,
     };
     let payload: bytes::Bytes = raft_core::codec::encode(&bad_append).unwrap().into();

@@ -11,14 +11,12 @@ mod common;
 use std::time::Duration;
 
 use common::Cmd;
-use common::Query;
-use common::Reply;
 use common::sim::client_for;
+use common::sim::converged;
 use common::sim::host;
 use common::sim::leader_of;
 use common::sim::run_node;
 use common::sim::until;
-use raft_core::Consistency;
 use raft_core::NodeId;
 
 fn scenario(seed: u64) -> turmoil::Result {
@@ -87,30 +85,7 @@ fn scenario(seed: u64) -> turmoil::Result {
         to_majority
             .write(Cmd::Put("after".into(), "w".into()))
             .await?;
-        until(&client, &all, Duration::from_secs(20), "convergence", |s| {
-            s.len() == 3
-                && leader_of(s).is_some()
-                && s.iter().all(|(_, st)| {
-                    st.applied_index.is_some() && st.applied_index == s[0].1.applied_index
-                })
-                && s.iter()
-                    .all(|(_, st)| st.last_log_index == st.applied_index)
-        })
-        .await?;
-        let mut states = Vec::new();
-        for id in all {
-            let one = client_for(&[id], Duration::from_secs(5));
-            match one.read(Query::All, Consistency::Local).await? {
-                Reply::All(m) => states.push((id, m)),
-                other => return Err(format!("unexpected reply {other:?}").into()),
-            }
-        }
-        let first = &states[0].1;
-        for (id, s) in &states {
-            if s != first {
-                return Err(format!("node {id} diverged: {s:?} vs {first:?}").into());
-            }
-        }
+        let first = converged(&client, &all).await?;
         for i in 0..10 {
             for k in [format!("before-{i}"), format!("during-{i}")] {
                 if !first.contains_key(&k) {

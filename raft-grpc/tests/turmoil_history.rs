@@ -14,6 +14,7 @@ use common::KvWorkload;
 use common::Query;
 use common::Reply;
 use common::sim::client_for;
+use common::sim::converged;
 use common::sim::host;
 use common::sim::leader_of;
 use common::sim::run_node;
@@ -135,29 +136,7 @@ fn scenario(seed: u64) -> turmoil::Result {
         faults?;
 
         // Everyone converges on one state.
-        until(&admin, &all, Duration::from_secs(20), "convergence", |s| {
-            s.len() == 3
-                && leader_of(s).is_some()
-                && s.iter().all(|(_, st)| {
-                    st.applied_index.is_some() && st.applied_index == s[0].1.applied_index
-                })
-                && s.iter()
-                    .all(|(_, st)| st.last_log_index == st.applied_index)
-        })
-        .await?;
-        let mut states = Vec::new();
-        for id in all {
-            match client_for(&[id], Duration::from_secs(5))
-                .read(Query::All, Consistency::Local)
-                .await?
-            {
-                Reply::All(m) => states.push((id, m)),
-                other => return Err(format!("unexpected reply {other:?}").into()),
-            }
-        }
-        if states.iter().any(|(_, s)| *s != states[0].1) {
-            return Err(format!("replicas diverged: {states:?}").into());
-        }
+        converged(&admin, &all).await?;
 
         let history = recorder.history();
         let (ok, failed, unknown) = history.counts();

@@ -1,5 +1,6 @@
 //! Pieces for running gRPC nodes on turmoil's simulated network.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::pin::Pin;
 use std::task::Context;
@@ -7,6 +8,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use raft_core::Config;
+use raft_core::Consistency;
 use raft_core::Node;
 use raft_core::NodeId;
 use raft_grpc::ClientOptions;
@@ -23,6 +25,8 @@ use tonic::transport::server::Connected;
 use tonic::transport::server::TcpConnectInfo;
 
 use super::Kv;
+use super::Query;
+use super::Reply;
 
 pub const PORT: u16 = 7000;
 
@@ -162,4 +166,40 @@ pub fn leader_of(seen: &[(NodeId, NodeStatus)]) -> Option<NodeId> {
         .filter(|(_, s)| s.leader_id == Some(top.id) && s.term == top.term)
         .count();
     (agree >= 2).then_some(top.id)
+}
+
+/// Waits (simulated time) until every node in `ids` follows one leader and has applied its whole
+/// log, then reads each node's contents locally and checks they are all equal; returns them.
+pub async fn converged(
+    admin: &ClusterClient<Kv>,
+    ids: &[NodeId],
+) -> Result<BTreeMap<String, String>, Box<dyn std::error::Error>> {
+    until(admin, ids, Duration::from_secs(20), "convergence", |s| {
+        s.len() == ids.len()
+            && leader_of(s).is_some()
+            && s.iter().all(|(_, st)| {
+                st.applied_index.is_some() && st.applied_index == s[0].1.applied_index
+            })
+            && s.iter()
+                .all(|(_, st)| st.last_log_index == st.applied_index)
+    })
+    .await?;
+    let mut first: Option<(NodeId, BTreeMap<String, String>)> = None;
+    for id in ids {
+        let state = match client_for(&[*id], Duration::from_secs(5))
+            .read(Query::All, Consistency::Local)
+            .await?
+        {
+            Reply::All(m) => m,
+            other => return Err(format!("unexpected reply {other:?}").into()),
+        };
+        match &first {
+            None => first = Some((*id, state)),
+            Some((f, m)) if *m != state => {
+                return Err(format!("node {id} diverged: {state:?} vs node {f}: {m:?}").into());
+            }
+            Some(_) => {}
+        }
+    }
+    first.map(|(_, m)| m).ok_or_else(|| "no nodes".into())
 }
