@@ -308,6 +308,14 @@ fn parse_client(args: &[Bytes]) -> Action {
     }
 }
 
+/// The canonical (lower-case) name of a command this server knows, whatever case `name` is in.
+pub fn known(name: &[u8]) -> Option<&'static str> {
+    COMMANDS
+        .iter()
+        .map(|c| c.0)
+        .find(|c| c.as_bytes().eq_ignore_ascii_case(name))
+}
+
 /// `(name, arity, flags, first key, last key, step)` — what `COMMAND` reports.
 type CommandSpec = (&'static str, i64, &'static [&'static str], i64, i64, i64);
 
@@ -385,6 +393,14 @@ fn parse_command_cmd(args: &[Bytes]) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_names_are_canonical_and_unknown_ones_are_not() {
+        assert_eq!(known(b"SeT"), Some("set"));
+        assert_eq!(known(b"getset"), Some("getset"));
+        assert_eq!(known(b"hgetall"), None);
+        assert_eq!(known(b""), None);
+    }
 
     fn args(s: &str) -> Vec<Bytes> {
         s.split_whitespace()

@@ -40,7 +40,6 @@ use crate::store::Query;
 use crate::store::ReadOp;
 use crate::store::Reply;
 use crate::store::Store;
-use crate::store::WriteOp;
 
 /// How long a command keeps retrying through elections before the client gets an error.
 const RETRY_FOR: Duration = Duration::from_secs(10);
@@ -151,9 +150,12 @@ async fn connection(mut socket: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) -> s
 
 /// Runs one command and appends its reply; `true` when the connection should close.
 async fn execute(args: &[Bytes], conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut) -> bool {
-    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-    metrics::counter!("kv_requests_total", "command" => command_label(&name)).increment(1);
-    let reply = match commands::parse(args, now_ms()) {
+    // Only known command names become metric labels, so clients cannot create unbounded series.
+    let label = commands::known(&args[0]).unwrap_or("unknown");
+    metrics::counter!("kv_requests_total", "command" => label).increment(1);
+    // One clock reading: EX/PX deadlines and the write's stamp are the same instant.
+    let now = now_ms();
+    let reply = match commands::parse(args, now) {
         Action::Reply(r) => r,
         Action::Quit => {
             resp::encode(&Reply::Ok, out, conn.proto);
@@ -169,7 +171,7 @@ async fn execute(args: &[Bytes], conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut)
         Action::Write { op, post } => {
             conn.session.sequence += 1;
             let started = Instant::now();
-            let r = write(ctx, conn.session, op).await;
+            let r = write(ctx, conn.session, Command { now, op }).await;
             metrics::histogram!("kv_write_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
             post.apply(r)
@@ -178,16 +180,6 @@ async fn execute(args: &[Bytes], conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut)
     };
     resp::encode(&reply, out, conn.proto);
     false
-}
-
-/// Only known command names become metric labels, so clients cannot create unbounded series.
-fn command_label(name: &str) -> String {
-    match commands::parse(&[Bytes::from(name.to_string())], 0) {
-        Action::Reply(Reply::Error(e)) if e.starts_with("ERR unknown command") => {
-            "unknown".to_string()
-        }
-        _ => name.to_string(),
-    }
 }
 
 /// Whether a failure clears up by itself (an election, a restart) and is worth retrying.
@@ -225,9 +217,9 @@ fn failure(s: &Status) -> Reply {
     }
 }
 
-async fn write(ctx: &Ctx, session: Session, op: WriteOp) -> Reply {
-    // Stamped once: a retry sends the very same command, so it is applied at most once.
-    let cmd = Command { now: now_ms(), op };
+/// Sends `cmd` (stamped once, by the caller) until it succeeds or fails for good: a retry sends
+/// the very same command, so it is applied at most once.
+async fn write(ctx: &Ctx, session: Session, cmd: Command) -> Reply {
     let deadline = Instant::now() + RETRY_FOR;
     let mut pause = Duration::from_millis(20);
     loop {
@@ -267,7 +259,7 @@ fn bulk(s: impl Into<String>) -> Reply {
 }
 
 fn hello(conn: &Conn, ctx: &Ctx) -> Reply {
-    let role = match ctx.client.node().metrics().role {
+    let role = match ctx.client.node().role() {
         Role::Leader => "master",
         _ => "replica",
     };

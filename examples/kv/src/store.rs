@@ -537,26 +537,35 @@ pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
     pattern[p.min(pattern.len())..].iter().all(|c| *c == b'*')
 }
 
-/// The store as written into a snapshot: keys and values in order.
-#[derive(Serialize, Deserialize)]
+/// The store as read back from a snapshot: keys and values in order.
+#[derive(Deserialize)]
 struct Dump(Vec<(Bytes, Value)>);
+
+/// A point-in-time copy of the store's values, taken on the apply path for a snapshot.
+pub struct StoreSnapshot(BTreeMap<Slot, Value>);
+
+/// Serialises like [`Dump`] without collecting it first.
+impl Serialize for StoreSnapshot {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|(s, v)| (&s.1, v)))
+    }
+}
 
 impl StateMachine for Store {
     type Command = Command;
     type Output = Reply;
-    type Snapshot = Store;
+    type Snapshot = StoreSnapshot;
 
     fn apply(&mut self, cmd: Command) -> Reply {
         self.write(cmd)
     }
 
-    fn snapshot(&self) -> Store {
-        self.clone()
+    fn snapshot(&self) -> StoreSnapshot {
+        StoreSnapshot(self.map.clone())
     }
 
-    fn write_snapshot(store: Store, out: &mut dyn Write) -> io::Result<()> {
-        let dump = Dump(store.map.into_iter().map(|(s, v)| (s.1, v)).collect());
-        raft_core::write_serde(&dump, out)
+    fn write_snapshot(snapshot: StoreSnapshot, out: &mut dyn Write) -> io::Result<()> {
+        raft_core::write_serde(&snapshot, out)
     }
 
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
