@@ -428,13 +428,9 @@ impl<S: Queryable> Shared<S> {
     ) -> Result<S::Reply, Status> {
         let node = &self.node;
         let answer = if c == Consistency::Local || node.role() == Role::Leader {
-            match node.read(c, |sm| sm.query(query)).await {
-                // Leadership moved between the check and the read: ask the new leader.
-                Err(raft_core::Error::NotLeader { .. }) => {
-                    return Err(status::not_leader(None, None));
-                }
-                other => other,
-            }
+            // If leadership moved between the check and the read, the error redirects the
+            // client to the new leader.
+            node.read(c, |sm| sm.query(query)).await
         } else {
             let at = self.leader_read_index(pbc, timeout).await?;
             node.read_at(at, |sm| sm.query(query)).await

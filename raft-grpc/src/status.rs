@@ -121,7 +121,8 @@ pub fn not_leader(leader: Option<NodeId>, leader_addr: Option<&str>) -> Status {
         ErrorCode::NotLeader,
         match (leader, leader_addr) {
             (Some(id), Some(a)) => format!("not the leader; the leader is node {id} at {a}"),
-            _ => "not the leader; the leader is unknown".to_string(),
+            (Some(id), None) => format!("not the leader; the leader is node {id}"),
+            (None, _) => "not the leader; the leader is unknown".to_string(),
         },
     );
     if let Some(id) = leader {
