@@ -77,5 +77,7 @@ proptest! {
             report.check
         );
         prop_assert!(report.replicas_agree(), "seed {seed}, schedule {schedule:?}: replicas diverged");
+        let (ok, failed, unknown) = report.history.counts();
+        prop_assert!(ok > 0, "seed {seed}, schedule {schedule:?}: nothing succeeded ({failed} failed, {unknown} unknown)");
     }
 }

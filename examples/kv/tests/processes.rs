@@ -26,12 +26,10 @@ fn free_port() -> u16 {
     use std::sync::atomic::Ordering;
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let start = (std::process::id() % 1000) as u16 * 10;
-    loop {
-        let port = 20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    (0..12_000)
+        .map(|_| 20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000)
+        .find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port in 20000-31999")
 }
 
 struct NodeProc {
@@ -482,14 +480,26 @@ async fn a_taken_port_is_a_clear_error() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
     let tmp = tempfile::tempdir().expect("dir");
-    let out = Command::new(env!("CARGO_BIN_EXE_kv"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kv"))
         .args(["node", "--id", "1"])
         .arg("--data-dir")
         .arg(tmp.path())
         .args(["--raft-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--resp-addr", &format!("127.0.0.1:{port}")])
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run kv");
+    // It must exit by itself; a kv that starts anyway is a failure, not a hang.
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().expect("wait for kv").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kv kept running with its RESP port taken");
+        }
+        poll_pause("kv to exit").await;
+    }
+    let out = child.wait_with_output().expect("kv output");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

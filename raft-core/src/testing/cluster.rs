@@ -205,9 +205,11 @@ impl<S: StateMachine> Cluster<S> {
         what: &str,
         condition: impl Fn(&BTreeMap<NodeId, Metrics>) -> bool,
     ) -> Result<BTreeMap<NodeId, Metrics>> {
-        let mut watches: Vec<_> = self.nodes().values().map(|n| n.subscribe()).collect();
         let wait = async {
             loop {
+                // Subscribed before the check, so no change after it is missed; re-subscribed
+                // each round, so nodes crashed or restarted meanwhile are followed too.
+                let mut watches: Vec<_> = self.nodes().values().map(|n| n.subscribe()).collect();
                 let all = self.metrics();
                 if condition(&all) {
                     return all;
