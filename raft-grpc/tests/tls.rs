@@ -20,6 +20,7 @@ use raft_grpc::GrpcOptions;
 use raft_grpc::TlsConfig;
 use raft_grpc::pb;
 use raft_grpc::pb::raft_internal_client::RaftInternalClient;
+use raft_grpc::status::ErrorCode;
 use rcgen::BasicConstraints;
 use rcgen::CertificateParams;
 use rcgen::CertifiedIssuer;
@@ -158,27 +159,55 @@ async fn mutual_tls_admits_certified_clients_and_peers_only() {
 
     // A would-be peer without a valid certificate cannot reach the internal service either.
     let addr = c.addrs[&1].clone();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
-        .identity(Identity::from_pem(&pki.rogue.0, &pki.rogue.1))
-        .domain_name("127.0.0.1");
-    let ch = Endpoint::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect_lazy();
-    let mut peer = RaftInternalClient::new(ch);
-    let vote =
-        raft_core::transport::rpc::VoteRequest::new(openraft::impls::Vote::new(100, 9), None);
-    let mut req = tonic::Request::new(pb::RaftRequest {
-        target: 1,
-        payload: raft_core::codec::encode(&vote).unwrap().into(),
-    });
-    req.set_timeout(Duration::from_secs(2));
-    assert!(
-        peer.vote(req).await.is_err(),
-        "a peer with a foreign certificate is refused"
+    let peer_with = |identity: Identity| {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+            .identity(identity)
+            .domain_name("127.0.0.1");
+        let ch = Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_lazy();
+        RaftInternalClient::new(ch)
+    };
+    let vote_to = |target| {
+        let vote =
+            raft_core::transport::rpc::VoteRequest::new(openraft::impls::Vote::new(100, 9), None);
+        let mut req = tonic::Request::new(pb::RaftRequest {
+            target,
+            payload: raft_core::codec::encode(&vote).unwrap().into(),
+        });
+        req.set_timeout(Duration::from_secs(2));
+        req
+    };
+    // Control: with the node's own certificate the same channel reaches the server, which
+    // answers a vote for an unknown target with its own error.
+    let node_identity = Identity::from_pem(
+        std::fs::read(&pki.node.0).unwrap(),
+        std::fs::read(&pki.node.1).unwrap(),
     );
+    let answered = peer_with(node_identity)
+        .vote(vote_to(999))
+        .await
+        .expect_err("no node 999");
+    assert_eq!(
+        ErrorCode::of(&answered),
+        Some(ErrorCode::InvalidRequest),
+        "{answered:?}"
+    );
+    let mut rogue_peer = peer_with(Identity::from_pem(&pki.rogue.0, &pki.rogue.1));
+    for target in [999, 1] {
+        let refused = rogue_peer
+            .vote(vote_to(target))
+            .await
+            .expect_err("a peer with a foreign certificate is refused");
+        assert_eq!(
+            ErrorCode::of(&refused),
+            None,
+            "refused before reaching the server: {refused:?}"
+        );
+    }
 
     // Nothing the refused parties sent got in; the cluster still agrees.
     for (id, s) in c.converged().await {
