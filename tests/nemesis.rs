@@ -24,13 +24,14 @@ fn init_tracing() {
 async fn under(fault: Fault) {
     init_tracing();
     let opts = RunOptions {
-        schedule: Schedule::of([fault.clone(), fault], Duration::from_millis(800)),
+        schedule: Schedule::of([fault.clone(), fault.clone()], Duration::from_millis(800)),
         ..RunOptions::default()
     };
     let report = run(KvWorkload::default(), opts)
         .await
         .expect("the run completes");
     report.assert_ok();
+    assert!(report.faults_applied > 0, "no {fault:?} took effect");
     let (ok, failed, unknown) = report.history.counts();
     eprintln!(
         "{ok} ok, {failed} failed, {unknown} unknown; {} replicas agree",

@@ -170,6 +170,8 @@ pub struct Report<W: Workload> {
     /// Each member's final state machine, after the faults were healed and the cluster
     /// converged.
     pub replicas: Vec<(NodeId, W::Sm)>,
+    /// How many of the schedule's faults took effect.
+    pub faults_applied: usize,
 }
 
 impl<W: Workload> Report<W> {
@@ -423,7 +425,7 @@ pub async fn run<W: Workload>(workload: W, opts: RunOptions) -> Result<Report<W>
         result
     };
     let (_, faults) = tokio::join!(clients, faults);
-    faults?;
+    let faults_applied = faults?;
     nemesis.restore().await?;
     cluster.wait_converged().await?;
 
@@ -442,5 +444,6 @@ pub async fn run<W: Workload>(workload: W, opts: RunOptions) -> Result<Report<W>
         history,
         check,
         replicas,
+        faults_applied,
     })
 }

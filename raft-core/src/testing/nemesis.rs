@@ -166,27 +166,31 @@ impl<'a, S: StateMachine> Nemesis<'a, S> {
     }
 
     /// Runs every step of `schedule`: apply, hold, undo, and wait until the cluster has a
-    /// leader again before the next fault (a cluster that cannot recover is an error).
-    pub async fn run(&mut self, schedule: &Schedule) -> Result<()> {
+    /// leader again before the next fault (a cluster that cannot recover is an error). Returns
+    /// how many of the faults took effect (a crash can fail, a transfer can be refused, …).
+    pub async fn run(&mut self, schedule: &Schedule) -> Result<usize> {
+        let mut took_effect = 0;
         for step in &schedule.steps {
             tracing::info!(fault = ?step.fault, hold = ?step.hold, "nemesis: applying");
-            let undo = self.apply(&step.fault).await;
+            let (undo, applied) = self.apply(&step.fault).await;
+            took_effect += usize::from(applied);
             // Holding a fault for a while is the point of the fault, not a wait for something.
             tokio::time::sleep(step.hold).await;
             self.undo(undo).await?;
             self.cluster.wait_for_leader().await?;
         }
-        Ok(())
+        Ok(took_effect)
     }
 
-    async fn apply(&mut self, fault: &Fault) -> Undo {
+    /// Applies `fault`; returns how to undo it and whether it took effect.
+    async fn apply(&mut self, fault: &Fault) -> (Undo, bool) {
         let router = self.cluster.router().clone();
         match fault {
             Fault::PartitionRandom => {
                 let nodes = self.shuffled_nodes();
                 let majority = nodes.len() / 2 + 1;
                 router.partition(&[&nodes[..majority], &nodes[majority..]]);
-                Undo::Heal
+                (Undo::Heal, true)
             }
             Fault::IsolateLeader => {
                 let target = match self.leader() {
@@ -194,36 +198,38 @@ impl<'a, S: StateMachine> Nemesis<'a, S> {
                     None => self.shuffled_nodes()[0],
                 };
                 router.isolate(target);
-                Undo::Heal
+                (Undo::Heal, true)
             }
             Fault::Bridge => {
                 let nodes = self.shuffled_nodes();
-                if nodes.len() >= 3 {
+                let applies = nodes.len() >= 3;
+                if applies {
                     let rest = &nodes[1..];
                     let half = rest.len() / 2;
                     router.partition(&[&rest[..half], &rest[half..]]);
                 }
-                Undo::Heal
+                (Undo::Heal, applies)
             }
             Fault::OneWayDrop => {
                 let nodes = self.shuffled_nodes();
-                if nodes.len() >= 2 {
+                let applies = nodes.len() >= 2;
+                if applies {
                     router.block(nodes[0], nodes[1]);
                 }
-                Undo::Heal
+                (Undo::Heal, applies)
             }
             Fault::LossyNetwork { loss, max_delay_ms } => {
                 router.set_loss(*loss);
                 router.set_delay(Duration::ZERO, Duration::from_millis(*max_delay_ms));
-                Undo::Heal
+                (Undo::Heal, true)
             }
             Fault::CrashRestart => {
                 let target = self.shuffled_nodes()[0];
                 match self.cluster.crash(target).await {
-                    Ok(()) => Undo::Restart(vec![target]),
+                    Ok(()) => (Undo::Restart(vec![target]), true),
                     Err(e) => {
                         tracing::warn!(error = %e, "nemesis: crash failed");
-                        Undo::Nothing
+                        (Undo::Nothing, false)
                     }
                 }
             }
@@ -236,18 +242,22 @@ impl<'a, S: StateMachine> Nemesis<'a, S> {
                         crashed.push(id);
                     }
                 }
-                Undo::Restart(crashed)
+                let applied = !crashed.is_empty();
+                (Undo::Restart(crashed), applied)
             }
             Fault::TransferLeader => {
-                if let Some(l) = self.leader() {
-                    let to = self.shuffled_nodes().into_iter().find(|n| *n != l);
-                    if let (Ok(node), Some(to)) = (self.cluster.node(l), to)
-                        && let Err(e) = node.transfer_leader(to).await
-                    {
-                        tracing::info!(error = %e, "nemesis: leader transfer did not complete");
-                    }
+                let Some(l) = self.leader() else {
+                    return (Undo::Nothing, false);
+                };
+                let to = self.shuffled_nodes().into_iter().find(|n| *n != l);
+                let result = match (self.cluster.node(l), to) {
+                    (Ok(node), Some(to)) => node.transfer_leader(to).await,
+                    _ => return (Undo::Nothing, false),
+                };
+                if let Err(e) = &result {
+                    tracing::info!(error = %e, "nemesis: leader transfer did not complete");
                 }
-                Undo::Nothing
+                (Undo::Nothing, result.is_ok())
             }
             Fault::MembershipChange => {
                 let leader = self.leader();
@@ -255,13 +265,14 @@ impl<'a, S: StateMachine> Nemesis<'a, S> {
                     .shuffled_nodes()
                     .into_iter()
                     .find(|n| Some(*n) != leader);
-                if let (Some(l), Some(t)) = (leader, target)
-                    && let Ok(node) = self.cluster.node(l)
-                    && let Err(e) = node.remove_node(t).await
-                {
+                let result = match (leader.map(|l| self.cluster.node(l)), target) {
+                    (Some(Ok(node)), Some(t)) => node.remove_node(t).await,
+                    _ => return (Undo::Rejoin, false),
+                };
+                if let Err(e) = &result {
                     tracing::info!(error = %e, "nemesis: removing a node did not complete");
                 }
-                Undo::Rejoin
+                (Undo::Rejoin, result.is_ok())
             }
         }
     }
