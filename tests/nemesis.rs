@@ -2,15 +2,13 @@
 //! linearizability and every replica must agree after the faults are healed. A failure prints
 //! its seed; `RAFTKIT_SEED=<seed>` reruns it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::KvWorkload;
 use raftkit::testing::Fault;
 use raftkit::testing::ReadMode;
 use raftkit::testing::RunOptions;
 use raftkit::testing::Schedule;
+use raftkit::testing::kv::KvWorkload;
 use raftkit::testing::run;
 
 fn init_tracing() {
@@ -102,6 +100,7 @@ async fn unsafe_local_reads_on_an_isolated_leader_are_caught() {
     let workload = KvWorkload {
         keys: 1,
         read_percent: 50,
+        deletes: true,
     };
     let report = run(workload, opts).await.expect("the run completes");
     assert!(

@@ -4,16 +4,14 @@
 //!
 //! A few cases run by default; `RAFTKIT_SOAK=1` runs many more, with longer schedules.
 
-mod common;
-
 use std::time::Duration;
 
-use common::KvWorkload;
 use proptest::prelude::*;
 use raftkit::testing::Fault;
 use raftkit::testing::RunOptions;
 use raftkit::testing::Schedule;
 use raftkit::testing::Step;
+use raftkit::testing::kv::KvWorkload;
 use raftkit::testing::run;
 
 fn soak() -> bool {
@@ -70,7 +68,7 @@ proptest! {
             schedule: schedule.clone(),
             ..RunOptions::default()
         };
-        let report = rt.block_on(run(KvWorkload { keys, read_percent }, opts)).expect("the run completes");
+        let report = rt.block_on(run(KvWorkload { keys, read_percent, deletes: true }, opts)).expect("the run completes");
         prop_assert!(
             report.check.is_linearizable(),
             "seed {seed}, schedule {schedule:?}: {:?}",

@@ -73,7 +73,7 @@ fn scenario(seed: u64) -> turmoil::Result {
                 .await;
             if let Ok(v) = r {
                 return Err(
-                    format!("the isolated old leader acknowledged write lost-{i}: {v}").into(),
+                    format!("the isolated old leader acknowledged write lost-{i}: {v:?}").into(),
                 );
             }
         }

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::Kv;
-use common::KvWorkload;
+
 use common::Query;
 use common::Reply;
 use common::sim::client_for;
@@ -29,6 +29,7 @@ use raft_core::testing::KvResult;
 use raft_core::testing::Recorder;
 use raft_core::testing::Target;
 use raft_core::testing::Workload;
+use raft_core::testing::kv::KvWorkload;
 use raft_core::testing::run_clients;
 use raft_grpc::ClientError;
 use raft_grpc::ClusterClient;
@@ -87,6 +88,7 @@ fn scenario(seed: u64) -> turmoil::Result {
         let workload = KvWorkload {
             keys: 3,
             read_percent: 40,
+            deletes: false,
         };
         let target = GrpcTarget {
             client: client_for(&all, Duration::from_secs(2)),

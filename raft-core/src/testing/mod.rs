@@ -5,6 +5,8 @@
 //! * [`Cluster`] — starts N nodes on a router (durable, in temporary directories, or in memory),
 //!   waits for a leader on metrics, crashes and restarts nodes from their data directories, and
 //!   writes through whichever node leads.
+//! * [`kv`] — a small replicated string map with a matching [`Workload`], for tests that need
+//!   some state machine rather than their own.
 //!
 //! ```no_run
 //! # use raft_core::{StateMachine, testing::{Cluster, ClusterOptions}};
@@ -23,6 +25,7 @@ pub mod checker;
 mod cluster;
 pub mod driver;
 pub mod history;
+pub mod kv;
 pub mod model;
 mod nemesis;
 mod router;

@@ -1,4 +1,4 @@
-//! Shared pieces of the gRPC tests: a key-value state machine and a cluster of real gRPC nodes
+//! Shared pieces of the gRPC tests: the testing key-value state machine and a cluster of real gRPC nodes
 //! on 127.0.0.1 ephemeral ports with durable logs in a temporary directory.
 
 #![allow(dead_code)]
@@ -6,85 +6,19 @@
 pub mod sim;
 
 use std::collections::BTreeMap;
-use std::io;
-use std::io::Read;
-use std::io::Write;
 use std::time::Duration;
 
 use raft_core::Config;
 use raft_core::NodeId;
-use raft_core::Queryable;
 use raft_core::Role;
-use raft_core::StateMachine;
 use raft_grpc::GrpcNode;
 use raft_grpc::GrpcOptions;
-use serde::Deserialize;
-use serde::Serialize;
 use tokio::net::TcpListener;
 
-/// A key-value store; `Append` is deliberately not idempotent.
-#[derive(Default, Clone, Debug, PartialEq, Eq)]
-pub struct Kv(pub BTreeMap<String, String>);
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Cmd {
-    Put(String, String),
-    Append(String, String),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Query {
-    Get(String),
-    All,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Reply {
-    Value(Option<String>),
-    All(BTreeMap<String, String>),
-}
-
-impl StateMachine for Kv {
-    type Command = Cmd;
-    type Output = String;
-    type Snapshot = BTreeMap<String, String>;
-
-    fn apply(&mut self, cmd: Cmd) -> String {
-        match cmd {
-            Cmd::Put(k, v) => {
-                self.0.insert(k, v.clone());
-                v
-            }
-            Cmd::Append(k, v) => {
-                let e = self.0.entry(k).or_default();
-                e.push_str(&v);
-                e.clone()
-            }
-        }
-    }
-    fn snapshot(&self) -> Self::Snapshot {
-        self.0.clone()
-    }
-    fn write_snapshot(s: Self::Snapshot, out: &mut dyn Write) -> io::Result<()> {
-        raft_core::write_serde(&s, out)
-    }
-    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
-        self.0 = raft_core::read_serde(input)?;
-        Ok(())
-    }
-}
-
-impl Queryable for Kv {
-    type Query = Query;
-    type Reply = Reply;
-
-    fn query(&self, q: Query) -> Reply {
-        match q {
-            Query::Get(k) => Reply::Value(self.0.get(&k).cloned()),
-            Query::All => Reply::All(self.0.clone()),
-        }
-    }
-}
+pub use raft_core::testing::kv::KvCommand as Cmd;
+pub use raft_core::testing::kv::KvQuery as Query;
+pub use raft_core::testing::kv::KvReply as Reply;
+pub use raft_core::testing::kv::KvStore as Kv;
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -219,61 +153,5 @@ impl GrpcCluster {
             );
         }
         out
-    }
-}
-
-/// The driver's workload for [`Kv`] over gRPC: random gets, puts and (unique) appends.
-#[derive(Clone)]
-pub struct KvWorkload {
-    pub keys: usize,
-    pub read_percent: u32,
-}
-
-impl raft_core::testing::Workload for KvWorkload {
-    type Sm = Kv;
-    type Model = raft_core::testing::KvMap;
-
-    fn state_machine(&self) -> Kv {
-        Kv::default()
-    }
-
-    fn generate(&self, rng: &mut rand::rngs::StdRng) -> raft_core::testing::KvOp {
-        use rand::Rng;
-        let key = format!("k{}", rng.random_range(0..self.keys));
-        if rng.random_range(0..100) < self.read_percent {
-            return raft_core::testing::KvOp::Get(key);
-        }
-        let token = format!("{:04x},", rng.random::<u16>());
-        if rng.random_bool(0.6) {
-            raft_core::testing::KvOp::Append(key, token)
-        } else {
-            raft_core::testing::KvOp::Put(key, token)
-        }
-    }
-
-    fn command(&self, input: &raft_core::testing::KvOp) -> Option<Cmd> {
-        use raft_core::testing::KvOp;
-        match input {
-            KvOp::Put(k, v) => Some(Cmd::Put(k.clone(), v.clone())),
-            KvOp::Append(k, v) => Some(Cmd::Append(k.clone(), v.clone())),
-            KvOp::Get(_) | KvOp::Delete(_) => None,
-        }
-    }
-
-    fn write_output(
-        &self,
-        input: &raft_core::testing::KvOp,
-        output: String,
-    ) -> raft_core::testing::KvResult {
-        match input {
-            raft_core::testing::KvOp::Append(..) => {
-                raft_core::testing::KvResult::Value(Some(output))
-            }
-            _ => raft_core::testing::KvResult::Done,
-        }
-    }
-
-    fn read(&self, input: &raft_core::testing::KvOp, sm: &Kv) -> raft_core::testing::KvResult {
-        raft_core::testing::KvResult::Value(sm.0.get(input.key()).cloned())
     }
 }

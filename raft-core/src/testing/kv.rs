@@ -1,35 +1,57 @@
-//! A key-value state machine and its workload, shared by the cluster-level tests.
-
-#![allow(dead_code)]
+//! A small replicated map of strings and its [`Workload`]: a ready-made state machine for tests
+//! of the cluster, the transport or the harness itself, checked against the [`KvMap`] model.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::io::Read;
 use std::io::Write;
 
-use raftkit::StateMachine;
-use raftkit::testing::KvMap;
-use raftkit::testing::KvOp;
-use raftkit::testing::KvResult;
-use raftkit::testing::Workload;
 use rand::Rng;
 use rand::rngs::StdRng;
 use serde::Deserialize;
 use serde::Serialize;
 
+use super::driver::Workload;
+use super::model::KvMap;
+use super::model::KvOp;
+use super::model::KvResult;
+use crate::Queryable;
+use crate::StateMachine;
+
 /// A replicated map of strings.
 #[derive(Default, Clone, Debug, PartialEq, Eq)]
-pub struct Kv(pub BTreeMap<String, String>);
+pub struct KvStore(pub BTreeMap<String, String>);
 
-/// A change to a [`Kv`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A change to a [`KvStore`]. `Append` is deliberately not idempotent, so a duplicate shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvCommand {
+    /// Sets a key.
     Put(String, String),
+    /// Appends to a key's value (an absent key counts as empty).
     Append(String, String),
+    /// Removes a key.
     Delete(String),
 }
 
-impl StateMachine for Kv {
+/// A question to a [`KvStore`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum KvQuery {
+    /// One key's value.
+    Get(String),
+    /// The whole map.
+    All,
+}
+
+/// The answer to a [`KvQuery`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvReply {
+    /// The key's value, if present.
+    Value(Option<String>),
+    /// The whole map.
+    All(BTreeMap<String, String>),
+}
+
+impl StateMachine for KvStore {
     type Command = KvCommand;
     /// The key's value after the command.
     type Output = Option<String>;
@@ -56,22 +78,36 @@ impl StateMachine for Kv {
         self.0.clone()
     }
     fn write_snapshot(s: Self::Snapshot, out: &mut dyn Write) -> io::Result<()> {
-        raftkit::write_serde(&s, out)
+        crate::write_serde(&s, out)
     }
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
-        self.0 = raftkit::read_serde(input)?;
+        self.0 = crate::read_serde(input)?;
         Ok(())
     }
 }
 
-/// Random gets, puts, appends and deletes over a few keys; appended values are unique, so a
-/// lost or duplicated append shows.
-#[derive(Clone)]
+impl Queryable for KvStore {
+    type Query = KvQuery;
+    type Reply = KvReply;
+
+    fn query(&self, q: KvQuery) -> KvReply {
+        match q {
+            KvQuery::Get(k) => KvReply::Value(self.0.get(&k).cloned()),
+            KvQuery::All => KvReply::All(self.0.clone()),
+        }
+    }
+}
+
+/// Random gets, appends (60 % of writes), puts and deletes over a few keys; appended values are
+/// unique, so a lost or duplicated append shows.
+#[derive(Clone, Debug)]
 pub struct KvWorkload {
     /// How many distinct keys.
     pub keys: usize,
     /// Percentage of operations that are reads.
     pub read_percent: u32,
+    /// Whether one write in ten is a delete.
+    pub deletes: bool,
 }
 
 impl Default for KvWorkload {
@@ -79,16 +115,17 @@ impl Default for KvWorkload {
         KvWorkload {
             keys: 4,
             read_percent: 40,
+            deletes: true,
         }
     }
 }
 
 impl Workload for KvWorkload {
-    type Sm = Kv;
+    type Sm = KvStore;
     type Model = KvMap;
 
-    fn state_machine(&self) -> Kv {
-        Kv::default()
+    fn state_machine(&self) -> KvStore {
+        KvStore::default()
     }
 
     fn generate(&self, rng: &mut StdRng) -> KvOp {
@@ -99,8 +136,8 @@ impl Workload for KvWorkload {
         let token = format!("{:04x},", rng.random::<u16>());
         match rng.random_range(0..10) {
             0..=5 => KvOp::Append(key, token),
-            6..=8 => KvOp::Put(key, token),
-            _ => KvOp::Delete(key),
+            9 if self.deletes => KvOp::Delete(key),
+            _ => KvOp::Put(key, token),
         }
     }
 
@@ -120,7 +157,7 @@ impl Workload for KvWorkload {
         }
     }
 
-    fn read(&self, input: &KvOp, sm: &Kv) -> KvResult {
+    fn read(&self, input: &KvOp, sm: &KvStore) -> KvResult {
         KvResult::Value(sm.0.get(input.key()).cloned())
     }
 }
