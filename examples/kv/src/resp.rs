@@ -191,28 +191,27 @@ pub enum Proto {
     Resp3,
 }
 
+/// Appends a type mark, a number and CRLF (`:42\r\n`, `$5\r\n`, …) without allocating.
+fn line(out: &mut BytesMut, mark: u8, n: impl itoa::Integer) {
+    out.put_u8(mark);
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.put_slice(b"\r\n");
+}
+
 /// Appends `reply` to `out` in the connection's protocol.
 pub fn encode(reply: &Reply, out: &mut BytesMut, proto: Proto) {
     match reply {
         Reply::Ok => out.put_slice(b"+OK\r\n"),
         Reply::Nil if proto == Proto::Resp3 => out.put_slice(b"_\r\n"),
         Reply::Nil => out.put_slice(b"$-1\r\n"),
-        Reply::Int(n) => {
-            out.put_u8(b':');
-            out.put_slice(n.to_string().as_bytes());
-            out.put_slice(b"\r\n");
-        }
+        Reply::Int(n) => line(out, b':', *n),
         Reply::Bulk(b) => {
-            out.put_u8(b'$');
-            out.put_slice(b.len().to_string().as_bytes());
-            out.put_slice(b"\r\n");
+            line(out, b'$', b.len());
             out.put_slice(b);
             out.put_slice(b"\r\n");
         }
         Reply::Array(items) => {
-            out.put_u8(b'*');
-            out.put_slice(items.len().to_string().as_bytes());
-            out.put_slice(b"\r\n");
+            line(out, b'*', items.len());
             for item in items {
                 encode(item, out, proto);
             }
@@ -222,9 +221,7 @@ pub fn encode(reply: &Reply, out: &mut BytesMut, proto: Proto) {
                 Proto::Resp3 => (b'%', pairs.len()),
                 Proto::Resp2 => (b'*', pairs.len() * 2),
             };
-            out.put_u8(mark);
-            out.put_slice(n.to_string().as_bytes());
-            out.put_slice(b"\r\n");
+            line(out, mark, n);
             for (k, v) in pairs {
                 encode(k, out, proto);
                 encode(v, out, proto);
