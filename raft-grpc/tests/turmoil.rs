@@ -13,22 +13,15 @@ use std::time::Duration;
 use common::Cmd;
 use common::sim::client_for;
 use common::sim::converged;
+use common::sim::for_each_seed;
 use common::sim::host;
 use common::sim::leader_of;
-use common::sim::run_node;
+use common::sim::three_nodes;
 use common::sim::until;
 use raft_core::NodeId;
 
 fn scenario(seed: u64) -> turmoil::Result {
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
-        .simulation_duration(Duration::from_secs(120))
-        .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(10))
-        .build();
-    for id in 1..=3 {
-        sim.host(host(id), move || run_node(id));
-    }
+    let mut sim = three_nodes(seed, Duration::from_secs(120));
     sim.client("client", async move {
         let all = [1, 2, 3];
         let client = client_for(&all, Duration::from_secs(20));
@@ -105,19 +98,7 @@ fn scenario(seed: u64) -> turmoil::Result {
     sim.run()
 }
 
-fn seeds() -> Vec<u64> {
-    std::env::var("RAFTKIT_TURMOIL_SEEDS")
-        .ok()
-        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 2, 3])
-}
-
 #[test]
 fn leader_partition_on_simulated_network() {
-    common::init_tracing();
-    for seed in seeds() {
-        if let Err(e) = scenario(seed) {
-            panic!("seed {seed} failed (rerun with RAFTKIT_TURMOIL_SEEDS={seed}): {e}");
-        }
-    }
+    for_each_seed(&[1, 2, 3], scenario);
 }

@@ -15,9 +15,10 @@ use common::Query;
 use common::Reply;
 use common::sim::client_for;
 use common::sim::converged;
+use common::sim::for_each_seed;
 use common::sim::host;
 use common::sim::leader_of;
-use common::sim::run_node;
+use common::sim::three_nodes;
 use common::sim::until;
 use raft_core::Consistency;
 use raft_core::NodeId;
@@ -74,15 +75,7 @@ impl Target for GrpcTarget {
 }
 
 fn scenario(seed: u64) -> turmoil::Result {
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
-        .simulation_duration(Duration::from_secs(180))
-        .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(10))
-        .build();
-    for id in 1..=3 {
-        sim.host(host(id), move || run_node(id));
-    }
+    let mut sim = three_nodes(seed, Duration::from_secs(180));
     sim.client("driver", async move {
         let all: [NodeId; 3] = [1, 2, 3];
         let workload = KvWorkload {
@@ -168,19 +161,7 @@ fn scenario(seed: u64) -> turmoil::Result {
     sim.run()
 }
 
-fn seeds() -> Vec<u64> {
-    std::env::var("RAFTKIT_TURMOIL_SEEDS")
-        .ok()
-        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![11, 12])
-}
-
 #[test]
 fn histories_over_grpc_on_a_simulated_network_are_linearizable() {
-    common::init_tracing();
-    for seed in seeds() {
-        if let Err(e) = scenario(seed) {
-            panic!("seed {seed} failed (rerun with RAFTKIT_TURMOIL_SEEDS={seed}): {e}");
-        }
-    }
+    for_each_seed(&[11, 12], scenario);
 }

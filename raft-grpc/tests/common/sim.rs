@@ -203,3 +203,33 @@ pub async fn converged(
     }
     first.map(|(_, m)| m).ok_or_else(|| "no nodes".into())
 }
+
+/// A simulation of three gRPC nodes (hosts `node-1`..`node-3`) with 1–10 ms of latency, seeded,
+/// ending with an error after `limit` of simulated time.
+pub fn three_nodes<'a>(seed: u64, limit: Duration) -> turmoil::Sim<'a> {
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(limit)
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(10))
+        .build();
+    for id in 1..=3 {
+        sim.host(host(id), move || run_node(id));
+    }
+    sim
+}
+
+/// Runs `scenario` for each seed in `RAFTKIT_TURMOIL_SEEDS` (comma separated), or for
+/// `defaults`; a failure names its seed and how to rerun it.
+pub fn for_each_seed(defaults: &[u64], scenario: impl Fn(u64) -> turmoil::Result) {
+    super::init_tracing();
+    let seeds: Vec<u64> = std::env::var("RAFTKIT_TURMOIL_SEEDS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| defaults.to_vec());
+    for seed in seeds {
+        if let Err(e) = scenario(seed) {
+            panic!("seed {seed} failed (rerun with RAFTKIT_TURMOIL_SEEDS={seed}): {e}");
+        }
+    }
+}
