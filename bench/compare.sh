@@ -18,7 +18,8 @@
 # Environment:
 #   BENCH_SCALE=0.2      fewer requests per point (default 1; 1 is ~10 s per point on a laptop)
 #   BENCH_CLIENTS="1 64" which client counts to run (default "1 16 64 256")
-#   BENCH_DIR=/path      where data and results go (default mktemp -d)
+#   BENCH_DIR=/path      where data, logs and results go (default mktemp -d); the data is
+#                        removed at exit, the logs and results.csv stay
 #   BENCH_PORT_BASE=N    first of the ~20 local ports used (default 24000)
 #   BENCH_TARGETS="raftkit etcd redis"  which targets to run
 #   BENCH_ROUNDS=N       run every target N times, interleaved, and report each cell's median
@@ -42,7 +43,8 @@ cleanup() {
     for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
 }
-trap cleanup EXIT
+# On exit the servers stop and their data (about 1 GiB per run) goes; logs and results stay.
+trap 'cleanup; rm -rf "${DIR:?}/kv" "${DIR:?}/etcd" "${DIR:?}/redis"' EXIT
 stop_all() { cleanup; PIDS=(); }
 
 # Requests per point: enough for ~10 s at the throughput each client count usually reaches.
