@@ -48,9 +48,9 @@ impl<S: Queryable> GrpcNode<S> {
         opts: GrpcOptions,
     ) -> Result<Self, StartError> {
         let addr = listener.local_addr().map_err(StartError::Listener)?;
-        let transport = GrpcTransport::new(config.id, opts.clone());
-        let node = Node::start(config, state_machine, transport).await?;
-        let server = Server::new(node.clone(), opts);
+        let transport = GrpcTransport::new(config.id, opts);
+        let node = Node::start(config, state_machine, transport.clone()).await?;
+        let server = Server::new(node.clone(), &transport);
         let stats = server.stats();
         let client = server.local_client();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -51,6 +51,7 @@ use crate::pb::raft_internal_client::RaftInternalClient;
 use crate::pb::raft_internal_server::RaftInternalServer;
 use crate::status;
 use crate::status::ErrorCode;
+use crate::transport::GrpcTransport;
 use crate::wire;
 
 /// Metadata marking a request a node forwarded on a client's behalf; it is not forwarded again.
@@ -103,7 +104,7 @@ struct Shared<S: Queryable> {
     node: Node<S>,
     handler: SharedRpcHandler,
     pool: Pool,
-    opts: GrpcOptions,
+    opts: Arc<GrpcOptions>,
     stats: Arc<ServerStats>,
 }
 
@@ -173,19 +174,16 @@ impl<S: Queryable> Server<S> {
         }
     }
 
-    /// A server for `node`.
-    pub fn new(node: Node<S>, opts: GrpcOptions) -> Server<S> {
-        let pool = Pool::new(
-            opts.tls.clone(),
-            opts.connector.clone(),
-            opts.channel.clone(),
-        );
+    /// A server for `node`, which was started with `transport` (or a clone of it). The server
+    /// takes its options (TLS, limits, forwarding) from the transport, and forwards to the
+    /// leader over the transport's connections.
+    pub fn new(node: Node<S>, transport: &GrpcTransport) -> Server<S> {
         Server {
             shared: Arc::new(Shared {
                 handler: node.rpc_handler(),
                 node,
-                pool,
-                opts,
+                pool: transport.pool().clone(),
+                opts: transport.options().clone(),
                 stats: Arc::default(),
             }),
         }

@@ -7,6 +7,7 @@
 //! from disk as they are sent.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -35,12 +36,14 @@ use crate::pb;
 use crate::pb::raft_internal_client::RaftInternalClient;
 use crate::wire;
 
-/// The transport a node sends through: pass it to [`raft_core::Node::start`].
+/// The transport a node sends through: pass it to [`raft_core::Node::start`], and a clone of
+/// it to [`crate::Server::new`], so replication and forwarded requests share one connection per
+/// peer and one reconnect backoff. Clones share the connections.
 #[derive(Clone)]
 pub struct GrpcTransport {
     id: NodeId,
     pool: Pool,
-    opts: GrpcOptions,
+    opts: Arc<GrpcOptions>,
 }
 
 impl GrpcTransport {
@@ -53,8 +56,18 @@ impl GrpcTransport {
                 opts.connector.clone(),
                 opts.channel.clone(),
             ),
-            opts,
+            opts: Arc::new(opts),
         }
+    }
+
+    /// The connections to peers, one per address.
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The options the transport was made with.
+    pub(crate) fn options(&self) -> &Arc<GrpcOptions> {
+        &self.opts
     }
 }
 
@@ -67,7 +80,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcTransport {
             target,
             addr: node.addr.clone(),
             client: self.pool.channel(&node.addr).map(|c| self.client(c)),
-            opts: self.opts.clone(),
+            snapshot_chunk_bytes: self.opts.snapshot_chunk_bytes.max(1),
         }
     }
 }
@@ -86,7 +99,7 @@ pub struct GrpcConnection {
     target: NodeId,
     addr: String,
     client: Result<RaftInternalClient<Channel>, Status>,
-    opts: GrpcOptions,
+    snapshot_chunk_bytes: usize,
 }
 
 /// Whether a status is tonic's own "deadline passed" (reported as `Cancelled`).
@@ -288,7 +301,7 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         // Reading runs on a blocking thread, one chunk ahead of the network: the channel of
         // two chunks is the whole buffer on this side.
         let (tx, rx) = mpsc::channel::<pb::SnapshotChunk>(2);
-        let chunk = self.opts.snapshot_chunk_bytes.max(1);
+        let chunk = self.snapshot_chunk_bytes;
         let target = self.target;
         let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let mut offset = 0u64;

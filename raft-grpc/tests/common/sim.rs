@@ -100,7 +100,8 @@ pub async fn run_node(id: NodeId) -> turmoil::Result {
         .with_timing(Duration::from_millis(50), Duration::from_millis(300))
         .with_request_timeout(Duration::from_secs(3))
         .with_snapshots(0, 0);
-    let node: Node<Kv> = Node::start(config, Kv::default(), GrpcTransport::new(id, opts())).await?;
+    let transport = GrpcTransport::new(id, opts());
+    let node: Node<Kv> = Node::start(config, Kv::default(), transport.clone()).await?;
     let listener = turmoil::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)).await?;
     let incoming = futures_util::stream::unfold(listener, |l| async move {
         let conn = l.accept().await.map(|(s, _)| SimStream(s));
@@ -109,7 +110,7 @@ pub async fn run_node(id: NodeId) -> turmoil::Result {
     if id == 1 {
         node.initialize((1..=3).map(|i| (i, addr(i)))).await?;
     }
-    Server::new(node, opts())
+    Server::new(node, &transport)
         .serve_with_incoming(incoming, std::future::pending())
         .await?;
     Ok(())
