@@ -22,7 +22,6 @@ use raft_core::codec::CodecError;
 use rand::Rng;
 use tokio::time::Instant;
 use tonic::Code;
-use tonic::Request;
 use tonic::Status;
 use tonic::transport::Channel;
 
@@ -364,19 +363,19 @@ impl<S: Queryable> ClusterClient<S> {
         command: &S::Command,
     ) -> Result<S::Output, ClientError> {
         let bytes: bytes::Bytes = raft_core::codec::encode(command)?.into();
-        let session = pb::Session {
-            client_id: session.client_id,
-            sequence: session.sequence,
-        };
+        let session = pb::Session::from(session);
         let reply = self
             .retry(self.leader_guess(), |mut c, timeout| {
-                let mut req = Request::new(pb::WriteRequest {
+                let req = pb::WriteRequest {
                     command: bytes.clone(),
                     session: Some(session),
                     no_forward: false,
-                });
-                req.set_timeout(timeout);
-                async move { c.write(req).await.map(|r| r.into_inner()) }
+                };
+                async move {
+                    c.write(pb::request(req, timeout))
+                        .await
+                        .map(|r| r.into_inner())
+                }
             })
             .await?;
         if !reply.leader_addr.is_empty() {
@@ -426,19 +425,19 @@ impl<S: Queryable> ClusterClient<S> {
         consistency: Consistency,
     ) -> Result<(S::Reply, NodeId), ClientError> {
         let bytes: bytes::Bytes = raft_core::codec::encode(&query)?.into();
-        let c = match consistency {
-            Consistency::Linearizable => pb::Consistency::Linearizable,
-            Consistency::Lease => pb::Consistency::Lease,
-            Consistency::Local => pb::Consistency::Local,
-        };
+        let c = pb::Consistency::from(consistency);
         let reply = self
             .retry(self.read_target(), |mut client, timeout| {
-                let mut req = Request::new(pb::ReadRequest {
+                let req = pb::ReadRequest {
                     query: bytes.clone(),
-                    consistency: c as i32,
-                });
-                req.set_timeout(timeout);
-                async move { client.read(req).await.map(|r| r.into_inner()) }
+                    consistency: c.into(),
+                };
+                async move {
+                    client
+                        .read(pb::request(req, timeout))
+                        .await
+                        .map(|r| r.into_inner())
+                }
             })
             .await?;
         Ok((raft_core::codec::decode(&reply.reply)?, reply.served_by))
@@ -452,12 +451,11 @@ impl<S: Queryable> ClusterClient<S> {
     ) -> Result<(), ClientError> {
         let addr = addr.into();
         self.admin(|mut c, t| {
-            let mut req = Request::new(pb::AddLearnerRequest {
+            let req = pb::AddLearnerRequest {
                 node_id: id,
                 addr: addr.clone(),
-            });
-            req.set_timeout(t);
-            async move { c.add_learner(req).await.map(|_| ()) }
+            };
+            async move { c.add_learner(pb::request(req, t)).await.map(|_| ()) }
         })
         .await
     }
@@ -469,11 +467,10 @@ impl<S: Queryable> ClusterClient<S> {
     ) -> Result<(), ClientError> {
         let voters: Vec<NodeId> = voters.into_iter().collect();
         self.admin(|mut c, t| {
-            let mut req = Request::new(pb::ChangeMembershipRequest {
+            let req = pb::ChangeMembershipRequest {
                 voters: voters.clone(),
-            });
-            req.set_timeout(t);
-            async move { c.change_membership(req).await.map(|_| ()) }
+            };
+            async move { c.change_membership(pb::request(req, t)).await.map(|_| ()) }
         })
         .await
     }
@@ -481,9 +478,8 @@ impl<S: Queryable> ClusterClient<S> {
     /// Removes node `id` from the cluster.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), ClientError> {
         self.admin(|mut c, t| {
-            let mut req = Request::new(pb::RemoveNodeRequest { node_id: id });
-            req.set_timeout(t);
-            async move { c.remove_node(req).await.map(|_| ()) }
+            let req = pb::RemoveNodeRequest { node_id: id };
+            async move { c.remove_node(pb::request(req, t)).await.map(|_| ()) }
         })
         .await
     }
@@ -491,9 +487,8 @@ impl<S: Queryable> ClusterClient<S> {
     /// Hands leadership to node `to`.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ClientError> {
         self.admin(|mut c, t| {
-            let mut req = Request::new(pb::TransferLeaderRequest { to });
-            req.set_timeout(t);
-            async move { c.transfer_leader(req).await.map(|_| ()) }
+            let req = pb::TransferLeaderRequest { to };
+            async move { c.transfer_leader(pb::request(req, t)).await.map(|_| ()) }
         })
         .await
     }
@@ -509,8 +504,7 @@ impl<S: Queryable> ClusterClient<S> {
     /// One node's view of the cluster (no retries: it asks exactly `addr`).
     pub async fn status(&self, addr: &str) -> Result<NodeStatus, ClientError> {
         let mut c = self.client(addr).map_err(ClientError::Refused)?;
-        let mut req = Request::new(pb::StatusRequest {});
-        req.set_timeout(self.inner.opts.attempt_timeout);
+        let req = pb::request(pb::StatusRequest {}, self.inner.opts.attempt_timeout);
         c.status(req)
             .await
             .map(|r| r.into_inner())

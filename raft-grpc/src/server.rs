@@ -152,12 +152,7 @@ impl<S: Queryable> NodeClient<S> {
         query: S::Query,
         consistency: Consistency,
     ) -> Result<S::Reply, Status> {
-        let pbc = match consistency {
-            Consistency::Linearizable => pb::Consistency::Linearizable,
-            Consistency::Lease => pb::Consistency::Lease,
-            Consistency::Local => pb::Consistency::Local,
-        };
-        self.shared.read(query, pbc, consistency, None).await
+        self.shared.read(query, consistency, None).await
     }
 
     /// The node itself.
@@ -341,14 +336,18 @@ impl<S: Queryable> Shared<S> {
 
     /// A request forwarded on a caller's behalf, carrying its remaining deadline.
     fn forward_request<T>(&self, msg: T, timeout: Option<Duration>) -> Request<T> {
-        let mut r = Request::new(msg);
-        r.set_timeout(timeout.unwrap_or(self.node.config().request_timeout));
+        let mut r = pb::request(msg, self.deadline(timeout));
         r.metadata_mut().insert(
             FORWARDED_KEY,
             tonic::metadata::MetadataValue::from_static("1"),
         );
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         r
+    }
+
+    /// The caller's deadline, or the node's request timeout if it gave none.
+    fn deadline(&self, caller: Option<Duration>) -> Duration {
+        caller.unwrap_or(self.node.config().request_timeout)
     }
 
     /// Runs `local` on this node; if it is not the leader, forwards with `forward` (once).
@@ -390,10 +389,7 @@ impl<S: Queryable> Shared<S> {
         };
         let forward_msg = pb::WriteRequest {
             command,
-            session: session.map(|s| pb::Session {
-                client_id: s.client_id,
-                sequence: s.sequence,
-            }),
+            session: session.map(Into::into),
             no_forward: true,
         };
         self.on_leader(
@@ -420,7 +416,6 @@ impl<S: Queryable> Shared<S> {
     async fn read(
         &self,
         query: S::Query,
-        pbc: pb::Consistency,
         c: Consistency,
         timeout: Option<Duration>,
     ) -> Result<S::Reply, Status> {
@@ -430,7 +425,7 @@ impl<S: Queryable> Shared<S> {
             // client to the new leader.
             node.read(c, |sm| sm.query(query)).await
         } else {
-            let at = self.leader_read_index(pbc, timeout).await?;
+            let at = self.leader_read_index(c, timeout).await?;
             node.read_at(at, |sm| sm.query(query)).await
         };
         answer.map_err(|e| status::from_error(&e))
@@ -439,37 +434,26 @@ impl<S: Queryable> Shared<S> {
     /// Asks the leader for the position a linearizable read must wait for.
     async fn leader_read_index(
         &self,
-        consistency: pb::Consistency,
+        consistency: Consistency,
         timeout: Option<Duration>,
     ) -> Result<ReadIndex, Status> {
         let Some((leader, Some(addr))) = self.node.leader() else {
             return Err(status::not_leader(None, None));
         };
         let mut client = RaftInternalClient::new(self.channel(&addr)?);
-        let mut req = Request::new(pb::ReadIndexRequest {
+        let req = pb::ReadIndexRequest {
             target: leader,
-            consistency: consistency as i32,
-        });
-        req.set_timeout(timeout.unwrap_or(self.node.config().request_timeout));
-        let r = client.read_index(req).await?.into_inner();
+            consistency: pb::Consistency::from(consistency).into(),
+        };
+        let r = client
+            .read_index(pb::request(req, self.deadline(timeout)))
+            .await?
+            .into_inner();
         Ok(ReadIndex {
             term: r.term,
             index: r.index,
         })
     }
-}
-
-fn consistency(c: i32) -> Result<(pb::Consistency, Consistency), Status> {
-    let pbc = pb::Consistency::try_from(c)
-        .map_err(|_| status::invalid(format!("unknown consistency {c}")))?;
-    Ok((
-        pbc,
-        match pbc {
-            pb::Consistency::Linearizable => Consistency::Linearizable,
-            pb::Consistency::Lease => Consistency::Lease,
-            pb::Consistency::Local => Consistency::Local,
-        },
-    ))
 }
 
 // ---- the internal service -------------------------------------------------------------------
@@ -490,6 +474,25 @@ impl<S: Queryable> Internal<S> {
         Ok(Response::new(pb::RaftReply {
             payload: wire::encode(value)?,
         }))
+    }
+
+    /// Decodes a peer's request (`what` names it in errors), answers it with `handle` and
+    /// encodes the answer.
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        req: Request<pb::RaftRequest>,
+        what: &str,
+        handle: F,
+    ) -> Result<Response<pb::RaftReply>, Status>
+    where
+        Req: serde::de::DeserializeOwned,
+        Resp: serde::Serialize,
+        F: FnOnce(Req) -> Fut,
+        Fut: Future<Output = Result<Resp, RpcHandlerError>>,
+    {
+        let msg = self.decode_request(req.get_ref(), what)?;
+        let resp = handle(msg).await.map_err(handler_status)?;
+        Self::reply(&resp)
     }
 }
 
@@ -560,33 +563,26 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
     }
 
     async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
-        let msg: rpc::VoteRequest = self.decode_request(req.get_ref(), "vote request")?;
-        let resp = self.0.handler.vote(msg).await.map_err(handler_status)?;
-        Self::reply(&resp)
+        self.unary(req, "vote request", |m| self.0.handler.vote(m))
+            .await
     }
 
     async fn pre_vote(
         &self,
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        let msg: rpc::VoteRequest = self.decode_request(req.get_ref(), "pre-vote request")?;
-        let resp = self.0.handler.pre_vote(msg).await.map_err(handler_status)?;
-        Self::reply(&resp)
+        self.unary(req, "pre-vote request", |m| self.0.handler.pre_vote(m))
+            .await
     }
 
     async fn transfer_leader(
         &self,
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        let msg: rpc::TransferLeaderRequest =
-            self.decode_request(req.get_ref(), "transfer-leader request")?;
-        let resp = self
-            .0
-            .handler
-            .transfer_leader(msg)
-            .await
-            .map_err(handler_status)?;
-        Self::reply(&resp)
+        self.unary(req, "transfer-leader request", |m| {
+            self.0.handler.transfer_leader(m)
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -665,7 +661,7 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
     ) -> Result<Response<pb::ReadIndexReply>, Status> {
         let r = req.into_inner();
         self.0.check_target(r.target)?;
-        let (_, c) = consistency(r.consistency)?;
+        let c = pb::consistency(r.consistency)?;
         let at = self
             .0
             .node
@@ -683,6 +679,39 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
 
 struct Cluster<S: Queryable>(Arc<Shared<S>>);
 
+impl<S: Queryable> Cluster<S> {
+    /// Runs a membership or leadership call: `local` (not yet started) if this node leads,
+    /// otherwise `forward` of the same request, once, to the leader, within the caller's
+    /// deadline.
+    async fn admin<R, L, F, FF>(
+        &self,
+        req: Request<R>,
+        local: L,
+        forward: F,
+    ) -> Result<Response<pb::Empty>, Status>
+    where
+        L: Future<Output = raft_core::Result<()>>,
+        F: FnOnce(PbClusterClient<Channel>, Request<R>) -> FF,
+        FF: Future<Output = Result<Response<pb::Empty>, Status>>,
+    {
+        let shared = &self.0;
+        let (forwarded, timeout) = (is_forwarded(&req), caller_timeout(&req));
+        let msg = req.into_inner();
+        shared
+            .on_leader(
+                forwarded,
+                || local,
+                |c| async move {
+                    forward(c, shared.forward_request(msg, timeout))
+                        .await
+                        .map(|_| ())
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+}
+
 #[tonic::async_trait]
 impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
     async fn write(
@@ -693,12 +722,8 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
         let timeout = caller_timeout(&req);
         let w = req.into_inner();
         tracing::trace!(forwarded, session = ?w.session, "write received");
-        let session = w.session.map(|s| Session {
-            client_id: s.client_id,
-            sequence: s.sequence,
-        });
         self.0
-            .write(session, w.command, forwarded, timeout)
+            .write(w.session.map(Into::into), w.command, forwarded, timeout)
             .await
             .map(Response::new)
     }
@@ -707,7 +732,7 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
         let shared = &self.0;
         let timeout = caller_timeout(&req);
         let r = req.into_inner();
-        let (pbc, c) = consistency(r.consistency)?;
+        let c = pb::consistency(r.consistency)?;
         // Decode once up front so a bad query is refused before any coordination.
         let query: S::Query = raft_core::codec::decode(&r.query).map_err(|e| {
             status::status(
@@ -716,7 +741,7 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
                 format!("bad query: {e}"),
             )
         })?;
-        let reply = shared.read(query, pbc, c, timeout).await?;
+        let reply = shared.read(query, c, timeout).await?;
         let bytes = raft_core::codec::encode(&reply).map_err(|e| {
             status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string())
         })?;
@@ -730,97 +755,53 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
         &self,
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let shared = &self.0;
-        let (forwarded, timeout) = (is_forwarded(&req), caller_timeout(&req));
-        let r = req.into_inner();
+        let r = req.get_ref();
         if crate::net::split_addr(&r.addr).is_none() {
             return Err(status::invalid(format!(
                 "bad node address {:?}: expected host:port",
                 r.addr
             )));
         }
-        let (id, addr) = (r.node_id, r.addr.clone());
-        shared
-            .on_leader(
-                forwarded,
-                || shared.node.add_learner(id, addr),
-                |mut c| async move {
-                    c.add_learner(shared.forward_request(r, timeout))
-                        .await
-                        .map(|_| ())
-                },
-            )
-            .await?;
-        Ok(Response::new(pb::Empty {}))
+        let local = self.0.node.add_learner(r.node_id, r.addr.clone());
+        self.admin(req, local, |mut c, r| async move { c.add_learner(r).await })
+            .await
     }
 
     async fn change_membership(
         &self,
         req: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let shared = &self.0;
-        let (forwarded, timeout) = (is_forwarded(&req), caller_timeout(&req));
-        let r = req.into_inner();
-        if r.voters.is_empty() {
+        let voters = req.get_ref().voters.clone();
+        if voters.is_empty() {
             return Err(status::invalid("a cluster needs at least one voter"));
         }
-        let voters = r.voters.clone();
-        shared
-            .on_leader(
-                forwarded,
-                || shared.node.change_membership(voters),
-                |mut c| async move {
-                    c.change_membership(shared.forward_request(r, timeout))
-                        .await
-                        .map(|_| ())
-                },
-            )
-            .await?;
-        Ok(Response::new(pb::Empty {}))
+        let local = self.0.node.change_membership(voters);
+        self.admin(req, local, |mut c, r| async move {
+            c.change_membership(r).await
+        })
+        .await
     }
 
     async fn remove_node(
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let shared = &self.0;
-        let (forwarded, timeout) = (is_forwarded(&req), caller_timeout(&req));
-        let r = req.into_inner();
-        let id = r.node_id;
-        shared
-            .on_leader(
-                forwarded,
-                || shared.node.remove_node(id),
-                |mut c| async move {
-                    c.remove_node(shared.forward_request(r, timeout))
-                        .await
-                        .map(|_| ())
-                },
-            )
-            .await?;
-        Ok(Response::new(pb::Empty {}))
+        let local = self.0.node.remove_node(req.get_ref().node_id);
+        self.admin(req, local, |mut c, r| async move { c.remove_node(r).await })
+            .await
     }
 
     async fn transfer_leader(
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let shared = &self.0;
-        let (forwarded, timeout) = (is_forwarded(&req), caller_timeout(&req));
-        let r = req.into_inner();
-        let to = r.to;
-        shared
-            .on_leader(
-                forwarded,
-                || shared.node.transfer_leader(to),
-                |mut c| async move {
-                    c.transfer_leader(shared.forward_request(r, timeout))
-                        .await
-                        .map(|_| ())
-                },
-            )
-            .await?;
-        Ok(Response::new(pb::Empty {}))
+        let local = self.0.node.transfer_leader(req.get_ref().to);
+        self.admin(
+            req,
+            local,
+            |mut c, r| async move { c.transfer_leader(r).await },
+        )
+        .await
     }
 
     async fn status(

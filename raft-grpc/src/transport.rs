@@ -145,12 +145,6 @@ impl GrpcConnection {
         }
     }
 
-    fn request<T>(&self, msg: T, timeout: Duration) -> Request<T> {
-        let mut r = Request::new(msg);
-        r.set_timeout(timeout);
-        r
-    }
-
     async fn unary<Req, Resp, F, Fut>(
         &self,
         req: &Req,
@@ -171,7 +165,7 @@ impl GrpcConnection {
             target: self.target,
             payload,
         };
-        let reply = call(client, self.request(msg, timeout))
+        let reply = call(client, pb::request(msg, timeout))
             .await
             .map_err(|s| self.rpc_error(s, action, timeout))?;
         wire::decode(&reply.into_inner().payload, "reply").map_err(|s| self.unreachable(&s))
@@ -332,9 +326,7 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         });
         // A deadline that grows with the snapshot: the soft TTL plus 8 MiB/s.
         let timeout = option.soft_ttl() + Duration::from_secs(total / (8 << 20));
-        let mut req = Request::new(ReceiverStream::new(rx));
-        req.set_timeout(timeout);
-        let call = client.install_snapshot(req);
+        let call = client.install_snapshot(pb::request(ReceiverStream::new(rx), timeout));
         let reply = tokio::select! {
             r = call => r.map_err(|s| to_streaming(self.rpc_error(s, rpc::RPCTypes::InstallSnapshot, timeout)))?,
             closed = cancel => return Err(rpc::StreamingError::Closed(closed)),

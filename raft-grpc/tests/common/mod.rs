@@ -124,6 +124,24 @@ impl GrpcCluster {
         }
     }
 
+    /// Waits until `cond` holds, re-checking whenever a node's metrics change.
+    pub async fn wait_until(&self, what: &str, cond: impl Fn(&GrpcCluster) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut watches: Vec<_> = self.nodes.values().map(|n| n.node().subscribe()).collect();
+            if cond(self) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not within {WAIT:?}: {what}"
+            );
+            let changed = watches.iter_mut().map(|w| Box::pin(w.changed()));
+            let _ =
+                tokio::time::timeout_at(deadline, futures_util::future::select_all(changed)).await;
+        }
+    }
+
     /// Waits until every running member has applied the leader's whole log; returns the states.
     pub async fn converged(&self) -> BTreeMap<NodeId, Kv> {
         let leader = self.leader().await;
