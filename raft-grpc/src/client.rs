@@ -21,7 +21,6 @@ use raft_core::Queryable;
 use raft_core::codec::CodecError;
 use rand::Rng;
 use tokio::time::Instant;
-use tonic::Code;
 use tonic::Status;
 use tonic::transport::Channel;
 
@@ -31,6 +30,7 @@ use crate::net::Pool;
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient as PbClusterClient;
 use crate::status::ErrorCode;
+use crate::status::is_transient;
 use crate::status::leader_hint;
 use crate::tls::TlsConfig;
 
@@ -158,28 +158,11 @@ fn classify(s: Status) -> (Next, Status) {
             Some(addr) => Next::Redirect(addr),
             None => Next::Elsewhere,
         },
-        Some(
-            ErrorCode::Timeout
-            | ErrorCode::OutcomeUnknown
-            | ErrorCode::Shutdown
-            | ErrorCode::NoQuorum,
-        ) => Next::Elsewhere,
         Some(ErrorCode::InvalidCommand) => Next::Fail(ClientError::Rejected(
             ApplyError::InvalidCommand(s.message().to_string()),
         )),
-        Some(_) => Next::Fail(ClientError::Refused(s.clone())),
-        // Not from a raftkit node (raftkit statuses always carry a code): transport trouble —
-        // a refused or broken connection, a deadline, an HTTP/2 error — is worth another try;
-        // anything else is not.
-        None => match s.code() {
-            Code::Unavailable
-            | Code::Cancelled
-            | Code::DeadlineExceeded
-            | Code::Unknown
-            | Code::Aborted
-            | Code::Internal => Next::Elsewhere,
-            _ => Next::Fail(ClientError::Refused(s.clone())),
-        },
+        _ if is_transient(&s) => Next::Elsewhere,
+        _ => Next::Fail(ClientError::Refused(s.clone())),
     };
     (next, s)
 }

@@ -117,6 +117,32 @@ pub fn status(grpc: Code, code: ErrorCode, message: impl Into<String>) -> Status
     s
 }
 
+/// Whether a failure may clear up by itself (an election, a restart, a dropped connection), so
+/// the same request is worth sending again, here or to another node. A raftkit status decides
+/// by its code; a status without one (from tonic or the network, not from a raftkit node) is
+/// transient when it means the connection, not the request, failed.
+pub fn is_transient(s: &Status) -> bool {
+    match ErrorCode::of(s) {
+        Some(c) => matches!(
+            c,
+            ErrorCode::NotLeader
+                | ErrorCode::Timeout
+                | ErrorCode::OutcomeUnknown
+                | ErrorCode::Shutdown
+                | ErrorCode::NoQuorum
+        ),
+        None => matches!(
+            s.code(),
+            Code::Unavailable
+                | Code::Cancelled
+                | Code::DeadlineExceeded
+                | Code::Unknown
+                | Code::Aborted
+                | Code::Internal
+        ),
+    }
+}
+
 /// A redirect to the leader (or to nobody, when it is unknown).
 pub fn not_leader(leader: Option<NodeId>, leader_addr: Option<&str>) -> Status {
     let mut s = status(
@@ -201,6 +227,31 @@ mod tests {
             assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
         }
         assert_eq!(ErrorCode::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn transient_failures_are_told_apart() {
+        let transient = [
+            status(Code::FailedPrecondition, ErrorCode::NotLeader, ""),
+            status(Code::Aborted, ErrorCode::OutcomeUnknown, ""),
+            status(Code::Unavailable, ErrorCode::NoQuorum, ""),
+            Status::unavailable("connection refused"),
+            Status::cancelled("Timeout expired"),
+        ];
+        for s in &transient {
+            assert!(is_transient(s), "{s:?}");
+        }
+        let permanent = [
+            status(Code::InvalidArgument, ErrorCode::InvalidCommand, ""),
+            status(Code::FailedPrecondition, ErrorCode::SessionExpired, ""),
+            // A raftkit code decides, whatever the gRPC code.
+            status(Code::Internal, ErrorCode::Storage, ""),
+            Status::invalid_argument("bad"),
+            Status::permission_denied("no"),
+        ];
+        for s in &permanent {
+            assert!(!is_transient(s), "{s:?}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! Writes carry a client session (one per connection), so the retries this server makes
 //! through a leader change apply each command once.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -23,12 +24,12 @@ use raft_core::Consistency;
 use raft_core::Role;
 use raft_core::Session;
 use raft_grpc::NodeClient;
+use raft_grpc::status;
 use raft_grpc::status::ErrorCode;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
-use tonic::Code;
 use tonic::Status;
 
 use crate::commands;
@@ -182,28 +183,6 @@ async fn execute(args: &[Bytes], conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut)
     false
 }
 
-/// Whether a failure clears up by itself (an election, a restart) and is worth retrying.
-fn transient(s: &Status) -> bool {
-    match ErrorCode::of(s) {
-        Some(
-            ErrorCode::NotLeader
-            | ErrorCode::Shutdown
-            | ErrorCode::NoQuorum
-            | ErrorCode::Timeout
-            | ErrorCode::OutcomeUnknown,
-        ) => true,
-        Some(_) => false,
-        None => matches!(
-            s.code(),
-            Code::Unavailable
-                | Code::Cancelled
-                | Code::DeadlineExceeded
-                | Code::Unknown
-                | Code::Internal
-        ),
-    }
-}
-
 fn failure(s: &Status) -> Reply {
     let msg = s.message().replace(['\r', '\n'], " ");
     match ErrorCode::of(s) {
@@ -220,32 +199,34 @@ fn failure(s: &Status) -> Reply {
 /// Sends `cmd` (stamped once, by the caller) until it succeeds or fails for good: a retry sends
 /// the very same command, so it is applied at most once.
 async fn write(ctx: &Ctx, session: Session, cmd: Command) -> Reply {
-    let deadline = Instant::now() + RETRY_FOR;
-    let mut pause = Duration::from_millis(20);
-    loop {
-        match ctx.client.write(Some(session), &cmd).await {
-            Ok(r) => return r,
-            Err(s) if transient(&s) && Instant::now() + pause < deadline => {
-                tracing::debug!(status = %s, "write retried");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
-            Err(s) => return failure(&s),
-        }
-    }
+    retrying("write", || ctx.client.write(Some(session), &cmd)).await
 }
 
 async fn read(ctx: &Ctx, op: ReadOp) -> Reply {
-    let deadline = Instant::now() + RETRY_FOR;
-    let mut pause = Duration::from_millis(20);
-    loop {
+    retrying("read", || {
         let q = Query {
             now: now_ms(),
             op: op.clone(),
         };
-        match ctx.client.read(q, ctx.consistency).await {
+        ctx.client.read(q, ctx.consistency)
+    })
+    .await
+}
+
+/// Makes `attempt` until it succeeds, fails for good, or [`RETRY_FOR`] has passed, pausing
+/// between attempts (20 ms, doubling up to 500 ms) while the cluster elects or restarts.
+async fn retrying<F, Fut>(what: &str, mut attempt: F) -> Reply
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Reply, Status>>,
+{
+    let deadline = Instant::now() + RETRY_FOR;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match attempt().await {
             Ok(r) => return r,
-            Err(s) if transient(&s) && Instant::now() + pause < deadline => {
+            Err(s) if status::is_transient(&s) && Instant::now() + pause < deadline => {
+                tracing::debug!(status = %s, "{what} retried");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(500));
             }
