@@ -218,12 +218,14 @@ impl Store {
         self.map.get(&Slot::of(key)).filter(|v| v.live(now))
     }
 
-    /// Drops `key` if it has expired, so a write sees it as absent.
-    fn expire_if_due(&mut self, key: &Bytes, now: u64) {
-        let slot = Slot::of(key);
-        if self.map.get(&slot).is_some_and(|v| !v.live(now)) {
-            self.take(&slot);
+    /// The value at `slot` if it is live at `now`; an expired one is dropped first, so a write
+    /// sees it as absent.
+    fn live_for_write(&mut self, slot: &Slot, now: u64) -> Option<&mut Value> {
+        if self.map.get(slot).is_some_and(|v| !v.live(now)) {
+            self.take(slot);
+            return None;
         }
+        self.map.get_mut(slot)
     }
 
     fn write(&mut self, cmd: Command) -> Reply {
@@ -292,55 +294,66 @@ impl Store {
             WriteOp::Del(keys) => {
                 let mut n = 0;
                 for k in keys {
-                    self.expire_if_due(&k, now);
-                    if self.take(&Slot::of(&k)).is_some() {
+                    // An expired value goes too, but does not count as deleted.
+                    if self.take(&Slot::of(&k)).is_some_and(|v| v.live(now)) {
                         n += 1;
                     }
                 }
                 Reply::Int(n)
             }
             WriteOp::IncrBy(key, by) => {
-                self.expire_if_due(&key, now);
                 let slot = Slot::of(&key);
-                let (current, expires_at) = match self.map.get(&slot) {
-                    None => (0i64, None),
+                let stored = self.live_for_write(&slot, now);
+                let current = match &stored {
+                    None => 0i64,
                     Some(v) => match std::str::from_utf8(&v.data)
                         .ok()
                         .and_then(|s| s.parse::<i64>().ok())
                     {
-                        Some(n) => (n, v.expires_at),
+                        Some(n) => n,
                         None => return Reply::Error(WRONG_NUMBER.into()),
                     },
                 };
                 let Some(next) = current.checked_add(by) else {
                     return Reply::Error("ERR increment or decrement would overflow".into());
                 };
-                self.put(
-                    slot,
-                    Value {
-                        data: Bytes::from(next.to_string()),
-                        expires_at,
-                    },
-                );
+                let data = Bytes::from(next.to_string());
+                // In place when the key exists (its expiry stays), else a new key.
+                match stored {
+                    Some(v) => v.data = data,
+                    None => self.put(
+                        slot,
+                        Value {
+                            data,
+                            expires_at: None,
+                        },
+                    ),
+                }
                 Reply::Int(next)
             }
             WriteOp::Append(key, suffix) => {
-                self.expire_if_due(&key, now);
                 let slot = Slot::of(&key);
-                let (mut data, expires_at) = match self.map.get(&slot) {
-                    Some(v) => (v.data.to_vec(), v.expires_at),
-                    None => (Vec::new(), None),
+                let len = match self.live_for_write(&slot, now) {
+                    Some(v) => {
+                        let mut data = Vec::with_capacity(v.data.len() + suffix.len());
+                        data.extend_from_slice(&v.data);
+                        data.extend_from_slice(&suffix);
+                        v.data = data.into();
+                        v.data.len()
+                    }
+                    None => {
+                        let len = suffix.len();
+                        self.put(
+                            slot,
+                            Value {
+                                data: suffix,
+                                expires_at: None,
+                            },
+                        );
+                        len
+                    }
                 };
-                data.extend_from_slice(&suffix);
-                let len = data.len() as i64;
-                self.put(
-                    slot,
-                    Value {
-                        data: data.into(),
-                        expires_at,
-                    },
-                );
-                Reply::Int(len)
+                Reply::Int(len as i64)
             }
             WriteOp::MSet(pairs) => {
                 for (k, v) in pairs {
@@ -355,9 +368,8 @@ impl Store {
                 Reply::Ok
             }
             WriteOp::Expire { key, at } => {
-                self.expire_if_due(&key, now);
                 let slot = Slot::of(&key);
-                let Some(v) = self.map.get_mut(&slot) else {
+                let Some(v) = self.live_for_write(&slot, now) else {
                     return Reply::Int(0);
                 };
                 let old = v.expires_at;
@@ -694,6 +706,53 @@ mod tests {
         );
         assert_eq!(get(&s, 200, "k"), Reply::Nil);
         assert_eq!(s.expired_count(200, 10), 0);
+    }
+
+    #[test]
+    fn other_writes_see_expired_values_as_absent_and_keep_live_expiries() {
+        let mut s = Store::default();
+        let pttl = |s: &Store, now: u64, key: &str| {
+            s.read(Query {
+                now,
+                op: ReadOp::Ttl {
+                    key: b(key),
+                    millis: true,
+                },
+            })
+        };
+        for k in ["n", "a", "d", "e"] {
+            s.write(at(0, set(k, "5", Expiry::At(100))));
+        }
+        // Live: INCR and APPEND change the value and keep the expiry.
+        assert_eq!(s.write(at(10, WriteOp::IncrBy(b("n"), 2))), Reply::Int(7));
+        assert_eq!(
+            s.write(at(10, WriteOp::Append(b("a"), b("x")))),
+            Reply::Int(2)
+        );
+        assert_eq!(pttl(&s, 10, "n"), Reply::Int(90));
+        assert_eq!(pttl(&s, 10, "a"), Reply::Int(90));
+        assert_eq!(get(&s, 10, "a"), Reply::Bulk(b("5x")));
+        // Expired: each write acts as if the key were absent.
+        assert_eq!(s.write(at(100, WriteOp::IncrBy(b("n"), 2))), Reply::Int(2));
+        assert_eq!(
+            s.write(at(100, WriteOp::Append(b("a"), b("y")))),
+            Reply::Int(1)
+        );
+        assert_eq!(s.write(at(100, WriteOp::Del(vec![b("d")]))), Reply::Int(0));
+        let expire = WriteOp::Expire {
+            key: b("e"),
+            at: Some(500),
+        };
+        assert_eq!(s.write(at(100, expire)), Reply::Int(0));
+        assert_eq!(
+            pttl(&s, 100, "n"),
+            Reply::Int(-1),
+            "a fresh key has no expiry"
+        );
+        assert_eq!(pttl(&s, 100, "e"), Reply::Int(-2));
+        assert_eq!(get(&s, 100, "a"), Reply::Bulk(b("y")));
+        assert_eq!(s.map.len(), 2, "the expired keys were dropped");
+        assert_index_consistent(&s);
     }
 
     #[test]
