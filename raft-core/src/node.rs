@@ -418,6 +418,7 @@ impl<S: StateMachine> Node<S> {
     /// learner was added (by replication or a snapshot). Leader only. If the learner cannot be
     /// reached, it stays a member and this fails with [`Error::Timeout`].
     pub async fn add_learner(&self, id: NodeId, addr: impl Into<String>) -> Result<()> {
+        self.require_leader()?;
         let node = BasicNode::new(addr.into());
         let added = self
             .propose(|| self.inner.raft.add_learner(id, node.clone(), false))
@@ -441,6 +442,7 @@ impl<S: StateMachine> Node<S> {
     /// learner). Removed voters leave the cluster. Runs joint consensus when needed and returns
     /// once the final config is committed. Leader only.
     pub async fn change_membership(&self, voters: impl IntoIterator<Item = NodeId>) -> Result<()> {
+        self.require_leader()?;
         let voters: BTreeSet<NodeId> = voters.into_iter().collect();
         self.propose(|| self.inner.raft.change_membership(voters.clone(), false))
             .await
@@ -450,6 +452,7 @@ impl<S: StateMachine> Node<S> {
     /// Removes node `id` from the cluster, whether it is a voter (the rest stay voters) or a
     /// learner. Leader only.
     pub async fn remove_node(&self, id: NodeId) -> Result<()> {
+        self.require_leader()?;
         let m = self.metrics();
         let change = if m.voters.contains(&id) {
             let rest: BTreeSet<NodeId> = m.voters.iter().copied().filter(|v| *v != id).collect();
@@ -465,6 +468,22 @@ impl<S: StateMachine> Node<S> {
         self.propose(|| self.inner.raft.change_membership(change.clone(), false))
             .await
             .map(|_| ())
+    }
+
+    /// Refuses at once on a node that does not lead, naming the leader if it is known. openraft
+    /// would refuse a membership call too, but it logs each such refusal as an error.
+    fn require_leader(&self) -> Result<()> {
+        if self.role() == Role::Leader {
+            return Ok(());
+        }
+        let (leader, leader_addr) = match self.leader() {
+            Some((id, addr)) => (Some(id), addr),
+            None => (None, None),
+        };
+        Err(Error::NotLeader {
+            leader,
+            leader_addr,
+        })
     }
 
     /// Runs a proposal (`propose` is called again for each attempt) within the request timeout,
@@ -571,13 +590,8 @@ impl<S: StateMachine> Node<S> {
 
     /// Hands leadership to `to` and waits until this node sees `to` as leader. Leader only.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<()> {
+        self.require_leader()?;
         let m = self.metrics();
-        if m.role != Role::Leader {
-            return Err(Error::NotLeader {
-                leader: m.leader,
-                leader_addr: m.leader_addr,
-            });
-        }
         if !m.voters.contains(&to) {
             return Err(Error::Membership(format!("node {to} is not a voter")));
         }
