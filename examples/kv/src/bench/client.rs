@@ -119,9 +119,14 @@ impl Client {
 }
 
 fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    let mut n = itoa::Buffer::new();
+    out.push(b'*');
+    out.extend_from_slice(n.format(args.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
     for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.push(b'$');
+        out.extend_from_slice(n.format(a.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
         out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
     }
@@ -212,8 +217,10 @@ async fn read_reply(conn: &mut BufReader<TcpStream>, line: &mut Vec<u8>) -> Resu
                 return Err(broken(format!("bulk reply of {len} bytes is too large")));
             }
             if len >= 0 {
-                let mut body = vec![0; len as usize + 2];
-                conn.read_exact(&mut body)
+                // The body and its CRLF, into the reused line buffer.
+                line.clear();
+                line.resize(len as usize + 2, 0);
+                conn.read_exact(line)
                     .await
                     .map_err(|e| broken(format!("receive: {e}")))?;
             }
@@ -223,5 +230,20 @@ async fn read_reply(conn: &mut BufReader<TcpStream>, line: &mut Vec<u8>) -> Resu
             "unexpected reply type {:?}",
             *other as char
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_encode_as_resp_arrays() {
+        let mut out = Vec::new();
+        encode_command(&mut out, &[b"SET", b"k", &[b'x'; 12]]);
+        assert_eq!(
+            out,
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$12\r\nxxxxxxxxxxxx\r\n"
+        );
     }
 }

@@ -8,6 +8,7 @@
 mod client;
 mod report;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -123,7 +124,8 @@ pub async fn run(args: BenchArgs) -> Result<Report, String> {
             let mut key = Vec::with_capacity(24);
             while !stop.load(Ordering::Relaxed) {
                 key.clear();
-                key.extend_from_slice(format!("key:{:012}", rng.random_range(0..keys)).as_bytes());
+                // Writing into the reused buffer: no allocation per request.
+                let _ = write!(key, "key:{:012}", rng.random_range(0..keys));
                 let read = reads > 0.0 && rng.random_bool(reads);
                 let t0 = Instant::now();
                 let ok = if read {
