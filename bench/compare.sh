@@ -191,7 +191,7 @@ cargo build --release -p kv >&2
 KV="$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release/kv"
 : >"$RESULTS"
-echo "compare.sh: data and logs in $DIR" >&2
+echo "compare.sh: data, logs and results in $DIR (the data is removed at exit)" >&2
 for round in $(seq "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && say "round $round of $ROUNDS"
     for t in $TARGETS; do
@@ -207,5 +207,5 @@ done
 echo
 rounds=""
 [ "$ROUNDS" -gt 1 ] && rounds="median of $ROUNDS interleaved rounds; "
-echo "$(nproc) cores, $(date -u +%Y-%m-%d), $(uname -sr); 256-byte values, 100,000 keys; ${rounds}latency in ms; data in $DIR"
+echo "$(nproc) cores, $(date -u +%Y-%m-%d), $(uname -sr); 256-byte values, 100,000 keys; ${rounds}latency in ms; logs and results in $DIR"
 table

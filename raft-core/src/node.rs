@@ -470,15 +470,16 @@ impl<S: StateMachine> Node<S> {
             .map(|_| ())
     }
 
-    /// Refuses at once on a node that does not lead, naming the leader if it is known. openraft
-    /// would refuse a membership call too, but it logs each such refusal as an error.
+    /// Refuses at once on a running node that does not lead, naming the leader if it is known
+    /// (and is another node). openraft would refuse a membership call too, but it logs each such
+    /// refusal as an error. A stopped node is let through, so the call reports why it stopped.
     fn require_leader(&self) -> Result<()> {
-        if self.role() == Role::Leader {
+        if matches!(self.role(), Role::Leader | Role::Shutdown) {
             return Ok(());
         }
         let (leader, leader_addr) = match self.leader() {
-            Some((id, addr)) => (Some(id), addr),
-            None => (None, None),
+            Some((id, addr)) if id != self.inner.id => (Some(id), addr),
+            _ => (None, None),
         };
         Err(Error::NotLeader {
             leader,

@@ -5,8 +5,8 @@
 //! request gets `InvalidArgument` (or `OutOfRange` for size limits) and the server carries on.
 //!
 //! Writes and membership calls that reach a follower are forwarded to the leader — one hop,
-//! carrying the caller's remaining deadline — or, when the client asks (or forwarding is off),
-//! answered with the leader's address. Linearizable reads on a follower fetch a read index from
+//! carrying the caller's remaining deadline — or, when forwarding is off (or, for a write, the
+//! client asks), answered with the leader's address. Linearizable reads on a follower fetch a read index from
 //! the leader and are answered from the follower's own state machine.
 
 use std::future::Future;
@@ -173,6 +173,11 @@ impl<S: Queryable> Server<S> {
     /// takes its options (TLS, limits, forwarding) from the transport, and forwards to the
     /// leader over the transport's connections.
     pub fn new(node: Node<S>, transport: &GrpcTransport) -> Server<S> {
+        debug_assert_eq!(
+            transport.id(),
+            node.id(),
+            "a transport made for another node"
+        );
         Server {
             shared: Arc::new(Shared {
                 handler: node.rpc_handler(),

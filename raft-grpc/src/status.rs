@@ -230,6 +230,30 @@ mod tests {
     }
 
     #[test]
+    fn all_lists_every_code() {
+        // Adding a variant breaks this match, pointing here to add it to `ALL` too.
+        let listed = |c: ErrorCode| match c {
+            ErrorCode::NotLeader
+            | ErrorCode::Timeout
+            | ErrorCode::OutcomeUnknown
+            | ErrorCode::Shutdown
+            | ErrorCode::NoQuorum
+            | ErrorCode::InvalidCommand
+            | ErrorCode::SessionExpired
+            | ErrorCode::OutputEncoding
+            | ErrorCode::TooLarge
+            | ErrorCode::Membership
+            | ErrorCode::AlreadyInitialized
+            | ErrorCode::InvalidRequest
+            | ErrorCode::Storage
+            | ErrorCode::Internal => 1,
+        };
+        assert_eq!(ErrorCode::ALL.iter().map(|c| listed(*c)).sum::<usize>(), 14);
+        let distinct: std::collections::HashSet<_> = ErrorCode::ALL.iter().collect();
+        assert_eq!(distinct.len(), ErrorCode::ALL.len());
+    }
+
+    #[test]
     fn transient_failures_are_told_apart() {
         let transient = [
             status(Code::FailedPrecondition, ErrorCode::NotLeader, ""),

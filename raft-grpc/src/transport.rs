@@ -36,9 +36,10 @@ use crate::pb;
 use crate::pb::raft_internal_client::RaftInternalClient;
 use crate::wire;
 
-/// The transport a node sends through: pass it to [`raft_core::Node::start`], and a clone of
-/// it to [`crate::Server::new`], so replication and forwarded requests share one connection per
-/// peer and one reconnect backoff. Clones share the connections.
+/// The transport a node sends through: pass a clone of it to [`raft_core::Node::start`] and a
+/// reference to [`crate::Server::new`], so replication and forwarded requests share one
+/// connection per peer and one reconnect backoff (clones share the connections). Forwarded
+/// requests therefore also share each peer's HTTP/2 flow-control window with snapshot streams.
 #[derive(Clone)]
 pub struct GrpcTransport {
     id: NodeId,
@@ -63,6 +64,11 @@ impl GrpcTransport {
     /// The connections to peers, one per address.
     pub(crate) fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The node the transport sends for.
+    pub(crate) fn id(&self) -> NodeId {
+        self.id
     }
 
     /// The options the transport was made with.
