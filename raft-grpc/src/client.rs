@@ -258,6 +258,7 @@ impl<S: Queryable> ClusterClient<S> {
         let deadline = Instant::now() + o.total_timeout;
         let mut pause = Duration::from_millis(20);
         let mut attempts = 0;
+        let mut redirected = false;
         loop {
             attempts += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -276,9 +277,23 @@ impl<S: Queryable> ClusterClient<S> {
                 Next::Fail(e) => return Err(e),
                 Next::Redirect(addr) => {
                     self.remember_leader(Some(addr.clone()));
+                    // The first redirect is followed at once. Further ones (nodes whose views
+                    // of an election disagree can point at each other) are paced like any retry.
+                    if redirected {
+                        if Instant::now() + pause >= deadline {
+                            return Err(ClientError::GaveUp {
+                                attempts,
+                                last: status,
+                            });
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
+                    redirected = true;
                     target = addr;
                 }
                 Next::Elsewhere => {
+                    redirected = false;
                     self.remember_leader(None);
                     if Instant::now() + pause >= deadline {
                         return Err(ClientError::GaveUp {

@@ -1,0 +1,113 @@
+//! A client caught between nodes that name each other as leader (stale views during an
+//! election) paces its retries instead of bouncing between them as fast as the network allows.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use common::Cmd;
+use common::Kv;
+use raft_grpc::ClientError;
+use raft_grpc::ClientOptions;
+use raft_grpc::ClusterClient;
+use raft_grpc::pb;
+use raft_grpc::pb::cluster_server::ClusterServer;
+use raft_grpc::status;
+use raft_grpc::status::ErrorCode;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+/// A node that answers every write with "not the leader; the leader is at `leader`".
+struct Redirector {
+    leader: String,
+    writes: Arc<AtomicU64>,
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for Redirector {
+    async fn write(&self, _: Request<pb::WriteRequest>) -> Answer<pb::WriteReply> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Err(status::not_leader(Some(7), Some(&self.leader)))
+    }
+    async fn read(&self, _: Request<pb::ReadRequest>) -> Answer<pb::ReadReply> {
+        Err(Status::unimplemented("read"))
+    }
+    async fn add_learner(&self, _: Request<pb::AddLearnerRequest>) -> Answer<pb::Empty> {
+        Err(Status::unimplemented("add_learner"))
+    }
+    async fn change_membership(
+        &self,
+        _: Request<pb::ChangeMembershipRequest>,
+    ) -> Answer<pb::Empty> {
+        Err(Status::unimplemented("change_membership"))
+    }
+    async fn remove_node(&self, _: Request<pb::RemoveNodeRequest>) -> Answer<pb::Empty> {
+        Err(Status::unimplemented("remove_node"))
+    }
+    async fn transfer_leader(&self, _: Request<pb::TransferLeaderRequest>) -> Answer<pb::Empty> {
+        Err(Status::unimplemented("transfer_leader"))
+    }
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Answer<pb::StatusReply> {
+        Err(Status::unimplemented("status"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_between_two_nodes_are_paced() {
+    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr_a, addr_b) = (
+        a.local_addr().unwrap().to_string(),
+        b.local_addr().unwrap().to_string(),
+    );
+    let writes = Arc::new(AtomicU64::new(0));
+    for (listener, leader) in [(a, addr_b.clone()), (b, addr_a.clone())] {
+        let svc = ClusterServer::new(Redirector {
+            leader,
+            writes: writes.clone(),
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+    }
+
+    let budget = Duration::from_secs(1);
+    let client = ClusterClient::<Kv>::new(
+        [addr_a],
+        ClientOptions {
+            attempt_timeout: budget,
+            total_timeout: budget,
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let started = Instant::now();
+    let err = client
+        .write(Cmd::Put("k".into(), "v".into()))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+
+    match &err {
+        ClientError::GaveUp { last, .. } => {
+            assert_eq!(ErrorCode::of(last), Some(ErrorCode::NotLeader), "{last:?}")
+        }
+        other => panic!("expected the client to give up, got {other:?}"),
+    }
+    assert!(took < budget + Duration::from_secs(2), "took {took:?}");
+    // Pauses of 20 ms doubling to 500 ms fit about seven attempts into a second; unpaced, a
+    // loopback ping-pong makes hundreds.
+    let n = writes.load(Ordering::Relaxed);
+    assert!((3..=12).contains(&n), "{n} attempts within {budget:?}");
+}
