@@ -379,10 +379,16 @@ async fn a_three_process_cluster_survives_kill_9_of_its_leader() {
         // A restarted node answers once it has caught up with the leader's read index.
         loop {
             let size: i64 = q(&mut c, &["DBSIZE"]).await;
-            if size >= acked.len() as i64 || Instant::now() > deadline {
+            if size >= acked.len() as i64 {
                 sizes.insert(id, size);
                 break;
             }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} holds {size} keys of the {} acknowledged after {WAIT:?}; log:\n{}",
+                acked.len(),
+                p.log(id)
+            );
             poll_pause("catch up").await;
         }
         for (key, value) in &acked {
