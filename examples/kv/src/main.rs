@@ -23,6 +23,7 @@ mod commands;
 mod metrics;
 mod resp;
 mod server;
+mod slots;
 mod store;
 
 /// The etcd v3 KV client the benchmark uses to load etcd.

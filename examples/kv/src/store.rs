@@ -11,19 +11,20 @@
 //! Keys are ordered by a stable 64-bit hash (then by the key), which gives `SCAN` a numeric
 //! cursor with Redis' guarantee: a key present for the whole iteration is returned.
 
-use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::collections::btree_map::Entry;
 use std::io;
 use std::io::Read;
 use std::io::Write;
-use std::ops::Bound;
 
 use bytes::Bytes;
 use raft_core::Queryable;
 use raft_core::StateMachine;
 use serde::Deserialize;
 use serde::Serialize;
+
+use crate::slots::Slot;
+use crate::slots::SlotMap;
 
 /// A reply, shaped like a RESP2 reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,23 +134,6 @@ pub struct Query {
     pub op: ReadOp,
 }
 
-/// Where a key sorts: by a stable hash, then by the key itself.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct Slot(u64, Bytes);
-
-/// FNV-1a, 64 bits: stable across processes and versions.
-fn hash(key: &[u8]) -> u64 {
-    key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-impl Slot {
-    fn of(key: &Bytes) -> Slot {
-        Slot(hash(key), key.clone())
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Value {
     data: Bytes,
@@ -165,7 +149,8 @@ impl Value {
 /// The key-value store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Store {
-    map: BTreeMap<Slot, Value>,
+    /// Copy-on-write shards: a snapshot handle costs O(shards), not O(keys).
+    map: SlotMap<Value>,
     /// `(expires_at, slot)` for every value in `map` that has an expiry time.
     expiring: BTreeSet<(u64, Slot)>,
 }
@@ -239,7 +224,7 @@ impl Store {
                 get,
             } => {
                 // One lookup: the entry serves the condition, the old value and the update.
-                let slot = Slot(hash(&key), key);
+                let slot = Slot::new(key);
                 let expiring = &mut self.expiring;
                 let entry = self.map.entry(slot);
                 let stored_expiry = match &entry {
@@ -452,8 +437,7 @@ impl Store {
             } => {
                 let mut keys = Vec::new();
                 let mut next = 0;
-                let start = Bound::Included(Slot(cursor, Bytes::new()));
-                for (i, (slot, v)) in self.map.range((start, Bound::Unbounded)).enumerate() {
+                for (i, (slot, v)) in self.map.starting_at(cursor).enumerate() {
                     if i == count.max(1) {
                         next = slot.0;
                         break;
@@ -553,13 +537,20 @@ pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
 #[derive(Deserialize)]
 struct Dump(Vec<(Bytes, Value)>);
 
-/// A point-in-time copy of the store's values, taken on the apply path for a snapshot.
-pub struct StoreSnapshot(BTreeMap<Slot, Value>);
+/// A point-in-time view of the store's values, taken on the apply path for a snapshot; it
+/// shares storage with the live store (see [`SlotMap`]).
+pub struct StoreSnapshot(SlotMap<Value>);
 
 /// Serialises like [`Dump`] without collecting it first.
 impl Serialize for StoreSnapshot {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|(s, v)| (&s.1, v)))
+        use serde::ser::SerializeSeq;
+        // The length up front: compact formats write it before the elements.
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for (slot, value) in self.0.iter() {
+            seq.serialize_element(&(&slot.1, value))?;
+        }
+        seq.end()
     }
 }
 
@@ -756,6 +747,28 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_is_a_point_in_time_view() {
+        let mut s = Store::default();
+        for i in 0..1_000 {
+            s.write(at(0, set(&format!("k{i}"), "old", Expiry::Clear)));
+        }
+        let then = s.clone();
+        let snapshot = s.snapshot();
+        // Writes after the handle was taken do not show in it.
+        for i in 0..1_000 {
+            s.write(at(1, set(&format!("k{i}"), "new", Expiry::Clear)));
+        }
+        s.write(at(1, WriteOp::Del(vec![b("k1")])));
+        s.write(at(1, set("added", "v", Expiry::Clear)));
+        let mut bytes = Vec::new();
+        Store::write_snapshot(snapshot, &mut bytes).unwrap();
+        let mut restored = Store::default();
+        restored.restore(&mut bytes.as_slice()).unwrap();
+        assert_eq!(restored, then);
+        assert_eq!(get(&s, 1, "k2"), Reply::Bulk(b("new")));
+    }
+
+    #[test]
     fn incr_refuses_non_numbers_and_overflow() {
         let mut s = Store::default();
         s.write(at(0, set("n", "x", Expiry::Clear)));
@@ -855,7 +868,12 @@ mod tests {
             };
             s.write(at(now, op));
             assert_index_consistent(&s);
-            let due = s.map.values().filter(|v| !v.live(now)).count();
+            let due = s
+                .map
+                .iter()
+                .map(|(_, v)| v)
+                .filter(|v| !v.live(now))
+                .count();
             assert_eq!(s.expired_count(now, usize::MAX), due);
             let size = s.read(Query {
                 now,
@@ -865,7 +883,7 @@ mod tests {
         }
         s.write(at(now + 100, WriteOp::PurgeExpired { limit: usize::MAX }));
         assert_eq!(s.expired_count(now + 100, usize::MAX), 0);
-        assert!(s.map.values().all(|v| v.live(now + 100)));
+        assert!(s.map.iter().map(|(_, v)| v).all(|v| v.live(now + 100)));
         assert_index_consistent(&s);
 
         // A restored snapshot rebuilds the index.
