@@ -273,39 +273,33 @@ impl<S: Queryable> ClusterClient<S> {
             };
             let (next, status) = classify(status);
             tracing::debug!(target = %target, %status, "cluster client attempt failed");
-            match next {
+            let (wait, next_target) = match next {
                 Next::Fail(e) => return Err(e),
                 Next::Redirect(addr) => {
                     self.remember_leader(Some(addr.clone()));
                     // The first redirect is followed at once. Further ones (nodes whose views
                     // of an election disagree can point at each other) are paced like any retry.
-                    if redirected {
-                        if Instant::now() + pause >= deadline {
-                            return Err(ClientError::GaveUp {
-                                attempts,
-                                last: status,
-                            });
-                        }
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(500));
-                    }
+                    let wait = redirected;
                     redirected = true;
-                    target = addr;
+                    (wait, addr)
                 }
                 Next::Elsewhere => {
                     redirected = false;
                     self.remember_leader(None);
-                    if Instant::now() + pause >= deadline {
-                        return Err(ClientError::GaveUp {
-                            attempts,
-                            last: status,
-                        });
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                    target = self.next_endpoint();
+                    (true, self.next_endpoint())
                 }
+            };
+            if wait {
+                if Instant::now() + pause >= deadline {
+                    return Err(ClientError::GaveUp {
+                        attempts,
+                        last: status,
+                    });
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
             }
+            target = next_target;
             if Instant::now() >= deadline {
                 return Err(ClientError::GaveUp {
                     attempts,

@@ -186,22 +186,17 @@ mod tests {
     fn reads_and_misses_do_not_unshare_shards() {
         let mut map: SlotMap<u32> = (0..100).map(|i| (Slot::new(key(i)), i)).collect();
         let snapshot = map.clone();
+        let shared = |map: &SlotMap<u32>| {
+            map.shards
+                .iter()
+                .zip(&snapshot.shards)
+                .filter(|(a, b)| Arc::ptr_eq(a, b))
+                .count()
+        };
         assert_eq!(map.get_mut(&Slot::new(key(1_000))), None);
         assert_eq!(map.remove(&Slot::new(key(1_000))), None);
-        let shared = map
-            .shards
-            .iter()
-            .zip(&snapshot.shards)
-            .filter(|(a, b)| Arc::ptr_eq(a, b))
-            .count();
-        assert_eq!(shared, SHARDS);
+        assert_eq!(shared(&map), SHARDS);
         map.insert(Slot::new(key(1)), 5);
-        let shared = map
-            .shards
-            .iter()
-            .zip(&snapshot.shards)
-            .filter(|(a, b)| Arc::ptr_eq(a, b))
-            .count();
-        assert_eq!(shared, SHARDS - 1, "a write copies one shard");
+        assert_eq!(shared(&map), SHARDS - 1, "a write copies one shard");
     }
 }
