@@ -69,22 +69,30 @@ fn parse_i64(b: &Bytes) -> Option<i64> {
 const NOT_INT: &str = "ERR value is not an integer or out of range";
 
 /// Parses the arguments of one command; `now` is the accepting node's time in milliseconds.
+#[cfg(test)]
 pub fn parse(args: &[Bytes], now: u64) -> Action {
+    parse_as(args.first().and_then(|a| known(a)), args, now)
+}
+
+/// Like [`parse`], for a caller that already looked the command's name up with [`known`].
+pub fn parse_as(name: Option<&'static str>, args: &[Bytes], now: u64) -> Action {
     let Some(first) = args.first() else {
         return Action::Reply(Reply::Ok);
     };
-    let name = String::from_utf8_lossy(first).to_ascii_lowercase();
     let rest = &args[1..];
+    let Some(name) = name else {
+        return unknown_command(first, rest);
+    };
     let n = rest.len();
     let write = |op| Action::Write {
         op,
         post: Post::None,
     };
-    match name.as_str() {
+    match name {
         "ping" => match n {
             0 => Action::Reply(Reply::Bulk(Bytes::from_static(b"PONG"))),
             1 => Action::Reply(Reply::Bulk(rest[0].clone())),
-            _ => arity(&name),
+            _ => arity(name),
         },
         "echo" if n == 1 => Action::Reply(Reply::Bulk(rest[0].clone())),
         "hello" => match rest.first().map(parse_i64) {
@@ -180,20 +188,21 @@ pub fn parse(args: &[Bytes], now: u64) -> Action {
             "set" | "resetstat" | "rewrite" => Action::Reply(Reply::Ok),
             _ => syntax(),
         },
-        known if COMMANDS.iter().any(|c| c.0 == known) => arity(known),
-        _ => {
-            let preview: Vec<String> = rest
-                .iter()
-                .take(3)
-                .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
-                .collect();
-            error(format!(
-                "ERR unknown command '{}', with args beginning with: {}",
-                String::from_utf8_lossy(first),
-                preview.join(" ")
-            ))
-        }
+        _ => arity(name),
     }
+}
+
+fn unknown_command(name: &Bytes, rest: &[Bytes]) -> Action {
+    let preview: Vec<String> = rest
+        .iter()
+        .take(3)
+        .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
+        .collect();
+    error(format!(
+        "ERR unknown command '{}', with args beginning with: {}",
+        String::from_utf8_lossy(name),
+        preview.join(" ")
+    ))
 }
 
 fn parse_set(key: &Bytes, value: &Bytes, opts: &[Bytes], now: u64) -> Action {

@@ -152,11 +152,11 @@ async fn connection(mut socket: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) -> s
 /// Runs one command and appends its reply; `true` when the connection should close.
 async fn execute(args: &[Bytes], conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut) -> bool {
     // Only known command names become metric labels, so clients cannot create unbounded series.
-    let label = commands::known(&args[0]).unwrap_or("unknown");
-    metrics::counter!("kv_requests_total", "command" => label).increment(1);
+    let name = commands::known(&args[0]);
+    metrics::counter!("kv_requests_total", "command" => name.unwrap_or("unknown")).increment(1);
     // One clock reading: EX/PX deadlines and the write's stamp are the same instant.
     let now = now_ms();
-    let reply = match commands::parse(args, now) {
+    let reply = match commands::parse_as(name, args, now) {
         Action::Reply(r) => r,
         Action::Quit => {
             resp::encode(&Reply::Ok, out, conn.proto);
