@@ -75,10 +75,17 @@ impl<V: Clone> SlotMap<V> {
         self.shard(slot).get(slot)
     }
 
+    /// Whether writing `slot` would have to copy its shard for nothing: a clone shares the
+    /// shard and `slot` is not in it.
+    fn shared_without(&mut self, slot: &Slot) -> bool {
+        let shard = &mut self.shards[shard_of(slot.0)];
+        Arc::get_mut(shard).is_none() && !shard.contains_key(slot)
+    }
+
     /// The value at `slot`, to change in place.
     pub fn get_mut(&mut self, slot: &Slot) -> Option<&mut V> {
-        if !self.shard(slot).contains_key(slot) {
-            return None; // no need to unshare the shard
+        if self.shared_without(slot) {
+            return None;
         }
         self.shard_mut(slot).get_mut(slot)
     }
@@ -95,7 +102,7 @@ impl<V: Clone> SlotMap<V> {
 
     /// Removes and returns the value at `slot`.
     pub fn remove(&mut self, slot: &Slot) -> Option<V> {
-        if !self.shard(slot).contains_key(slot) {
+        if self.shared_without(slot) {
             return None;
         }
         self.shard_mut(slot).remove(slot)

@@ -187,9 +187,16 @@ impl Store {
     /// Inserts or replaces a value, keeping the expiry index in step.
     fn put(&mut self, slot: Slot, value: Value) {
         let new = value.expires_at;
-        let old = self.map.get(&slot).and_then(|v| v.expires_at);
-        reindex(&mut self.expiring, &slot, old, new);
-        self.map.insert(slot, value);
+        match self.map.entry(slot) {
+            Entry::Occupied(mut e) => {
+                reindex(&mut self.expiring, e.key(), e.get().expires_at, new);
+                e.insert(value);
+            }
+            Entry::Vacant(e) => {
+                reindex(&mut self.expiring, e.key(), None, new);
+                e.insert(value);
+            }
+        }
     }
 
     /// Removes a value, keeping the expiry index in step.
