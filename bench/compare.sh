@@ -43,8 +43,9 @@ cleanup() {
     for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
 }
+clear_data() { rm -rf "${DIR:?}/kv" "${DIR:?}/etcd" "${DIR:?}/redis"; }
 # On exit the servers stop and their data (about 1 GiB per run) goes; logs and results stay.
-trap 'cleanup; rm -rf "${DIR:?}/kv" "${DIR:?}/etcd" "${DIR:?}/redis"' EXIT
+trap 'cleanup; clear_data' EXIT
 stop_all() { cleanup; PIDS=(); }
 
 # Requests per point: enough for ~10 s at the throughput each client count usually reaches.
@@ -195,7 +196,7 @@ echo "compare.sh: data, logs and results in $DIR (the data is removed at exit)" 
 for round in $(seq "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && say "round $round of $ROUNDS"
     for t in $TARGETS; do
-        rm -rf "${DIR:?}/kv" "${DIR:?}/etcd" "${DIR:?}/redis" # every round starts from empty data
+        clear_data # every round starts from empty data
         case $t in
             raftkit) run_raftkit ;;
             etcd) run_etcd ;;
