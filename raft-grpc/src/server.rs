@@ -6,8 +6,8 @@
 //!
 //! Writes and membership calls that reach a follower are forwarded to the leader — one hop,
 //! carrying the caller's remaining deadline — or, when forwarding is off (or, for a write, the
-//! client asks), answered with the leader's address. Linearizable reads on a follower fetch a read index from
-//! the leader and are answered from the follower's own state machine.
+//! client asks), answered with the leader's address. Linearizable reads on a follower fetch a
+//! read index from the leader and are answered from the follower's own state machine.
 
 use std::future::Future;
 use std::sync::Arc;
