@@ -10,11 +10,13 @@
 //! crc32c: u32 LE                   over every byte before it
 //! ```
 //!
-//! A durable node keeps its snapshots in `<data dir>/snapshots/` as `<sequence, 20 digits>.snap`;
-//! the highest sequence is the current snapshot and older ones are deleted once a newer one is in
-//! place. A snapshot is written (or received) under a temporary name, fsynced, checked, renamed
-//! and the directory fsynced, so a visible `.snap` file is always complete; one that fails its
-//! checksum is corruption and refused.
+//! A durable node keeps its snapshots in `<data dir>/snapshots/` as `<sequence, 20 digits>.snap`.
+//! The current snapshot is the one with the highest `(last log id, sequence)`: a slow build can be
+//! renamed into place after a newer snapshot was installed, so the sequence alone does not say
+//! which is newer. Older ones are deleted (and the directory fsynced) once a newer one is in
+//! place, and at startup if a crash left them behind. A snapshot is written (or received) under a
+//! temporary name, fsynced, checked, renamed and the directory fsynced, so a visible `.snap` file
+//! is always complete; one that fails its checksum is corruption and refused.
 //!
 //! [`SnapshotData`] is a handle to one snapshot's bytes — an open file, or a buffer for in-memory
 //! nodes — that a transport reads in chunks with [`SnapshotData::read_at`]; a receiving transport
@@ -162,6 +164,15 @@ impl SnapshotData {
         match &self.source {
             Source::File { path, .. } => path.display().to_string(),
             Source::Memory(_) => "received in memory".to_string(),
+        }
+    }
+
+    /// The bytes of a snapshot held in memory (`None` for a file).
+    #[cfg(feature = "testing")]
+    pub(crate) fn memory_bytes(&self) -> Option<&Bytes> {
+        match &self.source {
+            Source::Memory(b) => Some(b),
+            Source::File { .. } => None,
         }
     }
 
@@ -413,22 +424,29 @@ impl SnapshotStore {
             .map(|c| (c.meta.clone(), c.data.clone())))
     }
 
+    /// The snapshot to restore after a restart: the one covering the most of the log, not the one
+    /// written last. A slow build can finish (and be renamed into place) after a newer snapshot
+    /// was installed, and a crash can come before the older file is purged. The others are
+    /// removed.
     fn newest_on_disk(&self, dir: &Path) -> Result<Option<Current>, SnapshotError> {
-        let mut best: Option<u64> = None;
+        let mut best: Option<Current> = None;
         for entry in fs::read_dir(dir).map_err(at("list", dir))? {
             let entry = entry.map_err(at("list", dir))?;
-            if let Some(seq) = entry.file_name().to_str().and_then(seq_of) {
-                best = best.max(Some(seq));
+            let Some(seq) = entry.file_name().to_str().and_then(seq_of) else {
+                continue;
+            };
+            let data = SnapshotData::from_file(entry.path())?;
+            let meta = parse(&data)?.meta;
+            let key = (meta.last_log_id, seq);
+            if best
+                .as_ref()
+                .is_none_or(|b| key > (b.meta.last_log_id, b.seq))
+            {
+                best = Some(Current { seq, meta, data });
             }
         }
-        let Some(seq) = best else { return Ok(None) };
-        let data = SnapshotData::from_file(dir.join(format!("{seq:020}{SUFFIX}")))?;
-        let parsed = parse(&data)?;
-        Ok(Some(Current {
-            seq,
-            meta: parsed.meta,
-            data,
-        }))
+        self.remove_all_but(dir, best.as_ref().map(|b| b.seq))?;
+        Ok(best)
     }
 
     /// Writes a new snapshot and makes it current (unless a newer one became current meanwhile).
@@ -530,7 +548,10 @@ impl SnapshotStore {
         Ok(())
     }
 
+    /// Deletes every snapshot but `keep`, and makes the deletions durable: a restart must not
+    /// find a purged snapshot again.
     fn remove_all_but(&self, dir: &Path, keep: Option<u64>) -> Result<(), SnapshotError> {
+        let mut removed = false;
         for entry in fs::read_dir(dir).map_err(at("list", dir))? {
             let entry = entry.map_err(at("list", dir))?;
             if let Some(seq) = entry.file_name().to_str().and_then(seq_of)
@@ -538,7 +559,11 @@ impl SnapshotStore {
             {
                 let p = entry.path();
                 fs::remove_file(&p).map_err(at("remove", &p))?;
+                removed = true;
             }
+        }
+        if removed {
+            fsutil::sync_dir(dir)?;
         }
         Ok(())
     }
@@ -689,6 +714,66 @@ mod tests {
         let (m, d) = reopened.current().unwrap().unwrap();
         assert_eq!(m, meta(9));
         assert_eq!(body(&d), b"nine");
+    }
+
+    /// Puts a copy of `data` into `dir` under sequence `seq`, as a crash would leave a file that
+    /// was renamed into place but not yet purged.
+    fn leave_behind(dir: &Path, seq: u64, data: &SnapshotData) {
+        let Source::File { path, .. } = &data.source else {
+            panic!("a durable store writes files")
+        };
+        fs::copy(path, dir.join(format!("{seq:020}{SUFFIX}"))).unwrap();
+    }
+
+    #[test]
+    fn restart_picks_the_snapshot_covering_the_most_log_not_the_last_written() {
+        // A build of index 100 that finished (renamed, higher sequence) after index 200 was
+        // installed, then a crash before the purge.
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        write(&store, 200, b"two hundred");
+        let old = write(
+            &SnapshotStore::open(other.path(), u64::MAX).unwrap(),
+            100,
+            b"one hundred",
+        );
+        leave_behind(dir.path(), 99, &old);
+
+        let reopened = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        let (m, d) = reopened.current().unwrap().unwrap();
+        assert_eq!(m, meta(200));
+        assert_eq!(body(&d), b"two hundred");
+        let files: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(files.len(), 1, "the stale snapshot is purged on load");
+
+        // Later writes still get sequences above every file seen, and a newer install wins.
+        write(&reopened, 300, b"three hundred");
+        let again = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        assert_eq!(again.current().unwrap().unwrap().0, meta(300));
+    }
+
+    #[test]
+    fn a_crash_between_install_and_purge_keeps_the_installed_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        let older = write(&store, 50, b"fifty");
+        let other = tempfile::tempdir().unwrap();
+        let installed = write(
+            &SnapshotStore::open(other.path(), u64::MAX).unwrap(),
+            80,
+            b"eighty",
+        );
+        // The installed file is in place; the older one was not purged yet.
+        leave_behind(dir.path(), 7, &installed);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+        drop(older);
+
+        let reopened = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        let (m, d) = reopened.current().unwrap().unwrap();
+        assert_eq!(m, meta(80));
+        assert_eq!(body(&d), b"eighty");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
