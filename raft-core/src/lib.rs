@@ -43,6 +43,7 @@ mod state_machine;
 pub mod testing;
 pub mod transport;
 pub mod types;
+mod validate;
 
 pub use crate::config::Config;
 pub use crate::config::Storage;

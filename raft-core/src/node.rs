@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,6 +58,7 @@ use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
 use crate::types::TypeConfig;
 use crate::types::Vote;
+use crate::validate;
 
 /// A log position that a linearizable read must wait for, issued by the leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -736,6 +738,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         req: rpc::AppendEntriesRequest,
     ) -> BoxFuture<'_, Result<rpc::AppendEntriesResponse, RpcHandlerError>> {
         async move {
+            validate::append(&req)?;
             self.raft
                 .append_entries(req)
                 .await
@@ -748,14 +751,22 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         &self,
         req: rpc::VoteRequest,
     ) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>> {
-        async move { self.raft.vote(req).await.map_err(|_| self.stopped()) }.boxed()
+        async move {
+            validate::vote(&req)?;
+            self.raft.vote(req).await.map_err(|_| self.stopped())
+        }
+        .boxed()
     }
 
     fn pre_vote(
         &self,
         req: rpc::VoteRequest,
     ) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>> {
-        async move { self.raft.pre_vote(req).await.map_err(|_| self.stopped()) }.boxed()
+        async move {
+            validate::vote(&req)?;
+            self.raft.pre_vote(req).await.map_err(|_| self.stopped())
+        }
+        .boxed()
     }
 
     fn transfer_leader(
@@ -776,9 +787,27 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         input: BoxStream<'static, rpc::AppendEntriesRequest>,
     ) -> BoxStream<'static, Result<rpc::StreamAppendResult, RpcHandlerError>> {
         let id = self.id;
+        // A malformed request ends the input; the sender learns why after the answers so far.
+        let failure: Arc<Mutex<Option<RpcHandlerError>>> = Arc::default();
+        let fail = failure.clone();
+        let input = input
+            .take_while(move |req| {
+                let checked = validate::append(req);
+                let ok = checked.is_ok();
+                if let Err(e) = checked {
+                    *fail.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                }
+                futures_util::future::ready(ok)
+            })
+            .boxed();
+        let tail = futures_util::stream::once(async move {
+            failure.lock().unwrap_or_else(|p| p.into_inner()).take()
+        })
+        .filter_map(|f| async move { f.map(Err) });
         self.raft
             .stream_append(input)
             .map(move |r| r.map_err(|_| RpcHandlerError::Shutdown(id)))
+            .chain(tail)
             .boxed()
     }
 
@@ -794,12 +823,8 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
     ) -> BoxFuture<'_, Result<rpc::SnapshotResponse, RpcHandlerError>> {
         async move {
             // openraft panics on a snapshot no honest leader could send; refuse it here instead.
+            validate::snapshot(&vote, &meta)?;
             if let Some(last) = meta.last_log_id {
-                if last.leader_id.term > vote.leader_id.term {
-                    return Err(RpcHandlerError::Invalid(format!(
-                        "snapshot up to {last} is newer than the sending leader's vote {vote}"
-                    )));
-                }
                 let committed = self.raft.metrics().borrow_watched().local_committed;
                 if let Some(c) = committed
                     && last > c

@@ -283,34 +283,6 @@ fn handler_status(e: RpcHandlerError) -> Status {
     }
 }
 
-/// Checks that replicated entries are shaped as a leader sends them; openraft assumes so.
-fn validate_append(req: &rpc::AppendEntriesRequest) -> Result<(), Status> {
-    let first = req.prev_log_id.map_or(0, |p| p.index + 1);
-    let mut term = req.prev_log_id.map_or(0, |p| p.leader_id.term);
-    let vote_term = req.vote.leader_id.term;
-    if term > vote_term {
-        return Err(status::invalid(
-            "previous log id is newer than the sender's vote",
-        ));
-    }
-    for (expected, e) in (first..).zip(&req.entries) {
-        if e.log_id.index != expected {
-            return Err(status::invalid(format!(
-                "entries out of sequence: index {} where {expected} was expected",
-                e.log_id.index
-            )));
-        }
-        if e.log_id.leader_id.term < term || e.log_id.leader_id.term > vote_term {
-            return Err(status::invalid(format!(
-                "entry {} has an impossible term",
-                e.log_id.index
-            )));
-        }
-        term = e.log_id.leader_id.term;
-    }
-    Ok(())
-}
-
 impl<S: Queryable> Shared<S> {
     fn check_target(&self, target: NodeId) -> Result<(), Status> {
         let me = self.node.id();
@@ -507,16 +479,8 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
         &self,
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        let msg: rpc::AppendEntriesRequest =
-            self.decode_request(req.get_ref(), "append request")?;
-        validate_append(&msg)?;
-        let resp = self
-            .0
-            .handler
-            .append_entries(msg)
+        self.unary(req, "append request", |m| self.0.handler.append_entries(m))
             .await
-            .map_err(handler_status)?;
-        Self::reply(&resp)
     }
 
     type StreamAppendStream = BoxStream<'static, Result<pb::RaftReply, Status>>;
@@ -537,12 +501,9 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
                     Ok(Some(r)) => r,
                     Ok(None) | Err(_) => return None,
                 };
-                let checked = shared
-                    .check_target(r.target)
-                    .and_then(|_| {
-                        wire::decode::<rpc::AppendEntriesRequest>(&r.payload, "append request")
-                    })
-                    .and_then(|m| validate_append(&m).map(|_| m));
+                let checked = shared.check_target(r.target).and_then(|_| {
+                    wire::decode::<rpc::AppendEntriesRequest>(&r.payload, "append request")
+                });
                 match checked {
                     Ok(m) => Some((m, s)),
                     Err(status) => {

@@ -7,6 +7,7 @@
 //!   writes through whichever node leads.
 //! * [`kv`] — a small replicated string map with a matching [`Workload`], for tests that need
 //!   some state machine rather than their own.
+//! * [`snapshot_bytes`] — a snapshot file's bytes, for tests that send snapshots as a peer would.
 //!
 //! ```no_run
 //! # use raft_core::{StateMachine, testing::{Cluster, ClusterOptions}};
@@ -64,3 +65,14 @@ pub use self::nemesis::Step;
 pub use self::router::Router;
 pub use self::router::RouterConnection;
 pub use self::router::RouterTransport;
+
+/// The bytes of a snapshot file for `meta` whose user part is what `user` writes, with an empty
+/// session table: what a leader would stream to a follower. For tests that play a peer.
+pub fn snapshot_bytes(
+    meta: &crate::types::SnapshotMeta,
+    user: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<Vec<u8>, crate::snapshot::SnapshotError> {
+    let store = crate::snapshot::SnapshotStore::memory(u64::MAX);
+    let data = store.write(meta, &crate::session::SessionTable::new(1), user)?;
+    Ok(data.memory_bytes().map(|b| b.to_vec()).unwrap_or_default())
+}

@@ -1,0 +1,244 @@
+//! Checks on what a peer sends, before it reaches the consensus engine or the log.
+//!
+//! openraft assumes its peers are honest raftkit nodes: it panics on some impossible inputs and
+//! persists others (an entry naming a voter without an address is written to the log, and the node
+//! then refuses to start). Every incoming request therefore passes through these checks in the
+//! node's [`RpcHandler`](crate::transport::RpcHandler), so every transport — ours or one a user
+//! writes — gets the same protection. A request that fails is refused with
+//! [`RpcHandlerError::Invalid`] and changes nothing.
+//!
+//! The checks are those an honest leader always satisfies:
+//! * entries are contiguous, starting right after `prev_log_id`, with terms that never decrease
+//!   and never exceed the sender's vote;
+//! * no index is `u64::MAX`, so `index + 1` never overflows anywhere downstream;
+//! * every membership (in an entry or a snapshot) has at least one voter set, no empty voter set,
+//!   and an address for every voter — exactly what recovery requires of the log;
+//! * replication and snapshots carry an elected (committed) leader vote;
+//! * a vote or snapshot never claims a log newer than the sender's own term.
+
+use crate::disk::DiskMembership;
+use crate::transport::RpcHandlerError;
+use crate::transport::rpc;
+use crate::types::LogId;
+use crate::types::Membership;
+use crate::types::Payload;
+use crate::types::SnapshotMeta;
+use crate::types::Vote;
+
+fn invalid(msg: impl Into<String>) -> RpcHandlerError {
+    RpcHandlerError::Invalid(msg.into())
+}
+
+/// The index after `id`, or an error if there is none.
+fn next_index(id: &LogId) -> Result<u64, RpcHandlerError> {
+    id.index
+        .checked_add(1)
+        .ok_or_else(|| invalid(format!("log index {} has no successor", id.index)))
+}
+
+/// Replication and snapshots come only from an elected leader, whose vote is committed; openraft
+/// asserts as much and would otherwise treat the sender as leader.
+fn from_leader(vote: &Vote, what: &str) -> Result<(), RpcHandlerError> {
+    if !vote.committed {
+        return Err(invalid(format!(
+            "{what} from {vote}, which is not an elected leader's vote"
+        )));
+    }
+    Ok(())
+}
+
+/// `id` must not claim a term newer than the sender's vote.
+fn not_after_vote(id: &LogId, vote: &Vote, what: &str) -> Result<(), RpcHandlerError> {
+    if id.leader_id.term > vote.leader_id.term {
+        return Err(invalid(format!(
+            "{what} {id} is newer than the sender's vote {vote}"
+        )));
+    }
+    Ok(())
+}
+
+/// A membership as recovery will read it back: at least one voter set, none empty, and an
+/// address for every voter.
+pub(crate) fn membership(m: &Membership) -> Result<(), RpcHandlerError> {
+    let configs = m.get_joint_config();
+    if configs.is_empty() {
+        return Err(invalid("membership has no voter set"));
+    }
+    DiskMembership::from(m)
+        .to_membership()
+        .map(|_| ())
+        .map_err(|e| invalid(format!("malformed membership: {e}")))
+}
+
+/// Checks a replication request (see the module docs).
+pub(crate) fn append(req: &rpc::AppendEntriesRequest) -> Result<(), RpcHandlerError> {
+    from_leader(&req.vote, "replication")?;
+    let (mut expected, mut term) = match &req.prev_log_id {
+        Some(prev) => {
+            not_after_vote(prev, &req.vote, "previous log id")?;
+            (next_index(prev)?, prev.leader_id.term)
+        }
+        None => (0, 0),
+    };
+    let vote_term = req.vote.leader_id.term;
+    for e in &req.entries {
+        if e.log_id.index != expected {
+            return Err(invalid(format!(
+                "entries out of sequence: index {} where {expected} was expected",
+                e.log_id.index
+            )));
+        }
+        if e.log_id.leader_id.term < term || e.log_id.leader_id.term > vote_term {
+            return Err(invalid(format!(
+                "entry {} has an impossible term",
+                e.log_id.index
+            )));
+        }
+        if let Payload::Membership(m) = &e.payload {
+            membership(m).map_err(|err| invalid(format!("entry {}: {err}", e.log_id.index)))?;
+        }
+        term = e.log_id.leader_id.term;
+        expected = next_index(&e.log_id)?;
+    }
+    if let Some(c) = &req.leader_commit {
+        not_after_vote(c, &req.vote, "commit index")?;
+        next_index(c)?;
+    }
+    Ok(())
+}
+
+/// Checks a vote or pre-vote request.
+pub(crate) fn vote(req: &rpc::VoteRequest) -> Result<(), RpcHandlerError> {
+    if let Some(last) = &req.last_log_id {
+        not_after_vote(last, &req.vote, "candidate's last log id")?;
+        next_index(last)?;
+    }
+    Ok(())
+}
+
+/// Checks a snapshot's metadata against the vote of the leader that sent it.
+pub(crate) fn snapshot(vote: &Vote, meta: &SnapshotMeta) -> Result<(), RpcHandlerError> {
+    from_leader(vote, "snapshot")?;
+    if let Some(last) = &meta.last_log_id {
+        not_after_vote(last, vote, "snapshot up to")?;
+        next_index(last)?;
+    }
+    if let Some(id) = meta.last_membership.log_id() {
+        not_after_vote(id, vote, "snapshot membership at")?;
+        if meta.last_log_id.is_none_or(|last| *id > last) {
+            return Err(invalid(format!(
+                "snapshot membership at {id} is beyond the snapshot's last log id"
+            )));
+        }
+    }
+    if meta.last_membership.log_id().is_some() {
+        membership(meta.last_membership.membership())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::collections::BTreeSet;
+
+    use openraft::BasicNode;
+
+    use super::*;
+    use crate::types;
+    use crate::types::Entry;
+    use crate::types::LeaderId;
+    use crate::types::Request;
+
+    fn vote(term: u64) -> Vote {
+        Vote {
+            leader_id: LeaderId { term, node_id: 1 },
+            committed: true,
+        }
+    }
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: types::log_id(term, 1, index),
+            payload: Payload::Normal(Request {
+                session: None,
+                command: bytes::Bytes::new(),
+            }),
+        }
+    }
+
+    fn req(
+        vote_term: u64,
+        prev: Option<(u64, u64)>,
+        entries: Vec<Entry>,
+    ) -> rpc::AppendEntriesRequest {
+        rpc::AppendEntriesRequest {
+            vote: vote(vote_term),
+            prev_log_id: prev.map(|(t, i)| types::log_id(t, 1, i)),
+            leader_commit: None,
+            entries,
+        }
+    }
+
+    /// A membership as a forged request could carry: serde does not validate, so a decoded
+    /// membership can be anything.
+    fn forged(configs: Vec<BTreeSet<u64>>, nodes: &[u64]) -> Membership {
+        let nodes: BTreeMap<u64, BasicNode> =
+            nodes.iter().map(|n| (*n, BasicNode::new("a:1"))).collect();
+        let bytes = crate::codec::encode(&(configs, nodes)).expect("encodes");
+        crate::codec::decode(&bytes).expect("decodes as a membership")
+    }
+
+    fn forged_membership(voters: &[u64], nodes: &[u64]) -> Membership {
+        forged(vec![voters.iter().copied().collect()], nodes)
+    }
+
+    #[test]
+    fn honest_requests_pass() {
+        assert!(append(&req(2, Some((1, 4)), vec![entry(1, 5), entry(2, 6)])).is_ok());
+        assert!(append(&req(2, None, vec![entry(1, 0)])).is_ok());
+        assert!(append(&req(2, Some((2, 9)), vec![])).is_ok());
+    }
+
+    #[test]
+    fn malformed_appends_are_refused() {
+        // A gap, a term going back, a term beyond the vote, a previous id beyond the vote.
+        assert!(append(&req(2, Some((1, 4)), vec![entry(1, 6)])).is_err());
+        assert!(append(&req(3, Some((2, 4)), vec![entry(1, 5)])).is_err());
+        assert!(append(&req(2, Some((1, 4)), vec![entry(3, 5)])).is_err());
+        assert!(append(&req(2, Some((3, 4)), vec![])).is_err());
+        // A vote that no election committed.
+        let mut r = req(2, Some((1, 4)), vec![entry(1, 5)]);
+        r.vote.committed = false;
+        assert!(append(&r).is_err());
+        // Indexes with no successor.
+        assert!(append(&req(2, Some((1, u64::MAX)), vec![])).is_err());
+        assert!(append(&req(2, Some((1, u64::MAX - 1)), vec![entry(1, u64::MAX)])).is_err());
+    }
+
+    #[test]
+    fn memberships_must_be_recoverable() {
+        let good = forged_membership(&[1, 2], &[1, 2, 3]);
+        assert!(membership(&good).is_ok());
+        let missing_addr = forged_membership(&[1, 2], &[1]);
+        assert!(membership(&missing_addr).is_err());
+        let empty_voters = forged_membership(&[], &[1]);
+        assert!(membership(&empty_voters).is_err());
+        let no_configs = forged(vec![], &[]);
+        assert!(membership(&no_configs).is_err());
+
+        let mut r = req(2, Some((1, 4)), vec![entry(1, 5)]);
+        r.entries[0].payload = Payload::Membership(missing_addr);
+        assert!(append(&r).is_err());
+    }
+
+    #[test]
+    fn votes_cannot_claim_a_newer_log_than_their_term() {
+        let mut r = rpc::VoteRequest::new(vote(2), Some(types::log_id(3, 1, 7)));
+        assert!(super::vote(&r).is_err());
+        r.last_log_id = Some(types::log_id(2, 1, 7));
+        assert!(super::vote(&r).is_ok());
+        r.last_log_id = Some(types::log_id(2, 1, u64::MAX));
+        assert!(super::vote(&r).is_err());
+    }
+}

@@ -1,0 +1,330 @@
+//! Arbitrary peer input, delivered straight to a node's `RpcHandler` as any transport would: the
+//! node never panics, and never persists anything that its next start fails to recover.
+//!
+//! The requests are drawn so that many are well-formed (contiguous entries, sensible terms) and
+//! reach the log, and many are not: gaps, terms beyond the sender's vote, indexes at `u64::MAX`,
+//! memberships naming voters without an address, snapshots whose membership is malformed or
+//! whose state machine part does not decode. Without the checks in `raft_core`'s handler, openraft
+//! panics on some of these requests within the default number of cases.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::BasicNode;
+use proptest::prelude::*;
+use raft_core::Config;
+use raft_core::Consistency;
+use raft_core::Node;
+use raft_core::testing::Router;
+use raft_core::testing::kv::KvCommand;
+use raft_core::testing::kv::KvStore;
+use raft_core::transport::SharedRpcHandler;
+use raft_core::transport::rpc;
+use raft_core::types::Entry;
+use raft_core::types::LeaderId;
+use raft_core::types::LogId;
+use raft_core::types::Membership;
+use raft_core::types::Payload;
+use raft_core::types::Request;
+use raft_core::types::SnapshotMeta;
+use raft_core::types::StoredMembership;
+use raft_core::types::Vote;
+
+/// A term or index: mostly small, sometimes at the edge of the type.
+fn number() -> impl Strategy<Value = u64> {
+    prop_oneof![8 => 0u64..8, 1 => Just(u64::MAX - 1), 1 => Just(u64::MAX)]
+}
+
+fn node_id() -> impl Strategy<Value = u64> {
+    1u64..=4
+}
+
+fn log_id(term: u64, node: u64, index: u64) -> LogId {
+    openraft::LogId::new(
+        LeaderId {
+            term,
+            node_id: node,
+        },
+        index,
+    )
+}
+
+fn vote() -> impl Strategy<Value = Vote> {
+    (number(), node_id(), any::<bool>()).prop_map(|(term, node_id, committed)| Vote {
+        leader_id: LeaderId { term, node_id },
+        committed,
+    })
+}
+
+/// A membership as a forged request could carry it: serde does not validate, so voters may lack
+/// an address and voter sets may be empty.
+fn membership() -> impl Strategy<Value = Membership> {
+    let ids = || proptest::collection::btree_set(node_id(), 0..4);
+    (proptest::collection::vec(ids(), 0..3), ids()).prop_map(|(configs, nodes)| {
+        let nodes: BTreeMap<u64, BasicNode> = nodes
+            .into_iter()
+            .map(|n| (n, BasicNode::new(format!("node-{n}"))))
+            .collect();
+        let bytes = raft_core::codec::encode(&(configs, nodes)).expect("encodes");
+        raft_core::codec::decode(&bytes).expect("decodes as a membership")
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    Blank,
+    Command(u8),
+    Garbage(Vec<u8>),
+    Membership(Membership),
+}
+
+fn body() -> impl Strategy<Value = Body> {
+    prop_oneof![
+        1 => Just(Body::Blank),
+        4 => any::<u8>().prop_map(Body::Command),
+        1 => proptest::collection::vec(any::<u8>(), 0..8).prop_map(Body::Garbage),
+        2 => membership().prop_map(Body::Membership),
+    ]
+}
+
+fn payload(b: Body) -> Payload {
+    let request = |command: Vec<u8>| {
+        Payload::Normal(Request {
+            session: None,
+            command: Bytes::from(command),
+        })
+    };
+    match b {
+        Body::Blank => Payload::Blank,
+        Body::Command(n) => request(
+            raft_core::codec::encode(&KvCommand::Append(format!("k{}", n % 4), n.to_string()))
+                .expect("encodes"),
+        ),
+        Body::Garbage(bytes) => request(bytes),
+        Body::Membership(m) => Payload::Membership(m),
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append {
+        vote: Vote,
+        prev: Option<(u64, u64)>,
+        /// Per entry: how much the term rises, whether the index skips one, the payload.
+        entries: Vec<(u64, bool, Body)>,
+        commit: Option<(u64, u64)>,
+    },
+    Vote {
+        vote: Vote,
+        last: Option<(u64, u64)>,
+        pre: bool,
+    },
+    Snapshot {
+        vote: Vote,
+        last: Option<(u64, u64)>,
+        membership: Option<Membership>,
+        state_decodes: bool,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let pair = || proptest::option::of((number(), number()));
+    prop_oneof![
+        6 => (
+            vote(),
+            pair(),
+            proptest::collection::vec((0u64..2, proptest::bool::weighted(0.1), body()), 0..6),
+            pair(),
+        )
+            .prop_map(|(vote, prev, entries, commit)| Op::Append { vote, prev, entries, commit }),
+        2 => (vote(), pair(), any::<bool>())
+            .prop_map(|(vote, last, pre)| Op::Vote { vote, last, pre }),
+        2 => (vote(), pair(), proptest::option::of(membership()), proptest::bool::weighted(0.8))
+            .prop_map(|(vote, last, membership, state_decodes)| Op::Snapshot {
+                vote, last, membership, state_decodes,
+            }),
+    ]
+}
+
+fn append_request(
+    vote: Vote,
+    prev: Option<(u64, u64)>,
+    entries: Vec<(u64, bool, Body)>,
+    commit: Option<(u64, u64)>,
+) -> rpc::AppendEntriesRequest {
+    let leader = vote.leader_id.node_id;
+    let prev = prev.map(|(t, i)| log_id(t, leader, i));
+    let (mut term, mut index) =
+        prev.map_or((0, 0), |p| (p.leader_id.term, p.index.wrapping_add(1)));
+    let entries = entries
+        .into_iter()
+        .map(|(rise, skip, b)| {
+            term = term.saturating_add(rise);
+            if skip {
+                index = index.wrapping_add(1);
+            }
+            let e = Entry {
+                log_id: log_id(term, leader, index),
+                payload: payload(b),
+            };
+            index = index.wrapping_add(1);
+            e
+        })
+        .collect();
+    rpc::AppendEntriesRequest {
+        vote,
+        prev_log_id: prev,
+        leader_commit: commit.map(|(t, i)| log_id(t, leader, i)),
+        entries,
+    }
+}
+
+async fn deliver(handler: &SharedRpcHandler, op: Op) {
+    // Every outcome is allowed but a panic: refusals are typed errors.
+    match op {
+        Op::Append {
+            vote,
+            prev,
+            entries,
+            commit,
+        } => {
+            let _ = handler
+                .append_entries(append_request(vote, prev, entries, commit))
+                .await;
+        }
+        Op::Vote { vote, last, pre } => {
+            let req = rpc::VoteRequest::new(
+                vote,
+                last.map(|(t, i)| log_id(t, vote.leader_id.node_id, i)),
+            );
+            let _ = if pre {
+                handler.pre_vote(req).await
+            } else {
+                handler.vote(req).await
+            };
+        }
+        Op::Snapshot {
+            vote,
+            last,
+            membership,
+            state_decodes,
+        } => {
+            let last = last.map(|(t, i)| log_id(t, vote.leader_id.node_id, i));
+            let last_membership = match membership {
+                Some(m) => StoredMembership::new(last, m),
+                None => StoredMembership::default(),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership,
+            };
+            let Ok(bytes) = raft_core::testing::snapshot_bytes(&meta, |w| {
+                if state_decodes {
+                    raft_core::write_serde(&BTreeMap::from([("k0", "v")]), w)
+                } else {
+                    w.write_all(&[0xff; 3])
+                }
+            }) else {
+                return;
+            };
+            let Ok(mut sink) = handler.snapshot_sink() else {
+                return;
+            };
+            if sink.write(&bytes).is_err() {
+                return;
+            }
+            if let Ok((meta, data)) = sink.finish() {
+                let _ = handler.install_snapshot(vote, meta, data).await;
+            }
+        }
+    }
+}
+
+fn config(dir: &Path) -> Config {
+    Config::durable(1, dir)
+        .with_timing(Duration::from_millis(20), Duration::from_millis(100))
+        .with_request_timeout(Duration::from_secs(2))
+}
+
+async fn start(dir: &Path, router: &Router) -> Node<KvStore> {
+    let node = Node::start(config(dir), KvStore::default(), router.transport(1))
+        .await
+        .unwrap_or_else(|e| panic!("node does not start from its data dir: {e}"));
+    router.register(node.rpc_handler());
+    node
+}
+
+/// Delivers `ops` to a node that is a follower of a three-node cluster, then checks that it is
+/// still running and that a restart recovers what it persisted.
+async fn run(ops: Vec<Op>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = Router::new(0);
+    let node = start(dir.path(), &router).await;
+    node.initialize([(1, "node-1"), (2, "node-2"), (3, "node-3")])
+        .await
+        .expect("initialize");
+    let handler = node.rpc_handler();
+    for op in ops {
+        deliver(&handler, op).await;
+    }
+    node.read(Consistency::Local, |_| ())
+        .await
+        .unwrap_or_else(|e| panic!("the node stopped on peer input: {e}"));
+    node.shutdown().await.expect("shutdown");
+    drop(node);
+
+    let node = start(dir.path(), &router).await;
+    node.read(Consistency::Local, |_| ())
+        .await
+        .unwrap_or_else(|e| panic!("the restarted node is not serving: {e}"));
+    node.shutdown().await.expect("shutdown after restart");
+}
+
+/// A few dozen cases by default; `RAFTKIT_SOAK=1` runs many more.
+fn cases() -> u32 {
+    if std::env::var("RAFTKIT_SOAK").is_ok_and(|v| v != "0") {
+        1000
+    } else {
+        32
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn arbitrary_peer_requests_never_panic_or_break_recovery(
+        ops in proptest::collection::vec(op(), 1..10)
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), run(ops))
+                .await
+                .expect("bounded");
+        });
+    }
+}
+
+#[test]
+fn voter_sets_helper_is_exercised() {
+    // The strategy above must be able to forge each malformed shape it claims to.
+    let forged: Membership = {
+        let configs: Vec<BTreeSet<u64>> = vec![[1, 2].into()];
+        let nodes: BTreeMap<u64, BasicNode> = [(1, BasicNode::new("a"))].into();
+        let bytes = raft_core::codec::encode(&(configs, nodes)).expect("encodes");
+        raft_core::codec::decode(&bytes).expect("decodes")
+    };
+    assert_eq!(forged.voter_ids().collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(forged.nodes().count(), 1, "voter 2 has no address");
+}
