@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use raft_core::Config;
 use raft_core::Node;
@@ -28,7 +29,15 @@ pub enum StartError {
     Listener(std::io::Error),
 }
 
+/// How long a stopping server waits for in-flight calls before closing their connections.
+const DRAIN: Duration = Duration::from_secs(2);
+
 /// A node serving gRPC: other nodes replicate to it and clients call it at [`GrpcNode::addr`].
+///
+/// Stop it with [`GrpcNode::shutdown`]. Dropping it (or abandoning a `shutdown` before it
+/// completes) stops it too, in a background task on the current Tokio runtime: the server stops
+/// accepting and the node's consensus stops, so the node cannot go on leading with no server
+/// behind it. Only `shutdown` lets the caller wait for the log to be flushed.
 pub struct GrpcNode<S: Queryable> {
     node: Node<S>,
     client: NodeClient<S>,
@@ -36,6 +45,8 @@ pub struct GrpcNode<S: Queryable> {
     stats: Arc<ServerStats>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
+    /// Whether the node was shut down (by `shutdown`); if not, drop stops it.
+    node_stopped: bool,
 }
 
 impl<S: Queryable> GrpcNode<S> {
@@ -64,6 +75,7 @@ impl<S: Queryable> GrpcNode<S> {
             stats,
             stop: Some(stop),
             task: Some(task),
+            node_stopped: false,
         })
     }
 
@@ -87,30 +99,64 @@ impl<S: Queryable> GrpcNode<S> {
         &self.stats
     }
 
-    /// Stops serving, then shuts the node down (flushing its log).
+    /// Stops serving, then shuts the node down (flushing its log). Bounded: calls still in flight
+    /// after a short drain have their connections closed, and streams (a leader's replication
+    /// stream) end as soon as the shutdown begins.
     pub async fn shutdown(mut self) -> raft_core::Result<()> {
-        self.stop_serving().await;
-        self.node.shutdown().await
+        if let Some(task) = self.stop_serving() {
+            drain(task).await;
+        }
+        let result = self.node.shutdown().await;
+        self.node_stopped = true;
+        result
     }
 
-    async fn stop_serving(&mut self) {
+    /// Tells the server to stop; returns its task to wait for.
+    fn stop_serving(&mut self) -> Option<JoinHandle<Result<(), ServeError>>> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server stopped with an error"),
-                Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
-            }
+        self.task.take()
+    }
+}
+
+/// Waits for a stopping server, for at most [`DRAIN`]; then aborts it.
+async fn drain(mut task: JoinHandle<Result<(), ServeError>>) {
+    match tokio::time::timeout(DRAIN, &mut task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server stopped with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+        Err(_) => {
+            tracing::warn!(
+                "gRPC server still draining after {DRAIN:?}; closing its remaining connections"
+            );
+            task.abort();
         }
     }
 }
 
 impl<S: Queryable> Drop for GrpcNode<S> {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        let task = self.stop_serving();
+        if self.node_stopped {
+            return;
+        }
+        let node = self.node.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Some(task) = task {
+                        drain(task).await;
+                    }
+                    if let Err(e) = node.shutdown().await {
+                        tracing::warn!(error = %e, "dropped node did not shut down cleanly");
+                    }
+                });
+            }
+            Err(_) => tracing::warn!(
+                node = node.id(),
+                "GrpcNode dropped outside a Tokio runtime: its node stops with the runtime"
+            ),
         }
     }
 }

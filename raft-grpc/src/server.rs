@@ -106,6 +106,19 @@ struct Shared<S: Queryable> {
     pool: Pool,
     opts: Arc<GrpcOptions>,
     stats: Arc<ServerStats>,
+    /// Set when the server starts shutting down: long-lived streams end, so the graceful drain
+    /// does not wait for a leader that never closes its replication stream.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl<S: Queryable> Shared<S> {
+    /// Completes once the server has begun shutting down.
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopping| *stopping).await;
+        }
+    }
 }
 
 /// A node's gRPC server: the internal Raft service and the cluster service.
@@ -185,6 +198,7 @@ impl<S: Queryable> Server<S> {
                 pool: transport.pool().clone(),
                 opts: transport.options().clone(),
                 stats: Arc::default(),
+                stopping: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -240,6 +254,11 @@ impl<S: Queryable> Server<S> {
         IO::ConnectInfo: Clone + Send + Sync + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let shared = self.shared.clone();
+        let shutdown = async move {
+            shutdown.await;
+            shared.stopping.send_replace(true);
+        };
         self.router()?
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
@@ -513,10 +532,12 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
                 }
             }
         });
+        // The stream ends when the server shuts down; the leader reconnects to whoever serves.
         let answers = self
             .0
             .handler
-            .stream_append(input.boxed())
+            .stream_append(input.take_until(self.0.stopped()).boxed())
+            .take_until(self.0.stopped())
             .map(|r| match r {
                 Ok(res) => wire::encode(&res).map(|payload| pb::RaftReply { payload }),
                 Err(e) => Err(handler_status(e)),
