@@ -17,6 +17,8 @@ use raftkit::testing::RegisterOp;
 use raftkit::testing::RegisterResult;
 use raftkit::testing::check;
 use raftkit::testing::checker::check_brute_force;
+use raftkit::testing::synth;
+use raftkit::testing::synth::Fault;
 use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -248,52 +250,12 @@ proptest! {
     }
 }
 
-/// 10,000 operations over 100 keys from 5 clients, checked key by key.
+/// 10,000 operations over 100 keys from 5 clients, checked key by key: the valid history, and
+/// the same workload with a stale read, a lost append or a value never written.
 #[test]
 fn a_large_key_value_history_is_checked_within_budget() {
-    let mut rng = StdRng::seed_from_u64(7);
-    let clients = 5;
-    let mut clock = vec![0u64; clients];
-    let mut planned: Vec<(u64, Operation<KvOp, KvResult>)> = Vec::new();
-    for id in 0..10_000 {
-        let c = id % clients;
-        let call = clock[c] + rng.random_range(0..50);
-        let ret = call + rng.random_range(10..400);
-        clock[c] = ret;
-        let key = format!("k{}", rng.random_range(0..100));
-        let input = match rng.random_range(0..4) {
-            0 | 1 => KvOp::Get(key),
-            2 => KvOp::Put(key, format!("{id}")),
-            _ => KvOp::Append(key, format!("{}", id % 10)),
-        };
-        let point = rng.random_range(call..=ret);
-        planned.push((
-            point,
-            op(id, c, input, call, Some(ret), Outcome::Ok(KvResult::Done)),
-        ));
-    }
-    planned.sort_by_key(|(p, o)| (*p, o.id));
-    let mut state = KvMap::init();
-    let mut ops = Vec::new();
-    for (_, mut o) in planned {
-        let current = state.0.get(o.input.key()).cloned();
-        let answer = match &o.input {
-            KvOp::Get(_) => KvResult::Value(current),
-            KvOp::Append(_, v) => {
-                KvResult::Value(Some(format!("{}{v}", current.unwrap_or_default())))
-            }
-            _ => KvResult::Done,
-        };
-        state = state
-            .step(&o.input, Some(&answer))
-            .expect("the generator follows the model");
-        o.outcome = Outcome::Ok(answer);
-        ops.push(o);
-    }
-    ops.sort_by_key(|o| o.id);
-    let history = History::from_ops(ops);
-
     let budget = Duration::from_secs(60);
+    let history = synth::kv_history(7, 10_000, 100, 5, Fault::None);
     let started = Instant::now();
     let result = check::<KvMap>(&history, budget);
     let took = started.elapsed();
@@ -301,7 +263,15 @@ fn a_large_key_value_history_is_checked_within_budget() {
     assert!(result.is_linearizable(), "{result:?}");
     assert!(took < budget);
 
-    // The same history with one read changed is caught.
+    for fault in [Fault::StaleRead, Fault::LostAppend] {
+        let bad = synth::kv_history(7, 10_000, 100, 5, fault);
+        let started = Instant::now();
+        let verdict = check::<KvMap>(&bad, budget);
+        eprintln!("{fault:?} found in {:?}", started.elapsed());
+        assert!(verdict.is_violation(), "{fault:?}: {verdict:?}");
+    }
+
+    // The same history with one read changed to a value nobody wrote is caught.
     let mut bad = history.clone();
     let i = bad
         .ops

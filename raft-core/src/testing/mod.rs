@@ -8,6 +8,8 @@
 //! * [`kv`] — a small replicated string map with a matching [`Workload`], for tests that need
 //!   some state machine rather than their own.
 //! * [`snapshot_bytes`] — a snapshot file's bytes, for tests that send snapshots as a peer would.
+//! * [`synth`] — generated key-value histories with a planted fault (or none), for testing and
+//!   benchmarking the checker.
 //!
 //! ```no_run
 //! # use raft_core::{StateMachine, testing::{Cluster, ClusterOptions}};
@@ -30,6 +32,7 @@ pub mod kv;
 pub mod model;
 mod nemesis;
 mod router;
+pub mod synth;
 
 pub use self::checker::CheckResult;
 pub use self::checker::Violation;
