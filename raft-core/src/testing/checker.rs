@@ -5,7 +5,9 @@
 //! operation the answer the [`Model`] gives in that order. The checker searches for such an
 //! order:
 //!
-//! * operations are split by [`Model::partition`] and each part is checked alone;
+//! * operations are split by [`Model::partition`] and each part is checked alone, on as many
+//!   threads as the machine has cores; the first violation (or the budget running out) stops
+//!   every thread;
 //! * failed operations are dropped (they did not happen), unknown reads are dropped (they changed
 //!   nothing), unknown writes may take effect at any point after their invocation — or never,
 //!   which is the same as last;
@@ -19,6 +21,10 @@
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -205,6 +211,8 @@ enum Partial {
         candidates: Vec<usize>,
     },
     OutOfTime,
+    /// Another partition already decided the verdict.
+    Cancelled,
 }
 
 /// Checks one partition's operations (already filtered: ok ops, and unknown non-reads with
@@ -212,6 +220,7 @@ enum Partial {
 fn check_partition<M: Model>(
     ops: &[&Operation<M::Input, M::Output>],
     deadline: Instant,
+    cancelled: &AtomicBool,
 ) -> Partial {
     let times: Vec<(u64, u64)> = ops
         .iter()
@@ -231,8 +240,13 @@ fn check_partition<M: Model>(
             return Partial::Ok;
         }
         steps += 1;
-        if steps.is_multiple_of(4096) && Instant::now() >= deadline {
-            return Partial::OutOfTime;
+        if steps.is_multiple_of(4096) {
+            if cancelled.load(Ordering::Relaxed) {
+                return Partial::Cancelled;
+            }
+            if Instant::now() >= deadline {
+                return Partial::OutOfTime;
+            }
         }
         if entry != NIL && list.is_call(entry) {
             let i = list.op[entry];
@@ -308,32 +322,60 @@ pub fn check<M: Model>(
                 .push(op);
         }
     }
-    for (key, ops) in partitions {
-        match check_partition::<M>(&ops, deadline) {
-            Partial::Ok => {}
-            Partial::OutOfTime => {
-                return CheckResult::Unknown {
+    // Largest partitions first, so one big partition does not start last.
+    let mut parts: Vec<(u64, Vec<&OpOf<M>>)> = partitions.into_iter().collect();
+    parts.sort_by_key(|(key, ops)| (std::cmp::Reverse(ops.len()), *key));
+    let next = AtomicUsize::new(0);
+    let cancelled = AtomicBool::new(false);
+    let verdict: Mutex<Option<CheckResult<M::Input, M::Output>>> = Mutex::new(None);
+    let work = || {
+        while let Some((key, ops)) = parts.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let found = match check_partition::<M>(ops, deadline, &cancelled) {
+                Partial::Ok | Partial::Cancelled => continue,
+                Partial::OutOfTime => CheckResult::Unknown {
                     reason: format!(
                         "the {budget:?} budget ran out while checking partition {key:#x} ({} operations)",
                         ops.len()
                     ),
-                };
-            }
-            Partial::Violation {
-                linearized,
-                state,
-                candidates,
-            } => {
-                return CheckResult::Violation(Box::new(Violation {
-                    partition: key,
+                },
+                Partial::Violation {
+                    linearized,
+                    state,
+                    candidates,
+                } => CheckResult::Violation(Box::new(Violation {
+                    partition: *key,
                     linearized: linearized.iter().map(|i| ops[*i].id).collect(),
                     state,
                     candidates: candidates.iter().map(|i| ops[*i].clone()).collect(),
-                }));
+                })),
+            };
+            cancelled.store(true, Ordering::Relaxed);
+            let mut v = verdict.lock().unwrap_or_else(|p| p.into_inner());
+            // A violation outranks running out of time elsewhere.
+            if v.is_none()
+                || (found.is_violation() && !v.as_ref().is_some_and(|v| v.is_violation()))
+            {
+                *v = Some(found);
             }
+            return;
         }
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(parts.len());
+    if threads <= 1 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(work);
+            }
+        });
     }
-    CheckResult::Linearizable
+    verdict
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or(CheckResult::Linearizable)
 }
 
 /// A naive exhaustive check, for cross-checking [`check`] on small histories (a dozen
