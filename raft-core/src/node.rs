@@ -440,6 +440,33 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
+    /// Makes learner `id` a voter once it holds this leader's log as it is now, leaving every
+    /// other member as it is. The change is incremental, so promotions of different learners
+    /// racing each other all take effect (unlike [`Node::change_membership`], which replaces the
+    /// whole voter set). A node that is already a voter is left alone. Leader only.
+    pub async fn add_voter(&self, id: NodeId) -> Result<()> {
+        self.require_leader()?;
+        let m = self.metrics();
+        if m.voters.contains(&id) {
+            return Ok(());
+        }
+        if !m.learners.contains(&id) {
+            return Err(Error::Membership(format!(
+                "node {id} is not a learner: add it as a learner first"
+            )));
+        }
+        let target = m.last_log_index;
+        self.wait_for(self.inner.config.request_timeout, |m| {
+            m.role != Role::Leader || m.replication.get(&id).copied().flatten() >= target
+        })
+        .await?;
+        self.require_leader()?;
+        let change = ChangeMembers::AddVoterIds([id].into());
+        self.propose(|| self.inner.raft.change_membership(change.clone(), false))
+            .await
+            .map(|_| ())
+    }
+
     /// Makes `voters` the voting members (each must already be a member, e.g. a caught-up
     /// learner). Removed voters leave the cluster. Runs joint consensus when needed and returns
     /// once the final config is committed. Leader only.

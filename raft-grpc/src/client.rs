@@ -467,6 +467,16 @@ impl<S: Queryable> ClusterClient<S> {
         .await
     }
 
+    /// Makes learner `id` a voter once it has caught up, leaving the other members as they are;
+    /// concurrent promotions of different learners all take effect.
+    pub async fn add_voter(&self, id: NodeId) -> Result<(), ClientError> {
+        self.admin(|mut c, t| {
+            let req = pb::AddVoterRequest { node_id: id };
+            async move { c.add_voter(pb::request(req, t)).await.map(|_| ()) }
+        })
+        .await
+    }
+
     /// Removes node `id` from the cluster.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), ClientError> {
         self.admin(|mut c, t| {

@@ -769,6 +769,15 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
         .await
     }
 
+    async fn add_voter(
+        &self,
+        req: Request<pb::AddVoterRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let local = self.0.node.add_voter(req.get_ref().node_id);
+        self.admin(req, local, |mut c, r| async move { c.add_voter(r).await })
+            .await
+    }
+
     async fn remove_node(
         &self,
         req: Request<pb::RemoveNodeRequest>,

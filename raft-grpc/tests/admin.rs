@@ -75,11 +75,18 @@ async fn admin_calls_on_a_follower_are_forwarded_to_the_leader() {
     })
     .await;
 
-    // Adding it back, as a learner and then as a voter, goes the same way.
+    // Adding it back, as a learner and then as a voter, goes the same way; so does setting the
+    // voters it already has.
     via_f1
         .add_learner(timed(pb::AddLearnerRequest {
             node_id: old_leader,
             addr: c.addrs[&old_leader].clone(),
+        }))
+        .await
+        .unwrap();
+    via_f1
+        .add_voter(timed(pb::AddVoterRequest {
+            node_id: old_leader,
         }))
         .await
         .unwrap();
@@ -89,7 +96,7 @@ async fn admin_calls_on_a_follower_are_forwarded_to_the_leader() {
         }))
         .await
         .unwrap();
-    assert_eq!(c.nodes[&f1].stats().forwarded(), 4);
+    assert_eq!(c.nodes[&f1].stats().forwarded(), 5);
     c.wait_until("all three vote again", |c| {
         c.nodes[&f2].node().metrics().voters.len() == 3
     })

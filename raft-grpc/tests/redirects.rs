@@ -50,6 +50,9 @@ impl pb::cluster_server::Cluster for Redirector {
     ) -> Answer<pb::Empty> {
         Err(Status::unimplemented("change_membership"))
     }
+    async fn add_voter(&self, _: Request<pb::AddVoterRequest>) -> Answer<pb::Empty> {
+        Err(Status::unimplemented("add_voter"))
+    }
     async fn remove_node(&self, _: Request<pb::RemoveNodeRequest>) -> Answer<pb::Empty> {
         Err(Status::unimplemented("remove_node"))
     }

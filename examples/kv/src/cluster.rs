@@ -116,23 +116,22 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
     )
     .await?;
 
-    if !node
+    let initialized = node
         .node()
         .is_initialized()
         .await
-        .map_err(raft_grpc::StartError::Node)?
-    {
-        if let Some(addr) = &spec.join {
+        .map_err(raft_grpc::StartError::Node)?;
+    if let Some(addr) = &spec.join {
+        // Also on a restart: a join interrupted after the node became a learner resumes.
+        if !node.node().metrics().voters.contains(&spec.id) {
             join(&spec, addr).await?;
-        } else if let Some(first) = spec.initial_members.keys().next() {
-            // One member forms the cluster; the others learn it from their first heartbeat.
-            if *first == spec.id {
-                node.node()
-                    .initialize(spec.initial_members.clone())
-                    .await
-                    .map_err(raft_grpc::StartError::Node)?;
-            }
         }
+    } else if !initialized && spec.initial_members.keys().next() == Some(&spec.id) {
+        // One member forms the cluster; the others learn it from their first heartbeat.
+        node.node()
+            .initialize(spec.initial_members.clone())
+            .await
+            .map_err(raft_grpc::StartError::Node)?;
     }
 
     let ctx = Ctx::new(node.client().clone(), spec.consistency, spec.limits);
@@ -146,7 +145,9 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
     })
 }
 
-/// Asks the cluster at `addr` to add this node, first as a learner, then as a voter.
+/// Asks the cluster at `addr` to add this node as a learner and, once it has caught up, to make
+/// it a voter. Both steps are idempotent and incremental: a restart repeats them safely, and
+/// nodes joining at the same time do not undo each other's promotion.
 async fn join(spec: &NodeSpec, addr: &str) -> Result<(), StartError> {
     let fail = |reason: String| StartError::Join {
         addr: addr.to_string(),
@@ -155,17 +156,15 @@ async fn join(spec: &NodeSpec, addr: &str) -> Result<(), StartError> {
     let client: ClusterClient<Store> =
         ClusterClient::new([addr.to_string()], ClientOptions::default())
             .map_err(|e| fail(e.to_string()))?;
-    let status = client.status(addr).await.map_err(|e| fail(e.to_string()))?;
     client
         .add_learner(spec.id, spec.raft_addr.clone())
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let mut voters: Vec<NodeId> = status.voters.iter().map(|m| m.id).collect();
-    voters.push(spec.id);
     client
-        .change_membership(voters)
+        .add_voter(spec.id)
         .await
         .map_err(|e| fail(e.to_string()))?;
+    tracing::info!(id = spec.id, cluster = addr, "joined as a voter");
     Ok(())
 }
 
