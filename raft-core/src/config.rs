@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::log::WalOptions;
+use crate::space::QuotaOptions;
 use crate::types::NodeId;
 
 /// Where a node keeps its log and snapshots.
@@ -54,8 +55,17 @@ pub struct Config {
     pub max_snapshot_bytes: u64,
     /// Largest encoded command `write` accepts, in bytes. Default 64 MiB.
     pub max_command_bytes: usize,
-    /// Write-ahead log tuning.
+    /// Write-ahead log tuning, including the size of its preallocated segments
+    /// ([`WalOptions::segment_size`]), which the storage quota counts in full.
     pub wal: WalOptions,
+    /// Also take a snapshot once the log has grown by this many bytes since the last one, or by
+    /// the size of the last snapshot if that is larger (so the log stays within about twice the
+    /// state's size, and a large state is not rewritten for every few megabytes of log); `0`
+    /// snapshots by entry count only. Default 64 MiB. With large values, [`Config::snapshot_every`]
+    /// alone would let the log fill the disk long before a snapshot.
+    pub snapshot_log_bytes: u64,
+    /// The storage quota and NOSPACE alarm (durable nodes only); see [`QuotaOptions`].
+    pub quota: QuotaOptions,
 }
 
 impl Config {
@@ -73,6 +83,8 @@ impl Config {
             max_snapshot_bytes: 64 << 30,
             max_command_bytes: 64 << 20,
             wal: WalOptions::default(),
+            snapshot_log_bytes: 64 << 20,
+            quota: QuotaOptions::default(),
         }
     }
 
@@ -113,6 +125,18 @@ impl Config {
         self
     }
 
+    /// Sets the log size since the last snapshot that triggers a new one (`0`: by count only).
+    pub fn with_snapshot_log_bytes(mut self, bytes: u64) -> Config {
+        self.snapshot_log_bytes = bytes;
+        self
+    }
+
+    /// Sets the storage quota.
+    pub fn with_quota(mut self, quota: QuotaOptions) -> Config {
+        self.quota = quota;
+        self
+    }
+
     /// Checks the settings and translates them for openraft.
     pub(crate) fn to_openraft(&self) -> Result<openraft::Config, Error> {
         let hb = self.heartbeat_interval.as_millis() as u64;
@@ -133,6 +157,11 @@ impl Config {
         if self.wal.segment_size < 4096 {
             return Err(Error::Config(
                 "wal.segment_size must be at least 4096 bytes".into(),
+            ));
+        }
+        if self.quota.check_interval.is_zero() {
+            return Err(Error::Config(
+                "quota.check_interval must not be zero".into(),
             ));
         }
         let policy = match self.snapshot_every {

@@ -15,6 +15,8 @@
 //!   `metrics.rs` — [`Metrics`].
 //! * `apply.rs` — the bridge from [`StateMachine`] to openraft: decoding commands, client
 //!   sessions (`session.rs`), building and installing snapshots.
+//! * `space.rs` — the storage quota and the cluster-wide NOSPACE alarm ([`QuotaOptions`]);
+//!   `housekeeping.rs` — the node's background task: disk sampling and snapshots by log size.
 //! * `log/` — the durable segmented write-ahead log with group commit, and an in-memory log. The
 //!   on-disk format is documented in [`log`].
 //! * `snapshot.rs` — snapshot files: format, checksum, streaming reads, receiving.
@@ -33,11 +35,13 @@ mod config;
 mod disk;
 mod error;
 mod fsutil;
+mod housekeeping;
 pub mod log;
 mod metrics;
 mod node;
 mod session;
 pub mod snapshot;
+mod space;
 mod state_machine;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -55,6 +59,9 @@ pub use crate::metrics::Role;
 pub use crate::node::Consistency;
 pub use crate::node::Node;
 pub use crate::node::ReadIndex;
+pub use crate::space::DiskUsage;
+pub use crate::space::QuotaOptions;
+pub use crate::space::StorageStatus;
 pub use crate::state_machine::Queryable;
 pub use crate::state_machine::StateMachine;
 pub use crate::state_machine::read_serde;

@@ -44,6 +44,8 @@ use crate::metrics::Role;
 use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotSink;
 use crate::snapshot::SnapshotStore;
+use crate::space::Space;
+use crate::space::StorageStatus;
 use crate::state_machine::StateMachine;
 use crate::transport::RpcHandler;
 use crate::transport::RpcHandlerError;
@@ -94,8 +96,11 @@ struct Inner<S: StateMachine> {
     sm: Arc<SmShared<S>>,
     snapshots: Arc<SnapshotStore>,
     log_stats: LogStatsHandle,
+    space: Arc<Space>,
     #[cfg(feature = "testing")]
     power: Option<crate::log::PowerSwitch>,
+    #[cfg(feature = "testing")]
+    fault: Option<crate::log::FaultSwitch>,
 }
 
 /// One member of a replicated state machine. Cheap to clone; clones share the node.
@@ -171,11 +176,27 @@ impl<S: StateMachine> Node<S> {
         let log_stats = log.stats_handle();
         #[cfg(feature = "testing")]
         let power = log.power_switch();
+        #[cfg(feature = "testing")]
+        let fault = log.fault_switch();
         let sm = SmShared::new(state_machine, config.max_sessions);
         let applier = Applier::new(sm.clone(), snapshots.clone());
         let raft = Raft::new(id, raft_config, transport, log, applier)
             .await
             .map_err(|e| fatal_to_error(&e))?;
+        let space = Arc::new(Space::default());
+        let dir = match &config.storage {
+            Storage::Dir(d) => Some(d.clone()),
+            Storage::Memory => None,
+        };
+        let housekeeping = crate::housekeeping::Housekeeping {
+            raft: raft.clone(),
+            config: config.clone(),
+            dir,
+            space: space.clone(),
+            log_stats: log_stats.clone(),
+            snapshots: snapshots.clone(),
+        };
+        tokio::spawn(housekeeping.run());
         tracing::info!(node = id, "node started");
         Ok(Node {
             inner: Arc::new(Inner {
@@ -185,8 +206,11 @@ impl<S: StateMachine> Node<S> {
                 sm,
                 snapshots,
                 log_stats,
+                space,
                 #[cfg(feature = "testing")]
                 power,
+                #[cfg(feature = "testing")]
+                fault,
             }),
         })
     }
@@ -321,6 +345,9 @@ impl<S: StateMachine> Node<S> {
                 limit,
             });
         }
+        if self.inner.space.refusing() {
+            self.check_space(&request)?;
+        }
         let response = self
             .propose(|| self.inner.raft.client_write(request.clone()))
             .await?
@@ -329,6 +356,66 @@ impl<S: StateMachine> Node<S> {
             Response::Output(b) => Ok(b),
             Response::Rejected(e) => Err(Error::Rejected(e)),
             Response::Empty => Err(Error::Fatal("a normal entry produced no output".into())),
+        }
+    }
+
+    /// While the storage alarm is raised: lets through only what the state machine allows.
+    fn check_space(&self, request: &Request) -> Result<()> {
+        let allowed = codec::decode::<S::Command>(&request.command)
+            .map(|c| S::allowed_in_space_alarm(&c))
+            .unwrap_or(false);
+        if allowed {
+            return Ok(());
+        }
+        let (node, reason) = self.inner.space.reason(self.inner.id);
+        Err(Error::NoSpace { node, reason })
+    }
+
+    /// This node's storage: the latest measurement of its data directory, its own NOSPACE
+    /// alarm, and (on the leader) the voters known to be in alarm. See
+    /// [`QuotaOptions`](crate::QuotaOptions).
+    pub fn storage(&self) -> StorageStatus {
+        self.inner.space.status()
+    }
+
+    /// For transports: one round of the leader asking its voters for their storage alarms.
+    /// `answers` holds each voter that answered, with its alarm (`None`: no alarm); a voter
+    /// that did not answer keeps the alarm it last reported for three check intervals. While
+    /// any voter is in alarm this leader refuses writes that grow the state
+    /// ([`Error::NoSpace`]). Ignored unless this node leads. Call it once per
+    /// [`QuotaOptions::check_interval`](crate::QuotaOptions::check_interval).
+    pub fn report_peer_alarms(&self, answers: BTreeMap<NodeId, Option<String>>) {
+        if self.role() != Role::Leader {
+            self.inner.space.forget_peers();
+            return;
+        }
+        let expire = self.inner.config.quota.check_interval * 3;
+        self.inner
+            .space
+            .report_peers(self.inner.id, answers, expire);
+    }
+
+    /// Resolves when the node stops: `Ok(())` after [`Node::shutdown`], or the error that
+    /// stopped it — a storage failure (a failed write or fdatasync, a full disk, corruption) or
+    /// a crash of the consensus engine. A stopped node serves nothing; an application should
+    /// await this and exit (or restart the node), so that a supervisor restarts it rather than
+    /// leaving a node that answers every request with an error.
+    pub async fn stopped(&self) -> Result<()> {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            let running = rx.borrow_watched().running_state.clone();
+            match running {
+                Ok(()) => {}
+                Err(Fatal::Stopped) => return Ok(()),
+                Err(e) => return Err(fatal_to_error(&e)),
+            }
+            if rx.changed().await.is_err() {
+                // The engine is gone without saying why: it was shut down.
+                return match rx.borrow_watched().running_state.clone() {
+                    Err(e) if e != Fatal::Stopped => Err(fatal_to_error(&e)),
+                    _ => Ok(()),
+                };
+            }
         }
     }
 
@@ -727,6 +814,22 @@ impl<S: StateMachine> Node<S> {
             p.cut();
         }
         self.shutdown().await
+    }
+
+    /// From now on (`true`) or no longer (`false`), this node's log writes fail with `ENOSPC`,
+    /// as on a full disk (feature `testing`; durable nodes only).
+    #[cfg(feature = "testing")]
+    pub fn simulate_disk_full(&self, full: bool) {
+        if let Some(f) = &self.inner.fault {
+            f.set_disk_full(full);
+        }
+    }
+
+    /// Makes the storage quota's samples report `free` bytes free on the data directory's file
+    /// system (`None`: measure it again) (feature `testing`). Takes effect at the next sample.
+    #[cfg(feature = "testing")]
+    pub fn simulate_free_bytes(&self, free: Option<u64>) {
+        self.inner.space.simulate_free(free);
     }
 
     /// Stops the node: consensus stops, the log is flushed and closed. Other clones of this node

@@ -405,6 +405,11 @@ impl SnapshotStore {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The size of the current snapshot in bytes (0 if there is none, or it is not loaded yet).
+    pub fn current_len(&self) -> u64 {
+        self.current_lock().as_ref().map_or(0, |c| c.data.len())
+    }
+
     /// The current snapshot, loading and verifying it from disk on first use.
     pub fn current(&self) -> Result<Option<(SnapshotMeta, SnapshotData)>, SnapshotError> {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());

@@ -74,6 +74,15 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Replaces the entire state with the bytes a [`StateMachine::write_snapshot`] produced.
     /// raftkit has verified their checksum before calling this.
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()>;
+
+    /// Whether `command` may still be written while the cluster's storage alarm is raised (see
+    /// [`QuotaOptions`](crate::QuotaOptions)): commands that free space or do not grow the state
+    /// — deletes, expiry sweeps — so an operator can make room. The default allows none. Only
+    /// consulted while the alarm is raised.
+    fn allowed_in_space_alarm(command: &Self::Command) -> bool {
+        let _ = command;
+        false
+    }
 }
 
 /// A state machine that answers encoded queries, for reads that arrive over the network (the

@@ -49,6 +49,8 @@
 //! records involved were never acknowledged, so wiping that replica and letting it catch up from
 //! the others loses nothing.
 
+#[cfg(feature = "testing")]
+mod fault;
 mod flusher;
 mod memory;
 mod meta;
@@ -75,6 +77,8 @@ use openraft::storage::IOFlushed;
 use openraft::storage::LogState;
 use openraft::storage::RaftLogStorage;
 
+#[cfg(feature = "testing")]
+pub use self::fault::FaultSwitch;
 use self::memory::MemLog;
 #[cfg(feature = "testing")]
 pub use self::power::PowerSwitch;
@@ -156,6 +160,7 @@ pub(crate) struct LogStatsCounters {
     fsyncs: AtomicU64,
     fsync_micros: AtomicU64,
     flush_batches: AtomicU64,
+    recovered: AtomicU64,
 }
 
 /// A snapshot of the log's counters since it was opened.
@@ -171,6 +176,9 @@ pub struct LogStats {
     pub fsync_micros: u64,
     /// Flusher rounds; each round acknowledges every append queued before it.
     pub flush_batches: u64,
+    /// Bytes of the entry records the log held when it was opened. With `bytes`, an upper
+    /// bound on the log's size on disk (before preallocation) since it was opened.
+    pub recovered_bytes: u64,
 }
 
 impl LogStatsCounters {
@@ -181,6 +189,7 @@ impl LogStatsCounters {
             fsyncs: self.fsyncs.load(Ordering::Relaxed),
             fsync_micros: self.fsync_micros.load(Ordering::Relaxed),
             flush_batches: self.flush_batches.load(Ordering::Relaxed),
+            recovered_bytes: self.recovered.load(Ordering::Relaxed),
         }
     }
 }
@@ -239,6 +248,15 @@ impl LogStore {
     pub fn power_switch(&self) -> Option<PowerSwitch> {
         match &self.backend {
             Backend::Durable(wal) => Some(wal.power_switch()),
+            Backend::Memory(_) => None,
+        }
+    }
+
+    /// The switch that makes this log's writes fail as on a full disk (durable logs only).
+    #[cfg(feature = "testing")]
+    pub fn fault_switch(&self) -> Option<FaultSwitch> {
+        match &self.backend {
+            Backend::Durable(wal) => Some(wal.fault_switch()),
             Backend::Memory(_) => None,
         }
     }

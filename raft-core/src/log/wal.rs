@@ -284,6 +284,8 @@ pub(crate) struct Wal {
     power: super::power::PowerSwitch,
     #[cfg(feature = "testing")]
     durable: super::power::DurableExtents,
+    #[cfg(feature = "testing")]
+    fault: super::fault::FaultSwitch,
     // Declared before the lock so it is dropped (flushing) while the directory is still locked.
     flusher: Flusher,
     _lock: File,
@@ -343,6 +345,12 @@ impl Wal {
             committed,
         } = recovery::recover(dir, &opts, &meta)?;
 
+        let recovered: u64 = view
+            .locs
+            .iter()
+            .map(|l| record::HEADER_LEN as u64 + l.len as u64)
+            .sum();
+        stats.recovered.store(recovered, Ordering::Relaxed);
         let flusher = Flusher::spawn(format!("raftkit-wal-{node_id}"), stats.clone())
             .map_err(|e| LogError::Io(at("start flusher for", dir)(e)))?;
         #[cfg(feature = "testing")]
@@ -371,6 +379,8 @@ impl Wal {
             power: super::power::PowerSwitch::default(),
             #[cfg(feature = "testing")]
             durable,
+            #[cfg(feature = "testing")]
+            fault: super::fault::FaultSwitch::default(),
             flusher,
             _lock: lock,
         })
@@ -380,6 +390,12 @@ impl Wal {
     #[cfg(feature = "testing")]
     pub fn power_switch(&self) -> super::power::PowerSwitch {
         self.power.clone()
+    }
+
+    /// The switch that makes this log's writes fail as on a full disk.
+    #[cfg(feature = "testing")]
+    pub fn fault_switch(&self) -> super::fault::FaultSwitch {
+        self.fault.clone()
     }
 
     /// The state readers share.
@@ -542,6 +558,8 @@ impl Wal {
         let Some(a) = &mut self.active else {
             return Err(LogError::Encode("no active segment to write to".into()));
         };
+        #[cfg(feature = "testing")]
+        self.fault.check().map_err(at("write", &a.seg.path))?;
         a.seg
             .file
             .write_all_at(buf, a.write_offset)
@@ -584,6 +602,13 @@ impl Wal {
     }
 
     fn new_segment(&mut self, first_index: u64) -> Result<Active, LogError> {
+        #[cfg(feature = "testing")]
+        {
+            let tmp = self
+                .dir
+                .join(format!("{}.tmp", segment::file_name(first_index)));
+            self.fault.check().map_err(at("preallocate", &tmp))?;
+        }
         let seg = Segment::create(&self.dir, first_index, self.opts.segment_size)?;
         self.view
             .write()

@@ -77,6 +77,9 @@ impl StateMachine for KvStore {
     fn snapshot(&self) -> Self::Snapshot {
         self.0.clone()
     }
+    fn allowed_in_space_alarm(cmd: &KvCommand) -> bool {
+        matches!(cmd, KvCommand::Delete(_))
+    }
     fn write_snapshot(s: Self::Snapshot, out: &mut dyn Write) -> io::Result<()> {
         crate::write_serde(&s, out)
     }

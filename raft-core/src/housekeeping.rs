@@ -1,0 +1,198 @@
+//! A node's background task: it samples the data directory for the storage quota, takes a
+//! snapshot when the log has grown by [`Config::snapshot_log_bytes`], forgets voters' alarms
+//! when the node stops leading, and logs a fatal stop loudly. It ends when the node stops.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use openraft::Raft;
+use openraft::ServerState;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::Fatal;
+
+use crate::apply::Applier;
+use crate::config::Config;
+use crate::log::LogStatsHandle;
+use crate::snapshot::SnapshotStore;
+use crate::space::Space;
+use crate::state_machine::StateMachine;
+use crate::types::TypeConfig;
+
+/// How often the log size is compared with the snapshot threshold.
+const SNAPSHOT_CHECK: Duration = Duration::from_millis(200);
+/// A snapshot asked for but not seen land is asked for again after this long.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(10);
+
+/// What the task needs from its node.
+pub(crate) struct Housekeeping<S: StateMachine> {
+    pub raft: Raft<TypeConfig, Applier<S>>,
+    pub config: Config,
+    pub dir: Option<PathBuf>,
+    pub space: Arc<Space>,
+    pub log_stats: LogStatsHandle,
+    pub snapshots: Arc<SnapshotStore>,
+}
+
+/// Decides when the log has grown enough since the last snapshot to take another.
+#[derive(Debug)]
+pub(crate) struct SizeTrigger {
+    /// Log bytes written (since open, plus those found at open) when the snapshot index last
+    /// moved.
+    mark: u64,
+    snapshot_index: Option<u64>,
+    /// When a snapshot was last asked for, and the log bytes written by then: the snapshot that
+    /// lands covers at least what was applied at that point, so the count restarts from there.
+    asked: Option<(Instant, u64)>,
+}
+
+impl SizeTrigger {
+    pub fn new(snapshot_index: Option<u64>) -> SizeTrigger {
+        SizeTrigger {
+            mark: 0,
+            snapshot_index,
+            asked: None,
+        }
+    }
+
+    /// Whether to ask for a snapshot now, given the log bytes written so far, the current
+    /// snapshot index, and the threshold (`0`: never).
+    pub fn due(
+        &mut self,
+        written: u64,
+        snapshot_index: Option<u64>,
+        threshold: u64,
+        now: Instant,
+    ) -> bool {
+        if snapshot_index != self.snapshot_index {
+            self.snapshot_index = snapshot_index;
+            // A snapshot this trigger asked for covers the log up to about when it asked; one
+            // taken otherwise (by count, by hand, installed from the leader) counts from now.
+            self.mark = match self.asked.take() {
+                Some((_, at)) => at.min(written),
+                None => written,
+            };
+        }
+        if threshold == 0 || written.saturating_sub(self.mark) < threshold {
+            return false;
+        }
+        if self
+            .asked
+            .is_some_and(|(at, _)| now.duration_since(at) < SNAPSHOT_RETRY)
+        {
+            return false;
+        }
+        self.asked = Some((now, written));
+        true
+    }
+}
+
+impl<S: StateMachine> Housekeeping<S> {
+    /// Runs until the node stops.
+    pub async fn run(self) {
+        let id = self.config.id;
+        let metrics = self.raft.metrics();
+        let mut trigger = SizeTrigger::new(metrics.borrow_watched().snapshot.map(|s| s.index));
+        let mut snapshot_tick = tokio::time::interval(SNAPSHOT_CHECK);
+        snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut disk_tick = tokio::time::interval(self.config.quota.check_interval);
+        disk_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = snapshot_tick.tick() => self.check_log_size(&mut trigger).await,
+                _ = disk_tick.tick() => self.sample_disk().await,
+            }
+            let (state, running) = {
+                let m = metrics.borrow_watched();
+                (m.state, m.running_state.clone())
+            };
+            match running {
+                Ok(()) => {}
+                Err(Fatal::Stopped) => return,
+                Err(e) => {
+                    tracing::error!(node = id, error = %e, "the node has stopped after a fatal error; it serves nothing until restarted");
+                    return;
+                }
+            }
+            if state != ServerState::Leader {
+                self.space.forget_peers();
+            }
+        }
+    }
+
+    async fn check_log_size(&self, trigger: &mut SizeTrigger) {
+        let stats = self.log_stats.get();
+        let written = stats.recovered_bytes.saturating_add(stats.bytes);
+        let snapshot_index = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .snapshot
+            .map(|s| s.index);
+        let threshold = match self.config.snapshot_log_bytes {
+            0 => 0,
+            t => t.max(self.snapshots.current_len()),
+        };
+        if trigger.due(written, snapshot_index, threshold, Instant::now()) {
+            tracing::info!(
+                node = self.config.id,
+                log_bytes = written.saturating_sub(trigger.mark),
+                threshold,
+                "the log has grown past the snapshot threshold; taking a snapshot"
+            );
+            let _ = self.raft.trigger().snapshot().await;
+        }
+    }
+
+    async fn sample_disk(&self) {
+        let Some(dir) = self.dir.clone() else { return };
+        let space = self.space.clone();
+        let id = self.config.id;
+        let quota = self.config.quota.clone();
+        let sampled = tokio::task::spawn_blocking(move || {
+            let usage = space.sample(&dir);
+            if let Ok(u) = &usage {
+                space.record(id, &quota, *u);
+            }
+            usage
+        })
+        .await;
+        match sampled {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(node = id, error = %e, "cannot measure the data directory")
+            }
+            Err(e) => tracing::warn!(node = id, error = %e, "disk sampling task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_trigger_fires_once_per_threshold_and_rearms_on_a_new_snapshot() {
+        let t0 = Instant::now();
+        let mut t = SizeTrigger::new(Some(10));
+        assert!(!t.due(99, Some(10), 100, t0));
+        assert!(t.due(100, Some(10), 100, t0));
+        // Asked already: not again until it lands or the retry time passes.
+        assert!(!t.due(150, Some(10), 100, t0));
+        assert!(t.due(150, Some(10), 100, t0 + SNAPSHOT_RETRY));
+        // The snapshot lands: the count starts again from when it was asked for (150).
+        assert!(!t.due(200, Some(20), 100, t0 + SNAPSHOT_RETRY));
+        assert!(!t.due(249, Some(20), 100, t0 + SNAPSHOT_RETRY));
+        assert!(t.due(250, Some(20), 100, t0 + SNAPSHOT_RETRY));
+        // A snapshot nobody asked for counts from when it is seen.
+        let mut u = SizeTrigger::new(None);
+        assert!(!u.due(90, None, 100, t0));
+        assert!(!u.due(95, Some(5), 100, t0));
+        assert!(!u.due(194, Some(5), 100, t0));
+        assert!(u.due(195, Some(5), 100, t0));
+        // Zero disables it.
+        let mut off = SizeTrigger::new(None);
+        assert!(!off.due(u64::MAX, None, 0, t0));
+    }
+}

@@ -1,0 +1,375 @@
+//! The storage quota and the NOSPACE alarm.
+//!
+//! A node samples its data directory every [`QuotaOptions::check_interval`]: the bytes its
+//! files occupy on disk (preallocated WAL segments count in full) and the free space of the file
+//! system under it (`statvfs`). When usage exceeds [`QuotaOptions::max_used_bytes`] or free
+//! space drops below [`QuotaOptions::min_free_bytes`], the node raises its **local alarm**; it
+//! clears the alarm by itself once a sample is back within both limits.
+//!
+//! The alarm is **cluster-wide**: the leader refuses writes while it or any voter is in alarm,
+//! so a cluster does not walk from one full disk to the next. The leader learns of its voters'
+//! alarms from its transport, which asks each voter for its alarm once per check interval and
+//! hands the answers to [`Node::report_peer_alarms`](crate::Node::report_peer_alarms) (raft-grpc
+//! does this over its `Status` call). A voter that stops answering is forgotten after three
+//! intervals: a node that cannot be reached does not take writes either.
+//!
+//! While the alarm is raised, writes whose command
+//! [`StateMachine::allowed_in_space_alarm`](crate::StateMachine::allowed_in_space_alarm) accepts
+//! (deletes, expiry sweeps) still go through, and so do reads, membership changes, snapshots and
+//! log compaction. Everything else fails with [`Error::NoSpace`](crate::Error::NoSpace) before it
+//! is proposed. The write path pays one atomic load; the sampling runs on its own task.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use crate::types::NodeId;
+
+/// When a node raises its NOSPACE alarm. Part of [`Config`](crate::Config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaOptions {
+    /// Raise the alarm when the file system holding the data directory has less than this many
+    /// bytes free for unprivileged users. `0` disables the check. Default 256 MiB: room for the
+    /// next preallocated WAL segment (64 MiB by default), a snapshot of a modest state and the
+    /// writes accepted during one check interval. Raise it with the segment size and the size of
+    /// your state.
+    pub min_free_bytes: u64,
+    /// Raise the alarm when the data directory's files occupy more than this many bytes on disk
+    /// (preallocated segments count in full), like etcd's `--quota-backend-bytes`. `0` (the
+    /// default) sets no limit of its own.
+    pub max_used_bytes: u64,
+    /// How often the data directory is measured, and how often the leader asks its voters for
+    /// their alarms. Default 1 s. The reserve in `min_free_bytes` must absorb the writes one or
+    /// two intervals can bring.
+    pub check_interval: Duration,
+}
+
+impl Default for QuotaOptions {
+    fn default() -> Self {
+        QuotaOptions {
+            min_free_bytes: 256 << 20,
+            max_used_bytes: 0,
+            check_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One measurement of a node's storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DiskUsage {
+    /// Bytes the data directory's files occupy on disk (allocated blocks).
+    pub used_bytes: u64,
+    /// Bytes free for unprivileged users on the file system holding the data directory.
+    pub free_bytes: u64,
+    /// Size of that file system in bytes.
+    pub total_bytes: u64,
+}
+
+/// A node's view of its storage and of the cluster's alarms; see [`Node::storage`](crate::Node::storage).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StorageStatus {
+    /// The latest measurement (`None` for in-memory nodes and before the first sample).
+    pub usage: Option<DiskUsage>,
+    /// Why this node's own alarm is raised, if it is.
+    pub local_alarm: Option<String>,
+    /// On the leader: the voters whose alarm is raised, with why. Empty elsewhere.
+    pub peer_alarms: BTreeMap<NodeId, String>,
+    /// Whether this node refuses writes that grow the state (its own alarm or, on the leader, a
+    /// voter's).
+    pub refusing_writes: bool,
+}
+
+/// Measures `dir`: the blocks its files hold and the free space of its file system.
+pub(crate) fn measure(dir: &Path) -> std::io::Result<DiskUsage> {
+    let vfs = rustix::fs::statvfs(dir)?;
+    let block = vfs.f_frsize.max(1);
+    Ok(DiskUsage {
+        used_bytes: dir_blocks(dir)?,
+        free_bytes: vfs.f_bavail.saturating_mul(block),
+        total_bytes: vfs.f_blocks.saturating_mul(block),
+    })
+}
+
+/// Bytes allocated to the files under `dir`, recursively. Files that vanish while it walks (a
+/// purged segment, a replaced snapshot) are skipped.
+fn dir_blocks(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let Ok(entry) = entry else { continue };
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total = total.saturating_add(meta.blocks().saturating_mul(512));
+            }
+        }
+    }
+    Ok(total)
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+impl QuotaOptions {
+    /// Why `usage` breaks these limits, or `None` if it does not.
+    pub(crate) fn judge(&self, usage: &DiskUsage) -> Option<String> {
+        if self.min_free_bytes > 0 && usage.free_bytes < self.min_free_bytes {
+            return Some(format!(
+                "{} free on the data directory's file system, below the reserve of {}",
+                mib(usage.free_bytes),
+                mib(self.min_free_bytes)
+            ));
+        }
+        if self.max_used_bytes > 0 && usage.used_bytes > self.max_used_bytes {
+            return Some(format!(
+                "the data directory uses {}, above the quota of {}",
+                mib(usage.used_bytes),
+                mib(self.max_used_bytes)
+            ));
+        }
+        None
+    }
+}
+
+#[derive(Default)]
+struct State {
+    usage: Option<DiskUsage>,
+    local: Option<String>,
+    /// Voters in alarm, with why and when the leader last heard so.
+    peers: BTreeMap<NodeId, (String, Instant)>,
+}
+
+/// The alarm state a node shares between its sampler, its transport and its write path.
+#[derive(Default)]
+pub(crate) struct Space {
+    /// The write path's only check: `local || peers` is non-empty.
+    refusing: AtomicBool,
+    state: Mutex<State>,
+    /// Free bytes to report instead of measuring (simulated full disks in tests).
+    #[cfg(feature = "testing")]
+    simulated_free: Mutex<Option<u64>>,
+}
+
+impl Space {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether writes that grow the state are refused. One relaxed atomic load.
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
+
+    fn update_flag(&self, s: &State) {
+        self.refusing
+            .store(s.local.is_some() || !s.peers.is_empty(), Ordering::Relaxed);
+    }
+
+    /// The alarm a refused write is told about: this node's own, else the lowest voter's.
+    pub fn reason(&self, me: NodeId) -> (NodeId, String) {
+        let s = self.lock();
+        match (&s.local, s.peers.iter().next()) {
+            (Some(r), _) => (me, r.clone()),
+            (None, Some((id, (r, _)))) => (*id, r.clone()),
+            (None, None) => (me, "the storage alarm was just cleared".into()),
+        }
+    }
+
+    /// Records a sample and raises or clears the local alarm; logs every change.
+    pub fn record(&self, me: NodeId, quota: &QuotaOptions, usage: DiskUsage) {
+        let verdict = quota.judge(&usage);
+        let mut s = self.lock();
+        s.usage = Some(usage);
+        match (&s.local, &verdict) {
+            (None, Some(why)) => {
+                tracing::error!(node = me, reason = %why, "NOSPACE alarm raised: writes that grow the state are refused until space is freed");
+            }
+            (Some(_), None) => {
+                tracing::warn!(
+                    node = me,
+                    free_bytes = usage.free_bytes,
+                    used_bytes = usage.used_bytes,
+                    "NOSPACE alarm cleared: writes resume"
+                );
+            }
+            _ => {}
+        }
+        s.local = verdict;
+        self.update_flag(&s);
+    }
+
+    /// Takes in one round of the leader's questions to its voters: `answers` holds each voter
+    /// that answered, with its alarm (`None`: no alarm). A voter that did not answer keeps the
+    /// alarm it last reported until `expire` has passed since.
+    pub fn report_peers(
+        &self,
+        me: NodeId,
+        answers: BTreeMap<NodeId, Option<String>>,
+        expire: Duration,
+    ) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        for (id, answer) in answers {
+            if id == me {
+                continue;
+            }
+            match answer {
+                Some(why) => {
+                    if !s.peers.contains_key(&id) {
+                        tracing::error!(node = me, peer = id, reason = %why, "a voter raised its NOSPACE alarm: this leader refuses writes that grow the state");
+                    }
+                    s.peers.insert(id, (why, now));
+                }
+                None => {
+                    if s.peers.remove(&id).is_some() {
+                        tracing::warn!(node = me, peer = id, "a voter's NOSPACE alarm cleared");
+                    }
+                }
+            }
+        }
+        s.peers
+            .retain(|_, (_, at)| now.duration_since(*at) < expire);
+        self.update_flag(&s);
+    }
+
+    /// Forgets every voter's alarm (this node no longer leads).
+    pub fn forget_peers(&self) {
+        let mut s = self.lock();
+        s.peers.clear();
+        self.update_flag(&s);
+    }
+
+    /// What this node knows.
+    pub fn status(&self) -> StorageStatus {
+        let s = self.lock();
+        StorageStatus {
+            usage: s.usage,
+            local_alarm: s.local.clone(),
+            peer_alarms: s
+                .peers
+                .iter()
+                .map(|(id, (w, _))| (*id, w.clone()))
+                .collect(),
+            refusing_writes: s.local.is_some() || !s.peers.is_empty(),
+        }
+    }
+
+    /// Measures `dir`, or reports the simulated free space if a test set one.
+    pub fn sample(&self, dir: &Path) -> std::io::Result<DiskUsage> {
+        #[allow(unused_mut)]
+        let mut usage = measure(dir)?;
+        #[cfg(feature = "testing")]
+        if let Some(free) = *self
+            .simulated_free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            usage.free_bytes = free;
+        }
+        Ok(usage)
+    }
+
+    /// Makes later samples report `free` bytes free (`None`: measure again).
+    #[cfg(feature = "testing")]
+    pub fn simulate_free(&self, free: Option<u64>) {
+        *self
+            .simulated_free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = free;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(free: u64, used: u64) -> DiskUsage {
+        DiskUsage {
+            used_bytes: used,
+            free_bytes: free,
+            total_bytes: 1 << 30,
+        }
+    }
+
+    #[test]
+    fn thresholds_raise_and_clear_the_alarm() {
+        let q = QuotaOptions {
+            min_free_bytes: 100,
+            max_used_bytes: 1000,
+            check_interval: Duration::from_secs(1),
+        };
+        let s = Space::default();
+        s.record(1, &q, usage(500, 10));
+        assert!(!s.refusing());
+        s.record(1, &q, usage(99, 10));
+        assert!(s.refusing());
+        assert!(s.status().local_alarm.unwrap().contains("free"));
+        s.record(1, &q, usage(100, 10));
+        assert!(!s.refusing());
+        s.record(1, &q, usage(500, 1001));
+        assert!(s.status().local_alarm.unwrap().contains("quota"));
+        s.record(1, &q, usage(500, 1000));
+        assert!(!s.refusing());
+        // Zero disables a limit.
+        let off = QuotaOptions {
+            min_free_bytes: 0,
+            max_used_bytes: 0,
+            ..q
+        };
+        s.record(1, &off, usage(0, u64::MAX));
+        assert!(!s.refusing());
+    }
+
+    #[test]
+    fn peer_alarms_refuse_until_cleared_or_expired() {
+        let s = Space::default();
+        let minute = Duration::from_secs(60);
+        s.report_peers(1, [(2, Some("full".to_string()))].into(), minute);
+        assert!(s.refusing());
+        assert_eq!(s.reason(1), (2, "full".to_string()));
+        // A voter that does not answer keeps its alarm until it expires…
+        s.report_peers(1, BTreeMap::new(), minute);
+        assert!(s.refusing());
+        s.report_peers(1, BTreeMap::new(), Duration::ZERO);
+        assert!(!s.refusing());
+        // …one that answers without an alarm is cleared at once.
+        s.report_peers(1, [(3, Some("full".to_string()))].into(), minute);
+        assert!(s.refusing());
+        s.report_peers(1, [(3, None)].into(), minute);
+        assert!(!s.refusing());
+        // A node's own id in a report is not a peer.
+        s.report_peers(1, [(1, Some("full".to_string()))].into(), minute);
+        assert!(!s.refusing());
+        s.report_peers(1, [(2, Some("full".to_string()))].into(), minute);
+        s.forget_peers();
+        assert!(!s.refusing());
+    }
+
+    #[test]
+    fn measures_a_real_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = measure(dir.path()).unwrap();
+        std::fs::write(dir.path().join("f"), vec![1u8; 1 << 20]).unwrap();
+        let after = measure(dir.path()).unwrap();
+        assert!(after.total_bytes > 0);
+        assert!(
+            after.used_bytes >= before.used_bytes + (1 << 20),
+            "{before:?} -> {after:?}"
+        );
+    }
+}

@@ -1,0 +1,323 @@
+//! Running out of disk, in process: compaction by log size, the NOSPACE alarm (raised by a
+//! simulated low free space, through the quota's test seam), and a node whose log writes fail
+//! with ENOSPC (through the log's fault seam). Tests on real small file systems are in the kv
+//! process tests.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use raft_core::Config;
+use raft_core::Consistency;
+use raft_core::Error;
+use raft_core::Node;
+use raft_core::QuotaOptions;
+use raft_core::Role;
+use raft_core::log::WalOptions;
+use raft_core::testing::Cluster;
+use raft_core::testing::ClusterOptions;
+use raft_core::testing::kv::KvCommand as Cmd;
+use raft_core::testing::kv::KvStore as Kv;
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+async fn start(configure: impl Fn(Config) -> Config + Send + Sync + 'static) -> Cluster<Kv> {
+    init_tracing();
+    let options = ClusterOptions {
+        configure: Arc::new(configure),
+        ..ClusterOptions::default()
+    };
+    Cluster::start(3, options, |_| Kv::default())
+        .await
+        .expect("cluster starts")
+}
+
+/// A quota that samples often and reserves 1 MiB, so only the simulated free space raises it.
+fn fast_quota(c: Config) -> Config {
+    c.with_quota(QuotaOptions {
+        min_free_bytes: 1 << 20,
+        max_used_bytes: 0,
+        check_interval: Duration::from_millis(50),
+    })
+}
+
+/// Bytes allocated to the files under `dir`.
+fn allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// Waits, at most `limit`, until `condition` holds, checking every 10 ms (for conditions that
+/// no metrics change announces, such as a disk sample).
+async fn eventually(limit: Duration, what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "not reached within {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn leader(cluster: &Cluster<Kv>) -> Node<Kv> {
+    let id = cluster.wait_for_leader().await.expect("a leader");
+    cluster.node(id).unwrap()
+}
+
+async fn get(node: &Node<Kv>, key: &str) -> Option<String> {
+    node.read(Consistency::Linearizable, |kv| kv.0.get(key).cloned())
+        .await
+        .expect("linearizable read")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_log_is_compacted_by_size_not_only_by_count() {
+    const THRESHOLD: u64 = 256 << 10;
+    const SEGMENT: u64 = 64 << 10;
+    let cluster = start(|c| {
+        c.with_snapshots(0, 8)
+            .with_snapshot_log_bytes(THRESHOLD)
+            .with_wal(WalOptions {
+                segment_size: SEGMENT,
+                ..WalOptions::default()
+            })
+    })
+    .await;
+    // 40 keys of 4 KiB overwritten 20 times: 160 KiB of live data, 3.2 MiB of log. Written
+    // without sessions: a session remembers its last output, and 800 of them holding a 4 KiB
+    // value each would make the state (and the snapshot) 3.2 MiB too.
+    let value = "v".repeat(4096);
+    let node = leader(&cluster).await;
+    let results: Vec<_> = futures_util::stream::iter(0..800u64)
+        .map(|i| node.write(Cmd::Put(format!("key-{}", i % 40), value.clone())))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for r in results {
+        r.expect("write acknowledged");
+    }
+    // Entry count alone never snapshots here (snapshot_every is 0); the size trigger must have.
+    // Each node's WAL must come down to about the threshold plus a segment, while 3.2 MiB
+    // were written.
+    let bound = THRESHOLD + 4 * SEGMENT + (64 << 10);
+    let dirs: BTreeMap<u64, std::path::PathBuf> = (1..=3)
+        .map(|id| (id, cluster.data_dir(id).unwrap().join("wal")))
+        .collect();
+    let within = || dirs.values().all(|d| allocated(d) <= bound);
+    let report = || {
+        let sizes: Vec<u64> = dirs.values().map(|d| allocated(d)).collect();
+        format!(
+            "WAL sizes {sizes:?}, bound {bound}, metrics {:?}",
+            cluster.metrics()
+        )
+    };
+    if tokio::time::timeout(Duration::from_secs(20), async {
+        while !within() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .is_err()
+    {
+        panic!("the WAL stayed above its bound: {}", report());
+    }
+    let metrics = cluster.metrics();
+    for (id, m) in &metrics {
+        assert!(
+            m.snapshot_index.is_some_and(|s| s > 400),
+            "node {id} took no recent snapshot: {m:?}"
+        );
+    }
+    let sizes: Vec<u64> = dirs.values().map(|d| allocated(d)).collect();
+    eprintln!("WAL sizes after 3.2 MiB of writes: {sizes:?} (bound {bound})");
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_alarm_refuses_growing_writes_keeps_reads_and_deletes_and_clears_by_itself() {
+    let cluster = start(fast_quota).await;
+    let node = leader(&cluster).await;
+    cluster
+        .write(Cmd::Put("kept".into(), "1".into()))
+        .await
+        .unwrap();
+    cluster
+        .write(Cmd::Put("doomed".into(), "1".into()))
+        .await
+        .unwrap();
+
+    node.simulate_free_bytes(Some(1000));
+    eventually(Duration::from_secs(5), "alarm raised", || {
+        node.storage().refusing_writes
+    })
+    .await;
+    let status = node.storage();
+    assert!(
+        status
+            .local_alarm
+            .as_deref()
+            .is_some_and(|r| r.contains("free")),
+        "{status:?}"
+    );
+    // A write that grows the state is refused before it is proposed…
+    let last_before = node.metrics().last_log_index;
+    match node.write(Cmd::Put("new".into(), "x".into())).await {
+        Err(Error::NoSpace { node: n, reason }) => {
+            assert_eq!(n, node.id());
+            assert!(reason.contains("free"), "{reason}");
+        }
+        other => panic!("expected NoSpace, got {other:?}"),
+    }
+    assert_eq!(
+        node.metrics().last_log_index,
+        last_before,
+        "nothing proposed"
+    );
+    assert!(
+        !Error::NoSpace {
+            node: 1,
+            reason: String::new()
+        }
+        .may_have_applied()
+    );
+    // …while reads and deletes go on.
+    assert_eq!(get(&node, "kept").await.as_deref(), Some("1"));
+    node.write(Cmd::Delete("doomed".into())).await.unwrap();
+    assert_eq!(get(&node, "doomed").await, None);
+    assert_eq!(get(&node, "new").await, None);
+
+    // Space comes back: writes resume without a restart.
+    node.simulate_free_bytes(None);
+    eventually(Duration::from_secs(5), "alarm cleared", || {
+        !node.storage().refusing_writes
+    })
+    .await;
+    node.write(Cmd::Put("new".into(), "x".into()))
+        .await
+        .unwrap();
+    assert_eq!(get(&node, "new").await.as_deref(), Some("x"));
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_voter_in_alarm_stops_the_leader_until_it_reports_clear() {
+    let cluster = start(fast_quota).await;
+    let node = leader(&cluster).await;
+    let follower = (1..=3).find(|id| *id != node.id()).unwrap();
+
+    // What a transport reports after asking the voters: one is in alarm.
+    node.report_peer_alarms([(follower, Some("disk full".to_string()))].into());
+    assert!(node.storage().refusing_writes);
+    match node.write(Cmd::Put("k".into(), "v".into())).await {
+        Err(Error::NoSpace { node: n, .. }) => assert_eq!(n, follower),
+        other => panic!("expected NoSpace naming node {follower}, got {other:?}"),
+    }
+    node.write(Cmd::Delete("k".into())).await.unwrap();
+    // A follower ignores such reports: only the leader gathers them.
+    let f = cluster.node(follower).unwrap();
+    f.report_peer_alarms([(node.id(), Some("disk full".to_string()))].into());
+    assert!(!f.storage().refusing_writes);
+
+    node.report_peer_alarms([(follower, None)].into());
+    assert!(!node.storage().refusing_writes);
+    node.write(Cmd::Put("k".into(), "v".into())).await.unwrap();
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_disk_fills_stops_loudly_and_recovers_every_acknowledged_write() {
+    let cluster = start(|c| c).await;
+    let first = leader(&cluster).await;
+    let mut acknowledged: BTreeMap<String, String> = BTreeMap::new();
+    for i in 0..50 {
+        let (k, v) = (format!("key-{i}"), format!("value-{i}"));
+        cluster.write(Cmd::Put(k.clone(), v.clone())).await.unwrap();
+        acknowledged.insert(k, v);
+    }
+
+    first.simulate_disk_full(true);
+    let stopped = tokio::spawn({
+        let n = first.clone();
+        async move { n.stopped().await }
+    });
+    // Its next write fails; the node stops rather than lingering.
+    let write = first.write(Cmd::Put("during".into(), "x".into())).await;
+    assert!(
+        write.is_err(),
+        "a write to a full disk succeeded: {write:?}"
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("the node reports its failure within 10 s")
+        .unwrap();
+    match outcome {
+        Err(e @ (Error::Storage(_) | Error::Log(_))) => {
+            assert!(e.to_string().contains("No space left"), "{e}");
+        }
+        other => panic!("expected a storage failure, got {other:?}"),
+    }
+    assert_eq!(first.role(), Role::Shutdown);
+
+    // The others carry on under a new leader.
+    for i in 50..80 {
+        let (k, v) = (format!("key-{i}"), format!("value-{i}"));
+        cluster.write(Cmd::Put(k.clone(), v.clone())).await.unwrap();
+        acknowledged.insert(k, v);
+    }
+    // Restarted (with space again), the failed node recovers and catches up.
+    cluster.crash(first.id()).await.unwrap();
+    cluster.restart(first.id()).await.unwrap();
+    cluster.wait_converged().await.unwrap();
+    for id in 1..=3 {
+        let node = cluster.node(id).unwrap();
+        let state = node
+            .read(Consistency::Local, |kv| kv.0.clone())
+            .await
+            .unwrap();
+        for (k, v) in &acknowledged {
+            assert_eq!(state.get(k), Some(v), "node {id} lost acknowledged {k}");
+        }
+    }
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopped_resolves_ok_after_a_requested_shutdown() {
+    let cluster = start(|c| c).await;
+    let node = cluster.node(2).unwrap();
+    let waiting = tokio::spawn({
+        let n = node.clone();
+        async move { n.stopped().await }
+    });
+    cluster.crash(2).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("stopped() resolves after shutdown")
+        .unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    cluster.shutdown().await.unwrap();
+}
