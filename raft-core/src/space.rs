@@ -121,8 +121,19 @@ fn dir_blocks(dir: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
+/// `b` bytes for a person: `512 B`, `12.0 KiB`, `3.5 MiB`, `1.2 GiB`.
 fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 impl QuotaOptions {
@@ -358,6 +369,14 @@ mod tests {
         s.report_peers(1, [(2, Some("full".to_string()))].into(), minute);
         s.forget_peers();
         assert!(!s.refusing());
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(mib(1000), "1000 B");
+        assert_eq!(mib(1536), "1.5 KiB");
+        assert_eq!(mib(256 << 20), "256.0 MiB");
+        assert_eq!(mib(3 << 30), "3.0 GiB");
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct GrpcNode<S: Queryable> {
     task: Option<JoinHandle<Result<(), ServeError>>>,
     /// Whether the node was shut down (by `shutdown`); if not, drop stops it.
     node_stopped: bool,
+    /// The task that asks the voters for their storage alarms (see `alarms.rs`).
+    alarms: JoinHandle<()>,
 }
 
 impl<S: Queryable> GrpcNode<S> {
@@ -68,6 +70,7 @@ impl<S: Queryable> GrpcNode<S> {
         let task = tokio::spawn(server.serve(listener, async {
             let _ = stopped.await;
         }));
+        let alarms = tokio::spawn(crate::alarms::run(client.clone()));
         Ok(GrpcNode {
             node,
             client,
@@ -76,6 +79,7 @@ impl<S: Queryable> GrpcNode<S> {
             stop: Some(stop),
             task: Some(task),
             node_stopped: false,
+            alarms,
         })
     }
 
@@ -99,10 +103,18 @@ impl<S: Queryable> GrpcNode<S> {
         &self.stats
     }
 
+    /// Resolves when the node stops: `Ok(())` after a shutdown, or the error that stopped it (a
+    /// storage failure, such as a full disk). See [`Node::stopped`]; an application should exit
+    /// or restart when it resolves with an error.
+    pub async fn stopped(&self) -> raft_core::Result<()> {
+        self.node.stopped().await
+    }
+
     /// Stops serving, then shuts the node down (flushing its log). Bounded: calls still in flight
     /// after a short drain have their connections closed, and streams (a leader's replication
     /// stream) end as soon as the shutdown begins.
     pub async fn shutdown(mut self) -> raft_core::Result<()> {
+        self.alarms.abort();
         if let Some(task) = self.stop_serving() {
             drain(task).await;
         }
@@ -137,6 +149,7 @@ async fn drain(mut task: JoinHandle<Result<(), ServeError>>) {
 
 impl<S: Queryable> Drop for GrpcNode<S> {
     fn drop(&mut self) {
+        self.alarms.abort();
         let task = self.stop_serving();
         if self.node_stopped {
             return;

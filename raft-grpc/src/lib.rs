@@ -13,6 +13,7 @@
 //! * `client.rs` — [`ClusterClient`]: finds the leader, retries with a session for exactly-once
 //!   writes, spreads reads by a [`ReadPolicy`].
 //! * `grpc_node.rs` — [`GrpcNode`]: node, transport and server started together.
+//! * `alarms.rs` — the cluster-wide storage alarm: the leader asks its voters for theirs.
 //! * `net.rs` — the injectable [`Connector`] and the channel pool; `tls.rs` — [`TlsConfig`];
 //!   `status.rs` — errors on the wire; `options.rs` — [`GrpcOptions`]; `wire.rs` — payload
 //!   encoding.
@@ -31,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+mod alarms;
 mod client;
 mod grpc_node;
 mod net;

@@ -172,6 +172,11 @@ impl<S: Queryable> NodeClient<S> {
     pub fn node(&self) -> &Node<S> {
         &self.shared.node
     }
+
+    /// A cluster-service client of the node at `addr`, over this node's pooled connections.
+    pub(crate) fn peer(&self, addr: &str) -> Result<PbClusterClient<Channel>, Status> {
+        self.shared.cluster_client(addr)
+    }
 }
 
 impl<S: Queryable> Server<S> {
@@ -821,6 +826,7 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
             snapshot_index: m.snapshot_index,
             voters: m.voters.iter().map(member).collect(),
             learners: m.learners.iter().map(member).collect(),
+            space_alarm: self.0.node.storage().local_alarm.unwrap_or_default(),
         }))
     }
 }

@@ -49,6 +49,9 @@ pub enum ErrorCode {
     Storage,
     /// Any other failure on the node.
     Internal,
+    /// The cluster's storage alarm is raised: the write was refused before it was proposed
+    /// (nothing was applied). Reads and deletes still work; writes resume once space is freed.
+    NoSpace,
 }
 
 impl ErrorCode {
@@ -69,11 +72,12 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid-request",
             ErrorCode::Storage => "storage",
             ErrorCode::Internal => "internal",
+            ErrorCode::NoSpace => "no-space",
         }
     }
 
     /// Every code.
-    pub const ALL: [ErrorCode; 14] = {
+    pub const ALL: [ErrorCode; 15] = {
         use ErrorCode::*;
         [
             NotLeader,
@@ -90,6 +94,7 @@ impl ErrorCode {
             InvalidRequest,
             Storage,
             Internal,
+            NoSpace,
         ]
     };
 
@@ -209,6 +214,7 @@ pub fn from_error(e: &Error) -> Status {
             status(Code::Internal, ErrorCode::Storage, msg)
         }
         Error::Fatal(_) => status(Code::Internal, ErrorCode::Internal, msg),
+        Error::NoSpace { .. } => status(Code::ResourceExhausted, ErrorCode::NoSpace, msg),
     }
 }
 
@@ -246,9 +252,10 @@ mod tests {
             | ErrorCode::AlreadyInitialized
             | ErrorCode::InvalidRequest
             | ErrorCode::Storage
-            | ErrorCode::Internal => 1,
+            | ErrorCode::Internal
+            | ErrorCode::NoSpace => 1,
         };
-        assert_eq!(ErrorCode::ALL.iter().map(|c| listed(*c)).sum::<usize>(), 14);
+        assert_eq!(ErrorCode::ALL.iter().map(|c| listed(*c)).sum::<usize>(), 15);
         let distinct: std::collections::HashSet<_> = ErrorCode::ALL.iter().collect();
         assert_eq!(distinct.len(), ErrorCode::ALL.len());
     }
@@ -270,6 +277,8 @@ mod tests {
             status(Code::FailedPrecondition, ErrorCode::SessionExpired, ""),
             // A raftkit code decides, whatever the gRPC code.
             status(Code::Internal, ErrorCode::Storage, ""),
+            // A refusal for lack of space is final for this attempt: retrying cannot help.
+            status(Code::ResourceExhausted, ErrorCode::NoSpace, ""),
             Status::invalid_argument("bad"),
             Status::permission_denied("no"),
         ];

@@ -1,0 +1,106 @@
+//! The storage alarm is cluster-wide over gRPC: a follower low on space (simulated through the
+//! quota's test seam) makes the leader refuse writes that grow the state, with a `no-space`
+//! status naming the follower, until the follower has space again.
+
+mod common;
+
+use std::time::Duration;
+use std::time::Instant;
+
+use common::Cmd;
+use common::GrpcCluster;
+use common::Kv;
+use common::Query;
+use common::Reply;
+use raft_core::Config;
+use raft_core::Consistency;
+use raft_core::QuotaOptions;
+use raft_grpc::ClientError;
+use raft_grpc::ClientOptions;
+use raft_grpc::ClusterClient;
+use raft_grpc::GrpcOptions;
+use raft_grpc::status::ErrorCode;
+
+fn fast_quota(c: Config) -> Config {
+    c.with_quota(QuotaOptions {
+        min_free_bytes: 1 << 20,
+        max_used_bytes: 0,
+        check_interval: Duration::from_millis(50),
+    })
+}
+
+/// Waits, at most 10 s, until `condition` holds, checking every 10 ms (disk samples and the
+/// leader's questions announce themselves through no metrics change).
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_in_alarm_makes_the_leader_refuse_growing_writes() {
+    let c = GrpcCluster::start(3, GrpcOptions::default(), fast_quota).await;
+    let client = ClusterClient::<Kv>::new(c.endpoints(), ClientOptions::default()).unwrap();
+    client
+        .write(Cmd::Put("a".into(), "1".into()))
+        .await
+        .unwrap();
+    client
+        .write(Cmd::Put("b".into(), "1".into()))
+        .await
+        .unwrap();
+
+    let leader = c.leader().await;
+    let follower = *c.addrs.keys().find(|id| **id != leader).unwrap();
+    c.nodes[&follower].node().simulate_free_bytes(Some(1000));
+    let leader_node = c.nodes[&leader].node().clone();
+    eventually("the leader learns of the follower's alarm", || {
+        leader_node.storage().peer_alarms.contains_key(&follower)
+    })
+    .await;
+
+    let started = Instant::now();
+    match client.write(Cmd::Put("c".into(), "1".into())).await {
+        Err(ClientError::Refused(last)) => {
+            assert_eq!(ErrorCode::of(&last), Some(ErrorCode::NoSpace), "{last:?}");
+            assert!(
+                last.message().contains(&format!("node {follower}")),
+                "{}",
+                last.message()
+            );
+        }
+        other => panic!("expected a no-space refusal, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the refusal is not retried: {:?}",
+        started.elapsed()
+    );
+    // Reads and deletes go on.
+    assert_eq!(
+        client
+            .read(Query::Get("a".into()), Consistency::Linearizable)
+            .await
+            .unwrap(),
+        Reply::Value(Some("1".into()))
+    );
+    client.write(Cmd::Delete("b".into())).await.unwrap();
+
+    // The follower has space again: writes resume without a restart.
+    c.nodes[&follower].node().simulate_free_bytes(None);
+    eventually("the leader hears the alarm cleared", || {
+        !leader_node.storage().refusing_writes
+    })
+    .await;
+    client
+        .write(Cmd::Put("c".into(), "1".into()))
+        .await
+        .unwrap();
+    let states = c.converged().await;
+    for (id, kv) in states {
+        assert_eq!(kv.0.get("c").map(String::as_str), Some("1"), "node {id}");
+        assert_eq!(kv.0.get("b"), None, "node {id}");
+    }
+}
