@@ -58,6 +58,8 @@ pub struct NodeSpec {
     pub join: Option<String>,
     pub consistency: Consistency,
     pub limits: Limits,
+    /// Quota, compaction and WAL segment settings.
+    pub storage: crate::storage::StorageArgs,
     /// Flag names for error messages.
     pub raft_flag: &'static str,
     pub resp_flag: &'static str,
@@ -106,8 +108,10 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
         })?;
     // A follower refuses to vote while it may still hear from the old leader (its lease, the
     // longest election timeout), so a crashed leader is replaced after 1 to 2 s with these.
-    let config = Config::durable(spec.id, &spec.data_dir)
-        .with_timing(Duration::from_millis(100), Duration::from_millis(500));
+    let config = spec.storage.apply(
+        Config::durable(spec.id, &spec.data_dir)
+            .with_timing(Duration::from_millis(100), Duration::from_millis(500)),
+    );
     let node = GrpcNode::start(
         config,
         Store::default(),
@@ -202,6 +206,7 @@ pub async fn demo(
     resp_port: u16,
     raft_port: u16,
     consistency: Consistency,
+    storage: crate::storage::StorageArgs,
 ) -> Result<Vec<Running>, StartError> {
     let members: BTreeMap<NodeId, String> = (1..=3u64)
         .map(|i| (i, format!("127.0.0.1:{}", raft_port as u64 + i - 1)))
@@ -217,6 +222,7 @@ pub async fn demo(
             join: None,
             consistency,
             limits: Limits::default(),
+            storage: storage.clone(),
             raft_flag: "--raft-port",
             resp_flag: "--resp-port",
         };

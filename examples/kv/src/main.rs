@@ -14,7 +14,9 @@
 //! * `commands.rs` — each Redis command parsed into a write, a read or an immediate reply.
 //! * `server.rs` — connections: run commands in order, retry through elections, INFO/HELLO.
 //! * `cluster.rs` — starting one node, joining, and the three-node demo.
-//! * `metrics.rs` — Prometheus metrics.
+//! * `metrics.rs` — Prometheus metrics, `/healthz` and `/readyz`.
+//! * `storage.rs` — disk flags: the quota behind `-OOM`, compaction by size, WAL segments.
+//! * `shutdown.rs` — SIGTERM/SIGINT within a bound, and exiting non-zero when storage fails.
 //! * `bench/` — the load generator behind `kv bench` and `bench/compare.sh`.
 
 mod bench;
@@ -23,7 +25,9 @@ mod commands;
 mod metrics;
 mod resp;
 mod server;
+mod shutdown;
 mod slots;
+mod storage;
 mod store;
 
 /// The etcd v3 KV client the benchmark uses to load etcd.
@@ -85,6 +89,10 @@ struct DemoArgs {
     /// Serve Prometheus metrics at this address (e.g. 127.0.0.1:9100).
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    storage: storage::StorageArgs,
+    #[command(flatten)]
+    shutdown: shutdown::ShutdownArgs,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -112,9 +120,13 @@ struct NodeArgs {
     /// How reads are served.
     #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
     read_consistency: ReadConsistency,
-    /// Serve Prometheus metrics at this address (e.g. 127.0.0.1:9100).
+    /// Serve Prometheus metrics, `/healthz` and `/readyz` at this address (e.g. 127.0.0.1:9100).
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    storage: storage::StorageArgs,
+    #[command(flatten)]
+    shutdown: shutdown::ShutdownArgs,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,11 +175,12 @@ async fn run(cli: Cli) -> Result<(), String> {
                 args.resp_port,
                 args.raft_port,
                 args.read_consistency.into(),
+                args.storage.clone(),
             )
             .await
             .map_err(|e| e.to_string())?;
             if let Some(addr) = args.metrics_addr {
-                metrics::install(addr, metrics::nodes(&nodes))?;
+                metrics::install(addr, metrics::nodes(&nodes)).await?;
             }
             println!(
                 "kv: a 3-node replicated cluster, data in {}",
@@ -185,11 +198,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                 "Writes to any node go to the leader; reads are {:?}. Ctrl-C stops all three.",
                 args.read_consistency
             );
-            wait_for_ctrl_c().await;
-            for n in nodes {
-                let _ = n.node.shutdown().await;
-            }
-            Ok(())
+            shutdown::serve_until_stopped(nodes, &args.shutdown)
+                .await
+                .map_err(|e| e.to_string())
         }
         Cmd::Node(args) => {
             let members = parse_members(&args.initial_members)?;
@@ -208,12 +219,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                 join: args.join,
                 consistency: args.read_consistency.into(),
                 limits: resp::Limits::default(),
+                storage: args.storage.clone(),
                 raft_flag: "--raft-addr",
                 resp_flag: "--resp-addr",
             };
             let node = cluster::start(spec).await.map_err(|e| e.to_string())?;
             if let Some(addr) = args.metrics_addr {
-                metrics::install(addr, metrics::nodes(std::slice::from_ref(&node)))?;
+                metrics::install(addr, metrics::nodes(std::slice::from_ref(&node))).await?;
             }
             println!(
                 "kv node {}: RESP on {}, raft on {}",
@@ -221,17 +233,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 node.resp_addr,
                 node.node.addr()
             );
-            wait_for_ctrl_c().await;
-            node.node.shutdown().await.map_err(|e| e.to_string())
+            shutdown::serve_until_stopped(vec![node], &args.shutdown)
+                .await
+                .map_err(|e| e.to_string())
         }
         Cmd::Bench(args) => bench::run(args).await.map(|_| ()),
-    }
-}
-
-async fn wait_for_ctrl_c() {
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        tracing::warn!(error = %e, "cannot wait for Ctrl-C; running until killed");
-        std::future::pending::<()>().await;
     }
 }
 
@@ -255,7 +261,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // Tasks still blocked on the disk must not hold the exit up.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kv: {e}");

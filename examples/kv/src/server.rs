@@ -192,6 +192,9 @@ fn failure(s: &Status) -> Reply {
         Some(ErrorCode::Timeout | ErrorCode::OutcomeUnknown) => {
             Reply::Error(format!("TRYAGAIN the outcome is unknown: {msg}"))
         }
+        // Redis answers a write over `maxmemory` with -OOM; clients already treat it as "this
+        // write was refused, reads still work".
+        Some(ErrorCode::NoSpace) => Reply::Error(format!("OOM command not allowed: {msg}")),
         _ => Reply::Error(format!("ERR {msg}")),
     }
 }
@@ -233,6 +236,32 @@ where
             Err(s) => return failure(&s),
         }
     }
+}
+
+/// The storage lines of INFO's persistence section: the NOSPACE alarm and the latest sample.
+fn storage_info(s: &raft_core::StorageStatus) -> String {
+    let alarm = match (&s.local_alarm, s.peer_alarms.iter().next()) {
+        (Some(_), _) => "nospace",
+        (None, Some(_)) => "nospace_on_voter",
+        (None, None) => "none",
+    };
+    let reason = match (&s.local_alarm, s.peer_alarms.iter().next()) {
+        (Some(r), _) => r.clone(),
+        (None, Some((id, r))) => format!("node {id}: {r}"),
+        (None, None) => String::new(),
+    };
+    let mut text = format!(
+        "storage_alarm:{alarm}\r\nstorage_alarm_reason:{}\r\nstorage_refusing_writes:{}\r\n",
+        reason.replace(['\r', '\n'], " "),
+        u8::from(s.refusing_writes)
+    );
+    if let Some(u) = s.usage {
+        text.push_str(&format!(
+            "storage_used_bytes:{}\r\nstorage_free_bytes:{}\r\nstorage_total_bytes:{}\r\n",
+            u.used_bytes, u.free_bytes, u.total_bytes
+        ));
+    }
+    text
 }
 
 fn bulk(s: impl Into<String>) -> Reply {
@@ -332,9 +361,11 @@ async fn info(ctx: &Ctx, section: Option<&str>) -> Reply {
         let s = node.log_stats();
         text.push_str("# Persistence\r\n");
         text.push_str(&format!(
-            "wal_entries:{}\r\nwal_bytes:{}\r\nwal_fsyncs:{}\r\nwal_fsync_micros_total:{}\r\n\r\n",
+            "wal_entries:{}\r\nwal_bytes:{}\r\nwal_fsyncs:{}\r\nwal_fsync_micros_total:{}\r\n",
             s.entries, s.bytes, s.fsyncs, s.fsync_micros
         ));
+        text.push_str(&storage_info(&node.storage()));
+        text.push_str("\r\n");
     }
     Reply::Bulk(Bytes::from(text))
 }

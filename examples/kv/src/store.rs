@@ -588,6 +588,15 @@ impl StateMachine for Store {
             .collect();
         Ok(())
     }
+
+    /// Under the NOSPACE alarm, what frees space still runs: `DEL`, `FLUSHDB` and the expiry
+    /// sweep.
+    fn allowed_in_space_alarm(cmd: &Command) -> bool {
+        matches!(
+            cmd.op,
+            WriteOp::Del(_) | WriteOp::FlushDb | WriteOp::PurgeExpired { .. }
+        )
+    }
 }
 
 impl Queryable for Store {
