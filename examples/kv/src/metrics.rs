@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use hyper_util::rt::TokioTimer;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use metrics_exporter_prometheus::PrometheusHandle;
 use raft_core::Role;
@@ -65,6 +66,7 @@ async fn serve(listener: TcpListener, nodes: Vec<Node>, handle: PrometheusHandle
                 async move { Ok::<_, Infallible>(reply) }
             });
             let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
                 .header_read_timeout(REQUEST_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(REQUEST_TIMEOUT * 6, conn).await;

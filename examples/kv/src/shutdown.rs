@@ -22,7 +22,7 @@ pub struct ShutdownArgs {
 }
 
 /// Parses `10s`, `500ms`, `2m` or a plain number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let bad = || format!("{s:?} is not a duration (for example 10s or 500ms)");
     let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
@@ -83,13 +83,16 @@ pub async fn serve_until_stopped(nodes: Vec<Running>, args: &ShutdownArgs) -> Re
         }
     };
     tracing::info!(signal = signalled, timeout = ?args.shutdown_timeout, "stopping");
+    // Only the consensus engine is stopped, which flushes and closes the log. The gRPC server
+    // is not drained: a peer's replication stream would hold a graceful stop open for as long
+    // as the peer lives. Its connections close when the process exits.
     let stop_all = async {
-        for n in nodes {
-            // The consensus engine first: it stops writing and the log is flushed and closed.
+        for n in &nodes {
+            let started = std::time::Instant::now();
             if let Err(e) = n.node.node().shutdown().await {
                 tracing::warn!(node = n.spec.id, error = %e, "stopping the node");
             }
-            let _ = n.node.shutdown().await;
+            tracing::info!(node = n.spec.id, took = ?started.elapsed(), "node stopped, log flushed");
         }
     };
     tokio::select! {

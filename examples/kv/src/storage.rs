@@ -1,6 +1,8 @@
 //! Storage flags: the quota behind the NOSPACE alarm, compaction by log size, and the WAL's
 //! preallocated segment size. See the README's "Disk" section for how much disk a node needs.
 
+use std::time::Duration;
+
 use clap::Args;
 use raft_core::Config;
 use raft_core::QuotaOptions;
@@ -19,6 +21,10 @@ pub struct StorageArgs {
     /// limit of its own.
     #[arg(long, default_value = "0", value_parser = parse_size)]
     pub quota_max_used: u64,
+    /// How often the data directory is measured, and the leader asks its voters for their
+    /// alarms. The free-space reserve must absorb the writes of one or two intervals.
+    #[arg(long, default_value = "1s", value_parser = crate::shutdown::parse_duration)]
+    pub quota_check_interval: Duration,
     /// Take a snapshot once the log has grown by this much since the last one (or by the last
     /// snapshot's size, if larger), so the log stays within about twice the data's size. `0`
     /// snapshots by entry count only.
@@ -35,6 +41,7 @@ impl Default for StorageArgs {
         StorageArgs {
             quota_min_free: QuotaOptions::default().min_free_bytes,
             quota_max_used: 0,
+            quota_check_interval: QuotaOptions::default().check_interval,
             snapshot_log_bytes: 64 << 20,
             wal_segment_size: 64 << 20,
         }
@@ -46,6 +53,7 @@ impl StorageArgs {
     pub fn apply(&self, mut config: Config) -> Config {
         config.quota.min_free_bytes = self.quota_min_free;
         config.quota.max_used_bytes = self.quota_max_used;
+        config.quota.check_interval = self.quota_check_interval;
         config.snapshot_log_bytes = self.snapshot_log_bytes;
         config.wal.segment_size = self.wal_segment_size;
         config

@@ -36,6 +36,8 @@ struct NodeProc {
     id: u64,
     resp: u16,
     raft: u16,
+    /// The metrics listener's port, if the node serves one.
+    metrics: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -45,10 +47,21 @@ struct Procs {
     _tmp: tempfile::TempDir,
     nodes: BTreeMap<u64, NodeProc>,
     members: String,
+    /// Flags every node is started with, after the usual ones.
+    extra: Vec<String>,
+    /// File systems mounted on the data directories, unmounted when dropped.
+    mounts: Vec<PathBuf>,
 }
 
 impl Procs {
     fn start() -> Procs {
+        Procs::start_with(&[], None, false).expect("no mounts to fail")
+    }
+
+    /// Like [`Procs::start`], with `extra` flags for every node, if `tmpfs` names a size each
+    /// data directory on its own tmpfs of that size, and with `metrics` a metrics listener per
+    /// node. `None` if mounting is not permitted here.
+    fn start_with(extra: &[&str], tmpfs: Option<&str>, metrics: bool) -> Option<Procs> {
         let tmp = tempfile::tempdir().expect("temp dir");
         let mut nodes = BTreeMap::new();
         for id in 1..=3 {
@@ -58,6 +71,7 @@ impl Procs {
                     id,
                     resp: free_port(),
                     raft: free_port(),
+                    metrics: metrics.then(free_port),
                     dir: tmp.path().join(format!("n{id}")),
                     child: None,
                 },
@@ -72,11 +86,28 @@ impl Procs {
             _tmp: tmp,
             nodes,
             members,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            mounts: Vec::new(),
         };
+        if let Some(size) = tmpfs {
+            for n in p.nodes.values() {
+                std::fs::create_dir_all(&n.dir).expect("data dir");
+                let mounted = Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                    .arg(&n.dir)
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !mounted {
+                    return None;
+                }
+                p.mounts.push(n.dir.clone());
+            }
+        }
         for id in 1..=3 {
             p.spawn(id);
         }
-        p
+        Some(p)
     }
 
     fn spawn(&mut self, id: u64) {
@@ -91,6 +122,12 @@ impl Procs {
             .args(["--raft-addr", &format!("127.0.0.1:{}", n.raft)])
             .args(["--resp-addr", &format!("127.0.0.1:{}", n.resp)])
             .args(["--initial-members", &members])
+            .args(&self.extra)
+            .args(
+                n.metrics
+                    .map(|m| vec!["--metrics-addr".to_string(), format!("127.0.0.1:{m}")])
+                    .unwrap_or_default(),
+            )
             .env("RUST_LOG", "warn,kv=info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -111,6 +148,33 @@ impl Procs {
         self.nodes[&id].resp
     }
 
+    /// Sends `signal` (`TERM`, `INT`) to node `id`.
+    fn signal(&self, id: u64, signal: &str) {
+        let pid = self.nodes[&id].child.as_ref().expect("running").id();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
+    /// Waits up to `limit` for node `id` to exit; its exit status, or `None` if it still runs.
+    async fn exited(&mut self, id: u64, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let n = self.nodes.get_mut(&id).expect("known node");
+        let child = n.child.as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                n.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            poll_pause("exit").await;
+        }
+    }
+
     fn log(&self, id: u64) -> String {
         std::fs::read_to_string(self.nodes[&id].dir.with_extension("log")).unwrap_or_default()
     }
@@ -120,6 +184,9 @@ impl Drop for Procs {
     fn drop(&mut self) {
         for id in 1..=3 {
             self.kill(id);
+        }
+        for m in &self.mounts {
+            let _ = Command::new("umount").arg(m).status();
         }
     }
 }
@@ -512,4 +579,316 @@ async fn a_taken_port_is_a_clear_error() {
         err.contains(&port.to_string()) && err.contains("--resp-addr"),
         "{err}"
     );
+}
+
+/// A plain HTTP GET of `path` on node `id`'s metrics listener: the status code and the body.
+fn http_get(p: &Procs, id: u64, path: &str) -> (u16, String) {
+    let port = p.nodes[&id].metrics.expect("node serves metrics");
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read reply");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    (code, body.unwrap_or_default())
+}
+
+/// Fills the file system under `dir` with a file until it is full (or `limit` bytes).
+fn fill(dir: &std::path::Path, name: &str, limit: u64) {
+    let mut f = std::fs::File::create(dir.join(name)).expect("filler");
+    let chunk = vec![7u8; 1 << 20];
+    let mut written = 0;
+    while written < limit {
+        match f.write_all(&chunk) {
+            Ok(()) => written += chunk.len() as u64,
+            Err(_) => break,
+        }
+    }
+    let _ = f.sync_all();
+}
+
+async fn info_section(con: &mut MultiplexedConnection, section: &str) -> BTreeMap<String, String> {
+    let text: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(con)
+        .await
+        .expect("INFO");
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// Flags that make the disk tests quick: small segments, compaction after 2 MiB of log, a
+/// quota sampled five times a second.
+const SMALL_DISK: [&str; 6] = [
+    "--wal-segment-size",
+    "1MiB",
+    "--snapshot-log-bytes",
+    "2MiB",
+    "--quota-check-interval",
+    "200ms",
+];
+
+fn skip_without_mounts() {
+    eprintln!(
+        "SKIPPED: mounting a tmpfs is not permitted here (run as root); the simulated-ENOSPC \
+         tests in raft-core/tests/disk.rs and raft-grpc/tests/space_alarm.rs cover the logic"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_quota_writes_get_oom_reads_work_and_freeing_space_resumes_them() {
+    let mut flags: Vec<&str> = SMALL_DISK.to_vec();
+    flags.extend(["--quota-min-free", "24MiB"]);
+    let Some(mut p) = Procs::start_with(&flags, Some("64m"), true) else {
+        return skip_without_mounts();
+    };
+    let alive = [1, 2, 3];
+    let l = leader(&p, &alive).await;
+    // Something else takes most of each disk: 36 MiB of 64, leaving ~26 MiB over the reserve.
+    for n in p.nodes.values() {
+        fill(&n.dir, "other-data", 36 << 20);
+    }
+    let mut con = connect(p.port(l)).await;
+    let value = "x".repeat(16 << 10);
+    let mut acked = 0;
+    let mut refusal = None;
+    // ~2 MiB of data (plus its log and snapshot) crosses the reserve; 26 MiB would fill the disk.
+    for i in 0..1600 {
+        let r: redis::RedisResult<String> = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(&value)
+            .query_async(&mut con)
+            .await;
+        match r {
+            Ok(_) => acked = i + 1,
+            Err(e) => {
+                refusal = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("the quota refused a write before the disk filled");
+    assert!(
+        refusal.contains("OOM") && refusal.contains("free"),
+        "a clear refusal: {refusal}"
+    );
+    assert!(acked > 10, "only {acked} writes before the refusal");
+    // Nobody ran out of disk: every node is alive and serving reads.
+    for id in alive {
+        assert!(
+            p.exited(id, Duration::ZERO).await.is_none(),
+            "node {id} died:\n{}",
+            p.log(id)
+        );
+        let mut c = connect(p.port(id)).await;
+        let got: Option<String> = q(&mut c, &["GET", "k0"]).await;
+        assert_eq!(
+            got.as_deref(),
+            Some(value.as_str()),
+            "node {id} serves reads"
+        );
+        // And every node refuses growing writes, whichever disk is lowest.
+        let e = q_err(&mut c, &["SET", "more", "x"]).await;
+        assert!(e.contains("OOM"), "node {id}: {e}");
+    }
+    // The alarm shows in INFO, /readyz and /metrics.
+    let persistence = info_section(&mut con, "persistence").await;
+    assert!(
+        persistence
+            .get("storage_alarm")
+            .is_some_and(|a| a.starts_with("nospace")),
+        "{persistence:?}"
+    );
+    let (code, body) = http_get(&p, l, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("NOSPACE"), "{body}");
+    assert_eq!(http_get(&p, l, "/healthz").0, 200);
+    // The gauges are refreshed once a second.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = http_get(&p, l, "/metrics");
+        if metrics
+            .lines()
+            .any(|m| m.starts_with("storage_refusing_writes") && m.ends_with(" 1"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        poll_pause("metrics").await;
+    }
+    // Deletes still work.
+    let removed: i64 = q(&mut con, &["DEL", "k0"]).await;
+    assert_eq!(removed, 1);
+
+    // The operator frees space: writes resume, without a restart.
+    for n in p.nodes.values() {
+        std::fs::remove_file(n.dir.join("other-data")).expect("free space");
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r: redis::RedisResult<String> = redis::cmd("SET")
+            .arg("after")
+            .arg("ok")
+            .query_async(&mut con)
+            .await;
+        match r {
+            Ok(ok) => {
+                assert_eq!(ok, "OK");
+                break;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("OOM"), "{e}");
+                assert!(Instant::now() < deadline, "writes did not resume: {e}");
+                poll_pause("alarm to clear").await;
+            }
+        }
+    }
+    assert_eq!(http_get(&p, l, "/readyz").0, 200);
+    let got: Option<String> = q(&mut con, &["GET", "after"]).await;
+    assert_eq!(got.as_deref(), Some("ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_disk_fills_anyway_exits_non_zero_and_recovers_after_a_restart() {
+    // The quota is off, so nothing stops the leader's disk from filling.
+    let mut flags: Vec<&str> = SMALL_DISK.to_vec();
+    flags.extend(["--quota-min-free", "0"]);
+    let Some(mut p) = Procs::start_with(&flags, Some("64m"), false) else {
+        return skip_without_mounts();
+    };
+    let alive = [1, 2, 3];
+    let l = leader(&p, &alive).await;
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+    let mut con = connect(p.port(l)).await;
+    for i in 0..20 {
+        let (k, v) = (format!("before:{i}"), format!("v{i}"));
+        let _: String = q(&mut con, &["SET", &k, &v]).await;
+        acked.insert(k, v);
+    }
+    // Something else fills the leader's disk.
+    fill(&p.nodes[&l].dir, "other-data", u64::MAX);
+    let rest: Vec<u64> = alive.iter().copied().filter(|id| *id != l).collect();
+    let mut other = connect(p.port(rest[0])).await;
+    let value = "y".repeat(16 << 10);
+    let mut status = None;
+    for i in 0..400 {
+        let (k, v) = (format!("during:{i}"), format!("{value}{i}"));
+        // Through a follower: writes keep coming while the leader fails and is replaced.
+        let r: redis::RedisResult<String> = redis::cmd("SET")
+            .arg(&k)
+            .arg(&v)
+            .query_async(&mut other)
+            .await;
+        if r.is_ok() {
+            acked.insert(k, v);
+        }
+        status = p.exited(l, Duration::ZERO).await;
+        if status.is_some() {
+            break;
+        }
+    }
+    let status = match status {
+        Some(s) => s,
+        None => p
+            .exited(l, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("the leader did not exit:\n{}", p.log(l))),
+    };
+    assert!(!status.success(), "exit status {status:?}");
+    let log = p.log(l);
+    assert!(
+        log.contains("No space left on device") && log.contains("exiting"),
+        "the log says why:\n{log}"
+    );
+    // The other two carry on.
+    leader(&p, &rest).await;
+    for i in 0..20 {
+        let (k, v) = (format!("after:{i}"), format!("w{i}"));
+        let _: String = q(&mut other, &["SET", &k, &v]).await;
+        acked.insert(k, v);
+    }
+    for id in &rest {
+        assert!(
+            p.exited(*id, Duration::ZERO).await.is_none(),
+            "node {id} died too"
+        );
+    }
+    // Space is freed and the node restarted: it has every acknowledged write.
+    std::fs::remove_file(p.nodes[&l].dir.join("other-data")).expect("free space");
+    p.spawn(l);
+    leader(&p, &alive).await;
+    let mut c = connect(p.port(l)).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let size: i64 = q(&mut c, &["DBSIZE"]).await;
+        if size >= acked.len() as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{size} of {} keys", acked.len());
+        poll_pause("catch up").await;
+    }
+    for (k, v) in &acked {
+        let got: Option<String> = q(&mut c, &["GET", k]).await;
+        assert_eq!(got.as_ref(), Some(v), "lost {k}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_and_sigint_stop_a_node_in_every_role_within_the_bound() {
+    let mut p =
+        Procs::start_with(&["--shutdown-timeout", "5s"], None, false).expect("no mounts to fail");
+    let alive = [1, 2, 3];
+    let l = leader(&p, &alive).await;
+    let followers: Vec<u64> = alive.iter().copied().filter(|id| *id != l).collect();
+    let mut con = connect(p.port(l)).await;
+    for i in 0..50 {
+        let _: String = q(&mut con, &["SET", &format!("k{i}"), "v"]).await;
+    }
+    // The bound: the 5 s shutdown timeout, plus process start-up slack.
+    let bound = Duration::from_secs(8);
+    let stop = |p: &mut Procs, id: u64, sig: &'static str| {
+        let started = Instant::now();
+        p.signal(id, sig);
+        started
+    };
+    // A follower.
+    let t = stop(&mut p, followers[0], "TERM");
+    let s = p.exited(followers[0], bound).await.expect("follower stops");
+    assert!(s.success(), "{s:?}:\n{}", p.log(followers[0]));
+    eprintln!("follower stopped in {:?}", t.elapsed());
+    // The leader.
+    let t = stop(&mut p, l, "TERM");
+    let s = p.exited(l, bound).await.expect("leader stops");
+    assert!(s.success(), "{s:?}:\n{}", p.log(l));
+    eprintln!("leader stopped in {:?}", t.elapsed());
+    // The last node has lost its quorum (its leader is gone and no vote can succeed), and gets
+    // SIGINT rather than SIGTERM.
+    let last = followers[1];
+    let mut c = connect(p.port(last)).await;
+    let role = info(&mut c).await.get("raft_role").cloned();
+    assert_ne!(role.as_deref(), Some("leader"));
+    let t = stop(&mut p, last, "INT");
+    let s = p.exited(last, bound).await.expect("leaderless node stops");
+    assert!(s.success(), "{s:?}:\n{}", p.log(last));
+    eprintln!("leaderless node stopped in {:?}", t.elapsed());
+    // Everything written survives the stops.
+    for id in alive {
+        p.spawn(id);
+    }
+    leader(&p, &alive).await;
+    let mut c = connect(p.port(last)).await;
+    let size: i64 = q(&mut c, &["DBSIZE"]).await;
+    assert_eq!(size, 50);
 }
