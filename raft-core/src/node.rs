@@ -825,6 +825,15 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
+    /// From now on (`true`) or no longer (`false`), this node's log fdatasyncs fail with `EIO`
+    /// (feature `testing`; durable nodes only).
+    #[cfg(feature = "testing")]
+    pub fn simulate_fsync_failure(&self, fails: bool) {
+        if let Some(f) = &self.inner.fault {
+            f.set_sync_fails(fails);
+        }
+    }
+
     /// Makes the storage quota's samples report `free` bytes free on the data directory's file
     /// system (`None`: measure it again) (feature `testing`). Takes effect at the next sample.
     #[cfg(feature = "testing")]

@@ -248,10 +248,21 @@ async fn a_voter_in_alarm_stops_the_leader_until_it_reports_clear() {
     cluster.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_node_whose_disk_fills_stops_loudly_and_recovers_every_acknowledged_write() {
+/// Fails the disk of the leader (or of a follower) with `inject`, checks that the node stops
+/// and says why (`expect` in the error) while the others carry on, then restarts it and checks
+/// that every acknowledged write is on every node.
+async fn a_failed_disk_stops_the_node_and_a_restart_recovers(
+    victim_leads: bool,
+    inject: fn(&Node<Kv>),
+    expect: &str,
+) {
     let cluster = start(|c| c).await;
-    let first = leader(&cluster).await;
+    let leader_id = cluster.wait_for_leader().await.unwrap();
+    let victim_id = match victim_leads {
+        true => leader_id,
+        false => (1..=3).find(|id| *id != leader_id).unwrap(),
+    };
+    let victim = cluster.node(victim_id).unwrap();
     let mut acknowledged: BTreeMap<String, String> = BTreeMap::new();
     for i in 0..50 {
         let (k, v) = (format!("key-{i}"), format!("value-{i}"));
@@ -259,38 +270,46 @@ async fn a_node_whose_disk_fills_stops_loudly_and_recovers_every_acknowledged_wr
         acknowledged.insert(k, v);
     }
 
-    first.simulate_disk_full(true);
+    inject(&victim);
     let stopped = tokio::spawn({
-        let n = first.clone();
+        let n = victim.clone();
         async move { n.stopped().await }
     });
-    // Its next write fails; the node stops rather than lingering.
-    let write = first.write(Cmd::Put("during".into(), "x".into())).await;
-    assert!(
-        write.is_err(),
-        "a write to a full disk succeeded: {write:?}"
-    );
+    // Writes go on; the victim's next log write fails and it stops rather than lingering.
+    let mut i = 50;
+    while !stopped.is_finished() {
+        assert!(i < 5000, "node {victim_id} still runs after {i} writes");
+        let (k, v) = (format!("key-{i}"), format!("value-{i}"));
+        if cluster.write(Cmd::Put(k.clone(), v.clone())).await.is_ok() {
+            acknowledged.insert(k, v);
+        }
+        i += 1;
+    }
     let outcome = tokio::time::timeout(Duration::from_secs(10), stopped)
         .await
-        .expect("the node reports its failure within 10 s")
+        .expect("the node reports its failure")
         .unwrap();
     match outcome {
         Err(e @ (Error::Storage(_) | Error::Log(_))) => {
-            assert!(e.to_string().contains("No space left"), "{e}");
+            assert!(e.to_string().contains(expect), "{e}");
         }
         other => panic!("expected a storage failure, got {other:?}"),
     }
-    assert_eq!(first.role(), Role::Shutdown);
+    assert_eq!(victim.role(), Role::Shutdown);
+    assert!(matches!(
+        victim.write(Cmd::Put("late".into(), "x".into())).await,
+        Err(Error::Storage(_) | Error::Shutdown)
+    ));
 
-    // The others carry on under a new leader.
-    for i in 50..80 {
+    // The others carry on (under a new leader if the victim led).
+    for i in 10_000..10_030 {
         let (k, v) = (format!("key-{i}"), format!("value-{i}"));
         cluster.write(Cmd::Put(k.clone(), v.clone())).await.unwrap();
         acknowledged.insert(k, v);
     }
-    // Restarted (with space again), the failed node recovers and catches up.
-    cluster.crash(first.id()).await.unwrap();
-    cluster.restart(first.id()).await.unwrap();
+    // Restarted (with a working disk again), the failed node recovers and catches up.
+    cluster.crash(victim_id).await.unwrap();
+    cluster.restart(victim_id).await.unwrap();
     cluster.wait_converged().await.unwrap();
     for id in 1..=3 {
         let node = cluster.node(id).unwrap();
@@ -303,6 +322,26 @@ async fn a_node_whose_disk_fills_stops_loudly_and_recovers_every_acknowledged_wr
         }
     }
     cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_whose_disk_fills_stops_loudly_and_recovers_every_acknowledged_write() {
+    a_failed_disk_stops_the_node_and_a_restart_recovers(
+        true,
+        |n| n.simulate_disk_full(true),
+        "No space left on device",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_whose_fdatasync_fails_stops_loudly_and_recovers() {
+    a_failed_disk_stops_the_node_and_a_restart_recovers(
+        false,
+        |n| n.simulate_fsync_failure(true),
+        "fdatasync",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,31 +1,53 @@
 //! Simulated disk faults, for tests (feature `testing`).
 //!
-//! A [`FaultSwitch`] makes the log's writes fail the way a full disk makes them fail: every
-//! later record write and segment preallocation returns `ENOSPC` until the switch is turned off.
-//! Nothing written before is touched, so a test can check that a node whose disk filled up
-//! stops loudly and recovers every acknowledged write after a restart.
+//! A [`FaultSwitch`] makes the log's writes fail the way a full disk makes them fail — every
+//! later record write and segment preallocation returns `ENOSPC` — or its fdatasyncs fail with
+//! `EIO`, until the switch is turned off. Nothing written before is touched, so a test can check
+//! that a node whose disk failed stops loudly and recovers every acknowledged write after a
+//! restart.
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 
-/// Makes a durable log's writes fail with `ENOSPC`. Cloned from the log before it is handed to a
-/// node.
+/// Makes a durable log's writes fail with `ENOSPC`, or its fdatasyncs with `EIO`. Cloned from
+/// the log before it is handed to a node.
 #[derive(Clone, Default, Debug)]
-pub struct FaultSwitch(Arc<AtomicBool>);
+pub struct FaultSwitch(Arc<Faults>);
+
+#[derive(Default, Debug)]
+struct Faults {
+    full: AtomicBool,
+    sync_fails: AtomicBool,
+}
 
 impl FaultSwitch {
     /// From now on (`true`) or no longer (`false`), writes fail as on a full disk.
     pub fn set_disk_full(&self, full: bool) {
-        self.0.store(full, Ordering::SeqCst);
+        self.0.full.store(full, Ordering::SeqCst);
+    }
+
+    /// From now on (`true`) or no longer (`false`), fdatasyncs fail with `EIO`.
+    pub fn set_sync_fails(&self, fails: bool) {
+        self.0.sync_fails.store(fails, Ordering::SeqCst);
     }
 
     /// `Err(ENOSPC)` while the disk is simulated full.
     pub(crate) fn check(&self) -> io::Result<()> {
-        if self.0.load(Ordering::SeqCst) {
+        if self.0.full.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(
                 rustix::io::Errno::NOSPC.raw_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Err(EIO)` while fdatasyncs are simulated to fail.
+    pub(crate) fn check_sync(&self) -> io::Result<()> {
+        if self.0.sync_fails.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::IO.raw_os_error(),
             ));
         }
         Ok(())

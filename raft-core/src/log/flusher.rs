@@ -38,6 +38,8 @@ struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     stats: Arc<LogStatsCounters>,
+    #[cfg(feature = "testing")]
+    fault: super::fault::FaultSwitch,
 }
 
 impl Shared {
@@ -66,11 +68,17 @@ fn failure_error(failure: &(io::ErrorKind, String)) -> io::Error {
 
 impl Flusher {
     /// Starts the flusher thread.
-    pub fn spawn(name: String, stats: Arc<LogStatsCounters>) -> io::Result<Flusher> {
+    pub fn spawn(
+        name: String,
+        stats: Arc<LogStatsCounters>,
+        #[cfg(feature = "testing")] fault: super::fault::FaultSwitch,
+    ) -> io::Result<Flusher> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             stats,
+            #[cfg(feature = "testing")]
+            fault,
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -189,7 +197,11 @@ fn run(shared: &Shared) {
         let mut result = Ok(());
         for f in &files {
             shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = f.sync_data() {
+            #[cfg(feature = "testing")]
+            let synced = shared.fault.check_sync().and_then(|()| f.sync_data());
+            #[cfg(not(feature = "testing"))]
+            let synced = f.sync_data();
+            if let Err(e) = synced {
                 result = Err(e);
                 break;
             }

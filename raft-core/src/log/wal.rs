@@ -351,8 +351,15 @@ impl Wal {
             .map(|l| record::HEADER_LEN as u64 + l.len as u64)
             .sum();
         stats.recovered.store(recovered, Ordering::Relaxed);
-        let flusher = Flusher::spawn(format!("raftkit-wal-{node_id}"), stats.clone())
-            .map_err(|e| LogError::Io(at("start flusher for", dir)(e)))?;
+        #[cfg(feature = "testing")]
+        let fault = super::fault::FaultSwitch::default();
+        let flusher = Flusher::spawn(
+            format!("raftkit-wal-{node_id}"),
+            stats.clone(),
+            #[cfg(feature = "testing")]
+            fault.clone(),
+        )
+        .map_err(|e| LogError::Io(at("start flusher for", dir)(e)))?;
         #[cfg(feature = "testing")]
         let durable = {
             // What recovery found is treated as durable; sealed segments are durable whole.
@@ -380,7 +387,7 @@ impl Wal {
             #[cfg(feature = "testing")]
             durable,
             #[cfg(feature = "testing")]
-            fault: super::fault::FaultSwitch::default(),
+            fault,
             flusher,
             _lock: lock,
         })
