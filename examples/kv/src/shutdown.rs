@@ -83,16 +83,17 @@ pub async fn serve_until_stopped(nodes: Vec<Running>, args: &ShutdownArgs) -> Re
         }
     };
     tracing::info!(signal = signalled, timeout = ?args.shutdown_timeout, "stopping");
-    // Only the consensus engine is stopped, which flushes and closes the log. The gRPC server
-    // is not drained: a peer's replication stream would hold a graceful stop open for as long
-    // as the peer lives. Its connections close when the process exits.
+    // Each node stops serving (in-flight calls get a short drain, replication streams end at
+    // once), then its consensus engine stops and its log is flushed and closed.
     let stop_all = async {
-        for n in &nodes {
-            let started = std::time::Instant::now();
-            if let Err(e) = n.node.node().shutdown().await {
-                tracing::warn!(node = n.spec.id, error = %e, "stopping the node");
+        for n in nodes {
+            let (id, started) = (n.spec.id, std::time::Instant::now());
+            match n.node.shutdown().await {
+                Ok(()) => {
+                    tracing::info!(node = id, took = ?started.elapsed(), "node stopped, log flushed")
+                }
+                Err(e) => tracing::warn!(node = id, error = %e, "stopping the node"),
             }
-            tracing::info!(node = n.spec.id, took = ?started.elapsed(), "node stopped, log flushed");
         }
     };
     tokio::select! {
