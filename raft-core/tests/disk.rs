@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use std::time::Instant;
 
 use futures_util::StreamExt;
 use raft_core::Config;
@@ -70,17 +69,12 @@ fn allocated(dir: &Path) -> u64 {
     total
 }
 
-/// Waits, at most `limit`, until `condition` holds, checking every 10 ms (for conditions that
-/// no metrics change announces, such as a disk sample).
+/// Waits at most `limit` for `condition` (a disk sample announces itself through no metrics
+/// change).
 async fn eventually(limit: Duration, what: &str, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "not reached within {limit:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    raft_core::testing::eventually(limit, condition)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
 }
 
 async fn leader(cluster: &Cluster<Kv>) -> Node<Kv> {

@@ -29,14 +29,12 @@ fn fast_quota(c: Config) -> Config {
     })
 }
 
-/// Waits, at most 10 s, until `condition` holds, checking every 10 ms (disk samples and the
-/// leader's questions announce themselves through no metrics change).
+/// Waits at most 10 s for `condition` (disk samples and the leader's questions announce
+/// themselves through no metrics change).
 async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "not within 10 s: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    raft_core::testing::eventually(Duration::from_secs(10), condition)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

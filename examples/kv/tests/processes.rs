@@ -211,8 +211,13 @@ async fn poll_pause(_why: &str) {
 }
 
 async fn info(con: &mut MultiplexedConnection) -> BTreeMap<String, String> {
+    info_section(con, "replication").await
+}
+
+/// One section of INFO, as its `key:value` lines.
+async fn info_section(con: &mut MultiplexedConnection, section: &str) -> BTreeMap<String, String> {
     let text: String = redis::cmd("INFO")
-        .arg("replication")
+        .arg(section)
         .query_async(con)
         .await
         .expect("INFO");
@@ -617,18 +622,6 @@ fn fill(dir: &std::path::Path, name: &str, limit: u64) {
     let _ = f.sync_all();
 }
 
-async fn info_section(con: &mut MultiplexedConnection, section: &str) -> BTreeMap<String, String> {
-    let text: String = redis::cmd("INFO")
-        .arg(section)
-        .query_async(con)
-        .await
-        .expect("INFO");
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-        .collect()
-}
-
 /// Flags that make the disk tests quick: small segments, compaction after 2 MiB of log, a
 /// quota sampled five times a second.
 const SMALL_DISK: [&str; 6] = [
@@ -640,22 +633,28 @@ const SMALL_DISK: [&str; 6] = [
     "200ms",
 ];
 
-fn skip_without_mounts() {
-    eprintln!(
-        "SKIPPED: mounting a tmpfs is not permitted here (run as root); the simulated-ENOSPC \
-         tests in raft-core/tests/disk.rs and raft-grpc/tests/space_alarm.rs cover the logic"
-    );
+/// Three nodes with [`SMALL_DISK`] and `--quota-min-free quota`, each data directory on its
+/// own 64 MiB tmpfs, and their leader; `None` (saying so) where mounting is not permitted.
+async fn small_disk_cluster(quota: &str, metrics: bool) -> Option<(Procs, u64)> {
+    let mut flags: Vec<&str> = SMALL_DISK.to_vec();
+    flags.extend(["--quota-min-free", quota]);
+    let Some(p) = Procs::start_with(&flags, Some("64m"), metrics) else {
+        eprintln!(
+            "SKIPPED: mounting a tmpfs is not permitted here (run as root); the simulated-ENOSPC \
+             tests in raft-core/tests/disk.rs and raft-grpc/tests/space_alarm.rs cover the logic"
+        );
+        return None;
+    };
+    let l = leader(&p, &[1, 2, 3]).await;
+    Some((p, l))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn past_the_quota_writes_get_oom_reads_work_and_freeing_space_resumes_them() {
-    let mut flags: Vec<&str> = SMALL_DISK.to_vec();
-    flags.extend(["--quota-min-free", "24MiB"]);
-    let Some(mut p) = Procs::start_with(&flags, Some("64m"), true) else {
-        return skip_without_mounts();
+    let Some((mut p, l)) = small_disk_cluster("24MiB", true).await else {
+        return;
     };
     let alive = [1, 2, 3];
-    let l = leader(&p, &alive).await;
     // Something else takes most of each disk: 36 MiB of 64, leaving ~26 MiB over the reserve.
     for n in p.nodes.values() {
         fill(&n.dir, "other-data", 36 << 20);
@@ -763,13 +762,10 @@ async fn past_the_quota_writes_get_oom_reads_work_and_freeing_space_resumes_them
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_whose_disk_fills_anyway_exits_non_zero_and_recovers_after_a_restart() {
     // The quota is off, so nothing stops the leader's disk from filling.
-    let mut flags: Vec<&str> = SMALL_DISK.to_vec();
-    flags.extend(["--quota-min-free", "0"]);
-    let Some(mut p) = Procs::start_with(&flags, Some("64m"), false) else {
-        return skip_without_mounts();
+    let Some((mut p, l)) = small_disk_cluster("0", false).await else {
+        return;
     };
     let alive = [1, 2, 3];
-    let l = leader(&p, &alive).await;
     let mut acked: BTreeMap<String, String> = BTreeMap::new();
     let mut con = connect(p.port(l)).await;
     for i in 0..20 {

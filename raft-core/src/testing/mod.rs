@@ -8,6 +8,7 @@
 //! * [`kv`] — a small replicated string map with a matching [`Workload`], for tests that need
 //!   some state machine rather than their own.
 //! * [`snapshot_bytes`] — a snapshot file's bytes, for tests that send snapshots as a peer would.
+//! * [`eventually`] — waits for a condition nothing announces (a disk sample), with a bound.
 //! * [`synth`] — generated key-value histories with a planted fault (or none), for testing and
 //!   benchmarking the checker.
 //!
@@ -78,4 +79,23 @@ pub fn snapshot_bytes(
     let store = crate::snapshot::SnapshotStore::memory(u64::MAX);
     let data = store.write(meta, &crate::session::SessionTable::new(1), user)?;
     Ok(data.memory_bytes().map(|b| b.to_vec()).unwrap_or_default())
+}
+
+/// Waits at most `limit` until `condition` holds, checking every 10 ms; [`Error::Timeout`]
+/// otherwise. For conditions that no metrics change announces, such as a node's next disk
+/// sample or another node's answer to the leader.
+///
+/// [`Error::Timeout`]: crate::Error::Timeout
+pub async fn eventually(
+    limit: std::time::Duration,
+    condition: impl Fn() -> bool,
+) -> crate::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(crate::Error::Timeout(limit));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(())
 }
