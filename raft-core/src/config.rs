@@ -39,7 +39,8 @@ pub struct Config {
     /// `2 * election_timeout` and about `4 * election_timeout`.
     pub election_timeout: Duration,
     /// Take a snapshot after this many entries have been applied since the last one; `0` never
-    /// snapshots automatically. Default 100 000 (etcd's default too): a snapshot writes the whole
+    /// snapshots by count (see also [`Config::snapshot_log_bytes`], which snapshots by log size).
+    /// Default 100 000 (etcd's default too): a snapshot writes the whole
     /// state, so taking one much more often costs more disk bandwidth and CPU than replaying the
     /// log it would save.
     pub snapshot_every: u64,
@@ -105,7 +106,7 @@ impl Config {
         self
     }
 
-    /// Sets the snapshot policy: snapshot every `every` applied entries (`0`: never), keeping
+    /// Sets the snapshot policy: snapshot every `every` applied entries (`0`: never by count), keeping
     /// `keep` already-snapshotted entries in the log.
     pub fn with_snapshots(mut self, every: u64, keep: u64) -> Config {
         self.snapshot_every = every;
