@@ -106,8 +106,8 @@ impl Config {
         self
     }
 
-    /// Sets the snapshot policy: snapshot every `every` applied entries (`0`: never by count), keeping
-    /// `keep` already-snapshotted entries in the log.
+    /// Sets the snapshot policy: snapshot every `every` applied entries (`0`: never by count),
+    /// keeping `keep` already-snapshotted entries in the log.
     pub fn with_snapshots(mut self, every: u64, keep: u64) -> Config {
         self.snapshot_every = every;
         self.keep_after_snapshot = keep;
