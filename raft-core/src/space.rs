@@ -71,7 +71,8 @@ pub struct DiskUsage {
     pub total_bytes: u64,
 }
 
-/// A node's view of its storage and of the cluster's alarms; see [`Node::storage`](crate::Node::storage).
+/// A node's view of its storage and of the cluster's alarms; see
+/// [`Node::storage`](crate::Node::storage).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StorageStatus {
     /// The latest measurement (`None` for in-memory nodes and before the first sample).
