@@ -1,33 +1,33 @@
 //! A node's background task: it samples the data directory for the storage quota, takes a
 //! snapshot when the log has grown by [`Config::snapshot_log_bytes`], forgets voters' alarms
-//! when the node stops leading, and logs a fatal stop loudly. It ends when the node stops.
+//! when the node stops leading, and logs a fatal stop loudly. It ends when the node stops or
+//! every handle to it is dropped.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Weak;
 use std::time::Duration;
 use std::time::Instant;
 
-use openraft::Raft;
 use openraft::ServerState;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::Fatal;
 
-use crate::apply::Applier;
 use crate::config::Config;
 use crate::log::LogStatsHandle;
+use crate::node::Inner;
+use crate::node::RaftHandle;
 use crate::snapshot::SnapshotStore;
 use crate::space::Space;
 use crate::state_machine::StateMachine;
-use crate::types::TypeConfig;
 
 /// How often the log size is compared with the snapshot threshold.
 const SNAPSHOT_CHECK: Duration = Duration::from_millis(200);
 /// A snapshot asked for but not seen land is asked for again after this long.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(10);
 
-/// What the task needs from its node.
-pub(crate) struct Housekeeping<S: StateMachine> {
-    pub raft: Raft<TypeConfig, Applier<S>>,
+/// What the task needs from its node (besides the node itself, held weakly).
+pub(crate) struct Housekeeping {
     pub config: Config,
     pub dir: Option<PathBuf>,
     pub space: Arc<Space>,
@@ -88,23 +88,32 @@ impl SizeTrigger {
     }
 }
 
-impl<S: StateMachine> Housekeeping<S> {
-    /// Runs until the node stops.
-    pub async fn run(self) {
+impl Housekeeping {
+    /// Runs until the node stops or is dropped.
+    pub async fn run<S: StateMachine>(self, node: Weak<Inner<S>>) {
         let id = self.config.id;
-        let metrics = self.raft.metrics();
-        let mut trigger = SizeTrigger::new(metrics.borrow_watched().snapshot.map(|s| s.index));
+        let raft = |node: &Weak<Inner<S>>| node.upgrade().map(|n| n.raft.clone());
+        let Some(first) = raft(&node) else { return };
+        let mut trigger =
+            SizeTrigger::new(first.metrics().borrow_watched().snapshot.map(|s| s.index));
+        drop(first);
         let mut snapshot_tick = tokio::time::interval(SNAPSHOT_CHECK);
         snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut disk_tick = tokio::time::interval(self.config.quota.check_interval);
         disk_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = snapshot_tick.tick() => self.check_log_size(&mut trigger).await,
-                _ = disk_tick.tick() => self.sample_disk().await,
+            let check_size = tokio::select! {
+                _ = snapshot_tick.tick() => true,
+                _ = disk_tick.tick() => false,
+            };
+            let Some(raft) = raft(&node) else { return };
+            match check_size {
+                true => self.check_log_size(&raft, &mut trigger).await,
+                false => self.sample_disk().await,
             }
             let (state, running) = {
-                let m = metrics.borrow_watched();
+                let m = raft.metrics();
+                let m = m.borrow_watched();
                 (m.state, m.running_state.clone())
             };
             match running {
@@ -121,15 +130,14 @@ impl<S: StateMachine> Housekeeping<S> {
         }
     }
 
-    async fn check_log_size(&self, trigger: &mut SizeTrigger) {
+    async fn check_log_size<S: StateMachine>(
+        &self,
+        raft: &RaftHandle<S>,
+        trigger: &mut SizeTrigger,
+    ) {
         let stats = self.log_stats.get();
         let written = stats.recovered_bytes.saturating_add(stats.bytes);
-        let snapshot_index = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .snapshot
-            .map(|s| s.index);
+        let snapshot_index = raft.metrics().borrow_watched().snapshot.map(|s| s.index);
         let threshold = match self.config.snapshot_log_bytes {
             0 => 0,
             t => t.max(self.snapshots.current_len()),
@@ -141,7 +149,7 @@ impl<S: StateMachine> Housekeeping<S> {
                 threshold,
                 "the log has grown past the snapshot threshold; taking a snapshot"
             );
-            let _ = self.raft.trigger().snapshot().await;
+            let _ = raft.trigger().snapshot().await;
         }
     }
 

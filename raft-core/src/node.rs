@@ -87,12 +87,12 @@ pub enum Consistency {
     Local,
 }
 
-type RaftHandle<S> = Raft<TypeConfig, Applier<S>>;
+pub(crate) type RaftHandle<S> = Raft<TypeConfig, Applier<S>>;
 
-struct Inner<S: StateMachine> {
+pub(crate) struct Inner<S: StateMachine> {
     id: NodeId,
     config: Config,
-    raft: RaftHandle<S>,
+    pub(crate) raft: RaftHandle<S>,
     sm: Arc<SmShared<S>>,
     snapshots: Arc<SnapshotStore>,
     log_stats: LogStatsHandle,
@@ -189,16 +189,14 @@ impl<S: StateMachine> Node<S> {
             Storage::Memory => None,
         };
         let housekeeping = crate::housekeeping::Housekeeping {
-            raft: raft.clone(),
             config: config.clone(),
             dir,
             space: space.clone(),
             log_stats: log_stats.clone(),
             snapshots: snapshots.clone(),
         };
-        tokio::spawn(housekeeping.run());
         tracing::info!(node = id, "node started");
-        Ok(Node {
+        let node = Node {
             inner: Arc::new(Inner {
                 id,
                 config,
@@ -212,7 +210,10 @@ impl<S: StateMachine> Node<S> {
                 #[cfg(feature = "testing")]
                 fault,
             }),
-        })
+        };
+        // The task holds the node weakly, so dropping every handle still stops the node.
+        tokio::spawn(housekeeping.run(Arc::downgrade(&node.inner)));
+        Ok(node)
     }
 
     async fn open_storage(dir: &Path, config: &Config) -> Result<(LogStore, SnapshotStore)> {

@@ -354,3 +354,45 @@ async fn stopped_resolves_ok_after_a_requested_shutdown() {
     assert!(r.is_ok(), "{r:?}");
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_still_stops_the_node() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let router = raft_core::testing::Router::new(0);
+    let config = Config::durable(1, dir.path())
+        .with_timing(Duration::from_millis(20), Duration::from_millis(100))
+        .with_quota(QuotaOptions {
+            check_interval: Duration::from_millis(10),
+            ..QuotaOptions::default()
+        });
+    let node = Node::start(config, Kv::default(), router.transport(1))
+        .await
+        .unwrap();
+    node.initialize([(1, "node-1")]).await.unwrap();
+    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+        .await
+        .unwrap();
+    node.write(Cmd::Put("k".into(), "v".into())).await.unwrap();
+    let mut watch = node.subscribe();
+    // The background task (disk samples, snapshots by size) must not keep the node alive.
+    drop(node);
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while watch.changed().await.is_some() {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the node kept running after its last handle was dropped"
+    );
+    // Its log was closed: the directory opens again.
+    let router = raft_core::testing::Router::new(0);
+    let again = Node::start(
+        Config::durable(1, dir.path()),
+        Kv::default(),
+        router.transport(1),
+    )
+    .await
+    .unwrap();
+    again.shutdown().await.unwrap();
+}
