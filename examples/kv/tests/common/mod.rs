@@ -1,0 +1,149 @@
+//! Real `kv node` processes for the process-level tests: ports, spawning, logs, and a node's
+//! view of the cluster over the gRPC cluster service.
+
+#![allow(dead_code)] // Each test file uses its own part of this.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use raft_grpc::pb;
+use raft_grpc::pb::cluster_client::ClusterClient;
+
+/// How long a process test waits for the cluster to reach a state before failing.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A port that is free now, chosen below the kernel's ephemeral range so that the outgoing
+/// connections of other tests cannot take it before the process we start binds it.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::AtomicU16;
+    use std::sync::atomic::Ordering;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % 1000) as u16 * 10;
+    (0..12_000)
+        .map(|_| 20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000)
+        .find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port in 20000-31999")
+}
+
+/// One node's ports.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub raft: u16,
+    pub resp: u16,
+}
+
+impl Ports {
+    pub fn new() -> Ports {
+        Ports {
+            raft: free_port(),
+            resp: free_port(),
+        }
+    }
+    pub fn raft_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.raft)
+    }
+}
+
+/// One `kv node` process, killed (`kill -9`) when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), self.0.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {}", self.0.id());
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.0.try_wait().is_ok_and(|s| s.is_none())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts node `id` with its data in `dir/n<id>` and its log appended to `dir/n<id>.log`.
+pub fn spawn(dir: &Path, id: u64, ports: &Ports, extra: &[String]) -> Proc {
+    let data = dir.join(format!("n{id}"));
+    std::fs::create_dir_all(&data).expect("data dir");
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("n{id}.log")))
+        .expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_kv"))
+        .args(["node", "--id", &id.to_string()])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--raft-addr", &ports.raft_addr()])
+        .args(["--resp-addr", &format!("127.0.0.1:{}", ports.resp)])
+        .args(extra)
+        .env("RUST_LOG", "warn,kv=info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn kv");
+    Proc(child)
+}
+
+/// Every node's log, for a failure message.
+pub fn logs(dir: &Path, ids: impl IntoIterator<Item = u64>) -> String {
+    ids.into_iter()
+        .map(|id| {
+            let log = std::fs::read_to_string(dir.join(format!("n{id}.log"))).unwrap_or_default();
+            format!("--- node {id}\n{log}")
+        })
+        .collect()
+}
+
+/// Node `addr`'s view of the cluster, if it answers within a second.
+pub async fn status(addr: &str) -> Option<pb::StatusReply> {
+    let ask = async {
+        let mut c = ClusterClient::connect(format!("http://{addr}"))
+            .await
+            .ok()?;
+        c.status(pb::StatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    };
+    tokio::time::timeout(Duration::from_secs(1), ask)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Polls `check` until it returns `Some`; panics with `what` and the nodes' logs after [`WAIT`].
+pub async fn poll<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    dir: &Path,
+    ids: &[u64],
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {WAIT:?}\n{}",
+            logs(dir, ids.iter().copied())
+        );
+        // Another process's progress: there is nothing in this process to wait on.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
