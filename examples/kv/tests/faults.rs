@@ -1,6 +1,8 @@
 //! Faults only real processes have, under a concurrent workload whose history is checked for
-//! linearizability: SIGSTOP/SIGCONT of the leader and of a follower, and `kill -9` of all three
-//! nodes at once followed by a restart. After the faults heal, every replica must answer every
+//! linearizability: SIGSTOP/SIGCONT of the leader and of a follower, `kill -9` of all three
+//! nodes at once followed by a restart, and a network partition between the processes (root
+//! only: each node runs as its own user and iptables cuts one user's loopback traffic off;
+//! skipped with a message where that is not possible). After the faults heal, every replica must answer every
 //! key the same way (a follower answers a read from its own state machine).
 //!
 //! Clients APPEND unique tokens and GET over a few keys, on every node; a GET shows every token
@@ -11,6 +13,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
@@ -95,10 +98,16 @@ struct Cluster {
     ports: BTreeMap<u64, Ports>,
     procs: BTreeMap<u64, Proc>,
     members: String,
+    /// Each node's user, when each runs as its own.
+    uids: Option<BTreeMap<u64, u32>>,
 }
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_as(None)
+    }
+
+    fn start_as(uids: Option<BTreeMap<u64, u32>>) -> Cluster {
         let ports: BTreeMap<u64, Ports> = (1..=3).map(|id| (id, Ports::new())).collect();
         let members = ports
             .iter()
@@ -110,6 +119,7 @@ impl Cluster {
             ports,
             procs: BTreeMap::new(),
             members,
+            uids,
         };
         for id in 1..=3 {
             c.launch(id);
@@ -123,7 +133,8 @@ impl Cluster {
 
     fn launch(&mut self, id: u64) {
         let args = ["--initial-members".to_string(), self.members.clone()];
-        let p = common::spawn(self.dir.path(), id, &self.ports[&id], &args);
+        let uid = self.uids.as_ref().map(|u| u[&id]);
+        let p = common::spawn_as(self.dir.path(), id, &self.ports[&id], &args, uid);
         self.procs.insert(id, p);
     }
 
@@ -319,6 +330,135 @@ async fn kill_9_of_every_node_at_once_then_restart() {
         }
         c.leader_among(&[1, 2, 3]).await;
         run_for(Duration::from_secs(2)).await;
+    })
+    .await;
+}
+
+/// Cuts nodes off on loopback with iptables: every packet a node's user sends marks its
+/// connection, and every marked connection's packets are dropped, so no connection to or from
+/// the node makes progress (its clients time out too). Rules are removed on heal and on drop.
+struct Firewall {
+    active: Vec<u32>,
+}
+
+impl Firewall {
+    fn rules(uid: u32) -> [Vec<String>; 2] {
+        let tag = format!("raftkit-test-{uid}");
+        let common = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut drop = common(&["OUTPUT", "-o", "lo", "-m", "connmark", "--mark"]);
+        drop.extend([
+            uid.to_string(),
+            "-m".into(),
+            "comment".into(),
+            "--comment".into(),
+        ]);
+        drop.extend([tag.clone(), "-j".into(), "DROP".into()]);
+        let mut mark = common(&["OUTPUT", "-o", "lo", "-m", "owner", "--uid-owner"]);
+        mark.extend([
+            uid.to_string(),
+            "-m".into(),
+            "comment".into(),
+            "--comment".into(),
+        ]);
+        mark.extend([tag, "-j".into(), "CONNMARK".into(), "--set-mark".into()]);
+        mark.push(uid.to_string());
+        [drop, mark]
+    }
+
+    fn iptables(op: &str, rule: &[String]) -> Result<(), String> {
+        let out = Command::new("iptables")
+            .arg("-w")
+            .arg(op)
+            .args(rule)
+            .output()
+            .map_err(|e| format!("iptables: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "iptables {op}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// A firewall, or why this machine cannot have one.
+    fn new() -> Result<Firewall, String> {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if !root {
+            return Err("not running as root".into());
+        }
+        Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("setpriv: {e}"))?;
+        // Probe: add and remove a rule that matches nothing.
+        let probe = Firewall::rules(u32::MAX - 1);
+        Firewall::iptables("-I", &probe[0])?;
+        Firewall::iptables("-D", &probe[0])?;
+        Ok(Firewall { active: Vec::new() })
+    }
+
+    fn isolate(&mut self, uid: u32) {
+        let [drop, mark] = Firewall::rules(uid);
+        // Inserted at the top, the mark comes first and the drop right after it.
+        Firewall::iptables("-I", &drop).expect("add drop rule");
+        Firewall::iptables("-I", &mark).expect("add mark rule");
+        self.active.push(uid);
+    }
+
+    fn heal(&mut self) {
+        for uid in std::mem::take(&mut self.active) {
+            for rule in Firewall::rules(uid) {
+                let _ = Firewall::iptables("-D", &rule);
+            }
+        }
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        self.heal();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_leader_and_a_partitioned_follower() {
+    let mut fw = match Firewall::new() {
+        Ok(fw) => fw,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED: a partition between processes needs root, setpriv and iptables: {why}"
+            );
+            return;
+        }
+    };
+    // Users of their own, unlikely to exist, distinct per test process.
+    let base = 40_000 + (std::process::id() % 5_000) * 4;
+    let uids: BTreeMap<u64, u32> = (1..=3).map(|id| (id, base + id as u32)).collect();
+    let mut c = Cluster::start_as(Some(uids.clone()));
+    let leader = c.leader_among(&[1, 2, 3]).await;
+    with_workload(&mut c, async |c: &mut Cluster| {
+        run_for(Duration::from_secs(1)).await;
+        fw.isolate(uids[&leader]);
+        let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+        let new_leader = c.leader_among(&others).await;
+        assert_ne!(new_leader, leader, "the majority side elects a new leader");
+        run_for(Duration::from_secs(1)).await;
+        fw.heal();
+
+        let follower = *others
+            .iter()
+            .find(|id| **id != new_leader)
+            .expect("a follower");
+        fw.isolate(uids[&follower]);
+        run_for(Duration::from_secs(2)).await;
+        fw.heal();
+        c.leader_among(&[1, 2, 3]).await;
+        run_for(Duration::from_secs(1)).await;
     })
     .await;
 }

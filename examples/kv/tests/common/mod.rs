@@ -77,6 +77,12 @@ impl Drop for Proc {
 
 /// Starts node `id` with its data in `dir/n<id>` and its log appended to `dir/n<id>.log`.
 pub fn spawn(dir: &Path, id: u64, ports: &Ports, extra: &[String]) -> Proc {
+    spawn_as(dir, id, ports, extra, None)
+}
+
+/// Like [`spawn`], as user `uid` (root only) when given: its own user lets a test filter the
+/// node's traffic.
+pub fn spawn_as(dir: &Path, id: u64, ports: &Ports, extra: &[String], uid: Option<u32>) -> Proc {
     let data = dir.join(format!("n{id}"));
     std::fs::create_dir_all(&data).expect("data dir");
     let log = std::fs::File::options()
@@ -84,7 +90,28 @@ pub fn spawn(dir: &Path, id: u64, ports: &Ports, extra: &[String]) -> Proc {
         .append(true)
         .open(dir.join(format!("n{id}.log")))
         .expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_kv"))
+    let mut cmd = match uid {
+        None => Command::new(env!("CARGO_BIN_EXE_kv")),
+        Some(uid) => {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            let owned = Command::new("chown")
+                .args(["-R", &format!("{uid}:{uid}")])
+                .arg(&data)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(owned, "chown {} to {uid}", data.display());
+            let mut c = Command::new("setpriv");
+            c.args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+                env!("CARGO_BIN_EXE_kv").into(),
+            ]);
+            c
+        }
+    };
+    let child = cmd
         .args(["node", "--id", &id.to_string()])
         .arg("--data-dir")
         .arg(&data)
