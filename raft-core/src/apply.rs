@@ -15,6 +15,10 @@ use std::sync::Mutex;
 use std::sync::RwLock;
 use std::sync::RwLockReadGuard;
 use std::sync::RwLockWriteGuard;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
 
 use futures_util::Stream;
 use futures_util::StreamExt;
@@ -25,6 +29,7 @@ use openraft::storage::RaftStateMachine;
 
 use crate::codec;
 use crate::session;
+use crate::session::SessionLimits;
 use crate::session::SessionTable;
 use crate::snapshot;
 use crate::snapshot::SnapshotData;
@@ -75,19 +80,19 @@ impl<S: StateMachine> SmState<S> {
 /// The user's state machine and the apply layer's bookkeeping, shared with readers.
 pub(crate) struct SmShared<S> {
     state: RwLock<SmState<S>>,
-    session_capacity: usize,
+    session_limits: SessionLimits,
 }
 
 impl<S> SmShared<S> {
-    pub fn new(user: S, session_capacity: usize) -> Arc<Self> {
+    pub fn new(user: S, session_limits: SessionLimits) -> Arc<Self> {
         Arc::new(SmShared {
             state: RwLock::new(SmState {
                 user,
-                sessions: SessionTable::new(session_capacity),
+                sessions: SessionTable::new(session_limits),
                 last_applied: None,
                 membership: StoredMembership::default(),
             }),
-            session_capacity,
+            session_limits,
         })
     }
 
@@ -103,15 +108,88 @@ impl<S> SmShared<S> {
     }
 }
 
+/// First pause after a failed snapshot; it doubles on every failure in a row.
+const SNAPSHOT_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest pause between snapshot attempts after failures.
+const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Snapshot failures: how many, the last one, and when to try again.
+///
+/// A snapshot that fails (a full disk, a state machine that cannot serialise) must not stop the
+/// node: the node keeps applying and serving from its log, logs the failure, counts it and tries
+/// again after a pause that doubles up to [`SNAPSHOT_RETRY_MAX`].
+#[derive(Default)]
+pub(crate) struct SnapshotHealth {
+    failures: AtomicU64,
+    state: Mutex<Backoff>,
+}
+
+#[derive(Default)]
+struct Backoff {
+    retry_at: Option<Instant>,
+    pause: Duration,
+    last_error: Option<String>,
+}
+
+/// What a node reports about its snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Snapshots that failed since the node started.
+    pub failures: u64,
+    /// The last failure, while no snapshot has succeeded since.
+    pub last_error: Option<String>,
+}
+
+impl SnapshotHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Backoff> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a policy snapshot should wait (a recent failure's pause has not passed).
+    fn waiting(&self) -> bool {
+        self.lock().retry_at.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn failed(&self, error: &io::Error) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut b = self.lock();
+        b.pause = (b.pause * 2).clamp(SNAPSHOT_RETRY_MIN, SNAPSHOT_RETRY_MAX);
+        b.retry_at = Some(Instant::now() + b.pause);
+        b.last_error = Some(error.to_string());
+        tracing::error!(%error, failures, retry_in = ?b.pause, "snapshot failed; the node keeps serving from its log and will try again");
+    }
+
+    fn succeeded(&self) {
+        *self.lock() = Backoff::default();
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> SnapshotStats {
+        SnapshotStats {
+            failures: self.failures.load(Ordering::Relaxed),
+            last_error: self.lock().last_error.clone(),
+        }
+    }
+}
+
 /// openraft's view of the user's state machine.
 pub(crate) struct Applier<S> {
     shared: Arc<SmShared<S>>,
     store: Arc<SnapshotStore>,
+    health: Arc<SnapshotHealth>,
 }
 
 impl<S: StateMachine> Applier<S> {
-    pub fn new(shared: Arc<SmShared<S>>, store: Arc<SnapshotStore>) -> Self {
-        Applier { shared, store }
+    pub fn new(
+        shared: Arc<SmShared<S>>,
+        store: Arc<SnapshotStore>,
+        health: Arc<SnapshotHealth>,
+    ) -> Self {
+        Applier {
+            shared,
+            store,
+            health,
+        }
     }
 }
 
@@ -122,12 +200,43 @@ pub(crate) struct Builder<S: StateMachine> {
     meta: SnapshotMeta,
     sessions: SessionTable,
     store: Arc<SnapshotStore>,
+    health: Arc<SnapshotHealth>,
 }
 
 impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for Builder<S> {
     type SnapshotData = SnapshotData;
 
+    /// Builds the snapshot; on failure, reports it and hands openraft the previous snapshot (or
+    /// an empty one covering nothing), which it ignores as not newer — so a failure never stops
+    /// the node.
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        match self.try_build().await {
+            Ok(s) => {
+                self.health.succeeded();
+                Ok(s)
+            }
+            Err(e) => {
+                self.health.failed(&e);
+                let store = self.store.clone();
+                let previous = tokio::task::spawn_blocking(move || store.current())
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .flatten();
+                Ok(match previous {
+                    Some((meta, snapshot)) => Snapshot { meta, snapshot },
+                    None => Snapshot {
+                        meta: SnapshotMeta::default(),
+                        snapshot: SnapshotData::empty(),
+                    },
+                })
+            }
+        }
+    }
+}
+
+impl<S: StateMachine> Builder<S> {
+    async fn try_build(&mut self) -> Result<Snapshot, io::Error> {
         let handle = self
             .handle
             .lock()
@@ -185,6 +294,13 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
         Ok(())
     }
 
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Builder<S>> {
+        if !force && self.health.waiting() {
+            return None;
+        }
+        Some(self.get_snapshot_builder().await)
+    }
+
     async fn get_snapshot_builder(&mut self) -> Builder<S> {
         let st = self.shared.read();
         Builder {
@@ -195,6 +311,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
             },
             sessions: st.sessions.clone(),
             store: self.store.clone(),
+            health: self.health.clone(),
         }
     }
 
@@ -223,7 +340,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
                     io::Error::new(e.kind(), format!("state machine restore failed: {e}"))
                 })?;
                 let mut sessions = parsed.sessions;
-                sessions.set_capacity(shared.session_capacity);
+                sessions.set_limits(shared.session_limits);
                 st.sessions = sessions;
                 st.last_applied = meta.last_log_id;
                 st.membership = meta.last_membership.clone();

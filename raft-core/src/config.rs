@@ -8,6 +8,10 @@ use crate::log::WalOptions;
 use crate::space::QuotaOptions;
 use crate::types::NodeId;
 
+/// Upper bound of [`Config::max_session_bytes`]: the session table goes into a snapshot header,
+/// which is limited to 1 GiB; the rest is room for the membership.
+pub const MAX_SESSION_BYTES: usize = 768 << 20;
+
 /// Where a node keeps its log and snapshots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Storage {
@@ -67,6 +71,19 @@ pub struct Config {
     pub snapshot_log_bytes: u64,
     /// The storage quota and NOSPACE alarm (durable nodes only); see [`QuotaOptions`].
     pub quota: QuotaOptions,
+    /// Most bytes of log entries the leader puts in one AppendEntries message (or one message of
+    /// a replication stream), counting each entry's command plus a fixed overhead. An entry larger
+    /// than this still goes, alone. Default 8 MiB: far above what small writes batch to (300
+    /// entries of a few hundred bytes), far below a transport's message limit.
+    pub max_append_bytes: usize,
+    /// Most bytes of responses the client session table remembers (plus 64 bytes per client);
+    /// the client whose last write is oldest is forgotten first. Default 64 MiB. The table is in
+    /// every snapshot's header, so this also bounds the header.
+    pub max_session_bytes: usize,
+    /// Largest response the session table keeps for a retried write. A retry of a write whose
+    /// response was larger gets [`ApplyError::ResponseNotKept`](crate::ApplyError) (applied,
+    /// answer unknown) instead of the response. Default 1 MiB.
+    pub max_session_response_bytes: usize,
 }
 
 impl Config {
@@ -86,6 +103,9 @@ impl Config {
             wal: WalOptions::default(),
             snapshot_log_bytes: 64 << 20,
             quota: QuotaOptions::default(),
+            max_append_bytes: 8 << 20,
+            max_session_bytes: 64 << 20,
+            max_session_response_bytes: 1 << 20,
         }
     }
 
@@ -138,6 +158,15 @@ impl Config {
         self
     }
 
+    /// The session table's limits.
+    pub(crate) fn session_limits(&self) -> crate::session::SessionLimits {
+        crate::session::SessionLimits {
+            clients: self.max_sessions,
+            bytes: self.max_session_bytes,
+            response_bytes: self.max_session_response_bytes,
+        }
+    }
+
     /// Checks the settings and translates them for openraft.
     pub(crate) fn to_openraft(&self) -> Result<openraft::Config, Error> {
         let hb = self.heartbeat_interval.as_millis() as u64;
@@ -164,6 +193,15 @@ impl Config {
             return Err(Error::Config(
                 "quota.check_interval must not be zero".into(),
             ));
+        }
+        if self.max_append_bytes == 0 {
+            return Err(Error::Config("max_append_bytes must not be zero".into()));
+        }
+        if self.max_session_bytes > MAX_SESSION_BYTES {
+            return Err(Error::Config(format!(
+                "max_session_bytes ({}) must be at most {MAX_SESSION_BYTES}: the session table must fit in a snapshot header",
+                self.max_session_bytes
+            )));
         }
         let policy = match self.snapshot_every {
             0 => openraft::SnapshotPolicy::Never,

@@ -49,6 +49,7 @@ pub mod transport;
 pub mod types;
 mod validate;
 
+pub use crate::apply::SnapshotStats;
 pub use crate::config::Config;
 pub use crate::config::Storage;
 pub use crate::error::Error;

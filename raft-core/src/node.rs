@@ -30,6 +30,8 @@ use openraft::raft::ClientWriteResponse;
 
 use crate::apply::Applier;
 use crate::apply::SmShared;
+use crate::apply::SnapshotHealth;
+use crate::apply::SnapshotStats;
 use crate::codec;
 use crate::config::Config;
 use crate::config::Storage;
@@ -95,6 +97,7 @@ pub(crate) struct Inner<S: StateMachine> {
     pub(crate) raft: RaftHandle<S>,
     sm: Arc<SmShared<S>>,
     snapshots: Arc<SnapshotStore>,
+    snapshot_health: Arc<SnapshotHealth>,
     log_stats: LogStatsHandle,
     space: Arc<Space>,
     #[cfg(feature = "testing")]
@@ -172,14 +175,17 @@ impl<S: StateMachine> Node<S> {
                 SnapshotStore::memory(config.max_snapshot_bytes),
             ),
         };
+        let mut log = log;
+        log.set_append_budget(config.max_append_bytes);
         let snapshots = Arc::new(snapshots);
         let log_stats = log.stats_handle();
         #[cfg(feature = "testing")]
         let power = log.power_switch();
         #[cfg(feature = "testing")]
         let fault = log.fault_switch();
-        let sm = SmShared::new(state_machine, config.max_sessions);
-        let applier = Applier::new(sm.clone(), snapshots.clone());
+        let sm = SmShared::new(state_machine, config.session_limits());
+        let snapshot_health = Arc::new(SnapshotHealth::default());
+        let applier = Applier::new(sm.clone(), snapshots.clone(), snapshot_health.clone());
         let raft = Raft::new(id, raft_config, transport, log, applier)
             .await
             .map_err(|e| fatal_to_error(&e))?;
@@ -203,6 +209,7 @@ impl<S: StateMachine> Node<S> {
                 raft,
                 sm,
                 snapshots,
+                snapshot_health,
                 log_stats,
                 space,
                 #[cfg(feature = "testing")]
@@ -790,6 +797,12 @@ impl<S: StateMachine> Node<S> {
         tokio::time::timeout(timeout, wait)
             .await
             .unwrap_or(Err(Error::Timeout(timeout)))
+    }
+
+    /// Snapshot failures since the node started. A failed snapshot does not stop the node: it
+    /// is logged, counted here and retried after a pause that doubles from 1 s to 5 min.
+    pub fn snapshot_stats(&self) -> SnapshotStats {
+        self.inner.snapshot_health.stats()
     }
 
     /// Counters of the node's write-ahead log (zero for in-memory nodes).

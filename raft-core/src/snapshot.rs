@@ -124,6 +124,13 @@ impl std::fmt::Debug for SnapshotData {
 }
 
 impl SnapshotData {
+    /// No bytes at all: what a failed snapshot build reports when there is no older snapshot.
+    pub(crate) fn empty() -> SnapshotData {
+        SnapshotData {
+            source: Source::Memory(Bytes::new()),
+        }
+    }
+
     /// The snapshot's size in bytes.
     pub fn len(&self) -> u64 {
         match &self.source {
@@ -693,7 +700,11 @@ mod tests {
 
     fn write(store: &SnapshotStore, index: u64, body: &[u8]) -> SnapshotData {
         store
-            .write(&meta(index), &SessionTable::new(4), |w| w.write_all(body))
+            .write(
+                &meta(index),
+                &SessionTable::new(crate::session::SessionLimits::default()),
+                |w| w.write_all(body),
+            )
             .unwrap()
     }
 

@@ -99,10 +99,14 @@ pub trait Queryable: StateMachine {
 }
 
 /// Writes `value` to `out` in raftkit's codec — a one-line `write_snapshot` for serde state.
+///
+/// The encoding streams through a 64 KiB buffer: a snapshot never holds a second, serialised
+/// copy of the state in memory.
 pub fn write_serde<T: Serialize + ?Sized>(value: &T, out: &mut dyn Write) -> io::Result<()> {
-    let bytes =
-        crate::codec::encode(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    out.write_all(&bytes)
+    let buffered = io::BufWriter::with_capacity(64 << 10, out);
+    let mut buffered = postcard::to_io(value, buffered)
+        .map_err(|e| io::Error::other(format!("snapshot serialisation failed: {e}")))?;
+    buffered.flush()
 }
 
 /// Reads back what [`write_serde`] wrote — a one-line `restore` for serde state.

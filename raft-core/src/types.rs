@@ -85,6 +85,18 @@ pub enum ApplyError {
     /// The command *was applied*, but its output could not be encoded.
     #[error("the command was applied but its output could not be encoded: {0}")]
     OutputEncoding(String),
+    /// A retry of a write that was applied earlier, whose response was too large for the session
+    /// table to keep (see [`Config::max_session_response_bytes`](crate::Config)). The write is not
+    /// applied again; its answer is unknown.
+    #[error(
+        "session {client_id} sequence {sequence} was applied earlier, but its response was too large to keep: the outcome is unknown"
+    )]
+    ResponseNotKept {
+        /// The client id of the session.
+        client_id: u64,
+        /// The sequence number whose response was not kept.
+        sequence: u64,
+    },
 }
 
 openraft::declare_raft_types!(

@@ -203,12 +203,14 @@ enum Backend {
 pub struct LogStore {
     backend: Backend,
     stats: Arc<LogStatsCounters>,
+    append_budget: usize,
 }
 
 /// A reader of a [`LogStore`], used by openraft's replication and apply tasks.
 #[derive(Clone)]
 pub struct LogReader {
     backend: ReaderBackend,
+    append_budget: usize,
 }
 
 #[derive(Clone)]
@@ -232,6 +234,7 @@ impl LogStore {
         Ok(LogStore {
             backend: Backend::Durable(Box::new(wal)),
             stats,
+            append_budget: usize::MAX,
         })
     }
 
@@ -240,6 +243,7 @@ impl LogStore {
         LogStore {
             backend: Backend::Memory(MemLog::default()),
             stats: Arc::default(),
+            append_budget: usize::MAX,
         }
     }
 
@@ -259,6 +263,13 @@ impl LogStore {
             Backend::Durable(wal) => Some(wal.fault_switch()),
             Backend::Memory(_) => None,
         }
+    }
+
+    /// Bounds the bytes of entries one replication message carries (see
+    /// [`Config::max_append_bytes`](crate::Config)): readers made after this call return at most
+    /// this many bytes of entries from `limited_get_log_entries`, but always at least one entry.
+    pub fn set_append_budget(&mut self, bytes: usize) {
+        self.append_budget = bytes.max(1);
     }
 
     /// Counters since the log was opened.
@@ -314,6 +325,19 @@ fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
     (start, end)
 }
 
+/// Bytes a replicated entry costs on the wire, an upper bound: its command, plus room for its log
+/// id, session and framing. A membership entry is counted as 4 KiB.
+pub fn entry_cost(entry: &Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(req) => req.command.len() + ENTRY_FRAMING,
+        openraft::EntryPayload::Blank => ENTRY_FRAMING,
+        openraft::EntryPayload::Membership(_) => 4096,
+    }
+}
+
+/// What an entry adds to its command on the wire, at most (log id, session, lengths).
+pub const ENTRY_FRAMING: usize = 128;
+
 impl RaftLogReader<TypeConfig> for LogReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -324,6 +348,52 @@ impl RaftLogReader<TypeConfig> for LogReader {
             ReaderBackend::Durable(view) => view.read().read_range(start, end),
             ReaderBackend::Memory(m) => Ok(m.read_range(start, end)),
         }
+    }
+
+    /// At most [`LogStore::set_append_budget`] bytes of entries (by [`entry_cost`]), and never
+    /// fewer than one: what openraft sends in one replication message.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let budget = self.append_budget;
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        let mut take = |e: Entry, out: &mut Vec<Entry>| {
+            total = total.saturating_add(entry_cost(&e));
+            let fits = out.is_empty() || total <= budget;
+            if fits {
+                out.push(e);
+            }
+            fits
+        };
+        match &self.backend {
+            // One entry at a time under one read lock: a batch of large entries is never read
+            // whole only to be cut.
+            ReaderBackend::Durable(view) => {
+                let v = view.read();
+                for index in start..end {
+                    let Some(e) = v.read_range(index, index + 1)?.pop() else {
+                        if out.is_empty() {
+                            continue; // purged: the range starts later
+                        }
+                        break;
+                    };
+                    if !take(e, &mut out) {
+                        break;
+                    }
+                }
+            }
+            ReaderBackend::Memory(m) => {
+                for e in m.read_range(start, end) {
+                    if !take(e, &mut out) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -357,7 +427,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Backend::Durable(wal) => ReaderBackend::Durable(wal.view()),
             Backend::Memory(m) => ReaderBackend::Memory(m.clone()),
         };
-        LogReader { backend }
+        LogReader {
+            backend,
+            append_budget: self.append_budget,
+        }
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {

@@ -64,7 +64,17 @@ struct DurableBuilder;
 struct MemoryBuilder;
 
 fn applier(store: SnapshotStore) -> Applier<Sum> {
-    Applier::new(SmShared::new(Sum::default(), 16), Arc::new(store))
+    Applier::new(
+        SmShared::new(
+            Sum::default(),
+            crate::session::SessionLimits {
+                clients: 16,
+                ..Default::default()
+            },
+        ),
+        Arc::new(store),
+        Arc::default(),
+    )
 }
 
 impl StoreBuilder<TypeConfig, LogStore, Applier<Sum>, tempfile::TempDir> for DurableBuilder {
