@@ -44,7 +44,6 @@ use crate::metrics::Metrics;
 use crate::metrics::MetricsWatch;
 use crate::metrics::Role;
 use crate::snapshot::SnapshotData;
-use crate::snapshot::SnapshotSink;
 use crate::snapshot::SnapshotStore;
 use crate::space::Space;
 use crate::space::StorageStatus;
@@ -52,6 +51,7 @@ use crate::state_machine::StateMachine;
 use crate::transport::RpcHandler;
 use crate::transport::RpcHandlerError;
 use crate::transport::SharedRpcHandler;
+use crate::transport::SnapshotReceive;
 use crate::transport::Transport;
 use crate::transport::rpc;
 use crate::types::NodeId;
@@ -964,8 +964,18 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
             .boxed()
     }
 
-    fn snapshot_sink(&self) -> Result<SnapshotSink, RpcHandlerError> {
-        Ok(self.snapshots.sink()?)
+    fn snapshot_sink(
+        &self,
+        vote: &Vote,
+        size: Option<u64>,
+    ) -> Result<SnapshotReceive, RpcHandlerError> {
+        let current = self.raft.metrics().borrow_watched().vote;
+        if !(*vote >= current) {
+            return Ok(SnapshotReceive::Refuse(rpc::SnapshotResponse {
+                vote: current,
+            }));
+        }
+        Ok(SnapshotReceive::Receive(self.snapshots.sink(size)?))
     }
 
     fn install_snapshot(

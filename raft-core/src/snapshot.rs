@@ -35,6 +35,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
@@ -82,7 +83,29 @@ pub enum SnapshotError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// Another snapshot is being received; a node receives one at a time.
+    #[error("another snapshot is being received")]
+    Busy,
+    /// The snapshot's announced size does not fit on this node's disk.
+    #[error(
+        "a snapshot of {size} bytes does not fit: {available} bytes are free (and {RECEIVE_MARGIN} must stay free)"
+    )]
+    NoSpace {
+        /// The snapshot's announced size.
+        size: u64,
+        /// Free bytes on the snapshot directory's file system.
+        available: u64,
+    },
+    /// More bytes arrived than the sender announced.
+    #[error("the sender announced {announced} bytes but sent more")]
+    LongerThanAnnounced {
+        /// What the sender announced.
+        announced: u64,
+    },
 }
+
+/// Bytes that must stay free on the disk after a received snapshot, for the log to go on.
+pub const RECEIVE_MARGIN: u64 = 64 << 20;
 
 impl From<SnapshotError> for io::Error {
     fn from(e: SnapshotError) -> Self {
@@ -90,7 +113,11 @@ impl From<SnapshotError> for io::Error {
             SnapshotError::Io(p) => p.source.kind(),
             SnapshotError::StateMachine(e) => e.kind(),
             SnapshotError::Corrupt { .. } => io::ErrorKind::InvalidData,
-            SnapshotError::TooLarge { .. } => io::ErrorKind::InvalidInput,
+            SnapshotError::TooLarge { .. } | SnapshotError::LongerThanAnnounced { .. } => {
+                io::ErrorKind::InvalidInput
+            }
+            SnapshotError::Busy => io::ErrorKind::WouldBlock,
+            SnapshotError::NoSpace { .. } => io::ErrorKind::StorageFull,
         };
         io::Error::new(kind, e)
     }
@@ -363,6 +390,8 @@ pub(crate) struct SnapshotStore {
     loaded: Mutex<bool>,
     next_seq: AtomicU64,
     max_receive: u64,
+    /// Set while a [`SnapshotSink`] is open: one receive at a time.
+    receiving: Arc<AtomicBool>,
 }
 
 fn seq_of(name: &str) -> Option<u64> {
@@ -394,6 +423,7 @@ impl SnapshotStore {
             loaded: Mutex::new(false),
             next_seq: AtomicU64::new(max_seq + 1),
             max_receive,
+            receiving: Arc::default(),
         })
     }
 
@@ -405,6 +435,7 @@ impl SnapshotStore {
             loaded: Mutex::new(true),
             next_seq: AtomicU64::new(1),
             max_receive,
+            receiving: Arc::default(),
         }
     }
 
@@ -580,8 +611,28 @@ impl SnapshotStore {
         Ok(())
     }
 
-    /// A sink to receive a snapshot into.
-    pub fn sink(&self) -> Result<SnapshotSink, SnapshotError> {
+    /// A sink to receive a snapshot into, of `size` bytes if the sender announced it. Fails with
+    /// [`SnapshotError::Busy`] while another sink is open, and before anything is written with
+    /// [`SnapshotError::TooLarge`] or [`SnapshotError::NoSpace`] for an announced size over the
+    /// limit or beyond the free disk space.
+    pub fn sink(&self, size: Option<u64>) -> Result<SnapshotSink, SnapshotError> {
+        if let Some(size) = size {
+            if size > self.max_receive {
+                return Err(SnapshotError::TooLarge {
+                    limit: self.max_receive,
+                });
+            }
+            if let Some(dir) = &self.dir {
+                let available = free_bytes(dir)?;
+                if size.saturating_add(RECEIVE_MARGIN) > available {
+                    return Err(SnapshotError::NoSpace { size, available });
+                }
+            }
+        }
+        if self.receiving.swap(true, Ordering::AcqRel) {
+            return Err(SnapshotError::Busy);
+        }
+        let permit = ReceivePermit(self.receiving.clone());
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let target = match &self.dir {
             None => SinkTarget::Memory(Vec::new()),
@@ -597,8 +648,25 @@ impl SnapshotStore {
         Ok(SnapshotSink {
             target,
             written: 0,
-            limit: self.max_receive,
+            limit: size.unwrap_or(self.max_receive).min(self.max_receive),
+            announced: size,
+            _permit: permit,
         })
+    }
+}
+
+/// Free bytes (for an unprivileged writer) on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Result<u64, SnapshotError> {
+    let st = rustix::fs::statvfs(dir).map_err(|e| at("statvfs", dir)(e.into()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Held by an open sink; lets the next receive start once dropped.
+struct ReceivePermit(Arc<AtomicBool>);
+
+impl Drop for ReceivePermit {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -619,6 +687,8 @@ pub struct SnapshotSink {
     target: SinkTarget,
     written: u64,
     limit: u64,
+    announced: Option<u64>,
+    _permit: ReceivePermit,
 }
 
 impl SnapshotSink {
@@ -630,6 +700,11 @@ impl SnapshotSink {
     /// Appends the next chunk. Fails if the total would exceed the node's snapshot size limit.
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), SnapshotError> {
         let total = self.written + chunk.len() as u64;
+        if let Some(announced) = self.announced
+            && total > announced
+        {
+            return Err(SnapshotError::LongerThanAnnounced { announced });
+        }
         if total > self.limit {
             return Err(SnapshotError::TooLarge { limit: self.limit });
         }
@@ -821,7 +896,7 @@ mod tests {
 
         let dst_dir = tempfile::tempdir().unwrap();
         let dst = SnapshotStore::open(dst_dir.path(), u64::MAX).unwrap();
-        let mut sink = dst.sink().unwrap();
+        let mut sink = dst.sink(None).unwrap();
         let mut buf = [0u8; 999];
         let mut off = 0;
         loop {
@@ -849,7 +924,7 @@ mod tests {
     fn abandoned_or_oversized_receives_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = SnapshotStore::open(dir.path(), 100).unwrap();
-        let mut sink = store.sink().unwrap();
+        let mut sink = store.sink(None).unwrap();
         sink.write(&[1u8; 60]).unwrap();
         assert!(matches!(
             sink.write(&[1u8; 60]),
@@ -858,9 +933,37 @@ mod tests {
         drop(sink);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 
-        let mut sink = store.sink().unwrap();
+        let mut sink = store.sink(None).unwrap();
         sink.write(b"garbage that is not a snapshot").unwrap();
         assert!(matches!(sink.finish(), Err(SnapshotError::Corrupt { .. })));
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn one_receive_at_a_time_and_announced_sizes_are_checked_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path(), 1 << 20).unwrap();
+        let tmp_files = || fs::read_dir(dir.path()).unwrap().count();
+        let first = store.sink(Some(100)).unwrap();
+        assert!(matches!(store.sink(None), Err(SnapshotError::Busy)));
+        drop(first);
+        // Refused before a file is created.
+        assert!(matches!(
+            store.sink(Some(2 << 20)),
+            Err(SnapshotError::TooLarge { .. })
+        ));
+        let huge = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        assert!(matches!(
+            huge.sink(Some(u64::MAX / 2)),
+            Err(SnapshotError::NoSpace { .. })
+        ));
+        assert_eq!(tmp_files(), 0);
+        // A sender cannot send more than it announced.
+        let mut sink = store.sink(Some(10)).unwrap();
+        sink.write(&[0u8; 10]).unwrap();
+        assert!(matches!(
+            sink.write(&[0u8; 1]),
+            Err(SnapshotError::LongerThanAnnounced { announced: 10 })
+        ));
     }
 }

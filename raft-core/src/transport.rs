@@ -129,9 +129,16 @@ pub trait RpcHandler: Send + Sync + 'static {
         input: BoxStream<'static, rpc::AppendEntriesRequest>,
     ) -> BoxStream<'static, Result<rpc::StreamAppendResult, RpcHandlerError>>;
 
-    /// A sink to receive a snapshot's bytes into; pass the finished data to
-    /// [`RpcHandler::install_snapshot`].
-    fn snapshot_sink(&self) -> Result<SnapshotSink, RpcHandlerError>;
+    /// Starts receiving a snapshot sent under `vote`, of `size` bytes if the sender announced
+    /// it. Call it on the first chunk, before writing any data: a sender whose vote is older
+    /// than this node's is answered at once ([`SnapshotReceive::Refuse`]); otherwise the sink
+    /// receives the bytes — one snapshot at a time per node, within the size limit and the free
+    /// disk space — and the finished data goes to [`RpcHandler::install_snapshot`].
+    fn snapshot_sink(
+        &self,
+        vote: &Vote,
+        size: Option<u64>,
+    ) -> Result<SnapshotReceive, RpcHandlerError>;
 
     /// Installs a snapshot received completely (and verified by [`SnapshotSink::finish`]).
     fn install_snapshot(
@@ -140,6 +147,15 @@ pub trait RpcHandler: Send + Sync + 'static {
         meta: crate::types::SnapshotMeta,
         data: SnapshotData,
     ) -> BoxFuture<'_, Result<rpc::SnapshotResponse, RpcHandlerError>>;
+}
+
+/// How a node answers the first chunk of a snapshot.
+pub enum SnapshotReceive {
+    /// Receive the snapshot into this sink.
+    Receive(SnapshotSink),
+    /// The sender's vote is older than this node's: send it this answer (which carries the
+    /// newer vote, so the sender steps down) and discard the snapshot.
+    Refuse(rpc::SnapshotResponse),
 }
 
 /// A shared [`RpcHandler`].

@@ -27,6 +27,9 @@ pub enum StartError {
     /// The listener has no local address.
     #[error("listener address: {0}")]
     Listener(std::io::Error),
+    /// The node's limits and the transport's message size do not fit together.
+    #[error(transparent)]
+    Limits(#[from] crate::options::LimitsError),
 }
 
 /// How long a stopping server waits for in-flight calls before closing their connections.
@@ -60,6 +63,7 @@ impl<S: Queryable> GrpcNode<S> {
         listener: TcpListener,
         opts: GrpcOptions,
     ) -> Result<Self, StartError> {
+        opts.check_limits(&config)?;
         let addr = listener.local_addr().map_err(StartError::Listener)?;
         let transport = GrpcTransport::new(config.id, opts);
         let node = Node::start(config, state_machine, transport.clone()).await?;

@@ -55,6 +55,8 @@ pub use crate::net::ChannelOptions;
 pub use crate::net::Connector;
 pub use crate::net::Io;
 pub use crate::options::GrpcOptions;
+pub use crate::options::LimitsError;
+pub use crate::options::MESSAGE_FRAMING;
 pub use crate::server::NodeClient;
 pub use crate::server::ServeError;
 pub use crate::server::Server;

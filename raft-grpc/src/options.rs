@@ -1,5 +1,7 @@
 //! Settings shared by a node's transport and server.
 
+use std::time::Duration;
+
 use crate::net::ChannelOptions;
 use crate::net::Connector;
 use crate::tls::TlsConfig;
@@ -14,7 +16,10 @@ pub struct GrpcOptions {
     pub connector: Connector,
     /// Connection tuning.
     pub channel: ChannelOptions,
-    /// Largest message sent or accepted, in bytes. Default 64 MiB.
+    /// Largest message sent or accepted, in bytes. Default 65 MiB: a command of the node's
+    /// default `max_command_bytes` (64 MiB) plus framing. A node refuses to start unless its
+    /// largest command and its replication batch (`max_append_bytes`) fit, with
+    /// [`MESSAGE_FRAMING`] to spare.
     pub max_message_bytes: usize,
     /// Bytes per snapshot chunk sent. Default 1 MiB.
     pub snapshot_chunk_bytes: usize,
@@ -23,6 +28,73 @@ pub struct GrpcOptions {
     /// Forward writes and membership calls that reach a follower to the leader (default), or
     /// answer them with the leader's address.
     pub forward_to_leader: bool,
+    /// Most HTTP/2 streams (concurrent RPCs) one connection may open to this server. Default
+    /// 1,024: room for a follower forwarding many clients' writes, a bound on what one
+    /// connection can make the server hold.
+    pub max_concurrent_streams: u32,
+    /// The server pings a connection idle this long, and closes it if the ping is not answered
+    /// within [`GrpcOptions::keepalive_timeout`]: dead peers and clients do not hold streams.
+    /// Default 10 s.
+    pub keepalive_interval: Duration,
+    /// How long the server waits for a keepalive ping's answer. Default 20 s.
+    pub keepalive_timeout: Duration,
+}
+
+/// Bytes a replication message adds around its entries (vote, log ids, lengths), with room to
+/// spare; see [`GrpcOptions::max_message_bytes`].
+pub const MESSAGE_FRAMING: usize = 16 << 10;
+
+/// Why a node's limits cannot work together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsError {
+    /// A command the node accepts would not fit in one message.
+    #[error(
+        "max_command_bytes ({command}) plus framing ({framing}) exceeds the transport's max_message_bytes ({message}): an accepted write could never be replicated; raise max_message_bytes or lower max_command_bytes"
+    )]
+    CommandTooLarge {
+        /// `Config::max_command_bytes`.
+        command: usize,
+        /// Framing added to the largest command.
+        framing: usize,
+        /// `GrpcOptions::max_message_bytes`.
+        message: usize,
+    },
+    /// A replication batch would not fit in one message.
+    #[error(
+        "max_append_bytes ({append}) plus framing ({framing}) exceeds the transport's max_message_bytes ({message}); lower max_append_bytes"
+    )]
+    BatchTooLarge {
+        /// `Config::max_append_bytes`.
+        append: usize,
+        /// Framing added to a batch.
+        framing: usize,
+        /// `GrpcOptions::max_message_bytes`.
+        message: usize,
+    },
+}
+
+impl GrpcOptions {
+    /// Checks that everything `config` lets a node accept can be sent in one message: the
+    /// largest command, alone in a replication message or forwarded, and a full batch.
+    pub fn check_limits(&self, config: &raft_core::Config) -> Result<(), LimitsError> {
+        let message = self.max_message_bytes;
+        let framing = raft_core::log::ENTRY_FRAMING + MESSAGE_FRAMING;
+        if config.max_command_bytes.saturating_add(framing) > message {
+            return Err(LimitsError::CommandTooLarge {
+                command: config.max_command_bytes,
+                framing,
+                message,
+            });
+        }
+        if config.max_append_bytes.saturating_add(MESSAGE_FRAMING) > message {
+            return Err(LimitsError::BatchTooLarge {
+                append: config.max_append_bytes,
+                framing: MESSAGE_FRAMING,
+                message,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Default for GrpcOptions {
@@ -31,10 +103,13 @@ impl Default for GrpcOptions {
             tls: None,
             connector: Connector::default(),
             channel: ChannelOptions::default(),
-            max_message_bytes: 64 << 20,
+            max_message_bytes: 65 << 20,
             snapshot_chunk_bytes: 1 << 20,
             max_snapshot_chunk_bytes: 4 << 20,
             forward_to_leader: true,
+            max_concurrent_streams: 1024,
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }

@@ -29,6 +29,7 @@ use raft_core::Session;
 use raft_core::snapshot::SnapshotError;
 use raft_core::transport::RpcHandlerError;
 use raft_core::transport::SharedRpcHandler;
+use raft_core::transport::SnapshotReceive;
 use raft_core::transport::rpc;
 use raft_core::types::Request as RaftRequest;
 use tokio::io::AsyncRead;
@@ -64,6 +65,7 @@ pub struct ServerStats {
     largest_snapshot_chunk: AtomicU64,
     snapshots_received: AtomicU64,
     forwarded: AtomicU64,
+    largest_append_message: AtomicU64,
 }
 
 impl ServerStats {
@@ -86,6 +88,16 @@ impl ServerStats {
     /// Requests forwarded to the leader.
     pub fn forwarded(&self) -> u64 {
         self.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// The largest replication message received, in bytes (its encoded payload).
+    pub fn largest_append_message(&self) -> u64 {
+        self.largest_append_message.load(Ordering::Relaxed)
+    }
+
+    fn append_message(&self, bytes: usize) {
+        self.largest_append_message
+            .fetch_max(bytes as u64, Ordering::Relaxed);
     }
 }
 
@@ -215,7 +227,11 @@ impl<S: Queryable> Server<S> {
 
     fn router(self) -> Result<tonic::transport::server::Router, ServeError> {
         let max = self.shared.opts.max_message_bytes;
-        let mut builder = tonic::transport::Server::builder();
+        let o = &self.shared.opts;
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(o.max_concurrent_streams))
+            .http2_keepalive_interval(Some(o.keepalive_interval))
+            .http2_keepalive_timeout(Some(o.keepalive_timeout));
         if let Some(tls) = self.shared.opts.tls.as_ref().and_then(|t| t.server()) {
             builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
         }
@@ -300,7 +316,15 @@ fn handler_status(e: RpcHandlerError) -> Status {
         RpcHandlerError::Snapshot(SnapshotError::TooLarge { .. }) => {
             status::status(Code::OutOfRange, ErrorCode::TooLarge, e.to_string())
         }
-        RpcHandlerError::Snapshot(SnapshotError::Corrupt { .. }) => status::invalid(e.to_string()),
+        RpcHandlerError::Snapshot(SnapshotError::Corrupt { .. })
+        | RpcHandlerError::Snapshot(SnapshotError::LongerThanAnnounced { .. }) => {
+            status::invalid(e.to_string())
+        }
+        // The sender backs off and retries (a `Network` error on its side).
+        RpcHandlerError::Snapshot(SnapshotError::Busy)
+        | RpcHandlerError::Snapshot(SnapshotError::NoSpace { .. }) => {
+            status::status(Code::ResourceExhausted, ErrorCode::Storage, e.to_string())
+        }
         RpcHandlerError::Snapshot(_) => {
             status::status(Code::Internal, ErrorCode::Storage, e.to_string())
         }
@@ -503,6 +527,7 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
         &self,
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
+        self.0.stats.append_message(req.get_ref().payload.len());
         self.unary(req, "append request", |m| self.0.handler.append_entries(m))
             .await
     }
@@ -525,6 +550,7 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
                     Ok(Some(r)) => r,
                     Ok(None) | Err(_) => return None,
                 };
+                shared.stats.append_message(r.payload.len());
                 let checked = shared.check_target(r.target).and_then(|_| {
                     wire::decode::<rpc::AppendEntriesRequest>(&r.payload, "append request")
                 });
@@ -590,8 +616,17 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
             .ok_or_else(|| status::invalid("empty snapshot stream"))?;
         shared.check_target(first.target)?;
         let vote: raft_core::types::Vote = wire::decode(&first.vote, "snapshot vote")?;
+        // The vote, the size and the one-at-a-time rule are checked before any data is written.
         // Dropping the sink on any early return deletes what was received.
-        let mut sink = shared.handler.snapshot_sink().map_err(handler_status)?;
+        let size = (first.total_bytes > 0).then_some(first.total_bytes);
+        let mut sink = match shared
+            .handler
+            .snapshot_sink(&vote, size)
+            .map_err(handler_status)?
+        {
+            SnapshotReceive::Receive(sink) => sink,
+            SnapshotReceive::Refuse(answer) => return Self::reply(&answer),
+        };
         let mut chunk = first;
         loop {
             shared.check_target(chunk.target)?;

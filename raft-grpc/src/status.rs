@@ -204,6 +204,11 @@ pub fn from_error(e: &Error) -> Status {
         Error::Rejected(ApplyError::OutputEncoding(_)) => {
             status(Code::Internal, ErrorCode::OutputEncoding, msg)
         }
+        // Applied earlier, answer not kept: like an expired session, the session cannot answer
+        // and retrying cannot change that (so not `OutcomeUnknown`, which clients retry).
+        Error::Rejected(ApplyError::ResponseNotKept { .. }) => {
+            status(Code::FailedPrecondition, ErrorCode::SessionExpired, msg)
+        }
         Error::CommandTooLarge { .. } => status(Code::InvalidArgument, ErrorCode::TooLarge, msg),
         Error::Membership(_) => status(Code::FailedPrecondition, ErrorCode::Membership, msg),
         Error::AlreadyInitialized => {

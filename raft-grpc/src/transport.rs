@@ -320,6 +320,7 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
                     offset,
                     data: buf.into(),
                     last,
+                    total_bytes: if offset == 0 { total } else { 0 },
                 };
                 if tx.blocking_send(msg).is_err() {
                     return Ok(()); // the call ended; the error is reported there

@@ -49,7 +49,12 @@ async fn bad_input_gets_clear_statuses_and_the_cluster_carries_on() {
         max_snapshot_chunk_bytes: 64 << 10,
         ..GrpcOptions::default()
     };
-    let c = GrpcCluster::start(3, opts, |c| c).await;
+    let c = GrpcCluster::start(3, opts, |mut c| {
+        c.max_command_bytes = LIMIT / 2;
+        c.max_append_bytes = LIMIT / 2;
+        c
+    })
+    .await;
     let leader = c.leader().await;
     let target = *c.addrs.keys().find(|id| **id != leader).unwrap();
     let addr = c.addrs[&target].clone();
@@ -132,7 +137,8 @@ async fn bad_input_gets_clear_statuses_and_the_cluster_carries_on() {
     assert_status(&s, Code::InvalidArgument, ErrorCode::InvalidRequest);
 
     // Snapshot streams: out of order, over the chunk bound, cut short, empty.
-    let vote_bytes: bytes::Bytes = raft_core::codec::encode(&Vote::new_committed(1, leader))
+    let term = c.nodes[&leader].node().metrics().term;
+    let vote_bytes: bytes::Bytes = raft_core::codec::encode(&Vote::new_committed(term, leader))
         .unwrap()
         .into();
     let chunk = |offset: u64, len: usize, last: bool| pb::SnapshotChunk {
@@ -141,6 +147,7 @@ async fn bad_input_gets_clear_statuses_and_the_cluster_carries_on() {
         offset,
         data: vec![1u8; len].into(),
         last,
+        total_bytes: 0,
     };
     let s = internal
         .install_snapshot(timed(tokio_stream::iter([

@@ -295,9 +295,13 @@ impl Router {
         let handler = self
             .handler(to)
             .ok_or_else(|| unreachable("node is down".into()))?;
-        let mut sink = handler
-            .snapshot_sink()
-            .map_err(|e| unreachable(e.to_string()))?;
+        let mut sink = match handler
+            .snapshot_sink(&vote, Some(data.len()))
+            .map_err(|e| unreachable(e.to_string()))?
+        {
+            crate::transport::SnapshotReceive::Receive(sink) => sink,
+            crate::transport::SnapshotReceive::Refuse(answer) => return Ok(answer),
+        };
         let mut buf = vec![0u8; SNAPSHOT_CHUNK];
         let mut offset = 0u64;
         loop {
