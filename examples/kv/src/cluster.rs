@@ -17,7 +17,7 @@ use raft_grpc::GrpcNode;
 use raft_grpc::GrpcOptions;
 use tokio::net::TcpListener;
 
-use crate::resp::Limits;
+use crate::limits::ConnLimits;
 use crate::server;
 use crate::server::Ctx;
 use crate::store::Command;
@@ -57,7 +57,7 @@ pub struct NodeSpec {
     /// Join the cluster reachable at this (raft) address (only if this node has no state yet).
     pub join: Option<String>,
     pub consistency: Consistency,
-    pub limits: Limits,
+    pub limits: ConnLimits,
     /// Quota, compaction and WAL segment settings.
     pub storage: crate::storage::StorageArgs,
     /// Flag names for error messages.
@@ -207,6 +207,7 @@ pub async fn demo(
     raft_port: u16,
     consistency: Consistency,
     storage: crate::storage::StorageArgs,
+    limits: ConnLimits,
 ) -> Result<Vec<Running>, StartError> {
     let members: BTreeMap<NodeId, String> = (1..=3u64)
         .map(|i| (i, format!("127.0.0.1:{}", raft_port as u64 + i - 1)))
@@ -221,7 +222,7 @@ pub async fn demo(
             initial_members: members.clone(),
             join: None,
             consistency,
-            limits: Limits::default(),
+            limits,
             storage: storage.clone(),
             raft_flag: "--raft-port",
             resp_flag: "--resp-port",

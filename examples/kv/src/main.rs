@@ -22,6 +22,7 @@
 mod bench;
 mod cluster;
 mod commands;
+mod limits;
 mod metrics;
 mod resp;
 mod server;
@@ -93,6 +94,8 @@ struct DemoArgs {
     storage: storage::StorageArgs,
     #[command(flatten)]
     shutdown: shutdown::ShutdownArgs,
+    #[command(flatten)]
+    limits: limits::LimitArgs,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -127,6 +130,8 @@ struct NodeArgs {
     storage: storage::StorageArgs,
     #[command(flatten)]
     shutdown: shutdown::ShutdownArgs,
+    #[command(flatten)]
+    limits: limits::LimitArgs,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +181,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 args.raft_port,
                 args.read_consistency.into(),
                 args.storage.clone(),
+                args.limits.to_limits()?,
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -218,7 +224,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 initial_members: members,
                 join: args.join,
                 consistency: args.read_consistency.into(),
-                limits: resp::Limits::default(),
+                limits: args.limits.to_limits()?,
                 storage: args.storage.clone(),
                 raft_flag: "--raft-addr",
                 resp_flag: "--resp-addr",

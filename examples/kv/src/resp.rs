@@ -1,10 +1,13 @@
 //! RESP2: parsing client commands and encoding replies.
 //!
 //! A command is an array of bulk strings (`*2\r\n$3\r\nGET\r\n$1\r\nk\r\n`) or an inline line
-//! (`GET k\r\n`, as typed into telnet). Parsing is incremental — a half-sent command waits for
-//! more bytes — and bounded: a bulk string, an argument count or an inline line beyond the
-//! [`Limits`] is a protocol error, so one connection can never make the server buffer without
-//! limit.
+//! (`GET k\r\n`, as typed into telnet). Parsing is incremental: a [`Parser`] takes each header
+//! line and each complete bulk off the input as soon as it has arrived and remembers where it is
+//! in the command, so a command trickled in over many reads is walked once, not once per read.
+//! It is bounded: a bulk longer than [`Limits::max_bulk`] (Redis' `proto-max-bulk-len`), a
+//! command larger than [`Limits::max_frame`] (Redis' `client-query-buffer-limit`), too many
+//! arguments or an overlong line is a protocol error, so one connection can never make the
+//! server buffer without limit.
 
 use bytes::Buf;
 use bytes::BufMut;
@@ -16,18 +19,26 @@ use crate::store::Reply;
 /// What a connection may send.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Largest bulk string, in bytes.
+    /// Largest bulk string, in bytes; also the largest string value APPEND may build.
     pub max_bulk: usize,
+    /// Largest command, in bytes: its bulks plus [`ARG_OVERHEAD`] per argument.
+    pub max_frame: usize,
     /// Most arguments in one command.
     pub max_args: usize,
     /// Longest inline command or header line, in bytes.
     pub max_line: usize,
 }
 
+/// What each argument costs besides its bytes, counted against [`Limits::max_frame`]: the
+/// memory of its handle, so a command of a million empty arguments is as bounded as one of
+/// large ones.
+pub const ARG_OVERHEAD: usize = 32;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_bulk: 64 << 20,
+            max_bulk: 32 << 20,
+            max_frame: 64 << 20,
             max_args: 1 << 20,
             max_line: 64 << 10,
         }
@@ -43,14 +54,6 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ProtocolError> {
     Err(ProtocolError(msg.into()))
 }
 
-/// Finds the end of the line starting at `from` (the index of `\r`).
-fn line_end(buf: &[u8], from: usize) -> Option<usize> {
-    buf[from..]
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .map(|p| from + p)
-}
-
 fn parse_int(bytes: &[u8], what: &str) -> Result<i64, ProtocolError> {
     std::str::from_utf8(bytes)
         .ok()
@@ -58,79 +61,168 @@ fn parse_int(bytes: &[u8], what: &str) -> Result<i64, ProtocolError> {
         .map_or_else(|| err(format!("invalid {what}")), Ok)
 }
 
-/// Takes one complete command off the front of `buf`: `Ok(None)` if more bytes are needed,
-/// `Ok(Some(args))` (possibly empty, for blank lines) when one was parsed.
-pub fn parse_command(
-    buf: &mut BytesMut,
-    limits: &Limits,
-) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    if buf[0] != b'*' {
-        return parse_inline(buf, limits);
-    }
-    // Walk the whole command first; only consume it once it is complete.
-    let Some(end) = line_end(buf, 1) else {
-        return if buf.len() > limits.max_line {
-            err("too big array header")
-        } else {
-            Ok(None)
-        };
-    };
-    let count = parse_int(&buf[1..end], "multibulk length")?;
-    let mut pos = end + 2;
-    if count <= 0 {
-        buf.advance(pos);
-        return Ok(Some(Vec::new()));
-    }
-    if count as usize > limits.max_args {
-        return err("invalid multibulk length");
-    }
-    let mut spans = Vec::with_capacity((count as usize).min(1024));
-    for _ in 0..count {
-        if pos >= buf.len() {
-            return Ok(None);
-        }
-        if buf[pos] != b'$' {
-            return err(format!("expected '$', got '{}'", buf[pos] as char));
-        }
-        let Some(end) = line_end(buf, pos + 1) else {
-            return if buf.len() - pos > limits.max_line {
-                err("too big bulk header")
-            } else {
-                Ok(None)
-            };
-        };
-        let len = parse_int(&buf[pos + 1..end], "bulk length")?;
-        if len < 0 || len as usize > limits.max_bulk {
-            return err("invalid bulk length");
-        }
-        let start = end + 2;
-        let stop = start + len as usize;
-        if buf.len() < stop + 2 {
-            return Ok(None);
-        }
-        if &buf[stop..stop + 2] != b"\r\n" {
-            return err("bulk string not terminated by CRLF");
-        }
-        spans.push((start, stop));
-        pos = stop + 2;
-    }
-    let frame = buf.split_to(pos).freeze();
-    Ok(Some(
-        spans.into_iter().map(|(a, b)| frame.slice(a..b)).collect(),
-    ))
+/// A multi-bulk command part-way through.
+#[derive(Debug, Default)]
+struct Partial {
+    /// Arguments still to come.
+    remaining: usize,
+    args: Vec<Bytes>,
+    /// What the command has cost so far (see [`Limits::max_frame`]).
+    size: usize,
+    /// The length of the bulk whose header was read and whose data has not all arrived.
+    bulk: Option<usize>,
 }
 
-fn parse_inline(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    let Some(end) = buf.iter().position(|b| *b == b'\n') else {
-        return if buf.len() > limits.max_line {
-            err("too big inline request")
-        } else {
-            Ok(None)
+/// One connection's parser: call [`Parser::next`] after every read.
+#[derive(Debug)]
+pub struct Parser {
+    limits: Limits,
+    partial: Option<Partial>,
+    /// How much of the input a line search already looked at without finding its end.
+    scanned: usize,
+}
+
+impl Parser {
+    /// A parser enforcing `limits`.
+    pub fn new(limits: Limits) -> Parser {
+        Parser {
+            limits,
+            partial: None,
+            scanned: 0,
+        }
+    }
+
+    /// Finds the end of a line at the start of `buf`, resuming where the last search stopped.
+    fn line(&mut self, buf: &[u8], max: usize, what: &str) -> Result<Option<usize>, ProtocolError> {
+        let from = self.scanned.saturating_sub(1);
+        match memchr(b'\n', &buf[from..]) {
+            Some(p) => {
+                self.scanned = 0;
+                let nl = from + p;
+                if nl == 0 || buf[nl - 1] != b'\r' {
+                    return err(format!("{what} not terminated by CRLF"));
+                }
+                Ok(Some(nl - 1))
+            }
+            None if buf.len() > max => err(format!("too big {what}")),
+            None => {
+                self.scanned = buf.len();
+                Ok(None)
+            }
+        }
+    }
+
+    /// Takes one complete command off the front of `buf`: `Ok(None)` if more bytes are needed
+    /// (whatever complete parts arrived are consumed and kept), `Ok(Some(args))` (possibly
+    /// empty, for blank lines) when one was parsed.
+    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        if self.partial.is_none() {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            if buf[0] != b'*' {
+                return self.inline(buf);
+            }
+            let Some(end) = self.line(buf, self.limits.max_line, "array header")? else {
+                return Ok(None);
+            };
+            let count = parse_int(&buf[1..end], "multibulk length")?;
+            buf.advance(end + 2);
+            if count <= 0 {
+                return Ok(Some(Vec::new()));
+            }
+            let count = count as usize;
+            if count > self.limits.max_args
+                || count.saturating_mul(ARG_OVERHEAD) > self.limits.max_frame
+            {
+                return err("invalid multibulk length");
+            }
+            self.partial = Some(Partial {
+                remaining: count,
+                args: Vec::with_capacity(count.min(1024)),
+                size: 0,
+                bulk: None,
+            });
+        }
+        let limits = self.limits;
+        loop {
+            let Some(p) = self.partial.as_mut() else {
+                return Ok(None);
+            };
+            if p.remaining == 0 {
+                let args = std::mem::take(&mut p.args);
+                self.partial = None;
+                return Ok(Some(args));
+            }
+            let len = match p.bulk {
+                Some(len) => len,
+                None => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    if buf[0] != b'$' {
+                        return err(format!("expected '$', got '{}'", buf[0] as char));
+                    }
+                    let Some(end) = self.line(buf, limits.max_line, "bulk header")? else {
+                        return Ok(None);
+                    };
+                    let len = parse_int(&buf[1..end], "bulk length")?;
+                    if len < 0 || len as usize > limits.max_bulk {
+                        return err("invalid bulk length");
+                    }
+                    let len = len as usize;
+                    let p = self.partial.as_mut().expect("a command is in progress");
+                    p.size += len + ARG_OVERHEAD;
+                    if p.size > limits.max_frame {
+                        return err(format!(
+                            "too big command (over the {} byte query buffer limit)",
+                            limits.max_frame
+                        ));
+                    }
+                    buf.advance(end + 2);
+                    p.bulk = Some(len);
+                    len
+                }
+            };
+            if buf.len() < len + 2 {
+                // A large bulk: make room for all of it at once rather than growing by reads.
+                if len >= 32 << 10 {
+                    buf.reserve(len + 2 - buf.len());
+                }
+                return Ok(None);
+            }
+            if &buf[len..len + 2] != b"\r\n" {
+                return err("bulk string not terminated by CRLF");
+            }
+            let arg = buf.split_to(len).freeze();
+            buf.advance(2);
+            let p = self.partial.as_mut().expect("a command is in progress");
+            p.args.push(arg);
+            p.remaining -= 1;
+            p.bulk = None;
+        }
+    }
+
+    fn inline(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        let from = self.scanned;
+        let Some(p) = memchr(b'\n', &buf[from..]) else {
+            if buf.len() > self.limits.max_line {
+                return err("too big inline request");
+            }
+            self.scanned = buf.len();
+            return Ok(None);
         };
-    };
+        self.scanned = 0;
+        parse_inline_line(buf, from + p)
+    }
+}
+
+fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
+    haystack.iter().position(|b| *b == needle)
+}
+
+/// Takes the inline command ending at `end` (the index of its `\n`) off `buf`.
+fn parse_inline_line(buf: &mut BytesMut, end: usize) -> Result<Option<Vec<Bytes>>, ProtocolError> {
     let line = buf.split_to(end + 1).freeze();
     let text = line.slice(..end);
     let text = text
@@ -244,11 +336,21 @@ mod tests {
 
     fn parse_all(input: &[u8]) -> Result<Vec<Vec<Bytes>>, ProtocolError> {
         let mut buf = BytesMut::from(input);
+        let mut parser = Parser::new(Limits::default());
         let mut out = Vec::new();
-        while let Some(cmd) = parse_command(&mut buf, &Limits::default())? {
+        while let Some(cmd) = parser.next(&mut buf)? {
             out.push(cmd);
         }
         Ok(out)
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_bulk: 10,
+            max_frame: 200,
+            max_args: 4,
+            max_line: 32,
+        }
     }
 
     #[test]
@@ -267,29 +369,32 @@ mod tests {
     fn half_sent_commands_wait_at_every_split() {
         let full = b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\n";
         for cut in 0..full.len() {
+            let mut parser = Parser::new(Limits::default());
             let mut buf = BytesMut::from(&full[..cut]);
-            assert_eq!(
-                parse_command(&mut buf, &Limits::default()),
-                Ok(None),
-                "cut at {cut}"
-            );
-            assert_eq!(buf.len(), cut, "nothing consumed at {cut}");
+            assert_eq!(parser.next(&mut buf), Ok(None), "cut at {cut}");
             buf.extend_from_slice(&full[cut..]);
-            let cmd = parse_command(&mut buf, &Limits::default())
-                .unwrap()
-                .unwrap();
-            assert_eq!(cmd.len(), 3);
+            let cmd = parser.next(&mut buf).unwrap().unwrap();
+            assert_eq!(
+                cmd,
+                vec![Bytes::from("SET"), Bytes::from("key"), Bytes::from("value")]
+            );
             assert!(buf.is_empty());
         }
+        // Byte by byte, too.
+        let mut parser = Parser::new(Limits::default());
+        let mut buf = BytesMut::new();
+        let mut got = None;
+        for b in full {
+            assert!(got.is_none());
+            buf.extend_from_slice(&[*b]);
+            got = parser.next(&mut buf).unwrap();
+        }
+        assert_eq!(got.unwrap().len(), 3);
     }
 
     #[test]
     fn garbage_and_oversize_are_protocol_errors() {
-        let limits = Limits {
-            max_bulk: 10,
-            max_args: 4,
-            max_line: 32,
-        };
+        let limits = limits();
         for bad in [
             &b"*1\r\n$99999999999\r\n"[..],
             b"*1\r\n$-5\r\n",
@@ -301,18 +406,87 @@ mod tests {
         ] {
             let mut buf = BytesMut::from(bad);
             assert!(
-                parse_command(&mut buf, &limits).is_err(),
+                Parser::new(limits).next(&mut buf).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
         }
         let mut long = BytesMut::from(&[b'a'; 100][..]);
         assert!(
-            parse_command(&mut long, &limits).is_err(),
+            Parser::new(limits).next(&mut long).is_err(),
             "an endless inline line"
         );
         let mut quote = BytesMut::from(&b"SET \"abc\r\n"[..]);
-        assert!(parse_command(&mut quote, &limits).is_err());
+        assert!(Parser::new(limits).next(&mut quote).is_err());
+    }
+
+    #[test]
+    fn consumed_bulks_leave_the_buffer_and_are_not_walked_again() {
+        // A command of 10,000 bulks sent one bulk per read: after each read the buffer holds
+        // nothing the parser has seen, so the total work is linear in the command's size.
+        let n = 10_000;
+        let mut parser = Parser::new(Limits::default());
+        let mut buf = BytesMut::from(format!("*{n}\r\n").as_bytes());
+        assert_eq!(parser.next(&mut buf), Ok(None));
+        assert!(buf.is_empty());
+        for i in 0..n {
+            buf.extend_from_slice(b"$5\r\nabcde\r\n");
+            let r = parser.next(&mut buf).unwrap();
+            assert_eq!(buf.len(), 0, "bulk {i} was consumed");
+            assert_eq!(r.is_some(), i == n - 1);
+        }
+        // A header or bulk arriving in pieces: only the unfinished part stays.
+        let mut parser = Parser::new(Limits::default());
+        let mut buf = BytesMut::from(&b"*1\r\n$10\r\n01234"[..]);
+        assert_eq!(parser.next(&mut buf), Ok(None));
+        assert_eq!(&buf[..], b"01234", "the header was consumed");
+        buf.extend_from_slice(b"56789\r\n");
+        assert_eq!(
+            parser.next(&mut buf).unwrap().unwrap()[0],
+            Bytes::from("0123456789")
+        );
+        // An inline line trickled in is searched once per new byte, not from its start.
+        let mut parser = Parser::new(Limits::default());
+        let mut buf = BytesMut::new();
+        for b in b"PING" {
+            buf.extend_from_slice(&[*b]);
+            assert_eq!(parser.next(&mut buf), Ok(None));
+            assert_eq!(parser.scanned, buf.len());
+        }
+        buf.extend_from_slice(b"\r\n");
+        assert_eq!(
+            parser.next(&mut buf).unwrap().unwrap(),
+            vec![Bytes::from("PING")]
+        );
+    }
+
+    #[test]
+    fn the_whole_command_is_bounded_not_just_each_bulk() {
+        let limits = limits();
+        // Each bulk is within max_bulk, but together they pass max_frame: refused as soon as
+        // the header of the bulk that crosses it arrives.
+        let mut parser = Parser::new(Limits {
+            max_args: 1_000,
+            ..limits
+        });
+        let mut buf = BytesMut::from(&b"*100\r\n"[..]);
+        let mut sent = 0;
+        let outcome = loop {
+            buf.extend_from_slice(b"$10\r\n0123456789\r\n");
+            sent += 1;
+            match parser.next(&mut buf) {
+                Ok(None) => continue,
+                other => break other,
+            }
+        };
+        assert!(outcome.is_err(), "{outcome:?}");
+        assert!(sent * (10 + ARG_OVERHEAD) <= limits.max_frame + 10 + ARG_OVERHEAD);
+        // Many empty arguments count too.
+        let mut parser = Parser::new(Limits {
+            max_args: 1 << 20,
+            ..limits
+        });
+        assert!(parser.next(&mut BytesMut::from(&b"*1000\r\n"[..])).is_err());
     }
 
     #[test]

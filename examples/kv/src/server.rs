@@ -1,9 +1,11 @@
 //! The RESP front end: accepts connections and runs each client's commands in order.
 //!
-//! Every connection is its own task with a bounded read buffer (see [`Limits`]) and writes
+//! Every connection is its own task with a bounded read buffer (see [`ConnLimits`]) and writes
 //! its replies before reading more once a batch of replies passes 1 MiB, so a client cannot make
 //! the server hold unbounded memory. A protocol error gets `-ERR Protocol error: …` and the
-//! connection is closed; other clients are unaffected.
+//! connection is closed; other clients are unaffected. Past `maxclients` a new client is
+//! answered `-ERR max number of clients reached`; a client idle past `timeout`, or one that
+//! takes none of its replies for `client-output-timeout`, is closed.
 //!
 //! Writes carry a client session (one per connection), so the retries this server makes
 //! through a leader change apply each command once.
@@ -12,12 +14,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 use std::time::SystemTime;
 use std::time::UNIX_EPOCH;
 
+use bytes::Buf;
 use bytes::Bytes;
 use bytes::BytesMut;
 use raft_core::Consistency;
@@ -34,8 +38,8 @@ use tonic::Status;
 
 use crate::commands;
 use crate::commands::Action;
+use crate::limits::ConnLimits;
 use crate::resp;
-use crate::resp::Limits;
 use crate::store::Command;
 use crate::store::Query;
 use crate::store::ReadOp;
@@ -46,6 +50,10 @@ use crate::store::Store;
 const RETRY_FOR: Duration = Duration::from_secs(10);
 /// Replies are sent once this many bytes are waiting, even mid-pipeline.
 const FLUSH_AT: usize = 1 << 20;
+
+/// How a reply says a write's outcome is unknown (see [`failure`]). After one, the connection
+/// starts a new session: the old one may not be able to answer again.
+const OUTCOME_UNKNOWN: &str = "TRYAGAIN the outcome is unknown: ";
 
 /// Milliseconds since the Unix epoch on this machine.
 pub fn now_ms() -> u64 {
@@ -58,19 +66,46 @@ pub fn now_ms() -> u64 {
 pub struct Ctx {
     pub client: NodeClient<Store>,
     pub consistency: Consistency,
-    pub limits: Limits,
+    pub limits: ConnLimits,
     next_conn: AtomicU64,
+    /// Clients connected now.
+    clients: AtomicUsize,
 }
 
 impl Ctx {
-    pub fn new(client: NodeClient<Store>, consistency: Consistency, limits: Limits) -> Arc<Ctx> {
+    pub fn new(
+        client: NodeClient<Store>,
+        consistency: Consistency,
+        limits: ConnLimits,
+    ) -> Arc<Ctx> {
         Arc::new(Ctx {
             client,
             consistency,
             limits,
             next_conn: AtomicU64::new(1),
+            clients: AtomicUsize::new(0),
         })
     }
+
+    /// Clients connected now.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a connection for as long as it lives.
+struct Counted(Arc<Ctx>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Tells a client past `maxclients` so, as Redis does, and closes.
+async fn refuse(mut socket: TcpStream) {
+    let write = socket.write_all(b"-ERR max number of clients reached\r\n");
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 /// Serves RESP on `listener` until the process ends.
@@ -78,9 +113,15 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
-                let ctx = ctx.clone();
+                if ctx.clients.fetch_add(1, Ordering::Relaxed) >= ctx.limits.max_clients {
+                    ctx.clients.fetch_sub(1, Ordering::Relaxed);
+                    metrics::counter!("kv_rejected_connections_total").increment(1);
+                    tokio::spawn(refuse(socket));
+                    continue;
+                }
+                let counted = Counted(ctx.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = connection(socket, peer, ctx).await {
+                    if let Err(e) = connection(socket, peer, &counted.0).await {
                         tracing::debug!(%peer, error = %e, "connection ended");
                     }
                 });
@@ -100,29 +141,27 @@ struct Conn {
     proto: resp::Proto,
 }
 
-async fn connection(mut socket: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) -> std::io::Result<()> {
+async fn connection(mut socket: TcpStream, peer: SocketAddr, ctx: &Ctx) -> std::io::Result<()> {
     socket.set_nodelay(true)?;
     let id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut conn = Conn {
         id,
-        session: Session {
-            client_id: rand::random(),
-            sequence: 0,
-        },
+        session: new_session(),
         proto: resp::Proto::Resp2,
     };
     tracing::debug!(%peer, id, "client connected");
+    let limits = &ctx.limits;
+    let mut parser = resp::Parser::new(limits.resp);
     let mut input = BytesMut::with_capacity(16 << 10);
     let mut out = BytesMut::with_capacity(16 << 10);
     loop {
         loop {
-            match resp::parse_command(&mut input, &ctx.limits) {
+            match parser.next(&mut input) {
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => {
-                    let quit = execute(&args, &mut conn, &ctx, &mut out).await;
+                    let quit = execute(&args, &mut conn, ctx, &mut out).await;
                     if quit || out.len() >= FLUSH_AT {
-                        socket.write_all(&out).await?;
-                        out.clear();
+                        flush(&mut socket, &mut out, limits).await?;
                     }
                     if quit {
                         return Ok(());
@@ -130,23 +169,75 @@ async fn connection(mut socket: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) -> s
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    metrics::counter!("kv_protocol_errors_total").increment(1);
                     resp::encode(&Reply::Error(format!("ERR {e}")), &mut out, conn.proto);
-                    socket.write_all(&out).await?;
+                    flush(&mut socket, &mut out, limits).await?;
                     return Ok(());
                 }
             }
         }
-        if !out.is_empty() {
-            socket.write_all(&out).await?;
-            out.clear();
-        }
+        flush(&mut socket, &mut out, limits).await?;
         if input.capacity() - input.len() < 4096 {
             input.reserve(16 << 10);
         }
-        if socket.read_buf(&mut input).await? == 0 {
+        let read = socket.read_buf(&mut input);
+        let n = match limits.idle {
+            None => read.await?,
+            Some(idle) => match tokio::time::timeout(idle, read).await {
+                Ok(n) => n?,
+                Err(_) => {
+                    tracing::debug!(%peer, id, "idle client closed");
+                    return Ok(());
+                }
+            },
+        };
+        if n == 0 {
             return Ok(());
         }
     }
+}
+
+/// A session for a connection's writes, with a fresh random client id.
+fn new_session() -> Session {
+    Session {
+        client_id: rand::random(),
+        sequence: 0,
+    }
+}
+
+/// Sends the pending replies. A client whose replies would pass the output limit, or that takes
+/// none of them for the output timeout, is disconnected (an error ends the connection).
+async fn flush(
+    socket: &mut TcpStream,
+    out: &mut BytesMut,
+    limits: &ConnLimits,
+) -> std::io::Result<()> {
+    if out.len() > limits.output_bytes {
+        metrics::counter!("kv_output_limit_disconnects_total").increment(1);
+        return Err(std::io::Error::other(format!(
+            "{} bytes of replies pass the client output buffer limit of {}",
+            out.len(),
+            limits.output_bytes
+        )));
+    }
+    while !out.is_empty() {
+        let n = match tokio::time::timeout(limits.output_timeout, socket.write(out)).await {
+            Ok(n) => n?,
+            Err(_) => {
+                metrics::counter!("kv_output_limit_disconnects_total").increment(1);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client took none of its replies within the output timeout",
+                ));
+            }
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        out.advance(n);
+    }
+    out.clear();
+    Ok(())
 }
 
 /// Runs one command and appends its reply; `true` when the connection should close.
@@ -175,6 +266,12 @@ async fn execute(args: &[Bytes], conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut)
             let r = write(ctx, conn.session, Command { now, op }).await;
             metrics::histogram!("kv_write_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
+            if let Reply::Error(e) = &r
+                && e.starts_with(OUTCOME_UNKNOWN)
+            {
+                // The session may not answer again: the next write starts a new one.
+                conn.session = new_session();
+            }
             post.apply(r)
         }
         Action::Read(op) => read(ctx, op).await,
@@ -190,11 +287,14 @@ fn failure(s: &Status) -> Reply {
             Reply::Error(format!("CLUSTERDOWN {msg}"))
         }
         Some(ErrorCode::Timeout | ErrorCode::OutcomeUnknown) => {
-            Reply::Error(format!("TRYAGAIN the outcome is unknown: {msg}"))
+            Reply::Error(format!("{OUTCOME_UNKNOWN}{msg}"))
         }
         // Redis answers a write over `maxmemory` with -OOM; clients already treat it as "this
         // write was refused, reads still work".
         Some(ErrorCode::NoSpace) => Reply::Error(format!("OOM command not allowed: {msg}")),
+        // The session could not answer a retry (forgotten, or the answer was too large to
+        // keep): an earlier attempt may have been applied.
+        Some(ErrorCode::SessionExpired) => Reply::Error(format!("{OUTCOME_UNKNOWN}{msg}")),
         _ => Reply::Error(format!("ERR {msg}")),
     }
 }
@@ -295,6 +395,13 @@ async fn info(ctx: &Ctx, section: Option<&str>) -> Reply {
         section.is_none_or(|w| w == s || w == "all" || w == "everything" || w == "default")
     };
     let mut text = String::new();
+    if want("clients") {
+        text.push_str(&format!(
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+            ctx.clients(),
+            ctx.limits.max_clients
+        ));
+    }
     if want("server") {
         text.push_str("# Server\r\n");
         text.push_str("redis_version:7.0.0\r\nredis_mode:standalone\r\n");
