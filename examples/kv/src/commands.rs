@@ -71,11 +71,16 @@ const NOT_INT: &str = "ERR value is not an integer or out of range";
 /// Parses the arguments of one command; `now` is the accepting node's time in milliseconds.
 #[cfg(test)]
 pub fn parse(args: &[Bytes], now: u64) -> Action {
-    parse_as(args.first().and_then(|a| known(a)), args, now)
+    let max_value = crate::resp::Limits::default().max_bulk;
+    parse_as(args.first().and_then(|a| known(a)), args, now, max_value)
 }
 
-/// Like [`parse`], for a caller that already looked the command's name up with [`known`].
-pub fn parse_as(name: Option<&'static str>, args: &[Bytes], now: u64) -> Action {
+/// The latest expiry time a key can have: what `PTTL` can still answer.
+const MAX_EXPIRE_AT: u64 = i64::MAX as u64;
+
+/// Like [`parse`], for a caller that already looked the command's name up with [`known`];
+/// `max_value` is the longest string APPEND may build (`proto-max-bulk-len`).
+pub fn parse_as(name: Option<&'static str>, args: &[Bytes], now: u64, max_value: usize) -> Action {
     let Some(first) = args.first() else {
         return Action::Reply(Reply::Ok);
     };
@@ -139,7 +144,11 @@ pub fn parse_as(name: Option<&'static str>, args: &[Bytes], now: u64) -> Action 
             },
             None => error(NOT_INT),
         },
-        "append" if n == 2 => write(WriteOp::Append(rest[0].clone(), rest[1].clone())),
+        "append" if n == 2 => write(WriteOp::AppendAtMost {
+            key: rest[0].clone(),
+            suffix: rest[1].clone(),
+            max: max_value as u64,
+        }),
         "strlen" if n == 1 => Action::Read(ReadOp::Strlen(rest[0].clone())),
         "mget" if n >= 1 => Action::Read(ReadOp::MGet(rest.to_vec())),
         "mset" if n >= 2 && n.is_multiple_of(2) => write(WriteOp::MSet(
@@ -149,16 +158,19 @@ pub fn parse_as(name: Option<&'static str>, args: &[Bytes], now: u64) -> Action 
         )),
         "expire" | "pexpire" if n == 2 => match parse_i64(&rest[1]) {
             Some(t) => {
+                // As in Redis, a time past what PTTL can answer is refused, not saturated.
                 let ms = if name == "expire" {
-                    t.saturating_mul(1000)
+                    t.checked_mul(1000)
                 } else {
-                    t
+                    Some(t)
                 };
-                let at = (now as i64).saturating_add(ms).max(0) as u64;
-                write(WriteOp::Expire {
-                    key: rest[0].clone(),
-                    at: Some(at),
-                })
+                match ms.and_then(|ms| (now as i64).checked_add(ms)) {
+                    Some(at) => write(WriteOp::Expire {
+                        key: rest[0].clone(),
+                        at: Some(at.max(0) as u64),
+                    }),
+                    None => error(format!("ERR invalid expire time in '{name}' command")),
+                }
             }
             None => error(NOT_INT),
         },
@@ -238,10 +250,14 @@ fn parse_set(key: &Bytes, value: &Bytes, opts: &[Bytes], now: u64) -> Action {
                 }
                 let t = t as u64;
                 let at = match opt.as_str() {
-                    "EX" => now.saturating_add(t.saturating_mul(1000)),
-                    "PX" => now.saturating_add(t),
-                    "EXAT" => t.saturating_mul(1000),
-                    _ => t,
+                    "EX" => t.checked_mul(1000).and_then(|ms| now.checked_add(ms)),
+                    "PX" => now.checked_add(t),
+                    "EXAT" => t.checked_mul(1000),
+                    _ => Some(t),
+                };
+                // As in Redis: a time that overflows, or that PTTL could not answer, is refused.
+                let Some(at) = at.filter(|at| *at <= MAX_EXPIRE_AT) else {
+                    return error("ERR invalid expire time in 'set' command");
                 };
                 expiry = Expiry::At(at);
                 seen_expiry = true;
@@ -263,6 +279,9 @@ fn parse_set(key: &Bytes, value: &Bytes, opts: &[Bytes], now: u64) -> Action {
     }
 }
 
+/// Most keys one SCAN step (and one step of KEYS) examines.
+pub const SCAN_STEP: usize = 10_000;
+
 fn parse_scan(args: &[Bytes]) -> Action {
     let Some(cursor) = std::str::from_utf8(&args[0])
         .ok()
@@ -281,7 +300,9 @@ fn parse_scan(args: &[Bytes]) -> Action {
         match opt.as_str() {
             "MATCH" => pattern = Some(value.clone()),
             "COUNT" => match parse_i64(value) {
-                Some(c) if c >= 1 => count = (c as usize).min(100_000),
+                // COUNT is a hint: one step walks at most SCAN_STEP keys, so it never holds the
+                // state machine for long.
+                Some(c) if c >= 1 => count = (c as usize).min(SCAN_STEP),
                 Some(_) => return syntax(),
                 None => return error(NOT_INT),
             },
@@ -464,6 +485,43 @@ mod tests {
         assert!(matches!(
             parse(&args("SET k v EX 1 PX 1"), 0),
             Action::Reply(Reply::Error(_))
+        ));
+    }
+
+    #[test]
+    fn expire_times_that_overflow_are_refused_as_in_redis() {
+        let now = 1_700_000_000_000;
+        for cmd in [
+            "SET k v EXAT 9223372036854775807",
+            "SET k v EX 9223372036854775807",
+            "SET k v PX 9223372036854775807",
+            "SET k v EX 9223372036854775",
+        ] {
+            let got = parse(&args(cmd), now);
+            assert!(
+                matches!(&got, Action::Reply(Reply::Error(e)) if e == "ERR invalid expire time in 'set' command"),
+                "{cmd}: {got:?}"
+            );
+        }
+        // The largest PXAT is i64::MAX ms, what PTTL can answer.
+        assert!(matches!(
+            parse(&args("SET k v PXAT 9223372036854775807"), now),
+            Action::Write { .. }
+        ));
+        assert!(matches!(
+            parse(&args("EXPIRE k 9223372036854775807"), now),
+            Action::Reply(Reply::Error(e)) if e == "ERR invalid expire time in 'expire' command"
+        ));
+        assert!(matches!(
+            parse(&args("PEXPIRE k 9223372036854775807"), now),
+            Action::Reply(Reply::Error(e)) if e == "ERR invalid expire time in 'pexpire' command"
+        ));
+        assert!(matches!(
+            parse(&args("EXPIRE k -5"), now),
+            Action::Write {
+                op: WriteOp::Expire { at: Some(_), .. },
+                ..
+            }
         ));
     }
 

@@ -247,7 +247,7 @@ async fn execute(args: &[Bytes], conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut)
     metrics::counter!("kv_requests_total", "command" => name.unwrap_or("unknown")).increment(1);
     // One clock reading: EX/PX deadlines and the write's stamp are the same instant.
     let now = now_ms();
-    let reply = match commands::parse_as(name, args, now) {
+    let reply = match commands::parse_as(name, args, now, ctx.limits.resp.max_bulk) {
         Action::Reply(r) => r,
         Action::Quit => {
             resp::encode(&Reply::Ok, out, conn.proto);
@@ -274,6 +274,7 @@ async fn execute(args: &[Bytes], conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut)
             }
             post.apply(r)
         }
+        Action::Read(ReadOp::Keys(pattern)) => keys(ctx, pattern).await,
         Action::Read(op) => read(ctx, op).await,
     };
     resp::encode(&reply, out, conn.proto);
@@ -306,14 +307,52 @@ async fn write(ctx: &Ctx, session: Session, cmd: Command) -> Reply {
 }
 
 async fn read(ctx: &Ctx, op: ReadOp) -> Reply {
+    read_at(ctx, op, ctx.consistency).await
+}
+
+async fn read_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Reply {
     retrying("read", || {
         let q = Query {
             now: now_ms(),
             op: op.clone(),
         };
-        ctx.client.read(q, ctx.consistency)
+        ctx.client.read(q, consistency)
     })
     .await
+}
+
+/// `KEYS` as a walk of SCAN steps, each holding the state machine for at most
+/// [`commands::SCAN_STEP`] keys, so writes go on between steps. The first step is read at the
+/// node's consistency; the rest follow locally from there. Like SCAN, a key present for the
+/// whole walk is returned; one written during it may or may not be.
+async fn keys(ctx: &Ctx, pattern: Bytes) -> Reply {
+    let mut found = Vec::new();
+    let mut cursor = 0u64;
+    let mut consistency = ctx.consistency;
+    loop {
+        let op = ReadOp::Scan {
+            cursor,
+            pattern: Some(pattern.clone()),
+            count: commands::SCAN_STEP,
+        };
+        let step = read_at(ctx, op, consistency).await;
+        let Reply::Array(mut parts) = step else {
+            return step; // an error
+        };
+        let (Some(Reply::Array(keys)), Some(Reply::Bulk(next))) = (parts.pop(), parts.pop()) else {
+            return Reply::Error("ERR internal error: malformed scan step".into());
+        };
+        found.extend(keys);
+        cursor = std::str::from_utf8(&next)
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        if cursor == 0 {
+            return Reply::Array(found);
+        }
+        consistency = Consistency::Local;
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Makes `attempt` until it succeeds, fails for good, or [`RETRY_FOR`] has passed, pausing

@@ -18,6 +18,7 @@ use std::io::Read;
 use std::io::Write;
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use raft_core::Queryable;
 use raft_core::StateMachine;
 use serde::Deserialize;
@@ -93,6 +94,9 @@ pub enum WriteOp {
     FlushDb,
     /// Removes up to `limit` expired keys (sent by the leader from time to time).
     PurgeExpired { limit: usize },
+    /// `APPEND` that refuses to make a value longer than `max` bytes (`proto-max-bulk-len`):
+    /// replies with the new length, or an error and no change.
+    AppendAtMost { key: Bytes, suffix: Bytes, max: u64 },
 }
 
 /// A write as it travels through the log: the operation and when it was accepted.
@@ -169,6 +173,7 @@ fn reindex(expiring: &mut BTreeSet<(u64, Slot)>, slot: &Slot, old: Option<u64>, 
 }
 
 const WRONG_NUMBER: &str = "ERR value is not an integer or out of range";
+const TOO_LONG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
 
 impl Store {
     /// How many keys have expired at `now`, counting up to `limit`.
@@ -218,6 +223,44 @@ impl Store {
             return None;
         }
         self.map.get_mut(slot)
+    }
+
+    /// `APPEND`, in amortised O(appended bytes): the value's buffer grows by doubling and is
+    /// extended in place while nothing else (a snapshot, a reply in flight) shares it.
+    fn append(&mut self, key: Bytes, suffix: Bytes, max: u64, now: u64) -> Reply {
+        let slot = Slot::of(&key);
+        let len = match self.live_for_write(&slot, now) {
+            Some(v) => {
+                let len = v.data.len() + suffix.len();
+                if len as u64 > max {
+                    return Reply::Error(TOO_LONG.into());
+                }
+                let mut data = std::mem::take(&mut v.data)
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+                if data.capacity() - data.len() < suffix.len() {
+                    data.reserve(suffix.len().max(data.len()));
+                }
+                data.extend_from_slice(&suffix);
+                v.data = data.freeze();
+                len
+            }
+            None => {
+                if suffix.len() as u64 > max {
+                    return Reply::Error(TOO_LONG.into());
+                }
+                let len = suffix.len();
+                self.put(
+                    slot,
+                    Value {
+                        data: suffix,
+                        expires_at: None,
+                    },
+                );
+                len
+            }
+        };
+        Reply::Int(len as i64)
     }
 
     fn write(&mut self, cmd: Command) -> Reply {
@@ -323,30 +366,8 @@ impl Store {
                 }
                 Reply::Int(next)
             }
-            WriteOp::Append(key, suffix) => {
-                let slot = Slot::of(&key);
-                let len = match self.live_for_write(&slot, now) {
-                    Some(v) => {
-                        let mut data = Vec::with_capacity(v.data.len() + suffix.len());
-                        data.extend_from_slice(&v.data);
-                        data.extend_from_slice(&suffix);
-                        v.data = data.into();
-                        v.data.len()
-                    }
-                    None => {
-                        let len = suffix.len();
-                        self.put(
-                            slot,
-                            Value {
-                                data: suffix,
-                                expires_at: None,
-                            },
-                        );
-                        len
-                    }
-                };
-                Reply::Int(len as i64)
-            }
+            WriteOp::Append(key, suffix) => self.append(key, suffix, u64::MAX, now),
+            WriteOp::AppendAtMost { key, suffix, max } => self.append(key, suffix, max, now),
             WriteOp::MSet(pairs) => {
                 for (k, v) in pairs {
                     self.put(
@@ -458,7 +479,9 @@ impl Store {
                     Reply::Array(keys),
                 ])
             }
-            ReadOp::DbSize => Reply::Int((self.map.len() - self.due(now).count()) as i64),
+            // As in Redis, keys that expired but were not yet swept still count: the answer takes
+            // O(shards), whatever the store's size.
+            ReadOp::DbSize => Reply::Int(self.map.len() as i64),
         }
     }
 }
@@ -895,7 +918,11 @@ mod tests {
                 now,
                 op: ReadOp::DbSize,
             });
-            assert_eq!(size, Reply::Int((s.map.len() - due) as i64));
+            assert_eq!(
+                size,
+                Reply::Int(s.map.len() as i64),
+                "expired keys count until swept"
+            );
         }
         s.write(at(now + 100, WriteOp::PurgeExpired { limit: usize::MAX }));
         assert_eq!(s.expired_count(now + 100, usize::MAX), 0);
@@ -910,6 +937,76 @@ mod tests {
         restored.restore(&mut bytes.as_slice()).unwrap();
         assert_index_consistent(&restored);
         assert_eq!(restored, s);
+    }
+
+    #[test]
+    fn append_grows_in_place_and_stops_at_the_limit() {
+        let mut s = Store::default();
+        let mut moves = 0;
+        let mut last = std::ptr::null();
+        let n = 100_000;
+        for i in 0..n {
+            let op = WriteOp::AppendAtMost {
+                key: b("k"),
+                suffix: b("0123456789"),
+                max: 10 * n,
+            };
+            assert_eq!(s.write(at(0, op)), Reply::Int(10 * (i as i64 + 1)));
+            let data = &s.map.get(&Slot::of(&b("k"))).unwrap().data;
+            if data.as_ptr() != last {
+                moves += 1;
+                last = data.as_ptr();
+            }
+        }
+        // Copying on every append would move the value 100,000 times (5 × 10^10 bytes copied);
+        // doubling moves it about log2(10^6) times.
+        assert!(moves <= 40, "the value moved {moves} times");
+        // A snapshot sharing the value costs one copy, and the snapshot keeps its contents.
+        let snapshot = s.snapshot();
+        let op = |suffix: &str, max| WriteOp::AppendAtMost {
+            key: b("k"),
+            suffix: b(suffix),
+            max,
+        };
+        assert_eq!(
+            s.write(at(0, op("x", 10 * n + 1))),
+            Reply::Int(10 * n as i64 + 1)
+        );
+        let mut bytes = Vec::new();
+        Store::write_snapshot(snapshot, &mut bytes).unwrap();
+        let mut restored = Store::default();
+        restored.restore(&mut bytes.as_slice()).unwrap();
+        assert_eq!(
+            restored.read(Query {
+                now: 0,
+                op: ReadOp::Strlen(b("k"))
+            }),
+            Reply::Int(10 * n as i64)
+        );
+        // Past the limit: refused, unchanged.
+        assert_eq!(
+            s.write(at(0, op("y", 10 * n + 1))),
+            Reply::Error(TOO_LONG.into())
+        );
+        assert_eq!(
+            s.write(at(
+                0,
+                WriteOp::AppendAtMost {
+                    key: b("new"),
+                    suffix: b("abc"),
+                    max: 2
+                }
+            )),
+            Reply::Error(TOO_LONG.into())
+        );
+        assert_eq!(get(&s, 0, "new"), Reply::Nil);
+        assert_eq!(
+            s.read(Query {
+                now: 0,
+                op: ReadOp::Strlen(b("k"))
+            }),
+            Reply::Int(10 * n as i64 + 1)
+        );
     }
 
     #[test]
