@@ -1,0 +1,423 @@
+//! The abuse suite: a real `kv node` process and clients that push every client-facing limit.
+//! Each test measures what the limit protects — the node's memory, whether writes still commit,
+//! whether a connection is closed — rather than matching an error's wording alone.
+//!
+//! The replication and session limits are exercised below the RESP layer, where they live:
+//! `raft-grpc/tests/limits.rs` (the largest command replicates; a follower behind by 100 × 1 MiB
+//! catches up; misconfiguration is refused at start; snapshot receive checks) and
+//! `raft-core/tests/limits.rs` (failed snapshots are retried and the node serves on; the session
+//! table's byte bound; replication batches by bytes).
+
+use std::io::BufRead;
+use std::io::BufReader;
+use std::io::Read;
+use std::io::Write;
+use std::net::TcpListener;
+use std::net::TcpStream;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+const WAIT: Duration = Duration::from_secs(30);
+const MIB: usize = 1 << 20;
+
+/// A port that is free now, below the kernel's ephemeral range (see processes.rs).
+fn free_port() -> u16 {
+    use std::sync::atomic::AtomicU16;
+    use std::sync::atomic::Ordering;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % 1000) as u16 * 10 + 5;
+    (0..12_000)
+        .map(|_| 32_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000)
+        .find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port in 32000-43999")
+}
+
+/// A one-node `kv` cluster with small limits; killed when dropped.
+struct Node {
+    _dir: tempfile::TempDir,
+    child: Child,
+    port: u16,
+}
+
+impl Node {
+    fn start(extra: &[&str]) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (resp, raft) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("kv.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_kv"))
+            .args(["node", "--id", "1", "--data-dir"])
+            .arg(dir.path().join("n1"))
+            .args(["--raft-addr", &format!("127.0.0.1:{raft}")])
+            .args(["--resp-addr", &format!("127.0.0.1:{resp}")])
+            .args(["--initial-members", &format!("1=127.0.0.1:{raft}")])
+            .args(["--proto-max-bulk-len", &MIB.to_string()])
+            .args(["--client-query-buffer-limit", &(4 * MIB).to_string()])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kv");
+        let node = Node {
+            _dir: dir,
+            child,
+            port: resp,
+        };
+        // Ready once a write commits.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(mut c) = node.try_connect()
+                && c.call(&[b"SET", b"ready", b"1"]) == "+OK"
+            {
+                return node;
+            }
+            assert!(Instant::now() < deadline, "the node did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn try_connect(&self) -> std::io::Result<Client> {
+        let s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(WAIT))?;
+        s.set_nodelay(true)?;
+        Ok(Client {
+            reader: BufReader::new(s.try_clone()?),
+            stream: s,
+        })
+    }
+
+    fn connect(&self) -> Client {
+        self.try_connect().expect("connect")
+    }
+
+    /// The node process's resident memory, in bytes.
+    fn rss(&self) -> usize {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
+        let kib: usize = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
+    /// `connected_clients` from INFO, asked on a fresh connection (which counts itself).
+    fn clients(&self) -> usize {
+        let info = self.connect().call(&[b"INFO", b"clients"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("connected_clients")
+    }
+
+    /// Waits until `cond` holds, polling (the node is another process).
+    fn wait_until(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !cond() {
+            assert!(Instant::now() < deadline, "not within {WAIT:?}: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+impl Client {
+    fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
+        self.stream.write_all(&encode(args))
+    }
+
+    /// Reads one reply: a status, error or integer line as is; a bulk as its contents; an
+    /// array as its elements joined by newlines; "" at the end of the stream.
+    fn reply(&mut self) -> String {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return String::new();
+        }
+        let line = line.trim_end().to_string();
+        match line.as_bytes().first() {
+            Some(b'$') => {
+                let n: i64 = line[1..].parse().expect("bulk length");
+                if n < 0 {
+                    return "(nil)".into();
+                }
+                let mut buf = vec![0u8; n as usize + 2];
+                self.reader.read_exact(&mut buf).expect("bulk");
+                buf.truncate(n as usize);
+                String::from_utf8_lossy(&buf).into_owned()
+            }
+            Some(b'*') => {
+                let n: i64 = line[1..].parse().expect("array length");
+                (0..n.max(0))
+                    .map(|_| self.reply())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+            _ => line,
+        }
+    }
+
+    fn call(&mut self, args: &[&[u8]]) -> String {
+        self.send(args).expect("send");
+        self.reply()
+    }
+
+    /// Whether the server closed the connection: reading sees the end of the stream or a reset
+    /// (rather than the read timeout).
+    fn closed_by_server(&mut self) -> bool {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+}
+
+#[test]
+fn an_endless_command_is_cut_off_at_the_query_buffer_limit_and_memory_stays_flat() {
+    let node = Node::start(&[]);
+    let before = node.rss();
+    let mut c = node.connect();
+    // A multi-bulk command that would be 256 MiB: 256 bulks of 1 MiB, each within the bulk
+    // limit. The node must refuse it once it passes 4 MiB, not buffer it.
+    let mut sent = 0;
+    let chunk = vec![b'x'; MIB];
+    let header = b"*256\r\n";
+    let mut result = c.stream.write_all(header);
+    while result.is_ok() && sent < 256 {
+        let mut bulk = format!("${MIB}\r\n").into_bytes();
+        bulk.extend_from_slice(&chunk);
+        bulk.extend_from_slice(b"\r\n");
+        result = c.stream.write_all(&bulk);
+        sent += 1;
+    }
+    // The error may be lost to the reset of a connection closed with unread input; either way
+    // the connection ends long before the client is done.
+    let reply = c.reply();
+    assert!(
+        reply.is_empty() || reply.starts_with("-ERR Protocol error"),
+        "a protocol error, not {reply:?}"
+    );
+    assert!(c.closed_by_server());
+    assert!(
+        sent < 64,
+        "the node took {sent} MiB of a command over its 4 MiB limit"
+    );
+    let grew = node.rss().saturating_sub(before);
+    assert!(
+        grew < 64 * MIB,
+        "RSS grew {} MiB while a client sent {sent} MiB of one command",
+        grew / MIB
+    );
+    // The node still commits writes.
+    assert_eq!(node.connect().call(&[b"SET", b"after", b"1"]), "+OK");
+}
+
+#[test]
+fn a_bulk_of_exactly_the_limit_commits_and_one_byte_more_is_refused() {
+    let node = Node::start(&[]);
+    let mut c = node.connect();
+    let value = vec![b'v'; MIB];
+    assert_eq!(c.call(&[b"SET", b"big", &value]), "+OK");
+    assert_eq!(c.call(&[b"STRLEN", b"big"]), format!(":{MIB}"));
+    let over = vec![b'v'; MIB + 1];
+    let _ = c.send(&[b"SET", b"big2", &over]);
+    let reply = c.reply();
+    assert!(
+        reply.is_empty() || reply.starts_with("-ERR Protocol error"),
+        "{reply}"
+    );
+    assert!(c.closed_by_server());
+    // Later writes on other connections commit at once.
+    let started = Instant::now();
+    let mut other = node.connect();
+    for i in 0..20 {
+        assert_eq!(
+            other.call(&[b"SET", format!("k{i}").as_bytes(), b"v"]),
+            "+OK"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(other.call(&[b"GET", b"big2"]), "(nil)");
+    // APPEND cannot grow a value past the limit either, and the value is unchanged.
+    let reply = other.call(&[b"APPEND", b"big", b"x"]);
+    assert_eq!(
+        reply,
+        "-ERR string exceeds maximum allowed size (proto-max-bulk-len)"
+    );
+    assert_eq!(other.call(&[b"STRLEN", b"big"]), format!(":{MIB}"));
+    assert_eq!(other.call(&[b"APPEND", b"small", b"abc"]), ":3");
+}
+
+#[test]
+fn maxclients_refuses_the_next_client_as_redis_does() {
+    let node = Node::start(&["--maxclients", "4"]);
+    // INFO itself uses a connection; wait until the readiness probe's connection is gone.
+    // Connections of earlier probes close asynchronously: take the four places as they free up.
+    let mut held: Vec<Client> = Vec::new();
+    node.wait_until("four clients connected", || {
+        if let Ok(mut c) = node.try_connect()
+            && c.call(&[b"PING"]) == "PONG"
+        {
+            held.push(c);
+        }
+        held.len() == 4
+    });
+    let mut extra = node.connect();
+    assert_eq!(extra.reply(), "-ERR max number of clients reached");
+    assert!(extra.closed_by_server());
+    // A client that leaves makes room for another.
+    held.pop();
+    node.wait_until("a slot is free", || {
+        node.try_connect()
+            .map(|mut c| c.call(&[b"PING"]) == "PONG")
+            .unwrap_or(false)
+    });
+}
+
+#[test]
+fn an_idle_client_is_closed_after_the_timeout_and_a_busy_one_is_not() {
+    let node = Node::start(&["--timeout", "1"]);
+    let mut idle = node.connect();
+    let mut busy = node.connect();
+    assert_eq!(idle.call(&[b"PING"]), "PONG");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2_500) {
+        assert_eq!(busy.call(&[b"PING"]), "PONG");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(idle.closed_by_server(), "the idle client was closed");
+    assert_eq!(busy.call(&[b"PING"]), "PONG", "the busy client was not");
+}
+
+#[test]
+fn a_client_that_never_reads_is_disconnected_and_memory_stays_bounded() {
+    let node = Node::start(&["--client-output-timeout", "2"]);
+    let mut c = node.connect();
+    let value = vec![b'v'; 512 << 10];
+    assert_eq!(c.call(&[b"SET", b"v", &value]), "+OK");
+    let before = node.rss();
+    // 4,000 GETs of 512 KiB: 2 GiB of replies the client never reads.
+    let get = encode(&[b"GET", b"v"]);
+    let pipeline: Vec<u8> = get
+        .iter()
+        .copied()
+        .cycle()
+        .take(get.len() * 4_000)
+        .collect();
+    c.stream
+        .set_write_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = Instant::now();
+    let _ = c.stream.write_all(&pipeline);
+    node.wait_until("the non-reading client is gone", || node.clients() == 1);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "disconnected after {took:?}"
+    );
+    let grew = node.rss().saturating_sub(before);
+    assert!(grew < 64 * MIB, "RSS grew {} MiB", grew / MIB);
+    // Everything it was sent before the cut is fine; the rest never came.
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(n) = c.reader.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        received += n;
+    }
+    assert!(received < 4_000 * value.len(), "the server stopped sending");
+}
+
+#[test]
+fn expire_times_past_what_pttl_can_answer_are_refused() {
+    let node = Node::start(&[]);
+    let mut c = node.connect();
+    assert_eq!(
+        c.call(&[b"SET", b"k", b"v", b"EXAT", b"9223372036854775807"]),
+        "-ERR invalid expire time in 'set' command"
+    );
+    assert_eq!(c.call(&[b"GET", b"k"]), "(nil)", "nothing was written");
+    assert_eq!(
+        c.call(&[b"SET", b"k", b"v", b"PXAT", b"9223372036854775807"]),
+        "+OK"
+    );
+    let pttl: i64 = c.call(&[b"PTTL", b"k"])[1..].parse().unwrap();
+    assert!(pttl > 0, "PTTL {pttl}");
+}
+
+#[test]
+fn keys_over_a_large_store_does_not_hold_up_writes() {
+    let node = Node::start(&[]);
+    let mut loader = node.connect();
+    // 200,000 keys, loaded 1,000 per MSET.
+    let n = 200_000;
+    for batch in 0..n / 1_000 {
+        let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
+        for i in 0..1_000 {
+            args.push(format!("key:{}", batch * 1_000 + i).into_bytes());
+            args.push(b"v".to_vec());
+        }
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        assert_eq!(loader.call(&refs), "+OK");
+    }
+    assert_eq!(loader.call(&[b"DBSIZE"]), format!(":{}", n + 1));
+    // SETs on one connection while another runs KEYS over every key.
+    let port = node.port;
+    let keys = std::thread::spawn(move || {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut c = Client {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            stream: s,
+        };
+        let started = Instant::now();
+        let found = c.call(&[b"KEYS", b"key:*"]).lines().count();
+        (found, started.elapsed())
+    });
+    let mut writer = node.connect();
+    let mut worst = Duration::ZERO;
+    let mut writes = 0;
+    while !keys.is_finished() {
+        let started = Instant::now();
+        assert_eq!(writer.call(&[b"SET", b"during", b"keys"]), "+OK");
+        worst = worst.max(started.elapsed());
+        writes += 1;
+    }
+    let (found, took) = keys.join().unwrap();
+    assert_eq!(found, n);
+    eprintln!("KEYS over {n} keys took {took:?}; {writes} SETs meanwhile, the slowest {worst:?}");
+    assert!(writes > 1, "writes went on while KEYS ran");
+    assert!(
+        worst < took / 2,
+        "a SET waited {worst:?}, KEYS took {took:?}: the walk held up writes"
+    );
+}
