@@ -970,7 +970,13 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         size: Option<u64>,
     ) -> Result<SnapshotReceive, RpcHandlerError> {
         let current = self.raft.metrics().borrow_watched().vote;
-        if !(*vote >= current) {
+        // As openraft decides: a vote that is not at least this node's (older, or incomparable)
+        // cannot install anything.
+        let accepted = matches!(
+            vote.partial_cmp(&current),
+            Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+        );
+        if !accepted {
             return Ok(SnapshotReceive::Refuse(rpc::SnapshotResponse {
                 vote: current,
             }));

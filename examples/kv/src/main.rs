@@ -13,6 +13,8 @@
 //! * `resp.rs` — the RESP2 parser (incremental, bounded) and encoder.
 //! * `commands.rs` — each Redis command parsed into a write, a read or an immediate reply.
 //! * `server.rs` — connections: run commands in order, retry through elections, INFO/HELLO.
+//! * `limits.rs` — what clients may use (maxclients, timeouts, command and reply sizes) and its
+//!   flags; `docs/limits.md` lists every limit.
 //! * `cluster.rs` — starting one node, joining, and the three-node demo.
 //! * `metrics.rs` — Prometheus metrics, `/healthz` and `/readyz`.
 //! * `storage.rs` — disk flags: the quota behind `-OOM`, compaction by size, WAL segments.
