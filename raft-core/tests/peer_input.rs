@@ -230,7 +230,9 @@ async fn deliver(handler: &SharedRpcHandler, op: Op) {
             }) else {
                 return;
             };
-            let Ok(mut sink) = handler.snapshot_sink() else {
+            let Ok(raft_core::transport::SnapshotReceive::Receive(mut sink)) =
+                handler.snapshot_sink(&vote, Some(bytes.len() as u64))
+            else {
                 return;
             };
             if sink.write(&bytes).is_err() {

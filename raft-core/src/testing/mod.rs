@@ -77,7 +77,8 @@ pub fn snapshot_bytes(
     user: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
 ) -> Result<Vec<u8>, crate::snapshot::SnapshotError> {
     let store = crate::snapshot::SnapshotStore::memory(u64::MAX);
-    let data = store.write(meta, &crate::session::SessionTable::new(1), user)?;
+    let sessions = crate::session::SessionTable::new(crate::session::SessionLimits::default());
+    let data = store.write(meta, &sessions, user)?;
     Ok(data.memory_bytes().map(|b| b.to_vec()).unwrap_or_default())
 }
 
