@@ -159,6 +159,8 @@ async fn update_gauges(nodes: Vec<Node>, handle: PrometheusHandle) {
                 wal.fsync_micros as f64 / wal.flush_batches as f64 / 1e6
             });
             metrics::counter!("wal_entries_total", "node" => id.clone()).absolute(wal.entries);
+            metrics::counter!("raft_snapshot_failures_total", "node" => id.clone())
+                .absolute(node.snapshot_stats().failures);
             let s = node.storage();
             if let Some(u) = s.usage {
                 metrics::gauge!("storage_used_bytes", "node" => id.clone())

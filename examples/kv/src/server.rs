@@ -511,7 +511,10 @@ async fn info(ctx: &Ctx, section: Option<&str>) -> Reply {
             s.entries, s.bytes, s.fsyncs, s.fsync_micros
         ));
         text.push_str(&storage_info(&node.storage()));
-        text.push_str("\r\n");
+        text.push_str(&format!(
+            "snapshot_failures:{}\r\n\r\n",
+            node.snapshot_stats().failures
+        ));
     }
     Reply::Bulk(Bytes::from(text))
 }
