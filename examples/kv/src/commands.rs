@@ -149,6 +149,16 @@ pub fn parse_as(name: Option<&'static str>, args: &[Bytes], now: u64, max_value:
             suffix: rest[1].clone(),
             max: max_value as u64,
         }),
+        "setrange" if n == 3 => match parse_i64(&rest[1]) {
+            Some(offset) if offset < 0 => error("ERR offset is out of range"),
+            Some(offset) => write(WriteOp::SetRange {
+                key: rest[0].clone(),
+                offset: offset as u64,
+                value: rest[2].clone(),
+                max: max_value as u64,
+            }),
+            None => error(NOT_INT),
+        },
         "strlen" if n == 1 => Action::Read(ReadOp::Strlen(rest[0].clone())),
         "mget" if n >= 1 => Action::Read(ReadOp::MGet(rest.to_vec())),
         "mset" if n >= 2 && n.is_multiple_of(2) => write(WriteOp::MSet(
@@ -381,6 +391,7 @@ const COMMANDS: &[CommandSpec] = &[
     ("select", 2, &["fast"], 0, 0, 0),
     ("set", -3, &["write"], 1, 1, 1),
     ("setnx", 3, &["write", "fast"], 1, 1, 1),
+    ("setrange", 4, &["write"], 1, 1, 1),
     ("strlen", 2, &["readonly", "fast"], 1, 1, 1),
     ("ttl", 2, &["readonly", "fast"], 1, 1, 1),
 ];

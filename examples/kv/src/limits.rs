@@ -18,8 +18,8 @@ pub struct LimitArgs {
     /// Close a client that sends nothing for this many seconds (0: never, as in Redis).
     #[arg(long, default_value_t = 0)]
     pub timeout: u64,
-    /// Largest bulk string a client may send, and the largest string value APPEND may build, in
-    /// bytes.
+    /// Largest bulk string a client may send, and the largest string value APPEND or SETRANGE
+    /// may build, in bytes.
     #[arg(long, default_value_t = resp::Limits::default().max_bulk)]
     pub proto_max_bulk_len: usize,
     /// Largest command a client may send, in bytes (its arguments plus 32 bytes each); a longer

@@ -97,6 +97,14 @@ pub enum WriteOp {
     /// `APPEND` that refuses to make a value longer than `max` bytes (`proto-max-bulk-len`):
     /// replies with the new length, or an error and no change.
     AppendAtMost { key: Bytes, suffix: Bytes, max: u64 },
+    /// `SETRANGE`: overwrites the value from `offset` (padding with zero bytes), refusing to make
+    /// it longer than `max` bytes; replies with the new length.
+    SetRange {
+        key: Bytes,
+        offset: u64,
+        value: Bytes,
+        max: u64,
+    },
 }
 
 /// A write as it travels through the log: the operation and when it was accepted.
@@ -263,6 +271,42 @@ impl Store {
         Reply::Int(len as i64)
     }
 
+    /// `SETRANGE`, in place while nothing shares the value (see [`Store::append`]).
+    fn set_range(&mut self, key: Bytes, offset: u64, value: Bytes, max: u64, now: u64) -> Reply {
+        let slot = Slot::of(&key);
+        let current = self.live_for_write(&slot, now).map_or(0, |v| v.data.len());
+        if value.is_empty() {
+            // Changes nothing, creates nothing (as in Redis).
+            return Reply::Int(current as i64);
+        }
+        let Some(end) = offset.checked_add(value.len() as u64).filter(|e| *e <= max) else {
+            return Reply::Error(TOO_LONG.into());
+        };
+        let (start, end) = (offset as usize, end as usize);
+        let mut data = match self.live_for_write(&slot, now) {
+            Some(v) => std::mem::take(&mut v.data)
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..])),
+            None => BytesMut::new(),
+        };
+        if data.len() < end {
+            data.resize(end, 0);
+        }
+        data[start..end].copy_from_slice(&value);
+        let len = data.len();
+        match self.live_for_write(&slot, now) {
+            Some(v) => v.data = data.freeze(),
+            None => self.put(
+                slot,
+                Value {
+                    data: data.freeze(),
+                    expires_at: None,
+                },
+            ),
+        }
+        Reply::Int(len as i64)
+    }
+
     fn write(&mut self, cmd: Command) -> Reply {
         let now = cmd.now;
         match cmd.op {
@@ -368,6 +412,12 @@ impl Store {
             }
             WriteOp::Append(key, suffix) => self.append(key, suffix, u64::MAX, now),
             WriteOp::AppendAtMost { key, suffix, max } => self.append(key, suffix, max, now),
+            WriteOp::SetRange {
+                key,
+                offset,
+                value,
+                max,
+            } => self.set_range(key, offset, value, max, now),
             WriteOp::MSet(pairs) => {
                 for (k, v) in pairs {
                     self.put(
@@ -1007,6 +1057,42 @@ mod tests {
             }),
             Reply::Int(10 * n as i64 + 1)
         );
+    }
+
+    #[test]
+    fn setrange_pads_overwrites_and_stops_at_the_limit() {
+        let mut s = Store::default();
+        let op = |offset, value: &str, max| WriteOp::SetRange {
+            key: b("k"),
+            offset,
+            value: b(value),
+            max,
+        };
+        assert_eq!(s.write(at(0, op(3, "ab", 100))), Reply::Int(5));
+        assert_eq!(
+            get(&s, 0, "k"),
+            Reply::Bulk(Bytes::from_static(b"\0\0\0ab"))
+        );
+        assert_eq!(s.write(at(0, op(0, "xyz", 100))), Reply::Int(5));
+        assert_eq!(get(&s, 0, "k"), Reply::Bulk(b("xyzab")));
+        assert_eq!(
+            s.write(at(0, op(99, "12", 100))),
+            Reply::Error(TOO_LONG.into())
+        );
+        assert_eq!(
+            s.write(at(0, op(u64::MAX, "1", u64::MAX))),
+            Reply::Error(TOO_LONG.into()),
+            "no overflow"
+        );
+        assert_eq!(get(&s, 0, "k"), Reply::Bulk(b("xyzab")), "unchanged");
+        let empty = WriteOp::SetRange {
+            key: b("none"),
+            offset: 5,
+            value: Bytes::new(),
+            max: 100,
+        };
+        assert_eq!(s.write(at(0, empty)), Reply::Int(0));
+        assert_eq!(get(&s, 0, "none"), Reply::Nil);
     }
 
     #[test]

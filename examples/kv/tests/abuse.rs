@@ -274,6 +274,22 @@ fn a_bulk_of_exactly_the_limit_commits_and_one_byte_more_is_refused() {
     );
     assert_eq!(other.call(&[b"STRLEN", b"big"]), format!(":{MIB}"));
     assert_eq!(other.call(&[b"APPEND", b"small", b"abc"]), ":3");
+    // Nor can SETRANGE, however far the offset.
+    let offset = MIB.to_string();
+    assert_eq!(
+        other.call(&[b"SETRANGE", b"small", offset.as_bytes(), b"x"]),
+        "-ERR string exceeds maximum allowed size (proto-max-bulk-len)"
+    );
+    assert_eq!(
+        other.call(&[b"SETRANGE", b"small", b"9223372036854775807", b"x"]),
+        "-ERR string exceeds maximum allowed size (proto-max-bulk-len)"
+    );
+    assert_eq!(other.call(&[b"STRLEN", b"small"]), ":3");
+    let last = (MIB - 1).to_string();
+    assert_eq!(
+        other.call(&[b"SETRANGE", b"small", last.as_bytes(), b"x"]),
+        format!(":{MIB}")
+    );
 }
 
 #[test]
