@@ -254,5 +254,20 @@ mod append_budget {
         assert!(rx.recv().unwrap());
         assert_eq!(batch(&mut log, 1, 11).await.len(), 2);
         assert_eq!(batch(&mut log, 10, 11).await.len(), 1);
+        let small: Vec<Entry> = (11..=400).map(|i| entry(i, 100)).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        log.append_with(small, move |r| tx.send(r.is_ok()).unwrap())
+            .unwrap();
+        assert!(rx.recv().unwrap());
+        let got = batch(&mut log, 11, 311).await;
+        assert_eq!(got.len(), 300, "small entries batch whole");
+        assert!(
+            got.windows(2)
+                .all(|w| w[1].log_id.index == w[0].log_id.index + 1)
+        );
+        // Large entries then small ones: the small ones fill what the budget has left.
+        let got = batch(&mut log, 9, 311).await;
+        assert_eq!(got.len(), 302);
+        assert!(got.iter().map(entry_cost).sum::<usize>() <= 3 << 20);
     }
 }

@@ -21,7 +21,6 @@ use std::time::Instant;
 use std::time::SystemTime;
 use std::time::UNIX_EPOCH;
 
-use bytes::Buf;
 use bytes::Bytes;
 use bytes::BytesMut;
 use raft_core::Consistency;
@@ -220,8 +219,10 @@ async fn flush(
             limits.output_bytes
         )));
     }
-    while !out.is_empty() {
-        let n = match tokio::time::timeout(limits.output_timeout, socket.write(out)).await {
+    let mut sent = 0;
+    while sent < out.len() {
+        let write = socket.write(&out[sent..]);
+        let n = match tokio::time::timeout(limits.output_timeout, write).await {
             Ok(n) => n?,
             Err(_) => {
                 metrics::counter!("kv_output_limit_disconnects_total").increment(1);
@@ -234,7 +235,7 @@ async fn flush(
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        out.advance(n);
+        sent += n;
     }
     out.clear();
     Ok(())

@@ -360,34 +360,43 @@ impl RaftLogReader<TypeConfig> for LogReader {
         let budget = self.append_budget;
         let mut out = Vec::new();
         let mut total = 0usize;
-        let mut take = |e: Entry, out: &mut Vec<Entry>| {
-            total = total.saturating_add(entry_cost(&e));
-            let fits = out.is_empty() || total <= budget;
+        // Takes `e` if it fits in the budget (the first entry always does).
+        let take = |e: Entry, out: &mut Vec<Entry>, total: &mut usize| {
+            *total = total.saturating_add(entry_cost(&e));
+            let fits = out.is_empty() || *total <= budget;
             if fits {
                 out.push(e);
             }
             fits
         };
         match &self.backend {
-            // One entry at a time under one read lock: a batch of large entries is never read
-            // whole only to be cut.
+            // In chunks under one read lock, sized by what the budget has left over the entries'
+            // average so far: small entries go many at a time, and a run of large ones is read
+            // one by one, never whole only to be cut.
             ReaderBackend::Durable(view) => {
                 let v = view.read();
-                for index in start..end {
-                    let Some(e) = v.read_range(index, index + 1)?.pop() else {
-                        if out.is_empty() {
-                            continue; // purged: the range starts later
+                let mut index = start;
+                let mut chunk = 1u64;
+                'read: while index < end {
+                    let hi = index.saturating_add(chunk).min(end);
+                    let entries = v.read_range(index, hi)?;
+                    if entries.is_empty() && !out.is_empty() {
+                        break; // the log ends here
+                    }
+                    for e in entries {
+                        if !take(e, &mut out, &mut total) {
+                            break 'read;
                         }
-                        break;
-                    };
-                    if !take(e, &mut out) {
-                        break;
+                    }
+                    index = hi;
+                    if let Some(avg) = total.checked_div(out.len()) {
+                        chunk = (budget.saturating_sub(total) / avg.max(1)).clamp(1, 64) as u64;
                     }
                 }
             }
             ReaderBackend::Memory(m) => {
                 for e in m.read_range(start, end) {
-                    if !take(e, &mut out) {
+                    if !take(e, &mut out, &mut total) {
                         break;
                     }
                 }
