@@ -79,7 +79,7 @@ pub fn parse(args: &[Bytes], now: u64) -> Action {
 const MAX_EXPIRE_AT: u64 = i64::MAX as u64;
 
 /// Like `parse` (in tests), for a caller that already looked the command's name up with [`known`];
-/// `max_value` is the longest string APPEND may build (`proto-max-bulk-len`).
+/// `max_value` is the longest string APPEND or SETRANGE may build (`proto-max-bulk-len`).
 pub fn parse_as(name: Option<&'static str>, args: &[Bytes], now: u64, max_value: usize) -> Action {
     let Some(first) = args.first() else {
         return Action::Reply(Reply::Ok);
