@@ -231,7 +231,12 @@ impl<S: Queryable> Server<S> {
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(o.max_concurrent_streams))
             .http2_keepalive_interval(Some(o.keepalive_interval))
-            .http2_keepalive_timeout(Some(o.keepalive_timeout));
+            .http2_keepalive_timeout(Some(o.keepalive_timeout))
+            // Clients that time out reset streams the server has not accepted yet. h2 closes
+            // the whole connection (which a peer's replication shares) past 20 such resets;
+            // allowing as many as there may be streams keeps the rapid-reset bound without
+            // dropping a busy peer's connection.
+            .http2_max_pending_accept_reset_streams(Some(o.max_concurrent_streams as usize));
         if let Some(tls) = self.shared.opts.tls.as_ref().and_then(|t| t.server()) {
             builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
         }

@@ -282,9 +282,21 @@ async fn execute(args: &[Bytes], conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut)
     false
 }
 
-fn failure(s: &Status) -> Reply {
+/// The Redis error a client gets for a call that failed for good. Statuses raftkit itself
+/// produced carry an [`ErrorCode`] and a message written for users; anything else is a transport
+/// failure between nodes (connection reset, HTTP/2 error), whose wording stays in the log: the
+/// client learns only that it may retry, and for a write that the outcome is unknown.
+fn failure(s: &Status, write: bool) -> Reply {
+    let Some(code) = ErrorCode::of(s) else {
+        tracing::debug!(status = %s, "a call between nodes failed in transit");
+        return Reply::Error(if write {
+            format!("{OUTCOME_UNKNOWN}the request to the leader failed in transit")
+        } else {
+            "TRYAGAIN the read failed in transit between nodes; it changed nothing".to_string()
+        });
+    };
     let msg = s.message().replace(['\r', '\n'], " ");
-    match ErrorCode::of(s) {
+    match Some(code) {
         Some(ErrorCode::NotLeader | ErrorCode::NoQuorum | ErrorCode::Shutdown) => {
             Reply::Error(format!("CLUSTERDOWN {msg}"))
         }
@@ -304,7 +316,7 @@ fn failure(s: &Status) -> Reply {
 /// Sends `cmd` (stamped once, by the caller) until it succeeds or fails for good: a retry sends
 /// the very same command, so it is applied at most once.
 async fn write(ctx: &Ctx, session: Session, cmd: Command) -> Reply {
-    retrying("write", || ctx.client.write(Some(session), &cmd)).await
+    retrying(true, || ctx.client.write(Some(session), &cmd)).await
 }
 
 async fn read(ctx: &Ctx, op: ReadOp) -> Reply {
@@ -312,7 +324,7 @@ async fn read(ctx: &Ctx, op: ReadOp) -> Reply {
 }
 
 async fn read_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Reply {
-    retrying("read", || {
+    retrying(false, || {
         let q = Query {
             now: now_ms(),
             op: op.clone(),
@@ -358,7 +370,7 @@ async fn keys(ctx: &Ctx, pattern: Bytes) -> Reply {
 
 /// Makes `attempt` until it succeeds, fails for good, or [`RETRY_FOR`] has passed, pausing
 /// between attempts (20 ms, doubling up to 500 ms) while the cluster elects or restarts.
-async fn retrying<F, Fut>(what: &str, mut attempt: F) -> Reply
+async fn retrying<F, Fut>(write: bool, mut attempt: F) -> Reply
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Reply, Status>>,
@@ -369,11 +381,11 @@ where
         match attempt().await {
             Ok(r) => return r,
             Err(s) if status::is_transient(&s) && Instant::now() + pause < deadline => {
-                tracing::debug!(status = %s, "{what} retried");
+                tracing::debug!(status = %s, write, "retried");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(500));
             }
-            Err(s) => return failure(&s),
+            Err(s) => return failure(&s, write),
         }
     }
 }
@@ -518,4 +530,51 @@ async fn info(ctx: &Ctx, section: Option<&str>) -> Reply {
         ));
     }
     Reply::Bulk(Bytes::from(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use raft_grpc::status::ErrorCode;
+    use tonic::Code;
+    use tonic::Status;
+
+    use super::*;
+
+    fn text(r: Reply) -> String {
+        match r {
+            Reply::Error(e) => e,
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn transport_failures_are_retriable_and_never_show_transport_wording() {
+        let transport = [
+            Status::unknown("h2 protocol error: http2 error"),
+            Status::unavailable("error trying to connect: tcp connect error: Connection refused"),
+            Status::cancelled("operation was canceled: connection closed"),
+            Status::internal("h2 protocol error: stream no longer needed"),
+        ];
+        for s in &transport {
+            let w = text(failure(s, true));
+            assert!(w.starts_with(OUTCOME_UNKNOWN), "{w}");
+            let r = text(failure(s, false));
+            assert!(r.starts_with("TRYAGAIN ") && !r.contains("unknown"), "{r}");
+            for e in [w, r] {
+                for word in ["h2", "http2", "tonic", "tcp", "canceled"] {
+                    assert!(!e.contains(word), "{e:?} shows {word:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn raftkit_errors_keep_their_meaning() {
+        let not_leader = status::status(Code::Unavailable, ErrorCode::NotLeader, "no leader");
+        assert!(text(failure(&not_leader, true)).starts_with("CLUSTERDOWN "));
+        let timeout = status::status(Code::DeadlineExceeded, ErrorCode::Timeout, "timed out");
+        assert!(text(failure(&timeout, true)).starts_with(OUTCOME_UNKNOWN));
+        let bad = status::invalid("command too large");
+        assert_eq!(text(failure(&bad, true)), "ERR command too large");
+    }
 }
