@@ -11,6 +11,8 @@
 //! * `state_machine.rs` — [`StateMachine`], the only trait a user implements.
 //! * `node.rs` — [`Node`]: start, initialize, write, read, membership, leader transfer,
 //!   metrics, shutdown.
+//! * `cluster_id.rs` — [`ClusterId`]: drawn at initialize, stored with the node's data, carried
+//!   by every internal RPC; a node refuses another cluster's requests.
 //! * `config.rs` — [`Config`] and its defaults; `error.rs` — the one [`Error`] enum;
 //!   `metrics.rs` — [`Metrics`].
 //! * `apply.rs` — the bridge from [`StateMachine`] to openraft: decoding commands, client
@@ -30,6 +32,7 @@
 #![warn(missing_docs)]
 
 mod apply;
+pub mod cluster_id;
 pub mod codec;
 mod config;
 mod disk;
@@ -50,6 +53,7 @@ pub mod types;
 mod validate;
 
 pub use crate::apply::SnapshotStats;
+pub use crate::cluster_id::ClusterId;
 pub use crate::config::Config;
 pub use crate::config::Storage;
 pub use crate::error::Error;

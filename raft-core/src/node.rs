@@ -32,6 +32,8 @@ use crate::apply::Applier;
 use crate::apply::SmShared;
 use crate::apply::SnapshotHealth;
 use crate::apply::SnapshotStats;
+use crate::cluster_id::ClusterId;
+use crate::cluster_id::ClusterIdentity;
 use crate::codec;
 use crate::config::Config;
 use crate::config::Storage;
@@ -100,6 +102,7 @@ pub(crate) struct Inner<S: StateMachine> {
     snapshot_health: Arc<SnapshotHealth>,
     log_stats: LogStatsHandle,
     space: Arc<Space>,
+    cluster: Arc<ClusterIdentity>,
     #[cfg(feature = "testing")]
     power: Option<crate::log::PowerSwitch>,
     #[cfg(feature = "testing")]
@@ -179,6 +182,7 @@ impl<S: StateMachine> Node<S> {
         log.set_append_budget(config.max_append_bytes);
         let snapshots = Arc::new(snapshots);
         let log_stats = log.stats_handle();
+        let cluster = Arc::new(Self::open_cluster_id(&config.storage).await?);
         #[cfg(feature = "testing")]
         let power = log.power_switch();
         #[cfg(feature = "testing")]
@@ -212,6 +216,7 @@ impl<S: StateMachine> Node<S> {
                 snapshot_health,
                 log_stats,
                 space,
+                cluster,
                 #[cfg(feature = "testing")]
                 power,
                 #[cfg(feature = "testing")]
@@ -236,6 +241,23 @@ impl<S: StateMachine> Node<S> {
         })
         .await
         .map_err(|e| Error::Fatal(format!("storage open task failed: {e}")))?
+    }
+
+    async fn open_cluster_id(storage: &Storage) -> Result<ClusterIdentity> {
+        let dir = match storage {
+            Storage::Dir(dir) => Some(dir.clone()),
+            Storage::Memory => None,
+        };
+        tokio::task::spawn_blocking(move || ClusterIdentity::open(dir.as_deref()))
+            .await
+            .map_err(|e| Error::Fatal(format!("cluster id task failed: {e}")))?
+            .map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    /// The id of the cluster this node belongs to: drawn by [`Node::initialize`], learnt from
+    /// the first accepted RPC on other nodes, stored with the node's data. `None` until then.
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        self.inner.cluster.get()
     }
 
     /// This node's id.
@@ -285,6 +307,9 @@ impl<S: StateMachine> Node<S> {
     /// Forms a new cluster with `members` (id and address each) as its voters. Call it on one
     /// node, once, when the cluster is first created; it fails with
     /// [`Error::AlreadyInitialized`] on a node that has any state.
+    ///
+    /// It also draws the cluster's id ([`Node::cluster_id`]), stored before the cluster forms;
+    /// the other members learn it from this node's first RPC.
     pub async fn initialize<A: Into<String>>(
         &self,
         members: impl IntoIterator<Item = (NodeId, A)>,
@@ -293,6 +318,13 @@ impl<S: StateMachine> Node<S> {
             .into_iter()
             .map(|(id, a)| (id, BasicNode::new(a.into())))
             .collect();
+        if self.cluster_id().is_none() && !self.is_initialized().await? {
+            let cluster = self.inner.cluster.clone();
+            tokio::task::spawn_blocking(move || cluster.adopt(ClusterId::random()))
+                .await
+                .map_err(|e| Error::Fatal(format!("cluster id task failed: {e}")))?
+                .map_err(|e| Error::Storage(e.to_string()))?;
+        }
         match self.inner.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
@@ -816,6 +848,7 @@ impl<S: StateMachine> Node<S> {
             id: self.inner.id,
             raft: self.inner.raft.clone(),
             snapshots: self.inner.snapshots.clone(),
+            cluster: self.inner.cluster.clone(),
         })
     }
 
@@ -873,6 +906,7 @@ struct Handler<S: StateMachine> {
     id: NodeId,
     raft: RaftHandle<S>,
     snapshots: Arc<SnapshotStore>,
+    cluster: Arc<ClusterIdentity>,
 }
 
 impl<S: StateMachine> Handler<S> {
@@ -884,6 +918,32 @@ impl<S: StateMachine> Handler<S> {
 impl<S: StateMachine> RpcHandler for Handler<S> {
     fn node_id(&self) -> NodeId {
         self.id
+    }
+
+    fn cluster_id(&self) -> Option<ClusterId> {
+        self.cluster.get()
+    }
+
+    fn check_cluster(
+        &self,
+        theirs: Option<ClusterId>,
+    ) -> BoxFuture<'_, Result<(), RpcHandlerError>> {
+        let ours = self.cluster.get();
+        if ours.is_some() || theirs.is_none() {
+            // Decided without touching the disk: the common case, on every call.
+            return futures_util::future::ready(
+                self.cluster.check_or_adopt(theirs).map_err(Into::into),
+            )
+            .boxed();
+        }
+        let cluster = self.cluster.clone();
+        async move {
+            tokio::task::spawn_blocking(move || cluster.check_or_adopt(theirs))
+                .await
+                .map_err(|_| self.stopped())?
+                .map_err(Into::into)
+        }
+        .boxed()
     }
 
     fn append_entries(

@@ -18,6 +18,8 @@ use futures_util::stream::BoxStream;
 use openraft::RaftNetworkFactory;
 use openraft::network::NetSnapshot;
 
+use crate::cluster_id::ClusterId;
+use crate::cluster_id::ClusterIdError;
 use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotError;
 use crate::snapshot::SnapshotSink;
@@ -92,12 +94,26 @@ pub enum RpcHandlerError {
     /// A received snapshot could not be stored or verified.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// The request belongs to another cluster (or this node could not store the cluster id).
+    #[error(transparent)]
+    Cluster(#[from] ClusterIdError),
 }
 
 /// The receiving side of a node's internal RPCs, independent of the user's state machine type.
 pub trait RpcHandler: Send + Sync + 'static {
     /// The node this handler serves.
     fn node_id(&self) -> NodeId;
+
+    /// The node's cluster id, once known; a transport sends it with every request.
+    fn cluster_id(&self) -> Option<ClusterId>;
+
+    /// Checks the cluster id an incoming request carries, before anything else is done with
+    /// the request: another cluster's id is refused, naming both. A node that has no id yet
+    /// takes (and stores) the first one it is sent.
+    fn check_cluster(
+        &self,
+        theirs: Option<ClusterId>,
+    ) -> BoxFuture<'_, Result<(), RpcHandlerError>>;
 
     /// Handles a replication (or heartbeat) request.
     fn append_entries(

@@ -54,7 +54,7 @@ async fn ask_voters<S: Queryable>(
         .map(|(id, addr)| async move {
             let mut c = client.peer(&addr).ok()?;
             let reply = c
-                .status(pb::request(pb::StatusRequest {}, timeout))
+                .status(client.peer_request(pb::StatusRequest {}, timeout))
                 .await
                 .ok()?
                 .into_inner();

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use tonic::transport::Channel;
 
+use crate::auth::Credentials;
 use crate::net::ChannelOptions;
 use crate::net::Connector;
 use crate::net::Pool;
@@ -65,7 +66,25 @@ pub struct ClientOptions {
     pub read_policy: ReadPolicy,
     /// Largest message sent or accepted, in bytes. Default 64 MiB.
     pub max_message_bytes: usize,
+    /// Who the client is, on clusters that authenticate callers (see [`crate::auth`]): a
+    /// user's token or the cluster secret. Default none.
+    pub credentials: Option<Credentials>,
 }
+
+/// Adds the client's credentials to each call.
+#[derive(Clone)]
+struct Stamp(Option<Credentials>);
+
+impl tonic::service::Interceptor for Stamp {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(c) = &self.0 {
+            c.stamp(req.metadata_mut());
+        }
+        Ok(req)
+    }
+}
+
+type Client = PbClusterClient<tonic::service::interceptor::InterceptedService<Channel, Stamp>>;
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -77,6 +96,7 @@ impl Default for ClientOptions {
             total_timeout: Duration::from_secs(30),
             read_policy: ReadPolicy::RoundRobin,
             max_message_bytes: 64 << 20,
+            credentials: None,
         }
     }
 }
@@ -200,11 +220,14 @@ impl<S: Queryable> ClusterClient<S> {
         })
     }
 
-    fn client(&self, addr: &str) -> Result<PbClusterClient<Channel>, Status> {
+    fn client(&self, addr: &str) -> Result<Client, Status> {
         let max = self.inner.opts.max_message_bytes;
-        Ok(PbClusterClient::new(self.inner.pool.channel(addr)?)
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max))
+        let stamp = Stamp(self.inner.opts.credentials.clone());
+        Ok(
+            PbClusterClient::with_interceptor(self.inner.pool.channel(addr)?, stamp)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
     }
 
     fn next_endpoint(&self) -> String {
@@ -251,7 +274,7 @@ impl<S: Queryable> ClusterClient<S> {
     /// retrying elsewhere until the total timeout.
     async fn retry<T, F, Fut>(&self, mut target: String, mut attempt: F) -> Result<T, ClientError>
     where
-        F: FnMut(PbClusterClient<Channel>, Duration) -> Fut,
+        F: FnMut(Client, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let o = &self.inner.opts;
@@ -497,7 +520,7 @@ impl<S: Queryable> ClusterClient<S> {
 
     async fn admin<F, Fut>(&self, attempt: F) -> Result<(), ClientError>
     where
-        F: FnMut(PbClusterClient<Channel>, Duration) -> Fut,
+        F: FnMut(Client, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<(), Status>>,
     {
         self.retry(self.leader_guess(), attempt).await

@@ -14,6 +14,7 @@
 //!   writes, spreads reads by a [`ReadPolicy`].
 //! * `grpc_node.rs` — [`GrpcNode`]: node, transport and server started together.
 //! * `alarms.rs` — the cluster-wide storage alarm: the leader asks its voters for theirs.
+//! * [`auth`] — peer authentication (cluster secret or node certificates) and client roles.
 //! * `net.rs` — the injectable [`Connector`] and the channel pool; `tls.rs` — [`TlsConfig`];
 //!   `status.rs` — errors on the wire; `options.rs` — [`GrpcOptions`]; `wire.rs` — payload
 //!   encoding.
@@ -33,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod alarms;
+pub mod auth;
 mod client;
 mod grpc_node;
 mod net;
@@ -44,6 +46,12 @@ mod tls;
 mod transport;
 mod wire;
 
+pub use crate::auth::Auth;
+pub use crate::auth::AuthConfig;
+pub use crate::auth::ClusterSecret;
+pub use crate::auth::Credentials;
+pub use crate::auth::Role;
+pub use crate::auth::User;
 pub use crate::client::ClientError;
 pub use crate::client::ClientOptions;
 pub use crate::client::ClusterClient;

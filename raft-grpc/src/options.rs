@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::auth::Auth;
 use crate::net::ChannelOptions;
 use crate::net::Connector;
 use crate::tls::TlsConfig;
@@ -38,6 +39,11 @@ pub struct GrpcOptions {
     pub keepalive_interval: Duration,
     /// How long the server waits for a keepalive ping's answer. Default 20 s.
     pub keepalive_timeout: Duration,
+    /// Who may call: peer authentication (cluster secret, node certificates) and the users of
+    /// the cluster service with their roles. Default: nobody is authenticated (see
+    /// [`crate::auth`]); a node serving a non-loopback address without peer authentication
+    /// logs a warning.
+    pub auth: Auth,
 }
 
 /// Bytes a replication message adds around its entries (vote, log ids, lengths), with room to
@@ -110,6 +116,7 @@ impl Default for GrpcOptions {
             max_concurrent_streams: 1024,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(20),
+            auth: Auth::default(),
         }
     }
 }

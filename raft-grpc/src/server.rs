@@ -26,6 +26,7 @@ use raft_core::Queryable;
 use raft_core::ReadIndex;
 use raft_core::Role;
 use raft_core::Session;
+use raft_core::cluster_id::ClusterIdError;
 use raft_core::snapshot::SnapshotError;
 use raft_core::transport::RpcHandlerError;
 use raft_core::transport::SharedRpcHandler;
@@ -43,6 +44,11 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 use tonic::transport::server::Connected;
 
+use crate::auth;
+use crate::auth::Caller;
+use crate::auth::ClientCheck;
+use crate::auth::PeerCheck;
+use crate::auth::Role as AuthRole;
 use crate::net::Pool;
 use crate::options::GrpcOptions;
 use crate::pb;
@@ -165,7 +171,7 @@ impl<S: Queryable> NodeClient<S> {
             raft_core::codec::encode(command).map_err(|e| status::invalid(e.to_string()))?;
         let reply = self
             .shared
-            .write(session, bytes.into(), false, None)
+            .write(session, bytes.into(), false, None, None)
             .await?;
         raft_core::codec::decode(&reply.output)
             .map_err(|e| status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string()))
@@ -189,6 +195,17 @@ impl<S: Queryable> NodeClient<S> {
     pub(crate) fn peer(&self, addr: &str) -> Result<PbClusterClient<Channel>, Status> {
         self.shared.cluster_client(addr)
     }
+
+    /// A request to a peer's cluster service, within `timeout`, carrying this node's peer
+    /// credentials.
+    pub(crate) fn peer_request<T>(&self, msg: T, timeout: Duration) -> Request<T> {
+        let mut r = pb::request(msg, timeout);
+        self.shared
+            .opts
+            .auth
+            .stamp_peer(r.metadata_mut(), self.shared.node.id());
+        r
+    }
 }
 
 impl<S: Queryable> Server<S> {
@@ -208,6 +225,7 @@ impl<S: Queryable> Server<S> {
             node.id(),
             "a transport made for another node"
         );
+        transport.attach(node.rpc_handler());
         Server {
             shared: Arc::new(Shared {
                 handler: node.rpc_handler(),
@@ -240,13 +258,45 @@ impl<S: Queryable> Server<S> {
         if let Some(tls) = self.shared.opts.tls.as_ref().and_then(|t| t.server()) {
             builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
         }
+        // The interceptors run on a call's headers, before its message is decoded.
+        let auth = self.shared.opts.auth.clone();
         let internal = RaftInternalServer::new(Internal(self.shared.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let internal =
+            tonic::service::interceptor::InterceptedService::new(internal, PeerCheck(auth.clone()));
         let cluster = ClusterServer::new(Cluster(self.shared.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let cluster =
+            tonic::service::interceptor::InterceptedService::new(cluster, ClientCheck(auth));
         Ok(builder.add_service(internal).add_service(cluster))
+    }
+
+    /// Says loudly when this server faces a network without authenticating peers.
+    fn warn_if_open(&self, addr: Option<std::net::SocketAddr>) {
+        let Some(addr) = addr else { return };
+        if addr.ip().is_loopback() {
+            return;
+        }
+        let opts = &self.shared.opts;
+        let auth = opts.auth.current();
+        if !auth.authenticates_peers() {
+            tracing::warn!(
+                %addr,
+                "SECURITY: serving raft and the cluster API on a non-loopback address without \
+                 peer authentication: anyone who can reach {addr} can change membership and \
+                 rewrite the log. Set a cluster secret or mutual TLS with node certificates \
+                 (GrpcOptions::auth)."
+            );
+        } else if opts.tls.is_none() {
+            tracing::warn!(
+                %addr,
+                "serving on a non-loopback address without TLS: the cluster secret keeps out \
+                 callers who do not know it, but not eavesdroppers, who see all data and the \
+                 peer token"
+            );
+        }
     }
 
     /// Serves on `listener` until `shutdown` completes.
@@ -255,6 +305,7 @@ impl<S: Queryable> Server<S> {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
+        self.warn_if_open(listener.local_addr().ok());
         // Small messages (heartbeats, acks) must not wait for Nagle's algorithm.
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
             if let Ok(s) = &conn
@@ -333,6 +384,16 @@ fn handler_status(e: RpcHandlerError) -> Status {
         RpcHandlerError::Snapshot(_) => {
             status::status(Code::Internal, ErrorCode::Storage, e.to_string())
         }
+        RpcHandlerError::Cluster(
+            ClusterIdError::Mismatch { .. } | ClusterIdError::Missing { .. },
+        ) => status::status(
+            Code::FailedPrecondition,
+            ErrorCode::WrongCluster,
+            e.to_string(),
+        ),
+        RpcHandlerError::Cluster(_) => {
+            status::status(Code::Internal, ErrorCode::Storage, e.to_string())
+        }
     }
 }
 
@@ -364,9 +425,20 @@ impl<S: Queryable> Shared<S> {
             .max_encoding_message_size(max))
     }
 
-    /// A request forwarded on a caller's behalf, carrying its remaining deadline.
-    fn forward_request<T>(&self, msg: T, timeout: Option<Duration>) -> Request<T> {
+    /// A request forwarded on a caller's behalf, carrying its remaining deadline and who the
+    /// caller is (this node itself when `caller` is `None`).
+    fn forward_request<T>(
+        &self,
+        msg: T,
+        timeout: Option<Duration>,
+        caller: Option<&Caller>,
+    ) -> Request<T> {
         let mut r = pb::request(msg, self.deadline(timeout));
+        let me = self.node.id();
+        match caller {
+            Some(c) => self.opts.auth.stamp_forward(r.metadata_mut(), me, c),
+            None => self.opts.auth.stamp_peer(r.metadata_mut(), me),
+        }
         r.metadata_mut().insert(
             FORWARDED_KEY,
             tonic::metadata::MetadataValue::from_static("1"),
@@ -405,13 +477,32 @@ impl<S: Queryable> Shared<S> {
         }
     }
 
-    /// Applies an encoded write on this node if it leads, or forwards it once to the leader.
+    /// Checks the cluster id an internal call carries (adopting it on a node that has none).
+    async fn check_cluster<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let theirs = match req.metadata().get(auth::CLUSTER_ID_KEY) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| status::invalid("malformed cluster id"))?,
+            ),
+        };
+        self.handler
+            .check_cluster(theirs)
+            .await
+            .map_err(handler_status)
+    }
+
+    /// Applies an encoded write on this node if it leads, or forwards it once to the leader
+    /// on behalf of `caller`.
     async fn write(
         &self,
         session: Option<Session>,
         command: bytes::Bytes,
         forwarded: bool,
         timeout: Option<Duration>,
+        caller: Option<&Caller>,
     ) -> Result<pb::WriteReply, Status> {
         let request = RaftRequest {
             session,
@@ -433,7 +524,7 @@ impl<S: Queryable> Shared<S> {
                 })
             },
             |mut c| async move {
-                Ok(c.write(self.forward_request(forward_msg, timeout))
+                Ok(c.write(self.forward_request(forward_msg, timeout, caller))
                     .await?
                     .into_inner())
             },
@@ -475,10 +566,14 @@ impl<S: Queryable> Shared<S> {
             target: leader,
             consistency: pb::Consistency::from(consistency).into(),
         };
-        let r = client
-            .read_index(pb::request(req, self.deadline(timeout)))
-            .await?
-            .into_inner();
+        let mut req = pb::request(req, self.deadline(timeout));
+        crate::transport::stamp_internal(
+            req.metadata_mut(),
+            &self.opts.auth,
+            self.node.id(),
+            self.handler.cluster_id(),
+        );
+        let r = client.read_index(req).await?.into_inner();
         Ok(ReadIndex {
             term: r.term,
             index: r.index,
@@ -520,6 +615,7 @@ impl<S: Queryable> Internal<S> {
         F: FnOnce(Req) -> Fut,
         Fut: Future<Output = Result<Resp, RpcHandlerError>>,
     {
+        self.0.check_cluster(&req).await?;
         let msg = self.decode_request(req.get_ref(), what)?;
         let resp = handle(msg).await.map_err(handler_status)?;
         Self::reply(&resp)
@@ -543,6 +639,7 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
         &self,
         req: Request<Streaming<pb::RaftRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        self.0.check_cluster(&req).await?;
         let shared = self.0.clone();
         // A bad request ends the input; the caller learns why after the answers so far.
         let failure: Arc<Mutex<Option<Status>>> = Arc::default();
@@ -612,6 +709,7 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
         &self,
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftReply>, Status> {
+        self.0.check_cluster(&req).await?;
         let shared = &self.0;
         let max_chunk = shared.opts.max_snapshot_chunk_bytes;
         let mut chunks = req.into_inner();
@@ -691,6 +789,7 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
         &self,
         req: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexReply>, Status> {
+        self.0.check_cluster(&req).await?;
         let r = req.into_inner();
         self.0.check_target(r.target)?;
         let c = pb::consistency(r.consistency)?;
@@ -718,6 +817,7 @@ impl<S: Queryable> Cluster<S> {
     async fn admin<R, L, F, FF>(
         &self,
         req: Request<R>,
+        caller: Caller,
         local: L,
         forward: F,
     ) -> Result<Response<pb::Empty>, Status>
@@ -734,7 +834,7 @@ impl<S: Queryable> Cluster<S> {
                 forwarded,
                 || local,
                 |c| async move {
-                    forward(c, shared.forward_request(msg, timeout))
+                    forward(c, shared.forward_request(msg, timeout, Some(&caller)))
                         .await
                         .map(|_| ())
                 },
@@ -750,17 +850,25 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
         &self,
         req: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
+        let caller = auth::require(&req, AuthRole::Write, "Write")?;
         let forwarded = is_forwarded(&req) || req.get_ref().no_forward;
         let timeout = caller_timeout(&req);
         let w = req.into_inner();
         tracing::trace!(forwarded, session = ?w.session, "write received");
         self.0
-            .write(w.session.map(Into::into), w.command, forwarded, timeout)
+            .write(
+                w.session.map(Into::into),
+                w.command,
+                forwarded,
+                timeout,
+                Some(&caller),
+            )
             .await
             .map(Response::new)
     }
 
     async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<pb::ReadReply>, Status> {
+        auth::require(&req, AuthRole::Read, "Read")?;
         let shared = &self.0;
         let timeout = caller_timeout(&req);
         let r = req.into_inner();
@@ -787,6 +895,7 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
         &self,
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        let caller = auth::require(&req, AuthRole::Admin, "AddLearner")?;
         let r = req.get_ref();
         if crate::net::split_addr(&r.addr).is_none() {
             return Err(status::invalid(format!(
@@ -795,20 +904,23 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
             )));
         }
         let local = self.0.node.add_learner(r.node_id, r.addr.clone());
-        self.admin(req, local, |mut c, r| async move { c.add_learner(r).await })
-            .await
+        self.admin(req, caller, local, |mut c, r| async move {
+            c.add_learner(r).await
+        })
+        .await
     }
 
     async fn change_membership(
         &self,
         req: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        let caller = auth::require(&req, AuthRole::Admin, "ChangeMembership")?;
         let voters = req.get_ref().voters.clone();
         if voters.is_empty() {
             return Err(status::invalid("a cluster needs at least one voter"));
         }
         let local = self.0.node.change_membership(voters);
-        self.admin(req, local, |mut c, r| async move {
+        self.admin(req, caller, local, |mut c, r| async move {
             c.change_membership(r).await
         })
         .await
@@ -818,37 +930,43 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
         &self,
         req: Request<pb::AddVoterRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        let caller = auth::require(&req, AuthRole::Admin, "AddVoter")?;
         let local = self.0.node.add_voter(req.get_ref().node_id);
-        self.admin(req, local, |mut c, r| async move { c.add_voter(r).await })
-            .await
+        self.admin(req, caller, local, |mut c, r| async move {
+            c.add_voter(r).await
+        })
+        .await
     }
 
     async fn remove_node(
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        let caller = auth::require(&req, AuthRole::Admin, "RemoveNode")?;
         let local = self.0.node.remove_node(req.get_ref().node_id);
-        self.admin(req, local, |mut c, r| async move { c.remove_node(r).await })
-            .await
+        self.admin(req, caller, local, |mut c, r| async move {
+            c.remove_node(r).await
+        })
+        .await
     }
 
     async fn transfer_leader(
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        let caller = auth::require(&req, AuthRole::Admin, "TransferLeader")?;
         let local = self.0.node.transfer_leader(req.get_ref().to);
-        self.admin(
-            req,
-            local,
-            |mut c, r| async move { c.transfer_leader(r).await },
-        )
+        self.admin(req, caller, local, |mut c, r| async move {
+            c.transfer_leader(r).await
+        })
         .await
     }
 
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
+        auth::require(&req, AuthRole::Read, "Status")?;
         let m = self.0.node.metrics();
         let member = |id: &NodeId| pb::Member {
             id: *id,

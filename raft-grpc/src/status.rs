@@ -52,6 +52,8 @@ pub enum ErrorCode {
     /// The cluster's storage alarm is raised: the write was refused before it was proposed
     /// (nothing was applied). Reads and deletes still work; writes resume once space is freed.
     NoSpace,
+    /// The call came from another cluster (its cluster id differs). Nothing was changed.
+    WrongCluster,
 }
 
 impl ErrorCode {
@@ -73,11 +75,12 @@ impl ErrorCode {
             ErrorCode::Storage => "storage",
             ErrorCode::Internal => "internal",
             ErrorCode::NoSpace => "no-space",
+            ErrorCode::WrongCluster => "wrong-cluster",
         }
     }
 
     /// Every code.
-    pub const ALL: [ErrorCode; 15] = {
+    pub const ALL: [ErrorCode; 16] = {
         use ErrorCode::*;
         [
             NotLeader,
@@ -95,6 +98,7 @@ impl ErrorCode {
             Storage,
             Internal,
             NoSpace,
+            WrongCluster,
         ]
     };
 
@@ -258,9 +262,10 @@ mod tests {
             | ErrorCode::InvalidRequest
             | ErrorCode::Storage
             | ErrorCode::Internal
-            | ErrorCode::NoSpace => 1,
+            | ErrorCode::NoSpace
+            | ErrorCode::WrongCluster => 1,
         };
-        assert_eq!(ErrorCode::ALL.iter().map(|c| listed(*c)).sum::<usize>(), 15);
+        assert_eq!(ErrorCode::ALL.iter().map(|c| listed(*c)).sum::<usize>(), 16);
         let distinct: std::collections::HashSet<_> = ErrorCode::ALL.iter().collect();
         assert_eq!(distinct.len(), ErrorCode::ALL.len());
     }

@@ -28,6 +28,7 @@ pub struct TlsConfig {
     ca: Vec<u8>,
     identity: Option<(Vec<u8>, Vec<u8>)>,
     require_client_cert: bool,
+    optional_client_cert: bool,
     server_name: Option<String>,
 }
 
@@ -54,6 +55,7 @@ impl TlsConfig {
                 read("private key", key.as_ref())?,
             )),
             require_client_cert: false,
+            optional_client_cert: false,
             server_name: None,
         })
     }
@@ -64,6 +66,7 @@ impl TlsConfig {
             ca: read("CA certificate", ca.as_ref())?,
             identity: None,
             require_client_cert: false,
+            optional_client_cert: false,
             server_name: None,
         })
     }
@@ -74,6 +77,7 @@ impl TlsConfig {
             ca: ca.into(),
             identity,
             require_client_cert: false,
+            optional_client_cert: false,
             server_name: None,
         }
     }
@@ -81,6 +85,13 @@ impl TlsConfig {
     /// Mutual TLS: servers refuse clients without a certificate signed by the CA.
     pub fn require_client_cert(mut self, required: bool) -> TlsConfig {
         self.require_client_cert = required;
+        self
+    }
+
+    /// Servers ask for a client certificate signed by the CA but also accept clients without
+    /// one (which must then authenticate otherwise, for example with a token).
+    pub fn optional_client_cert(mut self, optional: bool) -> TlsConfig {
+        self.optional_client_cert = optional;
         self
     }
 
@@ -93,8 +104,10 @@ impl TlsConfig {
     pub(crate) fn server(&self) -> Option<ServerTlsConfig> {
         let (cert, key) = self.identity.as_ref()?;
         let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-        if self.require_client_cert {
-            tls = tls.client_ca_root(Certificate::from_pem(&self.ca));
+        if self.require_client_cert || self.optional_client_cert {
+            tls = tls
+                .client_ca_root(Certificate::from_pem(&self.ca))
+                .client_auth_optional(!self.require_client_cert);
         }
         Some(tls)
     }

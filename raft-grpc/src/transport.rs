@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -16,8 +17,10 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use openraft::BasicNode;
 use openraft::RaftNetworkFactory;
+use raft_core::ClusterId;
 use raft_core::NodeId;
 use raft_core::snapshot::SnapshotData;
+use raft_core::transport::SharedRpcHandler;
 use raft_core::transport::rpc;
 use raft_core::transport::rpc::RPCOption;
 use raft_core::transport::rpc::RaftNetworkV2;
@@ -28,8 +31,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::Request;
 use tonic::Status;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 
+use crate::auth;
+use crate::auth::Auth;
 use crate::net::Pool;
 use crate::options::GrpcOptions;
 use crate::pb;
@@ -45,6 +52,23 @@ pub struct GrpcTransport {
     id: NodeId,
     pool: Pool,
     opts: Arc<GrpcOptions>,
+    /// The node's handler, once its server is made: the source of the cluster id to send.
+    local: Arc<OnceLock<SharedRpcHandler>>,
+}
+
+/// Adds what every internal call carries: peer credentials, the sender's id and its cluster id.
+pub(crate) fn stamp_internal(
+    meta: &mut MetadataMap,
+    auth: &Auth,
+    from: NodeId,
+    cluster: Option<ClusterId>,
+) {
+    auth.stamp_peer(meta, from);
+    if let Some(id) = cluster
+        && let Ok(v) = AsciiMetadataValue::try_from(id.to_string())
+    {
+        meta.insert(auth::CLUSTER_ID_KEY, v);
+    }
 }
 
 impl GrpcTransport {
@@ -58,7 +82,13 @@ impl GrpcTransport {
                 opts.channel.clone(),
             ),
             opts: Arc::new(opts),
+            local: Arc::default(),
         }
+    }
+
+    /// Tells the transport which node it sends for, so its calls carry the node's cluster id.
+    pub(crate) fn attach(&self, handler: SharedRpcHandler) {
+        let _ = self.local.set(handler);
     }
 
     /// The connections to peers, one per address.
@@ -87,6 +117,8 @@ impl RaftNetworkFactory<TypeConfig> for GrpcTransport {
             addr: node.addr.clone(),
             client: self.pool.channel(&node.addr).map(|c| self.client(c)),
             snapshot_chunk_bytes: self.opts.snapshot_chunk_bytes.max(1),
+            auth: self.opts.auth.clone(),
+            local: self.local.clone(),
         }
     }
 }
@@ -106,6 +138,8 @@ pub struct GrpcConnection {
     addr: String,
     client: Result<RaftInternalClient<Channel>, Status>,
     snapshot_chunk_bytes: usize,
+    auth: Auth,
+    local: Arc<OnceLock<SharedRpcHandler>>,
 }
 
 /// Whether a status is tonic's own "deadline passed" (reported as `Cancelled`).
@@ -115,6 +149,12 @@ fn is_deadline(s: &Status) -> bool {
 }
 
 impl GrpcConnection {
+    /// Adds credentials and the cluster id to an outgoing call.
+    fn stamp<T>(&self, req: &mut Request<T>) {
+        let cluster = self.local.get().and_then(|h| h.cluster_id());
+        stamp_internal(req.metadata_mut(), &self.auth, self.id, cluster);
+    }
+
     fn client(&self) -> Result<RaftInternalClient<Channel>, rpc::RpcError> {
         self.client.clone().map_err(|s| self.unreachable(&s))
     }
@@ -171,7 +211,9 @@ impl GrpcConnection {
             target: self.target,
             payload,
         };
-        let reply = call(client, pb::request(msg, timeout))
+        let mut req = pb::request(msg, timeout);
+        self.stamp(&mut req);
+        let reply = call(client, req)
             .await
             .map_err(|s| self.rpc_error(s, action, timeout))?;
         wire::decode(&reply.into_inner().payload, "reply").map_err(|s| self.unreachable(&s))
@@ -265,7 +307,9 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
                 }
             });
             let setup = option.soft_ttl();
-            let response = tokio::time::timeout(setup, client.stream_append(Request::new(requests)))
+            let mut req = Request::new(requests);
+            self.stamp(&mut req);
+            let response = tokio::time::timeout(setup, client.stream_append(req))
                 .await
                 .map_err(|_| self.rpc_error(Status::deadline_exceeded("stream setup"), rpc::RPCTypes::AppendEntries, setup))?
                 .map_err(|s| self.rpc_error(s, rpc::RPCTypes::AppendEntries, setup))?;
@@ -333,7 +377,9 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         });
         // A deadline that grows with the snapshot: the soft TTL plus 8 MiB/s.
         let timeout = option.soft_ttl() + Duration::from_secs(total / (8 << 20));
-        let call = client.install_snapshot(pb::request(ReceiverStream::new(rx), timeout));
+        let mut req = pb::request(ReceiverStream::new(rx), timeout);
+        self.stamp(&mut req);
+        let call = client.install_snapshot(req);
         let reply = tokio::select! {
             r = call => r.map_err(|s| to_streaming(self.rpc_error(s, rpc::RPCTypes::InstallSnapshot, timeout)))?,
             closed = cancel => return Err(rpc::StreamingError::Closed(closed)),

@@ -31,8 +31,15 @@ async fn channel(addr: &str) -> Channel {
         .unwrap()
 }
 
+/// The cluster id every internal call carries (set once the cluster is formed).
+static CLUSTER_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn timed<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
+    if let Some(id) = CLUSTER_ID.get() {
+        r.metadata_mut()
+            .insert("x-raftkit-cluster-id", id.parse().unwrap());
+    }
     r.set_timeout(Duration::from_secs(5));
     r
 }
@@ -55,6 +62,8 @@ async fn bad_input_gets_clear_statuses_and_the_cluster_carries_on() {
         c
     })
     .await;
+    let id = c.nodes[&1].node().cluster_id().unwrap();
+    CLUSTER_ID.set(id.to_string()).unwrap();
     let leader = c.leader().await;
     let target = *c.addrs.keys().find(|id| **id != leader).unwrap();
     let addr = c.addrs[&target].clone();

@@ -171,6 +171,7 @@ async fn mutual_tls_admits_certified_clients_and_peers_only() {
             .connect_lazy();
         RaftInternalClient::new(ch)
     };
+    let cluster_id = c.nodes[&1].node().cluster_id().unwrap().to_string();
     let vote_to = |target| {
         let vote =
             raft_core::transport::rpc::VoteRequest::new(openraft::impls::Vote::new(100, 9), None);
@@ -179,6 +180,8 @@ async fn mutual_tls_admits_certified_clients_and_peers_only() {
             payload: raft_core::codec::encode(&vote).unwrap().into(),
         });
         req.set_timeout(Duration::from_secs(2));
+        req.metadata_mut()
+            .insert("x-raftkit-cluster-id", cluster_id.parse().unwrap());
         req
     };
     // Control: with the node's own certificate the same channel reaches the server, which

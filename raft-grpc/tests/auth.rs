@@ -1,0 +1,296 @@
+//! Authentication and authorization: peers prove they know the cluster secret, calls from
+//! another cluster are refused, and callers of the cluster service need the right role.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Cmd;
+use common::GrpcCluster;
+use common::Kv;
+use common::Query;
+use common::Reply;
+use raft_core::Consistency;
+use raft_core::NodeId;
+use raft_grpc::AuthConfig;
+use raft_grpc::ClientError;
+use raft_grpc::ClientOptions;
+use raft_grpc::ClusterClient;
+use raft_grpc::ClusterSecret;
+use raft_grpc::Credentials;
+use raft_grpc::GrpcOptions;
+use raft_grpc::Role;
+use raft_grpc::User;
+use raft_grpc::auth::Auth;
+use raft_grpc::pb;
+use raft_grpc::pb::raft_internal_client::RaftInternalClient;
+use raft_grpc::status::ErrorCode;
+use tonic::Code;
+use tonic::Request;
+use tonic::transport::Channel;
+
+const SECRET: &str = "a cluster secret for the tests, long enough";
+/// A term no election in a test ever reaches.
+const HUGE_TERM: u64 = 1 << 60;
+
+fn secured(users: Vec<User>) -> GrpcOptions {
+    GrpcOptions {
+        auth: Auth::new(AuthConfig {
+            cluster_secret: Some(ClusterSecret::new(SECRET).unwrap()),
+            users,
+            ..AuthConfig::default()
+        }),
+        ..GrpcOptions::default()
+    }
+}
+
+fn user(name: &str, role: Role) -> User {
+    User {
+        name: name.into(),
+        token: format!("{name}-token"),
+        role,
+    }
+}
+
+fn client(c: &GrpcCluster, token: Option<&str>) -> ClusterClient<Kv> {
+    let opts = ClientOptions {
+        credentials: token.map(|t| Credentials::bearer(t).unwrap()),
+        attempt_timeout: Duration::from_secs(2),
+        total_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    };
+    ClusterClient::new(c.endpoints(), opts).unwrap()
+}
+
+fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy()
+}
+
+/// A well-formed vote request from a made-up candidate with a huge term.
+fn huge_vote(target: NodeId) -> Request<pb::RaftRequest> {
+    let vote = raft_core::transport::rpc::VoteRequest::new(
+        openraft::impls::Vote::new(HUGE_TERM, 99),
+        None,
+    );
+    let mut req = Request::new(pb::RaftRequest {
+        target,
+        payload: raft_core::codec::encode(&vote).unwrap().into(),
+    });
+    req.set_timeout(Duration::from_secs(5));
+    req
+}
+
+/// A heartbeat from a made-up leader with a huge term.
+fn huge_append(target: NodeId) -> Request<pb::RaftRequest> {
+    let append = raft_core::transport::rpc::AppendEntriesRequest {
+        vote: openraft::impls::Vote::new_committed(HUGE_TERM, 99),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    };
+    let mut req = Request::new(pb::RaftRequest {
+        target,
+        payload: raft_core::codec::encode(&append).unwrap().into(),
+    });
+    req.set_timeout(Duration::from_secs(5));
+    req
+}
+
+fn unauthenticated<T: std::fmt::Debug>(r: Result<T, tonic::Status>) {
+    let s = r.expect_err("an unauthenticated call is refused");
+    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unauthenticated_peers_change_nothing_even_after_a_restart() {
+    // Control: without a secret, the very same request takes effect (the term jumps), so the
+    // refusal below is the secret's doing.
+    let open = GrpcCluster::start(1, GrpcOptions::default(), |c| c).await;
+    let mut raw = RaftInternalClient::new(channel(&open.addrs[&1]));
+    let mut req = huge_append(1);
+    let id = open.nodes[&1].node().cluster_id().unwrap().to_string();
+    req.metadata_mut()
+        .insert("x-raftkit-cluster-id", id.parse().unwrap());
+    raw.append_entries(req).await.unwrap();
+    open.nodes[&1]
+        .node()
+        .wait_for(common::WAIT, |m| m.term >= HUGE_TERM)
+        .await
+        .expect("an unauthenticated heartbeat moves an open node's term");
+
+    let mut c = GrpcCluster::start(3, secured(vec![]), |c| c).await;
+    let leader = c.leader().await;
+    let target = *c.addrs.keys().find(|id| **id != leader).unwrap();
+    let mut raw = RaftInternalClient::new(channel(&c.addrs[&target]));
+    unauthenticated(raw.vote(huge_vote(target)).await);
+    unauthenticated(raw.append_entries(huge_append(target)).await);
+    unauthenticated(raw.pre_vote(huge_vote(target)).await);
+    // A wrong token is no better than none.
+    let mut wrong = huge_vote(target);
+    let other = ClusterSecret::new("some other secret, long enough").unwrap();
+    wrong
+        .metadata_mut()
+        .insert("x-raftkit-peer-token", other.peer_token().parse().unwrap());
+    unauthenticated(raw.vote(wrong).await);
+
+    // Restart the node: its persisted term is the cluster's, not the attacker's.
+    // (A graceful shutdown waits for open connections, so close ours first.)
+    drop(raw);
+    c.stop(target).await;
+    c.launch(target).await;
+    c.leader().await;
+    for (id, n) in &c.nodes {
+        let term = n.node().metrics().term;
+        assert!(term < 1000, "node {id} has term {term}");
+    }
+    // The cluster still works for a caller with the secret.
+    let admin = client(&c, Some(SECRET));
+    admin.write(Cmd::Put("k".into(), "v".into())).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_from_another_cluster_are_refused_naming_both_ids() {
+    let c = GrpcCluster::start(3, secured(vec![]), |c| c).await;
+    let ours = c.nodes[&1]
+        .node()
+        .cluster_id()
+        .expect("initialize draws an id");
+    // Every member learnt the same id.
+    c.wait_until("every node knows the cluster id", |c| {
+        c.nodes
+            .values()
+            .all(|n| n.node().cluster_id() == Some(ours))
+    })
+    .await;
+    let before = c.nodes[&2].node().metrics().term;
+
+    // A peer that knows the secret but belongs to another cluster (say, after an address was
+    // reused) is refused, and the error names both clusters.
+    let theirs = raft_core::ClusterId::random();
+    let mut raw = RaftInternalClient::new(channel(&c.addrs[&2]));
+    let mut req = huge_vote(2);
+    let token = ClusterSecret::new(SECRET).unwrap();
+    let meta = req.metadata_mut();
+    meta.insert("x-raftkit-peer-token", token.peer_token().parse().unwrap());
+    meta.insert("x-raftkit-cluster-id", theirs.to_string().parse().unwrap());
+    let s = raw.vote(req).await.unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert_eq!(ErrorCode::of(&s), Some(ErrorCode::WrongCluster), "{s:?}");
+    assert!(s.message().contains(&ours.to_string()), "{s:?}");
+    assert!(s.message().contains(&theirs.to_string()), "{s:?}");
+    // No cluster id at all is refused too, by a node that has one.
+    let mut req = huge_vote(2);
+    req.metadata_mut()
+        .insert("x-raftkit-peer-token", token.peer_token().parse().unwrap());
+    let s = raw.vote(req).await.unwrap_err();
+    assert_eq!(ErrorCode::of(&s), Some(ErrorCode::WrongCluster), "{s:?}");
+    let after = c.nodes[&2].node().metrics().term;
+    assert!(after < 1000 && after >= before, "term {before} -> {after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_calls_need_the_admin_role() {
+    let c = GrpcCluster::start(
+        3,
+        secured(vec![
+            user("reader", Role::Read),
+            user("writer", Role::Write),
+        ]),
+        |c| c,
+    )
+    .await;
+    let leader = c.leader().await;
+    let follower = *c.addrs.keys().find(|id| **id != leader).unwrap();
+    let members = |c: &GrpcCluster| {
+        let m = c.nodes[&leader].node().metrics();
+        (m.voters.clone(), m.learners.clone(), m.leader)
+    };
+    let before = members(&c);
+
+    for token in [Some("writer-token"), Some("reader-token")] {
+        let cl = client(&c, token);
+        let denied = |r: Result<(), ClientError>, what: &str| match r {
+            Err(ClientError::Refused(s)) => {
+                assert_eq!(s.code(), Code::PermissionDenied, "{what}: {s:?}")
+            }
+            other => panic!("{what} with {token:?}: {other:?}"),
+        };
+        denied(cl.add_learner(99, "127.0.0.1:1").await, "AddLearner");
+        denied(cl.change_membership([leader]).await, "ChangeMembership");
+        denied(cl.remove_node(follower).await, "RemoveNode");
+        denied(cl.transfer_leader(follower).await, "TransferLeader");
+    }
+    // Without credentials, or with wrong ones: unauthenticated.
+    for token in [None, Some("nonsense")] {
+        match client(&c, token).remove_node(follower).await {
+            Err(ClientError::Refused(s)) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+            other => panic!("{token:?}: {other:?}"),
+        }
+    }
+    // A reader reads but cannot write.
+    let reader = client(&c, Some("reader-token"));
+    match reader.write(Cmd::Put("r".into(), "x".into())).await {
+        Err(ClientError::Refused(s)) => assert_eq!(s.code(), Code::PermissionDenied, "{s:?}"),
+        other => panic!("{other:?}"),
+    }
+    // A writer writes, through the follower too (forwarded under the writer's identity).
+    let writer = ClusterClient::<Kv>::new(
+        [c.addrs[&follower].clone()],
+        ClientOptions {
+            credentials: Some(Credentials::bearer("writer-token").unwrap()),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    writer
+        .write(Cmd::Put("w".into(), "1".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        reader
+            .read(Query::Get("w".into()), Consistency::Linearizable)
+            .await
+            .unwrap(),
+        Reply::Value(Some("1".into()))
+    );
+    assert_eq!(members(&c), before, "membership and leadership unchanged");
+    for (id, s) in c.converged().await {
+        assert_eq!(s.0.get("r"), None, "node {id}");
+    }
+
+    // The cluster secret is an admin credential.
+    let admin = client(&c, Some(SECRET));
+    admin.transfer_leader(follower).await.unwrap();
+    c.wait_until("leadership moved", |c| {
+        c.nodes[&follower].node().metrics().role == raft_core::Role::Leader
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reloaded_secret_takes_effect() {
+    let c = GrpcCluster::start(3, secured(vec![]), |c| c).await;
+    let old = client(&c, Some(SECRET));
+    old.write(Cmd::Put("a".into(), "1".into())).await.unwrap();
+
+    // Every node shares `c.opts.auth` here, so one reload changes the secret everywhere (kv
+    // nodes each reload their own file).
+    let new_secret = "the rotated cluster secret, also long";
+    c.opts.auth.reload(AuthConfig {
+        cluster_secret: Some(ClusterSecret::new(new_secret).unwrap()),
+        ..AuthConfig::default()
+    });
+    match old.write(Cmd::Put("b".into(), "2".into())).await {
+        Err(ClientError::Refused(s)) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+        other => panic!("the old secret still works: {other:?}"),
+    }
+    let new = client(&c, Some(new_secret));
+    new.write(Cmd::Put("c".into(), "3".into())).await.unwrap();
+    // Replication carries on under the new secret: every node applies the new write.
+    for (id, s) in c.converged().await {
+        assert_eq!(s.0.get("c").map(String::as_str), Some("3"), "node {id}");
+        assert_eq!(s.0.get("b"), None, "node {id}");
+    }
+}
