@@ -383,6 +383,13 @@ impl Auth {
             self.peer_proof(&cfg, req)?;
             return Ok(forwarded_caller(meta).unwrap_or(Caller::new("peer", Role::Admin)));
         }
+        if cfg.peer_certs
+            && !meta.contains_key("authorization")
+            && check_node_cert(req, None).is_ok()
+        {
+            // A node's own certificate (for example a node joining the cluster) is an admin.
+            return Ok(Caller::new("peer", Role::Admin));
+        }
         if let Some(v) = meta.get("authorization") {
             let token = v
                 .as_bytes()
@@ -529,6 +536,12 @@ impl Credentials {
         let header = AsciiMetadataValue::try_from(format!("Bearer {token}"))
             .map_err(|_| AuthError::BadToken)?;
         Ok(Credentials { header })
+    }
+
+    /// The cluster secret as a bearer token (an admin credential); the secret must be
+    /// printable ASCII to travel as one.
+    pub fn from_secret(secret: &ClusterSecret) -> Result<Credentials, AuthError> {
+        Credentials::bearer(std::str::from_utf8(&secret.secret).map_err(|_| AuthError::BadToken)?)
     }
 
     /// Adds the credentials to an outgoing call.

@@ -11,13 +11,14 @@ use raft_core::Config;
 use raft_core::Consistency;
 use raft_core::NodeId;
 use raft_core::Role;
-use raft_grpc::ClientOptions;
+use raft_grpc::ClientError;
 use raft_grpc::ClusterClient;
 use raft_grpc::GrpcNode;
-use raft_grpc::GrpcOptions;
 use tokio::net::TcpListener;
+use tonic::Code;
 
 use crate::limits::ConnLimits;
+use crate::security::Security;
 use crate::server;
 use crate::server::Ctx;
 use crate::store::Command;
@@ -63,6 +64,8 @@ pub struct NodeSpec {
     /// Flag names for error messages.
     pub raft_flag: &'static str,
     pub resp_flag: &'static str,
+    /// Authentication and TLS.
+    pub security: Arc<Security>,
 }
 
 /// A running node: raft over gRPC, and the RESP front end.
@@ -116,7 +119,7 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
         config,
         Store::default(),
         raft_listener,
-        GrpcOptions::default(),
+        spec.security.grpc_options(),
     )
     .await?;
 
@@ -138,7 +141,12 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
             .map_err(raft_grpc::StartError::Node)?;
     }
 
-    let ctx = Ctx::new(node.client().clone(), spec.consistency, spec.limits);
+    let ctx = Ctx::new(
+        node.client().clone(),
+        spec.consistency,
+        spec.limits,
+        &spec.security,
+    );
     tokio::spawn(server::serve(resp_listener, ctx.clone()));
     tokio::spawn(sweep_expired(ctx));
     tracing::info!(id = spec.id, raft = %node.addr(), resp = %resp_addr, "node running");
@@ -153,23 +161,38 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
 /// it a voter. Both steps are idempotent and incremental: a restart repeats them safely, and
 /// nodes joining at the same time do not undo each other's promotion.
 async fn join(spec: &NodeSpec, addr: &str) -> Result<(), StartError> {
-    let fail = |reason: String| StartError::Join {
+    let fail = |e: ClientError| StartError::Join {
         addr: addr.to_string(),
-        reason,
+        reason: join_failure(e),
     };
     let client: ClusterClient<Store> =
-        ClusterClient::new([addr.to_string()], ClientOptions::default())
-            .map_err(|e| fail(e.to_string()))?;
+        ClusterClient::new([addr.to_string()], spec.security.client_options()).map_err(fail)?;
     client
         .add_learner(spec.id, spec.raft_addr.clone())
         .await
-        .map_err(|e| fail(e.to_string()))?;
-    client
-        .add_voter(spec.id)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(fail)?;
+    client.add_voter(spec.id).await.map_err(fail)?;
     tracing::info!(id = spec.id, cluster = addr, "joined as a voter");
     Ok(())
+}
+
+/// Why a join failed, in the operator's terms.
+fn join_failure(e: ClientError) -> String {
+    let status = match &e {
+        ClientError::Refused(s) | ClientError::GaveUp { last: s, .. } => s,
+        _ => return e.to_string(),
+    };
+    match status.code() {
+        Code::Unauthenticated => format!(
+            "the cluster refused this node's credentials ({}); is --cluster-secret-file the \
+             cluster's secret (and the TLS certificate from the cluster's CA)?",
+            status.message()
+        ),
+        Code::PermissionDenied => {
+            format!("the cluster refused to add this node: {}", status.message())
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// On the leader, removes expired keys from time to time (a replicated write, so every replica
@@ -226,6 +249,7 @@ pub async fn demo(
             storage: storage.clone(),
             raft_flag: "--raft-port",
             resp_flag: "--resp-port",
+            security: Arc::new(Security::open()),
         };
         nodes.push(start(spec).await?);
     }

@@ -359,8 +359,32 @@ pub fn known(name: &[u8]) -> Option<&'static str> {
 /// `(name, arity, flags, first key, last key, step)` — what `COMMAND` reports.
 type CommandSpec = (&'static str, i64, &'static [&'static str], i64, i64, i64);
 
+/// Whether the command `name` (canonical) changes data.
+pub fn is_write(name: &str) -> bool {
+    COMMANDS
+        .iter()
+        .find(|c| c.0 == name)
+        .is_some_and(|c| c.2.contains(&"write"))
+}
+
 const COMMANDS: &[CommandSpec] = &[
+    (
+        "acl",
+        -2,
+        &["admin", "noscript", "loading", "stale"],
+        0,
+        0,
+        0,
+    ),
     ("append", 3, &["write"], 1, 1, 1),
+    (
+        "auth",
+        -2,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+    ),
     ("client", -2, &["admin"], 0, 0, 0),
     ("command", -1, &["loading", "stale"], 0, 0, 0),
     ("config", -2, &["admin"], 0, 0, 0),

@@ -5,6 +5,7 @@
 //! kv                 a local three-node cluster in this process (RESP on 6379, 6380, 6381)
 //! kv node --id 1 …   one node of a cluster of separate processes or machines
 //! kv bench …         load a Redis-protocol or etcd server, report ops/s and latency
+//! kv certs …         a CA, node and client certificates for a development cluster
 //! ```
 //!
 //! # Layout
@@ -19,14 +20,20 @@
 //! * `metrics.rs` — Prometheus metrics, `/healthz` and `/readyz`.
 //! * `storage.rs` — disk flags: the quota behind `-OOM`, compaction by size, WAL segments.
 //! * `shutdown.rs` — SIGTERM/SIGINT within a bound, and exiting non-zero when storage fails.
+//! * `auth.rs` — RESP `AUTH`, users and roles (`NOAUTH`, `NOPERM`, `ACL WHOAMI`).
+//! * `security.rs` — the security flags: secret, passwords, users, TLS, reload on SIGHUP.
+//! * `certs.rs` — `kv certs`, a CA and certificates for a development cluster.
 //! * `bench/` — the load generator behind `kv bench` and `bench/compare.sh`.
 
+mod auth;
 mod bench;
+mod certs;
 mod cluster;
 mod commands;
 mod limits;
 mod metrics;
 mod resp;
+mod security;
 mod server;
 mod shutdown;
 mod slots;
@@ -73,6 +80,8 @@ enum Cmd {
     Node(NodeArgs),
     /// Load a Redis-protocol or etcd server and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Generate a CA, node and client certificates for a development cluster.
+    Certs(certs::CertsArgs),
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -134,6 +143,8 @@ struct NodeArgs {
     shutdown: shutdown::ShutdownArgs,
     #[command(flatten)]
     limits: limits::LimitArgs,
+    #[command(flatten)]
+    security: security::SecurityArgs,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +229,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                     args.id
                 ));
             }
+            let security = std::sync::Arc::new(
+                security::Security::load(&args.security).map_err(|e| e.to_string())?,
+            );
+            security
+                .check_exposure(&args.raft_addr, &args.resp_addr)
+                .map_err(|e| e.to_string())?;
+            security.clone().reload_on_sighup();
             let spec = cluster::NodeSpec {
                 id: args.id,
                 data_dir: args.data_dir,
@@ -230,6 +248,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 storage: args.storage.clone(),
                 raft_flag: "--raft-addr",
                 resp_flag: "--resp-addr",
+                security,
             };
             let node = cluster::start(spec).await.map_err(|e| e.to_string())?;
             if let Some(addr) = args.metrics_addr {
@@ -246,6 +265,12 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         }
         Cmd::Bench(args) => bench::run(args).await.map(|_| ()),
+        Cmd::Certs(args) => {
+            for path in certs::run(&args)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
     }
 }
 

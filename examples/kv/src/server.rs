@@ -29,16 +29,24 @@ use raft_core::Session;
 use raft_grpc::NodeClient;
 use raft_grpc::status;
 use raft_grpc::status::ErrorCode;
+use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tonic::Status;
 
+use crate::auth;
+use crate::auth::ConnAuth;
+use crate::auth::Gate;
+use crate::auth::SharedAccounts;
 use crate::commands;
 use crate::commands::Action;
 use crate::limits::ConnLimits;
 use crate::resp;
+use crate::security::Security;
+use crate::security::SharedTls;
 use crate::store::Command;
 use crate::store::Query;
 use crate::store::ReadOp;
@@ -49,6 +57,8 @@ use crate::store::Store;
 const RETRY_FOR: Duration = Duration::from_secs(10);
 /// Replies are sent once this many bytes are waiting, even mid-pipeline.
 const FLUSH_AT: usize = 1 << 20;
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// How a reply says a write's outcome is unknown (see [`failure`]). After one, the connection
 /// starts a new session: the old one may not be able to answer again.
@@ -66,6 +76,10 @@ pub struct Ctx {
     pub client: NodeClient<Store>,
     pub consistency: Consistency,
     pub limits: ConnLimits,
+    /// Who may connect (`AUTH`), reloadable.
+    pub accounts: SharedAccounts,
+    /// TLS for clients, if on.
+    pub tls: Option<SharedTls>,
     next_conn: AtomicU64,
     /// Clients connected now.
     clients: AtomicUsize,
@@ -76,11 +90,14 @@ impl Ctx {
         client: NodeClient<Store>,
         consistency: Consistency,
         limits: ConnLimits,
+        security: &Security,
     ) -> Arc<Ctx> {
         Arc::new(Ctx {
             client,
             consistency,
             limits,
+            accounts: security.accounts.clone(),
+            tls: security.resp_tls.clone(),
             next_conn: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
         })
@@ -120,7 +137,26 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
                 }
                 let counted = Counted(ctx.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = connection(socket, peer, &counted.0).await {
+                    let ctx = &counted.0;
+                    if let Err(e) = socket.set_nodelay(true) {
+                        tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+                    }
+                    let ended = match &ctx.tls {
+                        None => connection(socket, peer, ctx).await,
+                        Some(tls) => {
+                            let acceptor = crate::security::acceptor(tls);
+                            match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(socket)).await
+                            {
+                                Ok(Ok(stream)) => connection(stream, peer, ctx).await,
+                                Ok(Err(e)) => Err(e),
+                                Err(_) => Err(std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "TLS handshake timed out",
+                                )),
+                            }
+                        }
+                    };
+                    if let Err(e) = ended {
                         tracing::debug!(%peer, error = %e, "connection ended");
                     }
                 });
@@ -138,15 +174,20 @@ struct Conn {
     id: u64,
     session: Session,
     proto: resp::Proto,
+    auth: ConnAuth,
 }
 
-async fn connection(mut socket: TcpStream, peer: SocketAddr, ctx: &Ctx) -> std::io::Result<()> {
-    socket.set_nodelay(true)?;
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut socket: S,
+    peer: SocketAddr,
+    ctx: &Ctx,
+) -> std::io::Result<()> {
     let id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut conn = Conn {
         id,
         session: new_session(),
         proto: resp::Proto::Resp2,
+        auth: ConnAuth::new(&auth::current(&ctx.accounts)),
     };
     tracing::debug!(%peer, id, "client connected");
     let limits = &ctx.limits;
@@ -206,8 +247,8 @@ fn new_session() -> Session {
 
 /// Sends the pending replies. A client whose replies would pass the output limit, or that takes
 /// none of them for the output timeout, is disconnected (an error ends the connection).
-async fn flush(
-    socket: &mut TcpStream,
+async fn flush<S: AsyncWrite + Unpin>(
+    socket: &mut S,
     out: &mut BytesMut,
     limits: &ConnLimits,
 ) -> std::io::Result<()> {
@@ -246,6 +287,11 @@ async fn execute(args: &[Bytes], conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut)
     // Only known command names become metric labels, so clients cannot create unbounded series.
     let name = commands::known(&args[0]);
     metrics::counter!("kv_requests_total", "command" => name.unwrap_or("unknown")).increment(1);
+    if let Gate::Reply(r) = auth::gate(name, args, &mut conn.auth, || auth::current(&ctx.accounts))
+    {
+        resp::encode(&r, out, conn.proto);
+        return false;
+    }
     // One clock reading: EX/PX deadlines and the write's stamp are the same instant.
     let now = now_ms();
     let reply = match commands::parse_as(name, args, now, ctx.limits.resp.max_bulk) {

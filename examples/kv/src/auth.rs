@@ -1,0 +1,351 @@
+//! Who may run which command over RESP, as Redis does it.
+//!
+//! * `--requirepass-file`: one password for the `default` user. `AUTH <password>` or
+//!   `AUTH default <password>` or `HELLO 3 AUTH default <password>` authenticate.
+//! * `--users-file`: named users, each with a role and a password (`AUTH <user> <password>`).
+//!
+//! Until a connection authenticates, every command but `AUTH`, `HELLO … AUTH …` and `QUIT` gets
+//! `-NOAUTH Authentication required.`. Then each command needs a role: reads need `read`, writes
+//! `write`, `FLUSHDB`/`FLUSHALL` `admin`; a command beyond the user's role gets `-NOPERM`.
+//! `ACL WHOAMI` names the user. With neither file, every connection is the `default` user with
+//! every right.
+//!
+//! The check on the hot path is one comparison of the connection's role; passwords are compared
+//! (in constant time) only by `AUTH` and `HELLO`.
+//!
+//! Users file format: one user per line, `<name> <role> <password>`, where the role is `read`,
+//! `write` or `admin` and the password is the rest of the line (trimmed). Blank lines and lines
+//! starting with `#` are ignored. The same users (password as bearer token) may call the gRPC
+//! cluster API.
+
+use std::sync::Arc;
+use std::sync::RwLock;
+
+use bytes::Bytes;
+use raft_grpc::Role;
+
+use crate::store::Reply;
+
+/// The built-in user of `AUTH <password>`.
+pub const DEFAULT_USER: &str = "default";
+
+/// One user.
+#[derive(Clone)]
+pub struct Account {
+    pub name: String,
+    pub password: String,
+    pub role: Role,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Account({}, {})", self.name, self.role)
+    }
+}
+
+/// Every credential a node accepts over RESP.
+#[derive(Debug, Clone, Default)]
+pub struct Accounts {
+    /// The `default` user's password (`requirepass`).
+    pub requirepass: Option<String>,
+    pub users: Vec<Account>,
+}
+
+/// The accounts in force, replaced whole on reload.
+pub type SharedAccounts = Arc<RwLock<Arc<Accounts>>>;
+
+/// Reads the accounts in force.
+pub fn current(shared: &SharedAccounts) -> Arc<Accounts> {
+    shared.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+impl Accounts {
+    /// Whether connections must authenticate.
+    pub fn required(&self) -> bool {
+        self.requirepass.is_some() || !self.users.is_empty()
+    }
+
+    /// The user `name` (the default user if `None`) if `password` is theirs.
+    fn check(&self, name: Option<&[u8]>, password: &[u8]) -> Option<(String, Role)> {
+        let name = name.unwrap_or(DEFAULT_USER.as_bytes());
+        if name == DEFAULT_USER.as_bytes()
+            && let Some(p) = &self.requirepass
+            && ct_eq(p.as_bytes(), password)
+        {
+            return Some((DEFAULT_USER.to_string(), Role::Admin));
+        }
+        self.users
+            .iter()
+            .find(|u| u.name.as_bytes() == name)
+            .filter(|u| ct_eq(u.password.as_bytes(), password))
+            .map(|u| (u.name.clone(), u.role))
+    }
+}
+
+/// Parses a users file (see the module documentation).
+pub fn parse_users(text: &str) -> Result<Vec<Account>, String> {
+    let mut users: Vec<Account> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |why: &str| {
+            format!(
+                "line {}: {why} (expected `<name> <role> <password>`)",
+                i + 1
+            )
+        };
+        let mut parts = line.splitn(3, char::is_whitespace);
+        let name = parts.next().unwrap_or_default();
+        let role = parts.next().ok_or_else(|| bad("no role"))?;
+        let password = parts.next().map(str::trim).unwrap_or_default();
+        if password.is_empty() {
+            return Err(bad("no password"));
+        }
+        let role = role.parse::<Role>().map_err(|e| bad(&e.to_string()))?;
+        if users.iter().any(|u| u.name == name) {
+            return Err(bad(&format!("user {name:?} appears twice")));
+        }
+        users.push(Account {
+            name: name.to_string(),
+            password: password.to_string(),
+            role,
+        });
+    }
+    Ok(users)
+}
+
+/// A connection's authentication state.
+#[derive(Debug, Clone)]
+pub struct ConnAuth {
+    user: Option<(String, Role)>,
+}
+
+impl ConnAuth {
+    /// A new connection: the default user with every right if nothing is required.
+    pub fn new(accounts: &Accounts) -> ConnAuth {
+        ConnAuth {
+            user: (!accounts.required()).then(|| (DEFAULT_USER.to_string(), Role::Admin)),
+        }
+    }
+}
+
+/// What the gate decided about a command.
+pub enum Gate {
+    /// Answer this instead of running the command.
+    Reply(Reply),
+    /// Run it.
+    Pass,
+}
+
+fn err(s: impl Into<String>) -> Gate {
+    Gate::Reply(Reply::Error(s.into()))
+}
+
+const NOAUTH: &str = "NOAUTH Authentication required.";
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/// The role a command needs.
+fn role_for(name: &str) -> Role {
+    match name {
+        "flushdb" | "flushall" => Role::Admin,
+        n if crate::commands::is_write(n) => Role::Write,
+        _ => Role::Read,
+    }
+}
+
+/// Authenticates, answers `AUTH`/`ACL`, or checks that the connection may run the command
+/// (`name` is its canonical name if known). `accounts` is consulted only to check a password.
+pub fn gate(
+    name: Option<&str>,
+    args: &[Bytes],
+    conn: &mut ConnAuth,
+    accounts: impl Fn() -> Arc<Accounts>,
+) -> Gate {
+    match name {
+        Some("auth") => {
+            let a = accounts();
+            if !a.required() {
+                return err(
+                    "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+                );
+            }
+            let found = match args.len() {
+                2 => a.check(None, &args[1]),
+                3 => a.check(Some(&args[1]), &args[2]),
+                _ => return err("ERR wrong number of arguments for 'auth' command"),
+            };
+            match found {
+                Some(u) => {
+                    conn.user = Some(u);
+                    Gate::Reply(Reply::Ok)
+                }
+                None => err(WRONGPASS),
+            }
+        }
+        Some("hello") => {
+            // HELLO <protover> [AUTH <user> <pass>] [SETNAME <name>]
+            let mut i = 2;
+            while i < args.len() {
+                if args[i].eq_ignore_ascii_case(b"auth") && i + 2 < args.len() {
+                    let a = accounts();
+                    match a.check(Some(&args[i + 1]), &args[i + 2]) {
+                        Some(u) if a.required() => conn.user = Some(u),
+                        _ if !a.required() => {}
+                        _ => return err(WRONGPASS),
+                    }
+                    i += 3;
+                } else if args[i].eq_ignore_ascii_case(b"setname") && i + 1 < args.len() {
+                    i += 2;
+                } else {
+                    return err("ERR Syntax error in HELLO option");
+                }
+            }
+            if conn.user.is_none() {
+                return err(
+                    "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+                );
+            }
+            Gate::Pass
+        }
+        Some("quit") => Gate::Pass,
+        _ => {
+            let Some((user, role)) = &conn.user else {
+                return err(NOAUTH);
+            };
+            let Some(name) = name else {
+                return Gate::Pass; // unknown commands get their own error
+            };
+            if name == "acl" {
+                return match args.get(1).map(|s| s.to_ascii_lowercase()) {
+                    Some(s) if s == b"whoami" && args.len() == 2 => {
+                        Gate::Reply(Reply::Bulk(Bytes::from(user.clone())))
+                    }
+                    _ => err(
+                        "ERR unknown subcommand or wrong number of arguments for 'acl'. Try ACL WHOAMI.",
+                    ),
+                };
+            }
+            let needed = role_for(name);
+            if *role < needed {
+                return err(format!(
+                    "NOPERM User {user} has no permissions to run the '{name}' command"
+                ));
+            }
+            Gate::Pass
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<Bytes> {
+        s.split(' ').map(|a| Bytes::from(a.to_string())).collect()
+    }
+
+    fn run(conn: &mut ConnAuth, a: &Arc<Accounts>, line: &str) -> Option<Reply> {
+        let args = args(line);
+        let name = crate::commands::known(&args[0]);
+        match gate(name, &args, conn, || a.clone()) {
+            Gate::Reply(r) => Some(r),
+            Gate::Pass => None,
+        }
+    }
+
+    fn accounts() -> Arc<Accounts> {
+        Arc::new(Accounts {
+            requirepass: Some("s3cret".into()),
+            users: parse_users("# users\nalice read alice pass\n\nbob write bobpw\n").unwrap(),
+        })
+    }
+
+    #[test]
+    fn noauth_until_auth() {
+        let a = accounts();
+        let mut c = ConnAuth::new(&a);
+        assert_eq!(run(&mut c, &a, "GET k"), Some(Reply::Error(NOAUTH.into())));
+        assert_eq!(run(&mut c, &a, "QUIT"), None);
+        assert_eq!(
+            run(&mut c, &a, "AUTH nope"),
+            Some(Reply::Error(WRONGPASS.into()))
+        );
+        assert_eq!(run(&mut c, &a, "AUTH s3cret"), Some(Reply::Ok));
+        assert_eq!(run(&mut c, &a, "FLUSHDB"), None, "default is admin");
+        assert_eq!(
+            run(&mut c, &a, "ACL WHOAMI"),
+            Some(Reply::Bulk(Bytes::from("default")))
+        );
+    }
+
+    #[test]
+    fn users_have_roles() {
+        let a = accounts();
+        let mut c = ConnAuth::new(&a);
+        assert_eq!(run(&mut c, &a, "AUTH bob bobpw"), Some(Reply::Ok));
+        assert_eq!(run(&mut c, &a, "SET k v"), None);
+        assert_eq!(run(&mut c, &a, "GET k"), None);
+        assert_eq!(
+            run(&mut c, &a, "FLUSHDB"),
+            Some(Reply::Error(
+                "NOPERM User bob has no permissions to run the 'flushdb' command".into()
+            ))
+        );
+        let mut r = ConnAuth::new(&a);
+        assert_eq!(run(&mut r, &a, "HELLO 3 AUTH bob bobpw"), None);
+        assert_eq!(run(&mut r, &a, "INCR n"), None);
+        let mut h = ConnAuth::new(&a);
+        assert!(
+            matches!(run(&mut h, &a, "HELLO 3"), Some(Reply::Error(e)) if e.starts_with("NOAUTH"))
+        );
+        assert_eq!(
+            run(&mut h, &a, "HELLO 3 AUTH default s3cret"),
+            None,
+            "requirepass through HELLO"
+        );
+    }
+
+    #[test]
+    fn readers_cannot_write() {
+        let a = Arc::new(Accounts {
+            requirepass: None,
+            users: parse_users("carol read pw").unwrap(),
+        });
+        let mut c = ConnAuth::new(&a);
+        assert_eq!(run(&mut c, &a, "AUTH carol pw"), Some(Reply::Ok));
+        assert_eq!(run(&mut c, &a, "GET k"), None);
+        assert!(
+            matches!(run(&mut c, &a, "SET k v"), Some(Reply::Error(e)) if e.starts_with("NOPERM"))
+        );
+        assert!(
+            matches!(run(&mut c, &a, "DEL k"), Some(Reply::Error(e)) if e.starts_with("NOPERM"))
+        );
+    }
+
+    #[test]
+    fn nothing_configured_means_open() {
+        let a = Arc::new(Accounts::default());
+        let mut c = ConnAuth::new(&a);
+        assert_eq!(run(&mut c, &a, "SET k v"), None);
+        assert!(
+            matches!(run(&mut c, &a, "AUTH x"), Some(Reply::Error(e)) if e.contains("without any password"))
+        );
+    }
+
+    #[test]
+    fn bad_users_files_are_refused() {
+        assert!(parse_users("alice").is_err());
+        assert!(parse_users("alice root pw").is_err());
+        assert!(parse_users("alice read").is_err());
+        assert!(parse_users("a read x\na write y").is_err());
+        let u = parse_users("dave admin  two words ").unwrap();
+        assert_eq!(u[0].password, "two words");
+    }
+}
