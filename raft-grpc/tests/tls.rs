@@ -224,3 +224,114 @@ async fn mutual_tls_admits_certified_clients_and_peers_only() {
         m.term
     );
 }
+
+/// A node certificate naming nodes `ids` (URI SANs `urn:raftkit:node:<id>`), for loopback.
+fn make_node_cert(ca: &CertifiedIssuer<'static, KeyPair>, ids: &[u64]) -> (String, String) {
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    for id in ids {
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            raft_grpc::auth::node_uri(*id).try_into().unwrap(),
+        ));
+    }
+    params.distinguished_name.push(DnType::CommonName, "node");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_certificate_is_not_a_peer() {
+    let ca = make_ca("raftkit test CA");
+    let (node_cert, node_key) = make_node_cert(&ca, &[1, 2, 3]);
+    // A client certificate from the same CA, valid for TLS client use, naming no node.
+    let (client_cert, client_key) = make_leaf(&ca, "alice", &["client.local"]);
+    let tls = TlsConfig::from_pem(
+        ca.pem(),
+        Some((node_cert.clone().into(), node_key.clone().into())),
+    )
+    .require_client_cert(true);
+    let opts = GrpcOptions {
+        tls: Some(tls),
+        auth: raft_grpc::Auth::new(raft_grpc::AuthConfig {
+            peer_certs: true,
+            users: vec![raft_grpc::User {
+                name: "alice".into(),
+                token: "alice-token".into(),
+                role: raft_grpc::Role::Write,
+            }],
+            cert_users: true,
+            ..Default::default()
+        }),
+        ..GrpcOptions::default()
+    };
+    // The nodes' own certificates pass: the cluster forms and replicates.
+    let c = GrpcCluster::start(3, opts, |c| c).await;
+    let cluster_id = c.nodes[&1].node().cluster_id().unwrap().to_string();
+    let addr = c.addrs[&1].clone();
+    let peer_with = |cert: &str, key: &str| {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca.pem()))
+            .identity(Identity::from_pem(cert, key))
+            .domain_name("127.0.0.1");
+        let ch = Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_lazy();
+        RaftInternalClient::new(ch)
+    };
+    let vote = |from: u64| {
+        let v = raft_core::transport::rpc::VoteRequest::new(
+            openraft::impls::Vote::new(1 << 50, from),
+            None,
+        );
+        let mut req = tonic::Request::new(pb::RaftRequest {
+            target: 1,
+            payload: raft_core::codec::encode(&v).unwrap().into(),
+        });
+        req.set_timeout(Duration::from_secs(2));
+        let meta = req.metadata_mut();
+        meta.insert("x-raftkit-cluster-id", cluster_id.parse().unwrap());
+        meta.insert("x-raftkit-from", from.to_string().parse().unwrap());
+        req
+    };
+    let s = peer_with(&client_cert, &client_key)
+        .vote(vote(2))
+        .await
+        .expect_err("a client certificate is refused on RaftInternal");
+    assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+    assert!(s.message().contains("does not name a node"), "{s:?}");
+    // A node certificate used by a node it does not name is refused as well.
+    let (other_cert, other_key) = make_node_cert(&ca, &[7]);
+    let s = peer_with(&other_cert, &other_key)
+        .vote(vote(2))
+        .await
+        .expect_err("node 7's certificate cannot speak for node 2");
+    assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+
+    // The client certificate still works where it belongs: on the cluster service, as alice.
+    let client_tls = TlsConfig::from_pem(
+        ca.pem(),
+        Some((client_cert.into_bytes(), client_key.into_bytes())),
+    );
+    let client = ClusterClient::<Kv>::new(c.endpoints(), short(Some(client_tls))).unwrap();
+    client
+        .write(Cmd::Put("k".into(), "v".into()))
+        .await
+        .unwrap();
+    match client.remove_node(3).await {
+        Err(ClientError::Refused(s)) => assert_eq!(s.code(), tonic::Code::PermissionDenied),
+        other => panic!("alice (write) removed a node: {other:?}"),
+    }
+    for (id, n) in &c.nodes {
+        let m = n.node().metrics();
+        assert!(m.term < 1 << 50, "node {id}: term {}", m.term);
+        assert_eq!(m.voters.len(), 3, "node {id}");
+    }
+}
