@@ -44,8 +44,23 @@ fn make_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
 
 /// A certificate for `sans`, usable as server and client; `(cert PEM, key PEM)`.
 fn make_leaf(ca: &CertifiedIssuer<'static, KeyPair>, cn: &str, sans: &[&str]) -> (String, String) {
+    make_leaf_for_nodes(ca, cn, sans, &[])
+}
+
+/// Like [`make_leaf`], also naming nodes `ids` (URI SANs `urn:raftkit:node:<id>`).
+fn make_leaf_for_nodes(
+    ca: &CertifiedIssuer<'static, KeyPair>,
+    cn: &str,
+    sans: &[&str],
+    ids: &[u64],
+) -> (String, String) {
     let mut params =
         CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    for id in ids {
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            raft_grpc::auth::node_uri(*id).try_into().unwrap(),
+        ));
+    }
     params.distinguished_name.push(DnType::CommonName, cn);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
@@ -92,6 +107,24 @@ fn pki() -> Pki {
         ca_pem: ca.pem(),
         _dir: dir,
     }
+}
+
+/// A client of `addr`'s internal service presenting `identity`, trusting `ca_pem`.
+fn internal_client(
+    addr: &str,
+    ca_pem: &str,
+    identity: Identity,
+) -> RaftInternalClient<tonic::transport::Channel> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .identity(identity)
+        .domain_name("127.0.0.1");
+    let ch = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy();
+    RaftInternalClient::new(ch)
 }
 
 fn short(tls: Option<TlsConfig>) -> ClientOptions {
@@ -159,18 +192,7 @@ async fn mutual_tls_admits_certified_clients_and_peers_only() {
 
     // A would-be peer without a valid certificate cannot reach the internal service either.
     let addr = c.addrs[&1].clone();
-    let peer_with = |identity: Identity| {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&pki.ca_pem))
-            .identity(identity)
-            .domain_name("127.0.0.1");
-        let ch = Endpoint::from_shared(format!("https://{addr}"))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect_lazy();
-        RaftInternalClient::new(ch)
-    };
+    let peer_with = |identity: Identity| internal_client(&addr, &pki.ca_pem, identity);
     let cluster_id = c.nodes[&1].node().cluster_id().unwrap().to_string();
     let vote_to = |target| {
         let vote =
@@ -225,24 +247,9 @@ async fn mutual_tls_admits_certified_clients_and_peers_only() {
     );
 }
 
-/// A node certificate naming nodes `ids` (URI SANs `urn:raftkit:node:<id>`), for loopback.
+/// A node certificate naming nodes `ids`, for loopback.
 fn make_node_cert(ca: &CertifiedIssuer<'static, KeyPair>, ids: &[u64]) -> (String, String) {
-    let mut params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    for id in ids {
-        params.subject_alt_names.push(rcgen::SanType::URI(
-            raft_grpc::auth::node_uri(*id).try_into().unwrap(),
-        ));
-    }
-    params.distinguished_name.push(DnType::CommonName, "node");
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, ca).unwrap();
-    (cert.pem(), key.serialize_pem())
+    make_leaf_for_nodes(ca, "node", &["localhost", "127.0.0.1"], ids)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -274,18 +281,9 @@ async fn a_client_certificate_is_not_a_peer() {
     let c = GrpcCluster::start(3, opts, |c| c).await;
     let cluster_id = c.nodes[&1].node().cluster_id().unwrap().to_string();
     let addr = c.addrs[&1].clone();
-    let peer_with = |cert: &str, key: &str| {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca.pem()))
-            .identity(Identity::from_pem(cert, key))
-            .domain_name("127.0.0.1");
-        let ch = Endpoint::from_shared(format!("https://{addr}"))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect_lazy();
-        RaftInternalClient::new(ch)
-    };
+    let ca_pem = ca.pem();
+    let peer_with =
+        |cert: &str, key: &str| internal_client(&addr, &ca_pem, Identity::from_pem(cert, key));
     let vote = |from: u64| {
         let v = raft_core::transport::rpc::VoteRequest::new(
             openraft::impls::Vote::new(1 << 50, from),

@@ -68,6 +68,32 @@ fn write_file(dir: &Path, name: &str, content: &str, private: bool) -> Result<Pa
     Ok(path)
 }
 
+/// Signs `params` with `ca` and writes `<stem>.pem` and `<stem>.key` into `args.dir`.
+fn issue(
+    mut params: CertificateParams,
+    ca: &CertifiedIssuer<'static, KeyPair>,
+    args: &CertsArgs,
+    stem: &str,
+    written: &mut Vec<PathBuf>,
+) -> Result<(), String> {
+    validity(&mut params, args.days);
+    let key = KeyPair::generate().map_err(fail("key"))?;
+    let cert = params.signed_by(&key, ca).map_err(fail(stem))?;
+    written.push(write_file(
+        &args.dir,
+        &format!("{stem}.pem"),
+        &cert.pem(),
+        false,
+    )?);
+    written.push(write_file(
+        &args.dir,
+        &format!("{stem}.key"),
+        &key.serialize_pem(),
+        true,
+    )?);
+    Ok(())
+}
+
 /// Generates the files; returns what was written.
 pub fn run(args: &CertsArgs) -> Result<Vec<PathBuf>, String> {
     let nodes = args
@@ -106,6 +132,7 @@ pub fn run(args: &CertsArgs) -> Result<Vec<PathBuf>, String> {
             "localhost".to_string(),
             "127.0.0.1".to_string(),
         ];
+        names.sort();
         names.dedup();
         let mut params = CertificateParams::new(names).map_err(fail("node certificate"))?;
         params.subject_alt_names.push(SanType::URI(
@@ -121,23 +148,7 @@ pub fn run(args: &CertsArgs) -> Result<Vec<PathBuf>, String> {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        validity(&mut params, args.days);
-        let key = KeyPair::generate().map_err(fail("node key"))?;
-        let cert = params
-            .signed_by(&key, &ca)
-            .map_err(fail("node certificate"))?;
-        written.push(write_file(
-            &args.dir,
-            &format!("node-{id}.pem"),
-            &cert.pem(),
-            false,
-        )?);
-        written.push(write_file(
-            &args.dir,
-            &format!("node-{id}.key"),
-            &key.serialize_pem(),
-            true,
-        )?);
+        issue(params, &ca, args, &format!("node-{id}"), &mut written)?;
     }
     for name in &args.clients {
         let mut params =
@@ -147,23 +158,7 @@ pub fn run(args: &CertsArgs) -> Result<Vec<PathBuf>, String> {
             .push(DnType::CommonName, name.clone());
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        validity(&mut params, args.days);
-        let key = KeyPair::generate().map_err(fail("client key"))?;
-        let cert = params
-            .signed_by(&key, &ca)
-            .map_err(fail("client certificate"))?;
-        written.push(write_file(
-            &args.dir,
-            &format!("client-{name}.pem"),
-            &cert.pem(),
-            false,
-        )?);
-        written.push(write_file(
-            &args.dir,
-            &format!("client-{name}.key"),
-            &key.serialize_pem(),
-            true,
-        )?);
+        issue(params, &ca, args, &format!("client-{name}"), &mut written)?;
     }
     Ok(written)
 }
