@@ -77,7 +77,7 @@ enum Cmd {
     /// Run a local three-node cluster in this process (the default).
     Demo(DemoArgs),
     /// Run one node of a cluster.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Load a Redis-protocol or etcd server and report throughput and latency.
     Bench(bench::BenchArgs),
     /// Generate a CA, node and client certificates for a development cluster.
