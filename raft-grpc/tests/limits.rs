@@ -161,7 +161,19 @@ async fn snapshot_receive_checks_the_sender_before_taking_data() {
         .connect()
         .await
         .unwrap();
-    let mut internal = RaftInternalClient::new(ch);
+    // Every internal call carries the cluster id.
+    let cluster: tonic::metadata::AsciiMetadataValue = c.nodes[&target]
+        .node()
+        .cluster_id()
+        .unwrap()
+        .to_string()
+        .parse()
+        .unwrap();
+    let mut internal = RaftInternalClient::with_interceptor(ch, move |mut r: tonic::Request<()>| {
+        r.metadata_mut()
+            .insert("x-raftkit-cluster-id", cluster.clone());
+        Ok(r)
+    });
     let term = c.nodes[&leader].node().metrics().term;
     let chunk = |vote: Vote, total: u64, last: bool| pb::SnapshotChunk {
         target,
