@@ -24,6 +24,8 @@
 #   BENCH_TARGETS="raftkit etcd redis"  which targets to run
 #   BENCH_ROUNDS=N       run every target N times, interleaved, and report each cell's median
 #                        (default 1; use 3 or 5 on a shared or noisy machine)
+#   BENCH_KV_AUTH=1      run the kv nodes secured: peers authenticate with a cluster secret
+#                        (--cluster-secret-file) and clients with a password (--requirepass-file)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -82,22 +84,31 @@ record() {
     tail -n 1 "$RESULTS" | awk -F, '{ printf "   %-8s %-4s c=%-4s %10.0f ops/s  p50 %6.2f ms  p99 %7.2f ms\n", $1, $2, $3, $4, $5, $6 }' >&2
 }
 
-resp_load() { # <target> <port>
+resp_load() { # <target> <port> [redis-benchmark options]
     local t=$1 port=$2 c
+    shift 2
     for c in $CLIENTS; do
-        redis-benchmark -h 127.0.0.1 -p "$port" -t set -d 256 -r 100000 -c "$c" -n "$(requests "$c")" --csv 2>/dev/null |
+        redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t set -d 256 -r 100000 -c "$c" -n "$(requests "$c")" --csv 2>/dev/null |
             record "$t" set "$c"
     done
-    redis-benchmark -h 127.0.0.1 -p "$port" -t get -d 256 -r 100000 -c 64 -n "$(requests 256)" --csv 2>/dev/null |
+    redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t get -d 256 -r 100000 -c 64 -n "$(requests 256)" --csv 2>/dev/null |
         record "$t" get 64
 }
 
 run_raftkit() {
     say "raftkit: 3 kv processes"
     local members="1=127.0.0.1:$((BASE + 11)),2=127.0.0.1:$((BASE + 12)),3=127.0.0.1:$((BASE + 13))" i
+    local secure=() auth=()
+    if [ "${BENCH_KV_AUTH:-0}" = 1 ]; then
+        mkdir -p "$DIR/kv"
+        head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/kv/secret"
+        echo bench-password >"$DIR/kv/pass"
+        secure=(--cluster-secret-file "$DIR/kv/secret" --requirepass-file "$DIR/kv/pass")
+        auth=(-a bench-password)
+    fi
     for i in 1 2 3; do
         "$KV" node --id "$i" --data-dir "$DIR/kv/$i" --raft-addr "127.0.0.1:$((BASE + 10 + i))" \
-            --resp-addr "127.0.0.1:$((BASE + i))" --initial-members "$members" \
+            --resp-addr "127.0.0.1:$((BASE + i))" --initial-members "$members" "${secure[@]}" \
             >"$DIR/kv-$i.log" 2>&1 &
         PIDS+=($!)
     done
@@ -105,14 +116,14 @@ run_raftkit() {
     local deadline=$((SECONDS + 30))
     while [ -z "$leader" ]; do
         for i in 1 2 3; do
-            if redis-cli -p $((BASE + i)) info replication 2>/dev/null | grep -q 'raft_role:leader'; then
+            if redis-cli -p $((BASE + i)) "${auth[@]}" --no-auth-warning info replication 2>/dev/null | grep -q 'raft_role:leader'; then
                 leader=$((BASE + i))
             fi
         done
         [ $SECONDS -ge $deadline ] && { echo "compare.sh: no kv leader after 30 s" >&2; exit 1; }
         [ -z "$leader" ] && sleep 0.2
     done
-    resp_load raftkit "$leader"
+    resp_load raftkit "$leader" "${auth[@]}"
     stop_all
 }
 
