@@ -124,7 +124,9 @@ struct NodeArgs {
     /// Address for Redis clients (host:port).
     #[arg(long)]
     resp_addr: String,
-    /// Join the cluster that the node at this raft address belongs to (first start only).
+    /// Join the cluster that the node at this raft address belongs to: as a learner, then as a
+    /// voter once caught up. Ignored once this node is a voter; a join that a restart
+    /// interrupted resumes.
     #[arg(long, conflicts_with = "initial_members")]
     join: Option<String>,
     /// Form a new cluster of these members, as `id=host:port,...` with raft addresses (first

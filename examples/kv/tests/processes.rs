@@ -2,6 +2,8 @@
 //! the `redis` crate: every command against a follower and the leader, `kill -9` of the leader,
 //! restart, convergence, and clients that misbehave.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::io::Write;
@@ -14,23 +16,11 @@ use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
+use common::free_port;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A port that is free now, chosen below the kernel's ephemeral range so that the outgoing
-/// connections of other tests cannot take it before the process we start binds it.
-fn free_port() -> u16 {
-    use std::sync::atomic::AtomicU16;
-    use std::sync::atomic::Ordering;
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let start = (std::process::id() % 1000) as u16 * 10;
-    (0..12_000)
-        .map(|_| 20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000)
-        .find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
-        .expect("a free port in 20000-31999")
-}
 
 struct NodeProc {
     id: u64,
