@@ -441,20 +441,25 @@ impl<S: StateMachine> Node<S> {
     /// await this and exit (or restart the node), so that a supervisor restarts it rather than
     /// leaving a node that answers every request with an error.
     pub async fn stopped(&self) -> Result<()> {
-        let mut rx = self.inner.raft.metrics();
+        // Waits on the server metrics, which change only with the role, leader, vote or
+        // membership, not on the full metrics, which change with every write: a waiter there
+        // would be woken (and its thread unparked) once per write. The engine drops every
+        // metrics sender when it ends, so the wait also ends then; it records why it stopped in
+        // the full metrics first.
+        let all = self.inner.raft.metrics();
+        let mut server = self.inner.raft.server_metrics();
+        let outcome = || match all.borrow_watched().running_state.clone() {
+            Ok(()) => None,
+            Err(Fatal::Stopped) => Some(Ok(())),
+            Err(e) => Some(Err(fatal_to_error(&e))),
+        };
         loop {
-            let running = rx.borrow_watched().running_state.clone();
-            match running {
-                Ok(()) => {}
-                Err(Fatal::Stopped) => return Ok(()),
-                Err(e) => return Err(fatal_to_error(&e)),
+            if let Some(r) = outcome() {
+                return r;
             }
-            if rx.changed().await.is_err() {
-                // The engine is gone without saying why: it was shut down.
-                return match rx.borrow_watched().running_state.clone() {
-                    Err(e) if e != Fatal::Stopped => Err(fatal_to_error(&e)),
-                    _ => Ok(()),
-                };
+            if server.changed().await.is_err() {
+                // The engine is gone; without a recorded error it was shut down.
+                return outcome().unwrap_or(Ok(()));
             }
         }
     }
