@@ -6,6 +6,9 @@
 //! kv node --id 1 …   one node of a cluster of separate processes or machines
 //! kv bench …         load a Redis-protocol or etcd server, report ops/s and latency
 //! kv certs …         a CA, node and client certificates for a development cluster
+//! kv member …        list, add, promote or remove members of a running cluster
+//! kv leader transfer hand leadership to another voter
+//! kv status          every node's role, term, indexes and lag
 //! ```
 //!
 //! # Layout
@@ -23,6 +26,7 @@
 //! * `auth.rs` — RESP `AUTH`, users and roles (`NOAUTH`, `NOPERM`, `ACL WHOAMI`).
 //! * `security.rs` — the security flags: secret, passwords, users, TLS, reload on SIGHUP.
 //! * `certs.rs` — `kv certs`, a CA and certificates for a development cluster.
+//! * `ctl.rs` — `kv member`, `kv leader`, `kv status`: operating a cluster over its gRPC API.
 //! * `bench/` — the load generator behind `kv bench` and `bench/compare.sh`.
 
 mod auth;
@@ -30,6 +34,7 @@ mod bench;
 mod certs;
 mod cluster;
 mod commands;
+mod ctl;
 mod limits;
 mod metrics;
 mod resp;
@@ -70,6 +75,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
+    /// How log lines are written to standard error: `text` for people, `json` (one object per
+    /// line) for log pipelines such as Loki or Elasticsearch.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// The form of log lines.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with `timestamp`, `level`, `target`, `fields` and `spans`.
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -82,6 +100,25 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Generate a CA, node and client certificates for a development cluster.
     Certs(certs::CertsArgs),
+    /// List, add, promote or remove members of a running cluster.
+    Member {
+        #[command(subcommand)]
+        cmd: ctl::MemberCmd,
+        #[command(flatten)]
+        conn: ctl::Conn,
+    },
+    /// Change the leader of a running cluster.
+    Leader {
+        #[command(subcommand)]
+        cmd: ctl::LeaderCmd,
+        #[command(flatten)]
+        conn: ctl::Conn,
+    },
+    /// Every node's role, term, log indexes and apply lag.
+    Status {
+        #[command(flatten)]
+        conn: ctl::Conn,
+    },
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -273,19 +310,28 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Cmd::Member { cmd, conn } => print(ctl::member(&cmd, &conn).await),
+        Cmd::Leader { cmd, conn } => print(ctl::leader(&cmd, &conn).await),
+        Cmd::Status { conn } => print(ctl::status(&conn).await),
     }
+}
+
+fn print(out: Result<String, ctl::CtlError>) -> Result<(), String> {
+    print!("{}", out.map_err(|e| e.to_string())?);
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,kv=info,openraft=error")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kv=info,openraft=error"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,0 +1,437 @@
+//! `kv member …`, `kv leader transfer` and `kv status`: operating a running cluster over its gRPC
+//! cluster API, in the manner of `etcdctl`.
+//!
+//! Every command takes `--endpoints` (raft addresses of some of the nodes; any one that answers
+//! is enough) and, on a secured cluster, `--token-file` (a user's password or the cluster
+//! secret; membership changes need the admin role) and the TLS flags. Output is a table, or
+//! JSON with `--json`. A command that fails prints why and exits non-zero.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use clap::Subcommand;
+use raft_core::NodeId;
+use raft_grpc::ClientError;
+use raft_grpc::ClientOptions;
+use raft_grpc::ClusterClient;
+use raft_grpc::Credentials;
+use raft_grpc::NodeStatus;
+use raft_grpc::TlsConfig;
+use serde::Serialize;
+use tonic::Code;
+
+use crate::store::Store;
+
+/// How to reach and authenticate to the cluster; accepted before or after the subcommand.
+#[derive(Args, Debug, Clone)]
+pub struct Conn {
+    /// Raft (gRPC) addresses of some of the cluster's nodes, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:16379,127.0.0.1:16380,127.0.0.1:16381"
+    )]
+    endpoints: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    /// A file holding the credential to call with: a user's password from the nodes'
+    /// `--users-file`, or the cluster secret (an admin credential).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// CA certificate that signed the nodes' certificates (the raft port uses TLS).
+    #[arg(long, global = true)]
+    tls_ca_cert_file: Option<PathBuf>,
+    /// Client certificate, where the nodes require one (with --tls-key-file).
+    #[arg(long, global = true, requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The client certificate's private key.
+    #[arg(long, global = true, requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// How long a command keeps trying (through elections and unreachable nodes).
+    #[arg(long, global = true, default_value = "30s", value_parser = crate::shutdown::parse_duration)]
+    timeout: Duration,
+}
+
+/// `kv member …`
+#[derive(Subcommand, Debug, Clone)]
+pub enum MemberCmd {
+    /// List the members: id, raft address, voter or learner, and which one leads.
+    List,
+    /// Add node `id` at `raft-addr`: first as a learner, then, once it has caught up, as a
+    /// voter (unless --learner).
+    Add {
+        /// The new node's id (unique, never reused after a removal).
+        id: NodeId,
+        /// The new node's raft address, reachable from every member.
+        raft_addr: String,
+        /// Leave it a learner (it receives the log but does not vote).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Make learner `id` a voter once it has caught up with the leader.
+    Promote {
+        /// The learner's id.
+        id: NodeId,
+    },
+    /// Remove node `id` from the cluster (voter or learner).
+    Remove {
+        /// The member's id.
+        id: NodeId,
+    },
+}
+
+/// `kv leader …`
+#[derive(Subcommand, Debug, Clone)]
+pub enum LeaderCmd {
+    /// Hand leadership to voter `id` and wait until it leads.
+    Transfer {
+        /// The voter to lead next.
+        id: NodeId,
+    },
+}
+
+/// What a command can fail with, in an operator's terms.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// A flag or file is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// No endpoint answered.
+    #[error("no node answered at {0}")]
+    Unreachable(String),
+    /// The cluster refused or failed the request.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Conn {
+    fn client(&self) -> Result<ClusterClient<Store>, CtlError> {
+        let credentials =
+            match &self.token_file {
+                None => None,
+                Some(p) => {
+                    let token = std::fs::read_to_string(p).map_err(|e| {
+                        CtlError::Config(format!("cannot read --token-file {}: {e}", p.display()))
+                    })?;
+                    Some(Credentials::bearer(token).map_err(|e| {
+                        CtlError::Config(format!("--token-file {}: {e}", p.display()))
+                    })?)
+                }
+            };
+        let tls = match (
+            &self.tls_ca_cert_file,
+            &self.tls_cert_file,
+            &self.tls_key_file,
+        ) {
+            (None, None, None) => None,
+            (Some(ca), Some(cert), Some(key)) => Some(TlsConfig::from_pem_files(ca, cert, key)),
+            (Some(ca), None, None) => Some(TlsConfig::client_only(ca)),
+            _ => {
+                return Err(CtlError::Config(
+                    "--tls-cert-file and --tls-key-file need --tls-ca-cert-file".into(),
+                ));
+            }
+        }
+        .transpose()
+        .map_err(|e| CtlError::Config(e.to_string()))?;
+        let opts = ClientOptions {
+            tls,
+            credentials,
+            total_timeout: self.timeout,
+            attempt_timeout: self.timeout.min(Duration::from_secs(5)),
+            ..ClientOptions::default()
+        };
+        ClusterClient::new(self.endpoints.clone(), opts)
+            .map_err(|e| CtlError::Config(e.to_string()))
+    }
+
+    /// The view of the first endpoint that answers, then the leader's view if that node is not
+    /// the leader and the leader answers.
+    async fn view(&self, client: &ClusterClient<Store>) -> Result<NodeStatus, CtlError> {
+        let mut first = None;
+        for e in &self.endpoints {
+            if let Ok(s) = client.status(e).await {
+                first = Some(s);
+                break;
+            }
+        }
+        let first = first.ok_or_else(|| CtlError::Unreachable(self.endpoints.join(",")))?;
+        if first.role == "leader" || first.leader_addr.is_empty() {
+            return Ok(first);
+        }
+        Ok(client.status(&first.leader_addr).await.unwrap_or(first))
+    }
+}
+
+/// Why a cluster call failed, without transport wording.
+fn failure(e: ClientError) -> CtlError {
+    let status = match &e {
+        ClientError::Refused(s) | ClientError::GaveUp { last: s, .. } => s,
+        _ => return CtlError::Failed(e.to_string()),
+    };
+    CtlError::Failed(match status.code() {
+        Code::Unauthenticated => format!(
+            "the cluster refused the credentials ({}); pass --token-file with a user's password \
+             or the cluster secret",
+            status.message()
+        ),
+        Code::PermissionDenied => format!(
+            "not allowed ({}); membership and leadership changes need the admin role",
+            status.message()
+        ),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            format!("the cluster did not answer in time: {e}")
+        }
+        _ => status.message().to_string(),
+    })
+}
+
+/// One row of `kv member list`.
+#[derive(Debug, Serialize)]
+struct MemberRow {
+    id: NodeId,
+    raft_addr: String,
+    role: &'static str,
+    leader: bool,
+}
+
+fn members(s: &NodeStatus) -> Vec<MemberRow> {
+    let voters = s.voters.iter().map(|m| (m, "voter"));
+    let learners = s.learners.iter().map(|m| (m, "learner"));
+    let mut rows: Vec<MemberRow> = voters
+        .chain(learners)
+        .map(|(m, role)| MemberRow {
+            id: m.id,
+            raft_addr: m.addr.clone(),
+            role,
+            leader: s.leader_id == Some(m.id),
+        })
+        .collect();
+    rows.sort_by_key(|r| r.id);
+    rows
+}
+
+/// One row of `kv status`: a node's own view.
+#[derive(Debug, Serialize)]
+struct StatusRow {
+    id: NodeId,
+    raft_addr: String,
+    reachable: bool,
+    role: String,
+    term: u64,
+    leader: Option<NodeId>,
+    last_log_index: Option<u64>,
+    commit_index: Option<u64>,
+    applied_index: Option<u64>,
+    snapshot_index: Option<u64>,
+    /// Entries the leader has committed that this node has not applied.
+    lag: Option<u64>,
+    space_alarm: Option<String>,
+}
+
+fn table<const N: usize>(header: [&str; N], rows: Vec<[String; N]>) -> String {
+    let mut width = header.map(str::len);
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for r in &rows {
+        out += &line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn json<T: Serialize>(v: &T) -> Result<String, CtlError> {
+    serde_json::to_string_pretty(v)
+        .map(|s| s + "\n")
+        .map_err(|e| CtlError::Failed(format!("cannot encode the answer: {e}")))
+}
+
+/// Runs `kv member …`; returns what to print.
+pub async fn member(cmd: &MemberCmd, conn: &Conn) -> Result<String, CtlError> {
+    let client = conn.client()?;
+    match cmd {
+        MemberCmd::List => {
+            let rows = members(&conn.view(&client).await?);
+            if conn.json {
+                return json(&rows);
+            }
+            Ok(table(
+                ["ID", "RAFT ADDRESS", "ROLE", "LEADER"],
+                rows.into_iter()
+                    .map(|r| {
+                        let leader = if r.leader { "*" } else { "" };
+                        [r.id.to_string(), r.raft_addr, r.role.into(), leader.into()]
+                    })
+                    .collect(),
+            ))
+        }
+        MemberCmd::Add {
+            id,
+            raft_addr,
+            learner,
+        } => {
+            client
+                .add_learner(*id, raft_addr.clone())
+                .await
+                .map_err(failure)?;
+            if *learner {
+                return Ok(format!("node {id} ({raft_addr}) added as a learner\n"));
+            }
+            client.add_voter(*id).await.map_err(failure)?;
+            Ok(format!("node {id} ({raft_addr}) added as a voter\n"))
+        }
+        MemberCmd::Promote { id } => {
+            client.add_voter(*id).await.map_err(failure)?;
+            Ok(format!("node {id} is a voter\n"))
+        }
+        MemberCmd::Remove { id } => {
+            client.remove_node(*id).await.map_err(failure)?;
+            Ok(format!("node {id} removed\n"))
+        }
+    }
+}
+
+/// Runs `kv leader …`; returns what to print.
+pub async fn leader(cmd: &LeaderCmd, conn: &Conn) -> Result<String, CtlError> {
+    let client = conn.client()?;
+    match cmd {
+        LeaderCmd::Transfer { id } => {
+            client.transfer_leader(*id).await.map_err(failure)?;
+            Ok(format!("node {id} leads\n"))
+        }
+    }
+}
+
+/// Runs `kv status`: every member's own view (and every endpoint's, if it is not a member).
+pub async fn status(conn: &Conn) -> Result<String, CtlError> {
+    let client = conn.client()?;
+    let view = conn.view(&client).await?;
+    let mut addrs: BTreeMap<NodeId, String> = view
+        .voters
+        .iter()
+        .chain(&view.learners)
+        .map(|m| (m.id, m.addr.clone()))
+        .collect();
+    let mut rows = Vec::new();
+    for (id, addr) in &addrs {
+        rows.push(match client.status(addr).await {
+            Ok(s) => row(&s, addr, view.commit_index),
+            Err(_) => StatusRow {
+                id: *id,
+                raft_addr: addr.clone(),
+                reachable: false,
+                role: "unreachable".into(),
+                term: 0,
+                leader: None,
+                last_log_index: None,
+                commit_index: None,
+                applied_index: None,
+                snapshot_index: None,
+                lag: None,
+                space_alarm: None,
+            },
+        });
+    }
+    // Endpoints that are not (or not yet) members, such as a node waiting to be added.
+    for e in &conn.endpoints {
+        if addrs.values().any(|a| a == e) {
+            continue;
+        }
+        if let Ok(s) = client.status(e).await
+            && !addrs.contains_key(&s.id)
+        {
+            addrs.insert(s.id, e.clone());
+            rows.push(row(&s, e, view.commit_index));
+        }
+    }
+    if conn.json {
+        return json(&rows);
+    }
+    Ok(table(
+        [
+            "ID",
+            "RAFT ADDRESS",
+            "ROLE",
+            "TERM",
+            "LEADER",
+            "LAST",
+            "COMMIT",
+            "APPLIED",
+            "LAG",
+            "ALARM",
+        ],
+        rows.into_iter()
+            .map(|r| {
+                [
+                    r.id.to_string(),
+                    r.raft_addr,
+                    r.role,
+                    if r.reachable {
+                        r.term.to_string()
+                    } else {
+                        "-".into()
+                    },
+                    opt(r.leader),
+                    opt(r.last_log_index),
+                    opt(r.commit_index),
+                    opt(r.applied_index),
+                    opt(r.lag),
+                    r.space_alarm.unwrap_or_default(),
+                ]
+            })
+            .collect(),
+    ))
+}
+
+fn row(s: &NodeStatus, addr: &str, leader_commit: Option<u64>) -> StatusRow {
+    StatusRow {
+        id: s.id,
+        raft_addr: addr.to_string(),
+        reachable: true,
+        role: s.role.clone(),
+        term: s.term,
+        leader: s.leader_id,
+        last_log_index: s.last_log_index,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        snapshot_index: s.snapshot_index,
+        lag: leader_commit.map(|c| c.saturating_sub(s.applied_index.unwrap_or(0))),
+        space_alarm: Some(s.space_alarm.clone()).filter(|a| !a.is_empty()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(
+            ["ID", "ADDR"],
+            vec![
+                ["1".into(), "a:1".into()],
+                ["10".into(), "long-host:2".into()],
+            ],
+        );
+        assert_eq!(t, "ID  ADDR\n1   a:1\n10  long-host:2\n");
+    }
+}

@@ -1,0 +1,215 @@
+//! `kv member`, `kv leader transfer` and `kv status` against real `kv node` processes.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::process::Output;
+
+use common::Ports;
+use common::Proc;
+use common::poll;
+use common::spawn;
+use serde_json::Value;
+
+/// Runs `kv <args> --endpoints <endpoints>`.
+fn kv(args: &[&str], endpoints: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kv"))
+        .args(args)
+        .args(["--endpoints", endpoints, "--timeout", "10s"])
+        .output()
+        .expect("run kv")
+}
+
+/// The JSON a successful command printed.
+fn json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "kv failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
+/// `(id, role)` of every member, by `kv member list --json`.
+fn members(endpoints: &str, extra: &[&str]) -> Vec<(u64, String)> {
+    let args = [&["member", "list", "--json"], extra].concat();
+    let v = json(&kv(&args, endpoints));
+    let rows = v.as_array().expect("an array");
+    rows.iter()
+        .map(|r| {
+            (
+                r["id"].as_u64().unwrap_or(0),
+                r["role"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn three_nodes(dir: &Path, extra: &[String]) -> (Vec<Proc>, Vec<Ports>, String) {
+    let ports: Vec<Ports> = (0..3).map(|_| Ports::new()).collect();
+    let members: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}={}", i + 1, p.raft_addr()))
+        .collect();
+    let mut args = vec!["--initial-members".to_string(), members.join(",")];
+    args.extend_from_slice(extra);
+    let procs = (0..3)
+        .map(|i| spawn(dir, i as u64 + 1, &ports[i], &args))
+        .collect();
+    let endpoints = ports
+        .iter()
+        .map(Ports::raft_addr)
+        .collect::<Vec<_>>()
+        .join(",");
+    (procs, ports, endpoints)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_adds_promotes_transfers_and_removes_members() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_procs, _ports, endpoints) = three_nodes(dir.path(), &[]);
+    let ids = [1, 2, 3, 4];
+
+    // Status: every node reachable, one leader, nothing left to apply.
+    let rows = poll("a leader known to all", dir.path(), &ids, || async {
+        let out = kv(&["status", "--json"], &endpoints);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let rows = v.as_array()?.clone();
+        let leaders = rows.iter().filter(|r| r["role"] == "leader").count();
+        let agreed = rows
+            .iter()
+            .all(|r| r["leader"] == rows[0]["leader"] && !r["leader"].is_null());
+        (rows.len() == 3 && leaders == 1 && agreed).then_some(rows)
+    })
+    .await;
+    assert!(rows.iter().all(|r| r["reachable"] == true));
+
+    // A fourth node, started without members, added as a learner, then promoted.
+    let p4 = Ports::new();
+    let _n4 = spawn(dir.path(), 4, &p4, &[]);
+    let out = kv(
+        &["member", "add", "4", &p4.raft_addr(), "--learner"],
+        &endpoints,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(members(&endpoints, &[]).contains(&(4, "learner".into())));
+    let out = kv(&["member", "promote", "4"], &endpoints);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(members(&endpoints, &[]).contains(&(4, "voter".into())));
+
+    // Leadership moves to the new voter.
+    let out = kv(&["leader", "transfer", "4"], &endpoints);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = format!("{endpoints},{}", p4.raft_addr());
+    let v = json(&kv(&["member", "list", "--json"], &all));
+    let leader: Vec<u64> = v
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter(|r| r["leader"] == true)
+        .filter_map(|r| r["id"].as_u64())
+        .collect();
+    assert_eq!(leader, vec![4]);
+
+    // Node 3 leaves; removing a node that is not a member fails and changes nothing.
+    let out = kv(&["member", "remove", "3"], &all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kv(&["member", "remove", "9"], &all);
+    assert!(!out.status.success());
+    let now = members(&all, &[]);
+    assert_eq!(
+        now,
+        vec![
+            (1, "voter".into()),
+            (2, "voter".into()),
+            (4, "voter".into())
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_need_admin_credentials() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-cluster-secret-of-some-length-0123456789").expect("secret");
+    let users = dir.path().join("users");
+    std::fs::write(&users, "reader read reader-password\n").expect("users");
+    let reader = dir.path().join("reader-token");
+    std::fs::write(&reader, "reader-password").expect("token");
+    let extra = [
+        "--cluster-secret-file".to_string(),
+        secret.display().to_string(),
+        "--users-file".to_string(),
+        users.display().to_string(),
+    ];
+    let (_procs, _ports, endpoints) = three_nodes(dir.path(), &extra);
+    let admin = ["--token-file", secret.to_str().expect("utf-8 path")];
+    let read = ["--token-file", reader.to_str().expect("utf-8 path")];
+    let voters = || {
+        vec![
+            (1, "voter".to_string()),
+            (2, "voter".into()),
+            (3, "voter".into()),
+        ]
+    };
+    poll("the cluster formed", dir.path(), &[1, 2, 3], || async {
+        let out = kv(
+            &[&["member", "list", "--json"][..], &admin].concat(),
+            &endpoints,
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let leaders = v.as_array()?.iter().filter(|r| r["leader"] == true).count();
+        (leaders == 1).then_some(())
+    })
+    .await;
+
+    // Without credentials, and with a read-only user's: refused, and nothing changes.
+    // The operator is told what to fix.
+    let out = kv(&["member", "remove", "3"], &endpoints);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--token-file"));
+    let out = kv(
+        &[&["member", "remove", "3"][..], &read].concat(),
+        &endpoints,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin role"));
+    let out = kv(
+        &[&["leader", "transfer", "3"][..], &read].concat(),
+        &endpoints,
+    );
+    assert!(!out.status.success());
+    assert_eq!(members(&endpoints, &admin), voters());
+    // A reader may look.
+    assert_eq!(members(&endpoints, &read), voters());
+
+    // The cluster secret is an admin credential.
+    let out = kv(
+        &[&["member", "remove", "3"][..], &admin].concat(),
+        &endpoints,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(members(&endpoints, &admin), voters()[..2].to_vec());
+}
