@@ -121,6 +121,9 @@ const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(300);
 #[derive(Default)]
 pub(crate) struct SnapshotHealth {
     failures: AtomicU64,
+    built: AtomicU64,
+    last_build_micros: AtomicU64,
+    last_bytes: AtomicU64,
     state: Mutex<Backoff>,
 }
 
@@ -138,6 +141,12 @@ pub struct SnapshotStats {
     pub failures: u64,
     /// The last failure, while no snapshot has succeeded since.
     pub last_error: Option<String>,
+    /// Snapshots this node built since it started (not counting ones it received).
+    pub built: u64,
+    /// How long the last snapshot built here took, once one was.
+    pub last_duration: Option<Duration>,
+    /// Size in bytes of the last snapshot built here, once one was.
+    pub last_bytes: Option<u64>,
 }
 
 impl SnapshotHealth {
@@ -159,7 +168,11 @@ impl SnapshotHealth {
         tracing::error!(%error, failures, retry_in = ?b.pause, "snapshot failed; the node keeps serving from its log and will try again");
     }
 
-    fn succeeded(&self) {
+    fn succeeded(&self, took: Duration, bytes: u64) {
+        self.last_build_micros
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        self.last_bytes.store(bytes, Ordering::Relaxed);
+        self.built.fetch_add(1, Ordering::Relaxed);
         *self.lock() = Backoff::default();
     }
 
@@ -168,6 +181,11 @@ impl SnapshotHealth {
         SnapshotStats {
             failures: self.failures.load(Ordering::Relaxed),
             last_error: self.lock().last_error.clone(),
+            built: self.built.load(Ordering::Relaxed),
+            last_duration: (self.built.load(Ordering::Relaxed) > 0)
+                .then(|| Duration::from_micros(self.last_build_micros.load(Ordering::Relaxed))),
+            last_bytes: (self.built.load(Ordering::Relaxed) > 0)
+                .then(|| self.last_bytes.load(Ordering::Relaxed)),
         }
     }
 }
@@ -210,9 +228,10 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for Builder<S> {
     /// an empty one covering nothing), which it ignores as not newer — so a failure never stops
     /// the node.
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let started = Instant::now();
         match self.try_build().await {
             Ok(s) => {
-                self.health.succeeded();
+                self.health.succeeded(started.elapsed(), s.snapshot.len());
                 Ok(s)
             }
             Err(e) => {

@@ -52,7 +52,6 @@ mod etcdserverpb {
 }
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -135,9 +134,8 @@ struct DemoArgs {
     /// How reads are served.
     #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
     read_consistency: ReadConsistency,
-    /// Serve Prometheus metrics at this address (e.g. 127.0.0.1:9100).
-    #[arg(long)]
-    metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    metrics: metrics::MetricsArgs,
     #[command(flatten)]
     storage: storage::StorageArgs,
     #[command(flatten)]
@@ -173,9 +171,8 @@ struct NodeArgs {
     /// How reads are served.
     #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
     read_consistency: ReadConsistency,
-    /// Serve Prometheus metrics, `/healthz` and `/readyz` at this address (e.g. 127.0.0.1:9100).
-    #[arg(long)]
-    metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    metrics: metrics::MetricsArgs,
     #[command(flatten)]
     storage: storage::StorageArgs,
     #[command(flatten)]
@@ -237,9 +234,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             )
             .await
             .map_err(|e| e.to_string())?;
-            if let Some(addr) = args.metrics_addr {
-                metrics::install(addr, metrics::nodes(&nodes)).await?;
-            }
+            metrics::install(&args.metrics, metrics::nodes(&nodes)).await?;
             println!(
                 "kv: a 3-node replicated cluster, data in {}",
                 args.data_dir.display()
@@ -290,9 +285,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 security,
             };
             let node = cluster::start(spec).await.map_err(|e| e.to_string())?;
-            if let Some(addr) = args.metrics_addr {
-                metrics::install(addr, metrics::nodes(std::slice::from_ref(&node))).await?;
-            }
+            metrics::install(&args.metrics, metrics::nodes(std::slice::from_ref(&node))).await?;
             println!(
                 "kv node {}: RESP on {}, raft on {}",
                 node.spec.id,

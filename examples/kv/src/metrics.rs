@@ -4,11 +4,18 @@
 //!
 //! * `/healthz` (liveness): 200 while every node's consensus engine runs; 503 once one has
 //!   stopped (the process exits then anyway).
-//! * `/readyz` (readiness): 200 when every node runs, knows a leader and no storage alarm is
-//!   raised (its own, or on the leader a voter's); 503 with the reason otherwise, e.g. under
-//!   NOSPACE, when the node would refuse writes.
+//! * `/readyz` (readiness): 200 when every node runs, knows a leader, has applied all but at
+//!   most `--ready-max-lag` of the entries it knows committed, and no storage alarm is raised
+//!   (its own, or on the leader a voter's); 503 with the reason otherwise, e.g. under NOSPACE,
+//!   when the node would refuse writes.
+//!
+//! Names follow Prometheus conventions: a unit suffix (`_seconds`, `_bytes`, `_entries`) and
+//! `_total` on counters. Every series of a node carries its `node` label; the `kv_` series are
+//! per process. `docs/operations.md` lists them with the alerts built on them.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -22,6 +29,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::rt::TokioTimer;
+use metrics_exporter_prometheus::Matcher;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use metrics_exporter_prometheus::PrometheusHandle;
 use raft_core::Role;
@@ -32,24 +40,61 @@ use crate::store::Store;
 
 type Node = raft_core::Node<Store>;
 
+/// Upper bounds of `kv_write_duration_seconds`' buckets: from a fast local disk to a write
+/// that waited through an election.
+const WRITE_BUCKETS_SECONDS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
 /// A probe or scrape that takes longer than this is cut off.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` and keeps the gauges of `nodes`
-/// current.
-pub async fn install(addr: SocketAddr, nodes: Vec<Node>) -> Result<(), String> {
+/// The metrics listener's flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics, `/healthz` and `/readyz` at this address (e.g. 127.0.0.1:9100).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// `/readyz` fails while a node has more than this many committed entries left to apply
+    /// (it is catching up, and its local reads would be far behind).
+    #[arg(long, default_value_t = 10_000)]
+    pub ready_max_lag: u64,
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` as `args` say (nothing without
+/// `--metrics-addr`) and keeps the gauges of `nodes` current.
+pub async fn install(args: &MetricsArgs, nodes: Vec<Node>) -> Result<(), String> {
+    let Some(addr) = args.metrics_addr else {
+        return Ok(());
+    };
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    // Write latency as a histogram (buckets aggregate across nodes; the exporter's default
+    // would be a per-process summary).
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("kv_write_duration_seconds".into()),
+            &WRITE_BUCKETS_SECONDS,
+        )
+        .map_err(|e| format!("cannot configure the metrics recorder: {e}"))?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    // Counters of rare events, exported at zero from the start so that rates and alerts on
+    // them have a series before the first event.
+    for name in [
+        "kv_protocol_errors_total",
+        "kv_rejected_connections_total",
+        "kv_output_limit_disconnects_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
     tokio::spawn(update_gauges(nodes.clone(), handle.clone()));
-    tokio::spawn(serve(listener, nodes, handle));
+    tokio::spawn(serve(listener, nodes, handle, args.ready_max_lag));
     Ok(())
 }
 
-async fn serve(listener: TcpListener, nodes: Vec<Node>, handle: PrometheusHandle) {
+async fn serve(listener: TcpListener, nodes: Vec<Node>, handle: PrometheusHandle, max_lag: u64) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -62,7 +107,7 @@ async fn serve(listener: TcpListener, nodes: Vec<Node>, handle: PrometheusHandle
         let (nodes, handle) = (nodes.clone(), handle.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let reply = answer(&req, &nodes, &handle);
+                let reply = answer(&req, &nodes, &handle, max_lag);
                 async move { Ok::<_, Infallible>(reply) }
             });
             let conn = http1::Builder::new()
@@ -78,14 +123,15 @@ fn answer(
     req: &Request<Incoming>,
     nodes: &[Node],
     handle: &PrometheusHandle,
+    max_lag: u64,
 ) -> Response<Full<Bytes>> {
     let (status, body) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, handle.render()),
+        "/metrics" => (StatusCode::OK, handle.render() + &fsync_histograms(nodes)),
         "/healthz" => match stopped(nodes) {
             None => (StatusCode::OK, "ok\n".to_string()),
             Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
         },
-        "/readyz" => match stopped(nodes).or_else(|| not_ready(nodes)) {
+        "/readyz" => match stopped(nodes).or_else(|| not_ready(nodes, max_lag)) {
             None => (StatusCode::OK, "ready\n".to_string()),
             Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
         },
@@ -108,8 +154,15 @@ fn stopped(nodes: &[Node]) -> Option<String> {
 }
 
 /// Why a running node is not ready, if one is not.
-fn not_ready(nodes: &[Node]) -> Option<String> {
+fn not_ready(nodes: &[Node], max_lag: u64) -> Option<String> {
     nodes.iter().find_map(|n| {
+        let lag = apply_lag(&n.metrics());
+        if lag > max_lag {
+            return Some(format!(
+                "node {}: {lag} committed entries not applied yet (more than --ready-max-lag {max_lag})",
+                n.id()
+            ));
+        }
         let s = n.storage();
         if let Some(why) = s.local_alarm {
             return Some(format!("node {}: NOSPACE: {why}", n.id()));
@@ -123,14 +176,67 @@ fn not_ready(nodes: &[Node]) -> Option<String> {
     })
 }
 
+/// Committed entries a node has not applied yet.
+fn apply_lag(m: &raft_core::Metrics) -> u64 {
+    m.commit_index
+        .unwrap_or(0)
+        .saturating_sub(m.applied_index.unwrap_or(0))
+}
+
+/// `wal_fsync_duration_seconds`, a histogram the log keeps itself (the exporter's histograms
+/// take samples; the log counts into fixed buckets on its flusher thread).
+fn fsync_histograms(nodes: &[Node]) -> String {
+    let mut out = String::from(
+        "# HELP wal_fsync_duration_seconds Time of each write-ahead log flush round (its fdatasync calls).\n\
+         # TYPE wal_fsync_duration_seconds histogram\n",
+    );
+    for node in nodes {
+        let id = node.id();
+        let stats = node.log_stats();
+        let mut cumulative = 0;
+        let bounds = raft_core::log::FSYNC_BUCKETS_SECONDS
+            .iter()
+            .map(|b| b.to_string());
+        for (le, count) in bounds
+            .chain(["+Inf".to_string()])
+            .zip(stats.fsync_histogram)
+        {
+            cumulative += count;
+            let _ = writeln!(
+                out,
+                "wal_fsync_duration_seconds_bucket{{node=\"{id}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "wal_fsync_duration_seconds_sum{{node=\"{id}\"}} {}\n\
+             wal_fsync_duration_seconds_count{{node=\"{id}\"}} {cumulative}",
+            stats.fsync_micros as f64 / 1e6
+        );
+    }
+    out
+}
+
 async fn update_gauges(nodes: Vec<Node>, handle: PrometheusHandle) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The leader each node saw at the last sample.
+    let mut leaders: HashMap<raft_core::NodeId, Option<raft_core::NodeId>> = HashMap::new();
     loop {
         tick.tick().await;
         handle.run_upkeep();
         for node in &nodes {
             let m = node.metrics();
             let id = m.id.to_string();
+            // Sampled once a second: two changes within one sample count as one.
+            let seen = leaders.entry(m.id).or_insert(m.leader);
+            if *seen != m.leader {
+                *seen = m.leader;
+                metrics::counter!("raft_leader_changes_total", "node" => id.clone()).increment(1);
+            } else {
+                metrics::counter!("raft_leader_changes_total", "node" => id.clone()).increment(0);
+            }
+            metrics::gauge!("raft_apply_lag_entries", "node" => id.clone())
+                .set(apply_lag(&m) as f64);
             let role = match m.role {
                 Role::Leader => 1.0,
                 Role::Follower => 2.0,
@@ -159,8 +265,17 @@ async fn update_gauges(nodes: Vec<Node>, handle: PrometheusHandle) {
                 wal.fsync_micros as f64 / wal.flush_batches as f64 / 1e6
             });
             metrics::counter!("wal_entries_total", "node" => id.clone()).absolute(wal.entries);
+            let snap = node.snapshot_stats();
             metrics::counter!("raft_snapshot_failures_total", "node" => id.clone())
-                .absolute(node.snapshot_stats().failures);
+                .absolute(snap.failures);
+            metrics::counter!("raft_snapshots_built_total", "node" => id.clone())
+                .absolute(snap.built);
+            if let (Some(took), Some(bytes)) = (snap.last_duration, snap.last_bytes) {
+                metrics::gauge!("raft_snapshot_last_duration_seconds", "node" => id.clone())
+                    .set(took.as_secs_f64());
+                metrics::gauge!("raft_snapshot_last_size_bytes", "node" => id.clone())
+                    .set(bytes as f64);
+            }
             let s = node.storage();
             if let Some(u) = s.usage {
                 metrics::gauge!("storage_used_bytes", "node" => id.clone())

@@ -112,9 +112,17 @@ impl Ctx {
 /// Counts a connection for as long as it lives.
 struct Counted(Arc<Ctx>);
 
+impl Counted {
+    fn new(ctx: Arc<Ctx>) -> Counted {
+        metrics::gauge!("kv_connected_clients").increment(1.0);
+        Counted(ctx)
+    }
+}
+
 impl Drop for Counted {
     fn drop(&mut self) {
         self.0.clients.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("kv_connected_clients").decrement(1.0);
     }
 }
 
@@ -135,7 +143,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
                     tokio::spawn(refuse(socket));
                     continue;
                 }
-                let counted = Counted(ctx.clone());
+                let counted = Counted::new(ctx.clone());
                 tokio::spawn(async move {
                     let ctx = &counted.0;
                     if let Err(e) = socket.set_nodelay(true) {
@@ -431,7 +439,15 @@ where
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(500));
             }
-            Err(s) => return failure(&s, write),
+            Err(s) => {
+                if write {
+                    // Writes the cluster could not take or answer (not the state machine's
+                    // own error replies), by cause: a fixed set of labels.
+                    let reason = ErrorCode::of(&s).map_or("transport", ErrorCode::as_str);
+                    metrics::counter!("kv_write_failures_total", "reason" => reason).increment(1);
+                }
+                return failure(&s, write);
+            }
         }
     }
 }

@@ -206,12 +206,9 @@ fn run(shared: &Shared) {
                 break;
             }
         }
-        let micros = started.elapsed().as_micros() as u64;
         shared
             .stats
-            .fsync_micros
-            .fetch_add(micros, Ordering::Relaxed);
-        shared.stats.flush_batches.fetch_add(1, Ordering::Relaxed);
+            .record_flush(started.elapsed().as_micros() as u64);
 
         match result {
             Ok(()) => {

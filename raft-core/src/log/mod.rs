@@ -161,6 +161,29 @@ pub(crate) struct LogStatsCounters {
     fsync_micros: AtomicU64,
     flush_batches: AtomicU64,
     recovered: AtomicU64,
+    /// Flusher rounds by duration: `fsync_buckets[i]` counts rounds that took at most
+    /// [`FSYNC_BUCKETS_SECONDS`]`[i]` (and more than the bound before); the last, longer ones.
+    fsync_buckets: [AtomicU64; FSYNC_BUCKETS_SECONDS.len() + 1],
+}
+
+/// Upper bounds, in seconds, of the buckets of [`LogStats::fsync_histogram`]: from 100 µs (a
+/// disk with a power-safe write cache) to 1 s (a disk in trouble).
+pub const FSYNC_BUCKETS_SECONDS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+impl LogStatsCounters {
+    /// Counts one flusher round that took `micros`.
+    pub(crate) fn record_flush(&self, micros: u64) {
+        self.fsync_micros.fetch_add(micros, Ordering::Relaxed);
+        self.flush_batches.fetch_add(1, Ordering::Relaxed);
+        let seconds = micros as f64 / 1e6;
+        let bucket = FSYNC_BUCKETS_SECONDS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(FSYNC_BUCKETS_SECONDS.len());
+        self.fsync_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A snapshot of the log's counters since it was opened.
@@ -179,6 +202,10 @@ pub struct LogStats {
     /// Bytes of the entry records the log held when it was opened. With `bytes`, an upper
     /// bound on the log's size on disk (before preallocation) since it was opened.
     pub recovered_bytes: u64,
+    /// Flusher rounds by how long their fdatasync calls took: `fsync_histogram[i]` counts the
+    /// rounds that took at most [`FSYNC_BUCKETS_SECONDS`]`[i]` and more than the bound before;
+    /// the last element counts those over one second. Not cumulative.
+    pub fsync_histogram: [u64; FSYNC_BUCKETS_SECONDS.len() + 1],
 }
 
 impl LogStatsCounters {
@@ -190,6 +217,7 @@ impl LogStatsCounters {
             fsync_micros: self.fsync_micros.load(Ordering::Relaxed),
             flush_batches: self.flush_batches.load(Ordering::Relaxed),
             recovered_bytes: self.recovered.load(Ordering::Relaxed),
+            fsync_histogram: std::array::from_fn(|i| self.fsync_buckets[i].load(Ordering::Relaxed)),
         }
     }
 }

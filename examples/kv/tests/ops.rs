@@ -1,0 +1,179 @@
+//! What operators rely on: the metrics the dashboard and the alerts query exist, and JSON logs
+//! are one object per line.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::io::BufReader;
+use std::io::Read;
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::Ports;
+use common::free_port;
+use common::poll;
+use common::spawn;
+
+/// Sends one command and returns the first line of the reply.
+fn command(port: u16, args: &[&str]) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req += &format!("${}\r\n{a}\r\n", a.len());
+    }
+    s.write_all(req.as_bytes()).ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    Some(line.trim_end().to_string())
+}
+
+/// The body of `GET path` on `port`.
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// Metric names in a PromQL text: identifiers with one of the kv's prefixes.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut word = String::new();
+    for c in text.chars().chain([' ']) {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+            continue;
+        }
+        let known = ["raft_", "kv_", "wal_", "storage_"]
+            .iter()
+            .any(|p| word.starts_with(p));
+        if known {
+            out.insert(std::mem::take(&mut word));
+        }
+        word.clear();
+    }
+    out
+}
+
+/// Names of the series in a Prometheus text exposition.
+fn exported(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+fn queried() -> BTreeSet<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let dashboard = std::fs::read_to_string(root.join("grafana/raftkit-kv.json"))
+        .expect("deploy/grafana/raftkit-kv.json");
+    let alerts = std::fs::read_to_string(root.join("prometheus/alerts.yml"))
+        .expect("deploy/prometheus/alerts.yml");
+    let exprs: Vec<String> = dashboard
+        .lines()
+        .chain(alerts.lines())
+        .filter(|l| l.contains("\"expr\"") || l.trim_start().starts_with("expr:"))
+        .map(str::to_string)
+        .collect();
+    metric_names(&exprs.join("\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_and_alerts_query_is_exported() {
+    let wanted = queried();
+    assert!(wanted.len() >= 15, "the dashboard queries {wanted:?}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A healthy one-node cluster, and one whose quota refuses every write (for the failure
+    // counters).
+    let (p1, p2) = (Ports::new(), Ports::new());
+    let (m1, m2) = (free_port(), free_port());
+    let node = |p: &Ports, m: u16, extra: &[&str]| {
+        let mut args = vec![
+            "--initial-members".to_string(),
+            format!("1={}", p.raft_addr()),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{m}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let d1 = dir.path().join("healthy");
+    let d2 = dir.path().join("full");
+    let _a = spawn(&d1, 1, &p1, &node(&p1, m1, &[]));
+    let _b = spawn(
+        &d2,
+        1,
+        &p2,
+        &node(
+            &p2,
+            m2,
+            &["--quota-max-used", "1", "--quota-check-interval", "100ms"],
+        ),
+    );
+    poll("a write on the healthy node", &d1, &[1], || async {
+        (command(p1.resp, &["SET", "k", "v"]).as_deref() == Some("+OK")).then_some(())
+    })
+    .await;
+    assert_eq!(command(p1.resp, &["GET", "k"]).as_deref(), Some("$1"));
+    poll("a write refused by the quota", &d2, &[1], || async {
+        command(p2.resp, &["SET", "k", "v"]).filter(|r| r.starts_with("-OOM"))
+    })
+    .await;
+
+    // The gauges are sampled once a second: wait for a sample, then name what is missing.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let mut have = exported(&get(m1, "/metrics").unwrap_or_default());
+        have.extend(exported(&get(m2, "/metrics").unwrap_or_default()));
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|w| !have.contains(*w) && !have.contains(&format!("{w}_bucket")))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queried but not exported: {missing:?}"
+        );
+        // Another process's sampling: there is nothing in this process to wait on.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = Ports::new();
+    let args = [
+        "--initial-members".to_string(),
+        format!("1={}", p.raft_addr()),
+        "--log-format".into(),
+        "json".into(),
+    ];
+    let _n = spawn(dir.path(), 1, &p, &args);
+    let log = dir.path().join("n1.log");
+    let lines = poll("the node's start logged", dir.path(), &[1], || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("node running")
+            .then(|| text.lines().map(str::to_string).collect::<Vec<_>>())
+    })
+    .await;
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        assert!(v["fields"].is_object(), "{line}");
+    }
+}
