@@ -51,12 +51,16 @@ pub enum StartError {
 pub struct NodeSpec {
     pub id: NodeId,
     pub data_dir: PathBuf,
+    /// The raft address other nodes reach this one at (a host name is fine).
     pub raft_addr: String,
+    /// Where the raft port listens (by default `raft_addr`).
+    pub raft_listen: String,
     pub resp_addr: String,
     /// Form a new cluster of these members (only if this node has no state yet).
     pub initial_members: BTreeMap<NodeId, String>,
-    /// Join the cluster reachable at this (raft) address (only if this node has no state yet).
-    pub join: Option<String>,
+    /// If this node is not among `initial_members`: join the cluster through any of these raft
+    /// addresses, until it is a voter (a restart resumes an interrupted join).
+    pub join: Vec<String>,
     pub consistency: Consistency,
     pub limits: ConnLimits,
     /// Quota, compaction and WAL segment settings.
@@ -90,7 +94,7 @@ async fn bind(addr: &str, what: String, flag: &'static str) -> Result<TcpListene
 pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
     // Bind both ports first, so a taken port fails before anything touches the data directory.
     let raft_listener = bind(
-        &spec.raft_addr,
+        &spec.raft_listen,
         format!("raft port of node {}", spec.id),
         spec.raft_flag,
     )
@@ -128,10 +132,10 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
         .is_initialized()
         .await
         .map_err(raft_grpc::StartError::Node)?;
-    if let Some(addr) = &spec.join {
+    if !spec.join.is_empty() && !spec.initial_members.contains_key(&spec.id) {
         // Also on a restart: a join interrupted after the node became a learner resumes.
         if !node.node().metrics().voters.contains(&spec.id) {
-            join(&spec, addr).await?;
+            join(&spec).await?;
         }
     } else if !initialized && spec.initial_members.keys().next() == Some(&spec.id) {
         // One member forms the cluster; the others learn it from their first heartbeat.
@@ -160,13 +164,14 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
 /// Asks the cluster at `addr` to add this node as a learner and, once it has caught up, to make
 /// it a voter. Both steps are idempotent and incremental: a restart repeats them safely, and
 /// nodes joining at the same time do not undo each other's promotion.
-async fn join(spec: &NodeSpec, addr: &str) -> Result<(), StartError> {
+async fn join(spec: &NodeSpec) -> Result<(), StartError> {
+    let addr = spec.join.join(",");
     let fail = |e: ClientError| StartError::Join {
-        addr: addr.to_string(),
+        addr: addr.clone(),
         reason: join_failure(e),
     };
     let client: ClusterClient<Store> =
-        ClusterClient::new([addr.to_string()], spec.security.client_options()).map_err(fail)?;
+        ClusterClient::new(spec.join.clone(), spec.security.client_options()).map_err(fail)?;
     client
         .add_learner(spec.id, spec.raft_addr.clone())
         .await
@@ -241,9 +246,10 @@ pub async fn demo(
             id,
             data_dir: data_dir.join(format!("node-{id}")),
             raft_addr: members[&id].clone(),
+            raft_listen: members[&id].clone(),
             resp_addr: format!("127.0.0.1:{}", resp_port as u64 + i as u64),
             initial_members: members.clone(),
-            join: None,
+            join: Vec::new(),
             consistency,
             limits,
             storage: storage.clone(),

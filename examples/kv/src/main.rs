@@ -147,23 +147,34 @@ struct DemoArgs {
 #[derive(Parser, Debug, Clone)]
 struct NodeArgs {
     /// This node's id: unique in the cluster, stable across restarts.
-    #[arg(long)]
-    id: NodeId,
+    #[arg(long, required_unless_present = "id_from_hostname")]
+    id: Option<NodeId>,
+    /// Take the id from the host name's trailing number plus one (`kv-0` is node 1, `kv-2`
+    /// node 3), as a Kubernetes StatefulSet names its pods.
+    #[arg(long, conflicts_with = "id")]
+    id_from_hostname: bool,
     /// Where this node keeps its log and snapshots.
     #[arg(long)]
     data_dir: PathBuf,
     /// Address for raft traffic and the gRPC cluster API (host:port); also how other nodes
-    /// reach this one, so it must be reachable from them.
+    /// reach this one, so it must be reachable from them. A host name is fine (for example a
+    /// StatefulSet pod's DNS name); then set --raft-listen-addr.
     #[arg(long)]
     raft_addr: String,
+    /// Where the raft port listens, when that differs from --raft-addr (e.g. 0.0.0.0:16379
+    /// while --raft-addr is a DNS name).
+    #[arg(long)]
+    raft_listen_addr: Option<String>,
     /// Address for Redis clients (host:port).
     #[arg(long)]
     resp_addr: String,
-    /// Join the cluster that the node at this raft address belongs to: as a learner, then as a
-    /// voter once caught up. Ignored once this node is a voter; a join that a restart
-    /// interrupted resumes.
-    #[arg(long, conflicts_with = "initial_members")]
-    join: Option<String>,
+    /// Join the cluster these nodes belong to (raft addresses, comma-separated; any one that
+    /// answers is enough): as a learner, then as a voter once caught up. Ignored once this node
+    /// is a voter, and for a node listed in --initial-members; a join that a restart
+    /// interrupted resumes. With --initial-members, one command line serves every node of a
+    /// StatefulSet: the initial members form the cluster, later ones join it.
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
     /// Form a new cluster of these members, as `id=host:port,...` with raft addresses (first
     /// start only; give every initial member the same list).
     #[arg(long, value_delimiter = ',')]
@@ -201,6 +212,26 @@ impl From<ReadConsistency> for Consistency {
             ReadConsistency::Local => Consistency::Local,
         }
     }
+}
+
+/// The node id a StatefulSet pod's host name implies: its trailing ordinal plus one.
+fn id_from_hostname() -> Result<NodeId, String> {
+    let name = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .ok_or("--id-from-hostname: cannot read the host name")?;
+    ordinal_id(&name).ok_or_else(|| {
+        format!("--id-from-hostname: host name {name:?} does not end in -<number> (as kv-0)")
+    })
+}
+
+/// `kv-0` is node 1: a pod's ordinal plus one (node ids start at 1).
+fn ordinal_id(host: &str) -> Option<NodeId> {
+    let short = host.split('.').next()?;
+    let (_, ordinal) = short.rsplit_once('-')?;
+    ordinal.parse::<NodeId>().ok()?.checked_add(1)
 }
 
 fn parse_members(list: &[String]) -> Result<BTreeMap<NodeId, String>, String> {
@@ -256,24 +287,32 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         }
         Cmd::Node(args) => {
+            let id = match args.id {
+                Some(id) => id,
+                None => id_from_hostname()?,
+            };
             let members = parse_members(&args.initial_members)?;
-            if !members.is_empty() && !members.contains_key(&args.id) {
+            if !members.is_empty() && !members.contains_key(&id) && args.join.is_empty() {
                 return Err(format!(
-                    "--initial-members does not include this node ({})",
-                    args.id
+                    "--initial-members does not include this node ({id}); add it, or give \
+                     --join to join the cluster they formed"
                 ));
             }
+            let raft_listen = args
+                .raft_listen_addr
+                .unwrap_or_else(|| args.raft_addr.clone());
             let security = std::sync::Arc::new(
                 security::Security::load(&args.security).map_err(|e| e.to_string())?,
             );
             security
-                .check_exposure(&args.raft_addr, &args.resp_addr)
+                .check_exposure(&raft_listen, &args.resp_addr)
                 .map_err(|e| e.to_string())?;
             security.clone().reload_on_sighup();
             let spec = cluster::NodeSpec {
-                id: args.id,
+                id,
                 data_dir: args.data_dir,
                 raft_addr: args.raft_addr,
+                raft_listen,
                 resp_addr: args.resp_addr,
                 initial_members: members,
                 join: args.join,
@@ -344,5 +383,16 @@ fn main() -> ExitCode {
             eprintln!("kv: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pod_names_give_ids_from_one() {
+        assert_eq!(super::ordinal_id("kv-0"), Some(1));
+        assert_eq!(super::ordinal_id("my-kv-12.kv.default.svc"), Some(13));
+        assert_eq!(super::ordinal_id("kv"), None);
+        assert_eq!(super::ordinal_id("kv-x"), None);
     }
 }
