@@ -6,9 +6,13 @@
 //! runs as one pipelined bidirectional stream per peer; snapshots stream in bounded chunks read
 //! from disk as they are sent.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -54,6 +58,9 @@ pub struct GrpcTransport {
     opts: Arc<GrpcOptions>,
     /// The node's handler, once its server is made: the source of the cluster id to send.
     local: Arc<OnceLock<SharedRpcHandler>>,
+    /// Whether each peer answered its last call, so that a peer going down and coming back is
+    /// logged once each way rather than on every heartbeat.
+    peers: Arc<Mutex<HashMap<NodeId, Arc<AtomicBool>>>>,
 }
 
 /// Adds what every internal call carries: peer credentials, the sender's id and its cluster id.
@@ -83,6 +90,7 @@ impl GrpcTransport {
             ),
             opts: Arc::new(opts),
             local: Arc::default(),
+            peers: Arc::default(),
         }
     }
 
@@ -111,7 +119,15 @@ impl RaftNetworkFactory<TypeConfig> for GrpcTransport {
     type Network = GrpcConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GrpcConnection {
+        let reachable = self
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(target)
+            .or_insert_with(|| Arc::new(AtomicBool::new(true)))
+            .clone();
         GrpcConnection {
+            reachable,
             id: self.id,
             target,
             addr: node.addr.clone(),
@@ -133,6 +149,8 @@ impl GrpcTransport {
 
 /// A connection from this node to one peer.
 pub struct GrpcConnection {
+    /// Whether the peer answered the last call (shared by every connection to it).
+    reachable: Arc<AtomicBool>,
     id: NodeId,
     target: NodeId,
     addr: String,
@@ -159,7 +177,28 @@ impl GrpcConnection {
         self.client.clone().map_err(|s| self.unreachable(&s))
     }
 
+    /// Notes that the peer answered; logs it if it had not been answering.
+    fn answered(&self) {
+        if !self.reachable.swap(true, Ordering::Relaxed) {
+            tracing::info!(node = self.id, peer = self.target, addr = %self.addr, "peer answers again");
+        }
+    }
+
+    /// Notes that a call to the peer failed; logs it if the peer had been answering. openraft
+    /// retries with backoff and reports every failure at debug level only.
+    fn failed(&self, error: &rpc::RpcError) {
+        if self.reachable.swap(false, Ordering::Relaxed) {
+            tracing::warn!(node = self.id, peer = self.target, addr = %self.addr, %error, "peer does not answer; retrying until it does");
+        }
+    }
+
     fn unreachable(&self, s: &Status) -> rpc::RpcError {
+        let e = self.unreachable_quiet(s);
+        self.failed(&e);
+        e
+    }
+
+    fn unreachable_quiet(&self, s: &Status) -> rpc::RpcError {
         rpc::RpcError::Unreachable(rpc::Unreachable::from_string(format!(
             "node {} at {}: {}: {}",
             self.target,
@@ -171,24 +210,27 @@ impl GrpcConnection {
 
     /// Classifies a failed RPC for openraft's backoff.
     fn rpc_error(&self, s: Status, action: rpc::RPCTypes, timeout: Duration) -> rpc::RpcError {
-        if is_deadline(&s) {
-            return rpc::RpcError::Timeout(rpc::Timeout {
+        let e = if is_deadline(&s) {
+            rpc::RpcError::Timeout(rpc::Timeout {
                 action,
                 id: self.id,
                 target: self.target,
                 timeout,
-            });
-        }
-        match s.code() {
-            Code::Cancelled | Code::Aborted | Code::ResourceExhausted => {
-                rpc::RpcError::Network(rpc::NetworkError::from_string(format!(
-                    "node {} at {}: {}",
-                    self.target, self.addr, s
-                )))
+            })
+        } else {
+            match s.code() {
+                Code::Cancelled | Code::Aborted | Code::ResourceExhausted => {
+                    rpc::RpcError::Network(rpc::NetworkError::from_string(format!(
+                        "node {} at {}: {}",
+                        self.target, self.addr, s
+                    )))
+                }
+                // Unavailable: cannot connect. Anything else: the peer refused the request.
+                _ => self.unreachable_quiet(&s),
             }
-            // Unavailable: cannot connect. Anything else: the peer refused the request.
-            _ => self.unreachable(&s),
-        }
+        };
+        self.failed(&e);
+        e
     }
 
     async fn unary<Req, Resp, F, Fut>(
@@ -216,6 +258,7 @@ impl GrpcConnection {
         let reply = call(client, req)
             .await
             .map_err(|s| self.rpc_error(s, action, timeout))?;
+        self.answered();
         wire::decode(&reply.into_inner().payload, "reply").map_err(|s| self.unreachable(&s))
     }
 }
@@ -313,6 +356,7 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
                 .await
                 .map_err(|_| self.rpc_error(Status::deadline_exceeded("stream setup"), rpc::RPCTypes::AppendEntries, setup))?
                 .map_err(|s| self.rpc_error(s, rpc::RPCTypes::AppendEntries, setup))?;
+            self.answered();
             let this: &'s GrpcConnection = self;
             let replies = response.into_inner().map(move |item| {
                 let reply = item.map_err(|s| this.rpc_error(s, rpc::RPCTypes::AppendEntries, setup))?;

@@ -35,6 +35,11 @@ mod nemesis;
 mod router;
 pub mod synth;
 
+/// The random number generator crate the harness uses: [`Workload::generate`] takes its
+/// `rand::rngs::StdRng`, so a workload written against this re-export always names the same
+/// version the harness was built with.
+pub use rand;
+
 pub use self::checker::CheckResult;
 pub use self::checker::Violation;
 pub use self::checker::check;
