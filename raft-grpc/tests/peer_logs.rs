@@ -69,7 +69,10 @@ async fn a_peer_going_down_and_coming_back_is_logged_once_each_way() {
 
     // Writes go on meanwhile, with a majority.
     let client = ClusterClient::<Kv>::new(c.endpoints(), ClientOptions::default()).unwrap();
-    client.write(Cmd::Put("k".into(), "v".into())).await.unwrap();
+    client
+        .write(Cmd::Put("k".into(), "v".into()))
+        .await
+        .unwrap();
 
     c.launch(follower).await;
     logs.wait_for("peer answers again").await;

@@ -132,8 +132,25 @@ pub fn parse_as(name: Option<&'static str>, args: &[Bytes], now: u64, max_value:
             },
             post: Post::OkToOne,
         },
-        "del" if n >= 1 => write(WriteOp::Del(rest.to_vec())),
-        "exists" if n >= 1 => Action::Read(ReadOp::Exists(rest.to_vec())),
+        // SETEX key seconds value: SET key value EX seconds (and PSETEX with PX), with Redis's
+        // own error for a time that is not positive.
+        "setex" | "psetex" if n == 3 => match parse_i64(&rest[1]) {
+            Some(t) if t > 0 => {
+                let unit = if name == "setex" { "EX" } else { "PX" };
+                parse_set(
+                    &rest[0],
+                    &rest[2],
+                    &[Bytes::from_static(unit.as_bytes()), rest[1].clone()],
+                    now,
+                )
+            }
+            Some(_) => error(format!("ERR invalid expire time in '{name}' command")),
+            None => error(NOT_INT),
+        },
+        // UNLINK frees memory in the background in Redis; here deleting is already cheap.
+        "del" | "unlink" if n >= 1 => write(WriteOp::Del(rest.to_vec())),
+        // TOUCH counts the keys that exist (access times are not tracked).
+        "exists" | "touch" if n >= 1 => Action::Read(ReadOp::Exists(rest.to_vec())),
         "incr" if n == 1 => write(WriteOp::IncrBy(rest[0].clone(), 1)),
         "decr" if n == 1 => write(WriteOp::IncrBy(rest[0].clone(), -1)),
         "incrby" | "decrby" if n == 2 => match parse_i64(&rest[1]) {
@@ -408,16 +425,20 @@ const COMMANDS: &[CommandSpec] = &[
     ("mset", -3, &["write"], 1, -1, 2),
     ("persist", 2, &["write", "fast"], 1, 1, 1),
     ("pexpire", 3, &["write", "fast"], 1, 1, 1),
+    ("psetex", 4, &["write"], 1, 1, 1),
     ("ping", -1, &["fast", "stale"], 0, 0, 0),
     ("pttl", 2, &["readonly", "fast"], 1, 1, 1),
     ("quit", -1, &["fast"], 0, 0, 0),
     ("scan", -2, &["readonly"], 0, 0, 0),
     ("select", 2, &["fast"], 0, 0, 0),
     ("set", -3, &["write"], 1, 1, 1),
+    ("setex", 4, &["write"], 1, 1, 1),
     ("setnx", 3, &["write", "fast"], 1, 1, 1),
     ("setrange", 4, &["write"], 1, 1, 1),
     ("strlen", 2, &["readonly", "fast"], 1, 1, 1),
+    ("touch", -2, &["readonly", "fast"], 1, -1, 1),
     ("ttl", 2, &["readonly", "fast"], 1, 1, 1),
+    ("unlink", -2, &["write", "fast"], 1, -1, 1),
 ];
 
 fn command_info(c: &CommandSpec) -> Reply {
@@ -489,6 +510,28 @@ mod tests {
             Action::Reply(Reply::Error(_))
         ));
         assert_eq!(parse(&args("SELECT 0"), 0), Action::Reply(Reply::Ok));
+    }
+
+    #[test]
+    fn setex_psetex_unlink_and_touch_are_their_set_del_and_exists_forms() {
+        assert_eq!(
+            parse(&args("SETEX k 10 v"), 5_000),
+            parse(&args("SET k v EX 10"), 5_000)
+        );
+        assert_eq!(
+            parse(&args("PSETEX k 10 v"), 5_000),
+            parse(&args("SET k v PX 10"), 5_000)
+        );
+        for bad in ["SETEX k 0 v", "PSETEX k -1 v"] {
+            assert!(
+                matches!(parse(&args(bad), 0), Action::Reply(Reply::Error(e)) if e.starts_with("ERR invalid expire time")),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse(&args("UNLINK a b"), 0), parse(&args("DEL a b"), 0));
+        assert_eq!(parse(&args("TOUCH a b"), 0), parse(&args("EXISTS a b"), 0));
+        assert!(is_write("setex") && is_write("psetex") && is_write("unlink"));
+        assert!(!is_write("touch"));
     }
 
     #[test]
