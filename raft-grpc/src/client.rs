@@ -198,11 +198,13 @@ impl<S: Queryable> ClusterClient<S> {
         if endpoints.is_empty() {
             return Err(ClientError::Config("no node addresses".into()));
         }
-        let pool = Pool::new(
-            opts.tls.clone(),
-            opts.connector.clone(),
-            opts.channel.clone(),
-        );
+        let tls = opts
+            .tls
+            .clone()
+            .map(crate::tls::ReloadableTls::new)
+            .transpose()
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let pool = Pool::new(tls, opts.connector.clone(), opts.channel.clone());
         for e in &endpoints {
             pool.channel(e)
                 .map_err(|s| ClientError::Config(s.message().to_string()))?;

@@ -15,8 +15,9 @@
 //! * `grpc_node.rs` — [`GrpcNode`]: node, transport and server started together.
 //! * `alarms.rs` — the cluster-wide storage alarm: the leader asks its voters for theirs.
 //! * [`auth`] — peer authentication (cluster secret or node certificates) and client roles.
-//! * `net.rs` — the injectable [`Connector`] and the channel pool; `tls.rs` — [`TlsConfig`];
-//!   `status.rs` — errors on the wire; `options.rs` — [`GrpcOptions`]; `wire.rs` — payload
+//! * `net.rs` — the injectable [`Connector`] and the channel pool; `tls.rs` — [`TlsConfig`]
+//!   and the reloadable [`ReloadableTls`]; `accept.rs` — the server's TLS accept loop, one
+//!   bounded handshake task per connection; `status.rs` — errors on the wire; `options.rs` — [`GrpcOptions`]; `wire.rs` — payload
 //!   encoding.
 //!
 //! ```no_run
@@ -33,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+mod accept;
 mod alarms;
 pub mod auth;
 mod client;
@@ -69,6 +71,7 @@ pub use crate::server::NodeClient;
 pub use crate::server::ServeError;
 pub use crate::server::Server;
 pub use crate::server::ServerStats;
+pub use crate::tls::ReloadableTls;
 pub use crate::tls::TlsConfig;
 pub use crate::tls::TlsError;
 pub use crate::transport::GrpcConnection;

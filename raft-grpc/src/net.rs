@@ -24,7 +24,7 @@ use tonic::transport::Endpoint;
 use tonic::transport::Uri;
 
 use crate::status;
-use crate::tls::TlsConfig;
+use crate::tls::ReloadableTls;
 
 /// A byte stream gRPC can run over.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -92,7 +92,7 @@ impl Default for ChannelOptions {
 struct PoolInner {
     channels: Mutex<HashMap<String, Channel>>,
     backoff: Arc<ReconnectBackoff>,
-    tls: Option<TlsConfig>,
+    tls: Option<ReloadableTls>,
     connector: Connector,
     opts: ChannelOptions,
 }
@@ -115,7 +115,7 @@ pub(crate) fn split_addr(addr: &str) -> Option<(&str, u16)> {
 }
 
 impl Pool {
-    pub fn new(tls: Option<TlsConfig>, connector: Connector, opts: ChannelOptions) -> Pool {
+    pub fn new(tls: Option<ReloadableTls>, connector: Connector, opts: ChannelOptions) -> Pool {
         Pool {
             inner: Arc::new(PoolInner {
                 channels: Mutex::new(HashMap::new()),
@@ -144,46 +144,44 @@ impl Pool {
 
     fn connect(&self, addr: &str) -> Result<Channel, Status> {
         let bad = |why: String| status::invalid(format!("bad node address {addr:?}: {why}"));
-        let (host, _) = split_addr(addr).ok_or_else(|| bad("expected host:port".into()))?;
-        let scheme = if self.inner.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        split_addr(addr).ok_or_else(|| bad("expected host:port".into()))?;
         let o = &self.inner.opts;
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        // TLS, when on, is set up by the connector below (not by tonic), so every new
+        // connection uses the configuration in force when it is made.
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(o.connect_timeout)
             .http2_keep_alive_interval(o.keepalive_interval)
             .keep_alive_timeout(o.keepalive_timeout)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true);
-        if let Some(tls) = &self.inner.tls {
-            endpoint = endpoint
-                .tls_config(tls.client(host))
-                .map_err(|e| bad(e.to_string()))?;
-        }
         let connect = self.inner.connector.0.clone();
         let backoff = self.inner.backoff.clone();
+        let tls = self.inner.tls.clone();
         let timeout = o.connect_timeout;
         Ok(
             endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
                 let connect = connect.clone();
                 let backoff = backoff.clone();
+                let tls = tls.clone();
                 async move {
                     let host = uri.host().unwrap_or_default().to_string();
                     let port = uri.port_u16().unwrap_or(80);
                     let key = format!("{host}:{port}");
                     backoff.check(&key)?;
                     let attempt = async {
-                        match &connect {
+                        let io = match &connect {
                             None => {
                                 let s =
                                     tokio::net::TcpStream::connect((host.as_str(), port)).await?;
                                 s.set_nodelay(true)?;
-                                Ok(Box::new(s) as Box<dyn Io>)
+                                Box::new(s) as Box<dyn Io>
                             }
-                            Some(f) => f(host.clone(), port).await,
+                            Some(f) => f(host.clone(), port).await?,
+                        };
+                        match &tls {
+                            None => Ok(io),
+                            Some(tls) => handshake(tls, &host, io).await,
                         }
                     };
                     let result = match tokio::time::timeout(timeout, attempt).await {
@@ -199,6 +197,15 @@ impl Pool {
             })),
         )
     }
+}
+
+/// The client side of a TLS handshake over `io`, with the configuration in force now.
+async fn handshake(tls: &ReloadableTls, host: &str, io: Box<dyn Io>) -> io::Result<Box<dyn Io>> {
+    let (connector, name) = tls
+        .connector(host)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let stream = connector.connect(name, io).await?;
+    Ok(Box::new(stream))
 }
 
 /// Paces reconnection to addresses that recently refused or timed out: after `n` failures in a

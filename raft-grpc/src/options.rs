@@ -5,14 +5,23 @@ use std::time::Duration;
 use crate::auth::Auth;
 use crate::net::ChannelOptions;
 use crate::net::Connector;
-use crate::tls::TlsConfig;
+use crate::tls::ReloadableTls;
 
 /// How a node talks gRPC: TLS, connections, limits.
 #[derive(Clone, Debug)]
 pub struct GrpcOptions {
     /// TLS for peers and clients alike; with `require_client_cert`, mutual TLS. The node's
-    /// certificate doubles as its client certificate towards peers.
-    pub tls: Option<TlsConfig>,
+    /// certificate doubles as its client certificate towards peers. Reloading it
+    /// ([`ReloadableTls::reload`]) changes the certificate served to new connections and
+    /// presented on new connections to peers, without a restart.
+    pub tls: Option<ReloadableTls>,
+    /// How long a connection to the server may take to complete its TLS handshake before it
+    /// is closed. Default 10 s.
+    pub tls_handshake_timeout: Duration,
+    /// Most TLS handshakes the server runs at once; a connection arriving while that many are
+    /// under way is closed at once, so slow or idle connections cannot hold the accept loop
+    /// or grow memory. Default 256.
+    pub max_tls_handshakes: usize,
     /// How outgoing connections are made (TCP unless testing over a simulated network).
     pub connector: Connector,
     /// Connection tuning.
@@ -107,6 +116,8 @@ impl Default for GrpcOptions {
     fn default() -> Self {
         GrpcOptions {
             tls: None,
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_tls_handshakes: 256,
             connector: Connector::default(),
             channel: ChannelOptions::default(),
             max_message_bytes: 65 << 20,

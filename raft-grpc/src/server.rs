@@ -243,7 +243,9 @@ impl<S: Queryable> Server<S> {
         self.shared.stats.clone()
     }
 
-    fn router(self) -> Result<tonic::transport::server::Router, ServeError> {
+    /// The services behind their interceptors; with `tonic_tls`, tonic does the TLS handshakes
+    /// (with the configuration in force at start).
+    fn router(self, tonic_tls: bool) -> Result<tonic::transport::server::Router, ServeError> {
         let max = self.shared.opts.max_message_bytes;
         let o = &self.shared.opts;
         let mut builder = tonic::transport::Server::builder()
@@ -255,7 +257,14 @@ impl<S: Queryable> Server<S> {
             // allowing as many as there may be streams keeps the rapid-reset bound without
             // dropping a busy peer's connection.
             .http2_max_pending_accept_reset_streams(Some(o.max_concurrent_streams as usize));
-        if let Some(tls) = self.shared.opts.tls.as_ref().and_then(|t| t.server()) {
+        if tonic_tls
+            && let Some(tls) = self
+                .shared
+                .opts
+                .tls
+                .as_ref()
+                .and_then(|t| t.config().tonic_server())
+        {
             builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
         }
         // The interceptors run on a call's headers, before its message is decoded.
@@ -299,30 +308,57 @@ impl<S: Queryable> Server<S> {
         }
     }
 
-    /// Serves on `listener` until `shutdown` completes.
+    /// Serves on `listener` until `shutdown` completes. With TLS, each connection's handshake
+    /// runs in a task of its own, within [`GrpcOptions::tls_handshake_timeout`] and at most
+    /// [`GrpcOptions::max_tls_handshakes`] at once, with the certificate in force when the
+    /// connection arrives (see [`crate::ReloadableTls::reload`]).
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
         self.warn_if_open(listener.local_addr().ok());
-        // Small messages (heartbeats, acks) must not wait for Nagle's algorithm.
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-            if let Ok(s) = &conn
-                && let Err(e) = s.set_nodelay(true)
-            {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        let opts = self.shared.opts.clone();
+        match opts.tls.clone().filter(|t| t.serves()) {
+            Some(tls) => {
+                let incoming = crate::accept::tls_incoming(listener, tls, &opts);
+                self.serve_accepted(incoming, false, shutdown).await
             }
-            conn
-        });
-        self.serve_with_incoming(incoming, shutdown).await
+            None => {
+                // Small messages (heartbeats, acks) must not wait for Nagle's algorithm.
+                let incoming =
+                    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+                        if let Ok(s) = &conn {
+                            crate::accept::nodelay(s);
+                        }
+                        conn
+                    });
+                self.serve_accepted(incoming, false, shutdown).await
+            }
+        }
     }
 
     /// Serves connections from `incoming` (for example a simulated network's listener) until
-    /// `shutdown` completes.
+    /// `shutdown` completes. With TLS, tonic does the handshakes, with the certificate in force
+    /// when this is called: a reload does not reach a server started this way.
     pub async fn serve_with_incoming<I, IO, E>(
         self,
         incoming: I,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError>
+    where
+        I: futures_util::Stream<Item = Result<IO, E>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IO::ConnectInfo: Clone + Send + Sync + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.serve_accepted(incoming, true, shutdown).await
+    }
+
+    async fn serve_accepted<I, IO, E>(
+        self,
+        incoming: I,
+        tonic_tls: bool,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError>
     where
@@ -336,7 +372,7 @@ impl<S: Queryable> Server<S> {
             shutdown.await;
             shared.stopping.send_replace(true);
         };
-        self.router()?
+        self.router(tonic_tls)?
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         Ok(())

@@ -17,6 +17,7 @@ use raft_grpc::ClientError;
 use raft_grpc::ClientOptions;
 use raft_grpc::ClusterClient;
 use raft_grpc::GrpcOptions;
+use raft_grpc::ReloadableTls;
 use raft_grpc::TlsConfig;
 use raft_grpc::pb;
 use raft_grpc::pb::raft_internal_client::RaftInternalClient;
@@ -143,7 +144,7 @@ async fn mutual_tls_admits_certified_clients_and_peers_only() {
         .unwrap()
         .require_client_cert(true);
     let opts = GrpcOptions {
-        tls: Some(node_tls),
+        tls: Some(ReloadableTls::new(node_tls).unwrap()),
         ..GrpcOptions::default()
     };
     let c = GrpcCluster::start(3, opts, |c| c).await;
@@ -264,7 +265,7 @@ async fn a_client_certificate_is_not_a_peer() {
     )
     .require_client_cert(true);
     let opts = GrpcOptions {
-        tls: Some(tls),
+        tls: Some(ReloadableTls::new(tls).unwrap()),
         auth: raft_grpc::Auth::new(raft_grpc::AuthConfig {
             peer_certs: true,
             users: vec![raft_grpc::User {

@@ -13,8 +13,8 @@
 //!
 //! On SIGHUP every file is read again. A reload that fails (a missing file, a bad line, a key
 //! that does not match its certificate) keeps everything as it was and logs why. New secrets and
-//! users apply to the next call or `AUTH`; new certificates to the next RESP connection. The
-//! raft port's certificates are loaded once, at start.
+//! users apply to the next call or `AUTH`; new certificates to the next connection accepted on
+//! either port, and to the next connection this node makes to a peer.
 
 use std::fmt;
 use std::path::Path;
@@ -28,6 +28,7 @@ use raft_grpc::ClientOptions;
 use raft_grpc::ClusterSecret;
 use raft_grpc::Credentials;
 use raft_grpc::GrpcOptions;
+use raft_grpc::ReloadableTls;
 use raft_grpc::TlsConfig;
 use raft_grpc::User;
 use raft_grpc::auth::Auth;
@@ -126,6 +127,8 @@ pub struct Security {
     /// RESP TLS, if on.
     pub resp_tls: Option<SharedTls>,
     grpc_tls: Option<TlsConfig>,
+    /// Raft-port TLS, shared with the gRPC transport and server.
+    grpc_tls_live: Option<ReloadableTls>,
     credentials: Option<Credentials>,
 }
 
@@ -325,7 +328,14 @@ impl Security {
             }
             _ => None,
         };
+        let grpc_tls_live = loaded
+            .tls
+            .as_ref()
+            .map(|(grpc, _)| ReloadableTls::new(grpc.clone()))
+            .transpose()
+            .map_err(|e| SecurityError::Tls(e.to_string()))?;
         Ok(Security {
+            grpc_tls_live,
             grpc_auth: Auth::new(args.auth_config(&loaded)),
             accounts: Arc::new(RwLock::new(Arc::new(loaded.accounts))),
             resp_tls: loaded
@@ -346,6 +356,7 @@ impl Security {
             accounts: SharedAccounts::default(),
             resp_tls: None,
             grpc_tls: None,
+            grpc_tls_live: None,
             credentials: None,
         }
     }
@@ -376,7 +387,7 @@ impl Security {
     /// The gRPC options of this node: TLS and authentication.
     pub fn grpc_options(&self) -> GrpcOptions {
         GrpcOptions {
-            tls: self.grpc_tls.clone(),
+            tls: self.grpc_tls_live.clone(),
             auth: self.grpc_auth.clone(),
             ..GrpcOptions::default()
         }
@@ -399,6 +410,11 @@ impl Security {
             return Err(SecurityError::Tls(
                 "TLS cannot be turned on or off without a restart".into(),
             ));
+        }
+        // The one step that can still fail goes first, so a failure changes nothing.
+        if let (Some(live), Some((grpc, _))) = (&self.grpc_tls_live, &loaded.tls) {
+            live.reload(grpc.clone())
+                .map_err(|e| SecurityError::Tls(e.to_string()))?;
         }
         self.grpc_auth.reload(self.args.auth_config(&loaded));
         *self.accounts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded.accounts);
