@@ -334,3 +334,126 @@ async fn a_client_certificate_is_not_a_peer() {
         assert_eq!(m.voters.len(), 3, "node {id}");
     }
 }
+
+/// The leaf certificate `addr` serves to a new connection (DER), connecting with `identity`
+/// and trusting `ca_pem`.
+async fn served_leaf(addr: &str, ca_pem: &str, identity: &(String, String)) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_slice_iter(identity.0.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(identity.1.as_bytes()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("handshake within 5 s")
+    .expect("handshake");
+    let (_, conn) = tls.get_ref();
+    conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// The serial number of a certificate, PEM or DER.
+fn serial(cert: &[u8]) -> Vec<u8> {
+    let der = match x509_parser::pem::parse_x509_pem(cert) {
+        Ok((_, pem)) => pem.contents,
+        Err(_) => cert.to_vec(),
+    };
+    let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+    c.raw_serial().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reloaded_certificate_serves_new_connections_both_ways() {
+    let old_ca = make_ca("raftkit test CA");
+    let old = make_node_cert(&old_ca, &[1, 2, 3]);
+    let tls_for = |ca: &CertifiedIssuer<'static, KeyPair>, (cert, key): &(String, String)| {
+        TlsConfig::from_pem(ca.pem(), Some((cert.clone().into(), key.clone().into())))
+            .require_client_cert(true)
+    };
+    // One handle for the three nodes: reloading it is every node reloading.
+    let live = ReloadableTls::new(tls_for(&old_ca, &old)).unwrap();
+    let opts = GrpcOptions {
+        tls: Some(live.clone()),
+        auth: raft_grpc::Auth::new(raft_grpc::AuthConfig {
+            peer_certs: true,
+            ..Default::default()
+        }),
+        ..GrpcOptions::default()
+    };
+    let mut c = GrpcCluster::start(3, opts, |c| c).await;
+    let addr = c.addrs[&1].clone();
+    assert_eq!(
+        serial(&served_leaf(&addr, &old_ca.pem(), &old).await),
+        serial(old.0.as_bytes())
+    );
+
+    // A new CA, trusted alone from now on, and a new leaf from it.
+    let new_ca = make_ca("raftkit test CA, second generation");
+    let new = make_node_cert(&new_ca, &[1, 2, 3]);
+    live.reload(tls_for(&new_ca, &new)).unwrap();
+    let served = serial(&served_leaf(&addr, &new_ca.pem(), &new).await);
+    assert_eq!(served, serial(new.0.as_bytes()));
+    assert_ne!(served, serial(old.0.as_bytes()));
+
+    // The connections open before the reload still carry writes.
+    let endpoints = c.endpoints();
+    let client_with = |ca: &CertifiedIssuer<'static, KeyPair>, id: &(String, String)| {
+        ClusterClient::<Kv>::new(endpoints.clone(), short(Some(tls_for(ca, id)))).unwrap()
+    };
+    let client = client_with(&new_ca, &new);
+    client
+        .write(Cmd::Put("a".into(), "1".into()))
+        .await
+        .unwrap();
+    // Node 3 restarts: every connection to and from it is new, so it only rejoins if both
+    // sides present (and check) the new certificates, node identity included.
+    c.stop(3).await;
+    c.launch(3).await;
+    client
+        .write(Cmd::Put("b".into(), "2".into()))
+        .await
+        .unwrap();
+    for (id, s) in c.converged().await {
+        assert_eq!(s.0.get("b").map(String::as_str), Some("2"), "node {id}");
+    }
+    // A client still holding the old generation's certificate is refused.
+    let stale = client_with(&old_ca, &old);
+    assert!(stale.write(Cmd::Put("x".into(), "y".into())).await.is_err());
+
+    // A reload with a garbage key fails and changes nothing.
+    let garbage = TlsConfig::from_pem(
+        new_ca.pem(),
+        Some((new.0.clone().into(), b"not a key".to_vec())),
+    )
+    .require_client_cert(true);
+    assert!(live.reload(garbage).is_err());
+    assert_eq!(
+        serial(&served_leaf(&addr, &new_ca.pem(), &new).await),
+        serial(new.0.as_bytes())
+    );
+    client
+        .write(Cmd::Put("c".into(), "3".into()))
+        .await
+        .unwrap();
+    for (id, s) in c.converged().await {
+        assert_eq!(s.0.get("c").map(String::as_str), Some("3"), "node {id}");
+        assert_eq!(s.0.get("x"), None, "node {id}");
+    }
+}
