@@ -11,6 +11,10 @@
 //!   time. No per-message cryptography, so replication pays nothing measurable. Without TLS the
 //!   token travels in clear: it stops anyone who does not know the secret, not an eavesdropper
 //!   on the path, who can replay it. Use TLS as well wherever the network is not trusted.
+//!
+//!   To change the secret without peers refusing each other, give nodes a second accepted
+//!   secret ([`AuthConfig::previous_secret`]) while the change goes round: a node sends the
+//!   token of `cluster_secret` and accepts the tokens of both (see SECURITY.md for the steps).
 //! * **Mutual TLS with peer identity** ([`AuthConfig::peer_certs`]). A peer must present a
 //!   certificate signed by the cluster's CA that names a node: a URI subject alternative name
 //!   `urn:raftkit:node:<id>` ([`node_uri`]). The sender also states its id
@@ -254,7 +258,12 @@ impl Caller {
 #[derive(Debug, Clone, Default)]
 pub struct AuthConfig {
     /// Peers prove they know this secret; as a bearer token it is also an `admin` credential.
+    /// Outgoing calls carry its token.
     pub cluster_secret: Option<ClusterSecret>,
+    /// A second secret accepted from peers (and as an `admin` bearer token), never sent: during
+    /// a rotation, the secret being replaced or the one being introduced. Only consulted when
+    /// `cluster_secret` is set. Default none.
+    pub previous_secret: Option<ClusterSecret>,
     /// Peers must present a node certificate (see the module documentation). Needs TLS with
     /// client certificates required or optional.
     pub peer_certs: bool,
@@ -349,7 +358,8 @@ impl Auth {
                 .metadata()
                 .get(PEER_TOKEN_KEY)
                 .ok_or_else(|| unauthenticated("no peer credentials"))?;
-            if !ct_eq(token.as_bytes(), secret.peer_token.as_bytes()) {
+            let matches = |s: &ClusterSecret| ct_eq(token.as_bytes(), s.peer_token.as_bytes());
+            if !matches(secret) && !cfg.previous_secret.as_ref().is_some_and(matches) {
                 return Err(unauthenticated("wrong peer credentials (cluster secret)"));
             }
         }
@@ -397,9 +407,14 @@ impl Auth {
                 .ok_or_else(|| unauthenticated("expected `authorization: Bearer <token>`"))?;
             let mut found = cfg
                 .cluster_secret
-                .as_ref()
-                .filter(|s| s.is(token))
-                .map(|_| Caller::new("cluster-secret", Role::Admin));
+                .iter()
+                .chain(
+                    cfg.cluster_secret
+                        .as_ref()
+                        .and(cfg.previous_secret.as_ref()),
+                )
+                .any(|s| s.is(token))
+                .then(|| Caller::new("cluster-secret", Role::Admin));
             // Every user is compared, so the time taken does not tell which one nearly matched.
             for u in &cfg.users {
                 if ct_eq(u.token.as_bytes(), token) && found.is_none() {
@@ -597,6 +612,46 @@ mod tests {
             .unwrap();
         // Without a secret, nothing is checked.
         Auth::default().check_peer(&Request::new(())).unwrap();
+    }
+
+    #[test]
+    fn a_previous_secret_is_accepted_but_not_sent() {
+        let old = ClusterSecret::new("the old secret, long enough").unwrap();
+        let auth = Auth::new(AuthConfig {
+            cluster_secret: Some(secret()),
+            previous_secret: Some(old.clone()),
+            ..Default::default()
+        });
+        auth.check_peer(&with_peer_token(&secret().peer_token))
+            .unwrap();
+        auth.check_peer(&with_peer_token(&old.peer_token)).unwrap();
+        let other = ClusterSecret::new("another secret, long enough").unwrap();
+        assert!(
+            auth.check_peer(&with_peer_token(&other.peer_token))
+                .is_err()
+        );
+        let mut sent = Request::new(());
+        auth.stamp_peer(sent.metadata_mut(), 1);
+        assert_eq!(
+            sent.metadata().get(PEER_TOKEN_KEY),
+            Some(&secret().peer_token)
+        );
+        let mut bearer = Request::new(());
+        Credentials::from_secret(&old)
+            .unwrap()
+            .stamp(bearer.metadata_mut());
+        assert_eq!(auth.identify(&bearer).unwrap().role, Role::Admin);
+        // Without a current secret, a previous one alone admits nobody.
+        let alone = Auth::new(AuthConfig {
+            previous_secret: Some(old.clone()),
+            users: vec![User {
+                name: "u".into(),
+                token: "u-token".into(),
+                role: Role::Read,
+            }],
+            ..Default::default()
+        });
+        assert!(alone.identify(&bearer).is_err());
     }
 
     #[test]

@@ -294,3 +294,119 @@ async fn a_reloaded_secret_takes_effect() {
         assert_eq!(s.0.get("b"), None, "node {id}");
     }
 }
+
+/// Whether node `target` (at `addr`) accepts `token` as a peer's: a vote for a node that does
+/// not exist passes the peer check and is then refused by the server as invalid.
+async fn accepts_peer_token(addr: &str, cluster_id: &str, target: NodeId, token: &str) -> bool {
+    let mut raw = RaftInternalClient::new(channel(addr));
+    let mut req = huge_vote(target + 1000);
+    let meta = req.metadata_mut();
+    meta.insert("x-raftkit-cluster-id", cluster_id.parse().unwrap());
+    meta.insert("x-raftkit-peer-token", token.parse().unwrap());
+    let s = raw.vote(req).await.expect_err("no such node");
+    match s.code() {
+        Code::Unauthenticated => false,
+        _ => {
+            assert_eq!(ErrorCode::of(&s), Some(ErrorCode::InvalidRequest), "{s:?}");
+            true
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_secret_rotates_one_node_at_a_time_without_refusals() {
+    const NEW: &str = "the cluster secret after the rotation";
+    let (old, new) = (
+        ClusterSecret::new(SECRET).unwrap(),
+        ClusterSecret::new(NEW).unwrap(),
+    );
+    let writer = user("writer", Role::Write);
+    let config = |send: &ClusterSecret, also: Option<&ClusterSecret>| AuthConfig {
+        cluster_secret: Some(send.clone()),
+        previous_secret: also.cloned(),
+        users: vec![writer.clone()],
+        ..AuthConfig::default()
+    };
+    // Each node its own settings, as kv nodes each read their own file.
+    let auths: std::collections::BTreeMap<NodeId, Auth> = (1..=3)
+        .map(|id| (id, Auth::new(config(&old, None))))
+        .collect();
+    let per_node = auths
+        .iter()
+        .map(|(id, auth)| {
+            let opts = GrpcOptions {
+                auth: auth.clone(),
+                ..GrpcOptions::default()
+            };
+            (*id, opts)
+        })
+        .collect();
+    let c = GrpcCluster::start_each(3, GrpcOptions::default(), per_node, |c| c).await;
+    let cluster_id = c.nodes[&1].node().cluster_id().unwrap().to_string();
+    let writes = client(&c, Some("writer-token"));
+
+    // The three passes of SECURITY.md's procedure, each node in turn, leader first.
+    let leader = c.leader().await;
+    let mut order: Vec<NodeId> = vec![leader];
+    order.extend((1..=3).filter(|id| *id != leader));
+    let passes: [(&ClusterSecret, Option<&ClusterSecret>); 3] =
+        [(&old, Some(&new)), (&new, Some(&old)), (&new, None)];
+    let mut step = 0;
+    for (send, also) in passes {
+        for id in &order {
+            auths[id].reload(config(send, also));
+            step += 1;
+            // Every node accepts the token every node now sends.
+            let sent: Vec<String> = auths
+                .values()
+                .map(|a| {
+                    let cfg = a.current();
+                    cfg.cluster_secret
+                        .as_ref()
+                        .unwrap()
+                        .peer_token()
+                        .to_string()
+                })
+                .collect();
+            for (target, addr) in &c.addrs {
+                for token in &sent {
+                    assert!(
+                        accepts_peer_token(addr, &cluster_id, *target, token).await,
+                        "step {step}: node {target} refuses a token a peer sends"
+                    );
+                }
+            }
+            // And the cluster commits a write, on every node.
+            let key = format!("k{step}");
+            writes
+                .write(Cmd::Put(key.clone(), step.to_string()))
+                .await
+                .unwrap_or_else(|e| panic!("step {step}: {e:?}"));
+            for (n, s) in c.converged().await {
+                assert_eq!(
+                    s.0.get(&key),
+                    Some(&step.to_string()),
+                    "step {step}, node {n}"
+                );
+            }
+        }
+    }
+    // After the rotation, the old secret opens nothing: not as a peer, not as a bearer.
+    for (target, addr) in &c.addrs {
+        assert!(
+            !accepts_peer_token(addr, &cluster_id, *target, old.peer_token()).await,
+            "node {target} still accepts the old secret"
+        );
+    }
+    match client(&c, Some(SECRET))
+        .write(Cmd::Put("x".into(), "y".into()))
+        .await
+    {
+        Err(ClientError::Refused(s)) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+        other => panic!("the old secret still works as a bearer: {other:?}"),
+    }
+    client(&c, Some(NEW))
+        .write(Cmd::Put("z".into(), "1".into()))
+        .await
+        .unwrap();
+}

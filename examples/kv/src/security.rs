@@ -2,6 +2,8 @@
 //!
 //! * `--cluster-secret-file`: peers prove they know it (see `raft_grpc::auth`); as a bearer
 //!   token it is also an admin credential on the gRPC cluster API (`kv node --join` uses it).
+//!   Its first line is the secret this node sends; an optional second line is one more secret
+//!   it accepts, so the secret can be rotated without peers refusing each other.
 //! * `--requirepass-file`, `--users-file`: RESP authentication and roles (see `auth.rs`); the
 //!   users may also call the gRPC cluster API with their password as bearer token.
 //! * `--tls-cert-file`, `--tls-key-file`, `--tls-ca-cert-file`, `--tls-auth-clients`: TLS on
@@ -54,8 +56,9 @@ pub enum TlsAuthClients {
 /// The security flags of `kv node`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct SecurityArgs {
-    /// File holding the secret peers authenticate with (content trimmed; at least 16 bytes).
-    /// Also an admin credential on the gRPC cluster API.
+    /// File holding the secret peers authenticate with (a line of at least 16 bytes, trimmed).
+    /// Also an admin credential on the gRPC cluster API. An optional second line holds one
+    /// more secret accepted from peers but never sent, for rotating the secret (SECURITY.md).
     #[arg(long, value_name = "PATH")]
     pub cluster_secret_file: Option<PathBuf>,
     /// File holding the password of the `default` RESP user (Redis `requirepass`).
@@ -113,6 +116,8 @@ pub type SharedTls = Arc<RwLock<Arc<rustls::ServerConfig>>>;
 /// Everything the flags name, read from their files.
 struct Loaded {
     secret: Option<ClusterSecret>,
+    /// The secret also accepted (the cluster secret file's second line).
+    previous: Option<ClusterSecret>,
     accounts: Accounts,
     tls: Option<(TlsConfig, Arc<rustls::ServerConfig>)>,
 }
@@ -206,19 +211,43 @@ fn resp_tls_config(
         .map_err(|e| format!("certificate and key: {e}"))
 }
 
+/// The secrets of a cluster secret file: the first line, sent and accepted, and an optional
+/// second, accepted only. Blank lines are ignored.
+fn parse_secrets(content: &[u8]) -> Result<(ClusterSecret, Option<ClusterSecret>), String> {
+    let lines: Vec<&[u8]> = content
+        .split(|b| *b == b'\n')
+        .map(<[u8]>::trim_ascii)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let secret = |l: &[u8]| ClusterSecret::new(l).map_err(|e| e.to_string());
+    match lines.as_slice() {
+        [] => Err(secret(b"").err().unwrap_or_default()),
+        [current] => Ok((secret(current)?, None)),
+        [current, previous] => Ok((
+            secret(current)?,
+            Some(secret(previous).map_err(|e| format!("second line: {e}"))?),
+        )),
+        more => Err(format!(
+            "{} lines; expected the secret to send, then at most one more secret to accept",
+            more.len()
+        )),
+    }
+}
+
 fn load(args: &SecurityArgs) -> Result<Loaded, SecurityError> {
-    let secret = match &args.cluster_secret_file {
-        Some(p) => Some(
-            ClusterSecret::new(read("--cluster-secret-file", p)?).map_err(|e| {
-                SecurityError::File {
-                    flag: "--cluster-secret-file",
-                    path: p.clone(),
-                    reason: e.to_string(),
-                }
-            })?,
-        ),
-        None => None,
-    };
+    let (secret, previous) =
+        match &args.cluster_secret_file {
+            Some(p) => {
+                let (current, previous) = parse_secrets(&read("--cluster-secret-file", p)?)
+                    .map_err(|reason| SecurityError::File {
+                        flag: "--cluster-secret-file",
+                        path: p.clone(),
+                        reason,
+                    })?;
+                (Some(current), previous)
+            }
+            None => (None, None),
+        };
     let requirepass = match &args.requirepass_file {
         Some(p) => {
             let pass = read_text("--requirepass-file", p)?.trim().to_string();
@@ -270,6 +299,7 @@ fn load(args: &SecurityArgs) -> Result<Loaded, SecurityError> {
     };
     Ok(Loaded {
         secret,
+        previous,
         accounts: Accounts {
             requirepass,
             users: users.clone(),
@@ -286,6 +316,7 @@ impl SecurityArgs {
     fn auth_config(&self, loaded: &Loaded) -> AuthConfig {
         AuthConfig {
             cluster_secret: loaded.secret.clone(),
+            previous_secret: loaded.previous.clone(),
             peer_certs: self.peer_certs(),
             users: loaded
                 .accounts
@@ -486,6 +517,30 @@ mod tests {
         })
         .unwrap();
         insecure.check_exposure("0.0.0.0:1", "0.0.0.0:2").unwrap();
+    }
+
+    #[test]
+    fn a_secret_file_holds_one_or_two_secrets() {
+        let one = "a secret of a cluster, long enough";
+        let two = "the next secret of the cluster, long";
+        let (s, p) = parse_secrets(format!("{one}\n").as_bytes()).unwrap();
+        assert_eq!(
+            s.peer_token(),
+            ClusterSecret::new(one).unwrap().peer_token()
+        );
+        assert!(p.is_none());
+        let (s, p) = parse_secrets(format!("  {two} \r\n\n{one}\n").as_bytes()).unwrap();
+        assert_eq!(
+            s.peer_token(),
+            ClusterSecret::new(two).unwrap().peer_token()
+        );
+        assert_eq!(
+            p.unwrap().peer_token(),
+            ClusterSecret::new(one).unwrap().peer_token()
+        );
+        assert!(parse_secrets(format!("{one}\n{two}\n{one}").as_bytes()).is_err());
+        assert!(parse_secrets(format!("{one}\nshort").as_bytes()).is_err());
+        assert!(parse_secrets(b" \n\n").is_err());
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct GrpcCluster {
     pub addrs: BTreeMap<NodeId, String>,
     pub nodes: BTreeMap<NodeId, GrpcNode<Kv>>,
     pub opts: GrpcOptions,
+    /// Options of each node, when they differ (see [`GrpcCluster::start_each`]).
+    pub per_node: BTreeMap<NodeId, GrpcOptions>,
     pub configure: fn(Config) -> Config,
 }
 
@@ -48,12 +50,23 @@ pub const WAIT: Duration = Duration::from_secs(20);
 impl GrpcCluster {
     /// Starts `n` nodes and forms a cluster of them.
     pub async fn start(n: u64, opts: GrpcOptions, configure: fn(Config) -> Config) -> GrpcCluster {
+        Self::start_each(n, opts, BTreeMap::new(), configure).await
+    }
+
+    /// Starts `n` nodes, node `id` with `per_node[id]` if given, else with `opts`.
+    pub async fn start_each(
+        n: u64,
+        opts: GrpcOptions,
+        per_node: BTreeMap<NodeId, GrpcOptions>,
+        configure: fn(Config) -> Config,
+    ) -> GrpcCluster {
         init_tracing();
         let mut c = GrpcCluster {
             dir: tempfile::tempdir().unwrap(),
             addrs: BTreeMap::new(),
             nodes: BTreeMap::new(),
             opts,
+            per_node,
             configure,
         };
         for id in 1..=n {
@@ -76,7 +89,8 @@ impl GrpcCluster {
         let addr = listener.local_addr().unwrap().to_string();
         self.addrs.insert(id, addr);
         let config = (self.configure)(config(id, self.dir.path()));
-        let node = GrpcNode::start(config, Kv::default(), listener, self.opts.clone())
+        let opts = self.per_node.get(&id).unwrap_or(&self.opts).clone();
+        let node = GrpcNode::start(config, Kv::default(), listener, opts)
             .await
             .unwrap();
         self.nodes.insert(id, node);
