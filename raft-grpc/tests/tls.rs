@@ -457,3 +457,84 @@ async fn a_reloaded_certificate_serves_new_connections_both_ways() {
         assert_eq!(s.0.get("x"), None, "node {id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn silent_connections_cannot_stall_handshakes() {
+    const LIMIT: usize = 4;
+    let handshake_timeout = Duration::from_millis(800);
+    let ca = make_ca("raftkit test CA");
+    let cert = make_node_cert(&ca, &[1]);
+    let tls = TlsConfig::from_pem(
+        ca.pem(),
+        Some((cert.0.clone().into(), cert.1.clone().into())),
+    );
+    let opts = GrpcOptions {
+        tls: Some(ReloadableTls::new(tls).unwrap()),
+        tls_handshake_timeout: handshake_timeout,
+        max_tls_handshakes: LIMIT,
+        ..GrpcOptions::default()
+    };
+    let c = GrpcCluster::start(1, opts, |c| c).await;
+    let addr = c.addrs[&1].clone();
+
+    // Connections that never say hello, one short of the limit: a real handshake still
+    // completes at once beside them.
+    let mut silent = Vec::new();
+    for _ in 0..LIMIT - 1 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let start = std::time::Instant::now();
+    // A whole call, so the server has finished with the handshake when it returns.
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.pem()))
+        .identity(Identity::from_pem(&cert.0, &cert.1))
+        .domain_name("127.0.0.1");
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy();
+    let mut req = tonic::Request::new(pb::StatusRequest {});
+    req.set_timeout(handshake_timeout);
+    pb::cluster_client::ClusterClient::new(channel)
+        .status(req)
+        .await
+        .expect("a status answer over TLS beside silent connections");
+    assert!(
+        start.elapsed() < handshake_timeout / 2,
+        "a handshake beside silent connections took {:?}",
+        start.elapsed()
+    );
+
+    // At the limit, a further connection is closed at once rather than queued.
+    silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(
+        handshake_timeout / 2,
+        tokio::io::AsyncReadExt::read(&mut extra, &mut buf),
+    )
+    .await
+    .expect("a connection past the handshake limit is closed at once");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert!(start.elapsed() < handshake_timeout / 2);
+
+    // The silent ones are closed after the handshake timeout, not before.
+    let start = std::time::Instant::now();
+    for mut s in silent {
+        let n = tokio::time::timeout(
+            handshake_timeout * 3,
+            tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+        )
+        .await
+        .expect("a silent connection is closed within the handshake timeout");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+    assert!(start.elapsed() <= handshake_timeout + Duration::from_millis(500));
+    // And the slots are free again.
+    assert_eq!(
+        serial(&served_leaf(&addr, &ca.pem(), &cert).await),
+        serial(cert.0.as_bytes())
+    );
+}
