@@ -193,8 +193,11 @@ impl TlsConfig {
         Some(tls)
     }
 
-    /// The rustls server configuration, or `None` without an identity to serve with.
-    fn rustls_server(&self) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+    /// The rustls server configuration this describes — the certificate chain and key, client
+    /// certificates required, optional or not asked for — offering HTTP/2 by ALPN; `None`
+    /// without an identity to serve with. Also usable for other ports of the same process
+    /// (clear `alpn_protocols` for a protocol other than HTTP/2).
+    pub fn rustls_server_config(&self) -> Result<Option<rustls::ServerConfig>, TlsError> {
         let Some((cert, key_pem)) = &self.identity else {
             return Ok(None);
         };
@@ -221,7 +224,7 @@ impl TlsConfig {
             .with_single_cert(chain, key)
             .map_err(|e| invalid("certificate and key", e))?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
-        Ok(Some(Arc::new(config)))
+        Ok(Some(config))
     }
 
     /// The rustls client configuration: trusts the CA, presents the identity if there is one.
@@ -274,7 +277,7 @@ impl ReloadableTls {
 
     fn activate(config: TlsConfig) -> Result<Active, TlsError> {
         Ok(Active {
-            server: config.rustls_server()?,
+            server: config.rustls_server_config()?.map(Arc::new),
             client: config.rustls_client()?,
             config,
         })

@@ -34,9 +34,6 @@ use raft_grpc::ReloadableTls;
 use raft_grpc::TlsConfig;
 use raft_grpc::User;
 use raft_grpc::auth::Auth;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::PrivateKeyDer;
-use rustls::pki_types::pem::PemObject;
 
 use crate::auth::Accounts;
 use crate::auth::SharedAccounts;
@@ -163,52 +160,14 @@ fn read_text(flag: &'static str, path: &Path) -> Result<String, SecurityError> {
     })
 }
 
-/// Builds the RESP server's rustls configuration, checking that the files fit together.
-fn resp_tls_config(
-    ca: &[u8],
-    cert: &[u8],
-    key: &[u8],
-    mode: TlsAuthClients,
-) -> Result<rustls::ServerConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = CertificateDer::pem_slice_iter(cert)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("--tls-cert-file: {e}"))?;
-    if chain.is_empty() {
-        return Err("--tls-cert-file holds no certificate".into());
-    }
-    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("--tls-key-file: {e}"))?;
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca) {
-        let c = c.map_err(|e| format!("--tls-ca-cert-file: {e}"))?;
-        roots
-            .add(c)
-            .map_err(|e| format!("--tls-ca-cert-file: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("--tls-ca-cert-file holds no certificate".into());
-    }
-    let builder = match mode {
-        TlsAuthClients::No => builder.with_no_client_auth(),
-        TlsAuthClients::Yes | TlsAuthClients::Optional => {
-            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            );
-            let v = if mode == TlsAuthClients::Optional {
-                v.allow_unauthenticated()
-            } else {
-                v
-            };
-            builder.with_client_cert_verifier(v.build().map_err(|e| e.to_string())?)
-        }
-    };
-    builder
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("certificate and key: {e}"))
+/// The RESP server's rustls configuration: the raft port's, without HTTP/2's ALPN.
+fn resp_tls_config(grpc: &TlsConfig) -> Result<rustls::ServerConfig, SecurityError> {
+    let mut config = grpc
+        .rustls_server_config()
+        .map_err(|e| SecurityError::Tls(e.to_string()))?
+        .ok_or_else(|| SecurityError::Tls("no certificate to serve with".into()))?;
+    config.alpn_protocols.clear();
+    Ok(config)
 }
 
 /// The secrets of a cluster secret file: the first line, sent and accepted, and an optional
@@ -283,11 +242,10 @@ fn load(args: &SecurityArgs) -> Result<Loaded, SecurityError> {
                 read("--tls-key-file", k)?,
                 read("--tls-ca-cert-file", ca)?,
             );
-            let resp =
-                resp_tls_config(&ca, &c, &k, args.tls_auth_clients).map_err(SecurityError::Tls)?;
             let grpc = TlsConfig::from_pem(ca, Some((c, k)))
                 .require_client_cert(args.tls_auth_clients == TlsAuthClients::Yes)
                 .optional_client_cert(args.tls_auth_clients == TlsAuthClients::Optional);
+            let resp = resp_tls_config(&grpc)?;
             Some((grpc, Arc::new(resp)))
         }
         (None, None, None) => None,
