@@ -59,6 +59,11 @@ const RETRY_FOR: Duration = Duration::from_secs(10);
 const FLUSH_AT: usize = 1 << 20;
 /// How long a client may take over its TLS handshake.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+/// How long telling a client past `maxclients` may take, TLS handshake included.
+const REFUSAL: Duration = Duration::from_secs(1);
+/// Refusals under way at once; past this a connection is closed without a word, so a flood of
+/// connections cannot make the node hold more than this many refusals.
+const MAX_REFUSALS: usize = 64;
 
 /// How a reply says a write's outcome is unknown (see [`failure`]). After one, the connection
 /// starts a new session: the old one may not be able to answer again.
@@ -83,6 +88,8 @@ pub struct Ctx {
     next_conn: AtomicU64,
     /// Clients connected now.
     clients: AtomicUsize,
+    /// Places for clients being told they are past `maxclients`.
+    refusals: Arc<tokio::sync::Semaphore>,
 }
 
 impl Ctx {
@@ -100,6 +107,7 @@ impl Ctx {
             tls: security.resp_tls.clone(),
             next_conn: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
+            refusals: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS)),
         })
     }
 
@@ -126,10 +134,31 @@ impl Drop for Counted {
     }
 }
 
-/// Tells a client past `maxclients` so, as Redis does, and closes.
-async fn refuse(mut socket: TcpStream) {
-    let write = socket.write_all(b"-ERR max number of clients reached\r\n");
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+/// Tells a client past `maxclients` so, as Redis does, and closes — over TLS when the port
+/// speaks TLS, so the client reads the error rather than a broken handshake. At most
+/// [`MAX_REFUSALS`] at once, each within [`REFUSAL`].
+fn refuse(socket: TcpStream, ctx: &Ctx) {
+    let Ok(permit) = ctx.refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    let acceptor = ctx.tls.as_ref().map(crate::security::acceptor);
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REFUSAL, async move {
+            match acceptor {
+                None => say_refused(socket).await,
+                Some(acceptor) => say_refused(acceptor.accept(socket).await?).await,
+            }
+        })
+        .await;
+        drop(permit);
+    });
+}
+
+async fn say_refused<S: AsyncWrite + Unpin>(mut socket: S) -> std::io::Result<()> {
+    socket
+        .write_all(b"-ERR max number of clients reached\r\n")
+        .await?;
+    socket.shutdown().await
 }
 
 /// Serves RESP on `listener` until the process ends.
@@ -140,7 +169,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
                 if ctx.clients.fetch_add(1, Ordering::Relaxed) >= ctx.limits.max_clients {
                     ctx.clients.fetch_sub(1, Ordering::Relaxed);
                     metrics::counter!("kv_rejected_connections_total").increment(1);
-                    tokio::spawn(refuse(socket));
+                    refuse(socket, &ctx);
                     continue;
                 }
                 let counted = Counted::new(ctx.clone());
