@@ -1,6 +1,7 @@
 //! The storage alarm is cluster-wide over gRPC: a follower low on space (simulated through the
 //! quota's test seam) makes the leader refuse writes that grow the state, with a `no-space`
-//! status naming the follower, until the follower has space again.
+//! status naming the follower, until the follower has space again. The leader asks with its
+//! peer credentials, so the same holds in a cluster whose calls need a cluster secret.
 
 mod common;
 
@@ -15,10 +16,14 @@ use common::Reply;
 use raft_core::Config;
 use raft_core::Consistency;
 use raft_core::QuotaOptions;
+use raft_grpc::AuthConfig;
 use raft_grpc::ClientError;
 use raft_grpc::ClientOptions;
 use raft_grpc::ClusterClient;
+use raft_grpc::ClusterSecret;
+use raft_grpc::Credentials;
 use raft_grpc::GrpcOptions;
+use raft_grpc::auth::Auth;
 use raft_grpc::status::ErrorCode;
 
 fn fast_quota(c: Config) -> Config {
@@ -39,8 +44,30 @@ async fn eventually(what: &str, condition: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_in_alarm_makes_the_leader_refuse_growing_writes() {
-    let c = GrpcCluster::start(3, GrpcOptions::default(), fast_quota).await;
-    let client = ClusterClient::<Kv>::new(c.endpoints(), ClientOptions::default()).unwrap();
+    a_follower_in_alarm(GrpcOptions::default(), ClientOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_alarm_travels_between_nodes_that_need_a_cluster_secret() {
+    const SECRET: &str = "a cluster secret for the alarm test";
+    let secret = ClusterSecret::new(SECRET).unwrap();
+    let opts = GrpcOptions {
+        auth: Auth::new(AuthConfig {
+            cluster_secret: Some(secret),
+            ..AuthConfig::default()
+        }),
+        ..GrpcOptions::default()
+    };
+    let client = ClientOptions {
+        credentials: Some(Credentials::bearer(SECRET).unwrap()),
+        ..ClientOptions::default()
+    };
+    a_follower_in_alarm(opts, client).await;
+}
+
+async fn a_follower_in_alarm(opts: GrpcOptions, client: ClientOptions) {
+    let c = GrpcCluster::start(3, opts, fast_quota).await;
+    let client = ClusterClient::<Kv>::new(c.endpoints(), client).unwrap();
     client
         .write(Cmd::Put("a".into(), "1".into()))
         .await
