@@ -25,6 +25,9 @@ use crate::tls::ReloadableTls;
 /// persistent failure does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+/// The shortest pause between two warnings about refused connections.
+const WARN_EVERY: Duration = Duration::from_secs(1);
+
 /// Small messages (heartbeats, acks) must not wait for Nagle's algorithm.
 pub(crate) fn nodelay(s: &TcpStream) {
     if let Err(e) = s.set_nodelay(true) {
@@ -44,6 +47,9 @@ pub(crate) fn tls_incoming(
     let (tx, rx) = mpsc::channel(limit);
     let permits = Arc::new(Semaphore::new(limit));
     tokio::spawn(async move {
+        // Refusals are logged at most once a second, with how many there were.
+        let mut refused = 0u64;
+        let mut last_warning: Option<tokio::time::Instant> = None;
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -58,11 +64,17 @@ pub(crate) fn tls_incoming(
                 }
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::warn!(
-                    %from,
-                    limit,
-                    "closing a new connection: too many TLS handshakes under way"
-                );
+                refused += 1;
+                if last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    tracing::warn!(
+                        %from,
+                        limit,
+                        refused,
+                        "closing new connections: too many TLS handshakes under way"
+                    );
+                    last_warning = Some(tokio::time::Instant::now());
+                    refused = 0;
+                }
                 continue;
             };
             let Some(acceptor) = tls.acceptor() else {
