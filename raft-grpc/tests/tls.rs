@@ -379,6 +379,24 @@ fn serial(cert: &[u8]) -> Vec<u8> {
     c.raw_serial().to_vec()
 }
 
+/// Writes `key` = `value` through `client` and waits until every node has applied it.
+async fn committed_everywhere(
+    c: &GrpcCluster,
+    client: &ClusterClient<Kv>,
+    key: &str,
+    value: &str,
+) -> std::collections::BTreeMap<u64, Kv> {
+    client
+        .write(Cmd::Put(key.into(), value.into()))
+        .await
+        .unwrap();
+    let states = c.converged().await;
+    for (id, s) in &states {
+        assert_eq!(s.0.get(key).map(String::as_str), Some(value), "node {id}");
+    }
+    states
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reloaded_certificate_serves_new_connections_both_ways() {
     let old_ca = make_ca("raftkit test CA");
@@ -426,13 +444,7 @@ async fn a_reloaded_certificate_serves_new_connections_both_ways() {
     // sides present (and check) the new certificates, node identity included.
     c.stop(3).await;
     c.launch(3).await;
-    client
-        .write(Cmd::Put("b".into(), "2".into()))
-        .await
-        .unwrap();
-    for (id, s) in c.converged().await {
-        assert_eq!(s.0.get("b").map(String::as_str), Some("2"), "node {id}");
-    }
+    committed_everywhere(&c, &client, "b", "2").await;
     // A client still holding the old generation's certificate is refused.
     let stale = client_with(&old_ca, &old);
     assert!(stale.write(Cmd::Put("x".into(), "y".into())).await.is_err());
@@ -448,12 +460,7 @@ async fn a_reloaded_certificate_serves_new_connections_both_ways() {
         serial(&served_leaf(&addr, &new_ca.pem(), &new).await),
         serial(new.0.as_bytes())
     );
-    client
-        .write(Cmd::Put("c".into(), "3".into()))
-        .await
-        .unwrap();
-    for (id, s) in c.converged().await {
-        assert_eq!(s.0.get("c").map(String::as_str), Some("3"), "node {id}");
+    for (id, s) in committed_everywhere(&c, &client, "c", "3").await {
         assert_eq!(s.0.get("x"), None, "node {id}");
     }
 }
