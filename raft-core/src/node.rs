@@ -704,10 +704,17 @@ impl<S: StateMachine> Node<S> {
                         .await;
                         continue;
                     }
+                    // Another membership change is in flight; or (PreconditionFailed, which
+                    // only openraft's own guard on the second step of a voter change can
+                    // raise: raftkit passes no preconditions) another change came between the
+                    // joint config this one committed and its final config. Both end once the
+                    // other change commits; the change is then proposed again from the
+                    // configuration in force, which is where an incremental change belongs.
                     ClientWriteError::ChangeMembershipError(
                         ChangeMembershipError::InProgress(_)
                         | ChangeMembershipError::UncommittedLeaderLog(_),
-                    ) => {
+                    )
+                    | ClientWriteError::PreconditionFailed(_) => {
                         // Wait for something to commit.
                         if !self
                             .wait_raw(|m| {
@@ -726,7 +733,6 @@ impl<S: StateMachine> Node<S> {
                         leader: f.leader_id,
                     },
                     ClientWriteError::ChangeMembershipError(e) => Error::Membership(e.to_string()),
-                    ClientWriteError::PreconditionFailed(e) => Error::Fatal(e.to_string()),
                 };
                 return Err(error);
             }

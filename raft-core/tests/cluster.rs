@@ -266,6 +266,36 @@ where
     }
 }
 
+/// Two learners promoted at the same time both become voters: the second change comes between
+/// the first one's joint and final configurations, and the first is proposed again from there
+/// rather than failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_promotions_both_take_effect() {
+    for round in 0..5 {
+        let cluster = start(3, |c| c).await;
+        cluster.launch(4).await.unwrap();
+        cluster.launch(5).await.unwrap();
+        on_leader(
+            &cluster,
+            |n| async move { n.add_learner(4, address(4)).await },
+        )
+        .await;
+        on_leader(
+            &cluster,
+            |n| async move { n.add_learner(5, address(5)).await },
+        )
+        .await;
+        let leader = cluster
+            .node(cluster.wait_for_leader().await.unwrap())
+            .unwrap();
+        let (a, b) = tokio::join!(leader.add_voter(4), leader.add_voter(5));
+        assert!(a.is_ok() && b.is_ok(), "round {round}: {a:?} {b:?}");
+        let m = leader.metrics();
+        assert_eq!(m.voters, [1, 2, 3, 4, 5].into(), "round {round}");
+        assert!(!m.joint, "round {round}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn membership_changes_three_to_five_to_three_under_writes() {
     let cluster = start(3, |c| c).await;
