@@ -344,6 +344,8 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || -> Result<(), io::Error> {
             let parsed = snapshot::parse(&data)?;
+            // Before anything is applied: another cluster's snapshot leaves the state as it is.
+            store.check_cluster(&data, parsed.cluster, true)?;
             if parsed.meta != meta {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,

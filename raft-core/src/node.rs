@@ -171,18 +171,19 @@ impl<S: StateMachine> Node<S> {
     ) -> Result<Node<S>> {
         let raft_config = Arc::new(config.to_openraft()?);
         let id = config.id;
+        // The cluster id first: the snapshot store checks its files against it.
+        let cluster = Arc::new(Self::open_cluster_id(&config.storage).await?);
         let (log, snapshots) = match &config.storage {
-            Storage::Dir(dir) => Self::open_storage(dir, &config).await?,
+            Storage::Dir(dir) => Self::open_storage(dir, &config, cluster.clone()).await?,
             Storage::Memory => (
                 LogStore::memory(),
-                SnapshotStore::memory(config.max_snapshot_bytes),
+                SnapshotStore::memory(config.max_snapshot_bytes, cluster.clone()),
             ),
         };
         let mut log = log;
         log.set_append_budget(config.max_append_bytes);
         let snapshots = Arc::new(snapshots);
         let log_stats = log.stats_handle();
-        let cluster = Arc::new(Self::open_cluster_id(&config.storage).await?);
         #[cfg(feature = "testing")]
         let power = log.power_switch();
         #[cfg(feature = "testing")]
@@ -228,14 +229,19 @@ impl<S: StateMachine> Node<S> {
         Ok(node)
     }
 
-    async fn open_storage(dir: &Path, config: &Config) -> Result<(LogStore, SnapshotStore)> {
+    async fn open_storage(
+        dir: &Path,
+        config: &Config,
+        cluster: Arc<ClusterIdentity>,
+    ) -> Result<(LogStore, SnapshotStore)> {
         let wal_dir = dir.join("wal");
         let snap_dir = dir.join("snapshots");
         let (id, wal, max) = (config.id, config.wal.clone(), config.max_snapshot_bytes);
         tokio::task::spawn_blocking(move || -> Result<(LogStore, SnapshotStore)> {
             let log = LogStore::open(&wal_dir, id, wal)?;
-            let snaps = SnapshotStore::open(&snap_dir, max)?;
-            // Verify the current snapshot now, so a damaged one stops the start with a clear error.
+            let snaps = SnapshotStore::open(&snap_dir, max, cluster)?;
+            // Verify the current snapshot now, so a damaged one (or another cluster's) stops the
+            // start with a clear error.
             snaps.current()?;
             Ok((log, snaps))
         })

@@ -3,12 +3,34 @@
 //! # Format
 //!
 //! ```text
-//! "RKSNAP01"                       8 bytes of magic
+//! "RKSNAP02"                       8 bytes of magic: the format's version
+//! cluster id present: u8           1 if the writer knew its cluster id, else 0
+//! cluster id: u128 LE              16 bytes; zero when absent
 //! header length: u32 LE
 //! header                           postcard: last log id, membership, client session table
 //! user data                        whatever StateMachine::write_snapshot wrote
 //! crc32c: u32 LE                   over every byte before it
 //! ```
+//!
+//! The cluster id says which cluster the snapshot belongs to, so a file copied into another
+//! cluster's data directory, or sent to it, is refused with [`SnapshotError::WrongCluster`]
+//! (naming both ids) before any of its data is applied; the node keeps its state and its files.
+//! A node that has no cluster id yet adopts the one a snapshot it installs names. Every snapshot
+//! is written in this format.
+//!
+//! The first format, `"RKSNAP01"`, is the same without the two cluster id fields. Such files are
+//! still read and installed: they name no cluster, so they are accepted by any node (whose own
+//! cluster id is left as it is), exactly as before cluster ids existed. The next snapshot the node
+//! builds replaces it with an `RKSNAP02` file.
+//!
+//! # Memory
+//!
+//! Neither writing nor reading a snapshot holds it in memory: the user's bytes stream through a
+//! 64 KiB buffer into the file, the checksum is verified in 1 MiB pieces, and
+//! [`StateMachine::restore`](crate::StateMachine::restore) reads the user's bytes from a
+//! [`Read`]. [`read_serde_each`](crate::read_serde_each) decodes a sequence one element at a
+//! time, so a state machine can rebuild its state without a second, decoded copy of the snapshot
+//! in memory.
 //!
 //! A durable node keeps its snapshots in `<data dir>/snapshots/` as `<sequence, 20 digits>.snap`.
 //! The current snapshot is the one with the highest `(last log id, sequence)`: a slow build can be
@@ -43,6 +65,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::cluster_id::ClusterId;
+use crate::cluster_id::ClusterIdError;
+use crate::cluster_id::ClusterIdentity;
 use crate::codec;
 use crate::disk::DiskLogId;
 use crate::disk::DiskStoredMembership;
@@ -53,7 +78,14 @@ use crate::session::SessionTable;
 use crate::types::LogId;
 use crate::types::SnapshotMeta;
 
-const MAGIC: &[u8; 8] = b"RKSNAP01";
+/// The first format: no cluster id. Read, never written.
+const MAGIC_V1: &[u8; 8] = b"RKSNAP01";
+/// The current format, with the cluster id.
+const MAGIC_V2: &[u8; 8] = b"RKSNAP02";
+/// Bytes before the header in the first format: magic and header length.
+const PREFIX_V1: u64 = 8 + 4;
+/// Bytes before the header in the current format: magic, cluster id flag and id, header length.
+const PREFIX_V2: u64 = 8 + 1 + 16 + 4;
 const SUFFIX: &str = ".snap";
 const TRAILER_LEN: u64 = 4;
 /// Upper bound on the header (membership and session table), so a damaged length cannot make a
@@ -102,6 +134,21 @@ pub enum SnapshotError {
         /// What the sender announced.
         announced: u64,
     },
+    /// The snapshot belongs to another cluster; nothing of it was applied.
+    #[error(
+        "snapshot {what} belongs to cluster {theirs}, not to this node's cluster {ours}; refused"
+    )]
+    WrongCluster {
+        /// The file, or "received in memory".
+        what: String,
+        /// This node's cluster.
+        ours: ClusterId,
+        /// The cluster the snapshot names.
+        theirs: ClusterId,
+    },
+    /// The node could not store the cluster id a snapshot named.
+    #[error("could not adopt the snapshot's cluster id: {0}")]
+    ClusterId(#[source] ClusterIdError),
 }
 
 /// Bytes that must stay free on the disk after a received snapshot, for the log to go on.
@@ -118,6 +165,8 @@ impl From<SnapshotError> for io::Error {
             }
             SnapshotError::Busy => io::ErrorKind::WouldBlock,
             SnapshotError::NoSpace { .. } => io::ErrorKind::StorageFull,
+            SnapshotError::WrongCluster { .. } => io::ErrorKind::PermissionDenied,
+            SnapshotError::ClusterId(_) => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)
     }
@@ -151,6 +200,15 @@ impl std::fmt::Debug for SnapshotData {
 }
 
 impl SnapshotData {
+    /// A copy of an in-memory snapshot's bytes.
+    #[cfg(test)]
+    fn memory_bytes_for_test(&self) -> Vec<u8> {
+        match &self.source {
+            Source::Memory(b) => b.to_vec(),
+            Source::File { path, .. } => fs::read(path).unwrap_or_default(),
+        }
+    }
+
     /// No bytes at all: what a failed snapshot build reports when there is no older snapshot.
     pub(crate) fn empty() -> SnapshotData {
         SnapshotData {
@@ -249,9 +307,12 @@ struct Header {
     sessions: SessionTable,
 }
 
-/// A verified snapshot: its metadata, session table and where the user's bytes are.
+/// A verified snapshot: its metadata, cluster, session table and where the user's bytes are.
 pub(crate) struct Parsed {
     pub meta: SnapshotMeta,
+    /// The cluster the snapshot belongs to; `None` for the first format, or a writer that had
+    /// no cluster id yet.
+    pub cluster: Option<ClusterId>,
     pub sessions: SessionTable,
     user_start: u64,
     user_end: u64,
@@ -264,15 +325,54 @@ impl Parsed {
     }
 }
 
+/// The fixed-size start of a snapshot: which format, which cluster, how long the header is.
+struct Prefix {
+    len: u64,
+    cluster: Option<ClusterId>,
+    header_len: u32,
+}
+
+/// Decodes the fixed-size start of a snapshot from its first bytes (fewer if it is shorter).
+fn parse_prefix(head: &[u8]) -> Result<Prefix, String> {
+    let magic = head.get(..8).ok_or("shorter than its magic")?;
+    let (len, cluster) = if magic == MAGIC_V1 {
+        (PREFIX_V1, None)
+    } else if magic == MAGIC_V2 {
+        let field = head.get(8..25).ok_or("ends inside its cluster id")?;
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&field[1..]);
+        let cluster = match field[0] {
+            0 => None,
+            1 => Some(ClusterId::from(u128::from_le_bytes(id))),
+            other => return Err(format!("bad cluster id flag {other}")),
+        };
+        (PREFIX_V2, cluster)
+    } else {
+        return Err("not a raftkit snapshot (bad magic)".into());
+    };
+    let l = head
+        .get(len as usize - 4..len as usize)
+        .ok_or("ends inside its header length")?;
+    let header_len = u32::from_le_bytes([l[0], l[1], l[2], l[3]]);
+    Ok(Prefix {
+        len,
+        cluster,
+        header_len,
+    })
+}
+
 /// Verifies `data`'s checksum and decodes its header.
 pub(crate) fn parse(data: &SnapshotData) -> Result<Parsed, SnapshotError> {
     let corrupt = |reason: String| SnapshotError::Corrupt {
         what: data.describe(),
         reason,
     };
+    let io_err = |e: io::Error| corrupt(format!("unreadable: {e}"));
     let len = data.len();
-    let min = MAGIC.len() as u64 + 4 + TRAILER_LEN;
-    if len < min {
+    let mut head = [0u8; PREFIX_V2 as usize];
+    let got = data.read_at(0, &mut head).map_err(io_err)?;
+    let prefix = parse_prefix(&head[..got]).map_err(corrupt)?;
+    if len < prefix.len + TRAILER_LEN {
         return Err(corrupt(format!("only {len} bytes")));
     }
     // Checksum of everything but the trailer, streamed.
@@ -280,7 +380,6 @@ pub(crate) fn parse(data: &SnapshotData) -> Result<Parsed, SnapshotError> {
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
     let body_end = len - TRAILER_LEN;
-    let io_err = |e: io::Error| corrupt(format!("unreadable: {e}"));
     while pos < body_end {
         let want = ((body_end - pos) as usize).min(buf.len());
         let n = data.read_at(pos, &mut buf[..want]).map_err(io_err)?;
@@ -290,24 +389,21 @@ pub(crate) fn parse(data: &SnapshotData) -> Result<Parsed, SnapshotError> {
         crc = crc32c::crc32c_append(crc, &buf[..n]);
         pos += n as u64;
     }
+    drop(buf);
     let mut trailer = [0u8; 4];
     data.read_at(body_end, &mut trailer).map_err(io_err)?;
     if u32::from_le_bytes(trailer) != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
 
-    let mut head = [0u8; 12];
-    data.read_at(0, &mut head).map_err(io_err)?;
-    if &head[..8] != MAGIC {
-        return Err(corrupt("not a raftkit snapshot (bad magic)".into()));
-    }
-    let header_len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-    let user_start = 12 + header_len as u64;
+    let header_len = prefix.header_len;
+    let user_start = prefix.len + header_len as u64;
     if header_len > MAX_HEADER || user_start > body_end {
         return Err(corrupt(format!("header length {header_len} does not fit")));
     }
     let mut header_bytes = vec![0u8; header_len as usize];
-    data.read_at(12, &mut header_bytes).map_err(io_err)?;
+    data.read_at(prefix.len, &mut header_bytes)
+        .map_err(io_err)?;
     let header: Header =
         codec::decode(&header_bytes).map_err(|e| corrupt(format!("undecodable header: {e}")))?;
     let last_membership = header
@@ -319,10 +415,40 @@ pub(crate) fn parse(data: &SnapshotData) -> Result<Parsed, SnapshotError> {
             last_log_id: header.last_log_id.map(LogId::from),
             last_membership,
         },
+        cluster: prefix.cluster,
         sessions: header.sessions,
         user_start,
         user_end: body_end,
     })
+}
+
+/// Refuses a snapshot that names another cluster than `ours`, with
+/// [`SnapshotError::WrongCluster`]. A snapshot that names no cluster (the first format) is
+/// accepted. With `adopt`, a node without a cluster id takes the snapshot's (durably, so
+/// blocking); without, it accepts it for now.
+fn check_cluster(
+    ours: &ClusterIdentity,
+    what: &SnapshotData,
+    theirs: Option<ClusterId>,
+    adopt: bool,
+) -> Result<(), SnapshotError> {
+    let Some(theirs) = theirs else {
+        return Ok(());
+    };
+    let wrong = |ours| SnapshotError::WrongCluster {
+        what: what.describe(),
+        ours,
+        theirs,
+    };
+    match ours.get() {
+        Some(ours) if ours == theirs => Ok(()),
+        Some(ours) => Err(wrong(ours)),
+        None if !adopt => Ok(()),
+        None => ours.adopt(theirs).map_err(|e| match e {
+            ClusterIdError::Mismatch { ours, .. } => wrong(ours),
+            e => SnapshotError::ClusterId(e),
+        }),
+    }
 }
 
 /// A `Write` that checksums what passes through it.
@@ -343,9 +469,10 @@ impl<W: Write> Write for CrcWriter<W> {
     }
 }
 
-/// Writes a complete snapshot to `out`: magic, header, user data, checksum.
+/// Writes a complete snapshot to `out`: magic, cluster id, header, user data, checksum.
 fn write_snapshot_bytes<W: Write>(
     out: W,
+    cluster: Option<ClusterId>,
     meta: &SnapshotMeta,
     sessions: &SessionTable,
     write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
@@ -365,7 +492,10 @@ fn write_snapshot_bytes<W: Write>(
         })?;
     let mut w = CrcWriter { inner: out, crc: 0 };
     let io = |e: io::Error| SnapshotError::StateMachine(e);
-    w.write_all(MAGIC).map_err(io)?;
+    w.write_all(MAGIC_V2).map_err(io)?;
+    w.write_all(&[u8::from(cluster.is_some())]).map_err(io)?;
+    w.write_all(&cluster.map_or(0, ClusterId::as_u128).to_le_bytes())
+        .map_err(io)?;
     w.write_all(&header_len.to_le_bytes()).map_err(io)?;
     w.write_all(&header_bytes).map_err(io)?;
     write_user(&mut w).map_err(io)?;
@@ -392,6 +522,8 @@ pub(crate) struct SnapshotStore {
     max_receive: u64,
     /// Set while a [`SnapshotSink`] is open: one receive at a time.
     receiving: Arc<AtomicBool>,
+    /// The node's cluster: written into every snapshot, checked against every one read.
+    cluster: Arc<ClusterIdentity>,
 }
 
 fn seq_of(name: &str) -> Option<u64> {
@@ -402,8 +534,13 @@ fn seq_of(name: &str) -> Option<u64> {
 }
 
 impl SnapshotStore {
-    /// A store in `dir` (created if missing). Temporary files left by a crash are removed.
-    pub fn open(dir: &Path, max_receive: u64) -> Result<SnapshotStore, SnapshotError> {
+    /// A store in `dir` (created if missing) for a node of `cluster`. Temporary files left by a
+    /// crash are removed.
+    pub fn open(
+        dir: &Path,
+        max_receive: u64,
+        cluster: Arc<ClusterIdentity>,
+    ) -> Result<SnapshotStore, SnapshotError> {
         fsutil::ensure_dir(dir)?;
         let mut max_seq = 0;
         for entry in fs::read_dir(dir).map_err(at("list", dir))? {
@@ -424,11 +561,12 @@ impl SnapshotStore {
             next_seq: AtomicU64::new(max_seq + 1),
             max_receive,
             receiving: Arc::default(),
+            cluster,
         })
     }
 
-    /// A store that keeps its one snapshot in memory.
-    pub fn memory(max_receive: u64) -> SnapshotStore {
+    /// A store for a node of `cluster` that keeps its one snapshot in memory.
+    pub fn memory(max_receive: u64, cluster: Arc<ClusterIdentity>) -> SnapshotStore {
         SnapshotStore {
             dir: None,
             current: Mutex::new(None),
@@ -436,7 +574,18 @@ impl SnapshotStore {
             next_seq: AtomicU64::new(1),
             max_receive,
             receiving: Arc::default(),
+            cluster,
         }
+    }
+
+    /// Refuses a snapshot that names another cluster than this node's; see [`check_cluster`].
+    pub fn check_cluster(
+        &self,
+        what: &SnapshotData,
+        theirs: Option<ClusterId>,
+        adopt: bool,
+    ) -> Result<(), SnapshotError> {
+        check_cluster(&self.cluster, what, theirs, adopt)
     }
 
     fn current_lock(&self) -> MutexGuard<'_, Option<Current>> {
@@ -479,7 +628,11 @@ impl SnapshotStore {
                 continue;
             };
             let data = SnapshotData::from_file(entry.path())?;
-            let meta = parse(&data)?.meta;
+            let parsed = parse(&data)?;
+            // Before anything is chosen or purged: a foreign file stops the start, and the
+            // node's own snapshots stay where they are.
+            self.check_cluster(&data, parsed.cluster, false)?;
+            let meta = parsed.meta;
             let key = (meta.last_log_id, seq);
             if best
                 .as_ref()
@@ -503,7 +656,13 @@ impl SnapshotStore {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let data = match &self.dir {
             None => {
-                let bytes = write_snapshot_bytes(Vec::new(), meta, sessions, write_user)?;
+                let bytes = write_snapshot_bytes(
+                    Vec::new(),
+                    self.cluster.get(),
+                    meta,
+                    sessions,
+                    write_user,
+                )?;
                 SnapshotData {
                     source: Source::Memory(Bytes::from(bytes)),
                 }
@@ -511,14 +670,16 @@ impl SnapshotStore {
             Some(dir) => {
                 let tmp = dir.join(format!("build-{seq:020}.tmp"));
                 let file = File::create(&tmp).map_err(at("create", &tmp))?;
-                let result = write_snapshot_bytes(BufWriter::new(file), meta, sessions, write_user)
-                    .and_then(|w| {
-                        let file = w
-                            .into_inner()
-                            .map_err(|e| at("write", &tmp)(e.into_error()))?;
-                        file.sync_all().map_err(at("fsync", &tmp))?;
-                        Ok(())
-                    });
+                let out = BufWriter::new(file);
+                let result =
+                    write_snapshot_bytes(out, self.cluster.get(), meta, sessions, write_user)
+                        .and_then(|w| {
+                            let file = w
+                                .into_inner()
+                                .map_err(|e| at("write", &tmp)(e.into_error()))?;
+                            file.sync_all().map_err(at("fsync", &tmp))?;
+                            Ok(())
+                        });
                 if let Err(e) = result {
                     let _ = fs::remove_file(&tmp);
                     return Err(e);
@@ -650,6 +811,7 @@ impl SnapshotStore {
             written: 0,
             limit: size.unwrap_or(self.max_receive).min(self.max_receive),
             announced: size,
+            cluster: self.cluster.clone(),
             _permit: permit,
         })
     }
@@ -688,6 +850,7 @@ pub struct SnapshotSink {
     written: u64,
     limit: u64,
     announced: Option<u64>,
+    cluster: Arc<ClusterIdentity>,
     _permit: ReceivePermit,
 }
 
@@ -721,7 +884,9 @@ impl SnapshotSink {
         Ok(())
     }
 
-    /// Makes the received bytes durable, verifies them and returns the snapshot.
+    /// Makes the received bytes durable, verifies them and returns the snapshot. A snapshot that
+    /// names another cluster than this node's is refused with [`SnapshotError::WrongCluster`]
+    /// (and its bytes deleted).
     pub fn finish(mut self) -> Result<(SnapshotMeta, SnapshotData), SnapshotError> {
         let data = match &mut self.target {
             SinkTarget::Memory(v) => SnapshotData {
@@ -741,6 +906,7 @@ impl SnapshotSink {
             }
         };
         let parsed = parse(&data)?;
+        check_cluster(&self.cluster, &data, parsed.cluster, false)?;
         // From here the file belongs to the caller (it is renamed into place on install);
         // an install that never happens leaves a .tmp that the next start removes.
         if let SinkTarget::File { path, .. } = &mut self.target {
@@ -765,6 +931,12 @@ mod tests {
     use super::*;
     use crate::types;
     use crate::types::StoredMembership;
+
+    /// A store for a node that has no cluster id yet.
+    fn open_store(dir: &Path, max_receive: u64) -> Result<SnapshotStore, SnapshotError> {
+        let cluster = Arc::new(ClusterIdentity::open(None).unwrap());
+        SnapshotStore::open(dir, max_receive, cluster)
+    }
 
     fn meta(index: u64) -> SnapshotMeta {
         SnapshotMeta {
@@ -793,7 +965,7 @@ mod tests {
     #[test]
     fn written_snapshots_verify_and_replace_older_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        let store = open_store(dir.path(), u64::MAX).unwrap();
         assert!(store.current().unwrap().is_none());
         write(&store, 5, b"five");
         let d = write(&store, 9, b"nine");
@@ -801,7 +973,7 @@ mod tests {
         let files: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(files.len(), 1, "older snapshot deleted");
 
-        let reopened = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        let reopened = open_store(dir.path(), u64::MAX).unwrap();
         let (m, d) = reopened.current().unwrap().unwrap();
         assert_eq!(m, meta(9));
         assert_eq!(body(&d), b"nine");
@@ -822,16 +994,16 @@ mod tests {
         // installed, then a crash before the purge.
         let dir = tempfile::tempdir().unwrap();
         let other = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        let store = open_store(dir.path(), u64::MAX).unwrap();
         write(&store, 200, b"two hundred");
         let old = write(
-            &SnapshotStore::open(other.path(), u64::MAX).unwrap(),
+            &open_store(other.path(), u64::MAX).unwrap(),
             100,
             b"one hundred",
         );
         leave_behind(dir.path(), 99, &old);
 
-        let reopened = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        let reopened = open_store(dir.path(), u64::MAX).unwrap();
         let (m, d) = reopened.current().unwrap().unwrap();
         assert_eq!(m, meta(200));
         assert_eq!(body(&d), b"two hundred");
@@ -840,27 +1012,23 @@ mod tests {
 
         // Later writes still get sequences above every file seen, and a newer install wins.
         write(&reopened, 300, b"three hundred");
-        let again = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        let again = open_store(dir.path(), u64::MAX).unwrap();
         assert_eq!(again.current().unwrap().unwrap().0, meta(300));
     }
 
     #[test]
     fn a_crash_between_install_and_purge_keeps_the_installed_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        let store = open_store(dir.path(), u64::MAX).unwrap();
         let older = write(&store, 50, b"fifty");
         let other = tempfile::tempdir().unwrap();
-        let installed = write(
-            &SnapshotStore::open(other.path(), u64::MAX).unwrap(),
-            80,
-            b"eighty",
-        );
+        let installed = write(&open_store(other.path(), u64::MAX).unwrap(), 80, b"eighty");
         // The installed file is in place; the older one was not purged yet.
         leave_behind(dir.path(), 7, &installed);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
         drop(older);
 
-        let reopened = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        let reopened = open_store(dir.path(), u64::MAX).unwrap();
         let (m, d) = reopened.current().unwrap().unwrap();
         assert_eq!(m, meta(80));
         assert_eq!(body(&d), b"eighty");
@@ -870,7 +1038,7 @@ mod tests {
     #[test]
     fn a_flipped_bit_is_detected() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        let store = open_store(dir.path(), u64::MAX).unwrap();
         write(&store, 3, &[7u8; 1000]);
         let path = fs::read_dir(dir.path())
             .unwrap()
@@ -881,7 +1049,7 @@ mod tests {
         let mut bytes = fs::read(&path).unwrap();
         bytes[500] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        let reopened = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        let reopened = open_store(dir.path(), u64::MAX).unwrap();
         assert!(matches!(
             reopened.current(),
             Err(SnapshotError::Corrupt { .. })
@@ -891,11 +1059,11 @@ mod tests {
     #[test]
     fn received_in_chunks_and_adopted() {
         let src_dir = tempfile::tempdir().unwrap();
-        let src = SnapshotStore::open(src_dir.path(), u64::MAX).unwrap();
+        let src = open_store(src_dir.path(), u64::MAX).unwrap();
         let data = write(&src, 4, &[3u8; 10_000]);
 
         let dst_dir = tempfile::tempdir().unwrap();
-        let dst = SnapshotStore::open(dst_dir.path(), u64::MAX).unwrap();
+        let dst = open_store(dst_dir.path(), u64::MAX).unwrap();
         let mut sink = dst.sink(None).unwrap();
         let mut buf = [0u8; 999];
         let mut off = 0;
@@ -923,7 +1091,7 @@ mod tests {
     #[test]
     fn abandoned_or_oversized_receives_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path(), 100).unwrap();
+        let store = open_store(dir.path(), 100).unwrap();
         let mut sink = store.sink(None).unwrap();
         sink.write(&[1u8; 60]).unwrap();
         assert!(matches!(
@@ -942,7 +1110,7 @@ mod tests {
     #[test]
     fn one_receive_at_a_time_and_announced_sizes_are_checked_first() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path(), 1 << 20).unwrap();
+        let store = open_store(dir.path(), 1 << 20).unwrap();
         let tmp_files = || fs::read_dir(dir.path()).unwrap().count();
         let first = store.sink(Some(100)).unwrap();
         assert!(matches!(store.sink(None), Err(SnapshotError::Busy)));
@@ -952,7 +1120,7 @@ mod tests {
             store.sink(Some(2 << 20)),
             Err(SnapshotError::TooLarge { .. })
         ));
-        let huge = SnapshotStore::open(dir.path(), u64::MAX).unwrap();
+        let huge = open_store(dir.path(), u64::MAX).unwrap();
         assert!(matches!(
             huge.sink(Some(u64::MAX / 2)),
             Err(SnapshotError::NoSpace { .. })
@@ -965,5 +1133,205 @@ mod tests {
             sink.write(&[0u8; 1]),
             Err(SnapshotError::LongerThanAnnounced { announced: 10 })
         ));
+    }
+
+    fn identity(id: Option<ClusterId>) -> Arc<ClusterIdentity> {
+        let ident = ClusterIdentity::open(None).unwrap();
+        if let Some(id) = id {
+            ident.adopt(id).unwrap();
+        }
+        Arc::new(ident)
+    }
+
+    /// A snapshot file in the first format, as the writer before cluster ids made it.
+    fn v1_bytes(index: u64, body: &[u8]) -> Vec<u8> {
+        let header = Header {
+            last_log_id: meta(index).last_log_id.as_ref().map(DiskLogId::from),
+            membership: DiskStoredMembership::from(&meta(index).last_membership),
+            sessions: SessionTable::new(crate::session::SessionLimits::default()),
+        };
+        let header = codec::encode(&header).unwrap();
+        let mut out = MAGIC_V1.to_vec();
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(body);
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    fn snap_files(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_written_snapshot_names_its_cluster() {
+        let a = ClusterId::random();
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path(), u64::MAX, identity(Some(a))).unwrap();
+        let data = write(&store, 3, b"three");
+        let parsed = parse(&data).unwrap();
+        assert_eq!(parsed.cluster, Some(a));
+        assert_eq!(
+            &fs::read(&snap_files(dir.path())[0]).unwrap()[..8],
+            MAGIC_V2
+        );
+
+        let other = tempfile::tempdir().unwrap();
+        let anonymous = open_store(other.path(), u64::MAX).unwrap();
+        assert_eq!(parse(&write(&anonymous, 3, b"x")).unwrap().cluster, None);
+    }
+
+    #[test]
+    fn a_first_format_file_still_loads_on_any_node() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(format!("{:020}{SUFFIX}", 4)),
+            v1_bytes(12, b"old body"),
+        )
+        .unwrap();
+        let b = ClusterId::random();
+        let store = SnapshotStore::open(dir.path(), u64::MAX, identity(Some(b))).unwrap();
+        let (m, d) = store.current().unwrap().unwrap();
+        assert_eq!(m, meta(12));
+        assert_eq!(body(&d), b"old body");
+        assert_eq!(parse(&d).unwrap().cluster, None);
+        store.check_cluster(&d, None, true).unwrap();
+        assert_eq!(store.cluster.get(), Some(b), "the node keeps its id");
+
+        // Received from a peer, too.
+        let mut sink = store.sink(None).unwrap();
+        sink.write(&v1_bytes(20, b"sent")).unwrap();
+        let (m, d) = sink.finish().unwrap();
+        assert_eq!(m, meta(20));
+        assert_eq!(body(&d), b"sent");
+    }
+
+    #[test]
+    fn another_clusters_snapshot_in_the_directory_stops_the_load_and_purges_nothing() {
+        let (a, b) = (ClusterId::random(), ClusterId::random());
+        let b_dir = tempfile::tempdir().unwrap();
+        let b_store = SnapshotStore::open(b_dir.path(), u64::MAX, identity(Some(b))).unwrap();
+        write(&b_store, 10, b"cluster b");
+        let a_dir = tempfile::tempdir().unwrap();
+        let a_store = SnapshotStore::open(a_dir.path(), u64::MAX, identity(Some(a))).unwrap();
+        // Newer than B's own: without the check it would win and B's file would be purged.
+        let foreign = write(&a_store, 99, b"cluster a");
+        leave_behind(b_dir.path(), 50, &foreign);
+        let before = snap_files(b_dir.path());
+        assert_eq!(before.len(), 2);
+
+        let reopened = SnapshotStore::open(b_dir.path(), u64::MAX, identity(Some(b))).unwrap();
+        match reopened.current() {
+            Err(SnapshotError::WrongCluster { ours, theirs, .. }) => {
+                assert_eq!((ours, theirs), (b, a));
+            }
+            other => panic!(
+                "expected WrongCluster, got {:?}",
+                other.map(|c| c.map(|x| x.0))
+            ),
+        }
+        let text = open_current_error(b_dir.path(), b);
+        assert!(
+            text.contains(&a.to_string()) && text.contains(&b.to_string()),
+            "{text}"
+        );
+        assert_eq!(snap_files(b_dir.path()), before, "nothing deleted");
+
+        // Once the operator removes the stray file, B's own snapshot is there as it was.
+        fs::remove_file(b_dir.path().join(format!("{:020}{SUFFIX}", 50))).unwrap();
+        let again = SnapshotStore::open(b_dir.path(), u64::MAX, identity(Some(b))).unwrap();
+        let (m, d) = again.current().unwrap().unwrap();
+        assert_eq!(m, meta(10));
+        assert_eq!(body(&d), b"cluster b");
+    }
+
+    fn open_current_error(dir: &Path, id: ClusterId) -> String {
+        let store = SnapshotStore::open(dir, u64::MAX, identity(Some(id))).unwrap();
+        match store.current() {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("loaded"),
+        }
+    }
+
+    #[test]
+    fn another_clusters_snapshot_is_refused_on_receive_and_a_fresh_node_adopts_the_id() {
+        let (a, b) = (ClusterId::random(), ClusterId::random());
+        let a_store = SnapshotStore::memory(u64::MAX, identity(Some(a)));
+        let sent = write(&a_store, 7, b"from a");
+        let bytes = sent.memory_bytes_for_test();
+
+        let b_dir = tempfile::tempdir().unwrap();
+        let b_store = SnapshotStore::open(b_dir.path(), u64::MAX, identity(Some(b))).unwrap();
+        let mut sink = b_store.sink(None).unwrap();
+        sink.write(&bytes).unwrap();
+        let err = sink.finish().unwrap_err();
+        assert!(
+            matches!(err, SnapshotError::WrongCluster { ours, theirs, .. } if ours == b && theirs == a),
+            "{err}"
+        );
+        assert!(
+            snap_files(b_dir.path()).is_empty(),
+            "the received bytes are deleted"
+        );
+        assert!(b_store.current().unwrap().is_none());
+
+        // A node without an id takes the snapshot's when it installs it.
+        let fresh = SnapshotStore::memory(u64::MAX, identity(None));
+        let mut sink = fresh.sink(None).unwrap();
+        sink.write(&bytes).unwrap();
+        let (_, data) = sink.finish().unwrap();
+        fresh.check_cluster(&data, Some(a), true).unwrap();
+        assert_eq!(fresh.cluster.get(), Some(a));
+    }
+
+    #[test]
+    fn a_damaged_or_truncated_start_is_a_typed_error() {
+        let good = {
+            let store = SnapshotStore::memory(u64::MAX, identity(Some(ClusterId::random())));
+            write(&store, 5, b"body").memory_bytes_for_test()
+        };
+        let load = |bytes: Vec<u8>| {
+            parse(&SnapshotData {
+                source: Source::Memory(Bytes::from(bytes)),
+            })
+        };
+        load(good.clone()).unwrap();
+        // Cut anywhere: never a panic, always Corrupt.
+        for cut in 0..good.len() {
+            assert!(
+                matches!(
+                    load(good[..cut].to_vec()),
+                    Err(SnapshotError::Corrupt { .. })
+                ),
+                "cut at {cut}"
+            );
+        }
+        // A damaged flag or header length, even with a checksum that matches.
+        let with_crc = |mut bytes: Vec<u8>| {
+            let end = bytes.len() - 4;
+            let crc = crc32c::crc32c(&bytes[..end]);
+            bytes[end..].copy_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        let mut flag = good.clone();
+        flag[8] = 7;
+        let err = load(with_crc(flag)).err().unwrap();
+        assert!(err.to_string().contains("flag"), "{err}");
+        let mut len = good.clone();
+        len[25..29].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            load(with_crc(len)),
+            Err(SnapshotError::Corrupt { .. })
+        ));
+        let mut magic = good;
+        magic[7] = b'9';
+        let err = load(with_crc(magic)).err().unwrap();
+        assert!(err.to_string().contains("magic"), "{err}");
     }
 }

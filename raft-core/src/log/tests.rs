@@ -63,6 +63,10 @@ impl StateMachine for Sum {
 struct DurableBuilder;
 struct MemoryBuilder;
 
+fn no_cluster() -> Arc<crate::cluster_id::ClusterIdentity> {
+    Arc::new(crate::cluster_id::ClusterIdentity::open(None).expect("in-memory cluster id"))
+}
+
 fn applier(store: SnapshotStore) -> Applier<Sum> {
     Applier::new(
         SmShared::new(
@@ -88,8 +92,8 @@ impl StoreBuilder<TypeConfig, LogStore, Applier<Sum>, tempfile::TempDir> for Dur
             cache_entries: 4,
         };
         let log = LogStore::open(dir.path().join("wal"), 0, opts).expect("open log");
-        let snaps =
-            SnapshotStore::open(&dir.path().join("snapshots"), u64::MAX).expect("open snapshots");
+        let snaps = SnapshotStore::open(&dir.path().join("snapshots"), u64::MAX, no_cluster())
+            .expect("open snapshots");
         Ok((dir, log, applier(snaps)))
     }
 }
@@ -101,7 +105,7 @@ impl StoreBuilder<TypeConfig, LogStore, Applier<Sum>> for MemoryBuilder {
         Ok((
             (),
             LogStore::memory(),
-            applier(SnapshotStore::memory(u64::MAX)),
+            applier(SnapshotStore::memory(u64::MAX, no_cluster())),
         ))
     }
 }

@@ -76,12 +76,29 @@ pub use self::router::RouterConnection;
 pub use self::router::RouterTransport;
 
 /// The bytes of a snapshot file for `meta` whose user part is what `user` writes, with an empty
-/// session table: what a leader would stream to a follower. For tests that play a peer.
+/// session table and no cluster id: what a leader would stream to a follower. For tests that
+/// play a peer.
 pub fn snapshot_bytes(
     meta: &crate::types::SnapshotMeta,
     user: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
 ) -> Result<Vec<u8>, crate::snapshot::SnapshotError> {
-    let store = crate::snapshot::SnapshotStore::memory(u64::MAX);
+    snapshot_bytes_of(None, meta, user)
+}
+
+/// [`snapshot_bytes`] for a snapshot that names `cluster` (none: a writer without a cluster id).
+pub fn snapshot_bytes_of(
+    cluster: Option<crate::ClusterId>,
+    meta: &crate::types::SnapshotMeta,
+    user: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<Vec<u8>, crate::snapshot::SnapshotError> {
+    let identity = crate::cluster_id::ClusterIdentity::open(None)
+        .map_err(crate::snapshot::SnapshotError::ClusterId)?;
+    if let Some(id) = cluster {
+        identity
+            .adopt(id)
+            .map_err(crate::snapshot::SnapshotError::ClusterId)?;
+    }
+    let store = crate::snapshot::SnapshotStore::memory(u64::MAX, std::sync::Arc::new(identity));
     let sessions = crate::session::SessionTable::new(crate::session::SessionLimits::default());
     let data = store.write(meta, &sessions, user)?;
     Ok(data.memory_bytes().map(|b| b.to_vec()).unwrap_or_default())
