@@ -170,6 +170,129 @@ async fn a_damaged_snapshot_refuses_to_start() {
     }
 }
 
+/// A one-node cluster that wrote `1..=n`, took a snapshot and was shut down; its snapshot file.
+async fn snapshotted(dir: &Path, n: u64) -> std::path::PathBuf {
+    written(dir, n).await;
+    let node = start(dir).await.unwrap();
+    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+        .await
+        .unwrap();
+    node.snapshot().await.unwrap();
+    node.shutdown().await.unwrap();
+    snap_files(dir).pop().unwrap()
+}
+
+fn snap_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn cluster_of(dir: &Path) -> raft_core::ClusterId {
+    fs::read_to_string(dir.join("cluster-id"))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn another_clusters_snapshot_in_the_data_dir_is_refused_and_changes_nothing() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a_snap = snapshotted(a_dir.path(), 30).await; // covers more log than B's
+    snapshotted(b_dir.path(), 4).await;
+    let (a, b) = (cluster_of(a_dir.path()), cluster_of(b_dir.path()));
+    assert_ne!(a, b);
+    // Copied in under a name that sorts after B's own snapshot.
+    let stray = b_dir.path().join("snapshots/00000000000000099999.snap");
+    fs::copy(&a_snap, &stray).unwrap();
+    let before = snap_files(b_dir.path());
+
+    match start(b_dir.path()).await {
+        Err(e @ Error::Snapshot(SnapshotError::WrongCluster { .. })) => {
+            let text = e.to_string();
+            assert!(text.contains(&a.to_string()), "{text}");
+            assert!(text.contains(&b.to_string()), "{text}");
+        }
+        other => panic!("expected WrongCluster, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(snap_files(b_dir.path()), before, "no snapshot was purged");
+    assert_eq!(cluster_of(b_dir.path()), b);
+
+    // Without the stray file, B starts with its own state.
+    fs::remove_file(&stray).unwrap();
+    let node = start(b_dir.path()).await.unwrap();
+    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+        .await
+        .unwrap();
+    assert_eq!(
+        node.read(Consistency::Linearizable, |s| s.0).await.unwrap(),
+        10
+    );
+    assert_eq!(node.cluster_id(), Some(b));
+}
+
+#[tokio::test]
+async fn another_clusters_snapshot_sent_to_a_node_is_refused_before_it_is_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    written(dir.path(), 4).await;
+    let node = start(dir.path()).await.unwrap();
+    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+        .await
+        .unwrap();
+    let ours = node.cluster_id().unwrap();
+    let theirs = raft_core::ClusterId::random();
+    let last = node.metrics().applied_index.unwrap_or(0) + 100;
+    let log_id = |index| {
+        openraft::LogId::new(
+            raft_core::types::LeaderId {
+                term: 1_000,
+                node_id: 1,
+            },
+            index,
+        )
+    };
+    let meta = raft_core::types::SnapshotMeta {
+        last_log_id: Some(log_id(last)),
+        last_membership: raft_core::types::StoredMembership::default(),
+    };
+    // A snapshot that would set the sum to 1000 if it were installed.
+    let bytes = raft_core::testing::snapshot_bytes_of(Some(theirs), &meta, |w| {
+        raft_core::write_serde(&1_000u64, w)
+    })
+    .unwrap();
+    let vote = raft_core::types::Vote {
+        leader_id: raft_core::types::LeaderId {
+            term: 1_000,
+            node_id: 1,
+        },
+        committed: true,
+    };
+    let handler = node.rpc_handler();
+    let Ok(raft_core::transport::SnapshotReceive::Receive(mut sink)) =
+        handler.snapshot_sink(&vote, Some(bytes.len() as u64))
+    else {
+        panic!("the sink should open");
+    };
+    sink.write(&bytes).unwrap();
+    match sink.finish() {
+        Err(SnapshotError::WrongCluster {
+            ours: o, theirs: t, ..
+        }) => assert_eq!((o, t), (ours, theirs)),
+        other => panic!("expected WrongCluster, got {:?}", other.map(|_| ())),
+    }
+    // The node is unchanged and carries on.
+    assert_eq!(
+        node.read(Consistency::Linearizable, |s| s.0).await.unwrap(),
+        10
+    );
+    assert_eq!(node.write(1).await.unwrap(), 11);
+    assert_eq!(node.cluster_id(), Some(ours));
+}
+
 #[tokio::test]
 async fn a_data_dir_belongs_to_one_node() {
     let dir = tempfile::tempdir().unwrap();
