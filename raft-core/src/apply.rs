@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::sync::RwLock;
 use std::sync::RwLockReadGuard;
 use std::sync::RwLockWriteGuard;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -81,6 +82,9 @@ impl<S: StateMachine> SmState<S> {
 pub(crate) struct SmShared<S> {
     state: RwLock<SmState<S>>,
     session_limits: SessionLimits,
+    /// Set when the user's `restore` failed part-way: the state is incomplete and must not be
+    /// read (the node has stopped with a storage error).
+    restore_failed: AtomicBool,
 }
 
 impl<S> SmShared<S> {
@@ -93,7 +97,13 @@ impl<S> SmShared<S> {
                 membership: StoredMembership::default(),
             }),
             session_limits,
+            restore_failed: AtomicBool::new(false),
         })
+    }
+
+    /// Whether a snapshot restore failed part-way, leaving the state incomplete.
+    pub fn restore_failed(&self) -> bool {
+        self.restore_failed.load(Ordering::Acquire)
     }
 
     /// Read access for queries. A panic inside a read closure must not wedge the node, so a
@@ -357,9 +367,15 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
             }
             {
                 let mut st = shared.write();
-                st.user.restore(&mut parsed.user_data(&data)).map_err(|e| {
-                    io::Error::new(e.kind(), format!("state machine restore failed: {e}"))
-                })?;
+                // Buffered: the data is read with positioned reads, one system call each.
+                let mut input = io::BufReader::with_capacity(64 << 10, parsed.user_data(&data));
+                if let Err(e) = st.user.restore(&mut input) {
+                    shared.restore_failed.store(true, Ordering::Release);
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("state machine restore failed: {e}"),
+                    ));
+                }
                 let mut sessions = parsed.sessions;
                 sessions.set_limits(shared.session_limits);
                 st.sessions = sessions;

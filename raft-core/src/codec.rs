@@ -6,6 +6,11 @@
 //!
 //! [postcard]: https://docs.rs/postcard
 
+use std::io;
+use std::io::BufRead;
+use std::io::BufReader;
+use std::io::Read;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -34,6 +39,122 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// How much of a byte string or text value is read ahead at a time: a damaged length cannot make
+/// the decoder allocate much more than the bytes that are really there.
+const TAKE_STEP: usize = 16 << 20;
+/// A scratch buffer above this size is released before a smaller value is read.
+const SCRATCH_KEEP: usize = 1 << 20;
+
+/// Decodes values one after another from a byte stream, holding at most one value's encoding
+/// (the longest byte string or text in it) in memory, never the whole stream.
+///
+/// Types that borrow from their input (`&str`, `&[u8]`) cannot be decoded this way; owned ones
+/// (`String`, `Vec<u8>`, `bytes::Bytes`, numbers, collections, derived structs and enums) can.
+pub(crate) struct StreamDecoder<'r> {
+    reader: BufReader<&'r mut dyn Read>,
+    scratch: Vec<u8>,
+}
+
+impl<'r> StreamDecoder<'r> {
+    /// A decoder over `input`, read through a 64 KiB buffer.
+    pub fn new(input: &'r mut dyn Read) -> Self {
+        StreamDecoder {
+            reader: BufReader::with_capacity(64 << 10, input),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Decodes the next value. A stream that ends inside it is an `UnexpectedEof` error, bytes
+    /// that do not decode an `InvalidData` one.
+    pub fn next<T: DeserializeOwned>(&mut self) -> io::Result<T> {
+        let mut failure = None;
+        let flavor = ReadFlavor {
+            reader: &mut self.reader,
+            scratch: &mut self.scratch,
+            failure: &mut failure,
+        };
+        let mut de = postcard::Deserializer::from_flavor(flavor);
+        let result = T::deserialize(&mut de);
+        match (result, failure) {
+            (_, Some(e)) => Err(e),
+            (Ok(v), None) => Ok(v),
+            (Err(e), None) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                CodecError::from(e),
+            )),
+        }
+    }
+
+    /// Whether the stream has no bytes left.
+    pub fn at_end(&mut self) -> io::Result<bool> {
+        Ok(self.reader.fill_buf()?.is_empty())
+    }
+}
+
+/// postcard's view of a [`StreamDecoder`]'s reader.
+struct ReadFlavor<'a, 'r> {
+    reader: &'a mut BufReader<&'r mut dyn Read>,
+    scratch: &'a mut Vec<u8>,
+    failure: &'a mut Option<io::Error>,
+}
+
+impl ReadFlavor<'_, '_> {
+    fn fail(&mut self, e: io::Error) -> postcard::Error {
+        *self.failure = Some(e);
+        postcard::Error::DeserializeUnexpectedEnd
+    }
+}
+
+impl<'de, 'a: 'de, 'r: 'de> postcard::de_flavors::Flavor<'de> for ReadFlavor<'a, 'r> {
+    type Remainder = ();
+    type Source = ();
+
+    fn pop(&mut self) -> postcard::Result<u8> {
+        let mut b = [0u8; 1];
+        match self.reader.read_exact(&mut b) {
+            Ok(()) => Ok(b[0]),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn try_take_n(&mut self, _ct: usize) -> postcard::Result<&'de [u8]> {
+        Err(self.fail(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a type that borrows from its input cannot be decoded from a stream",
+        )))
+    }
+
+    fn try_take_n_temp<'b>(&'b mut self, ct: usize) -> postcard::Result<&'b [u8]>
+    where
+        'de: 'b,
+    {
+        if self.scratch.capacity() > SCRATCH_KEEP && ct <= SCRATCH_KEEP {
+            *self.scratch = Vec::new();
+        }
+        self.scratch.clear();
+        // Grow step by step as the bytes really arrive.
+        while self.scratch.len() < ct {
+            let step = (ct - self.scratch.len()).min(TAKE_STEP);
+            self.scratch.reserve_exact(step);
+            let got = match (&mut *self.reader)
+                .take(step as u64)
+                .read_to_end(self.scratch)
+            {
+                Ok(n) => n,
+                Err(e) => return Err(self.fail(e)),
+            };
+            if got < step {
+                return Err(self.fail(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+        Ok(&self.scratch[..ct])
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,6 +166,57 @@ mod tests {
         assert_eq!(decode::<(u64, String)>(&bytes).unwrap(), v);
         bytes.push(0);
         assert!(decode::<(u64, String)>(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_stream_decodes_value_after_value() {
+        let big = vec![7u8; 3 * TAKE_STEP + 5];
+        let mut bytes = Vec::new();
+        encode_into(&(1u64, String::from("one")), &mut bytes).unwrap();
+        encode_into(&serde_bytes_like(&big), &mut bytes).unwrap();
+        encode_into(&(-3i128, 2.5f64, 'x', Some(9u8)), &mut bytes).unwrap();
+        let mut input = bytes.as_slice();
+        let mut d = StreamDecoder::new(&mut input);
+        assert_eq!(d.next::<(u64, String)>().unwrap(), (1, "one".into()));
+        assert_eq!(d.next::<bytes::Bytes>().unwrap(), big);
+        assert_eq!(
+            d.next::<(i128, f64, char, Option<u8>)>().unwrap(),
+            (-3, 2.5, 'x', Some(9))
+        );
+        assert!(d.at_end().unwrap());
+        assert_eq!(
+            d.next::<u8>().unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+    }
+
+    fn serde_bytes_like(b: &[u8]) -> bytes::Bytes {
+        bytes::Bytes::copy_from_slice(b)
+    }
+
+    #[test]
+    fn a_stream_cut_short_or_damaged_is_an_error_not_an_allocation() {
+        let mut bytes = Vec::new();
+        encode_into(&bytes::Bytes::from(vec![1u8; 1000]), &mut bytes).unwrap();
+        for cut in 0..bytes.len() {
+            let mut input = &bytes[..cut];
+            let err = StreamDecoder::new(&mut input)
+                .next::<bytes::Bytes>()
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "cut at {cut}");
+        }
+        // A length of 2^60 bytes with nothing behind it fails without allocating it.
+        let mut huge = Vec::new();
+        encode_into(&(1u64 << 60), &mut huge).unwrap();
+        let mut input = huge.as_slice();
+        let err = StreamDecoder::new(&mut input)
+            .next::<bytes::Bytes>()
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        // Bytes that are not the type asked for.
+        let mut input: &[u8] = &[0x02];
+        let err = StreamDecoder::new(&mut input).next::<bool>().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]

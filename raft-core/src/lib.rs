@@ -70,6 +70,7 @@ pub use crate::space::StorageStatus;
 pub use crate::state_machine::Queryable;
 pub use crate::state_machine::StateMachine;
 pub use crate::state_machine::read_serde;
+pub use crate::state_machine::read_serde_each;
 pub use crate::state_machine::write_serde;
 pub use crate::transport::RpcHandler;
 pub use crate::transport::Transport;

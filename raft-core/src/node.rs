@@ -477,15 +477,21 @@ impl<S: StateMachine> Node<S> {
     /// [`ReadIndex`] and calling [`Node::read_at`].)
     pub async fn read<T>(&self, consistency: Consistency, f: impl FnOnce(&S) -> T) -> Result<T> {
         if consistency == Consistency::Local {
-            return Ok(self.read_local(f));
+            return self.read_local(f);
         }
         let at = self.read_index(consistency).await?;
         self.read_at(at, f).await
     }
 
-    fn read_local<T>(&self, f: impl FnOnce(&S) -> T) -> T {
+    fn read_local<T>(&self, f: impl FnOnce(&S) -> T) -> Result<T> {
+        if self.inner.sm.restore_failed() {
+            return Err(Error::Storage(
+                "a snapshot restore failed part-way; the node has stopped and its state is not served"
+                    .into(),
+            ));
+        }
         let st = self.inner.sm.read();
-        f(&st.user)
+        Ok(f(&st.user))
     }
 
     /// On the leader: confirms leadership as `consistency` requires (a quorum round for
@@ -551,7 +557,7 @@ impl<S: StateMachine> Node<S> {
         if !reached.await? || self.role() == Role::Shutdown {
             return Err(Error::Shutdown);
         }
-        Ok(self.read_local(f))
+        self.read_local(f)
     }
 
     /// Adds `id` at `addr` as a learner and waits until it holds the log as it was when the

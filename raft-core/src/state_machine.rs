@@ -22,7 +22,9 @@ use serde::de::DeserializeOwned;
 ///    serialises the handle to a `Write`. raftkit adds framing and a checksum around those bytes.
 ///
 /// [`restore`](StateMachine::restore) replaces the whole state with what a snapshot holds; it is
-/// called when a node installs a snapshot from the leader and when it restarts.
+/// called when a node installs a snapshot from the leader and when it restarts. It reads the
+/// snapshot as a stream: decode it as you go ([`read_serde_each`] does so for a sequence) and a
+/// restore needs memory for the state alone, not for the state and its snapshot besides.
 ///
 /// ```
 /// use std::io::{self, Read, Write};
@@ -71,8 +73,13 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Serialises a handle taken by [`StateMachine::snapshot`] (runs off the apply path).
     fn write_snapshot(snapshot: Self::Snapshot, out: &mut dyn Write) -> io::Result<()>;
 
-    /// Replaces the entire state with the bytes a [`StateMachine::write_snapshot`] produced.
-    /// raftkit has verified their checksum before calling this.
+    /// Replaces the entire state with the bytes a [`StateMachine::write_snapshot`] produced,
+    /// read from `input` (buffered; reading it in small pieces is cheap). raftkit has verified
+    /// their checksum, and that the snapshot belongs to this node's cluster, before calling this.
+    ///
+    /// On an error the node stops with a storage error and does not serve from this state, so
+    /// `restore` may drop the old state first and fill the new one in place — which keeps the
+    /// peak memory of an install at about the size of the new state.
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()>;
 
     /// Whether `command` may still be written while the cluster's storage alarm is raised (see
@@ -110,8 +117,119 @@ pub fn write_serde<T: Serialize + ?Sized>(value: &T, out: &mut dyn Write) -> io:
 }
 
 /// Reads back what [`write_serde`] wrote — a one-line `restore` for serde state.
+///
+/// The bytes are decoded as they are read: only the value is built, never a second copy of the
+/// snapshot's bytes. (The value itself is then whole in memory before `restore` can put it in
+/// place; for a large collection, [`read_serde_each`] builds the state one element at a time.)
+/// Bytes left after the value are an `InvalidData` error, as is an encoding that does not decode;
+/// a stream that ends early is `UnexpectedEof`. Types that borrow from their input (`&str`,
+/// `&[u8]`) cannot be read this way; use their owned forms.
 pub fn read_serde<T: DeserializeOwned>(input: &mut dyn Read) -> io::Result<T> {
-    let mut bytes = Vec::new();
-    input.read_to_end(&mut bytes)?;
-    crate::codec::decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    let mut decoder = crate::codec::StreamDecoder::new(input);
+    let value = decoder.next()?;
+    if !decoder.at_end()? {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bytes left after the snapshot's value",
+        ));
+    }
+    Ok(value)
+}
+
+/// Reads back a sequence that [`write_serde`] wrote (a `Vec<T>`, a slice, any type serialised
+/// as a sequence with a known length, or a map with `T = (K, V)`), handing each element to
+/// `each` as soon as it is decoded. Returns how many elements there were.
+///
+/// This is the `restore` for state too large to hold twice: at most one element's encoding is in
+/// memory besides what `each` keeps, so restoring a store of N bytes costs about N bytes, not 2N.
+/// The count written before the elements is not trusted for allocation; a stream that ends
+/// before it is complete is an `UnexpectedEof` error, bytes after the last element an
+/// `InvalidData` one. An error from `each` stops the reading and is returned as it is.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// let map = BTreeMap::from([(1u32, "one".to_string()), (2, "two".to_string())]);
+/// let mut bytes = Vec::new();
+/// raft_core::write_serde(&map, &mut bytes).unwrap();
+///
+/// let mut restored = BTreeMap::new();
+/// let n = raft_core::read_serde_each(&mut bytes.as_slice(), |(k, v): (u32, String)| {
+///     restored.insert(k, v);
+///     Ok(())
+/// })
+/// .unwrap();
+/// assert_eq!((n, restored), (2, map));
+/// ```
+pub fn read_serde_each<T: DeserializeOwned>(
+    input: &mut dyn Read,
+    mut each: impl FnMut(T) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut decoder = crate::codec::StreamDecoder::new(input);
+    let count: u64 = decoder.next()?;
+    for _ in 0..count {
+        each(decoder.next()?)?;
+    }
+    if !decoder.at_end()? {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bytes left after the snapshot's last element",
+        ));
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_serde_refuses_trailing_and_missing_bytes() {
+        let mut bytes = Vec::new();
+        write_serde(&(5u64, "x".to_string()), &mut bytes).unwrap();
+        let v: (u64, String) = read_serde(&mut bytes.as_slice()).unwrap();
+        assert_eq!(v, (5, "x".into()));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let err = read_serde::<(u64, String)>(&mut longer.as_slice()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let err = read_serde::<(u64, String)>(&mut &bytes[..bytes.len() - 1]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn read_serde_each_streams_a_sequence_and_checks_its_ends() {
+        let items: Vec<(u32, Vec<u8>)> = (0..1000).map(|i| (i, vec![i as u8; 100])).collect();
+        let mut bytes = Vec::new();
+        write_serde(&items, &mut bytes).unwrap();
+        let mut seen = Vec::new();
+        let n = read_serde_each(&mut bytes.as_slice(), |x: (u32, Vec<u8>)| {
+            seen.push(x);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((n, &seen), (1000, &items));
+
+        // Cut short: the elements before the cut were handed over, then an error.
+        let mut got = 0;
+        let err = read_serde_each(&mut &bytes[..bytes.len() / 2], |_: (u32, Vec<u8>)| {
+            got += 1;
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(got > 0 && got < 1000, "{got}");
+
+        // A count far beyond the bytes present is an error, not an allocation.
+        let mut lying = Vec::new();
+        write_serde(&u64::MAX, &mut lying).unwrap();
+        let err = read_serde_each(&mut lying.as_slice(), |_: u8| Ok(())).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+
+        // The callback's error stops the reading.
+        let err = read_serde_each(&mut bytes.as_slice(), |_: (u32, Vec<u8>)| {
+            Err(io::Error::other("full"))
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "full");
+    }
 }
