@@ -30,6 +30,10 @@ pub struct StorageArgs {
     /// snapshots by entry count only.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub snapshot_log_bytes: u64,
+    /// Also take a snapshot after this many writes since the last one (etcd's
+    /// `--snapshot-count`). `0` snapshots by log size only.
+    #[arg(long, default_value_t = Config::in_memory(1).snapshot_every)]
+    pub snapshot_every: u64,
     /// Size of each preallocated write-ahead log segment file (at least 4 KiB). The disk a
     /// node needs grows with it; see the README.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
@@ -43,6 +47,7 @@ impl Default for StorageArgs {
             quota_max_used: 0,
             quota_check_interval: QuotaOptions::default().check_interval,
             snapshot_log_bytes: 64 << 20,
+            snapshot_every: Config::in_memory(1).snapshot_every,
             wal_segment_size: 64 << 20,
         }
     }
@@ -55,6 +60,7 @@ impl StorageArgs {
         config.quota.max_used_bytes = self.quota_max_used;
         config.quota.check_interval = self.quota_check_interval;
         config.snapshot_log_bytes = self.snapshot_log_bytes;
+        config.snapshot_every = self.snapshot_every;
         config.wal.segment_size = self.wal_segment_size;
         config
     }
@@ -127,6 +133,7 @@ mod tests {
         let d = Config::in_memory(1);
         assert_eq!(c.quota, d.quota);
         assert_eq!(c.snapshot_log_bytes, d.snapshot_log_bytes);
+        assert_eq!(c.snapshot_every, d.snapshot_every);
         assert_eq!(c.wal, d.wal);
     }
 }
