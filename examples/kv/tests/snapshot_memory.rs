@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use common::Ports;
 use common::Proc;
-use common::WAIT;
 use common::spawn;
 use redis::aio::MultiplexedConnection;
 
