@@ -294,6 +294,56 @@ async fn another_clusters_snapshot_sent_to_a_node_is_refused_before_it_is_instal
 }
 
 #[tokio::test]
+async fn a_restore_that_fails_part_way_stops_the_node_and_its_state_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    written(dir.path(), 4).await;
+    let node = start(dir.path()).await.unwrap();
+    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+        .await
+        .unwrap();
+    let term = 1_000;
+    // From another node: openraft asserts on a snapshot that names this very node as a leader
+    // it does not know of.
+    let leader_id = raft_core::types::LeaderId { term, node_id: 2 };
+    let meta = raft_core::types::SnapshotMeta {
+        last_log_id: Some(openraft::LogId::new(
+            leader_id,
+            node.metrics().applied_index.unwrap_or(0) + 100,
+        )),
+        last_membership: raft_core::types::StoredMembership::default(),
+    };
+    // Checksummed and of this cluster, but its state part is cut short.
+    let bytes =
+        raft_core::testing::snapshot_bytes_of(node.cluster_id(), &meta, |w| w.write_all(&[0xff]))
+            .unwrap();
+    let vote = raft_core::types::Vote {
+        leader_id,
+        committed: true,
+    };
+    let handler = node.rpc_handler();
+    let Ok(raft_core::transport::SnapshotReceive::Receive(mut sink)) =
+        handler.snapshot_sink(&vote, Some(bytes.len() as u64))
+    else {
+        panic!("the sink should open");
+    };
+    sink.write(&bytes).unwrap();
+    let (meta, data) = sink.finish().unwrap();
+    assert!(handler.install_snapshot(vote, meta, data).await.is_err());
+    // The node stops (`wait_for` reports a stopped node as `Shutdown`).
+    match node
+        .wait_for(Duration::from_secs(5), |m| m.role == Role::Shutdown)
+        .await
+    {
+        Ok(_) | Err(Error::Shutdown) => {}
+        Err(e) => panic!("the node should stop: {e}"),
+    }
+    match node.read(Consistency::Local, |s| s.0).await {
+        Err(Error::Storage(_)) => {}
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_data_dir_belongs_to_one_node() {
     let dir = tempfile::tempdir().unwrap();
     written(dir.path(), 1).await;
