@@ -12,7 +12,8 @@
 //! * `node.rs` — [`Node`]: start, initialize, write, read, membership, leader transfer,
 //!   metrics, shutdown.
 //! * `cluster_id.rs` — [`ClusterId`]: drawn at initialize, stored with the node's data, carried
-//!   by every internal RPC; a node refuses another cluster's requests.
+//!   by every internal RPC and recorded in every snapshot file; a node refuses another cluster's
+//!   requests and snapshots.
 //! * `config.rs` — [`Config`] and its defaults; `error.rs` — the one [`Error`] enum;
 //!   `metrics.rs` — [`Metrics`].
 //! * `apply.rs` — the bridge from [`StateMachine`] to openraft: decoding commands, client
@@ -21,10 +22,12 @@
 //!   `housekeeping.rs` — the node's background task: disk sampling and snapshots by log size.
 //! * `log/` — the durable segmented write-ahead log with group commit, and an in-memory log. The
 //!   on-disk format is documented in [`log`].
-//! * `snapshot.rs` — snapshot files: format, checksum, streaming reads, receiving.
+//! * `snapshot.rs` — snapshot files: format (with the cluster id), checksum, streaming reads,
+//!   receiving, and what a snapshot costs in memory (never a second copy of the state).
 //! * `transport.rs` — the seam a transport implements ([`Transport`], [`RpcHandler`]).
 //! * `types.rs` — the types openraft is instantiated with; `disk.rs` — their stable on-disk
-//!   forms; `codec.rs` — the one serialisation format (postcard).
+//!   forms; `codec.rs` — the one serialisation format (postcard), including the stream decoder
+//!   behind [`read_serde`] and [`read_serde_each`].
 //! * `testing/` — the in-process router and cluster harness (feature `testing`).
 //!
 //! [openraft]: https://docs.rs/openraft
