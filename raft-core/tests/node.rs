@@ -235,50 +235,70 @@ async fn another_clusters_snapshot_in_the_data_dir_is_refused_and_changes_nothin
     assert_eq!(node.cluster_id(), Some(b));
 }
 
-#[tokio::test]
-async fn another_clusters_snapshot_sent_to_a_node_is_refused_before_it_is_installed() {
-    let dir = tempfile::tempdir().unwrap();
-    written(dir.path(), 4).await;
-    let node = start(dir.path()).await.unwrap();
+/// A one-node cluster that wrote `1..=4` (a sum of 10), restarted and leading.
+async fn leading(dir: &Path) -> Node<Sum> {
+    written(dir, 4).await;
+    let node = start(dir).await.unwrap();
     node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
         .await
         .unwrap();
-    let ours = node.cluster_id().unwrap();
-    let theirs = raft_core::ClusterId::random();
-    let last = node.metrics().applied_index.unwrap_or(0) + 100;
-    let log_id = |index| {
-        openraft::LogId::new(
-            raft_core::types::LeaderId {
-                term: 1_000,
-                node_id: 1,
-            },
-            index,
-        )
-    };
-    let meta = raft_core::types::SnapshotMeta {
-        last_log_id: Some(log_id(last)),
-        last_membership: raft_core::types::StoredMembership::default(),
-    };
-    // A snapshot that would set the sum to 1000 if it were installed.
-    let bytes = raft_core::testing::snapshot_bytes_of(Some(theirs), &meta, |w| {
-        raft_core::write_serde(&1_000u64, w)
-    })
-    .unwrap();
-    let vote = raft_core::types::Vote {
+    node
+}
+
+/// The vote of a peer (node 2, term 1000) that sends `node` a snapshot. Not node 1 itself:
+/// openraft asserts on a snapshot that names this very node as a leader it does not know of.
+fn peer_vote() -> raft_core::types::Vote {
+    raft_core::types::Vote {
         leader_id: raft_core::types::LeaderId {
             term: 1_000,
-            node_id: 1,
+            node_id: 2,
         },
         committed: true,
+    }
+}
+
+/// Sends `node` a snapshot of `cluster` from [`peer_vote`], 100 entries ahead of it, whose state
+/// part is what `user` writes; the received snapshot, as its sink's `finish` returns it.
+fn offer_snapshot(
+    node: &Node<Sum>,
+    cluster: Option<raft_core::ClusterId>,
+    user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<
+    (
+        raft_core::types::SnapshotMeta,
+        raft_core::snapshot::SnapshotData,
+    ),
+    SnapshotError,
+> {
+    let vote = peer_vote();
+    let meta = raft_core::types::SnapshotMeta {
+        last_log_id: Some(openraft::LogId::new(
+            vote.leader_id,
+            node.metrics().applied_index.unwrap_or(0) + 100,
+        )),
+        last_membership: raft_core::types::StoredMembership::default(),
     };
-    let handler = node.rpc_handler();
-    let Ok(raft_core::transport::SnapshotReceive::Receive(mut sink)) =
-        handler.snapshot_sink(&vote, Some(bytes.len() as u64))
+    let bytes = raft_core::testing::snapshot_bytes_of(cluster, &meta, user).unwrap();
+    let Ok(raft_core::transport::SnapshotReceive::Receive(mut sink)) = node
+        .rpc_handler()
+        .snapshot_sink(&vote, Some(bytes.len() as u64))
     else {
         panic!("the sink should open");
     };
     sink.write(&bytes).unwrap();
-    match sink.finish() {
+    sink.finish()
+}
+
+#[tokio::test]
+async fn another_clusters_snapshot_sent_to_a_node_is_refused_before_it_is_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = leading(dir.path()).await;
+    let ours = node.cluster_id().unwrap();
+    let theirs = raft_core::ClusterId::random();
+    // A snapshot that would set the sum to 1000 if it were installed.
+    match offer_snapshot(&node, Some(theirs), |w| {
+        raft_core::write_serde(&1_000u64, w)
+    }) {
         Err(SnapshotError::WrongCluster {
             ours: o, theirs: t, ..
         }) => assert_eq!((o, t), (ours, theirs)),
@@ -296,39 +316,14 @@ async fn another_clusters_snapshot_sent_to_a_node_is_refused_before_it_is_instal
 #[tokio::test]
 async fn a_restore_that_fails_part_way_stops_the_node_and_its_state_is_not_served() {
     let dir = tempfile::tempdir().unwrap();
-    written(dir.path(), 4).await;
-    let node = start(dir.path()).await.unwrap();
-    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
-        .await
-        .unwrap();
-    let term = 1_000;
-    // From another node: openraft asserts on a snapshot that names this very node as a leader
-    // it does not know of.
-    let leader_id = raft_core::types::LeaderId { term, node_id: 2 };
-    let meta = raft_core::types::SnapshotMeta {
-        last_log_id: Some(openraft::LogId::new(
-            leader_id,
-            node.metrics().applied_index.unwrap_or(0) + 100,
-        )),
-        last_membership: raft_core::types::StoredMembership::default(),
-    };
+    let node = leading(dir.path()).await;
     // Checksummed and of this cluster, but its state part is cut short.
-    let bytes =
-        raft_core::testing::snapshot_bytes_of(node.cluster_id(), &meta, |w| w.write_all(&[0xff]))
-            .unwrap();
-    let vote = raft_core::types::Vote {
-        leader_id,
-        committed: true,
-    };
-    let handler = node.rpc_handler();
-    let Ok(raft_core::transport::SnapshotReceive::Receive(mut sink)) =
-        handler.snapshot_sink(&vote, Some(bytes.len() as u64))
-    else {
-        panic!("the sink should open");
-    };
-    sink.write(&bytes).unwrap();
-    let (meta, data) = sink.finish().unwrap();
-    assert!(handler.install_snapshot(vote, meta, data).await.is_err());
+    let (meta, data) = offer_snapshot(&node, node.cluster_id(), |w| w.write_all(&[0xff])).unwrap();
+    let installed = node
+        .rpc_handler()
+        .install_snapshot(peer_vote(), meta, data)
+        .await;
+    assert!(installed.is_err());
     // The node stops (`wait_for` reports a stopped node as `Shutdown`).
     match node
         .wait_for(Duration::from_secs(5), |m| m.role == Role::Shutdown)
