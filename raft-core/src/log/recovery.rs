@@ -48,7 +48,7 @@ fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> LogError {
 
 /// Reads and verifies the segments in `dir`; see the module docs.
 pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Recovered, LogError> {
-    let mut view = View::new(opts.cache_entries);
+    let mut view = View::new(opts);
     view.vote = meta.vote.map(Vote::from);
     view.purged = meta.purged.map(LogId::from);
     view.last = view.purged;

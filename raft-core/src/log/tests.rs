@@ -90,6 +90,7 @@ impl StoreBuilder<TypeConfig, LogStore, Applier<Sum>, tempfile::TempDir> for Dur
         let opts = WalOptions {
             segment_size: 4096,
             cache_entries: 4,
+            ..WalOptions::default()
         };
         let log = LogStore::open(dir.path().join("wal"), 0, opts).expect("open log");
         let snaps = SnapshotStore::open(&dir.path().join("snapshots"), u64::MAX, no_cluster())
@@ -141,6 +142,7 @@ fn small_segments() -> WalOptions {
     WalOptions {
         segment_size: 4096,
         cache_entries: 3,
+        ..WalOptions::default()
     }
 }
 
@@ -190,6 +192,38 @@ impl Model {
         let mut r = log.get_log_reader().await;
         assert_eq!(r.read_vote().await.unwrap(), self.vote, "vote");
     }
+}
+
+// ---- the entry cache ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_entry_cache_is_bounded_in_bytes_as_well_as_in_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        cache_entries: 1000,
+        cache_bytes: 256 << 10,
+        ..WalOptions::default()
+    };
+    let mut log = LogStore::open(dir.path(), 1, opts).unwrap();
+    let cached = |log: &LogStore| match &log.backend {
+        super::Backend::Durable(wal) => wal.view().read().cached(),
+        super::Backend::Memory(_) => unreachable!("a durable log"),
+    };
+    // 40 entries of 64 KiB: 2.5 MiB written, at most 256 KiB of it cached.
+    let written: Vec<Entry> = (1..=40).map(|i| entry(1, i, 64 << 10)).collect();
+    for e in &written {
+        append(&mut log, vec![e.clone()]).await;
+        let (entries, bytes) = cached(&log);
+        assert!(bytes <= 256 << 10, "{bytes} bytes cached");
+        assert!(entries >= 1 || bytes == 0);
+    }
+    let (entries, _) = cached(&log);
+    assert!(
+        (2..=4).contains(&entries),
+        "{entries} entries of 64 KiB cached"
+    );
+    // What fell out of the cache is read back from disk.
+    assert_eq!(all_entries(&mut log).await, written);
 }
 
 // ---- durability across reopen ---------------------------------------------------------------

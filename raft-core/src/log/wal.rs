@@ -56,6 +56,10 @@ pub struct WalOptions {
     /// How many of the newest entries are kept decoded in memory, so replication to followers
     /// that are nearly caught up never reads the disk. Default 8192.
     pub cache_entries: usize,
+    /// Most bytes of entries (as written to the log) that cache holds; whichever bound is
+    /// reached first evicts the oldest. Default 64 MiB: 8192 small entries fit, while 1 MiB
+    /// values keep 64 of them rather than 8 GiB.
+    pub cache_bytes: usize,
 }
 
 impl Default for WalOptions {
@@ -63,6 +67,7 @@ impl Default for WalOptions {
         WalOptions {
             segment_size: 64 << 20,
             cache_entries: 8192,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -103,14 +108,18 @@ pub(crate) struct View {
     /// Index of `locs[0]`.
     pub(super) first: u64,
     pub(super) locs: VecDeque<Loc>,
-    /// Decoded copies of the newest entries; `cache[0]` has index `cache_first`.
-    cache: VecDeque<Entry>,
+    /// Decoded copies of the newest entries with their record sizes; `cache[0]` has index
+    /// `cache_first`.
+    cache: VecDeque<(Entry, usize)>,
     pub(super) cache_first: u64,
     cache_cap: usize,
+    /// The sum of the cached entries' record sizes, and its bound.
+    cache_size: usize,
+    cache_cap_bytes: usize,
 }
 
 impl View {
-    pub(super) fn new(cache_cap: usize) -> View {
+    pub(super) fn new(opts: &WalOptions) -> View {
         View {
             vote: None,
             purged: None,
@@ -120,7 +129,9 @@ impl View {
             locs: VecDeque::new(),
             cache: VecDeque::new(),
             cache_first: 0,
-            cache_cap,
+            cache_cap: opts.cache_entries,
+            cache_size: 0,
+            cache_cap_bytes: opts.cache_bytes,
         }
     }
 
@@ -151,11 +162,26 @@ impl View {
         self.last = Some(entry.log_id);
         self.locs.push_back(loc);
         if self.cache_cap > 0 {
-            self.cache.push_back(entry);
-            while self.cache.len() > self.cache_cap {
-                self.cache.pop_front();
-                self.cache_first += 1;
+            let size = loc.len as usize;
+            self.cache.push_back((entry, size));
+            self.cache_size += size;
+            while self.cache.len() > self.cache_cap || self.cache_size > self.cache_cap_bytes {
+                self.pop_cached();
             }
+        }
+    }
+
+    /// Entries and bytes (as written) the cache holds now.
+    #[cfg(test)]
+    pub(super) fn cached(&self) -> (usize, usize) {
+        (self.cache.len(), self.cache_size)
+    }
+
+    /// Evicts the oldest cached entry.
+    fn pop_cached(&mut self) {
+        if let Some((_, size)) = self.cache.pop_front() {
+            self.cache_size -= size;
+            self.cache_first += 1;
         }
     }
 
@@ -172,7 +198,7 @@ impl View {
 
     fn read(&self, index: u64) -> io::Result<Entry> {
         if index >= self.cache_first
-            && let Some(e) = self.cache.get((index - self.cache_first) as usize)
+            && let Some((e, _)) = self.cache.get((index - self.cache_first) as usize)
         {
             return Ok(e.clone());
         }
@@ -206,13 +232,17 @@ impl View {
         let keep = index.saturating_sub(self.first) as usize;
         self.locs.truncate(keep);
         let keep_cache = index.saturating_sub(self.cache_first) as usize;
-        self.cache.truncate(keep_cache);
+        while self.cache.len() > keep_cache {
+            if let Some((_, size)) = self.cache.pop_back() {
+                self.cache_size -= size;
+            }
+        }
         self.last = match self.locs.is_empty() {
             true => self.purged,
             false => self
                 .cache
                 .back()
-                .map(|e| e.log_id)
+                .map(|(e, _)| e.log_id)
                 .or(self.last_from_locs()),
         };
     }
@@ -232,8 +262,7 @@ impl View {
             self.first = upto.index + 1;
         }
         while self.cache_first <= upto.index && !self.cache.is_empty() {
-            self.cache.pop_front();
-            self.cache_first += 1;
+            self.pop_cached();
         }
         if self.cache.is_empty() {
             self.cache_first = upto.index + 1;
