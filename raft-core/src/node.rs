@@ -974,6 +974,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         req: rpc::AppendEntriesRequest,
     ) -> BoxFuture<'_, Result<rpc::AppendEntriesResponse, RpcHandlerError>> {
         async move {
+            validate::not_from_me(&req.vote, self.id)?;
             validate::append(&req)?;
             self.raft
                 .append_entries(req)
@@ -988,6 +989,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         req: rpc::VoteRequest,
     ) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>> {
         async move {
+            validate::not_from_me(&req.vote, self.id)?;
             validate::vote(&req)?;
             self.raft.vote(req).await.map_err(|_| self.stopped())
         }
@@ -999,6 +1001,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         req: rpc::VoteRequest,
     ) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>> {
         async move {
+            validate::not_from_me(&req.vote, self.id)?;
             validate::vote(&req)?;
             self.raft.pre_vote(req).await.map_err(|_| self.stopped())
         }
@@ -1010,6 +1013,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         req: rpc::TransferLeaderRequest,
     ) -> BoxFuture<'_, Result<rpc::TransferLeaderResponse, RpcHandlerError>> {
         async move {
+            validate::not_from_me(req.from_leader(), self.id)?;
             self.raft
                 .handle_transfer_leader(req)
                 .await
@@ -1028,7 +1032,8 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         let fail = failure.clone();
         let input = input
             .take_while(move |req| {
-                let checked = validate::append(req);
+                let checked =
+                    validate::not_from_me(&req.vote, id).and_then(|()| validate::append(req));
                 let ok = checked.is_ok();
                 if let Err(e) = checked {
                     *fail.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
@@ -1052,6 +1057,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         vote: &Vote,
         size: Option<u64>,
     ) -> Result<SnapshotReceive, RpcHandlerError> {
+        validate::not_from_me(vote, self.id)?;
         let current = self.raft.metrics().borrow_watched().vote;
         // As openraft decides: a vote that is not at least this node's (older, or incomparable)
         // cannot install anything.
@@ -1075,6 +1081,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
     ) -> BoxFuture<'_, Result<rpc::SnapshotResponse, RpcHandlerError>> {
         async move {
             // openraft panics on a snapshot no honest leader could send; refuse it here instead.
+            validate::not_from_me(&vote, self.id)?;
             validate::snapshot(&vote, &meta)?;
             if let Some(last) = meta.last_log_id {
                 let committed = self.raft.metrics().borrow_watched().local_committed;

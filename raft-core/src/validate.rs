@@ -14,7 +14,9 @@
 //! * every membership (in an entry or a snapshot) has at least one voter set, no empty voter set,
 //!   and an address for every voter — exactly what recovery requires of the log;
 //! * replication and snapshots carry an elected (committed) leader vote;
-//! * a vote or snapshot never claims a log newer than the sender's own term.
+//! * a vote or snapshot never claims a log newer than the sender's own term;
+//! * no peer speaks as the receiving node (openraft asserts that a leader it hears from is not
+//!   itself).
 
 use crate::disk::DiskMembership;
 use crate::transport::RpcHandlerError;
@@ -42,6 +44,16 @@ fn from_leader(vote: &Vote, what: &str) -> Result<(), RpcHandlerError> {
     if !vote.committed {
         return Err(invalid(format!(
             "{what} from {vote}, which is not an elected leader's vote"
+        )));
+    }
+    Ok(())
+}
+
+/// A request whose vote names the receiving node `me` as its sender: no honest peer sends one.
+pub(crate) fn not_from_me(vote: &Vote, me: crate::types::NodeId) -> Result<(), RpcHandlerError> {
+    if vote.leader_id.node_id == me {
+        return Err(invalid(format!(
+            "a request from {vote} speaks as this node ({me})"
         )));
     }
     Ok(())

@@ -330,3 +330,63 @@ fn voter_sets_helper_is_exercised() {
     assert_eq!(forged.voter_ids().collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(forged.nodes().count(), 1, "voter 2 has no address");
 }
+
+/// A peer that speaks as the receiving node (a forged vote naming node 1, to node 1) is refused:
+/// openraft asserts that a leader it hears from is not itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_speak_as_the_receiver_are_refused() {
+    let me = Vote {
+        leader_id: LeaderId {
+            term: 7,
+            node_id: 1,
+        },
+        committed: true,
+    };
+    let members: Membership = {
+        let configs: Vec<BTreeSet<u64>> = vec![[1, 2, 3].into()];
+        let nodes: BTreeMap<u64, BasicNode> = (1..=3)
+            .map(|n| (n, BasicNode::new(format!("node-{n}"))))
+            .collect();
+        let bytes = raft_core::codec::encode(&(configs, nodes)).expect("encodes");
+        raft_core::codec::decode(&bytes).expect("decodes")
+    };
+    let ops = vec![
+        Op::Snapshot {
+            vote: me,
+            last: Some((7, 5)),
+            membership: Some(members),
+            state_decodes: true,
+        },
+        Op::Append {
+            vote: me,
+            prev: None,
+            entries: vec![(7, false, Body::Blank)],
+            commit: None,
+        },
+        Op::Vote {
+            vote: me,
+            last: Some((7, 9)),
+            pre: false,
+        },
+    ];
+    // Delivered to node 1 as a follower (of a cluster it cannot elect in) and as the leader of
+    // a one-node cluster, the state in which openraft asserts.
+    tokio::time::timeout(Duration::from_secs(30), run(ops.clone()))
+        .await
+        .expect("bounded");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = Router::new(0);
+    let node = start(dir.path(), &router).await;
+    node.initialize([(1, "node-1")]).await.expect("initialize");
+    node.wait_for(Duration::from_secs(10), |m| m.leader == Some(1))
+        .await
+        .expect("node 1 leads");
+    let handler = node.rpc_handler();
+    for op in ops {
+        deliver(&handler, op).await;
+    }
+    node.read(Consistency::Linearizable, |_| ())
+        .await
+        .unwrap_or_else(|e| panic!("the leader stopped on a request speaking as itself: {e}"));
+    node.shutdown().await.expect("shutdown");
+}
