@@ -15,7 +15,7 @@ use raft_core::log::LogStore;
 use raft_core::log::WalOptions;
 use raft_core::types::Entry;
 use raft_core::types::Payload;
-use raft_core::types::Request;
+use raft_core::types::Proposal;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
@@ -78,10 +78,7 @@ async fn run(appenders: usize, seconds: f64, base: &std::path::Path) -> Outcome 
                     },
                     index,
                 ),
-                payload: Payload::Normal(Request {
-                    session: None,
-                    command: payload.clone(),
-                }),
+                payload: Payload::Normal(Proposal::Write(payload.clone())),
             };
             index += 1;
             log.append_with([entry], move |r| {

@@ -30,7 +30,6 @@ use openraft::storage::RaftStateMachine;
 
 use crate::codec;
 use crate::session;
-use crate::session::SessionLimits;
 use crate::session::SessionTable;
 use crate::snapshot;
 use crate::snapshot::SnapshotData;
@@ -39,8 +38,9 @@ use crate::state_machine::StateMachine;
 use crate::types::ApplyError;
 use crate::types::LogId;
 use crate::types::Payload;
-use crate::types::Request;
+use crate::types::Proposal;
 use crate::types::Response;
+use crate::types::Session;
 use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
@@ -55,13 +55,54 @@ pub(crate) struct SmState<S> {
 }
 
 impl<S: StateMachine> SmState<S> {
-    fn apply_request(&mut self, req: Request, index: u64) -> Response {
-        if let Some(s) = req.session
-            && let Some(answer) = session::answer_without_applying(&self.sessions, s)
-        {
+    /// The session table (capacity included), for readers and tests.
+    pub fn sessions(&self) -> &SessionTable {
+        &self.sessions
+    }
+
+    fn apply_proposal(&mut self, proposal: Proposal, index: u64) -> Response {
+        match proposal {
+            Proposal::Write(command) => self.apply_command(&command),
+            Proposal::SessionWrite(s, command) => self.apply_in_session(s, &command, index, false),
+            Proposal::LegacySessionWrite(s, command) => {
+                self.apply_in_session(s, &command, index, true)
+            }
+            Proposal::RegisterSession => {
+                let id = self.sessions.register(index);
+                match codec::encode(&id) {
+                    Ok(b) => Response::Output(b.into()),
+                    Err(e) => Response::Rejected(ApplyError::OutputEncoding(e.to_string())),
+                }
+            }
+            Proposal::CloseSession(id) => {
+                self.sessions.close(id);
+                Response::Empty
+            }
+            Proposal::SetSessionCapacity(c) => {
+                self.sessions.set_capacity(c);
+                tracing::info!(capacity = ?self.sessions.capacity(), "session capacity set");
+                Response::Empty
+            }
+        }
+    }
+
+    fn apply_in_session(
+        &mut self,
+        s: Session,
+        command: &[u8],
+        index: u64,
+        legacy: bool,
+    ) -> Response {
+        if let Some(answer) = session::answer_without_applying(&self.sessions, s, legacy) {
             return answer;
         }
-        let response = match codec::decode::<S::Command>(&req.command) {
+        let response = self.apply_command(command);
+        self.sessions.record(s, response.clone(), index);
+        response
+    }
+
+    fn apply_command(&mut self, command: &[u8]) -> Response {
+        match codec::decode::<S::Command>(command) {
             Err(e) => Response::Rejected(ApplyError::InvalidCommand(e.to_string())),
             Ok(cmd) => {
                 let out = self.user.apply(cmd);
@@ -70,33 +111,27 @@ impl<S: StateMachine> SmState<S> {
                     Err(e) => Response::Rejected(ApplyError::OutputEncoding(e.to_string())),
                 }
             }
-        };
-        if let Some(s) = req.session {
-            self.sessions.record(s, response.clone(), index);
         }
-        response
     }
 }
 
 /// The user's state machine and the apply layer's bookkeeping, shared with readers.
 pub(crate) struct SmShared<S> {
     state: RwLock<SmState<S>>,
-    session_limits: SessionLimits,
     /// Set when the user's `restore` failed part-way: the state is incomplete and must not be
     /// read (the node has stopped with a storage error).
     restore_failed: AtomicBool,
 }
 
 impl<S> SmShared<S> {
-    pub fn new(user: S, session_limits: SessionLimits) -> Arc<Self> {
+    pub fn new(user: S) -> Arc<Self> {
         Arc::new(SmShared {
             state: RwLock::new(SmState {
                 user,
-                sessions: SessionTable::new(session_limits),
+                sessions: SessionTable::default(),
                 last_applied: None,
                 membership: StoredMembership::default(),
             }),
-            session_limits,
             restore_failed: AtomicBool::new(false),
         })
     }
@@ -309,7 +344,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
                 st.last_applied = Some(entry.log_id);
                 match entry.payload {
                     Payload::Blank => Response::Empty,
-                    Payload::Normal(req) => st.apply_request(req, entry.log_id.index),
+                    Payload::Normal(p) => st.apply_proposal(p, entry.log_id.index),
                     Payload::Membership(m) => {
                         st.membership = StoredMembership::new(Some(entry.log_id), m);
                         Response::Empty
@@ -376,9 +411,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
                         format!("state machine restore failed: {e}"),
                     ));
                 }
-                let mut sessions = parsed.sessions;
-                sessions.set_limits(shared.session_limits);
-                st.sessions = sessions;
+                st.sessions = parsed.sessions;
                 st.last_applied = meta.last_log_id;
                 st.membership = meta.last_membership.clone();
             }

@@ -51,8 +51,12 @@ pub struct Config {
     /// After a snapshot, keep this many entries it already covers, so slightly lagging followers
     /// catch up from the log rather than by snapshot. Default 1 000.
     pub keep_after_snapshot: u64,
-    /// How many client sessions the state machine remembers for exactly-once writes. Default
-    /// 10 000; the least recently used session is forgotten first.
+    /// How many client sessions the cluster keeps open for exactly-once writes. Default 10 000;
+    /// the session whose last write is oldest is evicted first. Read only by
+    /// [`Node::initialize`](crate::Node::initialize), which makes it (with the two byte bounds
+    /// below) the cluster-wide [`SessionCapacity`](crate::SessionCapacity); every other node's
+    /// value, and every later change of it, is ignored — change the capacity with
+    /// [`Node::set_session_capacity`](crate::Node::set_session_capacity).
     pub max_sessions: usize,
     /// Upper bound for one `write`, `read` or membership call. Default 10 s.
     pub request_timeout: Duration,
@@ -78,11 +82,13 @@ pub struct Config {
     pub max_append_bytes: usize,
     /// Most bytes of responses the client session table remembers (plus 64 bytes per client);
     /// the client whose last write is oldest is forgotten first. Default 64 MiB. The table is in
-    /// every snapshot's header, so this also bounds the header.
+    /// every snapshot's header, so this also bounds the header. Read only at initialize, like
+    /// [`Config::max_sessions`].
     pub max_session_bytes: usize,
     /// Largest response the session table keeps for a retried write. A retry of a write whose
     /// response was larger gets [`ApplyError::ResponseNotKept`](crate::ApplyError) (applied,
-    /// answer unknown) instead of the response. Default 1 MiB.
+    /// answer unknown) instead of the response. Default 1 MiB. Read only at initialize, like
+    /// [`Config::max_sessions`].
     pub max_session_response_bytes: usize,
 }
 
@@ -158,12 +164,12 @@ impl Config {
         self
     }
 
-    /// The session table's limits.
-    pub(crate) fn session_limits(&self) -> crate::session::SessionLimits {
-        crate::session::SessionLimits {
-            clients: self.max_sessions,
-            bytes: self.max_session_bytes,
-            response_bytes: self.max_session_response_bytes,
+    /// The session capacity [`Node::initialize`](crate::Node::initialize) gives a new cluster.
+    pub(crate) fn session_capacity(&self) -> crate::SessionCapacity {
+        crate::SessionCapacity {
+            max_sessions: self.max_sessions as u64,
+            max_bytes: self.max_session_bytes as u64,
+            max_response_bytes: self.max_session_response_bytes as u64,
         }
     }
 

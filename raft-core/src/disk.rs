@@ -21,7 +21,7 @@ use crate::types::LogId;
 use crate::types::Membership;
 use crate::types::NodeId;
 use crate::types::Payload;
-use crate::types::Request;
+use crate::types::Proposal;
 use crate::types::StoredMembership;
 use crate::types::Vote;
 
@@ -137,7 +137,7 @@ impl DiskStoredMembership {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum DiskPayload<'a> {
     Blank,
-    Normal(Cow<'a, Request>),
+    Normal(Cow<'a, Proposal>),
     Membership(DiskMembership),
 }
 
@@ -197,15 +197,27 @@ mod tests {
     fn entries_round_trip() {
         let normal = Entry {
             log_id: types::log_id(3, 1, 9),
-            payload: Payload::Normal(Request {
-                session: Some(Session {
+            payload: Payload::Normal(Proposal::SessionWrite(
+                Session {
                     client_id: 5,
                     sequence: 6,
-                }),
-                command: Bytes::from_static(b"abc"),
-            }),
+                },
+                Bytes::from_static(b"abc"),
+            )),
         };
         assert_eq!(round_trip(&normal), normal);
+        for p in [
+            Proposal::Write(Bytes::from_static(b"x")),
+            Proposal::RegisterSession,
+            Proposal::CloseSession(42),
+            Proposal::SetSessionCapacity(crate::types::SessionCapacity::default()),
+        ] {
+            let e = Entry {
+                log_id: types::log_id(3, 1, 10),
+                payload: Payload::Normal(p),
+            };
+            assert_eq!(round_trip(&e), e);
+        }
         let blank = Entry {
             log_id: types::log_id(1, 2, 3),
             payload: Payload::Blank,
@@ -223,6 +235,67 @@ mod tests {
             payload: Payload::Membership(membership),
         };
         assert_eq!(round_trip(&member), member);
+    }
+
+    /// A normal entry's payload as the first format wrote it.
+    #[derive(Serialize)]
+    struct FirstRequest {
+        session: Option<Session>,
+        command: Bytes,
+    }
+
+    #[derive(Serialize)]
+    enum FirstPayload {
+        #[allow(dead_code)]
+        Blank,
+        Normal(FirstRequest),
+    }
+
+    #[derive(Serialize)]
+    struct FirstEntry {
+        log_id: DiskLogId,
+        payload: FirstPayload,
+    }
+
+    #[test]
+    fn entries_of_the_first_format_still_decode() {
+        let decode = |session| {
+            let old = FirstEntry {
+                log_id: DiskLogId::from(&types::log_id(2, 1, 7)),
+                payload: FirstPayload::Normal(FirstRequest {
+                    session,
+                    command: Bytes::from_static(b"cmd"),
+                }),
+            };
+            let bytes = codec::encode(&old).unwrap();
+            let e = codec::decode::<DiskEntry>(&bytes)
+                .unwrap()
+                .into_entry()
+                .unwrap();
+            assert_eq!(e.log_id, types::log_id(2, 1, 7));
+            e.payload
+        };
+        assert_eq!(
+            decode(None),
+            Payload::Normal(Proposal::Write(Bytes::from_static(b"cmd")))
+        );
+        let s = Session {
+            client_id: u64::MAX - 3,
+            sequence: 300,
+        };
+        assert_eq!(
+            decode(Some(s)),
+            Payload::Normal(Proposal::LegacySessionWrite(s, Bytes::from_static(b"cmd"))),
+            "an old sessioned write keeps its old rules"
+        );
+        // And the new encoding is as compact as the old one.
+        let new = codec::encode(&Proposal::SessionWrite(s, Bytes::from_static(b"cmd"))).unwrap();
+        let old = codec::encode(&FirstRequest {
+            session: Some(s),
+            command: Bytes::from_static(b"cmd"),
+        })
+        .unwrap();
+        assert_eq!(new.len(), old.len());
     }
 
     #[test]

@@ -12,7 +12,9 @@ use crate::types::NodeId;
 ///
 /// For writes the variants say whether the command may still take effect: only
 /// [`Error::Timeout`], [`Error::OutcomeUnknown`] and [`Error::Shutdown`] leave it open; retry
-/// those with the same [`Session`](crate::Session) to get exactly-once application.
+/// those with the same [`Session`](crate::Session) to get exactly-once application. A write whose
+/// session expired ([`ApplyError::UnknownSession`]) is not applied now, but its outcome is
+/// unknown too: open a new session before writing again.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// This node is not the leader. The write was not accepted; send it to `leader`.
@@ -92,7 +94,9 @@ pub enum Error {
 
 impl Error {
     /// Whether a failed write may still have been applied (its outcome is unknown): true for
-    /// timeouts, leadership changes in flight, shutdowns and engine failures; false for refusals
+    /// timeouts, leadership changes in flight, shutdowns, engine failures and writes whose
+    /// session expired ([`ApplyError::UnknownSession`]: an earlier attempt may have been
+    /// applied, and a retry can no longer be recognised); false for refusals
     /// that happen before anything is proposed (not the leader, rejected, too large, …).
     pub fn may_have_applied(&self) -> bool {
         matches!(
@@ -102,6 +106,7 @@ impl Error {
                 | Error::Shutdown
                 | Error::Storage(_)
                 | Error::Fatal(_)
+                | Error::Rejected(ApplyError::UnknownSession { .. })
         )
     }
 }

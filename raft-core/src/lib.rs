@@ -80,3 +80,4 @@ pub use crate::transport::Transport;
 pub use crate::types::ApplyError;
 pub use crate::types::NodeId;
 pub use crate::types::Session;
+pub use crate::types::SessionCapacity;

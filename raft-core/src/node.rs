@@ -57,9 +57,11 @@ use crate::transport::SnapshotReceive;
 use crate::transport::Transport;
 use crate::transport::rpc;
 use crate::types::NodeId;
+use crate::types::Proposal;
 use crate::types::Request;
 use crate::types::Response;
 use crate::types::Session;
+use crate::types::SessionCapacity;
 use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
 use crate::types::TypeConfig;
@@ -188,7 +190,7 @@ impl<S: StateMachine> Node<S> {
         let power = log.power_switch();
         #[cfg(feature = "testing")]
         let fault = log.fault_switch();
-        let sm = SmShared::new(state_machine, config.session_limits());
+        let sm = SmShared::new(state_machine);
         let snapshot_health = Arc::new(SnapshotHealth::default());
         let applier = Applier::new(sm.clone(), snapshots.clone(), snapshot_health.clone());
         let raft = Raft::new(id, raft_config, transport, log, applier)
@@ -332,7 +334,10 @@ impl<S: StateMachine> Node<S> {
                 .map_err(|e| Error::Storage(e.to_string()))?;
         }
         match self.inner.raft.initialize(members).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.spawn_initial_session_capacity();
+                Ok(())
+            }
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
                 Err(Error::AlreadyInitialized)
             }
@@ -341,6 +346,45 @@ impl<S: StateMachine> Node<S> {
             }
             Err(RaftError::Fatal(f)) => Err(fatal_to_error(&f)),
         }
+    }
+
+    /// Makes this node's configured session capacity the cluster's, once it leads the cluster
+    /// it just initialized (the initializing node is the first leader in practice: it is the
+    /// only one that knows the membership). Runs in the background so that `initialize` does
+    /// not wait for the other members to start. The default capacity needs no entry.
+    fn spawn_initial_session_capacity(&self) {
+        let capacity = crate::session::clamp(self.inner.config.session_capacity());
+        if capacity == SessionCapacity::default() {
+            return;
+        }
+        // Weak, so a dropped node is not kept alive by this task.
+        let weak = Arc::downgrade(&self.inner);
+        let patience = self.inner.config.request_timeout * 6;
+        tokio::spawn(async move {
+            let Some(inner) = weak.upgrade() else { return };
+            let node = Node { inner };
+            let led =
+                tokio::time::timeout(patience, node.wait_raw(|m| m.current_leader.is_some())).await;
+            let result = match led {
+                Ok(true) if node.role() == Role::Leader => {
+                    node.set_session_capacity(capacity).await
+                }
+                Ok(false) => return,
+                _ => Err(Error::NotLeader {
+                    leader: node.leader().map(|l| l.0),
+                    leader_addr: None,
+                }),
+            };
+            match result {
+                Ok(()) => tracing::info!(
+                    ?capacity,
+                    "cluster session capacity set from this node's configuration"
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, ?capacity, "could not make the configured session capacity the cluster's; the default stays until set_session_capacity is called")
+                }
+            }
+        });
     }
 
     async fn with_timeout<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
@@ -356,8 +400,12 @@ impl<S: StateMachine> Node<S> {
         self.write_inner(None, &command).await
     }
 
-    /// Like [`Node::write`], stamped with a client session: a retry with the same `session`
-    /// returns the first attempt's output instead of applying the command twice.
+    /// Like [`Node::write`], stamped with a client session opened by
+    /// [`Node::register_session`]: a retry with the same `session` returns the first attempt's
+    /// output instead of applying the command twice. A session that is not open (never
+    /// registered, closed or evicted) fails with
+    /// [`ApplyError::UnknownSession`](crate::ApplyError::UnknownSession) — the command is not
+    /// applied now, but an earlier attempt may have been.
     pub async fn write_with_session(
         &self,
         session: Session,
@@ -381,6 +429,66 @@ impl<S: StateMachine> Node<S> {
         Ok(codec::decode(&out)?)
     }
 
+    /// Opens a client session for exactly-once writes (one replicated entry) and returns its
+    /// client id. Number the session's writes `1, 2, 3, …` with
+    /// [`Node::write_with_session`], one at a time, and close it with
+    /// [`Node::close_session`] when done. A session that is never closed is evicted when the
+    /// cluster's [`SessionCapacity`] is reached; a write on it then fails with
+    /// [`ApplyError::UnknownSession`](crate::ApplyError::UnknownSession).
+    pub async fn register_session(&self) -> Result<u64> {
+        match self.propose_internal(Proposal::RegisterSession).await? {
+            Response::Output(b) => Ok(codec::decode(&b)?),
+            Response::Rejected(e) => Err(Error::Rejected(e)),
+            Response::Empty => Err(Error::Fatal("session registration produced no id".into())),
+        }
+    }
+
+    /// Closes the session `client_id` (one replicated entry); closing a session that is not
+    /// open succeeds and changes nothing.
+    pub async fn close_session(&self, client_id: u64) -> Result<()> {
+        self.propose_internal(Proposal::CloseSession(client_id))
+            .await
+            .map(drop)
+    }
+
+    /// Sets the cluster-wide bounds of the session table (one replicated entry; an admin
+    /// operation). Lowering them evicts the sessions whose last write is oldest. Fails with
+    /// [`Error::Config`] for a capacity of no sessions or more than 768 MiB.
+    pub async fn set_session_capacity(&self, capacity: SessionCapacity) -> Result<()> {
+        if capacity != crate::session::clamp(capacity) {
+            return Err(Error::Config(format!(
+                "session capacity {capacity:?} must allow at least one session and at most {} bytes",
+                crate::config::MAX_SESSION_BYTES
+            )));
+        }
+        self.propose_internal(Proposal::SetSessionCapacity(capacity))
+            .await
+            .map(drop)
+    }
+
+    /// The cluster's session capacity as this node has applied it.
+    pub fn session_capacity(&self) -> SessionCapacity {
+        self.inner.sm.read().sessions().capacity()
+    }
+
+    /// How many client sessions are open, as this node has applied it.
+    pub fn open_sessions(&self) -> usize {
+        self.inner.sm.read().sessions().len()
+    }
+
+    /// The encoded session table as this node has applied it, to compare replicas.
+    #[cfg(feature = "testing")]
+    pub fn session_table_bytes(&self) -> Result<Vec<u8>> {
+        Ok(codec::encode(self.inner.sm.read().sessions())?)
+    }
+
+    async fn propose_internal(&self, proposal: Proposal) -> Result<Response> {
+        Ok(self
+            .propose(|| self.inner.raft.client_write(proposal.clone()))
+            .await?
+            .data)
+    }
+
     /// Writes an already-encoded command and returns the encoded output. For transports that
     /// forward writes without knowing the state machine's types.
     pub async fn write_encoded(&self, request: Request) -> Result<Bytes> {
@@ -394,10 +502,8 @@ impl<S: StateMachine> Node<S> {
         if self.inner.space.refusing() {
             self.check_space(&request)?;
         }
-        let response = self
-            .propose(|| self.inner.raft.client_write(request.clone()))
-            .await?
-            .data;
+        let proposal = Proposal::from(request);
+        let response = self.propose_internal(proposal).await?;
         match response {
             Response::Output(b) => Ok(b),
             Response::Rejected(e) => Err(Error::Rejected(e)),

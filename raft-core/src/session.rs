@@ -1,30 +1,49 @@
 //! Client sessions: exactly-once application of retried writes.
 //!
-//! The table remembers, per client id, the last sequence number applied and the response it
-//! produced. A write stamped with a [`Session`] is
+//! A session has an explicit lifecycle, as in dragonboat: a client opens one with a replicated
+//! [`Proposal::RegisterSession`](crate::types::Proposal) entry (its client id is that entry's log
+//! index), numbers its writes `1, 2, 3, …` within it, and closes it with
+//! [`Proposal::CloseSession`](crate::types::Proposal). The table remembers, per open session,
+//! the last sequence applied and the response it produced. A write stamped with a [`Session`] is
 //!
-//! * applied if its sequence is newer than the remembered one (or the client is new and starts at
-//!   sequence 1),
+//! * applied if its sequence is newer than the remembered one,
 //! * answered with the remembered response if it repeats the remembered sequence — a retry,
-//! * refused with [`ApplyError::SessionExpired`] otherwise: an older sequence, or an unknown client
-//!   past sequence 1 (its session was evicted, so a retry can no longer be recognised).
+//! * refused with [`ApplyError::SessionExpired`] if it is older,
+//! * refused with [`ApplyError::UnknownSession`] if the session is not open (never registered,
+//!   closed or evicted) — whatever its sequence, so a retry after an eviction is never applied
+//!   a second time as if it were fresh.
 //!
-//! The table is bounded in clients and in bytes: when either bound is reached, the client whose
-//! last write is oldest (by log index) is evicted. A response larger than the per-response bound
-//! is not kept whole: the table remembers only that the sequence was applied, and a retry of it
-//! is answered with [`ApplyError::ResponseNotKept`] — "applied earlier, answer unknown" — never
-//! with a wrong answer. Every decision depends only on the log and the configuration, so all
-//! replicas agree. The table is part of every snapshot, whose header it therefore bounds.
+//! Entries written by earlier versions (`LegacySessionWrite`) keep the rule they were written
+//! under: an unknown client at sequence 1 starts a session implicitly.
+//!
+//! The table is bounded in sessions and in bytes by a [`SessionCapacity`] that is itself
+//! replicated state: when either bound is reached, the session whose last write (or
+//! registration) is oldest by log index is evicted. A response larger than the per-response
+//! bound is not kept whole: the table remembers only that the sequence was applied, and a retry
+//! of it is answered with [`ApplyError::ResponseNotKept`] — "applied earlier, answer unknown" —
+//! never with a wrong answer. Every decision depends only on the log, so all replicas agree.
+//! The table, capacity included, is part of every snapshot, whose header it therefore bounds.
+//!
+//! Snapshot format: `(0, 1, capacity, sessions)`. The first format began with the table's
+//! session count limit (never 0), then the sessions and an age index; [`SessionTable`]'s
+//! decoder reads both.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::fmt;
 
 use serde::Deserialize;
+use serde::Deserializer;
 use serde::Serialize;
+use serde::Serializer;
+use serde::de::SeqAccess;
+use serde::de::Visitor;
 
+use crate::config::MAX_SESSION_BYTES;
 use crate::types::ApplyError;
 use crate::types::Response;
 use crate::types::Session;
+use crate::types::SessionCapacity;
 
 /// What the table says about an incoming stamped write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,20 +52,26 @@ pub(crate) enum Check {
     Fresh,
     /// A retry of the last write: answer with this.
     Duplicate(Response),
-    /// Cannot be answered safely.
+    /// Older than the last write of its session.
     Expired,
+    /// Its session is not open.
+    Unknown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Remembered {
+    /// The last sequence applied; 0 for a session with no write yet.
     sequence: u64,
     response: Response,
-    /// Log index of the write that produced `response`; orders eviction.
+    /// Log index of the entry that last touched the session; orders eviction.
     index: u64,
 }
 
 /// Bytes a remembered client costs besides its response (ids, sequence, index, tree nodes).
 const ENTRY_OVERHEAD: usize = 64;
+
+/// Version of the table's snapshot form written now (see the module docs).
+const FORMAT: u64 = 1;
 
 /// What one remembered response costs, in bytes.
 fn cost(response: &Response) -> usize {
@@ -58,56 +83,59 @@ fn cost(response: &Response) -> usize {
         }
 }
 
-/// How large the table may grow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SessionLimits {
-    /// Most clients remembered.
-    pub clients: usize,
-    /// Most bytes of remembered responses (plus a fixed overhead per client).
-    pub bytes: usize,
-    /// Largest response kept whole.
-    pub response_bytes: usize,
+fn to_usize(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
 }
 
-impl Default for SessionLimits {
-    fn default() -> Self {
-        SessionLimits {
-            clients: 10_000,
-            bytes: 64 << 20,
-            response_bytes: 1 << 20,
-        }
+/// A capacity every replica can live with: at least one session, at most
+/// [`MAX_SESSION_BYTES`] bytes. Applied the same way on every replica.
+pub(crate) fn clamp(c: SessionCapacity) -> SessionCapacity {
+    SessionCapacity {
+        max_sessions: c.max_sessions.max(1),
+        max_bytes: c.max_bytes.min(MAX_SESSION_BYTES as u64),
+        max_response_bytes: c.max_response_bytes,
     }
 }
 
 /// The bounded table of client sessions.
-///
-/// The serialised form (in snapshots) is the clients and their responses; the byte limits come
-/// from the node's configuration and the byte count is recomputed on restore.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SessionTable {
-    capacity: usize,
+    capacity: SessionCapacity,
     clients: BTreeMap<u64, Remembered>,
     /// `(index, client_id)` of every remembered client, oldest first.
     by_age: BTreeSet<(u64, u64)>,
-    #[serde(skip)]
-    max_bytes: Option<(usize, usize)>,
     /// What the remembered responses cost now (see [`cost`]).
-    #[serde(skip)]
     bytes: usize,
 }
 
+impl Default for SessionTable {
+    fn default() -> Self {
+        SessionTable::new(SessionCapacity::default())
+    }
+}
+
 impl SessionTable {
-    /// An empty table within `limits` (at least one client).
-    pub fn new(limits: SessionLimits) -> SessionTable {
-        let mut t = SessionTable {
-            capacity: 1,
+    /// An empty table within `capacity`.
+    pub fn new(capacity: SessionCapacity) -> SessionTable {
+        SessionTable {
+            capacity: clamp(capacity),
             clients: BTreeMap::new(),
             by_age: BTreeSet::new(),
-            max_bytes: None,
             bytes: 0,
-        };
-        t.set_limits(limits);
+        }
+    }
+
+    fn from_clients(capacity: SessionCapacity, clients: BTreeMap<u64, Remembered>) -> Self {
+        let mut t = SessionTable::new(capacity);
+        t.by_age = clients.iter().map(|(id, r)| (r.index, *id)).collect();
+        t.bytes = clients.values().map(|r| cost(&r.response)).sum();
+        t.clients = clients;
         t
+    }
+
+    /// The table's bounds.
+    pub fn capacity(&self) -> SessionCapacity {
+        self.capacity
     }
 
     /// Bytes the remembered responses cost now.
@@ -116,46 +144,29 @@ impl SessionTable {
         self.bytes
     }
 
-    fn limits(&self) -> (usize, usize) {
-        let d = SessionLimits::default();
-        self.max_bytes.unwrap_or((d.bytes, d.response_bytes))
-    }
-
-    /// Number of remembered clients.
-    #[cfg(test)]
+    /// Number of open sessions.
     pub fn len(&self) -> usize {
         self.clients.len()
     }
 
-    /// Decides what to do with a write stamped `session`.
-    pub fn check(&self, session: Session) -> Check {
+    /// Decides what to do with a write stamped `session`; `legacy` for entries written under
+    /// the first format's implicit-start rule.
+    pub fn check(&self, session: Session, legacy: bool) -> Check {
         match self.clients.get(&session.client_id) {
-            None if session.sequence == 1 => Check::Fresh,
-            None => Check::Expired,
+            None if legacy && session.sequence == 1 => Check::Fresh,
+            None if legacy => Check::Expired,
+            None => Check::Unknown,
             Some(r) if session.sequence > r.sequence => Check::Fresh,
-            Some(r) if session.sequence == r.sequence => Check::Duplicate(r.response.clone()),
+            Some(r) if session.sequence == r.sequence && r.sequence > 0 => {
+                Check::Duplicate(r.response.clone())
+            }
             Some(_) => Check::Expired,
         }
     }
 
-    /// Remembers `response` as the answer to `session`, applied at log `index`. A response
-    /// larger than the per-response limit is replaced by [`ApplyError::ResponseNotKept`].
-    pub fn record(&mut self, session: Session, response: Response, index: u64) {
-        let (max_bytes, max_response) = self.limits();
-        let response = if cost(&response) - ENTRY_OVERHEAD > max_response {
-            Response::Rejected(ApplyError::ResponseNotKept {
-                client_id: session.client_id,
-                sequence: session.sequence,
-            })
-        } else {
-            response
-        };
-        if let Some(old) = self.clients.remove(&session.client_id) {
-            self.by_age.remove(&(old.index, session.client_id));
-            self.bytes -= cost(&old.response);
-        }
-        let new_cost = cost(&response);
-        while self.clients.len() >= self.capacity || self.bytes + new_cost > max_bytes {
+    /// Evicts the oldest sessions while `over` says the table is too full.
+    fn evict_while(&mut self, over: impl Fn(&SessionTable) -> bool) {
+        while over(self) {
             let Some((idx, client)) = self.by_age.pop_first() else {
                 break;
             };
@@ -168,9 +179,66 @@ impl SessionTable {
                 self.bytes -= cost(&old.response);
             }
         }
+    }
+
+    fn remove(&mut self, client_id: u64) {
+        if let Some(old) = self.clients.remove(&client_id) {
+            self.by_age.remove(&(old.index, client_id));
+            self.bytes -= cost(&old.response);
+        }
+    }
+
+    fn insert(&mut self, client_id: u64, r: Remembered) {
+        let new_cost = cost(&r.response);
+        let max = to_usize(self.capacity.max_sessions);
+        let max_bytes = to_usize(self.capacity.max_bytes);
+        self.evict_while(|t| t.clients.len() >= max || t.bytes + new_cost > max_bytes);
         self.bytes += new_cost;
-        self.by_age.insert((index, session.client_id));
-        self.clients.insert(
+        self.by_age.insert((r.index, client_id));
+        self.clients.insert(client_id, r);
+    }
+
+    /// Opens a session registered by the entry at log `index`; its client id is `index`.
+    pub fn register(&mut self, index: u64) -> u64 {
+        self.remove(index);
+        self.insert(
+            index,
+            Remembered {
+                sequence: 0,
+                response: Response::Empty,
+                index,
+            },
+        );
+        index
+    }
+
+    /// Closes a session (nothing happens if it is not open).
+    pub fn close(&mut self, client_id: u64) {
+        self.remove(client_id);
+    }
+
+    /// Changes the bounds, evicting the oldest sessions until the table fits.
+    pub fn set_capacity(&mut self, capacity: SessionCapacity) {
+        self.capacity = clamp(capacity);
+        let max = to_usize(self.capacity.max_sessions);
+        let max_bytes = to_usize(self.capacity.max_bytes);
+        self.evict_while(|t| t.clients.len() > max || t.bytes > max_bytes);
+    }
+
+    /// Remembers `response` as the answer to `session`, applied at log `index`. A response
+    /// larger than the per-response limit is replaced by [`ApplyError::ResponseNotKept`].
+    pub fn record(&mut self, session: Session, response: Response, index: u64) {
+        let response =
+            if cost(&response) - ENTRY_OVERHEAD > to_usize(self.capacity.max_response_bytes) {
+                Response::Rejected(ApplyError::ResponseNotKept {
+                    client_id: session.client_id,
+                    sequence: session.sequence,
+                })
+            } else {
+                response
+            };
+        self.remove(session.client_id);
+        self.insert(
             session.client_id,
             Remembered {
                 sequence: session.sequence,
@@ -179,24 +247,71 @@ impl SessionTable {
             },
         );
     }
+}
 
-    /// Changes the limits (taking effect on the next write) and recounts the bytes. Used after
-    /// restoring a snapshot written under another configuration.
-    pub fn set_limits(&mut self, limits: SessionLimits) {
-        self.capacity = limits.clients.max(1);
-        self.max_bytes = Some((limits.bytes, limits.response_bytes));
-        self.bytes = self.clients.values().map(|r| cost(&r.response)).sum();
+impl Serialize for SessionTable {
+    fn serialize<Ser: Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+        (0u64, FORMAT, &self.capacity, &self.clients).serialize(s)
     }
 }
 
-/// Decides and records in one step: returns `Some(answer)` when the write must not be applied.
-pub(crate) fn answer_without_applying(table: &SessionTable, session: Session) -> Option<Response> {
-    match table.check(session) {
+impl<'de> Deserialize<'de> for SessionTable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SessionTable;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a client session table")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SessionTable, A::Error> {
+                use serde::de::Error;
+                let missing = || A::Error::custom("truncated session table");
+                let head: u64 = seq.next_element()?.ok_or_else(missing)?;
+                if head != 0 {
+                    // The first format: the session limit, the sessions, an age index (rebuilt).
+                    let clients = seq.next_element()?.ok_or_else(missing)?;
+                    let _: BTreeSet<(u64, u64)> = seq.next_element()?.ok_or_else(missing)?;
+                    let capacity = SessionCapacity {
+                        max_sessions: head,
+                        ..SessionCapacity::default()
+                    };
+                    return Ok(SessionTable::from_clients(capacity, clients));
+                }
+                let version: u64 = seq.next_element()?.ok_or_else(missing)?;
+                if version != FORMAT {
+                    return Err(A::Error::custom(format!(
+                        "session table format {version} is newer than this version reads ({FORMAT})"
+                    )));
+                }
+                let capacity = seq.next_element()?.ok_or_else(missing)?;
+                let clients = seq.next_element()?.ok_or_else(missing)?;
+                Ok(SessionTable::from_clients(capacity, clients))
+            }
+        }
+        d.deserialize_tuple(4, V)
+    }
+}
+
+/// Returns `Some(answer)` when the write stamped `session` must not be applied.
+pub(crate) fn answer_without_applying(
+    table: &SessionTable,
+    session: Session,
+    legacy: bool,
+) -> Option<Response> {
+    let Session {
+        client_id,
+        sequence,
+    } = session;
+    match table.check(session, legacy) {
         Check::Fresh => None,
         Check::Duplicate(r) => Some(r),
         Check::Expired => Some(Response::Rejected(ApplyError::SessionExpired {
-            client_id: session.client_id,
-            sequence: session.sequence,
+            client_id,
+            sequence,
+        })),
+        Check::Unknown => Some(Response::Rejected(ApplyError::UnknownSession {
+            client_id,
+            sequence,
         })),
     }
 }
@@ -214,10 +329,10 @@ mod tests {
         }
     }
 
-    fn lim(clients: usize) -> SessionLimits {
-        SessionLimits {
-            clients,
-            ..SessionLimits::default()
+    fn lim(max_sessions: u64) -> SessionCapacity {
+        SessionCapacity {
+            max_sessions,
+            ..SessionCapacity::default()
         }
     }
 
@@ -228,49 +343,67 @@ mod tests {
     #[test]
     fn retries_get_the_remembered_answer() {
         let mut t = SessionTable::new(lim(10));
-        assert_eq!(t.check(s(1, 1)), Check::Fresh);
-        t.record(s(1, 1), out(b"a"), 5);
-        assert_eq!(t.check(s(1, 1)), Check::Duplicate(out(b"a")));
-        assert_eq!(t.check(s(1, 2)), Check::Fresh);
-        t.record(s(1, 2), out(b"b"), 6);
-        assert_eq!(t.check(s(1, 1)), Check::Expired);
-        assert_eq!(t.check(s(1, 2)), Check::Duplicate(out(b"b")));
+        let c = t.register(1);
+        assert_eq!(t.check(s(c, 1), false), Check::Fresh);
+        t.record(s(c, 1), out(b"a"), 5);
+        assert_eq!(t.check(s(c, 1), false), Check::Duplicate(out(b"a")));
+        assert_eq!(t.check(s(c, 2), false), Check::Fresh);
+        t.record(s(c, 2), out(b"b"), 6);
+        assert_eq!(t.check(s(c, 1), false), Check::Expired);
+        assert_eq!(t.check(s(c, 2), false), Check::Duplicate(out(b"b")));
     }
 
     #[test]
-    fn unknown_clients_must_start_at_one() {
-        let t = SessionTable::new(lim(10));
-        assert_eq!(t.check(s(9, 1)), Check::Fresh);
-        assert_eq!(t.check(s(9, 2)), Check::Expired);
+    fn unknown_sessions_are_never_fresh() {
+        let mut t = SessionTable::new(lim(10));
+        assert_eq!(t.check(s(9, 1), false), Check::Unknown);
+        assert_eq!(t.check(s(9, 2), false), Check::Unknown);
+        let c = t.register(3);
+        assert_eq!(
+            t.check(s(c, 0), false),
+            Check::Expired,
+            "sequences start at 1"
+        );
+        t.close(c);
+        assert_eq!(t.check(s(c, 1), false), Check::Unknown, "closed");
+        // Entries of the first format keep their implicit start.
+        assert_eq!(t.check(s(9, 1), true), Check::Fresh);
+        assert_eq!(t.check(s(9, 2), true), Check::Expired);
     }
 
     #[test]
-    fn oldest_client_is_evicted_when_full() {
+    fn oldest_session_is_evicted_when_full_and_never_comes_back() {
         let mut t = SessionTable::new(lim(2));
-        t.record(s(1, 1), out(b"a"), 1);
-        t.record(s(2, 1), out(b"b"), 2);
-        t.record(s(1, 2), out(b"c"), 3); // client 1 is now the newest
-        t.record(s(3, 1), out(b"d"), 4); // evicts client 2
+        let a = t.register(1);
+        let b = t.register(2);
+        t.record(s(a, 1), out(b"c"), 3); // a is now the newest
+        let c = t.register(4); // evicts b
         assert_eq!(t.len(), 2);
-        assert_eq!(t.check(s(2, 1)), Check::Fresh, "client 2 was forgotten");
-        assert_eq!(t.check(s(2, 2)), Check::Expired);
-        assert_eq!(t.check(s(1, 2)), Check::Duplicate(out(b"c")));
-        assert_eq!(t.check(s(3, 1)), Check::Duplicate(out(b"d")));
+        assert_eq!(t.check(s(b, 1), false), Check::Unknown, "b was evicted");
+        assert_eq!(t.check(s(a, 1), false), Check::Duplicate(out(b"c")));
+        assert_eq!(t.check(s(c, 1), false), Check::Fresh);
+        t.set_capacity(lim(1));
+        assert_eq!(t.len(), 1, "shrinking evicts");
+        assert_eq!(t.check(s(a, 1), false), Check::Unknown);
+        assert_eq!(t.capacity().max_sessions, 1);
+        t.set_capacity(lim(0));
+        assert_eq!(t.capacity().max_sessions, 1, "at least one session");
     }
 
     #[test]
     fn bytes_are_bounded_and_large_responses_are_not_kept() {
-        let limits = SessionLimits {
-            clients: 1_000,
-            bytes: 10 * (ENTRY_OVERHEAD + 100),
-            response_bytes: 100,
+        let limits = SessionCapacity {
+            max_sessions: 1_000,
+            max_bytes: 10 * (ENTRY_OVERHEAD as u64 + 100),
+            max_response_bytes: 100,
         };
         let mut t = SessionTable::new(limits);
         let big = Response::Output(Bytes::from(vec![7u8; 10_000]));
+        t.register(1);
         t.record(s(1, 1), big, 1);
         assert!(t.bytes() < 1_000, "the large response was not kept");
         assert_eq!(
-            t.check(s(1, 1)),
+            t.check(s(1, 1), false),
             Check::Duplicate(Response::Rejected(ApplyError::ResponseNotKept {
                 client_id: 1,
                 sequence: 1
@@ -278,19 +411,74 @@ mod tests {
             "a retry learns the write was applied but not its answer"
         );
         for c in 2..100u64 {
+            t.register(c);
             t.record(s(c, 1), Response::Output(Bytes::from(vec![1u8; 100])), c);
-            assert!(t.bytes() <= limits.bytes, "{} bytes", t.bytes());
+            assert!(t.bytes() as u64 <= limits.max_bytes, "{} bytes", t.bytes());
         }
         assert_eq!(t.len(), 10, "as many clients as fit in the byte limit");
         assert_eq!(
-            t.check(s(99, 1)),
+            t.check(s(99, 1), false),
             Check::Duplicate(Response::Output(Bytes::from(vec![1u8; 100])))
         );
-        assert_eq!(t.check(s(2, 2)), Check::Expired, "the oldest went first");
-        // The byte count survives a snapshot round trip.
-        let mut restored: SessionTable =
+        assert_eq!(
+            t.check(s(2, 2), false),
+            Check::Unknown,
+            "the oldest went first"
+        );
+        // The table, capacity and byte count included, survives a snapshot round trip.
+        let restored: SessionTable =
             crate::codec::decode(&crate::codec::encode(&t).unwrap()).unwrap();
-        restored.set_limits(limits);
+        assert_eq!(restored, t);
         assert_eq!(restored.bytes(), t.bytes());
+    }
+
+    /// The first format's table, as it was serialised: limit, sessions, age index.
+    #[derive(Serialize)]
+    struct FirstFormat {
+        capacity: usize,
+        clients: BTreeMap<u64, Remembered>,
+        by_age: BTreeSet<(u64, u64)>,
+    }
+
+    #[test]
+    fn tables_of_the_first_format_still_decode() {
+        let clients: BTreeMap<u64, Remembered> = [
+            (
+                77,
+                Remembered {
+                    sequence: 3,
+                    response: out(b"x"),
+                    index: 12,
+                },
+            ),
+            (
+                5,
+                Remembered {
+                    sequence: 1,
+                    response: Response::Empty,
+                    index: 9,
+                },
+            ),
+        ]
+        .into();
+        let old = FirstFormat {
+            capacity: 500,
+            by_age: [(12, 77), (9, 5)].into(),
+            clients,
+        };
+        let bytes = crate::codec::encode(&old).unwrap();
+        let t: SessionTable = crate::codec::decode(&bytes).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.capacity().max_sessions, 500);
+        assert_eq!(t.check(s(77, 3), false), Check::Duplicate(out(b"x")));
+        assert_eq!(t.check(s(77, 4), false), Check::Fresh);
+        // The age index was rebuilt: the oldest (client 5) goes first.
+        let mut t = t;
+        t.set_capacity(lim(1));
+        assert_eq!(t.check(s(5, 2), false), Check::Unknown);
+        assert_eq!(t.check(s(77, 3), false), Check::Duplicate(out(b"x")));
+        // A table from a newer format is refused, not misread.
+        let newer = crate::codec::encode(&(0u64, 2u64)).unwrap();
+        assert!(crate::codec::decode::<SessionTable>(&newer).is_err());
     }
 }

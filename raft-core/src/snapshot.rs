@@ -947,11 +947,9 @@ mod tests {
 
     fn write(store: &SnapshotStore, index: u64, body: &[u8]) -> SnapshotData {
         store
-            .write(
-                &meta(index),
-                &SessionTable::new(crate::session::SessionLimits::default()),
-                |w| w.write_all(body),
-            )
+            .write(&meta(index), &SessionTable::default(), |w| {
+                w.write_all(body)
+            })
             .unwrap()
     }
 
@@ -1148,7 +1146,7 @@ mod tests {
         let header = Header {
             last_log_id: meta(index).last_log_id.as_ref().map(DiskLogId::from),
             membership: DiskStoredMembership::from(&meta(index).last_membership),
-            sessions: SessionTable::new(crate::session::SessionLimits::default()),
+            sessions: SessionTable::default(),
         };
         let header = codec::encode(&header).unwrap();
         let mut out = MAGIC_V1.to_vec();

@@ -29,7 +29,8 @@ pub struct Session {
     pub sequence: u64,
 }
 
-/// What a normal log entry carries: the user's encoded command and an optional session stamp.
+/// A user write as a transport hands it over: the encoded command and an optional session stamp
+/// (of a session opened with [`Node::register_session`](crate::Node::register_session)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     /// The session stamp for exactly-once application, if the writer uses sessions.
@@ -49,6 +50,98 @@ impl fmt::Display for Request {
                 s.sequence
             ),
             None => write!(f, "request({} bytes)", self.command.len()),
+        }
+    }
+}
+
+/// What a normal log entry carries. Internal to raftkit's log; transports pass it through.
+///
+/// The serde form is the log's data format and is versioned by variant: the first two variants
+/// have exactly the bytes the first format's `Request { session, command }` had (an `Option` tag
+/// `0`/`1`, then the session and the command), so logs written by earlier versions still decode
+/// — and still apply under the rules they were written with. New kinds are appended at the end;
+/// an entry costs one tag byte more than its command and session, as before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Proposal {
+    /// A write without a session: applied every time it is committed.
+    Write(Bytes),
+    /// A write stamped with a session under the first format's rules, where an unknown client
+    /// at sequence 1 started a session implicitly. Only read back from logs written by earlier
+    /// versions; raftkit no longer proposes it.
+    LegacySessionWrite(Session, Bytes),
+    /// A write in a session opened by [`Proposal::RegisterSession`]: applied at most once, and
+    /// refused with [`ApplyError::UnknownSession`] if the session is not open.
+    SessionWrite(Session, Bytes),
+    /// Opens a session; its client id is the entry's log index, returned as the output.
+    RegisterSession,
+    /// Closes the session of this client id (a no-op if it is not open).
+    CloseSession(u64),
+    /// Sets the cluster-wide bounds of the session table.
+    SetSessionCapacity(SessionCapacity),
+}
+
+impl Proposal {
+    /// The user command this entry carries, if any.
+    pub fn command(&self) -> Option<&Bytes> {
+        match self {
+            Proposal::Write(c)
+            | Proposal::LegacySessionWrite(_, c)
+            | Proposal::SessionWrite(_, c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+impl From<Request> for Proposal {
+    fn from(r: Request) -> Self {
+        match r.session {
+            None => Proposal::Write(r.command),
+            Some(s) => Proposal::SessionWrite(s, r.command),
+        }
+    }
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Proposal::Write(c) => write!(f, "write({} bytes)", c.len()),
+            Proposal::LegacySessionWrite(s, c) | Proposal::SessionWrite(s, c) => write!(
+                f,
+                "write({} bytes, session {}#{})",
+                c.len(),
+                s.client_id,
+                s.sequence
+            ),
+            Proposal::RegisterSession => write!(f, "register-session"),
+            Proposal::CloseSession(id) => write!(f, "close-session({id})"),
+            Proposal::SetSessionCapacity(c) => write!(f, "set-session-capacity({c:?})"),
+        }
+    }
+}
+
+/// The cluster-wide bounds of the client session table. Part of the replicated state (and of
+/// snapshots), so every replica evicts the same sessions: set from the initializing node's
+/// [`Config`](crate::Config) once, and changed with
+/// [`Node::set_session_capacity`](crate::Node::set_session_capacity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCapacity {
+    /// Most open sessions; opening one more closes the one whose last write is oldest.
+    pub max_sessions: u64,
+    /// Most bytes of remembered responses (plus 64 bytes per session); at most
+    /// 768 MiB (a snapshot header holds the table).
+    pub max_bytes: u64,
+    /// Largest response kept whole for a retry; a retry of a write whose response was larger is
+    /// answered with [`ApplyError::ResponseNotKept`].
+    pub max_response_bytes: u64,
+}
+
+impl Default for SessionCapacity {
+    /// 10 000 sessions, 64 MiB, 1 MiB per response.
+    fn default() -> Self {
+        SessionCapacity {
+            max_sessions: 10_000,
+            max_bytes: 64 << 20,
+            max_response_bytes: 1 << 20,
         }
     }
 }
@@ -97,13 +190,26 @@ pub enum ApplyError {
         /// The sequence number whose response was not kept.
         sequence: u64,
     },
+    /// The write names a session that is not open: never registered, closed, or evicted from
+    /// the bounded session table. It was not applied now — and never is applied as a fresh
+    /// write — but an earlier attempt of it may have been: the outcome is unknown. Register a
+    /// new session and decide whether to write again.
+    #[error(
+        "session {client_id} expired (sequence {sequence} not applied now; an earlier attempt may have been): the outcome is unknown; register a new session"
+    )]
+    UnknownSession {
+        /// The client id the write named.
+        client_id: u64,
+        /// The sequence number of the write.
+        sequence: u64,
+    },
 }
 
 openraft::declare_raft_types!(
     /// The openraft type configuration raftkit is built on. Transport implementations name it;
     /// applications never need to.
     pub TypeConfig:
-        D = Request,
+        D = Proposal,
         R = Response,
         NodeId = NodeId,
         Node = openraft::BasicNode,
@@ -116,7 +222,7 @@ pub type Vote = openraft::impls::Vote<openraft::impls::leader_id_adv::LeaderId<u
 /// openraft's log entry under [`TypeConfig`].
 pub type Entry = openraft::Entry<openraft::impls::leader_id_adv::LeaderId<u64, NodeId>, Payload>;
 /// openraft's entry payload under [`TypeConfig`].
-pub type Payload = openraft::EntryPayload<Request, NodeId, openraft::BasicNode>;
+pub type Payload = openraft::EntryPayload<Proposal, NodeId, openraft::BasicNode>;
 /// openraft's membership under [`TypeConfig`].
 pub type Membership = openraft::Membership<NodeId, openraft::BasicNode>;
 /// openraft's stored membership (membership plus the log id it was written at).

@@ -160,7 +160,7 @@ mod tests {
     use crate::types;
     use crate::types::Entry;
     use crate::types::LeaderId;
-    use crate::types::Request;
+    use crate::types::Proposal;
 
     fn vote(term: u64) -> Vote {
         Vote {
@@ -172,10 +172,7 @@ mod tests {
     fn entry(term: u64, index: u64) -> Entry {
         Entry {
             log_id: types::log_id(term, 1, index),
-            payload: Payload::Normal(Request {
-                session: None,
-                command: bytes::Bytes::new(),
-            }),
+            payload: Payload::Normal(Proposal::Write(bytes::Bytes::new())),
         }
     }
 

@@ -372,8 +372,9 @@ async fn a_retried_write_is_applied_once() {
     let cluster = start(3, |c| c).await;
     let leader = cluster.wait_for_leader().await.unwrap();
     let node = cluster.node(leader).unwrap();
+    let id = node.register_session().await.unwrap();
     let s1 = Session {
-        client_id: 77,
+        client_id: id,
         sequence: 1,
     };
     let cmd = Cmd::Append("k".into(), "x".into());
@@ -403,7 +404,7 @@ async fn a_retried_write_is_applied_once() {
     );
 
     let s2 = Session {
-        client_id: 77,
+        client_id: id,
         sequence: 2,
     };
     assert_eq!(
@@ -412,9 +413,9 @@ async fn a_retried_write_is_applied_once() {
     );
     match new_node.write_with_session(s1, cmd.clone()).await {
         Err(Error::Rejected(ApplyError::SessionExpired {
-            client_id: 77,
+            client_id,
             sequence: 1,
-        })) => {}
+        })) if client_id == id => {}
         other => panic!("an outdated sequence must be refused, got {other:?}"),
     }
     let states = contents(&cluster).await;
@@ -500,5 +501,179 @@ async fn reads_respect_their_consistency_level() {
     assert_eq!(
         cluster.node(follower).unwrap().metrics().role,
         Role::Follower
+    );
+}
+
+/// Waits until every running node has applied a session capacity of `max_sessions`.
+async fn wait_for_capacity(cluster: &Cluster<Kv>, max_sessions: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ids = cluster.running();
+        let lagging = ids
+            .iter()
+            .copied()
+            .find(|id| cluster.node(*id).unwrap().session_capacity().max_sessions != max_sessions);
+        let Some(id) = lagging else { return };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {id} never applied a session capacity of {max_sessions}"
+        );
+        // Wait for that node to apply something more.
+        let node = cluster.node(id).unwrap();
+        let applied = node.metrics().applied_index;
+        let _ = node
+            .wait_for(Duration::from_secs(1), |m| m.applied_index != applied)
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_after_its_session_was_evicted_is_never_applied_again() {
+    let cluster = start(3, |c| c).await;
+    let leader = cluster.wait_for_leader().await.unwrap();
+    let node = cluster.node(leader).unwrap();
+    node.set_session_capacity(raft_core::SessionCapacity {
+        max_sessions: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let a = node.register_session().await.unwrap();
+    let first = Session {
+        client_id: a,
+        sequence: 1,
+    };
+    let cmd = Cmd::Append("k".into(), "x".into());
+    // Applied; the client never learns it (its reply is lost).
+    node.write_with_session(first, cmd.clone()).await.unwrap();
+    // Other clients push session `a` out of the table.
+    for i in 0..5 {
+        let id = node.register_session().await.unwrap();
+        let s = Session {
+            client_id: id,
+            sequence: 1,
+        };
+        node.write_with_session(s, Cmd::Append(format!("o{i}"), "y".into()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(node.open_sessions(), 3);
+    // The retry — and any sequence of the forgotten session, 1 included — is refused as
+    // "outcome unknown", never applied as fresh.
+    for sequence in [1, 2] {
+        let s = Session {
+            client_id: a,
+            sequence,
+        };
+        match node.write_with_session(s, cmd.clone()).await {
+            Err(e @ Error::Rejected(ApplyError::UnknownSession { .. })) => {
+                assert!(e.may_have_applied(), "the outcome is unknown")
+            }
+            other => panic!("an evicted session must be refused, got {other:?}"),
+        }
+    }
+    // A session nobody registered is refused the same way, even at sequence 1.
+    let never = Session {
+        client_id: u64::MAX - 7,
+        sequence: 1,
+    };
+    assert!(matches!(
+        node.write_with_session(never, cmd.clone()).await,
+        Err(Error::Rejected(ApplyError::UnknownSession { .. }))
+    ));
+    // A closed session too.
+    let b = node.register_session().await.unwrap();
+    node.close_session(b).await.unwrap();
+    let closed = Session {
+        client_id: b,
+        sequence: 1,
+    };
+    assert!(matches!(
+        node.write_with_session(closed, cmd.clone()).await,
+        Err(Error::Rejected(ApplyError::UnknownSession { .. }))
+    ));
+    // Unsessioned writes still work.
+    node.write(Cmd::Append("free".into(), "z".into()))
+        .await
+        .unwrap();
+    let states = contents(&cluster).await;
+    for (id, kv) in &states {
+        assert_eq!(kv.0.get("k"), Some(&"x".to_string()), "node {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_configured_differently_keep_identical_session_tables() {
+    // Only node 1 initializes, so its 10 is the cluster's capacity; 1,000 elsewhere is ignored.
+    let cluster = start(3, |c| {
+        let max = if c.id == 1 { 10 } else { 1_000 };
+        Config {
+            max_sessions: max,
+            ..c.with_snapshots(25, 5)
+        }
+    })
+    .await;
+    wait_for_capacity(&cluster, 10).await;
+    let mut leader = cluster
+        .node(cluster.wait_for_leader().await.unwrap())
+        .unwrap();
+    for round in 0..2 {
+        for i in 0..30 {
+            let id = leader.register_session().await.unwrap();
+            for sequence in 1..=2 {
+                let s = Session {
+                    client_id: id,
+                    sequence,
+                };
+                leader
+                    .write_with_session(s, Cmd::Append(format!("k{i}"), "v".into()))
+                    .await
+                    .unwrap();
+            }
+        }
+        if round == 0 {
+            // Lead from a node whose own configuration says 1,000.
+            let other = cluster
+                .running()
+                .into_iter()
+                .find(|id| *id != leader.id())
+                .unwrap();
+            leader.transfer_leader(other).await.unwrap();
+            leader = cluster
+                .node(cluster.wait_for_leader().await.unwrap())
+                .unwrap();
+        }
+    }
+    // A node restarted from its snapshot and log rebuilds the same table.
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader.id())
+        .unwrap();
+    cluster.crash(follower).await.unwrap();
+    cluster.restart(follower).await.unwrap();
+    contents(&cluster).await;
+    let tables: BTreeMap<NodeId, Vec<u8>> = cluster
+        .running()
+        .into_iter()
+        .map(|id| {
+            let node = cluster.node(id).unwrap();
+            assert_eq!(node.open_sessions(), 10, "node {id}");
+            assert_eq!(node.session_capacity().max_sessions, 10, "node {id}");
+            (id, node.session_table_bytes().unwrap())
+        })
+        .collect();
+    let first = tables.values().next().unwrap();
+    for (id, t) in &tables {
+        assert_eq!(t, first, "node {id}'s session table diverged");
+    }
+    assert!(
+        cluster
+            .node(follower)
+            .unwrap()
+            .metrics()
+            .snapshot_index
+            .is_some(),
+        "the restarted node went through a snapshot"
     );
 }

@@ -28,7 +28,7 @@ use raft_core::types::LeaderId;
 use raft_core::types::LogId;
 use raft_core::types::Membership;
 use raft_core::types::Payload;
-use raft_core::types::Request;
+use raft_core::types::Proposal;
 use raft_core::types::SnapshotMeta;
 use raft_core::types::StoredMembership;
 use raft_core::types::Vote;
@@ -91,12 +91,7 @@ fn body() -> impl Strategy<Value = Body> {
 }
 
 fn payload(b: Body) -> Payload {
-    let request = |command: Vec<u8>| {
-        Payload::Normal(Request {
-            session: None,
-            command: Bytes::from(command),
-        })
-    };
+    let request = |command: Vec<u8>| Payload::Normal(Proposal::Write(Bytes::from(command)));
     match b {
         Body::Blank => Payload::Blank,
         Body::Command(n) => request(

@@ -29,7 +29,7 @@ use crate::types;
 use crate::types::Entry;
 use crate::types::LogId;
 use crate::types::Payload;
-use crate::types::Request;
+use crate::types::Proposal;
 use crate::types::TypeConfig;
 use crate::types::Vote;
 
@@ -69,13 +69,7 @@ fn no_cluster() -> Arc<crate::cluster_id::ClusterIdentity> {
 
 fn applier(store: SnapshotStore) -> Applier<Sum> {
     Applier::new(
-        SmShared::new(
-            Sum::default(),
-            crate::session::SessionLimits {
-                clients: 16,
-                ..Default::default()
-            },
-        ),
+        SmShared::new(Sum::default()),
         Arc::new(store),
         Arc::default(),
     )
@@ -127,10 +121,10 @@ fn entry(term: u64, index: u64, size: usize) -> Entry {
     let payload = if size == 0 {
         Payload::Blank
     } else {
-        Payload::Normal(Request {
-            session: None,
-            command: Bytes::from(vec![(index % 251) as u8; size]),
-        })
+        Payload::Normal(Proposal::Write(Bytes::from(vec![
+            (index % 251) as u8;
+            size
+        ])))
     };
     Entry {
         log_id: types::log_id(term, 1, index),

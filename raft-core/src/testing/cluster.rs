@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::future::select_all;
@@ -71,7 +69,6 @@ pub struct Cluster<S: StateMachine> {
     options: ClusterOptions,
     make: Arc<dyn Fn(NodeId) -> S + Send + Sync>,
     nodes: Mutex<BTreeMap<NodeId, Node<S>>>,
-    next_client: AtomicU64,
 }
 
 impl<S: StateMachine> Cluster<S> {
@@ -93,7 +90,6 @@ impl<S: StateMachine> Cluster<S> {
         let cluster = Cluster {
             router: Router::new(options.seed),
             dir,
-            next_client: AtomicU64::new(options.seed.wrapping_mul(1_000_003).wrapping_add(1) << 20),
             options,
             make: Arc::new(make),
             nodes: Mutex::new(BTreeMap::new()),
@@ -249,15 +245,13 @@ impl<S: StateMachine> Cluster<S> {
     }
 
     /// Writes through the current leader, following leader changes and retrying until the
-    /// harness timeout. Each call is its own client session, so a retry is applied at most once.
+    /// harness timeout. Each call opens its own client session (left to eviction), so a retry is
+    /// applied at most once.
     pub async fn write(&self, command: S::Command) -> Result<S::Output>
     where
         S::Command: Clone,
     {
-        let session = Session {
-            client_id: self.next_client.fetch_add(1, Ordering::Relaxed),
-            sequence: 1,
-        };
+        let mut session: Option<Session> = None;
         let deadline = tokio::time::Instant::now() + self.options.timeout;
         let mut last_error = Error::Timeout(self.options.timeout);
         while tokio::time::Instant::now() < deadline {
@@ -271,7 +265,21 @@ impl<S: StateMachine> Cluster<S> {
             let Ok(node) = self.node(leader) else {
                 continue;
             };
-            match node.write_with_session(session, command.clone()).await {
+            let result = match session {
+                Some(s) => node.write_with_session(s, command.clone()).await,
+                None => match node.register_session().await {
+                    Ok(client_id) => {
+                        let s = Session {
+                            client_id,
+                            sequence: 1,
+                        };
+                        session = Some(s);
+                        node.write_with_session(s, command.clone()).await
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match result {
                 Ok(out) => return Ok(out),
                 Err(
                     e @ (Error::NotLeader { .. }

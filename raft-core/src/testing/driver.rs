@@ -25,11 +25,13 @@ use super::history::Recorder;
 use super::model::Model;
 use super::nemesis::Nemesis;
 use super::nemesis::Schedule;
+use crate::error::Error;
 use crate::error::Result;
 use crate::metrics::Role;
 use crate::node::Consistency;
 use crate::node::Node;
 use crate::state_machine::StateMachine;
+use crate::types::ApplyError;
 use crate::types::NodeId;
 use crate::types::Session;
 
@@ -76,12 +78,17 @@ pub enum Attempt<T> {
     Failed,
     /// It may have taken effect.
     Unknown,
+    /// It may have taken effect, and its session is gone (evicted): retrying cannot tell.
+    SessionLost,
 }
 
 /// Something the driver's clients can send operations to.
 pub trait Target {
     /// The workload it runs.
     type W: Workload;
+
+    /// Opens a client session for `client`'s writes; `None` if that failed.
+    fn register_session(&self, client: usize) -> impl Future<Output = Option<u64>>;
 
     /// One attempt at a write, stamped with `session` (retries of one operation reuse it).
     fn write(
@@ -244,10 +251,10 @@ pub async fn run_clients<T: Target>(
             seed.wrapping_add(c as u64)
                 .wrapping_mul(0x9e37_79b9_7f4a_7c15),
         );
-        let client_base = (seed << 16) ^ ((c as u64) << 40);
-        let mut n = 0u64;
+        // The client's open session and the sequence its last write used.
+        let mut session: Option<Session> = None;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            n += 1;
+            let mut op_session: Option<Session> = None;
             let input = workload.generate(&mut rng);
             let pending = recorder.invoke(c, input.clone());
             let deadline = tokio::time::Instant::now() + op_timeout;
@@ -257,30 +264,62 @@ pub async fn run_clients<T: Target>(
                 let attempt_deadline = deadline.min(tokio::time::Instant::now() + attempt_timeout);
                 let attempt = match workload.command(&input) {
                     Some(cmd) => {
-                        let session = Session {
-                            client_id: client_base.wrapping_add(n),
-                            sequence: 1,
-                        };
-                        match tokio::time::timeout_at(
-                            attempt_deadline,
-                            target.write(c, session, cmd, &input),
-                        )
-                        .await
+                        if session.is_none() {
+                            session = tokio::time::timeout_at(
+                                attempt_deadline,
+                                target.register_session(c),
+                            )
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(|client_id| Session {
+                                client_id,
+                                sequence: 0,
+                            });
+                        }
+                        // Every attempt of one operation carries the same sequence.
+                        match (op_session, session.as_mut()) {
+                            (Some(op), _) => Some(op),
+                            (None, Some(s)) => {
+                                s.sequence += 1;
+                                op_session = Some(*s);
+                                op_session
+                            }
+                            (None, None) => None,
+                        }
+                        .map(|op| {
+                            tokio::time::timeout_at(
+                                attempt_deadline,
+                                target.write(c, op, cmd, &input),
+                            )
+                        })
+                        .map(|f| async move { f.await.unwrap_or(Attempt::Unknown) })
+                    }
+                    None => None,
+                };
+                let attempt = match (attempt, workload.command(&input).is_some()) {
+                    (Some(write), _) => write.await,
+                    // No session could be opened: nothing was written.
+                    (None, true) => Attempt::Failed,
+                    (None, false) => {
+                        match tokio::time::timeout_at(attempt_deadline, target.read(c, &input))
+                            .await
                         {
                             Ok(a) => a,
-                            Err(_) => Attempt::Unknown,
+                            Err(_) => Attempt::Failed,
                         }
                     }
-                    None => match tokio::time::timeout_at(attempt_deadline, target.read(c, &input))
-                        .await
-                    {
-                        Ok(a) => a,
-                        Err(_) => Attempt::Failed,
-                    },
                 };
                 match attempt {
                     Attempt::Ok(out) => break Some(out),
                     Attempt::Unknown => maybe_applied = true,
+                    Attempt::SessionLost => {
+                        // A retry cannot be recognised any more: the outcome stays unknown, and
+                        // the next write opens a new session.
+                        session = None;
+                        maybe_applied = true;
+                        break None;
+                    }
                     Attempt::Failed => {}
                 }
                 if tokio::time::Instant::now() + pause >= deadline {
@@ -347,9 +386,14 @@ impl<W: Workload> Target for ClusterTarget<'_, W> {
         };
         match node.write_with_session(session, command).await {
             Ok(out) => Attempt::Ok(self.workload.write_output(input, out)),
+            Err(Error::Rejected(ApplyError::UnknownSession { .. })) => Attempt::SessionLost,
             Err(e) if e.may_have_applied() => Attempt::Unknown,
             Err(_) => Attempt::Failed,
         }
+    }
+
+    async fn register_session(&self, _client: usize) -> Option<u64> {
+        self.leader()?.register_session().await.ok()
     }
 
     async fn read(&self, client: usize, input: &InputOf<W>) -> Attempt<OutputOf<W>> {

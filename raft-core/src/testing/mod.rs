@@ -99,7 +99,7 @@ pub fn snapshot_bytes_of(
             .map_err(crate::snapshot::SnapshotError::ClusterId)?;
     }
     let store = crate::snapshot::SnapshotStore::memory(u64::MAX, std::sync::Arc::new(identity));
-    let sessions = crate::session::SessionTable::new(crate::session::SessionLimits::default());
+    let sessions = crate::session::SessionTable::default();
     let data = store.write(meta, &sessions, user)?;
     Ok(data.memory_bytes().map(|b| b.to_vec()).unwrap_or_default())
 }
