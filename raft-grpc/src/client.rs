@@ -127,10 +127,44 @@ pub enum ClientError {
     Codec(#[from] CodecError),
 }
 
+impl ClientError {
+    /// Whether a failed write may have been applied: the retry budget ran out, or the write's
+    /// session expired ([`ApplyError::UnknownSession`]) so a retry can no longer be recognised.
+    /// Such a write may be retried — as a new write, knowing it may apply twice.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            ClientError::GaveUp { .. } | ClientError::Rejected(ApplyError::UnknownSession { .. })
+        )
+    }
+}
+
+/// A failed write's error, with a session refusal made typed.
+fn write_error(e: ClientError, session: raft_core::Session) -> ClientError {
+    let raft_core::Session {
+        client_id,
+        sequence,
+    } = session;
+    match e {
+        ClientError::Refused(s) => match ErrorCode::of(&s) {
+            Some(ErrorCode::UnknownSession) => ClientError::Rejected(ApplyError::UnknownSession {
+                client_id,
+                sequence,
+            }),
+            Some(ErrorCode::SessionExpired) => ClientError::Rejected(ApplyError::SessionExpired {
+                client_id,
+                sequence,
+            }),
+            _ => ClientError::Refused(s),
+        },
+        other => other,
+    }
+}
+
 /// The answer of one [`ClusterClient::status`] call: a node's view of the cluster.
 pub type NodeStatus = pb::StatusReply;
 
-/// A write's session slot: one client id used for one write at a time.
+/// A write's session slot: one registered session used for one write at a time.
 #[derive(Clone, Copy)]
 struct Slot {
     client_id: u64,
@@ -251,17 +285,22 @@ impl<S: Queryable> ClusterClient<S> {
         *self.inner.leader.lock().unwrap_or_else(|p| p.into_inner()) = addr;
     }
 
-    fn take_slot(&self) -> Slot {
+    /// A free session slot, or a newly registered session when none is free. Sessions are
+    /// kept for the client's lifetime, one per write it ever had in flight at once.
+    async fn take_slot(&self) -> Result<Slot, ClientError> {
         let free = self
             .inner
             .free_slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop();
-        free.unwrap_or_else(|| Slot {
-            client_id: rand::rng().random(),
-            next: 1,
-        })
+        match free {
+            Some(slot) => Ok(slot),
+            None => Ok(Slot {
+                client_id: self.register_session().await?,
+                next: 1,
+            }),
+        }
     }
 
     fn return_slot(&self, slot: Slot) {
@@ -336,8 +375,14 @@ impl<S: Queryable> ClusterClient<S> {
 
     /// Applies `command` and returns its output. Retries through leader changes and lost replies
     /// with one client session, so the command is applied exactly once.
+    ///
+    /// The client opens sessions as it needs them (one replicated entry each, once per write
+    /// it has in flight at the same time) and reuses them. If the cluster evicted the session
+    /// while the write was being retried, the write fails with
+    /// [`ApplyError::UnknownSession`]: its outcome is unknown
+    /// ([`ClientError::outcome_unknown`]); the next write opens a new session.
     pub async fn write(&self, command: S::Command) -> Result<S::Output, ClientError> {
-        let mut slot = self.take_slot();
+        let mut slot = self.take_slot().await?;
         let session = raft_core::Session {
             client_id: slot.client_id,
             sequence: slot.next,
@@ -346,16 +391,12 @@ impl<S: Queryable> ClusterClient<S> {
         // Whatever happened, this sequence is used up: the next write of the slot is newer.
         slot.next += 1;
         match result {
-            Err(ClientError::Refused(s))
-                if ErrorCode::of(&s) == Some(ErrorCode::SessionExpired) =>
-            {
-                // The session was forgotten by the cluster; this slot is spent. The write's own
-                // fate is unknown only if an earlier attempt might have applied it.
-                Err(ClientError::Rejected(ApplyError::SessionExpired {
-                    client_id: session.client_id,
-                    sequence: session.sequence,
-                }))
-            }
+            // The session cannot answer any more; this slot is spent.
+            Err(
+                e @ ClientError::Rejected(
+                    ApplyError::UnknownSession { .. } | ApplyError::SessionExpired { .. },
+                ),
+            ) => Err(e),
             other => {
                 self.return_slot(slot);
                 other
@@ -363,9 +404,71 @@ impl<S: Queryable> ClusterClient<S> {
         }
     }
 
-    /// Applies `command` in a session the caller manages: retrying with the same `session`
-    /// (here or in a later call) applies the command at most once. One session must have at
-    /// most one write outstanding, with sequences increasing by one from 1.
+    /// Opens a client session for [`ClusterClient::write_in_session`] and returns its client
+    /// id (one replicated entry). Close it with [`ClusterClient::close_session`].
+    pub async fn register_session(&self) -> Result<u64, ClientError> {
+        self.session_op(pb::SessionOp::Register, None).await
+    }
+
+    /// Closes the session `client_id`; closing one that is not open succeeds.
+    pub async fn close_session(&self, client_id: u64) -> Result<(), ClientError> {
+        let session = pb::Session {
+            client_id,
+            sequence: 0,
+        };
+        self.session_op(pb::SessionOp::Close, Some(session))
+            .await
+            .map(drop)
+    }
+
+    async fn session_op(
+        &self,
+        op: pb::SessionOp,
+        session: Option<pb::Session>,
+    ) -> Result<u64, ClientError> {
+        let reply = self
+            .retry(self.leader_guess(), |mut c, timeout| {
+                let req = pb::WriteRequest {
+                    command: bytes::Bytes::new(),
+                    session,
+                    no_forward: false,
+                    session_op: op.into(),
+                };
+                async move {
+                    c.write(pb::request(req, timeout))
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await?;
+        Ok(reply.session_id)
+    }
+
+    /// Sets the cluster-wide bounds of the session table (admin role).
+    pub async fn set_session_capacity(
+        &self,
+        capacity: raft_core::SessionCapacity,
+    ) -> Result<(), ClientError> {
+        self.admin(|mut c, t| {
+            let req = pb::SessionCapacity {
+                max_sessions: capacity.max_sessions,
+                max_bytes: capacity.max_bytes,
+                max_response_bytes: capacity.max_response_bytes,
+            };
+            async move {
+                c.set_session_capacity(pb::request(req, t))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await
+    }
+
+    /// Applies `command` in a session the caller manages (opened with
+    /// [`ClusterClient::register_session`]): retrying with the same `session` (here or in a
+    /// later call) applies the command at most once. One session must have at most one write
+    /// outstanding, with sequences increasing from 1. A session the cluster no longer has fails
+    /// with [`ApplyError::UnknownSession`] (outcome unknown).
     pub async fn write_in_session(
         &self,
         session: raft_core::Session,
@@ -380,6 +483,7 @@ impl<S: Queryable> ClusterClient<S> {
         command: &S::Command,
     ) -> Result<S::Output, ClientError> {
         let bytes: bytes::Bytes = raft_core::codec::encode(command)?.into();
+        let stamp = session;
         let session = pb::Session::from(session);
         let reply = self
             .retry(self.leader_guess(), |mut c, timeout| {
@@ -387,6 +491,7 @@ impl<S: Queryable> ClusterClient<S> {
                     command: bytes.clone(),
                     session: Some(session),
                     no_forward: false,
+                    session_op: pb::SessionOp::None.into(),
                 };
                 async move {
                     c.write(pb::request(req, timeout))
@@ -394,7 +499,8 @@ impl<S: Queryable> ClusterClient<S> {
                         .map(|r| r.into_inner())
                 }
             })
-            .await?;
+            .await
+            .map_err(|e| write_error(e, stamp))?;
         if !reply.leader_addr.is_empty() {
             self.remember_leader(Some(reply.leader_addr.clone()));
         }

@@ -171,10 +171,53 @@ impl<S: Queryable> NodeClient<S> {
             raft_core::codec::encode(command).map_err(|e| status::invalid(e.to_string()))?;
         let reply = self
             .shared
-            .write(session, bytes.into(), false, None, None)
+            .write(
+                session,
+                bytes.into(),
+                pb::SessionOp::None,
+                false,
+                None,
+                None,
+            )
             .await?;
         raft_core::codec::decode(&reply.output)
             .map_err(|e| status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string()))
+    }
+
+    /// Opens a client session (on the leader) and returns its client id; see
+    /// [`Node::register_session`].
+    pub async fn register_session(&self) -> Result<u64, Status> {
+        let reply = self
+            .shared
+            .write(
+                None,
+                bytes::Bytes::new(),
+                pb::SessionOp::Register,
+                false,
+                None,
+                None,
+            )
+            .await?;
+        Ok(reply.session_id)
+    }
+
+    /// Closes the client session `client_id` (on the leader); see [`Node::close_session`].
+    pub async fn close_session(&self, client_id: u64) -> Result<(), Status> {
+        let session = Session {
+            client_id,
+            sequence: 0,
+        };
+        self.shared
+            .write(
+                Some(session),
+                bytes::Bytes::new(),
+                pb::SessionOp::Close,
+                false,
+                None,
+                None,
+            )
+            .await
+            .map(drop)
     }
 
     /// Answers `query` at `consistency` from this node's state machine.
@@ -530,12 +573,13 @@ impl<S: Queryable> Shared<S> {
             .map_err(handler_status)
     }
 
-    /// Applies an encoded write on this node if it leads, or forwards it once to the leader
-    /// on behalf of `caller`.
+    /// Applies an encoded write (or opens or closes a session, as `op` says) on this node if it
+    /// leads, or forwards it once to the leader on behalf of `caller`.
     async fn write(
         &self,
         session: Option<Session>,
         command: bytes::Bytes,
+        op: pb::SessionOp,
         forwarded: bool,
         timeout: Option<Duration>,
         caller: Option<&Caller>,
@@ -548,15 +592,29 @@ impl<S: Queryable> Shared<S> {
             command,
             session: session.map(Into::into),
             no_forward: true,
+            session_op: op.into(),
         };
         self.on_leader(
             forwarded,
             || async {
-                let output = self.node.write_encoded(request).await?;
+                let (output, session_id) = match op {
+                    pb::SessionOp::None => (self.node.write_encoded(request).await?, 0),
+                    pb::SessionOp::Register => {
+                        (bytes::Bytes::new(), self.node.register_session().await?)
+                    }
+                    pb::SessionOp::Close => {
+                        let id = session.map(|s| s.client_id).ok_or_else(|| {
+                            raft_core::Error::Config("closing a session needs its client id".into())
+                        })?;
+                        self.node.close_session(id).await?;
+                        (bytes::Bytes::new(), 0)
+                    }
+                };
                 Ok(pb::WriteReply {
                     output,
                     leader_id: self.node.id(),
                     leader_addr: self.own_addr(),
+                    session_id,
                 })
             },
             |mut c| async move {
@@ -891,10 +949,13 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
         let timeout = caller_timeout(&req);
         let w = req.into_inner();
         tracing::trace!(forwarded, session = ?w.session, "write received");
+        let op = pb::SessionOp::try_from(w.session_op)
+            .map_err(|_| status::invalid(format!("unknown session_op {}", w.session_op)))?;
         self.0
             .write(
                 w.session.map(Into::into),
                 w.command,
+                op,
                 forwarded,
                 timeout,
                 Some(&caller),
@@ -994,6 +1055,24 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
         let local = self.0.node.transfer_leader(req.get_ref().to);
         self.admin(req, caller, local, |mut c, r| async move {
             c.transfer_leader(r).await
+        })
+        .await
+    }
+
+    async fn set_session_capacity(
+        &self,
+        req: Request<pb::SessionCapacity>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let caller = auth::require(&req, AuthRole::Admin, "SetSessionCapacity")?;
+        let c = req.get_ref();
+        let capacity = raft_core::SessionCapacity {
+            max_sessions: c.max_sessions,
+            max_bytes: c.max_bytes,
+            max_response_bytes: c.max_response_bytes,
+        };
+        let local = self.0.node.set_session_capacity(capacity);
+        self.admin(req, caller, local, |mut c, r| async move {
+            c.set_session_capacity(r).await
         })
         .await
     }

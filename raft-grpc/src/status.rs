@@ -54,6 +54,10 @@ pub enum ErrorCode {
     NoSpace,
     /// The call came from another cluster (its cluster id differs). Nothing was changed.
     WrongCluster,
+    /// The write's session is not open (expired from the session table, closed, or never
+    /// registered): it was not applied now, but an earlier attempt may have been — the outcome
+    /// is unknown. Register a new session before writing again.
+    UnknownSession,
 }
 
 impl ErrorCode {
@@ -76,11 +80,12 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::NoSpace => "no-space",
             ErrorCode::WrongCluster => "wrong-cluster",
+            ErrorCode::UnknownSession => "unknown-session",
         }
     }
 
     /// Every code.
-    pub const ALL: [ErrorCode; 16] = {
+    pub const ALL: [ErrorCode; 17] = {
         use ErrorCode::*;
         [
             NotLeader,
@@ -99,6 +104,7 @@ impl ErrorCode {
             Internal,
             NoSpace,
             WrongCluster,
+            UnknownSession,
         ]
     };
 
@@ -205,6 +211,9 @@ pub fn from_error(e: &Error) -> Status {
         Error::Rejected(ApplyError::SessionExpired { .. }) => {
             status(Code::FailedPrecondition, ErrorCode::SessionExpired, msg)
         }
+        Error::Rejected(ApplyError::UnknownSession { .. }) => {
+            status(Code::FailedPrecondition, ErrorCode::UnknownSession, msg)
+        }
         Error::Rejected(ApplyError::OutputEncoding(_)) => {
             status(Code::Internal, ErrorCode::OutputEncoding, msg)
         }
@@ -263,9 +272,10 @@ mod tests {
             | ErrorCode::Storage
             | ErrorCode::Internal
             | ErrorCode::NoSpace
-            | ErrorCode::WrongCluster => 1,
+            | ErrorCode::WrongCluster
+            | ErrorCode::UnknownSession => 1,
         };
-        assert_eq!(ErrorCode::ALL.iter().map(|c| listed(*c)).sum::<usize>(), 16);
+        assert_eq!(ErrorCode::ALL.iter().map(|c| listed(*c)).sum::<usize>(), 17);
         let distinct: std::collections::HashSet<_> = ErrorCode::ALL.iter().collect();
         assert_eq!(distinct.len(), ErrorCode::ALL.len());
     }
@@ -285,6 +295,8 @@ mod tests {
         let permanent = [
             status(Code::InvalidArgument, ErrorCode::InvalidCommand, ""),
             status(Code::FailedPrecondition, ErrorCode::SessionExpired, ""),
+            // Retrying in the same session cannot help: it needs a new session.
+            status(Code::FailedPrecondition, ErrorCode::UnknownSession, ""),
             // A raftkit code decides, whatever the gRPC code.
             status(Code::Internal, ErrorCode::Storage, ""),
             // A refusal for lack of space is final for this attempt: retrying cannot help.

@@ -130,6 +130,7 @@ async fn without_forwarding_a_follower_names_the_leader() {
                     .into(),
                 session: None,
                 no_forward: false,
+                session_op: 0,
             }))
             .await
             .map(|_| ()),

@@ -207,6 +207,7 @@ async fn bad_input_gets_clear_statuses_and_the_cluster_carries_on() {
             command: garbage.clone(),
             session: None,
             no_forward: false,
+            session_op: 0,
         }))
         .await
         .unwrap_err();

@@ -10,13 +10,16 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::task::Context;
 use std::task::Poll;
+use std::time::Duration;
 
 use common::Cmd;
 use common::GrpcCluster;
 use common::Kv;
 use common::Query;
 use common::Reply;
+use raft_core::ApplyError;
 use raft_core::Consistency;
+use raft_grpc::ClientError;
 use raft_grpc::ClientOptions;
 use raft_grpc::ClusterClient;
 use raft_grpc::Connector;
@@ -33,6 +36,8 @@ const MARKER: &[u8] = b"LOSE-THIS-REPLY";
 struct LossyStream {
     inner: TcpStream,
     fired: Arc<AtomicBool>,
+    /// Break on every such reply, not only the first.
+    always: bool,
 }
 
 impl AsyncRead for LossyStream {
@@ -45,7 +50,7 @@ impl AsyncRead for LossyStream {
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = res {
             let fresh = &buf.filled()[before..];
-            if !self.fired.load(Ordering::SeqCst)
+            if (self.always || !self.fired.load(Ordering::SeqCst))
                 && fresh.windows(MARKER.len()).any(|w| w == MARKER)
             {
                 self.fired.store(true, Ordering::SeqCst);
@@ -75,19 +80,27 @@ impl AsyncWrite for LossyStream {
     }
 }
 
+/// A connector whose connections break on replies carrying `MARKER` (the first, or all).
+fn lossy(fired: Arc<AtomicBool>, always: bool) -> Connector {
+    Connector::custom(move |host, port| {
+        let fired = fired.clone();
+        async move {
+            let inner = TcpStream::connect((host.as_str(), port)).await?;
+            inner.set_nodelay(true)?;
+            Ok(LossyStream {
+                inner,
+                fired,
+                always,
+            })
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_whose_reply_is_lost_is_applied_once() {
     let c = GrpcCluster::start(3, GrpcOptions::default(), |c| c).await;
     let fired = Arc::new(AtomicBool::new(false));
-    let f = fired.clone();
-    let connector = Connector::custom(move |host, port| {
-        let fired = f.clone();
-        async move {
-            let inner = TcpStream::connect((host.as_str(), port)).await?;
-            inner.set_nodelay(true)?;
-            Ok(LossyStream { inner, fired })
-        }
-    });
+    let connector = lossy(fired.clone(), false);
     let client = ClusterClient::<Kv>::new(
         c.endpoints(),
         ClientOptions {
@@ -121,4 +134,67 @@ async fn a_write_whose_reply_is_lost_is_applied_once() {
     for (id, s) in c.converged().await {
         assert_eq!(s.0.get("k"), Some(&marker), "node {id}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_reply_retried_after_its_session_was_evicted_is_not_applied_again() {
+    let c = GrpcCluster::start(3, GrpcOptions::default(), |c| c).await;
+    let client = ClusterClient::<Kv>::new(c.endpoints(), ClientOptions::default()).unwrap();
+    client
+        .set_session_capacity(raft_core::SessionCapacity {
+            max_sessions: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // A client that never hears an answer: it gives up with the outcome unknown.
+    let fired = Arc::new(AtomicBool::new(false));
+    let deaf = ClusterClient::<Kv>::new(
+        c.endpoints(),
+        ClientOptions {
+            connector: lossy(fired.clone(), true),
+            attempt_timeout: Duration::from_millis(500),
+            total_timeout: Duration::from_secs(2),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let marker = String::from_utf8(MARKER.to_vec()).unwrap();
+    let cmd = Cmd::Append("k".into(), marker.clone());
+    let session = raft_core::Session {
+        client_id: client.register_session().await.unwrap(),
+        sequence: 1,
+    };
+    let err = deaf
+        .write_in_session(session, cmd.clone())
+        .await
+        .unwrap_err();
+    assert!(fired.load(Ordering::SeqCst), "the replies were lost");
+    assert!(err.outcome_unknown(), "{err:?}");
+    // Eviction pressure from other clients pushes the session out.
+    for i in 0..6 {
+        let s = raft_core::Session {
+            client_id: client.register_session().await.unwrap(),
+            sequence: 1,
+        };
+        client
+            .write_in_session(s, Cmd::Append(format!("o{i}"), "y".into()))
+            .await
+            .unwrap();
+    }
+    // The retry is refused — outcome unknown — and not applied a second time.
+    match client.write_in_session(session, cmd).await {
+        Err(e @ ClientError::Rejected(ApplyError::UnknownSession { .. })) => {
+            assert!(e.outcome_unknown())
+        }
+        other => panic!("the retry must be refused, got {other:?}"),
+    }
+    for (id, s) in c.converged().await {
+        assert_eq!(s.0.get("k"), Some(&marker), "applied once on node {id}");
+    }
+    // The client's own writes open a fresh session and go on working.
+    client
+        .write(Cmd::Append("after".into(), "z".into()))
+        .await
+        .unwrap();
 }

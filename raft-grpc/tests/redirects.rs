@@ -62,6 +62,9 @@ impl pb::cluster_server::Cluster for Redirector {
     async fn status(&self, _: Request<pb::StatusRequest>) -> Answer<pb::StatusReply> {
         Err(Status::unimplemented("status"))
     }
+    async fn set_session_capacity(&self, _: Request<pb::SessionCapacity>) -> Answer<pb::Empty> {
+        Err(Status::unimplemented("set_session_capacity"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,10 +53,17 @@ impl Target for GrpcTarget {
     ) -> Attempt<KvResult> {
         match self.client.write_in_session(session, command).await {
             Ok(out) => Attempt::Ok(self.workload.write_output(input, out)),
+            Err(ClientError::Rejected(raft_core::ApplyError::UnknownSession { .. })) => {
+                Attempt::SessionLost
+            }
             // The client retried until its budget ran out: the write may have been applied.
             Err(ClientError::GaveUp { .. }) => Attempt::Unknown,
             Err(_) => Attempt::Failed,
         }
+    }
+
+    async fn register_session(&self, _client: usize) -> Option<u64> {
+        self.client.register_session().await.ok()
     }
 
     async fn read(&self, _client: usize, input: &KvOp) -> Attempt<KvResult> {
