@@ -8,7 +8,11 @@
 //! takes none of its replies for `client-output-timeout`, is closed.
 //!
 //! Writes carry a client session (one per connection), so the retries this server makes
-//! through a leader change apply each command once.
+//! through a leader change apply each command once. A connection registers its session with
+//! its first write (one replicated entry) and closes it when the connection ends (best effort;
+//! the cluster's bounded session table evicts sessions of connections that vanished). A write
+//! whose session was evicted meanwhile gets `-TRYAGAIN … outcome is unknown` and the connection
+//! registers a new session for its next write.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -66,7 +70,7 @@ const REFUSAL: Duration = Duration::from_secs(1);
 const MAX_REFUSALS: usize = 64;
 
 /// How a reply says a write's outcome is unknown (see [`failure`]). After one, the connection
-/// starts a new session: the old one may not be able to answer again.
+/// registers a new session: the old one may not be able to answer again.
 const OUTCOME_UNKNOWN: &str = "TRYAGAIN the outcome is unknown: ";
 
 /// Milliseconds since the Unix epoch on this machine.
@@ -207,26 +211,50 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
     }
 }
 
+/// How long a closing connection waits for its session to be closed.
+const CLOSE_SESSION_WITHIN: Duration = Duration::from_secs(2);
+
 struct Conn {
     id: u64,
-    session: Session,
+    /// The connection's session, once its first write registered one.
+    session: Option<Session>,
     proto: resp::Proto,
     auth: ConnAuth,
 }
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
-    mut socket: S,
+    socket: S,
     peer: SocketAddr,
     ctx: &Ctx,
 ) -> std::io::Result<()> {
     let id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut conn = Conn {
         id,
-        session: new_session(),
+        session: None,
         proto: resp::Proto::Resp2,
         auth: ConnAuth::new(&auth::current(&ctx.accounts)),
     };
     tracing::debug!(%peer, id, "client connected");
+    let result = serve_connection(socket, peer, ctx, &mut conn).await;
+    if let Some(s) = conn.session {
+        // Best effort: a session left open is evicted once the table is full.
+        let close = ctx.client.close_session(s.client_id);
+        match tokio::time::timeout(CLOSE_SESSION_WITHIN, close).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(id, error = %e, "session not closed"),
+            Err(_) => tracing::debug!(id, "session not closed in time"),
+        }
+    }
+    result
+}
+
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut socket: S,
+    peer: SocketAddr,
+    ctx: &Ctx,
+    conn: &mut Conn,
+) -> std::io::Result<()> {
+    let id = conn.id;
     let limits = &ctx.limits;
     let mut parser = resp::Parser::new(limits.resp);
     let mut input = BytesMut::with_capacity(16 << 10);
@@ -236,7 +264,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             match parser.next(&mut input) {
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => {
-                    let quit = execute(&args, &mut conn, ctx, &mut out).await;
+                    let quit = execute(&args, conn, ctx, &mut out).await;
                     if quit || out.len() >= FLUSH_AT {
                         flush(&mut socket, &mut out, limits).await?;
                     }
@@ -274,12 +302,28 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// A session for a connection's writes, with a fresh random client id.
-fn new_session() -> Session {
-    Session {
-        client_id: rand::random(),
-        sequence: 0,
-    }
+/// The session for the connection's next write, with its sequence advanced: registered with
+/// the connection's first write (or after the previous session expired). `Err` is the reply
+/// when no session could be opened; the write was then not applied.
+async fn next_session(conn: &mut Conn, ctx: &Ctx) -> Result<Session, Reply> {
+    let session = match &mut conn.session {
+        Some(s) => s,
+        None => {
+            let id = retrying_for(false, || ctx.client.register_session())
+                .await
+                .map_err(|_| {
+                    Reply::Error(
+                        "TRYAGAIN the command was not applied: the connection could not open a client session".into(),
+                    )
+                })?;
+            conn.session.insert(Session {
+                client_id: id,
+                sequence: 0,
+            })
+        }
+    };
+    session.sequence += 1;
+    Ok(*session)
 }
 
 /// Sends the pending replies. A client whose replies would pass the output limit, or that takes
@@ -345,16 +389,19 @@ async fn execute(args: &[Bytes], conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut)
         }
         Action::Info(section) => info(ctx, section.as_deref()).await,
         Action::Write { op, post } => {
-            conn.session.sequence += 1;
             let started = Instant::now();
-            let r = write(ctx, conn.session, Command { now, op }).await;
+            let r = match next_session(conn, ctx).await {
+                Ok(session) => write(ctx, session, Command { now, op }).await,
+                Err(refused) => refused,
+            };
             metrics::histogram!("kv_write_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
             if let Reply::Error(e) = &r
                 && e.starts_with(OUTCOME_UNKNOWN)
             {
-                // The session may not answer again: the next write starts a new one.
-                conn.session = new_session();
+                // The session may not answer again: the next write registers a new one. The
+                // old one is left to eviction (it may be gone already).
+                conn.session = None;
             }
             post.apply(r)
         }
@@ -392,6 +439,11 @@ fn failure(s: &Status, write: bool) -> Reply {
         // The session could not answer a retry (forgotten, or the answer was too large to
         // keep): an earlier attempt may have been applied.
         Some(ErrorCode::SessionExpired) => Reply::Error(format!("{OUTCOME_UNKNOWN}{msg}")),
+        // The connection's session was evicted (more clients than the session capacity): the
+        // command was not applied now, but an earlier attempt of it may have been.
+        Some(ErrorCode::UnknownSession) => Reply::Error(format!(
+            "{OUTCOME_UNKNOWN}the connection's session expired from the cluster's session table; the command was not applied now, but an earlier attempt may have been"
+        )),
         _ => Reply::Error(format!("ERR {msg}")),
     }
 }
@@ -453,16 +505,25 @@ async fn keys(ctx: &Ctx, pattern: Bytes) -> Reply {
 
 /// Makes `attempt` until it succeeds, fails for good, or [`RETRY_FOR`] has passed, pausing
 /// between attempts (20 ms, doubling up to 500 ms) while the cluster elects or restarts.
-async fn retrying<F, Fut>(write: bool, mut attempt: F) -> Reply
+async fn retrying<F, Fut>(write: bool, attempt: F) -> Reply
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Reply, Status>>,
+{
+    retrying_for(write, attempt).await.unwrap_or_else(|e| e)
+}
+
+/// Like [`retrying`], for calls that answer something other than a reply.
+async fn retrying_for<T, F, Fut>(write: bool, mut attempt: F) -> Result<T, Reply>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
 {
     let deadline = Instant::now() + RETRY_FOR;
     let mut pause = Duration::from_millis(20);
     loop {
         match attempt().await {
-            Ok(r) => return r,
+            Ok(r) => return Ok(r),
             Err(s) if status::is_transient(&s) && Instant::now() + pause < deadline => {
                 tracing::debug!(status = %s, write, "retried");
                 tokio::time::sleep(pause).await;
@@ -475,7 +536,7 @@ where
                     let reason = ErrorCode::of(&s).map_or("transport", ErrorCode::as_str);
                     metrics::counter!("kv_write_failures_total", "reason" => reason).increment(1);
                 }
-                return failure(&s, write);
+                return Err(failure(&s, write));
             }
         }
     }
@@ -540,9 +601,15 @@ async fn info(ctx: &Ctx, section: Option<&str>) -> Reply {
     let mut text = String::new();
     if want("clients") {
         text.push_str(&format!(
-            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n",
             ctx.clients(),
             ctx.limits.max_clients
+        ));
+        // The cluster's session table, as this node has applied it.
+        text.push_str(&format!(
+            "client_sessions:{}\r\nclient_session_capacity:{}\r\n\r\n",
+            node.open_sessions(),
+            node.session_capacity().max_sessions
         ));
     }
     if want("server") {

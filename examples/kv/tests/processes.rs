@@ -945,3 +945,88 @@ async fn the_wal_stays_bounded_relative_to_the_live_data() {
     let got: Option<String> = q(&mut con, &["GET", "k7"]).await;
     assert_eq!(got, Some(format!("7{value}")));
 }
+
+/// One short-lived client: connects, writes one key, reads the reply, disconnects.
+async fn one_shot_write(port: u16, key: String) -> String {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let cmd = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$1\r\nv\r\n", key.len());
+    s.write_all(cmd.as_bytes()).await.expect("send");
+    let mut reply = Vec::new();
+    while !reply.ends_with(b"\r\n") {
+        let mut b = [0u8; 256];
+        let n = s.read(&mut b).await.expect("reply");
+        assert!(n > 0, "closed before replying");
+        reply.extend_from_slice(&b[..n]);
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_churn_does_not_evict_a_long_lived_clients_session() {
+    let p = Procs::start();
+    let l = leader(&p, &[1, 2, 3]).await;
+    let port = p.port(l);
+    let mut long = connect(port).await;
+    let mut incrs = 0i64;
+    let n: i64 = q(&mut long, &["INCR", "counter"]).await;
+    incrs += 1;
+    assert_eq!(n, incrs);
+    let capacity: u64 = info_section(&mut long, "clients").await["client_session_capacity"]
+        .parse()
+        .unwrap();
+    // More short-lived connections than the session table holds, a few hundred at a time,
+    // while the long-lived connection is idle — its session is the oldest, the first to go if
+    // the table filled. Each short-lived session is closed when its connection ends.
+    let total = 20_000u64;
+    assert!(
+        total > capacity,
+        "{total} connections vs a capacity of {capacity}"
+    );
+    let started = Instant::now();
+    let wave = 250u64;
+    for w in 0..total / wave {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..wave {
+            tasks.spawn(one_shot_write(port, format!("c{}", w * wave + i)));
+        }
+        while let Some(r) = tasks.join_next().await {
+            assert_eq!(r.expect("task"), "+OK\r\n");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "churn too slow: {w} waves in {:?}",
+            started.elapsed()
+        );
+    }
+    // Closed sessions are gone: the table holds only sessions of live connections (closes of
+    // the last wave may still be in flight for a moment).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let open: u64 = info_section(&mut long, "clients").await["client_sessions"]
+            .parse()
+            .unwrap();
+        if open <= 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} sessions still open after the churn"
+        );
+        poll_pause("sessions").await;
+    }
+    // The long-lived session still works after all the churn: had it been evicted, this write
+    // would be answered -TRYAGAIN (outcome unknown), not with the next count.
+    let n: i64 = q(&mut long, &["INCR", "counter"]).await;
+    incrs += 1;
+    assert_eq!(n, incrs, "every increment applied exactly once");
+    let last: String = q(&mut long, &["GET", &format!("c{}", total - 1)]).await;
+    assert_eq!(last, "v");
+    eprintln!(
+        "{total} connections (write + close each) in {:?}",
+        started.elapsed()
+    );
+}
