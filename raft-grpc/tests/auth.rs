@@ -221,7 +221,14 @@ async fn admin_calls_need_the_admin_role() {
         denied(cl.change_membership([leader]).await, "ChangeMembership");
         denied(cl.remove_node(follower).await, "RemoveNode");
         denied(cl.transfer_leader(follower).await, "TransferLeader");
+        let tiny = raft_core::SessionCapacity {
+            max_sessions: 1,
+            ..Default::default()
+        };
+        denied(cl.set_session_capacity(tiny).await, "SetSessionCapacity");
     }
+    let capacity = c.nodes[&leader].node().session_capacity();
+    assert_eq!(capacity, raft_core::SessionCapacity::default());
     // Without credentials, or with wrong ones: unauthenticated.
     for token in [None, Some("nonsense")] {
         match client(&c, token).remove_node(follower).await {
@@ -262,6 +269,12 @@ async fn admin_calls_need_the_admin_role() {
 
     // The cluster secret is an admin credential.
     let admin = client(&c, Some(SECRET));
+    let changed = raft_core::SessionCapacity {
+        max_sessions: 500,
+        ..Default::default()
+    };
+    admin.set_session_capacity(changed).await.unwrap();
+    assert_eq!(c.nodes[&leader].node().session_capacity(), changed);
     admin.transfer_leader(follower).await.unwrap();
     c.wait_until("leadership moved", |c| {
         c.nodes[&follower].node().metrics().role == raft_core::Role::Leader
