@@ -504,6 +504,15 @@ async fn reads_respect_their_consistency_level() {
     );
 }
 
+/// A running node other than `id`.
+fn another_node(cluster: &Cluster<Kv>, id: NodeId) -> NodeId {
+    cluster
+        .running()
+        .into_iter()
+        .find(|n| *n != id)
+        .expect("another running node")
+}
+
 /// Waits until every running node has applied a session capacity of `max_sessions`.
 async fn wait_for_capacity(cluster: &Cluster<Kv>, max_sessions: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -633,11 +642,7 @@ async fn replicas_configured_differently_keep_identical_session_tables() {
         }
         if round == 0 {
             // Lead from a node whose own configuration says 1,000.
-            let other = cluster
-                .running()
-                .into_iter()
-                .find(|id| *id != leader.id())
-                .unwrap();
+            let other = another_node(&cluster, leader.id());
             leader.transfer_leader(other).await.unwrap();
             leader = cluster
                 .node(cluster.wait_for_leader().await.unwrap())
@@ -645,11 +650,7 @@ async fn replicas_configured_differently_keep_identical_session_tables() {
         }
     }
     // A node restarted from its snapshot and log rebuilds the same table.
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader.id())
-        .unwrap();
+    let follower = another_node(&cluster, leader.id());
     cluster.crash(follower).await.unwrap();
     cluster.restart(follower).await.unwrap();
     contents(&cluster).await;
