@@ -266,6 +266,17 @@ where
     }
 }
 
+/// Adds nodes 4 and 5 (already launched) as learners, through whichever node leads.
+async fn add_learners_4_and_5(cluster: &Cluster<Kv>) {
+    for id in [4, 5] {
+        on_leader(
+            cluster,
+            |n| async move { n.add_learner(id, address(id)).await },
+        )
+        .await;
+    }
+}
+
 /// Two learners promoted at the same time both become voters: the second change comes between
 /// the first one's joint and final configurations, and the first is proposed again from there
 /// rather than failing.
@@ -275,16 +286,7 @@ async fn concurrent_promotions_both_take_effect() {
         let cluster = start(3, |c| c).await;
         cluster.launch(4).await.unwrap();
         cluster.launch(5).await.unwrap();
-        on_leader(
-            &cluster,
-            |n| async move { n.add_learner(4, address(4)).await },
-        )
-        .await;
-        on_leader(
-            &cluster,
-            |n| async move { n.add_learner(5, address(5)).await },
-        )
-        .await;
+        add_learners_4_and_5(&cluster).await;
         let leader = cluster
             .node(cluster.wait_for_leader().await.unwrap())
             .unwrap();
@@ -317,16 +319,7 @@ async fn membership_changes_three_to_five_to_three_under_writes() {
         i
     };
     let changes = async {
-        on_leader(
-            &cluster,
-            |n| async move { n.add_learner(4, address(4)).await },
-        )
-        .await;
-        on_leader(
-            &cluster,
-            |n| async move { n.add_learner(5, address(5)).await },
-        )
-        .await;
+        add_learners_4_and_5(&cluster).await;
         on_leader(&cluster, |n| async move {
             n.change_membership([1, 2, 3, 4, 5]).await
         })

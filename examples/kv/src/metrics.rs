@@ -237,6 +237,8 @@ async fn update_gauges(nodes: Vec<Node>, handle: PrometheusHandle) {
             }
             metrics::gauge!("raft_apply_lag_entries", "node" => id.clone())
                 .set(apply_lag(&m) as f64);
+            metrics::gauge!("raft_sessions_open", "node" => id.clone())
+                .set(node.open_sessions() as f64);
             let role = match m.role {
                 Role::Leader => 1.0,
                 Role::Follower => 2.0,

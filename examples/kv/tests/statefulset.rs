@@ -13,7 +13,6 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::Proc;
@@ -83,15 +82,10 @@ impl Pods {
             .append(true)
             .open(self.dir.join(format!("n{}.log", ordinal + 1)))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_kv"))
-            .args(self.args(ordinal))
-            .env("HOSTNAME", format!("kv-{ordinal}"))
-            .env("RUST_LOG", "warn,kv=info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn kv");
-        Proc(child)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kv"));
+        cmd.args(self.args(ordinal))
+            .env("HOSTNAME", format!("kv-{ordinal}"));
+        common::run(cmd, log)
     }
 
     /// Whether pod `ordinal`'s readiness probe passes.

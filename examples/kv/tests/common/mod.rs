@@ -111,13 +111,18 @@ pub fn spawn_as(dir: &Path, id: u64, ports: &Ports, extra: &[String], uid: Optio
             c
         }
     };
-    let child = cmd
-        .args(["node", "--id", &id.to_string()])
+    cmd.args(["node", "--id", &id.to_string()])
         .arg("--data-dir")
         .arg(&data)
         .args(["--raft-addr", &ports.raft_addr()])
         .args(["--resp-addr", &format!("127.0.0.1:{}", ports.resp)])
-        .args(extra)
+        .args(extra);
+    run(cmd, log)
+}
+
+/// Runs a prepared `kv` command with the tests' log filter, its log going to `log`.
+pub fn run(mut cmd: Command, log: std::fs::File) -> Proc {
+    let child = cmd
         .env("RUST_LOG", "warn,kv=info")
         .stdout(Stdio::null())
         .stderr(log)
