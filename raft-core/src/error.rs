@@ -40,7 +40,12 @@ pub enum Error {
     /// A linearizable read could not confirm leadership with a quorum.
     #[error("could not reach a quorum to confirm leadership")]
     NoQuorum,
-    /// The state machine refused the command (same on every replica).
+    /// raftkit could not apply the command, or cannot answer for it, the same way on every
+    /// replica: the command bytes do not decode, its session is unknown or forgot the answer,
+    /// or the output does not encode ([`ApplyError`] says which, and whether an earlier attempt
+    /// may have been applied). It never means that your state machine refused the command:
+    /// [`StateMachine::apply`](crate::StateMachine::apply) cannot fail, and a business error
+    /// belongs in its `Output` (for example `Output = Result<T, E>`).
     #[error(transparent)]
     Rejected(#[from] ApplyError),
     /// A command or output could not be encoded or decoded.

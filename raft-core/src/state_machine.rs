@@ -60,6 +60,43 @@ pub trait StateMachine: Send + Sync + 'static {
     /// A change to the state. Encoded into the log, so its serde form is part of your data format.
     type Command: Serialize + DeserializeOwned + Send + 'static;
     /// What applying a command returns to the writer.
+    ///
+    /// `apply` cannot fail: every replica must reach the same state, so a command that breaks a
+    /// rule of yours is still applied (changing nothing) and says so in its output. Make the
+    /// output a `Result` and the writer gets both layers, raftkit's and yours:
+    ///
+    /// ```
+    /// # use std::io::{self, Read, Write};
+    /// # use raft_core::StateMachine;
+    /// #[derive(Default)]
+    /// struct Account(u64);
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize, Debug)]
+    /// enum Refused { Overdraft { balance: u64 } }
+    ///
+    /// impl StateMachine for Account {
+    ///     type Command = i64; // deposit (or withdraw, if negative)
+    ///     type Output = Result<u64, Refused>; // the new balance, or why nothing changed
+    ///     type Snapshot = u64;
+    ///     fn apply(&mut self, amount: i64) -> Result<u64, Refused> {
+    ///         let balance = self.0.checked_add_signed(amount)
+    ///             .ok_or(Refused::Overdraft { balance: self.0 })?;
+    ///         self.0 = balance;
+    ///         Ok(balance)
+    ///     }
+    ///     # fn snapshot(&self) -> u64 { self.0 }
+    ///     # fn write_snapshot(b: u64, out: &mut dyn Write) -> io::Result<()> { raft_core::write_serde(&b, out) }
+    ///     # fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> { self.0 = raft_core::read_serde(input)?; Ok(()) }
+    /// }
+    ///
+    /// # async fn withdraw(node: &raft_core::Node<Account>) -> Result<(), Box<dyn std::error::Error>> {
+    /// // The outer `?`: raftkit's error (not the leader, no quorum, …). The inner: yours.
+    /// match node.write(-50).await? {
+    ///     Ok(balance) => println!("balance {balance}"),
+    ///     Err(Refused::Overdraft { balance }) => println!("only {balance} left; nothing changed"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     type Output: Serialize + DeserializeOwned + Send + 'static;
     /// A point-in-time view of the state, taken cheaply by [`StateMachine::snapshot`].
     type Snapshot: Send + 'static;

@@ -107,7 +107,9 @@ pub enum ClientError {
     /// The client was given no usable address.
     #[error("invalid client configuration: {0}")]
     Config(String),
-    /// The state machine refused the command (every replica the same way).
+    /// raftkit could not apply the command or cannot answer for it (see
+    /// [`raft_core::Error::Rejected`]); [`ApplyError`] says why. A business error of the state
+    /// machine is not one of these: it arrives inside the `Output`.
     #[error(transparent)]
     Rejected(#[from] ApplyError),
     /// The operation kept failing until the retry budget ran out. For a write, the outcome is
