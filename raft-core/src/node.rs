@@ -1080,8 +1080,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         req: rpc::AppendEntriesRequest,
     ) -> BoxFuture<'_, Result<rpc::AppendEntriesResponse, RpcHandlerError>> {
         async move {
-            validate::not_from_me(&req.vote, self.id)?;
-            validate::append(&req)?;
+            validate::append(&req, self.id)?;
             self.raft
                 .append_entries(req)
                 .await
@@ -1095,8 +1094,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         req: rpc::VoteRequest,
     ) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>> {
         async move {
-            validate::not_from_me(&req.vote, self.id)?;
-            validate::vote(&req)?;
+            validate::vote(&req, self.id)?;
             self.raft.vote(req).await.map_err(|_| self.stopped())
         }
         .boxed()
@@ -1107,8 +1105,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         req: rpc::VoteRequest,
     ) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>> {
         async move {
-            validate::not_from_me(&req.vote, self.id)?;
-            validate::vote(&req)?;
+            validate::vote(&req, self.id)?;
             self.raft.pre_vote(req).await.map_err(|_| self.stopped())
         }
         .boxed()
@@ -1138,8 +1135,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         let fail = failure.clone();
         let input = input
             .take_while(move |req| {
-                let checked =
-                    validate::not_from_me(&req.vote, id).and_then(|()| validate::append(req));
+                let checked = validate::append(req, id);
                 let ok = checked.is_ok();
                 if let Err(e) = checked {
                     *fail.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
@@ -1187,8 +1183,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
     ) -> BoxFuture<'_, Result<rpc::SnapshotResponse, RpcHandlerError>> {
         async move {
             // openraft panics on a snapshot no honest leader could send; refuse it here instead.
-            validate::not_from_me(&vote, self.id)?;
-            validate::snapshot(&vote, &meta)?;
+            validate::snapshot(&vote, &meta, self.id)?;
             if let Some(last) = meta.last_log_id {
                 let committed = self.raft.metrics().borrow_watched().local_committed;
                 if let Some(c) = committed

@@ -23,6 +23,7 @@ use crate::transport::RpcHandlerError;
 use crate::transport::rpc;
 use crate::types::LogId;
 use crate::types::Membership;
+use crate::types::NodeId;
 use crate::types::Payload;
 use crate::types::SnapshotMeta;
 use crate::types::Vote;
@@ -50,7 +51,7 @@ fn from_leader(vote: &Vote, what: &str) -> Result<(), RpcHandlerError> {
 }
 
 /// A request whose vote names the receiving node `me` as its sender: no honest peer sends one.
-pub(crate) fn not_from_me(vote: &Vote, me: crate::types::NodeId) -> Result<(), RpcHandlerError> {
+pub(crate) fn not_from_me(vote: &Vote, me: NodeId) -> Result<(), RpcHandlerError> {
     if vote.leader_id.node_id == me {
         return Err(invalid(format!(
             "a request from {vote} speaks as this node ({me})"
@@ -83,7 +84,8 @@ pub(crate) fn membership(m: &Membership) -> Result<(), RpcHandlerError> {
 }
 
 /// Checks a replication request (see the module docs).
-pub(crate) fn append(req: &rpc::AppendEntriesRequest) -> Result<(), RpcHandlerError> {
+pub(crate) fn append(req: &rpc::AppendEntriesRequest, me: NodeId) -> Result<(), RpcHandlerError> {
+    not_from_me(&req.vote, me)?;
     from_leader(&req.vote, "replication")?;
     let (mut expected, mut term) = match &req.prev_log_id {
         Some(prev) => {
@@ -120,7 +122,8 @@ pub(crate) fn append(req: &rpc::AppendEntriesRequest) -> Result<(), RpcHandlerEr
 }
 
 /// Checks a vote or pre-vote request.
-pub(crate) fn vote(req: &rpc::VoteRequest) -> Result<(), RpcHandlerError> {
+pub(crate) fn vote(req: &rpc::VoteRequest, me: NodeId) -> Result<(), RpcHandlerError> {
+    not_from_me(&req.vote, me)?;
     if let Some(last) = &req.last_log_id {
         not_after_vote(last, &req.vote, "candidate's last log id")?;
         next_index(last)?;
@@ -129,7 +132,12 @@ pub(crate) fn vote(req: &rpc::VoteRequest) -> Result<(), RpcHandlerError> {
 }
 
 /// Checks a snapshot's metadata against the vote of the leader that sent it.
-pub(crate) fn snapshot(vote: &Vote, meta: &SnapshotMeta) -> Result<(), RpcHandlerError> {
+pub(crate) fn snapshot(
+    vote: &Vote,
+    meta: &SnapshotMeta,
+    me: NodeId,
+) -> Result<(), RpcHandlerError> {
+    not_from_me(vote, me)?;
     from_leader(vote, "snapshot")?;
     if let Some(last) = &meta.last_log_id {
         not_after_vote(last, vote, "snapshot up to")?;
@@ -151,6 +159,8 @@ pub(crate) fn snapshot(vote: &Vote, meta: &SnapshotMeta) -> Result<(), RpcHandle
 
 #[cfg(test)]
 mod tests {
+    /// The node the checked requests are sent to (no test request speaks as it).
+    const ME: u64 = 99;
     use std::collections::BTreeMap;
     use std::collections::BTreeSet;
 
@@ -204,25 +214,31 @@ mod tests {
 
     #[test]
     fn honest_requests_pass() {
-        assert!(append(&req(2, Some((1, 4)), vec![entry(1, 5), entry(2, 6)])).is_ok());
-        assert!(append(&req(2, None, vec![entry(1, 0)])).is_ok());
-        assert!(append(&req(2, Some((2, 9)), vec![])).is_ok());
+        assert!(append(&req(2, Some((1, 4)), vec![entry(1, 5), entry(2, 6)]), ME).is_ok());
+        assert!(append(&req(2, None, vec![entry(1, 0)]), ME).is_ok());
+        assert!(append(&req(2, Some((2, 9)), vec![]), ME).is_ok());
     }
 
     #[test]
     fn malformed_appends_are_refused() {
         // A gap, a term going back, a term beyond the vote, a previous id beyond the vote.
-        assert!(append(&req(2, Some((1, 4)), vec![entry(1, 6)])).is_err());
-        assert!(append(&req(3, Some((2, 4)), vec![entry(1, 5)])).is_err());
-        assert!(append(&req(2, Some((1, 4)), vec![entry(3, 5)])).is_err());
-        assert!(append(&req(2, Some((3, 4)), vec![])).is_err());
+        assert!(append(&req(2, Some((1, 4)), vec![entry(1, 6)]), ME).is_err());
+        assert!(append(&req(3, Some((2, 4)), vec![entry(1, 5)]), ME).is_err());
+        assert!(append(&req(2, Some((1, 4)), vec![entry(3, 5)]), ME).is_err());
+        assert!(append(&req(2, Some((3, 4)), vec![]), ME).is_err());
         // A vote that no election committed.
         let mut r = req(2, Some((1, 4)), vec![entry(1, 5)]);
         r.vote.committed = false;
-        assert!(append(&r).is_err());
+        assert!(append(&r, ME).is_err());
         // Indexes with no successor.
-        assert!(append(&req(2, Some((1, u64::MAX)), vec![])).is_err());
-        assert!(append(&req(2, Some((1, u64::MAX - 1)), vec![entry(1, u64::MAX)])).is_err());
+        assert!(append(&req(2, Some((1, u64::MAX)), vec![]), ME).is_err());
+        assert!(
+            append(
+                &req(2, Some((1, u64::MAX - 1)), vec![entry(1, u64::MAX)]),
+                ME
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -238,16 +254,16 @@ mod tests {
 
         let mut r = req(2, Some((1, 4)), vec![entry(1, 5)]);
         r.entries[0].payload = Payload::Membership(missing_addr);
-        assert!(append(&r).is_err());
+        assert!(append(&r, ME).is_err());
     }
 
     #[test]
     fn votes_cannot_claim_a_newer_log_than_their_term() {
         let mut r = rpc::VoteRequest::new(vote(2), Some(types::log_id(3, 1, 7)));
-        assert!(super::vote(&r).is_err());
+        assert!(super::vote(&r, ME).is_err());
         r.last_log_id = Some(types::log_id(2, 1, 7));
-        assert!(super::vote(&r).is_ok());
+        assert!(super::vote(&r, ME).is_ok());
         r.last_log_id = Some(types::log_id(2, 1, u64::MAX));
-        assert!(super::vote(&r).is_err());
+        assert!(super::vote(&r, ME).is_err());
     }
 }

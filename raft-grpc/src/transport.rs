@@ -179,7 +179,9 @@ impl GrpcConnection {
 
     /// Notes that the peer answered; logs it if it had not been answering.
     fn answered(&self) {
-        if !self.reachable.swap(true, Ordering::Relaxed) {
+        // A load first: the common case (it was answering) writes nothing.
+        if !self.reachable.load(Ordering::Relaxed) && !self.reachable.swap(true, Ordering::Relaxed)
+        {
             tracing::info!(node = self.id, peer = self.target, addr = %self.addr, "peer answers again");
         }
     }

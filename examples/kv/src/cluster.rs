@@ -15,7 +15,6 @@ use raft_grpc::ClientError;
 use raft_grpc::ClusterClient;
 use raft_grpc::GrpcNode;
 use tokio::net::TcpListener;
-use tonic::Code;
 
 use crate::limits::ConnLimits;
 use crate::security::Security;
@@ -183,21 +182,13 @@ async fn join(spec: &NodeSpec) -> Result<(), StartError> {
 
 /// Why a join failed, in the operator's terms.
 fn join_failure(e: ClientError) -> String {
-    let status = match &e {
-        ClientError::Refused(s) | ClientError::GaveUp { last: s, .. } => s,
-        _ => return e.to_string(),
-    };
-    match status.code() {
-        Code::Unauthenticated => format!(
-            "the cluster refused this node's credentials ({}); is --cluster-secret-file the \
-             cluster's secret (and the TLS certificate from the cluster's CA)?",
-            status.message()
-        ),
-        Code::PermissionDenied => {
-            format!("the cluster refused to add this node: {}", status.message())
-        }
-        _ => e.to_string(),
-    }
+    crate::ctl::explain(
+        e,
+        "this node's",
+        "is --cluster-secret-file the cluster's secret (and the TLS certificate from the \
+         cluster's CA)?",
+        "the cluster refused to add this node",
+    )
 }
 
 /// On the leader, removes expired keys from time to time (a replicated write, so every replica

@@ -167,27 +167,34 @@ impl Conn {
     }
 }
 
-/// Why a cluster call failed, without transport wording.
-fn failure(e: ClientError) -> CtlError {
+/// Why a cluster call failed, in an operator's terms and without transport wording: `who`
+/// names whose credentials were refused ("the", "this node's"), `fix` says what to check, and
+/// `refused` introduces a refusal for lack of rights.
+pub fn explain(e: ClientError, who: &str, fix: &str, refused: &str) -> String {
     let status = match &e {
         ClientError::Refused(s) | ClientError::GaveUp { last: s, .. } => s,
-        _ => return CtlError::Failed(e.to_string()),
+        _ => return e.to_string(),
     };
-    CtlError::Failed(match status.code() {
+    match status.code() {
         Code::Unauthenticated => format!(
-            "the cluster refused the credentials ({}); pass --token-file with a user's password \
-             or the cluster secret",
+            "the cluster refused {who} credentials ({}); {fix}",
             status.message()
         ),
-        Code::PermissionDenied => format!(
-            "not allowed ({}); membership and leadership changes need the admin role",
-            status.message()
-        ),
+        Code::PermissionDenied => format!("{refused}: {}", status.message()),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
             format!("the cluster did not answer in time: {e}")
         }
         _ => status.message().to_string(),
-    })
+    }
+}
+
+fn failure(e: ClientError) -> CtlError {
+    CtlError::Failed(explain(
+        e,
+        "the",
+        "pass --token-file with a user's password or the cluster secret",
+        "not allowed; membership and leadership changes need the admin role",
+    ))
 }
 
 /// One row of `kv member list`.

@@ -228,12 +228,11 @@ async fn update_gauges(nodes: Vec<Node>, handle: PrometheusHandle) {
             let m = node.metrics();
             let id = m.id.to_string();
             // Sampled once a second: two changes within one sample count as one.
+            let changes = metrics::counter!("raft_leader_changes_total", "node" => id.clone());
             let seen = leaders.entry(m.id).or_insert(m.leader);
             if *seen != m.leader {
                 *seen = m.leader;
-                metrics::counter!("raft_leader_changes_total", "node" => id.clone()).increment(1);
-            } else {
-                metrics::counter!("raft_leader_changes_total", "node" => id.clone()).increment(0);
+                changes.increment(1);
             }
             metrics::gauge!("raft_apply_lag_entries", "node" => id.clone())
                 .set(apply_lag(&m) as f64);
