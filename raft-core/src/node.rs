@@ -1044,6 +1044,21 @@ impl<S: StateMachine> Handler<S> {
     }
 }
 
+/// Asks the state machine to read a peer's snapshot before it is installed
+/// ([`StateMachine::check_snapshot`]): a snapshot it cannot read is refused, rather than
+/// stopping the node at install.
+async fn check_snapshot_state<S: StateMachine>(data: &SnapshotData) -> Result<(), RpcHandlerError> {
+    let data = data.clone();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let parsed = crate::snapshot::parse(&data)?;
+        let mut input = std::io::BufReader::with_capacity(64 << 10, parsed.user_data(&data));
+        S::check_snapshot(&mut input)
+    })
+    .await
+    .map_err(|e| RpcHandlerError::Invalid(format!("checking the snapshot failed: {e}")))?
+    .map_err(|e| RpcHandlerError::Invalid(format!("the snapshot's state does not read: {e}")))
+}
+
 impl<S: StateMachine> RpcHandler for Handler<S> {
     fn node_id(&self) -> NodeId {
         self.id
@@ -1195,6 +1210,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
                     )));
                 }
             }
+            check_snapshot_state::<S>(&data).await?;
             self.raft
                 .install_full_snapshot(
                     vote,

@@ -119,6 +119,17 @@ pub trait StateMachine: Send + Sync + 'static {
     /// peak memory of an install at about the size of the new state.
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()>;
 
+    /// Reads a snapshot's bytes as [`restore`](StateMachine::restore) would, without changing
+    /// anything, and fails where `restore` would. A snapshot a peer sends is checked with it
+    /// before it is installed: one that fails is refused and the node goes on as it was. A
+    /// `restore` that fails part-way may have changed the state, so a failed install stops the
+    /// node instead. Implement it (for example by decoding and dropping each record) to make a
+    /// corrupt or forged snapshot harmless; the default accepts every snapshot.
+    fn check_snapshot(input: &mut dyn Read) -> io::Result<()> {
+        let _ = input;
+        Ok(())
+    }
+
     /// Whether `command` may still be written while the cluster's storage alarm is raised (see
     /// [`QuotaOptions`](crate::QuotaOptions)): commands that free space or do not grow the state
     /// — deletes, expiry sweeps — so an operator can make room. The default allows none. Only

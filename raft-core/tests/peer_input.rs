@@ -385,3 +385,24 @@ async fn requests_that_speak_as_the_receiver_are_refused() {
         .unwrap_or_else(|e| panic!("the leader stopped on a request speaking as itself: {e}"));
     node.shutdown().await.expect("shutdown");
 }
+
+/// A snapshot from a valid leader whose state does not decode is refused before install: the
+/// node keeps serving (a failed restore would have stopped it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_whose_state_does_not_read_is_refused() {
+    let ops = vec![Op::Snapshot {
+        vote: Vote {
+            leader_id: LeaderId {
+                term: 1,
+                node_id: 2,
+            },
+            committed: true,
+        },
+        last: Some((0, 0)),
+        membership: None,
+        state_decodes: false,
+    }];
+    tokio::time::timeout(Duration::from_secs(30), run(ops))
+        .await
+        .expect("bounded");
+}

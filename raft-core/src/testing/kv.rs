@@ -87,6 +87,9 @@ impl StateMachine for KvStore {
         self.0 = crate::read_serde(input)?;
         Ok(())
     }
+    fn check_snapshot(input: &mut dyn Read) -> io::Result<()> {
+        crate::read_serde::<BTreeMap<String, String>>(input).map(|_| ())
+    }
 }
 
 impl Queryable for KvStore {
