@@ -1,4 +1,4 @@
-//! Simulated disk faults, for tests (feature `testing`).
+//! Simulated disk faults, for tests (installed by builds with the feature `testing`).
 //!
 //! A [`FaultSwitch`] makes the log's writes fail the way a full disk makes them fail — every
 //! later record write and segment preallocation returns `ENOSPC` — or its fdatasyncs fail with
@@ -24,11 +24,13 @@ struct Faults {
 
 impl FaultSwitch {
     /// From now on (`true`) or no longer (`false`), writes fail as on a full disk.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub fn set_disk_full(&self, full: bool) {
         self.0.full.store(full, Ordering::SeqCst);
     }
 
     /// From now on (`true`) or no longer (`false`), fdatasyncs fail with `EIO`.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub fn set_sync_fails(&self, fails: bool) {
         self.0.sync_fails.store(fails, Ordering::SeqCst);
     }

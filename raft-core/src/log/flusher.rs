@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::LogStatsCounters;
+use super::sim::Simulation;
 
 /// Runs once the data written before it was queued is durable (or with the error that stopped it).
 pub(crate) type Waiter = Box<dyn FnOnce(io::Result<()>) + Send>;
@@ -38,8 +39,7 @@ struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     stats: Arc<LogStatsCounters>,
-    #[cfg(feature = "testing")]
-    fault: super::fault::FaultSwitch,
+    sim: Option<Simulation>,
 }
 
 impl Shared {
@@ -71,14 +71,13 @@ impl Flusher {
     pub fn spawn(
         name: String,
         stats: Arc<LogStatsCounters>,
-        #[cfg(feature = "testing")] fault: super::fault::FaultSwitch,
+        sim: Option<Simulation>,
     ) -> io::Result<Flusher> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             stats,
-            #[cfg(feature = "testing")]
-            fault,
+            sim,
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -146,7 +145,6 @@ impl Flusher {
     /// Stops the thread without making queued writes durable, as a power cut would: a sync
     /// already running completes (its waiters learn so), everything queued after it fails.
     /// Returns once the thread has exited.
-    #[cfg(feature = "testing")]
     pub fn abandon(&mut self) {
         {
             let mut q = self.shared.lock();
@@ -197,10 +195,10 @@ fn run(shared: &Shared) {
         let mut result = Ok(());
         for f in &files {
             shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            #[cfg(feature = "testing")]
-            let synced = shared.fault.check_sync().and_then(|()| f.sync_data());
-            #[cfg(not(feature = "testing"))]
-            let synced = f.sync_data();
+            let synced = match &shared.sim {
+                Some(sim) => sim.before_sync().and_then(|()| f.sync_data()),
+                None => f.sync_data(),
+            };
             if let Err(e) = synced {
                 result = Err(e);
                 break;

@@ -49,16 +49,15 @@
 //! records involved were never acknowledged, so wiping that replica and letting it catch up from
 //! the others loses nothing.
 
-#[cfg(feature = "testing")]
 mod fault;
 mod flusher;
 mod memory;
 mod meta;
-#[cfg(feature = "testing")]
 mod power;
 mod record;
 mod recovery;
 mod segment;
+mod sim;
 mod wal;
 
 use std::fmt::Debug;
@@ -279,7 +278,7 @@ impl LogStore {
     #[cfg(feature = "testing")]
     pub fn power_switch(&self) -> Option<PowerSwitch> {
         match &self.backend {
-            Backend::Durable(wal) => Some(wal.power_switch()),
+            Backend::Durable(wal) => wal.simulation().map(|s| s.power_switch()),
             Backend::Memory(_) => None,
         }
     }
@@ -288,7 +287,7 @@ impl LogStore {
     #[cfg(feature = "testing")]
     pub fn fault_switch(&self) -> Option<FaultSwitch> {
         match &self.backend {
-            Backend::Durable(wal) => Some(wal.fault_switch()),
+            Backend::Durable(wal) => wal.simulation().map(|s| s.fault_switch()),
             Backend::Memory(_) => None,
         }
     }

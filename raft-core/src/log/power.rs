@@ -1,4 +1,4 @@
-//! Simulated power loss, for tests (feature `testing`).
+//! Simulated power loss, for tests (installed by builds with the feature `testing`).
 //!
 //! The log tracks, per segment, how far its contents are known durable (an fdatasync completed
 //! after they were written). Cutting the [`PowerSwitch`] before the log closes makes it close
@@ -18,6 +18,7 @@ pub struct PowerSwitch(Arc<AtomicBool>);
 
 impl PowerSwitch {
     /// The next close of the log loses everything not yet durable.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub fn cut(&self) {
         self.0.store(true, Ordering::SeqCst);
     }

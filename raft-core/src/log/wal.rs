@@ -36,6 +36,7 @@ use super::recovery;
 use super::recovery::Recovered;
 use super::segment;
 use super::segment::Segment;
+use super::sim::Simulation;
 use crate::codec;
 use crate::disk::DiskEntry;
 use crate::disk::DiskLogId;
@@ -309,12 +310,8 @@ pub(crate) struct Wal {
     committed_written: Option<LogId>,
     buf: Vec<u8>,
     stats: Arc<LogStatsCounters>,
-    #[cfg(feature = "testing")]
-    power: super::power::PowerSwitch,
-    #[cfg(feature = "testing")]
-    durable: super::power::DurableExtents,
-    #[cfg(feature = "testing")]
-    fault: super::fault::FaultSwitch,
+    /// Simulated faults and power loss; installed only by builds with the `testing` feature.
+    sim: Option<Simulation>,
     // Declared before the lock so it is dropped (flushing) while the directory is still locked.
     flusher: Flusher,
     _lock: File,
@@ -380,27 +377,15 @@ impl Wal {
             .map(|l| record::HEADER_LEN as u64 + l.len as u64)
             .sum();
         stats.recovered.store(recovered, Ordering::Relaxed);
-        #[cfg(feature = "testing")]
-        let fault = super::fault::FaultSwitch::default();
-        let flusher = Flusher::spawn(
-            format!("raftkit-wal-{node_id}"),
-            stats.clone(),
-            #[cfg(feature = "testing")]
-            fault.clone(),
-        )
-        .map_err(|e| LogError::Io(at("start flusher for", dir)(e)))?;
-        #[cfg(feature = "testing")]
-        let durable = {
-            // What recovery found is treated as durable; sealed segments are durable whole.
-            let d = super::power::DurableExtents::default();
-            for s in view.segments.keys() {
-                d.set(*s, u64::MAX);
-            }
-            if let Some(a) = &active {
-                d.set(a.seg.first_index, a.write_offset);
-            }
-            d
-        };
+        // What recovery found is treated as durable; sealed segments are durable whole.
+        let sim = cfg!(feature = "testing").then(|| {
+            Simulation::new(
+                view.segments.keys().copied(),
+                active.as_ref().map(|a| (a.seg.first_index, a.write_offset)),
+            )
+        });
+        let flusher = Flusher::spawn(format!("raftkit-wal-{node_id}"), stats.clone(), sim.clone())
+            .map_err(|e| LogError::Io(at("start flusher for", dir)(e)))?;
         Ok(Wal {
             dir: dir.to_path_buf(),
             opts,
@@ -411,27 +396,16 @@ impl Wal {
             committed_written: committed,
             buf: Vec::new(),
             stats,
-            #[cfg(feature = "testing")]
-            power: super::power::PowerSwitch::default(),
-            #[cfg(feature = "testing")]
-            durable,
-            #[cfg(feature = "testing")]
-            fault,
+            sim,
             flusher,
             _lock: lock,
         })
     }
 
-    /// The switch that makes this log close as if the power failed.
-    #[cfg(feature = "testing")]
-    pub fn power_switch(&self) -> super::power::PowerSwitch {
-        self.power.clone()
-    }
-
-    /// The switch that makes this log's writes fail as on a full disk.
-    #[cfg(feature = "testing")]
-    pub fn fault_switch(&self) -> super::fault::FaultSwitch {
-        self.fault.clone()
+    /// The simulation of disk faults and power loss, if this build installs one.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub fn simulation(&self) -> Option<&Simulation> {
+        self.sim.as_ref()
     }
 
     /// The state readers share.
@@ -485,19 +459,17 @@ impl Wal {
         self.buf = buf;
         result?;
         let file = self.active.as_ref().map(|a| a.seg.file.clone());
-        #[cfg(feature = "testing")]
-        let waiter: Waiter = {
-            let durable = self.durable.clone();
-            let mark = self
-                .active
-                .as_ref()
-                .map(|a| (a.seg.first_index, a.write_offset));
-            Box::new(move |r: std::io::Result<()>| {
-                if let (Ok(()), Some((segment, end))) = (&r, mark) {
-                    durable.extend(segment, end);
-                }
-                waiter(r)
-            })
+        let waiter: Waiter = match (&self.sim, &self.active) {
+            (Some(sim), Some(a)) => {
+                let (sim, segment, end) = (sim.clone(), a.seg.first_index, a.write_offset);
+                Box::new(move |r: std::io::Result<()>| {
+                    if r.is_ok() {
+                        sim.durable(segment, end);
+                    }
+                    waiter(r)
+                })
+            }
+            _ => waiter,
         };
         self.flusher.enqueue(file.as_ref(), waiter);
         Ok(())
@@ -594,8 +566,9 @@ impl Wal {
         let Some(a) = &mut self.active else {
             return Err(LogError::Encode("no active segment to write to".into()));
         };
-        #[cfg(feature = "testing")]
-        self.fault.check().map_err(at("write", &a.seg.path))?;
+        if let Some(sim) = &self.sim {
+            sim.before_write().map_err(at("write", &a.seg.path))?;
+        }
         a.seg
             .file
             .write_all_at(buf, a.write_offset)
@@ -631,19 +604,19 @@ impl Wal {
                 .file
                 .sync_data()
                 .map_err(at("fdatasync", &a.seg.path))?;
-            #[cfg(feature = "testing")]
-            self.durable.extend(a.seg.first_index, a.write_offset);
+            if let Some(sim) = &self.sim {
+                sim.durable(a.seg.first_index, a.write_offset);
+            }
         }
         Ok(())
     }
 
     fn new_segment(&mut self, first_index: u64) -> Result<Active, LogError> {
-        #[cfg(feature = "testing")]
-        {
+        if let Some(sim) = &self.sim {
             let tmp = self
                 .dir
                 .join(format!("{}.tmp", segment::file_name(first_index)));
-            self.fault.check().map_err(at("preallocate", &tmp))?;
+            sim.before_write().map_err(at("preallocate", &tmp))?;
         }
         let seg = Segment::create(&self.dir, first_index, self.opts.segment_size)?;
         self.view
@@ -652,8 +625,9 @@ impl Wal {
             .insert(first_index, seg.file.clone());
         // A fresh segment has no commit marker yet.
         self.committed_written = None;
-        #[cfg(feature = "testing")]
-        self.durable.set(first_index, segment::HEADER_LEN);
+        if let Some(sim) = &self.sim {
+            sim.reset(first_index, segment::HEADER_LEN);
+        }
         Ok(Active {
             seg,
             write_offset: segment::HEADER_LEN,
@@ -701,8 +675,9 @@ impl Wal {
             fsutil::preallocate(&seg.file, self.opts.segment_size.max(end_offset))
                 .map_err(at("preallocate", &path))?;
             seg.file.sync_all().map_err(at("fsync", &path))?;
-            #[cfg(feature = "testing")]
-            self.durable.set(keep_loc.segment, end_offset);
+            if let Some(sim) = &self.sim {
+                sim.reset(keep_loc.segment, end_offset);
+            }
             self.view
                 .write()
                 .segments
@@ -774,8 +749,9 @@ impl Wal {
             self.active = None;
         }
         fs::remove_file(&path).map_err(at("remove", &path))?;
-        #[cfg(feature = "testing")]
-        self.durable.remove(first_index);
+        if let Some(sim) = &self.sim {
+            sim.removed(first_index);
+        }
         Ok(())
     }
 
@@ -802,8 +778,7 @@ impl Wal {
 impl Wal {
     /// Closes the log as a power cut would: nothing queued is synced, and every segment is cut
     /// back to what is known durable.
-    #[cfg(feature = "testing")]
-    fn lose_power(&mut self) {
+    fn lose_power(&mut self, sim: &Simulation) {
         self.flusher.abandon();
         let segments: Vec<(u64, Arc<File>)> = self
             .view
@@ -812,26 +787,17 @@ impl Wal {
             .iter()
             .map(|(k, f)| (*k, f.clone()))
             .collect();
-        for (first, file) in segments {
-            let keep = self.durable.get(first).unwrap_or(segment::HEADER_LEN);
-            if keep != u64::MAX {
-                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-                if keep < len
-                    && let Err(e) = file.set_len(keep)
-                {
-                    tracing::warn!(error = %e, "simulated power loss could not cut a segment");
-                }
-            }
-        }
+        sim.lose_power(&segments);
         tracing::info!(dir = %self.dir.display(), "write-ahead log closed by a simulated power loss");
     }
 }
 
 impl Drop for Wal {
     fn drop(&mut self) {
-        #[cfg(feature = "testing")]
-        if self.power.is_cut() {
-            self.lose_power();
+        if let Some(sim) = self.sim.clone()
+            && sim.power_is_cut()
+        {
+            self.lose_power(&sim);
             return;
         }
         if let Err(e) = self.sync() {

@@ -1,0 +1,99 @@
+//! The seam where tests simulate disk faults and power loss.
+//!
+//! The write-ahead log reports to a [`Simulation`] at each point where a real disk can fail or
+//! lose data: before a record write or a segment preallocation, before each of the flusher's
+//! fdatasyncs, when bytes become durable, when a segment is created, cut back or removed, and
+//! when the log closes. The log that ships carries none, so each point costs one untaken branch;
+//! builds with the `testing` feature install one at open. Either way the log's layout and code
+//! paths are the same, so the log under test is the log that ships.
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+
+use super::fault::FaultSwitch;
+use super::power::DurableExtents;
+use super::power::PowerSwitch;
+use super::segment;
+
+/// Simulated faults and power loss for one log, with the switches tests hold.
+#[derive(Clone, Default)]
+pub(crate) struct Simulation {
+    power: PowerSwitch,
+    fault: FaultSwitch,
+    durable: DurableExtents,
+}
+
+impl Simulation {
+    /// A simulation for a log whose recovered segments are `sealed` (durable whole) and whose
+    /// active segment, if any, is durable up to `active.1` bytes.
+    pub fn new(sealed: impl IntoIterator<Item = u64>, active: Option<(u64, u64)>) -> Simulation {
+        let sim = Simulation::default();
+        for s in sealed {
+            sim.durable.set(s, u64::MAX);
+        }
+        if let Some((segment, len)) = active {
+            sim.durable.set(segment, len);
+        }
+        sim
+    }
+
+    /// The switch that makes the log close as if the power failed.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub fn power_switch(&self) -> PowerSwitch {
+        self.power.clone()
+    }
+
+    /// The switch that makes the log's writes or fdatasyncs fail.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub fn fault_switch(&self) -> FaultSwitch {
+        self.fault.clone()
+    }
+
+    /// Before a record write or a segment preallocation: fails while the disk is "full".
+    pub fn before_write(&self) -> io::Result<()> {
+        self.fault.check()
+    }
+
+    /// Before an fdatasync: fails while fdatasyncs are made to fail.
+    pub fn before_sync(&self) -> io::Result<()> {
+        self.fault.check_sync()
+    }
+
+    /// At least `len` bytes of `segment` are now durable.
+    pub fn durable(&self, segment: u64, len: u64) {
+        self.durable.extend(segment, len);
+    }
+
+    /// `segment` now holds exactly `len` durable bytes (created, or cut back and synced).
+    pub fn reset(&self, segment: u64, len: u64) {
+        self.durable.set(segment, len);
+    }
+
+    /// `segment` was deleted.
+    pub fn removed(&self, segment: u64) {
+        self.durable.remove(segment);
+    }
+
+    /// Whether the log must close as a power cut would instead of flushing.
+    pub fn power_is_cut(&self) -> bool {
+        self.power.is_cut()
+    }
+
+    /// Cuts every segment back to what is known durable, as a machine that lost power would
+    /// find it. Called on close after the flusher was abandoned.
+    pub fn lose_power(&self, segments: &[(u64, Arc<File>)]) {
+        for (first, file) in segments {
+            let keep = self.durable.get(*first).unwrap_or(segment::HEADER_LEN);
+            if keep == u64::MAX {
+                continue;
+            }
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            if keep < len
+                && let Err(e) = file.set_len(keep)
+            {
+                tracing::warn!(error = %e, "simulated power loss could not cut a segment");
+            }
+        }
+    }
+}
