@@ -79,6 +79,7 @@ impl FromStr for ClusterId {
 
 /// Why a node refused a request's cluster id, or could not keep its own.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClusterIdError {
     /// The request comes from another cluster.
     #[error("request from cluster {theirs} refused by a node of cluster {ours}")]

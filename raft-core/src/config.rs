@@ -14,6 +14,7 @@ pub const MAX_SESSION_BYTES: usize = 768 << 20;
 
 /// Where a node keeps its log and snapshots.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Storage {
     /// Durable: `<dir>/wal/` holds the write-ahead log, `<dir>/snapshots/` the snapshots. A node
     /// restarted on the same directory recovers its state without `initialize`.

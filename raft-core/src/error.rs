@@ -16,6 +16,7 @@ use crate::types::NodeId;
 /// session expired ([`ApplyError::UnknownSession`]) is not applied now, but its outcome is
 /// unknown too: open a new session before writing again.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// This node is not the leader. The write was not accepted; send it to `leader`.
     #[error("not the leader{}", leader_hint(*.leader, .leader_addr.as_deref()))]

@@ -11,6 +11,7 @@ use crate::types::TypeConfig;
 
 /// A node's role in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Role {
     /// Accepts writes and replicates them.
     Leader,

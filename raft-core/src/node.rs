@@ -79,6 +79,7 @@ pub struct ReadIndex {
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Consistency {
     /// Linearizable: the leader confirms with a quorum that it still leads (ReadIndex), waits
     /// until it has applied everything committed before the read, then reads. Sees every write

@@ -94,6 +94,7 @@ const MAX_HEADER: u32 = 1 << 30;
 
 /// A snapshot could not be written, read or verified.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SnapshotError {
     /// A file operation failed.
     #[error(transparent)]

@@ -84,6 +84,7 @@ impl<T> Transport for T where
 
 /// Why a node could not serve an incoming RPC.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RpcHandlerError {
     /// The node is shut down or stopped after a fatal error.
     #[error("node {0} is shut down")]

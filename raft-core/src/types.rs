@@ -159,6 +159,7 @@ pub enum Response {
 
 /// Why the apply layer could not return a command's output. Every replica decides the same way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApplyError {
     /// The command bytes do not decode as the state machine's `Command` type; nothing was applied.
     #[error("the command does not decode as this state machine's command type: {0}")]

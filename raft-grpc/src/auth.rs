@@ -74,6 +74,7 @@ pub fn node_uri(id: NodeId) -> String {
 
 /// What a caller may do on the `Cluster` service; each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
 pub enum Role {
     /// `Read` and `Status`.
     Read,
@@ -114,6 +115,7 @@ impl std::str::FromStr for Role {
 
 /// An authentication setting could not be made.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
     /// A secret file could not be read.
     #[error("cannot read {path}: {source}")]

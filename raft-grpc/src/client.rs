@@ -37,6 +37,7 @@ use crate::tls::TlsConfig;
 
 /// How reads are spread over the nodes.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum ReadPolicy {
     /// Always the leader.
     Leader,
@@ -103,6 +104,7 @@ impl Default for ClientOptions {
 
 /// What a [`ClusterClient`] operation can fail with.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The client was given no usable address.
     #[error("invalid client configuration: {0}")]

@@ -20,6 +20,7 @@ use crate::transport::GrpcTransport;
 
 /// A [`GrpcNode`] could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The node itself could not start (storage, configuration).
     #[error(transparent)]

@@ -61,6 +61,7 @@ pub const MESSAGE_FRAMING: usize = 16 << 10;
 
 /// Why a node's limits cannot work together.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LimitsError {
     /// A command the node accepts would not fit in one message.
     #[error(

@@ -22,6 +22,8 @@ impl From<raft_core::Consistency> for Consistency {
             raft_core::Consistency::Linearizable => Consistency::Linearizable,
             raft_core::Consistency::Lease => Consistency::Lease,
             raft_core::Consistency::Local => Consistency::Local,
+            // A level this transport does not know yet is served at the strongest one.
+            _ => Consistency::Linearizable,
         }
     }
 }

@@ -109,6 +109,7 @@ impl ServerStats {
 
 /// The server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     /// The TLS configuration was refused.
     #[error("TLS configuration refused: {0}")]
@@ -473,6 +474,7 @@ fn handler_status(e: RpcHandlerError) -> Status {
         RpcHandlerError::Cluster(_) => {
             status::status(Code::Internal, ErrorCode::Storage, e.to_string())
         }
+        _ => status::status(Code::Internal, ErrorCode::Internal, e.to_string()),
     }
 }
 

@@ -20,6 +20,7 @@ pub const LEADER_ADDR_KEY: &str = "x-raftkit-leader-addr";
 
 /// What went wrong, as a stable code in the [`ERROR_KEY`] metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorCode {
     /// The node is not the leader; see the leader metadata. Nothing was applied.
     NotLeader,
@@ -233,6 +234,8 @@ pub fn from_error(e: &Error) -> Status {
         }
         Error::Fatal(_) => status(Code::Internal, ErrorCode::Internal, msg),
         Error::NoSpace { .. } => status(Code::ResourceExhausted, ErrorCode::NoSpace, msg),
+        // A kind this transport does not map yet is reported as what it is: unexpected.
+        _ => status(Code::Internal, ErrorCode::Internal, msg),
     }
 }
 

@@ -27,6 +27,7 @@ const ALPN_H2: &[u8] = b"h2";
 
 /// A TLS setup could not be loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     /// A file could not be read.
     #[error("cannot read {what} from {path}: {source}")]

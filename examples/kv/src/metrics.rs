@@ -243,7 +243,8 @@ async fn update_gauges(nodes: Vec<Node>, handle: PrometheusHandle) {
                 Role::Follower => 2.0,
                 Role::Candidate => 3.0,
                 Role::Learner => 4.0,
-                Role::Shutdown => 0.0,
+                // Shutdown, and any role added later: not serving.
+                _ => 0.0,
             };
             metrics::gauge!("raft_role", "node" => id.clone()).set(role);
             metrics::gauge!("raft_term", "node" => id.clone()).set(m.term as f64);
