@@ -961,6 +961,42 @@ impl<S: StateMachine> Node<S> {
             .unwrap_or(Err(Error::Timeout(timeout)))
     }
 
+    /// On the leader: waits until node `id` holds every entry that was committed when the call
+    /// was made (replicated to it and durable there; it applies them right after), at most
+    /// `timeout`. For promoting a learner once it has caught up, or for a test that reads from
+    /// that node next. Fails with [`Error::NotLeader`] on another node or if leadership is lost
+    /// meanwhile, with [`Error::Membership`] if `id` is not a member, and with
+    /// [`Error::Timeout`].
+    pub async fn wait_caught_up(&self, id: NodeId, timeout: Duration) -> Result<Metrics> {
+        self.require_leader()?;
+        let now = self.metrics();
+        if now.role == Role::Shutdown {
+            return Err(Error::Shutdown);
+        }
+        if id != now.id && !now.replication.contains_key(&id) {
+            return Err(Error::Membership(format!("node {id} is not a member")));
+        }
+        let target = now.commit_index;
+        let term = now.term;
+        let m = self
+            .wait_for(timeout, |m| {
+                let matched = if id == m.id {
+                    m.last_log_index
+                } else {
+                    m.replication.get(&id).copied().flatten()
+                };
+                m.role != Role::Leader || m.term != term || matched >= target
+            })
+            .await?;
+        if m.role != Role::Leader || m.term != term {
+            return Err(Error::NotLeader {
+                leader: m.leader,
+                leader_addr: m.leader_addr,
+            });
+        }
+        Ok(m)
+    }
+
     /// Snapshot failures since the node started. A failed snapshot does not stop the node: it
     /// is logged, counted here and retried after a pause that doubles from 1 s to 5 min.
     pub fn snapshot_stats(&self) -> SnapshotStats {

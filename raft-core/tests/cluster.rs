@@ -223,8 +223,40 @@ async fn a_node_behind_a_purged_log_catches_up_by_snapshot() {
         .unwrap();
     assert!(purged[&leader].purged_index.unwrap() > down_last);
 
+    // While it is down, it cannot catch up; only the leader can tell; 9 is no member.
+    let on_leader = cluster.node(leader).unwrap();
+    let short = Duration::from_millis(200);
+    assert!(matches!(
+        on_leader.wait_caught_up(down, short).await,
+        Err(raft_core::Error::Timeout(_))
+    ));
+    assert!(matches!(
+        on_leader.wait_caught_up(9, short).await,
+        Err(raft_core::Error::Membership(_))
+    ));
+    let other = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    assert!(matches!(
+        cluster
+            .node(other)
+            .unwrap()
+            .wait_caught_up(down, short)
+            .await,
+        Err(raft_core::Error::NotLeader { .. })
+    ));
+
     let snapshots_before = cluster.router().snapshots_delivered();
     cluster.restart(down).await.unwrap();
+    let committed = on_leader.metrics().commit_index;
+    on_leader
+        .wait_caught_up(down, cluster.timeout())
+        .await
+        .unwrap();
+    let m = cluster.node(down).unwrap().metrics();
+    assert!(m.last_log_index >= committed, "{m:?} vs {committed:?}");
     assert_all_equal(&contents(&cluster).await, &expected);
     assert!(
         cluster.router().snapshots_delivered() > snapshots_before,

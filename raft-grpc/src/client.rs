@@ -20,11 +20,11 @@ use raft_core::NodeId;
 use raft_core::Queryable;
 use raft_core::codec::CodecError;
 use rand::Rng;
-use tokio::time::Instant;
 use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::auth::Credentials;
+use crate::backoff::Backoff;
 use crate::net::ChannelOptions;
 use crate::net::Connector;
 use crate::net::Pool;
@@ -323,14 +323,12 @@ impl<S: Queryable> ClusterClient<S> {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let o = &self.inner.opts;
-        let deadline = Instant::now() + o.total_timeout;
-        let mut pause = Duration::from_millis(20);
+        let mut backoff = Backoff::new(o.total_timeout);
         let mut attempts = 0;
         let mut redirected = false;
         loop {
             attempts += 1;
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let per_attempt = o.attempt_timeout.min(remaining);
+            let per_attempt = o.attempt_timeout.min(backoff.remaining());
             let outcome = match self.client(&target) {
                 Ok(c) => attempt(c, per_attempt).await,
                 Err(s) => Err(s),
@@ -357,18 +355,14 @@ impl<S: Queryable> ClusterClient<S> {
                     (true, self.next_endpoint())
                 }
             };
-            if wait {
-                if Instant::now() + pause >= deadline {
-                    return Err(ClientError::GaveUp {
-                        attempts,
-                        last: status,
-                    });
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
+            if wait && !backoff.pause().await {
+                return Err(ClientError::GaveUp {
+                    attempts,
+                    last: status,
+                });
             }
             target = next_target;
-            if Instant::now() >= deadline {
+            if backoff.remaining().is_zero() {
                 return Err(ClientError::GaveUp {
                     attempts,
                     last: Status::deadline_exceeded("retry budget exhausted"),
@@ -570,6 +564,46 @@ impl<S: Queryable> ClusterClient<S> {
         Ok((raft_core::codec::decode(&reply.reply)?, reply.served_by))
     }
 
+    /// Like [`ClusterClient::read`], but asks exactly the node at `addr`, whatever the read
+    /// policy: for reading one replica's view, or for checking that a node has caught up.
+    /// Failures that may pass (an election, a restart) are retried on that node until the
+    /// total timeout; the read never moves to another node.
+    pub async fn read_on(
+        &self,
+        addr: &str,
+        query: S::Query,
+        consistency: Consistency,
+    ) -> Result<S::Reply, ClientError> {
+        let bytes: bytes::Bytes = raft_core::codec::encode(&query)?.into();
+        let c = pb::Consistency::from(consistency);
+        let o = &self.inner.opts;
+        let mut backoff = Backoff::new(o.total_timeout);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let timeout = o.attempt_timeout.min(backoff.remaining());
+            let req = pb::ReadRequest {
+                query: bytes.clone(),
+                consistency: c.into(),
+            };
+            let outcome = match self.client(addr) {
+                Ok(mut client) => client.read(pb::request(req, timeout)).await,
+                Err(s) => Err(s),
+            };
+            let status = match outcome {
+                Ok(reply) => return Ok(raft_core::codec::decode(&reply.into_inner().reply)?),
+                Err(s) => s,
+            };
+            match classify(status) {
+                (Next::Fail(e), _) => return Err(e),
+                (_, last) if !backoff.pause().await => {
+                    return Err(ClientError::GaveUp { attempts, last });
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Adds node `id` at `addr` as a learner, waiting until it has caught up.
     pub async fn add_learner(
         &self,
@@ -636,6 +670,48 @@ impl<S: Queryable> ClusterClient<S> {
         Fut: std::future::Future<Output = Result<(), Status>>,
     {
         self.retry(self.leader_guess(), attempt).await
+    }
+
+    /// The current leader's id and address, as the leader itself confirms: the nodes are asked
+    /// whom they follow until the node named answers that it leads. Retries through an
+    /// election until the total timeout. The answer is remembered for later calls.
+    pub async fn leader(&self) -> Result<(NodeId, String), ClientError> {
+        let mut backoff = Backoff::new(self.inner.opts.total_timeout);
+        let mut attempts = 0;
+        let mut last = Status::unavailable("no node named a leader");
+        loop {
+            let mut candidates: Vec<String> = self
+                .inner
+                .leader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            for e in &self.inner.endpoints {
+                attempts += 1;
+                match self.status(e).await {
+                    Ok(s) if !s.leader_addr.is_empty() => candidates.push(s.leader_addr),
+                    Ok(_) => {}
+                    Err(ClientError::GaveUp { last: s, .. }) if is_transient(&s) => last = s,
+                    Err(ClientError::GaveUp { last: s, .. }) => {
+                        return Err(ClientError::Refused(s));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            for addr in candidates {
+                if let Ok(s) = self.status(&addr).await
+                    && s.role == "leader"
+                {
+                    self.remember_leader(Some(addr.clone()));
+                    return Ok((s.id, addr));
+                }
+            }
+            if !backoff.pause().await {
+                return Err(ClientError::GaveUp { attempts, last });
+            }
+        }
     }
 
     /// One node's view of the cluster (no retries: it asks exactly `addr`).

@@ -37,6 +37,7 @@
 mod accept;
 mod alarms;
 pub mod auth;
+mod backoff;
 mod client;
 mod grpc_node;
 mod net;
@@ -54,6 +55,7 @@ pub use crate::auth::ClusterSecret;
 pub use crate::auth::Credentials;
 pub use crate::auth::Role;
 pub use crate::auth::User;
+pub use crate::backoff::Backoff;
 pub use crate::client::ClientError;
 pub use crate::client::ClientOptions;
 pub use crate::client::ClusterClient;

@@ -65,6 +65,31 @@ async fn leader_shutdown_and_restart_over_grpc() {
     c.stop(leader).await;
     let new_leader = c.leader().await;
     assert_ne!(new_leader, leader);
+    assert_eq!(
+        client.leader().await.unwrap(),
+        (new_leader, c.addrs[&new_leader].clone()),
+        "the client finds the new leader"
+    );
+    // A read pinned to the stopped node fails rather than moving elsewhere.
+    let pinned = ClusterClient::<Kv>::new(
+        c.endpoints(),
+        ClientOptions {
+            total_timeout: std::time::Duration::from_millis(300),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let down = pinned
+        .read_on(
+            &c.addrs[&leader],
+            Query::Get("f".into()),
+            Consistency::Local,
+        )
+        .await;
+    assert!(
+        matches!(down, Err(raft_grpc::ClientError::GaveUp { .. })),
+        "{down:?}"
+    );
     for i in 30..60 {
         client
             .write(Cmd::Put(format!("k{i}"), format!("v{i}")))
@@ -72,8 +97,20 @@ async fn leader_shutdown_and_restart_over_grpc() {
             .unwrap();
     }
 
-    // The old leader restarts from its data directory and catches up.
+    // The old leader restarts from its data directory and catches up: a linearizable read
+    // pinned to it sees the last write made while it was down.
     c.launch(leader).await;
+    assert_eq!(
+        client
+            .read_on(
+                &c.addrs[&leader],
+                Query::Get("k59".into()),
+                Consistency::Linearizable
+            )
+            .await
+            .unwrap(),
+        Reply::Value(Some("v59".into()))
+    );
     let states = c.converged().await;
     assert_eq!(states.len(), 3);
     let first = states.values().next().unwrap();

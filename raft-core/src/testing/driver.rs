@@ -181,7 +181,37 @@ pub struct Report<W: Workload> {
     pub faults_applied: usize,
 }
 
+impl<W: Workload> std::fmt::Display for Report<W> {
+    /// One line: the seed, the operations by outcome, the faults that took effect, the
+    /// verdict and whether the replicas agree. An unknown count of 0 under faults means the
+    /// model's unknown-outcome branch was not exercised.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (ok, failed, unknown) = self.history.counts();
+        let verdict = match &self.check {
+            CheckResult::Linearizable => "linearizable",
+            CheckResult::Violation(_) => "NOT linearizable",
+            CheckResult::Unknown { .. } => "no verdict",
+        };
+        write!(
+            f,
+            "seed {}: {ok} ok, {failed} failed, {unknown} unknown; {} faults; {verdict}; replicas {}",
+            self.seed,
+            self.faults_applied,
+            if self.replicas_agree() {
+                "agree"
+            } else {
+                "DIVERGED"
+            },
+        )
+    }
+}
+
 impl<W: Workload> Report<W> {
+    /// Operations by outcome: (succeeded, definitely failed, unknown).
+    pub fn outcomes(&self) -> (usize, usize, usize) {
+        self.history.counts()
+    }
+
     /// Whether every replica ended with the same state.
     pub fn replicas_agree(&self) -> bool {
         self.replicas.windows(2).all(|w| w[0].1 == w[1].1)
