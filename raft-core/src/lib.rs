@@ -64,6 +64,7 @@ pub use crate::error::Result;
 pub use crate::metrics::Metrics;
 pub use crate::metrics::MetricsWatch;
 pub use crate::metrics::Role;
+pub use crate::metrics::UnknownRole;
 pub use crate::node::Consistency;
 pub use crate::node::Node;
 pub use crate::node::ReadIndex;

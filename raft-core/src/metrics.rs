@@ -37,6 +37,27 @@ impl std::fmt::Display for Role {
     }
 }
 
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+
+    /// Parses what [`Role`]'s `Display` writes.
+    fn from_str(s: &str) -> Result<Role, UnknownRole> {
+        Ok(match s {
+            "leader" => Role::Leader,
+            "follower" => Role::Follower,
+            "candidate" => Role::Candidate,
+            "learner" => Role::Learner,
+            "shutdown" => Role::Shutdown,
+            other => return Err(UnknownRole(other.to_string())),
+        })
+    }
+}
+
+/// A role name that [`Role`] does not know (from a newer node, or not a role at all).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}")]
+pub struct UnknownRole(pub String);
+
 /// A point-in-time view of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metrics {

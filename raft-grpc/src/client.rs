@@ -6,6 +6,7 @@
 //! over the nodes by a [`ReadPolicy`]; followers serve linearizable reads by asking the leader
 //! for a read index.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use raft_core::ApplyError;
 use raft_core::Consistency;
 use raft_core::NodeId;
 use raft_core::Queryable;
+use raft_core::Role;
+use raft_core::UnknownRole;
 use raft_core::codec::CodecError;
 use rand::Rng;
 use tonic::Status;
@@ -165,8 +168,57 @@ fn write_error(e: ClientError, session: raft_core::Session) -> ClientError {
     }
 }
 
-/// The answer of one [`ClusterClient::status`] call: a node's view of the cluster.
-pub type NodeStatus = pb::StatusReply;
+/// One node's view of the cluster, as [`ClusterClient::status`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStatus {
+    /// The node's id.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// Its current term.
+    pub term: u64,
+    /// The leader it follows (itself, when it leads), if it knows one.
+    pub leader_id: Option<NodeId>,
+    /// That leader's raft address, if known.
+    pub leader_addr: Option<String>,
+    /// The index of its last log entry.
+    pub last_log_index: Option<u64>,
+    /// The highest index it knows to be committed.
+    pub commit_index: Option<u64>,
+    /// The highest index its state machine has applied.
+    pub applied_index: Option<u64>,
+    /// The index its latest snapshot covers.
+    pub snapshot_index: Option<u64>,
+    /// The voters of the membership it holds, with their raft addresses.
+    pub voters: BTreeMap<NodeId, String>,
+    /// The learners of that membership, with their raft addresses.
+    pub learners: BTreeMap<NodeId, String>,
+    /// Why its storage (NOSPACE) alarm is raised, when it is.
+    pub space_alarm: Option<String>,
+}
+
+impl TryFrom<pb::StatusReply> for NodeStatus {
+    type Error = UnknownRole;
+
+    fn try_from(r: pb::StatusReply) -> Result<NodeStatus, UnknownRole> {
+        let members = |ms: Vec<pb::Member>| ms.into_iter().map(|m| (m.id, m.addr)).collect();
+        Ok(NodeStatus {
+            id: r.id,
+            role: r.role.parse()?,
+            term: r.term,
+            leader_id: r.leader_id,
+            leader_addr: Some(r.leader_addr).filter(|a| !a.is_empty()),
+            last_log_index: r.last_log_index,
+            commit_index: r.commit_index,
+            applied_index: r.applied_index,
+            snapshot_index: r.snapshot_index,
+            voters: members(r.voters),
+            learners: members(r.learners),
+            space_alarm: Some(r.space_alarm).filter(|a| !a.is_empty()),
+        })
+    }
+}
 
 /// A write's session slot: one registered session used for one write at a time.
 #[derive(Clone, Copy)]
@@ -691,7 +743,10 @@ impl<S: Queryable> ClusterClient<S> {
             for e in &self.inner.endpoints {
                 attempts += 1;
                 match self.status(e).await {
-                    Ok(s) if !s.leader_addr.is_empty() => candidates.push(s.leader_addr),
+                    Ok(NodeStatus {
+                        leader_addr: Some(a),
+                        ..
+                    }) => candidates.push(a),
                     Ok(_) => {}
                     Err(ClientError::GaveUp { last: s, .. }) if is_transient(&s) => last = s,
                     Err(ClientError::GaveUp { last: s, .. }) => {
@@ -702,7 +757,7 @@ impl<S: Queryable> ClusterClient<S> {
             }
             for addr in candidates {
                 if let Ok(s) = self.status(&addr).await
-                    && s.role == "leader"
+                    && s.role == Role::Leader
                 {
                     self.remember_leader(Some(addr.clone()));
                     return Ok((s.id, addr));
@@ -718,13 +773,19 @@ impl<S: Queryable> ClusterClient<S> {
     pub async fn status(&self, addr: &str) -> Result<NodeStatus, ClientError> {
         let mut c = self.client(addr).map_err(ClientError::Refused)?;
         let req = pb::request(pb::StatusRequest {}, self.inner.opts.attempt_timeout);
-        c.status(req)
+        let reply = c
+            .status(req)
             .await
-            .map(|r| r.into_inner())
             .map_err(|s| ClientError::GaveUp {
                 attempts: 1,
                 last: s,
-            })
+            })?
+            .into_inner();
+        NodeStatus::try_from(reply).map_err(|e| {
+            ClientError::Refused(Status::invalid_argument(format!(
+                "node at {addr} answered with a status this client cannot read: {e}"
+            )))
+        })
     }
 
     /// The views of every configured node that answers, by address.

@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Args;
 use clap::Subcommand;
 use raft_core::NodeId;
+use raft_core::Role;
 use raft_grpc::ClientError;
 use raft_grpc::ClientOptions;
 use raft_grpc::ClusterClient;
@@ -160,10 +161,11 @@ impl Conn {
             }
         }
         let first = first.ok_or_else(|| CtlError::Unreachable(self.endpoints.join(",")))?;
-        if first.role == "leader" || first.leader_addr.is_empty() {
-            return Ok(first);
-        }
-        Ok(client.status(&first.leader_addr).await.unwrap_or(first))
+        let leader = match &first.leader_addr {
+            Some(addr) if first.role != Role::Leader => addr.clone(),
+            _ => return Ok(first),
+        };
+        Ok(client.status(&leader).await.unwrap_or(first))
     }
 }
 
@@ -211,11 +213,11 @@ fn members(s: &NodeStatus) -> Vec<MemberRow> {
     let learners = s.learners.iter().map(|m| (m, "learner"));
     let mut rows: Vec<MemberRow> = voters
         .chain(learners)
-        .map(|(m, role)| MemberRow {
-            id: m.id,
-            raft_addr: m.addr.clone(),
+        .map(|((id, addr), role)| MemberRow {
+            id: *id,
+            raft_addr: addr.clone(),
             role,
-            leader: s.leader_id == Some(m.id),
+            leader: s.leader_id == Some(*id),
         })
         .collect();
     rows.sort_by_key(|r| r.id);
@@ -336,7 +338,7 @@ pub async fn status(conn: &Conn) -> Result<String, CtlError> {
         .voters
         .iter()
         .chain(&view.learners)
-        .map(|m| (m.id, m.addr.clone()))
+        .map(|(id, addr)| (*id, addr.clone()))
         .collect();
     let mut rows = Vec::new();
     for (id, addr) in &addrs {
@@ -414,7 +416,7 @@ fn row(s: &NodeStatus, addr: &str, leader_commit: Option<u64>) -> StatusRow {
         id: s.id,
         raft_addr: addr.to_string(),
         reachable: true,
-        role: s.role.clone(),
+        role: s.role.to_string(),
         term: s.term,
         leader: s.leader_id,
         last_log_index: s.last_log_index,
@@ -422,7 +424,7 @@ fn row(s: &NodeStatus, addr: &str, leader_commit: Option<u64>) -> StatusRow {
         applied_index: s.applied_index,
         snapshot_index: s.snapshot_index,
         lag: leader_commit.map(|c| c.saturating_sub(s.applied_index.unwrap_or(0))),
-        space_alarm: Some(s.space_alarm.clone()).filter(|a| !a.is_empty()),
+        space_alarm: s.space_alarm.clone(),
     }
 }
 

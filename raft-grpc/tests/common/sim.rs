@@ -159,7 +159,7 @@ pub fn leader_of(seen: &[(NodeId, NodeStatus)]) -> Option<NodeId> {
     let leaders: Vec<&NodeStatus> = seen
         .iter()
         .map(|(_, s)| s)
-        .filter(|s| s.role == "leader")
+        .filter(|s| s.role == raft_core::Role::Leader)
         .collect();
     let top = leaders.iter().max_by_key(|s| s.term)?;
     let agree = seen
