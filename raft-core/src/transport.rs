@@ -8,6 +8,13 @@
 //! * **Incoming**: a transport delivers what it receives to the target node's [`RpcHandler`]
 //!   (from [`Node::rpc_handler`]), which is not generic over the user's state machine.
 //!
+//! **Stability.** This module, [`rpc`] and the openraft aliases in [`crate::types`] are the
+//! surface for writing a transport. They name openraft's message types, so they follow the
+//! pinned openraft version and are exempt from raftkit's semver promise: a raftkit release that
+//! moves to a newer openraft may change them. Applications — everything that embeds a node,
+//! writes and reads through it, and uses raft-grpc as the transport — never name an openraft
+//! type.
+//!
 //! [`Node::start`]: crate::Node::start
 //! [`Node::rpc_handler`]: crate::Node::rpc_handler
 

@@ -5,6 +5,10 @@
 //! command ([`Request`]) and applying it yields opaque encoded output ([`Response`]). The user's
 //! own `Command`/`Output` types are encoded and decoded at the edges (see `apply.rs` and
 //! `node.rs`), so the log, the transport and the snapshot code are not generic at all.
+//!
+//! The aliases of openraft types here (`Entry`, `LogId`, `Vote`, `Membership`, …) are for
+//! transports and follow the pinned openraft version; see the stability note of
+//! [`crate::transport`].
 
 use std::fmt;
 
