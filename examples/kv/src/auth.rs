@@ -154,7 +154,7 @@ const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is dis
 /// The role a command needs.
 fn role_for(name: &str) -> Role {
     match name {
-        "flushdb" | "flushall" => Role::Admin,
+        n if crate::commands::is_admin(n) => Role::Admin,
         n if crate::commands::is_write(n) => Role::Write,
         _ => Role::Read,
     }

@@ -34,6 +34,7 @@ mod bench;
 mod certs;
 mod cluster;
 mod commands;
+mod config;
 mod ctl;
 mod limits;
 mod metrics;

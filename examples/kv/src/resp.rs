@@ -14,6 +14,7 @@ use bytes::BufMut;
 use bytes::Bytes;
 use bytes::BytesMut;
 
+use crate::store::Error;
 use crate::store::Reply;
 
 /// What a connection may send.
@@ -319,14 +320,37 @@ pub fn encode(reply: &Reply, out: &mut BytesMut, proto: Proto) {
                 encode(v, out, proto);
             }
         }
-        Reply::Error(e) => {
-            out.put_u8(b'-');
-            // An error is one line: never let a message break the framing.
-            for c in e.bytes() {
-                out.put_u8(if c == b'\r' || c == b'\n' { b' ' } else { c });
-            }
-            out.put_slice(b"\r\n");
-        }
+        Reply::Status(s) => simple(out, b'+', s),
+        Reply::NilArray if proto == Proto::Resp3 => out.put_slice(b"_\r\n"),
+        Reply::NilArray => out.put_slice(b"*-1\r\n"),
+        Reply::Error(e) => simple(out, b'-', e),
+        Reply::Fault(e) => simple(out, b'-', error_text(e)),
+    }
+}
+
+/// A simple string or error: one line, whatever the text holds, so a message never breaks the
+/// framing.
+fn simple(out: &mut BytesMut, mark: u8, text: &str) {
+    out.put_u8(mark);
+    for c in text.bytes() {
+        out.put_u8(if c == b'\r' || c == b'\n' { b' ' } else { c });
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// How Redis words each of the store's errors.
+pub fn error_text(e: &Error) -> &'static str {
+    match e {
+        Error::WrongType => "WRONGTYPE Operation against a key holding the wrong kind of value",
+        Error::NotInteger => "ERR value is not an integer or out of range",
+        Error::NotFloat => "ERR value is not a valid float",
+        Error::Overflow => "ERR increment or decrement would overflow",
+        Error::NanOrInfinity => "ERR increment would produce NaN or Infinity",
+        Error::TooLong => "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
+        Error::NoSuchKey => "ERR no such key",
+        Error::HashNotInteger => "ERR hash value is not an integer",
+        Error::HashNotFloat => "ERR hash value is not a float",
+        Error::LcsTooLarge => "ERR strings too long for LCS on this server",
     }
 }
 

@@ -53,9 +53,12 @@ use crate::security::Security;
 use crate::security::SharedTls;
 use crate::store::Command;
 use crate::store::Query;
+use crate::store::Queued;
 use crate::store::ReadOp;
 use crate::store::Reply;
 use crate::store::Store;
+use crate::store::Watched;
+use crate::store::WriteOp;
 
 /// How long a command keeps retrying through elections before the client gets an error.
 const RETRY_FOR: Duration = Duration::from_secs(10);
@@ -89,6 +92,8 @@ pub struct Ctx {
     pub accounts: SharedAccounts,
     /// TLS for clients, if on.
     pub tls: Option<SharedTls>,
+    /// This node's `CONFIG` parameters.
+    pub config: crate::config::NodeConfig,
     next_conn: AtomicU64,
     /// Clients connected now.
     clients: AtomicUsize,
@@ -103,12 +108,14 @@ impl Ctx {
         limits: ConnLimits,
         security: &Security,
     ) -> Arc<Ctx> {
+        let config = crate::config::NodeConfig::new(&limits);
         Arc::new(Ctx {
             client,
             consistency,
             limits,
             accounts: security.accounts.clone(),
             tls: security.resp_tls.clone(),
+            config,
             next_conn: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
             refusals: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS)),
@@ -220,6 +227,25 @@ struct Conn {
     session: Option<Session>,
     proto: resp::Proto,
     auth: ConnAuth,
+    /// The transaction being queued, between `MULTI` and `EXEC`/`DISCARD`.
+    tx: Option<Transaction>,
+    /// The keys `WATCH`ed for the next `EXEC`, as they were then.
+    watched: Vec<Watched>,
+    /// What the watched keys cost (see [`resp::ARG_OVERHEAD`]), bounded like a command.
+    watched_bytes: usize,
+}
+
+/// Commands queued after `MULTI`.
+#[derive(Default)]
+struct Transaction {
+    ops: Vec<Queued>,
+    /// How each queued write's reply is reshaped.
+    posts: Vec<commands::Post>,
+    /// What the queued commands cost (see [`resp::ARG_OVERHEAD`]): bounded like one command,
+    /// since the transaction becomes one log entry.
+    bytes: usize,
+    /// A command was refused while queueing: `EXEC` answers `EXECABORT`.
+    dirty: bool,
 }
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
@@ -233,6 +259,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         session: None,
         proto: resp::Proto::Resp2,
         auth: ConnAuth::new(&auth::current(&ctx.accounts)),
+        tx: None,
+        watched: Vec::new(),
+        watched_bytes: 0,
     };
     tracing::debug!(%peer, id, "client connected");
     let result = serve_connection(socket, peer, ctx, &mut conn).await;
@@ -375,41 +404,173 @@ async fn execute(args: &[Bytes], conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut)
     }
     // One clock reading: EX/PX deadlines and the write's stamp are the same instant.
     let now = now_ms();
-    let reply = match commands::parse_as(name, args, now, ctx.limits.resp.max_bulk) {
-        Action::Reply(r) => r,
-        Action::Quit => {
-            resp::encode(&Reply::Ok, out, conn.proto);
-            return true;
-        }
-        Action::Hello(proto) => {
-            if let Some(p) = proto {
-                conn.proto = p;
+    let action = commands::parse_as(name, args, now, ctx.limits.resp.max_bulk);
+    let reply = match conn.tx.as_mut() {
+        Some(tx) if queues(&action) => queue(tx, action, args, ctx),
+        _ => match action {
+            Action::Reply(r) => r,
+            Action::Quit => {
+                resp::encode(&Reply::Ok, out, conn.proto);
+                return true;
             }
-            hello(conn, ctx)
-        }
-        Action::Info(section) => info(ctx, section.as_deref()).await,
-        Action::Write { op, post } => {
-            let started = Instant::now();
-            let r = match next_session(conn, ctx).await {
-                Ok(session) => write(ctx, session, Command { now, op }).await,
-                Err(refused) => refused,
-            };
-            metrics::histogram!("kv_write_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
-            if let Reply::Error(e) = &r
-                && e.starts_with(OUTCOME_UNKNOWN)
-            {
-                // The session may not answer again: the next write registers a new one. The
-                // old one is left to eviction (it may be gone already).
-                conn.session = None;
+            Action::Hello(proto) => {
+                if let Some(p) = proto {
+                    conn.proto = p;
+                }
+                hello(conn, ctx)
             }
-            post.apply(r)
-        }
-        Action::Read(ReadOp::Keys(pattern)) => keys(ctx, pattern).await,
-        Action::Read(op) => read(ctx, op).await,
+            Action::Info(section) => info(ctx, section.as_deref()).await,
+            Action::Write { op, post } => post.apply(replicate(conn, ctx, op, now).await),
+            Action::Read(ReadOp::Keys(pattern)) => keys(ctx, pattern).await,
+            Action::Read(op) => read(ctx, op).await,
+            Action::Multi if conn.tx.is_some() => Reply::error("ERR MULTI calls can not be nested"),
+            Action::Multi => {
+                conn.tx = Some(Transaction::default());
+                Reply::Ok
+            }
+            Action::Exec => exec(conn, ctx, now).await,
+            Action::Discard => match conn.tx.take() {
+                Some(_) => {
+                    unwatch(conn);
+                    Reply::Ok
+                }
+                None => Reply::error("ERR DISCARD without MULTI"),
+            },
+            Action::Watch(_) if conn.tx.is_some() => {
+                Reply::error("ERR WATCH inside MULTI is not allowed")
+            }
+            Action::Watch(keys) => watch(conn, ctx, keys).await,
+            Action::Unwatch => {
+                unwatch(conn);
+                Reply::Ok
+            }
+            Action::ConfigGet(patterns) => ctx.config.get(&patterns),
+            Action::ConfigSet(pairs) => ctx.config.set(&pairs),
+        },
     };
     resp::encode(&reply, out, conn.proto);
     false
+}
+
+/// Replicates one write under the connection's session and answers the store's reply.
+async fn replicate(conn: &mut Conn, ctx: &Ctx, op: WriteOp, now: u64) -> Reply {
+    let started = Instant::now();
+    let r = match next_session(conn, ctx).await {
+        Ok(session) => write(ctx, session, Command { now, op }).await,
+        Err(refused) => refused,
+    };
+    metrics::histogram!("kv_write_duration_seconds").record(started.elapsed().as_secs_f64());
+    if let Reply::Error(e) = &r
+        && e.starts_with(OUTCOME_UNKNOWN)
+    {
+        // The session may not answer again: the next write registers a new one. The old one
+        // is left to eviction (it may be gone already).
+        conn.session = None;
+    }
+    r
+}
+
+/// Whether a command given inside `MULTI` is queued (or refused) rather than run at once.
+fn queues(action: &Action) -> bool {
+    !matches!(
+        action,
+        Action::Exec | Action::Discard | Action::Multi | Action::Watch(_) | Action::Quit
+    )
+}
+
+/// Queues a command of a transaction, or refuses it (and the transaction with it) as Redis 7
+/// does for a mistake it can see before `EXEC`.
+fn queue(tx: &mut Transaction, action: Action, args: &[Bytes], ctx: &Ctx) -> Reply {
+    let (op, post) = match action {
+        Action::Reply(r) if r.is_error() => {
+            tx.dirty = true;
+            return r;
+        }
+        Action::Reply(r) => (Queued::Reply(r), commands::Post::None),
+        Action::Write { op, post } => (Queued::Write(op), post),
+        Action::Read(op) => (Queued::Read(op), commands::Post::None),
+        Action::Unwatch => (Queued::Reply(Reply::Ok), commands::Post::None),
+        _ => {
+            tx.dirty = true;
+            return Reply::error("ERR this command is not allowed inside a transaction");
+        }
+    };
+    let cost: usize = args.iter().map(|a| a.len() + resp::ARG_OVERHEAD).sum();
+    let max = ctx.limits.resp.max_frame;
+    if tx.bytes + cost > max {
+        tx.dirty = true;
+        return Reply::error(format!(
+            "ERR the transaction would pass the {max} byte limit of one command (client-query-buffer-limit)"
+        ));
+    }
+    tx.bytes += cost;
+    tx.ops.push(op);
+    tx.posts.push(post);
+    Reply::Status("QUEUED".into())
+}
+
+/// `EXEC`: the queued commands, with the watched keys' versions, as one replicated write.
+async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
+    let Some(tx) = conn.tx.take() else {
+        return Reply::error("ERR EXEC without MULTI");
+    };
+    let watched = std::mem::take(&mut conn.watched);
+    conn.watched_bytes = 0;
+    if tx.dirty {
+        return Reply::error("EXECABORT Transaction discarded because of previous errors.");
+    }
+    if tx.ops.is_empty() && watched.is_empty() {
+        return Reply::Array(Vec::new());
+    }
+    let op = WriteOp::Exec {
+        watched,
+        ops: tx.ops,
+    };
+    match replicate(conn, ctx, op, now).await {
+        Reply::Array(replies) => Reply::Array(
+            replies
+                .into_iter()
+                .zip(tx.posts)
+                .map(|(r, post)| post.apply(r))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// `WATCH`: reads the keys' versions (at the node's consistency) for the next `EXEC` to check.
+async fn watch(conn: &mut Conn, ctx: &Ctx, keys: Vec<Bytes>) -> Reply {
+    let cost: usize = keys.iter().map(|k| k.len() + resp::ARG_OVERHEAD).sum();
+    let max = ctx.limits.resp.max_frame;
+    if conn.watched_bytes + cost > max {
+        return Reply::error(format!(
+            "ERR the watched keys would pass the {max} byte limit of one command (client-query-buffer-limit)"
+        ));
+    }
+    let versions = match read(ctx, ReadOp::Versions(keys.clone())).await {
+        Reply::Array(v) => v,
+        other => return other,
+    };
+    let number = |r: Option<&Reply>| match r {
+        Some(Reply::Int(n)) => Some(*n as u64),
+        _ => None,
+    };
+    let Some(seen) = number(versions.first()) else {
+        return Reply::error("ERR internal error: malformed versions");
+    };
+    for (key, v) in keys.into_iter().zip(versions.iter().skip(1)) {
+        let Some(version) = number(Some(v)) else {
+            return Reply::error("ERR internal error: malformed versions");
+        };
+        conn.watched.push(Watched { key, version, seen });
+    }
+    conn.watched_bytes += cost;
+    Reply::Ok
+}
+
+fn unwatch(conn: &mut Conn) {
+    conn.watched.clear();
+    conn.watched_bytes = 0;
 }
 
 /// The Redis error a client gets for a call that failed for good. Statuses raftkit itself

@@ -1,0 +1,141 @@
+//! Parsers of the commands about the connection and the server: PING, HELLO, transactions,
+//! CONFIG, COMMAND, CLIENT, FUNCTION.
+
+use bytes::Bytes;
+
+use super::Action;
+use super::Args;
+use super::COMMANDS;
+use super::NOT_INT;
+use super::command_info;
+use super::error;
+use super::parse_i64;
+use crate::store::Reply;
+
+fn lower(b: &Bytes) -> String {
+    String::from_utf8_lossy(b).to_ascii_lowercase()
+}
+
+/// `AUTH` and `ACL` are answered by the connection's gate before parsing; this is what a
+/// caller that skipped the gate gets.
+pub(super) fn auth(_: &Args) -> Action {
+    error("ERR AUTH is answered by the connection, not the command table")
+}
+
+pub(super) fn acl(a: &Args) -> Action {
+    auth(a)
+}
+
+pub(super) fn ping(a: &Args) -> Action {
+    match a.rest {
+        [] => Action::Reply(Reply::Status("PONG".into())),
+        [msg] => Action::Reply(Reply::Bulk(msg.clone())),
+        _ => super::arity_error(a.name),
+    }
+}
+
+pub(super) fn echo(a: &Args) -> Action {
+    Action::Reply(Reply::Bulk(a.rest[0].clone()))
+}
+
+pub(super) fn hello(a: &Args) -> Action {
+    match a.rest.first().map(parse_i64) {
+        None => Action::Hello(None),
+        Some(Some(2)) => Action::Hello(Some(crate::resp::Proto::Resp2)),
+        Some(Some(3)) => Action::Hello(Some(crate::resp::Proto::Resp3)),
+        Some(Some(_)) => error("NOPROTO unsupported protocol version"),
+        Some(None) => error("ERR Protocol version is not an integer or out of range"),
+    }
+}
+
+pub(super) fn select(a: &Args) -> Action {
+    match parse_i64(&a.rest[0]) {
+        Some(0) => Action::Reply(Reply::Ok),
+        Some(_) => error("ERR DB index is out of range"),
+        None => error(NOT_INT),
+    }
+}
+
+pub(super) fn quit(_: &Args) -> Action {
+    Action::Quit
+}
+
+pub(super) fn info(a: &Args) -> Action {
+    Action::Info(a.rest.first().map(lower))
+}
+
+pub(super) fn multi(_: &Args) -> Action {
+    Action::Multi
+}
+
+pub(super) fn exec(_: &Args) -> Action {
+    Action::Exec
+}
+
+pub(super) fn discard(_: &Args) -> Action {
+    Action::Discard
+}
+
+pub(super) fn watch(a: &Args) -> Action {
+    Action::Watch(a.rest.to_vec())
+}
+
+pub(super) fn unwatch(_: &Args) -> Action {
+    Action::Unwatch
+}
+
+pub(super) fn client(a: &Args) -> Action {
+    match lower(&a.rest[0]).as_str() {
+        "setname" | "setinfo" | "no-evict" | "no-touch" | "reply" => Action::Reply(Reply::Ok),
+        "getname" => Action::Reply(Reply::Nil),
+        "id" => Action::Reply(Reply::Int(0)),
+        _ => error("ERR unknown subcommand for 'client'"),
+    }
+}
+
+/// `CONFIG GET pattern…`, `CONFIG SET name value…`, and `RESETSTAT`/`REWRITE` (nothing to do).
+pub(super) fn config(a: &Args) -> Action {
+    let rest = &a.rest[1..];
+    match lower(&a.rest[0]).as_str() {
+        "get" if !rest.is_empty() => Action::ConfigGet(rest.to_vec()),
+        "set" if !rest.is_empty() && rest.len().is_multiple_of(2) => Action::ConfigSet(
+            rest.chunks(2)
+                .map(|p| (p[0].clone(), p[1].clone()))
+                .collect(),
+        ),
+        "get" | "set" => error(format!(
+            "ERR wrong number of arguments for 'config|{}' command",
+            lower(&a.rest[0])
+        )),
+        "resetstat" | "rewrite" => Action::Reply(Reply::Ok),
+        other => error(format!(
+            "ERR unknown subcommand '{other}'. Try CONFIG HELP."
+        )),
+    }
+}
+
+/// `FUNCTION FLUSH`: there are no functions, so flushing them always succeeds.
+pub(super) fn function(a: &Args) -> Action {
+    match lower(&a.rest[0]).as_str() {
+        "flush" => Action::Reply(Reply::Ok),
+        "list" => Action::Reply(Reply::Array(Vec::new())),
+        other => error(format!(
+            "ERR unknown subcommand '{other}'. Functions (scripting) are not supported."
+        )),
+    }
+}
+
+pub(super) fn command(a: &Args) -> Action {
+    match a.rest.first().map(lower).as_deref() {
+        None => Action::Reply(Reply::Array(COMMANDS.iter().map(command_info).collect())),
+        Some("count") => Action::Reply(Reply::Int(COMMANDS.len() as i64)),
+        Some("docs") => Action::Reply(Reply::Array(Vec::new())),
+        Some("info") => Action::Reply(Reply::Array(
+            a.rest[1..]
+                .iter()
+                .map(|name| super::lookup(name).map_or(Reply::Nil, command_info))
+                .collect(),
+        )),
+        Some(_) => error("ERR unknown subcommand for 'command'"),
+    }
+}

@@ -1,0 +1,342 @@
+//! Parsers of the string commands.
+
+use bytes::Bytes;
+
+use super::Action;
+use super::Args;
+use super::MAX_EXPIRE_AT;
+use super::NOT_INT;
+use super::Post;
+use super::error;
+use super::parse_i64;
+use super::syntax;
+use super::upper;
+use super::write;
+use crate::store::Condition;
+use crate::store::Expiry;
+use crate::store::LcsMode;
+use crate::store::ReadOp;
+use crate::store::WriteOp;
+use crate::store::parse_float;
+
+/// The largest bit offset `SETBIT`/`GETBIT` take, as in Redis (a 512 MiB string).
+const MAX_BIT_OFFSET: i64 = (512 << 20) * 8 - 1;
+
+pub(super) fn get(a: &Args) -> Action {
+    Action::Read(ReadOp::Get(a.key()))
+}
+
+pub(super) fn set(a: &Args) -> Action {
+    parse_set(a.name, &a.rest[0], &a.rest[1], &a.rest[2..], a.now)
+}
+
+pub(super) fn getset(a: &Args) -> Action {
+    write(WriteOp::Set {
+        key: a.key(),
+        value: a.rest[1].clone(),
+        expiry: Expiry::Clear,
+        condition: Condition::Always,
+        get: true,
+    })
+}
+
+pub(super) fn setnx(a: &Args) -> Action {
+    Action::Write {
+        op: WriteOp::Set {
+            key: a.key(),
+            value: a.rest[1].clone(),
+            expiry: Expiry::Clear,
+            condition: Condition::IfAbsent,
+            get: false,
+        },
+        post: Post::OkToOne,
+    }
+}
+
+/// `SETEX key seconds value`: `SET key value EX seconds` (and `PSETEX` with `PX`), with Redis'
+/// own error for a time that is not positive.
+pub(super) fn setex(a: &Args) -> Action {
+    match parse_i64(&a.rest[1]) {
+        Some(t) if t > 0 => {
+            let unit = if a.name == "setex" { "EX" } else { "PX" };
+            parse_set(
+                a.name,
+                &a.rest[0],
+                &a.rest[2],
+                &[Bytes::from_static(unit.as_bytes()), a.rest[1].clone()],
+                a.now,
+            )
+        }
+        Some(_) => invalid_expire(a.name),
+        None => error(NOT_INT),
+    }
+}
+
+fn invalid_expire(name: &str) -> Action {
+    error(format!("ERR invalid expire time in '{name}' command"))
+}
+
+/// An `EX`/`PX`/`EXAT`/`PXAT` option's deadline, in ms since the epoch, or the error reply.
+fn deadline(name: &str, unit: &str, arg: Option<&Bytes>, now: u64) -> Result<u64, Action> {
+    let Some(arg) = arg else {
+        return Err(syntax());
+    };
+    let Some(t) = parse_i64(arg) else {
+        return Err(error(NOT_INT));
+    };
+    if t <= 0 {
+        return Err(invalid_expire(name));
+    }
+    let t = t as u64;
+    let at = match unit {
+        "EX" => t.checked_mul(1000).and_then(|ms| now.checked_add(ms)),
+        "PX" => now.checked_add(t),
+        "EXAT" => t.checked_mul(1000),
+        _ => Some(t),
+    };
+    // As in Redis: a time that overflows, or that PTTL could not answer, is refused.
+    at.filter(|at| *at <= MAX_EXPIRE_AT)
+        .ok_or_else(|| invalid_expire(name))
+}
+
+fn parse_set(name: &str, key: &Bytes, value: &Bytes, opts: &[Bytes], now: u64) -> Action {
+    let mut expiry = Expiry::Clear;
+    let mut condition = Condition::Always;
+    let mut get = false;
+    let mut seen_expiry = false;
+    let mut i = 0;
+    while i < opts.len() {
+        let opt = upper(&opts[i]);
+        match opt.as_str() {
+            "NX" | "XX" if condition == Condition::Always => {
+                condition = if opt == "NX" {
+                    Condition::IfAbsent
+                } else {
+                    Condition::IfPresent
+                };
+            }
+            "GET" => get = true,
+            "KEEPTTL" if !seen_expiry => {
+                expiry = Expiry::Keep;
+                seen_expiry = true;
+            }
+            "EX" | "PX" | "EXAT" | "PXAT" if !seen_expiry => {
+                match deadline(name, &opt, opts.get(i + 1), now) {
+                    Ok(at) => expiry = Expiry::At(at),
+                    Err(e) => return e,
+                }
+                seen_expiry = true;
+                i += 1;
+            }
+            _ => return syntax(),
+        }
+        i += 1;
+    }
+    write(WriteOp::Set {
+        key: key.clone(),
+        value: value.clone(),
+        expiry,
+        condition,
+        get,
+    })
+}
+
+pub(super) fn getex(a: &Args) -> Action {
+    let opts = &a.rest[1..];
+    let expiry = match opts {
+        [] => Expiry::Keep,
+        [o] if upper(o) == "PERSIST" => Expiry::Clear,
+        [o, t] => match upper(o).as_str() {
+            u @ ("EX" | "PX" | "EXAT" | "PXAT") => match deadline(a.name, u, Some(t), a.now) {
+                Ok(at) => Expiry::At(at),
+                Err(e) => return e,
+            },
+            _ => return syntax(),
+        },
+        _ => return syntax(),
+    };
+    write(WriteOp::GetEx {
+        key: a.key(),
+        expiry,
+    })
+}
+
+pub(super) fn getdel(a: &Args) -> Action {
+    write(WriteOp::GetDel(a.key()))
+}
+
+pub(super) fn incr(a: &Args) -> Action {
+    let by = if a.name == "incr" { 1 } else { -1 };
+    write(WriteOp::IncrBy(a.key(), by))
+}
+
+pub(super) fn incrby(a: &Args) -> Action {
+    match parse_i64(&a.rest[1]) {
+        Some(by) if a.name == "incrby" => write(WriteOp::IncrBy(a.key(), by)),
+        Some(by) => match by.checked_neg() {
+            Some(neg) => write(WriteOp::IncrBy(a.key(), neg)),
+            None => error("ERR decrement would overflow"),
+        },
+        None => error(NOT_INT),
+    }
+}
+
+pub(super) fn incrbyfloat(a: &Args) -> Action {
+    match parse_float(&a.rest[1]) {
+        Some(by) => write(WriteOp::IncrByFloat {
+            key: a.key(),
+            by: by.to_bits(),
+        }),
+        None => error("ERR value is not a valid float"),
+    }
+}
+
+pub(super) fn append(a: &Args) -> Action {
+    write(WriteOp::AppendAtMost {
+        key: a.key(),
+        suffix: a.rest[1].clone(),
+        max: a.max_value as u64,
+    })
+}
+
+pub(super) fn setrange(a: &Args) -> Action {
+    match parse_i64(&a.rest[1]) {
+        Some(offset) if offset < 0 => error("ERR offset is out of range"),
+        Some(offset) => write(WriteOp::SetRange {
+            key: a.key(),
+            offset: offset as u64,
+            value: a.rest[2].clone(),
+            max: a.max_value as u64,
+        }),
+        None => error(NOT_INT),
+    }
+}
+
+pub(super) fn getrange(a: &Args) -> Action {
+    match (parse_i64(&a.rest[1]), parse_i64(&a.rest[2])) {
+        (Some(start), Some(end)) => Action::Read(ReadOp::GetRange {
+            key: a.key(),
+            start,
+            end,
+        }),
+        _ => error(NOT_INT),
+    }
+}
+
+pub(super) fn strlen(a: &Args) -> Action {
+    Action::Read(ReadOp::Strlen(a.key()))
+}
+
+pub(super) fn mget(a: &Args) -> Action {
+    Action::Read(ReadOp::MGet(a.rest.to_vec()))
+}
+
+/// `MSET` and `MSETNX`.
+pub(super) fn mset(a: &Args) -> Action {
+    if !a.rest.len().is_multiple_of(2) {
+        return super::arity_error(a.name);
+    }
+    let pairs = a
+        .rest
+        .chunks(2)
+        .map(|p| (p[0].clone(), p[1].clone()))
+        .collect();
+    write(if a.name == "mset" {
+        WriteOp::MSet(pairs)
+    } else {
+        WriteOp::MSetNx(pairs)
+    })
+}
+
+fn bit_offset(b: &Bytes) -> Option<u64> {
+    parse_i64(b)
+        .filter(|o| (0..=MAX_BIT_OFFSET).contains(o))
+        .map(|o| o as u64)
+}
+
+pub(super) fn setbit(a: &Args) -> Action {
+    let Some(offset) = bit_offset(&a.rest[1]) else {
+        return error("ERR bit offset is not an integer or out of range");
+    };
+    let bit = match &a.rest[2][..] {
+        b"0" => false,
+        b"1" => true,
+        _ => return error("ERR bit is not an integer or out of range"),
+    };
+    write(WriteOp::SetBit {
+        key: a.key(),
+        offset,
+        bit,
+        max: a.max_value as u64,
+    })
+}
+
+pub(super) fn getbit(a: &Args) -> Action {
+    match bit_offset(&a.rest[1]) {
+        Some(offset) => Action::Read(ReadOp::GetBit {
+            key: a.key(),
+            offset,
+        }),
+        None => error("ERR bit offset is not an integer or out of range"),
+    }
+}
+
+pub(super) fn bitcount(a: &Args) -> Action {
+    let (range, bits) = match &a.rest[1..] {
+        [] => (None, false),
+        [s, e, unit @ ..] if unit.len() <= 1 => {
+            let bits = match unit.first().map(upper).as_deref() {
+                None | Some("BYTE") => false,
+                Some("BIT") => true,
+                Some(_) => return syntax(),
+            };
+            match (parse_i64(s), parse_i64(e)) {
+                (Some(s), Some(e)) => (Some((s, e)), bits),
+                _ => return error(NOT_INT),
+            }
+        }
+        _ => return syntax(),
+    };
+    Action::Read(ReadOp::BitCount {
+        key: a.key(),
+        range,
+        bits,
+    })
+}
+
+pub(super) fn lcs(a: &Args) -> Action {
+    let (mut len, mut idx, mut with_len, mut min_len) = (false, false, false, 0u64);
+    let mut i = 2;
+    while i < a.rest.len() {
+        match upper(&a.rest[i]).as_str() {
+            "LEN" => len = true,
+            "IDX" => idx = true,
+            "WITHMATCHLEN" => with_len = true,
+            "MINMATCHLEN" => {
+                let Some(n) = a.rest.get(i + 1) else {
+                    return syntax();
+                };
+                match parse_i64(n) {
+                    Some(n) => min_len = n.max(0) as u64,
+                    None => return error(NOT_INT),
+                }
+                i += 1;
+            }
+            _ => return syntax(),
+        }
+        i += 1;
+    }
+    if len && idx {
+        return error("ERR If you want both the length and indexes, please just use IDX.");
+    }
+    let mode = match (len, idx) {
+        (true, _) => LcsMode::Len,
+        (_, true) => LcsMode::Idx { min_len, with_len },
+        _ => LcsMode::String,
+    };
+    Action::Read(ReadOp::Lcs {
+        a: a.key(),
+        b: a.rest[1].clone(),
+        mode,
+    })
+}

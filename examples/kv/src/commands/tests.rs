@@ -1,0 +1,256 @@
+use super::*;
+use crate::store::Condition;
+use crate::store::Expiry;
+
+#[test]
+fn known_names_are_canonical_and_unknown_ones_are_not() {
+    assert_eq!(known(b"SeT"), Some("set"));
+    assert_eq!(known(b"getset"), Some("getset"));
+    assert_eq!(known(b"HGETALL"), Some("hgetall"));
+    assert_eq!(known(b"lpushx"), None);
+    assert_eq!(known(b"averyveryverylongcommandname"), None);
+    assert_eq!(known(b""), None);
+}
+
+fn args(s: &str) -> Vec<Bytes> {
+    s.split_whitespace()
+        .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+        .collect()
+}
+
+#[test]
+fn arity_and_unknown_commands() {
+    assert_eq!(
+        parse(&args("GET"), 0),
+        Action::Reply(Reply::Error(
+            "ERR wrong number of arguments for 'get' command".into()
+        ))
+    );
+    assert!(
+        matches!(parse(&args("FOO bar"), 0), Action::Reply(Reply::Error(e)) if e.starts_with("ERR unknown command 'FOO'"))
+    );
+    assert!(matches!(
+        parse(&args("SELECT 1"), 0),
+        Action::Reply(Reply::Error(_))
+    ));
+    assert_eq!(parse(&args("SELECT 0"), 0), Action::Reply(Reply::Ok));
+}
+
+#[test]
+fn setex_psetex_unlink_and_touch_are_their_set_del_and_exists_forms() {
+    assert_eq!(
+        parse(&args("SETEX k 10 v"), 5_000),
+        parse(&args("SET k v EX 10"), 5_000)
+    );
+    assert_eq!(
+        parse(&args("PSETEX k 10 v"), 5_000),
+        parse(&args("SET k v PX 10"), 5_000)
+    );
+    for bad in ["SETEX k 0 v", "PSETEX k -1 v"] {
+        assert!(
+            matches!(parse(&args(bad), 0), Action::Reply(Reply::Error(e)) if e.starts_with("ERR invalid expire time")),
+            "{bad}"
+        );
+    }
+    assert_eq!(parse(&args("UNLINK a b"), 0), parse(&args("DEL a b"), 0));
+    assert_eq!(parse(&args("TOUCH a b"), 0), parse(&args("EXISTS a b"), 0));
+    assert!(is_write("setex") && is_write("psetex") && is_write("unlink"));
+    assert!(!is_write("touch"));
+}
+
+#[test]
+fn set_options() {
+    let Action::Write { op, .. } = parse(&args("SET k v EX 10 NX GET"), 5_000) else {
+        panic!()
+    };
+    assert_eq!(
+        op,
+        WriteOp::Set {
+            key: "k".into(),
+            value: "v".into(),
+            expiry: Expiry::At(15_000),
+            condition: Condition::IfAbsent,
+            get: true,
+        }
+    );
+    assert!(
+        matches!(parse(&args("SET k v EX"), 0), Action::Reply(Reply::Error(e)) if e == "ERR syntax error")
+    );
+    assert!(matches!(
+        parse(&args("SET k v EX 0"), 0),
+        Action::Reply(Reply::Error(_))
+    ));
+    assert!(matches!(
+        parse(&args("SET k v NX XX"), 0),
+        Action::Reply(Reply::Error(_))
+    ));
+    assert!(matches!(
+        parse(&args("SET k v EX 1 PX 1"), 0),
+        Action::Reply(Reply::Error(_))
+    ));
+}
+
+#[test]
+fn expire_times_that_overflow_are_refused_as_in_redis() {
+    let now = 1_700_000_000_000;
+    for cmd in [
+        "SET k v EXAT 9223372036854775807",
+        "SET k v EX 9223372036854775807",
+        "SET k v PX 9223372036854775807",
+        "SET k v EX 9223372036854775",
+    ] {
+        let got = parse(&args(cmd), now);
+        assert!(
+            matches!(&got, Action::Reply(Reply::Error(e)) if e == "ERR invalid expire time in 'set' command"),
+            "{cmd}: {got:?}"
+        );
+    }
+    // The largest PXAT is i64::MAX ms, what PTTL can answer.
+    assert!(matches!(
+        parse(&args("SET k v PXAT 9223372036854775807"), now),
+        Action::Write { .. }
+    ));
+    assert!(matches!(
+        parse(&args("EXPIRE k 9223372036854775807"), now),
+        Action::Reply(Reply::Error(e)) if e == "ERR invalid expire time in 'expire' command"
+    ));
+    assert!(matches!(
+        parse(&args("PEXPIRE k 9223372036854775807"), now),
+        Action::Reply(Reply::Error(e)) if e == "ERR invalid expire time in 'pexpire' command"
+    ));
+    assert!(matches!(
+        parse(&args("EXPIRE k -5"), now),
+        Action::Write {
+            op: WriteOp::ExpireAt { at, .. },
+            ..
+        } if at < now
+    ));
+}
+
+#[test]
+fn hello_negotiates_the_protocol() {
+    use crate::resp::Proto;
+    assert_eq!(parse(&args("HELLO"), 0), Action::Hello(None));
+    assert_eq!(
+        parse(&args("HELLO 2"), 0),
+        Action::Hello(Some(Proto::Resp2))
+    );
+    assert_eq!(
+        parse(&args("HELLO 3"), 0),
+        Action::Hello(Some(Proto::Resp3))
+    );
+    assert!(
+        matches!(parse(&args("HELLO 4"), 0), Action::Reply(Reply::Error(e)) if e.starts_with("NOPROTO"))
+    );
+}
+
+#[test]
+fn setnx_reply_is_an_integer() {
+    let Action::Write { post, .. } = parse(&args("SETNX a b"), 0) else {
+        panic!()
+    };
+    assert_eq!(post.apply(Reply::Ok), Reply::Int(1));
+    assert_eq!(post.apply(Reply::Nil), Reply::Int(0));
+}
+
+#[test]
+fn the_table_is_sorted_and_every_name_is_found() {
+    assert!(COMMANDS.windows(2).all(|w| w[0].name < w[1].name));
+    for c in COMMANDS {
+        assert!(c.name.len() <= LONGEST_NAME, "{}", c.name);
+        assert_eq!(known(c.name.to_ascii_uppercase().as_bytes()), Some(c.name));
+    }
+}
+
+#[test]
+fn arity_comes_from_the_table() {
+    for (cmd, name) in [
+        ("HSET h f", "hset"),
+        ("HSET h f v f2", "hset"),
+        ("GETRANGE k 0", "getrange"),
+        ("MSETNX a 1 b", "msetnx"),
+        ("RENAME a", "rename"),
+        ("WATCH", "watch"),
+    ] {
+        assert_eq!(
+            parse(&args(cmd), 0),
+            Action::Reply(Reply::Error(format!(
+                "ERR wrong number of arguments for '{name}' command"
+            ))),
+            "{cmd}"
+        );
+    }
+}
+
+#[test]
+fn expire_options_follow_redis_7() {
+    let when = |cmd: &str| match parse(&args(cmd), 1_000) {
+        Action::Write {
+            op: WriteOp::ExpireAt { at, when, .. },
+            ..
+        } => Ok((at, when)),
+        Action::Reply(Reply::Error(e)) => Err(e),
+        other => panic!("{other:?}"),
+    };
+    use crate::store::ExpireIf;
+    assert_eq!(when("EXPIRE k 10 NX"), Ok((11_000, ExpireIf::NoExpiry)));
+    assert_eq!(when("PEXPIRE k 10 xx"), Ok((1_010, ExpireIf::HasExpiry)));
+    assert_eq!(when("EXPIREAT k 10 GT"), Ok((10_000, ExpireIf::Later)));
+    assert_eq!(when("PEXPIREAT k 10 LT"), Ok((10, ExpireIf::Sooner)));
+    assert!(
+        when("EXPIRE k 10 NX XX")
+            .unwrap_err()
+            .contains("not compatible")
+    );
+    assert!(
+        when("EXPIRE k 10 GT LT")
+            .unwrap_err()
+            .contains("not compatible")
+    );
+    assert_eq!(
+        when("EXPIRE k 10 FOO"),
+        Err("ERR Unsupported option FOO".into())
+    );
+}
+
+#[test]
+fn string_command_arguments_are_checked_before_replication() {
+    let err = |cmd: &str| match parse(&args(cmd), 0) {
+        Action::Reply(Reply::Error(e)) => e,
+        other => panic!("{cmd}: {other:?}"),
+    };
+    assert_eq!(err("INCRBYFLOAT k abc"), "ERR value is not a valid float");
+    assert_eq!(err("INCRBYFLOAT k inf"), "ERR value is not a valid float");
+    assert_eq!(
+        err("SETBIT k -1 1"),
+        "ERR bit offset is not an integer or out of range"
+    );
+    assert_eq!(
+        err("SETBIT k 4294967296 1"),
+        "ERR bit offset is not an integer or out of range"
+    );
+    assert_eq!(
+        err("SETBIT k 1 2"),
+        "ERR bit is not an integer or out of range"
+    );
+    assert_eq!(
+        err("GETEX k EX 0"),
+        "ERR invalid expire time in 'getex' command"
+    );
+    assert_eq!(err("GETEX k PERSIST EX 1"), "ERR syntax error");
+    assert_eq!(err("BITCOUNT k 0"), "ERR syntax error");
+    assert_eq!(
+        err("LCS a b LEN IDX"),
+        "ERR If you want both the length and indexes, please just use IDX."
+    );
+    assert_eq!(
+        err("HRANDFIELD h -9223372036854770000"),
+        "ERR value is out of range"
+    );
+    assert_eq!(err("COPY a b DB 1"), "ERR DB index is out of range");
+    assert!(matches!(parse(&args("MULTI"), 0), Action::Multi));
+    assert!(matches!(
+        parse(&args("CONFIG SET a"), 0),
+        Action::Reply(Reply::Error(_))
+    ));
+}

@@ -1,0 +1,253 @@
+//! Operations on hash values. A hash's fields expire with its key; an emptied hash is removed.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::Data;
+use super::Error;
+use super::HashMap;
+use super::ReadOp;
+use super::Reply;
+use super::Store;
+use super::Value;
+use super::glob_match;
+use super::strings::format_float;
+use super::strings::parse_float;
+use crate::slots::Slot;
+
+impl Store {
+    /// The hash at `key`: `Ok(None)` if there is none, an error if the key holds another type.
+    fn hash(&self, key: &Bytes, now: u64) -> Result<Option<&HashMap>, Error> {
+        match self.live(key, now).map(|v| &v.data) {
+            None => Ok(None),
+            Some(Data::Hash(h)) => Ok(Some(h)),
+            Some(_) => Err(Error::WrongType),
+        }
+    }
+
+    /// Changes the hash at `key` (created empty if absent); an emptied hash is removed. The key
+    /// must already be known to hold a hash or nothing.
+    fn edit_hash<T>(&mut self, key: Bytes, now: u64, edit: impl FnOnce(&mut HashMap) -> T) -> T {
+        let slot = Slot::new(key);
+        let (out, empty) = match self.live_for_write(&slot, now) {
+            Some(Value {
+                data: Data::Hash(h),
+                ..
+            }) => {
+                let h = Arc::make_mut(h);
+                let out = edit(h);
+                (out, h.is_empty())
+            }
+            _ => {
+                let mut h = HashMap::new();
+                let out = edit(&mut h);
+                let empty = h.is_empty();
+                if !empty {
+                    self.put(
+                        slot.clone(),
+                        Value {
+                            data: Data::Hash(Arc::new(h)),
+                            expires_at: None,
+                            version: 0,
+                        },
+                    );
+                }
+                (out, false)
+            }
+        };
+        if empty {
+            self.take(&slot);
+        }
+        out
+    }
+
+    pub(super) fn hset(
+        &mut self,
+        key: Bytes,
+        pairs: Vec<(Bytes, Bytes)>,
+        nx: bool,
+        now: u64,
+    ) -> Reply {
+        if let Err(e) = self.hash(&key, now) {
+            return Reply::Fault(e);
+        }
+        if nx
+            && let Ok(Some(h)) = self.hash(&key, now)
+            && pairs.iter().all(|(f, _)| h.contains_key(f))
+        {
+            return Reply::Int(0);
+        }
+        let added = self.edit_hash(key, now, |h| {
+            let mut added = 0;
+            for (f, v) in pairs {
+                if nx && h.contains_key(&f) {
+                    continue;
+                }
+                if h.insert(f, v).is_none() {
+                    added += 1;
+                }
+            }
+            added
+        });
+        Reply::Int(added)
+    }
+
+    pub(super) fn hdel(&mut self, key: Bytes, fields: Vec<Bytes>, now: u64) -> Reply {
+        match self.hash(&key, now) {
+            Err(e) => return Reply::Fault(e),
+            Ok(None) => return Reply::Int(0),
+            Ok(Some(h)) if !fields.iter().any(|f| h.contains_key(f)) => return Reply::Int(0),
+            Ok(Some(_)) => {}
+        }
+        let removed = self.edit_hash(key, now, |h| {
+            fields.iter().filter(|f| h.remove(*f).is_some()).count()
+        });
+        Reply::Int(removed as i64)
+    }
+
+    pub(super) fn hincr_by(&mut self, key: Bytes, field: Bytes, by: i64, now: u64) -> Reply {
+        let current = match self.hash(&key, now) {
+            Err(e) => return Reply::Fault(e),
+            Ok(h) => h.and_then(|h| h.get(&field)),
+        };
+        let current = match current {
+            None => 0,
+            Some(v) => match std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+            {
+                Some(n) => n,
+                None => return Reply::Fault(Error::HashNotInteger),
+            },
+        };
+        let Some(next) = current.checked_add(by) else {
+            return Reply::Fault(Error::Overflow);
+        };
+        self.edit_hash(key, now, |h| h.insert(field, Bytes::from(next.to_string())));
+        Reply::Int(next)
+    }
+
+    pub(super) fn hincr_by_float(&mut self, key: Bytes, field: Bytes, by: f64, now: u64) -> Reply {
+        let current = match self.hash(&key, now) {
+            Err(e) => return Reply::Fault(e),
+            Ok(h) => h.and_then(|h| h.get(&field)),
+        };
+        let current = match current {
+            None => 0.0,
+            Some(v) => match parse_float(v) {
+                Some(n) => n,
+                None => return Reply::Fault(Error::HashNotFloat),
+            },
+        };
+        let next = current + by;
+        if !next.is_finite() {
+            return Reply::Fault(Error::NanOrInfinity);
+        }
+        let text = format_float(next);
+        self.edit_hash(key, now, |h| h.insert(field, text.clone()));
+        Reply::Bulk(text)
+    }
+
+    pub(super) fn hash_read(&self, op: ReadOp, now: u64) -> Reply {
+        let key = match &op {
+            ReadOp::HGet { key, .. }
+            | ReadOp::HMGet { key, .. }
+            | ReadOp::HGetAll(key)
+            | ReadOp::HLen(key)
+            | ReadOp::HStrlen { key, .. }
+            | ReadOp::HExists { key, .. }
+            | ReadOp::HKeys(key)
+            | ReadOp::HVals(key)
+            | ReadOp::HRandField { key, .. }
+            | ReadOp::HScan { key, .. } => key,
+            _ => return Reply::Nil,
+        };
+        let h = match self.hash(key, now) {
+            Err(e) => return Reply::Fault(e),
+            Ok(h) => h,
+        };
+        let empty = HashMap::new();
+        let h = h.unwrap_or(&empty);
+        let bulk = |b: &Bytes| Reply::Bulk(b.clone());
+        match op {
+            ReadOp::HGet { field, .. } => h.get(&field).map_or(Reply::Nil, bulk),
+            ReadOp::HMGet { fields, .. } => Reply::Array(
+                fields
+                    .iter()
+                    .map(|f| h.get(f).map_or(Reply::Nil, bulk))
+                    .collect(),
+            ),
+            ReadOp::HGetAll(_) => Reply::Map(h.iter().map(|(f, v)| (bulk(f), bulk(v))).collect()),
+            ReadOp::HLen(_) => Reply::Int(h.len() as i64),
+            ReadOp::HStrlen { field, .. } => {
+                Reply::Int(h.get(&field).map_or(0, |v| v.len() as i64))
+            }
+            ReadOp::HExists { field, .. } => Reply::Int(i64::from(h.contains_key(&field))),
+            ReadOp::HKeys(_) => Reply::Array(h.keys().map(bulk).collect()),
+            ReadOp::HVals(_) => Reply::Array(h.values().map(bulk).collect()),
+            ReadOp::HRandField {
+                count, with_values, ..
+            } => rand_fields(h, count, with_values),
+            ReadOp::HScan {
+                cursor,
+                pattern,
+                count,
+                novalues,
+                ..
+            } => {
+                let start = cursor as usize;
+                let mut out = Vec::new();
+                let mut next = 0;
+                for (i, (f, v)) in h.iter().enumerate().skip(start) {
+                    if i >= start + count.max(1) {
+                        next = i as u64;
+                        break;
+                    }
+                    if pattern.as_ref().is_none_or(|p| glob_match(p, f)) {
+                        out.push(bulk(f));
+                        if !novalues {
+                            out.push(bulk(v));
+                        }
+                    }
+                }
+                Reply::Array(vec![
+                    Reply::Bulk(Bytes::from(next.to_string())),
+                    Reply::Array(out),
+                ])
+            }
+            _ => Reply::Nil,
+        }
+    }
+}
+
+/// `HRANDFIELD`: without a count one field (nil for no hash); a positive count gives distinct
+/// fields (at most all of them), a negative one that many fields, possibly repeated.
+fn rand_fields(h: &HashMap, count: Option<i64>, with_values: bool) -> Reply {
+    use rand::seq::IteratorRandom;
+    let mut rng = rand::rng();
+    let pick = |(f, v): (&Bytes, &Bytes)| -> Vec<Reply> {
+        let mut r = vec![Reply::Bulk(f.clone())];
+        if with_values {
+            r.push(Reply::Bulk(v.clone()));
+        }
+        r
+    };
+    let Some(count) = count else {
+        return h
+            .iter()
+            .choose(&mut rng)
+            .map_or(Reply::Nil, |(f, _)| Reply::Bulk(f.clone()));
+    };
+    if h.is_empty() || count == 0 {
+        return Reply::Array(Vec::new());
+    }
+    let chosen: Vec<(&Bytes, &Bytes)> = if count > 0 {
+        h.iter()
+            .choose_multiple(&mut rng, (count as usize).min(h.len()))
+    } else {
+        let n = count.unsigned_abs() as usize;
+        (0..n).filter_map(|_| h.iter().choose(&mut rng)).collect()
+    };
+    Reply::Array(chosen.into_iter().flat_map(pick).collect())
+}

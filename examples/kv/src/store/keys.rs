@@ -1,0 +1,158 @@
+//! Operations on whole keys, whatever they hold: deletion, expiry, renaming, iteration.
+
+use bytes::Bytes;
+
+use super::Error;
+use super::ExpireIf;
+use super::Kind;
+use super::Reply;
+use super::Store;
+use super::glob_match;
+use super::reindex;
+use crate::slots::Slot;
+
+impl Store {
+    pub(super) fn del(&mut self, keys: Vec<Bytes>, now: u64) -> Reply {
+        let mut n = 0;
+        for k in keys {
+            // An expired value goes too, but does not count as deleted.
+            if self.take(&Slot::new(k)).is_some_and(|v| v.live(now)) {
+                n += 1;
+            }
+        }
+        Reply::Int(n)
+    }
+
+    /// `EXPIRE` with a time (`Some`) or `PERSIST` (`None`).
+    pub(super) fn expire(&mut self, key: Bytes, at: Option<u64>, now: u64) -> Reply {
+        let slot = Slot::new(key);
+        let Some(v) = self.live_for_write(&slot, now) else {
+            return Reply::Int(0);
+        };
+        let old = v.expires_at;
+        match at {
+            None if old.is_none() => Reply::Int(0),
+            Some(at) if at <= now => {
+                self.take(&slot);
+                Reply::Int(1)
+            }
+            at => {
+                v.expires_at = at;
+                reindex(&mut self.expiring, &slot, old, at);
+                Reply::Int(1)
+            }
+        }
+    }
+
+    pub(super) fn expire_at(&mut self, key: Bytes, at: u64, when: ExpireIf, now: u64) -> Reply {
+        let Some(current) = self.live(&key, now).map(|v| v.expires_at) else {
+            return Reply::Int(0);
+        };
+        let allowed = match (when, current) {
+            (ExpireIf::Always, _) => true,
+            (ExpireIf::NoExpiry, c) => c.is_none(),
+            (ExpireIf::HasExpiry, c) => c.is_some(),
+            // No expiry is an infinite one: never sooner, always later.
+            (ExpireIf::Later, c) => c.is_some_and(|c| at > c),
+            (ExpireIf::Sooner, c) => c.is_none_or(|c| at < c),
+        };
+        if !allowed {
+            return Reply::Int(0);
+        }
+        self.expire(key, Some(at), now)
+    }
+
+    pub(super) fn ttl(&self, key: &Bytes, millis: bool, now: u64) -> Reply {
+        match self.live(key, now).map(|v| v.expires_at) {
+            None => Reply::Int(-2),
+            Some(None) => Reply::Int(-1),
+            Some(Some(at)) => {
+                let left = at - now;
+                Reply::Int(if millis {
+                    left as i64
+                } else {
+                    left.div_ceil(1000) as i64
+                })
+            }
+        }
+    }
+
+    pub(super) fn expire_time(&self, key: &Bytes, millis: bool, now: u64) -> Reply {
+        match self.live(key, now).map(|v| v.expires_at) {
+            None => Reply::Int(-2),
+            Some(None) => Reply::Int(-1),
+            Some(Some(at)) => Reply::Int(if millis { at } else { at / 1000 } as i64),
+        }
+    }
+
+    pub(super) fn scan(
+        &self,
+        cursor: u64,
+        pattern: Option<&Bytes>,
+        count: usize,
+        kind: Option<Kind>,
+        now: u64,
+    ) -> Reply {
+        let mut keys = Vec::new();
+        let mut next = 0;
+        for (i, (slot, v)) in self.map.starting_at(cursor).enumerate() {
+            if i == count.max(1) {
+                next = slot.0;
+                break;
+            }
+            if v.live(now)
+                && kind.is_none_or(|k| v.data.kind() == k)
+                && pattern.is_none_or(|p| glob_match(p, &slot.1))
+            {
+                keys.push(Reply::Bulk(slot.1.clone()));
+            }
+        }
+        Reply::Array(vec![
+            Reply::Bulk(Bytes::from(next.to_string())),
+            Reply::Array(keys),
+        ])
+    }
+
+    /// `RENAME`/`RENAMENX`: the value and its expiry move to `to`.
+    pub(super) fn rename(&mut self, from: Bytes, to: Bytes, nx: bool, now: u64) -> Reply {
+        if self.live(&from, now).is_none() {
+            return Reply::Fault(Error::NoSuchKey);
+        }
+        if nx && self.live(&to, now).is_some() {
+            return Reply::Int(0);
+        }
+        if from == to {
+            return if nx { Reply::Int(0) } else { Reply::Ok };
+        }
+        let Some(value) = self.take(&Slot::new(from)) else {
+            return Reply::Fault(Error::NoSuchKey);
+        };
+        self.take(&Slot::of(&to));
+        self.put(Slot::new(to), value);
+        if nx { Reply::Int(1) } else { Reply::Ok }
+    }
+
+    /// `COPY`: the value and its expiry, copied (a hash is shared until either is written).
+    pub(super) fn copy(&mut self, from: Bytes, to: Bytes, replace: bool, now: u64) -> Reply {
+        let Some(value) = self.live(&from, now).cloned() else {
+            return Reply::Int(0);
+        };
+        if from == to || (!replace && self.live(&to, now).is_some()) {
+            return Reply::Int(0);
+        }
+        self.take(&Slot::of(&to));
+        self.put(Slot::new(to), value);
+        Reply::Int(1)
+    }
+
+    /// `RANDOMKEY`: the first live key at or after a random point of the key order.
+    pub(super) fn random_key(&self, now: u64) -> Reply {
+        let start: u64 = rand::random();
+        let live = |(s, v): (&Slot, &super::Value)| v.live(now).then(|| s.1.clone());
+        self.map
+            .starting_at(start)
+            .find_map(live)
+            .or_else(|| self.map.iter().find_map(live))
+            .map_or(Reply::Nil, Reply::Bulk)
+    }
+}

@@ -1,0 +1,689 @@
+//! The replicated state: keys holding strings or hashes, with optional expiry times.
+//!
+//! Every write carries the time it was accepted (`now`, milliseconds since the Unix epoch),
+//! stamped once by the node that took the command from the client. Applying a write only ever
+//! consults that stamp — never the replica's clock — so every replica makes the same decisions
+//! about expiry. Expired keys are invisible to reads, removed when a write touches them, and
+//! swept by a periodic `PurgeExpired` write from the leader. An index of keys by expiry time
+//! keeps the sweep and the leader's check for due keys proportional to the keys they find, not
+//! to the size of the store.
+//!
+//! Keys are ordered by a stable 64-bit hash (then by the key), which gives `SCAN` a numeric
+//! cursor with Redis' guarantee: a key present for the whole iteration is returned.
+//!
+//! Each write is numbered as it is applied, and each key remembers the number of the write that
+//! last changed it (its *version*): `WATCH` reads versions and `EXEC` compares them when it is
+//! applied, so a watched key changed by any client through any node aborts the transaction.
+//!
+//! The operations of each data type live in their own module: [`strings`], [`hash`] and
+//! [`keys`] (commands that work on whole keys, whatever they hold).
+
+mod glob;
+mod hash;
+mod keys;
+mod reply;
+mod snapshot;
+mod strings;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+pub use glob::glob_match;
+use raft_core::Queryable;
+use raft_core::StateMachine;
+pub use reply::Error;
+pub use reply::Reply;
+use serde::Deserialize;
+use serde::Serialize;
+pub use snapshot::StoreSnapshot;
+pub use strings::parse_float;
+
+use crate::slots::Slot;
+use crate::slots::SlotMap;
+
+/// What happens to a key's expiry when `SET` overwrites it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expiry {
+    /// Drop any expiry (plain `SET`).
+    Clear,
+    /// Keep the current expiry (`KEEPTTL`).
+    Keep,
+    /// Expire at this time, in ms since the epoch (`EX`, `PX`, `EXAT`, `PXAT`).
+    At(u64),
+}
+
+/// When `SET` may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Condition {
+    /// Always.
+    Always,
+    /// Only if the key does not exist (`NX`).
+    IfAbsent,
+    /// Only if the key exists (`XX`).
+    IfPresent,
+}
+
+/// When `EXPIRE` may change a key's expiry (Redis 7's `NX`, `XX`, `GT`, `LT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpireIf {
+    /// Always.
+    Always,
+    /// Only if the key has no expiry.
+    NoExpiry,
+    /// Only if the key has an expiry.
+    HasExpiry,
+    /// Only if the new expiry is later than the current one (no expiry counts as infinite).
+    Later,
+    /// Only if the new expiry is sooner than the current one (no expiry counts as infinite).
+    Sooner,
+}
+
+/// What `LCS` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LcsMode {
+    /// The common subsequence itself.
+    String,
+    /// Its length.
+    Len,
+    /// The matching ranges, each at least `min_len` long, with their lengths if `with_len`.
+    Idx { min_len: u64, with_len: bool },
+}
+
+/// A change to the store. (Variants are only ever appended: entries already in a log keep
+/// their meaning.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// `SET` and its relatives; with `get`, replies with the old value.
+    Set {
+        key: Bytes,
+        value: Bytes,
+        expiry: Expiry,
+        condition: Condition,
+        get: bool,
+    },
+    /// `DEL`: replies with the number of keys removed.
+    Del(Vec<Bytes>),
+    /// `INCRBY` (and `INCR`, `DECR`, `DECRBY`): replies with the new value.
+    IncrBy(Bytes, i64),
+    /// `APPEND`: replies with the new length.
+    Append(Bytes, Bytes),
+    /// `MSET`.
+    MSet(Vec<(Bytes, Bytes)>),
+    /// `EXPIRE`/`PEXPIRE` (`Some(at)`) or `PERSIST` (`None`): replies 1 if the key exists (and,
+    /// for `PERSIST`, had an expiry), else 0. An expiry in the past deletes the key.
+    Expire { key: Bytes, at: Option<u64> },
+    /// `FLUSHDB` and `FLUSHALL`.
+    FlushDb,
+    /// Removes up to `limit` expired keys (sent by the leader from time to time).
+    PurgeExpired { limit: usize },
+    /// `APPEND` that refuses to make a value longer than `max` bytes (`proto-max-bulk-len`):
+    /// replies with the new length, or an error and no change.
+    AppendAtMost { key: Bytes, suffix: Bytes, max: u64 },
+    /// `SETRANGE`: overwrites the value from `offset` (padding with zero bytes), refusing to make
+    /// it longer than `max` bytes; replies with the new length.
+    SetRange {
+        key: Bytes,
+        offset: u64,
+        value: Bytes,
+        max: u64,
+    },
+    /// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT` with a condition: replies 1 if the expiry
+    /// was set (or the key deleted by a time in the past), else 0.
+    ExpireAt { key: Bytes, at: u64, when: ExpireIf },
+    /// `GETEX`: the value, and its expiry changed (`Keep` leaves it, `Clear` is `PERSIST`).
+    GetEx { key: Bytes, expiry: Expiry },
+    /// `GETDEL`: the value, and the key removed.
+    GetDel(Bytes),
+    /// `MSETNX`: sets every pair only if no key exists; replies 1 or 0.
+    MSetNx(Vec<(Bytes, Bytes)>),
+    /// `INCRBYFLOAT` (the increment as `f64::to_bits`): replies with the new value.
+    IncrByFloat { key: Bytes, by: u64 },
+    /// `SETBIT`: replies with the bit's old value; refuses to grow the value past `max` bytes.
+    SetBit {
+        key: Bytes,
+        offset: u64,
+        bit: bool,
+        max: u64,
+    },
+    /// `RENAME` (`nx: false`) and `RENAMENX`.
+    Rename { from: Bytes, to: Bytes, nx: bool },
+    /// `COPY`: replies 1 if copied, 0 if the destination exists and `replace` is off.
+    Copy {
+        from: Bytes,
+        to: Bytes,
+        replace: bool,
+    },
+    /// `HSET`/`HMSET` (`nx: false`; replies with the number of new fields) and `HSETNX`
+    /// (`nx: true`; replies 1 if the field was added, else 0).
+    HSet {
+        key: Bytes,
+        pairs: Vec<(Bytes, Bytes)>,
+        nx: bool,
+    },
+    /// `HDEL`: replies with the number of fields removed; an emptied hash is removed.
+    HDel { key: Bytes, fields: Vec<Bytes> },
+    /// `HINCRBY`: replies with the new value.
+    HIncrBy { key: Bytes, field: Bytes, by: i64 },
+    /// `HINCRBYFLOAT` (the increment as `f64::to_bits`): replies with the new value.
+    HIncrByFloat { key: Bytes, field: Bytes, by: u64 },
+    /// `EXEC`: the queued commands, applied together if no watched key changed; replies with
+    /// each command's reply, or [`Reply::NilArray`] if a watched key changed.
+    Exec {
+        watched: Vec<Watched>,
+        ops: Vec<Queued>,
+    },
+}
+
+/// A key `WATCH`ed by a connection, as it was when watched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watched {
+    /// The key.
+    pub key: Bytes,
+    /// Its version then (0 if it did not exist).
+    pub version: u64,
+    /// The number of the last write applied then.
+    pub seen: u64,
+}
+
+/// One command of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Queued {
+    /// A write.
+    Write(WriteOp),
+    /// A read, answered in its place in the transaction.
+    Read(ReadOp),
+    /// A command whose reply does not depend on the store (`PING`, `ECHO`).
+    Reply(Reply),
+}
+
+/// A write as it travels through the log: the operation and when it was accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Milliseconds since the Unix epoch, stamped by the node that accepted the command.
+    pub now: u64,
+    /// The operation.
+    pub op: WriteOp,
+}
+
+/// The type of value a key holds, as `TYPE` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A byte string.
+    String,
+    /// A hash of fields to byte strings.
+    Hash,
+}
+
+impl Kind {
+    /// The name `TYPE` and `SCAN … TYPE` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::String => "string",
+            Kind::Hash => "hash",
+        }
+    }
+}
+
+/// A question about the store. (Variants are only ever appended.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadOp {
+    Get(Bytes),
+    MGet(Vec<Bytes>),
+    Exists(Vec<Bytes>),
+    Strlen(Bytes),
+    /// `TTL` (seconds) or `PTTL` (milliseconds).
+    Ttl {
+        key: Bytes,
+        millis: bool,
+    },
+    Keys(Bytes),
+    Scan {
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: usize,
+    },
+    DbSize,
+    /// `GETRANGE`/`SUBSTR`, Redis' inclusive, negative-from-the-end offsets.
+    GetRange {
+        key: Bytes,
+        start: i64,
+        end: i64,
+    },
+    /// `GETBIT`.
+    GetBit {
+        key: Bytes,
+        offset: u64,
+    },
+    /// `BITCOUNT [start end [BYTE|BIT]]`: `bits` counts the range in bits.
+    BitCount {
+        key: Bytes,
+        range: Option<(i64, i64)>,
+        bits: bool,
+    },
+    /// `LCS`.
+    Lcs {
+        a: Bytes,
+        b: Bytes,
+        mode: LcsMode,
+    },
+    /// `EXPIRETIME` (seconds) or `PEXPIRETIME` (milliseconds).
+    ExpireTime {
+        key: Bytes,
+        millis: bool,
+    },
+    /// `TYPE`.
+    Type(Bytes),
+    /// `RANDOMKEY`.
+    RandomKey,
+    /// `SCAN … TYPE`.
+    ScanKind {
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: usize,
+        kind: Kind,
+    },
+    HGet {
+        key: Bytes,
+        field: Bytes,
+    },
+    HMGet {
+        key: Bytes,
+        fields: Vec<Bytes>,
+    },
+    HGetAll(Bytes),
+    HLen(Bytes),
+    HStrlen {
+        key: Bytes,
+        field: Bytes,
+    },
+    HExists {
+        key: Bytes,
+        field: Bytes,
+    },
+    HKeys(Bytes),
+    HVals(Bytes),
+    /// `HRANDFIELD key [count [WITHVALUES]]`.
+    HRandField {
+        key: Bytes,
+        count: Option<i64>,
+        with_values: bool,
+    },
+    /// `HSCAN`: the cursor is the field's position in the hash's order.
+    HScan {
+        key: Bytes,
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: usize,
+        novalues: bool,
+    },
+    /// For `WATCH`: the number of the last write applied, then each key's version (0 if absent).
+    Versions(Vec<Bytes>),
+}
+
+/// A read as it is sent: the question and the reader's time (for expiry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    /// Milliseconds since the Unix epoch on the node that serves the read.
+    pub now: u64,
+    /// The question.
+    pub op: ReadOp,
+}
+
+/// A hash's fields, in field order (the same on every replica).
+pub(crate) type HashMap = BTreeMap<Bytes, Bytes>;
+
+/// What a key holds. A hash sits behind an `Arc`, so a snapshot sharing a shard shares the
+/// hash too, and a write copies it only while a snapshot still holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Data {
+    Str(Bytes),
+    Hash(Arc<HashMap>),
+}
+
+impl Data {
+    fn kind(&self) -> Kind {
+        match self {
+            Data::Str(_) => Kind::String,
+            Data::Hash(_) => Kind::Hash,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Value {
+    data: Data,
+    expires_at: Option<u64>,
+    /// The number of the write that last changed this key.
+    version: u64,
+}
+
+impl Value {
+    fn live(&self, now: u64) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+
+    fn string(data: Bytes) -> Value {
+        Value {
+            data: Data::Str(data),
+            expires_at: None,
+            version: 0,
+        }
+    }
+}
+
+/// The key-value store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Store {
+    /// Copy-on-write shards: a snapshot handle costs O(shards), not O(keys).
+    map: SlotMap<Value>,
+    /// `(expires_at, slot)` for every value in `map` that has an expiry time.
+    expiring: BTreeSet<(u64, Slot)>,
+    /// How many writes have been applied: the version the current write gives what it changes.
+    writes: u64,
+    /// The highest version of any key removed so far: a key `WATCH`ed while absent may have
+    /// been created and removed again since, if this passed the watch.
+    removed: u64,
+}
+
+/// Keeps the expiry index in step with a value's expiry changing from `old` to `new`.
+fn reindex(expiring: &mut BTreeSet<(u64, Slot)>, slot: &Slot, old: Option<u64>, new: Option<u64>) {
+    if old == new {
+        return;
+    }
+    if let Some(at) = old {
+        expiring.remove(&(at, slot.clone()));
+    }
+    if let Some(at) = new {
+        expiring.insert((at, slot.clone()));
+    }
+}
+
+impl Store {
+    /// How many keys have expired at `now`, counting up to `limit`.
+    pub fn expired_count(&self, now: u64, limit: usize) -> usize {
+        self.due(now).take(limit).count()
+    }
+
+    /// Keys whose expiry time has come at `now`, soonest first.
+    fn due(&self, now: u64) -> impl Iterator<Item = &Slot> {
+        self.expiring
+            .iter()
+            .take_while(move |(at, _)| *at <= now)
+            .map(|(_, slot)| slot)
+    }
+
+    /// Inserts or replaces a value as changed by the current write, keeping the expiry index
+    /// in step.
+    fn put(&mut self, slot: Slot, mut value: Value) {
+        value.version = self.writes;
+        let new = value.expires_at;
+        match self.map.entry(slot) {
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                reindex(&mut self.expiring, e.key(), e.get().expires_at, new);
+                e.insert(value);
+            }
+            std::collections::btree_map::Entry::Vacant(e) => {
+                reindex(&mut self.expiring, e.key(), None, new);
+                e.insert(value);
+            }
+        }
+    }
+
+    /// Removes a value, keeping the expiry index in step.
+    fn take(&mut self, slot: &Slot) -> Option<Value> {
+        let old = self.map.remove(slot)?;
+        reindex(&mut self.expiring, slot, old.expires_at, None);
+        self.removed = self.removed.max(old.version);
+        Some(old)
+    }
+
+    fn live(&self, key: &Bytes, now: u64) -> Option<&Value> {
+        self.map.get(&Slot::of(key)).filter(|v| v.live(now))
+    }
+
+    /// The string at `key`: `Ok(None)` if there is none, an error if the key holds another type.
+    fn string(&self, key: &Bytes, now: u64) -> Result<Option<&Bytes>, Error> {
+        match self.live(key, now).map(|v| &v.data) {
+            None => Ok(None),
+            Some(Data::Str(s)) => Ok(Some(s)),
+            Some(_) => Err(Error::WrongType),
+        }
+    }
+
+    /// The value at `slot` if it is live at `now`, to change: an expired one is dropped first,
+    /// so a write sees it as absent. The value counts as changed by the current write.
+    fn live_for_write(&mut self, slot: &Slot, now: u64) -> Option<&mut Value> {
+        if self.map.get(slot).is_some_and(|v| !v.live(now)) {
+            self.take(slot);
+            return None;
+        }
+        let version = self.writes;
+        let v = self.map.get_mut(slot)?;
+        v.version = version;
+        Some(v)
+    }
+
+    fn write(&mut self, cmd: Command) -> Reply {
+        self.writes += 1;
+        self.apply_op(cmd.op, cmd.now)
+    }
+
+    fn apply_op(&mut self, op: WriteOp, now: u64) -> Reply {
+        match op {
+            WriteOp::Set {
+                key,
+                value,
+                expiry,
+                condition,
+                get,
+            } => self.set(key, value, expiry, condition, get, now),
+            WriteOp::Del(keys) => self.del(keys, now),
+            WriteOp::IncrBy(key, by) => self.incr_by(key, by, now),
+            WriteOp::Append(key, suffix) => self.append(key, suffix, u64::MAX, now),
+            WriteOp::AppendAtMost { key, suffix, max } => self.append(key, suffix, max, now),
+            WriteOp::SetRange {
+                key,
+                offset,
+                value,
+                max,
+            } => self.set_range(key, offset, value, max, now),
+            WriteOp::MSet(pairs) => {
+                for (k, v) in pairs {
+                    self.put(Slot::new(k), Value::string(v));
+                }
+                Reply::Ok
+            }
+            WriteOp::Expire { key, at } => self.expire(key, at, now),
+            WriteOp::ExpireAt { key, at, when } => self.expire_at(key, at, when, now),
+            WriteOp::FlushDb => self.flush(),
+            WriteOp::PurgeExpired { limit } => {
+                let due: Vec<Slot> = self.due(now).take(limit).cloned().collect();
+                for s in &due {
+                    self.take(s);
+                }
+                Reply::Int(due.len() as i64)
+            }
+            WriteOp::GetEx { key, expiry } => self.get_ex(key, expiry, now),
+            WriteOp::GetDel(key) => self.get_del(key, now),
+            WriteOp::MSetNx(pairs) => self.mset_nx(pairs, now),
+            WriteOp::IncrByFloat { key, by } => self.incr_by_float(key, f64::from_bits(by), now),
+            WriteOp::SetBit {
+                key,
+                offset,
+                bit,
+                max,
+            } => self.set_bit(key, offset, bit, max, now),
+            WriteOp::Rename { from, to, nx } => self.rename(from, to, nx, now),
+            WriteOp::Copy { from, to, replace } => self.copy(from, to, replace, now),
+            WriteOp::HSet { key, pairs, nx } => self.hset(key, pairs, nx, now),
+            WriteOp::HDel { key, fields } => self.hdel(key, fields, now),
+            WriteOp::HIncrBy { key, field, by } => self.hincr_by(key, field, by, now),
+            WriteOp::HIncrByFloat { key, field, by } => {
+                self.hincr_by_float(key, field, f64::from_bits(by), now)
+            }
+            WriteOp::Exec { watched, ops } => self.exec(watched, ops, now),
+        }
+    }
+
+    /// `EXEC`: nothing if a watched key changed since it was watched, else every command in
+    /// order, each with its own reply (an error in one does not stop the others, as in Redis).
+    fn exec(&mut self, watched: Vec<Watched>, ops: Vec<Queued>, now: u64) -> Reply {
+        let changed = watched.iter().any(|w| {
+            let version = self.live(&w.key, now).map_or(0, |v| v.version);
+            version != w.version || (version == 0 && self.removed > w.seen)
+        });
+        if changed {
+            return Reply::NilArray;
+        }
+        let replies = ops
+            .into_iter()
+            .map(|op| match op {
+                Queued::Write(op) => self.apply_op(op, now),
+                Queued::Read(op) => self.answer(op, now),
+                Queued::Reply(r) => r,
+            })
+            .collect();
+        Reply::Array(replies)
+    }
+
+    fn flush(&mut self) -> Reply {
+        // Only keys changed after a WATCH abort a transaction watching an absent key.
+        let newest = self.map.iter().map(|(_, v)| v.version).max().unwrap_or(0);
+        self.removed = self.removed.max(newest);
+        self.map.clear();
+        self.expiring.clear();
+        Reply::Ok
+    }
+
+    fn read(&self, q: Query) -> Reply {
+        self.answer(q.op, q.now)
+    }
+
+    fn answer(&self, op: ReadOp, now: u64) -> Reply {
+        match op {
+            ReadOp::Get(key) => match self.string(&key, now) {
+                Ok(v) => v.map_or(Reply::Nil, |v| Reply::Bulk(v.clone())),
+                Err(e) => Reply::Fault(e),
+            },
+            ReadOp::MGet(keys) => Reply::Array(
+                keys.iter()
+                    .map(|k| match self.string(k, now) {
+                        Ok(Some(v)) => Reply::Bulk(v.clone()),
+                        _ => Reply::Nil,
+                    })
+                    .collect(),
+            ),
+            ReadOp::Exists(keys) => {
+                Reply::Int(keys.iter().filter(|k| self.live(k, now).is_some()).count() as i64)
+            }
+            ReadOp::Strlen(key) => match self.string(&key, now) {
+                Ok(v) => Reply::Int(v.map_or(0, |v| v.len() as i64)),
+                Err(e) => Reply::Fault(e),
+            },
+            ReadOp::Ttl { key, millis } => self.ttl(&key, millis, now),
+            ReadOp::ExpireTime { key, millis } => self.expire_time(&key, millis, now),
+            ReadOp::Keys(pattern) => Reply::Array(
+                self.map
+                    .iter()
+                    .filter(|(s, v)| v.live(now) && glob_match(&pattern, &s.1))
+                    .map(|(s, _)| Reply::Bulk(s.1.clone()))
+                    .collect(),
+            ),
+            ReadOp::Scan {
+                cursor,
+                pattern,
+                count,
+            } => self.scan(cursor, pattern.as_ref(), count, None, now),
+            ReadOp::ScanKind {
+                cursor,
+                pattern,
+                count,
+                kind,
+            } => self.scan(cursor, pattern.as_ref(), count, Some(kind), now),
+            // As in Redis, keys that expired but were not yet swept still count: the answer takes
+            // O(shards), whatever the store's size.
+            ReadOp::DbSize => Reply::Int(self.map.len() as i64),
+            ReadOp::GetRange { key, start, end } => self.get_range(&key, start, end, now),
+            ReadOp::GetBit { key, offset } => self.get_bit(&key, offset, now),
+            ReadOp::BitCount { key, range, bits } => self.bit_count(&key, range, bits, now),
+            ReadOp::Lcs { a, b, mode } => self.lcs(&a, &b, mode, now),
+            ReadOp::Type(key) => Reply::Status(
+                self.live(&key, now)
+                    .map_or("none", |v| v.data.kind().name())
+                    .to_string(),
+            ),
+            ReadOp::RandomKey => self.random_key(now),
+            ReadOp::Versions(keys) => {
+                let mut out = Vec::with_capacity(keys.len() + 1);
+                out.push(Reply::Int(self.writes as i64));
+                for k in &keys {
+                    out.push(Reply::Int(self.live(k, now).map_or(0, |v| v.version) as i64));
+                }
+                Reply::Array(out)
+            }
+            ReadOp::HGet { .. }
+            | ReadOp::HMGet { .. }
+            | ReadOp::HGetAll(_)
+            | ReadOp::HLen(_)
+            | ReadOp::HStrlen { .. }
+            | ReadOp::HExists { .. }
+            | ReadOp::HKeys(_)
+            | ReadOp::HVals(_)
+            | ReadOp::HRandField { .. }
+            | ReadOp::HScan { .. } => self.hash_read(op, now),
+        }
+    }
+}
+
+impl StateMachine for Store {
+    type Command = Command;
+    type Output = Reply;
+    type Snapshot = StoreSnapshot;
+
+    fn apply(&mut self, cmd: Command) -> Reply {
+        self.write(cmd)
+    }
+
+    fn snapshot(&self) -> StoreSnapshot {
+        StoreSnapshot::of(self)
+    }
+
+    fn write_snapshot(
+        snapshot: StoreSnapshot,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        snapshot.write(out)
+    }
+
+    /// Drops the current state, then decodes the snapshot one key at a time: the peak memory of
+    /// a restore is about the size of the restored store, not twice that. (On an error the node
+    /// stops, so the store being left part-filled is never served.) Reads the current format
+    /// and the string-only format before it; a snapshot of a newer format is refused with an
+    /// error naming its version.
+    fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        *self = Store::default();
+        snapshot::restore(self, input)
+    }
+
+    /// Under the NOSPACE alarm, what frees space still runs: `DEL`, `UNLINK`, `GETDEL`,
+    /// `FLUSHDB`/`FLUSHALL` and the expiry sweep.
+    fn allowed_in_space_alarm(cmd: &Command) -> bool {
+        matches!(
+            cmd.op,
+            WriteOp::Del(_) | WriteOp::GetDel(_) | WriteOp::FlushDb | WriteOp::PurgeExpired { .. }
+        )
+    }
+}
+
+impl Queryable for Store {
+    type Query = Query;
+    type Reply = Reply;
+
+    fn query(&self, q: Query) -> Reply {
+        self.read(q)
+    }
+}

@@ -1,0 +1,87 @@
+//! What the store answers: a protocol-neutral reply and the store's own errors.
+//!
+//! The store never words an error for a protocol: it returns an [`Error`], and the RESP layer
+//! (`resp::encode`) renders it in the form Redis clients expect.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::Serialize;
+
+/// A reply: a value, a shape of values, or an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Success with nothing to say (`+OK`).
+    Ok,
+    /// A short status word (`+QUEUED`, `+string`).
+    Status(String),
+    /// No value (a null).
+    Nil,
+    /// No array (an aborted transaction, a null array).
+    NilArray,
+    /// An integer.
+    Int(i64),
+    /// A byte string.
+    Bulk(Bytes),
+    /// An ordered list of replies.
+    Array(Vec<Reply>),
+    /// Pairs of keys and values: a map in RESP3, a flat array in RESP2.
+    Map(Vec<(Reply, Reply)>),
+    /// An error already worded for the client by the command layer or the server (the text
+    /// after `-`): arity and syntax mistakes, cluster failures.
+    Error(String),
+    /// An error from the store, worded by the protocol layer.
+    Fault(Error),
+}
+
+/// What went wrong applying a command to the store. Each is deterministic: every replica
+/// reaches the same error for the same command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Error {
+    /// The key holds a value of another type than the command works on.
+    #[error("the key holds a value of another type")]
+    WrongType,
+    /// The value (or an argument) is not a 64-bit integer.
+    #[error("the value is not an integer or is out of range")]
+    NotInteger,
+    /// The value (or an argument) is not a finite number.
+    #[error("the value is not a valid float")]
+    NotFloat,
+    /// An integer increment would leave the 64-bit range.
+    #[error("the increment or decrement would overflow")]
+    Overflow,
+    /// A float increment would make NaN or an infinity.
+    #[error("the increment would produce NaN or infinity")]
+    NanOrInfinity,
+    /// A string would pass the largest value allowed (`proto-max-bulk-len`).
+    #[error("the string would exceed the maximum allowed size")]
+    TooLong,
+    /// The key does not exist (`RENAME`).
+    #[error("no such key")]
+    NoSuchKey,
+    /// A hash field does not hold an integer (`HINCRBY`).
+    #[error("the hash field's value is not an integer")]
+    HashNotInteger,
+    /// A hash field does not hold a float (`HINCRBYFLOAT`).
+    #[error("the hash field's value is not a float")]
+    HashNotFloat,
+    /// The strings are too long to compare (`LCS`).
+    #[error("the strings are too long to compare")]
+    LcsTooLarge,
+}
+
+impl Reply {
+    /// An error reply worded by the command layer (the text after `-`).
+    pub fn error(msg: impl Into<String>) -> Reply {
+        Reply::Error(msg.into())
+    }
+
+    /// A bulk reply from a static string.
+    pub fn text(s: &'static str) -> Reply {
+        Reply::Bulk(Bytes::from_static(s.as_bytes()))
+    }
+
+    /// Whether this reply is an error of either kind.
+    pub fn is_error(&self) -> bool {
+        matches!(self, Reply::Error(_) | Reply::Fault(_))
+    }
+}

@@ -1,0 +1,427 @@
+use super::*;
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn set(key: &str, value: &str, expiry: Expiry) -> WriteOp {
+    WriteOp::Set {
+        key: b(key),
+        value: b(value),
+        expiry,
+        condition: Condition::Always,
+        get: false,
+    }
+}
+
+fn at(now: u64, op: WriteOp) -> Command {
+    Command { now, op }
+}
+
+fn get(s: &Store, now: u64, key: &str) -> Reply {
+    s.read(Query {
+        now,
+        op: ReadOp::Get(b(key)),
+    })
+}
+
+#[test]
+fn expiry_follows_the_stamped_time() {
+    let mut s = Store::default();
+    s.write(at(1000, set("a", "1", Expiry::At(1500))));
+    assert_eq!(get(&s, 1499, "a"), Reply::Bulk(b("1")));
+    assert_eq!(get(&s, 1500, "a"), Reply::Nil);
+    // A write at t=1600 sees it as gone.
+    assert_eq!(s.write(at(1600, WriteOp::IncrBy(b("a"), 1))), Reply::Int(1));
+    let ttl = s.read(Query {
+        now: 1600,
+        op: ReadOp::Ttl {
+            key: b("a"),
+            millis: false,
+        },
+    });
+    assert_eq!(ttl, Reply::Int(-1));
+}
+
+#[test]
+fn set_conditions_and_get() {
+    let mut s = Store::default();
+    let nx = WriteOp::Set {
+        key: b("k"),
+        value: b("v1"),
+        expiry: Expiry::Clear,
+        condition: Condition::IfAbsent,
+        get: false,
+    };
+    assert_eq!(s.write(at(0, nx.clone())), Reply::Ok);
+    assert_eq!(s.write(at(0, nx)), Reply::Nil);
+    let getset = WriteOp::Set {
+        key: b("k"),
+        value: b("v2"),
+        expiry: Expiry::Clear,
+        condition: Condition::IfPresent,
+        get: true,
+    };
+    assert_eq!(s.write(at(0, getset)), Reply::Bulk(b("v1")));
+    assert_eq!(get(&s, 0, "k"), Reply::Bulk(b("v2")));
+}
+
+#[test]
+fn set_sees_expired_values_as_absent() {
+    let mut s = Store::default();
+    let op = |value: &str, expiry, condition| WriteOp::Set {
+        key: b("k"),
+        value: b(value),
+        expiry,
+        condition,
+        get: true,
+    };
+    s.write(at(0, op("v1", Expiry::At(100), Condition::Always)));
+    // KEEPTTL on a live value keeps its expiry.
+    assert_eq!(
+        s.write(at(50, op("v2", Expiry::Keep, Condition::IfPresent))),
+        Reply::Bulk(b("v1"))
+    );
+    assert_eq!(get(&s, 99, "k"), Reply::Bulk(b("v2")));
+    // Once expired: XX fails and the key is gone, NX succeeds.
+    assert_eq!(
+        s.write(at(100, op("v3", Expiry::Clear, Condition::IfPresent))),
+        Reply::Nil
+    );
+    assert_eq!(s.expired_count(100, 10), 0);
+    assert_eq!(
+        s.write(at(100, op("v4", Expiry::Keep, Condition::IfAbsent))),
+        Reply::Nil
+    );
+    assert_eq!(get(&s, 10_000, "k"), Reply::Bulk(b("v4")));
+    // An expiry already past deletes.
+    assert_eq!(
+        s.write(at(200, op("v5", Expiry::At(150), Condition::Always))),
+        Reply::Bulk(b("v4"))
+    );
+    assert_eq!(get(&s, 200, "k"), Reply::Nil);
+    assert_eq!(s.expired_count(200, 10), 0);
+}
+
+#[test]
+fn other_writes_see_expired_values_as_absent_and_keep_live_expiries() {
+    let mut s = Store::default();
+    let pttl = |s: &Store, now: u64, key: &str| {
+        s.read(Query {
+            now,
+            op: ReadOp::Ttl {
+                key: b(key),
+                millis: true,
+            },
+        })
+    };
+    for k in ["n", "a", "d", "e"] {
+        s.write(at(0, set(k, "5", Expiry::At(100))));
+    }
+    // Live: INCR and APPEND change the value and keep the expiry.
+    assert_eq!(s.write(at(10, WriteOp::IncrBy(b("n"), 2))), Reply::Int(7));
+    assert_eq!(
+        s.write(at(10, WriteOp::Append(b("a"), b("x")))),
+        Reply::Int(2)
+    );
+    assert_eq!(pttl(&s, 10, "n"), Reply::Int(90));
+    assert_eq!(pttl(&s, 10, "a"), Reply::Int(90));
+    assert_eq!(get(&s, 10, "a"), Reply::Bulk(b("5x")));
+    // Expired: each write acts as if the key were absent.
+    assert_eq!(s.write(at(100, WriteOp::IncrBy(b("n"), 2))), Reply::Int(2));
+    assert_eq!(
+        s.write(at(100, WriteOp::Append(b("a"), b("y")))),
+        Reply::Int(1)
+    );
+    assert_eq!(s.write(at(100, WriteOp::Del(vec![b("d")]))), Reply::Int(0));
+    let expire = WriteOp::Expire {
+        key: b("e"),
+        at: Some(500),
+    };
+    assert_eq!(s.write(at(100, expire)), Reply::Int(0));
+    assert_eq!(
+        pttl(&s, 100, "n"),
+        Reply::Int(-1),
+        "a fresh key has no expiry"
+    );
+    assert_eq!(pttl(&s, 100, "e"), Reply::Int(-2));
+    assert_eq!(get(&s, 100, "a"), Reply::Bulk(b("y")));
+    assert_eq!(s.map.len(), 2, "the expired keys were dropped");
+    assert_index_consistent(&s);
+}
+
+#[test]
+fn a_snapshot_is_a_point_in_time_view() {
+    let mut s = Store::default();
+    for i in 0..1_000 {
+        s.write(at(0, set(&format!("k{i}"), "old", Expiry::Clear)));
+    }
+    let then = s.clone();
+    let snapshot = s.snapshot();
+    // Writes after the handle was taken do not show in it.
+    for i in 0..1_000 {
+        s.write(at(1, set(&format!("k{i}"), "new", Expiry::Clear)));
+    }
+    s.write(at(1, WriteOp::Del(vec![b("k1")])));
+    s.write(at(1, set("added", "v", Expiry::Clear)));
+    let mut bytes = Vec::new();
+    Store::write_snapshot(snapshot, &mut bytes).unwrap();
+    let mut restored = Store::default();
+    restored.restore(&mut bytes.as_slice()).unwrap();
+    assert_eq!(restored, then);
+    assert_eq!(get(&s, 1, "k2"), Reply::Bulk(b("new")));
+}
+
+#[test]
+fn incr_refuses_non_numbers_and_overflow() {
+    let mut s = Store::default();
+    s.write(at(0, set("n", "x", Expiry::Clear)));
+    assert!(matches!(
+        s.write(at(0, WriteOp::IncrBy(b("n"), 1))),
+        Reply::Fault(_)
+    ));
+    s.write(at(0, set("m", &i64::MAX.to_string(), Expiry::Clear)));
+    assert!(matches!(
+        s.write(at(0, WriteOp::IncrBy(b("m"), 1))),
+        Reply::Fault(_)
+    ));
+}
+
+#[test]
+fn scan_returns_every_stable_key_once() {
+    let mut s = Store::default();
+    for i in 0..100 {
+        s.write(at(0, set(&format!("key:{i}"), "v", Expiry::Clear)));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor = 0;
+    loop {
+        let r = s.read(Query {
+            now: 0,
+            op: ReadOp::Scan {
+                cursor,
+                pattern: None,
+                count: 7,
+            },
+        });
+        let Reply::Array(parts) = r else { panic!() };
+        let (Reply::Bulk(c), Reply::Array(keys)) = (&parts[0], &parts[1]) else {
+            panic!()
+        };
+        for k in keys {
+            let Reply::Bulk(k) = k else { panic!() };
+            seen.insert(k.clone());
+        }
+        // Keys added during the scan must not break it.
+        s.write(at(0, set(&format!("new:{cursor}"), "v", Expiry::Clear)));
+        cursor = std::str::from_utf8(c).unwrap().parse().unwrap();
+        if cursor == 0 {
+            break;
+        }
+    }
+    for i in 0..100 {
+        assert!(seen.contains(&b(&format!("key:{i}"))), "key:{i} missing");
+    }
+}
+
+/// The expiry index holds exactly the values that have an expiry time.
+fn assert_index_consistent(s: &Store) {
+    let expected: BTreeSet<(u64, Slot)> = s
+        .map
+        .iter()
+        .filter_map(|(slot, v)| Some((v.expires_at?, slot.clone())))
+        .collect();
+    assert_eq!(s.expiring, expected);
+}
+
+#[test]
+fn expiry_index_follows_every_write() {
+    let mut s = Store::default();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 33) % n
+    };
+    let mut now = 1_000;
+    for _ in 0..5_000 {
+        now += next(5);
+        let key = b(&format!("k{}", next(20)));
+        let expiry = match next(3) {
+            0 => Expiry::Clear,
+            1 => Expiry::Keep,
+            _ => Expiry::At(now + next(40) - 10),
+        };
+        let op = match next(9) {
+            0..=2 => WriteOp::Set {
+                key,
+                value: b("7"),
+                expiry,
+                condition: [Condition::Always, Condition::IfAbsent, Condition::IfPresent]
+                    [next(3) as usize],
+                get: next(2) == 0,
+            },
+            3 => WriteOp::Del(vec![key]),
+            4 => WriteOp::IncrBy(key, 1),
+            5 => WriteOp::Append(key, b("1")),
+            6 => WriteOp::MSet(vec![(key, b("1"))]),
+            7 => WriteOp::Expire {
+                key,
+                at: (next(2) == 0).then(|| now + next(40) - 10),
+            },
+            _ => WriteOp::PurgeExpired { limit: 3 },
+        };
+        s.write(at(now, op));
+        assert_index_consistent(&s);
+        let due = s
+            .map
+            .iter()
+            .map(|(_, v)| v)
+            .filter(|v| !v.live(now))
+            .count();
+        assert_eq!(s.expired_count(now, usize::MAX), due);
+        let size = s.read(Query {
+            now,
+            op: ReadOp::DbSize,
+        });
+        assert_eq!(
+            size,
+            Reply::Int(s.map.len() as i64),
+            "expired keys count until swept"
+        );
+    }
+    s.write(at(now + 100, WriteOp::PurgeExpired { limit: usize::MAX }));
+    assert_eq!(s.expired_count(now + 100, usize::MAX), 0);
+    assert!(s.map.iter().map(|(_, v)| v).all(|v| v.live(now + 100)));
+    assert_index_consistent(&s);
+
+    // A restored snapshot rebuilds the index.
+    s.write(at(now, set("later", "v", Expiry::At(now + 1_000))));
+    let mut bytes = Vec::new();
+    Store::write_snapshot(s.snapshot(), &mut bytes).unwrap();
+    let mut restored = Store::default();
+    restored.restore(&mut bytes.as_slice()).unwrap();
+    assert_index_consistent(&restored);
+    assert_eq!(restored, s);
+}
+
+#[test]
+fn append_grows_in_place_and_stops_at_the_limit() {
+    let mut s = Store::default();
+    let mut moves = 0;
+    let mut last = std::ptr::null();
+    let n = 100_000;
+    for i in 0..n {
+        let op = WriteOp::AppendAtMost {
+            key: b("k"),
+            suffix: b("0123456789"),
+            max: 10 * n,
+        };
+        assert_eq!(s.write(at(0, op)), Reply::Int(10 * (i as i64 + 1)));
+        let Data::Str(data) = &s.map.get(&Slot::of(&b("k"))).unwrap().data else {
+            panic!("not a string")
+        };
+        if data.as_ptr() != last {
+            moves += 1;
+            last = data.as_ptr();
+        }
+    }
+    // Copying on every append would move the value 100,000 times (5 × 10^10 bytes copied);
+    // doubling moves it about log2(10^6) times.
+    assert!(moves <= 40, "the value moved {moves} times");
+    // A snapshot sharing the value costs one copy, and the snapshot keeps its contents.
+    let snapshot = s.snapshot();
+    let op = |suffix: &str, max| WriteOp::AppendAtMost {
+        key: b("k"),
+        suffix: b(suffix),
+        max,
+    };
+    assert_eq!(
+        s.write(at(0, op("x", 10 * n + 1))),
+        Reply::Int(10 * n as i64 + 1)
+    );
+    let mut bytes = Vec::new();
+    Store::write_snapshot(snapshot, &mut bytes).unwrap();
+    let mut restored = Store::default();
+    restored.restore(&mut bytes.as_slice()).unwrap();
+    assert_eq!(
+        restored.read(Query {
+            now: 0,
+            op: ReadOp::Strlen(b("k"))
+        }),
+        Reply::Int(10 * n as i64)
+    );
+    // Past the limit: refused, unchanged.
+    assert_eq!(
+        s.write(at(0, op("y", 10 * n + 1))),
+        Reply::Fault(Error::TooLong)
+    );
+    assert_eq!(
+        s.write(at(
+            0,
+            WriteOp::AppendAtMost {
+                key: b("new"),
+                suffix: b("abc"),
+                max: 2
+            }
+        )),
+        Reply::Fault(Error::TooLong)
+    );
+    assert_eq!(get(&s, 0, "new"), Reply::Nil);
+    assert_eq!(
+        s.read(Query {
+            now: 0,
+            op: ReadOp::Strlen(b("k"))
+        }),
+        Reply::Int(10 * n as i64 + 1)
+    );
+}
+
+#[test]
+fn setrange_pads_overwrites_and_stops_at_the_limit() {
+    let mut s = Store::default();
+    let op = |offset, value: &str, max| WriteOp::SetRange {
+        key: b("k"),
+        offset,
+        value: b(value),
+        max,
+    };
+    assert_eq!(s.write(at(0, op(3, "ab", 100))), Reply::Int(5));
+    assert_eq!(
+        get(&s, 0, "k"),
+        Reply::Bulk(Bytes::from_static(b"\0\0\0ab"))
+    );
+    assert_eq!(s.write(at(0, op(0, "xyz", 100))), Reply::Int(5));
+    assert_eq!(get(&s, 0, "k"), Reply::Bulk(b("xyzab")));
+    assert_eq!(
+        s.write(at(0, op(99, "12", 100))),
+        Reply::Fault(Error::TooLong)
+    );
+    assert_eq!(
+        s.write(at(0, op(u64::MAX, "1", u64::MAX))),
+        Reply::Fault(Error::TooLong),
+        "no overflow"
+    );
+    assert_eq!(get(&s, 0, "k"), Reply::Bulk(b("xyzab")), "unchanged");
+    let empty = WriteOp::SetRange {
+        key: b("none"),
+        offset: 5,
+        value: Bytes::new(),
+        max: 100,
+    };
+    assert_eq!(s.write(at(0, empty)), Reply::Int(0));
+    assert_eq!(get(&s, 0, "none"), Reply::Nil);
+}
+
+#[test]
+fn globs() {
+    assert!(glob_match(b"*", b"anything"));
+    assert!(glob_match(b"h?llo", b"hello"));
+    assert!(glob_match(b"h*llo", b"heeeello"));
+    assert!(glob_match(b"h[ae]llo", b"hallo"));
+    assert!(!glob_match(b"h[^e]llo", b"hello"));
+    assert!(glob_match(b"h[a-b]llo", b"hbllo"));
+    assert!(glob_match(b"a\\*b", b"a*b"));
+    assert!(!glob_match(b"a\\*b", b"axb"));
+    assert!(!glob_match(b"abc", b"abcd"));
+    assert!(glob_match(b"user:*:name", b"user:42:name"));
+}
