@@ -320,6 +320,21 @@ pub fn encode(reply: &Reply, out: &mut BytesMut, proto: Proto) {
                 encode(v, out, proto);
             }
         }
+        Reply::Pairs(pairs) if proto == Proto::Resp3 => {
+            line(out, b'*', pairs.len());
+            for (k, v) in pairs {
+                out.put_slice(b"*2\r\n");
+                encode(k, out, proto);
+                encode(v, out, proto);
+            }
+        }
+        Reply::Pairs(pairs) => {
+            line(out, b'*', pairs.len() * 2);
+            for (k, v) in pairs {
+                encode(k, out, proto);
+                encode(v, out, proto);
+            }
+        }
         Reply::Status(s) => simple(out, b'+', s),
         Reply::NilArray if proto == Proto::Resp3 => out.put_slice(b"_\r\n"),
         Reply::NilArray => out.put_slice(b"*-1\r\n"),

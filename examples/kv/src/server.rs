@@ -246,6 +246,8 @@ struct Transaction {
     bytes: usize,
     /// A command was refused while queueing: `EXEC` answers `EXECABORT`.
     dirty: bool,
+    /// Commands about this node (`CONFIG`), answered in their place when `EXEC` is.
+    local: Vec<(usize, Action)>,
 }
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
@@ -490,6 +492,10 @@ fn queue(tx: &mut Transaction, action: Action, args: &[Bytes], ctx: &Ctx) -> Rep
         Action::Write { op, post } => (Queued::Write(op), post),
         Action::Read(op) => (Queued::Read(op), commands::Post::None),
         Action::Unwatch => (Queued::Reply(Reply::Ok), commands::Post::None),
+        local @ (Action::ConfigGet(_) | Action::ConfigSet(_)) => {
+            tx.local.push((tx.ops.len(), local));
+            (Queued::Reply(Reply::Nil), commands::Post::None)
+        }
         _ => {
             tx.dirty = true;
             return Reply::error("ERR this command is not allowed inside a transaction");
@@ -527,13 +533,24 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
         ops: tx.ops,
     };
     match replicate(conn, ctx, op, now).await {
-        Reply::Array(replies) => Reply::Array(
-            replies
+        Reply::Array(replies) => {
+            let mut replies: Vec<Reply> = replies
                 .into_iter()
                 .zip(tx.posts)
                 .map(|(r, post)| post.apply(r))
-                .collect(),
-        ),
+                .collect();
+            for (i, action) in tx.local {
+                let r = match action {
+                    Action::ConfigGet(patterns) => ctx.config.get(&patterns),
+                    Action::ConfigSet(pairs) => ctx.config.set(&pairs),
+                    _ => continue,
+                };
+                if let Some(slot) = replies.get_mut(i) {
+                    *slot = r;
+                }
+            }
+            Reply::Array(replies)
+        }
         other => other,
     }
 }

@@ -67,6 +67,7 @@ pub(super) fn hincrby(a: &Args) -> Action {
 
 pub(super) fn hincrbyfloat(a: &Args) -> Action {
     match parse_float(&a.rest[2]) {
+        Some(by) if by.is_infinite() => error("ERR value is NaN or Infinity"),
         Some(by) => write(WriteOp::HIncrByFloat {
             key: a.key(),
             field: a.rest[1].clone(),

@@ -69,6 +69,11 @@ pub(super) fn expire(a: &Args) -> Action {
         _ => ms,
     };
     match at {
+        // LT with XX: sooner, and only if there is an expiry to be sooner than.
+        Some(at) if at <= MAX_EXPIRE_AT as i64 && lt && xx => write(WriteOp::ExpireSoonerIfSet {
+            key: a.key(),
+            at: at.max(0) as u64,
+        }),
         Some(at) if at <= MAX_EXPIRE_AT as i64 => write(WriteOp::ExpireAt {
             key: a.key(),
             at: at.max(0) as u64,
@@ -97,6 +102,18 @@ pub(super) fn expiretime(a: &Args) -> Action {
         key: a.key(),
         millis: a.name == "pexpiretime",
     })
+}
+
+/// `MEMORY USAGE key [SAMPLES n]`: about how many bytes the key takes.
+pub(super) fn memory(a: &Args) -> Action {
+    match (upper(&a.rest[0]).as_str(), a.rest.len()) {
+        ("USAGE", 2 | 4) => Action::Read(ReadOp::MemoryUsage(a.rest[1].clone())),
+        ("USAGE", _) => syntax(),
+        (other, _) => error(format!(
+            "ERR unknown subcommand '{}'. Try MEMORY HELP.",
+            other.to_ascii_lowercase()
+        )),
+    }
 }
 
 pub(super) fn type_(a: &Args) -> Action {
@@ -203,6 +220,8 @@ pub(super) fn scan_opts(
                     match String::from_utf8_lossy(value).to_ascii_lowercase().as_str() {
                         "string" => Some(Kind::String),
                         "hash" => Some(Kind::Hash),
+                        "list" => Some(Kind::List),
+                        "set" => Some(Kind::Set),
                         _ => None,
                     },
                 )

@@ -4,10 +4,11 @@
 //! and parser. Arity is checked from the table before the parser runs, so every mistake gets
 //! the reply a Redis client expects (`-ERR wrong number of arguments for 'get' command`), and
 //! each parser handles only its own options. Parsers live by data type: [`strings`], [`keys`],
-//! [`hash`], and [`server`] for commands about the connection and the server.
+//! [`hash`], [`list`] (lists and sets), and [`server`] for commands about the connection and the server.
 
 mod hash;
 mod keys;
+mod list;
 mod server;
 mod strings;
 
@@ -313,6 +314,13 @@ pub static COMMANDS: &[Spec] = &[
     cmd("info", -1, Other, false, NONE, server::info),
     cmd("keys", 2, Read, false, NONE, keys::keys),
     cmd("lcs", -3, Read, false, TWO, strings::lcs),
+    cmd("lindex", 3, Read, false, ONE, list::lindex),
+    cmd("llen", 2, Read, true, ONE, list::llen),
+    cmd("lpop", -2, Write, true, ONE, list::pop),
+    cmd("lpush", -3, Write, true, ONE, list::push),
+    cmd("lpushx", -3, Write, true, ONE, list::push),
+    cmd("lrange", 4, Read, false, ONE, list::lrange),
+    cmd("memory", -2, Read, false, NONE, keys::memory),
     cmd("mget", -2, Read, true, ALL, strings::mget),
     cmd("mset", -3, Write, false, (1, -1, 2), strings::mset),
     cmd("msetnx", -3, Write, false, (1, -1, 2), strings::mset),
@@ -328,15 +336,25 @@ pub static COMMANDS: &[Spec] = &[
     cmd("randomkey", 1, Read, false, NONE, keys::randomkey),
     cmd("rename", 3, Write, false, TWO, keys::rename),
     cmd("renamenx", 3, Write, true, TWO, keys::rename),
+    cmd("rpop", -2, Write, true, ONE, list::pop),
+    cmd("rpush", -3, Write, true, ONE, list::push),
+    cmd("rpushx", -3, Write, true, ONE, list::push),
+    cmd("sadd", -3, Write, true, ONE, list::sadd),
     cmd("scan", -2, Read, false, NONE, keys::scan),
+    cmd("scard", 2, Read, true, ONE, list::scard),
     cmd("select", 2, Other, true, NONE, server::select),
     cmd("set", -3, Write, false, ONE, strings::set),
     cmd("setbit", 4, Write, false, ONE, strings::setbit),
     cmd("setex", 4, Write, false, ONE, strings::setex),
     cmd("setnx", 3, Write, true, ONE, strings::setnx),
     cmd("setrange", 4, Write, false, ONE, strings::setrange),
+    cmd("sismember", 3, Read, true, ONE, list::sismember),
+    cmd("smembers", 2, Read, false, ONE, list::smembers),
+    cmd("spop", -2, Write, true, ONE, list::spop),
+    cmd("srem", -3, Write, true, ONE, list::srem),
     cmd("strlen", 2, Read, true, ONE, strings::strlen),
     cmd("substr", 4, Read, false, ONE, strings::getrange),
+    cmd("time", 1, Other, true, NONE, server::time),
     cmd("touch", -2, Read, true, ALL, keys::exists),
     cmd("ttl", 2, Read, true, ONE, keys::ttl),
     cmd("type", 2, Read, true, ONE, keys::type_),

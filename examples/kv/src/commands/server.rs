@@ -139,3 +139,11 @@ pub(super) fn command(a: &Args) -> Action {
         Some(_) => error("ERR unknown subcommand for 'command'"),
     }
 }
+
+/// `TIME`: this node's clock, as seconds and microseconds.
+pub(super) fn time(a: &Args) -> Action {
+    Action::Reply(Reply::Array(vec![
+        Reply::Bulk(Bytes::from((a.now / 1000).to_string())),
+        Reply::Bulk(Bytes::from(((a.now % 1000) * 1000).to_string())),
+    ]))
+}

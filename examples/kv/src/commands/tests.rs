@@ -7,7 +7,7 @@ fn known_names_are_canonical_and_unknown_ones_are_not() {
     assert_eq!(known(b"SeT"), Some("set"));
     assert_eq!(known(b"getset"), Some("getset"));
     assert_eq!(known(b"HGETALL"), Some("hgetall"));
-    assert_eq!(known(b"lpushx"), None);
+    assert_eq!(known(b"zadd"), None);
     assert_eq!(known(b"averyveryverylongcommandname"), None);
     assert_eq!(known(b""), None);
 }
@@ -220,7 +220,7 @@ fn string_command_arguments_are_checked_before_replication() {
         other => panic!("{cmd}: {other:?}"),
     };
     assert_eq!(err("INCRBYFLOAT k abc"), "ERR value is not a valid float");
-    assert_eq!(err("INCRBYFLOAT k inf"), "ERR value is not a valid float");
+    assert_eq!(err("INCRBYFLOAT k nan"), "ERR value is not a valid float");
     assert_eq!(
         err("SETBIT k -1 1"),
         "ERR bit offset is not an integer or out of range"

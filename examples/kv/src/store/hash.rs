@@ -1,7 +1,5 @@
 //! Operations on hash values. A hash's fields expire with its key; an emptied hash is removed.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
 use super::Data;
@@ -10,56 +8,31 @@ use super::HashMap;
 use super::ReadOp;
 use super::Reply;
 use super::Store;
-use super::Value;
 use super::glob_match;
 use super::strings::format_float;
 use super::strings::parse_float;
-use crate::slots::Slot;
 
 impl Store {
     /// The hash at `key`: `Ok(None)` if there is none, an error if the key holds another type.
     fn hash(&self, key: &Bytes, now: u64) -> Result<Option<&HashMap>, Error> {
-        match self.live(key, now).map(|v| &v.data) {
-            None => Ok(None),
-            Some(Data::Hash(h)) => Ok(Some(h)),
-            Some(_) => Err(Error::WrongType),
-        }
+        self.open(key, now, |d| match d {
+            Data::Hash(h) => Some(&**h),
+            _ => None,
+        })
     }
 
-    /// Changes the hash at `key` (created empty if absent); an emptied hash is removed. The key
-    /// must already be known to hold a hash or nothing.
+    /// Changes the hash at `key` (see [`Store::edit`]).
     fn edit_hash<T>(&mut self, key: Bytes, now: u64, edit: impl FnOnce(&mut HashMap) -> T) -> T {
-        let slot = Slot::new(key);
-        let (out, empty) = match self.live_for_write(&slot, now) {
-            Some(Value {
-                data: Data::Hash(h),
-                ..
-            }) => {
-                let h = Arc::make_mut(h);
-                let out = edit(h);
-                (out, h.is_empty())
-            }
-            _ => {
-                let mut h = HashMap::new();
-                let out = edit(&mut h);
-                let empty = h.is_empty();
-                if !empty {
-                    self.put(
-                        slot.clone(),
-                        Value {
-                            data: Data::Hash(Arc::new(h)),
-                            expires_at: None,
-                            version: 0,
-                        },
-                    );
-                }
-                (out, false)
-            }
-        };
-        if empty {
-            self.take(&slot);
-        }
-        out
+        self.edit(
+            key,
+            now,
+            |d| match d {
+                Data::Hash(h) => Some(h),
+                _ => None,
+            },
+            Data::Hash,
+            edit,
+        )
     }
 
     pub(super) fn hset(
@@ -226,13 +199,6 @@ impl Store {
 fn rand_fields(h: &HashMap, count: Option<i64>, with_values: bool) -> Reply {
     use rand::seq::IteratorRandom;
     let mut rng = rand::rng();
-    let pick = |(f, v): (&Bytes, &Bytes)| -> Vec<Reply> {
-        let mut r = vec![Reply::Bulk(f.clone())];
-        if with_values {
-            r.push(Reply::Bulk(v.clone()));
-        }
-        r
-    };
     let Some(count) = count else {
         return h
             .iter()
@@ -249,5 +215,15 @@ fn rand_fields(h: &HashMap, count: Option<i64>, with_values: bool) -> Reply {
         let n = count.unsigned_abs() as usize;
         (0..n).filter_map(|_| h.iter().choose(&mut rng)).collect()
     };
-    Reply::Array(chosen.into_iter().flat_map(pick).collect())
+    let bulk = |b: &Bytes| Reply::Bulk(b.clone());
+    if with_values {
+        Reply::Pairs(
+            chosen
+                .into_iter()
+                .map(|(f, v)| (bulk(f), bulk(v)))
+                .collect(),
+        )
+    } else {
+        Reply::Array(chosen.into_iter().map(|(f, _)| bulk(f)).collect())
+    }
 }

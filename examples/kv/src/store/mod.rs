@@ -21,7 +21,9 @@
 mod glob;
 mod hash;
 mod keys;
+mod list;
 mod reply;
+mod set;
 mod snapshot;
 mod strings;
 #[cfg(test)]
@@ -176,6 +178,27 @@ pub enum WriteOp {
         watched: Vec<Watched>,
         ops: Vec<Queued>,
     },
+    /// `LPUSH`/`RPUSH` (`left` or not), `LPUSHX`/`RPUSHX` (`existing`): the new length.
+    Push {
+        key: Bytes,
+        values: Vec<Bytes>,
+        left: bool,
+        existing: bool,
+    },
+    /// `LPOP`/`RPOP`, with an optional count.
+    Pop {
+        key: Bytes,
+        left: bool,
+        count: Option<u64>,
+    },
+    /// `SADD`: the number of members added.
+    SAdd { key: Bytes, members: Vec<Bytes> },
+    /// `SREM`: the number of members removed.
+    SRem { key: Bytes, members: Vec<Bytes> },
+    /// `EXPIRE … LT XX`: only if the key has an expiry and the new one is sooner.
+    ExpireSoonerIfSet { key: Bytes, at: u64 },
+    /// `SPOP key [count]`: members chosen from the write's number, the same on every replica.
+    SPop { key: Bytes, count: Option<u64> },
 }
 
 /// A key `WATCH`ed by a connection, as it was when watched.
@@ -216,6 +239,10 @@ pub enum Kind {
     String,
     /// A hash of fields to byte strings.
     Hash,
+    /// A list of byte strings.
+    List,
+    /// A set of byte strings.
+    Set,
 }
 
 impl Kind {
@@ -224,6 +251,8 @@ impl Kind {
         match self {
             Kind::String => "string",
             Kind::Hash => "hash",
+            Kind::List => "list",
+            Kind::Set => "set",
         }
     }
 }
@@ -322,6 +351,24 @@ pub enum ReadOp {
     },
     /// For `WATCH`: the number of the last write applied, then each key's version (0 if absent).
     Versions(Vec<Bytes>),
+    LLen(Bytes),
+    LRange {
+        key: Bytes,
+        start: i64,
+        end: i64,
+    },
+    LIndex {
+        key: Bytes,
+        index: i64,
+    },
+    SMembers(Bytes),
+    SCard(Bytes),
+    SIsMember {
+        key: Bytes,
+        member: Bytes,
+    },
+    /// `MEMORY USAGE`: about how many bytes the key takes, or nil.
+    MemoryUsage(Bytes),
 }
 
 /// A read as it is sent: the question and the reader's time (for expiry).
@@ -342,6 +389,8 @@ pub(crate) type HashMap = BTreeMap<Bytes, Bytes>;
 pub(crate) enum Data {
     Str(Bytes),
     Hash(Arc<HashMap>),
+    List(Arc<std::collections::VecDeque<Bytes>>),
+    Set(Arc<BTreeSet<Bytes>>),
 }
 
 impl Data {
@@ -349,6 +398,19 @@ impl Data {
         match self {
             Data::Str(_) => Kind::String,
             Data::Hash(_) => Kind::Hash,
+            Data::List(_) => Kind::List,
+            Data::Set(_) => Kind::Set,
+        }
+    }
+
+    /// About how many bytes the value takes (`MEMORY USAGE`).
+    fn size(&self) -> usize {
+        let each = |b: &Bytes| b.len() + 32;
+        match self {
+            Data::Str(s) => s.len(),
+            Data::Hash(h) => h.iter().map(|(f, v)| each(f) + each(v)).sum(),
+            Data::List(l) => l.iter().map(each).sum(),
+            Data::Set(s) => s.iter().map(each).sum(),
         }
     }
 }
@@ -372,6 +434,29 @@ impl Value {
             expires_at: None,
             version: 0,
         }
+    }
+}
+
+/// A collection value: a hash, list or set.
+trait Collection {
+    fn is_empty(&self) -> bool;
+}
+
+impl Collection for HashMap {
+    fn is_empty(&self) -> bool {
+        BTreeMap::is_empty(self)
+    }
+}
+
+impl Collection for std::collections::VecDeque<Bytes> {
+    fn is_empty(&self) -> bool {
+        std::collections::VecDeque::is_empty(self)
+    }
+}
+
+impl Collection for BTreeSet<Bytes> {
+    fn is_empty(&self) -> bool {
+        BTreeSet::is_empty(self)
     }
 }
 
@@ -467,6 +552,64 @@ impl Store {
         Some(v)
     }
 
+    /// Changes the collection at `key` (created empty if absent) through `edit`; an emptied
+    /// collection is removed. `open` finds the collection in a value of its type; the key must
+    /// already be known to hold that type or nothing. A collection a snapshot still shares is
+    /// copied first.
+    fn edit<C: Clone + Default + Collection, T>(
+        &mut self,
+        key: Bytes,
+        now: u64,
+        open: fn(&mut Data) -> Option<&mut Arc<C>>,
+        wrap: fn(Arc<C>) -> Data,
+        edit: impl FnOnce(&mut C) -> T,
+    ) -> T {
+        let slot = Slot::new(key);
+        let (out, empty) = match self
+            .live_for_write(&slot, now)
+            .and_then(|v| open(&mut v.data))
+        {
+            Some(c) => {
+                let c = Arc::make_mut(c);
+                let out = edit(c);
+                (out, c.is_empty())
+            }
+            None => {
+                let mut c = C::default();
+                let out = edit(&mut c);
+                if !c.is_empty() {
+                    self.put(
+                        slot.clone(),
+                        Value {
+                            data: wrap(Arc::new(c)),
+                            expires_at: None,
+                            version: 0,
+                        },
+                    );
+                }
+                (out, false)
+            }
+        };
+        if empty {
+            self.take(&slot);
+        }
+        out
+    }
+
+    /// The live value at `key` if it is of the type `open` accepts: `Ok(None)` if there is no
+    /// key, an error if it holds another type.
+    fn open<'a, C>(
+        &'a self,
+        key: &Bytes,
+        now: u64,
+        open: fn(&'a Data) -> Option<&'a C>,
+    ) -> Result<Option<&'a C>, Error> {
+        match self.live(key, now) {
+            None => Ok(None),
+            Some(v) => open(&v.data).map(Some).ok_or(Error::WrongType),
+        }
+    }
+
     fn write(&mut self, cmd: Command) -> Reply {
         self.writes += 1;
         self.apply_op(cmd.op, cmd.now)
@@ -526,6 +669,23 @@ impl Store {
                 self.hincr_by_float(key, field, f64::from_bits(by), now)
             }
             WriteOp::Exec { watched, ops } => self.exec(watched, ops, now),
+            WriteOp::Push {
+                key,
+                values,
+                left,
+                existing,
+            } => self.push(key, values, left, existing, now),
+            WriteOp::Pop { key, left, count } => self.pop(key, left, count, now),
+            WriteOp::SAdd { key, members } => self.sadd(key, members, now),
+            WriteOp::SRem { key, members } => self.srem(key, members, now),
+            WriteOp::SPop { key, count } => self.spop(key, count, now),
+            WriteOp::ExpireSoonerIfSet { key, at } => {
+                if self.live(&key, now).is_some_and(|v| v.expires_at.is_some()) {
+                    self.expire_at(key, at, ExpireIf::Sooner, now)
+                } else {
+                    Reply::Int(0)
+                }
+            }
         }
     }
 
@@ -625,6 +785,15 @@ impl Store {
                 }
                 Reply::Array(out)
             }
+            ReadOp::LLen(key) => self.llen(&key, now),
+            ReadOp::LRange { key, start, end } => self.lrange(&key, start, end, now),
+            ReadOp::LIndex { key, index } => self.lindex(&key, index, now),
+            ReadOp::SMembers(key) => self.smembers(&key, now),
+            ReadOp::SCard(key) => self.scard(&key, now),
+            ReadOp::SIsMember { key, member } => self.sismember(&key, &member, now),
+            ReadOp::MemoryUsage(key) => self.live(&key, now).map_or(Reply::Nil, |v| {
+                Reply::Int((key.len() + v.data.size() + 64) as i64)
+            }),
             ReadOp::HGet { .. }
             | ReadOp::HMGet { .. }
             | ReadOp::HGetAll(_)

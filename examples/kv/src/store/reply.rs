@@ -31,6 +31,9 @@ pub enum Reply {
     Error(String),
     /// An error from the store, worded by the protocol layer.
     Fault(Error),
+    /// Pairs that RESP3 sends as two-element arrays and RESP2 as one flat array
+    /// (`HRANDFIELD … WITHVALUES`).
+    Pairs(Vec<(Reply, Reply)>),
 }
 
 /// What went wrong applying a command to the store. Each is deterministic: every replica

@@ -19,14 +19,15 @@ use crate::slots::Slot;
 /// The most cells (`len(a) × len(b)`) `LCS` works through: its table costs 4 bytes a cell.
 pub const LCS_MAX_CELLS: u64 = 16 << 20;
 
-/// Parses a Redis float argument or value: finite, no spaces, no `inf`/`nan` spellings.
+/// Parses a Redis float argument or value: no spaces, not NaN (an infinite increment is
+/// refused when it is applied, as the result would be infinite).
 pub fn parse_float(b: &[u8]) -> Option<f64> {
     let s = std::str::from_utf8(b).ok()?;
     if s.is_empty() || s.bytes().any(|c| c.is_ascii_whitespace()) {
         return None;
     }
     let f: f64 = s.parse().ok()?;
-    f.is_finite().then_some(f)
+    (!f.is_nan()).then_some(f)
 }
 
 /// How Redis prints a float it stored: the shortest text that reads back as the same number.
@@ -331,6 +332,8 @@ impl Store {
         match self.string(key, now) {
             Err(e) => Reply::Fault(e),
             Ok(None) => Reply::text(""),
+            // An end before the start of the string is an empty range (Redis 7.2 and later).
+            Ok(Some(v)) if end < 0 && end + (v.len() as i64) < 0 => Reply::text(""),
             Ok(Some(v)) => match clamp_range(start, end, v.len()) {
                 Some((s, e)) => Reply::Bulk(v.slice(s..=e)),
                 None => Reply::text(""),
@@ -396,6 +399,9 @@ impl Store {
     }
 }
 
+/// A run of matching bytes: its range in `a` and in `b`, both inclusive.
+type Run = ((usize, usize), (usize, usize));
+
 /// The longest common subsequence of `a` and `b`, as Redis' `LCS` reports it.
 fn lcs(a: &[u8], b: &[u8], mode: LcsMode) -> Reply {
     let w = b.len() + 1;
@@ -418,12 +424,12 @@ fn lcs(a: &[u8], b: &[u8], mode: LcsMode) -> Reply {
     let mut idx = len;
     let mut matches = Vec::new();
     let (mut i, mut j) = (a.len(), b.len());
-    let mut run: Option<((usize, usize), (usize, usize))> = None;
+    let mut run: Option<Run> = None;
     let (min_len, with_len) = match mode {
         LcsMode::Idx { min_len, with_len } => (min_len as usize, with_len),
         _ => (0, false),
     };
-    let flush = |run: &mut Option<((usize, usize), (usize, usize))>, matches: &mut Vec<Reply>| {
+    let flush = |run: &mut Option<Run>, matches: &mut Vec<Reply>| {
         if let Some(((a0, a1), (b0, b1))) = run.take() {
             let n = a1 - a0 + 1;
             if n >= min_len {

@@ -425,3 +425,217 @@ fn globs() {
     assert!(!glob_match(b"abc", b"abcd"));
     assert!(glob_match(b"user:*:name", b"user:42:name"));
 }
+
+#[test]
+fn a_string_only_snapshot_of_the_previous_format_still_loads() {
+    // Version 1: a sequence of (key, (value, expires_at)), no header.
+    let v1: Vec<(Bytes, (Bytes, Option<u64>))> = vec![
+        (b("plain"), (b("1"), None)),
+        (b("timed"), (b("2"), Some(5_000))),
+    ];
+    let mut bytes = Vec::new();
+    raft_core::write_serde(&v1, &mut bytes).unwrap();
+    let mut s = Store::default();
+    s.restore(&mut bytes.as_slice()).unwrap();
+    assert_eq!(get(&s, 0, "plain"), Reply::Bulk(b("1")));
+    assert_eq!(get(&s, 4_999, "timed"), Reply::Bulk(b("2")));
+    assert_eq!(s.expired_count(5_000, 10), 1, "the expiry index is rebuilt");
+    // An empty version 1 snapshot is a single byte.
+    let mut empty = Vec::new();
+    raft_core::write_serde(&Vec::<(Bytes, (Bytes, Option<u64>))>::new(), &mut empty).unwrap();
+    assert_eq!(empty.len(), 1);
+    let mut s = Store::default();
+    s.restore(&mut empty.as_slice()).unwrap();
+    assert_eq!(s, Store::default());
+}
+
+#[test]
+fn a_snapshot_of_an_unknown_version_is_refused_by_name() {
+    let mut s = Store::default();
+    s.write(at(0, set("k", "v", Expiry::Clear)));
+    let mut bytes = Vec::new();
+    Store::write_snapshot(s.snapshot(), &mut bytes).unwrap();
+    let version_at = bytes.iter().position(|b| *b == snapshot::FORMAT).unwrap();
+    bytes[version_at] = 7;
+    let err = Store::default().restore(&mut bytes.as_slice()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    assert!(err.to_string().contains("format version 7"), "{err}");
+}
+
+#[test]
+fn every_type_and_the_watch_versions_survive_a_snapshot() {
+    let mut s = Store::default();
+    s.write(at(0, set("str", "v", Expiry::At(9_000))));
+    s.write(at(
+        0,
+        WriteOp::HSet {
+            key: b("h"),
+            pairs: vec![(b("f"), b("1"))],
+            nx: false,
+        },
+    ));
+    s.write(at(
+        0,
+        WriteOp::Push {
+            key: b("l"),
+            values: vec![b("a"), b("b")],
+            left: false,
+            existing: false,
+        },
+    ));
+    s.write(at(
+        0,
+        WriteOp::SAdd {
+            key: b("s"),
+            members: vec![b("x")],
+        },
+    ));
+    s.write(at(0, WriteOp::Del(vec![b("str")])));
+    let mut bytes = Vec::new();
+    Store::write_snapshot(s.snapshot(), &mut bytes).unwrap();
+    let mut restored = Store::default();
+    restored.restore(&mut bytes.as_slice()).unwrap();
+    assert_eq!(restored, s, "values, versions and write counters");
+    assert_index_consistent(&restored);
+}
+
+fn versions(s: &Store, keys: &[&str]) -> Vec<Watched> {
+    let Reply::Array(v) = s.read(Query {
+        now: 0,
+        op: ReadOp::Versions(keys.iter().map(|k| b(k)).collect()),
+    }) else {
+        panic!()
+    };
+    let n = |r: &Reply| match r {
+        Reply::Int(n) => *n as u64,
+        _ => panic!(),
+    };
+    keys.iter()
+        .zip(&v[1..])
+        .map(|(k, r)| Watched {
+            key: b(k),
+            version: n(r),
+            seen: n(&v[0]),
+        })
+        .collect()
+}
+
+fn exec(s: &mut Store, watched: Vec<Watched>, ops: Vec<WriteOp>) -> Reply {
+    s.write(at(
+        0,
+        WriteOp::Exec {
+            watched,
+            ops: ops.into_iter().map(Queued::Write).collect(),
+        },
+    ))
+}
+
+#[test]
+fn exec_applies_every_command_unless_a_watched_key_changed() {
+    let mut s = Store::default();
+    s.write(at(0, set("a", "1", Expiry::Clear)));
+    s.write(at(0, set("other", "1", Expiry::Clear)));
+    // A runtime error answers only its own command.
+    let w = versions(&s, &["a", "absent"]);
+    let r = exec(
+        &mut s,
+        w,
+        vec![
+            WriteOp::IncrBy(b("a"), 1),
+            WriteOp::HDel {
+                key: b("a"),
+                fields: vec![b("f")],
+            },
+            WriteOp::IncrBy(b("a"), 1),
+        ],
+    );
+    assert_eq!(
+        r,
+        Reply::Array(vec![
+            Reply::Int(2),
+            Reply::Fault(Error::WrongType),
+            Reply::Int(3)
+        ])
+    );
+    // Unrelated writes do not abort; a write to a watched key does.
+    let w = versions(&s, &["a", "absent"]);
+    s.write(at(0, WriteOp::Del(vec![b("other")])));
+    assert!(
+        matches!(exec(&mut s, w.clone(), vec![]), Reply::Array(_)),
+        "keys changed before the watch do not count"
+    );
+    s.write(at(0, WriteOp::IncrBy(b("a"), 1)));
+    assert_eq!(
+        exec(&mut s, w, vec![WriteOp::Del(vec![b("a")])]),
+        Reply::NilArray
+    );
+    assert_eq!(get(&s, 0, "a"), Reply::Bulk(b("4")), "nothing applied");
+    // An absent key created and removed again since the watch aborts too.
+    let w = versions(&s, &["absent"]);
+    s.write(at(0, set("absent", "x", Expiry::Clear)));
+    s.write(at(0, WriteOp::Del(vec![b("absent")])));
+    assert_eq!(exec(&mut s, w, vec![]), Reply::NilArray);
+    // FLUSHALL aborts a watch of an existing key, not of an absent one.
+    let present = versions(&s, &["a"]);
+    let absent = versions(&s, &["nothing"]);
+    s.write(at(0, WriteOp::FlushDb));
+    assert_eq!(exec(&mut s, present, vec![]), Reply::NilArray);
+    assert_eq!(exec(&mut s, absent, vec![]), Reply::Array(vec![]));
+}
+
+#[test]
+fn type_mismatches_answer_wrongtype_and_change_nothing() {
+    let mut s = Store::default();
+    s.write(at(
+        0,
+        WriteOp::HSet {
+            key: b("h"),
+            pairs: vec![(b("f"), b("1"))],
+            nx: false,
+        },
+    ));
+    s.write(at(0, set("str", "v", Expiry::Clear)));
+    let wrong = Reply::Fault(Error::WrongType);
+    for op in [
+        WriteOp::IncrBy(b("h"), 1),
+        WriteOp::Append(b("h"), b("x")),
+        WriteOp::SetBit {
+            key: b("h"),
+            offset: 1,
+            bit: true,
+            max: 100,
+        },
+        WriteOp::HIncrBy {
+            key: b("str"),
+            field: b("f"),
+            by: 1,
+        },
+        WriteOp::Push {
+            key: b("str"),
+            values: vec![b("x")],
+            left: true,
+            existing: false,
+        },
+        WriteOp::SAdd {
+            key: b("h"),
+            members: vec![b("x")],
+        },
+        WriteOp::GetDel(b("h")),
+    ] {
+        assert_eq!(s.write(at(0, op.clone())), wrong, "{op:?}");
+    }
+    assert_eq!(get(&s, 0, "h"), wrong);
+    assert_eq!(
+        s.read(Query {
+            now: 0,
+            op: ReadOp::HGet {
+                key: b("h"),
+                field: b("f")
+            }
+        }),
+        Reply::Bulk(b("1"))
+    );
+    // SET overwrites whatever the key held.
+    s.write(at(0, set("h", "now a string", Expiry::Clear)));
+    assert_eq!(get(&s, 0, "h"), Reply::Bulk(b("now a string")));
+}
