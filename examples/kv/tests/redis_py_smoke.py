@@ -63,7 +63,64 @@ def main(ports):
         info = r2.info("replication")
         assert info["raft_role"] in ("leader", "follower"), info
     assert r.dbsize() >= 8
+
+    types_and_transactions(clients, ports)
     print(f"redis-py smoke test passed against ports {ports}")
+
+
+def types_and_transactions(clients, ports):
+    """Hashes, lists, sets, the newer string and key commands, and MULTI/EXEC/WATCH across nodes."""
+    r, other = clients[ports[0]], clients[ports[-1]]
+    assert r.hset("py:h", mapping={"a": "1", "b": "2"}) == 2
+    assert r.hgetall("py:h") == {b"a": b"1", b"b": b"2"}
+    assert r.hincrby("py:h", "a", 5) == 6 and r.hincrbyfloat("py:h", "b", 0.5) == 2.5
+    assert r.hmget("py:h", ["a", "zz"]) == [b"6", None]
+    assert r.hlen("py:h") == 2 and r.hexists("py:h", "a") and r.hstrlen("py:h", "a") == 1
+    assert sorted(r.hkeys("py:h")) == [b"a", b"b"] and r.hsetnx("py:h", "a", "x") == 0
+    assert r.hdel("py:h", "a", "b") == 2 and not r.exists("py:h")
+    assert r.rpush("py:l", "a", "b") == 2 and r.lpush("py:l", "z") == 3
+    assert r.lrange("py:l", 0, -1) == [b"z", b"a", b"b"] and r.llen("py:l") == 3
+    assert r.lpop("py:l") == b"z" and r.rpop("py:l") == b"b" and r.lindex("py:l", 0) == b"a"
+    assert r.sadd("py:set", "x", "y") == 2 and r.smembers("py:set") == {b"x", b"y"}
+    assert r.sismember("py:set", "x") and r.scard("py:set") == 2 and r.srem("py:set", "x") == 1
+    assert r.type("py:set") == b"set" and r.type("py:l") == b"list" and r.type("py:none") == b"none"
+    try:
+        r.get("py:set")
+        raise AssertionError("GET of a set must fail")
+    except redis.ResponseError as e:
+        assert str(e).startswith("WRONGTYPE"), e
+    r.set("py:str", "Hello World")
+    assert r.getrange("py:str", 0, 4) == b"Hello" and r.setrange("py:str", 6, "Redis") == 11
+    assert r.getdel("py:str") == b"Hello Redis" and r.get("py:str") is None
+    r.execute_command("SETEX", "py:ex", 100, "v")
+    assert r.getex("py:ex", persist=True) == b"v" and r.ttl("py:ex") == -1
+    assert r.msetnx({"py:m1": "1", "py:m2": "2"}) and not r.msetnx({"py:m2": "x", "py:m3": "y"})
+    assert r.incrbyfloat("py:f", 1.5) == 1.5
+    assert r.setbit("py:bits", 7, 1) == 0 and r.getbit("py:bits", 7) == 1 and r.bitcount("py:bits") == 1
+    r.mset({"py:lcs1": "ohmytext", "py:lcs2": "mynewtext"})
+    assert r.lcs("py:lcs1", "py:lcs2") == b"mytext"
+    assert r.rename("py:m1", "py:m9") and r.renamenx("py:m9", "py:m2") is False
+    assert r.copy("py:m9", "py:copy") and r.get("py:copy") == b"1"
+    assert r.expire("py:copy", 100, nx=True) and not r.expire("py:copy", 200, nx=True)
+    assert r.expiretime("py:copy") > 0 and r.unlink("py:copy") == 1 and r.touch("py:m9") == 1
+    assert r.config_set("hash-max-ziplist-entries", 64)
+    assert r.config_get("hash-max-ziplist-entries") == {"hash-max-ziplist-entries": "64"}
+
+    # A transaction is applied whole; WATCH sees a change made through another node.
+    with r.pipeline(transaction=True) as pipe:
+        pipe.set("py:tx", "1").incr("py:tx").hset("py:txh", "f", "v")
+        assert pipe.execute() == [True, 2, 1]
+    with r.pipeline(transaction=True) as pipe:
+        pipe.watch("py:tx")
+        other.set("py:tx", "changed elsewhere")
+        pipe.multi()
+        pipe.set("py:tx", "mine")
+        try:
+            pipe.execute()
+            raise AssertionError("EXEC must abort when a watched key changed")
+        except redis.WatchError:
+            pass
+    assert r.get("py:tx") == b"changed elsewhere"
 
 
 if __name__ == "__main__":
