@@ -71,6 +71,7 @@ def main(ports):
 def types_and_transactions(clients, ports):
     """Hashes, lists, sets, the newer string and key commands, and MULTI/EXEC/WATCH across nodes."""
     r, other = clients[ports[0]], clients[ports[-1]]
+    r.delete(*[f"py:{k}" for k in "h l set str ex m1 m2 m3 m9 f bits copy tx txh".split()])
     assert r.hset("py:h", mapping={"a": "1", "b": "2"}) == 2
     assert r.hgetall("py:h") == {b"a": b"1", b"b": b"2"}
     assert r.hincrby("py:h", "a", 5) == 6 and r.hincrbyfloat("py:h", "b", 0.5) == 2.5
