@@ -13,10 +13,16 @@
 //!
 //! # Layout
 //!
-//! * `store.rs` — the replicated state machine: strings with expiry, commands and queries.
-//! * `resp.rs` — the RESP2 parser (incremental, bounded) and encoder.
-//! * `commands.rs` — each Redis command parsed into a write, a read or an immediate reply.
-//! * `server.rs` — connections: run commands in order, retry through elections, INFO/HELLO.
+//! * `store/` — the replicated state machine: keys holding strings, hashes, lists or sets with
+//!   expiry, one module per data type, a protocol-neutral reply and error type, the versioned
+//!   snapshot format.
+//! * `resp.rs` — the RESP parser (incremental, bounded) and encoder (RESP2 and RESP3); words the
+//!   store's errors as Redis does.
+//! * `commands/` — the command table (name, arity, class, parser) and the parsers, one module
+//!   per data type.
+//! * `server.rs` — connections: run commands in order, retry through elections, INFO/HELLO,
+//!   MULTI/EXEC/WATCH.
+//! * `config.rs` — `CONFIG GET`/`SET`: each node's parameters.
 //! * `limits.rs` — what clients may use (maxclients, timeouts, command and reply sizes) and its
 //!   flags; `docs/limits.md` lists every limit.
 //! * `cluster.rs` — starting one node, joining, and the three-node demo.

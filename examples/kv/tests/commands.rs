@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use common::Ports;
 use common::Proc;
+use common::q;
+use common::q_err;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
@@ -67,27 +69,6 @@ impl Cluster {
             assert!(Instant::now() < deadline, "node {i} never served a write");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-}
-
-async fn q<T: redis::FromRedisValue>(con: &mut MultiplexedConnection, args: &[&str]) -> T {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query_async(con)
-        .await
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-async fn q_err(con: &mut MultiplexedConnection, args: &[&str]) -> String {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    match cmd.query_async::<Value>(con).await {
-        Ok(v) => panic!("{args:?} should fail, got {v:?}"),
-        Err(e) => e.to_string(),
     }
 }
 

@@ -17,6 +17,8 @@ use std::time::Duration;
 use std::time::Instant;
 
 use common::free_port;
+use common::q;
+use common::q_err;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
@@ -242,27 +244,6 @@ async fn leader(p: &Procs, alive: &[u64]) -> u64 {
         }
         assert!(Instant::now() < deadline, "no agreed leader: {views:?}");
         poll_pause("leader").await;
-    }
-}
-
-async fn q<T: redis::FromRedisValue>(con: &mut MultiplexedConnection, args: &[&str]) -> T {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query_async(con)
-        .await
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-async fn q_err(con: &mut MultiplexedConnection, args: &[&str]) -> String {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    match cmd.query_async::<Value>(con).await {
-        Ok(v) => panic!("{args:?} should fail, got {v:?}"),
-        Err(e) => e.to_string(),
     }
 }
 

@@ -9,8 +9,8 @@ use super::ReadOp;
 use super::Reply;
 use super::Store;
 use super::glob_match;
-use super::strings::format_float;
-use super::strings::parse_float;
+use super::strings::add_float;
+use super::strings::add_int;
 
 impl Store {
     /// The hash at `key`: `Ok(None)` if there is none, an error if the key holds another type.
@@ -80,46 +80,29 @@ impl Store {
     }
 
     pub(super) fn hincr_by(&mut self, key: Bytes, field: Bytes, by: i64, now: u64) -> Reply {
-        let current = match self.hash(&key, now) {
-            Err(e) => return Reply::Fault(e),
-            Ok(h) => h.and_then(|h| h.get(&field)),
-        };
-        let current = match current {
-            None => 0,
-            Some(v) => match std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.parse::<i64>().ok())
-            {
-                Some(n) => n,
-                None => return Reply::Fault(Error::HashNotInteger),
-            },
-        };
-        let Some(next) = current.checked_add(by) else {
-            return Reply::Fault(Error::Overflow);
-        };
-        self.edit_hash(key, now, |h| h.insert(field, Bytes::from(next.to_string())));
-        Reply::Int(next)
+        let next = self
+            .hash(&key, now)
+            .and_then(|h| add_int(h.and_then(|h| h.get(&field)), by, Error::HashNotInteger));
+        match next {
+            Ok(next) => {
+                self.edit_hash(key, now, |h| h.insert(field, Bytes::from(next.to_string())));
+                Reply::Int(next)
+            }
+            Err(e) => Reply::Fault(e),
+        }
     }
 
     pub(super) fn hincr_by_float(&mut self, key: Bytes, field: Bytes, by: f64, now: u64) -> Reply {
-        let current = match self.hash(&key, now) {
-            Err(e) => return Reply::Fault(e),
-            Ok(h) => h.and_then(|h| h.get(&field)),
-        };
-        let current = match current {
-            None => 0.0,
-            Some(v) => match parse_float(v) {
-                Some(n) => n,
-                None => return Reply::Fault(Error::HashNotFloat),
-            },
-        };
-        let next = current + by;
-        if !next.is_finite() {
-            return Reply::Fault(Error::NanOrInfinity);
+        let next = self
+            .hash(&key, now)
+            .and_then(|h| add_float(h.and_then(|h| h.get(&field)), by, Error::HashNotFloat));
+        match next {
+            Ok(text) => {
+                self.edit_hash(key, now, |h| h.insert(field, text.clone()));
+                Reply::Bulk(text)
+            }
+            Err(e) => Reply::Fault(e),
         }
-        let text = format_float(next);
-        self.edit_hash(key, now, |h| h.insert(field, text.clone()));
-        Reply::Bulk(text)
     }
 
     pub(super) fn hash_read(&self, op: ReadOp, now: u64) -> Reply {

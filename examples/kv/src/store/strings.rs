@@ -42,6 +42,30 @@ fn parse_int(b: &[u8]) -> Option<i64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
+/// `current` (0 if absent) plus `by`, as INCRBY and HINCRBY compute it; `not_number` if
+/// `current` is not an integer.
+pub fn add_int(current: Option<&Bytes>, by: i64, not_number: Error) -> Result<i64, Error> {
+    let current = match current {
+        None => 0,
+        Some(v) => parse_int(v).ok_or(not_number)?,
+    };
+    current.checked_add(by).ok_or(Error::Overflow)
+}
+
+/// `current` (0 if absent) plus `by`, as INCRBYFLOAT and HINCRBYFLOAT compute it, in the form
+/// it is stored; `not_number` if `current` is not a number.
+pub fn add_float(current: Option<&Bytes>, by: f64, not_number: Error) -> Result<Bytes, Error> {
+    let current = match current {
+        None => 0.0,
+        Some(v) => parse_float(v).ok_or(not_number)?,
+    };
+    let next = current + by;
+    if !next.is_finite() {
+        return Err(Error::NanOrInfinity);
+    }
+    Ok(format_float(next))
+}
+
 /// A string value's bytes, to change in place while nothing else shares them.
 fn unshare(data: &mut Bytes) -> BytesMut {
     std::mem::take(data)
@@ -134,37 +158,29 @@ impl Store {
     }
 
     pub(super) fn incr_by(&mut self, key: Bytes, by: i64, now: u64) -> Reply {
-        let current = match self.string(&key, now) {
-            Err(e) => return Reply::Fault(e),
-            Ok(None) => 0,
-            Ok(Some(v)) => match parse_int(v) {
-                Some(n) => n,
-                None => return Reply::Fault(Error::NotInteger),
-            },
-        };
-        let Some(next) = current.checked_add(by) else {
-            return Reply::Fault(Error::Overflow);
-        };
-        self.replace_string(key, Bytes::from(next.to_string()), now);
-        Reply::Int(next)
+        match self
+            .string(&key, now)
+            .and_then(|v| add_int(v, by, Error::NotInteger))
+        {
+            Ok(next) => {
+                self.replace_string(key, Bytes::from(next.to_string()), now);
+                Reply::Int(next)
+            }
+            Err(e) => Reply::Fault(e),
+        }
     }
 
     pub(super) fn incr_by_float(&mut self, key: Bytes, by: f64, now: u64) -> Reply {
-        let current = match self.string(&key, now) {
-            Err(e) => return Reply::Fault(e),
-            Ok(None) => 0.0,
-            Ok(Some(v)) => match parse_float(v) {
-                Some(n) => n,
-                None => return Reply::Fault(Error::NotFloat),
-            },
-        };
-        let next = current + by;
-        if !next.is_finite() {
-            return Reply::Fault(Error::NanOrInfinity);
+        match self
+            .string(&key, now)
+            .and_then(|v| add_float(v, by, Error::NotFloat))
+        {
+            Ok(text) => {
+                self.replace_string(key, text.clone(), now);
+                Reply::Bulk(text)
+            }
+            Err(e) => Reply::Fault(e),
         }
-        let text = format_float(next);
-        self.replace_string(key, text.clone(), now);
-        Reply::Bulk(text)
     }
 
     /// Sets the string at `key` (already checked to be a string or absent), keeping a live

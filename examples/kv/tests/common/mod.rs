@@ -179,3 +179,29 @@ pub async fn poll<T, F: std::future::Future<Output = Option<T>>>(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs one command; panics (naming it) on an error reply.
+pub async fn q<T: redis::FromRedisValue>(
+    con: &mut redis::aio::MultiplexedConnection,
+    args: &[&str],
+) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(con)
+        .await
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// Runs one command that must fail; its error, as text.
+pub async fn q_err(con: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> String {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    match cmd.query_async::<redis::Value>(con).await {
+        Ok(v) => panic!("{args:?} should fail, got {v:?}"),
+        Err(e) => e.to_string(),
+    }
+}
