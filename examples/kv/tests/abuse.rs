@@ -291,7 +291,7 @@ fn maxclients_refuses_the_next_client_as_redis_does() {
     let mut held: Vec<Client> = Vec::new();
     node.wait_until("four clients connected", || {
         if let Ok(mut c) = node.try_connect()
-            && c.call(&[b"PING"]) == "PONG"
+            && c.call(&[b"PING"]) == "+PONG"
         {
             held.push(c);
         }
@@ -304,7 +304,7 @@ fn maxclients_refuses_the_next_client_as_redis_does() {
     held.pop();
     node.wait_until("a slot is free", || {
         node.try_connect()
-            .map(|mut c| c.call(&[b"PING"]) == "PONG")
+            .map(|mut c| c.call(&[b"PING"]) == "+PONG")
             .unwrap_or(false)
     });
 }
@@ -314,14 +314,14 @@ fn an_idle_client_is_closed_after_the_timeout_and_a_busy_one_is_not() {
     let node = Node::start(&["--timeout", "1"]);
     let mut idle = node.connect();
     let mut busy = node.connect();
-    assert_eq!(idle.call(&[b"PING"]), "PONG");
+    assert_eq!(idle.call(&[b"PING"]), "+PONG");
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(2_500) {
-        assert_eq!(busy.call(&[b"PING"]), "PONG");
+        assert_eq!(busy.call(&[b"PING"]), "+PONG");
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(idle.closed_by_server(), "the idle client was closed");
-    assert_eq!(busy.call(&[b"PING"]), "PONG", "the busy client was not");
+    assert_eq!(busy.call(&[b"PING"]), "+PONG", "the busy client was not");
 }
 
 #[test]
