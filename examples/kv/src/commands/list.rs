@@ -9,6 +9,18 @@ use super::write;
 use crate::store::ReadOp;
 use crate::store::WriteOp;
 
+/// The optional count of `LPOP`, `RPOP` and `SPOP`: `key [count]`.
+fn count(a: &Args) -> Result<Option<u64>, Action> {
+    if a.rest.len() > 2 {
+        return Err(super::syntax());
+    }
+    match a.rest.get(1).map(parse_i64) {
+        None => Ok(None),
+        Some(Some(c)) if c >= 0 => Ok(Some(c as u64)),
+        Some(_) => Err(error("ERR value is out of range, must be positive")),
+    }
+}
+
 /// `LPUSH`, `RPUSH`, `LPUSHX`, `RPUSHX`.
 pub(super) fn push(a: &Args) -> Action {
     write(WriteOp::Push {
@@ -21,14 +33,10 @@ pub(super) fn push(a: &Args) -> Action {
 
 /// `LPOP key [count]`, `RPOP key [count]`.
 pub(super) fn pop(a: &Args) -> Action {
-    let count = match a.rest.get(1).map(parse_i64) {
-        None => None,
-        Some(Some(c)) if c >= 0 => Some(c as u64),
-        Some(_) => return error("ERR value is out of range, must be positive"),
+    let count = match count(a) {
+        Ok(c) => c,
+        Err(e) => return e,
     };
-    if a.rest.len() > 2 {
-        return super::arity_error(a.name);
-    }
     write(WriteOp::Pop {
         key: a.key(),
         left: a.name == "lpop",
@@ -92,14 +100,10 @@ pub(super) fn sismember(a: &Args) -> Action {
 
 /// `SPOP key [count]`.
 pub(super) fn spop(a: &Args) -> Action {
-    let count = match a.rest.get(1).map(parse_i64) {
-        None => None,
-        Some(Some(c)) if c >= 0 => Some(c as u64),
-        Some(_) => return error("ERR value is out of range, must be positive"),
+    let count = match count(a) {
+        Ok(c) => c,
+        Err(e) => return e,
     };
-    if a.rest.len() > 2 {
-        return super::syntax();
-    }
     write(WriteOp::SPop {
         key: a.key(),
         count,

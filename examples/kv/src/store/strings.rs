@@ -204,20 +204,12 @@ impl Store {
         if len as u64 > max {
             return Reply::Fault(Error::TooLong);
         }
-        let slot = Slot::new(key);
-        match self.live_for_write(&slot, now) {
-            Some(Value {
-                data: Data::Str(d), ..
-            }) => {
-                let mut data = unshare(d);
-                if data.capacity() - data.len() < suffix.len() {
-                    data.reserve(suffix.len().max(data.len()));
-                }
-                data.extend_from_slice(&suffix);
-                *d = data.freeze();
+        self.edit_string(key, now, |data| {
+            if data.capacity() - data.len() < suffix.len() {
+                data.reserve(suffix.len().max(data.len()));
             }
-            _ => self.put(slot, Value::string(suffix)),
-        }
+            data.extend_from_slice(&suffix);
+        });
         Reply::Int(len as i64)
     }
 
