@@ -10,7 +10,7 @@
 #   * Redis:   one redis-server with appendonly yes, appendfsync always (skipped if absent).
 # Each gets the same closed-loop load on its leader: SET of 256-byte values over 100,000 keys
 # at 1, 16, 64 and 256 clients, then linearizable GETs at 64 clients. Redis-protocol targets are
-# driven by redis-benchmark, etcd by `kv bench --protocol etcd` (etcd's v3 gRPC API, Put and
+# driven by redis-benchmark, etcd by `kv-bench --protocol etcd` (etcd's v3 gRPC API, Put and
 # linearizable Range; 16 clients share an HTTP/2 connection). All data lives under one
 # directory ($BENCH_DIR, default a new temporary directory), so every target fsyncs to the same
 # file system.
@@ -37,6 +37,7 @@ BASE=${BENCH_PORT_BASE:-24000}
 DIR=${BENCH_DIR:-$(mktemp -d -t raftkit-bench.XXXXXX)}
 RESULTS="$DIR/results.csv"
 KV= # set after the build, from cargo metadata
+KV_BENCH= # likewise
 PIDS=()
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -151,10 +152,10 @@ run_etcd() {
     [ -n "$leader" ] || { echo "compare.sh: cannot find etcd's leader" >&2; exit 1; }
     local c
     for c in $CLIENTS; do
-        "$KV" bench --protocol etcd --addrs "$leader" --clients "$c" --requests "$(requests "$c")" \
+        "$KV_BENCH" --protocol etcd --addrs "$leader" --clients "$c" --requests "$(requests "$c")" \
             --warmup 0 --label set --csv --quiet | record etcd set "$c"
     done
-    "$KV" bench --protocol etcd --addrs "$leader" --clients 64 --requests "$(requests 256)" \
+    "$KV_BENCH" --protocol etcd --addrs "$leader" --clients 64 --requests "$(requests 256)" \
         --warmup 0 --reads 1 --label get --csv --quiet | record etcd get 64
     stop_all
 }
@@ -199,9 +200,10 @@ need redis-benchmark && need redis-cli || {
     exit 1
 }
 say "building kv (release)"
-cargo build --release -p kv >&2
+cargo build --release -p kv -p kv-bench >&2
 KV="$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release/kv"
+KV_BENCH="$(dirname "$KV")/kv-bench"
 : >"$RESULTS"
 echo "compare.sh: data, logs and results in $DIR (the data is removed at exit)" >&2
 for round in $(seq "$ROUNDS"); do

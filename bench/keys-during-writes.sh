@@ -4,7 +4,7 @@
 #   apt-get install redis-tools
 #   bench/keys-during-writes.sh
 #
-# Starts one `kv node` (release build), loads $KEYS keys, then runs `kv bench` (SET only,
+# Starts one `kv node` (release build), loads $KEYS keys, then runs `kv-bench` (SET only,
 # 8 clients) for $SECONDS_ s while another client runs `KEYS *` over the whole store back to
 # back, and reports the SET p99 and max and how many KEYS walks completed. The target on a
 # 2-core machine: SET p99 under 20 ms with 1,000,000 keys.
@@ -23,6 +23,8 @@ port=${PORT_BASE:-25379}
 raft=$((port + 1))
 kv=${KV:-target/release/kv}
 [ -x "$kv" ] || cargo build -q --release -p kv
+kv_bench=${KV_BENCH:-target/release/kv-bench}
+[ -x "$kv_bench" ] || cargo build -q --release -p kv-bench
 command -v redis-cli >/dev/null || { echo "needs redis-cli (apt-get install redis-tools)"; exit 1; }
 
 work=$(mktemp -d)
@@ -56,7 +58,7 @@ walks="$work/walks"
   done
 ) &
 walker=$!
-"$kv" bench --addrs "127.0.0.1:$port" --clients 8 --duration "$seconds" --warmup 1 \
+"$kv_bench" --addrs "127.0.0.1:$port" --clients 8 --duration "$seconds" --warmup 1 \
   --reads 0 --keys 100000 --quiet --json "$work/set.json" --label "SET during KEYS"
 kill "$walker" 2>/dev/null || true
 python3 - "$work/set.json" "$walks" <<'PY'

@@ -4,7 +4,6 @@
 //! ```text
 //! kv                 a local three-node cluster in this process (RESP on 6379, 6380, 6381)
 //! kv node --id 1 …   one node of a cluster of separate processes or machines
-//! kv bench …         load a Redis-protocol or etcd server, report ops/s and latency
 //! kv certs …         a CA, node and client certificates for a development cluster
 //! kv member …        list, add, promote or remove members of a running cluster
 //! kv leader transfer hand leadership to another voter
@@ -33,10 +32,8 @@
 //! * `security.rs` — the security flags: secret, passwords, users, TLS, reload on SIGHUP.
 //! * `certs.rs` — `kv certs`, a CA and certificates for a development cluster.
 //! * `ctl.rs` — `kv member`, `kv leader`, `kv status`: operating a cluster over its gRPC API.
-//! * `bench/` — the load generator behind `kv bench` and `bench/compare.sh`.
 
 mod auth;
-mod bench;
 mod certs;
 mod cluster;
 mod commands;
@@ -51,12 +48,6 @@ mod shutdown;
 mod slots;
 mod storage;
 mod store;
-
-/// The etcd v3 KV client the benchmark uses to load etcd.
-#[allow(clippy::all, missing_docs)]
-mod etcdserverpb {
-    tonic::include_proto!("etcdserverpb");
-}
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -102,8 +93,6 @@ enum Cmd {
     Demo(DemoArgs),
     /// Run one node of a cluster.
     Node(Box<NodeArgs>),
-    /// Load a Redis-protocol or etcd server and report throughput and latency.
-    Bench(bench::BenchArgs),
     /// Generate a CA, node and client certificates for a development cluster.
     Certs(certs::CertsArgs),
     /// List, add, promote or remove members of a running cluster.
@@ -342,7 +331,6 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())
         }
-        Cmd::Bench(args) => bench::run(args).await.map(|_| ()),
         Cmd::Certs(args) => {
             for path in certs::run(&args)? {
                 println!("{}", path.display());
