@@ -183,6 +183,11 @@ impl Store {
         }
     }
 
+    /// The length of the string at `key` (0 if absent), or an error if it holds another type.
+    fn string_len(&self, key: &Bytes, now: u64) -> Result<usize, Error> {
+        Ok(self.string(key, now)?.map_or(0, |v| v.len()))
+    }
+
     /// Sets the string at `key` (already checked to be a string or absent), keeping a live
     /// key's expiry.
     fn replace_string(&mut self, key: Bytes, data: Bytes, now: u64) {
@@ -196,9 +201,9 @@ impl Store {
     /// `APPEND`, in amortised O(appended bytes): the value's buffer grows by doubling and is
     /// extended in place while nothing else (a snapshot, a reply in flight) shares it.
     pub(super) fn append(&mut self, key: Bytes, suffix: Bytes, max: u64, now: u64) -> Reply {
-        let current = match self.string(&key, now) {
+        let current = match self.string_len(&key, now) {
+            Ok(len) => len,
             Err(e) => return Reply::Fault(e),
-            Ok(v) => v.map_or(0, |v| v.len()),
         };
         let len = current + suffix.len();
         if len as u64 > max {
@@ -222,9 +227,9 @@ impl Store {
         max: u64,
         now: u64,
     ) -> Reply {
-        let current = match self.string(&key, now) {
+        let current = match self.string_len(&key, now) {
+            Ok(len) => len,
             Err(e) => return Reply::Fault(e),
-            Ok(v) => v.map_or(0, |v| v.len()),
         };
         if value.is_empty() {
             // Changes nothing, creates nothing (as in Redis).
@@ -271,10 +276,9 @@ impl Store {
         max: u64,
         now: u64,
     ) -> Reply {
-        let current = match self.string(&key, now) {
-            Err(e) => return Reply::Fault(e),
-            Ok(v) => v.map_or(0, |v| v.len()),
-        };
+        if let Err(e) = self.string(&key, now) {
+            return Reply::Fault(e);
+        }
         let byte = (offset / 8) as usize;
         if byte as u64 >= max {
             return Reply::Fault(Error::TooLong);
@@ -292,7 +296,6 @@ impl Store {
                 data[byte] &= !mask;
             }
         });
-        let _ = current;
         Reply::Int(i64::from(old))
     }
 
