@@ -153,6 +153,22 @@ impl<S> SmShared<S> {
     }
 }
 
+impl<S: StateMachine> SmShared<S> {
+    /// What a backup is made of, taken together under the lock: the user's point-in-time
+    /// handle, the metadata it covers (applied log id and membership) and the session table.
+    pub fn backup_parts(&self) -> (S::Snapshot, SnapshotMeta, SessionTable) {
+        let st = self.read();
+        (
+            st.user.snapshot(),
+            SnapshotMeta {
+                last_log_id: st.last_applied,
+                last_membership: st.membership.clone(),
+            },
+            st.sessions.clone(),
+        )
+    }
+}
+
 /// First pause after a failed snapshot; it doubles on every failure in a row.
 const SNAPSHOT_RETRY_MIN: Duration = Duration::from_secs(1);
 /// Longest pause between snapshot attempts after failures.

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::backup::BackupError;
 use crate::codec::CodecError;
 use crate::log::LogError;
 use crate::snapshot::SnapshotError;
@@ -58,6 +59,9 @@ pub enum Error {
     /// A snapshot could not be read, written or verified.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// A backup could not be written.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
     /// A storage failure reported by the consensus engine; the node has stopped.
     #[error("storage failure: {0}")]
     Storage(String),

@@ -22,6 +22,8 @@
 //!   `housekeeping.rs` — the node's background task: disk sampling and snapshots by log size.
 //! * `log/` — the durable segmented write-ahead log with group commit, and an in-memory log. The
 //!   on-disk format is documented in [`log`].
+//! * `backup.rs` — online backup ([`Node::export_snapshot`]) and disaster recovery
+//!   ([`restore_data_dir`]): a new cluster that starts from a backup.
 //! * `snapshot.rs` — snapshot files: format (with the cluster id), checksum, streaming reads,
 //!   receiving, and what a snapshot costs in memory (never a second copy of the state).
 //! * `transport.rs` — the seam a transport implements ([`Transport`], [`RpcHandler`]).
@@ -35,6 +37,7 @@
 #![warn(missing_docs)]
 
 mod apply;
+pub mod backup;
 pub mod cluster_id;
 pub mod codec;
 mod config;
@@ -56,6 +59,9 @@ pub mod types;
 mod validate;
 
 pub use crate::apply::SnapshotStats;
+pub use crate::backup::BackupError;
+pub use crate::backup::BackupInfo;
+pub use crate::backup::restore_data_dir;
 pub use crate::cluster_id::ClusterId;
 pub use crate::config::Config;
 pub use crate::config::Storage;

@@ -32,6 +32,7 @@ use crate::apply::Applier;
 use crate::apply::SmShared;
 use crate::apply::SnapshotHealth;
 use crate::apply::SnapshotStats;
+use crate::backup::BackupInfo;
 use crate::cluster_id::ClusterId;
 use crate::cluster_id::ClusterIdentity;
 use crate::codec;
@@ -923,6 +924,36 @@ impl<S: StateMachine> Node<S> {
             }
         })
         .await
+    }
+
+    /// Writes a consistent backup of the replicated state to `out` (see [`crate::backup`]) and
+    /// returns what it covers, with the writer. Leader only, like a linearizable read: it
+    /// confirms leadership with a quorum, waits until that read index is applied, then streams
+    /// the state machine's point-in-time handle and the session table into `out` on a blocking
+    /// thread, never holding the state in memory. The backup holds every write acknowledged
+    /// before the call. Restore it with [`crate::backup::restore_data_dir`].
+    pub async fn export_snapshot<W: std::io::Write + Send + 'static>(
+        &self,
+        out: W,
+    ) -> Result<(BackupInfo, W)> {
+        let at = self.read_index(Consistency::Linearizable).await?;
+        self.export_snapshot_at(at, out).await
+    }
+
+    /// [`Node::export_snapshot`] on any node, at a read index obtained from the leader (with
+    /// [`Node::read_index`] there): waits until this node has applied `at`, then exports.
+    pub async fn export_snapshot_at<W: std::io::Write + Send + 'static>(
+        &self,
+        at: ReadIndex,
+        out: W,
+    ) -> Result<(BackupInfo, W)> {
+        self.read_at(at, |_| ()).await?;
+        let parts = self.inner.sm.backup_parts();
+        let cluster = self.cluster_id();
+        tokio::task::spawn_blocking(move || crate::backup::write::<S, W>(parts, cluster, out))
+            .await
+            .map_err(|e| Error::Fatal(format!("backup task failed: {e}")))?
+            .map_err(Error::from)
     }
 
     /// The node's current state.

@@ -269,7 +269,8 @@ impl SnapshotData {
         }
     }
 
-    fn from_file(path: PathBuf) -> Result<SnapshotData, SnapshotError> {
+    /// Opens the snapshot file at `path` (not yet verified: see [`parse`]).
+    pub(crate) fn from_file(path: PathBuf) -> Result<SnapshotData, SnapshotError> {
         let file = File::open(&path).map_err(at("open", &path))?;
         let len = file.metadata().map_err(at("stat", &path))?.len();
         Ok(SnapshotData {
@@ -315,6 +316,8 @@ pub(crate) struct Parsed {
     /// no cluster id yet.
     pub cluster: Option<ClusterId>,
     pub sessions: SessionTable,
+    /// The crc32c in the trailer (verified).
+    pub checksum: u32,
     user_start: u64,
     user_end: u64,
 }
@@ -418,6 +421,7 @@ pub(crate) fn parse(data: &SnapshotData) -> Result<Parsed, SnapshotError> {
         },
         cluster: prefix.cluster,
         sessions: header.sessions,
+        checksum: crc,
         user_start,
         user_end: body_end,
     })
@@ -478,6 +482,17 @@ fn write_snapshot_bytes<W: Write>(
     sessions: &SessionTable,
     write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<W, SnapshotError> {
+    write_checksummed(out, cluster, meta, sessions, write_user).map(|(w, _)| w)
+}
+
+/// [`write_snapshot_bytes`], also returning the checksum it wrote in the trailer.
+pub(crate) fn write_checksummed<W: Write>(
+    out: W,
+    cluster: Option<ClusterId>,
+    meta: &SnapshotMeta,
+    sessions: &SessionTable,
+    write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<(W, u32), SnapshotError> {
     let header = Header {
         last_log_id: meta.last_log_id.as_ref().map(DiskLogId::from),
         membership: DiskStoredMembership::from(&meta.last_membership),
@@ -504,7 +519,7 @@ fn write_snapshot_bytes<W: Write>(
     let mut inner = w.inner;
     inner.write_all(&crc.to_le_bytes()).map_err(io)?;
     inner.flush().map_err(io)?;
-    Ok(inner)
+    Ok((inner, crc))
 }
 
 #[derive(Clone)]

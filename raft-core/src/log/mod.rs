@@ -246,6 +246,28 @@ enum ReaderBackend {
     Memory(MemLog),
 }
 
+/// Creates the empty log of node `node_id` in `dir`, holding only `vote`: how a node restored
+/// from a backup starts, so that its first election is for a term above the backup's. Refuses a
+/// directory that already has a log.
+pub(crate) fn create_with_vote(dir: &Path, node_id: NodeId, vote: &Vote) -> Result<(), LogError> {
+    crate::fsutil::ensure_dir(dir)?;
+    if meta::Meta::load(dir)?.is_some() {
+        return Err(LogError::Io(crate::fsutil::at(
+            "create",
+            &dir.join(meta::FILE_NAME),
+        )(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a log already exists here",
+        ))));
+    }
+    meta::Meta {
+        node_id,
+        vote: Some(crate::disk::DiskVote::from(vote)),
+        purged: None,
+    }
+    .store(dir)
+}
+
 impl LogStore {
     /// Opens the durable log in `dir` as node `node_id`, creating it if needed and recovering
     /// whatever a crash left behind. Fails with [`LogError::Corrupt`] on damage that is not a torn

@@ -1,0 +1,378 @@
+//! Online backup and disaster recovery.
+//!
+//! A backup is a consistent copy of the replicated state at one log position:
+//! [`Node::export_snapshot`](crate::Node::export_snapshot) writes it while the cluster keeps
+//! serving, and [`restore_data_dir`] turns it into the data directory of a node of a **new**
+//! cluster that holds exactly that state.
+//!
+//! # Format
+//!
+//! A backup file is a snapshot file in the current snapshot format (see [`crate::snapshot`]):
+//! magic `RKSNAP02`, the cluster id of the cluster it was taken from, a header naming the last
+//! log id it covers (term and index), the membership and the client session table, then the
+//! state machine's own bytes, then a crc32c of everything before it. [`inspect`] verifies a file
+//! and reports what it covers ([`BackupInfo`]).
+//!
+//! # Consistency
+//!
+//! An export first obtains a linearizable read index (the same quorum round a linearizable read
+//! makes), waits until the exporting node has applied it, and then takes the state machine's
+//! point-in-time handle ([`StateMachine::snapshot`](crate::StateMachine::snapshot)) together
+//! with the session table, under the apply lock. So the backup holds every write acknowledged
+//! before the export started, and possibly some that were acknowledged while it ran; it covers
+//! exactly the log prefix up to the index it names. Session answers are included, so a client
+//! retrying a write after a restore still gets it applied at most once.
+//!
+//! # Memory
+//!
+//! Neither export nor restore holds the state in memory: the export streams the user's bytes
+//! from the handle into the writer (whose buffering is the caller's), and restore copies the
+//! user's bytes from the verified file into the new snapshot through a 64 KiB buffer. The only
+//! data held whole is the header (membership and session table, both bounded).
+//!
+//! # Restore
+//!
+//! [`restore_data_dir`] prepares the data directory of one node of the new cluster:
+//!
+//! * it refuses a directory that is not empty (`lost+found` aside, for a fresh volume);
+//! * it verifies the backup's checksum before writing anything;
+//! * it writes the backup's state as the node's current snapshot, with the log position the
+//!   backup names and the **new** membership (`initial_members`, all voters), so the node starts
+//!   already initialised: do not call [`Node::initialize`](crate::Node::initialize) on it (it
+//!   would fail with [`Error::AlreadyInitialized`](crate::Error::AlreadyInitialized));
+//! * it stores a vote for the backup's term, so the new cluster's first election is for a later
+//!   term and its log continues after the backup's last entry;
+//! * it gives the node a **new** cluster id, so a restored node can never exchange messages with
+//!   the cluster the backup came from. By default the id is derived from the backup's checksum
+//!   and the member list ([`restored_cluster_id`]): every node restored from the same file with
+//!   the same `initial_members` gets the same id, without coordination. Pass an explicit id to
+//!   restore the same backup into two separate clusters.
+//!
+//! Restore every member of the new cluster from the same file with the same `initial_members`,
+//! then start them. A node added later receives the state the normal way (a snapshot from the
+//! leader).
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::io::Write;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::BasicNode;
+
+use crate::cluster_id::ClusterId;
+use crate::cluster_id::ClusterIdError;
+use crate::cluster_id::ClusterIdentity;
+use crate::fsutil;
+use crate::fsutil::PathError;
+use crate::fsutil::at;
+use crate::log::LogError;
+use crate::session::SessionTable;
+use crate::snapshot;
+use crate::snapshot::SnapshotData;
+use crate::snapshot::SnapshotError;
+use crate::snapshot::SnapshotStore;
+use crate::state_machine::StateMachine;
+use crate::types::LeaderId;
+use crate::types::Membership;
+use crate::types::NodeId;
+use crate::types::SnapshotMeta;
+use crate::types::StoredMembership;
+use crate::types::Vote;
+
+/// What a backup covers: the log position, the cluster it was taken from, its size and checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// The last log index whose effects the backup holds.
+    pub index: u64,
+    /// The term of the entry at `index`.
+    pub term: u64,
+    /// The cluster the backup was taken from, if it had an id.
+    pub cluster: Option<ClusterId>,
+    /// The file's size in bytes.
+    pub bytes: u64,
+    /// The crc32c of every byte before the 4-byte trailer that holds it.
+    pub checksum: u32,
+}
+
+/// What [`restore_data_dir`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// The backup that was restored.
+    pub backup: BackupInfo,
+    /// The new cluster's id, recorded in the data directory.
+    pub cluster: ClusterId,
+    /// The new cluster's voters.
+    pub members: BTreeMap<NodeId, String>,
+}
+
+/// Why a backup could not be written, read or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The target data directory already holds something; restore never overwrites a node.
+    #[error(
+        "data directory {} is not empty ({entry} is there); restore only into an empty or missing directory",
+        dir.display()
+    )]
+    NotEmpty {
+        /// The directory.
+        dir: PathBuf,
+        /// One of the entries found.
+        entry: String,
+    },
+    /// The node to restore is not one of the initial members.
+    #[error("node {id} is not among the initial members {members:?}")]
+    NotAMember {
+        /// The node's id.
+        id: NodeId,
+        /// The initial members' ids.
+        members: Vec<NodeId>,
+    },
+    /// The initial members do not form a valid membership.
+    #[error("invalid initial members: {0}")]
+    Members(String),
+    /// The file is not a valid backup: damaged, truncated or not a raftkit snapshot.
+    #[error("invalid backup: {0}")]
+    Invalid(#[source] SnapshotError),
+    /// The backup covers no log entry (the cluster had applied nothing).
+    #[error("the backup covers no log entry")]
+    NothingApplied,
+    /// Writing the backup, or the restored data, failed.
+    #[error(transparent)]
+    Io(#[from] PathError),
+    /// Writing the backup to the caller's writer failed (or the state machine's
+    /// `write_snapshot` did).
+    #[error("writing the backup failed: {0}")]
+    Write(#[source] io::Error),
+    /// The restored snapshot could not be written.
+    #[error("writing the restored snapshot failed: {0}")]
+    Snapshot(#[source] SnapshotError),
+    /// The restored node's log could not be created.
+    #[error("creating the restored log failed: {0}")]
+    Log(#[from] LogError),
+    /// The new cluster id could not be stored.
+    #[error("storing the new cluster id failed: {0}")]
+    ClusterId(#[from] ClusterIdError),
+}
+
+/// A writer that counts what passes through it.
+struct Counting<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes a backup of the state in `parts` (taken by the apply layer) of a node of `cluster` to
+/// `out`. Blocking: the state machine's `write_snapshot` runs here.
+pub(crate) fn write<S: StateMachine, W: Write>(
+    parts: (S::Snapshot, SnapshotMeta, SessionTable),
+    cluster: Option<ClusterId>,
+    out: W,
+) -> Result<(BackupInfo, W), BackupError> {
+    let (handle, meta, sessions) = parts;
+    let Some(last) = meta.last_log_id else {
+        return Err(BackupError::NothingApplied);
+    };
+    let out = Counting {
+        inner: out,
+        bytes: 0,
+    };
+    let (out, checksum) = snapshot::write_checksummed(out, cluster, &meta, &sessions, |w| {
+        S::write_snapshot(handle, w)
+    })
+    .map_err(|e| match e {
+        SnapshotError::StateMachine(e) => BackupError::Write(e),
+        other => BackupError::Write(io::Error::other(other)),
+    })?;
+    let info = BackupInfo {
+        index: last.index,
+        term: last.leader_id.term,
+        cluster,
+        bytes: out.bytes,
+        checksum,
+    };
+    Ok((info, out.inner))
+}
+
+/// Verifies the backup at `path` (its checksum, streamed) and says what it covers.
+pub fn inspect(path: &Path) -> Result<BackupInfo, BackupError> {
+    open(path).map(|(info, _, _)| info)
+}
+
+fn open(path: &Path) -> Result<(BackupInfo, SnapshotData, snapshot::Parsed), BackupError> {
+    let data = SnapshotData::from_file(path.to_path_buf()).map_err(|e| match e {
+        SnapshotError::Io(p) => BackupError::Io(p),
+        other => BackupError::Invalid(other),
+    })?;
+    let parsed = snapshot::parse(&data).map_err(BackupError::Invalid)?;
+    let last = parsed.meta.last_log_id.ok_or(BackupError::NothingApplied)?;
+    let info = BackupInfo {
+        index: last.index,
+        term: last.leader_id.term,
+        cluster: parsed.cluster,
+        bytes: data.len(),
+        checksum: parsed.checksum,
+    };
+    Ok((info, data, parsed))
+}
+
+/// The id [`restore_data_dir`] gives the new cluster by default: a 128-bit FNV-1a hash of the
+/// backup's checksum, size and log position and of the member list (ids and addresses). The same
+/// backup restored with the same members gets the same id on every node; anything else differs.
+pub fn restored_cluster_id(backup: &BackupInfo, members: &BTreeMap<NodeId, String>) -> ClusterId {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013b;
+    let mut h = OFFSET;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u128::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    eat(b"raftkit restore");
+    eat(&backup.checksum.to_le_bytes());
+    eat(&backup.bytes.to_le_bytes());
+    eat(&backup.index.to_le_bytes());
+    eat(&backup.term.to_le_bytes());
+    eat(&backup.cluster.map_or(0, ClusterId::as_u128).to_le_bytes());
+    for (id, addr) in members {
+        eat(&id.to_le_bytes());
+        eat(&(addr.len() as u64).to_le_bytes());
+        eat(addr.as_bytes());
+    }
+    ClusterId::from(h)
+}
+
+/// Fails unless `dir` is missing or empty (`lost+found` is ignored, as on a fresh volume).
+fn ensure_empty(dir: &Path) -> Result<(), BackupError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(at("list", dir)(e).into()),
+    };
+    for entry in entries {
+        let name = entry.map_err(at("list", dir))?.file_name();
+        if name != "lost+found" {
+            return Err(BackupError::NotEmpty {
+                dir: dir.to_path_buf(),
+                entry: name.to_string_lossy().into_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Prepares `data_dir` for node `id` of a new cluster of `initial_members` (id → raft address,
+/// all voters) holding the state of the backup at `backup`; see the [module docs](self).
+///
+/// The cluster gets `cluster_id`, or [`restored_cluster_id`] when `None`. Refuses a data
+/// directory that is not empty ([`BackupError::NotEmpty`]) and a damaged backup
+/// ([`BackupError::Invalid`]) before writing anything; if writing fails part-way, what was
+/// written is removed again. Blocking.
+pub fn restore_data_dir(
+    backup: &Path,
+    data_dir: &Path,
+    id: NodeId,
+    initial_members: &BTreeMap<NodeId, String>,
+    cluster_id: Option<ClusterId>,
+) -> Result<Restored, BackupError> {
+    if !initial_members.contains_key(&id) {
+        return Err(BackupError::NotAMember {
+            id,
+            members: initial_members.keys().copied().collect(),
+        });
+    }
+    ensure_empty(data_dir)?;
+    let (info, data, parsed) = open(backup)?;
+    let cluster = cluster_id.unwrap_or_else(|| restored_cluster_id(&info, initial_members));
+    let existed = data_dir.exists();
+    let result = write_restored(data_dir, id, initial_members, cluster, &data, &parsed);
+    if result.is_err() {
+        // Leave the directory as it was found: a half-restored node must not start.
+        for name in ["snapshots", "wal", crate::cluster_id::FILE_NAME] {
+            let p = data_dir.join(name);
+            let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+        }
+        if !existed {
+            let _ = fs::remove_dir(data_dir);
+        }
+    }
+    result?;
+    tracing::info!(
+        index = info.index,
+        term = info.term,
+        cluster = %cluster,
+        dir = %data_dir.display(),
+        "data directory restored from a backup"
+    );
+    Ok(Restored {
+        backup: info,
+        cluster,
+        members: initial_members.clone(),
+    })
+}
+
+fn write_restored(
+    data_dir: &Path,
+    id: NodeId,
+    initial_members: &BTreeMap<NodeId, String>,
+    cluster: ClusterId,
+    data: &SnapshotData,
+    parsed: &snapshot::Parsed,
+) -> Result<(), BackupError> {
+    fsutil::ensure_dir(data_dir)?;
+    let last = parsed.meta.last_log_id.ok_or(BackupError::NothingApplied)?;
+    let voters: BTreeSet<NodeId> = initial_members.keys().copied().collect();
+    let nodes: BTreeMap<NodeId, BasicNode> = initial_members
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
+        .collect();
+    // Every voter has a node entry, so this cannot fail; the error is still reported, not
+    // unwrapped.
+    let membership =
+        Membership::new(vec![voters], nodes).map_err(|e| BackupError::Members(e.to_string()))?;
+    let meta = SnapshotMeta {
+        last_log_id: Some(last),
+        last_membership: StoredMembership::new(Some(last), membership),
+    };
+
+    // The snapshot names the new cluster; the identity is stored for good only at the end.
+    let identity = ClusterIdentity::open(None)?;
+    identity.adopt(cluster)?;
+    let store = SnapshotStore::open(&data_dir.join("snapshots"), u64::MAX, Arc::new(identity))
+        .map_err(BackupError::Snapshot)?;
+    store
+        .write(&meta, &parsed.sessions, |w| {
+            let mut input = io::BufReader::with_capacity(64 << 10, parsed.user_data(data));
+            io::copy(&mut input, w).map(drop)
+        })
+        .map_err(BackupError::Snapshot)?;
+
+    // A vote for the backup's term: the first election is for the next one, so every entry
+    // the new cluster writes has a log id above the backup's.
+    let vote = Vote {
+        leader_id: LeaderId {
+            term: last.leader_id.term,
+            node_id: id,
+        },
+        committed: false,
+    };
+    crate::log::create_with_vote(&data_dir.join("wal"), id, &vote)?;
+    ClusterIdentity::open(Some(data_dir))?.adopt(cluster)?;
+    fsutil::sync_dir(data_dir)?;
+    Ok(())
+}

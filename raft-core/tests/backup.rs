@@ -1,0 +1,446 @@
+//! Backup and restore: a consistent export at a linearizable index, restored into a new
+//! cluster that holds exactly that state; damaged files and occupied directories are refused;
+//! neither side holds the state in memory.
+
+use std::alloc::GlobalAlloc;
+use std::alloc::Layout;
+use std::alloc::System;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::io::Read;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use raft_core::Config;
+use raft_core::Consistency;
+use raft_core::Error;
+use raft_core::Node;
+use raft_core::Role;
+use raft_core::StateMachine;
+use raft_core::backup;
+use raft_core::backup::BackupError;
+use raft_core::testing::Cluster;
+use raft_core::testing::ClusterOptions;
+use raft_core::testing::Router;
+use raft_core::testing::kv::KvCommand;
+use raft_core::testing::kv::KvStore;
+
+/// Counts live heap bytes and their peak, so a test can measure what an operation allocates.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The heap counters are process-wide: the tests of this file run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs `f` and returns how far the heap grew above where it was when `f` started.
+async fn peak_growth<T>(f: impl std::future::Future<Output = T>) -> (T, usize) {
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let out = f.await;
+    (out, PEAK.load(Ordering::Relaxed).saturating_sub(base))
+}
+
+fn config(id: u64, dir: &Path) -> Config {
+    Config::durable(id, dir)
+        .with_timing(Duration::from_millis(30), Duration::from_millis(250))
+        .with_request_timeout(Duration::from_secs(5))
+}
+
+/// Starts nodes from restored (or fresh) data directories on a new router.
+async fn start_nodes<S: StateMachine + Default>(
+    router: &Router,
+    dirs: &BTreeMap<u64, std::path::PathBuf>,
+) -> BTreeMap<u64, Node<S>> {
+    let mut nodes = BTreeMap::new();
+    for (id, dir) in dirs {
+        let node = Node::start(config(*id, dir), S::default(), router.transport(*id))
+            .await
+            .unwrap();
+        router.register(node.rpc_handler());
+        nodes.insert(*id, node);
+    }
+    nodes
+}
+
+async fn leader_of<S: StateMachine>(nodes: &BTreeMap<u64, Node<S>>) -> Node<S> {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            for n in nodes.values() {
+                if n.role() == Role::Leader {
+                    return n.clone();
+                }
+            }
+            let any = nodes.values().next().unwrap();
+            any.wait_for(Duration::from_millis(500), |m| m.leader.is_some())
+                .await
+                .ok();
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a leader within 20 s")
+}
+
+fn members(ids: &[u64]) -> BTreeMap<u64, String> {
+    ids.iter().map(|i| (*i, format!("node-{i}"))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_during_writes_restores_into_a_new_cluster_with_exactly_its_state() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(3, ClusterOptions::default(), |_| KvStore::default())
+        .await
+        .unwrap();
+    for i in 0..50 {
+        cluster
+            .write(KvCommand::Put(format!("before{i}"), format!("v{i}")))
+            .await
+            .unwrap();
+    }
+    let leader = cluster
+        .node(cluster.wait_for_leader().await.unwrap())
+        .unwrap();
+
+    // A writer keeps writing while the backup is taken.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (leader, stop, acked) = (leader.clone(), stop.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                leader
+                    .write(KvCommand::Put(format!("during{i}"), i.to_string()))
+                    .await
+                    .unwrap();
+                i += 1;
+                acked.store(i, Ordering::Relaxed);
+            }
+        })
+    };
+    leader
+        .wait_for(Duration::from_secs(10), |m| m.applied_index > Some(60))
+        .await
+        .unwrap();
+    let acked_before = acked.load(Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.rksnap");
+    // Exported by a follower, at the leader's read index.
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader.id())
+        .unwrap();
+    let at = leader.read_index(Consistency::Linearizable).await.unwrap();
+    let follower = cluster.node(follower).unwrap();
+    let (info, out) = follower
+        .export_snapshot_at(at, io::BufWriter::new(fs::File::create(&file).unwrap()))
+        .await
+        .unwrap();
+    out.into_inner().unwrap().sync_all().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    for i in 0..20 {
+        cluster
+            .write(KvCommand::Put(format!("after{i}"), "x".into()))
+            .await
+            .unwrap();
+    }
+
+    assert!(
+        info.index >= at.index,
+        "{info:?} covers the read index {at:?}"
+    );
+    assert_eq!(info.cluster, follower.cluster_id());
+    assert_eq!(info.bytes, fs::metadata(&file).unwrap().len());
+    assert_eq!(backup::inspect(&file).unwrap(), info);
+
+    // Restore into three fresh directories of a new cluster with other ids.
+    let new_members = members(&[11, 12, 13]);
+    let restore_root = tempfile::tempdir().unwrap();
+    let dirs: BTreeMap<u64, _> = new_members
+        .keys()
+        .map(|id| (*id, restore_root.path().join(format!("n{id}"))))
+        .collect();
+    let mut ids = Vec::new();
+    for (id, d) in &dirs {
+        let r = backup::restore_data_dir(&file, d, *id, &new_members, None).unwrap();
+        assert_eq!(r.backup, info);
+        ids.push(r.cluster);
+    }
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "one id: {ids:?}");
+    assert_ne!(Some(ids[0]), info.cluster, "a new cluster gets a new id");
+    cluster.shutdown().await.unwrap();
+
+    let router = Router::new(1);
+    let nodes = start_nodes::<KvStore>(&router, &dirs).await;
+    for n in nodes.values() {
+        assert!(n.is_initialized().await.unwrap());
+        assert_eq!(n.cluster_id(), Some(ids[0]));
+    }
+    let new_leader = leader_of(&nodes).await;
+    assert!(matches!(
+        new_leader.initialize(new_members.clone()).await,
+        Err(Error::AlreadyInitialized)
+    ));
+    let state = new_leader
+        .read(Consistency::Linearizable, |s| s.0.clone())
+        .await
+        .unwrap();
+    for i in 0..50 {
+        assert_eq!(state.get(&format!("before{i}")), Some(&format!("v{i}")));
+    }
+    for i in 0..acked_before {
+        assert_eq!(state.get(&format!("during{i}")), Some(&i.to_string()));
+    }
+    assert!(state.keys().all(|k| !k.starts_with("after")), "{state:?}");
+
+    // The new cluster takes writes after the backup's index, and every node agrees.
+    new_leader
+        .write(KvCommand::Put("new".into(), "1".into()))
+        .await
+        .unwrap();
+    let applied = new_leader.metrics().applied_index;
+    assert!(applied > Some(info.index));
+    for n in nodes.values() {
+        n.wait_for(Duration::from_secs(10), |m| m.applied_index >= applied)
+            .await
+            .unwrap();
+        let local = n.read(Consistency::Local, |s| s.0.clone()).await.unwrap();
+        let mut expected = state.clone();
+        expected.insert("new".into(), "1".into());
+        assert_eq!(local, expected, "node {}", n.id());
+    }
+
+    // A node added later gets the state from the leader's snapshot.
+    let late_dir = restore_root.path().join("n14");
+    let late = start_nodes::<KvStore>(&router, &BTreeMap::from([(14, late_dir)])).await;
+    new_leader.add_learner(14, "node-14").await.unwrap();
+    let late = &late[&14];
+    late.wait_for(Duration::from_secs(10), |m| m.applied_index >= applied)
+        .await
+        .unwrap();
+    assert_eq!(
+        late.read(Consistency::Local, |s| s.0.len()).await.unwrap(),
+        state.len() + 1
+    );
+    assert_eq!(late.cluster_id(), Some(ids[0]));
+    for n in nodes.values().chain([late]) {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_damage_an_occupied_directory_and_strangers() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(1, ClusterOptions::default(), |_| KvStore::default())
+        .await
+        .unwrap();
+    cluster
+        .write(KvCommand::Put("k".into(), "v".repeat(5000)))
+        .await
+        .unwrap();
+    let (info, bytes) = cluster
+        .node(1)
+        .unwrap()
+        .export_snapshot(Vec::new())
+        .await
+        .unwrap();
+    cluster.shutdown().await.unwrap();
+    assert_eq!(info.bytes, bytes.len() as u64);
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    fs::write(&good, &bytes).unwrap();
+    let m = members(&[1, 2, 3]);
+
+    // Every byte flipped in turn (a sample of positions) is refused, and nothing is written.
+    for pos in (0..bytes.len()).step_by(bytes.len() / 37 + 1) {
+        let mut bad = bytes.clone();
+        bad[pos] ^= 0x40;
+        let path = dir.path().join("bad");
+        fs::write(&path, &bad).unwrap();
+        let target = dir.path().join(format!("flip{pos}"));
+        let err = backup::restore_data_dir(&path, &target, 1, &m, None).unwrap_err();
+        assert!(matches!(err, BackupError::Invalid(_)), "byte {pos}: {err}");
+        assert!(!target.exists(), "byte {pos}: nothing written");
+    }
+    let truncated = dir.path().join("short");
+    fs::write(&truncated, &bytes[..bytes.len() - 1]).unwrap();
+    assert!(matches!(
+        backup::inspect(&truncated),
+        Err(BackupError::Invalid(_))
+    ));
+
+    // An occupied directory is left exactly as it was.
+    let occupied = dir.path().join("occupied");
+    fs::create_dir(&occupied).unwrap();
+    fs::write(occupied.join("keep"), b"precious").unwrap();
+    let err = backup::restore_data_dir(&good, &occupied, 1, &m, None).unwrap_err();
+    assert!(matches!(err, BackupError::NotEmpty { .. }), "{err}");
+    assert_eq!(fs::read_dir(&occupied).unwrap().count(), 1);
+    assert_eq!(fs::read(occupied.join("keep")).unwrap(), b"precious");
+
+    // A node that is not one of the members.
+    let err = backup::restore_data_dir(&good, &dir.path().join("x"), 9, &m, None).unwrap_err();
+    assert!(
+        matches!(err, BackupError::NotAMember { id: 9, .. }),
+        "{err}"
+    );
+
+    // An empty directory (a fresh volume with lost+found) is fine; an explicit id is used.
+    let fresh = dir.path().join("fresh");
+    fs::create_dir_all(fresh.join("lost+found")).unwrap();
+    let id = raft_core::ClusterId::random();
+    let r = backup::restore_data_dir(&good, &fresh, 2, &m, Some(id)).unwrap();
+    assert_eq!(r.cluster, id);
+    // Restoring twice into the same directory is refused.
+    assert!(matches!(
+        backup::restore_data_dir(&good, &fresh, 2, &m, None),
+        Err(BackupError::NotEmpty { .. })
+    ));
+}
+
+/// A state machine whose state is a size: its snapshot is generated, never held, so any
+/// buffering of a backup shows as heap growth.
+#[derive(Default)]
+struct Generated {
+    chunks: u64,
+    restored_bytes: u64,
+}
+
+const CHUNK: usize = 64 << 10;
+
+fn pattern(i: u64) -> Vec<u8> {
+    (0..CHUNK).map(|j| (i as usize * 31 + j) as u8).collect()
+}
+
+impl StateMachine for Generated {
+    type Command = u64;
+    type Output = u64;
+    type Snapshot = u64;
+
+    fn apply(&mut self, c: u64) -> u64 {
+        self.chunks = c;
+        c
+    }
+    fn snapshot(&self) -> u64 {
+        self.chunks
+    }
+    fn write_snapshot(chunks: u64, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(&chunks.to_le_bytes())?;
+        for i in 0..chunks {
+            out.write_all(&pattern(i))?;
+        }
+        Ok(())
+    }
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        let mut n = [0u8; 8];
+        input.read_exact(&mut n)?;
+        let chunks = u64::from_le_bytes(n);
+        let mut buf = vec![0u8; CHUNK];
+        for i in 0..chunks {
+            input.read_exact(&mut buf)?;
+            if buf != pattern(i) {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "chunk differs"));
+            }
+        }
+        self.chunks = chunks;
+        self.restored_bytes = 8 + chunks * CHUNK as u64;
+        Ok(())
+    }
+}
+
+/// Counts bytes and the largest single write.
+#[derive(Default)]
+struct Sink {
+    bytes: u64,
+    largest: usize,
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bytes += buf.len() as u64;
+        self.largest = self.largest.max(buf.len());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_restore_stream_a_large_state_without_holding_it() {
+    let _serial = SERIAL.lock().await;
+    const CHUNKS: u64 = 512; // 32 MiB of state
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::new(2);
+    let dirs = BTreeMap::from([(1, dir.path().join("n1"))]);
+    let nodes = start_nodes::<Generated>(&router, &dirs).await;
+    let node = &nodes[&1];
+    node.initialize([(1, "node-1")]).await.unwrap();
+    leader_of(&nodes).await;
+    node.write(CHUNKS).await.unwrap();
+
+    let (exported, growth) = peak_growth(node.export_snapshot(Sink::default())).await;
+    let (info, sink) = exported.unwrap();
+    let state = 8 + CHUNKS * CHUNK as u64;
+    assert!(sink.bytes > state, "{} bytes exported", sink.bytes);
+    assert_eq!(info.bytes, sink.bytes);
+    assert!(growth < 4 << 20, "export grew the heap by {growth} bytes");
+    assert!(
+        sink.largest <= CHUNK,
+        "writes are passed through, not gathered"
+    );
+
+    // To a file, then restored: the restore copies without buffering either.
+    let file = dir.path().join("big.rksnap");
+    let (_, out) = node
+        .export_snapshot(io::BufWriter::new(fs::File::create(&file).unwrap()))
+        .await
+        .unwrap();
+    out.into_inner().unwrap().sync_all().unwrap();
+    node.shutdown().await.unwrap();
+    let m = members(&[5]);
+    let target = dir.path().join("n5");
+    let (restored, growth) =
+        peak_growth(async { backup::restore_data_dir(&file, &target, 5, &m, None) }).await;
+    restored.unwrap();
+    assert!(growth < 4 << 20, "restore grew the heap by {growth} bytes");
+
+    let router = Router::new(3);
+    let nodes = start_nodes::<Generated>(&router, &BTreeMap::from([(5, target)])).await;
+    let leader = leader_of(&nodes).await;
+    let (chunks, restored_bytes) = leader
+        .read(Consistency::Linearizable, |s| (s.chunks, s.restored_bytes))
+        .await
+        .unwrap();
+    assert_eq!((chunks, restored_bytes), (CHUNKS, state));
+    leader.shutdown().await.unwrap();
+}
