@@ -137,6 +137,9 @@ pub enum BackupError {
     /// The file is not a valid backup: damaged, truncated or not a raftkit snapshot.
     #[error("invalid backup: {0}")]
     Invalid(#[source] SnapshotError),
+    /// Received backup bytes do not check out: their checksum or their size is wrong.
+    #[error("backup is damaged: {0}")]
+    Damaged(String),
     /// The backup covers no log entry (the cluster had applied nothing).
     #[error("the backup covers no log entry")]
     NothingApplied,
@@ -206,6 +209,59 @@ pub(crate) fn write<S: StateMachine, W: Write>(
         checksum,
     };
     Ok((info, out.inner))
+}
+
+/// Checks a backup's bytes as they arrive, without keeping them: the crc32c of all but the last
+/// four bytes must equal those four bytes (the format's trailer).
+#[derive(Debug, Default)]
+pub struct Verifier {
+    crc: u32,
+    tail: [u8; 4],
+    tail_len: usize,
+    bytes: u64,
+}
+
+impl Verifier {
+    /// Takes the next bytes of the backup.
+    pub fn update(&mut self, data: &[u8]) {
+        self.bytes += data.len() as u64;
+        if data.len() >= 4 {
+            self.crc = crc32c::crc32c_append(self.crc, &self.tail[..self.tail_len]);
+            let (body, tail) = data.split_at(data.len() - 4);
+            self.crc = crc32c::crc32c_append(self.crc, body);
+            self.tail.copy_from_slice(tail);
+            self.tail_len = 4;
+        } else {
+            let mut joined = [0u8; 7];
+            let n = self.tail_len + data.len();
+            joined[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+            joined[self.tail_len..n].copy_from_slice(data);
+            let keep = n.min(4);
+            self.crc = crc32c::crc32c_append(self.crc, &joined[..n - keep]);
+            self.tail[..keep].copy_from_slice(&joined[n - keep..n]);
+            self.tail_len = keep;
+        }
+    }
+
+    /// Bytes taken so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The checksum, if the bytes taken form a whole backup whose trailer matches it.
+    pub fn finish(&self) -> Result<u32, BackupError> {
+        if self.tail_len < 4 {
+            return Err(BackupError::Damaged(format!("only {} bytes", self.bytes)));
+        }
+        let trailer = u32::from_le_bytes(self.tail);
+        if trailer != self.crc {
+            return Err(BackupError::Damaged(format!(
+                "checksum {:08x} does not match the trailer {trailer:08x}",
+                self.crc
+            )));
+        }
+        Ok(self.crc)
+    }
 }
 
 /// Verifies the backup at `path` (its checksum, streamed) and says what it covers.
@@ -375,4 +431,34 @@ fn write_restored(
     ClusterIdentity::open(Some(data_dir))?.adopt(cluster)?;
     fsutil::sync_dir(data_dir)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verifier_accepts_a_whole_backup_in_any_pieces_and_nothing_else() {
+        let mut file = b"some backup bytes of a certain length".to_vec();
+        let crc = crc32c::crc32c(&file);
+        file.extend_from_slice(&crc.to_le_bytes());
+        for piece in 1..=file.len() {
+            let mut v = Verifier::default();
+            for c in file.chunks(piece) {
+                v.update(c);
+            }
+            assert_eq!(v.finish().unwrap(), crc, "pieces of {piece}");
+            assert_eq!(v.bytes(), file.len() as u64);
+        }
+        for cut in 0..file.len() {
+            let mut v = Verifier::default();
+            v.update(&file[..cut]);
+            assert!(v.finish().is_err(), "cut at {cut}");
+        }
+        let mut flipped = file.clone();
+        flipped[3] ^= 1;
+        let mut v = Verifier::default();
+        v.update(&flipped);
+        assert!(matches!(v.finish(), Err(BackupError::Damaged(_))));
+    }
 }

@@ -132,6 +132,13 @@ pub enum ClientError {
     /// A command, query or answer could not be encoded or decoded.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// A backup stream broke off, stalled or did not check out; what was written is not a
+    /// backup.
+    #[error("backup incomplete: {0}")]
+    BackupIncomplete(String),
+    /// Writing a received backup failed.
+    #[error("writing the backup failed: {0}")]
+    Output(#[source] std::io::Error),
 }
 
 impl ClientError {
@@ -767,6 +774,33 @@ impl<S: Queryable> ClusterClient<S> {
                 return Err(ClientError::GaveUp { attempts, last });
             }
         }
+    }
+
+    /// Streams a consistent backup of the cluster's state into `out` and returns what it covers
+    /// (see [`raft_core::backup`]; restore it with [`raft_core::restore_data_dir`]). Needs the
+    /// admin role on a cluster that authenticates callers.
+    ///
+    /// The nodes are tried in turn until one starts the stream (any node serves a backup, at a
+    /// linearizable read index from the leader). The transfer itself has no overall deadline,
+    /// so a large state can take as long as it needs, but it fails if no data arrives for
+    /// [`ClientOptions::attempt_timeout`]. The size and checksum are verified as the bytes arrive;
+    /// on any error, what was written to `out` is not a backup and must be discarded.
+    pub async fn backup<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        out: &mut W,
+    ) -> Result<raft_core::BackupInfo, ClientError> {
+        let stream = self
+            .retry(self.next_endpoint(), |mut c, t| async move {
+                let call = c.backup(tonic::Request::new(pb::BackupRequest {}));
+                match tokio::time::timeout(t, call).await {
+                    Ok(r) => r.map(tonic::Response::into_inner),
+                    Err(_) => Err(Status::deadline_exceeded(
+                        "the backup did not start in time",
+                    )),
+                }
+            })
+            .await?;
+        crate::backup::receive(stream, out, self.inner.opts.attempt_timeout).await
     }
 
     /// One node's view of the cluster (no retries: it asks exactly `addr`).

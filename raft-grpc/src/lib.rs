@@ -12,6 +12,8 @@
 //!   follower reads.
 //! * `client.rs` — [`ClusterClient`]: finds the leader, retries with a session for exactly-once
 //!   writes, spreads reads by a [`ReadPolicy`].
+//! * `backup.rs` — the `Backup` stream: a node's export in bounded chunks, and the client
+//!   side that writes and verifies it ([`ClusterClient::backup`]).
 //! * `grpc_node.rs` — [`GrpcNode`]: node, transport and server started together.
 //! * `alarms.rs` — the cluster-wide storage alarm: the leader asks its voters for theirs.
 //! * [`auth`] — peer authentication (cluster secret or node certificates) and client roles.
@@ -38,6 +40,7 @@ mod accept;
 mod alarms;
 pub mod auth;
 mod backoff;
+mod backup;
 mod client;
 mod grpc_node;
 mod net;
@@ -56,6 +59,7 @@ pub use crate::auth::Credentials;
 pub use crate::auth::Role;
 pub use crate::auth::User;
 pub use crate::backoff::Backoff;
+pub use crate::backup::CHUNK_BYTES as BACKUP_CHUNK_BYTES;
 pub use crate::client::ClientError;
 pub use crate::client::ClientOptions;
 pub use crate::client::ClusterClient;

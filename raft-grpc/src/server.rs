@@ -1079,6 +1079,30 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
         .await
     }
 
+    type BackupStream = BoxStream<'static, Result<pb::BackupChunk, Status>>;
+
+    /// Any node serves a backup, at a linearizable read index from the leader; the stream ends
+    /// (incomplete) if the server shuts down.
+    async fn backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        auth::require(&req, AuthRole::Admin, "Backup")?;
+        let shared = &self.0;
+        let node = &shared.node;
+        let at = if node.role() == Role::Leader {
+            node.read_index(Consistency::Linearizable)
+                .await
+                .map_err(|e| status::from_error(&e))?
+        } else {
+            shared
+                .leader_read_index(Consistency::Linearizable, caller_timeout(&req))
+                .await?
+        };
+        let chunks = crate::backup::stream(node.clone(), at).take_until(shared.stopped());
+        Ok(Response::new(chunks.boxed()))
+    }
+
     async fn status(
         &self,
         req: Request<pb::StatusRequest>,

@@ -232,7 +232,7 @@ pub fn from_error(e: &Error) -> Status {
         Error::Log(_) | Error::Snapshot(_) | Error::Storage(_) => {
             status(Code::Internal, ErrorCode::Storage, msg)
         }
-        Error::Fatal(_) => status(Code::Internal, ErrorCode::Internal, msg),
+        Error::Fatal(_) | Error::Backup(_) => status(Code::Internal, ErrorCode::Internal, msg),
         Error::NoSpace { .. } => status(Code::ResourceExhausted, ErrorCode::NoSpace, msg),
         // A kind this transport does not map yet is reported as what it is: unexpected.
         _ => status(Code::Internal, ErrorCode::Internal, msg),

@@ -226,6 +226,9 @@ async fn admin_calls_need_the_admin_role() {
             ..Default::default()
         };
         denied(cl.set_session_capacity(tiny).await, "SetSessionCapacity");
+        let mut out = Vec::new();
+        denied(cl.backup(&mut out).await.map(drop), "Backup");
+        assert!(out.is_empty(), "nothing of the state leaks");
     }
     let capacity = c.nodes[&leader].node().session_capacity();
     assert_eq!(capacity, raft_core::SessionCapacity::default());

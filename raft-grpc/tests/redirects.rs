@@ -65,6 +65,10 @@ impl pb::cluster_server::Cluster for Redirector {
     async fn set_session_capacity(&self, _: Request<pb::SessionCapacity>) -> Answer<pb::Empty> {
         Err(Status::unimplemented("set_session_capacity"))
     }
+    type BackupStream = futures_util::stream::BoxStream<'static, Result<pb::BackupChunk, Status>>;
+    async fn backup(&self, _: Request<pb::BackupRequest>) -> Answer<Self::BackupStream> {
+        Err(Status::unimplemented("backup"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,171 @@
+//! The `Cluster.Backup` stream: a node's backup ([`Node::export_snapshot_at`]) sent in bounded
+//! chunks, and the client side that writes it to a file.
+//!
+//! The export runs on a blocking thread and writes into a [`ChunkWriter`], which cuts the bytes
+//! into messages of at most [`CHUNK_BYTES`] and hands them to the response stream through a
+//! channel of [`QUEUE`] messages: a slow client slows the export down instead of making the node
+//! buffer the backup. A client that goes away ends the export (its next send fails).
+
+use std::io;
+use std::io::Write;
+
+use bytes::Bytes;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use raft_core::BackupInfo;
+use raft_core::Node;
+use raft_core::ReadIndex;
+use raft_core::StateMachine;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::client::ClientError;
+use crate::pb;
+use crate::status;
+
+/// The largest piece of a backup one message carries.
+pub const CHUNK_BYTES: usize = 256 << 10;
+/// Messages queued between the export and the response stream: with [`CHUNK_BYTES`], at most
+/// about 1 MiB of a backup is in flight per stream.
+const QUEUE: usize = 4;
+
+type Item = Result<pb::BackupChunk, Status>;
+
+/// A `Write` that sends what it is given as backup chunks; blocking, for the export's thread.
+struct ChunkWriter {
+    tx: mpsc::Sender<Item>,
+    buf: BytesMut,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = self.buf.split().freeze();
+        self.tx
+            .blocking_send(Ok(pb::BackupChunk { data, done: None }))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the backup's reader left"))
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK_BYTES - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+/// The message that ends a complete backup stream.
+fn done(info: &BackupInfo) -> pb::BackupChunk {
+    pb::BackupChunk {
+        data: Bytes::new(),
+        done: Some(pb::BackupDone {
+            index: info.index,
+            term: info.term,
+            bytes: info.bytes,
+            checksum: info.checksum,
+            cluster_id: info.cluster.map(|c| c.to_string()).unwrap_or_default(),
+        }),
+    }
+}
+
+/// Streams `node`'s backup at read index `at`: the file's bytes, then the `done` message, or
+/// an error status if the export fails.
+pub(crate) fn stream<S: StateMachine>(node: Node<S>, at: ReadIndex) -> BoxStream<'static, Item> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(async move {
+        let writer = ChunkWriter {
+            tx: tx.clone(),
+            buf: BytesMut::with_capacity(CHUNK_BYTES),
+        };
+        let last = match node.export_snapshot_at(at, writer).await {
+            Ok((info, _)) => {
+                tracing::info!(
+                    index = info.index,
+                    term = info.term,
+                    bytes = info.bytes,
+                    "backup sent"
+                );
+                Ok(done(&info))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "backup failed");
+                Err(status::from_error(&e))
+            }
+        };
+        // The reader may have left already; then there is nobody to tell.
+        let _ = tx.send(last).await;
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+}
+
+/// Writes a backup stream into `out`, checking its size and checksum against the final `done`
+/// message. Each message must arrive within `idle` of the previous one.
+pub(crate) async fn receive<W: tokio::io::AsyncWrite + Unpin>(
+    mut stream: tonic::Streaming<pb::BackupChunk>,
+    out: &mut W,
+    idle: std::time::Duration,
+) -> Result<BackupInfo, ClientError> {
+    use tokio::io::AsyncWriteExt;
+    let incomplete = |why: String| ClientError::BackupIncomplete(why);
+    let mut verifier = raft_core::backup::Verifier::default();
+    loop {
+        let msg = match tokio::time::timeout(idle, stream.message()).await {
+            Err(_) => {
+                return Err(incomplete(format!(
+                    "no data for {idle:?} after {} bytes",
+                    verifier.bytes()
+                )));
+            }
+            Ok(Err(status)) => return Err(incomplete(status.message().to_string())),
+            Ok(Ok(None)) => {
+                return Err(incomplete(format!(
+                    "the stream ended after {} bytes without its final message",
+                    verifier.bytes()
+                )));
+            }
+            Ok(Ok(Some(msg))) => msg,
+        };
+        if !msg.data.is_empty() {
+            verifier.update(&msg.data);
+            out.write_all(&msg.data)
+                .await
+                .map_err(ClientError::Output)?;
+        }
+        let Some(done) = msg.done else { continue };
+        out.flush().await.map_err(ClientError::Output)?;
+        let checksum = verifier.finish().map_err(|e| incomplete(e.to_string()))?;
+        if checksum != done.checksum || verifier.bytes() != done.bytes {
+            return Err(incomplete(format!(
+                "received {} bytes with checksum {checksum:08x}; the node sent {} bytes with {:08x}",
+                verifier.bytes(),
+                done.bytes,
+                done.checksum
+            )));
+        }
+        let cluster = match done.cluster_id.as_str() {
+            "" => None,
+            s => Some(
+                s.parse()
+                    .map_err(|e| incomplete(format!("bad cluster id: {e}")))?,
+            ),
+        };
+        return Ok(BackupInfo {
+            index: done.index,
+            term: done.term,
+            cluster,
+            bytes: done.bytes,
+            checksum,
+        });
+    }
+}
