@@ -38,7 +38,7 @@ pub struct Conn {
     endpoints: Vec<String>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
     /// A file holding the credential to call with: a user's password from the nodes'
     /// `--users-file`, or the cluster secret (an admin credential).
     #[arg(long, global = true)]
@@ -110,7 +110,7 @@ pub enum CtlError {
 }
 
 impl Conn {
-    fn client(&self) -> Result<ClusterClient<Store>, CtlError> {
+    pub(crate) fn client(&self) -> Result<ClusterClient<Store>, CtlError> {
         let credentials =
             match &self.token_file {
                 None => None,
@@ -268,7 +268,7 @@ fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-fn json<T: Serialize>(v: &T) -> Result<String, CtlError> {
+pub(crate) fn json<T: Serialize>(v: &T) -> Result<String, CtlError> {
     serde_json::to_string_pretty(v)
         .map(|s| s + "\n")
         .map_err(|e| CtlError::Failed(format!("cannot encode the answer: {e}")))

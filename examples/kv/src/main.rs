@@ -8,6 +8,8 @@
 //! kv member …        list, add, promote or remove members of a running cluster
 //! kv leader transfer hand leadership to another voter
 //! kv status          every node's role, term, indexes and lag
+//! kv backup …        a consistent backup of a running cluster's state, to a file
+//! kv restore …       a node's data directory for a new cluster holding a backup
 //! ```
 //!
 //! # Layout
@@ -32,8 +34,10 @@
 //! * `security.rs` — the security flags: secret, passwords, users, TLS, reload on SIGHUP.
 //! * `certs.rs` — `kv certs`, a CA and certificates for a development cluster.
 //! * `ctl.rs` — `kv member`, `kv leader`, `kv status`: operating a cluster over its gRPC API.
+//! * `backup.rs` — `kv backup` and `kv restore`: disaster recovery.
 
 mod auth;
+mod backup;
 mod certs;
 mod cluster;
 mod commands;
@@ -114,6 +118,12 @@ enum Cmd {
         #[command(flatten)]
         conn: ctl::Conn,
     },
+    /// Write a consistent backup of a running cluster's state to a file (admin).
+    Backup(backup::BackupArgs),
+    /// Prepare a node's data directory for a new cluster that starts from a backup; restore
+    /// every initial member from the same file with the same --initial-members, then start
+    /// them with `kv node`.
+    Restore(backup::RestoreArgs),
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -340,6 +350,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Member { cmd, conn } => print(ctl::member(&cmd, &conn).await),
         Cmd::Leader { cmd, conn } => print(ctl::leader(&cmd, &conn).await),
         Cmd::Status { conn } => print(ctl::status(&conn).await),
+        Cmd::Backup(args) => print(backup::backup(&args).await),
+        Cmd::Restore(args) => {
+            let members = parse_members(&args.initial_members)?;
+            print(backup::restore(&args, members).await)
+        }
     }
 }
 

@@ -1,0 +1,224 @@
+//! `kv backup` and `kv restore`: disaster recovery, in the manner of `etcdctl snapshot save` and
+//! `etcdutl snapshot restore`.
+//!
+//! `kv backup` asks any reachable node for a consistent backup (at a linearizable read index)
+//! and writes it to a temporary file beside `--out`, verifies it, fsyncs it and renames it into
+//! place, so `--out` is either the old file or a complete, verified backup. `kv restore` turns a
+//! backup into the data directory of one node of a new cluster (see [`raft_core::backup`]);
+//! restore every initial member from the same file with the same `--initial-members`, then start
+//! them with `kv node` and the same flags. Keys keep their expiry times: they are absolute, so a
+//! key's remaining TTL after a restore is what it was at the backup minus the time since, and a
+//! key that expired meanwhile is gone.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::path::PathBuf;
+
+use clap::Args;
+use raft_core::BackupInfo;
+use raft_core::ClusterId;
+use raft_core::NodeId;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::ctl;
+use crate::ctl::CtlError;
+
+/// `kv backup`
+#[derive(Args, Debug, Clone)]
+pub struct BackupArgs {
+    /// Where to write the backup. Written under a temporary name in the same directory and
+    /// renamed into place once complete and verified (an existing file is replaced).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub conn: ctl::Conn,
+}
+
+/// `kv restore`
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// The backup file (from `kv backup`).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The id of the node whose data directory this prepares; must be one of
+    /// --initial-members.
+    #[arg(long)]
+    pub id: NodeId,
+    /// The node's data directory: created if missing; must be empty (`lost+found` aside).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The new cluster's members, as `id=host:port,...` with raft addresses, exactly as given
+    /// to `kv node --initial-members` (the same list for every node).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub initial_members: Vec<String>,
+    /// The new cluster's id (32 hex digits). By default it is derived from the backup and the
+    /// members, so every node restored from the same file with the same members gets the same
+    /// id; give one to restore the same backup into two separate clusters.
+    #[arg(long)]
+    pub cluster_id: Option<ClusterId>,
+    /// Print JSON instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `kv backup --json` prints.
+#[derive(Debug, Serialize)]
+struct BackupReport {
+    file: PathBuf,
+    index: u64,
+    term: u64,
+    bytes: u64,
+    crc32c: String,
+    cluster_id: Option<String>,
+}
+
+/// What `kv restore --json` prints.
+#[derive(Debug, Serialize)]
+struct RestoreReport {
+    data_dir: PathBuf,
+    id: NodeId,
+    index: u64,
+    term: u64,
+    bytes: u64,
+    crc32c: String,
+    from_cluster_id: Option<String>,
+    cluster_id: String,
+    members: BTreeMap<NodeId, String>,
+}
+
+fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> CtlError {
+    CtlError::Failed(format!("{what} {}: {e}", path.display()))
+}
+
+/// Runs `kv backup`; returns what to print.
+pub async fn backup(args: &BackupArgs) -> Result<String, CtlError> {
+    let out = &args.out;
+    let name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| CtlError::Config(format!("--out {} names no file", out.display())))?;
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = dir.join(format!(".{name}.{}.partial", std::process::id()));
+    let client = args.conn.client()?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .await
+        .map_err(|e| failed("cannot create", &tmp, e))?;
+    let result = async {
+        let info = client.backup(&mut file).await.map_err(|e| {
+            CtlError::Failed(ctl::explain(
+                e,
+                "the",
+                "pass --token-file with the cluster secret or an admin's password",
+                "not allowed; a backup needs the admin role",
+            ))
+        })?;
+        file.flush()
+            .await
+            .map_err(|e| failed("cannot write", &tmp, e))?;
+        file.sync_all()
+            .await
+            .map_err(|e| failed("cannot fsync", &tmp, e))?;
+        // Read back what is on disk: the file, not just the stream, must check out.
+        let check = tmp.clone();
+        let on_disk = tokio::task::spawn_blocking(move || raft_core::backup::inspect(&check))
+            .await
+            .map_err(|e| CtlError::Failed(format!("verifying the backup failed: {e}")))?
+            .map_err(|e| failed("verifying", &tmp, e))?;
+        if on_disk != info {
+            return Err(CtlError::Failed(format!(
+                "the file written ({on_disk:?}) differs from what the node sent ({info:?})"
+            )));
+        }
+        tokio::fs::rename(&tmp, out)
+            .await
+            .map_err(|e| failed("cannot rename into", out, e))?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| failed("cannot fsync directory", &dir, e))?;
+        Ok(info)
+    }
+    .await;
+    let info = match result {
+        Ok(info) => info,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+    };
+    if args.conn.json {
+        return ctl::json(&report(out, &info));
+    }
+    Ok(format!(
+        "backup of cluster {} at index {} (term {}): {} bytes, crc32c {:08x}, written to {}\n",
+        info.cluster.map_or_else(|| "-".into(), |c| c.to_string()),
+        info.index,
+        info.term,
+        info.bytes,
+        info.checksum,
+        out.display()
+    ))
+}
+
+fn report(file: &Path, info: &BackupInfo) -> BackupReport {
+    BackupReport {
+        file: file.to_path_buf(),
+        index: info.index,
+        term: info.term,
+        bytes: info.bytes,
+        crc32c: format!("{:08x}", info.checksum),
+        cluster_id: info.cluster.map(|c| c.to_string()),
+    }
+}
+
+/// Runs `kv restore` with the parsed `members`; returns what to print.
+pub async fn restore(
+    args: &RestoreArgs,
+    members: BTreeMap<NodeId, String>,
+) -> Result<String, CtlError> {
+    let (from, dir, id, cluster) = (
+        args.from.clone(),
+        args.data_dir.clone(),
+        args.id,
+        args.cluster_id,
+    );
+    let m = members.clone();
+    let restored = tokio::task::spawn_blocking(move || {
+        raft_core::restore_data_dir(&from, &dir, id, &m, cluster)
+    })
+    .await
+    .map_err(|e| CtlError::Failed(format!("the restore task failed: {e}")))?
+    .map_err(|e| CtlError::Failed(e.to_string()))?;
+    let b = &restored.backup;
+    if args.json {
+        return ctl::json(&RestoreReport {
+            data_dir: args.data_dir.clone(),
+            id,
+            index: b.index,
+            term: b.term,
+            bytes: b.bytes,
+            crc32c: format!("{:08x}", b.checksum),
+            from_cluster_id: b.cluster.map(|c| c.to_string()),
+            cluster_id: restored.cluster.to_string(),
+            members,
+        });
+    }
+    let list: Vec<String> = members.iter().map(|(i, a)| format!("{i}={a}")).collect();
+    Ok(format!(
+        "restored the backup at index {} (term {}, {} bytes) into {} as node {id} of new cluster {}\n\
+         start it with: kv node --id {id} --data-dir {} --initial-members {} …\n",
+        b.index,
+        b.term,
+        b.bytes,
+        args.data_dir.display(),
+        restored.cluster,
+        args.data_dir.display(),
+        list.join(","),
+    ))
+}
