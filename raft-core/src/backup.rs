@@ -17,10 +17,10 @@
 //!
 //! An export first obtains a linearizable read index (the same quorum round a linearizable read
 //! makes), waits until the exporting node has applied it, and then takes the state machine's
-//! point-in-time handle ([`StateMachine::snapshot`](crate::StateMachine::snapshot)) together
-//! with the session table, under the apply lock. So the backup holds every write acknowledged
-//! before the export started, and possibly some that were acknowledged while it ran; it covers
-//! exactly the log prefix up to the index it names. Session answers are included, so a client
+//! point-in-time handle ([`StateMachine::snapshot`]) together with the session table, under the
+//! apply lock. So the backup holds every write acknowledged before the export started, and
+//! possibly some that were acknowledged while it ran; it covers exactly the log prefix up to the
+//! index it names. Session answers are included, so a client
 //! retrying a write after a restore still gets it applied at most once.
 //!
 //! # Memory
