@@ -140,6 +140,10 @@ pub enum BackupError {
     /// Received backup bytes do not check out: their checksum or their size is wrong.
     #[error("backup is damaged: {0}")]
     Damaged(String),
+    /// This node is already writing a backup; it writes one at a time (another node can serve
+    /// one meanwhile).
+    #[error("this node is already writing a backup; try another node or again later")]
+    Busy,
     /// The backup covers no log entry (the cluster had applied nothing).
     #[error("the backup covers no log entry")]
     NothingApplied,
@@ -159,6 +163,26 @@ pub enum BackupError {
     /// The new cluster id could not be stored.
     #[error("storing the new cluster id failed: {0}")]
     ClusterId(#[from] ClusterIdError),
+}
+
+/// Held while a node writes a backup: one at a time per node, so backups cannot pile up
+/// snapshot handles and blocking threads. Released on drop, when the writing has ended.
+pub(crate) struct ExportPermit(Arc<std::sync::atomic::AtomicBool>);
+
+impl ExportPermit {
+    /// The permit, unless a backup is being written with `busy`.
+    pub fn take(busy: &Arc<std::sync::atomic::AtomicBool>) -> Result<ExportPermit, BackupError> {
+        if busy.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Err(BackupError::Busy);
+        }
+        Ok(ExportPermit(busy.clone()))
+    }
+}
+
+impl Drop for ExportPermit {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// A writer that counts what passes through it.

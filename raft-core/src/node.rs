@@ -107,6 +107,8 @@ pub(crate) struct Inner<S: StateMachine> {
     log_stats: LogStatsHandle,
     space: Arc<Space>,
     cluster: Arc<ClusterIdentity>,
+    /// Set while a backup is being written (one at a time).
+    exporting: Arc<std::sync::atomic::AtomicBool>,
     #[cfg(feature = "testing")]
     power: Option<crate::log::PowerSwitch>,
     #[cfg(feature = "testing")]
@@ -222,6 +224,7 @@ impl<S: StateMachine> Node<S> {
                 log_stats,
                 space,
                 cluster,
+                exporting: Arc::default(),
                 #[cfg(feature = "testing")]
                 power,
                 #[cfg(feature = "testing")]
@@ -942,18 +945,26 @@ impl<S: StateMachine> Node<S> {
 
     /// [`Node::export_snapshot`] on any node, at a read index obtained from the leader (with
     /// [`Node::read_index`] there): waits until this node has applied `at`, then exports.
+    ///
+    /// A node writes one backup at a time: while one is being written, another fails at once
+    /// with [`BackupError::Busy`](crate::BackupError::Busy).
     pub async fn export_snapshot_at<W: std::io::Write + Send + 'static>(
         &self,
         at: ReadIndex,
         out: W,
     ) -> Result<(BackupInfo, W)> {
+        let permit = crate::backup::ExportPermit::take(&self.inner.exporting)?;
         self.read_at(at, |_| ()).await?;
         let parts = self.inner.sm.backup_parts();
         let cluster = self.cluster_id();
-        tokio::task::spawn_blocking(move || crate::backup::write::<S, W>(parts, cluster, out))
-            .await
-            .map_err(|e| Error::Fatal(format!("backup task failed: {e}")))?
-            .map_err(Error::from)
+        tokio::task::spawn_blocking(move || {
+            // Held until the writing ends, even if the caller stopped waiting.
+            let _permit = permit;
+            crate::backup::write::<S, W>(parts, cluster, out)
+        })
+        .await
+        .map_err(|e| Error::Fatal(format!("backup task failed: {e}")))?
+        .map_err(Error::from)
     }
 
     /// The node's current state.

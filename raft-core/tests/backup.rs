@@ -281,8 +281,35 @@ async fn restore_refuses_damage_an_occupied_directory_and_strangers() {
         .export_snapshot(Vec::new())
         .await
         .unwrap();
-    cluster.shutdown().await.unwrap();
     assert_eq!(info.bytes, bytes.len() as u64);
+
+    // One backup at a time per node: a second one is refused while the first is written.
+    let node = cluster.node(1).unwrap();
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let first = tokio::spawn({
+        let node = node.clone();
+        async move {
+            node.export_snapshot(Gated {
+                entered: Some(entered_tx),
+                gate,
+            })
+            .await
+            .map(|(info, _)| info)
+        }
+    });
+    entered
+        .recv()
+        .await
+        .expect("the first backup started writing");
+    assert!(matches!(
+        node.export_snapshot(Vec::new()).await,
+        Err(Error::Backup(BackupError::Busy))
+    ));
+    release.send(()).unwrap();
+    assert_eq!(first.await.unwrap().unwrap().bytes, info.bytes);
+    node.export_snapshot(Vec::new()).await.unwrap();
+    cluster.shutdown().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good");
     fs::write(&good, &bytes).unwrap();
@@ -333,6 +360,25 @@ async fn restore_refuses_damage_an_occupied_directory_and_strangers() {
         backup::restore_data_dir(&good, &fresh, 2, &m, None),
         Err(BackupError::NotEmpty { .. })
     ));
+}
+
+/// A writer that says when it is first written to, then waits to be released.
+struct Gated {
+    entered: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+    gate: std::sync::mpsc::Receiver<()>,
+}
+
+impl Write for Gated {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(tx) = self.entered.take() {
+            let _ = tx.send(());
+            self.gate.recv().map_err(io::Error::other)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A state machine whose state is a size: its snapshot is generated, never held, so any

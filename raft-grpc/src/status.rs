@@ -59,6 +59,9 @@ pub enum ErrorCode {
     /// registered): it was not applied now, but an earlier attempt may have been — the outcome
     /// is unknown. Register a new session before writing again.
     UnknownSession,
+    /// The node is already doing this (a backup is being written); another node, or a later
+    /// attempt, can serve it. Nothing was changed.
+    Busy,
 }
 
 impl ErrorCode {
@@ -82,11 +85,12 @@ impl ErrorCode {
             ErrorCode::NoSpace => "no-space",
             ErrorCode::WrongCluster => "wrong-cluster",
             ErrorCode::UnknownSession => "unknown-session",
+            ErrorCode::Busy => "busy",
         }
     }
 
     /// Every code.
-    pub const ALL: [ErrorCode; 17] = {
+    pub const ALL: [ErrorCode; 18] = {
         use ErrorCode::*;
         [
             NotLeader,
@@ -106,6 +110,7 @@ impl ErrorCode {
             NoSpace,
             WrongCluster,
             UnknownSession,
+            Busy,
         ]
     };
 
@@ -146,6 +151,7 @@ pub fn is_transient(s: &Status) -> bool {
                 | ErrorCode::OutcomeUnknown
                 | ErrorCode::Shutdown
                 | ErrorCode::NoQuorum
+                | ErrorCode::Busy
         ),
         None => matches!(
             s.code(),
@@ -232,6 +238,9 @@ pub fn from_error(e: &Error) -> Status {
         Error::Log(_) | Error::Snapshot(_) | Error::Storage(_) => {
             status(Code::Internal, ErrorCode::Storage, msg)
         }
+        Error::Backup(raft_core::BackupError::Busy) => {
+            status(Code::Unavailable, ErrorCode::Busy, msg)
+        }
         Error::Fatal(_) | Error::Backup(_) => status(Code::Internal, ErrorCode::Internal, msg),
         Error::NoSpace { .. } => status(Code::ResourceExhausted, ErrorCode::NoSpace, msg),
         // A kind this transport does not map yet is reported as what it is: unexpected.
@@ -276,9 +285,10 @@ mod tests {
             | ErrorCode::Internal
             | ErrorCode::NoSpace
             | ErrorCode::WrongCluster
-            | ErrorCode::UnknownSession => 1,
+            | ErrorCode::UnknownSession
+            | ErrorCode::Busy => 1,
         };
-        assert_eq!(ErrorCode::ALL.iter().map(|c| listed(*c)).sum::<usize>(), 17);
+        assert_eq!(ErrorCode::ALL.iter().map(|c| listed(*c)).sum::<usize>(), 18);
         let distinct: std::collections::HashSet<_> = ErrorCode::ALL.iter().collect();
         assert_eq!(distinct.len(), ErrorCode::ALL.len());
     }
