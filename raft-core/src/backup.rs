@@ -111,6 +111,7 @@ pub struct Restored {
 
 /// Why a backup could not be written, read or restored.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BackupError {
     /// The target data directory already holds something; restore never overwrites a node.
     #[error(
