@@ -186,24 +186,6 @@ impl Drop for ExportPermit {
     }
 }
 
-/// A writer that counts what passes through it.
-struct Counting<W> {
-    inner: W,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Writes a backup of the state in `parts` (taken by the apply layer) of a node of `cluster` to
 /// `out`. Blocking: the state machine's `write_snapshot` runs here.
 pub(crate) fn write<S: StateMachine, W: Write>(
@@ -215,11 +197,7 @@ pub(crate) fn write<S: StateMachine, W: Write>(
     let Some(last) = meta.last_log_id else {
         return Err(BackupError::NothingApplied);
     };
-    let out = Counting {
-        inner: out,
-        bytes: 0,
-    };
-    let (out, checksum) = snapshot::write_checksummed(out, cluster, &meta, &sessions, |w| {
+    let written = snapshot::write_checksummed(out, cluster, &meta, &sessions, |w| {
         S::write_snapshot(handle, w)
     })
     .map_err(|e| match e {
@@ -230,10 +208,10 @@ pub(crate) fn write<S: StateMachine, W: Write>(
         index: last.index,
         term: last.leader_id.term,
         cluster,
-        bytes: out.bytes,
-        checksum,
+        bytes: written.bytes,
+        checksum: written.checksum,
     };
-    Ok((info, out.inner))
+    Ok((info, written.out))
 }
 
 /// Checks a backup's bytes as they arrive, without keeping them: the crc32c of all but the last

@@ -456,16 +456,18 @@ fn check_cluster(
     }
 }
 
-/// A `Write` that checksums what passes through it.
+/// A `Write` that checksums and counts what passes through it.
 struct CrcWriter<W> {
     inner: W,
     crc: u32,
+    bytes: u64,
 }
 
 impl<W: Write> Write for CrcWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.bytes += n as u64;
         Ok(n)
     }
 
@@ -482,17 +484,24 @@ fn write_snapshot_bytes<W: Write>(
     sessions: &SessionTable,
     write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<W, SnapshotError> {
-    write_checksummed(out, cluster, meta, sessions, write_user).map(|(w, _)| w)
+    write_checksummed(out, cluster, meta, sessions, write_user).map(|w| w.out)
 }
 
-/// [`write_snapshot_bytes`], also returning the checksum it wrote in the trailer.
+/// What [`write_checksummed`] wrote: the writer back, the checksum in the trailer and the size.
+pub(crate) struct Written<W> {
+    pub out: W,
+    pub checksum: u32,
+    pub bytes: u64,
+}
+
+/// [`write_snapshot_bytes`], also returning the checksum it wrote in the trailer and the size.
 pub(crate) fn write_checksummed<W: Write>(
     out: W,
     cluster: Option<ClusterId>,
     meta: &SnapshotMeta,
     sessions: &SessionTable,
     write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> Result<(W, u32), SnapshotError> {
+) -> Result<Written<W>, SnapshotError> {
     let header = Header {
         last_log_id: meta.last_log_id.as_ref().map(DiskLogId::from),
         membership: DiskStoredMembership::from(&meta.last_membership),
@@ -506,7 +515,11 @@ pub(crate) fn write_checksummed<W: Write>(
         .ok_or_else(|| {
             SnapshotError::StateMachine(io::Error::other("snapshot header is too large"))
         })?;
-    let mut w = CrcWriter { inner: out, crc: 0 };
+    let mut w = CrcWriter {
+        inner: out,
+        crc: 0,
+        bytes: 0,
+    };
     let io = |e: io::Error| SnapshotError::StateMachine(e);
     w.write_all(MAGIC_V2).map_err(io)?;
     w.write_all(&[u8::from(cluster.is_some())]).map_err(io)?;
@@ -515,11 +528,15 @@ pub(crate) fn write_checksummed<W: Write>(
     w.write_all(&header_len.to_le_bytes()).map_err(io)?;
     w.write_all(&header_bytes).map_err(io)?;
     write_user(&mut w).map_err(io)?;
-    let crc = w.crc;
+    let (crc, bytes) = (w.crc, w.bytes + TRAILER_LEN);
     let mut inner = w.inner;
     inner.write_all(&crc.to_le_bytes()).map_err(io)?;
     inner.flush().map_err(io)?;
-    Ok((inner, crc))
+    Ok(Written {
+        out: inner,
+        checksum: crc,
+        bytes,
+    })
 }
 
 #[derive(Clone)]

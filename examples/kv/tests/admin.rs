@@ -8,6 +8,7 @@ use std::process::Output;
 
 use common::Ports;
 use common::Proc;
+use common::json_output as json;
 use common::poll;
 use common::spawn;
 use serde_json::Value;
@@ -19,16 +20,6 @@ fn kv(args: &[&str], endpoints: &str) -> Output {
         .args(["--endpoints", endpoints, "--timeout", "10s"])
         .output()
         .expect("run kv")
-}
-
-/// The JSON a successful command printed.
-fn json(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "kv failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
 }
 
 /// `(id, role)` of every member, by `kv member list --json`.

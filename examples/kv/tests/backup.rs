@@ -18,10 +18,10 @@ use std::time::Instant;
 
 use common::Ports;
 use common::Proc;
+use common::json_output as ok;
 use common::poll;
 use common::spawn;
 use redis::aio::MultiplexedConnection;
-use serde_json::Value;
 
 /// Runs `kv <args>`.
 fn kv(args: &[&str]) -> Output {
@@ -29,15 +29,6 @@ fn kv(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run kv")
-}
-
-fn ok(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "kv failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
 }
 
 /// Three nodes with ids `ids`, their data in `dir/n<id>`; returns the processes, their ports

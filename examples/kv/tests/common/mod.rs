@@ -131,6 +131,16 @@ pub fn run(mut cmd: Command, log: std::fs::File) -> Proc {
     Proc(child)
 }
 
+/// The JSON a successful `kv` command printed; fails the test with its error output otherwise.
+pub fn json_output(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "kv failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
 /// Every node's log, for a failure message.
 pub fn logs(dir: &Path, ids: impl IntoIterator<Item = u64>) -> String {
     ids.into_iter()
