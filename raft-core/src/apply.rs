@@ -34,6 +34,7 @@ use crate::session::SessionTable;
 use crate::snapshot;
 use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotStore;
+use crate::state_machine::ApplyContext;
 use crate::state_machine::StateMachine;
 use crate::types::ApplyError;
 use crate::types::LogId;
@@ -52,20 +53,52 @@ pub(crate) struct SmState<S> {
     sessions: SessionTable,
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    /// The time of the last timed entry applied (ms since the epoch; 0 before any): an entry
+    /// stamped earlier applies at this time instead, so applied times never decrease.
+    time_ms: u64,
 }
 
 impl<S: StateMachine> SmState<S> {
+    /// The time of the state as applied so far (see [`ApplyContext::time_ms`]).
+    pub fn time_ms(&self) -> u64 {
+        self.time_ms
+    }
+
     /// The session table (capacity included), for readers and tests.
     pub fn sessions(&self) -> &SessionTable {
         &self.sessions
     }
 
+    /// The context of the entry at `index` stamped `time` (`None`: unstamped).
+    fn context(&mut self, index: u64, time: Option<u64>) -> ApplyContext {
+        let time = time.map(|t| {
+            self.time_ms = self.time_ms.max(t);
+            self.time_ms
+        });
+        ApplyContext::new(index, time)
+    }
+
     fn apply_proposal(&mut self, proposal: Proposal, index: u64) -> Response {
         match proposal {
-            Proposal::Write(command) => self.apply_command(&command),
-            Proposal::SessionWrite(s, command) => self.apply_in_session(s, &command, index, false),
+            Proposal::Write(command) => {
+                let ctx = self.context(index, None);
+                self.apply_command(&command, &ctx)
+            }
+            Proposal::TimedWrite(time, command) => {
+                let ctx = self.context(index, Some(time));
+                self.apply_command(&command, &ctx)
+            }
+            Proposal::SessionWrite(s, command) => {
+                let ctx = self.context(index, None);
+                self.apply_in_session(s, &command, &ctx, false)
+            }
+            Proposal::TimedSessionWrite(s, time, command) => {
+                let ctx = self.context(index, Some(time));
+                self.apply_in_session(s, &command, &ctx, false)
+            }
             Proposal::LegacySessionWrite(s, command) => {
-                self.apply_in_session(s, &command, index, true)
+                let ctx = self.context(index, None);
+                self.apply_in_session(s, &command, &ctx, true)
             }
             Proposal::RegisterSession => {
                 let id = self.sessions.register(index);
@@ -90,22 +123,22 @@ impl<S: StateMachine> SmState<S> {
         &mut self,
         s: Session,
         command: &[u8],
-        index: u64,
+        ctx: &ApplyContext,
         legacy: bool,
     ) -> Response {
         if let Some(answer) = session::answer_without_applying(&self.sessions, s, legacy) {
             return answer;
         }
-        let response = self.apply_command(command);
-        self.sessions.record(s, response.clone(), index);
+        let response = self.apply_command(command, ctx);
+        self.sessions.record(s, response.clone(), ctx.index());
         response
     }
 
-    fn apply_command(&mut self, command: &[u8]) -> Response {
+    fn apply_command(&mut self, command: &[u8], ctx: &ApplyContext) -> Response {
         match codec::decode::<S::Command>(command) {
             Err(e) => Response::Rejected(ApplyError::InvalidCommand(e.to_string())),
             Ok(cmd) => {
-                let out = self.user.apply(cmd);
+                let out = self.user.apply_at(cmd, ctx);
                 match codec::encode(&out) {
                     Ok(bytes) => Response::Output(bytes.into()),
                     Err(e) => Response::Rejected(ApplyError::OutputEncoding(e.to_string())),
@@ -121,6 +154,8 @@ pub(crate) struct SmShared<S> {
     /// Set when the user's `restore` failed part-way: the state is incomplete and must not be
     /// read (the node has stopped with a storage error).
     restore_failed: AtomicBool,
+    /// `SmState::time_ms`, readable without the lock (by the leader stamping a write).
+    applied_time: AtomicU64,
 }
 
 impl<S> SmShared<S> {
@@ -131,14 +166,21 @@ impl<S> SmShared<S> {
                 sessions: SessionTable::default(),
                 last_applied: None,
                 membership: StoredMembership::default(),
+                time_ms: 0,
             }),
             restore_failed: AtomicBool::new(false),
+            applied_time: AtomicU64::new(0),
         })
     }
 
     /// Whether a snapshot restore failed part-way, leaving the state incomplete.
     pub fn restore_failed(&self) -> bool {
         self.restore_failed.load(Ordering::Acquire)
+    }
+
+    /// The time of the last timed entry applied (see [`SmState::time_ms`]).
+    pub fn applied_time(&self) -> u64 {
+        self.applied_time.load(Ordering::Relaxed)
     }
 
     /// Read access for queries. A panic inside a read closure must not wedge the node, so a
@@ -278,6 +320,7 @@ pub(crate) struct Builder<S: StateMachine> {
     handle: Mutex<Option<S::Snapshot>>,
     meta: SnapshotMeta,
     sessions: SessionTable,
+    time_ms: u64,
     store: Arc<SnapshotStore>,
     health: Arc<SnapshotHealth>,
 }
@@ -325,10 +368,11 @@ impl<S: StateMachine> Builder<S> {
             .ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
         let meta = self.meta.clone();
         let sessions = self.sessions.clone();
+        let time_ms = self.time_ms;
         let store = self.store.clone();
         let m = meta.clone();
         let data = tokio::task::spawn_blocking(move || {
-            store.write(&m, &sessions, |w| S::write_snapshot(handle, w))
+            store.write(&m, &sessions, time_ms, |w| S::write_snapshot(handle, w))
         })
         .await
         .map_err(|e| io::Error::other(format!("snapshot writer task failed: {e}")))??;
@@ -360,7 +404,13 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
                 st.last_applied = Some(entry.log_id);
                 match entry.payload {
                     Payload::Blank => Response::Empty,
-                    Payload::Normal(p) => st.apply_proposal(p, entry.log_id.index),
+                    Payload::Normal(p) => {
+                        let r = st.apply_proposal(p, entry.log_id.index);
+                        self.shared
+                            .applied_time
+                            .store(st.time_ms, Ordering::Relaxed);
+                        r
+                    }
                     Payload::Membership(m) => {
                         st.membership = StoredMembership::new(Some(entry.log_id), m);
                         Response::Empty
@@ -390,6 +440,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
                 last_membership: st.membership.clone(),
             },
             sessions: st.sessions.clone(),
+            time_ms: st.time_ms,
             store: self.store.clone(),
             health: self.health.clone(),
         }
@@ -428,6 +479,8 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
                     ));
                 }
                 st.sessions = parsed.sessions;
+                st.time_ms = parsed.time_ms;
+                shared.applied_time.store(parsed.time_ms, Ordering::Relaxed);
                 st.last_applied = meta.last_log_id;
                 st.membership = meta.last_membership.clone();
             }

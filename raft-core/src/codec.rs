@@ -39,6 +39,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// Decodes a `T` from the start of `bytes` and returns it with the bytes after it.
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), CodecError> {
+    Ok(postcard::take_from_bytes(bytes)?)
+}
+
 /// How much of a byte string or text value is read ahead at a time: a damaged length cannot make
 /// the decoder allocate much more than the bytes that are really there.
 const TAKE_STEP: usize = 16 << 20;

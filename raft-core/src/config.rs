@@ -1,8 +1,10 @@
 //! Node configuration with sensible defaults.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::Clock;
 use crate::error::Error;
 use crate::log::WalOptions;
 use crate::space::QuotaOptions;
@@ -91,6 +93,9 @@ pub struct Config {
     /// answer unknown) instead of the response. Default 1 MiB. Read only at initialize, like
     /// [`Config::max_sessions`].
     pub max_session_response_bytes: usize,
+    /// The clock this node stamps writes and reads with while it leads (see [`Clock`]).
+    /// Default: [`SystemClock`](crate::SystemClock).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Config {
@@ -113,6 +118,7 @@ impl Config {
             max_append_bytes: 8 << 20,
             max_session_bytes: 64 << 20,
             max_session_response_bytes: 1 << 20,
+            clock: Arc::new(crate::clock::SystemClock),
         }
     }
 
@@ -156,6 +162,12 @@ impl Config {
     /// Sets the log size since the last snapshot that triggers a new one (`0`: by count only).
     pub fn with_snapshot_log_bytes(mut self, bytes: u64) -> Config {
         self.snapshot_log_bytes = bytes;
+        self
+    }
+
+    /// Sets the clock the node stamps writes and reads with while it leads.
+    pub fn with_clock(mut self, clock: impl Clock) -> Config {
+        self.clock = Arc::new(clock);
         self
     }
 

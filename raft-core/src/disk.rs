@@ -208,6 +208,15 @@ mod tests {
         assert_eq!(round_trip(&normal), normal);
         for p in [
             Proposal::Write(Bytes::from_static(b"x")),
+            Proposal::TimedWrite(1_800_000_000_000, Bytes::from_static(b"x")),
+            Proposal::TimedSessionWrite(
+                crate::types::Session {
+                    client_id: 1,
+                    sequence: 2,
+                },
+                u64::MAX,
+                Bytes::from_static(b"y"),
+            ),
             Proposal::RegisterSession,
             Proposal::CloseSession(42),
             Proposal::SetSessionCapacity(crate::types::SessionCapacity::default()),

@@ -14,6 +14,8 @@
 //! * `cluster_id.rs` — [`ClusterId`]: drawn at initialize, stored with the node's data, carried
 //!   by every internal RPC and recorded in every snapshot file; a node refuses another cluster's
 //!   requests and snapshots.
+//! * `clock.rs` — [`Clock`]: the leader's time, stamped on writes and reads (for expiry), and
+//!   the clock assumption that remains.
 //! * `config.rs` — [`Config`] and its defaults; `error.rs` — the one [`Error`] enum;
 //!   `metrics.rs` — [`Metrics`].
 //! * `apply.rs` — the bridge from [`StateMachine`] to openraft: decoding commands, client
@@ -38,6 +40,7 @@
 
 mod apply;
 pub mod backup;
+mod clock;
 pub mod cluster_id;
 pub mod codec;
 mod config;
@@ -62,6 +65,9 @@ pub use crate::apply::SnapshotStats;
 pub use crate::backup::BackupError;
 pub use crate::backup::BackupInfo;
 pub use crate::backup::restore_data_dir;
+pub use crate::clock::Clock;
+pub use crate::clock::SkewedClock;
+pub use crate::clock::SystemClock;
 pub use crate::cluster_id::ClusterId;
 pub use crate::config::Config;
 pub use crate::config::Storage;
@@ -77,7 +83,9 @@ pub use crate::node::ReadIndex;
 pub use crate::space::DiskUsage;
 pub use crate::space::QuotaOptions;
 pub use crate::space::StorageStatus;
+pub use crate::state_machine::ApplyContext;
 pub use crate::state_machine::Queryable;
+pub use crate::state_machine::ReadContext;
 pub use crate::state_machine::StateMachine;
 pub use crate::state_machine::read_serde;
 pub use crate::state_machine::read_serde_each;

@@ -6,6 +6,8 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,6 +52,8 @@ use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotStore;
 use crate::space::Space;
 use crate::space::StorageStatus;
+use crate::state_machine::Queryable;
+use crate::state_machine::ReadContext;
 use crate::state_machine::StateMachine;
 use crate::transport::RpcHandler;
 use crate::transport::RpcHandlerError;
@@ -76,6 +80,11 @@ pub struct ReadIndex {
     pub term: u64,
     /// The log index to be applied before reading.
     pub index: u64,
+    /// The leader's clock (ms since the epoch) when it confirmed its leadership for this read:
+    /// the time the read is ordered at, for expiry ([`ReadContext`]). 0 from a leader that
+    /// predates read times; the read then happens at the time of the state it reads.
+    #[serde(default)]
+    pub time_ms: u64,
 }
 
 /// How fresh a read must be.
@@ -109,6 +118,8 @@ pub(crate) struct Inner<S: StateMachine> {
     cluster: Arc<ClusterIdentity>,
     /// Set while a backup is being written (one at a time).
     exporting: Arc<std::sync::atomic::AtomicBool>,
+    /// The largest time this node has stamped on a write or a read (see [`Node::stamp`]).
+    last_stamp: AtomicU64,
     #[cfg(feature = "testing")]
     power: Option<crate::log::PowerSwitch>,
     #[cfg(feature = "testing")]
@@ -225,6 +236,7 @@ impl<S: StateMachine> Node<S> {
                 space,
                 cluster,
                 exporting: Arc::default(),
+                last_stamp: AtomicU64::new(0),
                 #[cfg(feature = "testing")]
                 power,
                 #[cfg(feature = "testing")]
@@ -507,13 +519,30 @@ impl<S: StateMachine> Node<S> {
         if self.inner.space.refusing() {
             self.check_space(&request)?;
         }
-        let proposal = Proposal::from(request);
+        let proposal = Proposal::stamped(request, self.stamp());
         let response = self.propose_internal(proposal).await?;
         match response {
             Response::Output(b) => Ok(b),
             Response::Rejected(e) => Err(Error::Rejected(e)),
             Response::Empty => Err(Error::Fatal("a normal entry produced no output".into())),
         }
+    }
+
+    /// The time to stamp on a write this node proposes or a read it orders, as leader: its
+    /// clock, raised to the time of the state applied here and to every time stamped before, so
+    /// that stamps never decrease (one clock read and one atomic per call).
+    fn stamp(&self) -> u64 {
+        let t = self.local_time();
+        t.max(self.inner.last_stamp.fetch_max(t, AtomicOrdering::Relaxed))
+    }
+
+    /// This node's clock, raised to the time of the state applied here.
+    fn local_time(&self) -> u64 {
+        self.inner
+            .config
+            .clock
+            .now_ms()
+            .max(self.inner.sm.applied_time())
     }
 
     /// While the storage alarm is raised: lets through only what the state machine allows.
@@ -587,14 +616,44 @@ impl<S: StateMachine> Node<S> {
     /// [`Error::NotLeader`]. (A transport serves them on followers by asking the leader for a
     /// [`ReadIndex`] and calling [`Node::read_at`].)
     pub async fn read<T>(&self, consistency: Consistency, f: impl FnOnce(&S) -> T) -> Result<T> {
-        if consistency == Consistency::Local {
-            return self.read_local(f);
-        }
-        let at = self.read_index(consistency).await?;
-        self.read_at(at, f).await
+        self.read_timed(consistency, |sm, _| f(sm)).await
     }
 
-    fn read_local<T>(&self, f: impl FnOnce(&S) -> T) -> Result<T> {
+    /// Like [`Node::read`], and `f` also learns when the read was ordered ([`ReadContext`]), to
+    /// decide time-dependent answers (expiry) with the leader's time rather than a local clock.
+    pub async fn read_timed<T>(
+        &self,
+        consistency: Consistency,
+        f: impl FnOnce(&S, &ReadContext) -> T,
+    ) -> Result<T> {
+        if consistency == Consistency::Local {
+            return self.read_local(self.local_time(), f);
+        }
+        let at = self.read_index(consistency).await?;
+        self.read_at_timed(at, f).await
+    }
+
+    /// Answers `query` ([`Queryable::query_at`]) at `consistency`.
+    pub async fn query(&self, consistency: Consistency, query: S::Query) -> Result<S::Reply>
+    where
+        S: Queryable,
+    {
+        self.read_timed(consistency, |sm, ctx| sm.query_at(query, ctx))
+            .await
+    }
+
+    /// Answers `query` ([`Queryable::query_at`]) once this node has applied up to `at` (see
+    /// [`Node::read_at`]).
+    pub async fn query_at(&self, at: ReadIndex, query: S::Query) -> Result<S::Reply>
+    where
+        S: Queryable,
+    {
+        self.read_at_timed(at, |sm, ctx| sm.query_at(query, ctx))
+            .await
+    }
+
+    /// Runs `f` on the state at the later of `time_ms` and the state's own time.
+    fn read_local<T>(&self, time_ms: u64, f: impl FnOnce(&S, &ReadContext) -> T) -> Result<T> {
         if self.inner.sm.restore_failed() {
             return Err(Error::Storage(
                 "a snapshot restore failed part-way; the node has stopped and its state is not served"
@@ -602,7 +661,8 @@ impl<S: StateMachine> Node<S> {
             ));
         }
         let st = self.inner.sm.read();
-        Ok(f(&st.user))
+        let ctx = ReadContext::new(time_ms.max(st.time_ms()));
+        Ok(f(&st.user, &ctx))
     }
 
     /// On the leader: confirms leadership as `consistency` requires (a quorum round for
@@ -617,11 +677,13 @@ impl<S: StateMachine> Node<S> {
         };
         let linearizer = match consistency {
             Consistency::Local => {
+                let time_ms = self.local_time();
                 let rx = raft.metrics();
                 let m = rx.borrow_watched();
                 return Ok(ReadIndex {
                     term: m.current_term,
                     index: m.last_applied.map_or(0, |a| a.index),
+                    time_ms,
                 });
             }
             Consistency::Linearizable => {
@@ -651,12 +713,24 @@ impl<S: StateMachine> Node<S> {
         Ok(ReadIndex {
             term: id.leader_id.term,
             index: id.index,
+            // Read after leadership was confirmed: the read is ordered no earlier than this.
+            time_ms: self.stamp(),
         })
     }
 
     /// Waits until this node has applied up to `at` (from [`Node::read_index`] on the leader),
     /// then runs `f` on its state machine. This is how a follower serves a linearizable read.
     pub async fn read_at<T>(&self, at: ReadIndex, f: impl FnOnce(&S) -> T) -> Result<T> {
+        self.read_at_timed(at, |sm, _| f(sm)).await
+    }
+
+    /// Like [`Node::read_at`], and `f` also learns the read's time: the leader's time in `at`,
+    /// raised to the time of the state read ([`ReadContext`]).
+    pub async fn read_at_timed<T>(
+        &self,
+        at: ReadIndex,
+        f: impl FnOnce(&S, &ReadContext) -> T,
+    ) -> Result<T> {
         let applied = |m: &openraft::RaftMetrics<TypeConfig>| {
             m.last_applied.is_some_and(|a| a.index >= at.index)
         };
@@ -668,7 +742,7 @@ impl<S: StateMachine> Node<S> {
         if !reached.await? || self.role() == Role::Shutdown {
             return Err(Error::Shutdown);
         }
-        self.read_local(f)
+        self.read_local(at.time_ms, f)
     }
 
     /// Adds `id` at `addr` as a learner and waits until it holds the log as it was when the

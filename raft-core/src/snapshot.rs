@@ -7,7 +7,8 @@
 //! cluster id present: u8           1 if the writer knew its cluster id, else 0
 //! cluster id: u128 LE              16 bytes; zero when absent
 //! header length: u32 LE
-//! header                           postcard: last log id, membership, client session table
+//! header                           postcard: last log id, membership, client session table,
+//!                                  then (optional) the applied time: u64, ms since the epoch
 //! user data                        whatever StateMachine::write_snapshot wrote
 //! crc32c: u32 LE                   over every byte before it
 //! ```
@@ -17,6 +18,10 @@
 //! (naming both ids) before any of its data is applied; the node keeps its state and its files.
 //! A node that has no cluster id yet adopts the one a snapshot it installs names. Every snapshot
 //! is written in this format.
+//!
+//! The applied time (the time of the last entry applied, see [`crate::ApplyContext`]) follows
+//! the header's other fields inside the header's length; a header that ends before it (written
+//! before entries carried times) reads as time 0.
 //!
 //! The first format, `"RKSNAP01"`, is the same without the two cluster id fields. Such files are
 //! still read and installed: they name no cluster, so they are accepted by any node (whose own
@@ -318,6 +323,8 @@ pub(crate) struct Parsed {
     pub sessions: SessionTable,
     /// The crc32c in the trailer (verified).
     pub checksum: u32,
+    /// The applied time (0 if the snapshot predates entry times).
+    pub time_ms: u64,
     user_start: u64,
     user_end: u64,
 }
@@ -408,8 +415,12 @@ pub(crate) fn parse(data: &SnapshotData) -> Result<Parsed, SnapshotError> {
     let mut header_bytes = vec![0u8; header_len as usize];
     data.read_at(prefix.len, &mut header_bytes)
         .map_err(io_err)?;
-    let header: Header =
-        codec::decode(&header_bytes).map_err(|e| corrupt(format!("undecodable header: {e}")))?;
+    let (header, rest): (Header, &[u8]) = codec::decode_prefix(&header_bytes)
+        .map_err(|e| corrupt(format!("undecodable header: {e}")))?;
+    let time_ms = match rest {
+        [] => 0,
+        rest => codec::decode(rest).map_err(|e| corrupt(format!("undecodable time: {e}")))?,
+    };
     let last_membership = header
         .membership
         .to_stored()
@@ -422,6 +433,7 @@ pub(crate) fn parse(data: &SnapshotData) -> Result<Parsed, SnapshotError> {
         cluster: prefix.cluster,
         sessions: header.sessions,
         checksum: crc,
+        time_ms,
         user_start,
         user_end: body_end,
     })
@@ -482,6 +494,7 @@ fn write_snapshot_bytes<W: Write>(
     cluster: Option<ClusterId>,
     meta: &SnapshotMeta,
     sessions: &SessionTable,
+    time_ms: u64,
     write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<W, SnapshotError> {
     write_checksummed(out, cluster, meta, sessions, write_user).map(|w| w.out)
@@ -507,8 +520,10 @@ pub(crate) fn write_checksummed<W: Write>(
         membership: DiskStoredMembership::from(&meta.last_membership),
         sessions: sessions.clone(),
     };
-    let header_bytes =
+    let mut header_bytes =
         codec::encode(&header).map_err(|e| SnapshotError::StateMachine(io::Error::other(e)))?;
+    codec::encode_into(&time_ms, &mut header_bytes)
+        .map_err(|e| SnapshotError::StateMachine(io::Error::other(e)))?;
     let header_len = u32::try_from(header_bytes.len())
         .ok()
         .filter(|l| *l <= MAX_HEADER)
@@ -684,6 +699,7 @@ impl SnapshotStore {
         &self,
         meta: &SnapshotMeta,
         sessions: &SessionTable,
+        time_ms: u64,
         write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> Result<SnapshotData, SnapshotError> {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -694,6 +710,7 @@ impl SnapshotStore {
                     self.cluster.get(),
                     meta,
                     sessions,
+                    time_ms,
                     write_user,
                 )?;
                 SnapshotData {
@@ -704,15 +721,21 @@ impl SnapshotStore {
                 let tmp = dir.join(format!("build-{seq:020}.tmp"));
                 let file = File::create(&tmp).map_err(at("create", &tmp))?;
                 let out = BufWriter::new(file);
-                let result =
-                    write_snapshot_bytes(out, self.cluster.get(), meta, sessions, write_user)
-                        .and_then(|w| {
-                            let file = w
-                                .into_inner()
-                                .map_err(|e| at("write", &tmp)(e.into_error()))?;
-                            file.sync_all().map_err(at("fsync", &tmp))?;
-                            Ok(())
-                        });
+                let result = write_snapshot_bytes(
+                    out,
+                    self.cluster.get(),
+                    meta,
+                    sessions,
+                    time_ms,
+                    write_user,
+                )
+                .and_then(|w| {
+                    let file = w
+                        .into_inner()
+                        .map_err(|e| at("write", &tmp)(e.into_error()))?;
+                    file.sync_all().map_err(at("fsync", &tmp))?;
+                    Ok(())
+                });
                 if let Err(e) = result {
                     let _ = fs::remove_file(&tmp);
                     return Err(e);
@@ -980,7 +1003,7 @@ mod tests {
 
     fn write(store: &SnapshotStore, index: u64, body: &[u8]) -> SnapshotData {
         store
-            .write(&meta(index), &SessionTable::default(), |w| {
+            .write(&meta(index), &SessionTable::default(), 0, |w| {
                 w.write_all(body)
             })
             .unwrap()
@@ -1216,6 +1239,23 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let anonymous = open_store(other.path(), u64::MAX).unwrap();
         assert_eq!(parse(&write(&anonymous, 3, b"x")).unwrap().cluster, None);
+    }
+
+    #[test]
+    fn the_applied_time_round_trips_and_older_headers_read_as_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path(), u64::MAX).unwrap();
+        let data = store
+            .write(&meta(7), &SessionTable::default(), 1_234_567, |w| {
+                w.write_all(b"body")
+            })
+            .unwrap();
+        let parsed = parse(&data).unwrap();
+        assert_eq!((parsed.time_ms, body(&data)), (1_234_567, b"body".to_vec()));
+        let old = SnapshotData {
+            source: Source::Memory(Bytes::from(v1_bytes(7, b"old"))),
+        };
+        assert_eq!(parse(&old).unwrap().time_ms, 0);
     }
 
     #[test]

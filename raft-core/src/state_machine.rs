@@ -11,8 +11,10 @@ use serde::de::DeserializeOwned;
 ///
 /// raftkit feeds every replica the same committed commands in the same order; `apply` must
 /// therefore be **deterministic**: its effect and output may depend only on the current state and
-/// the command — not on clocks, randomness, thread timing or the local node. (Something
-/// time-dependent, like an expiry, is computed by the writer and put into the command.)
+/// the command — not on clocks, randomness, thread timing or the local node. Something
+/// time-dependent, like an expiry, uses the time the leader stamped on the command: implement
+/// [`apply_at`](StateMachine::apply_at) instead of relying on `apply` alone, and
+/// [`Queryable::query_at`] for reads.
 ///
 /// Snapshots come in two steps, so that the apply path never waits for I/O:
 ///
@@ -104,6 +106,15 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Applies one committed command. Must be deterministic (see the trait docs).
     fn apply(&mut self, command: Self::Command) -> Self::Output;
 
+    /// Applies one committed command knowing where it is in the log and the time the leader
+    /// stamped on it ([`ApplyContext`]). The default calls [`apply`](StateMachine::apply);
+    /// override it to use the time (for expiry, say). Must be deterministic like `apply`: every
+    /// replica sees the same context for the same entry.
+    fn apply_at(&mut self, command: Self::Command, ctx: &ApplyContext) -> Self::Output {
+        let _ = ctx;
+        self.apply(command)
+    }
+
     /// Takes a cheap point-in-time handle of the current state (runs on the apply path).
     fn snapshot(&self) -> Self::Snapshot;
 
@@ -151,6 +162,65 @@ pub trait Queryable: StateMachine {
 
     /// Answers `query` from the current state. Must not change the state.
     fn query(&self, query: Self::Query) -> Self::Reply;
+
+    /// Answers `query` at the time the read was ordered ([`ReadContext`]). The default calls
+    /// [`query`](Queryable::query); override it to decide time-dependent answers (has this key
+    /// expired?) with the cluster's time rather than the local clock. Must not change the state.
+    fn query_at(&self, query: Self::Query, ctx: &ReadContext) -> Self::Reply {
+        let _ = ctx;
+        self.query(query)
+    }
+}
+
+/// What the apply layer knows about a committed entry besides its command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApplyContext {
+    index: u64,
+    time_ms: Option<u64>,
+}
+
+impl ApplyContext {
+    /// A context for the entry at `index` with the given time (for tests of a state machine).
+    pub fn new(index: u64, time_ms: Option<u64>) -> Self {
+        ApplyContext { index, time_ms }
+    }
+
+    /// The entry's log index.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The entry's time, in milliseconds since the Unix epoch: the leader's clock when it
+    /// proposed the entry, raised to the time of the entry before it if that was later, so the
+    /// times of applied entries never decrease. The same on every replica. `None` for entries
+    /// written by versions that did not stamp times; fall back to a time the command carries.
+    pub fn time_ms(&self) -> Option<u64> {
+        self.time_ms
+    }
+}
+
+/// When a read was ordered, for time-dependent answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadContext {
+    time_ms: u64,
+}
+
+impl ReadContext {
+    /// A context for a read at `time_ms` (for tests of a state machine).
+    pub fn new(time_ms: u64) -> Self {
+        ReadContext { time_ms }
+    }
+
+    /// The read's time, in milliseconds since the Unix epoch, never earlier than the time of
+    /// the state it reads. For a linearizable read, the leader's clock when it confirmed its
+    /// leadership for the read; for a lease read, the leader's clock when it checked its
+    /// lease; for a local read, this node's clock. See [`Clock`](crate::Clock) for the
+    /// assumption about clocks this rests on.
+    pub fn time_ms(&self) -> u64 {
+        self.time_ms
+    }
 }
 
 /// Writes `value` to `out` in raftkit's codec — a one-line `write_snapshot` for serde state.

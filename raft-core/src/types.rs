@@ -82,6 +82,11 @@ pub enum Proposal {
     CloseSession(u64),
     /// Sets the cluster-wide bounds of the session table.
     SetSessionCapacity(SessionCapacity),
+    /// A write without a session, stamped with the leader's clock (ms since the Unix epoch)
+    /// when it was proposed; applied at that time (see [`crate::ApplyContext`]).
+    TimedWrite(u64, Bytes),
+    /// A write in a session (as [`Proposal::SessionWrite`]), stamped with the leader's clock.
+    TimedSessionWrite(Session, u64, Bytes),
 }
 
 impl Proposal {
@@ -90,13 +95,26 @@ impl Proposal {
         match self {
             Proposal::Write(c)
             | Proposal::LegacySessionWrite(_, c)
-            | Proposal::SessionWrite(_, c) => Some(c),
+            | Proposal::SessionWrite(_, c)
+            | Proposal::TimedWrite(_, c)
+            | Proposal::TimedSessionWrite(_, _, c) => Some(c),
             _ => None,
         }
     }
 }
 
+impl Proposal {
+    /// The entry a leader proposes for `r`, stamped with its clock's `time_ms`.
+    pub fn stamped(r: Request, time_ms: u64) -> Self {
+        match r.session {
+            None => Proposal::TimedWrite(time_ms, r.command),
+            Some(s) => Proposal::TimedSessionWrite(s, time_ms, r.command),
+        }
+    }
+}
+
 impl From<Request> for Proposal {
+    /// An entry without a time stamp, as versions before leader-stamped time wrote them.
     fn from(r: Request) -> Self {
         match r.session {
             None => Proposal::Write(r.command),
@@ -108,8 +126,12 @@ impl From<Request> for Proposal {
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Proposal::Write(c) => write!(f, "write({} bytes)", c.len()),
-            Proposal::LegacySessionWrite(s, c) | Proposal::SessionWrite(s, c) => write!(
+            Proposal::Write(c) | Proposal::TimedWrite(_, c) => {
+                write!(f, "write({} bytes)", c.len())
+            }
+            Proposal::LegacySessionWrite(s, c)
+            | Proposal::SessionWrite(s, c)
+            | Proposal::TimedSessionWrite(s, _, c) => write!(
                 f,
                 "write({} bytes, session {}#{})",
                 c.len(),

@@ -640,10 +640,10 @@ impl<S: Queryable> Shared<S> {
         let answer = if c == Consistency::Local || node.role() == Role::Leader {
             // If leadership moved between the check and the read, the error redirects the
             // client to the new leader.
-            node.read(c, |sm| sm.query(query)).await
+            node.query(c, query).await
         } else {
             let at = self.leader_read_index(c, timeout).await?;
-            node.read_at(at, |sm| sm.query(query)).await
+            node.query_at(at, query).await
         };
         answer.map_err(|e| status::from_error(&e))
     }
@@ -673,6 +673,7 @@ impl<S: Queryable> Shared<S> {
         Ok(ReadIndex {
             term: r.term,
             index: r.index,
+            time_ms: r.time_ms,
         })
     }
 }
@@ -898,6 +899,7 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
         Ok(Response::new(pb::ReadIndexReply {
             term: at.term,
             index: at.index,
+            time_ms: at.time_ms,
         }))
     }
 }

@@ -8,6 +8,7 @@
 //! * [`kv`] — a small replicated string map with a matching [`Workload`], for tests that need
 //!   some state machine rather than their own.
 //! * [`snapshot_bytes`] — a snapshot file's bytes, for tests that send snapshots as a peer would.
+//! * [`ManualClock`] — a clock a test sets by hand, to give nodes skewed clocks.
 //! * [`eventually`] — waits for a condition nothing announces (a disk sample), with a bound.
 //! * [`synth`] — generated key-value histories with a planted fault (or none), for testing and
 //!   benchmarking the checker.
@@ -75,6 +76,28 @@ pub use self::router::Router;
 pub use self::router::RouterConnection;
 pub use self::router::RouterTransport;
 
+/// A [`Clock`](crate::Clock) that reads whatever the test last set; clones share the time.
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl ManualClock {
+    /// A clock reading `ms` (milliseconds since the Unix epoch).
+    pub fn at(ms: u64) -> Self {
+        ManualClock(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(ms)))
+    }
+
+    /// Sets the time to `ms`.
+    pub fn set(&self, ms: u64) {
+        self.0.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl crate::Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The bytes of a snapshot file for `meta` whose user part is what `user` writes, with an empty
 /// session table and no cluster id: what a leader would stream to a follower. For tests that
 /// play a peer.
@@ -100,7 +123,7 @@ pub fn snapshot_bytes_of(
     }
     let store = crate::snapshot::SnapshotStore::memory(u64::MAX, std::sync::Arc::new(identity));
     let sessions = crate::session::SessionTable::default();
-    let data = store.write(meta, &sessions, user)?;
+    let data = store.write(meta, &sessions, 0, user)?;
     Ok(data.memory_bytes().map(|b| b.to_vec()).unwrap_or_default())
 }
 
