@@ -98,7 +98,8 @@ pub enum Consistency {
     Linearizable,
     /// Linearizable under a leader lease: skips the quorum round trip while the leader's lease
     /// (renewed by heartbeats) is valid, falling back to ReadIndex when it is not. Assumes clocks
-    /// do not drift faster than the election timeout. Only the leader serves it.
+    /// do not drift faster than the election timeout. Only the leader serves it. The read is
+    /// ordered at the leader's clock when it checked its lease (see [`crate::Clock`]).
     Lease,
     /// Whatever this node has applied, on any node, with no coordination. May be stale.
     Local,
