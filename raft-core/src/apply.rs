@@ -9,6 +9,7 @@
 //! task concurrently with each other and only exclude applies for as long as the read closure
 //! runs.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -32,12 +33,14 @@ use crate::codec;
 use crate::session;
 use crate::session::SessionTable;
 use crate::snapshot;
+use crate::snapshot::ApplyExtra;
 use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotStore;
 use crate::state_machine::ApplyContext;
 use crate::state_machine::StateMachine;
 use crate::types::ApplyError;
 use crate::types::LogId;
+use crate::types::NodeId;
 use crate::types::Payload;
 use crate::types::Proposal;
 use crate::types::Response;
@@ -54,14 +57,15 @@ pub(crate) struct SmState<S> {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     /// The time of the last timed entry applied (ms since the epoch; 0 before any): an entry
-    /// stamped earlier applies at this time instead, so applied times never decrease.
-    time_ms: u64,
+    /// stamped earlier applies at this time instead, so applied times never decrease. And the
+    /// members' incarnation bindings.
+    extra: ApplyExtra,
 }
 
 impl<S: StateMachine> SmState<S> {
     /// The time of the state as applied so far (see [`ApplyContext::time_ms`]).
     pub fn time_ms(&self) -> u64 {
-        self.time_ms
+        self.extra.time_ms
     }
 
     /// The session table (capacity included), for readers and tests.
@@ -72,8 +76,8 @@ impl<S: StateMachine> SmState<S> {
     /// The context of the entry at `index` stamped `time` (`None`: unstamped).
     fn context(&mut self, index: u64, time: Option<u64>) -> ApplyContext {
         let time = time.map(|t| {
-            self.time_ms = self.time_ms.max(t);
-            self.time_ms
+            self.extra.time_ms = self.extra.time_ms.max(t);
+            self.extra.time_ms
         });
         ApplyContext::new(index, time)
     }
@@ -109,6 +113,13 @@ impl<S: StateMachine> SmState<S> {
             }
             Proposal::CloseSession(id) => {
                 self.sessions.close(id);
+                Response::Empty
+            }
+            Proposal::BindIncarnation(id, incarnation) => {
+                let bound = *self.extra.bindings.entry(id).or_insert(incarnation);
+                if bound == incarnation {
+                    tracing::info!(node = id, incarnation = %format!("{incarnation:016x}"), "incarnation bound");
+                }
                 Response::Empty
             }
             Proposal::SetSessionCapacity(c) => {
@@ -156,6 +167,9 @@ pub(crate) struct SmShared<S> {
     restore_failed: AtomicBool,
     /// `SmState::time_ms`, readable without the lock (by the leader stamping a write).
     applied_time: AtomicU64,
+    /// A copy of the applied incarnation bindings, read by every internal RPC without taking
+    /// the state's lock (changed only when a binding is applied or a snapshot installed).
+    bindings: RwLock<BTreeMap<NodeId, u64>>,
 }
 
 impl<S> SmShared<S> {
@@ -166,10 +180,11 @@ impl<S> SmShared<S> {
                 sessions: SessionTable::default(),
                 last_applied: None,
                 membership: StoredMembership::default(),
-                time_ms: 0,
+                extra: ApplyExtra::default(),
             }),
             restore_failed: AtomicBool::new(false),
             applied_time: AtomicU64::new(0),
+            bindings: RwLock::default(),
         })
     }
 
@@ -181,6 +196,19 @@ impl<S> SmShared<S> {
     /// The time of the last timed entry applied (see [`SmState::time_ms`]).
     pub fn applied_time(&self) -> u64 {
         self.applied_time.load(Ordering::Relaxed)
+    }
+
+    /// The incarnation bound to member `id`, as applied here.
+    pub fn binding(&self, id: NodeId) -> Option<u64> {
+        self.bindings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
+    }
+
+    fn set_bindings(&self, bindings: &BTreeMap<NodeId, u64>) {
+        *self.bindings.write().unwrap_or_else(|p| p.into_inner()) = bindings.clone();
     }
 
     /// Read access for queries. A panic inside a read closure must not wedge the node, so a
@@ -320,7 +348,7 @@ pub(crate) struct Builder<S: StateMachine> {
     handle: Mutex<Option<S::Snapshot>>,
     meta: SnapshotMeta,
     sessions: SessionTable,
-    time_ms: u64,
+    extra: ApplyExtra,
     store: Arc<SnapshotStore>,
     health: Arc<SnapshotHealth>,
 }
@@ -368,11 +396,11 @@ impl<S: StateMachine> Builder<S> {
             .ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
         let meta = self.meta.clone();
         let sessions = self.sessions.clone();
-        let time_ms = self.time_ms;
+        let extra = self.extra.clone();
         let store = self.store.clone();
         let m = meta.clone();
         let data = tokio::task::spawn_blocking(move || {
-            store.write(&m, &sessions, time_ms, |w| S::write_snapshot(handle, w))
+            store.write(&m, &sessions, &extra, |w| S::write_snapshot(handle, w))
         })
         .await
         .map_err(|e| io::Error::other(format!("snapshot writer task failed: {e}")))??;
@@ -405,10 +433,14 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
                 match entry.payload {
                     Payload::Blank => Response::Empty,
                     Payload::Normal(p) => {
+                        let binds = matches!(p, Proposal::BindIncarnation(..));
                         let r = st.apply_proposal(p, entry.log_id.index);
                         self.shared
                             .applied_time
-                            .store(st.time_ms, Ordering::Relaxed);
+                            .store(st.extra.time_ms, Ordering::Relaxed);
+                        if binds {
+                            self.shared.set_bindings(&st.extra.bindings);
+                        }
                         r
                     }
                     Payload::Membership(m) => {
@@ -440,7 +472,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
                 last_membership: st.membership.clone(),
             },
             sessions: st.sessions.clone(),
-            time_ms: st.time_ms,
+            extra: st.extra.clone(),
             store: self.store.clone(),
             health: self.health.clone(),
         }
@@ -479,8 +511,11 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
                     ));
                 }
                 st.sessions = parsed.sessions;
-                st.time_ms = parsed.time_ms;
-                shared.applied_time.store(parsed.time_ms, Ordering::Relaxed);
+                shared
+                    .applied_time
+                    .store(parsed.extra.time_ms, Ordering::Relaxed);
+                shared.set_bindings(&parsed.extra.bindings);
+                st.extra = parsed.extra;
                 st.last_applied = meta.last_log_id;
                 st.membership = meta.last_membership.clone();
             }

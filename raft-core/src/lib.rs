@@ -16,6 +16,8 @@
 //!   requests and snapshots.
 //! * `clock.rs` — [`Clock`]: the leader's time, stamped on writes and reads (for expiry), and
 //!   the clock assumption that remains.
+//! * `incarnation.rs` — a wiped node must come back under a new id: each data directory's
+//!   incarnation, bound to its member id in the replicated state and checked on every RPC.
 //! * `config.rs` — [`Config`] and its defaults; `error.rs` — the one [`Error`] enum;
 //!   `metrics.rs` — [`Metrics`].
 //! * `apply.rs` — the bridge from [`StateMachine`] to openraft: decoding commands, client
@@ -48,6 +50,7 @@ mod disk;
 mod error;
 mod fsutil;
 mod housekeeping;
+pub mod incarnation;
 pub mod log;
 mod metrics;
 mod node;

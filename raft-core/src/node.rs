@@ -42,6 +42,7 @@ use crate::config::Config;
 use crate::config::Storage;
 use crate::error::Error;
 use crate::error::Result;
+use crate::incarnation::IncarnationError;
 use crate::log::LogStats;
 use crate::log::LogStatsHandle;
 use crate::log::LogStore;
@@ -121,6 +122,10 @@ pub(crate) struct Inner<S: StateMachine> {
     exporting: Arc<std::sync::atomic::AtomicBool>,
     /// The largest time this node has stamped on a write or a read (see [`Node::stamp`]).
     last_stamp: AtomicU64,
+    /// This data directory's incarnation (see [`crate::incarnation`]).
+    incarnation: u64,
+    /// Members whose incarnation binding this node (as leader) is proposing now.
+    binding: Arc<Mutex<BTreeSet<NodeId>>>,
     #[cfg(feature = "testing")]
     power: Option<crate::log::PowerSwitch>,
     #[cfg(feature = "testing")]
@@ -191,6 +196,7 @@ impl<S: StateMachine> Node<S> {
         let id = config.id;
         // The cluster id first: the snapshot store checks its files against it.
         let cluster = Arc::new(Self::open_cluster_id(&config.storage).await?);
+        let incarnation = Self::open_incarnation(&config.storage).await?;
         let (log, snapshots) = match &config.storage {
             Storage::Dir(dir) => Self::open_storage(dir, &config, cluster.clone()).await?,
             Storage::Memory => (
@@ -238,6 +244,8 @@ impl<S: StateMachine> Node<S> {
                 cluster,
                 exporting: Arc::default(),
                 last_stamp: AtomicU64::new(0),
+                incarnation,
+                binding: Arc::default(),
                 #[cfg(feature = "testing")]
                 power,
                 #[cfg(feature = "testing")]
@@ -278,6 +286,28 @@ impl<S: StateMachine> Node<S> {
             .await
             .map_err(|e| Error::Fatal(format!("cluster id task failed: {e}")))?
             .map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    async fn open_incarnation(storage: &Storage) -> Result<u64> {
+        let dir = match storage {
+            Storage::Dir(dir) => Some(dir.clone()),
+            Storage::Memory => None,
+        };
+        tokio::task::spawn_blocking(move || crate::incarnation::open(dir.as_deref()))
+            .await
+            .map_err(|e| Error::Fatal(format!("incarnation task failed: {e}")))?
+            .map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    /// This node's incarnation: drawn when its data directory was first used, new after a wipe
+    /// (see [`crate::incarnation`]).
+    pub fn incarnation(&self) -> u64 {
+        self.inner.incarnation
+    }
+
+    /// The incarnation the cluster bound to member `id`, as this node has applied it.
+    pub fn bound_incarnation(&self, id: NodeId) -> Option<u64> {
+        self.inner.sm.binding(id)
     }
 
     /// The id of the cluster this node belongs to: drawn by [`Node::initialize`], learnt from
@@ -749,8 +779,19 @@ impl<S: StateMachine> Node<S> {
     /// Adds `id` at `addr` as a learner and waits until it holds the log as it was when the
     /// learner was added (by replication or a snapshot). Leader only. If the learner cannot be
     /// reached, it stays a member and this fails with [`Error::Timeout`].
+    ///
+    /// An id that was bound to a node's incarnation and is no longer a member is refused: ids
+    /// are not reused (see [`crate::incarnation`]).
     pub async fn add_learner(&self, id: NodeId, addr: impl Into<String>) -> Result<()> {
         self.require_leader()?;
+        if let Some(bound) = self.inner.sm.binding(id) {
+            let m = self.metrics();
+            if !m.voters.contains(&id) && !m.learners.contains(&id) {
+                return Err(Error::Membership(format!(
+                    "node id {id} was used by a removed member (incarnation {bound:016x}); ids are not reused: add the node under a new id"
+                )));
+            }
+        }
         let node = BasicNode::new(addr.into());
         let added = self
             .propose(|| self.inner.raft.add_learner(id, node.clone(), false))
@@ -1132,6 +1173,9 @@ impl<S: StateMachine> Node<S> {
             raft: self.inner.raft.clone(),
             snapshots: self.inner.snapshots.clone(),
             cluster: self.inner.cluster.clone(),
+            sm: self.inner.sm.clone(),
+            incarnation: self.inner.incarnation,
+            binding: self.inner.binding.clone(),
         })
     }
 
@@ -1190,11 +1234,77 @@ struct Handler<S: StateMachine> {
     raft: RaftHandle<S>,
     snapshots: Arc<SnapshotStore>,
     cluster: Arc<ClusterIdentity>,
+    sm: Arc<SmShared<S>>,
+    incarnation: u64,
+    binding: Arc<Mutex<BTreeSet<NodeId>>>,
 }
 
 impl<S: StateMachine> Handler<S> {
     fn stopped(&self) -> RpcHandlerError {
         RpcHandlerError::Shutdown(self.id)
+    }
+
+    /// Checks `peer`'s incarnation against its binding; an unbound member's is learnt.
+    fn check_peer(&self, peer: NodeId, theirs: Option<u64>) -> Result<(), RpcHandlerError> {
+        let Some(theirs) = theirs else {
+            return Ok(());
+        };
+        match self.sm.binding(peer) {
+            Some(bound) if bound != theirs => Err(IncarnationError::PeerWiped {
+                peer,
+                bound,
+                actual: theirs,
+            }
+            .into()),
+            Some(_) => Ok(()),
+            None => {
+                self.learn(peer, theirs);
+                Ok(())
+            }
+        }
+    }
+
+    /// On the leader: proposes the bindings of `peer` (if it is a member) and of this node, if
+    /// they are not bound yet. Runs in the background; a failed proposal is retried on a later
+    /// message.
+    fn learn(&self, peer: NodeId, theirs: u64) {
+        let wanted: Vec<(NodeId, u64)> = {
+            let rx = self.raft.metrics();
+            let m = rx.borrow_watched();
+            if Role::of(&m) != Role::Leader {
+                return;
+            }
+            let member = m.membership_config.membership().get_node(&peer).is_some();
+            [(peer, theirs, member), (self.id, self.incarnation, true)]
+                .into_iter()
+                .filter(|(id, _, member)| *member && self.sm.binding(*id).is_none())
+                .map(|(id, inc, _)| (id, inc))
+                .collect()
+        };
+        for (id, incarnation) in wanted {
+            if !self
+                .binding
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id)
+            {
+                continue;
+            }
+            let raft = self.raft.clone();
+            let pending = self.binding.clone();
+            tokio::spawn(async move {
+                let result = raft
+                    .client_write(Proposal::BindIncarnation(id, incarnation))
+                    .await;
+                pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                if let Err(error) = result {
+                    tracing::debug!(node = id, %error, "incarnation binding not proposed; retried on a later message");
+                }
+            });
+        }
     }
 }
 
@@ -1216,6 +1326,37 @@ async fn check_snapshot_state<S: StateMachine>(data: &SnapshotData) -> Result<()
 impl<S: StateMachine> RpcHandler for Handler<S> {
     fn node_id(&self) -> NodeId {
         self.id
+    }
+
+    fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    fn expected_incarnation(&self, peer: NodeId) -> Option<u64> {
+        self.sm.binding(peer)
+    }
+
+    fn check_incarnation(
+        &self,
+        from: NodeId,
+        theirs: Option<u64>,
+        expects: Option<u64>,
+    ) -> Result<(), RpcHandlerError> {
+        if let Some(expected) = expects
+            && expected != self.incarnation
+        {
+            return Err(IncarnationError::Wiped {
+                node: self.id,
+                expected,
+                actual: self.incarnation,
+            }
+            .into());
+        }
+        self.check_peer(from, theirs)
+    }
+
+    fn check_answer(&self, peer: NodeId, theirs: Option<u64>) -> Result<(), RpcHandlerError> {
+        self.check_peer(peer, theirs)
     }
 
     fn cluster_id(&self) -> Option<ClusterId> {

@@ -8,7 +8,8 @@
 //! cluster id: u128 LE              16 bytes; zero when absent
 //! header length: u32 LE
 //! header                           postcard: last log id, membership, client session table,
-//!                                  then (optional) the applied time: u64, ms since the epoch
+//!                                  then (optional) the applied time: u64, ms since the epoch,
+//!                                  then (optional) the incarnation bindings: map id -> u64
 //! user data                        whatever StateMachine::write_snapshot wrote
 //! crc32c: u32 LE                   over every byte before it
 //! ```
@@ -19,9 +20,10 @@
 //! A node that has no cluster id yet adopts the one a snapshot it installs names. Every snapshot
 //! is written in this format.
 //!
-//! The applied time (the time of the last entry applied, see [`crate::ApplyContext`]) follows
-//! the header's other fields inside the header's length; a header that ends before it (written
-//! before entries carried times) reads as time 0.
+//! The applied time (the time of the last entry applied, see [`crate::ApplyContext`]) and the
+//! members' incarnation bindings (see [`crate::incarnation`]) follow the header's other fields
+//! inside the header's length; a header that ends before them (written by earlier versions)
+//! reads as time 0 and no bindings.
 //!
 //! The first format, `"RKSNAP01"`, is the same without the two cluster id fields. Such files are
 //! still read and installed: they name no cluster, so they are accepted by any node (whose own
@@ -306,6 +308,16 @@ impl Read for RangeReader<'_> {
     }
 }
 
+/// The apply layer's replicated state besides the session table, kept in a snapshot's header
+/// after the fields of earlier versions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ApplyExtra {
+    /// The time of the last timed entry applied (ms since the epoch; 0: none).
+    pub time_ms: u64,
+    /// Each member's bound incarnation (see [`crate::incarnation`]).
+    pub bindings: std::collections::BTreeMap<crate::types::NodeId, u64>,
+}
+
 /// The part of a snapshot raftkit itself writes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Header {
@@ -323,8 +335,8 @@ pub(crate) struct Parsed {
     pub sessions: SessionTable,
     /// The crc32c in the trailer (verified).
     pub checksum: u32,
-    /// The applied time (0 if the snapshot predates entry times).
-    pub time_ms: u64,
+    /// The applied time and incarnation bindings (empty if the snapshot predates them).
+    pub extra: ApplyExtra,
     user_start: u64,
     user_end: u64,
 }
@@ -417,10 +429,16 @@ pub(crate) fn parse(data: &SnapshotData) -> Result<Parsed, SnapshotError> {
         .map_err(io_err)?;
     let (header, rest): (Header, &[u8]) = codec::decode_prefix(&header_bytes)
         .map_err(|e| corrupt(format!("undecodable header: {e}")))?;
-    let time_ms = match rest {
-        [] => 0,
-        rest => codec::decode(rest).map_err(|e| corrupt(format!("undecodable time: {e}")))?,
-    };
+    let mut extra = ApplyExtra::default();
+    if !rest.is_empty() {
+        let (time_ms, rest): (u64, &[u8]) =
+            codec::decode_prefix(rest).map_err(|e| corrupt(format!("undecodable time: {e}")))?;
+        extra.time_ms = time_ms;
+        if !rest.is_empty() {
+            extra.bindings = codec::decode(rest)
+                .map_err(|e| corrupt(format!("undecodable incarnations: {e}")))?;
+        }
+    }
     let last_membership = header
         .membership
         .to_stored()
@@ -433,7 +451,7 @@ pub(crate) fn parse(data: &SnapshotData) -> Result<Parsed, SnapshotError> {
         cluster: prefix.cluster,
         sessions: header.sessions,
         checksum: crc,
-        time_ms,
+        extra,
         user_start,
         user_end: body_end,
     })
@@ -494,7 +512,7 @@ fn write_snapshot_bytes<W: Write>(
     cluster: Option<ClusterId>,
     meta: &SnapshotMeta,
     sessions: &SessionTable,
-    time_ms: u64,
+    extra: &ApplyExtra,
     write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<W, SnapshotError> {
     write_checksummed(out, cluster, meta, sessions, write_user).map(|w| w.out)
@@ -522,7 +540,8 @@ pub(crate) fn write_checksummed<W: Write>(
     };
     let mut header_bytes =
         codec::encode(&header).map_err(|e| SnapshotError::StateMachine(io::Error::other(e)))?;
-    codec::encode_into(&time_ms, &mut header_bytes)
+    codec::encode_into(&extra.time_ms, &mut header_bytes)
+        .and_then(|()| codec::encode_into(&extra.bindings, &mut header_bytes))
         .map_err(|e| SnapshotError::StateMachine(io::Error::other(e)))?;
     let header_len = u32::try_from(header_bytes.len())
         .ok()
@@ -699,7 +718,7 @@ impl SnapshotStore {
         &self,
         meta: &SnapshotMeta,
         sessions: &SessionTable,
-        time_ms: u64,
+        extra: &ApplyExtra,
         write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> Result<SnapshotData, SnapshotError> {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -710,7 +729,7 @@ impl SnapshotStore {
                     self.cluster.get(),
                     meta,
                     sessions,
-                    time_ms,
+                    extra,
                     write_user,
                 )?;
                 SnapshotData {
@@ -726,7 +745,7 @@ impl SnapshotStore {
                     self.cluster.get(),
                     meta,
                     sessions,
-                    time_ms,
+                    extra,
                     write_user,
                 )
                 .and_then(|w| {
@@ -1003,9 +1022,12 @@ mod tests {
 
     fn write(store: &SnapshotStore, index: u64, body: &[u8]) -> SnapshotData {
         store
-            .write(&meta(index), &SessionTable::default(), 0, |w| {
-                w.write_all(body)
-            })
+            .write(
+                &meta(index),
+                &SessionTable::default(),
+                &ApplyExtra::default(),
+                |w| w.write_all(body),
+            )
             .unwrap()
     }
 
@@ -1242,20 +1264,24 @@ mod tests {
     }
 
     #[test]
-    fn the_applied_time_round_trips_and_older_headers_read_as_zero() {
+    fn the_applied_time_and_bindings_round_trip_and_older_headers_read_as_empty() {
         let dir = tempfile::tempdir().unwrap();
         let store = open_store(dir.path(), u64::MAX).unwrap();
+        let extra = ApplyExtra {
+            time_ms: 1_234_567,
+            bindings: [(1, 0xabc), (3, 0xdef)].into(),
+        };
         let data = store
-            .write(&meta(7), &SessionTable::default(), 1_234_567, |w| {
+            .write(&meta(7), &SessionTable::default(), &extra, |w| {
                 w.write_all(b"body")
             })
             .unwrap();
         let parsed = parse(&data).unwrap();
-        assert_eq!((parsed.time_ms, body(&data)), (1_234_567, b"body".to_vec()));
+        assert_eq!((parsed.extra, body(&data)), (extra, b"body".to_vec()));
         let old = SnapshotData {
             source: Source::Memory(Bytes::from(v1_bytes(7, b"old"))),
         };
-        assert_eq!(parse(&old).unwrap().time_ms, 0);
+        assert_eq!(parse(&old).unwrap().extra, ApplyExtra::default());
     }
 
     #[test]

@@ -105,6 +105,10 @@ pub enum RpcHandlerError {
     /// The request belongs to another cluster (or this node could not store the cluster id).
     #[error(transparent)]
     Cluster(#[from] ClusterIdError),
+    /// The request, or a peer's answer, comes from or is meant for a wiped node (see
+    /// [`crate::incarnation`]).
+    #[error(transparent)]
+    Incarnation(#[from] crate::incarnation::IncarnationError),
 }
 
 /// The receiving side of a node's internal RPCs, independent of the user's state machine type.
@@ -122,6 +126,31 @@ pub trait RpcHandler: Send + Sync + 'static {
         &self,
         theirs: Option<ClusterId>,
     ) -> BoxFuture<'_, Result<(), RpcHandlerError>>;
+
+    /// This node's incarnation (see [`crate::incarnation`]); a transport sends it with every
+    /// request and every answer.
+    fn incarnation(&self) -> u64;
+
+    /// The incarnation this node's applied state binds to `peer`, if any; a transport sends it
+    /// with every request to `peer` as the incarnation the request is meant for.
+    fn expected_incarnation(&self, peer: NodeId) -> Option<u64>;
+
+    /// Checks the incarnations an incoming request from `from` carries — `theirs`, the
+    /// sender's, and `expects`, the one it meant to reach — after the cluster id and before
+    /// anything else is done with the request. A request meant for an earlier incarnation of
+    /// this node, or from a node whose incarnation is not the one bound to its id, is refused;
+    /// a leader that learns the incarnation of a member not yet bound proposes the binding.
+    fn check_incarnation(
+        &self,
+        from: NodeId,
+        theirs: Option<u64>,
+        expects: Option<u64>,
+    ) -> Result<(), RpcHandlerError>;
+
+    /// Checks the incarnation `theirs` in `peer`'s answer to a request this node sent, as
+    /// [`RpcHandler::check_incarnation`] checks a sender's: a transport reports an answer that
+    /// fails it as a failed call.
+    fn check_answer(&self, peer: NodeId, theirs: Option<u64>) -> Result<(), RpcHandlerError>;
 
     /// Handles a replication (or heartbeat) request.
     fn append_entries(

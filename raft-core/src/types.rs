@@ -87,6 +87,9 @@ pub enum Proposal {
     TimedWrite(u64, Bytes),
     /// A write in a session (as [`Proposal::SessionWrite`]), stamped with the leader's clock.
     TimedSessionWrite(Session, u64, Bytes),
+    /// Binds a member id to the incarnation of its data directory (see
+    /// [`crate::incarnation`]); ignored if the id is bound already.
+    BindIncarnation(NodeId, u64),
 }
 
 impl Proposal {
@@ -141,6 +144,7 @@ impl fmt::Display for Proposal {
             Proposal::RegisterSession => write!(f, "register-session"),
             Proposal::CloseSession(id) => write!(f, "close-session({id})"),
             Proposal::SetSessionCapacity(c) => write!(f, "set-session-capacity({c:?})"),
+            Proposal::BindIncarnation(id, inc) => write!(f, "bind-incarnation({id}, {inc:016x})"),
         }
     }
 }

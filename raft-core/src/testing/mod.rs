@@ -123,7 +123,7 @@ pub fn snapshot_bytes_of(
     }
     let store = crate::snapshot::SnapshotStore::memory(u64::MAX, std::sync::Arc::new(identity));
     let sessions = crate::session::SessionTable::default();
-    let data = store.write(meta, &sessions, 0, user)?;
+    let data = store.write(meta, &sessions, &Default::default(), user)?;
     Ok(data.memory_bytes().map(|b| b.to_vec()).unwrap_or_default())
 }
 

@@ -234,6 +234,22 @@ impl Router {
         }))
     }
 
+    /// What a real transport does with the incarnations every request carries.
+    fn check_incarnations(
+        &self,
+        sender: Option<&SharedRpcHandler>,
+        receiver: &SharedRpcHandler,
+    ) -> Result<(), RpcHandlerError> {
+        match sender {
+            Some(s) => receiver.check_incarnation(
+                s.node_id(),
+                Some(s.incarnation()),
+                s.expected_incarnation(receiver.node_id()),
+            ),
+            None => Ok(()),
+        }
+    }
+
     fn handler(&self, id: NodeId) -> Option<SharedRpcHandler> {
         self.inner
             .nodes
@@ -264,7 +280,16 @@ impl Router {
         let handler = self
             .handler(to)
             .ok_or_else(|| refused("node is down".into()))?;
-        let reply = f(handler).await.map_err(|e| refused(e.to_string()))?;
+        let sender = self.handler(from);
+        self.check_incarnations(sender.as_ref(), &handler)
+            .map_err(|e| refused(e.to_string()))?;
+        let reply = f(handler.clone())
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        if let Some(s) = &sender {
+            s.check_answer(to, Some(handler.incarnation()))
+                .map_err(|e| refused(e.to_string()))?;
+        }
         // The reply crosses the network too.
         let delay = self
             .admit(to, from)
@@ -295,6 +320,8 @@ impl Router {
         let handler = self
             .handler(to)
             .ok_or_else(|| unreachable("node is down".into()))?;
+        self.check_incarnations(self.handler(from).as_ref(), &handler)
+            .map_err(|e| unreachable(e.to_string()))?;
         let mut sink = match handler
             .snapshot_sink(&vote, Some(data.len()))
             .map_err(|e| unreachable(e.to_string()))?
