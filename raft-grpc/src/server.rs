@@ -474,6 +474,11 @@ fn handler_status(e: RpcHandlerError) -> Status {
         RpcHandlerError::Cluster(_) => {
             status::status(Code::Internal, ErrorCode::Storage, e.to_string())
         }
+        RpcHandlerError::Incarnation(_) => status::status(
+            Code::FailedPrecondition,
+            ErrorCode::WipedNode,
+            e.to_string(),
+        ),
         _ => status::status(Code::Internal, ErrorCode::Internal, e.to_string()),
     }
 }
@@ -572,7 +577,18 @@ impl<S: Queryable> Shared<S> {
         self.handler
             .check_cluster(theirs)
             .await
-            .map_err(handler_status)
+            .map_err(handler_status)?;
+        let meta = req.metadata();
+        if let Some(from) = crate::transport::metadata_u64(meta, auth::FROM_KEY, 10) {
+            self.handler
+                .check_incarnation(
+                    from,
+                    crate::transport::metadata_u64(meta, crate::transport::INCARNATION_KEY, 16),
+                    crate::transport::metadata_u64(meta, crate::transport::EXPECT_KEY, 16),
+                )
+                .map_err(handler_status)?;
+        }
+        Ok(())
     }
 
     /// Applies an encoded write (or opens or closes a session, as `op` says) on this node if it
@@ -692,10 +708,13 @@ impl<S: Queryable> Internal<S> {
         wire::decode(&r.payload, what)
     }
 
-    fn reply<T: serde::Serialize>(value: &T) -> Result<Response<pb::RaftReply>, Status> {
-        Ok(Response::new(pb::RaftReply {
+    /// An answer, carrying this node's incarnation.
+    fn reply<T: serde::Serialize>(&self, value: &T) -> Result<Response<pb::RaftReply>, Status> {
+        let mut r = Response::new(pb::RaftReply {
             payload: wire::encode(value)?,
-        }))
+        });
+        crate::transport::stamp_incarnation(r.metadata_mut(), self.0.handler.incarnation());
+        Ok(r)
     }
 
     /// Decodes a peer's request (`what` names it in errors), answers it with `handle` and
@@ -715,7 +734,7 @@ impl<S: Queryable> Internal<S> {
         self.0.check_cluster(&req).await?;
         let msg = self.decode_request(req.get_ref(), what)?;
         let resp = handle(msg).await.map_err(handler_status)?;
-        Self::reply(&resp)
+        self.reply(&resp)
     }
 }
 
@@ -776,7 +795,9 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
             failure.lock().unwrap_or_else(|p| p.into_inner()).take()
         })
         .filter_map(|f| async move { f.map(Err) });
-        Ok(Response::new(answers.chain(tail).boxed()))
+        let mut r = Response::new(answers.chain(tail).boxed());
+        crate::transport::stamp_incarnation(r.metadata_mut(), self.0.handler.incarnation());
+        Ok(r)
     }
 
     async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
@@ -825,7 +846,7 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
             .map_err(handler_status)?
         {
             SnapshotReceive::Receive(sink) => sink,
-            SnapshotReceive::Refuse(answer) => return Self::reply(&answer),
+            SnapshotReceive::Refuse(answer) => return self.reply(&answer),
         };
         let mut chunk = first;
         loop {
@@ -879,7 +900,7 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
             .install_snapshot(vote, meta, data)
             .await
             .map_err(handler_status)?;
-        Self::reply(&resp)
+        self.reply(&resp)
     }
 
     async fn read_index(

@@ -55,6 +55,9 @@ pub enum ErrorCode {
     NoSpace,
     /// The call came from another cluster (its cluster id differs). Nothing was changed.
     WrongCluster,
+    /// The call came from, or was meant for, a node whose data was wiped since its id joined the
+    /// cluster: it must come back under a new id. Nothing was changed.
+    WipedNode,
     /// The write's session is not open (expired from the session table, closed, or never
     /// registered): it was not applied now, but an earlier attempt may have been — the outcome
     /// is unknown. Register a new session before writing again.
@@ -84,13 +87,14 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::NoSpace => "no-space",
             ErrorCode::WrongCluster => "wrong-cluster",
+            ErrorCode::WipedNode => "wiped-node",
             ErrorCode::UnknownSession => "unknown-session",
             ErrorCode::Busy => "busy",
         }
     }
 
     /// Every code.
-    pub const ALL: [ErrorCode; 18] = {
+    pub const ALL: [ErrorCode; 19] = {
         use ErrorCode::*;
         [
             NotLeader,
@@ -109,6 +113,7 @@ impl ErrorCode {
             Internal,
             NoSpace,
             WrongCluster,
+            WipedNode,
             UnknownSession,
             Busy,
         ]
@@ -285,10 +290,11 @@ mod tests {
             | ErrorCode::Internal
             | ErrorCode::NoSpace
             | ErrorCode::WrongCluster
+            | ErrorCode::WipedNode
             | ErrorCode::UnknownSession
             | ErrorCode::Busy => 1,
         };
-        assert_eq!(ErrorCode::ALL.iter().map(|c| listed(*c)).sum::<usize>(), 18);
+        assert_eq!(ErrorCode::ALL.iter().map(|c| listed(*c)).sum::<usize>(), 19);
         let distinct: std::collections::HashSet<_> = ErrorCode::ALL.iter().collect();
         assert_eq!(distinct.len(), ErrorCode::ALL.len());
     }

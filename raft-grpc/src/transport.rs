@@ -63,6 +63,24 @@ pub struct GrpcTransport {
     peers: Arc<Mutex<HashMap<NodeId, Arc<AtomicBool>>>>,
 }
 
+/// The metadata key of the sender's incarnation (16 hex digits), on requests and answers.
+pub(crate) const INCARNATION_KEY: &str = "x-raftkit-incarnation";
+/// The metadata key of the incarnation a request is meant for (16 hex digits).
+pub(crate) const EXPECT_KEY: &str = "x-raftkit-expect-incarnation";
+
+/// Adds an incarnation to a request's or an answer's metadata.
+pub(crate) fn stamp_incarnation(meta: &mut MetadataMap, incarnation: u64) {
+    if let Ok(v) = AsciiMetadataValue::try_from(format!("{incarnation:016x}")) {
+        meta.insert(INCARNATION_KEY, v);
+    }
+}
+
+/// A number in metadata under `key`, in `radix`; absent or malformed reads as `None`.
+pub(crate) fn metadata_u64(meta: &MetadataMap, key: &str, radix: u32) -> Option<u64> {
+    let v = meta.get(key)?.to_str().ok()?;
+    u64::from_str_radix(v, radix).ok()
+}
+
 /// Adds what every internal call carries: peer credentials, the sender's id and its cluster id.
 pub(crate) fn stamp_internal(
     meta: &mut MetadataMap,
@@ -169,8 +187,26 @@ fn is_deadline(s: &Status) -> bool {
 impl GrpcConnection {
     /// Adds credentials and the cluster id to an outgoing call.
     fn stamp<T>(&self, req: &mut Request<T>) {
-        let cluster = self.local.get().and_then(|h| h.cluster_id());
+        let local = self.local.get();
+        let cluster = local.and_then(|h| h.cluster_id());
         stamp_internal(req.metadata_mut(), &self.auth, self.id, cluster);
+        if let Some(h) = local {
+            stamp_incarnation(req.metadata_mut(), h.incarnation());
+            if let Some(expected) = h.expected_incarnation(self.target)
+                && let Ok(v) = AsciiMetadataValue::try_from(format!("{expected:016x}"))
+            {
+                req.metadata_mut().insert(EXPECT_KEY, v);
+            }
+        }
+    }
+
+    /// Checks the incarnation in the peer's answer (see `raft_core::incarnation`).
+    fn check_answer(&self, meta: &MetadataMap) -> Result<(), rpc::RpcError> {
+        let Some(h) = self.local.get() else {
+            return Ok(());
+        };
+        h.check_answer(self.target, metadata_u64(meta, INCARNATION_KEY, 16))
+            .map_err(|e| self.unreachable(&Status::failed_precondition(e.to_string())))
     }
 
     fn client(&self) -> Result<RaftInternalClient<Channel>, rpc::RpcError> {
@@ -260,6 +296,7 @@ impl GrpcConnection {
         let reply = call(client, req)
             .await
             .map_err(|s| self.rpc_error(s, action, timeout))?;
+        self.check_answer(reply.metadata())?;
         self.answered();
         wire::decode(&reply.into_inner().payload, "reply").map_err(|s| self.unreachable(&s))
     }
@@ -358,6 +395,7 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
                 .await
                 .map_err(|_| self.rpc_error(Status::deadline_exceeded("stream setup"), rpc::RPCTypes::AppendEntries, setup))?
                 .map_err(|s| self.rpc_error(s, rpc::RPCTypes::AppendEntries, setup))?;
+            self.check_answer(response.metadata())?;
             self.answered();
             let this: &'s GrpcConnection = self;
             let replies = response.into_inner().map(move |item| {
