@@ -28,8 +28,10 @@
 //! vote request for it is refused by the wiped node itself: it cannot vote twice in a term, and
 //! the acknowledgements of a node that lost its log are never counted. It learns nothing from the
 //! cluster either, and stays out until an operator removes its old id and adds it under a new
-//! one ([`Node::add_learner`](crate::Node::add_learner) refuses an id that is bound but no
-//! longer a member: ids are not reused).
+//! one. Bindings are never dropped, so an id whose node was wiped cannot be used again, even
+//! after it was removed; a node that joins by itself says which incarnation it is
+//! ([`Node::add_learner_as`](crate::Node::add_learner_as)) and is refused at once with a clear
+//! error. (A removed node whose data is intact may be added back under its id.)
 //!
 //! # Where no binding exists yet
 //!

@@ -780,16 +780,41 @@ impl<S: StateMachine> Node<S> {
     /// learner was added (by replication or a snapshot). Leader only. If the learner cannot be
     /// reached, it stays a member and this fails with [`Error::Timeout`].
     ///
-    /// An id that was bound to a node's incarnation and is no longer a member is refused: ids
-    /// are not reused (see [`crate::incarnation`]).
+    /// A node whose id is bound to another incarnation (its data was wiped since) is let in as
+    /// a member but refused on every message, so the call times out; use
+    /// [`Node::add_learner_as`] to be told at once.
     pub async fn add_learner(&self, id: NodeId, addr: impl Into<String>) -> Result<()> {
+        self.add_learner_as(id, addr, None).await
+    }
+
+    /// [`Node::add_learner`] for a node that says which `incarnation` it is (its
+    /// [`Node::incarnation`]), as a node joining by itself does: an id bound to another
+    /// incarnation is refused (that node's data was wiped: it must join under a new id), and an
+    /// unbound id is bound to `incarnation` before it is added.
+    pub async fn add_learner_as(
+        &self,
+        id: NodeId,
+        addr: impl Into<String>,
+        incarnation: Option<u64>,
+    ) -> Result<()> {
         self.require_leader()?;
-        if let Some(bound) = self.inner.sm.binding(id) {
-            let m = self.metrics();
-            if !m.voters.contains(&id) && !m.learners.contains(&id) {
-                return Err(Error::Membership(format!(
-                    "node id {id} was used by a removed member (incarnation {bound:016x}); ids are not reused: add the node under a new id"
-                )));
+        if let Some(incarnation) = incarnation {
+            match self.inner.sm.binding(id) {
+                Some(bound) if bound != incarnation => {
+                    return Err(Error::Membership(format!(
+                        "node id {id} belongs to another data directory (incarnation {bound:016x}, this node is {incarnation:016x}): its data was wiped; remove node {id} and join under a new id"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    self.propose_internal(Proposal::BindIncarnation(id, incarnation))
+                        .await?;
+                    if self.inner.sm.binding(id) != Some(incarnation) {
+                        return Err(Error::Membership(format!(
+                            "node id {id} was bound to another incarnation meanwhile; join under a new id"
+                        )));
+                    }
+                }
             }
         }
         let node = BasicNode::new(addr.into());

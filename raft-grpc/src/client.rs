@@ -669,11 +669,24 @@ impl<S: Queryable> ClusterClient<S> {
         id: NodeId,
         addr: impl Into<String>,
     ) -> Result<(), ClientError> {
+        self.add_learner_as(id, addr, None).await
+    }
+
+    /// [`ClusterClient::add_learner`] for a node joining by itself, saying which `incarnation`
+    /// it is: refused if its id is bound to another incarnation (its data was wiped; see
+    /// `raft_core::incarnation`).
+    pub async fn add_learner_as(
+        &self,
+        id: NodeId,
+        addr: impl Into<String>,
+        incarnation: Option<u64>,
+    ) -> Result<(), ClientError> {
         let addr = addr.into();
         self.admin(|mut c, t| {
             let req = pb::AddLearnerRequest {
                 node_id: id,
                 addr: addr.clone(),
+                incarnation: incarnation.unwrap_or(0),
             };
             async move { c.add_learner(pb::request(req, t)).await.map(|_| ()) }
         })

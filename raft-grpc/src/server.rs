@@ -1025,7 +1025,11 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
                 r.addr
             )));
         }
-        let local = self.0.node.add_learner(r.node_id, r.addr.clone());
+        let incarnation = (r.incarnation != 0).then_some(r.incarnation);
+        let local = self
+            .0
+            .node
+            .add_learner_as(r.node_id, r.addr.clone(), incarnation);
         self.admin(req, caller, local, |mut c, r| async move {
             c.add_learner(r).await
         })

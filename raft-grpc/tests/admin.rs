@@ -81,6 +81,7 @@ async fn admin_calls_on_a_follower_are_forwarded_to_the_leader() {
         .add_learner(timed(pb::AddLearnerRequest {
             node_id: old_leader,
             addr: c.addrs[&old_leader].clone(),
+            incarnation: 0,
         }))
         .await
         .unwrap();

@@ -239,6 +239,7 @@ async fn bad_input_gets_clear_statuses_and_the_cluster_carries_on() {
         .add_learner(timed(pb::AddLearnerRequest {
             node_id: 9,
             addr: "not an address".into(),
+            incarnation: 0,
         }))
         .await
         .unwrap_err();

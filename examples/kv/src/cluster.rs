@@ -134,7 +134,7 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
     if !spec.join.is_empty() && !spec.initial_members.contains_key(&spec.id) {
         // Also on a restart: a join interrupted after the node became a learner resumes.
         if !node.node().metrics().voters.contains(&spec.id) {
-            join(&spec).await?;
+            join(&spec, node.node().incarnation()).await?;
         }
     } else if !initialized && spec.initial_members.keys().next() == Some(&spec.id) {
         // One member forms the cluster; the others learn it from their first heartbeat.
@@ -161,9 +161,10 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
 }
 
 /// Asks the cluster at `addr` to add this node as a learner and, once it has caught up, to make
-/// it a voter. Both steps are idempotent and incremental: a restart repeats them safely, and
+/// it a voter. The node says which incarnation of its data directory it is: a node whose id is
+/// bound to another one (its data was wiped) is refused and must join under a new id. Both steps are idempotent and incremental: a restart repeats them safely, and
 /// nodes joining at the same time do not undo each other's promotion.
-async fn join(spec: &NodeSpec) -> Result<(), StartError> {
+async fn join(spec: &NodeSpec, incarnation: u64) -> Result<(), StartError> {
     let addr = spec.join.join(",");
     let fail = |e: ClientError| StartError::Join {
         addr: addr.clone(),
@@ -172,7 +173,7 @@ async fn join(spec: &NodeSpec) -> Result<(), StartError> {
     let client: ClusterClient<Store> =
         ClusterClient::new(spec.join.clone(), spec.security.client_options()).map_err(fail)?;
     client
-        .add_learner(spec.id, spec.raft_addr.clone())
+        .add_learner_as(spec.id, spec.raft_addr.clone(), Some(incarnation))
         .await
         .map_err(fail)?;
     client.add_voter(spec.id).await.map_err(fail)?;

@@ -1,5 +1,6 @@
 //! `kv node --join` against real processes: two nodes joining at the same time both end as
-//! voters, and a join interrupted after the node became a learner resumes when it restarts.
+//! voters, a join interrupted after the node became a learner resumes when it restarts, and a
+//! node whose data was wiped cannot join again under its old id.
 
 mod common;
 
@@ -82,6 +83,7 @@ async fn a_join_interrupted_after_the_learner_step_resumes_on_restart() {
         .add_learner(pb::AddLearnerRequest {
             node_id: 2,
             addr: p2.raft_addr(),
+            incarnation: 0,
         })
         .await
         .expect("add node 2 as a learner");
@@ -96,5 +98,46 @@ async fn a_join_interrupted_after_the_learner_step_resumes_on_restart() {
     wait_for(dir, &p1.raft_addr(), "node 2 became a voter", |s| {
         voters(s) == BTreeSet::from([1, 2]) && s.learners.is_empty()
     })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_cannot_join_again_under_its_old_id() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let p1 = Ports::new();
+    let _n1 = first_node(dir, &p1).await;
+    let join = ["--join".to_string(), p1.raft_addr()];
+    let (p2, p3) = (Ports::new(), Ports::new());
+    let n2 = spawn(dir, 2, &p2, &join);
+    let _n3 = spawn(dir, 3, &p3, &join);
+    wait_for(dir, &p1.raft_addr(), "both joiners are voters", |s| {
+        voters(s) == BTreeSet::from([1, 2, 3]) && s.learners.is_empty()
+    })
+    .await;
+
+    // Node 2 loses its data and comes back under the same id: the cluster refuses it, and the
+    // node stops with a message that says what to do.
+    drop(n2);
+    std::fs::remove_dir_all(dir.join("n2")).expect("wipe node 2");
+    let mut again = spawn(dir, 2, &p2, &join);
+    common::poll("the wiped node 2 gives up", dir, &[1, 2, 3], || {
+        let exited = !again.running();
+        async move { exited.then_some(()) }
+    })
+    .await;
+    let log = std::fs::read_to_string(dir.join("n2.log")).unwrap_or_default();
+    assert!(
+        log.contains("its data was wiped") && log.contains("join under a new id"),
+        "{}",
+        common::logs(dir, [1, 2, 3])
+    );
+    // The others carry on.
+    wait_for(
+        dir,
+        &p1.raft_addr(),
+        "nodes 1 and 3 still lead and follow",
+        |s| s.role == "leader" && voters(s) == BTreeSet::from([1, 2, 3]),
+    )
     .await;
 }
