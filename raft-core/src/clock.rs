@@ -23,7 +23,8 @@ use std::time::UNIX_EPOCH;
 ///
 /// The default, [`SystemClock`], reads the system clock. Set another with
 /// [`Config::with_clock`](crate::Config::with_clock) — to test behaviour under clock skew, or
-/// to read a disciplined time source.
+/// to read a disciplined time source (`testing::ManualClock`, feature `testing`, is one a test
+/// sets by hand).
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The time now, in milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
@@ -38,19 +39,5 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
-    }
-}
-
-/// The system clock shifted by a fixed number of milliseconds (saturating at 0), to give a node
-/// a skewed clock in tests.
-#[derive(Debug, Clone, Copy)]
-pub struct SkewedClock {
-    /// Milliseconds added to the system clock (negative: behind it).
-    pub offset_ms: i64,
-}
-
-impl Clock for SkewedClock {
-    fn now_ms(&self) -> u64 {
-        SystemClock.now_ms().saturating_add_signed(self.offset_ms)
     }
 }

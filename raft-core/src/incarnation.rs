@@ -57,6 +57,7 @@ pub const FILE_NAME: &str = "incarnation";
 
 /// Why a request or an answer was refused for its incarnations.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum IncarnationError {
     /// The request was meant for an earlier incarnation of this node: its data was wiped since,
     /// so it must not vote or acknowledge entries under this id.

@@ -69,7 +69,6 @@ pub use crate::backup::BackupError;
 pub use crate::backup::BackupInfo;
 pub use crate::backup::restore_data_dir;
 pub use crate::clock::Clock;
-pub use crate::clock::SkewedClock;
 pub use crate::clock::SystemClock;
 pub use crate::cluster_id::ClusterId;
 pub use crate::config::Config;
