@@ -43,20 +43,26 @@ async fn first_node(dir: &Path, ports: &Ports) -> Proc {
     p
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_joining_at_once_both_become_voters() {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let dir = tmp.path();
+/// Node 1, then nodes 2 and 3 joining it at the same time; returns once all three are voters.
+async fn three_by_joining(dir: &Path) -> [(Ports, Proc); 3] {
     let p1 = Ports::new();
-    let _n1 = first_node(dir, &p1).await;
+    let n1 = first_node(dir, &p1).await;
     let join = ["--join".to_string(), p1.raft_addr()];
     let (p2, p3) = (Ports::new(), Ports::new());
-    let mut n2 = spawn(dir, 2, &p2, &join);
-    let mut n3 = spawn(dir, 3, &p3, &join);
+    let n2 = spawn(dir, 2, &p2, &join);
+    let n3 = spawn(dir, 3, &p3, &join);
     wait_for(dir, &p1.raft_addr(), "both joiners are voters", |s| {
         voters(s) == BTreeSet::from([1, 2, 3]) && s.learners.is_empty()
     })
     .await;
+    [(p1, n1), (p2, n2), (p3, n3)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_joining_at_once_both_become_voters() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let [(_p1, _n1), (_p2, mut n2), (_p3, mut n3)] = three_by_joining(dir).await;
     for (id, n) in [(2, &mut n2), (3, &mut n3)] {
         assert!(
             n.running(),
@@ -105,16 +111,8 @@ async fn a_join_interrupted_after_the_learner_step_resumes_on_restart() {
 async fn a_wiped_node_cannot_join_again_under_its_old_id() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
-    let p1 = Ports::new();
-    let _n1 = first_node(dir, &p1).await;
+    let [(p1, _n1), (p2, n2), (_p3, _n3)] = three_by_joining(dir).await;
     let join = ["--join".to_string(), p1.raft_addr()];
-    let (p2, p3) = (Ports::new(), Ports::new());
-    let n2 = spawn(dir, 2, &p2, &join);
-    let _n3 = spawn(dir, 3, &p3, &join);
-    wait_for(dir, &p1.raft_addr(), "both joiners are voters", |s| {
-        voters(s) == BTreeSet::from([1, 2, 3]) && s.learners.is_empty()
-    })
-    .await;
 
     // Node 2 loses its data and comes back under the same id: the cluster refuses it, and the
     // node stops with a message that says what to do.
