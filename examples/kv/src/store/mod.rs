@@ -35,7 +35,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 pub use glob::glob_match;
+use raft_core::ApplyContext;
 use raft_core::Queryable;
+use raft_core::ReadContext;
 use raft_core::StateMachine;
 pub use reply::Error;
 pub use reply::Reply;
@@ -226,7 +228,8 @@ pub enum Queued {
 /// A write as it travels through the log: the operation and when it was accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
-    /// Milliseconds since the Unix epoch, stamped by the node that accepted the command.
+    /// Milliseconds since the Unix epoch, stamped by the node that accepted the command. Entries
+    /// that carry the leader's time (all but those of earlier versions) apply at that instead.
     pub now: u64,
     /// The operation.
     pub op: WriteOp,
@@ -374,7 +377,8 @@ pub enum ReadOp {
 /// A read as it is sent: the question and the reader's time (for expiry).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Query {
-    /// Milliseconds since the Unix epoch on the node that serves the read.
+    /// Milliseconds since the Unix epoch on the node that sends the query; the read is answered
+    /// at the time the leader ordered it instead.
     pub now: u64,
     /// The question.
     pub op: ReadOp,
@@ -817,6 +821,15 @@ impl StateMachine for Store {
         self.write(cmd)
     }
 
+    /// Applies at the time the leader stamped on the entry; entries written before leader-stamped
+    /// time apply at the time they carry.
+    fn apply_at(&mut self, mut cmd: Command, ctx: &ApplyContext) -> Reply {
+        if let Some(leader_time) = ctx.time_ms() {
+            cmd.now = leader_time;
+        }
+        self.write(cmd)
+    }
+
     fn snapshot(&self) -> StoreSnapshot {
         StoreSnapshot::of(self)
     }
@@ -853,6 +866,12 @@ impl Queryable for Store {
     type Reply = Reply;
 
     fn query(&self, q: Query) -> Reply {
+        self.read(q)
+    }
+
+    /// Answers at the time the leader ordered the read, not the serving node's clock.
+    fn query_at(&self, mut q: Query, ctx: &ReadContext) -> Reply {
+        q.now = ctx.time_ms();
         self.read(q)
     }
 }
