@@ -26,6 +26,34 @@ fn get(s: &Store, now: u64, key: &str) -> Reply {
 }
 
 #[test]
+fn writes_and_reads_use_the_leaders_time_when_there_is_one() {
+    let mut s = Store::default();
+    // Accepted by a node whose clock was a minute ahead; the leader stamped 10 000.
+    let leader = ApplyContext::new(5, Some(10_000));
+    s.apply_at(at(70_000, set("a", "1", Expiry::At(10_500))), &leader);
+    let query = |s: &Store, time: u64| {
+        s.query_at(
+            Query {
+                now: 0,
+                op: ReadOp::Get(b("a")),
+            },
+            &ReadContext::new(time),
+        )
+    };
+    assert_eq!(query(&s, 10_499), Reply::Bulk(b("1")));
+    assert_eq!(query(&s, 10_500), Reply::Nil);
+    // At the leader's time the key was alive when written; at the accepting node's it would
+    // have been expired already, and the write would have deleted it.
+    assert_eq!(get(&s, 10_000, "a"), Reply::Bulk(b("1")));
+    // An entry from before leader-stamped time applies at the time it carries.
+    let old = ApplyContext::new(6, None);
+    s.apply_at(at(20_000, set("c", "3", Expiry::At(20_100))), &old);
+    assert_eq!(get(&s, 20_099, "c"), Reply::Bulk(b("3")));
+    s.apply_at(at(20_100, WriteOp::IncrBy(b("c"), 1)), &old);
+    assert_eq!(get(&s, 20_100, "c"), Reply::Bulk(b("1")));
+}
+
+#[test]
 fn expiry_follows_the_stamped_time() {
     let mut s = Store::default();
     s.write(at(1000, set("a", "1", Expiry::At(1500))));
