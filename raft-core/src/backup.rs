@@ -197,7 +197,10 @@ pub(crate) fn write<S: StateMachine, W: Write>(
     let Some(last) = meta.last_log_id else {
         return Err(BackupError::NothingApplied);
     };
-    let written = snapshot::write_checksummed(out, cluster, &meta, &sessions, |w| {
+    // Incarnation bindings belong to the backed-up cluster's data directories, not to the
+    // nodes a restore creates.
+    let extra = snapshot::ApplyExtra::default();
+    let written = snapshot::write_checksummed(out, cluster, &meta, &sessions, &extra, |w| {
         S::write_snapshot(handle, w)
     })
     .map_err(|e| match e {
@@ -415,10 +418,18 @@ fn write_restored(
     let store = SnapshotStore::open(&data_dir.join("snapshots"), u64::MAX, Arc::new(identity))
         .map_err(BackupError::Snapshot)?;
     store
-        .write(&meta, &parsed.sessions, |w| {
-            let mut input = io::BufReader::with_capacity(64 << 10, parsed.user_data(data));
-            io::copy(&mut input, w).map(drop)
-        })
+        .write(
+            &meta,
+            &parsed.sessions,
+            &snapshot::ApplyExtra {
+                time_ms: parsed.extra.time_ms,
+                bindings: Default::default(),
+            },
+            |w| {
+                let mut input = io::BufReader::with_capacity(64 << 10, parsed.user_data(data));
+                io::copy(&mut input, w).map(drop)
+            },
+        )
         .map_err(BackupError::Snapshot)?;
 
     // A vote for the backup's term: the first election is for the next one, so every entry

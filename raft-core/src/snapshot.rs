@@ -515,7 +515,7 @@ fn write_snapshot_bytes<W: Write>(
     extra: &ApplyExtra,
     write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<W, SnapshotError> {
-    write_checksummed(out, cluster, meta, sessions, write_user).map(|w| w.out)
+    write_checksummed(out, cluster, meta, sessions, extra, write_user).map(|w| w.out)
 }
 
 /// What [`write_checksummed`] wrote: the writer back, the checksum in the trailer and the size.
@@ -531,6 +531,7 @@ pub(crate) fn write_checksummed<W: Write>(
     cluster: Option<ClusterId>,
     meta: &SnapshotMeta,
     sessions: &SessionTable,
+    extra: &ApplyExtra,
     write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<Written<W>, SnapshotError> {
     let header = Header {
