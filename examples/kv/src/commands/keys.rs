@@ -68,16 +68,31 @@ pub(super) fn expire(a: &Args) -> Action {
         "expire" | "pexpire" => ms.and_then(|ms| (a.now as i64).checked_add(ms)),
         _ => ms,
     };
-    match at {
+    // EXPIRE and PEXPIRE stay relative: the store resolves them at the leader's time when the
+    // write applies. The accepting node's clock only decides whether the time is too large.
+    let relative = matches!(a.name, "expire" | "pexpire");
+    match (at, ms) {
         // LT with XX: sooner, and only if there is an expiry to be sooner than.
-        Some(at) if at <= MAX_EXPIRE_AT as i64 && lt && xx => write(WriteOp::ExpireSoonerIfSet {
-            key: a.key(),
-            at: at.max(0) as u64,
+        (Some(at), Some(ms)) if at <= MAX_EXPIRE_AT as i64 && lt && xx => write(if relative {
+            WriteOp::ExpireSoonerIfSetIn { key: a.key(), ms }
+        } else {
+            WriteOp::ExpireSoonerIfSet {
+                key: a.key(),
+                at: at.max(0) as u64,
+            }
         }),
-        Some(at) if at <= MAX_EXPIRE_AT as i64 => write(WriteOp::ExpireAt {
-            key: a.key(),
-            at: at.max(0) as u64,
-            when,
+        (Some(at), Some(ms)) if at <= MAX_EXPIRE_AT as i64 => write(if relative {
+            WriteOp::ExpireIn {
+                key: a.key(),
+                ms,
+                when,
+            }
+        } else {
+            WriteOp::ExpireAt {
+                key: a.key(),
+                at: at.max(0) as u64,
+                when,
+            }
         }),
         _ => error(format!("ERR invalid expire time in '{}' command", a.name)),
     }

@@ -76,8 +76,10 @@ fn invalid_expire(name: &str) -> Action {
     error(format!("ERR invalid expire time in '{name}' command"))
 }
 
-/// An `EX`/`PX`/`EXAT`/`PXAT` option's deadline, in ms since the epoch, or the error reply.
-fn deadline(name: &str, unit: &str, arg: Option<&Bytes>, now: u64) -> Result<u64, Action> {
+/// An `EX`/`PX`/`EXAT`/`PXAT` option as an expiry, or the error reply. `EX` and `PX` stay
+/// relative: the store resolves them at the leader's time when the write applies. `now` (the
+/// accepting node's clock) only decides whether the time is too large, as Redis refuses it.
+fn deadline(name: &str, unit: &str, arg: Option<&Bytes>, now: u64) -> Result<Expiry, Action> {
     let Some(arg) = arg else {
         return Err(syntax());
     };
@@ -88,15 +90,23 @@ fn deadline(name: &str, unit: &str, arg: Option<&Bytes>, now: u64) -> Result<u64
         return Err(invalid_expire(name));
     }
     let t = t as u64;
-    let at = match unit {
-        "EX" => t.checked_mul(1000).and_then(|ms| now.checked_add(ms)),
-        "PX" => now.checked_add(t),
-        "EXAT" => t.checked_mul(1000),
-        _ => Some(t),
+    let (expiry, at) = match unit {
+        "EX" => match t.checked_mul(1000) {
+            Some(ms) => (Expiry::In(ms), now.checked_add(ms)),
+            None => return Err(invalid_expire(name)),
+        },
+        "PX" => (Expiry::In(t), now.checked_add(t)),
+        "EXAT" => match t.checked_mul(1000) {
+            Some(at) => (Expiry::At(at), Some(at)),
+            None => return Err(invalid_expire(name)),
+        },
+        _ => (Expiry::At(t), Some(t)),
     };
     // As in Redis: a time that overflows, or that PTTL could not answer, is refused.
-    at.filter(|at| *at <= MAX_EXPIRE_AT)
-        .ok_or_else(|| invalid_expire(name))
+    match at {
+        Some(at) if at <= MAX_EXPIRE_AT => Ok(expiry),
+        _ => Err(invalid_expire(name)),
+    }
 }
 
 fn parse_set(name: &str, key: &Bytes, value: &Bytes, opts: &[Bytes], now: u64) -> Action {
@@ -122,7 +132,7 @@ fn parse_set(name: &str, key: &Bytes, value: &Bytes, opts: &[Bytes], now: u64) -
             }
             "EX" | "PX" | "EXAT" | "PXAT" if !seen_expiry => {
                 match deadline(name, &opt, opts.get(i + 1), now) {
-                    Ok(at) => expiry = Expiry::At(at),
+                    Ok(e) => expiry = e,
                     Err(e) => return e,
                 }
                 seen_expiry = true;
@@ -148,7 +158,7 @@ pub(super) fn getex(a: &Args) -> Action {
         [o] if upper(o) == "PERSIST" => Expiry::Clear,
         [o, t] => match upper(o).as_str() {
             u @ ("EX" | "PX" | "EXAT" | "PXAT") => match deadline(a.name, u, Some(t), a.now) {
-                Ok(at) => Expiry::At(at),
+                Ok(e) => e,
                 Err(e) => return e,
             },
             _ => return syntax(),

@@ -68,7 +68,8 @@ fn set_options() {
         WriteOp::Set {
             key: "k".into(),
             value: "v".into(),
-            expiry: Expiry::At(15_000),
+            // Relative: resolved at the leader's time when it applies, not at 5_000.
+            expiry: Expiry::In(10_000),
             condition: Condition::IfAbsent,
             get: true,
         }
@@ -121,9 +122,9 @@ fn expire_times_that_overflow_are_refused_as_in_redis() {
     assert!(matches!(
         parse(&args("EXPIRE k -5"), now),
         Action::Write {
-            op: WriteOp::ExpireAt { at, .. },
+            op: WriteOp::ExpireIn { ms: -5000, .. },
             ..
-        } if at < now
+        }
     ));
 }
 
@@ -184,17 +185,22 @@ fn arity_comes_from_the_table() {
 
 #[test]
 fn expire_options_follow_redis_7() {
+    // Relative times come out as their offset, absolute ones as their time.
     let when = |cmd: &str| match parse(&args(cmd), 1_000) {
         Action::Write {
             op: WriteOp::ExpireAt { at, when, .. },
             ..
-        } => Ok((at, when)),
+        } => Ok((at as i64, when)),
+        Action::Write {
+            op: WriteOp::ExpireIn { ms, when, .. },
+            ..
+        } => Ok((ms, when)),
         Action::Reply(Reply::Error(e)) => Err(e),
         other => panic!("{other:?}"),
     };
     use crate::store::ExpireIf;
-    assert_eq!(when("EXPIRE k 10 NX"), Ok((11_000, ExpireIf::NoExpiry)));
-    assert_eq!(when("PEXPIRE k 10 xx"), Ok((1_010, ExpireIf::HasExpiry)));
+    assert_eq!(when("EXPIRE k 10 NX"), Ok((10_000, ExpireIf::NoExpiry)));
+    assert_eq!(when("PEXPIRE k 10 xx"), Ok((10, ExpireIf::HasExpiry)));
     assert_eq!(when("EXPIREAT k 10 GT"), Ok((10_000, ExpireIf::Later)));
     assert_eq!(when("PEXPIREAT k 10 LT"), Ok((10, ExpireIf::Sooner)));
     assert!(

@@ -1,9 +1,10 @@
 //! The replicated state: keys holding strings or hashes, with optional expiry times.
 //!
-//! Every write carries the time it was accepted (`now`, milliseconds since the Unix epoch),
-//! stamped once by the node that took the command from the client. Applying a write only ever
-//! consults that stamp — never the replica's clock — so every replica makes the same decisions
-//! about expiry. Expired keys are invisible to reads, removed when a write touches them, and
+//! Every write applies at one time (`now`, milliseconds since the Unix epoch): the time the
+//! leader stamped on its log entry, or for entries of earlier versions the time the accepting
+//! node stamped on the command. Relative expiries (`EX`, `PX`, `EXPIRE`) count from it. Applying
+//! a write only ever consults that time — never the replica's clock — so every replica makes the
+//! same decisions about expiry. Expired keys are invisible to reads, removed when a write touches them, and
 //! swept by a periodic `PurgeExpired` write from the leader. An index of keys by expiry time
 //! keeps the sweep and the leader's check for due keys proportional to the keys they find, not
 //! to the size of the store.
@@ -56,8 +57,27 @@ pub enum Expiry {
     Clear,
     /// Keep the current expiry (`KEEPTTL`).
     Keep,
-    /// Expire at this time, in ms since the epoch (`EX`, `PX`, `EXAT`, `PXAT`).
+    /// Expire at this time, in ms since the epoch (`EXAT`, `PXAT`; `EX` and `PX` in entries of
+    /// earlier versions, which resolved them with the accepting node's clock).
     At(u64),
+    /// Expire this many ms after the time the write applies at (`EX`, `PX`, `SETEX`): the
+    /// leader's stamped time, so every replica and every later read agree on the deadline.
+    In(u64),
+}
+
+impl Expiry {
+    /// This expiry with a relative time made absolute at `now`, the write's applied time.
+    fn resolve(self, now: u64) -> Expiry {
+        match self {
+            Expiry::In(ms) => Expiry::At(now.saturating_add(ms)),
+            e => e,
+        }
+    }
+}
+
+/// A relative expiry (`EXPIRE`, `PEXPIRE`; may be negative) made absolute at `now`.
+fn deadline_after(now: u64, ms: i64) -> u64 {
+    (now as i64).saturating_add(ms).max(0) as u64
 }
 
 /// When `SET` may write.
@@ -201,6 +221,10 @@ pub enum WriteOp {
     ExpireSoonerIfSet { key: Bytes, at: u64 },
     /// `SPOP key [count]`: members chosen from the write's number, the same on every replica.
     SPop { key: Bytes, count: Option<u64> },
+    /// `EXPIRE`/`PEXPIRE`: `ms` after the write's applied time (which may already be past).
+    ExpireIn { key: Bytes, ms: i64, when: ExpireIf },
+    /// `EXPIRE … LT XX` with a relative time.
+    ExpireSoonerIfSetIn { key: Bytes, ms: i64 },
 }
 
 /// A key `WATCH`ed by a connection, as it was when watched.
@@ -627,7 +651,7 @@ impl Store {
                 expiry,
                 condition,
                 get,
-            } => self.set(key, value, expiry, condition, get, now),
+            } => self.set(key, value, expiry.resolve(now), condition, get, now),
             WriteOp::Del(keys) => self.del(keys, now),
             WriteOp::IncrBy(key, by) => self.incr_by(key, by, now),
             WriteOp::Append(key, suffix) => self.append(key, suffix, u64::MAX, now),
@@ -654,7 +678,7 @@ impl Store {
                 }
                 Reply::Int(due.len() as i64)
             }
-            WriteOp::GetEx { key, expiry } => self.get_ex(key, expiry, now),
+            WriteOp::GetEx { key, expiry } => self.get_ex(key, expiry.resolve(now), now),
             WriteOp::GetDel(key) => self.get_del(key, now),
             WriteOp::MSetNx(pairs) => self.mset_nx(pairs, now),
             WriteOp::IncrByFloat { key, by } => self.incr_by_float(key, f64::from_bits(by), now),
@@ -683,6 +707,16 @@ impl Store {
             WriteOp::SAdd { key, members } => self.sadd(key, members, now),
             WriteOp::SRem { key, members } => self.srem(key, members, now),
             WriteOp::SPop { key, count } => self.spop(key, count, now),
+            WriteOp::ExpireIn { key, ms, when } => {
+                self.expire_at(key, deadline_after(now, ms), when, now)
+            }
+            WriteOp::ExpireSoonerIfSetIn { key, ms } => self.apply_op(
+                WriteOp::ExpireSoonerIfSet {
+                    key,
+                    at: deadline_after(now, ms),
+                },
+                now,
+            ),
             WriteOp::ExpireSoonerIfSet { key, at } => {
                 if self.live(&key, now).is_some_and(|v| v.expires_at.is_some()) {
                     self.expire_at(key, at, ExpireIf::Sooner, now)

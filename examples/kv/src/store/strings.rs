@@ -128,6 +128,8 @@ impl Store {
             Expiry::Clear => None,
             Expiry::Keep => old_expiry,
             Expiry::At(at) => Some(at),
+            // Resolved before it gets here.
+            Expiry::In(ms) => Some(now.saturating_add(ms)),
         };
         let was_live = old.is_some();
         let value = Value {
@@ -312,6 +314,10 @@ impl Store {
             }
             Expiry::At(at) => {
                 self.expire(key, Some(at), now);
+            }
+            // Resolved before it gets here.
+            Expiry::In(ms) => {
+                self.expire(key, Some(now.saturating_add(ms)), now);
             }
         }
         Reply::Bulk(value)

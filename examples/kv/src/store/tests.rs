@@ -54,6 +54,64 @@ fn writes_and_reads_use_the_leaders_time_when_there_is_one() {
 }
 
 #[test]
+fn relative_expiries_start_at_the_leaders_time() {
+    let mut s = Store::default();
+    // SET … PX 500, EXPIRE … 1 and GETEX … PX 300, accepted by a node a minute ahead of the
+    // leader, whose stamps are 10 000 and 10 100.
+    let ahead = 70_000;
+    s.apply_at(
+        at(ahead, set("a", "1", Expiry::In(500))),
+        &ApplyContext::new(1, Some(10_000)),
+    );
+    s.apply_at(
+        at(ahead, set("b", "2", Expiry::Clear)),
+        &ApplyContext::new(2, Some(10_000)),
+    );
+    s.apply_at(
+        at(
+            ahead,
+            WriteOp::ExpireIn {
+                key: b("b"),
+                ms: 1_000,
+                when: ExpireIf::Always,
+            },
+        ),
+        &ApplyContext::new(3, Some(10_100)),
+    );
+    s.apply_at(
+        at(ahead, set("c", "3", Expiry::Clear)),
+        &ApplyContext::new(4, Some(10_100)),
+    );
+    s.apply_at(
+        at(
+            ahead,
+            WriteOp::GetEx {
+                key: b("c"),
+                expiry: Expiry::In(300),
+            },
+        ),
+        &ApplyContext::new(5, Some(10_100)),
+    );
+    for (key, deadline) in [("a", 10_500), ("b", 11_100), ("c", 10_400)] {
+        assert_ne!(get(&s, deadline - 1, key), Reply::Nil, "{key}");
+        assert_eq!(get(&s, deadline, key), Reply::Nil, "{key}");
+    }
+    // A negative relative time deletes the key at once, as in Redis.
+    s.apply_at(
+        at(
+            ahead,
+            WriteOp::ExpireIn {
+                key: b("c"),
+                ms: -5,
+                when: ExpireIf::Always,
+            },
+        ),
+        &ApplyContext::new(6, Some(10_200)),
+    );
+    assert_eq!(get(&s, 10_200, "c"), Reply::Nil);
+}
+
+#[test]
 fn expiry_follows_the_stamped_time() {
     let mut s = Store::default();
     s.write(at(1000, set("a", "1", Expiry::At(1500))));
