@@ -226,7 +226,7 @@ impl<S> SmShared<S> {
 impl<S: StateMachine> SmShared<S> {
     /// What a backup is made of, taken together under the lock: the user's point-in-time
     /// handle, the metadata it covers (applied log id and membership) and the session table.
-    pub fn backup_parts(&self) -> (S::Snapshot, SnapshotMeta, SessionTable) {
+    pub fn backup_parts(&self) -> (S::Snapshot, SnapshotMeta, SessionTable, u64) {
         let st = self.read();
         (
             st.user.snapshot(),
@@ -235,6 +235,7 @@ impl<S: StateMachine> SmShared<S> {
                 last_membership: st.membership.clone(),
             },
             st.sessions.clone(),
+            st.extra.time_ms,
         )
     }
 }

@@ -189,17 +189,21 @@ impl Drop for ExportPermit {
 /// Writes a backup of the state in `parts` (taken by the apply layer) of a node of `cluster` to
 /// `out`. Blocking: the state machine's `write_snapshot` runs here.
 pub(crate) fn write<S: StateMachine, W: Write>(
-    parts: (S::Snapshot, SnapshotMeta, SessionTable),
+    parts: (S::Snapshot, SnapshotMeta, SessionTable, u64),
     cluster: Option<ClusterId>,
     out: W,
 ) -> Result<(BackupInfo, W), BackupError> {
-    let (handle, meta, sessions) = parts;
+    let (handle, meta, sessions, time_ms) = parts;
     let Some(last) = meta.last_log_id else {
         return Err(BackupError::NothingApplied);
     };
-    // Incarnation bindings belong to the backed-up cluster's data directories, not to the
-    // nodes a restore creates.
-    let extra = snapshot::ApplyExtra::default();
+    // The applied time travels, so a restored cluster's time does not go back before the
+    // backup's. Incarnation bindings belong to the backed-up cluster's data directories, not
+    // to the nodes a restore creates.
+    let extra = snapshot::ApplyExtra {
+        time_ms,
+        bindings: Default::default(),
+    };
     let written = snapshot::write_checksummed(out, cluster, &meta, &sessions, &extra, |w| {
         S::write_snapshot(handle, w)
     })

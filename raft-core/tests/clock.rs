@@ -237,5 +237,27 @@ async fn time_never_goes_backwards_across_leaders_and_snapshots() {
         back.query(Consistency::Local, Ask::Now).await.unwrap(),
         Answer::Now(T0 + SKEW + 5)
     );
+
+    // So does a new cluster restored from a backup, on a node whose clock reads 0.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup");
+    leader
+        .export_snapshot(std::fs::File::create(&file).unwrap())
+        .await
+        .unwrap();
+    let members: BTreeMap<NodeId, String> = [(7, "restored".to_string())].into();
+    let data = dir.path().join("data");
+    raft_core::backup::restore_data_dir(&file, &data, 7, &members, None).unwrap();
+    let router = raft_core::testing::Router::new(7);
+    let config = raft_core::Config::durable(7, &data).with_clock(ManualClock::at(0));
+    let restored = Node::start(config, Leases::default(), router.transport(7))
+        .await
+        .unwrap();
+    router.register(restored.rpc_handler());
+    assert_eq!(
+        restored.query(Consistency::Local, Ask::Now).await.unwrap(),
+        Answer::Now(T0 + SKEW + 5)
+    );
+    restored.shutdown().await.unwrap();
     f.cluster.shutdown().await.unwrap();
 }
