@@ -259,6 +259,25 @@ async fn hashes_lists_sets(c: &mut MultiplexedConnection) {
     assert_eq!(q::<i64>(c, &["SISMEMBER", "s", "y"]).await, 1);
     assert_eq!(q::<Vec<String>>(c, &["SMEMBERS", "s"]).await, ["x", "y"]);
     assert_eq!(q::<i64>(c, &["SREM", "s", "x", "z"]).await, 1);
+    assert_eq!(q::<i64>(c, &["RPUSHX", "nolist", "a"]).await, 0);
+    assert_eq!(q::<i64>(c, &["RPUSH", "l2", "a"]).await, 1);
+    assert_eq!(q::<i64>(c, &["RPUSHX", "l2", "b", "c"]).await, 3);
+    assert_eq!(q::<i64>(c, &["DEL", "l2"]).await, 1);
+    // SPOP removes the members it returns; every replica removes the same ones.
+    assert_eq!(q::<i64>(c, &["SADD", "sp", "1", "2", "3", "4"]).await, 4);
+    let popped: Vec<String> = q(c, &["SPOP", "sp", "3"]).await;
+    assert_eq!(popped.len(), 3);
+    let left: Vec<String> = q(c, &["SMEMBERS", "sp"]).await;
+    assert_eq!(left.len(), 1);
+    assert!(!popped.contains(&left[0]));
+    let last: String = q(c, &["SPOP", "sp"]).await;
+    assert_eq!(last, left[0]);
+    assert_eq!(q::<Option<String>>(c, &["SPOP", "sp"]).await, None);
+    // TIME: seconds and microseconds, as two strings.
+    let time: Vec<String> = q(c, &["TIME"]).await;
+    let secs: u64 = time[0].parse().unwrap();
+    let micros: u64 = time[1].parse().unwrap();
+    assert!(secs > 1_600_000_000 && micros < 1_000_000, "{time:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,6 +353,13 @@ async fn a_watched_key_changed_through_another_node_aborts_exec() {
     q::<i64>(&mut b, &["DEL", "absent"]).await;
     let replies = transaction(&mut a, &[&["SET", "balance", "0"]]).await;
     assert_eq!(replies, Value::Nil);
+
+    // UNWATCH forgets the watched keys: a change made meanwhile no longer aborts.
+    q::<String>(&mut a, &["WATCH", "balance"]).await;
+    assert_eq!(q::<String>(&mut a, &["UNWATCH"]).await, "OK");
+    q::<i64>(&mut b, &["INCR", "balance"]).await;
+    let replies = transaction(&mut a, &[&["DECR", "balance"]]).await;
+    assert_eq!(replies, Value::Array(vec![Value::Int(16)]));
 
     // A mistake seen while queueing discards the whole transaction.
     assert_eq!(q::<String>(&mut a, &["MULTI"]).await, "OK");
