@@ -713,7 +713,11 @@ impl<S: Queryable> Internal<S> {
         let mut r = Response::new(pb::RaftReply {
             payload: wire::encode(value)?,
         });
-        crate::transport::stamp_incarnation(r.metadata_mut(), self.0.handler.incarnation());
+        crate::transport::stamp_incarnation(
+            r.metadata_mut(),
+            crate::transport::INCARNATION_KEY,
+            self.0.handler.incarnation(),
+        );
         Ok(r)
     }
 
@@ -796,7 +800,11 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
         })
         .filter_map(|f| async move { f.map(Err) });
         let mut r = Response::new(answers.chain(tail).boxed());
-        crate::transport::stamp_incarnation(r.metadata_mut(), self.0.handler.incarnation());
+        crate::transport::stamp_incarnation(
+            r.metadata_mut(),
+            crate::transport::INCARNATION_KEY,
+            self.0.handler.incarnation(),
+        );
         Ok(r)
     }
 

@@ -68,10 +68,11 @@ pub(crate) const INCARNATION_KEY: &str = "x-raftkit-incarnation";
 /// The metadata key of the incarnation a request is meant for (16 hex digits).
 pub(crate) const EXPECT_KEY: &str = "x-raftkit-expect-incarnation";
 
-/// Adds an incarnation to a request's or an answer's metadata.
-pub(crate) fn stamp_incarnation(meta: &mut MetadataMap, incarnation: u64) {
+/// Adds an incarnation to a request's or an answer's metadata under `key` (the sender's:
+/// [`INCARNATION_KEY`]; the one a request is meant for: [`EXPECT_KEY`]).
+pub(crate) fn stamp_incarnation(meta: &mut MetadataMap, key: &'static str, incarnation: u64) {
     if let Ok(v) = AsciiMetadataValue::try_from(format!("{incarnation:016x}")) {
-        meta.insert(INCARNATION_KEY, v);
+        meta.insert(key, v);
     }
 }
 
@@ -191,11 +192,9 @@ impl GrpcConnection {
         let cluster = local.and_then(|h| h.cluster_id());
         stamp_internal(req.metadata_mut(), &self.auth, self.id, cluster);
         if let Some(h) = local {
-            stamp_incarnation(req.metadata_mut(), h.incarnation());
-            if let Some(expected) = h.expected_incarnation(self.target)
-                && let Ok(v) = AsciiMetadataValue::try_from(format!("{expected:016x}"))
-            {
-                req.metadata_mut().insert(EXPECT_KEY, v);
+            stamp_incarnation(req.metadata_mut(), INCARNATION_KEY, h.incarnation());
+            if let Some(expected) = h.expected_incarnation(self.target) {
+                stamp_incarnation(req.metadata_mut(), EXPECT_KEY, expected);
             }
         }
     }
