@@ -65,16 +65,6 @@ pub enum Expiry {
     In(u64),
 }
 
-impl Expiry {
-    /// This expiry with a relative time made absolute at `now`, the write's applied time.
-    fn resolve(self, now: u64) -> Expiry {
-        match self {
-            Expiry::In(ms) => Expiry::At(now.saturating_add(ms)),
-            e => e,
-        }
-    }
-}
-
 /// A relative expiry (`EXPIRE`, `PEXPIRE`; may be negative) made absolute at `now`.
 fn deadline_after(now: u64, ms: i64) -> u64 {
     (now as i64).saturating_add(ms).max(0) as u64
@@ -651,7 +641,7 @@ impl Store {
                 expiry,
                 condition,
                 get,
-            } => self.set(key, value, expiry.resolve(now), condition, get, now),
+            } => self.set(key, value, expiry, condition, get, now),
             WriteOp::Del(keys) => self.del(keys, now),
             WriteOp::IncrBy(key, by) => self.incr_by(key, by, now),
             WriteOp::Append(key, suffix) => self.append(key, suffix, u64::MAX, now),
@@ -678,7 +668,7 @@ impl Store {
                 }
                 Reply::Int(due.len() as i64)
             }
-            WriteOp::GetEx { key, expiry } => self.get_ex(key, expiry.resolve(now), now),
+            WriteOp::GetEx { key, expiry } => self.get_ex(key, expiry, now),
             WriteOp::GetDel(key) => self.get_del(key, now),
             WriteOp::MSetNx(pairs) => self.mset_nx(pairs, now),
             WriteOp::IncrByFloat { key, by } => self.incr_by_float(key, f64::from_bits(by), now),

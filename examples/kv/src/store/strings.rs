@@ -128,7 +128,7 @@ impl Store {
             Expiry::Clear => None,
             Expiry::Keep => old_expiry,
             Expiry::At(at) => Some(at),
-            // Resolved before it gets here.
+            // Relative: from the write's applied time.
             Expiry::In(ms) => Some(now.saturating_add(ms)),
         };
         let was_live = old.is_some();
@@ -315,7 +315,7 @@ impl Store {
             Expiry::At(at) => {
                 self.expire(key, Some(at), now);
             }
-            // Resolved before it gets here.
+            // Relative: from the write's applied time.
             Expiry::In(ms) => {
                 self.expire(key, Some(now.saturating_add(ms)), now);
             }
