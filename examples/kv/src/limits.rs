@@ -32,6 +32,10 @@ pub struct LimitArgs {
     /// Close a client that has not taken any of its pending replies for this many seconds.
     #[arg(long, default_value_t = ConnLimits::default().output_timeout.as_secs())]
     pub client_output_timeout: u64,
+    /// Most pipelined commands of one connection replicated together as one log entry (see
+    /// `pipeline`); 1 replicates every command on its own.
+    #[arg(long, default_value_t = ConnLimits::default().max_batch)]
+    pub pipeline_batch: usize,
 }
 
 /// The limits every connection of a node runs under.
@@ -47,6 +51,8 @@ pub struct ConnLimits {
     pub output_bytes: usize,
     /// Close a client that takes none of its replies for this long.
     pub output_timeout: Duration,
+    /// Most pipelined commands replicated together as one log entry.
+    pub max_batch: usize,
 }
 
 impl Default for ConnLimits {
@@ -57,6 +63,7 @@ impl Default for ConnLimits {
             idle: None,
             output_bytes: 256 << 20,
             output_timeout: Duration::from_secs(60),
+            max_batch: 128,
         }
     }
 }
@@ -70,8 +77,11 @@ impl LimitArgs {
                 self.proto_max_bulk_len, self.client_query_buffer_limit
             ));
         }
-        if self.maxclients == 0 || self.client_output_timeout == 0 {
-            return Err("--maxclients and --client-output-timeout must be at least 1".into());
+        if self.maxclients == 0 || self.client_output_timeout == 0 || self.pipeline_batch == 0 {
+            return Err(
+                "--maxclients, --client-output-timeout and --pipeline-batch must be at least 1"
+                    .into(),
+            );
         }
         Ok(ConnLimits {
             resp: resp::Limits {
@@ -83,6 +93,7 @@ impl LimitArgs {
             idle: (self.timeout > 0).then(|| Duration::from_secs(self.timeout)),
             output_bytes: self.client_output_buffer_limit,
             output_timeout: Duration::from_secs(self.client_output_timeout),
+            max_batch: self.pipeline_batch,
         })
     }
 }

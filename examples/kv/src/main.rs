@@ -45,6 +45,7 @@ mod config;
 mod ctl;
 mod limits;
 mod metrics;
+mod pipeline;
 mod resp;
 mod security;
 mod server;

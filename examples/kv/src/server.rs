@@ -48,6 +48,9 @@ use crate::auth::SharedAccounts;
 use crate::commands;
 use crate::commands::Action;
 use crate::limits::ConnLimits;
+use crate::pipeline;
+use crate::pipeline::Batch;
+use crate::pipeline::Plan;
 use crate::resp;
 use crate::security::Security;
 use crate::security::SharedTls;
@@ -290,12 +293,14 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut parser = resp::Parser::new(limits.resp);
     let mut input = BytesMut::with_capacity(16 << 10);
     let mut out = BytesMut::with_capacity(16 << 10);
+    // The commands of the read buffer gathered so far, replicated together (see `pipeline`).
+    let mut batch = Batch::default();
     loop {
         loop {
             match parser.next(&mut input) {
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => {
-                    let quit = execute(&args, conn, ctx, &mut out).await;
+                    let quit = execute(&args, conn, ctx, &mut batch, &mut out).await;
                     if quit || out.len() >= FLUSH_AT {
                         flush(&mut socket, &mut out, limits).await?;
                     }
@@ -305,6 +310,8 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    // The commands before the malformed one are answered first.
+                    run_batch(&mut batch, conn, ctx, &mut out).await;
                     metrics::counter!("kv_protocol_errors_total").increment(1);
                     resp::encode(&Reply::Error(format!("ERR {e}")), &mut out, conn.proto);
                     flush(&mut socket, &mut out, limits).await?;
@@ -312,6 +319,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
+        run_batch(&mut batch, conn, ctx, &mut out).await;
         flush(&mut socket, &mut out, limits).await?;
         if input.capacity() - input.len() < 4096 {
             input.reserve(16 << 10);
@@ -394,19 +402,41 @@ async fn flush<S: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Runs one command and appends its reply; `true` when the connection should close.
-async fn execute(args: &[Bytes], conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut) -> bool {
+/// Runs one command, or adds it to `batch` to be replicated with the commands around it, and
+/// appends its reply (after those of the batch it ends); `true` when the connection should
+/// close.
+async fn execute(
+    args: &[Bytes],
+    conn: &mut Conn,
+    ctx: &Ctx,
+    batch: &mut Batch,
+    out: &mut BytesMut,
+) -> bool {
     // Only known command names become metric labels, so clients cannot create unbounded series.
     let name = commands::known(&args[0]);
     metrics::counter!("kv_requests_total", "command" => name.unwrap_or("unknown")).increment(1);
     if let Gate::Reply(r) = auth::gate(name, args, &mut conn.auth, || auth::current(&ctx.accounts))
     {
+        run_batch(batch, conn, ctx, out).await;
         resp::encode(&r, out, conn.proto);
         return false;
     }
     // One clock reading: EX/PX deadlines and the write's stamp are the same instant.
     let now = now_ms();
-    let action = commands::parse_as(name, args, now, ctx.limits.resp.max_bulk);
+    let mut action = commands::parse_as(name, args, now, ctx.limits.resp.max_bulk);
+    if conn.tx.is_none()
+        && Batch::joins(&action, ctx.consistency == Consistency::Linearizable)
+    {
+        let cost = pipeline::cost(args);
+        if !batch.is_empty() && !batch.fits(cost, &ctx.limits) {
+            run_batch(batch, conn, ctx, out).await;
+        }
+        match batch.push(action, cost, now) {
+            Ok(()) => return false,
+            Err(not_joined) => action = not_joined,
+        }
+    }
+    run_batch(batch, conn, ctx, out).await;
     let reply = match conn.tx.as_mut() {
         Some(tx) if queues(&action) => queue(tx, action, args, ctx),
         _ => match action {
@@ -452,6 +482,35 @@ async fn execute(args: &[Bytes], conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut)
     };
     resp::encode(&reply, out, conn.proto);
     false
+}
+
+/// Runs the commands gathered in `batch` (if any) and appends their replies in order.
+async fn run_batch(batch: &mut Batch, conn: &mut Conn, ctx: &Ctx, out: &mut BytesMut) {
+    let Some(plan) = batch.take() else {
+        return;
+    };
+    match plan {
+        Plan::Write { op, post, now } => {
+            let r = post.apply(replicate(conn, ctx, op, now).await);
+            resp::encode(&r, out, conn.proto);
+        }
+        Plan::Alone { ops, posts } => {
+            for (op, post) in ops.into_iter().zip(posts) {
+                let r = match op {
+                    Queued::Read(op) => read(ctx, op).await,
+                    Queued::Reply(r) => r,
+                    Queued::Write(op) => post.apply(replicate(conn, ctx, op, now_ms()).await),
+                };
+                resp::encode(&r, out, conn.proto);
+            }
+        }
+        Plan::Together { op, posts, now } => {
+            let r = replicate(conn, ctx, op, now).await;
+            for r in pipeline::split(r, posts) {
+                resp::encode(&r, out, conn.proto);
+            }
+        }
+    }
 }
 
 /// Replicates one write under the connection's session and answers the store's reply.

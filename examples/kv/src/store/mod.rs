@@ -836,6 +836,20 @@ impl Store {
     }
 }
 
+/// Whether `op` only frees space (or only reads): what runs under the NOSPACE alarm.
+fn frees_space(op: &WriteOp) -> bool {
+    match op {
+        WriteOp::Del(_) | WriteOp::GetDel(_) | WriteOp::FlushDb | WriteOp::PurgeExpired { .. } => {
+            true
+        }
+        WriteOp::Exec { ops, .. } => ops.iter().all(|q| match q {
+            Queued::Write(op) => frees_space(op),
+            Queued::Read(_) | Queued::Reply(_) => true,
+        }),
+        _ => false,
+    }
+}
+
 impl StateMachine for Store {
     type Command = Command;
     type Output = Reply;
@@ -877,11 +891,9 @@ impl StateMachine for Store {
 
     /// Under the NOSPACE alarm, what frees space still runs: `DEL`, `UNLINK`, `GETDEL`,
     /// `FLUSHDB`/`FLUSHALL` and the expiry sweep.
+    /// A transaction or pipelined batch runs if every write in it is one of these.
     fn allowed_in_space_alarm(cmd: &Command) -> bool {
-        matches!(
-            cmd.op,
-            WriteOp::Del(_) | WriteOp::GetDel(_) | WriteOp::FlushDb | WriteOp::PurgeExpired { .. }
-        )
+        frees_space(&cmd.op)
     }
 }
 

@@ -725,3 +725,52 @@ fn type_mismatches_answer_wrongtype_and_change_nothing() {
     s.write(at(0, set("h", "now a string", Expiry::Clear)));
     assert_eq!(get(&s, 0, "h"), Reply::Bulk(b("now a string")));
 }
+
+#[test]
+fn a_batch_runs_under_the_space_alarm_only_if_it_frees_space() {
+    let batch = |ops: Vec<Queued>| {
+        at(
+            1,
+            WriteOp::Exec {
+                watched: Vec::new(),
+                ops,
+            },
+        )
+    };
+    let freeing = batch(vec![
+        Queued::Write(WriteOp::Del(vec![b("a")])),
+        Queued::Read(ReadOp::Get(b("a"))),
+        Queued::Write(WriteOp::GetDel(b("b"))),
+    ]);
+    assert!(Store::allowed_in_space_alarm(&freeing));
+    let growing = batch(vec![
+        Queued::Write(WriteOp::Del(vec![b("a")])),
+        Queued::Write(set("a", "1", Expiry::Keep)),
+    ]);
+    assert!(!Store::allowed_in_space_alarm(&growing));
+    assert!(!Store::allowed_in_space_alarm(&at(1, set("a", "1", Expiry::Keep))));
+}
+
+#[test]
+fn a_pipelined_batch_applies_in_order_and_an_error_answers_only_its_command() {
+    let mut s = Store::default();
+    let r = s.apply(at(
+        1,
+        WriteOp::Exec {
+            watched: Vec::new(),
+            ops: vec![
+                Queued::Write(set("k", "v", Expiry::Keep)),
+                Queued::Write(WriteOp::IncrBy(b("k"), 1)),
+                Queued::Write(WriteOp::Append(b("k"), b("w"))),
+                Queued::Read(ReadOp::Get(b("k"))),
+            ],
+        },
+    ));
+    let Reply::Array(replies) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(replies[0], Reply::Ok);
+    assert!(replies[1].is_error(), "{:?}", replies[1]);
+    assert_eq!(replies[2], Reply::Int(2));
+    assert_eq!(replies[3], Reply::Bulk(b("vw")));
+}
