@@ -9,7 +9,8 @@
 #   * etcd:    a 3-node cluster of Debian's etcd-server (skipped if `etcd` is not installed);
 #   * Redis:   one redis-server with appendonly yes, appendfsync always (skipped if absent).
 # Each gets the same closed-loop load on its leader: SET of 256-byte values over 100,000 keys
-# at 1, 16, 64 and 256 clients, then linearizable GETs at 64 clients. Redis-protocol targets are
+# at 1, 16, 64 and 256 clients, pipelined SETs (16 in flight per connection) at 1 and 16
+# clients, then linearizable GETs at 64 clients. Redis-protocol targets are
 # driven by redis-benchmark, etcd by `kv-bench --protocol etcd` (etcd's v3 gRPC API, Put and
 # linearizable Range; 16 clients share an HTTP/2 connection). All data lives under one
 # directory ($BENCH_DIR, default a new temporary directory), so every target fsyncs to the same
@@ -18,6 +19,8 @@
 # Environment:
 #   BENCH_SCALE=0.2      fewer requests per point (default 1; 1 is ~10 s per point on a laptop)
 #   BENCH_CLIENTS="1 64" which client counts to run (default "1 16 64 256")
+#   BENCH_PIPELINED="1"  client counts of the pipelined SET rows, 16 commands in flight per
+#                        connection (redis-benchmark -P 16; default "1 16"; "" skips them)
 #   BENCH_DIR=/path      where data, logs and results go (default mktemp -d); the data is
 #                        removed at exit, the logs and results.csv stay
 #   BENCH_PORT_BASE=N    first of the ~20 local ports used (default 24000)
@@ -31,6 +34,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${BENCH_SCALE:-1}
 CLIENTS=${BENCH_CLIENTS:-"1 16 64 256"}
+PIPELINED=${BENCH_PIPELINED:-"1 16"}
 TARGETS=${BENCH_TARGETS:-"raftkit etcd redis"}
 ROUNDS=${BENCH_ROUNDS:-1}
 BASE=${BENCH_PORT_BASE:-24000}
@@ -82,7 +86,7 @@ record() {
     awk -F'","' -v t="$1" -v w="$2" -v c="$3" 'NR == 2 {
         gsub(/"/, "", $0); split($0, f, ",");
         printf "%s,%s,%s,%s,%s,%s\n", t, w, c, f[2], f[5], f[7] }' >>"$RESULTS"
-    tail -n 1 "$RESULTS" | awk -F, '{ printf "   %-8s %-4s c=%-4s %10.0f ops/s  p50 %6.2f ms  p99 %7.2f ms\n", $1, $2, $3, $4, $5, $6 }' >&2
+    tail -n 1 "$RESULTS" | awk -F, '{ printf "   %-8s %-7s c=%-4s %10.0f ops/s  p50 %6.2f ms  p99 %7.2f ms\n", $1, $2, $3, $4, $5, $6 }' >&2
 }
 
 resp_load() { # <target> <port> [redis-benchmark options]
@@ -91,6 +95,12 @@ resp_load() { # <target> <port> [redis-benchmark options]
     for c in $CLIENTS; do
         redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t set -d 256 -r 100000 -c "$c" -n "$(requests "$c")" --csv 2>/dev/null |
             record "$t" set "$c"
+    done
+    # Pipelined: each connection keeps 16 SETs in flight (etcd's API has no pipelining, so its
+    # cells in these rows stay empty).
+    for c in $PIPELINED; do
+        redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t set -d 256 -r 100000 -c "$c" -P 16 -n "$(requests 64)" --csv 2>/dev/null |
+            record "$t" set-P16 "$c"
     done
     redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t get -d 256 -r 100000 -c 64 -n "$(requests 256)" --csv 2>/dev/null |
         record "$t" get 64
@@ -187,10 +197,10 @@ table() {
         function cell(t, k) { return ((t "," k) in count) ? sprintf("%9.0f %6.2f %7.2f", median(t "," k, "ops"), median(t "," k, "p50"), median(t "," k, "p99")) : sprintf("%9s %6s %7s", "-", "-", "-") }
         function ratio(a, b, k) { return ((a "," k) in count && (b "," k) in count && median(b "," k, "ops") > 0) ? sprintf("%6.2fx", median(a "," k, "ops") / median(b "," k, "ops")) : sprintf("%7s", "-") }
         END {
-            printf "%-4s %7s | %-24s | %-24s | %-24s | %8s %8s\n", "op", "clients", "raftkit ops/s p50 p99", "etcd ops/s p50 p99", "redis ops/s p50 p99", "/etcd", "/redis"
+            printf "%-7s %7s | %-24s | %-24s | %-24s | %8s %8s\n", "op", "clients", "raftkit ops/s p50 p99", "etcd ops/s p50 p99", "redis ops/s p50 p99", "/etcd", "/redis"
             for (i = 0; i < n; i++) {
                 split(order[i], f, ",")
-                printf "%-4s %7s | %s | %s | %s | %8s %8s\n", f[1], f[2], cell("raftkit", order[i]), cell("etcd", order[i]), cell("redis", order[i]), ratio("raftkit", "etcd", order[i]), ratio("raftkit", "redis", order[i])
+                printf "%-7s %7s | %s | %s | %s | %8s %8s\n", f[1], f[2], cell("raftkit", order[i]), cell("etcd", order[i]), cell("redis", order[i]), ratio("raftkit", "etcd", order[i]), ratio("raftkit", "redis", order[i])
             }
         }' "$RESULTS"
 }

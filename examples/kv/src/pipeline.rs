@@ -152,7 +152,9 @@ pub fn split(reply: Reply, posts: Vec<Post>) -> Vec<Reply> {
             .zip(posts)
             .map(|(r, post)| post.apply(r))
             .collect(),
-        Reply::Array(_) => vec![Reply::error("ERR internal error: malformed batch reply"); posts.len()],
+        Reply::Array(_) => {
+            vec![Reply::error("ERR internal error: malformed batch reply"); posts.len()]
+        }
         other => vec![other; posts.len()],
     }
 }
@@ -196,13 +198,21 @@ mod tests {
     fn writes_and_reads_between_them_become_one_entry_in_order() {
         let limits = ConnLimits::default();
         let mut b = batch_of(
-            &[&["SET", "k", "v"], &["GET", "k"], &["SETNX", "k", "w"], &["INCR", "n"]],
+            &[
+                &["SET", "k", "v"],
+                &["GET", "k"],
+                &["SETNX", "k", "w"],
+                &["INCR", "n"],
+            ],
             &limits,
         );
         let Some(Plan::Together { op, posts, now }) = b.take() else {
             panic!("not together")
         };
-        assert_eq!(now, 1_000, "the batch is stamped with its first command's time");
+        assert_eq!(
+            now, 1_000,
+            "the batch is stamped with its first command's time"
+        );
         let WriteOp::Exec { watched, ops } = op else {
             panic!("not an exec")
         };
@@ -249,7 +259,10 @@ mod tests {
         ] {
             assert!(!Batch::joins(&action(c), true), "{c:?} joined");
         }
-        assert!(!Batch::joins(&action(&["GET", "k"]), false), "a lease read joined");
+        assert!(
+            !Batch::joins(&action(&["GET", "k"]), false),
+            "a lease read joined"
+        );
         assert!(Batch::joins(&action(&["SET", "k", "v"]), false));
     }
 
@@ -259,7 +272,10 @@ mod tests {
             max_batch: 3,
             ..ConnLimits::default()
         };
-        let b = batch_of(&[&["SET", "a", "1"], &["SET", "b", "2"], &["SET", "c", "3"]], &limits);
+        let b = batch_of(
+            &[&["SET", "a", "1"], &["SET", "b", "2"], &["SET", "c", "3"]],
+            &limits,
+        );
         assert!(!b.fits(1, &limits));
         let mut limits = ConnLimits::default();
         limits.resp.max_frame = 200;

@@ -424,9 +424,7 @@ async fn execute(
     // One clock reading: EX/PX deadlines and the write's stamp are the same instant.
     let now = now_ms();
     let mut action = commands::parse_as(name, args, now, ctx.limits.resp.max_bulk);
-    if conn.tx.is_none()
-        && Batch::joins(&action, ctx.consistency == Consistency::Linearizable)
-    {
+    if conn.tx.is_none() && Batch::joins(&action, ctx.consistency == Consistency::Linearizable) {
         let cost = pipeline::cost(args);
         if !batch.is_empty() && !batch.fits(cost, &ctx.limits) {
             run_batch(batch, conn, ctx, out).await;

@@ -748,7 +748,10 @@ fn a_batch_runs_under_the_space_alarm_only_if_it_frees_space() {
         Queued::Write(set("a", "1", Expiry::Keep)),
     ]);
     assert!(!Store::allowed_in_space_alarm(&growing));
-    assert!(!Store::allowed_in_space_alarm(&at(1, set("a", "1", Expiry::Keep))));
+    assert!(!Store::allowed_in_space_alarm(&at(
+        1,
+        set("a", "1", Expiry::Keep)
+    )));
 }
 
 #[test]
