@@ -22,6 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures_util::Stream;
 use futures_util::StreamExt;
 use openraft::OptionalSend;
@@ -104,6 +105,15 @@ impl<S: StateMachine> SmState<S> {
                 let ctx = self.context(index, None);
                 self.apply_in_session(s, &command, &ctx, true)
             }
+            Proposal::TimedBatch(session, time, commands) => {
+                let ctx = self.context(index, Some(time));
+                match session {
+                    None => self.apply_batch(&commands, &ctx),
+                    Some(s) => {
+                        self.in_session(s, &ctx, false, |sm| sm.apply_batch(&commands, &ctx))
+                    }
+                }
+            }
             Proposal::RegisterSession => {
                 let id = self.sessions.register(index);
                 match codec::encode(&id) {
@@ -137,12 +147,35 @@ impl<S: StateMachine> SmState<S> {
         ctx: &ApplyContext,
         legacy: bool,
     ) -> Response {
+        self.in_session(s, ctx, legacy, |sm| sm.apply_command(command, ctx))
+    }
+
+    /// Runs `apply` once for session `s`'s sequence: a retry gets the recorded response.
+    fn in_session(
+        &mut self,
+        s: Session,
+        ctx: &ApplyContext,
+        legacy: bool,
+        apply: impl FnOnce(&mut Self) -> Response,
+    ) -> Response {
         if let Some(answer) = session::answer_without_applying(&self.sessions, s, legacy) {
             return answer;
         }
-        let response = self.apply_command(command, ctx);
+        let response = apply(self);
         self.sessions.record(s, response.clone(), ctx.index());
         response
+    }
+
+    /// Applies a batch's commands in order; its output is every command's response, encoded.
+    fn apply_batch(&mut self, commands: &[Bytes], ctx: &ApplyContext) -> Response {
+        let responses: Vec<Response> = commands
+            .iter()
+            .map(|c| self.apply_command(c, ctx))
+            .collect();
+        match codec::encode(&responses) {
+            Ok(b) => Response::Output(b.into()),
+            Err(e) => Response::Rejected(ApplyError::OutputEncoding(e.to_string())),
+        }
     }
 
     fn apply_command(&mut self, command: &[u8], ctx: &ApplyContext) -> Response {

@@ -220,6 +220,14 @@ mod tests {
             Proposal::RegisterSession,
             Proposal::CloseSession(42),
             Proposal::SetSessionCapacity(crate::types::SessionCapacity::default()),
+            Proposal::TimedBatch(
+                Some(crate::types::Session {
+                    client_id: 3,
+                    sequence: 4,
+                }),
+                1_800_000_000_000,
+                vec![Bytes::from_static(b"a"), Bytes::from_static(b"bc")],
+            ),
         ] {
             let e = Entry {
                 log_id: types::log_id(3, 1, 10),

@@ -462,6 +462,76 @@ impl<S: StateMachine> Node<S> {
         self.write_inner(Some(session), &command).await
     }
 
+    /// Replicates `commands` as one log entry (one round of consensus, one fsync on each
+    /// node), applies them in order on every node, and returns this node's outputs in the same
+    /// order. Use it for writes that arrive together (a pipelined client, a queue of requests):
+    /// a batch of `n` writes costs about what one write does. The commands together may be at
+    /// most [`Config::max_command_bytes`](crate::Config) long ([`Error::CommandTooLarge`]
+    /// otherwise, nothing proposed). An empty batch proposes nothing. Only the leader accepts
+    /// writes; elsewhere it fails with [`Error::NotLeader`]. If an output cannot be encoded,
+    /// the call fails with [`ApplyError::OutputEncoding`](crate::ApplyError::OutputEncoding)
+    /// although every command was applied.
+    pub async fn write_many(&self, commands: Vec<S::Command>) -> Result<Vec<S::Output>> {
+        self.write_many_inner(None, &commands).await
+    }
+
+    /// Like [`Node::write_many`], stamped with one sequence of a client session (as
+    /// [`Node::write_with_session`]): the whole batch is applied at most once, and a retry
+    /// with the same `session` returns the first attempt's outputs.
+    pub async fn write_many_with_session(
+        &self,
+        session: Session,
+        commands: Vec<S::Command>,
+    ) -> Result<Vec<S::Output>> {
+        self.write_many_inner(Some(session), &commands).await
+    }
+
+    async fn write_many_inner(
+        &self,
+        session: Option<Session>,
+        commands: &[S::Command],
+    ) -> Result<Vec<S::Output>> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded = commands
+            .iter()
+            .map(|c| codec::encode(c).map(Bytes::from))
+            .collect::<std::result::Result<Vec<Bytes>, _>>()?;
+        // Each command's length prefix counts too, so many empty commands are bounded as well.
+        let size: usize = encoded.iter().map(|c| c.len() + 8).sum();
+        let limit = self.inner.config.max_command_bytes;
+        if size > limit {
+            return Err(Error::CommandTooLarge { size, limit });
+        }
+        if self.inner.space.refusing() {
+            for command in commands {
+                self.check_space_of(command)?;
+            }
+        }
+        let proposal = Proposal::TimedBatch(session, self.stamp(), encoded);
+        let responses: Vec<Response> = match self.propose_internal(proposal).await? {
+            Response::Output(b) => codec::decode(&b)?,
+            Response::Rejected(e) => return Err(Error::Rejected(e)),
+            Response::Empty => return Err(Error::Fatal("a batch produced no output".into())),
+        };
+        if responses.len() != commands.len() {
+            return Err(Error::Fatal(format!(
+                "a batch of {} writes produced {} outputs",
+                commands.len(),
+                responses.len()
+            )));
+        }
+        responses
+            .into_iter()
+            .map(|r| match r {
+                Response::Output(b) => Ok(codec::decode(&b)?),
+                Response::Rejected(e) => Err(Error::Rejected(e)),
+                Response::Empty => Err(Error::Fatal("a batched write produced no output".into())),
+            })
+            .collect()
+    }
+
     async fn write_inner(
         &self,
         session: Option<Session>,
@@ -584,12 +654,21 @@ impl<S: StateMachine> Node<S> {
 
     /// While the storage alarm is raised: lets through only what the state machine allows.
     fn check_space(&self, request: &Request) -> Result<()> {
-        let allowed = codec::decode::<S::Command>(&request.command)
-            .map(|c| S::allowed_in_space_alarm(&c))
-            .unwrap_or(false);
-        if allowed {
+        match codec::decode::<S::Command>(&request.command) {
+            Ok(c) => self.check_space_of(&c),
+            Err(_) => self.refuse_for_space(),
+        }
+    }
+
+    fn check_space_of(&self, command: &S::Command) -> Result<()> {
+        if S::allowed_in_space_alarm(command) {
             return Ok(());
         }
+        self.refuse_for_space()
+    }
+
+    /// The refusal of a write under the storage alarm.
+    fn refuse_for_space(&self) -> Result<()> {
         let (node, reason) = self.inner.space.reason(self.inner.id);
         Err(Error::NoSpace { node, reason })
     }

@@ -90,10 +90,15 @@ pub enum Proposal {
     /// Binds a member id to the incarnation of its data directory (see
     /// [`crate::incarnation`]); ignored if the id is bound already.
     BindIncarnation(NodeId, u64),
+    /// Several writes in one entry (see [`Node::write_many`](crate::Node::write_many)), stamped
+    /// with the leader's clock: applied in order at that time, each with its own output; the
+    /// entry's output is the encoded `Vec<Response>`. With a session, the whole batch is one
+    /// sequence of it: applied at most once, a retry answered with the recorded outputs.
+    TimedBatch(Option<Session>, u64, Vec<Bytes>),
 }
 
 impl Proposal {
-    /// The user command this entry carries, if any.
+    /// The user command this entry carries, if it carries exactly one.
     pub fn command(&self) -> Option<&Bytes> {
         match self {
             Proposal::Write(c)
@@ -102,6 +107,14 @@ impl Proposal {
             | Proposal::TimedWrite(_, c)
             | Proposal::TimedSessionWrite(_, _, c) => Some(c),
             _ => None,
+        }
+    }
+
+    /// The bytes of user commands this entry carries (all of a batch's).
+    pub fn command_len(&self) -> usize {
+        match self {
+            Proposal::TimedBatch(_, _, commands) => commands.iter().map(Bytes::len).sum(),
+            other => other.command().map_or(0, Bytes::len),
         }
     }
 }
@@ -145,6 +158,18 @@ impl fmt::Display for Proposal {
             Proposal::CloseSession(id) => write!(f, "close-session({id})"),
             Proposal::SetSessionCapacity(c) => write!(f, "set-session-capacity({c:?})"),
             Proposal::BindIncarnation(id, inc) => write!(f, "bind-incarnation({id}, {inc:016x})"),
+            Proposal::TimedBatch(session, _, commands) => {
+                write!(
+                    f,
+                    "batch({} writes, {} bytes",
+                    commands.len(),
+                    self.command_len()
+                )?;
+                match session {
+                    Some(s) => write!(f, ", session {}#{})", s.client_id, s.sequence),
+                    None => write!(f, ")"),
+                }
+            }
         }
     }
 }

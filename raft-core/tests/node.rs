@@ -365,3 +365,83 @@ async fn invalid_configuration_is_refused() {
         Err(Error::Config(_))
     ));
 }
+
+#[tokio::test]
+async fn a_batch_is_one_entry_applied_in_order_once_and_kept_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    written(dir.path(), 1).await;
+    let router = Router::new(0);
+    let mut cfg = config(dir.path());
+    cfg.max_command_bytes = 1_000;
+    let node = Node::start(cfg, Sum::default(), router.transport(1))
+        .await
+        .unwrap();
+    router.register(node.rpc_handler());
+    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+        .await
+        .unwrap();
+    let session = raft_core::Session {
+        client_id: node.register_session().await.unwrap(),
+        sequence: 1,
+    };
+    let last = |n: &Node<Sum>| n.metrics().last_log_index.unwrap_or(0);
+
+    // Outputs in order, from one log entry.
+    let before = last(&node);
+    assert_eq!(node.write_many(vec![1, 2, 3]).await.unwrap(), vec![2, 4, 7]);
+    assert_eq!(last(&node), before + 1, "a batch is one entry");
+
+    // In a session: a retry of the batch answers the first outputs and applies nothing.
+    let first = node
+        .write_many_with_session(session, vec![10, 20])
+        .await
+        .unwrap();
+    assert_eq!(first, vec![17, 37]);
+    let retry = node
+        .write_many_with_session(session, vec![10, 20])
+        .await
+        .unwrap();
+    assert_eq!(retry, first);
+    assert_eq!(
+        node.read(Consistency::Linearizable, |s| s.0).await.unwrap(),
+        37
+    );
+
+    // Empty: nothing proposed. Too large: refused before anything is proposed.
+    let before = last(&node);
+    assert_eq!(
+        node.write_many(Vec::new()).await.unwrap(),
+        Vec::<u64>::new()
+    );
+    match node.write_many(vec![1; 200]).await {
+        Err(Error::CommandTooLarge { limit: 1_000, .. }) => {}
+        other => panic!("expected CommandTooLarge, got {other:?}"),
+    }
+    assert_eq!(last(&node), before);
+    node.shutdown().await.unwrap();
+
+    // After a restart the batches' effects and the session's record are still there.
+    let node = start(dir.path()).await.unwrap();
+    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+        .await
+        .unwrap();
+    assert_eq!(
+        node.read(Consistency::Linearizable, |s| s.0).await.unwrap(),
+        37
+    );
+    assert_eq!(
+        node.write_many_with_session(session, vec![10, 20])
+            .await
+            .unwrap(),
+        vec![17, 37],
+        "the retry after a restart still answers the first outputs"
+    );
+    let next = raft_core::Session {
+        sequence: 2,
+        ..session
+    };
+    assert_eq!(
+        node.write_many_with_session(next, vec![3]).await.unwrap(),
+        vec![40]
+    );
+}

@@ -378,7 +378,7 @@ fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
 /// id, session and framing. A membership entry is counted as 4 KiB.
 pub fn entry_cost(entry: &Entry) -> usize {
     match &entry.payload {
-        openraft::EntryPayload::Normal(p) => p.command().map_or(0, |c| c.len()) + ENTRY_FRAMING,
+        openraft::EntryPayload::Normal(p) => p.command_len() + ENTRY_FRAMING,
         openraft::EntryPayload::Blank => ENTRY_FRAMING,
         openraft::EntryPayload::Membership(_) => 4096,
     }
