@@ -413,7 +413,8 @@ async fn execute(
     out: &mut BytesMut,
 ) -> bool {
     // Only known command names become metric labels, so clients cannot create unbounded series.
-    let name = commands::known(&args[0]);
+    let spec = commands::find(&args[0]);
+    let name = spec.map(|s| s.name);
     metrics::counter!("kv_requests_total", "command" => name.unwrap_or("unknown")).increment(1);
     if let Gate::Reply(r) = auth::gate(name, args, &mut conn.auth, || auth::current(&ctx.accounts))
     {
@@ -423,7 +424,7 @@ async fn execute(
     }
     // One clock reading: EX/PX deadlines and the write's stamp are the same instant.
     let now = now_ms();
-    let mut action = commands::parse_as(name, args, now, ctx.limits.resp.max_bulk);
+    let mut action = commands::parse_as(spec, args, now, ctx.limits.resp.max_bulk);
     if conn.tx.is_none() && Batch::joins(&action, ctx.consistency == Consistency::Linearizable) {
         let cost = pipeline::cost(args);
         if !batch.is_empty() && !batch.fits(cost, &ctx.limits) {

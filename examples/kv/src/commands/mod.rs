@@ -147,6 +147,14 @@ pub(crate) fn write(op: WriteOp) -> Action {
     }
 }
 
+/// Which of the option words `known` (upper case) `b` is, whatever its case; no allocation.
+fn one_of(b: &[u8], known: &[&'static str]) -> Option<&'static str> {
+    known
+        .iter()
+        .copied()
+        .find(|k| b.eq_ignore_ascii_case(k.as_bytes()))
+}
+
 fn upper(b: &Bytes) -> String {
     String::from_utf8_lossy(b).to_ascii_uppercase()
 }
@@ -158,16 +166,16 @@ const MAX_EXPIRE_AT: u64 = i64::MAX as u64;
 #[cfg(test)]
 pub fn parse(args: &[Bytes], now: u64) -> Action {
     let max_value = crate::resp::Limits::default().max_bulk;
-    parse_as(args.first().and_then(|a| known(a)), args, now, max_value)
+    parse_as(args.first().and_then(|a| find(a)), args, now, max_value)
 }
 
-/// Like `parse` (in tests), for a caller that already looked the command's name up with [`known`];
+/// Like `parse` (in tests), for a caller that already looked the command up with [`find`];
 /// `max_value` is the longest string APPEND or SETRANGE may build (`proto-max-bulk-len`).
-pub fn parse_as(name: Option<&'static str>, args: &[Bytes], now: u64, max_value: usize) -> Action {
+pub fn parse_as(spec: Option<&'static Spec>, args: &[Bytes], now: u64, max_value: usize) -> Action {
     let Some(first) = args.first() else {
         return Action::Reply(Reply::Ok);
     };
-    let Some(spec) = name.and_then(spec) else {
+    let Some(spec) = spec else {
         return unknown_command(first, &args[1..]);
     };
     let n = args.len() as i64;
@@ -199,7 +207,7 @@ fn unknown_command(name: &Bytes, rest: &[Bytes]) -> Action {
 const LONGEST_NAME: usize = 16;
 
 /// The command named `name`, whatever case it is in: a binary search of the sorted table.
-fn lookup(name: &[u8]) -> Option<&'static Spec> {
+pub fn find(name: &[u8]) -> Option<&'static Spec> {
     if name.len() > LONGEST_NAME {
         return None;
     }
@@ -215,12 +223,12 @@ fn lookup(name: &[u8]) -> Option<&'static Spec> {
 
 /// The canonical (lower-case) name of a command this server knows, whatever case `name` is in.
 pub fn known(name: &[u8]) -> Option<&'static str> {
-    lookup(name).map(|c| c.name)
+    find(name).map(|c| c.name)
 }
 
 /// The table entry of the command with canonical name `name`.
 pub fn spec(name: &str) -> Option<&'static Spec> {
-    lookup(name.as_bytes())
+    find(name.as_bytes())
 }
 
 /// Whether the command `name` (canonical) changes data.

@@ -133,7 +133,7 @@ pub(super) fn command(a: &Args) -> Action {
         Some("info") => Action::Reply(Reply::Array(
             a.rest[1..]
                 .iter()
-                .map(|name| super::lookup(name).map_or(Reply::Nil, command_info))
+                .map(|name| super::find(name).map_or(Reply::Nil, command_info))
                 .collect(),
         )),
         Some(_) => error("ERR unknown subcommand for 'command'"),

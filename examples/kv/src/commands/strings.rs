@@ -8,6 +8,7 @@ use super::MAX_EXPIRE_AT;
 use super::NOT_INT;
 use super::Post;
 use super::error;
+use super::one_of;
 use super::parse_i64;
 use super::syntax;
 use super::upper;
@@ -56,19 +57,16 @@ pub(super) fn setnx(a: &Args) -> Action {
 /// `SETEX key seconds value`: `SET key value EX seconds` (and `PSETEX` with `PX`), with Redis'
 /// own error for a time that is not positive.
 pub(super) fn setex(a: &Args) -> Action {
-    match parse_i64(&a.rest[1]) {
-        Some(t) if t > 0 => {
-            let unit = if a.name == "setex" { "EX" } else { "PX" };
-            parse_set(
-                a.name,
-                &a.rest[0],
-                &a.rest[2],
-                &[Bytes::from_static(unit.as_bytes()), a.rest[1].clone()],
-                a.now,
-            )
-        }
-        Some(_) => invalid_expire(a.name),
-        None => error(NOT_INT),
+    let unit = if a.name == "setex" { "EX" } else { "PX" };
+    match deadline(a.name, unit, Some(&a.rest[1]), a.now) {
+        Ok(expiry) => write(WriteOp::Set {
+            key: a.key(),
+            value: a.rest[2].clone(),
+            expiry,
+            condition: Condition::Always,
+            get: false,
+        }),
+        Err(e) => e,
     }
 }
 
@@ -116,22 +114,22 @@ fn parse_set(name: &str, key: &Bytes, value: &Bytes, opts: &[Bytes], now: u64) -
     let mut seen_expiry = false;
     let mut i = 0;
     while i < opts.len() {
-        let opt = upper(&opts[i]);
-        match opt.as_str() {
-            "NX" | "XX" if condition == Condition::Always => {
+        const OPTIONS: [&str; 8] = ["NX", "XX", "GET", "KEEPTTL", "EX", "PX", "EXAT", "PXAT"];
+        match one_of(&opts[i], &OPTIONS) {
+            Some(opt @ ("NX" | "XX")) if condition == Condition::Always => {
                 condition = if opt == "NX" {
                     Condition::IfAbsent
                 } else {
                     Condition::IfPresent
                 };
             }
-            "GET" => get = true,
-            "KEEPTTL" if !seen_expiry => {
+            Some("GET") => get = true,
+            Some("KEEPTTL") if !seen_expiry => {
                 expiry = Expiry::Keep;
                 seen_expiry = true;
             }
-            "EX" | "PX" | "EXAT" | "PXAT" if !seen_expiry => {
-                match deadline(name, &opt, opts.get(i + 1), now) {
+            Some(opt @ ("EX" | "PX" | "EXAT" | "PXAT")) if !seen_expiry => {
+                match deadline(name, opt, opts.get(i + 1), now) {
                     Ok(e) => expiry = e,
                     Err(e) => return e,
                 }
