@@ -256,7 +256,7 @@ mod tests {
 
     fn run(conn: &mut ConnAuth, a: &Arc<Accounts>, line: &str) -> Option<Reply> {
         let args = args(line);
-        let name = crate::commands::known(&args[0]);
+        let name = crate::commands::find(&args[0]).map(|s| s.name);
         match gate(name, &args, conn, || a.clone()) {
             Gate::Reply(r) => Some(r),
             Gate::Pass => None,

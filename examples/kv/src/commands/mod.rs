@@ -221,11 +221,6 @@ pub fn find(name: &[u8]) -> Option<&'static Spec> {
         .map(|i| &COMMANDS[i])
 }
 
-/// The canonical (lower-case) name of a command this server knows, whatever case `name` is in.
-pub fn known(name: &[u8]) -> Option<&'static str> {
-    find(name).map(|c| c.name)
-}
-
 /// The table entry of the command with canonical name `name`.
 pub fn spec(name: &str) -> Option<&'static Spec> {
     find(name.as_bytes())

@@ -1,4 +1,8 @@
 use super::*;
+
+fn known(name: &[u8]) -> Option<&'static str> {
+    find(name).map(|c| c.name)
+}
 use crate::store::Condition;
 use crate::store::Expiry;
 
