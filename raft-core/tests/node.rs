@@ -75,10 +75,7 @@ async fn written(dir: &Path, n: u64) {
 async fn a_single_node_restarts_with_its_state() {
     let dir = tempfile::tempdir().unwrap();
     written(dir.path(), 10).await;
-    let node = start(dir.path()).await.unwrap();
-    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
-        .await
-        .unwrap();
+    let node = restarted(dir.path()).await;
     assert_eq!(
         node.read(Consistency::Linearizable, |s| s.0).await.unwrap(),
         55
@@ -238,6 +235,11 @@ async fn another_clusters_snapshot_in_the_data_dir_is_refused_and_changes_nothin
 /// A one-node cluster that wrote `1..=4` (a sum of 10), restarted and leading.
 async fn leading(dir: &Path) -> Node<Sum> {
     written(dir, 4).await;
+    restarted(dir).await
+}
+
+/// The node of `dir` started again, once it leads.
+async fn restarted(dir: &Path) -> Node<Sum> {
     let node = start(dir).await.unwrap();
     node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
         .await
@@ -421,10 +423,7 @@ async fn a_batch_is_one_entry_applied_in_order_once_and_kept_across_a_restart() 
     node.shutdown().await.unwrap();
 
     // After a restart the batches' effects and the session's record are still there.
-    let node = start(dir.path()).await.unwrap();
-    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
-        .await
-        .unwrap();
+    let node = restarted(dir.path()).await;
     assert_eq!(
         node.read(Consistency::Linearizable, |s| s.0).await.unwrap(),
         37

@@ -1,28 +1,30 @@
-//! Pipelining: the commands a client sent together are replicated together.
+//! Pipelining: the writes a client sent together are replicated together.
 //!
-//! A connection parses every complete command already in its read buffer. A run of plain
-//! writes, with the plain reads and constant replies between them, is gathered into a
-//! [`Batch`]; the batch is proposed once, as one log entry (a [`WriteOp::Exec`] without watched
-//! keys), and its replies go out in order, each command with its own reply. So a pipeline of 16
-//! writes costs one round of consensus and one fsync instead of 16.
+//! A connection parses every complete command already in its read buffer. A run of consecutive
+//! writes is gathered into a [`Batch`]; the batch is proposed once, as one log entry (a
+//! [`WriteOp::Exec`] without watched keys), and its replies go out in order, each command with
+//! its own reply. So a pipeline of 16 writes costs one round of consensus and one fsync instead
+//! of 16.
 //!
 //! What a client sees is what Redis gives a pipeline:
 //! - replies come in the order the commands were sent, and a read sees every write sent before
-//!   it on the same connection (the batch applies in order, reads answered in their place);
+//!   it on the same connection (a command that does not join the batch runs only after the
+//!   batch before it has been applied);
 //! - a command that fails (a wrong type, a value that is not an integer) answers only its own
 //!   error, the others apply;
 //! - if the batch as a whole could not be replicated, every command in it gets the same answer
 //!   (for instance `-TRYAGAIN the outcome is unknown …`), so no client is told a write was
 //!   refused when it may have been applied.
 //!
-//! Anything else ends the batch and runs alone, in its place: `MULTI`/`EXEC`/`WATCH`, `AUTH`,
-//! `HELLO`, `CONFIG`, `INFO`, `KEYS`, commands that are refused before they reach the store,
-//! and reads when the node serves reads at a weaker consistency than linearizable. A batch
-//! holds at most [`ConnLimits::max_batch`] commands and at most `client-query-buffer-limit`
-//! bytes of arguments, so a batch is never larger than one command may be.
-//!
-//! A batch with a single write is proposed as that write alone (what a client that does not
-//! pipeline always gets), and a batch without writes is answered one read at a time as before.
+//! Only writes whose reply is small join a batch, so replies held for a batch stay small (a
+//! connection still sends its replies once 1 MiB of them wait). Everything else ends the batch
+//! and runs alone, in its place: reads (each answered as without pipelining), writes that
+//! answer with stored values (`GETSET`, `SET … GET`, `GETDEL`, `GETEX`, `LPOP`/`RPOP`/`SPOP`),
+//! `MULTI`/`EXEC`/`WATCH`, `AUTH`, `HELLO`, `CONFIG`, `INFO`, and commands that are refused
+//! before they reach the store. A batch holds at most [`ConnLimits::max_batch`] commands and at
+//! most `client-query-buffer-limit` bytes of arguments, so it is never larger than one command
+//! may be. A batch of a single write is proposed as that write alone (what a client that does
+//! not pipeline always gets).
 
 use bytes::Bytes;
 
@@ -31,7 +33,6 @@ use crate::commands::Post;
 use crate::limits::ConnLimits;
 use crate::resp;
 use crate::store::Queued;
-use crate::store::ReadOp;
 use crate::store::Reply;
 use crate::store::WriteOp;
 
@@ -40,7 +41,6 @@ use crate::store::WriteOp;
 pub struct Batch {
     ops: Vec<Queued>,
     posts: Vec<Post>,
-    writes: usize,
     bytes: usize,
     /// The clock reading of the first command: the batch's stamp.
     now: u64,
@@ -51,9 +51,7 @@ pub struct Batch {
 pub enum Plan {
     /// A single write: proposed on its own.
     Write { op: WriteOp, post: Post, now: u64 },
-    /// No writes: each read (or constant reply) answered on its own, in order.
-    Alone { ops: Vec<Queued>, posts: Vec<Post> },
-    /// Writes and the reads between them: one log entry; `posts` reshape each reply.
+    /// Several writes: one log entry; `posts` reshape each reply.
     Together {
         op: WriteOp,
         posts: Vec<Post>,
@@ -72,14 +70,18 @@ impl Batch {
         self.ops.is_empty()
     }
 
-    /// Whether `action` may join a batch: a write, a read (only if `reads` — the node serves
-    /// reads linearizably, as the batch's log entry answers them), or a constant reply.
-    pub fn joins(action: &Action, reads: bool) -> bool {
+    /// Whether `action` may join a batch: a write whose reply is small (not a stored value).
+    pub fn joins(action: &Action) -> bool {
         match action {
-            Action::Write { .. } => true,
-            Action::Read(ReadOp::Keys(_)) => false,
-            Action::Read(_) => reads,
-            Action::Reply(r) => !r.is_error(),
+            Action::Write { op, .. } => !matches!(
+                op,
+                WriteOp::Set { get: true, .. }
+                    | WriteOp::GetEx { .. }
+                    | WriteOp::GetDel(_)
+                    | WriteOp::Pop { .. }
+                    | WriteOp::SPop { .. }
+                    | WriteOp::Exec { .. }
+            ),
             _ => false,
         }
     }
@@ -92,19 +94,16 @@ impl Batch {
     /// Adds a command that [`Batch::joins`] allowed (anything else is handed back). `now` is
     /// its clock reading.
     pub fn push(&mut self, action: Action, cost: usize, now: u64) -> Result<(), Action> {
-        let (op, post) = match action {
-            Action::Write { op, post } => {
-                self.writes += 1;
-                (Queued::Write(op), post)
-            }
-            Action::Read(op) => (Queued::Read(op), Post::None),
-            Action::Reply(r) if !r.is_error() => (Queued::Reply(r), Post::None),
-            other => return Err(other),
+        if !Batch::joins(&action) {
+            return Err(action);
+        }
+        let Action::Write { op, post } = action else {
+            return Err(action);
         };
         if self.ops.is_empty() {
             self.now = now;
         }
-        self.ops.push(op);
+        self.ops.push(Queued::Write(op));
         self.posts.push(post);
         self.bytes += cost;
         Ok(())
@@ -117,12 +116,6 @@ impl Batch {
         }
         let batch = std::mem::take(self);
         let mut ops = batch.ops;
-        if batch.writes == 0 {
-            return Some(Plan::Alone {
-                ops,
-                posts: batch.posts,
-            });
-        }
         if let [Queued::Write(_)] = ops.as_slice()
             && let (Some(Queued::Write(op)), Some(&post)) = (ops.pop(), batch.posts.first())
         {
@@ -173,7 +166,7 @@ mod tests {
         let mut b = Batch::default();
         for (i, c) in cmds.iter().enumerate() {
             let a = action(c);
-            assert!(Batch::joins(&a, true), "{c:?} should join");
+            assert!(Batch::joins(&a), "{c:?} should join");
             let args: Vec<Bytes> = c.iter().map(|a| Bytes::from(a.to_string())).collect();
             assert!(b.fits(cost(&args), limits));
             b.push(a, cost(&args), 1_000 + i as u64).expect("joins");
@@ -182,25 +175,20 @@ mod tests {
     }
 
     #[test]
-    fn one_write_is_proposed_alone_and_reads_alone_are_answered_alone() {
+    fn one_write_is_proposed_alone() {
         let limits = ConnLimits::default();
         let mut b = batch_of(&[&["SET", "k", "v"]], &limits);
         assert!(matches!(b.take(), Some(Plan::Write { now: 1_000, .. })));
         assert!(b.is_empty() && b.take().is_none());
-        let mut b = batch_of(&[&["GET", "k"], &["PING"], &["GET", "j"]], &limits);
-        match b.take() {
-            Some(Plan::Alone { ops, .. }) => assert_eq!(ops.len(), 3),
-            other => panic!("{other:?}"),
-        }
     }
 
     #[test]
-    fn writes_and_reads_between_them_become_one_entry_in_order() {
+    fn consecutive_writes_become_one_entry_in_order() {
         let limits = ConnLimits::default();
         let mut b = batch_of(
             &[
                 &["SET", "k", "v"],
-                &["GET", "k"],
+                &["APPEND", "k", "w"],
                 &["SETNX", "k", "w"],
                 &["INCR", "n"],
             ],
@@ -217,14 +205,18 @@ mod tests {
             panic!("not an exec")
         };
         assert!(watched.is_empty());
+        assert_eq!(ops.len(), 4);
         assert!(matches!(ops[0], Queued::Write(WriteOp::Set { .. })));
-        assert!(matches!(ops[1], Queued::Read(ReadOp::Get(_))));
+        assert!(matches!(
+            ops[1],
+            Queued::Write(WriteOp::Append(..) | WriteOp::AppendAtMost { .. })
+        ));
         assert_eq!(posts[2], Post::OkToOne);
         // SETNX's reply is reshaped in its place; an error answers only its own command.
         let replies = split(
             Reply::Array(vec![
                 Reply::Ok,
-                Reply::Bulk(Bytes::from_static(b"v")),
+                Reply::Int(2),
                 Reply::Nil,
                 Reply::Fault(crate::store::Error::WrongType),
             ]),
@@ -252,18 +244,28 @@ mod tests {
             &["WATCH", "k"],
             &["KEYS", "*"],
             &["AUTH", "x"],
+            &["GET", "k"],
+            &["PING"],
+            &["ECHO", "x"],
             &["GET"],
             &["NOSUCH"],
             &["INFO"],
             &["CONFIG", "GET", "*"],
+            &["GETSET", "k", "v"],
+            &["SET", "k", "v", "GET"],
+            &["GETDEL", "k"],
+            &["LPOP", "k", "5"],
+            &["SPOP", "k"],
         ] {
-            assert!(!Batch::joins(&action(c), true), "{c:?} joined");
+            assert!(!Batch::joins(&action(c)), "{c:?} joined");
         }
-        assert!(
-            !Batch::joins(&action(&["GET", "k"]), false),
-            "a lease read joined"
-        );
-        assert!(Batch::joins(&action(&["SET", "k", "v"]), false));
+        for c in [
+            &["SET", "k", "v"][..],
+            &["DEL", "k"],
+            &["HSET", "h", "f", "v"],
+        ] {
+            assert!(Batch::joins(&action(c)), "{c:?} did not join");
+        }
     }
 
     #[test]

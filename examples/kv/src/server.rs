@@ -425,7 +425,7 @@ async fn execute(
     // One clock reading: EX/PX deadlines and the write's stamp are the same instant.
     let now = now_ms();
     let mut action = commands::parse_as(spec, args, now, ctx.limits.resp.max_bulk);
-    if conn.tx.is_none() && Batch::joins(&action, ctx.consistency == Consistency::Linearizable) {
+    if conn.tx.is_none() && Batch::joins(&action) {
         let cost = pipeline::cost(args);
         if !batch.is_empty() && !batch.fits(cost, &ctx.limits) {
             run_batch(batch, conn, ctx, out).await;
@@ -492,16 +492,6 @@ async fn run_batch(batch: &mut Batch, conn: &mut Conn, ctx: &Ctx, out: &mut Byte
         Plan::Write { op, post, now } => {
             let r = post.apply(replicate(conn, ctx, op, now).await);
             resp::encode(&r, out, conn.proto);
-        }
-        Plan::Alone { ops, posts } => {
-            for (op, post) in ops.into_iter().zip(posts) {
-                let r = match op {
-                    Queued::Read(op) => read(ctx, op).await,
-                    Queued::Reply(r) => r,
-                    Queued::Write(op) => post.apply(replicate(conn, ctx, op, now_ms()).await),
-                };
-                resp::encode(&r, out, conn.proto);
-            }
         }
         Plan::Together { op, posts, now } => {
             let r = replicate(conn, ctx, op, now).await;

@@ -25,12 +25,7 @@ impl Cluster {
     fn start() -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<Ports> = (0..3).map(|_| Ports::new()).collect();
-        let members = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}={}", i + 1, p.raft_addr()))
-            .collect::<Vec<_>>()
-            .join(",");
+        let members = common::members(&ports);
         let procs = ports
             .iter()
             .enumerate()

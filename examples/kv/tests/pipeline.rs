@@ -118,9 +118,14 @@ impl Conn {
             .iter()
             .map(|c| c.iter().map(|a| a.to_string()).collect())
             .collect();
-        self.send(&cmds).await.expect("send");
+        self.run(&cmds).await
+    }
+
+    /// Like [`Conn::pipeline`], for commands built at run time.
+    async fn run(&mut self, cmds: &[Vec<String>]) -> Vec<R> {
+        self.send(cmds).await.expect("send");
         let mut replies = Vec::new();
-        for _ in &cmds {
+        for _ in cmds {
             replies.push(self.reply().await.expect("reply"));
         }
         replies
@@ -138,13 +143,7 @@ impl Cluster {
     fn start(n: u64, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<Ports> = (0..n).map(|_| Ports::new()).collect();
-        let members = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}={}", i + 1, p.raft_addr()))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut args = vec!["--initial-members".to_string(), members];
+        let mut args = vec!["--initial-members".to_string(), common::members(&ports)];
         args.extend(extra.iter().map(|s| s.to_string()));
         let procs = (1..=n)
             .map(|id| {
@@ -286,12 +285,7 @@ async fn pipelined_writes_travel_as_few_log_entries() {
     let sets: Vec<Vec<String>> = (0..64)
         .map(|i| vec!["SET".into(), format!("k{i}"), format!("v{i}")])
         .collect();
-    let refs: Vec<Vec<&str>> = sets
-        .iter()
-        .map(|c| c.iter().map(String::as_str).collect())
-        .collect();
-    let cmds: Vec<&[&str]> = refs.iter().map(Vec::as_slice).collect();
-    let r = con.pipeline(&cmds).await;
+    let r = con.run(&sets).await;
     assert!(r.iter().all(|r| *r == R::Status("OK".into())), "{r:?}");
     let entries = c.last_index(1).await - before;
     // One entry per batch of what arrived together (the 64 commands may arrive in a few reads).
@@ -299,12 +293,7 @@ async fn pipelined_writes_travel_as_few_log_entries() {
     let gets: Vec<Vec<String>> = (0..64)
         .map(|i| vec!["GET".into(), format!("k{i}")])
         .collect();
-    let refs: Vec<Vec<&str>> = gets
-        .iter()
-        .map(|c| c.iter().map(String::as_str).collect())
-        .collect();
-    let cmds: Vec<&[&str]> = refs.iter().map(Vec::as_slice).collect();
-    let r = con.pipeline(&cmds).await;
+    let r = con.run(&gets).await;
     let want: Vec<R> = (0..64).map(|i| R::Bulk(Some(format!("v{i}")))).collect();
     assert_eq!(r, want);
 }

@@ -49,6 +49,16 @@ impl Ports {
     }
 }
 
+/// The `--initial-members` list of nodes `1..` with these ports.
+pub fn members(ports: &[Ports]) -> String {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}={}", i + 1, p.raft_addr()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// One `kv node` process, killed (`kill -9`) when dropped.
 pub struct Proc(pub Child);
 
