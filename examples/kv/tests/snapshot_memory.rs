@@ -74,6 +74,9 @@ fn start(dir: &Path, ports: &Ports) -> Proc {
             "8MiB".into(),
             "--snapshot-every".into(),
             SNAPSHOT_EVERY.to_string(),
+            // One entry per pipelined SET: the test counts entries to reach a snapshot.
+            "--pipeline-batch".into(),
+            "1".into(),
         ],
     )
 }
