@@ -264,7 +264,7 @@ const ONE: (i64, i64, i64) = (1, 1, 1);
 const ALL: (i64, i64, i64) = (1, -1, 1);
 const TWO: (i64, i64, i64) = (1, 2, 1);
 
-/// Every command this server knows, sorted by name (for [`lookup`]).
+/// Every command this server knows, sorted by name (for [`find`]).
 pub static COMMANDS: &[Spec] = &[
     cmd("acl", -2, Other, false, NONE, server::acl),
     cmd("append", 3, Write, true, ONE, strings::append),
