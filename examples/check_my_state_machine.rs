@@ -109,18 +109,15 @@ impl Workload for CounterWorkload {
 
 #[tokio::main]
 async fn main() -> raftkit::Result<()> {
-    let opts = RunOptions {
-        schedule: Schedule::of(
-            [
-                Fault::IsolateLeader,
-                Fault::CrashRestart,
-                Fault::PowerLossMinority,
-                Fault::PartitionRandom,
-            ],
-            Duration::from_millis(700),
-        ),
-        ..RunOptions::default()
-    };
+    let opts = RunOptions::default().with_schedule(Schedule::of(
+        [
+            Fault::IsolateLeader,
+            Fault::CrashRestart,
+            Fault::PowerLossMinority,
+            Fault::PartitionRandom,
+        ],
+        Duration::from_millis(700),
+    ));
     println!(
         "seed {} — 3 nodes, 4 clients, faults: {:?}",
         opts.seed,

@@ -21,10 +21,10 @@ fn init_tracing() {
 /// One fault held twice, with the workload running throughout.
 async fn under(fault: Fault) {
     init_tracing();
-    let opts = RunOptions {
-        schedule: Schedule::of([fault.clone(), fault.clone()], Duration::from_millis(800)),
-        ..RunOptions::default()
-    };
+    let opts = RunOptions::default().with_schedule(Schedule::of(
+        [fault.clone(), fault.clone()],
+        Duration::from_millis(800),
+    ));
     let report = run(KvWorkload::default(), opts)
         .await
         .expect("the run completes");
@@ -91,12 +91,13 @@ async fn membership_changes_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unsafe_local_reads_on_an_isolated_leader_are_caught() {
     init_tracing();
-    let opts = RunOptions {
-        schedule: Schedule::of([Fault::IsolateLeader], Duration::from_millis(2500)),
-        reads: ReadMode::UnsafeLocal,
-        clients: 4,
-        ..RunOptions::default()
-    };
+    let opts = RunOptions::default()
+        .with_schedule(Schedule::of(
+            [Fault::IsolateLeader],
+            Duration::from_millis(2500),
+        ))
+        .with_reads(ReadMode::UnsafeLocal)
+        .with_clients(4);
     let workload = KvWorkload {
         keys: 1,
         read_percent: 50,

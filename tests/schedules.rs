@@ -62,12 +62,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
-        let opts = RunOptions {
-            seed,
-            clients,
-            schedule: schedule.clone(),
-            ..RunOptions::default()
-        };
+        let opts = RunOptions::default().with_seed(seed).with_clients(clients).with_schedule(schedule.clone());
         let report = rt.block_on(run(KvWorkload { keys, read_percent, deletes: true }, opts)).expect("the run completes");
         prop_assert!(
             report.check.is_linearizable(),

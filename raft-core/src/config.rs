@@ -26,8 +26,17 @@ pub enum Storage {
 }
 
 /// How a node runs. Build with [`Config::durable`] or [`Config::in_memory`] and adjust with the
-/// `with_*` methods.
+/// `with_*` methods; the fields stay readable.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = raft_core::Config::in_memory(1)
+///     .with_request_timeout(Duration::from_secs(5))
+///     .with_max_command_bytes(1 << 20);
+/// assert_eq!(config.max_command_bytes, 1 << 20);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// This node's id; stable across restarts and unique in the cluster.
     pub id: NodeId,
@@ -132,7 +141,9 @@ impl Config {
         Config::new(id, Storage::Memory)
     }
 
-    /// Sets the heartbeat interval and election timeout together.
+    /// Sets the heartbeat interval and election timeout together (defaults 50 ms and 400 ms);
+    /// the election timeout must be at least three heartbeat intervals.
+    #[must_use]
     pub fn with_timing(mut self, heartbeat: Duration, election_timeout: Duration) -> Config {
         self.heartbeat_interval = heartbeat;
         self.election_timeout = election_timeout;
@@ -140,40 +151,136 @@ impl Config {
     }
 
     /// Sets the snapshot policy: snapshot every `every` applied entries (`0`: never by count),
-    /// keeping `keep` already-snapshotted entries in the log.
+    /// keeping `keep` already-snapshotted entries in the log (defaults 100 000 and 1 000).
+    #[must_use]
     pub fn with_snapshots(mut self, every: u64, keep: u64) -> Config {
         self.snapshot_every = every;
         self.keep_after_snapshot = keep;
         self
     }
 
-    /// Sets the timeout of each request.
+    /// Sets the upper bound of each `write`, `read` or membership call (default 10 s; not zero).
+    #[must_use]
     pub fn with_request_timeout(mut self, timeout: Duration) -> Config {
         self.request_timeout = timeout;
         self
     }
 
-    /// Sets the write-ahead log options.
+    /// Sets the write-ahead log options (default [`WalOptions::default`]).
+    #[must_use]
     pub fn with_wal(mut self, wal: WalOptions) -> Config {
         self.wal = wal;
         self
     }
 
-    /// Sets the log size since the last snapshot that triggers a new one (`0`: by count only).
+    /// Sets the log size since the last snapshot that triggers a new one (default 64 MiB; `0`: by
+    /// count only); see [`Config::snapshot_log_bytes`].
+    #[must_use]
     pub fn with_snapshot_log_bytes(mut self, bytes: u64) -> Config {
         self.snapshot_log_bytes = bytes;
         self
     }
 
-    /// Sets the clock the node stamps writes and reads with while it leads.
+    /// Sets the clock the node stamps writes and reads with while it leads (default
+    /// [`SystemClock`](crate::SystemClock)).
+    #[must_use]
     pub fn with_clock(mut self, clock: impl Clock) -> Config {
         self.clock = Arc::new(clock);
         self
     }
 
-    /// Sets the storage quota.
+    /// Sets the storage quota (default [`QuotaOptions::default`]).
+    #[must_use]
     pub fn with_quota(mut self, quota: QuotaOptions) -> Config {
         self.quota = quota;
+        self
+    }
+
+    /// Sets the cluster name shown in logs (default `"raftkit"`).
+    #[must_use]
+    pub fn with_cluster_name(mut self, name: impl Into<String>) -> Config {
+        self.cluster_name = name.into();
+        self
+    }
+
+    /// Sets the heartbeat interval alone (default 50 ms); see [`Config::heartbeat_interval`].
+    #[must_use]
+    pub fn with_heartbeat_interval(mut self, interval: Duration) -> Config {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// Sets the election timeout alone (default 400 ms); see [`Config::election_timeout`].
+    #[must_use]
+    pub fn with_election_timeout(mut self, timeout: Duration) -> Config {
+        self.election_timeout = timeout;
+        self
+    }
+
+    /// Sets how many applied entries trigger a snapshot (default 100 000; `0`: never by count).
+    #[must_use]
+    pub fn with_snapshot_every(mut self, entries: u64) -> Config {
+        self.snapshot_every = entries;
+        self
+    }
+
+    /// Sets how many already-snapshotted entries stay in the log (default 1 000).
+    #[must_use]
+    pub fn with_keep_after_snapshot(mut self, entries: u64) -> Config {
+        self.keep_after_snapshot = entries;
+        self
+    }
+
+    /// Sets the session capacity a new cluster starts with (default 10 000); see
+    /// [`Config::max_sessions`].
+    #[must_use]
+    pub fn with_max_sessions(mut self, sessions: usize) -> Config {
+        self.max_sessions = sessions;
+        self
+    }
+
+    /// Sets the largest snapshot accepted from a leader (default 64 GiB).
+    #[must_use]
+    pub fn with_max_snapshot_bytes(mut self, bytes: u64) -> Config {
+        self.max_snapshot_bytes = bytes;
+        self
+    }
+
+    /// Sets the largest encoded command `write` accepts (default 64 MiB).
+    #[must_use]
+    pub fn with_max_command_bytes(mut self, bytes: usize) -> Config {
+        self.max_command_bytes = bytes;
+        self
+    }
+
+    /// Sets the most bytes of entries in one replication message (default 8 MiB); see
+    /// [`Config::max_append_bytes`].
+    #[must_use]
+    pub fn with_max_append_bytes(mut self, bytes: usize) -> Config {
+        self.max_append_bytes = bytes;
+        self
+    }
+
+    /// Sets the bytes of responses the session table of a new cluster remembers (default
+    /// 64 MiB, at most [`MAX_SESSION_BYTES`]); see [`Config::max_session_bytes`].
+    #[must_use]
+    pub fn with_max_session_bytes(mut self, bytes: usize) -> Config {
+        self.max_session_bytes = bytes;
+        self
+    }
+
+    /// Sets the largest response a new cluster's session table keeps for a retry (default
+    /// 1 MiB); see [`Config::max_session_response_bytes`].
+    #[must_use]
+    pub fn with_max_session_response_bytes(mut self, bytes: usize) -> Config {
+        self.max_session_response_bytes = bytes;
+        self
+    }
+
+    /// Sets the clock from a shared handle; see [`Config::with_clock`].
+    #[must_use]
+    pub fn with_shared_clock(mut self, clock: Arc<dyn Clock>) -> Config {
+        self.clock = clock;
         self
     }
 

@@ -31,8 +31,10 @@ use std::time::Instant;
 
 use crate::types::NodeId;
 
-/// When a node raises its NOSPACE alarm. Part of [`Config`](crate::Config).
+/// When a node raises its NOSPACE alarm. Part of [`Config`](crate::Config). Start from
+/// [`QuotaOptions::default`] and adjust with the `with_*` methods.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QuotaOptions {
     /// Raise the alarm when the file system holding the data directory has less than this many
     /// bytes free for unprivileged users. `0` disables the check. Default 256 MiB: room for the
@@ -57,6 +59,31 @@ impl Default for QuotaOptions {
             max_used_bytes: 0,
             check_interval: Duration::from_secs(1),
         }
+    }
+}
+
+impl QuotaOptions {
+    /// Sets the free space below which the alarm is raised (default 256 MiB; `0`: no check);
+    /// see [`QuotaOptions::min_free_bytes`].
+    #[must_use]
+    pub fn with_min_free_bytes(mut self, bytes: u64) -> QuotaOptions {
+        self.min_free_bytes = bytes;
+        self
+    }
+
+    /// Sets the most bytes the data directory may occupy (default `0`: no limit of its own);
+    /// see [`QuotaOptions::max_used_bytes`].
+    #[must_use]
+    pub fn with_max_used_bytes(mut self, bytes: u64) -> QuotaOptions {
+        self.max_used_bytes = bytes;
+        self
+    }
+
+    /// Sets how often the data directory is measured (default 1 s; must not be zero).
+    #[must_use]
+    pub fn with_check_interval(mut self, interval: Duration) -> QuotaOptions {
+        self.check_interval = interval;
+        self
     }
 }
 

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::io;
 use std::io::Read;
 use std::io::Write;
-use std::sync::Arc;
 
 use raft_core::ApplyContext;
 use raft_core::Consistency;
@@ -101,13 +100,10 @@ async fn start() -> Fixture {
     let clocks: BTreeMap<NodeId, ManualClock> =
         (1..=3).map(|id| (id, ManualClock::at(T0))).collect();
     let for_config = clocks.clone();
-    let options = ClusterOptions {
-        configure: Arc::new(move |c| {
-            let clock = for_config[&c.id].clone();
-            c.with_snapshots(0, 0).with_clock(clock)
-        }),
-        ..ClusterOptions::default()
-    };
+    let options = ClusterOptions::default().with_configure(move |c| {
+        let clock = for_config[&c.id].clone();
+        c.with_snapshots(0, 0).with_clock(clock)
+    });
     let cluster = Cluster::start(3, options, |_| Leases::default())
         .await
         .unwrap();

@@ -2,7 +2,6 @@
 //! router. Every wait is on metrics or a condition with a bound — never a sleep.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -32,10 +31,7 @@ fn init_tracing() {
 }
 
 fn options(configure: impl Fn(Config) -> Config + Send + Sync + 'static) -> ClusterOptions {
-    ClusterOptions {
-        configure: Arc::new(configure),
-        ..ClusterOptions::default()
-    }
+    ClusterOptions::default().with_configure(configure)
 }
 
 async fn start(
@@ -641,10 +637,7 @@ async fn replicas_configured_differently_keep_identical_session_tables() {
     // Only node 1 initializes, so its 10 is the cluster's capacity; 1,000 elsewhere is ignored.
     let cluster = start(3, |c| {
         let max = if c.id == 1 { 10 } else { 1_000 };
-        Config {
-            max_sessions: max,
-            ..c.with_snapshots(25, 5)
-        }
+        c.with_snapshots(25, 5).with_max_sessions(max)
     })
     .await;
     wait_for_capacity(&cluster, 10).await;

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -30,10 +29,7 @@ fn init_tracing() {
 
 async fn start(configure: impl Fn(Config) -> Config + Send + Sync + 'static) -> Cluster<Kv> {
     init_tracing();
-    let options = ClusterOptions {
-        configure: Arc::new(configure),
-        ..ClusterOptions::default()
-    };
+    let options = ClusterOptions::default().with_configure(configure);
     Cluster::start(3, options, |_| Kv::default())
         .await
         .expect("cluster starts")
@@ -41,11 +37,12 @@ async fn start(configure: impl Fn(Config) -> Config + Send + Sync + 'static) -> 
 
 /// A quota that samples often and reserves 1 MiB, so only the simulated free space raises it.
 fn fast_quota(c: Config) -> Config {
-    c.with_quota(QuotaOptions {
-        min_free_bytes: 1 << 20,
-        max_used_bytes: 0,
-        check_interval: Duration::from_millis(50),
-    })
+    c.with_quota(
+        QuotaOptions::default()
+            .with_min_free_bytes(1 << 20)
+            .with_max_used_bytes(0)
+            .with_check_interval(Duration::from_millis(50)),
+    )
 }
 
 /// Bytes allocated to the files under `dir`.
@@ -95,10 +92,7 @@ async fn the_log_is_compacted_by_size_not_only_by_count() {
     let cluster = start(|c| {
         c.with_snapshots(0, 8)
             .with_snapshot_log_bytes(THRESHOLD)
-            .with_wal(WalOptions {
-                segment_size: SEGMENT,
-                ..WalOptions::default()
-            })
+            .with_wal(WalOptions::default().with_segment_size(SEGMENT))
     })
     .await;
     // 40 keys of 4 KiB overwritten 20 times: 160 KiB of live data, 3.2 MiB of log. Written
@@ -362,10 +356,7 @@ async fn dropping_every_handle_still_stops_the_node() {
     let router = raft_core::testing::Router::new(0);
     let config = Config::durable(1, dir.path())
         .with_timing(Duration::from_millis(20), Duration::from_millis(100))
-        .with_quota(QuotaOptions {
-            check_interval: Duration::from_millis(10),
-            ..QuotaOptions::default()
-        });
+        .with_quota(QuotaOptions::default().with_check_interval(Duration::from_millis(10)));
     let node = Node::start(config, Kv::default(), router.transport(1))
         .await
         .unwrap();

@@ -210,8 +210,9 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
-/// A caller of the `Cluster` service.
+/// A caller of the `Cluster` service. Made with [`User::new`].
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct User {
     /// The name it is known by (in logs, and as a certificate's common name).
     pub name: String,
@@ -219,6 +220,18 @@ pub struct User {
     pub token: String,
     /// What it may do.
     pub role: Role,
+}
+
+impl User {
+    /// A user called `name` who authenticates with the bearer token `token` and may do what
+    /// `role` allows.
+    pub fn new(name: impl Into<String>, token: impl Into<String>, role: Role) -> User {
+        User {
+            name: name.into(),
+            token: token.into(),
+            role,
+        }
+    }
 }
 
 impl fmt::Debug for User {
@@ -256,8 +269,10 @@ impl Caller {
     }
 }
 
-/// How a node authenticates peers and clients. The default authenticates nothing.
+/// How a node authenticates peers and clients. The default authenticates nothing; adjust it with
+/// the `with_*` methods.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct AuthConfig {
     /// Peers prove they know this secret; as a bearer token it is also an `admin` credential.
     /// Outgoing calls carry its token.
@@ -277,6 +292,44 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
+    /// Sets the cluster secret peers must prove they know (default none); see
+    /// [`AuthConfig::cluster_secret`].
+    #[must_use]
+    pub fn with_cluster_secret(mut self, secret: Option<ClusterSecret>) -> AuthConfig {
+        self.cluster_secret = secret;
+        self
+    }
+
+    /// Sets a second secret accepted but never sent, for rotations (default none); see
+    /// [`AuthConfig::previous_secret`].
+    #[must_use]
+    pub fn with_previous_secret(mut self, secret: Option<ClusterSecret>) -> AuthConfig {
+        self.previous_secret = secret;
+        self
+    }
+
+    /// Sets whether peers must present a node certificate (default no).
+    #[must_use]
+    pub fn with_peer_certs(mut self, required: bool) -> AuthConfig {
+        self.peer_certs = required;
+        self
+    }
+
+    /// Sets the callers of the `Cluster` service (default none).
+    #[must_use]
+    pub fn with_users(mut self, users: impl IntoIterator<Item = User>) -> AuthConfig {
+        self.users = users.into_iter().collect();
+        self
+    }
+
+    /// Sets whether a client certificate whose common name is a user's name authenticates as
+    /// that user under mutual TLS (default no).
+    #[must_use]
+    pub fn with_cert_users(mut self, enabled: bool) -> AuthConfig {
+        self.cert_users = enabled;
+        self
+    }
+
     /// Whether internal calls must be authenticated.
     pub fn authenticates_peers(&self) -> bool {
         self.cluster_secret.is_some() || self.peer_certs

@@ -53,8 +53,10 @@ pub enum ReadPolicy {
     Weighted(Vec<(String, u32)>),
 }
 
-/// Settings of a [`ClusterClient`].
+/// Settings of a [`ClusterClient`]. Start from [`ClientOptions::default`] and adjust with the
+/// `with_*` methods.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ClientOptions {
     /// TLS towards the nodes (a client certificate is needed under mutual TLS).
     pub tls: Option<TlsConfig>,
@@ -102,6 +104,64 @@ impl Default for ClientOptions {
             max_message_bytes: 64 << 20,
             credentials: None,
         }
+    }
+}
+
+impl ClientOptions {
+    /// Sets TLS towards the nodes (default none: plain TCP).
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<TlsConfig>) -> ClientOptions {
+        self.tls = tls;
+        self
+    }
+
+    /// Sets how connections are made (default TCP).
+    #[must_use]
+    pub fn with_connector(mut self, connector: Connector) -> ClientOptions {
+        self.connector = connector;
+        self
+    }
+
+    /// Sets the connection tuning (default [`ChannelOptions::default`]).
+    #[must_use]
+    pub fn with_channel(mut self, channel: ChannelOptions) -> ClientOptions {
+        self.channel = channel;
+        self
+    }
+
+    /// Sets the deadline of each attempt (default 5 s).
+    #[must_use]
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> ClientOptions {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// Sets how long an operation keeps retrying before giving up (default 30 s).
+    #[must_use]
+    pub fn with_total_timeout(mut self, timeout: Duration) -> ClientOptions {
+        self.total_timeout = timeout;
+        self
+    }
+
+    /// Sets where reads go (default [`ReadPolicy::RoundRobin`]).
+    #[must_use]
+    pub fn with_read_policy(mut self, policy: ReadPolicy) -> ClientOptions {
+        self.read_policy = policy;
+        self
+    }
+
+    /// Sets the largest message sent or accepted (default 64 MiB).
+    #[must_use]
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> ClientOptions {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Sets who the client is on clusters that authenticate callers (default none).
+    #[must_use]
+    pub fn with_credentials(mut self, credentials: Option<Credentials>) -> ClientOptions {
+        self.credentials = credentials;
+        self
     }
 }
 

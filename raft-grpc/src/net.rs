@@ -68,8 +68,10 @@ impl Connector {
     }
 }
 
-/// Connection tuning shared by peers and clients.
+/// Connection tuning shared by peers and clients. Start from [`ChannelOptions::default`] and
+/// adjust with the `with_*` methods.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ChannelOptions {
     /// How long establishing a connection may take. Default 2 s.
     pub connect_timeout: Duration,
@@ -86,6 +88,29 @@ impl Default for ChannelOptions {
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(2),
         }
+    }
+}
+
+impl ChannelOptions {
+    /// Sets how long establishing a connection may take (default 2 s).
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> ChannelOptions {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets how often an HTTP/2 ping checks a connection (default 1 s).
+    #[must_use]
+    pub fn with_keepalive_interval(mut self, interval: Duration) -> ChannelOptions {
+        self.keepalive_interval = interval;
+        self
+    }
+
+    /// Sets how long a ping may go unanswered before the connection is dropped (default 2 s).
+    #[must_use]
+    pub fn with_keepalive_timeout(mut self, timeout: Duration) -> ChannelOptions {
+        self.keepalive_timeout = timeout;
+        self
     }
 }
 

@@ -7,8 +7,10 @@ use crate::net::ChannelOptions;
 use crate::net::Connector;
 use crate::tls::ReloadableTls;
 
-/// How a node talks gRPC: TLS, connections, limits.
+/// How a node talks gRPC: TLS, connections, limits. Start from [`GrpcOptions::default`] and
+/// adjust with the `with_*` methods.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct GrpcOptions {
     /// TLS for peers and clients alike; with `require_client_cert`, mutual TLS. The node's
     /// certificate doubles as its client certificate towards peers. Reloading it
@@ -130,5 +132,100 @@ impl Default for GrpcOptions {
             keepalive_timeout: Duration::from_secs(20),
             auth: Auth::default(),
         }
+    }
+}
+
+impl GrpcOptions {
+    /// Sets TLS for peers and clients (default none: plain TCP); see [`GrpcOptions::tls`].
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<ReloadableTls>) -> GrpcOptions {
+        self.tls = tls;
+        self
+    }
+
+    /// Sets how long a TLS handshake may take before the connection is closed (default 10 s).
+    #[must_use]
+    pub fn with_tls_handshake_timeout(mut self, timeout: Duration) -> GrpcOptions {
+        self.tls_handshake_timeout = timeout;
+        self
+    }
+
+    /// Sets the most TLS handshakes the server runs at once (default 256).
+    #[must_use]
+    pub fn with_max_tls_handshakes(mut self, handshakes: usize) -> GrpcOptions {
+        self.max_tls_handshakes = handshakes;
+        self
+    }
+
+    /// Sets how outgoing connections are made (default TCP).
+    #[must_use]
+    pub fn with_connector(mut self, connector: Connector) -> GrpcOptions {
+        self.connector = connector;
+        self
+    }
+
+    /// Sets the connection tuning (default [`ChannelOptions::default`]).
+    #[must_use]
+    pub fn with_channel(mut self, channel: ChannelOptions) -> GrpcOptions {
+        self.channel = channel;
+        self
+    }
+
+    /// Sets the largest message sent or accepted (default 65 MiB); see
+    /// [`GrpcOptions::max_message_bytes`].
+    #[must_use]
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> GrpcOptions {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Sets the bytes per snapshot chunk sent (default 1 MiB).
+    #[must_use]
+    pub fn with_snapshot_chunk_bytes(mut self, bytes: usize) -> GrpcOptions {
+        self.snapshot_chunk_bytes = bytes;
+        self
+    }
+
+    /// Sets the largest snapshot chunk accepted (default 4 MiB).
+    #[must_use]
+    pub fn with_max_snapshot_chunk_bytes(mut self, bytes: usize) -> GrpcOptions {
+        self.max_snapshot_chunk_bytes = bytes;
+        self
+    }
+
+    /// Sets whether a follower forwards writes and membership calls to the leader (default
+    /// yes) or answers them with the leader's address.
+    #[must_use]
+    pub fn with_forward_to_leader(mut self, forward: bool) -> GrpcOptions {
+        self.forward_to_leader = forward;
+        self
+    }
+
+    /// Sets the most concurrent RPCs one connection may open (default 1,024).
+    #[must_use]
+    pub fn with_max_concurrent_streams(mut self, streams: u32) -> GrpcOptions {
+        self.max_concurrent_streams = streams;
+        self
+    }
+
+    /// Sets how long a connection may idle before the server pings it (default 10 s).
+    #[must_use]
+    pub fn with_keepalive_interval(mut self, interval: Duration) -> GrpcOptions {
+        self.keepalive_interval = interval;
+        self
+    }
+
+    /// Sets how long the server waits for a keepalive ping's answer (default 20 s).
+    #[must_use]
+    pub fn with_keepalive_timeout(mut self, timeout: Duration) -> GrpcOptions {
+        self.keepalive_timeout = timeout;
+        self
+    }
+
+    /// Sets who may call (default: nobody is authenticated); see [`GrpcOptions::auth`].
+    #[must_use]
+    pub fn with_auth(mut self, auth: Auth) -> GrpcOptions {
+        self.auth = auth;
+        self
     }
 }

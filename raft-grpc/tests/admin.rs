@@ -106,10 +106,7 @@ async fn admin_calls_on_a_follower_are_forwarded_to_the_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_forwarding_a_follower_names_the_leader() {
-    let opts = GrpcOptions {
-        forward_to_leader: false,
-        ..GrpcOptions::default()
-    };
+    let opts = GrpcOptions::default().with_forward_to_leader(false);
     let c = GrpcCluster::start(3, opts, |c| c).await;
     let (leader, f1, f2) = roles(&c).await;
     let mut via_f1 = cluster_client(&c.addrs[&f1]).await;

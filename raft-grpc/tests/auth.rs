@@ -34,31 +34,22 @@ const SECRET: &str = "a cluster secret for the tests, long enough";
 const HUGE_TERM: u64 = 1 << 60;
 
 fn secured(users: Vec<User>) -> GrpcOptions {
-    GrpcOptions {
-        auth: Auth::new(AuthConfig {
-            cluster_secret: Some(ClusterSecret::new(SECRET).unwrap()),
-            users,
-            ..AuthConfig::default()
-        }),
-        ..GrpcOptions::default()
-    }
+    GrpcOptions::default().with_auth(Auth::new(
+        AuthConfig::default()
+            .with_cluster_secret(Some(ClusterSecret::new(SECRET).unwrap()))
+            .with_users(users),
+    ))
 }
 
 fn user(name: &str, role: Role) -> User {
-    User {
-        name: name.into(),
-        token: format!("{name}-token"),
-        role,
-    }
+    User::new(name, format!("{name}-token"), role)
 }
 
 fn client(c: &GrpcCluster, token: Option<&str>) -> ClusterClient<Kv> {
-    let opts = ClientOptions {
-        credentials: token.map(|t| Credentials::bearer(t).unwrap()),
-        attempt_timeout: Duration::from_secs(2),
-        total_timeout: Duration::from_secs(5),
-        ..ClientOptions::default()
-    };
+    let opts = ClientOptions::default()
+        .with_credentials(token.map(|t| Credentials::bearer(t).unwrap()))
+        .with_attempt_timeout(Duration::from_secs(2))
+        .with_total_timeout(Duration::from_secs(5));
     ClusterClient::new(c.endpoints(), opts).unwrap()
 }
 
@@ -248,10 +239,8 @@ async fn admin_calls_need_the_admin_role() {
     // A writer writes, through the follower too (forwarded under the writer's identity).
     let writer = ClusterClient::<Kv>::new(
         [c.addrs[&follower].clone()],
-        ClientOptions {
-            credentials: Some(Credentials::bearer("writer-token").unwrap()),
-            ..ClientOptions::default()
-        },
+        ClientOptions::default()
+            .with_credentials(Some(Credentials::bearer("writer-token").unwrap())),
     )
     .unwrap();
     writer
@@ -294,10 +283,9 @@ async fn a_reloaded_secret_takes_effect() {
     // Every node shares `c.opts.auth` here, so one reload changes the secret everywhere (kv
     // nodes each reload their own file).
     let new_secret = "the rotated cluster secret, also long";
-    c.opts.auth.reload(AuthConfig {
-        cluster_secret: Some(ClusterSecret::new(new_secret).unwrap()),
-        ..AuthConfig::default()
-    });
+    c.opts.auth.reload(
+        AuthConfig::default().with_cluster_secret(Some(ClusterSecret::new(new_secret).unwrap())),
+    );
     match old.write(Cmd::Put("b".into(), "2".into())).await {
         Err(ClientError::Refused(s)) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
         other => panic!("the old secret still works: {other:?}"),
@@ -337,11 +325,11 @@ async fn the_secret_rotates_one_node_at_a_time_without_refusals() {
         ClusterSecret::new(NEW).unwrap(),
     );
     let writer = user("writer", Role::Write);
-    let config = |send: &ClusterSecret, also: Option<&ClusterSecret>| AuthConfig {
-        cluster_secret: Some(send.clone()),
-        previous_secret: also.cloned(),
-        users: vec![writer.clone()],
-        ..AuthConfig::default()
+    let config = |send: &ClusterSecret, also: Option<&ClusterSecret>| {
+        AuthConfig::default()
+            .with_cluster_secret(Some(send.clone()))
+            .with_previous_secret(also.cloned())
+            .with_users(vec![writer.clone()])
     };
     // Each node its own settings, as kv nodes each read their own file.
     let auths: std::collections::BTreeMap<NodeId, Auth> = (1..=3)
@@ -350,10 +338,7 @@ async fn the_secret_rotates_one_node_at_a_time_without_refusals() {
     let per_node = auths
         .iter()
         .map(|(id, auth)| {
-            let opts = GrpcOptions {
-                auth: auth.clone(),
-                ..GrpcOptions::default()
-            };
+            let opts = GrpcOptions::default().with_auth(auth.clone());
             (*id, opts)
         })
         .collect();

@@ -51,11 +51,9 @@ fn assert_status(s: &Status, code: Code, raftkit: ErrorCode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_gets_clear_statuses_and_the_cluster_carries_on() {
-    let opts = GrpcOptions {
-        max_message_bytes: LIMIT,
-        max_snapshot_chunk_bytes: 64 << 10,
-        ..GrpcOptions::default()
-    };
+    let opts = GrpcOptions::default()
+        .with_max_message_bytes(LIMIT)
+        .with_max_snapshot_chunk_bytes(64 << 10);
     let c = GrpcCluster::start(3, opts, |mut c| {
         c.max_command_bytes = LIMIT / 2;
         c.max_append_bytes = LIMIT / 2;

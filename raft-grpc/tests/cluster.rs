@@ -32,10 +32,7 @@ async fn leader_shutdown_and_restart_over_grpc() {
     let follower = *c.addrs.keys().find(|id| **id != leader).unwrap();
     let via_follower = ClusterClient::<Kv>::new(
         [c.addrs[&follower].clone()],
-        ClientOptions {
-            read_policy: ReadPolicy::RoundRobin,
-            ..ClientOptions::default()
-        },
+        ClientOptions::default().with_read_policy(ReadPolicy::RoundRobin),
     )
     .unwrap();
     assert_eq!(
@@ -73,10 +70,7 @@ async fn leader_shutdown_and_restart_over_grpc() {
     // A read pinned to the stopped node fails rather than moving elsewhere.
     let pinned = ClusterClient::<Kv>::new(
         c.endpoints(),
-        ClientOptions {
-            total_timeout: std::time::Duration::from_millis(300),
-            ..ClientOptions::default()
-        },
+        ClientOptions::default().with_total_timeout(std::time::Duration::from_millis(300)),
     )
     .unwrap();
     let down = pinned

@@ -103,10 +103,7 @@ async fn a_write_whose_reply_is_lost_is_applied_once() {
     let connector = lossy(fired.clone(), false);
     let client = ClusterClient::<Kv>::new(
         c.endpoints(),
-        ClientOptions {
-            connector,
-            ..ClientOptions::default()
-        },
+        ClientOptions::default().with_connector(connector),
     )
     .unwrap();
 
@@ -151,12 +148,10 @@ async fn a_lost_reply_retried_after_its_session_was_evicted_is_not_applied_again
     let fired = Arc::new(AtomicBool::new(false));
     let deaf = ClusterClient::<Kv>::new(
         c.endpoints(),
-        ClientOptions {
-            connector: lossy(fired.clone(), true),
-            attempt_timeout: Duration::from_millis(500),
-            total_timeout: Duration::from_secs(2),
-            ..ClientOptions::default()
-        },
+        ClientOptions::default()
+            .with_connector(lossy(fired.clone(), true))
+            .with_attempt_timeout(Duration::from_millis(500))
+            .with_total_timeout(Duration::from_secs(2)),
     )
     .unwrap();
     let marker = String::from_utf8(MARKER.to_vec()).unwrap();

@@ -113,10 +113,7 @@ async fn status_within(addr: &str, limit: Duration) -> Duration {
 async fn streams_beyond_the_cap_are_refused_and_others_are_served() {
     const CAP: u32 = 8;
     const OPENED: u32 = CAP + 100;
-    let opts = GrpcOptions {
-        max_concurrent_streams: CAP,
-        ..GrpcOptions::default()
-    };
+    let opts = GrpcOptions::default().with_max_concurrent_streams(CAP);
     let c = GrpcCluster::start(1, opts, |c| c).await;
     let addr = c.addrs[&1].clone();
 
@@ -205,11 +202,9 @@ async fn streams_beyond_the_cap_are_refused_and_others_are_served() {
 async fn a_connection_that_stops_answering_pings_is_dropped() {
     let interval = Duration::from_millis(300);
     let timeout = Duration::from_millis(300);
-    let opts = GrpcOptions {
-        keepalive_interval: interval,
-        keepalive_timeout: timeout,
-        ..GrpcOptions::default()
-    };
+    let opts = GrpcOptions::default()
+        .with_keepalive_interval(interval)
+        .with_keepalive_timeout(timeout);
     let c = GrpcCluster::start(1, opts, |c| c).await;
     let addr = c.addrs[&1].clone();
 

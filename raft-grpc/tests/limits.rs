@@ -40,10 +40,9 @@ fn put_of_size(key: &str, size: usize) -> Cmd {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_command_of_exactly_the_limit_commits_and_replicates() {
     // The smallest message size the start-up check allows for a 2 MiB command.
-    let opts = GrpcOptions {
-        max_message_bytes: 2 * MIB + raft_core::log::ENTRY_FRAMING + raft_grpc::MESSAGE_FRAMING,
-        ..GrpcOptions::default()
-    };
+    let opts = GrpcOptions::default().with_max_message_bytes(
+        2 * MIB + raft_core::log::ENTRY_FRAMING + raft_grpc::MESSAGE_FRAMING,
+    );
     let c = GrpcCluster::start(3, opts, |mut c| {
         c.max_command_bytes = 2 * MIB;
         c.max_append_bytes = MIB;
@@ -130,10 +129,7 @@ async fn a_command_limit_the_transport_cannot_carry_is_refused_at_start() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut config = Config::durable(1, dir.path());
     config.max_command_bytes = 64 * MIB;
-    let opts = GrpcOptions {
-        max_message_bytes: 64 * MIB,
-        ..GrpcOptions::default()
-    };
+    let opts = GrpcOptions::default().with_max_message_bytes(64 * MIB);
     match GrpcNode::start(config, common::Kv::default(), listener, opts).await {
         Err(StartError::Limits(LimitsError::CommandTooLarge { .. })) => {}
         Err(e) => panic!("wrong error: {e}"),
@@ -145,10 +141,7 @@ async fn a_command_limit_the_transport_cannot_carry_is_refused_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_receive_checks_the_sender_before_taking_data() {
-    let opts = GrpcOptions {
-        max_snapshot_chunk_bytes: 64 << 10,
-        ..GrpcOptions::default()
-    };
+    let opts = GrpcOptions::default().with_max_snapshot_chunk_bytes(64 << 10);
     let c = GrpcCluster::start(3, opts, |mut c| {
         c.max_snapshot_bytes = 10 * MIB as u64;
         c

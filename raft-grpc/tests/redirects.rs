@@ -95,11 +95,9 @@ async fn redirects_between_two_nodes_are_paced() {
     let budget = Duration::from_secs(1);
     let client = ClusterClient::<Kv>::new(
         [addr_a],
-        ClientOptions {
-            attempt_timeout: budget,
-            total_timeout: budget,
-            ..ClientOptions::default()
-        },
+        ClientOptions::default()
+            .with_attempt_timeout(budget)
+            .with_total_timeout(budget),
     )
     .unwrap();
     let started = Instant::now();

@@ -15,11 +15,9 @@ const CHUNK: usize = 64 << 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_learner_catches_up_by_a_chunked_snapshot_then_votes() {
-    let opts = GrpcOptions {
-        snapshot_chunk_bytes: CHUNK,
-        max_snapshot_chunk_bytes: CHUNK,
-        ..GrpcOptions::default()
-    };
+    let opts = GrpcOptions::default()
+        .with_snapshot_chunk_bytes(CHUNK)
+        .with_max_snapshot_chunk_bytes(CHUNK);
     let mut c = GrpcCluster::start(3, opts, |c| c.with_snapshots(200, 20)).await;
     let client = ClusterClient::<Kv>::new(c.endpoints(), ClientOptions::default()).unwrap();
 

@@ -27,11 +27,12 @@ use raft_grpc::auth::Auth;
 use raft_grpc::status::ErrorCode;
 
 fn fast_quota(c: Config) -> Config {
-    c.with_quota(QuotaOptions {
-        min_free_bytes: 1 << 20,
-        max_used_bytes: 0,
-        check_interval: Duration::from_millis(50),
-    })
+    c.with_quota(
+        QuotaOptions::default()
+            .with_min_free_bytes(1 << 20)
+            .with_max_used_bytes(0)
+            .with_check_interval(Duration::from_millis(50)),
+    )
 }
 
 /// Waits at most 10 s for `condition` (disk samples and the leader's questions announce
@@ -51,17 +52,11 @@ async fn a_follower_in_alarm_makes_the_leader_refuse_growing_writes() {
 async fn the_alarm_travels_between_nodes_that_need_a_cluster_secret() {
     const SECRET: &str = "a cluster secret for the alarm test";
     let secret = ClusterSecret::new(SECRET).unwrap();
-    let opts = GrpcOptions {
-        auth: Auth::new(AuthConfig {
-            cluster_secret: Some(secret),
-            ..AuthConfig::default()
-        }),
-        ..GrpcOptions::default()
-    };
-    let client = ClientOptions {
-        credentials: Some(Credentials::bearer(SECRET).unwrap()),
-        ..ClientOptions::default()
-    };
+    let opts = GrpcOptions::default().with_auth(Auth::new(
+        AuthConfig::default().with_cluster_secret(Some(secret)),
+    ));
+    let client =
+        ClientOptions::default().with_credentials(Some(Credentials::bearer(SECRET).unwrap()));
     a_follower_in_alarm(opts, client).await;
 }
 

@@ -129,12 +129,10 @@ fn internal_client(
 }
 
 fn short(tls: Option<TlsConfig>) -> ClientOptions {
-    ClientOptions {
-        tls,
-        attempt_timeout: Duration::from_millis(500),
-        total_timeout: Duration::from_secs(2),
-        ..ClientOptions::default()
-    }
+    ClientOptions::default()
+        .with_tls(tls)
+        .with_attempt_timeout(Duration::from_millis(500))
+        .with_total_timeout(Duration::from_secs(2))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -143,10 +141,7 @@ async fn mutual_tls_admits_certified_clients_and_peers_only() {
     let node_tls = TlsConfig::from_pem_files(&pki.ca, &pki.node.0, &pki.node.1)
         .unwrap()
         .require_client_cert(true);
-    let opts = GrpcOptions {
-        tls: Some(ReloadableTls::new(node_tls).unwrap()),
-        ..GrpcOptions::default()
-    };
+    let opts = GrpcOptions::default().with_tls(Some(ReloadableTls::new(node_tls).unwrap()));
     let c = GrpcCluster::start(3, opts, |c| c).await;
 
     // A client with a certificate from the cluster's CA works, through every node.
@@ -264,20 +259,18 @@ async fn a_client_certificate_is_not_a_peer() {
         Some((node_cert.clone().into(), node_key.clone().into())),
     )
     .require_client_cert(true);
-    let opts = GrpcOptions {
-        tls: Some(ReloadableTls::new(tls).unwrap()),
-        auth: raft_grpc::Auth::new(raft_grpc::AuthConfig {
-            peer_certs: true,
-            users: vec![raft_grpc::User {
-                name: "alice".into(),
-                token: "alice-token".into(),
-                role: raft_grpc::Role::Write,
-            }],
-            cert_users: true,
-            ..Default::default()
-        }),
-        ..GrpcOptions::default()
-    };
+    let opts = GrpcOptions::default()
+        .with_tls(Some(ReloadableTls::new(tls).unwrap()))
+        .with_auth(raft_grpc::Auth::new(
+            raft_grpc::AuthConfig::default()
+                .with_peer_certs(true)
+                .with_users(vec![raft_grpc::User::new(
+                    "alice",
+                    "alice-token",
+                    raft_grpc::Role::Write,
+                )])
+                .with_cert_users(true),
+        ));
     // The nodes' own certificates pass: the cluster forms and replicates.
     let c = GrpcCluster::start(3, opts, |c| c).await;
     let cluster_id = c.nodes[&1].node().cluster_id().unwrap().to_string();
@@ -407,14 +400,11 @@ async fn a_reloaded_certificate_serves_new_connections_both_ways() {
     };
     // One handle for the three nodes: reloading it is every node reloading.
     let live = ReloadableTls::new(tls_for(&old_ca, &old)).unwrap();
-    let opts = GrpcOptions {
-        tls: Some(live.clone()),
-        auth: raft_grpc::Auth::new(raft_grpc::AuthConfig {
-            peer_certs: true,
-            ..Default::default()
-        }),
-        ..GrpcOptions::default()
-    };
+    let opts = GrpcOptions::default()
+        .with_tls(Some(live.clone()))
+        .with_auth(raft_grpc::Auth::new(
+            raft_grpc::AuthConfig::default().with_peer_certs(true),
+        ));
     let mut c = GrpcCluster::start(3, opts, |c| c).await;
     let addr = c.addrs[&1].clone();
     assert_eq!(
@@ -475,12 +465,10 @@ async fn silent_connections_cannot_stall_handshakes() {
         ca.pem(),
         Some((cert.0.clone().into(), cert.1.clone().into())),
     );
-    let opts = GrpcOptions {
-        tls: Some(ReloadableTls::new(tls).unwrap()),
-        tls_handshake_timeout: handshake_timeout,
-        max_tls_handshakes: LIMIT,
-        ..GrpcOptions::default()
-    };
+    let opts = GrpcOptions::default()
+        .with_tls(Some(ReloadableTls::new(tls).unwrap()))
+        .with_tls_handshake_timeout(handshake_timeout)
+        .with_max_tls_handshakes(LIMIT);
     let c = GrpcCluster::start(1, opts, |c| c).await;
     let addr = c.addrs[&1].clone();
 

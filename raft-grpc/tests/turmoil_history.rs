@@ -102,12 +102,11 @@ fn scenario(seed: u64) -> turmoil::Result {
 
         let recorder = Recorder::new();
         let stop = AtomicBool::new(false);
-        let opts = ClientOptions {
-            clients: 4,
-            seed,
-            op_timeout: Duration::from_secs(6),
-            attempt_timeout: Duration::from_secs(3),
-        };
+        let opts = ClientOptions::default()
+            .with_clients(4)
+            .with_seed(seed)
+            .with_op_timeout(Duration::from_secs(6))
+            .with_attempt_timeout(Duration::from_secs(3));
         let clients = run_clients(&target, &workload, &recorder, opts, &stop);
         let nemesis = async {
             // Isolate the leader, split one follower off, then cut one node off one way.

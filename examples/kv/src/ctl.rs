@@ -139,13 +139,11 @@ impl Conn {
         }
         .transpose()
         .map_err(|e| CtlError::Config(e.to_string()))?;
-        let opts = ClientOptions {
-            tls,
-            credentials,
-            total_timeout: self.timeout,
-            attempt_timeout: self.timeout.min(Duration::from_secs(5)),
-            ..ClientOptions::default()
-        };
+        let opts = ClientOptions::default()
+            .with_tls(tls)
+            .with_credentials(credentials)
+            .with_total_timeout(self.timeout)
+            .with_attempt_timeout(self.timeout.min(Duration::from_secs(5)));
         ClusterClient::new(self.endpoints.clone(), opts)
             .map_err(|e| CtlError::Config(e.to_string()))
     }

@@ -272,22 +272,18 @@ impl SecurityArgs {
     }
 
     fn auth_config(&self, loaded: &Loaded) -> AuthConfig {
-        AuthConfig {
-            cluster_secret: loaded.secret.clone(),
-            previous_secret: loaded.previous.clone(),
-            peer_certs: self.peer_certs(),
-            users: loaded
-                .accounts
-                .users
-                .iter()
-                .map(|u| User {
-                    name: u.name.clone(),
-                    token: u.password.clone(),
-                    role: u.role,
-                })
-                .collect(),
-            cert_users: self.tls_cert_file.is_some(),
-        }
+        AuthConfig::default()
+            .with_cluster_secret(loaded.secret.clone())
+            .with_previous_secret(loaded.previous.clone())
+            .with_peer_certs(self.peer_certs())
+            .with_users(
+                loaded
+                    .accounts
+                    .users
+                    .iter()
+                    .map(|u| User::new(u.name.clone(), u.password.clone(), u.role)),
+            )
+            .with_cert_users(self.tls_cert_file.is_some())
     }
 }
 
@@ -375,21 +371,17 @@ impl Security {
 
     /// The gRPC options of this node: TLS and authentication.
     pub fn grpc_options(&self) -> GrpcOptions {
-        GrpcOptions {
-            tls: self.grpc_tls_live.clone(),
-            auth: self.grpc_auth.clone(),
-            ..GrpcOptions::default()
-        }
+        GrpcOptions::default()
+            .with_tls(self.grpc_tls_live.clone())
+            .with_auth(self.grpc_auth.clone())
     }
 
     /// Options for this node acting as a client of its cluster (joining): its TLS identity and
     /// the cluster secret as credentials.
     pub fn client_options(&self) -> ClientOptions {
-        ClientOptions {
-            tls: self.grpc_tls.clone(),
-            credentials: self.credentials.clone(),
-            ..ClientOptions::default()
-        }
+        ClientOptions::default()
+            .with_tls(self.grpc_tls.clone())
+            .with_credentials(self.credentials.clone())
     }
 
     /// Reads every file again and puts the result in force, or keeps the old settings.

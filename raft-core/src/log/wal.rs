@@ -48,8 +48,10 @@ use crate::types::LogId;
 use crate::types::NodeId;
 use crate::types::Vote;
 
-/// Tuning of the durable log.
+/// Tuning of the durable log. Start from [`WalOptions::default`] and adjust with the `with_*`
+/// methods.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WalOptions {
     /// Bytes preallocated per segment file. A segment is sealed when the next entry does not
     /// fit; an entry larger than this gets a segment of its own. Default 64 MiB.
@@ -70,6 +72,30 @@ impl Default for WalOptions {
             cache_entries: 8192,
             cache_bytes: 64 << 20,
         }
+    }
+}
+
+impl WalOptions {
+    /// Sets the bytes preallocated per segment file (default 64 MiB, at least 4096); see
+    /// [`WalOptions::segment_size`].
+    #[must_use]
+    pub fn with_segment_size(mut self, bytes: u64) -> WalOptions {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Sets how many of the newest entries stay decoded in memory (default 8192).
+    #[must_use]
+    pub fn with_cache_entries(mut self, entries: usize) -> WalOptions {
+        self.cache_entries = entries;
+        self
+    }
+
+    /// Sets the most bytes of entries the in-memory cache holds (default 64 MiB).
+    #[must_use]
+    pub fn with_cache_bytes(mut self, bytes: usize) -> WalOptions {
+        self.cache_bytes = bytes;
+        self
     }
 }
 

@@ -20,8 +20,10 @@ use crate::state_machine::StateMachine;
 use crate::types::NodeId;
 use crate::types::Session;
 
-/// How a [`Cluster`] builds its nodes.
+/// How a [`Cluster`] builds its nodes. Start from [`ClusterOptions::default`] and adjust with
+/// the `with_*` methods.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ClusterOptions {
     /// Durable nodes in a temporary directory (deleted with the cluster), or in-memory nodes.
     pub durable: bool,
@@ -41,6 +43,40 @@ impl Default for ClusterOptions {
             timeout: Duration::from_secs(20),
             configure: Arc::new(|c| c),
         }
+    }
+}
+
+impl ClusterOptions {
+    /// Sets whether nodes are durable, in a temporary directory (default), or in memory.
+    #[must_use]
+    pub fn with_durable(mut self, durable: bool) -> ClusterOptions {
+        self.durable = durable;
+        self
+    }
+
+    /// Sets the seed of the router's message loss and delay (default 0).
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> ClusterOptions {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets how long the harness waits for leaders, convergence and writes (default 20 s).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> ClusterOptions {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets how each node's configuration is adjusted from the harness's defaults (default:
+    /// unchanged).
+    #[must_use]
+    pub fn with_configure(
+        mut self,
+        configure: impl Fn(Config) -> Config + Send + Sync + 'static,
+    ) -> ClusterOptions {
+        self.configure = Arc::new(configure);
+        self
     }
 }
 

@@ -117,8 +117,10 @@ pub enum ReadMode {
     UnsafeLocal,
 }
 
-/// How a driver run goes.
+/// How a driver run goes. Start from [`RunOptions::default`] and adjust with the `with_*`
+/// methods.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RunOptions {
     /// Seeds the clients, the nemesis and the network. Also taken from `RAFTKIT_SEED`.
     pub seed: u64,
@@ -156,6 +158,88 @@ impl Default for RunOptions {
             reads: ReadMode::Linearizable,
             check_budget: Duration::from_secs(30),
             cluster: ClusterOptions::default(),
+        }
+    }
+}
+
+impl RunOptions {
+    /// Sets the seed of the clients, the nemesis and the network (default `RAFTKIT_SEED`, or 1).
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> RunOptions {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets the number of nodes (default 3).
+    #[must_use]
+    pub fn with_nodes(mut self, nodes: u64) -> RunOptions {
+        self.nodes = nodes;
+        self
+    }
+
+    /// Sets the number of concurrent clients (default 4).
+    #[must_use]
+    pub fn with_clients(mut self, clients: usize) -> RunOptions {
+        self.clients = clients;
+        self
+    }
+
+    /// Sets the faults applied while the clients run (default none).
+    #[must_use]
+    pub fn with_schedule(mut self, schedule: Schedule) -> RunOptions {
+        self.schedule = schedule;
+        self
+    }
+
+    /// Sets how long the clients keep going after the last fault was healed (default 500 ms).
+    #[must_use]
+    pub fn with_after(mut self, after: Duration) -> RunOptions {
+        self.after = after;
+        self
+    }
+
+    /// Sets the bound on one operation, retries included (default 3 s).
+    #[must_use]
+    pub fn with_op_timeout(mut self, timeout: Duration) -> RunOptions {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// Sets the bound on one attempt (default 600 ms).
+    #[must_use]
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> RunOptions {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// Sets how clients read (default [`ReadMode::Linearizable`]).
+    #[must_use]
+    pub fn with_reads(mut self, reads: ReadMode) -> RunOptions {
+        self.reads = reads;
+        self
+    }
+
+    /// Sets the time budget of the linearizability check (default 30 s).
+    #[must_use]
+    pub fn with_check_budget(mut self, budget: Duration) -> RunOptions {
+        self.check_budget = budget;
+        self
+    }
+
+    /// Sets the cluster settings (default [`ClusterOptions::default`]).
+    #[must_use]
+    pub fn with_cluster(mut self, cluster: ClusterOptions) -> RunOptions {
+        self.cluster = cluster;
+        self
+    }
+
+    /// The client settings of this run.
+    fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            clients: self.clients,
+            seed: self.seed,
+            op_timeout: self.op_timeout,
+            attempt_timeout: self.attempt_timeout,
         }
     }
 }
@@ -246,8 +330,10 @@ impl<W: Workload> Report<W> {
     }
 }
 
-/// How the driver's clients behave.
+/// How the driver's clients behave. Start from [`ClientOptions::default`] and adjust with the
+/// `with_*` methods.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct ClientOptions {
     /// Concurrent clients.
     pub clients: usize,
@@ -257,6 +343,44 @@ pub struct ClientOptions {
     pub op_timeout: Duration,
     /// Bound on one attempt.
     pub attempt_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    /// Four clients, seed `RAFTKIT_SEED` (or 1), 3 s per operation, 600 ms per attempt: the
+    /// same as [`RunOptions::default`].
+    fn default() -> Self {
+        RunOptions::default().client_options()
+    }
+}
+
+impl ClientOptions {
+    /// Sets the number of concurrent clients (default 4).
+    #[must_use]
+    pub fn with_clients(mut self, clients: usize) -> ClientOptions {
+        self.clients = clients;
+        self
+    }
+
+    /// Sets the seed of the clients' operation choices (default `RAFTKIT_SEED`, or 1).
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> ClientOptions {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets the bound on one operation, retries included (default 3 s).
+    #[must_use]
+    pub fn with_op_timeout(mut self, timeout: Duration) -> ClientOptions {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// Sets the bound on one attempt (default 600 ms).
+    #[must_use]
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> ClientOptions {
+        self.attempt_timeout = timeout;
+        self
+    }
 }
 
 /// Runs clients against `target` until `stop` is set: each picks random operations from
@@ -484,12 +608,7 @@ pub async fn run<W: Workload>(workload: W, opts: RunOptions) -> Result<Report<W>
     let target = ClusterTarget::new(&cluster, &workload, opts.reads);
     let mut nemesis = Nemesis::new(&cluster, opts.seed);
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let client_opts = ClientOptions {
-        clients: opts.clients,
-        seed: opts.seed,
-        op_timeout: opts.op_timeout,
-        attempt_timeout: opts.attempt_timeout,
-    };
+    let client_opts = opts.client_options();
     let clients = run_clients(&target, &workload, &recorder, client_opts, &stop);
     let faults = async {
         let result = nemesis.run(&opts.schedule).await;

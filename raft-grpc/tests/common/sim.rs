@@ -76,15 +76,14 @@ pub fn sim_connector() -> Connector {
 }
 
 pub fn opts() -> GrpcOptions {
-    GrpcOptions {
-        connector: sim_connector(),
-        channel: raft_grpc::ChannelOptions {
-            connect_timeout: Duration::from_millis(500),
-            keepalive_interval: Duration::from_millis(300),
-            keepalive_timeout: Duration::from_millis(500),
-        },
-        ..GrpcOptions::default()
-    }
+    GrpcOptions::default()
+        .with_connector(sim_connector())
+        .with_channel(
+            raft_grpc::ChannelOptions::default()
+                .with_connect_timeout(Duration::from_millis(500))
+                .with_keepalive_interval(Duration::from_millis(300))
+                .with_keepalive_timeout(Duration::from_millis(500)),
+        )
 }
 
 pub fn host(id: NodeId) -> String {
@@ -119,12 +118,10 @@ pub async fn run_node(id: NodeId) -> turmoil::Result {
 pub fn client_for(ids: &[NodeId], total: Duration) -> ClusterClient<Kv> {
     ClusterClient::new(
         ids.iter().map(|i| addr(*i)),
-        ClientOptions {
-            connector: sim_connector(),
-            attempt_timeout: Duration::from_millis(800),
-            total_timeout: total,
-            ..ClientOptions::default()
-        },
+        ClientOptions::default()
+            .with_connector(sim_connector())
+            .with_attempt_timeout(Duration::from_millis(800))
+            .with_total_timeout(total),
     )
     .expect("client")
 }
