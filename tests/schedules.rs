@@ -35,14 +35,12 @@ fn fault() -> impl Strategy<Value = Fault> {
 
 fn schedule() -> impl Strategy<Value = Schedule> {
     let len = if soak() { 1..8usize } else { 1..3usize };
-    prop::collection::vec((fault(), 200u64..900), len).prop_map(|steps| Schedule {
-        steps: steps
-            .into_iter()
-            .map(|(fault, ms)| Step {
-                fault,
-                hold: Duration::from_millis(ms),
-            })
-            .collect(),
+    prop::collection::vec((fault(), 200u64..900), len).prop_map(|steps| {
+        Schedule::new(
+            steps
+                .into_iter()
+                .map(|(fault, ms)| Step::new(fault, Duration::from_millis(ms))),
+        )
     })
 }
 

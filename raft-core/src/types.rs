@@ -178,7 +178,11 @@ impl fmt::Display for Proposal {
 /// snapshots), so every replica evicts the same sessions: set from the initializing node's
 /// [`Config`](crate::Config) once, and changed with
 /// [`Node::set_session_capacity`](crate::Node::set_session_capacity).
+///
+/// Made with [`SessionCapacity::new`] or from [`SessionCapacity::default`] with the `with_*`
+/// methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SessionCapacity {
     /// Most open sessions; opening one more closes the one whose last write is oldest.
     pub max_sessions: u64,
@@ -198,6 +202,39 @@ impl Default for SessionCapacity {
             max_bytes: 64 << 20,
             max_response_bytes: 1 << 20,
         }
+    }
+}
+
+impl SessionCapacity {
+    /// At most `max_sessions` sessions remembering `max_bytes` of responses, none larger than
+    /// `max_response_bytes`. Out-of-range values are clamped when the capacity is applied.
+    pub fn new(max_sessions: u64, max_bytes: u64, max_response_bytes: u64) -> SessionCapacity {
+        SessionCapacity {
+            max_sessions,
+            max_bytes,
+            max_response_bytes,
+        }
+    }
+
+    /// Sets the most open sessions (default 10 000).
+    #[must_use]
+    pub fn with_max_sessions(mut self, sessions: u64) -> SessionCapacity {
+        self.max_sessions = sessions;
+        self
+    }
+
+    /// Sets the most bytes of remembered responses (default 64 MiB, at most 768 MiB).
+    #[must_use]
+    pub fn with_max_bytes(mut self, bytes: u64) -> SessionCapacity {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// Sets the largest response kept whole for a retry (default 1 MiB).
+    #[must_use]
+    pub fn with_max_response_bytes(mut self, bytes: u64) -> SessionCapacity {
+        self.max_response_bytes = bytes;
+        self
     }
 }
 

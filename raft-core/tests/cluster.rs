@@ -562,12 +562,9 @@ async fn a_retry_after_its_session_was_evicted_is_never_applied_again() {
     let cluster = start(3, |c| c).await;
     let leader = cluster.wait_for_leader().await.unwrap();
     let node = cluster.node(leader).unwrap();
-    node.set_session_capacity(raft_core::SessionCapacity {
-        max_sessions: 3,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    node.set_session_capacity(raft_core::SessionCapacity::default().with_max_sessions(3))
+        .await
+        .unwrap();
     let a = node.register_session().await.unwrap();
     let first = Session {
         client_id: a,

@@ -1102,11 +1102,8 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
     ) -> Result<Response<pb::Empty>, Status> {
         let caller = auth::require(&req, AuthRole::Admin, "SetSessionCapacity")?;
         let c = req.get_ref();
-        let capacity = raft_core::SessionCapacity {
-            max_sessions: c.max_sessions,
-            max_bytes: c.max_bytes,
-            max_response_bytes: c.max_response_bytes,
-        };
+        let capacity =
+            raft_core::SessionCapacity::new(c.max_sessions, c.max_bytes, c.max_response_bytes);
         let local = self.0.node.set_session_capacity(capacity);
         self.admin(req, caller, local, |mut c, r| async move {
             c.set_session_capacity(r).await

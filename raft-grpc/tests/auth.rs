@@ -212,10 +212,7 @@ async fn admin_calls_need_the_admin_role() {
         denied(cl.change_membership([leader]).await, "ChangeMembership");
         denied(cl.remove_node(follower).await, "RemoveNode");
         denied(cl.transfer_leader(follower).await, "TransferLeader");
-        let tiny = raft_core::SessionCapacity {
-            max_sessions: 1,
-            ..Default::default()
-        };
+        let tiny = raft_core::SessionCapacity::default().with_max_sessions(1);
         denied(cl.set_session_capacity(tiny).await, "SetSessionCapacity");
         let mut out = Vec::new();
         denied(cl.backup(&mut out).await.map(drop), "Backup");
@@ -261,10 +258,7 @@ async fn admin_calls_need_the_admin_role() {
 
     // The cluster secret is an admin credential.
     let admin = client(&c, Some(SECRET));
-    let changed = raft_core::SessionCapacity {
-        max_sessions: 500,
-        ..Default::default()
-    };
+    let changed = raft_core::SessionCapacity::default().with_max_sessions(500);
     admin.set_session_capacity(changed).await.unwrap();
     assert_eq!(c.nodes[&leader].node().session_capacity(), changed);
     admin.transfer_leader(follower).await.unwrap();

@@ -138,10 +138,7 @@ async fn a_lost_reply_retried_after_its_session_was_evicted_is_not_applied_again
     let c = GrpcCluster::start(3, GrpcOptions::default(), |c| c).await;
     let client = ClusterClient::<Kv>::new(c.endpoints(), ClientOptions::default()).unwrap();
     client
-        .set_session_capacity(raft_core::SessionCapacity {
-            max_sessions: 4,
-            ..Default::default()
-        })
+        .set_session_capacity(raft_core::SessionCapacity::default().with_max_sessions(4))
         .await
         .unwrap();
     // A client that never hears an answer: it gives up with the outcome unknown.

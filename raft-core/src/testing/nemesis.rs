@@ -75,6 +75,7 @@ impl Fault {
 
 /// A fault and how long it lasts before it is undone.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Step {
     /// What happens.
     pub fault: Fault,
@@ -84,12 +85,27 @@ pub struct Step {
 
 /// A sequence of faults.
 #[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
 pub struct Schedule {
     /// The steps, in order.
     pub steps: Vec<Step>,
 }
 
+impl Step {
+    /// `fault`, undone after `hold`.
+    pub fn new(fault: Fault, hold: Duration) -> Step {
+        Step { fault, hold }
+    }
+}
+
 impl Schedule {
+    /// `steps`, in order.
+    pub fn new(steps: impl IntoIterator<Item = Step>) -> Schedule {
+        Schedule {
+            steps: steps.into_iter().collect(),
+        }
+    }
+
     /// Each of `faults` in turn, each held for `hold`.
     pub fn of(faults: impl IntoIterator<Item = Fault>, hold: Duration) -> Schedule {
         Schedule {
