@@ -454,7 +454,7 @@ impl<S: StateMachine> Node<S> {
     /// registered, closed or evicted) fails with
     /// [`ApplyError::UnknownSession`](crate::ApplyError::UnknownSession) — the command is not
     /// applied now, but an earlier attempt may have been.
-    pub async fn write_with_session(
+    pub async fn write_in_session(
         &self,
         session: Session,
         command: S::Command,
@@ -476,9 +476,9 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Like [`Node::write_many`], stamped with one sequence of a client session (as
-    /// [`Node::write_with_session`]): the whole batch is applied at most once, and a retry
+    /// [`Node::write_in_session`]): the whole batch is applied at most once, and a retry
     /// with the same `session` returns the first attempt's outputs.
-    pub async fn write_many_with_session(
+    pub async fn write_many_in_session(
         &self,
         session: Session,
         commands: Vec<S::Command>,
@@ -549,7 +549,7 @@ impl<S: StateMachine> Node<S> {
 
     /// Opens a client session for exactly-once writes (one replicated entry) and returns its
     /// client id. Number the session's writes `1, 2, 3, …` with
-    /// [`Node::write_with_session`], one at a time, and close it with
+    /// [`Node::write_in_session`], one at a time, and close it with
     /// [`Node::close_session`] when done. A session that is never closed is evicted when the
     /// cluster's [`SessionCapacity`] is reached; a write on it then fails with
     /// [`ApplyError::UnknownSession`](crate::ApplyError::UnknownSession).

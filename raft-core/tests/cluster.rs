@@ -400,11 +400,11 @@ async fn a_retried_write_is_applied_once() {
     };
     let cmd = Cmd::Append("k".into(), "x".into());
     assert_eq!(
-        node.write_with_session(s1, cmd.clone()).await.unwrap(),
+        node.write_in_session(s1, cmd.clone()).await.unwrap(),
         Some("x".to_string())
     );
     assert_eq!(
-        node.write_with_session(s1, cmd.clone()).await.unwrap(),
+        node.write_in_session(s1, cmd.clone()).await.unwrap(),
         Some("x".to_string()),
         "the retry gets the first answer"
     );
@@ -420,7 +420,7 @@ async fn a_retried_write_is_applied_once() {
     assert_eq!(new_leader, other);
     let new_node = cluster.node(new_leader).unwrap();
     assert_eq!(
-        new_node.write_with_session(s1, cmd.clone()).await.unwrap(),
+        new_node.write_in_session(s1, cmd.clone()).await.unwrap(),
         Some("x".to_string())
     );
 
@@ -429,10 +429,10 @@ async fn a_retried_write_is_applied_once() {
         sequence: 2,
     };
     assert_eq!(
-        new_node.write_with_session(s2, cmd.clone()).await.unwrap(),
+        new_node.write_in_session(s2, cmd.clone()).await.unwrap(),
         Some("xx".to_string())
     );
-    match new_node.write_with_session(s1, cmd.clone()).await {
+    match new_node.write_in_session(s1, cmd.clone()).await {
         Err(Error::Rejected(ApplyError::SessionExpired {
             client_id,
             sequence: 1,
@@ -572,7 +572,7 @@ async fn a_retry_after_its_session_was_evicted_is_never_applied_again() {
     };
     let cmd = Cmd::Append("k".into(), "x".into());
     // Applied; the client never learns it (its reply is lost).
-    node.write_with_session(first, cmd.clone()).await.unwrap();
+    node.write_in_session(first, cmd.clone()).await.unwrap();
     // Other clients push session `a` out of the table.
     for i in 0..5 {
         let id = node.register_session().await.unwrap();
@@ -580,7 +580,7 @@ async fn a_retry_after_its_session_was_evicted_is_never_applied_again() {
             client_id: id,
             sequence: 1,
         };
-        node.write_with_session(s, Cmd::Append(format!("o{i}"), "y".into()))
+        node.write_in_session(s, Cmd::Append(format!("o{i}"), "y".into()))
             .await
             .unwrap();
     }
@@ -592,7 +592,7 @@ async fn a_retry_after_its_session_was_evicted_is_never_applied_again() {
             client_id: a,
             sequence,
         };
-        match node.write_with_session(s, cmd.clone()).await {
+        match node.write_in_session(s, cmd.clone()).await {
             Err(e @ Error::Rejected(ApplyError::UnknownSession { .. })) => {
                 assert!(e.may_have_applied(), "the outcome is unknown")
             }
@@ -605,7 +605,7 @@ async fn a_retry_after_its_session_was_evicted_is_never_applied_again() {
         sequence: 1,
     };
     assert!(matches!(
-        node.write_with_session(never, cmd.clone()).await,
+        node.write_in_session(never, cmd.clone()).await,
         Err(Error::Rejected(ApplyError::UnknownSession { .. }))
     ));
     // A closed session too.
@@ -616,7 +616,7 @@ async fn a_retry_after_its_session_was_evicted_is_never_applied_again() {
         sequence: 1,
     };
     assert!(matches!(
-        node.write_with_session(closed, cmd.clone()).await,
+        node.write_in_session(closed, cmd.clone()).await,
         Err(Error::Rejected(ApplyError::UnknownSession { .. }))
     ));
     // Unsessioned writes still work.
@@ -650,7 +650,7 @@ async fn replicas_configured_differently_keep_identical_session_tables() {
                     sequence,
                 };
                 leader
-                    .write_with_session(s, Cmd::Append(format!("k{i}"), "v".into()))
+                    .write_in_session(s, Cmd::Append(format!("k{i}"), "v".into()))
                     .await
                     .unwrap();
             }

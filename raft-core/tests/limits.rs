@@ -119,9 +119,9 @@ async fn large_responses_are_not_kept_and_a_retry_learns_the_outcome_is_unknown(
         client_id: id,
         sequence: 1,
     };
-    assert_eq!(node.write_with_session(small, 10).await.unwrap().len(), 10);
+    assert_eq!(node.write_in_session(small, 10).await.unwrap().len(), 10);
     assert_eq!(
-        node.write_with_session(small, 10).await.unwrap().len(),
+        node.write_in_session(small, 10).await.unwrap().len(),
         10,
         "a retry of a small write gets its answer"
     );
@@ -130,10 +130,10 @@ async fn large_responses_are_not_kept_and_a_retry_learns_the_outcome_is_unknown(
         sequence: 2,
     };
     assert_eq!(
-        node.write_with_session(big, 5_000).await.unwrap().len(),
+        node.write_in_session(big, 5_000).await.unwrap().len(),
         5_000
     );
-    match node.write_with_session(big, 5_000).await {
+    match node.write_in_session(big, 5_000).await {
         Err(Error::Rejected(ApplyError::ResponseNotKept {
             client_id,
             sequence: 2,
@@ -158,14 +158,14 @@ async fn the_session_table_is_bounded_in_bytes() {
             client_id,
             sequence: 1,
         };
-        node.write_with_session(s, 990).await.unwrap();
+        node.write_in_session(s, 990).await.unwrap();
     }
     let retry = |client_id| Session {
         client_id,
         sequence: 1,
     };
     assert_eq!(
-        node.write_with_session(retry(clients[299]), 990)
+        node.write_in_session(retry(clients[299]), 990)
             .await
             .unwrap()
             .len(),
@@ -179,7 +179,7 @@ async fn the_session_table_is_bounded_in_bytes() {
             client_id,
             sequence: 2,
         };
-        match node.write_with_session(s, 0).await {
+        match node.write_in_session(s, 0).await {
             Ok(_) => remembered += 1,
             Err(Error::Rejected(ApplyError::UnknownSession { .. })) => {}
             Err(e) => panic!("{e}"),

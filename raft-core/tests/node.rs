@@ -395,12 +395,12 @@ async fn a_batch_is_one_entry_applied_in_order_once_and_kept_across_a_restart() 
 
     // In a session: a retry of the batch answers the first outputs and applies nothing.
     let first = node
-        .write_many_with_session(session, vec![10, 20])
+        .write_many_in_session(session, vec![10, 20])
         .await
         .unwrap();
     assert_eq!(first, vec![17, 37]);
     let retry = node
-        .write_many_with_session(session, vec![10, 20])
+        .write_many_in_session(session, vec![10, 20])
         .await
         .unwrap();
     assert_eq!(retry, first);
@@ -429,7 +429,7 @@ async fn a_batch_is_one_entry_applied_in_order_once_and_kept_across_a_restart() 
         37
     );
     assert_eq!(
-        node.write_many_with_session(session, vec![10, 20])
+        node.write_many_in_session(session, vec![10, 20])
             .await
             .unwrap(),
         vec![17, 37],
@@ -440,7 +440,7 @@ async fn a_batch_is_one_entry_applied_in_order_once_and_kept_across_a_restart() 
         ..session
     };
     assert_eq!(
-        node.write_many_with_session(next, vec![3]).await.unwrap(),
+        node.write_many_in_session(next, vec![3]).await.unwrap(),
         vec![40]
     );
 }

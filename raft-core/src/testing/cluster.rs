@@ -302,7 +302,7 @@ impl<S: StateMachine> Cluster<S> {
                 continue;
             };
             let result = match session {
-                Some(s) => node.write_with_session(s, command.clone()).await,
+                Some(s) => node.write_in_session(s, command.clone()).await,
                 None => match node.register_session().await {
                     Ok(client_id) => {
                         let s = Session {
@@ -310,7 +310,7 @@ impl<S: StateMachine> Cluster<S> {
                             sequence: 1,
                         };
                         session = Some(s);
-                        node.write_with_session(s, command.clone()).await
+                        node.write_in_session(s, command.clone()).await
                     }
                     Err(e) => Err(e),
                 },

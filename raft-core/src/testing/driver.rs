@@ -538,7 +538,7 @@ impl<W: Workload> Target for ClusterTarget<'_, W> {
         let Some(node) = self.leader() else {
             return Attempt::Failed;
         };
-        match node.write_with_session(session, command).await {
+        match node.write_in_session(session, command).await {
             Ok(out) => Attempt::Ok(self.workload.write_output(input, out)),
             Err(Error::Rejected(ApplyError::UnknownSession { .. })) => Attempt::SessionLost,
             Err(e) if e.may_have_applied() => Attempt::Unknown,
