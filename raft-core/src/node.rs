@@ -11,22 +11,14 @@ use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
-use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
-use futures_util::stream::BoxStream;
 use openraft::BasicNode;
 use openraft::ChangeMembers;
 use openraft::Raft;
-use openraft::ReadPolicy;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::ChangeMembershipError;
 use openraft::errors::ClientWriteError;
 use openraft::errors::Fatal;
 use openraft::errors::ForwardReason;
-use openraft::errors::ForwardToLeader;
-use openraft::errors::InitializeError;
-use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
 use openraft::raft::ClientWriteResponse;
 
@@ -42,37 +34,30 @@ use crate::config::Config;
 use crate::config::Storage;
 use crate::error::Error;
 use crate::error::Result;
-use crate::incarnation::IncarnationError;
 use crate::log::LogStats;
 use crate::log::LogStatsHandle;
 use crate::log::LogStore;
 use crate::metrics::Metrics;
 use crate::metrics::MetricsWatch;
 use crate::metrics::Role;
-use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotStore;
 use crate::space::Space;
 use crate::space::StorageStatus;
 use crate::state_machine::Queryable;
 use crate::state_machine::ReadContext;
 use crate::state_machine::StateMachine;
-use crate::transport::RpcHandler;
-use crate::transport::RpcHandlerError;
-use crate::transport::SharedRpcHandler;
-use crate::transport::SnapshotReceive;
 use crate::transport::Transport;
-use crate::transport::rpc;
 use crate::types::NodeId;
 use crate::types::Proposal;
 use crate::types::Request;
 use crate::types::Response;
 use crate::types::Session;
 use crate::types::SessionCapacity;
-use crate::types::Snapshot;
-use crate::types::SnapshotMeta;
 use crate::types::TypeConfig;
-use crate::types::Vote;
-use crate::validate;
+
+mod errors;
+mod handler;
+mod transport;
 
 /// A log position that a linearizable read must wait for, issued by the leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -165,21 +150,6 @@ impl<S: StateMachine> std::fmt::Debug for Node<S> {
     }
 }
 
-fn fatal_to_error(e: &Fatal<TypeConfig>) -> Error {
-    match e {
-        Fatal::Stopped => Error::Shutdown,
-        Fatal::StorageError(s) => Error::Storage(s.to_string()),
-        Fatal::Panicked => Error::Fatal("the consensus task panicked".into()),
-    }
-}
-
-fn not_leader(f: &ForwardToLeader<TypeConfig>) -> Error {
-    Error::NotLeader {
-        leader: f.leader_id,
-        leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
-    }
-}
-
 impl<S: StateMachine> Node<S> {
     /// Starts a node: opens (or creates) its storage, recovers its log and latest snapshot, and
     /// joins whatever cluster its stored membership names.
@@ -217,7 +187,7 @@ impl<S: StateMachine> Node<S> {
         let applier = Applier::new(sm.clone(), snapshots.clone(), snapshot_health.clone());
         let raft = Raft::new(id, raft_config, transport, log, applier)
             .await
-            .map_err(|e| fatal_to_error(&e))?;
+            .map_err(|e| errors::fatal(&e))?;
         let space = Arc::new(Space::default());
         let dir = match &config.storage {
             Storage::Dir(d) => Some(d.clone()),
@@ -334,11 +304,6 @@ impl<S: StateMachine> Node<S> {
         m.current_leader.map(|l| (l, self.addr_in(&m, l)))
     }
 
-    /// The address member `id` was added with, if it is a member.
-    pub fn member_addr(&self, id: NodeId) -> Option<String> {
-        self.addr_in(&self.inner.raft.metrics().borrow_watched(), id)
-    }
-
     fn addr_in(&self, m: &openraft::RaftMetrics<TypeConfig>, id: NodeId) -> Option<String> {
         m.membership_config
             .membership()
@@ -357,7 +322,7 @@ impl<S: StateMachine> Node<S> {
             .raft
             .is_initialized()
             .await
-            .map_err(|e| fatal_to_error(&e))
+            .map_err(|e| errors::fatal(&e))
     }
 
     /// Forms a new cluster with `members` (id and address each) as its voters. Call it on one
@@ -386,13 +351,7 @@ impl<S: StateMachine> Node<S> {
                 self.spawn_initial_session_capacity();
                 Ok(())
             }
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
-                Err(Error::AlreadyInitialized)
-            }
-            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
-                Err(Error::Config(e.to_string()))
-            }
-            Err(RaftError::Fatal(f)) => Err(fatal_to_error(&f)),
+            Err(e) => Err(errors::initialize(e)),
         }
     }
 
@@ -607,28 +566,6 @@ impl<S: StateMachine> Node<S> {
             .data)
     }
 
-    /// Writes an already-encoded command and returns the encoded output. For transports that
-    /// forward writes without knowing the state machine's types.
-    pub async fn write_encoded(&self, request: Request) -> Result<Bytes> {
-        let limit = self.inner.config.max_command_bytes;
-        if request.command.len() > limit {
-            return Err(Error::CommandTooLarge {
-                size: request.command.len(),
-                limit,
-            });
-        }
-        if self.inner.space.refusing() {
-            self.check_space(&request)?;
-        }
-        let proposal = Proposal::stamped(request, self.stamp());
-        let response = self.propose_internal(proposal).await?;
-        match response {
-            Response::Output(b) => Ok(b),
-            Response::Rejected(e) => Err(Error::Rejected(e)),
-            Response::Empty => Err(Error::Fatal("a normal entry produced no output".into())),
-        }
-    }
-
     /// The time to stamp on a write this node proposes or a read it orders, as leader: its
     /// clock, raised to the time of the state applied here and to every time stamped before, so
     /// that stamps never decrease (one clock read and one atomic per call).
@@ -680,23 +617,6 @@ impl<S: StateMachine> Node<S> {
         self.inner.space.status()
     }
 
-    /// For transports: one round of the leader asking its voters for their storage alarms.
-    /// `answers` holds each voter that answered, with its alarm (`None`: no alarm); a voter
-    /// that did not answer keeps the alarm it last reported for three check intervals. While
-    /// any voter is in alarm this leader refuses writes that grow the state
-    /// ([`Error::NoSpace`]). Ignored unless this node leads. Call it once per
-    /// [`QuotaOptions::check_interval`](crate::QuotaOptions::check_interval).
-    pub fn report_peer_alarms(&self, answers: BTreeMap<NodeId, Option<String>>) {
-        if self.role() != Role::Leader {
-            self.inner.space.forget_peers();
-            return;
-        }
-        let expire = self.inner.config.quota.check_interval * 3;
-        self.inner
-            .space
-            .report_peers(self.inner.id, answers, expire);
-    }
-
     /// Resolves when the node stops: `Ok(())` after [`Node::shutdown`], or the error that
     /// stopped it — a storage failure (a failed write or fdatasync, a full disk, corruption) or
     /// a crash of the consensus engine. A stopped node serves nothing; an application should
@@ -713,7 +633,7 @@ impl<S: StateMachine> Node<S> {
         let outcome = || match all.borrow_watched().running_state.clone() {
             Ok(()) => None,
             Err(Fatal::Stopped) => Some(Ok(())),
-            Err(e) => Some(Err(fatal_to_error(&e))),
+            Err(e) => Some(Err(errors::fatal(&e))),
         };
         loop {
             if let Some(r) = outcome() {
@@ -758,16 +678,6 @@ impl<S: StateMachine> Node<S> {
             .await
     }
 
-    /// Answers `query` ([`Queryable::query_at`]) once this node has applied up to `at` (see
-    /// [`Node::read_at`]).
-    pub async fn query_at(&self, at: ReadIndex, query: S::Query) -> Result<S::Reply>
-    where
-        S: Queryable,
-    {
-        self.read_at_timed(at, |sm, ctx| sm.query_at(query, ctx))
-            .await
-    }
-
     /// Runs `f` on the state at the later of `time_ms` and the state's own time.
     fn read_local<T>(&self, time_ms: u64, f: impl FnOnce(&S, &ReadContext) -> T) -> Result<T> {
         if self.inner.sm.restore_failed() {
@@ -779,86 +689,6 @@ impl<S: StateMachine> Node<S> {
         let st = self.inner.sm.read();
         let ctx = ReadContext::new(time_ms.max(st.time_ms()));
         Ok(f(&st.user, &ctx))
-    }
-
-    /// On the leader: confirms leadership as `consistency` requires (a quorum round for
-    /// `Linearizable`, the lease for `Lease`) and returns the log position a read must wait for.
-    /// `Local` needs no position and returns this node's applied index.
-    pub async fn read_index(&self, consistency: Consistency) -> Result<ReadIndex> {
-        let raft = &self.inner.raft;
-        let read_error = |e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>| match e {
-            RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => not_leader(&f),
-            RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)) => Error::NoQuorum,
-            RaftError::Fatal(f) => fatal_to_error(&f),
-        };
-        let linearizer = match consistency {
-            Consistency::Local => {
-                let time_ms = self.local_time();
-                let rx = raft.metrics();
-                let m = rx.borrow_watched();
-                return Ok(ReadIndex {
-                    term: m.current_term,
-                    index: m.last_applied.map_or(0, |a| a.index),
-                    time_ms,
-                });
-            }
-            Consistency::Linearizable => {
-                self.with_timeout(async {
-                    raft.get_read_linearizer(ReadPolicy::ReadIndex)
-                        .await
-                        .map_err(read_error)
-                })
-                .await?
-            }
-            Consistency::Lease => {
-                self.with_timeout(async {
-                    match raft.get_read_linearizer(ReadPolicy::LeaseRead).await {
-                        Ok(l) => Ok(l),
-                        // The lease lapsed: confirm leadership the slow way instead.
-                        Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => raft
-                            .get_read_linearizer(ReadPolicy::ReadIndex)
-                            .await
-                            .map_err(read_error),
-                        Err(e) => Err(read_error(e)),
-                    }
-                })
-                .await?
-            }
-        };
-        let id = linearizer.read_log_id().log_id();
-        Ok(ReadIndex {
-            term: id.leader_id.term,
-            index: id.index,
-            // Read after leadership was confirmed: the read is ordered no earlier than this.
-            time_ms: self.stamp(),
-        })
-    }
-
-    /// Waits until this node has applied up to `at` (from [`Node::read_index`] on the leader),
-    /// then runs `f` on its state machine. This is how a follower serves a linearizable read.
-    pub async fn read_at<T>(&self, at: ReadIndex, f: impl FnOnce(&S) -> T) -> Result<T> {
-        self.read_at_timed(at, |sm, _| f(sm)).await
-    }
-
-    /// Like [`Node::read_at`], and `f` also learns the read's time: the leader's time in `at`,
-    /// raised to the time of the state read ([`ReadContext`]).
-    pub async fn read_at_timed<T>(
-        &self,
-        at: ReadIndex,
-        f: impl FnOnce(&S, &ReadContext) -> T,
-    ) -> Result<T> {
-        let applied = |m: &openraft::RaftMetrics<TypeConfig>| {
-            m.last_applied.is_some_and(|a| a.index >= at.index)
-        };
-        let reached = self.with_timeout(async {
-            Ok(self
-                .wait_raw(|m| applied(m) || Role::of(m) == Role::Shutdown)
-                .await)
-        });
-        if !reached.await? || self.role() == Role::Shutdown {
-            return Err(Error::Shutdown);
-        }
-        self.read_local(at.time_ms, f)
     }
 
     /// Adds `id` at `addr` as a learner and waits until it holds the log as it was when the
@@ -1035,7 +865,7 @@ impl<S: StateMachine> Node<S> {
                 };
                 let e = match propose().await {
                     Ok(r) => return Ok(r),
-                    Err(RaftError::Fatal(f)) => return Err(fatal_to_error(&f)),
+                    Err(RaftError::Fatal(f)) => return Err(errors::fatal(&f)),
                     Err(RaftError::APIError(e)) => e,
                 };
                 let error = match e {
@@ -1077,11 +907,7 @@ impl<S: StateMachine> Node<S> {
                         }
                         continue;
                     }
-                    ClientWriteError::ForwardToLeader(f) => not_leader(&f),
-                    ClientWriteError::LogEntryDiscarded(f) => Error::OutcomeUnknown {
-                        leader: f.leader_id,
-                    },
-                    ClientWriteError::ChangeMembershipError(e) => Error::Membership(e.to_string()),
+                    e => errors::client_write(e),
                 };
                 return Err(error);
             }
@@ -1120,7 +946,7 @@ impl<S: StateMachine> Node<S> {
             .trigger()
             .transfer_leader(to)
             .await
-            .map_err(|e| fatal_to_error(&e))?;
+            .map_err(|e| errors::fatal(&e))?;
         let limit = self.inner.config.request_timeout;
         self.wait_for(limit, |m| m.leader == Some(to))
             .await
@@ -1145,7 +971,7 @@ impl<S: StateMachine> Node<S> {
                     .trigger()
                     .snapshot()
                     .await
-                    .map_err(|e| fatal_to_error(&e))?;
+                    .map_err(|e| errors::fatal(&e))?;
                 self.wait_for(limit, |m| {
                     m.snapshot_index >= target || m.snapshot_index != before
                 })
@@ -1276,19 +1102,6 @@ impl<S: StateMachine> Node<S> {
         self.inner.log_stats.get()
     }
 
-    /// The receiving side of this node's internal RPCs, for a transport to deliver to.
-    pub fn rpc_handler(&self) -> SharedRpcHandler {
-        Arc::new(Handler {
-            id: self.inner.id,
-            raft: self.inner.raft.clone(),
-            snapshots: self.inner.snapshots.clone(),
-            cluster: self.inner.cluster.clone(),
-            sm: self.inner.sm.clone(),
-            incarnation: self.inner.incarnation,
-            binding: self.inner.binding.clone(),
-        })
-    }
-
     /// Stops the node as a power cut would (feature `testing`): consensus stops, and the log
     /// keeps only what was durable — appends not yet fdatasynced are lost. In-memory nodes just
     /// stop.
@@ -1335,298 +1148,5 @@ impl<S: StateMachine> Node<S> {
             .map_err(|e| Error::Fatal(format!("shutdown: {e}")))?;
         tracing::info!(node = self.inner.id, "node shut down");
         Ok(())
-    }
-}
-
-/// Serves incoming RPCs for one node.
-struct Handler<S: StateMachine> {
-    id: NodeId,
-    raft: RaftHandle<S>,
-    snapshots: Arc<SnapshotStore>,
-    cluster: Arc<ClusterIdentity>,
-    sm: Arc<SmShared<S>>,
-    incarnation: u64,
-    binding: Arc<Mutex<BTreeSet<NodeId>>>,
-}
-
-impl<S: StateMachine> Handler<S> {
-    fn stopped(&self) -> RpcHandlerError {
-        RpcHandlerError::Shutdown(self.id)
-    }
-
-    /// Checks `peer`'s incarnation against its binding; an unbound member's is learnt.
-    fn check_peer(&self, peer: NodeId, theirs: Option<u64>) -> Result<(), RpcHandlerError> {
-        let Some(theirs) = theirs else {
-            return Ok(());
-        };
-        match self.sm.binding(peer) {
-            Some(bound) if bound != theirs => Err(IncarnationError::PeerWiped {
-                peer,
-                bound,
-                actual: theirs,
-            }
-            .into()),
-            Some(_) => Ok(()),
-            None => {
-                self.learn(peer, theirs);
-                Ok(())
-            }
-        }
-    }
-
-    /// On the leader: proposes the bindings of `peer` (if it is a member) and of this node, if
-    /// they are not bound yet. Runs in the background; a failed proposal is retried on a later
-    /// message.
-    fn learn(&self, peer: NodeId, theirs: u64) {
-        let wanted: Vec<(NodeId, u64)> = {
-            let rx = self.raft.metrics();
-            let m = rx.borrow_watched();
-            if Role::of(&m) != Role::Leader {
-                return;
-            }
-            let member = m.membership_config.membership().get_node(&peer).is_some();
-            [(peer, theirs, member), (self.id, self.incarnation, true)]
-                .into_iter()
-                .filter(|(id, _, member)| *member && self.sm.binding(*id).is_none())
-                .map(|(id, inc, _)| (id, inc))
-                .collect()
-        };
-        for (id, incarnation) in wanted {
-            if !self
-                .binding
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id)
-            {
-                continue;
-            }
-            let raft = self.raft.clone();
-            let pending = self.binding.clone();
-            tokio::spawn(async move {
-                let result = raft
-                    .client_write(Proposal::BindIncarnation(id, incarnation))
-                    .await;
-                pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-                if let Err(error) = result {
-                    tracing::debug!(node = id, %error, "incarnation binding not proposed; retried on a later message");
-                }
-            });
-        }
-    }
-}
-
-/// Asks the state machine to read a peer's snapshot before it is installed
-/// ([`StateMachine::check_snapshot`]): a snapshot it cannot read is refused, rather than
-/// stopping the node at install.
-async fn check_snapshot_state<S: StateMachine>(data: &SnapshotData) -> Result<(), RpcHandlerError> {
-    let data = data.clone();
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let parsed = crate::snapshot::parse(&data)?;
-        let mut input = std::io::BufReader::with_capacity(64 << 10, parsed.user_data(&data));
-        S::check_snapshot(&mut input)
-    })
-    .await
-    .map_err(|e| RpcHandlerError::Invalid(format!("checking the snapshot failed: {e}")))?
-    .map_err(|e| RpcHandlerError::Invalid(format!("the snapshot's state does not read: {e}")))
-}
-
-impl<S: StateMachine> RpcHandler for Handler<S> {
-    fn node_id(&self) -> NodeId {
-        self.id
-    }
-
-    fn incarnation(&self) -> u64 {
-        self.incarnation
-    }
-
-    fn expected_incarnation(&self, peer: NodeId) -> Option<u64> {
-        self.sm.binding(peer)
-    }
-
-    fn check_incarnation(
-        &self,
-        from: NodeId,
-        theirs: Option<u64>,
-        expects: Option<u64>,
-    ) -> Result<(), RpcHandlerError> {
-        if let Some(expected) = expects
-            && expected != self.incarnation
-        {
-            return Err(IncarnationError::Wiped {
-                node: self.id,
-                expected,
-                actual: self.incarnation,
-            }
-            .into());
-        }
-        self.check_peer(from, theirs)
-    }
-
-    fn check_answer(&self, peer: NodeId, theirs: Option<u64>) -> Result<(), RpcHandlerError> {
-        self.check_peer(peer, theirs)
-    }
-
-    fn cluster_id(&self) -> Option<ClusterId> {
-        self.cluster.get()
-    }
-
-    fn check_cluster(
-        &self,
-        theirs: Option<ClusterId>,
-    ) -> BoxFuture<'_, Result<(), RpcHandlerError>> {
-        let ours = self.cluster.get();
-        if ours.is_some() || theirs.is_none() {
-            // Decided without touching the disk: the common case, on every call.
-            return futures_util::future::ready(
-                self.cluster.check_or_adopt(theirs).map_err(Into::into),
-            )
-            .boxed();
-        }
-        let cluster = self.cluster.clone();
-        async move {
-            tokio::task::spawn_blocking(move || cluster.check_or_adopt(theirs))
-                .await
-                .map_err(|_| self.stopped())?
-                .map_err(Into::into)
-        }
-        .boxed()
-    }
-
-    fn append_entries(
-        &self,
-        req: rpc::AppendEntriesRequest,
-    ) -> BoxFuture<'_, Result<rpc::AppendEntriesResponse, RpcHandlerError>> {
-        async move {
-            validate::append(&req, self.id)?;
-            self.raft
-                .append_entries(req)
-                .await
-                .map_err(|_| self.stopped())
-        }
-        .boxed()
-    }
-
-    fn vote(
-        &self,
-        req: rpc::VoteRequest,
-    ) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>> {
-        async move {
-            validate::vote(&req, self.id)?;
-            self.raft.vote(req).await.map_err(|_| self.stopped())
-        }
-        .boxed()
-    }
-
-    fn pre_vote(
-        &self,
-        req: rpc::VoteRequest,
-    ) -> BoxFuture<'_, Result<rpc::VoteResponse, RpcHandlerError>> {
-        async move {
-            validate::vote(&req, self.id)?;
-            self.raft.pre_vote(req).await.map_err(|_| self.stopped())
-        }
-        .boxed()
-    }
-
-    fn transfer_leader(
-        &self,
-        req: rpc::TransferLeaderRequest,
-    ) -> BoxFuture<'_, Result<rpc::TransferLeaderResponse, RpcHandlerError>> {
-        async move {
-            validate::not_from_me(req.from_leader(), self.id)?;
-            self.raft
-                .handle_transfer_leader(req)
-                .await
-                .map_err(|_| self.stopped())
-        }
-        .boxed()
-    }
-
-    fn stream_append(
-        &self,
-        input: BoxStream<'static, rpc::AppendEntriesRequest>,
-    ) -> BoxStream<'static, Result<rpc::StreamAppendResult, RpcHandlerError>> {
-        let id = self.id;
-        // A malformed request ends the input; the sender learns why after the answers so far.
-        let failure: Arc<Mutex<Option<RpcHandlerError>>> = Arc::default();
-        let fail = failure.clone();
-        let input = input
-            .take_while(move |req| {
-                let checked = validate::append(req, id);
-                let ok = checked.is_ok();
-                if let Err(e) = checked {
-                    *fail.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                }
-                futures_util::future::ready(ok)
-            })
-            .boxed();
-        let tail = futures_util::stream::once(async move {
-            failure.lock().unwrap_or_else(|p| p.into_inner()).take()
-        })
-        .filter_map(|f| async move { f.map(Err) });
-        self.raft
-            .stream_append(input)
-            .map(move |r| r.map_err(|_| RpcHandlerError::Shutdown(id)))
-            .chain(tail)
-            .boxed()
-    }
-
-    fn snapshot_sink(
-        &self,
-        vote: &Vote,
-        size: Option<u64>,
-    ) -> Result<SnapshotReceive, RpcHandlerError> {
-        validate::not_from_me(vote, self.id)?;
-        let current = self.raft.metrics().borrow_watched().vote;
-        // As openraft decides: a vote that is not at least this node's (older, or incomparable)
-        // cannot install anything.
-        let accepted = matches!(
-            vote.partial_cmp(&current),
-            Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
-        );
-        if !accepted {
-            return Ok(SnapshotReceive::Refuse(rpc::SnapshotResponse {
-                vote: current,
-            }));
-        }
-        Ok(SnapshotReceive::Receive(self.snapshots.sink(size)?))
-    }
-
-    fn install_snapshot(
-        &self,
-        vote: Vote,
-        meta: SnapshotMeta,
-        data: SnapshotData,
-    ) -> BoxFuture<'_, Result<rpc::SnapshotResponse, RpcHandlerError>> {
-        async move {
-            // openraft panics on a snapshot no honest leader could send; refuse it here instead.
-            validate::snapshot(&vote, &meta, self.id)?;
-            if let Some(last) = meta.last_log_id {
-                let committed = self.raft.metrics().borrow_watched().local_committed;
-                if let Some(c) = committed
-                    && last > c
-                    && last.index <= c.index
-                {
-                    return Err(RpcHandlerError::Invalid(format!(
-                        "snapshot up to {last} conflicts with the locally committed {c}"
-                    )));
-                }
-            }
-            check_snapshot_state::<S>(&data).await?;
-            self.raft
-                .install_full_snapshot(
-                    vote,
-                    Snapshot {
-                        meta,
-                        snapshot: data,
-                    },
-                )
-                .await
-                .map_err(|_| self.stopped())
-        }
-        .boxed()
     }
 }
