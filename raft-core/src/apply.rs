@@ -233,26 +233,22 @@ impl<S> SmShared<S> {
 
     /// The incarnation bound to member `id`, as applied here.
     pub fn binding(&self, id: NodeId) -> Option<u64> {
-        self.bindings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .copied()
+        crate::sync::read(&self.bindings).get(&id).copied()
     }
 
     fn set_bindings(&self, bindings: &BTreeMap<NodeId, u64>) {
-        *self.bindings.write().unwrap_or_else(|p| p.into_inner()) = bindings.clone();
+        *crate::sync::write(&self.bindings) = bindings.clone();
     }
 
     /// Read access for queries. A panic inside a read closure must not wedge the node, so a
     /// poisoned lock is recovered (the state itself is only mutated by `apply`, which does not
     /// panic across the lock unless the user's `apply` does).
     pub fn read(&self) -> RwLockReadGuard<'_, SmState<S>> {
-        self.state.read().unwrap_or_else(|p| p.into_inner())
+        crate::sync::read(&self.state)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, SmState<S>> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
+        crate::sync::write(&self.state)
     }
 }
 
@@ -316,7 +312,7 @@ pub struct SnapshotStats {
 
 impl SnapshotHealth {
     fn lock(&self) -> std::sync::MutexGuard<'_, Backoff> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Whether a policy snapshot should wait (a recent failure's pause has not passed).
@@ -422,10 +418,7 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for Builder<S> {
 
 impl<S: StateMachine> Builder<S> {
     async fn try_build(&mut self) -> Result<Snapshot, io::Error> {
-        let handle = self
-            .handle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let handle = crate::sync::lock(&self.handle)
             .take()
             .ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
         let meta = self.meta.clone();

@@ -159,7 +159,7 @@ impl ClusterIdentity {
 
     /// Takes `id` as this node's cluster id (durably) unless it already has another one.
     pub fn adopt(&self, id: ClusterId) -> Result<(), ClusterIdError> {
-        let _one_at_a_time = self.adopting.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = crate::sync::lock(&self.adopting);
         if let Some(ours) = self.get() {
             return if ours == id {
                 Ok(())

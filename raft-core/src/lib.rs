@@ -58,6 +58,7 @@ mod session;
 pub mod snapshot;
 mod space;
 mod state_machine;
+mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transport;

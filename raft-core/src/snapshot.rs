@@ -657,7 +657,7 @@ impl SnapshotStore {
     }
 
     fn current_lock(&self) -> MutexGuard<'_, Option<Current>> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.current)
     }
 
     /// The size of the current snapshot in bytes (0 if there is none, or it is not loaded yet).
@@ -667,7 +667,7 @@ impl SnapshotStore {
 
     /// The current snapshot, loading and verifying it from disk on first use.
     pub fn current(&self) -> Result<Option<(SnapshotMeta, SnapshotData)>, SnapshotError> {
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let mut loaded = crate::sync::lock(&self.loaded);
         if !*loaded {
             if let Some(dir) = &self.dir {
                 let newest = self.newest_on_disk(dir)?;

@@ -206,7 +206,7 @@ pub(crate) struct Space {
 
 impl Space {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Whether writes that grow the state are refused. One relaxed atomic load.
@@ -313,11 +313,7 @@ impl Space {
         #[allow(unused_mut)]
         let mut usage = measure(dir)?;
         #[cfg(feature = "testing")]
-        if let Some(free) = *self
-            .simulated_free
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-        {
+        if let Some(free) = *crate::sync::lock(&self.simulated_free) {
             usage.free_bytes = free;
         }
         Ok(usage)
@@ -326,10 +322,7 @@ impl Space {
     /// Makes later samples report `free` bytes free (`None`: measure again).
     #[cfg(feature = "testing")]
     pub fn simulate_free(&self, free: Option<u64>) {
-        *self
-            .simulated_free
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = free;
+        *crate::sync::lock(&self.simulated_free) = free;
     }
 }
 

@@ -46,7 +46,7 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // A panic while holding this lock can only come from a waiter callback, which runs
         // outside it; recover the guard rather than propagate poison.
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.queue)
     }
 }
 

@@ -29,7 +29,7 @@ pub(crate) struct MemLog {
 
 impl MemLog {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner)
     }
 
     pub fn vote(&self) -> Option<Vote> {

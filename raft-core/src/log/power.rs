@@ -34,7 +34,7 @@ pub(crate) struct DurableExtents(Arc<Mutex<BTreeMap<u64, u64>>>);
 
 impl DurableExtents {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, u64>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.0)
     }
 
     /// At least `len` bytes of `segment` are durable.

@@ -307,11 +307,11 @@ pub(crate) struct SharedView(Arc<RwLock<View>>);
 
 impl SharedView {
     pub fn read(&self) -> RwLockReadGuard<'_, View> {
-        self.0.read().unwrap_or_else(|p| p.into_inner())
+        crate::sync::read(&self.0)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, View> {
-        self.0.write().unwrap_or_else(|p| p.into_inner())
+        crate::sync::write(&self.0)
     }
 }
 

@@ -100,12 +100,7 @@ impl<S: StateMachine> Handler<S> {
                 .collect()
         };
         for (id, incarnation) in wanted {
-            if !self
-                .binding
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id)
-            {
+            if !crate::sync::lock(&self.binding).insert(id) {
                 continue;
             }
             let raft = self.raft.clone();
@@ -114,10 +109,7 @@ impl<S: StateMachine> Handler<S> {
                 let result = raft
                     .client_write(Proposal::BindIncarnation(id, incarnation))
                     .await;
-                pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                crate::sync::lock(&pending).remove(&id);
                 if let Err(error) = result {
                     tracing::debug!(node = id, %error, "incarnation binding not proposed; retried on a later message");
                 }
@@ -266,15 +258,13 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
                 let checked = validate::append(req, id);
                 let ok = checked.is_ok();
                 if let Err(e) = checked {
-                    *fail.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    *crate::sync::lock(&fail) = Some(e);
                 }
                 futures_util::future::ready(ok)
             })
             .boxed();
-        let tail = futures_util::stream::once(async move {
-            failure.lock().unwrap_or_else(|p| p.into_inner()).take()
-        })
-        .filter_map(|f| async move { f.map(Err) });
+        let tail = futures_util::stream::once(async move { crate::sync::lock(&failure).take() })
+            .filter_map(|f| async move { f.map(Err) });
         self.raft
             .stream_append(input)
             .map(move |r| r.map_err(|_| RpcHandlerError::Shutdown(id)))

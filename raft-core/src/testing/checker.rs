@@ -350,7 +350,7 @@ pub fn check<M: Model>(
                 })),
             };
             cancelled.store(true, Ordering::Relaxed);
-            let mut v = verdict.lock().unwrap_or_else(|p| p.into_inner());
+            let mut v = crate::sync::lock(&verdict);
             // A violation outranks running out of time elsewhere.
             if v.is_none()
                 || (found.is_violation() && !v.as_ref().is_some_and(|v| v.is_violation()))

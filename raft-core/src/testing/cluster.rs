@@ -181,7 +181,7 @@ impl<S: StateMachine> Cluster<S> {
     }
 
     fn nodes(&self) -> MutexGuard<'_, BTreeMap<NodeId, Node<S>>> {
-        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.nodes)
     }
 
     /// Restarts a crashed node from its data directory.

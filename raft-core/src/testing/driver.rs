@@ -554,21 +554,13 @@ impl<W: Workload> Target for ClusterTarget<'_, W> {
         let node = match self.reads {
             ReadMode::Linearizable => self.leader(),
             ReadMode::UnsafeLocal => {
-                let known = self
-                    .sticky
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&client)
-                    .copied();
+                let known = crate::sync::lock(&self.sticky).get(&client).copied();
                 match known {
                     Some(id) => self.cluster.node(id).ok(),
                     None => {
                         let l = self.leader();
                         if let Some(n) = &l {
-                            self.sticky
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(client, n.id());
+                            crate::sync::lock(&self.sticky).insert(client, n.id());
                         }
                         l
                     }

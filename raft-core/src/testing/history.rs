@@ -109,7 +109,7 @@ impl<I: Clone, O: Clone> Recorder<I, O> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<I, O>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner)
     }
 
     /// Records that `client` is about to issue `input`.

@@ -19,7 +19,6 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::MutexGuard;
 use std::sync::RwLock;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -33,6 +32,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::snapshot::SnapshotData;
+use crate::sync::lock;
 use crate::transport::RpcHandlerError;
 use crate::transport::SharedRpcHandler;
 use crate::transport::rpc;
@@ -109,10 +109,6 @@ impl std::fmt::Debug for Router {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Router {
     /// A network with no faults; `seed` drives message loss and delay.
     pub fn new(seed: u64) -> Router {
@@ -137,20 +133,12 @@ impl Router {
     /// Connects a node's receiving side (from [`Node::rpc_handler`](crate::Node::rpc_handler)).
     pub fn register(&self, handler: SharedRpcHandler) {
         let id = handler.node_id();
-        self.inner
-            .nodes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, handler);
+        crate::sync::write(&self.inner.nodes).insert(id, handler);
     }
 
     /// Disconnects a node's receiving side (it crashed or shut down).
     pub fn unregister(&self, id: NodeId) {
-        self.inner
-            .nodes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        crate::sync::write(&self.inner.nodes).remove(&id);
     }
 
     /// Splits the network: nodes in different `groups` cannot talk. Nodes named in no group can
@@ -251,12 +239,7 @@ impl Router {
     }
 
     fn handler(&self, id: NodeId) -> Option<SharedRpcHandler> {
-        self.inner
-            .nodes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()
+        crate::sync::read(&self.inner.nodes).get(&id).cloned()
     }
 
     /// Delivers one request from `from` to `to` and its reply back, subject to the faults.
