@@ -8,15 +8,9 @@ use raftkit::testing::Fault;
 use raftkit::testing::ReadMode;
 use raftkit::testing::RunOptions;
 use raftkit::testing::Schedule;
+use raftkit::testing::init_tracing;
 use raftkit::testing::kv::KvWorkload;
 use raftkit::testing::run;
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
 
 /// One fault held twice, with the workload running throughout.
 async fn under(fault: Fault) {

@@ -20,15 +20,9 @@ use raft_core::testing::Cluster;
 use raft_core::testing::ClusterOptions;
 use raft_core::testing::address;
 
+use raft_core::testing::init_tracing;
 use raft_core::testing::kv::KvCommand as Cmd;
 use raft_core::testing::kv::KvStore as Kv;
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
 
 fn options(configure: impl Fn(Config) -> Config + Send + Sync + 'static) -> ClusterOptions {
     ClusterOptions::default().with_configure(configure)

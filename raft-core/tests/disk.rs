@@ -17,15 +17,9 @@ use raft_core::Role;
 use raft_core::log::WalOptions;
 use raft_core::testing::Cluster;
 use raft_core::testing::ClusterOptions;
+use raft_core::testing::init_tracing;
 use raft_core::testing::kv::KvCommand as Cmd;
 use raft_core::testing::kv::KvStore as Kv;
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
 
 async fn start(configure: impl Fn(Config) -> Config + Send + Sync + 'static) -> Cluster<Kv> {
     init_tracing();

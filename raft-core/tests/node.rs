@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::io;
-use std::io::Read;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -15,35 +14,11 @@ use raft_core::Consistency;
 use raft_core::Error;
 use raft_core::Node;
 use raft_core::Role;
-use raft_core::StateMachine;
 use raft_core::log::LogError;
 use raft_core::snapshot::SnapshotError;
 use raft_core::testing::Router;
+use raft_core::testing::Sum;
 use raft_core::types::Request;
-
-#[derive(Default)]
-struct Sum(u64);
-
-impl StateMachine for Sum {
-    type Command = u64;
-    type Output = u64;
-    type Snapshot = u64;
-
-    fn apply(&mut self, c: u64) -> u64 {
-        self.0 += c;
-        self.0
-    }
-    fn snapshot(&self) -> u64 {
-        self.0
-    }
-    fn write_snapshot(s: u64, out: &mut dyn Write) -> io::Result<()> {
-        raft_core::write_serde(&s, out)
-    }
-    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
-        self.0 = raft_core::read_serde(input)?;
-        Ok(())
-    }
-}
 
 fn config(dir: &Path) -> Config {
     Config::durable(1, dir)

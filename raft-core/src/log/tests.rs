@@ -3,9 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
-use std::io::Read;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -24,7 +21,7 @@ use super::segment;
 use crate::apply::Applier;
 use crate::apply::SmShared;
 use crate::snapshot::SnapshotStore;
-use crate::state_machine::StateMachine;
+use crate::testing::Sum;
 use crate::types;
 use crate::types::Entry;
 use crate::types::LogId;
@@ -32,33 +29,6 @@ use crate::types::Payload;
 use crate::types::Proposal;
 use crate::types::TypeConfig;
 use crate::types::Vote;
-
-/// The smallest state machine, for the storage suite.
-#[derive(Default)]
-struct Sum(u64);
-
-impl StateMachine for Sum {
-    type Command = u64;
-    type Output = u64;
-    type Snapshot = u64;
-
-    fn apply(&mut self, c: u64) -> u64 {
-        self.0 += c;
-        self.0
-    }
-    fn snapshot(&self) -> u64 {
-        self.0
-    }
-    fn write_snapshot(s: u64, out: &mut dyn Write) -> io::Result<()> {
-        out.write_all(&s.to_le_bytes())
-    }
-    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
-        let mut b = [0u8; 8];
-        input.read_exact(&mut b)?;
-        self.0 = u64::from_le_bytes(b);
-        Ok(())
-    }
-}
 
 struct DurableBuilder;
 struct MemoryBuilder;

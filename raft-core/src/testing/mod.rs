@@ -7,6 +7,7 @@
 //!   writes through whichever node leads.
 //! * [`kv`] — a small replicated string map with a matching [`Workload`], for tests that need
 //!   some state machine rather than their own.
+//! * [`Sum`] — a running total, the smallest state machine, for tests of something else.
 //! * [`snapshot_bytes`] — a snapshot file's bytes, for tests that send snapshots as a peer would.
 //! * [`ManualClock`] — a clock a test sets by hand, to give nodes skewed clocks.
 //! * [`eventually`] — waits for a condition nothing announces (a disk sample), with a bound.
@@ -34,6 +35,7 @@ pub mod kv;
 pub mod model;
 mod nemesis;
 mod router;
+mod sum;
 pub mod synth;
 
 /// The random number generator crate the harness uses: [`Workload::generate`] takes its
@@ -75,6 +77,16 @@ pub use self::nemesis::Step;
 pub use self::router::Router;
 pub use self::router::RouterConnection;
 pub use self::router::RouterTransport;
+pub use self::sum::Sum;
+
+/// Sends this process's logs to the test output, filtered by `RUST_LOG` (nothing by default).
+/// Call it at the start of each test; calls after the first change nothing.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
 
 /// A [`Clock`](crate::Clock) that reads whatever the test last set; clones share the time.
 #[derive(Debug, Clone, Default)]

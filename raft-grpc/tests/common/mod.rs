@@ -20,12 +20,7 @@ pub use raft_core::testing::kv::KvQuery as Query;
 pub use raft_core::testing::kv::KvReply as Reply;
 pub use raft_core::testing::kv::KvStore as Kv;
 
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
+pub use raft_core::testing::init_tracing;
 
 /// Test timing: fast elections, bounded requests.
 pub fn config(id: NodeId, dir: &std::path::Path) -> Config {
