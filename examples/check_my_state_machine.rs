@@ -7,8 +7,8 @@
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
-use raftkit::StateMachine;
 use raftkit::testing::{Fault, Model, RunOptions, Schedule, Workload, run};
+use raftkit::{Queryable, StateMachine};
 use rand::Rng;
 use rand::rngs::StdRng;
 
@@ -35,6 +35,16 @@ impl StateMachine for Counter {
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
         self.0 = raftkit::read_serde(input)?;
         Ok(())
+    }
+}
+
+/// Reads: the only question is "what is the total?".
+impl Queryable for Counter {
+    type Query = ();
+    type Reply = u64;
+
+    fn query(&self, _: ()) -> u64 {
+        self.0
     }
 }
 
@@ -100,8 +110,9 @@ impl Workload for CounterWorkload {
     fn write_output(&self, _op: &Op, total: u64) -> u64 {
         total
     }
-    fn read(&self, _op: &Op, sm: &Counter) -> u64 {
-        sm.0
+    fn query(&self, _op: &Op) {}
+    fn read_output(&self, _op: &Op, total: u64) -> u64 {
+        total
     }
 }
 

@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use common::Kv;
 
-use common::Query;
-use common::Reply;
 use common::sim::client_for;
 use common::sim::converged;
 use common::sim::for_each_seed;
@@ -67,16 +65,10 @@ impl Target for GrpcTarget {
     }
 
     async fn read(&self, _client: usize, input: &KvOp) -> Attempt<KvResult> {
-        match self
-            .client
-            .read(
-                Query::Get(input.key().to_string()),
-                Consistency::Linearizable,
-            )
-            .await
-        {
-            Ok(Reply::Value(v)) => Attempt::Ok(KvResult::Value(v)),
-            _ => Attempt::Failed,
+        let query = self.workload.query(input);
+        match self.client.read(query, Consistency::Linearizable).await {
+            Ok(reply) => Attempt::Ok(self.workload.read_output(input, reply)),
+            Err(_) => Attempt::Failed,
         }
     }
 }

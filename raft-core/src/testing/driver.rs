@@ -2,8 +2,8 @@
 //! cluster; afterwards the history is checked for linearizability and the replicas compared.
 //!
 //! A user describes their state machine's operations once, as a [`Workload`]: how to generate a
-//! random one, how to perform it (a write, or a read of the state machine) and how its result
-//! maps to the [`Model`]. [`run`] does the rest on an in-process [`Cluster`]; [`run_clients`]
+//! random one, how to perform it (a command, or a query answered by the state machine's
+//! [`Queryable`] impl) and how its result maps to the [`Model`]. [`run`] does the rest on an in-process [`Cluster`]; [`run_clients`]
 //! drives any other [`Target`] (for example a cluster over gRPC on a simulated network).
 //!
 //! Everything random comes from one seed. A failing run reports the seed and how to rerun it.
@@ -30,6 +30,7 @@ use crate::error::Result;
 use crate::metrics::Role;
 use crate::node::Consistency;
 use crate::node::Node;
+use crate::state_machine::Queryable;
 use crate::state_machine::StateMachine;
 use crate::types::ApplyError;
 use crate::types::NodeId;
@@ -44,8 +45,9 @@ pub type HistoryOf<W> = History<InputOf<W>, OutputOf<W>>;
 
 /// A user's state machine and its sequential model, as the driver exercises them.
 pub trait Workload: Send + Sync + 'static {
-    /// The state machine under test. Replicas are compared with `PartialEq` after the run.
-    type Sm: StateMachine + Clone + PartialEq + Debug;
+    /// The state machine under test. Reads go through its [`Queryable`] impl, as they do in
+    /// production. Replicas are compared with `PartialEq` after the run.
+    type Sm: Queryable + Clone + PartialEq + Debug;
     /// Its sequential specification.
     type Model: Model;
 
@@ -65,8 +67,16 @@ pub trait Workload: Send + Sync + 'static {
         output: <Self::Sm as StateMachine>::Output,
     ) -> OutputOf<Self>;
 
-    /// Performs a read on a replica's state, in the model's terms.
-    fn read(&self, input: &InputOf<Self>, sm: &Self::Sm) -> OutputOf<Self>;
+    /// The query that performs `input`, a read (called for the inputs [`Workload::command`]
+    /// maps to `None`).
+    fn query(&self, input: &InputOf<Self>) -> <Self::Sm as Queryable>::Query;
+
+    /// What a read returned, in the model's terms.
+    fn read_output(
+        &self,
+        input: &InputOf<Self>,
+        reply: <Self::Sm as Queryable>::Reply,
+    ) -> OutputOf<Self>;
 }
 
 /// The result of one attempt at an operation.
@@ -574,11 +584,8 @@ impl<W: Workload> Target for ClusterTarget<'_, W> {
             ReadMode::Linearizable => Consistency::Linearizable,
             ReadMode::UnsafeLocal => Consistency::Local,
         };
-        match node
-            .read(consistency, |sm| self.workload.read(input, sm))
-            .await
-        {
-            Ok(out) => Attempt::Ok(out),
+        match node.query(consistency, self.workload.query(input)).await {
+            Ok(reply) => Attempt::Ok(self.workload.read_output(input, reply)),
             Err(_) => Attempt::Failed,
         }
     }

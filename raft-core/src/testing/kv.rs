@@ -163,7 +163,14 @@ impl Workload for KvWorkload {
         }
     }
 
-    fn read(&self, input: &KvOp, sm: &KvStore) -> KvResult {
-        KvResult::Value(sm.0.get(input.key()).cloned())
+    fn query(&self, input: &KvOp) -> KvQuery {
+        KvQuery::Get(input.key().to_string())
+    }
+
+    fn read_output(&self, input: &KvOp, reply: KvReply) -> KvResult {
+        match reply {
+            KvReply::Value(v) => KvResult::Value(v),
+            KvReply::All(all) => KvResult::Value(all.get(input.key()).cloned()),
+        }
     }
 }
