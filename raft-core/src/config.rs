@@ -262,7 +262,7 @@ impl Config {
     }
 
     /// Sets the bytes of responses the session table of a new cluster remembers (default
-    /// 64 MiB, at most [`MAX_SESSION_BYTES`]); see [`Config::max_session_bytes`].
+    /// 64 MiB, at most 768 MiB); see [`Config::max_session_bytes`].
     #[must_use]
     pub fn with_max_session_bytes(mut self, bytes: usize) -> Config {
         self.max_session_bytes = bytes;
