@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::backup::BackupError;
 use crate::codec::CodecError;
+use crate::leader::LeaderHint;
 use crate::log::LogError;
 use crate::snapshot::SnapshotError;
 use crate::types::ApplyError;
@@ -19,14 +20,10 @@ use crate::types::NodeId;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// This node is not the leader. The write was not accepted; send it to `leader`.
-    #[error("not the leader{}", leader_hint(*.leader, .leader_addr.as_deref()))]
-    NotLeader {
-        /// The leader's id, when this node knows it.
-        leader: Option<NodeId>,
-        /// The leader's address, when this node knows it.
-        leader_addr: Option<String>,
-    },
+    /// This node is not the leader. The write was not accepted; send it to the leader the
+    /// [`LeaderHint`] names (when this node knows it).
+    #[error("not the leader; {0}")]
+    NotLeader(LeaderHint),
     /// The operation did not finish in time. A write may or may not take effect.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
@@ -118,14 +115,6 @@ impl Error {
                 | Error::Fatal(_)
                 | Error::Rejected(ApplyError::UnknownSession { .. })
         )
-    }
-}
-
-fn leader_hint(leader: Option<NodeId>, addr: Option<&str>) -> String {
-    match (leader, addr) {
-        (Some(id), Some(a)) => format!("; the leader is node {id} at {a}"),
-        (Some(id), None) => format!("; the leader is node {id}"),
-        _ => "; the leader is unknown".to_string(),
     }
 }
 

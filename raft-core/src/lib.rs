@@ -19,6 +19,7 @@
 //! * `incarnation.rs` — a wiped node must come back under a new id: each data directory's
 //!   incarnation, bound to its member id in the replicated state and checked on every RPC.
 //! * `config.rs` — [`Config`] and its defaults; `error.rs` — the one [`Error`] enum;
+//!   `leader.rs` — [`LeaderHint`], the one answer to "who leads";
 //!   `metrics.rs` — [`Metrics`].
 //! * `apply.rs` — the bridge from [`StateMachine`] to openraft: decoding commands, client
 //!   sessions (`session.rs`), building and installing snapshots.
@@ -51,6 +52,7 @@ mod error;
 mod fsutil;
 mod housekeeping;
 pub mod incarnation;
+mod leader;
 pub mod log;
 mod metrics;
 mod node;
@@ -76,6 +78,7 @@ pub use crate::config::Config;
 pub use crate::config::Storage;
 pub use crate::error::Error;
 pub use crate::error::Result;
+pub use crate::leader::LeaderHint;
 pub use crate::metrics::Metrics;
 pub use crate::metrics::MetricsWatch;
 pub use crate::metrics::Role;

@@ -34,6 +34,7 @@ use crate::config::Config;
 use crate::config::Storage;
 use crate::error::Error;
 use crate::error::Result;
+use crate::leader::LeaderHint;
 use crate::log::LogStats;
 use crate::log::LogStatsHandle;
 use crate::log::LogStore;
@@ -297,11 +298,15 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// The leader this node knows of, and its address if it is a member; cheaper than
-    /// [`Node::metrics`].
-    pub fn leader(&self) -> Option<(NodeId, Option<String>)> {
+    /// [`Node::metrics`]. The hint names no leader during an election or before this node has
+    /// heard from one ([`LeaderHint::is_known`]).
+    pub fn leader(&self) -> LeaderHint {
         let rx = self.inner.raft.metrics();
         let m = rx.borrow_watched();
-        m.current_leader.map(|l| (l, self.addr_in(&m, l)))
+        match m.current_leader {
+            Some(l) => LeaderHint::new(Some(l), self.addr_in(&m, l)),
+            None => LeaderHint::unknown(),
+        }
     }
 
     fn addr_in(&self, m: &openraft::RaftMetrics<TypeConfig>, id: NodeId) -> Option<String> {
@@ -377,10 +382,7 @@ impl<S: StateMachine> Node<S> {
                     node.set_session_capacity(capacity).await
                 }
                 Ok(false) => return,
-                _ => Err(Error::NotLeader {
-                    leader: node.leader().map(|l| l.0),
-                    leader_addr: None,
-                }),
+                _ => Err(Error::NotLeader(LeaderHint::new(node.leader().id(), None))),
             };
             match result {
                 Ok(()) => tracing::info!(
@@ -744,10 +746,7 @@ impl<S: StateMachine> Node<S> {
         .await?;
         match self.metrics() {
             m if m.role == Role::Leader => Ok(()),
-            m => Err(Error::NotLeader {
-                leader: m.leader,
-                leader_addr: m.leader_addr,
-            }),
+            m => Err(Error::NotLeader(LeaderHint::new(m.leader, m.leader_addr))),
         }
     }
 
@@ -817,14 +816,12 @@ impl<S: StateMachine> Node<S> {
         if matches!(self.role(), Role::Leader | Role::Shutdown) {
             return Ok(());
         }
-        let (leader, leader_addr) = match self.leader() {
-            Some((id, addr)) if id != self.inner.id => (Some(id), addr),
-            _ => (None, None),
-        };
-        Err(Error::NotLeader {
-            leader,
-            leader_addr,
-        })
+        let leader = self.leader();
+        Err(Error::NotLeader(if leader.id() == Some(self.inner.id) {
+            LeaderHint::unknown()
+        } else {
+            leader
+        }))
     }
 
     /// Runs a proposal (`propose` is called again for each attempt) within the request timeout,
@@ -1083,10 +1080,7 @@ impl<S: StateMachine> Node<S> {
             })
             .await?;
         if m.role != Role::Leader || m.term != term {
-            return Err(Error::NotLeader {
-                leader: m.leader,
-                leader_addr: m.leader_addr,
-            });
+            return Err(Error::NotLeader(LeaderHint::new(m.leader, m.leader_addr)));
         }
         Ok(m)
     }

@@ -473,12 +473,9 @@ async fn reads_respect_their_consistency_level() {
         .read(Consistency::Linearizable, |kv| kv.0.len())
         .await
     {
-        Err(Error::NotLeader {
-            leader: Some(l),
-            leader_addr: Some(addr),
-        }) => {
-            assert_eq!(l, leader);
-            assert_eq!(addr, address(leader));
+        Err(Error::NotLeader(hint)) => {
+            assert_eq!(hint.id(), Some(leader));
+            assert_eq!(hint.addr(), Some(address(leader).as_str()));
         }
         other => panic!("a follower must redirect linearizable reads, got {other:?}"),
     }

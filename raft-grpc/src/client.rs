@@ -331,8 +331,8 @@ enum Next {
 
 fn classify(s: Status) -> (Next, Status) {
     let next = match ErrorCode::of(&s) {
-        Some(ErrorCode::NotLeader) => match leader_hint(&s).1 {
-            Some(addr) => Next::Redirect(addr),
+        Some(ErrorCode::NotLeader) => match leader_hint(&s).addr() {
+            Some(addr) => Next::Redirect(addr.to_string()),
             None => Next::Elsewhere,
         },
         Some(ErrorCode::InvalidCommand) => Next::Fail(ClientError::Rejected(

@@ -20,6 +20,7 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use raft_core::Consistency;
 use raft_core::Error;
+use raft_core::LeaderHint;
 use raft_core::Node;
 use raft_core::NodeId;
 use raft_core::Queryable;
@@ -553,11 +554,13 @@ impl<S: Queryable> Shared<S> {
     {
         match local().await {
             Ok(v) => Ok(v),
-            Err(Error::NotLeader {
-                leader: Some(_),
-                leader_addr: Some(addr),
-            }) if !forwarded && self.opts.forward_to_leader => {
-                forward(self.cluster_client(&addr)?).await
+            Err(Error::NotLeader(hint))
+                if hint.is_known() && !forwarded && self.opts.forward_to_leader =>
+            {
+                match hint.addr() {
+                    Some(addr) => forward(self.cluster_client(addr)?).await,
+                    None => Err(status::not_leader(&hint)),
+                }
             }
             Err(e) => Err(status::from_error(&e)),
         }
@@ -670,8 +673,9 @@ impl<S: Queryable> Shared<S> {
         consistency: Consistency,
         timeout: Option<Duration>,
     ) -> Result<ReadIndex, Status> {
-        let Some((leader, Some(addr))) = self.node.leader() else {
-            return Err(status::not_leader(None, None));
+        let hint = self.node.leader();
+        let (Some(leader), Some(addr)) = (hint.id(), hint.addr()) else {
+            return Err(status::not_leader(&LeaderHint::unknown()));
         };
         let mut client = RaftInternalClient::new(self.channel(&addr)?);
         let req = pb::ReadIndexRequest {

@@ -6,6 +6,7 @@
 
 use raft_core::ApplyError;
 use raft_core::Error;
+use raft_core::LeaderHint;
 use raft_core::NodeId;
 use tonic::Code;
 use tonic::Status;
@@ -170,31 +171,27 @@ pub fn is_transient(s: &Status) -> bool {
     }
 }
 
-/// A redirect to the leader (or to nobody, when it is unknown).
-pub fn not_leader(leader: Option<NodeId>, leader_addr: Option<&str>) -> Status {
+/// A redirect to the leader `hint` names (or to nobody, when it is unknown).
+pub fn not_leader(hint: &LeaderHint) -> Status {
     let mut s = status(
         Code::FailedPrecondition,
         ErrorCode::NotLeader,
-        match (leader, leader_addr) {
-            (Some(id), Some(a)) => format!("not the leader; the leader is node {id} at {a}"),
-            (Some(id), None) => format!("not the leader; the leader is node {id}"),
-            (None, _) => "not the leader; the leader is unknown".to_string(),
-        },
+        format!("not the leader; {hint}"),
     );
-    if let Some(id) = leader {
+    if let Some(id) = hint.id() {
         s.metadata_mut()
             .insert(LEADER_ID_KEY, MetadataValue::from(id));
     }
-    if let Some(addr) = leader_addr.and_then(|a| a.parse::<MetadataValue<_>>().ok()) {
+    if let Some(addr) = hint.addr().and_then(|a| a.parse::<MetadataValue<_>>().ok()) {
         s.metadata_mut().insert(LEADER_ADDR_KEY, addr);
     }
     s
 }
 
-/// The leader a redirect names.
-pub fn leader_hint(status: &Status) -> (Option<NodeId>, Option<String>) {
+/// The leader a redirect names (unknown when the status carries no leader metadata).
+pub fn leader_hint(status: &Status) -> LeaderHint {
     let md = status.metadata();
-    let id = md
+    let id: Option<NodeId> = md
         .get(LEADER_ID_KEY)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
@@ -202,17 +199,14 @@ pub fn leader_hint(status: &Status) -> (Option<NodeId>, Option<String>) {
         .get(LEADER_ADDR_KEY)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    (id, addr)
+    LeaderHint::new(id, addr)
 }
 
 /// A node's error as the status a client receives.
 pub fn from_error(e: &Error) -> Status {
     let msg = e.to_string();
     match e {
-        Error::NotLeader {
-            leader,
-            leader_addr,
-        } => not_leader(*leader, leader_addr.as_deref()),
+        Error::NotLeader(hint) => not_leader(hint),
         Error::Timeout(_) => status(Code::DeadlineExceeded, ErrorCode::Timeout, msg),
         Error::OutcomeUnknown { .. } => status(Code::Aborted, ErrorCode::OutcomeUnknown, msg),
         Error::Shutdown => status(Code::Unavailable, ErrorCode::Shutdown, msg),
@@ -330,17 +324,20 @@ mod tests {
 
     #[test]
     fn redirects_carry_the_leader() {
-        let s = from_error(&Error::NotLeader {
-            leader: Some(3),
-            leader_addr: Some("10.0.0.3:7000".into()),
-        });
+        let hint = LeaderHint::new(Some(3), Some("10.0.0.3:7000".into()));
+        let s = from_error(&Error::NotLeader(hint.clone()));
         assert_eq!(s.code(), Code::FailedPrecondition);
         assert_eq!(ErrorCode::of(&s), Some(ErrorCode::NotLeader));
-        assert_eq!(leader_hint(&s), (Some(3), Some("10.0.0.3:7000".into())));
-        let unknown = from_error(&Error::NotLeader {
-            leader: None,
-            leader_addr: None,
-        });
-        assert_eq!(leader_hint(&unknown), (None, None));
+        // The wire form: the code and the two metadata keys, as before.
+        assert_eq!(
+            s.message(),
+            "not the leader; the leader is node 3 at 10.0.0.3:7000"
+        );
+        assert_eq!(s.metadata().get(LEADER_ID_KEY).unwrap(), "3");
+        assert_eq!(s.metadata().get(LEADER_ADDR_KEY).unwrap(), "10.0.0.3:7000");
+        assert_eq!(leader_hint(&s), hint);
+        let unknown = from_error(&Error::NotLeader(LeaderHint::unknown()));
+        assert_eq!(unknown.message(), "not the leader; the leader is unknown");
+        assert_eq!(leader_hint(&unknown), LeaderHint::unknown());
     }
 }

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::GrpcCluster;
+use raft_core::LeaderHint;
 use raft_core::NodeId;
 use raft_core::Role;
 use raft_grpc::GrpcOptions;
@@ -33,7 +34,7 @@ async fn roles(c: &GrpcCluster) -> (NodeId, NodeId, NodeId) {
     c.wait_until("every node knows the leader", |c| {
         c.nodes
             .values()
-            .all(|n| n.node().leader().map(|(id, _)| id) == Some(leader))
+            .all(|n| n.node().leader().id() == Some(leader))
     })
     .await;
     let mut followers = c.addrs.keys().copied().filter(|id| *id != leader);
@@ -52,9 +53,7 @@ async fn admin_calls_on_a_follower_are_forwarded_to_the_leader() {
         .unwrap();
     c.wait_until("every node follows the other follower", |c| {
         c.nodes[&f2].node().role() == Role::Leader
-            && c.nodes
-                .values()
-                .all(|n| n.node().leader().map(|(id, _)| id) == Some(f2))
+            && c.nodes.values().all(|n| n.node().leader().id() == Some(f2))
     })
     .await;
     assert_eq!(c.nodes[&f1].stats().forwarded(), 1);
@@ -110,7 +109,7 @@ async fn without_forwarding_a_follower_names_the_leader() {
     let c = GrpcCluster::start(3, opts, |c| c).await;
     let (leader, f1, f2) = roles(&c).await;
     let mut via_f1 = cluster_client(&c.addrs[&f1]).await;
-    let expected_hint = (Some(leader), Some(c.addrs[&leader].clone()));
+    let expected_hint = LeaderHint::new(Some(leader), Some(c.addrs[&leader].clone()));
 
     let refusals = [
         via_f1

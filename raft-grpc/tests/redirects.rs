@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use common::Cmd;
 use common::Kv;
+use raft_core::LeaderHint;
 use raft_grpc::ClientError;
 use raft_grpc::ClientOptions;
 use raft_grpc::ClusterClient;
@@ -36,7 +37,10 @@ type Answer<T> = Result<Response<T>, Status>;
 impl pb::cluster_server::Cluster for Redirector {
     async fn write(&self, _: Request<pb::WriteRequest>) -> Answer<pb::WriteReply> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        Err(status::not_leader(Some(7), Some(&self.leader)))
+        Err(status::not_leader(&LeaderHint::new(
+            Some(7),
+            Some(self.leader.clone()),
+        )))
     }
     async fn read(&self, _: Request<pb::ReadRequest>) -> Answer<pb::ReadReply> {
         Err(Status::unimplemented("read"))

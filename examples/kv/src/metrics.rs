@@ -170,8 +170,7 @@ fn not_ready(nodes: &[Node], max_lag: u64) -> Option<String> {
         if let Some((peer, why)) = s.peer_alarms.iter().next() {
             return Some(format!("node {}: NOSPACE on voter {peer}: {why}", n.id()));
         }
-        n.leader()
-            .is_none()
+        (!n.leader().is_known())
             .then(|| format!("node {}: no leader known", n.id()))
     })
 }

@@ -9,6 +9,7 @@ use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
 
 use crate::error::Error;
+use crate::leader::LeaderHint;
 use crate::types::TypeConfig;
 
 /// The engine stopped: shut down ([`Error::Shutdown`]), a storage failure
@@ -23,10 +24,10 @@ pub(crate) fn fatal(e: &Fatal<TypeConfig>) -> Error {
 
 /// This node does not lead: [`Error::NotLeader`], naming the leader (and its address) if known.
 pub(crate) fn forward_to_leader(f: &ForwardToLeader<TypeConfig>) -> Error {
-    Error::NotLeader {
-        leader: f.leader_id,
-        leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
-    }
+    Error::NotLeader(LeaderHint::new(
+        f.leader_id,
+        f.leader_node.as_ref().map(|n| n.addr.clone()),
+    ))
 }
 
 /// An API call's error: the engine's fatal errors as [`fatal`], the call's own with `api`.
