@@ -11,14 +11,14 @@ use std::collections::BTreeMap;
 use futures_util::future::join_all;
 use raft_core::Node;
 use raft_core::NodeId;
-use raft_core::Queryable;
 use raft_core::Role;
+use raft_core::StateMachine;
 
+use crate::local::LocalClient;
 use crate::pb;
-use crate::server::NodeClient;
 
 /// Runs until the node stops.
-pub(crate) async fn run<S: Queryable>(client: NodeClient<S>) {
+pub(crate) async fn run<S: StateMachine>(client: LocalClient<S>) {
     let node = client.node().clone();
     let every = node.config().quota.check_interval;
     let mut tick = tokio::time::interval(every);
@@ -40,8 +40,8 @@ pub(crate) async fn run<S: Queryable>(client: NodeClient<S>) {
 }
 
 /// Each other voter that answered within the interval, with its alarm.
-async fn ask_voters<S: Queryable>(
-    client: &NodeClient<S>,
+async fn ask_voters<S: StateMachine>(
+    client: &LocalClient<S>,
     node: &Node<S>,
 ) -> BTreeMap<NodeId, Option<String>> {
     let m = node.metrics();

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use raft_core::ApplyError;
 use raft_core::Consistency;
+use raft_core::LeaderHint;
 use raft_core::NodeId;
 use raft_core::Queryable;
 use raft_core::Role;
@@ -33,6 +34,7 @@ use crate::net::Connector;
 use crate::net::Pool;
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient as PbClusterClient;
+use crate::request_error::RequestError;
 use crate::status::ErrorCode;
 use crate::status::is_transient;
 use crate::status::leader_hint;
@@ -184,11 +186,11 @@ pub enum ClientError {
         /// How many attempts were made.
         attempts: u32,
         /// The last failure.
-        last: Status,
+        last: RequestError,
     },
     /// A node refused the request for a reason retrying will not fix.
     #[error("request refused: {0}")]
-    Refused(Status),
+    Refused(RequestError),
     /// A command, query or answer could not be encoded or decoded.
     #[error(transparent)]
     Codec(#[from] CodecError),
@@ -220,17 +222,18 @@ fn write_error(e: ClientError, session: raft_core::Session) -> ClientError {
         sequence,
     } = session;
     match e {
-        ClientError::Refused(s) => match ErrorCode::of(&s) {
-            Some(ErrorCode::UnknownSession) => ClientError::Rejected(ApplyError::UnknownSession {
+        ClientError::Refused(RequestError::UnknownSession(_)) => {
+            ClientError::Rejected(ApplyError::UnknownSession {
                 client_id,
                 sequence,
-            }),
-            Some(ErrorCode::SessionExpired) => ClientError::Rejected(ApplyError::SessionExpired {
+            })
+        }
+        ClientError::Refused(RequestError::SessionExpired(_)) => {
+            ClientError::Rejected(ApplyError::SessionExpired {
                 client_id,
                 sequence,
-            }),
-            _ => ClientError::Refused(s),
-        },
+            })
+        }
         other => other,
     }
 }
@@ -339,7 +342,7 @@ fn classify(s: Status) -> (Next, Status) {
             ApplyError::InvalidCommand(s.message().to_string()),
         )),
         _ if is_transient(&s) => Next::Elsewhere,
-        _ => Next::Fail(ClientError::Refused(s.clone())),
+        _ => Next::Fail(ClientError::Refused(RequestError::from_status(&s))),
     };
     (next, s)
 }
@@ -477,14 +480,14 @@ impl<S: Queryable> ClusterClient<S> {
             if wait && !backoff.pause().await {
                 return Err(ClientError::GaveUp {
                     attempts,
-                    last: status,
+                    last: RequestError::from_status(&status),
                 });
             }
             target = next_target;
             if backoff.remaining().is_zero() {
                 return Err(ClientError::GaveUp {
                     attempts,
-                    last: Status::deadline_exceeded("retry budget exhausted"),
+                    last: RequestError::Timeout("retry budget exhausted".into()),
                 });
             }
         }
@@ -716,7 +719,10 @@ impl<S: Queryable> ClusterClient<S> {
             match classify(status) {
                 (Next::Fail(e), _) => return Err(e),
                 (_, last) if !backoff.pause().await => {
-                    return Err(ClientError::GaveUp { attempts, last });
+                    return Err(ClientError::GaveUp {
+                        attempts,
+                        last: RequestError::from_status(&last),
+                    });
                 }
                 _ => {}
             }
@@ -810,7 +816,7 @@ impl<S: Queryable> ClusterClient<S> {
     pub async fn leader(&self) -> Result<(NodeId, String), ClientError> {
         let mut backoff = Backoff::new(self.inner.opts.total_timeout);
         let mut attempts = 0;
-        let mut last = Status::unavailable("no node named a leader");
+        let mut last = RequestError::NotLeader(LeaderHint::unknown());
         loop {
             let mut candidates: Vec<String> = self
                 .inner
@@ -828,9 +834,9 @@ impl<S: Queryable> ClusterClient<S> {
                         ..
                     }) => candidates.push(a),
                     Ok(_) => {}
-                    Err(ClientError::GaveUp { last: s, .. }) if is_transient(&s) => last = s,
-                    Err(ClientError::GaveUp { last: s, .. }) => {
-                        return Err(ClientError::Refused(s));
+                    Err(ClientError::GaveUp { last: e, .. }) if e.is_transient() => last = e,
+                    Err(ClientError::GaveUp { last: e, .. }) => {
+                        return Err(ClientError::Refused(e));
                     }
                     Err(e) => return Err(e),
                 }
@@ -878,20 +884,25 @@ impl<S: Queryable> ClusterClient<S> {
 
     /// One node's view of the cluster (no retries: it asks exactly `addr`).
     pub async fn status(&self, addr: &str) -> Result<NodeStatus, ClientError> {
-        let mut c = self.client(addr).map_err(ClientError::Refused)?;
+        let mut c = self
+            .client(addr)
+            .map_err(|s| ClientError::Refused(RequestError::from_status(&s)))?;
         let req = pb::request(pb::StatusRequest {}, self.inner.opts.attempt_timeout);
         let reply = c
             .status(req)
             .await
             .map_err(|s| ClientError::GaveUp {
                 attempts: 1,
-                last: s,
+                last: RequestError::from_status(&s),
             })?
             .into_inner();
         NodeStatus::try_from(reply).map_err(|e| {
-            ClientError::Refused(Status::invalid_argument(format!(
-                "node at {addr} answered with a status this client cannot read: {e}"
-            )))
+            ClientError::Refused(RequestError::Refused {
+                code: None,
+                message: format!(
+                    "node at {addr} answered with a status this client cannot read: {e}"
+                ),
+            })
         })
     }
 

@@ -7,12 +7,13 @@ use std::time::Duration;
 use raft_core::Config;
 use raft_core::Node;
 use raft_core::Queryable;
+use raft_core::StateMachine;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::local::LocalClient;
 use crate::options::GrpcOptions;
-use crate::server::NodeClient;
 use crate::server::ServeError;
 use crate::server::Server;
 use crate::server::ServerStats;
@@ -42,9 +43,9 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// completes) stops it too, in a background task on the current Tokio runtime: the server stops
 /// accepting and the node's consensus stops, so the node cannot go on leading with no server
 /// behind it. Only `shutdown` lets the caller wait for the log to be flushed.
-pub struct GrpcNode<S: Queryable> {
+pub struct GrpcNode<S: StateMachine> {
     node: Node<S>,
-    client: NodeClient<S>,
+    client: LocalClient<S>,
     addr: SocketAddr,
     stats: Arc<ServerStats>,
     stop: Option<oneshot::Sender<()>>,
@@ -56,19 +57,50 @@ pub struct GrpcNode<S: Queryable> {
 }
 
 impl<S: Queryable> GrpcNode<S> {
-    /// Starts a node that sends over gRPC and serves on `listener`. The addresses given to
-    /// `initialize` and `add_learner` are the nodes' listener addresses.
+    /// Starts a node that sends over gRPC and serves on `listener`, remote queries included.
+    /// The addresses given to `initialize` and `add_learner` are the nodes' listener addresses.
     pub async fn start(
         config: Config,
         state_machine: S,
         listener: TcpListener,
         opts: GrpcOptions,
     ) -> Result<Self, StartError> {
+        GrpcNode::launch(config, state_machine, listener, opts, Server::new).await
+    }
+}
+
+impl<S: StateMachine> GrpcNode<S> {
+    /// Like [`GrpcNode::start`], for a state machine that answers no remote queries (it need
+    /// not implement [`Queryable`]): writes, sessions, membership and in-process reads
+    /// ([`Node::read`]) work as usual; a remote `Read` call is refused as unimplemented.
+    pub async fn start_without_queries(
+        config: Config,
+        state_machine: S,
+        listener: TcpListener,
+        opts: GrpcOptions,
+    ) -> Result<Self, StartError> {
+        GrpcNode::launch(
+            config,
+            state_machine,
+            listener,
+            opts,
+            Server::without_queries,
+        )
+        .await
+    }
+
+    async fn launch(
+        config: Config,
+        state_machine: S,
+        listener: TcpListener,
+        opts: GrpcOptions,
+        server: fn(Node<S>, &GrpcTransport) -> Server<S>,
+    ) -> Result<Self, StartError> {
         opts.check_limits(&config)?;
         let addr = listener.local_addr().map_err(StartError::Listener)?;
         let transport = GrpcTransport::new(config.id, opts);
         let node = Node::start(config, state_machine, transport.clone()).await?;
-        let server = Server::new(node.clone(), &transport);
+        let server = server(node.clone(), &transport);
         let stats = server.stats();
         let client = server.local_client();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -93,8 +125,8 @@ impl<S: Queryable> GrpcNode<S> {
         &self.node
     }
 
-    /// Reads and writes from this process that work on any node (see [`NodeClient`]).
-    pub fn client(&self) -> &NodeClient<S> {
+    /// Reads and writes from this process that work on any node (see [`LocalClient`]).
+    pub fn client(&self) -> &LocalClient<S> {
         &self.client
     }
 
@@ -152,7 +184,7 @@ async fn drain(mut task: JoinHandle<Result<(), ServeError>>) {
     }
 }
 
-impl<S: Queryable> Drop for GrpcNode<S> {
+impl<S: StateMachine> Drop for GrpcNode<S> {
     fn drop(&mut self) {
         self.alarms.abort();
         let task = self.stop_serving();

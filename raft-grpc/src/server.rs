@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use raft_core::Consistency;
 use raft_core::Error;
@@ -27,6 +28,7 @@ use raft_core::Queryable;
 use raft_core::ReadIndex;
 use raft_core::Role;
 use raft_core::Session;
+use raft_core::StateMachine;
 use raft_core::cluster_id::ClusterIdError;
 use raft_core::snapshot::SnapshotError;
 use raft_core::transport::RpcHandlerError;
@@ -50,6 +52,7 @@ use crate::auth::Caller;
 use crate::auth::ClientCheck;
 use crate::auth::PeerCheck;
 use crate::auth::Role as AuthRole;
+use crate::local::LocalClient;
 use crate::net::Pool;
 use crate::options::GrpcOptions;
 use crate::pb;
@@ -120,18 +123,29 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-struct Shared<S: Queryable> {
-    node: Node<S>,
+/// How a server answers the cluster service's `Read` call (decode the query, answer it, encode
+/// the reply), fixed when it is built: only a [`Queryable`] state machine has one.
+type QueryFn<S> = for<'a> fn(
+    &'a Shared<S>,
+    pb::ReadRequest,
+    Option<Duration>,
+) -> BoxFuture<'a, Result<pb::ReadReply, Status>>;
+
+/// What a server's services and its local clients share.
+pub(crate) struct Shared<S: StateMachine> {
+    pub(crate) node: Node<S>,
     handler: SharedRpcHandler,
     pool: Pool,
-    opts: Arc<GrpcOptions>,
+    pub(crate) opts: Arc<GrpcOptions>,
     stats: Arc<ServerStats>,
     /// Set when the server starts shutting down: long-lived streams end, so the graceful drain
     /// does not wait for a leader that never closes its replication stream.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Answers remote queries; `None` when the state machine serves none (`Read` is refused).
+    queries: Option<QueryFn<S>>,
 }
 
-impl<S: Queryable> Shared<S> {
+impl<S: StateMachine> Shared<S> {
     /// Completes once the server has begun shutting down.
     fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut rx = self.stopping.subscribe();
@@ -142,129 +156,29 @@ impl<S: Queryable> Shared<S> {
 }
 
 /// A node's gRPC server: the internal Raft service and the cluster service.
-pub struct Server<S: Queryable> {
+pub struct Server<S: StateMachine> {
     shared: Arc<Shared<S>>,
-}
-
-/// Reads and writes from inside a node's own process, the way the cluster service serves remote
-/// clients: a write is applied here if this node leads, otherwise forwarded once to the leader;
-/// a linearizable read on a follower asks the leader for a read index and is answered locally.
-/// Errors are the statuses a remote client would see (see [`crate::status`]).
-pub struct NodeClient<S: Queryable> {
-    shared: Arc<Shared<S>>,
-}
-
-impl<S: Queryable> Clone for NodeClient<S> {
-    fn clone(&self) -> Self {
-        NodeClient {
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<S: Queryable> NodeClient<S> {
-    /// Applies `command` (exactly once per `session`, if given) and returns its output.
-    pub async fn write(
-        &self,
-        session: Option<Session>,
-        command: &S::Command,
-    ) -> Result<S::Output, Status> {
-        let bytes =
-            raft_core::codec::encode(command).map_err(|e| status::invalid(e.to_string()))?;
-        let reply = self
-            .shared
-            .write(
-                session,
-                bytes.into(),
-                pb::SessionOp::None,
-                false,
-                None,
-                None,
-            )
-            .await?;
-        raft_core::codec::decode(&reply.output)
-            .map_err(|e| status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string()))
-    }
-
-    /// Opens a client session (on the leader) and returns its client id; see
-    /// [`Node::register_session`].
-    pub async fn register_session(&self) -> Result<u64, Status> {
-        let reply = self
-            .shared
-            .write(
-                None,
-                bytes::Bytes::new(),
-                pb::SessionOp::Register,
-                false,
-                None,
-                None,
-            )
-            .await?;
-        Ok(reply.session_id)
-    }
-
-    /// Closes the client session `client_id` (on the leader); see [`Node::close_session`].
-    pub async fn close_session(&self, client_id: u64) -> Result<(), Status> {
-        let session = Session {
-            client_id,
-            sequence: 0,
-        };
-        self.shared
-            .write(
-                Some(session),
-                bytes::Bytes::new(),
-                pb::SessionOp::Close,
-                false,
-                None,
-                None,
-            )
-            .await
-            .map(drop)
-    }
-
-    /// Answers `query` at `consistency` from this node's state machine.
-    pub async fn read(
-        &self,
-        query: S::Query,
-        consistency: Consistency,
-    ) -> Result<S::Reply, Status> {
-        self.shared.read(query, consistency, None).await
-    }
-
-    /// The node itself.
-    pub fn node(&self) -> &Node<S> {
-        &self.shared.node
-    }
-
-    /// A cluster-service client of the node at `addr`, over this node's pooled connections.
-    pub(crate) fn peer(&self, addr: &str) -> Result<PbClusterClient<Channel>, Status> {
-        self.shared.cluster_client(addr)
-    }
-
-    /// A request to a peer's cluster service, within `timeout`, carrying this node's peer
-    /// credentials.
-    pub(crate) fn peer_request<T>(&self, msg: T, timeout: Duration) -> Request<T> {
-        let mut r = pb::request(msg, timeout);
-        self.shared
-            .opts
-            .auth
-            .stamp_peer(r.metadata_mut(), self.shared.node.id());
-        r
-    }
 }
 
 impl<S: Queryable> Server<S> {
-    /// A client of this node for code running in the same process.
-    pub fn local_client(&self) -> NodeClient<S> {
-        NodeClient {
-            shared: self.shared.clone(),
-        }
-    }
-
     /// A server for `node`, which was started with `transport` (or a clone of it). The server
     /// takes its options (TLS, limits, forwarding) from the transport, and forwards to the
-    /// leader over the transport's connections.
+    /// leader over the transport's connections. It answers remote queries (the cluster
+    /// service's `Read`) with [`Queryable::query_at`].
     pub fn new(node: Node<S>, transport: &GrpcTransport) -> Server<S> {
+        Server::build(node, transport, Some(serve_query::<S>))
+    }
+}
+
+impl<S: StateMachine> Server<S> {
+    /// Like [`Server::new`], for a state machine that answers no remote queries: the cluster
+    /// service refuses `Read` (`Unimplemented`); everything else, in-process reads through
+    /// [`Node::read`] included, works the same.
+    pub fn without_queries(node: Node<S>, transport: &GrpcTransport) -> Server<S> {
+        Server::build(node, transport, None)
+    }
+
+    fn build(node: Node<S>, transport: &GrpcTransport, queries: Option<QueryFn<S>>) -> Server<S> {
         debug_assert_eq!(
             transport.id(),
             node.id(),
@@ -279,8 +193,14 @@ impl<S: Queryable> Server<S> {
                 opts: transport.options().clone(),
                 stats: Arc::default(),
                 stopping: tokio::sync::watch::Sender::new(false),
+                queries,
             }),
         }
+    }
+
+    /// A client of this node for code running in the same process (see [`LocalClient`]).
+    pub fn local_client(&self) -> LocalClient<S> {
+        LocalClient::new(self.shared.clone())
     }
 
     /// Counters of what this server received.
@@ -484,7 +404,7 @@ fn handler_status(e: RpcHandlerError) -> Status {
     }
 }
 
-impl<S: Queryable> Shared<S> {
+impl<S: StateMachine> Shared<S> {
     fn check_target(&self, target: NodeId) -> Result<(), Status> {
         let me = self.node.id();
         if target != me {
@@ -505,7 +425,7 @@ impl<S: Queryable> Shared<S> {
         self.pool.channel(addr)
     }
 
-    fn cluster_client(&self, addr: &str) -> Result<PbClusterClient<Channel>, Status> {
+    pub(crate) fn cluster_client(&self, addr: &str) -> Result<PbClusterClient<Channel>, Status> {
         let max = self.opts.max_message_bytes;
         Ok(PbClusterClient::new(self.channel(addr)?)
             .max_decoding_message_size(max)
@@ -596,7 +516,7 @@ impl<S: Queryable> Shared<S> {
 
     /// Applies an encoded write (or opens or closes a session, as `op` says) on this node if it
     /// leads, or forwards it once to the leader on behalf of `caller`.
-    async fn write(
+    pub(crate) async fn write(
         &self,
         session: Option<Session>,
         command: bytes::Bytes,
@@ -647,26 +567,6 @@ impl<S: Queryable> Shared<S> {
         .await
     }
 
-    /// Answers a query from this node's state machine at `consistency`; a linearizable read on
-    /// a follower waits for the leader's read index.
-    async fn read(
-        &self,
-        query: S::Query,
-        c: Consistency,
-        timeout: Option<Duration>,
-    ) -> Result<S::Reply, Status> {
-        let node = &self.node;
-        let answer = if c == Consistency::Local || node.role() == Role::Leader {
-            // If leadership moved between the check and the read, the error redirects the
-            // client to the new leader.
-            node.query(c, query).await
-        } else {
-            let at = self.leader_read_index(c, timeout).await?;
-            node.query_at(at, query).await
-        };
-        answer.map_err(|e| status::from_error(&e))
-    }
-
     /// Asks the leader for the position a linearizable read must wait for.
     async fn leader_read_index(
         &self,
@@ -677,7 +577,7 @@ impl<S: Queryable> Shared<S> {
         let (Some(leader), Some(addr)) = (hint.id(), hint.addr()) else {
             return Err(status::not_leader(&LeaderHint::unknown()));
         };
-        let mut client = RaftInternalClient::new(self.channel(&addr)?);
+        let mut client = RaftInternalClient::new(self.channel(addr)?);
         let req = pb::ReadIndexRequest {
             target: leader,
             consistency: pb::Consistency::from(consistency).into(),
@@ -698,11 +598,60 @@ impl<S: Queryable> Shared<S> {
     }
 }
 
+impl<S: Queryable> Shared<S> {
+    /// Answers a query from this node's state machine at `consistency`; a linearizable read on
+    /// a follower waits for the leader's read index.
+    pub(crate) async fn read(
+        &self,
+        query: S::Query,
+        c: Consistency,
+        timeout: Option<Duration>,
+    ) -> Result<S::Reply, Status> {
+        let node = &self.node;
+        let answer = if c == Consistency::Local || node.role() == Role::Leader {
+            // If leadership moved between the check and the read, the error redirects the
+            // client to the new leader.
+            node.query(c, query).await
+        } else {
+            let at = self.leader_read_index(c, timeout).await?;
+            node.query_at(at, query).await
+        };
+        answer.map_err(|e| status::from_error(&e))
+    }
+}
+
+/// The cluster service's `Read` for a [`Queryable`] state machine: decodes the query (once, up
+/// front, so a bad one is refused before any coordination), answers it and encodes the reply.
+fn serve_query<S: Queryable>(
+    shared: &Shared<S>,
+    r: pb::ReadRequest,
+    timeout: Option<Duration>,
+) -> BoxFuture<'_, Result<pb::ReadReply, Status>> {
+    Box::pin(async move {
+        let c = pb::consistency(r.consistency)?;
+        let query: S::Query = raft_core::codec::decode(&r.query).map_err(|e| {
+            status::status(
+                Code::InvalidArgument,
+                ErrorCode::InvalidCommand,
+                format!("bad query: {e}"),
+            )
+        })?;
+        let reply = shared.read(query, c, timeout).await?;
+        let bytes = raft_core::codec::encode(&reply).map_err(|e| {
+            status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string())
+        })?;
+        Ok(pb::ReadReply {
+            reply: bytes.into(),
+            served_by: shared.node.id(),
+        })
+    })
+}
+
 // ---- the internal service -------------------------------------------------------------------
 
-struct Internal<S: Queryable>(Arc<Shared<S>>);
+struct Internal<S: StateMachine>(Arc<Shared<S>>);
 
-impl<S: Queryable> Internal<S> {
+impl<S: StateMachine> Internal<S> {
     fn decode_request<T: serde::de::DeserializeOwned>(
         &self,
         r: &pb::RaftRequest,
@@ -747,7 +696,7 @@ impl<S: Queryable> Internal<S> {
 }
 
 #[tonic::async_trait]
-impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
+impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
     async fn append_entries(
         &self,
         req: Request<pb::RaftRequest>,
@@ -939,9 +888,9 @@ impl<S: Queryable> pb::raft_internal_server::RaftInternal for Internal<S> {
 
 // ---- the cluster service --------------------------------------------------------------------
 
-struct Cluster<S: Queryable>(Arc<Shared<S>>);
+struct Cluster<S: StateMachine>(Arc<Shared<S>>);
 
-impl<S: Queryable> Cluster<S> {
+impl<S: StateMachine> Cluster<S> {
     /// Runs a membership or leadership call: `local` (not yet started) if this node leads,
     /// otherwise `forward` of the same request, once, to the leader, within the caller's
     /// deadline.
@@ -976,7 +925,7 @@ impl<S: Queryable> Cluster<S> {
 }
 
 #[tonic::async_trait]
-impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
+impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
     async fn write(
         &self,
         req: Request<pb::WriteRequest>,
@@ -1003,26 +952,17 @@ impl<S: Queryable> pb::cluster_server::Cluster for Cluster<S> {
 
     async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<pb::ReadReply>, Status> {
         auth::require(&req, AuthRole::Read, "Read")?;
-        let shared = &self.0;
+        let Some(answer) = self.0.queries else {
+            return Err(status::status(
+                Code::Unimplemented,
+                ErrorCode::InvalidRequest,
+                "this node's state machine answers no remote queries",
+            ));
+        };
         let timeout = caller_timeout(&req);
-        let r = req.into_inner();
-        let c = pb::consistency(r.consistency)?;
-        // Decode once up front so a bad query is refused before any coordination.
-        let query: S::Query = raft_core::codec::decode(&r.query).map_err(|e| {
-            status::status(
-                Code::InvalidArgument,
-                ErrorCode::InvalidCommand,
-                format!("bad query: {e}"),
-            )
-        })?;
-        let reply = shared.read(query, c, timeout).await?;
-        let bytes = raft_core::codec::encode(&reply).map_err(|e| {
-            status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string())
-        })?;
-        Ok(Response::new(pb::ReadReply {
-            reply: bytes.into(),
-            served_by: shared.node.id(),
-        }))
+        answer(&self.0, req.into_inner(), timeout)
+            .await
+            .map(Response::new)
     }
 
     async fn add_learner(

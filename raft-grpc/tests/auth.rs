@@ -19,6 +19,7 @@ use raft_grpc::ClusterClient;
 use raft_grpc::ClusterSecret;
 use raft_grpc::Credentials;
 use raft_grpc::GrpcOptions;
+use raft_grpc::RequestError;
 use raft_grpc::Role;
 use raft_grpc::User;
 use raft_grpc::auth::Auth;
@@ -203,9 +204,7 @@ async fn admin_calls_need_the_admin_role() {
     for token in [Some("writer-token"), Some("reader-token")] {
         let cl = client(&c, token);
         let denied = |r: Result<(), ClientError>, what: &str| match r {
-            Err(ClientError::Refused(s)) => {
-                assert_eq!(s.code(), Code::PermissionDenied, "{what}: {s:?}")
-            }
+            Err(ClientError::Refused(RequestError::PermissionDenied(_))) => {}
             other => panic!("{what} with {token:?}: {other:?}"),
         };
         denied(cl.add_learner(99, "127.0.0.1:1").await, "AddLearner");
@@ -223,14 +222,14 @@ async fn admin_calls_need_the_admin_role() {
     // Without credentials, or with wrong ones: unauthenticated.
     for token in [None, Some("nonsense")] {
         match client(&c, token).remove_node(follower).await {
-            Err(ClientError::Refused(s)) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+            Err(ClientError::Refused(RequestError::Unauthenticated(_))) => {}
             other => panic!("{token:?}: {other:?}"),
         }
     }
     // A reader reads but cannot write.
     let reader = client(&c, Some("reader-token"));
     match reader.write(Cmd::Put("r".into(), "x".into())).await {
-        Err(ClientError::Refused(s)) => assert_eq!(s.code(), Code::PermissionDenied, "{s:?}"),
+        Err(ClientError::Refused(RequestError::PermissionDenied(_))) => {}
         other => panic!("{other:?}"),
     }
     // A writer writes, through the follower too (forwarded under the writer's identity).
@@ -281,7 +280,7 @@ async fn a_reloaded_secret_takes_effect() {
         AuthConfig::default().with_cluster_secret(Some(ClusterSecret::new(new_secret).unwrap())),
     );
     match old.write(Cmd::Put("b".into(), "2".into())).await {
-        Err(ClientError::Refused(s)) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+        Err(ClientError::Refused(RequestError::Unauthenticated(_))) => {}
         other => panic!("the old secret still works: {other:?}"),
     }
     let new = client(&c, Some(new_secret));
@@ -397,7 +396,7 @@ async fn the_secret_rotates_one_node_at_a_time_without_refusals() {
         .write(Cmd::Put("x".into(), "y".into()))
         .await
     {
-        Err(ClientError::Refused(s)) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+        Err(ClientError::Refused(RequestError::Unauthenticated(_))) => {}
         other => panic!("the old secret still works as a bearer: {other:?}"),
     }
     client(&c, Some(NEW))

@@ -76,11 +76,7 @@ async fn a_command_of_exactly_the_limit_commits_and_replicates() {
     // And a follower forwards one just as large to the leader.
     let follower = *c.addrs.keys().find(|id| **id != leader).unwrap();
     let forwarded = put_of_size("f", 2 * MIB);
-    c.nodes[&follower]
-        .client()
-        .write(None, &forwarded)
-        .await
-        .unwrap();
+    c.nodes[&follower].client().write(&forwarded).await.unwrap();
     c.converged().await;
     assert!(started.elapsed() < Duration::from_secs(20));
 }

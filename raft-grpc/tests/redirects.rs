@@ -98,7 +98,7 @@ async fn redirects_between_two_nodes_are_paced() {
 
     let budget = Duration::from_secs(1);
     let client = ClusterClient::<Kv>::new(
-        [addr_a],
+        [addr_a.clone()],
         ClientOptions::default()
             .with_attempt_timeout(budget)
             .with_total_timeout(budget),
@@ -113,7 +113,17 @@ async fn redirects_between_two_nodes_are_paced() {
 
     match &err {
         ClientError::GaveUp { last, .. } => {
-            assert_eq!(ErrorCode::of(last), Some(ErrorCode::NotLeader), "{last:?}")
+            assert_eq!(last.code(), Some(ErrorCode::NotLeader), "{last:?}");
+            // The redirect's hint reaches the caller typed.
+            let raft_grpc::RequestError::NotLeader(hint) = last else {
+                panic!("{last:?}");
+            };
+            assert_eq!(hint.id(), Some(7));
+            assert!(
+                [&addr_a, &addr_b]
+                    .map(String::as_str)
+                    .contains(&hint.addr().unwrap())
+            );
         }
         other => panic!("expected the client to give up, got {other:?}"),
     }

@@ -23,8 +23,8 @@ use raft_grpc::ClusterClient;
 use raft_grpc::ClusterSecret;
 use raft_grpc::Credentials;
 use raft_grpc::GrpcOptions;
+use raft_grpc::RequestError;
 use raft_grpc::auth::Auth;
-use raft_grpc::status::ErrorCode;
 
 fn fast_quota(c: Config) -> Config {
     c.with_quota(
@@ -83,13 +83,8 @@ async fn a_follower_in_alarm(opts: GrpcOptions, client: ClientOptions) {
 
     let started = Instant::now();
     match client.write(Cmd::Put("c".into(), "1".into())).await {
-        Err(ClientError::Refused(last)) => {
-            assert_eq!(ErrorCode::of(&last), Some(ErrorCode::NoSpace), "{last:?}");
-            assert!(
-                last.message().contains(&format!("node {follower}")),
-                "{}",
-                last.message()
-            );
+        Err(ClientError::Refused(RequestError::NoSpace(message))) => {
+            assert!(message.contains(&format!("node {follower}")), "{message}");
         }
         other => panic!("expected a no-space refusal, got {other:?}"),
     }

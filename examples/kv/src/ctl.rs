@@ -19,9 +19,9 @@ use raft_grpc::ClientOptions;
 use raft_grpc::ClusterClient;
 use raft_grpc::Credentials;
 use raft_grpc::NodeStatus;
+use raft_grpc::RequestError;
 use raft_grpc::TlsConfig;
 use serde::Serialize;
-use tonic::Code;
 
 use crate::store::Store;
 
@@ -171,20 +171,20 @@ impl Conn {
 /// names whose credentials were refused ("the", "this node's"), `fix` says what to check, and
 /// `refused` introduces a refusal for lack of rights.
 pub fn explain(e: ClientError, who: &str, fix: &str, refused: &str) -> String {
-    let status = match &e {
-        ClientError::Refused(s) | ClientError::GaveUp { last: s, .. } => s,
+    let last = match &e {
+        ClientError::Refused(r) | ClientError::GaveUp { last: r, .. } => r,
         _ => return e.to_string(),
     };
-    match status.code() {
-        Code::Unauthenticated => format!(
-            "the cluster refused {who} credentials ({}); {fix}",
-            status.message()
-        ),
-        Code::PermissionDenied => format!("{refused}: {}", status.message()),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-            format!("the cluster did not answer in time: {e}")
+    match last {
+        RequestError::Unauthenticated(m) => {
+            format!("the cluster refused {who} credentials ({m}); {fix}")
         }
-        _ => status.message().to_string(),
+        RequestError::PermissionDenied(m) => format!("{refused}: {m}"),
+        RequestError::Transport { .. }
+        | RequestError::Timeout(_)
+        | RequestError::Shutdown(_)
+        | RequestError::NoQuorum(_) => format!("the cluster did not answer in time: {e}"),
+        other => other.to_string(),
     }
 }
 

@@ -21,8 +21,9 @@
 //!   store's errors as Redis does.
 //! * `commands/` — the command table (name, arity, class, parser) and the parsers, one module
 //!   per data type.
-//! * `server.rs` — connections: run commands in order, retry through elections, INFO/HELLO,
-//!   MULTI/EXEC/WATCH.
+//! * `server.rs` — connections: run commands in order, INFO/HELLO, MULTI/EXEC/WATCH.
+//! * `forward.rs` — commands into the cluster through the node's local client: retries
+//!   through elections, and failures as Redis errors that say whether a write was applied.
 //! * `config.rs` — `CONFIG GET`/`SET`: each node's parameters.
 //! * `limits.rs` — what clients may use (maxclients, timeouts, command and reply sizes) and its
 //!   flags; `docs/limits.md` lists every limit.
@@ -43,6 +44,7 @@ mod cluster;
 mod commands;
 mod config;
 mod ctl;
+mod forward;
 mod limits;
 mod metrics;
 mod pipeline;

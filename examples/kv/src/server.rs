@@ -14,7 +14,6 @@
 //! whose session was evicted meanwhile gets `-TRYAGAIN … outcome is unknown` and the connection
 //! registers a new session for its next write.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -30,16 +29,13 @@ use bytes::BytesMut;
 use raft_core::Consistency;
 use raft_core::Role;
 use raft_core::Session;
-use raft_grpc::NodeClient;
-use raft_grpc::status;
-use raft_grpc::status::ErrorCode;
+use raft_grpc::LocalClient;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
-use tonic::Status;
 
 use crate::auth;
 use crate::auth::ConnAuth;
@@ -47,6 +43,11 @@ use crate::auth::Gate;
 use crate::auth::SharedAccounts;
 use crate::commands;
 use crate::commands::Action;
+use crate::forward::OUTCOME_UNKNOWN;
+use crate::forward::keys;
+use crate::forward::read;
+use crate::forward::retrying_for;
+use crate::forward::write;
 use crate::limits::ConnLimits;
 use crate::pipeline;
 use crate::pipeline::Batch;
@@ -55,7 +56,6 @@ use crate::resp;
 use crate::security::Security;
 use crate::security::SharedTls;
 use crate::store::Command;
-use crate::store::Query;
 use crate::store::Queued;
 use crate::store::ReadOp;
 use crate::store::Reply;
@@ -63,8 +63,6 @@ use crate::store::Store;
 use crate::store::Watched;
 use crate::store::WriteOp;
 
-/// How long a command keeps retrying through elections before the client gets an error.
-const RETRY_FOR: Duration = Duration::from_secs(10);
 /// Replies are sent once this many bytes are waiting, even mid-pipeline.
 const FLUSH_AT: usize = 1 << 20;
 /// How long a client may take over its TLS handshake.
@@ -75,10 +73,6 @@ const REFUSAL: Duration = Duration::from_secs(1);
 /// connections cannot make the node hold more than this many refusals.
 const MAX_REFUSALS: usize = 64;
 
-/// How a reply says a write's outcome is unknown (see [`failure`]). After one, the connection
-/// registers a new session: the old one may not be able to answer again.
-const OUTCOME_UNKNOWN: &str = "TRYAGAIN the outcome is unknown: ";
-
 /// Milliseconds since the Unix epoch on this machine.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -88,7 +82,7 @@ pub fn now_ms() -> u64 {
 
 /// What every connection of one node shares.
 pub struct Ctx {
-    pub client: NodeClient<Store>,
+    pub client: LocalClient<Store>,
     pub consistency: Consistency,
     pub limits: ConnLimits,
     /// Who may connect (`AUTH`), reloadable.
@@ -106,7 +100,7 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(
-        client: NodeClient<Store>,
+        client: LocalClient<Store>,
         consistency: Consistency,
         limits: ConnLimits,
         security: &Security,
@@ -638,136 +632,6 @@ fn unwatch(conn: &mut Conn) {
     conn.watched_bytes = 0;
 }
 
-/// The Redis error a client gets for a call that failed for good. Statuses raftkit itself
-/// produced carry an [`ErrorCode`] and a message written for users; anything else is a transport
-/// failure between nodes (connection reset, HTTP/2 error), whose wording stays in the log: the
-/// client learns only that it may retry, and for a write that the outcome is unknown.
-fn failure(s: &Status, write: bool) -> Reply {
-    let Some(code) = ErrorCode::of(s) else {
-        tracing::debug!(status = %s, "a call between nodes failed in transit");
-        return Reply::Error(if write {
-            format!("{OUTCOME_UNKNOWN}the request to the leader failed in transit")
-        } else {
-            "TRYAGAIN the read failed in transit between nodes; it changed nothing".to_string()
-        });
-    };
-    let msg = s.message().replace(['\r', '\n'], " ");
-    match Some(code) {
-        Some(ErrorCode::NotLeader | ErrorCode::NoQuorum | ErrorCode::Shutdown) => {
-            Reply::Error(format!("CLUSTERDOWN {msg}"))
-        }
-        Some(ErrorCode::Timeout | ErrorCode::OutcomeUnknown) => {
-            Reply::Error(format!("{OUTCOME_UNKNOWN}{msg}"))
-        }
-        // Redis answers a write over `maxmemory` with -OOM; clients already treat it as "this
-        // write was refused, reads still work".
-        Some(ErrorCode::NoSpace) => Reply::Error(format!("OOM command not allowed: {msg}")),
-        // The session could not answer a retry (forgotten, or the answer was too large to
-        // keep): an earlier attempt may have been applied.
-        Some(ErrorCode::SessionExpired) => Reply::Error(format!("{OUTCOME_UNKNOWN}{msg}")),
-        // The connection's session was evicted (more clients than the session capacity): the
-        // command was not applied now, but an earlier attempt of it may have been.
-        Some(ErrorCode::UnknownSession) => Reply::Error(format!(
-            "{OUTCOME_UNKNOWN}the connection's session expired from the cluster's session table; the command was not applied now, but an earlier attempt may have been"
-        )),
-        _ => Reply::Error(format!("ERR {msg}")),
-    }
-}
-
-/// Sends `cmd` (stamped once, by the caller) until it succeeds or fails for good: a retry sends
-/// the very same command, so it is applied at most once.
-async fn write(ctx: &Ctx, session: Session, cmd: Command) -> Reply {
-    retrying(true, || ctx.client.write(Some(session), &cmd)).await
-}
-
-async fn read(ctx: &Ctx, op: ReadOp) -> Reply {
-    read_at(ctx, op, ctx.consistency).await
-}
-
-async fn read_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Reply {
-    retrying(false, || {
-        let q = Query {
-            now: now_ms(),
-            op: op.clone(),
-        };
-        ctx.client.read(q, consistency)
-    })
-    .await
-}
-
-/// `KEYS` as a walk of SCAN steps, each holding the state machine for at most
-/// [`commands::SCAN_STEP`] keys, so writes go on between steps. The first step is read at the
-/// node's consistency; the rest follow locally from there. Like SCAN, a key present for the
-/// whole walk is returned; one written during it may or may not be.
-async fn keys(ctx: &Ctx, pattern: Bytes) -> Reply {
-    let mut found = Vec::new();
-    let mut cursor = 0u64;
-    let mut consistency = ctx.consistency;
-    loop {
-        let op = ReadOp::Scan {
-            cursor,
-            pattern: Some(pattern.clone()),
-            count: commands::SCAN_STEP,
-        };
-        let step = read_at(ctx, op, consistency).await;
-        let Reply::Array(mut parts) = step else {
-            return step; // an error
-        };
-        let (Some(Reply::Array(keys)), Some(Reply::Bulk(next))) = (parts.pop(), parts.pop()) else {
-            return Reply::Error("ERR internal error: malformed scan step".into());
-        };
-        found.extend(keys);
-        cursor = std::str::from_utf8(&next)
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        if cursor == 0 {
-            return Reply::Array(found);
-        }
-        consistency = Consistency::Local;
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Makes `attempt` until it succeeds, fails for good, or [`RETRY_FOR`] has passed, pausing
-/// between attempts (20 ms, doubling up to 500 ms) while the cluster elects or restarts.
-async fn retrying<F, Fut>(write: bool, attempt: F) -> Reply
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Reply, Status>>,
-{
-    retrying_for(write, attempt).await.unwrap_or_else(|e| e)
-}
-
-/// Like [`retrying`], for calls that answer something other than a reply.
-async fn retrying_for<T, F, Fut>(write: bool, mut attempt: F) -> Result<T, Reply>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, Status>>,
-{
-    let deadline = Instant::now() + RETRY_FOR;
-    let mut pause = Duration::from_millis(20);
-    loop {
-        match attempt().await {
-            Ok(r) => return Ok(r),
-            Err(s) if status::is_transient(&s) && Instant::now() + pause < deadline => {
-                tracing::debug!(status = %s, write, "retried");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
-            Err(s) => {
-                if write {
-                    // Writes the cluster could not take or answer (not the state machine's
-                    // own error replies), by cause: a fixed set of labels.
-                    let reason = ErrorCode::of(&s).map_or("transport", ErrorCode::as_str);
-                    metrics::counter!("kv_write_failures_total", "reason" => reason).increment(1);
-                }
-                return Err(failure(&s, write));
-            }
-        }
-    }
-}
-
 /// The storage lines of INFO's persistence section: the NOSPACE alarm and the latest sample.
 fn storage_info(s: &raft_core::StorageStatus) -> String {
     let alarm = match (&s.local_alarm, s.peer_alarms.iter().next()) {
@@ -914,51 +778,4 @@ async fn info(ctx: &Ctx, section: Option<&str>) -> Reply {
         ));
     }
     Reply::Bulk(Bytes::from(text))
-}
-
-#[cfg(test)]
-mod tests {
-    use raft_grpc::status::ErrorCode;
-    use tonic::Code;
-    use tonic::Status;
-
-    use super::*;
-
-    fn text(r: Reply) -> String {
-        match r {
-            Reply::Error(e) => e,
-            other => panic!("not an error reply: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn transport_failures_are_retriable_and_never_show_transport_wording() {
-        let transport = [
-            Status::unknown("h2 protocol error: http2 error"),
-            Status::unavailable("error trying to connect: tcp connect error: Connection refused"),
-            Status::cancelled("operation was canceled: connection closed"),
-            Status::internal("h2 protocol error: stream no longer needed"),
-        ];
-        for s in &transport {
-            let w = text(failure(s, true));
-            assert!(w.starts_with(OUTCOME_UNKNOWN), "{w}");
-            let r = text(failure(s, false));
-            assert!(r.starts_with("TRYAGAIN ") && !r.contains("unknown"), "{r}");
-            for e in [w, r] {
-                for word in ["h2", "http2", "tonic", "tcp", "canceled"] {
-                    assert!(!e.contains(word), "{e:?} shows {word:?}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn raftkit_errors_keep_their_meaning() {
-        let not_leader = status::status(Code::Unavailable, ErrorCode::NotLeader, "no leader");
-        assert!(text(failure(&not_leader, true)).starts_with("CLUSTERDOWN "));
-        let timeout = status::status(Code::DeadlineExceeded, ErrorCode::Timeout, "timed out");
-        assert!(text(failure(&timeout, true)).starts_with(OUTCOME_UNKNOWN));
-        let bad = status::invalid("command too large");
-        assert_eq!(text(failure(&bad, true)), "ERR command too large");
-    }
 }
