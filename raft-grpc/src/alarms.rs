@@ -14,8 +14,8 @@ use raft_core::NodeId;
 use raft_core::Role;
 use raft_core::StateMachine;
 
-use crate::local::LocalClient;
 use crate::pb;
+use crate::server::LocalClient;
 
 /// Runs until the node stops.
 pub(crate) async fn run<S: StateMachine>(client: LocalClient<S>) {

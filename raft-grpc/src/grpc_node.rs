@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::local::LocalClient;
 use crate::options::GrpcOptions;
+use crate::server::LocalClient;
 use crate::server::ServeError;
 use crate::server::Server;
 use crate::server::ServerStats;

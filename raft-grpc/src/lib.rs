@@ -8,8 +8,11 @@
 //!   and the public `Cluster` service for clients, on one port. Generated code is in [`pb`].
 //! * `transport.rs` — [`GrpcTransport`], openraft's network factory over pooled channels:
 //!   deadlines, failure classification for backoff, pipelined replication, chunked snapshots.
-//! * `server.rs` — [`Server`]: both services, input validation, forwarding to the leader,
-//!   follower reads.
+//! * `server/` — [`Server`]: both services on one port (`internal.rs`, `cluster.rs`), input
+//!   validation, forwarding to the leader and follower reads (`forward.rs`), and
+//!   [`LocalClient`] for code in the node's own process (`local.rs`).
+//! * `request_error.rs` — [`RequestError`]: why a call to a node failed, typed, with whether a
+//!   retry can help and whether a write may have been applied.
 //! * `client.rs` — [`ClusterClient`]: finds the leader, retries with a session for exactly-once
 //!   writes, spreads reads by a [`ReadPolicy`].
 //! * `backup.rs` — the `Backup` stream: a node's export in bounded chunks, and the client
@@ -43,7 +46,7 @@ mod backoff;
 mod backup;
 mod client;
 mod grpc_node;
-mod local;
+
 mod net;
 mod options;
 pub mod pb;
@@ -69,7 +72,6 @@ pub use crate::client::NodeStatus;
 pub use crate::client::ReadPolicy;
 pub use crate::grpc_node::GrpcNode;
 pub use crate::grpc_node::StartError;
-pub use crate::local::LocalClient;
 pub use crate::net::ChannelOptions;
 pub use crate::net::Connector;
 pub use crate::net::Io;
@@ -77,6 +79,7 @@ pub use crate::options::GrpcOptions;
 pub use crate::options::LimitsError;
 pub use crate::options::MESSAGE_FRAMING;
 pub use crate::request_error::RequestError;
+pub use crate::server::LocalClient;
 pub use crate::server::ServeError;
 pub use crate::server::Server;
 pub use crate::server::ServerStats;

@@ -1,0 +1,248 @@
+//! The public `Cluster` service: writes (forwarded from a follower to the leader), reads at each
+//! consistency, membership and leadership changes (admin), session capacity, status and the
+//! backup stream. Each call checks the caller's role first.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use raft_core::Consistency;
+use raft_core::NodeId;
+use raft_core::Role;
+use raft_core::StateMachine;
+use tonic::Code;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::auth;
+use crate::auth::Caller;
+use crate::auth::Role as AuthRole;
+use crate::pb;
+use crate::pb::cluster_client::ClusterClient as PbClusterClient;
+use crate::status;
+use crate::status::ErrorCode;
+
+use crate::server::Shared;
+use crate::server::forward::caller_timeout;
+use crate::server::forward::is_forwarded;
+
+pub(super) struct Cluster<S: StateMachine>(pub(super) Arc<Shared<S>>);
+
+impl<S: StateMachine> Cluster<S> {
+    /// Runs a membership or leadership call: `local` (not yet started) if this node leads,
+    /// otherwise `forward` of the same request, once, to the leader, within the caller's
+    /// deadline.
+    async fn admin<R, L, F, FF>(
+        &self,
+        req: Request<R>,
+        caller: Caller,
+        local: L,
+        forward: F,
+    ) -> Result<Response<pb::Empty>, Status>
+    where
+        L: Future<Output = raft_core::Result<()>>,
+        F: FnOnce(PbClusterClient<Channel>, Request<R>) -> FF,
+        FF: Future<Output = Result<Response<pb::Empty>, Status>>,
+    {
+        let shared = &self.0;
+        let (forwarded, timeout) = (is_forwarded(&req), caller_timeout(&req));
+        let msg = req.into_inner();
+        shared
+            .on_leader(
+                forwarded,
+                || local,
+                |c| async move {
+                    forward(c, shared.forward_request(msg, timeout, Some(&caller)))
+                        .await
+                        .map(|_| ())
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
+    async fn write(
+        &self,
+        req: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let caller = auth::require(&req, AuthRole::Write, "Write")?;
+        let forwarded = is_forwarded(&req) || req.get_ref().no_forward;
+        let timeout = caller_timeout(&req);
+        let w = req.into_inner();
+        tracing::trace!(forwarded, session = ?w.session, "write received");
+        let op = pb::SessionOp::try_from(w.session_op)
+            .map_err(|_| status::invalid(format!("unknown session_op {}", w.session_op)))?;
+        self.0
+            .write(
+                w.session.map(Into::into),
+                w.command,
+                op,
+                forwarded,
+                timeout,
+                Some(&caller),
+            )
+            .await
+            .map(Response::new)
+    }
+
+    async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<pb::ReadReply>, Status> {
+        auth::require(&req, AuthRole::Read, "Read")?;
+        let Some(answer) = self.0.queries else {
+            return Err(status::status(
+                Code::Unimplemented,
+                ErrorCode::InvalidRequest,
+                "this node's state machine answers no remote queries",
+            ));
+        };
+        let timeout = caller_timeout(&req);
+        answer(&self.0, req.into_inner(), timeout)
+            .await
+            .map(Response::new)
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let caller = auth::require(&req, AuthRole::Admin, "AddLearner")?;
+        let r = req.get_ref();
+        if crate::net::split_addr(&r.addr).is_none() {
+            return Err(status::invalid(format!(
+                "bad node address {:?}: expected host:port",
+                r.addr
+            )));
+        }
+        let incarnation = (r.incarnation != 0).then_some(r.incarnation);
+        let local = self
+            .0
+            .node
+            .add_learner_as(r.node_id, r.addr.clone(), incarnation);
+        self.admin(req, caller, local, |mut c, r| async move {
+            c.add_learner(r).await
+        })
+        .await
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let caller = auth::require(&req, AuthRole::Admin, "ChangeMembership")?;
+        let voters = req.get_ref().voters.clone();
+        if voters.is_empty() {
+            return Err(status::invalid("a cluster needs at least one voter"));
+        }
+        let local = self.0.node.change_membership(voters);
+        self.admin(req, caller, local, |mut c, r| async move {
+            c.change_membership(r).await
+        })
+        .await
+    }
+
+    async fn add_voter(
+        &self,
+        req: Request<pb::AddVoterRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let caller = auth::require(&req, AuthRole::Admin, "AddVoter")?;
+        let local = self.0.node.add_voter(req.get_ref().node_id);
+        self.admin(req, caller, local, |mut c, r| async move {
+            c.add_voter(r).await
+        })
+        .await
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let caller = auth::require(&req, AuthRole::Admin, "RemoveNode")?;
+        let local = self.0.node.remove_node(req.get_ref().node_id);
+        self.admin(req, caller, local, |mut c, r| async move {
+            c.remove_node(r).await
+        })
+        .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let caller = auth::require(&req, AuthRole::Admin, "TransferLeader")?;
+        let local = self.0.node.transfer_leader(req.get_ref().to);
+        self.admin(req, caller, local, |mut c, r| async move {
+            c.transfer_leader(r).await
+        })
+        .await
+    }
+
+    async fn set_session_capacity(
+        &self,
+        req: Request<pb::SessionCapacity>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let caller = auth::require(&req, AuthRole::Admin, "SetSessionCapacity")?;
+        let c = req.get_ref();
+        let capacity =
+            raft_core::SessionCapacity::new(c.max_sessions, c.max_bytes, c.max_response_bytes);
+        let local = self.0.node.set_session_capacity(capacity);
+        self.admin(req, caller, local, |mut c, r| async move {
+            c.set_session_capacity(r).await
+        })
+        .await
+    }
+
+    type BackupStream = BoxStream<'static, Result<pb::BackupChunk, Status>>;
+
+    /// Any node serves a backup, at a linearizable read index from the leader; the stream ends
+    /// (incomplete) if the server shuts down.
+    async fn backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        auth::require(&req, AuthRole::Admin, "Backup")?;
+        let shared = &self.0;
+        let node = &shared.node;
+        let at = if node.role() == Role::Leader {
+            node.read_index(Consistency::Linearizable)
+                .await
+                .map_err(|e| status::from_error(&e))?
+        } else {
+            shared
+                .leader_read_index(Consistency::Linearizable, caller_timeout(&req))
+                .await?
+        };
+        let chunks = crate::backup::stream(node.clone(), at).take_until(shared.stopped());
+        Ok(Response::new(chunks.boxed()))
+    }
+
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        auth::require(&req, AuthRole::Read, "Status")?;
+        let m = self.0.node.metrics();
+        let member = |id: &NodeId| pb::Member {
+            id: *id,
+            addr: m.members.get(id).cloned().unwrap_or_default(),
+        };
+        Ok(Response::new(pb::StatusReply {
+            id: m.id,
+            role: m.role.to_string(),
+            term: m.term,
+            leader_id: m.leader,
+            leader_addr: m.leader_addr.clone().unwrap_or_default(),
+            last_log_index: m.last_log_index,
+            commit_index: m.commit_index,
+            applied_index: m.applied_index,
+            snapshot_index: m.snapshot_index,
+            voters: m.voters.iter().map(member).collect(),
+            learners: m.learners.iter().map(member).collect(),
+            space_alarm: self.0.node.storage().local_alarm.unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,280 @@
+//! Forwarding: a write or membership call that reaches a follower goes to the leader — one
+//! hop, carrying the caller's remaining deadline and identity — or, when forwarding is off (or,
+//! for a write, the client asks), is answered with the leader's address. A linearizable read on
+//! a follower fetches a read index from the leader and is answered from the follower's own
+//! state machine.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use raft_core::Consistency;
+use raft_core::Error;
+use raft_core::LeaderHint;
+use raft_core::Queryable;
+use raft_core::ReadIndex;
+use raft_core::Role;
+use raft_core::Session;
+use raft_core::StateMachine;
+use raft_core::types::Request as RaftRequest;
+use tonic::Code;
+use tonic::Request;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::auth::Caller;
+use crate::pb;
+use crate::pb::cluster_client::ClusterClient as PbClusterClient;
+use crate::pb::raft_internal_client::RaftInternalClient;
+use crate::status;
+use crate::status::ErrorCode;
+
+use crate::server::Shared;
+
+/// Metadata marking a request a node forwarded on a client's behalf; it is not forwarded again.
+pub(super) const FORWARDED_KEY: &str = "x-raftkit-forwarded";
+
+/// Whether a node forwarded this request on a client's behalf (so it is not forwarded again).
+pub(super) fn is_forwarded<T>(req: &Request<T>) -> bool {
+    req.metadata().contains_key(FORWARDED_KEY)
+}
+
+/// The deadline the caller gave (the `grpc-timeout` header), if any.
+pub(super) fn caller_timeout<T>(req: &Request<T>) -> Option<Duration> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+impl<S: StateMachine> Shared<S> {
+    pub(super) fn own_addr(&self) -> String {
+        self.node.member_addr(self.node.id()).unwrap_or_default()
+    }
+
+    pub(super) fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        self.pool.channel(addr)
+    }
+
+    pub(super) fn cluster_client(&self, addr: &str) -> Result<PbClusterClient<Channel>, Status> {
+        let max = self.opts.max_message_bytes;
+        Ok(PbClusterClient::new(self.channel(addr)?)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max))
+    }
+
+    /// A request forwarded on a caller's behalf, carrying its remaining deadline and who the
+    /// caller is (this node itself when `caller` is `None`).
+    pub(super) fn forward_request<T>(
+        &self,
+        msg: T,
+        timeout: Option<Duration>,
+        caller: Option<&Caller>,
+    ) -> Request<T> {
+        let mut r = pb::request(msg, self.deadline(timeout));
+        let me = self.node.id();
+        match caller {
+            Some(c) => self.opts.auth.stamp_forward(r.metadata_mut(), me, c),
+            None => self.opts.auth.stamp_peer(r.metadata_mut(), me),
+        }
+        r.metadata_mut().insert(
+            FORWARDED_KEY,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    /// The caller's deadline, or the node's request timeout if it gave none.
+    pub(super) fn deadline(&self, caller: Option<Duration>) -> Duration {
+        caller.unwrap_or(self.node.config().request_timeout)
+    }
+
+    /// Runs `local` on this node; if it is not the leader, forwards with `forward` (once).
+    pub(super) async fn on_leader<T, L, LF, F, FF>(
+        &self,
+        forwarded: bool,
+        local: L,
+        forward: F,
+    ) -> Result<T, Status>
+    where
+        L: FnOnce() -> LF,
+        LF: Future<Output = raft_core::Result<T>>,
+        F: FnOnce(PbClusterClient<Channel>) -> FF,
+        FF: Future<Output = Result<T, Status>>,
+    {
+        match local().await {
+            Ok(v) => Ok(v),
+            Err(Error::NotLeader(hint))
+                if hint.is_known() && !forwarded && self.opts.forward_to_leader =>
+            {
+                match hint.addr() {
+                    Some(addr) => forward(self.cluster_client(addr)?).await,
+                    None => Err(status::not_leader(&hint)),
+                }
+            }
+            Err(e) => Err(status::from_error(&e)),
+        }
+    }
+
+    /// Applies an encoded write (or opens or closes a session, as `op` says) on this node if it
+    /// leads, or forwards it once to the leader on behalf of `caller`.
+    pub(super) async fn write(
+        &self,
+        session: Option<Session>,
+        command: bytes::Bytes,
+        op: pb::SessionOp,
+        forwarded: bool,
+        timeout: Option<Duration>,
+        caller: Option<&Caller>,
+    ) -> Result<pb::WriteReply, Status> {
+        let request = RaftRequest {
+            session,
+            command: command.clone(),
+        };
+        let forward_msg = pb::WriteRequest {
+            command,
+            session: session.map(Into::into),
+            no_forward: true,
+            session_op: op.into(),
+        };
+        self.on_leader(
+            forwarded,
+            || async {
+                let (output, session_id) = match op {
+                    pb::SessionOp::None => (self.node.write_encoded(request).await?, 0),
+                    pb::SessionOp::Register => {
+                        (bytes::Bytes::new(), self.node.register_session().await?)
+                    }
+                    pb::SessionOp::Close => {
+                        let id = session.map(|s| s.client_id).ok_or_else(|| {
+                            raft_core::Error::Config("closing a session needs its client id".into())
+                        })?;
+                        self.node.close_session(id).await?;
+                        (bytes::Bytes::new(), 0)
+                    }
+                };
+                Ok(pb::WriteReply {
+                    output,
+                    leader_id: self.node.id(),
+                    leader_addr: self.own_addr(),
+                    session_id,
+                })
+            },
+            |mut c| async move {
+                Ok(c.write(self.forward_request(forward_msg, timeout, caller))
+                    .await?
+                    .into_inner())
+            },
+        )
+        .await
+    }
+
+    /// Asks the leader for the position a linearizable read must wait for.
+    pub(super) async fn leader_read_index(
+        &self,
+        consistency: Consistency,
+        timeout: Option<Duration>,
+    ) -> Result<ReadIndex, Status> {
+        let hint = self.node.leader();
+        let (Some(leader), Some(addr)) = (hint.id(), hint.addr()) else {
+            return Err(status::not_leader(&LeaderHint::unknown()));
+        };
+        let mut client = RaftInternalClient::new(self.channel(addr)?);
+        let req = pb::ReadIndexRequest {
+            target: leader,
+            consistency: pb::Consistency::from(consistency).into(),
+        };
+        let mut req = pb::request(req, self.deadline(timeout));
+        crate::transport::stamp_internal(
+            req.metadata_mut(),
+            &self.opts.auth,
+            self.node.id(),
+            self.handler.cluster_id(),
+        );
+        let r = client.read_index(req).await?.into_inner();
+        Ok(ReadIndex {
+            term: r.term,
+            index: r.index,
+            time_ms: r.time_ms,
+        })
+    }
+}
+
+impl<S: Queryable> Shared<S> {
+    /// Answers a query from this node's state machine at `consistency`; a linearizable read on
+    /// a follower waits for the leader's read index.
+    pub(super) async fn read(
+        &self,
+        query: S::Query,
+        c: Consistency,
+        timeout: Option<Duration>,
+    ) -> Result<S::Reply, Status> {
+        let node = &self.node;
+        let answer = if c == Consistency::Local || node.role() == Role::Leader {
+            // If leadership moved between the check and the read, the error redirects the
+            // client to the new leader.
+            node.query(c, query).await
+        } else {
+            let at = self.leader_read_index(c, timeout).await?;
+            node.query_at(at, query).await
+        };
+        answer.map_err(|e| status::from_error(&e))
+    }
+}
+
+/// The cluster service's `Read` for a [`Queryable`] state machine: decodes the query (once, up
+/// front, so a bad one is refused before any coordination), answers it and encodes the reply.
+pub(super) fn serve_query<S: Queryable>(
+    shared: &Shared<S>,
+    r: pb::ReadRequest,
+    timeout: Option<Duration>,
+) -> BoxFuture<'_, Result<pb::ReadReply, Status>> {
+    Box::pin(async move {
+        let c = pb::consistency(r.consistency)?;
+        let query: S::Query = raft_core::codec::decode(&r.query).map_err(|e| {
+            status::status(
+                Code::InvalidArgument,
+                ErrorCode::InvalidCommand,
+                format!("bad query: {e}"),
+            )
+        })?;
+        let reply = shared.read(query, c, timeout).await?;
+        let bytes = raft_core::codec::encode(&reply).map_err(|e| {
+            status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string())
+        })?;
+        Ok(pb::ReadReply {
+            reply: bytes.into(),
+            served_by: shared.node.id(),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_deadlines_parse() {
+        let mut r = Request::new(());
+        assert_eq!(caller_timeout(&r), None);
+        r.metadata_mut()
+            .insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(caller_timeout(&r), Some(Duration::from_millis(250)));
+        r.metadata_mut()
+            .insert("grpc-timeout", "3S".parse().unwrap());
+        assert_eq!(caller_timeout(&r), Some(Duration::from_secs(3)));
+        r.metadata_mut()
+            .insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(caller_timeout(&r), None);
+    }
+}

@@ -1,0 +1,338 @@
+//! The internal `RaftInternal` service between nodes: replication (unary and streamed), votes,
+//! leader transfer, snapshots in bounded chunks, and read indexes for follower reads. Every call
+//! is checked for its cluster id and the sender's incarnation, and every payload for its target
+//! and encoding, before the node sees it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use raft_core::StateMachine;
+use raft_core::cluster_id::ClusterIdError;
+use raft_core::snapshot::SnapshotError;
+use raft_core::transport::RpcHandlerError;
+use raft_core::transport::SnapshotReceive;
+use raft_core::transport::rpc;
+use tonic::Code;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+use tonic::Streaming;
+
+use crate::auth;
+use crate::pb;
+use crate::status;
+use crate::status::ErrorCode;
+use crate::wire;
+
+use crate::server::Shared;
+
+fn handler_status(e: RpcHandlerError) -> Status {
+    match e {
+        RpcHandlerError::Shutdown(_) => {
+            status::status(Code::Unavailable, ErrorCode::Shutdown, e.to_string())
+        }
+        RpcHandlerError::Invalid(m) => status::invalid(m),
+        RpcHandlerError::Snapshot(SnapshotError::TooLarge { .. }) => {
+            status::status(Code::OutOfRange, ErrorCode::TooLarge, e.to_string())
+        }
+        RpcHandlerError::Snapshot(SnapshotError::Corrupt { .. })
+        | RpcHandlerError::Snapshot(SnapshotError::LongerThanAnnounced { .. }) => {
+            status::invalid(e.to_string())
+        }
+        // The sender backs off and retries (a `Network` error on its side).
+        RpcHandlerError::Snapshot(SnapshotError::Busy)
+        | RpcHandlerError::Snapshot(SnapshotError::NoSpace { .. }) => {
+            status::status(Code::ResourceExhausted, ErrorCode::Storage, e.to_string())
+        }
+        RpcHandlerError::Snapshot(_) => {
+            status::status(Code::Internal, ErrorCode::Storage, e.to_string())
+        }
+        RpcHandlerError::Cluster(
+            ClusterIdError::Mismatch { .. } | ClusterIdError::Missing { .. },
+        ) => status::status(
+            Code::FailedPrecondition,
+            ErrorCode::WrongCluster,
+            e.to_string(),
+        ),
+        RpcHandlerError::Cluster(_) => {
+            status::status(Code::Internal, ErrorCode::Storage, e.to_string())
+        }
+        RpcHandlerError::Incarnation(_) => status::status(
+            Code::FailedPrecondition,
+            ErrorCode::WipedNode,
+            e.to_string(),
+        ),
+        _ => status::status(Code::Internal, ErrorCode::Internal, e.to_string()),
+    }
+}
+
+impl<S: StateMachine> Shared<S> {
+    /// Checks the cluster id an internal call carries (adopting it on a node that has none).
+    async fn check_cluster<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let theirs = match req.metadata().get(auth::CLUSTER_ID_KEY) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| status::invalid("malformed cluster id"))?,
+            ),
+        };
+        self.handler
+            .check_cluster(theirs)
+            .await
+            .map_err(handler_status)?;
+        let meta = req.metadata();
+        if let Some(from) = crate::transport::metadata_u64(meta, auth::FROM_KEY, 10) {
+            self.handler
+                .check_incarnation(
+                    from,
+                    crate::transport::metadata_u64(meta, crate::transport::INCARNATION_KEY, 16),
+                    crate::transport::metadata_u64(meta, crate::transport::EXPECT_KEY, 16),
+                )
+                .map_err(handler_status)?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) struct Internal<S: StateMachine>(pub(super) Arc<Shared<S>>);
+
+impl<S: StateMachine> Internal<S> {
+    fn decode_request<T: serde::de::DeserializeOwned>(
+        &self,
+        r: &pb::RaftRequest,
+        what: &str,
+    ) -> Result<T, Status> {
+        self.0.check_target(r.target)?;
+        wire::decode(&r.payload, what)
+    }
+
+    /// An answer, carrying this node's incarnation.
+    fn reply<T: serde::Serialize>(&self, value: &T) -> Result<Response<pb::RaftReply>, Status> {
+        let mut r = Response::new(pb::RaftReply {
+            payload: wire::encode(value)?,
+        });
+        crate::transport::stamp_incarnation(
+            r.metadata_mut(),
+            crate::transport::INCARNATION_KEY,
+            self.0.handler.incarnation(),
+        );
+        Ok(r)
+    }
+
+    /// Decodes a peer's request (`what` names it in errors), answers it with `handle` and
+    /// encodes the answer.
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        req: Request<pb::RaftRequest>,
+        what: &str,
+        handle: F,
+    ) -> Result<Response<pb::RaftReply>, Status>
+    where
+        Req: serde::de::DeserializeOwned,
+        Resp: serde::Serialize,
+        F: FnOnce(Req) -> Fut,
+        Fut: Future<Output = Result<Resp, RpcHandlerError>>,
+    {
+        self.0.check_cluster(&req).await?;
+        let msg = self.decode_request(req.get_ref(), what)?;
+        let resp = handle(msg).await.map_err(handler_status)?;
+        self.reply(&resp)
+    }
+}
+
+#[tonic::async_trait]
+impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
+    async fn append_entries(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        self.0.stats.append_message(req.get_ref().payload.len());
+        self.unary(req, "append request", |m| self.0.handler.append_entries(m))
+            .await
+    }
+
+    type StreamAppendStream = BoxStream<'static, Result<pb::RaftReply, Status>>;
+
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<pb::RaftRequest>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        self.0.check_cluster(&req).await?;
+        let shared = self.0.clone();
+        // A bad request ends the input; the caller learns why after the answers so far.
+        let failure: Arc<Mutex<Option<Status>>> = Arc::default();
+        let fail = failure.clone();
+        let input = futures_util::stream::unfold(req.into_inner(), move |mut s| {
+            let shared = shared.clone();
+            let fail = fail.clone();
+            async move {
+                let r = match s.message().await {
+                    Ok(Some(r)) => r,
+                    Ok(None) | Err(_) => return None,
+                };
+                shared.stats.append_message(r.payload.len());
+                let checked = shared.check_target(r.target).and_then(|_| {
+                    wire::decode::<rpc::AppendEntriesRequest>(&r.payload, "append request")
+                });
+                match checked {
+                    Ok(m) => Some((m, s)),
+                    Err(status) => {
+                        *fail.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                        None
+                    }
+                }
+            }
+        });
+        // The stream ends when the server shuts down; the leader reconnects to whoever serves.
+        let answers = self
+            .0
+            .handler
+            .stream_append(input.take_until(self.0.stopped()).boxed())
+            .take_until(self.0.stopped())
+            .map(|r| match r {
+                Ok(res) => wire::encode(&res).map(|payload| pb::RaftReply { payload }),
+                Err(e) => Err(handler_status(e)),
+            });
+        let tail = futures_util::stream::once(async move {
+            failure.lock().unwrap_or_else(|p| p.into_inner()).take()
+        })
+        .filter_map(|f| async move { f.map(Err) });
+        let mut r = Response::new(answers.chain(tail).boxed());
+        crate::transport::stamp_incarnation(
+            r.metadata_mut(),
+            crate::transport::INCARNATION_KEY,
+            self.0.handler.incarnation(),
+        );
+        Ok(r)
+    }
+
+    async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        self.unary(req, "vote request", |m| self.0.handler.vote(m))
+            .await
+    }
+
+    async fn pre_vote(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        self.unary(req, "pre-vote request", |m| self.0.handler.pre_vote(m))
+            .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        self.unary(req, "transfer-leader request", |m| {
+            self.0.handler.transfer_leader(m)
+        })
+        .await
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        self.0.check_cluster(&req).await?;
+        let shared = &self.0;
+        let max_chunk = shared.opts.max_snapshot_chunk_bytes;
+        let mut chunks = req.into_inner();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| status::invalid("empty snapshot stream"))?;
+        shared.check_target(first.target)?;
+        let vote: raft_core::types::Vote = wire::decode(&first.vote, "snapshot vote")?;
+        // The vote, the size and the one-at-a-time rule are checked before any data is written.
+        // Dropping the sink on any early return deletes what was received.
+        let size = (first.total_bytes > 0).then_some(first.total_bytes);
+        let mut sink = match shared
+            .handler
+            .snapshot_sink(&vote, size)
+            .map_err(handler_status)?
+        {
+            SnapshotReceive::Receive(sink) => sink,
+            SnapshotReceive::Refuse(answer) => return self.reply(&answer),
+        };
+        let mut chunk = first;
+        loop {
+            shared.check_target(chunk.target)?;
+            if chunk.offset != sink.written() {
+                return Err(status::invalid(format!(
+                    "snapshot chunk out of order: offset {}, but {} bytes were received",
+                    chunk.offset,
+                    sink.written()
+                )));
+            }
+            if chunk.data.len() > max_chunk {
+                return Err(status::status(
+                    Code::OutOfRange,
+                    ErrorCode::TooLarge,
+                    format!(
+                        "snapshot chunk of {} bytes exceeds {max_chunk}",
+                        chunk.data.len()
+                    ),
+                ));
+            }
+            shared.stats.snapshot_chunks.fetch_add(1, Ordering::Relaxed);
+            shared
+                .stats
+                .largest_snapshot_chunk
+                .fetch_max(chunk.data.len() as u64, Ordering::Relaxed);
+            let last = chunk.last;
+            let data = chunk.data;
+            sink = tokio::task::spawn_blocking(move || sink.write(&data).map(|_| sink))
+                .await
+                .map_err(|e| status::status(Code::Internal, ErrorCode::Internal, e.to_string()))?
+                .map_err(|e| handler_status(RpcHandlerError::Snapshot(e)))?;
+            if last {
+                break;
+            }
+            chunk = chunks
+                .message()
+                .await?
+                .ok_or_else(|| status::invalid("snapshot stream ended before its last chunk"))?;
+        }
+        let (meta, data) = tokio::task::spawn_blocking(move || sink.finish())
+            .await
+            .map_err(|e| status::status(Code::Internal, ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| handler_status(RpcHandlerError::Snapshot(e)))?;
+        shared
+            .stats
+            .snapshots_received
+            .fetch_add(1, Ordering::Relaxed);
+        let resp = shared
+            .handler
+            .install_snapshot(vote, meta, data)
+            .await
+            .map_err(handler_status)?;
+        self.reply(&resp)
+    }
+
+    async fn read_index(
+        &self,
+        req: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexReply>, Status> {
+        self.0.check_cluster(&req).await?;
+        let r = req.into_inner();
+        self.0.check_target(r.target)?;
+        let c = pb::consistency(r.consistency)?;
+        let at = self
+            .0
+            .node
+            .read_index(c)
+            .await
+            .map_err(|e| status::from_error(&e))?;
+        Ok(Response::new(pb::ReadIndexReply {
+            term: at.term,
+            index: at.index,
+            time_ms: at.time_ms,
+        }))
+    }
+}
