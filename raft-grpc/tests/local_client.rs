@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::io;
-use std::io::Read;
-use std::io::Write;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -16,7 +13,7 @@ use common::Query;
 use common::Reply;
 use raft_core::Consistency;
 use raft_core::Role;
-use raft_core::StateMachine;
+use raft_core::testing::Sum;
 use raft_grpc::ClientError;
 use raft_grpc::ClientOptions;
 use raft_grpc::ClusterClient;
@@ -133,31 +130,6 @@ async fn a_write_on_a_leader_without_quorum_has_an_unknown_outcome() {
     }
 }
 
-/// A counter that answers no remote queries: it does not implement `Queryable`.
-#[derive(Default)]
-struct Counter(u64);
-
-impl StateMachine for Counter {
-    type Command = u64;
-    type Output = u64;
-    type Snapshot = u64;
-
-    fn apply(&mut self, add: u64) -> u64 {
-        self.0 += add;
-        self.0
-    }
-    fn snapshot(&self) -> u64 {
-        self.0
-    }
-    fn write_snapshot(s: u64, out: &mut dyn Write) -> io::Result<()> {
-        raft_core::write_serde(&s, out)
-    }
-    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
-        self.0 = raft_core::read_serde(input)?;
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_state_machine_without_queries_runs_on_grpc_nodes() {
     common::init_tracing();
@@ -170,7 +142,7 @@ async fn a_state_machine_without_queries_runs_on_grpc_nodes() {
         let config = common::config(id, dir.path());
         let node = GrpcNode::start_without_queries(
             config,
-            Counter::default(),
+            Sum::default(),
             listener,
             GrpcOptions::default(),
         )
@@ -208,7 +180,7 @@ async fn a_state_machine_without_queries_runs_on_grpc_nodes() {
             .unwrap();
         let local = node
             .node()
-            .read(Consistency::Local, |c: &Counter| c.0)
+            .read(Consistency::Local, |c: &Sum| c.0)
             .await
             .unwrap();
         assert_eq!(local, 6, "node {}", node.node().id());

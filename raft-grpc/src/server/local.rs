@@ -75,18 +75,7 @@ impl<S: StateMachine> LocalClient<S> {
     ) -> Result<S::Output, RequestError> {
         let bytes = raft_core::codec::encode(command)
             .map_err(|e| RequestError::InvalidCommand(e.to_string()))?;
-        let reply = self
-            .shared
-            .write(
-                session,
-                bytes.into(),
-                pb::SessionOp::None,
-                false,
-                None,
-                None,
-            )
-            .await
-            .map_err(|s| RequestError::from_status(&s))?;
+        let reply = self.op(session, bytes.into(), pb::SessionOp::None).await?;
         raft_core::codec::decode(&reply.output).map_err(|e| RequestError::Internal {
             code: crate::status::ErrorCode::OutputEncoding,
             message: ApplyError::OutputEncoding(e.to_string()).to_string(),
@@ -97,17 +86,8 @@ impl<S: StateMachine> LocalClient<S> {
     /// [`Node::register_session`].
     pub async fn register_session(&self) -> Result<u64, RequestError> {
         let reply = self
-            .shared
-            .write(
-                None,
-                bytes::Bytes::new(),
-                pb::SessionOp::Register,
-                false,
-                None,
-                None,
-            )
-            .await
-            .map_err(|s| RequestError::from_status(&s))?;
+            .op(None, bytes::Bytes::new(), pb::SessionOp::Register)
+            .await?;
         Ok(reply.session_id)
     }
 
@@ -117,17 +97,22 @@ impl<S: StateMachine> LocalClient<S> {
             client_id,
             sequence: 0,
         };
-        self.shared
-            .write(
-                Some(session),
-                bytes::Bytes::new(),
-                pb::SessionOp::Close,
-                false,
-                None,
-                None,
-            )
+        self.op(Some(session), bytes::Bytes::new(), pb::SessionOp::Close)
             .await
             .map(drop)
+    }
+
+    /// Runs a write (or opens or closes a session, as `op` says) here if this node leads, or
+    /// forwards it to the leader, as the node itself.
+    async fn op(
+        &self,
+        session: Option<Session>,
+        command: bytes::Bytes,
+        op: pb::SessionOp,
+    ) -> Result<pb::WriteReply, RequestError> {
+        self.shared
+            .write(session, command, op, false, None, None)
+            .await
             .map_err(|s| RequestError::from_status(&s))
     }
 
