@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Compares raftkit's kv cluster with etcd and durable Redis on this machine, in one run.
 #
-#   apt-get install redis-tools redis-server etcd-server   # the comparison targets
+#   apt-get install redis-tools redis-server etcd-server etcd-client   # the comparison targets
 #   bench/compare.sh
 #
 # Starts, one after another so they never compete for the CPU or the disk:
 #   * raftkit: a 3-node kv cluster (three processes, fsync before every acknowledgement);
-#   * etcd:    a 3-node cluster of Debian's etcd-server (skipped if `etcd` is not installed);
+#   * etcd:    a 3-node cluster of Debian's etcd-server (skipped if `etcd` or `etcdctl` is missing);
 #   * Redis:   one redis-server with appendonly yes, appendfsync always (skipped if absent).
 # Each gets the same closed-loop load on its leader: SET of 256-byte values over 100,000 keys
 # at 1, 16, 64 and 256 clients, pipelined SETs (16 in flight per connection) at 1 and 16
@@ -141,7 +141,10 @@ run_raftkit() {
 }
 
 run_etcd() {
-    if ! need etcd; then say "etcd: not installed (apt-get install etcd-server), skipped"; return; fi
+    if ! need etcd || ! need etcdctl; then
+        say "etcd: not installed (apt-get install etcd-server etcd-client), skipped"
+        return
+    fi
     say "etcd: 3 members"
     local cluster="e1=http://127.0.0.1:$((BASE + 31)),e2=http://127.0.0.1:$((BASE + 32)),e3=http://127.0.0.1:$((BASE + 33))" i
     for i in 1 2 3; do
