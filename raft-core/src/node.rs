@@ -471,11 +471,11 @@ impl<S: StateMachine> Node<S> {
             }
         }
         let proposal = Proposal::TimedBatch(session, self.stamp(), encoded);
-        let responses: Vec<Response> = match self.propose_internal(proposal).await? {
-            Response::Output(b) => codec::decode(&b)?,
-            Response::Rejected(e) => return Err(Error::Rejected(e)),
-            Response::Empty => return Err(Error::Fatal("a batch produced no output".into())),
-        };
+        let output = self
+            .propose_internal(proposal)
+            .await?
+            .into_output("a batch")?;
+        let responses: Vec<Response> = codec::decode(&output)?;
         if responses.len() != commands.len() {
             return Err(Error::Fatal(format!(
                 "a batch of {} writes produced {} outputs",
@@ -485,11 +485,7 @@ impl<S: StateMachine> Node<S> {
         }
         responses
             .into_iter()
-            .map(|r| match r {
-                Response::Output(b) => Ok(codec::decode(&b)?),
-                Response::Rejected(e) => Err(Error::Rejected(e)),
-                Response::Empty => Err(Error::Fatal("a batched write produced no output".into())),
-            })
+            .map(|r| Ok(codec::decode(&r.into_output("a batched write")?)?))
             .collect()
     }
 
@@ -515,11 +511,11 @@ impl<S: StateMachine> Node<S> {
     /// cluster's [`SessionCapacity`] is reached; a write on it then fails with
     /// [`ApplyError::UnknownSession`](crate::ApplyError::UnknownSession).
     pub async fn register_session(&self) -> Result<u64> {
-        match self.propose_internal(Proposal::RegisterSession).await? {
-            Response::Output(b) => Ok(codec::decode(&b)?),
-            Response::Rejected(e) => Err(Error::Rejected(e)),
-            Response::Empty => Err(Error::Fatal("session registration produced no id".into())),
-        }
+        let id = self
+            .propose_internal(Proposal::RegisterSession)
+            .await?
+            .into_output("session registration")?;
+        Ok(codec::decode(&id)?)
     }
 
     /// Closes the session `client_id` (one replicated entry); closing a session that is not

@@ -249,6 +249,18 @@ pub enum Response {
     Rejected(ApplyError),
 }
 
+impl Response {
+    /// The user's output, or why there is none: a rejection as [`Error::Rejected`], and an
+    /// entry that should have carried an output but did not (`what`) as [`Error::Fatal`].
+    pub(crate) fn into_output(self, what: &str) -> crate::Result<Bytes> {
+        match self {
+            Response::Output(b) => Ok(b),
+            Response::Rejected(e) => Err(crate::Error::Rejected(e)),
+            Response::Empty => Err(crate::Error::Fatal(format!("{what} produced no output"))),
+        }
+    }
+}
+
 /// Why the apply layer could not return a command's output. Every replica decides the same way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]

@@ -27,7 +27,6 @@ use crate::transport::SharedRpcHandler;
 use crate::types::NodeId;
 use crate::types::Proposal;
 use crate::types::Request;
-use crate::types::Response;
 use crate::types::TypeConfig;
 
 /// For transport implementers: delivering RPCs, forwarding writes, follower reads, storage
@@ -53,12 +52,9 @@ impl<S: StateMachine> Node<S> {
             self.check_space(&request)?;
         }
         let proposal = Proposal::stamped(request, self.stamp());
-        let response = self.propose_internal(proposal).await?;
-        match response {
-            Response::Output(b) => Ok(b),
-            Response::Rejected(e) => Err(Error::Rejected(e)),
-            Response::Empty => Err(Error::Fatal("a normal entry produced no output".into())),
-        }
+        self.propose_internal(proposal)
+            .await?
+            .into_output("a normal entry")
     }
 
     /// For transports: one round of the leader asking its voters for their storage alarms.
