@@ -700,20 +700,19 @@ impl Store {
             WriteOp::ExpireIn { key, ms, when } => {
                 self.expire_at(key, deadline_after(now, ms), when, now)
             }
-            WriteOp::ExpireSoonerIfSetIn { key, ms } => self.apply_op(
-                WriteOp::ExpireSoonerIfSet {
-                    key,
-                    at: deadline_after(now, ms),
-                },
-                now,
-            ),
-            WriteOp::ExpireSoonerIfSet { key, at } => {
-                if self.live(&key, now).is_some_and(|v| v.expires_at.is_some()) {
-                    self.expire_at(key, at, ExpireIf::Sooner, now)
-                } else {
-                    Reply::Int(0)
-                }
+            WriteOp::ExpireSoonerIfSetIn { key, ms } => {
+                self.expire_sooner_if_set(key, deadline_after(now, ms), now)
             }
+            WriteOp::ExpireSoonerIfSet { key, at } => self.expire_sooner_if_set(key, at, now),
+        }
+    }
+
+    /// `EXPIRE … LT XX`: moves a live key's expiry to `at` if it has one and `at` is sooner.
+    fn expire_sooner_if_set(&mut self, key: Bytes, at: u64, now: u64) -> Reply {
+        if self.live(&key, now).is_some_and(|v| v.expires_at.is_some()) {
+            self.expire_at(key, at, ExpireIf::Sooner, now)
+        } else {
+            Reply::Int(0)
         }
     }
 
