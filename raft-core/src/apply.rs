@@ -114,6 +114,17 @@ impl<S: StateMachine> SmState<S> {
                     }
                 }
             }
+            Proposal::Combined(time, requests) => {
+                let ctx = self.context(index, Some(time));
+                let responses: Vec<Response> = requests
+                    .iter()
+                    .map(|r| match r.session {
+                        None => self.apply_command(&r.command, &ctx),
+                        Some(s) => self.apply_in_session(s, &r.command, &ctx, false),
+                    })
+                    .collect();
+                encode_responses(&responses)
+            }
             Proposal::RegisterSession => {
                 let id = self.sessions.register(index);
                 match codec::encode(&id) {
@@ -172,10 +183,7 @@ impl<S: StateMachine> SmState<S> {
             .iter()
             .map(|c| self.apply_command(c, ctx))
             .collect();
-        match codec::encode(&responses) {
-            Ok(b) => Response::Output(b.into()),
-            Err(e) => Response::Rejected(ApplyError::OutputEncoding(e.to_string())),
-        }
+        encode_responses(&responses)
     }
 
     fn apply_command(&mut self, command: &[u8], ctx: &ApplyContext) -> Response {
@@ -189,6 +197,14 @@ impl<S: StateMachine> SmState<S> {
                 }
             }
         }
+    }
+}
+
+/// The output of an entry that carries several writes: every write's response, encoded.
+fn encode_responses(responses: &[Response]) -> Response {
+    match codec::encode(responses) {
+        Ok(b) => Response::Output(b.into()),
+        Err(e) => Response::Rejected(ApplyError::OutputEncoding(e.to_string())),
     }
 }
 

@@ -228,6 +228,22 @@ mod tests {
                 1_800_000_000_000,
                 vec![Bytes::from_static(b"a"), Bytes::from_static(b"bc")],
             ),
+            Proposal::Combined(
+                1_800_000_000_000,
+                vec![
+                    crate::types::Request {
+                        session: None,
+                        command: Bytes::from_static(b"a"),
+                    },
+                    crate::types::Request {
+                        session: Some(crate::types::Session {
+                            client_id: 5,
+                            sequence: 6,
+                        }),
+                        command: Bytes::from_static(b"bc"),
+                    },
+                ],
+            ),
         ] {
             let e = Entry {
                 log_id: types::log_id(3, 1, 10),

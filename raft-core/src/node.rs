@@ -56,6 +56,7 @@ use crate::types::Session;
 use crate::types::SessionCapacity;
 use crate::types::TypeConfig;
 
+mod combine;
 mod errors;
 mod handler;
 mod transport;
@@ -112,6 +113,8 @@ pub(crate) struct Inner<S: StateMachine> {
     incarnation: u64,
     /// Members whose incarnation binding this node (as leader) is proposing now.
     binding: Arc<Mutex<BTreeSet<NodeId>>>,
+    /// Writes queued behind the proposals in flight (see [`combine`]).
+    combiner: combine::Combiner,
     #[cfg(feature = "testing")]
     power: Option<crate::log::PowerSwitch>,
     #[cfg(feature = "testing")]
@@ -202,6 +205,10 @@ impl<S: StateMachine> Node<S> {
             snapshots: snapshots.clone(),
         };
         tracing::info!(node = id, "node started");
+        let combiner = combine::Combiner::new(
+            config.combine_writes_after,
+            config.max_command_bytes.min(combine::COMBINED_BYTES),
+        );
         let node = Node {
             inner: Arc::new(Inner {
                 id,
@@ -217,6 +224,7 @@ impl<S: StateMachine> Node<S> {
                 last_stamp: AtomicU64::new(0),
                 incarnation,
                 binding: Arc::default(),
+                combiner,
                 #[cfg(feature = "testing")]
                 power,
                 #[cfg(feature = "testing")]

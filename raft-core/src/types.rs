@@ -95,6 +95,10 @@ pub enum Proposal {
     /// entry's output is the encoded `Vec<Response>`. With a session, the whole batch is one
     /// sequence of it: applied at most once, a retry answered with the recorded outputs.
     TimedBatch(Option<Session>, u64, Vec<Bytes>),
+    /// Independent writes that queued at a busy leader, in one entry, stamped with the
+    /// leader's clock: applied in order at that time, each under its own session (if any) as
+    /// if it were an entry of its own; the entry's output is the encoded `Vec<Response>`.
+    Combined(u64, Vec<Request>),
 }
 
 impl Proposal {
@@ -114,6 +118,7 @@ impl Proposal {
     pub fn command_len(&self) -> usize {
         match self {
             Proposal::TimedBatch(_, _, commands) => commands.iter().map(Bytes::len).sum(),
+            Proposal::Combined(_, requests) => requests.iter().map(|r| r.command.len()).sum(),
             other => other.command().map_or(0, Bytes::len),
         }
     }
@@ -170,6 +175,12 @@ impl fmt::Display for Proposal {
                     None => write!(f, ")"),
                 }
             }
+            Proposal::Combined(_, requests) => write!(
+                f,
+                "combined({} writes, {} bytes)",
+                requests.len(),
+                self.command_len()
+            ),
         }
     }
 }

@@ -103,9 +103,10 @@ async fn the_log_is_compacted_by_size_not_only_by_count() {
         r.expect("write acknowledged");
     }
     // Entry count alone never snapshots here (snapshot_every is 0); the size trigger must have.
-    // Each node's WAL must come down to about the threshold plus a segment, while 3.2 MiB
-    // were written.
-    let bound = THRESHOLD + 4 * SEGMENT + (64 << 10);
+    // Each node's WAL must come down to about the threshold plus a segment and the 8 entries
+    // kept behind the snapshot (writes that queued behind the leader's proposals share an
+    // entry of up to 16 KiB), while 3.2 MiB were written.
+    let bound = THRESHOLD + 4 * SEGMENT + 8 * (16 << 10) + (64 << 10);
     let dirs: BTreeMap<u64, std::path::PathBuf> = (1..=3)
         .map(|id| (id, cluster.data_dir(id).unwrap().join("wal")))
         .collect();
@@ -129,8 +130,11 @@ async fn the_log_is_compacted_by_size_not_only_by_count() {
     }
     let metrics = cluster.metrics();
     for (id, m) in &metrics {
+        // Past the log's first half (writes that queued behind the leader's proposals share
+        // entries, so there are fewer entries than writes).
+        let last = m.last_log_index.unwrap_or(0);
         assert!(
-            m.snapshot_index.is_some_and(|s| s > 400),
+            last > 100 && m.snapshot_index.is_some_and(|s| s > last / 2),
             "node {id} took no recent snapshot: {m:?}"
         );
     }

@@ -346,17 +346,8 @@ async fn invalid_configuration_is_refused() {
 #[tokio::test]
 async fn a_batch_is_one_entry_applied_in_order_once_and_kept_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    written(dir.path(), 1).await;
-    let router = Router::new(0);
-    let mut cfg = config(dir.path());
-    cfg.max_command_bytes = 1_000;
-    let node = Node::start(cfg, Sum::default(), router.transport(1))
-        .await
-        .unwrap();
-    router.register(node.rpc_handler());
-    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
-        .await
-        .unwrap();
+    let node =
+        written_and_leading(dir.path(), config(dir.path()).with_max_command_bytes(1_000)).await;
     let session = raft_core::Session {
         client_id: node.register_session().await.unwrap(),
         sequence: 1,
@@ -418,4 +409,140 @@ async fn a_batch_is_one_entry_applied_in_order_once_and_kept_across_a_restart() 
         node.write_many_in_session(next, vec![3]).await.unwrap(),
         vec![40]
     );
+}
+
+/// A one-node cluster that has written `1`, restarted with `config` and leading.
+async fn written_and_leading(dir: &Path, config: Config) -> Node<Sum> {
+    written(dir, 1).await;
+    let router = Router::new(0);
+    let node = Node::start(config, Sum::default(), router.transport(1))
+        .await
+        .unwrap();
+    router.register(node.rpc_handler());
+    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+        .await
+        .unwrap();
+    node
+}
+
+/// Writes `commands` all at once and returns each one's result, in the order given.
+async fn concurrently(
+    node: &Node<Sum>,
+    writes: Vec<(Option<raft_core::Session>, u64)>,
+) -> Vec<Result<u64, Error>> {
+    let tasks = writes.into_iter().map(|(session, c)| {
+        let node = node.clone();
+        tokio::spawn(async move {
+            match session {
+                Some(s) => node.write_in_session(s, c).await,
+                None => node.write(c).await,
+            }
+        })
+    });
+    let mut out = Vec::new();
+    for r in futures_util::future::join_all(tasks).await {
+        out.push(r.unwrap());
+    }
+    out
+}
+
+/// Checks that `(command, output)` pairs are a running total from `start`: sorted by output,
+/// each output is the previous one plus its own command. Returns the final total.
+fn running_total(start: u64, mut pairs: Vec<(u64, u64)>) -> u64 {
+    pairs.sort_by_key(|&(_, out)| out);
+    let mut total = start;
+    for (c, out) in pairs {
+        total += c;
+        assert_eq!(out, total, "each write answers the total after itself");
+    }
+    total
+}
+
+#[tokio::test]
+async fn writes_queued_behind_a_busy_leader_share_entries_and_keep_their_own_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let node =
+        written_and_leading(dir.path(), config(dir.path()).with_combine_writes_after(1)).await;
+    let last = |n: &Node<Sum>| n.metrics().last_log_index.unwrap_or(0);
+    let mut sessions = Vec::new();
+    for _ in 0..20 {
+        sessions.push(raft_core::Session {
+            client_id: node.register_session().await.unwrap(),
+            sequence: 1,
+        });
+    }
+
+    // 200 writes at once: 20 of them in sessions, the first session's twice (a retry racing
+    // its original), and one in a session that was never opened.
+    let mut writes: Vec<(Option<raft_core::Session>, u64)> = (1..=180).map(|c| (None, c)).collect();
+    writes.extend(sessions.iter().map(|&s| (Some(s), 1_000)));
+    writes.push((Some(sessions[0]), 1_000));
+    let unknown = raft_core::Session {
+        client_id: 999_999,
+        sequence: 1,
+    };
+    writes.push((Some(unknown), 7));
+    let before = last(&node);
+    let results = concurrently(&node, writes).await;
+    let entries = last(&node) - before;
+    assert!(
+        entries <= 20,
+        "202 concurrent writes took {entries} entries; queued writes should share them"
+    );
+
+    // Every write got its own output: together they are a running total, with the retried
+    // session write counted once and both its attempts answered alike.
+    let mut pairs: Vec<(u64, u64)> = (1..=180)
+        .zip(&results[..180])
+        .map(|(c, r)| (c, *r.as_ref().unwrap()))
+        .collect();
+    pairs.extend(
+        results[180..200]
+            .iter()
+            .map(|r| (1_000, *r.as_ref().unwrap())),
+    );
+    assert_eq!(
+        results[200].as_ref().unwrap(),
+        results[180].as_ref().unwrap()
+    );
+    let total = running_total(1, pairs);
+    assert_eq!(total, 1 + 180 * 181 / 2 + 20 * 1_000);
+    match &results[201] {
+        Err(Error::Rejected(ApplyError::UnknownSession {
+            client_id: 999_999, ..
+        })) => {}
+        other => panic!("expected UnknownSession, got {other:?}"),
+    }
+    assert_eq!(
+        node.read(Consistency::Linearizable, |s| s.0).await.unwrap(),
+        total
+    );
+    node.shutdown().await.unwrap();
+
+    // The combined entries replay from the log after a restart.
+    let node = restarted(dir.path()).await;
+    assert_eq!(
+        node.read(Consistency::Linearizable, |s| s.0).await.unwrap(),
+        total
+    );
+    // The sessions' records survived too: a retry answers the first output.
+    assert_eq!(
+        node.write_in_session(sessions[0], 1_000).await.unwrap(),
+        *results[180].as_ref().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn without_combining_every_write_is_its_own_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let node =
+        written_and_leading(dir.path(), config(dir.path()).with_combine_writes_after(0)).await;
+    let before = node.metrics().last_log_index.unwrap_or(0);
+    let results = concurrently(&node, (1..=50).map(|c| (None, c)).collect()).await;
+    assert_eq!(node.metrics().last_log_index.unwrap_or(0) - before, 50);
+    let pairs = (1..=50)
+        .zip(results)
+        .map(|(c, r)| (c, r.unwrap()))
+        .collect();
+    assert_eq!(running_total(1, pairs), 1 + 50 * 51 / 2);
 }

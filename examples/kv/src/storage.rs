@@ -30,8 +30,9 @@ pub struct StorageArgs {
     /// snapshots by entry count only.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub snapshot_log_bytes: u64,
-    /// Also take a snapshot after this many writes since the last one (etcd's
-    /// `--snapshot-count`). `0` snapshots by log size only.
+    /// Also take a snapshot after this many log entries since the last one (etcd's
+    /// `--snapshot-count`; one entry is one write, or writes pipelined or combined together).
+    /// `0` snapshots by log size only.
     #[arg(long, default_value_t = Config::in_memory(1).snapshot_every)]
     pub snapshot_every: u64,
     /// Size of each preallocated write-ahead log segment file (at least 4 KiB). The disk a

@@ -15,6 +15,8 @@ use openraft::errors::RaftError;
 use super::Consistency;
 use super::Node;
 use super::ReadIndex;
+use super::combine::Joined;
+use super::combine::Slot;
 use super::errors;
 use super::handler::Handler;
 use crate::error::Error;
@@ -51,10 +53,18 @@ impl<S: StateMachine> Node<S> {
         if self.inner.space.refusing() {
             self.check_space(&request)?;
         }
-        let proposal = Proposal::stamped(request, self.stamp());
-        self.propose_internal(proposal)
-            .await?
-            .into_output("a normal entry")
+        let response = match self.inner.combiner.join(request) {
+            Joined::Propose(request) => {
+                let _slot = Slot { node: self.clone() };
+                self.propose_internal(Proposal::stamped(request, self.stamp()))
+                    .await?
+            }
+            Joined::Queued(rx) => {
+                self.with_timeout(async { rx.await.unwrap_or(Err(Error::Shutdown)) })
+                    .await?
+            }
+        };
+        response.into_output("a normal entry")
     }
 
     /// For transports: one round of the leader asking its voters for their storage alarms.

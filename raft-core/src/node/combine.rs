@@ -1,0 +1,302 @@
+//! Write combining: a leader keeps a few write proposals in flight; writes that arrive while
+//! all of them are taken wait in a queue, and the queue goes out as one log entry when a
+//! proposal completes.
+//!
+//! A lone writer, or a few, propose exactly as before: one entry per write, no waiting. Under
+//! load (hundreds of concurrent writers, a follower forwarding its clients' writes) the
+//! per-entry costs — the consensus engine's bookkeeping, the log record, the replication
+//! message, the apply and the reply — are paid once per batch instead of once per write, while
+//! each write keeps its own session check and its own output
+//! ([`Proposal::Combined`]).
+
+use std::mem;
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
+
+use super::Node;
+use crate::codec;
+use crate::error::Error;
+use crate::error::Result;
+use crate::state_machine::StateMachine;
+use crate::types::Proposal;
+use crate::types::Request;
+use crate::types::Response;
+
+/// Most bytes of commands in one combined entry: enough for the per-entry costs to vanish
+/// behind the writes' own (dozens of small writes), small enough that the entries kept behind
+/// a snapshot ([`Config::keep_after_snapshot`](crate::Config), counted in entries) stay small
+/// too.
+pub(crate) const COMBINED_BYTES: usize = 16 << 10;
+
+/// Per-write overhead counted against the entry size limit, as a batch does, so that many
+/// tiny writes are bounded too.
+const PER_WRITE_BYTES: usize = 8;
+
+/// Where a write goes: proposed by its caller, or queued for the next combined entry.
+pub(super) enum Joined {
+    /// A proposal slot was free: the caller proposes `Request` itself and holds the slot.
+    Propose(Request),
+    /// All slots are taken: the write is queued; its response arrives here.
+    Queued(oneshot::Receiver<Result<Response>>),
+}
+
+/// A queued write and where its response goes.
+pub(super) struct Queued {
+    pub request: Request,
+    pub done: Sender,
+}
+
+type Sender = oneshot::Sender<Result<Response>>;
+
+#[derive(Default)]
+struct State {
+    /// Proposals in flight (slots taken).
+    in_flight: usize,
+    queue: Vec<Queued>,
+}
+
+/// The queue of writes waiting for a proposal slot, and the slot count.
+pub(crate) struct Combiner {
+    /// Slots: proposals in flight before writes queue (0: never combine).
+    slots: usize,
+    /// Most bytes of commands in one combined entry.
+    max_bytes: usize,
+    state: Mutex<State>,
+}
+
+impl Combiner {
+    pub fn new(slots: usize, max_bytes: usize) -> Combiner {
+        Combiner {
+            slots,
+            max_bytes,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Takes a slot for `request`, or queues it behind the proposals in flight. A write never
+    /// overtakes one queued before it.
+    pub fn join(&self, request: Request) -> Joined {
+        if self.slots == 0 {
+            return Joined::Propose(request);
+        }
+        let mut st = crate::sync::lock(&self.state);
+        if st.in_flight < self.slots && st.queue.is_empty() {
+            st.in_flight += 1;
+            return Joined::Propose(request);
+        }
+        let (done, rx) = oneshot::channel();
+        st.queue.push(Queued { request, done });
+        Joined::Queued(rx)
+    }
+
+    /// Gives back a slot. Returns the next batch if writes are queued: the slot passes to it,
+    /// and the caller must propose it (or fail its writes, which also releases the slot).
+    pub fn release(&self) -> Option<Vec<Queued>> {
+        if self.slots == 0 {
+            return None;
+        }
+        let mut st = crate::sync::lock(&self.state);
+        if st.queue.is_empty() {
+            st.in_flight = st.in_flight.saturating_sub(1);
+            return None;
+        }
+        let mut bytes = 0;
+        let mut take = 0;
+        for q in &st.queue {
+            let size = q.request.command.len() + PER_WRITE_BYTES;
+            if take > 0 && bytes + size > self.max_bytes {
+                break;
+            }
+            bytes += size;
+            take += 1;
+        }
+        if take == st.queue.len() {
+            Some(mem::take(&mut st.queue))
+        } else {
+            Some(st.queue.drain(..take).collect())
+        }
+    }
+}
+
+/// A proposal slot, given back (or passed to the queued writes) when dropped — also when the
+/// proposing future is cancelled.
+pub(super) struct Slot<S: StateMachine> {
+    pub node: Node<S>,
+}
+
+impl<S: StateMachine> Drop for Slot<S> {
+    fn drop(&mut self) {
+        let Some(batch) = self.node.inner.combiner.release() else {
+            return;
+        };
+        let node = self.node.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(propose_batch(node, batch));
+            }
+            Err(_) => {
+                // No runtime left to propose on: the node is going away.
+                answer(senders(batch), Err(Error::Shutdown));
+                drop(node);
+            }
+        }
+    }
+}
+
+/// Proposes queued writes, holding the slot they were given: one write as a plain entry,
+/// several as one combined entry.
+async fn propose_batch<S: StateMachine>(node: Node<S>, mut batch: Vec<Queued>) {
+    let slot = Slot { node };
+    let node = &slot.node;
+    if batch.len() == 1
+        && let Some(q) = batch.pop()
+    {
+        let r = node
+            .propose_internal(Proposal::stamped(q.request, node.stamp()))
+            .await;
+        let _ = q.done.send(r);
+        return;
+    }
+    let (requests, done): (Vec<Request>, Vec<_>) =
+        batch.into_iter().map(|q| (q.request, q.done)).unzip();
+    let outcome = node
+        .propose_internal(Proposal::Combined(node.stamp(), requests))
+        .await
+        .and_then(|r| r.into_output("a combined entry"))
+        .and_then(|out| Ok(codec::decode::<Vec<Response>>(&out)?));
+    answer(done, outcome);
+}
+
+fn senders(batch: Vec<Queued>) -> Vec<Sender> {
+    batch.into_iter().map(|q| q.done).collect()
+}
+
+/// Sends each write of a combined entry its own response: `responses` in order, or a copy of
+/// the entry's error.
+fn answer(done: Vec<Sender>, outcome: Result<Vec<Response>>) {
+    match outcome {
+        Ok(responses) if responses.len() == done.len() => {
+            for (tx, r) in done.into_iter().zip(responses) {
+                let _ = tx.send(Ok(r));
+            }
+        }
+        Ok(responses) => {
+            let n = done.len();
+            for tx in done {
+                let _ = tx.send(Err(Error::Fatal(format!(
+                    "a combined entry of {n} writes produced {} outputs",
+                    responses.len()
+                ))));
+            }
+        }
+        Err(e) => {
+            for tx in done {
+                let _ = tx.send(Err(duplicate(&e)));
+            }
+        }
+    }
+}
+
+/// The same failure for another writer of the same entry. Variants that carry no owned
+/// resources are copied exactly; the rest (storage and codec failures) keep their message.
+fn duplicate(e: &Error) -> Error {
+    match e {
+        Error::NotLeader(h) => Error::NotLeader(h.clone()),
+        Error::Timeout(d) => Error::Timeout(*d),
+        Error::OutcomeUnknown { leader } => Error::OutcomeUnknown { leader: *leader },
+        Error::Shutdown => Error::Shutdown,
+        Error::NoQuorum => Error::NoQuorum,
+        Error::Rejected(a) => Error::Rejected(a.clone()),
+        Error::Storage(s) => Error::Storage(s.clone()),
+        Error::AlreadyInitialized => Error::AlreadyInitialized,
+        Error::Membership(s) => Error::Membership(s.clone()),
+        Error::CommandTooLarge { size, limit } => Error::CommandTooLarge {
+            size: *size,
+            limit: *limit,
+        },
+        Error::Config(s) => Error::Config(s.clone()),
+        Error::Fatal(s) => Error::Fatal(s.clone()),
+        Error::NoSpace { node, reason } => Error::NoSpace {
+            node: *node,
+            reason: reason.clone(),
+        },
+        other => Error::Storage(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn req(n: usize) -> Request {
+        Request {
+            session: None,
+            command: Bytes::from(vec![0u8; n]),
+        }
+    }
+
+    #[test]
+    fn writes_queue_only_when_every_slot_is_taken() {
+        let c = Combiner::new(2, 1000);
+        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        assert!(matches!(c.join(req(1)), Joined::Queued(_)));
+        assert!(matches!(c.join(req(1)), Joined::Queued(_)));
+        // The slot passes to the queued writes, both in one batch.
+        assert_eq!(c.release().map(|b| b.len()), Some(2));
+        assert!(c.release().is_none());
+        // One slot in flight (the batch's): a new write takes the free one.
+        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        assert!(matches!(c.join(req(1)), Joined::Queued(_)));
+    }
+
+    #[test]
+    fn a_batch_is_bounded_by_bytes_but_takes_at_least_one_write() {
+        let c = Combiner::new(1, 100);
+        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        for n in [50, 30, 40, 500] {
+            assert!(matches!(c.join(req(n)), Joined::Queued(_)));
+        }
+        let sizes = |b: Option<Vec<Queued>>| {
+            b.map(|b| {
+                b.iter()
+                    .map(|q| q.request.command.len())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(sizes(c.release()), Some(vec![50, 30]));
+        assert_eq!(sizes(c.release()), Some(vec![40]));
+        assert_eq!(sizes(c.release()), Some(vec![500]));
+        assert!(c.release().is_none());
+        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+    }
+
+    #[test]
+    fn zero_slots_never_queue() {
+        let c = Combiner::new(0, 100);
+        for _ in 0..10 {
+            assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        }
+        assert!(c.release().is_none());
+    }
+
+    #[test]
+    fn every_writer_of_a_failed_entry_learns_the_failure() {
+        let c = Combiner::new(1, 100);
+        let _ = c.join(req(1));
+        let rxs: Vec<_> = (0..3)
+            .map(|_| match c.join(req(1)) {
+                Joined::Queued(rx) => rx,
+                Joined::Propose(_) => panic!("slot should be taken"),
+            })
+            .collect();
+        let batch = c.release().unwrap_or_default();
+        answer(senders(batch), Err(Error::NoQuorum));
+        for mut rx in rxs {
+            assert!(matches!(rx.try_recv(), Ok(Err(Error::NoQuorum))));
+        }
+    }
+}
