@@ -123,15 +123,9 @@ impl<S: StateMachine> SmState<S> {
                         Some(s) => self.apply_in_session(s, &r.command, &ctx, false),
                     })
                     .collect();
-                encode_responses(&responses)
+                output(&responses)
             }
-            Proposal::RegisterSession => {
-                let id = self.sessions.register(index);
-                match codec::encode(&id) {
-                    Ok(b) => Response::Output(b.into()),
-                    Err(e) => Response::Rejected(ApplyError::OutputEncoding(e.to_string())),
-                }
-            }
+            Proposal::RegisterSession => output(&self.sessions.register(index)),
             Proposal::CloseSession(id) => {
                 self.sessions.close(id);
                 Response::Empty
@@ -183,26 +177,20 @@ impl<S: StateMachine> SmState<S> {
             .iter()
             .map(|c| self.apply_command(c, ctx))
             .collect();
-        encode_responses(&responses)
+        output(&responses)
     }
 
     fn apply_command(&mut self, command: &[u8], ctx: &ApplyContext) -> Response {
         match codec::decode::<S::Command>(command) {
             Err(e) => Response::Rejected(ApplyError::InvalidCommand(e.to_string())),
-            Ok(cmd) => {
-                let out = self.user.apply_at(cmd, ctx);
-                match codec::encode(&out) {
-                    Ok(bytes) => Response::Output(bytes.into()),
-                    Err(e) => Response::Rejected(ApplyError::OutputEncoding(e.to_string())),
-                }
-            }
+            Ok(cmd) => output(&self.user.apply_at(cmd, ctx)),
         }
     }
 }
 
-/// The output of an entry that carries several writes: every write's response, encoded.
-fn encode_responses(responses: &[Response]) -> Response {
-    match codec::encode(responses) {
+/// `value` encoded as an entry's output, or the rejection that says it could not be.
+fn output<T: serde::Serialize + ?Sized>(value: &T) -> Response {
+    match codec::encode(value) {
         Ok(b) => Response::Output(b.into()),
         Err(e) => Response::Rejected(ApplyError::OutputEncoding(e.to_string())),
     }

@@ -121,6 +121,18 @@ pub(crate) struct Inner<S: StateMachine> {
     fault: Option<crate::log::FaultSwitch>,
 }
 
+/// The responses of an entry that carries `n` writes (`what`: "a batch", …), in order.
+fn responses_of(entry: Response, n: usize, what: &str) -> Result<Vec<Response>> {
+    let responses: Vec<Response> = codec::decode(&entry.into_output(what)?)?;
+    if responses.len() != n {
+        return Err(Error::Fatal(format!(
+            "{what} of {n} writes produced {} outputs",
+            responses.len()
+        )));
+    }
+    Ok(responses)
+}
+
 /// One member of a replicated state machine. Cheap to clone; clones share the node.
 ///
 /// ```no_run
@@ -468,7 +480,10 @@ impl<S: StateMachine> Node<S> {
             .map(|c| codec::encode(c).map(Bytes::from))
             .collect::<std::result::Result<Vec<Bytes>, _>>()?;
         // Each command's length prefix counts too, so many empty commands are bounded as well.
-        let size: usize = encoded.iter().map(|c| c.len() + 8).sum();
+        let size: usize = encoded
+            .iter()
+            .map(|c| c.len() + combine::PER_WRITE_BYTES)
+            .sum();
         let limit = self.inner.config.max_command_bytes;
         if size > limit {
             return Err(Error::CommandTooLarge { size, limit });
@@ -479,19 +494,8 @@ impl<S: StateMachine> Node<S> {
             }
         }
         let proposal = Proposal::TimedBatch(session, self.stamp(), encoded);
-        let output = self
-            .propose_internal(proposal)
-            .await?
-            .into_output("a batch")?;
-        let responses: Vec<Response> = codec::decode(&output)?;
-        if responses.len() != commands.len() {
-            return Err(Error::Fatal(format!(
-                "a batch of {} writes produced {} outputs",
-                commands.len(),
-                responses.len()
-            )));
-        }
-        responses
+        let response = self.propose_internal(proposal).await?;
+        responses_of(response, commands.len(), "a batch")?
             .into_iter()
             .map(|r| Ok(codec::decode(&r.into_output("a batched write")?)?))
             .collect()

@@ -27,8 +27,12 @@ fn config(dir: &Path) -> Config {
 }
 
 async fn start(dir: &Path) -> Result<Node<Sum>, Error> {
+    start_with(config(dir)).await
+}
+
+async fn start_with(config: Config) -> Result<Node<Sum>, Error> {
     let router = Router::new(0);
-    let node = Node::start(config(dir), Sum::default(), router.transport(1)).await?;
+    let node = Node::start(config, Sum::default(), router.transport(1)).await?;
     router.register(node.rpc_handler());
     Ok(node)
 }
@@ -215,7 +219,11 @@ async fn leading(dir: &Path) -> Node<Sum> {
 
 /// The node of `dir` started again, once it leads.
 async fn restarted(dir: &Path) -> Node<Sum> {
-    let node = start(dir).await.unwrap();
+    restarted_with(config(dir)).await
+}
+
+async fn restarted_with(config: Config) -> Node<Sum> {
+    let node = start_with(config).await.unwrap();
     node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
         .await
         .unwrap();
@@ -414,18 +422,10 @@ async fn a_batch_is_one_entry_applied_in_order_once_and_kept_across_a_restart() 
 /// A one-node cluster that has written `1`, restarted with `config` and leading.
 async fn written_and_leading(dir: &Path, config: Config) -> Node<Sum> {
     written(dir, 1).await;
-    let router = Router::new(0);
-    let node = Node::start(config, Sum::default(), router.transport(1))
-        .await
-        .unwrap();
-    router.register(node.rpc_handler());
-    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
-        .await
-        .unwrap();
-    node
+    restarted_with(config).await
 }
 
-/// Writes `commands` all at once and returns each one's result, in the order given.
+/// Issues `writes` all at once and returns each one's result, in the order given.
 async fn concurrently(
     node: &Node<Sum>,
     writes: Vec<(Option<raft_core::Session>, u64)>,

@@ -35,9 +35,6 @@ use crate::net::Pool;
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient as PbClusterClient;
 use crate::request_error::RequestError;
-use crate::status::ErrorCode;
-use crate::status::is_transient;
-use crate::status::leader_hint;
 use crate::tls::TlsConfig;
 
 /// How reads are spread over the nodes.
@@ -322,29 +319,29 @@ impl<S> Clone for ClusterClient<S> {
     }
 }
 
-/// What to do after a failed attempt.
+/// What to do after a failed attempt that may be retried.
 enum Next {
     /// Try this address now (a redirect).
     Redirect(String),
     /// Try another node after a pause.
     Elsewhere,
-    /// Give up with this error.
-    Fail(ClientError),
 }
 
-fn classify(s: Status) -> (Next, Status) {
-    let next = match ErrorCode::of(&s) {
-        Some(ErrorCode::NotLeader) => match leader_hint(&s).addr() {
+/// What to do after an attempt failed with `s`, and the failure in typed form; `Err` gives up.
+fn classify(s: &Status) -> Result<(Next, RequestError), ClientError> {
+    let e = RequestError::from_status(s);
+    let next = match &e {
+        RequestError::NotLeader(hint) => match hint.addr() {
             Some(addr) => Next::Redirect(addr.to_string()),
             None => Next::Elsewhere,
         },
-        Some(ErrorCode::InvalidCommand) => Next::Fail(ClientError::Rejected(
-            ApplyError::InvalidCommand(s.message().to_string()),
-        )),
-        _ if is_transient(&s) => Next::Elsewhere,
-        _ => Next::Fail(ClientError::Refused(RequestError::from_status(&s))),
+        RequestError::InvalidCommand(m) => {
+            return Err(ClientError::Rejected(ApplyError::InvalidCommand(m.clone())));
+        }
+        e if e.is_transient() => Next::Elsewhere,
+        _ => return Err(ClientError::Refused(e)),
     };
-    (next, s)
+    Ok((next, e))
 }
 
 impl<S: Queryable> ClusterClient<S> {
@@ -459,10 +456,9 @@ impl<S: Queryable> ClusterClient<S> {
                 Ok(v) => return Ok(v),
                 Err(s) => s,
             };
-            let (next, status) = classify(status);
             tracing::debug!(target = %target, %status, "cluster client attempt failed");
+            let (next, last) = classify(&status)?;
             let (wait, next_target) = match next {
-                Next::Fail(e) => return Err(e),
                 Next::Redirect(addr) => {
                     self.remember_leader(Some(addr.clone()));
                     // The first redirect is followed at once. Further ones (nodes whose views
@@ -478,10 +474,7 @@ impl<S: Queryable> ClusterClient<S> {
                 }
             };
             if wait && !backoff.pause().await {
-                return Err(ClientError::GaveUp {
-                    attempts,
-                    last: RequestError::from_status(&status),
-                });
+                return Err(ClientError::GaveUp { attempts, last });
             }
             target = next_target;
             if backoff.remaining().is_zero() {
@@ -716,15 +709,9 @@ impl<S: Queryable> ClusterClient<S> {
                 Ok(reply) => return Ok(raft_core::codec::decode(&reply.into_inner().reply)?),
                 Err(s) => s,
             };
-            match classify(status) {
-                (Next::Fail(e), _) => return Err(e),
-                (_, last) if !backoff.pause().await => {
-                    return Err(ClientError::GaveUp {
-                        attempts,
-                        last: RequestError::from_status(&last),
-                    });
-                }
-                _ => {}
+            let (_, last) = classify(&status)?;
+            if !backoff.pause().await {
+                return Err(ClientError::GaveUp { attempts, last });
             }
         }
     }

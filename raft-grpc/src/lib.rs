@@ -46,7 +46,6 @@ mod backoff;
 mod backup;
 mod client;
 mod grpc_node;
-
 mod net;
 mod options;
 pub mod pb;

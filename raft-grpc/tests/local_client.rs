@@ -53,8 +53,16 @@ async fn a_follower_that_does_not_forward_names_the_leader() {
         Err(RequestError::NotLeader(_))
     ));
 
-    // Refused means not applied: the leader's write after it is the only entry for `k`.
+    // Refused means not applied: `k` is absent on the leader, and the leader's write after it
+    // is the only entry for `k`.
     let on_leader = c.nodes[&leader].client();
+    assert_eq!(
+        on_leader
+            .read(Query::Get("k".into()), Consistency::Linearizable)
+            .await
+            .unwrap(),
+        Reply::Value(None)
+    );
     on_leader
         .write(&Cmd::Put("k".into(), "from-leader".into()))
         .await

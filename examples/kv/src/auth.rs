@@ -24,6 +24,7 @@ use std::sync::RwLock;
 use bytes::Bytes;
 use raft_grpc::Role;
 
+use crate::commands::Spec;
 use crate::store::Reply;
 
 /// The built-in user of `AUTH <password>`.
@@ -152,23 +153,25 @@ const NOAUTH: &str = "NOAUTH Authentication required.";
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
 /// The role a command needs.
-fn role_for(name: &str) -> Role {
-    match name {
-        n if crate::commands::is_admin(n) => Role::Admin,
-        n if crate::commands::is_write(n) => Role::Write,
-        _ => Role::Read,
+fn role_for(spec: &Spec) -> Role {
+    if spec.is_admin() {
+        Role::Admin
+    } else if spec.is_write() {
+        Role::Write
+    } else {
+        Role::Read
     }
 }
 
 /// Authenticates, answers `AUTH`/`ACL`, or checks that the connection may run the command
-/// (`name` is its canonical name if known). `accounts` is consulted only to check a password.
+/// (`spec` is its table entry if known). `accounts` is consulted only to check a password.
 pub fn gate(
-    name: Option<&str>,
+    spec: Option<&'static Spec>,
     args: &[Bytes],
     conn: &mut ConnAuth,
     accounts: impl Fn() -> Arc<Accounts>,
 ) -> Gate {
-    match name {
+    match spec.map(|s| s.name) {
         Some("auth") => {
             let a = accounts();
             if !a.required() {
@@ -219,9 +222,10 @@ pub fn gate(
             let Some((user, role)) = &conn.user else {
                 return err(NOAUTH);
             };
-            let Some(name) = name else {
+            let Some(spec) = spec else {
                 return Gate::Pass; // unknown commands get their own error
             };
+            let name = spec.name;
             if name == "acl" {
                 return match args.get(1).map(|s| s.to_ascii_lowercase()) {
                     Some(s) if s == b"whoami" && args.len() == 2 => {
@@ -235,7 +239,7 @@ pub fn gate(
             if *role == Role::Admin {
                 return Gate::Pass; // may run anything: no lookup on the hot path
             }
-            let needed = role_for(name);
+            let needed = role_for(spec);
             if *role < needed {
                 return err(format!(
                     "NOPERM User {user} has no permissions to run the '{name}' command"
@@ -256,8 +260,8 @@ mod tests {
 
     fn run(conn: &mut ConnAuth, a: &Arc<Accounts>, line: &str) -> Option<Reply> {
         let args = args(line);
-        let name = crate::commands::find(&args[0]).map(|s| s.name);
-        match gate(name, &args, conn, || a.clone()) {
+        let spec = crate::commands::find(&args[0]);
+        match gate(spec, &args, conn, || a.clone()) {
             Gate::Reply(r) => Some(r),
             Gate::Pass => None,
         }

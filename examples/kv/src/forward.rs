@@ -24,7 +24,7 @@ use crate::store::ReadOp;
 use crate::store::Reply;
 
 /// How long a command keeps retrying through elections before the client gets an error.
-pub(crate) const RETRY_FOR: Duration = Duration::from_secs(10);
+const RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// How a reply says a write's outcome is unknown (see [`failure`]). After one, the connection
 /// registers a new session: the old one may not be able to answer again.
@@ -34,7 +34,7 @@ pub(crate) const OUTCOME_UNKNOWN: &str = "TRYAGAIN the outcome is unknown: ";
 /// written for users and are passed on; a failure in transit between nodes (connection reset,
 /// HTTP/2 error) keeps its wording in the log: the client learns only that it may retry, and
 /// for a write that the outcome is unknown.
-pub(crate) fn failure(e: &RequestError, write: bool) -> Reply {
+fn failure(e: &RequestError, write: bool) -> Reply {
     let msg = e.to_string().replace(['\r', '\n'], " ");
     Reply::Error(match e {
         RequestError::Transport { detail, .. } => {
@@ -83,7 +83,7 @@ pub(crate) async fn read(ctx: &Ctx, op: ReadOp) -> Reply {
 }
 
 /// Answers `op` at `consistency`.
-pub(crate) async fn read_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Reply {
+async fn read_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Reply {
     retrying(false, || {
         let q = Query {
             now: now_ms(),
@@ -131,7 +131,7 @@ pub(crate) async fn keys(ctx: &Ctx, pattern: Bytes) -> Reply {
 /// Makes `attempt` until it succeeds, fails for good, or [`RETRY_FOR`] has passed, pausing
 /// between attempts ([`Backoff`]: 20 ms, doubling up to 500 ms) while the cluster elects or
 /// restarts.
-pub(crate) async fn retrying<F, Fut>(write: bool, attempt: F) -> Reply
+async fn retrying<F, Fut>(write: bool, attempt: F) -> Reply
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Reply, RequestError>>,

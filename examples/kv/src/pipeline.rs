@@ -91,40 +91,33 @@ impl Batch {
         self.ops.len() < limits.max_batch && self.bytes + cost <= limits.resp.max_frame
     }
 
-    /// Adds a command that [`Batch::joins`] allowed (anything else is handed back). `now` is
-    /// its clock reading.
-    pub fn push(&mut self, action: Action, cost: usize, now: u64) -> Result<(), Action> {
-        if !Batch::joins(&action) {
-            return Err(action);
-        }
-        let Action::Write { op, post } = action else {
-            return Err(action);
-        };
+    /// Adds the write of a command that [`Batch::joins`] allowed. `now` is its clock reading.
+    pub fn push(&mut self, op: WriteOp, post: Post, cost: usize, now: u64) {
         if self.ops.is_empty() {
             self.now = now;
         }
         self.ops.push(Queued::Write(op));
         self.posts.push(post);
         self.bytes += cost;
-        Ok(())
     }
 
     /// Empties the batch into what to run; `None` if it was empty.
     pub fn take(&mut self) -> Option<Plan> {
-        if self.ops.is_empty() {
-            return None;
-        }
-        let batch = std::mem::take(self);
-        let mut ops = batch.ops;
-        if let [Queued::Write(_)] = ops.as_slice()
-            && let (Some(Queued::Write(op)), Some(&post)) = (ops.pop(), batch.posts.first())
-        {
+        if self.ops.len() <= 1 {
+            // A single write (what a client that does not pipeline always sends): taken out in
+            // place, so the batch keeps its buffers for the next command.
+            let (Some(Queued::Write(op)), Some(post)) = (self.ops.pop(), self.posts.pop()) else {
+                return None;
+            };
+            self.bytes = 0;
             return Some(Plan::Write {
                 op,
                 post,
-                now: batch.now,
+                now: self.now,
             });
         }
+        let batch = std::mem::take(self);
+        let ops = batch.ops;
         Some(Plan::Together {
             op: WriteOp::Exec {
                 watched: Vec::new(),
@@ -167,9 +160,12 @@ mod tests {
         for (i, c) in cmds.iter().enumerate() {
             let a = action(c);
             assert!(Batch::joins(&a), "{c:?} should join");
+            let Action::Write { op, post } = a else {
+                panic!("{c:?} is not a write");
+            };
             let args: Vec<Bytes> = c.iter().map(|a| Bytes::from(a.to_string())).collect();
             assert!(b.fits(cost(&args), limits));
-            b.push(a, cost(&args), 1_000 + i as u64).expect("joins");
+            b.push(op, post, cost(&args), 1_000 + i as u64);
         }
         b
     }

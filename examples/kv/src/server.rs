@@ -408,9 +408,9 @@ async fn execute(
 ) -> bool {
     // Only known command names become metric labels, so clients cannot create unbounded series.
     let spec = commands::find(&args[0]);
-    let name = spec.map(|s| s.name);
-    metrics::counter!("kv_requests_total", "command" => name.unwrap_or("unknown")).increment(1);
-    if let Gate::Reply(r) = auth::gate(name, args, &mut conn.auth, || auth::current(&ctx.accounts))
+    let name = spec.map_or("unknown", |s| s.name);
+    metrics::counter!("kv_requests_total", "command" => name).increment(1);
+    if let Gate::Reply(r) = auth::gate(spec, args, &mut conn.auth, || auth::current(&ctx.accounts))
     {
         run_batch(batch, conn, ctx, out).await;
         resp::encode(&r, out, conn.proto);
@@ -418,16 +418,17 @@ async fn execute(
     }
     // One clock reading: EX/PX deadlines and the write's stamp are the same instant.
     let now = now_ms();
-    let mut action = commands::parse_as(spec, args, now, ctx.limits.resp.max_bulk);
-    if conn.tx.is_none() && Batch::joins(&action) {
+    let action = commands::parse_as(spec, args, now, ctx.limits.resp.max_bulk);
+    if conn.tx.is_none()
+        && Batch::joins(&action)
+        && let Action::Write { op, post } = action
+    {
         let cost = pipeline::cost(args);
         if !batch.is_empty() && !batch.fits(cost, &ctx.limits) {
             run_batch(batch, conn, ctx, out).await;
         }
-        match batch.push(action, cost, now) {
-            Ok(()) => return false,
-            Err(not_joined) => action = not_joined,
-        }
+        batch.push(op, post, cost, now);
+        return false;
     }
     run_batch(batch, conn, ctx, out).await;
     let reply = match conn.tx.as_mut() {
@@ -543,7 +544,7 @@ fn queue(tx: &mut Transaction, action: Action, args: &[Bytes], ctx: &Ctx) -> Rep
             return Reply::error("ERR this command is not allowed inside a transaction");
         }
     };
-    let cost: usize = args.iter().map(|a| a.len() + resp::ARG_OVERHEAD).sum();
+    let cost = pipeline::cost(args);
     let max = ctx.limits.resp.max_frame;
     if tx.bytes + cost > max {
         tx.dirty = true;
@@ -599,7 +600,7 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
 
 /// `WATCH`: reads the keys' versions (at the node's consistency) for the next `EXEC` to check.
 async fn watch(conn: &mut Conn, ctx: &Ctx, keys: Vec<Bytes>) -> Reply {
-    let cost: usize = keys.iter().map(|k| k.len() + resp::ARG_OVERHEAD).sum();
+    let cost = pipeline::cost(&keys);
     let max = ctx.limits.resp.max_frame;
     if conn.watched_bytes + cost > max {
         return Reply::error(format!(

@@ -39,12 +39,7 @@ fn members(endpoints: &str, extra: &[&str]) -> Vec<(u64, String)> {
 
 fn three_nodes(dir: &Path, extra: &[String]) -> (Vec<Proc>, Vec<Ports>, String) {
     let ports: Vec<Ports> = (0..3).map(|_| Ports::new()).collect();
-    let members: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}={}", i + 1, p.raft_addr()))
-        .collect();
-    let mut args = vec!["--initial-members".to_string(), members.join(",")];
+    let mut args = vec!["--initial-members".to_string(), common::members(&ports)];
     args.extend_from_slice(extra);
     let procs = (0..3)
         .map(|i| spawn(dir, i as u64 + 1, &ports[i], &args))

@@ -15,7 +15,6 @@ use std::sync::Mutex;
 use tokio::sync::oneshot;
 
 use super::Node;
-use crate::codec;
 use crate::error::Error;
 use crate::error::Result;
 use crate::state_machine::StateMachine;
@@ -27,14 +26,14 @@ use crate::types::Response;
 /// behind the writes' own (dozens of small writes), small enough that the entries kept behind
 /// a snapshot ([`Config::keep_after_snapshot`](crate::Config), counted in entries) stay small
 /// too.
-pub(crate) const COMBINED_BYTES: usize = 16 << 10;
+pub(super) const COMBINED_BYTES: usize = 16 << 10;
 
-/// Per-write overhead counted against the entry size limit, as a batch does, so that many
-/// tiny writes are bounded too.
-const PER_WRITE_BYTES: usize = 8;
+/// Per-write overhead counted against the entry size limit (a combined entry's and a
+/// [`Node::write_many`] batch's), so that many tiny writes are bounded too.
+pub(super) const PER_WRITE_BYTES: usize = 8;
 
 /// Where a write goes: proposed by its caller, or queued for the next combined entry.
-pub(super) enum Joined {
+enum Joined {
     /// A proposal slot was free: the caller proposes `Request` itself and holds the slot.
     Propose(Request),
     /// All slots are taken: the write is queued; its response arrives here.
@@ -42,9 +41,9 @@ pub(super) enum Joined {
 }
 
 /// A queued write and where its response goes.
-pub(super) struct Queued {
-    pub request: Request,
-    pub done: Sender,
+struct Queued {
+    request: Request,
+    done: Sender,
 }
 
 type Sender = oneshot::Sender<Result<Response>>;
@@ -76,7 +75,7 @@ impl Combiner {
 
     /// Takes a slot for `request`, or queues it behind the proposals in flight. A write never
     /// overtakes one queued before it.
-    pub fn join(&self, request: Request) -> Joined {
+    fn join(&self, request: Request) -> Joined {
         if self.slots == 0 {
             return Joined::Propose(request);
         }
@@ -92,7 +91,7 @@ impl Combiner {
 
     /// Gives back a slot. Returns the next batch if writes are queued: the slot passes to it,
     /// and the caller must propose it (or fail its writes, which also releases the slot).
-    pub fn release(&self) -> Option<Vec<Queued>> {
+    fn release(&self) -> Option<Vec<Queued>> {
         if self.slots == 0 {
             return None;
         }
@@ -119,27 +118,46 @@ impl Combiner {
     }
 }
 
-/// A proposal slot, given back (or passed to the queued writes) when dropped — also when the
-/// proposing future is cancelled.
-pub(super) struct Slot<S: StateMachine> {
-    pub node: Node<S>,
+impl<S: StateMachine> Node<S> {
+    /// Proposes one write — at once if a slot is free, else combined with the writes queued
+    /// with it — and returns its response.
+    pub(super) async fn propose_combining(&self, request: Request) -> Result<Response> {
+        match self.inner.combiner.join(request) {
+            Joined::Propose(request) => {
+                let _slot = Slot { node: self };
+                self.propose_stamped(request).await
+            }
+            Joined::Queued(rx) => {
+                self.with_timeout(async { rx.await.unwrap_or(Err(Error::Shutdown)) })
+                    .await
+            }
+        }
+    }
+
+    /// Proposes one write as an entry of its own, stamped with this leader's clock.
+    async fn propose_stamped(&self, request: Request) -> Result<Response> {
+        self.propose_internal(Proposal::stamped(request, self.stamp()))
+            .await
+    }
 }
 
-impl<S: StateMachine> Drop for Slot<S> {
+/// A proposal slot, given back (or passed to the queued writes) when dropped — also when the
+/// proposing future is cancelled.
+struct Slot<'a, S: StateMachine> {
+    node: &'a Node<S>,
+}
+
+impl<S: StateMachine> Drop for Slot<'_, S> {
     fn drop(&mut self) {
         let Some(batch) = self.node.inner.combiner.release() else {
             return;
         };
-        let node = self.node.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(propose_batch(node, batch));
+                rt.spawn(propose_batch(self.node.clone(), batch));
             }
-            Err(_) => {
-                // No runtime left to propose on: the node is going away.
-                answer(senders(batch), Err(Error::Shutdown));
-                drop(node);
-            }
+            // No runtime left to propose on: the node is going away.
+            Err(_) => answer(senders(batch), Err(Error::Shutdown)),
         }
     }
 }
@@ -147,24 +165,20 @@ impl<S: StateMachine> Drop for Slot<S> {
 /// Proposes queued writes, holding the slot they were given: one write as a plain entry,
 /// several as one combined entry.
 async fn propose_batch<S: StateMachine>(node: Node<S>, mut batch: Vec<Queued>) {
-    let slot = Slot { node };
-    let node = &slot.node;
+    let _slot = Slot { node: &node };
     if batch.len() == 1
         && let Some(q) = batch.pop()
     {
-        let r = node
-            .propose_internal(Proposal::stamped(q.request, node.stamp()))
-            .await;
-        let _ = q.done.send(r);
+        let _ = q.done.send(node.propose_stamped(q.request).await);
         return;
     }
     let (requests, done): (Vec<Request>, Vec<_>) =
         batch.into_iter().map(|q| (q.request, q.done)).unzip();
+    let n = requests.len();
     let outcome = node
         .propose_internal(Proposal::Combined(node.stamp(), requests))
         .await
-        .and_then(|r| r.into_output("a combined entry"))
-        .and_then(|out| Ok(codec::decode::<Vec<Response>>(&out)?));
+        .and_then(|r| super::responses_of(r, n, "a combined entry"));
     answer(done, outcome);
 }
 
@@ -176,18 +190,9 @@ fn senders(batch: Vec<Queued>) -> Vec<Sender> {
 /// the entry's error.
 fn answer(done: Vec<Sender>, outcome: Result<Vec<Response>>) {
     match outcome {
-        Ok(responses) if responses.len() == done.len() => {
+        Ok(responses) => {
             for (tx, r) in done.into_iter().zip(responses) {
                 let _ = tx.send(Ok(r));
-            }
-        }
-        Ok(responses) => {
-            let n = done.len();
-            for tx in done {
-                let _ = tx.send(Err(Error::Fatal(format!(
-                    "a combined entry of {n} writes produced {} outputs",
-                    responses.len()
-                ))));
             }
         }
         Err(e) => {

@@ -15,8 +15,6 @@ use openraft::errors::RaftError;
 use super::Consistency;
 use super::Node;
 use super::ReadIndex;
-use super::combine::Joined;
-use super::combine::Slot;
 use super::errors;
 use super::handler::Handler;
 use crate::error::Error;
@@ -27,7 +25,6 @@ use crate::state_machine::ReadContext;
 use crate::state_machine::StateMachine;
 use crate::transport::SharedRpcHandler;
 use crate::types::NodeId;
-use crate::types::Proposal;
 use crate::types::Request;
 use crate::types::TypeConfig;
 
@@ -53,18 +50,9 @@ impl<S: StateMachine> Node<S> {
         if self.inner.space.refusing() {
             self.check_space(&request)?;
         }
-        let response = match self.inner.combiner.join(request) {
-            Joined::Propose(request) => {
-                let _slot = Slot { node: self.clone() };
-                self.propose_internal(Proposal::stamped(request, self.stamp()))
-                    .await?
-            }
-            Joined::Queued(rx) => {
-                self.with_timeout(async { rx.await.unwrap_or(Err(Error::Shutdown)) })
-                    .await?
-            }
-        };
-        response.into_output("a normal entry")
+        self.propose_combining(request)
+            .await?
+            .into_output("a normal entry")
     }
 
     /// For transports: one round of the leader asking its voters for their storage alarms.

@@ -88,7 +88,12 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
                 Some(&caller),
             )
             .await
-            .map(Response::new)
+            .map(|mut reply| {
+                if reply.leader_id == self.0.node.id() {
+                    reply.leader_addr = self.0.own_addr();
+                }
+                Response::new(reply)
+            })
     }
 
     async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<pb::ReadReply>, Status> {

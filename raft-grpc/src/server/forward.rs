@@ -33,7 +33,7 @@ use crate::status::ErrorCode;
 use crate::server::Shared;
 
 /// Metadata marking a request a node forwarded on a client's behalf; it is not forwarded again.
-pub(super) const FORWARDED_KEY: &str = "x-raftkit-forwarded";
+const FORWARDED_KEY: &str = "x-raftkit-forwarded";
 
 /// Whether a node forwarded this request on a client's behalf (so it is not forwarded again).
 pub(super) fn is_forwarded<T>(req: &Request<T>) -> bool {
@@ -61,7 +61,7 @@ impl<S: StateMachine> Shared<S> {
         self.node.member_addr(self.node.id()).unwrap_or_default()
     }
 
-    pub(super) fn channel(&self, addr: &str) -> Result<Channel, Status> {
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
         self.pool.channel(addr)
     }
 
@@ -95,7 +95,7 @@ impl<S: StateMachine> Shared<S> {
     }
 
     /// The caller's deadline, or the node's request timeout if it gave none.
-    pub(super) fn deadline(&self, caller: Option<Duration>) -> Duration {
+    fn deadline(&self, caller: Option<Duration>) -> Duration {
         caller.unwrap_or(self.node.config().request_timeout)
     }
 
@@ -112,18 +112,19 @@ impl<S: StateMachine> Shared<S> {
         F: FnOnce(PbClusterClient<Channel>) -> FF,
         FF: Future<Output = Result<T, Status>>,
     {
-        match local().await {
-            Ok(v) => Ok(v),
-            Err(Error::NotLeader(hint))
-                if hint.is_known() && !forwarded && self.opts.forward_to_leader =>
-            {
-                match hint.addr() {
-                    Some(addr) => forward(self.cluster_client(addr)?).await,
-                    None => Err(status::not_leader(&hint)),
-                }
-            }
-            Err(e) => Err(status::from_error(&e)),
+        let e = match local().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if let Error::NotLeader(hint) = &e
+            && hint.is_known()
+            && !forwarded
+            && self.opts.forward_to_leader
+            && let Some(addr) = hint.addr()
+        {
+            return forward(self.cluster_client(addr)?).await;
         }
+        Err(status::from_error(&e))
     }
 
     /// Applies an encoded write (or opens or closes a session, as `op` says) on this node if it
@@ -166,7 +167,8 @@ impl<S: StateMachine> Shared<S> {
                 Ok(pb::WriteReply {
                     output,
                     leader_id: self.node.id(),
-                    leader_addr: self.own_addr(),
+                    // Filled in by the cluster service, the one caller that sends it on.
+                    leader_addr: String::new(),
                     session_id,
                 })
             },

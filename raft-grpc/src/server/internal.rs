@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use raft_core::NodeId;
 use raft_core::StateMachine;
 use raft_core::cluster_id::ClusterIdError;
 use raft_core::snapshot::SnapshotError;
@@ -334,5 +335,19 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
             index: at.index,
             time_ms: at.time_ms,
         }))
+    }
+}
+
+impl<S: StateMachine> Shared<S> {
+    fn check_target(&self, target: NodeId) -> Result<(), Status> {
+        let me = self.node.id();
+        if target != me {
+            return Err(status::status(
+                Code::FailedPrecondition,
+                ErrorCode::InvalidRequest,
+                format!("request for node {target} reached node {me}"),
+            ));
+        }
+        Ok(())
     }
 }

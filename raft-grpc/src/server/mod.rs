@@ -27,14 +27,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use raft_core::Node;
-use raft_core::NodeId;
 use raft_core::Queryable;
 use raft_core::StateMachine;
 use raft_core::transport::SharedRpcHandler;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpListener;
-use tonic::Code;
 use tonic::Status;
 use tonic::transport::server::Connected;
 
@@ -45,8 +43,6 @@ use crate::options::GrpcOptions;
 use crate::pb;
 use crate::pb::cluster_server::ClusterServer;
 use crate::pb::raft_internal_server::RaftInternalServer;
-use crate::status;
-use crate::status::ErrorCode;
 use crate::transport::GrpcTransport;
 
 use self::cluster::Cluster;
@@ -118,10 +114,10 @@ type QueryFn<S> = for<'a> fn(
 
 /// What a server's services and its local clients share.
 pub(crate) struct Shared<S: StateMachine> {
-    pub(crate) node: Node<S>,
+    node: Node<S>,
     handler: SharedRpcHandler,
     pool: Pool,
-    pub(crate) opts: Arc<GrpcOptions>,
+    opts: Arc<GrpcOptions>,
     stats: Arc<ServerStats>,
     /// Set when the server starts shutting down: long-lived streams end, so the graceful drain
     /// does not wait for a leader that never closes its replication stream.
@@ -299,7 +295,6 @@ impl<S: StateMachine> Server<S> {
     where
         I: futures_util::Stream<Item = Result<IO, E>> + Send + 'static,
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-        IO::ConnectInfo: Clone + Send + Sync + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.serve_accepted(incoming, true, shutdown).await
@@ -314,7 +309,6 @@ impl<S: StateMachine> Server<S> {
     where
         I: futures_util::Stream<Item = Result<IO, E>> + Send + 'static,
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-        IO::ConnectInfo: Clone + Send + Sync + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let shared = self.shared.clone();
@@ -325,20 +319,6 @@ impl<S: StateMachine> Server<S> {
         self.router(tonic_tls)?
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
-        Ok(())
-    }
-}
-
-impl<S: StateMachine> Shared<S> {
-    fn check_target(&self, target: NodeId) -> Result<(), Status> {
-        let me = self.node.id();
-        if target != me {
-            return Err(status::status(
-                Code::FailedPrecondition,
-                ErrorCode::InvalidRequest,
-                format!("request for node {target} reached node {me}"),
-            ));
-        }
         Ok(())
     }
 }

@@ -221,19 +221,16 @@ pub fn find(name: &[u8]) -> Option<&'static Spec> {
         .map(|i| &COMMANDS[i])
 }
 
-/// The table entry of the command with canonical name `name`.
-pub fn spec(name: &str) -> Option<&'static Spec> {
-    find(name.as_bytes())
-}
+impl Spec {
+    /// Whether the command changes data.
+    pub fn is_write(&self) -> bool {
+        matches!(self.class, Class::Write | Class::Admin)
+    }
 
-/// Whether the command `name` (canonical) changes data.
-pub fn is_write(name: &str) -> bool {
-    spec(name).is_some_and(|c| matches!(c.class, Class::Write | Class::Admin))
-}
-
-/// Whether the command `name` (canonical) needs the admin role.
-pub fn is_admin(name: &str) -> bool {
-    spec(name).is_some_and(|c| c.class == Class::Admin)
+    /// Whether the command needs the admin role.
+    pub fn is_admin(&self) -> bool {
+        self.class == Class::Admin
+    }
 }
 
 const fn cmd(

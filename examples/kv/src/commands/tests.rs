@@ -1,10 +1,10 @@
 use super::*;
+use crate::store::Condition;
+use crate::store::Expiry;
 
 fn known(name: &[u8]) -> Option<&'static str> {
     find(name).map(|c| c.name)
 }
-use crate::store::Condition;
-use crate::store::Expiry;
 
 #[test]
 fn known_names_are_canonical_and_unknown_ones_are_not() {
@@ -58,6 +58,7 @@ fn setex_psetex_unlink_and_touch_are_their_set_del_and_exists_forms() {
     }
     assert_eq!(parse(&args("UNLINK a b"), 0), parse(&args("DEL a b"), 0));
     assert_eq!(parse(&args("TOUCH a b"), 0), parse(&args("EXISTS a b"), 0));
+    let is_write = |name: &str| find(name.as_bytes()).is_some_and(Spec::is_write);
     assert!(is_write("setex") && is_write("psetex") && is_write("unlink"));
     assert!(!is_write("touch"));
 }
