@@ -12,11 +12,14 @@ use crate::types::NodeId;
 
 /// Everything a [`Node`](crate::Node) operation can fail with.
 ///
-/// For writes the variants say whether the command may still take effect: only
-/// [`Error::Timeout`], [`Error::OutcomeUnknown`] and [`Error::Shutdown`] leave it open; retry
-/// those with the same [`Session`](crate::Session) to get exactly-once application. A write whose
-/// session expired ([`ApplyError::UnknownSession`]) is not applied now, but its outcome is
-/// unknown too: open a new session before writing again.
+/// For writes the variants say whether the command may have taken effect
+/// ([`Error::may_have_applied`]). [`Error::Timeout`], [`Error::OutcomeUnknown`] and
+/// [`Error::Shutdown`] leave it open: retry those with the same [`Session`](crate::Session) to get
+/// exactly-once application. A write whose session cannot answer it
+/// ([`ApplyError::UnknownSession`], [`ApplyError::SessionExpired`],
+/// [`ApplyError::ResponseNotKept`]) is not applied now, but an earlier attempt may have been:
+/// open a new session before writing again. A storage or engine failure leaves the outcome
+/// unknown too, since the entry may have reached other nodes before this one failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -100,23 +103,82 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether a failed write may still have been applied (its outcome is unknown): true for
-    /// timeouts, leadership changes in flight, shutdowns, engine failures and writes whose
-    /// session expired ([`ApplyError::UnknownSession`]: an earlier attempt may have been
-    /// applied, and a retry can no longer be recognised); false for refusals
-    /// that happen before anything is proposed (not the leader, rejected, too large, …).
+    /// Whether a failed write may have been applied (its outcome is unknown): true for
+    /// timeouts, leadership changes in flight, shutdowns, storage and engine failures, a write
+    /// applied whose output did not encode, and writes whose session cannot answer them (an
+    /// earlier attempt may have been applied, and a retry can no longer be recognised); false
+    /// for refusals that happen before anything is proposed (not the leader, a command that
+    /// does not decode, too large, no space, …).
     pub fn may_have_applied(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Error::Timeout(_)
-                | Error::OutcomeUnknown { .. }
-                | Error::Shutdown
-                | Error::Storage(_)
-                | Error::Fatal(_)
-                | Error::Rejected(ApplyError::UnknownSession { .. })
-        )
+            | Error::OutcomeUnknown { .. }
+            | Error::Shutdown
+            | Error::Log(_)
+            | Error::Snapshot(_)
+            | Error::Storage(_)
+            | Error::Fatal(_) => true,
+            Error::Rejected(e) => !matches!(e, ApplyError::InvalidCommand(_)),
+            Error::NotLeader(_)
+            | Error::NoQuorum
+            | Error::Codec(_)
+            | Error::Backup(_)
+            | Error::AlreadyInitialized
+            | Error::Membership(_)
+            | Error::CommandTooLarge { .. }
+            | Error::Config(_)
+            | Error::NoSpace { .. } => false,
+        }
     }
 }
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_before_proposing_say_not_applied() {
+        let (client_id, sequence) = (7, 3);
+        let unknown = [
+            Error::Timeout(Duration::from_secs(1)),
+            Error::OutcomeUnknown { leader: None },
+            Error::Shutdown,
+            Error::Storage("disk".into()),
+            Error::Fatal("engine".into()),
+            Error::Rejected(ApplyError::SessionExpired {
+                client_id,
+                sequence,
+            }),
+            Error::Rejected(ApplyError::ResponseNotKept {
+                client_id,
+                sequence,
+            }),
+            Error::Rejected(ApplyError::UnknownSession {
+                client_id,
+                sequence,
+            }),
+            Error::Rejected(ApplyError::OutputEncoding("too deep".into())),
+        ];
+        for e in &unknown {
+            assert!(e.may_have_applied(), "{e}");
+        }
+        let refused = [
+            Error::NotLeader(LeaderHint::unknown()),
+            Error::NoQuorum,
+            Error::Rejected(ApplyError::InvalidCommand("garbage".into())),
+            Error::CommandTooLarge { size: 2, limit: 1 },
+            Error::NoSpace {
+                node: 1,
+                reason: "full".into(),
+            },
+            Error::Membership("no".into()),
+            Error::AlreadyInitialized,
+        ];
+        for e in &refused {
+            assert!(!e.may_have_applied(), "{e}");
+        }
+    }
+}

@@ -48,6 +48,7 @@ use crate::state_machine::Queryable;
 use crate::state_machine::ReadContext;
 use crate::state_machine::StateMachine;
 use crate::transport::Transport;
+use crate::types::ApplyError;
 use crate::types::NodeId;
 use crate::types::Proposal;
 use crate::types::Request;
@@ -121,9 +122,19 @@ pub(crate) struct Inner<S: StateMachine> {
     fault: Option<crate::log::FaultSwitch>,
 }
 
+/// Decodes what an applied write returned. A failure is reported as the output's, so that the
+/// caller learns the write was applied ([`Error::may_have_applied`]).
+fn applied_output<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    codec::decode(bytes).map_err(|e| {
+        Error::Rejected(ApplyError::OutputEncoding(format!(
+            "it does not decode here: {e}"
+        )))
+    })
+}
+
 /// The responses of an entry that carries `n` writes (`what`: "a batch", …), in order.
 fn responses_of(entry: Response, n: usize, what: &str) -> Result<Vec<Response>> {
-    let responses: Vec<Response> = codec::decode(&entry.into_output(what)?)?;
+    let responses: Vec<Response> = applied_output(&entry.into_output(what)?)?;
     if responses.len() != n {
         return Err(Error::Fatal(format!(
             "{what} of {n} writes produced {} outputs",
@@ -497,7 +508,7 @@ impl<S: StateMachine> Node<S> {
         let response = self.propose_internal(proposal).await?;
         responses_of(response, commands.len(), "a batch")?
             .into_iter()
-            .map(|r| Ok(codec::decode(&r.into_output("a batched write")?)?))
+            .map(|r| applied_output(&r.into_output("a batched write")?))
             .collect()
     }
 
@@ -513,7 +524,7 @@ impl<S: StateMachine> Node<S> {
                 command: Bytes::from(bytes),
             })
             .await?;
-        Ok(codec::decode(&out)?)
+        applied_output(&out)
     }
 
     /// Opens a client session for exactly-once writes (one replicated entry) and returns its
@@ -527,7 +538,7 @@ impl<S: StateMachine> Node<S> {
             .propose_internal(Proposal::RegisterSession)
             .await?
             .into_output("session registration")?;
-        Ok(codec::decode(&id)?)
+        applied_output(&id)
     }
 
     /// Closes the session `client_id` (one replicated entry); closing a session that is not
