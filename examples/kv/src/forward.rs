@@ -33,7 +33,8 @@ pub(crate) const OUTCOME_UNKNOWN: &str = "TRYAGAIN the outcome is unknown: ";
 /// The Redis error a client gets for a call that failed for good. raftkit's messages are
 /// written for users and are passed on; a failure in transit between nodes (connection reset,
 /// HTTP/2 error) keeps its wording in the log: the client learns only that it may retry, and
-/// for a write that the outcome is unknown.
+/// for a write that the outcome is unknown. A write answers [`OUTCOME_UNKNOWN`] exactly when it
+/// may have been applied ([`RequestError::may_have_applied`]).
 fn failure(e: &RequestError, write: bool) -> Reply {
     let msg = e.to_string().replace(['\r', '\n'], " ");
     Reply::Error(match e {
@@ -45,23 +46,20 @@ fn failure(e: &RequestError, write: bool) -> Reply {
                 "TRYAGAIN the read failed in transit between nodes; it changed nothing".to_string()
             }
         }
+        // The connection's session was evicted (more clients than the session capacity): the
+        // command was not applied now, but an earlier attempt of it may have been.
+        RequestError::UnknownSession(_) if write => format!(
+            "{OUTCOME_UNKNOWN}the connection's session expired from the cluster's session table; the command was not applied now, but an earlier attempt may have been"
+        ),
+        _ if write && e.may_have_applied() => format!("{OUTCOME_UNKNOWN}{msg}"),
         RequestError::NotLeader(_) | RequestError::NoQuorum(_) | RequestError::Shutdown(_) => {
             format!("CLUSTERDOWN {msg}")
         }
-        RequestError::Timeout(_) | RequestError::OutcomeUnknown(_) => {
-            format!("{OUTCOME_UNKNOWN}{msg}")
-        }
+        // A read that timed out changed nothing; it may be sent again.
+        RequestError::Timeout(_) => format!("TRYAGAIN {msg}"),
         // Redis answers a write over `maxmemory` with -OOM; clients already treat it as "this
         // write was refused, reads still work".
         RequestError::NoSpace(_) => format!("OOM command not allowed: {msg}"),
-        // The session could not answer a retry (forgotten, or the answer was too large to
-        // keep): an earlier attempt may have been applied.
-        RequestError::SessionExpired(_) => format!("{OUTCOME_UNKNOWN}{msg}"),
-        // The connection's session was evicted (more clients than the session capacity): the
-        // command was not applied now, but an earlier attempt of it may have been.
-        RequestError::UnknownSession(_) => format!(
-            "{OUTCOME_UNKNOWN}the connection's session expired from the cluster's session table; the command was not applied now, but an earlier attempt may have been"
-        ),
         // The leader refused this node's own credentials: a configuration fault between the
         // nodes, not the client's; nothing was applied.
         RequestError::Unauthenticated(_) | RequestError::PermissionDenied(_) => {
@@ -167,6 +165,7 @@ where
 #[cfg(test)]
 mod tests {
     use raft_core::LeaderHint;
+    use raft_grpc::status::ErrorCode;
 
     use super::*;
 
@@ -221,5 +220,45 @@ mod tests {
         assert!(text(failure(&full, true)).starts_with("OOM "));
         let big = RequestError::TooLarge("command\r\ntoo large".into());
         assert_eq!(text(failure(&big, true)), "ERR command  too large");
+        let slow_read = RequestError::Timeout("timed out after 5s".into());
+        assert_eq!(
+            text(failure(&slow_read, false)),
+            "TRYAGAIN timed out after 5s"
+        );
+    }
+
+    #[test]
+    fn a_write_answers_outcome_unknown_exactly_when_it_may_have_applied() {
+        let errors = [
+            RequestError::NotLeader(LeaderHint::unknown()),
+            RequestError::NoQuorum("no quorum".into()),
+            RequestError::Shutdown("the leader is shutting down".into()),
+            RequestError::Timeout("timed out".into()),
+            RequestError::OutcomeUnknown("leader changed".into()),
+            RequestError::InvalidCommand("garbage".into()),
+            RequestError::SessionExpired("forgotten".into()),
+            RequestError::UnknownSession("evicted".into()),
+            RequestError::TooLarge("big".into()),
+            RequestError::NoSpace("full".into()),
+            RequestError::Unauthenticated("who".into()),
+            RequestError::PermissionDenied("no".into()),
+            RequestError::Busy("backup".into()),
+            RequestError::Internal {
+                code: ErrorCode::Storage,
+                message: "disk".into(),
+            },
+            RequestError::Refused {
+                code: None,
+                message: "no".into(),
+            },
+        ];
+        for e in &errors {
+            let reply = text(failure(e, true));
+            assert_eq!(
+                reply.starts_with(OUTCOME_UNKNOWN),
+                e.may_have_applied(),
+                "{e:?}: {reply}"
+            );
+        }
     }
 }
