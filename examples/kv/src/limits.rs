@@ -12,7 +12,8 @@ use crate::resp;
 #[derive(clap::Args, Debug, Clone)]
 pub struct LimitArgs {
     /// Most clients connected at once; the next one is answered `-ERR max number of clients
-    /// reached` and closed.
+    /// reached` and closed. Lowered at start, with a warning, when the open-files limit
+    /// (`ulimit -n`) cannot be raised to fit it.
     #[arg(long, default_value_t = 10_000)]
     pub maxclients: usize,
     /// Close a client that sends nothing for this many seconds (0: never, as in Redis).
@@ -68,7 +69,90 @@ impl Default for ConnLimits {
     }
 }
 
+/// File descriptors a process keeps per node beyond its clients: the WAL's segments, snapshot
+/// and backup files, connections to and from the other nodes and admin tools, the metrics
+/// listener, and the refusals under way past `maxclients`.
+pub const RESERVED_FDS: u64 = 256;
+
+/// How `maxclients` fits the open-files limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fit {
+    /// The soft limit to set, when it must be raised.
+    raise_to: Option<u64>,
+    /// `maxclients` per node once fitted.
+    max_clients: usize,
+}
+
+/// Fits `max_clients` per node for `nodes` nodes in one process under the open-files limits
+/// `soft` and `hard` (`None`: unlimited): the soft limit is raised as far as needed and allowed,
+/// and `max_clients` lowered to what the rest leaves. `Err` when not even one client fits.
+fn fit(
+    max_clients: usize,
+    nodes: u64,
+    soft: Option<u64>,
+    hard: Option<u64>,
+) -> Result<Fit, String> {
+    let need = nodes * (max_clients as u64 + RESERVED_FDS);
+    let soft = soft.unwrap_or(u64::MAX);
+    if soft >= need {
+        return Ok(Fit {
+            raise_to: None,
+            max_clients,
+        });
+    }
+    let got = hard.map_or(need, |h| h.min(need)).max(soft);
+    let fits = (got / nodes).saturating_sub(RESERVED_FDS);
+    if fits == 0 {
+        return Err(format!(
+            "the open-files limit ({got}) leaves no room for clients: each node needs {RESERVED_FDS}              descriptors for itself; raise it (ulimit -n, LimitNOFILE=)"
+        ));
+    }
+    Ok(Fit {
+        raise_to: (got > soft).then_some(got),
+        max_clients: max_clients.min(fits as usize),
+    })
+}
+
+impl ConnLimits {
+    /// Fits `maxclients` to the process's open-files limit, as Redis does, so that clients can
+    /// never take the descriptors a node's storage needs: the soft limit is raised towards
+    /// `nodes × (maxclients + RESERVED_FDS)` (up to the hard limit), and when that is not enough
+    /// `maxclients` is lowered and a warning logged. `Err` when not even one client fits.
+    pub fn fit_open_files(&mut self, nodes: u64) -> Result<(), String> {
+        use rustix::process::Resource;
+        let limit = rustix::process::getrlimit(Resource::Nofile);
+        let mut fitted = fit(self.max_clients, nodes, limit.current, limit.maximum)?;
+        if let Some(raise_to) = fitted.raise_to {
+            let raised = rustix::process::Rlimit {
+                current: Some(raise_to),
+                maximum: limit.maximum,
+            };
+            if let Err(e) = rustix::process::setrlimit(Resource::Nofile, raised) {
+                tracing::warn!(error = %e, "cannot raise the open-files limit");
+                fitted = fit(self.max_clients, nodes, limit.current, limit.current)?;
+            }
+        }
+        if fitted.max_clients < self.max_clients {
+            tracing::warn!(
+                requested = self.max_clients,
+                maxclients = fitted.max_clients,
+                "maxclients lowered to fit the open-files limit; raise it (ulimit -n, LimitNOFILE=) to allow more clients"
+            );
+            self.max_clients = fitted.max_clients;
+        }
+        Ok(())
+    }
+}
+
 impl LimitArgs {
+    /// The limits of `nodes` nodes run by this process, checked ([`LimitArgs::to_limits`]) and
+    /// fitted to its open-files limit ([`ConnLimits::fit_open_files`]).
+    pub fn fitted(&self, nodes: u64) -> Result<ConnLimits, String> {
+        let mut limits = self.to_limits()?;
+        limits.fit_open_files(nodes)?;
+        Ok(limits)
+    }
+
     /// The limits, checked: `Err` names the flags that contradict each other.
     pub fn to_limits(&self) -> Result<ConnLimits, String> {
         if self.proto_max_bulk_len > self.client_query_buffer_limit {
@@ -95,5 +179,57 @@ impl LimitArgs {
             output_timeout: Duration::from_secs(self.client_output_timeout),
             max_batch: self.pipeline_batch,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maxclients_fits_the_open_files_limit() {
+        let need = 10_000 + RESERVED_FDS;
+        // Enough already: nothing changes.
+        let ok = fit(10_000, 1, Some(need), Some(need));
+        assert_eq!(
+            ok,
+            Ok(Fit {
+                raise_to: None,
+                max_clients: 10_000
+            })
+        );
+        assert_eq!(fit(10_000, 1, None, None), ok);
+        // A low soft limit under a high hard one is raised just enough.
+        assert_eq!(
+            fit(10_000, 1, Some(1024), Some(1 << 20)),
+            Ok(Fit {
+                raise_to: Some(need),
+                max_clients: 10_000
+            })
+        );
+        assert_eq!(
+            fit(10_000, 3, Some(1024), None),
+            Ok(Fit {
+                raise_to: Some(3 * need),
+                max_clients: 10_000
+            })
+        );
+        // A hard limit below the need: raised to it, and maxclients lowered to what is left.
+        assert_eq!(
+            fit(10_000, 1, Some(1024), Some(4096)),
+            Ok(Fit {
+                raise_to: Some(4096),
+                max_clients: 4096 - RESERVED_FDS as usize
+            })
+        );
+        assert_eq!(
+            fit(10_000, 3, Some(3000), Some(3000)),
+            Ok(Fit {
+                raise_to: None,
+                max_clients: 1000 - RESERVED_FDS as usize
+            })
+        );
+        // No room for a single client.
+        assert!(fit(10, 1, Some(RESERVED_FDS), Some(RESERVED_FDS)).is_err());
     }
 }

@@ -270,7 +270,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 args.raft_port,
                 args.read_consistency.into(),
                 args.storage.clone(),
-                args.limits.to_limits()?,
+                args.limits.fitted(3)?,
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -326,7 +326,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 initial_members: members,
                 join: args.join,
                 consistency: args.read_consistency.into(),
-                limits: args.limits.to_limits()?,
+                limits: args.limits.fitted(1)?,
                 storage: args.storage.clone(),
                 raft_flag: "--raft-addr",
                 resp_flag: "--resp-addr",

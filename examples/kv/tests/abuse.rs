@@ -35,10 +35,23 @@ struct Node {
 
 impl Node {
     fn start(extra: &[&str]) -> Node {
+        Node::start_under(extra, Command::new(env!("CARGO_BIN_EXE_kv")))
+    }
+
+    /// Like [`Node::start`], in a process that may open at most `files` descriptors.
+    fn start_with_open_files(extra: &[&str], files: u64) -> Node {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &format!("ulimit -n {files} && exec \"$0\" \"$@\"")])
+            .arg(env!("CARGO_BIN_EXE_kv"));
+        Node::start_under(extra, sh)
+    }
+
+    /// Starts the node with `cmd`, which runs `kv` with the arguments it is given.
+    fn start_under(extra: &[&str], mut cmd: Command) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let (resp, raft) = (free_port(), free_port());
         let log = std::fs::File::create(dir.path().join("kv.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_kv"))
+        let child = cmd
             .args(["node", "--id", "1", "--data-dir"])
             .arg(dir.path().join("n1"))
             .args(["--raft-addr", &format!("127.0.0.1:{raft}")])
@@ -307,6 +320,49 @@ fn maxclients_refuses_the_next_client_as_redis_does() {
             .map(|mut c| c.call(&[b"PING"]) == "+PONG")
             .unwrap_or(false)
     });
+}
+
+#[test]
+fn maxclients_fits_the_open_files_limit_so_clients_past_it_are_refused_not_stalled() {
+    // 320 descriptors: fewer than the default maxclients, and fewer than the clients below.
+    let node = Node::start_with_open_files(&[], 320);
+    let mut probe = node.connect();
+    let maxclients: usize = probe
+        .call(&[b"CONFIG", b"GET", b"maxclients"])
+        .lines()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("maxclients");
+    assert!(maxclients < 320, "maxclients {maxclients} was not lowered");
+    // Every client is either served or refused at once; none waits on a node that ran out of
+    // descriptors (which would also starve its log and snapshot files).
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..400 {
+        let mut c = node.connect();
+        c.send(&[b"PING"]).expect("send");
+        let mut line = String::new();
+        match c.reader.read_line(&mut line) {
+            Ok(_) if line == "+PONG\r\n" => held.push(c),
+            Ok(_) => {
+                assert!(line.is_empty() || line.starts_with("-ERR max"), "{line:?}");
+                refused += 1;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => refused += 1,
+            Err(e) => panic!(
+                "client {} neither served nor refused: {e}",
+                held.len() + refused + 1
+            ),
+        }
+    }
+    assert!(held.len() < maxclients, "{} clients held", held.len());
+    assert!(refused > 400 - maxclients, "{refused} refused");
+    // With every client place taken, the node still writes: its storage kept its descriptors.
+    for i in 0..200 {
+        let key = format!("k{i}");
+        assert_eq!(probe.call(&[b"SET", key.as_bytes(), &[b'v'; 1000]]), "+OK");
+    }
+    assert_eq!(held[0].call(&[b"GET", b"k199"]).len(), 1000);
 }
 
 #[test]
