@@ -167,6 +167,14 @@ impl Procs {
         }
     }
 
+    /// Every node's log, for a failure message.
+    fn logs(&self) -> String {
+        self.nodes
+            .keys()
+            .map(|id| format!("--- node {id}\n{}", self.log(*id)))
+            .collect()
+    }
+
     fn log(&self, id: u64) -> String {
         std::fs::read_to_string(self.nodes[&id].dir.with_extension("log")).unwrap_or_default()
     }
@@ -931,23 +939,28 @@ async fn the_wal_stays_bounded_relative_to_the_live_data() {
     assert_eq!(got, Some(format!("7{value}")));
 }
 
-/// One short-lived client: connects, writes one key, reads the reply, disconnects.
-async fn one_shot_write(port: u16, key: String) -> String {
+/// One short-lived client: connects, writes one key, reads the reply, disconnects. The reply,
+/// or what went wrong.
+async fn one_shot_write(port: u16, key: String) -> Result<String, String> {
     use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
-        .expect("connect");
+        .map_err(|e| format!("connect: {e}"))?;
     let cmd = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$1\r\nv\r\n", key.len());
-    s.write_all(cmd.as_bytes()).await.expect("send");
+    s.write_all(cmd.as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
     let mut reply = Vec::new();
     while !reply.ends_with(b"\r\n") {
         let mut b = [0u8; 256];
-        let n = s.read(&mut b).await.expect("reply");
-        assert!(n > 0, "closed before replying");
+        let n = s.read(&mut b).await.map_err(|e| format!("reply: {e}"))?;
+        if n == 0 {
+            return Err("closed before replying".into());
+        }
         reply.extend_from_slice(&b[..n]);
     }
-    String::from_utf8_lossy(&reply).into_owned()
+    Ok(String::from_utf8_lossy(&reply).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -979,7 +992,12 @@ async fn connection_churn_does_not_evict_a_long_lived_clients_session() {
             tasks.spawn(one_shot_write(port, format!("c{}", w * wave + i)));
         }
         while let Some(r) = tasks.join_next().await {
-            assert_eq!(r.expect("task"), "+OK\r\n");
+            let reply = r.expect("task");
+            assert!(
+                reply.as_deref() == Ok("+OK\r\n"),
+                "wave {w}: {reply:?}\n{}",
+                p.logs()
+            );
         }
         assert!(
             started.elapsed() < Duration::from_secs(600),
