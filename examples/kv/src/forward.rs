@@ -28,7 +28,7 @@ const RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// How a reply says a write's outcome is unknown (see [`failure`]). After one, the connection
 /// registers a new session: the old one may not be able to answer again.
-pub(crate) const OUTCOME_UNKNOWN: &str = "TRYAGAIN the outcome is unknown: ";
+const OUTCOME_UNKNOWN: &str = "TRYAGAIN the outcome is unknown: ";
 
 /// The Redis error a client gets for a call that failed for good. raftkit's messages are
 /// written for users and are passed on; a failure in transit between nodes (connection reset,
@@ -69,10 +69,29 @@ fn failure(e: &RequestError, write: bool) -> Reply {
     })
 }
 
+/// A write that failed for good.
+pub(crate) struct Failed {
+    /// What the client is told.
+    pub reply: Reply,
+    /// Whether the write may have been applied ([`RequestError::may_have_applied`]): its
+    /// session may not be able to answer again.
+    pub outcome_unknown: bool,
+}
+
 /// Sends `cmd` (stamped once, by the caller) until it succeeds or fails for good: a retry sends
 /// the very same command, so it is applied at most once.
-pub(crate) async fn write(ctx: &Ctx, session: Session, cmd: Command) -> Reply {
-    retrying(true, || ctx.client.write_in_session(session, &cmd)).await
+pub(crate) async fn write(ctx: &Ctx, session: Session, cmd: Command) -> Result<Reply, Failed> {
+    attempts(true, || ctx.client.write_in_session(session, &cmd))
+        .await
+        .map_err(|e| {
+            // Writes the cluster could not take or answer (not the state machine's own error
+            // replies), by cause: a fixed set of labels.
+            metrics::counter!("kv_write_failures_total", "reason" => e.reason()).increment(1);
+            Failed {
+                reply: failure(&e, true),
+                outcome_unknown: e.may_have_applied(),
+            }
+        })
 }
 
 /// Answers `op` at the node's consistency.
@@ -82,7 +101,7 @@ pub(crate) async fn read(ctx: &Ctx, op: ReadOp) -> Reply {
 
 /// Answers `op` at `consistency`.
 async fn read_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Reply {
-    retrying(false, || {
+    retrying(|| {
         let q = Query {
             now: now_ms(),
             op: op.clone(),
@@ -126,19 +145,31 @@ pub(crate) async fn keys(ctx: &Ctx, pattern: Bytes) -> Reply {
     }
 }
 
-/// Makes `attempt` until it succeeds, fails for good, or [`RETRY_FOR`] has passed, pausing
-/// between attempts ([`Backoff`]: 20 ms, doubling up to 500 ms) while the cluster elects or
-/// restarts.
-async fn retrying<F, Fut>(write: bool, attempt: F) -> Reply
+/// Answers a call that changes nothing, through [`attempts`]: its reply, or the error reply
+/// it failed with.
+async fn retrying<F, Fut>(attempt: F) -> Reply
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Reply, RequestError>>,
 {
-    retrying_for(write, attempt).await.unwrap_or_else(|e| e)
+    retrying_for(attempt).await.unwrap_or_else(|e| e)
 }
 
 /// Like [`retrying`], for calls that answer something other than a reply.
-pub(crate) async fn retrying_for<T, F, Fut>(write: bool, mut attempt: F) -> Result<T, Reply>
+pub(crate) async fn retrying_for<T, F, Fut>(attempt: F) -> Result<T, Reply>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, RequestError>>,
+{
+    attempts(false, attempt)
+        .await
+        .map_err(|e| failure(&e, false))
+}
+
+/// Makes `attempt` until it succeeds, fails for good, or [`RETRY_FOR`] has passed, pausing
+/// between attempts ([`Backoff`]: 20 ms, doubling up to 500 ms) while the cluster elects or
+/// restarts.
+async fn attempts<T, F, Fut>(write: bool, mut attempt: F) -> Result<T, RequestError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, RequestError>>,
@@ -153,12 +184,7 @@ where
             tracing::debug!(error = ?e, write, "retried");
             continue;
         }
-        if write {
-            // Writes the cluster could not take or answer (not the state machine's own error
-            // replies), by cause: a fixed set of labels.
-            metrics::counter!("kv_write_failures_total", "reason" => e.reason()).increment(1);
-        }
-        return Err(failure(&e, write));
+        return Err(e);
     }
 }
 

@@ -72,7 +72,7 @@ impl Default for ConnLimits {
 /// File descriptors a process keeps per node beyond its clients: the WAL's segments, snapshot
 /// and backup files, connections to and from the other nodes and admin tools, the metrics
 /// listener, and the refusals under way past `maxclients`.
-pub const RESERVED_FDS: u64 = 256;
+const RESERVED_FDS: u64 = 256;
 
 /// How `maxclients` fits the open-files limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +104,8 @@ fn fit(
     let fits = (got / nodes).saturating_sub(RESERVED_FDS);
     if fits == 0 {
         return Err(format!(
-            "the open-files limit ({got}) leaves no room for clients: each node needs {RESERVED_FDS}              descriptors for itself; raise it (ulimit -n, LimitNOFILE=)"
+            "the open-files limit ({got}) leaves no room for clients: each node needs \
+             {RESERVED_FDS} descriptors for itself; raise it (ulimit -n, LimitNOFILE=)"
         ));
     }
     Ok(Fit {
@@ -118,7 +119,7 @@ impl ConnLimits {
     /// never take the descriptors a node's storage needs: the soft limit is raised towards
     /// `nodes × (maxclients + RESERVED_FDS)` (up to the hard limit), and when that is not enough
     /// `maxclients` is lowered and a warning logged. `Err` when not even one client fits.
-    pub fn fit_open_files(&mut self, nodes: u64) -> Result<(), String> {
+    fn fit_open_files(&mut self, nodes: u64) -> Result<(), String> {
         use rustix::process::Resource;
         let limit = rustix::process::getrlimit(Resource::Nofile);
         let mut fitted = fit(self.max_clients, nodes, limit.current, limit.maximum)?;

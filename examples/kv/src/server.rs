@@ -43,7 +43,6 @@ use crate::auth::Gate;
 use crate::auth::SharedAccounts;
 use crate::commands;
 use crate::commands::Action;
-use crate::forward::OUTCOME_UNKNOWN;
 use crate::forward::keys;
 use crate::forward::read;
 use crate::forward::retrying_for;
@@ -342,7 +341,7 @@ async fn next_session(conn: &mut Conn, ctx: &Ctx) -> Result<Session, Reply> {
     let session = match &mut conn.session {
         Some(s) => s,
         None => {
-            let id = retrying_for(false, || ctx.client.register_session())
+            let id = retrying_for(|| ctx.client.register_session())
                 .await
                 .map_err(|_| {
                     Reply::Error(
@@ -501,17 +500,20 @@ async fn run_batch(batch: &mut Batch, conn: &mut Conn, ctx: &Ctx, out: &mut Byte
 async fn replicate(conn: &mut Conn, ctx: &Ctx, op: WriteOp, now: u64) -> Reply {
     let started = Instant::now();
     let r = match next_session(conn, ctx).await {
-        Ok(session) => write(ctx, session, Command { now, op }).await,
+        Ok(session) => match write(ctx, session, Command { now, op }).await {
+            Ok(r) => r,
+            Err(failed) => {
+                if failed.outcome_unknown {
+                    // The session may not answer again: the next write registers a new one.
+                    // The old one is left to eviction (it may be gone already).
+                    conn.session = None;
+                }
+                failed.reply
+            }
+        },
         Err(refused) => refused,
     };
     metrics::histogram!("kv_write_duration_seconds").record(started.elapsed().as_secs_f64());
-    if let Reply::Error(e) = &r
-        && e.starts_with(OUTCOME_UNKNOWN)
-    {
-        // The session may not answer again: the next write registers a new one. The old one
-        // is left to eviction (it may be gone already).
-        conn.session = None;
-    }
     r
 }
 

@@ -36,7 +36,7 @@ struct NodeProc {
 
 /// Three `kv node` processes; killed when dropped.
 struct Procs {
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     nodes: BTreeMap<u64, NodeProc>,
     members: String,
     /// Flags every node is started with, after the usual ones.
@@ -75,7 +75,7 @@ impl Procs {
             .collect::<Vec<_>>()
             .join(",");
         let mut p = Procs {
-            _tmp: tmp,
+            tmp,
             nodes,
             members,
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -169,10 +169,7 @@ impl Procs {
 
     /// Every node's log, for a failure message.
     fn logs(&self) -> String {
-        self.nodes
-            .keys()
-            .map(|id| format!("--- node {id}\n{}", self.log(*id)))
-            .collect()
+        common::logs(self.tmp.path(), self.nodes.keys().copied())
     }
 
     fn log(&self, id: u64) -> String {
