@@ -1,22 +1,41 @@
-//! Accepting TLS connections for the server, with the certificate in force at each connection.
+//! Accepting connections for the server, within the connection limits, and with TLS the
+//! certificate in force at each connection.
 //!
-//! The accept loop only accepts: each connection's handshake runs in a task of its own, within
-//! a timeout, and at most [`GrpcOptions::max_tls_handshakes`] at once — a connection that
-//! arrives while that many are under way is closed at once. A slow or silent client therefore
-//! costs one task and one permit until its timeout, and cannot stall anyone else's accept.
-//! Handshaken connections go to tonic, which sees their peer certificates (the interceptors
-//! check node and user identities in them).
+//! The accept loop only accepts. A connection past [`GrpcOptions::max_connections`], or past
+//! [`GrpcOptions::max_connections_per_ip`] from its address, is closed at once; an admitted one
+//! holds its place until it closes, whoever ends it. With TLS each connection's handshake runs
+//! in a task of its own, within a timeout, and at most [`GrpcOptions::max_tls_handshakes`] at
+//! once — a connection that arrives while that many are under way is closed at once too. A
+//! slow or silent client therefore costs one task and one permit until its timeout, and cannot
+//! stall anyone else's accept. Handshaken connections go to tonic, which sees their peer
+//! certificates (the interceptors check node and user identities in them). A connection that
+//! does not send the HTTP/2 preface within [`GrpcOptions::preface_timeout`] is closed, so
+//! silent connections cannot hold places either.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
+use std::net::IpAddr;
+use std::net::Ipv6Addr;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::task::Context;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::Stream;
+use tokio::io::AsyncRead;
+use tokio::io::AsyncWrite;
+use tokio::io::ReadBuf;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
 
 use crate::options::GrpcOptions;
 use crate::tls::ReloadableTls;
@@ -35,27 +54,145 @@ pub(crate) fn nodelay(s: &TcpStream) {
     }
 }
 
-/// The TLS connections accepted on `listener`, handshaken with `tls` as it is when each
-/// arrives. The accept task ends when the stream is dropped.
-pub(crate) fn tls_incoming(
+/// Why a new connection was closed at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// [`GrpcOptions::max_connections`] are open.
+    Connections,
+    /// [`GrpcOptions::max_connections_per_ip`] are open from the connection's address.
+    ConnectionsFromAddress,
+    /// [`GrpcOptions::max_tls_handshakes`] are under way.
+    Handshakes,
+}
+
+impl Refusal {
+    fn reason(self) -> &'static str {
+        match self {
+            Refusal::Connections => "too many connections (max_connections)",
+            Refusal::ConnectionsFromAddress => {
+                "too many connections from one address (max_connections_per_ip)"
+            }
+            Refusal::Handshakes => "too many TLS handshakes under way (max_tls_handshakes)",
+        }
+    }
+}
+
+/// Counts refused connections and warns about them at most once a second, with how many
+/// there were since the last warning.
+#[derive(Default)]
+struct Refusals {
+    since_warning: u64,
+    last_warning: Option<tokio::time::Instant>,
+}
+
+impl Refusals {
+    fn note(&mut self, from: SocketAddr, why: Refusal) {
+        self.since_warning += 1;
+        if self.last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            tracing::warn!(
+                %from,
+                refused = self.since_warning,
+                "closing new connections: {}",
+                why.reason()
+            );
+            self.last_warning = Some(tokio::time::Instant::now());
+            self.since_warning = 0;
+        }
+    }
+}
+
+/// The address a connection counts against for the per-address limit: an IPv4 address
+/// (IPv4-mapped IPv6 included) as it is, an IPv6 address by its /64 network, which is what one
+/// host is usually given.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let network = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(network))
+        }
+        v4 => v4,
+    }
+}
+
+type PerSource = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// The server's connection limits: in all, and per source address.
+struct Admission {
+    total: Arc<Semaphore>,
+    per_source: PerSource,
+    max_per_source: usize,
+}
+
+/// An admitted connection's place under the limits, given back when it is dropped.
+pub(crate) struct Place {
+    _total: OwnedSemaphorePermit,
+    source: IpAddr,
+    per_source: PerSource,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut counts = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl Admission {
+    fn new(opts: &GrpcOptions) -> Admission {
+        Admission {
+            total: Arc::new(Semaphore::new(opts.max_connections.max(1))),
+            per_source: Arc::default(),
+            max_per_source: opts.max_connections_per_ip.max(1),
+        }
+    }
+
+    /// A place for a connection from `ip`, or why there is none.
+    fn admit(&self, ip: IpAddr) -> Result<Place, Refusal> {
+        let Ok(total) = self.total.clone().try_acquire_owned() else {
+            return Err(Refusal::Connections);
+        };
+        let source = source_of(ip);
+        {
+            let mut counts = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+            let n = counts.entry(source).or_insert(0);
+            if *n >= self.max_per_source {
+                return Err(Refusal::ConnectionsFromAddress);
+            }
+            *n += 1;
+        }
+        Ok(Place {
+            _total: total,
+            source,
+            per_source: self.per_source.clone(),
+        })
+    }
+}
+
+/// Accepts TCP connections within the limits.
+struct Acceptor {
     listener: TcpListener,
-    tls: ReloadableTls,
-    opts: &GrpcOptions,
-) -> impl Stream<Item = Result<TlsStream<TcpStream>, io::Error>> + Send + 'static {
-    let limit = opts.max_tls_handshakes.max(1);
-    let timeout = opts.tls_handshake_timeout;
-    let (tx, rx) = mpsc::channel(limit);
-    let permits = Arc::new(Semaphore::new(limit));
-    tokio::spawn(async move {
-        // Refusals are logged at most once a second, with how many there were.
-        let mut refused = 0u64;
-        let mut last_warning: Option<tokio::time::Instant> = None;
+    admission: Admission,
+    refusals: Refusals,
+}
+
+impl Acceptor {
+    fn new(listener: TcpListener, opts: &GrpcOptions) -> Acceptor {
+        Acceptor {
+            listener,
+            admission: Admission::new(opts),
+            refusals: Refusals::default(),
+        }
+    }
+
+    /// The next admitted connection; connections past the limits are closed on the way.
+    async fn next(&mut self) -> (TcpStream, SocketAddr, Place) {
         loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = tx.closed() => return,
-            };
-            let (tcp, from) = match accepted {
+            let (tcp, from) = match self.listener.accept().await {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -63,31 +200,160 @@ pub(crate) fn tls_incoming(
                     continue;
                 }
             };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                refused += 1;
-                if last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                    tracing::warn!(
-                        %from,
-                        limit,
-                        refused,
-                        "closing new connections: too many TLS handshakes under way"
-                    );
-                    last_warning = Some(tokio::time::Instant::now());
-                    refused = 0;
+            match self.admission.admit(from.ip()) {
+                Ok(place) => {
+                    nodelay(&tcp);
+                    return (tcp, from, place);
                 }
+                Err(why) => self.refusals.note(from, why),
+            }
+        }
+    }
+}
+
+/// Length of the HTTP/2 client connection preface.
+const PREFACE_BYTES: usize = 24;
+
+/// The client's HTTP/2 preface still to come, and when it must have come.
+struct Preface {
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    missing: usize,
+}
+
+/// A connection holding its place under the server's limits until it is dropped, and failing
+/// its reads once [`GrpcOptions::preface_timeout`] has passed without the client preface.
+pub(crate) struct Limited<IO> {
+    io: IO,
+    preface: Option<Preface>,
+    _place: Place,
+}
+
+impl<IO> Limited<IO> {
+    fn new(io: IO, place: Place, preface_timeout: Duration) -> Limited<IO> {
+        Limited {
+            io,
+            preface: Some(Preface {
+                deadline: Box::pin(tokio::time::sleep(preface_timeout)),
+                missing: PREFACE_BYTES,
+            }),
+            _place: place,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Limited<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(p) = &mut this.preface
+            && p.deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no HTTP/2 preface within preface_timeout",
+            )));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(p)) = (&read, &mut this.preface) {
+            p.missing = p.missing.saturating_sub(buf.filled().len() - before);
+            if p.missing == 0 {
+                this.preface = None;
+            }
+        }
+        read
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl<IO: Connected> Connected for Limited<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+/// The plain TCP connections accepted on `listener`, within the limits of `opts`.
+pub(crate) fn tcp_incoming(
+    listener: TcpListener,
+    opts: &GrpcOptions,
+) -> impl Stream<Item = Result<Limited<TcpStream>, io::Error>> + Send + 'static {
+    let preface_timeout = opts.preface_timeout;
+    futures_util::stream::unfold(
+        Acceptor::new(listener, opts),
+        move |mut acceptor| async move {
+            let (io, _, place) = acceptor.next().await;
+            Some((Ok(Limited::new(io, place, preface_timeout)), acceptor))
+        },
+    )
+}
+
+/// The TLS connections accepted on `listener`, within the limits of `opts`, handshaken with
+/// `tls` as it is when each arrives. The accept task ends when the stream is dropped.
+pub(crate) fn tls_incoming(
+    listener: TcpListener,
+    tls: ReloadableTls,
+    opts: &GrpcOptions,
+) -> impl Stream<Item = Result<Limited<TlsStream<TcpStream>>, io::Error>> + Send + 'static {
+    let limit = opts.max_tls_handshakes.max(1);
+    let timeout = opts.tls_handshake_timeout;
+    let preface_timeout = opts.preface_timeout;
+    let (tx, rx) = mpsc::channel(limit);
+    let permits = Arc::new(Semaphore::new(limit));
+    let mut acceptor = Acceptor::new(listener, opts);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, from, place) = tokio::select! {
+                a = acceptor.next() => a,
+                _ = tx.closed() => return,
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                acceptor.refusals.note(from, Refusal::Handshakes);
                 continue;
             };
-            let Some(acceptor) = tls.acceptor() else {
+            let Some(tls_acceptor) = tls.acceptor() else {
                 return;
             };
-            nodelay(&tcp);
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
+                match tokio::time::timeout(timeout, tls_acceptor.accept(tcp)).await {
+                    Ok(Ok(io)) => {
                         // The permit is held until tonic takes the connection, so finished
                         // handshakes cannot pile up either.
-                        let _ = tx.send(Ok(stream)).await;
+                        let _ = tx.send(Ok(Limited::new(io, place, preface_timeout))).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%from, error = %e, "TLS handshake failed"),
                     Err(_) => {
@@ -99,4 +365,54 @@ pub(crate) fn tls_incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(total: usize, per_ip: usize) -> Admission {
+        Admission::new(
+            &GrpcOptions::default()
+                .with_max_connections(total)
+                .with_max_connections_per_ip(per_ip),
+        )
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn places_are_bounded_per_address_and_in_all_and_come_back_when_dropped() {
+        let a = admission(3, 2);
+        let p1 = a.admit(ip("10.0.0.1")).unwrap();
+        let p2 = a.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(
+            a.admit(ip("10.0.0.1")).err(),
+            Some(Refusal::ConnectionsFromAddress)
+        );
+        let p3 = a.admit(ip("10.0.0.2")).unwrap();
+        assert_eq!(a.admit(ip("10.0.0.3")).err(), Some(Refusal::Connections));
+        drop(p1);
+        let p4 = a.admit(ip("10.0.0.1")).unwrap();
+        drop((p2, p3, p4));
+        assert!(
+            a.per_source
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        );
+        assert_eq!(a.total.available_permits(), 3);
+    }
+
+    #[test]
+    fn an_ipv6_network_counts_as_one_address_and_mapped_ipv4_as_its_ipv4() {
+        let a = admission(10, 1);
+        let _p = a.admit(ip("2001:db8:1:2::1")).unwrap();
+        assert!(a.admit(ip("2001:db8:1:2:ffff::9")).is_err());
+        assert!(a.admit(ip("2001:db8:1:3::1")).is_ok());
+        let _q = a.admit(ip("192.0.2.7")).unwrap();
+        assert!(a.admit(ip("::ffff:192.0.2.7")).is_err());
+    }
 }

@@ -24,6 +24,21 @@ pub struct GrpcOptions {
     /// under way is closed at once, so slow or idle connections cannot hold the accept loop
     /// or grow memory. Default 256.
     pub max_tls_handshakes: usize,
+    /// How long a new connection may take to send the HTTP/2 client preface (its first 24
+    /// bytes) once accepted (with TLS, once handshaken) before it is closed: a connection that
+    /// never speaks gives its place under [`GrpcOptions::max_connections`] back. Keepalive
+    /// pings take over once the preface is in. Default 10 s.
+    pub preface_timeout: Duration,
+    /// Most connections the server holds at once, from peers and clients together; a
+    /// connection arriving past it is closed at once, so connections cannot take the file
+    /// descriptors the node's log and snapshots need. Every peer holds a few (replication,
+    /// forwarded writes, snapshots) and every client process one per node it talks to.
+    /// Default 512.
+    pub max_connections: usize,
+    /// Most connections the server holds from one IP address (for IPv6, one /64 network); a
+    /// connection past it is closed at once, so one machine cannot take every place of
+    /// [`GrpcOptions::max_connections`] and shut the peers out. Default 64.
+    pub max_connections_per_ip: usize,
     /// How outgoing connections are made (TCP unless testing over a simulated network).
     pub connector: Connector,
     /// Connection tuning.
@@ -121,6 +136,9 @@ impl Default for GrpcOptions {
             tls: None,
             tls_handshake_timeout: Duration::from_secs(10),
             max_tls_handshakes: 256,
+            preface_timeout: Duration::from_secs(10),
+            max_connections: 512,
+            max_connections_per_ip: 64,
             connector: Connector::default(),
             channel: ChannelOptions::default(),
             max_message_bytes: 65 << 20,
@@ -154,6 +172,30 @@ impl GrpcOptions {
     #[must_use]
     pub fn with_max_tls_handshakes(mut self, handshakes: usize) -> GrpcOptions {
         self.max_tls_handshakes = handshakes;
+        self
+    }
+
+    /// Sets how long a new connection may take to send the HTTP/2 preface (default 10 s); see
+    /// [`GrpcOptions::preface_timeout`].
+    #[must_use]
+    pub fn with_preface_timeout(mut self, timeout: Duration) -> GrpcOptions {
+        self.preface_timeout = timeout;
+        self
+    }
+
+    /// Sets the most connections the server holds at once (default 512); see
+    /// [`GrpcOptions::max_connections`].
+    #[must_use]
+    pub fn with_max_connections(mut self, connections: usize) -> GrpcOptions {
+        self.max_connections = connections;
+        self
+    }
+
+    /// Sets the most connections the server holds from one IP address (default 64); see
+    /// [`GrpcOptions::max_connections_per_ip`].
+    #[must_use]
+    pub fn with_max_connections_per_ip(mut self, connections: usize) -> GrpcOptions {
+        self.max_connections_per_ip = connections;
         self
     }
 

@@ -122,7 +122,9 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
         config,
         Store::default(),
         raft_listener,
-        spec.security.grpc_options(),
+        spec.security
+            .grpc_options()
+            .with_max_connections(crate::limits::RAFT_PORT_CONNECTIONS),
     )
     .await?;
 

@@ -69,9 +69,14 @@ impl Default for ConnLimits {
     }
 }
 
-/// File descriptors a process keeps per node beyond its clients: the WAL's segments, snapshot
-/// and backup files, connections to and from the other nodes and admin tools, the metrics
-/// listener, and the refusals under way past `maxclients`.
+/// Most connections a node's raft port holds (peers and admin tools); one past it is closed at
+/// once. Peers hold a few each, an admin command one while it runs.
+pub const RAFT_PORT_CONNECTIONS: usize = 128;
+
+/// File descriptors a process keeps per node beyond its clients: the raft port's connections
+/// (at most [`RAFT_PORT_CONNECTIONS`]), the WAL's segments, snapshot and backup files,
+/// connections to the other nodes, the metrics listener, and the refusals under way past
+/// `maxclients`.
 const RESERVED_FDS: u64 = 256;
 
 /// How `maxclients` fits the open-files limit.

@@ -24,7 +24,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use raft_core::Node;
 use raft_core::Queryable;
@@ -254,10 +253,14 @@ impl<S: StateMachine> Server<S> {
         }
     }
 
-    /// Serves on `listener` until `shutdown` completes. With TLS, each connection's handshake
-    /// runs in a task of its own, within [`GrpcOptions::tls_handshake_timeout`] and at most
-    /// [`GrpcOptions::max_tls_handshakes`] at once, with the certificate in force when the
-    /// connection arrives (see [`crate::ReloadableTls::reload`]).
+    /// Serves on `listener` until `shutdown` completes, holding at most
+    /// [`GrpcOptions::max_connections`] connections, and at most
+    /// [`GrpcOptions::max_connections_per_ip`] from one address: a connection past either is
+    /// closed at once, and one that does not send the HTTP/2 preface within
+    /// [`GrpcOptions::preface_timeout`] is closed then. With TLS, each connection's handshake runs in a task of its own, within
+    /// [`GrpcOptions::tls_handshake_timeout`] and at most [`GrpcOptions::max_tls_handshakes`]
+    /// at once, with the certificate in force when the connection arrives (see
+    /// [`crate::ReloadableTls::reload`]).
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -271,14 +274,7 @@ impl<S: StateMachine> Server<S> {
                 self.serve_accepted(incoming, false, shutdown).await
             }
             None => {
-                // Small messages (heartbeats, acks) must not wait for Nagle's algorithm.
-                let incoming =
-                    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-                        if let Ok(s) = &conn {
-                            crate::accept::nodelay(s);
-                        }
-                        conn
-                    });
+                let incoming = crate::accept::tcp_incoming(listener, &opts);
                 self.serve_accepted(incoming, false, shutdown).await
             }
         }
@@ -286,7 +282,8 @@ impl<S: StateMachine> Server<S> {
 
     /// Serves connections from `incoming` (for example a simulated network's listener) until
     /// `shutdown` completes. With TLS, tonic does the handshakes, with the certificate in force
-    /// when this is called: a reload does not reach a server started this way.
+    /// when this is called: a reload does not reach a server started this way. The connection
+    /// limits are `incoming`'s to keep.
     pub async fn serve_with_incoming<I, IO, E>(
         self,
         incoming: I,

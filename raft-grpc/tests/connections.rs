@@ -1,0 +1,224 @@
+//! The server holds a bounded number of connections: at most `max_connections` in all and
+//! `max_connections_per_ip` from one address. Connections past either are closed at once, the
+//! cluster keeps replicating while the server is full, and places come back when connections
+//! close.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::net::SocketAddr;
+use std::time::Duration;
+use std::time::Instant;
+
+use common::Cmd;
+use common::GrpcCluster;
+use common::WAIT;
+use raft_grpc::GrpcOptions;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpSocket;
+use tokio::net::TcpStream;
+
+const MAX_CONNECTIONS: usize = 40;
+const PER_IP: usize = 8;
+
+/// The client's HTTP/2 connection preface; a server that admits the connection answers it with
+/// its settings.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An empty HTTP/2 SETTINGS frame, which must follow the preface.
+const SETTINGS_FRAME: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+/// An HTTP/2 PING frame (8 bytes of payload on stream 0), which the server must answer.
+const PING_FRAME: [u8; 17] = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+const PING: u8 = 6;
+const ACK: u8 = 1;
+
+/// Connects to `to` from the loopback address `from` and returns the connection if the server
+/// admitted it (it answers the preface), `None` if the server closed it.
+async fn connect_from(from: Ipv4Addr, to: SocketAddr) -> Option<TcpStream> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from.into(), 0)).unwrap();
+    let mut s = tokio::time::timeout(WAIT, socket.connect(to))
+        .await
+        .expect("connect timed out")
+        .expect("connect failed");
+    if s.write_all(PREFACE).await.is_err() || s.write_all(&SETTINGS_FRAME).await.is_err() {
+        return None;
+    }
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("the server neither answered nor closed the connection")
+    {
+        Ok(n) if n > 0 => Some(s),
+        _ => None,
+    }
+}
+
+/// Whether the server answers a PING on `s` (reading past its other frames).
+async fn answers_ping(s: &mut TcpStream) -> bool {
+    if s.write_all(&PING_FRAME).await.is_err() {
+        return false;
+    }
+    loop {
+        let mut header = [0u8; 9];
+        if s.read_exact(&mut header).await.is_err() {
+            return false;
+        }
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).await.is_err() {
+            return false;
+        }
+        if header[3] == PING && header[4] & ACK != 0 {
+            return true;
+        }
+    }
+}
+
+/// File descriptors this process has open (the test's client sockets and the nodes' own).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_past_the_limits_are_closed_and_the_cluster_keeps_replicating() {
+    let opts = GrpcOptions::default()
+        .with_max_connections(MAX_CONNECTIONS)
+        .with_max_connections_per_ip(PER_IP);
+    let c = GrpcCluster::start(3, opts, |c| c).await;
+    let leader = c.leader().await;
+    let node = c.nodes[&leader].node();
+    node.write(Cmd::Put("before".into(), "1".into()))
+        .await
+        .unwrap();
+    let addr: SocketAddr = c.addrs[&leader].parse().unwrap();
+    let fds_before = open_fds();
+
+    // One address gets its share and no more.
+    let mut held = Vec::new();
+    let from = Ipv4Addr::new(127, 0, 0, 2);
+    for _ in 0..PER_IP + 4 {
+        held.extend(connect_from(from, addr).await);
+    }
+    assert_eq!(held.len(), PER_IP, "admitted from one address");
+
+    // Other addresses take what is left of the total (the peers, from 127.0.0.1, hold some).
+    let mut refused_in_a_row = 0;
+    let mut host = 3;
+    while refused_in_a_row < 3 {
+        assert!(host < 250, "the total limit never refused a connection");
+        let from = Ipv4Addr::new(127, 0, 0, host);
+        for _ in 0..PER_IP {
+            match connect_from(from, addr).await {
+                Some(s) => {
+                    held.push(s);
+                    refused_in_a_row = 0;
+                }
+                None => refused_in_a_row += 1,
+            }
+        }
+        host += 1;
+    }
+    assert!(
+        held.len() <= MAX_CONNECTIONS && held.len() >= MAX_CONNECTIONS - 12,
+        "admitted {} connections with a limit of {MAX_CONNECTIONS}",
+        held.len()
+    );
+    // Refused connections are not held on either side: descriptors grew by the admitted
+    // connections' two ends (and a few of the nodes' own at most).
+    let grown = open_fds().saturating_sub(fds_before);
+    assert!(
+        grown <= 2 * held.len() + 8,
+        "{grown} descriptors opened for {} admitted connections",
+        held.len()
+    );
+
+    // The peers' connections are unaffected: writes commit and reach every node.
+    for i in 0..20 {
+        node.write(Cmd::Put(format!("k{i}"), i.to_string()))
+            .await
+            .unwrap();
+    }
+    let states = c.converged().await;
+    assert!(
+        states
+            .values()
+            .all(|kv| kv.0.get("k19").map(String::as_str) == Some("19"))
+    );
+
+    // Places come back when connections close.
+    drop(held);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut again = Vec::new();
+    while again.len() < PER_IP {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "places did not come back"
+        );
+        again.extend(connect_from(from, addr).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_speaks_is_closed_and_gives_its_place_back() {
+    let timeout = Duration::from_millis(400);
+    let opts = GrpcOptions::default()
+        .with_max_connections_per_ip(2)
+        .with_preface_timeout(timeout);
+    let c = GrpcCluster::start(1, opts, |c| c).await;
+    let addr: SocketAddr = c.addrs[&1].parse().unwrap();
+    let from = Ipv4Addr::new(127, 0, 0, 2);
+
+    // Two connections that send nothing take the address's two places...
+    let start = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from.into(), 0)).unwrap();
+        silent.push(socket.connect(addr).await.unwrap());
+    }
+    assert!(
+        connect_from(from, addr).await.is_none(),
+        "a third is refused"
+    );
+
+    // ...until the server closes them for want of a preface.
+    for s in &mut silent {
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(WAIT, s.read(&mut buf))
+                .await
+                .expect("a silent connection is closed")
+            {
+                Ok(n) if n > 0 => continue, // the server's settings
+                _ => break,
+            }
+        }
+    }
+    let closed = start.elapsed();
+    assert!(
+        closed >= timeout.mul_f32(0.9) && closed <= timeout + Duration::from_secs(2),
+        "closed after {closed:?}, preface timeout {timeout:?}"
+    );
+
+    // A connection that speaks keeps its place past the timeout: the places came back, and
+    // the two admitted now still answer a ping after the timeout has run out for them.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut speaking = Vec::new();
+    while speaking.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "places did not come back"
+        );
+        speaking.extend(connect_from(from, addr).await);
+    }
+    tokio::time::sleep(timeout * 2).await;
+    for s in &mut speaking {
+        let answered = tokio::time::timeout(WAIT, answers_ping(s))
+            .await
+            .expect("an answer to the ping or the connection closed");
+        assert!(answered, "a connection that sent its preface was closed");
+    }
+}
