@@ -145,7 +145,9 @@ impl Drop for Place {
 impl Admission {
     fn new(opts: &GrpcOptions) -> Admission {
         Admission {
-            total: Arc::new(Semaphore::new(opts.max_connections.max(1))),
+            total: Arc::new(Semaphore::new(
+                opts.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             per_source: Arc::default(),
             max_per_source: opts.max_connections_per_ip.max(1),
         }
@@ -248,21 +250,25 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Limited<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(p) = &mut this.preface
-            && p.deadline.as_mut().poll(cx).is_ready()
-        {
+        // Read first: a preface already waiting is taken even if the task runs late.
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        let Some(p) = &mut this.preface else {
+            return read;
+        };
+        if let Poll::Ready(Ok(())) = &read {
+            p.missing = p.missing.saturating_sub(buf.filled().len() - before);
+            if p.missing == 0 {
+                this.preface = None;
+                return read;
+            }
+        }
+        // Still incomplete: polling the deadline also wakes this task when it passes.
+        if p.deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "no HTTP/2 preface within preface_timeout",
             )));
-        }
-        let before = buf.filled().len();
-        let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let (Poll::Ready(Ok(())), Some(p)) = (&read, &mut this.preface) {
-            p.missing = p.missing.saturating_sub(buf.filled().len() - before);
-            if p.missing == 0 {
-                this.preface = None;
-            }
         }
         read
     }

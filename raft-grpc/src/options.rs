@@ -33,11 +33,12 @@ pub struct GrpcOptions {
     /// connection arriving past it is closed at once, so connections cannot take the file
     /// descriptors the node's log and snapshots need. Every peer holds a few (replication,
     /// forwarded writes, snapshots) and every client process one per node it talks to.
-    /// Default 512.
+    /// Default 512; at least 1.
     pub max_connections: usize,
     /// Most connections the server holds from one IP address (for IPv6, one /64 network); a
-    /// connection past it is closed at once, so one machine cannot take every place of
-    /// [`GrpcOptions::max_connections`] and shut the peers out. Default 64.
+    /// connection past it is closed at once, so one address cannot take every place of
+    /// [`GrpcOptions::max_connections`] and shut the peers out: with the defaults it takes
+    /// eight addresses to fill the server. Default 64; at least 1.
     pub max_connections_per_ip: usize,
     /// How outgoing connections are made (TCP unless testing over a simulated network).
     pub connector: Connector,

@@ -2,6 +2,9 @@
 //! `max_connections_per_ip` from one address. Connections past either are closed at once, the
 //! cluster keeps replicating while the server is full, and places come back when connections
 //! close.
+//!
+//! Connections come from several loopback source addresses (127.0.0.x), which Linux routes.
+#![cfg(target_os = "linux")]
 
 mod common;
 
@@ -93,7 +96,9 @@ async fn connections_past_the_limits_are_closed_and_the_cluster_keeps_replicatin
     node.write(Cmd::Put("before".into(), "1".into()))
         .await
         .unwrap();
-    let addr: SocketAddr = c.addrs[&leader].parse().unwrap();
+    // A follower's port: the leader's replication arrives there.
+    let follower = *c.nodes.keys().find(|id| **id != leader).unwrap();
+    let addr: SocketAddr = c.addrs[&follower].parse().unwrap();
     let fds_before = open_fds();
 
     // One address gets its share and no more.
@@ -135,7 +140,8 @@ async fn connections_past_the_limits_are_closed_and_the_cluster_keeps_replicatin
         held.len()
     );
 
-    // The peers' connections are unaffected: writes commit and reach every node.
+    // The leader's connection to the full follower is unaffected: writes commit and reach
+    // every node.
     for i in 0..20 {
         node.write(Cmd::Put(format!("k{i}"), i.to_string()))
             .await
@@ -163,7 +169,7 @@ async fn connections_past_the_limits_are_closed_and_the_cluster_keeps_replicatin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_speaks_is_closed_and_gives_its_place_back() {
-    let timeout = Duration::from_millis(400);
+    let timeout = Duration::from_secs(2);
     let opts = GrpcOptions::default()
         .with_max_connections_per_ip(2)
         .with_preface_timeout(timeout);
@@ -172,13 +178,13 @@ async fn a_connection_that_never_speaks_is_closed_and_gives_its_place_back() {
     let from = Ipv4Addr::new(127, 0, 0, 2);
 
     // Two connections that send nothing take the address's two places...
-    let start = Instant::now();
     let mut silent = Vec::new();
     for _ in 0..2 {
         let socket = TcpSocket::new_v4().unwrap();
         socket.bind(SocketAddr::new(from.into(), 0)).unwrap();
         silent.push(socket.connect(addr).await.unwrap());
     }
+    let start = Instant::now();
     assert!(
         connect_from(from, addr).await.is_none(),
         "a third is refused"
@@ -204,7 +210,8 @@ async fn a_connection_that_never_speaks_is_closed_and_gives_its_place_back() {
     );
 
     // A connection that speaks keeps its place past the timeout: the places came back, and
-    // the two admitted now still answer a ping after the timeout has run out for them.
+    // the two admitted now still answer a ping after the timeout has run out for them (the
+    // wait is the behaviour under test: nothing to wait on but the time).
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut speaking = Vec::new();
     while speaking.len() < 2 {
@@ -214,7 +221,7 @@ async fn a_connection_that_never_speaks_is_closed_and_gives_its_place_back() {
         );
         speaking.extend(connect_from(from, addr).await);
     }
-    tokio::time::sleep(timeout * 2).await;
+    tokio::time::sleep(timeout + Duration::from_secs(1)).await;
     for s in &mut speaking {
         let answered = tokio::time::timeout(WAIT, answers_ping(s))
             .await

@@ -124,7 +124,8 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
         raft_listener,
         spec.security
             .grpc_options()
-            .with_max_connections(crate::limits::RAFT_PORT_CONNECTIONS),
+            .with_max_connections(crate::limits::RAFT_PORT_CONNECTIONS)
+            .with_max_connections_per_ip(crate::limits::RAFT_PORT_CONNECTIONS_PER_IP),
     )
     .await?;
 

@@ -73,6 +73,10 @@ impl Default for ConnLimits {
 /// once. Peers hold a few each, an admin command one while it runs.
 pub const RAFT_PORT_CONNECTIONS: usize = 128;
 
+/// Most of [`RAFT_PORT_CONNECTIONS`] one address (IPv6: one /64) may hold: it takes eight
+/// addresses to fill the port.
+pub const RAFT_PORT_CONNECTIONS_PER_IP: usize = 16;
+
 /// File descriptors a process keeps per node beyond its clients: the raft port's connections
 /// (at most [`RAFT_PORT_CONNECTIONS`]), the WAL's segments, snapshot and backup files,
 /// connections to the other nodes, the metrics listener, and the refusals under way past
