@@ -77,26 +77,37 @@ impl Refusal {
     }
 }
 
-/// Counts refused connections and warns about them at most once a second, with how many
-/// there were since the last warning.
+/// Counts refused connections and warns about them at most once a second, with how many were
+/// refused for each reason since the last warning (refusals after the last warning are counted
+/// in the next one).
 #[derive(Default)]
 struct Refusals {
-    since_warning: u64,
+    connections: u64,
+    from_one_address: u64,
+    handshakes: u64,
     last_warning: Option<tokio::time::Instant>,
 }
 
 impl Refusals {
     fn note(&mut self, from: SocketAddr, why: Refusal) {
-        self.since_warning += 1;
+        *match why {
+            Refusal::Connections => &mut self.connections,
+            Refusal::ConnectionsFromAddress => &mut self.from_one_address,
+            Refusal::Handshakes => &mut self.handshakes,
+        } += 1;
         if self.last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
             tracing::warn!(
                 %from,
-                refused = self.since_warning,
-                "closing new connections: {}",
+                refused_max_connections = self.connections,
+                refused_max_connections_per_ip = self.from_one_address,
+                refused_max_tls_handshakes = self.handshakes,
+                "closing new connections: {} (counts since the last warning)",
                 why.reason()
             );
-            self.last_warning = Some(tokio::time::Instant::now());
-            self.since_warning = 0;
+            *self = Refusals {
+                last_warning: Some(tokio::time::Instant::now()),
+                ..Refusals::default()
+            };
         }
     }
 }
