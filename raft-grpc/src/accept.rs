@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::MutexGuard;
 use std::task::Context;
 use std::task::Poll;
 use std::time::Duration;
@@ -31,7 +32,6 @@ use tokio::io::AsyncWrite;
 use tokio::io::ReadBuf;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -48,7 +48,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 const WARN_EVERY: Duration = Duration::from_secs(1);
 
 /// Small messages (heartbeats, acks) must not wait for Nagle's algorithm.
-pub(crate) fn nodelay(s: &TcpStream) {
+fn nodelay(s: &TcpStream) {
     if let Err(e) = s.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
@@ -125,29 +125,41 @@ fn source_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-type PerSource = Arc<Mutex<HashMap<IpAddr, usize>>>;
+/// The connections held, in all and per source address.
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+type SharedCounts = Arc<Mutex<Counts>>;
+
+fn lock(counts: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
+    // Nothing panics while holding it; recover the guard rather than propagate poison.
+    counts.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// The server's connection limits: in all, and per source address.
 struct Admission {
-    total: Arc<Semaphore>,
-    per_source: PerSource,
+    counts: SharedCounts,
+    max_total: usize,
     max_per_source: usize,
 }
 
 /// An admitted connection's place under the limits, given back when it is dropped.
 pub(crate) struct Place {
-    _total: OwnedSemaphorePermit,
     source: IpAddr,
-    per_source: PerSource,
+    counts: SharedCounts,
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut counts = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.source) {
+        let mut counts = lock(&self.counts);
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.per_source.get_mut(&self.source) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                counts.remove(&self.source);
+                counts.per_source.remove(&self.source);
             }
         }
     }
@@ -156,32 +168,30 @@ impl Drop for Place {
 impl Admission {
     fn new(opts: &GrpcOptions) -> Admission {
         Admission {
-            total: Arc::new(Semaphore::new(
-                opts.max_connections.clamp(1, Semaphore::MAX_PERMITS),
-            )),
-            per_source: Arc::default(),
+            counts: SharedCounts::default(),
+            max_total: opts.max_connections.max(1),
             max_per_source: opts.max_connections_per_ip.max(1),
         }
     }
 
     /// A place for a connection from `ip`, or why there is none.
     fn admit(&self, ip: IpAddr) -> Result<Place, Refusal> {
-        let Ok(total) = self.total.clone().try_acquire_owned() else {
-            return Err(Refusal::Connections);
-        };
         let source = source_of(ip);
         {
-            let mut counts = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
-            let n = counts.entry(source).or_insert(0);
+            let mut counts = lock(&self.counts);
+            if counts.total >= self.max_total {
+                return Err(Refusal::Connections);
+            }
+            let n = counts.per_source.entry(source).or_insert(0);
             if *n >= self.max_per_source {
                 return Err(Refusal::ConnectionsFromAddress);
             }
             *n += 1;
+            counts.total += 1;
         }
         Ok(Place {
-            _total: total,
             source,
-            per_source: self.per_source.clone(),
+            counts: self.counts.clone(),
         })
     }
 }
@@ -414,13 +424,9 @@ mod tests {
         drop(p1);
         let p4 = a.admit(ip("10.0.0.1")).unwrap();
         drop((p2, p3, p4));
-        assert!(
-            a.per_source
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_empty()
-        );
-        assert_eq!(a.total.available_permits(), 3);
+        let counts = lock(&a.counts);
+        assert!(counts.per_source.is_empty());
+        assert_eq!(counts.total, 0);
     }
 
     #[test]

@@ -16,8 +16,13 @@ use std::time::Instant;
 use common::Cmd;
 use common::GrpcCluster;
 use common::WAIT;
+use common::h2::ACK;
+use common::h2::PING;
+use common::h2::PREFACE;
+use common::h2::SETTINGS;
+use common::h2::frame;
+use common::h2::read_frame;
 use raft_grpc::GrpcOptions;
-use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
 use tokio::net::TcpStream;
@@ -25,59 +30,45 @@ use tokio::net::TcpStream;
 const MAX_CONNECTIONS: usize = 40;
 const PER_IP: usize = 8;
 
-/// The client's HTTP/2 connection preface; a server that admits the connection answers it with
-/// its settings.
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// An empty HTTP/2 SETTINGS frame, which must follow the preface.
-const SETTINGS_FRAME: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
-
-/// An HTTP/2 PING frame (8 bytes of payload on stream 0), which the server must answer.
-const PING_FRAME: [u8; 17] = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
-const PING: u8 = 6;
-const ACK: u8 = 1;
-
-/// Connects to `to` from the loopback address `from` and returns the connection if the server
-/// admitted it (it answers the preface), `None` if the server closed it.
-async fn connect_from(from: Ipv4Addr, to: SocketAddr) -> Option<TcpStream> {
+/// A TCP connection to `to` from the loopback address `from`.
+async fn tcp_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(from.into(), 0)).unwrap();
-    let mut s = tokio::time::timeout(WAIT, socket.connect(to))
+    tokio::time::timeout(WAIT, socket.connect(to))
         .await
         .expect("connect timed out")
-        .expect("connect failed");
-    if s.write_all(PREFACE).await.is_err() || s.write_all(&SETTINGS_FRAME).await.is_err() {
+        .expect("connect failed")
+}
+
+/// Connects to `to` from the loopback address `from` and returns the connection if the server
+/// admitted it (it answers the preface with its settings), `None` if the server closed it.
+async fn connect_from(from: Ipv4Addr, to: SocketAddr) -> Option<TcpStream> {
+    let mut s = tcp_from(from, to).await;
+    if s.write_all(PREFACE).await.is_err()
+        || s.write_all(&frame(SETTINGS, 0, 0, &[])).await.is_err()
+    {
         return None;
     }
-    let mut buf = [0u8; 64];
-    match tokio::time::timeout(WAIT, s.read(&mut buf))
+    tokio::time::timeout(WAIT, read_frame(&mut s))
         .await
         .expect("the server neither answered nor closed the connection")
-    {
-        Ok(n) if n > 0 => Some(s),
-        _ => None,
-    }
+        .map(|_| s)
 }
 
 /// Whether the server answers a PING on `s` (reading past its other frames).
 async fn answers_ping(s: &mut TcpStream) -> bool {
-    if s.write_all(&PING_FRAME).await.is_err() {
+    if s.write_all(&frame(PING, 0, 0, &[1, 2, 3, 4, 5, 6, 7, 8]))
+        .await
+        .is_err()
+    {
         return false;
     }
-    loop {
-        let mut header = [0u8; 9];
-        if s.read_exact(&mut header).await.is_err() {
-            return false;
-        }
-        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        if s.read_exact(&mut payload).await.is_err() {
-            return false;
-        }
-        if header[3] == PING && header[4] & ACK != 0 {
+    while let Some(f) = read_frame(s).await {
+        if f.kind == PING && f.flags & ACK != 0 {
             return true;
         }
     }
+    false
 }
 
 /// File descriptors this process has open (the test's client sockets and the nodes' own).
@@ -180,9 +171,7 @@ async fn a_connection_that_never_speaks_is_closed_and_gives_its_place_back() {
     // Two connections that send nothing take the address's two places...
     let mut silent = Vec::new();
     for _ in 0..2 {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(from.into(), 0)).unwrap();
-        silent.push(socket.connect(addr).await.unwrap());
+        silent.push(tcp_from(from, addr).await);
     }
     let start = Instant::now();
     assert!(
@@ -192,16 +181,10 @@ async fn a_connection_that_never_speaks_is_closed_and_gives_its_place_back() {
 
     // ...until the server closes them for want of a preface.
     for s in &mut silent {
-        let mut buf = [0u8; 256];
-        loop {
-            match tokio::time::timeout(WAIT, s.read(&mut buf))
-                .await
-                .expect("a silent connection is closed")
-            {
-                Ok(n) if n > 0 => continue, // the server's settings
-                _ => break,
-            }
-        }
+        // Past the server's settings, to the end.
+        tokio::time::timeout(WAIT, async { while read_frame(s).await.is_some() {} })
+            .await
+            .expect("a silent connection is closed");
     }
     let closed = start.elapsed();
     assert!(

@@ -9,53 +9,24 @@ use std::time::Duration;
 use std::time::Instant;
 
 use common::GrpcCluster;
+use common::h2::ACK;
+use common::h2::DATA;
+use common::h2::END_HEADERS;
+use common::h2::GOAWAY;
+use common::h2::HEADERS;
+use common::h2::PING;
+use common::h2::PREFACE;
+use common::h2::RST_STREAM;
+use common::h2::SETTINGS;
+use common::h2::frame;
+use common::h2::read_frame;
 use raft_grpc::GrpcOptions;
 use raft_grpc::pb;
 use raft_grpc::pb::cluster_client::ClusterClient as PbClusterClient;
-use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const PING: u8 = 6;
-const GOAWAY: u8 = 7;
-const ACK: u8 = 1;
-const END_HEADERS: u8 = 4;
 const REFUSED_STREAM: u32 = 7;
-
-struct Frame {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
-}
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// The next frame, or `None` once the server closed the connection.
-async fn read_frame(tcp: &mut TcpStream) -> Option<Frame> {
-    let mut head = [0u8; 9];
-    tcp.read_exact(&mut head).await.ok()?;
-    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-    let mut payload = vec![0u8; len];
-    tcp.read_exact(&mut payload).await.ok()?;
-    Some(Frame {
-        kind: head[3],
-        flags: head[4],
-        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
-        payload,
-    })
-}
 
 /// A header block of literal, non-indexed, non-Huffman fields (HPACK, RFC 7541 §6.2.2).
 fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
