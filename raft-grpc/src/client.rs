@@ -329,7 +329,7 @@ enum Next {
 
 /// What to do after an attempt failed with `s`, and the failure in typed form; `Err` gives up.
 fn classify(s: &Status) -> Result<(Next, RequestError), ClientError> {
-    let e = RequestError::from_status(s);
+    let e = RequestError::from(s);
     let next = match &e {
         RequestError::NotLeader(hint) => match hint.addr() {
             Some(addr) => Next::Redirect(addr.to_string()),
@@ -873,14 +873,14 @@ impl<S: Queryable> ClusterClient<S> {
     pub async fn status(&self, addr: &str) -> Result<NodeStatus, ClientError> {
         let mut c = self
             .client(addr)
-            .map_err(|s| ClientError::Refused(RequestError::from_status(&s)))?;
+            .map_err(|s| ClientError::Refused(RequestError::from(&s)))?;
         let req = pb::request(pb::StatusRequest {}, self.inner.opts.attempt_timeout);
         let reply = c
             .status(req)
             .await
             .map_err(|s| ClientError::GaveUp {
                 attempts: 1,
-                last: RequestError::from_status(&s),
+                last: RequestError::from(&s),
             })?
             .into_inner();
         NodeStatus::try_from(reply).map_err(|e| {

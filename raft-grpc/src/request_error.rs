@@ -169,9 +169,11 @@ impl RequestError {
             (_, None) => "refused",
         }
     }
+}
 
-    /// The typed form of a status a node, or tonic on the way to one, answered with.
-    pub(crate) fn from_status(s: &Status) -> RequestError {
+/// The typed form of a status a node, or tonic on the way to one, answered with.
+impl From<&Status> for RequestError {
+    fn from(s: &Status) -> RequestError {
         let message = s.message().to_string();
         let Some(code) = ErrorCode::of(s) else {
             return match s.code() {
@@ -219,12 +221,6 @@ impl RequestError {
     }
 }
 
-impl From<&Status> for RequestError {
-    fn from(s: &Status) -> RequestError {
-        RequestError::from_status(s)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use raft_core::ApplyError;
@@ -237,7 +233,7 @@ mod tests {
     fn every_code_keeps_its_meaning() {
         for code in ErrorCode::ALL {
             let s = status::status(Code::Internal, code, "why");
-            let e = RequestError::from_status(&s);
+            let e = RequestError::from(&s);
             assert_eq!(e.code(), Some(code), "{e:?}");
             assert_eq!(e.reason(), code.as_str());
             // Worth retrying: the leader is changing, a node restarts, or a deadline passed.
@@ -261,7 +257,7 @@ mod tests {
     fn redirects_keep_the_hint_and_the_message() {
         let hint = LeaderHint::new(Some(2), Some("10.0.0.2:7000".into()));
         let s = status::from_error(&Error::NotLeader(hint.clone()));
-        let e = RequestError::from_status(&s);
+        let e = RequestError::from(&s);
         assert_eq!(e, RequestError::NotLeader(hint));
         assert_eq!(e.to_string(), s.message());
         assert!(e.is_transient() && !e.may_have_applied());
@@ -280,7 +276,7 @@ mod tests {
             }),
         ];
         for e in &unknown {
-            let r = RequestError::from_status(&status::from_error(e));
+            let r = RequestError::from(&status::from_error(e));
             assert!(r.may_have_applied(), "{r:?}");
         }
         let refused = [
@@ -294,7 +290,7 @@ mod tests {
             Error::Rejected(ApplyError::InvalidCommand("bad".into())),
         ];
         for e in &refused {
-            let r = RequestError::from_status(&status::from_error(e));
+            let r = RequestError::from(&status::from_error(e));
             assert!(!r.may_have_applied(), "{r:?}");
         }
     }
@@ -308,13 +304,13 @@ mod tests {
             (Status::invalid_argument("bad frame"), false),
         ];
         for (s, retriable) in cases {
-            let e = RequestError::from_status(&s);
+            let e = RequestError::from(&s);
             assert_eq!(e.is_transient(), retriable, "{e:?}");
             assert!(e.may_have_applied());
             assert_eq!(e.reason(), "transport");
             assert_eq!(e.to_string(), "the call failed in transit between nodes");
         }
-        let e = RequestError::from_status(&Status::permission_denied("needs admin"));
+        let e = RequestError::from(&Status::permission_denied("needs admin"));
         assert_eq!(e, RequestError::PermissionDenied("needs admin".into()));
         assert!(!e.is_transient() && !e.may_have_applied());
     }

@@ -149,7 +149,7 @@ pub fn status(grpc: Code, code: ErrorCode, message: impl Into<String>) -> Status
 /// by its code; a status without one (from tonic or the network, not from a raftkit node) is
 /// transient when it means the connection, not the request, failed.
 pub fn is_transient(s: &Status) -> bool {
-    crate::RequestError::from_status(s).is_transient()
+    crate::RequestError::from(s).is_transient()
 }
 
 /// A redirect to the leader `hint` names (or to nobody, when it is unknown).

@@ -113,7 +113,7 @@ impl<S: StateMachine> LocalClient<S> {
         self.shared
             .write(session, command, op, false, None, None)
             .await
-            .map_err(|s| RequestError::from_status(&s))
+            .map_err(|s| RequestError::from(&s))
     }
 
     /// The node itself.
@@ -149,6 +149,6 @@ impl<S: Queryable> LocalClient<S> {
         self.shared
             .read(query, consistency, None)
             .await
-            .map_err(|s| RequestError::from_status(&s))
+            .map_err(|s| RequestError::from(&s))
     }
 }
