@@ -6,6 +6,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::hash::Hash;
+use std::hash::Hasher;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicUsize;
@@ -379,9 +381,9 @@ impl Model for Strings {
     }
 
     fn partition(op: &Op) -> u64 {
-        op.key().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-        })
+        let mut h = std::hash::DefaultHasher::new();
+        op.key().hash(&mut h);
+        h.finish()
     }
 
     fn is_read(op: &Op) -> bool {
