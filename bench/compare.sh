@@ -22,7 +22,9 @@
 #   BENCH_PIPELINED="1"  client counts of the pipelined SET rows, 16 commands in flight per
 #                        connection (redis-benchmark -P 16; default "1 16"; "" skips them)
 #   BENCH_DIR=/path      where data, logs and results go (default mktemp -d); the data is
-#                        removed at exit, the logs and results.csv stay
+#                        removed at exit, the logs and results.csv stay (one row per point:
+#                        target, workload, clients, ops/s, p50 and p99 in ms, and the percent
+#                        of the machine's CPU time a virtual machine's host took while it ran)
 #   BENCH_PORT_BASE=N    first of the ~20 local ports used (default 24000)
 #   BENCH_TARGETS="raftkit etcd redis"  which targets to run
 #   BENCH_ROUNDS=N       run every target N times, interleaved, and report each cell's median
@@ -34,7 +36,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${BENCH_SCALE:-1}
 CLIENTS=${BENCH_CLIENTS:-"1 16 64 256"}
-PIPELINED=${BENCH_PIPELINED:-"1 16"}
+PIPELINED=${BENCH_PIPELINED-"1 16"}
 TARGETS=${BENCH_TARGETS:-"raftkit etcd redis"}
 ROUNDS=${BENCH_ROUNDS:-1}
 BASE=${BENCH_PORT_BASE:-24000}
@@ -80,31 +82,50 @@ wait_until() {
     done
 }
 
-# record <target> <workload> <clients>: reads a redis-benchmark-style CSV on stdin and appends
-# target,workload,clients,rps,p50_ms,p99_ms to the results.
+# The machine's CPU counters (the "cpu" line of /proc/stat), to tell how much CPU a virtual
+# machine's host took away while a point ran ("steal"); empty where there is no /proc/stat.
+cpu_counters() { head -n 1 /proc/stat 2>/dev/null || true; }
+
+# steal_since <counters>: percent of the CPU time since <counters> that was stolen.
+steal_since() {
+    printf '%s\n%s\n' "$1" "$(cpu_counters)" | awk '
+        NR == 1 { for (i = 2; i <= 9; i++) a[i] = $i }
+        NR == 2 { for (i = 2; i <= 9 && i <= NF; i++) t += $i - a[i]; s = (NF >= 9) ? $9 - a[9] : 0 }
+        END { if (t > 0) printf "%.1f", 100 * s / t }'
+}
+
+# record <target> <workload> <clients> <counters before>: reads a redis-benchmark-style CSV on
+# stdin and appends target,workload,clients,rps,p50_ms,p99_ms,steal_pct to the results.
 record() {
-    awk -F'","' -v t="$1" -v w="$2" -v c="$3" 'NR == 2 {
+    local point steal
+    # The whole CSV first: the load generator on the other end of the pipe has finished after it.
+    point=$(awk -F'","' -v t="$1" -v w="$2" -v c="$3" 'NR == 2 {
         gsub(/"/, "", $0); split($0, f, ",");
-        printf "%s,%s,%s,%s,%s,%s\n", t, w, c, f[2], f[5], f[7] }' >>"$RESULTS"
-    tail -n 1 "$RESULTS" | awk -F, '{ printf "   %-8s %-7s c=%-4s %10.0f ops/s  p50 %6.2f ms  p99 %7.2f ms\n", $1, $2, $3, $4, $5, $6 }' >&2
+        printf "%s,%s,%s,%s,%s,%s", t, w, c, f[2], f[5], f[7] }')
+    steal=$(steal_since "$4")
+    [ -n "$point" ] && printf '%s,%s\n' "$point" "$steal" >>"$RESULTS"
+    tail -n 1 "$RESULTS" | awk -F, '{ printf "   %-8s %-7s c=%-4s %10.0f ops/s  p50 %6.2f ms  p99 %7.2f ms  steal %s%%\n", $1, $2, $3, $4, $5, $6, $7 }' >&2
 }
 
 resp_load() { # <target> <port> [redis-benchmark options]
-    local t=$1 port=$2 c
+    local t=$1 port=$2 c before
     shift 2
     for c in $CLIENTS; do
+        before=$(cpu_counters)
         redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t set -d 256 -r 100000 -c "$c" -n "$(requests "$c")" --csv 2>/dev/null |
-            record "$t" set "$c"
+            record "$t" set "$c" "$before"
     done
     # GETs run right after the plain SETs, so what they read and what the nodes are still doing
     # (snapshots, log compaction) does not depend on which pipelined rows are chosen.
+    before=$(cpu_counters)
     redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t get -d 256 -r 100000 -c 64 -n "$(requests 256)" --csv 2>/dev/null |
-        record "$t" get 64
+        record "$t" get 64 "$before"
     # Pipelined: each connection keeps 16 SETs in flight (etcd's API has no pipelining, so its
     # cells in these rows stay empty).
     for c in $PIPELINED; do
+        before=$(cpu_counters)
         redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t set -d 256 -r 100000 -c "$c" -P 16 -n "$(requests 64)" --csv 2>/dev/null |
-            record "$t" set-P16 "$c"
+            record "$t" set-P16 "$c" "$before"
     done
 }
 
@@ -165,13 +186,15 @@ run_etcd() {
         awk -F'|' '$0 ~ /true/ { gsub(/ /, "", $2); print $2; exit }')
     leader=${leader#http://}
     [ -n "$leader" ] || { echo "compare.sh: cannot find etcd's leader" >&2; exit 1; }
-    local c
+    local c before
     for c in $CLIENTS; do
+        before=$(cpu_counters)
         "$KV_BENCH" --protocol etcd --addrs "$leader" --clients "$c" --requests "$(requests "$c")" \
-            --warmup 0 --label set --csv --quiet | record etcd set "$c"
+            --warmup 0 --label set --csv --quiet | record etcd set "$c" "$before"
     done
+    before=$(cpu_counters)
     "$KV_BENCH" --protocol etcd --addrs "$leader" --clients 64 --requests "$(requests 256)" \
-        --warmup 0 --reads 1 --label get --csv --quiet | record etcd get 64
+        --warmup 0 --reads 1 --label get --csv --quiet | record etcd get 64 "$before"
     stop_all
 }
 
@@ -238,3 +261,8 @@ rounds=""
 [ "$ROUNDS" -gt 1 ] && rounds="median of $ROUNDS interleaved rounds; "
 echo "$(nproc) cores, $(date -u +%Y-%m-%d), $(uname -sr); 256-byte values, 100,000 keys; ${rounds}latency in ms; logs and results in $DIR"
 table
+# On a virtual machine the host may take CPU away while a point runs; every target slows with it,
+# so cells measured under different steal do not compare. results.csv has it per point.
+awk -F, '$7 != "" { n++; if ($7 + 0 > max) max = $7 + 0; if ($7 + 0 > 5) over++ }
+    END { if (n) printf "CPU steal while loaded: at most %.1f%%; %d of %d points above 5%%%s\n", max, over, n,
+              over ? ": the host slowed those points, so compare cells only at similar steal (results.csv) or run again" : "" }' "$RESULTS"
