@@ -239,6 +239,14 @@ async fn with_workload(c: &mut Cluster, faults: impl AsyncFnOnce(&mut Cluster)) 
         .map(|id| tokio::spawn(client(id, ports.clone(), rec.clone(), stop.clone())))
         .collect();
     faults(c).await;
+    // The healed cluster keeps serving: the workload goes on until enough has succeeded for the
+    // history to say something, however slow the machine is (on a fast one it already has).
+    let dir = c.dir().to_path_buf();
+    common::poll("100 operations succeed", &dir, &[1, 2, 3], || {
+        let (ok, _, _) = rec.history().counts();
+        async move { (ok > 100).then_some(()) }
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for cl in clients {
         cl.await.expect("client task");
@@ -247,7 +255,6 @@ async fn with_workload(c: &mut Cluster, faults: impl AsyncFnOnce(&mut Cluster)) 
     let history = rec.history();
     let (ok, _, unknown) = history.counts();
     eprintln!("{ok} operations ok, {unknown} unknown");
-    assert!(ok > 100, "too little succeeded: {ok} ok");
     let verdict = check::<Appends>(&history, Duration::from_secs(60));
     assert!(verdict.is_linearizable(), "{verdict:?}");
 
