@@ -86,46 +86,44 @@ wait_until() {
 # machine's host took away while a point ran ("steal"); empty where there is no /proc/stat.
 cpu_counters() { head -n 1 /proc/stat 2>/dev/null || true; }
 
-# steal_since <counters>: percent of the CPU time since <counters> that was stolen.
+# steal_since <counters>: percent of the CPU time since <counters> that was stolen (fields 2-9 of
+# the "cpu" line are user, nice, system, idle, iowait, irq, softirq and steal).
 steal_since() {
     printf '%s\n%s\n' "$1" "$(cpu_counters)" | awk '
         NR == 1 { for (i = 2; i <= 9; i++) a[i] = $i }
-        NR == 2 { for (i = 2; i <= 9 && i <= NF; i++) t += $i - a[i]; s = (NF >= 9) ? $9 - a[9] : 0 }
+        NR == 2 { for (i = 2; i <= 9; i++) t += $i - a[i]; s = $9 - a[9] }
         END { if (t > 0) printf "%.1f", 100 * s / t }'
 }
 
-# record <target> <workload> <clients> <counters before>: reads a redis-benchmark-style CSV on
-# stdin and appends target,workload,clients,rps,p50_ms,p99_ms,steal_pct to the results.
+# record <target> <workload> <clients>: reads a redis-benchmark-style CSV on stdin and appends
+# target,workload,clients,rps,p50_ms,p99_ms,steal_pct to the results. It starts with the load
+# generator on the other end of the pipe and ends after its output, so the steal covers the run.
 record() {
-    local point steal
-    # The whole CSV first: the load generator on the other end of the pipe has finished after it.
+    local before point
+    before=$(cpu_counters)
     point=$(awk -F'","' -v t="$1" -v w="$2" -v c="$3" 'NR == 2 {
         gsub(/"/, "", $0); split($0, f, ",");
         printf "%s,%s,%s,%s,%s,%s", t, w, c, f[2], f[5], f[7] }')
-    steal=$(steal_since "$4")
-    [ -n "$point" ] && printf '%s,%s\n' "$point" "$steal" >>"$RESULTS"
+    [ -n "$point" ] && printf '%s,%s\n' "$point" "$(steal_since "$before")" >>"$RESULTS"
     tail -n 1 "$RESULTS" | awk -F, '{ printf "   %-8s %-7s c=%-4s %10.0f ops/s  p50 %6.2f ms  p99 %7.2f ms  steal %s%%\n", $1, $2, $3, $4, $5, $6, $7 }' >&2
 }
 
 resp_load() { # <target> <port> [redis-benchmark options]
-    local t=$1 port=$2 c before
+    local t=$1 port=$2 c
     shift 2
     for c in $CLIENTS; do
-        before=$(cpu_counters)
         redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t set -d 256 -r 100000 -c "$c" -n "$(requests "$c")" --csv 2>/dev/null |
-            record "$t" set "$c" "$before"
+            record "$t" set "$c"
     done
     # GETs run right after the plain SETs, so what they read and what the nodes are still doing
     # (snapshots, log compaction) does not depend on which pipelined rows are chosen.
-    before=$(cpu_counters)
     redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t get -d 256 -r 100000 -c 64 -n "$(requests 256)" --csv 2>/dev/null |
-        record "$t" get 64 "$before"
+        record "$t" get 64
     # Pipelined: each connection keeps 16 SETs in flight (etcd's API has no pipelining, so its
     # cells in these rows stay empty).
     for c in $PIPELINED; do
-        before=$(cpu_counters)
         redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t set -d 256 -r 100000 -c "$c" -P 16 -n "$(requests 64)" --csv 2>/dev/null |
-            record "$t" set-P16 "$c" "$before"
+            record "$t" set-P16 "$c"
     done
 }
 
@@ -186,15 +184,13 @@ run_etcd() {
         awk -F'|' '$0 ~ /true/ { gsub(/ /, "", $2); print $2; exit }')
     leader=${leader#http://}
     [ -n "$leader" ] || { echo "compare.sh: cannot find etcd's leader" >&2; exit 1; }
-    local c before
+    local c
     for c in $CLIENTS; do
-        before=$(cpu_counters)
         "$KV_BENCH" --protocol etcd --addrs "$leader" --clients "$c" --requests "$(requests "$c")" \
-            --warmup 0 --label set --csv --quiet | record etcd set "$c" "$before"
+            --warmup 0 --label set --csv --quiet | record etcd set "$c"
     done
-    before=$(cpu_counters)
     "$KV_BENCH" --protocol etcd --addrs "$leader" --clients 64 --requests "$(requests 256)" \
-        --warmup 0 --reads 1 --label get --csv --quiet | record etcd get 64 "$before"
+        --warmup 0 --reads 1 --label get --csv --quiet | record etcd get 64
     stop_all
 }
 
