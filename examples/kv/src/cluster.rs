@@ -223,7 +223,11 @@ async fn sweep_expired(ctx: Arc<Ctx>) {
     }
 }
 
-/// The local demo: three nodes in this process, durable under `data_dir`.
+/// How many nodes the local demo runs.
+pub const DEMO_NODES: u64 = 3;
+
+/// The local demo: [`DEMO_NODES`] nodes in this process, durable under `data_dir`. Node `i`
+/// (from 1) serves RESP on `resp_port + i - 1` and raft on `raft_port + i - 1`.
 pub async fn demo(
     data_dir: PathBuf,
     resp_port: u16,
@@ -232,11 +236,11 @@ pub async fn demo(
     storage: crate::storage::StorageArgs,
     limits: ConnLimits,
 ) -> Result<Vec<Running>, StartError> {
-    let members: BTreeMap<NodeId, String> = (1..=3u64)
+    let members: BTreeMap<NodeId, String> = (1..=DEMO_NODES)
         .map(|i| (i, format!("127.0.0.1:{}", raft_port as u64 + i - 1)))
         .collect();
     let mut nodes = Vec::new();
-    for (i, id) in (1..=3u64).enumerate() {
+    for (i, id) in (1..=DEMO_NODES).enumerate() {
         let spec = NodeSpec {
             id,
             data_dir: data_dir.join(format!("node-{id}")),

@@ -270,7 +270,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 args.raft_port,
                 args.read_consistency.into(),
                 args.storage.clone(),
-                args.limits.fitted(3)?,
+                args.limits.fitted(cluster::DEMO_NODES)?,
             )
             .await
             .map_err(|e| e.to_string())?;
