@@ -236,17 +236,19 @@ pub async fn demo(
     storage: crate::storage::StorageArgs,
     limits: ConnLimits,
 ) -> Result<Vec<Running>, StartError> {
+    // Node `id`'s port counted from a base port.
+    let addr = |base: u16, id: NodeId| format!("127.0.0.1:{}", u64::from(base) + id - 1);
     let members: BTreeMap<NodeId, String> = (1..=DEMO_NODES)
-        .map(|i| (i, format!("127.0.0.1:{}", raft_port as u64 + i - 1)))
+        .map(|id| (id, addr(raft_port, id)))
         .collect();
     let mut nodes = Vec::new();
-    for (i, id) in (1..=DEMO_NODES).enumerate() {
+    for id in 1..=DEMO_NODES {
         let spec = NodeSpec {
             id,
             data_dir: data_dir.join(format!("node-{id}")),
             raft_addr: members[&id].clone(),
             raft_listen: members[&id].clone(),
-            resp_addr: format!("127.0.0.1:{}", resp_port as u64 + i as u64),
+            resp_addr: addr(resp_port, id),
             initial_members: members.clone(),
             join: Vec::new(),
             consistency,
