@@ -83,6 +83,36 @@ struct Cli {
     /// line) for log pipelines such as Loki or Elasticsearch.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Threads that run connections, consensus and replication (1 to 1024). Default: the
+    /// `TOKIO_WORKER_THREADS` environment variable if set, else one per CPU core this process
+    /// may use.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_WORKER_THREADS)))]
+    worker_threads: Option<u16>,
+}
+
+/// The most runtime worker threads `--worker-threads` or `TOKIO_WORKER_THREADS` may ask for.
+const MAX_WORKER_THREADS: u16 = 1024;
+
+/// The runtime's worker threads: `flag` if given, else `env` (the value of
+/// `TOKIO_WORKER_THREADS`) if set, else one per usable CPU core. `Err` names a malformed `env`,
+/// which would otherwise stop the runtime from starting.
+fn worker_threads(flag: Option<u16>, env: Option<std::ffi::OsString>) -> Result<usize, String> {
+    if let Some(n) = flag {
+        return Ok(usize::from(n));
+    }
+    let Some(env) = env else {
+        return Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
+    };
+    env.to_str()
+        .and_then(|v| v.trim().parse::<u16>().ok())
+        .filter(|n| (1..=MAX_WORKER_THREADS).contains(n))
+        .map(usize::from)
+        .ok_or_else(|| {
+            format!(
+                "TOKIO_WORKER_THREADS must be a whole number from 1 to {MAX_WORKER_THREADS}, not {env:?}; \
+                 unset it or pass --worker-threads"
+            )
+        })
 }
 
 /// The form of log lines.
@@ -377,7 +407,16 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+    let workers = match worker_threads(cli.worker_threads, std::env::var_os("TOKIO_WORKER_THREADS"))
+    {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("kv: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
@@ -407,5 +446,19 @@ mod tests {
         assert_eq!(super::ordinal_id("my-kv-12.kv.default.svc"), Some(13));
         assert_eq!(super::ordinal_id("kv"), None);
         assert_eq!(super::ordinal_id("kv-x"), None);
+    }
+
+    #[test]
+    fn worker_threads_come_from_the_flag_then_the_environment_then_the_cores() {
+        use super::worker_threads;
+        let env = |v: &str| Some(std::ffi::OsString::from(v));
+        assert_eq!(worker_threads(Some(3), env("x")), Ok(3), "the flag wins");
+        assert_eq!(worker_threads(None, env("5")), Ok(5));
+        assert_eq!(worker_threads(None, env(" 2 ")), Ok(2));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(worker_threads(None, None), Ok(cores));
+        for bad in ["", "0", "-1", "two", "1025", "99999999999"] {
+            assert!(worker_threads(None, env(bad)).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! What operators rely on: the metrics the dashboard and the alerts query exist, and JSON logs
-//! are one object per line.
+//! What operators rely on: the metrics the dashboard and the alerts query exist, JSON logs are
+//! one object per line, and a malformed runtime thread count is refused with an error.
 
 mod common;
 
@@ -176,4 +176,42 @@ async fn json_logs_are_one_object_per_line() {
         );
         assert!(v["fields"].is_object(), "{line}");
     }
+}
+
+/// `kv certs` in `dir` with `TOKIO_WORKER_THREADS` set to `env` and the extra arguments.
+fn certs_with_workers(dir: &Path, env: &str, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kv"))
+        .env("TOKIO_WORKER_THREADS", env)
+        .args(extra)
+        .args(["certs", "--node", "1=127.0.0.1", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("run kv")
+}
+
+#[test]
+fn a_malformed_worker_thread_count_is_refused_cleanly_and_the_flag_overrides_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for bad in ["", "0", "many"] {
+        let refused = dir.path().join("refused");
+        let out = certs_with_workers(&refused, bad, &[]);
+        // A clean refusal exits 1; a panic would exit 101.
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "TOKIO_WORKER_THREADS={bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!refused.exists(), "the command ran anyway");
+    }
+    let ran = dir.path().join("ran");
+    let out = certs_with_workers(&ran, "many", &["--worker-threads", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ran.join("ca.pem").is_file());
+    let out = certs_with_workers(&dir.path().join("zero"), "2", &["--worker-threads", "0"]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses a zero count");
 }
