@@ -115,6 +115,17 @@ fn worker_threads(flag: Option<u16>, env: Option<std::ffi::OsString>) -> Result<
         })
 }
 
+/// The runtime everything runs on, with [`worker_threads`] workers (`flag` is
+/// `--worker-threads`).
+fn runtime(flag: Option<u16>) -> Result<tokio::runtime::Runtime, String> {
+    let workers = worker_threads(flag, std::env::var_os("TOKIO_WORKER_THREADS"))?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
 /// The form of log lines.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 enum LogFormat {
@@ -407,22 +418,10 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let workers = match worker_threads(cli.worker_threads, std::env::var_os("TOKIO_WORKER_THREADS"))
-    {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("kv: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(cli.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("kv: cannot start the runtime: {e}");
+            eprintln!("kv: {e}");
             return ExitCode::FAILURE;
         }
     };
