@@ -14,7 +14,8 @@
 # driven by redis-benchmark, etcd by `kv-bench --protocol etcd` (etcd's v3 gRPC API, Put and
 # linearizable Range; 16 clients share an HTTP/2 connection). All data lives under one
 # directory ($BENCH_DIR, default a new temporary directory), so every target fsyncs to the same
-# file system.
+# file system. It prints two tables: throughput and latency, and what each request cost the
+# target's server processes (CPU time and context switches, from /proc).
 #
 # Environment:
 #   BENCH_SCALE=0.2      fewer requests per point (default 1; 1 is ~10 s per point on a laptop)
@@ -23,8 +24,9 @@
 #                        connection (redis-benchmark -P 16; default "1 16"; "" skips them)
 #   BENCH_DIR=/path      where data, logs and results go (default mktemp -d); the data is
 #                        removed at exit, the logs and results.csv stay (one row per point:
-#                        target, workload, clients, ops/s, p50 and p99 in ms, and the percent
-#                        of the machine's CPU time a virtual machine's host took while it ran)
+#                        target, workload, clients, ops/s, p50 and p99 in ms, the percent of
+#                        the machine's CPU time a virtual machine's host took while it ran, and
+#                        the target's server CPU time in µs and context switches per request)
 #   BENCH_PORT_BASE=N    first of the ~20 local ports used (default 24000)
 #   BENCH_TARGETS="raftkit etcd redis"  which targets to run
 #   BENCH_ROUNDS=N       run every target N times, interleaved, and report each cell's median
@@ -95,35 +97,66 @@ steal_since() {
         END { if (t > 0) printf "%.1f", 100 * s / t }'
 }
 
-# record <target> <workload> <clients>: reads a redis-benchmark-style CSV on stdin and appends
-# target,workload,clients,rps,p50_ms,p99_ms,steal_pct to the results. It starts with the load
-# generator on the other end of the pipe and ends after its output, so the steal covers the run.
+# What the running target's server processes (PIDS) have used so far: "<cpu ticks> <context
+# switches>". The CPU time is each process's own total (utime + stime in /proc/<pid>/stat, every
+# thread's, exited ones included); the switches, voluntary and not, are summed over the threads
+# alive now. Empty where there is no /proc.
+server_usage() {
+    local p files=()
+    for p in "${PIDS[@]:-}"; do
+        [ -n "$p" ] && [ -r "/proc/$p/stat" ] && files+=("/proc/$p/stat" "/proc/$p"/task/*/status)
+    done
+    [ ${#files[@]} -gt 0 ] || return 0
+    # A thread may end between the glob and the read: cat skips it and goes on.
+    cat "${files[@]}" 2>/dev/null | awk '
+        /^[0-9]+ \(/ { sub(/^.*\) /, ""); ticks += $12 + $13; next } # $1 is field 3, the state
+        /^(nonv|v)oluntary_ctxt_switches:/ { cs += $2 }
+        END { print ticks + 0, cs + 0 }'
+}
+
+# per_request <usage before> <usage after> <requests>: "<cpu µs>,<switches>" per request.
+per_request() {
+    [ -n "$1" ] && [ -n "$2" ] || { echo ","; return; }
+    awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK 2>/dev/null || echo 100)" 'BEGIN {
+        split(a, x, " "); split(b, y, " ")
+        printf "%.1f,%.2f", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) / n }'
+}
+
+# record <target> <workload> <clients> <requests>: reads a redis-benchmark-style CSV on stdin and
+# appends target,workload,clients,rps,p50_ms,p99_ms,steal_pct,cpu_us,switches to the results,
+# the last two per request. It starts with the load generator on the other end of the pipe and
+# ends after its output, so the steal and the servers' usage cover the run.
 record() {
-    local before point
+    local before usage point
     before=$(cpu_counters)
+    usage=$(server_usage)
     point=$(awk -F'","' -v t="$1" -v w="$2" -v c="$3" 'NR == 2 {
         gsub(/"/, "", $0); split($0, f, ",");
         printf "%s,%s,%s,%s,%s,%s", t, w, c, f[2], f[5], f[7] }')
-    [ -n "$point" ] && printf '%s,%s\n' "$point" "$(steal_since "$before")" >>"$RESULTS"
-    tail -n 1 "$RESULTS" | awk -F, '{ printf "   %-8s %-7s c=%-4s %10.0f ops/s  p50 %6.2f ms  p99 %7.2f ms  steal %s%%\n", $1, $2, $3, $4, $5, $6, $7 }' >&2
+    [ -n "$point" ] && printf '%s,%s,%s\n' "$point" "$(steal_since "$before")" \
+        "$(per_request "$usage" "$(server_usage)" "$4")" >>"$RESULTS"
+    tail -n 1 "$RESULTS" | awk -F, '{ printf "   %-8s %-7s c=%-4s %10.0f ops/s  p50 %6.2f ms  p99 %7.2f ms  steal %s%%  cpu %s us/req\n", $1, $2, $3, $4, $5, $6, $7, $8 }' >&2
 }
 
 resp_load() { # <target> <port> [redis-benchmark options]
-    local t=$1 port=$2 c
+    local t=$1 port=$2 c n
     shift 2
     for c in $CLIENTS; do
-        redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t set -d 256 -r 100000 -c "$c" -n "$(requests "$c")" --csv 2>/dev/null |
-            record "$t" set "$c"
+        n=$(requests "$c")
+        redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t set -d 256 -r 100000 -c "$c" -n "$n" --csv 2>/dev/null |
+            record "$t" set "$c" "$n"
     done
     # GETs run right after the plain SETs, so what they read and what the nodes are still doing
     # (snapshots, log compaction) does not depend on which pipelined rows are chosen.
-    redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t get -d 256 -r 100000 -c 64 -n "$(requests 256)" --csv 2>/dev/null |
-        record "$t" get 64
+    n=$(requests 256)
+    redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t get -d 256 -r 100000 -c 64 -n "$n" --csv 2>/dev/null |
+        record "$t" get 64 "$n"
     # Pipelined: each connection keeps 16 SETs in flight (etcd's API has no pipelining, so its
     # cells in these rows stay empty).
+    n=$(requests 64)
     for c in $PIPELINED; do
-        redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t set -d 256 -r 100000 -c "$c" -P 16 -n "$(requests 64)" --csv 2>/dev/null |
-            record "$t" set-P16 "$c"
+        redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t set -d 256 -r 100000 -c "$c" -P 16 -n "$n" --csv 2>/dev/null |
+            record "$t" set-P16 "$c" "$n"
     done
 }
 
@@ -184,13 +217,15 @@ run_etcd() {
         awk -F'|' '$0 ~ /true/ { gsub(/ /, "", $2); print $2; exit }')
     leader=${leader#http://}
     [ -n "$leader" ] || { echo "compare.sh: cannot find etcd's leader" >&2; exit 1; }
-    local c
+    local c n
     for c in $CLIENTS; do
-        "$KV_BENCH" --protocol etcd --addrs "$leader" --clients "$c" --requests "$(requests "$c")" \
-            --warmup 0 --label set --csv --quiet | record etcd set "$c"
+        n=$(requests "$c")
+        "$KV_BENCH" --protocol etcd --addrs "$leader" --clients "$c" --requests "$n" \
+            --warmup 0 --label set --csv --quiet | record etcd set "$c" "$n"
     done
-    "$KV_BENCH" --protocol etcd --addrs "$leader" --clients 64 --requests "$(requests 256)" \
-        --warmup 0 --reads 1 --label get --csv --quiet | record etcd get 64
+    n=$(requests 256)
+    "$KV_BENCH" --protocol etcd --addrs "$leader" --clients 64 --requests "$n" \
+        --warmup 0 --reads 1 --label get --csv --quiet | record etcd get 64 "$n"
     stop_all
 }
 
@@ -217,14 +252,25 @@ table() {
         }
         { key = $1 "," $2 "," $3; i = ++count[key]
           val[key, "ops", i] = $4; val[key, "p50", i] = $5; val[key, "p99", i] = $6
+          if ($8 == "") nocpu[key] = 1; else { val[key, "cpu", i] = $8; val[key, "cs", i] = $9 }
           if (!seen[$2 "," $3]++) order[n++] = $2 "," $3 }
         function cell(t, k) { return ((t "," k) in count) ? sprintf("%9.0f %6.2f %7.2f", median(t "," k, "ops"), median(t "," k, "p50"), median(t "," k, "p99")) : sprintf("%9s %6s %7s", "-", "-", "-") }
-        function ratio(a, b, k) { return ((a "," k) in count && (b "," k) in count && median(b "," k, "ops") > 0) ? sprintf("%6.2fx", median(a "," k, "ops") / median(b "," k, "ops")) : sprintf("%7s", "-") }
+        function ratio(a, b, k, what) { return ((a "," k) in count && (b "," k) in count && median(b "," k, what) > 0) ? sprintf("%6.2fx", median(a "," k, what) / median(b "," k, what)) : sprintf("%7s", "-") }
+        function has_cpu(t, k) { return ((t "," k) in count) && !((t "," k) in nocpu) }
+        function usage(t, k) { return has_cpu(t, k) ? sprintf("%7.1f %7.2f", median(t "," k, "cpu"), median(t "," k, "cs")) : sprintf("%7s %7s", "-", "-") }
+        function cpu_ratio(a, b, k) { return (has_cpu(a, k) && has_cpu(b, k)) ? ratio(a, b, k, "cpu") : sprintf("%7s", "-") }
         END {
             printf "%-7s %7s | %-24s | %-24s | %-24s | %8s %8s\n", "op", "clients", "raftkit ops/s p50 p99", "etcd ops/s p50 p99", "redis ops/s p50 p99", "/etcd", "/redis"
             for (i = 0; i < n; i++) {
                 split(order[i], f, ",")
-                printf "%-7s %7s | %s | %s | %s | %8s %8s\n", f[1], f[2], cell("raftkit", order[i]), cell("etcd", order[i]), cell("redis", order[i]), ratio("raftkit", "etcd", order[i]), ratio("raftkit", "redis", order[i])
+                printf "%-7s %7s | %s | %s | %s | %8s %8s\n", f[1], f[2], cell("raftkit", order[i]), cell("etcd", order[i]), cell("redis", order[i]), ratio("raftkit", "etcd", order[i], "ops"), ratio("raftkit", "redis", order[i], "ops")
+            }
+            printf "\nPer request, over all of a target'"'"'s server processes (not the load generator): CPU time in us and\n"
+            printf "context switches; the ratios are raftkit'"'"'s CPU time over the other'"'"'s (below 1: raftkit uses less)\n"
+            printf "%-7s %7s | %-15s | %-15s | %-15s | %8s %8s\n", "op", "clients", "raftkit cpu cs", "etcd cpu cs", "redis cpu cs", "/etcd", "/redis"
+            for (i = 0; i < n; i++) {
+                split(order[i], f, ",")
+                printf "%-7s %7s | %s | %s | %s | %8s %8s\n", f[1], f[2], usage("raftkit", order[i]), usage("etcd", order[i]), usage("redis", order[i]), cpu_ratio("raftkit", "etcd", order[i]), cpu_ratio("raftkit", "redis", order[i])
             }
         }' "$RESULTS"
 }
