@@ -107,8 +107,9 @@ server_usage() {
         [ -n "$p" ] && [ -r "/proc/$p/stat" ] && files+=("/proc/$p/stat" "/proc/$p"/task/*/status)
     done
     [ ${#files[@]} -gt 0 ] || return 0
-    # A thread may end between the glob and the read: cat skips it and goes on.
-    cat "${files[@]}" 2>/dev/null | awk '
+    # A thread may end between the glob and the read: cat skips it, goes on, and fails, which
+    # must not end the run (errexit, pipefail).
+    { cat "${files[@]}" 2>/dev/null || true; } | awk '
         /^[0-9]+ \(/ { sub(/^.*\) /, ""); ticks += $12 + $13; next } # $1 is field 3, the state
         /^(nonv|v)oluntary_ctxt_switches:/ { cs += $2 }
         END { print ticks + 0, cs + 0 }'
