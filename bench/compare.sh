@@ -98,24 +98,30 @@ steal_since() {
 }
 
 # What the running target's server processes (PIDS) have used so far: "<cpu ticks> <context
-# switches>". The CPU time is each process's own total (utime + stime in /proc/<pid>/stat, every
-# thread's, exited ones included); the switches, voluntary and not, are summed over the threads
-# alive now. Empty where there is no /proc.
+# switches>". The CPU time is each process's own total from /proc/<pid>/stat: utime + stime of
+# every thread, exited ones included, plus cutime + cstime of the children it has reaped (Redis
+# rewrites its append-only file in a forked child). The switches, voluntary and not, are summed
+# over the threads alive now, so those of a thread that ended since the last reading are lost
+# (servers here keep their threads; a blocking-pool thread that idles out loses a few). Empty
+# where there is no /proc, or when a server has exited: its usage would vanish from the sum.
 server_usage() {
-    local p files=()
+    local p n=0 files=()
     for p in "${PIDS[@]:-}"; do
-        [ -n "$p" ] && [ -r "/proc/$p/stat" ] && files+=("/proc/$p/stat" "/proc/$p"/task/*/status)
+        [ -n "$p" ] || continue
+        files+=("/proc/$p/stat" "/proc/$p"/task/*/status)
+        n=$((n + 1))
     done
-    [ ${#files[@]} -gt 0 ] || return 0
+    [ "$n" -gt 0 ] || return 0
     # A thread may end between the glob and the read: cat skips it, goes on, and fails, which
-    # must not end the run (errexit, pipefail).
-    { cat "${files[@]}" 2>/dev/null || true; } | awk '
-        /^[0-9]+ \(/ { sub(/^.*\) /, ""); ticks += $12 + $13; next } # $1 is field 3, the state
+    # must not end the run (errexit, pipefail). A missing process is caught by its stat line.
+    { cat "${files[@]}" 2>/dev/null || true; } | awk -v want="$n" '
+        /^[0-9]+ \(/ { got++; sub(/^.*\) /, ""); ticks += $12 + $13 + $14 + $15; next } # $1 is field 3
         /^(nonv|v)oluntary_ctxt_switches:/ { cs += $2 }
-        END { print ticks + 0, cs + 0 }'
+        END { if (got == want) print ticks, cs + 0 }'
 }
 
-# per_request <usage before> <usage after> <requests>: "<cpu µs>,<switches>" per request.
+# per_request <usage before> <usage after> <requests>: "<cpu µs>,<switches>" per request, or ","
+# when either reading is missing. Readings are whole clock ticks (10 ms on Linux) per process.
 per_request() {
     [ -n "$1" ] && [ -n "$2" ] || { echo ","; return; }
     awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK 2>/dev/null || echo 100)" 'BEGIN {
@@ -136,7 +142,7 @@ record() {
         printf "%s,%s,%s,%s,%s,%s", t, w, c, f[2], f[5], f[7] }')
     [ -n "$point" ] && printf '%s,%s,%s\n' "$point" "$(steal_since "$before")" \
         "$(per_request "$usage" "$(server_usage)" "$4")" >>"$RESULTS"
-    tail -n 1 "$RESULTS" | awk -F, '{ printf "   %-8s %-7s c=%-4s %10.0f ops/s  p50 %6.2f ms  p99 %7.2f ms  steal %s%%  cpu %s us/req\n", $1, $2, $3, $4, $5, $6, $7, $8 }' >&2
+    tail -n 1 "$RESULTS" | awk -F, '{ printf "   %-8s %-7s c=%-4s %10.0f ops/s  p50 %6.2f ms  p99 %7.2f ms  steal %s%%  cpu %s us, %s switches per request\n", $1, $2, $3, $4, $5, $6, $7, ($8 == "" ? "-" : $8), ($9 == "" ? "-" : $9) }' >&2
 }
 
 resp_load() { # <target> <port> [redis-benchmark options]
