@@ -3,7 +3,9 @@
 //!
 //! The accept loop only accepts. A connection past [`GrpcOptions::max_connections`], or past
 //! [`GrpcOptions::max_connections_per_ip`] from its address, is closed at once; an admitted one
-//! holds its place until it closes, whoever ends it. With TLS each connection's handshake runs
+//! holds its place until it closes, whoever ends it. Connections from the cluster's members'
+//! addresses ([`MemberSources`]) are held to the per-address limit only, so strangers who fill
+//! the port cannot keep a reconnecting peer out. With TLS each connection's handshake runs
 //! in a task of its own, within a timeout, and at most [`GrpcOptions::max_tls_handshakes`] at
 //! once — a connection that arrives while that many are under way is closed at once too. A
 //! slow or silent client therefore costs one task and one permit until its timeout, and cannot
@@ -13,6 +15,7 @@
 //! silent connections cannot hold places either.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
@@ -22,6 +25,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
+use std::sync::RwLock;
 use std::task::Context;
 use std::task::Poll;
 use std::time::Duration;
@@ -125,6 +129,29 @@ fn source_of(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The source addresses ([`source_of`]) of the cluster's members, as the server last looked
+/// them up: connections from them do not count against [`GrpcOptions::max_connections`]'s
+/// refusals (they still hold places and are held to the per-address limit). Cheap to clone;
+/// clones share one set.
+#[derive(Clone, Default)]
+pub(crate) struct MemberSources(Arc<RwLock<HashSet<IpAddr>>>);
+
+impl MemberSources {
+    /// Replaces the set with the sources of `ips`.
+    pub(crate) fn set(&self, ips: impl IntoIterator<Item = IpAddr>) {
+        let sources = ips.into_iter().map(source_of).collect();
+        // Nothing panics while holding it; recover the guard rather than propagate poison.
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = sources;
+    }
+
+    fn contains(&self, source: &IpAddr) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(source)
+    }
+}
+
 /// The connections held, in all and per source address.
 #[derive(Default)]
 struct Counts {
@@ -139,11 +166,13 @@ fn lock(counts: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
     counts.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The server's connection limits: in all, and per source address.
+/// The server's connection limits: in all (members' addresses excepted), and per source
+/// address.
 struct Admission {
     counts: SharedCounts,
     max_total: usize,
     max_per_source: usize,
+    members: MemberSources,
 }
 
 /// An admitted connection's place under the limits, given back when it is dropped.
@@ -166,20 +195,23 @@ impl Drop for Place {
 }
 
 impl Admission {
-    fn new(opts: &GrpcOptions) -> Admission {
+    fn new(opts: &GrpcOptions, members: MemberSources) -> Admission {
         Admission {
             counts: SharedCounts::default(),
             max_total: opts.max_connections.max(1),
             max_per_source: opts.max_connections_per_ip.max(1),
+            members,
         }
     }
 
-    /// A place for a connection from `ip`, or why there is none.
+    /// A place for a connection from `ip`, or why there is none. A member's address gets one
+    /// past the total limit; the places it takes still count, so strangers get fewer.
     fn admit(&self, ip: IpAddr) -> Result<Place, Refusal> {
         let source = source_of(ip);
+        let member = self.members.contains(&source);
         {
             let mut counts = lock(&self.counts);
-            if counts.total >= self.max_total {
+            if counts.total >= self.max_total && !member {
                 return Err(Refusal::Connections);
             }
             let n = counts.per_source.entry(source).or_insert(0);
@@ -204,10 +236,10 @@ struct Acceptor {
 }
 
 impl Acceptor {
-    fn new(listener: TcpListener, opts: &GrpcOptions) -> Acceptor {
+    fn new(listener: TcpListener, opts: &GrpcOptions, members: MemberSources) -> Acceptor {
         Acceptor {
             listener,
-            admission: Admission::new(opts),
+            admission: Admission::new(opts, members),
             refusals: Refusals::default(),
         }
     }
@@ -333,14 +365,16 @@ impl<IO: Connected> Connected for Limited<IO> {
     }
 }
 
-/// The plain TCP connections accepted on `listener`, within the limits of `opts`.
+/// The plain TCP connections accepted on `listener`, within the limits of `opts` (the
+/// addresses in `members` excepted from the total).
 pub(crate) fn tcp_incoming(
     listener: TcpListener,
     opts: &GrpcOptions,
+    members: MemberSources,
 ) -> impl Stream<Item = Result<Limited<TcpStream>, io::Error>> + Send + 'static {
     let preface_timeout = opts.preface_timeout;
     futures_util::stream::unfold(
-        Acceptor::new(listener, opts),
+        Acceptor::new(listener, opts, members),
         move |mut acceptor| async move {
             let (io, _, place) = acceptor.next().await;
             Some((Ok(Limited::new(io, place, preface_timeout)), acceptor))
@@ -348,19 +382,21 @@ pub(crate) fn tcp_incoming(
     )
 }
 
-/// The TLS connections accepted on `listener`, within the limits of `opts`, handshaken with
-/// `tls` as it is when each arrives. The accept task ends when the stream is dropped.
+/// The TLS connections accepted on `listener`, within the limits of `opts` (the addresses in
+/// `members` excepted from the total), handshaken with `tls` as it is when each arrives. The
+/// accept task ends when the stream is dropped.
 pub(crate) fn tls_incoming(
     listener: TcpListener,
     tls: ReloadableTls,
     opts: &GrpcOptions,
+    members: MemberSources,
 ) -> impl Stream<Item = Result<Limited<TlsStream<TcpStream>>, io::Error>> + Send + 'static {
     let limit = opts.max_tls_handshakes.max(1);
     let timeout = opts.tls_handshake_timeout;
     let preface_timeout = opts.preface_timeout;
     let (tx, rx) = mpsc::channel(limit);
     let permits = Arc::new(Semaphore::new(limit));
-    let mut acceptor = Acceptor::new(listener, opts);
+    let mut acceptor = Acceptor::new(listener, opts, members);
     tokio::spawn(async move {
         loop {
             let (tcp, from, place) = tokio::select! {
@@ -399,10 +435,15 @@ mod tests {
     use super::*;
 
     fn admission(total: usize, per_ip: usize) -> Admission {
+        admission_with(total, per_ip, MemberSources::default())
+    }
+
+    fn admission_with(total: usize, per_ip: usize, members: MemberSources) -> Admission {
         Admission::new(
             &GrpcOptions::default()
                 .with_max_connections(total)
                 .with_max_connections_per_ip(per_ip),
+            members,
         )
     }
 
@@ -437,5 +478,36 @@ mod tests {
         assert!(a.admit(ip("2001:db8:1:3::1")).is_ok());
         let _q = a.admit(ip("192.0.2.7")).unwrap();
         assert!(a.admit(ip("::ffff:192.0.2.7")).is_err());
+    }
+
+    #[test]
+    fn a_members_address_is_admitted_past_the_total_but_not_past_its_own_share() {
+        let members = MemberSources::default();
+        let a = admission_with(2, 2, members.clone());
+        let _full = [
+            a.admit(ip("10.0.0.1")).unwrap(),
+            a.admit(ip("10.0.0.2")).unwrap(),
+        ];
+        assert_eq!(a.admit(ip("10.0.0.9")).err(), Some(Refusal::Connections));
+
+        // The member set is read at each admission, so a change applies at once; an IPv6
+        // member stands for its /64, as the per-address limit counts it.
+        members.set([ip("10.0.0.9"), ip("2001:db8:1:2::5")]);
+        let _m1 = a.admit(ip("10.0.0.9")).unwrap();
+        let _m2 = a.admit(ip("10.0.0.9")).unwrap();
+        assert_eq!(
+            a.admit(ip("10.0.0.9")).err(),
+            Some(Refusal::ConnectionsFromAddress)
+        );
+        let _m3 = a.admit(ip("2001:db8:1:2::77")).unwrap();
+        // Strangers are still refused, and the members' places count.
+        assert_eq!(a.admit(ip("10.0.0.3")).err(), Some(Refusal::Connections));
+        assert_eq!(lock(&a.counts).total, 5);
+
+        members.set([]);
+        assert_eq!(
+            a.admit(ip("2001:db8:1:2::78")).err(),
+            Some(Refusal::Connections)
+        );
     }
 }

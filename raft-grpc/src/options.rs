@@ -33,12 +33,17 @@ pub struct GrpcOptions {
     /// connection arriving past it is closed at once, so connections cannot take the file
     /// descriptors the node's log and snapshots need. Every peer holds a few (replication,
     /// forwarded writes, snapshots) and every client process one per node it talks to.
+    /// Connections from a member's address (the membership's names for the members, looked
+    /// up every 5 s; an IPv6 address stands for its /64) are not refused for this limit, only
+    /// for [`GrpcOptions::max_connections_per_ip`]: strangers who fill the server cannot keep a
+    /// peer that reconnects out. So the server holds at most this many plus the per-address
+    /// limit per member address. Applies to [`Server::serve`](crate::Server::serve).
     /// Default 512; at least 1.
     pub max_connections: usize,
     /// Most connections the server holds from one IP address (for IPv6, one /64 network); a
     /// connection past it is closed at once, so one address cannot take every place of
-    /// [`GrpcOptions::max_connections`] and shut the peers out: with the defaults it takes
-    /// eight addresses to fill the server. Default 64; at least 1.
+    /// [`GrpcOptions::max_connections`]: with the defaults it takes eight addresses to fill
+    /// the server (members' addresses go past the total, see there). Default 64; at least 1.
     pub max_connections_per_ip: usize,
     /// How outgoing connections are made (TCP unless testing over a simulated network).
     pub connector: Connector,

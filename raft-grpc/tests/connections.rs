@@ -71,6 +71,29 @@ async fn answers_ping(s: &mut TcpStream) -> bool {
     false
 }
 
+/// Fills `to` with connections from 127.0.0.`first_host` on, `PER_IP` from each address, until
+/// three in a row are refused (the total limit), and returns those admitted.
+async fn fill_from(first_host: u8, to: SocketAddr) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    let mut refused_in_a_row = 0;
+    let mut host = first_host;
+    while refused_in_a_row < 3 {
+        assert!(host < 250, "the total limit never refused a connection");
+        let from = Ipv4Addr::new(127, 0, 0, host);
+        for _ in 0..PER_IP {
+            match connect_from(from, to).await {
+                Some(s) => {
+                    held.push(s);
+                    refused_in_a_row = 0;
+                }
+                None => refused_in_a_row += 1,
+            }
+        }
+        host += 1;
+    }
+    held
+}
+
 /// File descriptors this process has open (the test's client sockets and the nodes' own).
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -101,22 +124,7 @@ async fn connections_past_the_limits_are_closed_and_the_cluster_keeps_replicatin
     assert_eq!(held.len(), PER_IP, "admitted from one address");
 
     // Other addresses take what is left of the total (the peers, from 127.0.0.1, hold some).
-    let mut refused_in_a_row = 0;
-    let mut host = 3;
-    while refused_in_a_row < 3 {
-        assert!(host < 250, "the total limit never refused a connection");
-        let from = Ipv4Addr::new(127, 0, 0, host);
-        for _ in 0..PER_IP {
-            match connect_from(from, addr).await {
-                Some(s) => {
-                    held.push(s);
-                    refused_in_a_row = 0;
-                }
-                None => refused_in_a_row += 1,
-            }
-        }
-        host += 1;
-    }
+    held.extend(fill_from(3, addr).await);
     assert!(
         held.len() <= MAX_CONNECTIONS && held.len() >= MAX_CONNECTIONS - 12,
         "admitted {} connections with a limit of {MAX_CONNECTIONS}",
@@ -156,6 +164,47 @@ async fn connections_past_the_limits_are_closed_and_the_cluster_keeps_replicatin
         );
         again.extend(connect_from(from, addr).await);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_is_admitted_to_a_port_that_strangers_have_filled() {
+    let opts = GrpcOptions::default()
+        .with_max_connections(MAX_CONNECTIONS)
+        .with_max_connections_per_ip(PER_IP);
+    let c = GrpcCluster::start(3, opts, |c| c).await;
+    let leader = c.leader().await;
+    let follower = *c.nodes.keys().find(|id| **id != leader).unwrap();
+    let addr: SocketAddr = c.addrs[&follower].parse().unwrap();
+
+    let _strangers = fill_from(2, addr).await;
+    assert!(
+        connect_from(Ipv4Addr::new(127, 0, 0, 250), addr)
+            .await
+            .is_none(),
+        "another stranger is refused"
+    );
+
+    // Every member's address here is 127.0.0.1: a peer reconnecting from it gets a place. The
+    // server looks the members up every few seconds, so the first look may predate the
+    // cluster's membership; without the exception this never succeeds.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if connect_from(Ipv4Addr::LOCALHOST, addr).await.is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a connection from the members' address was refused for {WAIT:?}"
+        );
+        // Paces the attempts; each refused one is logged by the server.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        connect_from(Ipv4Addr::new(127, 0, 0, 251), addr)
+            .await
+            .is_none(),
+        "strangers are still refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

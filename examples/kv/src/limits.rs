@@ -70,7 +70,8 @@ impl Default for ConnLimits {
 }
 
 /// Most connections a node's raft port holds (peers and admin tools); one past it is closed at
-/// once. Peers hold a few each, an admin command one while it runs.
+/// once, unless it comes from a member's address (a peer must always be able to reconnect).
+/// Peers hold a few each, an admin command one while it runs.
 pub const RAFT_PORT_CONNECTIONS: usize = 128;
 
 /// Most of [`RAFT_PORT_CONNECTIONS`] one address (IPv6: one /64) may hold: it takes eight
@@ -78,7 +79,7 @@ pub const RAFT_PORT_CONNECTIONS: usize = 128;
 pub const RAFT_PORT_CONNECTIONS_PER_IP: usize = 16;
 
 /// File descriptors a process keeps per node beyond its clients: the raft port's connections
-/// (at most [`RAFT_PORT_CONNECTIONS`]), the WAL's segments, snapshot and backup files,
+/// (at most [`RAFT_PORT_CONNECTIONS`], and the peers' few past it), the WAL's segments, snapshot and backup files,
 /// connections to the other nodes, the metrics listener, and the refusals under way past
 /// `maxclients`.
 const RESERVED_FDS: u64 = 256;

@@ -15,6 +15,7 @@ mod cluster;
 mod forward;
 mod internal;
 mod local;
+mod members;
 
 pub use self::local::LocalClient;
 
@@ -260,7 +261,10 @@ impl<S: StateMachine> Server<S> {
     /// [`GrpcOptions::preface_timeout`] is closed then. With TLS, each connection's handshake
     /// runs in a task of its own, within [`GrpcOptions::tls_handshake_timeout`] and at most
     /// [`GrpcOptions::max_tls_handshakes`] at once, with the certificate in force when the
-    /// connection arrives (see [`crate::ReloadableTls::reload`]).
+    /// connection arrives (see [`crate::ReloadableTls::reload`]). Connections from the
+    /// addresses of the cluster's members (their names in the membership, looked up every 5 s)
+    /// are held to the per-address limit only, so a member can reconnect to a port that
+    /// strangers have filled.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -268,13 +272,16 @@ impl<S: StateMachine> Server<S> {
     ) -> Result<(), ServeError> {
         self.warn_if_open(listener.local_addr().ok());
         let opts = self.shared.opts.clone();
+        let sources = crate::accept::MemberSources::default();
+        // Stops with this future, however it ends.
+        let _tracker = members::Tracker::start(self.shared.node.clone(), sources.clone());
         match opts.tls.clone().filter(|t| t.serves()) {
             Some(tls) => {
-                let incoming = crate::accept::tls_incoming(listener, tls, &opts);
+                let incoming = crate::accept::tls_incoming(listener, tls, &opts, sources);
                 self.serve_accepted(incoming, false, shutdown).await
             }
             None => {
-                let incoming = crate::accept::tcp_incoming(listener, &opts);
+                let incoming = crate::accept::tcp_incoming(listener, &opts, sources);
                 self.serve_accepted(incoming, false, shutdown).await
             }
         }
