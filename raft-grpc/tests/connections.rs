@@ -22,6 +22,7 @@ use common::h2::PREFACE;
 use common::h2::SETTINGS;
 use common::h2::frame;
 use common::h2::read_frame;
+use raft_core::NodeId;
 use raft_grpc::GrpcOptions;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
@@ -99,20 +100,26 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn connections_past_the_limits_are_closed_and_the_cluster_keeps_replicating() {
+/// A three-node cluster under the test's limits, its leader, and a follower's address: the
+/// leader's replication arrives there.
+async fn limited_cluster() -> (GrpcCluster, NodeId, SocketAddr) {
     let opts = GrpcOptions::default()
         .with_max_connections(MAX_CONNECTIONS)
         .with_max_connections_per_ip(PER_IP);
     let c = GrpcCluster::start(3, opts, |c| c).await;
     let leader = c.leader().await;
+    let follower = *c.nodes.keys().find(|id| **id != leader).unwrap();
+    let addr: SocketAddr = c.addrs[&follower].parse().unwrap();
+    (c, leader, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_past_the_limits_are_closed_and_the_cluster_keeps_replicating() {
+    let (c, leader, addr) = limited_cluster().await;
     let node = c.nodes[&leader].node();
     node.write(Cmd::Put("before".into(), "1".into()))
         .await
         .unwrap();
-    // A follower's port: the leader's replication arrives there.
-    let follower = *c.nodes.keys().find(|id| **id != leader).unwrap();
-    let addr: SocketAddr = c.addrs[&follower].parse().unwrap();
     let fds_before = open_fds();
 
     // One address gets its share and no more.
@@ -168,13 +175,7 @@ async fn connections_past_the_limits_are_closed_and_the_cluster_keeps_replicatin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_is_admitted_to_a_port_that_strangers_have_filled() {
-    let opts = GrpcOptions::default()
-        .with_max_connections(MAX_CONNECTIONS)
-        .with_max_connections_per_ip(PER_IP);
-    let c = GrpcCluster::start(3, opts, |c| c).await;
-    let leader = c.leader().await;
-    let follower = *c.nodes.keys().find(|id| **id != leader).unwrap();
-    let addr: SocketAddr = c.addrs[&follower].parse().unwrap();
+    let (_c, _, addr) = limited_cluster().await;
 
     let _strangers = fill_from(2, addr).await;
     assert!(
