@@ -4,7 +4,8 @@
 //! The accept loop only accepts. A connection past [`GrpcOptions::max_connections`], or past
 //! [`GrpcOptions::max_connections_per_ip`] from its address, is closed at once; an admitted one
 //! holds its place until it closes, whoever ends it. Connections from the cluster's members'
-//! addresses ([`MemberSources`]) are held to the per-address limit only, so strangers who fill
+//! addresses ([`MemberSources`]) may go past the total by one address's share
+//! ([`GrpcOptions::max_connections_per_ip`]) and need no handshake permit, so strangers who fill
 //! the port cannot keep a reconnecting peer out. With TLS each connection's handshake runs
 //! in a task of its own, within a timeout, and at most [`GrpcOptions::max_tls_handshakes`] at
 //! once — a connection that arrives while that many are under way is closed at once too. A
@@ -130,9 +131,9 @@ fn source_of(ip: IpAddr) -> IpAddr {
 }
 
 /// The source addresses ([`source_of`]) of the cluster's members, as the server last looked
-/// them up: connections from them do not count against [`GrpcOptions::max_connections`]'s
-/// refusals (they still hold places and are held to the per-address limit). Cheap to clone;
-/// clones share one set.
+/// them up: connections from them may go past [`GrpcOptions::max_connections`] by one
+/// address's share (they still hold places, and the per-address limit holds for them). Cheap
+/// to clone; clones share one set.
 #[derive(Clone, Default)]
 pub(crate) struct MemberSources(Arc<RwLock<HashSet<IpAddr>>>);
 
@@ -166,8 +167,8 @@ fn lock(counts: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
     counts.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The server's connection limits: in all (members' addresses excepted), and per source
-/// address.
+/// The server's connection limits: in all (members' addresses get one address's share more),
+/// and per source address.
 struct Admission {
     counts: SharedCounts,
     max_total: usize,
@@ -178,6 +179,8 @@ struct Admission {
 /// An admitted connection's place under the limits, given back when it is dropped.
 pub(crate) struct Place {
     source: IpAddr,
+    /// Whether the source was a member's address when the place was given.
+    member: bool,
     counts: SharedCounts,
 }
 
@@ -204,14 +207,20 @@ impl Admission {
         }
     }
 
-    /// A place for a connection from `ip`, or why there is none. A member's address gets one
-    /// past the total limit; the places it takes still count, so strangers get fewer.
+    /// A place for a connection from `ip`, or why there is none. A member's address may take
+    /// places past the total limit, up to one address's share more in all (the places it takes
+    /// still count, so strangers get fewer): the server never holds more than
+    /// `max_total + max_per_source`.
     fn admit(&self, ip: IpAddr) -> Result<Place, Refusal> {
         let source = source_of(ip);
         let member = self.members.contains(&source);
+        let limit = match member {
+            true => self.max_total.saturating_add(self.max_per_source),
+            false => self.max_total,
+        };
         {
             let mut counts = lock(&self.counts);
-            if counts.total >= self.max_total && !member {
+            if counts.total >= limit {
                 return Err(Refusal::Connections);
             }
             let n = counts.per_source.entry(source).or_insert(0);
@@ -223,6 +232,7 @@ impl Admission {
         }
         Ok(Place {
             source,
+            member,
             counts: self.counts.clone(),
         })
     }
@@ -403,9 +413,17 @@ pub(crate) fn tls_incoming(
                 a = acceptor.next() => a,
                 _ = tx.closed() => return,
             };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                acceptor.refusals.note(from, Refusal::Handshakes);
-                continue;
+            // A member's handshake needs no permit: strangers who hold every permit must not
+            // keep a peer out, and the member's places are bounded already.
+            let permit = match place.member {
+                true => None,
+                false => match permits.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        acceptor.refusals.note(from, Refusal::Handshakes);
+                        continue;
+                    }
+                },
             };
             let Some(tls_acceptor) = tls.acceptor() else {
                 return;
@@ -481,7 +499,7 @@ mod tests {
     }
 
     #[test]
-    fn a_members_address_is_admitted_past_the_total_but_not_past_its_own_share() {
+    fn a_members_address_is_admitted_past_the_total() {
         let members = MemberSources::default();
         let a = admission_with(2, 2, members.clone());
         let _full = [
@@ -494,20 +512,39 @@ mod tests {
         // member stands for its /64, as the per-address limit counts it.
         members.set([ip("10.0.0.9"), ip("2001:db8:1:2::5")]);
         let _m1 = a.admit(ip("10.0.0.9")).unwrap();
-        let _m2 = a.admit(ip("10.0.0.9")).unwrap();
-        assert_eq!(
-            a.admit(ip("10.0.0.9")).err(),
-            Some(Refusal::ConnectionsFromAddress)
-        );
-        let _m3 = a.admit(ip("2001:db8:1:2::77")).unwrap();
+        let _m2 = a.admit(ip("2001:db8:1:2::77")).unwrap();
         // Strangers are still refused, and the members' places count.
         assert_eq!(a.admit(ip("10.0.0.3")).err(), Some(Refusal::Connections));
-        assert_eq!(lock(&a.counts).total, 5);
+        assert_eq!(lock(&a.counts).total, 4);
 
         members.set([]);
         assert_eq!(
             a.admit(ip("2001:db8:1:2::78")).err(),
             Some(Refusal::Connections)
         );
+    }
+
+    #[test]
+    fn members_keep_to_their_share_and_go_past_the_total_by_one_share_in_all() {
+        let members = MemberSources::default();
+        members.set([ip("::ffff:10.0.0.7"), ip("10.0.0.8"), ip("10.0.0.9")]);
+        let a = admission_with(4, 2, members);
+        // A member's address keeps to its share; a mapped IPv4 member counts as its IPv4.
+        let _m1 = a.admit(ip("10.0.0.7")).unwrap();
+        let _m2 = a.admit(ip("::ffff:10.0.0.7")).unwrap();
+        assert_eq!(
+            a.admit(ip("10.0.0.7")).err(),
+            Some(Refusal::ConnectionsFromAddress)
+        );
+        let _s = [
+            a.admit(ip("10.0.0.1")).unwrap(),
+            a.admit(ip("10.0.0.2")).unwrap(),
+        ];
+        assert_eq!(a.admit(ip("10.0.0.3")).err(), Some(Refusal::Connections));
+        // Past the total, the members share one address's worth of places.
+        let _m3 = a.admit(ip("10.0.0.8")).unwrap();
+        let _m4 = a.admit(ip("10.0.0.9")).unwrap();
+        assert_eq!(a.admit(ip("10.0.0.9")).err(), Some(Refusal::Connections));
+        assert_eq!(lock(&a.counts).total, 6);
     }
 }

@@ -34,16 +34,20 @@ pub struct GrpcOptions {
     /// descriptors the node's log and snapshots need. Every peer holds a few (replication,
     /// forwarded writes, snapshots) and every client process one per node it talks to.
     /// Connections from a member's address (the membership's names for the members, looked
-    /// up every 5 s; an IPv6 address stands for its /64) are not refused for this limit, only
-    /// for [`GrpcOptions::max_connections_per_ip`]: strangers who fill the server cannot keep a
-    /// peer that reconnects out. So the server holds at most this many plus the per-address
-    /// limit per member address. Applies to [`Server::serve`](crate::Server::serve).
-    /// Default 512; at least 1.
+    /// up every 5 s; an IPv6 address stands for its /64) may go past it by one address's share
+    /// ([`GrpcOptions::max_connections_per_ip`]) in all, and need no TLS handshake permit, so
+    /// strangers who fill the server cannot keep a peer that reconnects out. The server holds
+    /// at most this many plus one address's share. The exception goes by source address: it
+    /// also covers anything else on a member's host (or behind the same NAT, or in its IPv6
+    /// /64), and misses a peer whose connections come from another address than its name
+    /// resolves to. Applies to [`Server::serve`](crate::Server::serve). Default 512; at least
+    /// 1.
     pub max_connections: usize,
     /// Most connections the server holds from one IP address (for IPv6, one /64 network); a
     /// connection past it is closed at once, so one address cannot take every place of
     /// [`GrpcOptions::max_connections`]: with the defaults it takes eight addresses to fill
-    /// the server (members' addresses go past the total, see there). Default 64; at least 1.
+    /// the server for strangers (members' addresses go past the total, see there). Default 64;
+    /// at least 1.
     pub max_connections_per_ip: usize,
     /// How outgoing connections are made (TCP unless testing over a simulated network).
     pub connector: Connector,

@@ -1,7 +1,7 @@
 //! The server holds a bounded number of connections: at most `max_connections` in all and
 //! `max_connections_per_ip` from one address. Connections past either are closed at once, the
-//! cluster keeps replicating while the server is full, and places come back when connections
-//! close.
+//! cluster keeps replicating while the server is full, places come back when connections
+//! close, and a member's address still gets a place when strangers have filled the rest.
 //!
 //! Connections come from several loopback source addresses (127.0.0.x), which Linux routes.
 #![cfg(target_os = "linux")]
@@ -100,22 +100,34 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-/// A three-node cluster under the test's limits, its leader, and a follower's address: the
-/// leader's replication arrives there.
-async fn limited_cluster() -> (GrpcCluster, NodeId, SocketAddr) {
+/// Held by each test that fills a server: one counts this process's descriptors, which the
+/// other's connections would change.
+static FILLING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A three-node cluster under the test's limits, its leader, a follower's address (the
+/// leader's replication arrives there), and the [`FILLING`] guard. Keepalive is slow enough
+/// that the test's connections, which answer no pings, are not closed while a test runs.
+async fn limited_cluster() -> (
+    GrpcCluster,
+    NodeId,
+    SocketAddr,
+    tokio::sync::MutexGuard<'static, ()>,
+) {
+    let filling = FILLING.lock().await;
     let opts = GrpcOptions::default()
         .with_max_connections(MAX_CONNECTIONS)
-        .with_max_connections_per_ip(PER_IP);
+        .with_max_connections_per_ip(PER_IP)
+        .with_keepalive_interval(Duration::from_secs(600));
     let c = GrpcCluster::start(3, opts, |c| c).await;
     let leader = c.leader().await;
     let follower = *c.nodes.keys().find(|id| **id != leader).unwrap();
     let addr: SocketAddr = c.addrs[&follower].parse().unwrap();
-    (c, leader, addr)
+    (c, leader, addr, filling)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn connections_past_the_limits_are_closed_and_the_cluster_keeps_replicating() {
-    let (c, leader, addr) = limited_cluster().await;
+    let (c, leader, addr, _filling) = limited_cluster().await;
     let node = c.nodes[&leader].node();
     node.write(Cmd::Put("before".into(), "1".into()))
         .await
@@ -175,7 +187,7 @@ async fn connections_past_the_limits_are_closed_and_the_cluster_keeps_replicatin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_is_admitted_to_a_port_that_strangers_have_filled() {
-    let (_c, _, addr) = limited_cluster().await;
+    let (_c, _, addr, _filling) = limited_cluster().await;
 
     let _strangers = fill_from(2, addr).await;
     assert!(
@@ -186,8 +198,8 @@ async fn a_member_is_admitted_to_a_port_that_strangers_have_filled() {
     );
 
     // Every member's address here is 127.0.0.1: a peer reconnecting from it gets a place. The
-    // server looks the members up every few seconds, so the first look may predate the
-    // cluster's membership; without the exception this never succeeds.
+    // server may not have looked up the members since the cluster formed, hence the retries;
+    // without the exception none succeeds while the strangers hold their places.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if connect_from(Ipv4Addr::LOCALHOST, addr).await.is_some() {

@@ -455,10 +455,17 @@ async fn a_reloaded_certificate_serves_new_connections_both_ways() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn silent_connections_cannot_stall_handshakes() {
-    const LIMIT: usize = 4;
-    let handshake_timeout = Duration::from_millis(800);
+/// A one-node cluster serving TLS with at most `handshakes` handshakes at once, each within
+/// `timeout`; its address, CA and node certificate.
+async fn tls_node(
+    handshakes: usize,
+    timeout: Duration,
+) -> (
+    GrpcCluster,
+    String,
+    CertifiedIssuer<'static, KeyPair>,
+    (String, String),
+) {
     let ca = make_ca("raftkit test CA");
     let cert = make_node_cert(&ca, &[1]);
     let tls = TlsConfig::from_pem(
@@ -467,19 +474,30 @@ async fn silent_connections_cannot_stall_handshakes() {
     );
     let opts = GrpcOptions::default()
         .with_tls(Some(ReloadableTls::new(tls).unwrap()))
-        .with_tls_handshake_timeout(handshake_timeout)
-        .with_max_tls_handshakes(LIMIT);
+        .with_tls_handshake_timeout(timeout)
+        .with_max_tls_handshakes(handshakes);
     let c = GrpcCluster::start(1, opts, |c| c).await;
     let addr = c.addrs[&1].clone();
+    (c, addr, ca, cert)
+}
 
-    // Connections that never say hello, one short of the limit: a real handshake still
-    // completes at once beside them.
-    let mut silent = Vec::new();
-    for _ in 0..LIMIT - 1 {
-        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
-    }
-    let start = std::time::Instant::now();
-    // A whole call, so the server has finished with the handshake when it returns.
+/// A connection to `addr` from 127.0.0.2, which is no member's address (the node's own is
+/// 127.0.0.1), so it needs a handshake permit.
+#[cfg(target_os = "linux")]
+async fn stranger(addr: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    socket.connect(addr.parse().unwrap()).await.unwrap()
+}
+
+/// A status call to `addr` over TLS with `cert`, from 127.0.0.1, within `within`: a whole
+/// call, so the server has finished with the handshake when it returns.
+async fn status_over_tls(
+    addr: &str,
+    ca: &CertifiedIssuer<'static, KeyPair>,
+    cert: &(String, String),
+    within: Duration,
+) -> Result<(), tonic::Status> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca.pem()))
         .identity(Identity::from_pem(&cert.0, &cert.1))
@@ -490,9 +508,28 @@ async fn silent_connections_cannot_stall_handshakes() {
         .unwrap()
         .connect_lazy();
     let mut req = tonic::Request::new(pb::StatusRequest {});
-    req.set_timeout(handshake_timeout);
+    req.set_timeout(within);
     pb::cluster_client::ClusterClient::new(channel)
         .status(req)
+        .await
+        .map(|_| ())
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn silent_connections_cannot_stall_handshakes() {
+    const LIMIT: usize = 4;
+    let handshake_timeout = Duration::from_millis(800);
+    let (_c, addr, ca, cert) = tls_node(LIMIT, handshake_timeout).await;
+
+    // Connections that never say hello, one short of the limit: a real handshake still
+    // completes at once beside them.
+    let mut silent = Vec::new();
+    for _ in 0..LIMIT - 1 {
+        silent.push(stranger(&addr).await);
+    }
+    let start = std::time::Instant::now();
+    status_over_tls(&addr, &ca, &cert, handshake_timeout)
         .await
         .expect("a status answer over TLS beside silent connections");
     assert!(
@@ -502,8 +539,8 @@ async fn silent_connections_cannot_stall_handshakes() {
     );
 
     // At the limit, a further connection is closed at once rather than queued.
-    silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
-    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    silent.push(stranger(&addr).await);
+    let mut extra = stranger(&addr).await;
     let start = std::time::Instant::now();
     let mut buf = [0u8; 1];
     let n = tokio::time::timeout(
@@ -532,4 +569,31 @@ async fn silent_connections_cannot_stall_handshakes() {
         serial(&served_leaf(&addr, &ca.pem(), &cert).await),
         serial(cert.0.as_bytes())
     );
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_handshakes_while_strangers_hold_every_permit() {
+    const LIMIT: usize = 2;
+    let handshake_timeout = Duration::from_secs(10);
+    let (_c, addr, ca, cert) = tls_node(LIMIT, handshake_timeout).await;
+    let mut silent = Vec::new();
+    for _ in 0..LIMIT {
+        silent.push(stranger(&addr).await);
+    }
+
+    // The strangers hold every permit for the next 10 s. The node's own address (127.0.0.1,
+    // its address in the membership) needs none. The server may not have looked the
+    // membership up since the cluster formed, hence the retries, all well inside the
+    // strangers' 10 s: without the exception none succeeds.
+    let start = std::time::Instant::now();
+    while let Err(e) = status_over_tls(&addr, &ca, &cert, Duration::from_secs(1)).await {
+        assert!(
+            start.elapsed() < handshake_timeout / 2,
+            "no handshake from the member's address beside strangers holding every permit: {e}"
+        );
+        // Paces the attempts; each refused one is logged by the server.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(silent);
 }

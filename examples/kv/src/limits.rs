@@ -70,7 +70,8 @@ impl Default for ConnLimits {
 }
 
 /// Most connections a node's raft port holds (peers and admin tools); one past it is closed at
-/// once, unless it comes from a member's address (a peer must always be able to reconnect).
+/// once, unless it comes from a member's address, which may take
+/// [`RAFT_PORT_CONNECTIONS_PER_IP`] more in all (so a peer can reconnect to a full port).
 /// Peers hold a few each, an admin command one while it runs.
 pub const RAFT_PORT_CONNECTIONS: usize = 128;
 
@@ -79,9 +80,9 @@ pub const RAFT_PORT_CONNECTIONS: usize = 128;
 pub const RAFT_PORT_CONNECTIONS_PER_IP: usize = 16;
 
 /// File descriptors a process keeps per node beyond its clients: the raft port's connections
-/// (at most [`RAFT_PORT_CONNECTIONS`], and the peers' few past it), the WAL's segments, snapshot and backup files,
-/// connections to the other nodes, the metrics listener, and the refusals under way past
-/// `maxclients`.
+/// (at most [`RAFT_PORT_CONNECTIONS`] + [`RAFT_PORT_CONNECTIONS_PER_IP`]), the WAL's segments,
+/// snapshot and backup files, connections to the other nodes, the metrics listener, and the
+/// refusals under way past `maxclients`.
 const RESERVED_FDS: u64 = 256;
 
 /// How `maxclients` fits the open-files limit.
