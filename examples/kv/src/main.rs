@@ -305,6 +305,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         .unwrap_or(Cmd::Demo(DemoArgs::parse_from(["kv"])));
     match cmd {
         Cmd::Demo(args) => {
+            let endpoint = metrics::prepare(&args.metrics).await?;
             let nodes = cluster::demo(
                 args.data_dir.clone(),
                 args.resp_port,
@@ -315,7 +316,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             )
             .await
             .map_err(|e| e.to_string())?;
-            metrics::install(&args.metrics, metrics::nodes(&nodes)).await?;
+            if let Some(e) = endpoint {
+                e.serve(metrics::nodes(&nodes));
+            }
             println!(
                 "kv: a 3-node replicated cluster, data in {}",
                 args.data_dir.display()
@@ -373,8 +376,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 resp_flag: "--resp-addr",
                 security,
             };
+            let endpoint = metrics::prepare(&args.metrics).await?;
             let node = cluster::start(spec).await.map_err(|e| e.to_string())?;
-            metrics::install(&args.metrics, metrics::nodes(std::slice::from_ref(&node))).await?;
+            if let Some(e) = endpoint {
+                e.serve(metrics::nodes(std::slice::from_ref(&node)));
+            }
             println!(
                 "kv node {}: RESP on {}, raft on {}",
                 node.spec.id,

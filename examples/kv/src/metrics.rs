@@ -61,11 +61,19 @@ pub struct MetricsArgs {
     pub ready_max_lag: u64,
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` as `args` say (nothing without
-/// `--metrics-addr`) and keeps the gauges of `nodes` current.
-pub async fn install(args: &MetricsArgs, nodes: Vec<Node>) -> Result<(), String> {
+/// The metrics listener, bound, with the recorder installed: made before the nodes start, so
+/// that nothing they record (a client's first write may come at once) is lost.
+pub struct Endpoint {
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    max_lag: u64,
+}
+
+/// Binds `--metrics-addr` and installs the metrics recorder; `None` without `--metrics-addr`
+/// (nothing is recorded then).
+pub async fn prepare(args: &MetricsArgs) -> Result<Option<Endpoint>, String> {
     let Some(addr) = args.metrics_addr else {
-        return Ok(());
+        return Ok(None);
     };
     let listener = TcpListener::bind(addr)
         .await
@@ -89,9 +97,19 @@ pub async fn install(args: &MetricsArgs, nodes: Vec<Node>) -> Result<(), String>
     ] {
         metrics::counter!(name).increment(0);
     }
-    tokio::spawn(update_gauges(nodes.clone(), handle.clone()));
-    tokio::spawn(serve(listener, nodes, handle, args.ready_max_lag));
-    Ok(())
+    Ok(Some(Endpoint {
+        listener,
+        handle,
+        max_lag: args.ready_max_lag,
+    }))
+}
+
+impl Endpoint {
+    /// Serves `/metrics`, `/healthz` and `/readyz` for `nodes` and keeps their gauges current.
+    pub fn serve(self, nodes: Vec<Node>) {
+        tokio::spawn(update_gauges(nodes.clone(), self.handle.clone()));
+        tokio::spawn(serve(self.listener, nodes, self.handle, self.max_lag));
+    }
 }
 
 async fn serve(listener: TcpListener, nodes: Vec<Node>, handle: PrometheusHandle, max_lag: u64) {
