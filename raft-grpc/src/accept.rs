@@ -8,8 +8,9 @@
 //! ([`GrpcOptions::max_connections_per_ip`]) and need no handshake permit, so strangers who fill
 //! the port cannot keep a reconnecting peer out. With TLS each connection's handshake runs
 //! in a task of its own, within a timeout, and at most [`GrpcOptions::max_tls_handshakes`] at
-//! once — a connection that arrives while that many are under way is closed at once too. A
-//! slow or silent client therefore costs one task and one permit until its timeout, and cannot
+//! once (members' connections need no permit) — a connection that arrives while that many are
+//! under way is closed at once too. A slow or silent stranger therefore costs one task and one
+//! permit until its timeout, and cannot
 //! stall anyone else's accept. Handshaken connections go to tonic, which sees their peer
 //! certificates (the interceptors check node and user identities in them). A connection that
 //! does not send the HTTP/2 preface within [`GrpcOptions::preface_timeout`] is closed, so
@@ -376,7 +377,7 @@ impl<IO: Connected> Connected for Limited<IO> {
 }
 
 /// The plain TCP connections accepted on `listener`, within the limits of `opts` (the
-/// addresses in `members` excepted from the total).
+/// addresses in `members` may go past the total by one address's share).
 pub(crate) fn tcp_incoming(
     listener: TcpListener,
     opts: &GrpcOptions,
@@ -393,8 +394,9 @@ pub(crate) fn tcp_incoming(
 }
 
 /// The TLS connections accepted on `listener`, within the limits of `opts` (the addresses in
-/// `members` excepted from the total), handshaken with `tls` as it is when each arrives. The
-/// accept task ends when the stream is dropped.
+/// `members` may go past the total by one address's share, and need no handshake permit),
+/// handshaken with `tls` as it is when each arrives. The accept task ends when the stream is
+/// dropped.
 pub(crate) fn tls_incoming(
     listener: TcpListener,
     tls: ReloadableTls,
@@ -432,8 +434,8 @@ pub(crate) fn tls_incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(timeout, tls_acceptor.accept(tcp)).await {
                     Ok(Ok(io)) => {
-                        // The permit is held until tonic takes the connection, so finished
-                        // handshakes cannot pile up either.
+                        // A stranger's permit is held until tonic takes the connection, so
+                        // finished handshakes cannot pile up either.
                         let _ = tx.send(Ok(Limited::new(io, place, preface_timeout))).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%from, error = %e, "TLS handshake failed"),

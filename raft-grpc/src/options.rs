@@ -22,7 +22,8 @@ pub struct GrpcOptions {
     pub tls_handshake_timeout: Duration,
     /// Most TLS handshakes the server runs at once; a connection arriving while that many are
     /// under way is closed at once, so slow or idle connections cannot hold the accept loop
-    /// or grow memory. Default 256.
+    /// or grow memory. Connections from a member's address need no permit (their places are
+    /// bounded by [`GrpcOptions::max_connections`]'s exception). Default 256.
     pub max_tls_handshakes: usize,
     /// How long a new connection may take to send the HTTP/2 client preface (its first 24
     /// bytes) once accepted (with TLS, once handshaken) before it is closed: a connection that

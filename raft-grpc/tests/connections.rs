@@ -104,14 +104,14 @@ fn open_fds() -> usize {
 /// other's connections would change.
 static FILLING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A three-node cluster under the test's limits, its leader, a follower's address (the
-/// leader's replication arrives there), and the [`FILLING`] guard. Keepalive is slow enough
+/// The [`FILLING`] guard, a three-node cluster under the test's limits, its leader, and a
+/// follower's address (the leader's replication arrives there). Keepalive is slow enough
 /// that the test's connections, which answer no pings, are not closed while a test runs.
 async fn limited_cluster() -> (
+    tokio::sync::MutexGuard<'static, ()>,
     GrpcCluster,
     NodeId,
     SocketAddr,
-    tokio::sync::MutexGuard<'static, ()>,
 ) {
     let filling = FILLING.lock().await;
     let opts = GrpcOptions::default()
@@ -122,12 +122,13 @@ async fn limited_cluster() -> (
     let leader = c.leader().await;
     let follower = *c.nodes.keys().find(|id| **id != leader).unwrap();
     let addr: SocketAddr = c.addrs[&follower].parse().unwrap();
-    (c, leader, addr, filling)
+    // The guard first: it is dropped after the cluster.
+    (filling, c, leader, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn connections_past_the_limits_are_closed_and_the_cluster_keeps_replicating() {
-    let (c, leader, addr, _filling) = limited_cluster().await;
+    let (_filling, c, leader, addr) = limited_cluster().await;
     let node = c.nodes[&leader].node();
     node.write(Cmd::Put("before".into(), "1".into()))
         .await
@@ -187,7 +188,7 @@ async fn connections_past_the_limits_are_closed_and_the_cluster_keeps_replicatin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_is_admitted_to_a_port_that_strangers_have_filled() {
-    let (_c, _, addr, _filling) = limited_cluster().await;
+    let (_filling, _c, _, addr) = limited_cluster().await;
 
     let _strangers = fill_from(2, addr).await;
     assert!(
