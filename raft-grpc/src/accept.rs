@@ -8,10 +8,9 @@
 //! ([`GrpcOptions::max_connections_per_ip`]) and need no handshake permit, so strangers who fill
 //! the port cannot keep a reconnecting peer out. With TLS each connection's handshake runs
 //! in a task of its own, within a timeout, and at most [`GrpcOptions::max_tls_handshakes`] at
-//! once (members' connections need no permit) — a connection that arrives while that many are
-//! under way is closed at once too. A slow or silent stranger therefore costs one task and one
-//! permit until its timeout, and cannot
-//! stall anyone else's accept. Handshaken connections go to tonic, which sees their peer
+//! once — a stranger's connection that arrives while that many are under way is closed at once
+//! too. A slow or silent stranger therefore costs one task and one permit until its timeout,
+//! and cannot stall anyone else's accept. Handshaken connections go to tonic, which sees their peer
 //! certificates (the interceptors check node and user identities in them). A connection that
 //! does not send the HTTP/2 preface within [`GrpcOptions::preface_timeout`] is closed, so
 //! silent connections cannot hold places either.
@@ -215,9 +214,10 @@ impl Admission {
     fn admit(&self, ip: IpAddr) -> Result<Place, Refusal> {
         let source = source_of(ip);
         let member = self.members.contains(&source);
-        let limit = match member {
-            true => self.max_total.saturating_add(self.max_per_source),
-            false => self.max_total,
+        let limit = if member {
+            self.max_total.saturating_add(self.max_per_source)
+        } else {
+            self.max_total
         };
         {
             let mut counts = lock(&self.counts);
@@ -417,15 +417,10 @@ pub(crate) fn tls_incoming(
             };
             // A member's handshake needs no permit: strangers who hold every permit must not
             // keep a peer out, and the member's places are bounded already.
-            let permit = match place.member {
-                true => None,
-                false => match permits.clone().try_acquire_owned() {
-                    Ok(permit) => Some(permit),
-                    Err(_) => {
-                        acceptor.refusals.note(from, Refusal::Handshakes);
-                        continue;
-                    }
-                },
+            let wanted = (!place.member).then(|| permits.clone().try_acquire_owned());
+            let Ok(permit) = wanted.transpose() else {
+                acceptor.refusals.note(from, Refusal::Handshakes);
+                continue;
             };
             let Some(tls_acceptor) = tls.acceptor() else {
                 return;

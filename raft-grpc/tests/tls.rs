@@ -497,6 +497,16 @@ async fn stranger(addr: &str) -> tokio::net::TcpStream {
     socket.connect(addr.parse().unwrap()).await.unwrap()
 }
 
+/// `n` connections to `addr` from [`STRANGER`], which say nothing.
+#[cfg(target_os = "linux")]
+async fn strangers(addr: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut all = Vec::with_capacity(n);
+    for _ in 0..n {
+        all.push(stranger(addr).await);
+    }
+    all
+}
+
 /// A status call to `addr` over TLS with `cert`, from the address `from`, within `within`: a
 /// whole call, so the server has finished with the handshake when it returns.
 #[cfg(target_os = "linux")]
@@ -534,10 +544,7 @@ async fn silent_connections_cannot_stall_handshakes() {
 
     // Connections that never say hello, one short of the limit: a real handshake still
     // completes at once beside them.
-    let mut silent = Vec::new();
-    for _ in 0..LIMIT - 1 {
-        silent.push(stranger(&addr).await);
-    }
+    let mut silent = strangers(&addr, LIMIT - 1).await;
     let start = std::time::Instant::now();
     status_over_tls(&addr, STRANGER, &ca, &cert, handshake_timeout)
         .await
@@ -586,10 +593,7 @@ async fn a_member_handshakes_while_strangers_hold_every_permit() {
     const LIMIT: usize = 2;
     let handshake_timeout = Duration::from_secs(10);
     let (_c, addr, ca, cert) = tls_node(LIMIT, handshake_timeout).await;
-    let mut silent = Vec::new();
-    for _ in 0..LIMIT {
-        silent.push(stranger(&addr).await);
-    }
+    let silent = strangers(&addr, LIMIT).await;
 
     // The strangers hold every permit for the next 10 s. The node's own address (127.0.0.1,
     // its address in the membership) needs none. The server may not have looked the

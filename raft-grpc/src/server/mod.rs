@@ -255,16 +255,16 @@ impl<S: StateMachine> Server<S> {
     }
 
     /// Serves on `listener` until `shutdown` completes, holding at most
-    /// [`GrpcOptions::max_connections`] connections (members' addresses may take one address's
-    /// share more), and at most [`GrpcOptions::max_connections_per_ip`] from one address: a
-    /// connection past either is closed at once, and one that does not send the HTTP/2 preface
-    /// within [`GrpcOptions::preface_timeout`] is closed then. With TLS, each connection's
-    /// handshake runs in a task of its own, within [`GrpcOptions::tls_handshake_timeout`] and at most
+    /// [`GrpcOptions::max_connections`] connections, and at most
+    /// [`GrpcOptions::max_connections_per_ip`] from one address: a connection past either is
+    /// closed at once, and one that does not send the HTTP/2 preface within
+    /// [`GrpcOptions::preface_timeout`] is closed then. With TLS, each connection's handshake
+    /// runs in a task of its own, within [`GrpcOptions::tls_handshake_timeout`] and at most
     /// [`GrpcOptions::max_tls_handshakes`] at once, with the certificate in force when the
     /// connection arrives (see [`crate::ReloadableTls::reload`]). Connections from the
     /// addresses of the cluster's members (their names in the membership, looked up every 5 s)
-    /// need no handshake permit and may go past the total, so a member can reconnect to a port
-    /// that strangers have filled.
+    /// need no handshake permit and may go past the total by one address's share, so a member
+    /// can reconnect to a port that strangers have filled.
     pub async fn serve(
         self,
         listener: TcpListener,
