@@ -63,9 +63,13 @@ impl From<Session> for raft_core::Session {
     }
 }
 
-/// A request that must be answered within `timeout` (sent as the `grpc-timeout` header).
+/// The longest deadline the `grpc-timeout` header can carry (eight digits of hours).
+const MAX_TIMEOUT: Duration = Duration::from_secs(99_999_999 * 3600);
+
+/// A request that must be answered within `timeout` (sent as the `grpc-timeout` header; a
+/// longer timeout than the header can carry is sent as the longest it can).
 pub(crate) fn request<T>(msg: T, timeout: Duration) -> Request<T> {
     let mut r = Request::new(msg);
-    r.set_timeout(timeout);
+    r.set_timeout(timeout.min(MAX_TIMEOUT));
     r
 }

@@ -40,10 +40,15 @@ pub(super) fn is_forwarded<T>(req: &Request<T>) -> bool {
     req.metadata().contains_key(FORWARDED_KEY)
 }
 
-/// The deadline the caller gave (the `grpc-timeout` header), if any.
+/// The deadline the caller gave (the `grpc-timeout` header), if any. As in gRPC's
+/// specification (and tonic's own reading of it), the value has one to eight digits; a longer or
+/// malformed one is ignored.
 pub(super) fn caller_timeout<T>(req: &Request<T>) -> Option<Duration> {
     let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
@@ -278,5 +283,31 @@ mod tests {
         r.metadata_mut()
             .insert("grpc-timeout", "x".parse().unwrap());
         assert_eq!(caller_timeout(&r), None);
+        r.metadata_mut()
+            .insert("grpc-timeout", "99999999H".parse().unwrap());
+        assert_eq!(
+            caller_timeout(&r),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+        for bad in ["100000000H", "360000000000S", "+5S", "S", "-1m"] {
+            r.metadata_mut()
+                .insert("grpc-timeout", bad.parse().unwrap());
+            assert_eq!(caller_timeout(&r), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn any_caller_deadline_can_be_forwarded() {
+        // The longest deadline a caller can give goes out again as a valid header.
+        let r = pb::request((), Duration::from_secs(99_999_999 * 3600));
+        let mut fwd = Request::new(());
+        fwd.metadata_mut().insert(
+            "grpc-timeout",
+            r.metadata().get("grpc-timeout").unwrap().clone(),
+        );
+        assert!(caller_timeout(&fwd).is_some());
+        // And a longer one (a caller of the library) is capped rather than refused.
+        let long = pb::request((), Duration::MAX);
+        assert!(long.metadata().get("grpc-timeout").is_some());
     }
 }
