@@ -176,8 +176,10 @@ pub enum ClientError {
     /// machine is not one of these: it arrives inside the `Output`.
     #[error(transparent)]
     Rejected(#[from] ApplyError),
-    /// The operation kept failing until the retry budget ran out. For a write, the outcome is
-    /// unknown; retrying it later is safe only as a new write.
+    /// The operation kept failing until the retry budget ran out, or an attempt was refused
+    /// after an earlier one whose outcome is unknown (a timeout, a lost connection, a leader
+    /// change). For a write, the outcome is unknown; retrying it later is safe only in the same
+    /// session, or as a new write.
     #[error("gave up after {attempts} attempts: {last}")]
     GaveUp {
         /// How many attempts were made.
@@ -201,36 +203,47 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether a failed write may have been applied: the retry budget ran out, or the write's
-    /// session expired ([`ApplyError::UnknownSession`]) so a retry can no longer be recognised.
-    /// Such a write may be retried — as a new write, knowing it may apply twice.
+    /// Whether a failed write may have been applied: the client gave up
+    /// ([`ClientError::GaveUp`]), the write's session can no longer recognise a retry
+    /// ([`ApplyError::UnknownSession`], [`ApplyError::SessionExpired`]), or a node failed it in
+    /// a way that may follow its commit ([`RequestError::may_have_applied`]: a storage failure
+    /// on the leader, an output that could not be encoded or decoded, a connection lost before
+    /// the answer). Such a write may be retried — as a new write, knowing it may apply twice.
+    /// `false` means the write was not applied.
     pub fn outcome_unknown(&self) -> bool {
-        matches!(
-            self,
-            ClientError::GaveUp { .. } | ClientError::Rejected(ApplyError::UnknownSession { .. })
-        )
+        match self {
+            ClientError::GaveUp { .. } => true,
+            ClientError::Rejected(e) => !matches!(e, ApplyError::InvalidCommand(_)),
+            ClientError::Refused(e) => e.may_have_applied(),
+            _ => false,
+        }
     }
 }
 
-/// A failed write's error, with a session refusal made typed.
+/// A failed write's error, with a session refusal made typed (whether it came at once or after
+/// attempts whose outcome is unknown: either way the session can no longer answer).
 fn write_error(e: ClientError, session: raft_core::Session) -> ClientError {
     let raft_core::Session {
         client_id,
         sequence,
     } = session;
     match e {
-        ClientError::Refused(RequestError::UnknownSession(_)) => {
-            ClientError::Rejected(ApplyError::UnknownSession {
-                client_id,
-                sequence,
-            })
-        }
-        ClientError::Refused(RequestError::SessionExpired(_)) => {
-            ClientError::Rejected(ApplyError::SessionExpired {
-                client_id,
-                sequence,
-            })
-        }
+        ClientError::Refused(RequestError::UnknownSession(_))
+        | ClientError::GaveUp {
+            last: RequestError::UnknownSession(_),
+            ..
+        } => ClientError::Rejected(ApplyError::UnknownSession {
+            client_id,
+            sequence,
+        }),
+        ClientError::Refused(RequestError::SessionExpired(_))
+        | ClientError::GaveUp {
+            last: RequestError::SessionExpired(_),
+            ..
+        } => ClientError::Rejected(ApplyError::SessionExpired {
+            client_id,
+            sequence,
+        }),
         other => other,
     }
 }
@@ -408,9 +421,10 @@ impl<S: Queryable> ClusterClient<S> {
         *self.inner.leader.lock().unwrap_or_else(|p| p.into_inner()) = addr;
     }
 
-    /// A free session slot, or a newly registered session when none is free. Sessions are
-    /// kept for the client's lifetime, one per write it ever had in flight at once.
-    async fn take_slot(&self) -> Result<Slot, ClientError> {
+    /// A free session slot, or a newly registered session when none is free (`true` with a
+    /// reused slot). Sessions are kept for the client's lifetime, one per write it ever had in
+    /// flight at once.
+    async fn take_slot(&self) -> Result<(Slot, bool), ClientError> {
         let free = self
             .inner
             .free_slots
@@ -418,12 +432,17 @@ impl<S: Queryable> ClusterClient<S> {
             .unwrap_or_else(|p| p.into_inner())
             .pop();
         match free {
-            Some(slot) => Ok(slot),
-            None => Ok(Slot {
-                client_id: self.register_session().await?,
-                next: 1,
-            }),
+            Some(slot) => Ok((slot, true)),
+            None => Ok((self.new_slot().await?, false)),
         }
+    }
+
+    /// A slot with a newly registered session.
+    async fn new_slot(&self) -> Result<Slot, ClientError> {
+        Ok(Slot {
+            client_id: self.register_session().await?,
+            next: 1,
+        })
     }
 
     fn return_slot(&self, slot: Slot) {
@@ -435,7 +454,8 @@ impl<S: Queryable> ClusterClient<S> {
     }
 
     /// Runs `attempt` against the leader (or whoever the policy picks), following redirects and
-    /// retrying elsewhere until the total timeout.
+    /// retrying elsewhere until the total timeout. A refusal that follows an attempt whose
+    /// outcome is unknown is [`ClientError::GaveUp`]: the earlier attempt may still apply.
     async fn retry<T, F, Fut>(&self, mut target: String, mut attempt: F) -> Result<T, ClientError>
     where
         F: FnMut(Client, Duration) -> Fut,
@@ -445,6 +465,8 @@ impl<S: Queryable> ClusterClient<S> {
         let mut backoff = Backoff::new(o.total_timeout);
         let mut attempts = 0;
         let mut redirected = false;
+        // Whether an attempt so far may have been applied.
+        let mut in_doubt = false;
         loop {
             attempts += 1;
             let per_attempt = o.attempt_timeout.min(backoff.remaining());
@@ -457,7 +479,15 @@ impl<S: Queryable> ClusterClient<S> {
                 Err(s) => s,
             };
             tracing::debug!(target = %target, %status, "cluster client attempt failed");
-            let (next, last) = classify(&status)?;
+            let (next, last) = match classify(&status) {
+                Ok(next) => next,
+                Err(_) if in_doubt => {
+                    let last = RequestError::from(&status);
+                    return Err(ClientError::GaveUp { attempts, last });
+                }
+                Err(refused) => return Err(refused),
+            };
+            in_doubt |= last.may_have_applied();
             let (wait, next_target) = match next {
                 Next::Redirect(addr) => {
                     self.remember_leader(Some(addr.clone()));
@@ -490,29 +520,45 @@ impl<S: Queryable> ClusterClient<S> {
     /// with one client session, so the command is applied exactly once.
     ///
     /// The client opens sessions as it needs them (one replicated entry each, once per write
-    /// it has in flight at the same time) and reuses them. If the cluster evicted the session
-    /// while the write was being retried, the write fails with
-    /// [`ApplyError::UnknownSession`]: its outcome is unknown
-    /// ([`ClientError::outcome_unknown`]); the next write opens a new session.
+    /// it has in flight at the same time) and reuses them. A reused session that the cluster
+    /// evicted while it was idle is replaced before the write is applied (it was refused at
+    /// once, so nothing was applied). If the cluster evicted the session while the write was
+    /// being retried, the write fails with [`ApplyError::UnknownSession`]: its outcome is
+    /// unknown ([`ClientError::outcome_unknown`]); the next write opens a new session.
     pub async fn write(&self, command: S::Command) -> Result<S::Output, ClientError> {
-        let mut slot = self.take_slot().await?;
-        let session = raft_core::Session {
-            client_id: slot.client_id,
-            sequence: slot.next,
-        };
-        let result = self.write_once(session, &command).await;
-        // Whatever happened, this sequence is used up: the next write of the slot is newer.
-        slot.next += 1;
-        match result {
-            // The session cannot answer any more; this slot is spent.
-            Err(
-                e @ ClientError::Rejected(
-                    ApplyError::UnknownSession { .. } | ApplyError::SessionExpired { .. },
-                ),
-            ) => Err(e),
-            other => {
-                self.return_slot(slot);
-                other
+        let (mut slot, mut reused) = self.take_slot().await?;
+        loop {
+            let session = raft_core::Session {
+                client_id: slot.client_id,
+                sequence: slot.next,
+            };
+            let result = self.write_attempts(session, &command).await;
+            // Whatever happened, this sequence is used up: the next write of the slot is newer.
+            slot.next += 1;
+            match result {
+                // Refused at once, with no attempt in doubt: not applied. The session went
+                // while the slot was idle; write again in a new one.
+                Err(ClientError::Refused(RequestError::UnknownSession(_))) if reused => {
+                    slot = self.new_slot().await?;
+                    reused = false;
+                }
+                Err(e) => {
+                    let e = write_error(e, session);
+                    // A session that can no longer answer spends its slot.
+                    if !matches!(
+                        e,
+                        ClientError::Rejected(
+                            ApplyError::UnknownSession { .. } | ApplyError::SessionExpired { .. }
+                        )
+                    ) {
+                        self.return_slot(slot);
+                    }
+                    return Err(e);
+                }
+                Ok(output) => {
+                    self.return_slot(slot);
+                    return Ok(output);
+                }
             }
         }
     }
@@ -587,16 +633,19 @@ impl<S: Queryable> ClusterClient<S> {
         session: raft_core::Session,
         command: S::Command,
     ) -> Result<S::Output, ClientError> {
-        self.write_once(session, &command).await
+        self.write_attempts(session, &command)
+            .await
+            .map_err(|e| write_error(e, session))
     }
 
-    async fn write_once(
+    /// Applies `command` as `session`, retrying; session refusals are left as the node gave
+    /// them (see [`write_error`]).
+    async fn write_attempts(
         &self,
         session: raft_core::Session,
         command: &S::Command,
     ) -> Result<S::Output, ClientError> {
         let bytes: bytes::Bytes = raft_core::codec::encode(command)?.into();
-        let stamp = session;
         let session = pb::Session::from(session);
         let reply = self
             .retry(self.leader_guess(), |mut c, timeout| {
@@ -612,12 +661,18 @@ impl<S: Queryable> ClusterClient<S> {
                         .map(|r| r.into_inner())
                 }
             })
-            .await
-            .map_err(|e| write_error(e, stamp))?;
+            .await?;
         if !reply.leader_addr.is_empty() {
             self.remember_leader(Some(reply.leader_addr.clone()));
         }
-        Ok(raft_core::codec::decode(&reply.output)?)
+        // The write was applied: an output this client cannot decode is the node's answer to a
+        // write that happened, not a failure to send it.
+        raft_core::codec::decode(&reply.output).map_err(|e| {
+            ClientError::Refused(RequestError::Internal {
+                code: crate::status::ErrorCode::OutputEncoding,
+                message: ApplyError::OutputEncoding(e.to_string()).to_string(),
+            })
+        })
     }
 
     fn read_target(&self) -> String {
@@ -902,5 +957,147 @@ impl<S: Queryable> ClusterClient<S> {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use raft_core::testing::kv::KvStore;
+    use tonic::Code;
+
+    use super::*;
+    use crate::status::ErrorCode;
+    use crate::status::status;
+
+    /// A client whose calls never connect: each test's attempts answer from a script.
+    fn client() -> ClusterClient<KvStore> {
+        ClusterClient::new(["127.0.0.1:9"], ClientOptions::default()).unwrap()
+    }
+
+    /// Runs `retry` with attempts that fail with `script`'s statuses in turn, then succeed.
+    async fn run(script: Vec<Status>) -> (Result<u32, ClientError>, usize) {
+        let c = client();
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let result = c
+            .retry("127.0.0.1:9".into(), |_, _| {
+                let script = script.clone();
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    match script.lock().unwrap().pop_front() {
+                        Some(s) => Err(s),
+                        None => Ok(7),
+                    }
+                }
+            })
+            .await;
+        (result, calls.load(Ordering::SeqCst))
+    }
+
+    fn no_space() -> Status {
+        status(Code::ResourceExhausted, ErrorCode::NoSpace, "disk full")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_after_an_attempt_in_doubt_leaves_the_outcome_unknown() {
+        for doubt in [
+            status(Code::DeadlineExceeded, ErrorCode::Timeout, "slow"),
+            status(Code::Unavailable, ErrorCode::Shutdown, "stopping"),
+            status(
+                Code::Unavailable,
+                ErrorCode::OutcomeUnknown,
+                "leader changed",
+            ),
+            Status::unavailable("connection reset"),
+        ] {
+            let (r, calls) = run(vec![doubt.clone(), no_space()]).await;
+            assert_eq!(calls, 2);
+            let e = r.unwrap_err();
+            assert!(e.outcome_unknown(), "{doubt:?} then no space: {e:?}");
+            assert!(
+                matches!(
+                    &e,
+                    ClientError::GaveUp {
+                        last: RequestError::NoSpace(_),
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_with_nothing_in_doubt_is_not_applied() {
+        // A leader change before anything was proposed is not in doubt.
+        let not_leader = status(Code::Unavailable, ErrorCode::NotLeader, "no leader");
+        let (r, calls) = run(vec![not_leader, no_space()]).await;
+        assert_eq!(calls, 2);
+        let e = r.unwrap_err();
+        assert!(!e.outcome_unknown(), "{e:?}");
+        assert!(matches!(e, ClientError::Refused(RequestError::NoSpace(_))));
+        let (r, _) = run(vec![status(
+            Code::DeadlineExceeded,
+            ErrorCode::Timeout,
+            "slow",
+        )])
+        .await;
+        assert_eq!(r.unwrap(), 7, "a transient failure alone is retried");
+    }
+
+    #[test]
+    fn outcome_unknown_follows_may_have_applied() {
+        let storage = RequestError::Internal {
+            code: ErrorCode::Storage,
+            message: "fdatasync failed".into(),
+        };
+        assert!(storage.may_have_applied());
+        assert!(ClientError::Refused(storage).outcome_unknown());
+        let output = RequestError::Internal {
+            code: ErrorCode::OutputEncoding,
+            message: "applied".into(),
+        };
+        assert!(ClientError::Refused(output).outcome_unknown());
+        assert!(
+            ClientError::Refused(RequestError::Transport {
+                detail: "reply too large".into(),
+                retriable: false
+            })
+            .outcome_unknown()
+        );
+        for (e, unknown) in [
+            (
+                ApplyError::SessionExpired {
+                    client_id: 1,
+                    sequence: 2,
+                },
+                true,
+            ),
+            (
+                ApplyError::ResponseNotKept {
+                    client_id: 1,
+                    sequence: 2,
+                },
+                true,
+            ),
+            (ApplyError::OutputEncoding("x".into()), true),
+            (ApplyError::InvalidCommand("x".into()), false),
+        ] {
+            assert_eq!(
+                ClientError::Rejected(e.clone()).outcome_unknown(),
+                unknown,
+                "{e:?}"
+            );
+        }
+        for refused in [
+            RequestError::NoSpace("full".into()),
+            RequestError::TooLarge("big".into()),
+            RequestError::Unauthenticated("who".into()),
+        ] {
+            assert!(!ClientError::Refused(refused).outcome_unknown());
+        }
     }
 }

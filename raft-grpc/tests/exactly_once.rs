@@ -190,3 +190,38 @@ async fn a_lost_reply_retried_after_its_session_was_evicted_is_not_applied_again
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_whose_idle_session_was_evicted_is_applied_in_a_new_one() {
+    let c = GrpcCluster::start(3, GrpcOptions::default(), |c| c).await;
+    let client = ClusterClient::<Kv>::new(c.endpoints(), ClientOptions::default()).unwrap();
+    client
+        .set_session_capacity(raft_core::SessionCapacity::default().with_max_sessions(4))
+        .await
+        .unwrap();
+    client
+        .write(Cmd::Append("idle".into(), "a".into()))
+        .await
+        .unwrap();
+    // While the client's session sits idle, other clients push it out of the table.
+    let others = ClusterClient::<Kv>::new(c.endpoints(), ClientOptions::default()).unwrap();
+    for i in 0..6 {
+        let s = raft_core::Session {
+            client_id: others.register_session().await.unwrap(),
+            sequence: 1,
+        };
+        others
+            .write_in_session(s, Cmd::Append(format!("o{i}"), "y".into()))
+            .await
+            .unwrap();
+    }
+    // The next write is refused at once on the evicted session — not applied — and the
+    // client writes it again in a new session.
+    client
+        .write(Cmd::Append("idle".into(), "b".into()))
+        .await
+        .unwrap();
+    for (id, s) in c.converged().await {
+        assert_eq!(s.0.get("idle").map(String::as_str), Some("ab"), "node {id}");
+    }
+}

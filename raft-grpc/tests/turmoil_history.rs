@@ -54,8 +54,8 @@ impl Target for GrpcTarget {
             Err(ClientError::Rejected(raft_core::ApplyError::UnknownSession { .. })) => {
                 Attempt::SessionLost
             }
-            // The client retried until its budget ran out: the write may have been applied.
-            Err(ClientError::GaveUp { .. }) => Attempt::Unknown,
+            // The client gave up, or a node failed the write after it may have been applied.
+            Err(e) if e.outcome_unknown() => Attempt::Unknown,
             Err(_) => Attempt::Failed,
         }
     }
