@@ -168,13 +168,15 @@ where
 
 /// Makes `attempt` until it succeeds, fails for good, or [`RETRY_FOR`] has passed, pausing
 /// between attempts ([`Backoff`]: 20 ms, doubling up to 500 ms) while the cluster elects or
-/// restarts.
+/// restarts. A write whose last attempt was refused after an earlier one may have been applied
+/// fails as [`RequestError::OutcomeUnknown`]: the earlier attempt may still apply.
 async fn attempts<T, F, Fut>(write: bool, mut attempt: F) -> Result<T, RequestError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, RequestError>>,
 {
     let mut backoff = Backoff::new(RETRY_FOR);
+    let mut in_doubt = false;
     loop {
         let e = match attempt().await {
             Ok(r) => return Ok(r),
@@ -182,7 +184,13 @@ where
         };
         if e.is_transient() && backoff.pause().await {
             tracing::debug!(error = ?e, write, "retried");
+            in_doubt |= write && e.may_have_applied();
             continue;
+        }
+        if in_doubt && !e.may_have_applied() {
+            return Err(RequestError::OutcomeUnknown(format!(
+                "an earlier attempt may have been applied, and the last one failed: {e}"
+            )));
         }
         return Err(e);
     }
@@ -190,10 +198,60 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
     use raft_core::LeaderHint;
     use raft_grpc::status::ErrorCode;
 
     use super::*;
+
+    /// Runs [`attempts`] over attempts that fail with `script`'s errors in turn, then succeed.
+    async fn scripted(write: bool, script: Vec<RequestError>) -> Result<(), RequestError> {
+        let script = Mutex::new(VecDeque::from(script));
+        attempts(write, || {
+            let next = script.lock().unwrap().pop_front();
+            async move { next.map_or(Ok(()), Err) }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_write_refused_after_an_attempt_in_doubt_is_outcome_unknown() {
+        let doubts = [
+            RequestError::Shutdown("the leader is shutting down".into()),
+            RequestError::OutcomeUnknown("leader changed".into()),
+            RequestError::Transport {
+                detail: "connection reset".into(),
+                retriable: true,
+            },
+        ];
+        let refusals = [
+            RequestError::NoSpace("full".into()),
+            RequestError::Unauthenticated("who".into()),
+            RequestError::TooLarge("big".into()),
+        ];
+        for doubt in &doubts {
+            for refusal in &refusals {
+                let e = scripted(true, vec![doubt.clone(), refusal.clone()])
+                    .await
+                    .unwrap_err();
+                assert!(e.may_have_applied(), "{doubt:?} then {refusal:?}: {e:?}");
+                let reply = text(failure(&e, true));
+                assert!(reply.starts_with(OUTCOME_UNKNOWN), "{reply}");
+            }
+        }
+        // Nothing in doubt before the refusal: it stands. And a read is never in doubt.
+        let not_leader = RequestError::NotLeader(LeaderHint::unknown());
+        let e = scripted(true, vec![not_leader, refusals[0].clone()])
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RequestError::NoSpace(_)), "{e:?}");
+        let e = scripted(false, vec![doubts[0].clone(), refusals[0].clone()])
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RequestError::NoSpace(_)), "{e:?}");
+    }
 
     fn text(r: Reply) -> String {
         match r {
