@@ -135,6 +135,11 @@ impl ConnAuth {
             user: (!accounts.required()).then(|| (DEFAULT_USER.to_string(), Role::Admin)),
         }
     }
+
+    /// Whether the connection acts as some user (it authenticated, or needs not).
+    pub fn authenticated(&self) -> bool {
+        self.user.is_some()
+    }
 }
 
 /// What the gate decided about a command.

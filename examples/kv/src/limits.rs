@@ -19,6 +19,11 @@ pub struct LimitArgs {
     /// Close a client that sends nothing for this many seconds (0: never, as in Redis).
     #[arg(long, default_value_t = 0)]
     pub timeout: u64,
+    /// When the node requires a password or users: close a client that has not authenticated
+    /// this many seconds after connecting. Until it does, its commands are held to ten
+    /// arguments of at most 16 KiB.
+    #[arg(long, default_value_t = ConnLimits::default().auth_timeout.as_secs())]
+    pub auth_timeout: u64,
     /// Largest bulk string a client may send, and the largest string value APPEND or SETRANGE
     /// may build, in bytes.
     #[arg(long, default_value_t = resp::Limits::default().max_bulk)]
@@ -48,6 +53,9 @@ pub struct ConnLimits {
     pub max_clients: usize,
     /// Close a client idle this long.
     pub idle: Option<Duration>,
+    /// Close a client that has not authenticated this long after connecting (when the node
+    /// requires authentication).
+    pub auth_timeout: Duration,
     /// Close a client whose unsent replies would pass this many bytes.
     pub output_bytes: usize,
     /// Close a client that takes none of its replies for this long.
@@ -62,6 +70,7 @@ impl Default for ConnLimits {
             resp: resp::Limits::default(),
             max_clients: 10_000,
             idle: None,
+            auth_timeout: Duration::from_secs(30),
             output_bytes: 256 << 20,
             output_timeout: Duration::from_secs(60),
             max_batch: 128,
@@ -173,9 +182,13 @@ impl LimitArgs {
                 self.proto_max_bulk_len, self.client_query_buffer_limit
             ));
         }
-        if self.maxclients == 0 || self.client_output_timeout == 0 || self.pipeline_batch == 0 {
+        if self.maxclients == 0
+            || self.client_output_timeout == 0
+            || self.pipeline_batch == 0
+            || self.auth_timeout == 0
+        {
             return Err(
-                "--maxclients, --client-output-timeout and --pipeline-batch must be at least 1"
+                "--maxclients, --client-output-timeout, --pipeline-batch and --auth-timeout must be at least 1"
                     .into(),
             );
         }
@@ -187,6 +200,7 @@ impl LimitArgs {
             },
             max_clients: self.maxclients,
             idle: (self.timeout > 0).then(|| Duration::from_secs(self.timeout)),
+            auth_timeout: Duration::from_secs(self.auth_timeout),
             output_bytes: self.client_output_buffer_limit,
             output_timeout: Duration::from_secs(self.client_output_timeout),
             max_batch: self.pipeline_batch,

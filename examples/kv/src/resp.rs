@@ -46,6 +46,20 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// What a connection may send before it has authenticated, when the node requires it (as
+    /// Redis: ten arguments of 16 KiB): enough for `AUTH` and `HELLO … AUTH …`, and a stranger
+    /// holds a few kilobytes of the node's memory, not a whole command's limit.
+    pub fn unauthenticated(self) -> Limits {
+        Limits {
+            max_bulk: self.max_bulk.min(16 << 10),
+            max_frame: self.max_frame.min(10 * ((16 << 10) + ARG_OVERHEAD)),
+            max_args: self.max_args.min(10),
+            max_line: self.max_line.min(16 << 10),
+        }
+    }
+}
+
 /// The client broke the protocol; the connection gets `-ERR Protocol error: …` and is closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("Protocol error: {0}")]
@@ -91,6 +105,12 @@ impl Parser {
             partial: None,
             scanned: 0,
         }
+    }
+
+    /// Enforces `limits` from the next command on (a command part-way through keeps the
+    /// checks it has passed).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Finds the end of a line at the start of `buf`, resuming where the last search stopped.

@@ -288,8 +288,15 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut out = BytesMut::with_capacity(16 << 10);
     // The commands of the read buffer gathered so far, replicated together (see `pipeline`).
     let mut batch = Batch::default();
+    // A client that must authenticate does so by then, with small commands until it has.
+    let auth_by = tokio::time::Instant::now() + limits.auth_timeout;
     loop {
         loop {
+            parser.set_limits(if conn.auth.authenticated() {
+                limits.resp
+            } else {
+                limits.resp.unauthenticated()
+            });
             match parser.next(&mut input) {
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => {
@@ -318,10 +325,22 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             input.reserve(16 << 10);
         }
         let read = socket.read_buf(&mut input);
-        let n = match limits.idle {
+        let idle_by = limits.idle.map(|idle| tokio::time::Instant::now() + idle);
+        let unauthenticated = !conn.auth.authenticated();
+        let by = match (idle_by, unauthenticated) {
+            (Some(idle_by), true) => Some(idle_by.min(auth_by)),
+            (None, true) => Some(auth_by),
+            (idle_by, false) => idle_by,
+        };
+        let n = match by {
             None => read.await?,
-            Some(idle) => match tokio::time::timeout(idle, read).await {
+            Some(by) => match tokio::time::timeout_at(by, read).await {
                 Ok(n) => n?,
+                Err(_) if unauthenticated && by == auth_by => {
+                    metrics::counter!("kv_auth_timeouts_total").increment(1);
+                    tracing::debug!(%peer, id, "client closed: it did not authenticate in time");
+                    return Ok(());
+                }
                 Err(_) => {
                     tracing::debug!(%peer, id, "idle client closed");
                     return Ok(());

@@ -31,11 +31,32 @@ struct Node {
     _dir: tempfile::TempDir,
     child: Child,
     port: u16,
+    /// The password clients must give, if the node requires one.
+    password: Option<&'static str>,
 }
+
+/// The password of [`Node::start_with_password`].
+const PASSWORD: &str = "abuse-suite-password";
 
 impl Node {
     fn start(extra: &[&str]) -> Node {
         Node::start_under(extra, Command::new(env!("CARGO_BIN_EXE_kv")))
+    }
+
+    /// Like [`Node::start`], for a node that requires [`PASSWORD`].
+    fn start_with_password(extra: &[&str]) -> Node {
+        let file = tempfile::NamedTempFile::new().expect("password file");
+        std::fs::write(file.path(), PASSWORD).expect("password");
+        let path = file.path().to_string_lossy().into_owned();
+        let mut args = vec!["--requirepass-file", path.as_str()];
+        args.extend_from_slice(extra);
+        let mut node = Node::start_inner(
+            &args,
+            Command::new(env!("CARGO_BIN_EXE_kv")),
+            Some(PASSWORD),
+        );
+        node.password = Some(PASSWORD);
+        node
     }
 
     /// Like [`Node::start`], in a process that may open at most `files` descriptors.
@@ -47,7 +68,11 @@ impl Node {
     }
 
     /// Starts the node with `cmd`, which runs `kv` with the arguments it is given.
-    fn start_under(extra: &[&str], mut cmd: Command) -> Node {
+    fn start_under(extra: &[&str], cmd: Command) -> Node {
+        Node::start_inner(extra, cmd, None)
+    }
+
+    fn start_inner(extra: &[&str], mut cmd: Command, password: Option<&'static str>) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let (resp, raft) = (free_port(), free_port());
         let log = std::fs::File::create(dir.path().join("kv.log")).expect("log");
@@ -69,11 +94,13 @@ impl Node {
             _dir: dir,
             child,
             port: resp,
+            password,
         };
         // Ready once a write commits.
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(mut c) = node.try_connect()
+                && password.is_none_or(|p| c.call(&[b"AUTH", p.as_bytes()]) == "+OK")
                 && c.call(&[b"SET", b"ready", b"1"]) == "+OK"
             {
                 return node;
@@ -93,8 +120,13 @@ impl Node {
         })
     }
 
+    /// A connection, authenticated if the node requires a password.
     fn connect(&self) -> Client {
-        self.try_connect().expect("connect")
+        let mut c = self.try_connect().expect("connect");
+        if let Some(p) = self.password {
+            assert_eq!(c.call(&[b"AUTH", p.as_bytes()]), "+OK");
+        }
+        c
     }
 
     /// The node process's resident memory, in bytes.
@@ -494,4 +526,63 @@ fn keys_over_a_large_store_does_not_hold_up_writes() {
         median < took / 4,
         "the median SET took {median:?} during a {took:?} KEYS: the walk held up writes"
     );
+}
+
+#[test]
+fn a_client_that_has_not_authenticated_holds_kilobytes_and_is_closed_in_time() {
+    let node = Node::start_with_password(&["--auth-timeout", "2"]);
+    let before = node.rss();
+    // Strangers each start an AUTH of three 1 MiB arguments (within the bulk and command limits
+    // of an authenticated client) and stop one byte short.
+    let partial = {
+        let mut b = b"*4\r\n$4\r\nAUTH\r\n".to_vec();
+        for i in 0..3 {
+            b.extend_from_slice(format!("${MIB}\r\n").as_bytes());
+            b.extend_from_slice(&vec![b'p'; if i == 2 { MIB - 1 } else { MIB }]);
+            if i < 2 {
+                b.extend_from_slice(b"\r\n");
+            }
+        }
+        b
+    };
+    let mut strangers: Vec<Client> = (0..16)
+        .map(|_| node.try_connect().expect("connect"))
+        .collect();
+    for c in &mut strangers {
+        // The node may close the connection while the rest is still being sent.
+        let _ = c.stream.write_all(&partial);
+    }
+    for c in &mut strangers {
+        let reply = c.reply();
+        assert!(
+            reply.is_empty() || reply.starts_with("-ERR Protocol error"),
+            "{reply:?}"
+        );
+        assert!(
+            c.closed_by_server(),
+            "a stranger's oversized AUTH is cut off"
+        );
+    }
+    let grew = node.rss().saturating_sub(before);
+    assert!(
+        grew < 16 * MIB,
+        "RSS grew {} MiB for 16 strangers' 3 MiB commands",
+        grew / MIB
+    );
+    // A stranger that says nothing is closed once the auth timeout has passed.
+    let started = Instant::now();
+    let mut silent = node.try_connect().expect("connect");
+    assert!(silent.closed_by_server(), "closed, not left open");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < WAIT,
+        "closed after {waited:?}"
+    );
+    // An authenticated client sends full-size commands and is not held to the auth timeout.
+    let mut c = node.connect();
+    let value = vec![b'v'; MIB];
+    assert_eq!(c.call(&[b"SET", b"big", &value]), "+OK");
+    // Past the auth timeout (the time passing is what this checks, not a wait for an event).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.call(&[b"STRLEN", b"big"]), format!(":{MIB}"));
 }
