@@ -24,6 +24,11 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(postcard::to_stdvec(value)?)
 }
 
+/// How many bytes [`encode`] would produce for `value`, counted without building them.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError> {
+    Ok(postcard::experimental::serialized_size(value)?)
+}
+
 /// Appends the encoding of `value` to `buf`, reusing its allocation.
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
     postcard::to_io(value, &mut *buf)?;
@@ -171,6 +176,18 @@ mod tests {
         assert_eq!(decode::<(u64, String)>(&bytes).unwrap(), v);
         bytes.push(0);
         assert!(decode::<(u64, String)>(&bytes).is_err());
+    }
+
+    #[test]
+    fn encoded_len_counts_what_encode_writes() {
+        let shared = bytes::Bytes::from(vec![1u8; 300]);
+        let v = (
+            7u64,
+            String::from("x"),
+            vec![shared.clone(), shared],
+            Some(-5i32),
+        );
+        assert_eq!(encoded_len(&v).unwrap(), encode(&v).unwrap().len());
     }
 
     #[test]

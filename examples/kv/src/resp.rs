@@ -363,6 +363,47 @@ pub fn encode(reply: &Reply, out: &mut BytesMut, proto: Proto) {
     }
 }
 
+/// The bytes [`encode`] appends for `reply`, counted without building them: a reply's parts
+/// may share one stored value many times over (`MGET k k k …`), so its encoding can be far
+/// larger than the reply itself.
+pub fn encoded_len(reply: &Reply, proto: Proto) -> usize {
+    fn line_len(n: impl itoa::Integer) -> usize {
+        itoa::Buffer::new().format(n).len() + 3
+    }
+    let pairs_len = |pairs: &[(Reply, Reply)], per_pair: usize| {
+        pairs.iter().fold(0usize, |sum, (k, v)| {
+            sum.saturating_add(per_pair)
+                .saturating_add(encoded_len(k, proto))
+                .saturating_add(encoded_len(v, proto))
+        })
+    };
+    match reply {
+        Reply::Ok => 5,
+        Reply::Nil | Reply::NilArray if proto == Proto::Resp3 => 3,
+        Reply::Nil | Reply::NilArray => 5,
+        Reply::Int(n) => line_len(*n),
+        Reply::Bulk(b) => line_len(b.len()).saturating_add(b.len() + 2),
+        Reply::Array(items) => items.iter().fold(line_len(items.len()), |sum, item| {
+            sum.saturating_add(encoded_len(item, proto))
+        }),
+        Reply::Map(pairs) => {
+            let n = match proto {
+                Proto::Resp3 => pairs.len(),
+                Proto::Resp2 => pairs.len().saturating_mul(2),
+            };
+            line_len(n).saturating_add(pairs_len(pairs, 0))
+        }
+        Reply::Pairs(pairs) if proto == Proto::Resp3 => {
+            line_len(pairs.len()).saturating_add(pairs_len(pairs, 4))
+        }
+        Reply::Pairs(pairs) => {
+            line_len(pairs.len().saturating_mul(2)).saturating_add(pairs_len(pairs, 0))
+        }
+        Reply::Status(s) | Reply::Error(s) => s.len() + 3,
+        Reply::Fault(e) => error_text(e).len() + 3,
+    }
+}
+
 /// A simple string or error: one line, whatever the text holds, so a message never breaks the
 /// framing.
 fn simple(out: &mut BytesMut, mark: u8, text: &str) {
@@ -409,6 +450,40 @@ mod tests {
             max_frame: 200,
             max_args: 4,
             max_line: 32,
+        }
+    }
+
+    #[test]
+    fn encoded_len_is_what_encode_appends() {
+        let bulk = |s: &str| Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
+        let replies = [
+            Reply::Ok,
+            Reply::Nil,
+            Reply::NilArray,
+            Reply::Int(0),
+            Reply::Int(-1234567),
+            Reply::Int(i64::MIN),
+            bulk(""),
+            bulk("hello world"),
+            Reply::Status("QUEUED".into()),
+            Reply::Error("ERR bad\r\nthing".into()),
+            Reply::Fault(Error::WrongType),
+            Reply::Array(vec![]),
+            Reply::Array(vec![
+                bulk("a"),
+                Reply::Nil,
+                Reply::Array(vec![Reply::Int(7)]),
+            ]),
+            Reply::Map(vec![(bulk("k"), bulk("v")), (bulk("n"), Reply::Int(12))]),
+            Reply::Pairs(vec![(bulk("f"), bulk("value")), (bulk("g"), Reply::Nil)]),
+            Reply::Array((0..1000).map(|i| bulk(&"x".repeat(i))).collect()),
+        ];
+        for proto in [Proto::Resp2, Proto::Resp3] {
+            for r in &replies {
+                let mut out = BytesMut::new();
+                encode(r, &mut out, proto);
+                assert_eq!(encoded_len(r, proto), out.len(), "{r:?} in {proto:?}");
+            }
         }
     }
 

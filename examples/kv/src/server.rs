@@ -492,6 +492,19 @@ async fn execute(
             Action::ConfigSet(pairs) => ctx.config.set(&pairs),
         },
     };
+    // A reply that would pass the output limit is not built: its parts may repeat one large
+    // value many times (`MGET k k …`, `HRANDFIELD h -N WITHVALUES`). The client is closed, as
+    // `flush` closes one whose unsent replies pass the limit.
+    let room = ctx.limits.output_bytes.saturating_sub(out.len());
+    if resp::encoded_len(&reply, conn.proto) > room {
+        metrics::counter!("kv_output_limit_disconnects_total").increment(1);
+        tracing::debug!(
+            id = conn.id,
+            limit = ctx.limits.output_bytes,
+            "a reply would pass the client output buffer limit; closing the connection"
+        );
+        return true;
+    }
     resp::encode(&reply, out, conn.proto);
     false
 }

@@ -586,3 +586,37 @@ fn a_client_that_has_not_authenticated_holds_kilobytes_and_is_closed_in_time() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(c.call(&[b"STRLEN", b"big"]), format!(":{MIB}"));
 }
+
+#[test]
+fn a_reply_past_the_output_limit_is_not_built() {
+    let limit = 16 * MIB;
+    let node = Node::start(&["--client-output-buffer-limit", &limit.to_string()]);
+    let mut c = node.connect();
+    let value = vec![b'v'; MIB];
+    assert_eq!(c.call(&[b"SET", b"v", &value]), "+OK");
+    assert_eq!(c.call(&[b"HSET", b"h", b"f", &value]), ":1");
+    let before = node.rss();
+    // Small commands whose replies repeat one 1 MiB value 200 times: 200 MiB each.
+    let mut mget: Vec<&[u8]> = vec![b"MGET"];
+    mget.extend(std::iter::repeat_n(&b"v"[..], 200));
+    for cmd in [mget, vec![&b"HRANDFIELD"[..], b"h", b"-200", b"WITHVALUES"]] {
+        let mut c = node.connect();
+        c.send(&cmd).expect("send");
+        assert_eq!(c.reply(), "", "no reply, the connection is closed");
+        assert!(c.closed_by_server());
+    }
+    let grew = node.rss().saturating_sub(before);
+    assert!(
+        grew < 3 * limit,
+        "RSS grew {} MiB for replies over a {} MiB output limit",
+        grew / MIB,
+        limit / MIB
+    );
+    // A reply within the limit is answered, and the node serves on.
+    let mut c = node.connect();
+    let mut mget: Vec<&[u8]> = vec![b"MGET"];
+    mget.extend(std::iter::repeat_n(&b"v"[..], 8));
+    c.send(&mget).expect("send");
+    assert_eq!(c.reply().len(), 8 * MIB + 7, "eight values, newline-joined");
+    assert_eq!(c.call(&[b"SET", b"after", b"1"]), "+OK");
+}

@@ -256,6 +256,19 @@ pub(super) fn serve_query<S: Queryable>(
             )
         })?;
         let reply = shared.read(query, c, timeout).await?;
+        // A reply over the message limit is refused before it is encoded: its parts may share
+        // one large value many times over, so its encoding can be far larger than the reply.
+        let max = shared.opts.max_message_bytes;
+        let size = raft_core::codec::encoded_len(&reply).map_err(|e| {
+            status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string())
+        })?;
+        if size > max {
+            return Err(status::status(
+                Code::ResourceExhausted,
+                ErrorCode::TooLarge,
+                format!("the reply of {size} bytes exceeds the message limit of {max} bytes"),
+            ));
+        }
         let bytes = raft_core::codec::encode(&reply).map_err(|e| {
             status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string())
         })?;
