@@ -592,6 +592,10 @@ pub(crate) struct SnapshotStore {
     receiving: Arc<AtomicBool>,
     /// The node's cluster: written into every snapshot, checked against every one read.
     cluster: Arc<ClusterIdentity>,
+    /// Held from a snapshot's rename into place until older ones are deleted: a build and an
+    /// install finishing at once would otherwise each delete the other's file, the current one
+    /// included.
+    placing: Mutex<()>,
 }
 
 fn seq_of(name: &str) -> Option<u64> {
@@ -630,6 +634,7 @@ impl SnapshotStore {
             max_receive,
             receiving: Arc::default(),
             cluster,
+            placing: Mutex::new(()),
         })
     }
 
@@ -643,6 +648,7 @@ impl SnapshotStore {
             max_receive,
             receiving: Arc::default(),
             cluster,
+            placing: Mutex::new(()),
         }
     }
 
@@ -760,10 +766,13 @@ impl SnapshotStore {
                     let _ = fs::remove_file(&tmp);
                     return Err(e);
                 }
+                let _placing = crate::sync::lock(&self.placing);
                 let fin = dir.join(format!("{seq:020}{SUFFIX}"));
                 fs::rename(&tmp, &fin).map_err(at("rename", &tmp))?;
                 fsutil::sync_dir(dir)?;
-                SnapshotData::from_file(fin)?
+                let data = SnapshotData::from_file(fin)?;
+                self.make_current(seq, meta.clone(), data.clone())?;
+                return Ok(data);
             }
         };
         self.make_current(seq, meta.clone(), data.clone())?;
@@ -779,6 +788,7 @@ impl SnapshotStore {
             return Ok(());
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let _placing = crate::sync::lock(&self.placing);
         let data = match (&self.dir, &data.source) {
             (Some(dir), Source::File { path, .. }) => {
                 let fin = dir.join(format!("{seq:020}{SUFFIX}"));
@@ -1037,6 +1047,82 @@ mod tests {
         let mut out = Vec::new();
         parsed.user_data(data).read_to_end(&mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn a_build_and_an_install_at_the_same_time_keep_the_current_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path(), u64::MAX).unwrap();
+        let received = Bytes::from(
+            write_snapshot_bytes(
+                Vec::new(),
+                None,
+                &meta(1),
+                &SessionTable::default(),
+                &ApplyExtra::default(),
+                |w| w.write_all(b"received"),
+            )
+            .unwrap(),
+        );
+        let rounds = 150;
+        let together = std::sync::Barrier::new(3);
+        // Failures are collected, not raised where they happen: every thread waits for every
+        // round.
+        let failures = Mutex::new(Vec::new());
+        let fail = |what: String| failures.lock().unwrap().push(what);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..rounds {
+                    together.wait();
+                    let built = store.write(
+                        &meta(2 * i + 2),
+                        &SessionTable::default(),
+                        &ApplyExtra::default(),
+                        |w| w.write_all(b"built"),
+                    );
+                    if let Err(e) = built {
+                        fail(format!("round {i}: build: {e}"));
+                    }
+                    together.wait();
+                }
+            });
+            s.spawn(|| {
+                for i in 0..rounds {
+                    together.wait();
+                    let data = SnapshotData {
+                        source: Source::Memory(received.clone()),
+                    };
+                    if let Err(e) = store.adopt(&meta(2 * i + 3), data) {
+                        fail(format!("round {i}: install: {e}"));
+                    }
+                    together.wait();
+                }
+            });
+            // Between rounds, the current snapshot's file is in the directory, alone.
+            for i in 0..rounds {
+                together.wait();
+                together.wait();
+                match store.current() {
+                    Ok(Some((m, cur))) => {
+                        let exists =
+                            matches!(&cur.source, Source::File { path, .. } if path.exists());
+                        let files = fs::read_dir(dir.path()).map_or(0, |d| d.count());
+                        if m != meta(2 * i + 3) || !exists || files != 1 {
+                            fail(format!(
+                                "round {i}: current {m:?}, its file there: {exists}, {files} files"
+                            ));
+                        }
+                    }
+                    other => fail(format!("round {i}: {other:?}")),
+                }
+            }
+        });
+        let failures = failures.into_inner().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} failures: {failures:#?}",
+            failures.len()
+        );
     }
 
     #[test]
