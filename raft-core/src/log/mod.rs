@@ -47,6 +47,10 @@
 //!   fsync directory). Saving a vote first makes every earlier append durable.
 //! * `truncate_after` cuts the file and fsyncs before returning; `purge` records the purge point
 //!   and then deletes whole segments.
+//! * Opening makes what it recovered durable before returning (fdatasync of the last segment,
+//!   fsync of `meta` and of the directory): after a crash of the process, recovery can read
+//!   writes that were never synced from the page cache, and openraft treats what the log returns
+//!   as durable.
 //!
 //! # Recovery
 //!

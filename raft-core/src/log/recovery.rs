@@ -18,7 +18,8 @@
 //!   only a tail written before the upgrade is exposed, once.
 //!
 //! Segments that hold only purged entries are deleted (finishing an interrupted purge), as is an
-//! empty last segment (created just before a crash).
+//! empty last segment (created just before a crash). What recovery keeps is made durable by
+//! `Wal::open` before the log is used (see `wal.rs`).
 
 use std::fs;
 use std::path::Path;

@@ -35,6 +35,7 @@ use super::record::Framing;
 use super::record::Salt;
 use super::recovery;
 use super::recovery::Recovered;
+use super::recovery::Tail;
 use super::segment;
 use super::segment::Segment;
 use super::sim::Simulation;
@@ -422,13 +423,16 @@ impl Wal {
             })
             .sum();
         stats.recovered.store(recovered, Ordering::Relaxed);
-        // What recovery found is treated as durable; sealed segments are durable whole.
+        // Sealed segments were made durable whole when they were sealed; of the last one, only
+        // its header is known durable until it is synced below.
         let sim = cfg!(feature = "testing").then(|| {
             Simulation::new(
                 view.segments.keys().copied(),
-                tail.as_ref().map(|t| (t.seg.first_index, t.end)),
+                tail.as_ref()
+                    .map(|t| (t.seg.first_index, segment::HEADER_LEN)),
             )
         });
+        Self::make_durable(dir, tail.as_ref(), sim.as_ref())?;
         // New records go only to segments of this version's format: a last segment of the
         // earlier format stays as it is, and the next append starts a new segment.
         let active = tail.and_then(|t| {
@@ -459,6 +463,37 @@ impl Wal {
             flusher,
             _lock: lock,
         })
+    }
+
+    /// Makes what recovery found durable before the log is used: the last segment is
+    /// fdatasynced, then the meta file and the directory are fsynced.
+    ///
+    /// After a crash of the process (not of the machine), the page cache still holds writes the
+    /// flusher never synced, and recovery reads them back like any other; openraft then treats the
+    /// entries as durable — a follower acknowledges them to the leader without writing them
+    /// again. Syncing here makes that true before anything relies on it. Sealed segments need
+    /// nothing: each was fdatasynced before the next one was created. The directory sync covers
+    /// a segment created, a meta file renamed or a segment removed just before the crash.
+    fn make_durable(
+        dir: &Path,
+        tail: Option<&Tail>,
+        sim: Option<&Simulation>,
+    ) -> Result<(), LogError> {
+        if let Some(t) = tail {
+            t.seg
+                .file
+                .sync_data()
+                .map_err(at("fdatasync", &t.seg.path))?;
+            if let Some(sim) = sim {
+                sim.durable(t.seg.first_index, t.end);
+            }
+        }
+        let meta_path = dir.join(super::meta::FILE_NAME);
+        File::open(&meta_path)
+            .and_then(|f| f.sync_all())
+            .map_err(at("fsync", &meta_path))?;
+        fsutil::sync_dir(dir)?;
+        Ok(())
     }
 
     /// The simulation of disk faults and power loss, if this build installs one.
