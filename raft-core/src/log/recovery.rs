@@ -122,8 +122,8 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
                         "{what} in a segment of the earlier format (RKWAL001); the search for valid \
                          records after it gave up after examining {examined} bytes \
                          ({LEGACY_SEARCH_FACTOR} times the segment's size), so a torn tail cannot \
-                         be told from damage before the tail and nothing is cut: wipe this node's \
-                         data and let it catch up from the others"
+                         be told from damage before the tail and nothing is cut (see docs/disk.md \
+                         on replacing a node that refuses to start over its log)"
                     ),
                 ));
             }

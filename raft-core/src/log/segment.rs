@@ -292,8 +292,8 @@ pub(crate) enum Later {
 /// When the budget runs out, recovery refuses the log rather than cut the tail: the search could
 /// not rule out valid records after the damage, and cutting them would silently drop entries this
 /// node may have acknowledged — what Raft's safety rests on. A refusal is loud and local: the node
-/// stops with [`LogError::Corrupt`] and can be wiped and caught up from the others. `RKWAL002`
-/// segments need no budget: their search costs O(1) per offset whatever the data.
+/// stops with [`LogError::Corrupt`], and is replaced from the others like a node whose data was
+/// lost. `RKWAL002` segments need no budget: their search costs O(1) per offset whatever the data.
 pub(crate) const LEGACY_SEARCH_FACTOR: u64 = 4;
 
 /// Searches `bytes` (a segment framed as `framing`) after offset `from` for a valid record
