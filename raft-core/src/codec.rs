@@ -44,6 +44,62 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// Decodes a `T` that must span all of `bytes`, like [`decode`], and also says how many bytes
+/// the decoder read before it succeeded or gave up. Decoding does work (copies, collection
+/// inserts) in proportion to the bytes it reads, so the count bounds what the attempt cost
+/// whatever the bytes were.
+pub(crate) fn decode_counting<T: DeserializeOwned>(bytes: &[u8]) -> (Result<T, CodecError>, usize) {
+    let mut de = postcard::Deserializer::from_flavor(CountingSlice { bytes, read: 0 });
+    let result = T::deserialize(&mut de);
+    // Finalizing a `CountingSlice` cannot fail; it hands back the count.
+    let read = de.finalize().unwrap_or(bytes.len());
+    let result = match result {
+        Ok(_) if read != bytes.len() => Err(CodecError(postcard::Error::DeserializeBadEncoding)),
+        Ok(v) => Ok(v),
+        Err(e) => Err(CodecError(e)),
+    };
+    (result, read)
+}
+
+/// A byte slice as postcard reads it, counting the bytes handed out.
+struct CountingSlice<'de> {
+    bytes: &'de [u8],
+    read: usize,
+}
+
+impl<'de> postcard::de_flavors::Flavor<'de> for CountingSlice<'de> {
+    type Remainder = usize;
+    type Source = &'de [u8];
+
+    fn pop(&mut self) -> postcard::Result<u8> {
+        let b = *self
+            .bytes
+            .get(self.read)
+            .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+        self.read += 1;
+        Ok(b)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.bytes.len() - self.read)
+    }
+
+    fn try_take_n(&mut self, ct: usize) -> postcard::Result<&'de [u8]> {
+        let end = self
+            .read
+            .checked_add(ct)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+        let taken = &self.bytes[self.read..end];
+        self.read = end;
+        Ok(taken)
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.read)
+    }
+}
+
 /// Decodes a `T` from the start of `bytes` and returns it with the bytes after it.
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), CodecError> {
     Ok(postcard::take_from_bytes(bytes)?)
@@ -210,6 +266,26 @@ mod tests {
             d.next::<u8>().unwrap_err().kind(),
             io::ErrorKind::UnexpectedEof
         );
+    }
+
+    #[test]
+    fn counting_decodes_like_decode_and_counts_what_it_read() {
+        let v = (7u64, bytes::Bytes::from(vec![1u8; 1000]));
+        let mut bytes = encode(&v).unwrap();
+        let (got, read) = decode_counting::<(u64, bytes::Bytes)>(&bytes);
+        assert_eq!(got.unwrap(), v);
+        assert_eq!(read, bytes.len());
+        // A length beyond the input fails after reading only the fields before the bytes.
+        bytes.truncate(500);
+        let (got, read) = decode_counting::<(u64, bytes::Bytes)>(&bytes);
+        assert!(got.is_err());
+        assert_eq!(read, 3);
+        // Trailing bytes fail after the value was read in full.
+        let mut bytes = encode(&v).unwrap();
+        bytes.push(0);
+        let (got, read) = decode_counting::<(u64, bytes::Bytes)>(&bytes);
+        assert!(got.is_err());
+        assert_eq!(read, bytes.len() - 1);
     }
 
     fn serde_bytes_like(b: &[u8]) -> bytes::Bytes {

@@ -607,7 +607,8 @@ fn seq_of(name: &str) -> Option<u64> {
 
 impl SnapshotStore {
     /// A store in `dir` (created if missing) for a node of `cluster`. Temporary files left by a
-    /// crash are removed.
+    /// crash are removed, and the directory is fsynced before the store is used: a snapshot
+    /// renamed into place just before a crash of the process is durable once this returns.
     pub fn open(
         dir: &Path,
         max_receive: u64,
@@ -626,6 +627,11 @@ impl SnapshotStore {
                 fs::remove_file(&p).map_err(at("remove", &p))?;
             }
         }
+        // A crash can come between a snapshot's rename and the directory fsync that makes the
+        // rename durable. The file's bytes were fsynced before the rename, so this fsync is what
+        // stands between the node using that snapshot (and purging its log up to it) and a power
+        // loss taking the snapshot away.
+        fsutil::sync_dir(dir)?;
         Ok(SnapshotStore {
             dir: Some(dir.to_path_buf()),
             current: Mutex::new(None),

@@ -1,9 +1,10 @@
 //! The log's meta file: the node id, the vote and the purge point.
 //!
-//! Layout of `<wal dir>/meta`: the 8 magic bytes `RKMETA01`, then one framed record (see
-//! `record.rs`) whose payload is the postcard encoding of [`Meta`]. The file is only ever
-//! replaced whole with `fsutil::write_atomically`, so it is either the old or the new version;
-//! a damaged file is corruption, never a torn write.
+//! Layout of `<wal dir>/meta`: the 8 magic bytes `RKMETA01`, then one record in the legacy
+//! framing (see `record.rs`) whose payload is the postcard encoding of [`Meta`]. The meta file
+//! holds no client data, so it needs no salt. The file is only ever replaced whole with
+//! `fsutil::write_atomically`, so it is either the old or the new version; a damaged file is
+//! corruption, never a torn write.
 
 use std::fs;
 use std::io;
@@ -52,9 +53,9 @@ impl Meta {
             return Err(corrupt("not a raftkit meta file (bad magic)".into()));
         }
         let rest = &bytes[MAGIC.len()..];
-        match record::parse(rest) {
-            record::Parsed::Record { len } if record::HEADER_LEN + len == rest.len() => {
-                let meta = codec::decode(&rest[record::HEADER_LEN..])
+        match record::Framing::Legacy.parse(rest) {
+            record::Parsed::Record { len } if record::LEGACY_HEADER_LEN + len == rest.len() => {
+                let meta = codec::decode(&rest[record::LEGACY_HEADER_LEN..])
                     .map_err(|e| corrupt(format!("undecodable meta: {e}")))?;
                 Ok(Some(meta))
             }
@@ -69,7 +70,7 @@ impl Meta {
     /// Replaces the meta file in `dir` atomically and durably.
     pub fn store(&self, dir: &Path) -> Result<(), LogError> {
         let mut buf = MAGIC.to_vec();
-        record::append_framed(&mut buf, |b| codec::encode_into(self, b))
+        record::append_framed_legacy(&mut buf, |b| codec::encode_into(self, b))
             .map_err(|e| LogError::Encode(e.to_string()))?
             .map_err(|e| LogError::Encode(e.to_string()))?;
         fsutil::write_atomically(dir, FILE_NAME, &buf)?;

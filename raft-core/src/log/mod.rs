@@ -15,11 +15,22 @@
 //! 00000000000000004711.wal
 //! ```
 //!
-//! A segment is a 24-byte header followed by framed records (record.rs):
+//! A segment is a 24-byte header followed by framed records. Every segment this version creates
+//! is of format `RKWAL002` (segment.rs, record.rs):
 //!
 //! ```text
-//! [len: u32 LE][crc32c(len ++ payload): u32 LE][payload: len bytes]
+//! header: "RKWAL002" [first index: u64 LE][salt: u32 LE][crc32c of the 20 bytes before: u32 LE]
+//! record: [len: u32 LE][crc32c(payload): u32 LE][crc32c(salt ++ len ++ payload crc): u32 LE][payload]
 //! ```
+//!
+//! The salt is a random number drawn when the segment is created and stored only in its header,
+//! so no client data written into a segment can contain one of its valid records, and whether a
+//! record can start at an offset is decided from 12 bytes. Segments of the earlier format
+//! `RKWAL001` (records `[len][crc32c(len ++ payload)][payload]`, no salt) are still opened and
+//! read as before, but never appended to: after opening or truncating back into one, the next
+//! append starts a new `RKWAL002` segment. That closes the earlier format's weakness — a client
+//! value embedding a valid legacy record — for everything written from then on, and keeps one
+//! writer in the code.
 //!
 //! The payload is the postcard encoding of `WalRecord` (wal.rs): a log entry (log id and payload,
 //! in the stable forms of `disk.rs`) or a commit marker. Segments are preallocated; the bytes after
@@ -36,6 +47,10 @@
 //!   fsync directory). Saving a vote first makes every earlier append durable.
 //! * `truncate_after` cuts the file and fsyncs before returning; `purge` records the purge point
 //!   and then deletes whole segments.
+//! * Opening makes what it recovered durable before returning (fdatasync of the last segment,
+//!   fsync of `meta` and of the directory): after a crash of the process, recovery can read
+//!   writes that were never synced from the page cache, and openraft treats what the log returns
+//!   as durable.
 //!
 //! # Recovery
 //!
@@ -43,6 +58,12 @@
 //! last segment — damaged bytes with nothing valid after them — is cut back to the last valid
 //! record. Damage followed by valid records, damage in a sealed segment, or an entry out of
 //! sequence is refused with [`LogError::Corrupt`], naming the file and the offset.
+//!
+//! Telling a torn tail from damage followed by valid records takes a search of every offset after
+//! the damage. In `RKWAL002` segments it costs O(1) per offset whatever the bytes are, and client
+//! data cannot fake a record. In `RKWAL001` segments its cost is bounded (about six times the
+//! segment's size); a search that reaches the bound refuses the log rather than cut it, with a
+//! [`LogError::Corrupt`] that says so (recovery.rs, segment.rs).
 //!
 //! Under power loss a disk may persist a later page of the unsynced tail but not an earlier one;
 //! such a tail looks like damage in the middle and is refused rather than guessed at. The

@@ -6,20 +6,34 @@
 //! valid records, damage in a sealed segment, an entry out of sequence, a record that checks but
 //! does not decode) is refused with [`LogError::Corrupt`] naming the file and offset.
 //!
+//! Telling the two apart takes a search of every offset after the damage for a valid, decodable
+//! record (`segment::find_later_record`). That search covers the torn record's own payload —
+//! client data — so it must not find records there that were never written as records:
+//!
+//! * in `RKWAL002` segments, records are keyed by the segment's secret salt, so client data
+//!   cannot contain one (short of a 2^-32 guess), and the search costs O(1) per offset;
+//! * in `RKWAL001` segments (written by earlier versions), client data *can* contain a valid
+//!   legacy record, as it always could; the search is bounded (`LEGACY_SEARCH_FACTOR`) and, when
+//!   it gives up, the log is refused rather than cut. Such segments are never appended to, so
+//!   only a tail written before the upgrade is exposed, once.
+//!
 //! Segments that hold only purged entries are deleted (finishing an interrupted purge), as is an
-//! empty last segment (created just before a crash).
+//! empty last segment (created just before a crash). What recovery keeps is made durable by
+//! `Wal::open` before the log is used (see `wal.rs`).
 
 use std::fs;
 use std::path::Path;
 
 use super::LogError;
 use super::meta::Meta;
-use super::record;
 use super::segment;
+use super::segment::Decoded;
+use super::segment::LEGACY_SEARCH_FACTOR;
+use super::segment::Later;
 use super::segment::Segment;
 use super::segment::Stop;
-use super::wal::Active;
 use super::wal::Loc;
+use super::wal::SegmentFile;
 use super::wal::View;
 use super::wal::WalOptions;
 use super::wal::WalRecord;
@@ -32,10 +46,18 @@ use crate::types::Vote;
 /// What recovery found.
 pub(super) struct Recovered {
     pub view: View,
-    /// The last segment, to append to.
-    pub active: Option<Active>,
+    /// The last segment, if any segment is left.
+    pub tail: Option<Tail>,
     /// The newest commit marker.
     pub committed: Option<LogId>,
+}
+
+/// The last segment of a recovered log: where its valid records end, and how many entries it
+/// holds (purged ones included).
+pub(super) struct Tail {
+    pub seg: Segment,
+    pub end: u64,
+    pub entries: u64,
 }
 
 fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> LogError {
@@ -61,27 +83,50 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
     let listed = segment::list(dir)?;
     let mut committed: Option<LogId> = None;
     let mut prev_index: Option<u64> = None;
-    let mut active: Option<Active> = None;
+    let mut tail: Option<Tail> = None;
     let mut removed_any = false;
     let count = listed.len();
     for (i, (first, path)) in listed.into_iter().enumerate() {
         let is_last = i + 1 == count;
         let seg = Segment::open(&path, first)?;
+        let framing = seg.framing;
         let bytes = seg.read_all()?;
-        let (found, stop) = segment::scan(&bytes);
-        let decodable = |p: &[u8]| codec::decode::<WalRecord>(p).is_ok();
-        if let Some(later) = segment::find_later_record(&bytes, stop.offset() as usize, decodable) {
-            let what = match &stop {
-                Stop::End { .. } => "unwritten (zero) bytes",
-                Stop::Invalid { reason, .. } => reason,
-            };
-            return Err(corrupt(
-                &path,
-                stop.offset(),
-                format!(
-                    "{what}, yet a valid record follows at offset {later}: the log is damaged before its tail"
-                ),
-            ));
+        let (found, stop) = segment::scan(&bytes, framing);
+        let decodes = |p: &[u8]| {
+            let (decoded, read) = codec::decode_counting::<WalRecord>(p);
+            Decoded {
+                ok: decoded.is_ok(),
+                read,
+            }
+        };
+        let what = match &stop {
+            Stop::End { .. } => "unwritten (zero) bytes",
+            Stop::Invalid { reason, .. } => reason,
+        };
+        match segment::find_later_record(&bytes, stop.offset() as usize, framing, decodes) {
+            Later::Nothing => {}
+            Later::Record(later) => {
+                return Err(corrupt(
+                    &path,
+                    stop.offset(),
+                    format!(
+                        "{what}, yet a valid record follows at offset {later}: the log is damaged before its tail"
+                    ),
+                ));
+            }
+            Later::GaveUp { examined } => {
+                return Err(corrupt(
+                    &path,
+                    stop.offset(),
+                    format!(
+                        "{what} in a segment of the earlier format (RKWAL001); the search for valid \
+                         records after it gave up after examining {examined} bytes \
+                         ({LEGACY_SEARCH_FACTOR} times the segment's size), so a torn tail cannot \
+                         be told from damage before the tail and nothing is cut (see docs/disk.md \
+                         on replacing a node that refuses to start over its log)"
+                    ),
+                ));
+            }
         }
         let mut cut_at = None;
         if let Stop::Invalid { offset, reason } = &stop {
@@ -102,7 +147,7 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
         let mut entries_here = 0u64;
         let mut seg_last: Option<u64> = None;
         for f in &found {
-            let start = f.offset as usize + record::HEADER_LEN;
+            let start = f.offset as usize + framing.header_len();
             let payload = &bytes[start..start + f.len];
             let rec: WalRecord = codec::decode(payload).map_err(|e| {
                 corrupt(
@@ -212,12 +257,17 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
                 .map_err(at("preallocate", &path))?;
             seg.file.sync_all().map_err(at("fsync", &path))?;
         }
-        view.segments.insert(first, seg.file.clone());
+        view.segments.insert(
+            first,
+            SegmentFile {
+                file: seg.file.clone(),
+                framing,
+            },
+        );
         if is_last {
-            active = Some(Active {
+            tail = Some(Tail {
                 seg,
-                write_offset: end,
-                capacity: opts.segment_size,
+                end,
                 entries: entries_here,
             });
         }
@@ -235,7 +285,7 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
     }
     Ok(Recovered {
         view,
-        active,
+        tail,
         committed,
     })
 }

@@ -1,9 +1,19 @@
 //! Segment files: creation, header validation and scanning.
 //!
 //! A segment is named `<first index, 20 digits>.wal` after the index of the first entry it holds
-//! and starts with a 24-byte header: the magic `RKWAL001`, the first index (u64 LE), CRC-32C of
-//! those 16 bytes (u32 LE) and four zero bytes. Framed records follow (see `record.rs`). The file
-//! is preallocated to the segment size and is zero after the last record.
+//! and starts with a 24-byte header. The file is preallocated to the segment size and is zero
+//! after the last record. There are two formats, told apart by the header's magic:
+//!
+//! ```text
+//! RKWAL002  [magic][first index: u64 LE][salt: u32 LE][crc32c of the 20 bytes before: u32 LE]
+//! RKWAL001  [magic][first index: u64 LE][crc32c of the 16 bytes before: u32 LE][0u32]
+//! ```
+//!
+//! Every segment created is `RKWAL002`: its salt is drawn at random when it is created, and its
+//! records are framed with it (`record.rs`, salted framing), so that no data written into the
+//! segment can pass for one of its records. `RKWAL001` segments, written by earlier versions with
+//! the legacy framing, are still opened and read exactly as before, but never appended to: the
+//! first append after such a segment goes to a new `RKWAL002` segment (`wal.rs`).
 //!
 //! A segment only becomes visible under its final name once its header is durable (it is built
 //! as `<name>.tmp`, fsynced, renamed, and the directory fsynced), so a visible segment with a bad
@@ -19,12 +29,17 @@ use std::sync::Arc;
 
 use super::LogError;
 use super::record;
+use super::record::Framing;
 use super::record::Parsed;
+use super::record::Salt;
 use crate::fsutil;
 use crate::fsutil::at;
 
-const MAGIC: &[u8; 8] = b"RKWAL001";
-/// Length of the segment header; the first record starts here.
+/// Magic of the segments written by this version: salted records.
+const MAGIC: &[u8; 8] = b"RKWAL002";
+/// Magic of the segments earlier versions wrote: legacy records.
+const LEGACY_MAGIC: &[u8; 8] = b"RKWAL001";
+/// Length of the segment header (both formats); the first record starts here.
 pub(crate) const HEADER_LEN: u64 = 24;
 const SUFFIX: &str = ".wal";
 
@@ -35,6 +50,8 @@ pub(crate) struct Segment {
     pub first_index: u64,
     pub path: PathBuf,
     pub file: Arc<File>,
+    /// How its records are framed, from its header.
+    pub framing: Framing,
 }
 
 /// The file name of the segment whose first entry has `first_index`.
@@ -51,25 +68,69 @@ pub(crate) fn parse_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn header(first_index: u64) -> [u8; HEADER_LEN as usize] {
+/// The header of a new segment for entries from `first_index` whose records are framed with
+/// `salt`.
+fn header(first_index: u64, salt: u32) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&first_index.to_le_bytes());
+    h[16..20].copy_from_slice(&salt.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..20]);
+    h[20..24].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// The header earlier versions wrote for a segment of entries from `first_index`.
+pub(crate) fn legacy_header(first_index: u64) -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[..8].copy_from_slice(LEGACY_MAGIC);
     h[8..16].copy_from_slice(&first_index.to_le_bytes());
     let crc = crc32c::crc32c(&h[..16]);
     h[16..20].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
+/// The framing a segment header declares, if it is a valid header of either format for a segment
+/// of entries from `first_index`; otherwise why not.
+pub(crate) fn parse_header(
+    h: &[u8; HEADER_LEN as usize],
+    first_index: u64,
+) -> Result<Framing, String> {
+    let names =
+        || format!("segment header does not match a segment starting at index {first_index}");
+    if &h[..8] == MAGIC {
+        let stored = u32::from_le_bytes([h[20], h[21], h[22], h[23]]);
+        if crc32c::crc32c(&h[..20]) != stored || h[8..16] != first_index.to_le_bytes() {
+            return Err(names());
+        }
+        let salt = u32::from_le_bytes([h[16], h[17], h[18], h[19]]);
+        Ok(Framing::Salted(Salt::new(salt)))
+    } else if &h[..8] == LEGACY_MAGIC {
+        if *h != legacy_header(first_index) {
+            return Err(names());
+        }
+        Ok(Framing::Legacy)
+    } else {
+        Err("not a write-ahead log segment of a known format (bad magic)".into())
+    }
+}
+
 impl Segment {
-    /// Creates a new segment for entries starting at `first_index`, preallocated to `capacity`
-    /// bytes, durably (file and directory entry) before returning.
-    pub fn create(dir: &Path, first_index: u64, capacity: u64) -> Result<Segment, LogError> {
+    /// Creates a new `RKWAL002` segment for entries starting at `first_index`, with a fresh
+    /// random salt, preallocated to `capacity` bytes, durably (file and directory entry) before
+    /// returning. Returns the segment and its salt.
+    pub fn create(
+        dir: &Path,
+        first_index: u64,
+        capacity: u64,
+    ) -> Result<(Segment, Salt), LogError> {
         let name = file_name(first_index);
         let path = dir.join(&name);
         let tmp = dir.join(format!("{name}.tmp"));
+        let salt: u32 = rand::random();
         {
             let mut f = File::create(&tmp).map_err(at("create", &tmp))?;
-            f.write_all(&header(first_index))
+            f.write_all(&header(first_index, salt))
                 .map_err(at("write", &tmp))?;
             fsutil::preallocate(&f, capacity.max(HEADER_LEN)).map_err(at("preallocate", &tmp))?;
             f.sync_all().map_err(at("fsync", &tmp))?;
@@ -81,14 +142,17 @@ impl Segment {
             .write(true)
             .open(&path)
             .map_err(at("open", &path))?;
-        Ok(Segment {
+        let salt = Salt::new(salt);
+        let seg = Segment {
             first_index,
             path,
             file: Arc::new(file),
-        })
+            framing: Framing::Salted(salt),
+        };
+        Ok((seg, salt))
     }
 
-    /// Opens an existing segment and checks that its header matches its name.
+    /// Opens an existing segment of either format and checks that its header matches its name.
     pub fn open(path: &Path, first_index: u64) -> Result<Segment, LogError> {
         let file = fs::OpenOptions::new()
             .read(true)
@@ -102,19 +166,16 @@ impl Segment {
                 offset: 0,
                 reason: format!("segment header unreadable: {e}"),
             })?;
-        if h != header(first_index) {
-            return Err(LogError::Corrupt {
-                file: path.to_path_buf(),
-                offset: 0,
-                reason: format!(
-                    "segment header does not match a segment starting at index {first_index}"
-                ),
-            });
-        }
+        let framing = parse_header(&h, first_index).map_err(|reason| LogError::Corrupt {
+            file: path.to_path_buf(),
+            offset: 0,
+            reason,
+        })?;
         Ok(Segment {
             first_index,
             path: path.to_path_buf(),
             file: Arc::new(file),
+            framing,
         })
     }
 
@@ -167,21 +228,22 @@ impl Stop {
     }
 }
 
-/// Walks the records of a segment's bytes (header included) until the first non-record.
-pub(crate) fn scan(bytes: &[u8]) -> (Vec<Found>, Stop) {
+/// Walks the records of a segment's bytes (header included), framed as `framing`, until the
+/// first non-record. Checksums each record once.
+pub(crate) fn scan(bytes: &[u8], framing: Framing) -> (Vec<Found>, Stop) {
     let mut found = Vec::new();
     let mut pos = HEADER_LEN as usize;
     loop {
         if pos >= bytes.len() {
             return (found, Stop::End { offset: pos as u64 });
         }
-        match record::parse(&bytes[pos..]) {
+        match framing.parse(&bytes[pos..]) {
             Parsed::Record { len } => {
                 found.push(Found {
                     offset: pos as u64,
                     len,
                 });
-                pos += record::HEADER_LEN + len;
+                pos += framing.header_len() + len;
             }
             Parsed::End => return (found, Stop::End { offset: pos as u64 }),
             Parsed::Invalid(reason) => {
@@ -197,30 +259,111 @@ pub(crate) fn scan(bytes: &[u8]) -> (Vec<Found>, Stop) {
     }
 }
 
-/// Finds the first offset after `from` where a valid record starts and `accept` approves its
-/// payload. Used to tell a torn tail (nothing valid after the damage) from damage in the middle
-/// of the log (valid records after it). Skips zero runs quickly: a record's length field is
+/// What a decoder made of a payload: whether it decodes, and how many of its bytes it read to
+/// find out (the work the attempt cost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Decoded {
+    pub ok: bool,
+    pub read: usize,
+}
+
+/// What a search for records after the end of a segment's valid run found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Later {
+    /// No valid, decodable record starts after it.
+    Nothing,
+    /// One starts at this offset.
+    Record(u64),
+    /// The search of an `RKWAL001` segment used up its budget ([`LEGACY_SEARCH_FACTOR`]) before
+    /// it could tell, after `examined` bytes decoded or checksummed.
+    GaveUp { examined: u64 },
+}
+
+/// The search of an `RKWAL001` segment stops once it has decoded or checksummed this many times
+/// the segment's length.
+///
+/// Legacy records can only be checked by checksumming their whole payload, so the search tries to
+/// decode a candidate's payload first (a postcard decode of random bytes fails within a few
+/// bytes) and checksums only payloads that decode. Bytes crafted to decode — a client's value
+/// made of frames whose payloads are entries sized to the frame — still cost a decode and a
+/// checksum of up to a segment's length each, at every offset; hence the budget. Honest data
+/// (the remains of a torn record, zeros) costs a small fraction of it.
+///
+/// When the budget runs out, recovery refuses the log rather than cut the tail: the search could
+/// not rule out valid records after the damage, and cutting them would silently drop entries this
+/// node may have acknowledged — what Raft's safety rests on. A refusal is loud and local: the node
+/// stops with [`LogError::Corrupt`], and is replaced from the others like a node whose data was
+/// lost. `RKWAL002` segments need no budget: their search costs O(1) per offset whatever the data.
+pub(crate) const LEGACY_SEARCH_FACTOR: u64 = 4;
+
+/// Searches `bytes` (a segment framed as `framing`) after offset `from` for a valid record
+/// whose payload `decodes` accepts. Used to tell a torn tail (nothing valid after the damage)
+/// from damage in the middle of the log (valid records after it).
+///
+/// Cost: linear in the segment's length for `RKWAL002` segments, whatever the data — each
+/// offset costs a 12-byte header check, and a payload is checksummed and decoded only behind a
+/// header written with the segment's salt. For `RKWAL001` segments, at most about
+/// [`LEGACY_SEARCH_FACTOR`] + 2 times the segment's length is decoded or checksummed before the
+/// search returns [`Later::GaveUp`]. Zero runs are skipped quickly: a record's length field is
 /// never all zero.
 pub(crate) fn find_later_record(
     bytes: &[u8],
     from: usize,
-    accept: impl Fn(&[u8]) -> bool,
-) -> Option<u64> {
+    framing: Framing,
+    decodes: impl Fn(&[u8]) -> Decoded,
+) -> Later {
+    let budget = LEGACY_SEARCH_FACTOR.saturating_mul(bytes.len() as u64);
+    let mut examined = 0u64;
     let mut cursor = from + 1;
     while cursor < bytes.len() {
-        let nz = cursor + bytes[cursor..].iter().position(|b| *b != 0)?;
+        let Some(nz) = bytes[cursor..].iter().position(|b| *b != 0) else {
+            break;
+        };
+        let nz = cursor + nz;
         let start = nz.saturating_sub(3).max(cursor);
         for q in start..=nz {
-            if let Parsed::Record { len } = record::parse(&bytes[q..]) {
-                let payload = &bytes[q + record::HEADER_LEN..q + record::HEADER_LEN + len];
-                if accept(payload) {
-                    return Some(q as u64);
+            let candidate = &bytes[q..];
+            match framing {
+                Framing::Salted(salt) => {
+                    if salt.header_matches(candidate)
+                        && let Parsed::Record { len } = framing.parse(candidate)
+                        && decodes(&candidate[framing.header_len()..framing.header_len() + len]).ok
+                    {
+                        return Later::Record(q as u64);
+                    }
+                }
+                Framing::Legacy => {
+                    let Some(payload) = legacy_payload(candidate) else {
+                        continue;
+                    };
+                    let decoded = decodes(payload);
+                    examined += decoded.read as u64;
+                    if decoded.ok {
+                        examined += (record::LEGACY_HEADER_LEN + payload.len()) as u64;
+                        if let Parsed::Record { .. } = framing.parse(candidate) {
+                            return Later::Record(q as u64);
+                        }
+                    }
+                    if examined > budget {
+                        return Later::GaveUp { examined };
+                    }
                 }
             }
         }
         cursor = nz + 1;
     }
-    None
+    Later::Nothing
+}
+
+/// The payload a legacy record at the start of `bytes` would have, if its length field is in
+/// range and the payload fits in `bytes`; nothing is checksummed.
+fn legacy_payload(bytes: &[u8]) -> Option<&[u8]> {
+    let h = bytes.get(..record::LEGACY_HEADER_LEN)?;
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    if len == 0 || len > record::MAX_PAYLOAD {
+        return None;
+    }
+    bytes.get(record::LEGACY_HEADER_LEN..record::LEGACY_HEADER_LEN + len)
 }
 
 #[cfg(test)]
@@ -238,40 +381,151 @@ mod tests {
     #[test]
     fn create_then_open_checks_header() {
         let dir = tempfile::tempdir().unwrap();
-        let seg = Segment::create(dir.path(), 7, 4096).unwrap();
+        let (seg, salt) = Segment::create(dir.path(), 7, 4096).unwrap();
+        assert_eq!(seg.framing, Framing::Salted(salt));
         assert_eq!(seg.file.metadata().unwrap().len(), 4096);
-        Segment::open(&seg.path, 7).unwrap();
+        assert!(matches!(seg.framing, Framing::Salted(_)));
+        assert_eq!(Segment::open(&seg.path, 7).unwrap().framing, seg.framing);
         let err = Segment::open(&seg.path, 8).unwrap_err();
         assert!(matches!(err, LogError::Corrupt { offset: 0, .. }));
         assert_eq!(list(dir.path()).unwrap(), vec![(7, seg.path.clone())]);
+
+        // Any damage to the header, the salt included, is refused.
+        let good = fs::read(&seg.path).unwrap();
+        for i in 0..HEADER_LEN as usize {
+            let mut bad = good.clone();
+            bad[i] ^= 0x20;
+            fs::write(&seg.path, &bad).unwrap();
+            let err = Segment::open(&seg.path, 7).unwrap_err();
+            assert!(matches!(err, LogError::Corrupt { offset: 0, .. }), "{i}");
+        }
+    }
+
+    #[test]
+    fn every_segment_gets_its_own_salt() {
+        let dir = tempfile::tempdir().unwrap();
+        let framings: Vec<Framing> = (1..=8)
+            .map(|i| Segment::create(dir.path(), i, 4096).unwrap().0.framing)
+            .collect();
+        for (i, a) in framings.iter().enumerate() {
+            for b in &framings[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn a_segment_of_the_earlier_format_opens_as_legacy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file_name(3));
+        let mut bytes = legacy_header(3).to_vec();
+        bytes.resize(4096, 0);
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(Segment::open(&path, 3).unwrap().framing, Framing::Legacy);
+        assert!(Segment::open(&path, 4).is_err());
+        bytes[..8].copy_from_slice(b"RKWAL009");
+        fs::write(&path, &bytes).unwrap();
+        let err = Segment::open(&path, 3).unwrap_err();
+        assert!(err.to_string().contains("known format"), "{err}");
+    }
+
+    fn frame(framing: Framing, bytes: &mut Vec<u8>, payload: &[u8]) {
+        let ok: Result<_, ()> = match framing {
+            Framing::Legacy => record::append_framed_legacy(bytes, |b| {
+                b.extend_from_slice(payload);
+                Ok(())
+            }),
+            Framing::Salted(salt) => salt.append_framed(bytes, |b| {
+                b.extend_from_slice(payload);
+                Ok(())
+            }),
+        };
+        ok.unwrap().unwrap();
+    }
+
+    fn any(payload: &[u8]) -> Decoded {
+        Decoded {
+            ok: true,
+            read: payload.len(),
+        }
+    }
+
+    fn none(_: &[u8]) -> Decoded {
+        Decoded { ok: false, read: 1 }
     }
 
     #[test]
     fn finds_a_record_after_damage_but_not_in_zeros() {
+        for framing in [Framing::Legacy, Framing::Salted(Salt::new(11))] {
+            let mut bytes = vec![0u8; HEADER_LEN as usize];
+            frame(framing, &mut bytes, b"first");
+            let damaged = bytes.len();
+            bytes.extend_from_slice(&[0xff; 5]);
+            bytes.extend_from_slice(&[0u8; 100]);
+            assert_eq!(
+                find_later_record(&bytes, damaged, framing, any),
+                Later::Nothing
+            );
+            let later = bytes.len();
+            frame(framing, &mut bytes, b"second");
+            bytes.extend_from_slice(&[0u8; 100]);
+            assert_eq!(
+                find_later_record(&bytes, damaged, framing, any),
+                Later::Record(later as u64)
+            );
+            assert_eq!(
+                find_later_record(&bytes, damaged, framing, none),
+                Later::Nothing
+            );
+            let (found, stop) = scan(&bytes, framing);
+            assert_eq!(found.len(), 1);
+            assert!(matches!(stop, Stop::Invalid { offset, .. } if offset == damaged as u64));
+        }
+    }
+
+    #[test]
+    fn a_salted_search_ignores_records_of_other_salts_and_formats() {
+        let framing = Framing::Salted(Salt::new(1));
         let mut bytes = vec![0u8; HEADER_LEN as usize];
-        let ok: Result<_, ()> = record::append_framed(&mut bytes, |b| {
-            b.extend_from_slice(b"first");
-            Ok(())
-        });
-        ok.unwrap().unwrap();
-        let damaged = bytes.len();
-        bytes.extend_from_slice(&[0xff; 5]);
-        bytes.extend_from_slice(&[0u8; 100]);
-        assert_eq!(find_later_record(&bytes, damaged, |_| true), None);
-        let later = bytes.len();
-        let ok: Result<_, ()> = record::append_framed(&mut bytes, |b| {
-            b.extend_from_slice(b"second");
-            Ok(())
-        });
-        ok.unwrap().unwrap();
-        bytes.extend_from_slice(&[0u8; 100]);
-        assert_eq!(
-            find_later_record(&bytes, damaged, |_| true),
-            Some(later as u64)
+        bytes.push(0xff);
+        frame(
+            Framing::Salted(Salt::new(2)),
+            &mut bytes,
+            b"another segment's",
         );
-        assert_eq!(find_later_record(&bytes, damaged, |_| false), None);
-        let (found, stop) = scan(&bytes);
-        assert_eq!(found.len(), 1);
-        assert!(matches!(stop, Stop::Invalid { offset, .. } if offset == damaged as u64));
+        frame(Framing::Legacy, &mut bytes, b"an earlier version's");
+        bytes.extend_from_slice(&[0u8; 16]);
+        assert_eq!(
+            find_later_record(&bytes, HEADER_LEN as usize, framing, any),
+            Later::Nothing
+        );
+    }
+
+    #[test]
+    fn a_legacy_search_gives_up_within_its_budget() {
+        // Frames of 1 KiB payloads every 12 bytes, all of which "decode": checking each in full
+        // would cost ~1 KiB per offset.
+        let mut bytes = vec![0u8; HEADER_LEN as usize];
+        bytes.push(0xff);
+        while bytes.len() < 64 << 10 {
+            bytes.extend_from_slice(&1024u32.to_le_bytes());
+            bytes.extend_from_slice(&[0xaa; 8]);
+        }
+        let len = bytes.len() as u64;
+        match find_later_record(&bytes, HEADER_LEN as usize, Framing::Legacy, any) {
+            Later::GaveUp { examined } => {
+                assert!(examined > LEGACY_SEARCH_FACTOR * len, "{examined}");
+                assert!(
+                    examined <= LEGACY_SEARCH_FACTOR * len + 2 * 1032,
+                    "{examined}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Payloads that do not decode cost only what the decoder read.
+        assert_eq!(
+            find_later_record(&bytes, HEADER_LEN as usize, Framing::Legacy, none),
+            Later::Nothing
+        );
     }
 }

@@ -25,14 +25,16 @@ pub(crate) struct Simulation {
 }
 
 impl Simulation {
-    /// A simulation for a log whose recovered segments are `sealed` (durable whole) and whose
-    /// active segment, if any, is durable up to `active.1` bytes.
-    pub fn new(sealed: impl IntoIterator<Item = u64>, active: Option<(u64, u64)>) -> Simulation {
+    /// A simulation for a log whose recovered `segments` are durable whole, except `last.0`, of
+    /// which only the first `last.1` bytes are known durable. (The log opens with its last
+    /// segment known durable only as far as its header, and reports the rest once it has synced
+    /// it: a crashed process can leave unsynced writes in the page cache for recovery to find.)
+    pub fn new(segments: impl IntoIterator<Item = u64>, last: Option<(u64, u64)>) -> Simulation {
         let sim = Simulation::default();
-        for s in sealed {
+        for s in segments {
             sim.durable.set(s, u64::MAX);
         }
-        if let Some((segment, len)) = active {
+        if let Some((segment, len)) = last {
             sim.durable.set(segment, len);
         }
         sim

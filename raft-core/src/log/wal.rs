@@ -31,9 +31,11 @@ use super::LogStatsCounters;
 use super::flusher::Flusher;
 use super::flusher::Waiter;
 use super::meta::Meta;
-use super::record;
+use super::record::Framing;
+use super::record::Salt;
 use super::recovery;
 use super::recovery::Recovered;
+use super::recovery::Tail;
 use super::segment;
 use super::segment::Segment;
 use super::sim::Simulation;
@@ -120,9 +122,17 @@ pub(super) struct Loc {
 }
 
 impl Loc {
-    fn end(&self) -> u64 {
-        self.offset + record::HEADER_LEN as u64 + self.len as u64
+    /// The offset just past the record, in a segment framed as `framing`.
+    fn end(&self, framing: Framing) -> u64 {
+        self.offset + framing.header_len() as u64 + self.len as u64
     }
+}
+
+/// An open segment as readers see it.
+pub(crate) struct SegmentFile {
+    pub(super) file: Arc<File>,
+    /// How its records are framed (from its header).
+    pub(super) framing: Framing,
 }
 
 /// What readers see of the log.
@@ -131,7 +141,7 @@ pub(crate) struct View {
     pub(super) purged: Option<LogId>,
     /// The last entry's log id, or `purged` when no entry is left.
     pub(super) last: Option<LogId>,
-    pub(super) segments: BTreeMap<u64, Arc<File>>,
+    pub(super) segments: BTreeMap<u64, SegmentFile>,
     /// Index of `locs[0]`.
     pub(super) first: u64,
     pub(super) locs: VecDeque<Loc>,
@@ -230,11 +240,12 @@ impl View {
             return Ok(e.clone());
         }
         let loc = self.locs[(index - self.first) as usize];
-        let file = self.segments.get(&loc.segment).ok_or_else(|| {
+        let seg = self.segments.get(&loc.segment).ok_or_else(|| {
             io::Error::other(format!("segment {} of entry {index} is gone", loc.segment))
         })?;
-        let mut buf = vec![0u8; record::HEADER_LEN + loc.len as usize];
-        file.read_exact_at(&mut buf, loc.offset)?;
+        let header_len = seg.framing.header_len();
+        let mut buf = vec![0u8; header_len + loc.len as usize];
+        seg.file.read_exact_at(&mut buf, loc.offset)?;
         let damaged = |why: String| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -245,10 +256,10 @@ impl View {
                 ),
             )
         };
-        if !record::verify(&buf) {
+        if !seg.framing.verify(&buf) {
             return Err(damaged("checksum mismatch".into()));
         }
-        match codec::decode::<WalRecord>(&buf[record::HEADER_LEN..]) {
+        match codec::decode::<WalRecord>(&buf[header_len..]) {
             Ok(WalRecord::Entry(e)) if e.log_id.index == index => e.into_entry().map_err(damaged),
             Ok(_) => Err(damaged("record is not this entry".into())),
             Err(e) => Err(damaged(e.to_string())),
@@ -315,9 +326,12 @@ impl SharedView {
     }
 }
 
-/// The segment being appended to.
+/// The segment being appended to: always one of this version's format, never an `RKWAL001`
+/// segment.
 pub(super) struct Active {
     pub seg: Segment,
+    /// The segment's salt, which every record written to it is framed with.
+    pub salt: Salt,
     pub write_offset: u64,
     pub capacity: u64,
     pub entries: u64,
@@ -393,22 +407,45 @@ impl Wal {
 
         let Recovered {
             view,
-            active,
+            tail,
             committed,
         } = recovery::recover(dir, &opts, &meta)?;
 
         let recovered: u64 = view
             .locs
             .iter()
-            .map(|l| record::HEADER_LEN as u64 + l.len as u64)
+            .map(|l| {
+                let header = view
+                    .segments
+                    .get(&l.segment)
+                    .map_or(0, |s| s.framing.header_len());
+                header as u64 + l.len as u64
+            })
             .sum();
         stats.recovered.store(recovered, Ordering::Relaxed);
-        // What recovery found is treated as durable; sealed segments are durable whole.
+        // Sealed segments were made durable whole when they were sealed; of the last one, only
+        // its header is known durable until it is synced below.
         let sim = cfg!(feature = "testing").then(|| {
             Simulation::new(
                 view.segments.keys().copied(),
-                active.as_ref().map(|a| (a.seg.first_index, a.write_offset)),
+                tail.as_ref()
+                    .map(|t| (t.seg.first_index, segment::HEADER_LEN)),
             )
+        });
+        Self::make_durable(dir, tail.as_ref(), sim.as_ref())?;
+        // New records go only to segments of this version's format: a last segment of the
+        // earlier format stays as it is, and the next append starts a new segment.
+        let active = tail.and_then(|t| {
+            let Framing::Salted(salt) = t.seg.framing else {
+                return None;
+            };
+            Some(Active {
+                seg: t.seg,
+                salt,
+                write_offset: t.end,
+                capacity: opts.segment_size,
+                entries: t.entries,
+            })
         });
         let flusher = Flusher::spawn(format!("raftkit-wal-{node_id}"), stats.clone(), sim.clone())
             .map_err(|e| LogError::Io(at("start flusher for", dir)(e)))?;
@@ -426,6 +463,37 @@ impl Wal {
             flusher,
             _lock: lock,
         })
+    }
+
+    /// Makes what recovery found durable before the log is used: the last segment is
+    /// fdatasynced, then the meta file and the directory are fsynced.
+    ///
+    /// After a crash of the process (not of the machine), the page cache still holds writes the
+    /// flusher never synced, and recovery reads them back like any other; openraft then treats the
+    /// entries as durable — a follower acknowledges them to the leader without writing them
+    /// again. Syncing here makes that true before anything relies on it. Sealed segments need
+    /// nothing: each was fdatasynced before the next one was created. The directory sync covers
+    /// a segment created, a meta file renamed or a segment removed just before the crash.
+    fn make_durable(
+        dir: &Path,
+        tail: Option<&Tail>,
+        sim: Option<&Simulation>,
+    ) -> Result<(), LogError> {
+        if let Some(t) = tail {
+            t.seg
+                .file
+                .sync_data()
+                .map_err(at("fdatasync", &t.seg.path))?;
+            if let Some(sim) = sim {
+                sim.durable(t.seg.first_index, t.end);
+            }
+        }
+        let meta_path = dir.join(super::meta::FILE_NAME);
+        File::open(&meta_path)
+            .and_then(|f| f.sync_all())
+            .map_err(at("fsync", &meta_path))?;
+        fsutil::sync_dir(dir)?;
+        Ok(())
     }
 
     /// The simulation of disk faults and power loss, if this build installs one.
@@ -518,9 +586,7 @@ impl Wal {
         let mut next = self.expected_next();
         // Entries framed into `buf` but not yet written: (entry, offset in buf, payload len).
         let mut pending: Vec<(Entry, usize, u32)> = Vec::new();
-        if self.active.is_some() {
-            self.frame_committed(buf)?;
-        }
+        self.frame_committed(buf)?;
         for entry in entries {
             let index = entry.log_id.index;
             if let Some(n) = next
@@ -532,15 +598,22 @@ impl Wal {
                 });
             }
             next = Some(index + 1);
-            if self.active.is_none() {
-                self.active = Some(self.new_segment(index)?);
-            }
+            let salt = match &self.active {
+                Some(a) => a.salt,
+                None => {
+                    let a = self.new_segment(index)?;
+                    let salt = a.salt;
+                    self.active = Some(a);
+                    salt
+                }
+            };
             let rel = buf.len();
-            let len = record::append_framed(buf, |b| {
-                codec::encode_into(&WalRecord::Entry(DiskEntry::from(&entry)), b)
-            })
-            .map_err(|e| LogError::Encode(e.to_string()))?
-            .map_err(|e| LogError::Encode(format!("entry {index}: {e}")))?;
+            let len = salt
+                .append_framed(buf, |b| {
+                    codec::encode_into(&WalRecord::Entry(DiskEntry::from(&entry)), b)
+                })
+                .map_err(|e| LogError::Encode(e.to_string()))?
+                .map_err(|e| LogError::Encode(format!("entry {index}: {e}")))?;
             let needs_roll = match &self.active {
                 Some(a) => {
                     a.write_offset + buf.len() as u64 > a.capacity
@@ -549,10 +622,13 @@ impl Wal {
                 None => false,
             };
             if needs_roll {
-                let tail = buf.split_off(rel);
+                let mut tail = buf.split_off(rel);
                 self.write_active(buf, &mut pending)?;
                 self.seal_active()?;
-                self.active = Some(self.new_segment(index)?);
+                let next_segment = self.new_segment(index)?;
+                // The entry was framed for the full segment's salt; re-key it for the new one.
+                next_segment.salt.restamp(&mut tail);
+                self.active = Some(next_segment);
                 *buf = tail;
                 pending.push((entry, 0, len as u32));
             } else {
@@ -562,20 +638,21 @@ impl Wal {
         self.write_active(buf, &mut pending)
     }
 
-    /// Frames a commit marker into `buf` if the saved commit index is newer than the last one
-    /// written.
+    /// Frames a commit marker for the active segment into `buf` if there is one and the saved
+    /// commit index is newer than the last one written.
     fn frame_committed(&mut self, buf: &mut Vec<u8>) -> Result<(), LogError> {
-        let Some(c) = self.committed else {
+        let (Some(c), Some(a)) = (self.committed, &self.active) else {
             return Ok(());
         };
         if self.committed_written.is_some_and(|w| w.index >= c.index) {
             return Ok(());
         }
-        record::append_framed(buf, |b| {
-            codec::encode_into(&WalRecord::Committed(DiskLogId::from(&c)), b)
-        })
-        .map_err(|e| LogError::Encode(e.to_string()))?
-        .map_err(|e| LogError::Encode(e.to_string()))?;
+        a.salt
+            .append_framed(buf, |b| {
+                codec::encode_into(&WalRecord::Committed(DiskLogId::from(&c)), b)
+            })
+            .map_err(|e| LogError::Encode(e.to_string()))?
+            .map_err(|e| LogError::Encode(e.to_string()))?;
         self.committed_written = Some(c);
         Ok(())
     }
@@ -644,11 +721,14 @@ impl Wal {
                 .join(format!("{}.tmp", segment::file_name(first_index)));
             sim.before_write().map_err(at("preallocate", &tmp))?;
         }
-        let seg = Segment::create(&self.dir, first_index, self.opts.segment_size)?;
-        self.view
-            .write()
-            .segments
-            .insert(first_index, seg.file.clone());
+        let (seg, salt) = Segment::create(&self.dir, first_index, self.opts.segment_size)?;
+        self.view.write().segments.insert(
+            first_index,
+            SegmentFile {
+                file: seg.file.clone(),
+                framing: seg.framing,
+            },
+        );
         // A fresh segment has no commit marker yet.
         self.committed_written = None;
         if let Some(sim) = &self.sim {
@@ -656,6 +736,7 @@ impl Wal {
         }
         Ok(Active {
             seg,
+            salt,
             write_offset: segment::HEADER_LEN,
             capacity: self.opts.segment_size,
             entries: 0,
@@ -694,7 +775,7 @@ impl Wal {
             }
             let path = self.dir.join(segment::file_name(keep_loc.segment));
             let seg = Segment::open(&path, keep_loc.segment)?;
-            let end_offset = keep_loc.end();
+            let end_offset = keep_loc.end(seg.framing);
             seg.file
                 .set_len(end_offset)
                 .map_err(at("truncate", &path))?;
@@ -704,16 +785,25 @@ impl Wal {
             if let Some(sim) = &self.sim {
                 sim.reset(keep_loc.segment, end_offset);
             }
-            self.view
-                .write()
-                .segments
-                .insert(keep_loc.segment, seg.file.clone());
-            self.active = Some(Active {
-                entries: first_removed - keep_loc.segment,
-                seg,
-                write_offset: end_offset,
-                capacity: self.opts.segment_size,
-            });
+            self.view.write().segments.insert(
+                keep_loc.segment,
+                SegmentFile {
+                    file: seg.file.clone(),
+                    framing: seg.framing,
+                },
+            );
+            // Appends continue in this segment unless it is of the earlier format; then the
+            // next append starts a new one.
+            self.active = match seg.framing {
+                Framing::Salted(salt) => Some(Active {
+                    entries: first_removed - keep_loc.segment,
+                    seg,
+                    salt,
+                    write_offset: end_offset,
+                    capacity: self.opts.segment_size,
+                }),
+                Framing::Legacy => None,
+            };
         }
         fsutil::sync_dir(&self.dir)?;
         // Commit markers written after the cut are gone with it.
@@ -811,7 +901,7 @@ impl Wal {
             .read()
             .segments
             .iter()
-            .map(|(k, f)| (*k, f.clone()))
+            .map(|(k, s)| (*k, s.file.clone()))
             .collect();
         sim.lose_power(&segments);
         tracing::info!(dir = %self.dir.display(), "write-ahead log closed by a simulated power loss");
