@@ -777,3 +777,47 @@ fn a_pipelined_batch_applies_in_order_and_an_error_answers_only_its_command() {
     assert_eq!(replies[2], Reply::Int(2));
     assert_eq!(replies[3], Reply::Bulk(b("vw")));
 }
+
+fn read(s: &Store, op: ReadOp) -> Reply {
+    s.read(Query { now: 0, op })
+}
+
+fn bulks(items: &[&str]) -> Reply {
+    Reply::Array(items.iter().map(|i| Reply::Bulk(b(i))).collect())
+}
+
+#[test]
+fn lrange_is_empty_when_the_end_falls_before_the_list() {
+    let mut s = Store::default();
+    s.write(at(
+        0,
+        WriteOp::Push {
+            key: b("l"),
+            values: vec![b("a"), b("b"), b("c")],
+            left: false,
+            existing: false,
+        },
+    ));
+    let lrange = |start, end| {
+        read(
+            &s,
+            ReadOp::LRange {
+                key: b("l"),
+                start,
+                end,
+            },
+        )
+    };
+    // As in Redis: only the start is clamped to the list; an end before it is an empty range.
+    assert_eq!(lrange(0, -4), bulks(&[]));
+    assert_eq!(lrange(-100, -4), bulks(&[]));
+    assert_eq!(lrange(-100, -100), bulks(&[]));
+    assert_eq!(lrange(-100, -3), bulks(&["a"]));
+    assert_eq!(lrange(-3, -3), bulks(&["a"]));
+    assert_eq!(lrange(-100, 100), bulks(&["a", "b", "c"]));
+    assert_eq!(lrange(1, -1), bulks(&["b", "c"]));
+    assert_eq!(lrange(2, 1), bulks(&[]));
+    assert_eq!(lrange(3, 10), bulks(&[]));
+    assert_eq!(lrange(i64::MIN, i64::MIN), bulks(&[]));
+    assert_eq!(lrange(i64::MIN, i64::MAX), bulks(&["a", "b", "c"]));
+}
