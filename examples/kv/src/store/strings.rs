@@ -73,13 +73,19 @@ fn unshare(data: &mut Bytes) -> BytesMut {
         .unwrap_or_else(|shared| BytesMut::from(&shared[..]))
 }
 
-/// Redis' inclusive `start..=end` with negative offsets from the end, clamped to `len`;
-/// `None` when the range is empty.
-pub fn clamp_range(start: i64, end: i64, len: usize) -> Option<(usize, usize)> {
+/// The positions `start..=end` of a string `len` bytes (or bits) long, as Redis 7 picks them
+/// for `GETRANGE` and `BITCOUNT`: two negative ends with the start after the end are empty;
+/// otherwise negative offsets count from the end, and both ends are clamped into the string, so
+/// an end before its first position still takes that position. `None` when the range is empty.
+/// (Redis 8 answers an empty `GETRANGE` for an end before the string; this keeps Redis 7's rule.)
+pub fn string_range(start: i64, end: i64, len: usize) -> Option<(usize, usize)> {
+    if start < 0 && end < 0 && start > end {
+        return None;
+    }
     let len = len as i64;
-    let fix = |i: i64| if i < 0 { (len + i).max(0) } else { i };
-    let (start, end) = (fix(start), fix(end).min(len - 1));
-    (len > 0 && start <= end && start < len).then_some((start as usize, end as usize))
+    let from_end = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+    let (start, end) = (from_end(start), from_end(end).min(len - 1));
+    (start <= end).then_some((start as usize, end as usize))
 }
 
 impl Store {
@@ -349,9 +355,7 @@ impl Store {
         match self.string(key, now) {
             Err(e) => Reply::Fault(e),
             Ok(None) => Reply::text(""),
-            // An end before the start of the string is an empty range (Redis 7.2 and later).
-            Ok(Some(v)) if end < 0 && end + (v.len() as i64) < 0 => Reply::text(""),
-            Ok(Some(v)) => match clamp_range(start, end, v.len()) {
+            Ok(Some(v)) => match string_range(start, end, v.len()) {
                 Some((s, e)) => Reply::Bulk(v.slice(s..=e)),
                 None => Reply::text(""),
             },
@@ -389,10 +393,10 @@ impl Store {
         };
         if !bits {
             return Reply::Int(
-                clamp_range(start, end, v.len()).map_or(0, |(s, e)| ones(&v[s..=e])),
+                string_range(start, end, v.len()).map_or(0, |(s, e)| ones(&v[s..=e])),
             );
         }
-        let Some((s, e)) = clamp_range(start, end, v.len() * 8) else {
+        let Some((s, e)) = string_range(start, end, v.len() * 8) else {
             return Reply::Int(0);
         };
         let n = (s..=e)

@@ -821,3 +821,56 @@ fn lrange_is_empty_when_the_end_falls_before_the_list() {
     assert_eq!(lrange(i64::MIN, i64::MIN), bulks(&[]));
     assert_eq!(lrange(i64::MIN, i64::MAX), bulks(&["a", "b", "c"]));
 }
+
+#[test]
+fn getrange_and_bitcount_follow_redis_7s_string_ranges() {
+    let mut s = Store::default();
+    s.write(at(0, set("s", "hello", Expiry::Clear)));
+    let getrange = |start, end| {
+        read(
+            &s,
+            ReadOp::GetRange {
+                key: b("s"),
+                start,
+                end,
+            },
+        )
+    };
+    let text = |t: &str| Reply::Bulk(b(t));
+    // Redis 7 clamps an end before the string to its first byte (Redis 8 answers "" there)...
+    assert_eq!(getrange(0, -100), text("h"));
+    assert_eq!(getrange(-10, -8), text("h"));
+    assert_eq!(getrange(-100, -100), text("h"));
+    assert_eq!(getrange(-5, -5), text("h"));
+    // ...but two negative ends with the start after the end are empty, wherever they fall.
+    assert_eq!(getrange(-5, -6), text(""));
+    assert_eq!(getrange(-100, -101), text(""));
+    assert_eq!(getrange(-1, -100), text(""));
+    assert_eq!(getrange(1, -100), text(""));
+    assert_eq!(getrange(-3, -1), text("llo"));
+    assert_eq!(getrange(-100, 100), text("hello"));
+    assert_eq!(getrange(5, 10), text(""));
+    assert_eq!(getrange(i64::MIN, i64::MAX), text("hello"));
+
+    let bitcount = |start, end, bits| {
+        read(
+            &s,
+            ReadOp::BitCount {
+                key: b("s"),
+                range: Some((start, end)),
+                bits,
+            },
+        )
+    };
+    // "h" is 0x68, three bits set; "hello" has 21.
+    assert_eq!(bitcount(-10, -20, false), Reply::Int(0));
+    assert_eq!(bitcount(-6, i64::MIN, false), Reply::Int(0));
+    assert_eq!(bitcount(-5, -6, false), Reply::Int(0));
+    assert_eq!(bitcount(-10, -8, false), Reply::Int(3));
+    assert_eq!(bitcount(0, -100, false), Reply::Int(3));
+    assert_eq!(bitcount(-100, 100, false), Reply::Int(21));
+    assert_eq!(bitcount(-40, -41, true), Reply::Int(0));
+    assert_eq!(bitcount(-100, -99, true), Reply::Int(0));
+    assert_eq!(bitcount(-100, -39, true), Reply::Int(1));
+    assert_eq!(bitcount(0, -1, true), Reply::Int(21));
+}
