@@ -134,8 +134,9 @@ pub(crate) fn syntax() -> Action {
     error("ERR syntax error")
 }
 
+/// An integer argument, read as Redis reads one (see [`crate::store::parse_int`]).
 pub(crate) fn parse_i64(b: &Bytes) -> Option<i64> {
-    std::str::from_utf8(b).ok()?.parse().ok()
+    crate::store::parse_int(b)
 }
 
 pub(crate) const NOT_INT: &str = "ERR value is not an integer or out of range";

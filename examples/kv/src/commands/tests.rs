@@ -265,3 +265,76 @@ fn string_command_arguments_are_checked_before_replication() {
         Action::Reply(Reply::Error(_))
     ));
 }
+
+/// The error a command's arguments get, or a panic if they are accepted.
+fn refusal(argv: &[&str]) -> String {
+    let argv: Vec<Bytes> = argv.iter().map(|a| Bytes::from(a.to_string())).collect();
+    match parse(&argv, 0) {
+        Action::Reply(Reply::Error(e)) => e,
+        other => panic!("{argv:?} accepted: {other:?}"),
+    }
+}
+
+#[test]
+fn integer_arguments_are_read_as_redis_reads_them() {
+    // Redis' rule: an optional '-', digits without a leading zero ("0" aside), no '+', no "-0",
+    // no spaces, in the 64-bit range.
+    let bad = [
+        "+1",
+        "+0",
+        "01",
+        "00",
+        "-0",
+        "-01",
+        " 1",
+        "1 ",
+        "",
+        "-",
+        "9223372036854775808",
+        "-9223372036854775809",
+        "1e3",
+        "0x1",
+    ];
+    for n in bad {
+        for argv in [
+            vec!["INCRBY", "k", n],
+            vec!["DECRBY", "k", n],
+            vec!["SETEX", "k", n, "v"],
+            vec!["SET", "k", "v", "PX", n],
+            vec!["EXPIRE", "k", n],
+            vec!["LRANGE", "l", n, "-1"],
+            vec!["GETRANGE", "s", "0", n],
+            vec!["SETRANGE", "s", n, "v"],
+            vec!["HINCRBY", "h", "f", n],
+            vec!["HRANDFIELD", "h", n],
+            vec!["BITCOUNT", "s", n, "1"],
+            vec!["SCAN", "0", "COUNT", n],
+            vec!["SELECT", n],
+        ] {
+            assert_eq!(refusal(&argv), NOT_INT, "{argv:?}");
+        }
+        assert_eq!(
+            refusal(&["GETBIT", "k", n]),
+            "ERR bit offset is not an integer or out of range",
+            "{n:?}"
+        );
+        assert_eq!(
+            refusal(&["LPOP", "l", n]),
+            "ERR value is out of range, must be positive",
+            "{n:?}"
+        );
+    }
+    for (text, n) in [
+        ("0", 0),
+        ("7", 7),
+        ("-1", -1),
+        ("10", 10),
+        ("9223372036854775807", i64::MAX),
+        ("-9223372036854775808", i64::MIN),
+    ] {
+        assert_eq!(
+            parse(&args(&format!("INCRBY k {text}")), 0),
+            write(WriteOp::IncrBy("k".into(), n)),
+        );
+    }
+}

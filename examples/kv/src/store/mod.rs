@@ -46,6 +46,7 @@ use serde::Deserialize;
 use serde::Serialize;
 pub use snapshot::StoreSnapshot;
 pub use strings::parse_float;
+pub use strings::parse_int;
 
 use crate::slots::Slot;
 use crate::slots::SlotMap;

@@ -38,7 +38,24 @@ pub fn format_float(f: f64) -> Bytes {
     Bytes::from(format!("{f}"))
 }
 
-fn parse_int(b: &[u8]) -> Option<i64> {
+/// Parses an integer as Redis reads one (`string2ll`): an optional `-`, then decimal digits
+/// with no leading zero ("0" itself aside), within the 64-bit range. A `+`, spaces and "-0"
+/// are refused.
+pub fn parse_int(b: &[u8]) -> Option<i64> {
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    let well_formed = match digits {
+        [b'0'] => digits.len() == b.len(),
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !well_formed {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// Parses an integer more leniently than Redis: a `+`, leading zeros and "-0" pass.
+fn parse_int_lenient(b: &[u8]) -> Option<i64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
@@ -47,7 +64,7 @@ fn parse_int(b: &[u8]) -> Option<i64> {
 pub fn add_int(current: Option<&Bytes>, by: i64, not_number: Error) -> Result<i64, Error> {
     let current = match current {
         None => 0,
-        Some(v) => parse_int(v).ok_or(not_number)?,
+        Some(v) => parse_int_lenient(v).ok_or(not_number)?,
     };
     current.checked_add(by).ok_or(Error::Overflow)
 }
