@@ -175,14 +175,14 @@ pub(super) fn getdel(a: &Args) -> Action {
 
 pub(super) fn incr(a: &Args) -> Action {
     let by = if a.name == "incr" { 1 } else { -1 };
-    write(WriteOp::IncrBy(a.key(), by))
+    write(WriteOp::IncrByStrict { key: a.key(), by })
 }
 
 pub(super) fn incrby(a: &Args) -> Action {
     match parse_i64(&a.rest[1]) {
-        Some(by) if a.name == "incrby" => write(WriteOp::IncrBy(a.key(), by)),
+        Some(by) if a.name == "incrby" => write(WriteOp::IncrByStrict { key: a.key(), by }),
         Some(by) => match by.checked_neg() {
-            Some(neg) => write(WriteOp::IncrBy(a.key(), neg)),
+            Some(by) => write(WriteOp::IncrByStrict { key: a.key(), by }),
             None => error("ERR decrement would overflow"),
         },
         None => error(NOT_INT),

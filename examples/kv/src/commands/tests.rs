@@ -334,7 +334,10 @@ fn integer_arguments_are_read_as_redis_reads_them() {
     ] {
         assert_eq!(
             parse(&args(&format!("INCRBY k {text}")), 0),
-            write(WriteOp::IncrBy("k".into(), n)),
+            write(WriteOp::IncrByStrict {
+                key: "k".into(),
+                by: n
+            }),
         );
     }
 }

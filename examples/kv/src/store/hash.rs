@@ -9,6 +9,7 @@ use super::ReadOp;
 use super::Reply;
 use super::Store;
 use super::glob_match;
+use super::strings::Integers;
 use super::strings::add_float;
 use super::strings::add_int;
 
@@ -79,10 +80,18 @@ impl Store {
         Reply::Int(removed as i64)
     }
 
-    pub(super) fn hincr_by(&mut self, key: Bytes, field: Bytes, by: i64, now: u64) -> Reply {
-        let next = self
-            .hash(&key, now)
-            .and_then(|h| add_int(h.and_then(|h| h.get(&field)), by, Error::HashNotInteger));
+    pub(super) fn hincr_by(
+        &mut self,
+        key: Bytes,
+        field: Bytes,
+        by: i64,
+        read: Integers,
+        now: u64,
+    ) -> Reply {
+        let next = self.hash(&key, now).and_then(|h| {
+            let current = h.and_then(|h| h.get(&field));
+            add_int(current, by, read, Error::HashNotInteger)
+        });
         match next {
             Ok(next) => {
                 self.edit_hash(key, now, |h| h.insert(field, Bytes::from(next.to_string())));

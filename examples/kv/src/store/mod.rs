@@ -122,7 +122,9 @@ pub enum WriteOp {
     },
     /// `DEL`: replies with the number of keys removed.
     Del(Vec<Bytes>),
-    /// `INCRBY` (and `INCR`, `DECR`, `DECRBY`): replies with the new value.
+    /// `INCRBY` as earlier versions logged it: like [`WriteOp::IncrByStrict`], but a stored
+    /// value with a `+`, leading zeros or "-0" counts as an integer, so entries already in a log
+    /// apply as they did.
     IncrBy(Bytes, i64),
     /// `APPEND`: replies with the new length.
     Append(Bytes, Bytes),
@@ -181,7 +183,8 @@ pub enum WriteOp {
     },
     /// `HDEL`: replies with the number of fields removed; an emptied hash is removed.
     HDel { key: Bytes, fields: Vec<Bytes> },
-    /// `HINCRBY`: replies with the new value.
+    /// `HINCRBY` as earlier versions logged it: like [`WriteOp::HIncrByStrict`], but a field
+    /// with a `+`, leading zeros or "-0" counts as an integer.
     HIncrBy { key: Bytes, field: Bytes, by: i64 },
     /// `HINCRBYFLOAT` (the increment as `f64::to_bits`): replies with the new value.
     HIncrByFloat { key: Bytes, field: Bytes, by: u64 },
@@ -216,6 +219,12 @@ pub enum WriteOp {
     ExpireIn { key: Bytes, ms: i64, when: ExpireIf },
     /// `EXPIRE … LT XX` with a relative time.
     ExpireSoonerIfSetIn { key: Bytes, ms: i64 },
+    /// `INCRBY` (and `INCR`, `DECR`, `DECRBY`): replies with the new value; a stored value
+    /// that is not an integer as Redis reads one (see [`parse_int`]) is refused.
+    IncrByStrict { key: Bytes, by: i64 },
+    /// `HINCRBY`: replies with the new value; a field that is not an integer as Redis reads one
+    /// is refused.
+    HIncrByStrict { key: Bytes, field: Bytes, by: i64 },
 }
 
 /// A key `WATCH`ed by a connection, as it was when watched.
@@ -635,6 +644,8 @@ impl Store {
     }
 
     fn apply_op(&mut self, op: WriteOp, now: u64) -> Reply {
+        use strings::Integers::Lenient;
+        use strings::Integers::Strict;
         match op {
             WriteOp::Set {
                 key,
@@ -644,7 +655,8 @@ impl Store {
                 get,
             } => self.set(key, value, expiry, condition, get, now),
             WriteOp::Del(keys) => self.del(keys, now),
-            WriteOp::IncrBy(key, by) => self.incr_by(key, by, now),
+            WriteOp::IncrBy(key, by) => self.incr_by(key, by, Lenient, now),
+            WriteOp::IncrByStrict { key, by } => self.incr_by(key, by, Strict, now),
             WriteOp::Append(key, suffix) => self.append(key, suffix, u64::MAX, now),
             WriteOp::AppendAtMost { key, suffix, max } => self.append(key, suffix, max, now),
             WriteOp::SetRange {
@@ -683,7 +695,8 @@ impl Store {
             WriteOp::Copy { from, to, replace } => self.copy(from, to, replace, now),
             WriteOp::HSet { key, pairs, nx } => self.hset(key, pairs, nx, now),
             WriteOp::HDel { key, fields } => self.hdel(key, fields, now),
-            WriteOp::HIncrBy { key, field, by } => self.hincr_by(key, field, by, now),
+            WriteOp::HIncrBy { key, field, by } => self.hincr_by(key, field, by, Lenient, now),
+            WriteOp::HIncrByStrict { key, field, by } => self.hincr_by(key, field, by, Strict, now),
             WriteOp::HIncrByFloat { key, field, by } => {
                 self.hincr_by_float(key, field, f64::from_bits(by), now)
             }

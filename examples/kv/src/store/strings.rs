@@ -54,17 +54,35 @@ pub fn parse_int(b: &[u8]) -> Option<i64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
-/// Parses an integer more leniently than Redis: a `+`, leading zeros and "-0" pass.
-fn parse_int_lenient(b: &[u8]) -> Option<i64> {
-    std::str::from_utf8(b).ok()?.parse().ok()
+/// How a counter reads the integer it stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integers {
+    /// As Redis does ([`parse_int`]).
+    Strict,
+    /// As writes logged by earlier versions did: a `+`, leading zeros and "-0" pass too.
+    Lenient,
+}
+
+impl Integers {
+    fn parse(self, b: &[u8]) -> Option<i64> {
+        match self {
+            Integers::Strict => parse_int(b),
+            Integers::Lenient => std::str::from_utf8(b).ok()?.parse().ok(),
+        }
+    }
 }
 
 /// `current` (0 if absent) plus `by`, as INCRBY and HINCRBY compute it; `not_number` if
-/// `current` is not an integer.
-pub fn add_int(current: Option<&Bytes>, by: i64, not_number: Error) -> Result<i64, Error> {
+/// `current` is not an integer as `read` reads one.
+pub fn add_int(
+    current: Option<&Bytes>,
+    by: i64,
+    read: Integers,
+    not_number: Error,
+) -> Result<i64, Error> {
     let current = match current {
         None => 0,
-        Some(v) => parse_int_lenient(v).ok_or(not_number)?,
+        Some(v) => read.parse(v).ok_or(not_number)?,
     };
     current.checked_add(by).ok_or(Error::Overflow)
 }
@@ -182,10 +200,10 @@ impl Store {
         reply
     }
 
-    pub(super) fn incr_by(&mut self, key: Bytes, by: i64, now: u64) -> Reply {
+    pub(super) fn incr_by(&mut self, key: Bytes, by: i64, read: Integers, now: u64) -> Reply {
         match self
             .string(&key, now)
-            .and_then(|v| add_int(v, by, Error::NotInteger))
+            .and_then(|v| add_int(v, by, read, Error::NotInteger))
         {
             Ok(next) => {
                 self.replace_string(key, Bytes::from(next.to_string()), now);

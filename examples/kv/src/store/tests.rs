@@ -874,3 +874,64 @@ fn getrange_and_bitcount_follow_redis_7s_string_ranges() {
     assert_eq!(bitcount(-100, -39, true), Reply::Int(1));
     assert_eq!(bitcount(0, -1, true), Reply::Int(21));
 }
+
+/// The write a client's command becomes.
+fn command(line: &str) -> WriteOp {
+    let argv: Vec<Bytes> = line.split_whitespace().map(b).collect();
+    match crate::commands::parse(&argv, 0) {
+        crate::commands::Action::Write { op, .. } => op,
+        other => panic!("{line}: {other:?}"),
+    }
+}
+
+#[test]
+fn counters_read_a_stored_integer_as_redis_does() {
+    let mut s = Store::default();
+    let not_int = Reply::Fault(Error::NotInteger);
+    let hash_not_int = Reply::Fault(Error::HashNotInteger);
+    for stored in ["007", "+5", "-0", "00", " 1", "1 ", ""] {
+        s.write(at(0, set("n", stored, Expiry::Clear)));
+        s.write(at(
+            0,
+            WriteOp::HSet {
+                key: b("h"),
+                pairs: vec![(b("f"), b(stored))],
+                nx: false,
+            },
+        ));
+        for line in ["INCR n", "DECR n", "INCRBY n 1", "DECRBY n 1"] {
+            assert_eq!(
+                s.write(at(0, command(line))),
+                not_int,
+                "{line} on {stored:?}"
+            );
+        }
+        assert_eq!(get(&s, 0, "n"), Reply::Bulk(b(stored)));
+        assert_eq!(
+            s.write(at(0, command("HINCRBY h f 1"))),
+            hash_not_int,
+            "{stored:?}"
+        );
+    }
+    s.write(at(0, set("n", "-9223372036854775808", Expiry::Clear)));
+    assert_eq!(s.write(at(0, command("INCR n"))), Reply::Int(i64::MIN + 1));
+    s.write(at(0, set("n", "0", Expiry::Clear)));
+    assert_eq!(s.write(at(0, command("DECR n"))), Reply::Int(-1));
+    // Entries logged by earlier versions keep their meaning: they read such values leniently.
+    s.write(at(0, set("n", "007", Expiry::Clear)));
+    assert_eq!(s.write(at(0, WriteOp::IncrBy(b("n"), 1))), Reply::Int(8));
+    s.write(at(
+        0,
+        WriteOp::HSet {
+            key: b("h"),
+            pairs: vec![(b("f"), b("+5"))],
+            nx: false,
+        },
+    ));
+    let old_hincr = WriteOp::HIncrBy {
+        key: b("h"),
+        field: b("f"),
+        by: 1,
+    };
+    assert_eq!(s.write(at(0, old_hincr)), Reply::Int(6));
+}
