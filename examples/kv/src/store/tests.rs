@@ -935,3 +935,38 @@ fn counters_read_a_stored_integer_as_redis_does() {
     };
     assert_eq!(s.write(at(0, old_hincr)), Reply::Int(6));
 }
+
+#[test]
+fn ttl_and_expiretime_round_to_the_nearest_second_as_redis_does() {
+    let mut s = Store::default();
+    let now = 1_000_000;
+    for (key, when) in [
+        ("a", now + 1_400),
+        ("b", now + 400),
+        ("c", now + 1_500),
+        ("d", now + 1),
+    ] {
+        s.write(at(now, set(key, "v", Expiry::At(when))));
+    }
+    s.write(at(now, set("e", "v", Expiry::At(99_999_999_999_999))));
+    let ask = |key: &str, op: fn(Bytes) -> ReadOp| {
+        s.read(Query {
+            now,
+            op: op(b(key)),
+        })
+    };
+    let ttl = |key: Bytes| ReadOp::Ttl { key, millis: false };
+    let pttl = |key: Bytes| ReadOp::Ttl { key, millis: true };
+    let expiretime = |key: Bytes| ReadOp::ExpireTime { key, millis: false };
+    let pexpiretime = |key: Bytes| ReadOp::ExpireTime { key, millis: true };
+    assert_eq!(ask("a", ttl), Reply::Int(1));
+    assert_eq!(ask("b", ttl), Reply::Int(0));
+    assert_eq!(ask("c", ttl), Reply::Int(2));
+    assert_eq!(ask("d", ttl), Reply::Int(0));
+    assert_eq!(ask("a", pttl), Reply::Int(1_400));
+    assert_eq!(ask("e", expiretime), Reply::Int(100_000_000_000));
+    assert_eq!(ask("a", expiretime), Reply::Int(1_001));
+    assert_eq!(ask("b", expiretime), Reply::Int(1_000));
+    assert_eq!(ask("e", pexpiretime), Reply::Int(99_999_999_999_999));
+    assert_eq!(ask("none", ttl), Reply::Int(-2));
+}
