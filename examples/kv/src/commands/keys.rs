@@ -165,7 +165,8 @@ pub(super) fn rename(a: &Args) -> Action {
     })
 }
 
-/// `COPY source destination [DB 0] [REPLACE]`.
+/// `COPY source destination [DB 0] [REPLACE]`; a key copied to itself is refused, as in
+/// Redis, once the options are known to be good.
 pub(super) fn copy(a: &Args) -> Action {
     let mut replace = false;
     let mut i = 2;
@@ -181,6 +182,9 @@ pub(super) fn copy(a: &Args) -> Action {
             _ => return syntax(),
         }
         i += 1;
+    }
+    if a.rest[0] == a.rest[1] {
+        return error("ERR source and destination objects are the same");
     }
     write(WriteOp::Copy {
         from: a.key(),

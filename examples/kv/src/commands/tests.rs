@@ -341,3 +341,24 @@ fn integer_arguments_are_read_as_redis_reads_them() {
         );
     }
 }
+
+#[test]
+fn copy_to_itself_is_refused_as_in_redis() {
+    let same = "ERR source and destination objects are the same";
+    assert_eq!(refusal(&["COPY", "a", "a"]), same);
+    assert_eq!(refusal(&["COPY", "a", "a", "REPLACE"]), same);
+    assert_eq!(refusal(&["COPY", "a", "a", "DB", "0"]), same);
+    // Options are checked first.
+    assert_eq!(refusal(&["COPY", "a", "a", "FOO"]), "ERR syntax error");
+    assert_eq!(
+        refusal(&["COPY", "a", "a", "DB", "1"]),
+        "ERR DB index is out of range"
+    );
+    assert!(matches!(
+        parse(&args("COPY a A"), 0),
+        Action::Write {
+            op: WriteOp::Copy { .. },
+            ..
+        }
+    ));
+}
