@@ -362,3 +362,88 @@ fn copy_to_itself_is_refused_as_in_redis() {
         }
     ));
 }
+
+/// The `SET` a command line becomes.
+fn set_op(line: &str) -> (Expiry, Condition, bool) {
+    match parse(&args(line), 0) {
+        Action::Write {
+            op:
+                WriteOp::Set {
+                    expiry,
+                    condition,
+                    get,
+                    ..
+                },
+            ..
+        } => (expiry, condition, get),
+        other => panic!("{line}: {other:?}"),
+    }
+}
+
+/// The expiry a `GETEX` command line sets.
+fn getex_expiry(line: &str) -> Expiry {
+    match parse(&args(line), 0) {
+        Action::Write {
+            op: WriteOp::GetEx { expiry, .. },
+            ..
+        } => expiry,
+        other => panic!("{line}: {other:?}"),
+    }
+}
+
+#[test]
+fn set_and_getex_options_may_repeat_and_the_last_one_counts() {
+    use Condition::*;
+    assert_eq!(
+        set_op("SET k v EX 100 EX 200"),
+        (Expiry::In(200_000), Always, false)
+    );
+    // As in Redis, only the expiry finally given is checked.
+    assert_eq!(
+        set_op("SET k v EX abc EX 100"),
+        (Expiry::In(100_000), Always, false)
+    );
+    assert_eq!(set_op("SET k v NX NX"), (Expiry::Clear, IfAbsent, false));
+    assert_eq!(
+        set_op("SET k v XX XX GET GET"),
+        (Expiry::Clear, IfPresent, true)
+    );
+    assert_eq!(
+        set_op("SET k v KEEPTTL KEEPTTL"),
+        (Expiry::Keep, Always, false)
+    );
+    assert_eq!(
+        set_op("SET k v PXAT 5 NX PXAT 7"),
+        (Expiry::At(7), IfAbsent, false)
+    );
+    assert_eq!(getex_expiry("GETEX k EX 100 EX 200"), Expiry::In(200_000));
+    assert_eq!(getex_expiry("GETEX k EX abc EX 5"), Expiry::In(5_000));
+    assert_eq!(getex_expiry("GETEX k PERSIST PERSIST"), Expiry::Clear);
+    assert_eq!(getex_expiry("GETEX k"), Expiry::Keep);
+    // Options that contradict each other are still a syntax error, before any time is read.
+    for line in [
+        "SET k v NX XX",
+        "SET k v XX NX",
+        "SET k v EX 1 PX 1",
+        "SET k v EX 1 KEEPTTL",
+        "SET k v KEEPTTL EX 1",
+        "SET k v EXAT -1 FOO",
+        "SET k v EX",
+        "SET k v PERSIST",
+        "GETEX k PERSIST EX 1",
+        "GETEX k EX 1 PERSIST",
+        "GETEX k EX 1 PXAT 1",
+        "GETEX k NX",
+        "GETEX k GET",
+        "GETEX k KEEPTTL",
+        "GETEX k EX",
+    ] {
+        let argv: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(refusal(&argv), "ERR syntax error", "{line}");
+    }
+    assert_eq!(
+        refusal(&["GETEX", "k", "EX", "5", "EX", "0"]),
+        "ERR invalid expire time in 'getex' command"
+    );
+    assert_eq!(refusal(&["SET", "k", "v", "EX", "5", "EX", "x"]), NOT_INT);
+}
