@@ -252,8 +252,23 @@ pub(super) fn scan_opts(
     Ok(o)
 }
 
+/// A `SCAN`/`HSCAN` cursor, read as Redis reads one (C's `strtoul`): an optional sign, then
+/// decimal digits within 64 bits; a negative number wraps around (`-1` is the largest cursor),
+/// and an empty cursor is 0. Anything else, spaces included, is `None`.
 pub(super) fn parse_cursor(b: &Bytes) -> Option<u64> {
-    std::str::from_utf8(b).ok()?.parse::<u64>().ok()
+    let (negative, digits) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, &b[..]),
+    };
+    if b.is_empty() {
+        return Some(0);
+    }
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(if negative { n.wrapping_neg() } else { n })
 }
 
 pub(super) fn scan(a: &Args) -> Action {

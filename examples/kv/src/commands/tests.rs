@@ -447,3 +447,43 @@ fn set_and_getex_options_may_repeat_and_the_last_one_counts() {
     );
     assert_eq!(refusal(&["SET", "k", "v", "EX", "5", "EX", "x"]), NOT_INT);
 }
+
+#[test]
+fn scan_cursors_are_read_as_redis_reads_them() {
+    let cursor = |c: &str| {
+        let argv = [Bytes::from("SCAN"), Bytes::from(c.to_string())];
+        match parse(&argv, 0) {
+            Action::Read(ReadOp::Scan { cursor, .. }) => Some(cursor),
+            Action::Reply(Reply::Error(e)) if e == "ERR invalid cursor" => None,
+            other => panic!("{c:?}: {other:?}"),
+        }
+    };
+    // Redis reads a cursor with C's strtoul: a sign and leading zeros pass, a negative number
+    // wraps around.
+    assert_eq!(cursor("-1"), Some(u64::MAX));
+    assert_eq!(cursor("+1"), Some(1));
+    assert_eq!(cursor("007"), Some(7));
+    assert_eq!(cursor("-0"), Some(0));
+    assert_eq!(cursor(""), Some(0));
+    assert_eq!(cursor("18446744073709551615"), Some(u64::MAX));
+    assert_eq!(cursor("-18446744073709551615"), Some(1));
+    for bad in [
+        "18446744073709551616",
+        " 1",
+        "1 ",
+        "+",
+        "-",
+        "0x1",
+        "--1",
+        "1e3",
+    ] {
+        assert_eq!(cursor(bad), None, "{bad:?}");
+    }
+    assert!(matches!(
+        parse(&args("HSCAN h -1"), 0),
+        Action::Read(ReadOp::HScan {
+            cursor: u64::MAX,
+            ..
+        })
+    ));
+}
