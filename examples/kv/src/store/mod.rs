@@ -10,7 +10,8 @@
 //! to the size of the store.
 //!
 //! Keys are ordered by a stable 64-bit hash (then by the key), which gives `SCAN` a numeric
-//! cursor with Redis' guarantee: a key present for the whole iteration is returned.
+//! cursor with Redis' guarantee: a key present for the whole iteration is returned. A hash's
+//! fields are ordered the same way, for `HSCAN`.
 //!
 //! Each write is numbered as it is applied, and each key remembers the number of the write that
 //! last changed it (its *version*): `WATCH` reads versions and `EXEC` compares them when it is
@@ -30,12 +31,12 @@ mod strings;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
 pub use glob::glob_match;
+pub(crate) use hash::HashMap;
 use raft_core::ApplyContext;
 use raft_core::Queryable;
 use raft_core::ReadContext;
@@ -368,7 +369,8 @@ pub enum ReadOp {
         count: Option<i64>,
         with_values: bool,
     },
-    /// `HSCAN`: the cursor is the field's position in the hash's order.
+    /// `HSCAN`: the cursor is the stable hash of the next field to return (0 to start), as
+    /// `SCAN`'s is of the next key.
     HScan {
         key: Bytes,
         cursor: u64,
@@ -407,9 +409,6 @@ pub struct Query {
     /// The question.
     pub op: ReadOp,
 }
-
-/// A hash's fields, in field order (the same on every replica).
-pub(crate) type HashMap = BTreeMap<Bytes, Bytes>;
 
 /// What a key holds. A hash sits behind an `Arc`, so a snapshot sharing a shard shares the
 /// hash too, and a write copies it only while a snapshot still holds it.
@@ -472,7 +471,7 @@ trait Collection {
 
 impl Collection for HashMap {
     fn is_empty(&self) -> bool {
-        BTreeMap::is_empty(self)
+        HashMap::is_empty(self)
     }
 }
 

@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use super::*;
 
 fn b(s: &str) -> Bytes {
@@ -969,4 +971,118 @@ fn ttl_and_expiretime_round_to_the_nearest_second_as_redis_does() {
     assert_eq!(ask("b", expiretime), Reply::Int(1_000));
     assert_eq!(ask("e", pexpiretime), Reply::Int(99_999_999_999_999));
     assert_eq!(ask("none", ttl), Reply::Int(-2));
+}
+
+/// One `HSCAN` step: the next cursor and the fields returned.
+fn hscan(s: &Store, key: &str, cursor: u64, count: usize) -> (u64, Vec<Bytes>) {
+    let Reply::Array(parts) = read(
+        s,
+        ReadOp::HScan {
+            key: b(key),
+            cursor,
+            pattern: None,
+            count,
+            novalues: true,
+        },
+    ) else {
+        panic!("not an array")
+    };
+    let (Reply::Bulk(next), Reply::Array(fields)) = (&parts[0], &parts[1]) else {
+        panic!("not a cursor and fields")
+    };
+    let fields = fields
+        .iter()
+        .map(|f| match f {
+            Reply::Bulk(f) => f.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    (std::str::from_utf8(next).unwrap().parse().unwrap(), fields)
+}
+
+fn hset(key: &str, fields: impl IntoIterator<Item = String>) -> WriteOp {
+    WriteOp::HSet {
+        key: b(key),
+        pairs: fields.into_iter().map(|f| (b(&f), b("v"))).collect(),
+        nx: false,
+    }
+}
+
+#[test]
+fn hscan_returns_every_field_present_for_the_whole_scan() {
+    let mut s = Store::default();
+    s.write(at(0, hset("h", (0..300).map(|i| format!("f{i:03}")))));
+    let mut seen = BTreeSet::new();
+    let mut deleted = Vec::new();
+    let (mut cursor, mut steps) = (0, 0);
+    loop {
+        let (next, fields) = hscan(&s, "h", cursor, 20);
+        steps += 1;
+        assert!(steps <= 300, "the scan does not end");
+        // Fields come and go between steps: the first step's fields are deleted, and each
+        // step adds one.
+        if steps == 1 {
+            deleted = fields[..10].to_vec();
+            s.write(at(
+                0,
+                WriteOp::HDel {
+                    key: b("h"),
+                    fields: deleted.clone(),
+                },
+            ));
+        }
+        s.write(at(0, hset("h", [format!("new{steps}")])));
+        seen.extend(fields);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let missing: Vec<String> = (0..300)
+        .map(|i| b(&format!("f{i:03}")))
+        .filter(|f| !deleted.contains(f) && !seen.contains(f))
+        .map(|f| String::from_utf8_lossy(&f).into_owned())
+        .collect();
+    assert!(missing.is_empty(), "never returned: {missing:?}");
+}
+
+#[test]
+fn hscan_ends_and_answers_an_empty_step_past_the_last_cursor() {
+    let mut s = Store::default();
+    s.write(at(0, hset("h", (0..50).map(|i| format!("field:{i}")))));
+    let mut all = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let (next, fields) = hscan(&s, "h", cursor, 7);
+        assert!(fields.len() <= 7);
+        all.extend(fields);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 50);
+    assert_eq!(hscan(&s, "h", u64::MAX, 10), (0, Vec::new()));
+    assert_eq!(hscan(&s, "nope", 0, 10), (0, Vec::new()));
+}
+
+#[test]
+fn a_hash_is_stored_as_the_plain_map_earlier_versions_wrote() {
+    let earlier: BTreeMap<Bytes, Bytes> = (0..100)
+        .map(|i| (b(&format!("f{i}")), b(&i.to_string())))
+        .collect();
+    let mut bytes = Vec::new();
+    raft_core::write_serde(&earlier, &mut bytes).unwrap();
+    let read: HashMap = raft_core::read_serde(&mut bytes.as_slice()).unwrap();
+    assert_eq!(read.len(), earlier.len());
+    for (f, v) in &earlier {
+        assert_eq!(read.get(f), Some(v));
+    }
+    let mut written = Vec::new();
+    raft_core::write_serde(&read, &mut written).unwrap();
+    assert_eq!(written.len(), bytes.len());
+    let back: BTreeMap<Bytes, Bytes> = raft_core::read_serde(&mut written.as_slice()).unwrap();
+    assert_eq!(back, earlier);
 }
