@@ -306,6 +306,31 @@ async fn every_command_answers_as_redis_does_through_leader_and_followers() {
         unknown.contains("Unknown option or number of arguments for CONFIG SET - 'no-such-thing'"),
         "{unknown}"
     );
+    // A CLIENT name belongs to its connection, inside MULTI too; CLIENT ID tells them apart.
+    let mut other = cluster.connect(0).await;
+    let name = |c: &mut MultiplexedConnection| {
+        let mut c = c.clone();
+        async move { q::<Option<String>>(&mut c, &["CLIENT", "GETNAME"]).await }
+    };
+    assert_eq!(
+        q::<String>(&mut c, &["CLIENT", "SETNAME", "w1"]).await,
+        "OK"
+    );
+    assert_eq!(name(&mut c).await.as_deref(), Some("w1"));
+    assert_eq!(name(&mut other).await, None);
+    let replies = transaction(
+        &mut other,
+        &[&["CLIENT", "SETNAME", "w2"], &["CLIENT", "GETNAME"]],
+    )
+    .await;
+    assert_eq!(
+        replies,
+        Value::Array(vec![Value::Okay, Value::BulkString(b"w2".to_vec())])
+    );
+    assert_eq!(name(&mut c).await.as_deref(), Some("w1"));
+    let id: i64 = q(&mut c, &["CLIENT", "ID"]).await;
+    let other_id: i64 = q(&mut other, &["CLIENT", "ID"]).await;
+    assert!(id > 0 && other_id > 0 && id != other_id, "{id} {other_id}");
 }
 
 /// Runs `MULTI`, the commands (each answered `QUEUED`) and `EXEC`; EXEC's raw reply.

@@ -14,6 +14,7 @@ mod strings;
 
 use bytes::Bytes;
 pub use keys::SCAN_STEP;
+pub use server::ClientOp;
 
 use crate::store::ReadOp;
 use crate::store::Reply;
@@ -48,6 +49,8 @@ pub enum Action {
     ConfigGet(Vec<Bytes>),
     /// `CONFIG SET name value…`: change this node's parameters.
     ConfigSet(Vec<(Bytes, Bytes)>),
+    /// `CLIENT SETNAME`, `GETNAME`, `ID`: about the connection itself.
+    Client(ClientOp),
 }
 
 /// How a write's reply is reshaped for the command that issued it.

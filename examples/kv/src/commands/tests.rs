@@ -487,3 +487,42 @@ fn scan_cursors_are_read_as_redis_reads_them() {
         })
     ));
 }
+
+#[test]
+fn client_names_and_ids_belong_to_the_connection() {
+    let client = |line: &[&str]| {
+        let argv: Vec<Bytes> = line.iter().map(|a| Bytes::from(a.to_string())).collect();
+        match parse(&argv, 0) {
+            Action::Client(op) => op,
+            other => panic!("{line:?}: {other:?}"),
+        }
+    };
+    let (mut name, id) = (None, 42);
+    let mut run = |line: &[&str]| client(line).apply(&mut name, id);
+    assert_eq!(run(&["CLIENT", "GETNAME"]), Reply::Nil);
+    assert_eq!(run(&["CLIENT", "SETNAME", "worker-1"]), Reply::Ok);
+    assert_eq!(run(&["client", "getname"]), Reply::Bulk("worker-1".into()));
+    assert_eq!(run(&["CLIENT", "ID"]), Reply::Int(42));
+    // An empty name removes the name.
+    assert_eq!(run(&["CLIENT", "SETNAME", ""]), Reply::Ok);
+    assert_eq!(run(&["CLIENT", "GETNAME"]), Reply::Nil);
+    for bad in ["a b", "a\nb", "tab\there", "\u{e9}", "\u{7f}"] {
+        assert_eq!(
+            refusal(&["CLIENT", "SETNAME", bad]),
+            "ERR Client names cannot contain spaces, newlines or special characters.",
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        refusal(&["CLIENT", "SETNAME"]),
+        "ERR wrong number of arguments for 'client|setname' command"
+    );
+    assert_eq!(
+        refusal(&["CLIENT", "GETNAME", "x"]),
+        "ERR wrong number of arguments for 'client|getname' command"
+    );
+    assert_eq!(
+        refusal(&["CLIENT", "ID", "x"]),
+        "ERR wrong number of arguments for 'client|id' command"
+    );
+}
