@@ -119,11 +119,25 @@ pub(super) fn expiretime(a: &Args) -> Action {
     })
 }
 
-/// `MEMORY USAGE key [SAMPLES n]`: about how many bytes the key takes.
+/// `MEMORY USAGE key [SAMPLES n]…`: about how many bytes the key takes. `SAMPLES` (a count
+/// not below 0; it may be given again) is checked as Redis checks it, and changes nothing, as
+/// the size is counted whole.
 pub(super) fn memory(a: &Args) -> Action {
-    match (upper(&a.rest[0]).as_str(), a.rest.len()) {
-        ("USAGE", 2 | 4) => Action::Read(ReadOp::MemoryUsage(a.rest[1].clone())),
-        ("USAGE", _) => syntax(),
+    match (upper(&a.rest[0]).as_str(), &a.rest[1..]) {
+        ("USAGE", [key, opts @ ..]) => {
+            for pair in opts.chunks(2) {
+                match pair {
+                    [o, n] if o.eq_ignore_ascii_case(b"SAMPLES") => match parse_i64(n) {
+                        Some(n) if n >= 0 => {}
+                        Some(_) => return syntax(),
+                        None => return error(NOT_INT),
+                    },
+                    _ => return syntax(),
+                }
+            }
+            Action::Read(ReadOp::MemoryUsage(key.clone()))
+        }
+        ("USAGE", []) => error("ERR wrong number of arguments for 'memory|usage' command"),
         (other, _) => error(format!(
             "ERR unknown subcommand '{}'. Try MEMORY HELP.",
             other.to_ascii_lowercase()

@@ -526,3 +526,35 @@ fn client_names_and_ids_belong_to_the_connection() {
         "ERR wrong number of arguments for 'client|id' command"
     );
 }
+
+#[test]
+fn memory_usage_checks_its_options_as_redis_does() {
+    let usage = |line: &str| {
+        assert_eq!(
+            parse(&args(line), 0),
+            Action::Read(ReadOp::MemoryUsage("a".into())),
+            "{line}"
+        );
+    };
+    usage("MEMORY USAGE a");
+    usage("MEMORY usage a samples 5");
+    usage("MEMORY USAGE a SAMPLES 0 SAMPLES 7");
+    assert_eq!(
+        refusal(&["MEMORY", "USAGE", "a", "SAMPLES", "abc"]),
+        NOT_INT
+    );
+    assert_eq!(refusal(&["MEMORY", "USAGE", "a", "SAMPLES", "+1"]), NOT_INT);
+    for bad in [
+        "MEMORY USAGE a FOO 1",
+        "MEMORY USAGE a SAMPLES",
+        "MEMORY USAGE a SAMPLES -1",
+        "MEMORY USAGE a SAMPLES 1 FOO",
+    ] {
+        let argv: Vec<&str> = bad.split_whitespace().collect();
+        assert_eq!(refusal(&argv), "ERR syntax error", "{bad}");
+    }
+    assert_eq!(
+        refusal(&["MEMORY", "USAGE"]),
+        "ERR wrong number of arguments for 'memory|usage' command"
+    );
+}
