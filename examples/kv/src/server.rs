@@ -229,6 +229,8 @@ struct Conn {
     watched: Vec<Watched>,
     /// What the watched keys cost (see [`resp::ARG_OVERHEAD`]), bounded like a command.
     watched_bytes: usize,
+    /// The name `CLIENT SETNAME` gave the connection.
+    name: Option<Bytes>,
 }
 
 /// Commands queued after `MULTI`.
@@ -242,7 +244,8 @@ struct Transaction {
     bytes: usize,
     /// A command was refused while queueing: `EXEC` answers `EXECABORT`.
     dirty: bool,
-    /// Commands about this node (`CONFIG`), answered in their place when `EXEC` is.
+    /// Commands about this node or connection (`CONFIG`, `CLIENT`), answered in their place
+    /// when `EXEC` is.
     local: Vec<(usize, Action)>,
 }
 
@@ -260,6 +263,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         tx: None,
         watched: Vec::new(),
         watched_bytes: 0,
+        name: None,
     };
     tracing::debug!(%peer, id, "client connected");
     let result = serve_connection(socket, peer, ctx, &mut conn).await;
@@ -490,6 +494,7 @@ async fn execute(
             }
             Action::ConfigGet(patterns) => ctx.config.get(&patterns),
             Action::ConfigSet(pairs) => ctx.config.set(&pairs),
+            Action::Client(op) => op.apply(&mut conn.name, conn.id),
         },
     };
     // A reply that would pass the output limit is not built: its parts may repeat one large
@@ -569,7 +574,7 @@ fn queue(tx: &mut Transaction, action: Action, args: &[Bytes], ctx: &Ctx) -> Rep
         Action::Write { op, post } => (Queued::Write(op), post),
         Action::Read(op) => (Queued::Read(op), commands::Post::None),
         Action::Unwatch => (Queued::Reply(Reply::Ok), commands::Post::None),
-        local @ (Action::ConfigGet(_) | Action::ConfigSet(_)) => {
+        local @ (Action::ConfigGet(_) | Action::ConfigSet(_) | Action::Client(_)) => {
             tx.local.push((tx.ops.len(), local));
             (Queued::Reply(Reply::Nil), commands::Post::None)
         }
@@ -620,6 +625,7 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
                 let r = match action {
                     Action::ConfigGet(patterns) => ctx.config.get(&patterns),
                     Action::ConfigSet(pairs) => ctx.config.set(&pairs),
+                    Action::Client(op) => op.apply(&mut conn.name, conn.id),
                     _ => continue,
                 };
                 if let Some(slot) = replies.get_mut(i) {

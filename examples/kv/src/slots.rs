@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-/// Where a key sorts: by a stable hash, then by the key itself.
+/// Where a key (or a hash's field) sorts: by a stable hash, then by the key itself.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Slot(pub u64, pub Bytes);
 

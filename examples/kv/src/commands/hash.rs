@@ -56,7 +56,7 @@ pub(super) fn hdel(a: &Args) -> Action {
 
 pub(super) fn hincrby(a: &Args) -> Action {
     match parse_i64(&a.rest[2]) {
-        Some(by) => write(WriteOp::HIncrBy {
+        Some(by) => write(WriteOp::HIncrByStrict {
             key: a.key(),
             field: a.rest[1].clone(),
             by,

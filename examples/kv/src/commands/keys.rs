@@ -119,11 +119,25 @@ pub(super) fn expiretime(a: &Args) -> Action {
     })
 }
 
-/// `MEMORY USAGE key [SAMPLES n]`: about how many bytes the key takes.
+/// `MEMORY USAGE key [SAMPLES n]…`: about how many bytes the key takes. `SAMPLES` (a count
+/// not below 0; it may be given again) is checked as Redis checks it, and changes nothing, as
+/// the size is counted whole.
 pub(super) fn memory(a: &Args) -> Action {
-    match (upper(&a.rest[0]).as_str(), a.rest.len()) {
-        ("USAGE", 2 | 4) => Action::Read(ReadOp::MemoryUsage(a.rest[1].clone())),
-        ("USAGE", _) => syntax(),
+    match (upper(&a.rest[0]).as_str(), &a.rest[1..]) {
+        ("USAGE", [key, opts @ ..]) => {
+            for pair in opts.chunks(2) {
+                match pair {
+                    [o, n] if o.eq_ignore_ascii_case(b"SAMPLES") => match parse_i64(n) {
+                        Some(n) if n >= 0 => {}
+                        Some(_) => return syntax(),
+                        None => return error(NOT_INT),
+                    },
+                    _ => return syntax(),
+                }
+            }
+            Action::Read(ReadOp::MemoryUsage(key.clone()))
+        }
+        ("USAGE", []) => error("ERR wrong number of arguments for 'memory|usage' command"),
         (other, _) => error(format!(
             "ERR unknown subcommand '{}'. Try MEMORY HELP.",
             other.to_ascii_lowercase()
@@ -165,7 +179,8 @@ pub(super) fn rename(a: &Args) -> Action {
     })
 }
 
-/// `COPY source destination [DB 0] [REPLACE]`.
+/// `COPY source destination [DB 0] [REPLACE]`; a key copied to itself is refused, as in
+/// Redis, once the options are known to be good.
 pub(super) fn copy(a: &Args) -> Action {
     let mut replace = false;
     let mut i = 2;
@@ -181,6 +196,9 @@ pub(super) fn copy(a: &Args) -> Action {
             _ => return syntax(),
         }
         i += 1;
+    }
+    if a.rest[0] == a.rest[1] {
+        return error("ERR source and destination objects are the same");
     }
     write(WriteOp::Copy {
         from: a.key(),
@@ -248,8 +266,23 @@ pub(super) fn scan_opts(
     Ok(o)
 }
 
+/// A `SCAN`/`HSCAN` cursor, read as Redis reads one (C's `strtoul`): an optional sign, then
+/// decimal digits within 64 bits; a negative number wraps around (`-1` is the largest cursor),
+/// and an empty cursor is 0. Anything else, spaces included, is `None`.
 pub(super) fn parse_cursor(b: &Bytes) -> Option<u64> {
-    std::str::from_utf8(b).ok()?.parse::<u64>().ok()
+    let (negative, digits) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, &b[..]),
+    };
+    if b.is_empty() {
+        return Some(0);
+    }
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(if negative { n.wrapping_neg() } else { n })
 }
 
 pub(super) fn scan(a: &Args) -> Action {

@@ -14,6 +14,7 @@ mod strings;
 
 use bytes::Bytes;
 pub use keys::SCAN_STEP;
+pub use server::ClientOp;
 
 use crate::store::ReadOp;
 use crate::store::Reply;
@@ -48,6 +49,8 @@ pub enum Action {
     ConfigGet(Vec<Bytes>),
     /// `CONFIG SET name value…`: change this node's parameters.
     ConfigSet(Vec<(Bytes, Bytes)>),
+    /// `CLIENT SETNAME`, `GETNAME`, `ID`: about the connection itself.
+    Client(ClientOp),
 }
 
 /// How a write's reply is reshaped for the command that issued it.
@@ -134,8 +137,9 @@ pub(crate) fn syntax() -> Action {
     error("ERR syntax error")
 }
 
+/// An integer argument, read as Redis reads one (see [`crate::store::parse_int`]).
 pub(crate) fn parse_i64(b: &Bytes) -> Option<i64> {
-    std::str::from_utf8(b).ok()?.parse().ok()
+    crate::store::parse_int(b)
 }
 
 pub(crate) const NOT_INT: &str = "ERR value is not an integer or out of range";

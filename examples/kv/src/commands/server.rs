@@ -84,11 +84,49 @@ pub(super) fn unwatch(_: &Args) -> Action {
     Action::Unwatch
 }
 
+/// What `CLIENT SETNAME`, `CLIENT GETNAME` and `CLIENT ID` do to the connection they are sent on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOp {
+    /// Names the connection (a name already checked); an empty name removes the name.
+    SetName(Bytes),
+    /// Answers the connection's name, or nil.
+    GetName,
+    /// Answers the connection's number.
+    Id,
+}
+
+impl ClientOp {
+    /// Applies the operation to a connection named `name` (`None` if unnamed) whose number is
+    /// `id`, and answers its reply.
+    pub fn apply(self, name: &mut Option<Bytes>, id: u64) -> Reply {
+        match self {
+            ClientOp::SetName(new) => {
+                *name = (!new.is_empty()).then_some(new);
+                Reply::Ok
+            }
+            ClientOp::GetName => name.clone().map_or(Reply::Nil, Reply::Bulk),
+            ClientOp::Id => Reply::Int(id as i64),
+        }
+    }
+}
+
+/// `CLIENT SETNAME`/`GETNAME`/`ID`, and the subcommands that change nothing here (`SETINFO`,
+/// `NO-EVICT`, `NO-TOUCH`, `REPLY`). A name, as in Redis, is printable ASCII without spaces.
 pub(super) fn client(a: &Args) -> Action {
-    match lower(&a.rest[0]).as_str() {
-        "setname" | "setinfo" | "no-evict" | "no-touch" | "reply" => Action::Reply(Reply::Ok),
-        "getname" => Action::Reply(Reply::Nil),
-        "id" => Action::Reply(Reply::Int(0)),
+    let sub = lower(&a.rest[0]);
+    match (sub.as_str(), &a.rest[1..]) {
+        ("setname", [name]) if name.iter().all(|c| (b'!'..=b'~').contains(c)) => {
+            Action::Client(ClientOp::SetName(name.clone()))
+        }
+        ("setname", [_]) => {
+            error("ERR Client names cannot contain spaces, newlines or special characters.")
+        }
+        ("getname", []) => Action::Client(ClientOp::GetName),
+        ("id", []) => Action::Client(ClientOp::Id),
+        ("setname" | "getname" | "id", _) => error(format!(
+            "ERR wrong number of arguments for 'client|{sub}' command"
+        )),
+        ("setinfo" | "no-evict" | "no-touch" | "reply", _) => Action::Reply(Reply::Ok),
         _ => error("ERR unknown subcommand for 'client'"),
     }
 }

@@ -58,7 +58,7 @@ pub(super) fn setnx(a: &Args) -> Action {
 /// own error for a time that is not positive.
 pub(super) fn setex(a: &Args) -> Action {
     let unit = if a.name == "setex" { "EX" } else { "PX" };
-    match deadline(a.name, unit, Some(&a.rest[1]), a.now) {
+    match deadline(a.name, unit, &a.rest[1], a.now) {
         Ok(expiry) => write(WriteOp::Set {
             key: a.key(),
             value: a.rest[2].clone(),
@@ -74,13 +74,10 @@ fn invalid_expire(name: &str) -> Action {
     error(format!("ERR invalid expire time in '{name}' command"))
 }
 
-/// An `EX`/`PX`/`EXAT`/`PXAT` option as an expiry, or the error reply. `EX` and `PX` stay
+/// An `EX`/`PX`/`EXAT`/`PXAT` time as an expiry, or the error reply. `EX` and `PX` stay
 /// relative: the store resolves them at the leader's time when the write applies. `now` (the
 /// accepting node's clock) only decides whether the time is too large, as Redis refuses it.
-fn deadline(name: &str, unit: &str, arg: Option<&Bytes>, now: u64) -> Result<Expiry, Action> {
-    let Some(arg) = arg else {
-        return Err(syntax());
-    };
+fn deadline(name: &str, unit: &str, arg: &Bytes, now: u64) -> Result<Expiry, Action> {
     let Some(t) = parse_i64(arg) else {
         return Err(error(NOT_INT));
     };
@@ -107,61 +104,92 @@ fn deadline(name: &str, unit: &str, arg: Option<&Bytes>, now: u64) -> Result<Exp
     }
 }
 
-fn parse_set(name: &str, key: &Bytes, value: &Bytes, opts: &[Bytes], now: u64) -> Action {
-    let mut expiry = Expiry::Clear;
-    let mut condition = Condition::Always;
-    let mut get = false;
-    let mut seen_expiry = false;
+/// The options of `SET` or `GETEX`, as read before any of them is checked further.
+struct StringOptions<'a> {
+    condition: Condition,
+    get: bool,
+    keep_ttl: bool,
+    persist: bool,
+    /// The unit (`EX`, `PX`, `EXAT`, `PXAT`) and the time last given.
+    expiry: Option<(&'static str, &'a Bytes)>,
+}
+
+/// Reads the options of `SET` (`set`) or `GETEX` as Redis does: an option given again counts
+/// the last time it is given, and options that contradict each other (`NX` and `XX`, two units
+/// of time, a time and `KEEPTTL` or `PERSIST`) are `None`, a syntax error. The time itself is
+/// not read here, so a syntax error anywhere comes before a bad time.
+fn string_options(opts: &[Bytes], set: bool) -> Option<StringOptions<'_>> {
+    let mut o = StringOptions {
+        condition: Condition::Always,
+        get: false,
+        keep_ttl: false,
+        persist: false,
+        expiry: None,
+    };
     let mut i = 0;
     while i < opts.len() {
-        const OPTIONS: [&str; 8] = ["NX", "XX", "GET", "KEEPTTL", "EX", "PX", "EXAT", "PXAT"];
+        const OPTIONS: [&str; 9] = [
+            "NX", "XX", "GET", "KEEPTTL", "PERSIST", "EX", "PX", "EXAT", "PXAT",
+        ];
         match one_of(&opts[i], &OPTIONS) {
-            Some(opt @ ("NX" | "XX")) if condition == Condition::Always => {
-                condition = if opt == "NX" {
-                    Condition::IfAbsent
-                } else {
-                    Condition::IfPresent
-                };
+            Some("NX") if set && o.condition != Condition::IfPresent => {
+                o.condition = Condition::IfAbsent;
             }
-            Some("GET") => get = true,
-            Some("KEEPTTL") if !seen_expiry => {
-                expiry = Expiry::Keep;
-                seen_expiry = true;
+            Some("XX") if set && o.condition != Condition::IfAbsent => {
+                o.condition = Condition::IfPresent;
             }
-            Some(opt @ ("EX" | "PX" | "EXAT" | "PXAT")) if !seen_expiry => {
-                match deadline(name, opt, opts.get(i + 1), now) {
-                    Ok(e) => expiry = e,
-                    Err(e) => return e,
-                }
-                seen_expiry = true;
+            Some("GET") if set => o.get = true,
+            Some("KEEPTTL") if set && o.expiry.is_none() => o.keep_ttl = true,
+            Some("PERSIST") if !set && o.expiry.is_none() => o.persist = true,
+            Some(unit @ ("EX" | "PX" | "EXAT" | "PXAT"))
+                if !o.keep_ttl
+                    && !o.persist
+                    && o.expiry.is_none_or(|(u, _)| u == unit)
+                    && i + 1 < opts.len() =>
+            {
+                o.expiry = Some((unit, &opts[i + 1]));
                 i += 1;
             }
-            _ => return syntax(),
+            _ => return None,
         }
         i += 1;
     }
+    Some(o)
+}
+
+fn parse_set(name: &str, key: &Bytes, value: &Bytes, opts: &[Bytes], now: u64) -> Action {
+    let Some(o) = string_options(opts, true) else {
+        return syntax();
+    };
+    let expiry = match o.expiry {
+        Some((unit, t)) => match deadline(name, unit, t, now) {
+            Ok(e) => e,
+            Err(e) => return e,
+        },
+        None if o.keep_ttl => Expiry::Keep,
+        None => Expiry::Clear,
+    };
     write(WriteOp::Set {
         key: key.clone(),
         value: value.clone(),
         expiry,
-        condition,
-        get,
+        condition: o.condition,
+        get: o.get,
     })
 }
 
+/// `GETEX key [EX|PX|EXAT|PXAT time | PERSIST]`, its options read as `SET`'s are.
 pub(super) fn getex(a: &Args) -> Action {
-    let opts = &a.rest[1..];
-    let expiry = match opts {
-        [] => Expiry::Keep,
-        [o] if upper(o) == "PERSIST" => Expiry::Clear,
-        [o, t] => match upper(o).as_str() {
-            u @ ("EX" | "PX" | "EXAT" | "PXAT") => match deadline(a.name, u, Some(t), a.now) {
-                Ok(e) => e,
-                Err(e) => return e,
-            },
-            _ => return syntax(),
+    let Some(o) = string_options(&a.rest[1..], false) else {
+        return syntax();
+    };
+    let expiry = match o.expiry {
+        Some((unit, t)) => match deadline(a.name, unit, t, a.now) {
+            Ok(e) => e,
+            Err(e) => return e,
         },
-        _ => return syntax(),
+        None if o.persist => Expiry::Clear,
+        None => Expiry::Keep,
     };
     write(WriteOp::GetEx {
         key: a.key(),
@@ -175,14 +203,14 @@ pub(super) fn getdel(a: &Args) -> Action {
 
 pub(super) fn incr(a: &Args) -> Action {
     let by = if a.name == "incr" { 1 } else { -1 };
-    write(WriteOp::IncrBy(a.key(), by))
+    write(WriteOp::IncrByStrict { key: a.key(), by })
 }
 
 pub(super) fn incrby(a: &Args) -> Action {
     match parse_i64(&a.rest[1]) {
-        Some(by) if a.name == "incrby" => write(WriteOp::IncrBy(a.key(), by)),
+        Some(by) if a.name == "incrby" => write(WriteOp::IncrByStrict { key: a.key(), by }),
         Some(by) => match by.checked_neg() {
-            Some(neg) => write(WriteOp::IncrBy(a.key(), neg)),
+            Some(by) => write(WriteOp::IncrByStrict { key: a.key(), by }),
             None => error("ERR decrement would overflow"),
         },
         None => error(NOT_INT),

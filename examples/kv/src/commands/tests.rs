@@ -265,3 +265,296 @@ fn string_command_arguments_are_checked_before_replication() {
         Action::Reply(Reply::Error(_))
     ));
 }
+
+/// The error a command's arguments get, or a panic if they are accepted.
+fn refusal(argv: &[&str]) -> String {
+    let argv: Vec<Bytes> = argv.iter().map(|a| Bytes::from(a.to_string())).collect();
+    match parse(&argv, 0) {
+        Action::Reply(Reply::Error(e)) => e,
+        other => panic!("{argv:?} accepted: {other:?}"),
+    }
+}
+
+#[test]
+fn integer_arguments_are_read_as_redis_reads_them() {
+    // Redis' rule: an optional '-', digits without a leading zero ("0" aside), no '+', no "-0",
+    // no spaces, in the 64-bit range.
+    let bad = [
+        "+1",
+        "+0",
+        "01",
+        "00",
+        "-0",
+        "-01",
+        " 1",
+        "1 ",
+        "",
+        "-",
+        "9223372036854775808",
+        "-9223372036854775809",
+        "1e3",
+        "0x1",
+    ];
+    for n in bad {
+        for argv in [
+            vec!["INCRBY", "k", n],
+            vec!["DECRBY", "k", n],
+            vec!["SETEX", "k", n, "v"],
+            vec!["SET", "k", "v", "PX", n],
+            vec!["EXPIRE", "k", n],
+            vec!["LRANGE", "l", n, "-1"],
+            vec!["GETRANGE", "s", "0", n],
+            vec!["SETRANGE", "s", n, "v"],
+            vec!["HINCRBY", "h", "f", n],
+            vec!["HRANDFIELD", "h", n],
+            vec!["BITCOUNT", "s", n, "1"],
+            vec!["SCAN", "0", "COUNT", n],
+            vec!["SELECT", n],
+        ] {
+            assert_eq!(refusal(&argv), NOT_INT, "{argv:?}");
+        }
+        assert_eq!(
+            refusal(&["GETBIT", "k", n]),
+            "ERR bit offset is not an integer or out of range",
+            "{n:?}"
+        );
+        assert_eq!(
+            refusal(&["LPOP", "l", n]),
+            "ERR value is out of range, must be positive",
+            "{n:?}"
+        );
+    }
+    for (text, n) in [
+        ("0", 0),
+        ("7", 7),
+        ("-1", -1),
+        ("10", 10),
+        ("9223372036854775807", i64::MAX),
+        ("-9223372036854775808", i64::MIN),
+    ] {
+        assert_eq!(
+            parse(&args(&format!("INCRBY k {text}")), 0),
+            write(WriteOp::IncrByStrict {
+                key: "k".into(),
+                by: n
+            }),
+        );
+    }
+}
+
+#[test]
+fn copy_to_itself_is_refused_as_in_redis() {
+    let same = "ERR source and destination objects are the same";
+    assert_eq!(refusal(&["COPY", "a", "a"]), same);
+    assert_eq!(refusal(&["COPY", "a", "a", "REPLACE"]), same);
+    assert_eq!(refusal(&["COPY", "a", "a", "DB", "0"]), same);
+    // Options are checked first.
+    assert_eq!(refusal(&["COPY", "a", "a", "FOO"]), "ERR syntax error");
+    assert_eq!(
+        refusal(&["COPY", "a", "a", "DB", "1"]),
+        "ERR DB index is out of range"
+    );
+    assert!(matches!(
+        parse(&args("COPY a A"), 0),
+        Action::Write {
+            op: WriteOp::Copy { .. },
+            ..
+        }
+    ));
+}
+
+/// The `SET` a command line becomes.
+fn set_op(line: &str) -> (Expiry, Condition, bool) {
+    match parse(&args(line), 0) {
+        Action::Write {
+            op:
+                WriteOp::Set {
+                    expiry,
+                    condition,
+                    get,
+                    ..
+                },
+            ..
+        } => (expiry, condition, get),
+        other => panic!("{line}: {other:?}"),
+    }
+}
+
+/// The expiry a `GETEX` command line sets.
+fn getex_expiry(line: &str) -> Expiry {
+    match parse(&args(line), 0) {
+        Action::Write {
+            op: WriteOp::GetEx { expiry, .. },
+            ..
+        } => expiry,
+        other => panic!("{line}: {other:?}"),
+    }
+}
+
+#[test]
+fn set_and_getex_options_may_repeat_and_the_last_one_counts() {
+    use Condition::*;
+    assert_eq!(
+        set_op("SET k v EX 100 EX 200"),
+        (Expiry::In(200_000), Always, false)
+    );
+    // As in Redis, only the expiry finally given is checked.
+    assert_eq!(
+        set_op("SET k v EX abc EX 100"),
+        (Expiry::In(100_000), Always, false)
+    );
+    assert_eq!(set_op("SET k v NX NX"), (Expiry::Clear, IfAbsent, false));
+    assert_eq!(
+        set_op("SET k v XX XX GET GET"),
+        (Expiry::Clear, IfPresent, true)
+    );
+    assert_eq!(
+        set_op("SET k v KEEPTTL KEEPTTL"),
+        (Expiry::Keep, Always, false)
+    );
+    assert_eq!(
+        set_op("SET k v PXAT 5 NX PXAT 7"),
+        (Expiry::At(7), IfAbsent, false)
+    );
+    assert_eq!(getex_expiry("GETEX k EX 100 EX 200"), Expiry::In(200_000));
+    assert_eq!(getex_expiry("GETEX k EX abc EX 5"), Expiry::In(5_000));
+    assert_eq!(getex_expiry("GETEX k PERSIST PERSIST"), Expiry::Clear);
+    assert_eq!(getex_expiry("GETEX k"), Expiry::Keep);
+    // Options that contradict each other are still a syntax error, before any time is read.
+    for line in [
+        "SET k v NX XX",
+        "SET k v XX NX",
+        "SET k v EX 1 PX 1",
+        "SET k v EX 1 KEEPTTL",
+        "SET k v KEEPTTL EX 1",
+        "SET k v EXAT -1 FOO",
+        "SET k v EX",
+        "SET k v PERSIST",
+        "GETEX k PERSIST EX 1",
+        "GETEX k EX 1 PERSIST",
+        "GETEX k EX 1 PXAT 1",
+        "GETEX k NX",
+        "GETEX k GET",
+        "GETEX k KEEPTTL",
+        "GETEX k EX",
+    ] {
+        let argv: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(refusal(&argv), "ERR syntax error", "{line}");
+    }
+    assert_eq!(
+        refusal(&["GETEX", "k", "EX", "5", "EX", "0"]),
+        "ERR invalid expire time in 'getex' command"
+    );
+    assert_eq!(refusal(&["SET", "k", "v", "EX", "5", "EX", "x"]), NOT_INT);
+}
+
+#[test]
+fn scan_cursors_are_read_as_redis_reads_them() {
+    let cursor = |c: &str| {
+        let argv = [Bytes::from("SCAN"), Bytes::from(c.to_string())];
+        match parse(&argv, 0) {
+            Action::Read(ReadOp::Scan { cursor, .. }) => Some(cursor),
+            Action::Reply(Reply::Error(e)) if e == "ERR invalid cursor" => None,
+            other => panic!("{c:?}: {other:?}"),
+        }
+    };
+    // Redis reads a cursor with C's strtoul: a sign and leading zeros pass, a negative number
+    // wraps around.
+    assert_eq!(cursor("-1"), Some(u64::MAX));
+    assert_eq!(cursor("+1"), Some(1));
+    assert_eq!(cursor("007"), Some(7));
+    assert_eq!(cursor("-0"), Some(0));
+    assert_eq!(cursor(""), Some(0));
+    assert_eq!(cursor("18446744073709551615"), Some(u64::MAX));
+    assert_eq!(cursor("-18446744073709551615"), Some(1));
+    for bad in [
+        "18446744073709551616",
+        " 1",
+        "1 ",
+        "+",
+        "-",
+        "0x1",
+        "--1",
+        "1e3",
+    ] {
+        assert_eq!(cursor(bad), None, "{bad:?}");
+    }
+    assert!(matches!(
+        parse(&args("HSCAN h -1"), 0),
+        Action::Read(ReadOp::HScan {
+            cursor: u64::MAX,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn client_names_and_ids_belong_to_the_connection() {
+    let client = |line: &[&str]| {
+        let argv: Vec<Bytes> = line.iter().map(|a| Bytes::from(a.to_string())).collect();
+        match parse(&argv, 0) {
+            Action::Client(op) => op,
+            other => panic!("{line:?}: {other:?}"),
+        }
+    };
+    let (mut name, id) = (None, 42);
+    let mut run = |line: &[&str]| client(line).apply(&mut name, id);
+    assert_eq!(run(&["CLIENT", "GETNAME"]), Reply::Nil);
+    assert_eq!(run(&["CLIENT", "SETNAME", "worker-1"]), Reply::Ok);
+    assert_eq!(run(&["client", "getname"]), Reply::Bulk("worker-1".into()));
+    assert_eq!(run(&["CLIENT", "ID"]), Reply::Int(42));
+    // An empty name removes the name.
+    assert_eq!(run(&["CLIENT", "SETNAME", ""]), Reply::Ok);
+    assert_eq!(run(&["CLIENT", "GETNAME"]), Reply::Nil);
+    for bad in ["a b", "a\nb", "tab\there", "\u{e9}", "\u{7f}"] {
+        assert_eq!(
+            refusal(&["CLIENT", "SETNAME", bad]),
+            "ERR Client names cannot contain spaces, newlines or special characters.",
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        refusal(&["CLIENT", "SETNAME"]),
+        "ERR wrong number of arguments for 'client|setname' command"
+    );
+    assert_eq!(
+        refusal(&["CLIENT", "GETNAME", "x"]),
+        "ERR wrong number of arguments for 'client|getname' command"
+    );
+    assert_eq!(
+        refusal(&["CLIENT", "ID", "x"]),
+        "ERR wrong number of arguments for 'client|id' command"
+    );
+}
+
+#[test]
+fn memory_usage_checks_its_options_as_redis_does() {
+    let usage = |line: &str| {
+        assert_eq!(
+            parse(&args(line), 0),
+            Action::Read(ReadOp::MemoryUsage("a".into())),
+            "{line}"
+        );
+    };
+    usage("MEMORY USAGE a");
+    usage("MEMORY usage a samples 5");
+    usage("MEMORY USAGE a SAMPLES 0 SAMPLES 7");
+    assert_eq!(
+        refusal(&["MEMORY", "USAGE", "a", "SAMPLES", "abc"]),
+        NOT_INT
+    );
+    assert_eq!(refusal(&["MEMORY", "USAGE", "a", "SAMPLES", "+1"]), NOT_INT);
+    for bad in [
+        "MEMORY USAGE a FOO 1",
+        "MEMORY USAGE a SAMPLES",
+        "MEMORY USAGE a SAMPLES -1",
+        "MEMORY USAGE a SAMPLES 1 FOO",
+    ] {
+        let argv: Vec<&str> = bad.split_whitespace().collect();
+        assert_eq!(refusal(&argv), "ERR syntax error", "{bad}");
+    }
+    assert_eq!(
+        refusal(&["MEMORY", "USAGE"]),
+        "ERR wrong number of arguments for 'memory|usage' command"
+    );
+}

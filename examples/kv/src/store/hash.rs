@@ -1,16 +1,106 @@
 //! Operations on hash values. A hash's fields expire with its key; an emptied hash is removed.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
+use serde::Deserialize;
+use serde::Deserializer;
+use serde::Serialize;
+use serde::Serializer;
+use serde::ser::SerializeMap;
 
 use super::Data;
 use super::Error;
-use super::HashMap;
 use super::ReadOp;
 use super::Reply;
 use super::Store;
 use super::glob_match;
+use super::strings::Integers;
 use super::strings::add_float;
 use super::strings::add_int;
+use crate::slots::Slot;
+
+/// A hash's fields and their values, ordered by each field's [`Slot`] (a stable 64-bit hash of
+/// the field, then the field), the same on every replica and the order the keyspace has. So
+/// `HSCAN`'s cursor is the hash of the next field, which stays valid whatever fields come and
+/// go, and a step costs O(log n + count). In a snapshot it is a plain map of fields to values,
+/// as earlier versions wrote it (they read this one, and this reads theirs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct HashMap(BTreeMap<Slot, Bytes>);
+
+impl HashMap {
+    /// The value of `field`.
+    pub fn get(&self, field: &Bytes) -> Option<&Bytes> {
+        self.0.get(&Slot::of(field))
+    }
+
+    /// Whether `field` is set.
+    pub fn contains_key(&self, field: &Bytes) -> bool {
+        self.0.contains_key(&Slot::of(field))
+    }
+
+    /// Sets `field`, answering its previous value.
+    pub fn insert(&mut self, field: Bytes, value: Bytes) -> Option<Bytes> {
+        self.0.insert(Slot::new(field), value)
+    }
+
+    /// Removes `field`, answering its value.
+    pub fn remove(&mut self, field: &Bytes) -> Option<Bytes> {
+        self.0.remove(&Slot::of(field))
+    }
+
+    /// How many fields there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every field and its value, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
+        self.0.iter().map(|(slot, v)| (&slot.1, v))
+    }
+
+    /// Every field, in slot order.
+    pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
+        self.0.keys().map(|slot| &slot.1)
+    }
+
+    /// Every value, in the order of their fields.
+    pub fn values(&self) -> impl Iterator<Item = &Bytes> {
+        self.0.values()
+    }
+
+    /// The fields whose slot's hash is at least `hash`, in slot order.
+    fn starting_at(&self, hash: u64) -> impl Iterator<Item = (&Slot, &Bytes)> {
+        self.0.range(Slot(hash, Bytes::new())..)
+    }
+}
+
+impl Serialize for HashMap {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (field, value) in self.iter() {
+            map.serialize_entry(field, value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for HashMap {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<HashMap, D::Error> {
+        let fields = BTreeMap::<Bytes, Bytes>::deserialize(deserializer)?;
+        Ok(HashMap(
+            fields
+                .into_iter()
+                .map(|(field, value)| (Slot::new(field), value))
+                .collect(),
+        ))
+    }
+}
 
 impl Store {
     /// The hash at `key`: `Ok(None)` if there is none, an error if the key holds another type.
@@ -74,15 +164,23 @@ impl Store {
             Ok(Some(_)) => {}
         }
         let removed = self.edit_hash(key, now, |h| {
-            fields.iter().filter(|f| h.remove(*f).is_some()).count()
+            fields.iter().filter(|f| h.remove(f).is_some()).count()
         });
         Reply::Int(removed as i64)
     }
 
-    pub(super) fn hincr_by(&mut self, key: Bytes, field: Bytes, by: i64, now: u64) -> Reply {
-        let next = self
-            .hash(&key, now)
-            .and_then(|h| add_int(h.and_then(|h| h.get(&field)), by, Error::HashNotInteger));
+    pub(super) fn hincr_by(
+        &mut self,
+        key: Bytes,
+        field: Bytes,
+        by: i64,
+        read: Integers,
+        now: u64,
+    ) -> Reply {
+        let next = self.hash(&key, now).and_then(|h| {
+            let current = h.and_then(|h| h.get(&field));
+            add_int(current, by, read, Error::HashNotInteger)
+        });
         match next {
             Ok(next) => {
                 self.edit_hash(key, now, |h| h.insert(field, Bytes::from(next.to_string())));
@@ -123,7 +221,7 @@ impl Store {
             Err(e) => return Reply::Fault(e),
             Ok(h) => h,
         };
-        let empty = HashMap::new();
+        let empty = HashMap::default();
         let h = h.unwrap_or(&empty);
         let bulk = |b: &Bytes| Reply::Bulk(b.clone());
         match op {
@@ -152,12 +250,13 @@ impl Store {
                 novalues,
                 ..
             } => {
-                let start = cursor as usize;
+                // As SCAN steps through keys: from the first field whose hash is at least the
+                // cursor, and the next cursor is the hash of the first field not examined.
                 let mut out = Vec::new();
                 let mut next = 0;
-                for (i, (f, v)) in h.iter().enumerate().skip(start) {
-                    if i >= start + count.max(1) {
-                        next = i as u64;
+                for (i, (Slot(hash, f), v)) in h.starting_at(cursor).enumerate() {
+                    if i == count.max(1) {
+                        next = *hash;
                         break;
                     }
                     if pattern.as_ref().is_none_or(|p| glob_match(p, f)) {

@@ -11,6 +11,12 @@ use super::glob_match;
 use super::reindex;
 use crate::slots::Slot;
 
+/// Milliseconds as whole seconds, rounded to the nearest (half up), as Redis' `TTL` and
+/// `EXPIRETIME` answer.
+fn to_seconds(ms: u64) -> i64 {
+    (ms.saturating_add(500) / 1000) as i64
+}
+
 impl Store {
     pub(super) fn del(&mut self, keys: Vec<Bytes>, now: u64) -> Reply {
         let mut n = 0;
@@ -62,6 +68,8 @@ impl Store {
         self.expire(key, Some(at), now)
     }
 
+    /// `TTL` (seconds, rounded to the nearest as Redis does) or `PTTL`; -2 for no key, -1 for
+    /// a key without an expiry.
     pub(super) fn ttl(&self, key: &Bytes, millis: bool, now: u64) -> Reply {
         match self.live(key, now).map(|v| v.expires_at) {
             None => Reply::Int(-2),
@@ -71,17 +79,19 @@ impl Store {
                 Reply::Int(if millis {
                     left as i64
                 } else {
-                    left.div_ceil(1000) as i64
+                    to_seconds(left)
                 })
             }
         }
     }
 
+    /// `EXPIRETIME` (seconds, rounded to the nearest as Redis does) or `PEXPIRETIME`; -2 for no
+    /// key, -1 for a key without an expiry.
     pub(super) fn expire_time(&self, key: &Bytes, millis: bool, now: u64) -> Reply {
         match self.live(key, now).map(|v| v.expires_at) {
             None => Reply::Int(-2),
             Some(None) => Reply::Int(-1),
-            Some(Some(at)) => Reply::Int(if millis { at } else { at / 1000 } as i64),
+            Some(Some(at)) => Reply::Int(if millis { at as i64 } else { to_seconds(at) }),
         }
     }
 

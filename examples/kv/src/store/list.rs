@@ -19,6 +19,16 @@ fn open(d: &Data) -> Option<&List> {
     }
 }
 
+/// The positions `start..=end` of a list `len` long, as `LRANGE` picks them in Redis: negative
+/// offsets count from the end, the start is clamped to the list and the end to its last
+/// element; `None` when no element is in the range (an end before the first element included).
+fn range(start: i64, end: i64, len: usize) -> Option<(usize, usize)> {
+    let len = len as i64;
+    let from_end = |i: i64| if i < 0 { len.saturating_add(i) } else { i };
+    let (start, end) = (from_end(start).max(0), from_end(end).min(len - 1));
+    (start <= end).then_some((start as usize, end as usize))
+}
+
 impl Store {
     fn list(&self, key: &Bytes, now: u64) -> Result<Option<&List>, Error> {
         self.open(key, now, open)
@@ -105,7 +115,7 @@ impl Store {
         match self.list(key, now) {
             Err(e) => Reply::Fault(e),
             Ok(None) => Reply::Array(Vec::new()),
-            Ok(Some(l)) => match super::strings::clamp_range(start, end, l.len()) {
+            Ok(Some(l)) => match range(start, end, l.len()) {
                 Some((s, e)) => Reply::Array(l.range(s..=e).cloned().map(Reply::Bulk).collect()),
                 None => Reply::Array(Vec::new()),
             },

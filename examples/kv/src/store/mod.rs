@@ -10,7 +10,8 @@
 //! to the size of the store.
 //!
 //! Keys are ordered by a stable 64-bit hash (then by the key), which gives `SCAN` a numeric
-//! cursor with Redis' guarantee: a key present for the whole iteration is returned.
+//! cursor with Redis' guarantee: a key present for the whole iteration is returned. A hash's
+//! fields are ordered the same way, for `HSCAN`.
 //!
 //! Each write is numbered as it is applied, and each key remembers the number of the write that
 //! last changed it (its *version*): `WATCH` reads versions and `EXEC` compares them when it is
@@ -30,12 +31,12 @@ mod strings;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
 pub use glob::glob_match;
+pub(crate) use hash::HashMap;
 use raft_core::ApplyContext;
 use raft_core::Queryable;
 use raft_core::ReadContext;
@@ -46,6 +47,7 @@ use serde::Deserialize;
 use serde::Serialize;
 pub use snapshot::StoreSnapshot;
 pub use strings::parse_float;
+pub use strings::parse_int;
 
 use crate::slots::Slot;
 use crate::slots::SlotMap;
@@ -121,7 +123,9 @@ pub enum WriteOp {
     },
     /// `DEL`: replies with the number of keys removed.
     Del(Vec<Bytes>),
-    /// `INCRBY` (and `INCR`, `DECR`, `DECRBY`): replies with the new value.
+    /// `INCRBY` as earlier versions logged it: like [`WriteOp::IncrByStrict`], but a stored
+    /// value with a `+`, leading zeros or "-0" counts as an integer, so entries already in a log
+    /// apply as they did.
     IncrBy(Bytes, i64),
     /// `APPEND`: replies with the new length.
     Append(Bytes, Bytes),
@@ -180,7 +184,8 @@ pub enum WriteOp {
     },
     /// `HDEL`: replies with the number of fields removed; an emptied hash is removed.
     HDel { key: Bytes, fields: Vec<Bytes> },
-    /// `HINCRBY`: replies with the new value.
+    /// `HINCRBY` as earlier versions logged it: like [`WriteOp::HIncrByStrict`], but a field
+    /// with a `+`, leading zeros or "-0" counts as an integer.
     HIncrBy { key: Bytes, field: Bytes, by: i64 },
     /// `HINCRBYFLOAT` (the increment as `f64::to_bits`): replies with the new value.
     HIncrByFloat { key: Bytes, field: Bytes, by: u64 },
@@ -215,6 +220,12 @@ pub enum WriteOp {
     ExpireIn { key: Bytes, ms: i64, when: ExpireIf },
     /// `EXPIRE … LT XX` with a relative time.
     ExpireSoonerIfSetIn { key: Bytes, ms: i64 },
+    /// `INCRBY` (and `INCR`, `DECR`, `DECRBY`): replies with the new value; a stored value
+    /// that is not an integer as Redis reads one (see [`parse_int`]) is refused.
+    IncrByStrict { key: Bytes, by: i64 },
+    /// `HINCRBY`: replies with the new value; a field that is not an integer as Redis reads one
+    /// is refused.
+    HIncrByStrict { key: Bytes, field: Bytes, by: i64 },
 }
 
 /// A key `WATCH`ed by a connection, as it was when watched.
@@ -358,7 +369,8 @@ pub enum ReadOp {
         count: Option<i64>,
         with_values: bool,
     },
-    /// `HSCAN`: the cursor is the field's position in the hash's order.
+    /// `HSCAN`: the cursor is the stable hash of the next field to return (0 to start), as
+    /// `SCAN`'s is of the next key.
     HScan {
         key: Bytes,
         cursor: u64,
@@ -397,9 +409,6 @@ pub struct Query {
     /// The question.
     pub op: ReadOp,
 }
-
-/// A hash's fields, in field order (the same on every replica).
-pub(crate) type HashMap = BTreeMap<Bytes, Bytes>;
 
 /// What a key holds. A hash sits behind an `Arc`, so a snapshot sharing a shard shares the
 /// hash too, and a write copies it only while a snapshot still holds it.
@@ -462,7 +471,7 @@ trait Collection {
 
 impl Collection for HashMap {
     fn is_empty(&self) -> bool {
-        BTreeMap::is_empty(self)
+        HashMap::is_empty(self)
     }
 }
 
@@ -634,6 +643,8 @@ impl Store {
     }
 
     fn apply_op(&mut self, op: WriteOp, now: u64) -> Reply {
+        use strings::Integers::Lenient;
+        use strings::Integers::Strict;
         match op {
             WriteOp::Set {
                 key,
@@ -643,7 +654,8 @@ impl Store {
                 get,
             } => self.set(key, value, expiry, condition, get, now),
             WriteOp::Del(keys) => self.del(keys, now),
-            WriteOp::IncrBy(key, by) => self.incr_by(key, by, now),
+            WriteOp::IncrBy(key, by) => self.incr_by(key, by, Lenient, now),
+            WriteOp::IncrByStrict { key, by } => self.incr_by(key, by, Strict, now),
             WriteOp::Append(key, suffix) => self.append(key, suffix, u64::MAX, now),
             WriteOp::AppendAtMost { key, suffix, max } => self.append(key, suffix, max, now),
             WriteOp::SetRange {
@@ -682,7 +694,8 @@ impl Store {
             WriteOp::Copy { from, to, replace } => self.copy(from, to, replace, now),
             WriteOp::HSet { key, pairs, nx } => self.hset(key, pairs, nx, now),
             WriteOp::HDel { key, fields } => self.hdel(key, fields, now),
-            WriteOp::HIncrBy { key, field, by } => self.hincr_by(key, field, by, now),
+            WriteOp::HIncrBy { key, field, by } => self.hincr_by(key, field, by, Lenient, now),
+            WriteOp::HIncrByStrict { key, field, by } => self.hincr_by(key, field, by, Strict, now),
             WriteOp::HIncrByFloat { key, field, by } => {
                 self.hincr_by_float(key, field, f64::from_bits(by), now)
             }

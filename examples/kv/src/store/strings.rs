@@ -38,16 +38,51 @@ pub fn format_float(f: f64) -> Bytes {
     Bytes::from(format!("{f}"))
 }
 
-fn parse_int(b: &[u8]) -> Option<i64> {
+/// Parses an integer as Redis reads one (`string2ll`): an optional `-`, then decimal digits
+/// with no leading zero ("0" itself aside), within the 64-bit range. A `+`, spaces and "-0"
+/// are refused.
+pub fn parse_int(b: &[u8]) -> Option<i64> {
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    let well_formed = match digits {
+        [b'0'] => digits.len() == b.len(),
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !well_formed {
+        return None;
+    }
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
+/// How a counter reads the integer it stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integers {
+    /// As Redis does ([`parse_int`]).
+    Strict,
+    /// As writes logged by earlier versions did: a `+`, leading zeros and "-0" pass too.
+    Lenient,
+}
+
+impl Integers {
+    fn parse(self, b: &[u8]) -> Option<i64> {
+        match self {
+            Integers::Strict => parse_int(b),
+            Integers::Lenient => std::str::from_utf8(b).ok()?.parse().ok(),
+        }
+    }
+}
+
 /// `current` (0 if absent) plus `by`, as INCRBY and HINCRBY compute it; `not_number` if
-/// `current` is not an integer.
-pub fn add_int(current: Option<&Bytes>, by: i64, not_number: Error) -> Result<i64, Error> {
+/// `current` is not an integer as `read` reads one.
+pub fn add_int(
+    current: Option<&Bytes>,
+    by: i64,
+    read: Integers,
+    not_number: Error,
+) -> Result<i64, Error> {
     let current = match current {
         None => 0,
-        Some(v) => parse_int(v).ok_or(not_number)?,
+        Some(v) => read.parse(v).ok_or(not_number)?,
     };
     current.checked_add(by).ok_or(Error::Overflow)
 }
@@ -73,13 +108,19 @@ fn unshare(data: &mut Bytes) -> BytesMut {
         .unwrap_or_else(|shared| BytesMut::from(&shared[..]))
 }
 
-/// Redis' inclusive `start..=end` with negative offsets from the end, clamped to `len`;
-/// `None` when the range is empty.
-pub fn clamp_range(start: i64, end: i64, len: usize) -> Option<(usize, usize)> {
+/// The positions `start..=end` of a string `len` bytes (or bits) long, as Redis 7 picks them
+/// for `GETRANGE` and `BITCOUNT`: two negative ends with the start after the end are empty;
+/// otherwise negative offsets count from the end, and both ends are clamped into the string, so
+/// an end before its first position still takes that position. `None` when the range is empty.
+/// (Redis 8 answers an empty `GETRANGE` for an end before the string; this keeps Redis 7's rule.)
+pub fn string_range(start: i64, end: i64, len: usize) -> Option<(usize, usize)> {
+    if start < 0 && end < 0 && start > end {
+        return None;
+    }
     let len = len as i64;
-    let fix = |i: i64| if i < 0 { (len + i).max(0) } else { i };
-    let (start, end) = (fix(start), fix(end).min(len - 1));
-    (len > 0 && start <= end && start < len).then_some((start as usize, end as usize))
+    let from_end = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+    let (start, end) = (from_end(start), from_end(end).min(len - 1));
+    (start <= end).then_some((start as usize, end as usize))
 }
 
 impl Store {
@@ -159,10 +200,10 @@ impl Store {
         reply
     }
 
-    pub(super) fn incr_by(&mut self, key: Bytes, by: i64, now: u64) -> Reply {
+    pub(super) fn incr_by(&mut self, key: Bytes, by: i64, read: Integers, now: u64) -> Reply {
         match self
             .string(&key, now)
-            .and_then(|v| add_int(v, by, Error::NotInteger))
+            .and_then(|v| add_int(v, by, read, Error::NotInteger))
         {
             Ok(next) => {
                 self.replace_string(key, Bytes::from(next.to_string()), now);
@@ -349,9 +390,7 @@ impl Store {
         match self.string(key, now) {
             Err(e) => Reply::Fault(e),
             Ok(None) => Reply::text(""),
-            // An end before the start of the string is an empty range (Redis 7.2 and later).
-            Ok(Some(v)) if end < 0 && end + (v.len() as i64) < 0 => Reply::text(""),
-            Ok(Some(v)) => match clamp_range(start, end, v.len()) {
+            Ok(Some(v)) => match string_range(start, end, v.len()) {
                 Some((s, e)) => Reply::Bulk(v.slice(s..=e)),
                 None => Reply::text(""),
             },
@@ -389,10 +428,10 @@ impl Store {
         };
         if !bits {
             return Reply::Int(
-                clamp_range(start, end, v.len()).map_or(0, |(s, e)| ones(&v[s..=e])),
+                string_range(start, end, v.len()).map_or(0, |(s, e)| ones(&v[s..=e])),
             );
         }
-        let Some((s, e)) = clamp_range(start, end, v.len() * 8) else {
+        let Some((s, e)) = string_range(start, end, v.len() * 8) else {
             return Reply::Int(0);
         };
         let n = (s..=e)

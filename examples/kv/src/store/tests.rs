@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use super::*;
 
 fn b(s: &str) -> Bytes {
@@ -776,4 +778,311 @@ fn a_pipelined_batch_applies_in_order_and_an_error_answers_only_its_command() {
     assert!(replies[1].is_error(), "{:?}", replies[1]);
     assert_eq!(replies[2], Reply::Int(2));
     assert_eq!(replies[3], Reply::Bulk(b("vw")));
+}
+
+fn read(s: &Store, op: ReadOp) -> Reply {
+    s.read(Query { now: 0, op })
+}
+
+fn bulks(items: &[&str]) -> Reply {
+    Reply::Array(items.iter().map(|i| Reply::Bulk(b(i))).collect())
+}
+
+#[test]
+fn lrange_is_empty_when_the_end_falls_before_the_list() {
+    let mut s = Store::default();
+    s.write(at(
+        0,
+        WriteOp::Push {
+            key: b("l"),
+            values: vec![b("a"), b("b"), b("c")],
+            left: false,
+            existing: false,
+        },
+    ));
+    let lrange = |start, end| {
+        read(
+            &s,
+            ReadOp::LRange {
+                key: b("l"),
+                start,
+                end,
+            },
+        )
+    };
+    // As in Redis: only the start is clamped to the list; an end before it is an empty range.
+    assert_eq!(lrange(0, -4), bulks(&[]));
+    assert_eq!(lrange(-100, -4), bulks(&[]));
+    assert_eq!(lrange(-100, -100), bulks(&[]));
+    assert_eq!(lrange(-100, -3), bulks(&["a"]));
+    assert_eq!(lrange(-3, -3), bulks(&["a"]));
+    assert_eq!(lrange(-100, 100), bulks(&["a", "b", "c"]));
+    assert_eq!(lrange(1, -1), bulks(&["b", "c"]));
+    assert_eq!(lrange(2, 1), bulks(&[]));
+    assert_eq!(lrange(3, 10), bulks(&[]));
+    assert_eq!(lrange(i64::MIN, i64::MIN), bulks(&[]));
+    assert_eq!(lrange(i64::MIN, i64::MAX), bulks(&["a", "b", "c"]));
+}
+
+#[test]
+fn getrange_and_bitcount_follow_redis_7s_string_ranges() {
+    let mut s = Store::default();
+    s.write(at(0, set("s", "hello", Expiry::Clear)));
+    let getrange = |start, end| {
+        read(
+            &s,
+            ReadOp::GetRange {
+                key: b("s"),
+                start,
+                end,
+            },
+        )
+    };
+    let text = |t: &str| Reply::Bulk(b(t));
+    // Redis 7 clamps an end before the string to its first byte (Redis 8 answers "" there)...
+    assert_eq!(getrange(0, -100), text("h"));
+    assert_eq!(getrange(-10, -8), text("h"));
+    assert_eq!(getrange(-100, -100), text("h"));
+    assert_eq!(getrange(-5, -5), text("h"));
+    // ...but two negative ends with the start after the end are empty, wherever they fall.
+    assert_eq!(getrange(-5, -6), text(""));
+    assert_eq!(getrange(-100, -101), text(""));
+    assert_eq!(getrange(-1, -100), text(""));
+    assert_eq!(getrange(1, -100), text(""));
+    assert_eq!(getrange(-3, -1), text("llo"));
+    assert_eq!(getrange(-100, 100), text("hello"));
+    assert_eq!(getrange(5, 10), text(""));
+    assert_eq!(getrange(i64::MIN, i64::MAX), text("hello"));
+
+    let bitcount = |start, end, bits| {
+        read(
+            &s,
+            ReadOp::BitCount {
+                key: b("s"),
+                range: Some((start, end)),
+                bits,
+            },
+        )
+    };
+    // "h" is 0x68, three bits set; "hello" has 21.
+    assert_eq!(bitcount(-10, -20, false), Reply::Int(0));
+    assert_eq!(bitcount(-6, i64::MIN, false), Reply::Int(0));
+    assert_eq!(bitcount(-5, -6, false), Reply::Int(0));
+    assert_eq!(bitcount(-10, -8, false), Reply::Int(3));
+    assert_eq!(bitcount(0, -100, false), Reply::Int(3));
+    assert_eq!(bitcount(-100, 100, false), Reply::Int(21));
+    assert_eq!(bitcount(-40, -41, true), Reply::Int(0));
+    assert_eq!(bitcount(-100, -99, true), Reply::Int(0));
+    assert_eq!(bitcount(-100, -39, true), Reply::Int(1));
+    assert_eq!(bitcount(0, -1, true), Reply::Int(21));
+}
+
+/// The write a client's command becomes.
+fn command(line: &str) -> WriteOp {
+    let argv: Vec<Bytes> = line.split_whitespace().map(b).collect();
+    match crate::commands::parse(&argv, 0) {
+        crate::commands::Action::Write { op, .. } => op,
+        other => panic!("{line}: {other:?}"),
+    }
+}
+
+#[test]
+fn counters_read_a_stored_integer_as_redis_does() {
+    let mut s = Store::default();
+    let not_int = Reply::Fault(Error::NotInteger);
+    let hash_not_int = Reply::Fault(Error::HashNotInteger);
+    for stored in ["007", "+5", "-0", "00", " 1", "1 ", ""] {
+        s.write(at(0, set("n", stored, Expiry::Clear)));
+        s.write(at(
+            0,
+            WriteOp::HSet {
+                key: b("h"),
+                pairs: vec![(b("f"), b(stored))],
+                nx: false,
+            },
+        ));
+        for line in ["INCR n", "DECR n", "INCRBY n 1", "DECRBY n 1"] {
+            assert_eq!(
+                s.write(at(0, command(line))),
+                not_int,
+                "{line} on {stored:?}"
+            );
+        }
+        assert_eq!(get(&s, 0, "n"), Reply::Bulk(b(stored)));
+        assert_eq!(
+            s.write(at(0, command("HINCRBY h f 1"))),
+            hash_not_int,
+            "{stored:?}"
+        );
+    }
+    s.write(at(0, set("n", "-9223372036854775808", Expiry::Clear)));
+    assert_eq!(s.write(at(0, command("INCR n"))), Reply::Int(i64::MIN + 1));
+    s.write(at(0, set("n", "0", Expiry::Clear)));
+    assert_eq!(s.write(at(0, command("DECR n"))), Reply::Int(-1));
+    // Entries logged by earlier versions keep their meaning: they read such values leniently.
+    s.write(at(0, set("n", "007", Expiry::Clear)));
+    assert_eq!(s.write(at(0, WriteOp::IncrBy(b("n"), 1))), Reply::Int(8));
+    s.write(at(
+        0,
+        WriteOp::HSet {
+            key: b("h"),
+            pairs: vec![(b("f"), b("+5"))],
+            nx: false,
+        },
+    ));
+    let old_hincr = WriteOp::HIncrBy {
+        key: b("h"),
+        field: b("f"),
+        by: 1,
+    };
+    assert_eq!(s.write(at(0, old_hincr)), Reply::Int(6));
+}
+
+#[test]
+fn ttl_and_expiretime_round_to_the_nearest_second_as_redis_does() {
+    let mut s = Store::default();
+    let now = 1_000_000;
+    for (key, when) in [
+        ("a", now + 1_400),
+        ("b", now + 400),
+        ("c", now + 1_500),
+        ("d", now + 1),
+    ] {
+        s.write(at(now, set(key, "v", Expiry::At(when))));
+    }
+    s.write(at(now, set("e", "v", Expiry::At(99_999_999_999_999))));
+    let ask = |key: &str, op: fn(Bytes) -> ReadOp| {
+        s.read(Query {
+            now,
+            op: op(b(key)),
+        })
+    };
+    let ttl = |key: Bytes| ReadOp::Ttl { key, millis: false };
+    let pttl = |key: Bytes| ReadOp::Ttl { key, millis: true };
+    let expiretime = |key: Bytes| ReadOp::ExpireTime { key, millis: false };
+    let pexpiretime = |key: Bytes| ReadOp::ExpireTime { key, millis: true };
+    assert_eq!(ask("a", ttl), Reply::Int(1));
+    assert_eq!(ask("b", ttl), Reply::Int(0));
+    assert_eq!(ask("c", ttl), Reply::Int(2));
+    assert_eq!(ask("d", ttl), Reply::Int(0));
+    assert_eq!(ask("a", pttl), Reply::Int(1_400));
+    assert_eq!(ask("e", expiretime), Reply::Int(100_000_000_000));
+    assert_eq!(ask("a", expiretime), Reply::Int(1_001));
+    assert_eq!(ask("b", expiretime), Reply::Int(1_000));
+    assert_eq!(ask("e", pexpiretime), Reply::Int(99_999_999_999_999));
+    assert_eq!(ask("none", ttl), Reply::Int(-2));
+}
+
+/// One `HSCAN` step: the next cursor and the fields returned.
+fn hscan(s: &Store, key: &str, cursor: u64, count: usize) -> (u64, Vec<Bytes>) {
+    let Reply::Array(parts) = read(
+        s,
+        ReadOp::HScan {
+            key: b(key),
+            cursor,
+            pattern: None,
+            count,
+            novalues: true,
+        },
+    ) else {
+        panic!("not an array")
+    };
+    let (Reply::Bulk(next), Reply::Array(fields)) = (&parts[0], &parts[1]) else {
+        panic!("not a cursor and fields")
+    };
+    let fields = fields
+        .iter()
+        .map(|f| match f {
+            Reply::Bulk(f) => f.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    (std::str::from_utf8(next).unwrap().parse().unwrap(), fields)
+}
+
+fn hset(key: &str, fields: impl IntoIterator<Item = String>) -> WriteOp {
+    WriteOp::HSet {
+        key: b(key),
+        pairs: fields.into_iter().map(|f| (b(&f), b("v"))).collect(),
+        nx: false,
+    }
+}
+
+#[test]
+fn hscan_returns_every_field_present_for_the_whole_scan() {
+    let mut s = Store::default();
+    s.write(at(0, hset("h", (0..300).map(|i| format!("f{i:03}")))));
+    let mut seen = BTreeSet::new();
+    let mut deleted = Vec::new();
+    let (mut cursor, mut steps) = (0, 0);
+    loop {
+        let (next, fields) = hscan(&s, "h", cursor, 20);
+        steps += 1;
+        assert!(steps <= 300, "the scan does not end");
+        // Fields come and go between steps: the first step's fields are deleted, and each
+        // step adds one.
+        if steps == 1 {
+            deleted = fields[..10].to_vec();
+            s.write(at(
+                0,
+                WriteOp::HDel {
+                    key: b("h"),
+                    fields: deleted.clone(),
+                },
+            ));
+        }
+        s.write(at(0, hset("h", [format!("new{steps}")])));
+        seen.extend(fields);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let missing: Vec<String> = (0..300)
+        .map(|i| b(&format!("f{i:03}")))
+        .filter(|f| !deleted.contains(f) && !seen.contains(f))
+        .map(|f| String::from_utf8_lossy(&f).into_owned())
+        .collect();
+    assert!(missing.is_empty(), "never returned: {missing:?}");
+}
+
+#[test]
+fn hscan_ends_and_answers_an_empty_step_past_the_last_cursor() {
+    let mut s = Store::default();
+    s.write(at(0, hset("h", (0..50).map(|i| format!("field:{i}")))));
+    let mut all = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let (next, fields) = hscan(&s, "h", cursor, 7);
+        assert!(fields.len() <= 7);
+        all.extend(fields);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 50);
+    assert_eq!(hscan(&s, "h", u64::MAX, 10), (0, Vec::new()));
+    assert_eq!(hscan(&s, "nope", 0, 10), (0, Vec::new()));
+}
+
+#[test]
+fn a_hash_is_stored_as_the_plain_map_earlier_versions_wrote() {
+    let earlier: BTreeMap<Bytes, Bytes> = (0..100)
+        .map(|i| (b(&format!("f{i}")), b(&i.to_string())))
+        .collect();
+    let mut bytes = Vec::new();
+    raft_core::write_serde(&earlier, &mut bytes).unwrap();
+    let read: HashMap = raft_core::read_serde(&mut bytes.as_slice()).unwrap();
+    assert_eq!(read.len(), earlier.len());
+    for (f, v) in &earlier {
+        assert_eq!(read.get(f), Some(v));
+    }
+    let mut written = Vec::new();
+    raft_core::write_serde(&read, &mut written).unwrap();
+    assert_eq!(written.len(), bytes.len());
+    let back: BTreeMap<Bytes, Bytes> = raft_core::read_serde(&mut written.as_slice()).unwrap();
+    assert_eq!(back, earlier);
 }
