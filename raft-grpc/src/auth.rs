@@ -419,12 +419,17 @@ impl Auth {
             }
         }
         if cfg.peer_certs {
+            // The certificate proves who sends only if the call says who that is: the sender a
+            // call's payload speaks for is checked against this id.
             let from = req
                 .metadata()
                 .get(FROM_KEY)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<NodeId>().ok());
-            check_node_cert(req, from)?;
+                .and_then(|v| v.parse::<NodeId>().ok())
+                .ok_or_else(|| {
+                    unauthenticated("a peer's call must name its sender (x-raftkit-from)")
+                })?;
+            check_node_cert(req, Some(from))?;
         }
         Ok(true)
     }
@@ -572,15 +577,83 @@ impl Interceptor for PeerCheck {
     }
 }
 
-/// The interceptor in front of `Cluster`: finds the caller, for the methods to check its role.
+/// The interceptor in front of `Cluster`: finds the caller and checks that it has the role
+/// its method needs ([`MethodRole`]), so a call refused for its role is refused on its headers,
+/// before its message is read. The methods check again, naming themselves.
 #[derive(Clone)]
 pub(crate) struct ClientCheck(pub Auth);
 
 impl Interceptor for ClientCheck {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let caller = self.0.identify(&req)?;
+        if let Some(need) = req.extensions().get::<Needs>()
+            && caller.role < need.role
+        {
+            return Err(Status::permission_denied(format!(
+                "{} needs the {} role; {} has {}",
+                need.method, need.role, caller.name, caller.role
+            )));
+        }
         req.extensions_mut().insert(caller);
         Ok(req)
+    }
+}
+
+/// The role a call's method needs, found from its path by [`MethodRole`].
+#[derive(Clone, Copy)]
+struct Needs {
+    role: Role,
+    method: &'static str,
+}
+
+/// The role each `Cluster` method needs, by its name in the gRPC path.
+fn needs(path: &str) -> Option<Needs> {
+    let method = path.strip_prefix("/raftkit.v1.Cluster/")?;
+    let (role, method) = match method {
+        "Write" => (Role::Write, "Write"),
+        "Read" => (Role::Read, "Read"),
+        "Status" => (Role::Read, "Status"),
+        "AddLearner" => (Role::Admin, "AddLearner"),
+        "ChangeMembership" => (Role::Admin, "ChangeMembership"),
+        "AddVoter" => (Role::Admin, "AddVoter"),
+        "RemoveNode" => (Role::Admin, "RemoveNode"),
+        "TransferLeader" => (Role::Admin, "TransferLeader"),
+        "SetSessionCapacity" => (Role::Admin, "SetSessionCapacity"),
+        "Backup" => (Role::Admin, "Backup"),
+        _ => return None,
+    };
+    Some(Needs { role, method })
+}
+
+/// Wraps the `Cluster` service (behind [`ClientCheck`]) so that the interceptor knows each
+/// call's method: tonic hands interceptors the headers but not the path.
+#[derive(Clone)]
+pub(crate) struct MethodRole<S>(pub S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for MethodRole<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for MethodRole<S>
+where
+    S: tonic::codegen::Service<tonic::codegen::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: tonic::codegen::http::Request<B>) -> Self::Future {
+        if let Some(need) = needs(req.uri().path()) {
+            req.extensions_mut().insert(need);
+        }
+        self.0.call(req)
     }
 }
 
@@ -623,6 +696,27 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_cluster_method_needs_a_role() {
+        let proto = include_str!("../proto/raft.proto");
+        let service = proto
+            .split("service Cluster {")
+            .nth(1)
+            .and_then(|rest| rest.split('}').next())
+            .unwrap();
+        let methods: Vec<&str> = service
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("rpc "))
+            .map(|l| l.split('(').next().unwrap().trim())
+            .collect();
+        assert_eq!(methods.len(), 10, "{methods:?}");
+        for m in methods {
+            let need = needs(&format!("/raftkit.v1.Cluster/{m}")).unwrap();
+            assert_eq!(need.method, m);
+        }
+        assert!(needs("/raftkit.v1.RaftInternal/Vote").is_none());
+    }
 
     fn secret() -> ClusterSecret {
         ClusterSecret::new("  correct horse battery staple \n").unwrap()

@@ -232,6 +232,25 @@ async fn admin_calls_need_the_admin_role() {
         Err(ClientError::Refused(RequestError::PermissionDenied(_))) => {}
         other => panic!("{other:?}"),
     }
+    // A reader's write is refused on its headers, before its message is read: one larger
+    // than a node decodes at all is refused for the role, not for its size.
+    let big_reader = ClusterClient::<Kv>::new(
+        c.endpoints(),
+        ClientOptions::default()
+            .with_credentials(Some(Credentials::bearer("reader-token").unwrap()))
+            .with_max_message_bytes(128 << 20)
+            .with_total_timeout(Duration::from_secs(10)),
+    )
+    .unwrap();
+    let session = raft_core::Session {
+        client_id: 1,
+        sequence: 1,
+    };
+    let huge = Cmd::Put("r".into(), "x".repeat(70 << 20));
+    match big_reader.write_in_session(session, huge).await {
+        Err(ClientError::Refused(RequestError::PermissionDenied(_))) => {}
+        other => panic!("a reader's 70 MiB write: {other:?}"),
+    }
     // A writer writes, through the follower too (forwarded under the writer's identity).
     let writer = ClusterClient::<Kv>::new(
         [c.addrs[&follower].clone()],

@@ -154,7 +154,7 @@ async fn bad_input_gets_clear_statuses_and_the_cluster_carries_on() {
         offset,
         data: vec![1u8; len].into(),
         last,
-        total_bytes: 0,
+        total_bytes: if offset == 0 { len as u64 } else { 0 },
     };
     let s = internal
         .install_snapshot(timed(tokio_stream::iter([
@@ -184,6 +184,16 @@ async fn bad_input_gets_clear_statuses_and_the_cluster_carries_on() {
         s.message().contains("corrupt"),
         "a non-snapshot fails verification: {s:?}"
     );
+    let unannounced = pb::SnapshotChunk {
+        total_bytes: 0,
+        ..chunk(0, 10, true)
+    };
+    let s = internal
+        .install_snapshot(timed(tokio_stream::iter([unannounced])))
+        .await
+        .unwrap_err();
+    assert_status(&s, Code::InvalidArgument, ErrorCode::InvalidRequest);
+    assert!(s.message().contains("announce its size"), "{s:?}");
     let s = internal
         .install_snapshot(timed(tokio_stream::iter(Vec::<pb::SnapshotChunk>::new())))
         .await

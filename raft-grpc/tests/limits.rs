@@ -179,7 +179,9 @@ async fn snapshot_receive_checks_the_sender_before_taking_data() {
     let stale = Vote::new_committed(term.saturating_sub(1), leader);
     let before = received();
     let reply = internal
-        .install_snapshot(Request::new(tokio_stream::iter([chunk(stale, 0, false)])))
+        .install_snapshot(Request::new(tokio_stream::iter([chunk(
+            stale, 1000, false,
+        )])))
         .await
         .unwrap()
         .into_inner();

@@ -278,9 +278,10 @@ async fn a_client_certificate_is_not_a_peer() {
     let ca_pem = ca.pem();
     let peer_with =
         |cert: &str, key: &str| internal_client(&addr, &ca_pem, Identity::from_pem(cert, key));
-    let vote = |from: u64| {
+    // A vote request whose payload speaks for `candidate`, naming `from` as its sender.
+    let vote_as = |candidate: u64, from: Option<u64>| {
         let v = raft_core::transport::rpc::VoteRequest::new(
-            openraft::impls::Vote::new(1 << 50, from),
+            openraft::impls::Vote::new(1 << 50, candidate),
             None,
         );
         let mut req = tonic::Request::new(pb::RaftRequest {
@@ -290,9 +291,12 @@ async fn a_client_certificate_is_not_a_peer() {
         req.set_timeout(Duration::from_secs(2));
         let meta = req.metadata_mut();
         meta.insert("x-raftkit-cluster-id", cluster_id.parse().unwrap());
-        meta.insert("x-raftkit-from", from.to_string().parse().unwrap());
+        if let Some(from) = from {
+            meta.insert("x-raftkit-from", from.to_string().parse().unwrap());
+        }
         req
     };
+    let vote = |from: u64| vote_as(from, Some(from));
     let s = peer_with(&client_cert, &client_key)
         .vote(vote(2))
         .await
@@ -306,6 +310,17 @@ async fn a_client_certificate_is_not_a_peer() {
         .await
         .expect_err("node 7's certificate cannot speak for node 2");
     assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+    // Nor by leaving its sender out, or by naming itself while its payload speaks for node 2.
+    let s = peer_with(&other_cert, &other_key)
+        .vote(vote_as(2, None))
+        .await
+        .expect_err("a call under a node certificate names its sender");
+    assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+    let s = peer_with(&other_cert, &other_key)
+        .vote(vote_as(2, Some(7)))
+        .await
+        .expect_err("a vote from node 7 cannot be node 2's");
+    assert!(s.message().contains("speaks for node 2"), "{s:?}");
 
     // The client certificate still works where it belongs: on the cluster service, as alice.
     let client_tls = TlsConfig::from_pem(

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -17,6 +18,7 @@ use raft_core::snapshot::SnapshotError;
 use raft_core::transport::RpcHandlerError;
 use raft_core::transport::SnapshotReceive;
 use raft_core::transport::rpc;
+use raft_core::types::Vote;
 use tonic::Code;
 use tonic::Request;
 use tonic::Response;
@@ -101,6 +103,28 @@ impl<S: StateMachine> Shared<S> {
     }
 }
 
+/// The sender an internal call names (`x-raftkit-from`; with peer certificates, one of the ids
+/// the caller's certificate names).
+fn sender<T>(req: &Request<T>) -> Option<NodeId> {
+    crate::transport::metadata_u64(req.metadata(), auth::FROM_KEY, 10)
+}
+
+/// Refuses a request whose payload speaks for another node than the one that sent it: a
+/// vote's candidate, or the leader of an append or a snapshot, is its sender.
+fn speaks_for_sender(from: Option<NodeId>, vote: &Vote, what: &str) -> Result<(), RpcHandlerError> {
+    match from {
+        Some(from) if vote.leader_id.node_id != from => Err(RpcHandlerError::Invalid(format!(
+            "{what} speaks for node {}, but comes from node {from}",
+            vote.leader_id.node_id
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// How long a snapshot stream may go without a chunk before it is dropped (the node receives
+/// one snapshot at a time, so a stalled sender would keep the leader's out).
+const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub(super) struct Internal<S: StateMachine>(pub(super) Arc<Shared<S>>);
 
 impl<S: StateMachine> Internal<S> {
@@ -154,8 +178,16 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
         self.0.stats.append_message(req.get_ref().payload.len());
-        self.unary(req, "append request", |m| self.0.handler.append_entries(m))
-            .await
+        let from = sender(&req);
+        self.unary(
+            req,
+            "append request",
+            |m: rpc::AppendEntriesRequest| async move {
+                speaks_for_sender(from, &m.vote, "an append request")?;
+                self.0.handler.append_entries(m).await
+            },
+        )
+        .await
     }
 
     type StreamAppendStream = BoxStream<'static, Result<pb::RaftReply, Status>>;
@@ -165,6 +197,7 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
         req: Request<Streaming<pb::RaftRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
         self.0.check_cluster(&req).await?;
+        let from = sender(&req);
         let shared = self.0.clone();
         // A bad request ends the input; the caller learns why after the answers so far.
         let failure: Arc<Mutex<Option<Status>>> = Arc::default();
@@ -179,7 +212,11 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
                 };
                 shared.stats.append_message(r.payload.len());
                 let checked = shared.check_target(r.target).and_then(|_| {
-                    wire::decode::<rpc::AppendEntriesRequest>(&r.payload, "append request")
+                    let m =
+                        wire::decode::<rpc::AppendEntriesRequest>(&r.payload, "append request")?;
+                    speaks_for_sender(from, &m.vote, "an append request")
+                        .map_err(handler_status)?;
+                    Ok(m)
                 });
                 match checked {
                     Ok(m) => Some((m, s)),
@@ -214,16 +251,24 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
     }
 
     async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
-        self.unary(req, "vote request", |m| self.0.handler.vote(m))
-            .await
+        let from = sender(&req);
+        self.unary(req, "vote request", |m: rpc::VoteRequest| async move {
+            speaks_for_sender(from, &m.vote, "a vote request")?;
+            self.0.handler.vote(m).await
+        })
+        .await
     }
 
     async fn pre_vote(
         &self,
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        self.unary(req, "pre-vote request", |m| self.0.handler.pre_vote(m))
-            .await
+        let from = sender(&req);
+        self.unary(req, "pre-vote request", |m: rpc::VoteRequest| async move {
+            speaks_for_sender(from, &m.vote, "a pre-vote request")?;
+            self.0.handler.pre_vote(m).await
+        })
+        .await
     }
 
     async fn transfer_leader(
@@ -241,6 +286,7 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftReply>, Status> {
         self.0.check_cluster(&req).await?;
+        let from = sender(&req);
         let shared = &self.0;
         let max_chunk = shared.opts.max_snapshot_chunk_bytes;
         let mut chunks = req.into_inner();
@@ -250,12 +296,17 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
             .ok_or_else(|| status::invalid("empty snapshot stream"))?;
         shared.check_target(first.target)?;
         let vote: raft_core::types::Vote = wire::decode(&first.vote, "snapshot vote")?;
+        speaks_for_sender(from, &vote, "a snapshot").map_err(handler_status)?;
         // The vote, the size and the one-at-a-time rule are checked before any data is written.
         // Dropping the sink on any early return deletes what was received.
-        let size = (first.total_bytes > 0).then_some(first.total_bytes);
+        if first.total_bytes == 0 {
+            return Err(status::invalid(
+                "a snapshot stream must announce its size in its first chunk",
+            ));
+        }
         let mut sink = match shared
             .handler
-            .snapshot_sink(&vote, size)
+            .snapshot_sink(&vote, Some(first.total_bytes))
             .map_err(handler_status)?
         {
             SnapshotReceive::Receive(sink) => sink,
@@ -295,9 +346,15 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
             if last {
                 break;
             }
-            chunk = chunks
-                .message()
-                .await?
+            chunk = tokio::time::timeout(SNAPSHOT_CHUNK_TIMEOUT, chunks.message())
+                .await
+                .map_err(|_| {
+                    status::status(
+                        Code::DeadlineExceeded,
+                        ErrorCode::Timeout,
+                        format!("no snapshot chunk for {SNAPSHOT_CHUNK_TIMEOUT:?}"),
+                    )
+                })??
                 .ok_or_else(|| status::invalid("snapshot stream ended before its last chunk"))?;
         }
         let (meta, data) = tokio::task::spawn_blocking(move || sink.finish())

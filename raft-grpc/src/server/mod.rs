@@ -223,8 +223,9 @@ impl<S: StateMachine> Server<S> {
         let cluster = ClusterServer::new(Cluster(self.shared.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-        let cluster =
-            tonic::service::interceptor::InterceptedService::new(cluster, ClientCheck(auth));
+        let cluster = crate::auth::MethodRole(
+            tonic::service::interceptor::InterceptedService::new(cluster, ClientCheck(auth)),
+        );
         Ok(builder.add_service(internal).add_service(cluster))
     }
 
