@@ -96,6 +96,21 @@ fn lossy(fired: Arc<AtomicBool>, always: bool) -> Connector {
     })
 }
 
+/// Opens six sessions through `client` and writes in each: more than the tests' session
+/// capacity of four, so older idle sessions are evicted.
+async fn push_out_sessions(client: &ClusterClient<Kv>) {
+    for i in 0..6 {
+        let s = raft_core::Session {
+            client_id: client.register_session().await.unwrap(),
+            sequence: 1,
+        };
+        client
+            .write_in_session(s, Cmd::Append(format!("o{i}"), "y".into()))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_whose_reply_is_lost_is_applied_once() {
     let c = GrpcCluster::start(3, GrpcOptions::default(), |c| c).await;
@@ -164,16 +179,7 @@ async fn a_lost_reply_retried_after_its_session_was_evicted_is_not_applied_again
     assert!(fired.load(Ordering::SeqCst), "the replies were lost");
     assert!(err.outcome_unknown(), "{err:?}");
     // Eviction pressure from other clients pushes the session out.
-    for i in 0..6 {
-        let s = raft_core::Session {
-            client_id: client.register_session().await.unwrap(),
-            sequence: 1,
-        };
-        client
-            .write_in_session(s, Cmd::Append(format!("o{i}"), "y".into()))
-            .await
-            .unwrap();
-    }
+    push_out_sessions(&client).await;
     // The retry is refused — outcome unknown — and not applied a second time.
     match client.write_in_session(session, cmd).await {
         Err(e @ ClientError::Rejected(ApplyError::UnknownSession { .. })) => {
@@ -205,16 +211,7 @@ async fn a_write_whose_idle_session_was_evicted_is_applied_in_a_new_one() {
         .unwrap();
     // While the client's session sits idle, other clients push it out of the table.
     let others = ClusterClient::<Kv>::new(c.endpoints(), ClientOptions::default()).unwrap();
-    for i in 0..6 {
-        let s = raft_core::Session {
-            client_id: others.register_session().await.unwrap(),
-            sequence: 1,
-        };
-        others
-            .write_in_session(s, Cmd::Append(format!("o{i}"), "y".into()))
-            .await
-            .unwrap();
-    }
+    push_out_sessions(&others).await;
     // The next write is refused at once on the evicted session — not applied — and the
     // client writes it again in a new session.
     client
