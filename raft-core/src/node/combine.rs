@@ -8,6 +8,11 @@
 //! message, the apply and the reply — are paid once per batch instead of once per write, while
 //! each write keeps its own session check and its own output
 //! ([`Proposal::Combined`]).
+//!
+//! The queue holds only writes whose callers still wait: a write whose caller gave up (its
+//! request timed out or its future was dropped) is never proposed, and such writes are pruned
+//! as the queue grows, so callers that time out and retry under overload do not pile up work
+//! for the log.
 
 use std::mem;
 use std::sync::Mutex;
@@ -48,11 +53,29 @@ struct Queued {
 
 type Sender = oneshot::Sender<Result<Response>>;
 
+/// Queue length below which writes whose callers gave up are left for [`Combiner::release`]
+/// to drop.
+const PRUNE_AT_LEAST: usize = 64;
+
 #[derive(Default)]
 struct State {
     /// Proposals in flight (slots taken).
     in_flight: usize,
     queue: Vec<Queued>,
+    /// Queue length at which [`Combiner::join`] next drops the writes whose callers gave up:
+    /// twice what was left after the last pruning, so pruning costs O(1) per write and the
+    /// queue never holds more than twice its live writes (plus [`PRUNE_AT_LEAST`]).
+    prune_at: usize,
+}
+
+impl State {
+    /// Drops queued writes whose callers stopped waiting (timed out or were cancelled). They
+    /// were never proposed, so they are not applied; the caller was told the outcome is unknown
+    /// ([`Error::Timeout`]), which covers "not applied".
+    fn prune(&mut self) {
+        self.queue.retain(|q| !q.done.is_closed());
+        self.prune_at = (self.queue.len() * 2).max(PRUNE_AT_LEAST);
+    }
 }
 
 /// The queue of writes waiting for a proposal slot, and the slot count.
@@ -84,6 +107,9 @@ impl Combiner {
             st.in_flight += 1;
             return Joined::Propose(request);
         }
+        if st.queue.len() >= st.prune_at.max(PRUNE_AT_LEAST) {
+            st.prune();
+        }
         let (done, rx) = oneshot::channel();
         st.queue.push(Queued { request, done });
         Joined::Queued(rx)
@@ -91,29 +117,43 @@ impl Combiner {
 
     /// Gives back a slot. Returns the next batch if writes are queued: the slot passes to it,
     /// and the caller must propose it (or fail its writes, which also releases the slot).
+    /// Writes whose callers gave up waiting are dropped, not proposed.
     fn release(&self) -> Option<Vec<Queued>> {
         if self.slots == 0 {
             return None;
         }
         let mut st = crate::sync::lock(&self.state);
-        if st.queue.is_empty() {
-            st.in_flight = st.in_flight.saturating_sub(1);
-            return None;
-        }
-        let mut bytes = 0;
-        let mut take = 0;
-        for q in &st.queue {
-            let size = q.request.command.len() + PER_WRITE_BYTES;
-            if take > 0 && bytes + size > self.max_bytes {
-                break;
+        loop {
+            if st.queue.is_empty() {
+                st.in_flight = st.in_flight.saturating_sub(1);
+                return None;
             }
-            bytes += size;
-            take += 1;
-        }
-        if take == st.queue.len() {
-            Some(mem::take(&mut st.queue))
-        } else {
-            Some(st.queue.drain(..take).collect())
+            let mut bytes = 0;
+            let mut live = 0;
+            let mut take = 0;
+            for q in &st.queue {
+                if q.done.is_closed() {
+                    take += 1;
+                    continue;
+                }
+                let size = q.request.command.len() + PER_WRITE_BYTES;
+                if live > 0 && bytes + size > self.max_bytes {
+                    break;
+                }
+                bytes += size;
+                live += 1;
+                take += 1;
+            }
+            let taken = if take == st.queue.len() {
+                mem::take(&mut st.queue)
+            } else {
+                st.queue.drain(..take).collect()
+            };
+            let batch: Vec<Queued> = taken.into_iter().filter(|q| !q.done.is_closed()).collect();
+            if !batch.is_empty() {
+                return Some(batch);
+            }
+            // Every write taken had been given up: pass the slot on to the rest, if any.
         }
     }
 }
@@ -236,6 +276,14 @@ mod tests {
 
     use super::*;
 
+    /// Queues a write and keeps its caller waiting (the receiver is kept).
+    fn queue(c: &Combiner, n: usize, waiting: &mut Vec<oneshot::Receiver<Result<Response>>>) {
+        match c.join(req(n)) {
+            Joined::Queued(rx) => waiting.push(rx),
+            Joined::Propose(_) => panic!("expected the write to queue"),
+        }
+    }
+
     fn req(n: usize) -> Request {
         Request {
             session: None,
@@ -246,24 +294,26 @@ mod tests {
     #[test]
     fn writes_queue_only_when_every_slot_is_taken() {
         let c = Combiner::new(2, 1000);
+        let mut waiting = Vec::new();
         assert!(matches!(c.join(req(1)), Joined::Propose(_)));
         assert!(matches!(c.join(req(1)), Joined::Propose(_)));
-        assert!(matches!(c.join(req(1)), Joined::Queued(_)));
-        assert!(matches!(c.join(req(1)), Joined::Queued(_)));
+        queue(&c, 1, &mut waiting);
+        queue(&c, 1, &mut waiting);
         // The slot passes to the queued writes, both in one batch.
         assert_eq!(c.release().map(|b| b.len()), Some(2));
         assert!(c.release().is_none());
         // One slot in flight (the batch's): a new write takes the free one.
         assert!(matches!(c.join(req(1)), Joined::Propose(_)));
-        assert!(matches!(c.join(req(1)), Joined::Queued(_)));
+        queue(&c, 1, &mut waiting);
     }
 
     #[test]
     fn a_batch_is_bounded_by_bytes_but_takes_at_least_one_write() {
         let c = Combiner::new(1, 100);
+        let mut waiting = Vec::new();
         assert!(matches!(c.join(req(1)), Joined::Propose(_)));
         for n in [50, 30, 40, 500] {
-            assert!(matches!(c.join(req(n)), Joined::Queued(_)));
+            queue(&c, n, &mut waiting);
         }
         let sizes = |b: Option<Vec<Queued>>| {
             b.map(|b| {
@@ -277,6 +327,57 @@ mod tests {
         assert_eq!(sizes(c.release()), Some(vec![500]));
         assert!(c.release().is_none());
         assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+    }
+
+    #[test]
+    fn writes_whose_callers_gave_up_are_not_proposed() {
+        let c = Combiner::new(1, 1000);
+        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        let mut kept = Vec::new();
+        for n in 0..6 {
+            match c.join(req(n + 10)) {
+                // Every other caller stops waiting (its receiver is dropped).
+                Joined::Queued(rx) if n % 2 == 0 => kept.push(rx),
+                Joined::Queued(_) => {}
+                Joined::Propose(_) => panic!("the slot is taken"),
+            }
+        }
+        let sizes: Vec<usize> = c
+            .release()
+            .unwrap_or_default()
+            .iter()
+            .map(|q| q.request.command.len())
+            .collect();
+        assert_eq!(sizes, vec![10, 12, 14]);
+        // Only abandoned writes queued: the slot is given back, not passed to them.
+        drop(kept);
+        for _ in 0..3 {
+            let _ = c.join(req(1));
+        }
+        assert!(c.release().is_none(), "no live write to pass the slot to");
+        assert!(c.release().is_none());
+        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+    }
+
+    #[test]
+    fn abandoned_writes_do_not_accumulate_while_the_slot_is_held() {
+        let c = Combiner::new(1, 1 << 20);
+        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        let mut live = Vec::new();
+        for n in 0..10_000 {
+            if let Joined::Queued(rx) = c.join(req(1))
+                && n % 100 == 0
+            {
+                live.push(rx);
+            }
+        }
+        let queued = crate::sync::lock(&c.state).queue.len();
+        assert!(
+            queued <= 2 * live.len() + 2 * PRUNE_AT_LEAST,
+            "{queued} writes queued for {} live callers",
+            live.len()
+        );
+        assert_eq!(c.release().map(|b| b.len()), Some(live.len()));
     }
 
     #[test]
