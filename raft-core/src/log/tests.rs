@@ -1270,3 +1270,38 @@ async fn after_a_failed_write_the_log_refuses_everything_and_writes_nothing_on_c
     let mut log = open(dir.path()).unwrap();
     assert_eq!(all_entries(&mut log).await, entries);
 }
+
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn a_power_loss_during_a_truncation_leaves_the_old_log_or_a_clean_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    // Three entries a segment: entries 0..=2, 3..=5, 6..=8.
+    let entries: Vec<Entry> = (0..9).map(|i| entry(1, i, 1000)).collect();
+    for e in &entries {
+        append(&mut log, vec![e.clone()]).await;
+    }
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        5,
+        "LOCK, meta, 3 segments"
+    );
+    // The power fails before the truncation's directory fsync completes: the removal of the
+    // later segments is not durable.
+    log.fault_switch().unwrap().set_dir_sync_fails(true);
+    let err = log
+        .truncate_after(Some(entries[4].log_id))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("sync directory"), "{err}");
+    log.power_switch().unwrap().cut();
+    drop(log);
+
+    let mut log = open(dir.path()).expect("the log opens after a power loss in a truncation");
+    let got = all_entries(&mut log).await;
+    assert!(
+        got == entries || got == entries[..5],
+        "neither the old log nor the prefix: {} entries",
+        got.len()
+    );
+}

@@ -757,7 +757,9 @@ impl Wal {
         // A fresh segment has no commit marker yet.
         self.committed_written = None;
         if let Some(sim) = &self.sim {
+            // Created durably: its header, and its name (the directory was fsynced).
             sim.reset(first_index, segment::HEADER_LEN);
+            sim.dir_synced();
         }
         Ok(Active {
             seg,
@@ -768,7 +770,9 @@ impl Wal {
         })
     }
 
-    /// Removes every entry after `keep` (all live entries if `None`), durably.
+    /// Removes every entry after `keep` (all live entries if `None`), durably: whole segments
+    /// first (and the directory is fsynced), then the segment that keeps a part is cut and
+    /// fsynced. A crash at any point leaves the old log or a prefix of it.
     ///
     /// Refused with [`LogError::Failed`] once the log has failed; a failure here fails it, so
     /// that nothing is written after a cut that may be only half made.
@@ -794,6 +798,7 @@ impl Wal {
                 self.remove_segment(s)?;
             }
             self.active = None;
+            self.sync_dir()?;
         } else {
             let keep_loc = self.view.read().locs[(first_removed - 1 - first) as usize];
             let later: Vec<u64> = self
@@ -804,8 +809,14 @@ impl Wal {
                 .rev()
                 .map(|(k, _)| *k)
                 .collect();
-            for s in later {
-                self.remove_segment(s)?;
+            // Later segments go first, and their removal is made durable before the kept one is
+            // cut: a crash in between leaves the old log or a prefix of it, never a cut segment
+            // followed by later ones (a gap, which recovery refuses).
+            if !later.is_empty() {
+                for s in later {
+                    self.remove_segment(s)?;
+                }
+                self.sync_dir()?;
             }
             let path = self.dir.join(segment::file_name(keep_loc.segment));
             let seg = Segment::open(&path, keep_loc.segment)?;
@@ -845,7 +856,6 @@ impl Wal {
                 Framing::Legacy => None,
             };
         }
-        fsutil::sync_dir(&self.dir)?;
         // Commit markers written after the cut are gone with it.
         self.committed_written = None;
         self.view.write().truncate_from(first_removed);
@@ -896,21 +906,37 @@ impl Wal {
             self.active = None;
         }
         if removed {
-            fsutil::sync_dir(&self.dir)?;
+            self.sync_dir()?;
         }
         Ok(())
     }
 
-    /// Replaces the meta file with `meta`, durably.
+    /// Makes the directory entries of the log durable (created, renamed, removed files).
+    fn sync_dir(&self) -> Result<(), LogError> {
+        if let Some(sim) = &self.sim {
+            sim.before_dir_sync()
+                .map_err(at("sync directory", &self.dir))?;
+        }
+        fsutil::sync_dir(&self.dir)?;
+        if let Some(sim) = &self.sim {
+            sim.dir_synced();
+        }
+        Ok(())
+    }
+
+    /// Replaces the meta file with `meta`, durably (the directory is fsynced after the rename).
     fn store_meta(&mut self, meta: Meta) -> Result<(), LogError> {
         meta.store(&self.dir)?;
+        if let Some(sim) = &self.sim {
+            sim.dir_synced();
+        }
         self.meta = meta;
         Ok(())
     }
 
     fn remove_segment(&mut self, first_index: u64) -> Result<(), LogError> {
         let path = self.dir.join(segment::file_name(first_index));
-        self.view.write().segments.remove(&first_index);
+        let removed = self.view.write().segments.remove(&first_index);
         if self
             .active
             .as_ref()
@@ -919,8 +945,8 @@ impl Wal {
             self.active = None;
         }
         fs::remove_file(&path).map_err(at("remove", &path))?;
-        if let Some(sim) = &self.sim {
-            sim.removed(first_index);
+        if let (Some(sim), Some(r)) = (&self.sim, removed) {
+            sim.removed(first_index, path, r.file);
         }
         Ok(())
     }
