@@ -12,8 +12,10 @@
 //! too ([`Flusher::fail`]). Once failed, every pending and later waiter gets the error, no round
 //! already running completes its waiters, and the writer refuses further writes.
 //!
-//! Every fdatasync of a segment goes through this thread, the one that seals a segment included,
-//! so no two of them race on one file and no failure can go unseen by the other.
+//! The fdatasyncs of the file appends write to run on this thread, the one that seals a segment
+//! included, so no two of them race on one file descriptor, where only one would see an error.
+//! (Truncation fsyncs the segment it cuts through a descriptor of its own, and fails the log
+//! itself if that fails.)
 
 use std::fs::File;
 use std::io;

@@ -50,8 +50,8 @@
 //!   it. `purge` records the purge point and then deletes whole segments.
 //! * The first failed write, fdatasync or file operation fails the log for good (`LogError::Failed`
 //!   for every later append, truncation, purge and vote), and nothing more is written, not even
-//!   on close; every fdatasync of a segment runs on the flusher thread, so none of their
-//!   failures goes unseen (flusher.rs).
+//!   on close. The fdatasyncs of appended records, sealing included, all run on the flusher
+//!   thread, so none of their failures goes unseen (flusher.rs).
 //! * Opening makes what it recovered durable before returning (fdatasync of the last segment,
 //!   fsync of `meta` and of the directory): after a crash of the process, recovery can read
 //!   writes that were never synced from the page cache, and openraft treats what the log returns
