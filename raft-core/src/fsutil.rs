@@ -56,9 +56,55 @@ pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(
     sync_dir(dir)
 }
 
-/// Creates `dir` and its parents if missing.
+/// Creates `dir` and its parents if missing, durably: each directory it creates is made durable
+/// in its parent (the parent is fsynced after the creation), so that a power loss cannot take
+/// away a directory, and the files made durable in it, after this returned. Directories that
+/// exist are left as they are. Fails if `dir` or a parent exists and is not a directory.
 pub(crate) fn ensure_dir(dir: &Path) -> Result<(), PathError> {
-    fs::create_dir_all(dir).map_err(at("create directory", dir))
+    // The missing directories, deepest first.
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    loop {
+        match fs::metadata(cur) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return Err(at("create directory", cur)(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    "exists and is not a directory",
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing.push(cur);
+                match cur.parent() {
+                    Some(p) => cur = parent_dir(p),
+                    None => break,
+                }
+            }
+            Err(e) => return Err(at("create directory", cur)(e)),
+        }
+    }
+    for d in missing.into_iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            // Created by someone else meanwhile; made durable below all the same.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(at("create directory", d)(e)),
+        }
+        if let Some(p) = d.parent() {
+            sync_dir(parent_dir(p))?;
+        }
+    }
+    Ok(())
+}
+
+/// `p` as a directory to open: the parent of a relative path of one component is `""`, which
+/// names the current directory.
+fn parent_dir(p: &Path) -> &Path {
+    if p.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        p
+    }
 }
 
 /// Reserves `len` bytes of disk for `file` so later writes do not allocate blocks. Falls back to
@@ -73,5 +119,31 @@ pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ensure_dir_creates_missing_parents_and_keeps_what_exists() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data").join("node-1").join("wal");
+        ensure_dir(&dir).unwrap();
+        assert!(dir.is_dir());
+        fs::write(dir.join("kept"), b"x").unwrap();
+        ensure_dir(&dir).unwrap();
+        assert_eq!(fs::read(dir.join("kept")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn ensure_dir_refuses_a_file_in_the_way() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("data");
+        fs::write(&file, b"").unwrap();
+        let err = ensure_dir(&file.join("wal")).unwrap_err();
+        assert!(err.path.starts_with(&file), "{err}");
+        assert_eq!(err.source.kind(), io::ErrorKind::NotADirectory);
     }
 }

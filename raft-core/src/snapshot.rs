@@ -598,6 +598,14 @@ pub(crate) struct SnapshotStore {
     placing: Mutex<()>,
 }
 
+/// A snapshot [`SnapshotStore::write`] has built, before it is placed.
+enum Built<'a> {
+    /// The bytes of a snapshot kept in memory.
+    Memory(Vec<u8>),
+    /// A temporary file in `dir`, written and fsynced, to be renamed into place.
+    File { dir: &'a Path, tmp: PathBuf },
+}
+
 fn seq_of(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(SUFFIX)?;
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
@@ -735,20 +743,16 @@ impl SnapshotStore {
         write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> Result<SnapshotData, SnapshotError> {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let data = match &self.dir {
-            None => {
-                let bytes = write_snapshot_bytes(
-                    Vec::new(),
-                    self.cluster.get(),
-                    meta,
-                    sessions,
-                    extra,
-                    write_user,
-                )?;
-                SnapshotData {
-                    source: Source::Memory(Bytes::from(bytes)),
-                }
-            }
+        // Built outside the placing lock: writing a large state takes long, placing it does not.
+        let built = match &self.dir {
+            None => Built::Memory(write_snapshot_bytes(
+                Vec::new(),
+                self.cluster.get(),
+                meta,
+                sessions,
+                extra,
+                write_user,
+            )?),
             Some(dir) => {
                 let tmp = dir.join(format!("build-{seq:020}.tmp"));
                 let file = File::create(&tmp).map_err(at("create", &tmp))?;
@@ -772,13 +776,19 @@ impl SnapshotStore {
                     let _ = fs::remove_file(&tmp);
                     return Err(e);
                 }
-                let _placing = crate::sync::lock(&self.placing);
+                Built::File { dir, tmp }
+            }
+        };
+        let _placing = crate::sync::lock(&self.placing);
+        let data = match built {
+            Built::Memory(bytes) => SnapshotData {
+                source: Source::Memory(Bytes::from(bytes)),
+            },
+            Built::File { dir, tmp } => {
                 let fin = dir.join(format!("{seq:020}{SUFFIX}"));
                 fs::rename(&tmp, &fin).map_err(at("rename", &tmp))?;
                 fsutil::sync_dir(dir)?;
-                let data = SnapshotData::from_file(fin)?;
-                self.make_current(seq, meta.clone(), data.clone())?;
-                return Ok(data);
+                SnapshotData::from_file(fin)?
             }
         };
         self.make_current(seq, meta.clone(), data.clone())?;

@@ -1,10 +1,10 @@
 //! Simulated disk faults, for tests (installed by builds with the feature `testing`).
 //!
 //! A [`FaultSwitch`] makes the log's writes fail the way a full disk makes them fail — every
-//! later record write and segment preallocation returns `ENOSPC` — or its fdatasyncs fail with
-//! `EIO`, until the switch is turned off. Nothing written before is touched, so a test can check
-//! that a node whose disk failed stops loudly and recovers every acknowledged write after a
-//! restart.
+//! later record write and preallocation returns `ENOSPC` — or its fdatasyncs or directory fsyncs
+//! fail with `EIO`, until the switch is turned off. Nothing written before is touched, so a test
+//! can check that a node whose disk failed stops loudly and recovers every acknowledged write
+//! after a restart.
 
 use std::io;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ pub struct FaultSwitch(Arc<Faults>);
 struct Faults {
     full: AtomicBool,
     sync_fails: AtomicBool,
+    dir_sync_fails: AtomicBool,
 }
 
 impl FaultSwitch {
@@ -35,6 +36,13 @@ impl FaultSwitch {
         self.0.sync_fails.store(fails, Ordering::SeqCst);
     }
 
+    /// From now on (`true`) or no longer (`false`), fsyncs of the log's directory fail with
+    /// `EIO`: whatever was created, renamed or removed in it since its last fsync is not durable.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub fn set_dir_sync_fails(&self, fails: bool) {
+        self.0.dir_sync_fails.store(fails, Ordering::SeqCst);
+    }
+
     /// `Err(ENOSPC)` while the disk is simulated full.
     pub(crate) fn check(&self) -> io::Result<()> {
         if self.0.full.load(Ordering::SeqCst) {
@@ -48,6 +56,16 @@ impl FaultSwitch {
     /// `Err(EIO)` while fdatasyncs are simulated to fail.
     pub(crate) fn check_sync(&self) -> io::Result<()> {
         if self.0.sync_fails.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::IO.raw_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Err(EIO)` while directory fsyncs are simulated to fail.
+    pub(crate) fn check_dir_sync(&self) -> io::Result<()> {
+        if self.0.dir_sync_fails.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(
                 rustix::io::Errno::IO.raw_os_error(),
             ));

@@ -5,9 +5,17 @@
 //! all: one fdatasync acknowledges every append that arrived while the previous one was running.
 //! There is no timer and no artificial delay — a lone writer pays exactly one fdatasync.
 //!
-//! A failed fdatasync poisons the log for good: after such a failure the kernel may have dropped
-//! the dirty pages, so nothing written before can be trusted to be durable. Every pending and
-//! later waiter gets the error and `append` refuses further writes.
+//! The flusher also holds the log's one failed state. A failed fdatasync fails the log for good:
+//! after such a failure the kernel may have dropped the dirty pages, and Linux reports the error
+//! to one fdatasync only, so the next one on the same file can succeed although pages were lost.
+//! Nothing written before can be trusted to be durable. The writer records its own failures here
+//! too ([`Flusher::fail`]). Once failed, every pending and later waiter gets the error, no round
+//! already running completes its waiters, and the writer refuses further writes.
+//!
+//! The fdatasyncs of the file appends write to run on this thread, the one that seals a segment
+//! included, so no two of them race on one file descriptor, where only one would see an error.
+//! (Truncation fsyncs the segment it cuts through a descriptor of its own, and fails the log
+//! itself if that fails.)
 
 use std::fs::File;
 use std::io;
@@ -19,6 +27,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use super::LogError;
 use super::LogStatsCounters;
 use super::sim::Simulation;
 
@@ -32,6 +41,7 @@ struct Queue {
     stop: bool,
     /// Stop without syncing what is queued (simulated power loss in tests).
     abandon: bool,
+    /// The log's first failure: what kind of error, and what failed.
     failure: Option<(io::ErrorKind, String)>,
 }
 
@@ -56,13 +66,13 @@ pub(crate) struct Flusher {
     thread: Option<JoinHandle<()>>,
 }
 
-fn failure_error(failure: &(io::ErrorKind, String)) -> io::Error {
+/// What a waiter queued after the log failed gets: [`LogError::Failed`].
+fn refusal(failure: &(io::ErrorKind, String)) -> io::Error {
     io::Error::new(
         failure.0,
-        format!(
-            "write-ahead log is unusable after a failed fdatasync: {}",
-            failure.1
-        ),
+        LogError::Failed {
+            earlier: failure.1.clone(),
+        },
     )
 }
 
@@ -89,9 +99,28 @@ impl Flusher {
         })
     }
 
-    /// The error that poisoned the log, if an fdatasync ever failed.
-    pub fn failure(&self) -> Option<io::Error> {
-        self.shared.lock().failure.as_ref().map(failure_error)
+    /// What failed first, if the log has failed.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.lock().failure.as_ref().map(|f| f.1.clone())
+    }
+
+    /// Fails the log for good with `error` (unless it failed before: the first failure is the
+    /// one kept). Every queued waiter fails with it now; later ones are refused.
+    pub fn fail(&self, error: &io::Error) {
+        let failure = (error.kind(), error.to_string());
+        let pending = {
+            let mut q = self.shared.lock();
+            if q.failure.is_some() {
+                return;
+            }
+            q.failure = Some(failure.clone());
+            q.files.clear();
+            std::mem::take(&mut q.waiters)
+        };
+        tracing::error!(error = %failure.1, "the write-ahead log failed; it accepts no more writes");
+        for w in pending {
+            w(Err(io::Error::new(failure.0, failure.1.clone())));
+        }
     }
 
     /// Queues `waiter` to run once everything written so far — to `file`, and to every file
@@ -99,7 +128,7 @@ impl Flusher {
     pub fn enqueue(&self, file: Option<&Arc<File>>, waiter: Waiter) {
         let mut q = self.shared.lock();
         if let Some(f) = &q.failure {
-            let err = failure_error(f);
+            let err = refusal(f);
             drop(q);
             waiter(Err(err));
             return;
@@ -210,20 +239,27 @@ fn run(shared: &Shared) {
 
         match result {
             Ok(()) => {
+                // The writer may have failed the log while this round ran (a write or an
+                // fdatasync of its own): then what these waiters wrote is not known durable.
+                let failed = shared.lock().failure.clone();
                 for w in waiters {
-                    w(Ok(()));
+                    w(match &failed {
+                        None => Ok(()),
+                        Some(f) => Err(refusal(f)),
+                    });
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "fdatasync of the write-ahead log failed; the log is now read-only");
-                let failure = (e.kind(), e.to_string());
-                let pending = {
+                tracing::error!(error = %e, "fdatasync of the write-ahead log failed; the log accepts no more writes");
+                let failure = (e.kind(), format!("fdatasync of the write-ahead log: {e}"));
+                let (failure, pending) = {
                     let mut q = shared.lock();
-                    q.failure = Some(failure.clone());
-                    std::mem::take(&mut q.waiters)
+                    let failure = q.failure.get_or_insert(failure).clone();
+                    q.files.clear();
+                    (failure, std::mem::take(&mut q.waiters))
                 };
                 for w in waiters.into_iter().chain(pending) {
-                    w(Err(failure_error(&failure)));
+                    w(Err(io::Error::new(failure.0, failure.1.clone())));
                 }
             }
         }

@@ -45,8 +45,13 @@
 //!   have a torn tail.
 //! * The vote and the purge point live in `meta`, replaced atomically (temp file, fsync, rename,
 //!   fsync directory). Saving a vote first makes every earlier append durable.
-//! * `truncate_after` cuts the file and fsyncs before returning; `purge` records the purge point
-//!   and then deletes whole segments.
+//! * `truncate_after` deletes the later segments and fsyncs the directory, then cuts the segment
+//!   that keeps a part and fsyncs it, before returning: a crash leaves the old log or a prefix of
+//!   it. `purge` records the purge point and then deletes whole segments.
+//! * The first failed write, fdatasync or file operation fails the log for good (`LogError::Failed`
+//!   for every later append, truncation, purge and vote), and nothing more is written, not even
+//!   on close. The fdatasyncs of appended records, sealing included, all run on the flusher
+//!   thread, so none of their failures goes unseen (flusher.rs).
 //! * Opening makes what it recovered durable before returning (fdatasync of the last segment,
 //!   fsync of `meta` and of the directory): after a crash of the process, recovery can read
 //!   writes that were never synced from the page cache, and openraft treats what the log returns
@@ -155,9 +160,16 @@ pub enum LogError {
     /// A record could not be encoded (for example, an entry over the size limit).
     #[error("cannot encode a log record: {0}")]
     Encode(String),
-    /// An fdatasync failed earlier; the log accepts no more writes.
-    #[error("{0}")]
-    Poisoned(String),
+    /// A write, an fdatasync or a file operation of the log failed earlier; `earlier` says which
+    /// and how. From then on the log accepts no writes, truncations, purges or votes, and writes
+    /// nothing more on close: after a failed fdatasync nothing written before can be trusted to
+    /// be durable, and after a failed write the writer's position may not match the file. What is
+    /// durable is recovered when the log is opened again.
+    #[error("write-ahead log refuses writes after an earlier failure: {earlier}")]
+    Failed {
+        /// The first failure, with the file it happened on where known.
+        earlier: String,
+    },
 }
 
 impl From<LogError> for io::Error {

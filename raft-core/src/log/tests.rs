@@ -1151,3 +1151,157 @@ async fn entries_recovered_after_a_process_crash_are_durable_once_open_returns()
     let mut log = open(dir.path()).unwrap();
     assert_eq!(all_entries(&mut log).await, all);
 }
+
+// ---- a failed write fails the log for good -------------------------------------------------
+
+/// The log error inside an error returned through openraft's storage traits.
+#[cfg(feature = "testing")]
+fn log_error(e: &std::io::Error) -> Option<&LogError> {
+    e.get_ref().and_then(|i| i.downcast_ref::<LogError>())
+}
+
+/// The earlier failure a refusal names, if `e` is the log refusing because of one.
+#[cfg(feature = "testing")]
+fn refusal(e: &LogError) -> Option<&str> {
+    match e {
+        LogError::Failed { earlier } => Some(earlier),
+        _ => None,
+    }
+}
+
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn a_truncation_that_fails_half_way_leaves_a_log_that_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    let entries: Vec<Entry> = (0..6).map(|i| entry(1, i, 100)).collect();
+    append(&mut log, entries.clone()).await;
+    log.save_committed(Some(entries[5].log_id)).await.unwrap();
+    // The segment is cut, then its fsync fails.
+    let faults = log.fault_switch().unwrap();
+    faults.set_sync_fails(true);
+    let err = log
+        .truncate_after(Some(entries[2].log_id))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("fsync"), "{err}");
+    // The disk works again; closing the log must not write after the cut.
+    faults.set_sync_fails(false);
+    drop(log);
+
+    let mut log = open(dir.path()).expect("the log opens after a failed truncation");
+    assert_eq!(all_entries(&mut log).await, entries[..3]);
+}
+
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn a_failed_fdatasync_when_sealing_a_segment_fails_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    append(&mut log, (0..3).map(|i| entry(1, i, 1000)).collect()).await;
+    // The next batch fills the segment: sealing it fails.
+    let faults = log.fault_switch().unwrap();
+    faults.set_sync_fails(true);
+    let err = log
+        .append_with((3..6).map(|i| entry(1, i, 1000)), |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("fdatasync"), "{err}");
+    // The next fdatasync of the same file succeeds, as Linux reports a writeback error once;
+    // the pages it covered may be lost all the same.
+    faults.set_sync_fails(false);
+    let next = log
+        .get_log_state()
+        .await
+        .unwrap()
+        .last_log_id
+        .unwrap()
+        .index
+        + 1;
+    let e = log
+        .append_with(vec![entry(1, next, 10)], |_| {})
+        .expect_err("the log refuses appends after a failed fdatasync");
+    assert!(refusal(&e).is_some_and(|x| x.contains("fdatasync")), "{e}");
+}
+
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn after_a_failed_write_the_log_refuses_everything_and_writes_nothing_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    let entries: Vec<Entry> = (0..4).map(|i| entry(1, i, 100)).collect();
+    append(&mut log, entries.clone()).await;
+    let faults = log.fault_switch().unwrap();
+    faults.set_disk_full(true);
+    let err = log.append_with(vec![entry(1, 4, 100)], |_| {}).unwrap_err();
+    assert!(err.to_string().contains("No space left"), "{err}");
+    // Space is freed: the log still refuses, naming the first failure.
+    faults.set_disk_full(false);
+    let e = log
+        .append_with(vec![entry(1, 4, 100)], |_| {})
+        .expect_err("append after a failed write");
+    assert!(
+        refusal(&e).is_some_and(|x| x.contains("No space left")),
+        "{e}"
+    );
+    for (what, r) in [
+        (
+            "truncate",
+            log.truncate_after(Some(entries[1].log_id)).await,
+        ),
+        ("purge", log.purge(entries[1].log_id).await),
+        ("save_vote", log.save_vote(&Vote::new(2, 1)).await),
+    ] {
+        let e = r.expect_err(what);
+        let earlier = log_error(&e).and_then(refusal);
+        assert!(
+            earlier.is_some_and(|x| x.contains("No space left")),
+            "{what}: {e}"
+        );
+    }
+    // Closing writes nothing, not even the commit marker it owes.
+    log.save_committed(Some(entries[3].log_id)).await.unwrap();
+    let segment = dir.path().join(segment::file_name(0));
+    let before = fs::read(&segment).unwrap();
+    drop(log);
+    assert!(
+        fs::read(&segment).unwrap() == before,
+        "closing wrote to the log"
+    );
+    let mut log = open(dir.path()).unwrap();
+    assert_eq!(all_entries(&mut log).await, entries);
+}
+
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn a_power_loss_during_a_truncation_leaves_the_old_log_or_a_clean_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    // Three entries a segment: entries 0..=2, 3..=5, 6..=8.
+    let entries: Vec<Entry> = (0..9).map(|i| entry(1, i, 1000)).collect();
+    for e in &entries {
+        append(&mut log, vec![e.clone()]).await;
+    }
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        5,
+        "LOCK, meta, 3 segments"
+    );
+    // The power fails before the truncation's directory fsync completes: the removal of the
+    // later segments is not durable.
+    log.fault_switch().unwrap().set_dir_sync_fails(true);
+    let err = log
+        .truncate_after(Some(entries[4].log_id))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("sync directory"), "{err}");
+    log.power_switch().unwrap().cut();
+    drop(log);
+
+    let mut log = open(dir.path()).expect("the log opens after a power loss in a truncation");
+    let got = all_entries(&mut log).await;
+    assert!(
+        got == entries || got == entries[..5],
+        "neither the old log nor the prefix: {} entries",
+        got.len()
+    );
+}

@@ -519,39 +519,65 @@ impl Wal {
 
     /// Saves the vote durably. Everything appended before is made durable first, so the vote
     /// never becomes durable ahead of entries that were appended earlier.
+    ///
+    /// Refused with [`LogError::Failed`] once the log has failed; a failure here fails it.
     pub async fn save_vote(&mut self, vote: &Vote) -> Result<(), LogError> {
-        if let Some(e) = self.flusher.failure() {
-            return Err(LogError::Poisoned(e.to_string()));
-        }
+        self.refuse_if_failed()?;
         if let Some(a) = &self.active {
-            self.flusher
-                .barrier(&a.seg.file)
-                .await
-                .map_err(|e| LogError::Poisoned(e.to_string()))?;
+            let r = self.flusher.barrier(&a.seg.file).await;
+            let r = r.map_err(|e| flush_failed(e, &a.seg.path));
+            self.record_failure(r)?;
         }
         let mut meta = self.meta.clone();
         meta.vote = Some(DiskVote::from(vote));
-        meta.store(&self.dir)?;
-        self.meta = meta;
+        let r = self.store_meta(meta);
+        self.record_failure(r)?;
         self.view.write().vote = Some(*vote);
         Ok(())
     }
 
+    /// Refuses with [`LogError::Failed`] once the log has failed.
+    fn refuse_if_failed(&self) -> Result<(), LogError> {
+        match self.flusher.failure() {
+            Some(earlier) => Err(LogError::Failed { earlier }),
+            None => Ok(()),
+        }
+    }
+
+    /// Fails the log for good if `r` is the failure of a write, an fdatasync or any other file
+    /// operation: after one, the writer's state (its write offset, the segments it holds) may
+    /// not match the disk, and what was written may not be durable. A refused entry
+    /// ([`LogError::OutOfOrder`], [`LogError::Encode`]) is the caller's and leaves the log as it
+    /// was.
+    fn record_failure<T>(&self, r: Result<T, LogError>) -> Result<T, LogError> {
+        if let Err(e) = &r {
+            match e {
+                LogError::OutOfOrder { .. } | LogError::Encode(_) | LogError::Failed { .. } => {}
+                LogError::Io(p) => self
+                    .flusher
+                    .fail(&io::Error::new(p.source.kind(), p.to_string())),
+                other => self.flusher.fail(&io::Error::other(other.to_string())),
+            }
+        }
+        r
+    }
+
     /// Appends `entries`, which must continue the log without a gap. Returns once the records
     /// are written (readable); `waiter` runs once they are durable.
+    ///
+    /// Refused with [`LogError::Failed`] once the log has failed; a failed write or fdatasync
+    /// here fails it.
     pub fn append(
         &mut self,
         entries: impl IntoIterator<Item = Entry>,
         waiter: Waiter,
     ) -> Result<(), LogError> {
-        if let Some(e) = self.flusher.failure() {
-            return Err(LogError::Poisoned(e.to_string()));
-        }
+        self.refuse_if_failed()?;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let result = self.append_inner(entries, &mut buf);
         self.buf = buf;
-        result?;
+        self.record_failure(result)?;
         let file = self.active.as_ref().map(|a| a.seg.file.clone());
         let waiter: Waiter = match (&self.sim, &self.active) {
             (Some(sim), Some(a)) => {
@@ -699,14 +725,13 @@ impl Wal {
     }
 
     /// Makes the active segment durable before a newer one receives records, so a crash can
-    /// only ever tear the last segment.
+    /// only ever tear the last segment. The fdatasync is the flusher's, like every other of a
+    /// segment, so its failure fails the log.
     fn seal_active(&mut self) -> Result<(), LogError> {
         if let Some(a) = &self.active {
-            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            a.seg
-                .file
-                .sync_data()
-                .map_err(at("fdatasync", &a.seg.path))?;
+            self.flusher
+                .barrier_blocking(&a.seg.file)
+                .map_err(|e| flush_failed(e, &a.seg.path))?;
             if let Some(sim) = &self.sim {
                 sim.durable(a.seg.first_index, a.write_offset);
             }
@@ -732,7 +757,9 @@ impl Wal {
         // A fresh segment has no commit marker yet.
         self.committed_written = None;
         if let Some(sim) = &self.sim {
+            // Created durably: its header, and its name (the directory was fsynced).
             sim.reset(first_index, segment::HEADER_LEN);
+            sim.dir_synced();
         }
         Ok(Active {
             seg,
@@ -743,8 +770,19 @@ impl Wal {
         })
     }
 
-    /// Removes every entry after `keep` (all live entries if `None`), durably.
+    /// Removes every entry after `keep` (all live entries if `None`), durably: whole segments
+    /// first (and the directory is fsynced), then the segment that keeps a part is cut and
+    /// fsynced. A crash at any point leaves the old log or a prefix of it.
+    ///
+    /// Refused with [`LogError::Failed`] once the log has failed; a failure here fails it, so
+    /// that nothing is written after a cut that may be only half made.
     pub fn truncate_after(&mut self, keep: Option<LogId>) -> Result<(), LogError> {
+        self.refuse_if_failed()?;
+        let r = self.truncate_inner(keep);
+        self.record_failure(r)
+    }
+
+    fn truncate_inner(&mut self, keep: Option<LogId>) -> Result<(), LogError> {
         let (first, end, first_removed) = {
             let v = self.view.read();
             let first_removed = keep.map_or(0, |k| k.index + 1).max(v.first);
@@ -760,6 +798,7 @@ impl Wal {
                 self.remove_segment(s)?;
             }
             self.active = None;
+            self.sync_dir()?;
         } else {
             let keep_loc = self.view.read().locs[(first_removed - 1 - first) as usize];
             let later: Vec<u64> = self
@@ -770,8 +809,14 @@ impl Wal {
                 .rev()
                 .map(|(k, _)| *k)
                 .collect();
-            for s in later {
-                self.remove_segment(s)?;
+            // Later segments go first, and their removal is made durable before the kept one is
+            // cut: a crash in between leaves the old log or a prefix of it, never a cut segment
+            // followed by later ones (a gap, which recovery refuses).
+            if !later.is_empty() {
+                for s in later {
+                    self.remove_segment(s)?;
+                }
+                self.sync_dir()?;
             }
             let path = self.dir.join(segment::file_name(keep_loc.segment));
             let seg = Segment::open(&path, keep_loc.segment)?;
@@ -779,8 +824,14 @@ impl Wal {
             seg.file
                 .set_len(end_offset)
                 .map_err(at("truncate", &path))?;
+            if let Some(sim) = &self.sim {
+                sim.before_write().map_err(at("preallocate", &path))?;
+            }
             fsutil::preallocate(&seg.file, self.opts.segment_size.max(end_offset))
                 .map_err(at("preallocate", &path))?;
+            if let Some(sim) = &self.sim {
+                sim.before_sync().map_err(at("fsync", &path))?;
+            }
             seg.file.sync_all().map_err(at("fsync", &path))?;
             if let Some(sim) = &self.sim {
                 sim.reset(keep_loc.segment, end_offset);
@@ -805,7 +856,6 @@ impl Wal {
                 Framing::Legacy => None,
             };
         }
-        fsutil::sync_dir(&self.dir)?;
         // Commit markers written after the cut are gone with it.
         self.committed_written = None;
         self.view.write().truncate_from(first_removed);
@@ -814,7 +864,15 @@ impl Wal {
 
     /// Forgets entries up to and including `upto` and deletes the segments that hold nothing
     /// newer. The purge point is made durable first.
+    ///
+    /// Refused with [`LogError::Failed`] once the log has failed; a failure here fails it.
     pub fn purge(&mut self, upto: LogId) -> Result<(), LogError> {
+        self.refuse_if_failed()?;
+        let r = self.purge_inner(upto);
+        self.record_failure(r)
+    }
+
+    fn purge_inner(&mut self, upto: LogId) -> Result<(), LogError> {
         if self
             .view
             .read()
@@ -825,8 +883,7 @@ impl Wal {
         }
         let mut meta = self.meta.clone();
         meta.purged = Some(DiskLogId::from(&upto));
-        meta.store(&self.dir)?;
-        self.meta = meta;
+        self.store_meta(meta)?;
 
         let empty = {
             let mut v = self.view.write();
@@ -849,14 +906,37 @@ impl Wal {
             self.active = None;
         }
         if removed {
-            fsutil::sync_dir(&self.dir)?;
+            self.sync_dir()?;
         }
+        Ok(())
+    }
+
+    /// Makes the directory entries of the log durable (created, renamed, removed files).
+    fn sync_dir(&self) -> Result<(), LogError> {
+        if let Some(sim) = &self.sim {
+            sim.before_dir_sync()
+                .map_err(at("sync directory", &self.dir))?;
+        }
+        fsutil::sync_dir(&self.dir)?;
+        if let Some(sim) = &self.sim {
+            sim.dir_synced();
+        }
+        Ok(())
+    }
+
+    /// Replaces the meta file with `meta`, durably (the directory is fsynced after the rename).
+    fn store_meta(&mut self, meta: Meta) -> Result<(), LogError> {
+        meta.store(&self.dir)?;
+        if let Some(sim) = &self.sim {
+            sim.dir_synced();
+        }
+        self.meta = meta;
         Ok(())
     }
 
     fn remove_segment(&mut self, first_index: u64) -> Result<(), LogError> {
         let path = self.dir.join(segment::file_name(first_index));
-        self.view.write().segments.remove(&first_index);
+        let removed = self.view.write().segments.remove(&first_index);
         if self
             .active
             .as_ref()
@@ -865,14 +945,17 @@ impl Wal {
             self.active = None;
         }
         fs::remove_file(&path).map_err(at("remove", &path))?;
-        if let Some(sim) = &self.sim {
-            sim.removed(first_index);
+        if let (Some(sim), Some(r)) = (&self.sim, removed) {
+            sim.removed(first_index, path, r.file);
         }
         Ok(())
     }
 
-    /// Writes the pending commit marker and waits until everything is durable.
+    /// Writes the pending commit marker and waits until everything is durable. Once the log
+    /// has failed it writes nothing and returns [`LogError::Failed`]: the writer's position may
+    /// be past the end of what is on disk, and a record written there would follow a hole.
     pub fn sync(&mut self) -> Result<(), LogError> {
+        self.refuse_if_failed()?;
         if self.active.is_some() {
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
@@ -880,12 +963,12 @@ impl Wal {
                 .frame_committed(&mut buf)
                 .and_then(|_| self.write_active(&buf, &mut Vec::new()));
             self.buf = buf;
-            res?;
+            self.record_failure(res)?;
         }
         if let Some(a) = &self.active {
             self.flusher
                 .barrier_blocking(&a.seg.file)
-                .map_err(|e| LogError::Poisoned(e.to_string()))?;
+                .map_err(|e| flush_failed(e, &a.seg.path))?;
         }
         Ok(())
     }
@@ -908,6 +991,17 @@ impl Wal {
     }
 }
 
+/// The log error for a failed wait on the flusher: the refusal it answered with, or the failure of
+/// the fdatasync of `path` it ran.
+fn flush_failed(e: io::Error, path: &Path) -> LogError {
+    match e.get_ref().and_then(|i| i.downcast_ref::<LogError>()) {
+        Some(LogError::Failed { earlier }) => LogError::Failed {
+            earlier: earlier.clone(),
+        },
+        _ => LogError::Io(at("fdatasync", path)(e)),
+    }
+}
+
 impl Drop for Wal {
     fn drop(&mut self) {
         if let Some(sim) = self.sim.clone()
@@ -916,8 +1010,12 @@ impl Drop for Wal {
             self.lose_power(&sim);
             return;
         }
-        if let Err(e) = self.sync() {
-            tracing::warn!(error = %e, "could not flush the write-ahead log on close");
+        match self.sync() {
+            Ok(()) => {}
+            Err(LogError::Failed { earlier }) => {
+                tracing::warn!(%earlier, "the write-ahead log failed earlier; nothing is written on close");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not flush the write-ahead log on close"),
         }
     }
 }
