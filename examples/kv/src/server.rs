@@ -525,21 +525,36 @@ async fn execute(
             Action::Client(op) => op.apply(&mut conn.name, conn.id),
         },
     };
-    // A reply that would pass the output limit is not built: its parts may repeat one large
-    // value many times (`MGET k k …`, `HRANDFIELD h -N WITHVALUES`). The client is closed, as
-    // `flush` closes one whose unsent replies pass the limit.
-    let room = ctx.limits.output_bytes.saturating_sub(out.len());
-    if resp::encoded_len(&reply, conn.proto) > room {
-        metrics::counter!("kv_output_limit_disconnects_total").increment(1);
-        tracing::debug!(
-            id = conn.id,
-            limit = ctx.limits.output_bytes,
-            "a reply would pass the client output buffer limit; closing the connection"
-        );
-        return true;
+    // A reply that would pass the output limit is not sent, and the client is closed, as
+    // `flush` closes one whose unsent replies pass the limit. An aggregate is measured before
+    // it is built: its parts may repeat one large value many times (`MGET k k …`,
+    // `HRANDFIELD h -N WITHVALUES`). Any other reply is one value the node already holds, so
+    // it is encoded and then measured, without a walk of its own.
+    let limit = ctx.limits.output_bytes;
+    if reply.is_aggregate()
+        && resp::encoded_len(&reply, conn.proto) > limit.saturating_sub(out.len())
+    {
+        return past_output_limit(conn.id, limit);
     }
+    let before = out.len();
     resp::encode(&reply, out, conn.proto);
+    if out.len() > limit {
+        out.truncate(before);
+        return past_output_limit(conn.id, limit);
+    }
     false
+}
+
+/// Counts and logs a connection closed because its next reply would pass the output limit;
+/// `true`, for [`execute`] to answer.
+fn past_output_limit(id: u64, limit: usize) -> bool {
+    metrics::counter!("kv_output_limit_disconnects_total").increment(1);
+    tracing::debug!(
+        id,
+        limit,
+        "a reply would pass the client output buffer limit; closing the connection"
+    );
+    true
 }
 
 /// Runs the commands gathered in `batch` (if any) and appends their replies in order.
