@@ -3,10 +3,13 @@
 use super::Action;
 use super::Args;
 use super::NOT_INT;
+use super::after_key;
 use super::error;
 use super::parse_i64;
 use super::write;
+use crate::store::Kind;
 use crate::store::ReadOp;
+use crate::store::Reply;
 use crate::store::WriteOp;
 
 /// The optional count of `LPOP`, `RPOP` and `SPOP`: `key [count]`.
@@ -65,7 +68,7 @@ pub(super) fn lindex(a: &Args) -> Action {
             key: a.key(),
             index,
         }),
-        None => error(NOT_INT),
+        None => after_key(a, Kind::List, Reply::Nil, error(NOT_INT)),
     }
 }
 

@@ -16,6 +16,7 @@ use bytes::Bytes;
 pub use keys::SCAN_STEP;
 pub use server::ClientOp;
 
+use crate::store::Kind;
 use crate::store::ReadOp;
 use crate::store::Reply;
 use crate::store::WriteOp;
@@ -125,6 +126,21 @@ impl Args<'_> {
 
 pub(crate) fn error(msg: impl Into<String>) -> Action {
     Action::Reply(Reply::Error(msg.into()))
+}
+
+/// `bad`, the reply to a wrong argument of a command that Redis checks only after looking up
+/// the key: so a missing key answers `missing`, and a key of another type than `kind`
+/// `WRONGTYPE`, as in Redis.
+pub(crate) fn after_key(a: &Args, kind: Kind, missing: Reply, bad: Action) -> Action {
+    match bad {
+        Action::Reply(error) => Action::Read(ReadOp::ArgumentError {
+            key: a.key(),
+            kind,
+            missing,
+            error,
+        }),
+        other => other,
+    }
 }
 
 pub(crate) fn arity_error(name: &str) -> Action {

@@ -226,10 +226,7 @@ fn expire_options_follow_redis_7() {
 
 #[test]
 fn string_command_arguments_are_checked_before_replication() {
-    let err = |cmd: &str| match parse(&args(cmd), 0) {
-        Action::Reply(Reply::Error(e)) => e,
-        other => panic!("{cmd}: {other:?}"),
-    };
+    let err = |cmd: &str| refusal(&cmd.split_whitespace().collect::<Vec<_>>());
     assert_eq!(err("INCRBYFLOAT k abc"), "ERR value is not a valid float");
     assert_eq!(err("INCRBYFLOAT k nan"), "ERR value is not a valid float");
     assert_eq!(
@@ -266,11 +263,16 @@ fn string_command_arguments_are_checked_before_replication() {
     ));
 }
 
-/// The error a command's arguments get, or a panic if they are accepted.
+/// The error a command's arguments get (for a key of the command's type, when the command
+/// checks them after its key), or a panic if they are accepted.
 fn refusal(argv: &[&str]) -> String {
     let argv: Vec<Bytes> = argv.iter().map(|a| Bytes::from(a.to_string())).collect();
     match parse(&argv, 0) {
-        Action::Reply(Reply::Error(e)) => e,
+        Action::Reply(Reply::Error(e))
+        | Action::Read(ReadOp::ArgumentError {
+            error: Reply::Error(e),
+            ..
+        }) => e,
         other => panic!("{argv:?} accepted: {other:?}"),
     }
 }
@@ -557,4 +559,117 @@ fn memory_usage_checks_its_options_as_redis_does() {
         refusal(&["MEMORY", "USAGE"]),
         "ERR wrong number of arguments for 'memory|usage' command"
     );
+}
+
+/// Runs each command line against `store` at time 1000, as a node would: a write is applied
+/// and reshaped by its `post`, a read is answered; the replies in order.
+fn run_on(store: &mut crate::store::Store, lines: &[&str]) -> Vec<Reply> {
+    use raft_core::Queryable;
+    use raft_core::StateMachine;
+    let now = 1_000;
+    lines
+        .iter()
+        .map(|line| match parse(&args(line), now) {
+            Action::Reply(r) => r,
+            Action::Read(op) => store.query(crate::store::Query { now, op }),
+            Action::Write { op, post } => {
+                post.apply(store.apply(crate::store::Command { now, op }))
+            }
+            other => panic!("{line}: {other:?}"),
+        })
+        .collect()
+}
+
+/// The reply to the last of `lines`, run on an empty store.
+fn last_reply(lines: &[&str]) -> Reply {
+    let mut store = crate::store::Store::default();
+    run_on(&mut store, lines).pop().unwrap_or(Reply::Nil)
+}
+
+#[test]
+fn arguments_redis_checks_after_the_key_are_checked_after_the_key() {
+    let wrong_type = Reply::Fault(crate::store::Error::WrongType);
+    let not_int = Reply::error(NOT_INT);
+    let syntax_error = Reply::error("ERR syntax error");
+    let not_float = Reply::error("ERR value is not a valid float");
+    let empty_scan = Reply::Array(vec![Reply::text("0"), Reply::Array(Vec::new())]);
+    // (command, reply for a missing key, reply for a key of the command's type)
+    let cases = [
+        ("LINDEX k abc", Reply::Nil, not_int.clone(), "RPUSH k x"),
+        (
+            "BITCOUNT k 1",
+            Reply::Int(0),
+            syntax_error.clone(),
+            "SET k x",
+        ),
+        ("BITCOUNT k x y", Reply::Int(0), not_int.clone(), "SET k x"),
+        (
+            "BITCOUNT k 1 2 FOO",
+            Reply::Int(0),
+            syntax_error.clone(),
+            "SET k x",
+        ),
+        // As in Redis, the ends are read before the unit.
+        (
+            "BITCOUNT k x y FOO",
+            Reply::Int(0),
+            not_int.clone(),
+            "SET k x",
+        ),
+        (
+            "BITCOUNT k 1 2 3 4",
+            Reply::Int(0),
+            syntax_error.clone(),
+            "SET k x",
+        ),
+        (
+            "HSCAN k 0 FOO",
+            empty_scan.clone(),
+            syntax_error.clone(),
+            "HSET k f v",
+        ),
+        (
+            "HSCAN k 0 COUNT x",
+            empty_scan,
+            not_int.clone(),
+            "HSET k f v",
+        ),
+        (
+            "GETEX k EX 0",
+            Reply::Nil,
+            Reply::error("ERR invalid expire time in 'getex' command"),
+            "SET k x",
+        ),
+        ("GETEX k PX x", Reply::Nil, not_int, "SET k x"),
+        ("INCRBYFLOAT k abc", not_float.clone(), not_float, "SET k 1"),
+        (
+            "HRANDFIELD k -2000000",
+            Reply::Array(Vec::new()),
+            Reply::error("ERR value is out of range"),
+            "HSET k f v",
+        ),
+    ];
+    for (cmd, missing, of_type, make) in cases {
+        assert_eq!(last_reply(&[cmd]), missing, "{cmd} on a missing key");
+        assert_eq!(last_reply(&[make, cmd]), of_type, "{cmd} after {make}");
+        let other = if make.starts_with("SET") {
+            "RPUSH k x"
+        } else {
+            "SET k x"
+        };
+        assert_eq!(last_reply(&[other, cmd]), wrong_type, "{cmd} after {other}");
+    }
+    // Mistakes Redis finds before the key still answer at once, whatever the key holds.
+    assert_eq!(parse(&args("GETEX k EX"), 0), syntax());
+    assert_eq!(parse(&args("HSCAN k x"), 0), error("ERR invalid cursor"));
+    assert_eq!(parse(&args("HRANDFIELD k x"), 0), error(NOT_INT));
+    assert_eq!(parse(&args("HRANDFIELD k 1 FOO"), 0), syntax());
+    // A key that expired is missing.
+    let mut store = crate::store::Store::default();
+    run_on(&mut store, &["SET k 1 PXAT 1000"]);
+    assert_eq!(
+        run_on(&mut store, &["INCRBYFLOAT k abc"]),
+        [Reply::error("ERR value is not a valid float")]
+    );
+    assert_eq!(run_on(&mut store, &["BITCOUNT k x y"]), [Reply::Int(0)]);
 }
