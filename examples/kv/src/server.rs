@@ -498,7 +498,10 @@ async fn execute(
             Action::Info(section) => info(ctx, section.as_deref()).await,
             Action::Write { op, post } => post.apply(replicate(conn, ctx, op, now).await),
             Action::Read(ReadOp::Keys(pattern)) => keys(ctx, pattern).await,
-            Action::Read(op) => read(ctx, op).await,
+            Action::Read(op) => {
+                let post = commands::Post::of_read(&op);
+                post.apply(read(ctx, op).await)
+            }
             Action::Multi if conn.tx.is_some() => Reply::error("ERR MULTI calls can not be nested"),
             Action::Multi => {
                 conn.tx = Some(Transaction::default());
@@ -615,7 +618,10 @@ fn queue(tx: &mut Transaction, action: Action, args: &[Bytes], ctx: &Ctx) -> Rep
         }
         Action::Reply(r) => (Queued::Reply(r), commands::Post::None),
         Action::Write { op, post } => (Queued::Write(op), post),
-        Action::Read(op) => (Queued::Read(op), commands::Post::None),
+        Action::Read(op) => {
+            let post = commands::Post::of_read(&op);
+            (Queued::Read(op), post)
+        }
         Action::Unwatch => (Queued::Reply(Reply::Ok), commands::Post::None),
         local @ (Action::ConfigGet(_) | Action::ConfigSet(_) | Action::Client(_)) => {
             tx.local.push((tx.ops.len(), local));

@@ -3,6 +3,7 @@
 use super::Action;
 use super::Args;
 use super::NOT_INT;
+use super::Post;
 use super::after_key;
 use super::error;
 use super::parse_i64;
@@ -107,8 +108,15 @@ pub(super) fn spop(a: &Args) -> Action {
         Ok(c) => c,
         Err(e) => return e,
     };
-    write(WriteOp::SPop {
-        key: a.key(),
-        count,
-    })
+    let post = match count {
+        Some(_) => Post::ArrayToSet,
+        None => Post::None,
+    };
+    Action::Write {
+        op: WriteOp::SPop {
+            key: a.key(),
+            count,
+        },
+        post,
+    }
 }

@@ -63,6 +63,8 @@ pub enum Post {
     OkToOne,
     /// `HMSET`: a count becomes `OK`.
     IntToOk,
+    /// `SMEMBERS`, `SPOP` with a count: an array becomes a set (which RESP3 marks as one).
+    ArrayToSet,
 }
 
 impl Post {
@@ -72,7 +74,16 @@ impl Post {
             (Post::OkToOne, Reply::Ok) => Reply::Int(1),
             (Post::OkToOne, Reply::Nil) => Reply::Int(0),
             (Post::IntToOk, Reply::Int(_)) => Reply::Ok,
+            (Post::ArrayToSet, Reply::Array(items)) => Reply::Set(items),
             (_, r) => r,
+        }
+    }
+
+    /// How the reply to the read `op` is reshaped for its command.
+    pub fn of_read(op: &ReadOp) -> Post {
+        match op {
+            ReadOp::SMembers(_) => Post::ArrayToSet,
+            _ => Post::None,
         }
     }
 }

@@ -571,7 +571,10 @@ fn run_on(store: &mut crate::store::Store, lines: &[&str]) -> Vec<Reply> {
         .iter()
         .map(|line| match parse(&args(line), now) {
             Action::Reply(r) => r,
-            Action::Read(op) => store.query(crate::store::Query { now, op }),
+            Action::Read(op) => {
+                let post = Post::of_read(&op);
+                post.apply(store.query(crate::store::Query { now, op }))
+            }
             Action::Write { op, post } => {
                 post.apply(store.apply(crate::store::Command { now, op }))
             }
@@ -672,4 +675,66 @@ fn arguments_redis_checks_after_the_key_are_checked_after_the_key() {
         [Reply::error("ERR value is not a valid float")]
     );
     assert_eq!(run_on(&mut store, &["BITCOUNT k x y"]), [Reply::Int(0)]);
+}
+
+#[test]
+fn set_replies_are_sets_in_resp3_and_arrays_in_resp2() {
+    use crate::resp::Proto;
+    let mut store = crate::store::Store::default();
+    let lines = [
+        "SMEMBERS s",
+        "SPOP s 2",
+        "SADD s a",
+        "SMEMBERS s",
+        "SPOP s 1",
+        "SPOP s",
+        "SPOP s 0",
+        "SET k v",
+        "SPOP k 2",
+    ];
+    let replies = run_on(&mut store, &lines);
+    let encoded = |proto| -> Vec<String> {
+        replies
+            .iter()
+            .map(|r| {
+                let mut out = bytes::BytesMut::new();
+                crate::resp::encode(r, &mut out, proto);
+                String::from_utf8_lossy(&out).into_owned()
+            })
+            .collect()
+    };
+    let wrong_type = "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
+    assert_eq!(
+        encoded(Proto::Resp3),
+        [
+            "~0\r\n",
+            "~0\r\n",
+            ":1\r\n",
+            "~1\r\n$1\r\na\r\n",
+            "~1\r\n$1\r\na\r\n",
+            "_\r\n",
+            "~0\r\n",
+            "+OK\r\n",
+            wrong_type,
+        ]
+    );
+    assert_eq!(
+        encoded(Proto::Resp2),
+        [
+            "*0\r\n",
+            "*0\r\n",
+            ":1\r\n",
+            "*1\r\n$1\r\na\r\n",
+            "*1\r\n$1\r\na\r\n",
+            "$-1\r\n",
+            "*0\r\n",
+            "+OK\r\n",
+            wrong_type,
+        ]
+    );
+    // A queued SMEMBERS takes the same post, which EXEC applies to its reply.
+    assert_eq!(
+        Post::of_read(&ReadOp::SMembers("s".into())),
+        Post::ArrayToSet
+    );
 }
