@@ -65,6 +65,8 @@ pub enum Post {
     IntToOk,
     /// `SMEMBERS`, `SPOP` with a count: an array becomes a set (which RESP3 marks as one).
     ArrayToSet,
+    /// `LCS`: a key of another type than a string is refused in LCS's own words, as in Redis.
+    LcsWrongType,
 }
 
 impl Post {
@@ -75,6 +77,9 @@ impl Post {
             (Post::OkToOne, Reply::Nil) => Reply::Int(0),
             (Post::IntToOk, Reply::Int(_)) => Reply::Ok,
             (Post::ArrayToSet, Reply::Array(items)) => Reply::Set(items),
+            (Post::LcsWrongType, Reply::Fault(crate::store::Error::WrongType)) => {
+                Reply::error("ERR The specified keys must contain string values")
+            }
             (_, r) => r,
         }
     }
@@ -83,6 +88,7 @@ impl Post {
     pub fn of_read(op: &ReadOp) -> Post {
         match op {
             ReadOp::SMembers(_) => Post::ArrayToSet,
+            ReadOp::Lcs { .. } => Post::LcsWrongType,
             _ => Post::None,
         }
     }

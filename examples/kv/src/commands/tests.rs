@@ -738,3 +738,21 @@ fn set_replies_are_sets_in_resp3_and_arrays_in_resp2() {
         Post::ArrayToSet
     );
 }
+
+#[test]
+fn lcs_refuses_keys_of_other_types_in_its_own_words() {
+    let not_strings = Reply::error("ERR The specified keys must contain string values");
+    for (make, cmd) in [
+        ("HSET h f v", "LCS h h"),
+        ("HSET h f v", "LCS missing h"),
+        ("RPUSH l x", "LCS l missing LEN"),
+        ("SADD s x", "LCS s s IDX"),
+    ] {
+        assert_eq!(last_reply(&[make, cmd]), not_strings, "{cmd} after {make}");
+    }
+    assert_eq!(
+        last_reply(&["SET a ab", "SET b b", "LCS a b"]),
+        Reply::text("b")
+    );
+    assert_eq!(last_reply(&["LCS a b LEN"]), Reply::Int(0));
+}
