@@ -16,61 +16,91 @@ use crate::limits::ConnLimits;
 use crate::store::Reply;
 use crate::store::glob_match;
 
-/// What values a parameter takes.
+/// What values a parameter takes, checked as Redis 7 checks them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// `yes` or `no`.
+    /// `yes` or `no`, in any case; reported in lower case.
     Bool,
-    /// An integer (memory sizes may carry a unit: `100mb`).
-    Int,
+    /// An integer in this range, written as Redis reads one (no `+`, no leading zero).
+    Int(i64, i64),
+    /// A number of bytes up to this many, with an optional unit (`100mb`, `1k`); reported in
+    /// bytes.
+    Memory(u64),
+    /// One of these words, in any case; reported in lower case.
+    OneOf(&'static [&'static str]),
     /// Any text.
     Text,
     /// Set at start by a flag; `CONFIG SET` refuses it.
     Fixed,
 }
 
+const COUNT: Kind = Kind::Int(0, i64::MAX);
+const INT: Kind = Kind::Int(i32::MIN as i64, i32::MAX as i64);
+const BYTES: Kind = Kind::Memory(i64::MAX as u64);
+
 /// Every parameter: name, default, kind.
 const PARAMS: &[(&str, &str, Kind)] = &[
     ("active-expire-enabled", "yes", Kind::Bool),
     ("appenddirname", "", Kind::Fixed),
     ("appendfilename", "", Kind::Fixed),
-    ("appendfsync", "always", Kind::Text),
+    (
+        "appendfsync",
+        "always",
+        Kind::OneOf(&["everysec", "always", "no"]),
+    ),
     ("appendonly", "yes", Kind::Bool),
-    ("busy-reply-threshold", "5000", Kind::Int),
+    ("busy-reply-threshold", "5000", COUNT),
     ("client-output-buffer-limit", "normal 0 0 0", Kind::Text),
     ("client-query-buffer-limit", "", Kind::Fixed),
     ("databases", "1", Kind::Fixed),
     ("dir", "", Kind::Fixed),
-    ("hash-max-listpack-entries", "128", Kind::Int),
-    ("hash-max-listpack-value", "64", Kind::Int),
-    ("hash-max-ziplist-entries", "128", Kind::Int),
-    ("hash-max-ziplist-value", "64", Kind::Int),
+    ("hash-max-listpack-entries", "128", COUNT),
+    ("hash-max-listpack-value", "64", BYTES),
+    ("hash-max-ziplist-entries", "128", COUNT),
+    ("hash-max-ziplist-value", "64", BYTES),
     ("latency-tracking", "no", Kind::Bool),
     ("lazyfree-lazy-expire", "no", Kind::Bool),
     ("lazyfree-lazy-server-del", "no", Kind::Bool),
     ("lazyfree-lazy-user-del", "no", Kind::Bool),
     ("lazyfree-lazy-user-flush", "no", Kind::Bool),
-    ("list-max-listpack-size", "-2", Kind::Int),
-    ("list-max-ziplist-size", "-2", Kind::Int),
-    ("lua-time-limit", "5000", Kind::Int),
+    ("list-max-listpack-size", "-2", INT),
+    ("list-max-ziplist-size", "-2", INT),
+    ("lua-time-limit", "5000", COUNT),
     ("maxclients", "", Kind::Fixed),
-    ("maxmemory", "0", Kind::Int),
-    ("maxmemory-policy", "noeviction", Kind::Text),
-    ("min-replicas-to-write", "0", Kind::Int),
+    ("maxmemory", "0", Kind::Memory(u64::MAX)),
+    (
+        "maxmemory-policy",
+        "noeviction",
+        Kind::OneOf(&[
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+            "noeviction",
+        ]),
+    ),
+    ("min-replicas-to-write", "0", Kind::Int(0, i32::MAX as i64)),
     ("notify-keyspace-events", "", Kind::Text),
     ("proto-max-bulk-len", "", Kind::Fixed),
-    ("repl-ping-replica-period", "10", Kind::Int),
+    (
+        "repl-ping-replica-period",
+        "10",
+        Kind::Int(1, i32::MAX as i64),
+    ),
     ("replica-read-only", "yes", Kind::Bool),
     ("replica-serve-stale-data", "yes", Kind::Bool),
     ("save", "", Kind::Text),
-    ("set-max-intset-entries", "512", Kind::Int),
-    ("set-max-listpack-entries", "128", Kind::Int),
-    ("slowlog-log-slower-than", "10000", Kind::Int),
-    ("slowlog-max-len", "128", Kind::Int),
+    ("set-max-intset-entries", "512", COUNT),
+    ("set-max-listpack-entries", "128", COUNT),
+    ("slowlog-log-slower-than", "10000", Kind::Int(-1, i64::MAX)),
+    ("slowlog-max-len", "128", COUNT),
     ("timeout", "", Kind::Fixed),
-    ("zset-max-listpack-entries", "128", Kind::Int),
-    ("zset-max-ziplist-entries", "128", Kind::Int),
-    ("zset-max-ziplist-value", "64", Kind::Int),
+    ("zset-max-listpack-entries", "128", COUNT),
+    ("zset-max-ziplist-entries", "128", COUNT),
+    ("zset-max-ziplist-value", "64", BYTES),
 ];
 
 /// One node's parameters.
@@ -82,14 +112,63 @@ fn kind_of(name: &str) -> Option<(&'static str, Kind)> {
     PARAMS.iter().find(|p| p.0 == name).map(|p| (p.0, p.2))
 }
 
-/// Whether `v` reads as an integer, with an optional memory unit.
-fn is_int(v: &str) -> bool {
-    let lower = v.to_ascii_lowercase();
-    let digits = ["kb", "mb", "gb", "k", "m", "g", "b"]
-        .iter()
-        .find_map(|u| lower.strip_suffix(u))
-        .unwrap_or(&lower);
-    digits.parse::<i64>().is_ok()
+/// A number of bytes as Redis reads one (`memtoull`): decimal digits (none reads as 0), then
+/// an optional unit, in any case: `b`, `k` (1000), `kb` (1024), `m`, `mb`, `g`, `gb`. Digits past
+/// the 64-bit range read as the largest value; `None` if the product passes it.
+fn parse_memory(v: &str) -> Option<u64> {
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let unit = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    let n = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<u64>().unwrap_or(u64::MAX)
+    };
+    n.checked_mul(unit)
+}
+
+/// `value` checked for a parameter of `kind`: the text `CONFIG GET` reports, or why it is
+/// refused (in Redis's words).
+fn check(kind: Kind, value: &str) -> Result<String, String> {
+    match kind {
+        Kind::Fixed => Err("can't set immutable config (set it with a flag at start)".into()),
+        Kind::Text => Ok(value.to_string()),
+        Kind::Bool => match value.to_ascii_lowercase().as_str() {
+            v @ ("yes" | "no") => Ok(v.to_string()),
+            _ => Err("argument must be 'yes' or 'no'".into()),
+        },
+        Kind::OneOf(words) => {
+            let lower = value.to_ascii_lowercase();
+            match words.iter().find(|w| **w == lower) {
+                Some(w) => Ok(w.to_string()),
+                None => Err(format!(
+                    "argument(s) must be one of the following: {}",
+                    words.join(", ")
+                )),
+            }
+        }
+        Kind::Int(min, max) => match crate::store::parse_int(value.as_bytes()) {
+            None => Err("argument couldn't be parsed into an integer".into()),
+            Some(n) if n < min || n > max => Err(format!(
+                "argument must be between {min} and {max} inclusive"
+            )),
+            Some(n) => Ok(n.to_string()),
+        },
+        Kind::Memory(max) => match parse_memory(value) {
+            None => Err("argument must be a memory value".into()),
+            Some(n) if n > max => Err(format!("argument must be between 0 and {max} inclusive")),
+            Some(n) => Ok(n.to_string()),
+        },
+    }
 }
 
 impl NodeConfig {
@@ -147,24 +226,14 @@ impl NodeConfig {
                     "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
                 ));
             };
-            let refused = |why: &str| {
-                Reply::error(format!(
-                    "ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"
-                ))
-            };
-            match kind {
-                Kind::Fixed => {
-                    return refused("can't set immutable config (set it with a flag at start)");
+            match check(kind, &value) {
+                Ok(value) => checked.push((name, value)),
+                Err(why) => {
+                    return Reply::error(format!(
+                        "ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"
+                    ));
                 }
-                Kind::Bool if !matches!(value.to_ascii_lowercase().as_str(), "yes" | "no") => {
-                    return refused("argument must be 'yes' or 'no'");
-                }
-                Kind::Int if !is_int(&value) => {
-                    return refused("argument couldn't be parsed into an integer");
-                }
-                _ => {}
             }
-            checked.push((name, value));
         }
         let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
         for (name, value) in checked {
@@ -211,5 +280,96 @@ mod tests {
         );
         assert!(c.set(&[(b("appendonly"), b("maybe"))]).is_error());
         assert!(c.set(&[(b("maxclients"), b("5"))]).is_error());
+    }
+
+    #[test]
+    fn values_are_checked_and_reported_as_redis_checks_and_reports_them() {
+        let c = NodeConfig::new(&ConnLimits::default());
+        let set_get = |name: &str, value: &str| -> Result<String, String> {
+            match c.set(&[(b(name), b(value))]) {
+                Reply::Ok => match c.get(&[b(name)]) {
+                    Reply::Map(pairs) => match &pairs[..] {
+                        [(_, Reply::Bulk(v))] => Ok(String::from_utf8_lossy(v).into_owned()),
+                        other => panic!("{other:?}"),
+                    },
+                    other => panic!("{other:?}"),
+                },
+                Reply::Error(e) => {
+                    let prefix =
+                        format!("ERR CONFIG SET failed (possibly related to argument '{name}') - ");
+                    Err(e.strip_prefix(&prefix).unwrap_or(&e).to_string())
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        let ok = |v: &str| Ok(v.to_string());
+        let err = |e: &str| Err(e.to_string());
+        let policies = "argument(s) must be one of the following: volatile-lru, volatile-lfu, \
+                        volatile-random, volatile-ttl, allkeys-lru, allkeys-lfu, allkeys-random, \
+                        noeviction";
+        let not_int = "argument couldn't be parsed into an integer";
+        let not_memory = "argument must be a memory value";
+        let cases = [
+            ("maxmemory-policy", "nonsense", err(policies)),
+            ("maxmemory-policy", "ALLKEYS-LRU", ok("allkeys-lru")),
+            (
+                "appendfsync",
+                "sometimes",
+                err("argument(s) must be one of the following: everysec, always, no"),
+            ),
+            ("appendfsync", "EVERYSEC", ok("everysec")),
+            ("appendonly", "YES", ok("yes")),
+            ("appendonly", "maybe", err("argument must be 'yes' or 'no'")),
+            ("maxmemory", "100mb", ok("104857600")),
+            ("maxmemory", "1k", ok("1000")),
+            ("maxmemory", "1KB", ok("1024")),
+            ("maxmemory", "2G", ok("2000000000")),
+            ("maxmemory", "007", ok("7")),
+            ("maxmemory", "", ok("0")),
+            (
+                "maxmemory",
+                "99999999999999999999",
+                ok("18446744073709551615"),
+            ),
+            ("maxmemory", "-1", err(not_memory)),
+            ("maxmemory", "1.5mb", err(not_memory)),
+            ("maxmemory", "1tb", err(not_memory)),
+            ("maxmemory", " 5", err(not_memory)),
+            ("maxmemory", "99999999999gb", err(not_memory)),
+            ("hash-max-listpack-value", "1k", ok("1000")),
+            (
+                "hash-max-listpack-value",
+                "18446744073709551615",
+                err("argument must be between 0 and 9223372036854775807 inclusive"),
+            ),
+            ("hash-max-listpack-entries", "1k", err(not_int)),
+            ("hash-max-listpack-entries", "+5", err(not_int)),
+            ("hash-max-listpack-entries", "007", err(not_int)),
+            (
+                "hash-max-listpack-entries",
+                "-1",
+                err("argument must be between 0 and 9223372036854775807 inclusive"),
+            ),
+            ("list-max-listpack-size", "-6", ok("-6")),
+            (
+                "list-max-listpack-size",
+                "-9223372036854775808",
+                err("argument must be between -2147483648 and 2147483647 inclusive"),
+            ),
+            (
+                "repl-ping-replica-period",
+                "0",
+                err("argument must be between 1 and 2147483647 inclusive"),
+            ),
+            (
+                "slowlog-log-slower-than",
+                "-5",
+                err("argument must be between -1 and 9223372036854775807 inclusive"),
+            ),
+            ("slowlog-log-slower-than", "-1", ok("-1")),
+        ];
+        for (name, value, want) in cases {
+            assert_eq!(set_get(name, value), want, "CONFIG SET {name} {value:?}");
+        }
     }
 }

@@ -329,6 +329,16 @@ pub fn encode(reply: &Reply, out: &mut BytesMut, proto: Proto) {
                 encode(item, out, proto);
             }
         }
+        Reply::Set(items) => {
+            let mark = match proto {
+                Proto::Resp3 => b'~',
+                Proto::Resp2 => b'*',
+            };
+            line(out, mark, items.len());
+            for item in items {
+                encode(item, out, proto);
+            }
+        }
         Reply::Map(pairs) => {
             let (mark, n) = match proto {
                 Proto::Resp3 => (b'%', pairs.len()),
@@ -383,9 +393,11 @@ pub fn encoded_len(reply: &Reply, proto: Proto) -> usize {
         Reply::Nil | Reply::NilArray => 5,
         Reply::Int(n) => line_len(*n),
         Reply::Bulk(b) => line_len(b.len()).saturating_add(b.len() + 2),
-        Reply::Array(items) => items.iter().fold(line_len(items.len()), |sum, item| {
-            sum.saturating_add(encoded_len(item, proto))
-        }),
+        Reply::Array(items) | Reply::Set(items) => {
+            items.iter().fold(line_len(items.len()), |sum, item| {
+                sum.saturating_add(encoded_len(item, proto))
+            })
+        }
         Reply::Map(pairs) => {
             let n = match proto {
                 Proto::Resp3 => pairs.len(),
@@ -476,6 +488,8 @@ mod tests {
             ]),
             Reply::Map(vec![(bulk("k"), bulk("v")), (bulk("n"), Reply::Int(12))]),
             Reply::Pairs(vec![(bulk("f"), bulk("value")), (bulk("g"), Reply::Nil)]),
+            Reply::Set(vec![]),
+            Reply::Set(vec![bulk("a"), bulk("bc")]),
             Reply::Array((0..1000).map(|i| bulk(&"x".repeat(i))).collect()),
         ];
         for proto in [Proto::Resp2, Proto::Resp3] {

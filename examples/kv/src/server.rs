@@ -279,6 +279,38 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     result
 }
 
+/// When a connection stops waiting for its client to send more, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadDeadline {
+    /// The client has sent nothing for `timeout`.
+    Idle(tokio::time::Instant),
+    /// The client has not authenticated within `--auth-timeout` of connecting.
+    Auth(tokio::time::Instant),
+}
+
+impl ReadDeadline {
+    /// The deadline that comes first of an idle deadline and an authentication deadline (each
+    /// if any); on a tie, the authentication deadline.
+    fn first(
+        idle_by: Option<tokio::time::Instant>,
+        auth_by: Option<tokio::time::Instant>,
+    ) -> Option<ReadDeadline> {
+        match (idle_by, auth_by) {
+            (Some(idle_by), Some(auth_by)) if idle_by < auth_by => {
+                Some(ReadDeadline::Idle(idle_by))
+            }
+            (_, Some(auth_by)) => Some(ReadDeadline::Auth(auth_by)),
+            (idle_by, None) => idle_by.map(ReadDeadline::Idle),
+        }
+    }
+
+    fn at(self) -> tokio::time::Instant {
+        match self {
+            ReadDeadline::Idle(at) | ReadDeadline::Auth(at) => at,
+        }
+    }
+}
+
 async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut socket: S,
     peer: SocketAddr,
@@ -331,22 +363,18 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         let read = socket.read_buf(&mut input);
         let idle_by = limits.idle.map(|idle| tokio::time::Instant::now() + idle);
         let unauthenticated = !conn.auth.authenticated();
-        let by = match (idle_by, unauthenticated) {
-            (Some(idle_by), true) => Some(idle_by.min(auth_by)),
-            (None, true) => Some(auth_by),
-            (idle_by, false) => idle_by,
-        };
-        let n = match by {
+        let n = match ReadDeadline::first(idle_by, unauthenticated.then_some(auth_by)) {
             None => read.await?,
-            Some(by) => match tokio::time::timeout_at(by, read).await {
+            Some(deadline) => match tokio::time::timeout_at(deadline.at(), read).await {
                 Ok(n) => n?,
-                Err(_) if unauthenticated && by == auth_by => {
-                    metrics::counter!("kv_auth_timeouts_total").increment(1);
-                    tracing::debug!(%peer, id, "client closed: it did not authenticate in time");
-                    return Ok(());
-                }
                 Err(_) => {
-                    tracing::debug!(%peer, id, "idle client closed");
+                    match deadline {
+                        ReadDeadline::Auth(_) => {
+                            metrics::counter!("kv_auth_timeouts_total").increment(1);
+                            tracing::debug!(%peer, id, "client closed: it did not authenticate in time");
+                        }
+                        ReadDeadline::Idle(_) => tracing::debug!(%peer, id, "idle client closed"),
+                    }
                     return Ok(());
                 }
             },
@@ -470,7 +498,10 @@ async fn execute(
             Action::Info(section) => info(ctx, section.as_deref()).await,
             Action::Write { op, post } => post.apply(replicate(conn, ctx, op, now).await),
             Action::Read(ReadOp::Keys(pattern)) => keys(ctx, pattern).await,
-            Action::Read(op) => read(ctx, op).await,
+            Action::Read(op) => {
+                let post = commands::Post::of_read(&op);
+                post.apply(read(ctx, op).await)
+            }
             Action::Multi if conn.tx.is_some() => Reply::error("ERR MULTI calls can not be nested"),
             Action::Multi => {
                 conn.tx = Some(Transaction::default());
@@ -497,21 +528,36 @@ async fn execute(
             Action::Client(op) => op.apply(&mut conn.name, conn.id),
         },
     };
-    // A reply that would pass the output limit is not built: its parts may repeat one large
-    // value many times (`MGET k k …`, `HRANDFIELD h -N WITHVALUES`). The client is closed, as
-    // `flush` closes one whose unsent replies pass the limit.
-    let room = ctx.limits.output_bytes.saturating_sub(out.len());
-    if resp::encoded_len(&reply, conn.proto) > room {
-        metrics::counter!("kv_output_limit_disconnects_total").increment(1);
-        tracing::debug!(
-            id = conn.id,
-            limit = ctx.limits.output_bytes,
-            "a reply would pass the client output buffer limit; closing the connection"
-        );
-        return true;
+    // A reply that would pass the output limit is not sent, and the client is closed, as
+    // `flush` closes one whose unsent replies pass the limit. An aggregate is measured before
+    // it is built: its parts may repeat one large value many times (`MGET k k …`,
+    // `HRANDFIELD h -N WITHVALUES`). Any other reply is one value the node already holds, so
+    // it is encoded and then measured, without a walk of its own.
+    let limit = ctx.limits.output_bytes;
+    if reply.is_aggregate()
+        && resp::encoded_len(&reply, conn.proto) > limit.saturating_sub(out.len())
+    {
+        return past_output_limit(conn.id, limit);
     }
+    let before = out.len();
     resp::encode(&reply, out, conn.proto);
+    if out.len() > limit {
+        out.truncate(before);
+        return past_output_limit(conn.id, limit);
+    }
     false
+}
+
+/// Counts and logs a connection closed because its next reply would pass the output limit;
+/// `true`, for [`execute`] to answer.
+fn past_output_limit(id: u64, limit: usize) -> bool {
+    metrics::counter!("kv_output_limit_disconnects_total").increment(1);
+    tracing::debug!(
+        id,
+        limit,
+        "a reply would pass the client output buffer limit; closing the connection"
+    );
+    true
 }
 
 /// Runs the commands gathered in `batch` (if any) and appends their replies in order.
@@ -572,7 +618,10 @@ fn queue(tx: &mut Transaction, action: Action, args: &[Bytes], ctx: &Ctx) -> Rep
         }
         Action::Reply(r) => (Queued::Reply(r), commands::Post::None),
         Action::Write { op, post } => (Queued::Write(op), post),
-        Action::Read(op) => (Queued::Read(op), commands::Post::None),
+        Action::Read(op) => {
+            let post = commands::Post::of_read(&op);
+            (Queued::Read(op), post)
+        }
         Action::Unwatch => (Queued::Reply(Reply::Ok), commands::Post::None),
         local @ (Action::ConfigGet(_) | Action::ConfigSet(_) | Action::Client(_)) => {
             tx.local.push((tx.ops.len(), local));
@@ -819,4 +868,43 @@ async fn info(ctx: &Ctx, section: Option<&str>) -> Reply {
         ));
     }
     Reply::Bulk(Bytes::from(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::ReadDeadline;
+
+    #[test]
+    fn the_read_deadline_is_the_first_one_and_names_its_cause() {
+        let now = Instant::now();
+        let soon = now + Duration::from_secs(1);
+        let later = now + Duration::from_secs(2);
+        assert_eq!(ReadDeadline::first(None, None), None);
+        assert_eq!(
+            ReadDeadline::first(Some(soon), None),
+            Some(ReadDeadline::Idle(soon))
+        );
+        assert_eq!(
+            ReadDeadline::first(None, Some(soon)),
+            Some(ReadDeadline::Auth(soon))
+        );
+        // An idle timeout sooner than the authentication deadline ends the wait as idle.
+        assert_eq!(
+            ReadDeadline::first(Some(soon), Some(later)),
+            Some(ReadDeadline::Idle(soon))
+        );
+        assert_eq!(
+            ReadDeadline::first(Some(later), Some(soon)),
+            Some(ReadDeadline::Auth(soon))
+        );
+        assert_eq!(
+            ReadDeadline::first(Some(soon), Some(soon)),
+            Some(ReadDeadline::Auth(soon))
+        );
+        assert_eq!(ReadDeadline::Idle(later).at(), later);
+    }
 }

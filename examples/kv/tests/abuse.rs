@@ -588,6 +588,25 @@ fn a_client_that_has_not_authenticated_holds_kilobytes_and_is_closed_in_time() {
 }
 
 #[test]
+fn a_single_value_past_the_output_limit_closes_the_connection_after_the_replies_before_it() {
+    let limit = 4096;
+    let node = Node::start(&["--client-output-buffer-limit", &limit.to_string()]);
+    let mut c = node.connect();
+    assert_eq!(c.call(&[b"SET", b"big", &vec![b'v'; 2 * limit]]), "+OK");
+    assert_eq!(c.call(&[b"SET", b"small", b"s"]), "+OK");
+    let mut pipeline = encode(&[b"PING"]);
+    pipeline.extend(encode(&[b"GET", b"big"]));
+    pipeline.extend(encode(&[b"PING"]));
+    c.stream.write_all(&pipeline).expect("send");
+    assert_eq!(c.reply(), "+PONG", "the reply before the large one is sent");
+    assert_eq!(c.reply(), "", "then the connection is closed");
+    assert!(c.closed_by_server());
+    // A value within the limit is answered, and the node serves on.
+    let mut c = node.connect();
+    assert_eq!(c.call(&[b"GET", b"small"]), "s");
+}
+
+#[test]
 fn a_reply_past_the_output_limit_is_not_built() {
     let limit = 16 * MIB;
     let node = Node::start(&["--client-output-buffer-limit", &limit.to_string()]);

@@ -4,12 +4,15 @@ use super::Action;
 use super::Args;
 use super::NOT_INT;
 use super::Post;
+use super::after_key;
 use super::error;
 use super::parse_i64;
 use super::syntax;
 use super::upper;
 use super::write;
+use crate::store::Kind;
 use crate::store::ReadOp;
+use crate::store::Reply;
 use crate::store::WriteOp;
 use crate::store::parse_float;
 
@@ -133,7 +136,11 @@ pub(super) fn hrandfield(a: &Args) -> Action {
             };
             match parse_i64(c) {
                 // A bound on repeats: the reply is built whole before it is sent.
-                Some(c) if c < -MAX_RANDOM_FIELDS => return error("ERR value is out of range"),
+                // (Checked after the key, so a missing key answers empty, as in Redis.)
+                Some(c) if c < -MAX_RANDOM_FIELDS => {
+                    let out_of_range = error("ERR value is out of range");
+                    return after_key(a, Kind::Hash, Reply::Array(Vec::new()), out_of_range);
+                }
                 Some(c) => (Some(c), with_values),
                 None => return error(NOT_INT),
             }
@@ -160,6 +167,10 @@ pub(super) fn hscan(a: &Args) -> Action {
             count: o.count,
             novalues: o.novalues,
         }),
-        Err(e) => e,
+        // As in Redis, the options are read after the key is looked up.
+        Err(e) => {
+            let empty = Reply::Array(vec![Reply::text("0"), Reply::Array(Vec::new())]);
+            after_key(a, Kind::Hash, empty, e)
+        }
     }
 }

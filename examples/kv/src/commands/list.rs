@@ -3,10 +3,14 @@
 use super::Action;
 use super::Args;
 use super::NOT_INT;
+use super::Post;
+use super::after_key;
 use super::error;
 use super::parse_i64;
 use super::write;
+use crate::store::Kind;
 use crate::store::ReadOp;
+use crate::store::Reply;
 use crate::store::WriteOp;
 
 /// The optional count of `LPOP`, `RPOP` and `SPOP`: `key [count]`.
@@ -65,7 +69,7 @@ pub(super) fn lindex(a: &Args) -> Action {
             key: a.key(),
             index,
         }),
-        None => error(NOT_INT),
+        None => after_key(a, Kind::List, Reply::Nil, error(NOT_INT)),
     }
 }
 
@@ -104,8 +108,15 @@ pub(super) fn spop(a: &Args) -> Action {
         Ok(c) => c,
         Err(e) => return e,
     };
-    write(WriteOp::SPop {
-        key: a.key(),
-        count,
-    })
+    let post = match count {
+        Some(_) => Post::ArrayToSet,
+        None => Post::None,
+    };
+    Action::Write {
+        op: WriteOp::SPop {
+            key: a.key(),
+            count,
+        },
+        post,
+    }
 }

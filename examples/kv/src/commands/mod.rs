@@ -16,6 +16,7 @@ use bytes::Bytes;
 pub use keys::SCAN_STEP;
 pub use server::ClientOp;
 
+use crate::store::Kind;
 use crate::store::ReadOp;
 use crate::store::Reply;
 use crate::store::WriteOp;
@@ -62,6 +63,10 @@ pub enum Post {
     OkToOne,
     /// `HMSET`: a count becomes `OK`.
     IntToOk,
+    /// `SMEMBERS`, `SPOP` with a count: an array becomes a set (which RESP3 marks as one).
+    ArrayToSet,
+    /// `LCS`: a key of another type than a string is refused in LCS's own words, as in Redis.
+    LcsWrongType,
 }
 
 impl Post {
@@ -71,7 +76,20 @@ impl Post {
             (Post::OkToOne, Reply::Ok) => Reply::Int(1),
             (Post::OkToOne, Reply::Nil) => Reply::Int(0),
             (Post::IntToOk, Reply::Int(_)) => Reply::Ok,
+            (Post::ArrayToSet, Reply::Array(items)) => Reply::Set(items),
+            (Post::LcsWrongType, Reply::Fault(crate::store::Error::WrongType)) => {
+                Reply::error("ERR The specified keys must contain string values")
+            }
             (_, r) => r,
+        }
+    }
+
+    /// How the reply to the read `op` is reshaped for its command.
+    pub fn of_read(op: &ReadOp) -> Post {
+        match op {
+            ReadOp::SMembers(_) => Post::ArrayToSet,
+            ReadOp::Lcs { .. } => Post::LcsWrongType,
+            _ => Post::None,
         }
     }
 }
@@ -125,6 +143,21 @@ impl Args<'_> {
 
 pub(crate) fn error(msg: impl Into<String>) -> Action {
     Action::Reply(Reply::Error(msg.into()))
+}
+
+/// `bad`, the reply to a wrong argument of a command that Redis checks only after looking up
+/// the key: so a missing key answers `missing`, and a key of another type than `kind`
+/// `WRONGTYPE`, as in Redis.
+pub(crate) fn after_key(a: &Args, kind: Kind, missing: Reply, bad: Action) -> Action {
+    match bad {
+        Action::Reply(error) => Action::Read(ReadOp::ArgumentError {
+            key: a.key(),
+            kind,
+            missing,
+            error,
+        }),
+        other => other,
+    }
 }
 
 pub(crate) fn arity_error(name: &str) -> Action {

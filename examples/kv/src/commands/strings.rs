@@ -7,6 +7,7 @@ use super::Args;
 use super::MAX_EXPIRE_AT;
 use super::NOT_INT;
 use super::Post;
+use super::after_key;
 use super::error;
 use super::one_of;
 use super::parse_i64;
@@ -15,8 +16,10 @@ use super::upper;
 use super::write;
 use crate::store::Condition;
 use crate::store::Expiry;
+use crate::store::Kind;
 use crate::store::LcsMode;
 use crate::store::ReadOp;
+use crate::store::Reply;
 use crate::store::WriteOp;
 use crate::store::parse_float;
 
@@ -178,7 +181,8 @@ fn parse_set(name: &str, key: &Bytes, value: &Bytes, opts: &[Bytes], now: u64) -
     })
 }
 
-/// `GETEX key [EX|PX|EXAT|PXAT time | PERSIST]`, its options read as `SET`'s are.
+/// `GETEX key [EX|PX|EXAT|PXAT time | PERSIST]`, its options read as `SET`'s are. As in
+/// Redis, the time is checked after the key is looked up.
 pub(super) fn getex(a: &Args) -> Action {
     let Some(o) = string_options(&a.rest[1..], false) else {
         return syntax();
@@ -186,7 +190,7 @@ pub(super) fn getex(a: &Args) -> Action {
     let expiry = match o.expiry {
         Some((unit, t)) => match deadline(a.name, unit, t, a.now) {
             Ok(e) => e,
-            Err(e) => return e,
+            Err(e) => return after_key(a, Kind::String, Reply::Nil, e),
         },
         None if o.persist => Expiry::Clear,
         None => Expiry::Keep,
@@ -223,7 +227,11 @@ pub(super) fn incrbyfloat(a: &Args) -> Action {
             key: a.key(),
             by: by.to_bits(),
         }),
-        None => error("ERR value is not a valid float"),
+        // As in Redis, a key of another type answers WRONGTYPE first.
+        None => {
+            let not_float = Reply::error("ERR value is not a valid float");
+            after_key(a, Kind::String, not_float.clone(), Action::Reply(not_float))
+        }
     }
 }
 
@@ -317,21 +325,24 @@ pub(super) fn getbit(a: &Args) -> Action {
     }
 }
 
+/// `BITCOUNT key [start end [BYTE|BIT]]`. As in Redis, the range is read after the key is
+/// looked up, its ends before the unit.
 pub(super) fn bitcount(a: &Args) -> Action {
+    let bad = |e| after_key(a, Kind::String, Reply::Int(0), e);
     let (range, bits) = match &a.rest[1..] {
         [] => (None, false),
         [s, e, unit @ ..] if unit.len() <= 1 => {
+            let (Some(s), Some(e)) = (parse_i64(s), parse_i64(e)) else {
+                return bad(error(NOT_INT));
+            };
             let bits = match unit.first().map(upper).as_deref() {
                 None | Some("BYTE") => false,
                 Some("BIT") => true,
-                Some(_) => return syntax(),
+                Some(_) => return bad(syntax()),
             };
-            match (parse_i64(s), parse_i64(e)) {
-                (Some(s), Some(e)) => (Some((s, e)), bits),
-                _ => return error(NOT_INT),
-            }
+            (Some((s, e)), bits)
         }
-        _ => return syntax(),
+        _ => return bad(syntax()),
     };
     Action::Read(ReadOp::BitCount {
         key: a.key(),

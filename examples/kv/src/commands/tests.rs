@@ -226,10 +226,7 @@ fn expire_options_follow_redis_7() {
 
 #[test]
 fn string_command_arguments_are_checked_before_replication() {
-    let err = |cmd: &str| match parse(&args(cmd), 0) {
-        Action::Reply(Reply::Error(e)) => e,
-        other => panic!("{cmd}: {other:?}"),
-    };
+    let err = |cmd: &str| refusal(&cmd.split_whitespace().collect::<Vec<_>>());
     assert_eq!(err("INCRBYFLOAT k abc"), "ERR value is not a valid float");
     assert_eq!(err("INCRBYFLOAT k nan"), "ERR value is not a valid float");
     assert_eq!(
@@ -266,11 +263,16 @@ fn string_command_arguments_are_checked_before_replication() {
     ));
 }
 
-/// The error a command's arguments get, or a panic if they are accepted.
+/// The error a command's arguments get (for a key of the command's type, when the command
+/// checks them after its key), or a panic if they are accepted.
 fn refusal(argv: &[&str]) -> String {
     let argv: Vec<Bytes> = argv.iter().map(|a| Bytes::from(a.to_string())).collect();
     match parse(&argv, 0) {
-        Action::Reply(Reply::Error(e)) => e,
+        Action::Reply(Reply::Error(e))
+        | Action::Read(ReadOp::ArgumentError {
+            error: Reply::Error(e),
+            ..
+        }) => e,
         other => panic!("{argv:?} accepted: {other:?}"),
     }
 }
@@ -557,4 +559,200 @@ fn memory_usage_checks_its_options_as_redis_does() {
         refusal(&["MEMORY", "USAGE"]),
         "ERR wrong number of arguments for 'memory|usage' command"
     );
+}
+
+/// Runs each command line against `store` at time 1000, as a node would: a write is applied
+/// and reshaped by its `post`, a read is answered; the replies in order.
+fn run_on(store: &mut crate::store::Store, lines: &[&str]) -> Vec<Reply> {
+    use raft_core::Queryable;
+    use raft_core::StateMachine;
+    let now = 1_000;
+    lines
+        .iter()
+        .map(|line| match parse(&args(line), now) {
+            Action::Reply(r) => r,
+            Action::Read(op) => {
+                let post = Post::of_read(&op);
+                post.apply(store.query(crate::store::Query { now, op }))
+            }
+            Action::Write { op, post } => {
+                post.apply(store.apply(crate::store::Command { now, op }))
+            }
+            other => panic!("{line}: {other:?}"),
+        })
+        .collect()
+}
+
+/// The reply to the last of `lines`, run on an empty store.
+fn last_reply(lines: &[&str]) -> Reply {
+    let mut store = crate::store::Store::default();
+    run_on(&mut store, lines).pop().unwrap_or(Reply::Nil)
+}
+
+#[test]
+fn arguments_redis_checks_after_the_key_are_checked_after_the_key() {
+    let wrong_type = Reply::Fault(crate::store::Error::WrongType);
+    let not_int = Reply::error(NOT_INT);
+    let syntax_error = Reply::error("ERR syntax error");
+    let not_float = Reply::error("ERR value is not a valid float");
+    let empty_scan = Reply::Array(vec![Reply::text("0"), Reply::Array(Vec::new())]);
+    // (command, reply for a missing key, reply for a key of the command's type)
+    let cases = [
+        ("LINDEX k abc", Reply::Nil, not_int.clone(), "RPUSH k x"),
+        (
+            "BITCOUNT k 1",
+            Reply::Int(0),
+            syntax_error.clone(),
+            "SET k x",
+        ),
+        ("BITCOUNT k x y", Reply::Int(0), not_int.clone(), "SET k x"),
+        (
+            "BITCOUNT k 1 2 FOO",
+            Reply::Int(0),
+            syntax_error.clone(),
+            "SET k x",
+        ),
+        // As in Redis, the ends are read before the unit.
+        (
+            "BITCOUNT k x y FOO",
+            Reply::Int(0),
+            not_int.clone(),
+            "SET k x",
+        ),
+        (
+            "BITCOUNT k 1 2 3 4",
+            Reply::Int(0),
+            syntax_error.clone(),
+            "SET k x",
+        ),
+        (
+            "HSCAN k 0 FOO",
+            empty_scan.clone(),
+            syntax_error.clone(),
+            "HSET k f v",
+        ),
+        (
+            "HSCAN k 0 COUNT x",
+            empty_scan,
+            not_int.clone(),
+            "HSET k f v",
+        ),
+        (
+            "GETEX k EX 0",
+            Reply::Nil,
+            Reply::error("ERR invalid expire time in 'getex' command"),
+            "SET k x",
+        ),
+        ("GETEX k PX x", Reply::Nil, not_int, "SET k x"),
+        ("INCRBYFLOAT k abc", not_float.clone(), not_float, "SET k 1"),
+        (
+            "HRANDFIELD k -2000000",
+            Reply::Array(Vec::new()),
+            Reply::error("ERR value is out of range"),
+            "HSET k f v",
+        ),
+    ];
+    for (cmd, missing, of_type, make) in cases {
+        assert_eq!(last_reply(&[cmd]), missing, "{cmd} on a missing key");
+        assert_eq!(last_reply(&[make, cmd]), of_type, "{cmd} after {make}");
+        let other = if make.starts_with("SET") {
+            "RPUSH k x"
+        } else {
+            "SET k x"
+        };
+        assert_eq!(last_reply(&[other, cmd]), wrong_type, "{cmd} after {other}");
+    }
+    // Mistakes Redis finds before the key still answer at once, whatever the key holds.
+    assert_eq!(parse(&args("GETEX k EX"), 0), syntax());
+    assert_eq!(parse(&args("HSCAN k x"), 0), error("ERR invalid cursor"));
+    assert_eq!(parse(&args("HRANDFIELD k x"), 0), error(NOT_INT));
+    assert_eq!(parse(&args("HRANDFIELD k 1 FOO"), 0), syntax());
+    // A key that expired is missing.
+    let mut store = crate::store::Store::default();
+    run_on(&mut store, &["SET k 1 PXAT 1000"]);
+    assert_eq!(
+        run_on(&mut store, &["INCRBYFLOAT k abc"]),
+        [Reply::error("ERR value is not a valid float")]
+    );
+    assert_eq!(run_on(&mut store, &["BITCOUNT k x y"]), [Reply::Int(0)]);
+}
+
+#[test]
+fn set_replies_are_sets_in_resp3_and_arrays_in_resp2() {
+    use crate::resp::Proto;
+    let mut store = crate::store::Store::default();
+    let lines = [
+        "SMEMBERS s",
+        "SPOP s 2",
+        "SADD s a",
+        "SMEMBERS s",
+        "SPOP s 1",
+        "SPOP s",
+        "SPOP s 0",
+        "SET k v",
+        "SPOP k 2",
+    ];
+    let replies = run_on(&mut store, &lines);
+    let encoded = |proto| -> Vec<String> {
+        replies
+            .iter()
+            .map(|r| {
+                let mut out = bytes::BytesMut::new();
+                crate::resp::encode(r, &mut out, proto);
+                String::from_utf8_lossy(&out).into_owned()
+            })
+            .collect()
+    };
+    let wrong_type = "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
+    assert_eq!(
+        encoded(Proto::Resp3),
+        [
+            "~0\r\n",
+            "~0\r\n",
+            ":1\r\n",
+            "~1\r\n$1\r\na\r\n",
+            "~1\r\n$1\r\na\r\n",
+            "_\r\n",
+            "~0\r\n",
+            "+OK\r\n",
+            wrong_type,
+        ]
+    );
+    assert_eq!(
+        encoded(Proto::Resp2),
+        [
+            "*0\r\n",
+            "*0\r\n",
+            ":1\r\n",
+            "*1\r\n$1\r\na\r\n",
+            "*1\r\n$1\r\na\r\n",
+            "$-1\r\n",
+            "*0\r\n",
+            "+OK\r\n",
+            wrong_type,
+        ]
+    );
+    // A queued SMEMBERS takes the same post, which EXEC applies to its reply.
+    assert_eq!(
+        Post::of_read(&ReadOp::SMembers("s".into())),
+        Post::ArrayToSet
+    );
+}
+
+#[test]
+fn lcs_refuses_keys_of_other_types_in_its_own_words() {
+    let not_strings = Reply::error("ERR The specified keys must contain string values");
+    for (make, cmd) in [
+        ("HSET h f v", "LCS h h"),
+        ("HSET h f v", "LCS missing h"),
+        ("RPUSH l x", "LCS l missing LEN"),
+        ("SADD s x", "LCS s s IDX"),
+    ] {
+        assert_eq!(last_reply(&[make, cmd]), not_strings, "{cmd} after {make}");
+    }
+    assert_eq!(
+        last_reply(&["SET a ab", "SET b b", "LCS a b"]),
+        Reply::text("b")
+    );
+    assert_eq!(last_reply(&["LCS a b LEN"]), Reply::Int(0));
 }

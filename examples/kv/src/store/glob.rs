@@ -2,28 +2,34 @@
 
 /// Redis glob patterns: `*`, `?`, `[abc]`, `[^a-z]`, `\x`.
 pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
-    fn class(p: &[u8], c: u8) -> Option<(bool, usize)> {
-        // p starts after '['; returns (matched, bytes consumed including ']').
-        let mut i = 0;
+    /// Whether the byte `c` is in the class `p` begins (just after its `[`), and the bytes of
+    /// the pattern the class takes (its `]` included), read as Redis reads a class: `^` first
+    /// negates it; `\x` is `x`; `a-z` is a range, its ends in either order and any bytes (in
+    /// `[a-]` the range runs from `a` to `]`, and the class goes on); a class without its
+    /// closing `]` runs to the end of the pattern.
+    fn class(p: &[u8], c: u8) -> (bool, usize) {
         let negate = p.first() == Some(&b'^');
-        if negate {
-            i += 1;
-        }
+        let mut i = usize::from(negate);
         let mut matched = false;
-        while i < p.len() && p[i] != b']' {
-            if p[i] == b'\\' && i + 1 < p.len() {
-                matched |= p[i + 1] == c;
-                i += 2;
-            } else if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
-                let (lo, hi) = (p[i].min(p[i + 2]), p[i].max(p[i + 2]));
-                matched |= (lo..=hi).contains(&c);
-                i += 3;
-            } else {
-                matched |= p[i] == c;
-                i += 1;
+        loop {
+            match p.get(i) {
+                None => return (matched != negate, i),
+                Some(b'\\') if i + 1 < p.len() => {
+                    matched |= p[i + 1] == c;
+                    i += 2;
+                }
+                Some(b']') => return (matched != negate, i + 1),
+                Some(&from) if i + 2 < p.len() && p[i + 1] == b'-' => {
+                    let to = p[i + 2];
+                    matched |= (from.min(to)..=from.max(to)).contains(&c);
+                    i += 3;
+                }
+                Some(&x) => {
+                    matched |= x == c;
+                    i += 1;
+                }
             }
         }
-        (i < p.len()).then_some((matched != negate, i + 1))
     }
     let (mut p, mut t) = (0, 0);
     let (mut star_p, mut star_t) = (None::<usize>, 0);
@@ -40,17 +46,11 @@ pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
                 true
             }
             Some(b'[') => match class(&pattern[p + 1..], s[t]) {
-                Some((true, used)) => {
+                (true, used) => {
                     p += 1 + used;
                     true
                 }
-                Some((false, _)) => false,
-                None => {
-                    // An unterminated class matches a literal '['.
-                    let ok = s[t] == b'[';
-                    p += 1;
-                    ok
-                }
+                (false, _) => false,
             },
             Some(b'\\') if p + 1 < pattern.len() => {
                 let ok = pattern[p + 1] == s[t];

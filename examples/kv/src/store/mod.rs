@@ -398,6 +398,15 @@ pub enum ReadOp {
     },
     /// `MEMORY USAGE`: about how many bytes the key takes, or nil.
     MemoryUsage(Bytes),
+    /// A command whose arguments Redis checks only after looking up its key, and that has an
+    /// argument wrong: a missing key answers `missing`, a key of another type than `kind`
+    /// `WRONGTYPE`, and only a key of that type the argument's `error`.
+    ArgumentError {
+        key: Bytes,
+        kind: Kind,
+        missing: Reply,
+        error: Reply,
+    },
 }
 
 /// A read as it is sent: the question and the reader's time (for expiry).
@@ -834,6 +843,16 @@ impl Store {
             ReadOp::MemoryUsage(key) => self.live(&key, now).map_or(Reply::Nil, |v| {
                 Reply::Int((key.len() + v.data.size() + 64) as i64)
             }),
+            ReadOp::ArgumentError {
+                key,
+                kind,
+                missing,
+                error,
+            } => match self.live(&key, now) {
+                None => missing,
+                Some(v) if v.data.kind() != kind => Reply::Fault(Error::WrongType),
+                Some(_) => error,
+            },
             ReadOp::HGet { .. }
             | ReadOp::HMGet { .. }
             | ReadOp::HGetAll(_)

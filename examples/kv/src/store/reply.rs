@@ -34,6 +34,10 @@ pub enum Reply {
     /// Pairs that RESP3 sends as two-element arrays and RESP2 as one flat array
     /// (`HRANDFIELD … WITHVALUES`).
     Pairs(Vec<(Reply, Reply)>),
+    /// A set of replies: a set in RESP3, an array in RESP2 (`SMEMBERS`). Made from the store's
+    /// array by the node that answers the client ([`crate::commands::Post`]); the store never
+    /// returns one, so no other node ever has to read one.
+    Set(Vec<Reply>),
 }
 
 /// What went wrong applying a command to the store. Each is deterministic: every replica
@@ -81,6 +85,22 @@ impl Reply {
     /// A bulk reply from a static string.
     pub fn text(s: &'static str) -> Reply {
         Reply::Bulk(Bytes::from_static(s.as_bytes()))
+    }
+
+    /// Whether this reply is made of other replies (an array, a map, pairs, a set), so its encoded
+    /// size is found only by walking them.
+    pub fn is_aggregate(&self) -> bool {
+        match self {
+            Reply::Array(_) | Reply::Map(_) | Reply::Pairs(_) | Reply::Set(_) => true,
+            Reply::Ok
+            | Reply::Status(_)
+            | Reply::Nil
+            | Reply::NilArray
+            | Reply::Int(_)
+            | Reply::Bulk(_)
+            | Reply::Error(_)
+            | Reply::Fault(_) => false,
+        }
     }
 
     /// Whether this reply is an error of either kind.

@@ -1086,3 +1086,52 @@ fn a_hash_is_stored_as_the_plain_map_earlier_versions_wrote() {
     let back: BTreeMap<Bytes, Bytes> = raft_core::read_serde(&mut written.as_slice()).unwrap();
     assert_eq!(back, earlier);
 }
+
+#[test]
+fn malformed_glob_classes_match_as_in_redis() {
+    let keys = [
+        "a", "b", "^", "-", "]", "[", "\\", "[a", "ab", "a]", "]a", "a[", "A", "_", "z",
+    ];
+    let everyone = ["-", "A", "[", "\\", "]", "^", "_", "a", "b", "z"];
+    // Each pattern with the keys Redis 7.0 answers KEYS with, in the order of `keys`.
+    let cases: &[(&str, &[&str])] = &[
+        // An unterminated class runs to the end of the pattern.
+        ("[a", &["a"]),
+        ("[", &[]),
+        ("a[", &[]),
+        ("*[", &[]),
+        ("?[", &[]),
+        ("[^", &everyone),
+        ("[^a", &["b", "^", "-", "]", "[", "\\", "A", "_", "z"]),
+        ("*[a", &["a", "[a", "]a"]),
+        ("[a-", &["a", "-"]),
+        ("a[b-", &["ab"]),
+        ("[\\", &["\\"]),
+        ("[a\\", &["a", "\\"]),
+        // A range may end at ']', which then does not close the class.
+        ("[a-]", &["a", "^", "]", "_"]),
+        // An escaped ']' does not close the class either.
+        ("[\\]", &["]"]),
+        // Well-formed classes, unchanged.
+        ("[]", &[]),
+        ("[]a]", &[]),
+        ("[^]", &everyone),
+        ("[z-a]", &["a", "b", "z"]),
+        ("[-a]", &["a", "-"]),
+        ("[a-c-e]", &["a", "b", "-"]),
+        ("[[]", &["["]),
+    ];
+    for (pattern, expected) in cases {
+        let matched: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| glob_match(pattern.as_bytes(), k.as_bytes()))
+            .collect();
+        let want: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| expected.contains(k))
+            .collect();
+        assert_eq!(matched, want, "KEYS {pattern}");
+    }
+}
