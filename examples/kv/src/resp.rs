@@ -35,6 +35,22 @@ pub struct Limits {
 /// large ones.
 pub const ARG_OVERHEAD: usize = 32;
 
+/// Room a connection's input buffer keeps free for the next read.
+const READ_ROOM: usize = 16 << 10;
+
+/// Free space below which [`make_room`] grows the input buffer.
+const LOW_ROOM: usize = 4 << 10;
+
+/// Makes room in a connection's input buffer for the next read. A buffer the parser has already
+/// sized for a large bulk (see [`Parser::next`]) keeps [`READ_ROOM`] free to its end, so it is
+/// never grown again while that bulk arrives: a connection holds one command's bytes plus one
+/// read, not a doubled buffer.
+pub fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < LOW_ROOM {
+        buf.reserve(READ_ROOM);
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -206,9 +222,11 @@ impl Parser {
                 }
             };
             if buf.len() < len + 2 {
-                // A large bulk: make room for all of it at once rather than growing by reads.
+                // A large bulk: make room for all of it at once rather than growing by reads,
+                // plus one read's room, so `make_room` never grows the buffer again before
+                // the bulk is complete.
                 if len >= 32 << 10 {
-                    buf.reserve(len + 2 - buf.len());
+                    buf.reserve(len + 2 - buf.len() + READ_ROOM);
                 }
                 return Ok(None);
             }
@@ -463,6 +481,36 @@ mod tests {
             max_args: 4,
             max_line: 32,
         }
+    }
+
+    #[test]
+    fn a_large_bulk_arriving_in_reads_is_held_in_one_buffer_of_its_size() {
+        // A connection's read loop: make room, read what fits (a few KiB at a time, as a slow
+        // socket delivers it, so the last reads of the bulk find little room left), parse.
+        let bulk = 8 << 20;
+        let mut wire = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n".to_vec();
+        wire.extend_from_slice(format!("${bulk}\r\n").as_bytes());
+        wire.extend(std::iter::repeat_n(b'v', bulk));
+        wire.extend_from_slice(b"\r\n");
+        let mut parser = Parser::new(Limits::default());
+        let mut buf = BytesMut::with_capacity(READ_ROOM);
+        let (mut sent, mut most, mut got) = (0, 0, None);
+        while got.is_none() && sent < wire.len() {
+            make_room(&mut buf);
+            let n = (buf.capacity() - buf.len())
+                .min(3000)
+                .min(wire.len() - sent);
+            buf.extend_from_slice(&wire[sent..sent + n]);
+            sent += n;
+            most = most.max(buf.capacity());
+            got = parser.next(&mut buf).unwrap();
+        }
+        let args = got.expect("the command is complete");
+        assert_eq!(args[2].len(), bulk);
+        assert!(
+            most <= bulk + 2 * READ_ROOM,
+            "a {bulk}-byte bulk grew the buffer to {most} bytes"
+        );
     }
 
     #[test]

@@ -357,9 +357,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
         run_batch(&mut batch, conn, ctx, &mut out).await;
         flush(&mut socket, &mut out, limits).await?;
-        if input.capacity() - input.len() < 4096 {
-            input.reserve(16 << 10);
-        }
+        resp::make_room(&mut input);
         let read = socket.read_buf(&mut input);
         let idle_by = limits.idle.map(|idle| tokio::time::Instant::now() + idle);
         let unauthenticated = !conn.auth.authenticated();
