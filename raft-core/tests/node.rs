@@ -146,6 +146,65 @@ async fn a_damaged_snapshot_refuses_to_start() {
     }
 }
 
+/// A one-node cluster that wrote `1..=20`, took a snapshot and purged its log up to it.
+async fn purged_to_a_snapshot(dir: &Path) {
+    written(dir, 20).await;
+    let node = start_with(config(dir).with_keep_after_snapshot(0))
+        .await
+        .unwrap();
+    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+        .await
+        .unwrap();
+    node.snapshot().await.unwrap();
+    node.wait_for(Duration::from_secs(5), |m| {
+        m.purged_index.is_some() && m.purged_index == m.snapshot_index
+    })
+    .await
+    .unwrap();
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lost_log_meta_file_refuses_to_start_rather_than_forget_the_vote() {
+    // Beside the log's segments.
+    let dir = tempfile::tempdir().unwrap();
+    written(dir.path(), 5).await;
+    let meta = dir.path().join("wal").join("meta");
+    fs::remove_file(&meta).unwrap();
+    match start(dir.path()).await {
+        Err(Error::Log(LogError::Corrupt { file, .. })) => assert_eq!(file, meta),
+        other => panic!("expected the missing meta file to be named, got {other:?}"),
+    }
+    assert!(!meta.exists(), "nothing was recreated");
+
+    // Beside a snapshot, with the whole log directory gone.
+    let dir = tempfile::tempdir().unwrap();
+    purged_to_a_snapshot(dir.path()).await;
+    fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    match start(dir.path()).await {
+        Err(Error::Log(LogError::Corrupt { file, .. })) => {
+            assert_eq!(file, dir.path().join("wal").join("meta"))
+        }
+        other => panic!("expected the missing meta file to be named, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_log_purged_past_its_lost_snapshot_refuses_to_start_and_names_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    purged_to_a_snapshot(dir.path()).await;
+    for snap in snap_files(dir.path()) {
+        fs::remove_file(snap).unwrap();
+    }
+    match start(dir.path()).await {
+        Err(Error::Snapshot(SnapshotError::Corrupt { what, reason })) => {
+            assert_eq!(what, dir.path().join("snapshots").display().to_string());
+            assert!(reason.contains("purged up to index"), "{reason}");
+        }
+        other => panic!("expected the snapshot directory to be named, got {other:?}"),
+    }
+}
+
 /// A one-node cluster that wrote `1..=n`, took a snapshot and was shut down; its snapshot file.
 async fn snapshotted(dir: &Path, n: u64) -> std::path::PathBuf {
     written(dir, n).await;

@@ -110,6 +110,9 @@ pub use self::power::PowerSwitch;
 use self::wal::SharedView;
 use self::wal::Wal;
 pub use self::wal::WalOptions;
+
+/// The name of the log's meta file (vote, purge point, node id) inside its directory.
+pub(crate) const META_FILE: &str = self::meta::FILE_NAME;
 pub use crate::fsutil::PathError;
 use crate::types::Entry;
 use crate::types::LogId;
@@ -318,6 +321,14 @@ impl LogStore {
             stats,
             append_budget: usize::MAX,
         })
+    }
+
+    /// The last purged entry's log id, if any entry was purged.
+    pub(crate) fn purged(&self) -> Option<LogId> {
+        match &self.backend {
+            Backend::Durable(wal) => wal.view().read().purged(),
+            Backend::Memory(m) => m.state().0,
+        }
     }
 
     /// A fresh, empty log in memory.

@@ -395,6 +395,22 @@ impl Wal {
             }
             Some(m) => m,
             None => {
+                // Meta is written before the first segment, so segments without it mean the
+                // file was lost: starting afresh would forget this node's vote (it could vote
+                // twice in one term) and the purge point.
+                let segments = super::segment::list(dir)?;
+                if !segments.is_empty() {
+                    return Err(LogError::Corrupt {
+                        file: dir.join(super::meta::FILE_NAME),
+                        offset: 0,
+                        reason: format!(
+                            "missing, yet the log holds {} segment(s): this node's vote and \
+                             purge point are lost, so it must not start; replace the node \
+                             (docs/operations.md, \"Replace a failed node\")",
+                            segments.len()
+                        ),
+                    });
+                }
                 let m = Meta {
                     node_id,
                     vote: None,
