@@ -855,46 +855,105 @@ impl<S: Queryable> ClusterClient<S> {
     /// The current leader's id and address, as the leader itself confirms: the nodes are asked
     /// whom they follow until the node named answers that it leads. Retries through an
     /// election until the total timeout. The answer is remembered for later calls.
+    ///
+    /// The configured nodes (and the leader remembered from earlier calls) are asked at once,
+    /// and a leader they name is asked as soon as it is named, so one round takes at most
+    /// [`ClientOptions::attempt_timeout`] however many listed nodes do not answer, and ends as
+    /// soon as one node confirms that it leads. A round makes at most one call per configured
+    /// address and one per other leader address named. A node that refuses the client for a
+    /// reason retrying will not fix (its credentials, say) ends the search with that refusal.
     pub async fn leader(&self) -> Result<(NodeId, String), ClientError> {
         let mut backoff = Backoff::new(self.inner.opts.total_timeout);
         let mut attempts = 0;
         let mut last = RequestError::NotLeader(LeaderHint::unknown());
         loop {
-            let mut candidates: Vec<String> = self
-                .inner
-                .leader
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned()
-                .collect();
-            for e in &self.inner.endpoints {
-                attempts += 1;
-                match self.status(e).await {
-                    Ok(NodeStatus {
-                        leader_addr: Some(a),
-                        ..
-                    }) => candidates.push(a),
-                    Ok(_) => {}
-                    Err(ClientError::GaveUp { last: e, .. }) if e.is_transient() => last = e,
-                    Err(ClientError::GaveUp { last: e, .. }) => {
-                        return Err(ClientError::Refused(e));
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            for addr in candidates {
-                if let Ok(s) = self.status(&addr).await
-                    && s.role == Role::Leader
-                {
-                    self.remember_leader(Some(addr.clone()));
-                    return Ok((s.id, addr));
-                }
+            let round = self.inner.opts.attempt_timeout.min(backoff.remaining());
+            let found = tokio::time::timeout(round, self.leader_round(&mut attempts, &mut last))
+                .await
+                .unwrap_or_else(|_| {
+                    last = RequestError::Timeout(format!(
+                        "no node confirmed it leads within {round:?}"
+                    ));
+                    Ok(None)
+                })?;
+            if let Some((id, addr)) = found {
+                self.remember_leader(Some(addr.clone()));
+                return Ok((id, addr));
             }
             if !backoff.pause().await {
                 return Err(ClientError::GaveUp { attempts, last });
             }
         }
+    }
+
+    /// One round of [`ClusterClient::leader`]: asks every configured node, and the remembered
+    /// leader, at once; asks each leader they name that is not already being asked; returns the
+    /// first node that answers that it leads (`None` if none does). Counts the calls in
+    /// `attempts` and keeps the last transient failure in `last`.
+    async fn leader_round(
+        &self,
+        attempts: &mut u32,
+        last: &mut RequestError,
+    ) -> Result<Option<(NodeId, String)>, ClientError> {
+        use futures_util::StreamExt;
+        use futures_util::stream::FuturesUnordered;
+
+        /// Why an address is asked: it is configured, or a node named it as the leader.
+        #[derive(Clone, Copy, PartialEq)]
+        enum Asked {
+            Configured,
+            Named,
+        }
+        let ask = |addr: String, why: Asked| async move {
+            let answer = self.status(&addr).await;
+            (addr, why, answer)
+        };
+        let remembered = self
+            .inner
+            .leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut asked: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut pending = FuturesUnordered::new();
+        for addr in remembered
+            .into_iter()
+            .chain(self.inner.endpoints.iter().cloned())
+        {
+            if asked.insert(addr.clone()) {
+                let why = if self.inner.endpoints.contains(&addr) {
+                    Asked::Configured
+                } else {
+                    Asked::Named
+                };
+                *attempts += 1;
+                pending.push(ask(addr, why));
+            }
+        }
+        while let Some((addr, why, answer)) = pending.next().await {
+            match answer {
+                Ok(s) if s.role == Role::Leader => {
+                    let addr = s.leader_addr.unwrap_or(addr);
+                    return Ok(Some((s.id, addr)));
+                }
+                Ok(NodeStatus {
+                    leader_addr: Some(named),
+                    ..
+                }) => {
+                    if asked.insert(named.clone()) {
+                        *attempts += 1;
+                        pending.push(ask(named, Asked::Named));
+                    }
+                }
+                Ok(_) => {}
+                Err(ClientError::GaveUp { last: e, .. }) if e.is_transient() => *last = e,
+                // A leader named by a node, or remembered, may have moved or gone: not an answer.
+                Err(_) if why == Asked::Named => {}
+                Err(ClientError::GaveUp { last: e, .. }) => return Err(ClientError::Refused(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// Streams a consistent backup of the cluster's state into `out` and returns what it covers
@@ -948,15 +1007,20 @@ impl<S: Queryable> ClusterClient<S> {
         })
     }
 
-    /// The views of every configured node that answers, by address.
+    /// The views of every configured node that answers, by address. The nodes are asked at
+    /// once, so this takes at most [`ClientOptions::attempt_timeout`] however many do not
+    /// answer.
     pub async fn statuses(&self) -> HashMap<String, NodeStatus> {
-        let mut out = HashMap::new();
-        for e in &self.inner.endpoints {
-            if let Ok(s) = self.status(e).await {
-                out.insert(e.clone(), s);
-            }
-        }
-        out
+        let asks = self
+            .inner
+            .endpoints
+            .iter()
+            .map(|e| async move { (e, self.status(e).await) });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter_map(|(e, s)| Some((e.clone(), s.ok()?)))
+            .collect()
     }
 }
 
