@@ -200,6 +200,10 @@ pub enum ClientError {
     /// Writing a received backup failed.
     #[error("writing the backup failed: {0}")]
     Output(#[source] std::io::Error),
+    /// The client was closed ([`ClusterClient::close`]): a write was refused before anything
+    /// was sent.
+    #[error("the client was closed")]
+    Closed,
 }
 
 impl ClientError {
@@ -307,12 +311,20 @@ struct Slot {
     next: u64,
 }
 
+/// The sessions of [`ClusterClient::write`] that no write is using, and whether the client was
+/// closed (then a session is closed when its write ends, rather than kept).
+#[derive(Default)]
+struct Slots {
+    free: Vec<Slot>,
+    closed: bool,
+}
+
 struct Inner {
     endpoints: Vec<String>,
     pool: Pool,
     opts: ClientOptions,
     leader: Mutex<Option<String>>,
-    free_slots: Mutex<Vec<Slot>>,
+    slots: Mutex<Slots>,
     next_endpoint: AtomicUsize,
 }
 
@@ -385,7 +397,7 @@ impl<S: Queryable> ClusterClient<S> {
                 pool,
                 opts,
                 leader: Mutex::new(None),
-                free_slots: Mutex::new(Vec::new()),
+                slots: Mutex::default(),
                 next_endpoint: AtomicUsize::new(0),
             }),
             _sm: PhantomData,
@@ -422,15 +434,16 @@ impl<S: Queryable> ClusterClient<S> {
     }
 
     /// A free session slot, or a newly registered session when none is free (`true` with a
-    /// reused slot). Sessions are kept for the client's lifetime, one per write it ever had in
-    /// flight at once.
+    /// reused slot). Sessions are kept until the client is closed, one per write it ever had in
+    /// flight at once. Refused once the client is closed.
     async fn take_slot(&self) -> Result<(Slot, bool), ClientError> {
-        let free = self
-            .inner
-            .free_slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
+        let free = {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if slots.closed {
+                return Err(ClientError::Closed);
+            }
+            slots.free.pop()
+        };
         match free {
             Some(slot) => Ok((slot, true)),
             None => Ok((self.new_slot().await?, false)),
@@ -445,12 +458,45 @@ impl<S: Queryable> ClusterClient<S> {
         })
     }
 
-    fn return_slot(&self, slot: Slot) {
-        self.inner
-            .free_slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(slot);
+    /// Keeps `slot` for the next write, or closes its session if the client was closed
+    /// meanwhile (a failure to close it is logged: the cluster evicts the session in time).
+    async fn return_slot(&self, slot: Slot) {
+        {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if !slots.closed {
+                slots.free.push(slot);
+                return;
+            }
+        }
+        if let Err(e) = self.close_session(slot.client_id).await {
+            tracing::debug!(client_id = slot.client_id, error = %e, "closing a session failed");
+        }
+    }
+
+    /// Closes the client sessions that [`ClusterClient::write`] opened — this client's and its
+    /// clones', which share them — so the cluster's session table no longer holds them.
+    ///
+    /// Writes through any clone that start after this are refused with
+    /// [`ClientError::Closed`] (nothing is sent). A write already in flight finishes as usual,
+    /// its session kept open until then; that write's call closes its session before it
+    /// returns. Sessions opened with [`ClusterClient::register_session`] are the caller's to
+    /// close, and reads, statuses and admin calls keep working.
+    ///
+    /// The idle sessions are closed at once, each retried like a write until the total timeout;
+    /// every one is tried, and the first failure is returned. A session that could not be
+    /// closed stays in the table until the cluster evicts it. Dropping a client without
+    /// closing it leaves its sessions to eviction too.
+    pub async fn close(self) -> Result<(), ClientError> {
+        let idle = {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.closed = true;
+            std::mem::take(&mut slots.free)
+        };
+        let closes = idle.iter().map(|slot| self.close_session(slot.client_id));
+        futures_util::future::join_all(closes)
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// Runs `attempt` against the leader (or whoever the policy picks), following redirects and
@@ -524,7 +570,9 @@ impl<S: Queryable> ClusterClient<S> {
     /// evicted while it was idle is replaced before the write is applied (it was refused at
     /// once, so nothing was applied). If the cluster evicted the session while the write was
     /// being retried, the write fails with [`ApplyError::UnknownSession`]: its outcome is
-    /// unknown ([`ClientError::outcome_unknown`]); the next write opens a new session.
+    /// unknown ([`ClientError::outcome_unknown`]); the next write opens a new session. The
+    /// sessions stay open until [`ClusterClient::close`]; once the client is closed, a write is
+    /// refused with [`ClientError::Closed`].
     pub async fn write(&self, command: S::Command) -> Result<S::Output, ClientError> {
         let (mut slot, mut reused) = self.take_slot().await?;
         loop {
@@ -551,12 +599,12 @@ impl<S: Queryable> ClusterClient<S> {
                             ApplyError::UnknownSession { .. } | ApplyError::SessionExpired { .. }
                         )
                     ) {
-                        self.return_slot(slot);
+                        self.return_slot(slot).await;
                     }
                     return Err(e);
                 }
                 Ok(output) => {
-                    self.return_slot(slot);
+                    self.return_slot(slot).await;
                     return Ok(output);
                 }
             }

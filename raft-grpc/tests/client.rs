@@ -10,6 +10,8 @@ use std::time::Instant;
 use common::Cmd;
 use common::GrpcCluster;
 use common::Kv;
+use raft_core::Consistency;
+use raft_grpc::ClientError;
 use raft_grpc::ClientOptions;
 use raft_grpc::ClusterClient;
 use raft_grpc::GrpcOptions;
@@ -89,4 +91,59 @@ async fn the_leader_is_found_past_black_holed_addresses_within_one_attempt_timeo
     for (_, hole) in holes {
         hole.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_client_closes_the_sessions_its_writes_opened() {
+    let c = GrpcCluster::start(3, GrpcOptions::default(), |c| c).await;
+    let leader = c.leader().await;
+    let open = |id| c.nodes[&id].node().open_sessions();
+    let before = open(leader);
+    let client: ClusterClient<Kv> =
+        ClusterClient::new(c.endpoints(), ClientOptions::default()).unwrap();
+
+    // Four writes at once: each opens a session of its own, and the cluster holds all four.
+    let writes = (0..4).map(|i| client.write(Cmd::Put(format!("k{i}"), "v".into())));
+    for r in futures_util::future::join_all(writes).await {
+        r.unwrap();
+    }
+    assert_eq!(open(leader), before + 4);
+
+    // A write through a clone is in flight (it has taken a session) when the client closes.
+    let clone = client.clone();
+    let mut in_flight = Box::pin(clone.write(Cmd::Put("late".into(), "v".into())));
+    assert!(
+        tokio::time::timeout(Duration::ZERO, &mut in_flight)
+            .await
+            .is_err(),
+        "the write is under way, not finished"
+    );
+    let later = client.clone();
+    client.close().await.unwrap();
+    // The three idle sessions are gone; the one in use stays until its write ends.
+    assert_eq!(open(leader), before + 1);
+    assert_eq!(in_flight.await.unwrap(), Some("v".into()));
+    assert_eq!(
+        open(leader),
+        before,
+        "the write closed its session as it ended"
+    );
+    c.wait_until("every node dropped the client's sessions", |c| {
+        c.nodes.values().all(|n| n.node().open_sessions() == before)
+    })
+    .await;
+
+    // A write after close is refused without opening a session; reads still work.
+    assert!(matches!(
+        later.write(Cmd::Put("after".into(), "v".into())).await,
+        Err(ClientError::Closed)
+    ));
+    assert_eq!(open(leader), before);
+    assert_eq!(
+        later
+            .read(common::Query::Get("late".into()), Consistency::Linearizable)
+            .await
+            .unwrap(),
+        common::Reply::Value(Some("v".into()))
+    );
 }
