@@ -505,20 +505,30 @@ fn unauthenticated(why: &str) -> Status {
     Status::unauthenticated(format!("unauthenticated: {why}"))
 }
 
-/// Refuses `req` unless its caller (found by the `Cluster` interceptor) has `role`.
-pub(crate) fn require<T>(req: &Request<T>, role: Role, call: &str) -> Result<Caller, Status> {
+/// The caller of `req` (found by the `Cluster` interceptor), refused unless its role is at
+/// least the one `method` needs ([`Method::role`]). A call without a known caller is refused.
+pub(crate) fn require<T>(req: &Request<T>, method: Method) -> Result<Caller, Status> {
     let caller = req
         .extensions()
         .get::<Caller>()
         .cloned()
         .ok_or_else(|| unauthenticated("caller unknown"))?;
-    if caller.role < role {
+    allowed(&caller, method)?;
+    Ok(caller)
+}
+
+/// Refuses `caller` unless its role is at least the one `method` needs.
+fn allowed(caller: &Caller, method: Method) -> Result<(), Status> {
+    let need = method.role();
+    if caller.role < need {
         return Err(Status::permission_denied(format!(
-            "{call} needs the {role} role; {} has {}",
-            caller.name, caller.role
+            "{} needs the {need} role; {} has {}",
+            method.name(),
+            caller.name,
+            caller.role
         )));
     }
-    Ok(caller)
+    Ok(())
 }
 
 fn peer_cert<T>(req: &Request<T>) -> Option<Vec<u8>> {
@@ -579,50 +589,90 @@ impl Interceptor for PeerCheck {
 
 /// The interceptor in front of `Cluster`: finds the caller and checks that it has the role
 /// its method needs ([`MethodRole`]), so a call refused for its role is refused on its headers,
-/// before its message is read. The methods check again, naming themselves.
+/// before its message is read. The methods fetch the caller with [`require`], which checks the
+/// same table again.
 #[derive(Clone)]
 pub(crate) struct ClientCheck(pub Auth);
 
 impl Interceptor for ClientCheck {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let caller = self.0.identify(&req)?;
-        if let Some(need) = req.extensions().get::<Needs>()
-            && caller.role < need.role
-        {
-            return Err(Status::permission_denied(format!(
-                "{} needs the {} role; {} has {}",
-                need.method, need.role, caller.name, caller.role
-            )));
+        if let Some(method) = req.extensions().get::<Method>() {
+            allowed(&caller, *method)?;
         }
         req.extensions_mut().insert(caller);
         Ok(req)
     }
 }
 
-/// The role a call's method needs, found from its path by [`MethodRole`].
-#[derive(Clone, Copy)]
-struct Needs {
-    role: Role,
-    method: &'static str,
+/// A method of the `Cluster` service. [`Method::role`] is the one table of who may call what:
+/// the interceptor refuses on it before a message is read, and each method's handler checks it
+/// again through [`require`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    Write,
+    Read,
+    Status,
+    AddLearner,
+    ChangeMembership,
+    AddVoter,
+    RemoveNode,
+    TransferLeader,
+    SetSessionCapacity,
+    Backup,
 }
 
-/// The role each `Cluster` method needs, by its name in the gRPC path.
-fn needs(path: &str) -> Option<Needs> {
-    let method = path.strip_prefix("/raftkit.v1.Cluster/")?;
-    let (role, method) = match method {
-        "Write" => (Role::Write, "Write"),
-        "Read" => (Role::Read, "Read"),
-        "Status" => (Role::Read, "Status"),
-        "AddLearner" => (Role::Admin, "AddLearner"),
-        "ChangeMembership" => (Role::Admin, "ChangeMembership"),
-        "AddVoter" => (Role::Admin, "AddVoter"),
-        "RemoveNode" => (Role::Admin, "RemoveNode"),
-        "TransferLeader" => (Role::Admin, "TransferLeader"),
-        "SetSessionCapacity" => (Role::Admin, "SetSessionCapacity"),
-        "Backup" => (Role::Admin, "Backup"),
-        _ => return None,
-    };
-    Some(Needs { role, method })
+impl Method {
+    /// Every method of the `Cluster` service.
+    const ALL: [Method; 10] = [
+        Method::Write,
+        Method::Read,
+        Method::Status,
+        Method::AddLearner,
+        Method::ChangeMembership,
+        Method::AddVoter,
+        Method::RemoveNode,
+        Method::TransferLeader,
+        Method::SetSessionCapacity,
+        Method::Backup,
+    ];
+
+    /// The role a caller needs to call the method.
+    fn role(self) -> Role {
+        match self {
+            Method::Read | Method::Status => Role::Read,
+            Method::Write => Role::Write,
+            Method::AddLearner
+            | Method::ChangeMembership
+            | Method::AddVoter
+            | Method::RemoveNode
+            | Method::TransferLeader
+            | Method::SetSessionCapacity
+            | Method::Backup => Role::Admin,
+        }
+    }
+
+    /// The method's name, as in the proto and the gRPC path.
+    fn name(self) -> &'static str {
+        match self {
+            Method::Write => "Write",
+            Method::Read => "Read",
+            Method::Status => "Status",
+            Method::AddLearner => "AddLearner",
+            Method::ChangeMembership => "ChangeMembership",
+            Method::AddVoter => "AddVoter",
+            Method::RemoveNode => "RemoveNode",
+            Method::TransferLeader => "TransferLeader",
+            Method::SetSessionCapacity => "SetSessionCapacity",
+            Method::Backup => "Backup",
+        }
+    }
+
+    /// The `Cluster` method a gRPC path names, if any.
+    fn from_path(path: &str) -> Option<Method> {
+        let name = path.strip_prefix("/raftkit.v1.Cluster/")?;
+        Method::ALL.into_iter().find(|m| m.name() == name)
+    }
 }
 
 /// Wraps the `Cluster` service (behind [`ClientCheck`]) so that the interceptor knows each
@@ -650,8 +700,8 @@ where
     }
 
     fn call(&mut self, mut req: tonic::codegen::http::Request<B>) -> Self::Future {
-        if let Some(need) = needs(req.uri().path()) {
-            req.extensions_mut().insert(need);
+        if let Some(method) = Method::from_path(req.uri().path()) {
+            req.extensions_mut().insert(method);
         }
         self.0.call(req)
     }
@@ -710,12 +760,13 @@ mod tests {
             .filter_map(|l| l.trim().strip_prefix("rpc "))
             .map(|l| l.split('(').next().unwrap().trim())
             .collect();
-        assert_eq!(methods.len(), 10, "{methods:?}");
+        assert_eq!(methods.len(), Method::ALL.len(), "{methods:?}");
         for m in methods {
-            let need = needs(&format!("/raftkit.v1.Cluster/{m}")).unwrap();
-            assert_eq!(need.method, m);
+            let method = Method::from_path(&format!("/raftkit.v1.Cluster/{m}")).unwrap();
+            assert_eq!(method.name(), m);
         }
-        assert!(needs("/raftkit.v1.RaftInternal/Vote").is_none());
+        assert!(Method::from_path("/raftkit.v1.RaftInternal/Vote").is_none());
+        assert!(Method::from_path("/raftkit.v1.Cluster/").is_none());
     }
 
     fn secret() -> ClusterSecret {
@@ -858,8 +909,8 @@ mod tests {
     fn roles_are_ordered_and_enforced() {
         let mut r = Request::new(());
         r.extensions_mut().insert(Caller::new("w", Role::Write));
-        require(&r, Role::Write, "Write").unwrap();
-        let e = require(&r, Role::Admin, "RemoveNode").unwrap_err();
+        require(&r, Method::Write).unwrap();
+        let e = require(&r, Method::RemoveNode).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(
             e.message().contains("RemoveNode needs the admin role"),

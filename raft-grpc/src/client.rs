@@ -200,6 +200,10 @@ pub enum ClientError {
     /// Writing a received backup failed.
     #[error("writing the backup failed: {0}")]
     Output(#[source] std::io::Error),
+    /// The client was closed ([`ClusterClient::close`]): a write was refused before anything
+    /// was sent.
+    #[error("the client was closed")]
+    Closed,
 }
 
 impl ClientError {
@@ -307,12 +311,20 @@ struct Slot {
     next: u64,
 }
 
+/// The sessions of [`ClusterClient::write`] that no write is using, and whether the client was
+/// closed (then a session is closed when its write ends, rather than kept).
+#[derive(Default)]
+struct Slots {
+    free: Vec<Slot>,
+    closed: bool,
+}
+
 struct Inner {
     endpoints: Vec<String>,
     pool: Pool,
     opts: ClientOptions,
     leader: Mutex<Option<String>>,
-    free_slots: Mutex<Vec<Slot>>,
+    slots: Mutex<Slots>,
     next_endpoint: AtomicUsize,
 }
 
@@ -385,7 +397,7 @@ impl<S: Queryable> ClusterClient<S> {
                 pool,
                 opts,
                 leader: Mutex::new(None),
-                free_slots: Mutex::new(Vec::new()),
+                slots: Mutex::default(),
                 next_endpoint: AtomicUsize::new(0),
             }),
             _sm: PhantomData,
@@ -422,15 +434,16 @@ impl<S: Queryable> ClusterClient<S> {
     }
 
     /// A free session slot, or a newly registered session when none is free (`true` with a
-    /// reused slot). Sessions are kept for the client's lifetime, one per write it ever had in
-    /// flight at once.
+    /// reused slot). Sessions are kept until the client is closed, one per write it ever had in
+    /// flight at once. Refused once the client is closed.
     async fn take_slot(&self) -> Result<(Slot, bool), ClientError> {
-        let free = self
-            .inner
-            .free_slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
+        let free = {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if slots.closed {
+                return Err(ClientError::Closed);
+            }
+            slots.free.pop()
+        };
         match free {
             Some(slot) => Ok((slot, true)),
             None => Ok((self.new_slot().await?, false)),
@@ -445,12 +458,45 @@ impl<S: Queryable> ClusterClient<S> {
         })
     }
 
-    fn return_slot(&self, slot: Slot) {
-        self.inner
-            .free_slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(slot);
+    /// Keeps `slot` for the next write, or closes its session if the client was closed
+    /// meanwhile (a failure to close it is logged: the cluster evicts the session in time).
+    async fn return_slot(&self, slot: Slot) {
+        {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if !slots.closed {
+                slots.free.push(slot);
+                return;
+            }
+        }
+        if let Err(e) = self.close_session(slot.client_id).await {
+            tracing::debug!(client_id = slot.client_id, error = %e, "closing a session failed");
+        }
+    }
+
+    /// Closes the client sessions that [`ClusterClient::write`] opened — this client's and its
+    /// clones', which share them — so the cluster's session table no longer holds them.
+    ///
+    /// Writes through any clone that start after this are refused with
+    /// [`ClientError::Closed`] (nothing is sent). A write already in flight finishes as usual,
+    /// its session kept open until then; that write's call closes its session before it
+    /// returns. Sessions opened with [`ClusterClient::register_session`] are the caller's to
+    /// close, and reads, statuses and admin calls keep working.
+    ///
+    /// The idle sessions are closed at once, each retried like a write until the total timeout;
+    /// every one is tried, and the first failure is returned. A session that could not be
+    /// closed stays in the table until the cluster evicts it. Dropping a client without
+    /// closing it leaves its sessions to eviction too.
+    pub async fn close(self) -> Result<(), ClientError> {
+        let idle = {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.closed = true;
+            std::mem::take(&mut slots.free)
+        };
+        let closes = idle.iter().map(|slot| self.close_session(slot.client_id));
+        futures_util::future::join_all(closes)
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// Runs `attempt` against the leader (or whoever the policy picks), following redirects and
@@ -524,7 +570,9 @@ impl<S: Queryable> ClusterClient<S> {
     /// evicted while it was idle is replaced before the write is applied (it was refused at
     /// once, so nothing was applied). If the cluster evicted the session while the write was
     /// being retried, the write fails with [`ApplyError::UnknownSession`]: its outcome is
-    /// unknown ([`ClientError::outcome_unknown`]); the next write opens a new session.
+    /// unknown ([`ClientError::outcome_unknown`]); the next write opens a new session. The
+    /// sessions stay open until [`ClusterClient::close`]; once the client is closed, a write is
+    /// refused with [`ClientError::Closed`].
     pub async fn write(&self, command: S::Command) -> Result<S::Output, ClientError> {
         let (mut slot, mut reused) = self.take_slot().await?;
         loop {
@@ -551,12 +599,12 @@ impl<S: Queryable> ClusterClient<S> {
                             ApplyError::UnknownSession { .. } | ApplyError::SessionExpired { .. }
                         )
                     ) {
-                        self.return_slot(slot);
+                        self.return_slot(slot).await;
                     }
                     return Err(e);
                 }
                 Ok(output) => {
-                    self.return_slot(slot);
+                    self.return_slot(slot).await;
                     return Ok(output);
                 }
             }
@@ -855,46 +903,105 @@ impl<S: Queryable> ClusterClient<S> {
     /// The current leader's id and address, as the leader itself confirms: the nodes are asked
     /// whom they follow until the node named answers that it leads. Retries through an
     /// election until the total timeout. The answer is remembered for later calls.
+    ///
+    /// The configured nodes (and the leader remembered from earlier calls) are asked at once,
+    /// and a leader they name is asked as soon as it is named, so one round takes at most
+    /// [`ClientOptions::attempt_timeout`] however many listed nodes do not answer, and ends as
+    /// soon as one node confirms that it leads. A round makes at most one call per configured
+    /// address and one per other leader address named. A node that refuses the client for a
+    /// reason retrying will not fix (its credentials, say) ends the search with that refusal.
     pub async fn leader(&self) -> Result<(NodeId, String), ClientError> {
         let mut backoff = Backoff::new(self.inner.opts.total_timeout);
         let mut attempts = 0;
         let mut last = RequestError::NotLeader(LeaderHint::unknown());
         loop {
-            let mut candidates: Vec<String> = self
-                .inner
-                .leader
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned()
-                .collect();
-            for e in &self.inner.endpoints {
-                attempts += 1;
-                match self.status(e).await {
-                    Ok(NodeStatus {
-                        leader_addr: Some(a),
-                        ..
-                    }) => candidates.push(a),
-                    Ok(_) => {}
-                    Err(ClientError::GaveUp { last: e, .. }) if e.is_transient() => last = e,
-                    Err(ClientError::GaveUp { last: e, .. }) => {
-                        return Err(ClientError::Refused(e));
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            for addr in candidates {
-                if let Ok(s) = self.status(&addr).await
-                    && s.role == Role::Leader
-                {
-                    self.remember_leader(Some(addr.clone()));
-                    return Ok((s.id, addr));
-                }
+            let round = self.inner.opts.attempt_timeout.min(backoff.remaining());
+            let found = tokio::time::timeout(round, self.leader_round(&mut attempts, &mut last))
+                .await
+                .unwrap_or_else(|_| {
+                    last = RequestError::Timeout(format!(
+                        "no node confirmed it leads within {round:?}"
+                    ));
+                    Ok(None)
+                })?;
+            if let Some((id, addr)) = found {
+                self.remember_leader(Some(addr.clone()));
+                return Ok((id, addr));
             }
             if !backoff.pause().await {
                 return Err(ClientError::GaveUp { attempts, last });
             }
         }
+    }
+
+    /// One round of [`ClusterClient::leader`]: asks every configured node, and the remembered
+    /// leader, at once; asks each leader they name that is not already being asked; returns the
+    /// first node that answers that it leads (`None` if none does). Counts the calls in
+    /// `attempts` and keeps the last transient failure in `last`.
+    async fn leader_round(
+        &self,
+        attempts: &mut u32,
+        last: &mut RequestError,
+    ) -> Result<Option<(NodeId, String)>, ClientError> {
+        use futures_util::StreamExt;
+        use futures_util::stream::FuturesUnordered;
+
+        /// Why an address is asked: it is configured, or a node named it as the leader.
+        #[derive(Clone, Copy, PartialEq)]
+        enum Asked {
+            Configured,
+            Named,
+        }
+        let ask = |addr: String, why: Asked| async move {
+            let answer = self.status(&addr).await;
+            (addr, why, answer)
+        };
+        let remembered = self
+            .inner
+            .leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut asked: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut pending = FuturesUnordered::new();
+        for addr in remembered
+            .into_iter()
+            .chain(self.inner.endpoints.iter().cloned())
+        {
+            if asked.insert(addr.clone()) {
+                let why = if self.inner.endpoints.contains(&addr) {
+                    Asked::Configured
+                } else {
+                    Asked::Named
+                };
+                *attempts += 1;
+                pending.push(ask(addr, why));
+            }
+        }
+        while let Some((addr, why, answer)) = pending.next().await {
+            match answer {
+                Ok(s) if s.role == Role::Leader => {
+                    let addr = s.leader_addr.unwrap_or(addr);
+                    return Ok(Some((s.id, addr)));
+                }
+                Ok(NodeStatus {
+                    leader_addr: Some(named),
+                    ..
+                }) => {
+                    if asked.insert(named.clone()) {
+                        *attempts += 1;
+                        pending.push(ask(named, Asked::Named));
+                    }
+                }
+                Ok(_) => {}
+                Err(ClientError::GaveUp { last: e, .. }) if e.is_transient() => *last = e,
+                // A leader named by a node, or remembered, may have moved or gone: not an answer.
+                Err(_) if why == Asked::Named => {}
+                Err(ClientError::GaveUp { last: e, .. }) => return Err(ClientError::Refused(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// Streams a consistent backup of the cluster's state into `out` and returns what it covers
@@ -948,15 +1055,20 @@ impl<S: Queryable> ClusterClient<S> {
         })
     }
 
-    /// The views of every configured node that answers, by address.
+    /// The views of every configured node that answers, by address. The nodes are asked at
+    /// once, so this takes at most [`ClientOptions::attempt_timeout`] however many do not
+    /// answer.
     pub async fn statuses(&self) -> HashMap<String, NodeStatus> {
-        let mut out = HashMap::new();
-        for e in &self.inner.endpoints {
-            if let Ok(s) = self.status(e).await {
-                out.insert(e.clone(), s);
-            }
-        }
-        out
+        let asks = self
+            .inner
+            .endpoints
+            .iter()
+            .map(|e| async move { (e, self.status(e).await) });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter_map(|(e, s)| Some((e.clone(), s.ok()?)))
+            .collect()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Replication always makes progress over real gRPC: the largest command a node accepts is
 //! replicated, a follower far behind on large writes catches up, a misconfiguration is refused
-//! at start, and the snapshot receive path checks the sender before taking any data.
+//! at start, and the snapshot receive path checks the sender before taking any data. A read's
+//! reply fits the message limit to the byte, and one past it is refused with a typed error.
 
 mod common;
 
@@ -9,12 +10,18 @@ use std::time::Instant;
 
 use common::Cmd;
 use common::GrpcCluster;
+use common::Query;
 use raft_core::Config;
+use raft_core::Consistency;
 use raft_core::Role;
 use raft_core::types::Vote;
+use raft_grpc::ClientError;
+use raft_grpc::ClientOptions;
+use raft_grpc::ClusterClient;
 use raft_grpc::GrpcNode;
 use raft_grpc::GrpcOptions;
 use raft_grpc::LimitsError;
+use raft_grpc::RequestError;
 use raft_grpc::StartError;
 use raft_grpc::pb;
 use raft_grpc::pb::raft_internal_client::RaftInternalClient;
@@ -79,6 +86,92 @@ async fn a_command_of_exactly_the_limit_commits_and_replicates() {
     c.nodes[&follower].client().write(&forwarded).await.unwrap();
     c.converged().await;
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// The size of the `Read` reply message node `served_by` sends for `reply`.
+fn read_reply_len(reply: &common::Reply, served_by: u64) -> usize {
+    let reply = raft_core::codec::encode(reply).unwrap();
+    prost::Message::encoded_len(&pb::ReadReply {
+        reply: reply.into(),
+        served_by,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_reply_fits_the_message_limit_to_the_byte_and_one_past_it_is_refused() {
+    const MAX: usize = MIB;
+    let opts = GrpcOptions::default().with_max_message_bytes(MAX);
+    let c = GrpcCluster::start(3, opts, |mut c| {
+        c.max_command_bytes = MAX / 2;
+        c.max_append_bytes = MAX / 2;
+        c
+    })
+    .await;
+    let leader = c.leader().await;
+    let node = c.nodes[&leader].node();
+    // Two large values, and a third sized so that the whole map's reply message is exactly the
+    // limit (node ids 1 to 3 take the same room in it).
+    let mut state = std::collections::BTreeMap::new();
+    for key in ["a", "b"] {
+        let value = "v".repeat(400 << 10);
+        node.write(Cmd::Put(key.into(), value.clone()))
+            .await
+            .unwrap();
+        state.insert(key.to_string(), value);
+    }
+    let all_with = |len: usize| {
+        let mut s = state.clone();
+        s.insert("c".into(), "v".repeat(len));
+        common::Reply::All(s)
+    };
+    let estimate = MAX - read_reply_len(&all_with(0), 1);
+    let fits = (estimate - 16..=estimate)
+        .find(|len| read_reply_len(&all_with(*len), 1) == MAX)
+        .expect("a value length that makes the reply exactly the limit");
+    assert_eq!(read_reply_len(&all_with(fits + 1), 1), MAX + 1);
+    node.write(Cmd::Put("c".into(), "v".repeat(fits)))
+        .await
+        .unwrap();
+
+    let client: ClusterClient<common::Kv> =
+        ClusterClient::new(c.endpoints(), ClientOptions::default()).unwrap();
+    // Every node, leader and followers, answers a reply of exactly the limit.
+    for addr in c.endpoints() {
+        let reply = client
+            .read_on(&addr, Query::All, Consistency::Linearizable)
+            .await
+            .unwrap_or_else(|e| panic!("{addr}: {e:?}"));
+        assert_eq!(reply, all_with(fits), "{addr}");
+    }
+
+    // One byte more: every node refuses it with raftkit's typed error, not a transport one.
+    node.write(Cmd::Put("c".into(), "v".repeat(fits + 1)))
+        .await
+        .unwrap();
+    for addr in c.endpoints() {
+        match client
+            .read_on(&addr, Query::All, Consistency::Linearizable)
+            .await
+        {
+            Err(ClientError::Refused(RequestError::TooLarge(m))) => {
+                assert!(
+                    m.contains(&format!("exceeds the message limit of {MAX} bytes")),
+                    "{addr}: {m}"
+                );
+            }
+            other => panic!("{addr}: expected a too-large refusal, got {other:?}"),
+        }
+        // A smaller read still succeeds.
+        let reply = client
+            .read_on(&addr, Query::Get("c".into()), Consistency::Linearizable)
+            .await
+            .unwrap_or_else(|e| panic!("{addr}: {e:?}"));
+        assert_eq!(
+            reply,
+            common::Reply::Value(Some("v".repeat(fits + 1))),
+            "{addr}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

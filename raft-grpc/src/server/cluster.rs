@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 
 use crate::auth;
 use crate::auth::Caller;
-use crate::auth::Role as AuthRole;
+use crate::auth::Method;
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient as PbClusterClient;
 use crate::status;
@@ -71,7 +71,7 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
         &self,
         req: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let caller = auth::require(&req, AuthRole::Write, "Write")?;
+        let caller = auth::require(&req, Method::Write)?;
         let forwarded = is_forwarded(&req) || req.get_ref().no_forward;
         let timeout = caller_timeout(&req);
         let w = req.into_inner();
@@ -97,7 +97,7 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
     }
 
     async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<pb::ReadReply>, Status> {
-        auth::require(&req, AuthRole::Read, "Read")?;
+        auth::require(&req, Method::Read)?;
         let Some(answer) = self.0.queries else {
             return Err(status::status(
                 Code::Unimplemented,
@@ -115,7 +115,7 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
         &self,
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let caller = auth::require(&req, AuthRole::Admin, "AddLearner")?;
+        let caller = auth::require(&req, Method::AddLearner)?;
         let r = req.get_ref();
         if crate::net::split_addr(&r.addr).is_none() {
             return Err(status::invalid(format!(
@@ -138,7 +138,7 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
         &self,
         req: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let caller = auth::require(&req, AuthRole::Admin, "ChangeMembership")?;
+        let caller = auth::require(&req, Method::ChangeMembership)?;
         let voters = req.get_ref().voters.clone();
         if voters.is_empty() {
             return Err(status::invalid("a cluster needs at least one voter"));
@@ -154,7 +154,7 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
         &self,
         req: Request<pb::AddVoterRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let caller = auth::require(&req, AuthRole::Admin, "AddVoter")?;
+        let caller = auth::require(&req, Method::AddVoter)?;
         let local = self.0.node.add_voter(req.get_ref().node_id);
         self.admin(req, caller, local, |mut c, r| async move {
             c.add_voter(r).await
@@ -166,7 +166,7 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let caller = auth::require(&req, AuthRole::Admin, "RemoveNode")?;
+        let caller = auth::require(&req, Method::RemoveNode)?;
         let local = self.0.node.remove_node(req.get_ref().node_id);
         self.admin(req, caller, local, |mut c, r| async move {
             c.remove_node(r).await
@@ -178,7 +178,7 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let caller = auth::require(&req, AuthRole::Admin, "TransferLeader")?;
+        let caller = auth::require(&req, Method::TransferLeader)?;
         let local = self.0.node.transfer_leader(req.get_ref().to);
         self.admin(req, caller, local, |mut c, r| async move {
             c.transfer_leader(r).await
@@ -190,7 +190,7 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
         &self,
         req: Request<pb::SessionCapacity>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let caller = auth::require(&req, AuthRole::Admin, "SetSessionCapacity")?;
+        let caller = auth::require(&req, Method::SetSessionCapacity)?;
         let c = req.get_ref();
         let capacity =
             raft_core::SessionCapacity::new(c.max_sessions, c.max_bytes, c.max_response_bytes);
@@ -209,7 +209,7 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
         &self,
         req: Request<pb::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
-        auth::require(&req, AuthRole::Admin, "Backup")?;
+        auth::require(&req, Method::Backup)?;
         let shared = &self.0;
         let node = &shared.node;
         let at = if node.role() == Role::Leader {
@@ -229,7 +229,7 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
         &self,
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
-        auth::require(&req, AuthRole::Read, "Status")?;
+        auth::require(&req, Method::Status)?;
         let m = self.0.node.metrics();
         let member = |id: &NodeId| pb::Member {
             id: *id,

@@ -12,6 +12,7 @@ use futures_util::future::BoxFuture;
 use raft_core::Consistency;
 use raft_core::Error;
 use raft_core::LeaderHint;
+use raft_core::NodeId;
 use raft_core::Queryable;
 use raft_core::ReadIndex;
 use raft_core::Role;
@@ -258,10 +259,13 @@ pub(super) fn serve_query<S: Queryable>(
         let reply = shared.read(query, c, timeout).await?;
         // A reply over the message limit is refused before it is encoded: its parts may share
         // one large value many times over, so its encoding can be far larger than the reply.
+        // The limit applies to the whole `ReadReply` message, so its own fields count too.
         let max = shared.opts.max_message_bytes;
-        let size = raft_core::codec::encoded_len(&reply).map_err(|e| {
+        let served_by = shared.node.id();
+        let encoded = raft_core::codec::encoded_len(&reply).map_err(|e| {
             status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string())
         })?;
+        let size = read_reply_len(encoded, served_by);
         if size > max {
             return Err(status::status(
                 Code::ResourceExhausted,
@@ -274,14 +278,48 @@ pub(super) fn serve_query<S: Queryable>(
         })?;
         Ok(pb::ReadReply {
             reply: bytes.into(),
-            served_by: shared.node.id(),
+            served_by,
         })
     })
+}
+
+/// The encoded size of a `ReadReply` whose answer takes `answer` bytes, from `served_by`.
+fn read_reply_len(answer: usize, served_by: NodeId) -> usize {
+    use prost::encoding::encoded_len_varint;
+    use prost::encoding::key_len;
+    // Fields equal to their default are not encoded.
+    let answer_field = match answer {
+        0 => 0,
+        n => key_len(1) + encoded_len_varint(n as u64) + n,
+    };
+    let served_by_field = match served_by {
+        0 => 0,
+        id => key_len(2) + encoded_len_varint(id),
+    };
+    answer_field.saturating_add(served_by_field)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_reply_len_is_what_prost_encodes() {
+        use prost::Message;
+        for answer in [0, 1, 127, 128, 16_383, 16_384, 1 << 20, (1 << 21) + 3] {
+            for served_by in [0, 1, 127, 128, u64::MAX] {
+                let reply = pb::ReadReply {
+                    reply: vec![7u8; answer].into(),
+                    served_by,
+                };
+                assert_eq!(
+                    read_reply_len(answer, served_by),
+                    reply.encoded_len(),
+                    "answer {answer} bytes, served by {served_by}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn caller_deadlines_parse() {

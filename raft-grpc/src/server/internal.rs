@@ -74,9 +74,13 @@ fn handler_status(e: RpcHandlerError) -> Status {
 }
 
 impl<S: StateMachine> Shared<S> {
-    /// Checks the cluster id an internal call carries (adopting it on a node that has none).
-    async fn check_cluster<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let theirs = match req.metadata().get(auth::CLUSTER_ID_KEY) {
+    /// Checks the cluster id an internal call carries (adopting it on a node that has none) and,
+    /// when the call names its sender, that sender's incarnation. Returns the sender it named
+    /// (`x-raftkit-from`; with peer certificates, one of the ids the caller's certificate
+    /// names), read once here for the whole call.
+    async fn check_cluster<T>(&self, req: &Request<T>) -> Result<Option<NodeId>, Status> {
+        let meta = req.metadata();
+        let theirs = match meta.get(auth::CLUSTER_ID_KEY) {
             None => None,
             Some(v) => Some(
                 v.to_str()
@@ -89,8 +93,8 @@ impl<S: StateMachine> Shared<S> {
             .check_cluster(theirs)
             .await
             .map_err(handler_status)?;
-        let meta = req.metadata();
-        if let Some(from) = crate::transport::metadata_u64(meta, auth::FROM_KEY, 10) {
+        let from = crate::transport::metadata_u64(meta, auth::FROM_KEY, 10);
+        if let Some(from) = from {
             self.handler
                 .check_incarnation(
                     from,
@@ -99,14 +103,8 @@ impl<S: StateMachine> Shared<S> {
                 )
                 .map_err(handler_status)?;
         }
-        Ok(())
+        Ok(from)
     }
-}
-
-/// The sender an internal call names (`x-raftkit-from`; with peer certificates, one of the ids
-/// the caller's certificate names).
-fn sender<T>(req: &Request<T>) -> Option<NodeId> {
-    crate::transport::metadata_u64(req.metadata(), auth::FROM_KEY, 10)
 }
 
 /// Refuses a request whose payload speaks for another node than the one that sent it: a
@@ -150,8 +148,8 @@ impl<S: StateMachine> Internal<S> {
         Ok(r)
     }
 
-    /// Decodes a peer's request (`what` names it in errors), answers it with `handle` and
-    /// encodes the answer.
+    /// Checks a peer's call, decodes its request (`what` names it in errors), answers it with
+    /// `handle` (given the sender the call named) and encodes the answer.
     async fn unary<Req, Resp, F, Fut>(
         &self,
         req: Request<pb::RaftRequest>,
@@ -161,12 +159,12 @@ impl<S: StateMachine> Internal<S> {
     where
         Req: serde::de::DeserializeOwned,
         Resp: serde::Serialize,
-        F: FnOnce(Req) -> Fut,
+        F: FnOnce(Option<NodeId>, Req) -> Fut,
         Fut: Future<Output = Result<Resp, RpcHandlerError>>,
     {
-        self.0.check_cluster(&req).await?;
+        let from = self.0.check_cluster(&req).await?;
         let msg = self.decode_request(req.get_ref(), what)?;
-        let resp = handle(msg).await.map_err(handler_status)?;
+        let resp = handle(from, msg).await.map_err(handler_status)?;
         self.reply(&resp)
     }
 }
@@ -178,11 +176,10 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
         self.0.stats.append_message(req.get_ref().payload.len());
-        let from = sender(&req);
         self.unary(
             req,
             "append request",
-            |m: rpc::AppendEntriesRequest| async move {
+            |from, m: rpc::AppendEntriesRequest| async move {
                 speaks_for_sender(from, &m.vote, "an append request")?;
                 self.0.handler.append_entries(m).await
             },
@@ -196,8 +193,7 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
         &self,
         req: Request<Streaming<pb::RaftRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        self.0.check_cluster(&req).await?;
-        let from = sender(&req);
+        let from = self.0.check_cluster(&req).await?;
         let shared = self.0.clone();
         // A bad request ends the input; the caller learns why after the answers so far.
         let failure: Arc<Mutex<Option<Status>>> = Arc::default();
@@ -251,11 +247,14 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
     }
 
     async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
-        let from = sender(&req);
-        self.unary(req, "vote request", |m: rpc::VoteRequest| async move {
-            speaks_for_sender(from, &m.vote, "a vote request")?;
-            self.0.handler.vote(m).await
-        })
+        self.unary(
+            req,
+            "vote request",
+            |from, m: rpc::VoteRequest| async move {
+                speaks_for_sender(from, &m.vote, "a vote request")?;
+                self.0.handler.vote(m).await
+            },
+        )
         .await
     }
 
@@ -263,11 +262,14 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
         &self,
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        let from = sender(&req);
-        self.unary(req, "pre-vote request", |m: rpc::VoteRequest| async move {
-            speaks_for_sender(from, &m.vote, "a pre-vote request")?;
-            self.0.handler.pre_vote(m).await
-        })
+        self.unary(
+            req,
+            "pre-vote request",
+            |from, m: rpc::VoteRequest| async move {
+                speaks_for_sender(from, &m.vote, "a pre-vote request")?;
+                self.0.handler.pre_vote(m).await
+            },
+        )
         .await
     }
 
@@ -275,7 +277,7 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
         &self,
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        self.unary(req, "transfer-leader request", |m| {
+        self.unary(req, "transfer-leader request", |_, m| {
             self.0.handler.transfer_leader(m)
         })
         .await
@@ -285,8 +287,7 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
         &self,
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        self.0.check_cluster(&req).await?;
-        let from = sender(&req);
+        let from = self.0.check_cluster(&req).await?;
         let shared = &self.0;
         let max_chunk = shared.opts.max_snapshot_chunk_bytes;
         let mut chunks = req.into_inner();

@@ -1,0 +1,149 @@
+//! `ClusterClient` against real nodes: it finds the leader within one attempt timeout however
+//! many of its listed addresses never answer, and closing it closes the sessions its writes
+//! opened.
+
+mod common;
+
+use std::time::Duration;
+use std::time::Instant;
+
+use common::Cmd;
+use common::GrpcCluster;
+use common::Kv;
+use raft_core::Consistency;
+use raft_grpc::ClientError;
+use raft_grpc::ClientOptions;
+use raft_grpc::ClusterClient;
+use raft_grpc::GrpcOptions;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// An address on 127.0.0.1 that accepts connections and never answers on them; it stops when
+/// the task is aborted (or the test's runtime ends).
+async fn black_hole() -> (String, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_is_found_past_black_holed_addresses_within_one_attempt_timeout() {
+    const ATTEMPT: Duration = Duration::from_secs(1);
+    let c = GrpcCluster::start(3, GrpcOptions::default(), |c| c).await;
+    let leader = c.leader().await;
+    let follower = *c.addrs.keys().find(|id| **id != leader).unwrap();
+    let mut holes = Vec::new();
+    for _ in 0..3 {
+        holes.push(black_hole().await);
+    }
+    // The three black holes first, then one follower, which names the leader.
+    let mut endpoints: Vec<String> = holes.iter().map(|(a, _)| a.clone()).collect();
+    endpoints.push(c.addrs[&follower].clone());
+    let client: ClusterClient<Kv> = ClusterClient::new(
+        endpoints,
+        ClientOptions::default()
+            .with_attempt_timeout(ATTEMPT)
+            .with_total_timeout(ATTEMPT * 10),
+    )
+    .unwrap();
+
+    let started = Instant::now();
+    let (id, addr) = client.leader().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!((id, addr.as_str()), (leader, c.addrs[&leader].as_str()));
+    eprintln!(
+        "leader found past 3 black-holed addresses in {took:?} (attempt timeout {ATTEMPT:?})"
+    );
+    assert!(
+        took < ATTEMPT,
+        "finding the leader took {took:?}, more than one attempt timeout"
+    );
+
+    // The answer is remembered: a write goes straight to the leader, not through a follower.
+    let forwarded_before = c.nodes[&follower].stats().forwarded();
+    client
+        .write(Cmd::Put("k".into(), "v".into()))
+        .await
+        .unwrap();
+    assert_eq!(c.nodes[&follower].stats().forwarded(), forwarded_before);
+
+    // Every listed node's view is gathered in one attempt timeout too: the holes are waited for
+    // together, not one after another.
+    let started = Instant::now();
+    let views = client.statuses().await;
+    let took = started.elapsed();
+    eprintln!("statuses of 4 addresses, 3 black-holed, in {took:?}");
+    assert_eq!(
+        views.keys().collect::<Vec<_>>(),
+        vec![&c.addrs[&follower]],
+        "only the follower answers"
+    );
+    assert!(
+        took < ATTEMPT * 2,
+        "gathering the statuses took {took:?}, more than one attempt timeout"
+    );
+    for (_, hole) in holes {
+        hole.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_client_closes_the_sessions_its_writes_opened() {
+    let c = GrpcCluster::start(3, GrpcOptions::default(), |c| c).await;
+    let leader = c.leader().await;
+    let open = |id| c.nodes[&id].node().open_sessions();
+    let before = open(leader);
+    let client: ClusterClient<Kv> =
+        ClusterClient::new(c.endpoints(), ClientOptions::default()).unwrap();
+
+    // Four writes at once: each opens a session of its own, and the cluster holds all four.
+    let writes = (0..4).map(|i| client.write(Cmd::Put(format!("k{i}"), "v".into())));
+    for r in futures_util::future::join_all(writes).await {
+        r.unwrap();
+    }
+    assert_eq!(open(leader), before + 4);
+
+    // A write through a clone is in flight (it has taken a session) when the client closes.
+    let clone = client.clone();
+    let mut in_flight = Box::pin(clone.write(Cmd::Put("late".into(), "v".into())));
+    assert!(
+        tokio::time::timeout(Duration::ZERO, &mut in_flight)
+            .await
+            .is_err(),
+        "the write is under way, not finished"
+    );
+    let later = client.clone();
+    client.close().await.unwrap();
+    // The three idle sessions are gone; the one in use stays until its write ends.
+    assert_eq!(open(leader), before + 1);
+    assert_eq!(in_flight.await.unwrap(), Some("v".into()));
+    assert_eq!(
+        open(leader),
+        before,
+        "the write closed its session as it ended"
+    );
+    c.wait_until("every node dropped the client's sessions", |c| {
+        c.nodes.values().all(|n| n.node().open_sessions() == before)
+    })
+    .await;
+
+    // A write after close is refused without opening a session; reads still work.
+    assert!(matches!(
+        later.write(Cmd::Put("after".into(), "v".into())).await,
+        Err(ClientError::Closed)
+    ));
+    assert_eq!(open(leader), before);
+    assert_eq!(
+        later
+            .read(common::Query::Get("late".into()), Consistency::Linearizable)
+            .await
+            .unwrap(),
+        common::Reply::Value(Some("v".into()))
+    );
+}
