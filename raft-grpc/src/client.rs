@@ -69,7 +69,11 @@ pub struct ClientOptions {
     pub total_timeout: Duration,
     /// Where reads go. Default round-robin.
     pub read_policy: ReadPolicy,
-    /// Largest message sent or accepted, in bytes. Default 64 MiB.
+    /// Largest message sent or accepted, in bytes. Default 65 MiB, the node's own default
+    /// ([`GrpcOptions::max_message_bytes`](crate::GrpcOptions::max_message_bytes)), so a
+    /// command of the default `max_command_bytes` can be sent with its framing, and any reply a
+    /// node with default limits sends can be decoded (a larger one it refuses itself, with
+    /// `RequestError::TooLarge`).
     pub max_message_bytes: usize,
     /// Who the client is, on clusters that authenticate callers (see [`crate::auth`]): a
     /// user's token or the cluster secret. Default none.
@@ -100,7 +104,7 @@ impl Default for ClientOptions {
             attempt_timeout: Duration::from_secs(5),
             total_timeout: Duration::from_secs(30),
             read_policy: ReadPolicy::RoundRobin,
-            max_message_bytes: 64 << 20,
+            max_message_bytes: 65 << 20,
             credentials: None,
         }
     }
