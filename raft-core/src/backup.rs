@@ -34,8 +34,17 @@
 //!
 //! [`restore_data_dir`] prepares the data directory of one node of the new cluster:
 //!
-//! * it refuses a directory that is not empty (`lost+found` aside, for a fresh volume);
+//! * it refuses a directory that is not empty (`lost+found` aside, for a fresh volume), and
+//!   one another restore is filling;
 //! * it verifies the backup's checksum before writing anything;
+//! * it is atomic: the directory is built in a work directory on the same file system
+//!   (`<data-dir>.restore-<pid>-<n>` beside a missing data directory, `.restore-<pid>-<n>`
+//!   inside an existing empty one, under an exclusive `flock` on it), made durable, and only
+//!   then put in place, by a rename that fails if the name was taken meanwhile, or by moving
+//!   its entries in, the log last. A failed restore removes what it created; an interrupted
+//!   one leaves its work directory, which the next restore removes, or, if it was stopped
+//!   while moving entries in, a directory the next restore refuses with
+//!   [`BackupError::Interrupted`];
 //! * it writes the backup's state as the node's current snapshot, with the log position the
 //!   backup names and the **new** membership (`initial_members`, all voters), so the node starts
 //!   already initialised: do not call [`Node::initialize`](crate::Node::initialize) on it (it
@@ -60,6 +69,8 @@ use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 use openraft::BasicNode;
 
@@ -164,6 +175,25 @@ pub enum BackupError {
     /// The new cluster id could not be stored.
     #[error("storing the new cluster id failed: {0}")]
     ClusterId(#[from] ClusterIdError),
+    /// Another restore into the same data directory is running; nothing was written.
+    #[error("another restore into {} is running", dir.display())]
+    RestoreRunning {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// The data directory holds what a restore that was interrupted (killed, or the machine
+    /// stopped) left behind; it was not completed, so a node must not start from it.
+    #[error(
+        "data directory {} holds the remains of an interrupted restore ({leftover} is there); \
+         remove everything in it but lost+found, then restore again",
+        dir.display()
+    )]
+    Interrupted {
+        /// The data directory.
+        dir: PathBuf,
+        /// The leftover that shows the restore did not complete.
+        leftover: String,
+    },
 }
 
 /// Held while a node writes a backup: one at a time per node, so backups cannot pile up
@@ -323,33 +353,57 @@ pub fn restored_cluster_id(backup: &BackupInfo, members: &BTreeMap<NodeId, Strin
     ClusterId::from(h)
 }
 
-/// Fails unless `dir` is missing or empty (`lost+found` is ignored, as on a fresh volume).
-fn ensure_empty(dir: &Path) -> Result<(), BackupError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(at("list", dir)(e).into()),
+/// The name a restore's work directory starts with: beside a missing data directory it is
+/// `<name>.restore-<pid>-<n>`, inside an empty one `.restore-<pid>-<n>`.
+const WORK_MARK: &str = ".restore-";
+
+/// Makes each work directory's name unique within the process as well.
+static WORK_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn work_name(prefix: &str) -> String {
+    format!(
+        "{prefix}{WORK_MARK}{}-{}",
+        std::process::id(),
+        WORK_SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Takes `file`'s exclusive `flock`: waiting for it with `wait`, or failing at once with
+/// `Ok(false)` if another open file holds it.
+fn lock(file: &fs::File, path: &Path, wait: bool) -> Result<bool, BackupError> {
+    let op = if wait {
+        rustix::fs::FlockOperation::LockExclusive
+    } else {
+        rustix::fs::FlockOperation::NonBlockingLockExclusive
     };
-    for entry in entries {
-        let name = entry.map_err(at("list", dir))?.file_name();
-        if name != "lost+found" {
-            return Err(BackupError::NotEmpty {
-                dir: dir.to_path_buf(),
-                entry: name.to_string_lossy().into_owned(),
-            });
-        }
+    match rustix::fs::flock(file, op) {
+        Ok(()) => Ok(true),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(false),
+        Err(e) => Err(at("lock", path)(e.into()).into()),
     }
-    Ok(())
 }
 
 /// Prepares `data_dir` for node `id` of a new cluster of `initial_members` (id → raft address,
 /// all voters) holding the state of the backup at `backup`; see the [module docs](self).
 ///
 /// The cluster gets `cluster_id`, or [`restored_cluster_id`] when `None`. Refuses a data
-/// directory that is not empty ([`BackupError::NotEmpty`]) and a damaged backup
-/// ([`BackupError::Invalid`]) before writing anything; if writing fails part-way, what was
-/// written is removed again. Blocking.
+/// directory that is not empty ([`BackupError::NotEmpty`]), one another restore is filling
+/// ([`BackupError::RestoreRunning`]) and a damaged backup ([`BackupError::Invalid`]) before
+/// writing anything. The restore is atomic: the data directory is built in a work directory
+/// and put in place only once it is complete and durable, so it either ends up complete or as
+/// it was found (an interrupted restore leaves only its work directory, which the next restore
+/// removes, or [`BackupError::Interrupted`] says what it left). Blocking.
 pub fn restore_data_dir(
+    backup: &Path,
+    data_dir: &Path,
+    id: NodeId,
+    initial_members: &BTreeMap<NodeId, String>,
+    cluster_id: Option<ClusterId>,
+) -> Result<Restored, BackupError> {
+    restore(backup, data_dir, id, initial_members, cluster_id)
+}
+
+fn restore(
     backup: &Path,
     data_dir: &Path,
     id: NodeId,
@@ -362,22 +416,11 @@ pub fn restore_data_dir(
             members: initial_members.keys().copied().collect(),
         });
     }
-    ensure_empty(data_dir)?;
+    // Refuse an occupied directory before reading the backup; an existing one stays locked.
+    let target = Target::claim(data_dir)?;
     let (info, data, parsed) = open(backup)?;
     let cluster = cluster_id.unwrap_or_else(|| restored_cluster_id(&info, initial_members));
-    let existed = data_dir.exists();
-    let result = write_restored(data_dir, id, initial_members, cluster, &data, &parsed);
-    if result.is_err() {
-        // Leave the directory as it was found: a half-restored node must not start.
-        for name in ["snapshots", "wal", crate::cluster_id::FILE_NAME] {
-            let p = data_dir.join(name);
-            let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
-        }
-        if !existed {
-            let _ = fs::remove_dir(data_dir);
-        }
-    }
-    result?;
+    target.fill(|work| write_restored(work, id, initial_members, cluster, &data, &parsed))?;
     tracing::info!(
         index = info.index,
         term = info.term,
@@ -392,6 +435,231 @@ pub fn restore_data_dir(
     })
 }
 
+/// The entries of a restored data directory, in the order they are moved into an existing
+/// one: the log (with its vote) last.
+const ENTRIES: [&str; 3] = ["snapshots", crate::cluster_id::FILE_NAME, "wal"];
+
+/// Where a restore puts the data directory it builds.
+enum Target {
+    /// The data directory is missing: it is built beside it, on the same file system, and
+    /// renamed into place (a rename that fails if the name exists by then).
+    Missing { dir: PathBuf },
+    /// The data directory exists and is empty (a mount point): it is built in a work
+    /// directory inside it, whose entries are moved in, all under an exclusive lock on the
+    /// data directory.
+    Existing { dir: PathBuf, _lock: fs::File },
+}
+
+impl Target {
+    /// Checks that `dir` is missing or empty (`lost+found` aside), and locks it if it exists.
+    /// Removes the work directory of a restore that was interrupted before it moved anything.
+    fn claim(dir: &Path) -> Result<Target, BackupError> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Target::Missing {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(at("list", dir)(e).into()),
+        };
+        drop(entries);
+        let handle = fs::File::open(dir).map_err(at("open", dir))?;
+        if !lock(&handle, dir, false)? {
+            return Err(BackupError::RestoreRunning {
+                dir: dir.to_path_buf(),
+            });
+        }
+        // Under the lock, a work directory is the leftover of a restore that was stopped.
+        let mut leftovers = Vec::new();
+        let mut other = None;
+        for entry in fs::read_dir(dir).map_err(at("list", dir))? {
+            let name = entry.map_err(at("list", dir))?.file_name();
+            let name = name.to_string_lossy().into_owned();
+            if name == "lost+found" {
+                continue;
+            }
+            if name.starts_with(WORK_MARK) {
+                leftovers.push(name);
+            } else if other.is_none() {
+                other = Some(name);
+            }
+        }
+        match (other, leftovers.first()) {
+            (Some(_), Some(leftover)) => Err(BackupError::Interrupted {
+                dir: dir.to_path_buf(),
+                leftover: leftover.clone(),
+            }),
+            (Some(entry), None) => Err(BackupError::NotEmpty {
+                dir: dir.to_path_buf(),
+                entry,
+            }),
+            (None, _) => {
+                for name in &leftovers {
+                    let p = dir.join(name);
+                    fs::remove_dir_all(&p).map_err(at("remove", &p))?;
+                }
+                if !leftovers.is_empty() {
+                    fsutil::sync_dir(dir)?;
+                }
+                Ok(Target::Existing {
+                    dir: dir.to_path_buf(),
+                    _lock: handle,
+                })
+            }
+        }
+    }
+
+    /// Builds the data directory with `build` (given a work directory to fill and make
+    /// durable) and puts it in place. On failure, removes what this call created.
+    fn fill(self, build: impl FnOnce(&Path) -> Result<(), BackupError>) -> Result<(), BackupError> {
+        match self {
+            Target::Missing { dir } => fill_missing(&dir, build),
+            Target::Existing { dir, _lock } => fill_existing(&dir, build),
+        }
+    }
+}
+
+/// Removes the work directories beside `dir` whose restore is gone: no process holds their
+/// lock, and they hold something (a new one is locked before anything is written into it).
+/// Best effort: one that cannot be removed is logged and left, as it does not stand in the
+/// way of this restore.
+fn remove_stale_work(dir: &Path) {
+    let parent = fsutil::parent_of(dir);
+    let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let prefix = format!("{name}{WORK_MARK}");
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let p = entry.path();
+        // Work directories of other restores may vanish meanwhile; only a stale one is
+        // removed.
+        let Ok(handle) = fs::File::open(&p) else {
+            continue;
+        };
+        if matches!(lock(&handle, &p, false), Ok(true))
+            && fs::read_dir(&p).is_ok_and(|mut e| e.next().is_some())
+        {
+            match fs::remove_dir_all(&p) {
+                Ok(()) => tracing::info!(
+                    dir = %p.display(),
+                    "removed the work directory of an interrupted restore"
+                ),
+                Err(error) => tracing::warn!(
+                    dir = %p.display(),
+                    %error,
+                    "cannot remove the work directory of an interrupted restore"
+                ),
+            }
+        }
+    }
+}
+
+fn fill_missing(
+    dir: &Path,
+    build: impl FnOnce(&Path) -> Result<(), BackupError>,
+) -> Result<(), BackupError> {
+    let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
+        return Err(at("restore into", dir)(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path names no directory",
+        ))
+        .into());
+    };
+    let parent = fsutil::parent_of(dir).to_path_buf();
+    let created = fsutil::create_dir_all_durable(&parent)?;
+    let result = (|| {
+        remove_stale_work(dir);
+        let work = parent.join(work_name(name));
+        fs::create_dir(&work).map_err(at("create directory", &work))?;
+        let placed = fs::File::open(&work)
+            .map_err(at("open", &work))
+            .map_err(BackupError::from)
+            .and_then(|handle| {
+                lock(&handle, &work, true)?;
+                build(&work)?;
+                rename_onto_missing(&work, dir)?;
+                fsutil::sync_dir(&parent)?;
+                Ok(())
+            });
+        if placed.is_err() {
+            let _ = fs::remove_dir_all(&work);
+        }
+        placed
+    })();
+    if result.is_err() {
+        for c in created.iter().rev() {
+            let _ = fs::remove_dir(c);
+        }
+    }
+    result
+}
+
+/// Renames the directory `from` to `to`, failing if `to` exists (even as an empty directory,
+/// which a plain rename would replace).
+fn rename_onto_missing(from: &Path, to: &Path) -> Result<(), BackupError> {
+    use rustix::io::Errno;
+    let cwd = rustix::fs::CWD;
+    match rustix::fs::renameat_with(cwd, from, cwd, to, rustix::fs::RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == Errno::EXIST || e == Errno::NOTEMPTY => {
+            // Another restore (or anything else) took the name first.
+            Err(BackupError::NotEmpty {
+                dir: to.to_path_buf(),
+                entry: "a data directory that appeared during the restore".into(),
+            })
+        }
+        // A file system without the flag: a plain rename still refuses a non-empty target.
+        Err(e) if e == Errno::INVAL || e == Errno::NOSYS => match fs::rename(from, to) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(Errno::NOTEMPTY.raw_os_error()) => {
+                Err(BackupError::NotEmpty {
+                    dir: to.to_path_buf(),
+                    entry: "a data directory that appeared during the restore".into(),
+                })
+            }
+            Err(e) => Err(at("rename", from)(e).into()),
+        },
+        Err(e) => Err(at("rename", from)(e.into()).into()),
+    }
+}
+
+fn fill_existing(
+    dir: &Path,
+    build: impl FnOnce(&Path) -> Result<(), BackupError>,
+) -> Result<(), BackupError> {
+    let work = dir.join(work_name(""));
+    fs::create_dir(&work).map_err(at("create directory", &work))?;
+    let mut moved = Vec::new();
+    let result = (|| {
+        build(&work)?;
+        for name in ENTRIES {
+            let (from, to) = (work.join(name), dir.join(name));
+            fs::rename(&from, &to).map_err(at("rename", &from))?;
+            moved.push(to);
+        }
+        fsutil::sync_dir(dir)?;
+        fs::remove_dir(&work).map_err(at("remove", &work))?;
+        fsutil::sync_dir(dir)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        // Only what this restore created: the entries it moved in, and its work directory.
+        for p in moved.iter().rev() {
+            let _ = fs::remove_dir_all(p).or_else(|_| fs::remove_file(p));
+        }
+        let _ = fs::remove_dir_all(&work);
+        let _ = fsutil::sync_dir(dir);
+    }
+    result
+}
+
 fn write_restored(
     data_dir: &Path,
     id: NodeId,
@@ -400,7 +668,6 @@ fn write_restored(
     data: &SnapshotData,
     parsed: &snapshot::Parsed,
 ) -> Result<(), BackupError> {
-    fsutil::ensure_dir(data_dir)?;
     let last = parsed.meta.last_log_id.ok_or(BackupError::NothingApplied)?;
     let voters: BTreeSet<NodeId> = initial_members.keys().copied().collect();
     let nodes: BTreeMap<NodeId, BasicNode> = initial_members
