@@ -36,7 +36,9 @@
 //!
 //! * it refuses a directory that is not empty (`lost+found` aside, for a fresh volume), and
 //!   one another restore is filling;
-//! * it verifies the backup's checksum before writing anything;
+//! * it verifies the backup's checksum before writing anything, and with
+//!   [`restore_data_dir_checked`] has the state machine read the state
+//!   ([`StateMachine::check_snapshot`]) first too;
 //! * it is atomic: the directory is built in a work directory on the same file system
 //!   (`<data-dir>.restore-<pid>-<n>` beside a missing data directory, `.restore-<pid>-<n>`
 //!   inside an existing empty one, under an exclusive `flock` on it), made durable, and only
@@ -45,6 +47,9 @@
 //!   one leaves its work directory, which the next restore removes, or, if it was stopped
 //!   while moving entries in, a directory the next restore refuses with
 //!   [`BackupError::Interrupted`];
+//! * the backup's checksum is taken again as its state is copied, so bytes that change
+//!   between the two reads are refused ([`BackupError::Changed`]) rather than sealed under the
+//!   new snapshot's checksum;
 //! * it writes the backup's state as the node's current snapshot, with the log position the
 //!   backup names and the **new** membership (`initial_members`, all voters), so the node starts
 //!   already initialised: do not call [`Node::initialize`](crate::Node::initialize) on it (it
@@ -175,6 +180,26 @@ pub enum BackupError {
     /// The new cluster id could not be stored.
     #[error("storing the new cluster id failed: {0}")]
     ClusterId(#[from] ClusterIdError),
+    /// The state machine cannot read the state the backup holds (its checksum is right, so it
+    /// was written that way, or by a newer version); nothing was written.
+    #[error("the state in backup {} cannot be read: {source}", path.display())]
+    Unreadable {
+        /// The backup file.
+        path: PathBuf,
+        /// What the state machine's check reported.
+        #[source]
+        source: io::Error,
+    },
+    /// The backup's bytes changed between the restore's reads of them (a failing disk, or the
+    /// file being rewritten); what was copied is not trusted, and nothing was put in place.
+    #[error(
+        "backup {} changed while it was restored (its bytes no longer match its checksum); nothing was restored",
+        path.display()
+    )]
+    Changed {
+        /// The backup file.
+        path: PathBuf,
+    },
     /// Another restore into the same data directory is running; nothing was written.
     #[error("another restore into {} is running", dir.display())]
     RestoreRunning {
@@ -393,6 +418,9 @@ fn lock(file: &fs::File, path: &Path, wait: bool) -> Result<bool, BackupError> {
 /// and put in place only once it is complete and durable, so it either ends up complete or as
 /// it was found (an interrupted restore leaves only its work directory, which the next restore
 /// removes, or [`BackupError::Interrupted`] says what it left). Blocking.
+///
+/// The state machine's bytes are copied without being decoded; [`restore_data_dir_checked`]
+/// has the state machine read them first.
 pub fn restore_data_dir(
     backup: &Path,
     data_dir: &Path,
@@ -400,8 +428,34 @@ pub fn restore_data_dir(
     initial_members: &BTreeMap<NodeId, String>,
     cluster_id: Option<ClusterId>,
 ) -> Result<Restored, BackupError> {
-    restore(backup, data_dir, id, initial_members, cluster_id)
+    restore(backup, data_dir, id, initial_members, cluster_id, &|_| {
+        Ok(())
+    })
 }
+
+/// [`restore_data_dir`], after [`StateMachine::check_snapshot`] of `S` has read the state
+/// in the backup: a backup whose checksum holds but whose state `S` cannot read (written by a
+/// faulty or newer version) is refused with [`BackupError::Unreadable`] before anything is
+/// written, instead of every restored node failing at start. The check streams the state, so
+/// it needs no more memory than `S`'s check does.
+pub fn restore_data_dir_checked<S: StateMachine>(
+    backup: &Path,
+    data_dir: &Path,
+    id: NodeId,
+    initial_members: &BTreeMap<NodeId, String>,
+    cluster_id: Option<ClusterId>,
+) -> Result<Restored, BackupError> {
+    restore(
+        backup,
+        data_dir,
+        id,
+        initial_members,
+        cluster_id,
+        &S::check_snapshot,
+    )
+}
+
+type Check<'a> = &'a dyn Fn(&mut dyn io::Read) -> io::Result<()>;
 
 fn restore(
     backup: &Path,
@@ -409,6 +463,7 @@ fn restore(
     id: NodeId,
     initial_members: &BTreeMap<NodeId, String>,
     cluster_id: Option<ClusterId>,
+    check: Check<'_>,
 ) -> Result<Restored, BackupError> {
     if !initial_members.contains_key(&id) {
         return Err(BackupError::NotAMember {
@@ -419,8 +474,16 @@ fn restore(
     // Refuse an occupied directory before reading the backup; an existing one stays locked.
     let target = Target::claim(data_dir)?;
     let (info, data, parsed) = open(backup)?;
+    {
+        let mut input = io::BufReader::with_capacity(64 << 10, parsed.user_data(&data));
+        check(&mut input).map_err(|source| BackupError::Unreadable {
+            path: backup.to_path_buf(),
+            source,
+        })?;
+    }
     let cluster = cluster_id.unwrap_or_else(|| restored_cluster_id(&info, initial_members));
-    target.fill(|work| write_restored(work, id, initial_members, cluster, &data, &parsed))?;
+    target
+        .fill(|work| write_restored(work, id, initial_members, cluster, backup, &data, &parsed))?;
     tracing::info!(
         index = info.index,
         term = info.term,
@@ -660,11 +723,55 @@ fn fill_existing(
     result
 }
 
+/// Reads `data` and feeds what it reads to a running crc32c.
+struct Hashing<R> {
+    inner: R,
+    crc: u32,
+    bytes: u64,
+}
+
+impl<R: io::Read> io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Whether the bytes of `data` before `user_bytes` bytes of user state (whose crc32c is
+/// `user_crc`) and its trailer, together with those, still have the checksum `expected`.
+fn still_matches(
+    data: &SnapshotData,
+    user_crc: u32,
+    user_bytes: u64,
+    expected: u32,
+) -> io::Result<bool> {
+    let Some(start) = data.len().checked_sub(4 + user_bytes) else {
+        return Ok(false);
+    };
+    let mut crc = 0u32;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pos = 0u64;
+    while pos < start {
+        let want = ((start - pos) as usize).min(buf.len());
+        let n = data.read_at(pos, &mut buf[..want])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        pos += n as u64;
+    }
+    let user_len = usize::try_from(user_bytes).map_err(io::Error::other)?;
+    Ok(crc32c::crc32c_combine(crc, user_crc, user_len) == expected)
+}
+
 fn write_restored(
     data_dir: &Path,
     id: NodeId,
     initial_members: &BTreeMap<NodeId, String>,
     cluster: ClusterId,
+    backup: &Path,
     data: &SnapshotData,
     parsed: &snapshot::Parsed,
 ) -> Result<(), BackupError> {
@@ -688,6 +795,9 @@ fn write_restored(
     identity.adopt(cluster)?;
     let store = SnapshotStore::open(&data_dir.join("snapshots"), u64::MAX, Arc::new(identity))
         .map_err(BackupError::Snapshot)?;
+    // The user's bytes are read a second time here; their crc32c is taken as they are copied,
+    // so bytes that changed since the checksum was verified are not sealed under a new one.
+    let mut copied = (0u32, 0u64);
     store
         .write(
             &meta,
@@ -697,11 +807,28 @@ fn write_restored(
                 bindings: Default::default(),
             },
             |w| {
-                let mut input = io::BufReader::with_capacity(64 << 10, parsed.user_data(data));
-                io::copy(&mut input, w).map(drop)
+                let mut input = io::BufReader::with_capacity(
+                    64 << 10,
+                    Hashing {
+                        inner: parsed.user_data(data),
+                        crc: 0,
+                        bytes: 0,
+                    },
+                );
+                io::copy(&mut input, w)?;
+                let hashed = input.into_inner();
+                copied = (hashed.crc, hashed.bytes);
+                Ok(())
             },
         )
         .map_err(BackupError::Snapshot)?;
+    let intact =
+        still_matches(data, copied.0, copied.1, parsed.checksum).map_err(at("read", backup))?;
+    if !intact {
+        return Err(BackupError::Changed {
+            path: backup.to_path_buf(),
+        });
+    }
 
     // A vote for the backup's term: the first election is for the next one, so every entry
     // the new cluster writes has a log id above the backup's.

@@ -522,6 +522,95 @@ async fn small_backup(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
     (path, bytes)
 }
 
+/// `bytes` with the last `cut` bytes before the trailer removed and the checksum made right
+/// again: a file whose checksum holds but whose state does not decode.
+fn resealed_short(bytes: &[u8], cut: usize) -> Vec<u8> {
+    let mut out = bytes[..bytes.len() - 4 - cut].to_vec();
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checked_restore_refuses_state_the_machine_cannot_read_and_writes_nothing() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (good, bytes) = small_backup(dir.path()).await;
+    let m = members(&[1]);
+    for cut in [1, 7, 300] {
+        let bad = dir.path().join(format!("short{cut}"));
+        fs::write(&bad, resealed_short(&bytes, cut)).unwrap();
+        // The checksum holds: the file as such is a valid backup.
+        backup::inspect(&bad).unwrap();
+        let target = dir.path().join(format!("t{cut}"));
+        let err =
+            backup::restore_data_dir_checked::<KvStore>(&bad, &target, 1, &m, None).unwrap_err();
+        assert!(
+            matches!(&err, BackupError::Unreadable { path, .. } if path == &bad),
+            "cut {cut}: {err}"
+        );
+        assert!(
+            err.to_string().contains(&bad.display().to_string()),
+            "{err}"
+        );
+        assert!(!target.exists(), "cut {cut}: nothing written");
+    }
+    let target = dir.path().join("ok");
+    backup::restore_data_dir_checked::<KvStore>(&good, &target, 1, &m, None).unwrap();
+    assert_complete(&target);
+}
+
+/// The backup a [`Tampering`] check damages once it has read it.
+static TAMPER: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+
+/// A state machine whose check flips a byte of the backup's state in the file after reading
+/// it: the file changes between the restore's reads, as on a flaky disk.
+#[derive(Default)]
+struct Tampering;
+
+impl StateMachine for Tampering {
+    type Command = ();
+    type Output = ();
+    type Snapshot = ();
+    fn apply(&mut self, _: ()) {}
+    fn snapshot(&self) {}
+    fn write_snapshot(_: (), _: &mut dyn Write) -> io::Result<()> {
+        Ok(())
+    }
+    fn restore(&mut self, _: &mut dyn Read) -> io::Result<()> {
+        Ok(())
+    }
+    fn check_snapshot(input: &mut dyn Read) -> io::Result<()> {
+        io::copy(input, &mut io::sink())?;
+        if let Some(path) = TAMPER.lock().unwrap().take() {
+            let mut bytes = fs::read(&path)?;
+            let at = bytes.len() - 10;
+            bytes[at] ^= 0x01;
+            fs::write(&path, &bytes)?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_that_changes_while_it_is_restored_is_not_sealed_under_a_new_checksum() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (good, _) = small_backup(dir.path()).await;
+    let m = members(&[1]);
+    *TAMPER.lock().unwrap() = Some(good.clone());
+    // Under two parent directories the restore creates, and removes again.
+    let target = dir.path().join("x/y/t");
+    let err =
+        backup::restore_data_dir_checked::<Tampering>(&good, &target, 1, &m, None).unwrap_err();
+    assert!(
+        matches!(&err, BackupError::Changed { path } if path == &good),
+        "{err}"
+    );
+    assert!(!dir.path().join("x").exists(), "nothing written");
+    assert!(TAMPER.lock().unwrap().is_none(), "the check ran");
+}
+
 /// Fails unless `dir` is a complete restored data directory: one verified snapshot, the log's
 /// meta and the cluster id, and nothing else (an empty `lost+found` aside).
 fn assert_complete(dir: &Path) {
