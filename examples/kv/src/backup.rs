@@ -190,7 +190,9 @@ pub async fn restore(
     );
     let m = members.clone();
     let restored = tokio::task::spawn_blocking(move || {
-        raft_core::restore_data_dir(&from, &dir, id, &m, cluster)
+        raft_core::backup::restore_data_dir_checked::<crate::store::Store>(
+            &from, &dir, id, &m, cluster,
+        )
     })
     .await
     .map_err(|e| CtlError::Failed(format!("the restore task failed: {e}")))?
