@@ -671,25 +671,35 @@ fn rename_onto_missing(from: &Path, to: &Path) -> Result<(), BackupError> {
     let cwd = rustix::fs::CWD;
     match rustix::fs::renameat_with(cwd, from, cwd, to, rustix::fs::RenameFlags::NOREPLACE) {
         Ok(()) => Ok(()),
-        Err(e) if e == Errno::EXIST || e == Errno::NOTEMPTY => {
-            // Another restore (or anything else) took the name first.
-            Err(BackupError::NotEmpty {
-                dir: to.to_path_buf(),
-                entry: "a data directory that appeared during the restore".into(),
-            })
-        }
+        // Another restore (or anything else) took the name first.
+        Err(e) if e == Errno::EXIST || e == Errno::NOTEMPTY => Err(taken(from, to, e.into())),
         // A file system without the flag: a plain rename still refuses a non-empty target.
         Err(e) if e == Errno::INVAL || e == Errno::NOSYS => match fs::rename(from, to) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(Errno::NOTEMPTY.raw_os_error()) => {
-                Err(BackupError::NotEmpty {
-                    dir: to.to_path_buf(),
-                    entry: "a data directory that appeared during the restore".into(),
-                })
+                Err(taken(from, to, e))
             }
             Err(e) => Err(at("rename", from)(e).into()),
         },
         Err(e) => Err(at("rename", from)(e.into()).into()),
+    }
+}
+
+/// The error for a data directory `to` that appeared while the restore built `from`:
+/// [`BackupError::NotEmpty`] naming what is in it, or the rename's error `e` if it is empty.
+fn taken(from: &Path, to: &Path, e: io::Error) -> BackupError {
+    let entry = fs::read_dir(to).ok().and_then(|entries| {
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n != "lost+found")
+    });
+    match entry {
+        Some(entry) => BackupError::NotEmpty {
+            dir: to.to_path_buf(),
+            entry,
+        },
+        None => at("rename", from)(e).into(),
     }
 }
 
