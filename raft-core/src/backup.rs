@@ -34,8 +34,22 @@
 //!
 //! [`restore_data_dir`] prepares the data directory of one node of the new cluster:
 //!
-//! * it refuses a directory that is not empty (`lost+found` aside, for a fresh volume);
-//! * it verifies the backup's checksum before writing anything;
+//! * it refuses a directory that is not empty (`lost+found` aside, for a fresh volume), and
+//!   one another restore is filling;
+//! * it verifies the backup's checksum before writing anything, and with
+//!   [`restore_data_dir_checked`] has the state machine read the state
+//!   ([`StateMachine::check_snapshot`]) first too;
+//! * it is atomic: the directory is built in a work directory on the same file system
+//!   (`<data-dir>.restore-<pid>-<n>` beside a missing data directory, `.restore-<pid>-<n>`
+//!   inside an existing empty one, under an exclusive `flock` on it), made durable, and only
+//!   then put in place, by a rename that fails if the name was taken meanwhile, or by moving
+//!   its entries in, the log last. A failed restore removes what it created; an interrupted
+//!   one leaves its work directory, which the next restore removes, or, if it was stopped
+//!   while moving entries in, a directory the next restore refuses with
+//!   [`BackupError::Interrupted`];
+//! * the backup's checksum is taken again as its state is copied, so bytes that change
+//!   between the two reads are refused ([`BackupError::Changed`]) rather than sealed under the
+//!   new snapshot's checksum;
 //! * it writes the backup's state as the node's current snapshot, with the log position the
 //!   backup names and the **new** membership (`initial_members`, all voters), so the node starts
 //!   already initialised: do not call [`Node::initialize`](crate::Node::initialize) on it (it
@@ -60,6 +74,8 @@ use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 use openraft::BasicNode;
 
@@ -164,6 +180,45 @@ pub enum BackupError {
     /// The new cluster id could not be stored.
     #[error("storing the new cluster id failed: {0}")]
     ClusterId(#[from] ClusterIdError),
+    /// The state machine cannot read the state the backup holds (its checksum is right, so it
+    /// was written that way, or by a newer version); nothing was written.
+    #[error("the state in backup {} cannot be read: {source}", path.display())]
+    Unreadable {
+        /// The backup file.
+        path: PathBuf,
+        /// What the state machine's check reported.
+        #[source]
+        source: io::Error,
+    },
+    /// The backup's bytes changed between the restore's reads of them (a failing disk, or the
+    /// file being rewritten); what was copied is not trusted, and nothing was put in place.
+    #[error(
+        "backup {} changed while it was restored (its bytes no longer match its checksum); nothing was restored",
+        path.display()
+    )]
+    Changed {
+        /// The backup file.
+        path: PathBuf,
+    },
+    /// Another restore into the same data directory is running; nothing was written.
+    #[error("another restore into {} is running", dir.display())]
+    RestoreRunning {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// The data directory holds what a restore that was interrupted (killed, or the machine
+    /// stopped) left behind; it was not completed, so a node must not start from it.
+    #[error(
+        "data directory {} holds the remains of an interrupted restore ({leftover} is there); \
+         remove everything in it but lost+found, then restore again",
+        dir.display()
+    )]
+    Interrupted {
+        /// The data directory.
+        dir: PathBuf,
+        /// The leftover that shows the restore did not complete.
+        leftover: String,
+    },
 }
 
 /// Held while a node writes a backup: one at a time per node, so backups cannot pile up
@@ -323,32 +378,49 @@ pub fn restored_cluster_id(backup: &BackupInfo, members: &BTreeMap<NodeId, Strin
     ClusterId::from(h)
 }
 
-/// Fails unless `dir` is missing or empty (`lost+found` is ignored, as on a fresh volume).
-fn ensure_empty(dir: &Path) -> Result<(), BackupError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(at("list", dir)(e).into()),
+/// The name a restore's work directory starts with: beside a missing data directory it is
+/// `<name>.restore-<pid>-<n>`, inside an empty one `.restore-<pid>-<n>`.
+const WORK_MARK: &str = ".restore-";
+
+/// Makes each work directory's name unique within the process as well.
+static WORK_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn work_name(prefix: &str) -> String {
+    format!(
+        "{prefix}{WORK_MARK}{}-{}",
+        std::process::id(),
+        WORK_SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Takes `file`'s exclusive `flock`: waiting for it with `wait`, or failing at once with
+/// `Ok(false)` if another open file holds it.
+fn lock(file: &fs::File, path: &Path, wait: bool) -> Result<bool, BackupError> {
+    let op = if wait {
+        rustix::fs::FlockOperation::LockExclusive
+    } else {
+        rustix::fs::FlockOperation::NonBlockingLockExclusive
     };
-    for entry in entries {
-        let name = entry.map_err(at("list", dir))?.file_name();
-        if name != "lost+found" {
-            return Err(BackupError::NotEmpty {
-                dir: dir.to_path_buf(),
-                entry: name.to_string_lossy().into_owned(),
-            });
-        }
+    match rustix::fs::flock(file, op) {
+        Ok(()) => Ok(true),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(false),
+        Err(e) => Err(at("lock", path)(e.into()).into()),
     }
-    Ok(())
 }
 
 /// Prepares `data_dir` for node `id` of a new cluster of `initial_members` (id → raft address,
 /// all voters) holding the state of the backup at `backup`; see the [module docs](self).
 ///
 /// The cluster gets `cluster_id`, or [`restored_cluster_id`] when `None`. Refuses a data
-/// directory that is not empty ([`BackupError::NotEmpty`]) and a damaged backup
-/// ([`BackupError::Invalid`]) before writing anything; if writing fails part-way, what was
-/// written is removed again. Blocking.
+/// directory that is not empty ([`BackupError::NotEmpty`]), one another restore is filling
+/// ([`BackupError::RestoreRunning`]) and a damaged backup ([`BackupError::Invalid`]) before
+/// writing anything. The restore is atomic: the data directory is built in a work directory
+/// and put in place only once it is complete and durable, so it either ends up complete or as
+/// it was found (an interrupted restore leaves only its work directory, which the next restore
+/// removes, or [`BackupError::Interrupted`] says what it left). Blocking.
+///
+/// The state machine's bytes are copied without being decoded; [`restore_data_dir_checked`]
+/// has the state machine read them first.
 pub fn restore_data_dir(
     backup: &Path,
     data_dir: &Path,
@@ -356,28 +428,62 @@ pub fn restore_data_dir(
     initial_members: &BTreeMap<NodeId, String>,
     cluster_id: Option<ClusterId>,
 ) -> Result<Restored, BackupError> {
+    restore(backup, data_dir, id, initial_members, cluster_id, &|_| {
+        Ok(())
+    })
+}
+
+/// [`restore_data_dir`], after [`StateMachine::check_snapshot`] of `S` has read the state
+/// in the backup: a backup whose checksum holds but whose state `S` cannot read (written by a
+/// faulty or newer version) is refused with [`BackupError::Unreadable`] before anything is
+/// written, instead of every restored node failing at start. The check streams the state, so
+/// it needs no more memory than `S`'s check does.
+pub fn restore_data_dir_checked<S: StateMachine>(
+    backup: &Path,
+    data_dir: &Path,
+    id: NodeId,
+    initial_members: &BTreeMap<NodeId, String>,
+    cluster_id: Option<ClusterId>,
+) -> Result<Restored, BackupError> {
+    restore(
+        backup,
+        data_dir,
+        id,
+        initial_members,
+        cluster_id,
+        &S::check_snapshot,
+    )
+}
+
+type Check<'a> = &'a dyn Fn(&mut dyn io::Read) -> io::Result<()>;
+
+fn restore(
+    backup: &Path,
+    data_dir: &Path,
+    id: NodeId,
+    initial_members: &BTreeMap<NodeId, String>,
+    cluster_id: Option<ClusterId>,
+    check: Check<'_>,
+) -> Result<Restored, BackupError> {
     if !initial_members.contains_key(&id) {
         return Err(BackupError::NotAMember {
             id,
             members: initial_members.keys().copied().collect(),
         });
     }
-    ensure_empty(data_dir)?;
+    // Refuse an occupied directory before reading the backup; an existing one stays locked.
+    let target = Target::claim(data_dir)?;
     let (info, data, parsed) = open(backup)?;
-    let cluster = cluster_id.unwrap_or_else(|| restored_cluster_id(&info, initial_members));
-    let existed = data_dir.exists();
-    let result = write_restored(data_dir, id, initial_members, cluster, &data, &parsed);
-    if result.is_err() {
-        // Leave the directory as it was found: a half-restored node must not start.
-        for name in ["snapshots", "wal", crate::cluster_id::FILE_NAME] {
-            let p = data_dir.join(name);
-            let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
-        }
-        if !existed {
-            let _ = fs::remove_dir(data_dir);
-        }
+    {
+        let mut input = io::BufReader::with_capacity(64 << 10, parsed.user_data(&data));
+        check(&mut input).map_err(|source| BackupError::Unreadable {
+            path: backup.to_path_buf(),
+            source,
+        })?;
     }
-    result?;
+    let cluster = cluster_id.unwrap_or_else(|| restored_cluster_id(&info, initial_members));
+    target
+        .fill(|work| write_restored(work, id, initial_members, cluster, backup, &data, &parsed))?;
     tracing::info!(
         index = info.index,
         term = info.term,
@@ -392,15 +498,293 @@ pub fn restore_data_dir(
     })
 }
 
+/// The entries of a restored data directory, in the order they are moved into an existing
+/// one: the log (with its vote) last.
+const ENTRIES: [&str; 3] = ["snapshots", crate::cluster_id::FILE_NAME, "wal"];
+
+/// Where a restore puts the data directory it builds.
+enum Target {
+    /// The data directory is missing: it is built beside it, on the same file system, and
+    /// renamed into place (a rename that fails if the name exists by then).
+    Missing { dir: PathBuf },
+    /// The data directory exists and is empty (a mount point): it is built in a work
+    /// directory inside it, whose entries are moved in, all under an exclusive lock on the
+    /// data directory.
+    Existing { dir: PathBuf, _lock: fs::File },
+}
+
+impl Target {
+    /// Checks that `dir` is missing or empty (`lost+found` aside), and locks it if it exists.
+    /// Removes the work directory of a restore that was interrupted before it moved anything.
+    fn claim(dir: &Path) -> Result<Target, BackupError> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Target::Missing {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(at("list", dir)(e).into()),
+        };
+        drop(entries);
+        let handle = fs::File::open(dir).map_err(at("open", dir))?;
+        if !lock(&handle, dir, false)? {
+            return Err(BackupError::RestoreRunning {
+                dir: dir.to_path_buf(),
+            });
+        }
+        // Under the lock, a work directory is the leftover of a restore that was stopped.
+        let mut leftovers = Vec::new();
+        let mut other = None;
+        for entry in fs::read_dir(dir).map_err(at("list", dir))? {
+            let name = entry.map_err(at("list", dir))?.file_name();
+            let name = name.to_string_lossy().into_owned();
+            if name == "lost+found" {
+                continue;
+            }
+            if name.starts_with(WORK_MARK) {
+                leftovers.push(name);
+            } else if other.is_none() {
+                other = Some(name);
+            }
+        }
+        match (other, leftovers.first()) {
+            (Some(_), Some(leftover)) => Err(BackupError::Interrupted {
+                dir: dir.to_path_buf(),
+                leftover: leftover.clone(),
+            }),
+            (Some(entry), None) => Err(BackupError::NotEmpty {
+                dir: dir.to_path_buf(),
+                entry,
+            }),
+            (None, _) => {
+                for name in &leftovers {
+                    let p = dir.join(name);
+                    fs::remove_dir_all(&p).map_err(at("remove", &p))?;
+                }
+                if !leftovers.is_empty() {
+                    fsutil::sync_dir(dir)?;
+                }
+                Ok(Target::Existing {
+                    dir: dir.to_path_buf(),
+                    _lock: handle,
+                })
+            }
+        }
+    }
+
+    /// Builds the data directory with `build` (given a work directory to fill and make
+    /// durable) and puts it in place. On failure, removes what this call created.
+    fn fill(self, build: impl FnOnce(&Path) -> Result<(), BackupError>) -> Result<(), BackupError> {
+        match self {
+            Target::Missing { dir } => fill_missing(&dir, build),
+            Target::Existing { dir, _lock } => fill_existing(&dir, build),
+        }
+    }
+}
+
+/// Removes the work directories beside `dir` whose restore is gone: no process holds their
+/// lock, and they hold something (a new one is locked before anything is written into it).
+/// Best effort: one that cannot be removed is logged and left, as it does not stand in the
+/// way of this restore.
+fn remove_stale_work(dir: &Path) {
+    let parent = fsutil::parent_of(dir);
+    let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let prefix = format!("{name}{WORK_MARK}");
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let p = entry.path();
+        // Work directories of other restores may vanish meanwhile; only a stale one is
+        // removed.
+        let Ok(handle) = fs::File::open(&p) else {
+            continue;
+        };
+        if matches!(lock(&handle, &p, false), Ok(true))
+            && fs::read_dir(&p).is_ok_and(|mut e| e.next().is_some())
+        {
+            match fs::remove_dir_all(&p) {
+                Ok(()) => tracing::info!(
+                    dir = %p.display(),
+                    "removed the work directory of an interrupted restore"
+                ),
+                Err(error) => tracing::warn!(
+                    dir = %p.display(),
+                    %error,
+                    "cannot remove the work directory of an interrupted restore"
+                ),
+            }
+        }
+    }
+}
+
+fn fill_missing(
+    dir: &Path,
+    build: impl FnOnce(&Path) -> Result<(), BackupError>,
+) -> Result<(), BackupError> {
+    let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
+        return Err(at("restore into", dir)(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path names no directory",
+        ))
+        .into());
+    };
+    let parent = fsutil::parent_of(dir).to_path_buf();
+    let created = fsutil::create_dir_all_durable(&parent)?;
+    let result = (|| {
+        remove_stale_work(dir);
+        let work = parent.join(work_name(name));
+        fs::create_dir(&work).map_err(at("create directory", &work))?;
+        let placed = fs::File::open(&work)
+            .map_err(at("open", &work))
+            .map_err(BackupError::from)
+            .and_then(|handle| {
+                lock(&handle, &work, true)?;
+                build(&work)?;
+                rename_onto_missing(&work, dir)?;
+                fsutil::sync_dir(&parent)?;
+                Ok(())
+            });
+        if placed.is_err() {
+            let _ = fs::remove_dir_all(&work);
+        }
+        placed
+    })();
+    if result.is_err() {
+        for c in created.iter().rev() {
+            let _ = fs::remove_dir(c);
+        }
+    }
+    result
+}
+
+/// Renames the directory `from` to `to`, failing if `to` exists (even as an empty directory,
+/// which a plain rename would replace).
+fn rename_onto_missing(from: &Path, to: &Path) -> Result<(), BackupError> {
+    use rustix::io::Errno;
+    let cwd = rustix::fs::CWD;
+    match rustix::fs::renameat_with(cwd, from, cwd, to, rustix::fs::RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        // Another restore (or anything else) took the name first.
+        Err(e) if e == Errno::EXIST || e == Errno::NOTEMPTY => Err(taken(from, to, e.into())),
+        // A file system without the flag: a plain rename still refuses a non-empty target.
+        Err(e) if e == Errno::INVAL || e == Errno::NOSYS => match fs::rename(from, to) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(Errno::NOTEMPTY.raw_os_error()) => {
+                Err(taken(from, to, e))
+            }
+            Err(e) => Err(at("rename", from)(e).into()),
+        },
+        Err(e) => Err(at("rename", from)(e.into()).into()),
+    }
+}
+
+/// The error for a data directory `to` that appeared while the restore built `from`:
+/// [`BackupError::NotEmpty`] naming what is in it, or the rename's error `e` if it is empty.
+fn taken(from: &Path, to: &Path, e: io::Error) -> BackupError {
+    let entry = fs::read_dir(to).ok().and_then(|entries| {
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n != "lost+found")
+    });
+    match entry {
+        Some(entry) => BackupError::NotEmpty {
+            dir: to.to_path_buf(),
+            entry,
+        },
+        None => at("rename", from)(e).into(),
+    }
+}
+
+fn fill_existing(
+    dir: &Path,
+    build: impl FnOnce(&Path) -> Result<(), BackupError>,
+) -> Result<(), BackupError> {
+    let work = dir.join(work_name(""));
+    fs::create_dir(&work).map_err(at("create directory", &work))?;
+    let mut moved = Vec::new();
+    let result = (|| {
+        build(&work)?;
+        for name in ENTRIES {
+            let (from, to) = (work.join(name), dir.join(name));
+            fs::rename(&from, &to).map_err(at("rename", &from))?;
+            moved.push(to);
+        }
+        fsutil::sync_dir(dir)?;
+        fs::remove_dir(&work).map_err(at("remove", &work))?;
+        fsutil::sync_dir(dir)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        // Only what this restore created: the entries it moved in, and its work directory.
+        for p in moved.iter().rev() {
+            let _ = fs::remove_dir_all(p).or_else(|_| fs::remove_file(p));
+        }
+        let _ = fs::remove_dir_all(&work);
+        let _ = fsutil::sync_dir(dir);
+    }
+    result
+}
+
+/// Reads `data` and feeds what it reads to a running crc32c.
+struct Hashing<R> {
+    inner: R,
+    crc: u32,
+    bytes: u64,
+}
+
+impl<R: io::Read> io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Whether the bytes of `data` before `user_bytes` bytes of user state (whose crc32c is
+/// `user_crc`) and its trailer, together with those, still have the checksum `expected`.
+fn still_matches(
+    data: &SnapshotData,
+    user_crc: u32,
+    user_bytes: u64,
+    expected: u32,
+) -> io::Result<bool> {
+    let Some(start) = data.len().checked_sub(4 + user_bytes) else {
+        return Ok(false);
+    };
+    let mut crc = 0u32;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pos = 0u64;
+    while pos < start {
+        let want = ((start - pos) as usize).min(buf.len());
+        let n = data.read_at(pos, &mut buf[..want])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        pos += n as u64;
+    }
+    let user_len = usize::try_from(user_bytes).map_err(io::Error::other)?;
+    Ok(crc32c::crc32c_combine(crc, user_crc, user_len) == expected)
+}
+
 fn write_restored(
     data_dir: &Path,
     id: NodeId,
     initial_members: &BTreeMap<NodeId, String>,
     cluster: ClusterId,
+    backup: &Path,
     data: &SnapshotData,
     parsed: &snapshot::Parsed,
 ) -> Result<(), BackupError> {
-    fsutil::ensure_dir(data_dir)?;
     let last = parsed.meta.last_log_id.ok_or(BackupError::NothingApplied)?;
     let voters: BTreeSet<NodeId> = initial_members.keys().copied().collect();
     let nodes: BTreeMap<NodeId, BasicNode> = initial_members
@@ -421,6 +805,9 @@ fn write_restored(
     identity.adopt(cluster)?;
     let store = SnapshotStore::open(&data_dir.join("snapshots"), u64::MAX, Arc::new(identity))
         .map_err(BackupError::Snapshot)?;
+    // The user's bytes are read a second time here; their crc32c is taken as they are copied,
+    // so bytes that changed since the checksum was verified are not sealed under a new one.
+    let mut copied = (0u32, 0u64);
     store
         .write(
             &meta,
@@ -430,11 +817,28 @@ fn write_restored(
                 bindings: Default::default(),
             },
             |w| {
-                let mut input = io::BufReader::with_capacity(64 << 10, parsed.user_data(data));
-                io::copy(&mut input, w).map(drop)
+                let mut input = io::BufReader::with_capacity(
+                    64 << 10,
+                    Hashing {
+                        inner: parsed.user_data(data),
+                        crc: 0,
+                        bytes: 0,
+                    },
+                );
+                io::copy(&mut input, w)?;
+                let hashed = input.into_inner();
+                copied = (hashed.crc, hashed.bytes);
+                Ok(())
             },
         )
         .map_err(BackupError::Snapshot)?;
+    let intact =
+        still_matches(data, copied.0, copied.1, parsed.checksum).map_err(at("read", backup))?;
+    if !intact {
+        return Err(BackupError::Changed {
+            path: backup.to_path_buf(),
+        });
+    }
 
     // A vote for the backup's term: the first election is for the next one, so every entry
     // the new cluster writes has a log id above the backup's.

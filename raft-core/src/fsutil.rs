@@ -107,6 +107,47 @@ fn parent_dir(p: &Path) -> &Path {
     }
 }
 
+/// Creates `dir` and its missing parents, and makes each new entry durable by fsyncing the
+/// directory it was created in. Returns the directories this call created, outermost first
+/// (one created meanwhile by someone else is not among them).
+pub(crate) fn create_dir_all_durable(dir: &Path) -> Result<Vec<PathBuf>, PathError> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(p) = cur.filter(|p| !p.as_os_str().is_empty()) {
+        match fs::symlink_metadata(p) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(p.to_path_buf()),
+            Err(e) => return Err(at("stat", p)(e)),
+        }
+        cur = p.parent();
+    }
+    let mut created = Vec::new();
+    for p in missing.into_iter().rev() {
+        match fs::create_dir(&p) {
+            Ok(()) => {
+                created.push(p.clone());
+                if let Err(e) = sync_dir(parent_of(&p)) {
+                    for c in created.iter().rev() {
+                        let _ = fs::remove_dir(c);
+                    }
+                    return Err(e);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => {}
+            Err(e) => return Err(at("create directory", &p)(e)),
+        }
+    }
+    Ok(created)
+}
+
+/// The directory `path` is in: its parent, or `.` for a bare name.
+pub(crate) fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Reserves `len` bytes of disk for `file` so later writes do not allocate blocks. Falls back to
 /// extending the file where the filesystem does not support preallocation.
 pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {

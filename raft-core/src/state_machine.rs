@@ -226,12 +226,46 @@ impl ReadContext {
 /// Writes `value` to `out` in raftkit's codec — a one-line `write_snapshot` for serde state.
 ///
 /// The encoding streams through a 64 KiB buffer: a snapshot never holds a second, serialised
-/// copy of the state in memory.
+/// copy of the state in memory. An error of `out` (a full disk, a closed pipe) is returned as
+/// it is, with its kind and message; only a value that cannot be encoded gives an error of
+/// its own.
 pub fn write_serde<T: Serialize + ?Sized>(value: &T, out: &mut dyn Write) -> io::Result<()> {
-    let buffered = io::BufWriter::with_capacity(64 << 10, out);
-    let mut buffered = postcard::to_io(value, buffered)
-        .map_err(|e| io::Error::other(format!("snapshot serialisation failed: {e}")))?;
-    buffered.flush()
+    let mut keeping = KeepFirstError {
+        inner: io::BufWriter::with_capacity(64 << 10, out),
+        error: None,
+    };
+    let encoded = postcard::to_io(value, &mut keeping).map(drop);
+    if let Some(e) = keeping.error.take() {
+        return Err(e);
+    }
+    encoded.map_err(|e| io::Error::other(format!("snapshot serialisation failed: {e}")))?;
+    keeping.inner.flush()
+}
+
+/// Passes writes through and keeps the first error: the encoder replaces a writer's error
+/// with one of its own, which would hide the cause (a full disk, a closed pipe).
+struct KeepFirstError<W: Write> {
+    inner: W,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> Write for KeepFirstError<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).map_err(|e| self.keep(e))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().map_err(|e| self.keep(e))
+    }
+}
+
+impl<W: Write> KeepFirstError<W> {
+    /// Keeps `e` if it is the first error, and hands the encoder a stand-in.
+    fn keep(&mut self, e: io::Error) -> io::Error {
+        let stand_in = io::Error::new(e.kind(), "write failed");
+        self.error.get_or_insert(e);
+        stand_in
+    }
 }
 
 /// Reads back what [`write_serde`] wrote — a one-line `restore` for serde state.
@@ -299,6 +333,31 @@ pub fn read_serde_each<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails every write with `kind`, as a full disk or a closed pipe does.
+    struct Failing(io::ErrorKind);
+
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::new(self.0, "the device said no"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn write_serde_reports_the_writers_own_error() {
+        let big: Vec<u64> = (0..100_000).collect();
+        for kind in [io::ErrorKind::StorageFull, io::ErrorKind::BrokenPipe] {
+            let err = write_serde(&big, &mut Failing(kind)).unwrap_err();
+            assert_eq!(err.kind(), kind);
+            assert_eq!(err.to_string(), "the device said no");
+        }
+        // A small value fails at the final flush, with the same error.
+        let err = write_serde(&1u8, &mut Failing(io::ErrorKind::StorageFull)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+    }
 
     #[test]
     fn read_serde_refuses_trailing_and_missing_bytes() {

@@ -498,3 +498,258 @@ async fn export_and_restore_stream_a_large_state_without_holding_it() {
     assert_eq!((chunks, restored_bytes), (CHUNKS, state));
     leader.shutdown().await.unwrap();
 }
+
+/// A small backup of a one-node cluster, written to `dir/good`: its path and bytes.
+async fn small_backup(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let cluster = Cluster::start(1, ClusterOptions::default(), |_| KvStore::default())
+        .await
+        .unwrap();
+    for i in 0..20 {
+        cluster
+            .write(KvCommand::Put(format!("k{i}"), "v".repeat(500)))
+            .await
+            .unwrap();
+    }
+    let (_, bytes) = cluster
+        .node(1)
+        .unwrap()
+        .export_snapshot(Vec::new())
+        .await
+        .unwrap();
+    cluster.shutdown().await.unwrap();
+    let path = dir.join("good");
+    fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
+/// `bytes` with the last `cut` bytes before the trailer removed and the checksum made right
+/// again: a file whose checksum holds but whose state does not decode.
+fn resealed_short(bytes: &[u8], cut: usize) -> Vec<u8> {
+    let mut out = bytes[..bytes.len() - 4 - cut].to_vec();
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checked_restore_refuses_state_the_machine_cannot_read_and_writes_nothing() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (good, bytes) = small_backup(dir.path()).await;
+    let m = members(&[1]);
+    for cut in [1, 7, 300] {
+        let bad = dir.path().join(format!("short{cut}"));
+        fs::write(&bad, resealed_short(&bytes, cut)).unwrap();
+        // The checksum holds: the file as such is a valid backup.
+        backup::inspect(&bad).unwrap();
+        let target = dir.path().join(format!("t{cut}"));
+        let err =
+            backup::restore_data_dir_checked::<KvStore>(&bad, &target, 1, &m, None).unwrap_err();
+        assert!(
+            matches!(&err, BackupError::Unreadable { path, .. } if path == &bad),
+            "cut {cut}: {err}"
+        );
+        assert!(
+            err.to_string().contains(&bad.display().to_string()),
+            "{err}"
+        );
+        assert!(!target.exists(), "cut {cut}: nothing written");
+    }
+    let target = dir.path().join("ok");
+    backup::restore_data_dir_checked::<KvStore>(&good, &target, 1, &m, None).unwrap();
+    assert_complete(&target);
+}
+
+/// The backup a [`Tampering`] check damages once it has read it.
+static TAMPER: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+
+/// A state machine whose check flips a byte of the backup's state in the file after reading
+/// it: the file changes between the restore's reads, as on a flaky disk.
+#[derive(Default)]
+struct Tampering;
+
+impl StateMachine for Tampering {
+    type Command = ();
+    type Output = ();
+    type Snapshot = ();
+    fn apply(&mut self, _: ()) {}
+    fn snapshot(&self) {}
+    fn write_snapshot(_: (), _: &mut dyn Write) -> io::Result<()> {
+        Ok(())
+    }
+    fn restore(&mut self, _: &mut dyn Read) -> io::Result<()> {
+        Ok(())
+    }
+    fn check_snapshot(input: &mut dyn Read) -> io::Result<()> {
+        io::copy(input, &mut io::sink())?;
+        if let Some(path) = TAMPER.lock().unwrap().take() {
+            let mut bytes = fs::read(&path)?;
+            let at = bytes.len() - 10;
+            bytes[at] ^= 0x01;
+            fs::write(&path, &bytes)?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_that_changes_while_it_is_restored_is_not_sealed_under_a_new_checksum() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (good, _) = small_backup(dir.path()).await;
+    let m = members(&[1]);
+    *TAMPER.lock().unwrap() = Some(good.clone());
+    // Under two parent directories the restore creates, and removes again.
+    let target = dir.path().join("x/y/t");
+    let err =
+        backup::restore_data_dir_checked::<Tampering>(&good, &target, 1, &m, None).unwrap_err();
+    assert!(
+        matches!(&err, BackupError::Changed { path } if path == &good),
+        "{err}"
+    );
+    assert!(!dir.path().join("x").exists(), "nothing written");
+    assert!(TAMPER.lock().unwrap().is_none(), "the check ran");
+}
+
+/// Fails unless `dir` is a complete restored data directory: one verified snapshot, the log's
+/// meta and the cluster id, and nothing else (an empty `lost+found` aside).
+fn assert_complete(dir: &Path) {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lost+found")
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["cluster-id", "snapshots", "wal"],
+        "{}",
+        dir.display()
+    );
+    let snaps: Vec<_> = fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    backup::inspect(&snaps[0]).unwrap();
+    assert!(dir.join("wal/meta").is_file());
+}
+
+/// The names in `dir`, `lost+found` aside.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lost+found")
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_restores_into_one_directory_at_once_leave_one_complete_restore() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (good, _) = small_backup(dir.path()).await;
+    let m = members(&[1, 2, 3]);
+    let root = dir.path().join("race");
+    fs::create_dir(&root).unwrap();
+    let mut restored = Vec::new();
+    for trial in 0..30 {
+        // A missing target, and an existing empty one (a mount point).
+        let existing = trial % 2 == 1;
+        let target = root.join(format!("t{trial}"));
+        if existing {
+            fs::create_dir_all(target.join("lost+found")).unwrap();
+        }
+        let start = std::sync::Barrier::new(2);
+        let results: Vec<Result<backup::Restored, BackupError>> = std::thread::scope(|s| {
+            let runs: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        backup::restore_data_dir(&good, &target, 1, &m, None)
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "trial {trial}: exactly one succeeds: {results:?}");
+        for r in &results {
+            if let Err(e) = r {
+                assert!(
+                    matches!(
+                        e,
+                        BackupError::NotEmpty { .. } | BackupError::RestoreRunning { .. }
+                    ),
+                    "trial {trial}: {e}"
+                );
+            }
+        }
+        // The winner's directory is complete, and the loser left nothing behind.
+        assert_complete(&target);
+        let beside = names_in(&root);
+        assert!(
+            beside.len() == trial + 1 && beside.iter().all(|n| !n.contains("restore")),
+            "trial {trial}: only the targets are in the parent: {beside:?}"
+        );
+        restored.push(target);
+    }
+
+    // A restored directory opens as an initialised node.
+    let router = Router::new(4);
+    let nodes = start_nodes::<KvStore>(&router, &BTreeMap::from([(1, restored[0].clone())])).await;
+    assert!(nodes[&1].is_initialized().await.unwrap());
+    nodes[&1].shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_interrupted_restore_left_is_removed_or_named_never_restored_over() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (good, _) = small_backup(dir.path()).await;
+    let m = members(&[1]);
+
+    // Into an existing directory, stopped before it moved anything in: only its work
+    // directory is there, and the next restore clears it.
+    let mount = dir.path().join("mount");
+    fs::create_dir_all(mount.join("lost+found")).unwrap();
+    fs::create_dir_all(mount.join(".restore-4242-0/snapshots")).unwrap();
+    fs::write(mount.join(".restore-4242-0/snapshots/build-1.tmp"), b"half").unwrap();
+    backup::restore_data_dir(&good, &mount, 1, &m, None).unwrap();
+    assert_complete(&mount);
+
+    // Stopped while moving its entries in: the next restore refuses, says why, changes nothing.
+    let torn = dir.path().join("torn");
+    fs::create_dir_all(torn.join(".restore-4242-0/wal")).unwrap();
+    fs::create_dir_all(torn.join("snapshots")).unwrap();
+    let err = backup::restore_data_dir(&good, &torn, 1, &m, None).unwrap_err();
+    assert!(
+        matches!(&err, BackupError::Interrupted { dir, leftover }
+            if dir == &torn && leftover == ".restore-4242-0"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("interrupted restore"), "{err}");
+    assert_eq!(names_in(&torn), [".restore-4242-0", "snapshots"]);
+
+    // Into a missing directory: its work directory beside the target is removed by the next
+    // restore of that target; one a running restore holds is not.
+    let parent = dir.path().join("p");
+    fs::create_dir(&parent).unwrap();
+    let stale = parent.join("n1.restore-4242-0");
+    fs::create_dir_all(stale.join("snapshots")).unwrap();
+    let live = parent.join("n1.restore-4242-1");
+    fs::create_dir_all(live.join("snapshots")).unwrap();
+    let held = fs::File::open(&live).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let other = parent.join("n10.restore-4242-0");
+    fs::create_dir_all(other.join("snapshots")).unwrap();
+    backup::restore_data_dir(&good, &parent.join("n1"), 1, &m, None).unwrap();
+    assert_complete(&parent.join("n1"));
+    assert_eq!(
+        names_in(&parent),
+        ["n1", "n1.restore-4242-1", "n10.restore-4242-0"]
+    );
+    drop(held);
+}

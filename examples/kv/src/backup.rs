@@ -2,8 +2,10 @@
 //! `etcdutl snapshot restore`.
 //!
 //! `kv backup` asks any reachable node for a consistent backup (at a linearizable read index)
-//! and writes it to a temporary file beside `--out`, verifies it, fsyncs it and renames it into
-//! place, so `--out` is either the old file or a complete, verified backup. `kv restore` turns a
+//! and writes it to a temporary file beside `--out` (mode 0600, named `.NAME.PID.partial`),
+//! verifies it, fsyncs it and renames it into place, so `--out` is either the old file or a
+//! complete, verified backup. A backup that was killed cannot remove its temporary file; the
+//! next backup to the same name removes those whose process is gone. `kv restore` turns a
 //! backup into the data directory of one node of a new cluster (see [`raft_core::backup`]);
 //! restore every initial member from the same file with the same `--initial-members`, then start
 //! them with `kv node` and the same flags. Keys keep their expiry times: they are absolute, so a
@@ -28,7 +30,8 @@ use crate::ctl::CtlError;
 #[derive(Args, Debug, Clone)]
 pub struct BackupArgs {
     /// Where to write the backup. Written under a temporary name in the same directory and
-    /// renamed into place once complete and verified (an existing file is replaced).
+    /// renamed into place once complete and verified (an existing file is replaced). The file
+    /// is readable by its owner only (mode 0600): it holds every value.
     #[arg(long)]
     pub out: PathBuf,
     #[command(flatten)]
@@ -102,12 +105,10 @@ pub async fn backup(args: &BackupArgs) -> Result<String, CtlError> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let tmp = dir.join(format!(".{name}.{}.partial", std::process::id()));
+    remove_stale_partials(&dir, name);
+    let tmp = partial_path(&dir, name, std::process::id());
     let client = args.conn.client()?;
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
+    let mut file = create_partial(&tmp)
         .await
         .map_err(|e| failed("cannot create", &tmp, e))?;
     let result = async {
@@ -166,6 +167,59 @@ pub async fn backup(args: &BackupArgs) -> Result<String, CtlError> {
     ))
 }
 
+/// Where `kv backup` writes a backup named `name` in `dir` before it is complete:
+/// `.NAME.PID.partial`, so two backups to the same name do not write into one file.
+fn partial_path(dir: &Path, name: &str, pid: u32) -> PathBuf {
+    dir.join(format!(".{name}.{pid}.partial"))
+}
+
+/// Removes what interrupted backups to `name` left in `dir`: `.NAME.PID.partial` files whose
+/// process is gone (a backup killed before it could clean up). A file whose pid names a live
+/// process, maybe another backup, is left. Best effort: a file that cannot be removed is
+/// logged and left.
+fn remove_stale_partials(dir: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|rest| rest.strip_suffix(".partial"))
+            .and_then(|pid| pid.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            continue;
+        };
+        // ESRCH: no such process. EPERM means a process of another user holds the pid.
+        if rustix::process::test_kill_process(pid) != Err(rustix::io::Errno::SRCH) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "removed an interrupted backup's partial file")
+            }
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "cannot remove an interrupted backup's partial file")
+            }
+        }
+    }
+}
+
+/// Creates the file a backup is written to, new, readable and writable by its owner only: it
+/// holds every value and the session table, as the data directory does.
+async fn create_partial(path: &Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+}
+
 fn report(file: &Path, info: &BackupInfo) -> BackupReport {
     BackupReport {
         file: file.to_path_buf(),
@@ -190,7 +244,9 @@ pub async fn restore(
     );
     let m = members.clone();
     let restored = tokio::task::spawn_blocking(move || {
-        raft_core::restore_data_dir(&from, &dir, id, &m, cluster)
+        raft_core::backup::restore_data_dir_checked::<crate::store::Store>(
+            &from, &dir, id, &m, cluster,
+        )
     })
     .await
     .map_err(|e| CtlError::Failed(format!("the restore task failed: {e}")))?
@@ -221,4 +277,42 @@ pub async fn restore(
         args.data_dir.display(),
         list.join(","),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_partial_file_is_private_to_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = partial_path(dir.path(), "b.backup", std::process::id());
+        drop(create_partial(&path).await.unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+
+    #[test]
+    fn partial_files_of_gone_backups_are_removed_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid whose process has exited (and been reaped).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let files = [
+            partial_path(dir.path(), "b.backup", gone),
+            partial_path(dir.path(), "b.backup", std::process::id()),
+            partial_path(dir.path(), "other.backup", gone),
+            dir.path().join(".b.backup.x.partial"),
+            dir.path().join("b.backup"),
+        ];
+        for f in &files {
+            std::fs::write(f, b"x").unwrap();
+        }
+        remove_stale_partials(dir.path(), "b.backup");
+        let left: Vec<bool> = files.iter().map(|f| f.exists()).collect();
+        assert_eq!(left, [false, true, true, true, true]);
+    }
 }

@@ -23,6 +23,22 @@ use common::poll;
 use common::spawn;
 use redis::aio::MultiplexedConnection;
 
+/// The crc32c (Castagnoli) of `data`, as a backup's trailer holds it.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in data {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
 /// Runs `kv <args>`.
 fn kv(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kv"))
@@ -228,6 +244,23 @@ async fn a_backup_taken_during_writes_restores_into_a_new_cluster() {
     let out = restore(4, &target, &bad);
     assert!(!out.status.success(), "a damaged backup was restored");
     assert!(!target.exists(), "nothing written for a damaged backup");
+    // A backup whose checksum holds but whose store does not decode (cut short inside the
+    // store's bytes, then sealed again) is refused by name, and leaves nothing behind.
+    let whole = std::fs::read(&file).unwrap();
+    let mut resealed = whole[..whole.len() - 4 - 40].to_vec();
+    let crc = crc32c(&resealed);
+    resealed.extend_from_slice(&crc.to_le_bytes());
+    let cut = new_dir.path().join("resealed.backup");
+    std::fs::write(&cut, &resealed).unwrap();
+    let target = new_dir.path().join("from-resealed");
+    let out = restore(4, &target, &cut);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an undecodable store was restored");
+    assert!(
+        stderr.contains(cut.to_str().unwrap()) && stderr.contains("cannot be read"),
+        "{stderr}"
+    );
+    assert!(!target.exists(), "nothing written for an undecodable store");
     // An occupied directory is refused and left as it was.
     let occupied = new_dir.path().join("occupied");
     std::fs::create_dir_all(occupied.join("wal")).unwrap();

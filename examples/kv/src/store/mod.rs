@@ -920,6 +920,11 @@ impl StateMachine for Store {
         snapshot::restore(self, input)
     }
 
+    /// Decodes the snapshot as `restore` would, one record at a time, keeping none.
+    fn check_snapshot(input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        snapshot::check(input)
+    }
+
     /// Under the NOSPACE alarm, what frees space still runs: `DEL`, `UNLINK`, `GETDEL`,
     /// `FLUSHDB`/`FLUSHALL` and the expiry sweep.
     /// A transaction or pipelined batch runs if every write in it is one of these.
