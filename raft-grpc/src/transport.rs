@@ -375,7 +375,13 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
             };
             let mut client = self.client()?;
             let target = self.target;
-            let requests = futures_util::stream::once(async move { first }).chain(input).filter_map(move |req| async move {
+            // The requests end as soon as the replies end or are dropped (or this call fails):
+            // openraft's request stream holds the replication state's lock while it waits for
+            // more to send, and the HTTP/2 layer may keep polling a request body after the
+            // response has ended. A body left waiting would hold that lock, and the next
+            // stream to this peer would wait for it for ever.
+            let (replies_done, requests_end) = tokio::sync::oneshot::channel::<()>();
+            let requests = futures_util::stream::once(async move { first }).chain(input).take_until(requests_end).filter_map(move |req| async move {
                 match raft_core::codec::encode(&req) {
                     Ok(payload) => Some(pb::RaftRequest {
                         target,
@@ -398,6 +404,8 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
             self.answered();
             let this: &'s GrpcConnection = self;
             let replies = response.into_inner().map(move |item| {
+                // Held by the reply stream: dropping it ends the requests (see above).
+                let _ends_requests = &replies_done;
                 let reply = item.map_err(|s| this.rpc_error(s, rpc::RPCTypes::AppendEntries, setup))?;
                 wire::decode::<rpc::StreamAppendResult>(&reply.payload, "append reply").map_err(|s| this.unreachable(&s))
             });

@@ -192,7 +192,9 @@ async fn a_follower_behind_by_40_large_writes_catches_up_in_bounded_messages() {
     let target = node.metrics().last_log_index.unwrap();
     c.nodes[&lagging]
         .node()
-        .wait_for(Duration::from_secs(120), |m| m.applied_index >= Some(target))
+        .wait_for(Duration::from_secs(120), |m| {
+            m.applied_index >= Some(target)
+        })
         .await
         .expect("the follower caught up");
     let took = started.elapsed();
@@ -348,5 +350,8 @@ async fn snapshot_receive_checks_the_sender_before_taking_data() {
         .await
         .unwrap();
     let states = c.converged().await;
-    assert_eq!(states[&target].0.get("after").map(String::as_str), Some("1"));
+    assert_eq!(
+        states[&target].0.get("after").map(String::as_str),
+        Some("1")
+    );
 }
