@@ -70,9 +70,24 @@ pub enum Error {
         "the node is already initialized; a restart recovers from disk and needs no initialize"
     )]
     AlreadyInitialized,
-    /// A membership change was refused.
+    /// A membership change was refused. Nothing was changed.
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// Node `id` was added as a learner (the change is committed and stays), but it did not
+    /// receive the log within `waited`: it may be unreachable at `addr`, or still catching up.
+    /// It remains a member that the leader keeps trying to reach until it is removed
+    /// ([`Node::remove_node`](crate::Node::remove_node)); retrying the add does not add it twice.
+    #[error(
+        "node {id} was added as a learner at {addr} but has not caught up within {waited:?} (is {addr} reachable from the leader?); it stays a member until it is removed"
+    )]
+    LearnerNotCaughtUp {
+        /// The learner.
+        id: NodeId,
+        /// The address it was added at.
+        addr: String,
+        /// How long the leader waited for it.
+        waited: Duration,
+    },
     /// The encoded command exceeds [`Config::max_command_bytes`](crate::Config::max_command_bytes).
     #[error("command of {size} bytes exceeds the limit of {limit} bytes")]
     CommandTooLarge {
@@ -105,7 +120,8 @@ pub enum Error {
 impl Error {
     /// Whether a failed write may have been applied (its outcome is unknown): true for
     /// timeouts, leadership changes in flight, shutdowns, storage and engine failures, a write
-    /// applied whose output did not encode, and writes whose session cannot answer them (an
+    /// applied whose output did not encode, a learner added that has not caught up (its
+    /// addition did take effect), and writes whose session cannot answer them (an
     /// earlier attempt may have been applied, and a retry can no longer be recognised); false
     /// for refusals that happen before anything is proposed (not the leader, a command that
     /// does not decode, too large, no space, …).
@@ -117,7 +133,8 @@ impl Error {
             | Error::Log(_)
             | Error::Snapshot(_)
             | Error::Storage(_)
-            | Error::Fatal(_) => true,
+            | Error::Fatal(_)
+            | Error::LearnerNotCaughtUp { .. } => true,
             Error::Rejected(e) => !matches!(e, ApplyError::InvalidCommand(_)),
             Error::NotLeader(_)
             | Error::NoQuorum
@@ -161,6 +178,11 @@ mod tests {
                 sequence,
             }),
             Error::Rejected(ApplyError::OutputEncoding("too deep".into())),
+            Error::LearnerNotCaughtUp {
+                id: 5,
+                addr: "n5:1".into(),
+                waited: Duration::from_secs(1),
+            },
         ];
         for e in &unknown {
             assert!(e.may_have_applied(), "{e}");

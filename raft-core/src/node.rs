@@ -716,11 +716,19 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Adds `id` at `addr` as a learner and waits until it holds the log as it was when the
-    /// learner was added (by replication or a snapshot). Leader only. If the learner cannot be
-    /// reached, it stays a member and this fails with [`Error::Timeout`].
+    /// learner was added (by replication or a snapshot). Leader only.
+    ///
+    /// * `Ok(())` means `id` is a member at `addr` and, if it is a learner, holds that log. A
+    ///   node that is already a voter at `addr` is left as it is; one that is already a learner
+    ///   at `addr` is not added again, only waited for (so a retried call is safe).
+    /// * An `id` that is a member at another address, or an `addr` that another member uses,
+    ///   is refused with [`Error::Membership`] and nothing changes.
+    /// * If the learner was added but did not catch up within the request timeout (it is
+    ///   unreachable, or far behind), this fails with [`Error::LearnerNotCaughtUp`]: it stays
+    ///   a member until [`Node::remove_node`] removes it.
     ///
     /// A node whose id is bound to another incarnation (its data was wiped since) is let in as
-    /// a member but refused on every message, so the call times out; use
+    /// a member but refused on every message, so it never catches up; use
     /// [`Node::add_learner_as`] to be told at once.
     pub async fn add_learner(&self, id: NodeId, addr: impl Into<String>) -> Result<()> {
         self.add_learner_as(id, addr, None).await
@@ -729,7 +737,8 @@ impl<S: StateMachine> Node<S> {
     /// [`Node::add_learner`] for a node that says which `incarnation` it is (its
     /// [`Node::incarnation`]), as a node joining by itself does: an id bound to another
     /// incarnation is refused (that node's data was wiped: it must join under a new id), and an
-    /// unbound id is bound to `incarnation` before it is added.
+    /// unbound id is bound to `incarnation` before it is added. Every guarantee of
+    /// [`Node::add_learner`] holds.
     pub async fn add_learner_as(
         &self,
         id: NodeId,
@@ -737,6 +746,8 @@ impl<S: StateMachine> Node<S> {
         incarnation: Option<u64>,
     ) -> Result<()> {
         self.require_leader()?;
+        let addr = addr.into();
+        let already = membership_conflict(&self.metrics(), id, &addr)?;
         if let Some(incarnation) = incarnation {
             match self.inner.sm.binding(id) {
                 Some(bound) if bound != incarnation => {
@@ -756,16 +767,48 @@ impl<S: StateMachine> Node<S> {
                 }
             }
         }
-        let node = BasicNode::new(addr.into());
-        let added = self
-            .propose(|| self.inner.raft.add_learner(id, node.clone(), false))
-            .await?;
-        let target = added.log_id.index;
+        let target = match already {
+            Some(Member::Voter) => {
+                tracing::info!(node = id, %addr, "already a voter at this address; nothing to add");
+                return Ok(());
+            }
+            Some(Member::Learner) => {
+                tracing::info!(node = id, %addr, "already a learner at this address; waiting for it to catch up");
+                self.metrics().commit_index
+            }
+            None => {
+                let node = BasicNode::new(addr.clone());
+                let added = self
+                    .propose(|| self.inner.raft.add_learner(id, node.clone(), false))
+                    .await?;
+                // openraft keeps an existing member as it is: a concurrent add of the same id
+                // at another address may have won.
+                if let Some(other) = self.metrics().members.get(&id).filter(|a| **a != addr) {
+                    return Err(Error::Membership(format!(
+                        "node {id} was added at {other} meanwhile; remove it first, or use a new id"
+                    )));
+                }
+                Some(added.log_id.index)
+            }
+        };
         let limit = self.inner.config.request_timeout;
-        self.wait_for(limit, |m| {
-            m.role != Role::Leader || m.replication.get(&id).copied().flatten() >= Some(target)
-        })
-        .await?;
+        let waited = self
+            .wait_for(limit, |m| {
+                m.role != Role::Leader || m.replication.get(&id).copied().flatten() >= target
+            })
+            .await;
+        match waited {
+            Err(Error::Timeout(_)) => {
+                return Err(Error::LearnerNotCaughtUp {
+                    id,
+                    addr,
+                    waited: limit,
+                });
+            }
+            other => {
+                other?;
+            }
+        }
         match self.metrics() {
             m if m.role == Role::Leader => Ok(()),
             m => Err(Error::NotLeader(LeaderHint::new(m.leader, m.leader_addr))),
@@ -1209,4 +1252,44 @@ fn check_storage_agrees(
         .into());
     }
     Ok(())
+}
+
+/// What node `id` already is, at `addr`, in the membership `m` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Member {
+    Voter,
+    Learner,
+}
+
+/// Checks that `id` at `addr` can be added as a learner: `Ok(None)` for a new member,
+/// `Ok(Some(_))` if it is already a member at `addr`, and [`Error::Membership`] if `id` is a
+/// member at another address or another member uses `addr`.
+fn membership_conflict(m: &Metrics, id: NodeId, addr: &str) -> Result<Option<Member>> {
+    let role = |id: NodeId| {
+        if m.voters.contains(&id) {
+            Member::Voter
+        } else {
+            Member::Learner
+        }
+    };
+    let name = |r: Member| match r {
+        Member::Voter => "voter",
+        Member::Learner => "learner",
+    };
+    if let Some(current) = m.members.get(&id) {
+        if current != addr {
+            return Err(Error::Membership(format!(
+                "node {id} is already a {} at {current}; remove it first, or use a new id",
+                name(role(id))
+            )));
+        }
+        return Ok(Some(role(id)));
+    }
+    if let Some((other, _)) = m.members.iter().find(|(_, a)| a.as_str() == addr) {
+        return Err(Error::Membership(format!(
+            "{addr} is already the address of node {other} (a {}); give node {id} its own address",
+            name(role(*other))
+        )));
+    }
+    Ok(None)
 }

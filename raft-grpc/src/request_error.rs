@@ -80,6 +80,11 @@ pub enum RequestError {
     /// it. Nothing changed.
     #[error("{0}")]
     Busy(String),
+    /// A learner was added (the change took effect and stays a member) but did not catch up
+    /// with the leader in time: it may be unreachable at the address it was given. Retrying
+    /// does not add it twice; removing it undoes the add.
+    #[error("{0}")]
+    LearnerNotCaughtUp(String),
     /// A storage or internal failure on the node (or a write that was applied but whose output
     /// could not be encoded). A write may have been applied.
     #[error("{message}")]
@@ -132,6 +137,7 @@ impl RequestError {
                 | RequestError::SessionExpired(_)
                 | RequestError::UnknownSession(_)
                 | RequestError::Internal { .. }
+                | RequestError::LearnerNotCaughtUp(_)
         )
     }
 
@@ -150,6 +156,7 @@ impl RequestError {
             RequestError::TooLarge(_) => ErrorCode::TooLarge,
             RequestError::NoSpace(_) => ErrorCode::NoSpace,
             RequestError::Busy(_) => ErrorCode::Busy,
+            RequestError::LearnerNotCaughtUp(_) => ErrorCode::LearnerNotCaughtUp,
             RequestError::Internal { code, .. } => *code,
             RequestError::Refused { code, .. } => return *code,
             RequestError::Transport { .. }
@@ -206,6 +213,7 @@ impl From<&Status> for RequestError {
             ErrorCode::TooLarge => RequestError::TooLarge(message),
             ErrorCode::NoSpace => RequestError::NoSpace(message),
             ErrorCode::Busy => RequestError::Busy(message),
+            ErrorCode::LearnerNotCaughtUp => RequestError::LearnerNotCaughtUp(message),
             ErrorCode::Storage | ErrorCode::OutputEncoding | ErrorCode::Internal => {
                 RequestError::Internal { code, message }
             }
@@ -293,6 +301,20 @@ mod tests {
             let r = RequestError::from(&status::from_error(e));
             assert!(!r.may_have_applied(), "{r:?}");
         }
+    }
+
+    #[test]
+    fn a_learner_left_behind_is_told_apart_and_not_retried() {
+        let e = Error::LearnerNotCaughtUp {
+            id: 5,
+            addr: "n5:7000".into(),
+            waited: std::time::Duration::from_secs(10),
+        };
+        let r = RequestError::from(&status::from_error(&e));
+        assert!(matches!(r, RequestError::LearnerNotCaughtUp(_)), "{r:?}");
+        assert_eq!(r.to_string(), e.to_string());
+        // The add took effect: not a refusal, and not worth sending again.
+        assert!(r.may_have_applied() && !r.is_transient());
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub enum ErrorCode {
     /// The node is already doing this (a backup is being written); another node, or a later
     /// attempt, can serve it. Nothing was changed.
     Busy,
+    /// A learner was added (the change took effect and stays) but did not catch up with the
+    /// leader in time: it may be unreachable. Removing it undoes the add; retrying does not
+    /// add it twice.
+    LearnerNotCaughtUp,
 }
 
 impl ErrorCode {
@@ -91,11 +95,12 @@ impl ErrorCode {
             ErrorCode::WipedNode => "wiped-node",
             ErrorCode::UnknownSession => "unknown-session",
             ErrorCode::Busy => "busy",
+            ErrorCode::LearnerNotCaughtUp => "learner-not-caught-up",
         }
     }
 
     /// Every code.
-    pub const ALL: [ErrorCode; 19] = {
+    pub const ALL: [ErrorCode; 20] = {
         use ErrorCode::*;
         [
             NotLeader,
@@ -117,6 +122,7 @@ impl ErrorCode {
             WipedNode,
             UnknownSession,
             Busy,
+            LearnerNotCaughtUp,
         ]
     };
 
@@ -223,6 +229,9 @@ pub fn from_error(e: &Error) -> Status {
         }
         Error::Fatal(_) | Error::Backup(_) => status(Code::Internal, ErrorCode::Internal, msg),
         Error::NoSpace { .. } => status(Code::ResourceExhausted, ErrorCode::NoSpace, msg),
+        Error::LearnerNotCaughtUp { .. } => {
+            status(Code::FailedPrecondition, ErrorCode::LearnerNotCaughtUp, msg)
+        }
         // A kind this transport does not map yet is reported as what it is: unexpected.
         _ => status(Code::Internal, ErrorCode::Internal, msg),
     }
@@ -267,9 +276,10 @@ mod tests {
             | ErrorCode::WrongCluster
             | ErrorCode::WipedNode
             | ErrorCode::UnknownSession
-            | ErrorCode::Busy => 1,
+            | ErrorCode::Busy
+            | ErrorCode::LearnerNotCaughtUp => 1,
         };
-        assert_eq!(ErrorCode::ALL.iter().map(|c| listed(*c)).sum::<usize>(), 19);
+        assert_eq!(ErrorCode::ALL.iter().map(|c| listed(*c)).sum::<usize>(), 20);
         let distinct: std::collections::HashSet<_> = ErrorCode::ALL.iter().collect();
         assert_eq!(distinct.len(), ErrorCode::ALL.len());
     }

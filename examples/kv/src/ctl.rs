@@ -110,7 +110,13 @@ pub enum CtlError {
 }
 
 impl Conn {
+    /// A client whose attempts each take at most 5 s (within `--timeout`).
     pub(crate) fn client(&self) -> Result<ClusterClient<Store>, CtlError> {
+        self.client_with(self.timeout.min(Duration::from_secs(5)))
+    }
+
+    /// A client whose attempts each take at most `attempt` (within `--timeout`).
+    fn client_with(&self, attempt: Duration) -> Result<ClusterClient<Store>, CtlError> {
         let credentials =
             match &self.token_file {
                 None => None,
@@ -143,7 +149,7 @@ impl Conn {
             .with_tls(tls)
             .with_credentials(credentials)
             .with_total_timeout(self.timeout)
-            .with_attempt_timeout(self.timeout.min(Duration::from_secs(5)));
+            .with_attempt_timeout(attempt.min(self.timeout));
         ClusterClient::new(self.endpoints.clone(), opts)
             .map_err(|e| CtlError::Config(e.to_string()))
     }
@@ -295,17 +301,7 @@ pub async fn member(cmd: &MemberCmd, conn: &Conn) -> Result<String, CtlError> {
             id,
             raft_addr,
             learner,
-        } => {
-            client
-                .add_learner(*id, raft_addr.clone())
-                .await
-                .map_err(failure)?;
-            if *learner {
-                return Ok(format!("node {id} ({raft_addr}) added as a learner\n"));
-            }
-            client.add_voter(*id).await.map_err(failure)?;
-            Ok(format!("node {id} ({raft_addr}) added as a voter\n"))
-        }
+        } => add(*id, raft_addr, *learner, conn).await,
         MemberCmd::Promote { id } => {
             client.add_voter(*id).await.map_err(failure)?;
             Ok(format!("node {id} is a voter\n"))
@@ -315,6 +311,68 @@ pub async fn member(cmd: &MemberCmd, conn: &Conn) -> Result<String, CtlError> {
             Ok(format!("node {id} removed\n"))
         }
     }
+}
+
+/// How long one `AddLearner` attempt may take: longer than the leader waits for the new
+/// learner to catch up (a node's request timeout; kv nodes keep raft-core's default), so that
+/// the leader's answer arrives rather than a client-side deadline, which would send the add
+/// again.
+fn add_attempt_timeout() -> Duration {
+    raft_core::Config::in_memory(1).request_timeout + Duration::from_secs(5)
+}
+
+/// `kv member add`: adds `id` at `addr` as a learner, then (unless `learner`) makes it a voter.
+/// A member already at `addr` is reported as it is. A learner that was added but has not
+/// caught up is reported as such, with how to undo it, and is not promoted.
+async fn add(id: NodeId, addr: &str, learner: bool, conn: &Conn) -> Result<String, CtlError> {
+    // Views are quick calls; only the add itself may take as long as the leader waits.
+    let quick = conn.client()?;
+    let client = conn.client_with(add_attempt_timeout())?;
+    // What `id` already is at `addr`, to say so rather than "added".
+    let before = conn.view(&quick).await.ok().and_then(|v| {
+        if v.voters.get(&id).is_some_and(|a| a == addr) {
+            Some("voter")
+        } else if v.learners.get(&id).is_some_and(|a| a == addr) {
+            Some("learner")
+        } else {
+            None
+        }
+    });
+    let behind = |message: String| {
+        CtlError::Failed(format!("{message}; `kv member remove {id}` undoes the add"))
+    };
+    match client.add_learner(id, addr.to_string()).await {
+        Ok(()) => {}
+        Err(ClientError::Refused(RequestError::LearnerNotCaughtUp(m)))
+        | Err(ClientError::GaveUp {
+            last: RequestError::LearnerNotCaughtUp(m),
+            ..
+        }) => return Err(behind(m)),
+        Err(e) if e.outcome_unknown() => {
+            // The add may have been committed although no answer said so: tell what happened.
+            let added = conn
+                .view(&quick)
+                .await
+                .is_ok_and(|v| v.learners.get(&id).is_some_and(|a| a == addr));
+            if added {
+                return Err(behind(format!(
+                    "node {id} was added as a learner at {addr} but has not caught up (is {addr} reachable from the leader?); it stays a member until it is removed"
+                )));
+            }
+            return Err(failure(e));
+        }
+        Err(e) => return Err(failure(e)),
+    }
+    match before {
+        Some("voter") => return Ok(format!("node {id} ({addr}) is already a voter\n")),
+        Some(_) if learner => return Ok(format!("node {id} ({addr}) is already a learner\n")),
+        _ => {}
+    }
+    if learner {
+        return Ok(format!("node {id} ({addr}) added as a learner\n"));
+    }
+    client.add_voter(id).await.map_err(failure)?;
+    Ok(format!("node {id} ({addr}) added as a voter\n"))
 }
 
 /// Runs `kv leader …`; returns what to print.

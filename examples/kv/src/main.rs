@@ -284,19 +284,53 @@ fn ordinal_id(host: &str) -> Option<NodeId> {
     ordinal.parse::<NodeId>().ok()?.checked_add(1)
 }
 
+/// Parses `--initial-members` (`id=host:port` each): ids are unique and start at 1, and
+/// addresses are unique `host:port` pairs with a port from 1 to 65535.
 fn parse_members(list: &[String]) -> Result<BTreeMap<NodeId, String>, String> {
-    list.iter()
-        .map(|m| {
-            let (id, addr) = m
-                .split_once('=')
-                .ok_or_else(|| format!("--initial-members: expected id=host:port, got {m:?}"))?;
-            let id = id
-                .trim()
-                .parse::<NodeId>()
-                .map_err(|_| format!("--initial-members: {id:?} is not a node id"))?;
-            Ok((id, addr.trim().to_string()))
-        })
-        .collect()
+    let mut members: BTreeMap<NodeId, String> = BTreeMap::new();
+    for m in list {
+        let (id, addr) = m
+            .split_once('=')
+            .ok_or_else(|| format!("--initial-members: expected id=host:port, got {m:?}"))?;
+        let id = id
+            .trim()
+            .parse::<NodeId>()
+            .map_err(|_| format!("--initial-members: {id:?} is not a node id"))?;
+        if id == 0 {
+            return Err("--initial-members: node ids start at 1, got 0".into());
+        }
+        let addr = addr.trim();
+        if !is_host_port(addr) {
+            return Err(format!(
+                "--initial-members: node {id}'s address {addr:?} is not host:port"
+            ));
+        }
+        if members.contains_key(&id) {
+            return Err(format!("--initial-members: node {id} is listed twice"));
+        }
+        if let Some((other, _)) = members.iter().find(|(_, a)| a.as_str() == addr) {
+            return Err(format!(
+                "--initial-members: {addr} is listed for nodes {other} and {id}"
+            ));
+        }
+        members.insert(id, addr.to_string());
+    }
+    Ok(members)
+}
+
+/// Whether `addr` is `host:port` (an IPv6 host in brackets) with a non-empty host and a port
+/// from 1 to 65535, as the cluster API requires of a member's address.
+fn is_host_port(addr: &str) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    !host.is_empty()
+        && !host.contains(char::is_whitespace)
+        && port.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -445,6 +479,45 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    fn members(list: &str) -> Result<Vec<(u64, String)>, String> {
+        let list: Vec<String> = list.split(',').map(str::to_string).collect();
+        super::parse_members(&list).map(|m| m.into_iter().collect())
+    }
+
+    #[test]
+    fn initial_members_are_unique_ids_from_one_at_distinct_host_ports() {
+        assert_eq!(
+            members("1=127.0.0.1:1, 2 = kv-1.kv:16379,3=[::1]:7").as_deref(),
+            Ok(&[
+                (1, "127.0.0.1:1".to_string()),
+                (2, "kv-1.kv:16379".to_string()),
+                (3, "[::1]:7".to_string())
+            ][..])
+        );
+        let refused = [
+            ("1=127.0.0.1:1,1=127.0.0.1:2", "node 1 is listed twice"),
+            (
+                "1=127.0.0.1:1,2=127.0.0.1:1",
+                "127.0.0.1:1 is listed for nodes 1 and 2",
+            ),
+            ("0=127.0.0.1:1", "node ids start at 1"),
+            ("1=nohost", "\"nohost\" is not host:port"),
+            ("1=:7000", "\":7000\" is not host:port"),
+            ("1=host:", "\"host:\" is not host:port"),
+            ("1=host:70000", "\"host:70000\" is not host:port"),
+            ("1=host:0", "\"host:0\" is not host:port"),
+            ("1=", "\"\" is not host:port"),
+            ("x=host:1", "\"x\" is not a node id"),
+            ("host:1", "expected id=host:port"),
+        ];
+        for (list, why) in refused {
+            match members(list) {
+                Err(e) => assert!(e.contains(why), "{list}: {e}"),
+                Ok(m) => panic!("{list} accepted as {m:?}"),
+            }
+        }
+    }
+
     #[test]
     fn pod_names_give_ids_from_one() {
         assert_eq!(super::ordinal_id("kv-0"), Some(1));

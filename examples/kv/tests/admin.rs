@@ -22,6 +22,15 @@ fn kv(args: &[&str], endpoints: &str) -> Output {
         .expect("run kv")
 }
 
+/// Runs `kv <args> --endpoints <endpoints>` with a `--timeout` of `timeout`.
+fn kv_within(args: &[&str], endpoints: &str, timeout: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kv"))
+        .args(args)
+        .args(["--endpoints", endpoints, "--timeout", timeout])
+        .output()
+        .expect("run kv")
+}
+
 /// `(id, role)` of every member, by `kv member list --json`.
 fn members(endpoints: &str, extra: &[&str]) -> Vec<(u64, String)> {
     let args = [&["member", "list", "--json"], extra].concat();
@@ -129,6 +138,80 @@ async fn the_cli_lists_adds_promotes_transfers_and_removes_members() {
             (4, "voter".into())
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_add_refuses_what_is_in_use_and_tells_of_a_learner_left_behind() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_procs, ports, endpoints) = three_nodes(dir.path(), &[]);
+    let voters = vec![
+        (1, "voter".to_string()),
+        (2, "voter".to_string()),
+        (3, "voter".to_string()),
+    ];
+    poll(
+        "a leader known to the cluster",
+        dir.path(),
+        &[1, 2, 3],
+        || async {
+            let out = kv(&["member", "list", "--json"], &endpoints);
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            v.as_array()?
+                .iter()
+                .any(|r| r["leader"] == true)
+                .then_some(())
+        },
+    )
+    .await;
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // Node 2 at another address: refused, naming where it is; nothing changes.
+    let elsewhere = format!("127.0.0.1:{}", common::free_port());
+    let out = kv(&["member", "add", "2", &elsewhere], &endpoints);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let at = ports[1].raft_addr();
+    assert!(
+        err.contains(&format!("node 2 is already a voter at {at}")),
+        "{err}"
+    );
+    assert!(err.contains("remove it first, or use a new id"), "{err}");
+
+    // Node 2 at its own address: answered as it stands.
+    let out = kv(&["member", "add", "2", &at], &endpoints);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(said, format!("node 2 ({at}) is already a voter\n"));
+
+    // A new id at node 1's address: refused, naming node 1.
+    let out = kv(&["member", "add", "7", &ports[0].raft_addr()], &endpoints);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("is already the address of node 1"), "{err}");
+    assert_eq!(members(&endpoints, &[]), voters);
+
+    // An address nobody answers at: the learner is added, and the command says so once,
+    // with how to undo it, rather than retrying the add until it gives up.
+    let nobody = format!("127.0.0.1:{}", common::free_port());
+    let out = kv_within(&["member", "add", "5", &nobody], &endpoints, "40s");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("node 5 was added as a learner at {nobody}")),
+        "{err}"
+    );
+    assert!(err.contains("`kv member remove 5`"), "{err}");
+    assert!(
+        !err.contains("did not answer") && !err.contains("in transit"),
+        "{err}"
+    );
+    let now = members(&endpoints, &[]);
+    assert!(now.contains(&(5, "learner".into())), "{now:?}");
+
+    // Removing it undoes the add.
+    let out = kv(&["member", "remove", "5"], &endpoints);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(members(&endpoints, &[]), voters);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
