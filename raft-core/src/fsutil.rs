@@ -61,49 +61,14 @@ pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(
 /// away a directory, and the files made durable in it, after this returned. Directories that
 /// exist are left as they are. Fails if `dir` or a parent exists and is not a directory.
 pub(crate) fn ensure_dir(dir: &Path) -> Result<(), PathError> {
-    // The missing directories, deepest first.
-    let mut missing = Vec::new();
-    let mut cur = dir;
-    loop {
-        match fs::metadata(cur) {
-            Ok(m) if m.is_dir() => break,
-            Ok(_) => {
-                return Err(at("create directory", cur)(io::Error::new(
-                    io::ErrorKind::NotADirectory,
-                    "exists and is not a directory",
-                )));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                missing.push(cur);
-                match cur.parent() {
-                    Some(p) => cur = parent_dir(p),
-                    None => break,
-                }
-            }
-            Err(e) => return Err(at("create directory", cur)(e)),
-        }
-    }
-    for d in missing.into_iter().rev() {
-        match fs::create_dir(d) {
-            Ok(()) => {}
-            // Created by someone else meanwhile; made durable below all the same.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => {}
-            Err(e) => return Err(at("create directory", d)(e)),
-        }
-        if let Some(p) = d.parent() {
-            sync_dir(parent_dir(p))?;
-        }
-    }
-    Ok(())
-}
-
-/// `p` as a directory to open: the parent of a relative path of one component is `""`, which
-/// names the current directory.
-fn parent_dir(p: &Path) -> &Path {
-    if p.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        p
+    create_dir_all_durable(dir)?;
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(at("create directory", dir)(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "exists and is not a directory",
+        ))),
+        Err(e) => Err(at("create directory", dir)(e)),
     }
 }
 

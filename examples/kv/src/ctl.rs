@@ -112,7 +112,7 @@ pub enum CtlError {
 impl Conn {
     /// A client whose attempts each take at most 5 s (within `--timeout`).
     pub(crate) fn client(&self) -> Result<ClusterClient<Store>, CtlError> {
-        self.client_with(self.timeout.min(Duration::from_secs(5)))
+        self.client_with(Duration::from_secs(5))
     }
 
     /// A client whose attempts each take at most `attempt` (within `--timeout`).

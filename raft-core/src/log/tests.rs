@@ -1115,38 +1115,13 @@ async fn power_loss_keeps_exactly_what_was_acknowledged() {
     }
 }
 
+/// A log in `dir` holding five synced entries and three more whose fdatasync failed: written
+/// (in the page cache), never synced. Returns the log and both runs of entries.
 #[cfg(feature = "testing")]
-#[tokio::test]
-async fn a_power_cut_loses_what_was_never_synced() {
-    // What makes the test above meaningful: the simulated power loss really drops bytes that
-    // were written but never synced (here, because the fdatasync fails).
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = open(dir.path()).unwrap();
-    let durable: Vec<Entry> = (0..5).map(|i| entry(1, i, 100)).collect();
-    append(&mut log, durable.clone()).await;
-    log.fault_switch().unwrap().set_sync_fails(true);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let tail: Vec<Entry> = (5..8).map(|i| entry(1, i, 100)).collect();
-    log.append_with(tail, move |r| {
-        let _ = tx.send(r);
-    })
-    .unwrap();
-    assert!(rx.await.unwrap().is_err(), "the fdatasync failed");
-    log.power_switch().unwrap().cut();
-    drop(log);
-    let mut log = open(dir.path()).unwrap();
-    assert_eq!(all_entries(&mut log).await, durable);
-}
-
-#[cfg(feature = "testing")]
-#[tokio::test]
-async fn entries_recovered_after_a_process_crash_are_durable_once_open_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = open(dir.path()).unwrap();
+async fn with_an_unsynced_tail(dir: &std::path::Path) -> (LogStore, Vec<Entry>, Vec<Entry>) {
+    let mut log = open(dir).unwrap();
     let synced: Vec<Entry> = (0..5).map(|i| entry(1, i, 100)).collect();
     append(&mut log, synced.clone()).await;
-    // The process dies before the flusher's fdatasync: the bytes are written (in the page
-    // cache), never synced.
     log.fault_switch().unwrap().set_sync_fails(true);
     let unsynced: Vec<Entry> = (5..8).map(|i| entry(1, i, 100)).collect();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -1155,6 +1130,28 @@ async fn entries_recovered_after_a_process_crash_are_durable_once_open_returns()
     })
     .unwrap();
     assert!(rx.await.unwrap().is_err(), "the fdatasync failed");
+    (log, synced, unsynced)
+}
+
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn a_power_cut_loses_what_was_never_synced() {
+    // What makes the test above meaningful: the simulated power loss really drops bytes that
+    // were written but never synced.
+    let dir = tempfile::tempdir().unwrap();
+    let (log, synced, _) = with_an_unsynced_tail(dir.path()).await;
+    log.power_switch().unwrap().cut();
+    drop(log);
+    let mut log = open(dir.path()).unwrap();
+    assert_eq!(all_entries(&mut log).await, synced);
+}
+
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn entries_recovered_after_a_process_crash_are_durable_once_open_returns() {
+    // The process dies before the flusher's fdatasync succeeds.
+    let dir = tempfile::tempdir().unwrap();
+    let (log, synced, unsynced) = with_an_unsynced_tail(dir.path()).await;
     drop(log);
 
     // The restarted log finds every entry, and they are all durable by the time it is open:

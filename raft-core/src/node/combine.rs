@@ -14,7 +14,6 @@
 //! as the queue grows, so callers that time out and retry under overload do not pile up work
 //! for the log.
 
-use std::mem;
 use std::sync::Mutex;
 
 use tokio::sync::oneshot;
@@ -57,7 +56,6 @@ type Sender = oneshot::Sender<Result<Response>>;
 /// to drop.
 const PRUNE_AT_LEAST: usize = 64;
 
-#[derive(Default)]
 struct State {
     /// Proposals in flight (slots taken).
     in_flight: usize,
@@ -92,7 +90,11 @@ impl Combiner {
         Combiner {
             slots,
             max_bytes,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                in_flight: 0,
+                queue: Vec::new(),
+                prune_at: PRUNE_AT_LEAST,
+            }),
         }
     }
 
@@ -107,7 +109,7 @@ impl Combiner {
             st.in_flight += 1;
             return Joined::Propose(request);
         }
-        if st.queue.len() >= st.prune_at.max(PRUNE_AT_LEAST) {
+        if st.queue.len() >= st.prune_at {
             st.prune();
         }
         let (done, rx) = oneshot::channel();
@@ -144,12 +146,12 @@ impl Combiner {
                 live += 1;
                 take += 1;
             }
-            let taken = if take == st.queue.len() {
-                mem::take(&mut st.queue)
-            } else {
-                st.queue.drain(..take).collect()
-            };
-            let batch: Vec<Queued> = taken.into_iter().filter(|q| !q.done.is_closed()).collect();
+            // A caller may have given up since it was counted: checked again as it is taken.
+            let batch: Vec<Queued> = st
+                .queue
+                .drain(..take)
+                .filter(|q| !q.done.is_closed())
+                .collect();
             if !batch.is_empty() {
                 return Some(batch);
             }
