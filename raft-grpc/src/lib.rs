@@ -49,6 +49,7 @@ mod grpc_node;
 mod net;
 mod options;
 pub mod pb;
+mod peer_health;
 mod request_error;
 mod server;
 pub mod status;

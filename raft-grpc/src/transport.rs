@@ -11,8 +11,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::OnceLock;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -45,6 +43,7 @@ use crate::net::Pool;
 use crate::options::GrpcOptions;
 use crate::pb;
 use crate::pb::raft_internal_client::RaftInternalClient;
+use crate::peer_health::PeerHealth;
 use crate::wire;
 
 /// The transport a node sends through: pass a clone of it to [`raft_core::Node::start`] and a
@@ -58,9 +57,9 @@ pub struct GrpcTransport {
     opts: Arc<GrpcOptions>,
     /// The node's handler, once its server is made: the source of the cluster id to send.
     local: Arc<OnceLock<SharedRpcHandler>>,
-    /// Whether each peer answered its last call, so that a peer going down and coming back is
-    /// logged once each way rather than on every heartbeat.
-    peers: Arc<Mutex<HashMap<NodeId, Arc<AtomicBool>>>>,
+    /// Whether each peer answers, so that a peer going down and coming back is logged once
+    /// each way rather than on every heartbeat.
+    peers: Arc<Mutex<HashMap<NodeId, Arc<PeerHealth>>>>,
 }
 
 /// The metadata key of the sender's incarnation (16 hex digits), on requests and answers.
@@ -138,15 +137,15 @@ impl RaftNetworkFactory<TypeConfig> for GrpcTransport {
     type Network = GrpcConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GrpcConnection {
-        let reachable = self
+        let health = self
             .peers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(target)
-            .or_insert_with(|| Arc::new(AtomicBool::new(true)))
+            .or_insert_with(|| Arc::new(PeerHealth::new(self.id, target)))
             .clone();
         GrpcConnection {
-            reachable,
+            health,
             id: self.id,
             target,
             addr: node.addr.clone(),
@@ -168,8 +167,8 @@ impl GrpcTransport {
 
 /// A connection from this node to one peer.
 pub struct GrpcConnection {
-    /// Whether the peer answered the last call (shared by every connection to it).
-    reachable: Arc<AtomicBool>,
+    /// Whether the peer answers (shared by every connection to it).
+    health: Arc<PeerHealth>,
     id: NodeId,
     target: NodeId,
     addr: String,
@@ -212,21 +211,14 @@ impl GrpcConnection {
         self.client.clone().map_err(|s| self.unreachable(&s))
     }
 
-    /// Notes that the peer answered; logs it if it had not been answering.
+    /// Notes that the peer answered (see [`PeerHealth`]).
     fn answered(&self) {
-        // A load first: the common case (it was answering) writes nothing.
-        if !self.reachable.load(Ordering::Relaxed) && !self.reachable.swap(true, Ordering::Relaxed)
-        {
-            tracing::info!(node = self.id, peer = self.target, addr = %self.addr, "peer answers again");
-        }
+        self.health.answered(&self.addr);
     }
 
-    /// Notes that a call to the peer failed; logs it if the peer had been answering. openraft
-    /// retries with backoff and reports every failure at debug level only.
+    /// Notes that a call to the peer failed (see [`PeerHealth`]).
     fn failed(&self, error: &rpc::RpcError) {
-        if self.reachable.swap(false, Ordering::Relaxed) {
-            tracing::warn!(node = self.id, peer = self.target, addr = %self.addr, %error, "peer does not answer; retrying until it does");
-        }
+        self.health.failed(&self.addr, error);
     }
 
     fn unreachable(&self, s: &Status) -> rpc::RpcError {

@@ -38,10 +38,19 @@ impl Captured {
             .count()
     }
 
+    /// Everything logged, for a failed assertion to show.
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
     async fn wait_for(&self, what: &str) {
         let deadline = Instant::now() + common::WAIT;
         while self.count(what) == 0 {
-            assert!(Instant::now() < deadline, "no {what:?} logged");
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} logged:\n{}",
+                self.text()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -65,7 +74,7 @@ async fn a_peer_going_down_and_coming_back_is_logged_once_each_way() {
     // The leader keeps heartbeating (every 50 ms) at the stopped node for a second.
     logs.wait_for("peer does not answer").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(logs.count("peer does not answer"), 1);
+    assert_eq!(logs.count("peer does not answer"), 1, "{}", logs.text());
 
     // Writes go on meanwhile, with a majority.
     let client = ClusterClient::<Kv>::new(c.endpoints(), ClientOptions::default()).unwrap();
@@ -77,6 +86,6 @@ async fn a_peer_going_down_and_coming_back_is_logged_once_each_way() {
     c.launch(follower).await;
     logs.wait_for("peer answers again").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(logs.count("peer answers again"), 1);
-    assert_eq!(logs.count("peer does not answer"), 1);
+    assert_eq!(logs.count("peer answers again"), 1, "{}", logs.text());
+    assert_eq!(logs.count("peer does not answer"), 1, "{}", logs.text());
 }
