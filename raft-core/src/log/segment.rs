@@ -43,15 +43,14 @@ const LEGACY_MAGIC: &[u8; 8] = b"RKWAL001";
 pub(crate) const HEADER_LEN: u64 = 24;
 const SUFFIX: &str = ".wal";
 
-/// An open segment file.
+/// An open segment file. How its records are framed is returned beside it by
+/// [`Segment::create`] and [`Segment::open`].
 #[derive(Debug, Clone)]
 pub(crate) struct Segment {
     /// Index of the first entry this segment holds (its name).
     pub first_index: u64,
     pub path: PathBuf,
     pub file: Arc<File>,
-    /// How its records are framed, from its header.
-    pub framing: Framing,
 }
 
 /// The file name of the segment whose first entry has `first_index`.
@@ -142,18 +141,17 @@ impl Segment {
             .write(true)
             .open(&path)
             .map_err(at("open", &path))?;
-        let salt = Salt::new(salt);
         let seg = Segment {
             first_index,
             path,
             file: Arc::new(file),
-            framing: Framing::Salted(salt),
         };
-        Ok((seg, salt))
+        Ok((seg, Salt::new(salt)))
     }
 
     /// Opens an existing segment of either format and checks that its header matches its name.
-    pub fn open(path: &Path, first_index: u64) -> Result<Segment, LogError> {
+    /// Returns the segment and how its records are framed, from its header.
+    pub fn open(path: &Path, first_index: u64) -> Result<(Segment, Framing), LogError> {
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -171,12 +169,12 @@ impl Segment {
             offset: 0,
             reason,
         })?;
-        Ok(Segment {
+        let seg = Segment {
             first_index,
             path: path.to_path_buf(),
             file: Arc::new(file),
-            framing,
-        })
+        };
+        Ok((seg, framing))
     }
 
     /// Reads the whole file (header included) for scanning.
@@ -382,10 +380,11 @@ mod tests {
     fn create_then_open_checks_header() {
         let dir = tempfile::tempdir().unwrap();
         let (seg, salt) = Segment::create(dir.path(), 7, 4096).unwrap();
-        assert_eq!(seg.framing, Framing::Salted(salt));
         assert_eq!(seg.file.metadata().unwrap().len(), 4096);
-        assert!(matches!(seg.framing, Framing::Salted(_)));
-        assert_eq!(Segment::open(&seg.path, 7).unwrap().framing, seg.framing);
+        assert_eq!(
+            Segment::open(&seg.path, 7).unwrap().1,
+            Framing::Salted(salt)
+        );
         let err = Segment::open(&seg.path, 8).unwrap_err();
         assert!(matches!(err, LogError::Corrupt { offset: 0, .. }));
         assert_eq!(list(dir.path()).unwrap(), vec![(7, seg.path.clone())]);
@@ -405,7 +404,7 @@ mod tests {
     fn every_segment_gets_its_own_salt() {
         let dir = tempfile::tempdir().unwrap();
         let framings: Vec<Framing> = (1..=8)
-            .map(|i| Segment::create(dir.path(), i, 4096).unwrap().0.framing)
+            .map(|i| Framing::Salted(Segment::create(dir.path(), i, 4096).unwrap().1))
             .collect();
         for (i, a) in framings.iter().enumerate() {
             for b in &framings[i + 1..] {
@@ -421,7 +420,7 @@ mod tests {
         let mut bytes = legacy_header(3).to_vec();
         bytes.resize(4096, 0);
         fs::write(&path, &bytes).unwrap();
-        assert_eq!(Segment::open(&path, 3).unwrap().framing, Framing::Legacy);
+        assert_eq!(Segment::open(&path, 3).unwrap().1, Framing::Legacy);
         assert!(Segment::open(&path, 4).is_err());
         bytes[..8].copy_from_slice(b"RKWAL009");
         fs::write(&path, &bytes).unwrap();

@@ -330,7 +330,8 @@ impl SharedView {
 /// segment.
 pub(super) struct Active {
     pub seg: Segment,
-    /// The segment's salt, which every record written to it is framed with.
+    /// The segment's salt, which every record written to it is framed with (the writer's only
+    /// copy of it; readers have theirs in [`View::segments`]).
     pub salt: Salt,
     pub write_offset: u64,
     pub capacity: u64,
@@ -452,7 +453,7 @@ impl Wal {
         // New records go only to segments of this version's format: a last segment of the
         // earlier format stays as it is, and the next append starts a new segment.
         let active = tail.and_then(|t| {
-            let Framing::Salted(salt) = t.seg.framing else {
+            let Framing::Salted(salt) = t.framing else {
                 return None;
             };
             Some(Active {
@@ -767,7 +768,7 @@ impl Wal {
             first_index,
             SegmentFile {
                 file: seg.file.clone(),
-                framing: seg.framing,
+                framing: Framing::Salted(salt),
             },
         );
         // A fresh segment has no commit marker yet.
@@ -835,8 +836,8 @@ impl Wal {
                 self.sync_dir()?;
             }
             let path = self.dir.join(segment::file_name(keep_loc.segment));
-            let seg = Segment::open(&path, keep_loc.segment)?;
-            let end_offset = keep_loc.end(seg.framing);
+            let (seg, framing) = Segment::open(&path, keep_loc.segment)?;
+            let end_offset = keep_loc.end(framing);
             seg.file
                 .set_len(end_offset)
                 .map_err(at("truncate", &path))?;
@@ -856,12 +857,12 @@ impl Wal {
                 keep_loc.segment,
                 SegmentFile {
                     file: seg.file.clone(),
-                    framing: seg.framing,
+                    framing,
                 },
             );
             // Appends continue in this segment unless it is of the earlier format; then the
             // next append starts a new one.
-            self.active = match seg.framing {
+            self.active = match framing {
                 Framing::Salted(salt) => Some(Active {
                     entries: first_removed - keep_loc.segment,
                     seg,
