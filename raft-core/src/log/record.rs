@@ -307,6 +307,39 @@ mod tests {
     }
 
     #[test]
+    fn both_framings_write_the_documented_bytes() {
+        let payload = b"hello";
+        let len = 5u32.to_le_bytes();
+        // Legacy: [len][crc32c(len ++ payload)][payload].
+        let mut expected = len.to_vec();
+        expected.extend_from_slice(&crc32c::crc32c(&[&len[..], payload].concat()).to_le_bytes());
+        expected.extend_from_slice(payload);
+        assert_eq!(legacy(payload), expected);
+        assert_eq!(
+            legacy(payload),
+            [
+                0x05, 0x00, 0x00, 0x00, 0xa1, 0xb1, 0x17, 0x4e, b'h', b'e', b'l', b'l', b'o'
+            ]
+        );
+        // Salted: [len][crc32c(payload)][crc32c(salt ++ len ++ payload crc)][payload].
+        let salt = 0x1234_5678u32;
+        let payload_crc = crc32c::crc32c(payload).to_le_bytes();
+        let header_crc = crc32c::crc32c(&[&salt.to_le_bytes()[..], &len, &payload_crc].concat());
+        let mut expected = len.to_vec();
+        expected.extend_from_slice(&payload_crc);
+        expected.extend_from_slice(&header_crc.to_le_bytes());
+        expected.extend_from_slice(payload);
+        assert_eq!(salted(salt, payload), expected);
+        assert_eq!(
+            salted(salt, payload),
+            [
+                0x05, 0x00, 0x00, 0x00, 0x4c, 0xbb, 0x71, 0x9a, 0x1c, 0xaa, 0xda, 0x42, b'h', b'e',
+                b'l', b'l', b'o'
+            ]
+        );
+    }
+
+    #[test]
     fn a_record_of_another_salt_or_format_is_not_a_record() {
         let mine = Framing::Salted(Salt::new(7));
         for other in [salted(8, b"payload"), legacy(b"payload")] {
