@@ -70,7 +70,8 @@ impl Meta {
     /// Replaces the meta file in `dir` atomically and durably.
     pub fn store(&self, dir: &Path) -> Result<(), LogError> {
         let mut buf = MAGIC.to_vec();
-        record::append_framed_legacy(&mut buf, |b| codec::encode_into(self, b))
+        record::Framing::Legacy
+            .append_framed(&mut buf, |b| codec::encode_into(self, b))
             .map_err(|e| LogError::Encode(e.to_string()))?
             .map_err(|e| LogError::Encode(e.to_string()))?;
         fsutil::write_atomically(dir, FILE_NAME, &buf)?;

@@ -429,16 +429,10 @@ mod tests {
     }
 
     fn frame(framing: Framing, bytes: &mut Vec<u8>, payload: &[u8]) {
-        let ok: Result<_, ()> = match framing {
-            Framing::Legacy => record::append_framed_legacy(bytes, |b| {
-                b.extend_from_slice(payload);
-                Ok(())
-            }),
-            Framing::Salted(salt) => salt.append_framed(bytes, |b| {
-                b.extend_from_slice(payload);
-                Ok(())
-            }),
-        };
+        let ok: Result<_, ()> = framing.append_framed(bytes, |b| {
+            b.extend_from_slice(payload);
+            Ok(())
+        });
         ok.unwrap().unwrap();
     }
 

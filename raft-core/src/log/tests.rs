@@ -549,8 +549,8 @@ fn write_legacy_log(dir: &Path, segments: &[(Option<LogId>, Vec<Entry>)], segmen
         let first = entries[0].log_id.index;
         let mut bytes = segment::legacy_header(first).to_vec();
         let mut frame = |rec: &WalRecord| {
-            let framed: Result<_, crate::codec::CodecError> =
-                record::append_framed_legacy(&mut bytes, |b| crate::codec::encode_into(rec, b));
+            let framed: Result<_, crate::codec::CodecError> = record::Framing::Legacy
+                .append_framed(&mut bytes, |b| crate::codec::encode_into(rec, b));
             framed.unwrap().unwrap();
         };
         if let Some(c) = marker {
@@ -587,12 +587,12 @@ fn marker_frame(salt: Option<u32>) -> Vec<u8> {
         index: 1,
     });
     let mut out = Vec::new();
-    let framed: Result<_, crate::codec::CodecError> = match salt {
-        None => record::append_framed_legacy(&mut out, |b| crate::codec::encode_into(&rec, b)),
-        Some(s) => {
-            record::Salt::new(s).append_framed(&mut out, |b| crate::codec::encode_into(&rec, b))
-        }
+    let framing = match salt {
+        None => record::Framing::Legacy,
+        Some(s) => record::Framing::Salted(record::Salt::new(s)),
     };
+    let framed: Result<_, crate::codec::CodecError> =
+        framing.append_framed(&mut out, |b| crate::codec::encode_into(&rec, b));
     framed.unwrap().unwrap();
     out
 }
@@ -876,10 +876,11 @@ fn adversarial_value(salt: Option<u32>, decodable: bool) -> Vec<u8> {
         let mut frames = Vec::new();
         while frames.len() < MIB {
             let at = frames.len();
-            let framed: Result<_, ()> = other.append_framed(&mut frames, |b| {
-                b.extend_from_slice(&[1, 1, 1, 1]);
-                Ok(())
-            });
+            let framed: Result<_, ()> =
+                record::Framing::Salted(other).append_framed(&mut frames, |b| {
+                    b.extend_from_slice(&[1, 1, 1, 1]);
+                    Ok(())
+                });
             framed.unwrap().unwrap();
             // Claim 4 MiB of payload, as the frame of a long value would.
             frames[at..at + 4].copy_from_slice(&(4u32 << 20).to_le_bytes());

@@ -651,7 +651,7 @@ impl Wal {
                 }
             };
             let rel = buf.len();
-            let len = salt
+            let len = Framing::Salted(salt)
                 .append_framed(buf, |b| {
                     codec::encode_into(&WalRecord::Entry(DiskEntry::from(&entry)), b)
                 })
@@ -690,7 +690,7 @@ impl Wal {
         if self.committed_written.is_some_and(|w| w.index >= c.index) {
             return Ok(());
         }
-        a.salt
+        Framing::Salted(a.salt)
             .append_framed(buf, |b| {
                 codec::encode_into(&WalRecord::Committed(DiskLogId::from(&c)), b)
             })
