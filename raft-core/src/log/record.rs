@@ -189,6 +189,17 @@ impl Framing {
         {
             return Parsed::Invalid("record header checksum mismatch");
         }
+        self.parse_after_header(bytes)
+    }
+
+    /// [`Framing::parse`] from the point where the header has passed the checks that need no
+    /// payload: `bytes` start with a header that is not all zero and, in the salted framing,
+    /// that [`Salt::header_matches`]. Checks the length and the payload's checksum.
+    pub fn parse_after_header(self, bytes: &[u8]) -> Parsed {
+        let header_len = self.header_len();
+        if bytes.len() < header_len {
+            return Parsed::Invalid("truncated record header");
+        }
         let len_bytes = [bytes[0], bytes[1], bytes[2], bytes[3]];
         let len = u32::from_le_bytes(len_bytes) as usize;
         if len == 0 {

@@ -323,8 +323,10 @@ pub(crate) fn find_later_record(
             let candidate = &bytes[q..];
             match framing {
                 Framing::Salted(salt) => {
+                    // The header holds the non-zero byte at `nz`; once it matches the salt, only
+                    // the length and the payload are left to check.
                     if salt.header_matches(candidate)
-                        && let Parsed::Record { len } = framing.parse(candidate)
+                        && let Parsed::Record { len } = framing.parse_after_header(candidate)
                         && decodes(&candidate[framing.header_len()..framing.header_len() + len]).ok
                     {
                         return Later::Record(q as u64);
@@ -474,6 +476,22 @@ mod tests {
             assert_eq!(found.len(), 1);
             assert!(matches!(stop, Stop::Invalid { offset, .. } if offset == damaged as u64));
         }
+    }
+
+    #[test]
+    fn a_salted_search_checks_each_header_once() {
+        let framing = Framing::Salted(Salt::new(21));
+        let mut bytes = vec![0u8; HEADER_LEN as usize + 16];
+        let at = bytes.len();
+        frame(framing, &mut bytes, b"found");
+        bytes.extend_from_slice(&[0u8; 16]);
+        record::work::start(u64::MAX);
+        let later = find_later_record(&bytes, HEADER_LEN as usize, framing, any);
+        let checksummed = record::work::stop();
+        assert_eq!(later, Later::Record(at as u64));
+        // The record's first byte is the first non-zero one: the three offsets before it and its
+        // own cost a header check (8 bytes) each, then its payload is checksummed once.
+        assert_eq!(checksummed, 4 * 8 + 5);
     }
 
     #[test]
