@@ -49,7 +49,8 @@ const SUFFIX: &str = ".wal";
 pub(crate) struct Segment {
     /// Index of the first entry this segment holds (its name).
     pub first_index: u64,
-    pub path: PathBuf,
+    /// Shared, so that a copy of the segment (the flusher keeps one) costs no allocation.
+    pub path: Arc<Path>,
     pub file: Arc<File>,
 }
 
@@ -143,7 +144,7 @@ impl Segment {
             .map_err(at("open", &path))?;
         let seg = Segment {
             first_index,
-            path,
+            path: path.into(),
             file: Arc::new(file),
         };
         Ok((seg, Salt::new(salt)))
@@ -171,7 +172,7 @@ impl Segment {
         })?;
         let seg = Segment {
             first_index,
-            path: path.to_path_buf(),
+            path: path.into(),
             file: Arc::new(file),
         };
         Ok((seg, framing))
@@ -389,7 +390,7 @@ mod tests {
         );
         let err = Segment::open(&seg.path, 8).unwrap_err();
         assert!(matches!(err, LogError::Corrupt { offset: 0, .. }));
-        assert_eq!(list(dir.path()).unwrap(), vec![(7, seg.path.clone())]);
+        assert_eq!(list(dir.path()).unwrap(), vec![(7, seg.path.to_path_buf())]);
 
         // Any damage to the header, the salt included, is refused.
         let good = fs::read(&seg.path).unwrap();

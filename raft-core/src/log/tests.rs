@@ -1176,11 +1176,18 @@ fn log_error(e: &std::io::Error) -> Option<&LogError> {
 
 /// The earlier failure a refusal names, if `e` is the log refusing because of one.
 #[cfg(feature = "testing")]
-fn refusal(e: &LogError) -> Option<&str> {
+fn refusal(e: &LogError) -> Option<&LogError> {
     match e {
         LogError::Failed { earlier } => Some(earlier),
         _ => None,
     }
+}
+
+/// Whether `e` is the failure of the file operation `op` on `path` with the OS error `errno`.
+#[cfg(feature = "testing")]
+fn failed_with(e: &LogError, op: &str, path: &Path, errno: rustix::io::Errno) -> bool {
+    matches!(e, LogError::Io(p)
+        if p.op == op && p.path == path && p.source.raw_os_error() == Some(errno.raw_os_error()))
 }
 
 #[cfg(feature = "testing")]
@@ -1234,7 +1241,12 @@ async fn a_failed_fdatasync_when_sealing_a_segment_fails_the_log() {
     let e = log
         .append_with(vec![entry(1, next, 10)], |_| {})
         .expect_err("the log refuses appends after a failed fdatasync");
-    assert!(refusal(&e).is_some_and(|x| x.contains("fdatasync")), "{e}");
+    // The refusal carries the first failure itself: the sealed segment's fdatasync.
+    let sealed = dir.path().join(segment::file_name(0));
+    assert!(
+        refusal(&e).is_some_and(|x| failed_with(x, "fdatasync", &sealed, rustix::io::Errno::IO)),
+        "{e}"
+    );
 }
 
 #[cfg(feature = "testing")]
@@ -1254,7 +1266,7 @@ async fn after_a_failed_write_the_log_refuses_everything_and_writes_nothing_on_c
         .append_with(vec![entry(1, 4, 100)], |_| {})
         .expect_err("append after a failed write");
     assert!(
-        refusal(&e).is_some_and(|x| x.contains("No space left")),
+        refusal(&e).is_some_and(|x| x.to_string().contains("No space left")),
         "{e}"
     );
     for (what, r) in [
@@ -1268,7 +1280,7 @@ async fn after_a_failed_write_the_log_refuses_everything_and_writes_nothing_on_c
         let e = r.expect_err(what);
         let earlier = log_error(&e).and_then(refusal);
         assert!(
-            earlier.is_some_and(|x| x.contains("No space left")),
+            earlier.is_some_and(|x| x.to_string().contains("No space left")),
             "{what}: {e}"
         );
     }
@@ -1283,6 +1295,44 @@ async fn after_a_failed_write_the_log_refuses_everything_and_writes_nothing_on_c
     );
     let mut log = open(dir.path()).unwrap();
     assert_eq!(all_entries(&mut log).await, entries);
+}
+
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn a_failed_log_reports_its_first_error_with_its_kind() {
+    use rustix::io::Errno;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    let entries: Vec<Entry> = (0..2).map(|i| entry(1, i, 100)).collect();
+    append(&mut log, entries.clone()).await;
+    let faults = log.fault_switch().unwrap();
+    faults.set_disk_full(true);
+    let first = log.append_with(vec![entry(1, 2, 100)], |_| {}).unwrap_err();
+    let segment = dir.path().join(segment::file_name(0));
+    assert!(
+        failed_with(&first, "write", &segment, Errno::NOSPC),
+        "{first}"
+    );
+    faults.set_disk_full(false);
+    // Through openraft's storage traits, every refusal is an io::Error of the first failure's
+    // kind that carries the first failure itself.
+    let enospc = std::io::Error::from_raw_os_error(Errno::NOSPC.raw_os_error()).kind();
+    for (what, r) in [
+        (
+            "truncate",
+            log.truncate_after(Some(entries[0].log_id)).await,
+        ),
+        ("purge", log.purge(entries[0].log_id).await),
+        ("save_vote", log.save_vote(&Vote::new(2, 1)).await),
+    ] {
+        let e = r.expect_err(what);
+        assert_eq!(e.kind(), enospc, "{what}: {e}");
+        let earlier = log_error(&e).and_then(refusal);
+        assert!(
+            earlier.is_some_and(|x| failed_with(x, "write", &segment, Errno::NOSPC)),
+            "{what}: {e}"
+        );
+    }
 }
 
 #[cfg(feature = "testing")]

@@ -541,8 +541,7 @@ impl Wal {
     pub async fn save_vote(&mut self, vote: &Vote) -> Result<(), LogError> {
         self.refuse_if_failed()?;
         if let Some(a) = &self.active {
-            let r = self.flusher.barrier(&a.seg.file).await;
-            let r = r.map_err(|e| flush_failed(e, &a.seg.path));
+            let r = self.flusher.barrier(&a.seg).await;
             self.record_failure(r)?;
         }
         let mut meta = self.meta.clone();
@@ -562,21 +561,20 @@ impl Wal {
     }
 
     /// Fails the log for good if `r` is the failure of a write, an fdatasync or any other file
-    /// operation: after one, the writer's state (its write offset, the segments it holds) may
-    /// not match the disk, and what was written may not be durable. A refused entry
-    /// ([`LogError::OutOfOrder`], [`LogError::Encode`]) is the caller's and leaves the log as it
-    /// was.
+    /// operation ([`LogError::fails_the_log`]): after one, the writer's state (its write offset,
+    /// the segments it holds) may not match the disk, and what was written may not be durable.
+    /// The failure becomes the log's failed state, and the caller gets it as well. A refused
+    /// entry ([`LogError::OutOfOrder`], [`LogError::Encode`]) is the caller's and leaves the log
+    /// as it was.
     fn record_failure<T>(&self, r: Result<T, LogError>) -> Result<T, LogError> {
-        if let Err(e) = &r {
-            match e {
-                LogError::OutOfOrder { .. } | LogError::Encode(_) | LogError::Failed { .. } => {}
-                LogError::Io(p) => self
-                    .flusher
-                    .fail(&io::Error::new(p.source.kind(), p.to_string())),
-                other => self.flusher.fail(&io::Error::other(other.to_string())),
+        match r {
+            Err(e) if e.fails_the_log() => {
+                let for_caller = e.duplicate();
+                self.flusher.fail(e);
+                Err(for_caller)
             }
+            r => r,
         }
-        r
     }
 
     /// Appends `entries`, which must continue the log without a gap. Returns once the records
@@ -595,7 +593,6 @@ impl Wal {
         let result = self.append_inner(entries, &mut buf);
         self.buf = buf;
         self.record_failure(result)?;
-        let file = self.active.as_ref().map(|a| a.seg.file.clone());
         let waiter: Waiter = match (&self.sim, &self.active) {
             (Some(sim), Some(a)) => {
                 let (sim, segment, end) = (sim.clone(), a.seg.first_index, a.write_offset);
@@ -608,7 +605,8 @@ impl Wal {
             }
             _ => waiter,
         };
-        self.flusher.enqueue(file.as_ref(), waiter);
+        self.flusher
+            .enqueue(self.active.as_ref().map(|a| &a.seg), waiter);
         Ok(())
     }
 
@@ -746,9 +744,7 @@ impl Wal {
     /// segment, so its failure fails the log.
     fn seal_active(&mut self) -> Result<(), LogError> {
         if let Some(a) = &self.active {
-            self.flusher
-                .barrier_blocking(&a.seg.file)
-                .map_err(|e| flush_failed(e, &a.seg.path))?;
+            self.flusher.barrier_blocking(&a.seg)?;
             if let Some(sim) = &self.sim {
                 sim.durable(a.seg.first_index, a.write_offset);
             }
@@ -983,9 +979,7 @@ impl Wal {
             self.record_failure(res)?;
         }
         if let Some(a) = &self.active {
-            self.flusher
-                .barrier_blocking(&a.seg.file)
-                .map_err(|e| flush_failed(e, &a.seg.path))?;
+            self.flusher.barrier_blocking(&a.seg)?;
         }
         Ok(())
     }
@@ -1005,17 +999,6 @@ impl Wal {
             .collect();
         sim.lose_power(&segments);
         tracing::info!(dir = %self.dir.display(), "write-ahead log closed by a simulated power loss");
-    }
-}
-
-/// The log error for a failed wait on the flusher: the refusal it answered with, or the failure of
-/// the fdatasync of `path` it ran.
-fn flush_failed(e: io::Error, path: &Path) -> LogError {
-    match e.get_ref().and_then(|i| i.downcast_ref::<LogError>()) {
-        Some(LogError::Failed { earlier }) => LogError::Failed {
-            earlier: earlier.clone(),
-        },
-        _ => LogError::Io(at("fdatasync", path)(e)),
     }
 }
 
