@@ -111,8 +111,7 @@ use self::wal::SharedView;
 use self::wal::Wal;
 pub use self::wal::WalOptions;
 
-/// The name of the log's meta file (vote, purge point, node id) inside its directory.
-pub(crate) const META_FILE: &str = self::meta::FILE_NAME;
+pub(crate) use self::meta::lost as meta_lost;
 pub use crate::fsutil::PathError;
 use crate::types::Entry;
 use crate::types::LogId;
@@ -384,6 +383,16 @@ impl LogStore {
             stats,
             append_budget: usize::MAX,
         })
+    }
+
+    /// Whether opening created this log rather than finding one: a durable log whose directory
+    /// held no meta file (vote, purge point) — a new log, or one whose meta file was lost — or an
+    /// in-memory log.
+    pub(crate) fn created(&self) -> bool {
+        match &self.backend {
+            Backend::Durable(wal) => wal.created_meta(),
+            Backend::Memory(_) => true,
+        }
     }
 
     /// The last purged entry's log id, if any entry was purged.

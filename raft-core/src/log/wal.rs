@@ -349,6 +349,8 @@ pub(crate) struct Wal {
     committed: Option<LogId>,
     /// The newest commit index written as a record.
     committed_written: Option<LogId>,
+    /// Whether opening found no meta file and created one.
+    created_meta: bool,
     buf: Vec<u8>,
     stats: Arc<LogStatsCounters>,
     /// Simulated faults and power loss; installed only by builds with the `testing` feature.
@@ -386,6 +388,7 @@ impl Wal {
             Err(fs::TryLockError::Error(e)) => return Err(at("lock", &lock_path)(e).into()),
         }
 
+        let mut created_meta = false;
         let meta = match Meta::load(dir)? {
             Some(m) if m.node_id != node_id => {
                 return Err(LogError::WrongNode {
@@ -401,16 +404,10 @@ impl Wal {
                 // twice in one term) and the purge point.
                 let segments = super::segment::list(dir)?;
                 if !segments.is_empty() {
-                    return Err(LogError::Corrupt {
-                        file: dir.join(super::meta::FILE_NAME),
-                        offset: 0,
-                        reason: format!(
-                            "missing, yet the log holds {} segment(s): this node's vote and \
-                             purge point are lost, so it must not start; replace the node \
-                             (docs/operations.md, \"Replace a failed node\")",
-                            segments.len()
-                        ),
-                    });
+                    return Err(super::meta::lost(
+                        dir,
+                        format_args!("the log holds {} segment(s)", segments.len()),
+                    ));
                 }
                 let m = Meta {
                     node_id,
@@ -418,6 +415,7 @@ impl Wal {
                     purged: None,
                 };
                 m.store(dir)?;
+                created_meta = true;
                 m
             }
         };
@@ -474,6 +472,7 @@ impl Wal {
             meta,
             committed,
             committed_written: committed,
+            created_meta,
             buf: Vec::new(),
             stats,
             sim,
@@ -511,6 +510,12 @@ impl Wal {
             .map_err(at("fsync", &meta_path))?;
         fsutil::sync_dir(dir)?;
         Ok(())
+    }
+
+    /// Whether [`Wal::open`] found no meta file in the directory and created one: the log is new,
+    /// or its meta file was lost (and nothing else the log holds showed it).
+    pub fn created_meta(&self) -> bool {
+        self.created_meta
     }
 
     /// The simulation of disk faults and power loss, if this build installs one.
