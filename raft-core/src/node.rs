@@ -268,14 +268,12 @@ impl<S: StateMachine> Node<S> {
         let snap_dir = dir.join("snapshots");
         let (id, wal, max) = (config.id, config.wal.clone(), config.max_snapshot_bytes);
         tokio::task::spawn_blocking(move || -> Result<(LogStore, SnapshotStore)> {
-            let meta_path = wal_dir.join(crate::log::META_FILE);
-            let had_meta = std::fs::symlink_metadata(&meta_path).is_ok();
             let log = LogStore::open(&wal_dir, id, wal)?;
             let snaps = SnapshotStore::open(&snap_dir, max, cluster)?;
             // Verify the current snapshot now, so a damaged one (or another cluster's) stops the
             // start with a clear error.
             let snapshot = snaps.current()?.and_then(|(meta, _)| meta.last_log_id);
-            check_storage_agrees(&meta_path, had_meta, &snap_dir, log.purged(), snapshot)?;
+            check_storage_agrees(&wal_dir, log.created(), &snap_dir, log.purged(), snapshot)?;
             Ok((log, snaps))
         })
         .await
@@ -1211,26 +1209,21 @@ impl<S: StateMachine> Node<S> {
 }
 
 /// Refuses a data dir whose log and snapshots contradict each other in a way only lost files
-/// explain: a snapshot beside a log whose meta file was missing (the vote is lost), or a log
-/// purged past every snapshot (the purged entries are lost).
+/// explain: a snapshot beside a log in `wal_dir` that opening created (`created_log`: its meta
+/// file was missing, so the vote is lost), or a log purged past every snapshot (the purged
+/// entries are lost).
 fn check_storage_agrees(
-    meta_path: &Path,
-    had_meta: bool,
+    wal_dir: &Path,
+    created_log: bool,
     snap_dir: &Path,
     purged: Option<crate::types::LogId>,
     snapshot: Option<crate::types::LogId>,
 ) -> Result<()> {
-    if !had_meta && snapshot.is_some() {
-        return Err(crate::log::LogError::Corrupt {
-            file: meta_path.to_path_buf(),
-            offset: 0,
-            reason: format!(
-                "missing, yet {} holds a snapshot: this node's vote and purge point are \
-                 lost, so it must not start; replace the node (docs/operations.md, \
-                 \"Replace a failed node\")",
-                snap_dir.display()
-            ),
-        }
+    if created_log && snapshot.is_some() {
+        return Err(crate::log::meta_lost(
+            wal_dir,
+            format_args!("{} holds a snapshot", snap_dir.display()),
+        )
         .into());
     }
     if let Some(purged) = purged

@@ -9,15 +9,16 @@
 //! after such a failure the kernel may have dropped the dirty pages, and Linux reports the error
 //! to one fdatasync only, so the next one on the same file can succeed although pages were lost.
 //! Nothing written before can be trusted to be durable. The writer records its own failures here
-//! too ([`Flusher::fail`]). Once failed, every pending and later waiter gets the error, no round
-//! already running completes its waiters, and the writer refuses further writes.
+//! too ([`Flusher::fail`]). The failed state is the first failure itself, a [`LogError`]. Once
+//! failed, every pending waiter gets that failure, every later one [`LogError::Failed`] naming
+//! it (both with its kind), no round already running completes its waiters, and the writer
+//! refuses further writes.
 //!
 //! The fdatasyncs of the file appends write to run on this thread, the one that seals a segment
 //! included, so no two of them race on one file descriptor, where only one would see an error.
 //! (Truncation fsyncs the segment it cuts through a descriptor of its own, and fails the log
 //! itself if that fails.)
 
-use std::fs::File;
 use std::io;
 use std::sync::Arc;
 use std::sync::Condvar;
@@ -29,20 +30,23 @@ use std::time::Instant;
 
 use super::LogError;
 use super::LogStatsCounters;
+use super::segment::Segment;
 use super::sim::Simulation;
+use crate::fsutil::at;
 
 /// Runs once the data written before it was queued is durable (or with the error that stopped it).
 pub(crate) type Waiter = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 #[derive(Default)]
 struct Queue {
-    files: Vec<Arc<File>>,
+    /// The segments written to since the last round.
+    segments: Vec<Segment>,
     waiters: Vec<Waiter>,
     stop: bool,
     /// Stop without syncing what is queued (simulated power loss in tests).
     abandon: bool,
-    /// The log's first failure: what kind of error, and what failed.
-    failure: Option<(io::ErrorKind, String)>,
+    /// The log's first failure.
+    failure: Option<Arc<LogError>>,
 }
 
 struct Shared {
@@ -66,14 +70,20 @@ pub(crate) struct Flusher {
     thread: Option<JoinHandle<()>>,
 }
 
-/// What a waiter queued after the log failed gets: [`LogError::Failed`].
-fn refusal(failure: &(io::ErrorKind, String)) -> io::Error {
+/// What a waiter queued after the log failed gets: [`LogError::Failed`], of the first failure's
+/// kind.
+fn refusal(failure: &Arc<LogError>) -> io::Error {
     io::Error::new(
-        failure.0,
+        failure.io_kind(),
         LogError::Failed {
-            earlier: failure.1.clone(),
+            earlier: failure.clone(),
         },
     )
+}
+
+/// What a waiter pending when the log failed gets: the failure itself.
+fn failed(failure: &Arc<LogError>) -> io::Error {
+    io::Error::new(failure.io_kind(), failure.clone())
 }
 
 impl Flusher {
@@ -99,33 +109,33 @@ impl Flusher {
         })
     }
 
-    /// What failed first, if the log has failed.
-    pub fn failure(&self) -> Option<String> {
-        self.shared.lock().failure.as_ref().map(|f| f.1.clone())
+    /// The log's first failure, if it has failed.
+    pub fn failure(&self) -> Option<Arc<LogError>> {
+        self.shared.lock().failure.clone()
     }
 
     /// Fails the log for good with `error` (unless it failed before: the first failure is the
     /// one kept). Every queued waiter fails with it now; later ones are refused.
-    pub fn fail(&self, error: &io::Error) {
-        let failure = (error.kind(), error.to_string());
-        let pending = {
+    pub fn fail(&self, error: LogError) {
+        let (failure, pending) = {
             let mut q = self.shared.lock();
             if q.failure.is_some() {
                 return;
             }
+            let failure = Arc::new(error);
             q.failure = Some(failure.clone());
-            q.files.clear();
-            std::mem::take(&mut q.waiters)
+            q.segments.clear();
+            (failure, std::mem::take(&mut q.waiters))
         };
-        tracing::error!(error = %failure.1, "the write-ahead log failed; it accepts no more writes");
+        tracing::error!(error = %failure, "the write-ahead log failed; it accepts no more writes");
         for w in pending {
-            w(Err(io::Error::new(failure.0, failure.1.clone())));
+            w(Err(failed(&failure)));
         }
     }
 
-    /// Queues `waiter` to run once everything written so far — to `file`, and to every file
-    /// queued before — is durable.
-    pub fn enqueue(&self, file: Option<&Arc<File>>, waiter: Waiter) {
+    /// Queues `waiter` to run once everything written so far — to `segment`, and to every
+    /// segment queued before — is durable.
+    pub fn enqueue(&self, segment: Option<&Segment>, waiter: Waiter) {
         let mut q = self.shared.lock();
         if let Some(f) = &q.failure {
             let err = refusal(f);
@@ -133,40 +143,57 @@ impl Flusher {
             waiter(Err(err));
             return;
         }
-        if let Some(file) = file
-            && !q.files.iter().any(|f| Arc::ptr_eq(f, file))
+        if let Some(segment) = segment
+            && !q
+                .segments
+                .iter()
+                .any(|s| Arc::ptr_eq(&s.file, &segment.file))
         {
-            q.files.push(file.clone());
+            q.segments.push(segment.clone());
         }
         q.waiters.push(waiter);
         drop(q);
         self.shared.wake.notify_one();
     }
 
-    /// Waits until everything written to `file` so far is durable.
-    pub async fn barrier(&self, file: &Arc<File>) -> io::Result<()> {
+    /// Waits until everything written to `segment` so far is durable. Fails with
+    /// [`LogError::Failed`] if the log has failed (before or while waiting).
+    pub async fn barrier(&self, segment: &Segment) -> Result<(), LogError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.enqueue(
-            Some(file),
+            Some(segment),
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
         );
-        rx.await
-            .unwrap_or_else(|_| Err(io::Error::other("write-ahead log flusher stopped")))
+        let r = rx
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("write-ahead log flusher stopped")));
+        self.barrier_result(r, segment)
     }
 
     /// Blocking form of [`Flusher::barrier`], for synchronous contexts.
-    pub fn barrier_blocking(&self, file: &Arc<File>) -> io::Result<()> {
+    pub fn barrier_blocking(&self, segment: &Segment) -> Result<(), LogError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.enqueue(
-            Some(file),
+            Some(segment),
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
         );
-        rx.recv()
-            .unwrap_or_else(|_| Err(io::Error::other("write-ahead log flusher stopped")))
+        let r = rx
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("write-ahead log flusher stopped")));
+        self.barrier_result(r, segment)
+    }
+
+    /// What a barrier on `segment` that ended with `r` returns: the log's failure if it has
+    /// failed, else (the flusher stopped or lost power) the error it was given.
+    fn barrier_result(&self, r: io::Result<()>, segment: &Segment) -> Result<(), LogError> {
+        r.map_err(|e| match self.failure() {
+            Some(earlier) => LogError::Failed { earlier },
+            None => LogError::Io(at("fdatasync", &segment.path)(e)),
+        })
     }
 }
 
@@ -199,7 +226,7 @@ impl Drop for Flusher {
 
 fn run(shared: &Shared) {
     loop {
-        let (files, waiters) = {
+        let (segments, waiters) = {
             let mut q = shared.lock();
             while q.waiters.is_empty() && !q.stop {
                 q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
@@ -217,19 +244,22 @@ fn run(shared: &Shared) {
             if q.waiters.is_empty() {
                 return;
             }
-            (std::mem::take(&mut q.files), std::mem::take(&mut q.waiters))
+            (
+                std::mem::take(&mut q.segments),
+                std::mem::take(&mut q.waiters),
+            )
         };
 
         let started = Instant::now();
         let mut result = Ok(());
-        for f in &files {
+        for s in &segments {
             shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             let synced = match &shared.sim {
-                Some(sim) => sim.before_sync().and_then(|()| f.sync_data()),
-                None => f.sync_data(),
+                Some(sim) => sim.before_sync().and_then(|()| s.file.sync_data()),
+                None => s.file.sync_data(),
             };
             if let Err(e) = synced {
-                result = Err(e);
+                result = Err(LogError::Io(at("fdatasync", &s.path)(e)));
                 break;
             }
         }
@@ -251,15 +281,15 @@ fn run(shared: &Shared) {
             }
             Err(e) => {
                 tracing::error!(error = %e, "fdatasync of the write-ahead log failed; the log accepts no more writes");
-                let failure = (e.kind(), format!("fdatasync of the write-ahead log: {e}"));
+                // The first failure is the one kept: the writer's, if it failed meanwhile.
                 let (failure, pending) = {
                     let mut q = shared.lock();
-                    let failure = q.failure.get_or_insert(failure).clone();
-                    q.files.clear();
+                    let failure = q.failure.get_or_insert_with(|| Arc::new(e)).clone();
+                    q.segments.clear();
                     (failure, std::mem::take(&mut q.waiters))
                 };
                 for w in waiters.into_iter().chain(pending) {
-                    w(Err(io::Error::new(failure.0, failure.1.clone())));
+                    w(Err(failed(&failure)));
                 }
             }
         }

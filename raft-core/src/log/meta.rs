@@ -35,6 +35,20 @@ pub(crate) struct Meta {
     pub purged: Option<DiskLogId>,
 }
 
+/// The refusal of a log directory `dir` whose meta file is missing although `beside` (what
+/// shows the node ran before: its segments, a snapshot) is there: the node's vote and purge
+/// point are lost, so it must not start.
+pub(crate) fn lost(dir: &Path, beside: impl std::fmt::Display) -> LogError {
+    LogError::Corrupt {
+        file: dir.join(FILE_NAME),
+        offset: 0,
+        reason: format!(
+            "missing, yet {beside}: this node's vote and purge point are lost, so it must not \
+             start; replace the node (docs/operations.md, \"Replace a failed node\")"
+        ),
+    }
+}
+
 impl Meta {
     /// Reads the meta file in `dir`; `Ok(None)` if there is none yet.
     pub fn load(dir: &Path) -> Result<Option<Meta>, LogError> {
@@ -70,7 +84,8 @@ impl Meta {
     /// Replaces the meta file in `dir` atomically and durably.
     pub fn store(&self, dir: &Path) -> Result<(), LogError> {
         let mut buf = MAGIC.to_vec();
-        record::append_framed_legacy(&mut buf, |b| codec::encode_into(self, b))
+        record::Framing::Legacy
+            .append_framed(&mut buf, |b| codec::encode_into(self, b))
             .map_err(|e| LogError::Encode(e.to_string()))?
             .map_err(|e| LogError::Encode(e.to_string()))?;
         fsutil::write_atomically(dir, FILE_NAME, &buf)?;

@@ -111,8 +111,7 @@ use self::wal::SharedView;
 use self::wal::Wal;
 pub use self::wal::WalOptions;
 
-/// The name of the log's meta file (vote, purge point, node id) inside its directory.
-pub(crate) const META_FILE: &str = self::meta::FILE_NAME;
+pub(crate) use self::meta::lost as meta_lost;
 pub use crate::fsutil::PathError;
 use crate::types::Entry;
 use crate::types::LogId;
@@ -163,27 +162,90 @@ pub enum LogError {
     /// A record could not be encoded (for example, an entry over the size limit).
     #[error("cannot encode a log record: {0}")]
     Encode(String),
-    /// A write, an fdatasync or a file operation of the log failed earlier; `earlier` says which
-    /// and how. From then on the log accepts no writes, truncations, purges or votes, and writes
-    /// nothing more on close: after a failed fdatasync nothing written before can be trusted to
-    /// be durable, and after a failed write the writer's position may not match the file. What is
-    /// durable is recovered when the log is opened again.
+    /// A write, an fdatasync or a file operation of the log failed earlier; `earlier` is that
+    /// first failure, as it happened. From then on the log accepts no writes, truncations, purges
+    /// or votes, and writes nothing more on close: after a failed fdatasync nothing written before
+    /// can be trusted to be durable, and after a failed write the writer's position may not match
+    /// the file. What is durable is recovered when the log is opened again. As an [`io::Error`]
+    /// it has the kind of the first failure.
     #[error("write-ahead log refuses writes after an earlier failure: {earlier}")]
     Failed {
-        /// The first failure, with the file it happened on where known.
-        earlier: String,
+        /// The first failure (the same one for every refusal of this log).
+        earlier: Arc<LogError>,
     },
+}
+
+impl LogError {
+    /// The kind of [`io::Error`] this error becomes: the file operation's for
+    /// [`LogError::Io`], and the first failure's for [`LogError::Failed`].
+    pub(crate) fn io_kind(&self) -> io::ErrorKind {
+        match self {
+            LogError::Io(p) => p.source.kind(),
+            LogError::Corrupt { .. } => io::ErrorKind::InvalidData,
+            LogError::OutOfOrder { .. } | LogError::Encode(_) => io::ErrorKind::InvalidInput,
+            LogError::Failed { earlier } => earlier.io_kind(),
+            LogError::WrongNode { .. } | LogError::Locked { .. } => io::ErrorKind::Other,
+        }
+    }
+
+    /// Whether this error fails the log for good: the failure of a write, an fdatasync or any
+    /// other file operation (or damage found while cutting a segment). A refused entry
+    /// ([`LogError::OutOfOrder`], [`LogError::Encode`]) is the caller's and leaves the log as it
+    /// was; a refusal ([`LogError::Failed`]) reports a failure already recorded.
+    pub(crate) fn fails_the_log(&self) -> bool {
+        !matches!(
+            self,
+            LogError::OutOfOrder { .. } | LogError::Encode(_) | LogError::Failed { .. }
+        )
+    }
+
+    /// A second value of this error, for when both the log's failed state and the caller that
+    /// hit the failure need one: the same variant, fields, and for an I/O error the same kind
+    /// and OS error code (an I/O error that carries no code keeps its kind and message).
+    pub(crate) fn duplicate(&self) -> LogError {
+        match self {
+            LogError::Io(p) => LogError::Io(PathError {
+                op: p.op,
+                path: p.path.clone(),
+                source: match p.source.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(p.source.kind(), p.source.to_string()),
+                },
+            }),
+            LogError::Corrupt {
+                file,
+                offset,
+                reason,
+            } => LogError::Corrupt {
+                file: file.clone(),
+                offset: *offset,
+                reason: reason.clone(),
+            },
+            LogError::WrongNode {
+                dir,
+                expected,
+                found,
+            } => LogError::WrongNode {
+                dir: dir.clone(),
+                expected: *expected,
+                found: *found,
+            },
+            LogError::Locked { dir } => LogError::Locked { dir: dir.clone() },
+            LogError::OutOfOrder { expected, got } => LogError::OutOfOrder {
+                expected: *expected,
+                got: *got,
+            },
+            LogError::Encode(why) => LogError::Encode(why.clone()),
+            LogError::Failed { earlier } => LogError::Failed {
+                earlier: earlier.clone(),
+            },
+        }
+    }
 }
 
 impl From<LogError> for io::Error {
     fn from(e: LogError) -> Self {
-        let kind = match &e {
-            LogError::Io(p) => p.source.kind(),
-            LogError::Corrupt { .. } => io::ErrorKind::InvalidData,
-            LogError::OutOfOrder { .. } | LogError::Encode(_) => io::ErrorKind::InvalidInput,
-            _ => io::ErrorKind::Other,
-        };
-        io::Error::new(kind, e)
+        io::Error::new(e.io_kind(), e)
     }
 }
 
@@ -321,6 +383,16 @@ impl LogStore {
             stats,
             append_budget: usize::MAX,
         })
+    }
+
+    /// Whether opening created this log rather than finding one: a durable log whose directory
+    /// held no meta file (vote, purge point) — a new log, or one whose meta file was lost — or an
+    /// in-memory log.
+    pub(crate) fn created(&self) -> bool {
+        match &self.backend {
+            Backend::Durable(wal) => wal.created_meta(),
+            Backend::Memory(_) => true,
+        }
     }
 
     /// The last purged entry's log id, if any entry was purged.

@@ -87,35 +87,6 @@ impl Salt {
         self.header_crc([h[0], h[1], h[2], h[3]], [h[4], h[5], h[6], h[7]]) == stored
     }
 
-    /// Appends one framed record to `buf`; `write_payload` appends the payload bytes.
-    ///
-    /// Returns the payload length. Fails if the payload is empty or larger than [`MAX_PAYLOAD`];
-    /// on any failure `buf` is left as it was.
-    pub fn append_framed<E>(
-        &self,
-        buf: &mut Vec<u8>,
-        write_payload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
-    ) -> Result<Result<usize, FrameError>, E> {
-        let start = buf.len();
-        buf.extend_from_slice(&[0u8; SALTED_HEADER_LEN]);
-        if let Err(e) = write_payload(buf) {
-            buf.truncate(start);
-            return Err(e);
-        }
-        let len = buf.len() - start - SALTED_HEADER_LEN;
-        if len == 0 || len > MAX_PAYLOAD {
-            buf.truncate(start);
-            return Ok(Err(FrameError::BadLength(len)));
-        }
-        let len_bytes = (len as u32).to_le_bytes();
-        let payload_crc = crc(0, &buf[start + SALTED_HEADER_LEN..]).to_le_bytes();
-        buf[start..start + 4].copy_from_slice(&len_bytes);
-        buf[start + 4..start + 8].copy_from_slice(&payload_crc);
-        let header_crc = self.header_crc(len_bytes, payload_crc);
-        buf[start + 8..start + 12].copy_from_slice(&header_crc.to_le_bytes());
-        Ok(Ok(len))
-    }
-
     /// Re-keys a record framed for another salt (its first [`SALTED_HEADER_LEN`] bytes) to this
     /// one: the payload checksum does not depend on the salt, so only the header checksum is
     /// recomputed. Used when an entry framed for a full segment moves to the next one.
@@ -128,33 +99,6 @@ impl Salt {
         let header_crc = self.header_crc(len, payload_crc);
         record[8..12].copy_from_slice(&header_crc.to_le_bytes());
     }
-}
-
-/// Appends one legacy-framed record to `buf` (the meta file's framing); `write_payload` appends
-/// the payload bytes.
-///
-/// Returns the payload length. Fails if the payload is empty or larger than [`MAX_PAYLOAD`]; on
-/// any failure `buf` is left as it was.
-pub(crate) fn append_framed_legacy<E>(
-    buf: &mut Vec<u8>,
-    write_payload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
-) -> Result<Result<usize, FrameError>, E> {
-    let start = buf.len();
-    buf.extend_from_slice(&[0u8; LEGACY_HEADER_LEN]);
-    if let Err(e) = write_payload(buf) {
-        buf.truncate(start);
-        return Err(e);
-    }
-    let len = buf.len() - start - LEGACY_HEADER_LEN;
-    if len == 0 || len > MAX_PAYLOAD {
-        buf.truncate(start);
-        return Ok(Err(FrameError::BadLength(len)));
-    }
-    let len_bytes = (len as u32).to_le_bytes();
-    let crc = crc(crc(0, &len_bytes), &buf[start + LEGACY_HEADER_LEN..]);
-    buf[start..start + 4].copy_from_slice(&len_bytes);
-    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    Ok(Ok(len))
 }
 
 /// A record could not be framed.
@@ -185,6 +129,47 @@ impl Framing {
         }
     }
 
+    /// Appends one record framed this way to `buf`; `write_payload` appends the payload bytes
+    /// after room for the header, which is filled in once the payload's length and checksum are
+    /// known. The payload is written in place: nothing is copied.
+    ///
+    /// Returns the payload length. Fails if the payload is empty or larger than [`MAX_PAYLOAD`];
+    /// on any failure `buf` is left as it was.
+    pub fn append_framed<E>(
+        self,
+        buf: &mut Vec<u8>,
+        write_payload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<Result<usize, FrameError>, E> {
+        let header_len = self.header_len();
+        let start = buf.len();
+        buf.resize(start + header_len, 0);
+        if let Err(e) = write_payload(buf) {
+            buf.truncate(start);
+            return Err(e);
+        }
+        let len = buf.len() - start - header_len;
+        if len == 0 || len > MAX_PAYLOAD {
+            buf.truncate(start);
+            return Ok(Err(FrameError::BadLength(len)));
+        }
+        let (header, payload) = buf[start..].split_at_mut(header_len);
+        let len_bytes = (len as u32).to_le_bytes();
+        header[..4].copy_from_slice(&len_bytes);
+        match self {
+            Framing::Legacy => {
+                let crc = crc(crc(0, &len_bytes), payload);
+                header[4..8].copy_from_slice(&crc.to_le_bytes());
+            }
+            Framing::Salted(salt) => {
+                let payload_crc = crc(0, payload).to_le_bytes();
+                header[4..8].copy_from_slice(&payload_crc);
+                let header_crc = salt.header_crc(len_bytes, payload_crc);
+                header[8..12].copy_from_slice(&header_crc.to_le_bytes());
+            }
+        }
+        Ok(Ok(len))
+    }
+
     /// Parses the record at the start of `bytes` (which may extend past it). A salted header is
     /// checked before anything else, so a payload is only checksummed behind a header written
     /// with this segment's salt.
@@ -203,6 +188,17 @@ impl Framing {
             && !salt.header_matches(header)
         {
             return Parsed::Invalid("record header checksum mismatch");
+        }
+        self.parse_after_header(bytes)
+    }
+
+    /// [`Framing::parse`] from the point where the header has passed the checks that need no
+    /// payload: `bytes` start with a header that is not all zero and, in the salted framing,
+    /// that [`Salt::header_matches`]. Checks the length and the payload's checksum.
+    pub fn parse_after_header(self, bytes: &[u8]) -> Parsed {
+        let header_len = self.header_len();
+        if bytes.len() < header_len {
+            return Parsed::Invalid("truncated record header");
         }
         let len_bytes = [bytes[0], bytes[1], bytes[2], bytes[3]];
         let len = u32::from_le_bytes(len_bytes) as usize;
@@ -275,7 +271,7 @@ mod tests {
 
     fn salted(salt: u32, payload: &[u8]) -> Vec<u8> {
         let mut buf = Vec::new();
-        let res: Result<_, ()> = Salt::new(salt).append_framed(&mut buf, |b| {
+        let res: Result<_, ()> = Framing::Salted(Salt::new(salt)).append_framed(&mut buf, |b| {
             b.extend_from_slice(payload);
             Ok(())
         });
@@ -285,7 +281,7 @@ mod tests {
 
     fn legacy(payload: &[u8]) -> Vec<u8> {
         let mut buf = Vec::new();
-        let res: Result<_, ()> = append_framed_legacy(&mut buf, |b| {
+        let res: Result<_, ()> = Framing::Legacy.append_framed(&mut buf, |b| {
             b.extend_from_slice(payload);
             Ok(())
         });
@@ -304,6 +300,39 @@ mod tests {
         assert_eq!(r.len(), LEGACY_HEADER_LEN + 5);
         assert_eq!(Framing::Legacy.parse(&r), Parsed::Record { len: 5 });
         assert!(Framing::Legacy.verify(&r));
+    }
+
+    #[test]
+    fn both_framings_write_the_documented_bytes() {
+        let payload = b"hello";
+        let len = 5u32.to_le_bytes();
+        // Legacy: [len][crc32c(len ++ payload)][payload].
+        let mut expected = len.to_vec();
+        expected.extend_from_slice(&crc32c::crc32c(&[&len[..], payload].concat()).to_le_bytes());
+        expected.extend_from_slice(payload);
+        assert_eq!(legacy(payload), expected);
+        assert_eq!(
+            legacy(payload),
+            [
+                0x05, 0x00, 0x00, 0x00, 0xa1, 0xb1, 0x17, 0x4e, b'h', b'e', b'l', b'l', b'o'
+            ]
+        );
+        // Salted: [len][crc32c(payload)][crc32c(salt ++ len ++ payload crc)][payload].
+        let salt = 0x1234_5678u32;
+        let payload_crc = crc32c::crc32c(payload).to_le_bytes();
+        let header_crc = crc32c::crc32c(&[&salt.to_le_bytes()[..], &len, &payload_crc].concat());
+        let mut expected = len.to_vec();
+        expected.extend_from_slice(&payload_crc);
+        expected.extend_from_slice(&header_crc.to_le_bytes());
+        expected.extend_from_slice(payload);
+        assert_eq!(salted(salt, payload), expected);
+        assert_eq!(
+            salted(salt, payload),
+            [
+                0x05, 0x00, 0x00, 0x00, 0x4c, 0xbb, 0x71, 0x9a, 0x1c, 0xaa, 0xda, 0x42, b'h', b'e',
+                b'l', b'l', b'o'
+            ]
+        );
     }
 
     #[test]
@@ -385,10 +414,15 @@ mod tests {
     #[test]
     fn empty_payload_is_refused() {
         let mut buf = vec![9];
-        let res: Result<_, ()> = Salt::new(1).append_framed(&mut buf, |_| Ok(()));
-        assert_eq!(res.unwrap(), Err(FrameError::BadLength(0)));
-        let res: Result<_, ()> = append_framed_legacy(&mut buf, |_| Ok(()));
-        assert_eq!(res.unwrap(), Err(FrameError::BadLength(0)));
-        assert_eq!(buf, vec![9]);
+        for framing in [Framing::Legacy, Framing::Salted(Salt::new(1))] {
+            let res: Result<_, ()> = framing.append_framed(&mut buf, |_| Ok(()));
+            assert_eq!(res.unwrap(), Err(FrameError::BadLength(0)));
+            let res: Result<_, &str> = framing.append_framed(&mut buf, |b| {
+                b.push(1);
+                Err("payload failed")
+            });
+            assert_eq!(res, Err("payload failed"));
+            assert_eq!(buf, vec![9]);
+        }
     }
 }

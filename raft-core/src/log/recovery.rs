@@ -26,6 +26,7 @@ use std::path::Path;
 
 use super::LogError;
 use super::meta::Meta;
+use super::record::Framing;
 use super::segment;
 use super::segment::Decoded;
 use super::segment::LEGACY_SEARCH_FACTOR;
@@ -56,6 +57,8 @@ pub(super) struct Recovered {
 /// holds (purged ones included).
 pub(super) struct Tail {
     pub seg: Segment,
+    /// How its records are framed, from its header.
+    pub framing: Framing,
     pub end: u64,
     pub entries: u64,
 }
@@ -88,8 +91,7 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
     let count = listed.len();
     for (i, (first, path)) in listed.into_iter().enumerate() {
         let is_last = i + 1 == count;
-        let seg = Segment::open(&path, first)?;
-        let framing = seg.framing;
+        let (seg, framing) = Segment::open(&path, first)?;
         let bytes = seg.read_all()?;
         let (found, stop) = segment::scan(&bytes, framing);
         let decodes = |p: &[u8]| {
@@ -267,6 +269,7 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
         if is_last {
             tail = Some(Tail {
                 seg,
+                framing,
                 end,
                 entries: entries_here,
             });

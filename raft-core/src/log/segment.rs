@@ -43,15 +43,15 @@ const LEGACY_MAGIC: &[u8; 8] = b"RKWAL001";
 pub(crate) const HEADER_LEN: u64 = 24;
 const SUFFIX: &str = ".wal";
 
-/// An open segment file.
+/// An open segment file. How its records are framed is returned beside it by
+/// [`Segment::create`] and [`Segment::open`].
 #[derive(Debug, Clone)]
 pub(crate) struct Segment {
     /// Index of the first entry this segment holds (its name).
     pub first_index: u64,
-    pub path: PathBuf,
+    /// Shared, so that a copy of the segment (the flusher keeps one) costs no allocation.
+    pub path: Arc<Path>,
     pub file: Arc<File>,
-    /// How its records are framed, from its header.
-    pub framing: Framing,
 }
 
 /// The file name of the segment whose first entry has `first_index`.
@@ -142,18 +142,17 @@ impl Segment {
             .write(true)
             .open(&path)
             .map_err(at("open", &path))?;
-        let salt = Salt::new(salt);
         let seg = Segment {
             first_index,
-            path,
+            path: path.into(),
             file: Arc::new(file),
-            framing: Framing::Salted(salt),
         };
-        Ok((seg, salt))
+        Ok((seg, Salt::new(salt)))
     }
 
     /// Opens an existing segment of either format and checks that its header matches its name.
-    pub fn open(path: &Path, first_index: u64) -> Result<Segment, LogError> {
+    /// Returns the segment and how its records are framed, from its header.
+    pub fn open(path: &Path, first_index: u64) -> Result<(Segment, Framing), LogError> {
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -171,12 +170,12 @@ impl Segment {
             offset: 0,
             reason,
         })?;
-        Ok(Segment {
+        let seg = Segment {
             first_index,
-            path: path.to_path_buf(),
+            path: path.into(),
             file: Arc::new(file),
-            framing,
-        })
+        };
+        Ok((seg, framing))
     }
 
     /// Reads the whole file (header included) for scanning.
@@ -325,8 +324,10 @@ pub(crate) fn find_later_record(
             let candidate = &bytes[q..];
             match framing {
                 Framing::Salted(salt) => {
+                    // The header holds the non-zero byte at `nz`; once it matches the salt, only
+                    // the length and the payload are left to check.
                     if salt.header_matches(candidate)
-                        && let Parsed::Record { len } = framing.parse(candidate)
+                        && let Parsed::Record { len } = framing.parse_after_header(candidate)
                         && decodes(&candidate[framing.header_len()..framing.header_len() + len]).ok
                     {
                         return Later::Record(q as u64);
@@ -382,13 +383,14 @@ mod tests {
     fn create_then_open_checks_header() {
         let dir = tempfile::tempdir().unwrap();
         let (seg, salt) = Segment::create(dir.path(), 7, 4096).unwrap();
-        assert_eq!(seg.framing, Framing::Salted(salt));
         assert_eq!(seg.file.metadata().unwrap().len(), 4096);
-        assert!(matches!(seg.framing, Framing::Salted(_)));
-        assert_eq!(Segment::open(&seg.path, 7).unwrap().framing, seg.framing);
+        assert_eq!(
+            Segment::open(&seg.path, 7).unwrap().1,
+            Framing::Salted(salt)
+        );
         let err = Segment::open(&seg.path, 8).unwrap_err();
         assert!(matches!(err, LogError::Corrupt { offset: 0, .. }));
-        assert_eq!(list(dir.path()).unwrap(), vec![(7, seg.path.clone())]);
+        assert_eq!(list(dir.path()).unwrap(), vec![(7, seg.path.to_path_buf())]);
 
         // Any damage to the header, the salt included, is refused.
         let good = fs::read(&seg.path).unwrap();
@@ -405,7 +407,7 @@ mod tests {
     fn every_segment_gets_its_own_salt() {
         let dir = tempfile::tempdir().unwrap();
         let framings: Vec<Framing> = (1..=8)
-            .map(|i| Segment::create(dir.path(), i, 4096).unwrap().0.framing)
+            .map(|i| Framing::Salted(Segment::create(dir.path(), i, 4096).unwrap().1))
             .collect();
         for (i, a) in framings.iter().enumerate() {
             for b in &framings[i + 1..] {
@@ -421,7 +423,7 @@ mod tests {
         let mut bytes = legacy_header(3).to_vec();
         bytes.resize(4096, 0);
         fs::write(&path, &bytes).unwrap();
-        assert_eq!(Segment::open(&path, 3).unwrap().framing, Framing::Legacy);
+        assert_eq!(Segment::open(&path, 3).unwrap().1, Framing::Legacy);
         assert!(Segment::open(&path, 4).is_err());
         bytes[..8].copy_from_slice(b"RKWAL009");
         fs::write(&path, &bytes).unwrap();
@@ -430,16 +432,10 @@ mod tests {
     }
 
     fn frame(framing: Framing, bytes: &mut Vec<u8>, payload: &[u8]) {
-        let ok: Result<_, ()> = match framing {
-            Framing::Legacy => record::append_framed_legacy(bytes, |b| {
-                b.extend_from_slice(payload);
-                Ok(())
-            }),
-            Framing::Salted(salt) => salt.append_framed(bytes, |b| {
-                b.extend_from_slice(payload);
-                Ok(())
-            }),
-        };
+        let ok: Result<_, ()> = framing.append_framed(bytes, |b| {
+            b.extend_from_slice(payload);
+            Ok(())
+        });
         ok.unwrap().unwrap();
     }
 
@@ -481,6 +477,22 @@ mod tests {
             assert_eq!(found.len(), 1);
             assert!(matches!(stop, Stop::Invalid { offset, .. } if offset == damaged as u64));
         }
+    }
+
+    #[test]
+    fn a_salted_search_checks_each_header_once() {
+        let framing = Framing::Salted(Salt::new(21));
+        let mut bytes = vec![0u8; HEADER_LEN as usize + 16];
+        let at = bytes.len();
+        frame(framing, &mut bytes, b"found");
+        bytes.extend_from_slice(&[0u8; 16]);
+        record::work::start(u64::MAX);
+        let later = find_later_record(&bytes, HEADER_LEN as usize, framing, any);
+        let checksummed = record::work::stop();
+        assert_eq!(later, Later::Record(at as u64));
+        // The record's first byte is the first non-zero one: the three offsets before it and its
+        // own cost a header check (8 bytes) each, then its payload is checksummed once.
+        assert_eq!(checksummed, 4 * 8 + 5);
     }
 
     #[test]

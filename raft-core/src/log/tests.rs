@@ -549,8 +549,8 @@ fn write_legacy_log(dir: &Path, segments: &[(Option<LogId>, Vec<Entry>)], segmen
         let first = entries[0].log_id.index;
         let mut bytes = segment::legacy_header(first).to_vec();
         let mut frame = |rec: &WalRecord| {
-            let framed: Result<_, crate::codec::CodecError> =
-                record::append_framed_legacy(&mut bytes, |b| crate::codec::encode_into(rec, b));
+            let framed: Result<_, crate::codec::CodecError> = record::Framing::Legacy
+                .append_framed(&mut bytes, |b| crate::codec::encode_into(rec, b));
             framed.unwrap().unwrap();
         };
         if let Some(c) = marker {
@@ -587,12 +587,12 @@ fn marker_frame(salt: Option<u32>) -> Vec<u8> {
         index: 1,
     });
     let mut out = Vec::new();
-    let framed: Result<_, crate::codec::CodecError> = match salt {
-        None => record::append_framed_legacy(&mut out, |b| crate::codec::encode_into(&rec, b)),
-        Some(s) => {
-            record::Salt::new(s).append_framed(&mut out, |b| crate::codec::encode_into(&rec, b))
-        }
+    let framing = match salt {
+        None => record::Framing::Legacy,
+        Some(s) => record::Framing::Salted(record::Salt::new(s)),
     };
+    let framed: Result<_, crate::codec::CodecError> =
+        framing.append_framed(&mut out, |b| crate::codec::encode_into(&rec, b));
     framed.unwrap().unwrap();
     out
 }
@@ -876,10 +876,11 @@ fn adversarial_value(salt: Option<u32>, decodable: bool) -> Vec<u8> {
         let mut frames = Vec::new();
         while frames.len() < MIB {
             let at = frames.len();
-            let framed: Result<_, ()> = other.append_framed(&mut frames, |b| {
-                b.extend_from_slice(&[1, 1, 1, 1]);
-                Ok(())
-            });
+            let framed: Result<_, ()> =
+                record::Framing::Salted(other).append_framed(&mut frames, |b| {
+                    b.extend_from_slice(&[1, 1, 1, 1]);
+                    Ok(())
+                });
             framed.unwrap().unwrap();
             // Claim 4 MiB of payload, as the frame of a long value would.
             frames[at..at + 4].copy_from_slice(&(4u32 << 20).to_le_bytes());
@@ -1175,11 +1176,18 @@ fn log_error(e: &std::io::Error) -> Option<&LogError> {
 
 /// The earlier failure a refusal names, if `e` is the log refusing because of one.
 #[cfg(feature = "testing")]
-fn refusal(e: &LogError) -> Option<&str> {
+fn refusal(e: &LogError) -> Option<&LogError> {
     match e {
         LogError::Failed { earlier } => Some(earlier),
         _ => None,
     }
+}
+
+/// Whether `e` is the failure of the file operation `op` on `path` with the OS error `errno`.
+#[cfg(feature = "testing")]
+fn failed_with(e: &LogError, op: &str, path: &Path, errno: rustix::io::Errno) -> bool {
+    matches!(e, LogError::Io(p)
+        if p.op == op && p.path == path && p.source.raw_os_error() == Some(errno.raw_os_error()))
 }
 
 #[cfg(feature = "testing")]
@@ -1233,7 +1241,12 @@ async fn a_failed_fdatasync_when_sealing_a_segment_fails_the_log() {
     let e = log
         .append_with(vec![entry(1, next, 10)], |_| {})
         .expect_err("the log refuses appends after a failed fdatasync");
-    assert!(refusal(&e).is_some_and(|x| x.contains("fdatasync")), "{e}");
+    // The refusal carries the first failure itself: the sealed segment's fdatasync.
+    let sealed = dir.path().join(segment::file_name(0));
+    assert!(
+        refusal(&e).is_some_and(|x| failed_with(x, "fdatasync", &sealed, rustix::io::Errno::IO)),
+        "{e}"
+    );
 }
 
 #[cfg(feature = "testing")]
@@ -1253,7 +1266,7 @@ async fn after_a_failed_write_the_log_refuses_everything_and_writes_nothing_on_c
         .append_with(vec![entry(1, 4, 100)], |_| {})
         .expect_err("append after a failed write");
     assert!(
-        refusal(&e).is_some_and(|x| x.contains("No space left")),
+        refusal(&e).is_some_and(|x| x.to_string().contains("No space left")),
         "{e}"
     );
     for (what, r) in [
@@ -1267,7 +1280,7 @@ async fn after_a_failed_write_the_log_refuses_everything_and_writes_nothing_on_c
         let e = r.expect_err(what);
         let earlier = log_error(&e).and_then(refusal);
         assert!(
-            earlier.is_some_and(|x| x.contains("No space left")),
+            earlier.is_some_and(|x| x.to_string().contains("No space left")),
             "{what}: {e}"
         );
     }
@@ -1282,6 +1295,44 @@ async fn after_a_failed_write_the_log_refuses_everything_and_writes_nothing_on_c
     );
     let mut log = open(dir.path()).unwrap();
     assert_eq!(all_entries(&mut log).await, entries);
+}
+
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn a_failed_log_reports_its_first_error_with_its_kind() {
+    use rustix::io::Errno;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    let entries: Vec<Entry> = (0..2).map(|i| entry(1, i, 100)).collect();
+    append(&mut log, entries.clone()).await;
+    let faults = log.fault_switch().unwrap();
+    faults.set_disk_full(true);
+    let first = log.append_with(vec![entry(1, 2, 100)], |_| {}).unwrap_err();
+    let segment = dir.path().join(segment::file_name(0));
+    assert!(
+        failed_with(&first, "write", &segment, Errno::NOSPC),
+        "{first}"
+    );
+    faults.set_disk_full(false);
+    // Through openraft's storage traits, every refusal is an io::Error of the first failure's
+    // kind that carries the first failure itself.
+    let enospc = std::io::Error::from_raw_os_error(Errno::NOSPC.raw_os_error()).kind();
+    for (what, r) in [
+        (
+            "truncate",
+            log.truncate_after(Some(entries[0].log_id)).await,
+        ),
+        ("purge", log.purge(entries[0].log_id).await),
+        ("save_vote", log.save_vote(&Vote::new(2, 1)).await),
+    ] {
+        let e = r.expect_err(what);
+        assert_eq!(e.kind(), enospc, "{what}: {e}");
+        let earlier = log_error(&e).and_then(refusal);
+        assert!(
+            earlier.is_some_and(|x| failed_with(x, "write", &segment, Errno::NOSPC)),
+            "{what}: {e}"
+        );
+    }
 }
 
 #[cfg(feature = "testing")]

@@ -330,7 +330,8 @@ impl SharedView {
 /// segment.
 pub(super) struct Active {
     pub seg: Segment,
-    /// The segment's salt, which every record written to it is framed with.
+    /// The segment's salt, which every record written to it is framed with (the writer's only
+    /// copy of it; readers have theirs in [`View::segments`]).
     pub salt: Salt,
     pub write_offset: u64,
     pub capacity: u64,
@@ -348,6 +349,8 @@ pub(crate) struct Wal {
     committed: Option<LogId>,
     /// The newest commit index written as a record.
     committed_written: Option<LogId>,
+    /// Whether opening found no meta file and created one.
+    created_meta: bool,
     buf: Vec<u8>,
     stats: Arc<LogStatsCounters>,
     /// Simulated faults and power loss; installed only by builds with the `testing` feature.
@@ -385,6 +388,7 @@ impl Wal {
             Err(fs::TryLockError::Error(e)) => return Err(at("lock", &lock_path)(e).into()),
         }
 
+        let mut created_meta = false;
         let meta = match Meta::load(dir)? {
             Some(m) if m.node_id != node_id => {
                 return Err(LogError::WrongNode {
@@ -400,16 +404,10 @@ impl Wal {
                 // twice in one term) and the purge point.
                 let segments = super::segment::list(dir)?;
                 if !segments.is_empty() {
-                    return Err(LogError::Corrupt {
-                        file: dir.join(super::meta::FILE_NAME),
-                        offset: 0,
-                        reason: format!(
-                            "missing, yet the log holds {} segment(s): this node's vote and \
-                             purge point are lost, so it must not start; replace the node \
-                             (docs/operations.md, \"Replace a failed node\")",
-                            segments.len()
-                        ),
-                    });
+                    return Err(super::meta::lost(
+                        dir,
+                        format_args!("the log holds {} segment(s)", segments.len()),
+                    ));
                 }
                 let m = Meta {
                     node_id,
@@ -417,6 +415,7 @@ impl Wal {
                     purged: None,
                 };
                 m.store(dir)?;
+                created_meta = true;
                 m
             }
         };
@@ -452,7 +451,7 @@ impl Wal {
         // New records go only to segments of this version's format: a last segment of the
         // earlier format stays as it is, and the next append starts a new segment.
         let active = tail.and_then(|t| {
-            let Framing::Salted(salt) = t.seg.framing else {
+            let Framing::Salted(salt) = t.framing else {
                 return None;
             };
             Some(Active {
@@ -473,6 +472,7 @@ impl Wal {
             meta,
             committed,
             committed_written: committed,
+            created_meta,
             buf: Vec::new(),
             stats,
             sim,
@@ -512,6 +512,12 @@ impl Wal {
         Ok(())
     }
 
+    /// Whether [`Wal::open`] found no meta file in the directory and created one: the log is new,
+    /// or its meta file was lost (and nothing else the log holds showed it).
+    pub fn created_meta(&self) -> bool {
+        self.created_meta
+    }
+
     /// The simulation of disk faults and power loss, if this build installs one.
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub fn simulation(&self) -> Option<&Simulation> {
@@ -540,8 +546,7 @@ impl Wal {
     pub async fn save_vote(&mut self, vote: &Vote) -> Result<(), LogError> {
         self.refuse_if_failed()?;
         if let Some(a) = &self.active {
-            let r = self.flusher.barrier(&a.seg.file).await;
-            let r = r.map_err(|e| flush_failed(e, &a.seg.path));
+            let r = self.flusher.barrier(&a.seg).await;
             self.record_failure(r)?;
         }
         let mut meta = self.meta.clone();
@@ -561,21 +566,20 @@ impl Wal {
     }
 
     /// Fails the log for good if `r` is the failure of a write, an fdatasync or any other file
-    /// operation: after one, the writer's state (its write offset, the segments it holds) may
-    /// not match the disk, and what was written may not be durable. A refused entry
-    /// ([`LogError::OutOfOrder`], [`LogError::Encode`]) is the caller's and leaves the log as it
-    /// was.
+    /// operation ([`LogError::fails_the_log`]): after one, the writer's state (its write offset,
+    /// the segments it holds) may not match the disk, and what was written may not be durable.
+    /// The failure becomes the log's failed state, and the caller gets it as well. A refused
+    /// entry ([`LogError::OutOfOrder`], [`LogError::Encode`]) is the caller's and leaves the log
+    /// as it was.
     fn record_failure<T>(&self, r: Result<T, LogError>) -> Result<T, LogError> {
-        if let Err(e) = &r {
-            match e {
-                LogError::OutOfOrder { .. } | LogError::Encode(_) | LogError::Failed { .. } => {}
-                LogError::Io(p) => self
-                    .flusher
-                    .fail(&io::Error::new(p.source.kind(), p.to_string())),
-                other => self.flusher.fail(&io::Error::other(other.to_string())),
+        match r {
+            Err(e) if e.fails_the_log() => {
+                let for_caller = e.duplicate();
+                self.flusher.fail(e);
+                Err(for_caller)
             }
+            r => r,
         }
-        r
     }
 
     /// Appends `entries`, which must continue the log without a gap. Returns once the records
@@ -594,7 +598,6 @@ impl Wal {
         let result = self.append_inner(entries, &mut buf);
         self.buf = buf;
         self.record_failure(result)?;
-        let file = self.active.as_ref().map(|a| a.seg.file.clone());
         let waiter: Waiter = match (&self.sim, &self.active) {
             (Some(sim), Some(a)) => {
                 let (sim, segment, end) = (sim.clone(), a.seg.first_index, a.write_offset);
@@ -607,7 +610,8 @@ impl Wal {
             }
             _ => waiter,
         };
-        self.flusher.enqueue(file.as_ref(), waiter);
+        self.flusher
+            .enqueue(self.active.as_ref().map(|a| &a.seg), waiter);
         Ok(())
     }
 
@@ -650,7 +654,7 @@ impl Wal {
                 }
             };
             let rel = buf.len();
-            let len = salt
+            let len = Framing::Salted(salt)
                 .append_framed(buf, |b| {
                     codec::encode_into(&WalRecord::Entry(DiskEntry::from(&entry)), b)
                 })
@@ -689,7 +693,7 @@ impl Wal {
         if self.committed_written.is_some_and(|w| w.index >= c.index) {
             return Ok(());
         }
-        a.salt
+        Framing::Salted(a.salt)
             .append_framed(buf, |b| {
                 codec::encode_into(&WalRecord::Committed(DiskLogId::from(&c)), b)
             })
@@ -745,9 +749,7 @@ impl Wal {
     /// segment, so its failure fails the log.
     fn seal_active(&mut self) -> Result<(), LogError> {
         if let Some(a) = &self.active {
-            self.flusher
-                .barrier_blocking(&a.seg.file)
-                .map_err(|e| flush_failed(e, &a.seg.path))?;
+            self.flusher.barrier_blocking(&a.seg)?;
             if let Some(sim) = &self.sim {
                 sim.durable(a.seg.first_index, a.write_offset);
             }
@@ -767,7 +769,7 @@ impl Wal {
             first_index,
             SegmentFile {
                 file: seg.file.clone(),
-                framing: seg.framing,
+                framing: Framing::Salted(salt),
             },
         );
         // A fresh segment has no commit marker yet.
@@ -835,8 +837,8 @@ impl Wal {
                 self.sync_dir()?;
             }
             let path = self.dir.join(segment::file_name(keep_loc.segment));
-            let seg = Segment::open(&path, keep_loc.segment)?;
-            let end_offset = keep_loc.end(seg.framing);
+            let (seg, framing) = Segment::open(&path, keep_loc.segment)?;
+            let end_offset = keep_loc.end(framing);
             seg.file
                 .set_len(end_offset)
                 .map_err(at("truncate", &path))?;
@@ -856,12 +858,12 @@ impl Wal {
                 keep_loc.segment,
                 SegmentFile {
                     file: seg.file.clone(),
-                    framing: seg.framing,
+                    framing,
                 },
             );
             // Appends continue in this segment unless it is of the earlier format; then the
             // next append starts a new one.
-            self.active = match seg.framing {
+            self.active = match framing {
                 Framing::Salted(salt) => Some(Active {
                     entries: first_removed - keep_loc.segment,
                     seg,
@@ -982,9 +984,7 @@ impl Wal {
             self.record_failure(res)?;
         }
         if let Some(a) = &self.active {
-            self.flusher
-                .barrier_blocking(&a.seg.file)
-                .map_err(|e| flush_failed(e, &a.seg.path))?;
+            self.flusher.barrier_blocking(&a.seg)?;
         }
         Ok(())
     }
@@ -1004,17 +1004,6 @@ impl Wal {
             .collect();
         sim.lose_power(&segments);
         tracing::info!(dir = %self.dir.display(), "write-ahead log closed by a simulated power loss");
-    }
-}
-
-/// The log error for a failed wait on the flusher: the refusal it answered with, or the failure of
-/// the fdatasync of `path` it ran.
-fn flush_failed(e: io::Error, path: &Path) -> LogError {
-    match e.get_ref().and_then(|i| i.downcast_ref::<LogError>()) {
-        Some(LogError::Failed { earlier }) => LogError::Failed {
-            earlier: earlier.clone(),
-        },
-        _ => LogError::Io(at("fdatasync", path)(e)),
     }
 }
 
