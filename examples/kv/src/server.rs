@@ -527,20 +527,13 @@ async fn execute(
         },
     };
     // A reply that would pass the output limit is not sent, and the client is closed, as
-    // `flush` closes one whose unsent replies pass the limit. An aggregate is measured before
-    // it is built: its parts may repeat one large value many times (`MGET k k …`,
-    // `HRANDFIELD h -N WITHVALUES`). Any other reply is one value the node already holds, so
-    // it is encoded and then measured, without a walk of its own.
+    // `flush` closes one whose unsent replies pass the limit. It is encoded within the room
+    // left, and given up as soon as it runs out: an aggregate's parts may repeat one large
+    // value many times (`MGET k k …`, `HRANDFIELD h -N WITHVALUES`), so it is never built
+    // whole first.
     let limit = ctx.limits.output_bytes;
-    if reply.is_aggregate()
-        && resp::encoded_len(&reply, conn.proto) > limit.saturating_sub(out.len())
-    {
-        return past_output_limit(conn.id, limit);
-    }
-    let before = out.len();
-    resp::encode(&reply, out, conn.proto);
-    if out.len() > limit {
-        out.truncate(before);
+    let room = limit.saturating_sub(out.len());
+    if resp::encode_within(&reply, out, conn.proto, room).is_err() {
         return past_output_limit(conn.id, limit);
     }
     false
