@@ -505,16 +505,23 @@ fn unauthenticated(why: &str) -> Status {
     Status::unauthenticated(format!("unauthenticated: {why}"))
 }
 
-/// The caller of `req` (found by the `Cluster` interceptor), refused unless its role is at
-/// least the one `method` needs ([`Method::role`]). A call without a known caller is refused.
-pub(crate) fn require<T>(req: &Request<T>, method: Method) -> Result<Caller, Status> {
-    let caller = req
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| unauthenticated("caller unknown"))?;
-    allowed(&caller, method)?;
-    Ok(caller)
+/// A caller whose role [`ClientCheck`] checked against the method called, left in the
+/// request's extensions for the method's handler. Nothing else makes one.
+#[derive(Clone)]
+struct Checked {
+    caller: Caller,
+    method: Method,
+}
+
+/// The caller of `req`, as [`ClientCheck`] left it after checking its role against the method
+/// called ([`Method::role`]); the handler of `method` takes it once. A call the interceptor did
+/// not check, or checked for another method than `method` — a method missing from the table,
+/// or a table naming the wrong one — is refused.
+pub(crate) fn checked_caller<T>(req: &mut Request<T>, method: Method) -> Result<Caller, Status> {
+    match req.extensions_mut().remove::<Checked>() {
+        Some(checked) if checked.method == method => Ok(checked.caller),
+        _ => Err(unauthenticated("caller unknown")),
+    }
 }
 
 /// Refuses `caller` unless its role is at least the one `method` needs.
@@ -589,25 +596,26 @@ impl Interceptor for PeerCheck {
 
 /// The interceptor in front of `Cluster`: finds the caller and checks that it has the role
 /// its method needs ([`MethodRole`]), so a call refused for its role is refused on its headers,
-/// before its message is read. The methods fetch the caller with [`require`], which checks the
-/// same table again.
+/// before its message is read. This is the one check of the caller's role: the methods take the
+/// checked caller with [`checked_caller`], and a call whose method the table does not know
+/// reaches its handler without one.
 #[derive(Clone)]
 pub(crate) struct ClientCheck(pub Auth);
 
 impl Interceptor for ClientCheck {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let caller = self.0.identify(&req)?;
-        if let Some(method) = req.extensions().get::<Method>() {
-            allowed(&caller, *method)?;
+        if let Some(method) = req.extensions().get::<Method>().copied() {
+            allowed(&caller, method)?;
+            req.extensions_mut().insert(Checked { caller, method });
         }
-        req.extensions_mut().insert(caller);
         Ok(req)
     }
 }
 
 /// A method of the `Cluster` service. [`Method::role`] is the one table of who may call what:
-/// the interceptor refuses on it before a message is read, and each method's handler checks it
-/// again through [`require`].
+/// the interceptor refuses on it before a message is read, and each method's handler takes the
+/// caller it checked through [`checked_caller`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Method {
     Write,
@@ -907,15 +915,43 @@ mod tests {
 
     #[test]
     fn roles_are_ordered_and_enforced() {
-        let mut r = Request::new(());
-        r.extensions_mut().insert(Caller::new("w", Role::Write));
-        require(&r, Method::Write).unwrap();
-        let e = require(&r, Method::RemoveNode).unwrap_err();
+        let auth =
+            Auth::new(AuthConfig::default().with_users([User::new("w", "w-token", Role::Write)]));
+        // A call as `w` to `method`, as the interceptor passes it on (or refuses it).
+        let call = |method: Option<Method>| {
+            let mut r = Request::new(());
+            Credentials::bearer("w-token")
+                .unwrap()
+                .stamp(r.metadata_mut());
+            if let Some(m) = method {
+                r.extensions_mut().insert(m);
+            }
+            ClientCheck(auth.clone()).call(r)
+        };
+        let mut r = call(Some(Method::Write)).unwrap();
+        let caller = checked_caller(&mut r, Method::Write).unwrap();
+        assert_eq!((caller.name.as_str(), caller.role), ("w", Role::Write));
+        // The handler takes it once.
+        assert!(checked_caller(&mut r, Method::Write).is_err());
+        let e = call(Some(Method::RemoveNode)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(
             e.message().contains("RemoveNode needs the admin role"),
             "{e}"
         );
+        // A caller checked for one method does not pass for another.
+        let mut r = call(Some(Method::Write)).unwrap();
+        let e = checked_caller(&mut r, Method::RemoveNode).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        // A call whose method the table does not know reaches its handler unchecked, and is
+        // refused there.
+        let mut r = call(None).unwrap();
+        let e = checked_caller(&mut r, Method::Read).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        // So is a call that never passed the interceptor, even with a caller of its own.
+        let mut r = Request::new(());
+        r.extensions_mut().insert(Caller::new("admin", Role::Admin));
+        assert!(checked_caller(&mut r, Method::Read).is_err());
         assert_eq!("ADMIN".parse::<Role>().unwrap(), Role::Admin);
         assert!("root".parse::<Role>().is_err());
     }

@@ -322,126 +322,152 @@ pub enum Proto {
     Resp3,
 }
 
-/// Appends a type mark, a number and CRLF (`:42\r\n`, `$5\r\n`, …) without allocating.
-fn line(out: &mut BytesMut, mark: u8, n: impl itoa::Integer) {
-    out.put_u8(mark);
-    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
-    out.put_slice(b"\r\n");
+/// A reply's encoding would take more bytes than it was allowed ([`encode_within`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the reply takes more than {budget} bytes")]
+pub struct TooLarge {
+    /// The bytes it was allowed.
+    pub budget: usize,
 }
 
 /// Appends `reply` to `out` in the connection's protocol.
 pub fn encode(reply: &Reply, out: &mut BytesMut, proto: Proto) {
-    match reply {
-        Reply::Ok => out.put_slice(b"+OK\r\n"),
-        Reply::Nil if proto == Proto::Resp3 => out.put_slice(b"_\r\n"),
-        Reply::Nil => out.put_slice(b"$-1\r\n"),
-        Reply::Int(n) => line(out, b':', *n),
-        Reply::Bulk(b) => {
-            line(out, b'$', b.len());
-            out.put_slice(b);
-            out.put_slice(b"\r\n");
-        }
-        Reply::Array(items) => {
-            line(out, b'*', items.len());
-            for item in items {
-                encode(item, out, proto);
-            }
-        }
-        Reply::Set(items) => {
-            let mark = match proto {
-                Proto::Resp3 => b'~',
-                Proto::Resp2 => b'*',
-            };
-            line(out, mark, items.len());
-            for item in items {
-                encode(item, out, proto);
-            }
-        }
-        Reply::Map(pairs) => {
-            let (mark, n) = match proto {
-                Proto::Resp3 => (b'%', pairs.len()),
-                Proto::Resp2 => (b'*', pairs.len() * 2),
-            };
-            line(out, mark, n);
-            for (k, v) in pairs {
-                encode(k, out, proto);
-                encode(v, out, proto);
-            }
-        }
-        Reply::Pairs(pairs) if proto == Proto::Resp3 => {
-            line(out, b'*', pairs.len());
-            for (k, v) in pairs {
-                out.put_slice(b"*2\r\n");
-                encode(k, out, proto);
-                encode(v, out, proto);
-            }
-        }
-        Reply::Pairs(pairs) => {
-            line(out, b'*', pairs.len() * 2);
-            for (k, v) in pairs {
-                encode(k, out, proto);
-                encode(v, out, proto);
-            }
-        }
-        Reply::Status(s) => simple(out, b'+', s),
-        Reply::NilArray if proto == Proto::Resp3 => out.put_slice(b"_\r\n"),
-        Reply::NilArray => out.put_slice(b"*-1\r\n"),
-        Reply::Error(e) => simple(out, b'-', e),
-        Reply::Fault(e) => simple(out, b'-', error_text(e)),
+    // With no end to the room, nothing is refused.
+    let _ = Writer {
+        out,
+        end: usize::MAX,
     }
+    .reply(reply, proto);
 }
 
-/// The bytes [`encode`] appends for `reply`, counted without building them: a reply's parts
-/// may share one stored value many times over (`MGET k k k …`), so its encoding can be far
-/// larger than the reply itself.
-pub fn encoded_len(reply: &Reply, proto: Proto) -> usize {
-    fn line_len(n: impl itoa::Integer) -> usize {
-        itoa::Buffer::new().format(n).len() + 3
+/// Appends `reply` to `out` in the connection's protocol unless its encoding takes more than
+/// `budget` bytes: then `out` is left as it was. The encoding stops as soon as it would pass the
+/// budget, so `out` never holds more than its bytes before plus `budget`: a reply's parts may
+/// share one stored value many times over (`MGET k k k …`), so its encoding can be far larger
+/// than the reply itself.
+pub fn encode_within(
+    reply: &Reply,
+    out: &mut BytesMut,
+    proto: Proto,
+    budget: usize,
+) -> Result<(), TooLarge> {
+    let before = out.len();
+    let written = Writer {
+        out: &mut *out,
+        end: before.saturating_add(budget),
     }
-    let pairs_len = |pairs: &[(Reply, Reply)], per_pair: usize| {
-        pairs.iter().fold(0usize, |sum, (k, v)| {
-            sum.saturating_add(per_pair)
-                .saturating_add(encoded_len(k, proto))
-                .saturating_add(encoded_len(v, proto))
-        })
-    };
-    match reply {
-        Reply::Ok => 5,
-        Reply::Nil | Reply::NilArray if proto == Proto::Resp3 => 3,
-        Reply::Nil | Reply::NilArray => 5,
-        Reply::Int(n) => line_len(*n),
-        Reply::Bulk(b) => line_len(b.len()).saturating_add(b.len() + 2),
-        Reply::Array(items) | Reply::Set(items) => {
-            items.iter().fold(line_len(items.len()), |sum, item| {
-                sum.saturating_add(encoded_len(item, proto))
-            })
-        }
-        Reply::Map(pairs) => {
-            let n = match proto {
-                Proto::Resp3 => pairs.len(),
-                Proto::Resp2 => pairs.len().saturating_mul(2),
-            };
-            line_len(n).saturating_add(pairs_len(pairs, 0))
-        }
-        Reply::Pairs(pairs) if proto == Proto::Resp3 => {
-            line_len(pairs.len()).saturating_add(pairs_len(pairs, 4))
-        }
-        Reply::Pairs(pairs) => {
-            line_len(pairs.len().saturating_mul(2)).saturating_add(pairs_len(pairs, 0))
-        }
-        Reply::Status(s) | Reply::Error(s) => s.len() + 3,
-        Reply::Fault(e) => error_text(e).len() + 3,
-    }
+    .reply(reply, proto);
+    written.map_err(|Full| {
+        out.truncate(before);
+        TooLarge { budget }
+    })
 }
 
-/// A simple string or error: one line, whatever the text holds, so a message never breaks the
-/// framing.
-fn simple(out: &mut BytesMut, mark: u8, text: &str) {
-    out.put_u8(mark);
-    for c in text.bytes() {
-        out.put_u8(if c == b'\r' || c == b'\n' { b' ' } else { c });
+/// A [`Writer`] reached the end of its room.
+struct Full;
+
+/// Appends an encoding to `out`, refusing any piece that would take `out` past `end` bytes.
+struct Writer<'a> {
+    out: &'a mut BytesMut,
+    /// At least `out.len()`.
+    end: usize,
+}
+
+impl Writer<'_> {
+    /// Whether `n` more bytes fit.
+    fn room(&self, n: usize) -> Result<(), Full> {
+        if n > self.end - self.out.len() {
+            return Err(Full);
+        }
+        Ok(())
     }
-    out.put_slice(b"\r\n");
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), Full> {
+        self.room(bytes.len())?;
+        self.out.put_slice(bytes);
+        Ok(())
+    }
+
+    /// A type mark, a number and CRLF (`:42\r\n`, `$5\r\n`, …), without allocating.
+    fn line(&mut self, mark: u8, n: impl itoa::Integer) -> Result<(), Full> {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(n).as_bytes();
+        self.room(digits.len() + 3)?;
+        self.out.put_u8(mark);
+        self.out.put_slice(digits);
+        self.out.put_slice(b"\r\n");
+        Ok(())
+    }
+
+    /// A simple string or error: one line, whatever the text holds, so a message never breaks
+    /// the framing.
+    fn simple(&mut self, mark: u8, text: &str) -> Result<(), Full> {
+        self.room(text.len() + 3)?;
+        self.out.put_u8(mark);
+        for c in text.bytes() {
+            self.out
+                .put_u8(if c == b'\r' || c == b'\n' { b' ' } else { c });
+        }
+        self.out.put_slice(b"\r\n");
+        Ok(())
+    }
+
+    fn pair(&mut self, (k, v): &(Reply, Reply), proto: Proto) -> Result<(), Full> {
+        self.reply(k, proto)?;
+        self.reply(v, proto)
+    }
+
+    fn reply(&mut self, reply: &Reply, proto: Proto) -> Result<(), Full> {
+        match reply {
+            Reply::Ok => self.put(b"+OK\r\n"),
+            Reply::Nil if proto == Proto::Resp3 => self.put(b"_\r\n"),
+            Reply::Nil => self.put(b"$-1\r\n"),
+            Reply::Int(n) => self.line(b':', *n),
+            Reply::Bulk(b) => {
+                self.line(b'$', b.len())?;
+                self.room(b.len().saturating_add(2))?;
+                self.out.put_slice(b);
+                self.out.put_slice(b"\r\n");
+                Ok(())
+            }
+            Reply::Array(items) => {
+                self.line(b'*', items.len())?;
+                items.iter().try_for_each(|item| self.reply(item, proto))
+            }
+            Reply::Set(items) => {
+                let mark = match proto {
+                    Proto::Resp3 => b'~',
+                    Proto::Resp2 => b'*',
+                };
+                self.line(mark, items.len())?;
+                items.iter().try_for_each(|item| self.reply(item, proto))
+            }
+            Reply::Map(pairs) => {
+                let (mark, n) = match proto {
+                    Proto::Resp3 => (b'%', pairs.len()),
+                    Proto::Resp2 => (b'*', pairs.len() * 2),
+                };
+                self.line(mark, n)?;
+                pairs.iter().try_for_each(|p| self.pair(p, proto))
+            }
+            Reply::Pairs(pairs) if proto == Proto::Resp3 => {
+                self.line(b'*', pairs.len())?;
+                pairs.iter().try_for_each(|p| {
+                    self.put(b"*2\r\n")?;
+                    self.pair(p, proto)
+                })
+            }
+            Reply::Pairs(pairs) => {
+                self.line(b'*', pairs.len() * 2)?;
+                pairs.iter().try_for_each(|p| self.pair(p, proto))
+            }
+            Reply::Status(s) => self.simple(b'+', s),
+            Reply::NilArray if proto == Proto::Resp3 => self.put(b"_\r\n"),
+            Reply::NilArray => self.put(b"*-1\r\n"),
+            Reply::Error(e) => self.simple(b'-', e),
+            Reply::Fault(e) => self.simple(b'-', error_text(e)),
+        }
+    }
 }
 
 /// How Redis words each of the store's errors.
@@ -514,7 +540,7 @@ mod tests {
     }
 
     #[test]
-    fn encoded_len_is_what_encode_appends() {
+    fn a_reply_is_encoded_within_its_budget_or_not_at_all() {
         let bulk = |s: &str| Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
         let replies = [
             Reply::Ok,
@@ -542,11 +568,31 @@ mod tests {
         ];
         for proto in [Proto::Resp2, Proto::Resp3] {
             for r in &replies {
-                let mut out = BytesMut::new();
-                encode(r, &mut out, proto);
-                assert_eq!(encoded_len(r, proto), out.len(), "{r:?} in {proto:?}");
+                let mut whole = BytesMut::new();
+                encode(r, &mut whole, proto);
+                let len = whole.len();
+                // After earlier replies, a budget of exactly its size takes the whole reply;
+                // one byte less takes none of it.
+                const EARLIER: &[u8] = b"+earlier\r\n";
+                let mut out = BytesMut::from(EARLIER);
+                encode_within(r, &mut out, proto, len).unwrap();
+                assert_eq!(&out[EARLIER.len()..], &whole[..], "{r:?} in {proto:?}");
+                let mut out = BytesMut::from(EARLIER);
+                assert_eq!(
+                    encode_within(r, &mut out, proto, len - 1),
+                    Err(TooLarge { budget: len - 1 }),
+                    "{r:?} in {proto:?}"
+                );
+                assert_eq!(&out[..], EARLIER, "{r:?} in {proto:?}");
             }
         }
+        // A reply repeating one large value stops at its budget, not at its size.
+        let big = Reply::Bulk(Bytes::from(vec![b'v'; 1 << 20]));
+        let many = Reply::Array(vec![big; 1000]);
+        let mut out = BytesMut::new();
+        assert!(encode_within(&many, &mut out, Proto::Resp2, 4 << 20).is_err());
+        assert!(out.is_empty());
+        assert!(out.capacity() <= 8 << 20, "grew to {}", out.capacity());
     }
 
     #[test]

@@ -319,24 +319,33 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let id = conn.id;
     let limits = &ctx.limits;
-    let mut parser = resp::Parser::new(limits.resp);
+    // A client that must authenticate does so with small commands; the limits change when its
+    // authentication does, which only a command it sends can change.
+    let command_limits = |authenticated: bool| {
+        if authenticated {
+            limits.resp
+        } else {
+            limits.resp.unauthenticated()
+        }
+    };
+    let mut authenticated = conn.auth.authenticated();
+    let mut parser = resp::Parser::new(command_limits(authenticated));
     let mut input = BytesMut::with_capacity(16 << 10);
     let mut out = BytesMut::with_capacity(16 << 10);
     // The commands of the read buffer gathered so far, replicated together (see `pipeline`).
     let mut batch = Batch::default();
-    // A client that must authenticate does so by then, with small commands until it has.
+    // A client that must authenticate does so by then.
     let auth_by = tokio::time::Instant::now() + limits.auth_timeout;
     loop {
         loop {
-            parser.set_limits(if conn.auth.authenticated() {
-                limits.resp
-            } else {
-                limits.resp.unauthenticated()
-            });
             match parser.next(&mut input) {
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => {
                     let quit = execute(&args, conn, ctx, &mut batch, &mut out).await;
+                    if conn.auth.authenticated() != authenticated {
+                        authenticated = !authenticated;
+                        parser.set_limits(command_limits(authenticated));
+                    }
                     if quit || out.len() >= FLUSH_AT {
                         flush(&mut socket, &mut out, limits).await?;
                     }
@@ -360,8 +369,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         resp::make_room(&mut input);
         let read = socket.read_buf(&mut input);
         let idle_by = limits.idle.map(|idle| tokio::time::Instant::now() + idle);
-        let unauthenticated = !conn.auth.authenticated();
-        let n = match ReadDeadline::first(idle_by, unauthenticated.then_some(auth_by)) {
+        let n = match ReadDeadline::first(idle_by, (!authenticated).then_some(auth_by)) {
             None => read.await?,
             Some(deadline) => match tokio::time::timeout_at(deadline.at(), read).await {
                 Ok(n) => n?,
@@ -527,20 +535,13 @@ async fn execute(
         },
     };
     // A reply that would pass the output limit is not sent, and the client is closed, as
-    // `flush` closes one whose unsent replies pass the limit. An aggregate is measured before
-    // it is built: its parts may repeat one large value many times (`MGET k k …`,
-    // `HRANDFIELD h -N WITHVALUES`). Any other reply is one value the node already holds, so
-    // it is encoded and then measured, without a walk of its own.
+    // `flush` closes one whose unsent replies pass the limit. It is encoded within the room
+    // left, and given up as soon as it runs out: an aggregate's parts may repeat one large
+    // value many times (`MGET k k …`, `HRANDFIELD h -N WITHVALUES`), so it is never built
+    // whole first.
     let limit = ctx.limits.output_bytes;
-    if reply.is_aggregate()
-        && resp::encoded_len(&reply, conn.proto) > limit.saturating_sub(out.len())
-    {
-        return past_output_limit(conn.id, limit);
-    }
-    let before = out.len();
-    resp::encode(&reply, out, conn.proto);
-    if out.len() > limit {
-        out.truncate(before);
+    let room = limit.saturating_sub(out.len());
+    if resp::encode_within(&reply, out, conn.proto, room).is_err() {
         return past_output_limit(conn.id, limit);
     }
     false

@@ -585,6 +585,14 @@ fn a_client_that_has_not_authenticated_holds_kilobytes_and_is_closed_in_time() {
     // Past the auth timeout (the time passing is what this checks, not a wait for an event).
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(c.call(&[b"STRLEN", b"big"]), format!(":{MIB}"));
+    // A client that sends a full-size command right behind its AUTH, in one write, has both
+    // answered: its limits rise as soon as it has authenticated.
+    let mut c = node.try_connect().expect("connect");
+    let mut pipeline = encode(&[b"AUTH", PASSWORD.as_bytes()]);
+    pipeline.extend(encode(&[b"SET", b"big", &value]));
+    c.stream.write_all(&pipeline).expect("send");
+    assert_eq!(c.reply(), "+OK", "AUTH");
+    assert_eq!(c.reply(), "+OK", "the full-size SET behind it");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The public `Cluster` service: writes (forwarded from a follower to the leader), reads at each
 //! consistency, membership and leadership changes (admin), session capacity, status and the
-//! backup stream. Each call checks the caller's role first.
+//! backup stream. Each call takes its caller as the interceptor found it and checked its role.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -69,9 +69,9 @@ impl<S: StateMachine> Cluster<S> {
 impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
     async fn write(
         &self,
-        req: Request<pb::WriteRequest>,
+        mut req: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let caller = auth::require(&req, Method::Write)?;
+        let caller = auth::checked_caller(&mut req, Method::Write)?;
         let forwarded = is_forwarded(&req) || req.get_ref().no_forward;
         let timeout = caller_timeout(&req);
         let w = req.into_inner();
@@ -96,8 +96,11 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
             })
     }
 
-    async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<pb::ReadReply>, Status> {
-        auth::require(&req, Method::Read)?;
+    async fn read(
+        &self,
+        mut req: Request<pb::ReadRequest>,
+    ) -> Result<Response<pb::ReadReply>, Status> {
+        auth::checked_caller(&mut req, Method::Read)?;
         let Some(answer) = self.0.queries else {
             return Err(status::status(
                 Code::Unimplemented,
@@ -113,9 +116,9 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
 
     async fn add_learner(
         &self,
-        req: Request<pb::AddLearnerRequest>,
+        mut req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let caller = auth::require(&req, Method::AddLearner)?;
+        let caller = auth::checked_caller(&mut req, Method::AddLearner)?;
         let r = req.get_ref();
         if crate::net::split_addr(&r.addr).is_none() {
             return Err(status::invalid(format!(
@@ -136,9 +139,9 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
 
     async fn change_membership(
         &self,
-        req: Request<pb::ChangeMembershipRequest>,
+        mut req: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let caller = auth::require(&req, Method::ChangeMembership)?;
+        let caller = auth::checked_caller(&mut req, Method::ChangeMembership)?;
         let voters = req.get_ref().voters.clone();
         if voters.is_empty() {
             return Err(status::invalid("a cluster needs at least one voter"));
@@ -152,9 +155,9 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
 
     async fn add_voter(
         &self,
-        req: Request<pb::AddVoterRequest>,
+        mut req: Request<pb::AddVoterRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let caller = auth::require(&req, Method::AddVoter)?;
+        let caller = auth::checked_caller(&mut req, Method::AddVoter)?;
         let local = self.0.node.add_voter(req.get_ref().node_id);
         self.admin(req, caller, local, |mut c, r| async move {
             c.add_voter(r).await
@@ -164,9 +167,9 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
 
     async fn remove_node(
         &self,
-        req: Request<pb::RemoveNodeRequest>,
+        mut req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let caller = auth::require(&req, Method::RemoveNode)?;
+        let caller = auth::checked_caller(&mut req, Method::RemoveNode)?;
         let local = self.0.node.remove_node(req.get_ref().node_id);
         self.admin(req, caller, local, |mut c, r| async move {
             c.remove_node(r).await
@@ -176,9 +179,9 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
 
     async fn transfer_leader(
         &self,
-        req: Request<pb::TransferLeaderRequest>,
+        mut req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let caller = auth::require(&req, Method::TransferLeader)?;
+        let caller = auth::checked_caller(&mut req, Method::TransferLeader)?;
         let local = self.0.node.transfer_leader(req.get_ref().to);
         self.admin(req, caller, local, |mut c, r| async move {
             c.transfer_leader(r).await
@@ -188,9 +191,9 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
 
     async fn set_session_capacity(
         &self,
-        req: Request<pb::SessionCapacity>,
+        mut req: Request<pb::SessionCapacity>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let caller = auth::require(&req, Method::SetSessionCapacity)?;
+        let caller = auth::checked_caller(&mut req, Method::SetSessionCapacity)?;
         let c = req.get_ref();
         let capacity =
             raft_core::SessionCapacity::new(c.max_sessions, c.max_bytes, c.max_response_bytes);
@@ -207,9 +210,9 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
     /// (incomplete) if the server shuts down.
     async fn backup(
         &self,
-        req: Request<pb::BackupRequest>,
+        mut req: Request<pb::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
-        auth::require(&req, Method::Backup)?;
+        auth::checked_caller(&mut req, Method::Backup)?;
         let shared = &self.0;
         let node = &shared.node;
         let at = if node.role() == Role::Leader {
@@ -227,9 +230,9 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
 
     async fn status(
         &self,
-        req: Request<pb::StatusRequest>,
+        mut req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
-        auth::require(&req, Method::Status)?;
+        auth::checked_caller(&mut req, Method::Status)?;
         let m = self.0.node.metrics();
         let member = |id: &NodeId| pb::Member {
             id: *id,

@@ -107,15 +107,53 @@ impl<S: StateMachine> Shared<S> {
     }
 }
 
-/// Refuses a request whose payload speaks for another node than the one that sent it: a
-/// vote's candidate, or the leader of an append or a snapshot, is its sender.
-fn speaks_for_sender(from: Option<NodeId>, vote: &Vote, what: &str) -> Result<(), RpcHandlerError> {
-    match from {
-        Some(from) if vote.leader_id.node_id != from => Err(RpcHandlerError::Invalid(format!(
-            "{what} speaks for node {}, but comes from node {from}",
-            vote.leader_id.node_id
-        ))),
-        _ => Ok(()),
+/// A request from a peer whose payload may speak for a node: a vote's candidate, or the leader
+/// of an append or a snapshot, is its sender.
+trait FromSender {
+    /// The vote naming the node the payload speaks for, if it names one.
+    fn sender_vote(&self) -> Option<&Vote>;
+}
+
+impl FromSender for rpc::AppendEntriesRequest {
+    fn sender_vote(&self) -> Option<&Vote> {
+        Some(&self.vote)
+    }
+}
+
+impl FromSender for rpc::VoteRequest {
+    fn sender_vote(&self) -> Option<&Vote> {
+        Some(&self.vote)
+    }
+}
+
+/// A snapshot's vote, sent in its first chunk.
+impl FromSender for Vote {
+    fn sender_vote(&self) -> Option<&Vote> {
+        Some(self)
+    }
+}
+
+impl FromSender for rpc::TransferLeaderRequest {
+    fn sender_vote(&self) -> Option<&Vote> {
+        None
+    }
+}
+
+/// Decodes a peer's `payload` (`what` names it in errors) and refuses it if it speaks for
+/// another node than `from`, the sender the call named.
+fn decode_from<T>(from: Option<NodeId>, payload: &[u8], what: &str) -> Result<T, Status>
+where
+    T: FromSender + serde::de::DeserializeOwned,
+{
+    let m: T = wire::decode(payload, what)?;
+    match (from, m.sender_vote()) {
+        (Some(from), Some(vote)) if vote.leader_id.node_id != from => {
+            Err(status::invalid(format!(
+                "{what} speaks for node {}, but comes from node {from}",
+                vote.leader_id.node_id
+            )))
+        }
+        _ => Ok(m),
     }
 }
 
@@ -126,13 +164,18 @@ const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) struct Internal<S: StateMachine>(pub(super) Arc<Shared<S>>);
 
 impl<S: StateMachine> Internal<S> {
-    fn decode_request<T: serde::de::DeserializeOwned>(
+    /// Decodes a request for this node from `from` (see [`decode_from`]).
+    fn decode_request<T>(
         &self,
+        from: Option<NodeId>,
         r: &pb::RaftRequest,
         what: &str,
-    ) -> Result<T, Status> {
+    ) -> Result<T, Status>
+    where
+        T: FromSender + serde::de::DeserializeOwned,
+    {
         self.0.check_target(r.target)?;
-        wire::decode(&r.payload, what)
+        decode_from(from, &r.payload, what)
     }
 
     /// An answer, carrying this node's incarnation.
@@ -148,8 +191,8 @@ impl<S: StateMachine> Internal<S> {
         Ok(r)
     }
 
-    /// Checks a peer's call, decodes its request (`what` names it in errors), answers it with
-    /// `handle` (given the sender the call named) and encodes the answer.
+    /// Checks a peer's call, decodes its request (`what` names it in errors) and checks that it
+    /// speaks for its sender, answers it with `handle` and encodes the answer.
     async fn unary<Req, Resp, F, Fut>(
         &self,
         req: Request<pb::RaftRequest>,
@@ -157,14 +200,14 @@ impl<S: StateMachine> Internal<S> {
         handle: F,
     ) -> Result<Response<pb::RaftReply>, Status>
     where
-        Req: serde::de::DeserializeOwned,
+        Req: FromSender + serde::de::DeserializeOwned,
         Resp: serde::Serialize,
-        F: FnOnce(Option<NodeId>, Req) -> Fut,
+        F: FnOnce(Req) -> Fut,
         Fut: Future<Output = Result<Resp, RpcHandlerError>>,
     {
         let from = self.0.check_cluster(&req).await?;
-        let msg = self.decode_request(req.get_ref(), what)?;
-        let resp = handle(from, msg).await.map_err(handler_status)?;
+        let msg = self.decode_request(from, req.get_ref(), what)?;
+        let resp = handle(msg).await.map_err(handler_status)?;
         self.reply(&resp)
     }
 }
@@ -176,15 +219,8 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
         self.0.stats.append_message(req.get_ref().payload.len());
-        self.unary(
-            req,
-            "append request",
-            |from, m: rpc::AppendEntriesRequest| async move {
-                speaks_for_sender(from, &m.vote, "an append request")?;
-                self.0.handler.append_entries(m).await
-            },
-        )
-        .await
+        self.unary(req, "append request", |m| self.0.handler.append_entries(m))
+            .await
     }
 
     type StreamAppendStream = BoxStream<'static, Result<pb::RaftReply, Status>>;
@@ -208,11 +244,7 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
                 };
                 shared.stats.append_message(r.payload.len());
                 let checked = shared.check_target(r.target).and_then(|_| {
-                    let m =
-                        wire::decode::<rpc::AppendEntriesRequest>(&r.payload, "append request")?;
-                    speaks_for_sender(from, &m.vote, "an append request")
-                        .map_err(handler_status)?;
-                    Ok(m)
+                    decode_from::<rpc::AppendEntriesRequest>(from, &r.payload, "append request")
                 });
                 match checked {
                     Ok(m) => Some((m, s)),
@@ -247,37 +279,23 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
     }
 
     async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
-        self.unary(
-            req,
-            "vote request",
-            |from, m: rpc::VoteRequest| async move {
-                speaks_for_sender(from, &m.vote, "a vote request")?;
-                self.0.handler.vote(m).await
-            },
-        )
-        .await
+        self.unary(req, "vote request", |m| self.0.handler.vote(m))
+            .await
     }
 
     async fn pre_vote(
         &self,
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        self.unary(
-            req,
-            "pre-vote request",
-            |from, m: rpc::VoteRequest| async move {
-                speaks_for_sender(from, &m.vote, "a pre-vote request")?;
-                self.0.handler.pre_vote(m).await
-            },
-        )
-        .await
+        self.unary(req, "pre-vote request", |m| self.0.handler.pre_vote(m))
+            .await
     }
 
     async fn transfer_leader(
         &self,
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        self.unary(req, "transfer-leader request", |_, m| {
+        self.unary(req, "transfer-leader request", |m| {
             self.0.handler.transfer_leader(m)
         })
         .await
@@ -296,8 +314,7 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
             .await?
             .ok_or_else(|| status::invalid("empty snapshot stream"))?;
         shared.check_target(first.target)?;
-        let vote: raft_core::types::Vote = wire::decode(&first.vote, "snapshot vote")?;
-        speaks_for_sender(from, &vote, "a snapshot").map_err(handler_status)?;
+        let vote: Vote = decode_from(from, &first.vote, "snapshot vote")?;
         // The vote, the size and the one-at-a-time rule are checked before any data is written.
         // Dropping the sink on any early return deletes what was received.
         if first.total_bytes == 0 {

@@ -87,22 +87,6 @@ impl Reply {
         Reply::Bulk(Bytes::from_static(s.as_bytes()))
     }
 
-    /// Whether this reply is made of other replies (an array, a map, pairs, a set), so its encoded
-    /// size is found only by walking them.
-    pub fn is_aggregate(&self) -> bool {
-        match self {
-            Reply::Array(_) | Reply::Map(_) | Reply::Pairs(_) | Reply::Set(_) => true,
-            Reply::Ok
-            | Reply::Status(_)
-            | Reply::Nil
-            | Reply::NilArray
-            | Reply::Int(_)
-            | Reply::Bulk(_)
-            | Reply::Error(_)
-            | Reply::Fault(_) => false,
-        }
-    }
-
     /// Whether this reply is an error of either kind.
     pub fn is_error(&self) -> bool {
         matches!(self, Reply::Error(_) | Reply::Fault(_))
