@@ -35,6 +35,8 @@
 //! * `security.rs` — the security flags: secret, passwords, users, TLS, reload on SIGHUP.
 //! * `certs.rs` — `kv certs`, a CA and certificates for a development cluster.
 //! * `ctl.rs` — `kv member`, `kv leader`, `kv status`: operating a cluster over its gRPC API.
+//! * `probe.rs` — before `kv member add` proposes a node: is it running at its address, as the
+//!   id given, and not in another cluster?
 //! * `backup.rs` — `kv backup` and `kv restore`: disaster recovery.
 
 mod auth;
@@ -48,6 +50,7 @@ mod forward;
 mod limits;
 mod metrics;
 mod pipeline;
+mod probe;
 mod resp;
 mod security;
 mod server;
