@@ -183,16 +183,27 @@ impl Conn {
     }
 
     /// The view of the first endpoint that answers, then the leader's view if that node is not
-    /// the leader and the leader answers.
+    /// the leader and the leader answers. When none answers, a refusal of the credentials is
+    /// reported as such rather than as no answer.
     async fn view(&self, client: &ClusterClient<Store>) -> Result<NodeStatus, CtlError> {
         let mut first = None;
+        let mut refused = None;
         for e in &self.endpoints {
-            if let Ok(s) = self.quick_status(client, e).await {
-                first = Some(s);
-                break;
+            match self.quick_status(client, e).await {
+                Ok(s) => {
+                    first = Some(s);
+                    break;
+                }
+                Err(e) if credentials_refused(&e) => refused = Some(e),
+                Err(_) => {}
             }
         }
-        let first = first.ok_or_else(|| CtlError::Unreachable(self.endpoints.join(",")))?;
+        let Some(first) = first else {
+            return Err(match refused {
+                Some(e) => failure(e),
+                None => CtlError::Unreachable(self.endpoints.join(",")),
+            });
+        };
         let leader = match &first.leader_addr {
             Some(addr) if first.role != Role::Leader => addr.clone(),
             _ => return Ok(first),
@@ -220,6 +231,18 @@ pub fn explain(e: ClientError, who: &str, fix: &str, refused: &str) -> String {
         | RequestError::NoQuorum(_) => format!("the cluster did not answer in time: {e}"),
         other => other.to_string(),
     }
+}
+
+/// Whether a node refused the caller's credentials (or their role).
+fn credentials_refused(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Refused(RequestError::Unauthenticated(_) | RequestError::PermissionDenied(_))
+            | ClientError::GaveUp {
+                last: RequestError::Unauthenticated(_) | RequestError::PermissionDenied(_),
+                ..
+            }
+    )
 }
 
 fn failure(e: ClientError) -> CtlError {

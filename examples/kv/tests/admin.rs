@@ -367,6 +367,16 @@ async fn membership_changes_need_admin_credentials() {
     let out = kv(&["member", "remove", "3"], &endpoints);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--token-file"));
+    // The nodes refuse even the look at the cluster an add starts with: said as such, not as
+    // nodes that do not answer.
+    let p4 = Ports::new();
+    let out = kv(&["member", "add", "4", &p4.raft_addr()], &endpoints);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--token-file") && !err.contains("no node answered"),
+        "{err}"
+    );
     let out = kv(
         &[&["member", "remove", "3"][..], &read].concat(),
         &endpoints,
