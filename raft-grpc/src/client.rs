@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use raft_core::ApplyError;
+use raft_core::ClusterId;
 use raft_core::Consistency;
 use raft_core::LeaderHint;
 use raft_core::NodeId;
@@ -284,14 +285,37 @@ pub struct NodeStatus {
     pub learners: BTreeMap<NodeId, String>,
     /// Why its storage (NOSPACE) alarm is raised, when it is.
     pub space_alarm: Option<String>,
+    /// The cluster it belongs to; `None` until it has one (a new node that has not joined a
+    /// cluster yet), and from nodes that predate cluster ids or do not report it.
+    pub cluster_id: Option<ClusterId>,
+}
+
+/// Why a node's status reply could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatusReplyError {
+    /// The role is not one this client knows.
+    #[error(transparent)]
+    Role(#[from] UnknownRole),
+    /// The cluster id is not 32 hex digits.
+    #[error("{0}")]
+    ClusterId(String),
 }
 
 impl TryFrom<pb::StatusReply> for NodeStatus {
-    type Error = UnknownRole;
+    type Error = StatusReplyError;
 
-    fn try_from(r: pb::StatusReply) -> Result<NodeStatus, UnknownRole> {
+    fn try_from(r: pb::StatusReply) -> Result<NodeStatus, StatusReplyError> {
         let members = |ms: Vec<pb::Member>| ms.into_iter().map(|m| (m.id, m.addr)).collect();
+        let cluster_id = match r.cluster_id.as_str() {
+            "" => None,
+            id => Some(
+                id.parse::<ClusterId>()
+                    .map_err(|e| StatusReplyError::ClusterId(e.to_string()))?,
+            ),
+        };
         Ok(NodeStatus {
+            cluster_id,
             id: r.id,
             role: r.role.parse()?,
             term: r.term,
@@ -1162,6 +1186,28 @@ mod tests {
         )])
         .await;
         assert_eq!(r.unwrap(), 7, "a transient failure alone is retried");
+    }
+
+    #[test]
+    fn a_status_reply_carries_the_cluster_id_when_the_node_has_one() {
+        let reply = |cluster_id: &str| pb::StatusReply {
+            id: 4,
+            role: "learner".into(),
+            cluster_id: cluster_id.into(),
+            ..pb::StatusReply::default()
+        };
+        let id = ClusterId::from(0xabc_u128);
+        let s = NodeStatus::try_from(reply(&id.to_string())).unwrap();
+        assert_eq!((s.id, s.cluster_id), (4, Some(id)));
+        let none = NodeStatus::try_from(reply("")).unwrap();
+        assert_eq!(
+            none.cluster_id, None,
+            "a node without one, or an older node"
+        );
+        assert!(matches!(
+            NodeStatus::try_from(reply("not-an-id")),
+            Err(StatusReplyError::ClusterId(_))
+        ));
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! * `grpc_node.rs` — [`GrpcNode`]: node, transport and server started together.
 //! * `alarms.rs` — the cluster-wide storage alarm: the leader asks its voters for theirs.
 //! * [`auth`] — peer authentication (cluster secret or node certificates) and client roles.
+//! * `addr.rs` — [`check_addr`]: what a node address is, for the server, the pool and tools.
 //! * `net.rs` — the injectable [`Connector`] and the channel pool; `tls.rs` — [`TlsConfig`]
 //!   and the reloadable [`ReloadableTls`]; `accept.rs` — the server's TLS accept loop, one
 //!   bounded handshake task per connection; `status.rs` — errors on the wire; `options.rs` — [`GrpcOptions`]; `wire.rs` — payload
@@ -40,6 +41,7 @@
 #![warn(missing_docs)]
 
 mod accept;
+mod addr;
 mod alarms;
 pub mod auth;
 mod backoff;
@@ -57,6 +59,8 @@ mod tls;
 mod transport;
 mod wire;
 
+pub use crate::addr::AddrError;
+pub use crate::addr::check_addr;
 pub use crate::auth::Auth;
 pub use crate::auth::AuthConfig;
 pub use crate::auth::ClusterSecret;
@@ -70,6 +74,7 @@ pub use crate::client::ClientOptions;
 pub use crate::client::ClusterClient;
 pub use crate::client::NodeStatus;
 pub use crate::client::ReadPolicy;
+pub use crate::client::StatusReplyError;
 pub use crate::grpc_node::GrpcNode;
 pub use crate::grpc_node::StartError;
 pub use crate::net::ChannelOptions;

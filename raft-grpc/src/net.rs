@@ -128,17 +128,6 @@ pub(crate) struct Pool {
     inner: Arc<PoolInner>,
 }
 
-/// Splits `host:port` (or `[v6]:port`).
-pub(crate) fn split_addr(addr: &str) -> Option<(&str, u16)> {
-    let (host, port) = addr.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    (!host.is_empty()).then_some((host, port))
-}
-
 impl Pool {
     pub fn new(tls: Option<ReloadableTls>, connector: Connector, opts: ChannelOptions) -> Pool {
         Pool {
@@ -169,7 +158,8 @@ impl Pool {
 
     fn connect(&self, addr: &str) -> Result<Channel, Status> {
         let bad = |why: String| status::invalid(format!("bad node address {addr:?}: {why}"));
-        split_addr(addr).ok_or_else(|| bad("expected host:port".into()))?;
+        crate::addr::check_addr(addr)
+            .map_err(|e| status::invalid(format!("bad node address: {e}")))?;
         let o = &self.inner.opts;
         // TLS, when on, is set up by the connector below (not by tonic), so every new
         // connection uses the configuration in force when it is made.
@@ -286,15 +276,5 @@ mod tests {
         assert!(b.check("a:1").is_err(), "the pause doubles");
         b.record("a:1", true);
         b.check("a:1").unwrap();
-    }
-
-    #[test]
-    fn addresses_split() {
-        assert_eq!(split_addr("127.0.0.1:7000"), Some(("127.0.0.1", 7000)));
-        assert_eq!(split_addr("[::1]:7000"), Some(("::1", 7000)));
-        assert_eq!(split_addr("node-1:80"), Some(("node-1", 80)));
-        assert_eq!(split_addr("nope"), None);
-        assert_eq!(split_addr(":80"), None);
-        assert_eq!(split_addr("h:port"), None);
     }
 }

@@ -65,7 +65,8 @@ pub enum MemberCmd {
     /// Add node `id` at `raft-addr`: first as a learner, then, once it has caught up, as a
     /// voter (unless --learner).
     Add {
-        /// The new node's id (unique, never reused after a removal).
+        /// The new node's id (from 1; unique, never reused after a removal).
+        #[arg(value_parser = crate::node_id)]
         id: NodeId,
         /// The new node's raft address, reachable from every member.
         raft_addr: String,
@@ -76,11 +77,13 @@ pub enum MemberCmd {
     /// Make learner `id` a voter once it has caught up with the leader.
     Promote {
         /// The learner's id.
+        #[arg(value_parser = crate::node_id)]
         id: NodeId,
     },
     /// Remove node `id` from the cluster (voter or learner).
     Remove {
         /// The member's id.
+        #[arg(value_parser = crate::node_id)]
         id: NodeId,
     },
 }
@@ -91,6 +94,7 @@ pub enum LeaderCmd {
     /// Hand leadership to voter `id` and wait until it leads.
     Transfer {
         /// The voter to lead next.
+        #[arg(value_parser = crate::node_id)]
         id: NodeId,
     },
 }
@@ -107,12 +111,36 @@ pub enum CtlError {
     /// The cluster refused or failed the request.
     #[error("{0}")]
     Failed(String),
+    /// `kv member add` refused the node before proposing it.
+    #[error(transparent)]
+    NotAdded(#[from] crate::probe::Refusal),
 }
 
+/// How long a quick call (a node's status) may take, within `--timeout`.
+const QUICK: Duration = Duration::from_secs(5);
+
 impl Conn {
-    /// A client whose attempts each take at most 5 s (within `--timeout`).
+    /// A client whose attempts each take at most [`QUICK`] (within `--timeout`).
     pub(crate) fn client(&self) -> Result<ClusterClient<Store>, CtlError> {
-        self.client_with(Duration::from_secs(5))
+        self.client_with(QUICK)
+    }
+
+    /// Node `addr`'s status, within [`QUICK`] (and `--timeout`) whatever `client`'s attempt
+    /// timeout; no answer in that time is a [`RequestError::Timeout`].
+    async fn quick_status(
+        &self,
+        client: &ClusterClient<Store>,
+        addr: &str,
+    ) -> Result<NodeStatus, ClientError> {
+        let limit = QUICK.min(self.timeout);
+        tokio::time::timeout(limit, client.status(addr))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::GaveUp {
+                    attempts: 1,
+                    last: RequestError::Timeout(format!("{addr} did not answer within {limit:?}")),
+                })
+            })
     }
 
     /// A client whose attempts each take at most `attempt` (within `--timeout`).
@@ -155,21 +183,32 @@ impl Conn {
     }
 
     /// The view of the first endpoint that answers, then the leader's view if that node is not
-    /// the leader and the leader answers.
+    /// the leader and the leader answers. When none answers, a refusal of the credentials is
+    /// reported as such rather than as no answer.
     async fn view(&self, client: &ClusterClient<Store>) -> Result<NodeStatus, CtlError> {
         let mut first = None;
+        let mut refused = None;
         for e in &self.endpoints {
-            if let Ok(s) = client.status(e).await {
-                first = Some(s);
-                break;
+            match self.quick_status(client, e).await {
+                Ok(s) => {
+                    first = Some(s);
+                    break;
+                }
+                Err(e) if credentials_refused(&e) => refused = Some(e),
+                Err(_) => {}
             }
         }
-        let first = first.ok_or_else(|| CtlError::Unreachable(self.endpoints.join(",")))?;
+        let Some(first) = first else {
+            return Err(match refused {
+                Some(e) => failure(e),
+                None => CtlError::Unreachable(self.endpoints.join(",")),
+            });
+        };
         let leader = match &first.leader_addr {
             Some(addr) if first.role != Role::Leader => addr.clone(),
             _ => return Ok(first),
         };
-        Ok(client.status(&leader).await.unwrap_or(first))
+        Ok(self.quick_status(client, &leader).await.unwrap_or(first))
     }
 }
 
@@ -192,6 +231,18 @@ pub fn explain(e: ClientError, who: &str, fix: &str, refused: &str) -> String {
         | RequestError::NoQuorum(_) => format!("the cluster did not answer in time: {e}"),
         other => other.to_string(),
     }
+}
+
+/// Whether a node refused the caller's credentials (or their role).
+fn credentials_refused(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Refused(RequestError::Unauthenticated(_) | RequestError::PermissionDenied(_))
+            | ClientError::GaveUp {
+                last: RequestError::Unauthenticated(_) | RequestError::PermissionDenied(_),
+                ..
+            }
+    )
 }
 
 fn failure(e: ClientError) -> CtlError {
@@ -280,7 +331,12 @@ pub(crate) fn json<T: Serialize>(v: &T) -> Result<String, CtlError> {
 
 /// Runs `kv member …`; returns what to print.
 pub async fn member(cmd: &MemberCmd, conn: &Conn) -> Result<String, CtlError> {
-    let client = conn.client()?;
+    // An add's attempts may take as long as the leader waits for the new learner; its quick
+    // calls (statuses) are bounded on their own.
+    let client = match cmd {
+        MemberCmd::Add { .. } => conn.client_with(add_attempt_timeout())?,
+        _ => conn.client()?,
+    };
     match cmd {
         MemberCmd::List => {
             let rows = members(&conn.view(&client).await?);
@@ -301,7 +357,7 @@ pub async fn member(cmd: &MemberCmd, conn: &Conn) -> Result<String, CtlError> {
             id,
             raft_addr,
             learner,
-        } => add(*id, raft_addr, *learner, conn).await,
+        } => add(*id, raft_addr, *learner, conn, &client).await,
         MemberCmd::Promote { id } => {
             client.add_voter(*id).await.map_err(failure)?;
             Ok(format!("node {id} is a voter\n"))
@@ -322,22 +378,35 @@ fn add_attempt_timeout() -> Duration {
 }
 
 /// `kv member add`: adds `id` at `addr` as a learner, then (unless `learner`) makes it a voter.
-/// A member already at `addr` is reported as it is. A learner that was added but has not
-/// caught up is reported as such, with how to undo it, and is not promoted.
-async fn add(id: NodeId, addr: &str, learner: bool, conn: &Conn) -> Result<String, CtlError> {
-    // Views are quick calls; only the add itself may take as long as the leader waits.
-    let quick = conn.client()?;
-    let client = conn.client_with(add_attempt_timeout())?;
+/// A node that is neither a member nor at a member's address is asked first who it is: one that
+/// does not answer, is another node or belongs to another cluster is refused before anything is
+/// proposed ([`crate::probe`]). A member already at `addr` is reported as it is. A learner that
+/// was added but has not caught up is reported as such, with how to undo it, and is not
+/// promoted. `client`'s attempts must outlast the leader's wait for a new learner.
+async fn add(
+    id: NodeId,
+    addr: &str,
+    learner: bool,
+    conn: &Conn,
+    client: &ClusterClient<Store>,
+) -> Result<String, CtlError> {
+    raft_grpc::check_addr(addr)
+        .map_err(|e| CtlError::Config(format!("the new node's raft address {e}")))?;
+    let view = conn.view(client).await?;
     // What `id` already is at `addr`, to say so rather than "added".
-    let before = conn.view(&quick).await.ok().and_then(|v| {
-        if v.voters.get(&id).is_some_and(|a| a == addr) {
-            Some("voter")
-        } else if v.learners.get(&id).is_some_and(|a| a == addr) {
-            Some("learner")
-        } else {
-            None
-        }
-    });
+    let before = if view.voters.get(&id).is_some_and(|a| a == addr) {
+        Some("voter")
+    } else if view.learners.get(&id).is_some_and(|a| a == addr) {
+        Some("learner")
+    } else {
+        None
+    };
+    // The leader answers for an id or address that is in use (as it stands, or with a
+    // refusal); any other node is asked who it is before it is proposed.
+    let mut members = view.voters.iter().chain(&view.learners);
+    if !members.any(|(m, a)| *m == id || a == addr) {
+        crate::probe::check(id, addr, &view, conn.quick_status(client, addr).await)?;
+    }
     let behind = |message: String| {
         CtlError::Failed(format!("{message}; `kv member remove {id}` undoes the add"))
     };
@@ -351,7 +420,7 @@ async fn add(id: NodeId, addr: &str, learner: bool, conn: &Conn) -> Result<Strin
         Err(e) if e.outcome_unknown() => {
             // The add may have been committed although no answer said so: tell what happened.
             let added = conn
-                .view(&quick)
+                .view(client)
                 .await
                 .is_ok_and(|v| v.learners.get(&id).is_some_and(|a| a == addr));
             if added {

@@ -35,6 +35,8 @@
 //! * `security.rs` — the security flags: secret, passwords, users, TLS, reload on SIGHUP.
 //! * `certs.rs` — `kv certs`, a CA and certificates for a development cluster.
 //! * `ctl.rs` — `kv member`, `kv leader`, `kv status`: operating a cluster over its gRPC API.
+//! * `probe.rs` — before `kv member add` proposes a node: is it running at its address, as the
+//!   id given, and not in another cluster?
 //! * `backup.rs` — `kv backup` and `kv restore`: disaster recovery.
 
 mod auth;
@@ -48,6 +50,7 @@ mod forward;
 mod limits;
 mod metrics;
 mod pipeline;
+mod probe;
 mod resp;
 mod security;
 mod server;
@@ -196,8 +199,8 @@ struct DemoArgs {
 
 #[derive(Parser, Debug, Clone)]
 struct NodeArgs {
-    /// This node's id: unique in the cluster, stable across restarts.
-    #[arg(long, required_unless_present = "id_from_hostname")]
+    /// This node's id (from 1): unique in the cluster, stable across restarts.
+    #[arg(long, required_unless_present = "id_from_hostname", value_parser = node_id)]
     id: Option<NodeId>,
     /// Take the id from the host name's trailing number plus one (`kv-0` is node 1, `kv-2`
     /// node 3), as a Kubernetes StatefulSet names its pods.
@@ -284,27 +287,30 @@ fn ordinal_id(host: &str) -> Option<NodeId> {
     ordinal.parse::<NodeId>().ok()?.checked_add(1)
 }
 
+/// Parses a node id given on the command line: a whole number from 1 (raftkit has no node 0).
+pub(crate) fn node_id(s: &str) -> Result<NodeId, String> {
+    let id = s
+        .trim()
+        .parse::<NodeId>()
+        .map_err(|_| format!("{s:?} is not a node id (a whole number from 1)"))?;
+    if id == 0 {
+        return Err("node ids start at 1, got 0".into());
+    }
+    Ok(id)
+}
+
 /// Parses `--initial-members` (`id=host:port` each): ids are unique and start at 1, and
-/// addresses are unique `host:port` pairs with a port from 1 to 65535.
+/// addresses are unique node addresses ([`raft_grpc::check_addr`]).
 fn parse_members(list: &[String]) -> Result<BTreeMap<NodeId, String>, String> {
     let mut members: BTreeMap<NodeId, String> = BTreeMap::new();
     for m in list {
         let (id, addr) = m
             .split_once('=')
             .ok_or_else(|| format!("--initial-members: expected id=host:port, got {m:?}"))?;
-        let id = id
-            .trim()
-            .parse::<NodeId>()
-            .map_err(|_| format!("--initial-members: {id:?} is not a node id"))?;
-        if id == 0 {
-            return Err("--initial-members: node ids start at 1, got 0".into());
-        }
+        let id = node_id(id).map_err(|e| format!("--initial-members: {e}"))?;
         let addr = addr.trim();
-        if !is_host_port(addr) {
-            return Err(format!(
-                "--initial-members: node {id}'s address {addr:?} is not host:port"
-            ));
-        }
+        raft_grpc::check_addr(addr)
+            .map_err(|e| format!("--initial-members: node {id}'s address {e}"))?;
         if members.contains_key(&id) {
             return Err(format!("--initial-members: node {id} is listed twice"));
         }
@@ -316,21 +322,6 @@ fn parse_members(list: &[String]) -> Result<BTreeMap<NodeId, String>, String> {
         members.insert(id, addr.to_string());
     }
     Ok(members)
-}
-
-/// Whether `addr` is `host:port` (an IPv6 host in brackets) with a non-empty host and a port
-/// from 1 to 65535, as the cluster API requires of a member's address.
-fn is_host_port(addr: &str) -> bool {
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return false;
-    };
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    !host.is_empty()
-        && !host.contains(char::is_whitespace)
-        && port.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -518,6 +509,20 @@ mod tests {
                 Err(e) => assert!(e.contains(why), "{list}: {e}"),
                 Ok(m) => panic!("{list} accepted as {m:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn node_ids_start_at_one() {
+        assert_eq!(super::node_id("1"), Ok(1));
+        assert_eq!(super::node_id(" 42 "), Ok(42));
+        assert_eq!(
+            super::node_id("0"),
+            Err("node ids start at 1, got 0".to_string())
+        );
+        for bad in ["", "-1", "x", "1.5"] {
+            let e = super::node_id(bad).unwrap_err();
+            assert!(e.contains("is not a node id"), "{bad:?}: {e}");
         }
     }
 

@@ -5,6 +5,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 use std::process::Output;
+use std::time::Duration;
+use std::time::Instant;
 
 use common::Ports;
 use common::Proc;
@@ -190,14 +192,34 @@ async fn member_add_refuses_what_is_in_use_and_tells_of_a_learner_left_behind() 
     assert!(err.contains("is already the address of node 1"), "{err}");
     assert_eq!(members(&endpoints, &[]), voters);
 
-    // An address nobody answers at: the learner is added, and the command says so once,
-    // with how to undo it, rather than retrying the add until it gives up.
-    let nobody = format!("127.0.0.1:{}", common::free_port());
-    let out = kv_within(&["member", "add", "5", &nobody], &endpoints, "40s");
+    // A node that answers, but that the leader cannot replicate to (it holds a cluster secret
+    // the cluster does not use): the learner is added, and the command says so once, with how
+    // to undo it, rather than retrying the add until it gives up.
+    let secret = dir.path().join("secret-5");
+    std::fs::write(&secret, "a-secret-this-cluster-does-not-use-0123456789").expect("secret");
+    let p5 = Ports::new();
+    let _n5 = spawn(
+        dir.path(),
+        5,
+        &p5,
+        &["--cluster-secret-file".into(), secret.display().to_string()],
+    );
+    let at5 = p5.raft_addr();
+    let token = ["--token-file", secret.to_str().expect("utf-8 path")];
+    poll("node 5 answers", dir.path(), &[5], || async {
+        let out = kv(&[&["status", "--json"][..], &token].concat(), &at5);
+        out.status.success().then_some(())
+    })
+    .await;
+    let out = kv_within(
+        &[&["member", "add", "5", &at5][..], &token].concat(),
+        &endpoints,
+        "40s",
+    );
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
-        err.contains(&format!("node 5 was added as a learner at {nobody}")),
+        err.contains(&format!("node 5 was added as a learner at {at5}")),
         "{err}"
     );
     assert!(err.contains("`kv member remove 5`"), "{err}");
@@ -211,6 +233,96 @@ async fn member_add_refuses_what_is_in_use_and_tells_of_a_learner_left_behind() 
     // Removing it undoes the add.
     let out = kv(&["member", "remove", "5"], &endpoints);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(members(&endpoints, &[]), voters);
+}
+
+/// Runs `kv member add <id> <addr>` against `endpoints`; its output and how long it took.
+fn timed_add(id: &str, addr: &str, endpoints: &str) -> (Output, Duration) {
+    let start = Instant::now();
+    let out = kv(&["member", "add", id, addr], endpoints);
+    (out, start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_add_refuses_at_once_a_node_not_running_another_node_or_another_clusters() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_procs, _ports, endpoints) = three_nodes(dir.path(), &[]);
+    let voters = vec![
+        (1, "voter".to_string()),
+        (2, "voter".to_string()),
+        (3, "voter".to_string()),
+    ];
+    poll("a leader", dir.path(), &[1, 2, 3], || async {
+        let out = kv(&["member", "list", "--json"], &endpoints);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.as_array()?
+            .iter()
+            .any(|r| r["leader"] == true)
+            .then_some(())
+    })
+    .await;
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    // Each refusal comes before anything is proposed: well within the 10 s the leader would
+    // wait for a learner that does not catch up, and with the membership as it was.
+    let at_once = Duration::from_secs(8);
+
+    // Nothing at the address.
+    let nobody = format!("127.0.0.1:{}", common::free_port());
+    let (out, took) = timed_add("5", &nobody, &endpoints);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("no node answers at {nobody}")),
+        "{err}"
+    );
+    assert!(err.contains("start node 5 there first"), "{err}");
+    assert!(took < at_once, "took {took:?}: {err}");
+    assert_eq!(members(&endpoints, &[]), voters);
+
+    // Node 6 at the address.
+    let p6 = Ports::new();
+    let _n6 = spawn(dir.path(), 6, &p6, &[]);
+    let at6 = p6.raft_addr();
+    poll("node 6 answers", dir.path(), &[6], || async {
+        common::status(&at6).await.map(|_| ())
+    })
+    .await;
+    let (out, took) = timed_add("5", &at6, &endpoints);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("the node at {at6} is node 6, not node 5")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("`kv member add 6 {at6}`")), "{err}");
+    assert!(took < at_once, "took {took:?}: {err}");
+    assert_eq!(members(&endpoints, &[]), voters);
+
+    // Node 7 at the address, leading a cluster of its own.
+    let p7 = Ports::new();
+    let at7 = p7.raft_addr();
+    let _n7 = spawn(
+        dir.path(),
+        7,
+        &p7,
+        &["--initial-members".into(), format!("7={at7}")],
+    );
+    poll("node 7 leads its own cluster", dir.path(), &[7], || async {
+        common::status(&at7)
+            .await
+            .filter(|s| s.role == "leader" && !s.cluster_id.is_empty())
+            .map(|_| ())
+    })
+    .await;
+    let (out, took) = timed_add("7", &at7, &endpoints);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("node 7 at {at7} belongs to another cluster")),
+        "{err}"
+    );
+    assert!(err.contains("empty --data-dir"), "{err}");
+    assert!(took < at_once, "took {took:?}: {err}");
     assert_eq!(members(&endpoints, &[]), voters);
 }
 
@@ -255,6 +367,16 @@ async fn membership_changes_need_admin_credentials() {
     let out = kv(&["member", "remove", "3"], &endpoints);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--token-file"));
+    // The nodes refuse even the look at the cluster an add starts with: said as such, not as
+    // nodes that do not answer.
+    let p4 = Ports::new();
+    let out = kv(&["member", "add", "4", &p4.raft_addr()], &endpoints);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--token-file") && !err.contains("no node answered"),
+        "{err}"
+    );
     let out = kv(
         &[&["member", "remove", "3"][..], &read].concat(),
         &endpoints,

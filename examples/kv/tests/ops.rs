@@ -1,5 +1,6 @@
 //! What operators rely on: the metrics the dashboard and the alerts query exist, JSON logs are
-//! one object per line, and a malformed runtime thread count is refused with an error.
+//! one object per line, and a malformed runtime thread count or a node id of 0 is refused with an
+//! error before anything is created.
 
 mod common;
 
@@ -214,4 +215,56 @@ fn a_malformed_worker_thread_count_is_refused_cleanly_and_the_flag_overrides_it(
     assert!(ran.join("ca.pem").is_file());
     let out = certs_with_workers(&dir.path().join("zero"), "2", &["--worker-threads", "0"]);
     assert_eq!(out.status.code(), Some(2), "clap refuses a zero count");
+}
+
+/// Runs `kv node --id <id>` with its data in `data`; its exit status and standard error, or
+/// `None` if it was still running after 20 s (then it is killed).
+fn node_with_id(id: &str, data: &Path) -> Option<(std::process::ExitStatus, String)> {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kv"))
+        .args(["node", "--id", id, "--data-dir"])
+        .arg(data)
+        .args(["--raft-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--resp-addr", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kv");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for kv") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        // Another process's exit: there is nothing in this process to wait on.
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    status.map(|s| (s, err))
+}
+
+#[test]
+fn node_id_0_is_refused_before_anything_is_created() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A data directory that does not exist yet, and one that exists, empty.
+    let missing = dir.path().join("missing");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).expect("data dir");
+    for data in [&missing, &empty] {
+        let (status, err) = node_with_id("0", data).expect("kv node --id 0 still running");
+        assert_eq!(status.code(), Some(2), "a usage error: {err}");
+        assert!(err.contains("node ids start at 1, got 0"), "{err}");
+    }
+    assert!(!missing.exists(), "a data directory was created");
+    let left: Vec<_> = std::fs::read_dir(&empty)
+        .expect("data dir")
+        .map(|e| e.map(|e| e.file_name()))
+        .collect();
+    assert!(left.is_empty(), "the data directory was written: {left:?}");
 }

@@ -120,11 +120,8 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
     ) -> Result<Response<pb::Empty>, Status> {
         let caller = auth::checked_caller(&mut req, Method::AddLearner)?;
         let r = req.get_ref();
-        if crate::net::split_addr(&r.addr).is_none() {
-            return Err(status::invalid(format!(
-                "bad node address {:?}: expected host:port",
-                r.addr
-            )));
+        if let Err(e) = crate::addr::check_addr(&r.addr) {
+            return Err(status::invalid(format!("bad node address: {e}")));
         }
         let incarnation = (r.incarnation != 0).then_some(r.incarnation);
         let local = self
@@ -251,6 +248,12 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
             voters: m.voters.iter().map(member).collect(),
             learners: m.learners.iter().map(member).collect(),
             space_alarm: self.0.node.storage().local_alarm.unwrap_or_default(),
+            cluster_id: self
+                .0
+                .node
+                .cluster_id()
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
         }))
     }
 }
