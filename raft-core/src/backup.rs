@@ -263,8 +263,9 @@ pub(crate) fn write<S: StateMachine, W: Write>(
         S::write_snapshot(handle, w)
     })
     .map_err(|e| match e {
-        SnapshotError::StateMachine(e) => BackupError::Write(e),
-        other => BackupError::Write(io::Error::other(other)),
+        snapshot::WriteError::Output(e)
+        | snapshot::WriteError::Snapshot(SnapshotError::StateMachine(e)) => BackupError::Write(e),
+        snapshot::WriteError::Snapshot(other) => BackupError::Write(io::Error::other(other)),
     })?;
     let info = BackupInfo {
         index: last.index,
@@ -733,16 +734,22 @@ fn fill_existing(
     result
 }
 
-/// Reads `data` and feeds what it reads to a running crc32c.
+/// Reads `data` and feeds what it reads to a running crc32c; keeps the first read error, so
+/// a failed read of the backup is told apart from a failed write of the copy.
 struct Hashing<R> {
     inner: R,
     crc: u32,
     bytes: u64,
+    failed: Option<io::Error>,
 }
 
 impl<R: io::Read> io::Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).map_err(|e| {
+            let copy = io::Error::new(e.kind(), e.to_string());
+            self.failed.get_or_insert(e);
+            copy
+        })?;
         self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
         self.bytes += n as u64;
         Ok(n)
@@ -808,30 +815,35 @@ fn write_restored(
     // The user's bytes are read a second time here; their crc32c is taken as they are copied,
     // so bytes that changed since the checksum was verified are not sealed under a new one.
     let mut copied = (0u32, 0u64);
-    store
-        .write(
-            &meta,
-            &parsed.sessions,
-            &snapshot::ApplyExtra {
-                time_ms: parsed.extra.time_ms,
-                bindings: Default::default(),
-            },
-            |w| {
-                let mut input = io::BufReader::with_capacity(
-                    64 << 10,
-                    Hashing {
-                        inner: parsed.user_data(data),
-                        crc: 0,
-                        bytes: 0,
-                    },
-                );
-                io::copy(&mut input, w)?;
-                let hashed = input.into_inner();
-                copied = (hashed.crc, hashed.bytes);
-                Ok(())
-            },
-        )
-        .map_err(BackupError::Snapshot)?;
+    let mut read_failed = None;
+    let written = store.write(
+        &meta,
+        &parsed.sessions,
+        &snapshot::ApplyExtra {
+            time_ms: parsed.extra.time_ms,
+            bindings: Default::default(),
+        },
+        |w| {
+            let mut input = io::BufReader::with_capacity(
+                64 << 10,
+                Hashing {
+                    inner: parsed.user_data(data),
+                    crc: 0,
+                    bytes: 0,
+                    failed: None,
+                },
+            );
+            let result = io::copy(&mut input, w);
+            let hashed = input.into_inner();
+            read_failed = hashed.failed;
+            copied = (hashed.crc, hashed.bytes);
+            result.map(drop)
+        },
+    );
+    if let Some(e) = read_failed {
+        return Err(at("read", backup)(e).into());
+    }
+    written.map_err(BackupError::Snapshot)?;
     let intact =
         still_matches(data, copied.0, copied.1, parsed.checksum).map_err(at("read", backup))?;
     if !intact {

@@ -260,6 +260,20 @@ impl SnapshotData {
         }
     }
 
+    /// The error for a failed read of this snapshot. A disk error is not damage: for a file it
+    /// is the failed read of that file; only a file that ends before its size is corrupt.
+    fn read_error(&self, e: io::Error) -> SnapshotError {
+        match &self.source {
+            Source::File { path, .. } if e.kind() != io::ErrorKind::UnexpectedEof => {
+                SnapshotError::Io(at("read", path)(e))
+            }
+            _ => SnapshotError::Corrupt {
+                what: self.describe(),
+                reason: format!("ended early: {e}"),
+            },
+        }
+    }
+
     fn describe(&self) -> String {
         match &self.source {
             Source::File { path, .. } => path.display().to_string(),
@@ -390,7 +404,7 @@ pub(crate) fn parse(data: &SnapshotData) -> Result<Parsed, SnapshotError> {
         what: data.describe(),
         reason,
     };
-    let io_err = |e: io::Error| corrupt(format!("unreadable: {e}"));
+    let io_err = |e: io::Error| data.read_error(e);
     let len = data.len();
     let mut head = [0u8; PREFIX_V2 as usize];
     let got = data.read_at(0, &mut head).map_err(io_err)?;
@@ -486,23 +500,64 @@ fn check_cluster(
     }
 }
 
-/// A `Write` that checksums and counts what passes through it.
+/// A `Write` that checksums and counts what passes through it, and keeps the first error of
+/// the writer it wraps: what the state machine's `write_snapshot` makes of that error, the
+/// writer's own is what is reported.
 struct CrcWriter<W> {
     inner: W,
     crc: u32,
     bytes: u64,
+    failed: Option<io::Error>,
+}
+
+impl<W> CrcWriter<W> {
+    fn new(inner: W) -> CrcWriter<W> {
+        CrcWriter {
+            inner,
+            crc: 0,
+            bytes: 0,
+            failed: None,
+        }
+    }
+
+    /// Keeps `e` if it is the writer's first error, and hands a copy of it on.
+    fn keep(&mut self, e: io::Error) -> io::Error {
+        let copy = io::Error::new(e.kind(), e.to_string());
+        self.failed.get_or_insert(e);
+        copy
+    }
 }
 
 impl<W: Write> Write for CrcWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = self.inner.write(buf).map_err(|e| self.keep(e))?;
         self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
         self.bytes += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.inner.flush().map_err(|e| self.keep(e))
+    }
+}
+
+/// Why writing a snapshot's bytes failed.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// The writer the snapshot goes to failed (a disk error, a reader that left); the caller
+    /// knows what that writer is.
+    Output(io::Error),
+    /// Anything else: the state machine's `write_snapshot`, or the header.
+    Snapshot(SnapshotError),
+}
+
+impl WriteError {
+    /// The error, with a failed output named as the file at `path`.
+    fn at_file(self, path: &Path) -> SnapshotError {
+        match self {
+            WriteError::Output(e) => SnapshotError::Io(at("write", path)(e)),
+            WriteError::Snapshot(e) => e,
+        }
     }
 }
 
@@ -514,7 +569,7 @@ fn write_snapshot_bytes<W: Write>(
     sessions: &SessionTable,
     extra: &ApplyExtra,
     write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> Result<W, SnapshotError> {
+) -> Result<W, WriteError> {
     write_checksummed(out, cluster, meta, sessions, extra, write_user).map(|w| w.out)
 }
 
@@ -526,6 +581,7 @@ pub(crate) struct Written<W> {
 }
 
 /// [`write_snapshot_bytes`], also returning the checksum it wrote in the trailer and the size.
+/// A failure of `out` is [`WriteError::Output`], even when it reaches `write_user` first.
 pub(crate) fn write_checksummed<W: Write>(
     out: W,
     cluster: Option<ClusterId>,
@@ -533,40 +589,46 @@ pub(crate) fn write_checksummed<W: Write>(
     sessions: &SessionTable,
     extra: &ApplyExtra,
     write_user: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> Result<Written<W>, SnapshotError> {
+) -> Result<Written<W>, WriteError> {
     let header = Header {
         last_log_id: meta.last_log_id.as_ref().map(DiskLogId::from),
         membership: DiskStoredMembership::from(&meta.last_membership),
         sessions: sessions.clone(),
     };
-    let mut header_bytes =
-        codec::encode(&header).map_err(|e| SnapshotError::StateMachine(io::Error::other(e)))?;
+    let encoding = |e| WriteError::Snapshot(SnapshotError::StateMachine(io::Error::other(e)));
+    let mut header_bytes = codec::encode(&header).map_err(encoding)?;
     codec::encode_into(&extra.time_ms, &mut header_bytes)
         .and_then(|()| codec::encode_into(&extra.bindings, &mut header_bytes))
-        .map_err(|e| SnapshotError::StateMachine(io::Error::other(e)))?;
+        .map_err(encoding)?;
     let header_len = u32::try_from(header_bytes.len())
         .ok()
         .filter(|l| *l <= MAX_HEADER)
         .ok_or_else(|| {
-            SnapshotError::StateMachine(io::Error::other("snapshot header is too large"))
+            WriteError::Snapshot(SnapshotError::StateMachine(io::Error::other(
+                "snapshot header is too large",
+            )))
         })?;
-    let mut w = CrcWriter {
-        inner: out,
-        crc: 0,
-        bytes: 0,
-    };
-    let io = |e: io::Error| SnapshotError::StateMachine(e);
-    w.write_all(MAGIC_V2).map_err(io)?;
-    w.write_all(&[u8::from(cluster.is_some())]).map_err(io)?;
-    w.write_all(&cluster.map_or(0, ClusterId::as_u128).to_le_bytes())
-        .map_err(io)?;
-    w.write_all(&header_len.to_le_bytes()).map_err(io)?;
-    w.write_all(&header_bytes).map_err(io)?;
-    write_user(&mut w).map_err(io)?;
+    let mut w = CrcWriter::new(out);
+    let written = (|| {
+        w.write_all(MAGIC_V2)?;
+        w.write_all(&[u8::from(cluster.is_some())])?;
+        w.write_all(&cluster.map_or(0, ClusterId::as_u128).to_le_bytes())?;
+        w.write_all(&header_len.to_le_bytes())?;
+        w.write_all(&header_bytes)
+    })();
+    written.map_err(|e| WriteError::Output(w.failed.take().unwrap_or(e)))?;
+    if let Err(e) = write_user(&mut w) {
+        return Err(match w.failed.take() {
+            Some(output) => WriteError::Output(output),
+            None => WriteError::Snapshot(SnapshotError::StateMachine(e)),
+        });
+    }
     let (crc, bytes) = (w.crc, w.bytes + TRAILER_LEN);
     let mut inner = w.inner;
-    inner.write_all(&crc.to_le_bytes()).map_err(io)?;
-    inner.flush().map_err(io)?;
+    inner
+        .write_all(&crc.to_le_bytes())
+        .and_then(|()| inner.flush())
+        .map_err(WriteError::Output)?;
     Ok(Written {
         out: inner,
         checksum: crc,
@@ -745,14 +807,21 @@ impl SnapshotStore {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         // Built outside the placing lock: writing a large state takes long, placing it does not.
         let built = match &self.dir {
-            None => Built::Memory(write_snapshot_bytes(
-                Vec::new(),
-                self.cluster.get(),
-                meta,
-                sessions,
-                extra,
-                write_user,
-            )?),
+            // Writing into memory cannot fail; whatever fails is the state machine's.
+            None => Built::Memory(
+                write_snapshot_bytes(
+                    Vec::new(),
+                    self.cluster.get(),
+                    meta,
+                    sessions,
+                    extra,
+                    write_user,
+                )
+                .map_err(|e| match e {
+                    WriteError::Output(e) => SnapshotError::StateMachine(e),
+                    WriteError::Snapshot(e) => e,
+                })?,
+            ),
             Some(dir) => {
                 let tmp = dir.join(format!("build-{seq:020}.tmp"));
                 let file = File::create(&tmp).map_err(at("create", &tmp))?;
@@ -765,6 +834,7 @@ impl SnapshotStore {
                     extra,
                     write_user,
                 )
+                .map_err(|e| e.at_file(&tmp))
                 .and_then(|w| {
                     let file = w
                         .into_inner()
@@ -1063,6 +1133,84 @@ mod tests {
         let mut out = Vec::new();
         parsed.user_data(data).read_to_end(&mut out).unwrap();
         out
+    }
+
+    /// A writer that takes `room` bytes, then fails as a full disk does.
+    struct Full {
+        room: usize,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::Error::from(io::ErrorKind::StorageFull));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_output_is_not_the_state_machines_fault_and_is_named() {
+        let write = |room: usize, user: fn(&mut dyn Write) -> io::Result<()>| {
+            write_snapshot_bytes(
+                Full { room },
+                None,
+                &meta(1),
+                &SessionTable::default(),
+                &ApplyExtra::default(),
+                user,
+            )
+            .map(drop)
+        };
+        // The state machine's serialiser turns the writer's error into one of its own: the
+        // writer's is still the one reported, as is a failure while writing the header.
+        let rewords: fn(&mut dyn Write) -> io::Result<()> = |w| {
+            w.write_all(&[7; 4096])
+                .map_err(|_| io::Error::other("the serialize buffer is full"))
+        };
+        for room in [0, 10, 200, 4100] {
+            match write(room, rewords) {
+                Err(WriteError::Output(e)) => assert_eq!(e.kind(), io::ErrorKind::StorageFull),
+                other => panic!("room {room}: {other:?}"),
+            }
+        }
+        let path = Path::new("/data/snapshots/build-1.tmp");
+        match write(0, rewords).unwrap_err().at_file(path) {
+            SnapshotError::Io(e) => assert_eq!((e.op, e.path.as_path()), ("write", path)),
+            other => panic!("{other:?}"),
+        }
+        // A failure of the state machine itself stays the state machine's.
+        let fails: fn(&mut dyn Write) -> io::Result<()> = |_| Err(io::Error::other("no"));
+        match write(1 << 20, fails) {
+            Err(WriteError::Snapshot(SnapshotError::StateMachine(_))) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_read_is_an_io_error_naming_the_file_not_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        // Reading a directory fails (EISDIR) as a failing disk would: not with bytes.
+        let data = SnapshotData {
+            source: Source::File {
+                file: Arc::new(File::open(dir.path()).unwrap()),
+                path: dir.path().to_path_buf(),
+                len: 100,
+            },
+        };
+        match parse(&data) {
+            Err(SnapshotError::Io(e)) => {
+                assert_eq!((e.op, e.path.as_path()), ("read", dir.path()));
+                assert_eq!(e.source.kind(), io::ErrorKind::IsADirectory);
+            }
+            other => panic!("{:?}", other.map(|p| p.checksum)),
+        }
     }
 
     #[test]

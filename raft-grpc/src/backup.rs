@@ -6,8 +6,11 @@
 //! channel of [`QUEUE`] messages: a slow client slows the export down instead of making the node
 //! buffer the backup. A client that goes away ends the export (its next send fails).
 
+use std::future::Future;
 use std::io;
 use std::io::Write;
+use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use bytes::BytesMut;
@@ -23,6 +26,7 @@ use tonic::Status;
 use crate::client::ClientError;
 use crate::pb;
 use crate::status;
+use crate::status::ErrorCode;
 
 /// The largest piece of a backup one message carries.
 pub const CHUNK_BYTES: usize = 256 << 10;
@@ -79,16 +83,42 @@ fn done(info: &BackupInfo) -> pb::BackupChunk {
     }
 }
 
-/// Streams `node`'s backup at read index `at`: the file's bytes, then the `done` message, or
-/// an error status if the export fails.
-pub(crate) fn stream<S: StateMachine>(node: Node<S>, at: ReadIndex) -> BoxStream<'static, Item> {
+/// Starts `node`'s backup at read index `at` and returns its stream: the file's bytes, then the
+/// `done` message, or an error status if the export fails part-way.
+///
+/// An export that fails before it starts (the node is already writing a backup, or cannot wait
+/// for `at`) is answered here, as the call's status, so a client moves on to another node
+/// instead of receiving a stream that only carries the refusal. [`Node::export_snapshot_at`]
+/// takes the node's backup permit before it first waits ("another fails at once"), so one poll
+/// is enough to know.
+pub(crate) fn start<S: StateMachine>(
+    node: Node<S>,
+    at: ReadIndex,
+) -> Result<BoxStream<'static, Item>, Status> {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let writer = ChunkWriter {
+        tx: tx.clone(),
+        buf: BytesMut::with_capacity(CHUNK_BYTES),
+    };
+    let mut export = Box::pin(async move { node.export_snapshot_at(at, writer).await });
+    let waker = futures_util::task::noop_waker();
+    let first = export
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&waker));
+    let finished = match first {
+        Poll::Ready(Err(e)) => {
+            tracing::debug!(error = %e, "backup refused");
+            return Err(status::from_error(&e));
+        }
+        Poll::Ready(Ok(exported)) => Some(exported),
+        Poll::Pending => None,
+    };
     tokio::spawn(async move {
-        let writer = ChunkWriter {
-            tx: tx.clone(),
-            buf: BytesMut::with_capacity(CHUNK_BYTES),
+        let result = match finished {
+            Some(exported) => Ok(exported),
+            None => export.await,
         };
-        let last = match node.export_snapshot_at(at, writer).await {
+        let last = match result {
             Ok((info, _)) => {
                 tracing::info!(
                     index = info.index,
@@ -106,36 +136,59 @@ pub(crate) fn stream<S: StateMachine>(node: Node<S>, at: ReadIndex) -> BoxStream
         // The reader may have left already; then there is nobody to tell.
         let _ = tx.send(last).await;
     });
-    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
 }
 
-/// Writes a backup stream into `out`, checking its size and checksum against the final `done`
-/// message. Each message must arrive within `idle` of the previous one.
+/// How long a backup stream may go without a message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Before the first message: the node may first wait to apply the backup's read index.
+    pub first: Duration,
+    /// Between two messages.
+    pub idle: Duration,
+}
+
+/// Writes the backup stream from the node at `addr` into `out`, checking its size and checksum
+/// against the final `done` message. The first message must arrive within `limits.first`, each
+/// later one within `limits.idle` of the previous one. Failures are described in terms of the
+/// backup (which node, how far it got), not of the transport.
 pub(crate) async fn receive<W: tokio::io::AsyncWrite + Unpin>(
     mut stream: tonic::Streaming<pb::BackupChunk>,
     out: &mut W,
-    idle: std::time::Duration,
+    addr: &str,
+    limits: Limits,
 ) -> Result<BackupInfo, ClientError> {
     use tokio::io::AsyncWriteExt;
     let incomplete = |why: String| ClientError::BackupIncomplete(why);
     let mut verifier = raft_core::backup::Verifier::default();
+    let mut limit = limits.first;
     loop {
-        let msg = match tokio::time::timeout(idle, stream.message()).await {
+        let got = verifier.bytes();
+        let msg = match tokio::time::timeout(limit, stream.message()).await {
             Err(_) => {
                 return Err(incomplete(format!(
-                    "no data for {idle:?} after {} bytes",
-                    verifier.bytes()
+                    "no data from {addr} for {limit:?} after {got} bytes"
                 )));
             }
-            Ok(Err(status)) => return Err(incomplete(status.message().to_string())),
+            // The node's own error: its message says what failed.
+            Ok(Err(status)) if ErrorCode::of(&status).is_some() => {
+                return Err(incomplete(format!("{addr}: {}", status.message())));
+            }
+            Ok(Err(status)) => {
+                tracing::debug!(%addr, %status, "backup stream broke off");
+                return Err(incomplete(format!(
+                    "the connection to {addr} broke off after {got} bytes"
+                )));
+            }
             Ok(Ok(None)) => {
                 return Err(incomplete(format!(
-                    "the stream ended after {} bytes without its final message",
-                    verifier.bytes()
+                    "{addr} ended the stream after {got} bytes without its final message \
+                     (is it shutting down?)"
                 )));
             }
             Ok(Ok(Some(msg))) => msg,
         };
+        limit = limits.idle;
         if !msg.data.is_empty() {
             verifier.update(&msg.data);
             out.write_all(&msg.data)

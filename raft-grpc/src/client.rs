@@ -7,6 +7,7 @@
 //! for a read index.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -64,8 +65,15 @@ pub struct ClientOptions {
     pub connector: Connector,
     /// Connection tuning.
     pub channel: ChannelOptions,
-    /// Deadline of each attempt. Default 5 s.
+    /// Deadline of each attempt. Default 5 s. A backup ([`ClusterClient::backup`]) also fails
+    /// if, once its first chunk has arrived, no further data arrives for this long.
     pub attempt_timeout: Duration,
+    /// How long a backup ([`ClusterClient::backup`]) waits for its first chunk once a node has
+    /// started the stream. The node first waits until it has applied the backup's read index,
+    /// up to its request timeout ([`raft_core::Config::request_timeout`], 10 s by default) when
+    /// it lags behind the leader, so this should exceed the nodes' request timeout; the node's
+    /// own error then arrives rather than a client-side one. Default 15 s.
+    pub backup_start_timeout: Duration,
     /// How long an operation keeps retrying through failures before giving up. Default 30 s.
     pub total_timeout: Duration,
     /// Where reads go. Default round-robin.
@@ -103,6 +111,7 @@ impl Default for ClientOptions {
             connector: Connector::default(),
             channel: ChannelOptions::default(),
             attempt_timeout: Duration::from_secs(5),
+            backup_start_timeout: Duration::from_secs(15),
             total_timeout: Duration::from_secs(30),
             read_policy: ReadPolicy::RoundRobin,
             max_message_bytes: 65 << 20,
@@ -137,6 +146,14 @@ impl ClientOptions {
     #[must_use]
     pub fn with_attempt_timeout(mut self, timeout: Duration) -> ClientOptions {
         self.attempt_timeout = timeout;
+        self
+    }
+
+    /// Sets how long a backup waits for its first chunk once a node has started the stream
+    /// (default 15 s; see [`ClientOptions::backup_start_timeout`]).
+    #[must_use]
+    pub fn with_backup_start_timeout(mut self, timeout: Duration) -> ClientOptions {
+        self.backup_start_timeout = timeout;
         self
     }
 
@@ -205,6 +222,13 @@ pub enum ClientError {
     /// Writing a received backup failed.
     #[error("writing the backup failed: {0}")]
     Output(#[source] std::io::Error),
+    /// Every configured node answered that it is already writing a backup (a node writes one
+    /// at a time); nothing was written. A later attempt can succeed.
+    #[error("every node ({}) is already writing a backup; try again later", nodes.join(", "))]
+    AllBusy {
+        /// The nodes asked, by address.
+        nodes: Vec<String>,
+    },
     /// The client was closed ([`ClusterClient::close`]): a write was refused before anything
     /// was sent.
     #[error("the client was closed")]
@@ -530,9 +554,22 @@ impl<S: Queryable> ClusterClient<S> {
     /// Runs `attempt` against the leader (or whoever the policy picks), following redirects and
     /// retrying elsewhere until the total timeout. A refusal that follows an attempt whose
     /// outcome is unknown is [`ClientError::GaveUp`]: the earlier attempt may still apply.
-    async fn retry<T, F, Fut>(&self, mut target: String, mut attempt: F) -> Result<T, ClientError>
+    async fn retry<T, F, Fut>(&self, target: String, mut attempt: F) -> Result<T, ClientError>
     where
         F: FnMut(Client, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        self.retry_at(target, |c, t, _| attempt(c, t)).await
+    }
+
+    /// [`ClusterClient::retry`], telling each attempt the address it goes to.
+    async fn retry_at<T, F, Fut>(
+        &self,
+        mut target: String,
+        mut attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Client, Duration, String) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let o = &self.inner.opts;
@@ -545,7 +582,7 @@ impl<S: Queryable> ClusterClient<S> {
             attempts += 1;
             let per_attempt = o.attempt_timeout.min(backoff.remaining());
             let outcome = match self.client(&target) {
-                Ok(c) => attempt(c, per_attempt).await,
+                Ok(c) => attempt(c, per_attempt, target.clone()).await,
                 Err(s) => Err(s),
             };
             let status = match outcome {
@@ -1037,26 +1074,49 @@ impl<S: Queryable> ClusterClient<S> {
     /// admin role on a cluster that authenticates callers.
     ///
     /// The nodes are tried in turn until one starts the stream (any node serves a backup, at a
-    /// linearizable read index from the leader). The transfer itself has no overall deadline,
-    /// so a large state can take as long as it needs, but it fails if no data arrives for
-    /// [`ClientOptions::attempt_timeout`]. The size and checksum are verified as the bytes arrive;
-    /// on any error, what was written to `out` is not a backup and must be discarded.
+    /// linearizable read index from the leader). A node writes one backup at a time; one that
+    /// is busy is passed over, and once every configured node has answered busy the backup
+    /// fails with [`ClientError::AllBusy`]. The transfer itself has no overall deadline, so a
+    /// large state can take as long as it needs, but it fails if the first chunk does not
+    /// arrive within [`ClientOptions::backup_start_timeout`], or a later one within
+    /// [`ClientOptions::attempt_timeout`] of the one before. The size and checksum are
+    /// verified as the bytes arrive; on any error, what was written to `out` is not a backup
+    /// and must be discarded.
     pub async fn backup<W: tokio::io::AsyncWrite + Unpin>(
         &self,
         out: &mut W,
     ) -> Result<raft_core::BackupInfo, ClientError> {
-        let stream = self
-            .retry(self.next_endpoint(), |mut c, t| async move {
+        let nodes: BTreeSet<&String> = self.inner.endpoints.iter().collect();
+        let busy = Mutex::new(BTreeSet::new());
+        let (nodes_ref, busy) = (&nodes, &busy);
+        let started = self
+            .retry_at(self.next_endpoint(), |mut c, t, addr| async move {
                 let call = c.backup(tonic::Request::new(pb::BackupRequest {}));
-                match tokio::time::timeout(t, call).await {
-                    Ok(r) => r.map(tonic::Response::into_inner),
-                    Err(_) => Err(Status::deadline_exceeded(
-                        "the backup did not start in time",
-                    )),
+                let status = match tokio::time::timeout(t, call).await {
+                    Ok(Ok(r)) => return Ok(Some((r.into_inner(), addr))),
+                    Ok(Err(status)) => status,
+                    Err(_) => Status::deadline_exceeded("the backup did not start in time"),
+                };
+                if matches!(RequestError::from(&status), RequestError::Busy(_)) {
+                    let mut busy = busy.lock().unwrap_or_else(|p| p.into_inner());
+                    busy.insert(addr);
+                    if nodes_ref.iter().all(|n| busy.contains(*n)) {
+                        return Ok(None);
+                    }
                 }
+                Err(status)
             })
             .await?;
-        crate::backup::receive(stream, out, self.inner.opts.attempt_timeout).await
+        let Some((stream, addr)) = started else {
+            return Err(ClientError::AllBusy {
+                nodes: nodes.into_iter().cloned().collect(),
+            });
+        };
+        let limits = crate::backup::Limits {
+            first: self.inner.opts.backup_start_timeout,
+            idle: self.inner.opts.attempt_timeout,
+        };
+        crate::backup::receive(stream, out, &addr, limits).await
     }
 
     /// One node's view of the cluster (no retries: it asks exactly `addr`).

@@ -9,10 +9,13 @@ use std::time::Duration;
 use common::Cmd;
 use common::GrpcCluster;
 use common::Kv;
+use raft_core::BackupError;
 use raft_core::Consistency;
+use raft_core::Error;
 use raft_core::Node;
 use raft_core::Role;
 use raft_grpc::BACKUP_CHUNK_BYTES;
+use raft_grpc::ClientError;
 use raft_grpc::ClientOptions;
 use raft_grpc::ClusterClient;
 use raft_grpc::GrpcOptions;
@@ -75,4 +78,105 @@ async fn a_follower_streams_a_verified_backup_that_restores() {
         assert_eq!(state[&format!("k{i}")], format!("{i}{value}"));
     }
     node.shutdown().await.unwrap();
+}
+
+/// A writer that takes nothing and never wakes: a backup written into it stops reading its
+/// stream, so the node's export stalls once the stream's buffers are full. Its first write is
+/// reported: the node's export is running by then.
+struct Stalled(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl tokio::io::AsyncWrite for Stalled {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Some(started) = self.0.take() {
+            let _ = started.send(());
+        }
+        std::task::Poll::Pending
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Pending
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_busy_with_a_backup_is_passed_over_for_another() {
+    let c = GrpcCluster::start(3, GrpcOptions::default(), |c| c).await;
+    let writer: ClusterClient<Kv> =
+        ClusterClient::new(c.endpoints(), ClientOptions::default()).unwrap();
+    // About 12 MiB of state: far more than a stalled stream buffers (its queue and HTTP/2
+    // windows), so a backup nobody reads keeps its node's export running.
+    let value = "v".repeat(256 << 10);
+    for i in 0..48 {
+        writer
+            .write(Cmd::Put(format!("k{i}"), format!("{i}{value}")))
+            .await
+            .unwrap();
+    }
+    let busy = c.leader().await;
+    let other = *c.addrs.keys().find(|id| **id != busy).unwrap();
+    let (busy_addr, other_addr) = (c.addrs[&busy].clone(), c.addrs[&other].clone());
+
+    let (started, first_write) = tokio::sync::oneshot::channel();
+    let stalled_client: ClusterClient<Kv> =
+        ClusterClient::new([busy_addr.clone()], ClientOptions::default()).unwrap();
+    let stalled = tokio::spawn(async move {
+        let mut out = Stalled(Some(started));
+        stalled_client.backup(&mut out).await
+    });
+    tokio::time::timeout(common::WAIT, first_write)
+        .await
+        .expect("the stalled backup started")
+        .unwrap();
+
+    // Asked alone, the busy node is all there is: a typed refusal, at once.
+    let only_busy: ClusterClient<Kv> =
+        ClusterClient::new([busy_addr.clone()], ClientOptions::default()).unwrap();
+    let refused = tokio::time::timeout(common::WAIT, only_busy.backup(&mut tokio::io::sink()))
+        .await
+        .expect("refused within the wait");
+    assert!(
+        matches!(refused, Err(ClientError::AllBusy { ref nodes }) if nodes.as_slice() == [busy_addr.as_str()]),
+        "{refused:?}"
+    );
+
+    // The busy node first, then another: the other one serves the backup.
+    let client: ClusterClient<Kv> =
+        ClusterClient::new([busy_addr, other_addr], ClientOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("backup");
+    let mut file = tokio::fs::File::create(&path).await.unwrap();
+    let info = tokio::time::timeout(common::WAIT, client.backup(&mut file))
+        .await
+        .expect("the backup completed within the wait")
+        .unwrap();
+    file.sync_all().await.unwrap();
+    drop(file);
+    assert_eq!(raft_core::backup::inspect(&path).unwrap(), info);
+    assert!(info.bytes > 48 * (256 << 10), "{info:?}");
+
+    // The first node was busy all along: its export is still held up by the stalled reader.
+    let again = c.nodes[&busy]
+        .node()
+        .export_snapshot(std::io::sink())
+        .await
+        .map(|(info, _)| info);
+    assert!(
+        matches!(again, Err(Error::Backup(BackupError::Busy))),
+        "{again:?}"
+    );
+    stalled.abort();
 }

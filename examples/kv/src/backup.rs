@@ -20,6 +20,8 @@ use clap::Args;
 use raft_core::BackupInfo;
 use raft_core::ClusterId;
 use raft_core::NodeId;
+use raft_grpc::ClientError;
+use raft_grpc::RequestError;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
@@ -94,32 +96,79 @@ fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> CtlError {
     CtlError::Failed(format!("{what} {}: {e}", path.display()))
 }
 
-/// Runs `kv backup`; returns what to print.
-pub async fn backup(args: &BackupArgs) -> Result<String, CtlError> {
-    let out = &args.out;
+/// Checks `out` before anything is transferred: it must name a file (not a directory) in an
+/// existing directory. Returns that directory and the file's name.
+fn check_out(out: &Path) -> Result<(PathBuf, &str), CtlError> {
+    use std::os::unix::ffi::OsStrExt;
+    let refuse = |why: String| CtlError::Config(format!("--out {}: {why}", out.display()));
     let name = out
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| CtlError::Config(format!("--out {} names no file", out.display())))?;
+        .filter(|_| !out.as_os_str().as_bytes().ends_with(b"/"))
+        .ok_or_else(|| refuse("names no file; name the backup file".into()))?;
+    if std::fs::metadata(out).is_ok_and(|m| m.is_dir()) {
+        return Err(refuse(format!(
+            "is a directory; name the backup file, e.g. {}",
+            out.join("cluster.backup").display()
+        )));
+    }
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => Ok((dir, name)),
+        Ok(_) => Err(refuse(format!("{} is not a directory", dir.display()))),
+        Err(e) => Err(refuse(format!(
+            "cannot use directory {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
+/// Whether a failed call may mean that no node could be reached at all.
+fn maybe_unreachable(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::GaveUp {
+            last: RequestError::Transport { .. } | RequestError::Timeout(_),
+            ..
+        }
+    )
+}
+
+/// Runs `kv backup`; returns what to print.
+pub async fn backup(args: &BackupArgs) -> Result<String, CtlError> {
+    let out = &args.out;
+    let (dir, name) = check_out(out)?;
     remove_stale_partials(&dir, name);
     let tmp = partial_path(&dir, name, std::process::id());
     let client = args.conn.client()?;
-    let mut file = create_partial(&tmp)
-        .await
-        .map_err(|e| failed("cannot create", &tmp, e))?;
+    let mut file = create_partial(&tmp).await.map_err(|e| {
+        CtlError::Failed(format!(
+            "cannot create {} (the temporary file for --out {}): {e}",
+            tmp.display(),
+            out.display()
+        ))
+    })?;
     let result = async {
-        let info = client.backup(&mut file).await.map_err(|e| {
-            CtlError::Failed(ctl::explain(
-                e,
-                "the",
-                "pass --token-file with the cluster secret or an admin's password",
-                "not allowed; a backup needs the admin role",
-            ))
-        })?;
+        let info = match client.backup(&mut file).await {
+            Ok(info) => info,
+            Err(ClientError::Output(e)) => return Err(failed("cannot write", &tmp, e)),
+            Err(e) => {
+                if maybe_unreachable(&e)
+                    && let Some(unreachable) = args.conn.none_answers(&client).await
+                {
+                    return Err(unreachable);
+                }
+                return Err(CtlError::Failed(ctl::explain(
+                    e,
+                    "the",
+                    "pass --token-file with the cluster secret or an admin's password",
+                    "not allowed; a backup needs the admin role",
+                )));
+            }
+        };
         file.flush()
             .await
             .map_err(|e| failed("cannot write", &tmp, e))?;
@@ -292,6 +341,54 @@ mod tests {
         drop(create_partial(&path).await.unwrap());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        backup: BackupArgs,
+    }
+
+    #[tokio::test]
+    async fn an_out_that_names_no_file_in_a_directory_is_refused_before_any_transfer() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        // Where the backup would come from: any connection made to it shows.
+        let node = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        node.set_nonblocking(true).unwrap();
+        let endpoint = node.local_addr().unwrap().to_string();
+        let outs = [
+            dir.path().display().to_string(),
+            format!("{}/new/", dir.path().display()),
+            format!("{}/missing/b.backup", dir.path().display()),
+            format!("{}/b.backup", file.display()),
+        ];
+        for out in &outs {
+            let args = Cli::parse_from([
+                "kv",
+                "--out",
+                out,
+                "--endpoints",
+                &endpoint,
+                "--timeout",
+                "2s",
+            ])
+            .backup;
+            let e = backup(&args).await.unwrap_err();
+            assert!(matches!(e, CtlError::Config(_)), "--out {out}: {e}");
+        }
+        assert_eq!(
+            node.accept().map(drop).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock),
+            "no node was asked"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["file"], "nothing was written");
     }
 
     #[test]

@@ -182,6 +182,16 @@ impl Conn {
             .map_err(|e| CtlError::Config(e.to_string()))
     }
 
+    /// [`CtlError::Unreachable`] if none of the endpoints answers a status call now (each is
+    /// asked once, at the same time); `None` if one does.
+    pub(crate) async fn none_answers(&self, client: &ClusterClient<Store>) -> Option<CtlError> {
+        client
+            .statuses()
+            .await
+            .is_empty()
+            .then(|| CtlError::Unreachable(self.endpoints.join(",")))
+    }
+
     /// The view of the first endpoint that answers, then the leader's view if that node is not
     /// the leader and the leader answers. When none answers, a refusal of the credentials is
     /// reported as such rather than as no answer.

@@ -204,7 +204,8 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
     type BackupStream = BoxStream<'static, Result<pb::BackupChunk, Status>>;
 
     /// Any node serves a backup, at a linearizable read index from the leader; the stream ends
-    /// (incomplete) if the server shuts down.
+    /// (incomplete) if the server shuts down. A node already writing a backup answers `Busy`
+    /// as the call's status, before any stream, so the client tries another node.
     async fn backup(
         &self,
         mut req: Request<pb::BackupRequest>,
@@ -221,7 +222,7 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
                 .leader_read_index(Consistency::Linearizable, caller_timeout(&req))
                 .await?
         };
-        let chunks = crate::backup::stream(node.clone(), at).take_until(shared.stopped());
+        let chunks = crate::backup::start(node.clone(), at)?.take_until(shared.stopped());
         Ok(Response::new(chunks.boxed()))
     }
 
