@@ -236,11 +236,26 @@ async fn member_add_refuses_what_is_in_use_and_tells_of_a_learner_left_behind() 
     assert_eq!(members(&endpoints, &[]), voters);
 }
 
-/// Runs `kv member add <id> <addr>` against `endpoints`; its output and how long it took.
-fn timed_add(id: &str, addr: &str, endpoints: &str) -> (Output, Duration) {
+/// Runs `kv member add <id> <addr>` against `endpoints` and checks that it is refused, saying
+/// each of `says`, before anything is proposed: well within the 10 s the leader would wait for
+/// a learner that does not catch up, and with the membership still `voters`.
+fn refused_at_once(
+    id: &str,
+    addr: &str,
+    endpoints: &str,
+    voters: &[(u64, String)],
+    says: &[String],
+) {
     let start = Instant::now();
     let out = kv(&["member", "add", id, addr], endpoints);
-    (out, start.elapsed())
+    let took = start.elapsed();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for said in says {
+        assert!(err.contains(said.as_str()), "{err}");
+    }
+    assert!(took < Duration::from_secs(8), "took {took:?}: {err}");
+    assert_eq!(members(endpoints, &[]), voters);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,23 +276,19 @@ async fn member_add_refuses_at_once_a_node_not_running_another_node_or_another_c
             .then_some(())
     })
     .await;
-    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
-    // Each refusal comes before anything is proposed: well within the 10 s the leader would
-    // wait for a learner that does not catch up, and with the membership as it was.
-    let at_once = Duration::from_secs(8);
 
     // Nothing at the address.
     let nobody = format!("127.0.0.1:{}", common::free_port());
-    let (out, took) = timed_add("5", &nobody, &endpoints);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains(&format!("no node answers at {nobody}")),
-        "{err}"
+    refused_at_once(
+        "5",
+        &nobody,
+        &endpoints,
+        &voters,
+        &[
+            format!("no node answers at {nobody}"),
+            "start node 5 there first".into(),
+        ],
     );
-    assert!(err.contains("start node 5 there first"), "{err}");
-    assert!(took < at_once, "took {took:?}: {err}");
-    assert_eq!(members(&endpoints, &[]), voters);
 
     // Node 6 at the address.
     let p6 = Ports::new();
@@ -287,16 +298,16 @@ async fn member_add_refuses_at_once_a_node_not_running_another_node_or_another_c
         common::status(&at6).await.map(|_| ())
     })
     .await;
-    let (out, took) = timed_add("5", &at6, &endpoints);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains(&format!("the node at {at6} is node 6, not node 5")),
-        "{err}"
+    refused_at_once(
+        "5",
+        &at6,
+        &endpoints,
+        &voters,
+        &[
+            format!("the node at {at6} is node 6, not node 5"),
+            format!("`kv member add 6 {at6}`"),
+        ],
     );
-    assert!(err.contains(&format!("`kv member add 6 {at6}`")), "{err}");
-    assert!(took < at_once, "took {took:?}: {err}");
-    assert_eq!(members(&endpoints, &[]), voters);
 
     // Node 7 at the address, leading a cluster of its own.
     let p7 = Ports::new();
@@ -314,16 +325,16 @@ async fn member_add_refuses_at_once_a_node_not_running_another_node_or_another_c
             .map(|_| ())
     })
     .await;
-    let (out, took) = timed_add("7", &at7, &endpoints);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains(&format!("node 7 at {at7} belongs to another cluster")),
-        "{err}"
+    refused_at_once(
+        "7",
+        &at7,
+        &endpoints,
+        &voters,
+        &[
+            format!("node 7 at {at7} belongs to another cluster"),
+            "empty --data-dir".into(),
+        ],
     );
-    assert!(err.contains("empty --data-dir"), "{err}");
-    assert!(took < at_once, "took {took:?}: {err}");
-    assert_eq!(members(&endpoints, &[]), voters);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
