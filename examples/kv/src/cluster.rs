@@ -71,6 +71,25 @@ pub struct NodeSpec {
     pub security: Arc<Security>,
 }
 
+/// Checks an address other nodes are to reach a node at (a `--raft-addr`, an
+/// `--initial-members` entry, the address given to `kv member add`): a node address
+/// ([`raft_grpc::check_addr`]) naming one host. The any-address (`0.0.0.0`, `[::]`) is refused:
+/// it only says where to listen, and a member recorded at it is reached by each node on its own
+/// machine. The error completes a sentence that starts with the address's name.
+pub fn check_advertised(addr: &str) -> Result<(), String> {
+    let (host, _) = raft_grpc::check_addr(addr).map_err(|e| e.to_string())?;
+    if host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return Err(format!(
+            "{addr:?} is the any-address, which says where to listen, not where other nodes \
+             reach the node; give the node's own host name or IP address"
+        ));
+    }
+    Ok(())
+}
+
 /// A running node: raft over gRPC, and the RESP front end.
 pub struct Running {
     pub node: GrpcNode<Store>,

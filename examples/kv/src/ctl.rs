@@ -400,7 +400,7 @@ async fn add(
     conn: &Conn,
     client: &ClusterClient<Store>,
 ) -> Result<String, CtlError> {
-    raft_grpc::check_addr(addr)
+    crate::cluster::check_advertised(addr)
         .map_err(|e| CtlError::Config(format!("the new node's raft address {e}")))?;
     let view = conn.view(client).await?;
     // What `id` already is at `addr`, to say so rather than "added".

@@ -300,7 +300,7 @@ pub(crate) fn node_id(s: &str) -> Result<NodeId, String> {
 }
 
 /// Parses `--initial-members` (`id=host:port` each): ids are unique and start at 1, and
-/// addresses are unique node addresses ([`raft_grpc::check_addr`]).
+/// addresses are unique node addresses other nodes can reach ([`cluster::check_advertised`]).
 fn parse_members(list: &[String]) -> Result<BTreeMap<NodeId, String>, String> {
     let mut members: BTreeMap<NodeId, String> = BTreeMap::new();
     for m in list {
@@ -309,7 +309,7 @@ fn parse_members(list: &[String]) -> Result<BTreeMap<NodeId, String>, String> {
             .ok_or_else(|| format!("--initial-members: expected id=host:port, got {m:?}"))?;
         let id = node_id(id).map_err(|e| format!("--initial-members: {e}"))?;
         let addr = addr.trim();
-        raft_grpc::check_addr(addr)
+        cluster::check_advertised(addr)
             .map_err(|e| format!("--initial-members: node {id}'s address {e}"))?;
         if members.contains_key(&id) {
             return Err(format!("--initial-members: node {id} is listed twice"));
@@ -322,6 +322,38 @@ fn parse_members(list: &[String]) -> Result<BTreeMap<NodeId, String>, String> {
         members.insert(id, addr.to_string());
     }
     Ok(members)
+}
+
+/// Checks `kv node`'s addresses before anything starts: `--raft-addr` is an address other nodes
+/// can reach, `--initial-members` either lists this node at that same address or (with
+/// `--join`) not at all, and every `--join` entry is a node address.
+fn check_node_addrs(
+    id: NodeId,
+    args: &NodeArgs,
+    members: &BTreeMap<NodeId, String>,
+) -> Result<(), String> {
+    cluster::check_advertised(&args.raft_addr).map_err(|e| {
+        format!(
+            "--raft-addr {e} (to listen on every address, give --raft-listen-addr {} as well)",
+            args.raft_addr
+        )
+    })?;
+    for addr in &args.join {
+        raft_grpc::check_addr(addr).map_err(|e| format!("--join: {e}"))?;
+    }
+    match members.get(&id) {
+        Some(listed) if *listed != args.raft_addr => Err(format!(
+            "--initial-members lists this node ({id}) at {listed}, but --raft-addr is {}; the \
+             other members reach node {id} at the address the list gives, so give the same one \
+             to both",
+            args.raft_addr
+        )),
+        None if !members.is_empty() && args.join.is_empty() => Err(format!(
+            "--initial-members does not include this node ({id}); add it, or give --join to \
+             join the cluster they formed"
+        )),
+        _ => Ok(()),
+    }
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -370,12 +402,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 None => id_from_hostname()?,
             };
             let members = parse_members(&args.initial_members)?;
-            if !members.is_empty() && !members.contains_key(&id) && args.join.is_empty() {
-                return Err(format!(
-                    "--initial-members does not include this node ({id}); add it, or give \
-                     --join to join the cluster they formed"
-                ));
-            }
+            check_node_addrs(id, &args, &members)?;
             let raft_listen = args
                 .raft_listen_addr
                 .unwrap_or_else(|| args.raft_addr.clone());
@@ -503,6 +530,8 @@ mod tests {
             ("1=", "\"\" is not host:port"),
             ("x=host:1", "\"x\" is not a node id"),
             ("host:1", "expected id=host:port"),
+            ("1=0.0.0.0:7", "is the any-address"),
+            ("1=[::]:7", "is the any-address"),
         ];
         for (list, why) in refused {
             match members(list) {

@@ -220,10 +220,53 @@ fn a_malformed_worker_thread_count_is_refused_cleanly_and_the_flag_overrides_it(
 /// Runs `kv node --id <id>` with its data in `data`; its exit status and standard error, or
 /// `None` if it was still running after 20 s (then it is killed).
 fn node_with_id(id: &str, data: &Path) -> Option<(std::process::ExitStatus, String)> {
+    let raft = format!("127.0.0.1:{}", free_port());
+    node_with_args(data, &["--id", id, "--raft-addr", &raft])
+}
+
+/// Runs `kv node` with `args` and its data in `data` until it says it is running (then it is
+/// killed); what it wrote to standard error if it exited first or did not start within 20 s.
+fn node_started(data: &Path, args: &[&str]) -> Result<(), String> {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kv"))
-        .args(["node", "--id", id, "--data-dir"])
+        .arg("node")
+        .args(args)
+        .arg("--data-dir")
         .arg(data)
-        .args(["--raft-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--resp-addr", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kv");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reading blocks until the node writes or exits; the line comes back over the channel.
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    if line.contains("RESP on") {
+        return Ok(());
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    Err(err)
+}
+
+/// Runs `kv node` with `args` and its data in `data`, listening for RESP on a free port; its
+/// exit status and standard error, or `None` if it was still running after 20 s (then it is
+/// killed).
+fn node_with_args(data: &Path, args: &[&str]) -> Option<(std::process::ExitStatus, String)> {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kv"))
+        .arg("node")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
         .args(["--resp-addr", &format!("127.0.0.1:{}", free_port())])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -247,6 +290,83 @@ fn node_with_id(id: &str, data: &Path) -> Option<(std::process::ExitStatus, Stri
         let _ = e.read_to_string(&mut err);
     }
     status.map(|s| (s, err))
+}
+
+#[test]
+fn node_addresses_others_cannot_use_are_refused_before_anything_is_created() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let (p, q) = (free_port(), free_port());
+    let me = format!("127.0.0.1:{p}");
+    let any = format!("0.0.0.0:{p}");
+    let elsewhere = format!("1=127.0.0.1:{q},2=127.0.0.1:{}", free_port());
+    let listed_elsewhere = format!("1=127.0.0.1:{q},2={me}");
+    let listed_here = format!("1={me}");
+    let refused: [&[&str]; 5] = [
+        // Advertising the any-address: each node would reach its own machine there.
+        &["--id", "1", "--raft-addr", &any],
+        &[
+            "--id",
+            "1",
+            "--raft-addr",
+            &me,
+            "--initial-members",
+            &format!("1={me},2={any}"),
+        ],
+        // This node listed at another address than the one it gives.
+        &[
+            "--id",
+            "1",
+            "--raft-addr",
+            &me,
+            "--initial-members",
+            &elsewhere,
+        ],
+        // Not a node address at all.
+        &["--id", "1", "--raft-addr", &format!("127.0.0.1:{p}/x")],
+        &["--id", "3", "--raft-addr", &me, "--join", "127.0.0.1"],
+    ];
+    for args in refused {
+        let (status, err) = node_with_args(&data, args).expect("kv node still running");
+        assert!(!status.success(), "{args:?} accepted: {err}");
+        assert!(!data.exists(), "{args:?}: the data directory was created");
+    }
+    // The same node, listed where it says it is, starts (and is stopped here).
+    let listens = [
+        &[
+            "--id",
+            "2",
+            "--raft-addr",
+            &me,
+            "--initial-members",
+            &listed_elsewhere,
+        ][..],
+        &[
+            "--id",
+            "1",
+            "--raft-addr",
+            &me,
+            "--initial-members",
+            &listed_here,
+        ],
+        // Listening on every address (open, so without credentials it needs --insecure).
+        &[
+            "--id",
+            "1",
+            "--raft-addr",
+            &me,
+            "--raft-listen-addr",
+            &any,
+            "--insecure",
+        ],
+    ];
+    for args in listens {
+        if let Err(err) = node_started(&data, args) {
+            panic!("{args:?} refused: {err}");
+        }
+        assert!(data.join("wal").exists(), "{args:?}: no log was created");
+        std::fs::remove_dir_all(&data).expect("remove the data directory");
+    }
 }
 
 #[test]
