@@ -29,6 +29,52 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError
     Ok(postcard::experimental::serialized_size(value)?)
 }
 
+/// Encodes `value` into a fresh buffer unless its encoding is longer than `max` bytes: then
+/// `Ok(None)`, found as soon as the encoding passes `max`, so no more than `max` bytes are
+/// built however long the whole encoding would be (a value may share one large part many
+/// times over).
+pub fn encode_within<T: Serialize + ?Sized>(
+    value: &T,
+    max: usize,
+) -> Result<Option<Vec<u8>>, CodecError> {
+    let bounded = Bounded {
+        buf: Vec::new(),
+        max,
+    };
+    match postcard::serialize_with_flavor(value, bounded) {
+        Ok(buf) => Ok(Some(buf)),
+        // Only `Bounded` reports a full buffer.
+        Err(postcard::Error::SerializeBufferFull) => Ok(None),
+        Err(e) => Err(CodecError(e)),
+    }
+}
+
+/// An output buffer that refuses to grow past `max` bytes.
+struct Bounded {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl postcard::ser_flavors::Flavor for Bounded {
+    type Output = Vec<u8>;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if data.len() > self.max - self.buf.len() {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.try_extend(&[data])
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.buf)
+    }
+}
+
 /// Appends the encoding of `value` to `buf`, reusing its allocation.
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
     postcard::to_io(value, &mut *buf)?;
@@ -232,6 +278,22 @@ mod tests {
         assert_eq!(decode::<(u64, String)>(&bytes).unwrap(), v);
         bytes.push(0);
         assert!(decode::<(u64, String)>(&bytes).is_err());
+    }
+
+    #[test]
+    fn encode_within_builds_at_most_max_bytes() {
+        let part = vec![7u8; 1000];
+        let v: Vec<&Vec<u8>> = vec![&part; 50];
+        let whole = encode(&v).unwrap();
+        assert_eq!(encode_within(&v, whole.len()).unwrap(), Some(whole.clone()));
+        assert_eq!(encode_within(&v, usize::MAX).unwrap(), Some(whole.clone()));
+        assert_eq!(encode_within(&v, whole.len() - 1).unwrap(), None);
+        assert_eq!(encode_within(&v, 0).unwrap(), None);
+        assert_eq!(encode_within(&(), 0).unwrap(), Some(Vec::new()));
+        // One MiB shared a million times over: a TiB if it were all built.
+        let mib = vec![1u8; 1 << 20];
+        let huge: Vec<&[u8]> = vec![&mib[..]; 1_000_000];
+        assert_eq!(encode_within(&huge, 4 << 20).unwrap(), None);
     }
 
     #[test]

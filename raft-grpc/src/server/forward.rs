@@ -257,25 +257,26 @@ pub(super) fn serve_query<S: Queryable>(
             )
         })?;
         let reply = shared.read(query, c, timeout).await?;
-        // A reply over the message limit is refused before it is encoded: its parts may share
-        // one large value many times over, so its encoding can be far larger than the reply.
-        // The limit applies to the whole `ReadReply` message, so its own fields count too.
+        // A reply over the message limit is refused as soon as its encoding passes the limit:
+        // its parts may share one large value many times over, so its encoding can be far
+        // larger than the reply. The limit applies to the whole `ReadReply` message, so its own
+        // fields count too.
         let max = shared.opts.max_message_bytes;
         let served_by = shared.node.id();
-        let encoded = raft_core::codec::encoded_len(&reply).map_err(|e| {
-            status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string())
-        })?;
-        let size = read_reply_len(encoded, served_by);
-        if size > max {
-            return Err(status::status(
+        let too_large = |what: String| {
+            status::status(
                 Code::ResourceExhausted,
                 ErrorCode::TooLarge,
-                format!("the reply of {size} bytes exceeds the message limit of {max} bytes"),
-            ));
+                format!("{what} exceeds the message limit of {max} bytes"),
+            )
+        };
+        let bytes = raft_core::codec::encode_within(&reply, max)
+            .map_err(|e| status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string()))?
+            .ok_or_else(|| too_large("the reply".into()))?;
+        let size = read_reply_len(bytes.len(), served_by);
+        if size > max {
+            return Err(too_large(format!("the reply of {size} bytes")));
         }
-        let bytes = raft_core::codec::encode(&reply).map_err(|e| {
-            status::status(Code::Internal, ErrorCode::OutputEncoding, e.to_string())
-        })?;
         Ok(pb::ReadReply {
             reply: bytes.into(),
             served_by,
