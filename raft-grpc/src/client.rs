@@ -569,7 +569,7 @@ impl<S: Queryable> ClusterClient<S> {
         mut attempt: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(Client, Duration, String) -> Fut,
+        F: FnMut(Client, Duration, &str) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let o = &self.inner.opts;
@@ -582,7 +582,7 @@ impl<S: Queryable> ClusterClient<S> {
             attempts += 1;
             let per_attempt = o.attempt_timeout.min(backoff.remaining());
             let outcome = match self.client(&target) {
-                Ok(c) => attempt(c, per_attempt, target.clone()).await,
+                Ok(c) => attempt(c, per_attempt, &target).await,
                 Err(s) => Err(s),
             };
             let status = match outcome {
@@ -1090,21 +1090,24 @@ impl<S: Queryable> ClusterClient<S> {
         let busy = Mutex::new(BTreeSet::new());
         let (nodes_ref, busy) = (&nodes, &busy);
         let started = self
-            .retry_at(self.next_endpoint(), |mut c, t, addr| async move {
-                let call = c.backup(tonic::Request::new(pb::BackupRequest {}));
-                let status = match tokio::time::timeout(t, call).await {
-                    Ok(Ok(r)) => return Ok(Some((r.into_inner(), addr))),
-                    Ok(Err(status)) => status,
-                    Err(_) => Status::deadline_exceeded("the backup did not start in time"),
-                };
-                if matches!(RequestError::from(&status), RequestError::Busy(_)) {
-                    let mut busy = busy.lock().unwrap_or_else(|p| p.into_inner());
-                    busy.insert(addr);
-                    if nodes_ref.iter().all(|n| busy.contains(*n)) {
-                        return Ok(None);
+            .retry_at(self.next_endpoint(), |mut c, t, addr| {
+                let addr = addr.to_string();
+                async move {
+                    let call = c.backup(tonic::Request::new(pb::BackupRequest {}));
+                    let status = match tokio::time::timeout(t, call).await {
+                        Ok(Ok(r)) => return Ok(Some((r.into_inner(), addr))),
+                        Ok(Err(status)) => status,
+                        Err(_) => Status::deadline_exceeded("the backup did not start in time"),
+                    };
+                    if matches!(RequestError::from(&status), RequestError::Busy(_)) {
+                        let mut busy = busy.lock().unwrap_or_else(|p| p.into_inner());
+                        busy.insert(addr);
+                        if nodes_ref.iter().all(|n| busy.contains(*n)) {
+                            return Ok(None);
+                        }
                     }
+                    Err(status)
                 }
-                Err(status)
             })
             .await?;
         let Some((stream, addr)) = started else {
