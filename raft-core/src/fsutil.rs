@@ -20,6 +20,21 @@ pub struct PathError {
     pub source: io::Error,
 }
 
+/// A copy with the same operation and path, and an I/O error of the same kind and OS error
+/// code (an `io::Error` is not `Clone`; one that carries no OS code keeps its kind and message).
+impl Clone for PathError {
+    fn clone(&self) -> Self {
+        PathError {
+            op: self.op,
+            path: self.path.clone(),
+            source: match self.source.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(self.source.kind(), self.source.to_string()),
+            },
+        }
+    }
+}
+
 /// Attaches `op` and `path` to an I/O error.
 pub(crate) fn at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PathError + 'a {
     move |source| PathError {

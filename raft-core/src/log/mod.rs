@@ -119,8 +119,9 @@ use crate::types::NodeId;
 use crate::types::TypeConfig;
 use crate::types::Vote;
 
-/// Everything that can go wrong in the log's storage.
-#[derive(Debug, thiserror::Error)]
+/// Everything that can go wrong in the log's storage. A clone of an I/O failure has the same
+/// kind and OS error code (see [`PathError`]'s `Clone`).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LogError {
     /// A file operation failed.
     #[error(transparent)]
@@ -197,49 +198,6 @@ impl LogError {
             self,
             LogError::OutOfOrder { .. } | LogError::Encode(_) | LogError::Failed { .. }
         )
-    }
-
-    /// A second value of this error, for when both the log's failed state and the caller that
-    /// hit the failure need one: the same variant, fields, and for an I/O error the same kind
-    /// and OS error code (an I/O error that carries no code keeps its kind and message).
-    pub(crate) fn duplicate(&self) -> LogError {
-        match self {
-            LogError::Io(p) => LogError::Io(PathError {
-                op: p.op,
-                path: p.path.clone(),
-                source: match p.source.raw_os_error() {
-                    Some(code) => io::Error::from_raw_os_error(code),
-                    None => io::Error::new(p.source.kind(), p.source.to_string()),
-                },
-            }),
-            LogError::Corrupt {
-                file,
-                offset,
-                reason,
-            } => LogError::Corrupt {
-                file: file.clone(),
-                offset: *offset,
-                reason: reason.clone(),
-            },
-            LogError::WrongNode {
-                dir,
-                expected,
-                found,
-            } => LogError::WrongNode {
-                dir: dir.clone(),
-                expected: *expected,
-                found: *found,
-            },
-            LogError::Locked { dir } => LogError::Locked { dir: dir.clone() },
-            LogError::OutOfOrder { expected, got } => LogError::OutOfOrder {
-                expected: *expected,
-                got: *got,
-            },
-            LogError::Encode(why) => LogError::Encode(why.clone()),
-            LogError::Failed { earlier } => LogError::Failed {
-                earlier: earlier.clone(),
-            },
-        }
     }
 }
 
@@ -535,18 +493,32 @@ impl RaftLogReader<TypeConfig> for LogReader {
             fits
         };
         match &self.backend {
-            // In chunks under one read lock, sized by what the budget has left over the entries'
-            // average so far: small entries go many at a time, and a run of large ones is read
-            // one by one, never whole only to be cut.
+            // In chunks sized by what the budget has left over the entries' average so far:
+            // small entries go many at a time, and a run of large ones is read one by one, never
+            // whole only to be cut. Each chunk takes the read lock on its own, so appends wait
+            // for one chunk's reads from disk at most, not for a whole budget of them (a
+            // follower catching up from old entries would otherwise hold up every write). The
+            // chunks stay one run of one log: once the tail was cut, or the head purged past
+            // the next entry, what was read so far is returned, as a read under one lock that
+            // ended there would have.
             ReaderBackend::Durable(view) => {
-                let v = view.read();
                 let mut index = start;
                 let mut chunk = 1u64;
+                let mut cuts = None;
                 'read: while index < end {
                     let hi = index.saturating_add(chunk).min(end);
-                    let entries = v.read_range(index, hi)?;
-                    if entries.is_empty() && !out.is_empty() {
-                        break; // the log ends here
+                    #[cfg(test)]
+                    tests::before_chunk(view);
+                    let entries = {
+                        let v = view.read();
+                        if *cuts.get_or_insert(v.cuts()) != v.cuts() {
+                            break;
+                        }
+                        v.read_range(index, hi)?
+                    };
+                    let gap = entries.first().is_some_and(|e| e.log_id.index != index);
+                    if !out.is_empty() && (entries.is_empty() || gap) {
+                        break; // the log ends (or was purged) here
                     }
                     for e in entries {
                         if !take(e, &mut out, &mut total) {

@@ -1,10 +1,16 @@
 //! Tests of the log: openraft's storage suite, durability across reopen, crash recovery and a
 //! model-based property test.
 
+use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Context;
+use std::task::Poll;
+use std::task::Waker;
 
 use bytes::Bytes;
 use openraft::RaftLogReader;
@@ -18,6 +24,7 @@ use super::LogStore;
 use super::WalOptions;
 use super::record;
 use super::segment;
+use super::wal::SharedView;
 use super::wal::WalRecord;
 use crate::apply::Applier;
 use crate::apply::SmShared;
@@ -191,6 +198,84 @@ async fn the_entry_cache_is_bounded_in_bytes_as_well_as_in_entries() {
     );
     // What fell out of the cache is read back from disk.
     assert_eq!(all_entries(&mut log).await, written);
+}
+
+// ---- reading while the log is written ------------------------------------------------------
+
+/// What a test runs before each chunk a reader reads from disk.
+type ChunkHook = Box<dyn FnMut(&SharedView)>;
+
+thread_local! {
+    /// Runs before each chunk a reader reads from disk (see
+    /// `LogReader::limited_get_log_entries`), on the reader's thread.
+    static BEFORE_CHUNK: RefCell<Option<ChunkHook>> = const { RefCell::new(None) };
+}
+
+pub(super) fn before_chunk(view: &SharedView) {
+    BEFORE_CHUNK.with(|hook| {
+        if let Some(f) = hook.borrow_mut().as_mut() {
+            f(view);
+        }
+    });
+}
+
+/// Runs a future that never waits (a log call that only does blocking work).
+fn at_once<T>(f: impl Future<Output = T>) -> T {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("the call waited"),
+    }
+}
+
+#[tokio::test]
+async fn a_long_read_lets_writes_in_between_its_chunks_and_returns_one_run_of_one_log() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three cached entries: the read goes to disk.
+    let mut log = open(dir.path()).unwrap();
+    let old: Vec<Entry> = (1..=200).map(|i| entry(1, i, 100)).collect();
+    append(&mut log, old.clone()).await;
+    let mut reader = log.get_log_reader().await;
+    let log = Rc::new(RefCell::new(log));
+    let chunks = Rc::new(Cell::new(0));
+    let hook = {
+        let (log, chunks) = (log.clone(), chunks.clone());
+        move |view: &SharedView| {
+            assert!(
+                view.is_free(),
+                "a reader holds the log's lock between its chunks"
+            );
+            chunks.set(chunks.get() + 1);
+            if chunks.get() == 3 {
+                // Between two chunks, a new leader's entries replace the tail from entry 30.
+                let mut log = log.borrow_mut();
+                at_once(log.truncate_after(Some(types::log_id(1, 1, 29)))).unwrap();
+                log.append_with((30..=200).map(|i| entry(2, i, 100)), |_| {})
+                    .unwrap();
+            }
+        }
+    };
+    BEFORE_CHUNK.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
+    let got = reader.limited_get_log_entries(1, 201).await;
+    BEFORE_CHUNK.with(|h| *h.borrow_mut() = None);
+    let got = got.unwrap();
+    assert!(chunks.get() >= 3, "read in {} chunks", chunks.get());
+    // What was read before the tail changed, and nothing of the new tail after it.
+    assert!(
+        !got.is_empty() && old.starts_with(&got),
+        "read {} entries, not a prefix of the log they started from",
+        got.len()
+    );
+    // The log now holds the new tail.
+    drop(reader);
+    let mut log = Rc::try_unwrap(log)
+        .ok()
+        .expect("the hook is gone")
+        .into_inner();
+    let now = all_entries(&mut log).await;
+    assert_eq!(now[..29], old[..29]);
+    assert!(now[29..].iter().all(|e| e.log_id.leader_id.term == 2));
+    assert_eq!(now.len(), 200);
 }
 
 // ---- durability across reopen ---------------------------------------------------------------

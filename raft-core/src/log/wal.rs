@@ -153,6 +153,9 @@ pub(crate) struct View {
     /// The sum of the cached entries' record sizes, and its bound.
     cache_size: usize,
     cache_cap_bytes: usize,
+    /// How many times the tail has been cut: a reader that reads a run of entries under
+    /// several locks knows it is one run of one log while this stays put.
+    cuts: u64,
 }
 
 impl View {
@@ -169,7 +172,13 @@ impl View {
             cache_cap: opts.cache_entries,
             cache_size: 0,
             cache_cap_bytes: opts.cache_bytes,
+            cuts: 0,
         }
+    }
+
+    /// How many times the tail has been cut (see `cuts`).
+    pub fn cuts(&self) -> u64 {
+        self.cuts
     }
 
     /// One past the last live entry.
@@ -267,6 +276,7 @@ impl View {
     }
 
     fn truncate_from(&mut self, index: u64) {
+        self.cuts += 1;
         let keep = index.saturating_sub(self.first) as usize;
         self.locs.truncate(keep);
         let keep_cache = index.saturating_sub(self.cache_first) as usize;
@@ -319,6 +329,12 @@ pub(crate) struct SharedView(Arc<RwLock<View>>);
 impl SharedView {
     pub fn read(&self) -> RwLockReadGuard<'_, View> {
         crate::sync::read(&self.0)
+    }
+
+    /// Whether nobody holds the lock now (a writer could take it at once).
+    #[cfg(test)]
+    pub fn is_free(&self) -> bool {
+        self.0.try_write().is_ok()
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, View> {
@@ -574,7 +590,7 @@ impl Wal {
     fn record_failure<T>(&self, r: Result<T, LogError>) -> Result<T, LogError> {
         match r {
             Err(e) if e.fails_the_log() => {
-                let for_caller = e.duplicate();
+                let for_caller = e.clone();
                 self.flusher.fail(e);
                 Err(for_caller)
             }
