@@ -224,19 +224,25 @@ fn node_with_id(id: &str, data: &Path) -> Option<(std::process::ExitStatus, Stri
     node_with_args(data, &["--id", id, "--raft-addr", &raft])
 }
 
-/// Runs `kv node` with `args` and its data in `data` until it says it is running (then it is
-/// killed); what it wrote to standard error if it exited first or did not start within 20 s.
-fn node_started(data: &Path, args: &[&str]) -> Result<(), String> {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kv"))
+/// Starts `kv node` with `args`, its data in `data` and RESP on a free port, its standard
+/// output going to `stdout` and its standard error piped.
+fn spawn_node(data: &Path, args: &[&str], stdout: std::process::Stdio) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kv"))
         .arg("node")
         .args(args)
         .arg("--data-dir")
         .arg(data)
         .args(["--resp-addr", &format!("127.0.0.1:{}", free_port())])
-        .stdout(std::process::Stdio::piped())
+        .stdout(stdout)
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("run kv");
+        .expect("run kv")
+}
+
+/// Runs `kv node` with `args` and its data in `data` until it says it is running (then it is
+/// killed); what it wrote to standard error if it exited first or did not start within 20 s.
+fn node_started(data: &Path, args: &[&str]) -> Result<(), String> {
+    let mut child = spawn_node(data, args, std::process::Stdio::piped());
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     // Reading blocks until the node writes or exits; the line comes back over the channel.
@@ -262,16 +268,7 @@ fn node_started(data: &Path, args: &[&str]) -> Result<(), String> {
 /// exit status and standard error, or `None` if it was still running after 20 s (then it is
 /// killed).
 fn node_with_args(data: &Path, args: &[&str]) -> Option<(std::process::ExitStatus, String)> {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kv"))
-        .arg("node")
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--resp-addr", &format!("127.0.0.1:{}", free_port())])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run kv");
+    let mut child = spawn_node(data, args, std::process::Stdio::null());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for kv") {
