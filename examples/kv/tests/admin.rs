@@ -142,29 +142,30 @@ async fn the_cli_lists_adds_promotes_transfers_and_removes_members() {
     );
 }
 
+/// `kv member list` of a cluster of nodes 1 to 3, all voters.
+fn three_voters() -> Vec<(u64, String)> {
+    (1..=3).map(|id| (id, "voter".to_string())).collect()
+}
+
+/// Waits until `kv member list` shows a leader.
+async fn leader_known(dir: &Path, endpoints: &str) {
+    poll("a leader known to the cluster", dir, &[1, 2, 3], || async {
+        let out = kv(&["member", "list", "--json"], endpoints);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.as_array()?
+            .iter()
+            .any(|r| r["leader"] == true)
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_add_refuses_what_is_in_use_and_tells_of_a_learner_left_behind() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_procs, ports, endpoints) = three_nodes(dir.path(), &[]);
-    let voters = vec![
-        (1, "voter".to_string()),
-        (2, "voter".to_string()),
-        (3, "voter".to_string()),
-    ];
-    poll(
-        "a leader known to the cluster",
-        dir.path(),
-        &[1, 2, 3],
-        || async {
-            let out = kv(&["member", "list", "--json"], &endpoints);
-            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-            v.as_array()?
-                .iter()
-                .any(|r| r["leader"] == true)
-                .then_some(())
-        },
-    )
-    .await;
+    let voters = three_voters();
+    leader_known(dir.path(), &endpoints).await;
     let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
 
     // Node 2 at another address: refused, naming where it is; nothing changes.
@@ -262,20 +263,8 @@ fn refused_at_once(
 async fn member_add_refuses_at_once_a_node_not_running_another_node_or_another_clusters() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_procs, _ports, endpoints) = three_nodes(dir.path(), &[]);
-    let voters = vec![
-        (1, "voter".to_string()),
-        (2, "voter".to_string()),
-        (3, "voter".to_string()),
-    ];
-    poll("a leader", dir.path(), &[1, 2, 3], || async {
-        let out = kv(&["member", "list", "--json"], &endpoints);
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        v.as_array()?
-            .iter()
-            .any(|r| r["leader"] == true)
-            .then_some(())
-    })
-    .await;
+    let voters = three_voters();
+    leader_known(dir.path(), &endpoints).await;
 
     // Nothing at the address.
     let nobody = format!("127.0.0.1:{}", common::free_port());
