@@ -46,7 +46,8 @@
 //!   its entries in, the log last. A failed restore removes what it created; an interrupted
 //!   one leaves its work directory, which the next restore removes, or, if it was stopped
 //!   while moving entries in, a directory the next restore refuses with
-//!   [`BackupError::Interrupted`];
+//!   [`BackupError::Interrupted`]. [`Node::start`](crate::Node::start) refuses a directory a
+//!   restore is filling, or one it left like that, with the same errors;
 //! * the backup's checksum is taken again as its state is copied, so bytes that change
 //!   between the two reads are refused ([`BackupError::Changed`]) rather than sealed under the
 //!   new snapshot's checksum;
@@ -200,8 +201,10 @@ pub enum BackupError {
         /// The backup file.
         path: PathBuf,
     },
-    /// Another restore into the same data directory is running; nothing was written.
-    #[error("another restore into {} is running", dir.display())]
+    /// A restore into the data directory is running (it holds the directory's lock), so another
+    /// restore, or a node's start, was refused; nothing was written. A restore that meets a
+    /// node in the moment it checks the directory at start is refused with this too.
+    #[error("a restore into {} is running", dir.display())]
     RestoreRunning {
         /// The data directory.
         dir: PathBuf,
@@ -407,6 +410,48 @@ fn lock(file: &fs::File, path: &Path, wait: bool) -> Result<bool, BackupError> {
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(false),
         Err(e) => Err(at("lock", path)(e.into()).into()),
     }
+}
+
+/// Keeps restores out of a data directory while a node opens it; see [`guard_start`].
+pub(crate) struct StartGuard {
+    /// The directory, holding a shared `flock` until dropped (`None`: it did not exist).
+    _dir: Option<fs::File>,
+}
+
+/// Checks, before a node opens `dir`, that no restore is filling it
+/// ([`BackupError::RestoreRunning`]) and that none left it half built
+/// ([`BackupError::Interrupted`]), and keeps a restore from starting into it until the guard is
+/// dropped. A restore into an existing directory holds an exclusive `flock` on it for its whole
+/// run; the guard holds a shared one, so nodes do not exclude each other here (the log's own
+/// lock does that). A missing directory needs no guard: a restore puts one in place with a
+/// rename that fails if the name exists, so the node sees either nothing or a complete
+/// restore. Blocking.
+pub(crate) fn guard_start(dir: &Path) -> Result<StartGuard, BackupError> {
+    let handle = match fs::File::open(dir) {
+        Ok(h) => h,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(StartGuard { _dir: None }),
+        Err(e) => return Err(at("open", dir)(e).into()),
+    };
+    match rustix::fs::flock(&handle, rustix::fs::FlockOperation::NonBlockingLockShared) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            return Err(BackupError::RestoreRunning {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Err(e) => return Err(at("lock", dir)(e.into()).into()),
+    }
+    for entry in fs::read_dir(dir).map_err(at("list", dir))? {
+        let name = entry.map_err(at("list", dir))?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(WORK_MARK) {
+            return Err(BackupError::Interrupted {
+                dir: dir.to_path_buf(),
+                leftover: name.into_owned(),
+            });
+        }
+    }
+    Ok(StartGuard { _dir: Some(handle) })
 }
 
 /// Prepares `data_dir` for node `id` of a new cluster of `initial_members` (id → raft address,

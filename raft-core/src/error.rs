@@ -59,7 +59,8 @@ pub enum Error {
     /// A snapshot could not be read, written or verified.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
-    /// A backup could not be written.
+    /// A backup could not be written, or a node did not start on a data directory that a
+    /// restore is filling or left half built.
     #[error(transparent)]
     Backup(#[from] BackupError),
     /// A storage failure reported by the consensus engine; the node has stopped.

@@ -184,6 +184,13 @@ impl<S: StateMachine> Node<S> {
     /// A node with durable storage that ran before needs nothing else. A brand-new cluster is
     /// formed by calling [`Node::initialize`] on one node; a new node joining an existing cluster
     /// is added by the leader with [`Node::add_learner`].
+    ///
+    /// A data directory that a restore is filling, or that an interrupted restore left half
+    /// built, is refused with [`Error::Backup`] ([`BackupError::RestoreRunning`] or
+    /// [`BackupError::Interrupted`](crate::backup::BackupError::Interrupted)) before anything in
+    /// it is read or created.
+    ///
+    /// [`BackupError::RestoreRunning`]: crate::backup::BackupError::RestoreRunning
     pub async fn start(
         config: Config,
         state_machine: S,
@@ -191,6 +198,8 @@ impl<S: StateMachine> Node<S> {
     ) -> Result<Node<S>> {
         let raft_config = Arc::new(config.to_openraft()?);
         let id = config.id;
+        // Before anything is read or created: no restore may be filling the directory.
+        let _restore_guard = Self::guard_against_restore(&config.storage).await?;
         // The cluster id first: the snapshot store checks its files against it.
         let cluster = Arc::new(Self::open_cluster_id(&config.storage).await?);
         let incarnation = Self::open_incarnation(&config.storage).await?;
@@ -278,6 +287,17 @@ impl<S: StateMachine> Node<S> {
         })
         .await
         .map_err(|e| Error::Fatal(format!("storage open task failed: {e}")))?
+    }
+
+    async fn guard_against_restore(storage: &Storage) -> Result<Option<crate::backup::StartGuard>> {
+        let Storage::Dir(dir) = storage else {
+            return Ok(None);
+        };
+        let dir = dir.clone();
+        let guard = tokio::task::spawn_blocking(move || crate::backup::guard_start(&dir))
+            .await
+            .map_err(|e| Error::Fatal(format!("data directory check failed: {e}")))??;
+        Ok(Some(guard))
     }
 
     async fn open_cluster_id(storage: &Storage) -> Result<ClusterIdentity> {

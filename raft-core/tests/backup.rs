@@ -753,3 +753,46 @@ async fn what_an_interrupted_restore_left_is_removed_or_named_never_restored_ove
     );
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_does_not_start_on_a_directory_a_restore_is_filling_or_left_half_built() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (good, _) = small_backup(dir.path()).await;
+    let router = Router::new(4);
+    let start = |data: &Path| Node::start(config(1, data), KvStore::default(), router.transport(1));
+
+    // A restore into an existing directory holds the directory's lock while it fills it.
+    let mount = dir.path().join("mount");
+    fs::create_dir_all(mount.join(".restore-4242-0/snapshots")).unwrap();
+    let held = fs::File::open(&mount).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let err = start(&mount).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Backup(BackupError::RestoreRunning { dir }) if dir == &mount),
+        "{err}"
+    );
+    assert!(!err.may_have_applied());
+    assert_eq!(names_in(&mount), [".restore-4242-0"], "nothing created");
+
+    // Stopped while moving its entries in: the node refuses what it left.
+    drop(held);
+    fs::create_dir_all(mount.join("snapshots")).unwrap();
+    let err = start(&mount).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Backup(BackupError::Interrupted { dir, leftover })
+            if dir == &mount && leftover == ".restore-4242-0"),
+        "{err}"
+    );
+    assert_eq!(names_in(&mount), [".restore-4242-0", "snapshots"]);
+
+    // Emptied and restored again, it starts, and a restore into it is refused as occupied.
+    fs::remove_dir_all(mount.join(".restore-4242-0")).unwrap();
+    fs::remove_dir_all(mount.join("snapshots")).unwrap();
+    backup::restore_data_dir(&good, &mount, 1, &members(&[1]), None).unwrap();
+    let node = start(&mount).await.unwrap();
+    assert!(node.is_initialized().await.unwrap());
+    let err = backup::restore_data_dir(&good, &mount, 1, &members(&[1]), None).unwrap_err();
+    assert!(matches!(err, BackupError::NotEmpty { .. }), "{err}");
+    node.shutdown().await.unwrap();
+}
