@@ -229,6 +229,22 @@ pub enum ClientError {
         /// The nodes asked, by address.
         nodes: Vec<String>,
     },
+    /// No node started the backup before the retry budget ran out: the nodes in `busy`
+    /// answered that they are already writing one, the others failed. Nothing was written; a
+    /// later attempt can succeed.
+    #[error(
+        "no node started the backup: {} already writing one, the others failed \
+         ({attempts} attempts; last: {last}); try again later",
+        busy.join(", ")
+    )]
+    BusyOrFailed {
+        /// The nodes that answered busy, by address.
+        busy: Vec<String>,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last failure.
+        last: RequestError,
+    },
     /// The client was closed ([`ClusterClient::close`]): a write was refused before anything
     /// was sent.
     #[error("the client was closed")]
@@ -1076,7 +1092,9 @@ impl<S: Queryable> ClusterClient<S> {
     /// The nodes are tried in turn until one starts the stream (any node serves a backup, at a
     /// linearizable read index from the leader). A node writes one backup at a time; one that
     /// is busy is passed over, and once every configured node has answered busy the backup
-    /// fails with [`ClientError::AllBusy`]. The transfer itself has no overall deadline, so a
+    /// fails with [`ClientError::AllBusy`]. If the retry budget runs out while some nodes
+    /// answer busy and the others fail, it fails with [`ClientError::BusyOrFailed`], naming
+    /// the busy ones. The transfer itself has no overall deadline, so a
     /// large state can take as long as it needs, but it fails if the first chunk does not
     /// arrive within [`ClientOptions::backup_start_timeout`], or a later one within
     /// [`ClientOptions::attempt_timeout`] of the one before. The size and checksum are
@@ -1109,7 +1127,22 @@ impl<S: Queryable> ClusterClient<S> {
                     Err(status)
                 }
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                ClientError::GaveUp { attempts, last } => {
+                    let busy = busy.lock().unwrap_or_else(|p| p.into_inner());
+                    if busy.is_empty() {
+                        ClientError::GaveUp { attempts, last }
+                    } else {
+                        ClientError::BusyOrFailed {
+                            busy: busy.iter().cloned().collect(),
+                            attempts,
+                            last,
+                        }
+                    }
+                }
+                e => e,
+            })?;
         let Some((stream, addr)) = started else {
             return Err(ClientError::AllBusy {
                 nodes: nodes.into_iter().cloned().collect(),

@@ -114,7 +114,7 @@ impl tokio::io::AsyncWrite for Stalled {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_busy_with_a_backup_is_passed_over_for_another() {
-    let c = GrpcCluster::start(3, GrpcOptions::default(), |c| c).await;
+    let mut c = GrpcCluster::start(3, GrpcOptions::default(), |c| c).await;
     let writer: ClusterClient<Kv> =
         ClusterClient::new(c.endpoints(), ClientOptions::default()).unwrap();
     // About 12 MiB of state: far more than a stalled stream buffers (its queue and HTTP/2
@@ -155,7 +155,7 @@ async fn a_node_busy_with_a_backup_is_passed_over_for_another() {
 
     // The busy node first, then another: the other one serves the backup.
     let client: ClusterClient<Kv> =
-        ClusterClient::new([busy_addr, other_addr], ClientOptions::default()).unwrap();
+        ClusterClient::new([busy_addr.clone(), other_addr], ClientOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("backup");
     let mut file = tokio::fs::File::create(&path).await.unwrap();
@@ -177,6 +177,30 @@ async fn a_node_busy_with_a_backup_is_passed_over_for_another() {
     assert!(
         matches!(again, Err(Error::Backup(BackupError::Busy))),
         "{again:?}"
+    );
+
+    // The busy node and one that is down: once the budget runs out, the error names the busy
+    // one rather than only the last failure.
+    let down = *c
+        .addrs
+        .keys()
+        .find(|id| **id != busy && **id != other)
+        .unwrap();
+    let down_addr = c.addrs[&down].clone();
+    c.stop(down).await;
+    let budget = Duration::from_secs(2);
+    let mixed: ClusterClient<Kv> = ClusterClient::new(
+        [busy_addr.clone(), down_addr],
+        ClientOptions::default().with_total_timeout(budget),
+    )
+    .unwrap();
+    let refused = tokio::time::timeout(common::WAIT, mixed.backup(&mut tokio::io::sink()))
+        .await
+        .expect("refused within the wait");
+    assert!(
+        matches!(&refused, Err(ClientError::BusyOrFailed { busy, attempts, .. })
+            if busy.as_slice() == [busy_addr.as_str()] && *attempts >= 2),
+        "{refused:?}"
     );
     stalled.abort();
 }
