@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// A value could not be encoded or decoded.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("codec error: {0}")]
 pub struct CodecError(#[from] postcard::Error);
 

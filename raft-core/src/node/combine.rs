@@ -245,8 +245,9 @@ fn answer(done: Vec<Sender>, outcome: Result<Vec<Response>>) {
     }
 }
 
-/// The same failure for another writer of the same entry. Variants that carry no owned
-/// resources are copied exactly; the rest (storage and codec failures) keep their message.
+/// The same failure for another writer of the same entry. Every variant a write can end with
+/// is copied exactly; the rest (snapshot and backup failures, which hold I/O errors) keep their
+/// message.
 fn duplicate(e: &Error) -> Error {
     match e {
         Error::NotLeader(h) => Error::NotLeader(h.clone()),
@@ -256,6 +257,8 @@ fn duplicate(e: &Error) -> Error {
         Error::NoQuorum => Error::NoQuorum,
         Error::Rejected(a) => Error::Rejected(a.clone()),
         Error::Storage(s) => Error::Storage(s.clone()),
+        Error::Log(l) => Error::Log(l.clone()),
+        Error::Codec(c) => Error::Codec(c.clone()),
         Error::AlreadyInitialized => Error::AlreadyInitialized,
         Error::Membership(s) => Error::Membership(s.clone()),
         Error::CommandTooLarge { size, limit } => Error::CommandTooLarge {
@@ -393,18 +396,34 @@ mod tests {
 
     #[test]
     fn every_writer_of_a_failed_entry_learns_the_failure() {
-        let c = Combiner::new(1, 100);
-        let _ = c.join(req(1));
-        let rxs: Vec<_> = (0..3)
-            .map(|_| match c.join(req(1)) {
-                Joined::Queued(rx) => rx,
-                Joined::Propose(_) => panic!("slot should be taken"),
-            })
-            .collect();
-        let batch = c.release().unwrap_or_default();
-        answer(senders(batch), Err(Error::NoQuorum));
-        for mut rx in rxs {
-            assert!(matches!(rx.try_recv(), Ok(Err(Error::NoQuorum))));
+        let disk_full = || {
+            let io = std::io::Error::from_raw_os_error(28);
+            let at = crate::fsutil::at("fdatasync", std::path::Path::new("wal/x"));
+            Error::Log(crate::log::LogError::Io(at(io)))
+        };
+        for failure in [Error::NoQuorum, disk_full()] {
+            let c = Combiner::new(1, 100);
+            let _ = c.join(req(1));
+            let rxs: Vec<_> = (0..3)
+                .map(|_| match c.join(req(1)) {
+                    Joined::Queued(rx) => rx,
+                    Joined::Propose(_) => panic!("slot should be taken"),
+                })
+                .collect();
+            let batch = c.release().unwrap_or_default();
+            let expected = failure.to_string();
+            answer(senders(batch), Err(failure));
+            for mut rx in rxs {
+                // The failure itself (its variant and, for the log, its I/O error's kind).
+                match rx.try_recv() {
+                    Ok(Err(Error::NoQuorum)) => assert_eq!(expected, Error::NoQuorum.to_string()),
+                    Ok(Err(Error::Log(e))) => {
+                        assert_eq!(e.io_kind(), std::io::ErrorKind::StorageFull);
+                        assert_eq!(e.to_string(), expected);
+                    }
+                    other => panic!("{expected}: got {other:?}"),
+                }
+            }
         }
     }
 }
