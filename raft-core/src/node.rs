@@ -740,7 +740,9 @@ impl<S: StateMachine> Node<S> {
     ///   node that is already a voter at `addr` is left as it is; one that is already a learner
     ///   at `addr` is not added again, only waited for (so a retried call is safe).
     /// * An `id` that is a member at another address, or an `addr` that another member uses,
-    ///   is refused with [`Error::Membership`] and nothing changes.
+    ///   is refused with [`Error::Membership`] and nothing changes. Addresses are compared as
+    ///   endpoints without a resolver: IP addresses by value (`[::1]:7000` is
+    ///   `[0:0::1]:7000`), host names ignoring case; `localhost` and `127.0.0.1` differ.
     /// * If the learner was added but did not catch up within the request timeout (it is
     ///   unreachable, or far behind), this fails with [`Error::LearnerNotCaughtUp`]: it stays
     ///   a member until [`Node::remove_node`] removes it.
@@ -1277,6 +1279,21 @@ enum Member {
 /// Checks that `id` at `addr` can be added as a learner: `Ok(None)` for a new member,
 /// `Ok(Some(_))` if it is already a member at `addr`, and [`Error::Membership`] if `id` is a
 /// member at another address or another member uses `addr`.
+/// Whether two member addresses name the same endpoint as far as can be told without asking
+/// a resolver: equal socket addresses (`[::1]:7000` and `[0:0::1]:7000`), or, for host names,
+/// the same text but for case (DNS names ignore it). `localhost:7000` and `127.0.0.1:7000` are
+/// different addresses here.
+fn same_address(a: &str, b: &str) -> bool {
+    match (
+        a.parse::<std::net::SocketAddr>(),
+        b.parse::<std::net::SocketAddr>(),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        (Err(_), Err(_)) => a.eq_ignore_ascii_case(b),
+        _ => false,
+    }
+}
+
 fn membership_conflict(m: &Metrics, id: NodeId, addr: &str) -> Result<Option<Member>> {
     let role = |id: NodeId| {
         if m.voters.contains(&id) {
@@ -1290,7 +1307,7 @@ fn membership_conflict(m: &Metrics, id: NodeId, addr: &str) -> Result<Option<Mem
         Member::Learner => "learner",
     };
     if let Some(current) = m.members.get(&id) {
-        if current != addr {
+        if !same_address(current, addr) {
             return Err(Error::Membership(format!(
                 "node {id} is already a {} at {current}; remove it first, or use a new id",
                 name(role(id))
@@ -1298,11 +1315,28 @@ fn membership_conflict(m: &Metrics, id: NodeId, addr: &str) -> Result<Option<Mem
         }
         return Ok(Some(role(id)));
     }
-    if let Some((other, _)) = m.members.iter().find(|(_, a)| a.as_str() == addr) {
+    if let Some((other, _)) = m.members.iter().find(|(_, a)| same_address(a, addr)) {
         return Err(Error::Membership(format!(
             "{addr} is already the address of node {other} (a {}); give node {id} its own address",
             name(role(*other))
         )));
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_address;
+
+    #[test]
+    fn member_addresses_compare_as_endpoints() {
+        assert!(same_address("10.0.0.1:7000", "10.0.0.1:7000"));
+        assert!(same_address("[::1]:7000", "[0:0::1]:7000"));
+        assert!(same_address("Node-1.example:7000", "node-1.EXAMPLE:7000"));
+        assert!(!same_address("10.0.0.1:7000", "10.0.0.1:7001"));
+        assert!(!same_address("10.0.0.1:7000", "10.0.0.2:7000"));
+        assert!(!same_address("node-1:7000", "node-2:7000"));
+        // Telling these apart would need a resolver.
+        assert!(!same_address("localhost:7000", "127.0.0.1:7000"));
+    }
 }

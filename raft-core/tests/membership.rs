@@ -64,18 +64,24 @@ async fn an_id_or_address_in_use_is_refused_and_the_same_member_is_answered_as_i
         .expect("idempotent");
     assert_eq!(members(&leader), before);
     assert!(leader.metrics().voters.contains(&voter));
-
-    // A new id at an address another member uses: refused, naming that member.
-    c.launch(4).await.expect("node 4 starts");
-    let m = refusal(leader.add_learner(4, address(voter)).await);
-    assert!(
-        m.contains(&format!(
-            "{} is already the address of node {voter}",
-            address(voter)
-        )),
-        "{m}"
-    );
+    // Spelt with other case, a host name is the same address: the same answer.
+    leader
+        .add_learner(voter, address(voter).to_uppercase())
+        .await
+        .expect("the same address");
     assert_eq!(members(&leader), before);
+
+    // A new id at an address another member uses, however its host name is spelt: refused,
+    // naming that member.
+    c.launch(4).await.expect("node 4 starts");
+    for taken in [address(voter), address(voter).to_uppercase()] {
+        let m = refusal(leader.add_learner(4, taken.clone()).await);
+        assert!(
+            m.contains(&format!("{taken} is already the address of node {voter}")),
+            "{m}"
+        );
+        assert_eq!(members(&leader), before);
+    }
 
     // A learner: added once; again at its address is fine; at another address is refused.
     leader
