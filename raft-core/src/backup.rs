@@ -34,8 +34,8 @@
 //!
 //! [`restore_data_dir`] prepares the data directory of one node of the new cluster:
 //!
-//! * it refuses a directory that is not empty (`lost+found` aside, for a fresh volume), and
-//!   one another restore is filling;
+//! * it refuses a directory that is not empty (`lost+found` aside, for a fresh volume), one
+//!   another restore is filling, and one a node is starting on;
 //! * it verifies the backup's checksum before writing anything, and with
 //!   [`restore_data_dir_checked`] has the state machine read the state
 //!   ([`StateMachine::check_snapshot`]) first too;
@@ -165,7 +165,8 @@ pub enum BackupError {
     /// The backup covers no log entry (the cluster had applied nothing).
     #[error("the backup covers no log entry")]
     NothingApplied,
-    /// Writing the backup, or the restored data, failed.
+    /// Writing the backup, or the restored data, failed (or a node could not create or lock
+    /// its data directory at start).
     #[error(transparent)]
     Io(#[from] PathError),
     /// Writing the backup to the caller's writer failed (or the state machine's
@@ -202,10 +203,16 @@ pub enum BackupError {
         path: PathBuf,
     },
     /// A restore into the data directory is running (it holds the directory's lock), so another
-    /// restore, or a node's start, was refused; nothing was written. A restore that meets a
-    /// node in the moment it checks the directory at start is refused with this too.
+    /// restore, or a node's start, was refused; nothing was written.
     #[error("a restore into {} is running", dir.display())]
     RestoreRunning {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// A node is opening the data directory (it holds the directory's lock while it starts),
+    /// so a restore into it was refused; nothing was written.
+    #[error("a node is starting on {}; restore only into a directory no node uses", dir.display())]
+    NodeStarting {
         /// The data directory.
         dir: PathBuf,
     },
@@ -414,24 +421,20 @@ fn lock(file: &fs::File, path: &Path, wait: bool) -> Result<bool, BackupError> {
 
 /// Keeps restores out of a data directory while a node opens it; see [`guard_start`].
 pub(crate) struct StartGuard {
-    /// The directory, holding a shared `flock` until dropped (`None`: it did not exist).
-    _dir: Option<fs::File>,
+    /// The directory, holding a shared `flock` until dropped.
+    _dir: fs::File,
 }
 
 /// Checks, before a node opens `dir`, that no restore is filling it
 /// ([`BackupError::RestoreRunning`]) and that none left it half built
 /// ([`BackupError::Interrupted`]), and keeps a restore from starting into it until the guard is
-/// dropped. A restore into an existing directory holds an exclusive `flock` on it for its whole
-/// run; the guard holds a shared one, so nodes do not exclude each other here (the log's own
-/// lock does that). A missing directory needs no guard: a restore puts one in place with a
-/// rename that fails if the name exists, so the node sees either nothing or a complete
-/// restore. Blocking.
+/// dropped ([`BackupError::NodeStarting`]). A missing directory is created first, so a restore
+/// that would rename one into place finds the name taken. A restore into an existing directory
+/// holds an exclusive `flock` on it for its whole run; the guard holds a shared one, so nodes
+/// do not exclude each other here (the log's own lock does that). Blocking.
 pub(crate) fn guard_start(dir: &Path) -> Result<StartGuard, BackupError> {
-    let handle = match fs::File::open(dir) {
-        Ok(h) => h,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(StartGuard { _dir: None }),
-        Err(e) => return Err(at("open", dir)(e).into()),
-    };
+    fsutil::ensure_dir(dir)?;
+    let handle = fs::File::open(dir).map_err(at("open", dir))?;
     match rustix::fs::flock(&handle, rustix::fs::FlockOperation::NonBlockingLockShared) {
         Ok(()) => {}
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
@@ -451,7 +454,7 @@ pub(crate) fn guard_start(dir: &Path) -> Result<StartGuard, BackupError> {
             });
         }
     }
-    Ok(StartGuard { _dir: Some(handle) })
+    Ok(StartGuard { _dir: handle })
 }
 
 /// Prepares `data_dir` for node `id` of a new cluster of `initial_members` (id → raft address,
@@ -459,7 +462,8 @@ pub(crate) fn guard_start(dir: &Path) -> Result<StartGuard, BackupError> {
 ///
 /// The cluster gets `cluster_id`, or [`restored_cluster_id`] when `None`. Refuses a data
 /// directory that is not empty ([`BackupError::NotEmpty`]), one another restore is filling
-/// ([`BackupError::RestoreRunning`]) and a damaged backup ([`BackupError::Invalid`]) before
+/// ([`BackupError::RestoreRunning`]) or a node is starting on ([`BackupError::NodeStarting`]),
+/// and a damaged backup ([`BackupError::Invalid`]) before
 /// writing anything. The restore is atomic: the data directory is built in a work directory
 /// and put in place only once it is complete and durable, so it either ends up complete or as
 /// it was found (an interrupted restore leaves only its work directory, which the next restore
@@ -575,9 +579,15 @@ impl Target {
         drop(entries);
         let handle = fs::File::open(dir).map_err(at("open", dir))?;
         if !lock(&handle, dir, false)? {
-            return Err(BackupError::RestoreRunning {
-                dir: dir.to_path_buf(),
-            });
+            // Only a starting node holds the lock shared (see `guard_start`).
+            let dir = dir.to_path_buf();
+            return Err(
+                match rustix::fs::flock(&handle, rustix::fs::FlockOperation::NonBlockingLockShared)
+                {
+                    Ok(()) => BackupError::NodeStarting { dir },
+                    Err(_) => BackupError::RestoreRunning { dir },
+                },
+            );
         }
         // Under the lock, a work directory is the leftover of a restore that was stopped.
         let mut leftovers = Vec::new();
@@ -939,5 +949,44 @@ mod tests {
         let mut v = Verifier::default();
         v.update(&flipped);
         assert!(matches!(v.finish(), Err(BackupError::Damaged(_))));
+    }
+
+    #[test]
+    fn a_restore_is_refused_while_a_node_starts_on_its_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let members = BTreeMap::from([(1, "n1:7000".to_string())]);
+        // No backup file: a restore that gets past the directory fails reading it.
+        let no_backup = root.path().join("no-backup");
+        let restore = |dir: &Path| restore_data_dir(&no_backup, dir, 1, &members, None);
+        for existing in [false, true] {
+            let dir = root.path().join(format!("d-{existing}"));
+            if existing {
+                fs::create_dir(&dir).unwrap();
+            }
+            let guard = guard_start(&dir).unwrap();
+            assert!(dir.is_dir(), "a missing directory is created and held");
+            let err = restore(&dir).unwrap_err();
+            assert!(
+                matches!(&err, BackupError::NodeStarting { dir: d } if d == &dir),
+                "{err}"
+            );
+            // Another node (or a restart) starting alongside is not refused here.
+            let second = guard_start(&dir).unwrap();
+            drop((guard, second));
+            let err = restore(&dir).unwrap_err();
+            assert!(
+                matches!(&err, BackupError::Io(e) if e.source.kind() == io::ErrorKind::NotFound),
+                "past the directory, to the backup: {err}"
+            );
+            assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "nothing written");
+        }
+
+        // A work directory alone (a restore stopped before it moved anything) is not started on.
+        let dir = root.path().join("leftover");
+        fs::create_dir_all(dir.join(".restore-7-0")).unwrap();
+        assert!(matches!(
+            guard_start(&dir),
+            Err(BackupError::Interrupted { leftover, .. }) if leftover == ".restore-7-0"
+        ));
     }
 }
