@@ -80,6 +80,12 @@ async fn an_id_or_address_in_use_is_refused_and_the_same_member_is_answered_as_i
             m.contains(&format!("{taken} is already the address of node {voter}")),
             "{m}"
         );
+        // Spelt otherwise than it is stored, the refusal shows the stored spelling.
+        assert_eq!(
+            m.contains(&format!("as {}", address(voter))),
+            taken != address(voter),
+            "{m}"
+        );
         assert_eq!(members(&leader), before);
     }
 
