@@ -246,8 +246,8 @@ fn answer(done: Vec<Sender>, outcome: Result<Vec<Response>>) {
 }
 
 /// The same failure for another writer of the same entry. Every variant a write can end with
-/// is copied exactly; the rest (snapshot and backup failures, which hold I/O errors) keep their
-/// message.
+/// is copied exactly. Snapshot and backup failures hold I/O errors and do not end writes; they
+/// keep their message as a storage failure, whose outcome is unknown (the safe answer).
 fn duplicate(e: &Error) -> Error {
     match e {
         Error::NotLeader(h) => Error::NotLeader(h.clone()),
@@ -271,7 +271,12 @@ fn duplicate(e: &Error) -> Error {
             node: *node,
             reason: reason.clone(),
         },
-        other => Error::Storage(other.to_string()),
+        Error::LearnerNotCaughtUp { id, addr, waited } => Error::LearnerNotCaughtUp {
+            id: *id,
+            addr: addr.clone(),
+            waited: *waited,
+        },
+        Error::Snapshot(_) | Error::Backup(_) => Error::Storage(e.to_string()),
     }
 }
 
@@ -401,7 +406,8 @@ mod tests {
             let at = crate::fsutil::at("fdatasync", std::path::Path::new("wal/x"));
             Error::Log(crate::log::LogError::Io(at(io)))
         };
-        for failure in [Error::NoQuorum, disk_full()] {
+        let undecodable = || Error::Codec(postcard::Error::DeserializeUnexpectedEnd.into());
+        for failure in [Error::NoQuorum, disk_full(), undecodable()] {
             let c = Combiner::new(1, 100);
             let _ = c.join(req(1));
             let rxs: Vec<_> = (0..3)
@@ -421,6 +427,7 @@ mod tests {
                         assert_eq!(e.io_kind(), std::io::ErrorKind::StorageFull);
                         assert_eq!(e.to_string(), expected);
                     }
+                    Ok(Err(Error::Codec(e))) => assert_eq!(e.to_string(), expected),
                     other => panic!("{expected}: got {other:?}"),
                 }
             }
