@@ -1129,9 +1129,10 @@ impl<S: Queryable> ClusterClient<S> {
             })
             .await
             .map_err(|e| match e {
+                // Only when the budget ran out: a refusal retrying will not fix stays as it is.
                 ClientError::GaveUp { attempts, last } => {
                     let busy = busy.lock().unwrap_or_else(|p| p.into_inner());
-                    if busy.is_empty() {
+                    if busy.is_empty() || !last.is_transient() {
                         ClientError::GaveUp { attempts, last }
                     } else {
                         ClientError::BusyOrFailed {
