@@ -79,6 +79,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
 use openraft::BasicNode;
+use rustix::fs::FlockOperation;
 
 use crate::cluster_id::ClusterId;
 use crate::cluster_id::ClusterIdError;
@@ -404,14 +405,9 @@ fn work_name(prefix: &str) -> String {
     )
 }
 
-/// Takes `file`'s exclusive `flock`: waiting for it with `wait`, or failing at once with
-/// `Ok(false)` if another open file holds it.
-fn lock(file: &fs::File, path: &Path, wait: bool) -> Result<bool, BackupError> {
-    let op = if wait {
-        rustix::fs::FlockOperation::LockExclusive
-    } else {
-        rustix::fs::FlockOperation::NonBlockingLockExclusive
-    };
+/// Takes `file`'s `flock` with `op`; `Ok(false)` if `op` does not wait and another open file
+/// holds a lock that excludes it.
+fn lock(file: &fs::File, path: &Path, op: FlockOperation) -> Result<bool, BackupError> {
     match rustix::fs::flock(file, op) {
         Ok(()) => Ok(true),
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(false),
@@ -435,14 +431,10 @@ pub(crate) struct StartGuard {
 pub(crate) fn guard_start(dir: &Path) -> Result<StartGuard, BackupError> {
     fsutil::ensure_dir(dir)?;
     let handle = fs::File::open(dir).map_err(at("open", dir))?;
-    match rustix::fs::flock(&handle, rustix::fs::FlockOperation::NonBlockingLockShared) {
-        Ok(()) => {}
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-            return Err(BackupError::RestoreRunning {
-                dir: dir.to_path_buf(),
-            });
-        }
-        Err(e) => return Err(at("lock", dir)(e.into()).into()),
+    if !lock(&handle, dir, FlockOperation::NonBlockingLockShared)? {
+        return Err(BackupError::RestoreRunning {
+            dir: dir.to_path_buf(),
+        });
     }
     for entry in fs::read_dir(dir).map_err(at("list", dir))? {
         let name = entry.map_err(at("list", dir))?.file_name();
@@ -578,14 +570,14 @@ impl Target {
         };
         drop(entries);
         let handle = fs::File::open(dir).map_err(at("open", dir))?;
-        if !lock(&handle, dir, false)? {
+        if !lock(&handle, dir, FlockOperation::NonBlockingLockExclusive)? {
             // Only a starting node holds the lock shared (see `guard_start`).
             let dir = dir.to_path_buf();
             return Err(
-                match rustix::fs::flock(&handle, rustix::fs::FlockOperation::NonBlockingLockShared)
-                {
-                    Ok(()) => BackupError::NodeStarting { dir },
-                    Err(_) => BackupError::RestoreRunning { dir },
+                if lock(&handle, &dir, FlockOperation::NonBlockingLockShared)? {
+                    BackupError::NodeStarting { dir }
+                } else {
+                    BackupError::RestoreRunning { dir }
                 },
             );
         }
@@ -662,8 +654,10 @@ fn remove_stale_work(dir: &Path) {
         let Ok(handle) = fs::File::open(&p) else {
             continue;
         };
-        if matches!(lock(&handle, &p, false), Ok(true))
-            && fs::read_dir(&p).is_ok_and(|mut e| e.next().is_some())
+        if matches!(
+            lock(&handle, &p, FlockOperation::NonBlockingLockExclusive),
+            Ok(true)
+        ) && fs::read_dir(&p).is_ok_and(|mut e| e.next().is_some())
         {
             match fs::remove_dir_all(&p) {
                 Ok(()) => tracing::info!(
@@ -701,7 +695,7 @@ fn fill_missing(
             .map_err(at("open", &work))
             .map_err(BackupError::from)
             .and_then(|handle| {
-                lock(&handle, &work, true)?;
+                lock(&handle, &work, FlockOperation::LockExclusive)?;
                 build(&work)?;
                 rename_onto_missing(&work, dir)?;
                 fsutil::sync_dir(&parent)?;

@@ -8,11 +8,9 @@ use std::fs;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Context;
-use std::task::Poll;
-use std::task::Waker;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use openraft::RaftLogReader;
 use openraft::storage::RaftLogStorage;
 use openraft::testing::log::StoreBuilder;
@@ -219,15 +217,6 @@ pub(super) fn before_chunk(view: &SharedView) {
     });
 }
 
-/// Runs a future that never waits (a log call that only does blocking work).
-fn at_once<T>(f: impl Future<Output = T>) -> T {
-    let mut f = std::pin::pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("the call waited"),
-    }
-}
-
 #[tokio::test]
 async fn a_long_read_lets_writes_in_between_its_chunks_and_returns_one_run_of_one_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -249,7 +238,10 @@ async fn a_long_read_lets_writes_in_between_its_chunks_and_returns_one_run_of_on
             if chunks.get() == 3 {
                 // Between two chunks, a new leader's entries replace the tail from entry 30.
                 let mut log = log.borrow_mut();
-                at_once(log.truncate_after(Some(types::log_id(1, 1, 29)))).unwrap();
+                log.truncate_after(Some(types::log_id(1, 1, 29)))
+                    .now_or_never()
+                    .expect("a truncation does not wait")
+                    .unwrap();
                 log.append_with((30..=200).map(|i| entry(2, i, 100)), |_| {})
                     .unwrap();
             }
