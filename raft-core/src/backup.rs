@@ -397,6 +397,18 @@ const WORK_MARK: &str = ".restore-";
 /// Makes each work directory's name unique within the process as well.
 static WORK_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Whether `entry` is the name of a work directory `work_name(prefix)` made: `prefix`, the mark,
+/// then two decimal numbers joined by `-`. Nothing else is taken for a restore's, so an
+/// operator's own `.restore-notes`, say, stays theirs.
+fn is_work_name(entry: &str, prefix: &str) -> bool {
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    entry
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix(WORK_MARK))
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(pid, seq)| number(pid) && number(seq))
+}
+
 fn work_name(prefix: &str) -> String {
     format!(
         "{prefix}{WORK_MARK}{}-{}",
@@ -439,7 +451,7 @@ pub(crate) fn guard_start(dir: &Path) -> Result<StartGuard, BackupError> {
     for entry in fs::read_dir(dir).map_err(at("list", dir))? {
         let name = entry.map_err(at("list", dir))?.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(WORK_MARK) {
+        if is_work_name(&name, "") {
             return Err(BackupError::Interrupted {
                 dir: dir.to_path_buf(),
                 leftover: name.into_owned(),
@@ -590,7 +602,7 @@ impl Target {
             if name == "lost+found" {
                 continue;
             }
-            if name.starts_with(WORK_MARK) {
+            if is_work_name(&name, "") {
                 leftovers.push(name);
             } else if other.is_none() {
                 other = Some(name);
@@ -640,12 +652,11 @@ fn remove_stale_work(dir: &Path) {
     let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
         return;
     };
-    let prefix = format!("{name}{WORK_MARK}");
     let Ok(entries) = fs::read_dir(parent) else {
         return;
     };
     for entry in entries.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+        if !is_work_name(&entry.file_name().to_string_lossy(), name) {
             continue;
         }
         let p = entry.path();
@@ -982,5 +993,37 @@ mod tests {
             guard_start(&dir),
             Err(BackupError::Interrupted { leftover, .. }) if leftover == ".restore-7-0"
         ));
+
+        // Names that only look like one are the operator's own: a node starts beside them.
+        let dir = root.path().join("dotfiles");
+        for own in [
+            ".restore-notes",
+            ".restore-7",
+            ".restore-7-",
+            ".restore--0",
+            ".restore-7-0x",
+        ] {
+            fs::create_dir_all(dir.join(own)).unwrap();
+        }
+        drop(guard_start(&dir).unwrap());
+    }
+
+    #[test]
+    fn only_the_names_a_restore_makes_are_its_work() {
+        for prefix in ["", "data"] {
+            assert!(is_work_name(&work_name(prefix), prefix));
+            assert!(is_work_name(&format!("{prefix}.restore-12-345"), prefix));
+        }
+        for (entry, prefix) in [
+            (".restore-12-345", "data"),
+            ("data.restore-12-345", ""),
+            ("data2.restore-1-2", "data"),
+            (".restore-", ""),
+            (".restore-1-2-3", ""),
+            (".restore-+1-2", ""),
+            ("restore-1-2", ""),
+        ] {
+            assert!(!is_work_name(entry, prefix), "{entry:?} under {prefix:?}");
+        }
     }
 }
