@@ -6,9 +6,11 @@
 //! channel of [`QUEUE`] messages: a slow client slows the export down instead of making the node
 //! buffer the backup. A client that goes away ends the export (its next send fails).
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::io;
 use std::io::Write;
+use std::sync::Mutex;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -139,6 +141,32 @@ pub(crate) fn start<S: StateMachine>(
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
 }
 
+/// The nodes whose latest answer to a client's backup request was busy (each writes one backup
+/// at a time). A node that answers anything else since, or cannot be reached, is no longer
+/// counted, so a refusal names only nodes that were busy when last asked.
+#[derive(Debug, Default)]
+pub(crate) struct BusyNodes(Mutex<BTreeSet<String>>);
+
+impl BusyNodes {
+    /// Records `addr`'s latest answer; `true` once every one of `nodes` was busy when last
+    /// asked.
+    pub(crate) fn answered(&self, addr: &str, busy: bool, nodes: &BTreeSet<&String>) -> bool {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if busy {
+            set.insert(addr.to_string());
+        } else {
+            set.remove(addr);
+        }
+        nodes.iter().all(|n| set.contains(n.as_str()))
+    }
+
+    /// The nodes that were busy when last asked.
+    pub(crate) fn list(&self) -> Vec<String> {
+        let set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.iter().cloned().collect()
+    }
+}
+
 /// How long a backup stream may go without a message.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -220,5 +248,26 @@ pub(crate) async fn receive<W: tokio::io::AsyncWrite + Unpin>(
             bytes: done.bytes,
             checksum,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_nodes_busy_when_last_asked_count_as_busy() {
+        let (a, b) = ("a:1".to_string(), "b:1".to_string());
+        let nodes: BTreeSet<&String> = [&a, &b].into();
+        let busy = BusyNodes::default();
+        assert!(!busy.answered(&a, true, &nodes));
+        assert_eq!(busy.list(), ["a:1"]);
+        assert!(!busy.answered(&b, false, &nodes));
+        assert!(busy.answered(&b, true, &nodes), "both busy when last asked");
+        // `a` is then down: it is no longer busy, and no longer all are.
+        assert!(!busy.answered(&a, false, &nodes));
+        assert_eq!(busy.list(), ["b:1"]);
+        assert!(!busy.answered(&b, false, &nodes));
+        assert!(busy.list().is_empty());
     }
 }

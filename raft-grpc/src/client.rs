@@ -238,7 +238,7 @@ pub enum ClientError {
         busy.join(", ")
     )]
     BusyOrFailed {
-        /// The nodes that answered busy, by address.
+        /// The nodes that answered busy when last asked, by address.
         busy: Vec<String>,
         /// How many attempts were made.
         attempts: u32,
@@ -1094,7 +1094,7 @@ impl<S: Queryable> ClusterClient<S> {
     /// is busy is passed over, and once every configured node has answered busy the backup
     /// fails with [`ClientError::AllBusy`]. If the retry budget runs out while some nodes
     /// answer busy and the others fail, it fails with [`ClientError::BusyOrFailed`], naming
-    /// the busy ones. The transfer itself has no overall deadline, so a
+    /// the ones that were busy when last asked. The transfer itself has no overall deadline, so a
     /// large state can take as long as it needs, but it fails if the first chunk does not
     /// arrive within [`ClientOptions::backup_start_timeout`], or a later one within
     /// [`ClientOptions::attempt_timeout`] of the one before. The size and checksum are
@@ -1105,7 +1105,7 @@ impl<S: Queryable> ClusterClient<S> {
         out: &mut W,
     ) -> Result<raft_core::BackupInfo, ClientError> {
         let nodes: BTreeSet<&String> = self.inner.endpoints.iter().collect();
-        let busy = Mutex::new(BTreeSet::new());
+        let busy = crate::backup::BusyNodes::default();
         let (nodes_ref, busy) = (&nodes, &busy);
         let started = self
             .retry_at(self.next_endpoint(), |mut c, t, addr| {
@@ -1117,12 +1117,9 @@ impl<S: Queryable> ClusterClient<S> {
                         Ok(Err(status)) => status,
                         Err(_) => Status::deadline_exceeded("the backup did not start in time"),
                     };
-                    if matches!(RequestError::from(&status), RequestError::Busy(_)) {
-                        let mut busy = busy.lock().unwrap_or_else(|p| p.into_inner());
-                        busy.insert(addr);
-                        if nodes_ref.iter().all(|n| busy.contains(*n)) {
-                            return Ok(None);
-                        }
+                    let is_busy = matches!(RequestError::from(&status), RequestError::Busy(_));
+                    if busy.answered(&addr, is_busy, nodes_ref) {
+                        return Ok(None);
                     }
                     Err(status)
                 }
@@ -1131,12 +1128,12 @@ impl<S: Queryable> ClusterClient<S> {
             .map_err(|e| match e {
                 // Only when the budget ran out: a refusal retrying will not fix stays as it is.
                 ClientError::GaveUp { attempts, last } => {
-                    let busy = busy.lock().unwrap_or_else(|p| p.into_inner());
+                    let busy = busy.list();
                     if busy.is_empty() || !last.is_transient() {
                         ClientError::GaveUp { attempts, last }
                     } else {
                         ClientError::BusyOrFailed {
-                            busy: busy.iter().cloned().collect(),
+                            busy,
                             attempts,
                             last,
                         }
