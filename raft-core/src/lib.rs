@@ -18,6 +18,7 @@
 //!   the clock assumption that remains.
 //! * `incarnation.rs` — a wiped node must come back under a new id: each data directory's
 //!   incarnation, bound to its member id in the replicated state and checked on every RPC.
+//! * `addr.rs` — [`same_address`]: when two member addresses name one endpoint.
 //! * `config.rs` — [`Config`] and its defaults; `error.rs` — the one [`Error`] enum;
 //!   `leader.rs` — [`LeaderHint`], the one answer to "who leads";
 //!   `metrics.rs` — [`Metrics`].
@@ -41,6 +42,7 @@
 
 #![warn(missing_docs)]
 
+mod addr;
 mod apply;
 pub mod backup;
 mod clock;
@@ -67,6 +69,7 @@ pub mod transport;
 pub mod types;
 mod validate;
 
+pub use crate::addr::same_address;
 pub use crate::apply::SnapshotStats;
 pub use crate::backup::BackupError;
 pub use crate::backup::BackupInfo;

@@ -68,6 +68,7 @@ use clap::Subcommand;
 use clap::ValueEnum;
 use raft_core::Consistency;
 use raft_core::NodeId;
+use raft_core::same_address;
 
 /// mimalloc: the server allocates and frees many small buffers per request on every thread;
 /// glibc's allocator showed as ~7 % of the leader's CPU under load. Built without transparent
@@ -300,7 +301,8 @@ pub(crate) fn node_id(s: &str) -> Result<NodeId, String> {
 }
 
 /// Parses `--initial-members` (`id=host:port` each): ids are unique and start at 1, and
-/// addresses are unique node addresses other nodes can reach ([`cluster::check_advertised`]).
+/// addresses are node addresses other nodes can reach ([`cluster::check_advertised`]), no two
+/// of them the same endpoint by the rule membership changes apply ([`same_address`]).
 fn parse_members(list: &[String]) -> Result<BTreeMap<NodeId, String>, String> {
     let mut members: BTreeMap<NodeId, String> = BTreeMap::new();
     for m in list {
@@ -314,9 +316,14 @@ fn parse_members(list: &[String]) -> Result<BTreeMap<NodeId, String>, String> {
         if members.contains_key(&id) {
             return Err(format!("--initial-members: node {id} is listed twice"));
         }
-        if let Some((other, _)) = members.iter().find(|(_, a)| a.as_str() == addr) {
+        if let Some((other, listed)) = members.iter().find(|(_, a)| same_address(a, addr)) {
+            let spelt = if listed == addr {
+                String::new()
+            } else {
+                format!(" (as {listed})")
+            };
             return Err(format!(
-                "--initial-members: {addr} is listed for nodes {other} and {id}"
+                "--initial-members: {addr} is listed for nodes {other}{spelt} and {id}"
             ));
         }
         members.insert(id, addr.to_string());
@@ -325,8 +332,9 @@ fn parse_members(list: &[String]) -> Result<BTreeMap<NodeId, String>, String> {
 }
 
 /// Checks `kv node`'s addresses before anything starts: `--raft-addr` is an address other nodes
-/// can reach, `--initial-members` either lists this node at that same address or (with
-/// `--join`) not at all, and every `--join` entry is a node address.
+/// can reach, `--initial-members` either lists this node at that same address (as
+/// [`same_address`] compares them) or (with `--join`) not at all, and every `--join` entry is a
+/// node address.
 fn check_node_addrs(
     id: NodeId,
     args: &NodeArgs,
@@ -342,7 +350,7 @@ fn check_node_addrs(
         raft_grpc::check_addr(addr).map_err(|e| format!("--join: {e}"))?;
     }
     match members.get(&id) {
-        Some(listed) if *listed != args.raft_addr => Err(format!(
+        Some(listed) if !same_address(listed, &args.raft_addr) => Err(format!(
             "--initial-members lists this node ({id}) at {listed}, but --raft-addr is {}; the \
              other members reach node {id} at the address the list gives, so give the same one \
              to both",
@@ -521,6 +529,14 @@ mod tests {
                 "1=127.0.0.1:1,2=127.0.0.1:1",
                 "127.0.0.1:1 is listed for nodes 1 and 2",
             ),
+            (
+                "1=kv-0.kv:7000,2=KV-0.kv.:07000",
+                "KV-0.kv.:07000 is listed for nodes 1 (as kv-0.kv:7000) and 2",
+            ),
+            (
+                "1=[::ffff:10.0.0.1]:7,2=10.0.0.1:7",
+                "10.0.0.1:7 is listed for nodes 1 (as [::ffff:10.0.0.1]:7) and 2",
+            ),
             ("0=127.0.0.1:1", "node ids start at 1"),
             ("1=nohost", "\"nohost\" is not host:port"),
             ("1=:7000", "\":7000\" is not host:port"),
@@ -539,6 +555,43 @@ mod tests {
                 Ok(m) => panic!("{list} accepted as {m:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_node_is_listed_at_its_raft_address_in_any_spelling() {
+        use clap::Parser;
+        let check = |raft_addr: &str, list: &str, join: &[&str]| {
+            let mut argv = vec!["kv", "node", "--id", "1", "--data-dir", "d"];
+            argv.extend(["--resp-addr", "127.0.0.1:6379", "--raft-addr", raft_addr]);
+            argv.extend(["--initial-members", list]);
+            for j in join {
+                argv.extend(["--join", j]);
+            }
+            let Some(super::Cmd::Node(args)) = super::Cli::try_parse_from(argv).unwrap().command
+            else {
+                unreachable!("parsed as kv node")
+            };
+            let members = super::parse_members(&args.initial_members)?;
+            super::check_node_addrs(1, &args, &members)
+        };
+        let others = "2=kv-1.kv:7000,3=kv-2.kv:7000";
+        for listed in ["kv-0.kv:7000", "KV-0.KV.:7000", "kv-0.kv:07000"] {
+            assert_eq!(
+                check("kv-0.kv:7000", &format!("1={listed},{others}"), &[]),
+                Ok(())
+            );
+        }
+        assert_eq!(check("[::1]:7", "1=[0:0::1]:7", &[]), Ok(()));
+        for listed in ["kv-0.kv:7001", "kv-00.kv:7000", "127.0.0.1:7000"] {
+            let e = check("kv-0.kv:7000", &format!("1={listed},{others}"), &[]).unwrap_err();
+            assert!(
+                e.contains(&format!("lists this node (1) at {listed}")),
+                "{e}"
+            );
+        }
+        let e = check("kv-0.kv:7000", others, &[]).unwrap_err();
+        assert!(e.contains("does not include this node (1)"), "{e}");
+        assert_eq!(check("kv-0.kv:7000", others, &["kv-1.kv:7000"]), Ok(()));
     }
 
     #[test]
