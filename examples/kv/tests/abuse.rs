@@ -141,6 +141,18 @@ impl Node {
         kib * 1024
     }
 
+    /// The most resident memory the node process has had, in bytes.
+    fn peak_rss(&self) -> usize {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
+        let kib: usize = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
+        kib * 1024
+    }
+
     /// `connected_clients` from INFO, asked on a fresh connection (which counts itself).
     fn clients(&self) -> usize {
         let info = self.connect().call(&[b"INFO", b"clients"]);
@@ -646,4 +658,33 @@ fn a_reply_past_the_output_limit_is_not_built() {
     c.send(&mget).expect("send");
     assert_eq!(c.reply().len(), 8 * MIB + 7, "eight values, newline-joined");
     assert_eq!(c.call(&[b"SET", b"after", b"1"]), "+OK");
+}
+
+#[test]
+fn a_transaction_that_reads_one_value_many_times_builds_no_giant_reply() {
+    let node = Node::start(&[]);
+    let mut c = node.connect();
+    assert_eq!(c.call(&[b"SET", b"big", &vec![b'v'; MIB]]), "+OK");
+    let before = node.peak_rss();
+    // A command of a few kilobytes whose reply repeats a 1 MiB value 1,000 times. Inside MULTI
+    // it is answered as the transaction applies, on every replica.
+    let mut mget: Vec<&[u8]> = vec![b"MGET"];
+    mget.extend(std::iter::repeat_n(&b"big"[..], 1000));
+    assert_eq!(c.call(&[b"MULTI"]), "+OK");
+    assert_eq!(c.call(&mget), "+QUEUED");
+    assert_eq!(c.call(&[b"GET", b"big"]), "+QUEUED");
+    assert_eq!(c.call(&[b"SET", b"after", b"1"]), "+QUEUED");
+    let reply = c.call(&[b"EXEC"]);
+    let grew = node.peak_rss().saturating_sub(before);
+    assert!(
+        grew < 64 * MIB,
+        "peak RSS grew {} MiB for a transaction's reply",
+        grew / MIB
+    );
+    let parts: Vec<&str> = reply.split('\n').collect();
+    assert_eq!(parts.len(), 3, "three replies");
+    assert!(parts[0].starts_with('-'), "the oversized read fails alone");
+    assert_eq!(parts[1].len(), MIB, "a read that fits is answered");
+    assert_eq!(parts[2], "+OK");
+    assert_eq!(c.call(&[b"GET", b"after"]), "1", "the writes applied");
 }

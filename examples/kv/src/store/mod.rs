@@ -52,6 +52,12 @@ pub use strings::parse_int;
 use crate::slots::Slot;
 use crate::slots::SlotMap;
 
+/// The most a transaction's reads may reply with together ([`Reply::encoded_bytes`]): 48 MiB,
+/// room for a value of the default largest size (`proto-max-bulk-len`, 32 MiB) and the rest,
+/// while the whole `EXEC` reply stays within what one message between nodes carries (65 MiB).
+/// A read past it is answered with an error in its place; the writes apply all the same.
+pub const EXEC_READ_BYTES: usize = 48 << 20;
+
 /// What happens to a key's expiry when `SET` overwrites it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Expiry {
@@ -740,6 +746,11 @@ impl Store {
 
     /// `EXEC`: nothing if a watched key changed since it was watched, else every command in
     /// order, each with its own reply (an error in one does not stop the others, as in Redis).
+    ///
+    /// The reads' replies together take at most [`EXEC_READ_BYTES`]: a read whose reply would
+    /// pass that is answered with an error instead. The reply is encoded as the entry's output
+    /// on every replica, so without a bound a small transaction that reads one large value many
+    /// times (`MGET big big …`) would make each of them build gigabytes.
     fn exec(&mut self, watched: Vec<Watched>, ops: Vec<Queued>, now: u64) -> Reply {
         let changed = watched.iter().any(|w| {
             let version = self.live(&w.key, now).map_or(0, |v| v.version);
@@ -748,11 +759,24 @@ impl Store {
         if changed {
             return Reply::NilArray;
         }
+        let mut read_bytes = 0usize;
         let replies = ops
             .into_iter()
             .map(|op| match op {
                 Queued::Write(op) => self.apply_op(op, now),
-                Queued::Read(op) => self.answer(op, now),
+                Queued::Read(op) => {
+                    let reply = self.answer(op, now);
+                    let total = read_bytes.saturating_add(reply.encoded_bytes());
+                    if total <= EXEC_READ_BYTES {
+                        read_bytes = total;
+                        reply
+                    } else {
+                        Reply::error(format!(
+                            "ERR the transaction's reads would reply with more than \
+                             {EXEC_READ_BYTES} bytes; run this read outside MULTI"
+                        ))
+                    }
+                }
                 Queued::Reply(r) => r,
             })
             .collect();

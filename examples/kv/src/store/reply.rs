@@ -91,4 +91,68 @@ impl Reply {
     pub fn is_error(&self) -> bool {
         matches!(self, Reply::Error(_) | Reply::Fault(_))
     }
+
+    /// About how many bytes this reply takes once encoded, in any protocol: its strings' lengths
+    /// plus [`ITEM_BYTES`] for each element. Never less than the encoding, and it walks the
+    /// reply without building anything, so a reply that repeats one large value many times is
+    /// measured without being copied. Saturates instead of overflowing.
+    pub fn encoded_bytes(&self) -> usize {
+        let text = |s: &str| s.len().saturating_add(ITEM_BYTES);
+        let sum = |items: &mut dyn Iterator<Item = &Reply>| {
+            items.fold(ITEM_BYTES, |n, r| n.saturating_add(r.encoded_bytes()))
+        };
+        match self {
+            Reply::Ok | Reply::Nil | Reply::NilArray | Reply::Int(_) | Reply::Fault(_) => {
+                // A fault's wording is one of a few short sentences.
+                ITEM_BYTES + 64
+            }
+            Reply::Status(s) | Reply::Error(s) => text(s),
+            Reply::Bulk(b) => b.len().saturating_add(ITEM_BYTES),
+            Reply::Array(items) | Reply::Set(items) => sum(&mut items.iter()),
+            Reply::Map(pairs) | Reply::Pairs(pairs) => {
+                sum(&mut pairs.iter().flat_map(|(k, v)| [k, v]))
+            }
+        }
+    }
+}
+
+/// What [`Reply::encoded_bytes`] counts for each element besides its string: at least what any
+/// protocol spends on a type byte, a length of up to 20 digits and the line ends.
+pub const ITEM_BYTES: usize = 32;
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::resp::Proto;
+
+    #[test]
+    fn the_size_estimate_is_never_below_the_encoding() {
+        let big = Reply::Bulk(Bytes::from(vec![b'v'; 1000]));
+        let replies = [
+            Reply::Ok,
+            Reply::Nil,
+            Reply::NilArray,
+            Reply::Int(i64::MIN),
+            Reply::Status("QUEUED".into()),
+            Reply::error("ERR something"),
+            Reply::Fault(Error::LcsTooLarge),
+            big.clone(),
+            Reply::Array(vec![big.clone(), Reply::Int(-1), Reply::Array(vec![])]),
+            Reply::Set(vec![big.clone(); 3]),
+            Reply::Map(vec![(Reply::text("k"), big.clone()); 2]),
+            Reply::Pairs(vec![(big.clone(), Reply::Nil); 2]),
+        ];
+        for r in &replies {
+            for proto in [Proto::Resp2, Proto::Resp3] {
+                let mut out = BytesMut::new();
+                crate::resp::encode(r, &mut out, proto);
+                assert!(r.encoded_bytes() >= out.len(), "{r:?} in {proto:?}");
+            }
+        }
+        // Counted by walking: a million references to one value are not copied to be measured.
+        let many = Reply::Array(vec![big; 1 << 20]);
+        assert!(many.encoded_bytes() > 1000 << 20);
+    }
 }
