@@ -146,12 +146,20 @@ impl ConnAuth {
 pub enum Gate {
     /// Answer this instead of running the command.
     Reply(Reply),
+    /// The connection may not run the command (not authenticated, no permission, or a
+    /// malformed `ACL`): answer this error, and inside `MULTI` discard the transaction, as
+    /// Redis does for a command it rejects before queueing.
+    Refused(Reply),
     /// Run it.
     Pass,
 }
 
 fn err(s: impl Into<String>) -> Gate {
     Gate::Reply(Reply::Error(s.into()))
+}
+
+fn refuse(s: impl Into<String>) -> Gate {
+    Gate::Refused(Reply::Error(s.into()))
 }
 
 const NOAUTH: &str = "NOAUTH Authentication required.";
@@ -225,7 +233,7 @@ pub fn gate(
         Some("quit") => Gate::Pass,
         _ => {
             let Some((user, role)) = &conn.user else {
-                return err(NOAUTH);
+                return refuse(NOAUTH);
             };
             let Some(spec) = spec else {
                 return Gate::Pass; // unknown commands get their own error
@@ -236,7 +244,7 @@ pub fn gate(
                     Some(s) if s == b"whoami" && args.len() == 2 => {
                         Gate::Reply(Reply::Bulk(Bytes::from(user.clone())))
                     }
-                    _ => err(
+                    _ => refuse(
                         "ERR unknown subcommand or wrong number of arguments for 'acl'. Try ACL WHOAMI.",
                     ),
                 };
@@ -246,7 +254,7 @@ pub fn gate(
             }
             let needed = role_for(spec);
             if *role < needed {
-                return err(format!(
+                return refuse(format!(
                     "NOPERM User {user} has no permissions to run the '{name}' command"
                 ));
             }
@@ -267,7 +275,7 @@ mod tests {
         let args = args(line);
         let spec = crate::commands::find(&args[0]);
         match gate(spec, &args, conn, || a.clone()) {
-            Gate::Reply(r) => Some(r),
+            Gate::Reply(r) | Gate::Refused(r) => Some(r),
             Gate::Pass => None,
         }
     }

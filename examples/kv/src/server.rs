@@ -466,9 +466,18 @@ async fn execute(
     let spec = commands::find(&args[0]);
     let name = spec.map_or("unknown", |s| s.name);
     metrics::counter!("kv_requests_total", "command" => name).increment(1);
-    if let Gate::Reply(r) = auth::gate(spec, args, &mut conn.auth, || auth::current(&ctx.accounts))
-    {
+    let (reply, refused) =
+        match auth::gate(spec, args, &mut conn.auth, || auth::current(&ctx.accounts)) {
+            Gate::Pass => (None, false),
+            Gate::Reply(r) => (Some(r), false),
+            Gate::Refused(r) => (Some(r), true),
+        };
+    if let Some(r) = reply {
         run_batch(batch, conn, ctx, out).await;
+        // As in Redis, a command refused before it could be queued discards the transaction.
+        if refused && let Some(tx) = conn.tx.as_mut() {
+            tx.dirty = true;
+        }
         resp::encode(&r, out, conn.proto);
         return false;
     }

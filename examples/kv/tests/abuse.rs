@@ -688,3 +688,23 @@ fn a_transaction_that_reads_one_value_many_times_builds_no_giant_reply() {
     assert_eq!(parts[2], "+OK");
     assert_eq!(c.call(&[b"GET", b"after"]), "1", "the writes applied");
 }
+
+#[test]
+fn a_command_refused_for_permissions_inside_multi_discards_the_transaction() {
+    let users = tempfile::NamedTempFile::new().expect("users file");
+    std::fs::write(users.path(), "writer write writer-password\n").expect("users");
+    let path = users.path().to_string_lossy().into_owned();
+    let node = Node::start_with_password(&["--users-file", &path]);
+    let mut c = node.connect();
+    assert_eq!(c.call(&[b"AUTH", b"writer", b"writer-password"]), "+OK");
+    assert_eq!(c.call(&[b"MULTI"]), "+OK");
+    assert_eq!(c.call(&[b"SET", b"a", b"1"]), "+QUEUED");
+    assert!(c.call(&[b"FLUSHDB"]).starts_with("-NOPERM"));
+    assert!(c.call(&[b"EXEC"]).starts_with("-EXECABORT"));
+    assert_eq!(c.call(&[b"GET", b"a"]), "(nil)", "nothing of it applied");
+    // Without the refused command the same transaction applies.
+    assert_eq!(c.call(&[b"MULTI"]), "+OK");
+    assert_eq!(c.call(&[b"SET", b"a", b"1"]), "+QUEUED");
+    assert_eq!(c.call(&[b"EXEC"]), "+OK");
+    assert_eq!(c.call(&[b"GET", b"a"]), "1");
+}
