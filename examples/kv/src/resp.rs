@@ -133,6 +133,8 @@ impl Parser {
     fn line(&mut self, buf: &[u8], max: usize, what: &str) -> Result<Option<usize>, ProtocolError> {
         let from = self.scanned.saturating_sub(1);
         match memchr(b'\n', &buf[from..]) {
+            // However it arrived: one read can bring a long line whole.
+            Some(p) if from + p > max => err(format!("too big {what}")),
             Some(p) => {
                 self.scanned = 0;
                 let nl = from + p;
@@ -251,6 +253,11 @@ impl Parser {
             self.scanned = buf.len();
             return Ok(None);
         };
+        // However it arrived: one read can bring a long line whole, and its arguments (up to
+        // one per two bytes) are bounded by the line's limit alone.
+        if from + p > self.limits.max_line {
+            return err("too big inline request");
+        }
         self.scanned = 0;
         parse_inline_line(buf, from + p)
     }
@@ -660,6 +667,30 @@ mod tests {
         );
         let mut quote = BytesMut::from(&b"SET \"abc\r\n"[..]);
         assert!(Parser::new(limits).next(&mut quote).is_err());
+        // A line past the limit is refused even when it arrives whole, in one read.
+        let mut line = b"DEL".to_vec();
+        line.extend(std::iter::repeat_n(&b" a"[..], 20).flatten());
+        line.extend_from_slice(b"\r\n");
+        let mut whole = BytesMut::from(&line[..]);
+        assert!(
+            Parser::new(limits).next(&mut whole).is_err(),
+            "a long inline line"
+        );
+        let mut header = BytesMut::from(&b"*0000000000000000000000000000000000000000001\r\n"[..]);
+        assert!(
+            Parser::new(limits).next(&mut header).is_err(),
+            "a long header"
+        );
+        // A line of the limit is not.
+        let mut line = b"DEL".to_vec();
+        line.extend(std::iter::repeat_n(&b" a"[..], 14).flatten());
+        assert_eq!(line.len(), limits.max_line - 1);
+        line.extend_from_slice(b"\r\n");
+        let mut whole = BytesMut::from(&line[..]);
+        assert_eq!(
+            Parser::new(limits).next(&mut whole).unwrap().unwrap().len(),
+            15
+        );
     }
 
     #[test]
