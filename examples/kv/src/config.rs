@@ -219,7 +219,7 @@ impl NodeConfig {
     pub fn set(&self, pairs: &[(Bytes, Bytes)]) -> Reply {
         let mut checked = Vec::with_capacity(pairs.len());
         for (name, value) in pairs {
-            let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+            let name = crate::commands::shown(name).to_ascii_lowercase();
             let value = String::from_utf8_lossy(value).into_owned();
             let Some((name, kind)) = kind_of(&name) else {
                 return Reply::error(format!(

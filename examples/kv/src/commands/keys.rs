@@ -249,15 +249,13 @@ pub(super) fn scan_opts(
                 None => return Err(error(NOT_INT)),
             },
             "TYPE" if types => {
-                o.kind = Some(
-                    match String::from_utf8_lossy(value).to_ascii_lowercase().as_str() {
-                        "string" => Some(Kind::String),
-                        "hash" => Some(Kind::Hash),
-                        "list" => Some(Kind::List),
-                        "set" => Some(Kind::Set),
-                        _ => None,
-                    },
-                )
+                o.kind = Some(match super::shown(value).to_ascii_lowercase().as_str() {
+                    "string" => Some(Kind::String),
+                    "hash" => Some(Kind::Hash),
+                    "list" => Some(Kind::List),
+                    "set" => Some(Kind::Set),
+                    _ => None,
+                })
             }
             _ => return Err(syntax()),
         }

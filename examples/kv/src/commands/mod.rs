@@ -192,8 +192,18 @@ fn one_of(b: &[u8], known: &[&'static str]) -> Option<&'static str> {
         .find(|k| b.eq_ignore_ascii_case(k.as_bytes()))
 }
 
+/// The most of an argument an error reply echoes (as Redis does): a keyword is never this long,
+/// so matching on a shortened argument changes nothing, and a 64 MiB argument that is not one
+/// is not copied into the error (its invalid bytes would even triple in size).
+const SHOWN_BYTES: usize = 128;
+
+/// At most [`SHOWN_BYTES`] of `b`, as text, for matching keywords and wording errors.
+pub(crate) fn shown(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(&b[..b.len().min(SHOWN_BYTES)])
+}
+
 fn upper(b: &Bytes) -> String {
-    String::from_utf8_lossy(b).to_ascii_uppercase()
+    shown(b).to_ascii_uppercase()
 }
 
 /// The latest expiry time a key can have: what `PTTL` can still answer.
@@ -231,11 +241,11 @@ fn unknown_command(name: &Bytes, rest: &[Bytes]) -> Action {
     let preview: Vec<String> = rest
         .iter()
         .take(3)
-        .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
+        .map(|a| format!("'{}'", shown(a)))
         .collect();
     error(format!(
         "ERR unknown command '{}', with args beginning with: {}",
-        String::from_utf8_lossy(name),
+        shown(name),
         preview.join(" ")
     ))
 }

@@ -13,7 +13,7 @@ use super::parse_i64;
 use crate::store::Reply;
 
 fn lower(b: &Bytes) -> String {
-    String::from_utf8_lossy(b).to_ascii_lowercase()
+    super::shown(b).to_ascii_lowercase()
 }
 
 /// `AUTH` and `ACL` are answered by the connection's gate before parsing; this is what a
@@ -110,8 +110,9 @@ impl ClientOp {
     }
 }
 
-/// `CLIENT SETNAME`/`GETNAME`/`ID`, and the subcommands that change nothing here (`SETINFO`,
-/// `NO-EVICT`, `NO-TOUCH`, `REPLY`). A name, as in Redis, is printable ASCII without spaces.
+/// `CLIENT SETNAME`/`GETNAME`/`ID`, the subcommands that change nothing here (`SETINFO`,
+/// `NO-EVICT`, `NO-TOUCH`, `REPLY ON`), and `REPLY OFF`/`SKIP`, refused. A name, as in Redis,
+/// is printable ASCII without spaces.
 pub(super) fn client(a: &Args) -> Action {
     let sub = lower(&a.rest[0]);
     match (sub.as_str(), &a.rest[1..]) {
@@ -126,7 +127,14 @@ pub(super) fn client(a: &Args) -> Action {
         ("setname" | "getname" | "id", _) => error(format!(
             "ERR wrong number of arguments for 'client|{sub}' command"
         )),
-        ("setinfo" | "no-evict" | "no-touch" | "reply", _) => Action::Reply(Reply::Ok),
+        // Turning replies off would leave a pipelining client's replies out of step with what
+        // it reads: refused rather than answered OK and ignored.
+        ("reply", [mode]) if lower(mode) == "on" => Action::Reply(Reply::Ok),
+        ("reply", [mode]) if matches!(lower(mode).as_str(), "off" | "skip") => {
+            error("ERR CLIENT REPLY OFF and SKIP are not supported; every command is answered")
+        }
+        ("reply", _) => error("ERR syntax error"),
+        ("setinfo" | "no-evict" | "no-touch", _) => Action::Reply(Reply::Ok),
         _ => error("ERR unknown subcommand for 'client'"),
     }
 }

@@ -527,6 +527,39 @@ fn client_names_and_ids_belong_to_the_connection() {
         refusal(&["CLIENT", "ID", "x"]),
         "ERR wrong number of arguments for 'client|id' command"
     );
+    // Replies cannot be turned off: a client that believed they were would read them out of
+    // step.
+    assert_eq!(parse(&args("CLIENT REPLY on"), 0), Action::Reply(Reply::Ok));
+    for line in [
+        "CLIENT REPLY OFF",
+        "CLIENT REPLY skip",
+        "CLIENT REPLY",
+        "CLIENT REPLY on x",
+    ] {
+        refusal(&line.split(' ').collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn errors_echo_at_most_128_bytes_of_an_argument() {
+    let long = Bytes::from(vec![0xff; 1 << 20]);
+    for line in [
+        vec![long.clone(), Bytes::from("x")],
+        vec![Bytes::from("nosuchcommand"), long.clone(), long.clone()],
+        vec![
+            Bytes::from("EXPIRE"),
+            Bytes::from("k"),
+            Bytes::from("1"),
+            long.clone(),
+        ],
+        vec![Bytes::from("CLIENT"), long.clone()],
+    ] {
+        let Action::Reply(Reply::Error(e)) = parse(&line, 0) else {
+            panic!("{:?} refused", &line[0][..line[0].len().min(16)]);
+        };
+        // 128 bytes of the argument, each invalid byte shown as three.
+        assert!(e.len() < 1024, "a {} byte error", e.len());
+    }
 }
 
 #[test]
