@@ -249,6 +249,13 @@ pub enum ClientError {
     /// was sent.
     #[error("the client was closed")]
     Closed,
+    /// A write needed a new session and registering one failed in a way whose outcome is
+    /// unknown (the inner error, a [`ClientError::GaveUp`] say), so the write itself was never
+    /// sent: it was not applied. (A registration that was plainly refused, for lack of rights
+    /// say, is returned as that refusal.) The registration may have opened a session nobody
+    /// uses; the cluster evicts it in time.
+    #[error("the write was not sent: no session could be opened for it: {0}")]
+    NoSession(Box<ClientError>),
 }
 
 impl ClientError {
@@ -518,12 +525,18 @@ impl<S: Queryable> ClusterClient<S> {
         }
     }
 
-    /// A slot with a newly registered session.
+    /// A slot with a newly registered session, for a write that is then sent in it. A failure
+    /// whose outcome is unknown becomes [`ClientError::NoSession`]: whatever happened to the
+    /// registration, that write was never sent.
     async fn new_slot(&self) -> Result<Slot, ClientError> {
-        Ok(Slot {
-            client_id: self.register_session().await?,
-            next: 1,
-        })
+        let client_id = self.register_session().await.map_err(|e| {
+            if e.outcome_unknown() {
+                ClientError::NoSession(Box::new(e))
+            } else {
+                e
+            }
+        })?;
+        Ok(Slot { client_id, next: 1 })
     }
 
     /// Keeps `slot` for the next write, or closes its session if the client was closed
@@ -1262,6 +1275,28 @@ mod tests {
                 "{e:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_write_that_could_not_open_a_session_was_not_applied() {
+        // Nothing listens: every registration attempt fails until the budget runs out.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap().to_string();
+        drop(free);
+        let opts = ClientOptions::default().with_total_timeout(Duration::from_millis(300));
+        let c: ClusterClient<KvStore> = ClusterClient::new([addr], opts).unwrap();
+        let e = c
+            .write(raft_core::testing::kv::KvCommand::Put(
+                "k".into(),
+                "v".into(),
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ClientError::NoSession(inner) if inner.outcome_unknown()),
+            "{e:?}"
+        );
+        assert!(!e.outcome_unknown(), "the write itself was never sent");
     }
 
     #[tokio::test(start_paused = true)]
