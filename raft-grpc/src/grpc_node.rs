@@ -32,6 +32,10 @@ pub enum StartError {
     /// The node's limits and the transport's message size do not fit together.
     #[error(transparent)]
     Limits(#[from] crate::options::LimitsError),
+    /// The server could not start (a TLS configuration without a certificate to serve with,
+    /// [`ServeError::TlsWithoutIdentity`]); the node was not started.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
 }
 
 /// How long a stopping server waits for in-flight calls before closing their connections.
@@ -97,6 +101,7 @@ impl<S: StateMachine> GrpcNode<S> {
         server: fn(Node<S>, &GrpcTransport) -> Server<S>,
     ) -> Result<Self, StartError> {
         opts.check_limits(&config)?;
+        crate::server::check_tls(&opts)?;
         let addr = listener.local_addr().map_err(StartError::Listener)?;
         let transport = GrpcTransport::new(config.id, opts);
         let node = Node::start(config, state_machine, transport.clone()).await?;

@@ -158,8 +158,27 @@ where
 }
 
 /// How long a snapshot stream may go without a chunk before it is dropped (the node receives
-/// one snapshot at a time, so a stalled sender would keep the leader's out).
+/// one snapshot at a time, so a stalled sender would keep the leader's out). Only a chunk that
+/// carries data (or the last chunk) is awaited this long: an empty chunk before the last is
+/// refused, so it cannot keep a stream alive.
 const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The slowest average rate a snapshot may arrive at: one second per 8 MiB, the rate the
+/// sender's own deadline allows (`GrpcConnection::full_snapshot` in `transport.rs`).
+const SNAPSHOT_BYTES_PER_SEC: u64 = 8 << 20;
+
+/// How long a snapshot announced as `total` bytes may take to arrive, counted from the moment
+/// its receive slot is taken: the longer of [`SNAPSHOT_CHUNK_TIMEOUT`] and `request_timeout`,
+/// plus one second per 8 MiB announced. The sender gives up after its soft TTL (three quarters
+/// of its request timeout) plus the same second per 8 MiB, counted from before it connects, so
+/// an honest sender with this node's request timeout (or any up to 40 s) always gives up first;
+/// a sender that trickles data (one byte every 29 s keeps [`SNAPSHOT_CHUNK_TIMEOUT`] from
+/// firing) loses the slot at this bound.
+pub(super) fn snapshot_receive_limit(total: u64, request_timeout: Duration) -> Duration {
+    SNAPSHOT_CHUNK_TIMEOUT
+        .max(request_timeout)
+        .saturating_add(Duration::from_secs(total / SNAPSHOT_BYTES_PER_SEC))
+}
 
 pub(super) struct Internal<S: StateMachine>(pub(super) Arc<Shared<S>>);
 
@@ -330,6 +349,12 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
             SnapshotReceive::Receive(sink) => sink,
             SnapshotReceive::Refuse(answer) => return self.reply(&answer),
         };
+        // The one receive slot is held from here: the whole snapshot must arrive within a bound
+        // that grows with its announced size, however the sender paces its chunks. `None` only
+        // if the bound is past what the clock can represent (no deadline then but the idle one).
+        let total = first.total_bytes;
+        let limit = snapshot_receive_limit(total, shared.node.config().request_timeout);
+        let deadline = tokio::time::Instant::now().checked_add(limit);
         let mut chunk = first;
         loop {
             shared.check_target(chunk.target)?;
@@ -338,6 +363,15 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
                     "snapshot chunk out of order: offset {}, but {} bytes were received",
                     chunk.offset,
                     sink.written()
+                )));
+            }
+            // Our sender never sends one (it reads the file in chunks until the announced size,
+            // and only an empty snapshot, which is refused above, would start empty); a peer that
+            // did could hold the receive slot without sending anything.
+            if chunk.data.is_empty() && !chunk.last {
+                return Err(status::invalid(format!(
+                    "empty snapshot chunk at offset {} before the last",
+                    chunk.offset
                 )));
             }
             if chunk.data.len() > max_chunk {
@@ -364,15 +398,28 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
             if last {
                 break;
             }
-            chunk = tokio::time::timeout(SNAPSHOT_CHUNK_TIMEOUT, chunks.message())
-                .await
-                .map_err(|_| {
-                    status::status(
-                        Code::DeadlineExceeded,
-                        ErrorCode::Timeout,
-                        format!("no snapshot chunk for {SNAPSHOT_CHUNK_TIMEOUT:?}"),
+            let now = tokio::time::Instant::now();
+            let idle = now + SNAPSHOT_CHUNK_TIMEOUT;
+            let wait_until = deadline.map_or(idle, |d| d.min(idle));
+            let timed_out = || {
+                let why = if wait_until < idle {
+                    format!(
+                        "snapshot of {total} bytes not received within {limit:?} ({} received)",
+                        sink.written()
                     )
-                })??
+                } else {
+                    format!("no snapshot chunk for {SNAPSHOT_CHUNK_TIMEOUT:?}")
+                };
+                status::status(Code::DeadlineExceeded, ErrorCode::Timeout, why)
+            };
+            // Past the deadline (the last write took the rest of it), even a chunk already
+            // waiting is not taken.
+            if wait_until <= now {
+                return Err(timed_out());
+            }
+            chunk = tokio::time::timeout_at(wait_until, chunks.message())
+                .await
+                .map_err(|_| timed_out())??
                 .ok_or_else(|| status::invalid("snapshot stream ended before its last chunk"))?;
         }
         let (meta, data) = tokio::task::spawn_blocking(move || sink.finish())
@@ -424,5 +471,32 @@ impl<S: StateMachine> Shared<S> {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sender's deadline for a snapshot of `total` bytes (`full_snapshot` in
+    /// `transport.rs`): its soft TTL, three quarters of the request timeout, plus 8 MiB/s.
+    fn sender_deadline(total: u64, request_timeout: Duration) -> Duration {
+        request_timeout * 3 / 4 + Duration::from_secs(total / (8 << 20))
+    }
+
+    #[test]
+    fn an_honest_sender_gives_up_before_the_receiver_does() {
+        for rt in [1, 10, 40, 120, 3600].map(Duration::from_secs) {
+            for total in [1, 8 << 20, 1 << 30, 64 << 30, u64::MAX] {
+                let ours = snapshot_receive_limit(total, rt);
+                assert!(ours >= sender_deadline(total, rt), "{total} bytes, {rt:?}");
+                assert!(ours >= SNAPSHOT_CHUNK_TIMEOUT);
+            }
+        }
+        // And it is a bound: 64 GiB (the default largest snapshot) in at most 8,222 s.
+        assert_eq!(
+            snapshot_receive_limit(64 << 30, Duration::from_secs(10)),
+            Duration::from_secs(30 + 8192)
+        );
     }
 }

@@ -102,6 +102,15 @@ pub enum ServeError {
     /// Serving failed.
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
+    /// TLS is configured ([`GrpcOptions::tls`]) but its configuration has no certificate and
+    /// key to serve with (it was made with [`crate::TlsConfig::client_only`], or
+    /// [`crate::TlsConfig::from_pem`] without an identity). The server refuses to start rather
+    /// than serve plain TCP: it has accepted no connection.
+    #[error(
+        "TLS is configured but has no certificate and key to serve with; refusing to serve \
+         without TLS"
+    )]
+    TlsWithoutIdentity,
 }
 
 /// How a server answers the cluster service's `Read` call (decode the query, answer it, encode
@@ -203,14 +212,11 @@ impl<S: StateMachine> Server<S> {
             // allowing as many as there may be streams keeps the rapid-reset bound without
             // dropping a busy peer's connection.
             .http2_max_pending_accept_reset_streams(Some(o.max_concurrent_streams as usize));
-        if tonic_tls
-            && let Some(tls) = self
-                .shared
-                .opts
-                .tls
-                .as_ref()
-                .and_then(|t| t.config().tonic_server())
-        {
+        if tonic_tls && let Some(tls) = self.shared.opts.tls.as_ref() {
+            let tls = tls
+                .config()
+                .tonic_server()
+                .ok_or(ServeError::TlsWithoutIdentity)?;
             builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
         }
         // The interceptors run on a call's headers, before its message is decoded.
@@ -266,17 +272,22 @@ impl<S: StateMachine> Server<S> {
     /// addresses of the cluster's members (their names in the membership, looked up every 5 s)
     /// need no handshake permit and may go past the total by one address's share, so a member
     /// can reconnect to a port that strangers have filled.
+    ///
+    /// With [`GrpcOptions::tls`] set, every connection is TLS. A TLS configuration without a
+    /// certificate and key to serve with is refused before anything is accepted
+    /// ([`ServeError::TlsWithoutIdentity`]), never served as plain TCP.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
+        check_tls(&self.shared.opts)?;
         self.warn_if_open(listener.local_addr().ok());
         let opts = self.shared.opts.clone();
         let sources = crate::accept::MemberSources::default();
         // Stops with this future, however it ends.
         let _tracker = members::Tracker::start(self.shared.node.clone(), sources.clone());
-        match opts.tls.clone().filter(|t| t.serves()) {
+        match opts.tls.clone() {
             Some(tls) => {
                 let incoming = crate::accept::tls_incoming(listener, tls, &opts, sources);
                 self.serve_accepted(incoming, false, shutdown).await
@@ -291,7 +302,9 @@ impl<S: StateMachine> Server<S> {
     /// Serves connections from `incoming` (for example a simulated network's listener) until
     /// `shutdown` completes. With TLS, tonic does the handshakes, with the certificate in force
     /// when this is called: a reload does not reach a server started this way. The connection
-    /// limits are `incoming`'s to keep.
+    /// limits are `incoming`'s to keep. As with [`Server::serve`], a TLS configuration without
+    /// a certificate and key is refused ([`ServeError::TlsWithoutIdentity`]) before any
+    /// connection is taken from `incoming`.
     pub async fn serve_with_incoming<I, IO, E>(
         self,
         incoming: I,
@@ -302,6 +315,7 @@ impl<S: StateMachine> Server<S> {
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        check_tls(&self.shared.opts)?;
         self.serve_accepted(incoming, true, shutdown).await
     }
 
@@ -325,5 +339,23 @@ impl<S: StateMachine> Server<S> {
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         Ok(())
+    }
+}
+
+/// Refuses to serve when TLS is configured but cannot serve ([`ServeError::TlsWithoutIdentity`]):
+/// a node told to use TLS never falls back to plain TCP. [`Server::serve`] and
+/// [`crate::GrpcNode::start`] check this before anything starts. A configuration that serves
+/// keeps serving, since [`crate::ReloadableTls::reload`] refuses one without an identity.
+pub(crate) fn check_tls(opts: &GrpcOptions) -> Result<(), ServeError> {
+    match &opts.tls {
+        Some(tls) if !tls.serves() => {
+            tracing::error!(
+                "not serving: GrpcOptions::tls has no certificate and key to serve with \
+                 (a client-only TLS configuration); give the node its certificate and key, \
+                 or no TLS configuration to serve plain TCP"
+            );
+            Err(ServeError::TlsWithoutIdentity)
+        }
+        _ => Ok(()),
     }
 }
