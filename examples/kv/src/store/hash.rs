@@ -278,7 +278,14 @@ impl Store {
 
 /// `HRANDFIELD`: without a count one field (nil for no hash); a positive count gives distinct
 /// fields (at most all of them), a negative one that many fields, possibly repeated.
+///
+/// Costs O(n + |count|) for a hash of `n` fields: each form walks the hash at most once (a
+/// negative count indexes a list of the fields made once). The choice is random on each call
+/// (this node's generator, not the entry's): it only shapes the reply, never the state, so
+/// replicas answering the same `EXEC` may differ in which fields they name, never in what they
+/// store.
 fn rand_fields(h: &HashMap, count: Option<i64>, with_values: bool) -> Reply {
+    use rand::Rng;
     use rand::seq::IteratorRandom;
     let mut rng = rand::rng();
     let Some(count) = count else {
@@ -291,11 +298,17 @@ fn rand_fields(h: &HashMap, count: Option<i64>, with_values: bool) -> Reply {
         return Reply::Array(Vec::new());
     }
     let chosen: Vec<(&Bytes, &Bytes)> = if count > 0 {
-        h.iter()
-            .choose_multiple(&mut rng, (count as usize).min(h.len()))
+        // Reservoir sampling: one walk of the hash.
+        h.iter().choose_multiple(
+            &mut rng,
+            usize::try_from(count).map_or(h.len(), |c| c.min(h.len())),
+        )
     } else {
-        let n = count.unsigned_abs() as usize;
-        (0..n).filter_map(|_| h.iter().choose(&mut rng)).collect()
+        let fields: Vec<(&Bytes, &Bytes)> = h.iter().collect();
+        let n = usize::try_from(count.unsigned_abs()).unwrap_or(usize::MAX);
+        (0..n)
+            .map(|_| fields[rng.random_range(..fields.len())])
+            .collect()
     };
     let bulk = |b: &Bytes| Reply::Bulk(b.clone());
     if with_values {
