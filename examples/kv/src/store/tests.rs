@@ -1135,3 +1135,421 @@ fn malformed_glob_classes_match_as_in_redis() {
         assert_eq!(matched, want, "KEYS {pattern}");
     }
 }
+
+/// `SPOP` as every earlier version applied it: each draw an index among the members left,
+/// found by walking the set. The reference the faster draw must agree with exactly.
+fn spop_as_before(set: &mut BTreeSet<Bytes>, count: u64, mut seed: u64) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    while (out.len() as u64) < count && !set.is_empty() {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let i = ((seed >> 33) % set.len() as u64) as usize;
+        if let Some(m) = set.iter().nth(i).cloned() {
+            set.remove(&m);
+            out.push(m);
+        }
+    }
+    out
+}
+
+fn members(n: usize) -> Vec<Bytes> {
+    (0..n).map(|i| Bytes::from(format!("m{i:07}"))).collect()
+}
+
+fn smembers(s: &Store, key: &str) -> BTreeSet<Bytes> {
+    match s.read(Query {
+        now: 0,
+        op: ReadOp::SMembers(b(key)),
+    }) {
+        Reply::Array(items) => items
+            .into_iter()
+            .map(|r| match r {
+                Reply::Bulk(m) => m,
+                other => panic!("not a member: {other:?}"),
+            })
+            .collect(),
+        other => panic!("not an array: {other:?}"),
+    }
+}
+
+#[test]
+fn spop_removes_and_replies_with_exactly_the_members_earlier_versions_did() {
+    // Replicas of different versions apply the same entries during a rolling upgrade, and a
+    // restarted node replays its log: the draw must not change.
+    for len in [1usize, 2, 3, 5, 8, 64, 333, 1000] {
+        let counts = [
+            None,
+            Some(0),
+            Some(1),
+            Some(2),
+            Some(len as u64 / 2),
+            Some(len as u64 - 1),
+            Some(len as u64),
+            Some(len as u64 + 7),
+            Some(u64::MAX),
+        ];
+        for (round, count) in counts.into_iter().enumerate() {
+            let mut s = Store::default();
+            // Vary the write's number and time, which seed the draw.
+            for i in 0..round {
+                s.write(at(0, set(&format!("pad{i}"), "v", Expiry::Clear)));
+            }
+            let all = members(len);
+            s.write(at(
+                0,
+                WriteOp::SAdd {
+                    key: b("s"),
+                    members: all.clone(),
+                },
+            ));
+            let now = 1_700_000_000_000 + (len * 31 + round) as u64;
+            let reply = s.write(at(now, WriteOp::SPop { key: b("s"), count }));
+            let seed = s.writes.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ now;
+            let mut left: BTreeSet<Bytes> = all.into_iter().collect();
+            let popped = spop_as_before(&mut left, count.unwrap_or(1), seed);
+            let want = match count {
+                None => popped.into_iter().next().map_or(Reply::Nil, Reply::Bulk),
+                Some(_) => Reply::Array(popped.into_iter().map(Reply::Bulk).collect()),
+            };
+            assert_eq!(reply, want, "SPOP of {len} members, count {count:?}");
+            assert_eq!(smembers(&s, "s"), left, "left of {len}, count {count:?}");
+        }
+    }
+}
+
+#[test]
+fn spop_draws_the_positions_earlier_versions_did() {
+    for len in [0usize, 1, 2, 7, 16, 17, 100, 257, 1024, 3000] {
+        for (count, seed) in [(1, 0), (3, 1), (len as u64 / 3, 42), (len as u64, u64::MAX)] {
+            let mut set: BTreeSet<Bytes> = members(len).into_iter().collect();
+            let all: Vec<Bytes> = set.iter().cloned().collect();
+            let want = spop_as_before(&mut set, count, seed);
+            let got: Vec<Bytes> = super::set::draw_positions(len, count, seed)
+                .into_iter()
+                .map(|p| all[p].clone())
+                .collect();
+            assert_eq!(got, want, "{len} members, count {count}, seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn spop_of_most_of_a_large_set_walks_it_once() {
+    // Earlier versions walked the set for every member popped: popping 200,000 members in two
+    // halves took ~10^10 steps; now one walk of the set and O(log n) a draw.
+    const N: usize = 200_000;
+    let mut s = Store::default();
+    let all = members(N);
+    s.write(at(
+        0,
+        WriteOp::SAdd {
+            key: b("s"),
+            members: all.clone(),
+        },
+    ));
+    let mut spop = |now: u64, count: u64| -> Vec<Bytes> {
+        let reply = s.write(at(
+            now,
+            WriteOp::SPop {
+                key: b("s"),
+                count: Some(count),
+            },
+        ));
+        let Reply::Array(items) = reply else {
+            panic!("not an array: {reply:?}");
+        };
+        items
+            .into_iter()
+            .map(|r| match r {
+                Reply::Bulk(m) => m,
+                other => panic!("not a member: {other:?}"),
+            })
+            .collect()
+    };
+    let half = spop(1, N as u64 / 2);
+    assert_eq!(half.len(), N / 2);
+    let rest = spop(2, u64::MAX);
+    assert_eq!(
+        rest.len(),
+        N - N / 2,
+        "the rest, however many were asked for"
+    );
+    // Every member exactly once (`all` is sorted, and so distinct).
+    let mut popped = half;
+    popped.extend(rest);
+    popped.sort_unstable();
+    assert!(popped == all, "each member popped once");
+    let card = s.read(Query {
+        now: 2,
+        op: ReadOp::SCard(b("s")),
+    });
+    assert_eq!(card, Reply::Int(0));
+}
+
+#[test]
+fn hrandfield_with_a_large_negative_count_walks_the_hash_once() {
+    // Earlier versions walked the hash for every field drawn: the most draws a client may ask
+    // for (2^20) from 20,000 fields took ~10^10 steps; now one walk, then O(1) a draw.
+    const N: usize = 20_000;
+    const DRAWS: i64 = 1 << 20;
+    let mut s = Store::default();
+    let pairs: Vec<(Bytes, Bytes)> = (0..N)
+        .map(|i| (Bytes::from(format!("f{i}")), Bytes::from(format!("v{i}"))))
+        .collect();
+    s.write(at(
+        0,
+        WriteOp::HSet {
+            key: b("h"),
+            pairs,
+            nx: false,
+        },
+    ));
+    let ask = |count: i64, with_values: bool| {
+        s.read(Query {
+            now: 0,
+            op: ReadOp::HRandField {
+                key: b("h"),
+                count: Some(count),
+                with_values,
+            },
+        })
+    };
+    let number = |b: &Bytes, prefix: u8| -> usize {
+        assert_eq!(b.first(), Some(&prefix), "{b:?}");
+        std::str::from_utf8(&b[1..])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(usize::MAX)
+    };
+    match ask(-DRAWS, true) {
+        Reply::Pairs(pairs) => {
+            assert_eq!(pairs.len(), DRAWS as usize);
+            let mut seen = vec![false; N];
+            for (f, v) in pairs {
+                let (Reply::Bulk(f), Reply::Bulk(v)) = (f, v) else {
+                    panic!("not a field and value");
+                };
+                let i = number(&f, b'f');
+                assert!(i < N, "a field of the hash: {f:?}");
+                assert_eq!(number(&v, b'v'), i, "with its value");
+                seen[i] = true;
+            }
+            // 2^20 uniform draws from 20,000 leave a field out with probability e^-52.
+            assert!(seen.iter().all(|s| *s), "drawn from all of it");
+        }
+        other => panic!("not pairs: {other:?}"),
+    }
+    assert!(matches!(ask(-3, false), Reply::Array(fields) if fields.len() == 3));
+    // A positive count: distinct fields, at most all of them.
+    match ask(N as i64 * 2, false) {
+        Reply::Array(fields) => {
+            let distinct: BTreeSet<Bytes> = fields
+                .into_iter()
+                .map(|f| match f {
+                    Reply::Bulk(f) => f,
+                    other => panic!("not a field: {other:?}"),
+                })
+                .collect();
+            assert_eq!(distinct.len(), N);
+        }
+        other => panic!("not an array: {other:?}"),
+    }
+}
+
+/// Glob matching as earlier versions did it: the reference for what patterns mean.
+fn glob_as_before(pattern: &[u8], s: &[u8]) -> bool {
+    fn class(p: &[u8], c: u8) -> (bool, usize) {
+        let negate = p.first() == Some(&b'^');
+        let mut i = usize::from(negate);
+        let mut matched = false;
+        loop {
+            match p.get(i) {
+                None => return (matched != negate, i),
+                Some(b'\\') if i + 1 < p.len() => {
+                    matched |= p[i + 1] == c;
+                    i += 2;
+                }
+                Some(b']') => return (matched != negate, i + 1),
+                Some(&from) if i + 2 < p.len() && p[i + 1] == b'-' => {
+                    let to = p[i + 2];
+                    matched |= (from.min(to)..=from.max(to)).contains(&c);
+                    i += 3;
+                }
+                Some(&x) => {
+                    matched |= x == c;
+                    i += 1;
+                }
+            }
+        }
+    }
+    let (mut p, mut t) = (0, 0);
+    let (mut star_p, mut star_t) = (None::<usize>, 0);
+    while t < s.len() {
+        let advanced = match pattern.get(p) {
+            Some(b'*') => {
+                star_p = Some(p);
+                star_t = t;
+                p += 1;
+                continue;
+            }
+            Some(b'?') => {
+                p += 1;
+                true
+            }
+            Some(b'[') => match class(&pattern[p + 1..], s[t]) {
+                (true, used) => {
+                    p += 1 + used;
+                    true
+                }
+                (false, _) => false,
+            },
+            Some(b'\\') if p + 1 < pattern.len() => {
+                let ok = pattern[p + 1] == s[t];
+                p += 2;
+                ok
+            }
+            Some(c) => {
+                let ok = *c == s[t];
+                p += 1;
+                ok
+            }
+            None => false,
+        };
+        if advanced {
+            t += 1;
+        } else if let Some(sp) = star_p {
+            p = sp + 1;
+            star_t += 1;
+            t = star_t;
+        } else {
+            return false;
+        }
+    }
+    pattern[p.min(pattern.len())..].iter().all(|c| *c == b'*')
+}
+
+/// Every string of up to `max` bytes from `alphabet`.
+fn strings_over(alphabet: &[u8], max: usize) -> Vec<Vec<u8>> {
+    let mut all = vec![Vec::new()];
+    let mut last = vec![Vec::new()];
+    for _ in 0..max {
+        last = last
+            .iter()
+            .flat_map(|s: &Vec<u8>| {
+                alphabet.iter().map(move |c| {
+                    let mut s = s.clone();
+                    s.push(*c);
+                    s
+                })
+            })
+            .collect();
+        all.extend(last.iter().cloned());
+    }
+    all
+}
+
+#[test]
+fn globs_match_exactly_as_before() {
+    // Every pattern of up to 5 bytes from the bytes that mean something in one, against every
+    // key of up to 3 bytes from those a class or escape can name.
+    let patterns = strings_over(b"a*?[]^-\\", 5);
+    let keys = strings_over(b"ab]-\\", 3);
+    for p in &patterns {
+        for k in &keys {
+            assert_eq!(
+                glob_match(p, k),
+                glob_as_before(p, k),
+                "pattern {:?}, key {:?}",
+                String::from_utf8_lossy(p),
+                String::from_utf8_lossy(k)
+            );
+        }
+    }
+    // Longer ones, drawn from a fixed sequence.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    let pattern_bytes = b"ab*?[]^-\\z";
+    for _ in 0..50_000 {
+        let p: Vec<u8> = (0..next(14))
+            .map(|_| pattern_bytes[next(pattern_bytes.len() as u64) as usize])
+            .collect();
+        let k: Vec<u8> = (0..next(10)).map(|_| b"abz]-"[next(5) as usize]).collect();
+        assert_eq!(
+            glob_match(&p, &k),
+            glob_as_before(&p, &k),
+            "pattern {:?}, key {:?}",
+            String::from_utf8_lossy(&p),
+            String::from_utf8_lossy(&k)
+        );
+    }
+}
+
+/// Whether `pattern` matches `s`, and the work that took (see `glob::GLOB_WORK`).
+fn glob_work(pattern: &[u8], s: &[u8]) -> (bool, u64) {
+    let before = super::glob::GLOB_WORK.with(|c| c.get());
+    let matched = glob_match(pattern, s);
+    (matched, super::glob::GLOB_WORK.with(|c| c.get()) - before)
+}
+
+#[test]
+fn a_long_pattern_is_read_once_however_far_a_key_makes_it_backtrack() {
+    // Earlier versions read a class anew each time backtracking came back to it: with a `*`
+    // before a class of a megabyte, O(pattern × key) — ~5 * 10^10 steps here.
+    const P: usize = 1 << 20;
+    const K: usize = 50_000;
+    let key: Vec<u8> = vec![b'b'; K];
+    let mut key_a = key.clone();
+    key_a.push(b'a');
+    // Each byte of the pattern read at most once, and a few steps for each byte of the key.
+    let bounded = |pattern: &[u8], key: &[u8]| {
+        let (matched, work) = glob_work(pattern, key);
+        let most = (pattern.len() + 4 * key.len() + 4) as u64;
+        assert!(
+            work <= most,
+            "work {work} for a pattern of {} bytes and a key of {}",
+            pattern.len(),
+            key.len()
+        );
+        matched
+    };
+    // A class without its `]`: it runs to the end of the pattern, so it matches only a key's
+    // last byte.
+    let mut unclosed = b"*[".to_vec();
+    unclosed.extend(std::iter::repeat_n(b'a', P));
+    assert!(!bounded(&unclosed, &key));
+    assert!(bounded(&unclosed, &key_a));
+    // A closed class of a megabyte, then more pattern.
+    let mut closed = b"*[".to_vec();
+    closed.extend(std::iter::repeat_n(b'a', P));
+    closed.extend_from_slice(b"]z");
+    assert!(!bounded(&closed, &key));
+    let mut key_az = key_a.clone();
+    key_az.push(b'z');
+    assert!(bounded(&closed, &key_az));
+    // A negated one.
+    let mut negated = b"*[^".to_vec();
+    negated.extend(std::iter::repeat_n(b'b', P));
+    negated.push(b']');
+    assert!(!bounded(&negated, &key));
+    assert!(bounded(&negated, &key_a));
+    // A megabyte of `*`, read once as one.
+    let mut stars = vec![b'*'; P];
+    stars.push(b'a');
+    stars.extend(std::iter::repeat_n(b'*', P));
+    assert!(!bounded(&stars, &key));
+    assert!(bounded(&stars, &key_a));
+    // The nesting Redis cuts short (`*?` 50,000 times) matches in linear work.
+    let nested = b"*?".repeat(50_000);
+    assert!(bounded(&nested, &vec![b'x'; K + 1]));
+    assert!(!bounded(&nested, &vec![b'x'; K - 1]));
+    // A long pattern against a key that differs early is hardly read.
+    let mut literal = vec![b'c'; P];
+    literal.push(b'*');
+    let (matched, work) = glob_work(&literal, &key);
+    assert!(!matched);
+    assert!(work <= 2, "work {work}");
+}
