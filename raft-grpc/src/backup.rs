@@ -4,7 +4,8 @@
 //! The export runs on a blocking thread and writes into a [`ChunkWriter`], which cuts the bytes
 //! into messages of at most [`CHUNK_BYTES`] and hands them to the response stream through a
 //! channel of [`QUEUE`] messages: a slow client slows the export down instead of making the node
-//! buffer the backup. A client that goes away ends the export (its next send fails).
+//! buffer the backup. A client that goes away ends the export (its next send fails), and so
+//! does one that takes no message for [`READER_STALL`] (60 s).
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -38,21 +39,43 @@ const QUEUE: usize = 4;
 
 type Item = Result<pb::BackupChunk, Status>;
 
+/// How long the export waits for its reader to take a message before it gives up: a client
+/// that keeps its connection open but stops reading would otherwise hold the node's one backup
+/// permit, a blocking thread and a point-in-time view of the state for ever.
+const READER_STALL: Duration = Duration::from_secs(60);
+
 /// A `Write` that sends what it is given as backup chunks; blocking, for the export's thread.
 struct ChunkWriter {
     tx: mpsc::Sender<Item>,
     buf: BytesMut,
+    /// The runtime the response stream's reader runs on, whose timers bound each send.
+    runtime: tokio::runtime::Handle,
+    /// How long one send may wait for room ([`READER_STALL`]).
+    stall: Duration,
 }
 
 impl ChunkWriter {
+    /// Sends what is buffered; fails if the reader left, or took nothing for `stall`.
     fn send(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
         let data = self.buf.split().freeze();
-        self.tx
-            .blocking_send(Ok(pb::BackupChunk { data, done: None }))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the backup's reader left"))
+        let chunk = Ok(pb::BackupChunk { data, done: None });
+        match self
+            .runtime
+            .block_on(self.tx.send_timeout(chunk, self.stall))
+        {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the backup's reader took nothing for {:?}", self.stall),
+            )),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the backup's reader left",
+            )),
+        }
     }
 }
 
@@ -101,6 +124,8 @@ pub(crate) fn start<S: StateMachine>(
     let writer = ChunkWriter {
         tx: tx.clone(),
         buf: BytesMut::with_capacity(CHUNK_BYTES),
+        runtime: tokio::runtime::Handle::current(),
+        stall: READER_STALL,
     };
     let mut export = Box::pin(async move { node.export_snapshot_at(at, writer).await });
     let waker = futures_util::task::noop_waker();
@@ -254,6 +279,33 @@ pub(crate) async fn receive<W: tokio::io::AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn an_export_whose_reader_stops_taking_messages_ends() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut writer = ChunkWriter {
+            tx,
+            buf: BytesMut::new(),
+            runtime: tokio::runtime::Handle::current(),
+            stall: Duration::from_millis(200),
+        };
+        let export = tokio::task::spawn_blocking(move || {
+            // Far more than the queue holds; nobody reads after the first message.
+            for _ in 0..8 {
+                writer.write_all(&[7; CHUNK_BYTES])?;
+            }
+            writer.flush()
+        });
+        let first = rx.recv().await;
+        assert!(matches!(first, Some(Ok(ref c)) if c.data.len() == CHUNK_BYTES));
+        let ended = tokio::time::timeout(Duration::from_secs(10), export)
+            .await
+            .expect("the export ended instead of waiting for ever")
+            .unwrap();
+        assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        // The reader still holds its end: the export gave up on its own.
+        drop(rx);
+    }
 
     #[test]
     fn only_nodes_busy_when_last_asked_count_as_busy() {
