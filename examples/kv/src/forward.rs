@@ -115,8 +115,13 @@ async fn read_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Reply {
 /// [`commands::SCAN_STEP`] keys, so writes go on between steps. The first step is read at the
 /// node's consistency; the rest follow locally from there. Like SCAN, a key present for the
 /// whole walk is returned; one written during it may or may not be.
-pub(crate) async fn keys(ctx: &Ctx, pattern: Bytes) -> Reply {
+///
+/// `None` as soon as the keys found would take more than `room` bytes to send
+/// ([`Reply::encoded_bytes`]): the caller closes the connection, as for any reply past the
+/// output limit, and the node never holds more than that of the answer.
+pub(crate) async fn keys(ctx: &Ctx, pattern: Bytes, room: usize) -> Option<Reply> {
     let mut found = Vec::new();
+    let mut bytes = 0usize;
     let mut cursor = 0u64;
     let mut consistency = ctx.consistency;
     loop {
@@ -127,18 +132,26 @@ pub(crate) async fn keys(ctx: &Ctx, pattern: Bytes) -> Reply {
         };
         let step = read_at(ctx, op, consistency).await;
         let Reply::Array(mut parts) = step else {
-            return step; // an error
+            return Some(step); // an error
         };
         let (Some(Reply::Array(keys)), Some(Reply::Bulk(next))) = (parts.pop(), parts.pop()) else {
-            return Reply::Error("ERR internal error: malformed scan step".into());
+            return Some(Reply::Error(
+                "ERR internal error: malformed scan step".into(),
+            ));
         };
+        bytes = keys
+            .iter()
+            .fold(bytes, |n, k| n.saturating_add(k.encoded_bytes()));
+        if bytes > room {
+            return None;
+        }
         found.extend(keys);
         cursor = std::str::from_utf8(&next)
             .ok()
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
         if cursor == 0 {
-            return Reply::Array(found);
+            return Some(Reply::Array(found));
         }
         consistency = Consistency::Local;
         tokio::task::yield_now().await;

@@ -512,7 +512,13 @@ async fn execute(
             }
             Action::Info(section) => info(ctx, section.as_deref()).await,
             Action::Write { op, post } => post.apply(replicate(conn, ctx, op, now).await),
-            Action::Read(ReadOp::Keys(pattern)) => keys(ctx, pattern).await,
+            Action::Read(ReadOp::Keys(pattern)) => {
+                let limit = ctx.limits.output_bytes;
+                match keys(ctx, pattern, limit.saturating_sub(out.len())).await {
+                    Some(reply) => reply,
+                    None => return past_output_limit(conn.id, limit),
+                }
+            }
             Action::Read(op) => {
                 let post = commands::Post::of_read(&op);
                 post.apply(read(ctx, op).await)

@@ -708,3 +708,28 @@ fn a_command_refused_for_permissions_inside_multi_discards_the_transaction() {
     assert_eq!(c.call(&[b"EXEC"]), "+OK");
     assert_eq!(c.call(&[b"GET", b"a"]), "1");
 }
+
+#[test]
+fn keys_past_the_output_limit_closes_the_connection_and_keys_within_it_answer() {
+    let limit = 64 << 10;
+    let node = Node::start(&["--client-output-buffer-limit", &limit.to_string()]);
+    let mut loader = node.connect();
+    for batch in 0..10 {
+        let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
+        for i in 0..1_000 {
+            args.push(format!("k{}", batch * 1_000 + i).into_bytes());
+            args.push(b"v".to_vec());
+        }
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        assert_eq!(loader.call(&refs), "+OK");
+    }
+    // Ten thousand keys do not fit in 64 KiB of replies: no reply, the connection is closed.
+    let mut c = node.connect();
+    c.send(&[b"KEYS", b"k*"]).expect("send");
+    assert_eq!(c.reply(), "", "no reply");
+    assert!(c.closed_by_server());
+    // The thousand-odd that start with k1 do, and the node serves on.
+    let mut c = node.connect();
+    assert_eq!(c.call(&[b"KEYS", b"k1*"]).lines().count(), 1_111);
+    assert_eq!(c.call(&[b"SET", b"after", b"1"]), "+OK");
+}
