@@ -176,6 +176,15 @@ impl LimitArgs {
 
     /// The limits, checked: `Err` names the flags that contradict each other.
     pub fn to_limits(&self) -> Result<ConnLimits, String> {
+        // kv's nodes replicate commands of raft-core's default largest size.
+        let replicated = raft_core::Config::in_memory(1).max_command_bytes;
+        if self.client_query_buffer_limit > replicated {
+            return Err(format!(
+                "--client-query-buffer-limit ({}) must not exceed {replicated}, the largest \
+                 command a node replicates: a write it accepted could not be applied",
+                self.client_query_buffer_limit
+            ));
+        }
         if self.proto_max_bulk_len > self.client_query_buffer_limit {
             return Err(format!(
                 "--proto-max-bulk-len ({}) must not exceed --client-query-buffer-limit ({})",
@@ -211,6 +220,32 @@ impl LimitArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_the_node_accepts_is_one_it_can_replicate() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Args {
+            #[command(flatten)]
+            limits: LimitArgs,
+        }
+        let limits = |argv: &[&str]| {
+            let argv = std::iter::once("kv").chain(argv.iter().copied());
+            Args::parse_from(argv).limits.to_limits()
+        };
+        assert!(limits(&[]).is_ok(), "the defaults fit");
+        assert!(limits(&["--client-query-buffer-limit", "67108864"]).is_ok());
+        let e = limits(&["--client-query-buffer-limit", "67108865"]).unwrap_err();
+        assert!(e.contains("--client-query-buffer-limit"), "{e}");
+        let e = limits(&[
+            "--proto-max-bulk-len",
+            "2000",
+            "--client-query-buffer-limit",
+            "1000",
+        ])
+        .unwrap_err();
+        assert!(e.contains("--proto-max-bulk-len"), "{e}");
+    }
 
     #[test]
     fn maxclients_fits_the_open_files_limit() {
