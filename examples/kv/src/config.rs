@@ -13,8 +13,8 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use crate::limits::ConnLimits;
+use crate::store::Glob;
 use crate::store::Reply;
-use crate::store::glob_match;
 
 /// What values a parameter takes, checked as Redis 7 checks them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,18 +193,16 @@ impl NodeConfig {
 
     /// `CONFIG GET pattern…`: every parameter matching any pattern, with its value.
     pub fn get(&self, patterns: &[Bytes]) -> Reply {
+        // Each pattern compiled once, not for each parameter, and before taking the lock.
+        let globs: Vec<Glob> = patterns
+            .iter()
+            .map(|p| Glob::new(&String::from_utf8_lossy(p).to_ascii_lowercase().into_bytes()))
+            .collect();
         let values = self.values.lock().unwrap_or_else(|p| p.into_inner());
         Reply::Map(
             values
                 .iter()
-                .filter(|(name, _)| {
-                    patterns.iter().any(|p| {
-                        glob_match(
-                            &String::from_utf8_lossy(p).to_ascii_lowercase().into_bytes(),
-                            name.as_bytes(),
-                        )
-                    })
-                })
+                .filter(|(name, _)| globs.iter().any(|g| g.matches(name.as_bytes())))
                 .map(|(name, v)| {
                     (
                         Reply::Bulk(Bytes::from_static(name.as_bytes())),

@@ -1,153 +1,277 @@
-//! Redis glob patterns, as KEYS, SCAN and CONFIG GET match them.
+//! Redis glob patterns, as KEYS, SCAN, HSCAN and CONFIG GET match them.
+//!
+//! A pattern is compiled once per command into a [`Glob`], then matched against each key: what
+//! a key costs does not depend on how long the pattern is.
 
-/// Redis glob patterns: `*`, `?`, `[abc]`, `[^a-z]`, `\x`.
+/// A Redis glob pattern (`*`, `?`, `[abc]`, `[^a-z]`, `\x`), compiled once to be matched
+/// against many strings.
 ///
 /// A class is read as Redis reads one: `^` first negates it; `\x` is `x`; `a-z` is a range,
 /// its ends in either order and any bytes (in `[a-]` the range runs from `a` to `]`, and the
-/// class goes on); a class without its closing `]` runs to the end of the pattern.
+/// class goes on); a class without its closing `]` runs to the end of the pattern. `\x` is the
+/// byte `x`; a `\` that ends the pattern is itself.
 ///
-/// Cost, for a pattern of `p` bytes and a string of `n`: each byte of the pattern is read at
-/// most once (a run of `*` is skipped as one, a class is read once into a table of the bytes it
-/// matches, however often backtracking comes back to it), and matching takes at most
-/// O(n × min(n, tokens)) steps of O(log n) each, where a token is a `*` run, `?`, a class or
-/// one byte: O(p + n² log n) at worst, never exponential. Nothing is read past the point where
-/// the string has failed to match, so a long pattern costs little against a string that
-/// differs early. (The pattern is read anew on each call: a caller matching many strings
-/// against one long pattern pays up to O(p) for each.)
-pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
-    // The classes read since the last `*`, by the position of their `[`, in pattern order: the
-    // only ones backtracking can come back to. At most one per byte of `s` is read past the
-    // last `*` before the match fails or moves on, so this holds at most n + 1.
-    let mut classes: Vec<(usize, Class)> = Vec::new();
-    let (mut p, mut t) = (0, 0);
-    // Where to resume after the last `*` run: the pattern just past it, and the string from
-    // the first byte that run has not yet taken.
-    let mut star: Option<(usize, usize)> = None;
-    while t < s.len() {
-        count(1);
-        let advanced = match pattern.get(p) {
-            Some(b'*') => {
-                p = past_stars(pattern, p);
-                star = Some((p, t));
-                classes.clear();
-                continue;
-            }
-            Some(b'?') => {
-                p += 1;
-                true
-            }
-            Some(b'[') => {
-                let class = match classes.binary_search_by_key(&p, |(at, _)| *at) {
-                    Ok(i) => &classes[i].1,
-                    Err(i) => {
-                        classes.insert(i, (p, Class::read(pattern, p + 1)));
-                        &classes[i].1
+/// Cost, for a pattern of `p` bytes and a string of `n`:
+///
+/// - [`Glob::new`] reads each byte of the pattern once: O(p) time. What it keeps takes at most
+///   3p bytes (and a few words): one 2-byte token for each `*` run, `?`, class, escape or
+///   other byte (so at most one per byte of the pattern), and for each class either a copy of
+///   what lies between its brackets, if that is at most [`SHORT_CLASS`] bytes, or else a
+///   32-byte table of the bytes it matches, with one byte to say which.
+/// - [`Glob::matches`] takes at most O(n × min(n, tokens)) steps, each O(1) (at most
+///   [`SHORT_CLASS`] bytes of a class read), however long the pattern: O(n²) at worst, never
+///   exponential. It stops where the string fails to match.
+#[derive(Debug, Clone)]
+pub struct Glob {
+    /// The pattern's tokens, in order; no two `*` runs are next to each other.
+    tokens: Vec<Token>,
+    /// The classes, in the order of their tokens, each as [`Glob::class`] reads it: a length
+    /// byte `k` at most [`SHORT_CLASS`] then `k` bytes (what lay between the brackets, `^`
+    /// included), or [`LONG`] then a 32-byte table.
+    classes: Vec<u8>,
+}
+
+/// The longest class (between its brackets) kept as written and read again on each match
+/// step; a longer one is kept as a table of 32 bytes, which is then no larger.
+pub(super) const SHORT_CLASS: usize = 32;
+
+/// The marker of a class kept as a table.
+const LONG: u8 = u8::MAX;
+
+/// One token of a compiled pattern: `0..=255` a byte to match as it is (escapes already
+/// resolved), or one of [`Token::ANY`], [`Token::STARS`] and [`Token::CLASS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Token(u16);
+
+impl Token {
+    /// `?`: any one byte.
+    const ANY: Token = Token(256);
+    /// A run of `*`, however long: any bytes, none or more.
+    const STARS: Token = Token(257);
+    /// A class: the next in [`Glob::classes`].
+    const CLASS: Token = Token(258);
+}
+
+/// Where matching goes on from: the next token, and the position of the next class in
+/// [`Glob::classes`], the one that token or a later one reads.
+#[derive(Clone, Copy)]
+struct At {
+    token: usize,
+    class: usize,
+}
+
+impl Glob {
+    /// Compiles `pattern`, reading each of its bytes once; see [`Glob`] for what it keeps.
+    pub fn new(pattern: &[u8]) -> Glob {
+        let mut tokens = Vec::new();
+        let mut classes = Vec::new();
+        let mut p = 0;
+        while let Some(&c) = pattern.get(p) {
+            match c {
+                b'*' => {
+                    let run = pattern[p..].iter().take_while(|c| **c == b'*').count();
+                    count(run);
+                    p += run;
+                    tokens.push(Token::STARS);
+                }
+                b'?' => {
+                    count(1);
+                    p += 1;
+                    tokens.push(Token::ANY);
+                }
+                b'[' => {
+                    let rest = pattern.get(p + 1..).unwrap_or_default();
+                    let mut table = [0u64; 4];
+                    let read = read_class(rest, |from, to| add_range(&mut table, from, to));
+                    count(read.used + 1);
+                    let between = rest.get(..read.between).unwrap_or_default();
+                    match u8::try_from(between.len()) {
+                        Ok(len) if between.len() <= SHORT_CLASS => {
+                            classes.push(len);
+                            classes.extend_from_slice(between);
+                        }
+                        _ => {
+                            if read.negate {
+                                for word in &mut table {
+                                    *word = !*word;
+                                }
+                            }
+                            classes.push(LONG);
+                            for word in table {
+                                classes.extend_from_slice(&word.to_le_bytes());
+                            }
+                        }
                     }
-                };
-                if class.contains(s[t]) {
-                    p = class.end;
-                    true
-                } else {
-                    false
+                    p += 1 + read.used;
+                    tokens.push(Token::CLASS);
+                }
+                b'\\' if p + 1 < pattern.len() => {
+                    count(2);
+                    tokens.push(Token(u16::from(pattern[p + 1])));
+                    p += 2;
+                }
+                c => {
+                    count(1);
+                    tokens.push(Token(u16::from(c)));
+                    p += 1;
                 }
             }
-            Some(b'\\') if p + 1 < pattern.len() => {
-                let ok = pattern[p + 1] == s[t];
-                p += 2;
-                ok
+        }
+        tokens.shrink_to_fit();
+        classes.shrink_to_fit();
+        Glob { tokens, classes }
+    }
+
+    /// Whether the pattern matches all of `s`, by the rules in [`Glob`], in
+    /// O(n × min(n, tokens)) steps of O(1) each for `s` of `n` bytes, whatever the pattern's
+    /// length.
+    pub fn matches(&self, s: &[u8]) -> bool {
+        let mut at = At { token: 0, class: 0 };
+        let mut t = 0;
+        // Where to resume after the last `*` run: the token just past it, and the string from
+        // the first byte that run has not yet taken. Going back further never helps: a later
+        // run can take whatever an earlier one would have.
+        let mut star: Option<(At, usize)> = None;
+        while let Some(&c) = s.get(t) {
+            count(1);
+            let advanced = match self.tokens.get(at.token) {
+                None => false,
+                Some(&Token::STARS) => {
+                    at.token += 1;
+                    star = Some((at, t));
+                    continue;
+                }
+                Some(&Token::ANY) => true,
+                Some(&Token::CLASS) => {
+                    let (matched, next) = self.class(at.class, c);
+                    at.class = next;
+                    matched
+                }
+                Some(&Token(byte)) => byte == u16::from(c),
+            };
+            if advanced {
+                at.token += 1;
+                t += 1;
+            } else if let Some((resume, from)) = star {
+                star = Some((resume, from + 1));
+                at = resume;
+                t = from + 1;
+            } else {
+                return false;
             }
-            Some(c) => {
-                let ok = *c == s[t];
-                p += 1;
-                ok
-            }
-            None => false,
+        }
+        // No two `*` runs are next to each other, so this looks at two tokens at most.
+        self.tokens
+            .get(at.token..)
+            .is_none_or(|rest| rest.iter().all(|token| *token == Token::STARS))
+    }
+
+    /// Whether the class at `at` in [`Glob::classes`] matches `c`, and where the next class
+    /// starts; O(1), reading at most [`SHORT_CLASS`] bytes.
+    fn class(&self, at: usize, c: u8) -> (bool, usize) {
+        let Some(&kind) = self.classes.get(at) else {
+            // Not reached: each class token has its class. Matching nothing is safe.
+            return (false, at);
         };
-        if advanced {
-            t += 1;
-        } else if let Some((resume, from)) = star {
-            star = Some((resume, from + 1));
-            p = resume;
-            t = from + 1;
+        if kind == LONG {
+            let word = usize::from(c >> 6);
+            let start = at + 1 + 8 * word;
+            let matched = self
+                .classes
+                .get(start..start + 8)
+                .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+                .is_some_and(|bytes| u64::from_le_bytes(bytes) & (1 << (c & 63)) != 0);
+            count(1);
+            (matched, at + 1 + 32)
         } else {
-            return false;
+            let end = at + 1 + usize::from(kind);
+            let between = self.classes.get(at + 1..end).unwrap_or_default();
+            let mut matched = false;
+            let read = read_class(between, |from, to| matched |= (from..=to).contains(&c));
+            count(between.len());
+            (matched != read.negate, end)
         }
     }
-    pattern
-        .get(p..)
-        .is_none_or(|rest| past_stars(rest, 0) == rest.len())
 }
 
-/// The position just past the run of `*` that starts at `p`.
-fn past_stars(pattern: &[u8], p: usize) -> usize {
-    let run = pattern
-        .get(p..)
-        .map_or(0, |rest| rest.iter().take_while(|c| **c == b'*').count());
-    count(run);
-    p + run
+/// What [`read_class`] read.
+struct ClassRead {
+    /// Whether the class starts with `^`.
+    negate: bool,
+    /// The bytes of the pattern it took after the `[`: through its `]`, or all of them.
+    used: usize,
+    /// How many of those lie between the brackets (`^` included; `]` not).
+    between: usize,
 }
 
-/// A class, read once: the bytes it matches and where the pattern goes on after it.
-struct Class {
-    /// Bit `c` is set for each byte `c` the class matches (its negation already applied).
-    bytes: [u64; 4],
-    /// The position in the pattern just past the class (past its `]`, or the pattern's end).
-    end: usize,
-}
-
-impl Class {
-    /// Reads the class whose `[` is just before `start`, in O(its length).
-    fn read(pattern: &[u8], start: usize) -> Class {
-        let p = pattern.get(start..).unwrap_or_default();
-        let negate = p.first() == Some(&b'^');
-        let mut i = usize::from(negate);
-        let mut bytes = [0u64; 4];
-        let mut add = |from: u8, to: u8| {
-            for c in from..=to {
-                bytes[usize::from(c >> 6)] |= 1 << (c & 63);
+/// Reads the class whose `[` is just before `p`, calling `add(from, to)` for each range of
+/// bytes it names (`from <= to`; a single byte is a range of one), negation not applied, in
+/// O(its length). Reading again only the bytes between its brackets names the same ranges.
+fn read_class(p: &[u8], mut add: impl FnMut(u8, u8)) -> ClassRead {
+    let negate = p.first() == Some(&b'^');
+    let mut i = usize::from(negate);
+    loop {
+        match p.get(i) {
+            None => {
+                return ClassRead {
+                    negate,
+                    used: i,
+                    between: i,
+                };
             }
-        };
-        let used = loop {
-            match p.get(i) {
-                None => break i,
-                Some(b'\\') if i + 1 < p.len() => {
-                    add(p[i + 1], p[i + 1]);
-                    i += 2;
-                }
-                Some(b']') => break i + 1,
-                Some(&from) if i + 2 < p.len() && p[i + 1] == b'-' => {
-                    let to = p[i + 2];
-                    add(from.min(to), from.max(to));
-                    i += 3;
-                }
-                Some(&x) => {
-                    add(x, x);
-                    i += 1;
-                }
+            Some(b'\\') if i + 1 < p.len() => {
+                add(p[i + 1], p[i + 1]);
+                i += 2;
             }
-        };
-        count(used + 1);
-        if negate {
-            for word in &mut bytes {
-                *word = !*word;
+            Some(b']') => {
+                return ClassRead {
+                    negate,
+                    used: i + 1,
+                    between: i,
+                };
             }
-        }
-        Class {
-            bytes,
-            end: start + used,
+            Some(&from) if i + 2 < p.len() && p[i + 1] == b'-' => {
+                let to = p[i + 2];
+                add(from.min(to), from.max(to));
+                i += 3;
+            }
+            Some(&x) => {
+                add(x, x);
+                i += 1;
+            }
         }
     }
+}
 
-    /// Whether the class matches `c`.
-    fn contains(&self, c: u8) -> bool {
-        self.bytes[usize::from(c >> 6)] & (1 << (c & 63)) != 0
+/// Sets the bits `from..=to` of a 256-bit table, a word at a time.
+fn add_range(table: &mut [u64; 4], from: u8, to: u8) {
+    for (w, word) in table.iter_mut().enumerate() {
+        let (lo, hi) = (w * 64, w * 64 + 63);
+        let (from, to) = (usize::from(from).max(lo), usize::from(to).min(hi));
+        if from <= to {
+            let bits = to - from + 1;
+            let mask = if bits == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << bits) - 1) << (from - lo)
+            };
+            *word |= mask;
+        }
+    }
+}
+
+#[cfg(test)]
+impl Glob {
+    /// The heap bytes this compiled pattern holds (tests only).
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.tokens.capacity() * std::mem::size_of::<Token>() + self.classes.capacity()
     }
 }
 
 #[cfg(test)]
 thread_local! {
-    /// The work this thread's matching has done (tests only): one for each step of the match
-    /// and each byte of a `*` run or a class read.
+    /// The work this thread's globs have done (tests only): one for each byte of a pattern
+    /// compiled, each step of a match, and each byte of a class read again or table looked up.
     pub(super) static GLOB_WORK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 

@@ -11,10 +11,10 @@ use serde::ser::SerializeMap;
 
 use super::Data;
 use super::Error;
+use super::Glob;
 use super::ReadOp;
 use super::Reply;
 use super::Store;
-use super::glob_match;
 use super::strings::Integers;
 use super::strings::add_float;
 use super::strings::add_int;
@@ -254,12 +254,14 @@ impl Store {
                 // cursor, and the next cursor is the hash of the first field not examined.
                 let mut out = Vec::new();
                 let mut next = 0;
+                // Compiled once for the step, not for each field it examines.
+                let glob = pattern.as_ref().map(|p| Glob::new(p));
                 for (i, (Slot(hash, f), v)) in h.starting_at(cursor).enumerate() {
                     if i == count.max(1) {
                         next = *hash;
                         break;
                     }
-                    if pattern.as_ref().is_none_or(|p| glob_match(p, f)) {
+                    if glob.as_ref().is_none_or(|g| g.matches(f)) {
                         out.push(bulk(f));
                         if !novalues {
                             out.push(bulk(v));

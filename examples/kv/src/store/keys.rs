@@ -4,10 +4,10 @@ use bytes::Bytes;
 
 use super::Error;
 use super::ExpireIf;
+use super::Glob;
 use super::Kind;
 use super::Reply;
 use super::Store;
-use super::glob_match;
 use super::reindex;
 use crate::slots::Slot;
 
@@ -105,6 +105,8 @@ impl Store {
     ) -> Reply {
         let mut keys = Vec::new();
         let mut next = 0;
+        // Compiled once for the step, not for each key it examines.
+        let glob = pattern.map(|p| Glob::new(p));
         for (i, (slot, v)) in self.map.starting_at(cursor).enumerate() {
             if i == count.max(1) {
                 next = slot.0;
@@ -112,7 +114,7 @@ impl Store {
             }
             if v.live(now)
                 && kind.is_none_or(|k| v.data.kind() == k)
-                && pattern.is_none_or(|p| glob_match(p, &slot.1))
+                && glob.as_ref().is_none_or(|g| g.matches(&slot.1))
             {
                 keys.push(Reply::Bulk(slot.1.clone()));
             }

@@ -35,7 +35,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-pub use glob::glob_match;
+pub use glob::Glob;
 pub(crate) use hash::HashMap;
 use raft_core::ApplyContext;
 use raft_core::Queryable;
@@ -819,13 +819,17 @@ impl Store {
             },
             ReadOp::Ttl { key, millis } => self.ttl(&key, millis, now),
             ReadOp::ExpireTime { key, millis } => self.expire_time(&key, millis, now),
-            ReadOp::Keys(pattern) => Reply::Array(
-                self.map
-                    .iter()
-                    .filter(|(s, v)| v.live(now) && glob_match(&pattern, &s.1))
-                    .map(|(s, _)| Reply::Bulk(s.1.clone()))
-                    .collect(),
-            ),
+            ReadOp::Keys(pattern) => {
+                // Compiled once, not for each key.
+                let glob = Glob::new(&pattern);
+                Reply::Array(
+                    self.map
+                        .iter()
+                        .filter(|(s, v)| v.live(now) && glob.matches(&s.1))
+                        .map(|(s, _)| Reply::Bulk(s.1.clone()))
+                        .collect(),
+                )
+            }
             ReadOp::Scan {
                 cursor,
                 pattern,

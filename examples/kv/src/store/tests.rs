@@ -1355,6 +1355,11 @@ fn hrandfield_with_a_large_negative_count_walks_the_hash_once() {
     }
 }
 
+/// Whether `pattern` matches `s`, compiled for this one string.
+fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
+    Glob::new(pattern).matches(s)
+}
+
 /// Glob matching as earlier versions did it: the reference for what patterns mean.
 fn glob_as_before(pattern: &[u8], s: &[u8]) -> bool {
     fn class(p: &[u8], c: u8) -> (bool, usize) {
@@ -1488,11 +1493,36 @@ fn globs_match_exactly_as_before() {
     }
 }
 
-/// Whether `pattern` matches `s`, and the work that took (see `glob::GLOB_WORK`).
-fn glob_work(pattern: &[u8], s: &[u8]) -> (bool, u64) {
-    let before = super::glob::GLOB_WORK.with(|c| c.get());
-    let matched = glob_match(pattern, s);
-    (matched, super::glob::GLOB_WORK.with(|c| c.get()) - before)
+/// The work this thread's globs have done so far (see `glob::GLOB_WORK`).
+fn glob_work_so_far() -> u64 {
+    super::glob::GLOB_WORK.with(|c| c.get())
+}
+
+/// Compiles `pattern`, asserting that took at most a step for each of its bytes and that what
+/// it keeps takes at most three bytes for each.
+fn compiled(pattern: &[u8]) -> Glob {
+    let before = glob_work_so_far();
+    let glob = Glob::new(pattern);
+    let work = glob_work_so_far() - before;
+    assert!(
+        work <= pattern.len() as u64 + 1,
+        "compiling a pattern of {} bytes took {work}",
+        pattern.len()
+    );
+    assert!(
+        glob.heap_bytes() <= 3 * pattern.len(),
+        "a pattern of {} bytes compiled into {}",
+        pattern.len(),
+        glob.heap_bytes()
+    );
+    glob
+}
+
+/// Whether the compiled `glob` matches `s`, and the work that took.
+fn glob_work(glob: &Glob, s: &[u8]) -> (bool, u64) {
+    let before = glob_work_so_far();
+    let matched = glob.matches(s);
+    (matched, glob_work_so_far() - before)
 }
 
 #[test]
@@ -1504,10 +1534,11 @@ fn a_long_pattern_is_read_once_however_far_a_key_makes_it_backtrack() {
     let key: Vec<u8> = vec![b'b'; K];
     let mut key_a = key.clone();
     key_a.push(b'a');
-    // Each byte of the pattern read at most once, and a few steps for each byte of the key.
+    // Each byte of the pattern read once, when it is compiled, and a few steps for each byte
+    // of the key.
     let bounded = |pattern: &[u8], key: &[u8]| {
-        let (matched, work) = glob_work(pattern, key);
-        let most = (pattern.len() + 4 * key.len() + 4) as u64;
+        let (matched, work) = glob_work(&compiled(pattern), key);
+        let most = (4 * key.len() + 4) as u64;
         assert!(
             work <= most,
             "work {work} for a pattern of {} bytes and a key of {}",
@@ -1546,10 +1577,193 @@ fn a_long_pattern_is_read_once_however_far_a_key_makes_it_backtrack() {
     let nested = b"*?".repeat(50_000);
     assert!(bounded(&nested, &vec![b'x'; K + 1]));
     assert!(!bounded(&nested, &vec![b'x'; K - 1]));
-    // A long pattern against a key that differs early is hardly read.
+    // A long pattern against a key that differs early: matching stops there.
     let mut literal = vec![b'c'; P];
     literal.push(b'*');
-    let (matched, work) = glob_work(&literal, &key);
+    let (matched, work) = glob_work(&compiled(&literal), &key);
     assert!(!matched);
     assert!(work <= 2, "work {work}");
+}
+
+/// The work of matching each of `keys` against `pattern` compiled once (see
+/// `glob::GLOB_WORK`; compiling not counted), as SCAN, KEYS and HSCAN do it, and how many
+/// matched.
+fn per_key_work(pattern: &[u8], keys: &[Vec<u8>]) -> (u64, usize) {
+    let glob = compiled(pattern);
+    let before = glob_work_so_far();
+    let matched = keys.iter().filter(|k| glob.matches(k)).count();
+    (glob_work_so_far() - before, matched)
+}
+
+#[test]
+fn a_long_pattern_costs_each_key_nothing_more_than_a_short_one() {
+    // SCAN 0 MATCH <pattern> COUNT 10000 matches up to 10,000 keys against one pattern under
+    // the read lock: a megabyte of pattern must not be read again for each of them.
+    const P: usize = 1 << 20;
+    let keys: Vec<Vec<u8>> = (0..1_000)
+        .map(|i| {
+            let mut k = format!("user:{i:05}:name").into_bytes();
+            if i % 3 == 0 {
+                k.push(b'a');
+            }
+            k
+        })
+        .collect();
+    let key_bytes: usize = keys.iter().map(Vec::len).sum();
+    let most = (4 * key_bytes + 4 * keys.len()) as u64;
+    // (a) A megabyte of `*`: matches everything.
+    let stars = vec![b'*'; P];
+    let (work, matched) = per_key_work(&stars, &keys);
+    assert_eq!(matched, keys.len());
+    assert!(work <= most, "stars: work {work} for {key_bytes} key bytes");
+    // (b) `*[` and a megabyte with no `]`: the class runs to the end of the pattern, so it
+    // matches the keys whose last byte is `a`.
+    let mut unclosed = b"*[".to_vec();
+    unclosed.extend(std::iter::repeat_n(b'a', P));
+    let (work, matched) = per_key_work(&unclosed, &keys);
+    assert_eq!(matched, keys.len().div_ceil(3));
+    assert!(
+        work <= most,
+        "unclosed class: work {work} for {key_bytes} key bytes"
+    );
+    // A megabyte of `*` around a class of a megabyte, closed, then more pattern.
+    let mut both = vec![b'*'; P];
+    both.extend_from_slice(b"[^");
+    both.extend(std::iter::repeat_n(b'b', P));
+    both.extend_from_slice(b"]*");
+    both.extend(std::iter::repeat_n(b'*', P));
+    both.push(b'a');
+    let (work, matched) = per_key_work(&both, &keys);
+    assert_eq!(matched, keys.len().div_ceil(3));
+    assert!(
+        work <= 2 * most,
+        "stars and class: work {work} for {key_bytes} key bytes"
+    );
+}
+
+#[test]
+fn a_compiled_pattern_takes_at_most_three_bytes_for_each_of_its_own() {
+    // The shapes that give the most tokens or class bytes for their length; `compiled` checks
+    // the bound. A table for each `[a]` would take 32 bytes for each 3.
+    use super::glob::SHORT_CLASS;
+    const P: usize = 1 << 16;
+    let long_class = {
+        let mut c = b"[".to_vec();
+        c.extend(std::iter::repeat_n(b'x', SHORT_CLASS + 1));
+        c.push(b']');
+        c
+    };
+    let short_class = {
+        let mut c = b"[^".to_vec();
+        c.extend(std::iter::repeat_n(b'x', SHORT_CLASS - 1));
+        c.push(b']');
+        c
+    };
+    for unit in [
+        &b"[a]"[..],
+        b"[]",
+        b"a",
+        b"?",
+        b"*a",
+        b"\\*",
+        b"[a-z\\]]",
+        &long_class,
+        &short_class,
+    ] {
+        let pattern = unit.repeat(P / unit.len());
+        let glob = compiled(&pattern);
+        // And it still means what it meant.
+        let key = b"axbxa]".repeat(4);
+        assert_eq!(glob.matches(&key), glob_as_before(&pattern, &key));
+    }
+    // An unclosed class, short or long, runs to the end of the pattern.
+    for len in [0, 1, SHORT_CLASS, SHORT_CLASS + 1, P] {
+        let mut pattern = b"*[".to_vec();
+        pattern.extend(std::iter::repeat_n(b'q', len));
+        let glob = compiled(&pattern);
+        assert_eq!(glob.matches(b"abq"), len > 0);
+        assert!(!glob.matches(b"qqa"));
+    }
+}
+
+#[test]
+fn classes_kept_as_tables_match_exactly_as_before() {
+    // The exhaustive comparison above only sees classes short enough to be kept as written:
+    // these are as long as the longest kept so, or longer, closed or not.
+    use super::glob::SHORT_CLASS;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    let pattern_bytes = b"ab*?\\z";
+    let class_bytes = b"abz^-]\\";
+    let key_bytes = b"abz^-]\\";
+    let mut long = 0;
+    for _ in 0..20_000 {
+        let mut p = Vec::new();
+        for _ in 0..next(4) {
+            p.push(pattern_bytes[next(pattern_bytes.len() as u64) as usize]);
+        }
+        for _ in 0..1 + next(2) {
+            p.push(b'[');
+            let len = SHORT_CLASS - 2 + next(6) as usize;
+            // Mostly a `]` only at the end, so that the class is as long as drawn.
+            for i in 0..len {
+                let c = class_bytes[next(class_bytes.len() as u64) as usize];
+                p.push(if c == b']' && (i == 0 || next(8) != 0) {
+                    b'a'
+                } else {
+                    c
+                });
+            }
+            if next(4) != 0 {
+                p.push(b']');
+            }
+            for _ in 0..next(3) {
+                p.push(pattern_bytes[next(pattern_bytes.len() as u64) as usize]);
+            }
+        }
+        long += usize::from(p.len() > SHORT_CLASS + 2);
+        for _ in 0..8 {
+            let k: Vec<u8> = (0..next(8))
+                .map(|_| key_bytes[next(key_bytes.len() as u64) as usize])
+                .collect();
+            assert_eq!(
+                glob_match(&p, &k),
+                glob_as_before(&p, &k),
+                "pattern {:?}, key {:?}",
+                String::from_utf8_lossy(&p),
+                String::from_utf8_lossy(&k)
+            );
+        }
+    }
+    assert!(long > 10_000);
+}
+
+#[test]
+fn ranges_kept_in_tables_hold_exactly_their_bytes() {
+    use super::glob::SHORT_CLASS;
+    let ends: Vec<u8> = (0..=255u8)
+        .filter(|c| c % 5 == 0 || [1, 62, 63, 64, 65, 127, 128, 191, 192, 254, 255].contains(c))
+        .filter(|c| ![b']', b'\\', b'^', b'-'].contains(c))
+        .collect();
+    for &from in &ends {
+        for &to in &ends {
+            // `[from-to` and `from` again to make it long enough to be kept as a table.
+            let mut pattern = vec![b'[', from, b'-', to];
+            pattern.extend(std::iter::repeat_n(from, SHORT_CLASS));
+            pattern.push(b']');
+            let glob = Glob::new(&pattern);
+            for c in 0..=255u8 {
+                assert_eq!(
+                    glob.matches(&[c]),
+                    (from.min(to)..=from.max(to)).contains(&c),
+                    "{from}-{to} against {c}"
+                );
+            }
+        }
+    }
 }
