@@ -131,25 +131,23 @@ impl Node {
 
     /// The node process's resident memory, in bytes.
     fn rss(&self) -> usize {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
-        let kib: usize = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS");
-        kib * 1024
+        self.memory("VmRSS:")
     }
 
     /// The most resident memory the node process has had, in bytes.
     fn peak_rss(&self) -> usize {
+        self.memory("VmHWM:")
+    }
+
+    /// The node process's `/proc/<pid>/status` line `field` (a size in kB), in bytes.
+    fn memory(&self, field: &str) -> usize {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
         let kib: usize = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM");
+            .expect(field);
         kib * 1024
     }
 

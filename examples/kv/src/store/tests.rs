@@ -1470,13 +1470,7 @@ fn globs_match_exactly_as_before() {
         }
     }
     // Longer ones, drawn from a fixed sequence.
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut next = |n: u64| {
-        seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (seed >> 33) % n
-    };
+    let mut next = draws(0x2545_f491_4f6c_dd1d);
     let pattern_bytes = b"ab*?[]^-\\z";
     for _ in 0..50_000 {
         let p: Vec<u8> = (0..next(14))
@@ -1686,18 +1680,23 @@ fn a_compiled_pattern_takes_at_most_three_bytes_for_each_of_its_own() {
     }
 }
 
+/// A fixed sequence of numbers below `n` (a 64-bit LCG from `seed`), for random-looking test
+/// cases that are the same on every run.
+fn draws(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    }
+}
+
 #[test]
 fn classes_kept_as_tables_match_exactly_as_before() {
     // The exhaustive comparison above only sees classes short enough to be kept as written:
     // these are as long as the longest kept so, or longer, closed or not.
     use super::glob::SHORT_CLASS;
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = |n: u64| {
-        seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (seed >> 33) % n
-    };
+    let mut next = draws(0x9e37_79b9_7f4a_7c15);
     let pattern_bytes = b"ab*?\\z";
     let class_bytes = b"abz^-]\\";
     let key_bytes = b"abz^-]\\";
