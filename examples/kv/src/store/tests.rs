@@ -1452,6 +1452,17 @@ fn strings_over(alphabet: &[u8], max: usize) -> Vec<Vec<u8>> {
     all
 }
 
+/// Checks that `pattern` matches `key` exactly as the earlier matcher decides.
+fn assert_matches_as_before(pattern: &[u8], key: &[u8]) {
+    assert_eq!(
+        glob_match(pattern, key),
+        glob_as_before(pattern, key),
+        "pattern {:?}, key {:?}",
+        String::from_utf8_lossy(pattern),
+        String::from_utf8_lossy(key)
+    );
+}
+
 #[test]
 fn globs_match_exactly_as_before() {
     // Every pattern of up to 5 bytes from the bytes that mean something in one, against every
@@ -1460,13 +1471,7 @@ fn globs_match_exactly_as_before() {
     let keys = strings_over(b"ab]-\\", 3);
     for p in &patterns {
         for k in &keys {
-            assert_eq!(
-                glob_match(p, k),
-                glob_as_before(p, k),
-                "pattern {:?}, key {:?}",
-                String::from_utf8_lossy(p),
-                String::from_utf8_lossy(k)
-            );
+            assert_matches_as_before(p, k);
         }
     }
     // Longer ones, drawn from a fixed sequence.
@@ -1477,13 +1482,7 @@ fn globs_match_exactly_as_before() {
             .map(|_| pattern_bytes[next(pattern_bytes.len() as u64) as usize])
             .collect();
         let k: Vec<u8> = (0..next(10)).map(|_| b"abz]-"[next(5) as usize]).collect();
-        assert_eq!(
-            glob_match(&p, &k),
-            glob_as_before(&p, &k),
-            "pattern {:?}, key {:?}",
-            String::from_utf8_lossy(&p),
-            String::from_utf8_lossy(&k)
-        );
+        assert_matches_as_before(&p, &k);
     }
 }
 
@@ -1730,13 +1729,7 @@ fn classes_kept_as_tables_match_exactly_as_before() {
             let k: Vec<u8> = (0..next(8))
                 .map(|_| key_bytes[next(key_bytes.len() as u64) as usize])
                 .collect();
-            assert_eq!(
-                glob_match(&p, &k),
-                glob_as_before(&p, &k),
-                "pattern {:?}, key {:?}",
-                String::from_utf8_lossy(&p),
-                String::from_utf8_lossy(&k)
-            );
+            assert_matches_as_before(&p, &k);
         }
     }
     assert!(long > 10_000);
