@@ -61,6 +61,9 @@ pub(crate) struct SmState<S> {
     /// stamped earlier applies at this time instead, so applied times never decrease. And the
     /// members' incarnation bindings.
     extra: ApplyExtra,
+    /// Set when a write's output was too large to return (see `SmState::output`), for the
+    /// session that wrote it to record it as too large to keep.
+    output_too_large: bool,
 }
 
 impl<S: StateMachine> SmState<S> {
@@ -123,9 +126,12 @@ impl<S: StateMachine> SmState<S> {
                         Some(s) => self.apply_in_session(s, &r.command, &ctx, false),
                     })
                     .collect();
-                output(&responses)
+                self.output(&responses)
             }
-            Proposal::RegisterSession => output(&self.sessions.register(index)),
+            Proposal::RegisterSession => {
+                let id = self.sessions.register(index);
+                self.output(&id)
+            }
             Proposal::CloseSession(id) => {
                 self.sessions.close(id);
                 Response::Empty
@@ -166,8 +172,14 @@ impl<S: StateMachine> SmState<S> {
         if let Some(answer) = session::answer_without_applying(&self.sessions, s, legacy) {
             return answer;
         }
+        self.output_too_large = false;
         let response = apply(self);
-        self.sessions.record(s, response.clone(), ctx.index());
+        if std::mem::take(&mut self.output_too_large) {
+            // What the table would have kept had the output been built whole.
+            self.sessions.record_too_large(s, ctx.index());
+        } else {
+            self.sessions.record(s, response.clone(), ctx.index());
+        }
         response
     }
 
@@ -177,24 +189,46 @@ impl<S: StateMachine> SmState<S> {
             .iter()
             .map(|c| self.apply_command(c, ctx))
             .collect();
-        output(&responses)
+        self.output(&responses)
     }
 
     fn apply_command(&mut self, command: &[u8], ctx: &ApplyContext) -> Response {
         match codec::decode::<S::Command>(command) {
             Err(e) => Response::Rejected(ApplyError::InvalidCommand(e.to_string())),
-            Ok(cmd) => output(&self.user.apply_at(cmd, ctx)),
+            Ok(cmd) => {
+                let out = self.user.apply_at(cmd, ctx);
+                self.output(&out)
+            }
+        }
+    }
+
+    /// `value` encoded as a write's output, unless that is longer than [`MAX_OUTPUT_BYTES`]
+    /// (or the session table's largest response, if larger): then the write (which *was*
+    /// applied) answers [`ApplyError::OutputEncoding`], and no more than that was built. Every
+    /// replica encodes every write's output, so an output many times the size of its command
+    /// (a transaction reading one large value a thousand times) would otherwise cost each of
+    /// them its full size. A session records such a write as it records any response too
+    /// large to keep, so the table is the same as if the output had been built whole.
+    fn output<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Response {
+        let max = MAX_OUTPUT_BYTES.max(
+            usize::try_from(self.sessions.capacity().max_response_bytes).unwrap_or(usize::MAX),
+        );
+        match codec::encode_within(value, max) {
+            Ok(Some(b)) => Response::Output(b.into()),
+            Ok(None) => {
+                self.output_too_large = true;
+                Response::Rejected(ApplyError::OutputEncoding(format!(
+                    "the output is larger than {max} bytes, the most a write returns"
+                )))
+            }
+            Err(e) => Response::Rejected(ApplyError::OutputEncoding(e.to_string())),
         }
     }
 }
 
-/// `value` encoded as an entry's output, or the rejection that says it could not be.
-fn output<T: serde::Serialize + ?Sized>(value: &T) -> Response {
-    match codec::encode(value) {
-        Ok(b) => Response::Output(b.into()),
-        Err(e) => Response::Rejected(ApplyError::OutputEncoding(e.to_string())),
-    }
-}
+/// The largest output a write returns (see `SmState::output`): 64 MiB, the default largest
+/// command, which is also about what one message between nodes carries back.
+const MAX_OUTPUT_BYTES: usize = 64 << 20;
 
 /// The user's state machine and the apply layer's bookkeeping, shared with readers.
 pub(crate) struct SmShared<S> {
@@ -218,6 +252,7 @@ impl<S> SmShared<S> {
                 last_applied: None,
                 membership: StoredMembership::default(),
                 extra: ApplyExtra::default(),
+                output_too_large: false,
             }),
             restore_failed: AtomicBool::new(false),
             applied_time: AtomicU64::new(0),

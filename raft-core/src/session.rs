@@ -228,15 +228,24 @@ impl SessionTable {
     /// Remembers `response` as the answer to `session`, applied at log `index`. A response
     /// larger than the per-response limit is replaced by [`ApplyError::ResponseNotKept`].
     pub fn record(&mut self, session: Session, response: Response, index: u64) {
-        let response =
-            if cost(&response) - ENTRY_OVERHEAD > to_usize(self.capacity.max_response_bytes) {
-                Response::Rejected(ApplyError::ResponseNotKept {
-                    client_id: session.client_id,
-                    sequence: session.sequence,
-                })
-            } else {
-                response
-            };
+        let too_large =
+            cost(&response) - ENTRY_OVERHEAD > to_usize(self.capacity.max_response_bytes);
+        self.remember(session, (!too_large).then_some(response), index);
+    }
+
+    /// Remembers that `session`'s write at `index` was applied and its response was larger
+    /// than the per-response limit: exactly what [`SessionTable::record`] keeps for such a
+    /// response, for one that was never built whole.
+    pub fn record_too_large(&mut self, session: Session, index: u64) {
+        self.remember(session, None, index);
+    }
+
+    /// Remembers `response`, or ([`None`]) that it was too large to keep.
+    fn remember(&mut self, session: Session, response: Option<Response>, index: u64) {
+        let response = response.unwrap_or(Response::Rejected(ApplyError::ResponseNotKept {
+            client_id: session.client_id,
+            sequence: session.sequence,
+        }));
         self.remove(session.client_id);
         self.insert(
             session.client_id,
@@ -388,6 +397,27 @@ mod tests {
         assert_eq!(t.capacity().max_sessions, 1);
         t.set_capacity(lim(0));
         assert_eq!(t.capacity().max_sessions, 1, "at least one session");
+    }
+
+    #[test]
+    fn a_response_never_built_is_kept_as_one_too_large_to_keep() {
+        let limits = SessionCapacity {
+            max_response_bytes: 100,
+            ..lim(10)
+        };
+        let (mut built, mut not_built) = (SessionTable::new(limits), SessionTable::new(limits));
+        for t in [&mut built, &mut not_built] {
+            t.register(1);
+            t.record(s(1, 1), out(b"kept"), 2);
+        }
+        built.record(s(1, 2), Response::Output(Bytes::from(vec![7u8; 101])), 3);
+        not_built.record_too_large(s(1, 2), 3);
+        assert_eq!(built.bytes(), not_built.bytes());
+        assert_eq!(
+            crate::codec::encode(&built).unwrap(),
+            crate::codec::encode(&not_built).unwrap(),
+            "every replica holds the same table, whichever way it learned the size"
+        );
     }
 
     #[test]
