@@ -92,33 +92,42 @@ impl Reply {
         matches!(self, Reply::Error(_) | Reply::Fault(_))
     }
 
-    /// About how many bytes this reply takes once encoded, in any protocol: its strings' lengths
-    /// plus [`ITEM_BYTES`] for each element. Never less than the encoding, and it walks the
-    /// reply without building anything, so a reply that repeats one large value many times is
-    /// measured without being copied. Saturates instead of overflowing.
+    /// An upper bound on the bytes this reply takes once encoded, in either protocol, and
+    /// within a few bytes of it: a type byte, a length and the line ends for each element,
+    /// plus its strings. It walks the reply without building anything, so a reply that repeats
+    /// one large value many times is measured without being copied. Saturates instead of
+    /// overflowing.
     pub fn encoded_bytes(&self) -> usize {
-        let text = |s: &str| s.len().saturating_add(ITEM_BYTES);
-        let sum = |items: &mut dyn Iterator<Item = &Reply>| {
-            items.fold(ITEM_BYTES, |n, r| n.saturating_add(r.encoded_bytes()))
+        // A type byte, a decimal length and CRLF.
+        let header = |n: usize| 3 + n.checked_ilog10().map_or(1, |d| d as usize + 1);
+        let sum = |n: usize, items: &mut dyn Iterator<Item = &Reply>| {
+            items.fold(header(n), |total, r| {
+                total.saturating_add(r.encoded_bytes())
+            })
         };
         match self {
-            Reply::Ok | Reply::Nil | Reply::NilArray | Reply::Int(_) | Reply::Fault(_) => {
-                // A fault's wording is one of a few short sentences.
-                ITEM_BYTES + 64
-            }
-            Reply::Status(s) | Reply::Error(s) => text(s),
-            Reply::Bulk(b) => b.len().saturating_add(ITEM_BYTES),
-            Reply::Array(items) | Reply::Set(items) => sum(&mut items.iter()),
-            Reply::Map(pairs) | Reply::Pairs(pairs) => {
-                sum(&mut pairs.iter().flat_map(|(k, v)| [k, v]))
-            }
+            Reply::Ok | Reply::Nil | Reply::NilArray => 5,
+            // `:` and up to 20 characters.
+            Reply::Int(_) => 23,
+            // A fault's wording is one of a few short sentences.
+            Reply::Fault(_) => 3 + 80,
+            Reply::Status(s) | Reply::Error(s) => s.len().saturating_add(3),
+            Reply::Bulk(b) => header(b.len()).saturating_add(b.len()).saturating_add(2),
+            Reply::Array(items) | Reply::Set(items) => sum(items.len(), &mut items.iter()),
+            // RESP2 sends the pairs as one flat array of twice as many; RESP3 sends `Pairs`
+            // as two-element arrays (`*2` and CRLF each).
+            Reply::Map(pairs) | Reply::Pairs(pairs) => sum(
+                pairs.len().saturating_mul(2),
+                &mut pairs.iter().flat_map(|(k, v)| [k, v]),
+            )
+            .saturating_add(if matches!(self, Reply::Pairs(_)) {
+                pairs.len().saturating_mul(4)
+            } else {
+                0
+            }),
         }
     }
 }
-
-/// What [`Reply::encoded_bytes`] counts for each element besides its string: at least what any
-/// protocol spends on a type byte, a length of up to 20 digits and the line ends.
-pub const ITEM_BYTES: usize = 32;
 
 #[cfg(test)]
 mod tests {
@@ -137,7 +146,12 @@ mod tests {
             Reply::Int(i64::MIN),
             Reply::Status("QUEUED".into()),
             Reply::error("ERR something"),
+            Reply::Fault(Error::WrongType),
+            Reply::Fault(Error::TooLong),
             Reply::Fault(Error::LcsTooLarge),
+            Reply::Bulk(Bytes::new()),
+            Reply::Array(vec![Reply::Int(1); 10]),
+            Reply::Pairs(vec![(Reply::Nil, Reply::Int(i64::MAX)); 12]),
             big.clone(),
             Reply::Array(vec![big.clone(), Reply::Int(-1), Reply::Array(vec![])]),
             Reply::Set(vec![big.clone(); 3]),
@@ -151,6 +165,21 @@ mod tests {
                 assert!(r.encoded_bytes() >= out.len(), "{r:?} in {proto:?}");
             }
         }
+        // Close to the encoding: within a few bytes per element (KEYS stops at the output
+        // limit by it, so a large overestimate would refuse a reply that fits).
+        let keys = Reply::Array(
+            (0..10_000)
+                .map(|i| Reply::Bulk(format!("key:{i}").into()))
+                .collect(),
+        );
+        let mut out = BytesMut::new();
+        crate::resp::encode(&keys, &mut out, Proto::Resp2);
+        assert!(
+            keys.encoded_bytes() <= out.len() + out.len() / 10,
+            "{} for {}",
+            keys.encoded_bytes(),
+            out.len()
+        );
         // Counted by walking: a million references to one value are not copied to be measured.
         let many = Reply::Array(vec![big; 1 << 20]);
         assert!(many.encoded_bytes() > 1000 << 20);
