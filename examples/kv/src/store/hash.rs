@@ -203,7 +203,8 @@ impl Store {
         }
     }
 
-    pub(super) fn hash_read(&self, op: ReadOp, now: u64) -> Reply {
+    /// Answers a hash read at `now`; `seed` draws `HRANDFIELD`'s fields (see [`rand_fields`]).
+    pub(super) fn hash_read(&self, op: ReadOp, now: u64, seed: u64) -> Reply {
         let key = match &op {
             ReadOp::HGet { key, .. }
             | ReadOp::HMGet { key, .. }
@@ -242,7 +243,7 @@ impl Store {
             ReadOp::HVals(_) => Reply::Array(h.values().map(bulk).collect()),
             ReadOp::HRandField {
                 count, with_values, ..
-            } => rand_fields(h, count, with_values),
+            } => rand_fields(h, count, with_values, seed),
             ReadOp::HScan {
                 cursor,
                 pattern,
@@ -281,36 +282,38 @@ impl Store {
 /// `HRANDFIELD`: without a count one field (nil for no hash); a positive count gives distinct
 /// fields (at most all of them), a negative one that many fields, possibly repeated.
 ///
-/// Costs O(n + |count|) for a hash of `n` fields: each form walks the hash at most once (a
-/// negative count indexes a list of the fields made once). The choice is random on each call
-/// (this node's generator, not the entry's): it only shapes the reply, never the state, so
-/// replicas answering the same `EXEC` may differ in which fields they name, never in what they
-/// store.
-fn rand_fields(h: &HashMap, count: Option<i64>, with_values: bool) -> Reply {
-    use rand::Rng;
-    use rand::seq::IteratorRandom;
-    let mut rng = rand::rng();
+/// The fields are drawn from `seed` alone, by [`Draws`]: a query passes a random seed, and a
+/// transaction one derived from its entry, so every replica applying an `EXEC` answers the same
+/// fields (its reply is what a session remembers, and what counts towards the session table's
+/// bytes). Costs O(n + |count|) for a hash of `n` fields: each form walks the hash at most once.
+fn rand_fields(h: &HashMap, count: Option<i64>, with_values: bool, seed: u64) -> Reply {
+    let mut draws = Draws(seed);
     let Some(count) = count else {
+        if h.is_empty() {
+            return Reply::Nil;
+        }
+        let i = draws.below(h.len());
         return h
             .iter()
-            .choose(&mut rng)
+            .nth(i)
             .map_or(Reply::Nil, |(f, _)| Reply::Bulk(f.clone()));
     };
     if h.is_empty() || count == 0 {
         return Reply::Array(Vec::new());
     }
+    let fields: Vec<(&Bytes, &Bytes)> = h.iter().collect();
     let chosen: Vec<(&Bytes, &Bytes)> = if count > 0 {
-        // Reservoir sampling: one walk of the hash.
-        h.iter().choose_multiple(
-            &mut rng,
-            usize::try_from(count).map_or(h.len(), |c| c.min(h.len())),
-        )
+        // The first `k` places of a Fisher-Yates shuffle: `k` distinct fields.
+        let k = usize::try_from(count).map_or(fields.len(), |c| c.min(fields.len()));
+        let mut order: Vec<usize> = (0..fields.len()).collect();
+        for i in 0..k {
+            let j = i + draws.below(fields.len() - i);
+            order.swap(i, j);
+        }
+        order[..k].iter().map(|&i| fields[i]).collect()
     } else {
-        let fields: Vec<(&Bytes, &Bytes)> = h.iter().collect();
         let n = usize::try_from(count.unsigned_abs()).unwrap_or(usize::MAX);
-        (0..n)
-            .map(|_| fields[rng.random_range(..fields.len())])
-            .collect()
+        (0..n).map(|_| fields[draws.below(fields.len())]).collect()
     };
     let bulk = |b: &Bytes| Reply::Bulk(b.clone());
     if with_values {
@@ -322,5 +325,21 @@ fn rand_fields(h: &HashMap, count: Option<i64>, with_values: bool) -> Reply {
         )
     } else {
         Reply::Array(chosen.into_iter().map(|(f, _)| bulk(f)).collect())
+    }
+}
+
+/// A fixed sequence of draws from a seed: the same on every replica and in every version,
+/// whatever random-number library is in use (a 64-bit linear congruential generator, each draw
+/// scaled from its high bits).
+pub(super) struct Draws(pub(super) u64);
+
+impl Draws {
+    /// The next draw, below `n` (which must not be 0).
+    pub(super) fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((u128::from(self.0) * n as u128) >> 64) as usize
     }
 }

@@ -157,9 +157,10 @@ impl Store {
         Reply::Int(1)
     }
 
-    /// `RANDOMKEY`: the first live key at or after a random point of the key order.
-    pub(super) fn random_key(&self, now: u64) -> Reply {
-        let start: u64 = rand::random();
+    /// `RANDOMKEY`: the first live key at or after the point `seed` names in the key order (a
+    /// query passes a random seed, a transaction one derived from its entry).
+    pub(super) fn random_key(&self, now: u64, seed: u64) -> Reply {
+        let start = seed;
         let live = |(s, v): (&Slot, &super::Value)| v.live(now).then(|| s.1.clone());
         self.map
             .starting_at(start)

@@ -52,12 +52,6 @@ pub use strings::parse_int;
 use crate::slots::Slot;
 use crate::slots::SlotMap;
 
-/// The most a transaction's reads may reply with together ([`Reply::encoded_bytes`]): 48 MiB,
-/// room for a value of the default largest size (`proto-max-bulk-len`, 32 MiB) and the rest,
-/// while the whole `EXEC` reply stays within what one message between nodes carries (65 MiB).
-/// A read past it is answered with an error in its place; the writes apply all the same.
-pub const EXEC_READ_BYTES: usize = 48 << 20;
-
 /// What happens to a key's expiry when `SET` overwrites it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Expiry {
@@ -747,10 +741,8 @@ impl Store {
     /// `EXEC`: nothing if a watched key changed since it was watched, else every command in
     /// order, each with its own reply (an error in one does not stop the others, as in Redis).
     ///
-    /// The reads' replies together take at most [`EXEC_READ_BYTES`]: a read whose reply would
-    /// pass that is answered with an error instead. The reply is encoded as the entry's output
-    /// on every replica, so without a bound a small transaction that reads one large value many
-    /// times (`MGET big big …`) would make each of them build gigabytes.
+    /// The reply is the entry's output, built on every replica: raft-core bounds its size (an
+    /// `EXEC` that reads one large value many times is applied, and answered with an error).
     fn exec(&mut self, watched: Vec<Watched>, ops: Vec<Queued>, now: u64) -> Reply {
         let changed = watched.iter().any(|w| {
             let version = self.live(&w.key, now).map_or(0, |v| v.version);
@@ -759,23 +751,18 @@ impl Store {
         if changed {
             return Reply::NilArray;
         }
-        let mut read_bytes = 0usize;
         let replies = ops
             .into_iter()
-            .map(|op| match op {
+            .enumerate()
+            .map(|(i, op)| match op {
                 Queued::Write(op) => self.apply_op(op, now),
                 Queued::Read(op) => {
-                    let reply = self.answer(op, now);
-                    let total = read_bytes.saturating_add(reply.encoded_bytes());
-                    if total <= EXEC_READ_BYTES {
-                        read_bytes = total;
-                        reply
-                    } else {
-                        Reply::error(format!(
-                            "ERR the transaction's reads would reply with more than \
-                             {EXEC_READ_BYTES} bytes; run this read outside MULTI"
-                        ))
-                    }
+                    // Random reads draw from the entry and their place in it, so every replica
+                    // answers alike.
+                    let seed = self.writes.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                        ^ now
+                        ^ (i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                    self.answer(op, now, seed)
                 }
                 Queued::Reply(r) => r,
             })
@@ -793,10 +780,11 @@ impl Store {
     }
 
     fn read(&self, q: Query) -> Reply {
-        self.answer(q.op, q.now)
+        self.answer(q.op, q.now, rand::random())
     }
 
-    fn answer(&self, op: ReadOp, now: u64) -> Reply {
+    /// Answers `op` at `now`; `seed` draws what `RANDOMKEY` and `HRANDFIELD` pick.
+    fn answer(&self, op: ReadOp, now: u64, seed: u64) -> Reply {
         match op {
             ReadOp::Get(key) => match self.string(&key, now) {
                 Ok(v) => v.map_or(Reply::Nil, |v| Reply::Bulk(v.clone())),
@@ -853,7 +841,7 @@ impl Store {
                     .map_or("none", |v| v.data.kind().name())
                     .to_string(),
             ),
-            ReadOp::RandomKey => self.random_key(now),
+            ReadOp::RandomKey => self.random_key(now, seed),
             ReadOp::Versions(keys) => {
                 let mut out = Vec::with_capacity(keys.len() + 1);
                 out.push(Reply::Int(self.writes as i64));
@@ -890,7 +878,7 @@ impl Store {
             | ReadOp::HKeys(_)
             | ReadOp::HVals(_)
             | ReadOp::HRandField { .. }
-            | ReadOp::HScan { .. } => self.hash_read(op, now),
+            | ReadOp::HScan { .. } => self.hash_read(op, now, seed),
         }
     }
 }

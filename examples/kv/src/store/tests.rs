@@ -619,6 +619,70 @@ fn exec(s: &mut Store, watched: Vec<Watched>, ops: Vec<WriteOp>) -> Reply {
 }
 
 #[test]
+fn random_reads_in_a_transaction_answer_alike_on_every_replica() {
+    // Two replicas of one state apply the same transaction.
+    let fields: Vec<(Bytes, Bytes)> = (0..200)
+        .map(|i| (Bytes::from(format!("f{i}")), b("v")))
+        .collect();
+    let replica = || {
+        let mut s = Store::default();
+        s.write(at(
+            0,
+            WriteOp::HSet {
+                key: b("h"),
+                pairs: fields.clone(),
+                nx: false,
+            },
+        ));
+        for i in 0..50 {
+            s.write(at(0, set(&format!("k{i}"), "v", Expiry::Clear)));
+        }
+        s
+    };
+    let hrandfield = |count| {
+        Queued::Read(ReadOp::HRandField {
+            key: b("h"),
+            count,
+            with_values: true,
+        })
+    };
+    let tx = || {
+        at(
+            7,
+            WriteOp::Exec {
+                watched: Vec::new(),
+                ops: vec![
+                    hrandfield(None),
+                    hrandfield(Some(5)),
+                    hrandfield(Some(-30)),
+                    Queued::Read(ReadOp::RandomKey),
+                ],
+            },
+        )
+    };
+    let (mut a, mut b_) = (replica(), replica());
+    let first = a.write(tx());
+    assert_eq!(first, b_.write(tx()), "the same reply on both replicas");
+    // Yet they are random: the next transaction draws other fields.
+    assert_ne!(first, a.write(tx()));
+    // A distinct count gives distinct fields.
+    let Reply::Array(replies) = first else {
+        panic!("{first:?}")
+    };
+    let Reply::Pairs(five) = &replies[1] else {
+        panic!("{:?}", replies[1])
+    };
+    let names: BTreeSet<&Bytes> = five
+        .iter()
+        .filter_map(|(f, _)| match f {
+            Reply::Bulk(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names.len(), 5);
+}
+
+#[test]
 fn exec_applies_every_command_unless_a_watched_key_changed() {
     let mut s = Store::default();
     s.write(at(0, set("a", "1", Expiry::Clear)));
