@@ -133,7 +133,8 @@ pub(super) fn client(a: &Args) -> Action {
         ("reply", [mode]) if matches!(lower(mode).as_str(), "off" | "skip") => {
             error("ERR CLIENT REPLY OFF and SKIP are not supported; every command is answered")
         }
-        ("reply", _) => error("ERR syntax error"),
+        ("reply", [_]) => error("ERR syntax error"),
+        ("reply", _) => error("ERR wrong number of arguments for 'client|reply' command"),
         ("setinfo" | "no-evict" | "no-touch", _) => Action::Reply(Reply::Ok),
         _ => error("ERR unknown subcommand for 'client'"),
     }

@@ -533,10 +533,15 @@ fn client_names_and_ids_belong_to_the_connection() {
     for line in [
         "CLIENT REPLY OFF",
         "CLIENT REPLY skip",
-        "CLIENT REPLY",
-        "CLIENT REPLY on x",
+        "CLIENT REPLY maybe",
     ] {
         refusal(&line.split(' ').collect::<Vec<_>>());
+    }
+    for wrong in [&["CLIENT", "REPLY"][..], &["CLIENT", "REPLY", "on", "x"]] {
+        assert_eq!(
+            refusal(wrong),
+            "ERR wrong number of arguments for 'client|reply' command"
+        );
     }
 }
 
