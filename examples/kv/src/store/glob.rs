@@ -63,7 +63,9 @@ struct At {
 impl Glob {
     /// Compiles `pattern`, reading each of its bytes once; see [`Glob`] for what it keeps.
     pub fn new(pattern: &[u8]) -> Glob {
-        let mut tokens = Vec::new();
+        // At most one token per byte: reserved once, so a long pattern is not copied as the
+        // list grows.
+        let mut tokens = Vec::with_capacity(pattern.len());
         let mut classes = Vec::new();
         let mut p = 0;
         while let Some(&c) = pattern.get(p) {
