@@ -64,6 +64,22 @@ pub(crate) struct SmState<S> {
     /// Set when a write's output was too large to return (see `SmState::output`), for the
     /// session that wrote it to record it as too large to keep.
     output_too_large: bool,
+    /// Output bytes the entry being applied may still return (see `SmState::keep`).
+    output_room: usize,
+}
+
+impl<S> SmState<S> {
+    fn new(user: S) -> Self {
+        SmState {
+            user,
+            sessions: SessionTable::default(),
+            last_applied: None,
+            membership: StoredMembership::default(),
+            extra: ApplyExtra::default(),
+            output_too_large: false,
+            output_room: 0,
+        }
+    }
 }
 
 impl<S: StateMachine> SmState<S> {
@@ -87,6 +103,8 @@ impl<S: StateMachine> SmState<S> {
     }
 
     fn apply_proposal(&mut self, proposal: Proposal, index: u64) -> Response {
+        self.output_room = self.max_output();
+        self.output_too_large = false;
         match proposal {
             Proposal::Write(command) => {
                 let ctx = self.context(index, None);
@@ -121,12 +139,16 @@ impl<S: StateMachine> SmState<S> {
                 let ctx = self.context(index, Some(time));
                 let responses: Vec<Response> = requests
                     .iter()
-                    .map(|r| match r.session {
-                        None => self.apply_command(&r.command, &ctx),
-                        Some(s) => self.apply_in_session(s, &r.command, &ctx, false),
+                    .map(|r| {
+                        let response = match r.session {
+                            None => self.apply_command(&r.command, &ctx),
+                            Some(s) => self.apply_in_session(s, &r.command, &ctx, false),
+                        };
+                        // Recorded (above) as built; returned only if the entry has room.
+                        self.keep(response).unwrap_or_else(|r| r)
                     })
                     .collect();
-                self.output(&responses)
+                envelope(&responses)
             }
             Proposal::RegisterSession => {
                 let id = self.sessions.register(index);
@@ -187,9 +209,16 @@ impl<S: StateMachine> SmState<S> {
     fn apply_batch(&mut self, commands: &[Bytes], ctx: &ApplyContext) -> Response {
         let responses: Vec<Response> = commands
             .iter()
-            .map(|c| self.apply_command(c, ctx))
+            .map(|c| {
+                let response = self.apply_command(c, ctx);
+                self.keep(response).unwrap_or_else(|refused| {
+                    // The batch's whole output passes the bound, so a session keeps none of it.
+                    self.output_too_large = true;
+                    refused
+                })
+            })
             .collect();
-        self.output(&responses)
+        envelope(&responses)
     }
 
     fn apply_command(&mut self, command: &[u8], ctx: &ApplyContext) -> Response {
@@ -202,17 +231,16 @@ impl<S: StateMachine> SmState<S> {
         }
     }
 
-    /// `value` encoded as a write's output, unless that is longer than [`MAX_OUTPUT_BYTES`]
-    /// (or the session table's largest response, if larger): then the write (which *was*
-    /// applied) answers [`ApplyError::OutputEncoding`], and no more than that was built. Every
+    /// `value` encoded as a write's output, unless that is longer than the room left in its
+    /// entry (at first [`SmState::max_output`]) and than the session table's largest kept
+    /// response: then the write (which *was* applied) answers [`ApplyError::OutputEncoding`],
+    /// and no more than that was built. Every
     /// replica encodes every write's output, so an output many times the size of its command
     /// (a transaction reading one large value a thousand times) would otherwise cost each of
     /// them its full size. A session records such a write as it records any response too
     /// large to keep, so the table is the same as if the output had been built whole.
     fn output<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Response {
-        let max = MAX_OUTPUT_BYTES.max(
-            usize::try_from(self.sessions.capacity().max_response_bytes).unwrap_or(usize::MAX),
-        );
+        let max = self.output_room.max(self.max_kept_response());
         match codec::encode_within(value, max) {
             Ok(Some(b)) => Response::Output(b.into()),
             Ok(None) => {
@@ -223,6 +251,47 @@ impl<S: StateMachine> SmState<S> {
             }
             Err(e) => Response::Rejected(ApplyError::OutputEncoding(e.to_string())),
         }
+    }
+
+    /// The most output one entry returns: [`MAX_OUTPUT_BYTES`], or the session table's
+    /// largest kept response if that is larger.
+    fn max_output(&self) -> usize {
+        MAX_OUTPUT_BYTES.max(self.max_kept_response())
+    }
+
+    fn max_kept_response(&self) -> usize {
+        usize::try_from(self.sessions.capacity().max_response_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// `response` as one of several in an entry (a batch's or a combined entry's), if the
+    /// entry's outputs so far leave room for it; else (`Err`) a refusal in its place. The
+    /// outputs of one entry together stay within [`SmState::max_output`], however many
+    /// writes share it, and the refusal of one leaves the others' outputs whole. A session
+    /// still records a refused output as built: one within the table's per-response limit
+    /// is kept (a retry gets it), and a larger one is recorded as too large, as ever.
+    fn keep(&mut self, response: Response) -> Result<Response, Response> {
+        match response {
+            Response::Output(b) if b.len() > self.output_room => {
+                Err(Response::Rejected(ApplyError::OutputEncoding(format!(
+                    "the outputs of the writes in this log entry pass {} bytes, the most one entry returns",
+                    self.max_output()
+                ))))
+            }
+            Response::Output(b) => {
+                self.output_room -= b.len();
+                Ok(Response::Output(b))
+            }
+            other => Ok(other),
+        }
+    }
+}
+
+/// The responses of an entry's writes, encoded as its output. Not bounded again: each was
+/// kept within the entry's room (see `SmState::keep`).
+fn envelope(responses: &[Response]) -> Response {
+    match codec::encode(responses) {
+        Ok(b) => Response::Output(b.into()),
+        Err(e) => Response::Rejected(ApplyError::OutputEncoding(e.to_string())),
     }
 }
 
@@ -246,14 +315,7 @@ pub(crate) struct SmShared<S> {
 impl<S> SmShared<S> {
     pub fn new(user: S) -> Arc<Self> {
         Arc::new(SmShared {
-            state: RwLock::new(SmState {
-                user,
-                sessions: SessionTable::default(),
-                last_applied: None,
-                membership: StoredMembership::default(),
-                extra: ApplyExtra::default(),
-                output_too_large: false,
-            }),
+            state: RwLock::new(SmState::new(user)),
             restore_failed: AtomicBool::new(false),
             applied_time: AtomicU64::new(0),
             bindings: RwLock::default(),
@@ -599,5 +661,175 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
             .await
             .map_err(|e| io::Error::other(format!("snapshot load task failed: {e}")))??;
         Ok(current.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Request, SessionCapacity};
+    use std::io::{Read, Write};
+
+    /// A state machine whose output is as many bytes as its command asks for.
+    struct Sized;
+
+    impl StateMachine for Sized {
+        type Command = usize;
+        type Output = String;
+        type Snapshot = ();
+        fn apply(&mut self, n: usize) -> String {
+            "x".repeat(n)
+        }
+        fn snapshot(&self) {}
+        fn write_snapshot(_: (), _: &mut dyn Write) -> io::Result<()> {
+            Ok(())
+        }
+        fn restore(&mut self, _: &mut dyn Read) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const MIB: usize = 1 << 20;
+
+    fn state(max_response_bytes: u64) -> SmState<Sized> {
+        let mut st = SmState::new(Sized);
+        let capacity = SessionCapacity::new(100, 256 << 20, max_response_bytes);
+        st.apply_proposal(Proposal::SetSessionCapacity(capacity), 1);
+        st
+    }
+
+    fn command(n: usize) -> Bytes {
+        codec::encode(&n).unwrap().into()
+    }
+
+    fn in_session(client_id: u64, n: usize) -> Request {
+        Request {
+            session: Some(Session {
+                client_id,
+                sequence: 1,
+            }),
+            command: command(n),
+        }
+    }
+
+    /// The responses an entry's encoded output carries.
+    fn responses(r: Response) -> Vec<Response> {
+        match r {
+            Response::Output(b) => codec::decode(&b).unwrap(),
+            other => panic!("expected an output, got {other:?}"),
+        }
+    }
+
+    fn output_len(r: &Response) -> Option<usize> {
+        match r {
+            Response::Output(b) => Some(b.len()),
+            _ => None,
+        }
+    }
+
+    fn refused(r: &Response) -> bool {
+        matches!(r, Response::Rejected(ApplyError::OutputEncoding(_)))
+    }
+
+    /// The session table had every output been built and returned whole.
+    fn table_built_whole(max_response_bytes: u64, outputs: &[(u64, usize)]) -> SessionTable {
+        let mut t = state(max_response_bytes).sessions;
+        for &(client_id, _) in outputs {
+            t.register(client_id);
+        }
+        for &(client_id, n) in outputs {
+            let whole = codec::encode(&"x".repeat(n)).unwrap();
+            let s = Session {
+                client_id,
+                sequence: 1,
+            };
+            t.record(s, Response::Output(whole.into()), 10);
+        }
+        t
+    }
+
+    #[test]
+    fn one_large_output_in_a_combined_entry_leaves_the_others_whole() {
+        for max_response_bytes in [1 << 20, 48 << 20] {
+            let mut st = state(max_response_bytes);
+            for id in [2, 3, 4] {
+                st.apply_proposal(Proposal::RegisterSession, id);
+            }
+            let requests = vec![
+                in_session(2, 40 * MIB),
+                in_session(3, 40 * MIB),
+                Request {
+                    session: None,
+                    command: command(10),
+                },
+                in_session(4, 100),
+            ];
+            let entry = st.apply_proposal(Proposal::Combined(0, requests), 10);
+            let whole = output_len(&entry).unwrap();
+            assert!(
+                whole < MAX_OUTPUT_BYTES + 4096,
+                "entry output {whole} bytes"
+            );
+            let r = responses(entry);
+            assert_eq!(output_len(&r[0]), Some(40 * MIB + 4));
+            assert!(refused(&r[1]), "no room for a second 40 MiB: {:?}", r[1]);
+            assert_eq!(
+                output_len(&r[2]),
+                Some(11),
+                "small writes keep their outputs"
+            );
+            assert_eq!(
+                output_len(&r[3]),
+                Some(101),
+                "{max_response_bytes}: {:?}",
+                r[3]
+            );
+
+            let expected = table_built_whole(
+                max_response_bytes,
+                &[(2, 40 * MIB), (3, 40 * MIB), (4, 100)],
+            );
+            assert_eq!(
+                codec::encode(&st.sessions).unwrap(),
+                codec::encode(&expected).unwrap(),
+                "the table is as if every output had been returned whole"
+            );
+            // A retry of the refused write gets what its session kept.
+            let retry =
+                Proposal::SessionWrite(in_session(3, 40 * MIB).session.unwrap(), command(1));
+            let again = st.apply_proposal(retry, 11);
+            if max_response_bytes >= 40 << 20 {
+                assert_eq!(output_len(&again), Some(40 * MIB + 4));
+            } else {
+                assert!(matches!(
+                    again,
+                    Response::Rejected(ApplyError::ResponseNotKept { .. })
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_past_the_bound_is_answered_in_part_and_kept_as_too_large() {
+        let mut st = state(1 << 20);
+        st.apply_proposal(Proposal::RegisterSession, 2);
+        let s = Session {
+            client_id: 2,
+            sequence: 1,
+        };
+        let batch = vec![command(40 * MIB), command(40 * MIB), command(5)];
+        let entry = st.apply_proposal(Proposal::TimedBatch(Some(s), 0, batch), 10);
+        let r = responses(entry);
+        assert_eq!(output_len(&r[0]), Some(40 * MIB + 4));
+        assert!(refused(&r[1]), "{:?}", r[1]);
+        assert_eq!(output_len(&r[2]), Some(6));
+        let again = st.apply_proposal(Proposal::TimedBatch(Some(s), 0, vec![command(1)]), 11);
+        assert!(
+            matches!(
+                again,
+                Response::Rejected(ApplyError::ResponseNotKept { .. })
+            ),
+            "the batch's whole output passed the table's limit, as it would built whole: {again:?}"
+        );
     }
 }

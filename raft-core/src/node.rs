@@ -458,6 +458,12 @@ impl<S: StateMachine> Node<S> {
 
     /// Replicates `command`, applies it on every node and returns this node's output. Only the
     /// leader accepts writes; elsewhere it fails with [`Error::NotLeader`].
+    ///
+    /// Every node encodes every write's output, so outputs are bounded: one whose encoding
+    /// passes 64 MiB (or [`Config::max_session_response_bytes`](crate::Config), if larger),
+    /// or that does not fit beside the outputs of writes that shared its log entry, fails with
+    /// [`ApplyError::OutputEncoding`](crate::ApplyError::OutputEncoding) although the command
+    /// was applied. A retry in the same session gets the output if the session kept it.
     pub async fn write(&self, command: S::Command) -> Result<S::Output> {
         self.write_inner(None, &command).await
     }
@@ -483,8 +489,9 @@ impl<S: StateMachine> Node<S> {
     /// most [`Config::max_command_bytes`](crate::Config) long ([`Error::CommandTooLarge`]
     /// otherwise, nothing proposed). An empty batch proposes nothing. Only the leader accepts
     /// writes; elsewhere it fails with [`Error::NotLeader`]. If an output cannot be encoded,
-    /// the call fails with [`ApplyError::OutputEncoding`](crate::ApplyError::OutputEncoding)
-    /// although every command was applied.
+    /// or the outputs together pass the bound described at [`Node::write`], the call fails
+    /// with [`ApplyError::OutputEncoding`](crate::ApplyError::OutputEncoding) although every
+    /// command was applied.
     pub async fn write_many(&self, commands: Vec<S::Command>) -> Result<Vec<S::Output>> {
         self.write_many_inner(None, &commands).await
     }
