@@ -46,6 +46,7 @@ mod alarms;
 pub mod auth;
 mod backoff;
 mod backup;
+mod budget;
 mod client;
 mod grpc_node;
 mod net;

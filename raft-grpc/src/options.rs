@@ -59,6 +59,19 @@ pub struct GrpcOptions {
     /// largest command and its replication batch (`max_append_bytes`) fit, with
     /// [`MESSAGE_FRAMING`] to spare.
     pub max_message_bytes: usize,
+    /// Most bytes of partly received messages the server holds at once, for each of its two
+    /// services: peers' replication, votes, snapshots and forwarded calls share one such
+    /// budget, and clients' calls the other, so clients cannot crowd peers out. A message not
+    /// whole in its first chunk takes its declared length from the budget until its last byte
+    /// has arrived; while the budget is spent, new large messages wait (HTTP/2 flow control
+    /// stops their senders), and one not whole within 30 s (or the node's request timeout, if
+    /// longer) plus one second per 8 MiB it declares fails with
+    /// [`ErrorCode::Busy`](crate::status::ErrorCode::Busy) — nothing was applied, a later
+    /// attempt may succeed. This bounds what callers that start large messages and never
+    /// finish them can make the node hold, however many streams and connections they open.
+    /// Raised to [`GrpcOptions::max_message_bytes`] if smaller, so every accepted message can
+    /// arrive. Default 256 MiB.
+    pub max_receiving_bytes: usize,
     /// Bytes per snapshot chunk sent. Default 1 MiB.
     pub snapshot_chunk_bytes: usize,
     /// Largest snapshot chunk accepted, in bytes. Default 4 MiB.
@@ -153,6 +166,7 @@ impl Default for GrpcOptions {
             connector: Connector::default(),
             channel: ChannelOptions::default(),
             max_message_bytes: 65 << 20,
+            max_receiving_bytes: 256 << 20,
             snapshot_chunk_bytes: 1 << 20,
             max_snapshot_chunk_bytes: 4 << 20,
             forward_to_leader: true,
@@ -229,6 +243,14 @@ impl GrpcOptions {
     #[must_use]
     pub fn with_max_message_bytes(mut self, bytes: usize) -> GrpcOptions {
         self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Sets the most bytes of partly received messages the server holds per service (default
+    /// 256 MiB); see [`GrpcOptions::max_receiving_bytes`].
+    #[must_use]
+    pub fn with_max_receiving_bytes(mut self, bytes: usize) -> GrpcOptions {
+        self.max_receiving_bytes = bytes;
         self
     }
 

@@ -76,8 +76,8 @@ pub enum RequestError {
     /// The caller lacks the role the call needs. Nothing was applied.
     #[error("{0}")]
     PermissionDenied(String),
-    /// The node is already doing this (a backup); another node or a later attempt can serve
-    /// it. Nothing changed.
+    /// The node is already doing this (a backup), or already holds its limit of unfinished
+    /// messages; another node or a later attempt can serve it. Nothing changed.
     #[error("{0}")]
     Busy(String),
     /// A learner was added (the change took effect and stays a member) but did not catch up

@@ -63,8 +63,10 @@ pub enum ErrorCode {
     /// registered): it was not applied now, but an earlier attempt may have been — the outcome
     /// is unknown. Register a new session before writing again.
     UnknownSession,
-    /// The node is already doing this (a backup is being written); another node, or a later
-    /// attempt, can serve it. Nothing was changed.
+    /// The node is already doing this (a backup is being written), or is already receiving as
+    /// many bytes of unfinished messages as it holds
+    /// ([`GrpcOptions::max_receiving_bytes`](crate::GrpcOptions::max_receiving_bytes)); another
+    /// node, or a later attempt, can serve it. Nothing was changed.
     Busy,
     /// A learner was added (the change took effect and stays) but did not catch up with the
     /// leader in time: it may be unreachable. Removing it undoes the add; retrying does not

@@ -31,6 +31,8 @@ struct Node {
     _dir: tempfile::TempDir,
     child: Child,
     port: u16,
+    /// The raft port (peers' and the cluster service's gRPC).
+    raft: u16,
     /// The password clients must give, if the node requires one.
     password: Option<&'static str>,
 }
@@ -94,6 +96,7 @@ impl Node {
             _dir: dir,
             child,
             port: resp,
+            raft,
             password,
         };
         // Ready once a write commits.
@@ -732,4 +735,129 @@ fn keys_past_the_output_limit_closes_the_connection_and_keys_within_it_answer() 
     let mut c = node.connect();
     assert_eq!(c.call(&[b"KEYS", b"k1*"]).lines().count(), 1_111);
     assert_eq!(c.call(&[b"SET", b"after", b"1"]), "+OK");
+}
+
+/// Calls that start large messages on the raft port and never finish them hold at most the
+/// node's receive budget (`GrpcOptions::max_receiving_bytes`, 256 MiB by default): however
+/// many such calls one connection opens, the node takes what fits and refuses the rest at
+/// their first bytes, its memory grows by the budget at most, and it serves on. A closed
+/// connection gives its calls' share back.
+#[test]
+fn unfinished_large_messages_on_the_raft_port_hold_at_most_the_receive_budget() {
+    const BUDGET: usize = 256 * MIB;
+    const CALLS: usize = 24;
+    const DECLARED: u32 = 40 << 20;
+    const SENT: usize = 39 * MIB;
+    let fits = BUDGET / DECLARED as usize;
+    let node = Node::start(&[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let before = node.rss();
+    let (held, first) = rt.block_on(unfinished_calls(node.raft, CALLS, DECLARED, SENT));
+    let grew = node.rss().saturating_sub(before);
+    assert_eq!(
+        held, fits,
+        "as many calls as the budget fits hold their messages; the rest are refused"
+    );
+    assert!(
+        grew < BUDGET + 64 * MIB,
+        "{CALLS} unfinished {} MiB messages grew the node by {} MiB",
+        DECLARED >> 20,
+        grew / MIB
+    );
+    assert_eq!(node.connect().call(&[b"SET", b"after", b"1"]), "+OK");
+    drop(first);
+    node.wait_until("the closed connection's share is given back", || {
+        let (again, _conn) = rt.block_on(unfinished_calls(node.raft, fits, DECLARED, SENT));
+        again == fits
+    });
+}
+
+/// Calls left open by [`unfinished_calls`], and the task driving their connection (aborted
+/// when dropped, which closes the connection).
+struct OpenCalls {
+    _calls: Vec<(h2::SendStream<bytes::Bytes>, h2::client::ResponseFuture)>,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for OpenCalls {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// Opens one HTTP/2 connection to the raft port and starts `calls` cluster-service `Write`
+/// calls on it, each declaring a `declared`-byte message and sending `sent` bytes of it.
+/// Returns how many calls had all `sent` bytes taken by the node (the others were answered
+/// before that: refused), with those calls left open.
+async fn unfinished_calls(
+    port: u16,
+    calls: usize,
+    declared: u32,
+    sent: usize,
+) -> (usize, OpenCalls) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the raft port");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut start = vec![0u8];
+    start.extend(declared.to_be_bytes());
+    let start = bytes::Bytes::from(start);
+    let payload = bytes::Bytes::from(vec![7u8; sent]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..calls {
+        let client = client.clone();
+        let (start, payload) = (start.clone(), payload.clone());
+        tasks.spawn(async move {
+            let mut client = client.ready().await.ok()?;
+            let request =
+                http::Request::post(format!("http://127.0.0.1:{port}/raftkit.v1.Cluster/Write"))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(())
+                    .expect("request");
+            let (mut response, mut body) = client.send_request(request, false).ok()?;
+            let sending =
+                async { send_all(&mut body, start).await && send_all(&mut body, payload).await };
+            tokio::select! {
+                sent = sending => if !sent { return None },
+                // Answered before its message was whole: refused.
+                _ = &mut response => return None,
+            }
+            Some((body, response))
+        });
+    }
+    let open: Vec<_> = tokio::time::timeout(WAIT, tasks.join_all())
+        .await
+        .expect("every call is taken or refused in time")
+        .into_iter()
+        .flatten()
+        .collect();
+    (
+        open.len(),
+        OpenCalls {
+            _calls: open,
+            connection,
+        },
+    )
+}
+
+/// Sends `data` on `stream` as HTTP/2 flow control allows; false if the stream closed first.
+async fn send_all(stream: &mut h2::SendStream<bytes::Bytes>, mut data: bytes::Bytes) -> bool {
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let Some(Ok(room)) = std::future::poll_fn(|cx| stream.poll_capacity(cx)).await else {
+            return false;
+        };
+        let chunk = data.split_to(room.min(data.len()));
+        if stream.send_data(chunk, false).is_err() {
+            return false;
+        }
+    }
+    true
 }

@@ -38,6 +38,8 @@ use tonic::transport::server::Connected;
 
 use crate::auth::ClientCheck;
 use crate::auth::PeerCheck;
+use crate::budget::ReceiveBudget;
+use crate::budget::Receiving;
 use crate::net::Pool;
 use crate::options::GrpcOptions;
 use crate::pb;
@@ -48,6 +50,10 @@ use crate::transport::GrpcTransport;
 use self::cluster::Cluster;
 use self::forward::serve_query;
 use self::internal::Internal;
+
+/// The least time a message may take to arrive once its header is in; see
+/// [`GrpcOptions::max_receiving_bytes`].
+const SLOWEST_MESSAGE: Duration = Duration::from_secs(30);
 
 /// Counters of what a server received.
 #[derive(Debug, Default)]
@@ -224,11 +230,17 @@ impl<S: StateMachine> Server<S> {
         let internal = RaftInternalServer::new(Internal(self.shared.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        // A message's bytes are metered once its call is authenticated (the interceptors run
+        // first), so callers who fail the check take nothing from the budgets.
+        let base = SLOWEST_MESSAGE.max(self.shared.node.config().request_timeout);
+        let budget = || ReceiveBudget::new(o.max_receiving_bytes, max, base);
+        let internal = Receiving::new(internal, budget());
         let internal =
             tonic::service::interceptor::InterceptedService::new(internal, PeerCheck(auth.clone()));
         let cluster = ClusterServer::new(Cluster(self.shared.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let cluster = Receiving::new(cluster, budget());
         let cluster = crate::auth::MethodRole(
             tonic::service::interceptor::InterceptedService::new(cluster, ClientCheck(auth)),
         );

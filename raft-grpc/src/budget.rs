@@ -1,0 +1,452 @@
+//! A bound on the memory that messages still arriving can hold.
+//!
+//! tonic reads a message's 5-byte gRPC header, reserves room for the length it declares (up to
+//! [`GrpcOptions::max_message_bytes`](crate::GrpcOptions::max_message_bytes)) and keeps every
+//! byte that arrives until the message is whole. HTTP/2 flow control does not bound that: the
+//! window opens again as tonic takes the bytes. So a caller that starts many large messages
+//! and never finishes them — on many streams, over many connections — makes the node hold
+//! all of them.
+//!
+//! [`Receiving`] wraps a service and meters each request's body. A message that is not whole
+//! within the body chunk that starts it takes its declared length from a [`ReceiveBudget`]
+//! shared by every call of the service, and gives it back when its last byte has arrived or
+//! its call ends. A message that finds the budget spent, or is not whole within
+//! [`ReceiveBudget::allowance`] of its header, fails its call with
+//! [`ErrorCode::Busy`](crate::status::ErrorCode::Busy): nothing was applied, and a later
+//! attempt may succeed. It fails rather than waits: a waiting stream's unread bytes would hold
+//! its connection's HTTP/2 window and stall every other call on that connection (a peer's
+//! heartbeats among them). Small messages that arrive in one chunk, the common case, take
+//! nothing.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Context;
+use std::task::Poll;
+use std::task::ready;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Body;
+use http_body::Frame;
+use http_body::SizeHint;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::Semaphore;
+use tonic::Code;
+use tonic::codegen::http;
+
+use crate::status::ErrorCode;
+use crate::status::status;
+
+/// gRPC's length-prefixed framing: a compression flag, then the length as a big-endian u32.
+const HEADER: usize = 5;
+
+/// The slowest rate a large message may arrive at: one second per 8 MiB on top of the base
+/// allowance, the rate a snapshot may arrive at.
+const BYTES_PER_SEC: u64 = 8 << 20;
+
+/// What every call of one service may hold in partly received messages. Clones share it.
+#[derive(Clone)]
+pub(crate) struct ReceiveBudget(Arc<Inner>);
+
+struct Inner {
+    permits: Arc<Semaphore>,
+    /// The budget, in bytes.
+    bytes: usize,
+    /// Messages declaring more than this are refused by tonic on their header; they take
+    /// nothing.
+    max_message: usize,
+    /// The least time a message may take to arrive.
+    base: Duration,
+}
+
+impl ReceiveBudget {
+    /// A budget of `bytes` (raised to `max_message` if smaller, so every message the service
+    /// accepts can arrive) for a service whose messages are at most `max_message` bytes; a
+    /// message gets `base` plus one second per 8 MiB it declares to arrive.
+    pub(crate) fn new(bytes: usize, max_message: usize, base: Duration) -> ReceiveBudget {
+        let bytes = bytes.max(max_message).min(Semaphore::MAX_PERMITS);
+        ReceiveBudget(Arc::new(Inner {
+            permits: Arc::new(Semaphore::new(bytes)),
+            bytes,
+            max_message,
+            base,
+        }))
+    }
+
+    /// How long a message declaring `len` bytes may take to arrive, from its header on.
+    pub(crate) fn allowance(&self, len: u32) -> Duration {
+        self.0
+            .base
+            .saturating_add(Duration::from_secs(u64::from(len) / BYTES_PER_SEC))
+    }
+
+    /// Bytes of the budget not held by any message.
+    #[cfg(test)]
+    fn available(&self) -> usize {
+        self.0.permits.available_permits()
+    }
+}
+
+/// A service whose requests' bodies are metered against a [`ReceiveBudget`].
+#[derive(Clone)]
+pub(crate) struct Receiving<S> {
+    inner: S,
+    budget: ReceiveBudget,
+}
+
+impl<S> Receiving<S> {
+    /// `inner`, with its requests metered against `budget`.
+    pub(crate) fn new(inner: S, budget: ReceiveBudget) -> Receiving<S> {
+        Receiving { inner, budget }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Receiving<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Receiving<S>
+where
+    S: tower::Service<http::Request<Metered<B>>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let budget = self.budget.clone();
+        self.inner.call(req.map(|body| Metered::new(body, budget)))
+    }
+}
+
+/// A request body whose partly received messages hold their declared length of the budget.
+pub(crate) struct Metered<B> {
+    inner: B,
+    budget: ReceiveBudget,
+    /// The current message's header as far as it has arrived.
+    header: [u8; HEADER],
+    header_len: usize,
+    /// Bytes of the current message's body still to come (once its header is whole).
+    remaining: u32,
+    /// What the current message holds of the budget.
+    held: Option<OwnedSemaphorePermit>,
+    /// When the current message must be whole.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The body failed; it yields nothing more.
+    failed: bool,
+}
+
+impl<B> Metered<B> {
+    fn new(inner: B, budget: ReceiveBudget) -> Metered<B> {
+        Metered {
+            inner,
+            budget,
+            header: [0; HEADER],
+            header_len: 0,
+            remaining: 0,
+            held: None,
+            deadline: None,
+            failed: false,
+        }
+    }
+
+    /// Follows the framing through `chunk`. Returns the declared length of the message the
+    /// chunk leaves unfinished, when that message still needs its share of the budget.
+    fn scan(&mut self, chunk: &[u8]) -> Option<u32> {
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            if self.header_len < HEADER {
+                let take = (HEADER - self.header_len).min(rest.len());
+                self.header[self.header_len..self.header_len + take].copy_from_slice(&rest[..take]);
+                self.header_len += take;
+                rest = &rest[take..];
+                if self.header_len == HEADER {
+                    let [_, a, b, c, d] = self.header;
+                    self.remaining = u32::from_be_bytes([a, b, c, d]);
+                    if self.remaining == 0 {
+                        self.header_len = 0;
+                    }
+                }
+            } else {
+                let take = rest.len().min(self.remaining as usize);
+                // `take` is at most `remaining`, a u32.
+                self.remaining -= take as u32;
+                rest = &rest[take..];
+                if self.remaining == 0 {
+                    self.finish();
+                }
+            }
+        }
+        let unfinished = self.header_len == HEADER && self.remaining > 0;
+        if !unfinished || self.held.is_some() || self.deadline.is_some() {
+            return None;
+        }
+        let [_, a, b, c, d] = self.header;
+        let len = u32::from_be_bytes([a, b, c, d]);
+        // tonic refuses a message this large on its header, before keeping any of it.
+        if len as usize > self.budget.0.max_message {
+            return None;
+        }
+        self.deadline = Some(Box::pin(tokio::time::sleep(self.budget.allowance(len))));
+        Some(len)
+    }
+
+    /// The current message is whole: it gives its share back.
+    fn finish(&mut self) {
+        self.header_len = 0;
+        self.held = None;
+        self.deadline = None;
+    }
+
+    fn fail(
+        &mut self,
+        message: String,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::codegen::StdError>>> {
+        self.failed = true;
+        self.held = None;
+        self.deadline = None;
+        Poll::Ready(Some(Err(Box::new(status(
+            Code::Unavailable,
+            ErrorCode::Busy,
+            message,
+        )))))
+    }
+}
+
+impl<B> Body for Metered<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Data = Bytes;
+    type Error = tonic::codegen::StdError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return this.fail(
+                "a message did not arrive in time; the node dropped what it had of it".into(),
+            );
+        }
+        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            None => {
+                this.held = None;
+                this.deadline = None;
+                return Poll::Ready(None);
+            }
+            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            Some(Ok(frame)) => frame,
+        };
+        let chunk = match frame.into_data() {
+            Ok(chunk) => chunk,
+            Err(frame) => return Poll::Ready(Some(Ok(frame))),
+        };
+        if let Some(len) = this.scan(&chunk) {
+            match this.budget.0.permits.clone().try_acquire_many_owned(len) {
+                Ok(permit) => this.held = Some(permit),
+                Err(_) => {
+                    return this.fail(format!(
+                        "this node is already receiving its limit of {} bytes of unfinished \
+                         messages; try again later",
+                        this.budget.0.bytes
+                    ));
+                }
+            }
+        }
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.failed {
+            return SizeHint::with_exact(0);
+        }
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use futures_util::FutureExt;
+    use futures_util::future::poll_fn;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// A request body fed chunk by chunk.
+    struct Chunks(mpsc::UnboundedReceiver<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c))))
+        }
+    }
+
+    const BUDGET: usize = 1000;
+    const BASE: Duration = Duration::from_secs(30);
+
+    fn budget() -> ReceiveBudget {
+        ReceiveBudget::new(BUDGET, BUDGET, BASE)
+    }
+
+    fn body(budget: &ReceiveBudget) -> (mpsc::UnboundedSender<Bytes>, Metered<Chunks>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, Metered::new(Chunks(rx), budget.clone()))
+    }
+
+    fn header(len: u32) -> Vec<u8> {
+        let mut h = vec![0];
+        h.extend_from_slice(&len.to_be_bytes());
+        h
+    }
+
+    fn message(len: u32) -> Vec<u8> {
+        let mut m = header(len);
+        m.resize(HEADER + len as usize, 7);
+        m
+    }
+
+    /// The body's next frame if one is ready now: `Some(Ok(bytes))`, `Some(Err(code))`, or
+    /// `None` while it waits.
+    fn next(body: &mut Metered<Chunks>) -> Option<Result<usize, ErrorCode>> {
+        let frame = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).now_or_never()?;
+        Some(match frame {
+            Some(Ok(f)) => Ok(f.into_data().map(|d| d.len()).unwrap_or_default()),
+            Some(Err(e)) => Err(e
+                .downcast_ref::<tonic::Status>()
+                .and_then(ErrorCode::of)
+                .expect("a raftkit status")),
+            None => Ok(0),
+        })
+    }
+
+    #[tokio::test]
+    async fn messages_whole_in_their_chunk_take_nothing() {
+        let budget = budget();
+        let (tx, mut body) = body(&budget);
+        let mut two = message(900);
+        two.extend(message(900));
+        tx.send(two.into()).unwrap();
+        assert_eq!(next(&mut body), Some(Ok(2 * (HEADER + 900))));
+        assert_eq!(budget.available(), BUDGET);
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_message_holds_its_declared_length_until_its_last_byte() {
+        let budget = budget();
+        let (tx, mut body) = body(&budget);
+        // One whole message, then the start of another, its header split over two chunks.
+        let mut first = message(10);
+        first.extend(&header(600)[..2]);
+        tx.send(first.into()).unwrap();
+        assert_eq!(next(&mut body), Some(Ok(HEADER + 10 + 2)));
+        assert_eq!(budget.available(), BUDGET);
+        let mut rest = header(600)[2..].to_vec();
+        rest.extend([7; 100]);
+        tx.send(rest.into()).unwrap();
+        assert_eq!(next(&mut body), Some(Ok(103)));
+        assert_eq!(budget.available(), BUDGET - 600);
+        tx.send(vec![7; 499].into()).unwrap();
+        assert_eq!(next(&mut body), Some(Ok(499)));
+        assert_eq!(budget.available(), BUDGET - 600);
+        // The last byte, and the next message's start in the same chunk.
+        let mut last = vec![7];
+        last.extend(&header(300)[..]);
+        tx.send(last.into()).unwrap();
+        assert_eq!(next(&mut body), Some(Ok(1 + HEADER)));
+        assert_eq!(budget.available(), BUDGET - 300);
+        drop(body);
+        assert_eq!(
+            budget.available(),
+            BUDGET,
+            "a dropped call gives its share back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_past_the_budget_fails_busy_and_others_go_on() {
+        let budget = budget();
+        let (tx_a, mut a) = body(&budget);
+        let (tx_b, mut b) = body(&budget);
+        tx_a.send(header(700).into()).unwrap();
+        assert_eq!(next(&mut a), Some(Ok(HEADER)));
+        tx_b.send(header(700).into()).unwrap();
+        assert_eq!(next(&mut b), Some(Err(ErrorCode::Busy)), "no room");
+        assert_eq!(next(&mut b), Some(Ok(0)), "a failed body ends");
+        // Small whole messages still pass on a third call.
+        let (tx_c, mut c) = body(&budget);
+        tx_c.send(message(10).into()).unwrap();
+        assert_eq!(next(&mut c), Some(Ok(HEADER + 10)));
+        tx_a.send(vec![7; 700].into()).unwrap();
+        assert_eq!(next(&mut a), Some(Ok(700)));
+        assert_eq!(budget.available(), BUDGET);
+        let (tx_d, mut d) = body(&budget);
+        tx_d.send(header(700).into()).unwrap();
+        assert_eq!(
+            next(&mut d),
+            Some(Ok(HEADER)),
+            "room again once the first is whole"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_message_fails_busy_after_its_allowance_and_frees_its_share() {
+        let budget = budget();
+        let (tx_a, mut a) = body(&budget);
+        tx_a.send(header(700).into()).unwrap();
+        assert_eq!(next(&mut a), Some(Ok(HEADER)));
+        tokio::time::advance(budget.allowance(700) - Duration::from_millis(1)).await;
+        assert_eq!(next(&mut a), None, "still within its allowance");
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert_eq!(next(&mut a), Some(Err(ErrorCode::Busy)));
+        assert_eq!(budget.available(), BUDGET);
+        let (tx_b, mut b) = body(&budget);
+        tx_b.send(header(700).into()).unwrap();
+        assert_eq!(
+            next(&mut b),
+            Some(Ok(HEADER)),
+            "the freed share serves the next"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_larger_than_the_service_accepts_takes_nothing() {
+        let budget = budget();
+        let (tx, mut body) = body(&budget);
+        tx.send(header(BUDGET as u32 + 1).into()).unwrap();
+        assert_eq!(next(&mut body), Some(Ok(HEADER)));
+        assert_eq!(budget.available(), BUDGET);
+    }
+
+    #[test]
+    fn the_budget_fits_the_largest_message_and_slow_large_messages_get_longer() {
+        let b = ReceiveBudget::new(10, 1000, BASE);
+        assert_eq!(b.available(), 1000);
+        assert_eq!(b.allowance(0), BASE);
+        assert_eq!(b.allowance(64 << 20), BASE + Duration::from_secs(8));
+    }
+}
