@@ -17,10 +17,16 @@
 //! its connection's HTTP/2 window and stall every other call on that connection (a peer's
 //! heartbeats among them). Small messages that arrive in one chunk, the common case, take
 //! nothing.
+//!
+//! A service whose calls each carry one message ([`Receiving::until_answered`]: the cluster
+//! service) counts every message, small ones too, and keeps it counted until its call is
+//! answered: the budget then bounds what the node holds of callers' writes while it
+//! replicates them, not only while they arrive.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::Context;
 use std::task::Poll;
 use std::task::ready;
@@ -93,12 +99,48 @@ impl ReceiveBudget {
 pub(crate) struct Receiving<S> {
     inner: S,
     budget: ReceiveBudget,
+    until_answered: bool,
 }
 
 impl<S> Receiving<S> {
-    /// `inner`, with its requests metered against `budget`.
+    /// `inner`, with its requests' unfinished messages metered against `budget`.
     pub(crate) fn new(inner: S, budget: ReceiveBudget) -> Receiving<S> {
-        Receiving { inner, budget }
+        Receiving {
+            inner,
+            budget,
+            until_answered: false,
+        }
+    }
+
+    /// `inner`, whose calls each carry one message, with every message metered against
+    /// `budget` from its header until its call is answered.
+    pub(crate) fn until_answered(inner: S, budget: ReceiveBudget) -> Receiving<S> {
+        Receiving {
+            inner,
+            budget,
+            until_answered: true,
+        }
+    }
+}
+
+/// The shares of a call's whole messages, kept until the call is answered.
+type Kept = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
+
+/// A call's response future; completing (or being dropped) gives back the shares its messages
+/// kept.
+pub(crate) struct Answered<F> {
+    inner: F,
+    kept: Option<Kept>,
+}
+
+impl<F: Future + Unpin> Future for Answered<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let out = ready!(Pin::new(&mut this.inner).poll(cx));
+        this.kept = None;
+        Poll::Ready(out)
     }
 }
 
@@ -109,18 +151,26 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for Receiving<S
 impl<S, B> tower::Service<http::Request<B>> for Receiving<S>
 where
     S: tower::Service<http::Request<Metered<B>>>,
+    S::Future: Unpin,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Answered<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let kept = self.until_answered.then(Kept::default);
         let budget = self.budget.clone();
-        self.inner.call(req.map(|body| Metered::new(body, budget)))
+        let metered = kept.clone();
+        Answered {
+            inner: self
+                .inner
+                .call(req.map(|body| Metered::new(body, budget, metered))),
+            kept,
+        }
     }
 }
 
@@ -137,12 +187,15 @@ pub(crate) struct Metered<B> {
     held: Option<OwnedSemaphorePermit>,
     /// When the current message must be whole.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Where whole messages' shares go, when they stay counted until the call is answered;
+    /// then every message takes its share on its header.
+    kept: Option<Kept>,
     /// The body failed; it yields nothing more.
     failed: bool,
 }
 
 impl<B> Metered<B> {
-    fn new(inner: B, budget: ReceiveBudget) -> Metered<B> {
+    fn new(inner: B, budget: ReceiveBudget, kept: Option<Kept>) -> Metered<B> {
         Metered {
             inner,
             budget,
@@ -151,13 +204,14 @@ impl<B> Metered<B> {
             remaining: 0,
             held: None,
             deadline: None,
+            kept,
             failed: false,
         }
     }
 
-    /// Follows the framing through `chunk`. Returns the declared length of the message the
-    /// chunk leaves unfinished, when that message still needs its share of the budget.
-    fn scan(&mut self, chunk: &[u8]) -> Option<u32> {
+    /// Follows the framing through `chunk`, taking the budget's share for the messages that
+    /// need one. Fails if one finds the budget spent.
+    fn scan(&mut self, chunk: &[u8]) -> Result<(), ()> {
         let mut rest = chunk;
         while !rest.is_empty() {
             if self.header_len < HEADER {
@@ -166,10 +220,12 @@ impl<B> Metered<B> {
                 self.header_len += take;
                 rest = &rest[take..];
                 if self.header_len == HEADER {
-                    let [_, a, b, c, d] = self.header;
-                    self.remaining = u32::from_be_bytes([a, b, c, d]);
+                    self.remaining = self.declared();
+                    if self.kept.is_some() {
+                        self.take()?;
+                    }
                     if self.remaining == 0 {
-                        self.header_len = 0;
+                        self.finish();
                     }
                 }
             } else {
@@ -183,24 +239,48 @@ impl<B> Metered<B> {
             }
         }
         let unfinished = self.header_len == HEADER && self.remaining > 0;
-        if !unfinished || self.held.is_some() || self.deadline.is_some() {
-            return None;
+        // tonic refuses a message larger than the service accepts on its header, before
+        // keeping any of it.
+        if !unfinished || self.declared() as usize > self.budget.0.max_message {
+            return Ok(());
         }
-        let [_, a, b, c, d] = self.header;
-        let len = u32::from_be_bytes([a, b, c, d]);
-        // tonic refuses a message this large on its header, before keeping any of it.
-        if len as usize > self.budget.0.max_message {
-            return None;
+        if self.deadline.is_none() {
+            let allowance = self.budget.allowance(self.declared());
+            self.deadline = Some(Box::pin(tokio::time::sleep(allowance)));
         }
-        self.deadline = Some(Box::pin(tokio::time::sleep(self.budget.allowance(len))));
-        Some(len)
+        self.take()
     }
 
-    /// The current message is whole: it gives its share back.
+    /// The current message's declared length (its header is whole).
+    fn declared(&self) -> u32 {
+        let [_, a, b, c, d] = self.header;
+        u32::from_be_bytes([a, b, c, d])
+    }
+
+    /// Takes the current message's share, unless it has it or is too large to be accepted.
+    fn take(&mut self) -> Result<(), ()> {
+        let len = self.declared();
+        if self.held.is_some() || len as usize > self.budget.0.max_message {
+            return Ok(());
+        }
+        let permits = self.budget.0.permits.clone();
+        self.held = Some(permits.try_acquire_many_owned(len).map_err(|_| ())?);
+        Ok(())
+    }
+
+    /// The current message is whole: its share is given back, or kept until the call is
+    /// answered.
     fn finish(&mut self) {
         self.header_len = 0;
-        self.held = None;
         self.deadline = None;
+        let (Some(share), Some(kept)) = (self.held.take(), self.kept.as_ref()) else {
+            return;
+        };
+        let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+        match kept.as_mut() {
+            Some(all) => all.merge(share),
+            None => *kept = Some(share),
+        }
     }
 
     fn fail(
@@ -254,17 +334,12 @@ where
             Ok(chunk) => chunk,
             Err(frame) => return Poll::Ready(Some(Ok(frame))),
         };
-        if let Some(len) = this.scan(&chunk) {
-            match this.budget.0.permits.clone().try_acquire_many_owned(len) {
-                Ok(permit) => this.held = Some(permit),
-                Err(_) => {
-                    return this.fail(format!(
-                        "this node is already receiving its limit of {} bytes of unfinished \
-                         messages; try again later",
-                        this.budget.0.bytes
-                    ));
-                }
-            }
+        if this.scan(&chunk).is_err() {
+            return this.fail(format!(
+                "this node already holds its limit of {} bytes of callers' messages; try again \
+                 later",
+                this.budget.0.bytes
+            ));
         }
         Poll::Ready(Some(Ok(Frame::data(chunk))))
     }
@@ -315,7 +390,7 @@ mod tests {
 
     fn body(budget: &ReceiveBudget) -> (mpsc::UnboundedSender<Bytes>, Metered<Chunks>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (tx, Metered::new(Chunks(rx), budget.clone()))
+        (tx, Metered::new(Chunks(rx), budget.clone(), None))
     }
 
     fn header(len: u32) -> Vec<u8> {
@@ -440,6 +515,62 @@ mod tests {
         tx.send(header(BUDGET as u32 + 1).into()).unwrap();
         assert_eq!(next(&mut body), Some(Ok(HEADER)));
         assert_eq!(budget.available(), BUDGET);
+    }
+
+    #[tokio::test]
+    async fn a_call_of_one_message_keeps_it_counted_until_the_call_is_answered() {
+        use tower::Service;
+        use tower::ServiceExt;
+
+        let budget = budget();
+        let answer = Arc::new(tokio::sync::Notify::new());
+        let (frames_tx, mut frames) = mpsc::unbounded_channel();
+        let handler = tower::service_fn({
+            let answer = answer.clone();
+            move |req: http::Request<Metered<Chunks>>| {
+                let (frames_tx, answer) = (frames_tx.clone(), answer.clone());
+                Box::pin(async move {
+                    let mut body = req.into_body();
+                    // Reads the message, as tonic does, then drops the body and works on
+                    // until told to answer.
+                    while let Some(f) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                        let _ = frames_tx.send(f.is_ok());
+                    }
+                    drop(body);
+                    answer.notified().await;
+                    Ok::<_, Infallible>(())
+                })
+            }
+        });
+        let mut service = Receiving::until_answered(handler, budget.clone());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(message(300).into()).unwrap();
+        drop(tx);
+        let call = service
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(Chunks(rx)));
+        let call = tokio::spawn(call);
+        let within = |f| tokio::time::timeout(Duration::from_secs(10), f);
+        assert_eq!(within(frames.recv()).await.unwrap(), Some(true));
+        assert_eq!(
+            budget.available(),
+            BUDGET - 300,
+            "a whole message in one chunk is counted while its call is handled"
+        );
+        // Another call's message finds the budget short, though it comes whole.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut other = Metered::new(Chunks(rx), budget.clone(), Some(Kept::default()));
+        tx.send(message(800).into()).unwrap();
+        assert_eq!(next(&mut other), Some(Err(ErrorCode::Busy)));
+        answer.notify_one();
+        tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(budget.available(), BUDGET, "answered: the share is back");
     }
 
     #[test]

@@ -68,7 +68,10 @@ pub struct GrpcOptions {
     /// longer) plus one second per 8 MiB it declares fails with
     /// [`ErrorCode::Busy`](crate::status::ErrorCode::Busy) — nothing was applied, a later
     /// attempt may succeed. This bounds what callers that start large messages and never
-    /// finish them can make the node hold, however many streams and connections they open.
+    /// finish them can make the node hold, however many streams and connections they open. On
+    /// the cluster service, whose calls carry one message each, every message counts (small
+    /// ones too) until its call is answered, so the budget also bounds the writes a leader
+    /// holds while it replicates them (counted by their encoded size).
     /// Raised to [`GrpcOptions::max_message_bytes`] if smaller, so every accepted message can
     /// arrive. Default 256 MiB.
     pub max_receiving_bytes: usize,

@@ -240,7 +240,9 @@ impl<S: StateMachine> Server<S> {
         let cluster = ClusterServer::new(Cluster(self.shared.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-        let cluster = Receiving::new(cluster, budget());
+        // Each cluster call carries one message (a write, a read, a membership change): it stays
+        // counted until answered, so the budget also bounds writes being replicated.
+        let cluster = Receiving::until_answered(cluster, budget());
         let cluster = crate::auth::MethodRole(
             tonic::service::interceptor::InterceptedService::new(cluster, ClientCheck(auth)),
         );
