@@ -405,6 +405,13 @@ mod tests {
         m
     }
 
+    /// Asserts that a new call can start a message declaring `len` bytes.
+    fn assert_room_for(budget: &ReceiveBudget, len: u32) {
+        let (tx, mut b) = body(budget);
+        tx.send(header(len).into()).unwrap();
+        assert_eq!(next(&mut b), Some(Ok(HEADER)), "no room for {len} bytes");
+    }
+
     /// The body's next frame if one is ready now: `Some(Ok(bytes))`, `Some(Err(code))`, or
     /// `None` while it waits.
     fn next(body: &mut Metered<Chunks>) -> Option<Result<usize, ErrorCode>> {
@@ -479,13 +486,7 @@ mod tests {
         tx_a.send(vec![7; 700].into()).unwrap();
         assert_eq!(next(&mut a), Some(Ok(700)));
         assert_eq!(budget.available(), BUDGET);
-        let (tx_d, mut d) = body(&budget);
-        tx_d.send(header(700).into()).unwrap();
-        assert_eq!(
-            next(&mut d),
-            Some(Ok(HEADER)),
-            "room again once the first is whole"
-        );
+        assert_room_for(&budget, 700);
     }
 
     #[tokio::test(start_paused = true)]
@@ -499,13 +500,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(2)).await;
         assert_eq!(next(&mut a), Some(Err(ErrorCode::Busy)));
         assert_eq!(budget.available(), BUDGET);
-        let (tx_b, mut b) = body(&budget);
-        tx_b.send(header(700).into()).unwrap();
-        assert_eq!(
-            next(&mut b),
-            Some(Ok(HEADER)),
-            "the freed share serves the next"
-        );
+        assert_room_for(&budget, 700);
     }
 
     #[tokio::test]
