@@ -141,9 +141,9 @@ impl Drop for Counted {
     }
 }
 
-/// Tells a client past `maxclients` so, as Redis does, and closes — over TLS when the port
-/// speaks TLS, so the client reads the error rather than a broken handshake. At most
-/// [`MAX_REFUSALS`] at once, each within [`REFUSAL`].
+/// Tells a client past `maxclients` so, as Redis does, and closes once the client has read it
+/// — over TLS when the port speaks TLS, so the client reads the error rather than a broken
+/// handshake. At most [`MAX_REFUSALS`] at once, each within [`REFUSAL`].
 fn refuse(socket: TcpStream, ctx: &Ctx) {
     let Ok(permit) = ctx.refusals.clone().try_acquire_owned() else {
         return;
@@ -161,11 +161,18 @@ fn refuse(socket: TcpStream, ctx: &Ctx) {
     });
 }
 
-async fn say_refused<S: AsyncWrite + Unpin>(mut socket: S) -> std::io::Result<()> {
+async fn say_refused<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S) -> std::io::Result<()> {
     socket
         .write_all(b"-ERR max number of clients reached\r\n")
         .await?;
-    socket.shutdown().await
+    socket.shutdown().await?;
+    // Clients (redis-py among them) send a first command before they read. Closing with it
+    // unread would reset the connection, and the reset can fail the client's write or discard
+    // the error before the client reads it. So the refusal reads and drops what the client
+    // sends until it closes (within the caller's [`REFUSAL`] bound, into a small buffer).
+    let mut sink = [0u8; 512];
+    while socket.read(&mut sink).await? > 0 {}
+    Ok(())
 }
 
 /// Serves RESP on `listener` until the process ends.
