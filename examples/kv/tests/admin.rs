@@ -86,10 +86,13 @@ async fn the_cli_lists_adds_promotes_transfers_and_removes_members() {
     // A fourth node, started without members, added as a learner, then promoted.
     let p4 = Ports::new();
     let _n4 = spawn(dir.path(), 4, &p4, &[]);
-    let out = kv(
-        &["member", "add", "4", &p4.raft_addr(), "--learner"],
-        &endpoints,
-    );
+    let at4 = p4.raft_addr();
+    // `member add` refuses an address where no node answers yet.
+    poll("node 4 answers", dir.path(), &[4], || async {
+        common::status(&at4).await.map(|_| ())
+    })
+    .await;
+    let out = kv(&["member", "add", "4", &at4, "--learner"], &endpoints);
     assert!(
         out.status.success(),
         "{}",
