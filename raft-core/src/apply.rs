@@ -104,7 +104,6 @@ impl<S: StateMachine> SmState<S> {
 
     fn apply_proposal(&mut self, proposal: Proposal, index: u64) -> Response {
         self.output_room = self.max_output();
-        self.output_too_large = false;
         match proposal {
             Proposal::Write(command) => {
                 let ctx = self.context(index, None);
@@ -234,11 +233,11 @@ impl<S: StateMachine> SmState<S> {
     /// `value` encoded as a write's output, unless that is longer than the room left in its
     /// entry (at first [`SmState::max_output`]) and than the session table's largest kept
     /// response: then the write (which *was* applied) answers [`ApplyError::OutputEncoding`],
-    /// and no more than that was built. Every
-    /// replica encodes every write's output, so an output many times the size of its command
-    /// (a transaction reading one large value a thousand times) would otherwise cost each of
-    /// them its full size. A session records such a write as it records any response too
-    /// large to keep, so the table is the same as if the output had been built whole.
+    /// and no more than that was built. Every replica encodes every write's output, so an
+    /// output many times the size of its command (a transaction reading one large value a
+    /// thousand times) would otherwise cost each of them its full size. A session records such
+    /// a write as it records any response too large to keep, so the table is the same as if
+    /// the output had been built whole.
     fn output<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Response {
         let max = self.output_room.max(self.max_kept_response());
         match codec::encode_within(value, max) {

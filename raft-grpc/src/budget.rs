@@ -47,9 +47,22 @@ use crate::status::status;
 /// gRPC's length-prefixed framing: a compression flag, then the length as a big-endian u32.
 const HEADER: usize = 5;
 
-/// The slowest rate a large message may arrive at: one second per 8 MiB on top of the base
-/// allowance, the rate a snapshot may arrive at.
-const BYTES_PER_SEC: u64 = 8 << 20;
+/// The least time anything the server receives may take to arrive: a message once its header
+/// is in, a snapshot once its receive slot is taken.
+const LEAST_ARRIVAL: Duration = Duration::from_secs(30);
+
+/// The slowest average rate a large message or a snapshot may arrive at: one second per
+/// 8 MiB, the rate the sender's own deadline allows (`GrpcConnection::full_snapshot` in
+/// `transport.rs`).
+const ARRIVAL_BYTES_PER_SEC: u64 = 8 << 20;
+
+/// How long `bytes` may take to arrive: the longer of 30 s and `request_timeout`, plus one
+/// second per 8 MiB.
+pub(crate) fn arrival_limit(bytes: u64, request_timeout: Duration) -> Duration {
+    LEAST_ARRIVAL
+        .max(request_timeout)
+        .saturating_add(Duration::from_secs(bytes / ARRIVAL_BYTES_PER_SEC))
+}
 
 /// What every call of one service may hold in partly received messages. Clones share it.
 #[derive(Clone)]
@@ -62,29 +75,31 @@ struct Inner {
     /// Messages declaring more than this are refused by tonic on their header; they take
     /// nothing.
     max_message: usize,
-    /// The least time a message may take to arrive.
-    base: Duration,
+    /// The node's request timeout, which lengthens [`arrival_limit`] if it is longer.
+    request_timeout: Duration,
 }
 
 impl ReceiveBudget {
     /// A budget of `bytes` (raised to `max_message` if smaller, so every message the service
     /// accepts can arrive) for a service whose messages are at most `max_message` bytes; a
-    /// message gets `base` plus one second per 8 MiB it declares to arrive.
-    pub(crate) fn new(bytes: usize, max_message: usize, base: Duration) -> ReceiveBudget {
+    /// message gets [`arrival_limit`] of its declared length to arrive.
+    pub(crate) fn new(
+        bytes: usize,
+        max_message: usize,
+        request_timeout: Duration,
+    ) -> ReceiveBudget {
         let bytes = bytes.max(max_message).min(Semaphore::MAX_PERMITS);
         ReceiveBudget(Arc::new(Inner {
             permits: Arc::new(Semaphore::new(bytes)),
             bytes,
             max_message,
-            base,
+            request_timeout,
         }))
     }
 
     /// How long a message declaring `len` bytes may take to arrive, from its header on.
     pub(crate) fn allowance(&self, len: u32) -> Duration {
-        self.0
-            .base
-            .saturating_add(Duration::from_secs(u64::from(len) / BYTES_PER_SEC))
+        arrival_limit(u64::from(len), self.0.request_timeout)
     }
 
     /// Bytes of the budget not held by any message.
@@ -239,9 +254,7 @@ impl<B> Metered<B> {
             }
         }
         let unfinished = self.header_len == HEADER && self.remaining > 0;
-        // tonic refuses a message larger than the service accepts on its header, before
-        // keeping any of it.
-        if !unfinished || self.declared() as usize > self.budget.0.max_message {
+        if !unfinished || self.refused_by_tonic() {
             return Ok(());
         }
         if self.deadline.is_none() {
@@ -257,14 +270,23 @@ impl<B> Metered<B> {
         u32::from_be_bytes([a, b, c, d])
     }
 
+    /// Whether the current message is larger than the service accepts: tonic refuses it on
+    /// its header, before keeping any of it, so it takes nothing.
+    fn refused_by_tonic(&self) -> bool {
+        self.declared() as usize > self.budget.0.max_message
+    }
+
     /// Takes the current message's share, unless it has it or is too large to be accepted.
     fn take(&mut self) -> Result<(), ()> {
-        let len = self.declared();
-        if self.held.is_some() || len as usize > self.budget.0.max_message {
+        if self.held.is_some() || self.refused_by_tonic() {
             return Ok(());
         }
         let permits = self.budget.0.permits.clone();
-        self.held = Some(permits.try_acquire_many_owned(len).map_err(|_| ())?);
+        self.held = Some(
+            permits
+                .try_acquire_many_owned(self.declared())
+                .map_err(|_| ())?,
+        );
         Ok(())
     }
 
@@ -382,10 +404,10 @@ mod tests {
     }
 
     const BUDGET: usize = 1000;
-    const BASE: Duration = Duration::from_secs(30);
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
     fn budget() -> ReceiveBudget {
-        ReceiveBudget::new(BUDGET, BUDGET, BASE)
+        ReceiveBudget::new(BUDGET, BUDGET, REQUEST_TIMEOUT)
     }
 
     fn body(budget: &ReceiveBudget) -> (mpsc::UnboundedSender<Bytes>, Metered<Chunks>) {
@@ -570,9 +592,16 @@ mod tests {
 
     #[test]
     fn the_budget_fits_the_largest_message_and_slow_large_messages_get_longer() {
-        let b = ReceiveBudget::new(10, 1000, BASE);
+        let b = ReceiveBudget::new(10, 1000, REQUEST_TIMEOUT);
         assert_eq!(b.available(), 1000);
-        assert_eq!(b.allowance(0), BASE);
-        assert_eq!(b.allowance(64 << 20), BASE + Duration::from_secs(8));
+        let least = Duration::from_secs(30);
+        assert_eq!(b.allowance(0), least);
+        assert_eq!(b.allowance(64 << 20), least + Duration::from_secs(8));
+        let slow = ReceiveBudget::new(10, 1000, Duration::from_secs(60));
+        assert_eq!(
+            slow.allowance(0),
+            Duration::from_secs(60),
+            "a longer request timeout"
+        );
     }
 }

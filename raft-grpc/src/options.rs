@@ -63,11 +63,11 @@ pub struct GrpcOptions {
     /// services: peers' replication, votes, snapshots and forwarded calls share one such
     /// budget, and clients' calls the other, so clients cannot crowd peers out. A message not
     /// whole in its first chunk takes its declared length from the budget until its last byte
-    /// has arrived; while the budget is spent, new large messages wait (HTTP/2 flow control
-    /// stops their senders), and one not whole within 30 s (or the node's request timeout, if
-    /// longer) plus one second per 8 MiB it declares fails with
-    /// [`ErrorCode::Busy`](crate::status::ErrorCode::Busy) — nothing was applied, a later
-    /// attempt may succeed. This bounds what callers that start large messages and never
+    /// has arrived. One that finds the budget spent, or is not whole within 30 s (or the
+    /// node's request timeout, if longer) plus one second per 8 MiB it declares, fails at once
+    /// with [`ErrorCode::Busy`](crate::status::ErrorCode::Busy) — nothing was applied, a later
+    /// attempt may succeed. It fails rather than waits, so its unread bytes never hold its
+    /// connection's HTTP/2 window from other calls. This bounds what callers that start large messages and never
     /// finish them can make the node hold, however many streams and connections they open. On
     /// the cluster service, whose calls carry one message each, every message counts (small
     /// ones too) until its call is answered, so the budget also bounds the writes a leader

@@ -26,6 +26,7 @@ use tonic::Status;
 use tonic::Streaming;
 
 use crate::auth;
+use crate::budget::arrival_limit;
 use crate::pb;
 use crate::status;
 use crate::status::ErrorCode;
@@ -162,23 +163,6 @@ where
 /// carries data (or the last chunk) is awaited this long: an empty chunk before the last is
 /// refused, so it cannot keep a stream alive.
 const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The slowest average rate a snapshot may arrive at: one second per 8 MiB, the rate the
-/// sender's own deadline allows (`GrpcConnection::full_snapshot` in `transport.rs`).
-const SNAPSHOT_BYTES_PER_SEC: u64 = 8 << 20;
-
-/// How long a snapshot announced as `total` bytes may take to arrive, counted from the moment
-/// its receive slot is taken: the longer of [`SNAPSHOT_CHUNK_TIMEOUT`] and `request_timeout`,
-/// plus one second per 8 MiB announced. The sender gives up after its soft TTL (three quarters
-/// of its request timeout) plus the same second per 8 MiB, counted from before it connects, so
-/// an honest sender with this node's request timeout (or any up to 40 s) always gives up first;
-/// a sender that trickles data (one byte every 29 s keeps [`SNAPSHOT_CHUNK_TIMEOUT`] from
-/// firing) loses the slot at this bound.
-pub(super) fn snapshot_receive_limit(total: u64, request_timeout: Duration) -> Duration {
-    SNAPSHOT_CHUNK_TIMEOUT
-        .max(request_timeout)
-        .saturating_add(Duration::from_secs(total / SNAPSHOT_BYTES_PER_SEC))
-}
 
 pub(super) struct Internal<S: StateMachine>(pub(super) Arc<Shared<S>>);
 
@@ -350,10 +334,15 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
             SnapshotReceive::Refuse(answer) => return self.reply(&answer),
         };
         // The one receive slot is held from here: the whole snapshot must arrive within a bound
-        // that grows with its announced size, however the sender paces its chunks. `None` only
-        // if the bound is past what the clock can represent (no deadline then but the idle one).
+        // that grows with its announced size, however the sender paces its chunks. The sender
+        // gives up after its soft TTL (three quarters of its request timeout) plus the same
+        // second per 8 MiB, counted from before it connects, so an honest sender with this
+        // node's request timeout (or any up to 40 s) always gives up first; a sender that
+        // trickles data (one byte every 29 s keeps SNAPSHOT_CHUNK_TIMEOUT from firing) loses
+        // the slot at this bound. `None` only if the bound is past what the clock can represent
+        // (no deadline then but the idle one).
         let total = first.total_bytes;
-        let limit = snapshot_receive_limit(total, shared.node.config().request_timeout);
+        let limit = arrival_limit(total, shared.node.config().request_timeout);
         let deadline = tokio::time::Instant::now().checked_add(limit);
         let mut chunk = first;
         loop {
@@ -488,14 +477,14 @@ mod tests {
     fn an_honest_sender_gives_up_before_the_receiver_does() {
         for rt in [1, 10, 40, 120, 3600].map(Duration::from_secs) {
             for total in [1, 8 << 20, 1 << 30, 64 << 30, u64::MAX] {
-                let ours = snapshot_receive_limit(total, rt);
+                let ours = arrival_limit(total, rt);
                 assert!(ours >= sender_deadline(total, rt), "{total} bytes, {rt:?}");
                 assert!(ours >= SNAPSHOT_CHUNK_TIMEOUT);
             }
         }
         // And it is a bound: 64 GiB (the default largest snapshot) in at most 8,222 s.
         assert_eq!(
-            snapshot_receive_limit(64 << 30, Duration::from_secs(10)),
+            arrival_limit(64 << 30, Duration::from_secs(10)),
             Duration::from_secs(30 + 8192)
         );
     }

@@ -51,10 +51,6 @@ use self::cluster::Cluster;
 use self::forward::serve_query;
 use self::internal::Internal;
 
-/// The least time a message may take to arrive once its header is in; see
-/// [`GrpcOptions::max_receiving_bytes`].
-const SLOWEST_MESSAGE: Duration = Duration::from_secs(30);
-
 /// Counters of what a server received.
 #[derive(Debug, Default)]
 pub struct ServerStats {
@@ -232,8 +228,8 @@ impl<S: StateMachine> Server<S> {
             .max_encoding_message_size(max);
         // A message's bytes are metered once its call is authenticated (the interceptors run
         // first), so callers who fail the check take nothing from the budgets.
-        let base = SLOWEST_MESSAGE.max(self.shared.node.config().request_timeout);
-        let budget = || ReceiveBudget::new(o.max_receiving_bytes, max, base);
+        let request_timeout = self.shared.node.config().request_timeout;
+        let budget = || ReceiveBudget::new(o.max_receiving_bytes, max, request_timeout);
         let internal = Receiving::new(internal, budget());
         let internal =
             tonic::service::interceptor::InterceptedService::new(internal, PeerCheck(auth.clone()));
