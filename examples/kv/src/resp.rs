@@ -38,18 +38,11 @@ pub const ARG_OVERHEAD: usize = 32;
 /// Room a connection's input buffer keeps free for the next read.
 const READ_ROOM: usize = 16 << 10;
 
-/// Free space below which [`make_room`] grows the input buffer.
-const LOW_ROOM: usize = 4 << 10;
+/// Bulks from this size on get an input buffer of their own size (see [`Parser::next`]).
+const LARGE_BULK: usize = 32 << 10;
 
-/// Makes room in a connection's input buffer for the next read. A buffer the parser has already
-/// sized for a large bulk (see [`Parser::next`]) keeps [`READ_ROOM`] free to its end, so it is
-/// never grown again while that bulk arrives: a connection holds one command's bytes plus one
-/// read, not a doubled buffer.
-pub fn make_room(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < LOW_ROOM {
-        buf.reserve(READ_ROOM);
-    }
-}
+/// Free space below which [`Parser::make_room`] grows the input buffer.
+const LOW_ROOM: usize = 4 << 10;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -104,13 +97,17 @@ struct Partial {
     bulk: Option<usize>,
 }
 
-/// One connection's parser: call [`Parser::next`] after every read.
+/// One connection's parser: call [`Parser::make_room`] before every read and [`Parser::next`]
+/// after it.
 #[derive(Debug)]
 pub struct Parser {
     limits: Limits,
     partial: Option<Partial>,
     /// How much of the input a line search already looked at without finding its end.
     scanned: usize,
+    /// The input buffer was sized for a large bulk (see [`Parser::next`]): once that bulk is
+    /// taken, [`Parser::make_room`] gives the buffer back.
+    sized_for_bulk: bool,
 }
 
 impl Parser {
@@ -120,7 +117,36 @@ impl Parser {
             limits,
             partial: None,
             scanned: 0,
+            sized_for_bulk: false,
         }
+    }
+
+    /// Makes room in a connection's input buffer for the next read.
+    ///
+    /// A buffer sized for a large bulk keeps [`READ_ROOM`] free to its end, so it is never
+    /// grown again while that bulk arrives: a connection holds one command's bytes plus one
+    /// read, not a doubled buffer. Once the bulk has been taken off it, the buffer is replaced
+    /// by one of [`READ_ROOM`]: the large one would otherwise stay with the connection for as
+    /// long as it is open (what is left of it is where the next reads go), so every
+    /// connection that ever sent a large command would keep that command's size.
+    pub fn make_room(&mut self, buf: &mut BytesMut) {
+        if self.sized_for_bulk && !self.awaiting_large_bulk(buf) {
+            self.sized_for_bulk = false;
+            let mut fresh = BytesMut::with_capacity(READ_ROOM.max(buf.len() + LOW_ROOM));
+            fresh.extend_from_slice(buf);
+            *buf = fresh;
+        }
+        if buf.capacity() - buf.len() < LOW_ROOM {
+            buf.reserve(READ_ROOM);
+        }
+    }
+
+    /// Whether a bulk large enough to have sized the buffer is still arriving in `buf`.
+    fn awaiting_large_bulk(&self, buf: &BytesMut) -> bool {
+        matches!(
+            self.partial,
+            Some(Partial { bulk: Some(len), .. }) if len >= LARGE_BULK && buf.len() < len + 2
+        )
     }
 
     /// Enforces `limits` from the next command on (a command part-way through keeps the
@@ -227,8 +253,9 @@ impl Parser {
                 // A large bulk: make room for all of it at once rather than growing by reads,
                 // plus one read's room, so `make_room` never grows the buffer again before
                 // the bulk is complete.
-                if len >= 32 << 10 {
+                if len >= LARGE_BULK {
                     buf.reserve(len + 2 - buf.len() + READ_ROOM);
+                    self.sized_for_bulk = true;
                 }
                 return Ok(None);
             }
@@ -529,7 +556,7 @@ mod tests {
         let mut buf = BytesMut::with_capacity(READ_ROOM);
         let (mut sent, mut most, mut got) = (0, 0, None);
         while got.is_none() && sent < wire.len() {
-            make_room(&mut buf);
+            parser.make_room(&mut buf);
             let n = (buf.capacity() - buf.len())
                 .min(3000)
                 .min(wire.len() - sent);

@@ -64,6 +64,12 @@ use crate::store::WriteOp;
 
 /// Replies are sent once this many bytes are waiting, even mid-pipeline.
 const FLUSH_AT: usize = 1 << 20;
+/// A connection's reply buffer, as it starts.
+const OUTPUT_BYTES: usize = 16 << 10;
+/// Largest reply buffer a connection keeps once its replies are sent: a buffer that large
+/// replies (or a long pipeline's) grew past it is given back, so an idle connection holds
+/// kilobytes whatever it was once sent.
+const KEEP_OUTPUT_BYTES: usize = 64 << 10;
 /// How long a client may take over its TLS handshake.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 /// How long telling a client past `maxclients` may take, TLS handshake included.
@@ -338,7 +344,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut authenticated = conn.auth.authenticated();
     let mut parser = resp::Parser::new(command_limits(authenticated));
     let mut input = BytesMut::with_capacity(16 << 10);
-    let mut out = BytesMut::with_capacity(16 << 10);
+    let mut out = BytesMut::with_capacity(OUTPUT_BYTES);
     // The commands of the read buffer gathered so far, replicated together (see `pipeline`).
     let mut batch = Batch::default();
     // A client that must authenticate does so by then.
@@ -373,7 +379,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
         run_batch(&mut batch, conn, ctx, &mut out).await;
         flush(&mut socket, &mut out, limits).await?;
-        resp::make_room(&mut input);
+        parser.make_room(&mut input);
         let read = socket.read_buf(&mut input);
         let idle_by = limits.idle.map(|idle| tokio::time::Instant::now() + idle);
         let n = match ReadDeadline::first(idle_by, (!authenticated).then_some(auth_by)) {
@@ -455,7 +461,12 @@ async fn flush<S: AsyncWrite + Unpin>(
         }
         sent += n;
     }
-    out.clear();
+    if out.capacity() > KEEP_OUTPUT_BYTES {
+        // A large reply grew the buffer: give it back rather than keep it with the connection.
+        *out = BytesMut::with_capacity(OUTPUT_BYTES);
+    } else {
+        out.clear();
+    }
     Ok(())
 }
 
