@@ -68,6 +68,7 @@ const PARAMS: &[(&str, &str, Kind)] = &[
     ("lua-time-limit", "5000", COUNT),
     ("maxclients", "", Kind::Fixed),
     ("maxmemory", "0", Kind::Memory(u64::MAX)),
+    ("maxmemory-clients", "", Kind::Fixed),
     (
         "maxmemory-policy",
         "noeviction",
@@ -178,6 +179,7 @@ impl NodeConfig {
             PARAMS.iter().map(|p| (p.0, p.1.to_string())).collect();
         values.insert("maxclients", limits.max_clients.to_string());
         values.insert("proto-max-bulk-len", limits.resp.max_bulk.to_string());
+        values.insert("maxmemory-clients", limits.client_memory.to_string());
         values.insert(
             "client-query-buffer-limit",
             limits.resp.max_frame.to_string(),

@@ -116,10 +116,14 @@ async fn read_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Reply {
 /// node's consistency; the rest follow locally from there. Like SCAN, a key present for the
 /// whole walk is returned; one written during it may or may not be.
 ///
-/// `None` as soon as the keys found would take more than `room` bytes to send
+/// `None` as soon as `fits` refuses the bytes the keys found so far would take to send
 /// ([`Reply::encoded_bytes`]): the caller closes the connection, as for any reply past the
 /// output limit, and the node never holds more than that of the answer.
-pub(crate) async fn keys(ctx: &Ctx, pattern: Bytes, room: usize) -> Option<Reply> {
+pub(crate) async fn keys(
+    ctx: &Ctx,
+    pattern: Bytes,
+    mut fits: impl FnMut(usize) -> bool,
+) -> Option<Reply> {
     let mut found = Vec::new();
     let mut bytes = 0usize;
     let mut cursor = 0u64;
@@ -142,7 +146,7 @@ pub(crate) async fn keys(ctx: &Ctx, pattern: Bytes, room: usize) -> Option<Reply
         bytes = keys
             .iter()
             .fold(bytes, |n, k| n.saturating_add(k.encoded_bytes()));
-        if bytes > room {
+        if !fits(bytes) {
             return None;
         }
         found.extend(keys);

@@ -1,7 +1,7 @@
 //! What one node lets its clients use, and the flags that set it.
 //!
 //! The names and defaults follow Redis where Redis has the knob (`maxclients`, `timeout`,
-//! `proto-max-bulk-len`, `client-query-buffer-limit`); `docs/limits.md` lists every limit and
+//! `proto-max-bulk-len`, `client-query-buffer-limit`; `maxmemory-clients` is on by default); `docs/limits.md` lists every limit and
 //! what a client sees when it reaches one.
 
 use std::time::Duration;
@@ -35,6 +35,13 @@ pub struct LimitArgs {
     /// Close a client whose unsent replies would pass this many bytes.
     #[arg(long, default_value_t = ConnLimits::default().output_bytes)]
     pub client_output_buffer_limit: usize,
+    /// Most bytes all clients' buffers may hold together beyond 256 KiB each (commands
+    /// part-way through, unsent replies); 0: no bound, as Redis' default. A client whose
+    /// command or reply would pass it is closed, the command refused with an error first:
+    /// unlike Redis, which then evicts the clients holding the most, the one that asks for
+    /// more is refused.
+    #[arg(long, default_value_t = ConnLimits::default().client_memory)]
+    pub maxmemory_clients: usize,
     /// Close a client that has not taken any of its pending replies for this many seconds.
     #[arg(long, default_value_t = ConnLimits::default().output_timeout.as_secs())]
     pub client_output_timeout: u64,
@@ -60,6 +67,9 @@ pub struct ConnLimits {
     pub output_bytes: usize,
     /// Close a client that takes none of its replies for this long.
     pub output_timeout: Duration,
+    /// Most bytes all connections' buffers hold together beyond their first 256 KiB each (0:
+    /// no bound); see `client_memory`.
+    pub client_memory: usize,
     /// Most pipelined commands replicated together as one log entry.
     pub max_batch: usize,
 }
@@ -73,6 +83,7 @@ impl Default for ConnLimits {
             auth_timeout: Duration::from_secs(30),
             output_bytes: 256 << 20,
             output_timeout: Duration::from_secs(60),
+            client_memory: 1 << 30,
             max_batch: 128,
         }
     }
@@ -212,6 +223,7 @@ impl LimitArgs {
             auth_timeout: Duration::from_secs(self.auth_timeout),
             output_bytes: self.client_output_buffer_limit,
             output_timeout: Duration::from_secs(self.client_output_timeout),
+            client_memory: self.maxmemory_clients,
             max_batch: self.pipeline_batch,
         })
     }

@@ -27,6 +27,7 @@
 //! * `config.rs` — `CONFIG GET`/`SET`: each node's parameters.
 //! * `limits.rs` — what clients may use (maxclients, timeouts, command and reply sizes) and its
 //!   flags; `docs/limits.md` lists every limit.
+//! * `client_memory.rs` — the bound on what all clients' buffers hold together.
 //! * `cluster.rs` — starting one node, joining, and the three-node demo.
 //! * `metrics.rs` — Prometheus metrics, `/healthz` and `/readyz`.
 //! * `storage.rs` — disk flags: the quota behind `-OOM`, compaction by size, WAL segments.
@@ -42,6 +43,7 @@
 mod auth;
 mod backup;
 mod certs;
+mod client_memory;
 mod cluster;
 mod commands;
 mod config;

@@ -94,6 +94,7 @@ pub async fn prepare(args: &MetricsArgs) -> Result<Option<Endpoint>, String> {
         "kv_protocol_errors_total",
         "kv_rejected_connections_total",
         "kv_output_limit_disconnects_total",
+        "kv_client_memory_disconnects_total",
         "kv_auth_timeouts_total",
     ] {
         metrics::counter!(name).increment(0);

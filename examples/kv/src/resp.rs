@@ -141,6 +141,14 @@ impl Parser {
         }
     }
 
+    /// Bytes of the command part-way through that the parser has taken off the input and
+    /// holds (its complete arguments, with [`ARG_OVERHEAD`] each).
+    pub fn held(&self) -> usize {
+        self.partial
+            .as_ref()
+            .map_or(0, |p| p.size - p.bulk.map_or(0, |len| len + ARG_OVERHEAD))
+    }
+
     /// Whether a bulk large enough to have sized the buffer is still arriving in `buf`.
     fn awaiting_large_bulk(&self, buf: &BytesMut) -> bool {
         matches!(

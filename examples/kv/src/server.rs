@@ -41,6 +41,8 @@ use crate::auth;
 use crate::auth::ConnAuth;
 use crate::auth::Gate;
 use crate::auth::SharedAccounts;
+use crate::client_memory::ClientMemory;
+use crate::client_memory::Share;
 use crate::commands;
 use crate::commands::Action;
 use crate::forward::keys;
@@ -62,8 +64,11 @@ use crate::store::Store;
 use crate::store::Watched;
 use crate::store::WriteOp;
 
-/// Replies are sent once this many bytes are waiting, even mid-pipeline.
-const FLUSH_AT: usize = 1 << 20;
+/// Replies are sent once this many bytes are waiting, even mid-pipeline: within what a
+/// connection holds without a share of `--maxmemory-clients`
+/// ([`crate::client_memory::FREE_BYTES`]), so a client with small replies is served however
+/// long its pipeline.
+const FLUSH_AT: usize = 64 << 10;
 /// A connection's reply buffer, as it starts.
 const OUTPUT_BYTES: usize = 16 << 10;
 /// Largest reply buffer a connection keeps once its replies are sent: a buffer that large
@@ -101,6 +106,8 @@ pub struct Ctx {
     clients: AtomicUsize,
     /// Places for clients being told they are past `maxclients`.
     refusals: Arc<tokio::sync::Semaphore>,
+    /// What all connections' buffers may hold together (`--maxmemory-clients`).
+    pub client_memory: Arc<ClientMemory>,
 }
 
 impl Ctx {
@@ -121,6 +128,7 @@ impl Ctx {
             next_conn: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
             refusals: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS)),
+            client_memory: ClientMemory::new(limits.client_memory),
         })
     }
 
@@ -171,14 +179,26 @@ async fn say_refused<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S) -> std::i
     socket
         .write_all(b"-ERR max number of clients reached\r\n")
         .await?;
-    socket.shutdown().await?;
-    // Clients (redis-py among them) send a first command before they read. Closing with it
-    // unread would reset the connection, and the reset can fail the client's write or discard
-    // the error before the client reads it. So the refusal reads and drops what the client
-    // sends until it closes (within the caller's [`REFUSAL`] bound, into a small buffer).
-    let mut sink = [0u8; 512];
-    while socket.read(&mut sink).await? > 0 {}
-    Ok(())
+    // Clients (redis-py among them) send a first command before they read.
+    close_unread(socket).await
+}
+
+/// Closes a connection after a refusal it may not have read yet: shuts the write side, then
+/// reads and drops what the client still sends until it closes, within [`REFUSAL`]. Closing
+/// with the client's input unread would reset the connection, and the reset can fail the
+/// client's write or discard the error before the client reads it. What is read is dropped at
+/// once, into a small buffer.
+async fn close_unread<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S) -> std::io::Result<()> {
+    let drain = async move {
+        socket.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while socket.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    };
+    match tokio::time::timeout(REFUSAL, drain).await {
+        Ok(done) => done,
+        Err(_) => Ok(()),
+    }
 }
 
 /// Serves RESP on `listener` until the process ends.
@@ -244,6 +264,8 @@ struct Conn {
     watched_bytes: usize,
     /// The name `CLIENT SETNAME` gave the connection.
     name: Option<Bytes>,
+    /// What its buffers hold of the node's `--maxmemory-clients`.
+    share: Share,
 }
 
 /// Commands queued after `MULTI`.
@@ -277,6 +299,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         watched: Vec::new(),
         watched_bytes: 0,
         name: None,
+        share: Share::new(ctx.client_memory.clone()),
     };
     tracing::debug!(%peer, id, "client connected");
     let result = serve_connection(socket, peer, ctx, &mut conn).await;
@@ -380,6 +403,26 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         run_batch(&mut batch, conn, ctx, &mut out).await;
         flush(&mut socket, &mut out, limits).await?;
         parser.make_room(&mut input);
+        // A command part-way through must fit, as it arrives, under the node's bound on all
+        // clients' buffers: a large bulk's buffer is sized when its header arrives, so this
+        // is checked before its data is read.
+        let queued = conn.tx.as_ref().map_or(0, |tx| tx.bytes) + conn.watched_bytes;
+        if !conn
+            .share
+            .cover(parser.held() + input.capacity() + out.capacity() + queued)
+        {
+            past_client_memory(id, ctx);
+            let e = format!(
+                "ERR this command does not fit in what the node's clients may buffer together (maxmemory-clients {} bytes)",
+                ctx.client_memory.limit()
+            );
+            resp::encode(&Reply::Error(e), &mut out, conn.proto);
+            flush(&mut socket, &mut out, limits).await?;
+            // What the command took is given back before the client is heard out.
+            drop((parser, input, out));
+            conn.share.cover(0);
+            return close_unread(socket).await;
+        }
         let read = socket.read_buf(&mut input);
         let idle_by = limits.idle.map(|idle| tokio::time::Instant::now() + idle);
         let n = match ReadDeadline::first(idle_by, (!authenticated).then_some(auth_by)) {
@@ -531,9 +574,18 @@ async fn execute(
             Action::Info(section) => info(ctx, section.as_deref()).await,
             Action::Write { op, post } => post.apply(replicate(conn, ctx, op, now).await),
             Action::Read(ReadOp::Keys(pattern)) => {
-                let limit = ctx.limits.output_bytes;
-                match keys(ctx, pattern, limit.saturating_sub(out.len())).await {
+                let (limit, before) = (ctx.limits.output_bytes, out.len());
+                let mut node_full = false;
+                let share = &mut conn.share;
+                // The keys found must fit both limits as they are found.
+                let fits = |bytes: usize| {
+                    let total = before.saturating_add(bytes);
+                    node_full = total <= limit && !share.reserve(total);
+                    total <= limit && !node_full
+                };
+                match keys(ctx, pattern, fits).await {
                     Some(reply) => reply,
+                    None if node_full => return past_client_memory(conn.id, ctx),
                     None => return past_output_limit(conn.id, limit),
                 }
             }
@@ -572,12 +624,36 @@ async fn execute(
     // left, and given up as soon as it runs out: an aggregate's parts may repeat one large
     // value many times (`MGET k k …`, `HRANDFIELD h -N WITHVALUES`), so it is never built
     // whole first.
+    //
+    // Under `--maxmemory-clients`, the reply's share is taken before it is built, from the
+    // most its encoding can take ([`Reply::encoded_bytes`]): a reply that does not fit is
+    // never built, and two connections cannot both count on the same room. A small reply
+    // fits what every connection holds without a share, and takes nothing.
+    if !conn
+        .share
+        .reserve(out.len().saturating_add(reply.encoded_bytes()))
+    {
+        return past_client_memory(conn.id, ctx);
+    }
     let limit = ctx.limits.output_bytes;
     let room = limit.saturating_sub(out.len());
     if resp::encode_within(&reply, out, conn.proto, room).is_err() {
         return past_output_limit(conn.id, limit);
     }
     false
+}
+
+/// Counts and logs a connection closed because its buffers would pass what the node lets all
+/// clients buffer together (`--maxmemory-clients`); `true`, for [`execute`] to answer.
+fn past_client_memory(id: u64, ctx: &Ctx) -> bool {
+    metrics::counter!("kv_client_memory_disconnects_total").increment(1);
+    tracing::debug!(
+        id,
+        limit = ctx.client_memory.limit(),
+        used = ctx.client_memory.used(),
+        "the connection's buffers would pass maxmemory-clients; closing it"
+    );
+    true
 }
 
 /// Counts and logs a connection closed because its next reply would pass the output limit;

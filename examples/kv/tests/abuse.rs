@@ -509,6 +509,137 @@ fn connections_give_back_the_buffers_of_large_commands_and_replies() {
     }
 }
 
+/// A node taking values of up to 32 MiB, with `--maxmemory-clients` at `bound`.
+fn node_with_client_memory(bound: usize) -> Node {
+    Node::start(&[
+        "--proto-max-bulk-len",
+        &(32 * MIB).to_string(),
+        "--client-query-buffer-limit",
+        &(64 * MIB).to_string(),
+        "--maxmemory-clients",
+        &bound.to_string(),
+    ])
+}
+
+#[test]
+fn commands_part_way_through_hold_at_most_maxmemory_clients_in_all() {
+    const BULK: usize = 30 * MIB;
+    let node = node_with_client_memory(128 * MIB);
+    let before = node.rss();
+    // Eight connections each send all but the last MiB of a 30 MiB value, one after another.
+    // A refused one is heard out (its bytes read and dropped), so its writes succeed too.
+    let data = vec![b'v'; BULK - MIB];
+    let mut conns: Vec<Client> = (0..8)
+        .map(|i| {
+            let mut c = node.connect();
+            c.stream.set_write_timeout(Some(WAIT)).expect("timeout");
+            let head = format!("*3\r\n$3\r\nSET\r\n$4\r\nk{i:03}\r\n${BULK}\r\n");
+            let _ = c.stream.write_all(head.as_bytes());
+            let _ = c.stream.write_all(&data);
+            c
+        })
+        .collect();
+    // 128 MiB holds four such commands (30 MiB each, beyond 256 KiB per connection); the
+    // others were refused as their headers arrived, and hold nothing.
+    let grew = node.rss().saturating_sub(before);
+    assert!(
+        grew < 128 * MIB + 32 * MIB,
+        "RSS grew {} MiB with commands part-way through",
+        grew / MIB
+    );
+    // Small commands are served all the while, on a new connection too.
+    assert_eq!(node.connect().call(&[b"SET", b"small", b"1"]), "+OK");
+    // The held commands complete and commit; the refused ones read their error.
+    let outcomes: Vec<String> = conns
+        .iter_mut()
+        .map(|c| {
+            let _ = c.stream.write_all(&[b'v'; MIB]);
+            let _ = c.stream.write_all(b"\r\n");
+            let reply = c.reply();
+            match reply.as_str() {
+                "+OK" => "held".to_string(),
+                r if r.starts_with("-ERR this command does not fit") => "refused".to_string(),
+                r => r.chars().take(80).collect(),
+            }
+        })
+        .collect();
+    let held = ["held"; 4];
+    let refused = ["refused"; 4];
+    assert_eq!(outcomes, [&held[..], &refused[..]].concat());
+    assert_eq!(
+        node.connect().call(&[b"STRLEN", b"k003"]),
+        format!(":{BULK}")
+    );
+    // Once they are done, the room is back: a fifth large command fits.
+    let value = vec![b'v'; BULK];
+    assert_eq!(node.connect().call(&[b"SET", b"k999", &value]), "+OK");
+}
+
+#[test]
+fn commands_queued_in_transactions_count_against_maxmemory_clients() {
+    let node = node_with_client_memory(64 * MIB);
+    let value = vec![b'v'; 24 * MIB];
+    // Each transaction holds a queued 24 MiB SET until its EXEC: two fit under 64 MiB.
+    let mut open: Vec<Client> = Vec::new();
+    let mut outcomes = Vec::new();
+    for key in [&b"t1"[..], b"t2", b"t3"] {
+        let mut c = node.connect();
+        assert_eq!(c.call(&[b"MULTI"]), "+OK");
+        outcomes.push(c.call(&[b"SET", key, &value]));
+        open.push(c);
+    }
+    assert_eq!(outcomes[..2], ["+QUEUED", "+QUEUED"]);
+    assert!(
+        outcomes[2].starts_with("-ERR this command does not fit"),
+        "{}",
+        &outcomes[2][..outcomes[2].len().min(80)]
+    );
+    for c in &mut open[..2] {
+        assert_eq!(c.call(&[b"EXEC"]), "+OK");
+    }
+    assert_eq!(
+        node.connect().call(&[b"STRLEN", b"t2"]),
+        format!(":{}", value.len())
+    );
+}
+
+#[test]
+fn a_reply_past_maxmemory_clients_closes_its_connection_and_is_not_built() {
+    let bound = 16 * MIB;
+    let node = Node::start(&["--maxmemory-clients", &bound.to_string()]);
+    let value = vec![b'v'; MIB];
+    assert_eq!(node.connect().call(&[b"SET", b"v", &value]), "+OK");
+    let before = node.rss();
+    // A reply of 200 MiB: within the connection's own output limit (256 MiB), far past what
+    // all clients may buffer together. It closes the connection after the replies before it.
+    let mut c = node.connect();
+    let mut mget: Vec<&[u8]> = vec![b"MGET"];
+    mget.extend(std::iter::repeat_n(&b"v"[..], 200));
+    let mut pipeline = encode(&[b"PING"]);
+    pipeline.extend(encode(&mget));
+    c.stream.write_all(&pipeline).expect("send");
+    assert_eq!(c.reply(), "+PONG");
+    let reply = c.reply().len();
+    assert_eq!(reply, 0, "no reply, the connection is closed");
+    let grew = node.rss().saturating_sub(before);
+    assert!(
+        grew < 3 * bound,
+        "RSS grew {} MiB for a reply over a {} MiB bound",
+        grew / MIB,
+        bound / MIB
+    );
+    // A reply within the bound is answered, and the node serves on.
+    let mut mget: Vec<&[u8]> = vec![b"MGET"];
+    mget.extend(std::iter::repeat_n(&b"v"[..], 8));
+    let mut c = node.connect();
+    assert_eq!(
+        c.call(&mget).len(),
+        8 * MIB + 7,
+        "eight values, newline-joined"
+    );
+    assert_eq!(c.call(&[b"SET", b"after", b"1"]), "+OK");
+}
+
 #[test]
 fn expire_times_past_what_pttl_can_answer_are_refused() {
     let node = Node::start(&[]);
