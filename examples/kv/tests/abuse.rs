@@ -144,6 +144,18 @@ impl Node {
         self.memory("VmRSS:")
     }
 
+    /// Asserts that the node's resident memory grew by less than `most` bytes since it was
+    /// `before`, while `what` happened.
+    fn assert_grew_less_than(&self, before: usize, most: usize, what: &str) {
+        let grew = self.rss().saturating_sub(before);
+        assert!(
+            grew < most,
+            "RSS grew {} MiB (at most {} MiB) with {what}",
+            grew / MIB,
+            most / MIB
+        );
+    }
+
     /// The most resident memory the node process has had, in bytes.
     fn peak_rss(&self) -> usize {
         self.memory("VmHWM:")
@@ -498,12 +510,7 @@ fn connections_give_back_the_buffers_of_large_commands_and_replies() {
     // What stays: the two stored values, the log's cache of recent entries (at most 64 MiB)
     // and what the allocator keeps, not the connections' buffers (measured: 184 MiB in all,
     // and 612 MiB with the buffers kept).
-    let grew = node.rss().saturating_sub(before);
-    assert!(
-        grew < 280 * MIB,
-        "RSS grew {} MiB with {CONNECTIONS} idle connections",
-        grew / MIB
-    );
+    node.assert_grew_less_than(before, 280 * MIB, "idle connections");
     for mut c in idle {
         assert_eq!(c.call(&[b"STRLEN", b"scratch"]), format!(":{VALUE}"));
     }
@@ -541,12 +548,7 @@ fn commands_part_way_through_hold_at_most_maxmemory_clients_in_all() {
         .collect();
     // 128 MiB holds four such commands (30 MiB each, beyond 256 KiB per connection); the
     // others were refused as their headers arrived, and hold nothing.
-    let grew = node.rss().saturating_sub(before);
-    assert!(
-        grew < 128 * MIB + 32 * MIB,
-        "RSS grew {} MiB with commands part-way through",
-        grew / MIB
-    );
+    node.assert_grew_less_than(before, 160 * MIB, "commands part-way through");
     // Small commands are served all the while, on a new connection too.
     assert_eq!(node.connect().call(&[b"SET", b"small", b"1"]), "+OK");
     // The held commands complete and commit; the refused ones read their error.
@@ -621,13 +623,7 @@ fn a_reply_past_maxmemory_clients_closes_its_connection_and_is_not_built() {
     assert_eq!(c.reply(), "+PONG");
     let reply = c.reply().len();
     assert_eq!(reply, 0, "no reply, the connection is closed");
-    let grew = node.rss().saturating_sub(before);
-    assert!(
-        grew < 3 * bound,
-        "RSS grew {} MiB for a reply over a {} MiB bound",
-        grew / MIB,
-        bound / MIB
-    );
+    node.assert_grew_less_than(before, 3 * bound, "a reply past maxmemory-clients");
     // A reply within the bound is answered, and the node serves on.
     let mut mget: Vec<&[u8]> = vec![b"MGET"];
     mget.extend(std::iter::repeat_n(&b"v"[..], 8));
@@ -820,13 +816,7 @@ fn a_reply_past_the_output_limit_is_not_built() {
         assert_eq!(c.reply(), "", "no reply, the connection is closed");
         assert!(c.closed_by_server());
     }
-    let grew = node.rss().saturating_sub(before);
-    assert!(
-        grew < 3 * limit,
-        "RSS grew {} MiB for replies over a {} MiB output limit",
-        grew / MIB,
-        limit / MIB
-    );
+    node.assert_grew_less_than(before, 3 * limit, "replies past the output limit");
     // A reply within the limit is answered, and the node serves on.
     let mut c = node.connect();
     let mut mget: Vec<&[u8]> = vec![b"MGET"];
