@@ -893,6 +893,13 @@ async fn info(ctx: &Ctx, section: Option<&str>) -> Reply {
             ctx.clients(),
             ctx.limits.max_clients
         ));
+        // What connections' buffers hold of `--maxmemory-clients` (beyond each one's first
+        // 256 KiB), and the bound (0: none).
+        text.push_str(&format!(
+            "client_buffers_shared:{}\r\nmaxmemory_clients:{}\r\n",
+            ctx.client_memory.used(),
+            ctx.client_memory.limit()
+        ));
         // The cluster's session table, as this node has applied it.
         text.push_str(&format!(
             "client_sessions:{}\r\nclient_session_capacity:{}\r\n\r\n",

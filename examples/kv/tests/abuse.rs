@@ -175,11 +175,16 @@ impl Node {
 
     /// `connected_clients` from INFO, asked on a fresh connection (which counts itself).
     fn clients(&self) -> usize {
+        self.info_field("connected_clients")
+    }
+
+    /// A number from `INFO clients`, asked on a fresh connection.
+    fn info_field(&self, field: &str) -> usize {
         let info = self.connect().call(&[b"INFO", b"clients"]);
         info.lines()
-            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().parse().ok())
-            .expect("connected_clients")
+            .unwrap_or_else(|| panic!("no {field} in INFO clients"))
     }
 
     /// Waits until `cond` holds, polling (the node is another process).
@@ -547,7 +552,8 @@ fn commands_part_way_through_hold_at_most_maxmemory_clients_in_all() {
         })
         .collect();
     // 128 MiB holds four such commands (30 MiB each, beyond 256 KiB per connection); the
-    // others were refused as their headers arrived, and hold nothing.
+    // others were refused as their headers arrived, and hold nothing. INFO says so.
+    assert_eq!(node.info_field("client_buffers_shared"), 4 * BULK);
     node.assert_grew_less_than(before, 160 * MIB, "commands part-way through");
     // Small commands are served all the while, on a new connection too.
     assert_eq!(node.connect().call(&[b"SET", b"small", b"1"]), "+OK");
@@ -573,6 +579,9 @@ fn commands_part_way_through_hold_at_most_maxmemory_clients_in_all() {
         format!(":{BULK}")
     );
     // Once they are done, the room is back: a fifth large command fits.
+    node.wait_until("the finished commands' shares are given back", || {
+        node.info_field("client_buffers_shared") == 0
+    });
     let value = vec![b'v'; BULK];
     assert_eq!(node.connect().call(&[b"SET", b"k999", &value]), "+OK");
 }
