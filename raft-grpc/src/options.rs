@@ -67,8 +67,9 @@ pub struct GrpcOptions {
     /// node's request timeout, if longer) plus one second per 8 MiB it declares, fails at once
     /// with [`ErrorCode::Busy`](crate::status::ErrorCode::Busy) — nothing was applied, a later
     /// attempt may succeed. It fails rather than waits, so its unread bytes never hold its
-    /// connection's HTTP/2 window from other calls. This bounds what callers that start large messages and never
-    /// finish them can make the node hold, however many streams and connections they open. On
+    /// connection's HTTP/2 window from other calls. This bounds what callers that start large
+    /// messages and never finish them can make the node hold, however many streams and
+    /// connections they open. On
     /// the cluster service, whose calls carry one message each, every message counts (small
     /// ones too) until its call is answered, so the budget also bounds the writes a leader
     /// holds while it replicates them (counted by their encoded size).
