@@ -51,17 +51,27 @@ const HEADER: usize = 5;
 /// is in, a snapshot once its receive slot is taken.
 const LEAST_ARRIVAL: Duration = Duration::from_secs(30);
 
-/// The slowest average rate a large message or a snapshot may arrive at: one second per
-/// 8 MiB, the rate the sender's own deadline allows (`GrpcConnection::full_snapshot` in
-/// `transport.rs`).
-const ARRIVAL_BYTES_PER_SEC: u64 = 8 << 20;
+/// How long `bytes` take to move at `min_rate` bytes per second (taken as at least 1): the
+/// time a transfer of that size is allowed beyond its fixed allowance, on the sending side and
+/// the receiving side alike.
+pub(crate) fn transfer_time(bytes: u64, min_rate: u64) -> Duration {
+    Duration::from_secs(bytes / min_rate.max(1))
+}
 
-/// How long `bytes` may take to arrive: the longer of 30 s and `request_timeout`, plus one
-/// second per 8 MiB.
-pub(crate) fn arrival_limit(bytes: u64, request_timeout: Duration) -> Duration {
+/// How long `bytes` may take to arrive: the longer of 30 s and `request_timeout`, plus their
+/// [`transfer_time`] at `min_rate` ([`GrpcOptions::min_transfer_rate`](crate::GrpcOptions)).
+pub(crate) fn arrival_limit(bytes: u64, request_timeout: Duration, min_rate: u64) -> Duration {
     LEAST_ARRIVAL
         .max(request_timeout)
-        .saturating_add(Duration::from_secs(bytes / ARRIVAL_BYTES_PER_SEC))
+        .saturating_add(transfer_time(bytes, min_rate))
+}
+
+/// How long a node sending a snapshot of `bytes` waits for it to be taken: `soft_ttl` (its
+/// RPC deadline, three quarters of its request timeout) plus their [`transfer_time`] at
+/// `min_rate`. Never longer than the receiver's [`arrival_limit`] for the same size and rate,
+/// for request timeouts up to 40 s: the sender gives up first.
+pub(crate) fn snapshot_send_limit(soft_ttl: Duration, bytes: u64, min_rate: u64) -> Duration {
+    soft_ttl.saturating_add(transfer_time(bytes, min_rate))
 }
 
 /// What every call of one service may hold in partly received messages. Clones share it.
@@ -77,16 +87,20 @@ struct Inner {
     max_message: usize,
     /// The node's request timeout, which lengthens [`arrival_limit`] if it is longer.
     request_timeout: Duration,
+    /// The slowest average rate a message may arrive at, in bytes per second.
+    min_rate: u64,
 }
 
 impl ReceiveBudget {
     /// A budget of `bytes` (raised to `max_message` if smaller, so every message the service
     /// accepts can arrive) for a service whose messages are at most `max_message` bytes; a
-    /// message gets [`arrival_limit`] of its declared length to arrive.
+    /// message gets [`arrival_limit`] of its declared length at `min_rate` bytes per second to
+    /// arrive.
     pub(crate) fn new(
         bytes: usize,
         max_message: usize,
         request_timeout: Duration,
+        min_rate: u64,
     ) -> ReceiveBudget {
         let bytes = bytes.max(max_message).min(Semaphore::MAX_PERMITS);
         ReceiveBudget(Arc::new(Inner {
@@ -94,12 +108,13 @@ impl ReceiveBudget {
             bytes,
             max_message,
             request_timeout,
+            min_rate,
         }))
     }
 
     /// How long a message declaring `len` bytes may take to arrive, from its header on.
     pub(crate) fn allowance(&self, len: u32) -> Duration {
-        arrival_limit(u64::from(len), self.0.request_timeout)
+        arrival_limit(u64::from(len), self.0.request_timeout, self.0.min_rate)
     }
 
     /// Bytes of the budget not held by any message.
@@ -405,9 +420,11 @@ mod tests {
 
     const BUDGET: usize = 1000;
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `GrpcOptions::min_transfer_rate`'s default.
+    const RATE: u64 = 8 << 20;
 
     fn budget() -> ReceiveBudget {
-        ReceiveBudget::new(BUDGET, BUDGET, REQUEST_TIMEOUT)
+        ReceiveBudget::new(BUDGET, BUDGET, REQUEST_TIMEOUT, RATE)
     }
 
     fn body(budget: &ReceiveBudget) -> (mpsc::UnboundedSender<Bytes>, Metered<Chunks>) {
@@ -592,12 +609,24 @@ mod tests {
 
     #[test]
     fn the_budget_fits_the_largest_message_and_slow_large_messages_get_longer() {
-        let b = ReceiveBudget::new(10, 1000, REQUEST_TIMEOUT);
+        let b = ReceiveBudget::new(10, 1000, REQUEST_TIMEOUT, RATE);
         assert_eq!(b.available(), 1000);
         let least = Duration::from_secs(30);
         assert_eq!(b.allowance(0), least);
         assert_eq!(b.allowance(64 << 20), least + Duration::from_secs(8));
-        let slow = ReceiveBudget::new(10, 1000, Duration::from_secs(60));
+        let slow_link = ReceiveBudget::new(10, 1000, REQUEST_TIMEOUT, 1 << 20);
+        assert_eq!(
+            slow_link.allowance(64 << 20),
+            least + Duration::from_secs(64),
+            "a lower rate"
+        );
+        let crawl = ReceiveBudget::new(10, 1000, REQUEST_TIMEOUT, 0);
+        assert_eq!(
+            crawl.allowance(64 << 20),
+            least + Duration::from_secs(64 << 20),
+            "a rate of 0 is taken as one byte per second"
+        );
+        let slow = ReceiveBudget::new(10, 1000, Duration::from_secs(60), RATE);
         assert_eq!(
             slow.allowance(0),
             Duration::from_secs(60),

@@ -64,8 +64,9 @@ pub struct GrpcOptions {
     /// budget, and clients' calls the other, so clients cannot crowd peers out. A message not
     /// whole in its first chunk takes its declared length from the budget until its last byte
     /// has arrived. One that finds the budget spent, or is not whole within 30 s (or the
-    /// node's request timeout, if longer) plus one second per 8 MiB it declares, fails at once
-    /// with [`ErrorCode::Busy`](crate::status::ErrorCode::Busy) — nothing was applied, a later
+    /// node's request timeout, if longer) plus its declared length at the
+    /// [`GrpcOptions::min_transfer_rate`] (8 MiB/s by default), fails at once with
+    /// [`ErrorCode::Busy`](crate::status::ErrorCode::Busy) — nothing was applied, a later
     /// attempt may succeed. It fails rather than waits, so its unread bytes never hold its
     /// connection's HTTP/2 window from other calls. This bounds what callers that start large
     /// messages and never finish them can make the node hold, however many streams and
@@ -76,6 +77,19 @@ pub struct GrpcOptions {
     /// Raised to [`GrpcOptions::max_message_bytes`] if smaller, so every accepted message can
     /// arrive. Default 256 MiB.
     pub max_receiving_bytes: usize,
+    /// The slowest average rate, in bytes per second, that a snapshot or a large message may
+    /// move at between nodes, or from a client. A snapshot sent to a peer is given up after
+    /// three quarters of `Config::request_timeout` plus its size at this rate (the leader
+    /// retries it later); the server drops a snapshot, or a message not whole in its first
+    /// chunk, that has not arrived within 30 s (or `Config::request_timeout`, if longer) plus
+    /// its size at this rate. Transfers over links slower than this, on average, never
+    /// complete: a peer behind one never catches up by snapshot. Lower it for such links; the
+    /// cost is that a caller trickling data holds its share of
+    /// [`GrpcOptions::max_receiving_bytes`], or the one snapshot receive slot, for longer.
+    /// Give every node the same value: a receiver with a higher rate than its sender may cut
+    /// off a transfer the sender would still wait for. Default 8 MiB/s (a 64 MiB message may
+    /// take 30 s + 8 s, a 1 GiB snapshot 30 s + 128 s); `0` is taken as 1 byte per second.
+    pub min_transfer_rate: u64,
     /// Bytes per snapshot chunk sent. Default 1 MiB.
     pub snapshot_chunk_bytes: usize,
     /// Largest snapshot chunk accepted, in bytes. Default 4 MiB.
@@ -171,6 +185,7 @@ impl Default for GrpcOptions {
             channel: ChannelOptions::default(),
             max_message_bytes: 65 << 20,
             max_receiving_bytes: 256 << 20,
+            min_transfer_rate: 8 << 20,
             snapshot_chunk_bytes: 1 << 20,
             max_snapshot_chunk_bytes: 4 << 20,
             forward_to_leader: true,
@@ -255,6 +270,14 @@ impl GrpcOptions {
     #[must_use]
     pub fn with_max_receiving_bytes(mut self, bytes: usize) -> GrpcOptions {
         self.max_receiving_bytes = bytes;
+        self
+    }
+
+    /// Sets the slowest average rate, in bytes per second, at which snapshots and large
+    /// messages may move (default 8 MiB/s); see [`GrpcOptions::min_transfer_rate`].
+    #[must_use]
+    pub fn with_min_transfer_rate(mut self, bytes_per_sec: u64) -> GrpcOptions {
+        self.min_transfer_rate = bytes_per_sec;
         self
     }
 

@@ -39,6 +39,7 @@ use tonic::transport::Channel;
 
 use crate::auth;
 use crate::auth::Auth;
+use crate::budget::snapshot_send_limit;
 use crate::net::Pool;
 use crate::options::GrpcOptions;
 use crate::pb;
@@ -151,6 +152,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcTransport {
             addr: node.addr.clone(),
             client: self.pool.channel(&node.addr).map(|c| self.client(c)),
             snapshot_chunk_bytes: self.opts.snapshot_chunk_bytes.max(1),
+            min_transfer_rate: self.opts.min_transfer_rate,
             auth: self.opts.auth.clone(),
             local: self.local.clone(),
         }
@@ -174,6 +176,8 @@ pub struct GrpcConnection {
     addr: String,
     client: Result<RaftInternalClient<Channel>, Status>,
     snapshot_chunk_bytes: usize,
+    /// `GrpcOptions::min_transfer_rate`: how much longer than the soft TTL a snapshot may take.
+    min_transfer_rate: u64,
     auth: Auth,
     local: Arc<OnceLock<SharedRpcHandler>>,
 }
@@ -458,8 +462,9 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
                 }
             }
         });
-        // A deadline that grows with the snapshot: the soft TTL plus 8 MiB/s.
-        let timeout = option.soft_ttl() + Duration::from_secs(total / (8 << 20));
+        // A deadline that grows with the snapshot: the soft TTL plus its size at the slowest
+        // rate allowed, which the receiver allows too (`server::internal`).
+        let timeout = snapshot_send_limit(option.soft_ttl(), total, self.min_transfer_rate);
         let mut req = pb::request(ReceiverStream::new(rx), timeout);
         self.stamp(&mut req);
         let call = client.install_snapshot(req);

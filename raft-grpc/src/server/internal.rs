@@ -335,14 +335,18 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
         };
         // The one receive slot is held from here: the whole snapshot must arrive within a bound
         // that grows with its announced size, however the sender paces its chunks. The sender
-        // gives up after its soft TTL (three quarters of its request timeout) plus the same
-        // second per 8 MiB, counted from before it connects, so an honest sender with this
-        // node's request timeout (or any up to 40 s) always gives up first; a sender that
-        // trickles data (one byte every 29 s keeps SNAPSHOT_CHUNK_TIMEOUT from firing) loses
-        // the slot at this bound. `None` only if the bound is past what the clock can represent
-        // (no deadline then but the idle one).
+        // gives up after its soft TTL (three quarters of its request timeout) plus the size at
+        // the same `min_transfer_rate`, counted from before it connects, so an honest sender
+        // with this node's request timeout (or any up to 40 s) and rate always gives up first;
+        // a sender that trickles data (one byte every 29 s keeps SNAPSHOT_CHUNK_TIMEOUT from
+        // firing) loses the slot at this bound. `None` only if the bound is past what the
+        // clock can represent (no deadline then but the idle one).
         let total = first.total_bytes;
-        let limit = arrival_limit(total, shared.node.config().request_timeout);
+        let limit = arrival_limit(
+            total,
+            shared.node.config().request_timeout,
+            shared.opts.min_transfer_rate,
+        );
         let deadline = tokio::time::Instant::now().checked_add(limit);
         let mut chunk = first;
         loop {
@@ -466,26 +470,32 @@ impl<S: StateMachine> Shared<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The sender's deadline for a snapshot of `total` bytes (`full_snapshot` in
-    /// `transport.rs`): its soft TTL, three quarters of the request timeout, plus 8 MiB/s.
-    fn sender_deadline(total: u64, request_timeout: Duration) -> Duration {
-        request_timeout * 3 / 4 + Duration::from_secs(total / (8 << 20))
-    }
+    use crate::GrpcOptions;
+    use crate::budget::snapshot_send_limit;
 
     #[test]
     fn an_honest_sender_gives_up_before_the_receiver_does() {
-        for rt in [1, 10, 40, 120, 3600].map(Duration::from_secs) {
-            for total in [1, 8 << 20, 1 << 30, 64 << 30, u64::MAX] {
-                let ours = arrival_limit(total, rt);
-                assert!(ours >= sender_deadline(total, rt), "{total} bytes, {rt:?}");
-                assert!(ours >= SNAPSHOT_CHUNK_TIMEOUT);
+        for rate in [0, 1, 64 << 10, 1 << 20, 8 << 20, 1 << 30, u64::MAX] {
+            for rt in [1, 10, 40, 120, 3600].map(Duration::from_secs) {
+                for total in [1, 8 << 20, 1 << 30, 64 << 30, u64::MAX] {
+                    let ours = arrival_limit(total, rt, rate);
+                    // The sender's RPC deadline is its soft TTL, ¾ of its request timeout.
+                    let sender = snapshot_send_limit(rt * 3 / 4, total, rate);
+                    assert!(ours >= sender, "{total} bytes, {rt:?}, {rate} B/s");
+                    assert!(ours >= SNAPSHOT_CHUNK_TIMEOUT);
+                }
             }
         }
-        // And it is a bound: 64 GiB (the default largest snapshot) in at most 8,222 s.
+        // And it is a bound: 64 GiB (the default largest snapshot) in at most 8,222 s at the
+        // default rate, and proportionally longer at a lower one.
+        let default_rate = GrpcOptions::default().min_transfer_rate;
         assert_eq!(
-            arrival_limit(64 << 30, Duration::from_secs(10)),
+            arrival_limit(64 << 30, Duration::from_secs(10), default_rate),
             Duration::from_secs(30 + 8192)
+        );
+        assert_eq!(
+            arrival_limit(64 << 30, Duration::from_secs(10), 1 << 20),
+            Duration::from_secs(30 + 65536)
         );
     }
 }

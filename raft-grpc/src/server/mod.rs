@@ -229,7 +229,14 @@ impl<S: StateMachine> Server<S> {
         // A message's bytes are metered once its call is authenticated (the interceptors run
         // first), so callers who fail the check take nothing from the budgets.
         let request_timeout = self.shared.node.config().request_timeout;
-        let budget = || ReceiveBudget::new(o.max_receiving_bytes, max, request_timeout);
+        let budget = || {
+            ReceiveBudget::new(
+                o.max_receiving_bytes,
+                max,
+                request_timeout,
+                o.min_transfer_rate,
+            )
+        };
         let internal = Receiving::new(internal, budget());
         let internal =
             tonic::service::interceptor::InterceptedService::new(internal, PeerCheck(auth.clone()));
