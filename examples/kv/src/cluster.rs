@@ -141,10 +141,7 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
         config,
         Store::default(),
         raft_listener,
-        spec.security
-            .grpc_options()
-            .with_max_connections(crate::limits::RAFT_PORT_CONNECTIONS)
-            .with_max_connections_per_ip(crate::limits::RAFT_PORT_CONNECTIONS_PER_IP),
+        spec.limits.raft_port.apply(spec.security.grpc_options()),
     )
     .await?;
 

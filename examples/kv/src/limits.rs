@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use raft_grpc::GrpcOptions;
+
 use crate::resp;
 
 /// Client limits of a node (`kv node` and the demo).
@@ -49,6 +51,18 @@ pub struct LimitArgs {
     /// `pipeline`); 1 replicates every command on its own.
     #[arg(long, default_value_t = ConnLimits::default().max_batch)]
     pub pipeline_batch: usize,
+    /// Most bytes of partly received messages the raft port holds at once, for peers and for
+    /// cluster-API callers each (at least the largest message, 65 MiB): a message that finds
+    /// it spent is refused as busy, nothing applied. Sizes take B, K/KiB, M/MiB, G/GiB
+    /// suffixes.
+    #[arg(long, default_value = "256MiB", value_parser = crate::storage::parse_size)]
+    pub raft_max_receiving_bytes: u64,
+    /// The slowest average rate, per second, at which a snapshot or a large message may move
+    /// between nodes: a transfer slower than this is given up (a snapshot is retried, and
+    /// fails again). Lower it, on every node alike, when nodes are linked by less than about
+    /// 64 Mbit/s, or a node that falls behind never catches up. Sizes take the same suffixes.
+    #[arg(long, default_value = "8MiB", value_parser = crate::storage::parse_size)]
+    pub raft_min_transfer_rate: u64,
 }
 
 /// The limits every connection of a node runs under.
@@ -72,6 +86,38 @@ pub struct ConnLimits {
     pub client_memory: usize,
     /// Most pipelined commands replicated together as one log entry.
     pub max_batch: usize,
+    /// What the raft port lets peers and cluster-API callers send.
+    pub raft_port: RaftPortLimits,
+}
+
+/// What a node's raft port (gRPC) lets peers and cluster-API callers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftPortLimits {
+    /// `GrpcOptions::max_receiving_bytes`.
+    pub max_receiving_bytes: usize,
+    /// `GrpcOptions::min_transfer_rate`, in bytes per second.
+    pub min_transfer_rate: u64,
+}
+
+impl Default for RaftPortLimits {
+    fn default() -> Self {
+        let grpc = GrpcOptions::default();
+        RaftPortLimits {
+            max_receiving_bytes: grpc.max_receiving_bytes,
+            min_transfer_rate: grpc.min_transfer_rate,
+        }
+    }
+}
+
+impl RaftPortLimits {
+    /// `opts` with these limits and the raft port's connection bounds
+    /// ([`RAFT_PORT_CONNECTIONS`], [`RAFT_PORT_CONNECTIONS_PER_IP`]).
+    pub fn apply(&self, opts: GrpcOptions) -> GrpcOptions {
+        opts.with_max_connections(RAFT_PORT_CONNECTIONS)
+            .with_max_connections_per_ip(RAFT_PORT_CONNECTIONS_PER_IP)
+            .with_max_receiving_bytes(self.max_receiving_bytes)
+            .with_min_transfer_rate(self.min_transfer_rate)
+    }
 }
 
 impl Default for ConnLimits {
@@ -85,6 +131,7 @@ impl Default for ConnLimits {
             output_timeout: Duration::from_secs(60),
             client_memory: 1 << 30,
             max_batch: 128,
+            raft_port: RaftPortLimits::default(),
         }
     }
 }
@@ -212,6 +259,11 @@ impl LimitArgs {
                     .into(),
             );
         }
+        if self.raft_min_transfer_rate == 0 {
+            return Err("--raft-min-transfer-rate must be at least 1 byte per second".into());
+        }
+        let max_receiving_bytes = usize::try_from(self.raft_max_receiving_bytes)
+            .map_err(|_| "--raft-max-receiving-bytes is past this machine's address space")?;
         Ok(ConnLimits {
             resp: resp::Limits {
                 max_bulk: self.proto_max_bulk_len,
@@ -225,6 +277,10 @@ impl LimitArgs {
             output_timeout: Duration::from_secs(self.client_output_timeout),
             client_memory: self.maxmemory_clients,
             max_batch: self.pipeline_batch,
+            raft_port: RaftPortLimits {
+                max_receiving_bytes,
+                min_transfer_rate: self.raft_min_transfer_rate,
+            },
         })
     }
 }
@@ -233,18 +289,20 @@ impl LimitArgs {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_command_the_node_accepts_is_one_it_can_replicate() {
+    /// The limits `argv` (flags after `kv`) set, checked.
+    fn limits(argv: &[&str]) -> Result<ConnLimits, String> {
         use clap::Parser;
         #[derive(Parser)]
         struct Args {
             #[command(flatten)]
             limits: LimitArgs,
         }
-        let limits = |argv: &[&str]| {
-            let argv = std::iter::once("kv").chain(argv.iter().copied());
-            Args::parse_from(argv).limits.to_limits()
-        };
+        let argv = std::iter::once("kv").chain(argv.iter().copied());
+        Args::parse_from(argv).limits.to_limits()
+    }
+
+    #[test]
+    fn a_command_the_node_accepts_is_one_it_can_replicate() {
         assert!(limits(&[]).is_ok(), "the defaults fit");
         assert!(limits(&["--client-query-buffer-limit", "67108864"]).is_ok());
         let e = limits(&["--client-query-buffer-limit", "67108865"]).unwrap_err();
@@ -257,6 +315,29 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.contains("--proto-max-bulk-len"), "{e}");
+    }
+
+    #[test]
+    fn the_raft_port_limits_default_to_the_transport_s_and_take_sizes() {
+        let defaults = limits(&[]).unwrap().raft_port;
+        assert_eq!(defaults, RaftPortLimits::default());
+        assert_eq!(defaults.min_transfer_rate, 8 << 20);
+        let set = limits(&[
+            "--raft-min-transfer-rate",
+            "512KiB",
+            "--raft-max-receiving-bytes",
+            "1GiB",
+        ])
+        .unwrap()
+        .raft_port;
+        assert_eq!(set.min_transfer_rate, 512 << 10);
+        assert_eq!(set.max_receiving_bytes, 1 << 30);
+        let opts = set.apply(GrpcOptions::default());
+        assert_eq!(opts.min_transfer_rate, 512 << 10);
+        assert_eq!(opts.max_receiving_bytes, 1 << 30);
+        assert_eq!(opts.max_connections, RAFT_PORT_CONNECTIONS);
+        let e = limits(&["--raft-min-transfer-rate", "0"]).unwrap_err();
+        assert!(e.contains("--raft-min-transfer-rate"), "{e}");
     }
 
     #[test]
