@@ -558,7 +558,7 @@ async fn execute(
     }
     run_batch(batch, conn, ctx, out).await;
     let reply = match conn.tx.as_mut() {
-        Some(tx) if queues(&action) => queue(tx, action, args, ctx),
+        Some(tx) if queues(&action) => queue(tx, conn.watched_bytes, action, args, ctx),
         _ => match action {
             Action::Reply(r) => r,
             Action::Quit => {
@@ -718,7 +718,13 @@ fn queues(action: &Action) -> bool {
 
 /// Queues a command of a transaction, or refuses it (and the transaction with it) as Redis 7
 /// does for a mistake it can see before `EXEC`.
-fn queue(tx: &mut Transaction, action: Action, args: &[Bytes], ctx: &Ctx) -> Reply {
+fn queue(
+    tx: &mut Transaction,
+    watched_bytes: usize,
+    action: Action,
+    args: &[Bytes],
+    ctx: &Ctx,
+) -> Reply {
     let (op, post) = match action {
         Action::Reply(r) if r.is_error() => {
             tx.dirty = true;
@@ -740,12 +746,14 @@ fn queue(tx: &mut Transaction, action: Action, args: &[Bytes], ctx: &Ctx) -> Rep
             return Reply::error("ERR this command is not allowed inside a transaction");
         }
     };
+    // EXEC replicates the queued commands and the watched keys as one command, so together
+    // they must fit in one.
     let cost = pipeline::cost(args);
     let max = ctx.limits.resp.max_frame;
-    if tx.bytes + cost > max {
+    if tx.bytes + watched_bytes + cost > max {
         tx.dirty = true;
         return Reply::error(format!(
-            "ERR the transaction would pass the {max} byte limit of one command (client-query-buffer-limit)"
+            "ERR the transaction and its watched keys would pass the {max} byte limit of one command (client-query-buffer-limit)"
         ));
     }
     tx.bytes += cost;

@@ -883,6 +883,32 @@ fn a_command_refused_for_permissions_inside_multi_discards_the_transaction() {
 }
 
 #[test]
+fn a_transaction_with_its_watched_keys_is_at_most_one_command() {
+    // The query limit is 4 MiB here, bulks 1 MiB. EXEC replicates the queued commands and the
+    // watched keys as one command, so the two together must fit in the limit: three 1 MiB
+    // keys watched leave no room for a 1 MiB value.
+    let node = Node::start(&[]);
+    let mut c = node.connect();
+    let key = |n: u8| vec![n; MIB];
+    let value = vec![b'v'; MIB];
+    assert_eq!(c.call(&[b"WATCH", &key(1), &key(2), &key(3)]), "+OK");
+    assert_eq!(c.call(&[b"MULTI"]), "+OK");
+    assert!(c.call(&[b"SET", b"small", &value]).starts_with("-ERR"));
+    assert!(c.call(&[b"EXEC"]).starts_with("-EXECABORT"));
+    assert_eq!(
+        c.call(&[b"STRLEN", b"small"]),
+        ":0",
+        "nothing of it applied"
+    );
+    // One watched key leaves room: the same transaction applies.
+    assert_eq!(c.call(&[b"WATCH", &key(1)]), "+OK");
+    assert_eq!(c.call(&[b"MULTI"]), "+OK");
+    assert_eq!(c.call(&[b"SET", b"small", &value]), "+QUEUED");
+    assert_eq!(c.call(&[b"EXEC"]), "+OK");
+    assert_eq!(c.call(&[b"STRLEN", b"small"]), format!(":{MIB}"));
+}
+
+#[test]
 fn keys_past_the_output_limit_closes_the_connection_and_keys_within_it_answer() {
     let limit = 64 << 10;
     let node = Node::start(&["--client-output-buffer-limit", &limit.to_string()]);
