@@ -114,15 +114,70 @@ impl ChannelOptions {
     }
 }
 
+/// Most addresses a pool keeps a channel to. Past it, the channel asked for least recently is
+/// dropped (a call holding it finishes; its connection closes once nothing holds it), so a
+/// long-lived client that is sent to ever new addresses (redirects, replaced members) keeps a
+/// bounded number of connections and keepalive pings.
+const MAX_CHANNELS: usize = 256;
+
+/// A pooled channel and when it was last asked for (a count of lookups).
+struct Pooled {
+    channel: Channel,
+    used: u64,
+}
+
+/// The pool's channels by address.
+#[derive(Default)]
+struct Channels {
+    by_addr: HashMap<String, Pooled>,
+    /// Lookups so far: the clock of [`Pooled::used`].
+    lookups: u64,
+}
+
+impl Channels {
+    /// The channel to `addr`, marked as just used.
+    fn get(&mut self, addr: &str) -> Option<Channel> {
+        self.lookups += 1;
+        let now = self.lookups;
+        self.by_addr.get_mut(addr).map(|p| {
+            p.used = now;
+            p.channel.clone()
+        })
+    }
+
+    /// Adds `channel` for `addr`, first dropping the least recently used channels while the
+    /// pool holds [`MAX_CHANNELS`].
+    fn insert(&mut self, addr: &str, channel: Channel) {
+        while self.by_addr.len() >= MAX_CHANNELS {
+            let Some(oldest) = self
+                .by_addr
+                .iter()
+                .min_by_key(|(_, p)| p.used)
+                .map(|(a, _)| a.clone())
+            else {
+                break;
+            };
+            self.by_addr.remove(&oldest);
+        }
+        self.by_addr.insert(
+            addr.to_string(),
+            Pooled {
+                channel,
+                used: self.lookups,
+            },
+        );
+    }
+}
+
 struct PoolInner {
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<Channels>,
     backoff: Arc<ReconnectBackoff>,
     tls: Option<ReloadableTls>,
     connector: Connector,
     opts: ChannelOptions,
 }
 
-/// One reusable channel per address.
+/// One reusable channel per address, for at most [`MAX_CHANNELS`] addresses.
 #[derive(Clone)]
 pub(crate) struct Pool {
     inner: Arc<PoolInner>,
@@ -132,7 +187,7 @@ impl Pool {
     pub fn new(tls: Option<ReloadableTls>, connector: Connector, opts: ChannelOptions) -> Pool {
         Pool {
             inner: Arc::new(PoolInner {
-                channels: Mutex::new(HashMap::new()),
+                channels: Mutex::new(Channels::default()),
                 backoff: Arc::default(),
                 tls,
                 connector,
@@ -149,10 +204,10 @@ impl Pool {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
+            return Ok(c);
         }
         let channel = self.connect(addr)?;
-        channels.insert(addr.to_string(), channel.clone());
+        channels.insert(addr, channel.clone());
         Ok(channel)
     }
 
@@ -225,7 +280,8 @@ async fn handshake(tls: &ReloadableTls, host: &str, io: Box<dyn Io>) -> io::Resu
 
 /// Paces reconnection to addresses that recently refused or timed out: after `n` failures in a
 /// row, no attempt is made for `min(50 ms * 2^n, 2 s)`; one success resets it. Calls in the
-/// meantime fail at once as unavailable, which openraft and the client back off on.
+/// meantime fail at once as unavailable, which openraft and the client back off on. Once it
+/// remembers [`MAX_CHANNELS`] addresses, those whose pause is over are forgotten.
 #[derive(Default)]
 struct ReconnectBackoff {
     failures: Mutex<HashMap<String, (u32, tokio::time::Instant)>>,
@@ -252,9 +308,15 @@ impl ReconnectBackoff {
             failures.remove(key);
             return;
         }
+        let now = tokio::time::Instant::now();
+        if failures.len() >= MAX_CHANNELS {
+            // Forget addresses whose pause is over (their next failure pauses 50 ms again), so
+            // ever new failing addresses do not grow the map.
+            failures.retain(|_, (_, until)| *until > now);
+        }
         let n = failures.get(key).map_or(0, |(n, _)| *n) + 1;
         let wait = Self::FIRST.saturating_mul(1 << n.min(16)).min(Self::MAX);
-        failures.insert(key.to_string(), (n, tokio::time::Instant::now() + wait));
+        failures.insert(key.to_string(), (n, now + wait));
     }
 }
 
@@ -276,5 +338,49 @@ mod tests {
         assert!(b.check("a:1").is_err(), "the pause doubles");
         b.record("a:1", true);
         b.check("a:1").unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn addresses_whose_pause_is_over_are_forgotten_once_many_failed() {
+        let b = ReconnectBackoff::default();
+        for i in 0..MAX_CHANNELS + 10 {
+            b.record(&format!("a:{i}"), false);
+        }
+        let held = |b: &ReconnectBackoff| b.failures.lock().unwrap().len();
+        assert_eq!(
+            held(&b),
+            MAX_CHANNELS + 10,
+            "every pause is still on: none forgotten"
+        );
+        tokio::time::advance(ReconnectBackoff::MAX).await;
+        for i in 0..MAX_CHANNELS {
+            b.record(&format!("b:{i}"), false);
+        }
+        assert!(
+            held(&b) <= MAX_CHANNELS,
+            "{} addresses remembered",
+            held(&b)
+        );
+        assert!(b.check("b:0").is_err(), "a pause still on is kept");
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_the_most_recently_used_channels() {
+        let pool = Pool::new(None, Connector::tcp(), ChannelOptions::default());
+        // Channels connect lazily: nothing listens at these ports, nothing is dialled.
+        let addr = |i: usize| format!("127.0.0.1:{}", 20_000 + i);
+        for i in 0..MAX_CHANNELS {
+            pool.channel(&addr(i)).unwrap();
+        }
+        pool.channel(&addr(0)).unwrap();
+        pool.channel(&addr(MAX_CHANNELS)).unwrap();
+        let channels = pool.inner.channels.lock().unwrap();
+        assert_eq!(channels.by_addr.len(), MAX_CHANNELS);
+        assert!(channels.by_addr.contains_key(&addr(0)), "used again: kept");
+        assert!(
+            !channels.by_addr.contains_key(&addr(1)),
+            "the least recently used: dropped"
+        );
+        assert!(channels.by_addr.contains_key(&addr(MAX_CHANNELS)));
     }
 }
