@@ -1,8 +1,9 @@
-//! What one node lets its clients use, and the flags that set it.
+//! What one node lets its clients (and its raft port's peers and callers) use, and the flags
+//! that set it.
 //!
 //! The names and defaults follow Redis where Redis has the knob (`maxclients`, `timeout`,
-//! `proto-max-bulk-len`, `client-query-buffer-limit`; `maxmemory-clients` is on by default); `docs/limits.md` lists every limit and
-//! what a client sees when it reaches one.
+//! `proto-max-bulk-len`, `client-query-buffer-limit`; `maxmemory-clients` is on by default);
+//! `docs/limits.md` lists every limit and what a client sees when it reaches one.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use raft_grpc::GrpcOptions;
 
 use crate::resp;
 
-/// Client limits of a node (`kv node` and the demo).
+/// Client limits of a node (`kv node` and the demo), its raft port's among them.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LimitArgs {
     /// Most clients connected at once; the next one is answered `-ERR max number of clients

@@ -25,8 +25,8 @@
 //! * `forward.rs` — commands into the cluster through the node's local client: retries
 //!   through elections, and failures as Redis errors that say whether a write was applied.
 //! * `config.rs` — `CONFIG GET`/`SET`: each node's parameters.
-//! * `limits.rs` — what clients may use (maxclients, timeouts, command and reply sizes) and its
-//!   flags; `docs/limits.md` lists every limit.
+//! * `limits.rs` — what clients may use (maxclients, timeouts, command and reply sizes, what
+//!   the raft port receives) and its flags; `docs/limits.md` lists every limit.
 //! * `client_memory.rs` — the bound on what all clients' buffers hold together.
 //! * `cluster.rs` — starting one node, joining, and the three-node demo.
 //! * `metrics.rs` — Prometheus metrics, `/healthz` and `/readyz`.
