@@ -35,8 +35,8 @@ pub struct Limits {
 /// large ones.
 pub const ARG_OVERHEAD: usize = 32;
 
-/// Room a connection's input buffer keeps free for the next read.
-const READ_ROOM: usize = 16 << 10;
+/// Room a connection's input buffer keeps free for the next read, and its size to start with.
+pub const READ_ROOM: usize = 16 << 10;
 
 /// Bulks from this size on get an input buffer of their own size (see [`Parser::next`]).
 const LARGE_BULK: usize = 32 << 10;

@@ -366,7 +366,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut authenticated = conn.auth.authenticated();
     let mut parser = resp::Parser::new(command_limits(authenticated));
-    let mut input = BytesMut::with_capacity(16 << 10);
+    let mut input = BytesMut::with_capacity(resp::READ_ROOM);
     let mut out = BytesMut::with_capacity(OUTPUT_BYTES);
     // The commands of the read buffer gathered so far, replicated together (see `pipeline`).
     let mut batch = Batch::default();
