@@ -384,7 +384,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
             if let Some(e) = endpoint {
-                e.serve(metrics::nodes(&nodes));
+                e.serve(&nodes);
             }
             println!(
                 "kv: a 3-node replicated cluster, data in {}",
@@ -441,7 +441,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let endpoint = metrics::prepare(&args.metrics).await?;
             let node = cluster::start(spec).await.map_err(|e| e.to_string())?;
             if let Some(e) = endpoint {
-                e.serve(metrics::nodes(std::slice::from_ref(&node)));
+                e.serve(std::slice::from_ref(&node));
             }
             println!(
                 "kv node {}: RESP on {}, raft on {}",

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,6 +40,9 @@ use crate::cluster::Running;
 use crate::store::Store;
 
 type Node = raft_core::Node<Store>;
+
+/// What each node's gRPC server counts, by node id.
+type Servers = Vec<(raft_core::NodeId, Arc<raft_grpc::ServerStats>)>;
 
 /// Upper bounds of `kv_write_duration_seconds`' buckets: from a fast local disk to a write
 /// that waited through an election.
@@ -107,9 +111,15 @@ pub async fn prepare(args: &MetricsArgs) -> Result<Option<Endpoint>, String> {
 }
 
 impl Endpoint {
-    /// Serves `/metrics`, `/healthz` and `/readyz` for `nodes` and keeps their gauges current.
-    pub fn serve(self, nodes: Vec<Node>) {
-        tokio::spawn(update_gauges(nodes.clone(), self.handle.clone()));
+    /// Serves `/metrics`, `/healthz` and `/readyz` for the `running` nodes and keeps their
+    /// gauges current.
+    pub fn serve(self, running: &[Running]) {
+        let nodes: Vec<Node> = running.iter().map(|r| r.node.node().clone()).collect();
+        let servers = running
+            .iter()
+            .map(|r| (r.node.node().id(), r.node.stats().clone()))
+            .collect();
+        tokio::spawn(update_gauges(nodes.clone(), servers, self.handle.clone()));
         tokio::spawn(serve(self.listener, nodes, self.handle, self.max_lag));
     }
 }
@@ -236,7 +246,7 @@ fn fsync_histograms(nodes: &[Node]) -> String {
     out
 }
 
-async fn update_gauges(nodes: Vec<Node>, handle: PrometheusHandle) {
+async fn update_gauges(nodes: Vec<Node>, servers: Servers, handle: PrometheusHandle) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // The leader each node saw at the last sample.
     let mut leaders: HashMap<raft_core::NodeId, Option<raft_core::NodeId>> = HashMap::new();
@@ -314,10 +324,14 @@ async fn update_gauges(nodes: Vec<Node>, handle: PrometheusHandle) {
                 0.0
             });
         }
+        // Snapshots streamed to this node: chunks that keep arriving while no snapshot
+        // completes are transfers cut off (a link slower than --raft-min-transfer-rate).
+        for (id, stats) in &servers {
+            let id = id.to_string();
+            metrics::counter!("raft_snapshots_received_total", "node" => id.clone())
+                .absolute(stats.snapshots_received());
+            metrics::counter!("raft_snapshot_chunks_received_total", "node" => id)
+                .absolute(stats.snapshot_chunks());
+        }
     }
-}
-
-/// The nodes of a set of running ones.
-pub fn nodes(running: &[Running]) -> Vec<Node> {
-    running.iter().map(|r| r.node.node().clone()).collect()
 }
