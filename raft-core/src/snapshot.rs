@@ -157,6 +157,10 @@ pub enum SnapshotError {
     /// The node could not store the cluster id a snapshot named.
     #[error("could not adopt the snapshot's cluster id: {0}")]
     ClusterId(#[source] ClusterIdError),
+    /// The node has shut down: a snapshot built or received since is not kept, and the files in
+    /// the snapshot directory are left as they were.
+    #[error("the node has shut down; the snapshot was not kept")]
+    Closed,
 }
 
 /// Bytes that must stay free on the disk after a received snapshot, for the log to go on.
@@ -174,7 +178,7 @@ impl From<SnapshotError> for io::Error {
             SnapshotError::Busy => io::ErrorKind::WouldBlock,
             SnapshotError::NoSpace { .. } => io::ErrorKind::StorageFull,
             SnapshotError::WrongCluster { .. } => io::ErrorKind::PermissionDenied,
-            SnapshotError::ClusterId(_) => io::ErrorKind::Other,
+            SnapshotError::ClusterId(_) | SnapshotError::Closed => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)
     }
@@ -658,6 +662,8 @@ pub(crate) struct SnapshotStore {
     /// install finishing at once would otherwise each delete the other's file, the current one
     /// included.
     placing: Mutex<()>,
+    /// Set by [`SnapshotStore::close`]: nothing is placed or deleted any more.
+    closed: AtomicBool,
 }
 
 /// A snapshot [`SnapshotStore::write`] has built, before it is placed.
@@ -711,6 +717,7 @@ impl SnapshotStore {
             receiving: Arc::default(),
             cluster,
             placing: Mutex::new(()),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -725,7 +732,25 @@ impl SnapshotStore {
             receiving: Arc::default(),
             cluster,
             placing: Mutex::new(()),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// Stops placing and deleting snapshot files, once a placement under way has finished: a
+    /// build or an install that outlives the node's shutdown (openraft does not wait for them)
+    /// leaves the directory as it was, so a node started on it next is not raced. Blocking.
+    pub fn close(&self) {
+        let _placing = crate::sync::lock(&self.placing);
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// [`SnapshotError::Closed`] once [`SnapshotStore::close`] has run. Checked with the
+    /// placing lock held.
+    fn check_open(&self) -> Result<(), SnapshotError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SnapshotError::Closed);
+        }
+        Ok(())
     }
 
     /// Refuses a snapshot that names another cluster than this node's; see [`check_cluster`].
@@ -850,6 +875,12 @@ impl SnapshotStore {
             }
         };
         let _placing = crate::sync::lock(&self.placing);
+        if let Err(closed) = self.check_open() {
+            if let Built::File { tmp, .. } = &built {
+                let _ = fs::remove_file(tmp);
+            }
+            return Err(closed);
+        }
         let data = match built {
             Built::Memory(bytes) => SnapshotData {
                 source: Source::Memory(Bytes::from(bytes)),
@@ -875,6 +906,8 @@ impl SnapshotStore {
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let _placing = crate::sync::lock(&self.placing);
+        // A received file stays where it was put (a temporary name the next start removes).
+        self.check_open()?;
         let data = match (&self.dir, &data.source) {
             (Some(dir), Source::File { path, .. }) => {
                 let fin = dir.join(format!("{seq:020}{SUFFIX}"));
@@ -927,6 +960,9 @@ impl SnapshotStore {
     /// Deletes every snapshot but `keep`, and makes the deletions durable: a restart must not
     /// find a purged snapshot again.
     fn remove_all_but(&self, dir: &Path, keep: Option<u64>) -> Result<(), SnapshotError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut removed = false;
         for entry in fs::read_dir(dir).map_err(at("list", dir))? {
             let entry = entry.map_err(at("list", dir))?;
@@ -1413,6 +1449,48 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 1);
         assert!(names[0].ends_with(".snap"), "{names:?}");
+    }
+
+    #[test]
+    fn a_closed_store_places_and_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path(), u64::MAX).unwrap();
+        write(&store, 4, b"kept");
+        let before = snap_files(dir.path());
+        assert_eq!(before.len(), 1);
+        // A received snapshot, whole, waiting to be installed when the node shuts down.
+        let other = tempfile::tempdir().unwrap();
+        write(&open_store(other.path(), u64::MAX).unwrap(), 9, b"newer");
+        let mut sink = store.sink(None).unwrap();
+        sink.write(&fs::read(&snap_files(other.path())[0]).unwrap())
+            .unwrap();
+        let (received_meta, received) = sink.finish().unwrap();
+
+        store.close();
+        // A build and an install that finish after the shutdown: neither is placed, and
+        // neither deletes the snapshot a restart will read.
+        let built = store.write(
+            &meta(8),
+            &SessionTable::default(),
+            &ApplyExtra::default(),
+            |w| w.write_all(b"late"),
+        );
+        assert!(matches!(built, Err(SnapshotError::Closed)), "{built:?}");
+        let adopted = store.adopt(&received_meta, received);
+        assert!(matches!(adopted, Err(SnapshotError::Closed)), "{adopted:?}");
+        let snaps: Vec<PathBuf> = snap_files(dir.path())
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+            .collect();
+        assert_eq!(snaps, before);
+        let reopened = open_store(dir.path(), u64::MAX).unwrap();
+        let (m, data) = reopened.current().unwrap().unwrap();
+        assert_eq!((m, body(&data)), (meta(4), b"kept".to_vec()));
+        assert_eq!(
+            snap_files(dir.path()),
+            before,
+            "the next start cleared the rest"
+        );
     }
 
     #[test]
