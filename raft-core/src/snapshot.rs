@@ -745,7 +745,7 @@ impl SnapshotStore {
     }
 
     /// [`SnapshotError::Closed`] once [`SnapshotStore::close`] has run. Checked with the
-    /// placing lock held.
+    /// placing lock held, and before deleting anything.
     fn check_open(&self) -> Result<(), SnapshotError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(SnapshotError::Closed);
@@ -960,7 +960,7 @@ impl SnapshotStore {
     /// Deletes every snapshot but `keep`, and makes the deletions durable: a restart must not
     /// find a purged snapshot again.
     fn remove_all_but(&self, dir: &Path, keep: Option<u64>) -> Result<(), SnapshotError> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.check_open().is_err() {
             return Ok(());
         }
         let mut removed = false;
