@@ -906,8 +906,18 @@ impl SnapshotStore {
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let _placing = crate::sync::lock(&self.placing);
-        // A received file stays where it was put (a temporary name the next start removes).
-        self.check_open()?;
+        if let Err(closed) = self.check_open() {
+            // A received file that will never be placed goes now, not at the next start.
+            if let (Some(_), Source::File { path, .. }) = (&self.dir, &data.source)
+                && path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("recv-") && n.ends_with(".tmp"))
+            {
+                let _ = fs::remove_file(path);
+            }
+            return Err(closed);
+        }
         let data = match (&self.dir, &data.source) {
             (Some(dir), Source::File { path, .. }) => {
                 let fin = dir.join(format!("{seq:020}{SUFFIX}"));
@@ -1478,11 +1488,11 @@ mod tests {
         assert!(matches!(built, Err(SnapshotError::Closed)), "{built:?}");
         let adopted = store.adopt(&received_meta, received);
         assert!(matches!(adopted, Err(SnapshotError::Closed)), "{adopted:?}");
-        let snaps: Vec<PathBuf> = snap_files(dir.path())
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "snap"))
-            .collect();
-        assert_eq!(snaps, before);
+        assert_eq!(
+            snap_files(dir.path()),
+            before,
+            "the received file is removed, the kept snapshot stays"
+        );
         let reopened = open_store(dir.path(), u64::MAX).unwrap();
         let (m, data) = reopened.current().unwrap().unwrap();
         assert_eq!((m, body(&data)), (meta(4), b"kept".to_vec()));
