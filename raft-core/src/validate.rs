@@ -117,6 +117,74 @@ pub(crate) fn append(req: &rpc::AppendEntriesRequest, me: NodeId) -> Result<(), 
     if let Some(c) = &req.leader_commit {
         not_after_vote(c, &req.vote, "commit index")?;
         next_index(c)?;
+        let last = req
+            .entries
+            .last()
+            .map(|e| &e.log_id)
+            .or(req.prev_log_id.as_ref());
+        if let Some(last) = last {
+            one_log(c, last).map_err(|e| invalid(format!("commit index: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Two log ids that can be in one log: a later index never has an earlier leader, and one index
+/// has one leader. openraft commits the lesser of the leader's commit and the request's last log
+/// id by log id order, so a pair that breaks this would commit (and apply) an index the log does
+/// not hold.
+fn one_log(a: &LogId, b: &LogId) -> Result<(), String> {
+    use std::cmp::Ordering::*;
+    let fits = match a.index.cmp(&b.index) {
+        Less => a.leader_id <= b.leader_id,
+        Equal => a.leader_id == b.leader_id,
+        Greater => a.leader_id >= b.leader_id,
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(format!("{a} and {b} cannot be in one log"))
+    }
+}
+
+/// What the receiving node knows that every honest leader's log agrees with: its vote, and the
+/// last log id it knows to be committed, read together from one metrics snapshot.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Known {
+    pub(crate) vote: Vote,
+    pub(crate) committed: Option<LogId>,
+}
+
+/// Checks a replication request that this node's vote lets through against the log id it knows
+/// to be committed. A leader elected at or after this node's vote holds every entry committed
+/// before it, so each log id the request names (previous, entries, commit) can be in one log with
+/// that committed id. openraft assumes so without looking: it takes entries at committed indexes
+/// as matching and does not compare them. A request from an older vote is left to openraft, which
+/// refuses it and answers with the newer vote, as a deposed leader needs to hear.
+pub(crate) fn agrees_with_committed(
+    req: &rpc::AppendEntriesRequest,
+    known: &Known,
+) -> Result<(), RpcHandlerError> {
+    let Some(committed) = &known.committed else {
+        return Ok(());
+    };
+    if !matches!(
+        req.vote.partial_cmp(&known.vote),
+        Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+    ) {
+        return Ok(());
+    }
+    let named = req
+        .prev_log_id
+        .iter()
+        .chain(req.entries.iter().map(|e| &e.log_id))
+        .chain(req.leader_commit.iter());
+    for id in named {
+        one_log(id, committed).map_err(|e| {
+            invalid(format!(
+                "conflicts with what this node knows committed: {e}"
+            ))
+        })?;
     }
     Ok(())
 }
@@ -239,6 +307,63 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_commit_index_must_fit_the_requests_log() {
+        let with_commit = |prev, entries, term, index| {
+            let mut r = req(3, prev, entries);
+            r.leader_commit = Some(types::log_id(term, 1, index));
+            r
+        };
+        // Honest: the commit is behind the last entry, at it, or ahead of it in a later term.
+        assert!(append(&with_commit(None, vec![entry(1, 0), entry(2, 1)], 1, 0), ME).is_ok());
+        assert!(append(&with_commit(None, vec![entry(1, 0), entry(2, 1)], 2, 1), ME).is_ok());
+        assert!(append(&with_commit(Some((2, 4)), vec![], 3, 9), ME).is_ok());
+        assert!(append(&with_commit(None, vec![], 3, 9), ME).is_ok());
+        // Forged: a later index under an earlier leader, an earlier index under a later one, and
+        // one index under two leaders.
+        assert!(append(&with_commit(None, vec![entry(1, 0), entry(2, 1)], 0, 2), ME).is_err());
+        assert!(append(&with_commit(Some((2, 4)), vec![], 3, 3), ME).is_err());
+        assert!(append(&with_commit(Some((2, 4)), vec![], 1, 4), ME).is_err());
+    }
+
+    #[test]
+    fn requests_must_agree_with_what_is_known_committed() {
+        let known = Known {
+            vote: vote(3),
+            committed: Some(types::log_id(2, 1, 4)),
+        };
+        let check = |r: &rpc::AppendEntriesRequest| agrees_with_committed(r, &known);
+        // Honest: the committed entry is in the leader's log, before or at what it sends.
+        assert!(check(&req(3, Some((2, 4)), vec![entry(3, 5)])).is_ok());
+        assert!(
+            check(&req(
+                3,
+                Some((1, 2)),
+                vec![entry(2, 3), entry(2, 4), entry(3, 5)]
+            ))
+            .is_ok()
+        );
+        assert!(check(&req(3, None, vec![entry(1, 0)])).is_ok());
+        let mut r = req(3, Some((3, 7)), vec![]);
+        r.leader_commit = Some(types::log_id(2, 1, 4));
+        assert!(check(&r).is_ok());
+        // Forged: a later leader's entry at a committed index, another leader at the committed
+        // index, an earlier leader's commit past it.
+        assert!(check(&req(3, None, vec![entry(3, 0)])).is_err());
+        assert!(check(&req(3, Some((3, 4)), vec![])).is_err());
+        let mut r = req(3, Some((2, 4)), vec![]);
+        r.leader_commit = Some(types::log_id(1, 1, 6));
+        assert!(check(&r).is_err());
+        // An older vote is left to openraft, which refuses it and names the newer vote; with
+        // nothing known committed there is nothing to agree with.
+        assert!(check(&req(2, None, vec![entry(2, 0)])).is_ok());
+        let unknown = Known {
+            vote: vote(3),
+            committed: None,
+        };
+        assert!(agrees_with_committed(&req(3, None, vec![entry(3, 0)]), &unknown).is_ok());
     }
 
     #[test]

@@ -33,6 +33,21 @@ use crate::types::SnapshotMeta;
 use crate::types::Vote;
 use crate::validate;
 
+/// A node's metrics feed, as openraft publishes it.
+type MetricsFeed = openraft::type_config::alias::WatchReceiverOf<
+    crate::types::TypeConfig,
+    openraft::RaftMetrics<crate::types::TypeConfig>,
+>;
+
+/// The vote and the committed log id of one metrics snapshot.
+fn known(metrics: &MetricsFeed) -> validate::Known {
+    let m = metrics.borrow_watched();
+    validate::Known {
+        vote: m.vote,
+        committed: m.local_committed,
+    }
+}
+
 /// Serves incoming RPCs for one node.
 pub(super) struct Handler<S: StateMachine> {
     id: NodeId,
@@ -56,6 +71,11 @@ impl<S: StateMachine> Handler<S> {
             incarnation: inner.incarnation,
             binding: inner.binding.clone(),
         }
+    }
+
+    /// This node's vote and the log id it knows committed.
+    fn known(&self) -> validate::Known {
+        known(&self.raft.metrics())
     }
 
     fn stopped(&self) -> RpcHandlerError {
@@ -201,6 +221,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
     ) -> BoxFuture<'_, Result<rpc::AppendEntriesResponse, RpcHandlerError>> {
         async move {
             validate::append(&req, self.id)?;
+            validate::agrees_with_committed(&req, &self.known())?;
             self.raft
                 .append_entries(req)
                 .await
@@ -250,12 +271,14 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         input: BoxStream<'static, rpc::AppendEntriesRequest>,
     ) -> BoxStream<'static, Result<rpc::StreamAppendResult, RpcHandlerError>> {
         let id = self.id;
+        let metrics = self.raft.metrics();
         // A malformed request ends the input; the sender learns why after the answers so far.
         let failure: Arc<Mutex<Option<RpcHandlerError>>> = Arc::default();
         let fail = failure.clone();
         let input = input
             .take_while(move |req| {
-                let checked = validate::append(req, id);
+                let checked = validate::append(req, id)
+                    .and_then(|()| validate::agrees_with_committed(req, &known(&metrics)));
                 let ok = checked.is_ok();
                 if let Err(e) = checked {
                     *crate::sync::lock(&fail) = Some(e);
