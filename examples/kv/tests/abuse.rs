@@ -28,7 +28,7 @@ const MIB: usize = 1 << 20;
 
 /// A one-node `kv` cluster with small limits; killed when dropped.
 struct Node {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     child: Child,
     port: u16,
     /// The raft port (peers' and the cluster service's gRPC).
@@ -100,7 +100,7 @@ impl Node {
             .spawn()
             .expect("spawn kv");
         let node = Node {
-            _dir: dir,
+            dir,
             child,
             port: resp,
             raft,
@@ -201,6 +201,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        common::no_panics(&self.dir.path().join("kv.log"));
     }
 }
 

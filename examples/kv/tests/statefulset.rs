@@ -77,15 +77,11 @@ impl Pods {
     }
 
     fn start(&self, ordinal: u32) -> Proc {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("n{}.log", ordinal + 1)))
-            .expect("log file");
+        let log = self.dir.join(format!("n{}.log", ordinal + 1));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kv"));
         cmd.args(self.args(ordinal))
             .env("HOSTNAME", format!("kv-{ordinal}"));
-        common::run(cmd, log)
+        common::run(cmd, &log)
     }
 
     /// Whether pod `ordinal`'s readiness probe passes.

@@ -5,6 +5,7 @@
 
 use std::net::TcpListener;
 use std::path::Path;
+use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
@@ -59,8 +60,9 @@ pub fn members(ports: &[Ports]) -> String {
         .join(",")
 }
 
-/// One `kv node` process, killed (`kill -9`) when dropped.
-pub struct Proc(pub Child);
+/// One `kv node` process, killed (`kill -9`) when dropped. Dropping it also fails the test if
+/// the node's log shows a panic (see [`no_panics`]).
+pub struct Proc(pub Child, PathBuf);
 
 impl Proc {
     /// Sends `signal` (e.g. `STOP`, `CONT`) to the process.
@@ -82,6 +84,21 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        no_panics(&self.1);
+    }
+}
+
+/// Fails the test if the node log at `log` shows a panic. A panic in one of a node's tasks does
+/// not stop the process (the runtime catches it), so nothing else the test checks may notice it.
+/// Does nothing while the test is already failing.
+pub fn no_panics(log: &Path) {
+    if std::thread::panicking() {
+        return;
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    if let Some(at) = text.find("panicked at") {
+        let end = text[at..].find('\n').map_or(text.len(), |n| at + n);
+        panic!("a kv node panicked ({}): {}", log.display(), &text[at..end]);
     }
 }
 
@@ -95,11 +112,7 @@ pub fn spawn(dir: &Path, id: u64, ports: &Ports, extra: &[String]) -> Proc {
 pub fn spawn_as(dir: &Path, id: u64, ports: &Ports, extra: &[String], uid: Option<u32>) -> Proc {
     let data = dir.join(format!("n{id}"));
     std::fs::create_dir_all(&data).expect("data dir");
-    let log = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("n{id}.log")))
-        .expect("log file");
+    let log = dir.join(format!("n{id}.log"));
     let mut cmd = match uid {
         None => Command::new(env!("CARGO_BIN_EXE_kv")),
         Some(uid) => {
@@ -127,18 +140,23 @@ pub fn spawn_as(dir: &Path, id: u64, ports: &Ports, extra: &[String], uid: Optio
         .args(["--raft-addr", &ports.raft_addr()])
         .args(["--resp-addr", &format!("127.0.0.1:{}", ports.resp)])
         .args(extra);
-    run(cmd, log)
+    run(cmd, &log)
 }
 
-/// Runs a prepared `kv` command with the tests' log filter, its log going to `log`.
-pub fn run(mut cmd: Command, log: std::fs::File) -> Proc {
+/// Runs a prepared `kv` command with the tests' log filter, its log appended to the file `log`.
+pub fn run(mut cmd: Command, log: &Path) -> Proc {
+    let file = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
     let child = cmd
         .env("RUST_LOG", "warn,kv=info")
         .stdout(Stdio::null())
-        .stderr(log)
+        .stderr(file)
         .spawn()
         .expect("spawn kv");
-    Proc(child)
+    Proc(child, log.to_path_buf())
 }
 
 /// The JSON a successful `kv` command printed; fails the test with its error output otherwise.
