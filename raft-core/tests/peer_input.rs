@@ -10,9 +10,6 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Once;
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +18,7 @@ use proptest::prelude::*;
 use raft_core::Config;
 use raft_core::Consistency;
 use raft_core::Node;
+use raft_core::testing::PanicWatch;
 use raft_core::testing::Router;
 use raft_core::testing::kv::KvCommand;
 use raft_core::testing::kv::KvStore;
@@ -283,30 +281,15 @@ async fn run(ops: Vec<Op>) {
     node.shutdown().await.expect("shutdown after restart");
 }
 
-/// Panics so far on any thread of this test process, the node's own tasks included: a panic in a
-/// spawned task does not reach the test, and openraft keeps serving some requests after one.
-///
-/// One of openraft's debug checks is not counted: that the log a leader has written only moves
-/// forward (`io_progress.rs`). A forged leader that rewrites its own earlier entries under the
-/// same vote trips it, and no check on one request can tell such a rewrite from an honest resend
-/// without reading the log. Release builds skip the check and take the rewrite as what it is, a
-/// truncation of entries that were never committed.
-fn panics() -> usize {
-    static COUNT: AtomicUsize = AtomicUsize::new(0);
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let report = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let rewrite = info
-                .location()
-                .is_some_and(|l| l.file().ends_with("io_state/io_progress.rs"));
-            if !rewrite {
-                COUNT.fetch_add(1, Ordering::SeqCst);
-            }
-            report(info);
-        }));
-    });
-    COUNT.load(Ordering::SeqCst)
+/// The panics `watch` saw, but one of openraft's debug checks: that the log a leader has written
+/// only moves forward (`io_progress.rs`). A forged leader that rewrites its own earlier entries
+/// under the same vote trips it, and no check on one request can tell such a rewrite from an
+/// honest resend without reading the log. Release builds skip the check and take the rewrite as
+/// what it is, a truncation of entries that were never committed.
+fn panics(watch: &PanicWatch) -> Vec<String> {
+    let mut seen = watch.panics();
+    seen.retain(|at| !at.contains("io_state/io_progress.rs"));
+    seen
 }
 
 /// A few dozen cases by default; `RAFTKIT_SOAK=1` runs many more.
@@ -334,14 +317,15 @@ proptest! {
             .enable_all()
             .build()
             .expect("runtime");
-        let before = panics();
+        let watch = PanicWatch::start();
         rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(30), run(ops))
                 .await
                 .expect("bounded");
         });
         drop(rt);
-        prop_assert_eq!(panics(), before, "a task of the node panicked");
+        let panics = panics(&watch);
+        prop_assert!(panics.is_empty(), "a task of the node panicked at {:?}", panics);
     }
 }
 
@@ -444,7 +428,7 @@ async fn a_snapshot_whose_state_does_not_read_is_refused() {
 /// an index the log does not hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_index_past_the_requests_entries_is_refused() {
-    let before = panics();
+    let watch = PanicWatch::start();
     let ops = vec![Op::Append {
         vote: Vote {
             leader_id: LeaderId {
@@ -460,7 +444,11 @@ async fn a_commit_index_past_the_requests_entries_is_refused() {
     tokio::time::timeout(Duration::from_secs(30), run(ops))
         .await
         .expect("bounded");
-    assert_eq!(panics(), before, "a task of the node panicked");
+    assert_eq!(
+        panics(&watch),
+        Vec::<String>::new(),
+        "a task of the node panicked"
+    );
 }
 
 /// Entries that contradict what the node knows committed (a later leader's entry at a committed
@@ -468,7 +456,7 @@ async fn a_commit_index_past_the_requests_entries_is_refused() {
 /// them. The node keeps its committed entries, and keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_that_contradict_committed_ones_are_refused() {
-    let before = panics();
+    let watch = PanicWatch::start();
     let leader = |term, node_id| Vote {
         leader_id: LeaderId { term, node_id },
         committed: true,
@@ -502,5 +490,9 @@ async fn entries_that_contradict_committed_ones_are_refused() {
         .await
         .unwrap_or_else(|e| panic!("the node stopped on peer input: {e}"));
     node.shutdown().await.expect("shutdown");
-    assert_eq!(panics(), before, "a task of the node panicked");
+    assert_eq!(
+        panics(&watch),
+        Vec::<String>::new(),
+        "a task of the node panicked"
+    );
 }

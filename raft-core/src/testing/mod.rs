@@ -11,6 +11,7 @@
 //! * [`snapshot_bytes`] — a snapshot file's bytes, for tests that send snapshots as a peer would.
 //! * [`ManualClock`] — a clock a test sets by hand, to give nodes skewed clocks.
 //! * [`eventually`] — waits for a condition nothing announces (a disk sample), with a bound.
+//! * [`PanicWatch`] — the panics of every thread since it started, a node's tasks included.
 //! * [`synth`] — generated key-value histories with a planted fault (or none), for testing and
 //!   benchmarking the checker.
 //!
@@ -34,6 +35,7 @@ pub mod history;
 pub mod kv;
 pub mod model;
 mod nemesis;
+mod panics;
 mod router;
 mod sum;
 pub mod synth;
@@ -74,6 +76,7 @@ pub use self::nemesis::Fault;
 pub use self::nemesis::Nemesis;
 pub use self::nemesis::Schedule;
 pub use self::nemesis::Step;
+pub use self::panics::PanicWatch;
 pub use self::router::Router;
 pub use self::router::RouterConnection;
 pub use self::router::RouterTransport;
