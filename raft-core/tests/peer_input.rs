@@ -255,15 +255,21 @@ async fn start(dir: &Path, router: &Router) -> Node<KvStore> {
     node
 }
 
+/// Node 1 of a three-node cluster whose other members do not exist, so it never leads.
+async fn follower(dir: &Path, router: &Router) -> Node<KvStore> {
+    let node = start(dir, router).await;
+    node.initialize([(1, "node-1"), (2, "node-2"), (3, "node-3")])
+        .await
+        .expect("initialize");
+    node
+}
+
 /// Delivers `ops` to a node that is a follower of a three-node cluster, then checks that it is
 /// still running and that a restart recovers what it persisted.
 async fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = Router::new(0);
-    let node = start(dir.path(), &router).await;
-    node.initialize([(1, "node-1"), (2, "node-2"), (3, "node-3")])
-        .await
-        .expect("initialize");
+    let node = follower(dir.path(), &router).await;
     let handler = node.rpc_handler();
     for op in ops {
         deliver(&handler, op).await;
@@ -463,10 +469,7 @@ async fn entries_that_contradict_committed_ones_are_refused() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let router = Router::new(0);
-    let node = start(dir.path(), &router).await;
-    node.initialize([(1, "node-1"), (2, "node-2"), (3, "node-3")])
-        .await
-        .expect("initialize");
+    let node = follower(dir.path(), &router).await;
     let handler = node.rpc_handler();
     // Node 2, at term 5, replicates three entries of term 1 and commits them.
     let three = vec![
