@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use raftkit::testing::Fault;
-use raftkit::testing::PanicWatch;
 use raftkit::testing::RunOptions;
 use raftkit::testing::Schedule;
 use raftkit::testing::Step;
@@ -62,15 +61,14 @@ proptest! {
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
         let opts = RunOptions::default().with_seed(seed).with_clients(clients).with_schedule(schedule.clone());
-        let watch = PanicWatch::start();
         let report = rt.block_on(run(KvWorkload { keys, read_percent, deletes: true }, opts)).expect("the run completes");
-        prop_assert!(watch.panics().is_empty(), "seed {seed}, schedule {schedule:?}: a node's task panicked at {:?}", watch.panics());
         prop_assert!(
             report.check.is_linearizable(),
             "seed {seed}, schedule {schedule:?}: {:?}",
             report.check
         );
         prop_assert!(report.replicas_agree(), "seed {seed}, schedule {schedule:?}: replicas diverged");
+        prop_assert!(report.panics.is_empty(), "seed {seed}, schedule {schedule:?}: panicked at {:?}", report.panics);
         let (ok, failed, unknown) = report.history.counts();
         prop_assert!(ok > 0, "seed {seed}, schedule {schedule:?}: nothing succeeded ({failed} failed, {unknown} unknown)");
     }

@@ -25,6 +25,7 @@ use super::history::Recorder;
 use super::model::Model;
 use super::nemesis::Nemesis;
 use super::nemesis::Schedule;
+use super::panics::PanicWatch;
 use crate::error::Error;
 use crate::error::Result;
 use crate::metrics::Role;
@@ -273,6 +274,10 @@ pub struct Report<W: Workload> {
     pub replicas: Vec<(NodeId, W::Sm)>,
     /// How many of the schedule's faults took effect.
     pub faults_applied: usize,
+    /// Where a thread of this process panicked during the run (see [`PanicWatch`]): a node's
+    /// tasks, the state machine's `apply` among them, catch their panics, so a run can look
+    /// fine otherwise. Runs beside each other in one test binary see each other's panics.
+    pub panics: Vec<String>,
 }
 
 impl<W: Workload> std::fmt::Display for Report<W> {
@@ -296,7 +301,11 @@ impl<W: Workload> std::fmt::Display for Report<W> {
             } else {
                 "DIVERGED"
             },
-        )
+        )?;
+        if !self.panics.is_empty() {
+            write!(f, "; {} PANICS", self.panics.len())?;
+        }
+        Ok(())
     }
 }
 
@@ -312,7 +321,7 @@ impl<W: Workload> Report<W> {
     }
 
     /// Panics, naming the seed and how to rerun it, unless the history is linearizable, the
-    /// replicas agree, and operations actually succeeded.
+    /// replicas agree, operations actually succeeded, and nothing panicked during the run.
     pub fn assert_ok(&self) {
         let rerun = format!("rerun with RAFTKIT_SEED={}", self.seed);
         let (ok, failed, unknown) = self.history.counts();
@@ -336,6 +345,12 @@ impl<W: Workload> Report<W> {
             ok > 0,
             "no operation succeeded (seed {}; {rerun}): {failed} failed, {unknown} unknown",
             self.seed
+        );
+        assert!(
+            self.panics.is_empty(),
+            "a thread panicked during the run (seed {}; {rerun}) at {:?}",
+            self.seed,
+            self.panics
         );
     }
 }
@@ -602,6 +617,7 @@ pub async fn run<W: Workload>(workload: W, opts: RunOptions) -> Result<Report<W>
         let sm = workload.state_machine();
         move |_id: NodeId| sm.clone()
     };
+    let watch = PanicWatch::start();
     let cluster = Cluster::start(opts.nodes, cluster_opts, make).await?;
     let recorder: Recorder<InputOf<W>, OutputOf<W>> = Recorder::new();
     let target = ClusterTarget::new(&cluster, &workload, opts.reads);
@@ -637,5 +653,6 @@ pub async fn run<W: Workload>(workload: W, opts: RunOptions) -> Result<Report<W>
         check,
         replicas,
         faults_applied,
+        panics: watch.panics(),
     })
 }
