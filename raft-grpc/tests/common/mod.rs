@@ -12,6 +12,7 @@ use std::time::Duration;
 use raft_core::Config;
 use raft_core::NodeId;
 use raft_core::Role;
+use raft_core::testing::PanicWatch;
 use raft_grpc::GrpcNode;
 use raft_grpc::GrpcOptions;
 use tokio::net::TcpListener;
@@ -39,6 +40,19 @@ pub struct GrpcCluster {
     /// Options of each node, when they differ (see [`GrpcCluster::start_each`]).
     pub per_node: BTreeMap<NodeId, GrpcOptions>,
     pub configure: fn(Config) -> Config,
+    /// Panics since the cluster started; dropping the cluster fails the test on any (a panic
+    /// in a node's task never reaches the test otherwise).
+    pub panics: PanicWatch,
+}
+
+impl Drop for GrpcCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let panics = self.panics.panics();
+        assert!(panics.is_empty(), "a thread panicked at {panics:?}");
+    }
 }
 
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -64,6 +78,7 @@ impl GrpcCluster {
             opts,
             per_node,
             configure,
+            panics: PanicWatch::start(),
         };
         for id in 1..=n {
             c.launch(id).await;
