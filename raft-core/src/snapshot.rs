@@ -94,6 +94,16 @@ const PREFIX_V1: u64 = 8 + 4;
 /// Bytes before the header in the current format: magic, cluster id flag and id, header length.
 const PREFIX_V2: u64 = 8 + 1 + 16 + 4;
 const SUFFIX: &str = ".snap";
+/// How a snapshot being received from a leader is named until it is placed:
+/// `recv-<seq>.tmp`.
+const RECEIVED: &str = "recv-";
+
+/// Whether `path` names a snapshot received from a leader and not yet placed.
+fn is_received(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(RECEIVED) && n.ends_with(".tmp"))
+}
 const TRAILER_LEN: u64 = 4;
 /// Upper bound on the header (membership and session table), so a damaged length cannot make a
 /// reader allocate without limit.
@@ -909,10 +919,7 @@ impl SnapshotStore {
         if let Err(closed) = self.check_open() {
             // A received file that will never be placed goes now, not at the next start.
             if let (Some(_), Source::File { path, .. }) = (&self.dir, &data.source)
-                && path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("recv-") && n.ends_with(".tmp"))
+                && is_received(path)
             {
                 let _ = fs::remove_file(path);
             }
@@ -1016,7 +1023,7 @@ impl SnapshotStore {
         let target = match &self.dir {
             None => SinkTarget::Memory(Vec::new()),
             Some(dir) => {
-                let path = dir.join(format!("recv-{seq:020}.tmp"));
+                let path = dir.join(format!("{RECEIVED}{seq:020}.tmp"));
                 let file = File::create(&path).map_err(at("create", &path))?;
                 SinkTarget::File {
                     writer: Some(BufWriter::with_capacity(1 << 20, file)),
@@ -1499,7 +1506,7 @@ mod tests {
         assert_eq!(
             snap_files(dir.path()),
             before,
-            "the next start cleared the rest"
+            "a restart keeps the directory as it was"
         );
     }
 

@@ -155,31 +155,26 @@ pub(crate) struct Known {
     pub(crate) committed: Option<LogId>,
 }
 
-/// Checks a replication request that this node's vote lets through against the log id it knows
-/// to be committed. A leader elected at or after this node's vote holds every entry committed
-/// before it, so each log id the request names (previous, entries, commit) can be in one log with
-/// that committed id. openraft assumes so without looking: it takes entries at committed indexes
-/// as matching and does not compare them. A request from an older vote is left to openraft, which
-/// refuses it and answers with the newer vote, as a deposed leader needs to hear.
-pub(crate) fn agrees_with_committed(
-    req: &rpc::AppendEntriesRequest,
-    known: &Known,
+/// Whether `vote` is at least `current`, as openraft decides whether a sender may replicate or
+/// install anything: an older or incomparable vote may not.
+pub(crate) fn at_least(vote: &Vote, current: &Vote) -> bool {
+    matches!(
+        vote.partial_cmp(current),
+        Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+    )
+}
+
+/// Checks that each of `ids` can be in one log with `committed`, the log id the node knows to be
+/// committed. openraft assumes so without looking: it takes entries at committed indexes as
+/// matching, and panics on a snapshot that claims a committed index for another leader.
+fn fits_committed<'a>(
+    ids: impl IntoIterator<Item = &'a LogId>,
+    committed: Option<&LogId>,
 ) -> Result<(), RpcHandlerError> {
-    let Some(committed) = &known.committed else {
+    let Some(committed) = committed else {
         return Ok(());
     };
-    if !matches!(
-        req.vote.partial_cmp(&known.vote),
-        Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
-    ) {
-        return Ok(());
-    }
-    let named = req
-        .prev_log_id
-        .iter()
-        .chain(req.entries.iter().map(|e| &e.log_id))
-        .chain(req.leader_commit.iter());
-    for id in named {
+    for id in ids {
         one_log(id, committed).map_err(|e| {
             invalid(format!(
                 "conflicts with what this node knows committed: {e}"
@@ -187,6 +182,38 @@ pub(crate) fn agrees_with_committed(
         })?;
     }
     Ok(())
+}
+
+/// Checks a replication request that this node's vote lets through against the log id it knows
+/// to be committed ([`fits_committed`]): a leader elected at or after this node's vote holds
+/// every entry committed before it, so each log id the request names (previous, entries,
+/// commit) can be in one log with that committed id. A request from an older vote is left to
+/// openraft, which refuses it and answers with the newer vote, as a deposed leader needs to
+/// hear.
+pub(crate) fn agrees_with_committed(
+    req: &rpc::AppendEntriesRequest,
+    known: &Known,
+) -> Result<(), RpcHandlerError> {
+    if !at_least(&req.vote, &known.vote) {
+        return Ok(());
+    }
+    let named = req
+        .prev_log_id
+        .iter()
+        .chain(req.entries.iter().map(|e| &e.log_id))
+        .chain(req.leader_commit.iter());
+    fits_committed(named, known.committed.as_ref())
+}
+
+/// Checks a snapshot's last log id against the log id this node knows to be committed
+/// ([`fits_committed`]), whatever the sender's vote: a snapshot holds only entries its sender
+/// applied, so they were committed, and any two committed log ids are in one log.
+pub(crate) fn snapshot_agrees_with_committed(
+    meta: &SnapshotMeta,
+    known: &Known,
+) -> Result<(), RpcHandlerError> {
+    fits_committed(&meta.last_log_id, known.committed.as_ref())
+        .map_err(|e| invalid(format!("snapshot: {e}")))
 }
 
 /// Checks a vote or pre-vote request.
@@ -364,6 +391,26 @@ mod tests {
             committed: None,
         };
         assert!(agrees_with_committed(&req(3, None, vec![entry(3, 0)]), &unknown).is_ok());
+    }
+
+    #[test]
+    fn a_snapshot_must_agree_with_what_is_known_committed() {
+        let snapshot = |term, index| SnapshotMeta {
+            last_log_id: Some(types::log_id(term, 1, index)),
+            last_membership: Default::default(),
+        };
+        // From any vote: an older one too, since a snapshot holds only committed entries.
+        let known = Known {
+            vote: vote(5),
+            committed: Some(types::log_id(2, 1, 4)),
+        };
+        let check = |m: &SnapshotMeta| snapshot_agrees_with_committed(m, &known);
+        assert!(check(&snapshot(2, 4)).is_ok());
+        assert!(check(&snapshot(1, 3)).is_ok());
+        assert!(check(&snapshot(3, 9)).is_ok());
+        // The committed index, or one before it, claimed for a later leader.
+        assert!(check(&snapshot(3, 4)).is_err());
+        assert!(check(&snapshot(3, 2)).is_err());
     }
 
     #[test]

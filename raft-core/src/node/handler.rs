@@ -302,13 +302,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
     ) -> Result<SnapshotReceive, RpcHandlerError> {
         validate::not_from_me(vote, self.id)?;
         let current = self.raft.metrics().borrow_watched().vote;
-        // As openraft decides: a vote that is not at least this node's (older, or incomparable)
-        // cannot install anything.
-        let accepted = matches!(
-            vote.partial_cmp(&current),
-            Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
-        );
-        if !accepted {
+        if !validate::at_least(vote, &current) {
             return Ok(SnapshotReceive::Refuse(rpc::SnapshotResponse {
                 vote: current,
             }));
@@ -325,17 +319,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         async move {
             // openraft panics on a snapshot no honest leader could send; refuse it here instead.
             validate::snapshot(&vote, &meta, self.id)?;
-            if let Some(last) = meta.last_log_id {
-                let committed = self.raft.metrics().borrow_watched().local_committed;
-                if let Some(c) = committed
-                    && last > c
-                    && last.index <= c.index
-                {
-                    return Err(RpcHandlerError::Invalid(format!(
-                        "snapshot up to {last} conflicts with the locally committed {c}"
-                    )));
-                }
-            }
+            validate::snapshot_agrees_with_committed(&meta, &self.known())?;
             check_snapshot_state::<S>(&data).await?;
             self.raft
                 .install_full_snapshot(
