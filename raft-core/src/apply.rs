@@ -153,6 +153,10 @@ impl<S: StateMachine> SmState<S> {
                 let id = self.sessions.register(index);
                 self.output(&id)
             }
+            Proposal::RegisterKeyedSession(key) => {
+                let id = self.sessions.register_keyed(index, key);
+                self.output(&id)
+            }
             Proposal::CloseSession(id) => {
                 self.sessions.close(id);
                 Response::Empty

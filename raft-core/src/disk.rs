@@ -218,6 +218,7 @@ mod tests {
                 Bytes::from_static(b"y"),
             ),
             Proposal::RegisterSession,
+            Proposal::RegisterKeyedSession(0xfeed_f00d),
             Proposal::CloseSession(42),
             Proposal::SetSessionCapacity(crate::types::SessionCapacity::default()),
             Proposal::TimedBatch(

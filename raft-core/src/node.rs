@@ -561,10 +561,30 @@ impl<S: StateMachine> Node<S> {
     /// [`Node::write_in_session`], one at a time, and close it with
     /// [`Node::close_session`] when done. A session that is never closed is evicted when the
     /// cluster's [`SessionCapacity`] is reached; a write on it then fails with
-    /// [`ApplyError::UnknownSession`](crate::ApplyError::UnknownSession).
+    /// [`ApplyError::UnknownSession`](crate::ApplyError::UnknownSession). Every registration
+    /// that applies opens a session, retries after an unknown outcome included; see
+    /// [`Node::register_session_keyed`] for registrations that are retried.
     pub async fn register_session(&self) -> Result<u64> {
         let id = self
             .propose_internal(Proposal::RegisterSession)
+            .await?
+            .into_output("session registration")?;
+        applied_output(&id)
+    }
+
+    /// Opens a client session as [`Node::register_session`] does, registered with `key`; while
+    /// the session is open, registering with the same key again opens nothing and returns its
+    /// client id. A caller that retries a registration whose outcome it did not learn (a
+    /// timeout, a leader change) therefore keeps one session, where blind retries would open
+    /// one per attempt and, in a full table, evict other clients' sessions. Draw the key at
+    /// random for each session and keep it across the retries of its registration; a key
+    /// shared by two callers hands both the same session.
+    ///
+    /// The entry is one that versions before keyed registration cannot read: in a rolling
+    /// upgrade, upgrade the leader last.
+    pub async fn register_session_keyed(&self, key: u64) -> Result<u64> {
+        let id = self
+            .propose_internal(Proposal::RegisterKeyedSession(key))
             .await?
             .into_output("session registration")?;
         applied_output(&id)

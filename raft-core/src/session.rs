@@ -13,6 +13,13 @@
 //!   closed or evicted) — whatever its sequence, so a retry after an eviction is never applied
 //!   a second time as if it were fresh.
 //!
+//! A registration may carry a key the client chose
+//! ([`Proposal::RegisterKeyedSession`](crate::types::Proposal)): while a session opened with that
+//! key is open, registering with it again opens nothing and answers that session's id. So a
+//! client that retries a registration whose outcome it never learned (a timeout, a leader
+//! change) gets the session it may already have, instead of opening a second one that nobody
+//! uses and that, in a full table, evicts another client's session.
+//!
 //! Entries written by earlier versions (`LegacySessionWrite`) keep the rule they were written
 //! under: an unknown client at sequence 1 starts a session implicitly.
 //!
@@ -24,9 +31,11 @@
 //! never with a wrong answer. Every decision depends only on the log, so all replicas agree.
 //! The table, capacity included, is part of every snapshot, whose header it therefore bounds.
 //!
-//! Snapshot format: `(0, 1, capacity, sessions)`. The first format began with the table's
-//! session count limit (never 0), then the sessions and an age index; [`SessionTable`]'s
-//! decoder reads both.
+//! Snapshot format: `(0, 2, capacity, sessions, keys)`, where `keys` maps the client id of
+//! every session opened with a key to that key; a table without keyed sessions is written as
+//! `(0, 1, capacity, sessions)`, the form versions before keyed registration read. The first
+//! format began with the table's session count limit (never 0), then the sessions and an age
+//! index; [`SessionTable`]'s decoder reads all three.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -70,8 +79,11 @@ struct Remembered {
 /// Bytes a remembered client costs besides its response (ids, sequence, index, tree nodes).
 const ENTRY_OVERHEAD: usize = 64;
 
-/// Version of the table's snapshot form written now (see the module docs).
-const FORMAT: u64 = 1;
+/// Version of the table's snapshot form without keyed sessions (see the module docs).
+const FORMAT_UNKEYED: u64 = 1;
+
+/// Version of the table's snapshot form with keyed sessions, the newest this version reads.
+const FORMAT: u64 = 2;
 
 /// What one remembered response costs, in bytes.
 fn cost(response: &Response) -> usize {
@@ -106,6 +118,10 @@ pub(crate) struct SessionTable {
     by_age: BTreeSet<(u64, u64)>,
     /// What the remembered responses cost now (see [`cost`]).
     bytes: usize,
+    /// The registration key of every open session opened with one, by client id.
+    key_of: BTreeMap<u64, u64>,
+    /// The same, by key.
+    by_key: BTreeMap<u64, u64>,
 }
 
 impl Default for SessionTable {
@@ -122,13 +138,25 @@ impl SessionTable {
             clients: BTreeMap::new(),
             by_age: BTreeSet::new(),
             bytes: 0,
+            key_of: BTreeMap::new(),
+            by_key: BTreeMap::new(),
         }
     }
 
-    fn from_clients(capacity: SessionCapacity, clients: BTreeMap<u64, Remembered>) -> Self {
+    fn from_clients(
+        capacity: SessionCapacity,
+        clients: BTreeMap<u64, Remembered>,
+        key_of: BTreeMap<u64, u64>,
+    ) -> Self {
         let mut t = SessionTable::new(capacity);
         t.by_age = clients.iter().map(|(id, r)| (r.index, *id)).collect();
         t.bytes = clients.values().map(|r| cost(&r.response)).sum();
+        // A key is kept only for an open session, and one key names one session.
+        for (client, key) in key_of {
+            if clients.contains_key(&client) && !t.by_key.contains_key(&key) {
+                t.set_key(client, key);
+            }
+        }
         t.clients = clients;
         t
     }
@@ -175,17 +203,25 @@ impl SessionTable {
                 last_index = idx,
                 "client session expired from a full session table"
             );
-            if let Some(old) = self.clients.remove(&client) {
-                self.bytes -= cost(&old.response);
-            }
+            self.forget(client);
         }
     }
 
     fn remove(&mut self, client_id: u64) {
-        if let Some(old) = self.clients.remove(&client_id) {
-            self.by_age.remove(&(old.index, client_id));
-            self.bytes -= cost(&old.response);
+        if let Some(index) = self.forget(client_id) {
+            self.by_age.remove(&(index, client_id));
         }
+    }
+
+    /// Drops a session's entry, its cost and its key (not its place in the age index), and
+    /// returns the index it was last touched at.
+    fn forget(&mut self, client_id: u64) -> Option<u64> {
+        let old = self.clients.remove(&client_id)?;
+        self.bytes -= cost(&old.response);
+        if let Some(key) = self.key_of.remove(&client_id) {
+            self.by_key.remove(&key);
+        }
+        Some(old.index)
     }
 
     fn insert(&mut self, client_id: u64, r: Remembered) {
@@ -210,6 +246,18 @@ impl SessionTable {
             },
         );
         index
+    }
+
+    /// Opens a session registered by the entry at log `index` with `key`, as
+    /// [`SessionTable::register`] does, unless a session opened with `key` is still open: then
+    /// nothing changes and that session's client id is returned.
+    pub fn register_keyed(&mut self, index: u64, key: u64) -> u64 {
+        if let Some(&client) = self.by_key.get(&key) {
+            return client;
+        }
+        let client = self.register(index);
+        self.set_key(client, key);
+        client
     }
 
     /// Closes a session (nothing happens if it is not open).
@@ -246,6 +294,7 @@ impl SessionTable {
             client_id: session.client_id,
             sequence: session.sequence,
         }));
+        let key = self.key_of.get(&session.client_id).copied();
         self.remove(session.client_id);
         self.insert(
             session.client_id,
@@ -255,12 +304,25 @@ impl SessionTable {
                 index,
             },
         );
+        if let Some(key) = key {
+            self.set_key(session.client_id, key);
+        }
+    }
+
+    /// Records that the open session `client` was registered with `key`.
+    fn set_key(&mut self, client: u64, key: u64) {
+        self.key_of.insert(client, key);
+        self.by_key.insert(key, client);
     }
 }
 
 impl Serialize for SessionTable {
     fn serialize<Ser: Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
-        (0u64, FORMAT, &self.capacity, &self.clients).serialize(s)
+        if self.key_of.is_empty() {
+            (0u64, FORMAT_UNKEYED, &self.capacity, &self.clients).serialize(s)
+        } else {
+            (0u64, FORMAT, &self.capacity, &self.clients, &self.key_of).serialize(s)
+        }
     }
 }
 
@@ -284,20 +346,29 @@ impl<'de> Deserialize<'de> for SessionTable {
                         max_sessions: head,
                         ..SessionCapacity::default()
                     };
-                    return Ok(SessionTable::from_clients(capacity, clients));
+                    return Ok(SessionTable::from_clients(
+                        capacity,
+                        clients,
+                        BTreeMap::new(),
+                    ));
                 }
                 let version: u64 = seq.next_element()?.ok_or_else(missing)?;
-                if version != FORMAT {
+                if !(FORMAT_UNKEYED..=FORMAT).contains(&version) {
                     return Err(A::Error::custom(format!(
-                        "session table format {version} is newer than this version reads ({FORMAT})"
+                        "session table format {version} is not one this version reads ({FORMAT_UNKEYED} to {FORMAT})"
                     )));
                 }
                 let capacity = seq.next_element()?.ok_or_else(missing)?;
                 let clients = seq.next_element()?.ok_or_else(missing)?;
-                Ok(SessionTable::from_clients(capacity, clients))
+                let key_of = if version == FORMAT_UNKEYED {
+                    BTreeMap::new()
+                } else {
+                    seq.next_element()?.ok_or_else(missing)?
+                };
+                Ok(SessionTable::from_clients(capacity, clients, key_of))
             }
         }
-        d.deserialize_tuple(4, V)
+        d.deserialize_tuple(5, V)
     }
 }
 
@@ -462,6 +533,68 @@ mod tests {
         assert_eq!(restored.bytes(), t.bytes());
     }
 
+    #[test]
+    fn a_key_opens_one_session_while_it_is_open() {
+        let mut t = SessionTable::new(lim(10));
+        assert_eq!(t.register_keyed(1, 77), 1);
+        assert_eq!(t.register_keyed(5, 77), 1, "a retry gets the open session");
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.register_keyed(6, 78), 6, "another key, another session");
+        t.record(s(1, 1), out(b"a"), 7);
+        assert_eq!(t.register_keyed(8, 77), 1, "writes keep the key");
+        assert_eq!(t.check(s(1, 1), false), Check::Duplicate(out(b"a")));
+        t.close(1);
+        assert_eq!(t.register_keyed(9, 77), 9, "a closed session frees its key");
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn a_retried_registration_evicts_nobody() {
+        let mut t = SessionTable::new(lim(2));
+        let a = t.register(1);
+        let b = t.register_keyed(2, 5);
+        // The registration's outcome was unknown to its client, which tries again.
+        assert_eq!(t.register_keyed(3, 5), b);
+        assert_eq!(t.check(s(a, 1), false), Check::Fresh, "a is still open");
+        // Eviction frees the key with its session.
+        t.register(4);
+        t.register(5);
+        assert_eq!(t.check(s(b, 1), false), Check::Unknown, "b was evicted");
+        assert_eq!(t.register_keyed(6, 5), 6);
+    }
+
+    #[test]
+    fn keys_survive_a_snapshot_and_unkeyed_tables_keep_the_older_form() {
+        let mut t = SessionTable::new(lim(10));
+        t.register(1);
+        let unkeyed = crate::codec::encode(&t).unwrap();
+        assert_eq!(
+            &unkeyed[..2],
+            &[0, FORMAT_UNKEYED as u8],
+            "readable by versions before keys"
+        );
+        t.register_keyed(2, 500);
+        t.register_keyed(3, 600);
+        t.close(3);
+        let bytes = crate::codec::encode(&t).unwrap();
+        assert_eq!(&bytes[..2], &[0, FORMAT as u8]);
+        let mut restored: SessionTable = crate::codec::decode(&bytes).unwrap();
+        assert_eq!(restored, t);
+        assert_eq!(
+            restored.register_keyed(4, 500),
+            2,
+            "the key still names its session"
+        );
+        assert_eq!(
+            restored.register_keyed(5, 600),
+            5,
+            "a closed session's key is free"
+        );
+        let mut older: SessionTable = crate::codec::decode(&unkeyed).unwrap();
+        assert_eq!(older.len(), 1);
+        assert_eq!(older.register_keyed(2, 500), 2);
+    }
+
     /// The first format's table, as it was serialised: limit, sessions, age index.
     #[derive(Serialize)]
     struct FirstFormat {
@@ -508,7 +641,7 @@ mod tests {
         assert_eq!(t.check(s(5, 2), false), Check::Unknown);
         assert_eq!(t.check(s(77, 3), false), Check::Duplicate(out(b"x")));
         // A table from a newer format is refused, not misread.
-        let newer = crate::codec::encode(&(0u64, 2u64)).unwrap();
+        let newer = crate::codec::encode(&(0u64, FORMAT + 1)).unwrap();
         assert!(crate::codec::decode::<SessionTable>(&newer).is_err());
     }
 }

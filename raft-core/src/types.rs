@@ -21,16 +21,31 @@ pub type NodeId = u64;
 
 /// A client session stamp that makes a write idempotent.
 ///
-/// A client picks a random `client_id` once and numbers its writes `1, 2, 3, …`. When a write is
-/// retried with the same `(client_id, sequence)` — because a reply was lost or a leader changed —
-/// the state machine returns the output it remembered instead of applying the command twice.
-/// One client id must have at most one write outstanding at a time.
+/// A client opens a session with [`Node::register_session`](crate::Node::register_session),
+/// which returns its `client_id`, and numbers its writes `1, 2, 3, …`. When a write is retried
+/// with the same `(client_id, sequence)` — because a reply was lost or a leader changed — the
+/// state machine returns the output it remembered instead of applying the command twice. One
+/// client id must have at most one write outstanding at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Session {
-    /// A random identifier the client chose for itself.
+    /// The session's id: the log index of the entry that opened it.
     pub client_id: u64,
     /// The number of this write within the session, starting at 1 and increasing by one.
     pub sequence: u64,
+}
+
+impl Session {
+    /// A random key to register one session with (see
+    /// [`Node::register_session_keyed`](crate::Node::register_session_keyed)); never 0, which
+    /// transports take as "no key".
+    pub fn random_key() -> u64 {
+        loop {
+            let key = rand::random::<u64>();
+            if key != 0 {
+                return key;
+            }
+        }
+    }
 }
 
 /// A user write as a transport hands it over: the encoded command and an optional session stamp
@@ -99,6 +114,10 @@ pub enum Proposal {
     /// leader's clock: applied in order at that time, each under its own session (if any) as
     /// if it were an entry of its own; the entry's output is the encoded `Vec<Response>`.
     Combined(u64, Vec<Request>),
+    /// Opens a session registered with a key the client chose, unless a session opened with
+    /// that key is still open; the output is the session's client id (the entry's log index
+    /// for a new one). See [`Node::register_session_keyed`](crate::Node::register_session_keyed).
+    RegisterKeyedSession(u64),
 }
 
 impl Proposal {
@@ -160,6 +179,7 @@ impl fmt::Display for Proposal {
                 s.sequence
             ),
             Proposal::RegisterSession => write!(f, "register-session"),
+            Proposal::RegisterKeyedSession(key) => write!(f, "register-session(key {key:016x})"),
             Proposal::CloseSession(id) => write!(f, "close-session({id})"),
             Proposal::SetSessionCapacity(c) => write!(f, "set-session-capacity({c:?})"),
             Proposal::BindIncarnation(id, inc) => write!(f, "bind-incarnation({id}, {inc:016x})"),
