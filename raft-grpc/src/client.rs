@@ -37,6 +37,7 @@ use crate::net::Pool;
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient as PbClusterClient;
 use crate::request_error::RequestError;
+use crate::server::Op;
 use crate::tls::TlsConfig;
 
 /// How reads are spread over the nodes.
@@ -706,9 +707,22 @@ impl<S: Queryable> ClusterClient<S> {
     }
 
     /// Opens a client session for [`ClusterClient::write_in_session`] and returns its client
-    /// id (one replicated entry). Close it with [`ClusterClient::close_session`].
+    /// id (one replicated entry). Close it with [`ClusterClient::close_session`]. The
+    /// registration carries a random key kept across this call's retries, so an attempt
+    /// whose answer was lost and a retry that applies open one session between them (see
+    /// [`ClusterClient::register_session_keyed`]).
     pub async fn register_session(&self) -> Result<u64, ClientError> {
-        self.session_op(pb::SessionOp::Register, None).await
+        self.register_session_keyed(raft_core::Session::random_key())
+            .await
+    }
+
+    /// Opens a client session registered with `key` and returns its client id: while that
+    /// session is open, registering with the same key returns it again instead of opening
+    /// another (see [`Node::register_session_keyed`](raft_core::Node::register_session_keyed)).
+    /// For callers that retry [`ClientError::outcome_unknown`] registrations themselves: draw
+    /// one random key per session (0 means none) and pass it to every attempt.
+    pub async fn register_session_keyed(&self, key: u64) -> Result<u64, ClientError> {
+        self.session_op(Op::Register(key), None).await
     }
 
     /// Closes the session `client_id`; closing one that is not open succeeds.
@@ -717,23 +731,19 @@ impl<S: Queryable> ClusterClient<S> {
             client_id,
             sequence: 0,
         };
-        self.session_op(pb::SessionOp::Close, Some(session))
-            .await
-            .map(drop)
+        self.session_op(Op::Close, Some(session)).await.map(drop)
     }
 
-    async fn session_op(
-        &self,
-        op: pb::SessionOp,
-        session: Option<pb::Session>,
-    ) -> Result<u64, ClientError> {
+    async fn session_op(&self, op: Op, session: Option<pb::Session>) -> Result<u64, ClientError> {
+        let (session_op, register_key) = op.to_pb();
         let reply = self
             .retry(self.leader_guess(), |mut c, timeout| {
                 let req = pb::WriteRequest {
                     command: bytes::Bytes::new(),
                     session,
                     no_forward: false,
-                    session_op: op.into(),
+                    session_op,
+                    register_key,
                 };
                 async move {
                     c.write(pb::request(req, timeout))
@@ -796,6 +806,7 @@ impl<S: Queryable> ClusterClient<S> {
                     session: Some(session),
                     no_forward: false,
                     session_op: pb::SessionOp::None.into(),
+                    register_key: 0,
                 };
                 async move {
                     c.write(pb::request(req, timeout))

@@ -128,6 +128,7 @@ async fn without_forwarding_a_follower_names_the_leader() {
                 session: None,
                 no_forward: false,
                 session_op: 0,
+                register_key: 0,
             }))
             .await
             .map(|_| ()),

@@ -216,6 +216,7 @@ async fn bad_input_gets_clear_statuses_and_the_cluster_carries_on() {
             session: None,
             no_forward: false,
             session_op: 0,
+            register_key: 0,
         }))
         .await
         .unwrap_err();

@@ -1,5 +1,6 @@
 //! A write whose reply is lost on the way back is retried by `ClusterClient` with the same
-//! session and applied exactly once.
+//! session and applied exactly once; a session registration whose reply is lost opens one
+//! session.
 
 mod common;
 
@@ -31,10 +32,11 @@ use tokio::net::TcpStream;
 
 const MARKER: &[u8] = b"LOSE-THIS-REPLY";
 
-/// A TCP stream that breaks the connection the first time a reply carrying `MARKER` arrives —
+/// A TCP stream that breaks the connection the first time a reply carrying `marker` arrives —
 /// after the server has applied the write, before the client sees the answer.
 struct LossyStream {
     inner: TcpStream,
+    marker: &'static [u8],
     fired: Arc<AtomicBool>,
     /// Break on every such reply, not only the first.
     always: bool,
@@ -51,7 +53,7 @@ impl AsyncRead for LossyStream {
         if let Poll::Ready(Ok(())) = res {
             let fresh = &buf.filled()[before..];
             if (self.always || !self.fired.load(Ordering::SeqCst))
-                && fresh.windows(MARKER.len()).any(|w| w == MARKER)
+                && fresh.windows(self.marker.len()).any(|w| w == self.marker)
             {
                 self.fired.store(true, Ordering::SeqCst);
                 return Poll::Ready(Err(io::Error::new(
@@ -82,6 +84,11 @@ impl AsyncWrite for LossyStream {
 
 /// A connector whose connections break on replies carrying `MARKER` (the first, or all).
 fn lossy(fired: Arc<AtomicBool>, always: bool) -> Connector {
+    lossy_on(MARKER, fired, always)
+}
+
+/// A connector whose connections break on replies carrying `marker` (the first, or all).
+fn lossy_on(marker: &'static [u8], fired: Arc<AtomicBool>, always: bool) -> Connector {
     Connector::custom(move |host, port| {
         let fired = fired.clone();
         async move {
@@ -89,6 +96,7 @@ fn lossy(fired: Arc<AtomicBool>, always: bool) -> Connector {
             inner.set_nodelay(true)?;
             Ok(LossyStream {
                 inner,
+                marker,
                 fired,
                 always,
             })
@@ -221,4 +229,39 @@ async fn a_write_whose_idle_session_was_evicted_is_applied_in_a_new_one() {
     for (id, s) in c.converged().await {
         assert_eq!(s.0.get("idle").map(String::as_str), Some("ab"), "node {id}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_registration_whose_reply_is_lost_opens_one_session() {
+    let c = GrpcCluster::start(3, GrpcOptions::default(), |c| c).await;
+    let leader = c.leader().await;
+    let open = |id| c.nodes[&id].node().open_sessions();
+    let before = open(leader);
+    // Every reply to a Write names the leader's address, and the registration's is the first
+    // reply this client gets: its connection breaks after the registration was applied.
+    assert!(c.endpoints().iter().all(|e| e.starts_with("127.0.0.1:")));
+    let fired = Arc::new(AtomicBool::new(false));
+    let client = ClusterClient::<Kv>::new(
+        c.endpoints(),
+        ClientOptions::default().with_connector(lossy_on(b"127.0.0.1:", fired.clone(), false)),
+    )
+    .unwrap();
+
+    let id = client.register_session().await.unwrap();
+    assert!(fired.load(Ordering::SeqCst), "the first reply was lost");
+    assert_eq!(
+        open(leader),
+        before + 1,
+        "the retry got the session its lost attempt opened"
+    );
+    let s = raft_core::Session {
+        client_id: id,
+        sequence: 1,
+    };
+    client
+        .write_in_session(s, Cmd::Append("k".into(), "v".into()))
+        .await
+        .unwrap();
+    client.close_session(id).await.unwrap();
+    assert_eq!(open(leader), before);
 }

@@ -454,7 +454,10 @@ async fn next_session(conn: &mut Conn, ctx: &Ctx) -> Result<Session, Reply> {
     let session = match &mut conn.session {
         Some(s) => s,
         None => {
-            let id = retrying_for(|| ctx.client.register_session())
+            // One key for every attempt: a retry after an attempt whose answer was lost gets
+            // that attempt's session instead of opening a second one.
+            let key = Session::random_key();
+            let id = retrying_for(|| ctx.client.register_session_keyed(key))
                 .await
                 .map_err(|_| {
                     Reply::Error(

@@ -25,6 +25,7 @@ use crate::pb::cluster_client::ClusterClient as PbClusterClient;
 use crate::status;
 use crate::status::ErrorCode;
 
+use crate::server::Op;
 use crate::server::Shared;
 use crate::server::forward::caller_timeout;
 use crate::server::forward::is_forwarded;
@@ -76,8 +77,7 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
         let timeout = caller_timeout(&req);
         let w = req.into_inner();
         tracing::trace!(forwarded, session = ?w.session, "write received");
-        let op = pb::SessionOp::try_from(w.session_op)
-            .map_err(|_| status::invalid(format!("unknown session_op {}", w.session_op)))?;
+        let op = Op::from_pb(&w)?;
         self.0
             .write(
                 w.session.map(Into::into),

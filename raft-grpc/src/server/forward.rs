@@ -33,6 +33,42 @@ use crate::status::ErrorCode;
 
 use crate::server::Shared;
 
+/// What a Write call does besides (or instead of) applying its command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// Apply the command, in the call's session if it has one.
+    Apply,
+    /// Open a session registered with this key; 0 is no key (see
+    /// [`Node::register_session_keyed`](raft_core::Node::register_session_keyed)).
+    Register(u64),
+    /// Close the call's session.
+    Close,
+}
+
+impl Op {
+    /// The operation a Write request asks for.
+    pub(crate) fn from_pb(req: &pb::WriteRequest) -> Result<Op, Status> {
+        match pb::SessionOp::try_from(req.session_op) {
+            Ok(pb::SessionOp::None) => Ok(Op::Apply),
+            Ok(pb::SessionOp::Register) => Ok(Op::Register(req.register_key)),
+            Ok(pb::SessionOp::Close) => Ok(Op::Close),
+            Err(_) => Err(status::invalid(format!(
+                "unknown session_op {}",
+                req.session_op
+            ))),
+        }
+    }
+
+    /// The `session_op` and `register_key` fields of a Write request asking for it.
+    pub(crate) fn to_pb(self) -> (i32, u64) {
+        match self {
+            Op::Apply => (pb::SessionOp::None.into(), 0),
+            Op::Register(key) => (pb::SessionOp::Register.into(), key),
+            Op::Close => (pb::SessionOp::Close.into(), 0),
+        }
+    }
+}
+
 /// Metadata marking a request a node forwarded on a client's behalf; it is not forwarded again.
 const FORWARDED_KEY: &str = "x-raftkit-forwarded";
 
@@ -139,7 +175,7 @@ impl<S: StateMachine> Shared<S> {
         &self,
         session: Option<Session>,
         command: bytes::Bytes,
-        op: pb::SessionOp,
+        op: Op,
         forwarded: bool,
         timeout: Option<Duration>,
         caller: Option<&Caller>,
@@ -148,21 +184,25 @@ impl<S: StateMachine> Shared<S> {
             session,
             command: command.clone(),
         };
+        let (session_op, register_key) = op.to_pb();
         let forward_msg = pb::WriteRequest {
             command,
             session: session.map(Into::into),
             no_forward: true,
-            session_op: op.into(),
+            session_op,
+            register_key,
         };
         self.on_leader(
             forwarded,
             || async {
                 let (output, session_id) = match op {
-                    pb::SessionOp::None => (self.node.write_encoded(request).await?, 0),
-                    pb::SessionOp::Register => {
-                        (bytes::Bytes::new(), self.node.register_session().await?)
-                    }
-                    pb::SessionOp::Close => {
+                    Op::Apply => (self.node.write_encoded(request).await?, 0),
+                    Op::Register(0) => (bytes::Bytes::new(), self.node.register_session().await?),
+                    Op::Register(key) => (
+                        bytes::Bytes::new(),
+                        self.node.register_session_keyed(key).await?,
+                    ),
+                    Op::Close => {
                         let id = session.map(|s| s.client_id).ok_or_else(|| {
                             raft_core::Error::Config("closing a session needs its client id".into())
                         })?;

@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient as PbClusterClient;
 use crate::request_error::RequestError;
+use crate::server::Op;
 use crate::server::Shared;
 
 /// Reads and writes from inside a node's own process, the way the cluster service serves remote
@@ -75,7 +76,7 @@ impl<S: StateMachine> LocalClient<S> {
     ) -> Result<S::Output, RequestError> {
         let bytes = raft_core::codec::encode(command)
             .map_err(|e| RequestError::InvalidCommand(e.to_string()))?;
-        let reply = self.op(session, bytes.into(), pb::SessionOp::None).await?;
+        let reply = self.op(session, bytes.into(), Op::Apply).await?;
         raft_core::codec::decode(&reply.output).map_err(|e| RequestError::Internal {
             code: crate::status::ErrorCode::OutputEncoding,
             message: ApplyError::OutputEncoding(e.to_string()).to_string(),
@@ -83,10 +84,21 @@ impl<S: StateMachine> LocalClient<S> {
     }
 
     /// Opens a client session (on the leader) and returns its client id; see
-    /// [`Node::register_session`].
+    /// [`Node::register_session`]. A caller that retries a registration after an unknown
+    /// outcome opens a session per attempt that applied; [`LocalClient::register_session_keyed`]
+    /// does not.
     pub async fn register_session(&self) -> Result<u64, RequestError> {
+        let reply = self.op(None, bytes::Bytes::new(), Op::Register(0)).await?;
+        Ok(reply.session_id)
+    }
+
+    /// Opens a client session registered with `key` (on the leader) and returns its client id:
+    /// while that session is open, registering with the same key returns it again instead of
+    /// opening another. Draw a random key (not 0, which means none) for each session and keep
+    /// it across the retries of its registration; see [`Node::register_session_keyed`].
+    pub async fn register_session_keyed(&self, key: u64) -> Result<u64, RequestError> {
         let reply = self
-            .op(None, bytes::Bytes::new(), pb::SessionOp::Register)
+            .op(None, bytes::Bytes::new(), Op::Register(key))
             .await?;
         Ok(reply.session_id)
     }
@@ -97,7 +109,7 @@ impl<S: StateMachine> LocalClient<S> {
             client_id,
             sequence: 0,
         };
-        self.op(Some(session), bytes::Bytes::new(), pb::SessionOp::Close)
+        self.op(Some(session), bytes::Bytes::new(), Op::Close)
             .await
             .map(drop)
     }
@@ -108,7 +120,7 @@ impl<S: StateMachine> LocalClient<S> {
         &self,
         session: Option<Session>,
         command: bytes::Bytes,
-        op: pb::SessionOp,
+        op: Op,
     ) -> Result<pb::WriteReply, RequestError> {
         self.shared
             .write(session, command, op, false, None, None)

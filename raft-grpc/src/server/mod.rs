@@ -17,6 +17,8 @@ mod internal;
 mod local;
 mod members;
 
+pub(crate) use forward::Op;
+
 pub use self::local::LocalClient;
 
 use std::future::Future;
