@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::future::select_all;
 
+use super::PanicWatch;
 use super::Router;
 use crate::config::Config;
 use crate::error::Error;
@@ -99,12 +100,32 @@ pub fn address(id: NodeId) -> String {
 ///
 /// Nodes are numbered from 1. Durable nodes keep their data in a temporary directory per node,
 /// so [`Cluster::crash`] followed by [`Cluster::restart`] recovers a node from its own disk.
+///
+/// A cluster watches for panics from its start (see [`PanicWatch`]): dropping it panics, and so
+/// fails the test that ran it, if any thread of the process panicked meanwhile, a node's own
+/// tasks included, naming where. A test already failing is left to its own message. A test
+/// that expects panics takes them with [`Cluster::take_panics`], which ends the check.
 pub struct Cluster<S: StateMachine> {
     router: Router,
     dir: Option<tempfile::TempDir>,
     options: ClusterOptions,
     make: Arc<dyn Fn(NodeId) -> S + Send + Sync>,
     nodes: Mutex<BTreeMap<NodeId, Node<S>>>,
+    /// Checked on drop, unless taken.
+    watch: Mutex<Option<PanicWatch>>,
+}
+
+impl<S: StateMachine> Drop for Cluster<S> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let panics = self.take_panics();
+        assert!(
+            panics.is_empty(),
+            "a thread panicked while the cluster ran, at {panics:?}"
+        );
+    }
 }
 
 impl<S: StateMachine> Cluster<S> {
@@ -129,6 +150,7 @@ impl<S: StateMachine> Cluster<S> {
             options,
             make: Arc::new(make),
             nodes: Mutex::new(BTreeMap::new()),
+            watch: Mutex::new(Some(PanicWatch::start())),
         };
         for id in 1..=voters {
             cluster.launch(id).await?;
@@ -139,6 +161,17 @@ impl<S: StateMachine> Cluster<S> {
             .await?;
         cluster.wait_for_leader().await?;
         Ok(cluster)
+    }
+
+    /// Where threads of the process panicked since the cluster started (see
+    /// [`PanicWatch::panics`]), and, from then on, no check when the cluster is dropped: the
+    /// caller has taken the panics over. Empty if they were taken before.
+    pub fn take_panics(&self) -> Vec<String> {
+        self.watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map_or_else(Vec::new, |w| w.panics())
     }
 
     /// The network between the nodes.

@@ -619,6 +619,8 @@ pub async fn run<W: Workload>(workload: W, opts: RunOptions) -> Result<Report<W>
     };
     let watch = PanicWatch::start();
     let cluster = Cluster::start(opts.nodes, cluster_opts, make).await?;
+    // The run reports panics (from its own watch, which covers the start) instead of failing.
+    cluster.take_panics();
     let recorder: Recorder<InputOf<W>, OutputOf<W>> = Recorder::new();
     let target = ClusterTarget::new(&cluster, &workload, opts.reads);
     let mut nemesis = Nemesis::new(&cluster, opts.seed);
