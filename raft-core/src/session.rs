@@ -294,19 +294,37 @@ impl SessionTable {
             client_id: session.client_id,
             sequence: session.sequence,
         }));
-        let key = self.key_of.get(&session.client_id).copied();
-        self.remove(session.client_id);
-        self.insert(
-            session.client_id,
-            Remembered {
+        let client = session.client_id;
+        let Some(old) = self.clients.get(&client) else {
+            // Only entries of the first format start a session by writing.
+            self.insert(
+                client,
+                Remembered {
+                    sequence: session.sequence,
+                    response,
+                    index,
+                },
+            );
+            return;
+        };
+        // Updated in place, with the same evictions as removing the session and inserting it
+        // anew: it leaves the age index first, so it is never the one evicted, and it counts
+        // as absent against the session limit.
+        let new_cost = cost(&response);
+        self.by_age.remove(&(old.index, client));
+        self.bytes -= cost(&old.response);
+        let max = to_usize(self.capacity.max_sessions);
+        let max_bytes = to_usize(self.capacity.max_bytes);
+        self.evict_while(|t| t.clients.len() > max || t.bytes + new_cost > max_bytes);
+        if let Some(r) = self.clients.get_mut(&client) {
+            *r = Remembered {
                 sequence: session.sequence,
                 response,
                 index,
-            },
-        );
-        if let Some(key) = key {
-            self.set_key(session.client_id, key);
+            };
         }
+        self.bytes += new_cost;
+        self.by_age.insert((index, client));
     }
 
     /// Records that the open session `client` was registered with `key`.
@@ -593,6 +611,91 @@ mod tests {
         let mut older: SessionTable = crate::codec::decode(&unkeyed).unwrap();
         assert_eq!(older.len(), 1);
         assert_eq!(older.register_keyed(2, 500), 2);
+    }
+
+    /// What recording did before it updated sessions in place: remove the session, insert it
+    /// anew, and keep its key.
+    fn record_by_reinserting(
+        t: &mut SessionTable,
+        session: Session,
+        response: Response,
+        index: u64,
+    ) {
+        let too_large = cost(&response) - ENTRY_OVERHEAD > to_usize(t.capacity.max_response_bytes);
+        let response = if too_large {
+            Response::Rejected(ApplyError::ResponseNotKept {
+                client_id: session.client_id,
+                sequence: session.sequence,
+            })
+        } else {
+            response
+        };
+        let key = t.key_of.get(&session.client_id).copied();
+        t.remove(session.client_id);
+        t.insert(
+            session.client_id,
+            Remembered {
+                sequence: session.sequence,
+                response,
+                index,
+            },
+        );
+        if let Some(key) = key {
+            t.set_key(session.client_id, key);
+        }
+    }
+
+    #[test]
+    fn recording_in_place_evicts_exactly_as_reinserting_did() {
+        use rand::Rng;
+        use rand::SeedableRng;
+        for seed in 0..50u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let limits = SessionCapacity {
+                max_sessions: rng.random_range(1..8),
+                max_bytes: rng.random_range(64..2_000),
+                max_response_bytes: rng.random_range(0..600),
+            };
+            let (mut fast, mut reference) = (SessionTable::new(limits), SessionTable::new(limits));
+            for index in 1..400u64 {
+                let client = rng.random_range(1..index.min(12) + 1);
+                match rng.random_range(0..10) {
+                    0 => {
+                        fast.register_keyed(index, client % 3);
+                        reference.register_keyed(index, client % 3);
+                    }
+                    1 => {
+                        fast.close(client);
+                        reference.close(client);
+                    }
+                    2 if index % 50 == 0 => {
+                        let c = SessionCapacity {
+                            max_sessions: rng.random_range(1..8),
+                            ..limits
+                        };
+                        fast.set_capacity(c);
+                        reference.set_capacity(c);
+                    }
+                    _ => {
+                        let open = fast.clients.keys().copied().collect::<Vec<_>>();
+                        if open.is_empty() {
+                            continue;
+                        }
+                        let c = open[rng.random_range(0..open.len())];
+                        let sequence = fast.clients[&c].sequence + 1;
+                        let response = out_of(rng.random_range(0..700));
+                        fast.record(s(c, sequence), response.clone(), index);
+                        record_by_reinserting(&mut reference, s(c, sequence), response, index);
+                    }
+                }
+                assert_eq!(fast, reference, "seed {seed}, index {index}");
+                assert_eq!(fast.bytes, reference.bytes, "seed {seed}, index {index}");
+            }
+        }
+    }
+
+    fn out_of(len: usize) -> Response {
+        Response::Output(Bytes::from(vec![1u8; len]))
     }
 
     /// The first format's table, as it was serialised: limit, sessions, age index.
