@@ -8,13 +8,14 @@
 //! [`RpcHandlerError::Invalid`] and changes nothing.
 //!
 //! The checks are those an honest leader always satisfies:
-//! * entries are contiguous, starting right after `prev_log_id`, with terms that never decrease
-//!   and never exceed the sender's vote;
+//! * entries are contiguous, starting right after `prev_log_id`, with leaders (term, then node
+//!   id) that never go back and never pass the sender's vote;
 //! * no index is `u64::MAX`, so `index + 1` never overflows anywhere downstream;
 //! * every membership (in an entry or a snapshot) has at least one voter set, no empty voter set,
 //!   and an address for every voter — exactly what recovery requires of the log;
 //! * replication and snapshots carry an elected (committed) leader vote;
-//! * a vote or snapshot never claims a log newer than the sender's own term;
+//! * no log id a request names (an entry, the previous or committed one, a candidate's last
+//!   one, a snapshot's) is of a leader later than the sender's vote;
 //! * no peer speaks as the receiving node (openraft asserts that a leader it hears from is not
 //!   itself).
 
@@ -60,9 +61,12 @@ pub(crate) fn not_from_me(vote: &Vote, me: NodeId) -> Result<(), RpcHandlerError
     Ok(())
 }
 
-/// `id` must not claim a term newer than the sender's vote.
+/// `id` must not name a leader later than the sender's vote. Leaders are ordered by term, then
+/// by node id (several may lead in one term), and a leader's log holds only entries of leaders
+/// up to itself; openraft asserts this of what it installs, so a term-only check would let a
+/// forged snapshot from leader `(T, n)` that claims entries of `(T, n + 1)` stop the node.
 fn not_after_vote(id: &LogId, vote: &Vote, what: &str) -> Result<(), RpcHandlerError> {
-    if id.leader_id.term > vote.leader_id.term {
+    if id.leader_id > vote.leader_id {
         return Err(invalid(format!(
             "{what} {id} is newer than the sender's vote {vote}"
         )));
@@ -87,14 +91,13 @@ pub(crate) fn membership(m: &Membership) -> Result<(), RpcHandlerError> {
 pub(crate) fn append(req: &rpc::AppendEntriesRequest, me: NodeId) -> Result<(), RpcHandlerError> {
     not_from_me(&req.vote, me)?;
     from_leader(&req.vote, "replication")?;
-    let (mut expected, mut term) = match &req.prev_log_id {
+    let (mut expected, mut leader) = match &req.prev_log_id {
         Some(prev) => {
             not_after_vote(prev, &req.vote, "previous log id")?;
-            (next_index(prev)?, prev.leader_id.term)
+            (next_index(prev)?, Some(prev.leader_id))
         }
-        None => (0, 0),
+        None => (0, None),
     };
-    let vote_term = req.vote.leader_id.term;
     for e in &req.entries {
         if e.log_id.index != expected {
             return Err(invalid(format!(
@@ -102,16 +105,17 @@ pub(crate) fn append(req: &rpc::AppendEntriesRequest, me: NodeId) -> Result<(), 
                 e.log_id.index
             )));
         }
-        if e.log_id.leader_id.term < term || e.log_id.leader_id.term > vote_term {
+        // Leaders never go back along a log, and none is later than the sender.
+        if Some(e.log_id.leader_id) < leader || e.log_id.leader_id > req.vote.leader_id {
             return Err(invalid(format!(
-                "entry {} has an impossible term",
-                e.log_id.index
+                "entry {} names an impossible leader ({})",
+                e.log_id.index, e.log_id.leader_id
             )));
         }
         if let Payload::Membership(m) = &e.payload {
             membership(m).map_err(|err| invalid(format!("entry {}: {err}", e.log_id.index)))?;
         }
-        term = e.log_id.leader_id.term;
+        leader = Some(e.log_id.leader_id);
         expected = next_index(&e.log_id)?;
     }
     if let Some(c) = &req.leader_commit {
@@ -221,6 +225,21 @@ pub(crate) fn vote(req: &rpc::VoteRequest, me: NodeId) -> Result<(), RpcHandlerE
     not_from_me(&req.vote, me)?;
     if let Some(last) = &req.last_log_id {
         not_after_vote(last, &req.vote, "candidate's last log id")?;
+        next_index(last)?;
+    }
+    Ok(())
+}
+
+/// Checks a leadership transfer: sent by an elected leader other than this node, whose log
+/// (the last log id the new leader must hold) is its own.
+pub(crate) fn transfer_leader(
+    req: &rpc::TransferLeaderRequest,
+    me: NodeId,
+) -> Result<(), RpcHandlerError> {
+    not_from_me(req.from_leader(), me)?;
+    from_leader(req.from_leader(), "leadership transfer")?;
+    if let Some(last) = req.last_log_id() {
+        not_after_vote(last, req.from_leader(), "transfer's last log id")?;
         next_index(last)?;
     }
     Ok(())
@@ -427,6 +446,43 @@ mod tests {
         let mut r = req(2, Some((1, 4)), vec![entry(1, 5)]);
         r.entries[0].payload = Payload::Membership(missing_addr);
         assert!(append(&r, ME).is_err());
+    }
+
+    #[test]
+    fn log_ids_of_a_later_leader_of_the_same_term_are_refused() {
+        // The sender leads as (term 2, node 1); (2, 3) is a later leader of the same term, and
+        // (2, 0) an earlier one.
+        let later = |index| types::log_id(2, 3, index);
+        let earlier = |index| types::log_id(2, 0, index);
+        let with = |prev: LogId, entries: Vec<LogId>, commit: Option<LogId>| {
+            let mut r = req(2, None, vec![]);
+            r.prev_log_id = Some(prev);
+            r.entries = entries
+                .into_iter()
+                .map(|log_id| Entry {
+                    log_id,
+                    payload: Payload::Blank,
+                })
+                .collect();
+            r.leader_commit = commit;
+            append(&r, ME)
+        };
+        assert!(with(earlier(4), vec![earlier(5), types::log_id(2, 1, 6)], None).is_ok());
+        assert!(with(later(4), vec![], None).is_err(), "previous log id");
+        assert!(with(earlier(4), vec![later(5)], None).is_err(), "entry");
+        assert!(with(earlier(4), vec![], Some(later(4))).is_err(), "commit");
+        // Leaders along a log never go back, within a term too.
+        let back = with(types::log_id(2, 1, 4), vec![earlier(5)], None);
+        assert!(back.is_err(), "entries");
+
+        let meta = |last| SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: Default::default(),
+        };
+        assert!(snapshot(&vote(2), &meta(earlier(9)), ME).is_ok());
+        assert!(snapshot(&vote(2), &meta(later(9)), ME).is_err(), "snapshot");
+        let r = rpc::VoteRequest::new(vote(2), Some(later(7)));
+        assert!(super::vote(&r, ME).is_err(), "candidate's last log id");
     }
 
     #[test]

@@ -121,6 +121,9 @@ enum Op {
     Snapshot {
         vote: Vote,
         last: Option<(u64, u64)>,
+        /// Added to the sender's node id for the leader of `last`: above 0 in the vote's term,
+        /// a later leader than the sender.
+        later_leader: u64,
         membership: Option<Membership>,
         state_decodes: bool,
     },
@@ -138,9 +141,15 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(vote, prev, entries, commit)| Op::Append { vote, prev, entries, commit }),
         2 => (vote(), pair(), any::<bool>())
             .prop_map(|(vote, last, pre)| Op::Vote { vote, last, pre }),
-        2 => (vote(), pair(), proptest::option::of(membership()), proptest::bool::weighted(0.8))
-            .prop_map(|(vote, last, membership, state_decodes)| Op::Snapshot {
-                vote, last, membership, state_decodes,
+        2 => (
+            vote(),
+            pair(),
+            prop_oneof![3 => Just(0u64), 1 => 1u64..3],
+            proptest::option::of(membership()),
+            proptest::bool::weighted(0.8),
+        )
+            .prop_map(|(vote, last, later_leader, membership, state_decodes)| Op::Snapshot {
+                vote, last, later_leader, membership, state_decodes,
             }),
     ]
 }
@@ -205,10 +214,12 @@ async fn deliver(handler: &SharedRpcHandler, op: Op) {
         Op::Snapshot {
             vote,
             last,
+            later_leader,
             membership,
             state_decodes,
         } => {
-            let last = last.map(|(t, i)| log_id(t, vote.leader_id.node_id, i));
+            let leader = vote.leader_id.node_id + later_leader;
+            let last = last.map(|(t, i)| log_id(t, leader, i));
             let last_membership = match membership {
                 Some(m) => StoredMembership::new(last, m),
                 None => StoredMembership::default(),
@@ -371,6 +382,7 @@ async fn requests_that_speak_as_the_receiver_are_refused() {
         Op::Snapshot {
             vote: me,
             last: Some((7, 5)),
+            later_leader: 0,
             membership: Some(members),
             state_decodes: true,
         },
@@ -421,6 +433,7 @@ async fn a_snapshot_whose_state_does_not_read_is_refused() {
             committed: true,
         },
         last: Some((0, 0)),
+        later_leader: 0,
         membership: None,
         state_decodes: false,
     }];
@@ -493,6 +506,35 @@ async fn entries_that_contradict_committed_ones_are_refused() {
         .await
         .unwrap_or_else(|e| panic!("the node stopped on peer input: {e}"));
     node.shutdown().await.expect("shutdown");
+    assert_eq!(
+        panics(&watch),
+        Vec::<String>::new(),
+        "a task of the node panicked"
+    );
+}
+
+/// A snapshot from leader (term 5, node 2) that claims entries of leader (5, 3), a later leader
+/// of the same term, is refused: openraft asserts, in release builds too, that what it installs
+/// is not from a later leader than the sender, so it would stop the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_a_later_leader_of_the_same_term_is_refused() {
+    let watch = PanicWatch::start();
+    let ops = vec![Op::Snapshot {
+        vote: Vote {
+            leader_id: LeaderId {
+                term: 5,
+                node_id: 2,
+            },
+            committed: true,
+        },
+        last: Some((5, 9)),
+        later_leader: 1,
+        membership: None,
+        state_decodes: true,
+    }];
+    tokio::time::timeout(Duration::from_secs(30), run(ops))
+        .await
+        .expect("bounded");
     assert_eq!(
         panics(&watch),
         Vec::<String>::new(),

@@ -257,7 +257,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         req: rpc::TransferLeaderRequest,
     ) -> BoxFuture<'_, Result<rpc::TransferLeaderResponse, RpcHandlerError>> {
         async move {
-            validate::not_from_me(req.from_leader(), self.id)?;
+            validate::transfer_leader(&req, self.id)?;
             self.raft
                 .handle_transfer_leader(req)
                 .await
