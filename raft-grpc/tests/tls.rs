@@ -326,6 +326,26 @@ async fn a_client_certificate_is_not_a_peer() {
         .await
         .expect_err("a vote from node 7 cannot be node 2's");
     assert!(s.message().contains("speaks for node 2"), "{s:?}");
+    // Nor can it hand on node 2's leadership.
+    let transfer = raft_core::transport::rpc::TransferLeaderRequest::new(
+        openraft::impls::Vote::new_committed(1 << 50, 2),
+        3,
+        None,
+    );
+    let mut req = tonic::Request::new(pb::RaftRequest {
+        target: 1,
+        payload: raft_core::codec::encode(&transfer).unwrap().into(),
+    });
+    req.set_timeout(Duration::from_secs(2));
+    req.metadata_mut()
+        .insert("x-raftkit-cluster-id", cluster_id.parse().unwrap());
+    req.metadata_mut()
+        .insert("x-raftkit-from", "7".parse().unwrap());
+    let s = peer_with(&other_cert, &other_key)
+        .transfer_leader(req)
+        .await
+        .expect_err("a transfer from node 7 cannot be node 2's");
+    assert!(s.message().contains("speaks for node 2"), "{s:?}");
 
     // The client certificate still works where it belongs: on the cluster service, as alice.
     let client_tls = TlsConfig::from_pem(

@@ -109,7 +109,7 @@ impl<S: StateMachine> Shared<S> {
 }
 
 /// A request from a peer whose payload may speak for a node: a vote's candidate, or the leader
-/// of an append or a snapshot, is its sender.
+/// of an append, a snapshot or a leadership transfer, is its sender.
 trait FromSender {
     /// The vote naming the node the payload speaks for, if it names one.
     fn sender_vote(&self) -> Option<&Vote>;
@@ -134,9 +134,10 @@ impl FromSender for Vote {
     }
 }
 
+/// The leader that hands its leadership on sends the request.
 impl FromSender for rpc::TransferLeaderRequest {
     fn sender_vote(&self) -> Option<&Vote> {
-        None
+        Some(self.from_leader())
     }
 }
 
