@@ -63,6 +63,13 @@ pub(super) struct Tail {
     pub entries: u64,
 }
 
+/// Whether `bytes` are all zero, compared a page at a time (a segment's unwritten tail can be
+/// most of its 64 MiB).
+fn all_zero(bytes: &[u8]) -> bool {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    bytes.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
 fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> LogError {
     LogError::Corrupt {
         file: file.to_path_buf(),
@@ -142,6 +149,20 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
             tracing::warn!(
                 file = %path.display(), offset, reason,
                 "cutting a torn tail off the write-ahead log (a write interrupted by a crash)"
+            );
+            cut_at = Some(*offset);
+        }
+        if let Stop::End { offset } = &stop
+            && is_last
+            && !all_zero(&bytes[*offset as usize..])
+        {
+            // A write torn so that its first bytes never reached the disk but later ones did:
+            // the log ends at the zeros, and what follows is zeroed too. Left in place, the next
+            // appends would end inside it, and once their segment is sealed it would read as
+            // damage there and stop the node from starting.
+            tracing::warn!(
+                file = %path.display(), offset,
+                "zeroing the remains of a torn write after the end of the write-ahead log"
             );
             cut_at = Some(*offset);
         }

@@ -682,6 +682,36 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> usize {
         .unwrap()
 }
 
+#[tokio::test]
+async fn the_remains_of_a_write_whose_start_was_lost_are_zeroed() {
+    // The last record's header never reached the disk (still zero) but the rest of it did.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    let entries: Vec<Entry> = (0..5).map(|i| entry(1, i, 200)).collect();
+    append(&mut log, entries.clone()).await;
+    drop(log);
+    let seg = segment::list(dir.path()).unwrap().last().unwrap().1.clone();
+    let last = *records(&seg).last().unwrap();
+    let header = framing_of(&seg).header_len() as u64;
+    let end = last.offset + header + last.len as u64;
+    tear(&seg, last.offset, last.offset + header, true);
+    let remains =
+        |path: &Path| fs::read(path).unwrap()[last.offset as usize..end as usize].to_vec();
+    assert!(
+        remains(&seg).iter().any(|&b| b != 0),
+        "the torn record's body is on disk"
+    );
+
+    // Opening zeroes what follows the end, before any append could end inside it.
+    let log = open(dir.path()).unwrap();
+    assert!(
+        remains(&seg).iter().all(|&b| b == 0),
+        "the torn record's remains were zeroed"
+    );
+    drop(log);
+    assert_opens_with_the_prefix(dir.path(), &entries[..4], "header lost").await;
+}
+
 /// Tears the record ending at `end` in the segment at `path` at byte `at`: the file is cut
 /// there, or (the other way a torn write looks in a preallocated file) zeroed up to `end`.
 fn tear(path: &Path, at: u64, end: u64, zero_fill: bool) {
