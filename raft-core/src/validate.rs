@@ -121,13 +121,14 @@ pub(crate) fn append(req: &rpc::AppendEntriesRequest, me: NodeId) -> Result<(), 
     if let Some(c) = &req.leader_commit {
         not_after_vote(c, &req.vote, "commit index")?;
         next_index(c)?;
-        let last = req
-            .entries
-            .last()
-            .map(|e| &e.log_id)
-            .or(req.prev_log_id.as_ref());
-        if let Some(last) = last {
-            one_log(c, last).map_err(|e| invalid(format!("commit index: {e}")))?;
+        // With every log id the request names, not only its last: a commit at an index the
+        // request holds under another leader contradicts the request itself.
+        let named = req
+            .prev_log_id
+            .iter()
+            .chain(req.entries.iter().map(|e| &e.log_id));
+        for id in named {
+            one_log(c, id).map_err(|e| invalid(format!("commit index: {e}")))?;
         }
     }
     Ok(())
@@ -446,6 +447,20 @@ mod tests {
         let mut r = req(2, Some((1, 4)), vec![entry(1, 5)]);
         r.entries[0].payload = Payload::Membership(missing_addr);
         assert!(append(&r, ME).is_err());
+    }
+
+    #[test]
+    fn a_commit_index_must_agree_with_every_entry_of_the_request() {
+        // Entries of terms 1, 1, 2, 3, 4 at indexes 0..=4; the commit claims index 0 for term 4,
+        // which fits the last entry but not the first.
+        let entries = [(1, 0), (1, 1), (2, 2), (3, 3), (4, 4)].map(|(t, i)| entry(t, i));
+        let mut r = req(4, None, entries.to_vec());
+        r.leader_commit = Some(types::log_id(4, 1, 0));
+        assert!(append(&r, ME).is_err());
+        r.leader_commit = Some(types::log_id(1, 1, 0));
+        assert!(append(&r, ME).is_ok());
+        r.leader_commit = Some(types::log_id(2, 1, 2));
+        assert!(append(&r, ME).is_ok());
     }
 
     #[test]
