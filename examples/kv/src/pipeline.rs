@@ -81,6 +81,7 @@ impl Batch {
                     | WriteOp::Pop { .. }
                     | WriteOp::SPop { .. }
                     | WriteOp::Exec { .. }
+                    | WriteOp::ExecBounded { .. }
             ),
             _ => false,
         }

@@ -778,7 +778,7 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
     if tx.ops.is_empty() && watched.is_empty() {
         return Reply::Array(Vec::new());
     }
-    let op = WriteOp::Exec {
+    let op = WriteOp::ExecBounded {
         watched,
         ops: tx.ops,
     };

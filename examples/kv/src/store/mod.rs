@@ -226,7 +226,19 @@ pub enum WriteOp {
     /// `HINCRBY`: replies with the new value; a field that is not an integer as Redis reads one
     /// is refused.
     HIncrByStrict { key: Bytes, field: Bytes, by: i64 },
+    /// `EXEC` as [`WriteOp::Exec`], with its reply bounded as it is built: once the replies so
+    /// far hold more than [`MAX_EXEC_REPLY`] bytes, the rest of the commands still apply, and
+    /// the transaction answers an error instead of its replies (see [`Store::exec`]).
+    ExecBounded {
+        watched: Vec<Watched>,
+        ops: Vec<Queued>,
+    },
 }
+
+/// The most bytes the replies of one transaction hold while they are built ([`Reply::footprint`]):
+/// every replica builds them as it applies the transaction, so this bounds what one `EXEC` can
+/// make each of them hold, however many large reads it queues.
+pub const MAX_EXEC_REPLY: usize = 64 << 20;
 
 /// A key `WATCH`ed by a connection, as it was when watched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -708,7 +720,8 @@ impl Store {
             WriteOp::HIncrByFloat { key, field, by } => {
                 self.hincr_by_float(key, field, f64::from_bits(by), now)
             }
-            WriteOp::Exec { watched, ops } => self.exec(watched, ops, now),
+            WriteOp::Exec { watched, ops } => self.exec(watched, ops, now, usize::MAX),
+            WriteOp::ExecBounded { watched, ops } => self.exec(watched, ops, now, MAX_EXEC_REPLY),
             WriteOp::Push {
                 key,
                 values,
@@ -741,9 +754,18 @@ impl Store {
     /// `EXEC`: nothing if a watched key changed since it was watched, else every command in
     /// order, each with its own reply (an error in one does not stop the others, as in Redis).
     ///
-    /// The reply is the entry's output, built on every replica: raft-core bounds its size (an
-    /// `EXEC` that reads one large value many times is applied, and answered with an error).
-    fn exec(&mut self, watched: Vec<Watched>, ops: Vec<Queued>, now: u64) -> Reply {
+    /// The reply is the entry's output, built on every replica. Once the replies built so far
+    /// hold more than `max_reply` bytes, the remaining commands still apply (the transaction is
+    /// atomic) but no more replies are built, reads are skipped, and the transaction answers an
+    /// error saying so: a transaction that queues many large reads cannot make every replica
+    /// hold gigabytes. (raft-core bounds the encoded output as well.)
+    fn exec(
+        &mut self,
+        watched: Vec<Watched>,
+        ops: Vec<Queued>,
+        now: u64,
+        max_reply: usize,
+    ) -> Reply {
         let changed = watched.iter().any(|w| {
             let version = self.live(&w.key, now).map_or(0, |v| v.version);
             version != w.version || (version == 0 && self.removed > w.seen)
@@ -751,11 +773,13 @@ impl Store {
         if changed {
             return Reply::NilArray;
         }
-        let replies = ops
-            .into_iter()
-            .enumerate()
-            .map(|(i, op)| match op {
+        let mut replies = Vec::with_capacity(ops.len());
+        let mut held = 0usize;
+        for (i, op) in ops.into_iter().enumerate() {
+            let full = held > max_reply;
+            let reply = match op {
                 Queued::Write(op) => self.apply_op(op, now),
+                Queued::Read(_) | Queued::Reply(_) if full => continue,
                 Queued::Read(op) => {
                     // Random reads draw from the entry and their place in it, so every replica
                     // answers alike.
@@ -765,8 +789,17 @@ impl Store {
                     self.answer(op, now, seed)
                 }
                 Queued::Reply(r) => r,
-            })
-            .collect();
+            };
+            if !full {
+                held = held.saturating_add(reply.footprint());
+                replies.push(reply);
+            }
+        }
+        if held > max_reply {
+            return Reply::Error(format!(
+                "ERR the transaction was applied, but its replies would take more than {max_reply} bytes and are not returned"
+            ));
+        }
         Reply::Array(replies)
     }
 
@@ -889,10 +922,12 @@ fn frees_space(op: &WriteOp) -> bool {
         WriteOp::Del(_) | WriteOp::GetDel(_) | WriteOp::FlushDb | WriteOp::PurgeExpired { .. } => {
             true
         }
-        WriteOp::Exec { ops, .. } => ops.iter().all(|q| match q {
-            Queued::Write(op) => frees_space(op),
-            Queued::Read(_) | Queued::Reply(_) => true,
-        }),
+        WriteOp::Exec { ops, .. } | WriteOp::ExecBounded { ops, .. } => {
+            ops.iter().all(|q| match q {
+                Queued::Write(op) => frees_space(op),
+                Queued::Read(_) | Queued::Reply(_) => true,
+            })
+        }
         _ => false,
     }
 }

@@ -92,6 +92,24 @@ impl Reply {
         matches!(self, Reply::Error(_) | Reply::Fault(_))
     }
 
+    /// The bytes this reply holds in memory, about: each reply's own size plus its strings
+    /// (counted even where several replies share one value). Saturates instead of overflowing.
+    pub fn footprint(&self) -> usize {
+        let own = std::mem::size_of::<Reply>();
+        let sum = |items: &mut dyn Iterator<Item = &Reply>| {
+            items.fold(own, |total, r| total.saturating_add(r.footprint()))
+        };
+        match self {
+            Reply::Bulk(b) => own.saturating_add(b.len()),
+            Reply::Status(s) | Reply::Error(s) => own.saturating_add(s.len()),
+            Reply::Array(items) | Reply::Set(items) => sum(&mut items.iter()),
+            Reply::Map(pairs) | Reply::Pairs(pairs) => {
+                sum(&mut pairs.iter().flat_map(|(k, v)| [k, v]))
+            }
+            Reply::Ok | Reply::Nil | Reply::NilArray | Reply::Int(_) | Reply::Fault(_) => own,
+        }
+    }
+
     /// An upper bound on the bytes this reply takes once encoded, in either protocol, and
     /// within a few bytes of it: a type byte, a length and the line ends for each element,
     /// plus its strings. It walks the reply without building anything, so a reply that repeats

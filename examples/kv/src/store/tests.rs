@@ -1823,3 +1823,80 @@ fn ranges_kept_in_tables_hold_exactly_their_bytes() {
         }
     }
 }
+
+/// A transaction of `ops` through the bounded `EXEC`.
+fn exec_bounded(s: &mut Store, ops: Vec<Queued>) -> Reply {
+    s.write(at(
+        0,
+        WriteOp::ExecBounded {
+            watched: Vec::new(),
+            ops,
+        },
+    ))
+}
+
+#[test]
+fn a_transaction_past_its_reply_bound_applies_everything_and_builds_no_more_replies() {
+    let mut s = Store::default();
+    s.write(at(0, set("big", &"x".repeat(1000), Expiry::Clear)));
+    let get = || Queued::Read(ReadOp::Get(b("big")));
+    // Within the bound: every reply, in order.
+    let small = exec(&mut s, vec![], vec![set("a", "1", Expiry::Clear)]);
+    assert_eq!(small, Reply::Array(vec![Reply::Ok]));
+    // Past it (about 1 KiB per read, a bound of 4 KiB): an error, and every write applied,
+    // those after the reads too.
+    let mut ops = vec![Queued::Write(set("before", "1", Expiry::Clear))];
+    ops.extend((0..10).map(|_| get()));
+    ops.push(Queued::Write(set("after", "2", Expiry::Clear)));
+    let reply = s.exec(Vec::new(), ops.clone(), 0, 4096);
+    assert!(reply.is_error(), "{reply:?}");
+    for (key, value) in [("before", "1"), ("after", "2")] {
+        assert_eq!(s.string(&b(key), 0), Ok(Some(&b(value))), "{key}");
+    }
+    // The same transaction under the real bound answers every command.
+    match exec_bounded(&mut s, ops) {
+        Reply::Array(replies) => assert_eq!(replies.len(), 12),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The peak resident memory of this process so far, in bytes (Linux).
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[test]
+fn a_transaction_of_large_reads_holds_about_its_reply_bound() {
+    // Each read answers 2^21 replies (2^20 repeated fields with their values), about 80 MiB
+    // as built: 32 of them would hold more than 2.5 GiB on every replica.
+    let mut s = Store::default();
+    s.write(at(
+        0,
+        WriteOp::HSet {
+            key: b("h"),
+            pairs: vec![(b("f"), b("v"))],
+            nx: false,
+        },
+    ));
+    let read = || {
+        Queued::Read(ReadOp::HRandField {
+            key: b("h"),
+            count: Some(-(1 << 20)),
+            with_values: true,
+        })
+    };
+    let before = peak_rss();
+    let reply = exec_bounded(&mut s, (0..32).map(|_| read()).collect());
+    let grew = peak_rss().saturating_sub(before);
+    assert!(
+        grew < 1 << 30,
+        "the transaction raised the peak memory by {} MiB",
+        grew >> 20
+    );
+    assert!(reply.is_error(), "{reply:?}");
+}
