@@ -37,6 +37,10 @@ pub(super) fn push(a: &Args) -> Action {
 
 /// `LPOP key [count]`, `RPOP key [count]`.
 pub(super) fn pop(a: &Args) -> Action {
+    // Redis answers more arguments with the arity error here (SPOP's is a syntax error).
+    if a.rest.len() > 2 {
+        return super::arity_error(a.name);
+    }
     let count = match count(a) {
         Ok(c) => c,
         Err(e) => return e,

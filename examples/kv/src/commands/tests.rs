@@ -177,6 +177,8 @@ fn arity_comes_from_the_table() {
         ("MSETNX a 1 b", "msetnx"),
         ("RENAME a", "rename"),
         ("WATCH", "watch"),
+        ("LPOP l 1 2", "lpop"),
+        ("RPOP l 1 2", "rpop"),
     ] {
         assert_eq!(
             parse(&args(cmd), 0),
@@ -705,6 +707,7 @@ fn arguments_redis_checks_after_the_key_are_checked_after_the_key() {
     assert_eq!(parse(&args("HSCAN k x"), 0), error("ERR invalid cursor"));
     assert_eq!(parse(&args("HRANDFIELD k x"), 0), error(NOT_INT));
     assert_eq!(parse(&args("HRANDFIELD k 1 FOO"), 0), syntax());
+    assert_eq!(parse(&args("SPOP k 1 2"), 0), syntax());
     // A key that expired is missing.
     let mut store = crate::store::Store::default();
     run_on(&mut store, &["SET k 1 PXAT 1000"]);
