@@ -257,11 +257,14 @@ impl Store {
                 let mut next = 0;
                 // Compiled once for the step, not for each field it examines.
                 let glob = pattern.as_ref().map(|p| Glob::new(p));
+                let mut last = None;
                 for (i, (Slot(hash, f), v)) in h.starting_at(cursor).enumerate() {
-                    if i == count.max(1) {
+                    // Only between two hashes, as SCAN's steps end.
+                    if i >= count.max(1) && last != Some(*hash) {
                         next = *hash;
                         break;
                     }
+                    last = Some(*hash);
                     if glob.as_ref().is_none_or(|g| g.matches(f)) {
                         out.push(bulk(f));
                         if !novalues {

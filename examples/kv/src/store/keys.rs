@@ -107,11 +107,16 @@ impl Store {
         let mut next = 0;
         // Compiled once for the step, not for each key it examines.
         let glob = pattern.map(|p| Glob::new(p));
+        let mut last = None;
         for (i, (slot, v)) in self.map.starting_at(cursor).enumerate() {
-            if i == count.max(1) {
+            // A step ends only between two hashes: the next one starts at the first key of a
+            // hash, so keys that share one (a collision) are returned together, and a step
+            // always moves on.
+            if i >= count.max(1) && last != Some(slot.0) {
                 next = slot.0;
                 break;
             }
+            last = Some(slot.0);
             if v.live(now)
                 && kind.is_none_or(|k| v.data.kind() == k)
                 && glob.as_ref().is_none_or(|g| g.matches(&slot.1))

@@ -1900,3 +1900,43 @@ fn a_transaction_of_large_reads_holds_about_its_reply_bound() {
     );
     assert!(reply.is_error(), "{reply:?}");
 }
+
+#[test]
+fn scan_steps_past_keys_whose_hashes_collide() {
+    // Three keys share one hash (forged here; FNV-1a collisions can be searched for), and
+    // COUNT 1 is smaller than their run: a step returns the run whole, and the scan ends.
+    let mut s = Store::default();
+    for (hash, key) in [(5, "a"), (5, "b"), (5, "c"), (9, "d"), (0, "z")] {
+        let value = Value {
+            data: Data::Str(b("v")),
+            expires_at: None,
+            version: 0,
+        };
+        s.put(Slot(hash, b(key)), value);
+    }
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    for _ in 0..10 {
+        let Reply::Array(parts) = s.read(Query {
+            now: 0,
+            op: ReadOp::Scan {
+                cursor,
+                pattern: None,
+                count: 1,
+            },
+        }) else {
+            panic!("not an array")
+        };
+        let (Reply::Bulk(c), Reply::Array(keys)) = (&parts[0], &parts[1]) else {
+            panic!("not a cursor and keys")
+        };
+        seen.extend(keys.iter().cloned());
+        cursor = std::str::from_utf8(c).unwrap().parse().unwrap();
+        if cursor == 0 {
+            break;
+        }
+    }
+    assert_eq!(cursor, 0, "the scan ended");
+    let keys = ["z", "a", "b", "c", "d"].map(|k| Reply::Bulk(b(k)));
+    assert_eq!(seen, keys, "every key once, in hash order");
+}
