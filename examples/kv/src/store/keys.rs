@@ -17,6 +17,13 @@ fn to_seconds(ms: u64) -> i64 {
     (ms.saturating_add(500) / 1000) as i64
 }
 
+/// `ms` as a reply's integer. An expiry time can pass `i64::MAX` (a deadline set near the top
+/// of the range, stamped a little later by the leader): it is answered as `i64::MAX`, never as
+/// a negative number.
+fn saturating_i64(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
 impl Store {
     pub(super) fn del(&mut self, keys: Vec<Bytes>, now: u64) -> Reply {
         let mut n = 0;
@@ -77,7 +84,7 @@ impl Store {
             Some(Some(at)) => {
                 let left = at - now;
                 Reply::Int(if millis {
-                    left as i64
+                    saturating_i64(left)
                 } else {
                     to_seconds(left)
                 })
@@ -91,7 +98,11 @@ impl Store {
         match self.live(key, now).map(|v| v.expires_at) {
             None => Reply::Int(-2),
             Some(None) => Reply::Int(-1),
-            Some(Some(at)) => Reply::Int(if millis { at as i64 } else { to_seconds(at) }),
+            Some(Some(at)) => Reply::Int(if millis {
+                saturating_i64(at)
+            } else {
+                to_seconds(at)
+            }),
         }
     }
 

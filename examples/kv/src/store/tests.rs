@@ -1940,3 +1940,38 @@ fn scan_steps_past_keys_whose_hashes_collide() {
     let keys = ["z", "a", "b", "c", "d"].map(|k| Reply::Bulk(b(k)));
     assert_eq!(seen, keys, "every key once, in hash order");
 }
+
+#[test]
+fn an_expiry_past_the_integer_range_reads_as_the_largest_integer() {
+    // SET k v PX <near i64::MAX> accepted at one clock and stamped by a leader a little later
+    // stores a deadline past i64::MAX.
+    let mut s = Store::default();
+    let value = Value {
+        data: Data::Str(b("v")),
+        expires_at: Some(u64::MAX - 1),
+        version: 0,
+    };
+    s.put(Slot::new(b("k")), value);
+    let ask = |op| s.read(Query { now: 1_000, op });
+    let key = || b("k");
+    assert_eq!(
+        ask(ReadOp::ExpireTime {
+            key: key(),
+            millis: true
+        }),
+        Reply::Int(i64::MAX)
+    );
+    assert_eq!(
+        ask(ReadOp::Ttl {
+            key: key(),
+            millis: true
+        }),
+        Reply::Int(i64::MAX)
+    );
+    for millis in [false, true] {
+        let Reply::Int(n) = ask(ReadOp::Ttl { key: key(), millis }) else {
+            panic!("not an integer")
+        };
+        assert!(n > 0, "{n}");
+    }
+}
