@@ -224,11 +224,20 @@ impl SessionTable {
         Some(old.index)
     }
 
-    fn insert(&mut self, client_id: u64, r: Remembered) {
-        let new_cost = cost(&r.response);
+    /// Evicts the oldest sessions until a session whose response costs `new_cost` fits:
+    /// `present` if it is in the table already (out of the age index, so never the one evicted,
+    /// and counted as absent against the session limit).
+    fn make_room(&mut self, new_cost: usize, present: bool) {
         let max = to_usize(self.capacity.max_sessions);
         let max_bytes = to_usize(self.capacity.max_bytes);
-        self.evict_while(|t| t.clients.len() >= max || t.bytes + new_cost > max_bytes);
+        self.evict_while(|t| {
+            t.clients.len() - usize::from(present) >= max || t.bytes + new_cost > max_bytes
+        });
+    }
+
+    fn insert(&mut self, client_id: u64, r: Remembered) {
+        let new_cost = cost(&r.response);
+        self.make_room(new_cost, false);
         self.bytes += new_cost;
         self.by_age.insert((r.index, client_id));
         self.clients.insert(client_id, r);
@@ -308,14 +317,11 @@ impl SessionTable {
             return;
         };
         // Updated in place, with the same evictions as removing the session and inserting it
-        // anew: it leaves the age index first, so it is never the one evicted, and it counts
-        // as absent against the session limit.
+        // anew (see `make_room`).
         let new_cost = cost(&response);
         self.by_age.remove(&(old.index, client));
         self.bytes -= cost(&old.response);
-        let max = to_usize(self.capacity.max_sessions);
-        let max_bytes = to_usize(self.capacity.max_bytes);
-        self.evict_while(|t| t.clients.len() > max || t.bytes + new_cost > max_bytes);
+        self.make_room(new_cost, true);
         if let Some(r) = self.clients.get_mut(&client) {
             *r = Remembered {
                 sequence: session.sequence,

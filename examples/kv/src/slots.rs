@@ -38,6 +38,27 @@ impl Slot {
     }
 }
 
+/// One SCAN step over `entries` (in slot order, from a cursor): hands at least `count` (at
+/// least one) of them to `visit` and returns the next cursor, the hash of the first entry not
+/// visited, or 0 when none is left. A step ends only between two hashes, since the next one
+/// restarts at the first entry of its cursor's hash: entries that share a hash (a collision)
+/// are visited together, and every step moves on.
+pub fn scan_step<'a, V>(
+    entries: impl Iterator<Item = (&'a Slot, V)>,
+    count: usize,
+    mut visit: impl FnMut(&'a Slot, V),
+) -> u64 {
+    let mut last = None;
+    for (i, (slot, v)) in entries.enumerate() {
+        if i >= count.max(1) && last != Some(slot.0) {
+            return slot.0;
+        }
+        last = Some(slot.0);
+        visit(slot, v);
+    }
+    0
+}
+
 const SHARD_BITS: u32 = 10;
 /// How many shards a [`SlotMap`] has.
 pub const SHARDS: usize = 1 << SHARD_BITS;

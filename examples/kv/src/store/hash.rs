@@ -19,6 +19,7 @@ use super::strings::Integers;
 use super::strings::add_float;
 use super::strings::add_int;
 use crate::slots::Slot;
+use crate::slots::scan_step;
 
 /// A hash's fields and their values, ordered by each field's [`Slot`] (a stable 64-bit hash of
 /// the field, then the field), the same on every replica and the order the keyspace has. So
@@ -254,24 +255,16 @@ impl Store {
                 // As SCAN steps through keys: from the first field whose hash is at least the
                 // cursor, and the next cursor is the hash of the first field not examined.
                 let mut out = Vec::new();
-                let mut next = 0;
                 // Compiled once for the step, not for each field it examines.
                 let glob = pattern.as_ref().map(|p| Glob::new(p));
-                let mut last = None;
-                for (i, (Slot(hash, f), v)) in h.starting_at(cursor).enumerate() {
-                    // Only between two hashes, as SCAN's steps end.
-                    if i >= count.max(1) && last != Some(*hash) {
-                        next = *hash;
-                        break;
-                    }
-                    last = Some(*hash);
+                let next = scan_step(h.starting_at(cursor), count, |Slot(_, f), v| {
                     if glob.as_ref().is_none_or(|g| g.matches(f)) {
                         out.push(bulk(f));
                         if !novalues {
                             out.push(bulk(v));
                         }
                     }
-                }
+                });
                 Reply::Array(vec![
                     Reply::Bulk(Bytes::from(next.to_string())),
                     Reply::Array(out),

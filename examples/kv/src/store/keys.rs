@@ -10,6 +10,7 @@ use super::Reply;
 use super::Store;
 use super::reindex;
 use crate::slots::Slot;
+use crate::slots::scan_step;
 
 /// Milliseconds as whole seconds, rounded to the nearest (half up), as Redis' `TTL` and
 /// `EXPIRETIME` answer.
@@ -115,26 +116,16 @@ impl Store {
         now: u64,
     ) -> Reply {
         let mut keys = Vec::new();
-        let mut next = 0;
         // Compiled once for the step, not for each key it examines.
         let glob = pattern.map(|p| Glob::new(p));
-        let mut last = None;
-        for (i, (slot, v)) in self.map.starting_at(cursor).enumerate() {
-            // A step ends only between two hashes: the next one starts at the first key of a
-            // hash, so keys that share one (a collision) are returned together, and a step
-            // always moves on.
-            if i >= count.max(1) && last != Some(slot.0) {
-                next = slot.0;
-                break;
-            }
-            last = Some(slot.0);
+        let next = scan_step(self.map.starting_at(cursor), count, |slot, v| {
             if v.live(now)
                 && kind.is_none_or(|k| v.data.kind() == k)
                 && glob.as_ref().is_none_or(|g| g.matches(&slot.1))
             {
                 keys.push(Reply::Bulk(slot.1.clone()));
             }
-        }
+        });
         Reply::Array(vec![
             Reply::Bulk(Bytes::from(next.to_string())),
             Reply::Array(keys),

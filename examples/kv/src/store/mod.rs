@@ -720,8 +720,10 @@ impl Store {
             WriteOp::HIncrByFloat { key, field, by } => {
                 self.hincr_by_float(key, field, f64::from_bits(by), now)
             }
-            WriteOp::Exec { watched, ops } => self.exec(watched, ops, now, usize::MAX),
-            WriteOp::ExecBounded { watched, ops } => self.exec(watched, ops, now, MAX_EXEC_REPLY),
+            WriteOp::Exec { watched, ops } => self.exec(watched, ops, now, None),
+            WriteOp::ExecBounded { watched, ops } => {
+                self.exec(watched, ops, now, Some(MAX_EXEC_REPLY))
+            }
             WriteOp::Push {
                 key,
                 values,
@@ -755,7 +757,7 @@ impl Store {
     /// order, each with its own reply (an error in one does not stop the others, as in Redis).
     ///
     /// The reply is the entry's output, built on every replica. Once the replies built so far
-    /// hold more than `max_reply` bytes, the remaining commands still apply (the transaction is
+    /// hold more than `max_reply` bytes (if it is bounded), the remaining commands still apply (the transaction is
     /// atomic) but no more replies are built, reads are skipped, and the transaction answers an
     /// error saying so: a transaction that queues many large reads cannot make every replica
     /// hold gigabytes. (raft-core bounds the encoded output as well.)
@@ -764,7 +766,7 @@ impl Store {
         watched: Vec<Watched>,
         ops: Vec<Queued>,
         now: u64,
-        max_reply: usize,
+        max_reply: Option<usize>,
     ) -> Reply {
         let changed = watched.iter().any(|w| {
             let version = self.live(&w.key, now).map_or(0, |v| v.version);
@@ -776,7 +778,7 @@ impl Store {
         let mut replies = Vec::with_capacity(ops.len());
         let mut held = 0usize;
         for (i, op) in ops.into_iter().enumerate() {
-            let full = held > max_reply;
+            let full = max_reply.is_some_and(|max| held > max);
             let reply = match op {
                 Queued::Write(op) => self.apply_op(op, now),
                 Queued::Read(_) | Queued::Reply(_) if full => continue,
@@ -791,11 +793,16 @@ impl Store {
                 Queued::Reply(r) => r,
             };
             if !full {
-                held = held.saturating_add(reply.footprint());
+                // Measured only where it is bounded: pipelined batches are not.
+                if max_reply.is_some() {
+                    held = held.saturating_add(reply.footprint());
+                }
                 replies.push(reply);
             }
         }
-        if held > max_reply {
+        if let Some(max_reply) = max_reply
+            && held > max_reply
+        {
             return Reply::Error(format!(
                 "ERR the transaction was applied, but its replies would take more than {max_reply} bytes and are not returned"
             ));

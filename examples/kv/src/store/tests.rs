@@ -1848,7 +1848,7 @@ fn a_transaction_past_its_reply_bound_applies_everything_and_builds_no_more_repl
     let mut ops = vec![Queued::Write(set("before", "1", Expiry::Clear))];
     ops.extend((0..10).map(|_| get()));
     ops.push(Queued::Write(set("after", "2", Expiry::Clear)));
-    let reply = s.exec(Vec::new(), ops.clone(), 0, 4096);
+    let reply = s.exec(Vec::new(), ops.clone(), 0, Some(4096));
     assert!(reply.is_error(), "{reply:?}");
     for (key, value) in [("before", "1"), ("after", "2")] {
         assert_eq!(s.string(&b(key), 0), Ok(Some(&b(value))), "{key}");
