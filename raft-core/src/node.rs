@@ -61,6 +61,7 @@ use crate::types::TypeConfig;
 mod combine;
 mod errors;
 mod handler;
+mod stop;
 mod transport;
 
 /// A log position that a linearizable read must wait for, issued by the leader.
@@ -1250,12 +1251,13 @@ impl<S: StateMachine> Node<S> {
     /// no snapshot is placed or deleted (a build or an install still running is discarded, its
     /// temporary file removed), so a node can be started on the same data directory at once.
     /// Other clones of this node fail with [`Error::Shutdown`] afterwards.
+    ///
+    /// Consensus stops even if the returned future is dropped before it resolves (a timeout
+    /// around the shutdown): the core is joined on a thread of its own. Only the snapshot
+    /// store's closing is then skipped.
     pub async fn shutdown(&self) -> Result<()> {
-        self.inner
-            .raft
-            .shutdown()
-            .await
-            .map_err(|e| Error::Fatal(format!("shutdown: {e}")))?;
+        let raft = self.inner.raft.clone();
+        stop::shutdown(async move { raft.shutdown().await }).await?;
         // openraft does not wait for a snapshot build or install under way: from here on, one
         // that finishes places and deletes nothing, so a node started next on the same data
         // dir is not raced.

@@ -16,6 +16,7 @@ use raft_core::Node;
 use raft_core::Role;
 use raft_core::log::LogError;
 use raft_core::snapshot::SnapshotError;
+use raft_core::testing::PanicWatch;
 use raft_core::testing::Router;
 use raft_core::testing::Sum;
 use raft_core::types::Request;
@@ -604,4 +605,55 @@ async fn without_combining_every_write_is_its_own_entry() {
         .map(|(c, r)| (c, r.unwrap()))
         .collect();
     assert_eq!(running_total(1, pairs), 1 + 50 * 51 / 2);
+}
+
+/// A shutdown whose caller gives up (a timeout around it) still stops the node, and the
+/// callers still writing get errors, not panics. openraft records how its core ended from the
+/// first caller that joins it; were that the cancelled shutdown, every other caller would panic.
+#[test]
+fn a_cancelled_shutdown_still_stops_the_node_without_panics() {
+    let panics = PanicWatch::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The cancellation point moves through the shutdown from one round to the next.
+    for round in 0..200u64 {
+        rt.block_on(async {
+            // A write in flight as the node stops may end only at its request timeout.
+            let config = Config::in_memory(1)
+                .with_timing(Duration::from_millis(20), Duration::from_millis(100))
+                .with_request_timeout(Duration::from_secs(1));
+            let node = start_with(config).await.unwrap();
+            node.initialize([(1, "node-1")]).await.unwrap();
+            node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+                .await
+                .unwrap();
+            let writers: Vec<_> = (0..8)
+                .map(|_| {
+                    let node = node.clone();
+                    tokio::spawn(async move {
+                        // Until the node has refused this writer a few times.
+                        let mut refused = 0;
+                        while refused < 3 {
+                            if node.write(1).await.is_err() {
+                                refused += 1;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let cancel_after = Duration::from_micros(round % 13 * 20);
+            let _ = tokio::time::timeout(cancel_after, node.shutdown()).await;
+            for w in writers {
+                tokio::time::timeout(Duration::from_secs(10), w)
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: the node did not stop"))
+                    .expect("no writer panics");
+            }
+        });
+    }
+    drop(rt);
+    assert_eq!(panics.panics(), Vec::<String>::new());
 }

@@ -1,0 +1,69 @@
+//! Stopping openraft's core from a thread of its own, so that no caller can cancel the join.
+//!
+//! openraft records how its core ended in a state that one caller — the first to join the core
+//! task — moves from "joining" to "done". If that caller's future is dropped while it waits (a
+//! timeout around a shutdown, or the runtime itself shutting down and cancelling the task that
+//! was stopping a node), every other caller waiting for the core finds the state still
+//! "joining" and panics (`raft_inner.rs`, "RaftCore should have already quit"). A join run on a
+//! thread that nothing cancels always records the result, whatever happens to the callers.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Context;
+use std::task::Poll;
+use std::task::Wake;
+use std::thread::Thread;
+
+use crate::error::Error;
+use crate::error::Result;
+
+/// Wakes the thread that polls the future.
+struct Unpark(Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs `future` to completion on the calling thread. Only for futures that need no runtime
+/// services (timers, I/O): the core's join handle and channels wake through their wakers alone.
+fn block_on<F: Future>(future: F) -> F::Output {
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+/// Stops `raft` (sends its shutdown signal and joins its core and tick tasks) on a thread of its
+/// own; resolves when that is done. Dropping the returned future does not stop the join.
+pub(super) async fn shutdown<F, E>(shutdown: F) -> Result<()>
+where
+    F: Future<Output = std::result::Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("raft-stop".into())
+        .spawn(move || {
+            let r = block_on(shutdown).map_err(|e| e.to_string());
+            let _ = tx.send(r);
+        })
+        .map_err(|e| Error::Fatal(format!("shutdown: starting a thread to stop the node: {e}")))?;
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::Fatal(format!("shutdown: {e}"))),
+        Err(_) => Err(Error::Fatal(
+            "shutdown: the thread stopping the node ended without an answer".into(),
+        )),
+    }
+}
