@@ -104,7 +104,9 @@ pub fn address(id: NodeId) -> String {
 /// A cluster watches for panics from its start (see [`PanicWatch`]): dropping it panics, and so
 /// fails the test that ran it, if any thread of the process panicked meanwhile, a node's own
 /// tasks included, naming where. A test already failing is left to its own message. A test
-/// that expects panics takes them with [`Cluster::take_panics`], which ends the check.
+/// that expects panics takes them with [`Cluster::take_panics`], which ends the check. On a
+/// multi-thread runtime, dropping it first shuts its running nodes down (see
+/// [`stop_before_teardown`](super::stop_before_teardown)).
 pub struct Cluster<S: StateMachine> {
     router: Router,
     dir: Option<tempfile::TempDir>,
@@ -120,6 +122,12 @@ impl<S: StateMachine> Drop for Cluster<S> {
         if std::thread::panicking() {
             return;
         }
+        let running = std::mem::take(self.nodes.get_mut().unwrap_or_else(|e| e.into_inner()));
+        super::stop_before_teardown(async move {
+            for node in running.into_values() {
+                let _ = node.shutdown().await;
+            }
+        });
         let panics = self.take_panics();
         assert!(
             panics.is_empty(),

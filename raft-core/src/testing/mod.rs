@@ -12,6 +12,7 @@
 //! * [`ManualClock`] — a clock a test sets by hand, to give nodes skewed clocks.
 //! * [`eventually`] — waits for a condition nothing announces (a disk sample), with a bound.
 //! * [`PanicWatch`] — the panics of every thread since it started, a node's tasks included.
+//! * [`stop_before_teardown`] — stops nodes from a `Drop` impl before a multi-thread runtime ends.
 //! * [`synth`] — generated key-value histories with a planted fault (or none), for testing and
 //!   benchmarking the checker.
 //!
@@ -77,6 +78,7 @@ pub use self::nemesis::Nemesis;
 pub use self::nemesis::Schedule;
 pub use self::nemesis::Step;
 pub use self::panics::PanicWatch;
+pub use self::panics::stop_before_teardown;
 pub use self::router::Router;
 pub use self::router::RouterConnection;
 pub use self::router::RouterTransport;

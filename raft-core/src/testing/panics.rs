@@ -71,6 +71,27 @@ impl PanicWatch {
     }
 }
 
+/// Runs `stop` to completion from a `Drop` impl before a multi-thread Tokio runtime tears down
+/// the nodes it stops, blocking the dropping thread meanwhile; returns whether it ran. On any
+/// other thread (a current-thread runtime, or none) it returns `false` at once, `stop` not run:
+/// such a runtime never polls one task while it drops another.
+///
+/// Why: a multi-thread runtime that ends while a node runs drops the node's tasks while others
+/// still run. If it drops the task that was joining openraft's core, a task still waiting for
+/// that core panics ("RaftCore should have already quit", in openraft's `raft_inner.rs`), and a
+/// [`PanicWatch`] of any test in the process sees it. [`Cluster`](super::Cluster) stops its
+/// nodes with this when dropped; harnesses of other transports can do the same.
+pub fn stop_before_teardown<F: std::future::Future>(stop: F) -> bool {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    if rt.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return false;
+    }
+    tokio::task::block_in_place(|| rt.block_on(stop));
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,8 +40,9 @@ pub struct GrpcCluster {
     /// Options of each node, when they differ (see [`GrpcCluster::start_each`]).
     pub per_node: BTreeMap<NodeId, GrpcOptions>,
     pub configure: fn(Config) -> Config,
-    /// Panics since the cluster started; dropping the cluster fails the test on any (a panic
-    /// in a node's task never reaches the test otherwise).
+    /// Panics since the cluster started; dropping the cluster (which first shuts the nodes down,
+    /// on a multi-thread runtime) fails the test on any (a panic in a node's task never reaches
+    /// the test otherwise).
     pub panics: PanicWatch,
 }
 
@@ -50,6 +51,12 @@ impl Drop for GrpcCluster {
         if std::thread::panicking() {
             return;
         }
+        let nodes = std::mem::take(&mut self.nodes);
+        raft_core::testing::stop_before_teardown(async move {
+            for node in nodes.into_values() {
+                let _ = node.shutdown().await;
+            }
+        });
         let panics = self.panics.panics();
         assert!(panics.is_empty(), "a thread panicked at {panics:?}");
     }
