@@ -21,6 +21,9 @@
 /// - [`Glob::matches`] takes at most O(n × min(n, tokens)) steps, each O(1) (at most
 ///   [`SHORT_CLASS`] bytes of a class read), however long the pattern: O(n²) at worst, never
 ///   exponential. It stops where the string fails to match.
+/// - [`Glob::matches_bounded`] gives up past [`FREE_STEPS`] + [`STEPS_PER_BYTE`] × n steps, so
+///   a pattern built to backtrack cannot make a long key cost O(n²): what the store's scans
+///   use, under its lock.
 #[derive(Debug, Clone)]
 pub struct Glob {
     /// The pattern's tokens, in order; no two `*` runs are next to each other.
@@ -37,6 +40,24 @@ pub(super) const SHORT_CLASS: usize = 32;
 
 /// The marker of a class kept as a table.
 const LONG: u8 = u8::MAX;
+
+/// Steps [`Glob::matches_bounded`] may take for each byte of the string, past
+/// [`FREE_STEPS`]. Patterns as people write them (`user:*`, `*:name`, `a?c*[0-9]`) take a few
+/// per byte; only one that backtracks at nearly every byte of a long string (`*a*a*…ab`
+/// against `aaaa…`) takes more.
+pub const STEPS_PER_BYTE: u64 = 64;
+
+/// Steps [`Glob::matches_bounded`] may take whatever the string's length: a string of up to
+/// 64 bytes can never need more.
+pub const FREE_STEPS: u64 = 4096;
+
+/// Why [`Glob::matches_bounded`] gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "ERR the MATCH pattern takes more than {STEPS_PER_BYTE} steps per byte to match a key; \
+     use a simpler pattern"
+)]
+pub struct TooCostly;
 
 /// One token of a compiled pattern: `0..=255` a byte to match as it is (escapes already
 /// resolved), or one of [`Token::ANY`], [`Token::STARS`] and [`Token::CLASS`].
@@ -128,6 +149,22 @@ impl Glob {
     /// O(n × min(n, tokens)) steps of O(1) each for `s` of `n` bytes, whatever the pattern's
     /// length.
     pub fn matches(&self, s: &[u8]) -> bool {
+        self.matches_within(s, u64::MAX).unwrap_or(false)
+    }
+
+    /// Like [`Glob::matches`], but [`TooCostly`] past [`FREE_STEPS`] + [`STEPS_PER_BYTE`] × n
+    /// steps for `s` of `n` bytes: O(n) at worst. Deterministic (steps, not time), so every
+    /// replica of a transaction gives up at the same key.
+    pub fn matches_bounded(&self, s: &[u8]) -> Result<bool, TooCostly> {
+        let limit = (s.len() as u64)
+            .saturating_mul(STEPS_PER_BYTE)
+            .saturating_add(FREE_STEPS);
+        self.matches_within(s, limit).ok_or(TooCostly)
+    }
+
+    /// Whether the pattern matches all of `s`, or `None` past `limit` steps.
+    fn matches_within(&self, s: &[u8], limit: u64) -> Option<bool> {
+        let mut steps: u64 = 0;
         let mut at = At { token: 0, class: 0 };
         let mut t = 0;
         // Where to resume after the last `*` run: the token just past it, and the string from
@@ -135,6 +172,10 @@ impl Glob {
         // run can take whatever an earlier one would have.
         let mut star: Option<(At, usize)> = None;
         while let Some(&c) = s.get(t) {
+            steps += 1;
+            if steps > limit {
+                return None;
+            }
             count(1);
             let advanced = match self.tokens.get(at.token) {
                 None => false,
@@ -159,13 +200,15 @@ impl Glob {
                 at = resume;
                 t = from + 1;
             } else {
-                return false;
+                return Some(false);
             }
         }
         // No two `*` runs are next to each other, so this looks at two tokens at most.
-        self.tokens
-            .get(at.token..)
-            .is_none_or(|rest| rest.iter().all(|token| *token == Token::STARS))
+        Some(
+            self.tokens
+                .get(at.token..)
+                .is_none_or(|rest| rest.iter().all(|token| *token == Token::STARS)),
+        )
     }
 
     /// Whether the class at `at` in [`Glob::classes`] matches `c`, and where the next class
@@ -192,6 +235,24 @@ impl Glob {
             let read = read_class(between, |from, to| matched |= (from..=to).contains(&c));
             count(between.len());
             (matched != read.negate, end)
+        }
+    }
+}
+
+/// Whether `s` passes a scan's optional pattern (no pattern: it does), by
+/// [`Glob::matches_bounded`]. A pattern that gives up is recorded in `costly` and counts as no
+/// match; a scan that finds `costly` set answers its error instead of keys.
+pub(super) fn matches_bounded(
+    glob: Option<&Glob>,
+    s: &[u8],
+    costly: &mut Option<TooCostly>,
+) -> bool {
+    match glob.map(|g| g.matches_bounded(s)) {
+        None | Some(Ok(true)) => true,
+        Some(Ok(false)) => false,
+        Some(Err(e)) => {
+            *costly = Some(e);
+            false
         }
     }
 }

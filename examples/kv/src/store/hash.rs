@@ -15,6 +15,7 @@ use super::Glob;
 use super::ReadOp;
 use super::Reply;
 use super::Store;
+use super::glob::matches_bounded;
 use super::strings::Integers;
 use super::strings::add_float;
 use super::strings::add_int;
@@ -257,14 +258,18 @@ impl Store {
                 let mut out = Vec::new();
                 // Compiled once for the step, not for each field it examines.
                 let glob = pattern.as_ref().map(|p| Glob::new(p));
+                let mut costly = None;
                 let next = scan_step(h.starting_at(cursor), count, |Slot(_, f), v| {
-                    if glob.as_ref().is_none_or(|g| g.matches(f)) {
+                    if costly.is_none() && matches_bounded(glob.as_ref(), f, &mut costly) {
                         out.push(bulk(f));
                         if !novalues {
                             out.push(bulk(v));
                         }
                     }
                 });
+                if let Some(e) = costly {
+                    return Reply::error(e.to_string());
+                }
                 Reply::Array(vec![
                     Reply::Bulk(Bytes::from(next.to_string())),
                     Reply::Array(out),

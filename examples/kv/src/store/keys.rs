@@ -8,6 +8,7 @@ use super::Glob;
 use super::Kind;
 use super::Reply;
 use super::Store;
+use super::glob::matches_bounded;
 use super::reindex;
 use crate::slots::Slot;
 use crate::slots::scan_step;
@@ -118,14 +119,19 @@ impl Store {
         let mut keys = Vec::new();
         // Compiled once for the step, not for each key it examines.
         let glob = pattern.map(|p| Glob::new(p));
+        let mut costly = None;
         let next = scan_step(self.map.starting_at(cursor), count, |slot, v| {
-            if v.live(now)
+            if costly.is_none()
+                && v.live(now)
                 && kind.is_none_or(|k| v.data.kind() == k)
-                && glob.as_ref().is_none_or(|g| g.matches(&slot.1))
+                && matches_bounded(glob.as_ref(), &slot.1, &mut costly)
             {
                 keys.push(Reply::Bulk(slot.1.clone()));
             }
         });
+        if let Some(e) = costly {
+            return Reply::error(e.to_string());
+        }
         Reply::Array(vec![
             Reply::Bulk(Bytes::from(next.to_string())),
             Reply::Array(keys),

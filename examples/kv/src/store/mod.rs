@@ -850,13 +850,17 @@ impl Store {
             ReadOp::Keys(pattern) => {
                 // Compiled once, not for each key.
                 let glob = Glob::new(&pattern);
-                Reply::Array(
-                    self.map
-                        .iter()
-                        .filter(|(s, v)| v.live(now) && glob.matches(&s.1))
-                        .map(|(s, _)| Reply::Bulk(s.1.clone()))
-                        .collect(),
-                )
+                let mut keys = Vec::new();
+                for (s, v) in self.map.iter() {
+                    if v.live(now) {
+                        match glob.matches_bounded(&s.1) {
+                            Ok(true) => keys.push(Reply::Bulk(s.1.clone())),
+                            Ok(false) => {}
+                            Err(e) => return Reply::error(e.to_string()),
+                        }
+                    }
+                }
+                Reply::Array(keys)
             }
             ReadOp::Scan {
                 cursor,

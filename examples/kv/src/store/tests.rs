@@ -1421,7 +1421,14 @@ fn hrandfield_with_a_large_negative_count_walks_the_hash_once() {
 
 /// Whether `pattern` matches `s`, compiled for this one string.
 fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
-    Glob::new(pattern).matches(s)
+    let glob = Glob::new(pattern);
+    let matched = glob.matches(s);
+    assert_eq!(
+        glob.matches_bounded(s),
+        Ok(matched),
+        "bounded and not agree"
+    );
+    matched
 }
 
 /// Glob matching as earlier versions did it: the reference for what patterns mean.
@@ -1973,5 +1980,108 @@ fn an_expiry_past_the_integer_range_reads_as_the_largest_integer() {
             panic!("not an integer")
         };
         assert!(n > 0, "{n}");
+    }
+}
+
+/// `*`, `a` × `run`, then `b`: against a string of `a`s, each start position matches `run`
+/// bytes before failing, so matching costs about `run` steps per byte.
+fn backtracking_pattern(run: usize) -> Vec<u8> {
+    let mut pattern = vec![b'*'];
+    pattern.extend(std::iter::repeat_n(b'a', run));
+    pattern.push(b'b');
+    pattern
+}
+
+/// The most work `matches_bounded` may do on a string of `n` bytes.
+fn glob_bound(n: usize) -> u64 {
+    super::glob::FREE_STEPS + super::glob::STEPS_PER_BYTE * n as u64
+}
+
+#[test]
+fn a_pattern_built_to_backtrack_gives_up_within_its_bound() {
+    let key = vec![b'a'; 20_000];
+    let glob = compiled(&backtracking_pattern(1_000));
+    // Unbounded, it costs about 1,000 steps per byte of the key.
+    let (matched, unbounded) = glob_work(&glob, &key);
+    assert!(!matched);
+    assert!(
+        unbounded > 10 * glob_bound(key.len()),
+        "unbounded: {unbounded}"
+    );
+    // Bounded, it gives up within its allowance.
+    let before = glob_work_so_far();
+    assert_eq!(glob.matches_bounded(&key), Err(super::glob::TooCostly));
+    let work = glob_work_so_far() - before;
+    assert!(work <= glob_bound(key.len()), "bounded: {work}");
+    // Patterns as people write them match the same long key well within it.
+    let mut long = key.clone();
+    long.extend_from_slice(b":name");
+    for (pattern, expected) in [
+        (&b"*:name"[..], true),
+        (b"a*", true),
+        (b"*a?name", true),
+        (b"*b?name", false),
+        (b"a*[:]n*e", true),
+        (b"*:id", false),
+    ] {
+        let glob = compiled(pattern);
+        let before = glob_work_so_far();
+        assert_eq!(glob.matches_bounded(&long), Ok(expected));
+        assert!(glob_work_so_far() - before <= 4 * long.len() as u64);
+    }
+}
+
+#[test]
+fn scans_answer_an_error_rather_than_backtrack_through_a_long_key() {
+    // SCAN, HSCAN and KEYS in a transaction match under the store's lock, on every replica
+    // for the transaction: a long key and a pattern built to backtrack must not hold it for
+    // O(n²) steps.
+    let long = Bytes::from(vec![b'a'; 20_000]);
+    let pattern = Bytes::from(backtracking_pattern(1_000));
+    let mut s = Store::default();
+    for key in [long.clone(), b("short")] {
+        s.write(at(
+            0,
+            WriteOp::Set {
+                key,
+                value: b("v"),
+                expiry: Expiry::Keep,
+                condition: Condition::Always,
+                get: false,
+            },
+        ));
+    }
+    s.write(at(
+        0,
+        WriteOp::HSet {
+            key: b("h"),
+            pairs: vec![(long.clone(), b("v")), (b("f"), b("v"))],
+            nx: false,
+        },
+    ));
+    let reads = [
+        ReadOp::Scan {
+            cursor: 0,
+            pattern: Some(pattern.clone()),
+            count: 10,
+        },
+        ReadOp::HScan {
+            key: b("h"),
+            cursor: 0,
+            pattern: Some(pattern.clone()),
+            count: 10,
+            novalues: false,
+        },
+        ReadOp::Keys(pattern.clone()),
+    ];
+    for op in reads {
+        let what = format!("{op:?}").chars().take(12).collect::<String>();
+        let before = glob_work_so_far();
+        let reply = read(&s, op);
+        let work = glob_work_so_far() - before;
+        assert!(reply.is_error(), "{what}: {reply:?}");
+        // Compiling the pattern, then at most the bound for each of the two strings.
+        let most = pattern.len() as u64 + 1 + glob_bound(long.len()) + glob_bound(5);
+        assert!(work <= most, "{what}: {work} steps, at most {most}");
     }
 }
