@@ -98,6 +98,10 @@ pub enum Consistency {
 
 pub(crate) type RaftHandle<S> = Raft<TypeConfig, Applier<S>>;
 
+/// How often a request waiting on the consensus engine checks that the engine still runs
+/// (see [`Node::with_timeout`]).
+const STOP_CHECK: Duration = Duration::from_secs(1);
+
 pub(crate) struct Inner<S: StateMachine> {
     id: NodeId,
     config: Config,
@@ -450,11 +454,33 @@ impl<S: StateMachine> Node<S> {
         });
     }
 
+    /// Runs `fut` for at most the request timeout ([`Error::Timeout`] then). Past each
+    /// [`STOP_CHECK`] of waiting it also checks whether the consensus engine has stopped, and
+    /// if so fails at once with what stopped it ([`Error::Shutdown`] after a shutdown; the
+    /// outcome of a write is then unknown). A request handed to the engine just as it stopped
+    /// could otherwise wait for its whole timeout: tokio's bounded channel keeps a message
+    /// pushed after its receiver's drop has emptied it, neither answered nor dropped, until
+    /// the last sender goes, and openraft's handle keeps one for as long as the node lives.
+    /// The check costs nothing while requests answer within [`STOP_CHECK`].
     async fn with_timeout<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
         let limit = self.inner.config.request_timeout;
-        tokio::time::timeout(limit, fut)
-            .await
-            .unwrap_or(Err(Error::Timeout(limit)))
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            let check_at = (tokio::time::Instant::now() + STOP_CHECK).min(deadline);
+            match tokio::time::timeout_at(check_at, &mut fut).await {
+                Ok(r) => return r,
+                Err(_) if check_at >= deadline => return Err(Error::Timeout(limit)),
+                Err(_) => {
+                    if let Err(e) = &self.inner.raft.metrics().borrow_watched().running_state {
+                        return Err(match e {
+                            Fatal::Stopped => Error::Shutdown,
+                            e => errors::fatal(e),
+                        });
+                    }
+                }
+            }
+        }
     }
 
     /// Replicates `command`, applies it on every node and returns this node's output. Only the
