@@ -200,8 +200,28 @@ enum Source {
         file: Arc<File>,
         path: PathBuf,
         len: u64,
+        /// Set for a snapshot received from a peer and not yet placed.
+        received: Option<Arc<Received>>,
     },
     Memory(Bytes),
+}
+
+/// A received snapshot's file, deleted when the last handle to it goes unless it was placed
+/// ([`SnapshotStore::adopt`]). A snapshot received but never installed — refused by the checks
+/// after receiving, dropped by the consensus engine because the log already covers it or a
+/// newer term began — would otherwise keep its disk space until the node restarts, and each
+/// resend would take as much again.
+struct Received {
+    path: PathBuf,
+    placed: AtomicBool,
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        if !*self.placed.get_mut() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// A handle to one snapshot's bytes. Cheap to clone; reading never loads it whole.
@@ -313,8 +333,22 @@ impl SnapshotData {
                 file: Arc::new(file),
                 path,
                 len,
+                received: None,
             },
         })
+    }
+
+    /// A snapshot just received into `path`, deleted with its last handle unless placed.
+    fn received(path: PathBuf) -> Result<SnapshotData, SnapshotError> {
+        let guard = Arc::new(Received {
+            path: path.clone(),
+            placed: AtomicBool::new(false),
+        });
+        let mut data = SnapshotData::from_file(path)?;
+        if let Source::File { received, .. } = &mut data.source {
+            *received = Some(guard);
+        }
+        Ok(data)
     }
 }
 
@@ -926,9 +960,12 @@ impl SnapshotStore {
             return Err(closed);
         }
         let data = match (&self.dir, &data.source) {
-            (Some(dir), Source::File { path, .. }) => {
+            (Some(dir), Source::File { path, received, .. }) => {
                 let fin = dir.join(format!("{seq:020}{SUFFIX}"));
                 fs::rename(path, &fin).map_err(at("rename", path))?;
+                if let Some(r) = received {
+                    r.placed.store(true, Ordering::Relaxed);
+                }
                 fsutil::sync_dir(dir)?;
                 SnapshotData::from_file(fin)?
             }
@@ -1127,16 +1164,15 @@ impl SnapshotSink {
                     .into_inner()
                     .map_err(|e| at("write", path)(e.into_error()))?;
                 file.sync_all().map_err(at("fsync", path))?;
-                SnapshotData::from_file(path.clone())?
+                // From here the file belongs to the returned handle: renamed into place on
+                // install, deleted with the handle's last clone otherwise.
+                let data = SnapshotData::received(path.clone())?;
+                *path = PathBuf::new();
+                data
             }
         };
         let parsed = parse(&data)?;
         check_cluster(&self.cluster, &data, parsed.cluster, false)?;
-        // From here the file belongs to the caller (it is renamed into place on install);
-        // an install that never happens leaves a .tmp that the next start removes.
-        if let SinkTarget::File { path, .. } = &mut self.target {
-            *path = PathBuf::new();
-        }
         Ok((parsed.meta, data))
     }
 }
@@ -1255,6 +1291,7 @@ mod tests {
                 file: Arc::new(File::open(dir.path()).unwrap()),
                 path: dir.path().to_path_buf(),
                 len: 100,
+                received: None,
             },
         };
         match parse(&data) {
@@ -1527,6 +1564,36 @@ mod tests {
         sink.write(b"garbage that is not a snapshot").unwrap();
         assert!(matches!(sink.finish(), Err(SnapshotError::Corrupt { .. })));
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_received_snapshot_never_installed_takes_no_disk_once_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path(), u64::MAX).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        write(&open_store(other.path(), u64::MAX).unwrap(), 9, b"sent");
+        let bytes = fs::read(&snap_files(other.path())[0]).unwrap();
+        let receive = || {
+            let mut sink = store.sink(None).unwrap();
+            sink.write(&bytes).unwrap();
+            sink.finish().unwrap()
+        };
+        // Received whole, then refused by a later check, or not needed: every handle dropped.
+        let (_, data) = receive();
+        let clone = data.clone();
+        drop(data);
+        assert_eq!(snap_files(dir.path()).len(), 1, "a clone still reads it");
+        drop(clone);
+        assert_eq!(snap_files(dir.path()), Vec::<PathBuf>::new());
+        // Received and installed: placed, and kept once the received handle is gone.
+        let (received_meta, data) = receive();
+        store.adopt(&received_meta, data).unwrap();
+        let placed = snap_files(dir.path());
+        assert_eq!(placed.len(), 1);
+        assert!(placed[0].to_string_lossy().ends_with(SUFFIX), "{placed:?}");
+        let reopened = open_store(dir.path(), u64::MAX).unwrap();
+        let (m, data) = reopened.current().unwrap().unwrap();
+        assert_eq!((m, body(&data)), (meta(9), b"sent".to_vec()));
     }
 
     #[test]
