@@ -671,6 +671,11 @@ pub(crate) fn write_checksummed<W: Write>(
             None => WriteError::Snapshot(SnapshotError::StateMachine(e)),
         });
     }
+    // A state machine that went on past a failed write (ignored its error) would leave bytes
+    // out that the checksum, taken over what was written, cannot notice.
+    if let Some(output) = w.failed.take() {
+        return Err(WriteError::Output(output));
+    }
     let (crc, bytes) = (w.crc, w.bytes + TRAILER_LEN);
     let mut inner = w.inner;
     inner
@@ -1279,6 +1284,38 @@ mod tests {
         match write(1 << 20, fails) {
             Err(WriteError::Snapshot(SnapshotError::StateMachine(_))) => {}
             other => panic!("{other:?}"),
+        }
+        // A state machine that ignores the writer's error and reports success, on an output
+        // that fails one large write and takes everything else: the bytes lost are not in the
+        // checksum, so only the recorded failure can tell.
+        struct FailsOnce(bool);
+        impl Write for FailsOnce {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if buf.len() >= 4096 && !self.0 {
+                    self.0 = true;
+                    return Err(io::Error::from(io::ErrorKind::StorageFull));
+                }
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let ignores = |w: &mut dyn Write| {
+            let _ = w.write_all(&[7; 4096]);
+            w.write_all(&[8; 16])
+        };
+        let written = write_snapshot_bytes(
+            FailsOnce(false),
+            None,
+            &meta(1),
+            &SessionTable::default(),
+            &ApplyExtra::default(),
+            ignores,
+        );
+        match written {
+            Err(WriteError::Output(e)) => assert_eq!(e.kind(), io::ErrorKind::StorageFull),
+            other => panic!("{:?}", other.map(|w| w.0)),
         }
     }
 
