@@ -15,10 +15,12 @@
 //! registers a new session for its next write.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 use std::time::Instant;
 use std::time::SystemTime;
@@ -489,23 +491,37 @@ async fn flush<S: AsyncWrite + Unpin>(
             limits.output_bytes
         )));
     }
+    let timed_out = || {
+        metrics::counter!("kv_output_limit_disconnects_total").increment(1);
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client took none of its replies within the output timeout",
+        )
+    };
     let mut sent = 0;
     while sent < out.len() {
         let write = socket.write(&out[sent..]);
         let n = match tokio::time::timeout(limits.output_timeout, write).await {
             Ok(n) => n?,
-            Err(_) => {
-                metrics::counter!("kv_output_limit_disconnects_total").increment(1);
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the client took none of its replies within the output timeout",
-                ));
-            }
+            Err(_) => return Err(timed_out()),
         };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         sent += n;
+    }
+    // A TLS stream takes the last replies into its own buffer when the socket is full and
+    // sends them only when written to or flushed again: without this they could wait there
+    // while the connection goes back to reading, and the client for them. A plain socket (and
+    // a TLS stream with room) flushes at once, without a timer.
+    let at_once =
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *socket).poll_flush(cx))).await;
+    match at_once {
+        Poll::Ready(r) => r?,
+        Poll::Pending => match tokio::time::timeout(limits.output_timeout, socket.flush()).await {
+            Ok(r) => r?,
+            Err(_) => return Err(timed_out()),
+        },
     }
     if out.capacity() > KEEP_OUTPUT_BYTES {
         // A large reply grew the buffer: give it back rather than keep it with the connection.
@@ -998,11 +1014,53 @@ async fn info(ctx: &Ctx, section: Option<&str>) -> Reply {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+    use std::task::Context;
+    use std::task::Poll;
     use std::time::Duration;
 
+    use bytes::BytesMut;
+    use tokio::io::AsyncWrite;
     use tokio::time::Instant;
 
     use super::ReadDeadline;
+
+    /// A writer that, like a TLS stream over a full socket, takes every write into a buffer
+    /// of its own and sends what it holds only when flushed.
+    #[derive(Default)]
+    struct Buffering {
+        held: Vec<u8>,
+        sent: Vec<u8>,
+    }
+
+    impl AsyncWrite for Buffering {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            let held = std::mem::take(&mut self.held);
+            self.sent.extend_from_slice(&held);
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_are_sent_not_left_in_the_streams_buffer() {
+        let mut socket = Buffering::default();
+        let mut out = BytesMut::from(&b"+OK\r\n$1\r\nv\r\n"[..]);
+        let limits = crate::limits::ConnLimits::default();
+        super::flush(&mut socket, &mut out, &limits).await.unwrap();
+        assert_eq!(socket.sent, b"+OK\r\n$1\r\nv\r\n");
+        assert!(socket.held.is_empty() && out.is_empty());
+    }
 
     #[test]
     fn the_read_deadline_is_the_first_one_and_names_its_cause() {
