@@ -408,7 +408,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         // A command part-way through must fit, as it arrives, under the node's bound on all
         // clients' buffers: a large bulk's buffer is sized when its header arrives, so this
         // is checked before its data is read.
-        let queued = conn.tx.as_ref().map_or(0, |tx| tx.bytes) + conn.watched_bytes;
+        let queued = conn.tx.as_ref().map_or(0, |tx| tx.bytes)
+            + conn.watched_bytes
+            + conn.name.as_ref().map_or(0, Bytes::len);
         if !conn
             .share
             .cover(parser.held() + input.capacity() + out.capacity() + queued)
@@ -532,6 +534,20 @@ async fn flush<S: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Commands whose arguments the connection may keep after it has answered them.
+const KEEPS_ARGUMENTS: [&str; 2] = ["watch", "client"];
+
+/// Copies `args` into one buffer of their own size.
+fn compact(args: &[Bytes]) -> Vec<Bytes> {
+    let mut all = BytesMut::with_capacity(args.iter().map(Bytes::len).sum());
+    args.iter()
+        .map(|a| {
+            all.extend_from_slice(a);
+            all.split().freeze()
+        })
+        .collect()
+}
+
 /// Runs one command, or adds it to `batch` to be replicated with the commands around it, and
 /// appends its reply (after those of the batch it ends); `true` when the connection should
 /// close.
@@ -561,6 +577,16 @@ async fn execute(
         resp::encode(&r, out, conn.proto);
         return false;
     }
+    // Arguments the connection keeps past the command (queued after MULTI, WATCHed keys, a
+    // CLIENT SETNAME name) are copied out of the read buffer: a slice of it would keep the
+    // whole buffer, a large bulk's included, while only its own bytes are counted.
+    let owned;
+    let args = if conn.tx.is_some() || spec.is_some_and(|s| KEEPS_ARGUMENTS.contains(&s.name)) {
+        owned = compact(args);
+        &owned[..]
+    } else {
+        args
+    };
     // One clock reading: EX/PX deadlines and the write's stamp are the same instant.
     let now = now_ms();
     let action = commands::parse_as(spec, args, now, ctx.limits.resp.max_bulk);

@@ -612,6 +612,38 @@ fn commands_queued_in_transactions_count_against_maxmemory_clients() {
 }
 
 #[test]
+fn watched_keys_and_client_names_keep_only_their_own_bytes() {
+    const BULK: usize = 16 * MIB;
+    let node = node_with_client_memory(64 * MIB);
+    let before = node.rss();
+    let mut c = node.connect();
+    c.stream.set_write_timeout(Some(WAIT)).expect("timeout");
+    // A large bulk gets a read buffer of its own, and the commands sent right after it in the
+    // same write are parsed out of that buffer: a key WATCH keeps, or a name CLIENT SETNAME
+    // keeps, must not keep the buffer (and the 16 MiB in it) alive with it.
+    let big = vec![b'v'; BULK];
+    for i in 0..16 {
+        let key = format!("w{i}");
+        let name = format!("n{i}");
+        let mut write = encode(&[b"ECHO", &big]);
+        write.extend(encode(&[b"WATCH", key.as_bytes()]));
+        write.extend(encode(&[b"CLIENT", b"SETNAME", name.as_bytes()]));
+        c.stream.write_all(&write).expect("send");
+        assert_eq!(c.reply().len(), BULK);
+        assert_eq!(c.reply(), "+OK");
+        assert_eq!(c.reply(), "+OK");
+    }
+    // Sixteen such buffers would be 256 MiB; what the connection keeps is a few bytes (and
+    // the allocator some of the buffers it was given back).
+    node.assert_grew_less_than(
+        before,
+        128 * MIB,
+        "16 watched keys and names after 16 MiB bulks",
+    );
+    assert_eq!(c.call(&[b"CLIENT", b"GETNAME"]), "n15");
+}
+
+#[test]
 fn a_reply_past_maxmemory_clients_closes_its_connection_and_is_not_built() {
     let bound = 16 * MIB;
     let node = Node::start(&["--maxmemory-clients", &bound.to_string()]);
