@@ -67,6 +67,11 @@ pub enum Expiry {
     In(u64),
 }
 
+/// Most keys a `KEYS` queued in a transaction may examine (what one SCAN step examines): it
+/// runs as one read under the state machine's lock, on every replica, and a store with more
+/// keys answers it with an error (SCAN steps through any store).
+pub const MAX_KEYS_IN_TRANSACTION: usize = 10_000;
+
 /// A relative expiry (`EXPIRE`, `PEXPIRE`; may be negative) made absolute at `now`.
 fn deadline_after(now: u64, ms: i64) -> u64 {
     (now as i64).saturating_add(ms).max(0) as u64
@@ -848,6 +853,13 @@ impl Store {
             ReadOp::Ttl { key, millis } => self.ttl(&key, millis, now),
             ReadOp::ExpireTime { key, millis } => self.expire_time(&key, millis, now),
             ReadOp::Keys(pattern) => {
+                // Outside transactions KEYS runs as SCAN steps; here it is one read, under the
+                // lock, on every replica.
+                if self.map.len() > MAX_KEYS_IN_TRANSACTION {
+                    return Reply::error(format!(
+                        "ERR KEYS inside a transaction examines at most {MAX_KEYS_IN_TRANSACTION} keys, and the store holds more; use SCAN"
+                    ));
+                }
                 // Compiled once, not for each key.
                 let glob = Glob::new(&pattern);
                 let mut keys = Vec::new();

@@ -2085,3 +2085,37 @@ fn scans_answer_an_error_rather_than_backtrack_through_a_long_key() {
         assert!(work <= most, "{what}: {work} steps, at most {most}");
     }
 }
+
+#[test]
+fn keys_in_a_transaction_walks_at_most_one_scan_steps_worth_of_keys() {
+    // Outside transactions KEYS runs as SCAN steps; queued in one it is a single read under
+    // the lock on every replica, so a store past the bound answers an error and walks nothing.
+    let mut s = Store::default();
+    let keys = |s: &mut Store| {
+        let before = glob_work_so_far();
+        let reply = exec_bounded(s, vec![Queued::Read(ReadOp::Keys(b("k*")))]);
+        (reply, glob_work_so_far() - before)
+    };
+    for i in 0..MAX_KEYS_IN_TRANSACTION {
+        s.write(at(0, set(&format!("k{i}"), "v", Expiry::Clear)));
+    }
+    let (reply, work) = keys(&mut s);
+    match reply {
+        Reply::Array(replies) => match &replies[..] {
+            [Reply::Array(found)] => assert_eq!(found.len(), MAX_KEYS_IN_TRANSACTION),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    assert!(work >= MAX_KEYS_IN_TRANSACTION as u64, "{work}");
+    s.write(at(0, set("one-more", "v", Expiry::Clear)));
+    let (reply, work) = keys(&mut s);
+    let Reply::Array(replies) = reply else {
+        panic!("{reply:?}")
+    };
+    assert!(
+        replies[0].is_error(),
+        "KEYS walked the store instead of refusing"
+    );
+    assert!(work <= 3, "{work}");
+}
