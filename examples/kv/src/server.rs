@@ -398,7 +398,11 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                     metrics::counter!("kv_protocol_errors_total").increment(1);
                     resp::encode(&Reply::Error(format!("ERR {e}")), &mut out, conn.proto);
                     flush(&mut socket, &mut out, limits).await?;
-                    return Ok(());
+                    // The client may still be sending the command: heard out, so that it
+                    // reads the error rather than a reset.
+                    drop((parser, input, out));
+                    conn.share.cover(0);
+                    return close_unread(socket).await;
                 }
             }
         }
