@@ -390,6 +390,13 @@ pub(crate) struct SnapshotHealth {
     last_build_micros: AtomicU64,
     last_bytes: AtomicU64,
     state: Mutex<Backoff>,
+    /// A caller asked for a snapshot now ([`Node::snapshot`](crate::Node::snapshot)): the next
+    /// build does not wait out a failure's pause.
+    forced: AtomicBool,
+    /// Woken at each failure, for callers waiting on a build.
+    failed: tokio::sync::Notify,
+    /// Woken as each build starts.
+    started: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -419,9 +426,33 @@ impl SnapshotHealth {
         crate::sync::lock(&self.state)
     }
 
-    /// Whether a policy snapshot should wait (a recent failure's pause has not passed).
+    /// Whether a policy snapshot should wait (a recent failure's pause has not passed, and no
+    /// caller asked for one since).
     fn waiting(&self) -> bool {
-        self.lock().retry_at.is_some_and(|t| Instant::now() < t)
+        !self.forced.swap(false, Ordering::Relaxed)
+            && self.lock().retry_at.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Lets the next build run even during a failure's pause.
+    pub(crate) fn force_next(&self) {
+        self.forced.store(true, Ordering::Relaxed);
+    }
+
+    /// Failures since the node started.
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Resolves at the next failure (once polled, or [`Notified::enable`]d).
+    ///
+    /// [`Notified::enable`]: tokio::sync::futures::Notified::enable
+    pub(crate) fn next_failure(&self) -> tokio::sync::futures::Notified<'_> {
+        self.failed.notified()
+    }
+
+    /// Resolves when the next build starts (once polled, or enabled).
+    pub(crate) fn next_start(&self) -> tokio::sync::futures::Notified<'_> {
+        self.started.notified()
     }
 
     fn failed(&self, error: &io::Error) {
@@ -431,6 +462,8 @@ impl SnapshotHealth {
         b.retry_at = Some(Instant::now() + b.pause);
         b.last_error = Some(error.to_string());
         tracing::error!(%error, failures, retry_in = ?b.pause, "snapshot failed; the node keeps serving from its log and will try again");
+        drop(b);
+        self.failed.notify_waiters();
     }
 
     fn succeeded(&self, took: Duration, bytes: u64) {
@@ -591,7 +624,9 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
         if !force && self.health.waiting() {
             return None;
         }
-        Some(self.get_snapshot_builder().await)
+        let builder = self.get_snapshot_builder().await;
+        self.health.started.notify_waiters();
+        Some(builder)
     }
 
     async fn get_snapshot_builder(&mut self) -> Builder<S> {

@@ -42,6 +42,7 @@ use crate::log::LogStore;
 use crate::metrics::Metrics;
 use crate::metrics::MetricsWatch;
 use crate::metrics::Role;
+use crate::snapshot::SnapshotError;
 use crate::snapshot::SnapshotStore;
 use crate::space::Space;
 use crate::space::StorageStatus;
@@ -101,6 +102,9 @@ pub(crate) type RaftHandle<S> = Raft<TypeConfig, Applier<S>>;
 /// How often a request waiting on the consensus engine checks that the engine still runs
 /// (see [`Node::with_timeout`]).
 const STOP_CHECK: Duration = Duration::from_secs(1);
+
+/// How long [`Node::snapshot`] waits for a build to start before it asks again.
+const RETRIGGER: Duration = Duration::from_millis(50);
 
 pub(crate) struct Inner<S: StateMachine> {
     id: NodeId,
@@ -1091,29 +1095,60 @@ impl<S: StateMachine> Node<S> {
             .map(|_| ())
     }
 
-    /// Asks the node to take a snapshot now (regardless of the snapshot policy) and waits until
-    /// it covers everything applied when this was called.
+    /// Asks the node to take a snapshot now (regardless of the snapshot policy, and of the pause
+    /// after a failed one) and waits until it covers everything applied when this was called.
+    /// A build that fails meanwhile fails the call with
+    /// [`SnapshotError::BuildFailed`](crate::snapshot::SnapshotError::BuildFailed).
     pub async fn snapshot(&self) -> Result<()> {
         let target = self.metrics().applied_index;
         let limit = self.inner.config.request_timeout;
+        let health = &self.inner.snapshot_health;
         self.with_timeout(async {
             loop {
                 let before = self.metrics().snapshot_index;
                 if before >= target {
                     return Ok(());
                 }
-                // openraft ignores the trigger while a build is running; when that build lands
-                // without covering `target`, ask again.
-                self.inner
-                    .raft
-                    .trigger()
-                    .snapshot()
-                    .await
-                    .map_err(|e| errors::fatal(&e))?;
-                self.wait_for(limit, |m| {
+                let failed = health.next_failure();
+                let mut failed = std::pin::pin!(failed);
+                failed.as_mut().enable();
+                let started = health.next_start();
+                let mut started = std::pin::pin!(started);
+                started.as_mut().enable();
+                let failures = health.failures();
+                health.force_next();
+                let landed = self.wait_for(limit, |m| {
                     m.snapshot_index >= target || m.snapshot_index != before
-                })
-                .await?;
+                });
+                let mut landed = std::pin::pin!(landed);
+                // openraft ignores the trigger while it counts a build as running: one under
+                // way (when it lands without covering `target`, the outer loop asks again), or
+                // one that has just failed, until it has taken the result. So it is asked
+                // again until a build starts.
+                let mut building = false;
+                loop {
+                    if !building {
+                        self.inner
+                            .raft
+                            .trigger()
+                            .snapshot()
+                            .await
+                            .map_err(|e| errors::fatal(&e))?;
+                    }
+                    tokio::select! {
+                        r = &mut landed => {
+                            r?;
+                            break;
+                        }
+                        () = &mut failed => break,
+                        () = &mut started, if !building => building = true,
+                        () = tokio::time::sleep(RETRIGGER), if !building => {}
+                    }
+                }
+                if health.failures() > failures {
+                    let reason = self.snapshot_stats().last_error.unwrap_or_default();
+                    return Err(SnapshotError::BuildFailed(reason).into());
+                }
             }
         })
         .await

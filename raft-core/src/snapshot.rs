@@ -171,6 +171,10 @@ pub enum SnapshotError {
     /// the snapshot directory are left as they were.
     #[error("the node has shut down; the snapshot was not kept")]
     Closed,
+    /// A snapshot this node built failed; the text is the failure (also in the node's
+    /// [`SnapshotStats`](crate::SnapshotStats)). The node goes on serving from its log.
+    #[error("building the snapshot failed: {0}")]
+    BuildFailed(String),
 }
 
 /// Bytes that must stay free on the disk after a received snapshot, for the log to go on.
@@ -188,7 +192,9 @@ impl From<SnapshotError> for io::Error {
             SnapshotError::Busy => io::ErrorKind::WouldBlock,
             SnapshotError::NoSpace { .. } => io::ErrorKind::StorageFull,
             SnapshotError::WrongCluster { .. } => io::ErrorKind::PermissionDenied,
-            SnapshotError::ClusterId(_) | SnapshotError::Closed => io::ErrorKind::Other,
+            SnapshotError::ClusterId(_) | SnapshotError::Closed | SnapshotError::BuildFailed(_) => {
+                io::ErrorKind::Other
+            }
         };
         io::Error::new(kind, e)
     }
