@@ -206,13 +206,22 @@ pub fn gate(
             }
         }
         Some("hello") => {
-            // HELLO <protover> [AUTH <user> <pass>] [SETNAME <name>]
+            // HELLO <protover> [AUTH <user> <pass>] [SETNAME <name>]. As in Redis, a version it
+            // refuses or an option it cannot read authenticates nobody: the command answers
+            // its error (the version's, from the command itself).
+            let version_ok = args
+                .get(1)
+                .is_none_or(|v| matches!(crate::store::parse_int(v), Some(2 | 3)));
+            if !version_ok {
+                return Gate::Pass;
+            }
+            let mut authenticated = None;
             let mut i = 2;
             while i < args.len() {
                 if args[i].eq_ignore_ascii_case(b"auth") && i + 2 < args.len() {
                     let a = accounts();
                     match a.check(Some(&args[i + 1]), &args[i + 2]) {
-                        Some(u) if a.required() => conn.user = Some(u),
+                        Some(u) if a.required() => authenticated = Some(u),
                         _ if !a.required() => {}
                         _ => return err(WRONGPASS),
                     }
@@ -222,6 +231,9 @@ pub fn gate(
                 } else {
                     return err("ERR Syntax error in HELLO option");
                 }
+            }
+            if authenticated.is_some() {
+                conn.user = authenticated;
             }
             if conn.user.is_none() {
                 return err(
@@ -330,6 +342,21 @@ mod tests {
             None,
             "requirepass through HELLO"
         );
+        // A HELLO refused for its version or its options authenticates nobody, as in Redis;
+        // the version's error is the command's own.
+        for refused in [
+            "HELLO 4 AUTH bob bobpw",
+            "HELLO x AUTH bob bobpw",
+            "HELLO 3 AUTH bob bobpw SETNAME",
+            "HELLO 3 AUTH bob bobpw NOSUCH option",
+        ] {
+            let mut c = ConnAuth::new(&a);
+            let _ = run(&mut c, &a, refused);
+            assert!(
+                matches!(run(&mut c, &a, "GET k"), Some(Reply::Error(e)) if e.starts_with("NOAUTH")),
+                "{refused}"
+            );
+        }
     }
 
     #[test]
