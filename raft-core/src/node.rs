@@ -468,18 +468,41 @@ impl<S: StateMachine> Node<S> {
     /// The check costs nothing while requests answer within [`STOP_CHECK`].
     async fn with_timeout<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
         let limit = self.inner.config.request_timeout;
-        let deadline = tokio::time::Instant::now() + limit;
+        // A timeout past what an instant can hold never ends.
+        let deadline = tokio::time::Instant::now().checked_add(limit);
         let mut fut = std::pin::pin!(fut);
         loop {
-            let check_at = (tokio::time::Instant::now() + STOP_CHECK).min(deadline);
+            let next = tokio::time::Instant::now()
+                .checked_add(STOP_CHECK)
+                .unwrap_or_else(tokio::time::Instant::now);
+            let check_at = deadline.map_or(next, |d| next.min(d));
             match tokio::time::timeout_at(check_at, &mut fut).await {
                 Ok(r) => return r,
-                Err(_) if check_at >= deadline => return Err(Error::Timeout(limit)),
+                Err(_) if deadline.is_some_and(|d| check_at >= d) => {
+                    return Err(Error::Timeout(limit));
+                }
                 Err(_) => {
-                    if let Err(e) = &self.inner.raft.metrics().borrow_watched().running_state {
+                    let stopped = self
+                        .inner
+                        .raft
+                        .metrics()
+                        .borrow_watched()
+                        .running_state
+                        .clone();
+                    if let Err(e) = stopped {
+                        // `fut` may be the caller that joins openraft's core (as a failed send
+                        // does), and dropping it mid-join would make every other caller panic:
+                        // the join is finished first, from a thread nothing cancels, while
+                        // `fut` is still polled (it may finish it itself, or answer).
+                        let raft = self.inner.raft.clone();
+                        let joined = stop::shutdown(async move { raft.shutdown().await });
+                        tokio::select! {
+                            r = &mut fut => return r,
+                            _ = joined => {}
+                        }
                         return Err(match e {
                             Fatal::Stopped => Error::Shutdown,
-                            e => errors::fatal(e),
+                            e => errors::fatal(&e),
                         });
                     }
                 }

@@ -660,3 +660,21 @@ fn a_cancelled_shutdown_still_stops_the_node_without_panics() {
     drop(rt);
     assert_eq!(panics.panics(), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn a_request_timeout_past_what_an_instant_holds_never_ends_requests() {
+    let config = Config::in_memory(1)
+        .with_timing(Duration::from_millis(20), Duration::from_millis(100))
+        .with_request_timeout(Duration::MAX);
+    let node = start_with(config).await.unwrap();
+    node.initialize([(1, "node-1")]).await.unwrap();
+    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+        .await
+        .unwrap();
+    assert_eq!(node.write(5).await.unwrap(), 5);
+    assert_eq!(
+        node.read(Consistency::Linearizable, |s| s.0).await.unwrap(),
+        5
+    );
+    node.shutdown().await.unwrap();
+}
