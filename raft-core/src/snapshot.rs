@@ -576,6 +576,10 @@ impl<W> CrcWriter<W> {
 
     /// Keeps `e` if it is the writer's first error, and hands a copy of it on.
     fn keep(&mut self, e: io::Error) -> io::Error {
+        // An interrupted write wrote nothing and is retried (`write_all` does): not a failure.
+        if e.kind() == io::ErrorKind::Interrupted {
+            return e;
+        }
         let copy = io::Error::new(e.kind(), e.to_string());
         self.failed.get_or_insert(e);
         copy
@@ -1323,6 +1327,32 @@ mod tests {
             Err(WriteError::Output(e)) => assert_eq!(e.kind(), io::ErrorKind::StorageFull),
             other => panic!("{:?}", other.map(|w| w.0)),
         }
+        // An interrupted write wrote nothing and `write_all` retries it: not a failure.
+        struct InterruptedOnce(bool);
+        impl Write for InterruptedOnce {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if buf.len() >= 4096 && !self.0 {
+                    self.0 = true;
+                    return Err(io::Error::from(io::ErrorKind::Interrupted));
+                }
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let retried = write_snapshot_bytes(
+            InterruptedOnce(false),
+            None,
+            &meta(1),
+            &SessionTable::default(),
+            &ApplyExtra::default(),
+            |w| w.write_all(&[7; 4096]),
+        );
+        assert!(
+            retried.is_ok_and(|w| w.0),
+            "the interrupted write was retried"
+        );
     }
 
     #[test]
