@@ -468,13 +468,12 @@ impl<S: StateMachine> Node<S> {
     /// The check costs nothing while requests answer within [`STOP_CHECK`].
     async fn with_timeout<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
         let limit = self.inner.config.request_timeout;
+        let mut now = tokio::time::Instant::now();
         // A timeout past what an instant can hold never ends.
-        let deadline = tokio::time::Instant::now().checked_add(limit);
+        let deadline = now.checked_add(limit);
         let mut fut = std::pin::pin!(fut);
         loop {
-            let next = tokio::time::Instant::now()
-                .checked_add(STOP_CHECK)
-                .unwrap_or_else(tokio::time::Instant::now);
+            let next = now + STOP_CHECK;
             let check_at = deadline.map_or(next, |d| next.min(d));
             match tokio::time::timeout_at(check_at, &mut fut).await {
                 Ok(r) => return r,
@@ -494,8 +493,7 @@ impl<S: StateMachine> Node<S> {
                         // does), and dropping it mid-join would make every other caller panic:
                         // the join is finished first, from a thread nothing cancels, while
                         // `fut` is still polled (it may finish it itself, or answer).
-                        let raft = self.inner.raft.clone();
-                        let joined = stop::shutdown(async move { raft.shutdown().await });
+                        let joined = stop::shutdown(self.inner.raft.clone());
                         tokio::select! {
                             r = &mut fut => return r,
                             _ = joined => {}
@@ -505,6 +503,7 @@ impl<S: StateMachine> Node<S> {
                             e => errors::fatal(&e),
                         });
                     }
+                    now = check_at;
                 }
             }
         }
@@ -1340,8 +1339,7 @@ impl<S: StateMachine> Node<S> {
     /// around the shutdown): the core is joined on a thread of its own. Only the snapshot
     /// store's closing is then skipped.
     pub async fn shutdown(&self) -> Result<()> {
-        let raft = self.inner.raft.clone();
-        stop::shutdown(async move { raft.shutdown().await }).await?;
+        stop::shutdown(self.inner.raft.clone()).await?;
         // openraft does not wait for a snapshot build or install under way: from here on, one
         // that finishes places and deletes nothing, so a node started next on the same data
         // dir is not raced.

@@ -98,12 +98,6 @@ const SUFFIX: &str = ".snap";
 /// `recv-<seq>.tmp`.
 const RECEIVED: &str = "recv-";
 
-/// Whether `path` names a snapshot received from a leader and not yet placed.
-fn is_received(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with(RECEIVED) && n.ends_with(".tmp"))
-}
 const TRAILER_LEN: u64 = 4;
 /// Upper bound on the header (membership and session table), so a damaged length cannot make a
 /// reader allocate without limit.
@@ -965,15 +959,8 @@ impl SnapshotStore {
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let _placing = crate::sync::lock(&self.placing);
-        if let Err(closed) = self.check_open() {
-            // A received file that will never be placed goes now, not at the next start.
-            if let (Some(_), Source::File { path, .. }) = (&self.dir, &data.source)
-                && is_received(path)
-            {
-                let _ = fs::remove_file(path);
-            }
-            return Err(closed);
-        }
+        // A received file that will never be placed goes with its last handle (`Received`).
+        self.check_open()?;
         let data = match (&self.dir, &data.source) {
             (Some(dir), Source::File { path, received, .. }) => {
                 let fin = dir.join(format!("{seq:020}{SUFFIX}"));
@@ -1295,15 +1282,13 @@ mod tests {
             Err(WriteError::Snapshot(SnapshotError::StateMachine(_))) => {}
             other => panic!("{other:?}"),
         }
-        // A state machine that ignores the writer's error and reports success, on an output
-        // that fails one large write and takes everything else: the bytes lost are not in the
-        // checksum, so only the recorded failure can tell.
-        struct FailsOnce(bool);
+        // An output that fails one large write, with `kind`, and takes everything else.
+        struct FailsOnce(io::ErrorKind, bool);
         impl Write for FailsOnce {
             fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                if buf.len() >= 4096 && !self.0 {
-                    self.0 = true;
-                    return Err(io::Error::from(io::ErrorKind::StorageFull));
+                if buf.len() >= 4096 && !self.1 {
+                    self.1 = true;
+                    return Err(io::Error::from(self.0));
                 }
                 Ok(buf.len())
             }
@@ -1311,46 +1296,30 @@ mod tests {
                 Ok(())
             }
         }
-        let ignores = |w: &mut dyn Write| {
+        let write_once_failing = |kind, user: fn(&mut dyn Write) -> io::Result<()>| {
+            write_snapshot_bytes(
+                FailsOnce(kind, false),
+                None,
+                &meta(1),
+                &SessionTable::default(),
+                &ApplyExtra::default(),
+                user,
+            )
+        };
+        // A state machine that ignores the writer's error and reports success: the bytes lost
+        // are not in the checksum, so only the recorded failure can tell.
+        let ignores: fn(&mut dyn Write) -> io::Result<()> = |w| {
             let _ = w.write_all(&[7; 4096]);
             w.write_all(&[8; 16])
         };
-        let written = write_snapshot_bytes(
-            FailsOnce(false),
-            None,
-            &meta(1),
-            &SessionTable::default(),
-            &ApplyExtra::default(),
-            ignores,
-        );
-        match written {
+        match write_once_failing(io::ErrorKind::StorageFull, ignores) {
             Err(WriteError::Output(e)) => assert_eq!(e.kind(), io::ErrorKind::StorageFull),
-            other => panic!("{:?}", other.map(|w| w.0)),
+            other => panic!("{:?}", other.map(|w| w.1)),
         }
         // An interrupted write wrote nothing and `write_all` retries it: not a failure.
-        struct InterruptedOnce(bool);
-        impl Write for InterruptedOnce {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                if buf.len() >= 4096 && !self.0 {
-                    self.0 = true;
-                    return Err(io::Error::from(io::ErrorKind::Interrupted));
-                }
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let retried = write_snapshot_bytes(
-            InterruptedOnce(false),
-            None,
-            &meta(1),
-            &SessionTable::default(),
-            &ApplyExtra::default(),
-            |w| w.write_all(&[7; 4096]),
-        );
+        let retried = write_once_failing(io::ErrorKind::Interrupted, |w| w.write_all(&[7; 4096]));
         assert!(
-            retried.is_ok_and(|w| w.0),
+            retried.is_ok_and(|w| w.1),
             "the interrupted write was retried"
         );
     }

@@ -48,15 +48,15 @@ async fn the_leader_is_found_past_black_holed_addresses_within_one_attempt_timeo
         holes.push(black_hole().await);
     }
     // The three black holes first, then one follower, which names the leader.
-    let mut endpoints: Vec<String> = holes.iter().map(|(a, _)| a.clone()).collect();
-    endpoints.push(c.addrs[&follower].clone());
-    let client: ClusterClient<Kv> = ClusterClient::new(
-        endpoints,
-        ClientOptions::default()
-            .with_attempt_timeout(ATTEMPT)
-            .with_total_timeout(ATTEMPT * 10),
-    )
-    .unwrap();
+    let client_with = |attempt: Duration| -> ClusterClient<Kv> {
+        let mut endpoints: Vec<String> = holes.iter().map(|(a, _)| a.clone()).collect();
+        endpoints.push(c.addrs[&follower].clone());
+        let opts = ClientOptions::default()
+            .with_attempt_timeout(attempt)
+            .with_total_timeout(attempt * 10);
+        ClusterClient::new(endpoints, opts).unwrap()
+    };
+    let client = client_with(ATTEMPT);
 
     let started = Instant::now();
     let (id, addr) = client.leader().await.unwrap();
@@ -80,15 +80,7 @@ async fn the_leader_is_found_past_black_holed_addresses_within_one_attempt_timeo
 
     // Every listed node's view is gathered in one attempt timeout too: the holes are waited for
     // together, not one after another.
-    let mut endpoints: Vec<String> = holes.iter().map(|(a, _)| a.clone()).collect();
-    endpoints.push(c.addrs[&follower].clone());
-    let client: ClusterClient<Kv> = ClusterClient::new(
-        endpoints,
-        ClientOptions::default()
-            .with_attempt_timeout(GATHER)
-            .with_total_timeout(GATHER * 10),
-    )
-    .unwrap();
+    let client = client_with(GATHER);
     let started = Instant::now();
     let views = client.statuses().await;
     let took = started.elapsed();

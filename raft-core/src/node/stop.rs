@@ -15,8 +15,10 @@ use std::task::Poll;
 use std::task::Wake;
 use std::thread::Thread;
 
+use super::RaftHandle;
 use crate::error::Error;
 use crate::error::Result;
+use crate::state_machine::StateMachine;
 
 /// Wakes the thread that polls the future.
 struct Unpark(Thread);
@@ -46,16 +48,12 @@ fn block_on<F: Future>(future: F) -> F::Output {
 
 /// Stops `raft` (sends its shutdown signal and joins its core and tick tasks) on a thread of its
 /// own; resolves when that is done. Dropping the returned future does not stop the join.
-pub(super) async fn shutdown<F, E>(shutdown: F) -> Result<()>
-where
-    F: Future<Output = std::result::Result<(), E>> + Send + 'static,
-    E: std::fmt::Display + Send + 'static,
-{
+pub(super) async fn shutdown<S: StateMachine>(raft: RaftHandle<S>) -> Result<()> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("raft-stop".into())
         .spawn(move || {
-            let r = block_on(shutdown).map_err(|e| e.to_string());
+            let r = block_on(raft.shutdown()).map_err(|e| e.to_string());
             let _ = tx.send(r);
         })
         .map_err(|e| Error::Fatal(format!("shutdown: starting a thread to stop the node: {e}")))?;

@@ -8,6 +8,7 @@ use super::Glob;
 use super::Kind;
 use super::Reply;
 use super::Store;
+use super::glob::TooCostly;
 use super::glob::matches_bounded;
 use super::reindex;
 use crate::slots::Slot;
@@ -116,6 +117,26 @@ impl Store {
         kind: Option<Kind>,
         now: u64,
     ) -> Reply {
+        match self.scan_keys(cursor, pattern, count, kind, now) {
+            Ok((next, keys)) => Reply::Array(vec![
+                Reply::Bulk(Bytes::from(next.to_string())),
+                Reply::Array(keys),
+            ]),
+            Err(e) => Reply::error(e.to_string()),
+        }
+    }
+
+    /// One SCAN step from `cursor` over about `count` keys: the live keys it examined that are
+    /// of `kind` and match `pattern` (each at most [`Glob::matches_bounded`]'s steps), and the
+    /// next cursor (0 at the end).
+    pub(super) fn scan_keys(
+        &self,
+        cursor: u64,
+        pattern: Option<&Bytes>,
+        count: usize,
+        kind: Option<Kind>,
+        now: u64,
+    ) -> Result<(u64, Vec<Reply>), TooCostly> {
         let mut keys = Vec::new();
         // Compiled once for the step, not for each key it examines.
         let glob = pattern.map(|p| Glob::new(p));
@@ -129,13 +150,10 @@ impl Store {
                 keys.push(Reply::Bulk(slot.1.clone()));
             }
         });
-        if let Some(e) = costly {
-            return Reply::error(e.to_string());
+        match costly {
+            Some(e) => Err(e),
+            None => Ok((next, keys)),
         }
-        Reply::Array(vec![
-            Reply::Bulk(Bytes::from(next.to_string())),
-            Reply::Array(keys),
-        ])
     }
 
     /// `RENAME`/`RENAMENX`: the value and its expiry move to `to`.

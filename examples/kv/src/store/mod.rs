@@ -860,19 +860,11 @@ impl Store {
                         "ERR KEYS inside a transaction examines at most {MAX_KEYS_IN_TRANSACTION} keys, and the store holds more; use SCAN"
                     ));
                 }
-                // Compiled once, not for each key.
-                let glob = Glob::new(&pattern);
-                let mut keys = Vec::new();
-                for (s, v) in self.map.iter() {
-                    if v.live(now) {
-                        match glob.matches_bounded(&s.1) {
-                            Ok(true) => keys.push(Reply::Bulk(s.1.clone())),
-                            Ok(false) => {}
-                            Err(e) => return Reply::error(e.to_string()),
-                        }
-                    }
+                // One step over every key.
+                match self.scan_keys(0, Some(&pattern), usize::MAX, None, now) {
+                    Ok((_, keys)) => Reply::Array(keys),
+                    Err(e) => Reply::error(e.to_string()),
                 }
-                Reply::Array(keys)
             }
             ReadOp::Scan {
                 cursor,
