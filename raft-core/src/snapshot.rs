@@ -95,8 +95,15 @@ const PREFIX_V1: u64 = 8 + 4;
 const PREFIX_V2: u64 = 8 + 1 + 16 + 4;
 const SUFFIX: &str = ".snap";
 /// How a snapshot being received from a leader is named until it is placed:
-/// `recv-<seq>.tmp`.
+/// `recv-<store>-<seq>.tmp`; one being built is `build-<store>-<seq>.tmp`. `<store>` tells apart
+/// the stores one process opens on a directory: a build or receive of a store that was shut down
+/// may still be running when the next store starts on it, and must not write or delete the new
+/// store's file of the same sequence.
 const RECEIVED: &str = "recv-";
+const BUILDING: &str = "build-";
+
+/// Numbers the stores this process opens (see [`RECEIVED`]).
+static STORES: AtomicU64 = AtomicU64::new(0);
 
 const TRAILER_LEN: u64 = 4;
 /// Upper bound on the header (membership and session table), so a damaged length cannot make a
@@ -201,22 +208,39 @@ enum Source {
         path: PathBuf,
         len: u64,
         /// Set for a snapshot received from a peer and not yet placed.
-        received: Option<Arc<Received>>,
+        received: Option<Arc<TempFile>>,
     },
     Memory(Bytes),
 }
 
-/// A received snapshot's file, deleted when the last handle to it goes unless it was placed
-/// ([`SnapshotStore::adopt`]). A snapshot received but never installed — refused by the checks
-/// after receiving, dropped by the consensus engine because the log already covers it or a
-/// newer term began — would otherwise keep its disk space until the node restarts, and each
-/// resend would take as much again.
-struct Received {
+/// A snapshot file under its temporary name, deleted when dropped unless it was placed
+/// ([`TempFile::place`]). So nothing stays behind of a build that failed or panicked, of a
+/// receive that was abandoned, or of a snapshot received whole but never installed — refused by
+/// the checks after receiving, dropped by the consensus engine because the log already covers
+/// it or a newer term began. Each of those would otherwise keep its disk space until the node
+/// restarts, and each resend of a refused snapshot would take as much again.
+struct TempFile {
     path: PathBuf,
     placed: AtomicBool,
 }
 
-impl Drop for Received {
+impl TempFile {
+    fn new(path: PathBuf) -> TempFile {
+        TempFile {
+            path,
+            placed: AtomicBool::new(false),
+        }
+    }
+
+    /// Renames the file to `to`; from then on it is the caller's, and no longer deleted.
+    fn place(&self, to: &Path) -> Result<(), SnapshotError> {
+        fs::rename(&self.path, to).map_err(at("rename", &self.path))?;
+        self.placed.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
     fn drop(&mut self) {
         if !*self.placed.get_mut() {
             let _ = fs::remove_file(&self.path);
@@ -338,13 +362,10 @@ impl SnapshotData {
         })
     }
 
-    /// A snapshot just received into `path`, deleted with its last handle unless placed.
-    fn received(path: PathBuf) -> Result<SnapshotData, SnapshotError> {
-        let guard = Arc::new(Received {
-            path: path.clone(),
-            placed: AtomicBool::new(false),
-        });
-        let mut data = SnapshotData::from_file(path)?;
+    /// A snapshot just received into `file`, deleted with its last handle unless placed.
+    fn received(file: TempFile) -> Result<SnapshotData, SnapshotError> {
+        let mut data = SnapshotData::from_file(file.path.clone())?;
+        let guard = Arc::new(file);
         if let Source::File { received, .. } = &mut data.source {
             *received = Some(guard);
         }
@@ -706,6 +727,8 @@ pub(crate) struct SnapshotStore {
     current: Mutex<Option<Current>>,
     loaded: Mutex<bool>,
     next_seq: AtomicU64,
+    /// This store's number in the names of its temporary files (see [`RECEIVED`]).
+    instance: u64,
     max_receive: u64,
     /// Set while a [`SnapshotSink`] is open: one receive at a time.
     receiving: Arc<AtomicBool>,
@@ -724,7 +747,7 @@ enum Built<'a> {
     /// The bytes of a snapshot kept in memory.
     Memory(Vec<u8>),
     /// A temporary file in `dir`, written and fsynced, to be renamed into place.
-    File { dir: &'a Path, tmp: PathBuf },
+    File { dir: &'a Path, tmp: TempFile },
 }
 
 fn seq_of(name: &str) -> Option<u64> {
@@ -766,6 +789,7 @@ impl SnapshotStore {
             current: Mutex::new(None),
             loaded: Mutex::new(false),
             next_seq: AtomicU64::new(max_seq + 1),
+            instance: STORES.fetch_add(1, Ordering::Relaxed),
             max_receive,
             receiving: Arc::default(),
             cluster,
@@ -781,6 +805,7 @@ impl SnapshotStore {
             current: Mutex::new(None),
             loaded: Mutex::new(true),
             next_seq: AtomicU64::new(1),
+            instance: STORES.fetch_add(1, Ordering::Relaxed),
             max_receive,
             receiving: Arc::default(),
             cluster,
@@ -901,8 +926,8 @@ impl SnapshotStore {
                 })?,
             ),
             Some(dir) => {
-                let tmp = dir.join(format!("build-{seq:020}.tmp"));
-                let file = File::create(&tmp).map_err(at("create", &tmp))?;
+                let tmp = TempFile::new(self.temp_path(dir, BUILDING, seq));
+                let file = File::create(&tmp.path).map_err(at("create", &tmp.path))?;
                 let out = BufWriter::new(file);
                 let result = write_snapshot_bytes(
                     out,
@@ -912,35 +937,30 @@ impl SnapshotStore {
                     extra,
                     write_user,
                 )
-                .map_err(|e| e.at_file(&tmp))
+                .map_err(|e| e.at_file(&tmp.path))
                 .and_then(|w| {
                     let file = w
                         .into_inner()
-                        .map_err(|e| at("write", &tmp)(e.into_error()))?;
-                    file.sync_all().map_err(at("fsync", &tmp))?;
+                        .map_err(|e| at("write", &tmp.path)(e.into_error()))?;
+                    file.sync_all().map_err(at("fsync", &tmp.path))?;
                     Ok(())
                 });
-                if let Err(e) = result {
-                    let _ = fs::remove_file(&tmp);
-                    return Err(e);
-                }
+                // On failure the temporary file goes with `tmp`; so it does if the state
+                // machine's `write_snapshot` panics.
+                result?;
                 Built::File { dir, tmp }
             }
         };
         let _placing = crate::sync::lock(&self.placing);
-        if let Err(closed) = self.check_open() {
-            if let Built::File { tmp, .. } = &built {
-                let _ = fs::remove_file(tmp);
-            }
-            return Err(closed);
-        }
+        // A store closed meanwhile places nothing; the built file goes with `built`.
+        self.check_open()?;
         let data = match built {
             Built::Memory(bytes) => SnapshotData {
                 source: Source::Memory(Bytes::from(bytes)),
             },
             Built::File { dir, tmp } => {
                 let fin = dir.join(format!("{seq:020}{SUFFIX}"));
-                fs::rename(&tmp, &fin).map_err(at("rename", &tmp))?;
+                tmp.place(&fin)?;
                 fsutil::sync_dir(dir)?;
                 SnapshotData::from_file(fin)?
             }
@@ -959,14 +979,14 @@ impl SnapshotStore {
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let _placing = crate::sync::lock(&self.placing);
-        // A received file that will never be placed goes with its last handle (`Received`).
+        // A received file that will never be placed goes with its last handle (`TempFile`).
         self.check_open()?;
         let data = match (&self.dir, &data.source) {
             (Some(dir), Source::File { path, received, .. }) => {
                 let fin = dir.join(format!("{seq:020}{SUFFIX}"));
-                fs::rename(path, &fin).map_err(at("rename", path))?;
-                if let Some(r) = received {
-                    r.placed.store(true, Ordering::Relaxed);
+                match received {
+                    Some(file) => file.place(&fin)?,
+                    None => fs::rename(path, &fin).map_err(at("rename", path))?,
                 }
                 fsutil::sync_dir(dir)?;
                 SnapshotData::from_file(fin)?
@@ -1011,6 +1031,12 @@ impl SnapshotStore {
             self.remove_all_but(dir, keep)?;
         }
         Ok(())
+    }
+
+    /// The temporary file of this store's snapshot `seq` in `dir`, being built or received
+    /// (`kind`).
+    fn temp_path(&self, dir: &Path, kind: &str, seq: u64) -> PathBuf {
+        dir.join(format!("{kind}{}-{seq:020}.tmp", self.instance))
     }
 
     /// Deletes every snapshot but `keep`, and makes the deletions durable: a restart must not
@@ -1062,11 +1088,11 @@ impl SnapshotStore {
         let target = match &self.dir {
             None => SinkTarget::Memory(Vec::new()),
             Some(dir) => {
-                let path = dir.join(format!("{RECEIVED}{seq:020}.tmp"));
-                let file = File::create(&path).map_err(at("create", &path))?;
+                let tmp = TempFile::new(self.temp_path(dir, RECEIVED, seq));
+                let file = File::create(&tmp.path).map_err(at("create", &tmp.path))?;
                 SinkTarget::File {
-                    writer: Some(BufWriter::with_capacity(1 << 20, file)),
-                    path,
+                    writer: BufWriter::with_capacity(1 << 20, file),
+                    tmp,
                 }
             }
         };
@@ -1097,9 +1123,10 @@ impl Drop for ReceivePermit {
 }
 
 enum SinkTarget {
+    /// A temporary file, deleted unless the finished snapshot is placed.
     File {
-        writer: Option<BufWriter<File>>,
-        path: PathBuf,
+        writer: BufWriter<File>,
+        tmp: TempFile,
     },
     Memory(Vec<u8>),
 }
@@ -1137,12 +1164,9 @@ impl SnapshotSink {
         }
         match &mut self.target {
             SinkTarget::Memory(v) => v.extend_from_slice(chunk),
-            SinkTarget::File { writer, path } => match writer {
-                Some(w) => w.write_all(chunk).map_err(at("write", path))?,
-                None => {
-                    return Err(at("write", path)(io::Error::other("sink already finished")).into());
-                }
-            },
+            SinkTarget::File { writer, tmp } => {
+                writer.write_all(chunk).map_err(at("write", &tmp.path))?;
+            }
         }
         self.written = total;
         Ok(())
@@ -1151,41 +1175,24 @@ impl SnapshotSink {
     /// Makes the received bytes durable, verifies them and returns the snapshot. A snapshot that
     /// names another cluster than this node's is refused with [`SnapshotError::WrongCluster`]
     /// (and its bytes deleted).
-    pub fn finish(mut self) -> Result<(SnapshotMeta, SnapshotData), SnapshotError> {
-        let data = match &mut self.target {
+    pub fn finish(self) -> Result<(SnapshotMeta, SnapshotData), SnapshotError> {
+        let data = match self.target {
             SinkTarget::Memory(v) => SnapshotData {
-                source: Source::Memory(Bytes::from(std::mem::take(v))),
+                source: Source::Memory(Bytes::from(v)),
             },
-            SinkTarget::File { writer, path } => {
-                let Some(w) = writer.take() else {
-                    return Err(
-                        at("finish", path)(io::Error::other("sink already finished")).into(),
-                    );
-                };
-                let file = w
+            SinkTarget::File { writer, tmp } => {
+                let file = writer
                     .into_inner()
-                    .map_err(|e| at("write", path)(e.into_error()))?;
-                file.sync_all().map_err(at("fsync", path))?;
+                    .map_err(|e| at("write", &tmp.path)(e.into_error()))?;
+                file.sync_all().map_err(at("fsync", &tmp.path))?;
                 // From here the file belongs to the returned handle: renamed into place on
                 // install, deleted with the handle's last clone otherwise.
-                let data = SnapshotData::received(path.clone())?;
-                *path = PathBuf::new();
-                data
+                SnapshotData::received(tmp)?
             }
         };
         let parsed = parse(&data)?;
         check_cluster(&self.cluster, &data, parsed.cluster, false)?;
         Ok((parsed.meta, data))
-    }
-}
-
-impl Drop for SnapshotSink {
-    fn drop(&mut self) {
-        if let SinkTarget::File { path, .. } = &self.target
-            && !path.as_os_str().is_empty()
-        {
-            let _ = fs::remove_file(path);
-        }
     }
 }
 
@@ -1633,6 +1640,52 @@ mod tests {
         let placed = snap_files(dir.path());
         assert_eq!(placed.len(), 1);
         assert!(placed[0].to_string_lossy().ends_with(SUFFIX), "{placed:?}");
+        let reopened = open_store(dir.path(), u64::MAX).unwrap();
+        let (m, data) = reopened.current().unwrap().unwrap();
+        assert_eq!((m, body(&data)), (meta(9), b"sent".to_vec()));
+    }
+
+    #[test]
+    fn a_panicking_write_snapshot_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path(), u64::MAX).unwrap();
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.write(
+                &meta(3),
+                &SessionTable::default(),
+                &ApplyExtra::default(),
+                |w| {
+                    w.write_all(&[7u8; 100_000])?;
+                    panic!("a state machine's write_snapshot panics");
+                },
+            )
+        }));
+        assert!(built.is_err(), "the panic reaches the caller");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        // The store goes on: the next build is placed.
+        write(&store, 4, b"after");
+        assert_eq!(snap_files(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn a_shut_down_stores_receive_leaves_the_next_stores_files_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        write(&open_store(other.path(), u64::MAX).unwrap(), 9, b"sent");
+        let bytes = fs::read(&snap_files(other.path())[0]).unwrap();
+        // A node shut down while a leader's snapshot was arriving; the next node on the same
+        // directory starts, and receives the same snapshot again.
+        let old = open_store(dir.path(), u64::MAX).unwrap();
+        let mut late = old.sink(None).unwrap();
+        late.write(&bytes[..10]).unwrap();
+        old.close();
+        let new = open_store(dir.path(), u64::MAX).unwrap();
+        let mut sink = new.sink(None).unwrap();
+        sink.write(&bytes).unwrap();
+        // The old receive ends only now (its stream broke), deleting its own file.
+        drop(late);
+        let (m, data) = sink.finish().unwrap();
+        new.adopt(&m, data).unwrap();
         let reopened = open_store(dir.path(), u64::MAX).unwrap();
         let (m, data) = reopened.current().unwrap().unwrap();
         assert_eq!((m, body(&data)), (meta(9), b"sent".to_vec()));
