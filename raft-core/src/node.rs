@@ -956,16 +956,19 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Removes node `id` from the cluster, whether it is a voter (the rest stay voters) or a
-    /// learner. Leader only.
+    /// learner. The change is incremental, so removals and promotions racing each other all
+    /// take effect. Leader only.
     pub async fn remove_node(&self, id: NodeId) -> Result<()> {
         self.require_leader()?;
         let m = self.metrics();
         let change = if m.voters.contains(&id) {
-            let rest: BTreeSet<NodeId> = m.voters.iter().copied().filter(|v| *v != id).collect();
-            if rest.is_empty() {
+            if m.voters.len() == 1 {
                 return Err(Error::Membership("cannot remove the last voter".into()));
             }
-            ChangeMembers::ReplaceAllVoters(rest)
+            // Applied to the configuration in force when it is proposed (after any change in
+            // flight), not to the one read here: a whole voter set computed now would undo a
+            // change that commits meanwhile.
+            ChangeMembers::RemoveVoters([id].into())
         } else if m.learners.contains(&id) {
             ChangeMembers::RemoveNodes([id].into())
         } else {

@@ -2,6 +2,7 @@
 //! router. Every wait is on metrics or a condition with a bound — never a sleep.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -316,6 +317,33 @@ async fn concurrent_promotions_both_take_effect() {
         assert!(a.is_ok() && b.is_ok(), "round {round}: {a:?} {b:?}");
         let m = leader.metrics();
         assert_eq!(m.voters, [1, 2, 3, 4, 5].into(), "round {round}");
+        assert!(!m.joint, "round {round}");
+    }
+}
+
+/// Two voters removed at the same time both leave, and no other member is touched: each
+/// removal applies to the configuration in force when it is proposed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_removals_both_take_effect() {
+    for round in 0..3 {
+        let cluster = start(3, |c| c).await;
+        cluster.launch(4).await.unwrap();
+        cluster.launch(5).await.unwrap();
+        add_learners_4_and_5(&cluster).await;
+        let leader_id = cluster.wait_for_leader().await.unwrap();
+        let leader = cluster.node(leader_id).unwrap();
+        let (a, b) = tokio::join!(leader.add_voter(4), leader.add_voter(5));
+        assert!(a.is_ok() && b.is_ok(), "round {round}: {a:?} {b:?}");
+        let leaving: Vec<NodeId> = (1..=5).filter(|id| *id != leader_id).take(2).collect();
+        let (a, b) = tokio::join!(
+            leader.remove_node(leaving[0]),
+            leader.remove_node(leaving[1])
+        );
+        assert!(a.is_ok() && b.is_ok(), "round {round}: {a:?} {b:?}");
+        let m = leader.metrics();
+        let staying: BTreeSet<NodeId> = (1..=5).filter(|id| !leaving.contains(id)).collect();
+        assert_eq!(m.voters, staying, "round {round}");
+        assert!(m.learners.is_empty(), "round {round}: {:?}", m.learners);
         assert!(!m.joint, "round {round}");
     }
 }
