@@ -74,7 +74,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Largest snapshot this node accepts from a leader, in bytes. Default 64 GiB.
     pub max_snapshot_bytes: u64,
-    /// Largest encoded command `write` accepts, in bytes. Default 64 MiB.
+    /// Largest encoded command `write` accepts, in bytes. Default 64 MiB; at most 256 MiB less
+    /// [`log::ENTRY_FRAMING`](crate::log::ENTRY_FRAMING), the largest entry the log holds.
     pub max_command_bytes: usize,
     /// Write-ahead log tuning, including the size of its preallocated segments
     /// ([`WalOptions::segment_size`]), which the storage quota counts in full.
@@ -337,6 +338,17 @@ impl Config {
                 "quota.check_interval must not be zero".into(),
             ));
         }
+        let largest_entry = self
+            .max_command_bytes
+            .saturating_add(crate::log::ENTRY_FRAMING);
+        if largest_entry > crate::log::MAX_ENTRY_BYTES {
+            return Err(Error::Config(format!(
+                "max_command_bytes ({}) must be at most {}: the write-ahead log holds entries of up to {} bytes, and a command it could not hold would stop every leader it reached",
+                self.max_command_bytes,
+                crate::log::MAX_ENTRY_BYTES - crate::log::ENTRY_FRAMING,
+                crate::log::MAX_ENTRY_BYTES
+            )));
+        }
         if self.max_append_bytes == 0 {
             return Err(Error::Config("max_append_bytes must not be zero".into()));
         }
@@ -378,6 +390,17 @@ mod tests {
     fn defaults_are_valid() {
         Config::in_memory(1).to_openraft().unwrap();
         Config::durable(1, "/tmp/x").to_openraft().unwrap();
+    }
+
+    #[test]
+    fn commands_the_log_cannot_hold_are_refused() {
+        let largest = crate::log::MAX_ENTRY_BYTES - crate::log::ENTRY_FRAMING;
+        let c = Config::durable(1, "/tmp/x").with_max_command_bytes(largest);
+        assert!(c.to_openraft().is_ok());
+        let c = c.with_max_command_bytes(largest + 1);
+        assert!(matches!(c.to_openraft(), Err(Error::Config(_))));
+        let c = c.with_max_command_bytes(usize::MAX);
+        assert!(matches!(c.to_openraft(), Err(Error::Config(_))));
     }
 
     #[test]

@@ -461,6 +461,10 @@ pub fn entry_cost(entry: &Entry) -> usize {
 /// What an entry adds to its command on the wire, at most (log id, session, lengths).
 pub const ENTRY_FRAMING: usize = 128;
 
+/// The largest entry the log holds, encoded, in bytes (256 MiB): a node refuses to start with a
+/// [`Config::max_command_bytes`](crate::Config::max_command_bytes) whose entries could exceed it.
+pub const MAX_ENTRY_BYTES: usize = record::MAX_PAYLOAD;
+
 impl RaftLogReader<TypeConfig> for LogReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
