@@ -66,8 +66,10 @@ pub struct ClientOptions {
     pub connector: Connector,
     /// Connection tuning.
     pub channel: ChannelOptions,
-    /// Deadline of each attempt. Default 5 s. A backup ([`ClusterClient::backup`]) also fails
-    /// if, once its first chunk has arrived, no further data arrives for this long.
+    /// Deadline of each attempt. Default 5 s. An attempt of an administrative change (membership,
+    /// session capacity) gets at least 15 s: a leader works on such a change for up to its
+    /// request timeout (10 s by default) before it answers. A backup ([`ClusterClient::backup`])
+    /// also fails if, once its first chunk has arrived, no further data arrives for this long.
     pub attempt_timeout: Duration,
     /// How long a backup ([`ClusterClient::backup`]) waits for its first chunk once a node has
     /// started the stream. The node first waits until it has applied the backup's read index,
@@ -104,6 +106,15 @@ impl tonic::service::Interceptor for Stamp {
 }
 
 type Client = PbClusterClient<tonic::service::interceptor::InterceptedService<Channel, Stamp>>;
+
+/// The least time [`ClusterClient`] gives one attempt of an administrative change (a
+/// membership change, the session capacity): a node's default request timeout
+/// ([`raft_core::Config::request_timeout`], the longest a leader works on such a change before
+/// answering) and 5 s for the answer to travel. Nodes configured with a longer request timeout
+/// need a client with an [`ClientOptions::attempt_timeout`] longer still.
+fn admin_attempt_timeout() -> Duration {
+    raft_core::Config::in_memory(1).request_timeout + Duration::from_secs(5)
+}
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -589,13 +600,17 @@ impl<S: Queryable> ClusterClient<S> {
         F: FnMut(Client, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        self.retry_at(target, |c, t, _| attempt(c, t)).await
+        let timeout = self.inner.opts.attempt_timeout;
+        self.retry_at(target, timeout, |c, t, _| attempt(c, t))
+            .await
     }
 
-    /// [`ClusterClient::retry`], telling each attempt the address it goes to.
+    /// [`ClusterClient::retry`], telling each attempt the address it goes to, each attempt
+    /// taking at most `attempt_timeout`.
     async fn retry_at<T, F, Fut>(
         &self,
         mut target: String,
+        attempt_timeout: Duration,
         mut attempt: F,
     ) -> Result<T, ClientError>
     where
@@ -610,7 +625,7 @@ impl<S: Queryable> ClusterClient<S> {
         let mut in_doubt = false;
         loop {
             attempts += 1;
-            let per_attempt = o.attempt_timeout.min(backoff.remaining());
+            let per_attempt = attempt_timeout.min(backoff.remaining());
             let outcome = match self.client(&target) {
                 Ok(c) => attempt(c, per_attempt, &target).await,
                 Err(s) => Err(s),
@@ -997,12 +1012,20 @@ impl<S: Queryable> ClusterClient<S> {
         .await
     }
 
-    async fn admin<F, Fut>(&self, attempt: F) -> Result<(), ClientError>
+    /// Runs an administrative change on the leader. Each attempt may take the longer of
+    /// [`ClientOptions::attempt_timeout`] and [`admin_attempt_timeout`]: a leader takes up to its
+    /// request timeout to carry out a change (a new learner catching up, a membership change
+    /// committing), and its answer — [`RequestError::LearnerNotCaughtUp`], say — must arrive
+    /// before the client's deadline, which would send the change again and end with an unknown
+    /// outcome.
+    async fn admin<F, Fut>(&self, mut attempt: F) -> Result<(), ClientError>
     where
         F: FnMut(Client, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<(), Status>>,
     {
-        self.retry(self.leader_guess(), attempt).await
+        let timeout = self.inner.opts.attempt_timeout.max(admin_attempt_timeout());
+        self.retry_at(self.leader_guess(), timeout, |c, t, _| attempt(c, t))
+            .await
     }
 
     /// The current leader's id and address, as the leader itself confirms: the nodes are asked
@@ -1132,22 +1155,26 @@ impl<S: Queryable> ClusterClient<S> {
         let busy = crate::backup::BusyNodes::default();
         let (nodes_ref, busy) = (&nodes, &busy);
         let started = self
-            .retry_at(self.next_endpoint(), |mut c, t, addr| {
-                let addr = addr.to_string();
-                async move {
-                    let call = c.backup(tonic::Request::new(pb::BackupRequest {}));
-                    let status = match tokio::time::timeout(t, call).await {
-                        Ok(Ok(r)) => return Ok(Some((r.into_inner(), addr))),
-                        Ok(Err(status)) => status,
-                        Err(_) => Status::deadline_exceeded("the backup did not start in time"),
-                    };
-                    let is_busy = matches!(RequestError::from(&status), RequestError::Busy(_));
-                    if busy.answered(&addr, is_busy, nodes_ref) {
-                        return Ok(None);
+            .retry_at(
+                self.next_endpoint(),
+                self.inner.opts.attempt_timeout,
+                |mut c, t, addr| {
+                    let addr = addr.to_string();
+                    async move {
+                        let call = c.backup(tonic::Request::new(pb::BackupRequest {}));
+                        let status = match tokio::time::timeout(t, call).await {
+                            Ok(Ok(r)) => return Ok(Some((r.into_inner(), addr))),
+                            Ok(Err(status)) => status,
+                            Err(_) => Status::deadline_exceeded("the backup did not start in time"),
+                        };
+                        let is_busy = matches!(RequestError::from(&status), RequestError::Busy(_));
+                        if busy.answered(&addr, is_busy, nodes_ref) {
+                            return Ok(None);
+                        }
+                        Err(status)
                     }
-                    Err(status)
-                }
-            })
+                },
+            )
             .await
             .map_err(|e| match e {
                 // Only when the budget ran out: a refusal retrying will not fix stays as it is.

@@ -1,6 +1,7 @@
 //! `ClusterClient` against real nodes: it finds the leader within one attempt timeout however
-//! many of its listed addresses never answer, and closing it closes the sessions its writes
-//! opened.
+//! many of its listed addresses never answer, closing it closes the sessions its writes opened,
+//! and a membership change the leader works on for longer than an attempt timeout gets the
+//! leader's answer.
 
 mod common;
 
@@ -15,6 +16,7 @@ use raft_grpc::ClientError;
 use raft_grpc::ClientOptions;
 use raft_grpc::ClusterClient;
 use raft_grpc::GrpcOptions;
+use raft_grpc::RequestError;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -151,5 +153,38 @@ async fn closing_the_client_closes_the_sessions_its_writes_opened() {
             .await
             .unwrap(),
         common::Reply::Value(Some("v".into()))
+    );
+}
+
+/// A learner that cannot catch up is reported as such: the leader waits its request timeout for
+/// it, longer than the client's default attempt timeout (5 s), and the attempt outlasts that
+/// wait rather than being cut off and sent again until the client gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_that_cannot_catch_up_is_reported_not_retried_until_the_client_gives_up() {
+    const LEADER_WAITS: Duration = Duration::from_secs(7);
+    let c = GrpcCluster::start(1, GrpcOptions::default(), |c| {
+        c.with_request_timeout(LEADER_WAITS)
+    })
+    .await;
+    c.leader().await;
+    // An address where nothing listens: the learner never receives the log.
+    let nobody = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = nobody.local_addr().unwrap().to_string();
+    drop(nobody);
+    let opts = ClientOptions::default().with_total_timeout(Duration::from_secs(20));
+    let client: ClusterClient<Kv> = ClusterClient::new(c.endpoints(), opts).unwrap();
+    let start = Instant::now();
+    let added = client.add_learner(9, addr).await;
+    let took = start.elapsed();
+    assert!(
+        matches!(
+            added,
+            Err(ClientError::Refused(RequestError::LearnerNotCaughtUp(_)))
+        ),
+        "{added:?} after {took:?}"
+    );
+    assert!(
+        took >= LEADER_WAITS && took < LEADER_WAITS + Duration::from_secs(5),
+        "answered after {took:?}"
     );
 }

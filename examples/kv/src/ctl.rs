@@ -120,11 +120,6 @@ pub enum CtlError {
 const QUICK: Duration = Duration::from_secs(5);
 
 impl Conn {
-    /// A client whose attempts each take at most [`QUICK`] (within `--timeout`).
-    pub(crate) fn client(&self) -> Result<ClusterClient<Store>, CtlError> {
-        self.client_with(QUICK)
-    }
-
     /// Node `addr`'s status, within [`QUICK`] (and `--timeout`) whatever `client`'s attempt
     /// timeout; no answer in that time is a [`RequestError::Timeout`].
     async fn quick_status(
@@ -143,8 +138,9 @@ impl Conn {
             })
     }
 
-    /// A client whose attempts each take at most `attempt` (within `--timeout`).
-    fn client_with(&self, attempt: Duration) -> Result<ClusterClient<Store>, CtlError> {
+    /// A client whose attempts each take at most [`QUICK`] (within `--timeout`); the client
+    /// gives a membership change's attempts as long as a leader works on one.
+    pub(crate) fn client(&self) -> Result<ClusterClient<Store>, CtlError> {
         let credentials =
             match &self.token_file {
                 None => None,
@@ -177,7 +173,7 @@ impl Conn {
             .with_tls(tls)
             .with_credentials(credentials)
             .with_total_timeout(self.timeout)
-            .with_attempt_timeout(attempt.min(self.timeout));
+            .with_attempt_timeout(QUICK.min(self.timeout));
         ClusterClient::new(self.endpoints.clone(), opts)
             .map_err(|e| CtlError::Config(e.to_string()))
     }
@@ -341,12 +337,7 @@ pub(crate) fn json<T: Serialize>(v: &T) -> Result<String, CtlError> {
 
 /// Runs `kv member …`; returns what to print.
 pub async fn member(cmd: &MemberCmd, conn: &Conn) -> Result<String, CtlError> {
-    // An add's attempts may take as long as the leader waits for the new learner; its quick
-    // calls (statuses) are bounded on their own.
-    let client = match cmd {
-        MemberCmd::Add { .. } => conn.client_with(add_attempt_timeout())?,
-        _ => conn.client()?,
-    };
+    let client = conn.client()?;
     match cmd {
         MemberCmd::List => {
             let rows = members(&conn.view(&client).await?);
@@ -379,20 +370,12 @@ pub async fn member(cmd: &MemberCmd, conn: &Conn) -> Result<String, CtlError> {
     }
 }
 
-/// How long one `AddLearner` attempt may take: longer than the leader waits for the new
-/// learner to catch up (a node's request timeout; kv nodes keep raft-core's default), so that
-/// the leader's answer arrives rather than a client-side deadline, which would send the add
-/// again.
-fn add_attempt_timeout() -> Duration {
-    raft_core::Config::in_memory(1).request_timeout + Duration::from_secs(5)
-}
-
 /// `kv member add`: adds `id` at `addr` as a learner, then (unless `learner`) makes it a voter.
 /// A node that is neither a member nor at a member's address is asked first who it is: one that
 /// does not answer, is another node or belongs to another cluster is refused before anything is
 /// proposed ([`crate::probe`]). A member already at `addr` is reported as it is. A learner that
 /// was added but has not caught up is reported as such, with how to undo it, and is not
-/// promoted. `client`'s attempts must outlast the leader's wait for a new learner.
+/// promoted.
 async fn add(
     id: NodeId,
     addr: &str,
