@@ -11,7 +11,8 @@
 //! within the body chunk that starts it takes its declared length from a [`ReceiveBudget`]
 //! shared by every call of the service, and gives it back when its last byte has arrived or
 //! its call ends. A message that finds the budget spent, or is not whole within
-//! [`ReceiveBudget::allowance`] of its header, fails its call with
+//! [`ReceiveBudget::allowance`] of its header, and a call whose first message has not started
+//! within the allowance of an empty one from the call's start, fail their call with
 //! [`ErrorCode::Busy`](crate::status::ErrorCode::Busy): nothing was applied, and a later
 //! attempt may succeed. It fails rather than waits: a waiting stream's unread bytes would hold
 //! its connection's HTTP/2 window and stall every other call on that connection (a peer's
@@ -215,8 +216,12 @@ pub(crate) struct Metered<B> {
     remaining: u32,
     /// What the current message holds of the budget.
     held: Option<OwnedSemaphorePermit>,
-    /// When the current message must be whole.
+    /// When the current message must be whole (or, before the header of the call's first
+    /// message is whole, when that header must be: `header_by`).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the header of the call's first message must be whole, until it is. The timer is
+    /// made only if the body has to wait: a message that comes at once costs none.
+    header_by: Option<tokio::time::Instant>,
     /// Where whole messages' shares go, when they stay counted until the call is answered;
     /// then every message takes its share on its header.
     kept: Option<Kept>,
@@ -226,6 +231,11 @@ pub(crate) struct Metered<B> {
 
 impl<B> Metered<B> {
     fn new(inner: B, budget: ReceiveBudget, kept: Option<Kept>) -> Metered<B> {
+        // A call must start its first message: until that header is whole, it has the
+        // allowance of an empty message from the call's start. Otherwise a caller could open
+        // streams, send nothing (or part of a header) and hold a handler on each for ever.
+        // (A stream's later messages may be far apart: a leader's appends to an idle follower.)
+        let header_by = Some(tokio::time::Instant::now() + budget.allowance(0));
         Metered {
             inner,
             budget,
@@ -234,6 +244,7 @@ impl<B> Metered<B> {
             remaining: 0,
             held: None,
             deadline: None,
+            header_by,
             kept,
             failed: false,
         }
@@ -251,6 +262,9 @@ impl<B> Metered<B> {
                 rest = &rest[take..];
                 if self.header_len == HEADER {
                     self.remaining = self.declared();
+                    // From here the message has the allowance of its declared length.
+                    self.deadline = None;
+                    self.header_by = None;
                     if self.kept.is_some() {
                         self.take()?;
                     }
@@ -351,14 +365,24 @@ where
         if this.failed {
             return Poll::Ready(None);
         }
-        if let Some(deadline) = this.deadline.as_mut()
-            && deadline.as_mut().poll(cx).is_ready()
-        {
-            return this.fail(
-                "a message did not arrive in time; the node dropped what it had of it".into(),
-            );
-        }
-        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if let Some(at) = this.header_by.take() {
+                    this.deadline = Some(Box::pin(tokio::time::sleep_until(at)));
+                }
+                if let Some(deadline) = this.deadline.as_mut()
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    return this.fail(
+                        "a message did not arrive in time; the node dropped what it had of it"
+                            .into(),
+                    );
+                }
+                return Poll::Pending;
+            }
+        };
+        let frame = match frame {
             None => {
                 this.held = None;
                 this.deadline = None;
@@ -540,6 +564,52 @@ mod tests {
         assert_eq!(next(&mut a), Some(Err(ErrorCode::Busy)));
         assert_eq!(budget.available(), BUDGET);
         assert_room_for(&budget, 700);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_starts_no_message_fails_busy_after_an_empty_messages_allowance() {
+        let budget = budget();
+        // Calls of a service of streams, and of one that keeps each call's one message counted.
+        let start = |sent: &[u8], kept: Option<Kept>| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let mut body = Metered::new(Chunks(rx), budget.clone(), kept);
+            if !sent.is_empty() {
+                tx.send(Bytes::copy_from_slice(sent)).unwrap();
+                assert_eq!(next(&mut body), Some(Ok(sent.len())));
+            }
+            (tx, body)
+        };
+        // Nothing at all, and part of a header.
+        let (_nothing_tx, mut nothing) = start(&[], None);
+        let (_part_tx, mut part) = start(&header(10)[..3], Some(Kept::default()));
+        // A header in time: from it on, the message has its own allowance.
+        let (late_tx, mut late) = start(&[], Some(Kept::default()));
+        // A stream whose first message came at once and whose next one is long in coming.
+        let (_idle_tx, mut idle) = start(&message(10), None);
+        assert_eq!(next(&mut nothing), None);
+        assert_eq!(next(&mut part), None);
+        assert_eq!(next(&mut late), None);
+        tokio::time::advance(budget.allowance(0) - Duration::from_millis(1)).await;
+        late_tx.send(header(700).into()).unwrap();
+        assert_eq!(next(&mut late), Some(Ok(HEADER)));
+        assert_eq!(next(&mut nothing), None, "still within its allowance");
+        assert_eq!(next(&mut part), None, "still within its allowance");
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert_eq!(next(&mut nothing), Some(Err(ErrorCode::Busy)));
+        assert_eq!(next(&mut part), Some(Err(ErrorCode::Busy)));
+        assert_eq!(
+            next(&mut late),
+            None,
+            "its message's allowance started at its header"
+        );
+        tokio::time::advance(budget.allowance(700)).await;
+        assert_eq!(next(&mut late), Some(Err(ErrorCode::Busy)));
+        assert_eq!(
+            next(&mut idle),
+            None,
+            "a stream's later messages have no start deadline"
+        );
+        assert_eq!(budget.available(), BUDGET);
     }
 
     #[tokio::test]
