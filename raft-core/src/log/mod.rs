@@ -45,9 +45,10 @@
 //!   have a torn tail.
 //! * The vote and the purge point live in `meta`, replaced atomically (temp file, fsync, rename,
 //!   fsync directory). Saving a vote first makes every earlier append durable.
-//! * `truncate_after` deletes the later segments and fsyncs the directory, then cuts the segment
-//!   that keeps a part and fsyncs it, before returning: a crash leaves the old log or a prefix of
-//!   it. `purge` records the purge point and then deletes whole segments.
+//! * `truncate_after` takes the removed entries out of readers' view, deletes the later segments
+//!   and fsyncs the directory, then cuts the segment that keeps a part and fsyncs it, before
+//!   returning: a crash leaves the old log or a prefix of it, and a reader never finds an entry
+//!   whose file is gone or cut. `purge` records the purge point and then deletes whole segments.
 //! * The first failed write, fdatasync or file operation fails the log for good (`LogError::Failed`
 //!   for every later append, truncation, purge and vote), and nothing more is written, not even
 //!   on close. The fdatasyncs of appended records, sealing included, all run on the flusher

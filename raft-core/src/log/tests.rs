@@ -217,6 +217,68 @@ pub(super) fn before_chunk(view: &SharedView) {
     });
 }
 
+/// Readers on other threads, reading entries a truncation removes (from disk: nothing is
+/// cached), get those entries or fewer, never an error: the entries leave the readers' view
+/// before their segments are deleted or cut.
+#[test]
+fn readers_never_see_a_truncation_half_made() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::Ordering;
+
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let opts = WalOptions {
+        cache_entries: 0,
+        ..small_segments()
+    };
+    let mut log = LogStore::open(dir.path(), 1, opts).unwrap();
+    let tail = |term: u64| {
+        (101..=300)
+            .map(move |i| entry(term, i, 100))
+            .collect::<Vec<_>>()
+    };
+    rt.block_on(append(
+        &mut log,
+        (1..=100).map(|i| entry(1, i, 100)).collect(),
+    ));
+    rt.block_on(append(&mut log, tail(1)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut reader = rt.block_on(log.get_log_reader());
+            let stop = stop.clone();
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut reads = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let got = reader
+                        .try_get_log_entries(95..301)
+                        .now_or_never()
+                        .expect("a read does not wait");
+                    let got = got.map_err(|e| format!("read {reads}: {e}"))?;
+                    if got.len() < 6 || got[0].log_id.index != 95 {
+                        return Err(format!("read {reads}: lost kept entries"));
+                    }
+                    reads += 1;
+                }
+                Ok(reads)
+            })
+        })
+        .collect();
+    for term in 2..150 {
+        rt.block_on(log.truncate_after(Some(types::log_id(1, 1, 100))))
+            .unwrap();
+        rt.block_on(append(&mut log, tail(term)));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        let reads = r.join().unwrap().unwrap();
+        assert!(reads > 0);
+    }
+}
+
 #[tokio::test]
 async fn a_long_read_lets_writes_in_between_its_chunks_and_returns_one_run_of_one_log() {
     let dir = tempfile::tempdir().unwrap();

@@ -825,16 +825,12 @@ impl Wal {
         if first_removed >= end {
             return Ok(());
         }
-        if first_removed == first {
-            // No live entry survives; what else the segments hold is purged.
-            let all: Vec<u64> = self.view.read().segments.keys().rev().copied().collect();
-            for s in all {
-                self.remove_segment(s)?;
-            }
-            self.active = None;
-            self.sync_dir()?;
-        } else {
-            let keep_loc = self.view.read().locs[(first_removed - 1 - first) as usize];
+        // The entries leave the readers' view before any file is touched: a reader never finds
+        // one whose segment is gone or cut. (The view keeps where the surviving entries are.)
+        let keep_loc = (first_removed > first)
+            .then(|| self.view.read().locs[(first_removed - 1 - first) as usize]);
+        self.view.write().truncate_from(first_removed);
+        if let Some(keep_loc) = keep_loc {
             let later: Vec<u64> = self
                 .view
                 .read()
@@ -889,10 +885,17 @@ impl Wal {
                 }),
                 Framing::Legacy => None,
             };
+        } else {
+            // No live entry survives; what else the segments hold is purged.
+            let all: Vec<u64> = self.view.read().segments.keys().rev().copied().collect();
+            for s in all {
+                self.remove_segment(s)?;
+            }
+            self.active = None;
+            self.sync_dir()?;
         }
         // Commit markers written after the cut are gone with it.
         self.committed_written = None;
-        self.view.write().truncate_from(first_removed);
         Ok(())
     }
 
