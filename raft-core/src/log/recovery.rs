@@ -96,8 +96,19 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
     let mut tail: Option<Tail> = None;
     let mut removed_any = false;
     let count = listed.len();
+    let firsts: Vec<u64> = listed.iter().map(|(first, _)| *first).collect();
     for (i, (first, path)) in listed.into_iter().enumerate() {
         let is_last = i + 1 == count;
+        // A segment followed by one that starts at or before the entry after the purge point
+        // holds only purged entries: a purge that a crash interrupted, finished here without
+        // reading it, so that damage in data the log no longer needs cannot stop the start.
+        if let (Some(p), Some(next)) = (purged_index, firsts.get(i + 1))
+            && next.saturating_sub(1) <= p
+        {
+            fs::remove_file(&path).map_err(at("remove", &path))?;
+            removed_any = true;
+            continue;
+        }
         let (seg, framing) = Segment::open(&path, first)?;
         let bytes = seg.read_all()?;
         let (found, stop) = segment::scan(&bytes, framing);

@@ -976,6 +976,38 @@ async fn a_legacy_log_opens_reads_takes_appends_in_a_new_segment_and_survives_re
     model.check(&mut log).await;
 }
 
+/// A crash between a purge's durable purge point and its deletions leaves segments of purged
+/// entries only. Damage in one of them (data the log no longer needs) does not stop the start:
+/// the purge is finished without reading it.
+#[tokio::test]
+async fn damage_in_a_segment_a_purge_left_behind_does_not_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    let entries: Vec<Entry> = (1..=300).map(|i| entry(1, i, 100)).collect();
+    for batch in entries.chunks(10) {
+        append(&mut log, batch.to_vec()).await;
+    }
+    let segs = segment::list(dir.path()).unwrap();
+    assert!(segs.len() >= 4, "{} segments", segs.len());
+    let (first_seg, first_path) = segs[0].clone();
+    let left_behind = fs::read(&first_path).unwrap();
+    // Purged up to the first entry of the third segment: the first two are deleted.
+    let upto = entries[(segs[2].0 - 1) as usize].log_id;
+    log.purge(upto).await.unwrap();
+    drop(log);
+    assert!(!first_path.exists());
+    // As a crash before the deletion would leave it, and damaged inside a record.
+    let mut damaged = left_behind;
+    let at = segment::HEADER_LEN as usize + 40;
+    damaged[at] ^= 0xff;
+    fs::write(&first_path, &damaged).unwrap();
+
+    let mut log = open(dir.path()).unwrap();
+    assert!(!first_path.exists(), "segment {first_seg} is removed");
+    let kept = all_entries(&mut log).await;
+    assert_eq!(kept, entries[upto.index as usize..]);
+}
+
 #[tokio::test]
 async fn a_torn_final_record_of_a_legacy_log_is_cut_at_every_byte() {
     let original = tempfile::tempdir().unwrap();
