@@ -143,9 +143,73 @@ pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
     }
 }
 
+/// Makes what was written to `file` durable, then drops the file's pages from the page cache, so
+/// that the next read of it comes from the disk.
+///
+/// After a failed fdatasync, Linux keeps the pages it could not write as clean cached pages and
+/// reports the error once: a process started afterwards reads them back as if they were on disk,
+/// and its own fdatasync succeeds without writing anything. Reading from the disk shows what is
+/// really there. Pages still dirty (written by a process that crashed before syncing) are made
+/// durable first, so nothing that can be kept is dropped. The advice is best effort: where the
+/// kernel ignores it, reads come from the cache as before.
+pub(crate) fn sync_and_uncache(file: &File) -> io::Result<()> {
+    file.sync_data()?;
+    match rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::OPNOTSUPP => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How many of the first `len` bytes' pages of `file` the page cache holds.
+    fn cached_pages(file: &File, len: usize) -> usize {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a read-only shared mapping of a file this test owns, only passed to mincore
+        // (which reads no mapped byte) and unmapped before returning.
+        unsafe {
+            let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(addr, libc::MAP_FAILED, "{}", io::Error::last_os_error());
+            let mut resident = vec![0u8; len.div_ceil(page)];
+            let r = libc::mincore(addr, len, resident.as_mut_ptr());
+            let err = io::Error::last_os_error();
+            libc::munmap(addr, len);
+            assert_eq!(r, 0, "{err}");
+            resident.iter().filter(|b| **b & 1 == 1).count()
+        }
+    }
+
+    #[test]
+    fn sync_and_uncache_leaves_no_page_cached_and_loses_no_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let mut file = File::options()
+            .create(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        file.write_all(&data).unwrap();
+        assert!(
+            cached_pages(&file, data.len()) > 0,
+            "written pages are cached"
+        );
+        sync_and_uncache(&file).unwrap();
+        assert_eq!(cached_pages(&file, data.len()), 0);
+        assert_eq!(fs::read(&path).unwrap(), data);
+    }
 
     #[test]
     fn ensure_dir_creates_missing_parents_and_keeps_what_exists() {

@@ -110,6 +110,12 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
             continue;
         }
         let (seg, framing) = Segment::open(&path, first)?;
+        if i + 2 >= count {
+            // Only the last segment, and the one sealed before it, can hold records whose
+            // fdatasync failed: read them from the disk, not from pages the kernel kept after
+            // failing to write them.
+            fsutil::sync_and_uncache(&seg.file).map_err(at("fdatasync", &path))?;
+        }
         let bytes = seg.read_all()?;
         let (found, stop) = segment::scan(&bytes, framing);
         let decodes = |p: &[u8]| {
