@@ -160,10 +160,17 @@ pub(crate) fn start<S: StateMachine>(
                 Err(status::from_error(&e))
             }
         };
-        // The reader may have left already; then there is nobody to tell.
-        let _ = tx.send(last).await;
+        send_last(&tx, last, READER_STALL).await;
     });
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+}
+
+/// Sends a backup's last message (its `done`, or why it failed) unless the reader takes nothing
+/// for `stall`: it may have left already, or stopped reading, and then there is nobody to tell.
+/// Without the bound, a reader that keeps its connection but stops reading would keep the task
+/// and the stream's queued messages for ever.
+async fn send_last(tx: &mpsc::Sender<Item>, last: Item, stall: Duration) {
+    let _ = tx.send_timeout(last, stall).await;
 }
 
 /// The nodes whose latest answer to a client's backup request was busy (each writes one backup
@@ -305,6 +312,21 @@ mod tests {
         assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::TimedOut);
         // The reader still holds its end: the export gave up on its own.
         drop(rx);
+    }
+
+    #[tokio::test]
+    async fn the_last_message_to_a_reader_that_stopped_reading_is_given_up() {
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(Ok(pb::BackupChunk::default())).await.unwrap();
+        let last = Ok(pb::BackupChunk::default());
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            send_last(&tx, last, Duration::from_millis(200)),
+        )
+        .await
+        .expect("the last message was given up instead of waiting for ever");
+        // The reader still holds its end, full.
+        assert_eq!(rx.len(), 1);
     }
 
     #[test]
