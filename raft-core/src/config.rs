@@ -100,8 +100,8 @@ pub struct Config {
     pub max_session_bytes: usize,
     /// Largest response the session table keeps for a retried write. A retry of a write whose
     /// response was larger gets [`ApplyError::ResponseNotKept`](crate::ApplyError) (applied,
-    /// answer unknown) instead of the response. Default 1 MiB. Read only at initialize, like
-    /// [`Config::max_sessions`].
+    /// answer unknown) instead of the response. Default 1 MiB; at most
+    /// [`Config::max_session_bytes`]. Read only at initialize, like [`Config::max_sessions`].
     pub max_session_response_bytes: usize,
     /// The clock this node stamps writes and reads with while it leads (see [`Clock`]).
     /// Default: [`SystemClock`](crate::SystemClock).
@@ -338,6 +338,9 @@ impl Config {
                 "quota.check_interval must not be zero".into(),
             ));
         }
+        if let Some(why) = crate::session::oversized_response(self.session_capacity()) {
+            return Err(Error::Config(why));
+        }
         let largest_entry = self
             .max_command_bytes
             .saturating_add(crate::log::ENTRY_FRAMING);
@@ -390,6 +393,19 @@ mod tests {
     fn defaults_are_valid() {
         Config::in_memory(1).to_openraft().unwrap();
         Config::durable(1, "/tmp/x").to_openraft().unwrap();
+    }
+
+    #[test]
+    fn a_kept_response_larger_than_the_session_table_is_refused() {
+        let c = Config::in_memory(1).with_max_session_bytes(1 << 20);
+        assert!(
+            c.clone()
+                .with_max_session_response_bytes(1 << 20)
+                .to_openraft()
+                .is_ok()
+        );
+        let c = c.with_max_session_response_bytes((1 << 20) + 1);
+        assert!(matches!(c.to_openraft(), Err(Error::Config(_))));
     }
 
     #[test]

@@ -653,13 +653,17 @@ impl<S: StateMachine> Node<S> {
 
     /// Sets the cluster-wide bounds of the session table (one replicated entry; an admin
     /// operation). Lowering them evicts the sessions whose last write is oldest. Fails with
-    /// [`Error::Config`] for a capacity of no sessions or more than 768 MiB.
+    /// [`Error::Config`] for a capacity of no sessions, of more than 768 MiB, or that keeps
+    /// responses larger than the whole table.
     pub async fn set_session_capacity(&self, capacity: SessionCapacity) -> Result<()> {
         if capacity != crate::session::clamp(capacity) {
             return Err(Error::Config(format!(
                 "session capacity {capacity:?} must allow at least one session and at most {} bytes",
                 crate::config::MAX_SESSION_BYTES
             )));
+        }
+        if let Some(why) = crate::session::oversized_response(capacity) {
+            return Err(Error::Config(why));
         }
         self.propose_internal(Proposal::SetSessionCapacity(capacity))
             .await

@@ -109,6 +109,18 @@ pub(crate) fn clamp(c: SessionCapacity) -> SessionCapacity {
     }
 }
 
+/// Why an operator's capacity is refused ([`Node::set_session_capacity`](crate::Node), and a
+/// [`Config`](crate::Config)'s initial one): a kept response larger than the whole table would
+/// make room for itself by evicting every other session, and leave the table over its bound.
+pub(crate) fn oversized_response(c: SessionCapacity) -> Option<String> {
+    (c.max_response_bytes > c.max_bytes).then(|| {
+        format!(
+            "the largest response kept for a retry ({} bytes) must be at most the session table's bytes ({})",
+            c.max_response_bytes, c.max_bytes
+        )
+    })
+}
+
 /// The bounded table of client sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SessionTable {

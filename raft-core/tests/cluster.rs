@@ -576,6 +576,26 @@ async fn wait_for_capacity(cluster: &Cluster<Kv>, max_sessions: u64) {
     }
 }
 
+/// A capacity that would keep a response larger than the whole table (so that keeping it
+/// evicts every other session) is refused, and the capacity in force stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_capacity_keeping_responses_larger_than_the_table_is_refused() {
+    let cluster = start(1, |c| c).await;
+    let node = cluster
+        .node(cluster.wait_for_leader().await.unwrap())
+        .unwrap();
+    let before = node.session_capacity();
+    let too_large = raft_core::SessionCapacity::default()
+        .with_max_bytes(1 << 20)
+        .with_max_response_bytes((1 << 20) + 1);
+    let refused = node.set_session_capacity(too_large).await;
+    assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
+    assert_eq!(node.session_capacity(), before);
+    let fits = too_large.with_max_response_bytes(1 << 20);
+    node.set_session_capacity(fits).await.unwrap();
+    assert_eq!(node.session_capacity(), fits);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_after_its_session_was_evicted_is_never_applied_again() {
     let cluster = start(3, |c| c).await;
