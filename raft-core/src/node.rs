@@ -126,6 +126,10 @@ pub(crate) struct Inner<S: StateMachine> {
     binding: Arc<Mutex<BTreeSet<NodeId>>>,
     /// Writes queued behind the proposals in flight (see [`combine`]).
     combiner: combine::Combiner,
+    /// Held while this node proposes a session capacity; `true` once
+    /// [`Node::set_session_capacity`] was called here, after which the configured capacity an
+    /// initialization proposes in the background is not proposed any more.
+    capacity_set: tokio::sync::Mutex<bool>,
     #[cfg(feature = "testing")]
     power: Option<crate::log::PowerSwitch>,
     #[cfg(feature = "testing")]
@@ -267,6 +271,7 @@ impl<S: StateMachine> Node<S> {
                 incarnation,
                 binding: Arc::default(),
                 combiner,
+                capacity_set: tokio::sync::Mutex::new(false),
                 #[cfg(feature = "testing")]
                 power,
                 #[cfg(feature = "testing")]
@@ -441,7 +446,12 @@ impl<S: StateMachine> Node<S> {
                 tokio::time::timeout(patience, node.wait_raw(|m| m.current_leader.is_some())).await;
             let result = match led {
                 Ok(true) if node.role() == Role::Leader => {
-                    node.set_session_capacity(capacity).await
+                    let set = node.inner.capacity_set.lock().await;
+                    if *set {
+                        // An explicit capacity came first: it stays.
+                        return;
+                    }
+                    node.propose_session_capacity(capacity).await
                 }
                 Ok(false) => return,
                 _ => Err(Error::NotLeader(LeaderHint::new(node.leader().id(), None))),
@@ -665,6 +675,12 @@ impl<S: StateMachine> Node<S> {
         if let Some(why) = crate::session::oversized_response(capacity) {
             return Err(Error::Config(why));
         }
+        let mut set = self.inner.capacity_set.lock().await;
+        *set = true;
+        self.propose_session_capacity(capacity).await
+    }
+
+    async fn propose_session_capacity(&self, capacity: SessionCapacity) -> Result<()> {
         self.propose_internal(Proposal::SetSessionCapacity(capacity))
             .await
             .map(drop)

@@ -596,6 +596,28 @@ async fn a_session_capacity_keeping_responses_larger_than_the_table_is_refused()
     assert_eq!(node.session_capacity(), fits);
 }
 
+/// A capacity set once the cluster leads stays: the configured one, which initialization
+/// proposes in the background as soon as the node leads, never replaces it afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_explicit_session_capacity_is_not_undone_by_the_configured_one() {
+    // The configured capacity is proposed within milliseconds of leading; this is far beyond.
+    const LATER: Duration = Duration::from_millis(500);
+    for round in 0..4 {
+        let cluster = start(1, |c| c.with_max_sessions(5)).await;
+        let node = cluster
+            .node(cluster.wait_for_leader().await.unwrap())
+            .unwrap();
+        let explicit = raft_core::SessionCapacity::default().with_max_sessions(100);
+        node.set_session_capacity(explicit).await.unwrap();
+        // Writes for a while, each applied after whatever was proposed before it.
+        let until = Instant::now() + LATER;
+        while Instant::now() < until {
+            node.write(Cmd::Put("k".into(), "v".into())).await.unwrap();
+            assert_eq!(node.session_capacity(), explicit, "round {round}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_after_its_session_was_evicted_is_never_applied_again() {
     let cluster = start(3, |c| c).await;
