@@ -138,7 +138,9 @@ impl<S: StateMachine> SmState<S> {
                 let ctx = self.context(index, Some(time));
                 let responses: Vec<Response> = requests
                     .iter()
-                    .map(|r| {
+                    .zip(0..)
+                    .map(|(r, position)| {
+                        let ctx = ctx.at_position(position);
                         let response = match r.session {
                             None => self.apply_command(&r.command, &ctx),
                             Some(s) => self.apply_in_session(s, &r.command, &ctx, false),
@@ -212,8 +214,9 @@ impl<S: StateMachine> SmState<S> {
     fn apply_batch(&mut self, commands: &[Bytes], ctx: &ApplyContext) -> Response {
         let responses: Vec<Response> = commands
             .iter()
-            .map(|c| {
-                let response = self.apply_command(c, ctx);
+            .zip(0..)
+            .map(|(c, position)| {
+                let response = self.apply_command(c, &ctx.at_position(position));
                 self.keep(response).unwrap_or_else(|refused| {
                     // The batch's whole output passes the bound, so a session keeps none of it.
                     self.output_too_large = true;
@@ -728,6 +731,58 @@ mod tests {
     }
 
     const MIB: usize = 1 << 20;
+
+    /// A state machine that answers each write with the `(index, position)` it was applied at.
+    struct Places;
+
+    impl StateMachine for Places {
+        type Command = ();
+        type Output = (u64, u32);
+        type Snapshot = ();
+        fn apply(&mut self, (): ()) -> (u64, u32) {
+            unreachable!("applied through apply_at")
+        }
+        fn apply_at(&mut self, (): (), ctx: &ApplyContext) -> (u64, u32) {
+            (ctx.index(), ctx.position())
+        }
+        fn snapshot(&self) {}
+        fn write_snapshot(_: (), _: &mut dyn Write) -> io::Result<()> {
+            Ok(())
+        }
+        fn restore(&mut self, _: &mut dyn Read) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn writes_sharing_an_entry_each_have_their_own_position() {
+        let mut st = SmState::new(Places);
+        let unit: Bytes = codec::encode(&()).unwrap().into();
+        let places = |r: Response| -> Vec<(u64, u32)> {
+            responses(r)
+                .into_iter()
+                .map(|r| match r {
+                    Response::Output(b) => codec::decode(&b).unwrap(),
+                    other => panic!("expected an output, got {other:?}"),
+                })
+                .collect()
+        };
+        let requests = (0..3)
+            .map(|_| Request {
+                session: None,
+                command: unit.clone(),
+            })
+            .collect();
+        let combined = st.apply_proposal(Proposal::Combined(1_000, requests), 7);
+        assert_eq!(places(combined), [(7, 0), (7, 1), (7, 2)]);
+        let batch = Proposal::TimedBatch(None, 1_000, vec![unit.clone(), unit.clone()]);
+        assert_eq!(places(st.apply_proposal(batch, 8)), [(8, 0), (8, 1)]);
+        let alone = st.apply_proposal(Proposal::Write(unit), 9);
+        let Response::Output(b) = alone else {
+            panic!("expected an output, got {alone:?}")
+        };
+        assert_eq!(codec::decode::<(u64, u32)>(&b).unwrap(), (9, 0));
+    }
 
     fn state(max_response_bytes: u64) -> SmState<Sized> {
         let mut st = SmState::new(Sized);

@@ -177,18 +177,41 @@ pub trait Queryable: StateMachine {
 #[non_exhaustive]
 pub struct ApplyContext {
     index: u64,
+    position: u32,
     time_ms: Option<u64>,
 }
 
 impl ApplyContext {
-    /// A context for the entry at `index` with the given time (for tests of a state machine).
+    /// A context for the entry at `index` with the given time, for its first (or only) write
+    /// (for tests of a state machine).
     pub fn new(index: u64, time_ms: Option<u64>) -> Self {
-        ApplyContext { index, time_ms }
+        ApplyContext {
+            index,
+            position: 0,
+            time_ms,
+        }
     }
 
-    /// The entry's log index.
+    /// The same context for the write at `position` in its entry (for tests of a state
+    /// machine).
+    #[must_use]
+    pub fn at_position(self, position: u32) -> Self {
+        ApplyContext { position, ..self }
+    }
+
+    /// The entry's log index. Writes that share an entry share it: writes combined under load
+    /// ([`Config::combine_writes_after`](crate::Config)) and a
+    /// [`Node::write_many`](crate::Node::write_many) batch. To number writes uniquely (a
+    /// revision, an id), use `(index(), position())`.
     pub fn index(&self) -> u64 {
         self.index
+    }
+
+    /// The write's place in its entry: 0 for the first (or only) write, then 1, 2, … in the
+    /// order the entry applies them. `(index(), position())` is unique across the log and the
+    /// same on every replica.
+    pub fn position(&self) -> u32 {
+        self.position
     }
 
     /// The entry's time, in milliseconds since the Unix epoch: the leader's clock when it
