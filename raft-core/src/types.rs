@@ -133,6 +133,16 @@ impl Proposal {
         }
     }
 
+    /// How many writes this entry carries: a batch's or a combined entry's, one for a single
+    /// write, none for the others.
+    pub(crate) fn writes(&self) -> usize {
+        match self {
+            Proposal::TimedBatch(_, _, commands) => commands.len(),
+            Proposal::Combined(_, requests) => requests.len(),
+            other => usize::from(other.command().is_some()),
+        }
+    }
+
     /// The bytes of user commands this entry carries (all of a batch's).
     pub fn command_len(&self) -> usize {
         match self {

@@ -233,6 +233,47 @@ mod append_budget {
         reader.limited_get_log_entries(start, end).await.unwrap()
     }
 
+    /// The cost a replication batch is bounded by is an upper bound of what an entry takes
+    /// encoded, for entries of many small writes too, with every number at its widest.
+    #[test]
+    fn an_entrys_cost_bounds_its_encoded_size() {
+        use raft_core::Session;
+        use raft_core::types::Request;
+        let session = Session {
+            client_id: u64::MAX,
+            sequence: u64::MAX,
+        };
+        let combined = (0..2048)
+            .map(|_| Request {
+                session: Some(session),
+                command: Bytes::new(),
+            })
+            .collect();
+        let proposals = [
+            Proposal::Combined(u64::MAX, combined),
+            Proposal::TimedBatch(Some(session), u64::MAX, vec![Bytes::new(); 2048]),
+            Proposal::TimedSessionWrite(session, u64::MAX, Bytes::from(vec![1u8; 100])),
+        ];
+        for p in proposals {
+            let e = Entry {
+                log_id: openraft::LogId::new(
+                    LeaderId {
+                        term: u64::MAX,
+                        node_id: u64::MAX,
+                    },
+                    u64::MAX,
+                ),
+                payload: Payload::Normal(p),
+            };
+            let encoded = raft_core::codec::encode(&e).unwrap().len();
+            assert!(
+                encoded <= entry_cost(&e),
+                "{encoded} bytes encoded, cost {}",
+                entry_cost(&e)
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_replication_batch_stays_within_the_byte_budget() {
         let mut log = LogStore::memory();
