@@ -2,10 +2,11 @@
 //! `etcdutl snapshot restore`.
 //!
 //! `kv backup` asks any reachable node for a consistent backup (at a linearizable read index)
-//! and writes it to a temporary file beside `--out` (mode 0600, named `.NAME.PID.partial`),
-//! verifies it, fsyncs it and renames it into place, so `--out` is either the old file or a
-//! complete, verified backup. A backup that was killed cannot remove its temporary file; the
-//! next backup to the same name removes those whose process is gone. `kv restore` turns a
+//! and writes it to a temporary file beside `--out` (mode 0600, named `.NAME.TAG.partial`, TAG
+//! random), verifies it, fsyncs it and renames it into place, so `--out` is either the old file
+//! or a complete, verified backup. A backup holds a lock (`flock`) on its temporary file while
+//! it writes; one that was killed cannot remove the file, and the next backup to the same name
+//! removes those no backup holds. `kv restore` turns a
 //! backup into the data directory of one node of a new cluster (see [`raft_core::backup`]);
 //! restore every initial member from the same file with the same `--initial-members`, then start
 //! them with `kv node` and the same flags. Keys keep their expiry times: they are absolute, so a
@@ -13,6 +14,7 @@
 //! key that expired meanwhile is gone.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -142,7 +144,7 @@ pub async fn backup(args: &BackupArgs) -> Result<String, CtlError> {
     let out = &args.out;
     let (dir, name) = check_out(out)?;
     remove_stale_partials(&dir, name);
-    let tmp = partial_path(&dir, name, std::process::id());
+    let tmp = partial_path(&dir, name, rand::random());
     let client = args.conn.client()?;
     let mut file = create_partial(&tmp).await.map_err(|e| {
         CtlError::Failed(format!(
@@ -217,15 +219,17 @@ pub async fn backup(args: &BackupArgs) -> Result<String, CtlError> {
 }
 
 /// Where `kv backup` writes a backup named `name` in `dir` before it is complete:
-/// `.NAME.PID.partial`, so two backups to the same name do not write into one file.
-fn partial_path(dir: &Path, name: &str, pid: u32) -> PathBuf {
-    dir.join(format!(".{name}.{pid}.partial"))
+/// `.NAME.TAG.partial` with a random `tag`, so two backups to the same name do not write into
+/// one file, whatever their process ids (every run in a container can be pid 1) or hosts (a
+/// shared backup directory).
+fn partial_path(dir: &Path, name: &str, tag: u64) -> PathBuf {
+    dir.join(format!(".{name}.{tag:016x}.partial"))
 }
 
-/// Removes what interrupted backups to `name` left in `dir`: `.NAME.PID.partial` files whose
-/// process is gone (a backup killed before it could clean up). A file whose pid names a live
-/// process, maybe another backup, is left. Best effort: a file that cannot be removed is
-/// logged and left.
+/// Removes what interrupted backups to `name` left in `dir`: `.NAME.*.partial` files that no
+/// backup holds locked (a backup killed before it could clean up; the lock went with its
+/// process). A locked file, another backup's under way, is left. Best effort: a file that cannot
+/// be opened or removed is left, the latter logged.
 fn remove_stale_partials(dir: &Path, name: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -233,20 +237,21 @@ fn remove_stale_partials(dir: &Path, name: &str) {
     let prefix = format!(".{name}.");
     for entry in entries.flatten() {
         let file = entry.file_name();
-        let Some(pid) = file
+        let is_partial = file
             .to_str()
             .and_then(|f| f.strip_prefix(&prefix))
-            .and_then(|rest| rest.strip_suffix(".partial"))
-            .and_then(|pid| pid.parse::<i32>().ok())
-            .and_then(rustix::process::Pid::from_raw)
-        else {
-            continue;
-        };
-        // ESRCH: no such process. EPERM means a process of another user holds the pid.
-        if rustix::process::test_kill_process(pid) != Err(rustix::io::Errno::SRCH) {
+            .is_some_and(|rest| rest.ends_with(".partial"));
+        if !is_partial {
             continue;
         }
         let path = entry.path();
+        let Ok(held) = std::fs::File::open(&path) else {
+            continue;
+        };
+        // Held while the file is removed, so a backup that would lock it finds it gone.
+        if rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue;
+        }
         match std::fs::remove_file(&path) {
             Ok(()) => {
                 tracing::info!(file = %path.display(), "removed an interrupted backup's partial file")
@@ -258,15 +263,25 @@ fn remove_stale_partials(dir: &Path, name: &str) {
     }
 }
 
-/// Creates the file a backup is written to, new, readable and writable by its owner only: it
-/// holds every value and the session table, as the data directory does.
+/// Creates the file a backup is written to, new, readable and writable by its owner only (it
+/// holds every value and the session table, as the data directory does), and locks it for as
+/// long as it is open, so that other backups leave it alone ([`remove_stale_partials`]).
 async fn create_partial(path: &Path) -> std::io::Result<tokio::fs::File> {
-    tokio::fs::OpenOptions::new()
+    let file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .await
+        .await?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+    // Another backup may have found the file before it was locked, and removed it.
+    let ours = file.metadata().await?;
+    match tokio::fs::metadata(path).await {
+        Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => Ok(file),
+        _ => Err(std::io::Error::other(
+            "another backup to the same name removed it as it was created; run the backup again",
+        )),
+    }
 }
 
 fn report(file: &Path, info: &BackupInfo) -> BackupReport {
@@ -337,7 +352,7 @@ mod tests {
     #[tokio::test]
     async fn the_partial_file_is_private_to_its_owner() {
         let dir = tempfile::tempdir().unwrap();
-        let path = partial_path(dir.path(), "b.backup", std::process::id());
+        let path = partial_path(dir.path(), "b.backup", 7);
         drop(create_partial(&path).await.unwrap());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
@@ -391,25 +406,34 @@ mod tests {
         assert_eq!(left, ["file"], "nothing was written");
     }
 
-    #[test]
-    fn partial_files_of_gone_backups_are_removed_and_no_others() {
+    #[tokio::test]
+    async fn partial_files_no_backup_holds_are_removed_and_no_others() {
         let dir = tempfile::tempdir().unwrap();
-        // A pid whose process has exited (and been reaped).
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let gone = child.id();
-        child.wait().unwrap();
-        let files = [
-            partial_path(dir.path(), "b.backup", gone),
-            partial_path(dir.path(), "b.backup", std::process::id()),
-            partial_path(dir.path(), "other.backup", gone),
-            dir.path().join(".b.backup.x.partial"),
-            dir.path().join("b.backup"),
+        let dir = dir.path();
+        // A backup under way holds its file; a killed one's file is held by nobody.
+        let under_way = partial_path(dir, "b.backup", 1);
+        let _held = create_partial(&under_way).await.unwrap();
+        let killed = partial_path(dir, "b.backup", 2);
+        drop(create_partial(&killed).await.unwrap());
+        // Left by earlier versions, named by pid: this process's own pid too (every run in a
+        // container can be pid 1), which they kept for ever.
+        let by_pid = dir.join(format!(".b.backup.{}.partial", std::process::id()));
+        std::fs::write(&by_pid, b"x").unwrap();
+        let others = [
+            partial_path(dir, "other.backup", 3),
+            dir.join("b.backup"),
+            dir.join(".b.backup.partial.kept"),
         ];
-        for f in &files {
+        for f in &others {
             std::fs::write(f, b"x").unwrap();
         }
-        remove_stale_partials(dir.path(), "b.backup");
-        let left: Vec<bool> = files.iter().map(|f| f.exists()).collect();
-        assert_eq!(left, [false, true, true, true, true]);
+        remove_stale_partials(dir, "b.backup");
+        assert!(under_way.exists(), "the backup under way keeps its file");
+        assert!(!killed.exists());
+        assert!(!by_pid.exists());
+        assert!(others.iter().all(|f| f.exists()), "other files are left");
+        // A new backup to the same name does not collide with the one under way.
+        let next = partial_path(dir, "b.backup", rand::random());
+        drop(create_partial(&next).await.unwrap());
     }
 }
