@@ -195,7 +195,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("segment");
         let mut file = File::options()
-            .create(true)
+            .create_new(true)
             .read(true)
             .write(true)
             .open(&path)
