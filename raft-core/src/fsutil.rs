@@ -154,11 +154,10 @@ pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
 /// kernel ignores it, reads come from the cache as before.
 pub(crate) fn sync_and_uncache(file: &File) -> io::Result<()> {
     file.sync_data()?;
-    match rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed) {
-        Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::OPNOTSUPP => Ok(()),
-        Err(e) => Err(e.into()),
+    if let Err(error) = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed) {
+        tracing::debug!(%error, "the kernel refused to drop a log segment's cached pages");
     }
+    Ok(())
 }
 
 #[cfg(test)]
