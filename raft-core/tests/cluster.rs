@@ -300,16 +300,22 @@ async fn add_learners_4_and_5(cluster: &Cluster<Kv>) {
     }
 }
 
+/// A cluster of voters 1–3 and learners 4 and 5.
+async fn voters_1_to_3_learners_4_and_5() -> Cluster<Kv> {
+    let cluster = start(3, |c| c).await;
+    cluster.launch(4).await.unwrap();
+    cluster.launch(5).await.unwrap();
+    add_learners_4_and_5(&cluster).await;
+    cluster
+}
+
 /// Two learners promoted at the same time both become voters: the second change comes between
 /// the first one's joint and final configurations, and the first is proposed again from there
 /// rather than failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_promotions_both_take_effect() {
     for round in 0..5 {
-        let cluster = start(3, |c| c).await;
-        cluster.launch(4).await.unwrap();
-        cluster.launch(5).await.unwrap();
-        add_learners_4_and_5(&cluster).await;
+        let cluster = voters_1_to_3_learners_4_and_5().await;
         let leader = cluster
             .node(cluster.wait_for_leader().await.unwrap())
             .unwrap();
@@ -326,10 +332,7 @@ async fn concurrent_promotions_both_take_effect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_removals_both_take_effect() {
     for round in 0..3 {
-        let cluster = start(3, |c| c).await;
-        cluster.launch(4).await.unwrap();
-        cluster.launch(5).await.unwrap();
-        add_learners_4_and_5(&cluster).await;
+        let cluster = voters_1_to_3_learners_4_and_5().await;
         let leader_id = cluster.wait_for_leader().await.unwrap();
         let leader = cluster.node(leader_id).unwrap();
         let (a, b) = tokio::join!(leader.add_voter(4), leader.add_voter(5));

@@ -60,14 +60,16 @@ pub struct GrpcOptions {
     /// [`MESSAGE_FRAMING`] to spare.
     pub max_message_bytes: usize,
     /// Most bytes of partly received messages the server holds at once, for each of its two
-    /// services: peers' replication, votes, snapshots and forwarded calls share one such
-    /// budget, and clients' calls the other, so clients cannot crowd peers out. A message not
-    /// whole in its first chunk takes its declared length from the budget until its last byte
-    /// has arrived. One that finds the budget spent, or is not whole within 30 s (or the
-    /// node's request timeout, if longer) plus its declared length at the
+    /// services: peers' replication, votes and snapshots share one such budget, and calls to
+    /// the cluster service (clients', and the writes and membership calls followers forward to
+    /// the leader) the other, so clients cannot crowd replication out. A message not whole in
+    /// its first chunk takes its declared length from the budget until its last byte has
+    /// arrived. One that finds the budget spent, or is not whole within 30 s (or the node's
+    /// request timeout, if longer) plus its declared length at the
     /// [`GrpcOptions::min_transfer_rate`] (8 MiB/s by default), fails at once with
     /// [`ErrorCode::Busy`](crate::status::ErrorCode::Busy) — nothing was applied, a later
-    /// attempt may succeed. It fails rather than waits, so its unread bytes never hold its
+    /// attempt may succeed. So does a call whose first message has not started within 30 s
+    /// (or the request timeout) of the call's start. It fails rather than waits, so its unread bytes never hold its
     /// connection's HTTP/2 window from other calls. This bounds what callers that start large
     /// messages and never finish them can make the node hold, however many streams and
     /// connections they open. On
