@@ -5,7 +5,11 @@
 //! into messages of at most [`CHUNK_BYTES`] and hands them to the response stream through a
 //! channel of [`QUEUE`] messages: a slow client slows the export down instead of making the node
 //! buffer the backup. A client that goes away ends the export (its next send fails), and so
-//! does one that takes no message for [`READER_STALL`] (60 s).
+//! does one that takes no message for [`READER_STALL`] (60 s), or one that keeps the export
+//! waiting longer than [`READER_GRACE`] (30 s) plus what it took at
+//! [`GrpcOptions::min_transfer_rate`](crate::GrpcOptions::min_transfer_rate): a reader that
+//! takes a message every 59 s would otherwise hold the node's one backup slot, a blocking
+//! thread and the state's point-in-time view for hours.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -44,6 +48,10 @@ type Item = Result<pb::BackupChunk, Status>;
 /// permit, a blocking thread and a point-in-time view of the state for ever.
 const READER_STALL: Duration = Duration::from_secs(60);
 
+/// How long in all the export may wait for its reader beyond the time what the reader took
+/// needs at the minimum transfer rate (see the module docs).
+const READER_GRACE: Duration = Duration::from_secs(30);
+
 /// A `Write` that sends what it is given as backup chunks; blocking, for the export's thread.
 struct ChunkWriter {
     tx: mpsc::Sender<Item>,
@@ -52,6 +60,36 @@ struct ChunkWriter {
     runtime: tokio::runtime::Handle,
     /// How long one send may wait for room ([`READER_STALL`]).
     stall: Duration,
+    /// The reader's pace: how long sends may wait in all.
+    pace: Pace,
+}
+
+/// How long a backup's sends may wait for the reader in all: [`READER_GRACE`] plus the
+/// transfer time of what was sent at the minimum rate. Only waiting counts, so a state machine
+/// slow to write its snapshot is not taken for a slow reader.
+struct Pace {
+    grace: Duration,
+    min_rate: u64,
+    sent: u64,
+    waited: Duration,
+}
+
+impl Pace {
+    fn new(grace: Duration, min_rate: u64) -> Pace {
+        Pace {
+            grace,
+            min_rate,
+            sent: 0,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// How much longer the next send may wait.
+    fn left(&self) -> Duration {
+        self.grace
+            .saturating_add(crate::budget::transfer_time(self.sent, self.min_rate))
+            .saturating_sub(self.waited)
+    }
 }
 
 impl ChunkWriter {
@@ -61,12 +99,28 @@ impl ChunkWriter {
             return Ok(());
         }
         let data = self.buf.split().freeze();
+        let len = data.len() as u64;
         let chunk = Ok(pb::BackupChunk { data, done: None });
-        match self
-            .runtime
-            .block_on(self.tx.send_timeout(chunk, self.stall))
-        {
-            Ok(()) => Ok(()),
+        let left = self.pace.left();
+        let wait = self.stall.min(left);
+        let started = std::time::Instant::now();
+        let sent = self.runtime.block_on(self.tx.send_timeout(chunk, wait));
+        self.pace.waited += started.elapsed();
+        match sent {
+            Ok(()) => {
+                self.pace.sent += len;
+                Ok(())
+            }
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) if wait < self.stall => {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the backup's reader took {} bytes in more than {:?}: slower than the \
+                         minimum transfer rate of {} bytes/s",
+                        self.pace.sent, self.pace.waited, self.pace.min_rate
+                    ),
+                ))
+            }
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("the backup's reader took nothing for {:?}", self.stall),
@@ -109,7 +163,8 @@ fn done(info: &BackupInfo) -> pb::BackupChunk {
 }
 
 /// Starts `node`'s backup at read index `at` and returns its stream: the file's bytes, then the
-/// `done` message, or an error status if the export fails part-way.
+/// `done` message, or an error status if the export fails part-way. `min_rate` (bytes per
+/// second) is the slowest pace the reader may keep ([`Pace`]).
 ///
 /// An export that fails before it starts (the node is already writing a backup, or cannot wait
 /// for `at`) is answered here, as the call's status, so a client moves on to another node
@@ -119,6 +174,7 @@ fn done(info: &BackupInfo) -> pb::BackupChunk {
 pub(crate) fn start<S: StateMachine>(
     node: Node<S>,
     at: ReadIndex,
+    min_rate: u64,
 ) -> Result<BoxStream<'static, Item>, Status> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let writer = ChunkWriter {
@@ -126,6 +182,7 @@ pub(crate) fn start<S: StateMachine>(
         buf: BytesMut::with_capacity(CHUNK_BYTES),
         runtime: tokio::runtime::Handle::current(),
         stall: READER_STALL,
+        pace: Pace::new(READER_GRACE, min_rate),
     };
     let mut export = Box::pin(async move { node.export_snapshot_at(at, writer).await });
     let waker = futures_util::task::noop_waker();
@@ -167,8 +224,9 @@ pub(crate) fn start<S: StateMachine>(
 
 /// Sends a backup's last message (its `done`, or why it failed) unless the reader takes nothing
 /// for `stall`: it may have left already, or stopped reading, and then there is nobody to tell.
-/// Without the bound, a reader that keeps its connection but stops reading would keep the task
-/// and the stream's queued messages for ever.
+/// Without the bound, a reader that keeps its connection but stops reading would keep this
+/// task for ever. (The messages already queued stay with the response stream until the client
+/// resets it or its connection ends: at most [`QUEUE`] of [`CHUNK_BYTES`].)
 async fn send_last(tx: &mpsc::Sender<Item>, last: Item, stall: Duration) {
     let _ = tx.send_timeout(last, stall).await;
 }
@@ -295,6 +353,7 @@ mod tests {
             buf: BytesMut::new(),
             runtime: tokio::runtime::Handle::current(),
             stall: Duration::from_millis(200),
+            pace: Pace::new(Duration::from_secs(3600), 1),
         };
         let export = tokio::task::spawn_blocking(move || {
             // Far more than the queue holds; nobody reads after the first message.
@@ -312,6 +371,62 @@ mod tests {
         assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::TimedOut);
         // The reader still holds its end: the export gave up on its own.
         drop(rx);
+    }
+
+    /// An export of 40 messages to a reader that takes one per `every`, with a grace of
+    /// `grace` and a minimum rate of 1 MiB/s (a message per 250 ms): how many messages the
+    /// reader got, and how the export ended.
+    async fn export_to_a_reader_taking_one_per(
+        every: Duration,
+        grace: Duration,
+    ) -> (usize, io::Result<()>) {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut writer = ChunkWriter {
+            tx,
+            buf: BytesMut::new(),
+            runtime: tokio::runtime::Handle::current(),
+            stall: Duration::from_secs(60),
+            pace: Pace::new(grace, 1 << 20),
+        };
+        let export = tokio::task::spawn_blocking(move || {
+            for _ in 0..40 {
+                writer.write_all(&[7; CHUNK_BYTES])?;
+            }
+            writer.flush()
+        });
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            // The paced reader: the waits are the slow client being emulated.
+            while rx.recv().await.is_some() {
+                got += 1;
+                tokio::time::sleep(every).await;
+            }
+            got
+        });
+        let ended = tokio::time::timeout(Duration::from_secs(60), export)
+            .await
+            .expect("the export ended")
+            .unwrap();
+        (reader.await.unwrap(), ended)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_export_ends_when_its_reader_is_slower_than_the_minimum_rate() {
+        // Twice as slow as the minimum rate: 250 ms short per message, past the 200 ms grace
+        // by the second message it waits for.
+        let (got, ended) = export_to_a_reader_taking_one_per(
+            Duration::from_millis(500),
+            Duration::from_millis(200),
+        )
+        .await;
+        let e = ended.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(got < 10, "the reader got {got} of 40 messages");
+        // A reader that takes each message at once gets them all, however long the grace.
+        let (got, ended) =
+            export_to_a_reader_taking_one_per(Duration::ZERO, Duration::from_secs(2)).await;
+        ended.unwrap();
+        assert_eq!(got, 40);
     }
 
     #[tokio::test]

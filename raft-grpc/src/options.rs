@@ -80,7 +80,9 @@ pub struct GrpcOptions {
     /// arrive. Default 256 MiB.
     pub max_receiving_bytes: usize,
     /// The slowest average rate, in bytes per second, that a snapshot or a large message may
-    /// move at between nodes, or from a client. A snapshot sent to a peer is given up after
+    /// move at between nodes, or from a client, and that a client may read a backup at (a
+    /// backup's export ends once it has waited for its reader 30 s more than what the reader
+    /// took needs at this rate). A snapshot sent to a peer is given up after
     /// three quarters of `Config::request_timeout` plus its size at this rate (the leader
     /// retries it later); the server drops a snapshot, or a message not whole in its first
     /// chunk, that has not arrived within 30 s (or `Config::request_timeout`, if longer) plus

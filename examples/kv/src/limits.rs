@@ -59,9 +59,10 @@ pub struct LimitArgs {
     #[arg(long, default_value = "256MiB", value_parser = crate::storage::parse_size)]
     pub raft_max_receiving_bytes: u64,
     /// The slowest average rate, per second, at which a snapshot or a large message may move
-    /// between nodes: a transfer slower than this is given up (a snapshot is retried, and
-    /// fails again). Lower it, on every node alike, when nodes are linked by less than about
-    /// 64 Mbit/s, or a node that falls behind never catches up. Sizes take the same suffixes.
+    /// between nodes, and a `kv backup` may read a backup: a transfer slower than this is given
+    /// up (a snapshot is retried, and fails again). Lower it, on every node alike, when nodes
+    /// are linked by less than about 64 Mbit/s, or a node that falls behind never catches up.
+    /// Sizes take the same suffixes.
     #[arg(long, default_value = "8MiB", value_parser = crate::storage::parse_size)]
     pub raft_min_transfer_rate: u64,
 }

@@ -222,7 +222,8 @@ impl<S: StateMachine> pb::cluster_server::Cluster for Cluster<S> {
                 .leader_read_index(Consistency::Linearizable, caller_timeout(&req))
                 .await?
         };
-        let chunks = crate::backup::start(node.clone(), at)?.take_until(shared.stopped());
+        let chunks = crate::backup::start(node.clone(), at, shared.opts.min_transfer_rate)?
+            .take_until(shared.stopped());
         Ok(Response::new(chunks.boxed()))
     }
 
