@@ -126,9 +126,9 @@ pub(crate) struct Inner<S: StateMachine> {
     binding: Arc<Mutex<BTreeSet<NodeId>>>,
     /// Writes queued behind the proposals in flight (see [`combine`]).
     combiner: combine::Combiner,
-    /// Held while this node proposes a session capacity; `true` once
-    /// [`Node::set_session_capacity`] was called here, after which the configured capacity an
-    /// initialization proposes in the background is not proposed any more.
+    /// Held while this node proposes a session capacity; `true` once a
+    /// [`Node::set_session_capacity`] here may have been applied, after which the configured
+    /// capacity an initialization proposes in the background is not proposed any more.
     capacity_set: tokio::sync::Mutex<bool>,
     #[cfg(feature = "testing")]
     power: Option<crate::log::PowerSwitch>,
@@ -676,8 +676,16 @@ impl<S: StateMachine> Node<S> {
             return Err(Error::Config(why));
         }
         let mut set = self.inner.capacity_set.lock().await;
-        *set = true;
-        self.propose_session_capacity(capacity).await
+        let result = self.propose_session_capacity(capacity).await;
+        // A capacity that may have been applied replaces the configured one for good; one
+        // refused (not the leader yet, say) leaves it to be proposed.
+        if result
+            .as_ref()
+            .map_or_else(Error::may_have_applied, |()| true)
+        {
+            *set = true;
+        }
+        result
     }
 
     async fn propose_session_capacity(&self, capacity: SessionCapacity) -> Result<()> {

@@ -133,14 +133,16 @@ impl Proposal {
         }
     }
 
-    /// How many writes this entry carries: a batch's or a combined entry's, one for a single
-    /// write, none for the others.
-    pub(crate) fn writes(&self) -> usize {
-        match self {
-            Proposal::TimedBatch(_, _, commands) => commands.len(),
-            Proposal::Combined(_, requests) => requests.len(),
-            other => usize::from(other.command().is_some()),
-        }
+    /// What the writes after the first of an entry that carries several add to it encoded,
+    /// beyond their commands, at most: each of a combined entry's its session stamp and length
+    /// ([`COMBINED_WRITE_FRAMING`]), each of a batch's its length ([`BATCH_COMMAND_FRAMING`]).
+    pub(crate) fn framing_beyond_first(&self) -> usize {
+        let (writes, each) = match self {
+            Proposal::TimedBatch(_, _, commands) => (commands.len(), BATCH_COMMAND_FRAMING),
+            Proposal::Combined(_, requests) => (requests.len(), COMBINED_WRITE_FRAMING),
+            _ => return 0,
+        };
+        writes.saturating_sub(1).saturating_mul(each)
     }
 
     /// The bytes of user commands this entry carries (all of a batch's).
@@ -152,6 +154,12 @@ impl Proposal {
         }
     }
 }
+
+/// What a write of a combined entry adds to it beyond its command, at most: an option tag, two
+/// varint numbers of up to 10 bytes (its session) and its length.
+const COMBINED_WRITE_FRAMING: usize = 32;
+/// What a command of a batch adds to it beyond itself, at most: its length, a varint.
+const BATCH_COMMAND_FRAMING: usize = 8;
 
 impl Proposal {
     /// The entry a leader proposes for `r`, stamped with its clock's `time_ms`.

@@ -66,10 +66,11 @@ pub struct ClientOptions {
     pub connector: Connector,
     /// Connection tuning.
     pub channel: ChannelOptions,
-    /// Deadline of each attempt. Default 5 s. An attempt of an administrative change (membership,
-    /// session capacity) gets at least 15 s: a leader works on such a change for up to its
-    /// request timeout (10 s by default) before it answers. A backup ([`ClusterClient::backup`])
-    /// also fails if, once its first chunk has arrived, no further data arrives for this long.
+    /// Deadline of each attempt. Default 5 s. An attempt of adding or promoting a learner
+    /// ([`ClusterClient::add_learner`], [`ClusterClient::add_voter`]) gets at least 15 s: the
+    /// leader waits up to its request timeout (10 s by default) for the learner to catch up
+    /// before it answers. A backup ([`ClusterClient::backup`]) also fails if, once its first
+    /// chunk has arrived, no further data arrives for this long.
     pub attempt_timeout: Duration,
     /// How long a backup ([`ClusterClient::backup`]) waits for its first chunk once a node has
     /// started the stream. The node first waits until it has applied the backup's read index,
@@ -107,12 +108,12 @@ impl tonic::service::Interceptor for Stamp {
 
 type Client = PbClusterClient<tonic::service::interceptor::InterceptedService<Channel, Stamp>>;
 
-/// The least time [`ClusterClient`] gives one attempt of an administrative change (a
-/// membership change, the session capacity): a node's default request timeout
-/// ([`raft_core::Config::request_timeout`], the longest a leader works on such a change before
-/// answering) and 5 s for the answer to travel. Nodes configured with a longer request timeout
-/// need a client with an [`ClientOptions::attempt_timeout`] longer still.
-fn admin_attempt_timeout() -> Duration {
+/// The least time [`ClusterClient`] gives one attempt of adding or promoting a learner: a
+/// node's default request timeout ([`raft_core::Config::request_timeout`], the longest a leader
+/// waits for the learner to catch up before answering) and 5 s for the answer to travel. Nodes
+/// configured with a longer request timeout need a client with an
+/// [`ClientOptions::attempt_timeout`] longer still.
+fn catch_up_attempt_timeout() -> Duration {
     raft_core::Config::in_memory(1).request_timeout + Duration::from_secs(5)
 }
 
@@ -958,7 +959,7 @@ impl<S: Queryable> ClusterClient<S> {
         incarnation: Option<u64>,
     ) -> Result<(), ClientError> {
         let addr = addr.into();
-        self.admin(|mut c, t| {
+        self.admin_after_catch_up(|mut c, t| {
             let req = pb::AddLearnerRequest {
                 node_id: id,
                 addr: addr.clone(),
@@ -987,7 +988,7 @@ impl<S: Queryable> ClusterClient<S> {
     /// Makes learner `id` a voter once it has caught up, leaving the other members as they are;
     /// concurrent promotions of different learners all take effect.
     pub async fn add_voter(&self, id: NodeId) -> Result<(), ClientError> {
-        self.admin(|mut c, t| {
+        self.admin_after_catch_up(|mut c, t| {
             let req = pb::AddVoterRequest { node_id: id };
             async move { c.add_voter(pb::request(req, t)).await.map(|_| ()) }
         })
@@ -1012,18 +1013,31 @@ impl<S: Queryable> ClusterClient<S> {
         .await
     }
 
-    /// Runs an administrative change on the leader. Each attempt may take the longer of
-    /// [`ClientOptions::attempt_timeout`] and [`admin_attempt_timeout`]: a leader takes up to its
-    /// request timeout to carry out a change (a new learner catching up, a membership change
-    /// committing), and its answer — [`RequestError::LearnerNotCaughtUp`], say — must arrive
-    /// before the client's deadline, which would send the change again and end with an unknown
-    /// outcome.
-    async fn admin<F, Fut>(&self, mut attempt: F) -> Result<(), ClientError>
+    /// Runs an administrative change on the leader.
+    async fn admin<F, Fut>(&self, attempt: F) -> Result<(), ClientError>
     where
         F: FnMut(Client, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<(), Status>>,
     {
-        let timeout = self.inner.opts.attempt_timeout.max(admin_attempt_timeout());
+        self.retry(self.leader_guess(), attempt).await
+    }
+
+    /// [`ClusterClient::admin`] for a change the leader makes only once a learner has caught
+    /// up (adding a learner, promoting one). Each attempt may take the longer of
+    /// [`ClientOptions::attempt_timeout`] and [`catch_up_attempt_timeout`]: the leader waits up
+    /// to its request timeout for the learner, and its answer —
+    /// [`RequestError::LearnerNotCaughtUp`], say — must arrive before the client's deadline,
+    /// which would send the change again and end with an unknown outcome.
+    async fn admin_after_catch_up<F, Fut>(&self, mut attempt: F) -> Result<(), ClientError>
+    where
+        F: FnMut(Client, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Status>>,
+    {
+        let timeout = self
+            .inner
+            .opts
+            .attempt_timeout
+            .max(catch_up_attempt_timeout());
         self.retry_at(self.leader_guess(), timeout, |c, t, _| attempt(c, t))
             .await
     }

@@ -226,8 +226,8 @@ fn partial_path(dir: &Path, name: &str, tag: u64) -> PathBuf {
     dir.join(format!(".{name}.{tag:016x}.partial"))
 }
 
-/// Removes what interrupted backups to `name` left in `dir`: `.NAME.*.partial` files that no
-/// backup holds locked (a backup killed before it could clean up; the lock went with its
+/// Removes what interrupted backups to `name` left in `dir`: `.NAME.TAG.partial` files (`TAG`
+/// 16 hex digits, or a process id as earlier versions named them) that no backup holds locked (a backup killed before it could clean up; the lock went with its
 /// process). A locked file, another backup's under way, is left. Best effort: a file that cannot
 /// be opened or removed is left, the latter logged.
 fn remove_stale_partials(dir: &Path, name: &str) {
@@ -240,7 +240,12 @@ fn remove_stale_partials(dir: &Path, name: &str) {
         let is_partial = file
             .to_str()
             .and_then(|f| f.strip_prefix(&prefix))
-            .is_some_and(|rest| rest.ends_with(".partial"));
+            .and_then(|rest| rest.strip_suffix(".partial"))
+            .is_some_and(|tag| {
+                let hex = tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_hexdigit());
+                let pid = !tag.is_empty() && tag.bytes().all(|b| b.is_ascii_digit());
+                hex || pid
+            });
         if !is_partial {
             continue;
         }
@@ -273,14 +278,20 @@ async fn create_partial(path: &Path) -> std::io::Result<tokio::fs::File> {
         .mode(0o600)
         .open(path)
         .await?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
-    // Another backup may have found the file before it was locked, and removed it.
+    // Another backup may have found the file before it was locked: it holds it now, or
+    // removed it.
+    let taken = || {
+        std::io::Error::other(
+            "another backup to the same name took it for a leftover as it was created; run the \
+             backup again",
+        )
+    };
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| taken())?;
     let ours = file.metadata().await?;
     match tokio::fs::metadata(path).await {
         Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => Ok(file),
-        _ => Err(std::io::Error::other(
-            "another backup to the same name removed it as it was created; run the backup again",
-        )),
+        _ => Err(taken()),
     }
 }
 
@@ -423,6 +434,8 @@ mod tests {
             partial_path(dir, "other.backup", 3),
             dir.join("b.backup"),
             dir.join(".b.backup.partial.kept"),
+            // Another --out, `b.backup.1`, whose name starts with this one's.
+            partial_path(dir, "b.backup.1", 4),
         ];
         for f in &others {
             std::fs::write(f, b"x").unwrap();

@@ -450,13 +450,14 @@ fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
 }
 
 /// Bytes a replicated entry costs on the wire, an upper bound: its commands, plus room for its
-/// log id, session and framing, and for each further write of an entry that carries several,
-/// that write's session and length ([`WRITE_FRAMING`]). A membership entry is counted as 4 KiB.
+/// log id, session and framing, and for each further write of an entry that carries several
+/// (a combined entry, a [`Node::write_many`](crate::Node::write_many) batch), that write's
+/// session and length. A membership entry is counted as 4 KiB.
 pub fn entry_cost(entry: &Entry) -> usize {
     match &entry.payload {
         openraft::EntryPayload::Normal(p) => p
             .command_len()
-            .saturating_add(p.writes().saturating_sub(1).saturating_mul(WRITE_FRAMING))
+            .saturating_add(p.framing_beyond_first())
             .saturating_add(ENTRY_FRAMING),
         openraft::EntryPayload::Blank => ENTRY_FRAMING,
         openraft::EntryPayload::Membership(_) => 4096,
@@ -465,11 +466,6 @@ pub fn entry_cost(entry: &Entry) -> usize {
 
 /// What an entry adds to its command on the wire, at most (log id, session, lengths).
 pub const ENTRY_FRAMING: usize = 128;
-
-/// What each write after the first adds to an entry that carries several (a combined entry, a
-/// [`Node::write_many`](crate::Node::write_many) batch) beyond its command, at most: its session
-/// stamp and its length.
-pub const WRITE_FRAMING: usize = 32;
 
 /// The largest entry the log holds, encoded, in bytes (256 MiB): a node refuses to start with a
 /// [`Config::max_command_bytes`](crate::Config::max_command_bytes) whose entries could exceed it.

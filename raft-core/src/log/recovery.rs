@@ -1,7 +1,9 @@
 //! Opening a log directory after a clean shutdown or a crash.
 //!
-//! Every segment is read and every record's checksum verified. Entries must run without gaps
-//! from the purge point on. The last segment may end in a torn tail — damaged bytes with nothing
+//! Every segment is read and every record's checksum verified, except segments that hold only
+//! purged entries (a purge a crash interrupted), which are deleted unread; the last segment is
+//! read from the disk, not from the page cache (`fsutil::sync_and_uncache`). Entries must run
+//! without gaps from the purge point on. The last segment may end in a torn tail — damaged bytes with nothing
 //! valid after them — which is cut off and zeroed. Anything else that is wrong (damage followed by
 //! valid records, damage in a sealed segment, an entry out of sequence, a record that checks but
 //! does not decode) is refused with [`LogError::Corrupt`] naming the file and offset.
@@ -110,10 +112,10 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
             continue;
         }
         let (seg, framing) = Segment::open(&path, first)?;
-        if i + 2 >= count {
-            // Only the last segment, and the one sealed before it, can hold records whose
-            // fdatasync failed: read them from the disk, not from pages the kernel kept after
-            // failing to write them.
+        if is_last {
+            // Only the last segment can hold records whose fdatasync failed (a segment is
+            // sealed, and a failed seal fails the log, before the next one is created): read it
+            // from the disk, not from pages the kernel kept after failing to write them.
             fsutil::sync_and_uncache(&seg.file).map_err(at("fdatasync", &path))?;
         }
         let bytes = seg.read_all()?;

@@ -246,13 +246,16 @@ fn readers_never_see_a_truncation_half_made() {
     ));
     rt.block_on(append(&mut log, tail(1)));
     let stop = Arc::new(AtomicBool::new(false));
+    // The readers and the truncations start together.
+    let start = Arc::new(std::sync::Barrier::new(3));
     let readers: Vec<_> = (0..2)
         .map(|_| {
             let mut reader = rt.block_on(log.get_log_reader());
-            let stop = stop.clone();
-            std::thread::spawn(move || -> Result<u64, String> {
+            let (stop, start) = (stop.clone(), start.clone());
+            std::thread::spawn(move || -> Result<(), String> {
+                start.wait();
                 let mut reads = 0;
-                while !stop.load(Ordering::Relaxed) {
+                while reads == 0 || !stop.load(Ordering::Relaxed) {
                     let got = reader
                         .try_get_log_entries(95..301)
                         .now_or_never()
@@ -263,19 +266,19 @@ fn readers_never_see_a_truncation_half_made() {
                     }
                     reads += 1;
                 }
-                Ok(reads)
+                Ok(())
             })
         })
         .collect();
-    for term in 2..150 {
+    start.wait();
+    for term in 2..40 {
         rt.block_on(log.truncate_after(Some(types::log_id(1, 1, 100))))
             .unwrap();
         rt.block_on(append(&mut log, tail(term)));
     }
     stop.store(true, Ordering::Relaxed);
     for r in readers {
-        let reads = r.join().unwrap().unwrap();
-        assert!(reads > 0);
+        r.join().unwrap().unwrap();
     }
 }
 
