@@ -345,23 +345,38 @@ pub(crate) async fn receive<W: tokio::io::AsyncWrite + Unpin>(
 mod tests {
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn an_export_whose_reader_stops_taking_messages_ends() {
-        let (tx, mut rx) = mpsc::channel(1);
+    /// An export of `messages` whole messages into a queue of one, on a blocking thread, with
+    /// the given stall and pace.
+    fn export(
+        messages: usize,
+        stall: Duration,
+        pace: Pace,
+    ) -> (
+        mpsc::Receiver<Item>,
+        tokio::task::JoinHandle<io::Result<()>>,
+    ) {
+        let (tx, rx) = mpsc::channel(1);
         let mut writer = ChunkWriter {
             tx,
             buf: BytesMut::new(),
             runtime: tokio::runtime::Handle::current(),
-            stall: Duration::from_millis(200),
-            pace: Pace::new(Duration::from_secs(3600), 1),
+            stall,
+            pace,
         };
         let export = tokio::task::spawn_blocking(move || {
-            // Far more than the queue holds; nobody reads after the first message.
-            for _ in 0..8 {
+            for _ in 0..messages {
                 writer.write_all(&[7; CHUNK_BYTES])?;
             }
             writer.flush()
         });
+        (rx, export)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn an_export_whose_reader_stops_taking_messages_ends() {
+        // Far more than the queue holds; nobody reads after the first message.
+        let pace = Pace::new(Duration::from_secs(3600), 1);
+        let (mut rx, export) = export(8, Duration::from_millis(200), pace);
         let first = rx.recv().await;
         assert!(matches!(first, Some(Ok(ref c)) if c.data.len() == CHUNK_BYTES));
         let ended = tokio::time::timeout(Duration::from_secs(10), export)
@@ -380,20 +395,7 @@ mod tests {
         every: Duration,
         grace: Duration,
     ) -> (usize, io::Result<()>) {
-        let (tx, mut rx) = mpsc::channel(1);
-        let mut writer = ChunkWriter {
-            tx,
-            buf: BytesMut::new(),
-            runtime: tokio::runtime::Handle::current(),
-            stall: Duration::from_secs(60),
-            pace: Pace::new(grace, 1 << 20),
-        };
-        let export = tokio::task::spawn_blocking(move || {
-            for _ in 0..40 {
-                writer.write_all(&[7; CHUNK_BYTES])?;
-            }
-            writer.flush()
-        });
+        let (mut rx, export) = export(40, Duration::from_secs(60), Pace::new(grace, 1 << 20));
         let reader = tokio::spawn(async move {
             let mut got = 0;
             // The paced reader: the waits are the slow client being emulated.
