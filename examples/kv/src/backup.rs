@@ -193,7 +193,15 @@ pub async fn backup(args: &BackupArgs) -> Result<String, CtlError> {
             .map_err(|e| failed("cannot rename into", out, e))?;
         std::fs::File::open(&dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| failed("cannot fsync directory", &dir, e))?;
+            .map_err(|e| {
+                CtlError::Failed(format!(
+                    "the backup is complete and verified in {}, but fsyncing directory {} failed \
+                     ({e}): a power loss may take the new name away; fsync it or run the backup \
+                     again",
+                    out.display(),
+                    dir.display()
+                ))
+            })?;
         Ok(info)
     }
     .await;
