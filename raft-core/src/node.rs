@@ -292,12 +292,22 @@ impl<S: StateMachine> Node<S> {
         let snap_dir = dir.join("snapshots");
         let (id, wal, max) = (config.id, config.wal.clone(), config.max_snapshot_bytes);
         tokio::task::spawn_blocking(move || -> Result<(LogStore, SnapshotStore)> {
-            let log = LogStore::open(&wal_dir, id, wal)?;
             let snaps = SnapshotStore::open(&snap_dir, max, cluster)?;
             // Verify the current snapshot now, so a damaged one (or another cluster's) stops the
             // start with a clear error.
             let snapshot = snaps.current()?.and_then(|(meta, _)| meta.last_log_id);
-            check_storage_agrees(&wal_dir, log.created(), &snap_dir, log.purged(), snapshot)?;
+            // A snapshot without the log's meta file means the file (or the whole log) was
+            // lost. Refused before opening the log, which would write a fresh meta file: the
+            // next start would then find one and forget this node's vote.
+            if snapshot.is_some() && !crate::log::has_meta(&wal_dir)? {
+                return Err(crate::log::meta_lost(
+                    &wal_dir,
+                    format_args!("{} holds a snapshot", snap_dir.display()),
+                )
+                .into());
+            }
+            let log = LogStore::open(&wal_dir, id, wal)?;
+            check_storage_agrees(&snap_dir, log.purged(), snapshot)?;
             Ok((log, snaps))
         })
         .await
@@ -1383,24 +1393,14 @@ impl<S: StateMachine> Node<S> {
     }
 }
 
-/// Refuses a data dir whose log and snapshots contradict each other in a way only lost files
-/// explain: a snapshot beside a log in `wal_dir` that opening created (`created_log`: its meta
-/// file was missing, so the vote is lost), or a log purged past every snapshot (the purged
-/// entries are lost).
+/// Refuses a data dir whose log was purged past every snapshot in `snap_dir` (the purged entries
+/// are lost). (A snapshot beside a log without its meta file is refused before the log is
+/// opened.)
 fn check_storage_agrees(
-    wal_dir: &Path,
-    created_log: bool,
     snap_dir: &Path,
     purged: Option<crate::types::LogId>,
     snapshot: Option<crate::types::LogId>,
 ) -> Result<()> {
-    if created_log && snapshot.is_some() {
-        return Err(crate::log::meta_lost(
-            wal_dir,
-            format_args!("{} holds a snapshot", snap_dir.display()),
-        )
-        .into());
-    }
     if let Some(purged) = purged
         && snapshot.is_none_or(|s| s.index < purged.index)
     {

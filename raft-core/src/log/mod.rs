@@ -113,6 +113,11 @@ use self::wal::Wal;
 pub use self::wal::WalOptions;
 
 pub(crate) use self::meta::lost as meta_lost;
+
+/// Whether the log in `dir` has its meta file (a log that was ever opened has one).
+pub(crate) fn has_meta(dir: &std::path::Path) -> Result<bool, LogError> {
+    Ok(self::meta::Meta::load(dir)?.is_some())
+}
 pub use crate::fsutil::PathError;
 use crate::types::Entry;
 use crate::types::LogId;
@@ -342,16 +347,6 @@ impl LogStore {
             stats,
             append_budget: usize::MAX,
         })
-    }
-
-    /// Whether opening created this log rather than finding one: a durable log whose directory
-    /// held no meta file (vote, purge point) — a new log, or one whose meta file was lost — or an
-    /// in-memory log.
-    pub(crate) fn created(&self) -> bool {
-        match &self.backend {
-            Backend::Durable(wal) => wal.created_meta(),
-            Backend::Memory(_) => true,
-        }
     }
 
     /// The last purged entry's log id, if any entry was purged.

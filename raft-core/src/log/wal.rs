@@ -365,8 +365,6 @@ pub(crate) struct Wal {
     committed: Option<LogId>,
     /// The newest commit index written as a record.
     committed_written: Option<LogId>,
-    /// Whether opening found no meta file and created one.
-    created_meta: bool,
     buf: Vec<u8>,
     stats: Arc<LogStatsCounters>,
     /// Simulated faults and power loss; installed only by builds with the `testing` feature.
@@ -404,7 +402,6 @@ impl Wal {
             Err(fs::TryLockError::Error(e)) => return Err(at("lock", &lock_path)(e).into()),
         }
 
-        let mut created_meta = false;
         let meta = match Meta::load(dir)? {
             Some(m) if m.node_id != node_id => {
                 return Err(LogError::WrongNode {
@@ -431,7 +428,6 @@ impl Wal {
                     purged: None,
                 };
                 m.store(dir)?;
-                created_meta = true;
                 m
             }
         };
@@ -488,7 +484,6 @@ impl Wal {
             meta,
             committed,
             committed_written: committed,
-            created_meta,
             buf: Vec::new(),
             stats,
             sim,
@@ -526,12 +521,6 @@ impl Wal {
             .map_err(at("fsync", &meta_path))?;
         fsutil::sync_dir(dir)?;
         Ok(())
-    }
-
-    /// Whether [`Wal::open`] found no meta file in the directory and created one: the log is new,
-    /// or its meta file was lost (and nothing else the log holds showed it).
-    pub fn created_meta(&self) -> bool {
-        self.created_meta
     }
 
     /// The simulation of disk faults and power loss, if this build installs one.
