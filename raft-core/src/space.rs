@@ -125,15 +125,29 @@ pub(crate) fn measure(dir: &Path) -> std::io::Result<DiskUsage> {
 }
 
 /// Bytes allocated to the files under `dir`, recursively. Files that vanish while it walks (a
-/// purged segment, a replaced snapshot) are skipped.
+/// purged segment, a replaced snapshot) are skipped, and so are subdirectories it may not read:
+/// a data directory that is a mount point holds `lost+found`, readable by root only, and failing
+/// the whole measurement for it would leave the node without its space alarm.
 fn dir_blocks(dir: &Path) -> std::io::Result<u64> {
+    blocks_under(dir, |d| std::fs::read_dir(d))
+}
+
+/// [`dir_blocks`], listing directories with `read_dir`.
+fn blocks_under(
+    dir: &Path,
+    read_dir: impl Fn(&Path) -> std::io::Result<std::fs::ReadDir>,
+) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0u64;
     let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries = match std::fs::read_dir(&d) {
+        let entries = match read_dir(&d) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if d != dir => {
+                tracing::debug!(dir = %d.display(), error = %e, "not counted in the data directory's usage");
+                continue;
+            }
             Err(e) => return Err(e),
         };
         for entry in entries {
@@ -336,6 +350,32 @@ mod tests {
             free_bytes: free,
             total_bytes: 1 << 30,
         }
+    }
+
+    #[test]
+    fn a_subdirectory_that_cannot_be_read_is_left_out_not_the_whole_measurement() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("wal")).unwrap();
+        std::fs::write(root.join("wal").join("segment"), vec![1u8; 64 << 10]).unwrap();
+        std::fs::create_dir(root.join("lost+found")).unwrap();
+        std::fs::write(root.join("lost+found").join("x"), vec![1u8; 64 << 10]).unwrap();
+        // As an unprivileged node sees a mount point's root-only lost+found.
+        let denied = root.join("lost+found");
+        let read_dir = |d: &Path| {
+            if d == denied {
+                return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+            }
+            std::fs::read_dir(d)
+        };
+        let counted = blocks_under(root, read_dir).unwrap();
+        assert!(counted >= 64 << 10, "the log is counted: {counted}");
+        assert!(counted < blocks_under(root, |d| std::fs::read_dir(d)).unwrap());
+        // The data directory itself must be readable.
+        let denied_root = blocks_under(root, |_| {
+            Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+        });
+        assert!(denied_root.is_err());
     }
 
     #[test]
