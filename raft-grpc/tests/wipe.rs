@@ -1,12 +1,15 @@
 //! Over gRPC: every member's incarnation gets bound, and a node wiped and restarted under its old
-//! id is kept out — the leader's requests reach it and are refused, so it holds no entries —
-//! while the others carry on undisturbed.
+//! id is kept out — the leader's requests reach it and are refused, so it holds no entries and
+//! takes no cluster id from them — while the others carry on undisturbed.
 
 mod common;
 
 use common::Cmd;
 use common::GrpcCluster;
 use raft_grpc::GrpcOptions;
+use raft_grpc::pb;
+use raft_grpc::pb::raft_internal_client::RaftInternalClient;
+use raft_grpc::status::ErrorCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_is_kept_out_over_grpc() {
@@ -38,16 +41,41 @@ async fn a_wiped_node_is_kept_out_over_grpc() {
             .await
             .unwrap();
     }
-    // The leader's requests do reach it (it takes the cluster id they carry, which is checked
-    // first), and are refused.
-    raft_core::testing::eventually(common::WAIT, || wiped.cluster_id().is_some())
-        .await
-        .unwrap();
+    // A request as the leader sends it, to the incarnation it knew, is refused as meant for
+    // the node that was wiped, and binds the new node to no cluster.
+    let mut raw = RaftInternalClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", c.addrs[&x]))
+            .unwrap()
+            .connect_lazy(),
+    );
+    let mut req = tonic::Request::new(pb::RaftRequest {
+        target: x,
+        payload: Default::default(),
+    });
+    let cluster = l.cluster_id().unwrap().to_string();
+    for (key, value) in [
+        ("x-raftkit-cluster-id", cluster),
+        ("x-raftkit-from", leader.to_string()),
+        ("x-raftkit-expect-incarnation", format!("{old:x}")),
+    ] {
+        req.metadata_mut().insert(key, value.parse().unwrap());
+    }
+    let refused = raw.vote(req).await.unwrap_err();
+    assert_eq!(
+        ErrorCode::of(&refused),
+        Some(ErrorCode::WipedNode),
+        "{refused:?}"
+    );
     l.write(Cmd::Put("last".into(), "v".into())).await.unwrap();
     assert_eq!(
         wiped.metrics().applied_index,
         None,
         "the wiped node got no entries"
+    );
+    assert_eq!(
+        wiped.cluster_id(),
+        None,
+        "it took no cluster id from requests it refused"
     );
     let m = l.metrics();
     assert_eq!(

@@ -90,17 +90,26 @@ impl<S: StateMachine> Shared<S> {
                     .ok_or_else(|| status::invalid("malformed cluster id"))?,
             ),
         };
+        let from = crate::transport::metadata_u64(meta, auth::FROM_KEY, 10);
+        let expects = crate::transport::metadata_u64(meta, crate::transport::EXPECT_KEY, 16);
+        // A call meant for this node's wiped predecessor is refused before its cluster id is
+        // adopted: a fresh node must not be bound to the cluster of a request it refuses (it
+        // would then form its own new cluster under that id, or refuse the one it joins).
+        if let (Some(from), Some(_)) = (from, expects) {
+            self.handler
+                .check_incarnation(from, None, expects)
+                .map_err(handler_status)?;
+        }
         self.handler
             .check_cluster(theirs)
             .await
             .map_err(handler_status)?;
-        let from = crate::transport::metadata_u64(meta, auth::FROM_KEY, 10);
         if let Some(from) = from {
             self.handler
                 .check_incarnation(
                     from,
                     crate::transport::metadata_u64(meta, crate::transport::INCARNATION_KEY, 16),
-                    crate::transport::metadata_u64(meta, crate::transport::EXPECT_KEY, 16),
+                    expects,
                 )
                 .map_err(handler_status)?;
         }
