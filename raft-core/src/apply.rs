@@ -758,15 +758,14 @@ mod tests {
     fn writes_sharing_an_entry_each_have_their_own_position() {
         let mut st = SmState::new(Places);
         let unit: Bytes = codec::encode(&()).unwrap().into();
-        let places = |r: Response| -> Vec<(u64, u32)> {
-            responses(r)
-                .into_iter()
-                .map(|r| match r {
-                    Response::Output(b) => codec::decode(&b).unwrap(),
-                    other => panic!("expected an output, got {other:?}"),
-                })
-                .collect()
+        let place = |r: Response| -> (u64, u32) {
+            match r {
+                Response::Output(b) => codec::decode(&b).unwrap(),
+                other => panic!("expected an output, got {other:?}"),
+            }
         };
+        let places =
+            |r: Response| -> Vec<(u64, u32)> { responses(r).into_iter().map(place).collect() };
         let requests = (0..3)
             .map(|_| Request {
                 session: None,
@@ -777,11 +776,7 @@ mod tests {
         assert_eq!(places(combined), [(7, 0), (7, 1), (7, 2)]);
         let batch = Proposal::TimedBatch(None, 1_000, vec![unit.clone(), unit.clone()]);
         assert_eq!(places(st.apply_proposal(batch, 8)), [(8, 0), (8, 1)]);
-        let alone = st.apply_proposal(Proposal::Write(unit), 9);
-        let Response::Output(b) = alone else {
-            panic!("expected an output, got {alone:?}")
-        };
-        assert_eq!(codec::decode::<(u64, u32)>(&b).unwrap(), (9, 0));
+        assert_eq!(place(st.apply_proposal(Proposal::Write(unit), 9)), (9, 0));
     }
 
     fn state(max_response_bytes: u64) -> SmState<Sized> {

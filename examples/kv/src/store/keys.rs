@@ -27,6 +27,18 @@ fn saturating_i64(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
+/// `SCAN`'s reply to one step ([`Store::scan_keys`]): the next cursor and the keys, or why the
+/// step was refused.
+pub(super) fn scan_reply(step: Result<(u64, Vec<Reply>), TooCostly>) -> Reply {
+    match step {
+        Ok((next, keys)) => Reply::Array(vec![
+            Reply::Bulk(Bytes::from(next.to_string())),
+            Reply::Array(keys),
+        ]),
+        Err(e) => Reply::error(e.to_string()),
+    }
+}
+
 impl Store {
     pub(super) fn del(&mut self, keys: Vec<Bytes>, now: u64) -> Reply {
         let mut n = 0;
@@ -106,23 +118,6 @@ impl Store {
             } else {
                 to_seconds(at)
             }),
-        }
-    }
-
-    pub(super) fn scan(
-        &self,
-        cursor: u64,
-        pattern: Option<&Bytes>,
-        count: usize,
-        kind: Option<Kind>,
-        now: u64,
-    ) -> Reply {
-        match self.scan_keys(cursor, pattern, count, kind, now) {
-            Ok((next, keys)) => Reply::Array(vec![
-                Reply::Bulk(Bytes::from(next.to_string())),
-                Reply::Array(keys),
-            ]),
-            Err(e) => Reply::error(e.to_string()),
         }
     }
 

@@ -870,13 +870,13 @@ impl Store {
                 cursor,
                 pattern,
                 count,
-            } => self.scan(cursor, pattern.as_ref(), count, None, now),
+            } => keys::scan_reply(self.scan_keys(cursor, pattern.as_ref(), count, None, now)),
             ReadOp::ScanKind {
                 cursor,
                 pattern,
                 count,
                 kind,
-            } => self.scan(cursor, pattern.as_ref(), count, Some(kind), now),
+            } => keys::scan_reply(self.scan_keys(cursor, pattern.as_ref(), count, Some(kind), now)),
             // As in Redis, keys that expired but were not yet swept still count: the answer takes
             // O(shards), whatever the store's size.
             ReadOp::DbSize => Reply::Int(self.map.len() as i64),
