@@ -324,7 +324,16 @@ impl<B> Metered<B> {
     fn finish(&mut self) {
         self.header_len = 0;
         self.deadline = None;
-        let (Some(share), Some(kept)) = (self.held.take(), self.kept.as_ref()) else {
+        let Some(kept) = self.kept.as_ref() else {
+            self.held = None;
+            return;
+        };
+        // The call's one message is whole; tonic reads on to the end of the body before the
+        // handler runs, and the message's share stays counted until the call is answered. So
+        // the end (or another header) has an empty message's allowance: a caller that sends
+        // a message and never ends its call would otherwise keep that share for ever.
+        self.header_by = Some(tokio::time::Instant::now() + self.budget.allowance(0));
+        let Some(share) = self.held.take() else {
             return;
         };
         let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
@@ -675,6 +684,45 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(budget.available(), BUDGET, "answered: the share is back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_never_ends_after_its_message_gives_its_share_back() {
+        use tower::Service;
+        use tower::ServiceExt;
+
+        let budget = budget();
+        // Reads the body to its end, as tonic does for a unary call, and answers.
+        let handler = tower::service_fn(|req: http::Request<Metered<Chunks>>| {
+            Box::pin(async move {
+                let mut body = req.into_body();
+                while let Some(Ok(_)) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {}
+                Ok::<_, Infallible>(())
+            })
+        });
+        let mut service = Receiving::until_answered(handler, budget.clone());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(message(300).into()).unwrap();
+        // The sender stays: the call's body never ends.
+        let call = service
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(Chunks(rx)));
+        let call = tokio::spawn(call);
+        // The handler reads the message and waits for the rest of the body.
+        tokio::task::yield_now().await;
+        assert_eq!(budget.available(), BUDGET - 300);
+        tokio::time::advance(budget.allowance(0) - Duration::from_millis(1)).await;
+        assert!(!call.is_finished(), "still within its allowance");
+        tokio::time::advance(Duration::from_millis(2)).await;
+        tokio::time::timeout(Duration::from_secs(1), call)
+            .await
+            .expect("the call ends once the end of its body is overdue")
+            .unwrap()
+            .unwrap();
+        assert_eq!(budget.available(), BUDGET, "its share is back");
+        drop(tx);
     }
 
     #[test]
