@@ -40,16 +40,18 @@ use tonic::transport::Endpoint;
 
 const MIB: u64 = 1 << 20;
 
-fn ca_pem() -> String {
+fn ca() -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params
         .distinguished_name
         .push(DnType::CommonName, "raftkit hardening CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap())
-        .unwrap()
-        .pem()
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+fn ca_pem() -> String {
+    ca().pem()
 }
 
 /// A node that has never been initialized, and a server for it, with `opts`.
@@ -242,5 +244,42 @@ async fn a_snapshot_trickled_a_byte_at_a_time_loses_the_slot_at_its_deadline() {
         "held the slot for {elapsed:?}, past {bound:?}"
     );
     assert!(slot_is_free(&mut client).await);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_served_by_tonics_tls_that_never_says_hello_is_closed() {
+    common::init_tracing();
+    let ca = ca();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let tls = TlsConfig::from_pem(
+        ca.pem(),
+        Some((cert.pem().into(), key.serialize_pem().into())),
+    );
+    let handshake_timeout = Duration::from_secs(1);
+    let opts = GrpcOptions::default()
+        .with_tls(Some(ReloadableTls::new(tls).unwrap()))
+        .with_tls_handshake_timeout(handshake_timeout);
+    let (node, server) = node_and_server(opts).await;
+    let (mut client_io, server_io) = tokio::io::duplex(1 << 16);
+    let incoming = futures_util::StreamExt::chain(
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(server_io) }),
+        futures_util::stream::pending(),
+    );
+    let serving = tokio::spawn(server.serve_with_incoming(incoming, std::future::pending()));
+    // The connection sends nothing: the server gives up on it after the handshake timeout.
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(
+        handshake_timeout * 10,
+        tokio::io::AsyncReadExt::read(&mut client_io, &mut buf),
+    )
+    .await
+    .expect("a connection that never starts its handshake is closed");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    serving.abort();
     node.shutdown().await.unwrap();
 }

@@ -220,7 +220,10 @@ impl<S: StateMachine> Server<S> {
             let tls = tls
                 .config()
                 .tonic_server()
-                .ok_or(ServeError::TlsWithoutIdentity)?;
+                .ok_or(ServeError::TlsWithoutIdentity)?
+                // A connection that never finishes its handshake would hold tonic's task for
+                // it for ever.
+                .timeout(o.tls_handshake_timeout);
             builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
         }
         // The interceptors run on a call's headers, before its message is decoded.
@@ -320,8 +323,9 @@ impl<S: StateMachine> Server<S> {
 
     /// Serves connections from `incoming` (for example a simulated network's listener) until
     /// `shutdown` completes. With TLS, tonic does the handshakes, with the certificate in force
-    /// when this is called: a reload does not reach a server started this way. The connection
-    /// limits are `incoming`'s to keep. As with [`Server::serve`], a TLS configuration without
+    /// when this is called: a reload does not reach a server started this way. A handshake
+    /// not done within [`GrpcOptions::tls_handshake_timeout`] closes its connection; the
+    /// connection limits are `incoming`'s to keep. As with [`Server::serve`], a TLS configuration without
     /// a certificate and key is refused ([`ServeError::TlsWithoutIdentity`]) before any
     /// connection is taken from `incoming`.
     pub async fn serve_with_incoming<I, IO, E>(
