@@ -38,6 +38,10 @@
 //!
 //! With no secret, no users and no peer certificates configured (the default), every call is
 //! allowed: fine on loopback, and a node says so loudly in its log when it serves anything else.
+//! Users alone, without a secret or peer certificates, authenticate `Cluster` calls only:
+//! `RaftInternal` stays open, and whoever can connect can act as a peer (win an election,
+//! rewrite the log) whatever role it has. So the roles mean something only where peers are
+//! authenticated too, or where nothing but the nodes can reach the port.
 //!
 //! [`Auth`] holds the configuration behind a lock so it can be replaced while the node runs
 //! ([`Auth::reload`]), for example when a secret file changes.
