@@ -308,8 +308,10 @@ const MAX_OUTPUT_BYTES: usize = 64 << 20;
 /// The user's state machine and the apply layer's bookkeeping, shared with readers.
 pub(crate) struct SmShared<S> {
     state: RwLock<SmState<S>>,
-    /// Set when the user's `restore` failed part-way: the state is incomplete and must not be
-    /// read (the node has stopped with a storage error).
+    /// Set while the user's `restore` runs, and left set if it fails or panics part-way: the
+    /// state is then incomplete and must not be read (the node has stopped with a storage
+    /// error). Readers look at it once they hold the state's lock, which a restore holds
+    /// throughout.
     restore_failed: AtomicBool,
     /// `SmState::time_ms`, readable without the lock (by the leader stamping a write).
     applied_time: AtomicU64,
@@ -672,13 +674,16 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
                 let mut st = shared.write();
                 // Buffered: the data is read with positioned reads, one system call each.
                 let mut input = io::BufReader::with_capacity(64 << 10, parsed.user_data(&data));
+                // Marked before `restore` runs, under the lock readers take first: a restore
+                // that panics part-way leaves the mark (and a poisoned lock) behind.
+                shared.restore_failed.store(true, Ordering::Release);
                 if let Err(e) = st.user.restore(&mut input) {
-                    shared.restore_failed.store(true, Ordering::Release);
                     return Err(io::Error::new(
                         e.kind(),
                         format!("state machine restore failed: {e}"),
                     ));
                 }
+                shared.restore_failed.store(false, Ordering::Release);
                 st.sessions = parsed.sessions;
                 shared
                     .applied_time

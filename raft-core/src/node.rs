@@ -841,13 +841,13 @@ impl<S: StateMachine> Node<S> {
 
     /// Runs `f` on the state at the later of `time_ms` and the state's own time.
     fn read_local<T>(&self, time_ms: u64, f: impl FnOnce(&S, &ReadContext) -> T) -> Result<T> {
+        let st = self.inner.sm.read();
         if self.inner.sm.restore_failed() {
             return Err(Error::Storage(
                 "a snapshot restore failed part-way; the node has stopped and its state is not served"
                     .into(),
             ));
         }
-        let st = self.inner.sm.read();
         let ctx = ReadContext::new(time_ms.max(st.time_ms()));
         Ok(f(&st.user, &ctx))
     }
