@@ -82,6 +82,7 @@ impl Batch {
                     | WriteOp::SPop { .. }
                     | WriteOp::Exec { .. }
                     | WriteOp::ExecBounded { .. }
+                    | WriteOp::ExecStrictWatch { .. }
             ),
             _ => false,
         }

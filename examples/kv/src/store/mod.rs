@@ -238,6 +238,13 @@ pub enum WriteOp {
         watched: Vec<Watched>,
         ops: Vec<Queued>,
     },
+    /// `EXEC` as [`WriteOp::ExecBounded`], where a key watched while absent that was written
+    /// since and has expired (not swept yet) also counts as changed, as in Redis. Entries of
+    /// the older forms keep the rule they were written under.
+    ExecStrictWatch {
+        watched: Vec<Watched>,
+        ops: Vec<Queued>,
+    },
 }
 
 /// The most bytes the replies of one transaction hold while they are built ([`Reply::footprint`]):
@@ -725,9 +732,12 @@ impl Store {
             WriteOp::HIncrByFloat { key, field, by } => {
                 self.hincr_by_float(key, field, f64::from_bits(by), now)
             }
-            WriteOp::Exec { watched, ops } => self.exec(watched, ops, now, None),
+            WriteOp::Exec { watched, ops } => self.exec(watched, ops, now, None, false),
             WriteOp::ExecBounded { watched, ops } => {
-                self.exec(watched, ops, now, Some(MAX_EXEC_REPLY))
+                self.exec(watched, ops, now, Some(MAX_EXEC_REPLY), false)
+            }
+            WriteOp::ExecStrictWatch { watched, ops } => {
+                self.exec(watched, ops, now, Some(MAX_EXEC_REPLY), true)
             }
             WriteOp::Push {
                 key,
@@ -765,17 +775,29 @@ impl Store {
     /// hold more than `max_reply` bytes (if it is bounded), the remaining commands still apply (the transaction is
     /// atomic) but no more replies are built, reads are skipped, and the transaction answers an
     /// error saying so: a transaction that queues many large reads cannot make every replica
-    /// hold gigabytes. (raft-core bounds the encoded output as well.)
+    /// hold gigabytes. (raft-core bounds the encoded output as well.) With `strict_watch`, a
+    /// watched absent key written and expired since counts as changed
+    /// ([`WriteOp::ExecStrictWatch`]).
     fn exec(
         &mut self,
         watched: Vec<Watched>,
         ops: Vec<Queued>,
         now: u64,
         max_reply: Option<usize>,
+        strict_watch: bool,
     ) -> Reply {
         let changed = watched.iter().any(|w| {
             let version = self.live(&w.key, now).map_or(0, |v| v.version);
-            version != w.version || (version == 0 && self.removed > w.seen)
+            // Under the strict rule, a key written since the WATCH that has expired, and is not
+            // swept yet, changed too (swept or deleted, `removed` says so).
+            let written_since = || {
+                strict_watch
+                    && self
+                        .map
+                        .get(&Slot::of(&w.key))
+                        .is_some_and(|v| v.version > w.seen)
+            };
+            version != w.version || (version == 0 && (self.removed > w.seen || written_since()))
         });
         if changed {
             return Reply::NilArray;
@@ -937,12 +959,12 @@ fn frees_space(op: &WriteOp) -> bool {
         WriteOp::Del(_) | WriteOp::GetDel(_) | WriteOp::FlushDb | WriteOp::PurgeExpired { .. } => {
             true
         }
-        WriteOp::Exec { ops, .. } | WriteOp::ExecBounded { ops, .. } => {
-            ops.iter().all(|q| match q {
-                Queued::Write(op) => frees_space(op),
-                Queued::Read(_) | Queued::Reply(_) => true,
-            })
-        }
+        WriteOp::Exec { ops, .. }
+        | WriteOp::ExecBounded { ops, .. }
+        | WriteOp::ExecStrictWatch { ops, .. } => ops.iter().all(|q| match q {
+            Queued::Write(op) => frees_space(op),
+            Queued::Read(_) | Queued::Reply(_) => true,
+        }),
         _ => false,
     }
 }

@@ -588,8 +588,13 @@ fn every_type_and_the_watch_versions_survive_a_snapshot() {
 }
 
 fn versions(s: &Store, keys: &[&str]) -> Vec<Watched> {
+    versions_at(s, 0, keys)
+}
+
+/// What a WATCH of `keys` at `now` records.
+fn versions_at(s: &Store, now: u64, keys: &[&str]) -> Vec<Watched> {
     let Reply::Array(v) = s.read(Query {
-        now: 0,
+        now,
         op: ReadOp::Versions(keys.iter().map(|k| b(k)).collect()),
     }) else {
         panic!()
@@ -733,6 +738,40 @@ fn exec_applies_every_command_unless_a_watched_key_changed() {
     s.write(at(0, WriteOp::FlushDb));
     assert_eq!(exec(&mut s, present, vec![]), Reply::NilArray);
     assert_eq!(exec(&mut s, absent, vec![]), Reply::Array(vec![]));
+}
+
+#[test]
+fn a_watched_absent_key_created_and_expired_since_aborts_the_transaction() {
+    // The compare-and-set of a lease: a key absent at WATCH, set with a TTL by another client,
+    // expired (not yet swept) by EXEC. Redis aborts: the key was touched.
+    let mut s = Store::default();
+    let w = versions_at(&s, 5, &["lease"]);
+    s.write(at(10, set("lease", "theirs", Expiry::At(50))));
+    let exec_at = |s: &mut Store, now, watched| {
+        s.write(at(
+            now,
+            WriteOp::ExecStrictWatch {
+                watched,
+                ops: vec![Queued::Write(set("lease", "mine", Expiry::Clear))],
+            },
+        ))
+    };
+    // Entries of the older form apply as they always did, on every replica.
+    let mut older = s.clone();
+    let older_exec = older.write(at(
+        100,
+        WriteOp::ExecBounded {
+            watched: w.clone(),
+            ops: vec![Queued::Write(set("lease", "mine", Expiry::Clear))],
+        },
+    ));
+    assert!(matches!(older_exec, Reply::Array(_)), "{older_exec:?}");
+    assert_eq!(exec_at(&mut s, 100, w), Reply::NilArray);
+    assert_eq!(get(&s, 100, "lease"), Reply::Nil, "nothing applied");
+    // A key that expired before the WATCH is not a change.
+    let w = versions_at(&s, 100, &["lease"]);
+    assert!(matches!(exec_at(&mut s, 100, w), Reply::Array(_)));
+    assert_eq!(get(&s, 100, "lease"), Reply::Bulk(b("mine")));
 }
 
 #[test]
@@ -1855,7 +1894,7 @@ fn a_transaction_past_its_reply_bound_applies_everything_and_builds_no_more_repl
     let mut ops = vec![Queued::Write(set("before", "1", Expiry::Clear))];
     ops.extend((0..10).map(|_| get()));
     ops.push(Queued::Write(set("after", "2", Expiry::Clear)));
-    let reply = s.exec(Vec::new(), ops.clone(), 0, Some(4096));
+    let reply = s.exec(Vec::new(), ops.clone(), 0, Some(4096), true);
     assert!(reply.is_error(), "{reply:?}");
     for (key, value) in [("before", "1"), ("after", "2")] {
         assert_eq!(s.string(&b(key), 0), Ok(Some(&b(value))), "{key}");
