@@ -774,12 +774,18 @@ fn queue(
     args: &[Bytes],
     ctx: &Ctx,
 ) -> Reply {
+    // A reply built at once (`COMMAND`, `COMMAND INFO …`) can be far larger than the command
+    // that asked for it; it is held, and replicated, until `EXEC`, so it counts at its size.
+    let mut built = 0;
     let (op, post) = match action {
         Action::Reply(r) if r.is_error() => {
             tx.dirty = true;
             return r;
         }
-        Action::Reply(r) => (Queued::Reply(r), commands::Post::None),
+        Action::Reply(r) => {
+            built = r.footprint();
+            (Queued::Reply(r), commands::Post::None)
+        }
         Action::Write { op, post } => (Queued::Write(op), post),
         Action::Read(op) => {
             let post = commands::Post::of_read(&op);
@@ -797,7 +803,7 @@ fn queue(
     };
     // EXEC replicates the queued commands and the watched keys as one command, so together
     // they must fit in one.
-    let cost = pipeline::cost(args);
+    let cost = pipeline::cost(args).max(built);
     let max = ctx.limits.resp.max_frame;
     if tx.bytes + watched_bytes + cost > max {
         tx.dirty = true;

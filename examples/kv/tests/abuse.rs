@@ -904,6 +904,34 @@ fn a_transaction_that_reads_one_value_many_times_builds_no_giant_reply() {
 }
 
 #[test]
+fn replies_queued_in_a_transaction_count_at_their_size() {
+    // `COMMAND` is a few bytes and its reply, built when it is queued, tens of kilobytes.
+    // The queue's limit (4 MiB here) must hold against what is kept, not what was sent.
+    const QUEUED: usize = 5_000;
+    let node = Node::start(&[]);
+    let before = node.peak_rss();
+    let mut c = node.connect();
+    c.stream.set_write_timeout(Some(WAIT)).expect("timeout");
+    let mut all = encode(&[b"MULTI"]);
+    for _ in 0..QUEUED {
+        all.extend(encode(&[b"COMMAND"]));
+    }
+    all.extend(encode(&[b"EXEC"]));
+    c.stream.write_all(&all).expect("send");
+    assert_eq!(c.reply(), "+OK");
+    let queued = (0..QUEUED).filter(|_| c.reply() == "+QUEUED").count();
+    assert!((1..QUEUED).contains(&queued), "{queued} of {QUEUED} queued");
+    assert!(c.reply().starts_with("-EXECABORT"));
+    let grew = node.peak_rss().saturating_sub(before);
+    assert!(
+        grew < 32 * MIB,
+        "peak RSS grew {} MiB with {queued} replies queued",
+        grew / MIB
+    );
+    assert_eq!(c.call(&[b"PING"]), "+PONG", "the connection goes on");
+}
+
+#[test]
 fn a_command_refused_for_permissions_inside_multi_discards_the_transaction() {
     let users = tempfile::NamedTempFile::new().expect("users file");
     std::fs::write(users.path(), "writer write writer-password\n").expect("users");
