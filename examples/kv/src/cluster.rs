@@ -211,10 +211,21 @@ fn join_failure(e: ClientError) -> String {
     )
 }
 
-/// On the leader, removes expired keys from time to time (a replicated write, so every replica
-/// frees the same keys).
+/// How often the leader looks for expired keys (Redis's active expiry runs 10 times a second).
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// Expired keys one sweep write removes: its apply holds the state for about a millisecond.
+const SWEEP_KEYS: usize = 1000;
+
+/// Sweep writes per look, at most: up to 100,000 keys a second, so keys written with short
+/// expiries at any rate the cluster takes do not pile up, while a backlog (after a leader
+/// change, say) is worked off in steps that let other writes through.
+const SWEEPS_PER_LOOK: usize = 10;
+
+/// On the leader, removes expired keys (a replicated write, so every replica frees the same
+/// keys).
 async fn sweep_expired(ctx: Arc<Ctx>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -222,18 +233,22 @@ async fn sweep_expired(ctx: Arc<Ctx>) {
         if node.role() != Role::Leader {
             continue;
         }
-        let now = server::now_ms();
-        let expired = node
-            .read(Consistency::Local, |s| s.expired_count(now, 1))
-            .await
-            .unwrap_or(0);
-        if expired > 0 {
+        for _ in 0..SWEEPS_PER_LOOK {
+            let now = server::now_ms();
+            let expired = node
+                .read(Consistency::Local, |s| s.expired_count(now, 1))
+                .await
+                .unwrap_or(0);
+            if expired == 0 {
+                break;
+            }
             let cmd = Command {
                 now,
-                op: WriteOp::PurgeExpired { limit: 1000 },
+                op: WriteOp::PurgeExpired { limit: SWEEP_KEYS },
             };
-            if let Ok(Reply::Int(n)) = node.write(cmd).await {
-                tracing::debug!(removed = n, "expired keys swept");
+            match node.write(cmd).await {
+                Ok(Reply::Int(n)) => tracing::debug!(removed = n, "expired keys swept"),
+                _ => break,
             }
         }
     }

@@ -423,3 +423,38 @@ async fn a_watched_key_changed_through_another_node_aborts_exec() {
     );
     assert_eq!(q::<String>(&mut a, &["DISCARD"]).await, "OK");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_keys_are_swept_faster_than_one_batch_a_second() {
+    // Keys with short expiries, as sessions or rate-limit counters have: they must not pile
+    // up in memory until a write happens to touch them.
+    const KEYS: usize = 30_000;
+    let cluster = Cluster::start();
+    let mut c = cluster.connect(0).await;
+    let before: i64 = q(&mut c, &["DBSIZE"]).await;
+    for chunk in 0..KEYS / 1000 {
+        let mut pipe = redis::pipe();
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            pipe.cmd("SET")
+                .arg(format!("short-{i}"))
+                .arg("v")
+                .arg("PX")
+                .arg(1)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut c).await.expect("pipelined SETs");
+    }
+    // DBSIZE counts keys that expired but are not swept yet, as Redis does.
+    let started = Instant::now();
+    let mut size: i64 = q(&mut c, &["DBSIZE"]).await;
+    while size > before {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{} expired keys left after {:?}",
+            size - before,
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        size = q(&mut c, &["DBSIZE"]).await;
+    }
+}
