@@ -252,6 +252,14 @@ pub enum WriteOp {
 /// make each of them hold, however many large reads it queues.
 pub const MAX_EXEC_REPLY: usize = 64 << 20;
 
+/// The most work the reads of one transaction do, in keys or fields examined (a string's bytes
+/// count one per 64, a bit-range's bits one per 32, an `LCS` table's cells one per 16): about
+/// 50 ms of one core. Each replica applies the transaction under the state machine's lock, so
+/// this bounds how long one `EXEC` holds up every write, however many scans it queues. Once the
+/// reads so far reach it, the rest of the commands still apply and the transaction answers an
+/// error instead of its replies, as past [`MAX_EXEC_REPLY`].
+pub const MAX_EXEC_READ_WORK: u64 = 1_000_000;
+
 /// A key `WATCH`ed by a connection, as it was when watched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Watched {
@@ -804,12 +812,19 @@ impl Store {
         }
         let mut replies = Vec::with_capacity(ops.len());
         let mut held = 0usize;
+        let mut work = 0u64;
         for (i, op) in ops.into_iter().enumerate() {
-            let full = max_reply.is_some_and(|max| held > max);
+            let full = max_reply.is_some_and(|max| held > max || work > MAX_EXEC_READ_WORK);
             let reply = match op {
                 Queued::Write(op) => self.apply_op(op, now),
                 Queued::Read(_) | Queued::Reply(_) if full => continue,
                 Queued::Read(op) => {
+                    if max_reply.is_some() {
+                        work = work.saturating_add(self.read_work(&op, now));
+                        if work > MAX_EXEC_READ_WORK {
+                            continue;
+                        }
+                    }
                     // Random reads draw from the entry and their place in it, so every replica
                     // answers alike.
                     let seed = self.writes.wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -834,7 +849,40 @@ impl Store {
                 "ERR the transaction was applied, but its replies would take more than {max_reply} bytes and are not returned"
             ));
         }
+        if work > MAX_EXEC_READ_WORK {
+            return Reply::Error(format!(
+                "ERR the transaction was applied, but its reads would examine more than {MAX_EXEC_READ_WORK} keys and are not answered; run large scans outside MULTI"
+            ));
+        }
         Reply::Array(replies)
+    }
+
+    /// At most how much work answering `op` takes (see [`MAX_EXEC_READ_WORK`]), found without
+    /// doing it. Reads not counted here are bounded by their replies ([`MAX_EXEC_REPLY`]).
+    fn read_work(&self, op: &ReadOp, now: u64) -> u64 {
+        let bytes = |key: &Bytes| {
+            self.string(key, now)
+                .ok()
+                .flatten()
+                .map_or(0, |v| v.len() as u64)
+        };
+        match op {
+            ReadOp::Keys(_) => self.map.len() as u64,
+            ReadOp::Scan { count, .. }
+            | ReadOp::ScanKind { count, .. }
+            | ReadOp::HScan { count, .. } => *count as u64,
+            ReadOp::BitCount { key, bits, .. } => {
+                if *bits {
+                    bytes(key).saturating_mul(8) / 32
+                } else {
+                    bytes(key) / 64
+                }
+            }
+            ReadOp::Lcs { a, b, .. } => {
+                (bytes(a).saturating_add(1)).saturating_mul(bytes(b).saturating_add(1)) / 16
+            }
+            _ => 1,
+        }
     }
 
     fn flush(&mut self) -> Reply {

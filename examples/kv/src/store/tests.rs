@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::commands::SCAN_STEP;
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -1902,6 +1903,46 @@ fn a_transaction_past_its_reply_bound_applies_everything_and_builds_no_more_repl
     // The same transaction under the real bound answers every command.
     match exec_bounded(&mut s, ops) {
         Reply::Array(replies) => assert_eq!(replies.len(), 12),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_transactions_reads_examine_a_bounded_number_of_keys() {
+    // Scans whose pattern matches nothing have tiny replies, so the reply bound never trips:
+    // without a bound on their work, one EXEC of many would hold every replica's state for
+    // minutes.
+    let mut s = Store::default();
+    for i in 0..SCAN_STEP {
+        s.write(at(0, set(&format!("k{i}"), "v", Expiry::Clear)));
+    }
+    let scan = || {
+        Queued::Read(ReadOp::Scan {
+            cursor: 0,
+            pattern: Some(b("zz*")),
+            count: SCAN_STEP,
+        })
+    };
+    let scans = 3 * MAX_EXEC_READ_WORK as usize / SCAN_STEP;
+    let mut ops: Vec<Queued> = (0..scans).map(|_| scan()).collect();
+    ops.push(Queued::Write(set("after", "1", Expiry::Clear)));
+    let before = glob_work_so_far();
+    let reply = exec_bounded(&mut s, ops);
+    let work = glob_work_so_far() - before;
+    assert!(reply.is_error(), "{reply:?}");
+    assert!(
+        work <= 2 * MAX_EXEC_READ_WORK,
+        "{work} glob steps for {scans} scans of {SCAN_STEP} keys"
+    );
+    assert_eq!(
+        s.string(&b("after"), 0),
+        Ok(Some(&b("1"))),
+        "the write applied"
+    );
+    // Within the bound every scan is answered.
+    let ops = (0..scans / 3).map(|_| scan()).collect();
+    match exec_bounded(&mut s, ops) {
+        Reply::Array(replies) => assert_eq!(replies.len(), scans / 3),
         other => panic!("{other:?}"),
     }
 }
