@@ -313,6 +313,9 @@ pub(crate) struct SmShared<S> {
     /// error). Readers look at it once they hold the state's lock, which a restore holds
     /// throughout.
     restore_failed: AtomicBool,
+    /// True while a snapshot is restored, which holds the state's write lock throughout
+    /// (seconds, for a large state): readers wait for it here, without holding a thread.
+    restoring: tokio::sync::watch::Sender<bool>,
     /// `SmState::time_ms`, readable without the lock (by the leader stamping a write).
     applied_time: AtomicU64,
     /// A copy of the applied incarnation bindings, read by every internal RPC without taking
@@ -320,11 +323,21 @@ pub(crate) struct SmShared<S> {
     bindings: RwLock<BTreeMap<NodeId, u64>>,
 }
 
+/// Marks a restore over when dropped: after it succeeded, failed or panicked.
+struct Restoring<'a>(&'a tokio::sync::watch::Sender<bool>);
+
+impl Drop for Restoring<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
+}
+
 impl<S> SmShared<S> {
     pub fn new(user: S) -> Arc<Self> {
         Arc::new(SmShared {
             state: RwLock::new(SmState::new(user)),
             restore_failed: AtomicBool::new(false),
+            restoring: tokio::sync::watch::Sender::new(false),
             applied_time: AtomicU64::new(0),
             bindings: RwLock::default(),
         })
@@ -333,6 +346,23 @@ impl<S> SmShared<S> {
     /// Whether a snapshot restore failed part-way, leaving the state incomplete.
     pub fn restore_failed(&self) -> bool {
         self.restore_failed.load(Ordering::Acquire)
+    }
+
+    /// Whether a snapshot is being restored.
+    pub fn restoring(&self) -> bool {
+        *self.restoring.borrow()
+    }
+
+    /// Returns once no snapshot is being restored. A reader calls it before taking the state's
+    /// lock, so that it waits for a restore as a task, not as a blocked thread; one that comes
+    /// in just as a restore starts still waits on the lock.
+    pub async fn restored(&self) {
+        if !self.restoring() {
+            return;
+        }
+        let mut done = self.restoring.subscribe();
+        // The sender lives as long as `self`.
+        let _ = done.wait_for(|restoring| !restoring).await;
     }
 
     /// The time of the last timed entry applied (see [`SmState::time_ms`]).
@@ -671,6 +701,9 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
                 ));
             }
             {
+                // Readers wait as tasks until the restore is over, whichever way it ends.
+                shared.restoring.send_replace(true);
+                let _restored = Restoring(&shared.restoring);
                 let mut st = shared.write();
                 // Buffered: the data is read with positioned reads, one system call each.
                 let mut input = io::BufReader::with_capacity(64 << 10, parsed.user_data(&data));

@@ -824,6 +824,7 @@ impl<S: StateMachine> Node<S> {
         f: impl FnOnce(&S, &ReadContext) -> T,
     ) -> Result<T> {
         if consistency == Consistency::Local {
+            self.restored().await?;
             return self.read_local(self.local_time(), f);
         }
         let at = self.read_index(consistency).await?;
@@ -837,6 +838,19 @@ impl<S: StateMachine> Node<S> {
     {
         self.read_timed(consistency, |sm, ctx| sm.query_at(query, ctx))
             .await
+    }
+
+    /// Waits, within the request timeout, until no snapshot is being restored: a reader then
+    /// takes the state's lock without blocking its thread for the restore.
+    async fn restored(&self) -> Result<()> {
+        if !self.inner.sm.restoring() {
+            return Ok(());
+        }
+        self.with_timeout(async {
+            self.inner.sm.restored().await;
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `f` on the state at the later of `time_ms` and the state's own time.

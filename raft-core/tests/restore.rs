@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::io;
 use std::io::Read;
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,12 +22,24 @@ use raft_core::testing::init_tracing;
 use raft_core::testing::kv::KvCommand as Cmd;
 use raft_core::testing::kv::KvStore;
 
-/// The node whose restores panic (0: none).
-static PANICS_ON_RESTORE: AtomicU64 = AtomicU64::new(0);
+/// What a cluster's restores do: on node `panics`, clear the state and panic; on node `slow`,
+/// work for [`SLOW_RESTORE`] first (0: no node).
+#[derive(Default)]
+struct Plan {
+    panics: AtomicU64,
+    slow: AtomicU64,
+    slow_started: AtomicBool,
+}
 
-/// The test kv, whose `restore` on [`PANICS_ON_RESTORE`] clears the state, then panics.
+const SLOW_RESTORE: Duration = Duration::from_secs(3);
+
+/// One test at a time: a cluster counts every panic in the process while it runs.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The test kv, whose `restore` follows its cluster's [`Plan`].
 struct Fragile {
     id: NodeId,
+    plan: Arc<Plan>,
     kv: KvStore,
 }
 
@@ -45,7 +59,12 @@ impl StateMachine for Fragile {
     }
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
         self.kv.0.clear();
-        if PANICS_ON_RESTORE.load(Ordering::SeqCst) == self.id {
+        if self.plan.slow.load(Ordering::SeqCst) == self.id {
+            self.plan.slow_started.store(true, Ordering::SeqCst);
+            // Restoring a large state: this thread is busy throughout.
+            std::thread::sleep(SLOW_RESTORE);
+        }
+        if self.plan.panics.load(Ordering::SeqCst) == self.id {
             panic!("a restore gives up part-way");
         }
         self.kv.restore(input)
@@ -66,12 +85,15 @@ async fn put_many(cluster: &Cluster<Fragile>, keys: std::ops::Range<u64>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_restore_that_panics_leaves_no_state_served() {
+/// A cluster of three whose node `behind` (returned) is down while the others write 400 keys
+/// and purge their logs past it: once restarted, it can only catch up by a snapshot.
+async fn one_node_behind_a_snapshot(plan: &Arc<Plan>) -> (Cluster<Fragile>, NodeId) {
     init_tracing();
     let options = ClusterOptions::default().with_configure(|c: Config| c.with_snapshots(100, 10));
-    let cluster = Cluster::start(3, options, |id| Fragile {
+    let plan = plan.clone();
+    let cluster = Cluster::start(3, options, move |id| Fragile {
         id,
+        plan: plan.clone(),
         kv: KvStore::default(),
     })
     .await
@@ -99,8 +121,15 @@ async fn a_restore_that_panics_leaves_no_state_served() {
         })
         .await
         .unwrap();
+    (cluster, behind)
+}
 
-    PANICS_ON_RESTORE.store(behind, Ordering::SeqCst);
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_that_panics_leaves_no_state_served() {
+    let _serial = SERIAL.lock().await;
+    let plan = Arc::new(Plan::default());
+    let (cluster, behind) = one_node_behind_a_snapshot(&plan).await;
+    plan.panics.store(behind, Ordering::SeqCst);
     let node = cluster.restart(behind).await.unwrap();
     tokio::time::timeout(Duration::from_secs(30), node.stopped())
         .await
@@ -117,4 +146,41 @@ async fn a_restore_that_panics_leaves_no_state_served() {
         "{panics:?}"
     );
     assert!(!panics.is_empty(), "the restore ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_wait_for_a_long_restore_without_holding_threads() {
+    let _serial = SERIAL.lock().await;
+    let plan = Arc::new(Plan::default());
+    let (cluster, behind) = one_node_behind_a_snapshot(&plan).await;
+    plan.slow.store(behind, Ordering::SeqCst);
+    let node = cluster.restart(behind).await.unwrap();
+    let started = std::time::Instant::now();
+    while !plan.slow_started.load(Ordering::SeqCst) {
+        assert!(started.elapsed() < Duration::from_secs(30), "no restore");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // More readers than the runtime has threads, while the restore holds the state.
+    let reads: Vec<_> = (0..4)
+        .map(|_| {
+            let node = node.clone();
+            tokio::spawn(async move { node.read(Consistency::Local, |sm| sm.kv.0.len()).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    // The runtime still runs other tasks meanwhile: the node's own, a transport's.
+    let asked = std::time::Instant::now();
+    tokio::spawn(async {}).await.unwrap();
+    let waited = asked.elapsed();
+    assert!(
+        waited < SLOW_RESTORE / 3,
+        "a task waited {waited:?} while reads waited for a restore"
+    );
+    for read in reads {
+        let keys = read
+            .await
+            .unwrap()
+            .expect("a read once the restore is over");
+        assert_eq!(keys, 400, "the restored state");
+    }
 }

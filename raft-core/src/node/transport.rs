@@ -154,6 +154,7 @@ impl<S: StateMachine> Node<S> {
         if !reached.await? || self.role() == Role::Shutdown {
             return Err(Error::Shutdown);
         }
+        self.restored().await?;
         self.read_local(at.time_ms, f)
     }
 
