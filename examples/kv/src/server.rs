@@ -738,20 +738,27 @@ async fn run_batch(batch: &mut Batch, conn: &mut Conn, ctx: &Ctx, out: &mut Byte
 
 /// Replicates one write under the connection's session and answers the store's reply.
 async fn replicate(conn: &mut Conn, ctx: &Ctx, op: WriteOp, now: u64) -> Reply {
+    replicated(conn, ctx, op, now)
+        .await
+        .unwrap_or_else(|failed| failed)
+}
+
+/// Replicates `op`: `Ok` with the store's reply once it applied, `Err` with the reply that
+/// says it did not (or may not have).
+async fn replicated(conn: &mut Conn, ctx: &Ctx, op: WriteOp, now: u64) -> Result<Reply, Reply> {
     let started = Instant::now();
     let r = match next_session(conn, ctx).await {
-        Ok(session) => match write(ctx, session, Command { now, op }).await {
-            Ok(r) => r,
-            Err(failed) => {
+        Ok(session) => write(ctx, session, Command { now, op })
+            .await
+            .map_err(|failed| {
                 if failed.outcome_unknown {
                     // The session may not answer again: the next write registers a new one.
                     // The old one is left to eviction (it may be gone already).
                     conn.session = None;
                 }
                 failed.reply
-            }
-        },
-        Err(refused) => refused,
+            }),
+        Err(refused) => Err(refused),
     };
     metrics::histogram!("kv_write_duration_seconds").record(started.elapsed().as_secs_f64());
     r
@@ -830,32 +837,42 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
     if tx.ops.is_empty() && watched.is_empty() {
         return Reply::Array(Vec::new());
     }
-    let op = WriteOp::ExecBounded {
+    let op = WriteOp::ExecStrictWatch {
         watched,
         ops: tx.ops,
     };
-    match replicate(conn, ctx, op, now).await {
-        Reply::Array(replies) => {
-            let mut replies: Vec<Reply> = replies
-                .into_iter()
-                .zip(tx.posts)
-                .map(|(r, post)| post.apply(r))
-                .collect();
-            for (i, action) in tx.local {
-                let r = match action {
-                    Action::ConfigGet(patterns) => ctx.config.get(&patterns),
-                    Action::ConfigSet(pairs) => ctx.config.set(&pairs),
-                    Action::Client(op) => op.apply(&mut conn.name, conn.id),
-                    _ => continue,
-                };
-                if let Some(slot) = replies.get_mut(i) {
-                    *slot = r;
-                }
-            }
-            Reply::Array(replies)
-        }
-        other => other,
+    let reply = match replicated(conn, ctx, op, now).await {
+        // Not applied, or a watched key changed: nothing of the transaction ran.
+        Err(failed) => return failed,
+        Ok(Reply::NilArray) => return Reply::NilArray,
+        Ok(applied) => applied,
+    };
+    // Applied: the commands about this node or connection run too, even when the replies are
+    // not returned (past the transaction's reply or read bounds).
+    let mut local: Vec<(usize, Reply)> = Vec::with_capacity(tx.local.len());
+    for (i, action) in tx.local {
+        let r = match action {
+            Action::ConfigGet(patterns) => ctx.config.get(&patterns),
+            Action::ConfigSet(pairs) => ctx.config.set(&pairs),
+            Action::Client(op) => op.apply(&mut conn.name, conn.id),
+            _ => continue,
+        };
+        local.push((i, r));
     }
+    let Reply::Array(replies) = reply else {
+        return reply;
+    };
+    let mut replies: Vec<Reply> = replies
+        .into_iter()
+        .zip(tx.posts)
+        .map(|(r, post)| post.apply(r))
+        .collect();
+    for (i, r) in local {
+        if let Some(slot) = replies.get_mut(i) {
+            *slot = r;
+        }
+    }
+    Reply::Array(replies)
 }
 
 /// `WATCH`: reads the keys' versions (at the node's consistency) for the next `EXEC` to check.

@@ -885,6 +885,7 @@ fn a_transaction_that_reads_one_value_many_times_builds_no_giant_reply() {
     assert_eq!(c.call(&[b"MULTI"]), "+OK");
     assert_eq!(c.call(&mget), "+QUEUED");
     assert_eq!(c.call(&[b"SET", b"after", b"1"]), "+QUEUED");
+    assert_eq!(c.call(&[b"CLIENT", b"SETNAME", b"reader"]), "+QUEUED");
     let reply = c.call(&[b"EXEC"]);
     let grew = node.peak_rss().saturating_sub(before);
     assert!(
@@ -897,6 +898,11 @@ fn a_transaction_that_reads_one_value_many_times_builds_no_giant_reply() {
         "answered with an error, not 1 GiB: {reply}"
     );
     assert_eq!(c.call(&[b"GET", b"after"]), "1", "the transaction applied");
+    assert_eq!(
+        c.call(&[b"CLIENT", b"GETNAME"]),
+        "reader",
+        "with its commands about the connection"
+    );
     // A transaction whose reply fits is answered whole.
     assert_eq!(c.call(&[b"MULTI"]), "+OK");
     assert_eq!(c.call(&[b"GET", b"big"]), "+QUEUED");
