@@ -1,7 +1,7 @@
 //! A node's background task: it samples the data directory for the storage quota, takes a
 //! snapshot when the log has grown by [`Config::snapshot_log_bytes`], forgets voters' alarms
-//! when the node stops leading, and logs a fatal stop loudly. It ends when the node stops or
-//! every handle to it is dropped.
+//! when the node stops leading, and logs a fatal stop loudly (and closes the snapshot store
+//! then). It ends when the node stops or every handle to it is dropped.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -121,6 +121,10 @@ impl Housekeeping {
                 Err(Fatal::Stopped) => return,
                 Err(e) => {
                     tracing::error!(node = id, error = %e, "the node has stopped after a fatal error; it serves nothing until restarted");
+                    // A build or receive still under way places nothing from here on, so the
+                    // node can be restarted on its data dir, in this process too.
+                    let snapshots = self.snapshots.clone();
+                    let _ = tokio::task::spawn_blocking(move || snapshots.close()).await;
                     return;
                 }
             }

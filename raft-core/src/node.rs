@@ -513,7 +513,9 @@ impl<S: StateMachine> Node<S> {
                         // does), and dropping it mid-join would make every other caller panic:
                         // the join is finished first, from a thread nothing cancels, while
                         // `fut` is still polled (it may finish it itself, or answer).
-                        let joined = stop::shutdown(self.inner.raft.clone());
+                        let snapshots = self.inner.snapshots.clone();
+                        let joined =
+                            stop::shutdown(self.inner.raft.clone(), move || snapshots.close());
                         tokio::select! {
                             r = &mut fut => return r,
                             _ = joined => {}
@@ -782,8 +784,21 @@ impl<S: StateMachine> Node<S> {
     /// stopped it — a storage failure (a failed write or fdatasync, a full disk, corruption) or
     /// a crash of the consensus engine. A stopped node serves nothing; an application should
     /// await this and exit (or restart the node), so that a supervisor restarts it rather than
-    /// leaving a node that answers every request with an error.
+    /// leaving a node that answers every request with an error. By the time it resolves, the
+    /// node's snapshot store is closed: a snapshot build or receive still under way places and
+    /// deletes nothing, so a node restarted in the same process on the same data directory is
+    /// not raced by the one that stopped.
     pub async fn stopped(&self) -> Result<()> {
+        let outcome = self.engine_stopped().await;
+        let snapshots = self.inner.snapshots.clone();
+        tokio::task::spawn_blocking(move || snapshots.close())
+            .await
+            .map_err(|e| Error::Fatal(format!("closing the snapshot store: {e}")))?;
+        outcome
+    }
+
+    /// Resolves when the consensus engine stops, with how it stopped (see [`Node::stopped`]).
+    async fn engine_stopped(&self) -> Result<()> {
         // Waits on the server metrics, which change only with the role, leader, vote or
         // membership, not on the full metrics, which change with every write: a waiter there
         // would be woken (and its thread unparked) once per write. The engine drops every
@@ -1390,18 +1405,15 @@ impl<S: StateMachine> Node<S> {
     /// temporary file removed), so a node can be started on the same data directory at once.
     /// Other clones of this node fail with [`Error::Shutdown`] afterwards.
     ///
-    /// Consensus stops even if the returned future is dropped before it resolves (a timeout
-    /// around the shutdown): the core is joined on a thread of its own. Only the snapshot
-    /// store's closing is then skipped.
+    /// Consensus stops, and the snapshot store closes, even if the returned future is dropped
+    /// before it resolves (a timeout around the shutdown): both are done on a thread of their
+    /// own.
     pub async fn shutdown(&self) -> Result<()> {
-        stop::shutdown(self.inner.raft.clone()).await?;
-        // openraft does not wait for a snapshot build or install under way: from here on, one
-        // that finishes places and deletes nothing, so a node started next on the same data
-        // dir is not raced.
+        // openraft does not wait for a snapshot build or install under way: once the store is
+        // closed, one that finishes places and deletes nothing, so a node started next on the
+        // same data dir is not raced.
         let snapshots = self.inner.snapshots.clone();
-        tokio::task::spawn_blocking(move || snapshots.close())
-            .await
-            .map_err(|e| Error::Fatal(format!("shutdown: closing the snapshot store: {e}")))?;
+        stop::shutdown(self.inner.raft.clone(), move || snapshots.close()).await?;
         tracing::info!(node = self.inner.id, "node shut down");
         Ok(())
     }

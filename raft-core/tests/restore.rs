@@ -29,6 +29,11 @@ struct Plan {
     panics: AtomicU64,
     slow: AtomicU64,
     slow_started: AtomicBool,
+    /// The node whose snapshot builds wait in `write_snapshot` until `release` (0: none).
+    held_build: AtomicU64,
+    build_started: AtomicBool,
+    release: AtomicBool,
+    build_written: AtomicBool,
 }
 
 const SLOW_RESTORE: Duration = Duration::from_secs(3);
@@ -46,16 +51,26 @@ struct Fragile {
 impl StateMachine for Fragile {
     type Command = Cmd;
     type Output = Option<String>;
-    type Snapshot = BTreeMap<String, String>;
+    type Snapshot = (Option<Arc<Plan>>, BTreeMap<String, String>);
 
     fn apply(&mut self, command: Cmd) -> Option<String> {
         self.kv.apply(command)
     }
     fn snapshot(&self) -> Self::Snapshot {
-        self.kv.snapshot()
+        let held = self.plan.held_build.load(Ordering::SeqCst) == self.id;
+        (held.then(|| self.plan.clone()), self.kv.snapshot())
     }
-    fn write_snapshot(snapshot: Self::Snapshot, out: &mut dyn Write) -> io::Result<()> {
-        KvStore::write_snapshot(snapshot, out)
+    fn write_snapshot((held, kv): Self::Snapshot, out: &mut dyn Write) -> io::Result<()> {
+        if let Some(plan) = held {
+            plan.build_started.store(true, Ordering::SeqCst);
+            while !plan.release.load(Ordering::SeqCst) {
+                std::thread::park_timeout(Duration::from_millis(1));
+            }
+            let written = KvStore::write_snapshot(kv, out);
+            plan.build_written.store(true, Ordering::SeqCst);
+            return written;
+        }
+        KvStore::write_snapshot(kv, out)
     }
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
         self.kv.0.clear();
@@ -183,4 +198,80 @@ async fn reads_wait_for_a_long_restore_without_holding_threads() {
             .expect("a read once the restore is over");
         assert_eq!(keys, 400, "the restored state");
     }
+}
+
+/// Waits, polling, until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(30), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The names in `dir` that end with `suffix`.
+fn files(dir: &std::path::Path, suffix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(suffix))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_build_that_outlives_its_stopped_node_places_nothing() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let plan = Arc::new(Plan::default());
+    let cluster = Cluster::start(3, ClusterOptions::default(), {
+        let plan = plan.clone();
+        move |id| Fragile {
+            id,
+            plan: plan.clone(),
+            kv: KvStore::default(),
+        }
+    })
+    .await
+    .expect("cluster starts");
+    put_many(&cluster, 0..10).await;
+    cluster.wait_converged().await.unwrap();
+    let leader = cluster.wait_for_leader().await.unwrap();
+    let id = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let node = cluster.node(id).unwrap();
+    let snapshots = cluster.data_dir(id).unwrap().join("snapshots");
+    let before = files(&snapshots, ".snap");
+
+    // A build under way when the node stops after a failed fdatasync.
+    plan.held_build.store(id, Ordering::SeqCst);
+    let building = tokio::spawn({
+        let node = node.clone();
+        async move { node.snapshot().await }
+    });
+    until("the build started", || {
+        plan.build_started.load(Ordering::SeqCst)
+    })
+    .await;
+    node.simulate_fsync_failure(true);
+    let _ = cluster.write(Cmd::Put("after".into(), "stop".into())).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(30), node.stopped())
+        .await
+        .expect("the node stops");
+    assert!(stopped.is_err(), "a fatal stop: {stopped:?}");
+
+    // The build finishes after the stop: the store it would place its file in is closed.
+    plan.release.store(true, Ordering::SeqCst);
+    until("the build wrote its snapshot", || {
+        plan.build_written.load(Ordering::SeqCst)
+    })
+    .await;
+    until("the build's temporary file is gone", || {
+        files(&snapshots, ".tmp").is_empty()
+    })
+    .await;
+    assert_eq!(files(&snapshots, ".snap"), before, "a snapshot was placed");
+    let _ = tokio::time::timeout(Duration::from_secs(30), building).await;
 }

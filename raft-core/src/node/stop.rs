@@ -47,13 +47,18 @@ fn block_on<F: Future>(future: F) -> F::Output {
 }
 
 /// Stops `raft` (sends its shutdown signal and joins its core and tick tasks) on a thread of its
-/// own; resolves when that is done. Dropping the returned future does not stop the join.
-pub(super) async fn shutdown<S: StateMachine>(raft: RaftHandle<S>) -> Result<()> {
+/// own, then runs `after` there (it may block); resolves when both are done. Dropping the
+/// returned future stops neither.
+pub(super) async fn shutdown<S: StateMachine>(
+    raft: RaftHandle<S>,
+    after: impl FnOnce() + Send + 'static,
+) -> Result<()> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("raft-stop".into())
         .spawn(move || {
             let r = block_on(raft.shutdown()).map_err(|e| e.to_string());
+            after();
             let _ = tx.send(r);
         })
         .map_err(|e| Error::Fatal(format!("shutdown: starting a thread to stop the node: {e}")))?;
