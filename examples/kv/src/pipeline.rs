@@ -82,7 +82,7 @@ impl Batch {
                     | WriteOp::SPop { .. }
                     | WriteOp::Exec { .. }
                     | WriteOp::ExecBounded { .. }
-                    | WriteOp::ExecStrictWatch { .. }
+                    | WriteOp::ExecStrict { .. }
             ),
             _ => false,
         }

@@ -837,7 +837,7 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
     if tx.ops.is_empty() && watched.is_empty() {
         return Reply::Array(Vec::new());
     }
-    let op = WriteOp::ExecStrictWatch {
+    let op = WriteOp::ExecStrict {
         watched,
         ops: tx.ops,
     };

@@ -238,10 +238,12 @@ pub enum WriteOp {
         watched: Vec<Watched>,
         ops: Vec<Queued>,
     },
-    /// `EXEC` as [`WriteOp::ExecBounded`], where a key watched while absent that was written
-    /// since and has expired (not swept yet) also counts as changed, as in Redis. Entries of
-    /// the older forms keep the rule they were written under.
-    ExecStrictWatch {
+    /// `EXEC` as [`WriteOp::ExecBounded`], under two more rules: a key watched while absent
+    /// that was written since and has expired (not swept yet) also counts as changed, as in
+    /// Redis; and the reads do at most [`MAX_EXEC_READ_WORK`] work. Entries of the older forms
+    /// keep the rules they were written under (their replies are remembered by the session
+    /// table, which is replicated state too).
+    ExecStrict {
         watched: Vec<Watched>,
         ops: Vec<Queued>,
     },
@@ -252,9 +254,11 @@ pub enum WriteOp {
 /// make each of them hold, however many large reads it queues.
 pub const MAX_EXEC_REPLY: usize = 64 << 20;
 
-/// The most work the reads of one transaction do, in keys or fields examined (a string's bytes
-/// count one per 64, a bit-range's bits one per 32, an `LCS` table's cells one per 16): about
-/// 50 ms of one core. Each replica applies the transaction under the state machine's lock, so
+/// The most work the reads of one transaction do, in keys or elements examined (a read that
+/// walks a hash, list or set counts its elements; a string's bytes count one per 64, a
+/// bit-range's bits one per 32, an `LCS` table's cells one per 16): about 50 ms of one core.
+/// A `MATCH` pattern's steps are not counted: each key's match is bounded on its own
+/// ([`glob::Glob::matches_bounded`]). Each replica applies the transaction under the state machine's lock, so
 /// this bounds how long one `EXEC` holds up every write, however many scans it queues. Once the
 /// reads so far reach it, the rest of the commands still apply and the transaction answers an
 /// error instead of its replies, as past [`MAX_EXEC_REPLY`].
@@ -744,7 +748,7 @@ impl Store {
             WriteOp::ExecBounded { watched, ops } => {
                 self.exec(watched, ops, now, Some(MAX_EXEC_REPLY), false)
             }
-            WriteOp::ExecStrictWatch { watched, ops } => {
+            WriteOp::ExecStrict { watched, ops } => {
                 self.exec(watched, ops, now, Some(MAX_EXEC_REPLY), true)
             }
             WriteOp::Push {
@@ -783,23 +787,24 @@ impl Store {
     /// hold more than `max_reply` bytes (if it is bounded), the remaining commands still apply (the transaction is
     /// atomic) but no more replies are built, reads are skipped, and the transaction answers an
     /// error saying so: a transaction that queues many large reads cannot make every replica
-    /// hold gigabytes. (raft-core bounds the encoded output as well.) With `strict_watch`, a
-    /// watched absent key written and expired since counts as changed
-    /// ([`WriteOp::ExecStrictWatch`]).
+    /// hold gigabytes. (raft-core bounds the encoded output as well.) With `strict`
+    /// ([`WriteOp::ExecStrict`]), a watched absent key written and expired since counts as
+    /// changed, and once the reads so far have done [`MAX_EXEC_READ_WORK`] work the rest are
+    /// skipped the same way.
     fn exec(
         &mut self,
         watched: Vec<Watched>,
         ops: Vec<Queued>,
         now: u64,
         max_reply: Option<usize>,
-        strict_watch: bool,
+        strict: bool,
     ) -> Reply {
         let changed = watched.iter().any(|w| {
             let version = self.live(&w.key, now).map_or(0, |v| v.version);
             // Under the strict rule, a key written since the WATCH that has expired, and is not
             // swept yet, changed too (swept or deleted, `removed` says so).
             let written_since = || {
-                strict_watch
+                strict
                     && self
                         .map
                         .get(&Slot::of(&w.key))
@@ -814,12 +819,12 @@ impl Store {
         let mut held = 0usize;
         let mut work = 0u64;
         for (i, op) in ops.into_iter().enumerate() {
-            let full = max_reply.is_some_and(|max| held > max || work > MAX_EXEC_READ_WORK);
+            let full = max_reply.is_some_and(|max| held > max) || work > MAX_EXEC_READ_WORK;
             let reply = match op {
                 Queued::Write(op) => self.apply_op(op, now),
                 Queued::Read(_) | Queued::Reply(_) if full => continue,
                 Queued::Read(op) => {
-                    if max_reply.is_some() {
+                    if strict {
                         work = work.saturating_add(self.read_work(&op, now));
                         if work > MAX_EXEC_READ_WORK {
                             continue;
@@ -866,11 +871,32 @@ impl Store {
                 .flatten()
                 .map_or(0, |v| v.len() as u64)
         };
+        // Elements of the collection at `key` (1 for a string): what reads that walk it visit.
+        let elements = |key: &Bytes| {
+            self.live(key, now).map_or(0, |v| match &v.data {
+                Data::Str(_) => 1,
+                Data::Hash(h) => h.len() as u64,
+                Data::List(l) => l.len() as u64,
+                Data::Set(s) => s.len() as u64,
+            })
+        };
+        let one = 1;
         match op {
+            // Past its own bound KEYS answers an error at once.
+            ReadOp::Keys(_) if self.map.len() > MAX_KEYS_IN_TRANSACTION => one,
             ReadOp::Keys(_) => self.map.len() as u64,
             ReadOp::Scan { count, .. }
             | ReadOp::ScanKind { count, .. }
             | ReadOp::HScan { count, .. } => *count as u64,
+            // It may step over keys that expired and are not swept yet.
+            ReadOp::RandomKey => (self.expiring.len() as u64).saturating_add(one),
+            ReadOp::HGetAll(key)
+            | ReadOp::HKeys(key)
+            | ReadOp::HVals(key)
+            | ReadOp::SMembers(key)
+            | ReadOp::MemoryUsage(key)
+            | ReadOp::HRandField { key, .. }
+            | ReadOp::LRange { key, .. } => elements(key).saturating_add(one),
             ReadOp::BitCount { key, bits, .. } => {
                 if *bits {
                     bytes(key).saturating_mul(8) / 32
@@ -881,7 +907,7 @@ impl Store {
             ReadOp::Lcs { a, b, .. } => {
                 (bytes(a).saturating_add(1)).saturating_mul(bytes(b).saturating_add(1)) / 16
             }
-            _ => 1,
+            _ => one,
         }
     }
 
@@ -1009,7 +1035,7 @@ fn frees_space(op: &WriteOp) -> bool {
         }
         WriteOp::Exec { ops, .. }
         | WriteOp::ExecBounded { ops, .. }
-        | WriteOp::ExecStrictWatch { ops, .. } => ops.iter().all(|q| match q {
+        | WriteOp::ExecStrict { ops, .. } => ops.iter().all(|q| match q {
             Queued::Write(op) => frees_space(op),
             Queued::Read(_) | Queued::Reply(_) => true,
         }),

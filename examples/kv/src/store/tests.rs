@@ -751,7 +751,7 @@ fn a_watched_absent_key_created_and_expired_since_aborts_the_transaction() {
     let exec_at = |s: &mut Store, now, watched| {
         s.write(at(
             now,
-            WriteOp::ExecStrictWatch {
+            WriteOp::ExecStrict {
                 watched,
                 ops: vec![Queued::Write(set("lease", "mine", Expiry::Clear))],
             },
@@ -1871,7 +1871,18 @@ fn ranges_kept_in_tables_hold_exactly_their_bytes() {
     }
 }
 
-/// A transaction of `ops` through the bounded `EXEC`.
+/// A transaction of `ops` as `EXEC` logs it now.
+fn exec_strict(s: &mut Store, ops: Vec<Queued>) -> Reply {
+    s.write(at(
+        0,
+        WriteOp::ExecStrict {
+            watched: Vec::new(),
+            ops,
+        },
+    ))
+}
+
+/// A transaction of `ops` through the bounded `EXEC` of earlier versions.
 fn exec_bounded(s: &mut Store, ops: Vec<Queued>) -> Reply {
     s.write(at(
         0,
@@ -1926,8 +1937,14 @@ fn a_transactions_reads_examine_a_bounded_number_of_keys() {
     let scans = 3 * MAX_EXEC_READ_WORK as usize / SCAN_STEP;
     let mut ops: Vec<Queued> = (0..scans).map(|_| scan()).collect();
     ops.push(Queued::Write(set("after", "1", Expiry::Clear)));
+    // Entries of the older form keep their rules: every read answered.
+    let mut older = s.clone();
+    match exec_bounded(&mut older, ops.clone()) {
+        Reply::Array(replies) => assert_eq!(replies.len(), scans + 1),
+        other => panic!("{other:?}"),
+    }
     let before = glob_work_so_far();
-    let reply = exec_bounded(&mut s, ops);
+    let reply = exec_strict(&mut s, ops);
     let work = glob_work_so_far() - before;
     assert!(reply.is_error(), "{reply:?}");
     assert!(
@@ -1941,10 +1958,34 @@ fn a_transactions_reads_examine_a_bounded_number_of_keys() {
     );
     // Within the bound every scan is answered.
     let ops = (0..scans / 3).map(|_| scan()).collect();
-    match exec_bounded(&mut s, ops) {
+    match exec_strict(&mut s, ops) {
         Reply::Array(replies) => assert_eq!(replies.len(), scans / 3),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn reads_that_walk_a_collection_count_its_elements_in_a_transaction() {
+    // MEMORY USAGE, HRANDFIELD and the like walk a whole hash with a tiny reply.
+    let mut s = Store::default();
+    let fields: Vec<(Bytes, Bytes)> = (0..100_000)
+        .map(|i| (b(&format!("f{i}")), b("v")))
+        .collect();
+    s.write(at(
+        0,
+        WriteOp::HSet {
+            key: b("h"),
+            pairs: fields,
+            nx: false,
+        },
+    ));
+    let usage = || Queued::Read(ReadOp::MemoryUsage(b("h")));
+    // Nine walks fit in the bound; a hundred do not.
+    assert!(matches!(
+        exec_strict(&mut s, (0..9).map(|_| usage()).collect()),
+        Reply::Array(_)
+    ));
+    assert!(exec_strict(&mut s, (0..100).map(|_| usage()).collect()).is_error());
 }
 
 /// The peak resident memory of this process so far, in bytes (Linux).
