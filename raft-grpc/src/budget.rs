@@ -205,6 +205,15 @@ where
     }
 }
 
+/// Why a body stops being read.
+enum Refused {
+    /// The budget has no room for the message.
+    Spent,
+    /// A second message in a call that carries one: it could put off the end of the call for
+    /// ever, one empty message at a time.
+    SecondMessage,
+}
+
 /// A request body whose partly received messages hold their declared length of the budget.
 pub(crate) struct Metered<B> {
     inner: B,
@@ -227,6 +236,8 @@ pub(crate) struct Metered<B> {
     kept: Option<Kept>,
     /// The body failed; it yields nothing more.
     failed: bool,
+    /// A message of the call is whole: for a call of one message, no other may follow.
+    whole: bool,
 }
 
 impl<B> Metered<B> {
@@ -247,12 +258,14 @@ impl<B> Metered<B> {
             header_by,
             kept,
             failed: false,
+            whole: false,
         }
     }
 
     /// Follows the framing through `chunk`, taking the budget's share for the messages that
-    /// need one. Fails if one finds the budget spent.
-    fn scan(&mut self, chunk: &[u8]) -> Result<(), ()> {
+    /// need one. Fails if one finds the budget spent, or starts a second message in a call of
+    /// one.
+    fn scan(&mut self, chunk: &[u8]) -> Result<(), Refused> {
         let mut rest = chunk;
         while !rest.is_empty() {
             if self.header_len < HEADER {
@@ -261,6 +274,9 @@ impl<B> Metered<B> {
                 self.header_len += take;
                 rest = &rest[take..];
                 if self.header_len == HEADER {
+                    if self.whole && self.kept.is_some() {
+                        return Err(Refused::SecondMessage);
+                    }
                     self.remaining = self.declared();
                     // From here the message has the allowance of its declared length.
                     self.deadline = None;
@@ -306,7 +322,7 @@ impl<B> Metered<B> {
     }
 
     /// Takes the current message's share, unless it has it or is too large to be accepted.
-    fn take(&mut self) -> Result<(), ()> {
+    fn take(&mut self) -> Result<(), Refused> {
         if self.held.is_some() || self.refused_by_tonic() {
             return Ok(());
         }
@@ -314,7 +330,7 @@ impl<B> Metered<B> {
         self.held = Some(
             permits
                 .try_acquire_many_owned(self.declared())
-                .map_err(|_| ())?,
+                .map_err(|_| Refused::Spent)?,
         );
         Ok(())
     }
@@ -324,6 +340,7 @@ impl<B> Metered<B> {
     fn finish(&mut self) {
         self.header_len = 0;
         self.deadline = None;
+        self.whole = true;
         let Some(kept) = self.kept.as_ref() else {
             self.held = None;
             return;
@@ -347,14 +364,19 @@ impl<B> Metered<B> {
         &mut self,
         message: String,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::codegen::StdError>>> {
+        self.fail_as(Code::Unavailable, ErrorCode::Busy, message)
+    }
+
+    fn fail_as(
+        &mut self,
+        code: Code,
+        error: ErrorCode,
+        message: String,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::codegen::StdError>>> {
         self.failed = true;
         self.held = None;
         self.deadline = None;
-        Poll::Ready(Some(Err(Box::new(status(
-            Code::Unavailable,
-            ErrorCode::Busy,
-            message,
-        )))))
+        Poll::Ready(Some(Err(Box::new(status(code, error, message)))))
     }
 }
 
@@ -404,12 +426,22 @@ where
             Ok(chunk) => chunk,
             Err(frame) => return Poll::Ready(Some(Ok(frame))),
         };
-        if this.scan(&chunk).is_err() {
-            return this.fail(format!(
-                "this node already holds its limit of {} bytes of callers' messages; try again \
-                 later",
-                this.budget.0.bytes
-            ));
+        match this.scan(&chunk) {
+            Ok(()) => {}
+            Err(Refused::Spent) => {
+                return this.fail(format!(
+                    "this node already holds its limit of {} bytes of callers' messages; try \
+                     again later",
+                    this.budget.0.bytes
+                ));
+            }
+            Err(Refused::SecondMessage) => {
+                return this.fail_as(
+                    Code::InvalidArgument,
+                    ErrorCode::InvalidRequest,
+                    "a call of this service carries one message".into(),
+                );
+            }
         }
         Poll::Ready(Some(Ok(Frame::data(chunk))))
     }
@@ -723,6 +755,20 @@ mod tests {
             .unwrap();
         assert_eq!(budget.available(), BUDGET, "its share is back");
         drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_of_one_message_cannot_put_off_its_end_with_more_messages() {
+        let budget = budget();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut body = Metered::new(Chunks(rx), budget.clone(), Some(Kept::default()));
+        tx.send(message(300).into()).unwrap();
+        assert_eq!(next(&mut body), Some(Ok(HEADER + 300)));
+        // An empty message just before the end is due would otherwise start the wait again.
+        tokio::time::advance(budget.allowance(0) - Duration::from_millis(1)).await;
+        tx.send(message(0).into()).unwrap();
+        assert_eq!(next(&mut body), Some(Err(ErrorCode::InvalidRequest)));
+        assert_eq!(next(&mut body), Some(Ok(0)), "a failed body ends");
     }
 
     #[test]
