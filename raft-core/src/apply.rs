@@ -316,6 +316,8 @@ pub(crate) struct SmShared<S> {
     /// True while a snapshot is restored, which holds the state's write lock throughout
     /// (seconds, for a large state): readers wait for it here, without holding a thread.
     restoring: tokio::sync::watch::Sender<bool>,
+    /// `restoring`'s value, read by every reader without the watch's lock.
+    restoring_now: AtomicBool,
     /// `SmState::time_ms`, readable without the lock (by the leader stamping a write).
     applied_time: AtomicU64,
     /// A copy of the applied incarnation bindings, read by every internal RPC without taking
@@ -324,11 +326,11 @@ pub(crate) struct SmShared<S> {
 }
 
 /// Marks a restore over when dropped: after it succeeded, failed or panicked.
-struct Restoring<'a>(&'a tokio::sync::watch::Sender<bool>);
+struct Restoring<'a, S>(&'a SmShared<S>);
 
-impl Drop for Restoring<'_> {
+impl<S> Drop for Restoring<'_, S> {
     fn drop(&mut self) {
-        self.0.send_replace(false);
+        self.0.set_restoring(false);
     }
 }
 
@@ -338,6 +340,7 @@ impl<S> SmShared<S> {
             state: RwLock::new(SmState::new(user)),
             restore_failed: AtomicBool::new(false),
             restoring: tokio::sync::watch::Sender::new(false),
+            restoring_now: AtomicBool::new(false),
             applied_time: AtomicU64::new(0),
             bindings: RwLock::default(),
         })
@@ -350,7 +353,13 @@ impl<S> SmShared<S> {
 
     /// Whether a snapshot is being restored.
     pub fn restoring(&self) -> bool {
-        *self.restoring.borrow()
+        self.restoring_now.load(Ordering::Acquire)
+    }
+
+    /// Says whether a restore runs, to readers checking and to readers waiting.
+    fn set_restoring(&self, restoring: bool) {
+        self.restoring_now.store(restoring, Ordering::Release);
+        self.restoring.send_replace(restoring);
     }
 
     /// Returns once no snapshot is being restored. A reader calls it before taking the state's
@@ -702,8 +711,8 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
             }
             {
                 // Readers wait as tasks until the restore is over, whichever way it ends.
-                shared.restoring.send_replace(true);
-                let _restored = Restoring(&shared.restoring);
+                shared.set_restoring(true);
+                let _restored = Restoring(&shared);
                 let mut st = shared.write();
                 // Buffered: the data is read with positioned reads, one system call each.
                 let mut input = io::BufReader::with_capacity(64 << 10, parsed.user_data(&data));

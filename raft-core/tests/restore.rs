@@ -245,7 +245,15 @@ async fn a_build_that_outlives_its_stopped_node_places_nothing() {
     let snapshots = cluster.data_dir(id).unwrap().join("snapshots");
     let before = files(&snapshots, ".snap");
 
-    // A build under way when the node stops after a failed fdatasync.
+    // A build under way when the node stops after a failed fdatasync. The build is let go
+    // however the test ends, so a failing assertion fails rather than hangs.
+    struct Release(Arc<Plan>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.release.store(true, Ordering::SeqCst);
+        }
+    }
+    let _release = Release(plan.clone());
     plan.held_build.store(id, Ordering::SeqCst);
     let building = tokio::spawn({
         let node = node.clone();
