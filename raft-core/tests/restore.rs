@@ -100,11 +100,12 @@ async fn put_many(cluster: &Cluster<Fragile>, keys: std::ops::Range<u64>) {
     }
 }
 
-/// A cluster of three whose node `behind` (returned) is down while the others write 400 keys
-/// and purge their logs past it: once restarted, it can only catch up by a snapshot.
-async fn one_node_behind_a_snapshot(plan: &Arc<Plan>) -> (Cluster<Fragile>, NodeId) {
+/// A cluster of three following `plan`, holding 10 keys everywhere, and a follower's id.
+async fn cluster_and_follower(
+    plan: &Arc<Plan>,
+    options: ClusterOptions,
+) -> (Cluster<Fragile>, NodeId) {
     init_tracing();
-    let options = ClusterOptions::default().with_configure(|c: Config| c.with_snapshots(100, 10));
     let plan = plan.clone();
     let cluster = Cluster::start(3, options, move |id| Fragile {
         id,
@@ -116,11 +117,19 @@ async fn one_node_behind_a_snapshot(plan: &Arc<Plan>) -> (Cluster<Fragile>, Node
     put_many(&cluster, 0..10).await;
     cluster.wait_converged().await.unwrap();
     let leader = cluster.wait_for_leader().await.unwrap();
-    let behind = cluster
+    let follower = cluster
         .running()
         .into_iter()
         .find(|id| *id != leader)
         .unwrap();
+    (cluster, follower)
+}
+
+/// A cluster of three whose node `behind` (returned) is down while the others write 400 keys
+/// and purge their logs past it: once restarted, it can only catch up by a snapshot.
+async fn one_node_behind_a_snapshot(plan: &Arc<Plan>) -> (Cluster<Fragile>, NodeId) {
+    let options = ClusterOptions::default().with_configure(|c: Config| c.with_snapshots(100, 10));
+    let (cluster, behind) = cluster_and_follower(plan, options).await;
     let behind_last = cluster.node(behind).unwrap().metrics().last_log_index;
     cluster.crash(behind).await.unwrap();
 
@@ -221,26 +230,8 @@ fn files(dir: &std::path::Path, suffix: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_build_that_outlives_its_stopped_node_places_nothing() {
     let _serial = SERIAL.lock().await;
-    init_tracing();
     let plan = Arc::new(Plan::default());
-    let cluster = Cluster::start(3, ClusterOptions::default(), {
-        let plan = plan.clone();
-        move |id| Fragile {
-            id,
-            plan: plan.clone(),
-            kv: KvStore::default(),
-        }
-    })
-    .await
-    .expect("cluster starts");
-    put_many(&cluster, 0..10).await;
-    cluster.wait_converged().await.unwrap();
-    let leader = cluster.wait_for_leader().await.unwrap();
-    let id = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let (cluster, id) = cluster_and_follower(&plan, ClusterOptions::default()).await;
     let node = cluster.node(id).unwrap();
     let snapshots = cluster.data_dir(id).unwrap().join("snapshots");
     let before = files(&snapshots, ".snap");
