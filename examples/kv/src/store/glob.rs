@@ -149,22 +149,27 @@ impl Glob {
     /// O(n × min(n, tokens)) steps of O(1) each for `s` of `n` bytes, whatever the pattern's
     /// length.
     pub fn matches(&self, s: &[u8]) -> bool {
-        self.matches_within(s, u64::MAX).unwrap_or(false)
+        self.matches_within(s, u64::MAX, &mut 0).unwrap_or(false)
     }
 
     /// Like [`Glob::matches`], but [`TooCostly`] past [`FREE_STEPS`] + [`STEPS_PER_BYTE`] × n
     /// steps for `s` of `n` bytes: O(n) at worst. Deterministic (steps, not time), so every
     /// replica of a transaction gives up at the same key.
+    /// Its steps are added to this thread's [`match_steps`].
     pub fn matches_bounded(&self, s: &[u8]) -> Result<bool, TooCostly> {
         let limit = (s.len() as u64)
             .saturating_mul(STEPS_PER_BYTE)
             .saturating_add(FREE_STEPS);
-        self.matches_within(s, limit).ok_or(TooCostly)
+        let mut steps = 0;
+        let matched = self.matches_within(s, limit, &mut steps);
+        MATCH_STEPS.with(|m| m.set(m.get().saturating_add(steps)));
+        matched.ok_or(TooCostly)
     }
 
-    /// Whether the pattern matches all of `s`, or `None` past `limit` steps.
-    fn matches_within(&self, s: &[u8], limit: u64) -> Option<bool> {
-        let mut steps: u64 = 0;
+    /// Whether the pattern matches all of `s`, or `None` past `limit` steps; `steps` is set
+    /// to the steps taken.
+    fn matches_within(&self, s: &[u8], limit: u64, steps: &mut u64) -> Option<bool> {
+        *steps = 0;
         let mut at = At { token: 0, class: 0 };
         let mut t = 0;
         // Where to resume after the last `*` run: the token just past it, and the string from
@@ -172,8 +177,8 @@ impl Glob {
         // run can take whatever an earlier one would have.
         let mut star: Option<(At, usize)> = None;
         while let Some(&c) = s.get(t) {
-            steps += 1;
-            if steps > limit {
+            *steps += 1;
+            if *steps > limit {
                 return None;
             }
             count(1);
@@ -329,6 +334,19 @@ impl Glob {
     pub(super) fn heap_bytes(&self) -> usize {
         self.tokens.capacity() * std::mem::size_of::<Token>() + self.classes.capacity()
     }
+}
+
+thread_local! {
+    /// The steps of every bounded match on this thread so far ([`Glob::matches_bounded`]):
+    /// what a transaction's scans spend matching, counted against its read bound
+    /// (`Store::exec`). Counted once per match, not per step.
+    static MATCH_STEPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The steps of every bounded match on this thread so far; deterministic, so every replica
+/// applying a transaction counts the same.
+pub(super) fn match_steps() -> u64 {
+    MATCH_STEPS.with(std::cell::Cell::get)
 }
 
 #[cfg(test)]

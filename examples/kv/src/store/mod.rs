@@ -257,12 +257,16 @@ pub const MAX_EXEC_REPLY: usize = 64 << 20;
 /// The most work the reads of one transaction do, in keys or elements examined (a read that
 /// walks a hash, list or set counts its elements; a string's bytes count one per 64, a
 /// bit-range's bits one per 32, an `LCS` table's cells one per 16): about 50 ms of one core.
-/// A `MATCH` pattern's steps are not counted: each key's match is bounded on its own
-/// ([`glob::Glob::matches_bounded`]). Each replica applies the transaction under the state machine's lock, so
+/// A `MATCH` pattern's steps count one per [`MATCH_STEPS_PER_UNIT`], once the read that took
+/// them is answered: a pattern built to backtrack ends the transaction's reads after the one
+/// that found it out. Each replica applies the transaction under the state machine's lock, so
 /// this bounds how long one `EXEC` holds up every write, however many scans it queues. Once the
 /// reads so far reach it, the rest of the commands still apply and the transaction answers an
 /// error instead of its replies, as past [`MAX_EXEC_REPLY`].
 pub const MAX_EXEC_READ_WORK: u64 = 1_000_000;
+
+/// Steps of a `MATCH` pattern that cost about as much as examining one key.
+const MATCH_STEPS_PER_UNIT: u64 = 16;
 
 /// A key `WATCH`ed by a connection, as it was when watched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -835,7 +839,15 @@ impl Store {
                     let seed = self.writes.wrapping_mul(0x9e37_79b9_7f4a_7c15)
                         ^ now
                         ^ (i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                    self.answer(op, now, seed)
+                    let matched_before = glob::match_steps();
+                    let reply = self.answer(op, now, seed);
+                    // What its MATCH pattern cost, known only now: it counts against the reads
+                    // after it.
+                    if strict {
+                        let steps = glob::match_steps().saturating_sub(matched_before);
+                        work = work.saturating_add(steps / MATCH_STEPS_PER_UNIT);
+                    }
+                    reply
                 }
                 Queued::Reply(r) => r,
             };

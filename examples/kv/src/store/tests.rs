@@ -1956,12 +1956,50 @@ fn a_transactions_reads_examine_a_bounded_number_of_keys() {
         Ok(Some(&b("1"))),
         "the write applied"
     );
-    // Within the bound every scan is answered.
-    let ops = (0..scans / 3).map(|_| scan()).collect();
+    // Within the bound (the keys, and the pattern's step or so for each) every scan is
+    // answered.
+    let ops = (0..scans / 4).map(|_| scan()).collect();
     match exec_strict(&mut s, ops) {
-        Reply::Array(replies) => assert_eq!(replies.len(), scans / 3),
+        Reply::Array(replies) => assert_eq!(replies.len(), scans / 4),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_backtracking_match_pattern_counts_its_steps_in_a_transaction() {
+    // Keys of 60 `a`s against `*` + 30 `a`s + `b`: about 1,800 steps each, within the per-key
+    // bound (4,096 + 64 per byte), but 18 million for a scan of 10,000 keys.
+    let mut s = Store::default();
+    for i in 0..SCAN_STEP {
+        s.write(at(
+            0,
+            set(&format!("{i:08}{}", "a".repeat(52)), "v", Expiry::Clear),
+        ));
+    }
+    let mut pattern = "*".to_string();
+    pattern.push_str(&"a".repeat(30));
+    pattern.push('b');
+    let scan = || {
+        Queued::Read(ReadOp::Scan {
+            cursor: 0,
+            pattern: Some(b(&pattern)),
+            count: SCAN_STEP,
+        })
+    };
+    let before = glob_work_so_far();
+    let reply = exec_strict(&mut s, (0..20).map(|_| scan()).collect());
+    let work = glob_work_so_far() - before;
+    assert!(reply.is_error(), "{reply:?}");
+    let per_scan = {
+        let before = glob_work_so_far();
+        exec_strict(&mut s, vec![scan()]);
+        glob_work_so_far() - before
+    };
+    // The bound, plus the scan that found it out.
+    assert!(
+        work <= 4 * per_scan,
+        "{work} glob steps for 20 scans of {per_scan} each"
+    );
 }
 
 #[test]
