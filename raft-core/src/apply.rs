@@ -18,6 +18,7 @@ use std::sync::RwLockReadGuard;
 use std::sync::RwLockWriteGuard;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
@@ -46,6 +47,7 @@ use crate::types::Payload;
 use crate::types::Proposal;
 use crate::types::Response;
 use crate::types::Session;
+use crate::types::SessionCapacity;
 use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
@@ -318,6 +320,10 @@ pub(crate) struct SmShared<S> {
     restoring: tokio::sync::watch::Sender<bool>,
     /// `restoring`'s value, read by every reader without the watch's lock.
     restoring_now: AtomicBool,
+    /// The session table's size and bounds as last applied, readable without the state's lock
+    /// (which a restore holds for as long as it runs).
+    open_sessions: AtomicUsize,
+    session_capacity: Mutex<SessionCapacity>,
     /// `SmState::time_ms`, readable without the lock (by the leader stamping a write).
     applied_time: AtomicU64,
     /// A copy of the applied incarnation bindings, read by every internal RPC without taking
@@ -341,6 +347,8 @@ impl<S> SmShared<S> {
             restore_failed: AtomicBool::new(false),
             restoring: tokio::sync::watch::Sender::new(false),
             restoring_now: AtomicBool::new(false),
+            open_sessions: AtomicUsize::new(0),
+            session_capacity: Mutex::new(SessionTable::default().capacity()),
             applied_time: AtomicU64::new(0),
             bindings: RwLock::default(),
         })
@@ -349,6 +357,24 @@ impl<S> SmShared<S> {
     /// Whether a snapshot restore failed part-way, leaving the state incomplete.
     pub fn restore_failed(&self) -> bool {
         self.restore_failed.load(Ordering::Acquire)
+    }
+
+    /// How many client sessions are open, as last applied; never waits for a restore.
+    pub fn open_sessions(&self) -> usize {
+        self.open_sessions.load(Ordering::Relaxed)
+    }
+
+    /// The session table's bounds, as last applied; never waits for a restore.
+    pub fn session_capacity(&self) -> SessionCapacity {
+        *crate::sync::lock(&self.session_capacity)
+    }
+
+    /// Takes note of the session table's figures after it may have changed.
+    fn note_sessions(&self, sessions: &SessionTable, capacity_too: bool) {
+        self.open_sessions.store(sessions.len(), Ordering::Relaxed);
+        if capacity_too {
+            *crate::sync::lock(&self.session_capacity) = sessions.capacity();
+        }
     }
 
     /// Whether a snapshot is being restored.
@@ -642,7 +668,9 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
                     Payload::Blank => Response::Empty,
                     Payload::Normal(p) => {
                         let binds = matches!(p, Proposal::BindIncarnation(..));
+                        let bounds = matches!(p, Proposal::SetSessionCapacity(..));
                         let r = st.apply_proposal(p, entry.log_id.index);
+                        self.shared.note_sessions(&st.sessions, bounds);
                         self.shared
                             .applied_time
                             .store(st.extra.time_ms, Ordering::Relaxed);
@@ -727,6 +755,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
                 }
                 shared.restore_failed.store(false, Ordering::Release);
                 st.sessions = parsed.sessions;
+                shared.note_sessions(&st.sessions, true);
                 shared
                     .applied_time
                     .store(parsed.extra.time_ms, Ordering::Relaxed);

@@ -710,14 +710,16 @@ impl<S: StateMachine> Node<S> {
             .map(drop)
     }
 
-    /// The cluster's session capacity as this node has applied it.
+    /// The cluster's session capacity as this node has applied it. Never waits (for a
+    /// snapshot being restored, say).
     pub fn session_capacity(&self) -> SessionCapacity {
-        self.inner.sm.read().sessions().capacity()
+        self.inner.sm.session_capacity()
     }
 
-    /// How many client sessions are open, as this node has applied it.
+    /// How many client sessions are open, as this node has applied it. Never waits (for a
+    /// snapshot being restored, say).
     pub fn open_sessions(&self) -> usize {
-        self.inner.sm.read().sessions().len()
+        self.inner.sm.open_sessions()
     }
 
     /// The encoded session table as this node has applied it, to compare replicas.

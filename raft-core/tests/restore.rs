@@ -191,6 +191,13 @@ async fn reads_wait_for_a_long_restore_without_holding_threads() {
             tokio::spawn(async move { node.read(Consistency::Local, |sm| sm.kv.0.len()).await })
         })
         .collect();
+    // And what a metrics sampler or INFO asks, on the runtime's threads.
+    let figures: Vec<_> = (0..2)
+        .map(|_| {
+            let node = node.clone();
+            tokio::spawn(async move { (node.open_sessions(), node.session_capacity()) })
+        })
+        .collect();
     tokio::task::yield_now().await;
     // The runtime still runs other tasks meanwhile: the node's own, a transport's.
     let asked = std::time::Instant::now();
@@ -206,6 +213,9 @@ async fn reads_wait_for_a_long_restore_without_holding_threads() {
             .unwrap()
             .expect("a read once the restore is over");
         assert_eq!(keys, 400, "the restored state");
+    }
+    for figures in figures {
+        figures.await.unwrap();
     }
 }
 
