@@ -539,7 +539,7 @@ async fn flush<S: AsyncWrite + Unpin>(
 }
 
 /// Commands whose arguments the connection may keep after it has answered them.
-const KEEPS_ARGUMENTS: [&str; 2] = ["watch", "client"];
+const KEEPS_ARGUMENTS: [&str; 3] = ["watch", "client", "hello"];
 
 /// Copies `args` into one buffer of their own size.
 fn compact(args: &[Bytes]) -> Vec<Bytes> {
@@ -614,9 +614,12 @@ async fn execute(
                 resp::encode(&Reply::Ok, out, conn.proto);
                 return true;
             }
-            Action::Hello(proto) => {
+            Action::Hello { proto, name } => {
                 if let Some(p) = proto {
                     conn.proto = p;
+                }
+                if let Some(name) = name {
+                    commands::ClientOp::SetName(name).apply(&mut conn.name, conn.id);
                 }
                 hello(conn, ctx)
             }

@@ -328,6 +328,9 @@ async fn every_command_answers_as_redis_does_through_leader_and_followers() {
         Value::Array(vec![Value::Okay, Value::BulkString(b"w2".to_vec())])
     );
     assert_eq!(name(&mut c).await.as_deref(), Some("w1"));
+    // HELLO's SETNAME names the connection too.
+    let _: Value = q(&mut other, &["HELLO", "2", "SETNAME", "via-hello"]).await;
+    assert_eq!(name(&mut other).await.as_deref(), Some("via-hello"));
     let id: i64 = q(&mut c, &["CLIENT", "ID"]).await;
     let other_id: i64 = q(&mut other, &["CLIENT", "ID"]).await;
     assert!(id > 0 && other_id > 0 && id != other_id, "{id} {other_id}");

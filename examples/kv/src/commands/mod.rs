@@ -32,8 +32,12 @@ pub enum Action {
     Read(ReadOp),
     /// `INFO [section]`.
     Info(Option<String>),
-    /// `HELLO [2|3]`: switch protocol (if given) and report server facts.
-    Hello(Option<crate::resp::Proto>),
+    /// `HELLO [2|3] [SETNAME name]`: switch protocol (if given), name the connection (if a
+    /// name is given; an empty one removes the name) and report server facts.
+    Hello {
+        proto: Option<crate::resp::Proto>,
+        name: Option<Bytes>,
+    },
     /// `QUIT`: answer `+OK`, then close.
     Quit,
     /// `MULTI`: start queueing commands.

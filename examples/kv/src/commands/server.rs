@@ -38,14 +38,41 @@ pub(super) fn echo(a: &Args) -> Action {
     Action::Reply(Reply::Bulk(a.rest[0].clone()))
 }
 
+/// `HELLO [protover [AUTH user pass] [SETNAME name]]`. `AUTH` is the authentication gate's
+/// (it has checked it by now); `SETNAME` names the connection as `CLIENT SETNAME` does.
 pub(super) fn hello(a: &Args) -> Action {
-    match a.rest.first().map(parse_i64) {
-        None => Action::Hello(None),
-        Some(Some(2)) => Action::Hello(Some(crate::resp::Proto::Resp2)),
-        Some(Some(3)) => Action::Hello(Some(crate::resp::Proto::Resp3)),
-        Some(Some(_)) => error("NOPROTO unsupported protocol version"),
-        Some(None) => error("ERR Protocol version is not an integer or out of range"),
+    let proto = match a.rest.first().map(parse_i64) {
+        None => None,
+        Some(Some(2)) => Some(crate::resp::Proto::Resp2),
+        Some(Some(3)) => Some(crate::resp::Proto::Resp3),
+        Some(Some(_)) => return error("NOPROTO unsupported protocol version"),
+        Some(None) => return error("ERR Protocol version is not an integer or out of range"),
+    };
+    let mut name = None;
+    let mut options = a.rest.get(1..).unwrap_or_default();
+    loop {
+        options = match options {
+            [] => break,
+            [auth, _, _, rest @ ..] if auth.eq_ignore_ascii_case(b"auth") => rest,
+            [setname, new, rest @ ..] if setname.eq_ignore_ascii_case(b"setname") => {
+                if !valid_name(new) {
+                    return error(BAD_NAME);
+                }
+                name = Some(new.clone());
+                rest
+            }
+            _ => return error("ERR Syntax error in HELLO option"),
+        }
     }
+    Action::Hello { proto, name }
+}
+
+/// Why a connection name is refused.
+const BAD_NAME: &str = "ERR Client names cannot contain spaces, newlines or special characters.";
+
+/// Whether `name` may name a connection: as in Redis, printable ASCII without spaces.
+fn valid_name(name: &[u8]) -> bool {
+    name.iter().all(|c| (b'!'..=b'~').contains(c))
 }
 
 pub(super) fn select(a: &Args) -> Action {
@@ -116,12 +143,8 @@ impl ClientOp {
 pub(super) fn client(a: &Args) -> Action {
     let sub = lower(&a.rest[0]);
     match (sub.as_str(), &a.rest[1..]) {
-        ("setname", [name]) if name.iter().all(|c| (b'!'..=b'~').contains(c)) => {
-            Action::Client(ClientOp::SetName(name.clone()))
-        }
-        ("setname", [_]) => {
-            error("ERR Client names cannot contain spaces, newlines or special characters.")
-        }
+        ("setname", [name]) if valid_name(name) => Action::Client(ClientOp::SetName(name.clone())),
+        ("setname", [_]) => error(BAD_NAME),
         ("getname", []) => Action::Client(ClientOp::GetName),
         ("id", []) => Action::Client(ClientOp::Id),
         ("setname" | "getname" | "id", _) => error(format!(

@@ -136,15 +136,28 @@ fn expire_times_that_overflow_are_refused_as_in_redis() {
 #[test]
 fn hello_negotiates_the_protocol() {
     use crate::resp::Proto;
-    assert_eq!(parse(&args("HELLO"), 0), Action::Hello(None));
+    let hello = |proto, name: Option<&str>| Action::Hello {
+        proto,
+        name: name.map(|n| Bytes::copy_from_slice(n.as_bytes())),
+    };
+    assert_eq!(parse(&args("HELLO"), 0), hello(None, None));
+    assert_eq!(parse(&args("HELLO 2"), 0), hello(Some(Proto::Resp2), None));
+    assert_eq!(parse(&args("HELLO 3"), 0), hello(Some(Proto::Resp3), None));
+    // SETNAME names the connection, after AUTH or alone; a bad name or option is refused.
     assert_eq!(
-        parse(&args("HELLO 2"), 0),
-        Action::Hello(Some(Proto::Resp2))
+        parse(&args("HELLO 3 AUTH u p SETNAME app"), 0),
+        hello(Some(Proto::Resp3), Some("app"))
     );
     assert_eq!(
-        parse(&args("HELLO 3"), 0),
-        Action::Hello(Some(Proto::Resp3))
+        parse(&args("HELLO 2 setname app"), 0),
+        hello(Some(Proto::Resp2), Some("app"))
     );
+    for bad in ["HELLO 3 SETNAME", "HELLO 3 FOO bar", "HELLO 3 AUTH u"] {
+        assert!(
+            matches!(parse(&args(bad), 0), Action::Reply(Reply::Error(e)) if e.contains("Syntax error in HELLO option")),
+            "{bad}"
+        );
+    }
     assert!(
         matches!(parse(&args("HELLO 4"), 0), Action::Reply(Reply::Error(e)) if e.starts_with("NOPROTO"))
     );
