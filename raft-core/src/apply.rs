@@ -90,7 +90,8 @@ impl<S: StateMachine> SmState<S> {
         self.extra.time_ms
     }
 
-    /// The session table (capacity included), for readers and tests.
+    /// The session table (capacity included), for tests comparing replicas.
+    #[cfg(any(test, feature = "testing"))]
     pub fn sessions(&self) -> &SessionTable {
         &self.sessions
     }
