@@ -227,16 +227,16 @@ async fn an_empty_chunk_does_not_keep_a_snapshot_stream_alive() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_snapshot_trickled_a_byte_at_a_time_loses_the_slot_at_its_deadline() {
+async fn a_snapshot_trickled_a_byte_at_a_time_loses_the_slot_within_its_allowance() {
     common::init_tracing();
     let (node, server) = node_and_server(GrpcOptions::default()).await;
     let mut client = connect(server).await;
-    // 800 MiB announced: 30 s (the longer of the idle timeout and the node's 10 s request
-    // timeout) plus one second per 8 MiB, 130 s in all. One byte every 29 s never trips the
-    // idle timeout; before the fix the stream held the slot for the sender's whole ten minutes.
-    let total = 800 * MIB;
-    let bound = Duration::from_secs(30 + 100);
-    let (code, elapsed) = trickle(&mut client, total, |i| chunk(i, vec![7], 0, false)).await;
+    // 64 GiB announced, which would allow 30 s plus one second per 8 MiB (over two hours) for
+    // the whole. One byte every 29 s never trips the idle timeout, but what arrived must keep
+    // up with 8 MiB/s beyond 30 s (the longer of that and the node's 10 s request timeout):
+    // the stream loses the slot at 30 s.
+    let bound = Duration::from_secs(30);
+    let (code, elapsed) = trickle(&mut client, 64 << 30, |i| chunk(i, vec![7], 0, false)).await;
     assert_eq!(code, Code::DeadlineExceeded, "after {elapsed:?}");
     assert!(elapsed >= bound, "cut after {elapsed:?}, before {bound:?}");
     assert!(
@@ -244,6 +244,43 @@ async fn a_snapshot_trickled_a_byte_at_a_time_loses_the_slot_at_its_deadline() {
         "held the slot for {elapsed:?}, past {bound:?}"
     );
     assert!(slot_is_free(&mut client).await);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_sent_at_the_minimum_rate_keeps_the_slot() {
+    common::init_tracing();
+    // A minimum rate of 1 MiB/s, and 40 s of 128 KiB chunks at that rate after a first byte:
+    // past the 30 s allowance the pace rule applies, and the snapshot must still be received
+    // whole (then refused as no snapshot, since it is garbage), not cut.
+    const RATE: u64 = MIB;
+    const CHUNK: u64 = RATE / 8;
+    let opts = GrpcOptions::default().with_min_transfer_rate(RATE);
+    let (node, server) = node_and_server(opts).await;
+    let mut client = connect(server).await;
+    let chunks = 40 * 8;
+    let total = 1 + chunks * CHUNK;
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(chunk(0, vec![7], total, false)).await.unwrap();
+    let sender = tokio::spawn(async move {
+        for i in 0..chunks {
+            tokio::time::sleep(Duration::from_millis(125)).await;
+            let data = vec![7; CHUNK as usize];
+            if tx
+                .send(chunk(1 + i * CHUNK, data, 0, i + 1 == chunks))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let result = client
+        .install_snapshot(Request::new(ReceiverStream::new(rx)))
+        .await;
+    sender.abort();
+    let code = result.map_or_else(|s| s.code(), |_| Code::Ok);
+    assert_eq!(code, Code::InvalidArgument, "received whole, then refused");
     node.shutdown().await.unwrap();
 }
 

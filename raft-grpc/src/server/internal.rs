@@ -343,21 +343,17 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
             SnapshotReceive::Receive(sink) => sink,
             SnapshotReceive::Refuse(answer) => return self.reply(&answer),
         };
-        // The one receive slot is held from here: the whole snapshot must arrive within a bound
-        // that grows with its announced size, however the sender paces its chunks. The sender
-        // gives up after its soft TTL (three quarters of its request timeout) plus the size at
-        // the same `min_transfer_rate`, counted from before it connects, so an honest sender
-        // with this node's request timeout (or any up to 40 s) and rate always gives up first;
-        // a sender that trickles data (one byte every 29 s keeps SNAPSHOT_CHUNK_TIMEOUT from
-        // firing) loses the slot at this bound. `None` only if the bound is past what the
-        // clock can represent (no deadline then but the idle one).
+        // The one receive slot is held from here, so the data must keep coming: by any moment,
+        // what arrived must be worth the time since the start, at `min_transfer_rate`, beyond
+        // the allowance of an empty message (30 s, or the request timeout if longer). A sender
+        // that trickles data (one byte every 29 s keeps SNAPSHOT_CHUNK_TIMEOUT from firing)
+        // loses the slot within that allowance, however large a size it announced; an honest
+        // sender at the rate never meets this bound, and gives up on its own (after its soft
+        // TTL plus the size at the same rate) before the whole snapshot's bound here.
         let total = first.total_bytes;
-        let limit = arrival_limit(
-            total,
-            shared.node.config().request_timeout,
-            shared.opts.min_transfer_rate,
-        );
-        let deadline = tokio::time::Instant::now().checked_add(limit);
+        let request_timeout = shared.node.config().request_timeout;
+        let min_rate = shared.opts.min_transfer_rate;
+        let started = tokio::time::Instant::now();
         let mut chunk = first;
         loop {
             shared.check_target(chunk.target)?;
@@ -403,12 +399,17 @@ impl<S: StateMachine> pb::raft_internal_server::RaftInternal for Internal<S> {
             }
             let now = tokio::time::Instant::now();
             let idle = now + SNAPSHOT_CHUNK_TIMEOUT;
+            // `None` only past what the clock can represent: no bound then but the idle one.
+            let paced = arrival_limit(sink.written(), request_timeout, min_rate);
+            let deadline = started.checked_add(paced);
             let wait_until = deadline.map_or(idle, |d| d.min(idle));
             let timed_out = || {
                 let why = if wait_until < idle {
                     format!(
-                        "snapshot of {total} bytes not received within {limit:?} ({} received)",
-                        sink.written()
+                        "snapshot of {total} bytes arriving slower than {min_rate} bytes/s: {} \
+                         received in {:?}",
+                        sink.written(),
+                        tokio::time::Instant::now().saturating_duration_since(started)
                     )
                 } else {
                     format!("no snapshot chunk for {SNAPSHOT_CHUNK_TIMEOUT:?}")
