@@ -33,9 +33,7 @@ pub(super) fn exists(a: &Args) -> Action {
 
 /// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT`, with Redis 7's `NX`/`XX`/`GT`/`LT`.
 pub(super) fn expire(a: &Args) -> Action {
-    let Some(t) = parse_i64(&a.rest[1]) else {
-        return error(NOT_INT);
-    };
+    // As in Redis, the options are read before the time.
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for opt in &a.rest[2..] {
         match upper(opt).as_str() {
@@ -43,7 +41,9 @@ pub(super) fn expire(a: &Args) -> Action {
             "XX" => xx = true,
             "GT" => gt = true,
             "LT" => lt = true,
-            other => return error(format!("ERR Unsupported option {other}")),
+            _ => {
+                return error(format!("ERR Unsupported option {}", super::shown(opt)));
+            }
         }
     }
     if nx && (xx || gt || lt) {
@@ -52,6 +52,9 @@ pub(super) fn expire(a: &Args) -> Action {
     if gt && lt {
         return error("ERR GT and LT options at the same time are not compatible");
     }
+    let Some(t) = parse_i64(&a.rest[1]) else {
+        return error(NOT_INT);
+    };
     let when = match (nx, xx, gt, lt) {
         (true, ..) => ExpireIf::NoExpiry,
         (_, _, true, _) => ExpireIf::Later,

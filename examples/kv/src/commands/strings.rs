@@ -292,14 +292,17 @@ pub(super) fn mset(a: &Args) -> Action {
     })
 }
 
-fn bit_offset(b: &Bytes) -> Option<u64> {
+/// A bit offset, as Redis reads one: at most [`MAX_BIT_OFFSET`], and in a string no longer
+/// than `max_value` bytes (`proto-max-bulk-len`).
+fn bit_offset(b: &Bytes, max_value: usize) -> Option<u64> {
     parse_i64(b)
         .filter(|o| (0..=MAX_BIT_OFFSET).contains(o))
         .map(|o| o as u64)
+        .filter(|o| o >> 3 < max_value as u64)
 }
 
 pub(super) fn setbit(a: &Args) -> Action {
-    let Some(offset) = bit_offset(&a.rest[1]) else {
+    let Some(offset) = bit_offset(&a.rest[1], a.max_value) else {
         return error("ERR bit offset is not an integer or out of range");
     };
     let bit = match &a.rest[2][..] {
@@ -316,7 +319,7 @@ pub(super) fn setbit(a: &Args) -> Action {
 }
 
 pub(super) fn getbit(a: &Args) -> Action {
-    match bit_offset(&a.rest[1]) {
+    match bit_offset(&a.rest[1], a.max_value) {
         Some(offset) => Action::Read(ReadOp::GetBit {
             key: a.key(),
             offset,

@@ -237,6 +237,15 @@ fn expire_options_follow_redis_7() {
         when("EXPIRE k 10 FOO"),
         Err("ERR Unsupported option FOO".into())
     );
+    // As in Redis: options before the time, and the option as it was written.
+    assert_eq!(
+        when("EXPIRE k abc fOo"),
+        Err("ERR Unsupported option fOo".into())
+    );
+    assert_eq!(
+        when("EXPIRE k abc NX XX"),
+        Err("ERR NX and XX, GT or LT options at the same time are not compatible".into())
+    );
 }
 
 #[test]
@@ -256,6 +265,26 @@ fn string_command_arguments_are_checked_before_replication() {
         err("SETBIT k 1 2"),
         "ERR bit is not an integer or out of range"
     );
+    // As in Redis, an offset past the longest value (proto-max-bulk-len) is out of range, for
+    // GETBIT too; the bit just before it is not.
+    let max_value = crate::resp::Limits::default().max_bulk as u64;
+    for cmd in ["SETBIT k {} 1", "GETBIT k {}"] {
+        let past = cmd.replace("{}", &(max_value * 8).to_string());
+        assert_eq!(
+            err(&past),
+            "ERR bit offset is not an integer or out of range",
+            "{past}"
+        );
+        let last = cmd.replace("{}", &(max_value * 8 - 1).to_string());
+        let argv: Vec<Bytes> = last
+            .split_whitespace()
+            .map(|a| Bytes::from(a.to_string()))
+            .collect();
+        assert!(
+            !matches!(parse(&argv, 0), Action::Reply(Reply::Error(_))),
+            "{last}"
+        );
+    }
     assert_eq!(
         err("GETEX k EX 0"),
         "ERR invalid expire time in 'getex' command"
