@@ -317,10 +317,10 @@ pub(crate) struct SmShared<S> {
     /// throughout.
     restore_failed: AtomicBool,
     /// True while a snapshot is restored, which holds the state's write lock throughout
-    /// (seconds, for a large state): readers wait for it here, without holding a thread.
-    restoring: tokio::sync::watch::Sender<bool>,
-    /// `restoring`'s value, read by every reader without the watch's lock.
-    restoring_now: AtomicBool,
+    /// (seconds, for a large state): readers wait for it to end (`restore_over`), without
+    /// holding a thread.
+    restoring: AtomicBool,
+    restore_over: tokio::sync::Notify,
     /// The session table's size and bounds as last applied, readable without the state's lock
     /// (which a restore holds for as long as it runs).
     open_sessions: AtomicUsize,
@@ -346,8 +346,8 @@ impl<S> SmShared<S> {
         Arc::new(SmShared {
             state: RwLock::new(SmState::new(user)),
             restore_failed: AtomicBool::new(false),
-            restoring: tokio::sync::watch::Sender::new(false),
-            restoring_now: AtomicBool::new(false),
+            restoring: AtomicBool::new(false),
+            restore_over: tokio::sync::Notify::new(),
             open_sessions: AtomicUsize::new(0),
             session_capacity: Mutex::new(SessionTable::default().capacity()),
             applied_time: AtomicU64::new(0),
@@ -380,25 +380,30 @@ impl<S> SmShared<S> {
 
     /// Whether a snapshot is being restored.
     pub fn restoring(&self) -> bool {
-        self.restoring_now.load(Ordering::Acquire)
+        self.restoring.load(Ordering::Acquire)
     }
 
     /// Says whether a restore runs, to readers checking and to readers waiting.
     fn set_restoring(&self, restoring: bool) {
-        self.restoring_now.store(restoring, Ordering::Release);
-        self.restoring.send_replace(restoring);
+        self.restoring.store(restoring, Ordering::Release);
+        if !restoring {
+            self.restore_over.notify_waiters();
+        }
     }
 
     /// Returns once no snapshot is being restored. A reader calls it before taking the state's
     /// lock, so that it waits for a restore as a task, not as a blocked thread; one that comes
     /// in just as a restore starts still waits on the lock.
     pub async fn restored(&self) {
-        if !self.restoring() {
-            return;
+        loop {
+            // Registered before the flag is read, so an end signalled in between is not missed.
+            let mut over = std::pin::pin!(self.restore_over.notified());
+            over.as_mut().enable();
+            if !self.restoring() {
+                return;
+            }
+            over.await;
         }
-        let mut done = self.restoring.subscribe();
-        // The sender lives as long as `self`.
-        let _ = done.wait_for(|restoring| !restoring).await;
     }
 
     /// The time of the last timed entry applied (see [`SmState::time_ms`]).

@@ -517,9 +517,8 @@ impl<S: StateMachine> Node<S> {
                         // does), and dropping it mid-join would make every other caller panic:
                         // the join is finished first, from a thread nothing cancels, while
                         // `fut` is still polled (it may finish it itself, or answer).
-                        let snapshots = self.inner.snapshots.clone();
                         let joined =
-                            stop::shutdown(self.inner.raft.clone(), move || snapshots.close());
+                            stop::shutdown(self.inner.raft.clone(), self.inner.snapshots.clone());
                         tokio::select! {
                             r = &mut fut => return r,
                             _ = joined => {}
@@ -1426,8 +1425,7 @@ impl<S: StateMachine> Node<S> {
         // openraft does not wait for a snapshot build or install under way: once the store is
         // closed, one that finishes places and deletes nothing, so a node started next on the
         // same data dir is not raced.
-        let snapshots = self.inner.snapshots.clone();
-        stop::shutdown(self.inner.raft.clone(), move || snapshots.close()).await?;
+        stop::shutdown(self.inner.raft.clone(), self.inner.snapshots.clone()).await?;
         tracing::info!(node = self.inner.id, "node shut down");
         Ok(())
     }

@@ -662,11 +662,36 @@ mod tests {
         assert_eq!(budget.available(), BUDGET);
     }
 
-    #[tokio::test]
-    async fn a_call_of_one_message_keeps_it_counted_until_the_call_is_answered() {
+    /// Starts a call of `handler`, metered against `budget` until it is answered, whose body
+    /// begins with a message of 300 bytes: the body's sender (dropping it ends the body) and
+    /// the call's task.
+    async fn start_call<H>(
+        handler: H,
+        budget: &ReceiveBudget,
+    ) -> (
+        mpsc::UnboundedSender<Bytes>,
+        tokio::task::JoinHandle<Result<(), Infallible>>,
+    )
+    where
+        H: tower::Service<http::Request<Metered<Chunks>>, Response = (), Error = Infallible>,
+        H::Future: Unpin + Send + 'static,
+    {
         use tower::Service;
         use tower::ServiceExt;
 
+        let mut service = Receiving::until_answered(handler, budget.clone());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(message(300).into()).unwrap();
+        let call = service
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(Chunks(rx)));
+        (tx, tokio::spawn(call))
+    }
+
+    #[tokio::test]
+    async fn a_call_of_one_message_keeps_it_counted_until_the_call_is_answered() {
         let budget = budget();
         let answer = Arc::new(tokio::sync::Notify::new());
         let (frames_tx, mut frames) = mpsc::unbounded_channel();
@@ -687,16 +712,8 @@ mod tests {
                 })
             }
         });
-        let mut service = Receiving::until_answered(handler, budget.clone());
-        let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(message(300).into()).unwrap();
+        let (tx, call) = start_call(handler, &budget).await;
         drop(tx);
-        let call = service
-            .ready()
-            .await
-            .unwrap()
-            .call(http::Request::new(Chunks(rx)));
-        let call = tokio::spawn(call);
         let within = |f| tokio::time::timeout(Duration::from_secs(10), f);
         assert_eq!(within(frames.recv()).await.unwrap(), Some(true));
         assert_eq!(
@@ -720,9 +737,6 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_call_that_never_ends_after_its_message_gives_its_share_back() {
-        use tower::Service;
-        use tower::ServiceExt;
-
         let budget = budget();
         // Reads the body to its end, as tonic does for a unary call, and answers.
         let handler = tower::service_fn(|req: http::Request<Metered<Chunks>>| {
@@ -732,16 +746,8 @@ mod tests {
                 Ok::<_, Infallible>(())
             })
         });
-        let mut service = Receiving::until_answered(handler, budget.clone());
-        let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(message(300).into()).unwrap();
         // The sender stays: the call's body never ends.
-        let call = service
-            .ready()
-            .await
-            .unwrap()
-            .call(http::Request::new(Chunks(rx)));
-        let call = tokio::spawn(call);
+        let (tx, call) = start_call(handler, &budget).await;
         // The handler reads the message and waits for the rest of the body.
         tokio::task::yield_now().await;
         assert_eq!(budget.available(), BUDGET - 300);

@@ -18,6 +18,7 @@ use std::thread::Thread;
 use super::RaftHandle;
 use crate::error::Error;
 use crate::error::Result;
+use crate::snapshot::SnapshotStore;
 use crate::state_machine::StateMachine;
 
 /// Wakes the thread that polls the future.
@@ -47,18 +48,19 @@ fn block_on<F: Future>(future: F) -> F::Output {
 }
 
 /// Stops `raft` (sends its shutdown signal and joins its core and tick tasks) on a thread of its
-/// own, then runs `after` there (it may block); resolves when both are done. Dropping the
-/// returned future stops neither.
+/// own, then closes `snapshots` there (waiting for a placement under way): a build or install
+/// that outlives the engine places nothing. Resolves when both are done; dropping the returned
+/// future stops neither.
 pub(super) async fn shutdown<S: StateMachine>(
     raft: RaftHandle<S>,
-    after: impl FnOnce() + Send + 'static,
+    snapshots: Arc<SnapshotStore>,
 ) -> Result<()> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("raft-stop".into())
         .spawn(move || {
             let r = block_on(raft.shutdown()).map_err(|e| e.to_string());
-            after();
+            snapshots.close();
             let _ = tx.send(r);
         })
         .map_err(|e| Error::Fatal(format!("shutdown: starting a thread to stop the node: {e}")))?;
