@@ -108,6 +108,12 @@ async fn without_forwarding_a_follower_names_the_leader() {
     let opts = GrpcOptions::default().with_forward_to_leader(false);
     let c = GrpcCluster::start(3, opts, |c| c).await;
     let (leader, f1, f2) = roles(&c).await;
+    // A follower learns the leader's id from its messages and its address from the applied
+    // membership, which may come a moment later.
+    c.wait_until("the follower knows the leader's address", |c| {
+        c.nodes[&f1].node().leader().addr().is_some()
+    })
+    .await;
     let mut via_f1 = cluster_client(&c.addrs[&f1]).await;
     let expected_hint = LeaderHint::new(Some(leader), Some(c.addrs[&leader].clone()));
 
