@@ -57,6 +57,17 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), PathError> {
         .map_err(at("sync directory", dir))
 }
 
+/// Removes the file at `path`. A file already gone is not an error: a directory listed and then
+/// cleaned can lose an entry meanwhile to whoever else owns it (a build of a store that is
+/// shutting down removes its own temporary file). Returns whether this call removed it.
+pub(crate) fn remove_if_present(path: &Path) -> Result<bool, PathError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(at("remove", path)(e)),
+    }
+}
+
 /// Replaces `dir/name` with `bytes` atomically and durably: write a temporary file, fsync it,
 /// rename it over the target, fsync the directory. A crash leaves either the old or the new file.
 pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), PathError> {

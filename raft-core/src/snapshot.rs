@@ -775,8 +775,7 @@ impl SnapshotStore {
             if let Some(seq) = seq_of(name) {
                 max_seq = max_seq.max(seq);
             } else if name.ends_with(".tmp") {
-                let p = entry.path();
-                fs::remove_file(&p).map_err(at("remove", &p))?;
+                fsutil::remove_if_present(&entry.path())?;
             }
         }
         // A crash can come between a snapshot's rename and the directory fsync that makes the
@@ -1051,9 +1050,7 @@ impl SnapshotStore {
             if let Some(seq) = entry.file_name().to_str().and_then(seq_of)
                 && Some(seq) != keep
             {
-                let p = entry.path();
-                fs::remove_file(&p).map_err(at("remove", &p))?;
-                removed = true;
+                removed |= fsutil::remove_if_present(&entry.path())?;
             }
         }
         if removed {
@@ -1328,6 +1325,36 @@ mod tests {
         assert!(
             retried.is_ok_and(|w| w.1),
             "the interrupted write was retried"
+        );
+    }
+
+    /// A store shut down in this process may still be building: its temporary file can vanish
+    /// between the next store's listing and its cleanup. That must not stop the next store.
+    #[test]
+    fn a_temporary_file_removed_by_its_owner_during_open_does_not_fail_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join(format!("{BUILDING}{}-1.tmp", u64::MAX));
+        let stop = Arc::new(AtomicBool::new(false));
+        let owner = {
+            let (tmp, stop) = (tmp.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = File::create(&tmp);
+                    let _ = fs::remove_file(&tmp);
+                }
+            })
+        };
+        let failed = (0..2_000)
+            .filter_map(|_| open_store(dir.path(), 0).err())
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>();
+        stop.store(true, Ordering::Relaxed);
+        owner.join().unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} of 2000 opens failed: {:?}",
+            failed.len(),
+            failed.first()
         );
     }
 
