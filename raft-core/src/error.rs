@@ -103,12 +103,12 @@ pub enum Error {
     /// The consensus engine stopped unexpectedly.
     #[error("consensus engine failure: {0}")]
     Fatal(String),
-    /// The write was refused before it was proposed: the cluster's storage alarm is raised (see
-    /// [`QuotaOptions`](crate::QuotaOptions)). Nothing was applied. Reads, and commands the
-    /// state machine allows during the alarm (deletes), still work; writes resume by themselves
-    /// once the node's disk is back within its limits.
+    /// The write was refused before it was proposed: the cluster's storage alarm is raised, by
+    /// a disk or by a process's memory (see [`QuotaOptions`](crate::QuotaOptions)). Nothing was
+    /// applied. Reads, and commands the state machine allows during the alarm (deletes), still
+    /// work; writes resume by themselves once the node is back within its limits.
     #[error(
-        "no space: node {node} is out of storage ({reason}); writes that grow the state are refused until space is freed"
+        "no space: node {node} is out of storage or memory ({reason}); writes that grow the state are refused until it is freed"
     )]
     NoSpace {
         /// The node whose alarm is raised.

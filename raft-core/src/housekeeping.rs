@@ -1,4 +1,5 @@
-//! A node's background task: it samples the data directory for the storage quota, takes a
+//! A node's background task: it samples the data directory and the process's memory for the
+//! storage quota and the memory limit, takes a
 //! snapshot when the log has grown by [`Config::snapshot_log_bytes`], forgets voters' alarms
 //! when the node stops leading, and logs a fatal stop loudly (and closes the snapshot store
 //! then). It ends when the node stops or every handle to it is dropped.
@@ -101,6 +102,7 @@ impl Housekeeping {
         snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut disk_tick = tokio::time::interval(self.config.quota.check_interval);
         disk_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut memory_unreadable = false;
         loop {
             let check_size = tokio::select! {
                 _ = snapshot_tick.tick() => true,
@@ -109,7 +111,10 @@ impl Housekeeping {
             let Some(raft) = raft(&node) else { return };
             match check_size {
                 true => self.check_log_size(&raft, &mut trigger).await,
-                false => self.sample_disk().await,
+                false => {
+                    self.sample_memory(&mut memory_unreadable);
+                    self.sample_disk().await
+                }
             }
             let (state, running) = {
                 let m = raft.metrics();
@@ -154,6 +159,18 @@ impl Housekeeping {
                 "the log has grown past the snapshot threshold; taking a snapshot"
             );
             let _ = raft.trigger().snapshot().await;
+        }
+    }
+
+    /// Reads the process's resident memory for the memory limit; says once if it cannot.
+    fn sample_memory(&self, unreadable: &mut bool) {
+        match crate::space::resident_memory() {
+            Ok(resident) => self.space.record_memory(self.config.id, resident),
+            Err(e) if !*unreadable => {
+                *unreadable = true;
+                tracing::warn!(node = self.config.id, error = %e, "cannot measure the process's memory: the memory limit is not enforced");
+            }
+            Err(_) => {}
         }
     }
 

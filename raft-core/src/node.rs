@@ -242,7 +242,7 @@ impl<S: StateMachine> Node<S> {
         let raft = Raft::new(id, raft_config, transport, log, applier)
             .await
             .map_err(|e| errors::fatal(&e))?;
-        let space = Arc::new(Space::default());
+        let space = Arc::new(Space::new(&config.quota));
         let dir = match &config.storage {
             Storage::Dir(d) => Some(d.clone()),
             Storage::Memory => None,
@@ -778,11 +778,19 @@ impl<S: StateMachine> Node<S> {
         Err(Error::NoSpace { node, reason })
     }
 
-    /// This node's storage: the latest measurement of its data directory, its own NOSPACE
-    /// alarm, and (on the leader) the voters known to be in alarm. See
+    /// This node's storage: the latest measurement of its data directory and of its process's
+    /// memory, its own NOSPACE alarm, and (on the leader) the voters known to be in alarm. See
     /// [`QuotaOptions`](crate::QuotaOptions).
     pub fn storage(&self) -> StorageStatus {
         self.inner.space.status()
+    }
+
+    /// Changes the memory limit ([`QuotaOptions::max_memory_bytes`](crate::QuotaOptions::max_memory_bytes);
+    /// `0`: none) from now on. The latest sample is judged against it at once: lowering it
+    /// below the memory held raises the alarm now, raising it above clears it. Other nodes
+    /// keep their own limits.
+    pub fn set_memory_limit(&self, bytes: u64) {
+        self.inner.space.set_memory_limit(self.inner.id, bytes);
     }
 
     /// Resolves when the node stops: `Ok(())` after [`Node::shutdown`], or the error that

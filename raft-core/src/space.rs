@@ -1,10 +1,13 @@
-//! The storage quota and the NOSPACE alarm.
+//! The storage quota, the memory limit and the NOSPACE alarm.
 //!
 //! A node samples its data directory every [`QuotaOptions::check_interval`]: the bytes its
 //! files occupy on disk (preallocated WAL segments count in full) and the free space of the file
 //! system under it (`statvfs`). When usage exceeds [`QuotaOptions::max_used_bytes`] or free
 //! space drops below [`QuotaOptions::min_free_bytes`], the node raises its **local alarm**; it
-//! clears the alarm by itself once a sample is back within both limits.
+//! clears the alarm by itself once a sample is back within both limits. At the same interval it
+//! reads its process's resident memory, and raises the same alarm while that is above
+//! [`QuotaOptions::max_memory_bytes`]: a state that outgrows the memory of every replica at
+//! once would otherwise have the kernel kill them all together.
 //!
 //! The alarm is **cluster-wide**: the leader refuses writes while it or any voter is in alarm,
 //! so a cluster does not walk from one full disk to the next. The leader learns of its voters'
@@ -25,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
@@ -46,10 +50,21 @@ pub struct QuotaOptions {
     /// (preallocated segments count in full), like etcd's `--quota-backend-bytes`. `0` (the
     /// default) sets no limit of its own.
     pub max_used_bytes: u64,
-    /// How often the data directory is measured, and how often the leader asks its voters for
-    /// their alarms. Default 1 s. The reserve in `min_free_bytes` must absorb the writes one or
-    /// two intervals can bring.
+    /// How often the data directory and the process's memory are measured, and how often the
+    /// leader asks its voters for their alarms. Default 1 s. The reserve in `min_free_bytes`
+    /// (and the room under the memory the process may use, for `max_memory_bytes`) must absorb
+    /// the writes one or two intervals can bring.
     pub check_interval: Duration,
+    /// Raise the alarm while this process's resident memory (RSS, read from
+    /// `/proc/self/statm`; Linux only, elsewhere never measured) is above this many bytes, like
+    /// Redis's `maxmemory` with the `noeviction` policy. `0` (the default) sets no limit. It
+    /// counts everything the process holds: the state machine, the log's cache, client and
+    /// transport buffers, memory the allocator keeps, and the embedding application's own.
+    /// Every replica holds the same state, so set it on every node, below the memory each may
+    /// use (its container's limit) by what a snapshot build or restore, and one or two check
+    /// intervals of writes, can add. Changed at run time with
+    /// [`Node::set_memory_limit`](crate::Node::set_memory_limit).
+    pub max_memory_bytes: u64,
 }
 
 impl Default for QuotaOptions {
@@ -58,6 +73,7 @@ impl Default for QuotaOptions {
             min_free_bytes: 256 << 20,
             max_used_bytes: 0,
             check_interval: Duration::from_secs(1),
+            max_memory_bytes: 0,
         }
     }
 }
@@ -79,10 +95,19 @@ impl QuotaOptions {
         self
     }
 
-    /// Sets how often the data directory is measured (default 1 s; must not be zero).
+    /// Sets how often the data directory and the memory are measured (default 1 s; must not
+    /// be zero).
     #[must_use]
     pub fn with_check_interval(mut self, interval: Duration) -> QuotaOptions {
         self.check_interval = interval;
+        self
+    }
+
+    /// Sets the most resident memory the process may hold before writes that grow the state
+    /// are refused (default `0`: no limit); see [`QuotaOptions::max_memory_bytes`].
+    #[must_use]
+    pub fn with_max_memory_bytes(mut self, bytes: u64) -> QuotaOptions {
+        self.max_memory_bytes = bytes;
         self
     }
 }
@@ -98,14 +123,20 @@ pub struct DiskUsage {
     pub total_bytes: u64,
 }
 
-/// A node's view of its storage and of the cluster's alarms; see
-/// [`Node::storage`](crate::Node::storage).
+/// A node's view of its storage, its memory and the cluster's alarms; see
+/// [`Node::storage`](crate::Node::storage). Fields may be added.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct StorageStatus {
     /// The latest measurement (`None` for in-memory nodes and before the first sample).
     pub usage: Option<DiskUsage>,
-    /// Why this node's own alarm is raised, if it is.
+    /// Why this node's own alarm is raised, if it is (its storage or its memory).
     pub local_alarm: Option<String>,
+    /// The process's resident memory at the latest sample (`None` before the first, and where
+    /// it cannot be read).
+    pub memory_bytes: Option<u64>,
+    /// The memory limit in force (`0`: none); see [`QuotaOptions::max_memory_bytes`].
+    pub memory_limit_bytes: u64,
     /// On the leader: the voters whose alarm is raised, with why. Empty elsewhere.
     pub peer_alarms: BTreeMap<NodeId, String>,
     /// Whether this node refuses writes that grow the state (its own alarm or, on the leader, a
@@ -122,6 +153,22 @@ pub(crate) fn measure(dir: &Path) -> std::io::Result<DiskUsage> {
         free_bytes: vfs.f_bavail.saturating_mul(block),
         total_bytes: vfs.f_blocks.saturating_mul(block),
     })
+}
+
+/// This process's resident memory in bytes: the second field of `/proc/self/statm`, in pages.
+pub(crate) fn resident_memory() -> std::io::Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages = statm
+        .split_ascii_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse::<u64>().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("/proc/self/statm reads {statm:?}"),
+            )
+        })?;
+    Ok(pages.saturating_mul(rustix::param::page_size() as u64))
 }
 
 /// Bytes allocated to the files under `dir`, recursively. Files that vanish while it walks (a
@@ -202,9 +249,26 @@ impl QuotaOptions {
 #[derive(Default)]
 struct State {
     usage: Option<DiskUsage>,
+    /// Why the storage breaks its limits, at the latest sample.
+    disk: Option<String>,
+    /// The latest resident memory sample, and why it breaks the limit.
+    memory: Option<u64>,
+    memory_over: Option<String>,
+    /// The alarm in force: `disk`, else `memory_over`.
     local: Option<String>,
     /// Voters in alarm, with why and when the leader last heard so.
     peers: BTreeMap<NodeId, (String, Instant)>,
+}
+
+/// Why `resident` bytes break a memory limit of `limit` (`0`: none), if they do.
+fn judge_memory(resident: u64, limit: u64) -> Option<String> {
+    (limit > 0 && resident > limit).then(|| {
+        format!(
+            "the process holds {} of memory, above its limit of {}",
+            mib(resident),
+            mib(limit)
+        )
+    })
 }
 
 /// The alarm state a node shares between its sampler, its transport and its write path.
@@ -212,6 +276,8 @@ struct State {
 pub(crate) struct Space {
     /// The write path's only check: `local || peers` is non-empty.
     refusing: AtomicBool,
+    /// The memory limit in force ([`QuotaOptions::max_memory_bytes`], or as last set).
+    memory_limit: AtomicU64,
     state: Mutex<State>,
     /// Free bytes to report instead of measuring (simulated full disks in tests).
     #[cfg(feature = "testing")]
@@ -243,27 +309,60 @@ impl Space {
         }
     }
 
-    /// Records a sample and raises or clears the local alarm; logs every change.
+    /// A space whose memory limit starts at `quota`'s.
+    pub fn new(quota: &QuotaOptions) -> Space {
+        let space = Space::default();
+        space
+            .memory_limit
+            .store(quota.max_memory_bytes, Ordering::Relaxed);
+        space
+    }
+
+    /// Records a sample of the storage and raises or clears the local alarm; logs every change.
     pub fn record(&self, me: NodeId, quota: &QuotaOptions, usage: DiskUsage) {
         let verdict = quota.judge(&usage);
         let mut s = self.lock();
         s.usage = Some(usage);
+        s.disk = verdict;
+        self.settle(me, &mut s);
+    }
+
+    /// Records a sample of the process's resident memory and raises or clears the local alarm.
+    pub fn record_memory(&self, me: NodeId, resident: u64) {
+        let mut s = self.lock();
+        s.memory = Some(resident);
+        s.memory_over = judge_memory(resident, self.memory_limit.load(Ordering::Relaxed));
+        self.settle(me, &mut s);
+    }
+
+    /// Changes the memory limit (`0`: none) and judges the latest sample against it at once.
+    pub fn set_memory_limit(&self, me: NodeId, limit: u64) {
+        let mut s = self.lock();
+        self.memory_limit.store(limit, Ordering::Relaxed);
+        s.memory_over = s.memory.and_then(|m| judge_memory(m, limit));
+        self.settle(me, &mut s);
+    }
+
+    /// Sets the alarm in force from the storage and memory verdicts; logs every change.
+    fn settle(&self, me: NodeId, s: &mut State) {
+        let verdict = s.disk.clone().or_else(|| s.memory_over.clone());
         match (&s.local, &verdict) {
             (None, Some(why)) => {
-                tracing::error!(node = me, reason = %why, "NOSPACE alarm raised: writes that grow the state are refused until space is freed");
+                tracing::error!(node = me, reason = %why, "NOSPACE alarm raised: writes that grow the state are refused until space or memory is freed");
             }
             (Some(_), None) => {
                 tracing::warn!(
                     node = me,
-                    free_bytes = usage.free_bytes,
-                    used_bytes = usage.used_bytes,
+                    free_bytes = s.usage.map(|u| u.free_bytes),
+                    used_bytes = s.usage.map(|u| u.used_bytes),
+                    memory_bytes = s.memory,
                     "NOSPACE alarm cleared: writes resume"
                 );
             }
             _ => {}
         }
         s.local = verdict;
-        self.update_flag(&s);
+        self.update_flag(s);
     }
 
     /// Takes in one round of the leader's questions to its voters: `answers` holds each voter
@@ -313,6 +412,8 @@ impl Space {
         StorageStatus {
             usage: s.usage,
             local_alarm: s.local.clone(),
+            memory_bytes: s.memory,
+            memory_limit_bytes: self.memory_limit.load(Ordering::Relaxed),
             peer_alarms: s
                 .peers
                 .iter()
@@ -384,6 +485,7 @@ mod tests {
             min_free_bytes: 100,
             max_used_bytes: 1000,
             check_interval: Duration::from_secs(1),
+            max_memory_bytes: 0,
         };
         let s = Space::default();
         s.record(1, &q, usage(500, 10));
@@ -405,6 +507,49 @@ mod tests {
         };
         s.record(1, &off, usage(0, u64::MAX));
         assert!(!s.refusing());
+    }
+
+    #[test]
+    fn memory_over_its_limit_raises_the_alarm_until_freed_or_the_limit_moves() {
+        let q = QuotaOptions::default().with_max_memory_bytes(1000);
+        let s = Space::new(&q);
+        s.record_memory(1, 1000);
+        assert!(!s.refusing());
+        s.record_memory(1, 1001);
+        assert!(s.refusing());
+        assert!(s.reason(1).1.contains("memory"), "{:?}", s.reason(1));
+        s.record_memory(1, 900);
+        assert!(!s.refusing());
+        // A lower limit judges the latest sample at once; a higher one clears it at once.
+        s.set_memory_limit(1, 800);
+        assert!(s.refusing());
+        assert_eq!(
+            (s.status().memory_bytes, s.status().memory_limit_bytes),
+            (Some(900), 800)
+        );
+        s.set_memory_limit(1, 0);
+        assert!(!s.refusing());
+        // The storage's alarm and the memory's are separate: clearing one keeps the other.
+        let q = q.with_min_free_bytes(100);
+        s.set_memory_limit(1, 800);
+        s.record(1, &q, usage(50, 10));
+        s.record_memory(1, 10);
+        assert!(s.refusing(), "the disk is still short");
+        assert!(s.reason(1).1.contains("free"));
+        s.record(1, &q, usage(500, 10));
+        assert!(!s.refusing());
+    }
+
+    #[test]
+    fn resident_memory_is_read_and_grows_with_what_the_process_touches() {
+        let before = resident_memory().unwrap();
+        let touched = vec![1u8; 64 << 20];
+        let after = resident_memory().unwrap();
+        assert!(
+            before > 0 && after >= before + (32 << 20),
+            "{before} -> {after}"
+        );
+        drop(touched);
     }
 
     #[test]

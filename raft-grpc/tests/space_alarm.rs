@@ -1,6 +1,7 @@
 //! The storage alarm is cluster-wide over gRPC: a follower low on space (simulated through the
-//! quota's test seam) makes the leader refuse writes that grow the state, with a `no-space`
-//! status naming the follower, until the follower has space again. The leader asks with its
+//! quota's test seam), or over its memory limit, makes the leader refuse writes that grow the
+//! state, with a `no-space` status naming the follower, until the follower is back within its
+//! limits. The leader asks with its
 //! peer credentials, so the same holds in a cluster whose calls need a cluster secret.
 
 mod common;
@@ -43,9 +44,57 @@ async fn eventually(what: &str, condition: impl Fn() -> bool) {
         .unwrap_or_else(|e| panic!("{what}: {e}"));
 }
 
+/// What puts the follower in alarm.
+#[derive(Clone, Copy)]
+enum Alarm {
+    /// Its file system reports 1,000 bytes free.
+    Disk,
+    /// Its memory limit is set to 1 byte: any process holds more.
+    Memory,
+}
+
+impl Alarm {
+    fn raise(self, node: &raft_core::Node<Kv>) {
+        match self {
+            Alarm::Disk => node.simulate_free_bytes(Some(1000)),
+            Alarm::Memory => node.set_memory_limit(1),
+        }
+    }
+
+    fn clear(self, node: &raft_core::Node<Kv>) {
+        match self {
+            Alarm::Disk => node.simulate_free_bytes(None),
+            Alarm::Memory => node.set_memory_limit(0),
+        }
+    }
+
+    /// A word the refusal's reason must hold.
+    fn word(self) -> &'static str {
+        match self {
+            Alarm::Disk => "free",
+            Alarm::Memory => "memory",
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_in_alarm_makes_the_leader_refuse_growing_writes() {
-    a_follower_in_alarm(GrpcOptions::default(), ClientOptions::default()).await;
+    a_follower_in_alarm(
+        GrpcOptions::default(),
+        ClientOptions::default(),
+        Alarm::Disk,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_over_its_memory_limit_makes_the_leader_refuse_growing_writes() {
+    a_follower_in_alarm(
+        GrpcOptions::default(),
+        ClientOptions::default(),
+        Alarm::Memory,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -57,10 +106,10 @@ async fn the_alarm_travels_between_nodes_that_need_a_cluster_secret() {
     ));
     let client =
         ClientOptions::default().with_credentials(Some(Credentials::bearer(SECRET).unwrap()));
-    a_follower_in_alarm(opts, client).await;
+    a_follower_in_alarm(opts, client, Alarm::Disk).await;
 }
 
-async fn a_follower_in_alarm(opts: GrpcOptions, client: ClientOptions) {
+async fn a_follower_in_alarm(opts: GrpcOptions, client: ClientOptions, alarm: Alarm) {
     let c = GrpcCluster::start(3, opts, fast_quota).await;
     let client = ClusterClient::<Kv>::new(c.endpoints(), client).unwrap();
     client
@@ -74,7 +123,7 @@ async fn a_follower_in_alarm(opts: GrpcOptions, client: ClientOptions) {
 
     let leader = c.leader().await;
     let follower = *c.addrs.keys().find(|id| **id != leader).unwrap();
-    c.nodes[&follower].node().simulate_free_bytes(Some(1000));
+    alarm.raise(c.nodes[&follower].node());
     let leader_node = c.nodes[&leader].node().clone();
     eventually("the leader learns of the follower's alarm", || {
         leader_node.storage().peer_alarms.contains_key(&follower)
@@ -85,6 +134,7 @@ async fn a_follower_in_alarm(opts: GrpcOptions, client: ClientOptions) {
     match client.write(Cmd::Put("c".into(), "1".into())).await {
         Err(ClientError::Refused(RequestError::NoSpace(message))) => {
             assert!(message.contains(&format!("node {follower}")), "{message}");
+            assert!(message.contains(alarm.word()), "{message}");
         }
         other => panic!("expected a no-space refusal, got {other:?}"),
     }
@@ -103,8 +153,8 @@ async fn a_follower_in_alarm(opts: GrpcOptions, client: ClientOptions) {
     );
     client.write(Cmd::Delete("b".into())).await.unwrap();
 
-    // The follower has space again: writes resume without a restart.
-    c.nodes[&follower].node().simulate_free_bytes(None);
+    // The follower is back within its limits: writes resume without a restart.
+    alarm.clear(c.nodes[&follower].node());
     eventually("the leader hears the alarm cleared", || {
         !leader_node.storage().refusing_writes
     })
