@@ -67,21 +67,13 @@ const PARAMS: &[(&str, &str, Kind)] = &[
     ("list-max-ziplist-size", "-2", INT),
     ("lua-time-limit", "5000", COUNT),
     ("maxclients", "", Kind::Fixed),
-    ("maxmemory", "0", Kind::Memory(u64::MAX)),
+    ("maxmemory", "", Kind::Memory(u64::MAX)),
     ("maxmemory-clients", "", Kind::Fixed),
     (
         "maxmemory-policy",
         "noeviction",
-        Kind::OneOf(&[
-            "volatile-lru",
-            "volatile-lfu",
-            "volatile-random",
-            "volatile-ttl",
-            "allkeys-lru",
-            "allkeys-lfu",
-            "allkeys-random",
-            "noeviction",
-        ]),
+        // A replicated store does not evict: past `maxmemory` growing writes are refused.
+        Kind::OneOf(&["noeviction"]),
     ),
     ("min-replicas-to-write", "0", Kind::Int(0, i32::MAX as i64)),
     ("notify-keyspace-events", "", Kind::Text),
@@ -107,6 +99,8 @@ const PARAMS: &[(&str, &str, Kind)] = &[
 /// One node's parameters.
 pub struct NodeConfig {
     values: Mutex<BTreeMap<&'static str, String>>,
+    /// Puts a new `maxmemory` in force (the node's memory limit).
+    set_maxmemory: Box<dyn Fn(u64) + Send + Sync>,
 }
 
 fn kind_of(name: &str) -> Option<(&'static str, Kind)> {
@@ -173,10 +167,16 @@ fn check(kind: Kind, value: &str) -> Result<String, String> {
 }
 
 impl NodeConfig {
-    /// The defaults, with the limits this node was started with.
-    pub fn new(limits: &ConnLimits) -> NodeConfig {
+    /// The defaults, with the limits this node was started with: its connection limits, and
+    /// its memory limit `maxmemory`, which `set_maxmemory` changes.
+    pub fn new(
+        limits: &ConnLimits,
+        maxmemory: u64,
+        set_maxmemory: impl Fn(u64) + Send + Sync + 'static,
+    ) -> NodeConfig {
         let mut values: BTreeMap<&'static str, String> =
             PARAMS.iter().map(|p| (p.0, p.1.to_string())).collect();
+        values.insert("maxmemory", maxmemory.to_string());
         values.insert("maxclients", limits.max_clients.to_string());
         values.insert("proto-max-bulk-len", limits.resp.max_bulk.to_string());
         values.insert("maxmemory-clients", limits.client_memory.to_string());
@@ -190,6 +190,7 @@ impl NodeConfig {
         );
         NodeConfig {
             values: Mutex::new(values),
+            set_maxmemory: Box::new(set_maxmemory),
         }
     }
 
@@ -237,6 +238,12 @@ impl NodeConfig {
         }
         let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
         for (name, value) in checked {
+            // Under the lock, so the limit in force is the value reported.
+            if name == "maxmemory"
+                && let Ok(bytes) = value.parse()
+            {
+                (self.set_maxmemory)(bytes);
+            }
             values.insert(name, value);
         }
         Reply::Ok
@@ -245,15 +252,49 @@ impl NodeConfig {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::Ordering;
+
     use super::*;
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
     }
 
+    fn config() -> NodeConfig {
+        NodeConfig::new(&ConnLimits::default(), 0, |_| {})
+    }
+
+    #[test]
+    fn maxmemory_reports_the_limit_in_force_and_puts_a_new_one_in_force() {
+        let set = Arc::new(AtomicU64::new(u64::MAX));
+        let seen = set.clone();
+        let c = NodeConfig::new(&ConnLimits::default(), 3 << 30, move |b| {
+            seen.store(b, Ordering::Relaxed)
+        });
+        let get = |c: &NodeConfig| c.get(&[b("maxmemory")]);
+        let value = |v: &str| Reply::Map(vec![(Reply::Bulk(b("maxmemory")), Reply::Bulk(b(v)))]);
+        assert_eq!(get(&c), value("3221225472"));
+        assert_eq!(c.set(&[(b("maxmemory"), b("100mb"))]), Reply::Ok);
+        assert_eq!(set.load(Ordering::Relaxed), 100 << 20);
+        assert_eq!(get(&c), value("104857600"));
+        // Refused as a whole: nothing put in force.
+        let r = c.set(&[(b("maxmemory"), b("1mb")), (b("no-such"), b("1"))]);
+        assert!(matches!(r, Reply::Error(_)), "{r:?}");
+        assert_eq!(set.load(Ordering::Relaxed), 100 << 20);
+        // Other parameters leave it alone.
+        assert_eq!(c.set(&[(b("hash-max-ziplist-entries"), b("5"))]), Reply::Ok);
+        assert_eq!(
+            c.set(&[(b("maxmemory-policy"), b("noeviction"))]),
+            Reply::Ok
+        );
+        assert_eq!(set.load(Ordering::Relaxed), 100 << 20);
+    }
+
     #[test]
     fn set_then_get_and_unknown_names_are_refused_whole() {
-        let c = NodeConfig::new(&ConnLimits::default());
+        let c = config();
         assert_eq!(c.set(&[(b("hash-max-ziplist-entries"), b("5"))]), Reply::Ok);
         assert_eq!(
             c.get(&[b("hash-max-ziplist-*")]),
@@ -284,7 +325,7 @@ mod tests {
 
     #[test]
     fn values_are_checked_and_reported_as_redis_checks_and_reports_them() {
-        let c = NodeConfig::new(&ConnLimits::default());
+        let c = config();
         let set_get = |name: &str, value: &str| -> Result<String, String> {
             match c.set(&[(b(name), b(value))]) {
                 Reply::Ok => match c.get(&[b(name)]) {
@@ -304,14 +345,13 @@ mod tests {
         };
         let ok = |v: &str| Ok(v.to_string());
         let err = |e: &str| Err(e.to_string());
-        let policies = "argument(s) must be one of the following: volatile-lru, volatile-lfu, \
-                        volatile-random, volatile-ttl, allkeys-lru, allkeys-lfu, allkeys-random, \
-                        noeviction";
+        let policies = "argument(s) must be one of the following: noeviction";
         let not_int = "argument couldn't be parsed into an integer";
         let not_memory = "argument must be a memory value";
         let cases = [
             ("maxmemory-policy", "nonsense", err(policies)),
-            ("maxmemory-policy", "ALLKEYS-LRU", ok("allkeys-lru")),
+            ("maxmemory-policy", "ALLKEYS-LRU", err(policies)),
+            ("maxmemory-policy", "NoEviction", ok("noeviction")),
             (
                 "appendfsync",
                 "sometimes",

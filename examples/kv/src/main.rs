@@ -31,6 +31,7 @@
 //! * `cluster.rs` — starting one node, joining, and the three-node demo.
 //! * `metrics.rs` — Prometheus metrics, `/healthz` and `/readyz`.
 //! * `storage.rs` — disk flags: the quota behind `-OOM`, compaction by size, WAL segments.
+//! * `memory.rs` — `--maxmemory`, the memory limit behind `-OOM`, and its default.
 //! * `shutdown.rs` — SIGTERM/SIGINT within a bound, and exiting non-zero when storage fails.
 //! * `auth.rs` — RESP `AUTH`, users and roles (`NOAUTH`, `NOPERM`, `ACL WHOAMI`).
 //! * `security.rs` — the security flags: secret, passwords, users, TLS, reload on SIGHUP.
@@ -50,6 +51,7 @@ mod config;
 mod ctl;
 mod forward;
 mod limits;
+mod memory;
 mod metrics;
 mod pipeline;
 mod probe;

@@ -316,6 +316,11 @@ async fn update_gauges(nodes: Vec<Node>, servers: Servers, handle: PrometheusHan
                 metrics::gauge!("storage_total_bytes", "node" => id.clone())
                     .set(u.total_bytes as f64);
             }
+            if let Some(resident) = s.memory_bytes {
+                metrics::gauge!("memory_resident_bytes", "node" => id.clone()).set(resident as f64);
+            }
+            metrics::gauge!("memory_limit_bytes", "node" => id.clone())
+                .set(s.memory_limit_bytes as f64);
             metrics::gauge!("storage_nospace_alarm", "node" => id.clone())
                 .set(if s.local_alarm.is_some() { 1.0 } else { 0.0 });
             metrics::gauge!("storage_refusing_writes", "node" => id).set(if s.refusing_writes {

@@ -119,7 +119,12 @@ impl Ctx {
         limits: ConnLimits,
         security: &Security,
     ) -> Arc<Ctx> {
-        let config = crate::config::NodeConfig::new(&limits);
+        let node = client.node().clone();
+        let config = crate::config::NodeConfig::new(
+            &limits,
+            node.storage().memory_limit_bytes,
+            move |bytes| node.set_memory_limit(bytes),
+        );
         Arc::new(Ctx {
             client,
             consistency,
@@ -913,6 +918,17 @@ fn unwatch(conn: &mut Conn) {
     conn.watched_bytes = 0;
 }
 
+/// INFO's memory section: the node's resident memory at the latest sample (Redis's
+/// `used_memory` is its allocator's count; here both lines report the resident memory, which
+/// is what `maxmemory` is compared with) and the limit.
+fn memory_info(s: &raft_core::StorageStatus) -> String {
+    let used = s.memory_bytes.unwrap_or(0);
+    format!(
+        "# Memory\r\nused_memory:{used}\r\nused_memory_rss:{used}\r\nmaxmemory:{}\r\nmaxmemory_policy:noeviction\r\n\r\n",
+        s.memory_limit_bytes
+    )
+}
+
 /// The storage lines of INFO's persistence section: the NOSPACE alarm and the latest sample.
 fn storage_info(s: &raft_core::StorageStatus) -> String {
     let alarm = match (&s.local_alarm, s.peer_alarms.iter().next()) {
@@ -1051,6 +1067,9 @@ async fn info(ctx: &Ctx, section: Option<&str>) -> Reply {
         text.push_str(&format!(
             "# Keyspace\r\ndb0:keys={n},expires=0,avg_ttl=0\r\n\r\n"
         ));
+    }
+    if want("memory") {
+        text.push_str(&memory_info(&node.storage()));
     }
     if want("persistence") {
         let s = node.log_stats();

@@ -1,11 +1,13 @@
-//! Storage flags: the quota behind the NOSPACE alarm, compaction by log size, and the WAL's
-//! preallocated segment size. See the README's "Disk" section for how much disk a node needs.
+//! Storage flags: the quota and the memory limit behind the NOSPACE alarm, compaction by log
+//! size, and the WAL's preallocated segment size. See the README's "Disk" section for how much disk a node needs.
 
 use std::time::Duration;
 
 use clap::Args;
 use raft_core::Config;
 use raft_core::QuotaOptions;
+
+use crate::memory::MaxMemory;
 
 /// How a node uses its disk.
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
@@ -21,10 +23,18 @@ pub struct StorageArgs {
     /// limit of its own.
     #[arg(long, default_value = "0", value_parser = parse_size)]
     pub quota_max_used: u64,
-    /// How often the data directory is measured, and the leader asks its voters for their
-    /// alarms. The free-space reserve must absorb the writes of one or two intervals.
+    /// How often the data directory and the node's memory are measured, and the leader asks
+    /// its voters for their alarms. The free-space reserve (and the room above `--maxmemory`)
+    /// must absorb the writes of one or two intervals.
     #[arg(long, default_value = "1s", value_parser = crate::shutdown::parse_duration)]
     pub quota_check_interval: Duration,
+    /// Refuse writes that grow the data (replying `-OOM`, as Redis's `noeviction` policy)
+    /// while this node's resident memory is above this; reads and deletes still work. Also
+    /// `-OOM` cluster-wide while any voter is over its own. `auto`: three quarters of the
+    /// memory this node may use (the machine's, or its container's limit if lower). `0`: no
+    /// limit. `CONFIG SET maxmemory` changes it until the node restarts.
+    #[arg(long, default_value = "auto", value_parser = MaxMemory::parse)]
+    pub maxmemory: MaxMemory,
     /// Take a snapshot once the log has grown by this much since the last one (or by the last
     /// snapshot's size, if larger), so the log stays within about twice the data's size. `0`
     /// snapshots by entry count only.
@@ -47,6 +57,7 @@ impl Default for StorageArgs {
             quota_min_free: QuotaOptions::default().min_free_bytes,
             quota_max_used: 0,
             quota_check_interval: QuotaOptions::default().check_interval,
+            maxmemory: MaxMemory::Auto,
             snapshot_log_bytes: 64 << 20,
             snapshot_every: Config::in_memory(1).snapshot_every,
             wal_segment_size: 64 << 20,
@@ -60,6 +71,7 @@ impl StorageArgs {
         config.quota.min_free_bytes = self.quota_min_free;
         config.quota.max_used_bytes = self.quota_max_used;
         config.quota.check_interval = self.quota_check_interval;
+        config.quota.max_memory_bytes = self.maxmemory.resolve();
         config.snapshot_log_bytes = self.snapshot_log_bytes;
         config.snapshot_every = self.snapshot_every;
         config.wal.segment_size = self.wal_segment_size;
@@ -130,7 +142,11 @@ mod tests {
 
     #[test]
     fn defaults_match_the_library() {
-        let c = StorageArgs::default().apply(Config::in_memory(1));
+        let c = StorageArgs {
+            maxmemory: MaxMemory::Bytes(0),
+            ..StorageArgs::default()
+        }
+        .apply(Config::in_memory(1));
         let d = Config::in_memory(1);
         assert_eq!(c.quota, d.quota);
         assert_eq!(c.snapshot_log_bytes, d.snapshot_log_bytes);

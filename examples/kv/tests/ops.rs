@@ -52,7 +52,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
             word.push(c);
             continue;
         }
-        let known = ["raft_", "kv_", "wal_", "storage_"]
+        let known = ["raft_", "kv_", "wal_", "storage_", "memory_"]
             .iter()
             .any(|p| word.starts_with(p));
         if known {

@@ -12,6 +12,7 @@ use std::time::Instant;
 use common::Ports;
 use common::Proc;
 use common::spawn;
+use common::status_bytes;
 use redis::aio::MultiplexedConnection;
 
 const MIB: u64 = 1 << 20;
@@ -23,17 +24,6 @@ const SLACK: u64 = 64 * MIB;
 const SNAPSHOT_EVERY: u64 = 1_500;
 /// Entries a snapshot leaves in the log (`Config::keep_after_snapshot`).
 const KEEP: u64 = 1_000;
-
-/// A `/proc/<pid>/status` field, in bytes.
-fn status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
 
 async fn connect(dir: &Path, port: u16) -> MultiplexedConnection {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("client");

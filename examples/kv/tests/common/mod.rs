@@ -196,6 +196,17 @@ pub async fn status(addr: &str) -> Option<pb::StatusReply> {
         .flatten()
 }
 
+/// A `/proc/<pid>/status` field, in bytes.
+pub fn status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// Polls `check` until it returns `Some`; panics with `what` and the nodes' logs after [`WAIT`].
 pub async fn poll<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
