@@ -162,15 +162,21 @@ impl Housekeeping {
         }
     }
 
-    /// Reads the process's resident memory for the memory limit; says once if it cannot.
+    /// Reads the process's resident memory for the memory limit. One it cannot read leaves the
+    /// limit unenforced until it can (said once), not decided by an older sample.
     fn sample_memory(&self, unreadable: &mut bool) {
         match crate::space::resident_memory() {
-            Ok(resident) => self.space.record_memory(self.config.id, resident),
-            Err(e) if !*unreadable => {
-                *unreadable = true;
-                tracing::warn!(node = self.config.id, error = %e, "cannot measure the process's memory: the memory limit is not enforced");
+            Ok(resident) => {
+                *unreadable = false;
+                self.space.record_memory(self.config.id, resident);
             }
-            Err(_) => {}
+            Err(e) => {
+                self.space.forget_memory(self.config.id);
+                if !*unreadable {
+                    *unreadable = true;
+                    tracing::warn!(node = self.config.id, error = %e, "cannot measure the process's memory: the memory limit is not enforced until it can");
+                }
+            }
         }
     }
 

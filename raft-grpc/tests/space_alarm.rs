@@ -68,11 +68,11 @@ impl Alarm {
         }
     }
 
-    /// A word the refusal's reason must hold.
-    fn word(self) -> &'static str {
+    /// Words the refusal's reason must hold.
+    fn words(self) -> &'static str {
         match self {
-            Alarm::Disk => "free",
-            Alarm::Memory => "memory",
+            Alarm::Disk => "free on the data directory",
+            Alarm::Memory => "of memory, above its limit",
         }
     }
 }
@@ -134,7 +134,7 @@ async fn a_follower_in_alarm(opts: GrpcOptions, client: ClientOptions, alarm: Al
     match client.write(Cmd::Put("c".into(), "1".into())).await {
         Err(ClientError::Refused(RequestError::NoSpace(message))) => {
             assert!(message.contains(&format!("node {follower}")), "{message}");
-            assert!(message.contains(alarm.word()), "{message}");
+            assert!(message.contains(alarm.words()), "{message}");
         }
         other => panic!("expected a no-space refusal, got {other:?}"),
     }

@@ -73,9 +73,11 @@ fn mem_total(meminfo: &str) -> Option<u64> {
 }
 
 /// The files that may hold a memory limit on this process, from `/proc/self/cgroup`: under
-/// cgroup v2 (`0::/path`) `memory.max` of its group and of each group above it; under v1 (a
-/// `memory` controller line) its group's `memory.limit_in_bytes`. A file that is missing or
-/// reads `max` sets no limit.
+/// cgroup v2 (`0::/path`) `memory.max`, under v1 (a `memory` controller line)
+/// `memory.limit_in_bytes`, of its group and of each group above it up to the mount's root. The
+/// root's own file counts too: a container whose cgroup file system is mounted at its own group
+/// (v1, or v2 without a cgroup namespace) sees the host's path in `/proc/self/cgroup`, and its
+/// limit at the mount's root. A file that is missing or reads `max` sets no limit.
 fn cgroup_limit_files(cgroups: &str, root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for line in cgroups.lines() {
@@ -84,21 +86,19 @@ fn cgroup_limit_files(cgroups: &str, root: &Path) -> Vec<PathBuf> {
         else {
             continue;
         };
-        let relative = path.trim_start_matches('/');
-        if controllers.is_empty() {
-            let mut dir = root.join(relative);
-            loop {
-                files.push(dir.join("memory.max"));
-                if dir == root || !dir.pop() {
-                    break;
-                }
-            }
+        let (mount, file) = if controllers.is_empty() {
+            (root.to_path_buf(), "memory.max")
         } else if controllers.split(',').any(|c| c == "memory") {
-            files.push(
-                root.join("memory")
-                    .join(relative)
-                    .join("memory.limit_in_bytes"),
-            );
+            (root.join("memory"), "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let mut dir = mount.join(path.trim_start_matches('/'));
+        loop {
+            files.push(dir.join(file));
+            if dir == mount || !dir.pop() {
+                break;
+            }
         }
     }
     files
@@ -143,9 +143,11 @@ mod tests {
             cgroup_limit_files("0::/\n", root),
             [PathBuf::from("/cg/memory.max")]
         );
+        // v1 inside a container: the host's path, the container's limit at the mount's root.
         assert_eq!(
             cgroup_limit_files("5:cpu,cpuacct:/a\n4:memory:/docker/abc\n", root),
-            [PathBuf::from("/cg/memory/docker/abc/memory.limit_in_bytes")]
+            ["/cg/memory/docker/abc", "/cg/memory/docker", "/cg/memory"]
+                .map(|d| PathBuf::from(d).join("memory.limit_in_bytes"))
         );
         assert!(cgroup_limit_files("garbage\n", root).is_empty());
     }

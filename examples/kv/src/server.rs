@@ -922,11 +922,34 @@ fn unwatch(conn: &mut Conn) {
 /// `used_memory` is its allocator's count; here both lines report the resident memory, which
 /// is what `maxmemory` is compared with) and the limit.
 fn memory_info(s: &raft_core::StorageStatus) -> String {
-    let used = s.memory_bytes.unwrap_or(0);
-    format!(
-        "# Memory\r\nused_memory:{used}\r\nused_memory_rss:{used}\r\nmaxmemory:{}\r\nmaxmemory_policy:noeviction\r\n\r\n",
-        s.memory_limit_bytes
-    )
+    let mut text = String::from("# Memory\r\n");
+    // No line rather than a false 0 before the first sample, or where it cannot be read.
+    if let Some(used) = s.memory_bytes {
+        let human = human_bytes(used);
+        text.push_str(&format!(
+            "used_memory:{used}\r\nused_memory_human:{human}\r\nused_memory_rss:{used}\r\nused_memory_rss_human:{human}\r\n"
+        ));
+    }
+    let max = s.memory_limit_bytes;
+    text.push_str(&format!(
+        "maxmemory:{max}\r\nmaxmemory_human:{}\r\nmaxmemory_policy:noeviction\r\n\r\n",
+        human_bytes(max)
+    ));
+    text
+}
+
+/// Bytes as Redis's INFO writes them for people: `512B`, `1.50K`, `3.00M`, `1.25G`.
+fn human_bytes(b: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "T"),
+        (1 << 30, "G"),
+        (1 << 20, "M"),
+        (1 << 10, "K"),
+    ];
+    match UNITS.iter().find(|(size, _)| b >= *size) {
+        Some((size, unit)) => format!("{:.2}{unit}", b as f64 / *size as f64),
+        None => format!("{b}B"),
+    }
 }
 
 /// The storage lines of INFO's persistence section: the NOSPACE alarm and the latest sample.
@@ -1099,6 +1122,7 @@ mod tests {
     use tokio::time::Instant;
 
     use super::ReadDeadline;
+    use super::human_bytes;
 
     /// A writer that, like a TLS stream over a full socket, takes every write into a buffer
     /// of its own and sends what it holds only when flushed.
@@ -1135,6 +1159,16 @@ mod tests {
         super::flush(&mut socket, &mut out, &limits).await.unwrap();
         assert_eq!(socket.sent, b"+OK\r\n$1\r\nv\r\n");
         assert!(socket.held.is_empty() && out.is_empty());
+    }
+
+    #[test]
+    fn sizes_read_as_redis_writes_them() {
+        assert_eq!(human_bytes(0), "0B");
+        assert_eq!(human_bytes(1023), "1023B");
+        assert_eq!(human_bytes(1536), "1.50K");
+        assert_eq!(human_bytes(3 << 20), "3.00M");
+        assert_eq!(human_bytes(5 << 29), "2.50G");
+        assert_eq!(human_bytes(1 << 40), "1.00T");
     }
 
     #[test]
