@@ -807,7 +807,10 @@ fn queue(
             (Queued::Read(op), post)
         }
         Action::Unwatch => (Queued::Reply(Reply::Ok), commands::Post::None),
-        local @ (Action::ConfigGet(_) | Action::ConfigSet(_) | Action::Client(_)) => {
+        local @ (Action::ConfigGet(_)
+        | Action::ConfigSet(_)
+        | Action::Client(_)
+        | Action::Info(_)) => {
             tx.local.push((tx.ops.len(), local));
             (Queued::Reply(Reply::Nil), commands::Post::None)
         }
@@ -863,6 +866,7 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
             Action::ConfigGet(patterns) => ctx.config.get(&patterns),
             Action::ConfigSet(pairs) => ctx.config.set(&pairs),
             Action::Client(op) => op.apply(&mut conn.name, conn.id),
+            Action::Info(section) => info(ctx, section.as_deref()).await,
             _ => continue,
         };
         local.push((i, r));

@@ -328,6 +328,16 @@ async fn every_command_answers_as_redis_does_through_leader_and_followers() {
         Value::Array(vec![Value::Okay, Value::BulkString(b"w2".to_vec())])
     );
     assert_eq!(name(&mut c).await.as_deref(), Some("w1"));
+    // INFO is queued and answered at EXEC, as in Redis, after the transaction's writes.
+    let replies = transaction(&mut other, &[&["SET", "in-tx", "1"], &["INFO", "keyspace"]]).await;
+    let Value::Array(replies) = replies else {
+        panic!("{replies:?}")
+    };
+    let Value::BulkString(info) = &replies[1] else {
+        panic!("{replies:?}")
+    };
+    let info = String::from_utf8_lossy(info);
+    assert!(info.starts_with("# Keyspace\r\ndb0:keys="), "{info}");
     // HELLO's SETNAME names the connection too.
     let _: Value = q(&mut other, &["HELLO", "2", "SETNAME", "via-hello"]).await;
     assert_eq!(name(&mut other).await.as_deref(), Some("via-hello"));
