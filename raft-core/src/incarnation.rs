@@ -11,7 +11,10 @@
 //! * Every data directory has an *incarnation*: 64 random bits drawn when the directory is
 //!   first used and kept in `<data dir>/incarnation` (16 hex digits and a newline, written to a
 //!   temporary file, fsynced and renamed, the directory fsynced). A wiped directory gets a new
-//!   one. An in-memory node draws a new one each time it starts — it forgets its votes too.
+//!   one, and so does one whose log lost its meta file (the vote) or the whole `wal/`
+//!   directory while the incarnation file survived: that node forgot its vote and its entries
+//!   just as a wiped one did. An in-memory node draws a new one each time it starts — it forgets
+//!   its votes too.
 //! * The cluster binds each member id to its incarnation in the **replicated** state: the leader
 //!   proposes a binding entry the first time it learns a member's incarnation (from a request or
 //!   an answer of that member), and a binding, once applied, never changes. Bindings are part of
@@ -86,14 +89,25 @@ pub enum IncarnationError {
     },
 }
 
-/// Reads this data directory's incarnation, or draws and stores one (durably) if it has none.
-/// `None` (an in-memory node): a new one each time.
-pub(crate) fn open(dir: Option<&Path>) -> Result<u64, PathError> {
+/// Reads this data directory's incarnation, or draws and stores one (durably) if it has none,
+/// or if `log_kept` is false: the log's durable state (its vote) is gone, so the node is a wiped
+/// one whatever the file says. `None` (an in-memory node): a new one each time.
+pub(crate) fn open(dir: Option<&Path>, log_kept: bool) -> Result<u64, PathError> {
     let Some(dir) = dir else {
         return Ok(draw());
     };
     let path = dir.join(FILE_NAME);
     match std::fs::read_to_string(&path) {
+        Ok(text) if !log_kept => {
+            let v = draw();
+            fsutil::write_atomically(dir, FILE_NAME, format!("{v:016x}\n").as_bytes())?;
+            tracing::error!(
+                old = %text.trim(),
+                incarnation = %format!("{v:016x}"),
+                "this data directory's log is missing (no vote, no entries) although it has an incarnation: the node counts as wiped, under a new incarnation; if it was a member, the cluster refuses it until its id is removed and it is added back under a new id"
+            );
+            Ok(v)
+        }
         Ok(text) => u64::from_str_radix(text.trim(), 16)
             .ok()
             .filter(|v| *v != 0 && text.trim().len() == 16)
@@ -134,11 +148,16 @@ mod tests {
     #[test]
     fn drawn_once_kept_and_new_after_a_wipe() {
         let dir = tempfile::tempdir().unwrap();
-        let first = open(Some(dir.path())).unwrap();
-        assert_eq!(open(Some(dir.path())).unwrap(), first);
+        let first = open(Some(dir.path()), false).unwrap();
+        assert_eq!(open(Some(dir.path()), true).unwrap(), first);
         std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
-        assert_ne!(open(Some(dir.path())).unwrap(), first);
+        let second = open(Some(dir.path()), true).unwrap();
+        assert_ne!(second, first);
+        // The log lost while the file stayed: a new one, kept from then on.
+        let third = open(Some(dir.path()), false).unwrap();
+        assert_ne!(third, second);
+        assert_eq!(open(Some(dir.path()), true).unwrap(), third);
         std::fs::write(dir.path().join(FILE_NAME), "zz\n").unwrap();
-        assert!(open(Some(dir.path())).is_err());
+        assert!(open(Some(dir.path()), true).is_err());
     }
 }

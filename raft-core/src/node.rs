@@ -345,10 +345,19 @@ impl<S: StateMachine> Node<S> {
             Storage::Dir(dir) => Some(dir.clone()),
             Storage::Memory => None,
         };
-        tokio::task::spawn_blocking(move || crate::incarnation::open(dir.as_deref()))
-            .await
-            .map_err(|e| Error::Fatal(format!("incarnation task failed: {e}")))?
-            .map_err(|e| Error::Storage(e.to_string()))
+        tokio::task::spawn_blocking(move || -> Result<u64> {
+            // A log without its meta file has forgotten this node's vote (see
+            // `crate::incarnation`).
+            let log_kept = match &dir {
+                Some(dir) => crate::log::has_meta(&dir.join("wal"))
+                    .map_err(|e| Error::Storage(e.to_string()))?,
+                None => true,
+            };
+            crate::incarnation::open(dir.as_deref(), log_kept)
+                .map_err(|e| Error::Storage(e.to_string()))
+        })
+        .await
+        .map_err(|e| Error::Fatal(format!("incarnation task failed: {e}")))?
     }
 
     /// This node's incarnation: drawn when its data directory was first used, new after a wipe

@@ -126,3 +126,54 @@ async fn a_wiped_node_cannot_vote_again_and_comes_back_under_a_new_id() {
     c.wait_converged().await.unwrap();
     c.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_log_was_lost_counts_as_wiped() {
+    let c = Cluster::start(3, ClusterOptions::default(), |_| KvStore::default())
+        .await
+        .unwrap();
+    c.write(put("before")).await.unwrap();
+    all_bound(&c, &[1, 2, 3]).await;
+    let leader = c.wait_for_leader().await.unwrap();
+    let x = (1..=3).find(|id| *id != leader).unwrap();
+    let old = c.node(x).unwrap().incarnation();
+
+    // Only the log goes (its vote and its entries); the incarnation file stays. There is no
+    // snapshot, so nothing else in the directory tells that anything is missing.
+    c.crash(x).await.unwrap();
+    let dir = c.data_dir(x).unwrap();
+    assert!(dir.join(raft_core::incarnation::FILE_NAME).exists());
+    assert!(
+        !dir.join("snapshots").read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".snap"))
+    );
+    std::fs::remove_dir_all(dir.join("wal")).unwrap();
+    let restarted = c.restart(x).await.unwrap();
+    assert_ne!(
+        restarted.incarnation(),
+        old,
+        "a node that forgot its vote kept its incarnation"
+    );
+
+    // So the others refuse it as they refuse a wiped node, and carry on without it.
+    let at_leader = c.node(leader).unwrap().rpc_handler();
+    let refused = at_leader
+        .check_incarnation(x, Some(restarted.incarnation()), None)
+        .unwrap_err();
+    assert!(
+        matches!(refused, RpcHandlerError::Incarnation(IncarnationError::PeerWiped { peer, bound, .. }) if peer == x && bound == old),
+        "{refused:?}"
+    );
+    for i in 0..10 {
+        c.write(put(&format!("k{i}"))).await.unwrap();
+    }
+    assert_eq!(c.node(x).unwrap().metrics().applied_index, None);
+    // A restart with its (new) log kept keeps the new incarnation.
+    c.crash(x).await.unwrap();
+    let again = c.restart(x).await.unwrap();
+    assert_eq!(again.incarnation(), restarted.incarnation());
+    c.shutdown().await.unwrap();
+}
