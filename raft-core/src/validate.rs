@@ -17,7 +17,9 @@
 //! * no log id a request names (an entry, the previous or committed one, a candidate's last
 //!   one, a snapshot's) is of a leader later than the sender's vote;
 //! * no peer speaks as the receiving node (openraft asserts that a leader it hears from is not
-//!   itself).
+//!   itself);
+//! * no vote has a term past [`MAX_TERM`]: a node that took such a term would overflow `term + 1`
+//!   at its next election (a panic in debug builds, a term going back to 0 in release builds).
 
 use crate::disk::DiskMembership;
 use crate::transport::RpcHandlerError;
@@ -51,11 +53,21 @@ fn from_leader(vote: &Vote, what: &str) -> Result<(), RpcHandlerError> {
     Ok(())
 }
 
-/// A request whose vote names the receiving node `me` as its sender: no honest peer sends one.
+/// The largest term a request's vote may have. Each election raises a term by one, so no
+/// honest cluster comes near it, and below it every node's `term + 1` has room.
+pub(crate) const MAX_TERM: u64 = u64::MAX >> 1;
+
+/// A request whose vote names the receiving node `me` as its sender, or has a term past
+/// [`MAX_TERM`]: no honest peer sends one.
 pub(crate) fn not_from_me(vote: &Vote, me: NodeId) -> Result<(), RpcHandlerError> {
     if vote.leader_id.node_id == me {
         return Err(invalid(format!(
             "a request from {vote} speaks as this node ({me})"
+        )));
+    }
+    if vote.leader_id.term > MAX_TERM {
+        return Err(invalid(format!(
+            "a request from {vote} has a term past {MAX_TERM}, which no election reaches"
         )));
     }
     Ok(())
@@ -332,6 +344,19 @@ mod tests {
         assert!(append(&req(2, Some((1, 4)), vec![entry(1, 5), entry(2, 6)]), ME).is_ok());
         assert!(append(&req(2, None, vec![entry(1, 0)]), ME).is_ok());
         assert!(append(&req(2, Some((2, 9)), vec![]), ME).is_ok());
+    }
+
+    #[test]
+    fn terms_no_election_reaches_are_refused_in_every_request() {
+        let at = |term| rpc::VoteRequest::new(vote(term), None);
+        assert!(super::vote(&at(MAX_TERM), ME).is_ok());
+        assert!(super::vote(&at(MAX_TERM + 1), ME).is_err());
+        assert!(super::vote(&at(u64::MAX), ME).is_err());
+        assert!(append(&req(MAX_TERM, None, vec![]), ME).is_ok());
+        assert!(append(&req(u64::MAX, None, vec![]), ME).is_err());
+        let meta = SnapshotMeta::default();
+        assert!(snapshot(&vote(MAX_TERM), &meta, ME).is_ok());
+        assert!(snapshot(&vote(u64::MAX), &meta, ME).is_err());
     }
 
     #[test]

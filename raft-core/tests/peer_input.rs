@@ -508,6 +508,38 @@ async fn entries_that_contradict_committed_ones_are_refused() {
     );
 }
 
+/// A vote request at a term no election reaches is refused, and the node keeps its term: taking
+/// it, the node would overflow `term + 1` at its next election (a panic in a debug build, a
+/// term back at 0 in a release build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_term_no_election_reaches_is_refused() {
+    let watch = PanicWatch::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = Router::new(0);
+    let node = follower(dir.path(), &router).await;
+    let handler = node.rpc_handler();
+    let before = node.metrics().term;
+    for pre in [true, false] {
+        let req = rpc::VoteRequest::new(elected(u64::MAX, 2), None);
+        let answer = if pre {
+            handler.pre_vote(req).await
+        } else {
+            handler.vote(req).await
+        };
+        assert!(answer.is_err(), "pre-vote {pre}: {answer:?}");
+    }
+    assert!(node.metrics().term <= before + 1, "{:?}", node.metrics());
+    node.read(Consistency::Local, |_| ())
+        .await
+        .unwrap_or_else(|e| panic!("the node stopped on peer input: {e}"));
+    node.shutdown().await.expect("shutdown");
+    assert_eq!(
+        panics(&watch),
+        Vec::<String>::new(),
+        "a task of the node panicked"
+    );
+}
+
 /// A snapshot from leader (term 5, node 2) that claims entries of leader (5, 3), a later leader
 /// of the same term, is refused: openraft asserts, in release builds too, that what it installs
 /// is not from a later leader than the sender, so it would stop the node.
