@@ -43,6 +43,7 @@
 #![warn(missing_docs)]
 
 mod addr;
+mod answers;
 mod apply;
 pub mod backup;
 mod clock;

@@ -239,6 +239,8 @@ impl<S: StateMachine> Node<S> {
         let sm = SmShared::new(state_machine);
         let snapshot_health = Arc::new(SnapshotHealth::default());
         let applier = Applier::new(sm.clone(), snapshots.clone(), snapshot_health.clone());
+        // Every peer's answer is checked before openraft reads it (see `crate::answers`).
+        let transport = crate::answers::CheckedTransport(transport);
         let raft = Raft::new(id, raft_config, transport, log, applier)
             .await
             .map_err(|e| errors::fatal(&e))?;

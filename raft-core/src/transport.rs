@@ -8,6 +8,11 @@
 //! * **Incoming**: a transport delivers what it receives to the target node's [`RpcHandler`]
 //!   (from [`Node::rpc_handler`]), which is not generic over the user's state machine.
 //!
+//! The node checks both directions: a request is refused before the consensus engine sees it if
+//! it is inconsistent ([`RpcHandlerError::Invalid`]), and an answer whose vote has a term no
+//! election reaches is dropped as if the peer had not answered (an `Unreachable` error and a
+//! warning). A transport only moves bytes.
+//!
 //! **Stability.** This module, [`rpc`] and the openraft aliases in [`crate::types`] are the
 //! surface for writing a transport. They name openraft's message types, so they follow the
 //! pinned openraft version and are exempt from raftkit's semver promise: a raftkit release that

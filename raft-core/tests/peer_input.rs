@@ -554,3 +554,138 @@ async fn a_snapshot_of_a_later_leader_of_the_same_term_is_refused() {
     }])
     .await;
 }
+
+/// Peers 2 and 3 of a [`LyingPeers`] transport: they grant every pre-vote, and answer every vote
+/// with a vote at term `u64::MAX`.
+#[derive(Clone, Default)]
+struct LyingPeers {
+    votes_answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    answered: std::sync::Arc<tokio::sync::Notify>,
+}
+
+struct LyingPeer(LyingPeers, u64);
+
+impl openraft::RaftNetworkFactory<raft_core::types::TypeConfig> for LyingPeers {
+    type Network = LyingPeer;
+
+    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> LyingPeer {
+        LyingPeer(self.clone(), target)
+    }
+}
+
+impl LyingPeer {
+    fn unreachable() -> rpc::RpcError {
+        rpc::RpcError::Unreachable(rpc::Unreachable::from_string("not this request"))
+    }
+}
+
+impl rpc::RaftNetworkV2<raft_core::types::TypeConfig> for LyingPeer {
+    type SnapshotData = raft_core::snapshot::SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        _req: rpc::AppendEntriesRequest,
+        _option: rpc::RPCOption,
+    ) -> Result<rpc::AppendEntriesResponse, rpc::RpcError> {
+        Err(Self::unreachable())
+    }
+
+    async fn vote(
+        &mut self,
+        _req: rpc::VoteRequest,
+        _option: rpc::RPCOption,
+    ) -> Result<rpc::VoteResponse, rpc::RpcError> {
+        let answer = rpc::VoteResponse {
+            vote: Vote {
+                leader_id: LeaderId {
+                    term: u64::MAX,
+                    node_id: self.1,
+                },
+                committed: false,
+            },
+            vote_granted: false,
+            last_log_id: None,
+        };
+        self.0
+            .votes_answered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.answered.notify_waiters();
+        Ok(answer)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        req: rpc::VoteRequest,
+        _option: rpc::RPCOption,
+    ) -> Result<rpc::VoteResponse, rpc::RpcError> {
+        Ok(rpc::VoteResponse {
+            vote: req.vote,
+            vote_granted: true,
+            last_log_id: None,
+        })
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        _req: rpc::TransferLeaderRequest,
+        _option: rpc::RPCOption,
+    ) -> Result<rpc::TransferLeaderResponse, rpc::RpcError> {
+        Err(Self::unreachable())
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        _vote: Vote,
+        _snapshot: rpc::Snapshot,
+        _cancel: impl std::future::Future<Output = rpc::ReplicationClosed> + Send + 'static,
+        _option: rpc::RPCOption,
+    ) -> Result<rpc::SnapshotResponse, rpc::StreamingError> {
+        Err(rpc::StreamingError::Unreachable(
+            rpc::Unreachable::from_string("not this request"),
+        ))
+    }
+}
+
+/// A peer that *answers* with a term no election reaches is not believed: the node stays at
+/// terms its elections reached, and keeps campaigning. Taking the answer's vote, the node's next
+/// election overflowed `term + 1` (a panic in openraft's engine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_past_the_last_term_is_dropped() {
+    let watch = PanicWatch::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let peers = LyingPeers::default();
+    let node = Node::start(config(dir.path()), KvStore::default(), peers.clone())
+        .await
+        .expect("starts");
+    node.initialize([(1, "node-1"), (2, "node-2"), (3, "node-3")])
+        .await
+        .expect("initialize");
+    // Enough elections that a node which took the first lying answer has campaigned again.
+    let asked = async {
+        loop {
+            let answered = peers.answered.notified();
+            if peers
+                .votes_answered
+                .load(std::sync::atomic::Ordering::SeqCst)
+                >= 6
+            {
+                break;
+            }
+            answered.await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), asked)
+        .await
+        .expect("node 1 kept asking for votes");
+    assert_eq!(
+        panics(&watch),
+        Vec::<String>::new(),
+        "a task of the node panicked"
+    );
+    let term = node.metrics().term;
+    assert!(term < 1_000, "node 1 took a lying peer's term: {term}");
+    node.read(Consistency::Local, |_| ())
+        .await
+        .unwrap_or_else(|e| panic!("node 1 stopped on a lying answer: {e}"));
+    node.shutdown().await.expect("shutdown");
+}
