@@ -33,6 +33,21 @@ async fn all_bound(c: &Cluster<KvStore>, ids: &[NodeId]) {
     .unwrap();
 }
 
+/// Checks that node `at` refuses requests from node `x` under incarnation `now`, because `x`'s
+/// id is bound to incarnation `old`.
+fn refused_as_wiped(c: &Cluster<KvStore>, at: NodeId, x: NodeId, now: u64, old: u64) {
+    let refused = c
+        .node(at)
+        .unwrap()
+        .rpc_handler()
+        .check_incarnation(x, Some(now), None)
+        .unwrap_err();
+    assert!(
+        matches!(refused, RpcHandlerError::Incarnation(IncarnationError::PeerWiped { peer, bound, .. }) if peer == x && bound == old),
+        "{refused:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_cannot_vote_again_and_comes_back_under_a_new_id() {
     let c = Cluster::start(3, ClusterOptions::default(), |_| KvStore::default())
@@ -83,14 +98,7 @@ async fn a_wiped_node_cannot_vote_again_and_comes_back_under_a_new_id() {
     assert!(granted.is_granted_to(&Vote::new(term, b)));
 
     // x asking for votes is refused by the others: its id is bound to its old incarnation.
-    let at_b = c.node(b).unwrap().rpc_handler();
-    let refused = at_b
-        .check_incarnation(x, Some(wiped.incarnation()), None)
-        .unwrap_err();
-    assert!(
-        matches!(refused, RpcHandlerError::Incarnation(IncarnationError::PeerWiped { peer, bound, .. }) if peer == x && bound == old),
-        "{refused:?}"
-    );
+    refused_as_wiped(&c, b, x, wiped.incarnation(), old);
 
     // The other two carry on; the wiped node receives nothing.
     for i in 0..20 {
@@ -159,14 +167,7 @@ async fn a_node_whose_log_was_lost_counts_as_wiped() {
     );
 
     // So the others refuse it as they refuse a wiped node, and carry on without it.
-    let at_leader = c.node(leader).unwrap().rpc_handler();
-    let refused = at_leader
-        .check_incarnation(x, Some(restarted.incarnation()), None)
-        .unwrap_err();
-    assert!(
-        matches!(refused, RpcHandlerError::Incarnation(IncarnationError::PeerWiped { peer, bound, .. }) if peer == x && bound == old),
-        "{refused:?}"
-    );
+    refused_as_wiped(&c, leader, x, restarted.incarnation(), old);
     for i in 0..10 {
         c.write(put(&format!("k{i}"))).await.unwrap();
     }
