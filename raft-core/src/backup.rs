@@ -150,6 +150,16 @@ pub enum BackupError {
         /// The initial members' ids.
         members: Vec<NodeId>,
     },
+    /// The cluster id asked for is the one the backup was taken from. A restored cluster must
+    /// never exchange messages with that cluster, whose log holds other entries at the same
+    /// positions; its id keeps them apart.
+    #[error(
+        "cluster id {cluster} is the id of the cluster the backup was taken from; a restored cluster needs its own (leave the id out to derive one from the backup and the members)"
+    )]
+    SameCluster {
+        /// The id asked for.
+        cluster: ClusterId,
+    },
     /// The initial members do not form a valid membership.
     #[error("invalid initial members: {0}")]
     Members(String),
@@ -534,6 +544,9 @@ fn restore(
             path: backup.to_path_buf(),
             source,
         })?;
+    }
+    if let Some(asked) = cluster_id.filter(|asked| Some(*asked) == info.cluster) {
+        return Err(BackupError::SameCluster { cluster: asked });
     }
     let cluster = cluster_id.unwrap_or_else(|| restored_cluster_id(&info, initial_members));
     target

@@ -349,9 +349,20 @@ async fn restore_refuses_damage_an_occupied_directory_and_strangers() {
         "{err}"
     );
 
-    // An empty directory (a fresh volume with lost+found) is fine; an explicit id is used.
+    // An empty directory (a fresh volume with lost+found) is fine; an explicit id is used, but
+    // not the id of the cluster the backup came from, which would let the two talk.
     let fresh = dir.path().join("fresh");
     fs::create_dir_all(fresh.join("lost+found")).unwrap();
+    let source = backup::inspect(&good)
+        .unwrap()
+        .cluster
+        .expect("the source has an id");
+    let err = backup::restore_data_dir(&good, &fresh, 2, &m, Some(source)).unwrap_err();
+    assert!(
+        matches!(err, BackupError::SameCluster { cluster } if cluster == source),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&fresh).unwrap().count(), 1, "nothing written");
     let id = raft_core::ClusterId::random();
     let r = backup::restore_data_dir(&good, &fresh, 2, &m, Some(id)).unwrap();
     assert_eq!(r.cluster, id);
