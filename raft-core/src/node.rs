@@ -62,6 +62,7 @@ use crate::types::TypeConfig;
 mod combine;
 mod errors;
 mod handler;
+mod quorum;
 mod stop;
 mod transport;
 
@@ -1020,6 +1021,10 @@ impl<S: StateMachine> Node<S> {
     /// other member as it is. The change is incremental, so promotions of different learners
     /// racing each other all take effect (unlike [`Node::change_membership`], which replaces the
     /// whole voter set). A node that is already a voter is left alone. Leader only.
+    ///
+    /// Fails with [`Error::Membership`], changing nothing, when a majority of the voters the
+    /// change leads to has not answered this leader in the last two election timeouts: the
+    /// change could never commit, and no write after it either.
     pub async fn add_voter(&self, id: NodeId) -> Result<()> {
         self.require_leader()?;
         let m = self.metrics();
@@ -1037,6 +1042,9 @@ impl<S: StateMachine> Node<S> {
         })
         .await?;
         self.require_leader()?;
+        let mut voters = m.voters;
+        voters.insert(id);
+        self.require_majority_answering(&voters).await?;
         let change = ChangeMembers::AddVoterIds([id].into());
         self.propose(|| self.inner.raft.change_membership(change.clone(), false))
             .await
@@ -1046,9 +1054,14 @@ impl<S: StateMachine> Node<S> {
     /// Makes `voters` the voting members (each must already be a member, e.g. a caught-up
     /// learner). Removed voters leave the cluster. Runs joint consensus when needed and returns
     /// once the final config is committed. Leader only.
+    ///
+    /// Fails with [`Error::Membership`], changing nothing, when a majority of the voters the
+    /// change leads to has not answered this leader in the last two election timeouts: the
+    /// change could never commit, and no write after it either.
     pub async fn change_membership(&self, voters: impl IntoIterator<Item = NodeId>) -> Result<()> {
         self.require_leader()?;
         let voters: BTreeSet<NodeId> = voters.into_iter().collect();
+        self.require_majority_answering(&voters).await?;
         self.propose(|| self.inner.raft.change_membership(voters.clone(), false))
             .await
             .map(|_| ())
@@ -1057,6 +1070,10 @@ impl<S: StateMachine> Node<S> {
     /// Removes node `id` from the cluster, whether it is a voter (the rest stay voters) or a
     /// learner. The change is incremental, so removals and promotions racing each other all
     /// take effect. Leader only.
+    ///
+    /// Fails with [`Error::Membership`], changing nothing, when a majority of the voters the
+    /// change leads to has not answered this leader in the last two election timeouts: the
+    /// change could never commit, and no write after it either.
     pub async fn remove_node(&self, id: NodeId) -> Result<()> {
         self.require_leader()?;
         let m = self.metrics();
@@ -1064,6 +1081,9 @@ impl<S: StateMachine> Node<S> {
             if m.voters.len() == 1 {
                 return Err(Error::Membership("cannot remove the last voter".into()));
             }
+            let mut rest = m.voters.clone();
+            rest.remove(&id);
+            self.require_majority_answering(&rest).await?;
             // Applied to the configuration in force when it is proposed (after any change in
             // flight), not to the one read here: a whole voter set computed now would undo a
             // change that commits meanwhile.

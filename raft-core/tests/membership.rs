@@ -1,5 +1,6 @@
 //! Adding members: an id or address already in use is refused or answered as it stands, and a
-//! learner that cannot catch up is reported as added-but-behind. In-process clusters on the
+//! learner that cannot catch up is reported as added-but-behind. Changing voters: a voter set
+//! whose majority is down is refused before it could stop the cluster. In-process clusters on the
 //! router; every wait is bounded by the request timeout, never a sleep.
 
 use std::collections::BTreeMap;
@@ -143,5 +144,48 @@ async fn a_learner_that_cannot_catch_up_is_reported_as_added_and_behind() {
     leader.add_learner(5, address(5)).await.expect("caught up");
     leader.remove_node(5).await.expect("removed");
     assert!(!members(&leader).contains_key(&5));
+    c.shutdown().await.expect("shutdown");
+}
+
+/// With one voter of three down, removing another would leave voters of which only the leader
+/// answers: the joint configuration could never commit, nor anything after it. The change is
+/// refused at once, and the cluster keeps writing; removing the node that is down works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_set_whose_majority_is_down_is_refused_and_the_cluster_keeps_writing() {
+    let (c, leader) = three().await;
+    let me = leader.id();
+    let mut others = [1, 2, 3].into_iter().filter(|id| *id != me);
+    let (up, down) = (others.next().unwrap(), others.next().unwrap());
+    c.crash(down).await.expect("crash");
+    // The rule under test is time-based: a member that has not answered the leader for two
+    // election timeouts counts as down. Its last answer came before the crash.
+    let window = leader.config().election_timeout * 2;
+    tokio::time::sleep(window).await;
+
+    let voters = leader.metrics().voters;
+    let why = refusal(leader.remove_node(up).await);
+    assert!(why.contains(&format!("{{{down}}}")), "{why}");
+    let why = refusal(leader.change_membership([me, down]).await);
+    assert!(why.contains(&format!("{{{down}}}")), "{why}");
+    let m = leader.metrics();
+    assert_eq!((m.voters, m.joint), (voters, false));
+    let written = tokio::time::timeout(
+        WAIT * 4,
+        c.write(raft_core::testing::kv::KvCommand::Put(
+            "k".into(),
+            "v".into(),
+        )),
+    )
+    .await;
+    assert!(
+        matches!(written, Ok(Ok(_))),
+        "the cluster stopped writing: {written:?}"
+    );
+
+    leader
+        .remove_node(down)
+        .await
+        .expect("the node that is down is removed");
+    assert_eq!(leader.metrics().voters, [me, up].into());
     c.shutdown().await.expect("shutdown");
 }

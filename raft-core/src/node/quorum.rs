@@ -1,0 +1,72 @@
+//! The check before a membership change: the new voters must be able to commit it.
+//!
+//! A change runs through a joint configuration, which commits only when a majority of the old
+//! voters *and* a majority of the new ones hold it; every later entry, and every election, waits
+//! for it. A voter set most of whose members are down would therefore stop the cluster for
+//! good: every write would time out, with no word of why. So, like etcd's strict
+//! reconfiguration check, the leader refuses such a change at once, naming who did not answer.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::Instant as _;
+use openraft::async_runtime::watch::WatchReceiver;
+
+use super::Node;
+use crate::error::Error;
+use crate::error::Result;
+use crate::state_machine::StateMachine;
+use crate::types::NodeId;
+
+impl<S: StateMachine> Node<S> {
+    /// How recently a member must have answered the leader to count as up: two election
+    /// timeouts, several heartbeats.
+    fn answer_window(&self) -> Duration {
+        self.inner.config.election_timeout.saturating_mul(2)
+    }
+
+    /// The members of `voters` that answered this leader within [`Node::answer_window`] (the
+    /// leader itself included, if it is one of them).
+    fn answering(&self, voters: &BTreeSet<NodeId>) -> BTreeSet<NodeId> {
+        let window = self.answer_window();
+        let rx = self.inner.raft.metrics();
+        let m = rx.borrow_watched();
+        voters
+            .iter()
+            .copied()
+            .filter(|id| {
+                *id == self.inner.id
+                    || m.heartbeat
+                        .as_ref()
+                        .and_then(|acked| acked.get(id).cloned().flatten())
+                        .is_some_and(|sent| sent.elapsed() < window)
+            })
+            .collect()
+    }
+
+    /// Waits (at most [`Node::answer_window`], so a node that was just added or a leader that
+    /// was just elected has heard from everyone) until a majority of `voters` answers this
+    /// leader; otherwise fails with [`Error::Membership`] naming those that did not.
+    pub(super) async fn require_majority_answering(&self, voters: &BTreeSet<NodeId>) -> Result<()> {
+        let enough = |up: &BTreeSet<NodeId>| up.len() * 2 > voters.len();
+        let window = self.answer_window();
+        let mut rx = self.inner.raft.metrics();
+        let waited = tokio::time::timeout(window, async {
+            while !enough(&self.answering(voters)) {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let up = self.answering(voters);
+        if waited.is_ok() && enough(&up) {
+            return Ok(());
+        }
+        let down: BTreeSet<NodeId> = voters.difference(&up).copied().collect();
+        Err(Error::Membership(format!(
+            "the new voters {voters:?} need {} of them to commit the change, but {down:?} did not answer the leader within {window:?}: the change, and every write after it, could never commit; bring those nodes back first",
+            voters.len() / 2 + 1
+        )))
+    }
+}
