@@ -60,6 +60,13 @@ use serde::de::DeserializeOwned;
 /// ```
 pub trait StateMachine: Send + Sync + 'static {
     /// A change to the state. Encoded into the log, so its serde form is part of your data format.
+    ///
+    /// Commands arrive as bytes from clients and are decoded on every replica as they apply, so
+    /// a recursive type (an enum that holds itself, directly or through a `Vec`) must bound how
+    /// deeply it nests when decoded: serde recurses once per level, and a few kilobytes nested
+    /// thousands deep overflow the stack and abort the process — again at each restart, since
+    /// the command is in the log. A decode error is harmless: the write answers
+    /// [`ApplyError::InvalidCommand`](crate::ApplyError::InvalidCommand).
     type Command: Serialize + DeserializeOwned + Send + 'static;
     /// What applying a command returns to the writer.
     ///

@@ -24,6 +24,7 @@ mod glob;
 mod hash;
 mod keys;
 mod list;
+mod nesting;
 mod reply;
 mod set;
 mod snapshot;
@@ -279,8 +280,10 @@ pub struct Watched {
     pub seen: u64,
 }
 
-/// One command of a transaction.
+/// One command of a transaction. Decoding refuses more than
+/// [`MAX_NESTING`](nesting::MAX_NESTING) levels of transactions and replies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub enum Queued {
     /// A write.
     Write(WriteOp),
@@ -289,6 +292,8 @@ pub enum Queued {
     /// A command whose reply does not depend on the store (`PING`, `ECHO`).
     Reply(Reply),
 }
+
+nesting::bounded_nesting!(Queued);
 
 /// A write as it travels through the log: the operation and when it was accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,8 +7,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::Serialize;
 
-/// A reply: a value, a shape of values, or an error.
+/// A reply: a value, a shape of values, or an error. Decoding refuses more than
+/// [`MAX_NESTING`](super::nesting::MAX_NESTING) levels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub enum Reply {
     /// Success with nothing to say (`+OK`).
     Ok,
@@ -39,6 +41,8 @@ pub enum Reply {
     /// returns one, so no other node ever has to read one.
     Set(Vec<Reply>),
 }
+
+super::nesting::bounded_nesting!(Reply);
 
 /// What went wrong applying a command to the store. Each is deterministic: every replica
 /// reaches the same error for the same command.

@@ -2278,3 +2278,70 @@ fn keys_in_a_transaction_walks_at_most_one_scan_steps_worth_of_keys() {
     );
     assert!(work <= 3, "{work}");
 }
+
+/// `prefix` repeated `depth` times around `core`, after `head`: a value nested `depth` deep,
+/// built as bytes (a value that deep could not even be dropped).
+fn nested_bytes(head: &[u8], prefix: &[u8], depth: usize, core: &[u8]) -> Vec<u8> {
+    let mut bytes = head.to_vec();
+    for _ in 0..depth {
+        bytes.extend_from_slice(prefix);
+    }
+    bytes.extend_from_slice(core);
+    bytes
+}
+
+/// A command or query nested deeper than any the server builds is refused by the decoder. A
+/// few kilobytes nested a thousand deep overflowed the decoding thread's stack and aborted the
+/// process: on the leader for a query, on every replica (and again at each restart) for a
+/// command in the log.
+#[test]
+fn deeply_nested_commands_and_queries_do_not_decode() {
+    use raft_core::codec::decode;
+    use raft_core::codec::encode;
+    // A command: EXEC whose one queued write is an EXEC …, around a FLUSHDB.
+    let flush = encode(&Command {
+        now: 0,
+        op: WriteOp::FlushDb,
+    })
+    .unwrap();
+    let one = encode(&Command {
+        now: 0,
+        op: WriteOp::Exec {
+            watched: vec![],
+            ops: vec![Queued::Write(WriteOp::FlushDb)],
+        },
+    })
+    .unwrap();
+    let exec = &one[1..one.len() - (flush.len() - 1)];
+    let command = |depth| nested_bytes(&flush[..1], exec, depth, &flush[1..]);
+    assert!(
+        decode::<Command>(&command(8)).is_ok(),
+        "a few levels decode"
+    );
+    let deep = command(100_000);
+    assert!(deep.len() < 1 << 20);
+    assert!(decode::<Command>(&deep).is_err());
+
+    // A query whose reply argument is an array of an array …
+    let query = |reply: Reply| {
+        encode(&Query {
+            now: 0,
+            op: ReadOp::ArgumentError {
+                key: b("k"),
+                kind: Kind::String,
+                missing: reply,
+                error: Reply::Nil,
+            },
+        })
+        .unwrap()
+    };
+    let nil = query(Reply::Nil);
+    let array = query(Reply::Array(vec![Reply::Nil]));
+    let split = nil.iter().zip(&array).take_while(|(a, b)| a == b).count();
+    let prefix = &array[split..array.len() - (nil.len() - split)];
+    let query = |depth| nested_bytes(&nil[..split], prefix, depth, &nil[split..]);
+    assert!(decode::<Query>(&query(8)).is_ok(), "a few levels decode");
+    assert!(decode::<Query>(&query(100_000)).is_err());
+    // Decoding after a refusal starts again from the top.
+    assert!(decode::<Query>(&query(31)).is_ok());
+}
