@@ -111,6 +111,24 @@ async fn read_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Reply {
     .await
 }
 
+/// Answers the query `op()` (built again for each attempt) at the node's consistency; a failure
+/// is returned as the cluster gave it, for the caller to word.
+pub(crate) async fn read_raw(ctx: &Ctx, op: impl Fn() -> ReadOp) -> Result<Reply, RequestError> {
+    attempts(false, || {
+        let q = Query {
+            now: now_ms(),
+            op: op(),
+        };
+        ctx.client.read(q, ctx.consistency)
+    })
+    .await
+}
+
+/// The reply a client gets for a call that failed for good and changed nothing.
+pub(crate) fn read_failure(e: &RequestError) -> Reply {
+    failure(e, false)
+}
+
 /// `KEYS` as a walk of SCAN steps, each holding the state machine for at most
 /// [`commands::SCAN_STEP`] keys, so writes go on between steps. The first step is read at the
 /// node's consistency; the rest follow locally from there. Like SCAN, a key present for the

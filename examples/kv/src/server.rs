@@ -32,6 +32,7 @@ use raft_core::Consistency;
 use raft_core::Role;
 use raft_core::Session;
 use raft_grpc::LocalClient;
+use raft_grpc::RequestError;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWrite;
@@ -47,6 +48,7 @@ use crate::client_memory::ClientMemory;
 use crate::client_memory::Share;
 use crate::commands;
 use crate::commands::Action;
+use crate::forward;
 use crate::forward::keys;
 use crate::forward::read;
 use crate::forward::retrying_for;
@@ -848,11 +850,16 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
     if tx.ops.is_empty() && watched.is_empty() {
         return Reply::Array(Vec::new());
     }
-    let op = WriteOp::ExecStrict {
-        watched,
-        ops: tx.ops,
+    let outcome = if tx.ops.iter().any(|q| matches!(q, Queued::Write(_))) {
+        let op = WriteOp::ExecStrict {
+            watched,
+            ops: tx.ops,
+        };
+        replicated(conn, ctx, op, now).await
+    } else {
+        exec_reads(conn, ctx, watched, tx.ops, now).await
     };
-    let reply = match replicated(conn, ctx, op, now).await {
+    let reply = match outcome {
         // Not applied, or a watched key changed: nothing of the transaction ran.
         Err(failed) => return failed,
         Ok(Reply::NilArray) => return Reply::NilArray,
@@ -885,6 +892,32 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
         }
     }
     Reply::Array(replies)
+}
+
+/// `EXEC` of a transaction that queued no write: one read that runs its reads together
+/// ([`ReadOp::Transaction`]), at the node's consistency like any read. It writes no log entry,
+/// so a user allowed only to read cannot make one, not even while the storage alarm is raised.
+/// A leader of an earlier version, which cannot read such a query (`InvalidCommand`), gets the
+/// transaction as a replicated `EXEC`, as before.
+async fn exec_reads(
+    conn: &mut Conn,
+    ctx: &Ctx,
+    watched: Vec<Watched>,
+    ops: Vec<Queued>,
+    now: u64,
+) -> Result<Reply, Reply> {
+    let read = forward::read_raw(ctx, || ReadOp::Transaction {
+        watched: watched.clone(),
+        ops: ops.clone(),
+    })
+    .await;
+    match read {
+        Ok(reply) => Ok(reply),
+        Err(RequestError::InvalidCommand(_)) => {
+            replicated(conn, ctx, WriteOp::ExecStrict { watched, ops }, now).await
+        }
+        Err(e) => Err(forward::read_failure(&e)),
+    }
 }
 
 /// `WATCH`: reads the keys' versions (at the node's consistency) for the next `EXEC` to check.

@@ -1132,3 +1132,62 @@ async fn send_all(stream: &mut h2::SendStream<bytes::Bytes>, mut data: bytes::By
     }
     true
 }
+
+/// The node's last log index, from INFO.
+fn last_log_index(c: &mut Client) -> u64 {
+    let info = c.call(&[b"INFO", b"replication"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("raft_last_log_index:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no last log index in {info}"))
+}
+
+/// A transaction of reads is answered as one read and writes nothing to the log, so a user
+/// allowed only to read cannot make the cluster store anything: twenty transactions queuing 1
+/// MiB each leave the log where it was. WATCH still aborts one whose key changed, and a
+/// transaction with a write is replicated as before.
+#[test]
+fn a_transaction_of_reads_writes_no_log_entry() {
+    let users = tempfile::NamedTempFile::new().expect("users file");
+    std::fs::write(
+        users.path(),
+        "writer write writer-password\nreader read reader-password\n",
+    )
+    .expect("users");
+    let path = users.path().to_string_lossy().into_owned();
+    let node = Node::start_with_password(&["--users-file", &path]);
+    let mut w = node.connect();
+    assert_eq!(w.call(&[b"AUTH", b"writer", b"writer-password"]), "+OK");
+    assert_eq!(w.call(&[b"SET", b"k", b"v"]), "+OK");
+    let mut r = node.connect();
+    assert_eq!(r.call(&[b"AUTH", b"reader", b"reader-password"]), "+OK");
+
+    let before = last_log_index(&mut r);
+    let big = vec![b'x'; MIB];
+    for _ in 0..20 {
+        assert_eq!(r.call(&[b"MULTI"]), "+OK");
+        assert_eq!(r.call(&[b"GET", b"k"]), "+QUEUED");
+        assert_eq!(r.call(&[b"EXISTS", &big]), "+QUEUED");
+        assert_eq!(r.call(&[b"PING"]), "+QUEUED");
+        assert_eq!(r.call(&[b"EXEC"]), "v\n:0\n+PONG");
+    }
+    assert_eq!(last_log_index(&mut r), before, "reads wrote to the log");
+
+    // A watched key written meanwhile aborts the transaction.
+    assert_eq!(r.call(&[b"WATCH", b"k"]), "+OK");
+    assert_eq!(w.call(&[b"SET", b"k", b"w"]), "+OK");
+    assert_eq!(r.call(&[b"MULTI"]), "+OK");
+    assert_eq!(r.call(&[b"GET", b"k"]), "+QUEUED");
+    assert_eq!(r.call(&[b"EXEC"]), "", "a null array");
+    assert_eq!(r.call(&[b"MULTI"]), "+OK");
+    assert_eq!(r.call(&[b"GET", b"k"]), "+QUEUED");
+    assert_eq!(r.call(&[b"EXEC"]), "w");
+
+    // A transaction that writes goes through the log.
+    let before = last_log_index(&mut w);
+    assert_eq!(w.call(&[b"MULTI"]), "+OK");
+    assert_eq!(w.call(&[b"SET", b"a", b"1"]), "+QUEUED");
+    assert_eq!(w.call(&[b"GET", b"a"]), "+QUEUED");
+    assert_eq!(w.call(&[b"EXEC"]), "+OK\n1");
+    assert!(last_log_index(&mut w) > before);
+}

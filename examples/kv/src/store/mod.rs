@@ -452,6 +452,13 @@ pub enum ReadOp {
         missing: Reply,
         error: Reply,
     },
+    /// `EXEC` of a transaction that queued no write: its reads in order, under the state's lock
+    /// as one read, so nothing runs between them and no log entry is written. The watched keys
+    /// and the bounds are those of [`WriteOp::ExecStrict`]. A queued write answers an error.
+    Transaction {
+        watched: Vec<Watched>,
+        ops: Vec<Queued>,
+    },
 }
 
 /// A read as it is sent: the question and the reader's time (for expiry).
@@ -808,10 +815,49 @@ impl Store {
         max_reply: Option<usize>,
         strict: bool,
     ) -> Reply {
-        let changed = watched.iter().any(|w| {
+        if self.watched_changed(&watched, now, strict) {
+            return Reply::NilArray;
+        }
+        let mut run = ExecRun::new(ops.len(), max_reply, strict);
+        for (i, op) in ops.into_iter().enumerate() {
+            let full = run.full();
+            let reply = match op {
+                Queued::Write(op) => Some(self.apply_op(op, now)),
+                Queued::Read(_) | Queued::Reply(_) if full => None,
+                other => self.answer_queued(other, i, now, &mut run),
+            };
+            run.push(full, reply);
+        }
+        run.finish()
+    }
+
+    /// [`ReadOp::Transaction`]: a transaction without writes, answered as
+    /// [`WriteOp::ExecStrict`] would answer it.
+    fn exec_reads(&self, watched: &[Watched], ops: Vec<Queued>, now: u64) -> Reply {
+        if self.watched_changed(watched, now, true) {
+            return Reply::NilArray;
+        }
+        let mut run = ExecRun::new(ops.len(), Some(MAX_EXEC_REPLY), true);
+        for (i, op) in ops.into_iter().enumerate() {
+            let full = run.full();
+            let reply = match op {
+                Queued::Write(_) => Some(Reply::Error(
+                    "ERR internal error: a write in a transaction sent as a read".into(),
+                )),
+                _ if full => None,
+                other => self.answer_queued(other, i, now, &mut run),
+            };
+            run.push(full, reply);
+        }
+        run.finish()
+    }
+
+    /// Whether a watched key changed since it was watched. Under the `strict` rule
+    /// ([`WriteOp::ExecStrict`]), a key written since the WATCH that has expired, and is not
+    /// swept yet, changed too (swept or deleted, `removed` says so).
+    fn watched_changed(&self, watched: &[Watched], now: u64, strict: bool) -> bool {
+        watched.iter().any(|w| {
             let version = self.live(&w.key, now).map_or(0, |v| v.version);
-            // Under the strict rule, a key written since the WATCH that has expired, and is not
-            // swept yet, changed too (swept or deleted, `removed` says so).
             let written_since = || {
                 strict
                     && self
@@ -820,63 +866,36 @@ impl Store {
                         .is_some_and(|v| v.version > w.seen)
             };
             version != w.version || (version == 0 && (self.removed > w.seen || written_since()))
-        });
-        if changed {
-            return Reply::NilArray;
-        }
-        let mut replies = Vec::with_capacity(ops.len());
-        let mut held = 0usize;
-        let mut work = 0u64;
-        for (i, op) in ops.into_iter().enumerate() {
-            let full = max_reply.is_some_and(|max| held > max) || work > MAX_EXEC_READ_WORK;
-            let reply = match op {
-                Queued::Write(op) => self.apply_op(op, now),
-                Queued::Read(_) | Queued::Reply(_) if full => continue,
-                Queued::Read(op) => {
-                    if strict {
-                        work = work.saturating_add(self.read_work(&op, now));
-                        if work > MAX_EXEC_READ_WORK {
-                            continue;
-                        }
-                    }
-                    // Random reads draw from the entry and their place in it, so every replica
-                    // answers alike.
-                    let seed = self.writes.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                        ^ now
-                        ^ (i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                    let matched_before = glob::match_steps();
-                    let reply = self.answer(op, now, seed);
-                    // What its MATCH pattern cost, known only now: it counts against the reads
-                    // after it.
-                    if strict {
-                        let steps = glob::match_steps().saturating_sub(matched_before);
-                        work = work.saturating_add(steps / MATCH_STEPS_PER_UNIT);
-                    }
-                    reply
-                }
-                Queued::Reply(r) => r,
-            };
-            if !full {
-                // Measured only where it is bounded: pipelined batches are not.
-                if max_reply.is_some() {
-                    held = held.saturating_add(reply.footprint());
-                }
-                replies.push(reply);
+        })
+    }
+
+    /// The reply of the `i`th command of a transaction, a read or a fixed reply, counting its
+    /// work in `run`; `None` if the reads' work bound is passed and it is skipped.
+    fn answer_queued(&self, op: Queued, i: usize, now: u64, run: &mut ExecRun) -> Option<Reply> {
+        let op = match op {
+            Queued::Read(op) => op,
+            Queued::Reply(r) => return Some(r),
+            Queued::Write(_) => return None,
+        };
+        if run.strict {
+            run.work = run.work.saturating_add(self.read_work(&op, now));
+            if run.work > MAX_EXEC_READ_WORK {
+                return None;
             }
         }
-        if let Some(max_reply) = max_reply
-            && held > max_reply
-        {
-            return Reply::Error(format!(
-                "ERR the transaction was applied, but its replies would take more than {max_reply} bytes and are not returned"
-            ));
+        // Random reads draw from the entry and their place in it, so every replica answers
+        // alike.
+        let seed = self.writes.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ now
+            ^ (i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let matched_before = glob::match_steps();
+        let reply = self.answer(op, now, seed);
+        // What its MATCH pattern cost, known only now: it counts against the reads after it.
+        if run.strict {
+            let steps = glob::match_steps().saturating_sub(matched_before);
+            run.work = run.work.saturating_add(steps / MATCH_STEPS_PER_UNIT);
         }
-        if work > MAX_EXEC_READ_WORK {
-            return Reply::Error(format!(
-                "ERR the transaction was applied, but its reads would examine more than {MAX_EXEC_READ_WORK} keys and are not answered; run large scans outside MULTI"
-            ));
-        }
-        Reply::Array(replies)
+        Some(reply)
     }
 
     /// At most how much work answering `op` takes (see [`MAX_EXEC_READ_WORK`]), found without
@@ -1017,6 +1036,7 @@ impl Store {
             ReadOp::SMembers(key) => self.smembers(&key, now),
             ReadOp::SCard(key) => self.scard(&key, now),
             ReadOp::SIsMember { key, member } => self.sismember(&key, &member, now),
+            ReadOp::Transaction { watched, ops } => self.exec_reads(&watched, ops, now),
             ReadOp::MemoryUsage(key) => self.live(&key, now).map_or(Reply::Nil, |v| {
                 Reply::Int((key.len() + v.data.size() + 64) as i64)
             }),
@@ -1045,6 +1065,64 @@ impl Store {
 }
 
 /// Whether `op` only frees space (or only reads): what runs under the NOSPACE alarm.
+/// The replies of a transaction as its commands run, within its bounds (see `Store::exec`).
+struct ExecRun {
+    replies: Vec<Reply>,
+    /// Past this many bytes of replies, the rest are not built (`None`: unbounded, for entries
+    /// written before the bound).
+    max_reply: Option<usize>,
+    held: usize,
+    /// Whether reads count their work against [`MAX_EXEC_READ_WORK`].
+    strict: bool,
+    work: u64,
+}
+
+impl ExecRun {
+    fn new(commands: usize, max_reply: Option<usize>, strict: bool) -> ExecRun {
+        ExecRun {
+            replies: Vec::with_capacity(commands),
+            max_reply,
+            held: 0,
+            strict,
+            work: 0,
+        }
+    }
+
+    /// Whether a bound is passed: the commands after this still apply, but reply nothing.
+    fn full(&self) -> bool {
+        self.max_reply.is_some_and(|max| self.held > max) || self.work > MAX_EXEC_READ_WORK
+    }
+
+    /// Keeps a command's reply, unless the run was `full` before it ran.
+    fn push(&mut self, full: bool, reply: Option<Reply>) {
+        let Some(reply) = reply else { return };
+        if full {
+            return;
+        }
+        // Measured only where it is bounded: pipelined batches are not.
+        if self.max_reply.is_some() {
+            self.held = self.held.saturating_add(reply.footprint());
+        }
+        self.replies.push(reply);
+    }
+
+    fn finish(self) -> Reply {
+        if let Some(max_reply) = self.max_reply
+            && self.held > max_reply
+        {
+            return Reply::Error(format!(
+                "ERR the transaction was applied, but its replies would take more than {max_reply} bytes and are not returned"
+            ));
+        }
+        if self.work > MAX_EXEC_READ_WORK {
+            return Reply::Error(format!(
+                "ERR the transaction was applied, but its reads would examine more than {MAX_EXEC_READ_WORK} keys and are not answered; run large scans outside MULTI"
+            ));
+        }
+        Reply::Array(self.replies)
+    }
+}
+
 fn frees_space(op: &WriteOp) -> bool {
     match op {
         WriteOp::Del(_) | WriteOp::GetDel(_) | WriteOp::FlushDb | WriteOp::PurgeExpired { .. } => {
