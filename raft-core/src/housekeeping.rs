@@ -1,6 +1,8 @@
 //! A node's background task: it samples the data directory and the process's memory for the
 //! storage quota and the memory limit, takes a
-//! snapshot when the log has grown by [`Config::snapshot_log_bytes`], forgets voters' alarms
+//! snapshot when the log has grown by [`Config::snapshot_log_bytes`] (and, while its disk is in
+//! alarm, whenever entries were applied since the last one, purging the log up to it), forgets
+//! voters' alarms
 //! when the node stops leading, and logs a fatal stop loudly (and closes the snapshot store
 //! then). It ends when the node stops or every handle to it is dropped.
 
@@ -26,6 +28,20 @@ use crate::state_machine::StateMachine;
 const SNAPSHOT_CHECK: Duration = Duration::from_millis(200);
 /// A snapshot asked for but not seen land is asked for again after this long.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(10);
+
+/// While a node's own disk is in alarm, how many check intervals apart it asks for snapshots.
+const ALARM_SNAPSHOT_INTERVALS: u32 = 10;
+
+/// Compaction while this node's disk is in alarm. The writes it still takes are the ones that
+/// free space (deletes), but their space comes back only once a snapshot covers them and the
+/// log before it is purged; the size trigger, waiting for the log to grow, would not come.
+#[derive(Debug, Default)]
+struct AlarmCompaction {
+    /// When a snapshot was last asked for.
+    asked: Option<Instant>,
+    /// The snapshot index the log was last purged up to.
+    purged_to: Option<u64>,
+}
 
 /// What the task needs from its node (besides the node itself, held weakly).
 pub(crate) struct Housekeeping {
@@ -103,6 +119,7 @@ impl Housekeeping {
         let mut disk_tick = tokio::time::interval(self.config.quota.check_interval);
         disk_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut memory_unreadable = false;
+        let mut alarm_compaction = AlarmCompaction::default();
         loop {
             let check_size = tokio::select! {
                 _ = snapshot_tick.tick() => true,
@@ -113,7 +130,8 @@ impl Housekeeping {
                 true => self.check_log_size(&raft, &mut trigger).await,
                 false => {
                     self.sample_memory(&mut memory_unreadable);
-                    self.sample_disk().await
+                    self.sample_disk().await;
+                    self.compact_in_alarm(&raft, &mut alarm_compaction).await;
                 }
             }
             let (state, running) = {
@@ -157,6 +175,55 @@ impl Housekeeping {
                 log_bytes = written.saturating_sub(trigger.mark),
                 threshold,
                 "the log has grown past the snapshot threshold; taking a snapshot"
+            );
+            let _ = raft.trigger().snapshot().await;
+        }
+    }
+
+    /// While this node's disk is in alarm: purges the log up to the latest snapshot (all of it,
+    /// not keeping [`Config::keep_after_snapshot`] entries: a follower that falls behind gets a
+    /// snapshot instead), and asks for a new snapshot when entries were applied since the last
+    /// one, at most once per [`ALARM_SNAPSHOT_INTERVALS`] check intervals.
+    async fn compact_in_alarm<S: StateMachine>(
+        &self,
+        raft: &RaftHandle<S>,
+        state: &mut AlarmCompaction,
+    ) {
+        if !self.space.disk_alarm() {
+            *state = AlarmCompaction::default();
+            return;
+        }
+        let (applied, snapshot, purged) = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            (
+                m.last_applied.map(|l| l.index),
+                m.snapshot.map(|l| l.index),
+                m.purged.map(|l| l.index),
+            )
+        };
+        if let Some(upto) = snapshot
+            && purged < Some(upto)
+            && state.purged_to != Some(upto)
+        {
+            state.purged_to = Some(upto);
+            tracing::info!(
+                node = self.config.id,
+                upto,
+                "the disk is in alarm; purging the log up to the latest snapshot"
+            );
+            let _ = raft.trigger().purge_log(upto).await;
+        }
+        let every = self
+            .config
+            .quota
+            .check_interval
+            .saturating_mul(ALARM_SNAPSHOT_INTERVALS);
+        if applied > snapshot && state.asked.is_none_or(|at| at.elapsed() >= every) {
+            state.asked = Some(Instant::now());
+            tracing::info!(
+                node = self.config.id,
+                "the disk is in alarm and entries were applied since the last snapshot; taking a snapshot so the log can be purged"
             );
             let _ = raft.trigger().snapshot().await;
         }

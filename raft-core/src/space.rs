@@ -309,6 +309,12 @@ impl Space {
         }
     }
 
+    /// Whether this node's own storage breaks its limits at the latest sample (not its memory,
+    /// not a voter's alarm).
+    pub fn disk_alarm(&self) -> bool {
+        self.lock().disk.is_some()
+    }
+
     /// A space whose memory limit starts at `quota`'s.
     pub fn new(quota: &QuotaOptions) -> Space {
         let space = Space::default();

@@ -206,6 +206,59 @@ async fn the_alarm_refuses_growing_writes_keeps_reads_and_deletes_and_clears_by_
     cluster.shutdown().await.unwrap();
 }
 
+/// A data directory over its quota comes back under it once the keys are deleted, with no
+/// write that grows the log: while its disk is in alarm a node snapshots what was applied and
+/// purges its log up to the snapshot. The size trigger (64 MiB by default) never fires here, and
+/// the default 1,000 entries kept behind a snapshot would keep every entry written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_the_keys_clears_a_quota_alarm_without_any_growing_write() {
+    const QUOTA: u64 = 1 << 20;
+    let cluster = start(|c| {
+        c.with_wal(WalOptions::default().with_segment_size(64 << 10))
+            .with_quota(
+                QuotaOptions::default()
+                    .with_min_free_bytes(0)
+                    .with_max_used_bytes(QUOTA)
+                    .with_check_interval(Duration::from_millis(50)),
+            )
+    })
+    .await;
+    let node = leader(&cluster).await;
+    let value = "v".repeat(4096);
+    let mut keys = 0;
+    loop {
+        match node
+            .write(Cmd::Put(format!("key-{keys}"), value.clone()))
+            .await
+        {
+            Ok(_) => keys += 1,
+            Err(Error::NoSpace { .. }) => break,
+            Err(e) => panic!("write failed: {e}"),
+        }
+        assert!(keys < 10_000, "the quota never raised the alarm");
+    }
+    assert!(keys > 100, "the alarm came after only {keys} writes");
+    for k in 0..keys {
+        node.write(Cmd::Delete(format!("key-{k}"))).await.unwrap();
+    }
+    eventually(
+        Duration::from_secs(20),
+        "every node's alarm cleared",
+        || {
+            cluster
+                .running()
+                .iter()
+                .all(|id| cluster.node(*id).unwrap().storage().local_alarm.is_none())
+                && !node.storage().refusing_writes
+        },
+    )
+    .await;
+    node.write(Cmd::Put("after".into(), "x".into()))
+        .await
+        .unwrap();
+    cluster.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_voter_in_alarm_stops_the_leader_until_it_reports_clear() {
     let cluster = start(fast_quota).await;
