@@ -399,6 +399,63 @@ struct Slot {
     next: u64,
 }
 
+/// The slot of a write in flight. A write whose future is dropped part-way (a timeout or a
+/// `select!` around it) still gives its slot back: the sequence it sent was spent before it
+/// was sent, so the session's next write is newer than anything that write may still apply.
+struct SlotInUse<'a, S: Queryable> {
+    client: &'a ClusterClient<S>,
+    slot: Slot,
+    /// Whether dropping this gives the slot back.
+    armed: bool,
+}
+
+impl<'a, S: Queryable> SlotInUse<'a, S> {
+    fn new(client: &'a ClusterClient<S>, slot: Slot) -> Self {
+        SlotInUse {
+            client,
+            slot,
+            armed: true,
+        }
+    }
+
+    /// The slot, for the caller to give back or discard itself.
+    fn take(mut self) -> Slot {
+        self.armed = false;
+        self.slot
+    }
+}
+
+impl<S: Queryable> Drop for SlotInUse<'_, S> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        {
+            let mut slots = self
+                .client
+                .inner
+                .slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !slots.closed {
+                slots.free.push(self.slot);
+                return;
+            }
+        }
+        // The client was closed meanwhile: close the session in the background, as the write
+        // would have as it ended.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            let client_id = self.slot.client_id;
+            runtime.spawn(async move {
+                if let Err(e) = client.close_session(client_id).await {
+                    tracing::debug!(client_id, error = %e, "closing a session failed");
+                }
+            });
+        }
+    }
+}
+
 /// The sessions of [`ClusterClient::write`] that no write is using, and whether the client was
 /// closed (then a session is closed when its write ends, rather than kept).
 #[derive(Default)]
@@ -683,26 +740,33 @@ impl<S: Queryable> ClusterClient<S> {
     /// being retried, the write fails with [`ApplyError::UnknownSession`]: its outcome is
     /// unknown ([`ClientError::outcome_unknown`]); the next write opens a new session. The
     /// sessions stay open until [`ClusterClient::close`]; once the client is closed, a write is
-    /// refused with [`ClientError::Closed`].
+    /// refused with [`ClientError::Closed`]. A write whose future is dropped before it ends (a
+    /// timeout around it) gives its session back for the next write, as one that ends does;
+    /// its outcome is unknown to the caller, and whatever it may still apply comes before that
+    /// next write in the session's order.
     pub async fn write(&self, command: S::Command) -> Result<S::Output, ClientError> {
-        let (mut slot, mut reused) = self.take_slot().await?;
+        let (slot, mut reused) = self.take_slot().await?;
+        let mut held = SlotInUse::new(self, slot);
         loop {
             let session = raft_core::Session {
-                client_id: slot.client_id,
-                sequence: slot.next,
+                client_id: held.slot.client_id,
+                sequence: held.slot.next,
             };
+            // Whatever happens, this sequence is used up (even if this call is dropped while
+            // the write is in flight): the next write of the slot is newer.
+            held.slot.next += 1;
             let result = self.write_attempts(session, &command).await;
-            // Whatever happened, this sequence is used up: the next write of the slot is newer.
-            slot.next += 1;
             match result {
                 // Refused at once, with no attempt in doubt: not applied. The session went
                 // while the slot was idle; write again in a new one.
                 Err(ClientError::Refused(RequestError::UnknownSession(_))) if reused => {
-                    slot = self.new_slot().await?;
+                    held.take();
+                    held = SlotInUse::new(self, self.new_slot().await?);
                     reused = false;
                 }
                 Err(e) => {
                     let e = write_error(e, session);
+                    let slot = held.take();
                     // A session that can no longer answer spends its slot.
                     if !matches!(
                         e,
@@ -715,7 +779,7 @@ impl<S: Queryable> ClusterClient<S> {
                     return Err(e);
                 }
                 Ok(output) => {
-                    self.return_slot(slot).await;
+                    self.return_slot(held.take()).await;
                     return Ok(output);
                 }
             }

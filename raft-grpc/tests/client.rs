@@ -156,6 +156,45 @@ async fn closing_the_client_closes_the_sessions_its_writes_opened() {
     );
 }
 
+/// A write whose future is dropped while it is in flight (a timeout or a `select!` around it)
+/// gives its session back: the next write reuses it instead of opening another, and closing
+/// the client closes it. Left behind, each such write held a session the cluster replicates
+/// until eviction, and the next one registered a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_dropped_in_flight_gives_its_session_back() {
+    let c = GrpcCluster::start(3, GrpcOptions::default(), |c| c).await;
+    let leader = c.leader().await;
+    let open = |id| c.nodes[&id].node().open_sessions();
+    let before = open(leader);
+    let client: ClusterClient<Kv> =
+        ClusterClient::new(c.endpoints(), ClientOptions::default()).unwrap();
+    client
+        .write(Cmd::Put("a".into(), "1".into()))
+        .await
+        .unwrap();
+    assert_eq!(open(leader), before + 1);
+
+    for i in 0..3 {
+        let mut dropped = Box::pin(client.write(Cmd::Put(format!("dropped{i}"), "v".into())));
+        // Polled once, so it has taken the session and sent the write (see above), then dropped.
+        if let std::task::Poll::Ready(done) = futures_util::poll!(&mut dropped) {
+            panic!("the write should be under way, but it ended at its first poll: {done:?}");
+        }
+        drop(dropped);
+    }
+    client
+        .write(Cmd::Put("b".into(), "2".into()))
+        .await
+        .unwrap();
+    assert_eq!(open(leader), before + 1, "a dropped write kept its session");
+
+    client.close().await.unwrap();
+    c.wait_until("every node dropped the client's session", |c| {
+        c.nodes.values().all(|n| n.node().open_sessions() == before)
+    })
+    .await;
+}
+
 /// A learner that cannot catch up is reported as such: the leader waits its request timeout for
 /// it, longer than the client's default attempt timeout (5 s), and the attempt outlasts that
 /// wait rather than being cut off and sent again until the client gives up.
