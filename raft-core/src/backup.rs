@@ -95,6 +95,7 @@ use crate::snapshot::SnapshotError;
 use crate::snapshot::SnapshotStore;
 use crate::state_machine::StateMachine;
 use crate::types::LeaderId;
+use crate::types::LogId;
 use crate::types::Membership;
 use crate::types::NodeId;
 use crate::types::SnapshotMeta;
@@ -565,6 +566,20 @@ fn restore(
     })
 }
 
+/// How far past the backup's last log index a restored cluster's log starts (2^40).
+///
+/// A client session's id is the log index of the entry that opened it, and the session table
+/// travels in the backup. The cluster the backup came from went on opening sessions after it
+/// was taken; had the restored log continued right after the backup, its new sessions would
+/// get those same ids, and a client still holding one of them (its cluster restored at the
+/// same addresses) would write in another client's session: its write taken as a duplicate and
+/// answered with the other's output, or applied in the other's sequence. Past the gap, such a
+/// client's session is unknown to the restored cluster, which says so
+/// ([`ApplyError::UnknownSession`](crate::ApplyError::UnknownSession)). 2^40 entries is more
+/// than a source cluster writes in years at 10,000 entries a second, and leaves 2^24 restores
+/// of room in the log's 64-bit index.
+pub const RESTORE_INDEX_GAP: u64 = 1 << 40;
+
 /// The entries of a restored data directory, in the order they are moved into an existing
 /// one: the log (with its vote) last.
 const ENTRIES: [&str; 3] = ["snapshots", crate::cluster_id::FILE_NAME, "wal"];
@@ -865,7 +880,21 @@ fn write_restored(
     data: &SnapshotData,
     parsed: &snapshot::Parsed,
 ) -> Result<(), BackupError> {
-    let last = parsed.meta.last_log_id.ok_or(BackupError::NothingApplied)?;
+    let backup_last = parsed.meta.last_log_id.ok_or(BackupError::NothingApplied)?;
+    // The restored cluster's log starts RESTORE_INDEX_GAP past the backup's last entry (see
+    // there): its sessions get ids the source cluster never gave.
+    let last = LogId {
+        leader_id: backup_last.leader_id,
+        index: backup_last
+            .index
+            .checked_add(RESTORE_INDEX_GAP)
+            .ok_or_else(|| {
+                BackupError::Invalid(SnapshotError::Corrupt {
+                    what: backup.display().to_string(),
+                    reason: format!("its last log index {} leaves no room", backup_last.index),
+                })
+            })?,
+    };
     let voters: BTreeSet<NodeId> = initial_members.keys().copied().collect();
     let nodes: BTreeMap<NodeId, BasicNode> = initial_members
         .iter()

@@ -173,6 +173,19 @@ async fn a_backup_during_writes_restores_into_a_new_cluster_with_exactly_its_sta
             .await
             .unwrap();
     }
+    // A client of the source cluster opens a session after the backup, and writes in it.
+    let late_session = leader.register_session().await.unwrap();
+    let in_late_session = |sequence| raft_core::Session {
+        client_id: late_session,
+        sequence,
+    };
+    leader
+        .write_in_session(
+            in_late_session(1),
+            KvCommand::Put("late".into(), "1".into()),
+        )
+        .await
+        .unwrap();
 
     assert!(
         info.index >= at.index,
@@ -227,6 +240,40 @@ async fn a_backup_during_writes_restores_into_a_new_cluster_with_exactly_its_sta
     assert!(
         during >= acked_before && during <= acked_during + 1,
         "{during} writes of the writer"
+    );
+
+    // The new cluster's sessions never get an id the source cluster gave after the backup: a
+    // client still holding such a session (its cluster restored at the same addresses) is told
+    // its session is unknown, rather than writing in another client's.
+    // Sessions are opened until the log passes the stale session's id.
+    let mut opened = Vec::new();
+    while new_leader.metrics().last_log_index.unwrap_or(0) <= late_session {
+        opened.push(new_leader.register_session().await.unwrap());
+        assert!(opened.len() < 1_000, "the log does not move");
+    }
+    assert!(
+        !opened.contains(&late_session),
+        "the restored cluster gave out session {late_session} again"
+    );
+    assert!(
+        opened
+            .iter()
+            .all(|id| *id > info.index + backup::RESTORE_INDEX_GAP)
+    );
+    let stale = new_leader
+        .write_in_session(
+            in_late_session(2),
+            KvCommand::Put("late".into(), "2".into()),
+        )
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(Error::Rejected(
+                raft_core::ApplyError::UnknownSession { .. }
+            ))
+        ),
+        "{stale:?}"
     );
 
     // The new cluster takes writes after the backup's index, and every node agrees.
