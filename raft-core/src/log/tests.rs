@@ -1573,3 +1573,33 @@ async fn a_power_loss_during_a_truncation_leaves_the_old_log_or_a_clean_prefix()
         got.len()
     );
 }
+
+/// A truncation knows the entry it keeps: its log id is what the caller names. With no cache,
+/// the new last entry's id was read back from the disk, and a read that failed left the log
+/// with no last entry while entries remained (`last_log_id` `None`), so the next append or
+/// election started from a wrong state. Here every record past the segment's first bytes is
+/// zeroed before the cut.
+#[tokio::test]
+async fn a_truncation_keeps_the_named_last_entry_without_reading_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        cache_entries: 0,
+        ..small_segments()
+    };
+    let mut log = LogStore::open(dir.path(), 1, opts.clone()).unwrap();
+    append(&mut log, (1..=10).map(|i| entry(1, i, 100)).collect()).await;
+    let segments = segment::list(dir.path()).unwrap();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let path = segments[0].1.clone();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let len = f.metadata().unwrap().len();
+        f.write_all_at(&vec![0u8; (len - 200) as usize], 200)
+            .unwrap();
+    }
+    let keep = types::log_id(1, 1, 5);
+    log.truncate_after(Some(keep)).await.unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(keep));
+}

@@ -275,7 +275,9 @@ impl View {
         }
     }
 
-    fn truncate_from(&mut self, index: u64) {
+    /// Drops the entries from `index` on; `kept` is the log id of the entry before it, as the
+    /// caller named it (the new last entry, if any is left).
+    fn truncate_from(&mut self, index: u64, kept: Option<LogId>) {
         self.cuts += 1;
         let keep = index.saturating_sub(self.first) as usize;
         self.locs.truncate(keep);
@@ -287,18 +289,8 @@ impl View {
         }
         self.last = match self.locs.is_empty() {
             true => self.purged,
-            false => self
-                .cache
-                .back()
-                .map(|(e, _)| e.log_id)
-                .or(self.last_from_locs()),
+            false => self.cache.back().map(|(e, _)| e.log_id).or(kept),
         };
-    }
-
-    fn last_from_locs(&self) -> Option<LogId> {
-        // Only reached when the cache is disabled: read the last entry back.
-        let last = self.end().checked_sub(1)?;
-        self.read(last).ok().map(|e| e.log_id)
     }
 
     fn purge_to(&mut self, upto: LogId) {
@@ -818,7 +810,7 @@ impl Wal {
         // one whose segment is gone or cut. (The view keeps where the surviving entries are.)
         let keep_loc = (first_removed > first)
             .then(|| self.view.read().locs[(first_removed - 1 - first) as usize]);
-        self.view.write().truncate_from(first_removed);
+        self.view.write().truncate_from(first_removed, keep);
         if let Some(keep_loc) = keep_loc {
             let later: Vec<u64> = self
                 .view
