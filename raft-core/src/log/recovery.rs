@@ -96,7 +96,9 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
     let mut committed: Option<LogId> = None;
     let mut prev_index: Option<u64> = None;
     let mut tail: Option<Tail> = None;
-    let mut removed_any = false;
+    // Segments to delete (purged, or created empty just before a crash): deleted only once the
+    // whole log has been read and accepted, so a log that is refused is left as it was.
+    let mut doomed: Vec<std::path::PathBuf> = Vec::new();
     let count = listed.len();
     let firsts: Vec<u64> = listed.iter().map(|(first, _)| *first).collect();
     for (i, (first, path)) in listed.into_iter().enumerate() {
@@ -107,8 +109,7 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
         if let (Some(p), Some(next)) = (purged_index, firsts.get(i + 1))
             && next.saturating_sub(1) <= p
         {
-            fs::remove_file(&path).map_err(at("remove", &path))?;
-            removed_any = true;
+            doomed.push(path);
             continue;
         }
         let (seg, framing) = Segment::open(&path, first)?;
@@ -288,8 +289,7 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
         if fully_purged {
             // Finish an interrupted purge, or drop a segment created just before a crash.
             drop(seg);
-            fs::remove_file(&path).map_err(at("remove", &path))?;
-            removed_any = true;
+            doomed.push(path);
             continue;
         }
         let end = cut_at.unwrap_or(stop.offset());
@@ -315,7 +315,10 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
             });
         }
     }
-    if removed_any {
+    for path in &doomed {
+        fs::remove_file(path).map_err(at("remove", path))?;
+    }
+    if !doomed.is_empty() {
         fsutil::sync_dir(dir)?;
     }
     // A commit marker can only name an entry written before it, so it never exceeds the

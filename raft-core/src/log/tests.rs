@@ -1603,3 +1603,38 @@ async fn a_truncation_keeps_the_named_last_entry_without_reading_it_back() {
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id, Some(keep));
 }
+
+/// Recovery changes nothing in a log it refuses. A file named as the segment after the purge
+/// point, but not a segment (a stray copy, a partial restore), is refused; the segment that
+/// holds the live entries before it must still be there, so that removing the stray file
+/// brings the log back. It was deleted on the strength of the stray file's name, before that
+/// file was read.
+#[tokio::test]
+async fn a_refused_log_keeps_every_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    let entries: Vec<Entry> = (1..=300).map(|i| entry(1, i, 100)).collect();
+    for batch in entries.chunks(10) {
+        append(&mut log, batch.to_vec()).await;
+    }
+    let segs = segment::list(dir.path()).unwrap();
+    assert!(segs.len() >= 3, "{} segments", segs.len());
+    // Purged to the middle of the second segment, which still holds live entries.
+    let (second, second_path) = segs[1].clone();
+    let upto = entries[second as usize].log_id;
+    log.purge(upto).await.unwrap();
+    drop(log);
+    assert!(second_path.exists());
+
+    let stray = dir.path().join(segment::file_name(upto.index + 1));
+    fs::write(&stray, b"not a segment").unwrap();
+    assert!(
+        open(dir.path()).is_err(),
+        "a log with a stray segment file opens"
+    );
+    assert!(second_path.exists(), "segment {second} was removed");
+
+    fs::remove_file(&stray).unwrap();
+    let mut log = open(dir.path()).unwrap();
+    assert_eq!(all_entries(&mut log).await, entries[upto.index as usize..]);
+}
