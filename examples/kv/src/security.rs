@@ -515,4 +515,33 @@ mod tests {
         assert!(s.reload().is_err());
         assert_eq!(now().as_deref(), Some("second"));
     }
+
+    /// A users file emptied (or left with comments only) before a reload would have turned
+    /// authentication off for every new connection; it is refused and the users stay.
+    #[test]
+    fn a_users_file_that_names_nobody_is_refused_and_authentication_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users");
+        std::fs::write(&users, "alice admin pw\n").unwrap();
+        let s = Security::load(&SecurityArgs {
+            users_file: Some(users.clone()),
+            ..SecurityArgs::default()
+        })
+        .unwrap();
+        let required = || crate::auth::current(&s.accounts).required();
+        assert!(required());
+        for text in ["", "# nobody\n", "\n  \n"] {
+            std::fs::write(&users, text).unwrap();
+            assert!(s.reload().is_err(), "{text:?} was taken");
+            assert!(required(), "{text:?} turned authentication off");
+        }
+        // Nor does a node start with one.
+        assert!(
+            Security::load(&SecurityArgs {
+                users_file: Some(users),
+                ..SecurityArgs::default()
+            })
+            .is_err()
+        );
+    }
 }
