@@ -150,8 +150,8 @@ pub const RAFT_PORT_CONNECTIONS_PER_IP: usize = 16;
 
 /// File descriptors a process keeps per node beyond its clients: the raft port's connections
 /// (at most [`RAFT_PORT_CONNECTIONS`] + [`RAFT_PORT_CONNECTIONS_PER_IP`]), the WAL's segments,
-/// snapshot and backup files, connections to the other nodes, the metrics listener, and the
-/// refusals under way past `maxclients`.
+/// snapshot and backup files, connections to the other nodes, the metrics listener (at most
+/// 32 connections), and the refusals under way past `maxclients`.
 const RESERVED_FDS: u64 = 256;
 
 /// How `maxclients` fits the open-files limit.

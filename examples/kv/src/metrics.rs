@@ -53,6 +53,14 @@ const WRITE_BUCKETS_SECONDS: [f64; 14] = [
 /// A probe or scrape that takes longer than this is cut off.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most connections the metrics listener holds at once; one past it is closed as soon as it is
+/// accepted. Scrapers and probes hold a few; without a bound, anyone who can reach the port
+/// could take every file descriptor the process has, and the log's next segment with them.
+const MAX_CONNECTIONS: usize = 32;
+
+/// The most bytes of a request hyper buffers: a probe's request line and headers.
+const MAX_REQUEST_BYTES: usize = 16 << 10;
+
 /// The metrics listener's flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MetricsArgs {
@@ -125,8 +133,10 @@ impl Endpoint {
 }
 
 async fn serve(listener: TcpListener, nodes: Vec<Node>, handle: PrometheusHandle, max_lag: u64) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut full_logged = false;
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "metrics listener: accept failed");
@@ -134,8 +144,18 @@ async fn serve(listener: TcpListener, nodes: Vec<Node>, handle: PrometheusHandle
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if !full_logged {
+                tracing::warn!(%peer, "metrics listener: {MAX_CONNECTIONS} connections open; closing new ones until some end");
+                full_logged = true;
+            }
+            drop(stream);
+            continue;
+        };
+        full_logged = false;
         let (nodes, handle) = (nodes.clone(), handle.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let reply = answer(&req, &nodes, &handle, max_lag);
                 async move { Ok::<_, Infallible>(reply) }
@@ -143,6 +163,7 @@ async fn serve(listener: TcpListener, nodes: Vec<Node>, handle: PrometheusHandle
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(REQUEST_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(REQUEST_TIMEOUT * 6, conn).await;
         });

@@ -1191,3 +1191,67 @@ fn a_transaction_of_reads_writes_no_log_entry() {
     assert_eq!(w.call(&[b"EXEC"]), "+OK\n1");
     assert!(last_log_index(&mut w) > before);
 }
+
+/// The metrics port holds at most 32 connections: 200 idle ones cost the process about 32 file
+/// descriptors, the rest are closed at once, and once they go a probe is answered. Unbounded,
+/// anyone who can reach the port could take every descriptor, and the log's next segment with
+/// them.
+#[test]
+fn the_metrics_port_holds_a_bounded_number_of_connections() {
+    const CAP: usize = 32;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let node = Node::start(&["--metrics-addr", &addr]);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", node.child.id()))
+            .expect("the process's descriptors")
+            .count()
+    };
+    let before = fds();
+    let held: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let s = TcpStream::connect(&addr).expect("connect");
+            s.set_nonblocking(true).expect("nonblocking");
+            s
+        })
+        .collect();
+    let closed = |s: &TcpStream| {
+        let mut b = [0u8; 1];
+        match (&*s).read(&mut b) {
+            Ok(0) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            Ok(_) => false,
+        }
+    };
+    // Well within the 10 s an idle connection is given to send its request: the ones past the
+    // bound are closed at once, not timed out.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let open = held.iter().filter(|s| !closed(s)).count();
+        if open <= CAP {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} of 200 idle connections still open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let grew = fds().saturating_sub(before);
+    assert!(grew <= CAP + 8, "the process holds {grew} more descriptors");
+    assert_eq!(node.connect().call(&[b"SET", b"k", b"v"]), "+OK");
+
+    drop(held);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut probe = TcpStream::connect(&addr).expect("connect");
+        probe.set_read_timeout(Some(WAIT)).expect("timeout");
+        let _ = probe.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut reply = String::new();
+        let _ = probe.read_to_string(&mut reply);
+        if reply.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no probe answered: {reply:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
