@@ -316,6 +316,9 @@ pub(crate) struct SmShared<S> {
     /// error). Readers look at it once they hold the state's lock, which a restore holds
     /// throughout.
     restore_failed: AtomicBool,
+    /// Set when the user's `apply` panicked: the state is part-way through an entry, and the
+    /// node has stopped with a storage error. Readers look at it as at `restore_failed`.
+    apply_failed: AtomicBool,
     /// True while a snapshot is restored, which holds the state's write lock throughout
     /// (seconds, for a large state): readers wait for it to end (`restore_over`), without
     /// holding a thread.
@@ -332,6 +335,15 @@ pub(crate) struct SmShared<S> {
     bindings: RwLock<BTreeMap<NodeId, u64>>,
 }
 
+/// The message a panic carried, if it is text.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
+}
+
 /// Marks a restore over when dropped: after it succeeded, failed or panicked.
 struct Restoring<'a, S>(&'a SmShared<S>);
 
@@ -346,6 +358,7 @@ impl<S> SmShared<S> {
         Arc::new(SmShared {
             state: RwLock::new(SmState::new(user)),
             restore_failed: AtomicBool::new(false),
+            apply_failed: AtomicBool::new(false),
             restoring: AtomicBool::new(false),
             restore_over: tokio::sync::Notify::new(),
             open_sessions: AtomicUsize::new(0),
@@ -355,9 +368,20 @@ impl<S> SmShared<S> {
         })
     }
 
-    /// Whether a snapshot restore failed part-way, leaving the state incomplete.
-    pub fn restore_failed(&self) -> bool {
-        self.restore_failed.load(Ordering::Acquire)
+    /// Why the state must not be read, if it must not: a snapshot restore that failed part-way,
+    /// or an `apply` that panicked part-way.
+    pub fn broken(&self) -> Option<&'static str> {
+        if self.restore_failed.load(Ordering::Acquire) {
+            Some(
+                "a snapshot restore failed part-way; the node has stopped and its state is not served",
+            )
+        } else if self.apply_failed.load(Ordering::Acquire) {
+            Some(
+                "the state machine panicked applying an entry; the node has stopped and its state is not served",
+            )
+        } else {
+            None
+        }
     }
 
     /// How many client sessions are open, as last applied; never waits for a restore.
@@ -434,10 +458,16 @@ impl<S> SmShared<S> {
 
 impl<S: StateMachine> SmShared<S> {
     /// What a backup is made of, taken together under the lock: the user's point-in-time
-    /// handle, the metadata it covers (applied log id and membership) and the session table.
-    pub fn backup_parts(&self) -> (S::Snapshot, SnapshotMeta, SessionTable, u64) {
+    /// handle, the metadata it covers (applied log id and membership) and the session table;
+    /// or why the state must not be read ([`SmShared::broken`]).
+    pub fn backup_parts(
+        &self,
+    ) -> Result<(S::Snapshot, SnapshotMeta, SessionTable, u64), &'static str> {
         let st = self.read();
-        (
+        if let Some(why) = self.broken() {
+            return Err(why);
+        }
+        Ok((
             st.user.snapshot(),
             SnapshotMeta {
                 last_log_id: st.last_applied,
@@ -445,7 +475,7 @@ impl<S: StateMachine> SmShared<S> {
             },
             st.sessions.clone(),
             st.extra.time_ms,
-        )
+        ))
     }
 }
 
@@ -675,7 +705,29 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
                     Payload::Normal(p) => {
                         let binds = matches!(p, Proposal::BindIncarnation(..));
                         let bounds = matches!(p, Proposal::SetSessionCapacity(..));
-                        let r = st.apply_proposal(p, entry.log_id.index);
+                        let index = entry.log_id.index;
+                        let applied =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                st.apply_proposal(p, index)
+                            }));
+                        let r = match applied {
+                            Ok(r) => r,
+                            // The user's code panicked part-way: the state is neither before
+                            // nor after the entry. Marked (under the lock, so no reader sees
+                            // the state first) and the engine stopped with a storage error.
+                            Err(panic) => {
+                                self.shared.apply_failed.store(true, Ordering::Release);
+                                let why = format!(
+                                    "the state machine panicked applying entry {}: {}",
+                                    entry.log_id,
+                                    panic_text(panic.as_ref())
+                                );
+                                tracing::error!(
+                                    "{why}; the node stops and serves nothing of its state until it is fixed and restarted"
+                                );
+                                return Err(io::Error::other(why));
+                            }
+                        };
                         self.shared.note_sessions(&st.sessions, bounds);
                         self.shared
                             .applied_time

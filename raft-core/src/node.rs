@@ -904,11 +904,8 @@ impl<S: StateMachine> Node<S> {
     /// Runs `f` on the state at the later of `time_ms` and the state's own time.
     fn read_local<T>(&self, time_ms: u64, f: impl FnOnce(&S, &ReadContext) -> T) -> Result<T> {
         let st = self.inner.sm.read();
-        if self.inner.sm.restore_failed() {
-            return Err(Error::Storage(
-                "a snapshot restore failed part-way; the node has stopped and its state is not served"
-                    .into(),
-            ));
+        if let Some(why) = self.inner.sm.broken() {
+            return Err(Error::Storage(why.into()));
         }
         let ctx = ReadContext::new(time_ms.max(st.time_ms()));
         Ok(f(&st.user, &ctx))
@@ -1324,7 +1321,11 @@ impl<S: StateMachine> Node<S> {
     ) -> Result<(BackupInfo, W)> {
         let permit = crate::backup::ExportPermit::take(&self.inner.exporting)?;
         self.read_at(at, |_| ()).await?;
-        let parts = self.inner.sm.backup_parts();
+        let parts = self
+            .inner
+            .sm
+            .backup_parts()
+            .map_err(|why| Error::Storage(why.into()))?;
         let cluster = self.cluster_id();
         tokio::task::spawn_blocking(move || {
             // Held until the writing ends, even if the caller stopped waiting.

@@ -111,6 +111,12 @@ pub trait StateMachine: Send + Sync + 'static {
     type Snapshot: Send + 'static;
 
     /// Applies one committed command. Must be deterministic (see the trait docs).
+    ///
+    /// Must not panic: a panic leaves the state part-way through the command. The node then
+    /// stops at once with [`Error::Storage`](crate::Error::Storage) ("the state machine panicked
+    /// applying entry …", logged as an error), refuses reads of that state, and stops again at
+    /// the same entry when restarted — as does every replica, since they apply the same command.
+    /// Refuse a command you cannot apply with an output that says so instead.
     fn apply(&mut self, command: Self::Command) -> Self::Output;
 
     /// Applies one committed command knowing where it is in the log and the time the leader
