@@ -39,6 +39,16 @@ pub enum Error {
     /// The node is shut down (or stopped after a fatal error).
     #[error("the node is shut down")]
     Shutdown,
+    /// A batch ([`Node::write_many`](crate::Node::write_many)) was applied, but command
+    /// `index` of it was refused with `error` (its bytes do not decode): every other command
+    /// of the batch **was applied**. Do not send the batch again as it is.
+    #[error("command {index} of the batch was not applied ({error}); the others were")]
+    PartlyApplied {
+        /// The position of the refused command in the batch.
+        index: usize,
+        /// Why it was refused.
+        error: ApplyError,
+    },
     /// A linearizable read could not confirm leadership with a quorum.
     #[error("could not reach a quorum to confirm leadership")]
     NoQuorum,
@@ -135,6 +145,7 @@ impl Error {
             | Error::Snapshot(_)
             | Error::Storage(_)
             | Error::Fatal(_)
+            | Error::PartlyApplied { .. }
             | Error::LearnerNotCaughtUp { .. } => true,
             Error::Rejected(e) => !matches!(e, ApplyError::InvalidCommand(_)),
             Error::NotLeader(_)

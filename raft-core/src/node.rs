@@ -581,7 +581,9 @@ impl<S: StateMachine> Node<S> {
     /// writes; elsewhere it fails with [`Error::NotLeader`]. If an output cannot be encoded,
     /// or the outputs together pass the bound described at [`Node::write`], the call fails
     /// with [`ApplyError::OutputEncoding`](crate::ApplyError::OutputEncoding) although every
-    /// command was applied.
+    /// command was applied. A command whose bytes do not decode on the replicas is refused
+    /// alone: the call fails with [`Error::PartlyApplied`] naming it, the others applied (or
+    /// with `InvalidCommand` if no command of the batch decodes, nothing applied).
     pub async fn write_many(&self, commands: Vec<S::Command>) -> Result<Vec<S::Output>> {
         self.write_many_inner(None, &commands).await
     }
@@ -625,7 +627,20 @@ impl<S: StateMachine> Node<S> {
         }
         let proposal = Proposal::TimedBatch(session, self.stamp(), encoded);
         let response = self.propose_internal(proposal).await?;
-        responses_of(response, commands.len(), "a batch")?
+        let responses = responses_of(response, commands.len(), "a batch")?;
+        // A command that does not decode is refused alone: unless every command was, the rest
+        // of the batch applied, which the caller must not take for "nothing applied".
+        let undecodable =
+            |r: &Response| matches!(r, Response::Rejected(ApplyError::InvalidCommand(_)));
+        if !responses.iter().all(undecodable)
+            && let Some((index, error)) = responses.iter().enumerate().find_map(|(i, r)| match r {
+                Response::Rejected(e @ ApplyError::InvalidCommand(_)) => Some((i, e.clone())),
+                _ => None,
+            })
+        {
+            return Err(Error::PartlyApplied { index, error });
+        }
+        responses
             .into_iter()
             .map(|r| applied_output(&r.into_output("a batched write")?))
             .collect()

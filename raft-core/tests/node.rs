@@ -681,3 +681,100 @@ async fn a_request_timeout_past_what_an_instant_holds_never_ends_requests() {
     );
     node.shutdown().await.unwrap();
 }
+
+/// A command that encodes as its number, and does not decode when the number is 13 (as a
+/// serde form that does not round-trip would).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Picky(u64);
+
+impl serde::Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Picky {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u64::deserialize(d)? {
+            13 => Err(serde::de::Error::custom("13 is not a command")),
+            n => Ok(Picky(n)),
+        }
+    }
+}
+
+/// A running total of [`Picky`] commands.
+#[derive(Debug, Default)]
+struct PickySum(u64);
+
+impl raft_core::StateMachine for PickySum {
+    type Command = Picky;
+    type Output = u64;
+    type Snapshot = u64;
+
+    fn apply(&mut self, c: Picky) -> u64 {
+        self.0 += c.0;
+        self.0
+    }
+
+    fn snapshot(&self) -> u64 {
+        self.0
+    }
+
+    fn write_snapshot(s: u64, out: &mut dyn Write) -> io::Result<()> {
+        raft_core::write_serde(&s, out)
+    }
+
+    fn restore(&mut self, input: &mut dyn io::Read) -> io::Result<()> {
+        self.0 = raft_core::read_serde(input)?;
+        Ok(())
+    }
+}
+
+/// A batch one of whose commands does not decode applies the others, and says so: the caller
+/// is told the batch may have applied, never that nothing did. Before, it got the refused
+/// command's `InvalidCommand`, which says nothing was applied, and could send the batch again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_a_command_that_does_not_decode_says_the_rest_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::new(0);
+    let node = Node::start(config(dir.path()), PickySum::default(), router.transport(1))
+        .await
+        .unwrap();
+    router.register(node.rpc_handler());
+    node.initialize([(1, "node-1")]).await.unwrap();
+    node.wait_for(Duration::from_secs(10), |m| m.leader == Some(1))
+        .await
+        .unwrap();
+
+    let e = node
+        .write_many(vec![Picky(1), Picky(13), Picky(2)])
+        .await
+        .unwrap_err();
+    assert!(e.may_have_applied(), "{e}");
+    assert!(
+        matches!(
+            &e,
+            Error::PartlyApplied {
+                index: 1,
+                error: ApplyError::InvalidCommand(_)
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        node.read(Consistency::Linearizable, |s| s.0).await.unwrap(),
+        3
+    );
+
+    // A batch of nothing but such commands applied nothing, and says that.
+    let e = node
+        .write_many(vec![Picky(13), Picky(13)])
+        .await
+        .unwrap_err();
+    assert!(!e.may_have_applied(), "{e}");
+    assert_eq!(
+        node.read(Consistency::Linearizable, |s| s.0).await.unwrap(),
+        3
+    );
+    node.shutdown().await.unwrap();
+}

@@ -199,6 +199,8 @@ pub fn from_error(e: &Error) -> Status {
         Error::Timeout(_) => status(Code::DeadlineExceeded, ErrorCode::Timeout, msg),
         Error::OutcomeUnknown { .. } => status(Code::Aborted, ErrorCode::OutcomeUnknown, msg),
         Error::Shutdown => status(Code::Unavailable, ErrorCode::Shutdown, msg),
+        // Part of the batch applied: not a refusal, and not to be sent again as it is.
+        Error::PartlyApplied { .. } => status(Code::Aborted, ErrorCode::OutcomeUnknown, msg),
         Error::NoQuorum => status(Code::Unavailable, ErrorCode::NoQuorum, msg),
         Error::Rejected(ApplyError::InvalidCommand(_)) | Error::Codec(_) => {
             status(Code::InvalidArgument, ErrorCode::InvalidCommand, msg)

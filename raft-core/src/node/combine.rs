@@ -256,6 +256,10 @@ fn duplicate(e: &Error) -> Error {
         Error::Shutdown => Error::Shutdown,
         Error::NoQuorum => Error::NoQuorum,
         Error::Rejected(a) => Error::Rejected(a.clone()),
+        Error::PartlyApplied { index, error } => Error::PartlyApplied {
+            index: *index,
+            error: error.clone(),
+        },
         Error::Storage(s) => Error::Storage(s.clone()),
         Error::Log(l) => Error::Log(l.clone()),
         Error::Codec(c) => Error::Codec(c.clone()),
