@@ -101,14 +101,19 @@ async fn the_leader_is_found_past_black_holed_addresses_within_one_attempt_timeo
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closing_the_client_closes_the_sessions_its_writes_opened() {
+/// A three-node cluster, its leader, and a client of it with the default options.
+async fn cluster_and_client() -> (GrpcCluster, u64, ClusterClient<Kv>) {
     let c = GrpcCluster::start(3, GrpcOptions::default(), |c| c).await;
     let leader = c.leader().await;
+    let client = ClusterClient::new(c.endpoints(), ClientOptions::default()).unwrap();
+    (c, leader, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_client_closes_the_sessions_its_writes_opened() {
+    let (c, leader, client) = cluster_and_client().await;
     let open = |id| c.nodes[&id].node().open_sessions();
     let before = open(leader);
-    let client: ClusterClient<Kv> =
-        ClusterClient::new(c.endpoints(), ClientOptions::default()).unwrap();
 
     // Four writes at once: each opens a session of its own, and the cluster holds all four.
     let writes = (0..4).map(|i| client.write(Cmd::Put(format!("k{i}"), "v".into())));
@@ -162,12 +167,9 @@ async fn closing_the_client_closes_the_sessions_its_writes_opened() {
 /// until eviction, and the next one registered a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_dropped_in_flight_gives_its_session_back() {
-    let c = GrpcCluster::start(3, GrpcOptions::default(), |c| c).await;
-    let leader = c.leader().await;
+    let (c, leader, client) = cluster_and_client().await;
     let open = |id| c.nodes[&id].node().open_sessions();
     let before = open(leader);
-    let client: ClusterClient<Kv> =
-        ClusterClient::new(c.endpoints(), ClientOptions::default()).unwrap();
     client
         .write(Cmd::Put("a".into(), "1".into()))
         .await

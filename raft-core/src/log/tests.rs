@@ -979,18 +979,27 @@ async fn a_legacy_log_opens_reads_takes_appends_in_a_new_segment_and_survives_re
     model.check(&mut log).await;
 }
 
+/// A log in `dir` with 300 entries of 100 bytes, appended ten at a time over small segments;
+/// the entries and the segments.
+async fn three_hundred_entries(
+    dir: &Path,
+) -> (LogStore, Vec<Entry>, Vec<(u64, std::path::PathBuf)>) {
+    let mut log = open(dir).unwrap();
+    let entries: Vec<Entry> = (1..=300).map(|i| entry(1, i, 100)).collect();
+    for batch in entries.chunks(10) {
+        append(&mut log, batch.to_vec()).await;
+    }
+    let segs = segment::list(dir).unwrap();
+    (log, entries, segs)
+}
+
 /// A crash between a purge's durable purge point and its deletions leaves segments of purged
 /// entries only. Damage in one of them (data the log no longer needs) does not stop the start:
 /// the purge is finished without reading it.
 #[tokio::test]
 async fn damage_in_a_segment_a_purge_left_behind_does_not_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = open(dir.path()).unwrap();
-    let entries: Vec<Entry> = (1..=300).map(|i| entry(1, i, 100)).collect();
-    for batch in entries.chunks(10) {
-        append(&mut log, batch.to_vec()).await;
-    }
-    let segs = segment::list(dir.path()).unwrap();
+    let (mut log, entries, segs) = three_hundred_entries(dir.path()).await;
     assert!(segs.len() >= 4, "{} segments", segs.len());
     let (first_seg, first_path) = segs[0].clone();
     let left_behind = fs::read(&first_path).unwrap();
@@ -1612,12 +1621,7 @@ async fn a_truncation_keeps_the_named_last_entry_without_reading_it_back() {
 #[tokio::test]
 async fn a_refused_log_keeps_every_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = open(dir.path()).unwrap();
-    let entries: Vec<Entry> = (1..=300).map(|i| entry(1, i, 100)).collect();
-    for batch in entries.chunks(10) {
-        append(&mut log, batch.to_vec()).await;
-    }
-    let segs = segment::list(dir.path()).unwrap();
+    let (mut log, entries, segs) = three_hundred_entries(dir.path()).await;
     assert!(segs.len() >= 3, "{} segments", segs.len());
     // Purged to the middle of the second segment, which still holds live entries.
     let (second, second_path) = segs[1].clone();
