@@ -464,7 +464,7 @@ impl<S: StateMachine> Node<S> {
         }
         // Weak, so a dropped node is not kept alive by this task.
         let weak = Arc::downgrade(&self.inner);
-        let patience = self.inner.config.request_timeout * 6;
+        let patience = self.inner.config.request_timeout.saturating_mul(6);
         tokio::spawn(async move {
             let Some(inner) = weak.upgrade() else { return };
             let node = Node { inner };

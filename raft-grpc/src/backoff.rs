@@ -36,9 +36,14 @@ impl Backoff {
     const FIRST: Duration = Duration::from_millis(20);
     const MAX: Duration = Duration::from_millis(500);
 
-    /// Retries for at most `budget` from now.
+    /// Retries for at most `budget` from now (a budget past what the clock can hold: for
+    /// about thirty years).
     pub fn new(budget: Duration) -> Backoff {
-        Backoff::until(Instant::now() + budget)
+        let now = Instant::now();
+        Backoff::until(
+            now.checked_add(budget)
+                .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400)),
+        )
     }
 
     /// Retries until `deadline`.
@@ -75,6 +80,14 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tokio's clock runs from the process's start: a budget past what it can hold (a
+    /// `--timeout` of 1e19 s) is a long one, not an overflow.
+    #[test]
+    fn a_budget_past_the_clock_is_a_long_one_not_a_panic() {
+        let b = Backoff::new(Duration::MAX);
+        assert!(b.remaining() > Duration::from_secs(20 * 365 * 86_400));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn pauses_double_up_to_the_cap_and_stop_at_the_deadline() {

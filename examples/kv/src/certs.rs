@@ -39,8 +39,8 @@ pub struct CertsArgs {
     /// A client certificate for this user name; repeat per client.
     #[arg(long = "client", value_name = "NAME")]
     pub clients: Vec<String>,
-    /// Days the certificates are valid.
-    #[arg(long, default_value_t = 365)]
+    /// Days the certificates are valid (1 to 36,500).
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub days: u32,
 }
 

@@ -35,8 +35,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         (t, 1.0)
     };
     let v: f64 = num.trim().parse().map_err(|_| bad())?;
-    Duration::try_from_secs_f64(v * scale).map_err(|_| bad())
+    let d = Duration::try_from_secs_f64(v * scale).map_err(|_| bad())?;
+    if d > LONGEST {
+        return Err(format!(
+            "{s:?} is longer than the longest duration taken ({} days)",
+            LONGEST.as_secs() / 86_400
+        ));
+    }
+    Ok(d)
 }
+
+/// The longest duration a flag takes: ten years, far past any timeout or interval, and short
+/// enough that a deadline that far ahead is always a valid clock reading.
+const LONGEST: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// Why the process is ending.
 #[derive(Debug, thiserror::Error)]
@@ -117,5 +128,13 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1s").is_err());
+        // Past what a deadline can be set to: refused, not a panic where it is used.
+        assert!(parse_duration("1e19s").is_err());
+        assert!(parse_duration("400000000s").is_err(), "12.7 years");
+        assert_eq!(
+            parse_duration("3650").map(|d| d.as_secs()),
+            Ok(3650),
+            "seconds"
+        );
     }
 }

@@ -66,7 +66,7 @@ impl<S: StateMachine> Node<S> {
             self.inner.space.forget_peers();
             return;
         }
-        let expire = self.inner.config.quota.check_interval * 3;
+        let expire = self.inner.config.quota.check_interval.saturating_mul(3);
         self.inner
             .space
             .report_peers(self.inner.id, answers, expire);
