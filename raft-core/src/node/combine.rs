@@ -11,8 +11,8 @@
 //!
 //! The queue holds only writes whose callers still wait: a write whose caller gave up (its
 //! request timed out or its future was dropped) is never proposed, and such writes are pruned
-//! as the queue grows, so callers that time out and retry under overload do not pile up work
-//! for the log.
+//! as the queue grows, in writes or in bytes, so callers that time out and retry under
+//! overload do not pile up work for the log, nor hold their commands' memory.
 
 use std::sync::Mutex;
 
@@ -56,6 +56,16 @@ type Sender = oneshot::Sender<Result<Response>>;
 /// to drop.
 const PRUNE_AT_LEAST: usize = 64;
 
+/// Queued bytes below which writes whose callers gave up are left for [`Combiner::release`]
+/// to drop: a few large commands whose callers gave up must not stay queued until the queue is
+/// [`PRUNE_AT_LEAST`] long (64 commands of 64 MiB).
+const PRUNE_AT_LEAST_BYTES: usize = 1 << 20;
+
+/// What a queued write counts for against the byte bounds.
+fn size(q: &Request) -> usize {
+    q.command.len() + PER_WRITE_BYTES
+}
+
 struct State {
     /// Proposals in flight (slots taken).
     in_flight: usize,
@@ -64,6 +74,11 @@ struct State {
     /// twice what was left after the last pruning, so pruning costs O(1) per write and the
     /// queue never holds more than twice its live writes (plus [`PRUNE_AT_LEAST`]).
     prune_at: usize,
+    /// The queued writes' bytes ([`size`]), and the count at which [`Combiner::join`] next
+    /// prunes: twice what was left after the last pruning, so the queue never holds more than
+    /// twice its live writes' bytes (plus [`PRUNE_AT_LEAST_BYTES`] and the newest write).
+    bytes: usize,
+    prune_at_bytes: usize,
 }
 
 impl State {
@@ -72,7 +87,9 @@ impl State {
     /// ([`Error::Timeout`]), which covers "not applied".
     fn prune(&mut self) {
         self.queue.retain(|q| !q.done.is_closed());
+        self.bytes = self.queue.iter().map(|q| size(&q.request)).sum();
         self.prune_at = (self.queue.len() * 2).max(PRUNE_AT_LEAST);
+        self.prune_at_bytes = self.bytes.saturating_mul(2).max(PRUNE_AT_LEAST_BYTES);
     }
 }
 
@@ -94,6 +111,8 @@ impl Combiner {
                 in_flight: 0,
                 queue: Vec::new(),
                 prune_at: PRUNE_AT_LEAST,
+                bytes: 0,
+                prune_at_bytes: PRUNE_AT_LEAST_BYTES,
             }),
         }
     }
@@ -109,10 +128,12 @@ impl Combiner {
             st.in_flight += 1;
             return Joined::Propose(request);
         }
-        if st.queue.len() >= st.prune_at {
+        let adding = size(&request);
+        if st.queue.len() >= st.prune_at || st.bytes.saturating_add(adding) > st.prune_at_bytes {
             st.prune();
         }
         let (done, rx) = oneshot::channel();
+        st.bytes = st.bytes.saturating_add(adding);
         st.queue.push(Queued { request, done });
         Joined::Queued(rx)
     }
@@ -138,7 +159,7 @@ impl Combiner {
                     take += 1;
                     continue;
                 }
-                let size = q.request.command.len() + PER_WRITE_BYTES;
+                let size = size(&q.request);
                 if live > 0 && bytes + size > self.max_bytes {
                     break;
                 }
@@ -147,11 +168,10 @@ impl Combiner {
                 take += 1;
             }
             // A caller may have given up since it was counted: checked again as it is taken.
-            let batch: Vec<Queued> = st
-                .queue
-                .drain(..take)
-                .filter(|q| !q.done.is_closed())
-                .collect();
+            let taken: Vec<Queued> = st.queue.drain(..take).collect();
+            let taken_bytes: usize = taken.iter().map(|q| size(&q.request)).sum();
+            st.bytes = st.bytes.saturating_sub(taken_bytes);
+            let batch: Vec<Queued> = taken.into_iter().filter(|q| !q.done.is_closed()).collect();
             if !batch.is_empty() {
                 return Some(batch);
             }
@@ -392,6 +412,25 @@ mod tests {
             live.len()
         );
         assert_eq!(c.release().map(|b| b.len()), Some(live.len()));
+    }
+
+    /// Large writes whose callers gave up do not stay queued until the queue is long: 63
+    /// abandoned writes of 1 MiB leave at most about 2 MiB queued. Counted by length alone,
+    /// all 63 MiB stayed (and 64 MiB commands would have held 4 GiB).
+    #[test]
+    fn abandoned_large_writes_are_dropped_by_their_bytes() {
+        let c = Combiner::new(1, 16 << 10);
+        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        for _ in 0..63 {
+            assert!(matches!(c.join(req(1 << 20)), Joined::Queued(_)));
+        }
+        let held: usize = crate::sync::lock(&c.state)
+            .queue
+            .iter()
+            .map(|q| q.request.command.len())
+            .sum();
+        assert!(held <= 2 << 20, "{held} bytes queued for no live caller");
+        assert!(c.release().is_none(), "no live write to pass the slot to");
     }
 
     #[test]
