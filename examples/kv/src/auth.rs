@@ -44,12 +44,21 @@ impl std::fmt::Debug for Account {
     }
 }
 
-/// Every credential a node accepts over RESP.
-#[derive(Debug, Clone, Default)]
+/// Every credential a node accepts over RESP. Its `Debug` form names no password.
+#[derive(Clone, Default)]
 pub struct Accounts {
     /// The `default` user's password (`requirepass`).
     pub requirepass: Option<String>,
     pub users: Vec<Account>,
+}
+
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accounts")
+            .field("requirepass", &self.requirepass.as_ref().map(|_| "…"))
+            .field("users", &self.users)
+            .finish()
+    }
 }
 
 /// The accounts in force, replaced whole on reload.

@@ -106,10 +106,24 @@ pub fn run(args: &CertsArgs) -> Result<Vec<PathBuf>, String> {
             let id: NodeId = id
                 .trim()
                 .parse()
-                .map_err(|_| format!("--node: {id:?} is not a node id"))?;
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or_else(|| format!("--node: {id:?} is not a node id (1 or more)"))?;
             Ok((id, host.trim().to_string()))
         })
         .collect::<Result<Vec<_>, String>>()?;
+    // A client's name becomes part of its files' names in --dir.
+    if let Some(bad) = args.clients.iter().find(|name| {
+        name.is_empty()
+            || name.starts_with('.')
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    }) {
+        return Err(format!(
+            "--client: {bad:?} is not a name for files (letters, digits, '-', '_' and '.', not first)"
+        ));
+    }
     std::fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
     let mut written = Vec::new();
 
@@ -161,4 +175,33 @@ pub fn run(args: &CertsArgs) -> Result<Vec<PathBuf>, String> {
         issue(params, &ca, args, &format!("client-{name}"), &mut written)?;
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &Path, node: &str, client: &str) -> CertsArgs {
+        CertsArgs {
+            dir: dir.to_path_buf(),
+            nodes: vec![node.to_string()],
+            clients: vec![client.to_string()],
+            days: 1,
+        }
+    }
+
+    /// Node 0 (which no cluster has) and client names that would write outside `--dir` are
+    /// refused before any file is written.
+    #[test]
+    fn node_ids_and_client_names_are_checked_before_anything_is_written() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("certs");
+        for (node, client) in [("0=h", "app"), ("1=h", "../../escape"), ("1=h", ".hidden")] {
+            assert!(run(&args(&dir, node, client)).is_err(), "{node} {client}");
+            assert!(!dir.exists(), "{node} {client}: files were written");
+        }
+        assert!(!root.path().join("client-..").exists());
+        let written = run(&args(&dir, "1=h", "app")).unwrap();
+        assert!(written.iter().all(|p| p.starts_with(&dir)), "{written:?}");
+    }
 }

@@ -183,11 +183,11 @@ struct DemoArgs {
     /// Where the three nodes keep their data (one directory each).
     #[arg(long, default_value = "kv-data")]
     data_dir: PathBuf,
-    /// RESP port of node 1; nodes 2 and 3 use the next two.
-    #[arg(long, default_value_t = 6379)]
+    /// RESP port of node 1; nodes 2 and 3 use the next two (1 to 65533).
+    #[arg(long, default_value_t = 6379, value_parser = clap::value_parser!(u16).range(1..=65533))]
     resp_port: u16,
-    /// Raft (gRPC) port of node 1; nodes 2 and 3 use the next two.
-    #[arg(long, default_value_t = 16379)]
+    /// Raft (gRPC) port of node 1; nodes 2 and 3 use the next two (1 to 65533).
+    #[arg(long, default_value_t = 16379, value_parser = clap::value_parser!(u16).range(1..=65533))]
     raft_port: u16,
     /// How reads are served.
     #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
