@@ -135,6 +135,8 @@ pub(crate) struct Inner<S: StateMachine> {
     /// [`Node::set_session_capacity`] here may have been applied, after which the configured
     /// capacity an initialization proposes in the background is not proposed any more.
     capacity_set: tokio::sync::Mutex<bool>,
+    /// The node's one stop (see [`stop::Stop`]).
+    stop: stop::Stop,
     #[cfg(feature = "testing")]
     power: Option<crate::log::PowerSwitch>,
     #[cfg(feature = "testing")]
@@ -279,6 +281,7 @@ impl<S: StateMachine> Node<S> {
                 binding: Arc::default(),
                 combiner,
                 capacity_set: tokio::sync::Mutex::new(false),
+                stop: stop::Stop::default(),
                 #[cfg(feature = "testing")]
                 power,
                 #[cfg(feature = "testing")]
@@ -529,8 +532,10 @@ impl<S: StateMachine> Node<S> {
                         // does), and dropping it mid-join would make every other caller panic:
                         // the join is finished first, from a thread nothing cancels, while
                         // `fut` is still polled (it may finish it itself, or answer).
-                        let joined =
-                            stop::shutdown(self.inner.raft.clone(), self.inner.snapshots.clone());
+                        let joined = self
+                            .inner
+                            .stop
+                            .shutdown(&self.inner.raft, &self.inner.snapshots);
                         tokio::select! {
                             r = &mut fut => return r,
                             _ = joined => {}
@@ -1480,7 +1485,10 @@ impl<S: StateMachine> Node<S> {
         // openraft does not wait for a snapshot build or install under way: once the store is
         // closed, one that finishes places and deletes nothing, so a node started next on the
         // same data dir is not raced.
-        stop::shutdown(self.inner.raft.clone(), self.inner.snapshots.clone()).await?;
+        self.inner
+            .stop
+            .shutdown(&self.inner.raft, &self.inner.snapshots)
+            .await?;
         tracing::info!(node = self.inner.id, "node shut down");
         Ok(())
     }

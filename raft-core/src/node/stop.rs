@@ -47,28 +47,65 @@ fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
-/// Stops `raft` (sends its shutdown signal and joins its core and tick tasks) on a thread of its
-/// own, then closes `snapshots` there (waiting for a placement under way): a build or install
-/// that outlives the engine places nothing. Resolves when both are done; dropping the returned
-/// future stops neither.
-pub(super) async fn shutdown<S: StateMachine>(
-    raft: RaftHandle<S>,
-    snapshots: Arc<SnapshotStore>,
-) -> Result<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("raft-stop".into())
-        .spawn(move || {
-            let r = block_on(raft.shutdown()).map_err(|e| e.to_string());
-            snapshots.close();
-            let _ = tx.send(r);
-        })
-        .map_err(|e| Error::Fatal(format!("shutdown: starting a thread to stop the node: {e}")))?;
-    match rx.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Error::Fatal(format!("shutdown: {e}"))),
-        Err(_) => Err(Error::Fatal(
-            "shutdown: the thread stopping the node ended without an answer".into(),
-        )),
+/// How a node's stop ended, once it has: its error as text, or nothing.
+type Outcome = Option<std::result::Result<(), String>>;
+
+/// The one stop of a node. Every caller that needs the engine stopped (a shutdown, or each
+/// request that finds the engine dead) waits for the same stop: only the first starts a
+/// thread, so a thousand requests waiting when the engine fails make one thread, not a
+/// thousand.
+#[derive(Default)]
+pub(crate) struct Stop {
+    done: std::sync::Mutex<Option<tokio::sync::watch::Receiver<Outcome>>>,
+}
+
+impl Stop {
+    /// Stops `raft` (sends its shutdown signal and joins its core and tick tasks) on a thread
+    /// of its own, then closes `snapshots` there (waiting for a placement under way): a build or
+    /// install that outlives the engine places nothing. Resolves when both are done (at once,
+    /// with the same answer, for every call after the first one ended); dropping the returned
+    /// future stops neither.
+    pub(super) async fn shutdown<S: StateMachine>(
+        &self,
+        raft: &RaftHandle<S>,
+        snapshots: &Arc<SnapshotStore>,
+    ) -> Result<()> {
+        let mut done = {
+            let mut slot = crate::sync::lock(&self.done);
+            match &*slot {
+                Some(done) => done.clone(),
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    let (raft, snapshots) = (raft.clone(), snapshots.clone());
+                    std::thread::Builder::new()
+                        .name("raft-stop".into())
+                        .spawn(move || {
+                            let r = block_on(raft.shutdown()).map_err(|e| e.to_string());
+                            snapshots.close();
+                            let _ = tx.send(Some(r));
+                        })
+                        .map_err(|e| {
+                            Error::Fatal(format!(
+                                "shutdown: starting a thread to stop the node: {e}"
+                            ))
+                        })?;
+                    *slot = Some(rx.clone());
+                    rx
+                }
+            }
+        };
+        let outcome = done
+            .wait_for(Option::is_some)
+            .await
+            .map(|o| o.clone())
+            .ok()
+            .flatten();
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(Error::Fatal(format!("shutdown: {e}"))),
+            None => Err(Error::Fatal(
+                "shutdown: the thread stopping the node ended without an answer".into(),
+            )),
+        }
     }
 }
