@@ -170,7 +170,9 @@ impl ClientOptions {
         self
     }
 
-    /// Sets how long an operation keeps retrying before giving up (default 30 s).
+    /// Sets how long an operation keeps retrying before giving up (default 30 s). A
+    /// [`ClusterClient::write`] counts all of its calls against it: opening its session as
+    /// well as its own attempts.
     #[must_use]
     pub fn with_total_timeout(mut self, timeout: Duration) -> ClientOptions {
         self.total_timeout = timeout;
@@ -390,6 +392,12 @@ impl TryFrom<pb::StatusReply> for NodeStatus {
             space_alarm: Some(r.space_alarm).filter(|a| !a.is_empty()),
         })
     }
+}
+
+tokio::task_local! {
+    /// The deadline of the operation the current call belongs to, when one operation makes
+    /// several retried calls ([`ClusterClient::write`]): they share its total timeout.
+    static OPERATION_DEADLINE: tokio::time::Instant;
 }
 
 /// A write's session slot: one registered session used for one write at a time.
@@ -676,7 +684,11 @@ impl<S: Queryable> ClusterClient<S> {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let o = &self.inner.opts;
-        let mut backoff = Backoff::new(o.total_timeout);
+        // Within an operation of several calls (a write that opens its session first), the
+        // operation's deadline; otherwise a budget of its own.
+        let mut backoff = OPERATION_DEADLINE
+            .try_with(|deadline| Backoff::until(*deadline))
+            .unwrap_or_else(|_| Backoff::new(o.total_timeout));
         let mut attempts = 0;
         let mut redirected = false;
         // Whether an attempt so far may have been applied.
@@ -745,6 +757,15 @@ impl<S: Queryable> ClusterClient<S> {
     /// its outcome is unknown to the caller, and whatever it may still apply comes before that
     /// next write in the session's order.
     pub async fn write(&self, command: S::Command) -> Result<S::Output, ClientError> {
+        // One budget for all of it: opening a session, the write's attempts, opening another
+        // session if an idle one was evicted.
+        let deadline = Backoff::new(self.inner.opts.total_timeout).deadline();
+        OPERATION_DEADLINE
+            .scope(deadline, self.write_in_budget(command))
+            .await
+    }
+
+    async fn write_in_budget(&self, command: S::Command) -> Result<S::Output, ClientError> {
         let (slot, mut reused) = self.take_slot().await?;
         let mut held = SlotInUse::new(self, slot);
         loop {

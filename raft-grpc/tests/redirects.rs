@@ -25,17 +25,28 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
-/// A node that answers every write with "not the leader; the leader is at `leader`".
+/// A node that answers every write with "not the leader; the leader is at `leader`" — and,
+/// with `register_after`, opens sessions (as session 1) that long after they are asked for.
 struct Redirector {
     leader: String,
     writes: Arc<AtomicU64>,
+    register_after: Option<Duration>,
 }
 
 type Answer<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for Redirector {
-    async fn write(&self, _: Request<pb::WriteRequest>) -> Answer<pb::WriteReply> {
+    async fn write(&self, req: Request<pb::WriteRequest>) -> Answer<pb::WriteReply> {
+        if let Some(after) = self.register_after
+            && req.get_ref().session_op == pb::SessionOp::Register as i32
+        {
+            tokio::time::sleep(after).await;
+            return Ok(Response::new(pb::WriteReply {
+                session_id: 1,
+                ..Default::default()
+            }));
+        }
         self.writes.fetch_add(1, Ordering::Relaxed);
         Err(status::not_leader(&LeaderHint::new(
             Some(7),
@@ -88,6 +99,7 @@ async fn redirects_between_two_nodes_are_paced() {
         let svc = ClusterServer::new(Redirector {
             leader,
             writes: writes.clone(),
+            register_after: None,
         });
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -138,4 +150,38 @@ async fn redirects_between_two_nodes_are_paced() {
     // loopback ping-pong makes hundreds.
     let n = writes.load(Ordering::Relaxed);
     assert!((3..=12).contains(&n), "{n} attempts within {budget:?}");
+}
+
+/// A write keeps to its total timeout whatever it spends it on: opening its session took 1.8 s
+/// of a 2 s budget here, and the write then had what was left, not a second budget of its own
+/// (it gave up after about 3.5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_keeps_to_its_total_timeout_across_its_session_and_its_attempts() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let svc = ClusterServer::new(Redirector {
+        leader: addr.clone(),
+        writes: Arc::default(),
+        register_after: Some(Duration::from_millis(1800)),
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let budget = Duration::from_secs(2);
+    let client =
+        ClusterClient::<Kv>::new([addr], ClientOptions::default().with_total_timeout(budget))
+            .unwrap();
+    let started = Instant::now();
+    let err = client
+        .write(Cmd::Put("k".into(), "v".into()))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, ClientError::GaveUp { .. }), "{err:?}");
+    assert!(
+        took < budget + Duration::from_millis(700),
+        "a write with a {budget:?} budget took {took:?}"
+    );
 }
