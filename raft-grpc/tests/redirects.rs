@@ -86,6 +86,16 @@ impl pb::cluster_server::Cluster for Redirector {
     }
 }
 
+/// A write that must fail, and how long it took to.
+async fn failed_write(client: &ClusterClient<Kv>) -> (ClientError, Duration) {
+    let started = Instant::now();
+    let err = client
+        .write(Cmd::Put("k".into(), "v".into()))
+        .await
+        .unwrap_err();
+    (err, started.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_between_two_nodes_are_paced() {
     let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -116,12 +126,7 @@ async fn redirects_between_two_nodes_are_paced() {
             .with_total_timeout(budget),
     )
     .unwrap();
-    let started = Instant::now();
-    let err = client
-        .write(Cmd::Put("k".into(), "v".into()))
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
+    let (err, took) = failed_write(&client).await;
 
     // The client's first write opens its session first: that is what went round, so the
     // write itself was never sent.
@@ -173,12 +178,7 @@ async fn a_write_keeps_to_its_total_timeout_across_its_session_and_its_attempts(
     let client =
         ClusterClient::<Kv>::new([addr], ClientOptions::default().with_total_timeout(budget))
             .unwrap();
-    let started = Instant::now();
-    let err = client
-        .write(Cmd::Put("k".into(), "v".into()))
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
+    let (err, took) = failed_write(&client).await;
     assert!(matches!(err, ClientError::GaveUp { .. }), "{err:?}");
     assert!(
         took < budget + Duration::from_millis(700),
