@@ -1,0 +1,65 @@
+//! A panic in the state machine's `apply` stops the node. A binary of its own: the panic is on
+//! purpose, and a `testing::Cluster` in another test of the same process would see it.
+
+/// A running total whose `apply` panics part-way on the command 13, after changing the total.
+#[derive(Debug, Default)]
+struct Brittle(u64);
+
+impl raft_core::StateMachine for Brittle {
+    type Command = u64;
+    type Output = u64;
+    type Snapshot = u64;
+
+    fn apply(&mut self, c: u64) -> u64 {
+        self.0 += 1000;
+        assert_ne!(c, 13, "the state machine cannot take 13");
+        self.0 += c;
+        self.0
+    }
+
+    fn snapshot(&self) -> u64 {
+        self.0
+    }
+
+    fn write_snapshot(s: u64, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        raft_core::write_serde(&s, out)
+    }
+
+    fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        self.0 = raft_core::read_serde(input)?;
+        Ok(())
+    }
+}
+
+/// A panic in the state machine's `apply` stops the node at once, loudly, and its half-applied
+/// state is never served. Before, the panic ended openraft's apply task but not the node: it
+/// kept leading and answered local reads with the total the panic left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_apply_stops_the_node_and_its_state_is_not_served() {
+    use std::time::Duration;
+
+    use raft_core::Consistency;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = raft_core::testing::Router::new(0);
+    let config = raft_core::Config::durable(1, dir.path())
+        .with_timing(Duration::from_millis(20), Duration::from_millis(100));
+    let node = raft_core::Node::start(config, Brittle::default(), router.transport(1))
+        .await
+        .expect("starts");
+    router.register(node.rpc_handler());
+    node.initialize([(1, "node-1")]).await.expect("initialize");
+    node.wait_for(Duration::from_secs(10), |m| m.leader == Some(1))
+        .await
+        .expect("node 1 leads");
+    assert_eq!(node.write(1).await.expect("a write"), 1001);
+
+    let refused = node.write(13).await.expect_err("the write of 13");
+    assert!(refused.may_have_applied(), "{refused}");
+    let stopped = tokio::time::timeout(Duration::from_secs(5), node.stopped())
+        .await
+        .expect("the node stops");
+    let why = stopped.expect_err("it stops with an error").to_string();
+    assert!(why.contains("panicked"), "{why}");
+    let read = node.read(Consistency::Local, |s| s.0).await;
+    assert!(read.is_err(), "the half-applied state was served: {read:?}");
+}
