@@ -231,6 +231,19 @@ fn load(args: &SecurityArgs) -> Result<Loaded, SecurityError> {
         })?,
         None => Vec::new(),
     };
+    // A users file that names nobody, with no requirepass beside it, would turn authentication
+    // off (every connection the `default` user, with every right): an empty or half-written
+    // file is a mistake, refused at start and on reload alike.
+    if let Some(p) = &args.users_file
+        && users.is_empty()
+        && requirepass.is_none()
+    {
+        return Err(SecurityError::File {
+            flag: "--users-file",
+            path: p.clone(),
+            reason: "the file names no user (expected `<name> <role> <password>` lines), and without users or --requirepass-file every client would be admin".into(),
+        });
+    }
     let tls = match (
         &args.tls_cert_file,
         &args.tls_key_file,
@@ -538,10 +551,20 @@ mod tests {
         // Nor does a node start with one.
         assert!(
             Security::load(&SecurityArgs {
-                users_file: Some(users),
+                users_file: Some(users.clone()),
                 ..SecurityArgs::default()
             })
             .is_err()
         );
+        // Beside a requirepass, which keeps authentication on, an empty users file is fine.
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, "secret\n").unwrap();
+        let s = Security::load(&SecurityArgs {
+            users_file: Some(users),
+            requirepass_file: Some(pass),
+            ..SecurityArgs::default()
+        })
+        .unwrap();
+        assert!(crate::auth::current(&s.accounts).required());
     }
 }
