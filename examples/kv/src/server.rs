@@ -32,7 +32,6 @@ use raft_core::Consistency;
 use raft_core::Role;
 use raft_core::Session;
 use raft_grpc::LocalClient;
-use raft_grpc::RequestError;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWrite;
@@ -857,7 +856,7 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
         };
         replicated(conn, ctx, op, now).await
     } else {
-        exec_reads(conn, ctx, watched, tx.ops, now).await
+        exec_reads(ctx, watched, tx.ops).await
     };
     let reply = match outcome {
         // Not applied, or a watched key changed: nothing of the transaction ran.
@@ -895,29 +894,16 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
 }
 
 /// `EXEC` of a transaction that queued no write: one read that runs its reads together
-/// ([`ReadOp::Transaction`]), at the node's consistency like any read. It writes no log entry,
-/// so a user allowed only to read cannot make one, not even while the storage alarm is raised.
-/// A leader of an earlier version, which cannot read such a query (`InvalidCommand`), gets the
-/// transaction as a replicated `EXEC`, as before.
-async fn exec_reads(
-    conn: &mut Conn,
-    ctx: &Ctx,
-    watched: Vec<Watched>,
-    ops: Vec<Queued>,
-    now: u64,
-) -> Result<Reply, Reply> {
-    let read = forward::read_raw(ctx, || ReadOp::Transaction {
+/// ([`ReadOp::Transaction`]), at the node's consistency like any read, answered by this node's
+/// own store (after a read index from the leader, if linearizable). It writes no log entry, so
+/// a user allowed only to read cannot make one, not even while the storage alarm is raised.
+async fn exec_reads(ctx: &Ctx, watched: Vec<Watched>, ops: Vec<Queued>) -> Result<Reply, Reply> {
+    forward::read_raw(ctx, || ReadOp::Transaction {
         watched: watched.clone(),
         ops: ops.clone(),
     })
-    .await;
-    match read {
-        Ok(reply) => Ok(reply),
-        Err(RequestError::InvalidCommand(_)) => {
-            replicated(conn, ctx, WriteOp::ExecStrict { watched, ops }, now).await
-        }
-        Err(e) => Err(forward::read_failure(&e)),
-    }
+    .await
+    .map_err(|e| forward::read_failure(&e))
 }
 
 /// `WATCH`: reads the keys' versions (at the node's consistency) for the next `EXEC` to check.
