@@ -15,6 +15,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use super::Node;
 use crate::error::Error;
 use crate::error::Result;
+use crate::metrics::Role;
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
 
@@ -51,7 +52,7 @@ impl<S: StateMachine> Node<S> {
         let enough = |up: &BTreeSet<NodeId>| up.len() * 2 > voters.len();
         let window = self.answer_window();
         let mut rx = self.inner.raft.metrics();
-        let waited = tokio::time::timeout(window, async {
+        let _ = tokio::time::timeout(window, async {
             while !enough(&self.answering(voters)) {
                 if rx.changed().await.is_err() {
                     return;
@@ -60,8 +61,13 @@ impl<S: StateMachine> Node<S> {
         })
         .await;
         let up = self.answering(voters);
-        if waited.is_ok() && enough(&up) {
+        if enough(&up) {
             return Ok(());
+        }
+        // Leadership moved meanwhile, or the node stopped: that is the answer, not the check's
+        // (a stopped node is let through, so the change reports why it stopped).
+        if self.role() != Role::Leader {
+            return self.require_leader();
         }
         let down: BTreeSet<NodeId> = voters.difference(&up).copied().collect();
         Err(Error::Membership(format!(
