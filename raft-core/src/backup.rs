@@ -375,8 +375,11 @@ fn open(path: &Path) -> Result<(BackupInfo, SnapshotData, snapshot::Parsed), Bac
 }
 
 /// The id [`restore_data_dir`] gives the new cluster by default: a 128-bit FNV-1a hash of the
-/// backup's checksum, size and log position and of the member list (ids and addresses). The same
-/// backup restored with the same members gets the same id on every node; anything else differs.
+/// backup's checksum, size and log position, of the member list (ids and addresses), and of
+/// where the restored log starts ([`RESTORE_INDEX_GAP`]). The same backup restored with the
+/// same members gets the same id on every node; anything else differs — including a node
+/// restored by a version whose log starts elsewhere, which the others then refuse as another
+/// cluster's rather than replicate to a log that does not line up with theirs.
 pub fn restored_cluster_id(backup: &BackupInfo, members: &BTreeMap<NodeId, String>) -> ClusterId {
     const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
     const PRIME: u128 = 0x0000000001000000000000000000013b;
@@ -388,6 +391,7 @@ pub fn restored_cluster_id(backup: &BackupInfo, members: &BTreeMap<NodeId, Strin
         }
     };
     eat(b"raftkit restore");
+    eat(&RESTORE_INDEX_GAP.to_le_bytes());
     eat(&backup.checksum.to_le_bytes());
     eat(&backup.bytes.to_le_bytes());
     eat(&backup.index.to_le_bytes());
