@@ -760,13 +760,25 @@ impl<S: Queryable> ClusterClient<S> {
         // One budget for all of it: opening a session, the write's attempts, opening another
         // session if an idle one was evicted.
         let deadline = Backoff::new(self.inner.opts.total_timeout).deadline();
-        OPERATION_DEADLINE
+        let (result, held) = OPERATION_DEADLINE
             .scope(deadline, self.write_in_budget(command))
-            .await
+            .await;
+        if let Some(held) = held {
+            self.return_slot(held.take()).await;
+        }
+        result
     }
 
-    async fn write_in_budget(&self, command: S::Command) -> Result<S::Output, ClientError> {
-        let (slot, mut reused) = self.take_slot().await?;
+    /// The write within its deadline, and the slot to give back after it (outside the
+    /// deadline: closing the session of a client closed meanwhile gets a budget of its own).
+    async fn write_in_budget(
+        &self,
+        command: S::Command,
+    ) -> (Result<S::Output, ClientError>, Option<SlotInUse<'_, S>>) {
+        let (slot, mut reused) = match self.take_slot().await {
+            Ok(taken) => taken,
+            Err(e) => return (Err(e), None),
+        };
         let mut held = SlotInUse::new(self, slot);
         loop {
             let session = raft_core::Session {
@@ -782,27 +794,27 @@ impl<S: Queryable> ClusterClient<S> {
                 // while the slot was idle; write again in a new one.
                 Err(ClientError::Refused(RequestError::UnknownSession(_))) if reused => {
                     held.take();
-                    held = SlotInUse::new(self, self.new_slot().await?);
+                    match self.new_slot().await {
+                        Ok(slot) => held = SlotInUse::new(self, slot),
+                        Err(e) => return (Err(e), None),
+                    }
                     reused = false;
                 }
                 Err(e) => {
                     let e = write_error(e, session);
-                    let slot = held.take();
                     // A session that can no longer answer spends its slot.
-                    if !matches!(
+                    if matches!(
                         e,
                         ClientError::Rejected(
                             ApplyError::UnknownSession { .. } | ApplyError::SessionExpired { .. }
                         )
                     ) {
-                        self.return_slot(slot).await;
+                        held.take();
+                        return (Err(e), None);
                     }
-                    return Err(e);
+                    return (Err(e), Some(held));
                 }
-                Ok(output) => {
-                    self.return_slot(held.take()).await;
-                    return Ok(output);
-                }
+                Ok(output) => return (Ok(output), Some(held)),
             }
         }
     }
