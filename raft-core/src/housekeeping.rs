@@ -12,6 +12,7 @@ use std::sync::Weak;
 use std::time::Duration;
 use std::time::Instant;
 
+use openraft::Instant as _;
 use openraft::ServerState;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::Fatal;
@@ -180,10 +181,12 @@ impl Housekeeping {
         }
     }
 
-    /// While this node's disk is in alarm: purges the log up to the latest snapshot (all of it,
-    /// not keeping [`Config::keep_after_snapshot`] entries: a follower that falls behind gets a
-    /// snapshot instead), and asks for a new snapshot when entries were applied since the last
-    /// one, at most once per [`ALARM_SNAPSHOT_INTERVALS`] check intervals.
+    /// While this node's disk is in alarm: purges the log up to the latest snapshot (not
+    /// keeping [`Config::keep_after_snapshot`] entries; on the leader, keeping what the
+    /// furthest-behind member that answered lately still needs, so only members that stopped
+    /// answering need a snapshot to catch up), and asks for a new snapshot when entries were
+    /// applied since the last one, at most once per [`ALARM_SNAPSHOT_INTERVALS`] check
+    /// intervals.
     async fn compact_in_alarm<S: StateMachine>(
         &self,
         raft: &RaftHandle<S>,
@@ -193,14 +196,39 @@ impl Housekeeping {
             *state = AlarmCompaction::default();
             return;
         }
-        let (applied, snapshot, purged) = {
+        let recently = self.config.election_timeout.saturating_mul(2);
+        let (applied, snapshot, purged, needed) = {
             let m = raft.metrics();
             let m = m.borrow_watched();
+            // On the leader: the next entry the furthest-behind member that answered lately
+            // needs. The log is kept from there, so a follower catching up (or one that just
+            // restarted) is not sent a snapshot for every one this alarm takes; members that
+            // stopped answering hold nothing back.
+            let needed = match (&m.replication, &m.heartbeat) {
+                (Some(matched), Some(acked)) => matched
+                    .iter()
+                    .filter(|(id, _)| **id != self.config.id)
+                    .filter(|(id, _)| {
+                        acked
+                            .get(*id)
+                            .cloned()
+                            .flatten()
+                            .is_some_and(|at| at.elapsed() < recently)
+                    })
+                    .map(|(_, l)| l.map_or(0, |l| l.index))
+                    .min(),
+                _ => None,
+            };
             (
                 m.last_applied.map(|l| l.index),
                 m.snapshot.map(|l| l.index),
                 m.purged.map(|l| l.index),
+                needed,
             )
+        };
+        let snapshot = match (snapshot, needed) {
+            (Some(s), Some(n)) => Some(s.min(n)),
+            (s, _) => s,
         };
         if let Some(upto) = snapshot
             && purged < Some(upto)
