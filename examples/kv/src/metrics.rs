@@ -58,6 +58,41 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// could take every file descriptor the process has, and the log's next segment with them.
 const MAX_CONNECTIONS: usize = 32;
 
+/// Most of [`MAX_CONNECTIONS`] one address may hold: it takes eight addresses to fill the port
+/// (and keep probes out), not one. A scraper and a kubelet's two probes need three.
+const MAX_CONNECTIONS_PER_IP: usize = 4;
+
+/// Connections held per address, each given back when its connection ends.
+#[derive(Default)]
+struct PerIp(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection's place in [`PerIp`].
+struct IpSlot(Arc<PerIp>, std::net::IpAddr);
+
+impl PerIp {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(ip).or_default();
+        if *n >= MAX_CONNECTIONS_PER_IP {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut held = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// The most bytes of a request hyper buffers: a probe's request line and headers.
 const MAX_REQUEST_BYTES: usize = 16 << 10;
 
@@ -134,6 +169,7 @@ impl Endpoint {
 
 async fn serve(listener: TcpListener, nodes: Vec<Node>, handle: PrometheusHandle, max_lag: u64) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_ip = Arc::new(PerIp::default());
     let mut full_logged = false;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -143,6 +179,10 @@ async fn serve(listener: TcpListener, nodes: Vec<Node>, handle: PrometheusHandle
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        let Some(ip_slot) = per_ip.take(peer.ip()) else {
+            drop(stream);
+            continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             if !full_logged {
@@ -155,7 +195,7 @@ async fn serve(listener: TcpListener, nodes: Vec<Node>, handle: PrometheusHandle
         full_logged = false;
         let (nodes, handle) = (nodes.clone(), handle.clone());
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, ip_slot);
             let service = service_fn(move |req| {
                 let reply = answer(&req, &nodes, &handle, max_lag);
                 async move { Ok::<_, Infallible>(reply) }
