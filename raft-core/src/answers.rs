@@ -88,6 +88,15 @@ fn check(peer: NodeId, vote: &Vote) -> Result<(), rpc::RpcError> {
     }
 }
 
+/// A vote (or pre-vote) answer from `peer`, if its vote passes [`check`].
+fn vote_answer(
+    peer: NodeId,
+    answer: rpc::VoteResponse,
+) -> Result<rpc::VoteResponse, rpc::RpcError> {
+    check(peer, &answer.vote)?;
+    Ok(answer)
+}
+
 fn check_append(peer: NodeId, answer: &rpc::StreamAppendResult) -> Result<(), rpc::RpcError> {
     match answer {
         Err(StreamAppendError::HigherVote(vote)) => check(peer, vote),
@@ -107,9 +116,7 @@ impl<N: NetVote<TypeConfig>> NetVote<TypeConfig> for CheckedConnection<N> {
         req: rpc::VoteRequest,
         option: rpc::RPCOption,
     ) -> Result<rpc::VoteResponse, rpc::RpcError> {
-        let answer = self.inner.vote(req, option).await?;
-        check(self.target, &answer.vote)?;
-        Ok(answer)
+        vote_answer(self.target, self.inner.vote(req, option).await?)
     }
 
     async fn pre_vote(
@@ -117,9 +124,7 @@ impl<N: NetVote<TypeConfig>> NetVote<TypeConfig> for CheckedConnection<N> {
         req: rpc::VoteRequest,
         option: rpc::RPCOption,
     ) -> Result<rpc::VoteResponse, rpc::RpcError> {
-        let answer = self.inner.pre_vote(req, option).await?;
-        check(self.target, &answer.vote)?;
-        Ok(answer)
+        vote_answer(self.target, self.inner.pre_vote(req, option).await?)
     }
 }
 

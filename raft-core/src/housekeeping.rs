@@ -12,7 +12,6 @@ use std::sync::Weak;
 use std::time::Duration;
 use std::time::Instant;
 
-use openraft::Instant as _;
 use openraft::ServerState;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::Fatal;
@@ -196,7 +195,7 @@ impl Housekeeping {
             *state = AlarmCompaction::default();
             return;
         }
-        let recently = self.config.election_timeout.saturating_mul(2);
+        let window = crate::metrics::answer_window(self.config.election_timeout);
         let (applied, snapshot, purged, needed) = {
             let m = raft.metrics();
             let m = m.borrow_watched();
@@ -204,21 +203,15 @@ impl Housekeeping {
             // needs. The log is kept from there, so a follower catching up (or one that just
             // restarted) is not sent a snapshot for every one this alarm takes; members that
             // stopped answering hold nothing back.
-            let needed = match (&m.replication, &m.heartbeat) {
-                (Some(matched), Some(acked)) => matched
+            let needed = m.replication.as_ref().and_then(|matched| {
+                matched
                     .iter()
-                    .filter(|(id, _)| **id != self.config.id)
                     .filter(|(id, _)| {
-                        acked
-                            .get(*id)
-                            .cloned()
-                            .flatten()
-                            .is_some_and(|at| at.elapsed() < recently)
+                        **id != self.config.id && crate::metrics::answered_within(&m, **id, window)
                     })
                     .map(|(_, l)| l.map_or(0, |l| l.index))
-                    .min(),
-                _ => None,
-            };
+                    .min()
+            });
             (
                 m.last_applied.map(|l| l.index),
                 m.snapshot.map(|l| l.index),

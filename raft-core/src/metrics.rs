@@ -3,6 +3,9 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
+use std::time::Duration;
+
+use openraft::Instant as _;
 use openraft::RaftMetrics;
 use openraft::ServerState;
 
@@ -165,4 +168,19 @@ impl MetricsWatch {
         self.rx.changed().await.ok()?;
         Some(self.current())
     }
+}
+
+/// How long since a member last answered the leader that it still counts as up: two election
+/// timeouts, several heartbeats.
+pub(crate) fn answer_window(election_timeout: Duration) -> Duration {
+    election_timeout.saturating_mul(2)
+}
+
+/// On a leader whose metrics are `m`: whether member `id` answered it within `window` (the
+/// send time of the last request it acknowledged). `false` on other nodes.
+pub(crate) fn answered_within(m: &RaftMetrics<TypeConfig>, id: NodeId, window: Duration) -> bool {
+    m.heartbeat
+        .as_ref()
+        .and_then(|acked| acked.get(&id).cloned().flatten())
+        .is_some_and(|sent| sent.elapsed() < window)
 }

@@ -1,9 +1,10 @@
 //! A panic in the state machine's `apply` stops the node. A binary of its own: the panic is on
 //! purpose, and a `testing::Cluster` in another test of the same process would see it.
 
-/// A running total whose `apply` panics part-way on the command 13, after changing the total.
+/// [`Sum`](raft_core::testing::Sum), except that its `apply` panics part-way on the command
+/// 13, after changing the total.
 #[derive(Debug, Default)]
-struct Brittle(u64);
+struct Brittle(raft_core::testing::Sum);
 
 impl raft_core::StateMachine for Brittle {
     type Command = u64;
@@ -11,23 +12,21 @@ impl raft_core::StateMachine for Brittle {
     type Snapshot = u64;
 
     fn apply(&mut self, c: u64) -> u64 {
-        self.0 += 1000;
+        self.0.apply(1000);
         assert_ne!(c, 13, "the state machine cannot take 13");
-        self.0 += c;
-        self.0
+        self.0.apply(c)
     }
 
     fn snapshot(&self) -> u64 {
-        self.0
+        self.0.snapshot()
     }
 
     fn write_snapshot(s: u64, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        raft_core::write_serde(&s, out)
+        raft_core::testing::Sum::write_snapshot(s, out)
     }
 
     fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
-        self.0 = raft_core::read_serde(input)?;
-        Ok(())
+        self.0.restore(input)
     }
 }
 
@@ -60,6 +59,6 @@ async fn a_panic_in_apply_stops_the_node_and_its_state_is_not_served() {
         .expect("the node stops");
     let why = stopped.expect_err("it stops with an error").to_string();
     assert!(why.contains("panicked"), "{why}");
-    let read = node.read(Consistency::Local, |s| s.0).await;
+    let read = node.read(Consistency::Local, |s| s.0.0).await;
     assert!(read.is_err(), "the half-applied state was served: {read:?}");
 }

@@ -702,9 +702,9 @@ impl<'de> serde::Deserialize<'de> for Picky {
     }
 }
 
-/// A running total of [`Picky`] commands.
+/// [`Sum`] of [`Picky`] commands.
 #[derive(Debug, Default)]
-struct PickySum(u64);
+struct PickySum(Sum);
 
 impl raft_core::StateMachine for PickySum {
     type Command = Picky;
@@ -712,21 +712,19 @@ impl raft_core::StateMachine for PickySum {
     type Snapshot = u64;
 
     fn apply(&mut self, c: Picky) -> u64 {
-        self.0 += c.0;
-        self.0
+        self.0.apply(c.0)
     }
 
     fn snapshot(&self) -> u64 {
-        self.0
+        self.0.snapshot()
     }
 
     fn write_snapshot(s: u64, out: &mut dyn Write) -> io::Result<()> {
-        raft_core::write_serde(&s, out)
+        Sum::write_snapshot(s, out)
     }
 
     fn restore(&mut self, input: &mut dyn io::Read) -> io::Result<()> {
-        self.0 = raft_core::read_serde(input)?;
-        Ok(())
+        self.0.restore(input)
     }
 }
 
@@ -762,7 +760,9 @@ async fn a_batch_with_a_command_that_does_not_decode_says_the_rest_applied() {
         "{e:?}"
     );
     assert_eq!(
-        node.read(Consistency::Linearizable, |s| s.0).await.unwrap(),
+        node.read(Consistency::Linearizable, |s| s.0.0)
+            .await
+            .unwrap(),
         3
     );
 
@@ -773,7 +773,9 @@ async fn a_batch_with_a_command_that_does_not_decode_says_the_rest_applied() {
         .unwrap_err();
     assert!(!e.may_have_applied(), "{e}");
     assert_eq!(
-        node.read(Consistency::Linearizable, |s| s.0).await.unwrap(),
+        node.read(Consistency::Linearizable, |s| s.0.0)
+            .await
+            .unwrap(),
         3
     );
     node.shutdown().await.unwrap();

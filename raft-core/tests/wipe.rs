@@ -33,6 +33,17 @@ async fn all_bound(c: &Cluster<KvStore>, ids: &[NodeId]) {
     .unwrap();
 }
 
+/// Three nodes, each bound to its incarnation in every node's state, and the leader.
+async fn bound_cluster() -> (Cluster<KvStore>, NodeId) {
+    let c = Cluster::start(3, ClusterOptions::default(), |_| KvStore::default())
+        .await
+        .unwrap();
+    c.write(put("before")).await.unwrap();
+    all_bound(&c, &[1, 2, 3]).await;
+    let leader = c.wait_for_leader().await.unwrap();
+    (c, leader)
+}
+
 /// Checks that node `at` refuses requests from node `x` under incarnation `now`, because `x`'s
 /// id is bound to incarnation `old`.
 fn refused_as_wiped(c: &Cluster<KvStore>, at: NodeId, x: NodeId, now: u64, old: u64) {
@@ -50,12 +61,7 @@ fn refused_as_wiped(c: &Cluster<KvStore>, at: NodeId, x: NodeId, now: u64, old: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_cannot_vote_again_and_comes_back_under_a_new_id() {
-    let c = Cluster::start(3, ClusterOptions::default(), |_| KvStore::default())
-        .await
-        .unwrap();
-    c.write(put("before")).await.unwrap();
-    all_bound(&c, &[1, 2, 3]).await;
-    let leader = c.wait_for_leader().await.unwrap();
+    let (c, leader) = bound_cluster().await;
     let (x, b) = {
         let f: Vec<NodeId> = (1..=3).filter(|id| *id != leader).collect();
         (f[0], f[1])
@@ -137,12 +143,7 @@ async fn a_wiped_node_cannot_vote_again_and_comes_back_under_a_new_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_log_was_lost_counts_as_wiped() {
-    let c = Cluster::start(3, ClusterOptions::default(), |_| KvStore::default())
-        .await
-        .unwrap();
-    c.write(put("before")).await.unwrap();
-    all_bound(&c, &[1, 2, 3]).await;
-    let leader = c.wait_for_leader().await.unwrap();
+    let (c, leader) = bound_cluster().await;
     let x = (1..=3).find(|id| *id != leader).unwrap();
     let old = c.node(x).unwrap().incarnation();
 

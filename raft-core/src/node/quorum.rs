@@ -9,13 +9,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use openraft::Instant as _;
 use openraft::async_runtime::watch::WatchReceiver;
 
 use super::Node;
 use crate::error::Error;
 use crate::error::Result;
 use crate::metrics::Role;
+use crate::metrics::answered_within;
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
 
@@ -23,7 +23,7 @@ impl<S: StateMachine> Node<S> {
     /// How recently a member must have answered the leader to count as up: two election
     /// timeouts, several heartbeats.
     fn answer_window(&self) -> Duration {
-        self.inner.config.election_timeout.saturating_mul(2)
+        crate::metrics::answer_window(self.inner.config.election_timeout)
     }
 
     /// The members of `voters` that answered this leader within [`Node::answer_window`] (the
@@ -35,13 +35,7 @@ impl<S: StateMachine> Node<S> {
         voters
             .iter()
             .copied()
-            .filter(|id| {
-                *id == self.inner.id
-                    || m.heartbeat
-                        .as_ref()
-                        .and_then(|acked| acked.get(id).cloned().flatten())
-                        .is_some_and(|sent| sent.elapsed() < window)
-            })
+            .filter(|id| *id == self.inner.id || answered_within(&m, *id, window))
             .collect()
     }
 
