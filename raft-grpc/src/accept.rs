@@ -199,10 +199,14 @@ impl Drop for Place {
 
 impl Admission {
     fn new(opts: &GrpcOptions, members: MemberSources) -> Admission {
+        Admission::with_limits(opts.max_connections, opts.max_connections_per_ip, members)
+    }
+
+    fn with_limits(total: usize, per_source: usize, members: MemberSources) -> Admission {
         Admission {
             counts: SharedCounts::default(),
-            max_total: opts.max_connections.max(1),
-            max_per_source: opts.max_connections_per_ip.max(1),
+            max_total: total.max(1),
+            max_per_source: per_source.max(1),
             members,
         }
     }
@@ -236,6 +240,36 @@ impl Admission {
             member,
             counts: self.counts.clone(),
         })
+    }
+}
+
+/// The raft port's connection limits, for a listener of an application's own (kv's metrics
+/// port): at most `total` connections, at most `per_address` of them from one IPv4 address or
+/// IPv6 /64.
+pub struct ConnectionLimits(Admission);
+
+/// A connection's place under [`ConnectionLimits`], given back when it is dropped.
+pub struct ConnectionPlace {
+    _place: Place,
+}
+
+impl ConnectionLimits {
+    /// Limits of `total` connections, `per_address` from one address (each at least 1).
+    pub fn new(total: usize, per_address: usize) -> ConnectionLimits {
+        ConnectionLimits(Admission::with_limits(
+            total,
+            per_address,
+            MemberSources::default(),
+        ))
+    }
+
+    /// A place for a connection from `ip`, or `None` if either limit is reached: close the
+    /// connection then.
+    pub fn admit(&self, ip: IpAddr) -> Option<ConnectionPlace> {
+        self.0
+            .admit(ip)
+            .ok()
+            .map(|place| ConnectionPlace { _place: place })
     }
 }
 

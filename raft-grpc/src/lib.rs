@@ -60,6 +60,8 @@ mod tls;
 mod transport;
 mod wire;
 
+pub use crate::accept::ConnectionLimits;
+pub use crate::accept::ConnectionPlace;
 pub use crate::addr::AddrError;
 pub use crate::addr::check_addr;
 pub use crate::auth::Auth;

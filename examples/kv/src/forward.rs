@@ -101,7 +101,19 @@ pub(crate) async fn read(ctx: &Ctx, op: ReadOp) -> Reply {
 
 /// Answers `op` at `consistency`.
 async fn read_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Reply {
-    retrying(|| {
+    read_checked_at(ctx, op, consistency)
+        .await
+        .unwrap_or_else(|e| e)
+}
+
+/// Answers `op` at the node's consistency, telling a read that failed (the reply says why)
+/// from one that was answered.
+pub(crate) async fn read_checked(ctx: &Ctx, op: ReadOp) -> Result<Reply, Reply> {
+    read_checked_at(ctx, op, ctx.consistency).await
+}
+
+async fn read_checked_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Result<Reply, Reply> {
+    retrying_for(|| {
         let q = Query {
             now: now_ms(),
             op: op.clone(),
@@ -109,24 +121,6 @@ async fn read_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Reply {
         ctx.client.read(q, consistency)
     })
     .await
-}
-
-/// Answers the query `op()` (built again for each attempt) at the node's consistency; a failure
-/// is returned as the cluster gave it, for the caller to word.
-pub(crate) async fn read_raw(ctx: &Ctx, op: impl Fn() -> ReadOp) -> Result<Reply, RequestError> {
-    attempts(false, || {
-        let q = Query {
-            now: now_ms(),
-            op: op(),
-        };
-        ctx.client.read(q, ctx.consistency)
-    })
-    .await
-}
-
-/// The reply a client gets for a call that failed for good and changed nothing.
-pub(crate) fn read_failure(e: &RequestError) -> Reply {
-    failure(e, false)
 }
 
 /// `KEYS` as a walk of SCAN steps, each holding the state machine for at most
@@ -180,17 +174,8 @@ pub(crate) async fn keys(
     }
 }
 
-/// Answers a call that changes nothing, through [`attempts`]: its reply, or the error reply
-/// it failed with.
-async fn retrying<F, Fut>(attempt: F) -> Reply
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Reply, RequestError>>,
-{
-    retrying_for(attempt).await.unwrap_or_else(|e| e)
-}
-
-/// Like [`retrying`], for calls that answer something other than a reply.
+/// Makes a call that changes nothing through [`attempts`]: what it answered, or the error
+/// reply it failed with.
 pub(crate) async fn retrying_for<T, F, Fut>(attempt: F) -> Result<T, Reply>
 where
     F: FnMut() -> Fut,

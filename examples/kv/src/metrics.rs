@@ -62,37 +62,6 @@ const MAX_CONNECTIONS: usize = 32;
 /// (and keep probes out), not one. A scraper and a kubelet's two probes need three.
 const MAX_CONNECTIONS_PER_IP: usize = 4;
 
-/// Connections held per address, each given back when its connection ends.
-#[derive(Default)]
-struct PerIp(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
-
-/// One connection's place in [`PerIp`].
-struct IpSlot(Arc<PerIp>, std::net::IpAddr);
-
-impl PerIp {
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
-        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = held.entry(ip).or_default();
-        if *n >= MAX_CONNECTIONS_PER_IP {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot(self.clone(), ip))
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut held = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = held.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.1);
-            }
-        }
-    }
-}
-
 /// The most bytes of a request hyper buffers: a probe's request line and headers.
 const MAX_REQUEST_BYTES: usize = 16 << 10;
 
@@ -168,8 +137,7 @@ impl Endpoint {
 }
 
 async fn serve(listener: TcpListener, nodes: Vec<Node>, handle: PrometheusHandle, max_lag: u64) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let per_ip = Arc::new(PerIp::default());
+    let limits = raft_grpc::ConnectionLimits::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP);
     let mut full_logged = false;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -180,13 +148,9 @@ async fn serve(listener: TcpListener, nodes: Vec<Node>, handle: PrometheusHandle
                 continue;
             }
         };
-        let Some(ip_slot) = per_ip.take(peer.ip()) else {
-            drop(stream);
-            continue;
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Some(place) = limits.admit(peer.ip()) else {
             if !full_logged {
-                tracing::warn!(%peer, "metrics listener: {MAX_CONNECTIONS} connections open; closing new ones until some end");
+                tracing::warn!(%peer, "metrics listener: {MAX_CONNECTIONS} connections open, or {MAX_CONNECTIONS_PER_IP} from one address; closing new ones until some end");
                 full_logged = true;
             }
             drop(stream);
@@ -195,7 +159,7 @@ async fn serve(listener: TcpListener, nodes: Vec<Node>, handle: PrometheusHandle
         full_logged = false;
         let (nodes, handle) = (nodes.clone(), handle.clone());
         tokio::spawn(async move {
-            let _slots = (slot, ip_slot);
+            let _place = place;
             let service = service_fn(move |req| {
                 let reply = answer(&req, &nodes, &handle, max_lag);
                 async move { Ok::<_, Infallible>(reply) }

@@ -898,12 +898,7 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
 /// own store (after a read index from the leader, if linearizable). It writes no log entry, so
 /// a user allowed only to read cannot make one, not even while the storage alarm is raised.
 async fn exec_reads(ctx: &Ctx, watched: Vec<Watched>, ops: Vec<Queued>) -> Result<Reply, Reply> {
-    forward::read_raw(ctx, || ReadOp::Transaction {
-        watched: watched.clone(),
-        ops: ops.clone(),
-    })
-    .await
-    .map_err(|e| forward::read_failure(&e))
+    forward::read_checked(ctx, ReadOp::Transaction { watched, ops }).await
 }
 
 /// `WATCH`: reads the keys' versions (at the node's consistency) for the next `EXEC` to check.
