@@ -10,8 +10,17 @@
 //! `ACL WHOAMI` names the user. With neither file, every connection is the `default` user with
 //! every right.
 //!
-//! The check on the hot path is one comparison of the connection's role; passwords are compared
-//! (in constant time) only by `AUTH` and `HELLO`.
+//! The check on the hot path is one comparison of the connection's role and one of the accounts'
+//! generation; passwords are compared (in constant time) only by `AUTH` and `HELLO`, and once per
+//! connection after a reload.
+//!
+//! A reload (`SIGHUP`) applies to connections already authenticated, at their next command:
+//! * a user whose password changed, or who is no longer in the files, loses the connection: its
+//!   next command is answered `-NOAUTH …` and the connection is closed, unless that command is
+//!   `AUTH`, `HELLO` or `QUIT`, which are run as on a new connection;
+//! * a user whose role changed runs its next command with the new role, as in Redis;
+//! * a connection that needed no authentication is closed in the same way once a reload requires
+//!   it.
 //!
 //! Users file format: one user per line, `<name> <role> <password>`, where the role is `read`,
 //! `write` or `admin` and the password is the rest of the line (trimmed). Blank lines and lines
@@ -20,6 +29,8 @@
 
 use std::sync::Arc;
 use std::sync::RwLock;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use raft_grpc::Role;
@@ -61,12 +72,45 @@ impl std::fmt::Debug for Accounts {
     }
 }
 
-/// The accounts in force, replaced whole on reload.
-pub type SharedAccounts = Arc<RwLock<Arc<Accounts>>>;
+/// The accounts in force, replaced whole on reload, with a count of replacements that lets a
+/// connection notice one with a single atomic load.
+#[derive(Debug, Default)]
+pub struct LiveAccounts {
+    accounts: RwLock<Arc<Accounts>>,
+    generation: AtomicU64,
+}
+
+impl LiveAccounts {
+    /// `accounts` in force.
+    pub fn new(accounts: Accounts) -> LiveAccounts {
+        LiveAccounts {
+            accounts: RwLock::new(Arc::new(accounts)),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Puts `accounts` in force; connections check theirs again at their next command.
+    pub fn replace(&self, accounts: Accounts) {
+        *self.accounts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(accounts);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many times the accounts were replaced.
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+/// The accounts of a node, shared by its connections and its reloader.
+pub type SharedAccounts = Arc<LiveAccounts>;
 
 /// Reads the accounts in force.
-pub fn current(shared: &SharedAccounts) -> Arc<Accounts> {
-    shared.read().unwrap_or_else(|p| p.into_inner()).clone()
+pub fn current(shared: &LiveAccounts) -> Arc<Accounts> {
+    shared
+        .accounts
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
 }
 
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -131,23 +175,78 @@ pub fn parse_users(text: &str) -> Result<Vec<Account>, String> {
     Ok(users)
 }
 
+/// Who a connection acts as, and how it proved it.
+#[derive(Clone)]
+struct User {
+    name: String,
+    role: Role,
+    /// The password it authenticated with, checked again after a reload; `None` for a
+    /// connection that needed no authentication.
+    password: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "User({}, {})", self.name, self.role)
+    }
+}
+
 /// A connection's authentication state.
 #[derive(Debug, Clone)]
 pub struct ConnAuth {
-    user: Option<(String, Role)>,
+    user: Option<User>,
+    /// The accounts' generation this state was last checked against.
+    generation: u64,
 }
 
 impl ConnAuth {
     /// A new connection: the default user with every right if nothing is required.
-    pub fn new(accounts: &Accounts) -> ConnAuth {
+    pub fn new(live: &LiveAccounts) -> ConnAuth {
+        let generation = live.generation();
         ConnAuth {
-            user: (!accounts.required()).then(|| (DEFAULT_USER.to_string(), Role::Admin)),
+            user: (!current(live).required()).then(|| User {
+                name: DEFAULT_USER.to_string(),
+                role: Role::Admin,
+                password: None,
+            }),
+            generation,
         }
     }
 
     /// Whether the connection acts as some user (it authenticated, or needs not).
     pub fn authenticated(&self) -> bool {
         self.user.is_some()
+    }
+
+    /// Checks the connection's user against the accounts in force if they were replaced since
+    /// the last check: takes a changed role, and `false` (the user forgotten) when its password
+    /// no longer opens the account.
+    fn still_valid(&mut self, live: &LiveAccounts) -> bool {
+        let generation = live.generation();
+        if generation == self.generation {
+            return true;
+        }
+        self.generation = generation;
+        let Some(user) = self.user.as_mut() else {
+            return true;
+        };
+        let accounts = current(live);
+        let role = match &user.password {
+            None => (!accounts.required()).then_some(Role::Admin),
+            Some(p) => accounts
+                .check(Some(user.name.as_bytes()), p)
+                .map(|(_, role)| role),
+        };
+        match role {
+            Some(role) => {
+                user.role = role;
+                true
+            }
+            None => {
+                self.user = None;
+                false
+            }
+        }
     }
 }
 
@@ -161,6 +260,9 @@ pub enum Gate {
     Refused(Reply),
     /// Run it.
     Pass,
+    /// The connection's user was removed, or its password changed, by a reload: answer this
+    /// and close the connection.
+    Revoked(Reply),
 }
 
 fn err(s: impl Into<String>) -> Gate {
@@ -173,6 +275,7 @@ fn refuse(s: impl Into<String>) -> Gate {
 
 const NOAUTH: &str = "NOAUTH Authentication required.";
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+const REVOKED: &str = "NOAUTH This connection's user was removed or its password changed; connect and authenticate again.";
 
 /// The role a command needs.
 fn role_for(spec: &Spec) -> Role {
@@ -186,14 +289,20 @@ fn role_for(spec: &Spec) -> Role {
 }
 
 /// Authenticates, answers `AUTH`/`ACL`, or checks that the connection may run the command
-/// (`spec` is its table entry if known). `accounts` is consulted only to check a password.
+/// (`spec` is its table entry if known). The accounts are read only to check a password, and
+/// once after each reload.
 pub fn gate(
     spec: Option<&'static Spec>,
     args: &[Bytes],
     conn: &mut ConnAuth,
-    accounts: impl Fn() -> Arc<Accounts>,
+    live: &LiveAccounts,
 ) -> Gate {
-    match spec.map(|s| s.name) {
+    let accounts = || current(live);
+    let name = spec.map(|s| s.name);
+    if !conn.still_valid(live) && !matches!(name, Some("auth" | "hello" | "quit")) {
+        return Gate::Revoked(Reply::Error(REVOKED.into()));
+    }
+    match name {
         Some("auth") => {
             let a = accounts();
             if !a.required() {
@@ -201,14 +310,19 @@ pub fn gate(
                     "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
                 );
             }
-            let found = match args.len() {
-                2 => a.check(None, &args[1]),
-                3 => a.check(Some(&args[1]), &args[2]),
+            let (user, password) = match args.len() {
+                2 => (None, &args[1]),
+                3 => (Some(&args[1][..]), &args[2]),
                 _ => return err("ERR wrong number of arguments for 'auth' command"),
             };
+            let found = a.check(user, password);
             match found {
-                Some(u) => {
-                    conn.user = Some(u);
+                Some((name, role)) => {
+                    conn.user = Some(User {
+                        name,
+                        role,
+                        password: Some(password.to_vec()),
+                    });
                     Gate::Reply(Reply::Ok)
                 }
                 None => err(WRONGPASS),
@@ -230,7 +344,13 @@ pub fn gate(
                 if args[i].eq_ignore_ascii_case(b"auth") && i + 2 < args.len() {
                     let a = accounts();
                     match a.check(Some(&args[i + 1]), &args[i + 2]) {
-                        Some(u) if a.required() => authenticated = Some(u),
+                        Some((name, role)) if a.required() => {
+                            authenticated = Some(User {
+                                name,
+                                role,
+                                password: Some(args[i + 2].to_vec()),
+                            })
+                        }
                         _ if !a.required() => {}
                         _ => return err(WRONGPASS),
                     }
@@ -253,7 +373,10 @@ pub fn gate(
         }
         Some("quit") => Gate::Pass,
         _ => {
-            let Some((user, role)) = &conn.user else {
+            let Some(User {
+                name: user, role, ..
+            }) = &conn.user
+            else {
                 return refuse(NOAUTH);
             };
             let Some(spec) = spec else {
@@ -276,7 +399,8 @@ pub fn gate(
             let needed = role_for(spec);
             if *role < needed {
                 return refuse(format!(
-                    "NOPERM User {user} has no permissions to run the '{name}' command"
+                    "NOPERM User {user} has no permissions to run the '{}' command",
+                    spec.name
                 ));
             }
             Gate::Pass
@@ -292,17 +416,17 @@ mod tests {
         s.split(' ').map(|a| Bytes::from(a.to_string())).collect()
     }
 
-    fn run(conn: &mut ConnAuth, a: &Arc<Accounts>, line: &str) -> Option<Reply> {
+    fn run(conn: &mut ConnAuth, a: &LiveAccounts, line: &str) -> Option<Reply> {
         let args = args(line);
         let spec = crate::commands::find(&args[0]);
-        match gate(spec, &args, conn, || a.clone()) {
-            Gate::Reply(r) | Gate::Refused(r) => Some(r),
+        match gate(spec, &args, conn, a) {
+            Gate::Reply(r) | Gate::Refused(r) | Gate::Revoked(r) => Some(r),
             Gate::Pass => None,
         }
     }
 
-    fn accounts() -> Arc<Accounts> {
-        Arc::new(Accounts {
+    fn accounts() -> LiveAccounts {
+        LiveAccounts::new(Accounts {
             requirepass: Some("s3cret".into()),
             users: parse_users("# users\nalice read alice pass\n\nbob write bobpw\n").unwrap(),
         })
@@ -370,7 +494,7 @@ mod tests {
 
     #[test]
     fn readers_cannot_write() {
-        let a = Arc::new(Accounts {
+        let a = LiveAccounts::new(Accounts {
             requirepass: None,
             users: parse_users("carol read pw").unwrap(),
         });
@@ -387,12 +511,103 @@ mod tests {
 
     #[test]
     fn nothing_configured_means_open() {
-        let a = Arc::new(Accounts::default());
+        let a = LiveAccounts::default();
         let mut c = ConnAuth::new(&a);
         assert_eq!(run(&mut c, &a, "SET k v"), None);
         assert!(
             matches!(run(&mut c, &a, "AUTH x"), Some(Reply::Error(e)) if e.contains("without any password"))
         );
+    }
+
+    fn revoked(r: Option<Reply>) -> bool {
+        matches!(r, Some(Reply::Error(e)) if e == REVOKED)
+    }
+
+    /// After a reload, a connection keeps its user only while the user's password still opens
+    /// the account; a changed role applies to its next command.
+    #[test]
+    fn a_reload_applies_to_connections_already_authenticated() {
+        let live = LiveAccounts::new(Accounts {
+            requirepass: Some("s3cret".into()),
+            users: parse_users(
+                "alice read apw
+bob write bpw
+carol read cpw
+erin write epw",
+            )
+            .unwrap(),
+        });
+        let conn = |line: &str| {
+            let mut c = ConnAuth::new(&live);
+            assert_eq!(run(&mut c, &live, line), Some(Reply::Ok));
+            c
+        };
+        let (mut alice, mut bob, mut carol, mut erin, mut default) = (
+            conn("AUTH alice apw"),
+            conn("AUTH bob bpw"),
+            conn("AUTH carol cpw"),
+            conn("AUTH erin epw"),
+            conn("AUTH s3cret"),
+        );
+        let mut hello = ConnAuth::new(&live);
+        assert_eq!(run(&mut hello, &live, "HELLO 3 AUTH bob bpw"), None);
+        assert!(
+            run(&mut carol, &live, "SET k v").is_some(),
+            "carol reads only"
+        );
+        // alice removed, bob's password changed, carol may now write, erin unchanged, and a new
+        // requirepass.
+        live.replace(Accounts {
+            requirepass: Some("n3w".into()),
+            users: parse_users(
+                "bob write bpw2
+carol write cpw
+erin write epw",
+            )
+            .unwrap(),
+        });
+        assert!(revoked(run(&mut alice, &live, "GET k")));
+        assert!(revoked(run(&mut bob, &live, "SET k v")));
+        assert!(revoked(run(&mut hello, &live, "GET k")));
+        assert!(revoked(run(&mut default, &live, "GET k")));
+        assert_eq!(
+            run(&mut carol, &live, "SET k v"),
+            None,
+            "the new role applies"
+        );
+        assert_eq!(run(&mut erin, &live, "SET k v"), None);
+        // Once told, the connection is simply unauthenticated; AUTH with the new password works
+        // on it, as on a new connection.
+        assert_eq!(
+            run(&mut bob, &live, "GET k"),
+            Some(Reply::Error(NOAUTH.into()))
+        );
+        assert_eq!(run(&mut bob, &live, "AUTH bob bpw2"), Some(Reply::Ok));
+        assert_eq!(run(&mut bob, &live, "SET k v"), None);
+        let mut admin = conn("AUTH n3w");
+        assert_eq!(run(&mut admin, &live, "FLUSHDB"), None);
+        // AUTH right after the reload is run, not refused.
+        live.replace(Accounts {
+            requirepass: Some("n3w".into()),
+            users: parse_users("carol write cpw3").unwrap(),
+        });
+        assert_eq!(run(&mut carol, &live, "AUTH carol cpw3"), Some(Reply::Ok));
+        assert_eq!(run(&mut carol, &live, "SET k v"), None);
+        assert!(revoked(run(&mut erin, &live, "GET k")));
+    }
+
+    #[test]
+    fn connections_that_needed_no_password_are_closed_once_one_is_required() {
+        let live = LiveAccounts::default();
+        let mut open = ConnAuth::new(&live);
+        assert_eq!(run(&mut open, &live, "SET k v"), None);
+        live.replace(Accounts::default());
+        assert_eq!(run(&mut open, &live, "SET k v"), None, "still open");
+        live.replace(Accounts {
+            requirepass: Some("pw".into()),
+            users: Vec::new(),
+        });
+        assert!(revoked(run(&mut open, &live, "GET k")));
     }
 
     #[test]

@@ -36,6 +36,7 @@ use raft_grpc::User;
 use raft_grpc::auth::Auth;
 
 use crate::auth::Accounts;
+use crate::auth::LiveAccounts;
 use crate::auth::SharedAccounts;
 
 /// Whether TLS clients (and peers) must present a certificate.
@@ -335,7 +336,7 @@ impl Security {
         Ok(Security {
             grpc_tls_live,
             grpc_auth: Auth::new(args.auth_config(&loaded)),
-            accounts: Arc::new(RwLock::new(Arc::new(loaded.accounts))),
+            accounts: Arc::new(LiveAccounts::new(loaded.accounts)),
             resp_tls: loaded
                 .tls
                 .as_ref()
@@ -411,7 +412,7 @@ impl Security {
                 .map_err(|e| SecurityError::Tls(e.to_string()))?;
         }
         self.grpc_auth.reload(self.args.auth_config(&loaded));
-        *self.accounts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded.accounts);
+        self.accounts.replace(loaded.accounts);
         if let (Some(shared), Some((_, resp))) = (&self.resp_tls, loaded.tls) {
             *shared.write().unwrap_or_else(|p| p.into_inner()) = resp;
         }

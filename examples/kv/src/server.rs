@@ -302,7 +302,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         id,
         session: None,
         proto: resp::Proto::Resp2,
-        auth: ConnAuth::new(&auth::current(&ctx.accounts)),
+        auth: ConnAuth::new(&ctx.accounts),
         tx: None,
         watched: Vec::new(),
         watched_bytes: 0,
@@ -572,12 +572,16 @@ async fn execute(
     let spec = commands::find(&args[0]);
     let name = spec.map_or("unknown", |s| s.name);
     metrics::counter!("kv_requests_total", "command" => name).increment(1);
-    let (reply, refused) =
-        match auth::gate(spec, args, &mut conn.auth, || auth::current(&ctx.accounts)) {
-            Gate::Pass => (None, false),
-            Gate::Reply(r) => (Some(r), false),
-            Gate::Refused(r) => (Some(r), true),
-        };
+    let (reply, refused) = match auth::gate(spec, args, &mut conn.auth, &ctx.accounts) {
+        Gate::Pass => (None, false),
+        Gate::Reply(r) => (Some(r), false),
+        Gate::Refused(r) => (Some(r), true),
+        Gate::Revoked(r) => {
+            run_batch(batch, conn, ctx, out).await;
+            resp::encode(&r, out, conn.proto);
+            return true;
+        }
+    };
     if let Some(r) = reply {
         run_batch(batch, conn, ctx, out).await;
         // As in Redis, a command refused before it could be queued discards the transaction.

@@ -35,6 +35,8 @@ struct Node {
     raft: u16,
     /// The password clients must give, if the node requires one.
     password: Option<&'static str>,
+    /// The file that holds it, kept for as long as the node may read it again (reloads).
+    password_file: Option<tempfile::NamedTempFile>,
 }
 
 /// The password of [`Node::start_with_password`].
@@ -58,6 +60,7 @@ impl Node {
             Some(PASSWORD),
         );
         node.password = Some(PASSWORD);
+        node.password_file = Some(file);
         node
     }
 
@@ -105,6 +108,7 @@ impl Node {
             port: resp,
             raft,
             password,
+            password_file: None,
         };
         // Ready once a write commits.
         let deadline = Instant::now() + WAIT;
@@ -955,6 +959,66 @@ fn a_command_refused_for_permissions_inside_multi_discards_the_transaction() {
     assert_eq!(c.call(&[b"SET", b"a", b"1"]), "+QUEUED");
     assert_eq!(c.call(&[b"EXEC"]), "+OK");
     assert_eq!(c.call(&[b"GET", b"a"]), "1");
+}
+
+/// Users removed from the users file, or whose password changed, lose the connections they
+/// already have at the next reload (`SIGHUP`), without their commands running; a changed role
+/// applies to connections as they are.
+#[test]
+fn a_reload_closes_the_connections_of_removed_users_and_changes_roles_in_place() {
+    let users = tempfile::NamedTempFile::new().expect("users file");
+    std::fs::write(
+        users.path(),
+        "alice write apw\nbob write bpw\ncarol read cpw\n",
+    )
+    .expect("users");
+    let path = users.path().to_string_lossy().into_owned();
+    let node = Node::start_with_password(&["--users-file", &path]);
+    let login = |user: &str, password: &str| {
+        let mut c = node.connect();
+        let reply = c.call(&[b"AUTH", user.as_bytes(), password.as_bytes()]);
+        (c, reply)
+    };
+    let (mut alice, _) = login("alice", "apw");
+    let (mut bob, _) = login("bob", "bpw");
+    let (mut carol, _) = login("carol", "cpw");
+    assert_eq!(alice.call(&[b"SET", b"k", b"1"]), "+OK");
+    assert!(carol.call(&[b"SET", b"k", b"2"]).starts_with("-NOPERM"));
+
+    std::fs::write(users.path(), "bob write bpw-rotated\ncarol write cpw\n").expect("users");
+    let hup = Command::new("kill")
+        .args(["-HUP", &node.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    node.wait_until("the new users file is in force", || {
+        login("bob", "bpw-rotated").1 == "+OK"
+    });
+
+    assert!(alice.call(&[b"SET", b"k", b"3"]).starts_with("-NOAUTH"));
+    assert!(
+        alice.closed_by_server(),
+        "a removed user's connection stays open"
+    );
+    assert!(bob.call(&[b"SET", b"k", b"4"]).starts_with("-NOAUTH"));
+    assert!(
+        bob.closed_by_server(),
+        "a connection with the old password stays open"
+    );
+    assert_eq!(
+        node.connect().call(&[b"GET", b"k"]),
+        "1",
+        "a refused write applied"
+    );
+    assert_eq!(
+        carol.call(&[b"SET", b"k", b"5"]),
+        "+OK",
+        "the new role does not apply"
+    );
+    assert_eq!(
+        login("alice", "apw").1,
+        "-WRONGPASS invalid username-password pair or user is disabled."
+    );
 }
 
 #[test]
