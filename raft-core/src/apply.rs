@@ -90,6 +90,11 @@ impl<S: StateMachine> SmState<S> {
         self.extra.time_ms
     }
 
+    /// The index of the last entry applied to this state.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.last_applied.map(|id| id.index)
+    }
+
     /// The session table (capacity included), for tests comparing replicas.
     #[cfg(any(test, feature = "testing"))]
     pub fn sessions(&self) -> &SessionTable {
@@ -344,6 +349,20 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("a panic without a message")
 }
 
+/// Takes the user's point-in-time handle. A panic in the user's `snapshot` becomes an error that
+/// names it: `snapshot` only reads the state, so the state is as it was and the node goes on
+/// (a snapshot build fails and is retried; a backup fails).
+fn take_handle<S: StateMachine>(user: &S) -> Result<S::Snapshot, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| user.snapshot())).map_err(|panic| {
+        let why = format!(
+            "the state machine panicked taking a snapshot handle: {}",
+            panic_text(panic.as_ref())
+        );
+        tracing::error!("{why}");
+        why
+    })
+}
+
 /// Marks a restore over when dropped: after it succeeded, failed or panicked.
 struct Restoring<'a, S>(&'a SmShared<S>);
 
@@ -459,16 +478,15 @@ impl<S> SmShared<S> {
 impl<S: StateMachine> SmShared<S> {
     /// What a backup is made of, taken together under the lock: the user's point-in-time
     /// handle, the metadata it covers (applied log id and membership) and the session table;
-    /// or why the state must not be read ([`SmShared::broken`]).
-    pub fn backup_parts(
-        &self,
-    ) -> Result<(S::Snapshot, SnapshotMeta, SessionTable, u64), &'static str> {
+    /// or why the state must not be read ([`SmShared::broken`]), or why the handle could not be
+    /// taken.
+    pub fn backup_parts(&self) -> Result<(S::Snapshot, SnapshotMeta, SessionTable, u64), String> {
         let st = self.read();
         if let Some(why) = self.broken() {
-            return Err(why);
+            return Err(why.to_string());
         }
         Ok((
-            st.user.snapshot(),
+            take_handle(&st.user)?,
             SnapshotMeta {
                 last_log_id: st.last_applied,
                 last_membership: st.membership.clone(),
@@ -617,8 +635,9 @@ impl<S: StateMachine> Applier<S> {
 
 /// Builds one snapshot from a point-in-time handle, off the apply path.
 pub(crate) struct Builder<S: StateMachine> {
-    // `Mutex` only to make the builder `Sync` without asking users for a `Sync` handle.
-    handle: Mutex<Option<S::Snapshot>>,
+    // `Mutex` only to make the builder `Sync` without asking users for a `Sync` handle. An
+    // error if the user's `snapshot` panicked.
+    handle: Mutex<Option<Result<S::Snapshot, String>>>,
     meta: SnapshotMeta,
     sessions: SessionTable,
     extra: ApplyExtra,
@@ -663,7 +682,8 @@ impl<S: StateMachine> Builder<S> {
     async fn try_build(&mut self) -> Result<Snapshot, io::Error> {
         let handle = crate::sync::lock(&self.handle)
             .take()
-            .ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
+            .ok_or_else(|| io::Error::other("snapshot builder used twice"))?
+            .map_err(io::Error::other)?;
         let meta = self.meta.clone();
         let sessions = self.sessions.clone();
         let extra = self.extra.clone();
@@ -762,7 +782,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for Applier<S> {
     async fn get_snapshot_builder(&mut self) -> Builder<S> {
         let st = self.shared.read();
         Builder {
-            handle: Mutex::new(Some(st.user.snapshot())),
+            handle: Mutex::new(Some(take_handle(&st.user))),
             meta: SnapshotMeta {
                 last_log_id: st.last_applied,
                 last_membership: st.membership.clone(),

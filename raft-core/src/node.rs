@@ -1261,7 +1261,9 @@ impl<S: StateMachine> Node<S> {
     /// A build that fails meanwhile fails the call with
     /// [`SnapshotError::BuildFailed`](crate::snapshot::SnapshotError::BuildFailed).
     pub async fn snapshot(&self) -> Result<()> {
-        let target = self.metrics().applied_index;
+        // From the state itself: the metrics can lag behind what was applied, and a target
+        // taken from them would let this return before covering a write already answered.
+        let target = self.inner.sm.read().applied_index();
         let limit = self.inner.config.request_timeout;
         let health = &self.inner.snapshot_health;
         self.with_timeout(async {
@@ -1341,11 +1343,7 @@ impl<S: StateMachine> Node<S> {
     ) -> Result<(BackupInfo, W)> {
         let permit = crate::backup::ExportPermit::take(&self.inner.exporting)?;
         self.read_at(at, |_| ()).await?;
-        let parts = self
-            .inner
-            .sm
-            .backup_parts()
-            .map_err(|why| Error::Storage(why.into()))?;
+        let parts = self.inner.sm.backup_parts().map_err(Error::Storage)?;
         let cluster = self.cluster_id();
         tokio::task::spawn_blocking(move || {
             // Held until the writing ends, even if the caller stopped waiting.

@@ -129,9 +129,14 @@ pub trait StateMachine: Send + Sync + 'static {
     }
 
     /// Takes a cheap point-in-time handle of the current state (runs on the apply path).
+    ///
+    /// A panic here fails that snapshot (retried after a pause, like any failed build) or that
+    /// backup, and is logged as an error; the node goes on, since reading the state left it as
+    /// it was.
     fn snapshot(&self) -> Self::Snapshot;
 
-    /// Serialises a handle taken by [`StateMachine::snapshot`] (runs off the apply path).
+    /// Serialises a handle taken by [`StateMachine::snapshot`] (runs off the apply path). An
+    /// error or a panic fails that snapshot or backup; the node goes on.
     fn write_snapshot(snapshot: Self::Snapshot, out: &mut dyn Write) -> io::Result<()>;
 
     /// Replaces the entire state with the bytes a [`StateMachine::write_snapshot`] produced,
