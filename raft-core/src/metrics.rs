@@ -176,6 +176,15 @@ pub(crate) fn answer_window(election_timeout: Duration) -> Duration {
     election_timeout.saturating_mul(2)
 }
 
+/// Whether the node whose metrics are `m` leads but heard from no quorum within `window` (the
+/// send time of the last request a quorum acknowledged).
+pub(crate) fn leads_without_quorum(m: &RaftMetrics<TypeConfig>, window: Duration) -> bool {
+    m.state == ServerState::Leader
+        && m.last_quorum_acked
+            .as_ref()
+            .is_some_and(|sent| sent.elapsed() >= window)
+}
+
 /// On a leader whose metrics are `m`: whether member `id` answered it within `window` (the
 /// send time of the last request it acknowledged). `false` on other nodes.
 pub(crate) fn answered_within(m: &RaftMetrics<TypeConfig>, id: NodeId, window: Duration) -> bool {

@@ -552,7 +552,10 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Replicates `command`, applies it on every node and returns this node's output. Only the
-    /// leader accepts writes; elsewhere it fails with [`Error::NotLeader`].
+    /// leader accepts writes; elsewhere it fails with [`Error::NotLeader`]. So does a leader
+    /// that has heard from no quorum of voters for two election timeouts (cut off from the
+    /// majority, which may have elected another leader): within an election timeout, or at
+    /// once if its proposals in flight are stuck. The command was not proposed.
     ///
     /// Every node encodes every write's output, so outputs are bounded: one whose encoding
     /// passes 64 MiB (or [`Config::max_session_response_bytes`](crate::Config), if larger),
@@ -1113,6 +1116,13 @@ impl<S: StateMachine> Node<S> {
         self.propose(|| self.inner.raft.change_membership(change.clone(), false))
             .await
             .map(|_| ())
+    }
+
+    /// Whether this node leads but has heard from no quorum for two election timeouts: cut off
+    /// from the majority, whose side may have elected another leader meanwhile.
+    fn quorum_silent(&self) -> bool {
+        let window = crate::metrics::answer_window(self.inner.config.election_timeout);
+        crate::metrics::leads_without_quorum(&self.inner.raft.metrics().borrow_watched(), window)
     }
 
     /// Refuses at once on a running node that does not lead, naming the leader if it is known

@@ -757,3 +757,56 @@ async fn replicas_configured_differently_keep_identical_session_tables() {
         "the restarted node went through a snapshot"
     );
 }
+
+/// A leader cut off from its quorum refuses new writes at once, as not applied, once it has
+/// heard from no quorum for two election timeouts. Before, they queued behind the proposals
+/// stuck in its slots and waited for those to time out (the request timeout, 5 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_leader_refuses_new_writes_at_once_as_not_applied() {
+    let cluster = start(3, |c| c).await;
+    let mut expected = Kv::default();
+    put_many(&cluster, 0..20, &mut expected).await;
+    let old = cluster.wait_for_leader().await.unwrap();
+    let node = cluster.node(old).unwrap();
+    let config = cluster.config(old);
+    let appended = node.metrics().last_log_index.unwrap_or(0);
+    let isolated = Instant::now();
+    cluster.router().isolate(old);
+    // Writes sent as the partition begins take every proposal slot, and more queue.
+    let stuck: Vec<_> = (0..16)
+        .map(|i| {
+            let node = node.clone();
+            tokio::spawn(
+                async move { node.write(Cmd::Put(format!("stuck-{i}"), "x".into())).await },
+            )
+        })
+        .collect();
+    // Every slot is held by a write appended to the leader's log, which cannot commit.
+    let slots = config.combine_writes_after as u64;
+    node.wait_for(config.request_timeout, |m| {
+        m.last_log_index.unwrap_or(0) >= appended + slots
+    })
+    .await
+    .expect("the first writes are proposed");
+    // Probe until a write is answered. A probe that queues and is given up is never proposed
+    // (nothing frees a slot before the stuck writes time out). One that finds a free slot is
+    // refused by the lease check within an election timeout; it gets two.
+    let probe_for = config.election_timeout * 2;
+    let refused = loop {
+        let probe = node.write(Cmd::Put("late".into(), "x".into()));
+        match tokio::time::timeout(probe_for, probe).await {
+            Ok(Ok(v)) => panic!("an isolated leader acknowledged a write: {v:?}"),
+            Ok(Err(e)) => break e,
+            Err(_) => assert!(
+                isolated.elapsed() < config.request_timeout / 2,
+                "no write refused {:?} after the leader was cut off",
+                isolated.elapsed()
+            ),
+        }
+    };
+    assert!(matches!(refused, Error::NotLeader(_)), "{refused}");
+    assert!(!refused.may_have_applied(), "{refused}");
+    for s in stuck {
+        s.abort();
+    }
+}

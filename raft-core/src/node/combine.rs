@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use super::Node;
 use crate::error::Error;
 use crate::error::Result;
+use crate::leader::LeaderHint;
 use crate::state_machine::StateMachine;
 use crate::types::Proposal;
 use crate::types::Request;
@@ -42,6 +43,8 @@ enum Joined {
     Propose(Request),
     /// All slots are taken: the write is queued; its response arrives here.
     Queued(oneshot::Receiver<Result<Response>>),
+    /// All slots are taken and the write may not queue: not proposed.
+    Refused,
 }
 
 /// A queued write and where its response goes.
@@ -117,9 +120,10 @@ impl Combiner {
         }
     }
 
-    /// Takes a slot for `request`, or queues it behind the proposals in flight. A write never
-    /// overtakes one queued before it.
-    fn join(&self, request: Request) -> Joined {
+    /// Takes a slot for `request`, or queues it behind the proposals in flight — unless
+    /// `refuse_queueing` says not to, then [`Joined::Refused`]. A write never overtakes one
+    /// queued before it.
+    fn join(&self, request: Request, refuse_queueing: impl FnOnce() -> bool) -> Joined {
         if self.slots == 0 {
             return Joined::Propose(request);
         }
@@ -127,6 +131,9 @@ impl Combiner {
         if st.in_flight < self.slots && st.queue.is_empty() {
             st.in_flight += 1;
             return Joined::Propose(request);
+        }
+        if refuse_queueing() {
+            return Joined::Refused;
         }
         let adding = size(&request);
         if st.queue.len() >= st.prune_at || st.bytes.saturating_add(adding) > st.prune_at_bytes {
@@ -183,8 +190,15 @@ impl Combiner {
 impl<S: StateMachine> Node<S> {
     /// Proposes one write — at once if a slot is free, else combined with the writes queued
     /// with it — and returns its response.
+    ///
+    /// A leader that has heard from no quorum lately refuses a write that would queue, as not
+    /// applied: its slots are held by proposals that cannot commit until they time out, and a
+    /// queued write would wait that long only to be refused as not leading, or to time out
+    /// with an unknown outcome. A write that finds a free slot is proposed, and openraft's
+    /// lease check refuses it as quickly.
     pub(super) async fn propose_combining(&self, request: Request) -> Result<Response> {
-        match self.inner.combiner.join(request) {
+        match self.inner.combiner.join(request, || self.quorum_silent()) {
+            Joined::Refused => Err(Error::NotLeader(LeaderHint::unknown())),
             Joined::Propose(request) => {
                 let _slot = Slot { node: self };
                 self.propose_stamped(request).await
@@ -312,9 +326,9 @@ mod tests {
 
     /// Queues a write and keeps its caller waiting (the receiver is kept).
     fn queue(c: &Combiner, n: usize, waiting: &mut Vec<oneshot::Receiver<Result<Response>>>) {
-        match c.join(req(n)) {
+        match c.join(req(n), || false) {
             Joined::Queued(rx) => waiting.push(rx),
-            Joined::Propose(_) => panic!("expected the write to queue"),
+            Joined::Propose(_) | Joined::Refused => panic!("expected the write to queue"),
         }
     }
 
@@ -329,15 +343,15 @@ mod tests {
     fn writes_queue_only_when_every_slot_is_taken() {
         let c = Combiner::new(2, 1000);
         let mut waiting = Vec::new();
-        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
-        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
+        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
         queue(&c, 1, &mut waiting);
         queue(&c, 1, &mut waiting);
         // The slot passes to the queued writes, both in one batch.
         assert_eq!(c.release().map(|b| b.len()), Some(2));
         assert!(c.release().is_none());
         // One slot in flight (the batch's): a new write takes the free one.
-        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
         queue(&c, 1, &mut waiting);
     }
 
@@ -345,7 +359,7 @@ mod tests {
     fn a_batch_is_bounded_by_bytes_but_takes_at_least_one_write() {
         let c = Combiner::new(1, 100);
         let mut waiting = Vec::new();
-        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
         for n in [50, 30, 40, 500] {
             queue(&c, n, &mut waiting);
         }
@@ -360,20 +374,20 @@ mod tests {
         assert_eq!(sizes(c.release()), Some(vec![40]));
         assert_eq!(sizes(c.release()), Some(vec![500]));
         assert!(c.release().is_none());
-        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
     }
 
     #[test]
     fn writes_whose_callers_gave_up_are_not_proposed() {
         let c = Combiner::new(1, 1000);
-        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
         let mut kept = Vec::new();
         for n in 0..6 {
-            match c.join(req(n + 10)) {
+            match c.join(req(n + 10), || false) {
                 // Every other caller stops waiting (its receiver is dropped).
                 Joined::Queued(rx) if n % 2 == 0 => kept.push(rx),
                 Joined::Queued(_) => {}
-                Joined::Propose(_) => panic!("the slot is taken"),
+                Joined::Propose(_) | Joined::Refused => panic!("the slot is taken"),
             }
         }
         let sizes: Vec<usize> = c
@@ -386,20 +400,20 @@ mod tests {
         // Only abandoned writes queued: the slot is given back, not passed to them.
         drop(kept);
         for _ in 0..3 {
-            let _ = c.join(req(1));
+            let _ = c.join(req(1), || false);
         }
         assert!(c.release().is_none(), "no live write to pass the slot to");
         assert!(c.release().is_none());
-        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
     }
 
     #[test]
     fn abandoned_writes_do_not_accumulate_while_the_slot_is_held() {
         let c = Combiner::new(1, 1 << 20);
-        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
         let mut live = Vec::new();
         for n in 0..10_000 {
-            if let Joined::Queued(rx) = c.join(req(1))
+            if let Joined::Queued(rx) = c.join(req(1), || false)
                 && n % 100 == 0
             {
                 live.push(rx);
@@ -420,9 +434,9 @@ mod tests {
     #[test]
     fn abandoned_large_writes_are_dropped_by_their_bytes() {
         let c = Combiner::new(1, 16 << 10);
-        assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
         for _ in 0..63 {
-            assert!(matches!(c.join(req(1 << 20)), Joined::Queued(_)));
+            assert!(matches!(c.join(req(1 << 20), || false), Joined::Queued(_)));
         }
         let held: usize = crate::sync::lock(&c.state)
             .queue
@@ -437,9 +451,24 @@ mod tests {
     fn zero_slots_never_queue() {
         let c = Combiner::new(0, 100);
         for _ in 0..10 {
-            assert!(matches!(c.join(req(1)), Joined::Propose(_)));
+            assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
         }
         assert!(c.release().is_none());
+    }
+
+    #[test]
+    fn a_write_that_would_queue_can_be_refused_instead() {
+        let c = Combiner::new(1, 100);
+        let asked = std::cell::Cell::new(0);
+        let refuse = || {
+            asked.set(asked.get() + 1);
+            true
+        };
+        assert!(matches!(c.join(req(1), refuse), Joined::Propose(_)));
+        assert_eq!(asked.get(), 0, "a write with a free slot is not checked");
+        assert!(matches!(c.join(req(1), refuse), Joined::Refused));
+        assert_eq!(asked.get(), 1);
+        assert!(c.release().is_none(), "a refused write is not queued");
     }
 
     #[test]
@@ -452,11 +481,11 @@ mod tests {
         let undecodable = || Error::Codec(postcard::Error::DeserializeUnexpectedEnd.into());
         for failure in [Error::NoQuorum, disk_full(), undecodable()] {
             let c = Combiner::new(1, 100);
-            let _ = c.join(req(1));
+            let _ = c.join(req(1), || false);
             let rxs: Vec<_> = (0..3)
-                .map(|_| match c.join(req(1)) {
+                .map(|_| match c.join(req(1), || false) {
                     Joined::Queued(rx) => rx,
-                    Joined::Propose(_) => panic!("slot should be taken"),
+                    Joined::Propose(_) | Joined::Refused => panic!("slot should be taken"),
                 })
                 .collect();
             let batch = c.release().unwrap_or_default();
