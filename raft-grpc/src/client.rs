@@ -271,6 +271,10 @@ pub enum ClientError {
     /// uses; the cluster evicts it in time.
     #[error("the write was not sent: no session could be opened for it: {0}")]
     NoSession(Box<ClientError>),
+    /// The operation's total timeout ran out before this call was sent (a write whose session
+    /// registration took the whole budget): nothing was sent, so nothing was applied.
+    #[error("the total timeout ran out before the request was sent; nothing was applied")]
+    OutOfTime,
 }
 
 impl ClientError {
@@ -694,6 +698,11 @@ impl<S: Queryable> ClusterClient<S> {
         // Whether an attempt so far may have been applied.
         let mut in_doubt = false;
         loop {
+            if attempts == 0 && backoff.remaining().is_zero() {
+                // An operation's earlier call (opening a write's session) spent its budget:
+                // nothing is sent, so nothing can apply.
+                return Err(ClientError::OutOfTime);
+            }
             attempts += 1;
             let per_attempt = attempt_timeout.min(backoff.remaining());
             let outcome = match self.client(&target) {
@@ -1395,6 +1404,22 @@ mod tests {
 
     fn no_space() -> Status {
         status(Code::ResourceExhausted, ErrorCode::NoSpace, "disk full")
+    }
+
+    /// A call of an operation whose budget an earlier call spent is not sent: before, it went
+    /// out with a zero timeout and failed as given up, outcome unknown.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_with_no_budget_left_is_not_sent_and_not_applied() {
+        let spent = tokio::time::Instant::now();
+        let (r, calls) = OPERATION_DEADLINE.scope(spent, run(Vec::new())).await;
+        assert_eq!(calls, 0, "sent with no time left");
+        let e = r.unwrap_err();
+        assert!(matches!(e, ClientError::OutOfTime), "{e:?}");
+        assert!(!e.outcome_unknown());
+        // With time left it is sent.
+        let later = spent + Duration::from_secs(1);
+        let (r, calls) = OPERATION_DEADLINE.scope(later, run(Vec::new())).await;
+        assert_eq!((r.ok(), calls), (Some(7), 1));
     }
 
     #[tokio::test(start_paused = true)]
