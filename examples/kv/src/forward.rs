@@ -106,13 +106,13 @@ async fn read_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Reply {
         .unwrap_or_else(|e| e)
 }
 
-/// Answers `op` at the node's consistency, telling a read that failed (the reply says why)
-/// from one that was answered.
-pub(crate) async fn read_checked(ctx: &Ctx, op: ReadOp) -> Result<Reply, Reply> {
-    read_checked_at(ctx, op, ctx.consistency).await
-}
-
-async fn read_checked_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Result<Reply, Reply> {
+/// Answers `op` at `consistency`, telling a read that failed (the reply says why) from one
+/// that was answered.
+pub(crate) async fn read_checked_at(
+    ctx: &Ctx,
+    op: ReadOp,
+    consistency: Consistency,
+) -> Result<Reply, Reply> {
     retrying_for(|| {
         let q = Query {
             now: now_ms(),
@@ -124,8 +124,8 @@ async fn read_checked_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Res
 }
 
 /// `KEYS` as a walk of SCAN steps, each holding the state machine for at most
-/// [`commands::SCAN_STEP`] keys, so writes go on between steps. The first step is read at the
-/// node's consistency; the rest follow locally from there. Like SCAN, a key present for the
+/// [`commands::SCAN_STEP`] keys, so writes go on between steps. The first step is read at
+/// `consistency`; the rest follow locally from there. Like SCAN, a key present for the
 /// whole walk is returned; one written during it may or may not be.
 ///
 /// `None` as soon as `fits` refuses the bytes the keys found so far would take to send
@@ -133,13 +133,14 @@ async fn read_checked_at(ctx: &Ctx, op: ReadOp, consistency: Consistency) -> Res
 /// output limit, and the node never holds more than that of the answer.
 pub(crate) async fn keys(
     ctx: &Ctx,
+    consistency: Consistency,
     pattern: Bytes,
     mut fits: impl FnMut(usize) -> bool,
 ) -> Option<Reply> {
     let mut found = Vec::new();
     let mut bytes = 0usize;
     let mut cursor = 0u64;
-    let mut consistency = ctx.consistency;
+    let mut consistency = consistency;
     loop {
         let op = ReadOp::Scan {
             cursor,

@@ -258,7 +258,8 @@ enum ReadConsistency {
     Linearizable,
     /// Linearizable under the leader's lease (fewer round trips; assumes bounded clock drift).
     Lease,
-    /// Whatever the answering node has applied; may be stale.
+    /// Whatever the answering node has applied; may be stale, except that a connection reads
+    /// its own writes (its first read after a write goes at the leader's lease).
     Local,
 }
 

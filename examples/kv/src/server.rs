@@ -272,8 +272,33 @@ struct Conn {
     watched_bytes: usize,
     /// The name `CLIENT SETNAME` gave the connection.
     name: Option<Bytes>,
+    /// A write was sent since the connection's last read (see [`Conn::read_consistency`]).
+    wrote: bool,
     /// What its buffers hold of the node's `--maxmemory-clients`.
     share: Share,
+}
+
+impl Conn {
+    /// The consistency of the connection's next read: the node's, except that a node reading
+    /// locally reads at the leader's lease after a write of this connection. The write was
+    /// answered once the leader applied it, but this node (a follower) may not have yet, and a
+    /// Redis connection reads its own writes. The read index the leader gives covers the write.
+    fn read_consistency(&self, ctx: &Ctx) -> Consistency {
+        if self.wrote && ctx.consistency == Consistency::Local {
+            Consistency::Lease
+        } else {
+            ctx.consistency
+        }
+    }
+
+    /// Reads `op` at [`Conn::read_consistency`]: `Err` with the reply that says why it failed.
+    async fn read(&mut self, ctx: &Ctx, op: ReadOp) -> Result<Reply, Reply> {
+        let r = forward::read_checked_at(ctx, op, self.read_consistency(ctx)).await;
+        if r.is_ok() {
+            self.wrote = false;
+        }
+        r
+    }
 }
 
 /// Commands queued after `MULTI`.
@@ -307,6 +332,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         watched: Vec::new(),
         watched_bytes: 0,
         name: None,
+        wrote: false,
         share: Share::new(ctx.client_memory.clone()),
     };
     tracing::debug!(%peer, id, "client connected");
@@ -637,6 +663,7 @@ async fn execute(
             Action::Write { op, post } => post.apply(replicate(conn, ctx, op, now).await),
             Action::Read(ReadOp::Keys(pattern)) => {
                 let (limit, before) = (ctx.limits.output_bytes, out.len());
+                let consistency = conn.read_consistency(ctx);
                 let mut node_full = false;
                 let share = &mut conn.share;
                 // The keys found must fit both limits as they are found.
@@ -645,15 +672,19 @@ async fn execute(
                     node_full = total <= limit && !share.reserve(total);
                     total <= limit && !node_full
                 };
-                match keys(ctx, pattern, fits).await {
-                    Some(reply) => reply,
+                match keys(ctx, consistency, pattern, fits).await {
+                    Some(reply @ Reply::Array(_)) => {
+                        conn.wrote = false;
+                        reply
+                    }
+                    Some(failed) => failed,
                     None if node_full => return past_client_memory(conn.id, ctx),
                     None => return past_output_limit(conn.id, limit),
                 }
             }
             Action::Read(op) => {
                 let post = commands::Post::of_read(&op);
-                post.apply(read(ctx, op).await)
+                post.apply(conn.read(ctx, op).await.unwrap_or_else(|failed| failed))
             }
             Action::Multi if conn.tx.is_some() => Reply::error("ERR MULTI calls can not be nested"),
             Action::Multi => {
@@ -761,16 +792,19 @@ async fn replicate(conn: &mut Conn, ctx: &Ctx, op: WriteOp, now: u64) -> Reply {
 async fn replicated(conn: &mut Conn, ctx: &Ctx, op: WriteOp, now: u64) -> Result<Reply, Reply> {
     let started = Instant::now();
     let r = match next_session(conn, ctx).await {
-        Ok(session) => write(ctx, session, Command { now, op })
-            .await
-            .map_err(|failed| {
-                if failed.outcome_unknown {
-                    // The session may not answer again: the next write registers a new one.
-                    // The old one is left to eviction (it may be gone already).
-                    conn.session = None;
-                }
-                failed.reply
-            }),
+        Ok(session) => {
+            conn.wrote = true;
+            write(ctx, session, Command { now, op })
+                .await
+                .map_err(|failed| {
+                    if failed.outcome_unknown {
+                        // The session may not answer again: the next write registers a new
+                        // one. The old one is left to eviction (it may be gone already).
+                        conn.session = None;
+                    }
+                    failed.reply
+                })
+        }
         Err(refused) => Err(refused),
     };
     metrics::histogram!("kv_write_duration_seconds").record(started.elapsed().as_secs_f64());
@@ -860,7 +894,7 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
         };
         replicated(conn, ctx, op, now).await
     } else {
-        exec_reads(ctx, watched, tx.ops).await
+        exec_reads(conn, ctx, watched, tx.ops).await
     };
     let reply = match outcome {
         // Not applied, or a watched key changed: nothing of the transaction ran.
@@ -901,8 +935,13 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
 /// ([`ReadOp::Transaction`]), at the node's consistency like any read, answered by this node's
 /// own store (after a read index from the leader, if linearizable). It writes no log entry, so
 /// a user allowed only to read cannot make one, not even while the storage alarm is raised.
-async fn exec_reads(ctx: &Ctx, watched: Vec<Watched>, ops: Vec<Queued>) -> Result<Reply, Reply> {
-    forward::read_checked(ctx, ReadOp::Transaction { watched, ops }).await
+async fn exec_reads(
+    conn: &mut Conn,
+    ctx: &Ctx,
+    watched: Vec<Watched>,
+    ops: Vec<Queued>,
+) -> Result<Reply, Reply> {
+    conn.read(ctx, ReadOp::Transaction { watched, ops }).await
 }
 
 /// `WATCH`: reads the keys' versions (at the node's consistency) for the next `EXEC` to check.
@@ -914,9 +953,9 @@ async fn watch(conn: &mut Conn, ctx: &Ctx, keys: Vec<Bytes>) -> Reply {
             "ERR the watched keys would pass the {max} byte limit of one command (client-query-buffer-limit)"
         ));
     }
-    let versions = match read(ctx, ReadOp::Versions(keys.clone())).await {
-        Reply::Array(v) => v,
-        other => return other,
+    let versions = match conn.read(ctx, ReadOp::Versions(keys.clone())).await {
+        Ok(Reply::Array(v)) => v,
+        Ok(other) | Err(other) => return other,
     };
     let number = |r: Option<&Reply>| match r {
         Some(Reply::Int(n)) => Some(*n as u64),

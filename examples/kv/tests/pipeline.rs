@@ -486,6 +486,33 @@ async fn client(
     answered_after
 }
 
+/// With `--read-consistency local`, a follower's connection still reads its own writes, as a
+/// Redis connection does, although the follower may not have applied them yet when the
+/// leader's answer comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reading_locally_on_a_follower_sees_its_own_writes() {
+    let c = Cluster::start(3, &["--read-consistency", "local"]);
+    let leader = c.leader().await;
+    drop(c.ready(leader).await);
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let mut conn = c.ready(follower).await;
+    let mut stale = Vec::new();
+    for i in 1..=50i64 {
+        let v = i.to_string();
+        let piped = conn.pipeline(&[&["SET", "k", &v], &["GET", "k"]]).await;
+        assert_eq!(piped[0], R::Status("OK".into()));
+        if piped[1] != R::Bulk(Some(v.clone())) {
+            stale.push(format!("GET after SET {v} in one pipeline: {:?}", piped[1]));
+        }
+        assert_eq!(conn.pipeline(&[&["INCR", "n"]]).await, [R::Int(i)]);
+        let read = conn.pipeline(&[&["GET", "n"]]).await;
+        if read != [R::Bulk(Some(v.clone()))] {
+            stale.push(format!("GET after INCR to {v}: {read:?}"));
+        }
+    }
+    assert!(stale.is_empty(), "{} stale reads: {stale:?}", stale.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelines_through_a_follower_and_a_leader_change_are_linearizable() {
     let started = std::time::Instant::now();
