@@ -177,9 +177,15 @@ pub(crate) fn answer_window(election_timeout: Duration) -> Duration {
 }
 
 /// Whether the node whose metrics are `m` leads but heard from no quorum within `window` (the
-/// send time of the last request a quorum acknowledged).
+/// send time of the last request a quorum acknowledged). Never for a leader that is its own
+/// quorum (the only voter): openraft does not refresh the time for it, since it needs no
+/// answer.
 pub(crate) fn leads_without_quorum(m: &RaftMetrics<TypeConfig>, window: Duration) -> bool {
     m.state == ServerState::Leader
+        && m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id != m.id)
         && m.last_quorum_acked
             .as_ref()
             .is_some_and(|sent| sent.elapsed() >= window)

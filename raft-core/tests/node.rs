@@ -521,6 +521,26 @@ fn running_total(start: u64, mut pairs: Vec<(u64, u64)>) -> u64 {
     total
 }
 
+/// A leader that is the only voter never waits for an answer, so openraft never refreshes its
+/// quorum time: writes that queue on it must not be refused as if it were cut off from a
+/// quorum, however long it has led.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_voter_leader_takes_queued_writes_however_long_it_has_led() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path()).with_combine_writes_after(1);
+    let window = config.election_timeout * 2;
+    let node = written_and_leading(dir.path(), config).await;
+    // The rule concerned is time-based: lead past the window a cut-off leader is refused after.
+    tokio::time::sleep(window * 2).await;
+    let results = concurrently(&node, (1..=50).map(|c| (None, c)).collect()).await;
+    let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        refused.is_empty(),
+        "{} of 50 refused: {refused:?}",
+        refused.len()
+    );
+}
+
 #[tokio::test]
 async fn writes_queued_behind_a_busy_leader_share_entries_and_keep_their_own_outputs() {
     let dir = tempfile::tempdir().unwrap();
