@@ -660,6 +660,12 @@ async fn past_the_quota_writes_get_oom_reads_work_and_freeing_space_resumes_them
         "a clear refusal: {refusal}"
     );
     assert!(acked > 10, "only {acked} writes before the refusal");
+    // Something else takes 4 MiB more, so that the alarm stays raised while it is looked at:
+    // otherwise a node in alarm may free enough by compacting its log (a snapshot, then a
+    // purge) to clear it by itself.
+    for n in p.nodes.values() {
+        fill(&n.dir, "more-other-data", 4 << 20);
+    }
     // Nobody ran out of disk: every node is alive and serving reads.
     for id in alive {
         assert!(
@@ -709,7 +715,9 @@ async fn past_the_quota_writes_get_oom_reads_work_and_freeing_space_resumes_them
 
     // The operator frees space: writes resume, without a restart.
     for n in p.nodes.values() {
-        std::fs::remove_file(n.dir.join("other-data")).expect("free space");
+        for name in ["other-data", "more-other-data"] {
+            std::fs::remove_file(n.dir.join(name)).expect("free space");
+        }
     }
     let deadline = Instant::now() + WAIT;
     loop {
