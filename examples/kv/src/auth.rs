@@ -17,8 +17,10 @@
 //! A reload (`SIGHUP`) applies to connections already authenticated, at their next command:
 //! * a user whose password changed, or who is no longer in the files, loses the connection: its
 //!   next command is answered `-NOAUTH …` and the connection is closed, unless that command is
-//!   `AUTH`, `HELLO` or `QUIT`, which are run as on a new connection;
-//! * a user whose role changed runs its next command with the new role, as in Redis;
+//!   `AUTH`, `HELLO` or `QUIT`, which are run (a failed `AUTH` then closes it too: its time
+//!   to authenticate has passed);
+//! * a user whose role changed runs its next command with the new role, as in Redis, and its
+//!   `EXEC` is refused whole (`EXECABORT`) if a queued command needs more than the new role;
 //! * a connection that needed no authentication is closed in the same way once a reload requires
 //!   it.
 //!
@@ -218,6 +220,11 @@ impl ConnAuth {
         self.user.is_some()
     }
 
+    /// Whether the connection's user may run what needs `role` (as last checked).
+    pub fn may(&self, role: Role) -> bool {
+        self.user.as_ref().is_some_and(|u| u.role >= role)
+    }
+
     /// Checks the connection's user against the accounts in force if they were replaced since
     /// the last check: takes a changed role, and `false` (the user forgotten) when its password
     /// no longer opens the account.
@@ -278,7 +285,7 @@ const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is dis
 const REVOKED: &str = "NOAUTH This connection's user was removed or its password changed; connect and authenticate again.";
 
 /// The role a command needs.
-fn role_for(spec: &Spec) -> Role {
+pub fn role_for(spec: &Spec) -> Role {
     if spec.is_admin() {
         Role::Admin
     } else if spec.is_write() {

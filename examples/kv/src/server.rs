@@ -292,12 +292,12 @@ impl Conn {
     }
 
     /// Reads `op` at [`Conn::read_consistency`]: `Err` with the reply that says why it failed.
+    /// Only the first read after a write goes further than the node: if it fails (the leader
+    /// is out of reach), the client is told, and reads after it are local again.
     async fn read(&mut self, ctx: &Ctx, op: ReadOp) -> Result<Reply, Reply> {
-        let r = forward::read_checked_at(ctx, op, self.read_consistency(ctx)).await;
-        if r.is_ok() {
-            self.wrote = false;
-        }
-        r
+        let consistency = self.read_consistency(ctx);
+        self.wrote = false;
+        forward::read_checked_at(ctx, op, consistency).await
     }
 }
 
@@ -315,6 +315,9 @@ struct Transaction {
     /// Commands about this node or connection (`CONFIG`, `CLIENT`), answered in their place
     /// when `EXEC` is.
     local: Vec<(usize, Action)>,
+    /// The highest role a queued command needs, checked again at `EXEC` in case a reload
+    /// lowered the user's role meanwhile.
+    needs: Option<raft_grpc::Role>,
 }
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
@@ -643,7 +646,10 @@ async fn execute(
     }
     run_batch(batch, conn, ctx, out).await;
     let reply = match conn.tx.as_mut() {
-        Some(tx) if queues(&action) => queue(tx, conn.watched_bytes, action, args, ctx),
+        Some(tx) if queues(&action) => {
+            tx.needs = std::cmp::max(tx.needs, spec.map(auth::role_for));
+            queue(tx, conn.watched_bytes, action, args, ctx)
+        }
         _ => match action {
             Action::Reply(r) => r,
             Action::Quit => {
@@ -664,6 +670,7 @@ async fn execute(
             Action::Read(ReadOp::Keys(pattern)) => {
                 let (limit, before) = (ctx.limits.output_bytes, out.len());
                 let consistency = conn.read_consistency(ctx);
+                conn.wrote = false;
                 let mut node_full = false;
                 let share = &mut conn.share;
                 // The keys found must fit both limits as they are found.
@@ -673,11 +680,7 @@ async fn execute(
                     total <= limit && !node_full
                 };
                 match keys(ctx, consistency, pattern, fits).await {
-                    Some(reply @ Reply::Array(_)) => {
-                        conn.wrote = false;
-                        reply
-                    }
-                    Some(failed) => failed,
+                    Some(reply) => reply,
                     None if node_full => return past_client_memory(conn.id, ctx),
                     None => return past_output_limit(conn.id, limit),
                 }
@@ -793,17 +796,19 @@ async fn replicated(conn: &mut Conn, ctx: &Ctx, op: WriteOp, now: u64) -> Result
     let started = Instant::now();
     let r = match next_session(conn, ctx).await {
         Ok(session) => {
-            conn.wrote = true;
-            write(ctx, session, Command { now, op })
-                .await
-                .map_err(|failed| {
-                    if failed.outcome_unknown {
-                        // The session may not answer again: the next write registers a new
-                        // one. The old one is left to eviction (it may be gone already).
-                        conn.session = None;
-                    }
-                    failed.reply
-                })
+            let written = write(ctx, session, Command { now, op }).await;
+            // Applied, or maybe: the next read must see it.
+            conn.wrote |= written
+                .as_ref()
+                .map_or_else(|f| f.outcome_unknown, |_| true);
+            written.map_err(|failed| {
+                if failed.outcome_unknown {
+                    // The session may not answer again: the next write registers a new
+                    // one. The old one is left to eviction (it may be gone already).
+                    conn.session = None;
+                }
+                failed.reply
+            })
         }
         Err(refused) => Err(refused),
     };
@@ -883,6 +888,11 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
     conn.watched_bytes = 0;
     if tx.dirty {
         return Reply::error("EXECABORT Transaction discarded because of previous errors.");
+    }
+    if tx.needs.is_some_and(|role| !conn.auth.may(role)) {
+        return Reply::error(
+            "EXECABORT Transaction discarded: the user's rights changed since it was queued (NOPERM).",
+        );
     }
     if tx.ops.is_empty() && watched.is_empty() {
         return Reply::Array(Vec::new());

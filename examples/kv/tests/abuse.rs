@@ -969,7 +969,7 @@ fn a_reload_closes_the_connections_of_removed_users_and_changes_roles_in_place()
     let users = tempfile::NamedTempFile::new().expect("users file");
     std::fs::write(
         users.path(),
-        "alice write apw\nbob write bpw\ncarol read cpw\n",
+        "alice write apw\nbob write bpw\ncarol read cpw\ndave admin dpw\n",
     )
     .expect("users");
     let path = users.path().to_string_lossy().into_owned();
@@ -984,8 +984,16 @@ fn a_reload_closes_the_connections_of_removed_users_and_changes_roles_in_place()
     let (mut carol, _) = login("carol", "cpw");
     assert_eq!(alice.call(&[b"SET", b"k", b"1"]), "+OK");
     assert!(carol.call(&[b"SET", b"k", b"2"]).starts_with("-NOPERM"));
+    // dave queues a transaction that needs the admin role.
+    let (mut dave, _) = login("dave", "dpw");
+    assert_eq!(dave.call(&[b"MULTI"]), "+OK");
+    assert_eq!(dave.call(&[b"FLUSHDB"]), "+QUEUED");
 
-    std::fs::write(users.path(), "bob write bpw-rotated\ncarol write cpw\n").expect("users");
+    std::fs::write(
+        users.path(),
+        "bob write bpw-rotated\ncarol write cpw\ndave read dpw\n",
+    )
+    .expect("users");
     let hup = Command::new("kill")
         .args(["-HUP", &node.child.id().to_string()])
         .status()
@@ -1010,6 +1018,9 @@ fn a_reload_closes_the_connections_of_removed_users_and_changes_roles_in_place()
         "1",
         "a refused write applied"
     );
+    // dave may now only read: the transaction queued before is refused whole.
+    assert!(dave.call(&[b"EXEC"]).starts_with("-EXECABORT"));
+    assert_eq!(node.connect().call(&[b"GET", b"k"]), "1", "the flush ran");
     assert_eq!(
         carol.call(&[b"SET", b"k", b"5"]),
         "+OK",
