@@ -1361,7 +1361,16 @@ impl<S: StateMachine> Node<S> {
             crate::backup::write::<S, W>(parts, cluster, out)
         })
         .await
-        .map_err(|e| Error::Fatal(format!("backup task failed: {e}")))?
+        .map_err(|e| {
+            if e.is_panic() {
+                // The state machine's write_snapshot: that backup fails, the node goes on.
+                Error::Storage(format!(
+                    "the state machine panicked writing the backup: {e}"
+                ))
+            } else {
+                Error::Fatal(format!("backup task failed: {e}"))
+            }
+        })?
         .map_err(Error::from)
     }
 

@@ -68,7 +68,11 @@ async fn a_panic_in_apply_stops_the_node_and_its_state_is_not_served() {
     assert!(read.is_err(), "the half-applied state was served: {read:?}");
 }
 
-/// [`Sum`](raft_core::testing::Sum), except that its `snapshot` panics while `fail` is set.
+/// Makes [`Camera::write_snapshot`] panic while set.
+static WRITE_FAILS: AtomicBool = AtomicBool::new(false);
+
+/// [`Sum`](raft_core::testing::Sum), except that its `snapshot` panics while `fail` is set, and
+/// its `write_snapshot` while [`WRITE_FAILS`] is.
 #[derive(Debug, Default)]
 struct Camera {
     sum: raft_core::testing::Sum,
@@ -90,6 +94,7 @@ impl raft_core::StateMachine for Camera {
     }
 
     fn write_snapshot(s: u64, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        assert!(!WRITE_FAILS.load(Ordering::SeqCst), "no writing now");
         raft_core::testing::Sum::write_snapshot(s, out)
     }
 
@@ -143,4 +148,14 @@ async fn a_panic_in_snapshot_fails_that_snapshot_and_the_node_goes_on() {
         .await
         .expect("a snapshot once it can be taken");
     assert!(node.metrics().snapshot_index >= applied);
+
+    // A panic writing a backup fails that backup as a storage error, not as a stopped node.
+    WRITE_FAILS.store(true, Ordering::SeqCst);
+    let backup = node.export_snapshot(Vec::new()).await;
+    WRITE_FAILS.store(false, Ordering::SeqCst);
+    match backup {
+        Err(raft_core::Error::Storage(why)) => assert!(why.contains("panicked"), "{why}"),
+        other => panic!("expected a storage error: {other:?}"),
+    }
+    assert_eq!(node.write(1).await.expect("a write after it"), 12);
 }
