@@ -271,8 +271,9 @@ pub enum ClientError {
     /// uses; the cluster evicts it in time.
     #[error("the write was not sent: no session could be opened for it: {0}")]
     NoSession(Box<ClientError>),
-    /// The operation's total timeout ran out before this call was sent (a write whose session
-    /// registration took the whole budget): nothing was sent, so nothing was applied.
+    /// The operation's total timeout ran out (or had less than a millisecond left) before this
+    /// call was sent (a write whose session registration took the whole budget): nothing was
+    /// sent, so nothing was applied.
     #[error("the total timeout ran out before the request was sent; nothing was applied")]
     OutOfTime,
 }
@@ -397,6 +398,9 @@ impl TryFrom<pb::StatusReply> for NodeStatus {
         })
     }
 }
+
+/// The least time left in an operation's budget for which a call is still sent.
+const MIN_ATTEMPT: Duration = Duration::from_millis(1);
 
 tokio::task_local! {
     /// The deadline of the operation the current call belongs to, when one operation makes
@@ -698,9 +702,10 @@ impl<S: Queryable> ClusterClient<S> {
         // Whether an attempt so far may have been applied.
         let mut in_doubt = false;
         loop {
-            if attempts == 0 && backoff.remaining().is_zero() {
+            if attempts == 0 && backoff.remaining() < MIN_ATTEMPT {
                 // An operation's earlier call (opening a write's session) spent its budget:
-                // nothing is sent, so nothing can apply.
+                // nothing is sent, so nothing can apply. A call sent with less time than that
+                // would almost surely time out, with its outcome unknown.
                 return Err(ClientError::OutOfTime);
             }
             attempts += 1;
@@ -1416,6 +1421,11 @@ mod tests {
         let e = r.unwrap_err();
         assert!(matches!(e, ClientError::OutOfTime), "{e:?}");
         assert!(!e.outcome_unknown());
+        // Nor with less than a millisecond left.
+        let almost = spent + MIN_ATTEMPT / 2;
+        let (r, calls) = OPERATION_DEADLINE.scope(almost, run(Vec::new())).await;
+        assert_eq!(calls, 0, "sent with {:?} left", MIN_ATTEMPT / 2);
+        assert!(matches!(r, Err(ClientError::OutOfTime)), "{r:?}");
         // With time left it is sent.
         let later = spent + Duration::from_secs(1);
         let (r, calls) = OPERATION_DEADLINE.scope(later, run(Vec::new())).await;
