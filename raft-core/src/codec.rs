@@ -2,9 +2,14 @@
 //!
 //! postcard is a compact serde format with a documented, stable wire format — which matters
 //! because these bytes live on disk (the write-ahead log, snapshots) and cross versions of a
-//! cluster. Every encode and decode in raftkit goes through this module.
+//! cluster. Every encode and decode in raftkit goes through this module, and every decode is
+//! bounded in how deeply the value nests ([`MAX_DEPTH`]).
 //!
 //! [postcard]: https://docs.rs/postcard
+
+mod depth;
+
+pub use depth::MAX_DEPTH;
 
 use std::io;
 use std::io::BufRead;
@@ -14,10 +19,43 @@ use std::io::Read;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use depth::Limited;
+
 /// A value could not be encoded or decoded.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("codec error: {0}")]
-pub struct CodecError(#[from] postcard::Error);
+pub struct CodecError(Failure);
+
+/// What went wrong, inside a [`CodecError`].
+#[derive(Debug, Clone, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Format(postcard::Error),
+    #[error("the value nests more than {MAX_DEPTH} levels deep")]
+    TooDeep,
+}
+
+impl From<postcard::Error> for CodecError {
+    fn from(e: postcard::Error) -> CodecError {
+        CodecError(Failure::Format(e))
+    }
+}
+
+/// Decodes a `T` from `de`, at most [`MAX_DEPTH`] levels deep.
+fn deserialize<'de, T, F>(de: &mut postcard::Deserializer<'de, F>) -> Result<T, CodecError>
+where
+    T: serde::Deserialize<'de>,
+    F: postcard::de_flavors::Flavor<'de>,
+{
+    let tripped = std::cell::Cell::new(false);
+    T::deserialize(Limited::new(de, depth::Depth::new(&tripped))).map_err(|e| {
+        if tripped.get() {
+            CodecError(Failure::TooDeep)
+        } else {
+            CodecError::from(e)
+        }
+    })
+}
 
 /// Encodes `value` into a fresh buffer.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
@@ -45,7 +83,7 @@ pub fn encode_within<T: Serialize + ?Sized>(
         Ok(buf) => Ok(Some(buf)),
         // Only `Bounded` reports a full buffer.
         Err(postcard::Error::SerializeBufferFull) => Ok(None),
-        Err(e) => Err(CodecError(e)),
+        Err(e) => Err(CodecError::from(e)),
     }
 }
 
@@ -81,11 +119,12 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Resul
     Ok(())
 }
 
-/// Decodes a `T` that must span all of `bytes`; trailing bytes are an error.
+/// Decodes a `T` that must span all of `bytes`; trailing bytes are an error, and so is a value
+/// nested more than [`MAX_DEPTH`] levels deep.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, rest) = postcard::take_from_bytes(bytes)?;
+    let (value, rest) = decode_prefix(bytes)?;
     if !rest.is_empty() {
-        return Err(CodecError(postcard::Error::DeserializeBadEncoding));
+        return Err(CodecError::from(postcard::Error::DeserializeBadEncoding));
     }
     Ok(value)
 }
@@ -96,13 +135,14 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 /// whatever the bytes were.
 pub(crate) fn decode_counting<T: DeserializeOwned>(bytes: &[u8]) -> (Result<T, CodecError>, usize) {
     let mut de = postcard::Deserializer::from_flavor(CountingSlice { bytes, read: 0 });
-    let result = T::deserialize(&mut de);
+    let result = deserialize(&mut de);
     // Finalizing a `CountingSlice` cannot fail; it hands back the count.
     let read = de.finalize().unwrap_or(bytes.len());
     let result = match result {
-        Ok(_) if read != bytes.len() => Err(CodecError(postcard::Error::DeserializeBadEncoding)),
-        Ok(v) => Ok(v),
-        Err(e) => Err(CodecError(e)),
+        Ok(_) if read != bytes.len() => {
+            Err(CodecError::from(postcard::Error::DeserializeBadEncoding))
+        }
+        result => result,
     };
     (result, read)
 }
@@ -148,7 +188,9 @@ impl<'de> postcard::de_flavors::Flavor<'de> for CountingSlice<'de> {
 
 /// Decodes a `T` from the start of `bytes` and returns it with the bytes after it.
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), CodecError> {
-    Ok(postcard::take_from_bytes(bytes)?)
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    let value = deserialize(&mut de)?;
+    Ok((value, de.finalize()?))
 }
 
 /// How much of a byte string or text value is read ahead at a time: a damaged length cannot make
@@ -186,14 +228,11 @@ impl<'r> StreamDecoder<'r> {
             failure: &mut failure,
         };
         let mut de = postcard::Deserializer::from_flavor(flavor);
-        let result = T::deserialize(&mut de);
+        let result = deserialize(&mut de);
         match (result, failure) {
             (_, Some(e)) => Err(e),
             (Ok(v), None) => Ok(v),
-            (Err(e), None) => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                CodecError::from(e),
-            )),
+            (Err(e), None) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
     }
 

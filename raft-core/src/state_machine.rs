@@ -61,12 +61,16 @@ use serde::de::DeserializeOwned;
 pub trait StateMachine: Send + Sync + 'static {
     /// A change to the state. Encoded into the log, so its serde form is part of your data format.
     ///
-    /// Commands arrive as bytes from clients and are decoded on every replica as they apply, so
-    /// a recursive type (an enum that holds itself, directly or through a `Vec`) must bound how
-    /// deeply it nests when decoded: serde recurses once per level, and a few kilobytes nested
-    /// thousands deep overflow the stack and abort the process — again at each restart, since
-    /// the command is in the log. A decode error is harmless: the write answers
-    /// [`ApplyError::InvalidCommand`](crate::ApplyError::InvalidCommand).
+    /// Commands arrive as bytes from clients and are decoded on every replica as they apply.
+    /// Bytes that do not decode are harmless: the write answers
+    /// [`ApplyError::InvalidCommand`](crate::ApplyError::InvalidCommand), not applied. So does a
+    /// value that nests more than [`codec::MAX_DEPTH`](crate::codec::MAX_DEPTH) (128) levels
+    /// deep (each struct, tuple, sequence, map, enum, `Some` and newtype is a level): serde
+    /// decodes by recursion, and a recursive type (an enum that holds itself, a JSON-like
+    /// value) sent thousands of levels deep would otherwise overflow the stack and abort every
+    /// replica. Your `apply` gets values within that bound; if it recurses over them, mind its
+    /// own stack use. The bound is part of the apply rules: a release that changed it would
+    /// need every replica upgraded before such commands are sent.
     type Command: Serialize + DeserializeOwned + Send + 'static;
     /// What applying a command returns to the writer.
     ///

@@ -95,6 +95,100 @@ async fn bad_commands_get_typed_errors() {
     assert_eq!(node.write(2).await.unwrap(), 3);
 }
 
+/// A command type that holds itself, as JSON-like values and syntax trees do.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum Expr {
+    Num(u64),
+    Neg(Box<Expr>),
+}
+
+impl Expr {
+    /// How many `Neg`s wrap the number, and the number.
+    fn eval(&self) -> (u64, u64) {
+        let mut negs = 0;
+        let mut at = self;
+        while let Expr::Neg(inner) = at {
+            negs += 1;
+            at = inner;
+        }
+        match at {
+            Expr::Num(n) => (negs, *n),
+            Expr::Neg(_) => unreachable!("the loop unwraps every Neg"),
+        }
+    }
+}
+
+/// Keeps the last command's evaluation.
+#[derive(Debug, Default)]
+struct Calc((u64, u64));
+
+impl raft_core::StateMachine for Calc {
+    type Command = Expr;
+    type Output = (u64, u64);
+    type Snapshot = (u64, u64);
+
+    fn apply(&mut self, c: Expr) -> (u64, u64) {
+        self.0 = c.eval();
+        self.0
+    }
+
+    fn snapshot(&self) -> (u64, u64) {
+        self.0
+    }
+
+    fn write_snapshot(s: (u64, u64), out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(&raft_core::codec::encode(&s).map_err(io::Error::other)?)
+    }
+
+    fn restore(&mut self, input: &mut dyn io::Read) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes)?;
+        self.0 = raft_core::codec::decode(&bytes).map_err(io::Error::other)?;
+        Ok(())
+    }
+}
+
+/// A command nested a million levels deep, a couple of megabytes long, would overflow the stack
+/// of every replica decoding it (a process abort, not a panic) and, being in the log, again at
+/// every restart. It is refused as not applied, like any command that does not decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_nested_past_the_decoding_bound_is_refused_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::new(0);
+    let node = Node::start(config(dir.path()), Calc::default(), router.transport(1))
+        .await
+        .unwrap();
+    router.register(node.rpc_handler());
+    node.initialize([(1, "node-1")]).await.unwrap();
+    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+        .await
+        .unwrap();
+    let shallow = Expr::Neg(Box::new(Expr::Neg(Box::new(Expr::Num(7)))));
+    assert_eq!(node.write(shallow).await.unwrap(), (2, 7));
+
+    // `Neg` is variant 1 and `Num` variant 0 in the codec: 1, 1, …, 0, 7.
+    for levels in [200, 1_000_000] {
+        let mut bytes = vec![1u8; levels];
+        bytes.extend_from_slice(&[0, 7]);
+        let deep = Request {
+            session: None,
+            command: Bytes::from(bytes),
+        };
+        match node.write_encoded(deep).await {
+            Err(Error::Rejected(ApplyError::InvalidCommand(why))) => {
+                assert!(why.contains("levels deep"), "{why}")
+            }
+            other => panic!("expected InvalidCommand for {levels} levels, got {other:?}"),
+        }
+    }
+    // The node carries on, and commands within the bound apply.
+    let mut nested = Expr::Num(3);
+    for _ in 0..40 {
+        nested = Expr::Neg(Box::new(nested));
+    }
+    assert_eq!(node.write(nested).await.unwrap(), (40, 3));
+}
+
 #[tokio::test]
 async fn a_damaged_log_refuses_to_start_and_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
