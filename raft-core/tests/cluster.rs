@@ -759,8 +759,9 @@ async fn replicas_configured_differently_keep_identical_session_tables() {
 }
 
 /// A leader cut off from its quorum refuses new writes at once, as not applied, once it has
-/// heard from no quorum for two election timeouts. Before, they queued behind the proposals
-/// stuck in its slots and waited for those to time out (the request timeout, 5 s here).
+/// heard from no quorum for two election timeouts, and with them the writes already queued.
+/// Before, they queued behind the proposals stuck in its slots and waited for those to time out
+/// (the request timeout, 5 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_isolated_leader_refuses_new_writes_at_once_as_not_applied() {
     let cluster = start(3, |c| c).await;
@@ -772,22 +773,21 @@ async fn an_isolated_leader_refuses_new_writes_at_once_as_not_applied() {
     let appended = node.metrics().last_log_index.unwrap_or(0);
     let isolated = Instant::now();
     cluster.router().isolate(old);
-    // Writes sent as the partition begins take every proposal slot, and more queue.
-    let stuck: Vec<_> = (0..16)
-        .map(|i| {
-            let node = node.clone();
-            tokio::spawn(
-                async move { node.write(Cmd::Put(format!("stuck-{i}"), "x".into())).await },
-            )
-        })
-        .collect();
-    // Every slot is held by a write appended to the leader's log, which cannot commit.
-    let slots = config.combine_writes_after as u64;
+    let write = |name: String| {
+        let node = node.clone();
+        tokio::spawn(async move { node.write(Cmd::Put(name, "x".into())).await })
+    };
+    // Writes sent as the partition begins take every proposal slot: each is appended to the
+    // leader's log and cannot commit.
+    let slots = config.combine_writes_after;
+    let stuck: Vec<_> = (0..slots).map(|i| write(format!("stuck-{i}"))).collect();
     node.wait_for(config.request_timeout, |m| {
-        m.last_log_index.unwrap_or(0) >= appended + slots
+        m.last_log_index.unwrap_or(0) >= appended + slots as u64
     })
     .await
     .expect("the first writes are proposed");
+    // Twelve more queue behind them.
+    let queued: Vec<_> = (0..12).map(|i| write(format!("queued-{i}"))).collect();
     // Probe until a write is answered. A probe that queues and is given up is never proposed
     // (nothing frees a slot before the stuck writes time out). One that finds a free slot is
     // refused by the lease check within an election timeout; it gets two.
@@ -806,6 +806,18 @@ async fn an_isolated_leader_refuses_new_writes_at_once_as_not_applied() {
     };
     assert!(matches!(refused, Error::NotLeader(_)), "{refused}");
     assert!(!refused.may_have_applied(), "{refused}");
+    // The writes queued behind the stuck ones are refused with it, not left to time out.
+    for q in queued {
+        let answered = tokio::time::timeout(config.election_timeout, q).await;
+        let e = answered
+            .expect("a queued write left waiting")
+            .expect("write task")
+            .expect_err("an isolated leader acknowledged a queued write");
+        assert!(
+            matches!(e, Error::NotLeader(_)) && !e.may_have_applied(),
+            "{e}"
+        );
+    }
     for s in stuck {
         s.abort();
     }

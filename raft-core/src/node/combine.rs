@@ -43,8 +43,9 @@ enum Joined {
     Propose(Request),
     /// All slots are taken: the write is queued; its response arrives here.
     Queued(oneshot::Receiver<Result<Response>>),
-    /// All slots are taken and the write may not queue: not proposed.
-    Refused,
+    /// All slots are taken and the write may not queue: not proposed. Nor are the writes that
+    /// were queued, taken out of the queue here, to be refused the same way.
+    Refused(Vec<Queued>),
 }
 
 /// A queued write and where its response goes.
@@ -121,8 +122,8 @@ impl Combiner {
     }
 
     /// Takes a slot for `request`, or queues it behind the proposals in flight — unless
-    /// `refuse_queueing` says not to, then [`Joined::Refused`]. A write never overtakes one
-    /// queued before it.
+    /// `refuse_queueing` says not to, then [`Joined::Refused`] with every write queued so far
+    /// (the reason holds for them too). A write never overtakes one queued before it.
     fn join(&self, request: Request, refuse_queueing: impl FnOnce() -> bool) -> Joined {
         if self.slots == 0 {
             return Joined::Propose(request);
@@ -133,7 +134,9 @@ impl Combiner {
             return Joined::Propose(request);
         }
         if refuse_queueing() {
-            return Joined::Refused;
+            let queued = std::mem::take(&mut st.queue);
+            st.prune();
+            return Joined::Refused(queued);
         }
         let adding = size(&request);
         if st.queue.len() >= st.prune_at || st.bytes.saturating_add(adding) > st.prune_at_bytes {
@@ -194,11 +197,16 @@ impl<S: StateMachine> Node<S> {
     /// A leader that has heard from no quorum lately refuses a write that would queue, as not
     /// applied: its slots are held by proposals that cannot commit until they time out, and a
     /// queued write would wait that long only to be refused as not leading, or to time out
-    /// with an unknown outcome. A write that finds a free slot is proposed, and openraft's
-    /// lease check refuses it as quickly.
+    /// with an unknown outcome. The writes already queued are refused with it (taken out of
+    /// the queue under its lock, so never proposed). A write that finds a free slot is
+    /// proposed, and openraft's lease check refuses it as quickly.
     pub(super) async fn propose_combining(&self, request: Request) -> Result<Response> {
         match self.inner.combiner.join(request, || self.quorum_silent()) {
-            Joined::Refused => Err(Error::NotLeader(LeaderHint::unknown())),
+            Joined::Refused(queued) => {
+                let refusal = || Error::NotLeader(LeaderHint::unknown());
+                answer(senders(queued), Err(refusal()));
+                Err(refusal())
+            }
             Joined::Propose(request) => {
                 let _slot = Slot { node: self };
                 self.propose_stamped(request).await
@@ -328,7 +336,7 @@ mod tests {
     fn queue(c: &Combiner, n: usize, waiting: &mut Vec<oneshot::Receiver<Result<Response>>>) {
         match c.join(req(n), || false) {
             Joined::Queued(rx) => waiting.push(rx),
-            Joined::Propose(_) | Joined::Refused => panic!("expected the write to queue"),
+            Joined::Propose(_) | Joined::Refused(_) => panic!("expected the write to queue"),
         }
     }
 
@@ -387,7 +395,7 @@ mod tests {
                 // Every other caller stops waiting (its receiver is dropped).
                 Joined::Queued(rx) if n % 2 == 0 => kept.push(rx),
                 Joined::Queued(_) => {}
-                Joined::Propose(_) | Joined::Refused => panic!("the slot is taken"),
+                Joined::Propose(_) | Joined::Refused(_) => panic!("the slot is taken"),
             }
         }
         let sizes: Vec<usize> = c
@@ -466,9 +474,20 @@ mod tests {
         };
         assert!(matches!(c.join(req(1), refuse), Joined::Propose(_)));
         assert_eq!(asked.get(), 0, "a write with a free slot is not checked");
-        assert!(matches!(c.join(req(1), refuse), Joined::Refused));
+        assert!(matches!(c.join(req(1), refuse), Joined::Refused(q) if q.is_empty()));
         assert_eq!(asked.get(), 1);
         assert!(c.release().is_none(), "a refused write is not queued");
+        // Writes queued before the refusal are handed back with it, and leave the queue.
+        let c = Combiner::new(1, 100);
+        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
+        let mut waiting = Vec::new();
+        queue(&c, 2, &mut waiting);
+        queue(&c, 3, &mut waiting);
+        match c.join(req(4), || true) {
+            Joined::Refused(q) => assert_eq!(q.len(), 2),
+            _ => panic!("expected a refusal"),
+        }
+        assert!(c.release().is_none(), "the queue was emptied");
     }
 
     #[test]
@@ -485,7 +504,7 @@ mod tests {
             let rxs: Vec<_> = (0..3)
                 .map(|_| match c.join(req(1), || false) {
                     Joined::Queued(rx) => rx,
-                    Joined::Propose(_) | Joined::Refused => panic!("slot should be taken"),
+                    Joined::Propose(_) | Joined::Refused(_) => panic!("slot should be taken"),
                 })
                 .collect();
             let batch = c.release().unwrap_or_default();
