@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use raft_core::Consistency;
+use raft_core::testing::lone_leader;
 
 /// [`Sum`](raft_core::testing::Sum), except that its `apply` panics part-way on the command
 /// 13, after changing the total.
@@ -44,15 +45,9 @@ impl raft_core::StateMachine for Brittle {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_apply_stops_the_node_and_its_state_is_not_served() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let router = raft_core::testing::Router::new(0);
     let config = raft_core::Config::durable(1, dir.path())
         .with_timing(Duration::from_millis(20), Duration::from_millis(100));
-    let node = raft_core::Node::start(config, Brittle::default(), router.transport(1))
-        .await
-        .expect("starts");
-    router.register(node.rpc_handler());
-    node.initialize([(1, "node-1")]).await.expect("initialize");
-    node.wait_for(Duration::from_secs(10), |m| m.leader == Some(1))
+    let node = lone_leader(config, Brittle::default())
         .await
         .expect("node 1 leads");
     assert_eq!(node.write(1).await.expect("a write"), 1001);
@@ -110,7 +105,6 @@ impl raft_core::StateMachine for Camera {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_snapshot_fails_that_snapshot_and_the_node_goes_on() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let router = raft_core::testing::Router::new(0);
     let config = raft_core::Config::durable(1, dir.path())
         .with_timing(Duration::from_millis(20), Duration::from_millis(100))
         .with_request_timeout(Duration::from_secs(5));
@@ -119,14 +113,7 @@ async fn a_panic_in_snapshot_fails_that_snapshot_and_the_node_goes_on() {
         sum: raft_core::testing::Sum::default(),
         fail: fail.clone(),
     };
-    let node = raft_core::Node::start(config, sm, router.transport(1))
-        .await
-        .expect("starts");
-    router.register(node.rpc_handler());
-    node.initialize([(1, "node-1")]).await.expect("initialize");
-    node.wait_for(Duration::from_secs(10), |m| m.leader == Some(1))
-        .await
-        .expect("node 1 leads");
+    let node = lone_leader(config, sm).await.expect("node 1 leads");
     assert_eq!(node.write(5).await.expect("a write"), 5);
 
     let built = node

@@ -18,7 +18,6 @@ use raft_core::Role;
 use raft_core::Session;
 use raft_core::StateMachine;
 use raft_core::snapshot::SnapshotError;
-use raft_core::testing::Router;
 
 /// Fails every snapshot while `FAIL_SNAPSHOTS` is set.
 static FAIL_SNAPSHOTS: AtomicBool = AtomicBool::new(true);
@@ -53,16 +52,9 @@ impl StateMachine for Echo {
 }
 
 async fn leader(config: Config) -> Node<Echo> {
-    let router = Router::new(0);
-    let node = Node::start(config, Echo::default(), router.transport(1))
+    raft_core::testing::lone_leader(config, Echo::default())
         .await
-        .unwrap();
-    router.register(node.rpc_handler());
-    node.initialize([(1, "node-1")]).await.unwrap();
-    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
-        .await
-        .unwrap();
-    node
+        .unwrap()
 }
 
 fn config() -> Config {

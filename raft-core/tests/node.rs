@@ -154,13 +154,7 @@ impl raft_core::StateMachine for Calc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_nested_past_the_decoding_bound_is_refused_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let router = Router::new(0);
-    let node = Node::start(config(dir.path()), Calc::default(), router.transport(1))
-        .await
-        .unwrap();
-    router.register(node.rpc_handler());
-    node.initialize([(1, "node-1")]).await.unwrap();
-    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader)
+    let node = raft_core::testing::lone_leader(config(dir.path()), Calc::default())
         .await
         .unwrap();
     let shallow = Expr::Neg(Box::new(Expr::Neg(Box::new(Expr::Num(7)))));

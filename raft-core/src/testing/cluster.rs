@@ -96,6 +96,20 @@ pub fn address(id: NodeId) -> String {
     format!("node-{id}")
 }
 
+/// Starts `sm` as the only member of a new cluster (node `config.id`, on a [`Router`] of its
+/// own), initializes it and waits, up to 10 s, until it leads: the shortest way to a node that
+/// takes writes.
+pub async fn lone_leader<S: StateMachine>(config: Config, sm: S) -> Result<Node<S>> {
+    let id = config.id;
+    let router = Router::new(0);
+    let node = Node::start(config, sm, router.transport(id)).await?;
+    router.register(node.rpc_handler());
+    node.initialize([(id, address(id))]).await?;
+    node.wait_for(Duration::from_secs(10), |m| m.leader == Some(id))
+        .await?;
+    Ok(node)
+}
+
 /// N nodes in one process connected by a [`Router`].
 ///
 /// Nodes are numbered from 1. Durable nodes keep their data in a temporary directory per node,

@@ -52,6 +52,7 @@ pub use self::checker::check;
 pub use self::cluster::Cluster;
 pub use self::cluster::ClusterOptions;
 pub use self::cluster::address;
+pub use self::cluster::lone_leader;
 pub use self::driver::Attempt;
 pub use self::driver::ClientOptions;
 pub use self::driver::ReadMode;
