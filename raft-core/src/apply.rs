@@ -236,7 +236,7 @@ impl<S: StateMachine> SmState<S> {
     }
 
     fn apply_command(&mut self, command: &[u8], ctx: &ApplyContext) -> Response {
-        match codec::decode::<S::Command>(command) {
+        match codec::decode_input::<S::Command>(command) {
             Err(e) => Response::Rejected(ApplyError::InvalidCommand(e.to_string())),
             Ok(cmd) => {
                 let out = self.user.apply_at(cmd, ctx);

@@ -2,8 +2,9 @@
 //!
 //! postcard is a compact serde format with a documented, stable wire format — which matters
 //! because these bytes live on disk (the write-ahead log, snapshots) and cross versions of a
-//! cluster. Every encode and decode in raftkit goes through this module, and every decode is
-//! bounded in how deeply the value nests ([`MAX_DEPTH`]).
+//! cluster. Every encode and decode in raftkit goes through this module. What clients send
+//! (commands and queries) is decoded with [`decode_input`], which bounds how deeply a value may
+//! nest ([`MAX_DEPTH`]).
 //!
 //! [postcard]: https://docs.rs/postcard
 
@@ -24,7 +25,7 @@ use depth::Limited;
 /// A value could not be encoded or decoded.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("codec error: {0}")]
-pub struct CodecError(Failure);
+pub struct CodecError(#[source] Failure);
 
 /// What went wrong, inside a [`CodecError`].
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,7 +43,7 @@ impl From<postcard::Error> for CodecError {
 }
 
 /// Decodes a `T` from `de`, at most [`MAX_DEPTH`] levels deep.
-fn deserialize<'de, T, F>(de: &mut postcard::Deserializer<'de, F>) -> Result<T, CodecError>
+fn deserialize_within<'de, T, F>(de: &mut postcard::Deserializer<'de, F>) -> Result<T, CodecError>
 where
     T: serde::Deserialize<'de>,
     F: postcard::de_flavors::Flavor<'de>,
@@ -55,6 +56,23 @@ where
             CodecError::from(e)
         }
     })
+}
+
+/// Decodes what a client sent (a command, a query) as [`decode`] does, refusing a value that
+/// nests more than [`MAX_DEPTH`] levels deep (see the `depth` module): decoding recurses once
+/// per level, so a short input nested thousands deep would otherwise overflow the stack and
+/// abort the process. The refusal depends only on the bytes, so every replica agrees.
+///
+/// Values raftkit or the state machine built itself (outputs, snapshots, the log's records)
+/// are decoded without the bound: they are as deep as the state they came from, which the
+/// process that built them held without trouble.
+pub fn decode_input<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    let value = deserialize_within(&mut de)?;
+    if !de.finalize()?.is_empty() {
+        return Err(CodecError::from(postcard::Error::DeserializeBadEncoding));
+    }
+    Ok(value)
 }
 
 /// Encodes `value` into a fresh buffer.
@@ -119,8 +137,8 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Resul
     Ok(())
 }
 
-/// Decodes a `T` that must span all of `bytes`; trailing bytes are an error, and so is a value
-/// nested more than [`MAX_DEPTH`] levels deep.
+/// Decodes a `T` that must span all of `bytes`; trailing bytes are an error. For what a client
+/// sent, use [`decode_input`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, rest) = decode_prefix(bytes)?;
     if !rest.is_empty() {
@@ -135,7 +153,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 /// whatever the bytes were.
 pub(crate) fn decode_counting<T: DeserializeOwned>(bytes: &[u8]) -> (Result<T, CodecError>, usize) {
     let mut de = postcard::Deserializer::from_flavor(CountingSlice { bytes, read: 0 });
-    let result = deserialize(&mut de);
+    let result = T::deserialize(&mut de).map_err(CodecError::from);
     // Finalizing a `CountingSlice` cannot fail; it hands back the count.
     let read = de.finalize().unwrap_or(bytes.len());
     let result = match result {
@@ -188,9 +206,7 @@ impl<'de> postcard::de_flavors::Flavor<'de> for CountingSlice<'de> {
 
 /// Decodes a `T` from the start of `bytes` and returns it with the bytes after it.
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), CodecError> {
-    let mut de = postcard::Deserializer::from_bytes(bytes);
-    let value = deserialize(&mut de)?;
-    Ok((value, de.finalize()?))
+    Ok(postcard::take_from_bytes(bytes)?)
 }
 
 /// How much of a byte string or text value is read ahead at a time: a damaged length cannot make
@@ -228,11 +244,14 @@ impl<'r> StreamDecoder<'r> {
             failure: &mut failure,
         };
         let mut de = postcard::Deserializer::from_flavor(flavor);
-        let result = deserialize(&mut de);
+        let result = T::deserialize(&mut de);
         match (result, failure) {
             (_, Some(e)) => Err(e),
             (Ok(v), None) => Ok(v),
-            (Err(e), None) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            (Err(e), None) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                CodecError::from(e),
+            )),
         }
     }
 

@@ -794,7 +794,7 @@ impl<S: StateMachine> Node<S> {
 
     /// While the storage alarm is raised: lets through only what the state machine allows.
     fn check_space(&self, request: &Request) -> Result<()> {
-        match codec::decode::<S::Command>(&request.command) {
+        match codec::decode_input::<S::Command>(&request.command) {
             Ok(c) => self.check_space_of(&c),
             Err(_) => self.refuse_for_space(),
         }

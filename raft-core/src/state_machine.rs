@@ -69,8 +69,11 @@ pub trait StateMachine: Send + Sync + 'static {
     /// decodes by recursion, and a recursive type (an enum that holds itself, a JSON-like
     /// value) sent thousands of levels deep would otherwise overflow the stack and abort every
     /// replica. Your `apply` gets values within that bound; if it recurses over them, mind its
-    /// own stack use. The bound is part of the apply rules: a release that changed it would
-    /// need every replica upgraded before such commands are sent.
+    /// own stack use. Queries are bounded the same way; outputs and snapshots are not (your
+    /// state machine built them). The bound is part of the apply rules: a command deeper than
+    /// 128 levels that versions before the bound applied is refused by versions with it, so in
+    /// a rolling upgrade, and when a node replays such entries after upgrading, replicas can
+    /// disagree on it. Upgrade before sending commands that deep, or not at all.
     type Command: Serialize + DeserializeOwned + Send + 'static;
     /// What applying a command returns to the writer.
     ///

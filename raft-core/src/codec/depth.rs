@@ -6,11 +6,11 @@
 //! levels deep: decoding it would overflow the thread's stack, which aborts the process (it is
 //! not a panic). For a command already in the log that is every replica, at every restart.
 //!
-//! Every decode in [`crate::codec`] goes through [`Limited`], which counts the levels a value
-//! opens (a struct, tuple, sequence, map, enum, `Some` or newtype each open one) and fails past
-//! [`MAX_DEPTH`] with an ordinary decode error. The count depends only on the bytes, so every
-//! replica refuses the same commands. The wrappers forward everything else untouched; once
-//! inlined they cost a counter per level.
+//! [`crate::codec::decode_input`], which decodes what clients send (commands, queries), goes
+//! through [`Limited`], which counts the levels a value opens (a struct, tuple, sequence, map,
+//! enum, `Some` or newtype each open one) and fails past [`MAX_DEPTH`] with an ordinary decode
+//! error. The count depends only on the bytes, so every replica refuses the same commands. The
+//! wrappers forward everything else untouched; once inlined they cost a counter per level.
 
 use std::cell::Cell;
 use std::fmt;
@@ -432,9 +432,8 @@ mod tests {
     use serde::Deserialize;
 
     use super::MAX_DEPTH;
-    use crate::codec::StreamDecoder;
     use crate::codec::decode;
-    use crate::codec::decode_counting;
+    use crate::codec::decode_input;
 
     /// A type that holds itself through an enum and a box.
     #[derive(Debug, Deserialize, PartialEq)]
@@ -467,7 +466,7 @@ mod tests {
 
     #[test]
     fn values_nested_within_the_bound_decode() {
-        let t: Tree = decode(&nested(10)).unwrap();
+        let t: Tree = decode_input(&nested(10)).unwrap();
         let mut levels = 0;
         let mut at = &t;
         while let Tree::Node(inner) = at {
@@ -476,9 +475,9 @@ mod tests {
         }
         assert_eq!(levels, 10);
         // An enum level and a newtype level each count: a Tree level opens two.
-        assert!(decode::<Tree>(&nested(MAX_DEPTH / 2 - 1)).is_ok());
-        assert!(decode::<Lists>(&nested(MAX_DEPTH / 2 - 1)).is_ok());
-        assert!(decode::<Chain>(&nested(MAX_DEPTH / 2 - 1)).is_ok());
+        assert!(decode_input::<Tree>(&nested(MAX_DEPTH / 2 - 1)).is_ok());
+        assert!(decode_input::<Lists>(&nested(MAX_DEPTH / 2 - 1)).is_ok());
+        assert!(decode_input::<Chain>(&nested(MAX_DEPTH / 2 - 1)).is_ok());
     }
 
     /// Without the bound, the deepest of these overflows the test thread's stack and aborts the
@@ -487,16 +486,24 @@ mod tests {
     fn values_nested_past_the_bound_are_an_error_not_a_crash() {
         for levels in [MAX_DEPTH, 10 * MAX_DEPTH, 1_000_000] {
             let bytes = nested(levels);
-            let e = decode::<Tree>(&bytes).unwrap_err();
+            let e = decode_input::<Tree>(&bytes).unwrap_err();
             assert!(depth_error(&e), "{e}");
-            assert!(depth_error(decode::<Lists>(&bytes).unwrap_err()));
-            assert!(depth_error(decode::<Chain>(&bytes).unwrap_err()));
-            let (counted, _) = decode_counting::<Tree>(&bytes);
-            assert!(depth_error(counted.unwrap_err()));
-            let mut input = &bytes[..];
-            let streamed = StreamDecoder::new(&mut input).next::<Tree>();
-            assert!(depth_error(streamed.unwrap_err()));
+            assert!(depth_error(decode_input::<Lists>(&bytes).unwrap_err()));
+            assert!(depth_error(decode_input::<Chain>(&bytes).unwrap_err()));
         }
+        // Trailing bytes are refused as by `decode`.
+        let mut trailing = nested(3);
+        trailing.push(0);
+        assert!(decode_input::<Tree>(&trailing).is_err());
+    }
+
+    /// What raftkit or the state machine built (a snapshot of a deep state, an output) decodes
+    /// past the bound: it is as deep as a state the process held.
+    #[test]
+    fn values_built_here_decode_past_the_bound() {
+        let levels = MAX_DEPTH * 2;
+        assert!(decode_input::<Lists>(&nested(levels)).is_err());
+        assert!(decode::<Lists>(&nested(levels)).is_ok());
     }
 }
 
@@ -543,7 +550,7 @@ mod cost {
             let plain = t.elapsed();
             let t = std::time::Instant::now();
             for _ in 0..n {
-                let c: Command = crate::codec::decode(std::hint::black_box(&bytes)).unwrap();
+                let c: Command = crate::codec::decode_input(std::hint::black_box(&bytes)).unwrap();
                 std::hint::black_box(c);
             }
             let bounded = t.elapsed();

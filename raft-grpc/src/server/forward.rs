@@ -289,7 +289,7 @@ pub(super) fn serve_query<S: Queryable>(
 ) -> BoxFuture<'_, Result<pb::ReadReply, Status>> {
     Box::pin(async move {
         let c = pb::consistency(r.consistency)?;
-        let query: S::Query = raft_core::codec::decode(&r.query).map_err(|e| {
+        let query: S::Query = raft_core::codec::decode_input(&r.query).map_err(|e| {
             status::status(
                 Code::InvalidArgument,
                 ErrorCode::InvalidCommand,
