@@ -263,6 +263,7 @@ impl<S: StateMachine> Node<S> {
         let combiner = combine::Combiner::new(
             config.combine_writes_after,
             config.max_command_bytes.min(combine::COMBINED_BYTES),
+            config.election_timeout,
         );
         let node = Node {
             inner: Arc::new(Inner {

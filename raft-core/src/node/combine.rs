@@ -15,6 +15,8 @@
 //! overload do not pile up work for the log, nor hold their commands' memory.
 
 use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -73,6 +75,9 @@ fn size(q: &Request) -> usize {
 struct State {
     /// Proposals in flight (slots taken).
     in_flight: usize,
+    /// When a proposal last ended (or the combiner began): a leader whose proposals end is
+    /// not cut off, and writes that queue on it are not checked.
+    ended: Instant,
     queue: Vec<Queued>,
     /// Queue length at which [`Combiner::join`] next drops the writes whose callers gave up:
     /// twice what was left after the last pruning, so pruning costs O(1) per write and the
@@ -101,18 +106,24 @@ impl State {
 pub(crate) struct Combiner {
     /// Slots: proposals in flight before writes queue (0: never combine).
     slots: usize,
+    /// How long no proposal may end before a write that would queue is checked.
+    stall: Duration,
     /// Most bytes of commands in one combined entry.
     max_bytes: usize,
     state: Mutex<State>,
 }
 
 impl Combiner {
-    pub fn new(slots: usize, max_bytes: usize) -> Combiner {
+    /// `slots` proposals in flight, entries of at most `max_bytes`; a write that would queue
+    /// after no proposal ended for `stall` is asked about ([`Combiner::join`]).
+    pub fn new(slots: usize, max_bytes: usize, stall: Duration) -> Combiner {
         Combiner {
             slots,
+            stall,
             max_bytes,
             state: Mutex::new(State {
                 in_flight: 0,
+                ended: Instant::now(),
                 queue: Vec::new(),
                 prune_at: PRUNE_AT_LEAST,
                 bytes: 0,
@@ -121,9 +132,10 @@ impl Combiner {
         }
     }
 
-    /// Takes a slot for `request`, or queues it behind the proposals in flight — unless
-    /// `refuse_queueing` says not to, then [`Joined::Refused`] with every write queued so far
-    /// (the reason holds for them too). A write never overtakes one queued before it.
+    /// Takes a slot for `request`, or queues it behind the proposals in flight — unless no
+    /// proposal has ended for the combiner's stall time and `refuse_queueing` says not to, then
+    /// [`Joined::Refused`] with every write queued so far (the reason holds for them too). A
+    /// write never overtakes one queued before it.
     fn join(&self, request: Request, refuse_queueing: impl FnOnce() -> bool) -> Joined {
         if self.slots == 0 {
             return Joined::Propose(request);
@@ -133,7 +145,7 @@ impl Combiner {
             st.in_flight += 1;
             return Joined::Propose(request);
         }
-        if refuse_queueing() {
+        if st.ended.elapsed() >= self.stall && refuse_queueing() {
             let queued = std::mem::take(&mut st.queue);
             st.prune();
             return Joined::Refused(queued);
@@ -156,6 +168,7 @@ impl Combiner {
             return None;
         }
         let mut st = crate::sync::lock(&self.state);
+        st.ended = Instant::now();
         loop {
             if st.queue.is_empty() {
                 st.in_flight = st.in_flight.saturating_sub(1);
@@ -349,7 +362,7 @@ mod tests {
 
     #[test]
     fn writes_queue_only_when_every_slot_is_taken() {
-        let c = Combiner::new(2, 1000);
+        let c = Combiner::new(2, 1000, Duration::ZERO);
         let mut waiting = Vec::new();
         assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
         assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
@@ -365,7 +378,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_bounded_by_bytes_but_takes_at_least_one_write() {
-        let c = Combiner::new(1, 100);
+        let c = Combiner::new(1, 100, Duration::ZERO);
         let mut waiting = Vec::new();
         assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
         for n in [50, 30, 40, 500] {
@@ -387,7 +400,7 @@ mod tests {
 
     #[test]
     fn writes_whose_callers_gave_up_are_not_proposed() {
-        let c = Combiner::new(1, 1000);
+        let c = Combiner::new(1, 1000, Duration::ZERO);
         assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
         let mut kept = Vec::new();
         for n in 0..6 {
@@ -417,7 +430,7 @@ mod tests {
 
     #[test]
     fn abandoned_writes_do_not_accumulate_while_the_slot_is_held() {
-        let c = Combiner::new(1, 1 << 20);
+        let c = Combiner::new(1, 1 << 20, Duration::ZERO);
         assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
         let mut live = Vec::new();
         for n in 0..10_000 {
@@ -441,7 +454,7 @@ mod tests {
     /// all 63 MiB stayed (and 64 MiB commands would have held 4 GiB).
     #[test]
     fn abandoned_large_writes_are_dropped_by_their_bytes() {
-        let c = Combiner::new(1, 16 << 10);
+        let c = Combiner::new(1, 16 << 10, Duration::ZERO);
         assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
         for _ in 0..63 {
             assert!(matches!(c.join(req(1 << 20), || false), Joined::Queued(_)));
@@ -457,7 +470,7 @@ mod tests {
 
     #[test]
     fn zero_slots_never_queue() {
-        let c = Combiner::new(0, 100);
+        let c = Combiner::new(0, 100, Duration::ZERO);
         for _ in 0..10 {
             assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
         }
@@ -466,7 +479,7 @@ mod tests {
 
     #[test]
     fn a_write_that_would_queue_can_be_refused_instead() {
-        let c = Combiner::new(1, 100);
+        let c = Combiner::new(1, 100, Duration::ZERO);
         let asked = std::cell::Cell::new(0);
         let refuse = || {
             asked.set(asked.get() + 1);
@@ -478,7 +491,7 @@ mod tests {
         assert_eq!(asked.get(), 1);
         assert!(c.release().is_none(), "a refused write is not queued");
         // Writes queued before the refusal are handed back with it, and leave the queue.
-        let c = Combiner::new(1, 100);
+        let c = Combiner::new(1, 100, Duration::ZERO);
         assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
         let mut waiting = Vec::new();
         queue(&c, 2, &mut waiting);
@@ -488,6 +501,16 @@ mod tests {
             _ => panic!("expected a refusal"),
         }
         assert!(c.release().is_none(), "the queue was emptied");
+        // A combiner whose proposals ended lately does not ask at all.
+        let c = Combiner::new(1, 100, Duration::from_secs(3600));
+        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
+        let asked = std::cell::Cell::new(false);
+        let ask = || {
+            asked.set(true);
+            true
+        };
+        assert!(matches!(c.join(req(1), ask), Joined::Queued(_)));
+        assert!(!asked.get(), "asked with proposals ending");
     }
 
     #[test]
@@ -499,7 +522,7 @@ mod tests {
         };
         let undecodable = || Error::Codec(postcard::Error::DeserializeUnexpectedEnd.into());
         for failure in [Error::NoQuorum, disk_full(), undecodable()] {
-            let c = Combiner::new(1, 100);
+            let c = Combiner::new(1, 100, Duration::ZERO);
             let _ = c.join(req(1), || false);
             let rxs: Vec<_> = (0..3)
                 .map(|_| match c.join(req(1), || false) {
