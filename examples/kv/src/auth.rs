@@ -115,6 +115,15 @@ pub fn current(shared: &LiveAccounts) -> Arc<Accounts> {
         .clone()
 }
 
+/// A SHA-256 digest of a password.
+type Digest = [u8; 32];
+
+fn digest(password: &[u8]) -> Digest {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, password).as_ref());
+    out
+}
+
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.ct_eq(b))
@@ -124,6 +133,22 @@ impl Accounts {
     /// Whether connections must authenticate.
     pub fn required(&self) -> bool {
         self.requirepass.is_some() || !self.users.is_empty()
+    }
+
+    /// The role of user `name` if `password_digest` is the digest of their password, looked up
+    /// as [`Accounts::check`] does.
+    fn check_digest(&self, name: &str, password_digest: &Digest) -> Option<Role> {
+        if name == DEFAULT_USER
+            && let Some(p) = &self.requirepass
+            && digest(p.as_bytes()) == *password_digest
+        {
+            return Some(Role::Admin);
+        }
+        self.users
+            .iter()
+            .find(|u| u.name == name)
+            .filter(|u| digest(u.password.as_bytes()) == *password_digest)
+            .map(|u| u.role)
     }
 
     /// The user `name` (the default user if `None`) if `password` is theirs.
@@ -182,9 +207,10 @@ pub fn parse_users(text: &str) -> Result<Vec<Account>, String> {
 struct User {
     name: String,
     role: Role,
-    /// The password it authenticated with, checked again after a reload; `None` for a
-    /// connection that needed no authentication.
-    password: Option<Vec<u8>>,
+    /// The digest of the password it authenticated with (not the password, which would stay
+    /// in the connection's memory for its whole life), checked again after a reload; `None`
+    /// for a connection that needed no authentication.
+    password: Option<Digest>,
 }
 
 impl std::fmt::Debug for User {
@@ -240,9 +266,7 @@ impl ConnAuth {
         let accounts = current(live);
         let role = match &user.password {
             None => (!accounts.required()).then_some(Role::Admin),
-            Some(p) => accounts
-                .check(Some(user.name.as_bytes()), p)
-                .map(|(_, role)| role),
+            Some(d) => accounts.check_digest(&user.name, d),
         };
         match role {
             Some(role) => {
@@ -328,7 +352,7 @@ pub fn gate(
                     conn.user = Some(User {
                         name,
                         role,
-                        password: Some(password.to_vec()),
+                        password: Some(digest(password)),
                     });
                     Gate::Reply(Reply::Ok)
                 }
@@ -355,7 +379,7 @@ pub fn gate(
                             authenticated = Some(User {
                                 name,
                                 role,
-                                password: Some(args[i + 2].to_vec()),
+                                password: Some(digest(&args[i + 2])),
                             })
                         }
                         _ if !a.required() => {}

@@ -259,7 +259,7 @@ enum ReadConsistency {
     /// Linearizable under the leader's lease (fewer round trips; assumes bounded clock drift).
     Lease,
     /// Whatever the answering node has applied; may be stale, except that a connection reads
-    /// its own writes (its first read after a write goes at the leader's lease).
+    /// its own writes (its reads after a write go at the leader's lease until one succeeds).
     Local,
 }
 

@@ -292,12 +292,14 @@ impl Conn {
     }
 
     /// Reads `op` at [`Conn::read_consistency`]: `Err` with the reply that says why it failed.
-    /// Only the first read after a write goes further than the node: if it fails (the leader
-    /// is out of reach), the client is told, and reads after it are local again.
+    /// Reads after a write go at the lease until one succeeds: a local read before that could
+    /// miss the write, so while the leader is out of reach they fail, and say so.
     async fn read(&mut self, ctx: &Ctx, op: ReadOp) -> Result<Reply, Reply> {
-        let consistency = self.read_consistency(ctx);
-        self.wrote = false;
-        forward::read_checked_at(ctx, op, consistency).await
+        let r = forward::read_checked_at(ctx, op, self.read_consistency(ctx)).await;
+        if r.is_ok() {
+            self.wrote = false;
+        }
+        r
     }
 }
 
@@ -670,7 +672,6 @@ async fn execute(
             Action::Read(ReadOp::Keys(pattern)) => {
                 let (limit, before) = (ctx.limits.output_bytes, out.len());
                 let consistency = conn.read_consistency(ctx);
-                conn.wrote = false;
                 let mut node_full = false;
                 let share = &mut conn.share;
                 // The keys found must fit both limits as they are found.
@@ -680,7 +681,11 @@ async fn execute(
                     total <= limit && !node_full
                 };
                 match keys(ctx, consistency, pattern, fits).await {
-                    Some(reply) => reply,
+                    Some(reply @ Reply::Array(_)) => {
+                        conn.wrote = false;
+                        reply
+                    }
+                    Some(failed) => failed,
                     None if node_full => return past_client_memory(conn.id, ctx),
                     None => return past_output_limit(conn.id, limit),
                 }
