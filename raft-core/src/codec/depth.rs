@@ -45,6 +45,24 @@ impl<'t> Depth<'t> {
         }
     }
 
+    /// `visitor`, for a value at this depth.
+    #[inline]
+    fn counting<V>(self, visitor: V) -> Counted<'t, V> {
+        Counted {
+            inner: visitor,
+            depth: self,
+        }
+    }
+
+    /// `access` (a seed, or a sequence, map, enum or variant access), for values at this depth.
+    #[inline]
+    fn within<A>(self, access: A) -> Within<'t, A> {
+        Within {
+            inner: access,
+            depth: self,
+        }
+    }
+
     /// One level deeper, or the error that refuses it.
     #[inline]
     fn deeper<E: de::Error>(self) -> Result<Depth<'t>, E> {
@@ -90,7 +108,7 @@ macro_rules! forward_deserialize {
         $(
             #[inline]
             fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-                self.inner.$method(Counted { inner: visitor, depth: self.depth })
+                self.inner.$method(self.depth.counting(visitor))
             }
         )*
     };
@@ -133,10 +151,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Limited<'_, D> {
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        let visitor = Counted {
-            inner: visitor,
-            depth: self.depth,
-        };
+        let visitor = self.depth.counting(visitor);
         self.inner.deserialize_unit_struct(name, visitor)
     }
 
@@ -146,10 +161,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Limited<'_, D> {
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        let visitor = Counted {
-            inner: visitor,
-            depth: self.depth,
-        };
+        let visitor = self.depth.counting(visitor);
         self.inner.deserialize_newtype_struct(name, visitor)
     }
 
@@ -159,10 +171,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Limited<'_, D> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        let visitor = Counted {
-            inner: visitor,
-            depth: self.depth,
-        };
+        let visitor = self.depth.counting(visitor);
         self.inner.deserialize_tuple(len, visitor)
     }
 
@@ -173,10 +182,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Limited<'_, D> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        let visitor = Counted {
-            inner: visitor,
-            depth: self.depth,
-        };
+        let visitor = self.depth.counting(visitor);
         self.inner.deserialize_tuple_struct(name, len, visitor)
     }
 
@@ -187,10 +193,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Limited<'_, D> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        let visitor = Counted {
-            inner: visitor,
-            depth: self.depth,
-        };
+        let visitor = self.depth.counting(visitor);
         self.inner.deserialize_struct(name, fields, visitor)
     }
 
@@ -201,10 +204,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Limited<'_, D> {
         variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        let visitor = Counted {
-            inner: visitor,
-            depth: self.depth,
-        };
+        let visitor = self.depth.counting(visitor);
         self.inner.deserialize_enum(name, variants, visitor)
     }
 
@@ -279,19 +279,19 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Counted<'_, V> {
     #[inline]
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         let depth = self.depth.deeper()?;
-        self.inner.visit_seq(Within { inner: seq, depth })
+        self.inner.visit_seq(depth.within(seq))
     }
 
     #[inline]
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         let depth = self.depth.deeper()?;
-        self.inner.visit_map(Within { inner: map, depth })
+        self.inner.visit_map(depth.within(map))
     }
 
     #[inline]
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
         let depth = self.depth.deeper()?;
-        self.inner.visit_enum(Within { inner: data, depth })
+        self.inner.visit_enum(depth.within(data))
     }
 }
 
@@ -300,10 +300,7 @@ impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Within<'_, S> {
 
     #[inline]
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        self.inner.deserialize(Limited {
-            inner: d,
-            depth: self.depth,
-        })
+        self.inner.deserialize(Limited::new(d, self.depth))
     }
 }
 
@@ -315,10 +312,7 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Within<'_, A> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Self::Error> {
-        let seed = Within {
-            inner: seed,
-            depth: self.depth,
-        };
+        let seed = self.depth.within(seed);
         self.inner.next_element_seed(seed)
     }
 
@@ -335,10 +329,7 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Within<'_, A> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Self::Error> {
-        let seed = Within {
-            inner: seed,
-            depth: self.depth,
-        };
+        let seed = self.depth.within(seed);
         self.inner.next_key_seed(seed)
     }
 
@@ -347,10 +338,7 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Within<'_, A> {
         &mut self,
         seed: V,
     ) -> Result<V::Value, Self::Error> {
-        let seed = Within {
-            inner: seed,
-            depth: self.depth,
-        };
+        let seed = self.depth.within(seed);
         self.inner.next_value_seed(seed)
     }
 
@@ -369,14 +357,8 @@ impl<'de, 't, A: EnumAccess<'de>> EnumAccess<'de> for Within<'t, A> {
         seed: S,
     ) -> Result<(S::Value, Self::Variant), Self::Error> {
         let depth = self.depth;
-        let (value, variant) = self.inner.variant_seed(Within { inner: seed, depth })?;
-        Ok((
-            value,
-            Within {
-                inner: variant,
-                depth,
-            },
-        ))
+        let (value, variant) = self.inner.variant_seed(depth.within(seed))?;
+        Ok((value, depth.within(variant)))
     }
 }
 
@@ -393,10 +375,7 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Within<'_, A> {
         self,
         seed: S,
     ) -> Result<S::Value, Self::Error> {
-        let seed = Within {
-            inner: seed,
-            depth: self.depth,
-        };
+        let seed = self.depth.within(seed);
         self.inner.newtype_variant_seed(seed)
     }
 
@@ -406,10 +385,7 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Within<'_, A> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        let visitor = Counted {
-            inner: visitor,
-            depth: self.depth,
-        };
+        let visitor = self.depth.counting(visitor);
         self.inner.tuple_variant(len, visitor)
     }
 
@@ -419,10 +395,7 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Within<'_, A> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        let visitor = Counted {
-            inner: visitor,
-            depth: self.depth,
-        };
+        let visitor = self.depth.counting(visitor);
         self.inner.struct_variant(fields, visitor)
     }
 }
