@@ -135,36 +135,35 @@ impl Accounts {
         self.requirepass.is_some() || !self.users.is_empty()
     }
 
-    /// The role of user `name` if `password_digest` is the digest of their password, looked up
-    /// as [`Accounts::check`] does.
-    fn check_digest(&self, name: &str, password_digest: &Digest) -> Option<Role> {
-        if name == DEFAULT_USER
+    /// The user `name` and its role if `opens` accepts its password: the `default` user's
+    /// `requirepass` first, then the users file.
+    fn find(&self, name: &[u8], opens: impl Fn(&str) -> bool) -> Option<(&str, Role)> {
+        if name == DEFAULT_USER.as_bytes()
             && let Some(p) = &self.requirepass
-            && digest(p.as_bytes()) == *password_digest
+            && opens(p)
         {
-            return Some(Role::Admin);
+            return Some((DEFAULT_USER, Role::Admin));
         }
         self.users
             .iter()
-            .find(|u| u.name == name)
-            .filter(|u| digest(u.password.as_bytes()) == *password_digest)
-            .map(|u| u.role)
+            .find(|u| u.name.as_bytes() == name)
+            .filter(|u| opens(&u.password))
+            .map(|u| (u.name.as_str(), u.role))
+    }
+
+    /// The role of user `name` if `password_digest` is the digest of their password.
+    fn check_digest(&self, name: &str, password_digest: &Digest) -> Option<Role> {
+        self.find(name.as_bytes(), |p| {
+            digest(p.as_bytes()) == *password_digest
+        })
+        .map(|(_, role)| role)
     }
 
     /// The user `name` (the default user if `None`) if `password` is theirs.
     fn check(&self, name: Option<&[u8]>, password: &[u8]) -> Option<(String, Role)> {
         let name = name.unwrap_or(DEFAULT_USER.as_bytes());
-        if name == DEFAULT_USER.as_bytes()
-            && let Some(p) = &self.requirepass
-            && ct_eq(p.as_bytes(), password)
-        {
-            return Some((DEFAULT_USER.to_string(), Role::Admin));
-        }
-        self.users
-            .iter()
-            .find(|u| u.name.as_bytes() == name)
-            .filter(|u| ct_eq(u.password.as_bytes(), password))
-            .map(|u| (u.name.clone(), u.role))
+        self.find(name, |p| ct_eq(p.as_bytes(), password))
+            .map(|(name, role)| (name.to_string(), role))
     }
 }
 

@@ -272,7 +272,8 @@ struct Conn {
     watched_bytes: usize,
     /// The name `CLIENT SETNAME` gave the connection.
     name: Option<Bytes>,
-    /// A write was sent since the connection's last read (see [`Conn::read_consistency`]).
+    /// A write of this connection applied (or may have) since its last read that succeeded
+    /// (see [`Conn::read_consistency`]).
     wrote: bool,
     /// What its buffers hold of the node's `--maxmemory-clients`.
     share: Share,

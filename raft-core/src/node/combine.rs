@@ -347,10 +347,15 @@ mod tests {
 
     /// Queues a write and keeps its caller waiting (the receiver is kept).
     fn queue(c: &Combiner, n: usize, waiting: &mut Vec<oneshot::Receiver<Result<Response>>>) {
-        match c.join(req(n), || false) {
+        match joined(c, n) {
             Joined::Queued(rx) => waiting.push(rx),
             Joined::Propose(_) | Joined::Refused(_) => panic!("expected the write to queue"),
         }
+    }
+
+    /// `c.join` of a write of `n` bytes, never refused.
+    fn joined(c: &Combiner, n: usize) -> Joined {
+        c.join(req(n), || false)
     }
 
     fn req(n: usize) -> Request {
@@ -364,15 +369,15 @@ mod tests {
     fn writes_queue_only_when_every_slot_is_taken() {
         let c = Combiner::new(2, 1000, Duration::ZERO);
         let mut waiting = Vec::new();
-        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
-        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
+        assert!(matches!(joined(&c, 1), Joined::Propose(_)));
+        assert!(matches!(joined(&c, 1), Joined::Propose(_)));
         queue(&c, 1, &mut waiting);
         queue(&c, 1, &mut waiting);
         // The slot passes to the queued writes, both in one batch.
         assert_eq!(c.release().map(|b| b.len()), Some(2));
         assert!(c.release().is_none());
         // One slot in flight (the batch's): a new write takes the free one.
-        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
+        assert!(matches!(joined(&c, 1), Joined::Propose(_)));
         queue(&c, 1, &mut waiting);
     }
 
@@ -380,7 +385,7 @@ mod tests {
     fn a_batch_is_bounded_by_bytes_but_takes_at_least_one_write() {
         let c = Combiner::new(1, 100, Duration::ZERO);
         let mut waiting = Vec::new();
-        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
+        assert!(matches!(joined(&c, 1), Joined::Propose(_)));
         for n in [50, 30, 40, 500] {
             queue(&c, n, &mut waiting);
         }
@@ -395,16 +400,16 @@ mod tests {
         assert_eq!(sizes(c.release()), Some(vec![40]));
         assert_eq!(sizes(c.release()), Some(vec![500]));
         assert!(c.release().is_none());
-        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
+        assert!(matches!(joined(&c, 1), Joined::Propose(_)));
     }
 
     #[test]
     fn writes_whose_callers_gave_up_are_not_proposed() {
         let c = Combiner::new(1, 1000, Duration::ZERO);
-        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
+        assert!(matches!(joined(&c, 1), Joined::Propose(_)));
         let mut kept = Vec::new();
         for n in 0..6 {
-            match c.join(req(n + 10), || false) {
+            match joined(&c, n + 10) {
                 // Every other caller stops waiting (its receiver is dropped).
                 Joined::Queued(rx) if n % 2 == 0 => kept.push(rx),
                 Joined::Queued(_) => {}
@@ -421,20 +426,20 @@ mod tests {
         // Only abandoned writes queued: the slot is given back, not passed to them.
         drop(kept);
         for _ in 0..3 {
-            let _ = c.join(req(1), || false);
+            let _ = joined(&c, 1);
         }
         assert!(c.release().is_none(), "no live write to pass the slot to");
         assert!(c.release().is_none());
-        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
+        assert!(matches!(joined(&c, 1), Joined::Propose(_)));
     }
 
     #[test]
     fn abandoned_writes_do_not_accumulate_while_the_slot_is_held() {
         let c = Combiner::new(1, 1 << 20, Duration::ZERO);
-        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
+        assert!(matches!(joined(&c, 1), Joined::Propose(_)));
         let mut live = Vec::new();
         for n in 0..10_000 {
-            if let Joined::Queued(rx) = c.join(req(1), || false)
+            if let Joined::Queued(rx) = joined(&c, 1)
                 && n % 100 == 0
             {
                 live.push(rx);
@@ -455,9 +460,9 @@ mod tests {
     #[test]
     fn abandoned_large_writes_are_dropped_by_their_bytes() {
         let c = Combiner::new(1, 16 << 10, Duration::ZERO);
-        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
+        assert!(matches!(joined(&c, 1), Joined::Propose(_)));
         for _ in 0..63 {
-            assert!(matches!(c.join(req(1 << 20), || false), Joined::Queued(_)));
+            assert!(matches!(joined(&c, 1 << 20), Joined::Queued(_)));
         }
         let held: usize = crate::sync::lock(&c.state)
             .queue
@@ -472,7 +477,7 @@ mod tests {
     fn zero_slots_never_queue() {
         let c = Combiner::new(0, 100, Duration::ZERO);
         for _ in 0..10 {
-            assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
+            assert!(matches!(joined(&c, 1), Joined::Propose(_)));
         }
         assert!(c.release().is_none());
     }
@@ -492,7 +497,7 @@ mod tests {
         assert!(c.release().is_none(), "a refused write is not queued");
         // Writes queued before the refusal are handed back with it, and leave the queue.
         let c = Combiner::new(1, 100, Duration::ZERO);
-        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
+        assert!(matches!(joined(&c, 1), Joined::Propose(_)));
         let mut waiting = Vec::new();
         queue(&c, 2, &mut waiting);
         queue(&c, 3, &mut waiting);
@@ -503,7 +508,7 @@ mod tests {
         assert!(c.release().is_none(), "the queue was emptied");
         // A combiner whose proposals ended lately does not ask at all.
         let c = Combiner::new(1, 100, Duration::from_secs(3600));
-        assert!(matches!(c.join(req(1), || false), Joined::Propose(_)));
+        assert!(matches!(joined(&c, 1), Joined::Propose(_)));
         let asked = std::cell::Cell::new(false);
         let ask = || {
             asked.set(true);
@@ -523,9 +528,9 @@ mod tests {
         let undecodable = || Error::Codec(postcard::Error::DeserializeUnexpectedEnd.into());
         for failure in [Error::NoQuorum, disk_full(), undecodable()] {
             let c = Combiner::new(1, 100, Duration::ZERO);
-            let _ = c.join(req(1), || false);
+            let _ = joined(&c, 1);
             let rxs: Vec<_> = (0..3)
-                .map(|_| match c.join(req(1), || false) {
+                .map(|_| match joined(&c, 1) {
                     Joined::Queued(rx) => rx,
                     Joined::Propose(_) | Joined::Refused(_) => panic!("slot should be taken"),
                 })
