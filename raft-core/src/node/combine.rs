@@ -174,15 +174,18 @@ impl Combiner {
                 st.in_flight = st.in_flight.saturating_sub(1);
                 return None;
             }
+            // The live writes' bytes (bounded by `max_bytes`), and all that is taken.
             let mut bytes = 0;
+            let mut taken_bytes = 0;
             let mut live = 0;
             let mut take = 0;
             for q in &st.queue {
+                let size = size(&q.request);
                 if q.done.is_closed() {
                     take += 1;
+                    taken_bytes += size;
                     continue;
                 }
-                let size = size(&q.request);
                 if live > 0 && bytes + size > self.max_bytes {
                     break;
                 }
@@ -190,11 +193,13 @@ impl Combiner {
                 live += 1;
                 take += 1;
             }
+            st.bytes = st.bytes.saturating_sub(taken_bytes + bytes);
             // A caller may have given up since it was counted: checked again as it is taken.
-            let taken: Vec<Queued> = st.queue.drain(..take).collect();
-            let taken_bytes: usize = taken.iter().map(|q| size(&q.request)).sum();
-            st.bytes = st.bytes.saturating_sub(taken_bytes);
-            let batch: Vec<Queued> = taken.into_iter().filter(|q| !q.done.is_closed()).collect();
+            let batch: Vec<Queued> = st
+                .queue
+                .drain(..take)
+                .filter(|q| !q.done.is_closed())
+                .collect();
             if !batch.is_empty() {
                 return Some(batch);
             }
