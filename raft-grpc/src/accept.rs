@@ -13,7 +13,9 @@
 //! and cannot stall anyone else's accept. Handshaken connections go to tonic, which sees their peer
 //! certificates (the interceptors check node and user identities in them). A connection that
 //! does not send the HTTP/2 preface within [`GrpcOptions::preface_timeout`] is closed, so
-//! silent connections cannot hold places either.
+//! silent connections cannot hold places either. Nor can connections that speak HTTP/2 but make
+//! no call that passes authentication: one that has made none within
+//! [`GrpcOptions::auth_timeout`] of being admitted is closed ([`Unproven`]).
 
 use std::collections::HashMap;
 use std::collections::HashSet;
@@ -27,6 +29,9 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
 use std::sync::RwLock;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 use std::task::Context;
 use std::task::Poll;
 use std::time::Duration;
@@ -150,6 +155,84 @@ impl MemberSources {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .contains(source)
+    }
+}
+
+/// The connections a server admitted that have not yet made a call that passed authentication
+/// (a peer's check or a client's), by the address they come from: the interceptors mark a
+/// connection proven ([`Unproven::prove`]) on its first call that passes, and a connection
+/// still unproven [`GrpcOptions::auth_timeout`] after it was admitted is closed. Without it, a
+/// stranger who sends the HTTP/2 preface and answers pings would hold a place for ever. Cheap
+/// to clone; clones share one registry. Proving costs one atomic load per call while no
+/// connection waits for proof.
+#[derive(Clone, Default)]
+pub(crate) struct Unproven(Arc<UnprovenInner>);
+
+#[derive(Default)]
+struct UnprovenInner {
+    /// How many connections wait for proof (the map's length), read without the lock.
+    waiting: AtomicUsize,
+    waiting_by_address: Mutex<HashMap<SocketAddr, Arc<AtomicBool>>>,
+}
+
+impl Unproven {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Arc<AtomicBool>>> {
+        // Nothing panics while holding it; recover the guard rather than propagate poison.
+        self.0
+            .waiting_by_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a connection from `from` as waiting for proof; the flag is set when it proves
+    /// itself. A connection's address is unique among the open ones (its socket holds the
+    /// address pair), so an entry left by a closed connection can only be replaced.
+    fn register(&self, from: SocketAddr) -> Arc<AtomicBool> {
+        let proven = Arc::new(AtomicBool::new(false));
+        let mut waiting = self.lock();
+        if waiting.insert(from, proven.clone()).is_none() {
+            self.0.waiting.store(waiting.len(), Ordering::Release);
+        }
+        proven
+    }
+
+    /// Marks the connection from `from` (if it waits for proof) as proven: it stays open for as
+    /// long as its client and keepalive keep it.
+    pub(crate) fn prove(&self, from: Option<SocketAddr>) {
+        if self.0.waiting.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let Some(from) = from else { return };
+        let mut waiting = self.lock();
+        if let Some(proven) = waiting.remove(&from) {
+            proven.store(true, Ordering::Release);
+            self.0.waiting.store(waiting.len(), Ordering::Release);
+        }
+    }
+
+    /// Forgets a connection that closes unproven, unless its entry was already replaced.
+    fn forget(&self, from: SocketAddr, proven: &Arc<AtomicBool>) {
+        let mut waiting = self.lock();
+        if waiting.get(&from).is_some_and(|p| Arc::ptr_eq(p, proven)) {
+            waiting.remove(&from);
+            self.0.waiting.store(waiting.len(), Ordering::Release);
+        }
+    }
+}
+
+/// An admitted connection's wait for its first authenticated call.
+struct Proof {
+    proven: Arc<AtomicBool>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    from: SocketAddr,
+    unproven: Unproven,
+}
+
+impl Drop for Proof {
+    fn drop(&mut self) {
+        if !self.proven.load(Ordering::Acquire) {
+            self.unproven.forget(self.from, &self.proven);
+        }
     }
 }
 
@@ -320,22 +403,50 @@ struct Preface {
     missing: usize,
 }
 
+/// How long an admitted connection may go without the client preface, and without a call that
+/// passes authentication, and where it registers for proof.
+#[derive(Clone)]
+struct Deadlines {
+    preface: Duration,
+    auth: Duration,
+    unproven: Unproven,
+}
+
+impl Deadlines {
+    fn new(opts: &GrpcOptions, unproven: Unproven) -> Deadlines {
+        Deadlines {
+            preface: opts.preface_timeout,
+            auth: opts.auth_timeout,
+            unproven,
+        }
+    }
+}
+
 /// A connection holding its place under the server's limits until it is dropped, and failing
-/// its reads once [`GrpcOptions::preface_timeout`] has passed without the client preface.
+/// its reads once [`GrpcOptions::preface_timeout`] has passed without the client preface, or
+/// [`GrpcOptions::auth_timeout`] without a call that passed authentication.
 pub(crate) struct Limited<IO> {
-    io: IO,
     preface: Option<Preface>,
+    // Before `io`: an unproven connection leaves the registry before its socket closes.
+    proof: Option<Proof>,
+    io: IO,
     _place: Place,
 }
 
 impl<IO> Limited<IO> {
-    fn new(io: IO, place: Place, preface_timeout: Duration) -> Limited<IO> {
+    fn new(io: IO, from: SocketAddr, place: Place, deadlines: &Deadlines) -> Limited<IO> {
         Limited {
-            io,
             preface: Some(Preface {
-                deadline: Box::pin(tokio::time::sleep(preface_timeout)),
+                deadline: Box::pin(tokio::time::sleep(deadlines.preface)),
                 missing: PREFACE_BYTES,
             }),
+            proof: Some(Proof {
+                proven: deadlines.unproven.register(from),
+                deadline: Box::pin(tokio::time::sleep(deadlines.auth)),
+                from,
+                unproven: deadlines.unproven.clone(),
+            }),
+            io,
             _place: place,
         }
     }
@@ -351,22 +462,29 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Limited<IO> {
         // Read first: a preface already waiting is taken even if the task runs late.
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        let Some(p) = &mut this.preface else {
-            return read;
-        };
-        if let Poll::Ready(Ok(())) = &read {
-            p.missing = p.missing.saturating_sub(buf.filled().len() - before);
+        if let Some(p) = &mut this.preface {
+            if let Poll::Ready(Ok(())) = &read {
+                p.missing = p.missing.saturating_sub(buf.filled().len() - before);
+            }
             if p.missing == 0 {
                 this.preface = None;
-                return read;
+            } else if p.deadline.as_mut().poll(cx).is_ready() {
+                // Polling the deadline also wakes this task when it passes.
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no HTTP/2 preface within preface_timeout",
+                )));
             }
         }
-        // Still incomplete: polling the deadline also wakes this task when it passes.
-        if p.deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no HTTP/2 preface within preface_timeout",
-            )));
+        if let Some(proof) = &mut this.proof {
+            if proof.proven.load(Ordering::Acquire) {
+                this.proof = None;
+            } else if proof.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no call passed authentication within auth_timeout",
+                )));
+            }
         }
         read
     }
@@ -416,13 +534,17 @@ pub(crate) fn tcp_incoming(
     listener: TcpListener,
     opts: &GrpcOptions,
     members: MemberSources,
+    unproven: Unproven,
 ) -> impl Stream<Item = Result<Limited<TcpStream>, io::Error>> + Send + 'static {
-    let preface_timeout = opts.preface_timeout;
+    let deadlines = Deadlines::new(opts, unproven);
     futures_util::stream::unfold(
         Acceptor::new(listener, opts, members),
-        move |mut acceptor| async move {
-            let (io, _, place) = acceptor.next().await;
-            Some((Ok(Limited::new(io, place, preface_timeout)), acceptor))
+        move |mut acceptor| {
+            let deadlines = deadlines.clone();
+            async move {
+                let (io, from, place) = acceptor.next().await;
+                Some((Ok(Limited::new(io, from, place, &deadlines)), acceptor))
+            }
         },
     )
 }
@@ -436,10 +558,11 @@ pub(crate) fn tls_incoming(
     tls: ReloadableTls,
     opts: &GrpcOptions,
     members: MemberSources,
+    unproven: Unproven,
 ) -> impl Stream<Item = Result<Limited<TlsStream<TcpStream>>, io::Error>> + Send + 'static {
     let limit = opts.max_tls_handshakes.max(1);
     let timeout = opts.tls_handshake_timeout;
-    let preface_timeout = opts.preface_timeout;
+    let deadlines = Deadlines::new(opts, unproven);
     let (tx, rx) = mpsc::channel(limit);
     let permits = Arc::new(Semaphore::new(limit));
     let mut acceptor = Acceptor::new(listener, opts, members);
@@ -460,12 +583,14 @@ pub(crate) fn tls_incoming(
                 return;
             };
             let tx = tx.clone();
+            let deadlines = deadlines.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(timeout, tls_acceptor.accept(tcp)).await {
                     Ok(Ok(io)) => {
                         // A stranger's permit is held until tonic takes the connection, so
                         // finished handshakes cannot pile up either.
-                        let _ = tx.send(Ok(Limited::new(io, place, preface_timeout))).await;
+                        let limited = Limited::new(io, from, place, &deadlines);
+                        let _ = tx.send(Ok(limited)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%from, error = %e, "TLS handshake failed"),
                     Err(_) => {
@@ -577,5 +702,31 @@ mod tests {
         let _m4 = a.admit(ip("10.0.0.9")).unwrap();
         assert_eq!(a.admit(ip("10.0.0.9")).err(), Some(Refusal::Connections));
         assert_eq!(lock(&a.counts).total, 6);
+    }
+
+    #[test]
+    fn a_connection_is_proven_once_and_forgotten_only_by_itself() {
+        let unproven = Unproven::default();
+        let a: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let b: SocketAddr = "10.0.0.1:4001".parse().unwrap();
+        let pa = unproven.register(a);
+        let pb = unproven.register(b);
+        assert_eq!(unproven.0.waiting.load(Ordering::Acquire), 2);
+
+        unproven.prove(Some(a));
+        unproven.prove(None);
+        assert!(pa.load(Ordering::Acquire));
+        assert!(!pb.load(Ordering::Acquire));
+        assert_eq!(unproven.0.waiting.load(Ordering::Acquire), 1);
+
+        // A later connection from b's address pair replaces an entry its predecessor left;
+        // the predecessor's forgetting leaves the new one waiting.
+        let pb2 = unproven.register(b);
+        unproven.forget(b, &pb);
+        assert_eq!(unproven.0.waiting.load(Ordering::Acquire), 1);
+        unproven.prove(Some(b));
+        assert!(pb2.load(Ordering::Acquire) && !pb.load(Ordering::Acquire));
+        assert_eq!(unproven.0.waiting.load(Ordering::Acquire), 0);
+        assert!(unproven.lock().is_empty());
     }
 }

@@ -58,6 +58,8 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
 
+use crate::accept::Unproven;
+
 /// Metadata carrying the token peers derive from the cluster secret.
 pub const PEER_TOKEN_KEY: &str = "x-raftkit-peer-token";
 /// Metadata carrying the sending node's id on internal calls.
@@ -587,13 +589,15 @@ fn cert_common_name<T>(req: &Request<T>) -> Option<String> {
     cn.as_str().ok().map(str::to_string)
 }
 
-/// The interceptor in front of `RaftInternal`: peers only.
+/// The interceptor in front of `RaftInternal`: peers only. A call that passes proves its
+/// connection ([`Unproven`]).
 #[derive(Clone)]
-pub(crate) struct PeerCheck(pub Auth);
+pub(crate) struct PeerCheck(pub Auth, pub Unproven);
 
 impl Interceptor for PeerCheck {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         self.0.check_peer(&req)?;
+        self.1.prove(req.remote_addr());
         Ok(req)
     }
 }
@@ -602,13 +606,15 @@ impl Interceptor for PeerCheck {
 /// its method needs ([`MethodRole`]), so a call refused for its role is refused on its headers,
 /// before its message is read. This is the one check of the caller's role: the methods take the
 /// checked caller with [`checked_caller`], and a call whose method the table does not know
-/// reaches its handler without one.
+/// reaches its handler without one. A caller it identifies proves its connection
+/// ([`Unproven`]), whether or not its role allows the method.
 #[derive(Clone)]
-pub(crate) struct ClientCheck(pub Auth);
+pub(crate) struct ClientCheck(pub Auth, pub Unproven);
 
 impl Interceptor for ClientCheck {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let caller = self.0.identify(&req)?;
+        self.1.prove(req.remote_addr());
         if let Some(method) = req.extensions().get::<Method>().copied() {
             allowed(&caller, method)?;
             req.extensions_mut().insert(Checked { caller, method });
@@ -930,7 +936,7 @@ mod tests {
             if let Some(m) = method {
                 r.extensions_mut().insert(m);
             }
-            ClientCheck(auth.clone()).call(r)
+            ClientCheck(auth.clone(), Unproven::default()).call(r)
         };
         let mut r = call(Some(Method::Write)).unwrap();
         let caller = checked_caller(&mut r, Method::Write).unwrap();

@@ -30,6 +30,13 @@ pub struct GrpcOptions {
     /// never speaks gives its place under [`GrpcOptions::max_connections`] back. Keepalive
     /// pings take over once the preface is in. Default 10 s.
     pub preface_timeout: Duration,
+    /// How long a new connection may stay open, once accepted (with TLS, once handshaken),
+    /// before making a call that passes authentication (a peer's check, or a client's token or
+    /// certificate; any call when the server authenticates no one): a connection that speaks
+    /// HTTP/2 and answers pings but never calls, or whose calls are all refused, is closed then
+    /// and gives its place under [`GrpcOptions::max_connections`] back. A connection that has
+    /// made one such call stays for as long as keepalive keeps it. Default 10 s.
+    pub auth_timeout: Duration,
     /// Most connections the server holds at once, from peers and clients together; a
     /// connection arriving past it is closed at once, so connections cannot take the file
     /// descriptors the node's log and snapshots need. Every peer holds a few (replication,
@@ -183,6 +190,7 @@ impl Default for GrpcOptions {
             tls_handshake_timeout: Duration::from_secs(10),
             max_tls_handshakes: 256,
             preface_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(10),
             max_connections: 512,
             max_connections_per_ip: 64,
             connector: Connector::default(),
@@ -228,6 +236,14 @@ impl GrpcOptions {
     #[must_use]
     pub fn with_preface_timeout(mut self, timeout: Duration) -> GrpcOptions {
         self.preface_timeout = timeout;
+        self
+    }
+
+    /// Sets how long a new connection may stay open without a call that passes authentication
+    /// (default 10 s); see [`GrpcOptions::auth_timeout`].
+    #[must_use]
+    pub fn with_auth_timeout(mut self, timeout: Duration) -> GrpcOptions {
+        self.auth_timeout = timeout;
         self
     }
 

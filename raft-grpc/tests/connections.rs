@@ -17,13 +17,22 @@ use common::Cmd;
 use common::GrpcCluster;
 use common::WAIT;
 use common::h2::ACK;
+use common::h2::DATA;
+use common::h2::END_HEADERS;
+use common::h2::HEADERS;
 use common::h2::PING;
 use common::h2::PREFACE;
 use common::h2::SETTINGS;
 use common::h2::frame;
+use common::h2::header_block;
 use common::h2::read_frame;
 use raft_core::NodeId;
+use raft_grpc::Auth;
+use raft_grpc::AuthConfig;
+use raft_grpc::ClusterSecret;
 use raft_grpc::GrpcOptions;
+use raft_grpc::Role;
+use raft_grpc::User;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
 use tokio::net::TcpStream;
@@ -95,6 +104,35 @@ async fn fill_from(first_host: u8, to: SocketAddr) -> Vec<TcpStream> {
     held
 }
 
+/// Waits for the server to close each of `conns` (reading past its frames to the end) and
+/// checks that it did so `timeout` after `start`, give or take the scheduling.
+async fn closed_at(conns: &mut [TcpStream], start: Instant, timeout: Duration, what: &str) {
+    for s in conns.iter_mut() {
+        tokio::time::timeout(WAIT, async { while read_frame(s).await.is_some() {} })
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not closed"));
+    }
+    let closed = start.elapsed();
+    assert!(
+        closed >= timeout.mul_f32(0.9) && closed <= timeout + Duration::from_secs(2),
+        "{what}: closed after {closed:?}, timeout {timeout:?}"
+    );
+}
+
+/// `n` connections from `from`, admitted as places come back (within [`WAIT`]).
+async fn admitted_again(from: Ipv4Addr, to: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut admitted = Vec::new();
+    while admitted.len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "places did not come back"
+        );
+        admitted.extend(connect_from(from, to).await);
+    }
+    admitted
+}
+
 /// File descriptors this process has open (the test's client sockets and the nodes' own).
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -117,7 +155,8 @@ async fn limited_cluster() -> (
     let opts = GrpcOptions::default()
         .with_max_connections(MAX_CONNECTIONS)
         .with_max_connections_per_ip(PER_IP)
-        .with_keepalive_interval(Duration::from_secs(600));
+        .with_keepalive_interval(Duration::from_secs(600))
+        .with_auth_timeout(Duration::from_secs(600));
     let c = GrpcCluster::start(3, opts, |c| c).await;
     let leader = c.leader().await;
     let follower = *c.nodes.keys().find(|id| **id != leader).unwrap();
@@ -175,15 +214,7 @@ async fn connections_past_the_limits_are_closed_and_the_cluster_keeps_replicatin
 
     // Places come back when connections close.
     drop(held);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut again = Vec::new();
-    while again.len() < PER_IP {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "places did not come back"
-        );
-        again.extend(connect_from(from, addr).await);
-    }
+    admitted_again(from, addr, PER_IP).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -226,7 +257,8 @@ async fn a_connection_that_never_speaks_is_closed_and_gives_its_place_back() {
     let timeout = Duration::from_secs(2);
     let opts = GrpcOptions::default()
         .with_max_connections_per_ip(2)
-        .with_preface_timeout(timeout);
+        .with_preface_timeout(timeout)
+        .with_auth_timeout(Duration::from_secs(600));
     let c = GrpcCluster::start(1, opts, |c| c).await;
     let addr: SocketAddr = c.addrs[&1].parse().unwrap();
     let from = Ipv4Addr::new(127, 0, 0, 2);
@@ -243,30 +275,12 @@ async fn a_connection_that_never_speaks_is_closed_and_gives_its_place_back() {
     );
 
     // ...until the server closes them for want of a preface.
-    for s in &mut silent {
-        // Past the server's settings, to the end.
-        tokio::time::timeout(WAIT, async { while read_frame(s).await.is_some() {} })
-            .await
-            .expect("a silent connection is closed");
-    }
-    let closed = start.elapsed();
-    assert!(
-        closed >= timeout.mul_f32(0.9) && closed <= timeout + Duration::from_secs(2),
-        "closed after {closed:?}, preface timeout {timeout:?}"
-    );
+    closed_at(&mut silent, start, timeout, "a silent connection").await;
 
     // A connection that speaks keeps its place past the timeout: the places came back, and
     // the two admitted now still answer a ping after the timeout has run out for them (the
     // wait is the behaviour under test: nothing to wait on but the time).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut speaking = Vec::new();
-    while speaking.len() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "places did not come back"
-        );
-        speaking.extend(connect_from(from, addr).await);
-    }
+    let mut speaking = admitted_again(from, addr, 2).await;
     tokio::time::sleep(timeout + Duration::from_secs(1)).await;
     for s in &mut speaking {
         let answered = tokio::time::timeout(WAIT, answers_ping(s))
@@ -274,4 +288,84 @@ async fn a_connection_that_never_speaks_is_closed_and_gives_its_place_back() {
             .expect("an answer to the ping or the connection closed");
         assert!(answered, "a connection that sent its preface was closed");
     }
+}
+
+/// Makes a `Status` call on stream `stream` of `s` with `token`, and reads until its answer ends
+/// (refused or served). Returns whether an answer came before the connection closed.
+async fn status_call(s: &mut TcpStream, stream: u32, token: &str) -> bool {
+    let bearer = format!("Bearer {token}");
+    let block = header_block(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/raftkit.v1.Cluster/Status"),
+        (":authority", "node"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("authorization", &bearer),
+    ]);
+    const END_STREAM: u8 = 1;
+    let mut call = frame(HEADERS, END_HEADERS, stream, &block);
+    // An empty `StatusRequest`: not compressed, zero bytes long.
+    call.extend(frame(DATA, END_STREAM, stream, &[0, 0, 0, 0, 0]));
+    if s.write_all(&call).await.is_err() {
+        return false;
+    }
+    while let Some(f) = read_frame(s).await {
+        if f.stream == stream && f.flags & END_STREAM != 0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// A connection that speaks HTTP/2 (and would answer pings) but makes no call that passes
+/// authentication holds its place only until `auth_timeout`: one that never calls and one whose
+/// call is refused are closed then, and their places come back. One that made a call that
+/// passed keeps its place past the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_an_authenticated_call_is_closed_and_gives_its_place_back() {
+    let timeout = Duration::from_secs(2);
+    let secret = ClusterSecret::new("a cluster secret for the tests, long enough").unwrap();
+    let auth = AuthConfig::default()
+        .with_cluster_secret(Some(secret))
+        .with_users([User::new("reader", "reader-token", Role::Read)]);
+    let opts = GrpcOptions::default()
+        .with_auth(Auth::new(auth))
+        .with_max_connections_per_ip(3)
+        .with_auth_timeout(timeout)
+        .with_keepalive_interval(Duration::from_secs(600));
+    let c = GrpcCluster::start(1, opts, |c| c).await;
+    let addr: SocketAddr = c.addrs[&1].parse().unwrap();
+    let from = Ipv4Addr::new(127, 0, 0, 2);
+
+    // Three connections take the address's three places: one only speaks, one calls with a
+    // token no one has (and is answered, refused), one calls as a user.
+    let start = Instant::now();
+    let silent = connect_from(from, addr).await.expect("admitted");
+    let mut refused = connect_from(from, addr).await.expect("admitted");
+    assert!(status_call(&mut refused, 1, "a-token-no-one-has").await);
+    let mut proven = connect_from(from, addr).await.expect("admitted");
+    assert!(status_call(&mut proven, 1, "reader-token").await);
+    assert!(
+        connect_from(from, addr).await.is_none(),
+        "a fourth is refused"
+    );
+
+    // The two that made no authenticated call are closed at the timeout, and their places
+    // come back.
+    let what = "a connection without an authenticated call";
+    closed_at(&mut [silent, refused], start, timeout, what).await;
+    let _admitted = admitted_again(from, addr, 2).await;
+
+    // The one that proved itself is still served past its own timeout (the wait is the
+    // behaviour under test: nothing to wait on but the time).
+    tokio::time::sleep_until((start + timeout + Duration::from_secs(1)).into()).await;
+    let answered = tokio::time::timeout(WAIT, answers_ping(&mut proven))
+        .await
+        .expect("an answer to the ping or the connection closed");
+    assert!(
+        answered,
+        "a connection that made an authenticated call was closed"
+    );
+    assert!(status_call(&mut proven, 3, "reader-token").await);
 }

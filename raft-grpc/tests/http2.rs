@@ -19,6 +19,7 @@ use common::h2::PREFACE;
 use common::h2::RST_STREAM;
 use common::h2::SETTINGS;
 use common::h2::frame;
+use common::h2::header_block;
 use common::h2::read_frame;
 use raft_grpc::GrpcOptions;
 use raft_grpc::pb;
@@ -27,20 +28,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const REFUSED_STREAM: u32 = 7;
-
-/// A header block of literal, non-indexed, non-Huffman fields (HPACK, RFC 7541 §6.2.2).
-fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = Vec::new();
-    for (name, value) in fields {
-        assert!(name.len() < 127 && value.len() < 127);
-        b.push(0);
-        b.push(name.len() as u8);
-        b.extend_from_slice(name.as_bytes());
-        b.push(value.len() as u8);
-        b.extend_from_slice(value.as_bytes());
-    }
-    b
-}
 
 /// A connection past the HTTP/2 handshake: our settings sent, the server's acknowledged.
 async fn connect(addr: &str) -> TcpStream {

@@ -495,12 +495,10 @@ async fn a_reloaded_certificate_serves_new_connections_both_ways() {
     }
 }
 
-/// A one-node cluster serving TLS with at most `handshakes` handshakes at once, each within
-/// `timeout`; its address, CA and node certificate.
+/// A one-node cluster serving TLS under `opts`; its address, CA and node certificate.
 #[cfg(target_os = "linux")]
 async fn tls_node(
-    handshakes: usize,
-    timeout: Duration,
+    opts: GrpcOptions,
 ) -> (
     GrpcCluster,
     String,
@@ -513,10 +511,7 @@ async fn tls_node(
         ca.pem(),
         Some((cert.0.clone().into(), cert.1.clone().into())),
     );
-    let opts = GrpcOptions::default()
-        .with_tls(Some(ReloadableTls::new(tls).unwrap()))
-        .with_tls_handshake_timeout(timeout)
-        .with_max_tls_handshakes(handshakes);
+    let opts = opts.with_tls(Some(ReloadableTls::new(tls).unwrap()));
     let c = GrpcCluster::start(1, opts, |c| c).await;
     let addr = c.addrs[&1].clone();
     (c, addr, ca, cert)
@@ -547,6 +542,41 @@ async fn strangers(addr: &str, n: usize) -> Vec<tokio::net::TcpStream> {
     all
 }
 
+/// A channel to `addr` over TLS with `cert`, from the address `from`; it connects at its first
+/// call.
+#[cfg(target_os = "linux")]
+fn tls_channel(
+    addr: &str,
+    from: std::net::Ipv4Addr,
+    ca: &CertifiedIssuer<'static, KeyPair>,
+    cert: &(String, String),
+) -> tonic::transport::Channel {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.pem()))
+        .identity(Identity::from_pem(&cert.0, &cert.1))
+        .domain_name("127.0.0.1");
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .local_address(Some(from.into()))
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy()
+}
+
+/// A status call on `channel` within `within`.
+#[cfg(target_os = "linux")]
+async fn status_on(
+    channel: &tonic::transport::Channel,
+    within: Duration,
+) -> Result<(), tonic::Status> {
+    let mut req = tonic::Request::new(pb::StatusRequest {});
+    req.set_timeout(within);
+    pb::cluster_client::ClusterClient::new(channel.clone())
+        .status(req)
+        .await
+        .map(|_| ())
+}
+
 /// A status call to `addr` over TLS with `cert`, from the address `from`, within `within`: a
 /// whole call, so the server has finished with the handshake when it returns.
 #[cfg(target_os = "linux")]
@@ -557,22 +587,7 @@ async fn status_over_tls(
     cert: &(String, String),
     within: Duration,
 ) -> Result<(), tonic::Status> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca.pem()))
-        .identity(Identity::from_pem(&cert.0, &cert.1))
-        .domain_name("127.0.0.1");
-    let channel = Endpoint::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .local_address(Some(from.into()))
-        .tls_config(tls)
-        .unwrap()
-        .connect_lazy();
-    let mut req = tonic::Request::new(pb::StatusRequest {});
-    req.set_timeout(within);
-    pb::cluster_client::ClusterClient::new(channel)
-        .status(req)
-        .await
-        .map(|_| ())
+    status_on(&tls_channel(addr, from, ca, cert), within).await
 }
 
 #[cfg(target_os = "linux")]
@@ -581,7 +596,12 @@ async fn silent_connections_cannot_stall_handshakes() {
     const LIMIT: usize = 4;
     // Long enough that a debug build's handshake on a busy host fits in half of it.
     let handshake_timeout = Duration::from_secs(2);
-    let (_c, addr, ca, cert) = tls_node(LIMIT, handshake_timeout).await;
+    let (_c, addr, ca, cert) = tls_node(
+        GrpcOptions::default()
+            .with_tls_handshake_timeout(handshake_timeout)
+            .with_max_tls_handshakes(LIMIT),
+    )
+    .await;
 
     // Connections that never say hello, one short of the limit: a real handshake still
     // completes at once beside them.
@@ -633,7 +653,12 @@ async fn silent_connections_cannot_stall_handshakes() {
 async fn a_member_handshakes_while_strangers_hold_every_permit() {
     const LIMIT: usize = 2;
     let handshake_timeout = Duration::from_secs(10);
-    let (_c, addr, ca, cert) = tls_node(LIMIT, handshake_timeout).await;
+    let (_c, addr, ca, cert) = tls_node(
+        GrpcOptions::default()
+            .with_tls_handshake_timeout(handshake_timeout)
+            .with_max_tls_handshakes(LIMIT),
+    )
+    .await;
     let silent = strangers(&addr, LIMIT).await;
 
     // The strangers hold every permit for the next 10 s. The node's own address (127.0.0.1,
@@ -651,4 +676,36 @@ async fn a_member_handshakes_while_strangers_hold_every_permit() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(silent);
+}
+
+/// A TLS connection that has made a call that passes authentication keeps its place past
+/// `auth_timeout` (the server finds it by the address the TLS layer reports): while it is open,
+/// its address's one place stays taken.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_connection_that_made_an_authenticated_call_keeps_its_place() {
+    let timeout = Duration::from_secs(1);
+    let (_c, addr, ca, cert) = tls_node(
+        GrpcOptions::default()
+            .with_auth_timeout(timeout)
+            .with_max_connections_per_ip(1),
+    )
+    .await;
+    let from = std::net::Ipv4Addr::new(127, 0, 0, 3);
+    let start = tokio::time::Instant::now();
+    let first = tls_channel(&addr, from, &ca, &cert);
+    status_on(&first, Duration::from_secs(5))
+        .await
+        .expect("the first connection is served");
+    // The rule under test is time-based: nothing to wait on but the time.
+    tokio::time::sleep_until(start + timeout + Duration::from_secs(1)).await;
+    assert!(
+        status_over_tls(&addr, from, &ca, &cert, Duration::from_secs(2))
+            .await
+            .is_err(),
+        "a second connection from the address was admitted: the first one was closed"
+    );
+    status_on(&first, Duration::from_secs(5))
+        .await
+        .expect("the first connection is still served");
 }

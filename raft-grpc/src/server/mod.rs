@@ -137,6 +137,8 @@ pub(crate) struct Shared<S: StateMachine> {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Answers remote queries; `None` when the state machine serves none (`Read` is refused).
     queries: Option<QueryFn<S>>,
+    /// The accepted connections that have made no authenticated call yet.
+    unproven: crate::accept::Unproven,
 }
 
 impl<S: StateMachine> Shared<S> {
@@ -188,6 +190,7 @@ impl<S: StateMachine> Server<S> {
                 stats: Arc::default(),
                 stopping: tokio::sync::watch::Sender::new(false),
                 queries,
+                unproven: crate::accept::Unproven::default(),
             }),
         }
     }
@@ -243,17 +246,22 @@ impl<S: StateMachine> Server<S> {
             )
         };
         let internal = Receiving::new(internal, budget());
-        let internal =
-            tonic::service::interceptor::InterceptedService::new(internal, PeerCheck(auth.clone()));
+        let unproven = &self.shared.unproven;
+        let internal = tonic::service::interceptor::InterceptedService::new(
+            internal,
+            PeerCheck(auth.clone(), unproven.clone()),
+        );
         let cluster = ClusterServer::new(Cluster(self.shared.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
         // Each cluster call carries one message (a write, a read, a membership change): it stays
         // counted until answered, so the budget also bounds writes being replicated.
         let cluster = Receiving::until_answered(cluster, budget());
-        let cluster = crate::auth::MethodRole(
-            tonic::service::interceptor::InterceptedService::new(cluster, ClientCheck(auth)),
-        );
+        let cluster =
+            crate::auth::MethodRole(tonic::service::interceptor::InterceptedService::new(
+                cluster,
+                ClientCheck(auth, unproven.clone()),
+            ));
         Ok(builder.add_service(internal).add_service(cluster))
     }
 
@@ -286,8 +294,9 @@ impl<S: StateMachine> Server<S> {
     /// Serves on `listener` until `shutdown` completes, holding at most
     /// [`GrpcOptions::max_connections`] connections, and at most
     /// [`GrpcOptions::max_connections_per_ip`] from one address: a connection past either is
-    /// closed at once, and one that does not send the HTTP/2 preface within
-    /// [`GrpcOptions::preface_timeout`] is closed then. With TLS, each connection's handshake
+    /// closed at once, one that does not send the HTTP/2 preface within
+    /// [`GrpcOptions::preface_timeout`] is closed then, and so is one that has made no call that
+    /// passes authentication within [`GrpcOptions::auth_timeout`]. With TLS, each connection's handshake
     /// runs in a task of its own, within [`GrpcOptions::tls_handshake_timeout`] and at most
     /// [`GrpcOptions::max_tls_handshakes`] at once, with the certificate in force when the
     /// connection arrives (see [`crate::ReloadableTls::reload`]). Connections from the
@@ -309,13 +318,14 @@ impl<S: StateMachine> Server<S> {
         let sources = crate::accept::MemberSources::default();
         // Stops with this future, however it ends.
         let _tracker = members::Tracker::start(self.shared.node.clone(), sources.clone());
+        let unproven = self.shared.unproven.clone();
         match opts.tls.clone() {
             Some(tls) => {
-                let incoming = crate::accept::tls_incoming(listener, tls, &opts, sources);
+                let incoming = crate::accept::tls_incoming(listener, tls, &opts, sources, unproven);
                 self.serve_accepted(incoming, false, shutdown).await
             }
             None => {
-                let incoming = crate::accept::tcp_incoming(listener, &opts, sources);
+                let incoming = crate::accept::tcp_incoming(listener, &opts, sources, unproven);
                 self.serve_accepted(incoming, false, shutdown).await
             }
         }

@@ -16,6 +16,20 @@ pub const GOAWAY: u8 = 7;
 pub const ACK: u8 = 1;
 pub const END_HEADERS: u8 = 4;
 
+/// A header block of literal, non-indexed, non-Huffman fields (HPACK, RFC 7541 §6.2.2).
+pub fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (name, value) in fields {
+        assert!(name.len() < 127 && value.len() < 127);
+        b.push(0);
+        b.push(name.len() as u8);
+        b.extend_from_slice(name.as_bytes());
+        b.push(value.len() as u8);
+        b.extend_from_slice(value.as_bytes());
+    }
+    b
+}
+
 /// One frame as read.
 pub struct Frame {
     pub kind: u8,
