@@ -507,6 +507,15 @@ impl<S: StateMachine> Node<S> {
     /// the last sender goes, and openraft's handle keeps one for as long as the node lives.
     /// The check costs nothing while requests answer within [`STOP_CHECK`].
     async fn with_timeout<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        self.with_timeout_ticking(fut, || ()).await
+    }
+
+    /// [`Node::with_timeout`], also calling `tick` at each [`STOP_CHECK`] of waiting.
+    async fn with_timeout_ticking<T>(
+        &self,
+        fut: impl Future<Output = Result<T>>,
+        mut tick: impl FnMut(),
+    ) -> Result<T> {
         let limit = self.inner.config.request_timeout;
         let mut now = tokio::time::Instant::now();
         // A timeout past what an instant can hold never ends.
@@ -521,6 +530,7 @@ impl<S: StateMachine> Node<S> {
                     return Err(Error::Timeout(limit));
                 }
                 Err(_) => {
+                    tick();
                     let stopped = self
                         .inner
                         .raft
@@ -556,7 +566,9 @@ impl<S: StateMachine> Node<S> {
     /// leader accepts writes; elsewhere it fails with [`Error::NotLeader`]. So does a leader
     /// that has heard from no quorum of voters for two election timeouts (cut off from the
     /// majority, which may have elected another leader): within an election timeout, or at
-    /// once if its proposals in flight are stuck. The command was not proposed.
+    /// once if its proposals in flight are stuck. The command was not proposed. A write already
+    /// queued behind stuck proposals is refused the same way once that lease has lapsed, with
+    /// the next write or within a second of waiting.
     ///
     /// Every node encodes every write's output, so outputs are bounded: one whose encoding
     /// passes 64 MiB (or [`Config::max_session_response_bytes`](crate::Config), if larger),

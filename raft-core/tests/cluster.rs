@@ -758,15 +758,30 @@ async fn replicas_configured_differently_keep_identical_session_tables() {
     );
 }
 
-/// A leader cut off from its quorum refuses new writes at once, as not applied, once it has
-/// heard from no quorum for two election timeouts, and with them the writes already queued.
-/// Before, they queued behind the proposals stuck in its slots and waited for those to time out
-/// (the request timeout, 5 s here).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_isolated_leader_refuses_new_writes_at_once_as_not_applied() {
-    let cluster = start(3, |c| c).await;
+/// A write running in a task of its own.
+type Write = tokio::task::JoinHandle<raft_core::Result<Option<String>>>;
+
+/// A leader cut off from its quorum, with its proposal slots held by writes it cannot commit and
+/// `queue` more writes queued behind them.
+struct CutOff {
+    node: raft_core::Node<Kv>,
+    config: raft_core::Config,
+    isolated: Instant,
+    stuck: Vec<Write>,
+    queued: Vec<Write>,
+}
+
+impl Drop for CutOff {
+    fn drop(&mut self) {
+        for s in &self.stuck {
+            s.abort();
+        }
+    }
+}
+
+async fn cut_off_leader(cluster: &Cluster<Kv>, queue: usize) -> CutOff {
     let mut expected = Kv::default();
-    put_many(&cluster, 0..20, &mut expected).await;
+    put_many(cluster, 0..20, &mut expected).await;
     let old = cluster.wait_for_leader().await.unwrap();
     let node = cluster.node(old).unwrap();
     let config = cluster.config(old);
@@ -786,8 +801,40 @@ async fn an_isolated_leader_refuses_new_writes_at_once_as_not_applied() {
     })
     .await
     .expect("the first writes are proposed");
-    // Twelve more queue behind them.
-    let queued: Vec<_> = (0..12).map(|i| write(format!("queued-{i}"))).collect();
+    let queued = (0..queue).map(|i| write(format!("queued-{i}"))).collect();
+    CutOff {
+        node,
+        config,
+        isolated,
+        stuck,
+        queued,
+    }
+}
+
+/// Each of `queued` is refused as not applied within `within`.
+async fn refused_within(queued: Vec<Write>, within: Duration) {
+    for q in queued {
+        let answered = tokio::time::timeout(within, q).await;
+        let e = answered
+            .expect("a queued write left waiting")
+            .expect("write task")
+            .expect_err("an isolated leader acknowledged a queued write");
+        assert!(
+            matches!(e, Error::NotLeader(_)) && !e.may_have_applied(),
+            "{e}"
+        );
+    }
+}
+
+/// A leader cut off from its quorum refuses new writes at once, as not applied, once it has
+/// heard from no quorum for two election timeouts, and with them the writes already queued.
+/// Before, they queued behind the proposals stuck in its slots and waited for those to time out
+/// (the request timeout, 5 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_leader_refuses_new_writes_at_once_as_not_applied() {
+    let cluster = start(3, |c| c).await;
+    let mut cut = cut_off_leader(&cluster, 12).await;
+    let (node, config, isolated) = (cut.node.clone(), cut.config.clone(), cut.isolated);
     // Probe until a write is answered. A probe that queues and is given up is never proposed
     // (nothing frees a slot before the stuck writes time out). One that finds a free slot is
     // refused by the lease check within an election timeout; it gets two.
@@ -807,18 +854,18 @@ async fn an_isolated_leader_refuses_new_writes_at_once_as_not_applied() {
     assert!(matches!(refused, Error::NotLeader(_)), "{refused}");
     assert!(!refused.may_have_applied(), "{refused}");
     // The writes queued behind the stuck ones are refused with it, not left to time out.
-    for q in queued {
-        let answered = tokio::time::timeout(config.election_timeout, q).await;
-        let e = answered
-            .expect("a queued write left waiting")
-            .expect("write task")
-            .expect_err("an isolated leader acknowledged a queued write");
-        assert!(
-            matches!(e, Error::NotLeader(_)) && !e.may_have_applied(),
-            "{e}"
-        );
-    }
-    for s in stuck {
-        s.abort();
-    }
+    let queued = std::mem::take(&mut cut.queued);
+    refused_within(queued, config.election_timeout).await;
+}
+
+/// The writes queued on a cut-off leader are refused as not applied once its lease has
+/// lapsed, also when no new write comes to find it so: each asks at its stop check (every
+/// second). Before, they waited for the request timeout (5 s here) and learned nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_queued_on_an_isolated_leader_are_refused_without_a_new_write() {
+    let cluster = start(3, |c| c).await;
+    let mut cut = cut_off_leader(&cluster, 12).await;
+    let queued = std::mem::take(&mut cut.queued);
+    let within = cut.config.request_timeout / 2;
+    refused_within(queued, within.saturating_sub(cut.isolated.elapsed())).await;
 }

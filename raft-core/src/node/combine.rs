@@ -145,9 +145,7 @@ impl Combiner {
             st.in_flight += 1;
             return Joined::Propose(request);
         }
-        if st.ended.elapsed() >= self.stall && refuse_queueing() {
-            let queued = std::mem::take(&mut st.queue);
-            st.prune();
+        if let Some(queued) = self.take_if_stalled(&mut st, refuse_queueing) {
             return Joined::Refused(queued);
         }
         let adding = size(&request);
@@ -158,6 +156,32 @@ impl Combiner {
         st.bytes = st.bytes.saturating_add(adding);
         st.queue.push(Queued { request, done });
         Joined::Queued(rx)
+    }
+
+    /// Every queued write, taken out of the queue, if no proposal has ended for the combiner's
+    /// stall time and `refuse` then says to refuse them (not asked otherwise): they were never
+    /// proposed, and are to be refused as not applied.
+    fn take_if_stalled(
+        &self,
+        st: &mut State,
+        refuse: impl FnOnce() -> bool,
+    ) -> Option<Vec<Queued>> {
+        if st.ended.elapsed() < self.stall || !refuse() {
+            return None;
+        }
+        let queued = std::mem::take(&mut st.queue);
+        st.prune();
+        Some(queued)
+    }
+
+    /// [`Combiner::take_if_stalled`] for a queue that no new write comes to: the writes waiting
+    /// in it ask now and then. `None` when nothing is queued (`refuse` is not asked).
+    fn refuse_stalled(&self, refuse: impl FnOnce() -> bool) -> Option<Vec<Queued>> {
+        let mut st = crate::sync::lock(&self.state);
+        if st.queue.is_empty() {
+            return None;
+        }
+        self.take_if_stalled(&mut st, refuse)
     }
 
     /// Gives back a slot. Returns the next batch if writes are queued: the slot passes to it,
@@ -218,10 +242,14 @@ impl<S: StateMachine> Node<S> {
     /// with an unknown outcome. The writes already queued are refused with it (taken out of
     /// the queue under its lock, so never proposed). A write that finds a free slot is
     /// proposed, and openraft's lease check refuses it as quickly.
+    ///
+    /// A queued write that waits longer than a stop check (a second) asks the same question at
+    /// each check, so the queue is refused once the lease has lapsed even if no new write comes
+    /// to find it so.
     pub(super) async fn propose_combining(&self, request: Request) -> Result<Response> {
+        let refusal = || Error::NotLeader(LeaderHint::unknown());
         match self.inner.combiner.join(request, || self.quorum_silent()) {
             Joined::Refused(queued) => {
-                let refusal = || Error::NotLeader(LeaderHint::unknown());
                 answer(senders(queued), Err(refusal()));
                 Err(refusal())
             }
@@ -230,7 +258,13 @@ impl<S: StateMachine> Node<S> {
                 self.propose_stamped(request).await
             }
             Joined::Queued(rx) => {
-                self.with_timeout(async { rx.await.unwrap_or(Err(Error::Shutdown)) })
+                let ask = || {
+                    let stalled = self.inner.combiner.refuse_stalled(|| self.quorum_silent());
+                    if let Some(queued) = stalled {
+                        answer(senders(queued), Err(refusal()));
+                    }
+                };
+                self.with_timeout_ticking(async { rx.await.unwrap_or(Err(Error::Shutdown)) }, ask)
                     .await
             }
         }
@@ -521,6 +555,32 @@ mod tests {
         };
         assert!(matches!(c.join(req(1), ask), Joined::Queued(_)));
         assert!(!asked.get(), "asked with proposals ending");
+    }
+
+    #[test]
+    fn a_stalled_queue_is_taken_when_its_writes_ask() {
+        // Nothing queued: nothing to ask about.
+        let c = Combiner::new(1, 100, Duration::ZERO);
+        assert!(matches!(joined(&c, 1), Joined::Propose(_)));
+        assert!(
+            c.refuse_stalled(|| panic!("asked with an empty queue"))
+                .is_none()
+        );
+        // Queued writes are taken, and leave the queue, only when the answer is to refuse.
+        let mut waiting = Vec::new();
+        queue(&c, 2, &mut waiting);
+        queue(&c, 3, &mut waiting);
+        assert!(c.refuse_stalled(|| false).is_none());
+        assert_eq!(c.refuse_stalled(|| true).map(|q| q.len()), Some(2));
+        assert!(c.release().is_none(), "the queue was emptied");
+        // A combiner whose proposals ended lately does not ask.
+        let c = Combiner::new(1, 100, Duration::from_secs(3600));
+        assert!(matches!(joined(&c, 1), Joined::Propose(_)));
+        queue(&c, 2, &mut waiting);
+        assert!(
+            c.refuse_stalled(|| panic!("asked with proposals ending"))
+                .is_none()
+        );
     }
 
     #[test]
