@@ -158,13 +158,18 @@ impl MemberSources {
     }
 }
 
+/// A connection's addresses: the server's end, then the client's. Unique among the open
+/// connections (the sockets hold them), where the client's address alone is not: one client
+/// address and port may reach two of the host's addresses at once.
+type Ends = (SocketAddr, SocketAddr);
+
 /// The connections a server admitted that have not yet made a call that passed authentication
-/// (a peer's check or a client's), by the address they come from: the interceptors mark a
-/// connection proven ([`Unproven::prove`]) on its first call that passes, and a connection
-/// still unproven [`GrpcOptions::auth_timeout`] after it was admitted is closed. Without it, a
-/// stranger who sends the HTTP/2 preface and answers pings would hold a place for ever. Cheap
-/// to clone; clones share one registry. Proving costs one atomic load per call while no
-/// connection waits for proof.
+/// (a peer's check or a client's), by their addresses: the interceptors mark a connection
+/// proven ([`Unproven::prove`]) on its first call that passes, and a connection still unproven
+/// [`GrpcOptions::auth_timeout`] after it was admitted is closed. Without it, a stranger who
+/// sends the HTTP/2 preface and answers pings would hold a place for ever. Cheap to clone;
+/// clones share one registry. Proving costs one atomic load per call while no connection
+/// waits for proof, and a shared read lock while some do.
 #[derive(Clone, Default)]
 pub(crate) struct Unproven(Arc<UnprovenInner>);
 
@@ -172,49 +177,57 @@ pub(crate) struct Unproven(Arc<UnprovenInner>);
 struct UnprovenInner {
     /// How many connections wait for proof (the map's length), read without the lock.
     waiting: AtomicUsize,
-    waiting_by_address: Mutex<HashMap<SocketAddr, Arc<AtomicBool>>>,
+    by_ends: RwLock<HashMap<Ends, Arc<AtomicBool>>>,
 }
 
 impl Unproven {
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Arc<AtomicBool>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Ends, Arc<AtomicBool>>> {
         // Nothing panics while holding it; recover the guard rather than propagate poison.
-        self.0
-            .waiting_by_address
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.0.by_ends.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a connection from `from` as waiting for proof; the flag is set when it proves
-    /// itself. A connection's address is unique among the open ones (its socket holds the
-    /// address pair), so an entry left by a closed connection can only be replaced.
-    fn register(&self, from: SocketAddr) -> Arc<AtomicBool> {
+    /// Registers a connection as waiting for proof; the flag is set when it proves itself. An
+    /// entry left by a closed connection with the same addresses is replaced.
+    fn register(&self, ends: Ends) -> Arc<AtomicBool> {
         let proven = Arc::new(AtomicBool::new(false));
-        let mut waiting = self.lock();
-        if waiting.insert(from, proven.clone()).is_none() {
+        let mut waiting = self.write();
+        if waiting.insert(ends, proven.clone()).is_none() {
             self.0.waiting.store(waiting.len(), Ordering::Release);
         }
         proven
     }
 
-    /// Marks the connection from `from` (if it waits for proof) as proven: it stays open for as
-    /// long as its client and keepalive keep it.
-    pub(crate) fn prove(&self, from: Option<SocketAddr>) {
+    /// Marks the connection that carried `req` (if it waits for proof) as proven: it stays
+    /// open for as long as its client and keepalive keep it.
+    pub(crate) fn prove<T>(&self, req: &tonic::Request<T>) {
         if self.0.waiting.load(Ordering::Acquire) == 0 {
             return;
         }
-        let Some(from) = from else { return };
-        let mut waiting = self.lock();
-        if let Some(proven) = waiting.remove(&from) {
+        if let (Some(local), Some(remote)) = (req.local_addr(), req.remote_addr()) {
+            self.prove_ends((local, remote));
+        }
+    }
+
+    fn prove_ends(&self, ends: Ends) {
+        let waits = {
+            let waiting = self.0.by_ends.read().unwrap_or_else(|p| p.into_inner());
+            waiting.contains_key(&ends)
+        };
+        if !waits {
+            return;
+        }
+        let mut waiting = self.write();
+        if let Some(proven) = waiting.remove(&ends) {
             proven.store(true, Ordering::Release);
             self.0.waiting.store(waiting.len(), Ordering::Release);
         }
     }
 
     /// Forgets a connection that closes unproven, unless its entry was already replaced.
-    fn forget(&self, from: SocketAddr, proven: &Arc<AtomicBool>) {
-        let mut waiting = self.lock();
-        if waiting.get(&from).is_some_and(|p| Arc::ptr_eq(p, proven)) {
-            waiting.remove(&from);
+    fn forget(&self, ends: Ends, proven: &Arc<AtomicBool>) {
+        let mut waiting = self.write();
+        if waiting.get(&ends).is_some_and(|p| Arc::ptr_eq(p, proven)) {
+            waiting.remove(&ends);
             self.0.waiting.store(waiting.len(), Ordering::Release);
         }
     }
@@ -224,14 +237,23 @@ impl Unproven {
 struct Proof {
     proven: Arc<AtomicBool>,
     deadline: Pin<Box<tokio::time::Sleep>>,
-    from: SocketAddr,
+    ends: Ends,
     unproven: Unproven,
+}
+
+impl Proof {
+    /// Whether the connection must close now: `auth_timeout` has passed and it has made no
+    /// call that passed authentication. Polling the deadline also wakes the task when it
+    /// passes.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        !self.proven.load(Ordering::Acquire) && self.deadline.as_mut().poll(cx).is_ready()
+    }
 }
 
 impl Drop for Proof {
     fn drop(&mut self) {
         if !self.proven.load(Ordering::Acquire) {
-            self.unproven.forget(self.from, &self.proven);
+            self.unproven.forget(self.ends, &self.proven);
         }
     }
 }
@@ -372,8 +394,9 @@ impl Acceptor {
         }
     }
 
-    /// The next admitted connection; connections past the limits are closed on the way.
-    async fn next(&mut self) -> (TcpStream, SocketAddr, Place) {
+    /// The next admitted connection, its addresses and its place; connections past the limits
+    /// are closed on the way.
+    async fn next(&mut self) -> (TcpStream, Ends, Place) {
         loop {
             let (tcp, from) = match self.listener.accept().await {
                 Ok(a) => a,
@@ -383,10 +406,18 @@ impl Acceptor {
                     continue;
                 }
             };
+            let local = match tcp.local_addr() {
+                Ok(local) => local,
+                Err(e) => {
+                    // Only a connection already gone has no address; it is closed.
+                    tracing::debug!(%from, error = %e, "an accepted connection has no local address");
+                    continue;
+                }
+            };
             match self.admission.admit(from.ip()) {
                 Ok(place) => {
                     nodelay(&tcp);
-                    return (tcp, from, place);
+                    return (tcp, (local, from), place);
                 }
                 Err(why) => self.refusals.note(from, why),
             }
@@ -434,21 +465,40 @@ pub(crate) struct Limited<IO> {
 }
 
 impl<IO> Limited<IO> {
-    fn new(io: IO, from: SocketAddr, place: Place, deadlines: &Deadlines) -> Limited<IO> {
+    fn new(io: IO, ends: Ends, place: Place, deadlines: &Deadlines) -> Limited<IO> {
         Limited {
             preface: Some(Preface {
                 deadline: Box::pin(tokio::time::sleep(deadlines.preface)),
                 missing: PREFACE_BYTES,
             }),
             proof: Some(Proof {
-                proven: deadlines.unproven.register(from),
+                proven: deadlines.unproven.register(ends),
                 deadline: Box::pin(tokio::time::sleep(deadlines.auth)),
-                from,
+                ends,
                 unproven: deadlines.unproven.clone(),
             }),
             io,
             _place: place,
         }
+    }
+}
+
+impl<IO> Limited<IO> {
+    /// The error that closes the connection once [`GrpcOptions::auth_timeout`] has passed
+    /// without a call that passed authentication. Checked on writes as well as reads: a client
+    /// that stops reading stalls the server's writes, and may no longer be read from.
+    fn unproven_too_long(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let proof = self.proof.as_mut()?;
+        if proof.proven.load(Ordering::Acquire) {
+            self.proof = None;
+            return None;
+        }
+        proof.expired(cx).then(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no call passed authentication within auth_timeout",
+            )
+        })
     }
 }
 
@@ -476,15 +526,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Limited<IO> {
                 )));
             }
         }
-        if let Some(proof) = &mut this.proof {
-            if proof.proven.load(Ordering::Acquire) {
-                this.proof = None;
-            } else if proof.deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no call passed authentication within auth_timeout",
-                )));
-            }
+        if let Some(e) = this.unproven_too_long(cx) {
+            return Poll::Ready(Err(e));
         }
         read
     }
@@ -496,7 +539,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        if let Some(e) = this.unproven_too_long(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -504,7 +551,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if let Some(e) = this.unproven_too_long(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -512,7 +563,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        if let Some(e) = this.unproven_too_long(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -542,8 +597,8 @@ pub(crate) fn tcp_incoming(
         move |mut acceptor| {
             let deadlines = deadlines.clone();
             async move {
-                let (io, from, place) = acceptor.next().await;
-                Some((Ok(Limited::new(io, from, place, &deadlines)), acceptor))
+                let (io, ends, place) = acceptor.next().await;
+                Some((Ok(Limited::new(io, ends, place, &deadlines)), acceptor))
             }
         },
     )
@@ -568,10 +623,11 @@ pub(crate) fn tls_incoming(
     let mut acceptor = Acceptor::new(listener, opts, members);
     tokio::spawn(async move {
         loop {
-            let (tcp, from, place) = tokio::select! {
+            let (tcp, ends, place) = tokio::select! {
                 a = acceptor.next() => a,
                 _ = tx.closed() => return,
             };
+            let from = ends.1;
             // A member's handshake needs no permit: strangers who hold every permit must not
             // keep a peer out, and the member's places are bounded already.
             let wanted = (!place.member).then(|| permits.clone().try_acquire_owned());
@@ -589,7 +645,7 @@ pub(crate) fn tls_incoming(
                     Ok(Ok(io)) => {
                         // A stranger's permit is held until tonic takes the connection, so
                         // finished handshakes cannot pile up either.
-                        let limited = Limited::new(io, from, place, &deadlines);
+                        let limited = Limited::new(io, ends, place, &deadlines);
                         let _ = tx.send(Ok(limited)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%from, error = %e, "TLS handshake failed"),
@@ -707,26 +763,32 @@ mod tests {
     #[test]
     fn a_connection_is_proven_once_and_forgotten_only_by_itself() {
         let unproven = Unproven::default();
-        let a: SocketAddr = "10.0.0.1:4000".parse().unwrap();
-        let b: SocketAddr = "10.0.0.1:4001".parse().unwrap();
+        let server: SocketAddr = "10.0.0.9:7000".parse().unwrap();
+        let other_server: SocketAddr = "10.0.0.10:7000".parse().unwrap();
+        let client: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let a = (server, client);
+        // The same client address and port reaching another of the host's addresses.
+        let b = (other_server, client);
         let pa = unproven.register(a);
         let pb = unproven.register(b);
         assert_eq!(unproven.0.waiting.load(Ordering::Acquire), 2);
 
-        unproven.prove(Some(a));
-        unproven.prove(None);
+        unproven.prove_ends(a);
         assert!(pa.load(Ordering::Acquire));
-        assert!(!pb.load(Ordering::Acquire));
+        assert!(
+            !pb.load(Ordering::Acquire),
+            "only the connection that called"
+        );
         assert_eq!(unproven.0.waiting.load(Ordering::Acquire), 1);
 
-        // A later connection from b's address pair replaces an entry its predecessor left;
-        // the predecessor's forgetting leaves the new one waiting.
+        // A later connection with b's addresses replaces an entry its predecessor left; the
+        // predecessor's forgetting leaves the new one waiting.
         let pb2 = unproven.register(b);
         unproven.forget(b, &pb);
         assert_eq!(unproven.0.waiting.load(Ordering::Acquire), 1);
-        unproven.prove(Some(b));
+        unproven.prove_ends(b);
         assert!(pb2.load(Ordering::Acquire) && !pb.load(Ordering::Acquire));
         assert_eq!(unproven.0.waiting.load(Ordering::Acquire), 0);
-        assert!(unproven.lock().is_empty());
+        assert!(unproven.write().is_empty());
     }
 }

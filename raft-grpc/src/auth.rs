@@ -597,7 +597,7 @@ pub(crate) struct PeerCheck(pub Auth, pub Unproven);
 impl Interceptor for PeerCheck {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         self.0.check_peer(&req)?;
-        self.1.prove(req.remote_addr());
+        self.1.prove(&req);
         Ok(req)
     }
 }
@@ -614,7 +614,7 @@ pub(crate) struct ClientCheck(pub Auth, pub Unproven);
 impl Interceptor for ClientCheck {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let caller = self.0.identify(&req)?;
-        self.1.prove(req.remote_addr());
+        self.1.prove(&req);
         if let Some(method) = req.extensions().get::<Method>().copied() {
             allowed(&caller, method)?;
             req.extensions_mut().insert(Checked { caller, method });

@@ -27,15 +27,17 @@ pub struct GrpcOptions {
     pub max_tls_handshakes: usize,
     /// How long a new connection may take to send the HTTP/2 client preface (its first 24
     /// bytes) once accepted (with TLS, once handshaken) before it is closed: a connection that
-    /// never speaks gives its place under [`GrpcOptions::max_connections`] back. Keepalive
-    /// pings take over once the preface is in. Default 10 s.
+    /// never speaks gives its place under [`GrpcOptions::max_connections`] back. Once the
+    /// preface is in, [`GrpcOptions::auth_timeout`] and keepalive pings take over. Default 10 s.
     pub preface_timeout: Duration,
     /// How long a new connection may stay open, once accepted (with TLS, once handshaken),
     /// before making a call that passes authentication (a peer's check, or a client's token or
-    /// certificate; any call when the server authenticates no one): a connection that speaks
-    /// HTTP/2 and answers pings but never calls, or whose calls are all refused, is closed then
-    /// and gives its place under [`GrpcOptions::max_connections`] back. A connection that has
-    /// made one such call stays for as long as keepalive keeps it. Default 10 s.
+    /// certificate): a connection that speaks HTTP/2 and answers pings but never calls, or
+    /// whose calls are all refused, is closed then and gives its place under
+    /// [`GrpcOptions::max_connections`] back. A connection that has made one such call stays
+    /// for as long as keepalive keeps it. Where peers are not authenticated (no cluster
+    /// secret, no peer certificates) any call to the internal service passes, and where
+    /// clients are not (no users) any call to the cluster service does. Default 10 s.
     pub auth_timeout: Duration,
     /// Most connections the server holds at once, from peers and clients together; a
     /// connection arriving past it is closed at once, so connections cannot take the file

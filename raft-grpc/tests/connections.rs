@@ -138,8 +138,8 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-/// Held by each test that fills a server: one counts this process's descriptors, which the
-/// other's connections would change.
+/// Held by each test that fills a server or opens and closes connections: one counts this
+/// process's descriptors, which the others' connections would change.
 static FILLING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The [`FILLING`] guard, a three-node cluster under the test's limits, its leader, and a
@@ -254,6 +254,7 @@ async fn a_member_is_admitted_to_a_port_that_strangers_have_filled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_speaks_is_closed_and_gives_its_place_back() {
+    let _opening = FILLING.lock().await;
     let timeout = Duration::from_secs(2);
     let opts = GrpcOptions::default()
         .with_max_connections_per_ip(2)
@@ -324,6 +325,7 @@ async fn status_call(s: &mut TcpStream, stream: u32, token: &str) -> bool {
 /// passed keeps its place past the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_without_an_authenticated_call_is_closed_and_gives_its_place_back() {
+    let _opening = FILLING.lock().await;
     let timeout = Duration::from_secs(2);
     let secret = ClusterSecret::new("a cluster secret for the tests, long enough").unwrap();
     let auth = AuthConfig::default()

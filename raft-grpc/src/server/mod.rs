@@ -295,9 +295,9 @@ impl<S: StateMachine> Server<S> {
     /// [`GrpcOptions::max_connections`] connections, and at most
     /// [`GrpcOptions::max_connections_per_ip`] from one address: a connection past either is
     /// closed at once, one that does not send the HTTP/2 preface within
-    /// [`GrpcOptions::preface_timeout`] is closed then, and so is one that has made no call that
-    /// passes authentication within [`GrpcOptions::auth_timeout`]. With TLS, each connection's handshake
-    /// runs in a task of its own, within [`GrpcOptions::tls_handshake_timeout`] and at most
+    /// [`GrpcOptions::preface_timeout`] is closed then, and so is one that has made no call
+    /// that passes authentication within [`GrpcOptions::auth_timeout`]. With TLS, each
+    /// connection's handshake runs in a task of its own, within [`GrpcOptions::tls_handshake_timeout`] and at most
     /// [`GrpcOptions::max_tls_handshakes`] at once, with the certificate in force when the
     /// connection arrives (see [`crate::ReloadableTls::reload`]). Connections from the
     /// addresses of the cluster's members (their names in the membership, looked up every 5 s)
@@ -335,7 +335,8 @@ impl<S: StateMachine> Server<S> {
     /// `shutdown` completes. With TLS, tonic does the handshakes, with the certificate in force
     /// when this is called: a reload does not reach a server started this way. A handshake
     /// not done within [`GrpcOptions::tls_handshake_timeout`] closes its connection; the
-    /// connection limits are `incoming`'s to keep. As with [`Server::serve`], a TLS configuration without
+    /// connection limits, [`GrpcOptions::preface_timeout`] and [`GrpcOptions::auth_timeout`]
+    /// are `incoming`'s to keep. As with [`Server::serve`], a TLS configuration without
     /// a certificate and key is refused ([`ServeError::TlsWithoutIdentity`]) before any
     /// connection is taken from `incoming`.
     pub async fn serve_with_incoming<I, IO, E>(
