@@ -567,8 +567,9 @@ impl<S: StateMachine> Node<S> {
     /// that has heard from no quorum of voters for two election timeouts (cut off from the
     /// majority, which may have elected another leader): within an election timeout, or at
     /// once if its proposals in flight are stuck. The command was not proposed. A write already
-    /// queued behind stuck proposals is refused the same way once that lease has lapsed, with
-    /// the next write or within a second of waiting.
+    /// queued behind stuck proposals is refused the same way once that lease has lapsed: with
+    /// the next write, or at its own check, once a second (with a request timeout longer than
+    /// a second; otherwise it times out).
     ///
     /// Every node encodes every write's output, so outputs are bounded: one whose encoding
     /// passes 64 MiB (or [`Config::max_session_response_bytes`](crate::Config), if larger),

@@ -811,10 +811,10 @@ async fn cut_off_leader(cluster: &Cluster<Kv>, queue: usize) -> CutOff {
     }
 }
 
-/// Each of `queued` is refused as not applied within `within`.
-async fn refused_within(queued: Vec<Write>, within: Duration) {
+/// Each of `queued` is refused as not applied by `deadline`.
+async fn refused_by(queued: Vec<Write>, deadline: Instant) {
     for q in queued {
-        let answered = tokio::time::timeout(within, q).await;
+        let answered = tokio::time::timeout_at(deadline.into(), q).await;
         let e = answered
             .expect("a queued write left waiting")
             .expect("write task")
@@ -853,9 +853,10 @@ async fn an_isolated_leader_refuses_new_writes_at_once_as_not_applied() {
     };
     assert!(matches!(refused, Error::NotLeader(_)), "{refused}");
     assert!(!refused.may_have_applied(), "{refused}");
-    // The writes queued behind the stuck ones are refused with it, not left to time out.
+    // The writes queued behind the stuck ones are refused with it, not left to time out (their
+    // own check, below, would come a second after they queued at the earliest).
     let queued = std::mem::take(&mut cut.queued);
-    refused_within(queued, config.election_timeout).await;
+    refused_by(queued, Instant::now() + config.election_timeout).await;
 }
 
 /// The writes queued on a cut-off leader are refused as not applied once its lease has
@@ -866,6 +867,5 @@ async fn writes_queued_on_an_isolated_leader_are_refused_without_a_new_write() {
     let cluster = start(3, |c| c).await;
     let mut cut = cut_off_leader(&cluster, 12).await;
     let queued = std::mem::take(&mut cut.queued);
-    let within = cut.config.request_timeout / 2;
-    refused_within(queued, within.saturating_sub(cut.isolated.elapsed())).await;
+    refused_by(queued, cut.isolated + cut.config.request_timeout / 2).await;
 }
