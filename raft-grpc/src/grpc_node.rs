@@ -33,7 +33,8 @@ pub enum StartError {
     #[error(transparent)]
     Limits(#[from] crate::options::LimitsError),
     /// The server could not start (a TLS configuration without a certificate to serve with,
-    /// [`ServeError::TlsWithoutIdentity`]); the node was not started.
+    /// [`ServeError::TlsWithoutIdentity`], or a connection timeout of zero,
+    /// [`ServeError::ZeroTimeout`]); the node was not started.
     #[error(transparent)]
     Serve(#[from] ServeError),
 }
@@ -101,7 +102,7 @@ impl<S: StateMachine> GrpcNode<S> {
         server: fn(Node<S>, &GrpcTransport) -> Server<S>,
     ) -> Result<Self, StartError> {
         opts.check_limits(&config)?;
-        crate::server::check_tls(&opts)?;
+        crate::server::check_serving(&opts)?;
         let addr = listener.local_addr().map_err(StartError::Listener)?;
         let transport = GrpcTransport::new(config.id, opts);
         let node = Node::start(config, state_machine, transport.clone()).await?;

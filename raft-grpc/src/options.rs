@@ -18,7 +18,7 @@ pub struct GrpcOptions {
     /// presented on new connections to peers, without a restart.
     pub tls: Option<ReloadableTls>,
     /// How long a connection to the server may take to complete its TLS handshake before it
-    /// is closed. Default 10 s.
+    /// is closed. Default 10 s; zero is refused at start ([`crate::ServeError::ZeroTimeout`]).
     pub tls_handshake_timeout: Duration,
     /// Most TLS handshakes the server runs at once; a connection arriving while that many are
     /// under way is closed at once, so slow or idle connections cannot hold the accept loop
@@ -28,7 +28,8 @@ pub struct GrpcOptions {
     /// How long a new connection may take to send the HTTP/2 client preface (its first 24
     /// bytes) once accepted (with TLS, once handshaken) before it is closed: a connection that
     /// never speaks gives its place under [`GrpcOptions::max_connections`] back. Once the
-    /// preface is in, [`GrpcOptions::auth_timeout`] and keepalive pings take over. Default 10 s.
+    /// preface is in, [`GrpcOptions::auth_timeout`] and keepalive pings take over. Default 10 s;
+    /// zero is refused at start ([`crate::ServeError::ZeroTimeout`]).
     pub preface_timeout: Duration,
     /// How long a new connection may stay open, once accepted (with TLS, once handshaken),
     /// before making a call that passes authentication (a peer's check, or a client's token or
@@ -37,7 +38,8 @@ pub struct GrpcOptions {
     /// [`GrpcOptions::max_connections`] back. A connection that has made one such call stays
     /// for as long as keepalive keeps it. Where peers are not authenticated (no cluster
     /// secret, no peer certificates) any call to the internal service passes, and where
-    /// clients are not (no users) any call to the cluster service does. Default 10 s.
+    /// clients are not (no users) any call to the cluster service does. Default 10 s; zero is
+    /// refused at start ([`crate::ServeError::ZeroTimeout`]).
     pub auth_timeout: Duration,
     /// Most connections the server holds at once, from peers and clients together; a
     /// connection arriving past it is closed at once, so connections cannot take the file

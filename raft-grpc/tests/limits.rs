@@ -21,6 +21,7 @@ use raft_grpc::GrpcNode;
 use raft_grpc::GrpcOptions;
 use raft_grpc::LimitsError;
 use raft_grpc::RequestError;
+use raft_grpc::ServeError;
 use raft_grpc::StartError;
 use raft_grpc::pb;
 use raft_grpc::pb::raft_internal_client::RaftInternalClient;
@@ -226,6 +227,34 @@ async fn a_command_limit_the_transport_cannot_carry_is_refused_at_start() {
     }
     // Nothing was created: the check runs before storage is opened.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn a_connection_timeout_of_zero_is_refused_at_start() {
+    for (name, opts) in [
+        (
+            "preface_timeout",
+            GrpcOptions::default().with_preface_timeout(Duration::ZERO),
+        ),
+        (
+            "auth_timeout",
+            GrpcOptions::default().with_auth_timeout(Duration::ZERO),
+        ),
+        (
+            "tls_handshake_timeout",
+            GrpcOptions::default().with_tls_handshake_timeout(Duration::ZERO),
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = Config::durable(1, dir.path());
+        match GrpcNode::start(config, common::Kv::default(), listener, opts).await {
+            Err(StartError::Serve(ServeError::ZeroTimeout(n))) => assert_eq!(n, name),
+            Err(e) => panic!("{name}: wrong error: {e}"),
+            Ok(_) => panic!("a node whose {name} closes every connection started"),
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

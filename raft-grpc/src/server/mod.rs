@@ -115,6 +115,10 @@ pub enum ServeError {
          without TLS"
     )]
     TlsWithoutIdentity,
+    /// A connection timeout of the options is zero, which would close every connection as it
+    /// arrives: the server refuses to start. Names the option.
+    #[error("GrpcOptions::{0} is zero, which would close every connection; refusing to serve")]
+    ZeroTimeout(&'static str),
 }
 
 /// How a server answers the cluster service's `Read` call (decode the query, answer it, encode
@@ -312,7 +316,7 @@ impl<S: StateMachine> Server<S> {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
-        check_tls(&self.shared.opts)?;
+        check_serving(&self.shared.opts)?;
         self.warn_if_open(listener.local_addr().ok());
         let opts = self.shared.opts.clone();
         let sources = crate::accept::MemberSources::default();
@@ -349,7 +353,7 @@ impl<S: StateMachine> Server<S> {
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        check_tls(&self.shared.opts)?;
+        check_serving(&self.shared.opts)?;
         self.serve_accepted(incoming, true, shutdown).await
     }
 
@@ -380,7 +384,19 @@ impl<S: StateMachine> Server<S> {
 /// a node told to use TLS never falls back to plain TCP. [`Server::serve`] and
 /// [`crate::GrpcNode::start`] check this before anything starts. A configuration that serves
 /// keeps serving, since [`crate::ReloadableTls::reload`] refuses one without an identity.
-pub(crate) fn check_tls(opts: &GrpcOptions) -> Result<(), ServeError> {
+/// Also refuses connection timeouts of zero ([`ServeError::ZeroTimeout`]).
+pub(crate) fn check_serving(opts: &GrpcOptions) -> Result<(), ServeError> {
+    let timeouts = [
+        ("tls_handshake_timeout", opts.tls_handshake_timeout),
+        ("preface_timeout", opts.preface_timeout),
+        ("auth_timeout", opts.auth_timeout),
+    ];
+    if let Some((name, _)) = timeouts.into_iter().find(|(_, t)| t.is_zero()) {
+        tracing::error!(
+            "not serving: GrpcOptions::{name} is zero, which would close every connection"
+        );
+        return Err(ServeError::ZeroTimeout(name));
+    }
     match &opts.tls {
         Some(tls) if !tls.serves() => {
             tracing::error!(
