@@ -247,11 +247,10 @@ impl<S: StateMachine> Node<S> {
     /// each check, so the queue is refused once the lease has lapsed even if no new write comes
     /// to find it so.
     pub(super) async fn propose_combining(&self, request: Request) -> Result<Response> {
-        let refusal = || Error::NotLeader(LeaderHint::unknown());
         match self.inner.combiner.join(request, || self.quorum_silent()) {
             Joined::Refused(queued) => {
-                answer(senders(queued), Err(refusal()));
-                Err(refusal())
+                refuse_cut_off(queued);
+                Err(cut_off())
             }
             Joined::Propose(request) => {
                 let _slot = Slot { node: self };
@@ -259,9 +258,10 @@ impl<S: StateMachine> Node<S> {
             }
             Joined::Queued(rx) => {
                 let ask = || {
-                    let stalled = self.inner.combiner.refuse_stalled(|| self.quorum_silent());
-                    if let Some(queued) = stalled {
-                        answer(senders(queued), Err(refusal()));
+                    if let Some(queued) =
+                        self.inner.combiner.refuse_stalled(|| self.quorum_silent())
+                    {
+                        refuse_cut_off(queued);
                     }
                 };
                 self.with_timeout_ticking(async { rx.await.unwrap_or(Err(Error::Shutdown)) }, ask)
@@ -316,6 +316,16 @@ async fn propose_batch<S: StateMachine>(node: Node<S>, mut batch: Vec<Queued>) {
         .await
         .and_then(|r| super::responses_of(r, n, "a combined entry"));
     answer(done, outcome);
+}
+
+/// Why a leader cut off from its quorum refuses writes: not applied, leader unknown.
+fn cut_off() -> Error {
+    Error::NotLeader(LeaderHint::unknown())
+}
+
+/// Refuses writes taken out of the queue of a leader cut off from its quorum ([`cut_off`]).
+fn refuse_cut_off(queued: Vec<Queued>) {
+    answer(senders(queued), Err(cut_off()));
 }
 
 fn senders(batch: Vec<Queued>) -> Vec<Sender> {

@@ -301,9 +301,10 @@ impl<S: StateMachine> Server<S> {
     /// closed at once, one that does not send the HTTP/2 preface within
     /// [`GrpcOptions::preface_timeout`] is closed then, and so is one that has made no call
     /// that passes authentication within [`GrpcOptions::auth_timeout`]. With TLS, each
-    /// connection's handshake runs in a task of its own, within [`GrpcOptions::tls_handshake_timeout`] and at most
-    /// [`GrpcOptions::max_tls_handshakes`] at once, with the certificate in force when the
-    /// connection arrives (see [`crate::ReloadableTls::reload`]). Connections from the
+    /// connection's handshake runs in a task of its own, within
+    /// [`GrpcOptions::tls_handshake_timeout`] and at most [`GrpcOptions::max_tls_handshakes`]
+    /// at once, with the certificate in force when the connection arrives (see
+    /// [`crate::ReloadableTls::reload`]). Connections from the
     /// addresses of the cluster's members (their names in the membership, looked up every 5 s)
     /// need no handshake permit and may go past the total by one address's share, so a member
     /// can reconnect to a port that strangers have filled.
