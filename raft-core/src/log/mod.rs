@@ -33,8 +33,11 @@
 //! writer in the code.
 //!
 //! The payload is the postcard encoding of `WalRecord` (wal.rs): a log entry (log id and payload,
-//! in the stable forms of `disk.rs`) or a commit marker. Segments are preallocated; the bytes after
-//! the last record are zero.
+//! in the stable forms of `disk.rs`), a commit marker, or a `Synced` record saying how much of its
+//! segment an fdatasync had made durable when it was written (synced.rs). Every segment starts with
+//! one, the first batch written after an fdatasync completes carries one, and a clean close ends
+//! with one. Earlier versions wrote no `Synced` records and cannot read a log that holds them.
+//! Segments are preallocated; the bytes after the last record are zero.
 //!
 //! # Durability
 //!
@@ -71,10 +74,12 @@
 //! segment's size); a search that reaches the bound refuses the log rather than cut it, with a
 //! [`LogError::Corrupt`] that says so (recovery.rs, segment.rs).
 //!
-//! Under power loss a disk may persist a later page of the unsynced tail but not an earlier one;
-//! such a tail looks like damage in the middle and is refused rather than guessed at. The
-//! records involved were never acknowledged, so wiping that replica and letting it catch up from
-//! the others loses nothing.
+//! Under power loss a disk may persist a later page of the unsynced tail but not an earlier one,
+//! which looks like damage followed by valid records. The last segment's `Synced` records tell the
+//! two apart: damage at or past the furthest offset any of them (before or after the damage) says
+//! was durable lies in the unsynced tail, whose records were never acknowledged, and is cut there
+//! like a torn tail; damage before it is corruption and refused. A segment without `Synced`
+//! records (an earlier version's) is refused as before.
 
 mod fault;
 mod flusher;
@@ -85,6 +90,7 @@ mod record;
 mod recovery;
 mod segment;
 mod sim;
+mod synced;
 mod wal;
 
 use std::fmt::Debug;

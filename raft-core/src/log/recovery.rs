@@ -4,9 +4,12 @@
 //! purged entries (a purge a crash interrupted), which are deleted unread; the last segment is
 //! read from the disk, not from the page cache (`fsutil::sync_and_uncache`). Entries must run
 //! without gaps from the purge point on. The last segment may end in a torn tail — damaged bytes with nothing
-//! valid after them — which is cut off and zeroed. Anything else that is wrong (damage followed by
-//! valid records, damage in a sealed segment, an entry out of sequence, a record that checks but
-//! does not decode) is refused with [`LogError::Corrupt`] naming the file and offset.
+//! valid after them — which is cut off and zeroed. So may damage followed by valid records in the
+//! last segment, when it lies past everything the segment's `Synced` records say was durable: a
+//! power cut that saved a later page of unsynced records but not an earlier one (`testimony`).
+//! Anything else that is wrong (other damage followed by valid records, damage in a sealed
+//! segment, an entry out of sequence, a record that checks but does not decode) is refused with
+//! [`LogError::Corrupt`] naming the file and offset.
 //!
 //! Telling the two apart takes a search of every offset after the damage for a valid, decodable
 //! record (`segment::find_later_record`). That search covers the torn record's own payload —
@@ -63,6 +66,8 @@ pub(super) struct Tail {
     pub framing: Framing,
     pub end: u64,
     pub entries: u64,
+    /// The furthest offset its kept `Synced` records say was durable (0 if none).
+    pub testified: u64,
 }
 
 /// Whether `bytes` are all zero, compared a page at a time (a segment's unwritten tail can be
@@ -77,6 +82,47 @@ fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> LogError {
         file: file.to_path_buf(),
         offset,
         reason: reason.into(),
+    }
+}
+
+/// The furthest offset that the `Synced` records of a segment's bytes say was durable: those of
+/// its valid run (`found`), and those of every valid record from `later` on, past the damage.
+/// `None` if it holds none (written by an earlier version, which wrote none).
+///
+/// A `Synced` record is only written once an fdatasync covering its offset has completed, so
+/// one found anywhere — even in the unsynced end — is true.
+fn testimony(
+    bytes: &[u8],
+    found: &[segment::Found],
+    later: u64,
+    framing: Framing,
+    decodes: &impl Fn(&[u8]) -> Decoded,
+) -> Option<u64> {
+    if matches!(framing, Framing::Legacy) {
+        return None;
+    }
+    let synced_in = |records: &[segment::Found]| {
+        records
+            .iter()
+            .filter_map(|f| {
+                let start = f.offset as usize + framing.header_len();
+                match codec::decode::<WalRecord>(&bytes[start..start + f.len]) {
+                    Ok(WalRecord::Synced(offset)) => Some(offset),
+                    _ => None,
+                }
+            })
+            .max()
+    };
+    let mut best = synced_in(found);
+    let mut at = later as usize;
+    loop {
+        // Each run holds at least the record at `at`, so the search moves on.
+        let (run, stop) = segment::scan_from(bytes, at, framing);
+        best = best.max(synced_in(&run));
+        match segment::find_later_record(bytes, stop.offset() as usize, framing, decodes) {
+            Later::Record(next) => at = next as usize,
+            Later::Nothing | Later::GaveUp { .. } => return best,
+        }
     }
 }
 
@@ -134,6 +180,20 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
         };
         match segment::find_later_record(&bytes, stop.offset() as usize, framing, decodes) {
             Later::Nothing => {}
+            Later::Record(later)
+                if is_last
+                    && let Some(synced) = testimony(&bytes, &found, later, framing, &decodes)
+                    && synced <= stop.offset() =>
+            {
+                // Only the segment's unsynced end can be damaged by a power cut, and this
+                // damage lies past what its own records say was synced: a disk that wrote a later
+                // page of a batch but not an earlier one. Nothing from here on was acknowledged.
+                tracing::warn!(
+                    file = %path.display(), offset = stop.offset(), synced, later,
+                    "cutting an unsynced tail with holes off the write-ahead log (a power cut \
+                     while it was being written)"
+                );
+            }
             Later::Record(later) => {
                 return Err(corrupt(
                     &path,
@@ -188,6 +248,7 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
         }
 
         let mut entries_here = 0u64;
+        let mut testified = 0u64;
         let mut seg_last: Option<u64> = None;
         for f in &found {
             let start = f.offset as usize + framing.header_len();
@@ -200,6 +261,12 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
                 )
             })?;
             match rec {
+                // One written right at what it testifies to (as on a clean close) covers
+                // itself too: nothing after it needs testimony.
+                WalRecord::Synced(offset) if offset == f.offset => {
+                    testified = testified.max(f.offset + (framing.header_len() + f.len) as u64);
+                }
+                WalRecord::Synced(offset) => testified = testified.max(offset),
                 WalRecord::Committed(c) => {
                     let c = LogId::from(c);
                     if committed.is_none_or(|old| old.index < c.index) {
@@ -312,6 +379,7 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
                 framing,
                 end,
                 entries: entries_here,
+                testified,
             });
         }
     }

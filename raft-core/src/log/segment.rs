@@ -230,8 +230,13 @@ impl Stop {
 /// Walks the records of a segment's bytes (header included), framed as `framing`, until the
 /// first non-record. Checksums each record once.
 pub(crate) fn scan(bytes: &[u8], framing: Framing) -> (Vec<Found>, Stop) {
+    scan_from(bytes, HEADER_LEN as usize, framing)
+}
+
+/// [`scan`] from offset `from` on.
+pub(crate) fn scan_from(bytes: &[u8], from: usize, framing: Framing) -> (Vec<Found>, Stop) {
     let mut found = Vec::new();
-    let mut pos = HEADER_LEN as usize;
+    let mut pos = from;
     loop {
         if pos >= bytes.len() {
             return (found, Stop::End { offset: pos as u64 });

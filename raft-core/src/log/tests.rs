@@ -518,6 +518,24 @@ fn records(path: &Path) -> Vec<segment::Found> {
     segment::scan(&fs::read(path).unwrap(), framing_of(path)).0
 }
 
+/// Zeroes the `Synced` record that closing the log wrote at the end of segment `seg`, if there is
+/// one: the segment as a crash right after its last append leaves it, whose last record can still
+/// be torn (after a clean close every record is testified durable, and damage is corruption).
+fn as_if_crashed(seg: &Path) {
+    use std::os::unix::fs::FileExt;
+    let framing = framing_of(seg);
+    let Some(last) = records(seg).last().copied() else {
+        return;
+    };
+    let bytes = fs::read(seg).unwrap();
+    let start = last.offset as usize + framing.header_len();
+    if let Ok(WalRecord::Synced(_)) = crate::codec::decode(&bytes[start..start + last.len]) {
+        let f = fs::OpenOptions::new().write(true).open(seg).unwrap();
+        f.write_all_at(&vec![0u8; framing.header_len() + last.len], last.offset)
+            .unwrap();
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     for e in fs::read_dir(from).unwrap() {
         let e = e.unwrap();
@@ -532,15 +550,15 @@ async fn a_torn_final_record_is_cut_at_every_byte() {
     let original = tempfile::tempdir().unwrap();
     let n = 12;
     let last_seg = write_log(original.path(), n).await;
+    let mut reference = open(original.path()).unwrap();
+    let full = all_entries(&mut reference).await;
+    drop(reference);
+    as_if_crashed(&last_seg);
     let recs = records(&last_seg);
     let last = *recs.last().unwrap();
     let start = last.offset;
     let end = last.offset + (framing_of(&last_seg).header_len() + last.len) as u64;
     let seg_name = last_seg.file_name().unwrap().to_owned();
-
-    let mut reference = open(original.path()).unwrap();
-    let full = all_entries(&mut reference).await;
-    drop(reference);
     assert_eq!(full.len() as u64, n);
     let prefix = &full[..full.len() - 1];
 
@@ -660,6 +678,114 @@ fn assert_damage_before_the_tail_is_refused(dir: &Path) {
     }
 }
 
+/// A log whose last segment holds a synced batch of five entries, then a batch of sixteen
+/// 600-byte entries (over two pages) and, if `third`, one more batch, each appended once the one
+/// before was durable; closed as a crash would leave it (no record written on close). Returns the
+/// segment, the offsets the second batch spans, and the entries.
+async fn three_batches(
+    dir: &Path,
+    third: bool,
+) -> (std::path::PathBuf, std::ops::Range<u64>, Vec<Entry>) {
+    let opts = WalOptions::default().with_segment_size(1 << 20);
+    let mut log = LogStore::open(dir, 1, opts).unwrap();
+    let first: Vec<Entry> = (0..5).map(|i| entry(1, i, 100)).collect();
+    append(&mut log, first.clone()).await;
+    let seg = segment::list(dir).unwrap()[0].1.clone();
+    let second_at = records(&seg)
+        .last()
+        .map(|r| r.offset + (framing_of(&seg).header_len() + r.len) as u64)
+        .unwrap();
+    let second: Vec<Entry> = (5..21).map(|i| entry(1, i, 600)).collect();
+    append(&mut log, second.clone()).await;
+    let second_end = records(&seg)
+        .last()
+        .map(|r| r.offset + (framing_of(&seg).header_len() + r.len) as u64)
+        .unwrap();
+    let mut all = [first, second].concat();
+    if third {
+        let more = vec![entry(1, 21, 100)];
+        append(&mut log, more.clone()).await;
+        all.extend(more);
+    }
+    drop(log);
+    as_if_crashed(&seg);
+    (seg, second_at..second_end, all)
+}
+
+/// Zeroes the whole page after the first page boundary in `span` of the file at `path`, as a
+/// disk that lost power can leave a write whose later page it saved. Returns the page's offset.
+fn lose_a_page(path: &Path, span: &std::ops::Range<u64>) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let page = span.start.div_ceil(4096) * 4096;
+    assert!(
+        page + 4096 < span.end,
+        "the batch spans a whole page and more: {span:?}"
+    );
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&[0u8; 4096], page).unwrap();
+    page
+}
+
+#[tokio::test]
+async fn a_power_cut_that_saved_a_later_page_of_an_unsynced_batch_but_not_an_earlier_one_cuts_it() {
+    // No record says the second batch was synced (the crash came before another batch or a
+    // close could say so): its records from the lost page on were never acknowledged.
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, second, entries) = three_batches(dir.path(), false).await;
+    let framing = framing_of(&seg);
+    let bytes = fs::read(&seg).unwrap();
+    let entry_ends: Vec<u64> = records(&seg)
+        .iter()
+        .filter(|r| {
+            let at = r.offset as usize + framing.header_len();
+            matches!(
+                crate::codec::decode(&bytes[at..at + r.len]),
+                Ok(WalRecord::Entry(_))
+            )
+        })
+        .map(|r| r.offset + (framing.header_len() + r.len) as u64)
+        .collect();
+    assert_eq!(entry_ends.len(), entries.len());
+    let page = lose_a_page(&seg, &second);
+    // The first batch, and the second's entries whose records end before the lost page.
+    let prefix = &entries[..entry_ends.iter().filter(|&&e| e <= page).count()];
+    assert!(
+        prefix.len() > 5 && prefix.len() < entries.len(),
+        "{} entries kept",
+        prefix.len()
+    );
+    let mut log = open(dir.path()).unwrap_or_else(|e| panic!("refused: {e}"));
+    assert_eq!(all_entries(&mut log).await, prefix);
+    drop(log);
+    assert!(
+        fs::read(&seg).unwrap()[page as usize..]
+            .iter()
+            .all(|&b| b == 0),
+        "what followed the hole was cut"
+    );
+    assert_opens_with_the_prefix(dir.path(), prefix, "after the cut").await;
+}
+
+#[tokio::test]
+async fn a_lost_page_of_a_batch_a_later_record_says_was_synced_is_refused() {
+    // The third batch started after the second was durable and says so: damage in the second is
+    // corruption of acknowledged records, however it looks.
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, second, _) = three_batches(dir.path(), true).await;
+    let page = lose_a_page(&seg, &second);
+    match open(dir.path()) {
+        Err(LogError::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, seg);
+            assert!(
+                second.contains(&offset) && offset <= page,
+                "offset {offset}, page at {page}"
+            );
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("damage to records testified durable was cut off"),
+    }
+}
+
 #[tokio::test]
 async fn a_missing_segment_is_a_gap() {
     let dir = tempfile::tempdir().unwrap();
@@ -756,6 +882,7 @@ async fn the_remains_of_a_write_whose_start_was_lost_are_zeroed() {
     append(&mut log, entries.clone()).await;
     drop(log);
     let seg = segment::list(dir.path()).unwrap().last().unwrap().1.clone();
+    as_if_crashed(&seg);
     let last = *records(&seg).last().unwrap();
     let header = framing_of(&seg).header_len() as u64;
     let end = last.offset + header + last.len as u64;
@@ -855,6 +982,7 @@ async fn a_value_embedding_a_record_frame_is_cut_at_every_byte_past_the_frame() 
         value.extend_from_slice(&[0xcd; 16]);
         append(&mut log, vec![value_entry(1, 5, value)]).await;
         drop(log);
+        as_if_crashed(&seg);
 
         let last = *records(&seg).last().unwrap();
         let end = last.offset + (framing_of(&seg).header_len() + last.len) as u64;
@@ -879,7 +1007,11 @@ async fn only_a_frame_with_the_segments_own_salt_passes_for_a_record() {
     value.extend_from_slice(&[0xcd; 16]);
     append(&mut log, vec![value_entry(1, 5, value)]).await;
     drop(log);
-    let last = *records(&seg).last().unwrap();
+    // The value's record, testified durable by the record the clean close wrote after it: a
+    // record found after damage there means corruption, and only a frame with the segment's
+    // salt is found.
+    let recs = records(&seg);
+    let last = recs[recs.len() - 2];
     let end = last.offset + (framing_of(&seg).header_len() + last.len) as u64;
     let frame_at = find(&fs::read(&seg).unwrap(), &forged, last.offset as usize) as u64;
     tear(&seg, frame_at + forged.len() as u64, end, true);
@@ -1109,6 +1241,7 @@ fn adversarial_value(salt: Option<u32>, decodable: bool) -> Vec<u8> {
 /// zeros after it as in a preallocated file, and opens the log counting the bytes checksummed;
 /// fails at once past `limit`. Returns the outcome and the count.
 fn open_torn_counting(dir: &Path, seg: &Path, limit: u64) -> (Result<LogStore, LogError>, u64) {
+    as_if_crashed(seg);
     let last = *records(seg).last().unwrap();
     let end = last.offset + (framing_of(seg).header_len() + last.len) as u64;
     tear(seg, last.offset + last.len as u64 * 2 / 3, end, true);

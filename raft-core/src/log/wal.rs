@@ -39,6 +39,7 @@ use super::recovery::Tail;
 use super::segment;
 use super::segment::Segment;
 use super::sim::Simulation;
+use super::synced::SyncedMark;
 use crate::codec;
 use crate::disk::DiskEntry;
 use crate::disk::DiskLogId;
@@ -108,6 +109,11 @@ pub(crate) enum WalRecord<'a> {
     Entry(DiskEntry<'a>),
     /// Entries up to this log id are known to be committed.
     Committed(DiskLogId),
+    /// The segment holding this record was durable up to this offset (an fdatasync covering
+    /// it had completed) when the record was framed: the bytes before it were synced, so damage
+    /// there is corruption, not a tail a power cut left unfinished (recovery.rs). Every segment
+    /// starts with one, and the first batch after an fdatasync completes carries one.
+    Synced(u64),
 }
 
 /// Where an entry's record lives.
@@ -357,6 +363,10 @@ pub(crate) struct Wal {
     committed: Option<LogId>,
     /// The newest commit index written as a record.
     committed_written: Option<LogId>,
+    /// How far the active segment is known durable, as reported by appends' waiters.
+    synced: SyncedMark,
+    /// The furthest offset of the active segment a `Synced` record was written for.
+    testified: u64,
     buf: Vec<u8>,
     stats: Arc<LogStatsCounters>,
     /// Simulated faults and power loss; installed only by builds with the `testing` feature.
@@ -452,6 +462,13 @@ impl Wal {
             )
         });
         Self::make_durable(dir, tail.as_ref(), sim.as_ref())?;
+        // What recovery kept is durable now: the first batch appended testifies to it.
+        let synced = SyncedMark::default();
+        let mut testified = 0;
+        if let Some(t) = &tail {
+            synced.restart(t.seg.first_index, t.end);
+            testified = t.testified;
+        }
         // New records go only to segments of this version's format: a last segment of the
         // earlier format stays as it is, and the next append starts a new segment.
         let active = tail.and_then(|t| {
@@ -476,6 +493,8 @@ impl Wal {
             meta,
             committed,
             committed_written: committed,
+            synced,
+            testified,
             buf: Vec::new(),
             stats,
             sim,
@@ -595,6 +614,19 @@ impl Wal {
         let result = self.append_inner(entries, &mut buf);
         self.buf = buf;
         self.record_failure(result)?;
+        let waiter: Waiter = match &self.active {
+            Some(a) => {
+                let (mark, epoch) = (self.synced.clone(), self.synced.epoch());
+                let (segment, end) = (a.seg.first_index, a.write_offset);
+                Box::new(move |r: std::io::Result<()>| {
+                    if r.is_ok() {
+                        mark.advance(epoch, segment, end);
+                    }
+                    waiter(r)
+                })
+            }
+            None => waiter,
+        };
         let waiter: Waiter = match (&self.sim, &self.active) {
             (Some(sim), Some(a)) => {
                 let (sim, segment, end) = (sim.clone(), a.seg.first_index, a.write_offset);
@@ -630,6 +662,7 @@ impl Wal {
         // Entries framed into `buf` but not yet written: (entry, offset in buf, payload len).
         let mut pending: Vec<(Entry, usize, u32)> = Vec::new();
         self.frame_committed(buf)?;
+        self.frame_synced(buf)?;
         for entry in entries {
             let index = entry.log_id.index;
             if let Some(n) = next
@@ -690,14 +723,25 @@ impl Wal {
         if self.committed_written.is_some_and(|w| w.index >= c.index) {
             return Ok(());
         }
-        Framing::Salted(a.salt)
-            .append_framed(buf, |b| {
-                codec::encode_into(&WalRecord::Committed(DiskLogId::from(&c)), b)
-            })
-            .map_err(|e| LogError::Encode(e.to_string()))?
-            .map_err(|e| LogError::Encode(e.to_string()))?;
+        frame(a.salt, &WalRecord::Committed(DiskLogId::from(&c)), buf)?;
         self.committed_written = Some(c);
         Ok(())
+    }
+
+    /// Frames a `Synced` record for the active segment into `buf` if an fdatasync has made more
+    /// of it durable than the last such record says.
+    fn frame_synced(&mut self, buf: &mut Vec<u8>) -> Result<(), LogError> {
+        let Some(a) = &self.active else {
+            return Ok(());
+        };
+        match self.synced.of(a.seg.first_index) {
+            Some(offset) if offset > self.testified => {
+                frame(a.salt, &WalRecord::Synced(offset), buf)?;
+                self.testified = offset;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Writes `buf` at the active segment's write offset and publishes `pending` to readers.
@@ -776,10 +820,22 @@ impl Wal {
             sim.reset(first_index, segment::HEADER_LEN);
             sim.dir_synced();
         }
+        // Its first record testifies that its header is durable: a segment holding a `Synced`
+        // record was written by a version that writes them, and recovery may cut holes a power
+        // cut left after what they cover. It is synced with the segment's first batch.
+        let mut first = Vec::new();
+        frame(salt, &WalRecord::Synced(segment::HEADER_LEN), &mut first)?;
+        if let Some(sim) = &self.sim {
+            sim.before_write().map_err(at("write", &seg.path))?;
+        }
+        seg.file
+            .write_all_at(&first, segment::HEADER_LEN)
+            .map_err(at("write", &seg.path))?;
+        self.testified = segment::HEADER_LEN;
         Ok(Active {
             seg,
             salt,
-            write_offset: segment::HEADER_LEN,
+            write_offset: segment::HEADER_LEN + first.len() as u64,
             capacity: self.opts.segment_size,
             entries: 0,
         })
@@ -847,6 +903,10 @@ impl Wal {
             if let Some(sim) = &self.sim {
                 sim.reset(keep_loc.segment, end_offset);
             }
+            // Everything the cut segment keeps is durable now; reports of appends made before
+            // the cut no longer count.
+            self.synced.restart(keep_loc.segment, end_offset);
+            self.testified = 0;
             self.view.write().segments.insert(
                 keep_loc.segment,
                 SegmentFile {
@@ -874,6 +934,7 @@ impl Wal {
             }
             self.active = None;
             self.sync_dir()?;
+            self.synced.restart(0, 0);
         }
         // Commit markers written after the cut are gone with it.
         self.committed_written = None;
@@ -986,6 +1047,23 @@ impl Wal {
         if let Some(a) = &self.active {
             self.flusher.barrier_blocking(&a.seg)?;
         }
+        // Testify to all of it, so that no record of a log closed cleanly is taken for an
+        // unfinished tail (recovery.rs): one more small write and fdatasync, on close only.
+        if let Some(a) = &self.active
+            && a.write_offset > self.testified
+        {
+            let offset = a.write_offset;
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            let res = frame(a.salt, &WalRecord::Synced(offset), &mut buf)
+                .and_then(|_| self.write_active(&buf, &mut Vec::new()));
+            self.buf = buf;
+            self.record_failure(res)?;
+            self.testified = offset;
+            if let Some(a) = &self.active {
+                self.flusher.barrier_blocking(&a.seg)?;
+            }
+        }
         Ok(())
     }
 }
@@ -1005,6 +1083,15 @@ impl Wal {
         sim.lose_power(&segments);
         tracing::info!(dir = %self.dir.display(), "write-ahead log closed by a simulated power loss");
     }
+}
+
+/// Frames `record` with `salt` at the end of `buf`.
+fn frame(salt: Salt, record: &WalRecord, buf: &mut Vec<u8>) -> Result<(), LogError> {
+    Framing::Salted(salt)
+        .append_framed(buf, |b| codec::encode_into(record, b))
+        .map_err(|e| LogError::Encode(e.to_string()))?
+        .map_err(|e| LogError::Encode(e.to_string()))?;
+    Ok(())
 }
 
 impl Drop for Wal {
