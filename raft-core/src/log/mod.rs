@@ -34,9 +34,10 @@
 //!
 //! The payload is the postcard encoding of `WalRecord` (wal.rs): a log entry (log id and payload,
 //! in the stable forms of `disk.rs`), a commit marker, or a `Synced` record saying how much of its
-//! segment an fdatasync had made durable when it was written (synced.rs). Every segment starts with
-//! one, the first batch written after an fdatasync completes carries one, and a clean close ends
-//! with one. Earlier versions wrote no `Synced` records and cannot read a log that holds them.
+//! segment an fdatasync had made durable when it was written (synced.rs). Every segment this
+//! version creates starts with one (durable with the header), the first batch written after an
+//! append's fdatasync completes carries one, and a clean close ends with one. Earlier versions
+//! wrote no `Synced` records and cannot read a log that holds them.
 //! Segments are preallocated; the bytes after the last record are zero.
 //!
 //! # Durability
@@ -65,8 +66,9 @@
 //!
 //! Opening verifies every record's checksum and that indexes run without gaps. A torn tail of the
 //! last segment — damaged bytes with nothing valid after them — is cut back to the last valid
-//! record. Damage followed by valid records, damage in a sealed segment, or an entry out of
-//! sequence is refused with [`LogError::Corrupt`], naming the file and the offset.
+//! record, and so is damage followed by valid records past what the segment's `Synced` records
+//! vouch for (below). Other damage followed by valid records, damage in a sealed segment, or an
+//! entry out of sequence is refused with [`LogError::Corrupt`], naming the file and the offset.
 //!
 //! Telling a torn tail from damage followed by valid records takes a search of every offset after
 //! the damage. In `RKWAL002` segments it costs O(1) per offset whatever the bytes are, and client
@@ -76,9 +78,13 @@
 //!
 //! Under power loss a disk may persist a later page of the unsynced tail but not an earlier one,
 //! which looks like damage followed by valid records. The last segment's `Synced` records tell the
-//! two apart: damage at or past the furthest offset any of them (before or after the damage) says
-//! was durable lies in the unsynced tail, whose records were never acknowledged, and is cut there
-//! like a torn tail; damage before it is corruption and refused. A segment without `Synced`
+//! two apart: damage at or past the furthest offset they vouch for is cut there like a torn tail;
+//! damage before it is corruption and refused. Only a record written after the damage can vouch
+//! for it, since a record only vouches for bytes before itself. What an fdatasync made durable
+//! but no record vouches for yet — the appends of the last fdatasync round or two before the
+//! node stopped or went idle, which were acknowledged — is treated like a torn tail, as the last
+//! record always was: a hole there (silent damage to synced data, followed by valid records) is
+//! cut rather than refused, and those entries are lost on this node. A segment without `Synced`
 //! records (an earlier version's) is refused as before.
 
 mod fault;
@@ -138,7 +144,8 @@ pub enum LogError {
     /// A file operation failed.
     #[error(transparent)]
     Io(#[from] PathError),
-    /// The log on disk is damaged somewhere other than a torn tail; the node must not start.
+    /// The log on disk is damaged somewhere other than its unsynced tail (a torn tail, or holes
+    /// past what the last segment's records vouch for); the node must not start.
     #[error("write-ahead log is corrupt: {file} at offset {offset}: {reason}")]
     Corrupt {
         /// The damaged file.
@@ -338,8 +345,8 @@ pub(crate) fn create_with_vote(dir: &Path, node_id: NodeId, vote: &Vote) -> Resu
 
 impl LogStore {
     /// Opens the durable log in `dir` as node `node_id`, creating it if needed and recovering
-    /// whatever a crash left behind. Fails with [`LogError::Corrupt`] on damage that is not a torn
-    /// tail, [`LogError::WrongNode`] if the directory belongs to another node, and
+    /// whatever a crash left behind. Fails with [`LogError::Corrupt`] on damage other than an
+    /// unsynced tail a crash or power cut left, [`LogError::WrongNode`] if the directory belongs to another node, and
     /// [`LogError::Locked`] if it is already open.
     pub fn open(
         dir: impl AsRef<Path>,

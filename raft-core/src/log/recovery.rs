@@ -261,8 +261,10 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
                 )
             })?;
             match rec {
-                // One written right at what it testifies to (as on a clean close) covers
-                // itself too: nothing after it needs testimony.
+                // One written right at the offset it vouches for (a clean close, the first batch
+                // after an idle spell, a new segment's first record) leaves nothing before it
+                // unvouched, so the writer need not vouch again until more is written. (Only the
+                // writer's choice uses this; `testimony` reads the offsets as written.)
                 WalRecord::Synced(offset) if offset == f.offset => {
                     testified = testified.max(f.offset + (framing.header_len() + f.len) as u64);
                 }

@@ -70,7 +70,7 @@ pub(crate) fn parse_name(name: &str) -> Option<u64> {
 
 /// The header of a new segment for entries from `first_index` whose records are framed with
 /// `salt`.
-fn header(first_index: u64, salt: u32) -> [u8; HEADER_LEN as usize] {
+pub(crate) fn header(first_index: u64, salt: u32) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(MAGIC);
     h[8..16].copy_from_slice(&first_index.to_le_bytes());
@@ -118,21 +118,26 @@ pub(crate) fn parse_header(
 impl Segment {
     /// Creates a new `RKWAL002` segment for entries starting at `first_index`, with a fresh
     /// random salt, preallocated to `capacity` bytes, durably (file and directory entry) before
-    /// returning. Returns the segment and its salt.
+    /// returning. The records `first` frames with the salt follow the header, durable with it.
+    /// Returns the segment, its salt and where the next record goes.
     pub fn create(
         dir: &Path,
         first_index: u64,
         capacity: u64,
-    ) -> Result<(Segment, Salt), LogError> {
+        first: impl FnOnce(Salt) -> Result<Vec<u8>, LogError>,
+    ) -> Result<(Segment, Salt, u64), LogError> {
         let name = file_name(first_index);
         let path = dir.join(&name);
         let tmp = dir.join(format!("{name}.tmp"));
         let salt: u32 = rand::random();
+        let records = first(Salt::new(salt))?;
         {
             let mut f = File::create(&tmp).map_err(at("create", &tmp))?;
             f.write_all(&header(first_index, salt))
+                .and_then(|()| f.write_all(&records))
                 .map_err(at("write", &tmp))?;
-            fsutil::preallocate(&f, capacity.max(HEADER_LEN)).map_err(at("preallocate", &tmp))?;
+            let end = HEADER_LEN + records.len() as u64;
+            fsutil::preallocate(&f, capacity.max(end)).map_err(at("preallocate", &tmp))?;
             f.sync_all().map_err(at("fsync", &tmp))?;
         }
         fs::rename(&tmp, &path).map_err(at("rename", &tmp))?;
@@ -147,7 +152,7 @@ impl Segment {
             path: path.into(),
             file: Arc::new(file),
         };
-        Ok((seg, Salt::new(salt)))
+        Ok((seg, Salt::new(salt), HEADER_LEN + records.len() as u64))
     }
 
     /// Opens an existing segment of either format and checks that its header matches its name.
@@ -387,8 +392,15 @@ mod tests {
     #[test]
     fn create_then_open_checks_header() {
         let dir = tempfile::tempdir().unwrap();
-        let (seg, salt) = Segment::create(dir.path(), 7, 4096).unwrap();
+        let (seg, salt, end) = Segment::create(dir.path(), 7, 4096, |_| Ok(vec![1, 2, 3])).unwrap();
         assert_eq!(seg.file.metadata().unwrap().len(), 4096);
+        assert_eq!(end, HEADER_LEN + 3);
+        let bytes = fs::read(&seg.path).unwrap();
+        assert_eq!(
+            &bytes[HEADER_LEN as usize..end as usize],
+            &[1, 2, 3],
+            "the first records follow the header"
+        );
         assert_eq!(
             Segment::open(&seg.path, 7).unwrap().1,
             Framing::Salted(salt)
@@ -412,7 +424,13 @@ mod tests {
     fn every_segment_gets_its_own_salt() {
         let dir = tempfile::tempdir().unwrap();
         let framings: Vec<Framing> = (1..=8)
-            .map(|i| Framing::Salted(Segment::create(dir.path(), i, 4096).unwrap().1))
+            .map(|i| {
+                Framing::Salted(
+                    Segment::create(dir.path(), i, 4096, |_| Ok(Vec::new()))
+                        .unwrap()
+                        .1,
+                )
+            })
             .collect();
         for (i, a) in framings.iter().enumerate() {
             for b in &framings[i + 1..] {

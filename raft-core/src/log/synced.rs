@@ -25,11 +25,6 @@ struct Mark {
 pub(super) struct SyncedMark(Arc<Mutex<Mark>>);
 
 impl SyncedMark {
-    /// The current epoch, to hand to [`SyncedMark::advance`] with an append's end.
-    pub fn epoch(&self) -> u64 {
-        crate::sync::lock(&self.0).epoch
-    }
-
     /// Records that segment `segment` is durable through `offset`, as reported for an append
     /// made in `epoch`; reports from an earlier epoch, or behind the mark, change nothing.
     pub fn advance(&self, epoch: u64, segment: u64, offset: u64) {
@@ -41,12 +36,14 @@ impl SyncedMark {
     }
 
     /// Starts a new epoch in which `segment` is known durable through `offset` (0 when nothing
-    /// is known).
-    pub fn restart(&self, segment: u64, offset: u64) {
+    /// is known), and returns it: appends made from now on report in it. The mark starts in
+    /// epoch 0.
+    pub fn restart(&self, segment: u64, offset: u64) -> u64 {
         let mut m = crate::sync::lock(&self.0);
         m.epoch += 1;
         m.segment = segment;
         m.offset = offset;
+        m.epoch
     }
 
     /// How far `segment` is known durable, if anything of it is.
@@ -64,7 +61,7 @@ mod tests {
     fn reports_move_the_mark_forward_within_their_epoch_only() {
         let mark = SyncedMark::default();
         assert_eq!(mark.of(1), None);
-        let e = mark.epoch();
+        let e = 0;
         mark.advance(e, 1, 100);
         mark.advance(e, 1, 60);
         assert_eq!(
@@ -80,14 +77,14 @@ mod tests {
         );
         assert_eq!(mark.of(1), None);
 
-        mark.restart(5, 24);
+        let later = mark.restart(5, 24);
         mark.advance(e, 5, 500);
         assert_eq!(
             mark.of(5),
             Some(24),
             "a report from before the restart is ignored"
         );
-        mark.advance(mark.epoch(), 5, 500);
+        mark.advance(later, 5, 500);
         assert_eq!(mark.of(5), Some(500));
     }
 }

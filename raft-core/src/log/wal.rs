@@ -4,8 +4,8 @@
 //! each lives on disk, a cache of the newest decoded entries, the vote). The writer updates the
 //! view only after the bytes are written, so a reader never sees an entry it cannot read back.
 //!
-//! Record payloads are the postcard encoding of [`WalRecord`]: either a log entry or a
-//! "committed" marker. Markers are appended in front of the next batch of entries rather than
+//! Record payloads are the postcard encoding of [`WalRecord`]: a log entry, a "committed" marker,
+//! or a `Synced` record vouching for what was durable (synced.rs). Markers are appended in front of the next batch of entries rather than
 //! written on their own, so persisting the commit index costs no extra I/O; it is advisory
 //! (openraft only uses it to replay the state machine faster after a restart).
 
@@ -112,7 +112,8 @@ pub(crate) enum WalRecord<'a> {
     /// The segment holding this record was durable up to this offset (an fdatasync covering
     /// it had completed) when the record was framed: the bytes before it were synced, so damage
     /// there is corruption, not a tail a power cut left unfinished (recovery.rs). Every segment
-    /// starts with one, and the first batch after an fdatasync completes carries one.
+    /// this version creates starts with one, the first batch after an append's fdatasync
+    /// completes carries one, and so does a clean close.
     Synced(u64),
 }
 
@@ -365,8 +366,11 @@ pub(crate) struct Wal {
     committed_written: Option<LogId>,
     /// How far the active segment is known durable, as reported by appends' waiters.
     synced: SyncedMark,
+    /// The mark's current epoch (only this writer starts a new one).
+    synced_epoch: u64,
     /// The furthest offset of the active segment a `Synced` record was written for.
     testified: u64,
+    /// Where batches are framed, reused; see [`Wal::keep_buf`].
     buf: Vec<u8>,
     stats: Arc<LogStatsCounters>,
     /// Simulated faults and power loss; installed only by builds with the `testing` feature.
@@ -378,8 +382,9 @@ pub(crate) struct Wal {
 
 impl Wal {
     /// Opens (or creates) the log in `dir` for node `node_id`, recovering what is on disk:
-    /// every checksum is verified, a torn tail of the last segment is cut back to the last valid
-    /// record, and damage anywhere else is refused with [`LogError::Corrupt`].
+    /// every checksum is verified, a torn tail of the last segment (or holes past what its
+    /// `Synced` records vouch for) is cut back to the last valid record, and damage anywhere
+    /// else is refused with [`LogError::Corrupt`].
     pub fn open(
         dir: &Path,
         node_id: NodeId,
@@ -464,9 +469,9 @@ impl Wal {
         Self::make_durable(dir, tail.as_ref(), sim.as_ref())?;
         // What recovery kept is durable now: the first batch appended testifies to it.
         let synced = SyncedMark::default();
-        let mut testified = 0;
+        let (mut synced_epoch, mut testified) = (0, 0);
         if let Some(t) = &tail {
-            synced.restart(t.seg.first_index, t.end);
+            synced_epoch = synced.restart(t.seg.first_index, t.end);
             testified = t.testified;
         }
         // New records go only to segments of this version's format: a last segment of the
@@ -494,6 +499,7 @@ impl Wal {
             committed,
             committed_written: committed,
             synced,
+            synced_epoch,
             testified,
             buf: Vec::new(),
             stats,
@@ -611,37 +617,54 @@ impl Wal {
         self.refuse_if_failed()?;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
+        let segment = self.active.as_ref().map(|a| a.seg.first_index);
+        let framed = (self.testified, self.committed_written);
         let result = self.append_inner(entries, &mut buf);
-        self.buf = buf;
+        self.keep_buf(buf);
+        if result.is_err() && self.active.as_ref().map(|a| a.seg.first_index) == segment {
+            // Nothing was written (a refused batch, or an encoding error): the markers framed
+            // into it are still to be written.
+            (self.testified, self.committed_written) = framed;
+        }
         self.record_failure(result)?;
+        // Once durable, the records vouch for themselves (the next batch says so), and the
+        // simulated disk keeps them through a power cut.
         let waiter: Waiter = match &self.active {
             Some(a) => {
-                let (mark, epoch) = (self.synced.clone(), self.synced.epoch());
+                let (mark, epoch) = (self.synced.clone(), self.synced_epoch);
                 let (segment, end) = (a.seg.first_index, a.write_offset);
+                let sim = self.sim.clone();
                 Box::new(move |r: std::io::Result<()>| {
                     if r.is_ok() {
                         mark.advance(epoch, segment, end);
+                        if let Some(sim) = &sim {
+                            sim.durable(segment, end);
+                        }
                     }
                     waiter(r)
                 })
             }
             None => waiter,
         };
-        let waiter: Waiter = match (&self.sim, &self.active) {
-            (Some(sim), Some(a)) => {
-                let (sim, segment, end) = (sim.clone(), a.seg.first_index, a.write_offset);
-                Box::new(move |r: std::io::Result<()>| {
-                    if r.is_ok() {
-                        sim.durable(segment, end);
-                    }
-                    waiter(r)
-                })
-            }
-            _ => waiter,
-        };
         self.flusher
             .enqueue(self.active.as_ref().map(|a| &a.seg), waiter);
         Ok(())
+    }
+
+    /// Keeps `buf` for the next batch, unless one large batch grew it past [`KEEP_BUF_BYTES`]:
+    /// a single 64 MiB write must not hold 64 MiB for the life of the log.
+    fn keep_buf(&mut self, buf: Vec<u8>) {
+        self.buf = if buf.capacity() > KEEP_BUF_BYTES {
+            Vec::new()
+        } else {
+            buf
+        };
+    }
+
+    /// The framing buffer's capacity, for tests of its bound.
+    #[cfg(test)]
+    pub fn buf_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     fn expected_next(&self) -> Option<u64> {
@@ -805,7 +828,15 @@ impl Wal {
                 .join(format!("{}.tmp", segment::file_name(first_index)));
             sim.before_write().map_err(at("preallocate", &tmp))?;
         }
-        let (seg, salt) = Segment::create(&self.dir, first_index, self.opts.segment_size)?;
+        // Its first record vouches for its header: a segment holding a `Synced` record was
+        // written by a version that writes them, so recovery may cut holes a power cut left in
+        // it past what they vouch for. Durable with the header, like the header it covers.
+        let (seg, salt, write_offset) =
+            Segment::create(&self.dir, first_index, self.opts.segment_size, |salt| {
+                let mut first = Vec::new();
+                frame(salt, &WalRecord::Synced(segment::HEADER_LEN), &mut first)?;
+                Ok(first)
+            })?;
         self.view.write().segments.insert(
             first_index,
             SegmentFile {
@@ -816,26 +847,16 @@ impl Wal {
         // A fresh segment has no commit marker yet.
         self.committed_written = None;
         if let Some(sim) = &self.sim {
-            // Created durably: its header, and its name (the directory was fsynced).
-            sim.reset(first_index, segment::HEADER_LEN);
+            // Created durably: its header and first record, and its name (the directory was
+            // fsynced).
+            sim.reset(first_index, write_offset);
             sim.dir_synced();
         }
-        // Its first record testifies that its header is durable: a segment holding a `Synced`
-        // record was written by a version that writes them, and recovery may cut holes a power
-        // cut left after what they cover. It is synced with the segment's first batch.
-        let mut first = Vec::new();
-        frame(salt, &WalRecord::Synced(segment::HEADER_LEN), &mut first)?;
-        if let Some(sim) = &self.sim {
-            sim.before_write().map_err(at("write", &seg.path))?;
-        }
-        seg.file
-            .write_all_at(&first, segment::HEADER_LEN)
-            .map_err(at("write", &seg.path))?;
-        self.testified = segment::HEADER_LEN;
+        self.testified = write_offset;
         Ok(Active {
             seg,
             salt,
-            write_offset: segment::HEADER_LEN + first.len() as u64,
+            write_offset,
             capacity: self.opts.segment_size,
             entries: 0,
         })
@@ -905,7 +926,7 @@ impl Wal {
             }
             // Everything the cut segment keeps is durable now; reports of appends made before
             // the cut no longer count.
-            self.synced.restart(keep_loc.segment, end_offset);
+            self.synced_epoch = self.synced.restart(keep_loc.segment, end_offset);
             self.testified = 0;
             self.view.write().segments.insert(
                 keep_loc.segment,
@@ -934,7 +955,7 @@ impl Wal {
             }
             self.active = None;
             self.sync_dir()?;
-            self.synced.restart(0, 0);
+            self.synced_epoch = self.synced.restart(0, 0);
         }
         // Commit markers written after the cut are gone with it.
         self.committed_written = None;
@@ -1041,7 +1062,7 @@ impl Wal {
             let res = self
                 .frame_committed(&mut buf)
                 .and_then(|_| self.write_active(&buf, &mut Vec::new()));
-            self.buf = buf;
+            self.keep_buf(buf);
             self.record_failure(res)?;
         }
         if let Some(a) = &self.active {
@@ -1057,7 +1078,7 @@ impl Wal {
             buf.clear();
             let res = frame(a.salt, &WalRecord::Synced(offset), &mut buf)
                 .and_then(|_| self.write_active(&buf, &mut Vec::new()));
-            self.buf = buf;
+            self.keep_buf(buf);
             self.record_failure(res)?;
             self.testified = offset;
             if let Some(a) = &self.active {
@@ -1084,6 +1105,10 @@ impl Wal {
         tracing::info!(dir = %self.dir.display(), "write-ahead log closed by a simulated power loss");
     }
 }
+
+/// Most capacity the framing buffer keeps between batches: batches of small writes (dozens of KiB)
+/// reuse it; a larger batch allocates its own.
+const KEEP_BUF_BYTES: usize = 1 << 20;
 
 /// Frames `record` with `salt` at the end of `buf`.
 fn frame(salt: Salt, record: &WalRecord, buf: &mut Vec<u8>) -> Result<(), LogError> {
