@@ -144,8 +144,8 @@ pub enum LogError {
     /// A file operation failed.
     #[error(transparent)]
     Io(#[from] PathError),
-    /// The log on disk is damaged somewhere other than its unsynced tail (a torn tail, or holes
-    /// past what the last segment's records vouch for); the node must not start.
+    /// The log on disk is damaged somewhere other than its tail (a torn tail, or holes past what
+    /// the last segment's records vouch for); the node must not start.
     #[error("write-ahead log is corrupt: {file} at offset {offset}: {reason}")]
     Corrupt {
         /// The damaged file.
@@ -345,8 +345,9 @@ pub(crate) fn create_with_vote(dir: &Path, node_id: NodeId, vote: &Vote) -> Resu
 
 impl LogStore {
     /// Opens the durable log in `dir` as node `node_id`, creating it if needed and recovering
-    /// whatever a crash left behind. Fails with [`LogError::Corrupt`] on damage other than an
-    /// unsynced tail a crash or power cut left, [`LogError::WrongNode`] if the directory belongs to another node, and
+    /// whatever a crash left behind. Fails with [`LogError::Corrupt`] on damage other than a tail
+    /// a crash or power cut left (torn, or with holes past what the log vouches for),
+    /// [`LogError::WrongNode`] if the directory belongs to another node, and
     /// [`LogError::Locked`] if it is already open.
     pub fn open(
         dir: impl AsRef<Path>,

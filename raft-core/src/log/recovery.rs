@@ -185,9 +185,10 @@ pub(super) fn recover(dir: &Path, opts: &WalOptions, meta: &Meta) -> Result<Reco
                     && let Some(synced) = testimony(&bytes, &found, later, framing, &decodes)
                     && synced <= stop.offset() =>
             {
-                // Only the segment's unsynced end can be damaged by a power cut, and this
-                // damage lies past what its own records say was synced: a disk that wrote a later
-                // page of a batch but not an earlier one. Nothing from here on was acknowledged.
+                // The damage lies past everything the segment's records vouch for: a disk that
+                // saved a later page of a write being synced but not an earlier one. What follows
+                // was not synced, or was synced so lately that nothing vouches for it yet (the
+                // exposure a damaged last record has always had); it is cut like a torn tail.
                 tracing::warn!(
                     file = %path.display(), offset = stop.offset(), synced, later,
                     "cutting an unsynced tail with holes off the write-ahead log (a power cut \

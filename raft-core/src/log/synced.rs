@@ -3,8 +3,8 @@
 //!
 //! An append's waiter reports the offset its records end at once an fdatasync covering them has
 //! completed; the writer's next batch then starts with a record saying "this segment was durable
-//! up to here". Recovery reads them back to tell a tail that a power cut left with holes (never
-//! synced, so never acknowledged) from damage to records that were synced (recovery.rs).
+//! up to here". Recovery reads them back to tell a tail that a power cut left with holes (past
+//! what any record vouches for) from damage to records vouched durable (recovery.rs).
 //!
 //! Reports belong to an epoch: recovery and truncation, which make durable exactly what they keep,
 //! start a new one, so that a late report from an append made before a truncation cannot claim

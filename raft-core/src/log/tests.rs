@@ -1581,6 +1581,38 @@ async fn with_an_unsynced_tail(dir: &std::path::Path) -> (LogStore, Vec<Entry>, 
 
 #[cfg(feature = "testing")]
 #[tokio::test]
+async fn a_new_segments_first_record_is_durable_with_its_header() {
+    // Nothing after the segment's creation is ever synced (every fdatasync fails), then the
+    // power goes: what the creation made durable is all that is left, and it vouches for the
+    // header, so the holes a power cut leaves in the first batch can be told from damage.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    log.fault_switch().unwrap().set_sync_fails(true);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    log.append_with(vec![entry(1, 0, 100)], move |r| {
+        let _ = tx.send(r);
+    })
+    .unwrap();
+    assert!(rx.await.unwrap().is_err(), "the batch was never synced");
+    log.power_switch().unwrap().cut();
+    drop(log);
+    let seg = segment::list(dir.path()).unwrap()[0].1.clone();
+    let recs = records(&seg);
+    assert_eq!(
+        recs.len(),
+        1,
+        "only the segment's first record is left: {recs:?}"
+    );
+    let bytes = fs::read(&seg).unwrap();
+    let at = recs[0].offset as usize + framing_of(&seg).header_len();
+    assert!(matches!(
+        crate::codec::decode(&bytes[at..at + recs[0].len]),
+        Ok(WalRecord::Synced(segment::HEADER_LEN))
+    ));
+}
+
+#[cfg(feature = "testing")]
+#[tokio::test]
 async fn a_power_cut_loses_what_was_never_synced() {
     // What makes the test above meaningful: the simulated power loss really drops bytes that
     // were written but never synced.

@@ -5,8 +5,8 @@
 //! view only after the bytes are written, so a reader never sees an entry it cannot read back.
 //!
 //! Record payloads are the postcard encoding of [`WalRecord`]: a log entry, a "committed" marker,
-//! or a `Synced` record vouching for what was durable (synced.rs). Markers are appended in front of the next batch of entries rather than
-//! written on their own, so persisting the commit index costs no extra I/O; it is advisory
+//! or a `Synced` record vouching for what was durable (synced.rs). Markers are appended in front
+//! of the next batch of entries rather than written on their own, so persisting the commit index costs no extra I/O; it is advisory
 //! (openraft only uses it to replay the state machine faster after a restart).
 
 use std::collections::BTreeMap;
@@ -622,8 +622,9 @@ impl Wal {
         let result = self.append_inner(entries, &mut buf);
         self.keep_buf(buf);
         if result.is_err() && self.active.as_ref().map(|a| a.seg.first_index) == segment {
-            // Nothing was written (a refused batch, or an encoding error): the markers framed
-            // into it are still to be written.
+            // Nothing was written (a refused batch, or an encoding error), or the log failed:
+            // the markers framed into the batch are to be framed again. Framing one twice is
+            // harmless; a `Synced` record's offset always comes from the mark.
             (self.testified, self.committed_written) = framed;
         }
         self.record_failure(result)?;
@@ -651,14 +652,15 @@ impl Wal {
         Ok(())
     }
 
-    /// Keeps `buf` for the next batch, unless one large batch grew it past [`KEEP_BUF_BYTES`]:
-    /// a single 64 MiB write must not hold 64 MiB for the life of the log.
+    /// Keeps `buf` for the next batch, shrunk back to [`KEEP_BUF_BYTES`] if one large batch grew
+    /// it past that: a single 64 MiB write must not hold 64 MiB for the life of the log.
     fn keep_buf(&mut self, buf: Vec<u8>) {
-        self.buf = if buf.capacity() > KEEP_BUF_BYTES {
-            Vec::new()
-        } else {
-            buf
-        };
+        let mut buf = buf;
+        if buf.capacity() > KEEP_BUF_BYTES {
+            buf.clear();
+            buf.shrink_to(KEEP_BUF_BYTES);
+        }
+        self.buf = buf;
     }
 
     /// The framing buffer's capacity, for tests of its bound.
