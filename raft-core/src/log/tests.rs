@@ -773,16 +773,22 @@ async fn a_lost_page_of_a_batch_a_later_record_says_was_synced_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (seg, second, _) = three_batches(dir.path(), true).await;
     let page = lose_a_page(&seg, &second);
-    match open(dir.path()) {
-        Err(LogError::Corrupt { file, offset, .. }) => {
-            assert_eq!(file, seg);
-            assert!(
-                second.contains(&offset) && offset <= page,
-                "offset {offset}, page at {page}"
-            );
-        }
+    let (file, offset) =
+        refused_as_corrupt(dir.path(), "damage to records vouched durable was cut off");
+    assert_eq!(file, seg);
+    assert!(
+        second.contains(&offset) && offset <= page,
+        "offset {offset}, page at {page}"
+    );
+}
+
+/// Opens the log in `dir`, which must be refused as corrupt (`what` says why otherwise);
+/// returns the file and offset the refusal names.
+fn refused_as_corrupt(dir: &Path, what: &str) -> (std::path::PathBuf, u64) {
+    match open(dir) {
+        Err(LogError::Corrupt { file, offset, .. }) => (file, offset),
         Err(other) => panic!("wrong error: {other}"),
-        Ok(_) => panic!("damage to records testified durable was cut off"),
+        Ok(_) => panic!("{what}"),
     }
 }
 
@@ -856,14 +862,12 @@ async fn holes_in_a_segment_without_synced_records_are_refused() {
     drop(log);
     fs::write(&path, &bytes).unwrap();
     let page = lose_a_page(&path, &span);
-    match open(dir.path()) {
-        Err(LogError::Corrupt { file, offset, .. }) => {
-            assert_eq!(file, path);
-            assert!(offset <= page, "offset {offset}, page at {page}");
-        }
-        Err(other) => panic!("wrong error: {other}"),
-        Ok(_) => panic!("holes in a segment vouching for nothing were cut"),
-    }
+    let (file, offset) = refused_as_corrupt(
+        dir.path(),
+        "holes in a segment vouching for nothing were cut",
+    );
+    assert_eq!(file, path);
+    assert!(offset <= page, "offset {offset}, page at {page}");
 }
 
 #[tokio::test]
