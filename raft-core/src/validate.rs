@@ -146,6 +146,22 @@ pub(crate) fn append(req: &rpc::AppendEntriesRequest, me: NodeId) -> Result<(), 
     Ok(())
 }
 
+/// Limits the commit index `req` carries to the last log id it names (its last entry, or its
+/// previous log id when it has none).
+///
+/// openraft commits the lesser of the leader's commit index and the last log id it has accepted
+/// from that leader, and what it has accepted does not go back when the same leader rewrites its
+/// own earlier, uncommitted entries. An honest leader never does; a forged or broken one can
+/// (three entries, then one entry at index 0 with a commit index of 1): openraft would then
+/// commit an index the log no longer holds, and its own state check stops the node. Limited here,
+/// a commit never reaches past what the request itself put in the log. An honest leader loses
+/// nothing: a commit past this request reaches the follower with its next request or heartbeat,
+/// which names the entries the follower holds.
+pub(crate) fn clamp_commit(req: &mut rpc::AppendEntriesRequest) {
+    let last = req.entries.last().map(|e| e.log_id).or(req.prev_log_id);
+    req.leader_commit = req.leader_commit.and_then(|c| std::cmp::min(Some(c), last));
+}
+
 /// Two log ids that can be in one log: a later index never has an earlier leader, and one index
 /// has one leader. openraft commits the lesser of the leader's commit and the request's last log
 /// id by log id order, so a pair that breaks this would commit (and apply) an index the log does
@@ -533,5 +549,40 @@ mod tests {
         assert!(super::vote(&r, ME).is_ok());
         r.last_log_id = Some(types::log_id(2, 1, u64::MAX));
         assert!(super::vote(&r, ME).is_err());
+    }
+
+    #[test]
+    fn a_commit_is_limited_to_the_last_log_id_the_request_names() {
+        let mut r = req(3, Some((1, 3)), vec![entry(1, 4), entry(2, 5)]);
+        r.leader_commit = Some(types::log_id(2, 1, 9));
+        clamp_commit(&mut r);
+        assert_eq!(
+            r.leader_commit,
+            Some(types::log_id(2, 1, 5)),
+            "past its last entry"
+        );
+        r.leader_commit = Some(types::log_id(1, 1, 4));
+        clamp_commit(&mut r);
+        assert_eq!(
+            r.leader_commit,
+            Some(types::log_id(1, 1, 4)),
+            "within it: unchanged"
+        );
+
+        let mut heartbeat = req(3, Some((1, 3)), Vec::new());
+        heartbeat.leader_commit = Some(types::log_id(2, 1, 9));
+        clamp_commit(&mut heartbeat);
+        assert_eq!(
+            heartbeat.leader_commit,
+            Some(types::log_id(1, 1, 3)),
+            "its previous log id"
+        );
+        let mut from_nothing = req(3, None, Vec::new());
+        from_nothing.leader_commit = Some(types::log_id(2, 1, 9));
+        clamp_commit(&mut from_nothing);
+        assert_eq!(
+            from_nothing.leader_commit, None,
+            "a request naming no entry commits none"
+        );
     }
 }

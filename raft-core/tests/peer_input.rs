@@ -689,3 +689,30 @@ async fn an_answer_past_the_last_term_is_dropped() {
         .unwrap_or_else(|e| panic!("node 1 stopped on a lying answer: {e}"));
     node.shutdown().await.expect("shutdown");
 }
+
+/// A leader that rewrites its own earlier entries under the same vote (three entries, then one at
+/// index 0) with a commit index past what the rewrite left (index 1): openraft had accepted the
+/// first three under that vote and would commit index 1 of a log that now ends at 0, and its own
+/// state check stopped the node. The commit is limited to what the request holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_past_a_same_leader_rewrite_is_limited_to_the_rewrite() {
+    run_without_panics(vec![
+        Op::Append {
+            vote: elected(6, 2),
+            prev: None,
+            entries: vec![
+                (1, false, Body::Blank),
+                (1, false, Body::Blank),
+                (1, false, Body::Blank),
+            ],
+            commit: None,
+        },
+        Op::Append {
+            vote: elected(6, 2),
+            prev: None,
+            entries: vec![(0, false, Body::Blank)],
+            commit: Some((0, 1)),
+        },
+    ])
+    .await;
+}

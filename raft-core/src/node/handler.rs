@@ -217,11 +217,12 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
 
     fn append_entries(
         &self,
-        req: rpc::AppendEntriesRequest,
+        mut req: rpc::AppendEntriesRequest,
     ) -> BoxFuture<'_, Result<rpc::AppendEntriesResponse, RpcHandlerError>> {
         async move {
             validate::append(&req, self.id)?;
             validate::agrees_with_committed(&req, &self.known())?;
+            validate::clamp_commit(&mut req);
             self.raft
                 .append_entries(req)
                 .await
@@ -284,6 +285,10 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
                     *crate::sync::lock(&fail) = Some(e);
                 }
                 futures_util::future::ready(ok)
+            })
+            .map(|mut req| {
+                validate::clamp_commit(&mut req);
+                req
             })
             .boxed();
         let tail = futures_util::stream::once(async move { crate::sync::lock(&failure).take() })
