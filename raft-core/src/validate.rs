@@ -149,14 +149,16 @@ pub(crate) fn append(req: &rpc::AppendEntriesRequest, me: NodeId) -> Result<(), 
 /// Limits the commit index `req` carries to the last log id it names (its last entry, or its
 /// previous log id when it has none).
 ///
-/// openraft commits the lesser of the leader's commit index and the last log id it has accepted
-/// from that leader, and what it has accepted does not go back when the same leader rewrites its
-/// own earlier, uncommitted entries. An honest leader never does; a forged or broken one can
-/// (three entries, then one entry at index 0 with a commit index of 1): openraft would then
-/// commit an index the log no longer holds, and its own state check stops the node. Limited here,
-/// a commit never reaches past what the request itself put in the log. An honest leader loses
-/// nothing: a commit past this request reaches the follower with its next request or heartbeat,
-/// which names the entries the follower holds.
+/// openraft commits the lesser of the largest leader commit it has received and the last log id
+/// it has accepted from that leader, and what it has accepted does not go back when the same
+/// leader rewrites its own earlier, uncommitted entries. An honest leader never does; a forged or
+/// broken one can (three entries, then one entry at index 0 with a commit index of 1): openraft
+/// would then commit an index the log no longer holds, and its own state check stops the node.
+/// Limited here, a request openraft takes never commits past what it names. A request openraft
+/// refuses because its previous log id conflicts with the log still truncates the log and still
+/// moves the commit, so a same-leader rewrite of that form is not covered. An honest leader's
+/// commit can only be delayed, to its next request or heartbeat (a heartbeat names what the
+/// leader knows the follower holds), at most one heartbeat interval.
 pub(crate) fn clamp_commit(req: &mut rpc::AppendEntriesRequest) {
     let last = req.entries.last().map(|e| e.log_id).or(req.prev_log_id);
     req.leader_commit = req.leader_commit.and_then(|c| std::cmp::min(Some(c), last));
