@@ -555,36 +555,43 @@ mod tests {
 
     #[test]
     fn a_commit_is_limited_to_the_last_log_id_the_request_names() {
-        let mut r = req(3, Some((1, 3)), vec![entry(1, 4), entry(2, 5)]);
-        r.leader_commit = Some(types::log_id(2, 1, 9));
-        clamp_commit(&mut r);
-        assert_eq!(
-            r.leader_commit,
-            Some(types::log_id(2, 1, 5)),
-            "past its last entry"
-        );
-        r.leader_commit = Some(types::log_id(1, 1, 4));
-        clamp_commit(&mut r);
-        assert_eq!(
-            r.leader_commit,
-            Some(types::log_id(1, 1, 4)),
-            "within it: unchanged"
-        );
-
-        let mut heartbeat = req(3, Some((1, 3)), Vec::new());
-        heartbeat.leader_commit = Some(types::log_id(2, 1, 9));
-        clamp_commit(&mut heartbeat);
-        assert_eq!(
-            heartbeat.leader_commit,
-            Some(types::log_id(1, 1, 3)),
-            "its previous log id"
-        );
-        let mut from_nothing = req(3, None, Vec::new());
-        from_nothing.leader_commit = Some(types::log_id(2, 1, 9));
-        clamp_commit(&mut from_nothing);
-        assert_eq!(
-            from_nothing.leader_commit, None,
-            "a request naming no entry commits none"
-        );
+        let two = || vec![entry(1, 4), entry(2, 5)];
+        let cases = [
+            (
+                Some((1, 3)),
+                two(),
+                (2, 9),
+                Some((2, 5)),
+                "past its last entry",
+            ),
+            (
+                Some((1, 3)),
+                two(),
+                (1, 4),
+                Some((1, 4)),
+                "within it: unchanged",
+            ),
+            (
+                Some((1, 3)),
+                Vec::new(),
+                (2, 9),
+                Some((1, 3)),
+                "its previous log id",
+            ),
+            (
+                None,
+                Vec::new(),
+                (2, 9),
+                None,
+                "a request naming no entry commits none",
+            ),
+        ];
+        for (prev, entries, (term, index), want, what) in cases {
+            let mut r = req(3, prev, entries);
+            r.leader_commit = Some(types::log_id(term, 1, index));
+            clamp_commit(&mut r);
+            let want = want.map(|(t, i)| types::log_id(t, 1, i));
+            assert_eq!(r.leader_commit, want, "{what}");
+        }
     }
 }

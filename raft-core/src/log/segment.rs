@@ -131,12 +131,12 @@ impl Segment {
         let tmp = dir.join(format!("{name}.tmp"));
         let salt: u32 = rand::random();
         let records = first(Salt::new(salt))?;
+        let end = HEADER_LEN + records.len() as u64;
         {
             let mut f = File::create(&tmp).map_err(at("create", &tmp))?;
             f.write_all(&header(first_index, salt))
                 .and_then(|()| f.write_all(&records))
                 .map_err(at("write", &tmp))?;
-            let end = HEADER_LEN + records.len() as u64;
             fsutil::preallocate(&f, capacity.max(end)).map_err(at("preallocate", &tmp))?;
             f.sync_all().map_err(at("fsync", &tmp))?;
         }
@@ -152,7 +152,7 @@ impl Segment {
             path: path.into(),
             file: Arc::new(file),
         };
-        Ok((seg, Salt::new(salt), HEADER_LEN + records.len() as u64))
+        Ok((seg, Salt::new(salt), end))
     }
 
     /// Opens an existing segment of either format and checks that its header matches its name.

@@ -6,8 +6,9 @@
 //!
 //! Record payloads are the postcard encoding of [`WalRecord`]: a log entry, a "committed" marker,
 //! or a `Synced` record vouching for what was durable (synced.rs). Markers are appended in front
-//! of the next batch of entries rather than written on their own, so persisting the commit index costs no extra I/O; it is advisory
-//! (openraft only uses it to replay the state machine faster after a restart).
+//! of the next batch of entries rather than written on their own, so persisting the commit index
+//! costs no extra I/O; it is advisory (openraft only uses it to replay the state machine faster
+//! after a restart).
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
@@ -654,8 +655,7 @@ impl Wal {
 
     /// Keeps `buf` for the next batch, shrunk back to [`KEEP_BUF_BYTES`] if one large batch grew
     /// it past that: a single 64 MiB write must not hold 64 MiB for the life of the log.
-    fn keep_buf(&mut self, buf: Vec<u8>) {
-        let mut buf = buf;
+    fn keep_buf(&mut self, mut buf: Vec<u8>) {
         if buf.capacity() > KEEP_BUF_BYTES {
             buf.clear();
             buf.shrink_to(KEEP_BUF_BYTES);
@@ -759,14 +759,12 @@ impl Wal {
         let Some(a) = &self.active else {
             return Ok(());
         };
-        match self.synced.of(a.seg.first_index) {
-            Some(offset) if offset > self.testified => {
-                frame(a.salt, &WalRecord::Synced(offset), buf)?;
-                self.testified = offset;
-                Ok(())
-            }
-            _ => Ok(()),
+        let newer = self.synced.of(a.seg.first_index);
+        if let Some(offset) = newer.filter(|&o| o > self.testified) {
+            frame(a.salt, &WalRecord::Synced(offset), buf)?;
+            self.testified = offset;
         }
+        Ok(())
     }
 
     /// Writes `buf` at the active segment's write offset and publishes `pending` to readers.
