@@ -119,6 +119,8 @@ pub(crate) struct Inner<S: StateMachine> {
     snapshots: Arc<SnapshotStore>,
     snapshot_health: Arc<SnapshotHealth>,
     log_stats: LogStatsHandle,
+    /// What the log holds, for checking a leader's requests against it.
+    log_ids: crate::log::LogIds,
     space: Arc<Space>,
     cluster: Arc<ClusterIdentity>,
     /// Set while a backup is being written (one at a time).
@@ -235,6 +237,7 @@ impl<S: StateMachine> Node<S> {
         log.set_append_budget(config.max_append_bytes);
         let snapshots = Arc::new(snapshots);
         let log_stats = log.stats_handle();
+        let log_ids = log.ids();
         #[cfg(feature = "testing")]
         let power = log.power_switch();
         #[cfg(feature = "testing")]
@@ -274,6 +277,7 @@ impl<S: StateMachine> Node<S> {
                 snapshots,
                 snapshot_health,
                 log_stats,
+                log_ids,
                 space,
                 cluster,
                 exporting: Arc::default(),

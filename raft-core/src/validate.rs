@@ -146,22 +146,43 @@ pub(crate) fn append(req: &rpc::AppendEntriesRequest, me: NodeId) -> Result<(), 
     Ok(())
 }
 
-/// Limits the commit index `req` carries to the last log id it names (its last entry, or its
-/// previous log id when it has none).
+/// Limits the commit index `req` carries to what this node can take whatever openraft makes of
+/// the request; `log` gives the log id of the entry this node's log holds at an index.
 ///
-/// openraft commits the lesser of the largest leader commit it has received and the last log id
-/// it has accepted from that leader, and what it has accepted does not go back when the same
-/// leader rewrites its own earlier, uncommitted entries. An honest leader never does; a forged or
-/// broken one can (three entries, then one entry at index 0 with a commit index of 1): openraft
-/// would then commit an index the log no longer holds, and its own state check stops the node.
-/// Limited here, a request openraft takes never commits past what it names. A request openraft
-/// refuses because its previous log id conflicts with the log still truncates the log and still
-/// moves the commit, so a same-leader rewrite of that form is not covered. An honest leader's
-/// commit can only be delayed, to its next request or heartbeat (a heartbeat names what the
-/// leader knows the follower holds), at most one heartbeat interval.
-pub(crate) fn clamp_commit(req: &mut rpc::AppendEntriesRequest) {
+/// openraft commits the lesser of the largest commit index it has received from the current
+/// leader and the last log id it has accepted from that leader, for a request it refuses as well
+/// as for one it takes, and what it has accepted does not go back when the same leader's
+/// requests cut the log below it. An honest leader never cuts what it has sent; a forged or
+/// broken one can, and openraft would then commit an index the log no longer holds (its own
+/// state check stops the node). So a commit index is taken only:
+/// - from a request that continues this log: one whose previous log id the log holds now.
+///   openraft refuses any other (its previous log id is missing or another entry's), and may
+///   cut the log for it;
+/// - when the log holds no other entry at the commit index's position;
+/// - up to the last log id the request names (its last entry, or its previous log id): a
+///   request openraft takes may rewrite the same leader's earlier entries.
+///
+/// An honest leader's commit can only be delayed: to a request that arrives once the one before
+/// it is in the log (a pipelined request can arrive first), or to its next heartbeat, which names
+/// what the leader knows the follower holds (at most one heartbeat interval, 50 ms by default).
+///
+/// The log is read when the request arrives, not when openraft takes it: requests of one leader
+/// that arrive at once, on several connections, can still change the log in between. One
+/// leader's requests on one connection, or one after another, cannot.
+pub(crate) fn limit_commit(
+    req: &mut rpc::AppendEntriesRequest,
+    log: impl Fn(u64) -> Option<LogId>,
+) {
+    let Some(commit) = req.leader_commit else {
+        return;
+    };
+    let continues = req.prev_log_id.is_none_or(|p| log(p.index) == Some(p));
+    let contradicts = log(commit.index).is_some_and(|ours| ours != commit);
     let last = req.entries.last().map(|e| e.log_id).or(req.prev_log_id);
-    req.leader_commit = req.leader_commit.and_then(|c| std::cmp::min(Some(c), last));
+    req.leader_commit = match continues && !contradicts {
+        true => std::cmp::min(Some(commit), last),
+        false => None,
+    };
 }
 
 /// Two log ids that can be in one log: a later index never has an earlier leader, and one index
@@ -554,7 +575,9 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_is_limited_to_the_last_log_id_the_request_names() {
+    fn a_commit_is_taken_only_from_a_request_that_continues_the_log() {
+        // The log holds entries 0 to 3 of term 1.
+        let log = |index: u64| (index <= 3).then(|| types::log_id(1, 1, index));
         let two = || vec![entry(1, 4), entry(2, 5)];
         let cases = [
             (
@@ -562,7 +585,7 @@ mod tests {
                 two(),
                 (2, 9),
                 Some((2, 5)),
-                "past its last entry",
+                "past its last entry: its last entry",
             ),
             (
                 Some((1, 3)),
@@ -576,7 +599,7 @@ mod tests {
                 Vec::new(),
                 (2, 9),
                 Some((1, 3)),
-                "its previous log id",
+                "past its previous log id: that",
             ),
             (
                 None,
@@ -585,11 +608,32 @@ mod tests {
                 None,
                 "a request naming no entry commits none",
             ),
+            (
+                Some((2, 3)),
+                Vec::new(),
+                (2, 3),
+                None,
+                "a previous log id the log holds another entry for",
+            ),
+            (
+                Some((1, 7)),
+                Vec::new(),
+                (1, 7),
+                None,
+                "a previous log id past the log",
+            ),
+            (
+                Some((1, 3)),
+                Vec::new(),
+                (0, 2),
+                None,
+                "a commit index the log holds another entry for",
+            ),
         ];
         for (prev, entries, (term, index), want, what) in cases {
             let mut r = req(3, prev, entries);
             r.leader_commit = Some(types::log_id(term, 1, index));
-            clamp_commit(&mut r);
+            limit_commit(&mut r, log);
             let want = want.map(|(t, i)| types::log_id(t, 1, i));
             assert_eq!(r.leader_commit, want, "{what}");
         }

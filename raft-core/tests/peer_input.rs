@@ -420,8 +420,6 @@ async fn requests_that_speak_as_the_receiver_are_refused() {
     node.shutdown().await.expect("shutdown");
 }
 
-/// A snapshot from a valid leader whose state does not decode is refused before install: the
-/// node keeps serving (a failed restore would have stopped it).
 /// An elected leader's vote.
 fn elected(term: u64, node_id: u64) -> Vote {
     Vote {
@@ -443,6 +441,8 @@ async fn run_without_panics(ops: Vec<Op>) {
     );
 }
 
+/// A snapshot from a valid leader whose state does not decode is refused before install: the
+/// node keeps serving (a failed restore would have stopped it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_whose_state_does_not_read_is_refused() {
     run_without_panics(vec![Op::Snapshot {
@@ -715,4 +715,59 @@ async fn a_commit_past_a_same_leader_rewrite_is_limited_to_the_rewrite() {
         },
     ])
     .await;
+}
+
+/// Three entries from one leader (terms 1 to 3 at indexes 0 to 2), then requests of the same
+/// leader that openraft refuses, each with a commit index: openraft had accepted index 2 under
+/// that vote and moves the commit for a refused request too, so it would commit an index the log
+/// no longer holds, and its own state check stopped the node. A commit index is taken only from
+/// a request whose previous log id the log holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_requests_commit_index_moves_nothing() {
+    let three = || Op::Append {
+        vote: elected(6, 2),
+        prev: None,
+        entries: vec![
+            (1, false, Body::Blank),
+            (1, false, Body::Blank),
+            (1, false, Body::Blank),
+        ],
+        commit: None,
+    };
+    let cases = [
+        (
+            "a previous log id that conflicts with the log, which cuts it to index 0",
+            vec![Op::Append {
+                vote: elected(6, 2),
+                prev: Some((5, 1)),
+                entries: Vec::new(),
+                commit: Some((5, 1)),
+            }],
+        ),
+        (
+            "a previous log id past the log, after such a request cut it to index 0",
+            vec![
+                Op::Append {
+                    vote: elected(6, 2),
+                    prev: Some((5, 1)),
+                    entries: Vec::new(),
+                    commit: None,
+                },
+                Op::Append {
+                    vote: elected(6, 2),
+                    prev: Some((3, 7)),
+                    entries: Vec::new(),
+                    commit: Some((3, 7)),
+                },
+            ],
+        ),
+    ];
+    for (what, then) in cases {
+        let watch = PanicWatch::start();
+        let ops = std::iter::once(three()).chain(then).collect();
+        tokio::time::timeout(Duration::from_secs(30), run(ops))
+            .await
+            .expect("bounded");
+        assert_eq!(panics(&watch), Vec::<String>::new(), "{what}");
+    }
 }

@@ -60,6 +60,15 @@ impl MemLog {
         (g.purged, last)
     }
 
+    /// The log id of the entry at `index`, or the purged log id at its index.
+    pub fn id_at(&self, index: u64) -> Option<LogId> {
+        let g = self.lock();
+        match g.purged {
+            Some(p) if p.index == index => Some(p),
+            _ => g.entries.get(&index).map(|e| e.log_id),
+        }
+    }
+
     pub fn read_range(&self, start: u64, end: u64) -> Vec<Entry> {
         if start >= end {
             return Vec::new();

@@ -315,6 +315,22 @@ pub struct LogReader {
     append_budget: usize,
 }
 
+/// What a node's log holds, as its RPC handler checks a peer's request against it: the log ids
+/// of the entries as they are now (appended entries show before they are durable).
+#[derive(Clone)]
+pub(crate) struct LogIds(ReaderBackend);
+
+impl LogIds {
+    /// The log id of the entry at `index`, or the last purged log id at its index; `None` for
+    /// an index before it or past the last entry.
+    pub(crate) fn at(&self, index: u64) -> Option<LogId> {
+        match &self.0 {
+            ReaderBackend::Durable(view) => view.read().id_at(index),
+            ReaderBackend::Memory(m) => m.id_at(index),
+        }
+    }
+}
+
 #[derive(Clone)]
 enum ReaderBackend {
     Durable(SharedView),
@@ -368,6 +384,18 @@ impl LogStore {
         match &self.backend {
             Backend::Durable(wal) => wal.view().read().purged(),
             Backend::Memory(m) => m.state().0,
+        }
+    }
+
+    /// A live view of the log ids this log holds (see [`LogIds`]).
+    pub(crate) fn ids(&self) -> LogIds {
+        LogIds(self.reader_backend())
+    }
+
+    fn reader_backend(&self) -> ReaderBackend {
+        match &self.backend {
+            Backend::Durable(wal) => ReaderBackend::Durable(wal.view()),
+            Backend::Memory(m) => ReaderBackend::Memory(m.clone()),
         }
     }
 
@@ -588,12 +616,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn get_log_reader(&mut self) -> LogReader {
-        let backend = match &self.backend {
-            Backend::Durable(wal) => ReaderBackend::Durable(wal.view()),
-            Backend::Memory(m) => ReaderBackend::Memory(m.clone()),
-        };
         LogReader {
-            backend,
+            backend: self.reader_backend(),
             append_budget: self.append_budget,
         }
     }

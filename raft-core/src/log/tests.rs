@@ -163,6 +163,15 @@ impl Model {
         assert_eq!(got, want, "entries");
         let mut r = log.get_log_reader().await;
         assert_eq!(r.read_vote().await.unwrap(), self.vote, "vote");
+        // The log ids a peer's request is checked against, at every index and one past the end.
+        let ids = log.ids();
+        for index in 0..self.last().map_or(1, |l| l.index + 2) {
+            let want = match self.purged {
+                Some(p) if p.index == index => Some(p),
+                _ => self.entries.get(&index).map(|e| e.log_id),
+            };
+            assert_eq!(ids.at(index), want, "log id at {index}");
+        }
     }
 }
 

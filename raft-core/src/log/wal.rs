@@ -48,6 +48,7 @@ use crate::disk::DiskVote;
 use crate::fsutil;
 use crate::fsutil::at;
 use crate::types::Entry;
+use crate::types::LeaderId;
 use crate::types::LogId;
 use crate::types::NodeId;
 use crate::types::Vote;
@@ -153,6 +154,10 @@ pub(crate) struct View {
     /// Index of `locs[0]`.
     pub(super) first: u64,
     pub(super) locs: VecDeque<Loc>,
+    /// The leader of every live entry, as runs: `(first index, leader)` in index order, one per
+    /// change of leader, the last reaching the last entry. There are few (one per term the live
+    /// log spans), so a log id a peer names is checked against the log without reading it.
+    leaders: VecDeque<(u64, LeaderId)>,
     /// Decoded copies of the newest entries with their record sizes; `cache[0]` has index
     /// `cache_first`.
     cache: VecDeque<(Entry, usize)>,
@@ -175,6 +180,7 @@ impl View {
             segments: BTreeMap::new(),
             first: 0,
             locs: VecDeque::new(),
+            leaders: VecDeque::new(),
             cache: VecDeque::new(),
             cache_first: 0,
             cache_cap: opts.cache_entries,
@@ -206,9 +212,34 @@ impl View {
         self.last
     }
 
+    /// The log id of the entry at `index`: a live entry's, or the purged log id at its index;
+    /// `None` for any other index.
+    pub fn id_at(&self, index: u64) -> Option<LogId> {
+        if let Some(p) = self.purged
+            && p.index == index
+        {
+            return Some(p);
+        }
+        if index < self.first || index >= self.end() {
+            return None;
+        }
+        let run = self.leaders.partition_point(|(first, _)| *first <= index);
+        let (_, leader) = self.leaders.get(run.checked_sub(1)?)?;
+        Some(LogId::new(*leader, index))
+    }
+
     pub(super) fn push(&mut self, loc: Loc, entry: Entry) {
         if self.locs.is_empty() {
             self.first = entry.log_id.index;
+            self.leaders.clear();
+        }
+        if self
+            .leaders
+            .back()
+            .is_none_or(|(_, leader)| *leader != entry.log_id.leader_id)
+        {
+            self.leaders
+                .push_back((entry.log_id.index, entry.log_id.leader_id));
         }
         if self.cache.is_empty() {
             self.cache_first = entry.log_id.index;
@@ -289,6 +320,13 @@ impl View {
         self.cuts += 1;
         let keep = index.saturating_sub(self.first) as usize;
         self.locs.truncate(keep);
+        while self
+            .leaders
+            .back()
+            .is_some_and(|(first, _)| *first >= index)
+        {
+            self.leaders.pop_back();
+        }
         let keep_cache = index.saturating_sub(self.cache_first) as usize;
         while self.cache.len() > keep_cache {
             if let Some((_, size)) = self.cache.pop_back() {
@@ -308,6 +346,14 @@ impl View {
         }
         if self.locs.is_empty() {
             self.first = upto.index + 1;
+            self.leaders.clear();
+        }
+        while self
+            .leaders
+            .get(1)
+            .is_some_and(|(first, _)| *first <= self.first)
+        {
+            self.leaders.pop_front();
         }
         while self.cache_first <= upto.index && !self.cache.is_empty() {
             self.pop_cached();

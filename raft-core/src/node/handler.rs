@@ -18,6 +18,7 @@ use crate::apply::SmShared;
 use crate::cluster_id::ClusterId;
 use crate::cluster_id::ClusterIdentity;
 use crate::incarnation::IncarnationError;
+use crate::log::LogIds;
 use crate::metrics::Role;
 use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotStore;
@@ -57,6 +58,7 @@ pub(super) struct Handler<S: StateMachine> {
     sm: Arc<SmShared<S>>,
     incarnation: u64,
     binding: Arc<Mutex<BTreeSet<NodeId>>>,
+    log: LogIds,
 }
 
 impl<S: StateMachine> Handler<S> {
@@ -70,6 +72,7 @@ impl<S: StateMachine> Handler<S> {
             sm: inner.sm.clone(),
             incarnation: inner.incarnation,
             binding: inner.binding.clone(),
+            log: inner.log_ids.clone(),
         }
     }
 
@@ -222,7 +225,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         async move {
             validate::append(&req, self.id)?;
             validate::agrees_with_committed(&req, &self.known())?;
-            validate::clamp_commit(&mut req);
+            validate::limit_commit(&mut req, |index| self.log.at(index));
             self.raft
                 .append_entries(req)
                 .await
@@ -276,6 +279,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         // A malformed request ends the input; the sender learns why after the answers so far.
         let failure: Arc<Mutex<Option<RpcHandlerError>>> = Arc::default();
         let fail = failure.clone();
+        let log = self.log.clone();
         let input = input
             .take_while(move |req| {
                 let checked = validate::append(req, id)
@@ -286,8 +290,8 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
                 }
                 futures_util::future::ready(ok)
             })
-            .map(|mut req| {
-                validate::clamp_commit(&mut req);
+            .map(move |mut req| {
+                validate::limit_commit(&mut req, |index| log.at(index));
                 req
             })
             .boxed();
