@@ -368,6 +368,9 @@ impl Config {
         let cfg = openraft::Config {
             cluster_name: self.cluster_name.clone(),
             heartbeat_interval: hb,
+            // Every heartbeat is sent, also while replication flows: a follower may take a
+            // leader's commit index from a heartbeat only (`validate::limit_commit`).
+            heartbeat_min_interval: Some(0),
             election_timeout_min: et,
             election_timeout_max: 2 * et,
             snapshot_policy: policy,

@@ -63,6 +63,7 @@ mod combine;
 mod errors;
 mod handler;
 mod quorum;
+mod shadow;
 mod stop;
 mod transport;
 

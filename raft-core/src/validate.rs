@@ -147,7 +147,9 @@ pub(crate) fn append(req: &rpc::AppendEntriesRequest, me: NodeId) -> Result<(), 
 }
 
 /// Limits the commit index `req` carries to what this node can take whatever openraft makes of
-/// the request; `log` gives the log id of the entry this node's log holds at an index.
+/// the request, and says whether the request continues the log. `log` gives the log id of the
+/// entry the log will hold at an index when openraft takes the request (the log as it is, or as
+/// the requests ahead of it on its stream will leave it: see `node::shadow`).
 ///
 /// openraft commits the lesser of the largest commit index it has received from the current
 /// leader and the last log id it has accepted from that leader, for a request it refuses as well
@@ -155,34 +157,36 @@ pub(crate) fn append(req: &rpc::AppendEntriesRequest, me: NodeId) -> Result<(), 
 /// requests cut the log below it. An honest leader never cuts what it has sent; a forged or
 /// broken one can, and openraft would then commit an index the log no longer holds (its own
 /// state check stops the node). So a commit index is taken only:
-/// - from a request that continues this log: one whose previous log id the log holds now.
-///   openraft refuses any other (its previous log id is missing or another entry's), and may
-///   cut the log for it;
-/// - when the log holds no other entry at the commit index's position;
+/// - from a request that continues the log: one whose previous log id the log holds. openraft
+///   refuses a request whose previous log id is missing or another entry's, above its own
+///   commit, and may cut the log for it;
+/// - when it is one of the request's own entries, or the log holds exactly it (a commit index
+///   the log holds another entry for, or one it has purged, is dropped: an honest leader's is
+///   then one this node committed already);
 /// - up to the last log id the request names (its last entry, or its previous log id): a
 ///   request openraft takes may rewrite the same leader's earlier entries.
 ///
-/// An honest leader's commit can only be delayed: to a request that arrives once the one before
-/// it is in the log (a pipelined request can arrive first), or to its next heartbeat, which names
-/// what the leader knows the follower holds (at most one heartbeat interval, 50 ms by default).
-///
-/// The log is read when the request arrives, not when openraft takes it: requests of one leader
-/// that arrive at once, on several connections, can still change the log in between. One
-/// leader's requests on one connection, or one after another, cannot.
+/// An honest leader's commit can only be delayed, to its next request or heartbeat.
 pub(crate) fn limit_commit(
     req: &mut rpc::AppendEntriesRequest,
     log: impl Fn(u64) -> Option<LogId>,
-) {
-    let Some(commit) = req.leader_commit else {
-        return;
-    };
+) -> bool {
     let continues = req.prev_log_id.is_none_or(|p| log(p.index) == Some(p));
-    let contradicts = log(commit.index).is_some_and(|ours| ours != commit);
+    let Some(commit) = req.leader_commit else {
+        return continues;
+    };
+    // Past the previous log id, the commit index is one of the request's own entries (checked
+    // against them by `append`) or past them, where it is limited below.
+    let held = match req.prev_log_id {
+        Some(p) if commit.index <= p.index => log(commit.index) == Some(commit),
+        _ => true,
+    };
     let last = req.entries.last().map(|e| e.log_id).or(req.prev_log_id);
-    req.leader_commit = match continues && !contradicts {
+    req.leader_commit = match continues && held {
         true => std::cmp::min(Some(commit), last),
         false => None,
     };
+    continues
 }
 
 /// Two log ids that can be in one log: a later index never has an earlier leader, and one index
@@ -576,8 +580,8 @@ mod tests {
 
     #[test]
     fn a_commit_is_taken_only_from_a_request_that_continues_the_log() {
-        // The log holds entries 0 to 3 of term 1.
-        let log = |index: u64| (index <= 3).then(|| types::log_id(1, 1, index));
+        // The log holds entries 2 and 3 of term 1, and was purged up to (1, 1).
+        let log = |index: u64| (1..=3).contains(&index).then(|| types::log_id(1, 1, index));
         let two = || vec![entry(1, 4), entry(2, 5)];
         let cases = [
             (
@@ -629,11 +633,25 @@ mod tests {
                 None,
                 "a commit index the log holds another entry for",
             ),
+            (
+                Some((1, 3)),
+                Vec::new(),
+                (1, 1),
+                Some((1, 1)),
+                "the purged log id",
+            ),
+            (
+                Some((1, 3)),
+                Vec::new(),
+                (1, 0),
+                None,
+                "a commit index the log has purged",
+            ),
         ];
         for (prev, entries, (term, index), want, what) in cases {
             let mut r = req(3, prev, entries);
             r.leader_commit = Some(types::log_id(term, 1, index));
-            limit_commit(&mut r, log);
+            let _ = limit_commit(&mut r, log);
             let want = want.map(|(t, i)| types::log_id(t, 1, i));
             assert_eq!(r.leader_commit, want, "{what}");
         }

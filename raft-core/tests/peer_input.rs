@@ -301,7 +301,7 @@ async fn run(ops: Vec<Op>) {
 /// The panics `watch` saw, but one of openraft's debug checks: that the log a leader has written
 /// only moves forward (`io_progress.rs`). A forged leader that rewrites its own earlier entries
 /// under the same vote trips it, and no check on one request can tell such a rewrite from an
-/// honest resend without reading the log. Release builds skip the check and take the rewrite as
+/// honest resend: the log does not record which vote wrote an entry. Release builds skip the check and take the rewrite as
 /// what it is, a truncation of entries that were never committed.
 fn panics(watch: &PanicWatch) -> Vec<String> {
     let mut seen = watch.panics();
@@ -769,5 +769,48 @@ async fn a_refused_requests_commit_index_moves_nothing() {
             .await
             .expect("bounded");
         assert_eq!(panics(&watch), Vec::<String>::new(), "{what}");
+    }
+}
+
+/// The same cut on one replication stream: openraft takes a stream's next request as soon as the
+/// one before is queued, so a request with a commit index is checked before the refused request
+/// just ahead of it has cut the log, while the log still holds its previous log id. It is judged
+/// against the log the stream's unanswered requests will leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_index_queued_behind_a_cut_on_one_stream_moves_nothing() {
+    use futures_util::StreamExt;
+    for round in 0..5 {
+        let watch = PanicWatch::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let router = Router::new(0);
+        let node = follower(dir.path(), &router).await;
+        let handler = node.rpc_handler();
+        let three = vec![
+            (1, false, Body::Blank),
+            (1, false, Body::Blank),
+            (1, false, Body::Blank),
+        ];
+        let taken = handler
+            .append_entries(append_request(elected(6, 2), None, three, None))
+            .await;
+        assert!(taken.is_ok(), "the three entries are taken: {taken:?}");
+        let requests = vec![
+            append_request(elected(6, 2), Some((5, 1)), Vec::new(), None),
+            append_request(elected(6, 2), Some((3, 2)), Vec::new(), Some((3, 2))),
+        ];
+        let answers: Vec<_> = tokio::time::timeout(
+            Duration::from_secs(10),
+            handler
+                .stream_append(futures_util::stream::iter(requests).boxed())
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("bounded");
+        assert!(!answers.is_empty(), "the stream is answered");
+        node.read(Consistency::Local, |_| ())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the node stopped: {e}"));
+        node.shutdown().await.expect("shutdown");
+        assert_eq!(panics(&watch), Vec::<String>::new(), "round {round}");
     }
 }

@@ -225,7 +225,9 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         async move {
             validate::append(&req, self.id)?;
             validate::agrees_with_committed(&req, &self.known())?;
-            validate::limit_commit(&mut req, |index| self.log.at(index));
+            // A single request is judged against the log as it is (see `shadow` for what that
+            // leaves open).
+            let _ = validate::limit_commit(&mut req, |index| self.log.at(index));
             self.raft
                 .append_entries(req)
                 .await
@@ -279,7 +281,8 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         // A malformed request ends the input; the sender learns why after the answers so far.
         let failure: Arc<Mutex<Option<RpcHandlerError>>> = Arc::default();
         let fail = failure.clone();
-        let log = self.log.clone();
+        let mut shadow = super::shadow::Shadow::new(self.log.clone());
+        let answers = shadow.answers();
         let input = input
             .take_while(move |req| {
                 let checked = validate::append(req, id)
@@ -291,7 +294,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
                 futures_util::future::ready(ok)
             })
             .map(move |mut req| {
-                validate::limit_commit(&mut req, |index| log.at(index));
+                shadow.forward(&mut req);
                 req
             })
             .boxed();
@@ -299,7 +302,10 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
             .filter_map(|f| async move { f.map(Err) });
         self.raft
             .stream_append(input)
-            .map(move |r| r.map_err(|_| RpcHandlerError::Shutdown(id)))
+            .map(move |r| {
+                answers.fetch_add(1, std::sync::atomic::Ordering::Release);
+                r.map_err(|_| RpcHandlerError::Shutdown(id))
+            })
             .chain(tail)
             .boxed()
     }
