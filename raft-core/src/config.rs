@@ -368,8 +368,9 @@ impl Config {
         let cfg = openraft::Config {
             cluster_name: self.cluster_name.clone(),
             heartbeat_interval: hb,
-            // Every heartbeat is sent, also while replication flows: a follower may take a
-            // leader's commit index from a heartbeat only (`validate::limit_commit`).
+            // openraft's default, pinned: every heartbeat is sent, also while replication flows.
+            // A follower may at times take the leader's commit index from heartbeats only
+            // (`validate::limit_commit`, `node::shadow`).
             heartbeat_min_interval: Some(0),
             election_timeout_min: et,
             election_timeout_max: 2 * et,

@@ -158,33 +158,27 @@ pub(crate) fn append(req: &rpc::AppendEntriesRequest, me: NodeId) -> Result<(), 
 /// broken one can, and openraft would then commit an index the log no longer holds (its own
 /// state check stops the node). So a commit index is taken only:
 /// - from a request that continues the log: one whose previous log id the log holds. openraft
-///   refuses a request whose previous log id is missing or another entry's, above its own
-///   commit, and may cut the log for it;
-/// - when it is one of the request's own entries, or the log holds exactly it (a commit index
-///   the log holds another entry for, or one it has purged, is dropped: an honest leader's is
-///   then one this node committed already);
-/// - up to the last log id the request names (its last entry, or its previous log id): a
-///   request openraft takes may rewrite the same leader's earlier entries.
+///   refuses a request whose previous log id is missing or another entry's (above its own
+///   commit), and may cut the log for it;
+/// - up to the request's previous log id, and only if the log holds exactly that entry. The
+///   commit then names an entry the log holds whatever openraft makes of the request: it takes
+///   it (and writes only after the previous log id), or refuses it for an older vote and leaves
+///   the log as it is. A commit index the log holds another entry for, or has purged, is
+///   dropped: an honest leader's is then one this node committed already.
 ///
-/// An honest leader's commit can only be delayed, to its next request or heartbeat.
+/// An honest leader's commit can only be delayed: a commit index among a request's own entries
+/// waits for the next request or heartbeat, whose previous log id covers them.
 pub(crate) fn limit_commit(
     req: &mut rpc::AppendEntriesRequest,
     log: impl Fn(u64) -> Option<LogId>,
 ) -> bool {
     let continues = req.prev_log_id.is_none_or(|p| log(p.index) == Some(p));
-    let Some(commit) = req.leader_commit else {
-        return continues;
-    };
-    // Past the previous log id, the commit index is one of the request's own entries (checked
-    // against them by `append`) or past them, where it is limited below.
-    let held = match req.prev_log_id {
-        Some(p) if commit.index <= p.index => log(commit.index) == Some(commit),
-        _ => true,
-    };
-    let last = req.entries.last().map(|e| e.log_id).or(req.prev_log_id);
-    req.leader_commit = match continues && held {
-        true => std::cmp::min(Some(commit), last),
-        false => None,
+    req.leader_commit = match (req.leader_commit, req.prev_log_id) {
+        (Some(commit), Some(prev)) if continues => {
+            let commit = std::cmp::min(commit, prev);
+            (log(commit.index) == Some(commit)).then_some(commit)
+        }
+        _ => None,
     };
     continues
 }
@@ -242,6 +236,17 @@ fn fits_committed<'a>(
         })?;
     }
     Ok(())
+}
+
+/// Whether every log id `req` names (previous, entries, commit) can be in one log with
+/// `committed` ([`fits_committed`]).
+pub(crate) fn fits(req: &rpc::AppendEntriesRequest, committed: Option<&LogId>) -> bool {
+    let named = req
+        .prev_log_id
+        .iter()
+        .chain(req.entries.iter().map(|e| &e.log_id))
+        .chain(req.leader_commit.iter());
+    fits_committed(named, committed).is_ok()
 }
 
 /// Checks a replication request that this node's vote lets through against the log id it knows
@@ -588,15 +593,15 @@ mod tests {
                 Some((1, 3)),
                 two(),
                 (2, 9),
-                Some((2, 5)),
-                "past its last entry: its last entry",
+                Some((1, 3)),
+                "past its entries: its previous log id",
             ),
             (
                 Some((1, 3)),
                 two(),
                 (1, 4),
-                Some((1, 4)),
-                "within it: unchanged",
+                Some((1, 3)),
+                "among its entries: its previous log id",
             ),
             (
                 Some((1, 3)),
@@ -639,6 +644,13 @@ mod tests {
                 (1, 1),
                 Some((1, 1)),
                 "the purged log id",
+            ),
+            (
+                Some((1, 3)),
+                Vec::new(),
+                (1, 2),
+                Some((1, 2)),
+                "an entry the log holds before the previous log id",
             ),
             (
                 Some((1, 3)),

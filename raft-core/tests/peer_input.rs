@@ -301,8 +301,8 @@ async fn run(ops: Vec<Op>) {
 /// The panics `watch` saw, but one of openraft's debug checks: that the log a leader has written
 /// only moves forward (`io_progress.rs`). A forged leader that rewrites its own earlier entries
 /// under the same vote trips it, and no check on one request can tell such a rewrite from an
-/// honest resend: the log does not record which vote wrote an entry. Release builds skip the check and take the rewrite as
-/// what it is, a truncation of entries that were never committed.
+/// honest resend: the log does not record which vote wrote an entry. Release builds skip the
+/// check and take the rewrite as what it is, a truncation of entries that were never committed.
 fn panics(watch: &PanicWatch) -> Vec<String> {
     let mut seen = watch.panics();
     seen.retain(|at| !at.contains("io_state/io_progress.rs"));
@@ -486,9 +486,18 @@ async fn entries_that_contradict_committed_ones_are_refused() {
         (0, false, Body::Blank),
     ];
     handler
-        .append_entries(append_request(elected(5, 2), None, three, Some((1, 2))))
+        .append_entries(append_request(elected(5, 2), None, three, None))
         .await
         .expect("an honest leader's entries are taken");
+    handler
+        .append_entries(append_request(
+            elected(5, 2),
+            Some((1, 2)),
+            Vec::new(),
+            Some((1, 2)),
+        ))
+        .await
+        .expect("and its heartbeat");
     node.wait_for(Duration::from_secs(10), |m| m.commit_index == Some(2))
         .await
         .expect("the entries are committed");

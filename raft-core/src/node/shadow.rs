@@ -12,11 +12,17 @@
 //!   before it leave it, the log will be the log as it is below the first index they write, then
 //!   their entries. An honest leader's stream is always such a chain;
 //! - after anything else (a request that does not continue the log, which openraft refuses and
-//!   may cut it for, another leader's request, or a chain of more leaders than [`MAX_RUNS`]),
-//!   nothing is known until every request is answered, and commit indexes are dropped until then.
+//!   may cut it for, another leader's request, a chain of more leaders than [`MAX_RUNS`], or a
+//!   request naming a log id that cannot be in one log with the largest commit index the stream
+//!   has let through), nothing is known until every request is answered, and commit indexes are
+//!   dropped until then. (openraft takes an entry at or below its commit index as held without
+//!   comparing it, so such a request's entries may not be written.)
 //!
-//! Requests of one leader arriving at once on several streams or as concurrent single requests
-//! can still change the log between the check and openraft; each is checked on its own.
+//! Each stream is judged on its own, and single requests against the log as it is: requests of
+//! one leader arriving at once on several streams (heartbeats have their own) or as concurrent
+//! single requests can still change the log, or openraft's commit index, between the check and
+//! openraft. Closing that needs openraft to leave the commit index alone for a request it
+//! refuses.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -103,6 +109,9 @@ pub(super) struct Shadow {
     log: LogIds,
     /// `None` when nothing is known until every forwarded request is answered.
     chain: Option<Chain>,
+    /// The largest commit index the stream has let through: openraft's may be that far ahead of
+    /// what its metrics show.
+    committed: Option<LogId>,
     forwarded: u64,
     answered: Arc<AtomicU64>,
 }
@@ -112,6 +121,7 @@ impl Shadow {
         Shadow {
             log,
             chain: Some(Chain::settled()),
+            committed: None,
             forwarded: 0,
             answered: Arc::default(),
         }
@@ -124,16 +134,20 @@ impl Shadow {
 
     /// Limits the commit index of `req`, the stream's next request, as
     /// [`validate::limit_commit`] does against the log openraft will have when it takes it, and
-    /// counts it as forwarded.
-    pub(super) fn forward(&mut self, req: &mut rpc::AppendEntriesRequest) {
+    /// counts it as forwarded. `known` is the commit index openraft's metrics show.
+    pub(super) fn forward(&mut self, req: &mut rpc::AppendEntriesRequest, known: Option<LogId>) {
         // Answers are counted after openraft has handled the request, and what it wrote is in
         // the log's view by then.
         if self.answered.load(Ordering::Acquire) == self.forwarded {
             self.chain = Some(Chain::settled());
         }
         self.forwarded += 1;
+        let committed = std::cmp::max(self.committed, known);
         self.chain = match self.chain.take() {
-            Some(mut chain) if chain.vote.is_none_or(|v| v == req.vote) => {
+            Some(mut chain)
+                if chain.vote.is_none_or(|v| v == req.vote)
+                    && validate::fits(req, committed.as_ref()) =>
+            {
                 let continues = validate::limit_commit(req, |index| chain.at(index, &self.log));
                 if continues {
                     chain.extend(req);
@@ -145,6 +159,7 @@ impl Shadow {
                 None
             }
         };
+        self.committed = std::cmp::max(self.committed, req.leader_commit);
     }
 }
 
@@ -188,7 +203,7 @@ mod tests {
     }
 
     fn commit_after(shadow: &mut Shadow, mut r: rpc::AppendEntriesRequest) -> Option<(u64, u64)> {
-        shadow.forward(&mut r);
+        shadow.forward(&mut r, None);
         r.leader_commit.map(|c| (c.leader_id.term, c.index))
     }
 
@@ -222,10 +237,11 @@ mod tests {
             // An entry-less request with a commit past what the chain wrote: limited to its
             // previous log id.
             (req(Some((3, 5)), &[], Some((3, 9))), Some((3, 5))),
-            // Rewriting the chain's own entry 5: continues (previous log id (3, 4)).
+            // Rewriting the chain's own entry 5: continues (previous log id (3, 4)). A commit
+            // index among its own entries waits for a request that follows them.
             (
                 req(Some((3, 4)), &[(3, 5), (3, 6)], Some((3, 6))),
-                Some((3, 6)),
+                Some((3, 4)),
             ),
             // Entry 6 of another leader than the chain wrote: does not continue.
             (req(Some((2, 6)), &[], Some((2, 6))), None),
@@ -264,5 +280,28 @@ mod tests {
         let mut other = req(Some((3, 3)), &[], Some((3, 3)));
         other.vote = Vote::new_committed(VOTE + 1, 2);
         assert_eq!(commit_after(&mut s, other), None);
+    }
+
+    #[test]
+    fn a_request_contradicting_a_commit_the_stream_let_through_ends_the_chain() {
+        let mut s = shadow();
+        assert_eq!(
+            commit_after(&mut s, req(Some((2, 2)), &[(3, 3), (3, 4)], None)),
+            None
+        );
+        assert_eq!(
+            commit_after(&mut s, req(Some((3, 4)), &[], Some((3, 4)))),
+            Some((3, 4))
+        );
+        // (4, 3) cannot be in one log with (3, 4): openraft, having committed (3, 4), would take
+        // it as held and not write it.
+        assert_eq!(
+            commit_after(&mut s, req(Some((2, 2)), &[(4, 3)], None)),
+            None
+        );
+        assert_eq!(
+            commit_after(&mut s, req(Some((4, 3)), &[], Some((4, 3)))),
+            None
+        );
     }
 }
