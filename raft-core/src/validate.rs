@@ -238,17 +238,6 @@ fn fits_committed<'a>(
     Ok(())
 }
 
-/// Whether every log id `req` names (previous, entries, commit) can be in one log with
-/// `committed` ([`fits_committed`]).
-pub(crate) fn fits(req: &rpc::AppendEntriesRequest, committed: Option<&LogId>) -> bool {
-    let named = req
-        .prev_log_id
-        .iter()
-        .chain(req.entries.iter().map(|e| &e.log_id))
-        .chain(req.leader_commit.iter());
-    fits_committed(named, committed).is_ok()
-}
-
 /// Checks a replication request that this node's vote lets through against the log id it knows
 /// to be committed ([`fits_committed`]): a leader elected at or after this node's vote holds
 /// every entry committed before it, so each log id the request names (previous, entries,
@@ -588,12 +577,14 @@ mod tests {
         // The log holds entries 2 and 3 of term 1, and was purged up to (1, 1).
         let log = |index: u64| (1..=3).contains(&index).then(|| types::log_id(1, 1, index));
         let two = || vec![entry(1, 4), entry(2, 5)];
+        // (previous log id, entries, commit index, commit kept, continues, what)
         let cases = [
             (
                 Some((1, 3)),
                 two(),
                 (2, 9),
                 Some((1, 3)),
+                true,
                 "past its entries: its previous log id",
             ),
             (
@@ -601,6 +592,7 @@ mod tests {
                 two(),
                 (1, 4),
                 Some((1, 3)),
+                true,
                 "among its entries: its previous log id",
             ),
             (
@@ -608,6 +600,7 @@ mod tests {
                 Vec::new(),
                 (2, 9),
                 Some((1, 3)),
+                true,
                 "past its previous log id: that",
             ),
             (
@@ -615,6 +608,7 @@ mod tests {
                 Vec::new(),
                 (2, 9),
                 None,
+                true,
                 "a request naming no entry commits none",
             ),
             (
@@ -622,6 +616,7 @@ mod tests {
                 Vec::new(),
                 (2, 3),
                 None,
+                false,
                 "a previous log id the log holds another entry for",
             ),
             (
@@ -629,6 +624,7 @@ mod tests {
                 Vec::new(),
                 (1, 7),
                 None,
+                false,
                 "a previous log id past the log",
             ),
             (
@@ -636,6 +632,7 @@ mod tests {
                 Vec::new(),
                 (0, 2),
                 None,
+                true,
                 "a commit index the log holds another entry for",
             ),
             (
@@ -643,6 +640,7 @@ mod tests {
                 Vec::new(),
                 (1, 1),
                 Some((1, 1)),
+                true,
                 "the purged log id",
             ),
             (
@@ -650,6 +648,7 @@ mod tests {
                 Vec::new(),
                 (1, 2),
                 Some((1, 2)),
+                true,
                 "an entry the log holds before the previous log id",
             ),
             (
@@ -657,13 +656,14 @@ mod tests {
                 Vec::new(),
                 (1, 0),
                 None,
+                true,
                 "a commit index the log has purged",
             ),
         ];
-        for (prev, entries, (term, index), want, what) in cases {
+        for (prev, entries, (term, index), want, continues, what) in cases {
             let mut r = req(3, prev, entries);
             r.leader_commit = Some(types::log_id(term, 1, index));
-            let _ = limit_commit(&mut r, log);
+            assert_eq!(limit_commit(&mut r, log), continues, "{what}: continues");
             let want = want.map(|(t, i)| types::log_id(t, 1, i));
             assert_eq!(r.leader_commit, want, "{what}");
         }

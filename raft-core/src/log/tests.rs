@@ -93,6 +93,34 @@ async fn openraft_storage_suite_memory() {
     Suite::test_all(MemoryBuilder).await.unwrap();
 }
 
+#[tokio::test]
+async fn the_memory_log_names_the_log_id_at_each_index() {
+    let mut log = LogStore::memory();
+    let entries: Vec<Entry> = (0..8).map(|i| entry(1 + i / 5, i, 8)).collect();
+    append(&mut log, entries).await;
+    log.purge(types::log_id(1, 1, 2)).await.unwrap();
+    log.truncate_after(Some(types::log_id(2, 1, 6)))
+        .await
+        .unwrap();
+    let ids = log.ids();
+    let got: Vec<Option<u64>> = (0..9)
+        .map(|i| ids.at(i).map(|id| id.leader_id.term))
+        .collect();
+    // Purged below 2, the purged log id at 2, terms 1 and 2 up to 6, nothing after.
+    let want = [
+        None,
+        None,
+        Some(1),
+        Some(1),
+        Some(1),
+        Some(2),
+        Some(2),
+        None,
+        None,
+    ];
+    assert_eq!(got, want);
+}
+
 // ---- helpers ----------------------------------------------------------------------------
 
 fn entry(term: u64, index: u64, size: usize) -> Entry {

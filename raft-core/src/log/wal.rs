@@ -156,8 +156,8 @@ pub(crate) struct View {
     pub(super) locs: VecDeque<Loc>,
     /// The leader of every live entry, as runs: `(first index, leader)` in index order, one per
     /// change of leader, the last reaching the last entry (after a purge, the first may start
-    /// before `first`). There are few (one per term the live log spans), so a log id a peer
-    /// names is checked against the log without reading it.
+    /// before `first`): one per leader the live log spans, usually few and never more than its
+    /// entries, so a log id a peer names is checked against the log without reading it.
     leaders: VecDeque<(u64, LeaderId)>,
     /// Decoded copies of the newest entries with their record sizes; `cache[0]` has index
     /// `cache_first`.

@@ -283,7 +283,6 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         let fail = failure.clone();
         let mut shadow = super::shadow::Shadow::new(self.log.clone());
         let answers = shadow.answers();
-        let committed = self.raft.metrics();
         let input = input
             .take_while(move |req| {
                 let checked = validate::append(req, id)
@@ -295,7 +294,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
                 futures_util::future::ready(ok)
             })
             .map(move |mut req| {
-                shadow.forward(&mut req, committed.borrow_watched().local_committed);
+                shadow.forward(&mut req);
                 req
             })
             .boxed();

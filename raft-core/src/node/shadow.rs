@@ -12,17 +12,21 @@
 //!   before it leave it, the log will be the log as it is below the first index they write, then
 //!   their entries. An honest leader's stream is always such a chain;
 //! - after anything else (a request that does not continue the log, which openraft refuses and
-//!   may cut it for, another leader's request, a chain of more leaders than [`MAX_RUNS`], or a
-//!   request naming a log id that cannot be in one log with the largest commit index the stream
-//!   has let through), nothing is known until every request is answered, and commit indexes are
-//!   dropped until then. (openraft takes an entry at or below its commit index as held without
-//!   comparing it, so such a request's entries may not be written.)
+//!   may cut it for, another leader's request, or a chain of more leaders than [`MAX_RUNS`]),
+//!   nothing is known until every request is answered, and commit indexes are dropped until then.
+//!
+//! The chain says what openraft writes if it takes the requests; it may not. It refuses a
+//! request of an older vote than its own, and takes an entry at or below its commit index as
+//! held without comparing it (its metrics, which the handler's checks read, can show an older
+//! commit index than it has). Neither cuts the log, so a commit index is kept only if the log
+//! holds it now as well: an entry the log holds at or below a continuing request's previous log
+//! id is still there when openraft takes the request. A commit naming an entry this node has not
+//! written yet waits for a later request or heartbeat.
 //!
 //! Each stream is judged on its own, and single requests against the log as it is: requests of
 //! one leader arriving at once on several streams (heartbeats have their own) or as concurrent
-//! single requests can still change the log, or openraft's commit index, between the check and
-//! openraft. Closing that needs openraft to leave the commit index alone for a request it
-//! refuses.
+//! single requests can still cut the log between the check and openraft. Closing that needs
+//! openraft to leave the commit index alone for a request it refuses.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -109,9 +113,6 @@ pub(super) struct Shadow {
     log: LogIds,
     /// `None` when nothing is known until every forwarded request is answered.
     chain: Option<Chain>,
-    /// The largest commit index the stream has let through: openraft's may be that far ahead of
-    /// what its metrics show.
-    committed: Option<LogId>,
     forwarded: u64,
     answered: Arc<AtomicU64>,
 }
@@ -121,7 +122,6 @@ impl Shadow {
         Shadow {
             log,
             chain: Some(Chain::settled()),
-            committed: None,
             forwarded: 0,
             answered: Arc::default(),
         }
@@ -134,21 +134,24 @@ impl Shadow {
 
     /// Limits the commit index of `req`, the stream's next request, as
     /// [`validate::limit_commit`] does against the log openraft will have when it takes it, and
-    /// counts it as forwarded. `known` is the commit index openraft's metrics show.
-    pub(super) fn forward(&mut self, req: &mut rpc::AppendEntriesRequest, known: Option<LogId>) {
+    /// counts it as forwarded.
+    pub(super) fn forward(&mut self, req: &mut rpc::AppendEntriesRequest) {
         // Answers are counted after openraft has handled the request, and what it wrote is in
         // the log's view by then.
         if self.answered.load(Ordering::Acquire) == self.forwarded {
             self.chain = Some(Chain::settled());
         }
         self.forwarded += 1;
-        let committed = std::cmp::max(self.committed, known);
         self.chain = match self.chain.take() {
-            Some(mut chain)
-                if chain.vote.is_none_or(|v| v == req.vote)
-                    && validate::fits(req, committed.as_ref()) =>
-            {
+            Some(mut chain) if chain.vote.is_none_or(|v| v == req.vote) => {
                 let continues = validate::limit_commit(req, |index| chain.at(index, &self.log));
+                // And the log holds it now (see the module docs).
+                if req
+                    .leader_commit
+                    .is_some_and(|c| self.log.at(c.index) != Some(c))
+                {
+                    req.leader_commit = None;
+                }
                 if continues {
                     chain.extend(req);
                 }
@@ -159,19 +162,21 @@ impl Shadow {
                 None
             }
         };
-        self.committed = std::cmp::max(self.committed, req.leader_commit);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+    use openraft::storage::RaftLogStorage;
+
     use super::*;
     use crate::log::LogStore;
     use crate::types;
     use crate::types::Entry;
     use crate::types::Payload;
 
-    const VOTE: u64 = 3;
+    const VOTE: u64 = 5;
 
     fn entry(term: u64, index: u64) -> Entry {
         Entry {
@@ -193,51 +198,65 @@ mod tests {
         }
     }
 
-    /// A shadow of an in-memory log holding (1, 0), (1, 1) and (2, 2).
-    fn shadow() -> Shadow {
-        let mut log = LogStore::memory();
-        let entries = vec![entry(1, 0), entry(1, 1), entry(2, 2)];
-        log.append_with(entries, |r| assert!(r.is_ok()))
-            .expect("appends");
-        Shadow::new(log.ids())
+    /// A stream's shadow of an in-memory log holding (1, 0), (1, 1) and (2, 2).
+    struct Stream {
+        log: LogStore,
+        shadow: Shadow,
     }
 
-    fn commit_after(shadow: &mut Shadow, mut r: rpc::AppendEntriesRequest) -> Option<(u64, u64)> {
-        shadow.forward(&mut r, None);
-        r.leader_commit.map(|c| (c.leader_id.term, c.index))
+    impl Stream {
+        fn new() -> Stream {
+            let mut log = LogStore::memory();
+            let entries = vec![entry(1, 0), entry(1, 1), entry(2, 2)];
+            log.append_with(entries, |r| assert!(r.is_ok()))
+                .expect("appends");
+            let shadow = Shadow::new(log.ids());
+            Stream { log, shadow }
+        }
+
+        /// Forwards `r` and returns the commit index it keeps.
+        fn send(&mut self, mut r: rpc::AppendEntriesRequest) -> Option<(u64, u64)> {
+            self.shadow.forward(&mut r);
+            r.leader_commit.map(|c| (c.leader_id.term, c.index))
+        }
+
+        /// Writes `r`'s entries after its previous log id, as openraft does when it takes it
+        /// (before it answers).
+        fn take(&mut self, r: rpc::AppendEntriesRequest) {
+            let cut = self.log.truncate_after(r.prev_log_id).now_or_never();
+            assert!(matches!(cut, Some(Ok(()))));
+            self.log
+                .append_with(r.entries, |r| assert!(r.is_ok()))
+                .expect("appends");
+        }
     }
 
     #[test]
     fn a_request_queued_behind_a_cut_keeps_no_commit_index() {
-        let mut s = shadow();
+        let mut s = Stream::new();
         // Refused: its previous log id is another entry's. openraft cuts the log at index 1.
-        assert_eq!(commit_after(&mut s, req(Some((3, 1)), &[], None)), None);
+        assert_eq!(s.send(req(Some((3, 1)), &[], None)), None);
         // Checked before the cut is made: the log still holds (2, 2).
-        assert_eq!(
-            commit_after(&mut s, req(Some((2, 2)), &[], Some((2, 2)))),
-            None
-        );
+        assert_eq!(s.send(req(Some((2, 2)), &[], Some((2, 2)))), None);
         // Once both are answered, the log is read as it is again.
-        s.answers().fetch_add(2, Ordering::Release);
-        assert_eq!(
-            commit_after(&mut s, req(Some((2, 2)), &[], Some((2, 2)))),
-            Some((2, 2))
-        );
+        s.shadow.answers().fetch_add(2, Ordering::Release);
+        assert_eq!(s.send(req(Some((2, 2)), &[], Some((2, 2)))), Some((2, 2)));
     }
 
     #[test]
     fn a_pipelined_chain_keeps_its_commit_indexes() {
-        let mut s = shadow();
+        let mut s = Stream::new();
+        let first = || req(Some((2, 2)), &[(3, 3), (3, 4)], Some((2, 2)));
+        assert_eq!(s.send(first()), Some((2, 2)));
+        // The chain says the log will hold (3, 4), but it does not yet.
+        assert_eq!(s.send(req(Some((3, 4)), &[(3, 5)], Some((3, 4)))), None);
+        s.take(first());
+        s.take(req(Some((3, 4)), &[(3, 5)], None));
         let steps = [
-            (
-                req(Some((2, 2)), &[(3, 3), (3, 4)], Some((2, 2))),
-                Some((2, 2)),
-            ),
-            (req(Some((3, 4)), &[(3, 5)], Some((3, 4))), Some((3, 4))),
-            // An entry-less request with a commit past what the chain wrote: limited to its
-            // previous log id.
+            (req(Some((3, 5)), &[], Some((3, 4))), Some((3, 4))),
+            // A commit index past the previous log id: limited to it.
             (req(Some((3, 5)), &[], Some((3, 9))), Some((3, 5))),
-            // Rewriting the chain's own entry 5: continues (previous log id (3, 4)). A commit
+            // Rewriting the chain's own entry 5 continues (previous log id (3, 4)). A commit
             // index among its own entries waits for a request that follows them.
             (
                 req(Some((3, 4)), &[(3, 5), (3, 6)], Some((3, 6))),
@@ -246,62 +265,47 @@ mod tests {
             // Entry 6 of another leader than the chain wrote: does not continue.
             (req(Some((2, 6)), &[], Some((2, 6))), None),
             // And nothing is known until the chain is answered.
-            (req(Some((3, 6)), &[], Some((3, 6))), None),
+            (req(Some((3, 5)), &[], Some((3, 5))), None),
         ];
         for (i, (r, want)) in steps.into_iter().enumerate() {
-            assert_eq!(commit_after(&mut s, r), want, "step {i}");
+            assert_eq!(s.send(r), want, "step {i}");
         }
     }
 
     #[test]
     fn a_commit_index_the_chain_rewrites_is_judged_by_the_chain() {
-        let mut s = shadow();
+        let mut s = Stream::new();
         // Rewrites index 2 (held as (2, 2)) with (3, 2), then adds (3, 3).
-        let rewrite = req(Some((1, 1)), &[(3, 2), (3, 3)], None);
-        assert_eq!(commit_after(&mut s, rewrite), None);
+        let rewrite = || req(Some((1, 1)), &[(3, 2), (3, 3)], None);
+        assert_eq!(s.send(rewrite()), None);
         // Checked before the rewrite is made, but (2, 2) is not what the log will hold.
-        assert_eq!(
-            commit_after(&mut s, req(Some((3, 3)), &[], Some((2, 2)))),
-            None
-        );
-        assert_eq!(
-            commit_after(&mut s, req(Some((3, 3)), &[], Some((3, 2)))),
-            Some((3, 2))
-        );
+        assert_eq!(s.send(req(Some((3, 3)), &[], Some((2, 2)))), None);
+        s.take(rewrite());
+        assert_eq!(s.send(req(Some((3, 3)), &[], Some((3, 2)))), Some((3, 2)));
     }
 
     #[test]
     fn another_leaders_request_in_a_chain_keeps_no_commit_index() {
-        let mut s = shadow();
+        let mut s = Stream::new();
         assert_eq!(
-            commit_after(&mut s, req(Some((2, 2)), &[(3, 3)], Some((2, 2)))),
+            s.send(req(Some((2, 2)), &[(3, 3)], Some((2, 2)))),
             Some((2, 2))
         );
-        let mut other = req(Some((3, 3)), &[], Some((3, 3)));
+        let mut other = req(Some((2, 2)), &[], Some((2, 2)));
         other.vote = Vote::new_committed(VOTE + 1, 2);
-        assert_eq!(commit_after(&mut s, other), None);
+        assert_eq!(s.send(other), None);
     }
 
     #[test]
-    fn a_request_contradicting_a_commit_the_stream_let_through_ends_the_chain() {
-        let mut s = shadow();
-        assert_eq!(
-            commit_after(&mut s, req(Some((2, 2)), &[(3, 3), (3, 4)], None)),
-            None
-        );
-        assert_eq!(
-            commit_after(&mut s, req(Some((3, 4)), &[], Some((3, 4)))),
-            Some((3, 4))
-        );
-        // (4, 3) cannot be in one log with (3, 4): openraft, having committed (3, 4), would take
-        // it as held and not write it.
-        assert_eq!(
-            commit_after(&mut s, req(Some((2, 2)), &[(4, 3)], None)),
-            None
-        );
-        assert_eq!(
-            commit_after(&mut s, req(Some((4, 3)), &[], Some((4, 3)))),
-            None
-        );
+    fn a_commit_index_of_an_entry_openraft_takes_as_held_is_dropped() {
+        let mut s = Stream::new();
+        let two = || req(Some((2, 2)), &[(3, 3), (3, 4)], None);
+        assert_eq!(s.send(two()), None);
+        s.take(two());
+        assert_eq!(s.send(req(Some((3, 4)), &[], Some((3, 4)))), Some((3, 4)));
+        // Entry (4, 3) at an index openraft has committed: it takes it as held and does not
+        // write it, so the log keeps (3, 3) where the chain says (4, 3).
+        assert_eq!(s.send(req(Some((2, 2)), &[(4, 3)], None)), None);
+        assert_eq!(s.send(req(Some((4, 3)), &[], Some((4, 3)))), None);
     }
 }
