@@ -588,6 +588,31 @@ async fn a_snapshot_of_a_later_leader_of_the_same_term_is_refused() {
     .await;
 }
 
+/// A snapshot past the end of the log whose last log id is earlier than the log's last (an entry
+/// (1, 0), then a snapshot ending at (0, 1)): no honest leader sends one (a later leader holds
+/// every committed entry, so it wrote nothing of a later term before the snapshot's end), and
+/// openraft's check that a snapshot past the log is later than its last entry stopped the node.
+/// It is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_past_the_log_but_earlier_than_its_last_entry_is_refused() {
+    run_without_panics(vec![
+        Op::Append {
+            vote: elected(1, 4),
+            prev: None,
+            entries: vec![(1, false, Body::Blank)],
+            commit: None,
+        },
+        Op::Snapshot {
+            vote: elected(2, 2),
+            last: Some((0, 1)),
+            later_leader: 0,
+            membership: None,
+            state_decodes: true,
+        },
+    ])
+    .await;
+}
+
 /// Peers 2 and 3 of a [`LyingPeers`] transport: they grant every pre-vote, and answer every vote
 /// with a vote at term `u64::MAX`.
 #[derive(Clone, Default)]

@@ -335,6 +335,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
             // openraft panics on a snapshot no honest leader could send; refuse it here instead.
             validate::snapshot(&vote, &meta, self.id)?;
             validate::snapshot_agrees_with_committed(&meta, &self.known())?;
+            validate::snapshot_fits_log(&meta, self.log.last())?;
             check_snapshot_state::<S>(&data).await?;
             self.raft
                 .install_full_snapshot(
