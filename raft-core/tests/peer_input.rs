@@ -444,6 +444,11 @@ async fn requests_that_speak_as_the_receiver_are_refused() {
     node.shutdown().await.expect("shutdown");
 }
 
+/// `n` blank entries from index 0, each one term above the one before (terms 1 to `n`).
+fn rising(n: usize) -> Vec<(u64, bool, Body)> {
+    vec![(1, false, Body::Blank); n]
+}
+
 /// An elected leader's vote.
 fn elected(term: u64, node_id: u64) -> Vote {
     Vote {
@@ -759,11 +764,7 @@ async fn a_commit_past_a_same_leader_rewrite_moves_nothing() {
         Op::Append {
             vote: elected(6, 2),
             prev: None,
-            entries: vec![
-                (1, false, Body::Blank),
-                (1, false, Body::Blank),
-                (1, false, Body::Blank),
-            ],
+            entries: rising(3),
             commit: None,
         },
         Op::Append {
@@ -786,11 +787,7 @@ async fn a_refused_requests_commit_index_moves_nothing() {
     let three = || Op::Append {
         vote: elected(6, 2),
         prev: None,
-        entries: vec![
-            (1, false, Body::Blank),
-            (1, false, Body::Blank),
-            (1, false, Body::Blank),
-        ],
+        entries: rising(3),
         commit: None,
     };
     let cases = [
@@ -844,11 +841,7 @@ async fn a_commit_index_queued_behind_a_cut_on_one_stream_moves_nothing() {
         let router = Router::new(0);
         let node = follower(dir.path(), &router).await;
         let handler = node.rpc_handler();
-        let three = vec![
-            (1, false, Body::Blank),
-            (1, false, Body::Blank),
-            (1, false, Body::Blank),
-        ];
+        let three = rising(3);
         let taken = handler
             .append_entries(append_request(elected(6, 2), None, three, None))
             .await;
