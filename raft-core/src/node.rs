@@ -122,6 +122,9 @@ pub(crate) struct Inner<S: StateMachine> {
     log_stats: LogStatsHandle,
     /// What the log holds, for checking a leader's requests against it.
     log_ids: crate::log::LogIds,
+    /// Held while a peer's snapshot is checked and installed: the last log id of the last one
+    /// installed (see `handler`).
+    installed: Arc<tokio::sync::Mutex<Option<crate::types::LogId>>>,
     space: Arc<Space>,
     cluster: Arc<ClusterIdentity>,
     /// Set while a backup is being written (one at a time).
@@ -279,6 +282,7 @@ impl<S: StateMachine> Node<S> {
                 snapshot_health,
                 log_stats,
                 log_ids,
+                installed: Arc::default(),
                 space,
                 cluster,
                 exporting: Arc::default(),

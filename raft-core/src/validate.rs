@@ -270,23 +270,6 @@ pub(crate) fn snapshot_agrees_with_committed(
         .map_err(|e| invalid(format!("snapshot: {e}")))
 }
 
-/// Checks a snapshot's last log id against the last log id of this node's log: a snapshot that
-/// ends past the log must not end at an earlier log id than the log's last. A leader holds every
-/// entry committed before it, so no leader later than a snapshot's last entry wrote anything
-/// before that entry's index; openraft takes such a snapshot as later than the log, and its
-/// own check stops the node.
-pub(crate) fn snapshot_fits_log(
-    meta: &SnapshotMeta,
-    log_last: Option<LogId>,
-) -> Result<(), RpcHandlerError> {
-    match (meta.last_log_id, log_last) {
-        (Some(s), Some(l)) if s.index > l.index && s.leader_id < l.leader_id => Err(invalid(
-            format!("snapshot: its last log id {s} is past this node's last, {l}, yet earlier"),
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// Checks a vote or pre-vote request.
 pub(crate) fn vote(req: &rpc::VoteRequest, me: NodeId) -> Result<(), RpcHandlerError> {
     not_from_me(&req.vote, me)?;
@@ -684,32 +667,5 @@ mod tests {
             let want = want.map(|(t, i)| types::log_id(t, 1, i));
             assert_eq!(r.leader_commit, want, "{what}");
         }
-    }
-
-    #[test]
-    fn a_snapshot_past_the_log_may_not_end_earlier_than_it() {
-        let meta = |t, i| SnapshotMeta {
-            last_log_id: Some(types::log_id(t, 1, i)),
-            last_membership: Default::default(),
-        };
-        let last = Some(types::log_id(3, 1, 5));
-        assert!(
-            snapshot_fits_log(&meta(2, 6), last).is_err(),
-            "past, earlier"
-        );
-        assert!(
-            snapshot_fits_log(&meta(3, 6), last).is_ok(),
-            "past, same leader"
-        );
-        assert!(snapshot_fits_log(&meta(4, 9), last).is_ok(), "past, later");
-        assert!(
-            snapshot_fits_log(&meta(2, 4), last).is_ok(),
-            "within the log"
-        );
-        assert!(
-            snapshot_fits_log(&meta(4, 3), last).is_ok(),
-            "within, a later leader"
-        );
-        assert!(snapshot_fits_log(&meta(2, 6), None).is_ok(), "an empty log");
     }
 }

@@ -329,14 +329,6 @@ impl LogIds {
             ReaderBackend::Memory(m) => m.id_at(index),
         }
     }
-
-    /// The last entry's log id, or the last purged log id when no entry is left.
-    pub(crate) fn last(&self) -> Option<LogId> {
-        match &self.0 {
-            ReaderBackend::Durable(view) => view.read().last(),
-            ReaderBackend::Memory(m) => m.state().1,
-        }
-    }
 }
 
 #[derive(Clone)]

@@ -27,6 +27,7 @@ use crate::transport::RpcHandler;
 use crate::transport::RpcHandlerError;
 use crate::transport::SnapshotReceive;
 use crate::transport::rpc;
+use crate::types::LogId;
 use crate::types::NodeId;
 use crate::types::Proposal;
 use crate::types::Snapshot;
@@ -59,6 +60,7 @@ pub(super) struct Handler<S: StateMachine> {
     incarnation: u64,
     binding: Arc<Mutex<BTreeSet<NodeId>>>,
     log: LogIds,
+    installed: Arc<tokio::sync::Mutex<Option<LogId>>>,
 }
 
 impl<S: StateMachine> Handler<S> {
@@ -73,6 +75,7 @@ impl<S: StateMachine> Handler<S> {
             incarnation: inner.incarnation,
             binding: inner.binding.clone(),
             log: inner.log_ids.clone(),
+            installed: inner.installed.clone(),
         }
     }
 
@@ -334,10 +337,18 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         async move {
             // openraft panics on a snapshot no honest leader could send; refuse it here instead.
             validate::snapshot(&vote, &meta, self.id)?;
-            validate::snapshot_agrees_with_committed(&meta, &self.known())?;
-            validate::snapshot_fits_log(&meta, self.log.last())?;
             check_snapshot_state::<S>(&data).await?;
-            self.raft
+            // One install at a time, checked against what openraft has committed when it takes
+            // it: openraft stops at a snapshot later than its commit but not past its index. Its
+            // metrics show an install only after answering it, so the last snapshot installed
+            // here counts as committed as well.
+            let mut installed = self.installed.lock().await;
+            let mut known = self.known();
+            known.committed = std::cmp::max(known.committed, *installed);
+            validate::snapshot_agrees_with_committed(&meta, &known)?;
+            let last = meta.last_log_id;
+            let answer = self
+                .raft
                 .install_full_snapshot(
                     vote,
                     Snapshot {
@@ -346,7 +357,12 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
                     },
                 )
                 .await
-                .map_err(|_| self.stopped())
+                .map_err(|_| self.stopped())?;
+            // Answered with the sender's vote: taken (or already covered by the commit).
+            if answer.vote == vote {
+                *installed = std::cmp::max(*installed, last);
+            }
+            Ok(answer)
         }
         .boxed()
     }
