@@ -125,6 +125,8 @@ pub(crate) struct Inner<S: StateMachine> {
     /// Held while a peer's snapshot is checked and installed: the last log id of the last one
     /// installed (see `handler`).
     installed: Arc<tokio::sync::Mutex<Option<crate::types::LogId>>>,
+    /// The largest commit index let through from the newest leader (see `shadow::LetThrough`).
+    let_through: Arc<shadow::LetThrough>,
     space: Arc<Space>,
     cluster: Arc<ClusterIdentity>,
     /// Set while a backup is being written (one at a time).
@@ -283,6 +285,7 @@ impl<S: StateMachine> Node<S> {
                 log_stats,
                 log_ids,
                 installed: Arc::default(),
+                let_through: Arc::default(),
                 space,
                 cluster,
                 exporting: Arc::default(),

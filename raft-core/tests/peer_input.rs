@@ -22,6 +22,7 @@ use raft_core::testing::PanicWatch;
 use raft_core::testing::Router;
 use raft_core::testing::kv::KvCommand;
 use raft_core::testing::kv::KvStore;
+use raft_core::transport::RpcHandlerError;
 use raft_core::transport::SharedRpcHandler;
 use raft_core::transport::rpc;
 use raft_core::types::Entry;
@@ -647,6 +648,56 @@ async fn two_snapshots_at_one_index_installed_at_once_stop_nothing() {
         node.shutdown().await.expect("shutdown");
         assert_eq!(panics(&watch), Vec::<String>::new(), "round {round}");
     }
+}
+
+/// On one stream, a commit index (3, 2), then an entry (4, 1) that cannot be in one log with it:
+/// the second request is checked before openraft has handled the first, so the commit its
+/// metrics show is still (1, 0). openraft then takes (4, 1) as held, being at or below its
+/// commit, and its debug check of that stopped the node. A leader's requests are also checked
+/// against the commits let through from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_contradicting_a_commit_let_through_just_before_is_refused() {
+    use futures_util::StreamExt;
+    let watch = PanicWatch::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = Router::new(0);
+    let node = follower(dir.path(), &router).await;
+    let handler = node.rpc_handler();
+    let taken = handler
+        .append_entries(append_request(elected(6, 2), None, rising(3), None))
+        .await;
+    assert!(taken.is_ok(), "the entries are taken: {taken:?}");
+    let heartbeat = append_request(elected(6, 2), Some((1, 0)), Vec::new(), Some((1, 0)));
+    let _ = handler.append_entries(heartbeat).await;
+    node.wait_for(Duration::from_secs(10), |m| m.commit_index == Some(0))
+        .await
+        .expect("index 0 is committed");
+    let requests = vec![
+        append_request(elected(6, 2), Some((3, 2)), Vec::new(), Some((3, 2))),
+        append_request(
+            elected(6, 2),
+            Some((1, 0)),
+            vec![(3, false, Body::Blank)],
+            None,
+        ),
+    ];
+    let answers: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(10),
+        handler
+            .stream_append(futures_util::stream::iter(requests).boxed())
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("bounded");
+    assert!(
+        matches!(answers.last(), Some(Err(RpcHandlerError::Invalid(_)))),
+        "the second request is refused: {answers:?}"
+    );
+    node.wait_for(Duration::from_secs(10), |m| m.commit_index == Some(2))
+        .await
+        .expect("the first request's commit is taken");
+    node.shutdown().await.expect("shutdown");
+    assert_eq!(panics(&watch), Vec::<String>::new());
 }
 
 /// Peers 2 and 3 of a [`LyingPeers`] transport: they grant every pre-vote, and answer every vote

@@ -61,6 +61,7 @@ pub(super) struct Handler<S: StateMachine> {
     binding: Arc<Mutex<BTreeSet<NodeId>>>,
     log: LogIds,
     installed: Arc<tokio::sync::Mutex<Option<LogId>>>,
+    let_through: Arc<super::shadow::LetThrough>,
 }
 
 impl<S: StateMachine> Handler<S> {
@@ -76,6 +77,7 @@ impl<S: StateMachine> Handler<S> {
             binding: inner.binding.clone(),
             log: inner.log_ids.clone(),
             installed: inner.installed.clone(),
+            let_through: inner.let_through.clone(),
         }
     }
 
@@ -227,10 +229,12 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
     ) -> BoxFuture<'_, Result<rpc::AppendEntriesResponse, RpcHandlerError>> {
         async move {
             validate::append(&req, self.id)?;
-            validate::agrees_with_committed(&req, &self.known())?;
+            let known = self.let_through.known(&req.vote, self.known());
+            validate::agrees_with_committed(&req, &known)?;
             // A single request is judged against the log as it is (see `shadow` for what that
             // leaves open).
             let _ = validate::limit_commit(&mut req, |index| self.log.at(index));
+            self.let_through.record(&req);
             self.raft
                 .append_entries(req)
                 .await
@@ -286,10 +290,14 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
         let fail = failure.clone();
         let mut shadow = super::shadow::Shadow::new(self.log.clone());
         let answers = shadow.answers();
+        let let_through = self.let_through.clone();
+        let checked_through = self.let_through.clone();
         let input = input
             .take_while(move |req| {
-                let checked = validate::append(req, id)
-                    .and_then(|()| validate::agrees_with_committed(req, &known(&metrics)));
+                let checked = validate::append(req, id).and_then(|()| {
+                    let known = checked_through.known(&req.vote, known(&metrics));
+                    validate::agrees_with_committed(req, &known)
+                });
                 let ok = checked.is_ok();
                 if let Err(e) = checked {
                     *crate::sync::lock(&fail) = Some(e);
@@ -298,6 +306,7 @@ impl<S: StateMachine> RpcHandler for Handler<S> {
             })
             .map(move |mut req| {
                 shadow.forward(&mut req);
+                let_through.record(&req);
                 req
             })
             .boxed();

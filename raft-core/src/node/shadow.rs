@@ -44,6 +44,41 @@ use crate::validate;
 /// (a follower catching up across many terms) waits for answers instead.
 const MAX_RUNS: usize = 64;
 
+/// The largest commit index let through to openraft from the newest leader vote, on any path.
+///
+/// openraft's metrics show a commit only after the loop that made it, and a stream's next request
+/// is checked before the one ahead of it is handled, so a request can be checked against an older
+/// commit than openraft will have. openraft takes an entry at or below its commit as held, and a
+/// debug check of it stops the node on an entry that cannot be in one log with the commit. A
+/// leader never contradicts its own commit, so its requests are also checked against this.
+#[derive(Default)]
+pub(super) struct LetThrough(std::sync::Mutex<Option<(Vote, LogId)>>);
+
+impl LetThrough {
+    /// `known` with the largest commit let through from `vote` counted as committed.
+    pub(super) fn known(&self, vote: &Vote, mut known: validate::Known) -> validate::Known {
+        if let Some((v, c)) = *crate::sync::lock(&self.0)
+            && v == *vote
+        {
+            known.committed = std::cmp::max(known.committed, Some(c));
+        }
+        known
+    }
+
+    /// Records the commit index of `req`, about to be forwarded.
+    pub(super) fn record(&self, req: &rpc::AppendEntriesRequest) {
+        let Some(commit) = req.leader_commit else {
+            return;
+        };
+        let mut g = crate::sync::lock(&self.0);
+        match *g {
+            Some((v, c)) if v == req.vote && c >= commit => {}
+            Some((v, _)) if v != req.vote && !validate::at_least(&req.vote, &v) => {}
+            _ => *g = Some((req.vote, commit)),
+        }
+    }
+}
+
 /// The entries a chain of unanswered requests writes.
 #[derive(Debug, Clone, Default)]
 struct Chain {
