@@ -215,15 +215,11 @@ async fn deliver(handler: &SharedRpcHandler, op: Op) {
                 .await;
         }
         Op::Stream { vote, requests } => {
-            use futures_util::StreamExt;
             let requests: Vec<_> = requests
                 .into_iter()
                 .map(|(prev, entries, commit)| append_request(vote, prev, entries, commit))
                 .collect();
-            let _ = handler
-                .stream_append(futures_util::stream::iter(requests).boxed())
-                .collect::<Vec<_>>()
-                .await;
+            let _ = stream(handler, requests).await;
         }
         Op::Vote { vote, last, pre } => {
             let req = rpc::VoteRequest::new(
@@ -298,6 +294,37 @@ async fn follower(dir: &Path, router: &Router) -> Node<KvStore> {
         .await
         .expect("initialize");
     node
+}
+
+/// Sends `requests` back to back on one replication stream and collects its answers, within ten
+/// seconds.
+async fn stream(
+    handler: &SharedRpcHandler,
+    requests: Vec<rpc::AppendEntriesRequest>,
+) -> Vec<Result<rpc::StreamAppendResult, RpcHandlerError>> {
+    use futures_util::StreamExt;
+    let answers = handler
+        .stream_append(futures_util::stream::iter(requests).boxed())
+        .collect::<Vec<_>>();
+    tokio::time::timeout(Duration::from_secs(10), answers)
+        .await
+        .expect("bounded")
+}
+
+/// A panic watch started first, then a [`follower`] in a fresh data directory, and its handler.
+/// The first item keeps the directory and the router: bind it for as long as the node runs.
+async fn watched_follower() -> (
+    (tempfile::TempDir, Router),
+    PanicWatch,
+    Node<KvStore>,
+    SharedRpcHandler,
+) {
+    let watch = PanicWatch::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = Router::new(0);
+    let node = follower(dir.path(), &router).await;
+    let handler = node.rpc_handler();
+    ((dir, router), watch, node, handler)
 }
 
 /// Delivers `ops` to a node that is a follower of a three-node cluster, then checks that it is
@@ -511,11 +538,7 @@ async fn a_commit_index_past_the_requests_entries_is_refused() {
 /// them. The node keeps its committed entries, and keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_that_contradict_committed_ones_are_refused() {
-    let watch = PanicWatch::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let router = Router::new(0);
-    let node = follower(dir.path(), &router).await;
-    let handler = node.rpc_handler();
+    let (_dir, watch, node, handler) = watched_follower().await;
     // Node 2, at term 5, replicates three entries of term 1 and commits them.
     let three = vec![
         (1, false, Body::Blank),
@@ -559,11 +582,7 @@ async fn entries_that_contradict_committed_ones_are_refused() {
 /// term back at 0 in a release build).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_term_no_election_reaches_is_refused() {
-    let watch = PanicWatch::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let router = Router::new(0);
-    let node = follower(dir.path(), &router).await;
-    let handler = node.rpc_handler();
+    let (_dir, watch, node, handler) = watched_follower().await;
     let before = node.metrics().term;
     for pre in [true, false] {
         let req = rpc::VoteRequest::new(elected(u64::MAX, 2), None);
@@ -609,11 +628,7 @@ async fn a_snapshot_of_a_later_leader_of_the_same_term_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_snapshots_at_one_index_installed_at_once_stop_nothing() {
     for round in 0..10 {
-        let watch = PanicWatch::start();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let router = Router::new(0);
-        let node = follower(dir.path(), &router).await;
-        let handler = node.rpc_handler();
+        let (_dir, watch, node, handler) = watched_follower().await;
         let received = |term| {
             let meta = SnapshotMeta {
                 last_log_id: Some(log_id(term, 2, 10)),
@@ -657,12 +672,7 @@ async fn two_snapshots_at_one_index_installed_at_once_stop_nothing() {
 /// against the commits let through from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_contradicting_a_commit_let_through_just_before_is_refused() {
-    use futures_util::StreamExt;
-    let watch = PanicWatch::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let router = Router::new(0);
-    let node = follower(dir.path(), &router).await;
-    let handler = node.rpc_handler();
+    let (_dir, watch, node, handler) = watched_follower().await;
     let taken = handler
         .append_entries(append_request(elected(6, 2), None, rising(3), None))
         .await;
@@ -681,14 +691,7 @@ async fn an_entry_contradicting_a_commit_let_through_just_before_is_refused() {
             None,
         ),
     ];
-    let answers: Vec<_> = tokio::time::timeout(
-        Duration::from_secs(10),
-        handler
-            .stream_append(futures_util::stream::iter(requests).boxed())
-            .collect::<Vec<_>>(),
-    )
-    .await
-    .expect("bounded");
+    let answers = stream(&handler, requests).await;
     assert!(
         matches!(answers.last(), Some(Err(RpcHandlerError::Invalid(_)))),
         "the second request is refused: {answers:?}"
@@ -916,13 +919,8 @@ async fn a_refused_requests_commit_index_moves_nothing() {
 /// against the log the stream's unanswered requests will leave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_index_queued_behind_a_cut_on_one_stream_moves_nothing() {
-    use futures_util::StreamExt;
     for round in 0..5 {
-        let watch = PanicWatch::start();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let router = Router::new(0);
-        let node = follower(dir.path(), &router).await;
-        let handler = node.rpc_handler();
+        let (_dir, watch, node, handler) = watched_follower().await;
         let three = rising(3);
         let taken = handler
             .append_entries(append_request(elected(6, 2), None, three, None))
@@ -932,14 +930,7 @@ async fn a_commit_index_queued_behind_a_cut_on_one_stream_moves_nothing() {
             append_request(elected(6, 2), Some((5, 1)), Vec::new(), None),
             append_request(elected(6, 2), Some((3, 2)), Vec::new(), Some((3, 2))),
         ];
-        let answers: Vec<_> = tokio::time::timeout(
-            Duration::from_secs(10),
-            handler
-                .stream_append(futures_util::stream::iter(requests).boxed())
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .expect("bounded");
+        let answers = stream(&handler, requests).await;
         assert!(!answers.is_empty(), "the stream is answered");
         // The refused request cut the log to (1, 0); a heartbeat naming it commits it.
         let heartbeat = append_request(elected(6, 2), Some((1, 0)), Vec::new(), Some((1, 0)));

@@ -94,6 +94,7 @@ mod meta;
 mod power;
 mod record;
 mod recovery;
+pub(crate) mod runs;
 mod segment;
 mod sim;
 mod synced;

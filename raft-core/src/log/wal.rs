@@ -37,6 +37,7 @@ use super::record::Salt;
 use super::recovery;
 use super::recovery::Recovered;
 use super::recovery::Tail;
+use super::runs::LeaderRuns;
 use super::segment;
 use super::segment::Segment;
 use super::sim::Simulation;
@@ -48,7 +49,6 @@ use crate::disk::DiskVote;
 use crate::fsutil;
 use crate::fsutil::at;
 use crate::types::Entry;
-use crate::types::LeaderId;
 use crate::types::LogId;
 use crate::types::NodeId;
 use crate::types::Vote;
@@ -158,7 +158,7 @@ pub(crate) struct View {
     /// change of leader, the last reaching the last entry (after a purge, the first may start
     /// before `first`): one per leader the live log spans, usually few and never more than its
     /// entries, so a log id a peer names is checked against the log without reading it.
-    leaders: VecDeque<(u64, LeaderId)>,
+    leaders: LeaderRuns,
     /// Decoded copies of the newest entries with their record sizes; `cache[0]` has index
     /// `cache_first`.
     cache: VecDeque<(Entry, usize)>,
@@ -181,7 +181,7 @@ impl View {
             segments: BTreeMap::new(),
             first: 0,
             locs: VecDeque::new(),
-            leaders: VecDeque::new(),
+            leaders: LeaderRuns::default(),
             cache: VecDeque::new(),
             cache_first: 0,
             cache_cap: opts.cache_entries,
@@ -224,9 +224,8 @@ impl View {
         if index < self.first || index >= self.end() {
             return None;
         }
-        let run = self.leaders.partition_point(|(first, _)| *first <= index);
-        let (_, leader) = self.leaders.get(run.checked_sub(1)?)?;
-        Some(LogId::new(*leader, index))
+        let leader = self.leaders.leader_at(index)?;
+        Some(LogId::new(leader, index))
     }
 
     pub(super) fn push(&mut self, loc: Loc, entry: Entry) {
@@ -234,14 +233,8 @@ impl View {
             self.first = entry.log_id.index;
             self.leaders.clear();
         }
-        if self
-            .leaders
-            .back()
-            .is_none_or(|(_, leader)| *leader != entry.log_id.leader_id)
-        {
-            self.leaders
-                .push_back((entry.log_id.index, entry.log_id.leader_id));
-        }
+        self.leaders
+            .push(entry.log_id.index, entry.log_id.leader_id);
         if self.cache.is_empty() {
             self.cache_first = entry.log_id.index;
         }
@@ -321,13 +314,7 @@ impl View {
         self.cuts += 1;
         let keep = index.saturating_sub(self.first) as usize;
         self.locs.truncate(keep);
-        while self
-            .leaders
-            .back()
-            .is_some_and(|(first, _)| *first >= index)
-        {
-            self.leaders.pop_back();
-        }
+        self.leaders.cut_from(index);
         let keep_cache = index.saturating_sub(self.cache_first) as usize;
         while self.cache.len() > keep_cache {
             if let Some((_, size)) = self.cache.pop_back() {
@@ -349,13 +336,7 @@ impl View {
             self.first = upto.index + 1;
             self.leaders.clear();
         }
-        while self
-            .leaders
-            .get(1)
-            .is_some_and(|(first, _)| *first <= self.first)
-        {
-            self.leaders.pop_front();
-        }
+        self.leaders.drop_before(self.first);
         while self.cache_first <= upto.index && !self.cache.is_empty() {
             self.pop_cached();
         }

@@ -28,14 +28,13 @@
 //! single requests can still cut the log between the check and openraft. Closing that needs
 //! openraft to leave the commit index alone for a request it refuses.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
 use crate::log::LogIds;
+use crate::log::runs::LeaderRuns;
 use crate::transport::rpc;
-use crate::types::LeaderId;
 use crate::types::LogId;
 use crate::types::Vote;
 use crate::validate;
@@ -87,7 +86,7 @@ struct Chain {
     /// The first index the chain writes: the log below it is the log as it is now.
     from: u64,
     /// The chain's entries from `from` on, as runs of `(first index, leader)`, up to `last`.
-    runs: VecDeque<(u64, LeaderId)>,
+    runs: LeaderRuns,
     last: u64,
 }
 
@@ -97,7 +96,7 @@ impl Chain {
         Chain {
             vote: None,
             from: u64::MAX,
-            runs: VecDeque::new(),
+            runs: LeaderRuns::default(),
             last: 0,
         }
     }
@@ -109,9 +108,8 @@ impl Chain {
         if index > self.last {
             return None;
         }
-        let run = self.runs.partition_point(|(first, _)| *first <= index);
-        let (_, leader) = self.runs.get(run.checked_sub(1)?)?;
-        Some(LogId::new(*leader, index))
+        let leader = self.runs.leader_at(index)?;
+        Some(LogId::new(leader, index))
     }
 
     /// The chain once openraft has taken `req`, which continues it.
@@ -126,18 +124,10 @@ impl Chain {
             self.from = start;
             self.runs.clear();
         } else {
-            while self.runs.back().is_some_and(|(i, _)| *i >= start) {
-                self.runs.pop_back();
-            }
+            self.runs.cut_from(start);
         }
         for e in &req.entries {
-            if self
-                .runs
-                .back()
-                .is_none_or(|(_, leader)| *leader != e.log_id.leader_id)
-            {
-                self.runs.push_back((e.log_id.index, e.log_id.leader_id));
-            }
+            self.runs.push(e.log_id.index, e.log_id.leader_id);
         }
         self.last = last.log_id.index;
     }
