@@ -69,6 +69,8 @@ pub struct NodeSpec {
     pub resp_flag: &'static str,
     /// Authentication and TLS.
     pub security: Arc<Security>,
+    /// Where the RESP connections run (see `threads.rs`).
+    pub clients: tokio::runtime::Handle,
 }
 
 /// Checks an address other nodes are to reach a node at (a `--raft-addr`, an
@@ -169,8 +171,22 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
         spec.limits,
         &spec.security,
     );
-    tokio::spawn(server::serve(resp_listener, ctx.clone()));
-    tokio::spawn(sweep_expired(ctx));
+    // The RESP port is moved to the clients' runtime, so its connections are driven there.
+    let resp_listener = {
+        let _clients = spec.clients.enter();
+        resp_listener
+            .into_std()
+            .and_then(TcpListener::from_std)
+            .map_err(|source| StartError::Bind {
+                addr: spec.resp_addr.clone(),
+                what: "RESP port".into(),
+                flag: spec.resp_flag,
+                source,
+            })?
+    };
+    spec.clients
+        .spawn(server::serve(resp_listener, ctx.clone()));
+    spec.clients.spawn(sweep_expired(ctx));
     tracing::info!(id = spec.id, raft = %node.addr(), resp = %resp_addr, "node running");
     Ok(Running {
         node,
@@ -266,6 +282,7 @@ pub async fn demo(
     consistency: Consistency,
     storage: crate::storage::StorageArgs,
     limits: ConnLimits,
+    clients: tokio::runtime::Handle,
 ) -> Result<Vec<Running>, StartError> {
     // Node `id`'s port counted from a base port.
     let addr = |base: u16, id: NodeId| format!("127.0.0.1:{}", u64::from(base) + id - 1);
@@ -288,6 +305,7 @@ pub async fn demo(
             raft_flag: "--raft-port",
             resp_flag: "--resp-port",
             security: Arc::new(Security::open()),
+            clients: clients.clone(),
         };
         nodes.push(start(spec).await?);
     }

@@ -33,6 +33,7 @@
 //! * `storage.rs` — disk flags: the quota behind `-OOM`, compaction by size, WAL segments.
 //! * `memory.rs` — `--maxmemory`, the memory limit behind `-OOM`, and its default.
 //! * `shutdown.rs` — SIGTERM/SIGINT within a bound, and exiting non-zero when storage fails.
+//! * `threads.rs` — the consensus pool and the RESP threads, and how many of each.
 //! * `auth.rs` — RESP `AUTH`, users and roles (`NOAUTH`, `NOPERM`, `ACL WHOAMI`).
 //! * `security.rs` — the security flags: secret, passwords, users, TLS, reload on SIGHUP.
 //! * `certs.rs` — `kv certs`, a CA and certificates for a development cluster.
@@ -62,6 +63,7 @@ mod shutdown;
 mod slots;
 mod storage;
 mod store;
+mod threads;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -91,47 +93,17 @@ struct Cli {
     /// line) for log pipelines such as Loki or Elasticsearch.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Threads that run connections, consensus and replication (1 to 1024). Default: the
-    /// `TOKIO_WORKER_THREADS` environment variable if set, else one per CPU core this process
-    /// may use.
-    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_WORKER_THREADS)))]
+    /// Threads that run consensus, replication and the gRPC and metrics services (1 to 1024).
+    /// Default: the `TOKIO_WORKER_THREADS` environment variable if set, else half the CPU cores
+    /// this process may use (at least one).
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=i64::from(threads::MAX_THREADS)))]
     worker_threads: Option<u16>,
-}
-
-/// The most runtime worker threads `--worker-threads` or `TOKIO_WORKER_THREADS` may ask for.
-const MAX_WORKER_THREADS: u16 = 1024;
-
-/// The runtime's worker threads: `flag` if given, else `env` (the value of
-/// `TOKIO_WORKER_THREADS`) if set, else one per usable CPU core. `Err` names a malformed `env`,
-/// which would otherwise stop the runtime from starting.
-fn worker_threads(flag: Option<u16>, env: Option<std::ffi::OsString>) -> Result<usize, String> {
-    if let Some(n) = flag {
-        return Ok(usize::from(n));
-    }
-    let Some(env) = env else {
-        return Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
-    };
-    env.to_str()
-        .and_then(|v| v.trim().parse::<u16>().ok())
-        .filter(|n| (1..=MAX_WORKER_THREADS).contains(n))
-        .map(usize::from)
-        .ok_or_else(|| {
-            format!(
-                "TOKIO_WORKER_THREADS must be a whole number from 1 to {MAX_WORKER_THREADS}, not {env:?}; \
-                 unset it or pass --worker-threads"
-            )
-        })
-}
-
-/// The runtime everything runs on, with [`worker_threads`] workers (`flag` is
-/// `--worker-threads`).
-fn runtime(flag: Option<u16>) -> Result<tokio::runtime::Runtime, String> {
-    let workers = worker_threads(flag, std::env::var_os("TOKIO_WORKER_THREADS"))?;
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))
+    /// Threads that run RESP client connections (1 to 1024). Default: the CPU cores this
+    /// process may use less the `--worker-threads` default (at least one). With one, a
+    /// command's own work (a large reply, say) holds up the node's other clients while it runs,
+    /// as in Redis.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=i64::from(threads::MAX_THREADS)))]
+    resp_threads: Option<u16>,
 }
 
 /// The form of log lines.
@@ -369,7 +341,8 @@ fn check_node_addrs(
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+/// Runs `cli`'s command; a node's RESP connections run on `clients`.
+async fn run(cli: Cli, clients: tokio::runtime::Handle) -> Result<(), String> {
     let cmd = cli
         .command
         .unwrap_or(Cmd::Demo(DemoArgs::parse_from(["kv"])));
@@ -383,6 +356,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 args.read_consistency.into(),
                 args.storage.clone(),
                 args.limits.fitted(cluster::DEMO_NODES)?,
+                clients,
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -440,6 +414,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 raft_flag: "--raft-addr",
                 resp_flag: "--resp-addr",
                 security,
+                clients,
             };
             let endpoint = metrics::prepare(&args.metrics).await?;
             let node = cluster::start(spec).await.map_err(|e| e.to_string())?;
@@ -492,15 +467,26 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let rt = match runtime(cli.worker_threads) {
-        Ok(rt) => rt,
+    let runtimes =
+        threads::worker_threads(cli.worker_threads, std::env::var_os("TOKIO_WORKER_THREADS"))
+            .and_then(|workers| {
+                threads::consensus(workers).map_err(|e| format!("cannot start the runtime: {e}"))
+            })
+            .and_then(|rt| {
+                threads::Clients::start(threads::resp_threads(cli.resp_threads))
+                    .map(|clients| (rt, clients))
+                    .map_err(|e| format!("cannot start the RESP threads: {e}"))
+            });
+    let (rt, clients) = match runtimes {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("kv: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(run(cli));
+    let result = rt.block_on(run(cli, clients.handle().clone()));
     // Tasks still blocked on the disk must not hold the exit up.
+    clients.stop();
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -619,19 +605,5 @@ mod tests {
         assert_eq!(super::ordinal_id("my-kv-12.kv.default.svc"), Some(13));
         assert_eq!(super::ordinal_id("kv"), None);
         assert_eq!(super::ordinal_id("kv-x"), None);
-    }
-
-    #[test]
-    fn worker_threads_come_from_the_flag_then_the_environment_then_the_cores() {
-        use super::worker_threads;
-        let env = |v: &str| Some(std::ffi::OsString::from(v));
-        assert_eq!(worker_threads(Some(3), env("x")), Ok(3), "the flag wins");
-        assert_eq!(worker_threads(None, env("5")), Ok(5));
-        assert_eq!(worker_threads(None, env(" 2 ")), Ok(2));
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(worker_threads(None, None), Ok(cores));
-        for bad in ["", "0", "-1", "two", "1025", "99999999999"] {
-            assert!(worker_threads(None, env(bad)).is_err(), "{bad:?} accepted");
-        }
     }
 }
