@@ -532,7 +532,8 @@ fn classify(s: &Status) -> Result<(Next, RequestError), ClientError> {
 
 impl<S: Queryable> ClusterClient<S> {
     /// A client of the cluster whose nodes include `endpoints` (`host:port` each). Connections
-    /// are made lazily.
+    /// are made lazily; they run on the runtime this is called on, if any (else on the one
+    /// first using each).
     pub fn new<A: Into<String>>(
         endpoints: impl IntoIterator<Item = A>,
         opts: ClientOptions,

@@ -171,10 +171,32 @@ impl Channels {
 
 struct PoolInner {
     channels: Mutex<Channels>,
+    /// The runtime the pool was made on, where its channels' tasks run (see [`SpawnOn`]).
+    runtime: Option<tokio::runtime::Handle>,
     backoff: Arc<ReconnectBackoff>,
     tls: Option<ReloadableTls>,
     connector: Connector,
     opts: ChannelOptions,
+}
+
+/// Runs a channel's tasks (its HTTP/2 connection and its request buffer) on one runtime.
+///
+/// A channel is made on first use, and tonic would spawn its tasks on the runtime of whoever
+/// used it first: for a node's transport, possibly an application's client thread (a follower
+/// forwarding its first client write to the leader), whose load would then hold up the
+/// replication and votes that share the channel. The pool's channels run where the pool was
+/// made instead.
+#[derive(Clone)]
+struct SpawnOn(tokio::runtime::Handle);
+
+impl<F> hyper::rt::Executor<F> for SpawnOn
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
 }
 
 /// One reusable channel per address, for at most [`MAX_CHANNELS`] addresses.
@@ -184,10 +206,12 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
+    /// A pool whose channels run on the current runtime, if any (else where first used).
     pub fn new(tls: Option<ReloadableTls>, connector: Connector, opts: ChannelOptions) -> Pool {
         Pool {
             inner: Arc::new(PoolInner {
                 channels: Mutex::new(Channels::default()),
+                runtime: tokio::runtime::Handle::try_current().ok(),
                 backoff: Arc::default(),
                 tls,
                 connector,
@@ -225,6 +249,10 @@ impl Pool {
             .keep_alive_timeout(o.keepalive_timeout)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true);
+        let endpoint = match &self.inner.runtime {
+            Some(rt) => endpoint.executor(SpawnOn(rt.clone())),
+            None => endpoint,
+        };
         let connect = self.inner.connector.0.clone();
         let backoff = self.inner.backoff.clone();
         let tls = self.inner.tls.clone();
@@ -362,6 +390,36 @@ mod tests {
             held(&b)
         );
         assert!(b.check("b:0").is_err(), "a pause still on is kept");
+    }
+
+    /// A channel made from another runtime (a client's thread, say) runs on the pool's: it
+    /// keeps working after that runtime is gone.
+    #[test]
+    fn channels_run_on_the_pools_runtime_whoever_makes_them() {
+        use tower::ServiceExt;
+        let runtime = |threads| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let home = runtime(1);
+        let pool =
+            home.block_on(async { Pool::new(None, Connector::tcp(), ChannelOptions::default()) });
+        let other = runtime(1);
+        // Lazy: nothing listens there and nothing is dialled until a call.
+        let channel = other
+            .block_on(async { pool.channel("127.0.0.1:9") })
+            .unwrap();
+        other.shutdown_timeout(Duration::from_secs(1));
+        let ready = home.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), channel.ready_oneshot()).await
+        });
+        assert!(
+            matches!(ready, Ok(Ok(_))),
+            "the channel stopped with the runtime that made it: {ready:?}"
+        );
     }
 
     #[tokio::test]

@@ -186,7 +186,7 @@ pub async fn start(spec: NodeSpec) -> Result<Running, StartError> {
     };
     spec.clients
         .spawn(server::serve(resp_listener, ctx.clone()));
-    spec.clients.spawn(sweep_expired(ctx));
+    tokio::spawn(sweep_expired(ctx));
     tracing::info!(id = spec.id, raft = %node.addr(), resp = %resp_addr, "node running");
     Ok(Running {
         node,

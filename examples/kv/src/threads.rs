@@ -1,5 +1,6 @@
 //! The threads a `kv` process runs on: one pool for consensus, replication and the gRPC and
-//! metrics services, and its own threads for RESP client connections.
+//! metrics services, and its own threads for RESP client connections. A node's channels to
+//! other nodes run on the pool even when a client's write is the first to use one.
 //!
 //! A write crosses from its connection to the consensus tasks and back. On one shared pool
 //! each crossing tended to wake the pool's other worker, which found the task already taken
@@ -80,10 +81,11 @@ pub struct Clients {
 }
 
 enum Threads {
-    /// A single-threaded runtime driven by its own thread until `stop` is sent or dropped.
+    /// A single-threaded runtime driven by its own thread until `stop` is sent or dropped;
+    /// `ended` hears when the thread is done.
     One {
         stop: Option<tokio::sync::oneshot::Sender<()>>,
-        thread: Option<std::thread::JoinHandle<()>>,
+        ended: std::sync::mpsc::Receiver<()>,
     },
     /// A pool of more than one worker.
     Pool(Option<Runtime>),
@@ -106,18 +108,20 @@ impl Clients {
         let rt = Builder::new_current_thread().enable_all().build()?;
         let handle = rt.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
             .name("kv-resp".into())
             .spawn(move || {
                 // Runs the connections' tasks until told to stop (or the sender is dropped).
                 let _ = rt.block_on(stopped);
                 rt.shutdown_timeout(STOP_WITHIN);
+                let _ = done.send(());
             })?;
         Ok(Clients {
             handle,
             threads: Threads::One {
                 stop: Some(stop),
-                thread: Some(thread),
+                ended,
             },
         })
     }
@@ -127,21 +131,20 @@ impl Clients {
         &self.handle
     }
 
-    /// Stops the threads: running connections end, tasks blocked elsewhere are left after
-    /// about a second. Must not be called from within a runtime (it waits for the threads).
+    /// Stops the threads: running connections end; a task that does not yield (blocked on a
+    /// lock, say) or one blocked on the disk is left behind after about a second. Must not be
+    /// called from within a runtime (it waits for the threads).
     pub fn stop(mut self) {
         self.stop_threads();
     }
 
     fn stop_threads(&mut self) {
         match &mut self.threads {
-            Threads::One { stop, thread } => {
+            Threads::One { stop, ended } => {
                 if let Some(stop) = stop.take() {
                     let _ = stop.send(());
-                }
-                if let Some(thread) = thread.take() {
-                    // A panic on that thread has already been reported by the panic hook.
-                    let _ = thread.join();
+                    // Ends, or a panic there has already been reported by the panic hook.
+                    let _ = ended.recv_timeout(STOP_WITHIN * 2);
                 }
             }
             Threads::Pool(rt) => {
@@ -202,5 +205,24 @@ mod tests {
             clients.stop();
             assert!(stopped.elapsed() < Duration::from_secs(5), "{n} thread(s)");
         }
+    }
+
+    /// A connection task stuck without yielding does not hold up stopping the one RESP thread
+    /// (the process can exit).
+    #[test]
+    fn a_stuck_task_does_not_hold_up_stopping() {
+        let clients = Clients::start(1).unwrap();
+        let (started, running) = std::sync::mpsc::channel();
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        clients.handle().spawn(async move {
+            let _ = started.send(());
+            let _ = stuck.recv(); // blocks the thread until `release` is dropped
+        });
+        running.recv_timeout(Duration::from_secs(10)).unwrap();
+        let stopping = std::time::Instant::now();
+        clients.stop();
+        let took = stopping.elapsed();
+        assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+        drop(release);
     }
 }

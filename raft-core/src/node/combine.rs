@@ -288,6 +288,10 @@ impl<S: StateMachine> Drop for Slot<'_, S> {
         let Some(batch) = self.node.inner.combiner.release() else {
             return;
         };
+        // On the runtime of the write that ends here, where the writers waiting in the batch
+        // most likely are too: their answers then wake them without crossing threads (proposing
+        // on the node's own runtime instead cost the kv a third more context switches per write
+        // at 64 clients, whose connections run apart from consensus).
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(propose_batch(self.node.clone(), batch));
