@@ -6,8 +6,8 @@
 //! each crossing tended to wake the pool's other worker, which found the task already taken
 //! and went back to sleep: on a 2-core machine running three nodes, 39 context switches per
 //! single-client write across the three processes, against 23 with the connections on a
-//! thread of their own, and 13–20 % less CPU per write under load (`bench/compare.sh`,
-//! `docs/operations.md`).
+//! thread of their own; pipelined writes from one connection gained a fifth and a
+//! linearizable GET took a sixth less CPU (`bench/compare.sh`, `docs/operations.md`).
 
 use std::io;
 use std::num::NonZeroUsize;
