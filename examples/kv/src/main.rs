@@ -453,6 +453,16 @@ fn print(out: Result<String, ctl::CtlError>) -> Result<(), String> {
     Ok(())
 }
 
+/// The consensus pool and the RESP threads, sized by `cli`'s flags (see `threads.rs`).
+fn runtimes(cli: &Cli) -> Result<(tokio::runtime::Runtime, threads::Clients), String> {
+    let env = std::env::var_os("TOKIO_WORKER_THREADS");
+    let workers = threads::worker_threads(cli.worker_threads, env)?;
+    let rt = threads::consensus(workers).map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let clients = threads::Clients::start(threads::resp_threads(cli.resp_threads))
+        .map_err(|e| format!("cannot start the RESP threads: {e}"))?;
+    Ok((rt, clients))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -467,17 +477,7 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let runtimes =
-        threads::worker_threads(cli.worker_threads, std::env::var_os("TOKIO_WORKER_THREADS"))
-            .and_then(|workers| {
-                threads::consensus(workers).map_err(|e| format!("cannot start the runtime: {e}"))
-            })
-            .and_then(|rt| {
-                threads::Clients::start(threads::resp_threads(cli.resp_threads))
-                    .map(|clients| (rt, clients))
-                    .map_err(|e| format!("cannot start the RESP threads: {e}"))
-            });
-    let (rt, clients) = match runtimes {
+    let (rt, clients) = match runtimes(&cli) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("kv: {e}");

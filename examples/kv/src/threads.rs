@@ -63,12 +63,18 @@ pub fn resp_threads(flag: Option<u16>) -> usize {
     flag.map_or_else(|| split(cores()).1, usize::from)
 }
 
-/// The consensus pool: `workers` worker threads, with timers and I/O.
-pub fn consensus(workers: usize) -> io::Result<Runtime> {
+/// A pool of `threads` worker threads named `name`, with timers and I/O.
+fn pool(threads: usize, name: &str) -> io::Result<Runtime> {
     Builder::new_multi_thread()
-        .worker_threads(workers)
+        .worker_threads(threads)
+        .thread_name(name)
         .enable_all()
         .build()
+}
+
+/// The consensus pool: `workers` worker threads named `kv-node`.
+pub fn consensus(workers: usize) -> io::Result<Runtime> {
+    pool(workers, "kv-node")
 }
 
 /// The threads RESP connections run on, named `kv-resp`. One thread runs a single-threaded
@@ -95,11 +101,7 @@ impl Clients {
     /// Starts `threads` RESP threads (one if given 0).
     pub fn start(threads: usize) -> io::Result<Clients> {
         if threads > 1 {
-            let rt = Builder::new_multi_thread()
-                .worker_threads(threads)
-                .thread_name("kv-resp")
-                .enable_all()
-                .build()?;
+            let rt = pool(threads, "kv-resp")?;
             return Ok(Clients {
                 handle: rt.handle().clone(),
                 threads: Threads::Pool(Some(rt)),
@@ -131,14 +133,16 @@ impl Clients {
         &self.handle
     }
 
-    /// Stops the threads: running connections end; a task that does not yield (blocked on a
-    /// lock, say) or one blocked on the disk is left behind after about a second. Must not be
-    /// called from within a runtime (it waits for the threads).
-    pub fn stop(mut self) {
-        self.stop_threads();
+    /// Stops the threads, as dropping does: running connections end; a task that does not
+    /// yield (blocked on a lock, say) or one blocked on the disk is left behind after about a
+    /// second. Must not be called from within a runtime (it waits for the threads).
+    pub fn stop(self) {
+        drop(self);
     }
+}
 
-    fn stop_threads(&mut self) {
+impl Drop for Clients {
+    fn drop(&mut self) {
         match &mut self.threads {
             Threads::One { stop, ended } => {
                 if let Some(stop) = stop.take() {
@@ -153,12 +157,6 @@ impl Clients {
                 }
             }
         }
-    }
-}
-
-impl Drop for Clients {
-    fn drop(&mut self) {
-        self.stop_threads();
     }
 }
 

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 
 use crate::types::LeaderId;
+use crate::types::LogId;
 
 /// The leader of each of a run of consecutive entries (see the module docs). It knows nothing of
 /// where the entries end: the caller asks only for indexes it holds.
@@ -41,9 +42,11 @@ impl LeaderRuns {
         self.0.len()
     }
 
-    /// The leader of the entry at `index`: that of the last run starting at or before it.
-    pub(crate) fn leader_at(&self, index: u64) -> Option<LeaderId> {
+    /// The log id of the entry at `index`: its leader is that of the last run starting at or
+    /// before it.
+    pub(crate) fn id_at(&self, index: u64) -> Option<LogId> {
         let run = self.0.partition_point(|(first, _)| *first <= index);
-        self.0.get(run.checked_sub(1)?).map(|(_, leader)| *leader)
+        let (_, leader) = self.0.get(run.checked_sub(1)?)?;
+        Some(LogId::new(*leader, index))
     }
 }

@@ -224,8 +224,7 @@ impl View {
         if index < self.first || index >= self.end() {
             return None;
         }
-        let leader = self.leaders.leader_at(index)?;
-        Some(LogId::new(leader, index))
+        self.leaders.id_at(index)
     }
 
     pub(super) fn push(&mut self, loc: Loc, entry: Entry) {

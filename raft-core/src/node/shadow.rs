@@ -108,8 +108,7 @@ impl Chain {
         if index > self.last {
             return None;
         }
-        let leader = self.runs.leader_at(index)?;
-        Some(LogId::new(leader, index))
+        self.runs.id_at(index)
     }
 
     /// The chain once openraft has taken `req`, which continues it.
