@@ -128,17 +128,15 @@ pub(crate) async fn read_checked_at(
 /// `consistency`; the rest follow locally from there. Like SCAN, a key present for the
 /// whole walk is returned; one written during it may or may not be.
 ///
-/// `None` as soon as `fits` refuses the bytes the keys found so far would take to send
-/// ([`Reply::encoded_bytes`]): the caller closes the connection, as for any reply past the
-/// output limit, and the node never holds more than that of the answer.
+/// `found` takes each step's keys, in order, as they come, and says whether the walk goes on.
+/// The caller encodes them at once, so the node never holds the whole answer twice, and
+/// stops the walk as soon as what it found no longer fits in what the client may be sent.
 pub(crate) async fn keys(
     ctx: &Ctx,
     consistency: Consistency,
     pattern: Bytes,
-    mut fits: impl FnMut(usize) -> bool,
-) -> Option<Reply> {
-    let mut found = Vec::new();
-    let mut bytes = 0usize;
+    mut found: impl FnMut(Vec<Reply>) -> bool,
+) -> Walk {
     let mut cursor = 0u64;
     let mut consistency = consistency;
     loop {
@@ -149,30 +147,37 @@ pub(crate) async fn keys(
         };
         let step = read_at(ctx, op, consistency).await;
         let Reply::Array(mut parts) = step else {
-            return Some(step); // an error
+            return Walk::Failed(step);
         };
         let (Some(Reply::Array(keys)), Some(Reply::Bulk(next))) = (parts.pop(), parts.pop()) else {
-            return Some(Reply::Error(
+            return Walk::Failed(Reply::Error(
                 "ERR internal error: malformed scan step".into(),
             ));
         };
-        bytes = keys
-            .iter()
-            .fold(bytes, |n, k| n.saturating_add(k.encoded_bytes()));
-        if !fits(bytes) {
-            return None;
+        if !found(keys) {
+            return Walk::Stopped;
         }
-        found.extend(keys);
         cursor = std::str::from_utf8(&next)
             .ok()
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
         if cursor == 0 {
-            return Some(Reply::Array(found));
+            return Walk::Done;
         }
         consistency = Consistency::Local;
         tokio::task::yield_now().await;
     }
+}
+
+/// How a [`keys`] walk ended.
+#[derive(Debug)]
+pub(crate) enum Walk {
+    /// Every key was found.
+    Done,
+    /// The caller stopped it.
+    Stopped,
+    /// A step failed: the reply says why.
+    Failed(Reply),
 }
 
 /// Makes a call that changes nothing through [`attempts`]: what it answered, or the error

@@ -372,6 +372,77 @@ pub struct TooLarge {
     pub budget: usize,
 }
 
+/// An array whose length is known only once its last element is: its elements are encoded
+/// straight into the output buffer, behind room kept for the header, and the header is written
+/// last. So a reply of many parts found step by step (`KEYS`) is held once, as its encoding:
+/// never as [`Reply`] values, and never copied into a second buffer.
+#[derive(Debug)]
+pub struct ArrayInPlace {
+    /// Where the room for the header starts in the output buffer.
+    start: usize,
+    count: usize,
+}
+
+/// The longest array header: `*`, up to 20 digits and CRLF.
+const ARRAY_HEADER_ROOM: usize = 23;
+
+/// The bytes of an array header for `count` elements.
+fn array_header_len(count: usize) -> usize {
+    3 + count.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+impl ArrayInPlace {
+    /// Starts an array at the end of `out`.
+    pub fn begin(out: &mut BytesMut) -> ArrayInPlace {
+        let start = out.len();
+        out.put_bytes(0, ARRAY_HEADER_ROOM);
+        ArrayInPlace { start, count: 0 }
+    }
+
+    /// Appends one element.
+    pub fn push(&mut self, item: &Reply, out: &mut BytesMut, proto: Proto) {
+        encode(item, out, proto);
+        self.count += 1;
+    }
+
+    /// What the whole array will take once `more` elements of `more_bytes` encoded bytes
+    /// are pushed: its header and every element.
+    pub fn len_with(&self, out: &BytesMut, more: usize, more_bytes: usize) -> usize {
+        let elements = out.len() - self.start - ARRAY_HEADER_ROOM;
+        array_header_len(self.count.saturating_add(more))
+            .saturating_add(elements)
+            .saturating_add(more_bytes)
+    }
+
+    /// Writes the header, and gives up the room it did not take: `out` then holds the
+    /// array's encoding exactly as [`encode`] would have written it. Nothing is allocated: when
+    /// the array starts the buffer, the buffer just starts later; otherwise the elements move
+    /// once, in place, next to what came before.
+    pub fn finish(self, out: &mut BytesMut) {
+        let mut header = BytesMut::with_capacity(ARRAY_HEADER_ROOM);
+        let _ = Writer {
+            out: &mut header,
+            end: ARRAY_HEADER_ROOM,
+        }
+        .line(b'*', self.count);
+        let unused = ARRAY_HEADER_ROOM - header.len();
+        if self.start == 0 {
+            out[unused..ARRAY_HEADER_ROOM].copy_from_slice(&header);
+            out.advance(unused);
+        } else {
+            let at = self.start;
+            out[at..at + header.len()].copy_from_slice(&header);
+            out.copy_within(at + ARRAY_HEADER_ROOM.., at + header.len());
+            out.truncate(out.len() - unused);
+        }
+    }
+
+    /// Takes the array out of `out` again, leaving what came before it.
+    pub fn abandon(self, out: &mut BytesMut) {
+        out.truncate(self.start);
+    }
+}
+
 /// Appends `reply` to `out` in the connection's protocol.
 pub fn encode(reply: &Reply, out: &mut BytesMut, proto: Proto) {
     // With no end to the room, nothing is refused.
@@ -579,6 +650,47 @@ mod tests {
             most <= bulk + 2 * READ_ROOM,
             "a {bulk}-byte bulk grew the buffer to {most} bytes"
         );
+    }
+
+    #[test]
+    fn an_array_built_in_place_is_what_encode_writes() {
+        let bulk = |i: usize| Reply::Bulk(Bytes::from(format!("key:{i}").into_bytes()));
+        for proto in [Proto::Resp2, Proto::Resp3] {
+            for n in [0, 1, 9, 10, 11, 1000, 12_345] {
+                let items: Vec<Reply> = (0..n).map(bulk).collect();
+                for before in [&b""[..], b"+OK\r\n:1\r\n"] {
+                    let mut want = BytesMut::from(before);
+                    encode(&Reply::Array(items.clone()), &mut want, proto);
+                    let mut out = BytesMut::from(before);
+                    let mut array = ArrayInPlace::begin(&mut out);
+                    let (half, rest) = items.split_at(n / 2);
+                    let rest_bytes = rest.iter().map(Reply::encoded_bytes).sum();
+                    half.iter().for_each(|r| array.push(r, &mut out, proto));
+                    let predicted = array.len_with(&out, rest.len(), rest_bytes);
+                    rest.iter().for_each(|r| array.push(r, &mut out, proto));
+                    array.finish(&mut out);
+                    assert_eq!(out, want, "{n} items after {} bytes", before.len());
+                    assert_eq!(before.len() + predicted, want.len(), "{n} items");
+                    // A second array behind the first, in the same buffer.
+                    encode(&Reply::Array(items[..n / 3].to_vec()), &mut want, proto);
+                    let mut array = ArrayInPlace::begin(&mut out);
+                    items[..n / 3]
+                        .iter()
+                        .for_each(|r| array.push(r, &mut out, proto));
+                    array.finish(&mut out);
+                    assert_eq!(out, want, "a second array of {} items", n / 3);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_abandoned_array_leaves_what_came_before() {
+        let mut out = BytesMut::from(&b"+OK\r\n"[..]);
+        let mut array = ArrayInPlace::begin(&mut out);
+        array.push(&Reply::Int(7), &mut out, Proto::Resp2);
+        array.abandon(&mut out);
+        assert_eq!(&out[..], b"+OK\r\n");
     }
 
     #[test]

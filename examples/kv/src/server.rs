@@ -48,6 +48,7 @@ use crate::client_memory::Share;
 use crate::commands;
 use crate::commands::Action;
 use crate::forward;
+use crate::forward::Walk;
 use crate::forward::keys;
 use crate::forward::read;
 use crate::forward::retrying_for;
@@ -57,6 +58,7 @@ use crate::pipeline;
 use crate::pipeline::Batch;
 use crate::pipeline::Plan;
 use crate::resp;
+use crate::resp::ArrayInPlace;
 use crate::security::Security;
 use crate::security::SharedTls;
 use crate::store::Command;
@@ -671,24 +673,41 @@ async fn execute(
             Action::Info(section) => info(ctx, section.as_deref()).await,
             Action::Write { op, post } => post.apply(replicate(conn, ctx, op, now).await),
             Action::Read(ReadOp::Keys(pattern)) => {
-                let (limit, before) = (ctx.limits.output_bytes, out.len());
+                let limit = ctx.limits.output_bytes;
                 let consistency = conn.read_consistency(ctx);
-                let mut node_full = false;
-                let share = &mut conn.share;
-                // The keys found must fit both limits as they are found.
-                let fits = |bytes: usize| {
-                    let total = before.saturating_add(bytes);
+                let (mut node_full, before) = (false, out.len());
+                let (share, proto) = (&mut conn.share, conn.proto);
+                // The keys are encoded into the reply as each step finds them, and must fit
+                // both limits as they are found.
+                let mut array = ArrayInPlace::begin(out);
+                let found = |keys: Vec<Reply>| {
+                    let bytes = keys.iter().map(Reply::encoded_bytes).sum();
+                    let total = before.saturating_add(array.len_with(out, keys.len(), bytes));
                     node_full = total <= limit && !share.reserve(total);
-                    total <= limit && !node_full
+                    if total > limit || node_full {
+                        return false;
+                    }
+                    keys.iter().for_each(|k| array.push(k, out, proto));
+                    true
                 };
-                match keys(ctx, consistency, pattern, fits).await {
-                    Some(reply @ Reply::Array(_)) => {
+                match keys(ctx, consistency, pattern, found).await {
+                    Walk::Done => {
+                        array.finish(out);
                         conn.wrote = false;
+                        return false;
+                    }
+                    Walk::Stopped if node_full => {
+                        array.abandon(out);
+                        return past_client_memory(conn.id, ctx);
+                    }
+                    Walk::Stopped => {
+                        array.abandon(out);
+                        return past_output_limit(conn.id, limit);
+                    }
+                    Walk::Failed(reply) => {
+                        array.abandon(out);
                         reply
                     }
-                    Some(failed) => failed,
-                    None if node_full => return past_client_memory(conn.id, ctx),
-                    None => return past_output_limit(conn.id, limit),
                 }
             }
             Action::Read(op) => {
