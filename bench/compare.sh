@@ -308,7 +308,15 @@ done
 echo
 rounds=""
 [ "$ROUNDS" -gt 1 ] && rounds="median of $ROUNDS interleaved rounds; "
-echo "$(nproc) cores, $(date -u +%Y-%m-%d), $(uname -sr); 256-byte values, 100,000 keys; ${rounds}latency in ms; logs and results in $DIR"
+# How idle cores wake sets what every wake-up costs, and every target's small-write latency with
+# it (docs/operations.md, "As processes"): a guest whose halt polling is off (0) wakes slowly.
+idle=""
+if [ -r /sys/devices/system/cpu/cpuidle/current_driver ]; then
+    idle="; cpuidle $(cat /sys/devices/system/cpu/cpuidle/current_driver)"
+    poll=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+    [ -r "$poll" ] && idle="$idle, guest_halt_poll_ns $(cat "$poll")"
+fi
+echo "$(nproc) cores, $(date -u +%Y-%m-%d), $(uname -sr)$idle; 256-byte values, 100,000 keys; ${rounds}latency in ms; logs and results in $DIR"
 table
 # On a virtual machine the host may take CPU away while a point runs; every target slows with it,
 # so cells measured under different steal do not compare. results.csv has it per point.
