@@ -50,8 +50,9 @@ echo "dbsize: $(redis-cli -p "$port" dbsize)"
 
 walks="$work/walks"
 : >"$walks"
+# Walks back to back until told to stop; the walk under way then ends before the node stops.
 (
-  while true; do
+  while [ ! -e "$work/stop" ]; do
     start=$(date +%s%N)
     n=$(redis-cli -p "$port" keys '*' | wc -l)
     echo "$n $(( ($(date +%s%N) - start) / 1000000 ))" >>"$walks"
@@ -60,7 +61,8 @@ walks="$work/walks"
 walker=$!
 "$kv_bench" --addrs "127.0.0.1:$port" --clients 8 --duration "$seconds" --warmup 1 \
   --reads 0 --keys 100000 --quiet --json "$work/set.json" --label "SET during KEYS"
-kill "$walker" 2>/dev/null || true
+touch "$work/stop"
+wait "$walker" || true
 python3 - "$work/set.json" "$walks" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
