@@ -386,11 +386,6 @@ pub struct ArrayInPlace {
 /// The longest array header: `*`, up to 20 digits and CRLF.
 const ARRAY_HEADER_ROOM: usize = 23;
 
-/// The bytes of an array header for `count` elements.
-fn array_header_len(count: usize) -> usize {
-    3 + count.checked_ilog10().map_or(1, |d| d as usize + 1)
-}
-
 impl ArrayInPlace {
     /// Starts an array at the end of `out`.
     pub fn begin(out: &mut BytesMut) -> ArrayInPlace {
@@ -409,7 +404,7 @@ impl ArrayInPlace {
     /// are pushed: its header and every element.
     pub fn len_with(&self, out: &BytesMut, more: usize, more_bytes: usize) -> usize {
         let elements = out.len() - self.start - ARRAY_HEADER_ROOM;
-        array_header_len(self.count.saturating_add(more))
+        Reply::header_bytes(self.count.saturating_add(more))
             .saturating_add(elements)
             .saturating_add(more_bytes)
     }
@@ -419,20 +414,19 @@ impl ArrayInPlace {
     /// the array starts the buffer, the buffer just starts later; otherwise the elements move
     /// once, in place, next to what came before.
     pub fn finish(self, out: &mut BytesMut) {
-        let mut header = BytesMut::with_capacity(ARRAY_HEADER_ROOM);
-        let _ = Writer {
-            out: &mut header,
-            end: ARRAY_HEADER_ROOM,
-        }
-        .line(b'*', self.count);
-        let unused = ARRAY_HEADER_ROOM - header.len();
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(self.count).as_bytes();
+        let len = digits.len() + 3;
+        // The header goes at the end of its room, against the first element.
+        let at = self.start + ARRAY_HEADER_ROOM - len;
+        out[at] = b'*';
+        out[at + 1..at + 1 + digits.len()].copy_from_slice(digits);
+        out[at + len - 2..at + len].copy_from_slice(b"\r\n");
+        let unused = ARRAY_HEADER_ROOM - len;
         if self.start == 0 {
-            out[unused..ARRAY_HEADER_ROOM].copy_from_slice(&header);
             out.advance(unused);
         } else {
-            let at = self.start;
-            out[at..at + header.len()].copy_from_slice(&header);
-            out.copy_within(at + ARRAY_HEADER_ROOM.., at + header.len());
+            out.copy_within(at.., self.start);
             out.truncate(out.len() - unused);
         }
     }

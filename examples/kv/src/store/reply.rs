@@ -114,14 +114,19 @@ impl Reply {
         }
     }
 
+    /// The bytes of a header line for `n` (`*n`, `$n`, `%n` …): a type byte, `n` in decimal and
+    /// CRLF.
+    pub fn header_bytes(n: usize) -> usize {
+        3 + n.checked_ilog10().map_or(1, |d| d as usize + 1)
+    }
+
     /// An upper bound on the bytes this reply takes once encoded, in either protocol, and
     /// within a few bytes of it: a type byte, a length and the line ends for each element,
     /// plus its strings. It walks the reply without building anything, so a reply that repeats
     /// one large value many times is measured without being copied. Saturates instead of
     /// overflowing.
     pub fn encoded_bytes(&self) -> usize {
-        // A type byte, a decimal length and CRLF.
-        let header = |n: usize| 3 + n.checked_ilog10().map_or(1, |d| d as usize + 1);
+        let header = Reply::header_bytes;
         let sum = |n: usize, items: &mut dyn Iterator<Item = &Reply>| {
             items.fold(header(n), |total, r| {
                 total.saturating_add(r.encoded_bytes())
