@@ -83,6 +83,21 @@ use raft_core::same_address;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Makes mimalloc give pages back to the OS as soon as they are free. `--maxmemory` is a limit on
+/// resident memory, and by default mimalloc purges freed pages only after a delay (1 s) and only
+/// when the heap that holds them runs again: once a node over its limit refuses large writes,
+/// the heaps that held the deleted values may never run that purge, and the node would stay
+/// over its limit, refusing writes, after its data was deleted. Measured at 256 clients, purging
+/// at once took 0.014 `madvise` calls per SET and no throughput that the runs could tell.
+fn purge_freed_memory_at_once() {
+    // `mi_option_purge_delay` in mimalloc 3's `mimalloc.h` (the version `libmimalloc-sys` builds
+    // unless asked for 2), for which the bindings name no constant.
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets one of mimalloc's options to a value its documentation allows (0: purge at
+    // once), first thing in `main`, before this process starts any other thread.
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) };
+}
+
 /// A replicated key-value store speaking the Redis protocol (RESP2).
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
@@ -464,6 +479,7 @@ fn runtimes(cli: &Cli) -> Result<(tokio::runtime::Runtime, threads::Clients), St
 }
 
 fn main() -> ExitCode {
+    purge_freed_memory_at_once();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
