@@ -91,7 +91,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// at once took 0.014 `madvise` calls per SET and no throughput that the runs could tell.
 fn purge_freed_memory_at_once() {
     // `mi_option_purge_delay` in mimalloc 3's `mimalloc.h` (the version `libmimalloc-sys` builds
-    // unless asked for 2), for which the bindings name no constant.
+    // unless asked for 2), for which the bindings name no constant. `Cargo.toml` pins the
+    // bindings to the version this index was read from.
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // SAFETY: sets one of mimalloc's options to a value its documentation allows (0: purge at
     // once), first thing in `main`, before this process starts any other thread.
