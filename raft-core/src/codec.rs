@@ -75,9 +75,13 @@ pub fn decode_input<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> 
     Ok(value)
 }
 
-/// Encodes `value` into a fresh buffer.
+/// Encodes `value` into a fresh buffer of exactly its encoded length: counted first, then
+/// built in one allocation (a buffer grown as it is written reallocates a 256-byte write four
+/// times).
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    Ok(postcard::to_stdvec(value)?)
+    let mut buf = Vec::with_capacity(encoded_len(value)?);
+    encode_into(value, &mut buf)?;
+    Ok(buf)
 }
 
 /// How many bytes [`encode`] would produce for `value`, counted without building them.
@@ -86,39 +90,39 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError
 }
 
 /// Encodes `value` into a fresh buffer unless its encoding is longer than `max` bytes: then
-/// `Ok(None)`, found as soon as the encoding passes `max`, so no more than `max` bytes are
-/// built however long the whole encoding would be (a value may share one large part many
-/// times over).
+/// `Ok(None)`, found as soon as the count passes `max`, so no more than `max` bytes are counted
+/// and none built however long the whole encoding would be (a value may share one large part
+/// many times over). Otherwise the buffer is built as [`encode`] builds it, in one allocation
+/// of its length.
 pub fn encode_within<T: Serialize + ?Sized>(
     value: &T,
     max: usize,
 ) -> Result<Option<Vec<u8>>, CodecError> {
-    let bounded = Bounded {
-        buf: Vec::new(),
-        max,
+    let len = match postcard::serialize_with_flavor(value, CountWithin { len: 0, max }) {
+        Ok(len) => len,
+        // Only `CountWithin` reports a full buffer.
+        Err(postcard::Error::SerializeBufferFull) => return Ok(None),
+        Err(e) => return Err(CodecError::from(e)),
     };
-    match postcard::serialize_with_flavor(value, bounded) {
-        Ok(buf) => Ok(Some(buf)),
-        // Only `Bounded` reports a full buffer.
-        Err(postcard::Error::SerializeBufferFull) => Ok(None),
-        Err(e) => Err(CodecError::from(e)),
-    }
+    let mut buf = Vec::with_capacity(len);
+    encode_into(value, &mut buf)?;
+    Ok(Some(buf))
 }
 
-/// An output buffer that refuses to grow past `max` bytes.
-struct Bounded {
-    buf: Vec<u8>,
+/// Counts an encoding's bytes, refusing to count past `max`.
+struct CountWithin {
+    len: usize,
     max: usize,
 }
 
-impl postcard::ser_flavors::Flavor for Bounded {
-    type Output = Vec<u8>;
+impl postcard::ser_flavors::Flavor for CountWithin {
+    type Output = usize;
 
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        if data.len() > self.max - self.buf.len() {
+        if data.len() > self.max - self.len {
             return Err(postcard::Error::SerializeBufferFull);
         }
-        self.buf.extend_from_slice(data);
+        self.len += data.len();
         Ok(())
     }
 
@@ -126,8 +130,8 @@ impl postcard::ser_flavors::Flavor for Bounded {
         self.try_extend(&[data])
     }
 
-    fn finalize(self) -> postcard::Result<Vec<u8>> {
-        Ok(self.buf)
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.len)
     }
 }
 
@@ -352,6 +356,21 @@ mod tests {
         let mib = vec![1u8; 1 << 20];
         let huge: Vec<&[u8]> = vec![&mib[..]; 1_000_000];
         assert_eq!(encode_within(&huge, 4 << 20).unwrap(), None);
+    }
+
+    #[test]
+    fn encodings_are_built_in_one_allocation_of_their_length() {
+        let v = (
+            7u64,
+            bytes::Bytes::from(vec![1u8; 300]),
+            String::from("key"),
+        );
+        let whole = encode(&v).unwrap();
+        assert_eq!(decode::<(u64, bytes::Bytes, String)>(&whole).unwrap(), v);
+        assert_eq!(whole.capacity(), whole.len());
+        let within = encode_within(&v, whole.len()).unwrap().unwrap();
+        assert_eq!(within, whole);
+        assert_eq!(within.capacity(), within.len());
     }
 
     #[test]
