@@ -31,6 +31,9 @@
 #   BENCH_TARGETS="raftkit etcd redis"  which targets to run
 #   BENCH_ROUNDS=N       run every target N times, interleaved, and report each cell's median
 #                        (default 1; use 3 or 5 on a shared or noisy machine)
+#   BENCH_MAX_STEAL=P    run a point again while the host took more than P percent of the CPU
+#                        during it ("steal"; off by default), at most BENCH_RETRIES more times
+#                        (default 2), and keep the attempt with the least steal
 #   BENCH_KV_AUTH=1      run the kv nodes secured: peers authenticate with a cluster secret
 #                        (--cluster-secret-file) and clients with a password (--requirepass-file)
 set -euo pipefail
@@ -41,6 +44,8 @@ CLIENTS=${BENCH_CLIENTS:-"1 16 64 256"}
 PIPELINED=${BENCH_PIPELINED-"1 16"}
 TARGETS=${BENCH_TARGETS:-"raftkit etcd redis"}
 ROUNDS=${BENCH_ROUNDS:-1}
+MAX_STEAL=${BENCH_MAX_STEAL:-}
+RETRIES=${BENCH_RETRIES:-2}
 BASE=${BENCH_PORT_BASE:-24000}
 DIR=${BENCH_DIR:-$(mktemp -d -t raftkit-bench.XXXXXX)}
 RESULTS="$DIR/results.csv"
@@ -145,25 +150,61 @@ record() {
     tail -n 1 "$RESULTS" | awk -F, '{ printf "   %-8s %-7s c=%-4s %10.0f ops/s  p50 %6.2f ms  p99 %7.2f ms  steal %s%%  cpu %s us, %s switches per request\n", $1, $2, $3, $4, $5, $6, $7, ($8 == "" ? "-" : $8), ($9 == "" ? "-" : $9) }' >&2
 }
 
+# point <target> <workload> <clients> <requests> <load command...>: runs the load command into
+# record. With BENCH_MAX_STEAL set, a point whose steal passed it runs again on the same
+# servers (keeping the data the earlier attempts wrote), at most RETRIES more times, and the
+# attempt with the least steal is the one kept in the results.
+point() {
+    local t=$1 w=$2 c=$3 n=$4 tries=0 lines row best="" steal
+    shift 4
+    while :; do
+        lines=$(wc -l <"$RESULTS")
+        "$@" | record "$t" "$w" "$c" "$n"
+        # No new row: the load failed, and there is nothing to retry on.
+        [ "$(wc -l <"$RESULTS")" -gt "$lines" ] || return 0
+        row=$(tail -n 1 "$RESULTS")
+        steal=$(cut -d, -f7 <<<"$row")
+        if [ -z "$best" ] || awk -v a="$steal" -v b="$(cut -d, -f7 <<<"$best")" 'BEGIN { exit !(a + 0 < b + 0) }'; then
+            best=$row
+        fi
+        if [ -z "$MAX_STEAL" ] || [ -z "$steal" ] || [ "$tries" -ge "$RETRIES" ] ||
+            awk -v s="$steal" -v m="$MAX_STEAL" 'BEGIN { exit !(s + 0 <= m + 0) }'; then
+            break
+        fi
+        tries=$((tries + 1))
+        say "$t $w c=$c: steal $steal% is above $MAX_STEAL%; again ($tries of $RETRIES)"
+        sed -i '$d' "$RESULTS"
+    done
+    if [ "$row" != "$best" ]; then
+        sed -i '$d' "$RESULTS"
+        printf '%s\n' "$best" >>"$RESULTS"
+        say "$t $w c=$c: kept the attempt at $(cut -d, -f7 <<<"$best")% steal"
+    fi
+}
+
+# redis_load <port> [redis-benchmark options]: one redis-benchmark run, its CSV on stdout.
+redis_load() {
+    local port=$1
+    shift
+    redis-benchmark -h 127.0.0.1 -p "$port" "$@" --csv 2>/dev/null
+}
+
 resp_load() { # <target> <port> [redis-benchmark options]
     local t=$1 port=$2 c n
     shift 2
     for c in $CLIENTS; do
         n=$(requests "$c")
-        redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t set -d 256 -r 100000 -c "$c" -n "$n" --csv 2>/dev/null |
-            record "$t" set "$c" "$n"
+        point "$t" set "$c" "$n" redis_load "$port" "$@" -t set -d 256 -r 100000 -c "$c" -n "$n"
     done
     # GETs run right after the plain SETs, so what they read and what the nodes are still doing
     # (snapshots, log compaction) does not depend on which pipelined rows are chosen.
     n=$(requests 256)
-    redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t get -d 256 -r 100000 -c 64 -n "$n" --csv 2>/dev/null |
-        record "$t" get 64 "$n"
+    point "$t" get 64 "$n" redis_load "$port" "$@" -t get -d 256 -r 100000 -c 64 -n "$n"
     # Pipelined: each connection keeps 16 SETs in flight (etcd's API has no pipelining, so its
     # cells in these rows stay empty).
     n=$(requests 64)
     for c in $PIPELINED; do
-        redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t set -d 256 -r 100000 -c "$c" -P 16 -n "$n" --csv 2>/dev/null |
-            record "$t" set-P16 "$c" "$n"
+        point "$t" set-P16 "$c" "$n" redis_load "$port" "$@" -t set -d 256 -r 100000 -c "$c" -P 16 -n "$n"
     done
 }
 
@@ -227,12 +268,12 @@ run_etcd() {
     local c n
     for c in $CLIENTS; do
         n=$(requests "$c")
-        "$KV_BENCH" --protocol etcd --addrs "$leader" --clients "$c" --requests "$n" \
-            --warmup 0 --label set --csv --quiet | record etcd set "$c" "$n"
+        point etcd set "$c" "$n" "$KV_BENCH" --protocol etcd --addrs "$leader" --clients "$c" \
+            --requests "$n" --warmup 0 --label set --csv --quiet
     done
     n=$(requests 256)
-    "$KV_BENCH" --protocol etcd --addrs "$leader" --clients 64 --requests "$n" \
-        --warmup 0 --reads 1 --label get --csv --quiet | record etcd get 64 "$n"
+    point etcd get 64 "$n" "$KV_BENCH" --protocol etcd --addrs "$leader" --clients 64 \
+        --requests "$n" --warmup 0 --reads 1 --label get --csv --quiet
     stop_all
 }
 
@@ -322,4 +363,4 @@ table
 # so cells measured under different steal do not compare. results.csv has it per point.
 awk -F, '$7 != "" { n++; if ($7 + 0 > max) max = $7 + 0; if ($7 + 0 > 5) over++ }
     END { if (n) printf "CPU steal while loaded: at most %.1f%%; %d of %d points above 5%%%s\n", max, over, n,
-              over ? ": the host slowed those points, so compare cells only at similar steal (results.csv) or run again" : "" }' "$RESULTS"
+              over ? ": the host slowed those points, so compare cells only at similar steal (results.csv) or run again (BENCH_MAX_STEAL=5 retries such points)" : "" }' "$RESULTS"
