@@ -79,7 +79,12 @@ pub fn decode_input<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> 
 /// built in one allocation (a buffer grown as it is written reallocates a 256-byte write four
 /// times).
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut buf = Vec::with_capacity(encoded_len(value)?);
+    build(value, encoded_len(value)?)
+}
+
+/// Encodes `value`, whose encoding is `len` bytes long, into one allocation of that length.
+fn build<T: Serialize + ?Sized>(value: &T, len: usize) -> Result<Vec<u8>, CodecError> {
+    let mut buf = Vec::with_capacity(len);
     encode_into(value, &mut buf)?;
     Ok(buf)
 }
@@ -104,9 +109,7 @@ pub fn encode_within<T: Serialize + ?Sized>(
         Err(postcard::Error::SerializeBufferFull) => return Ok(None),
         Err(e) => return Err(CodecError::from(e)),
     };
-    let mut buf = Vec::with_capacity(len);
-    encode_into(value, &mut buf)?;
-    Ok(Some(buf))
+    build(value, len).map(Some)
 }
 
 /// Counts an encoding's bytes, refusing to count past `max`.
