@@ -309,52 +309,105 @@ fn parse_inline_line(buf: &mut BytesMut, end: usize) -> Result<Option<Vec<Bytes>
     let text = text
         .strip_suffix(b"\r")
         .map_or(text.clone(), |t| line.slice(..t.len()));
+    split_inline(&text).map(Some)
+}
+
+/// Splits an inline command into its arguments as Redis does (its `sdssplitargs`), so that what
+/// redis-cli and telnet users type means the same here:
+/// - arguments are separated by spaces, tabs, CR or LF;
+/// - a quote, even in the middle of an argument, starts a quoted part: `a"b c"` is `ab c`;
+/// - in double quotes, `\n`, `\r`, `\t`, `\b`, `\a` and `\xHH` are escapes and a backslash
+///   before any other character stands for that character; in single quotes, only `\'` is;
+/// - a closing quote must end the argument (a space or the end of the line follows it), and a
+///   quote must be closed: otherwise the line is a protocol error, "unbalanced quotes".
+///
+/// An argument with no quote is a slice of `text`, not a copy.
+fn split_inline(text: &Bytes) -> Result<Vec<Bytes>, ProtocolError> {
+    #[derive(PartialEq)]
+    enum In {
+        Plain,
+        Double,
+        Single,
+    }
+    let hex = |c: u8| char::from(c).to_digit(16);
+    // C's `isspace`, which Redis skips between arguments and wants after a closing quote.
+    let space = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    // What ends an argument outside quotes.
+    let ends_argument = |c: u8| matches!(c, b' ' | b'\n' | b'\r' | b'\t' | 0);
     let mut args = Vec::new();
     let mut i = 0;
-    while i < text.len() {
-        while i < text.len() && text[i].is_ascii_whitespace() {
+    loop {
+        while i < text.len() && space(text[i]) {
             i += 1;
         }
         if i >= text.len() {
-            break;
+            return Ok(args);
         }
-        if text[i] == b'"' || text[i] == b'\'' {
-            // A quoted argument, as redis-cli and telnet users write them.
-            let quote = text[i];
-            let mut arg = Vec::new();
-            i += 1;
-            loop {
-                match text.get(i) {
-                    None => return err("unbalanced quotes in request"),
-                    Some(c) if *c == quote => {
+        let start = i;
+        // The argument's bytes once a quote has begun (then they differ from the line's).
+        let mut owned: Option<Vec<u8>> = None;
+        let mut state = In::Plain;
+        loop {
+            let Some(&c) = text.get(i) else {
+                if state != In::Plain {
+                    return err("unbalanced quotes in request");
+                }
+                break;
+            };
+            match state {
+                In::Plain if ends_argument(c) => break,
+                // The argument so far is kept; the quoted part is added to it.
+                In::Plain if c == b'"' || c == b'\'' => {
+                    owned = Some(text[start..i].to_vec());
+                    state = if c == b'"' { In::Double } else { In::Single };
+                }
+                In::Plain => {}
+                In::Double | In::Single => {
+                    let arg = owned.get_or_insert_with(Vec::new);
+                    let quote = if state == In::Double { b'"' } else { b'\'' };
+                    let next = text.get(i + 1).copied();
+                    if c == quote {
+                        // The quoted part ends the argument.
+                        if next.is_some_and(|n| !space(n)) {
+                            return err("unbalanced quotes in request");
+                        }
                         i += 1;
                         break;
                     }
-                    Some(b'\\') if quote == b'"' && i + 1 < text.len() => {
-                        arg.push(match text[i + 1] {
-                            b'n' => b'\n',
-                            b'r' => b'\r',
-                            b't' => b'\t',
-                            c => c,
-                        });
-                        i += 2;
+                    if state == In::Double && c == b'\\' && next == Some(b'x') {
+                        let digits = (text.get(i + 2).copied().and_then(hex))
+                            .zip(text.get(i + 3).copied().and_then(hex));
+                        if let Some((high, low)) = digits {
+                            // Two hex digits make at most 0xff.
+                            arg.push(u8::try_from(high * 16 + low).unwrap_or(u8::MAX));
+                            i += 4;
+                            continue;
+                        }
                     }
-                    Some(c) => {
-                        arg.push(*c);
-                        i += 1;
+                    match (&state, c, next) {
+                        (In::Double, b'\\', Some(n)) => {
+                            arg.push(match n {
+                                b'n' => b'\n',
+                                b'r' => b'\r',
+                                b't' => b'\t',
+                                b'b' => 0x08,
+                                b'a' => 0x07,
+                                other => other,
+                            });
+                            i += 1;
+                        }
+                        (In::Single, b'\\', Some(b'\'')) => {
+                            arg.push(b'\'');
+                            i += 1;
+                        }
+                        _ => arg.push(c),
                     }
                 }
             }
-            args.push(Bytes::from(arg));
-        } else {
-            let start = i;
-            while i < text.len() && !text[i].is_ascii_whitespace() {
-                i += 1;
-            }
-            args.push(text.slice(start..i));
+            i += 1;
         }
+        args.push(owned.map_or_else(|| text.slice(start..i), Bytes::from));
     }
-    Ok(Some(args))
 }
 
 /// The protocol a connection speaks: RESP2 until the client sends `HELLO 3`.
@@ -753,6 +806,48 @@ mod tests {
                 vec![Bytes::from("SET"), Bytes::from("a"), Bytes::from("b c")]
             ]
         );
+    }
+
+    #[test]
+    fn inline_arguments_split_as_redis_splits_them() {
+        // Each line and what Redis 7.0 made of it, as `ECHO <line>` showed.
+        let split = |line: &[u8]| split_inline(&Bytes::copy_from_slice(line));
+        let ok = |line: &[u8], args: &[&[u8]]| {
+            let want: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
+            assert_eq!(split(line), Ok(want), "{}", String::from_utf8_lossy(line));
+        };
+        ok(b"set a \"b c\"", &[b"set", b"a", b"b c"]);
+        ok(b"a\"b c\"", &[b"ab c"]);
+        ok(b"x'y'", &[b"xy"]);
+        ok(b"\"a\\x41\\n\"", &[b"aA\n"]);
+        ok(b"\"\\x4\" \"\\x4g\" \"\\q\"", &[b"x4", b"x4g", b"q"]);
+        ok(b"\"\\t\\r\\b\\a\\\"\"", &[b"\t\r\x08\x07\""]);
+        ok(b"'it\\'s' 'a\\nb'", &[b"it's", b"a\\nb"]);
+        ok(b"\"\" ''", &[b"", b""]);
+        ok(b"\"a\"\tb \"c\"\x0bd", &[b"a", b"b", b"c", b"d"]);
+        ok(b"  \t ", &[]);
+        for bad in [
+            &b"\"a\"b"[..],
+            b"\"abc",
+            b"'abc",
+            b"set \"\"\"test-key\"\"\" test-value",
+            b"\"ends in a backslash\\",
+        ] {
+            assert_eq!(
+                split(bad),
+                err("unbalanced quotes in request"),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn an_unquoted_inline_argument_is_a_slice_of_the_line() {
+        let line = Bytes::from_static(b"SET key value");
+        let args = split_inline(&line).unwrap();
+        assert_eq!(args[2], "value");
+        assert_eq!(args[2].as_ptr(), line[8..].as_ptr());
     }
 
     #[test]
