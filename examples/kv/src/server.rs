@@ -109,6 +109,12 @@ pub struct Ctx {
     next_conn: AtomicU64,
     /// Clients connected now.
     clients: AtomicUsize,
+    /// Connections refused for `maxclients`, since the node started.
+    rejected: AtomicU64,
+    /// Commands received, since the node started (INFO's `total_commands_processed`).
+    commands: AtomicU64,
+    /// When the node started serving, for INFO's uptime.
+    started: std::time::Instant,
     /// Places for clients being told they are past `maxclients`.
     refusals: Arc<tokio::sync::Semaphore>,
     /// What all connections' buffers may hold together (`--maxmemory-clients`).
@@ -137,6 +143,9 @@ impl Ctx {
             config,
             next_conn: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
+            rejected: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+            started: std::time::Instant::now(),
             refusals: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS)),
             client_memory: ClientMemory::new(limits.client_memory),
         })
@@ -218,6 +227,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
             Ok((socket, peer)) => {
                 if ctx.clients.fetch_add(1, Ordering::Relaxed) >= ctx.limits.max_clients {
                     ctx.clients.fetch_sub(1, Ordering::Relaxed);
+                    ctx.rejected.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("kv_rejected_connections_total").increment(1);
                     refuse(socket, &ctx);
                     continue;
@@ -606,6 +616,7 @@ async fn execute(
     let spec = commands::find(&args[0]);
     let name = spec.map_or("unknown", |s| s.name);
     metrics::counter!("kv_requests_total", "command" => name).increment(1);
+    ctx.commands.fetch_add(1, Ordering::Relaxed);
     let (reply, refused) = match auth::gate(spec, args, &mut conn.auth, &ctx.accounts) {
         Gate::Pass => (None, false),
         Gate::Reply(r) => (Some(r), false),
@@ -670,7 +681,7 @@ async fn execute(
                 }
                 hello(conn, ctx)
             }
-            Action::Info(section) => info(ctx, section.as_deref()).await,
+            Action::Info(sections) => info(ctx, &sections).await,
             Action::Write { op, post } => post.apply(replicate(conn, ctx, op, now).await),
             Action::Read(ReadOp::Keys(pattern)) => {
                 let limit = ctx.limits.output_bytes;
@@ -945,7 +956,7 @@ async fn exec(conn: &mut Conn, ctx: &Ctx, now: u64) -> Reply {
             Action::ConfigGet(patterns) => ctx.config.get(&patterns),
             Action::ConfigSet(pairs) => ctx.config.set(&pairs),
             Action::Client(op) => op.apply(&mut conn.name, conn.id),
-            Action::Info(section) => info(ctx, section.as_deref()).await,
+            Action::Info(sections) => info(ctx, &sections).await,
             _ => continue,
         };
         local.push((i, r));
@@ -1098,13 +1109,34 @@ fn hello(conn: &Conn, ctx: &Ctx) -> Reply {
     ])
 }
 
-async fn info(ctx: &Ctx, section: Option<&str>) -> Reply {
+/// INFO: the sections asked for, in Redis's order. No name, `default`, `all` and `everything`
+/// ask for every section (kv has none outside Redis's default set); names are matched in lower
+/// case (the parser lowers them), and an unknown one adds nothing, as in Redis.
+async fn info(ctx: &Ctx, sections: &[String]) -> Reply {
     let node = ctx.client.node();
     let m = node.metrics();
     let want = |s: &str| {
-        section.is_none_or(|w| w == s || w == "all" || w == "everything" || w == "default")
+        sections.is_empty()
+            || sections
+                .iter()
+                .any(|w| w == s || w == "all" || w == "everything" || w == "default")
     };
     let mut text = String::new();
+    if want("server") {
+        text.push_str("# Server\r\n");
+        text.push_str("redis_version:7.0.0\r\nredis_mode:standalone\r\n");
+        text.push_str(&format!(
+            "raftkit_version:{}\r\n",
+            env!("CARGO_PKG_VERSION")
+        ));
+        let uptime = ctx.started.elapsed().as_secs();
+        text.push_str(&format!(
+            "raftkit_node_id:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\n\r\n",
+            m.id,
+            std::process::id(),
+            uptime / 86_400
+        ));
+    }
     if want("clients") {
         text.push_str(&format!(
             "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n",
@@ -1125,17 +1157,29 @@ async fn info(ctx: &Ctx, section: Option<&str>) -> Reply {
             node.session_capacity().max_sessions
         ));
     }
-    if want("server") {
-        text.push_str("# Server\r\n");
-        text.push_str("redis_version:7.0.0\r\nredis_mode:standalone\r\n");
+    if want("memory") {
+        text.push_str(&memory_info(&node.storage()));
+    }
+    if want("persistence") {
+        let s = node.log_stats();
+        text.push_str("# Persistence\r\n");
         text.push_str(&format!(
-            "raftkit_version:{}\r\n",
-            env!("CARGO_PKG_VERSION")
+            "wal_entries:{}\r\nwal_bytes:{}\r\nwal_fsyncs:{}\r\nwal_fsync_micros_total:{}\r\n",
+            s.entries, s.bytes, s.fsyncs, s.fsync_micros
         ));
+        text.push_str(&storage_info(&node.storage()));
         text.push_str(&format!(
-            "raftkit_node_id:{}\r\nprocess_id:{}\r\n\r\n",
-            m.id,
-            std::process::id()
+            "snapshot_failures:{}\r\n\r\n",
+            node.snapshot_stats().failures
+        ));
+    }
+    if want("stats") {
+        // Connection ids are handed out from 1, one per connection accepted.
+        text.push_str(&format!(
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\r\n",
+            ctx.next_conn.load(Ordering::Relaxed).saturating_sub(1),
+            ctx.commands.load(Ordering::Relaxed),
+            ctx.rejected.load(Ordering::Relaxed)
         ));
     }
     if want("replication") {
@@ -1174,11 +1218,17 @@ async fn info(ctx: &Ctx, section: Option<&str>) -> Reply {
                 format!("{id}={addr}({kind})")
             })
             .collect();
+        // Redis's replication offset counts bytes of its replication stream; a node's place in
+        // the raft log is its last index, which tools comparing offsets across nodes can use.
         text.push_str(&format!(
-            "raft_members:{}\r\nconnected_slaves:{}\r\n\r\n",
+            "raft_members:{}\r\nconnected_slaves:{}\r\nmaster_repl_offset:{}\r\n\r\n",
             members.join(","),
-            m.voters.len().saturating_sub(1)
+            m.voters.len().saturating_sub(1),
+            m.last_log_index.unwrap_or(0)
         ));
+    }
+    if want("cpu") {
+        text.push_str(&cpu_info());
     }
     if want("keyspace")
         && let Reply::Int(n) = read(ctx, ReadOp::DbSize).await
@@ -1187,23 +1237,51 @@ async fn info(ctx: &Ctx, section: Option<&str>) -> Reply {
             "# Keyspace\r\ndb0:keys={n},expires=0,avg_ttl=0\r\n\r\n"
         ));
     }
-    if want("memory") {
-        text.push_str(&memory_info(&node.storage()));
-    }
-    if want("persistence") {
-        let s = node.log_stats();
-        text.push_str("# Persistence\r\n");
-        text.push_str(&format!(
-            "wal_entries:{}\r\nwal_bytes:{}\r\nwal_fsyncs:{}\r\nwal_fsync_micros_total:{}\r\n",
-            s.entries, s.bytes, s.fsyncs, s.fsync_micros
-        ));
-        text.push_str(&storage_info(&node.storage()));
-        text.push_str(&format!(
-            "snapshot_failures:{}\r\n\r\n",
-            node.snapshot_stats().failures
-        ));
-    }
     Reply::Bulk(Bytes::from(text))
+}
+
+/// INFO's CPU section: the CPU time this process and the children it has waited for have used,
+/// in seconds, from `/proc/self/stat`. Just the header where that cannot be read.
+fn cpu_info() -> String {
+    let mut text = String::from("# CPU\r\n");
+    let stat = std::fs::read_to_string("/proc/self/stat").ok();
+    if let Some(t) = stat.as_deref().and_then(cpu_times) {
+        let hz = rustix::param::clock_ticks_per_second().max(1) as f64;
+        let secs = |ticks: u64| ticks as f64 / hz;
+        text.push_str(&format!(
+            "used_cpu_sys:{:.6}\r\nused_cpu_user:{:.6}\r\nused_cpu_sys_children:{:.6}\r\nused_cpu_user_children:{:.6}\r\n",
+            secs(t.sys),
+            secs(t.user),
+            secs(t.children_sys),
+            secs(t.children_user)
+        ));
+    }
+    text.push_str("\r\n");
+    text
+}
+
+/// CPU time in clock ticks, from a `/proc/<pid>/stat` line.
+#[derive(Debug, PartialEq, Eq)]
+struct CpuTimes {
+    user: u64,
+    sys: u64,
+    children_user: u64,
+    children_sys: u64,
+}
+
+/// Reads fields 14 to 17 (utime, stime, cutime, cstime) of a `/proc/<pid>/stat` line. The
+/// second field, the command name in parentheses, may hold spaces and parentheses itself, so
+/// the fields are counted from after its last `)`.
+fn cpu_times(stat: &str) -> Option<CpuTimes> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts at field 3, so field n is at index n - 3.
+    let field = |n: usize| rest.split_whitespace().nth(n - 3)?.parse::<u64>().ok();
+    Some(CpuTimes {
+        user: field(14)?,
+        sys: field(15)?,
+        children_user: field(16)?,
+        children_sys: field(17)?,
+    })
 }
 
 #[cfg(test)]
@@ -1217,8 +1295,27 @@ mod tests {
     use tokio::io::AsyncWrite;
     use tokio::time::Instant;
 
+    use super::CpuTimes;
     use super::ReadDeadline;
+    use super::cpu_times;
     use super::human_bytes;
+
+    #[test]
+    fn cpu_times_are_counted_from_after_the_command_name() {
+        // A command name may hold spaces and parentheses; fields 14 to 17 follow it.
+        let line = "4242 (kv (a) b) S 1 4242 4242 0 -1 4194560 900 0 0 0 123 45 6 7 20 0 9 0";
+        assert_eq!(
+            cpu_times(line),
+            Some(CpuTimes {
+                user: 123,
+                sys: 45,
+                children_user: 6,
+                children_sys: 7
+            })
+        );
+        assert_eq!(cpu_times("4242 (kv) S 1 2"), None);
+        assert_eq!(cpu_times("no parenthesis"), None);
+    }
 
     /// A writer that, like a TLS stream over a full socket, takes every write into a buffer
     /// of its own and sends what it holds only when flushed.

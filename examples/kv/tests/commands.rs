@@ -338,12 +338,71 @@ async fn every_command_answers_as_redis_does_through_leader_and_followers() {
     };
     let info = String::from_utf8_lossy(info);
     assert!(info.starts_with("# Keyspace\r\ndb0:keys="), "{info}");
+    info_sections_and_counters(&mut c).await;
     // HELLO's SETNAME names the connection too.
     let _: Value = q(&mut other, &["HELLO", "2", "SETNAME", "via-hello"]).await;
     assert_eq!(name(&mut other).await.as_deref(), Some("via-hello"));
     let id: i64 = q(&mut c, &["CLIENT", "ID"]).await;
     let other_id: i64 = q(&mut other, &["CLIENT", "ID"]).await;
     assert!(id > 0 && other_id > 0 && id != other_id, "{id} {other_id}");
+}
+
+/// INFO answers the sections named (any case, several at once) in Redis's order, all of them
+/// for none, `all` or `default`; its counters count what the connection did.
+async fn info_sections_and_counters(c: &mut MultiplexedConnection) {
+    let headers = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .map(str::to_string)
+            .collect()
+    };
+    let every = [
+        "Server",
+        "Clients",
+        "Memory",
+        "Persistence",
+        "Stats",
+        "Replication",
+        "CPU",
+        "Keyspace",
+    ];
+    for args in [&["INFO"][..], &["INFO", "all"], &["INFO", "cpu", "DEFAULT"]] {
+        assert_eq!(headers(&q::<String>(c, args).await), every, "{args:?}");
+    }
+    let two = q::<String>(c, &["INFO", "CPU", "server", "cpu"]).await;
+    assert_eq!(headers(&two), ["Server", "CPU"]);
+    assert_eq!(q::<String>(c, &["INFO", "no-such-section"]).await, "");
+    let field = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no number {name} in {text}"))
+    };
+    // Present, as a number (`field` panics otherwise).
+    field(&two, "uptime_in_seconds");
+    let replication = q::<String>(c, &["INFO", "replication"]).await;
+    assert!(
+        field(&replication, "master_repl_offset") >= 1.0,
+        "{replication}"
+    );
+    let cpu = field(&two, "used_cpu_user") + field(&two, "used_cpu_sys");
+    assert!(
+        cpu > 0.0,
+        "a node that has served writes has used CPU: {two}"
+    );
+    // Every command counts, the INFO that reads the counter included.
+    let before = q::<String>(c, &["INFO", "stats"]).await;
+    for _ in 0..5 {
+        assert_eq!(q::<String>(c, &["PING"]).await, "PONG");
+    }
+    let after = q::<String>(c, &["INFO", "stats"]).await;
+    let counted = |name| field(&after, name) - field(&before, name);
+    assert_eq!(counted("total_commands_processed"), 6.0, "{before}{after}");
+    assert_eq!(counted("rejected_connections"), 0.0);
+    assert!(
+        field(&after, "total_connections_received") >= 2.0,
+        "{after}"
+    );
 }
 
 /// Runs `MULTI`, the commands (each answered `QUEUED`) and `EXEC`; EXEC's raw reply.

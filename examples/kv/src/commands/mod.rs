@@ -30,8 +30,8 @@ pub enum Action {
     Write { op: WriteOp, post: Post },
     /// Read from the store.
     Read(ReadOp),
-    /// `INFO [section]`.
-    Info(Option<String>),
+    /// `INFO [section …]`, the section names in lower case (none: the default sections).
+    Info(Vec<String>),
     /// `HELLO [2|3] [SETNAME name]`: switch protocol (if given), name the connection (if a
     /// name is given; an empty one removes the name) and report server facts.
     Hello {

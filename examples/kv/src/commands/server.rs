@@ -88,7 +88,7 @@ pub(super) fn quit(_: &Args) -> Action {
 }
 
 pub(super) fn info(a: &Args) -> Action {
-    Action::Info(a.rest.first().map(lower))
+    Action::Info(a.rest.iter().map(lower).collect())
 }
 
 pub(super) fn multi(_: &Args) -> Action {
