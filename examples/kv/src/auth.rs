@@ -329,7 +329,7 @@ pub fn gate(
 ) -> Gate {
     let accounts = || current(live);
     let name = spec.map(|s| s.name);
-    if !conn.still_valid(live) && !matches!(name, Some("auth" | "hello" | "quit")) {
+    if !conn.still_valid(live) && !matches!(name, Some("auth" | "hello" | "quit" | "reset")) {
         return Gate::Revoked(Reply::Error(REVOKED.into()));
     }
     match name {
@@ -401,7 +401,8 @@ pub fn gate(
             }
             Gate::Pass
         }
-        Some("quit") => Gate::Pass,
+        // RESET needs no authentication: it takes the connection's away.
+        Some("quit" | "reset") => Gate::Pass,
         _ => {
             let Some(User {
                 name: user, role, ..

@@ -672,6 +672,18 @@ async fn execute(
                 resp::encode(&Reply::Ok, out, conn.proto);
                 return true;
             }
+            Action::Reset => {
+                // As Redis's RESET: the transaction and the watched keys go, and the name,
+                // RESP3 and the authentication. The connection's session (its exactly-once
+                // writes) and its reading of its own writes stay: they are the server's
+                // promises, not state the client set.
+                conn.tx = None;
+                unwatch(conn);
+                conn.name = None;
+                conn.proto = resp::Proto::Resp2;
+                conn.auth = ConnAuth::new(&ctx.accounts);
+                Reply::Status("RESET".into())
+            }
             Action::Hello { proto, name } => {
                 if let Some(p) = proto {
                     conn.proto = p;
@@ -856,7 +868,12 @@ async fn replicated(conn: &mut Conn, ctx: &Ctx, op: WriteOp, now: u64) -> Result
 fn queues(action: &Action) -> bool {
     !matches!(
         action,
-        Action::Exec | Action::Discard | Action::Multi | Action::Watch(_) | Action::Quit
+        Action::Exec
+            | Action::Discard
+            | Action::Multi
+            | Action::Watch(_)
+            | Action::Quit
+            | Action::Reset
     )
 }
 

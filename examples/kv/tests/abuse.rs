@@ -941,6 +941,32 @@ fn replies_queued_in_a_transaction_count_at_their_size() {
     assert_eq!(c.call(&[b"PING"]), "+PONG", "the connection goes on");
 }
 
+/// RESET, as in Redis, ends a transaction (inside MULTI it runs at once) and the connection's
+/// authentication, and needs none itself.
+#[test]
+fn reset_ends_the_transaction_and_the_authentication() {
+    let node = Node::start_with_password(&[]);
+    let mut c = node.connect();
+    assert_eq!(c.call(&[b"AUTH", PASSWORD.as_bytes()]), "+OK");
+    assert_eq!(c.call(&[b"SET", b"a", b"1"]), "+OK");
+    assert_eq!(c.call(&[b"MULTI"]), "+OK");
+    assert_eq!(c.call(&[b"SET", b"a", b"2"]), "+QUEUED");
+    assert_eq!(c.call(&[b"RESET"]), "+RESET");
+    assert!(c.call(&[b"GET", b"a"]).starts_with("-NOAUTH"));
+    assert_eq!(
+        c.call(&[b"RESET"]),
+        "+RESET",
+        "RESET needs no authentication"
+    );
+    assert_eq!(c.call(&[b"AUTH", PASSWORD.as_bytes()]), "+OK");
+    assert!(c.call(&[b"EXEC"]).starts_with("-ERR EXEC without MULTI"));
+    assert_eq!(
+        c.call(&[b"GET", b"a"]),
+        "1",
+        "the transaction RESET ended applied"
+    );
+}
+
 #[test]
 fn a_command_refused_for_permissions_inside_multi_discards_the_transaction() {
     let users = tempfile::NamedTempFile::new().expect("users file");

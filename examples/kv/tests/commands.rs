@@ -345,6 +345,16 @@ async fn every_command_answers_as_redis_does_through_leader_and_followers() {
     let id: i64 = q(&mut c, &["CLIENT", "ID"]).await;
     let other_id: i64 = q(&mut other, &["CLIENT", "ID"]).await;
     assert!(id > 0 && other_id > 0 && id != other_id, "{id} {other_id}");
+    // RESET takes the name and RESP3 away (the connection's id stays).
+    let _: Value = q(&mut other, &["HELLO", "3"]).await;
+    let _: i64 = q(&mut other, &["HSET", "reset-h", "f", "v"]).await;
+    let map: Value = q(&mut other, &["HGETALL", "reset-h"]).await;
+    assert!(matches!(map, Value::Map(_)), "{map:?}");
+    assert_eq!(q::<String>(&mut other, &["RESET"]).await, "RESET");
+    assert_eq!(name(&mut other).await, None);
+    let array: Value = q(&mut other, &["HGETALL", "reset-h"]).await;
+    assert!(matches!(array, Value::Array(_)), "{array:?}");
+    assert_eq!(q::<i64>(&mut other, &["CLIENT", "ID"]).await, other_id);
 }
 
 /// INFO answers the sections named (any case, several at once) in Redis's order, all of them

@@ -40,6 +40,9 @@ pub enum Action {
     },
     /// `QUIT`: answer `+OK`, then close.
     Quit,
+    /// `RESET`: the connection's state as Redis's RESET leaves it (run at once, inside MULTI
+    /// too).
+    Reset,
     /// `MULTI`: start queueing commands.
     Multi,
     /// `EXEC`: apply the queued commands as one write.
@@ -387,6 +390,7 @@ pub static COMMANDS: &[Spec] = &[
     cmd("randomkey", 1, Read, false, NONE, keys::randomkey),
     cmd("rename", 3, Write, false, TWO, keys::rename),
     cmd("renamenx", 3, Write, true, TWO, keys::rename),
+    cmd("reset", 1, Other, true, NONE, server::reset),
     cmd("rpop", -2, Write, true, ONE, list::pop),
     cmd("rpush", -3, Write, true, ONE, list::push),
     cmd("rpushx", -3, Write, true, ONE, list::push),

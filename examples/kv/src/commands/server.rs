@@ -87,6 +87,10 @@ pub(super) fn quit(_: &Args) -> Action {
     Action::Quit
 }
 
+pub(super) fn reset(_: &Args) -> Action {
+    Action::Reset
+}
+
 pub(super) fn info(a: &Args) -> Action {
     Action::Info(a.rest.iter().map(lower).collect())
 }
