@@ -332,8 +332,10 @@ fn split_inline(text: &Bytes) -> Result<Vec<Bytes>, ProtocolError> {
     let hex = |c: u8| char::from(c).to_digit(16);
     // C's `isspace`, which Redis skips between arguments and wants after a closing quote.
     let space = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
-    // What ends an argument outside quotes.
-    let ends_argument = |c: u8| matches!(c, b' ' | b'\n' | b'\r' | b'\t' | 0);
+    // What ends an argument outside quotes: all of it is skipped as space before an argument,
+    // so every argument takes at least one byte. (A NUL, which ends a C string and so Redis's
+    // arguments, is a byte like any other here.)
+    let ends_argument = |c: u8| matches!(c, b' ' | b'\n' | b'\r' | b'\t');
     let mut args = Vec::new();
     let mut i = 0;
     loop {
@@ -406,6 +408,7 @@ fn split_inline(text: &Bytes) -> Result<Vec<Bytes>, ProtocolError> {
             }
             i += 1;
         }
+        debug_assert!(i > start, "an argument takes at least one byte");
         args.push(owned.map_or_else(|| text.slice(start..i), Bytes::from));
     }
 }
@@ -826,6 +829,7 @@ mod tests {
         ok(b"\"\" ''", &[b"", b""]);
         ok(b"\"a\"\tb \"c\"\x0bd", &[b"a", b"b", b"c", b"d"]);
         ok(b"  \t ", &[]);
+        ok(b"a\0b \0 \"\0\"", &[b"a\0b", b"\0", b"\0"]);
         for bad in [
             &b"\"a\"b"[..],
             b"\"abc",
@@ -839,6 +843,34 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    #[test]
+    fn every_short_inline_line_splits_into_at_most_one_argument_per_two_bytes() {
+        // Every line of up to five of these bytes: each split ends, and each argument but the
+        // last is followed by a separator, so a line of n bytes has at most (n + 1) / 2.
+        const BYTES: &[u8] = b" a\"'\\\0x\t";
+        let mut line = Vec::new();
+        let mut lines = vec![Vec::new()];
+        for _ in 0..5 {
+            lines = lines
+                .into_iter()
+                .flat_map(|l: Vec<u8>| {
+                    BYTES.iter().map(move |b| {
+                        let mut l = l.clone();
+                        l.push(*b);
+                        l
+                    })
+                })
+                .collect();
+            for l in &lines {
+                line.clear();
+                line.extend_from_slice(l);
+                if let Ok(args) = split_inline(&Bytes::copy_from_slice(&line)) {
+                    assert!(args.len() <= line.len().div_ceil(2), "{line:?}: {args:?}");
+                }
+            }
         }
     }
 
