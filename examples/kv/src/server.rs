@@ -422,8 +422,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut out = BytesMut::with_capacity(OUTPUT_BYTES);
     // The commands of the read buffer gathered so far, replicated together (see `pipeline`).
     let mut batch = Batch::default();
-    // A client that must authenticate does so by then.
-    let auth_by = tokio::time::Instant::now() + limits.auth_timeout;
+    // A client that must authenticate does so by then (counted again from a RESET that takes
+    // its authentication away).
+    let mut auth_by = tokio::time::Instant::now() + limits.auth_timeout;
     loop {
         loop {
             match parser.next(&mut input) {
@@ -433,6 +434,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                     if conn.auth.authenticated() != authenticated {
                         authenticated = !authenticated;
                         parser.set_limits(command_limits(authenticated));
+                        if !authenticated {
+                            auth_by = tokio::time::Instant::now() + limits.auth_timeout;
+                        }
                     }
                     if quit || out.len() >= FLUSH_AT {
                         flush(&mut socket, &mut out, limits).await?;

@@ -942,11 +942,14 @@ fn replies_queued_in_a_transaction_count_at_their_size() {
 }
 
 /// RESET, as in Redis, ends a transaction (inside MULTI it runs at once) and the connection's
-/// authentication, and needs none itself.
+/// authentication, and needs none itself. The connection then has `--auth-timeout` from the
+/// RESET to authenticate again, not from when it connected.
 #[test]
 fn reset_ends_the_transaction_and_the_authentication() {
-    let node = Node::start_with_password(&[]);
+    let node = Node::start_with_password(&["--auth-timeout", "1"]);
     let mut c = node.connect();
+    // Connected longer ago than the auth timeout by the time of the RESET.
+    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(c.call(&[b"AUTH", PASSWORD.as_bytes()]), "+OK");
     assert_eq!(c.call(&[b"SET", b"a", b"1"]), "+OK");
     assert_eq!(c.call(&[b"MULTI"]), "+OK");
@@ -964,6 +967,15 @@ fn reset_ends_the_transaction_and_the_authentication() {
         c.call(&[b"GET", b"a"]),
         "1",
         "the transaction RESET ended applied"
+    );
+    // A connection left unauthenticated by a RESET is closed in time.
+    assert_eq!(c.call(&[b"RESET"]), "+RESET");
+    let reset_at = Instant::now();
+    assert!(c.closed_by_server(), "left unauthenticated after RESET");
+    let closed_after = reset_at.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(5),
+        "closed {closed_after:?} after the RESET"
     );
 }
 
