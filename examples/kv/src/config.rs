@@ -220,6 +220,17 @@ impl NodeConfig {
         )
     }
 
+    /// The most a `CONFIG GET` reply can take now: every parameter, name and value, with room
+    /// for each one's framing. What a transaction is charged for one it queues.
+    pub fn reply_bound(&self) -> usize {
+        let values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        values
+            .iter()
+            .map(|(name, v)| name.len() + v.len() + 32)
+            .sum::<usize>()
+            + 16
+    }
+
     /// `CONFIG SET name value…`: all or nothing.
     pub fn set(&self, pairs: &[(Bytes, Bytes)]) -> Reply {
         let mut checked = Vec::with_capacity(pairs.len());

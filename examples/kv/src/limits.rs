@@ -23,8 +23,9 @@ pub struct LimitArgs {
     #[arg(long, default_value_t = 0)]
     pub timeout: u64,
     /// When the node requires a password or users: close a client that has not authenticated
-    /// this many seconds after connecting (or after a RESET, which ends its authentication). Until it does, its commands are held to ten
-    /// arguments of at most 16 KiB.
+    /// this many seconds after connecting, or after its authentication ended (a RESET, or a
+    /// reload that removed its user). Until it does, its commands are held to ten arguments of
+    /// at most 16 KiB.
     #[arg(long, default_value_t = ConnLimits::default().auth_timeout.as_secs())]
     pub auth_timeout: u64,
     /// Largest bulk string a client may send, and the largest string value APPEND or SETRANGE
@@ -76,8 +77,9 @@ pub struct ConnLimits {
     pub max_clients: usize,
     /// Close a client idle this long.
     pub idle: Option<Duration>,
-    /// Close a client that has not authenticated this long after connecting, or after a RESET
-    /// that ended its authentication (when the node requires authentication).
+    /// Close a client that has not authenticated this long after connecting, or after its
+    /// authentication ended (a RESET, or a reload that removed its user), when the node
+    /// requires authentication.
     pub auth_timeout: Duration,
     /// Close a client whose unsent replies would pass this many bytes.
     pub output_bytes: usize,

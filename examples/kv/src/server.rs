@@ -111,7 +111,8 @@ pub struct Ctx {
     clients: AtomicUsize,
     /// Connections refused for `maxclients`, since the node started.
     rejected: AtomicU64,
-    /// Commands received, since the node started (INFO's `total_commands_processed`).
+    /// Known commands let through authentication since the node started (INFO's
+    /// `total_commands_processed`).
     commands: AtomicU64,
     /// When the node started serving, for INFO's uptime.
     started: std::time::Instant,
@@ -620,9 +621,15 @@ async fn execute(
     let spec = commands::find(&args[0]);
     let name = spec.map_or("unknown", |s| s.name);
     metrics::counter!("kv_requests_total", "command" => name).increment(1);
-    ctx.commands.fetch_add(1, Ordering::Relaxed);
     let (reply, refused) = match auth::gate(spec, args, &mut conn.auth, &ctx.accounts) {
-        Gate::Pass => (None, false),
+        Gate::Pass => {
+            // As Redis's count, only commands that may run: not unknown ones, nor those
+            // refused for authentication or permission.
+            if spec.is_some() {
+                ctx.commands.fetch_add(1, Ordering::Relaxed);
+            }
+            (None, false)
+        }
         Gate::Reply(r) => (Some(r), false),
         Gate::Refused(r) => (Some(r), true),
         Gate::Revoked(r) => {
@@ -868,6 +875,28 @@ async fn replicated(conn: &mut Conn, ctx: &Ctx, op: WriteOp, now: u64) -> Result
     r
 }
 
+/// What INFO's reply takes at most, beyond its members line: every section, with numbers at
+/// their widest (about 1.5 KiB are used).
+const INFO_REPLY_BOUND: usize = 4096;
+
+/// What one member takes at most in INFO's members line: its id, an address whose host name has
+/// the longest a DNS name can, its port and kind.
+const INFO_MEMBER_BOUND: usize = 300;
+
+/// The most the reply of a command about this node or connection, queued after `MULTI` and
+/// answered at `EXEC`, can take (`CLIENT` and `CONFIG SET` answer little more than their
+/// arguments, which are counted already).
+fn local_reply_bound(action: &Action, ctx: &Ctx) -> usize {
+    match action {
+        Action::Info(_) => {
+            let members = ctx.client.node().metrics().members.len();
+            INFO_REPLY_BOUND + members * INFO_MEMBER_BOUND
+        }
+        Action::ConfigGet(_) => ctx.config.reply_bound(),
+        _ => 0,
+    }
+}
+
 /// Whether a command given inside `MULTI` is queued (or refused) rather than run at once.
 fn queues(action: &Action) -> bool {
     !matches!(
@@ -912,6 +941,9 @@ fn queue(
         | Action::ConfigSet(_)
         | Action::Client(_)
         | Action::Info(_)) => {
+            // Its reply is built at EXEC, from a command of a few bytes: it counts at the most
+            // that reply can take, so that a transaction of many cannot build more than its bound.
+            built = local_reply_bound(&local, ctx);
             tx.local.push((tx.ops.len(), local));
             (Queued::Reply(Reply::Nil), commands::Post::None)
         }

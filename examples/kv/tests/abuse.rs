@@ -941,6 +941,36 @@ fn replies_queued_in_a_transaction_count_at_their_size() {
     assert_eq!(c.call(&[b"PING"]), "+PONG", "the connection goes on");
 }
 
+/// INFO and CONFIG GET queued after MULTI are answered at EXEC, each from a command of a few
+/// bytes: they count against the transaction's bound (the node's 4 MiB command limit here) at
+/// what their replies can take, so EXEC's reply stays within it however many are queued.
+#[test]
+fn queued_info_and_config_get_count_at_what_their_replies_take() {
+    let node = Node::start(&[]);
+    let mut c = node.connect();
+    for cmd in [&[&b"INFO"[..]][..], &[b"CONFIG", b"GET", b"*"]] {
+        // As many as one transaction takes: the next is refused, and the transaction with it.
+        assert_eq!(c.call(&[b"MULTI"]), "+OK");
+        let mut queued = 0;
+        while c.call(cmd) == "+QUEUED" {
+            queued += 1;
+            assert!(queued < 200_000, "{cmd:?} queued without bound");
+        }
+        assert!(c.call(&[b"EXEC"]).starts_with("-EXECABORT"));
+        // That many, less one, are answered.
+        assert_eq!(c.call(&[b"MULTI"]), "+OK");
+        for _ in 1..queued {
+            assert_eq!(c.call(cmd), "+QUEUED");
+        }
+        let answered = c.call(&[b"EXEC"]);
+        assert!(
+            answered.len() > queued * 100 && answered.len() <= 4 * MIB,
+            "{queued} of {cmd:?} answered with {} bytes",
+            answered.len()
+        );
+    }
+}
+
 /// RESET, as in Redis, ends a transaction (inside MULTI it runs at once) and the connection's
 /// authentication, and needs none itself. The connection then has `--auth-timeout` from the
 /// RESET to authenticate again, not from when it connected.
