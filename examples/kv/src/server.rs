@@ -1327,13 +1327,14 @@ struct CpuTimes {
 /// the fields are counted from after its last `)`.
 fn cpu_times(stat: &str) -> Option<CpuTimes> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    // `rest` starts at field 3, so field n is at index n - 3.
-    let field = |n: usize| rest.split_whitespace().nth(n - 3)?.parse::<u64>().ok();
+    // `rest` starts at field 3, so field 14 is at index 11.
+    let mut fields = rest.split_whitespace().skip(14 - 3);
+    let mut next = || fields.next()?.parse::<u64>().ok();
     Some(CpuTimes {
-        user: field(14)?,
-        sys: field(15)?,
-        children_user: field(16)?,
-        children_sys: field(17)?,
+        user: next()?,
+        sys: next()?,
+        children_user: next()?,
+        children_sys: next()?,
     })
 }
 

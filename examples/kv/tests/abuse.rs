@@ -978,8 +978,13 @@ fn queued_info_and_config_get_count_at_what_their_replies_take() {
 fn reset_ends_the_transaction_and_the_authentication() {
     let node = Node::start_with_password(&["--auth-timeout", "1"]);
     let mut c = node.connect();
-    // Connected longer ago than the auth timeout by the time of the RESET.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once the node closes a connection opened after `c` that never authenticates, `c` too is
+    // older than the auth timeout.
+    let mut stranger = node.try_connect().expect("connect");
+    assert!(
+        stranger.closed_by_server(),
+        "a stranger outlived the auth timeout"
+    );
     assert_eq!(c.call(&[b"AUTH", PASSWORD.as_bytes()]), "+OK");
     assert_eq!(c.call(&[b"SET", b"a", b"1"]), "+OK");
     assert_eq!(c.call(&[b"MULTI"]), "+OK");
